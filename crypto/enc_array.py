@@ -1,0 +1,336 @@
+"""``EncryptedArray``: an array of Paillier ciphertexts of fixed-point reals.
+
+The plaintext behind each ciphertext is ``round(value * 2**frac_bits)`` mod n.
+Supported homomorphic operations and their ciphertext cost:
+
+* ``a + b`` (both encrypted): one multiplication mod n^2 per element.  If the
+  scales differ, the lower one is first raised to ``2**diff``.
+* ``a + x`` (x plaintext): ``c * (1 + m n)``, no encryption needed.
+* ``-a``: modular inverse (batched: ~3 multiplications per element).
+* ``a * x`` (x plaintext): ``c ** m``; the scales add up.
+* ``X.T @ a`` (``rmatmul``): bucket multi-exponentiation on the worker pool.
+
+Results of ``*`` and ``rmatmul`` are deterministic functions of the input
+ciphertexts: call :meth:`EncryptedArray.rerandomize` before sending them to
+anyone who has seen the inputs.
+
+Overflow: the plaintext space is ``(-n/2, n/2)``.  Encryption refuses values
+with ``|m| >= n/4``.  Operations that grow plaintexts (``mul``, ``sum``,
+``rmatmul``) cannot see the encrypted values, so they check the worst case
+under a declared bound ``value_bound`` on ``|value|`` (default 2**32) and
+raise ``ValueError`` if the result could wrap.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from typing import Sequence
+
+import gmpy2
+import numpy as np
+
+from crypto.encoding import (DEFAULT_FRAC_BITS, DEFAULT_PLAIN_FRAC_BITS, decode,
+                             encode_int64, encode_signed)
+from crypto.multiexp import batch_invert, multiexp_parallel, powmod_many_parallel
+from crypto.paillier import PublicKey
+
+DEFAULT_VALUE_BOUND = 2.0**32
+MAGIC = b"VFLE"
+WIRE_VERSION = 1
+MAX_N_BYTES = 2048  # refuse absurd moduli (16384 bits) before allocating anything
+MAX_NDIM = 32
+_HEAD = struct.Struct(">4sBI")  # magic, version, byte length of n
+
+
+def _object_array(values: Sequence, shape: tuple) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out.reshape(shape)
+
+
+class EncryptedArray:
+    """Ciphertexts (numpy object array of mpz) + the key + the fixed-point scale."""
+
+    __array_ufunc__ = None  # numpy defers to our reflected operators (x + enc, M @ enc)
+
+    def __init__(self, public_key: PublicKey, ciphertexts: np.ndarray | Sequence, frac_bits: int) -> None:
+        self.public_key = public_key
+        self.ciphertexts = np.asarray(ciphertexts, dtype=object)
+        self.frac_bits = int(frac_bits)
+
+    # ------------------------------------------------------------ basics
+    @classmethod
+    def encrypt(cls, public_key: PublicKey, values: np.ndarray | float,
+                frac_bits: int = DEFAULT_FRAC_BITS) -> "EncryptedArray":
+        """Encrypt a float array (any shape) or scalar at ``frac_bits`` fractional bits."""
+        signed = encode_signed(values, frac_bits, limit=int(public_key.n) // 4)
+        return cls(public_key, public_key.encrypt_raw(signed), frac_bits)
+
+    def decrypt(self, private_key) -> np.ndarray:
+        """Decrypt to float64 (plaintexts above n/2 are negative)."""
+        self._check_key(private_key.public_key)
+        raw = private_key.decrypt_raw(self.ciphertexts)
+        return decode(raw, self.frac_bits, self.public_key.n)
+
+    @property
+    def shape(self) -> tuple:
+        return self.ciphertexts.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.ciphertexts.ndim
+
+    @property
+    def size(self) -> int:
+        return self.ciphertexts.size
+
+    @property
+    def raw_ciphertexts(self) -> np.ndarray:
+        """The mpz ciphertexts (object array), e.g. for ``PrivateKey.decrypt_raw``."""
+        return self.ciphertexts
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d EncryptedArray")
+        return self.shape[0]
+
+    def __getitem__(self, index) -> "EncryptedArray":
+        sub = self.ciphertexts[index]
+        if not isinstance(sub, np.ndarray):
+            sub = _object_array([sub], ())
+        return EncryptedArray(self.public_key, sub, self.frac_bits)
+
+    def __repr__(self) -> str:
+        return (f"EncryptedArray(shape={self.shape}, frac_bits={self.frac_bits}, "
+                f"key={self.public_key.fingerprint().hex()[:16]})")
+
+    def _new(self, ciphertexts, frac_bits: int | None = None) -> "EncryptedArray":
+        return EncryptedArray(self.public_key, ciphertexts, self.frac_bits if frac_bits is None else frac_bits)
+
+    def _check_key(self, public_key: PublicKey) -> None:
+        if public_key.n != self.public_key.n:
+            raise ValueError(f"encrypted with a different key (fingerprint {self.public_key.fingerprint().hex()}, "
+                             f"expected {public_key.fingerprint().hex()})")
+
+    def with_key(self, public_key: PublicKey) -> "EncryptedArray":
+        """The same ciphertexts bound to ``public_key`` (must have the same n)."""
+        self._check_key(public_key)
+        return EncryptedArray(public_key, self.ciphertexts, self.frac_bits)
+
+    def _require_headroom(self, worst_abs: int, what: str) -> None:
+        if worst_abs >= int(self.public_key.n) // 2:
+            raise ValueError(
+                f"{what} could overflow the plaintext space: worst case needs {worst_abs.bit_length()} bits, "
+                f"the {self.public_key.bits}-bit key allows {self.public_key.bits - 2}; "
+                "use fewer fractional bits, a smaller value_bound or a larger key")
+
+    def _bound_int(self, value_bound: float) -> int:
+        return math.ceil(value_bound) << self.frac_bits
+
+    # ------------------------------------------------------------ addition
+    def _add_encoded(self, m: np.ndarray) -> "EncryptedArray":
+        """Add plaintext integers: ``c (1 + m n) = c + n (m c mod n)  (mod n^2)``."""
+        n, n2 = self.public_key.n, self.public_key.nsquare
+        c = self.ciphertexts
+        return self._new(np.asarray((c + n * ((m * c) % n)) % n2, dtype=object))
+
+    def add_raw(self, ints: np.ndarray | Sequence[int] | int) -> "EncryptedArray":
+        """Add raw plaintext integers mod n (no scaling): used for masking."""
+        return self._add_encoded(np.asarray(ints, dtype=object))
+
+    def _rescaled(self, extra_bits: int) -> "EncryptedArray":
+        """Same values at ``frac_bits + extra_bits`` (plaintext times 2**extra_bits)."""
+        if extra_bits == 0:
+            return self
+        flat = self.ciphertexts.ravel().tolist()
+        powered = powmod_many_parallel(flat, [1 << extra_bits] * len(flat), self.public_key.nsquare)
+        return self._new(_object_array(powered, self.shape), self.frac_bits + extra_bits)
+
+    def __add__(self, other) -> "EncryptedArray":
+        if isinstance(other, EncryptedArray):
+            self._check_key(other.public_key)
+            frac = max(self.frac_bits, other.frac_bits)
+            a, b = self._rescaled(frac - self.frac_bits), other._rescaled(frac - other.frac_bits)
+            return self._new(np.asarray(a.ciphertexts * b.ciphertexts % self.public_key.nsquare, dtype=object), frac)
+        return self._add_encoded(encode_signed(other, self.frac_bits, limit=int(self.public_key.n) // 4))
+
+    __radd__ = __add__
+
+    def __neg__(self) -> "EncryptedArray":
+        flat = self.ciphertexts.ravel().tolist()
+        return self._new(_object_array(batch_invert(flat, self.public_key.nsquare), self.shape))
+
+    def __sub__(self, other) -> "EncryptedArray":
+        if isinstance(other, EncryptedArray):
+            return self + (-other)
+        return self + (-np.asarray(other, dtype=np.float64))
+
+    def __rsub__(self, other) -> "EncryptedArray":
+        return (-self) + other
+
+    # ------------------------------------------------------------ products
+    def mul(self, plain: np.ndarray | float | int, frac_bits: int | None = None,
+            value_bound: float = DEFAULT_VALUE_BOUND) -> "EncryptedArray":
+        """Elementwise product with plaintext (numpy broadcasting).
+
+        ``frac_bits`` defaults to 0 for integer plaintexts and
+        ``DEFAULT_PLAIN_FRAC_BITS`` (24) for floats; the result has
+        ``self.frac_bits + frac_bits`` fractional bits.
+        """
+        plain = np.asarray(plain)
+        is_int = plain.dtype == object or np.issubdtype(plain.dtype, np.integer) or plain.dtype == bool
+        if frac_bits is None:
+            frac_bits = 0 if is_int else DEFAULT_PLAIN_FRAC_BITS
+        if is_int and frac_bits == 0:
+            exps = plain.astype(object)
+        else:
+            exps = encode_signed(plain.astype(np.float64), frac_bits)
+        max_exp = max((abs(int(e)) for e in exps.ravel().tolist()), default=0)
+        self._require_headroom(max_exp * self._bound_int(value_bound), "mul")
+        cts, exps = np.broadcast_arrays(self.ciphertexts, exps)
+        out = powmod_many_parallel(cts.ravel().tolist(), exps.ravel().tolist(), self.public_key.nsquare)
+        return self._new(_object_array(out, cts.shape), self.frac_bits + frac_bits)
+
+    def __mul__(self, other) -> "EncryptedArray":
+        if isinstance(other, EncryptedArray):
+            raise TypeError("Paillier cannot multiply two ciphertexts; multiply by a plaintext instead")
+        return self.mul(other)
+
+    __rmul__ = __mul__
+
+    def sum(self, axis: int | None = None, value_bound: float = DEFAULT_VALUE_BOUND) -> "EncryptedArray":
+        """Sum of elements (product of ciphertexts), over all elements or one axis."""
+        n2 = self.public_key.nsquare
+        if axis is None:
+            moved = self.ciphertexts.reshape(1, -1)
+            out_shape: tuple = ()
+        else:
+            moved = np.moveaxis(self.ciphertexts, axis, -1)
+            out_shape = moved.shape[:-1]
+            moved = moved.reshape(math.prod(out_shape), moved.shape[-1])
+        self._require_headroom(moved.shape[1] * self._bound_int(value_bound), "sum")
+        totals = []
+        for row in moved.tolist():
+            acc = gmpy2.mpz(1)  # Enc(0) with randomness 1
+            for c in row:
+                acc = acc * c % n2
+            totals.append(acc)
+        return self._new(_object_array(totals, out_shape))
+
+    def rmatmul(self, X: np.ndarray, x_frac_bits: int = DEFAULT_PLAIN_FRAC_BITS,
+                value_bound: float = DEFAULT_VALUE_BOUND) -> "EncryptedArray":
+        """``X.T @ self`` for self of shape (N,) and plaintext X of shape (N, k) -> shape (k,).
+
+        A 1-D X of shape (N,) gives the inner product (shape ()).  X is encoded
+        with ``x_frac_bits`` fractional bits (default 24: resolution ~6e-8;
+        each bit fewer makes the multi-exponentiation ~3% faster).  The result
+        has ``self.frac_bits + x_frac_bits`` fractional bits.
+        """
+        if self.ndim != 1:
+            raise ValueError(f"rmatmul needs a 1-D EncryptedArray, got shape {self.shape}")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim not in (1, 2) or X.shape[0] != self.shape[0]:
+            raise ValueError(f"X must have shape ({self.shape[0]},) or ({self.shape[0]}, k), got {X.shape}")
+        E = encode_int64(X, x_frac_bits)
+        E2 = E.reshape(E.shape[0], -1)
+        col_abs = float(np.abs(E2).sum(axis=0, dtype=np.float64).max()) if E2.size else 0.0
+        self._require_headroom(math.ceil(col_abs * (1 + 1e-9)) * self._bound_int(value_bound), "rmatmul")
+        out = multiexp_parallel(self.ciphertexts.tolist(), E2, self.public_key.nsquare)
+        shape = () if X.ndim == 1 else (E2.shape[1],)
+        return self._new(_object_array(out, shape), self.frac_bits + x_frac_bits)
+
+    def dot(self, plain_vector: np.ndarray, x_frac_bits: int = DEFAULT_PLAIN_FRAC_BITS,
+            value_bound: float = DEFAULT_VALUE_BOUND) -> "EncryptedArray":
+        """Inner product with a plaintext vector (0-d result)."""
+        v = np.asarray(plain_vector, dtype=np.float64)
+        if v.ndim != 1:
+            raise ValueError(f"dot needs a 1-D plaintext vector, got shape {v.shape}")
+        return self.rmatmul(v, x_frac_bits=x_frac_bits, value_bound=value_bound)
+
+    def __rmatmul__(self, M) -> "EncryptedArray":  # M @ self == rmatmul(M.T)
+        M = np.asarray(M, dtype=np.float64)
+        return self.rmatmul(M.T if M.ndim == 2 else M)
+
+    def __matmul__(self, M) -> "EncryptedArray":  # self @ M == M.T @ self
+        return self.rmatmul(M)
+
+    # ------------------------------------------------------------ re-randomisation
+    def rerandomize(self) -> "EncryptedArray":
+        """Multiply by fresh encryptions of zero: same plaintexts, unlinkable ciphertexts."""
+        zeros = self.public_key.encrypt_raw(np.zeros(self.shape, dtype=object))
+        return self._new(np.asarray(self.ciphertexts * zeros % self.public_key.nsquare, dtype=object))
+
+    # ------------------------------------------------------------ wire format
+    def to_bytes(self) -> bytes:
+        """``VFLE | version u8 | len(n) u32 | n | frac_bits u32 | ndim u32 | shape u32* | ciphertexts``.
+
+        Integers are big-endian; each ciphertext takes exactly ``2 * len(n)`` bytes.
+        """
+        nlen = (self.public_key.bits + 7) // 8
+        width = 2 * nlen
+        parts = [_HEAD.pack(MAGIC, WIRE_VERSION, nlen), int(self.public_key.n).to_bytes(nlen, "big"),
+                 struct.pack(f">II{self.ndim}I", self.frac_bits, self.ndim, *self.shape)]
+        parts.extend(gmpy2.mpz(c).to_bytes(width, "big") for c in self.ciphertexts.ravel().tolist())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, public_key: PublicKey | None = None) -> "EncryptedArray":
+        """Parse and validate :meth:`to_bytes` output; raises ``ValueError`` on any inconsistency.
+
+        With ``public_key`` the blob must carry the same n and the result is
+        bound to that key instance.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"expected bytes, got {type(data).__name__}")
+        view = memoryview(data).cast("B")
+        total = len(view)
+
+        def need(end: int, what: str) -> None:
+            if total < end:
+                raise ValueError(f"truncated: expected at least {end} bytes ({what}), got {total}")
+
+        need(_HEAD.size, "header")
+        magic, version, nlen = _HEAD.unpack_from(view, 0)
+        if magic != MAGIC:
+            raise ValueError(f"bad magic {bytes(magic)!r}: not an EncryptedArray (expected {MAGIC!r})")
+        if version != WIRE_VERSION:
+            raise ValueError(f"unsupported EncryptedArray format version {version} (expected {WIRE_VERSION})")
+        if not 1 <= nlen <= MAX_N_BYTES:
+            raise ValueError(f"invalid modulus length {nlen} bytes")
+        off = _HEAD.size
+        need(off + nlen + 8, "modulus, frac_bits, ndim")
+        if view[off] == 0:
+            raise ValueError("modulus is not minimally encoded (leading zero byte)")
+        n = int.from_bytes(view[off:off + nlen], "big")
+        off += nlen
+        frac_bits, ndim = struct.unpack_from(">II", view, off)
+        off += 8
+        if frac_bits > 8 * nlen:
+            raise ValueError(f"frac_bits {frac_bits} exceeds the {8 * nlen}-bit plaintext space")
+        if ndim > MAX_NDIM:
+            raise ValueError(f"ndim {ndim} exceeds the maximum of {MAX_NDIM}")
+        need(off + 4 * ndim, "shape")
+        shape = struct.unpack_from(f">{ndim}I", view, off)
+        off += 4 * ndim
+        count = math.prod(shape)
+        width = 2 * nlen
+        expected = off + count * width
+        if total < expected:
+            raise ValueError(f"truncated: expected {expected} bytes, got {total}")
+        if total > expected:
+            raise ValueError(f"trailing data: expected {expected} bytes, got {total}")
+        key = PublicKey(n)  # validates n
+        if public_key is not None:
+            if public_key.n != key.n:
+                raise ValueError(f"encrypted with a different key (fingerprint {key.fingerprint().hex()}, "
+                                 f"expected {public_key.fingerprint().hex()})")
+            key = public_key
+        n2 = key.nsquare
+        cts = []
+        for i in range(count):
+            c = gmpy2.mpz.from_bytes(view[off:off + width], "big")
+            if not 0 < c < n2:
+                raise ValueError(f"ciphertext {i} out of range [1, n^2)")
+            cts.append(c)
+            off += width
+        return cls(key, _object_array(cts, tuple(shape)), frac_bits)

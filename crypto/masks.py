@@ -1,0 +1,73 @@
+"""Additive masks for the round trip through the key holder (arbiter).
+
+A party holding ``[[g]]`` that needs ``g`` decrypted by the arbiter sends
+``[[g + r]]`` with ``r`` uniform in ``[0, n)``.  Since ``g + r mod n`` is then
+uniform and independent of ``g``, the arbiter's decryption reveals nothing
+(perfect hiding).  The arbiter returns the raw integers and the owner removes
+``r`` modulo n before decoding.  Masked ciphertexts are also re-randomised so
+the arbiter cannot link them to ciphertexts it saw earlier.
+"""
+from __future__ import annotations
+
+import secrets
+from typing import Sequence
+
+import gmpy2
+import numpy as np
+
+from crypto.encoding import decode
+
+
+def random_mask(n: int, shape: tuple | int) -> np.ndarray:
+    """Uniform integers in ``[0, n)`` (from ``secrets``), as an object array of ``shape``."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    out = np.empty(count, dtype=object)
+    out[:] = [secrets.randbelow(int(n)) for _ in range(count)]
+    return out.reshape(shape)
+
+
+def mask(enc, rerandomize: bool = True) -> tuple:
+    """Return ``(enc + r, r)`` for a fresh uniform mask ``r`` (raw integers mod n)."""
+    r = random_mask(enc.public_key.n, enc.shape)
+    masked = enc.add_raw(r)
+    return (masked.rerandomize() if rerandomize else masked), r
+
+
+def unmask(raw_plain_ints: np.ndarray | Sequence[int], mask: np.ndarray, frac_bits: int, n: int) -> np.ndarray:
+    """``(m - r) mod n``, then signed fixed-point decoding to float64."""
+    m = np.asarray(raw_plain_ints, dtype=object)
+    r = np.asarray(mask, dtype=object)
+    if m.shape != r.shape:
+        raise ValueError(f"masked values have shape {m.shape}, mask has shape {r.shape}")
+    return decode((m - r) % int(n), frac_bits, n)
+
+
+def encode_ints_fixed(ints: np.ndarray | Sequence[int], n: int) -> bytes:
+    """Integers in ``[0, n)`` as fixed-width big-endian, ``len(n)`` bytes each."""
+    n = int(n)
+    width = (n.bit_length() + 7) // 8
+    out = []
+    for i, m in enumerate(np.asarray(ints, dtype=object).ravel().tolist()):
+        m = int(m)
+        if not 0 <= m < n:
+            raise ValueError(f"integer {i} out of range [0, n)")
+        out.append(m.to_bytes(width, "big"))
+    return b"".join(out)
+
+
+def decode_ints_fixed(data: bytes, n: int, count: int) -> np.ndarray:
+    """Inverse of :func:`encode_ints_fixed`; checks the exact length and every value < n."""
+    n = int(n)
+    width = (n.bit_length() + 7) // 8
+    view = memoryview(data).cast("B")
+    if len(view) != count * width:
+        kind = "truncated" if len(view) < count * width else "trailing data"
+        raise ValueError(f"{kind}: expected {count * width} bytes for {count} integers, got {len(view)}")
+    out = np.empty(count, dtype=object)
+    for i in range(count):
+        m = gmpy2.mpz.from_bytes(view[i * width:(i + 1) * width], "big")
+        if m >= n:
+            raise ValueError(f"integer {i} out of range [0, n)")
+        out[i] = m
+    return out

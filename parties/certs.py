@@ -1,0 +1,163 @@
+"""A throwaway certificate authority for demos and tests.
+
+The transport authenticates parties by certificates chaining to the job's CA
+whose subject CN is the party name. In production each organisation keeps its
+own private key and the CA is run by whoever the parties agree on; for a demo
+on one machine (and for tests) :func:`make_certs` creates the CA and every
+party's key and certificate in one folder.
+
+Keys are EC P-256 (small, fast, universally supported by TLS 1.3) and private
+keys are written with mode 0600.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vfl.config import JobConfig
+
+CA_CERT_FILE = "ca.pem"
+CA_KEY_FILE = "ca-key.pem"
+DEFAULT_DAYS = 365
+
+
+@dataclass(frozen=True)
+class CertAuthority:
+    """A CA certificate and its private key, able to issue party certificates."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    cert_path: Path
+    key_path: Path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` so that only the owner can ever read it (no umask window)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the file may have existed with looser permissions
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def make_ca(out_dir: Path, name: str = "vfl job CA", days: int = DEFAULT_DAYS) -> CertAuthority:
+    """Create a self-signed CA in ``out_dir`` (``ca.pem``, ``ca-key.pem``), replacing any there."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
+    now = _now()
+    cert = (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = out_dir / CA_CERT_FILE, out_dir / CA_KEY_FILE
+    _write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return CertAuthority(cert, key, cert_path, key_path)
+
+
+def load_ca(out_dir: Path) -> CertAuthority:
+    """Load a CA previously written by :func:`make_ca` (to issue more party certs)."""
+    out_dir = Path(out_dir)
+    cert_path, key_path = out_dir / CA_CERT_FILE, out_dir / CA_KEY_FILE
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path} is not an EC private key")
+    return CertAuthority(cert, key, cert_path, key_path)
+
+
+def _san_entries(name: str, hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for h in (name, "localhost", "127.0.0.1", *hosts):
+        if not h or h in seen:
+            continue
+        seen.add(h)
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            entries.append(x509.DNSName(h))
+    return entries
+
+
+def issue_cert(ca: CertAuthority, name: str, out_dir: Path, hosts: tuple[str, ...] = (),
+               days: int = DEFAULT_DAYS) -> tuple[Path, Path]:
+    """Issue a key and certificate for party ``name``; return ``(cert_path, key_path)``.
+
+    The CN is the party name, because that is what peers check. The SAN holds
+    the party name as a DNS name, localhost/127.0.0.1 and any extra ``hosts``
+    (e.g. the host part of the party's address) so the certificate also works
+    with ordinary hostname-checking tools. Usable as both TLS server and client,
+    since every party may dial or accept.
+    """
+    if not 0 < len(name) <= 64:
+        raise ValueError(f"party name {name!r} cannot be a certificate CN (1 to 64 characters)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=True, key_cert_sign=False, crl_sign=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(_san_entries(name, hosts)), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+                           critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}-key.pem"
+    _write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def make_certs(job: JobConfig, out_dir: Path, days: int = DEFAULT_DAYS) -> dict[str, tuple[Path, Path]]:
+    """Create a fresh CA and one certificate per party of ``job`` in ``out_dir``.
+
+    Returns ``{party name: (cert_path, key_path)}``; the CA certificate is
+    ``out_dir / "ca.pem"`` (reference it as ``[tls] ca`` in the job file).
+    """
+    ca = make_ca(out_dir, name=f"vfl CA for job {job.name}", days=days)
+    out = {}
+    for party in job.parties:
+        host = party.host_port[0]
+        out[party.name] = issue_cert(ca, party.name, out_dir, hosts=(host,), days=days)
+    return out

@@ -1,0 +1,123 @@
+"""The ``vfl`` command.
+
+    vfl demo                      generate the credit-scoring demo and run it
+    vfl psi JOB.toml              private set intersection for every party of a job
+    vfl run JOB.toml              PSI, training and evaluation, every party a process over TLS
+    vfl party JOB.toml --role R   one party (guest, host or arbiter) in this process
+    vfl certs JOB.toml --out DIR  a CA and a key/certificate per party, for demos and tests
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from vfl.config import ConfigError, load_job
+from vfl.data import DataError
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(threadName)-14s %(message)s", datefmt="%H:%M:%S")
+
+
+def cmd_psi(args: argparse.Namespace) -> int:
+    from vfl.pipeline import run_psi_local
+    job = load_job(args.job)
+    t0 = time.perf_counter()
+    results = run_psi_local(job)
+    common = next(iter(results.values()))
+    print(f"{len(common)} common IDs in {time.perf_counter() - t0:.1f} s; written to "
+          + ", ".join(str(job.output_dir(n) / "intersection.csv") for n in results))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    if args.threads or job.ca is None:
+        from vfl.pipeline import run_local
+        if not args.threads:
+            print("note: the job has no [tls] section, so all parties run as threads of this process "
+                  "(use `vfl certs` to set up TLS and run them as separate processes)", file=sys.stderr)
+        run_local(job)
+    else:
+        from parties.launcher import run_processes
+        run_processes(job)
+    metrics = json.loads((job.workdir / "metrics.json").read_text())
+    print(json.dumps({k: metrics[k] for k in ("aligned_rows", "train", "test", "stage_seconds")}, indent=2))
+    print(f"metrics: {job.workdir / 'metrics.json'}")
+    return 0
+
+
+def cmd_party(args: argparse.Namespace) -> int:
+    from parties.party import main_for_role
+    rest = [str(args.job), "--role", args.role] + (["--name", args.name] if args.name else [])
+    return main_for_role(None, rest + (["-v"] if args.verbose else []))
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from parties.certs import make_certs
+    job = load_job(args.job)
+    made = make_certs(job, args.out)
+    print(f"CA and {len(made)} party certificates written to {args.out}. Reference them in the job file:")
+    print(f'[tls]\nca = "{args.out.resolve() / "ca.pem"}"')
+    for name, (cert, key) in made.items():
+        print(f'# in the table of {name}:\ncert = "{cert.resolve()}"\nkey = "{key.resolve()}"')
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from parties.demo import run_demo
+    return run_demo(Path(args.workdir), n_people=args.people, key_bits=args.key_bits, epochs=args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vfl", description="Privacy-preserving vertical federated learning.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("psi", help="private set intersection of the parties' IDs")
+    s.add_argument("job", type=Path, help="job file (TOML)")
+    s.set_defaults(func=cmd_psi)
+
+    s = sub.add_parser("run", help="run a whole job (PSI, training, evaluation) on this machine")
+    s.add_argument("job", type=Path)
+    s.add_argument("--threads", action="store_true",
+                   help="run all parties as threads of this process (no TLS) instead of processes")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("party", help="run one party of a job in this process")
+    s.add_argument("job", type=Path)
+    s.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
+    s.add_argument("--name", help="which host (when the job has several)")
+    s.set_defaults(func=cmd_party)
+
+    s = sub.add_parser("certs", help="create a CA and a key/certificate for every party (demos, tests)")
+    s.add_argument("job", type=Path)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_certs)
+
+    s = sub.add_parser("demo", help="generate and run the credit-scoring demo (bank + e-commerce)")
+    s.add_argument("--workdir", default="runs/credit-demo", help="where data, job file and results go")
+    s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population")
+    s.add_argument("--key-bits", type=int, default=2048, help="Paillier key size")
+    s.add_argument("--epochs", type=int, default=5)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``vfl run``: every party of a job as its own OS process on this machine.
+
+The processes talk over TLS on loopback exactly as they would across
+organisations. Their log lines are relayed with the party's name; if one
+fails, the report names it and its one-line reason (the others then stop on
+their own when they notice the lost peer, or are ended after a grace period).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from vfl.config import JobConfig
+
+
+class PartyFailed(RuntimeError):
+    """A party process exited non-zero."""
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen
+    last_line: str = ""
+    lines: list[str] = field(default_factory=list)
+
+
+def _command(job: JobConfig, role: str, name: str) -> list[str]:
+    cmd = [sys.executable, "-m", f"parties.{role}", str(job.path)]
+    return cmd + (["--name", name] if role == "host" else [])
+
+
+def _relay(proc: _Proc, echo: bool) -> None:
+    for raw in proc.popen.stderr:
+        line = raw.rstrip()
+        if line:
+            proc.last_line = line
+            proc.lines.append(line)
+            if echo:
+                print(f"[{proc.name}] {line}", file=sys.stderr, flush=True)
+
+
+def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None) -> None:
+    """Start guest, hosts and arbiter; wait for all; raise :class:`PartyFailed` naming the first failure."""
+    roles = [("arbiter", job.arbiter.name), ("guest", job.guest.name)] + [("host", h) for h in job.host_names]
+    procs = []
+    for role, name in roles:
+        popen = subprocess.Popen(_command(job, role, name), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, bufsize=1)
+        procs.append(_Proc(name, popen))
+    relays = [threading.Thread(target=_relay, args=(p, echo), daemon=True) for p in procs]
+    for t in relays:
+        t.start()
+    grace = job.network.peer_timeout + 10 if grace is None else grace
+    first_failure: _Proc | None = None
+    deadline = None
+    try:
+        while any(p.popen.poll() is None for p in procs):
+            for p in procs:
+                if first_failure is None and p.popen.poll() not in (None, 0):
+                    first_failure, deadline = p, time.monotonic() + grace
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.popen.poll() is None:
+                p.popen.kill()
+            p.popen.wait()
+        for t in relays:
+            t.join(timeout=2)
+    if first_failure is None:
+        failed = [p for p in procs if p.popen.returncode != 0]
+        first_failure = failed[0] if failed else None
+    if first_failure is not None:
+        raise PartyFailed(f"party {first_failure.name!r} failed (exit {first_failure.popen.returncode}): "
+                          f"{first_failure.last_line or 'no output'}")

@@ -1,0 +1,72 @@
+"""One party as one process: ``vfl party JOB.toml --role guest|host|arbiter``.
+
+It opens its TLS links, runs its part of PSI, training and scoring through the
+same workflow functions the in-process runner uses, writes its outputs under
+``<workdir>/<its name>/`` and exits 0; on any failure it prints a one-line
+reason and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vfl.config import ConfigError, JobConfig, load_job
+
+log = logging.getLogger("vfl.party")
+
+
+def resolve_name(job: JobConfig, role: str, name: str | None) -> str:
+    """The party this process plays: the guest, the arbiter, or the named host."""
+    if role == "guest":
+        return job.guest.name
+    if role == "arbiter":
+        return job.arbiter.name
+    if role != "host":
+        raise ConfigError(f"role must be guest, host or arbiter, not {role!r}")
+    if name is None:
+        if len(job.hosts) != 1:
+            raise ConfigError(f"this job has {len(job.hosts)} hosts: say which with --name "
+                              f"({', '.join(job.host_names)})")
+        return job.hosts[0].name
+    if name not in job.host_names:
+        raise ConfigError(f"no host named {name!r} in {job.path} (hosts: {', '.join(job.host_names)})")
+    return name
+
+
+def run_party(job: JobConfig, role: str, name: str | None = None) -> dict:
+    from vfl.workflow import run_arbiter, run_guest, run_host
+    from .transport import open_channel
+    me = resolve_name(job, role, name)
+    with open_channel(job, me) as channel:
+        if role == "guest":
+            return run_guest(job, channel)
+        if role == "arbiter":
+            return run_arbiter(job, channel)
+        return run_host(job, me, channel)
+
+
+def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m parties.<role>`` and of ``vfl party``."""
+    p = argparse.ArgumentParser(prog=f"python -m parties.{role}" if role else "vfl party")
+    p.add_argument("job", type=Path)
+    if role is None:
+        p.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
+    p.add_argument("--name", help="which host of the job (hosts only)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    role = role or args.role
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {role}: %(message)s", datefmt="%H:%M:%S")
+    try:
+        job = load_job(args.job)
+        run_party(job, role, args.name)
+    except KeyboardInterrupt:
+        print(f"{role}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, then non-zero: the contract of a party process
+        log.debug("failure", exc_info=True)
+        print(f"{role} failed: {type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,738 @@
+"""TLS transport: the production :class:`vfl.channel.Channel` between organisations.
+
+Each party runs one process and holds one long-lived TCP + TLS 1.3 connection
+("link") to each peer it talks to: guest <-> every host, guest <-> arbiter,
+every host <-> arbiter (hosts never talk to each other).
+
+Why it looks like this:
+
+* **Mutual TLS, job CA only.** Both ends present a certificate; a peer is
+  accepted only if its certificate chains to the job's CA (``[tls] ca``, the
+  system trust store is *not* used) and its subject CN is the party name it
+  was dialled as or claims to be. Hostnames are not checked: parties are
+  identified by name, not by where they happen to run.
+* **Deterministic dialling.** The party earlier in the order
+  guest < hosts < arbiter dials, the later one accepts: the guest dials every
+  host and the arbiter, each host dials the arbiter, the arbiter only listens.
+  The guest (usually the most firewalled organisation) needs no inbound port.
+  Diallers retry with exponential backoff until ``connect_timeout``, so parties
+  may start in any order within that window.
+* **Frames** (:mod:`parties.frames`) carry job, sender, receiver, step and a
+  per-link sequence number, and a link starts with a hello each way, so a
+  message from the wrong job or party, replayed or out of order, is refused.
+* **'bye' is the only clean end.** TLS EOF without a prior bye frame means the
+  peer process died or the network failed, and ``recv`` raises
+  :class:`~vfl.channel.PeerLost` naming the peer.
+* **One reader thread per link** drains the socket into a per-peer queue, so a
+  peer's sends never block on our computation and ``recv`` is a queue wait.
+  OpenSSL connections must not be used from two threads at once, so the
+  socket is non-blocking and every SSL call happens under a per-link lock;
+  waiting for readiness happens outside it.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from vfl.channel import PeerLost, ProtocolError
+from vfl.config import ConfigError, JobConfig
+from vfl.messages import MessageError, Payload, decode_payload, encode_payload
+
+from .frames import (LENGTH_BYTES, MAX_FRAME_BYTES, FrameError, Kind, LinkDecoder, LinkEncoder,
+                     frame_length)
+
+log = logging.getLogger("vfl.transport")
+
+ROLE_RANK = {"guest": 0, "host": 1, "arbiter": 2}
+_CHUNK = 256 * 1024
+_POLL = 0.2            # how often blocked I/O loops look at the stop flag
+_MAX_BACKOFF = 5.0
+_SETUP_TIMEOUT = 10.0  # handshake + hello on an accepted connection
+
+
+class ConnectError(PeerLost):
+    """A link could not be set up in time: the peer is down, unreachable or never dialled in."""
+
+
+class AuthError(ProtocolError):
+    """A certificate or identity was refused while setting up a link."""
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One peer of this party: where it listens and whether we dial it or it dials us."""
+
+    name: str
+    address: tuple[str, int]
+    dial: bool
+
+
+def link_plan(job: JobConfig, me: str) -> list[PeerSpec]:
+    """The peers ``me`` links to, and who dials: the earlier of guest < hosts < arbiter dials."""
+    mine = job.party(me)
+    peers = []
+    for p in job.parties:
+        if p.name == me or (p.role == "host" and mine.role == "host"):
+            continue
+        peers.append(PeerSpec(p.name, p.host_port, ROLE_RANK[mine.role] < ROLE_RANK[p.role]))
+    return peers
+
+
+def _fmt(addr: tuple) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _set_keepalive(sock: socket.socket) -> None:
+    """Detect dead peers (machine gone, cable cut) even when the protocol is idle."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, opt):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+            except OSError:  # pragma: no cover - platform quirk
+                pass
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # many small control messages
+
+
+def _tls_contexts(cert: Path, key: Path, ca: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts: TLS 1.3 only, our cert, peers verified against the job CA only."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False  # identity is the CN = party name, checked by us
+    for ctx in (server, client):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot load certificate {cert} with key {key}: {exc} "
+                              "(not PEM, or the key does not belong to the certificate?)") from None
+        try:
+            ctx.load_verify_locations(cafile=str(ca))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot load CA certificate {ca}: {exc}") from None
+        # A TCP EOF is judged by the frame layer (was there a 'bye'?). Without this, OpenSSL 3
+        # treats the peer's half-close as fatal and kills our side before our own bye is out.
+        ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    server.num_tickets = 0  # no session resumption: every link is a full mutual handshake
+    return server, client
+
+
+def _peer_cn(tls: ssl.SSLSocket) -> str | None:
+    cert = tls.getpeercert()
+    cns = [v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"]
+    return cns[0] if len(cns) == 1 else None
+
+
+def _wait_io(sock: socket.socket, write: bool, timeout: float) -> None:
+    """Block until ``sock`` is readable (or writable) or ``timeout`` passes."""
+    if timeout <= 0:
+        return
+    try:
+        if hasattr(select, "poll"):  # no FD_SETSIZE limit
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLOUT if write else select.POLLIN)
+            poller.poll(timeout * 1000)
+        elif write:
+            select.select([], [sock], [sock], timeout)
+        else:
+            select.select([sock], [], [sock], timeout)
+    except (OSError, ValueError):  # closed under us: the caller's next call reports it
+        time.sleep(min(timeout, 0.01))
+
+
+class _Stopped(Exception):
+    """Internal: this side is tearing the link down."""
+
+
+@dataclass
+class _End:
+    """Queue item that ends a peer's message stream; raised by every later recv."""
+
+    exc_type: type[Exception]
+    message: str
+
+
+class _Link:
+    """One authenticated TLS connection to one peer, after the handshake.
+
+    The socket is non-blocking; all SSL calls happen under ``_ssl_lock`` so the
+    reader thread and senders never drive OpenSSL concurrently.
+    """
+
+    def __init__(self, owner: "TlsChannel", peer: str, tls: ssl.SSLSocket, where: str):
+        self.owner, self.peer, self.tls, self.where = owner, peer, tls, where
+        tls.setblocking(False)
+        self.encoder = LinkEncoder(owner.job, owner.name, peer, owner.max_frame_bytes)
+        self.decoder = LinkDecoder(owner.job, peer, owner.name, owner.max_frame_bytes)
+        self.inbox: queue.Queue = queue.Queue()
+        self._ssl_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self.stop = threading.Event()
+        self.ended = threading.Event()   # the reader has finished (EOF, error, stop)
+        self.end_reason: str | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.reader: threading.Thread | None = None
+
+    # -- raw framed I/O ---------------------------------------------------------
+    def read_exact(self, n: int, deadline: float | None = None, eof_ok: bool = False) -> bytearray | None:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            want_write = False
+            with self._ssl_lock:
+                try:
+                    k = self.tls.recv_into(view[got:], n - got)
+                except ssl.SSLWantReadError:
+                    k = None
+                except ssl.SSLWantWriteError:
+                    k, want_write = None, True
+            if k is None:
+                if self.stop.is_set():
+                    raise _Stopped()
+                wait = _POLL
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise TimeoutError(f"timed out reading from {self.peer!r}")
+                _wait_io(self.tls, want_write, wait)
+                continue
+            if k == 0:
+                if got == 0 and eof_ok:
+                    return None
+                raise ConnectionError(f"connection closed in the middle of a frame ({got} of {n} bytes)")
+            got += k
+        return buf
+
+    def write_all(self, data: bytes, stall_timeout: float) -> None:
+        """Write ``data``; fail if no progress at all is possible for ``stall_timeout`` seconds."""
+        view = memoryview(data)
+        deadline = time.monotonic() + stall_timeout
+        while view:
+            chunk = view[:_CHUNK]  # same bytes on retry, as OpenSSL requires after WANT_WRITE
+            want_read = False
+            with self._ssl_lock:
+                try:
+                    k = self.tls.send(chunk)
+                except ssl.SSLWantWriteError:
+                    k = 0
+                except ssl.SSLWantReadError:
+                    k, want_read = 0, True
+            if k:
+                view = view[k:]
+                deadline = time.monotonic() + stall_timeout
+                continue
+            if self.stop.is_set():
+                raise _Stopped()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.peer!r} has not accepted data for {stall_timeout:g} s")
+            _wait_io(self.tls, not want_read, min(left, _POLL))
+
+    def read_frame(self, deadline: float | None = None):
+        prefix = self.read_exact(LENGTH_BYTES, deadline, eof_ok=True)
+        if prefix is None:
+            return None
+        n = frame_length(bytes(prefix), self.owner.max_frame_bytes)
+        body = self.read_exact(n, deadline)
+        frame = self.decoder.decode(body)
+        self.bytes_received += LENGTH_BYTES + n
+        return frame
+
+    def send_frame(self, data: bytes, stall_timeout: float) -> None:
+        self.write_all(data, stall_timeout)
+        self.bytes_sent += len(data)
+
+    # -- lifecycle --------------------------------------------------------------
+    def start_reader(self) -> None:
+        self.reader = threading.Thread(target=self._read_loop, daemon=True,
+                                       name=f"vfl-reader-{self.owner.name}<-{self.peer}")
+        self.reader.start()
+
+    def _finish(self, exc_type: type[Exception], message: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = message
+            self.inbox.put(_End(exc_type, message))
+
+    def _read_loop(self) -> None:
+        me, peer = self.owner.name, self.peer
+        try:
+            while True:
+                frame = self.read_frame()
+                if frame is None:
+                    if self.decoder.said_bye:
+                        log.info("%s: link to %s closed after bye", me, peer)
+                    else:
+                        log.warning("%s: connection to %s closed without 'bye'", me, peer)
+                        self._finish(PeerLost, f"{me}: connection to {peer!r} ({self.where}) closed "
+                                               "without 'bye': the peer process died or the network failed")
+                    return
+                if frame.kind == Kind.DATA:
+                    self.inbox.put((frame.step, frame.payload))
+                elif frame.kind == Kind.BYE:
+                    reason = frame.payload.decode("utf-8")
+                    log.info("%s: %s said bye%s", me, peer, f" ({reason})" if reason else "")
+                    self._finish(PeerLost, f"{me}: {peer!r} closed its channel"
+                                           + (f" ({reason})" if reason else ""))
+        except _Stopped:
+            return
+        except FrameError as exc:
+            log.error("%s: refusing further frames from %s: %s", me, peer, exc)
+            self._finish(FrameError, f"{me}: bad frame from {peer!r}, link dropped: {exc}")
+            self.stop.set()
+            self._close_socket()
+        except (OSError, ConnectionError, ValueError) as exc:  # reset, closed under us
+            if self.stop.is_set():
+                return
+            log.warning("%s: connection to %s lost: %s", me, peer, exc)
+            self._finish(PeerLost, f"{me}: connection to {peer!r} ({self.where}) lost: {exc}")
+        finally:
+            self.ended.set()
+
+    def shutdown_write(self) -> None:
+        """Half-close: the peer reads our bye then EOF, while we still drain its frames."""
+        try:
+            # socket.socket.shutdown, not SSLSocket.shutdown, which would drop the SSL state
+            socket.socket.shutdown(self.tls, socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _close_socket(self) -> None:
+        try:
+            socket.socket.shutdown(self.tls, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self._close_socket()
+        if self.reader is not None and self.reader is not threading.current_thread():
+            self.reader.join(timeout=2 * _POLL + 0.5)
+        with self._ssl_lock:
+            self.tls.close()
+
+
+class TlsChannel:
+    """A :class:`vfl.channel.Channel` over mutually authenticated TLS 1.3 links.
+
+    Build it with :func:`open_channel` from a job file; the constructor takes
+    everything explicitly so tests and tools can vary one thing at a time.
+    ``open()`` establishes every link (or fails naming the peer) before any
+    role runs, so a misconfiguration shows up at start, not mid-training.
+    """
+
+    def __init__(self, job: str, name: str, address: tuple[str, int], peers: Sequence[PeerSpec],
+                 parties: Iterable[str], cert: Path, key: Path, ca: Path, *,
+                 connect_timeout: float = 60.0, peer_timeout: float = 300.0,
+                 max_frame_bytes: int = MAX_FRAME_BYTES, bind_host: str | None = None,
+                 linger: float = 2.0):
+        self.job, self.name, self.address = job, name, address
+        self.peers = {p.name: p for p in peers}
+        self.parties = set(parties)
+        self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca)
+        self.connect_timeout, self.peer_timeout = connect_timeout, peer_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.bind_host = bind_host
+        self.linger = linger
+        self._links: dict[str, _Link] = {}
+        self._lock = threading.Condition()
+        self._errors: dict[str, Exception] = {}
+        self._refusals: list[str] = []
+        self._claimed: set[str] = set()  # accepted peers whose hello is being answered
+        self._stop = threading.Event()        # stop dialling / accepting
+        self._setup_over = threading.Event()  # late connections are refused
+        self._opened = self._closed = False
+
+    @classmethod
+    def from_job(cls, job: JobConfig, me: str, **options) -> "TlsChannel":
+        """An unopened channel for party ``me`` with paths and timeouts from the job file."""
+        party = job.party(me)
+        missing = [what for what, v in (("cert", party.cert), ("key", party.key)) if v is None]
+        if missing:
+            raise ConfigError(f"party {me!r} has no {' or '.join(missing)} in {job.path} "
+                              f"(needed for TLS; create demo ones with `vfl certs {job.path} --out DIR`)")
+        if job.ca is None:
+            raise ConfigError(f"{job.path} has no [tls] ca: the CA certificate all parties trust")
+        for what, path in (("certificate", party.cert), ("private key", party.key), ("CA certificate", job.ca)):
+            if not Path(path).is_file():
+                raise ConfigError(f"{what} file {path} for party {me!r} not found")
+        options.setdefault("connect_timeout", job.network.connect_timeout)
+        options.setdefault("peer_timeout", job.network.peer_timeout)
+        return cls(job.name, me, party.host_port, link_plan(job, me), [p.name for p in job.parties],
+                   party.cert, party.key, job.ca, **options)
+
+    # -- Channel protocol ---------------------------------------------------------
+    def send(self, peer: str, step: str, payload: Payload) -> None:
+        """Send one payload for ``step``; raises PeerLost if the link is gone."""
+        link = self._link(peer)
+        data = encode_payload(payload)
+        with link._send_lock:
+            if link.end_reason is not None or link.stop.is_set():
+                raise PeerLost(f"{self.name}: cannot send {step!r} to {peer!r}: "
+                               f"{link.end_reason or 'link closed'}")
+            frame = link.encoder.data(step, data)
+            try:
+                link.send_frame(frame, self.peer_timeout)
+            except TimeoutError as exc:
+                raise PeerLost(f"{self.name}: sending {step!r} to {peer!r} stalled: {exc}") from None
+            except (OSError, _Stopped) as exc:
+                raise PeerLost(f"{self.name}: connection to {peer!r} lost while sending {step!r}: "
+                               f"{exc or 'link closed'}") from None
+        log.debug("%s -> %s: %s (%d bytes)", self.name, peer, step, len(frame))
+
+    def recv(self, peer: str, step: str) -> Payload:
+        """Wait up to ``peer_timeout`` for the next message from ``peer``, which must be ``step``."""
+        link = self._link(peer)
+        try:
+            item = link.inbox.get(timeout=self.peer_timeout)
+        except queue.Empty:
+            raise PeerLost(f"{self.name}: no message {step!r} from {peer!r} within "
+                           f"{self.peer_timeout:g} s") from None
+        if isinstance(item, _End):
+            link.inbox.put(item)  # every later recv fails the same way
+            raise item.exc_type(f"{item.message} (while waiting for {step!r})")
+        got_step, data = item
+        if got_step != step:
+            raise ProtocolError(f"{self.name}: expected {step!r} from {peer!r}, got {got_step!r}")
+        try:
+            return decode_payload(data)
+        except MessageError as exc:
+            raise ProtocolError(f"{self.name}: malformed payload for {step!r} from {peer!r}: {exc}") from exc
+
+    @property
+    def bytes_sent(self) -> dict[str, int]:
+        """Frame bytes (headers included, TLS overhead excluded) sent to each peer."""
+        return {p: link.bytes_sent for p, link in self._links.items()}
+
+    @property
+    def bytes_received(self) -> dict[str, int]:
+        """Frame bytes received from each peer."""
+        return {p: link.bytes_received for p, link in self._links.items()}
+
+    def _link(self, peer: str) -> _Link:
+        if self._closed:
+            raise ProtocolError(f"{self.name}: channel is closed")
+        link = self._links.get(peer)
+        if link is None:
+            if peer in self.peers:
+                raise ProtocolError(f"{self.name}: channel is not open (call open() first)")
+            raise KeyError(f"no link between {self.name!r} and {peer!r} "
+                           f"(links: {', '.join(sorted(self.peers)) or 'none'})")
+        return link
+
+    # -- setup --------------------------------------------------------------------
+    def open(self) -> "TlsChannel":
+        """Establish every link within ``connect_timeout`` or raise naming the failing peer(s)."""
+        if self._opened:
+            raise ProtocolError(f"{self.name}: channel already opened")
+        self._opened = True
+        self._server_ctx, self._client_ctx = _tls_contexts(self.cert, self.key, self.ca)
+        start = time.monotonic()
+        deadline = start + self.connect_timeout
+        threads = []
+        listener = None
+        accepting = [p for p in self.peers.values() if not p.dial]
+        try:
+            if accepting:
+                listener = self._listen()
+                threads.append(threading.Thread(target=self._accept_loop, args=(listener, deadline),
+                                                daemon=True, name=f"vfl-accept-{self.name}"))
+            diallers = [threading.Thread(target=self._dial_guarded, args=(p, deadline), daemon=True,
+                                         name=f"vfl-dial-{self.name}->{p.name}")
+                        for p in self.peers.values() if p.dial]
+            threads += diallers
+            for t in threads:
+                t.start()
+            with self._lock:
+                while True:
+                    fatal = [e for e in self._errors.values() if not isinstance(e, ConnectError)]
+                    done = set(self._links) | set(self._errors)
+                    if fatal or done >= set(self.peers):
+                        break
+                    # past the deadline, still let diallers report their own (better) error
+                    if time.monotonic() >= deadline and not any(t.is_alive() for t in diallers):
+                        break
+                    self._lock.wait(timeout=min(_POLL, max(0.0, deadline - time.monotonic())))
+                missing = [p for p in self.peers.values() if p.name not in self._links]
+                errors = dict(self._errors)
+            if missing:
+                raise self._setup_failure(missing, errors)
+        except BaseException:
+            self._stop.set()
+            with self._lock:
+                self._setup_over.set()
+            for t in threads:
+                t.join(timeout=1.0)
+            self._abort_links()
+            raise
+        finally:
+            self._stop.set()
+            with self._lock:
+                self._setup_over.set()
+            if listener is not None:
+                listener.close()
+        log.info("%s: all %d links up in %.2f s", self.name, len(self.peers), time.monotonic() - start)
+        return self
+
+    def _setup_failure(self, missing: list[PeerSpec], errors: dict[str, Exception]) -> Exception:
+        for p in missing:  # a refusal or a bad frame says more than a timeout
+            err = errors.get(p.name)
+            if err is not None and not isinstance(err, ConnectError):
+                return err
+        lines = []
+        for p in missing:
+            if p.name in errors:
+                lines.append(str(errors[p.name]))
+            elif p.dial:
+                lines.append(f"{self.name}: could not link to {p.name!r} at {_fmt(p.address)} "
+                             f"within {self.connect_timeout:g} s")
+            else:
+                lines.append(f"{self.name}: {p.name!r} did not connect to us at {_fmt(self.address)} "
+                             f"within {self.connect_timeout:g} s (it dials us: guest dials hosts and "
+                             "arbiter, hosts dial the arbiter)")
+        if self._refusals:
+            lines.append(f"last refused connection: {self._refusals[-1]}")
+        return ConnectError("; ".join(lines))
+
+    def _listen(self) -> socket.socket:
+        host = self.bind_host if self.bind_host is not None else self.address[0]
+        try:
+            sock = socket.create_server((host, self.address[1]), backlog=16)
+        except OSError as exc:
+            raise ConnectError(f"{self.name}: cannot listen on {_fmt((host, self.address[1]))}: {exc}") from None
+        sock.settimeout(_POLL)
+        log.info("%s: listening on %s", self.name, _fmt((host, self.address[1])))
+        return sock
+
+    def _accept_loop(self, listener: socket.socket, deadline: float) -> None:
+        expected = {p.name for p in self.peers.values() if not p.dial}
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if expected <= set(self._links):
+                    return
+            try:
+                raw, addr = listener.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._accept_one, args=(raw, addr), daemon=True,
+                             name=f"vfl-handshake-{self.name}").start()
+
+    def _refuse(self, raw: socket.socket, addr: tuple, why: str) -> None:
+        msg = f"refused connection from {_fmt(addr)}: {why}"
+        log.error("%s: %s", self.name, msg)
+        with self._lock:
+            self._refusals.append(msg)
+            self._lock.notify_all()
+        try:
+            raw.close()
+        except OSError:
+            pass
+
+    def _accept_one(self, raw: socket.socket, addr: tuple) -> None:
+        setup_deadline = time.monotonic() + min(self.connect_timeout, _SETUP_TIMEOUT)
+        try:
+            _set_keepalive(raw)
+            raw.settimeout(min(self.connect_timeout, _SETUP_TIMEOUT))
+            tls = self._server_ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            tls.do_handshake()
+        except ssl.SSLError as exc:
+            hint = (" (is its certificate issued by the job CA?)"
+                    if "CERTIFICATE" in str(exc).upper() or "CA" in str(exc) else "")
+            return self._refuse(raw, addr, f"TLS handshake failed: {exc}{hint}")
+        except OSError as exc:
+            return self._refuse(raw, addr, f"TLS handshake failed: {exc}")
+        cn = _peer_cn(tls)
+        if cn is None:
+            return self._refuse(tls, addr, "certificate has no single subject CN")
+        if cn not in self.parties:
+            return self._refuse(tls, addr, f"certificate CN {cn!r} is not a party of job {self.job!r}")
+        spec = self.peers.get(cn)
+        if spec is None or spec.dial:
+            why = ("has no link with us" if spec is None else "should be dialled by us, not dial us")
+            return self._refuse(tls, addr, f"party {cn!r} {why} (job {self.job!r})")
+        link = _Link(self, cn, tls, f"from {_fmt(addr)}")
+        try:
+            hello = link.read_frame(setup_deadline)
+            if hello is None:
+                raise ConnectionError("closed before hello")
+        except FrameError as exc:
+            return self._refuse(tls, addr, f"authenticated as {cn!r} but sent a bad frame: {exc}")
+        except (OSError, ConnectionError, TimeoutError, _Stopped) as exc:
+            return self._refuse(tls, addr, f"no hello from {cn!r}: {exc}")
+        with self._lock:
+            if cn in self._links or cn in self._claimed:
+                return self._refuse(tls, addr, f"{cn!r} is already connected")
+            self._claimed.add(cn)
+        try:
+            link.send_frame(link.encoder.hello(), min(self.connect_timeout, _SETUP_TIMEOUT))
+        except (OSError, TimeoutError, _Stopped) as exc:
+            with self._lock:
+                self._claimed.discard(cn)
+            return self._refuse(tls, addr, f"could not answer hello from {cn!r}: {exc}")
+        with self._lock:
+            if self._setup_over.is_set():
+                return self._refuse(tls, addr, f"{cn!r} connected after link setup ended")
+            link.start_reader()  # only now may roles send on it
+            self._links[cn] = link
+            self._lock.notify_all()
+        log.info("%s: link with %s up (accepted from %s)", self.name, cn, _fmt(addr))
+
+    def _dial_guarded(self, peer: PeerSpec, deadline: float) -> None:
+        try:
+            link = self._dial(peer, deadline)
+        except Exception as exc:  # reported by open()
+            with self._lock:
+                self._errors[peer.name] = exc
+                self._lock.notify_all()
+            return
+        with self._lock:
+            if not self._setup_over.is_set():
+                self._links[peer.name] = link
+                self._lock.notify_all()
+                return
+        link.close()  # open() already gave up
+
+    def _dial(self, peer: PeerSpec, deadline: float) -> _Link:
+        where = f"{peer.name!r} at {_fmt(peer.address)}"
+        delay, attempt = 0.05, 0
+        while True:
+            attempt += 1
+            if self._stop.is_set():
+                raise ConnectError(f"{self.name}: gave up dialling {where}")
+            try:
+                left = max(0.1, deadline - time.monotonic())
+                raw = socket.create_connection(peer.address, timeout=min(left, _SETUP_TIMEOUT))
+                break
+            except OSError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConnectError(f"{self.name}: could not connect to {where} within "
+                                       f"{self.connect_timeout:g} s ({attempt} attempts; last error: "
+                                       f"{exc})") from None
+                wait = min(delay, left)
+                log.info("%s: %s not reachable yet (%s); retry %d in %.2f s",
+                         self.name, where, exc, attempt, wait)
+                self._stop.wait(wait)
+                delay = min(delay * 2, _MAX_BACKOFF)
+        try:
+            _set_keepalive(raw)
+            tls = self._client_ctx.wrap_socket(raw, server_side=False, do_handshake_on_connect=False)
+            tls.do_handshake()
+        except ssl.SSLCertVerificationError as exc:
+            raw.close()
+            raise AuthError(f"{self.name}: refused connection to {where}: its certificate does not "
+                            f"verify against the job CA {self.ca}: {exc.verify_message}") from None
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            raise AuthError(f"{self.name}: TLS handshake with {where} failed: {exc}") from None
+        cn = _peer_cn(tls)
+        if cn != peer.name:
+            tls.close()
+            what = (f"certificate CN {cn!r} is not a party of job {self.job!r}" if cn not in self.parties
+                    else f"certificate CN {cn!r} is not the party we dialled")
+            raise AuthError(f"{self.name}: refused connection to {where}: {what}")
+        link = _Link(self, peer.name, tls, f"dialled {_fmt(peer.address)}")
+        hello_deadline = max(deadline, time.monotonic() + 5.0)
+        try:
+            link.send_frame(link.encoder.hello(), self.connect_timeout)
+            reply = link.read_frame(hello_deadline)
+            if reply is None:
+                raise ConnectionError("connection closed")
+        except FrameError as exc:
+            link.close()
+            raise FrameError(f"{self.name}: refused connection to {where}: {exc}") from None
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError, _Stopped) as exc:
+            link.close()
+            raise AuthError(f"{self.name}: {where} refused the link during setup ({exc}); check that "
+                            f"our certificate {self.cert} is issued by the job CA with CN "
+                            f"{self.name!r} and that both sides run job {self.job!r} (see its log)") from None
+        link.start_reader()
+        log.info("%s: link with %s up (dialled %s)", self.name, peer.name, _fmt(peer.address))
+        return link
+
+    # -- teardown -----------------------------------------------------------------
+    def close(self, reason: str = "") -> None:
+        """Say 'bye' on every link, wait briefly for peers to finish, then close.
+
+        ``reason`` travels in the bye frame (keep it free of private data).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        links = list(self._links.values())
+        for link in links:
+            with link._send_lock:
+                if link.stop.is_set():
+                    continue
+                try:
+                    link.send_frame(link.encoder.bye(reason), min(self.peer_timeout, 5.0))
+                except (OSError, TimeoutError, _Stopped, FrameError) as exc:
+                    log.debug("%s: bye to %s not delivered: %s", self.name, link.peer, exc)
+                link.shutdown_write()
+        deadline = time.monotonic() + self.linger
+        for link in links:
+            link.ended.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for link in links:
+            link.close()
+            link.inbox.put(_End(ProtocolError, f"{self.name}: channel is closed"))
+        log.info("%s: channel closed", self.name)
+
+    def abort(self) -> None:
+        """Drop every link without 'bye', as a killed process would; peers raise PeerLost."""
+        self._closed = True
+        self._stop.set()
+        self._abort_links()
+
+    def _abort_links(self) -> None:
+        with self._lock:
+            links = list(self._links.values())
+        for link in links:
+            link.close()
+            link.inbox.put(_End(ProtocolError, f"{self.name}: channel was aborted"))
+
+    def __enter__(self) -> "TlsChannel":
+        if not self._opened:
+            self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(reason="" if exc_type is None else f"aborted ({exc_type.__name__})")
+
+
+def _check_own_cert(cert: Path, me: str) -> None:
+    """Fail locally, with a clear message, if our certificate names another party."""
+    try:
+        c = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    except ValueError as exc:
+        raise ConfigError(f"{cert} is not a PEM certificate: {exc}") from None
+    cns = [a.value for a in c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if cns != [me]:
+        raise ConfigError(f"certificate {cert} is for CN {', '.join(map(repr, cns)) or 'none'}, "
+                          f"but this party is {me!r}: peers would refuse it")
+
+
+def open_channel(job: JobConfig, me: str, **options) -> TlsChannel:
+    """Open party ``me``'s TLS channel from the job file: every link up, or a clear error.
+
+    ``options`` override :class:`TlsChannel` keywords (e.g. ``bind_host="0.0.0.0"``
+    behind NAT, where the configured address is not a local interface).
+    """
+    channel = TlsChannel.from_job(job, me, **options)
+    _check_own_cert(channel.cert, me)
+    return channel.open()

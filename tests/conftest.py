@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_job(tmp_path: Path, guest_csv: Path, host_csvs: list[Path], model: str = "", job: str = "",
+              label: str = "y") -> Path:
+    """A job file for tests: parties on loopback, data given by path."""
+    hosts = "".join(
+        f'[[hosts]]\nname = "host{i}"\naddress = "127.0.0.1:{19202 + i}"\ndata = "{p}"\n'
+        for i, p in enumerate(host_csvs))
+    text = (f'[job]\nworkdir = "{tmp_path / "out"}"\nseed = 1\n{job}\n'
+            f'[arbiter]\naddress = "127.0.0.1:19200"\n'
+            f'[guest]\nname = "guest"\naddress = "127.0.0.1:19201"\ndata = "{guest_csv}"\nlabel_column = "{label}"\n'
+            f'{hosts}[model]\nkey_bits = 512\n{model}\n')
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "default_credit_hetero_guest.csv").is_file():
+        pytest.skip("../shared/data is not available in this checkout")
+    return SHARED_DATA

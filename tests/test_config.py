@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from vfl.config import ConfigError, load_job, parse_job
+
+BASE = {
+    "job": {"workdir": "runs/x"},
+    "arbiter": {"address": "127.0.0.1:9100"},
+    "guest": {"name": "bank", "address": "127.0.0.1:9101", "data": "bank.csv", "id_column": "id",
+              "label_column": "y"},
+    "hosts": [{"name": "shop", "address": "127.0.0.1:9102", "data": "shop.csv"}],
+}
+
+
+def _with(**changes):
+    raw = {k: (dict(v) if isinstance(v, dict) else [dict(h) for h in v]) for k, v in BASE.items()}
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        target = raw[section][0] if section == "hosts" else raw.setdefault(section, {})
+        if value is None:
+            target.pop(key)
+        else:
+            target[key] = value
+    return raw
+
+
+def test_paths_resolve_against_job_file_and_defaults(tmp_path):
+    job = parse_job(_with(), tmp_path / "job.toml")
+    assert job.guest.data == tmp_path / "bank.csv"
+    assert job.output_dir("shop") == tmp_path / "runs/x/shop"
+    assert job.model.key_bits == 2048 and job.test_fraction == 0.2 and job.arbiter.name == "arbiter"
+    assert [p.name for p in job.parties] == ["bank", "shop", "arbiter"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model__epoch": 3}, "did you mean 'epochs'"),
+    ({"guest__address": "nowhere"}, "HOST:PORT"),
+    ({"guest__data": None}, "missing key 'data'"),
+    ({"model__optimizer": "rmsprop"}, "optimizer"),
+    ({"model__epochs": "ten"}, "must be int"),
+    ({"job__test_fraction": 1.5}, "test_fraction"),
+    ({"hosts__name": "bank"}, "unique"),
+])
+def test_bad_job_files_say_what_is_wrong(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_job(_with(**changes), tmp_path / "job.toml")
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_job(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[job\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_job(bad)

@@ -1,0 +1,131 @@
+"""The encrypted split LR must compute exactly what its plaintext twin computes."""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from crypto import EncryptedArray, generate_keypair
+from vfl.channel import LocalNetwork
+from vfl.config import ModelConfig
+from vfl.hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
+from vfl.hetero_lr.reference import fit_reference, taylor_gradient
+from vfl.messages import BigInts
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return generate_keypair(512)
+
+
+def _data(n=300, k_guest=3, k_hosts=(4,), seed=1):
+    rng = np.random.default_rng(seed)
+    k = k_guest + sum(k_hosts)
+    X = rng.normal(size=(n, k))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(X @ rng.normal(size=k))))).astype(float)
+    parts, start = [], k_guest
+    for m in k_hosts:
+        parts.append(X[:, start:start + m])
+        start += m
+    return X, y, X[:, :k_guest], parts
+
+
+def _train(model, keypair, Xg, y, host_parts, seed=3, record=False):
+    hosts = [f"h{i}" for i in range(len(host_parts))]
+    net = LocalNetwork(["g", *hosts, "a"], timeout=60, record=record)
+    roles = {"g": HeteroLRGuest(model, hosts=hosts, arbiter="a", seed=seed),
+             "a": HeteroLRArbiter(model, guest="g", hosts=hosts)}
+    for i, h in enumerate(hosts):
+        roles[h] = HeteroLRHost(model, guest="g", arbiter="a", seed=seed, earlier_hosts=i)
+    calls = {"g": lambda: roles["g"].fit(net.channel("g"), Xg, y),
+             "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair)}
+    for h, Xh in zip(hosts, host_parts):
+        calls[h] = (lambda h=h, Xh=Xh: roles[h].fit(net.channel(h), Xh))
+    errors = []
+
+    def run(name):
+        try:
+            calls[name]()
+        except BaseException as exc:  # surfaced below
+            errors.append((name, exc))
+            net.abort(str(exc))
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0][1]
+    return roles, net
+
+
+def _weights(roles, n_hosts):
+    g = roles["g"]
+    return np.concatenate([g.coef_, *[roles[f"h{i}"].coef_ for i in range(n_hosts)], [g.intercept_]])
+
+
+def test_one_sgd_step_equals_plaintext_taylor_gradient(keypair):
+    X, y, Xg, hosts = _data()
+    model = ModelConfig(epochs=1, batch_size=len(X), learning_rate=1.0, optimizer="sgd", key_bits=512)
+    roles, _ = _train(model, keypair, Xg, y, hosts)
+    # One full-batch SGD step from w=0 with lr=1: w1 = -gradient.
+    grad = -_weights(roles, 1)
+    expected = taylor_gradient(np.hstack([X, np.ones((len(X), 1))]), y, np.zeros(X.shape[1] + 1), 0.0)
+    np.testing.assert_allclose(grad, expected, atol=1e-6)
+
+
+def test_weights_and_losses_match_plaintext_reference_two_hosts(keypair):
+    X, y, Xg, hosts = _data(n=260, k_guest=2, k_hosts=(3, 2), seed=5)
+    model = ModelConfig(epochs=3, batch_size=100, learning_rate=0.05, optimizer="adam", l2=0.01,
+                        tolerance=0.0, key_bits=512)
+    roles, _ = _train(model, keypair, Xg, y, hosts, seed=11)
+    w_ref, loss_ref = fit_reference(X, y, model, seed=11)
+    np.testing.assert_allclose(_weights(roles, 2), w_ref, atol=1e-6)
+    np.testing.assert_allclose(roles["a"].loss_history_, loss_ref, atol=1e-6)
+    np.testing.assert_allclose(roles["g"].loss_history_, loss_ref, atol=1e-6)
+
+
+def test_early_stopping_agrees_with_reference(keypair):
+    X, y, Xg, hosts = _data(n=200, seed=8)
+    model = ModelConfig(epochs=30, batch_size=200, learning_rate=0.5, optimizer="sgd", tolerance=1e-3,
+                        key_bits=512)
+    roles, _ = _train(model, keypair, Xg, y, hosts)
+    _, loss_ref = fit_reference(X, y, model, seed=3)
+    assert 1 < len(loss_ref) < 30, "the test needs a run that stops early"
+    assert len(roles["a"].loss_history_) == len(loss_ref)
+    assert roles["h0"].epochs_run_ == len(loss_ref)
+
+
+def test_arbiter_sees_only_fresh_masks_and_hosts_see_only_ciphertext(keypair):
+    X, y, Xg, hosts = _data(n=120)
+    model = ModelConfig(epochs=1, batch_size=120, optimizer="sgd", key_bits=512)
+    _, net1 = _train(model, keypair, Xg, y, hosts, record=True)
+    _, net2 = _train(model, keypair, Xg, y, hosts, record=True)
+    pk, sk = keypair
+    seen = []
+    for net in (net1, net2):
+        for rec in net.transcript:
+            if rec.receiver == "a" and rec.step.endswith("masked_grad"):
+                seen.append(tuple(sk.decrypt_raw(rec.payload.with_key(pk).ciphertexts)))
+    assert len(seen) == 4   # guest and host, twice, on identical inputs
+    assert len(set(seen)) == 4, "the arbiter decrypted the same masked vector twice"
+    for rec in net1.transcript:
+        if rec.receiver == "h0":
+            assert isinstance(rec.payload, (EncryptedArray, dict, BigInts)), rec.step
+            if isinstance(rec.payload, dict):
+                assert set(rec.payload) <= {"n", "stop", "format", "version"}, rec.payload
+        if rec.receiver == "a":
+            assert isinstance(rec.payload, (EncryptedArray, dict)), rec.step
+
+
+def test_wrong_key_ciphertext_is_refused(keypair):
+    other_pk, _ = generate_keypair(512)
+    enc = EncryptedArray.encrypt(other_pk, np.ones(3))
+    from vfl.hetero_lr.common import expect_encrypted
+    with pytest.raises(ValueError, match="key"):
+        expect_encrypted(enc, keypair[0], (3,), "scores")
+    with pytest.raises(ValueError, match="shape"):
+        expect_encrypted(EncryptedArray.encrypt(keypair[0], np.ones(2)), keypair[0], (3,), "scores")

@@ -1,0 +1,116 @@
+import json
+import os
+import stat
+
+import gmpy2
+import numpy as np
+import pytest
+
+from crypto import PrivateKey, PublicKey, generate_keypair
+from crypto.multiexp import batch_invert, multiexp, multiexp_parallel
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return generate_keypair(512)
+
+
+def test_key_attributes(keys):
+    pk, sk = keys
+    assert pk.bits == 512 and pk.nsquare == pk.n * pk.n
+    assert sk.p * sk.q == pk.n and sk.public_key == pk
+    assert len(pk.fingerprint()) == 16
+    assert PublicKey(int(pk.n)) == pk and hash(PublicKey(int(pk.n))) == hash(pk)
+    assert "p=" not in repr(sk) and str(int(sk.p)) not in repr(sk)
+
+
+@pytest.mark.parametrize("mode", ["djn", "standard"])
+def test_raw_round_trip_both_modes(keys, mode):
+    pk, sk = keys
+    n = int(pk.n)
+    plain = np.array([0, 1, -1, 2**100, n - 1, n // 2], dtype=object)
+    ct = pk.encrypt_raw(plain, mode=mode)
+    assert ct.shape == plain.shape and all(0 < c < pk.nsquare for c in ct)
+    assert [int(m) for m in sk.decrypt_raw(ct)] == [int(m) % n for m in plain]
+    assert [int(m) for m in sk.decrypt_raw(pk.with_mode(mode).encrypt_raw(plain))] == [int(m) % n for m in plain]
+
+
+def test_encryption_is_randomised(keys):
+    pk, _ = keys
+    a, b = pk.encrypt_raw([5, 5]), pk.encrypt_raw([5])
+    assert a[0] != a[1] and a[0] != b[0]
+
+
+def test_pool_path_matches(keys):
+    pk, sk = keys
+    plain = np.arange(-300, 300, dtype=object)  # >= 256 elements: goes to the worker pool
+    assert [int(m) for m in sk.decrypt_raw(pk.encrypt_raw(plain))] == [int(m) % int(pk.n) for m in plain]
+
+
+def test_decrypt_rejects_out_of_range(keys):
+    _, sk = keys
+    with pytest.raises(ValueError, match="out of range"):
+        sk.decrypt_raw([0])
+
+
+def test_public_key_save_load(keys, tmp_path):
+    pk, _ = keys
+    path = tmp_path / "pub.json"
+    pk.save(path)
+    data = json.loads(path.read_text())
+    assert data["format"] == "vfl-paillier-public" and data["version"] == 1 and int(data["n"], 16) == pk.n
+    assert PublicKey.load(path) == pk
+    assert PublicKey.from_dict(pk.to_dict()) == pk
+    with pytest.raises(ValueError, match="version"):
+        PublicKey.from_dict({**pk.to_dict(), "version": 2})
+    with pytest.raises(ValueError, match="format"):
+        PublicKey.from_dict({**pk.to_dict(), "format": "other"})
+    with pytest.raises(ValueError, match="hex"):
+        PublicKey.from_dict({**pk.to_dict(), "n": "0x12"})
+
+
+def test_private_key_save_load(keys, tmp_path):
+    pk, sk = keys
+    path = tmp_path / "priv.json"
+    path.write_text("old")
+    os.chmod(path, 0o644)
+    sk.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    loaded = PrivateKey.load(path)
+    assert loaded.public_key == pk
+    assert int(loaded.decrypt_raw(pk.encrypt_raw([42]))[0]) == 42
+    with pytest.raises(ValueError, match="format"):
+        PublicKey.load(path)
+    with pytest.raises(ValueError):
+        PrivateKey(sk.p, sk.q, PublicKey(int(pk.n) + 2))
+
+
+def _naive(bases, E, mod):
+    out = []
+    for j in range(E.shape[1]):
+        acc = gmpy2.mpz(1)
+        for i in range(E.shape[0]):
+            acc = acc * gmpy2.powmod(bases[i], int(E[i, j]), mod) % mod
+        out.append(acc)
+    return out
+
+
+@pytest.mark.parametrize("N,k,scale", [(60, 4, 2**30), (12, 1, 5), (30, 3, 1), (1, 1, 7)])
+def test_multiexp_matches_powmod(keys, N, k, scale):
+    pk, _ = keys
+    rng = np.random.default_rng(N)
+    bases = list(pk.encrypt_raw(np.arange(N, dtype=object)))
+    E = rng.integers(-scale, scale + 1, size=(N, k))
+    E[rng.random((N, k)) < 0.2] = 0
+    for variant in (E, np.abs(E), E * 2**24, E.astype(object) * 2**70):  # signs, trailing zeros, > int64
+        assert multiexp(bases, variant, pk.nsquare) == _naive(bases, variant, pk.nsquare)
+    assert multiexp(bases, np.zeros((N, 2), dtype=np.int64), pk.nsquare) == [1, 1]
+
+
+def test_multiexp_parallel_and_batch_invert(keys):
+    pk, _ = keys
+    bases = list(pk.encrypt_raw(np.arange(300, dtype=object)))
+    E = np.random.default_rng(1).integers(-2**20, 2**20, size=(300, 3))
+    assert multiexp_parallel(bases, E, pk.nsquare) == multiexp(bases, E, pk.nsquare)
+    inv = batch_invert(bases[:5], pk.nsquare)
+    assert all(a * b % pk.nsquare == 1 for a, b in zip(bases, inv))

@@ -1,0 +1,548 @@
+"""TLS transport over real sockets on 127.0.0.1: parties are threads of this process."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import stat
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import crypto
+
+if not hasattr(crypto, "EncryptedArray"):  # pragma: no cover - crypto layer still being written
+    # vfl.messages imports crypto.EncryptedArray; the transport treats payloads as opaque
+    # bytes, so a stand-in is enough to import it. Removed again right after the import.
+    class _Placeholder:
+        pass
+
+    crypto.EncryptedArray = _Placeholder
+    import vfl.messages  # noqa: E402,F401
+    del crypto.EncryptedArray
+
+import vfl.messages  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+from parties import frames  # noqa: E402
+from parties.certs import issue_cert, load_ca, make_ca, make_certs  # noqa: E402
+from parties.frames import Frame, FrameError, Kind, LinkDecoder, LinkEncoder  # noqa: E402
+from parties.transport import (AuthError, ConnectError, TlsChannel, link_plan,  # noqa: E402
+                               open_channel)
+from vfl.channel import PeerLost, ProtocolError  # noqa: E402
+from vfl.config import ConfigError, parse_job  # noqa: E402
+from vfl.messages import BigInts  # noqa: E402
+
+JOB = "transport-test"
+
+
+# ---------------------------------------------------------------------------- fixtures
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _raw_job(ports: dict[str, int], files: dict[str, tuple[Path, Path]] | None, ca: Path | None,
+             hosts=("host1",), connect_timeout: float = 5.0, peer_timeout: float = 5.0) -> dict:
+    def party(name: str, data: bool = True) -> dict:
+        d = {"name": name, "address": f"127.0.0.1:{ports[name]}"}
+        if data:
+            d["data"] = f"{name}.csv"
+        if files and name in files:
+            d["cert"], d["key"] = str(files[name][0]), str(files[name][1])
+        return d
+
+    raw = {"job": {"name": JOB}, "guest": party("guest"), "hosts": [party(h) for h in hosts],
+           "arbiter": party("arbiter", data=False),
+           "network": {"connect_timeout": connect_timeout, "peer_timeout": peer_timeout}}
+    if ca is not None:
+        raw["tls"] = {"ca": str(ca)}
+    return raw
+
+
+@dataclass
+class Pki:
+    dir: Path
+    files: dict[str, tuple[Path, Path]]
+    ca: Path
+    foreign: dict[str, tuple[Path, Path]]  # same names, issued by another CA
+    mallory: tuple[Path, Path]             # job CA, CN not a party
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    job = parse_job(_raw_job({"guest": 1, "host1": 2, "host2": 3, "arbiter": 4}, None, None,
+                             hosts=("host1", "host2")), d / "job.toml")
+    files = make_certs(job, d / "job")
+    other = make_ca(d / "other", name="some other CA")
+    foreign = {n: issue_cert(other, n, d / "other") for n in ("guest", "host1")}
+    mallory = issue_cert(load_ca(d / "job"), "mallory", d / "job")
+    return Pki(d, files, d / "job" / "ca.pem", foreign, mallory)
+
+
+def _job(pki: Pki, ports, hosts=("host1",), files=None, **net):
+    return parse_job(_raw_job(ports, files or pki.files, pki.ca, hosts, **net), pki.dir / "job.toml")
+
+
+def _channel(job, me: str, only=None, **kw) -> TlsChannel:
+    """A channel for ``me`` restricted to the peers in ``only`` (focused tests)."""
+    ch = TlsChannel.from_job(job, me, **kw)
+    if only is not None:
+        ch.peers = {n: p for n, p in ch.peers.items() if n in only}
+    return ch
+
+
+def _in_thread(fn, *args, delay: float = 0.0):
+    """Run ``fn`` in a thread; return a getter that joins and returns or re-raises."""
+    box = {}
+
+    def run():
+        time.sleep(delay)
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def result(timeout: float = 15.0):
+        t.join(timeout)
+        assert not t.is_alive(), "party thread hung"
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    return result
+
+
+@dataclass(frozen=True)
+class FakeEncrypted:
+    """Stands in for crypto.EncryptedArray: same to_bytes/from_bytes/shape contract."""
+
+    shape: tuple
+    data: bytes
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">B", len(self.shape)) + struct.pack(f">{len(self.shape)}Q", *self.shape) + self.data
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "FakeEncrypted":
+        nd = raw[0]
+        return cls(struct.unpack(f">{nd}Q", raw[1:1 + 8 * nd]), raw[1 + 8 * nd:])
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    return a == b
+
+
+PAYLOADS = {
+    "control": {"cmd": "start", "epoch": 3, "n": str(2**2047 + 1)},
+    "floats": np.linspace(-1, 1, 12).reshape(3, 4),
+    "ints": np.arange(7, dtype=np.int32),
+    "ids": np.array([b"id-1", b"id-22"], dtype="S5"),
+    "bigints": BigInts.of([0, 1, 2**255 + 17], width=32),
+    "encrypted": FakeEncrypted((2, 3), bytes(range(48))),
+}
+
+
+# ---------------------------------------------------------------------------- happy paths
+def test_all_payload_kinds_round_trip_between_every_linked_pair(pki, monkeypatch):
+    monkeypatch.setattr(vfl.messages, "EncryptedArray", FakeEncrypted)
+    names = ["guest", "host1", "host2", "arbiter"]
+    ports = dict(zip(names, _free_ports(4)))
+    job = _job(pki, ports, hosts=("host1", "host2"))
+
+    def party(me: str):
+        with open_channel(job, me) as ch:
+            peers = sorted(ch.peers)
+            for peer in peers:
+                for kind, payload in PAYLOADS.items():
+                    ch.send(peer, f"test/{me}->{peer}/{kind}", payload)
+            got = {(peer, kind): ch.recv(peer, f"test/{peer}->{me}/{kind}")
+                   for peer in peers for kind in PAYLOADS}
+        return peers, got, ch
+
+    runs = {n: _in_thread(party, n) for n in names}
+    out = {n: r() for n, r in runs.items()}
+    assert out["guest"][0] == ["arbiter", "host1", "host2"]
+    assert out["host1"][0] == ["arbiter", "guest"]  # no host <-> host link
+    assert out["arbiter"][0] == ["guest", "host1", "host2"]
+    for me, (peers, got, ch) in out.items():
+        for (peer, kind), value in got.items():
+            assert _same(value, PAYLOADS[kind]), (me, peer, kind)
+        for peer in peers:  # both ends count the same frames (hello + data + bye)
+            assert ch.bytes_sent[peer] == out[peer][2].bytes_received[me] > 0
+
+
+def test_peers_started_in_any_order_still_connect(pki):
+    names = ["guest", "host1", "arbiter"]
+    ports = dict(zip(names, _free_ports(3)))
+    job = _job(pki, ports)
+
+    def party(me: str):
+        with open_channel(job, me) as ch:
+            for peer in ch.peers:
+                ch.send(peer, "hi", {"from": me})
+            return sorted(ch.recv(peer, "hi")["from"] for peer in ch.peers)
+
+    # the diallers (guest, then host1) start before the listeners they need
+    runs = {"guest": _in_thread(party, "guest"),
+            "host1": _in_thread(party, "host1", delay=0.6),
+            "arbiter": _in_thread(party, "arbiter", delay=1.2)}
+    assert runs["guest"]() == ["arbiter", "host1"]
+    assert runs["host1"]() == ["arbiter", "guest"]
+    assert runs["arbiter"]() == ["guest", "host1"]
+
+
+def test_link_plan_lower_role_dials():
+    job = parse_job(_raw_job({"guest": 1, "h1": 2, "h2": 3, "arbiter": 4}, None, None, hosts=("h1", "h2")),
+                    Path("/tmp/job.toml"))
+    plan = {me: {p.name: p.dial for p in link_plan(job, me)} for me in ("guest", "h1", "arbiter")}
+    assert plan["guest"] == {"h1": True, "h2": True, "arbiter": True}
+    assert plan["h1"] == {"guest": False, "arbiter": True}
+    assert plan["arbiter"] == {"guest": False, "h1": False, "h2": False}
+
+
+# ---------------------------------------------------------------------------- authentication
+def _pair(pki, guest_files=None, host_files=None, guest_timeout=3.0, host_timeout=1.5):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    files_g = {**pki.files, **(guest_files or {})}
+    files_h = {**pki.files, **(host_files or {})}
+    guest = _channel(_job(pki, ports, files=files_g, connect_timeout=guest_timeout), "guest", only={"host1"})
+    host = _channel(_job(pki, ports, files=files_h, connect_timeout=host_timeout), "host1", only={"guest"})
+    return guest, host, ports
+
+
+def test_server_cert_from_another_ca_is_refused_by_the_dialler(pki, caplog):
+    guest, host, ports = _pair(pki, host_files={"host1": pki.foreign["host1"]})
+    h = _in_thread(host.open)
+    with pytest.raises(AuthError, match=r"refused connection to 'host1' at 127\.0\.0\.1:\d+: its "
+                                        r"certificate does not verify against the job CA"):
+        guest.open()
+    with caplog.at_level(logging.INFO, logger="vfl.transport"), \
+            pytest.raises(ConnectError, match=r"'guest' did not connect.*last refused connection: "
+                                              r"refused connection from 127\.0\.0\.1:\d+: TLS handshake failed"):
+        h()
+
+
+def test_client_cert_from_another_ca_is_refused_by_the_listener(pki, caplog):
+    guest, host, ports = _pair(pki, guest_files={"guest": pki.foreign["guest"]})
+    with caplog.at_level(logging.INFO, logger="vfl.transport"):
+        h = _in_thread(host.open)
+        with pytest.raises(AuthError, match="'host1' at .* refused the link during setup"):
+            guest.open()
+        with pytest.raises(ConnectError, match="'guest' did not connect"):
+            h()
+    refusals = [r.getMessage() for r in caplog.records if "refused connection from" in r.getMessage()]
+    assert refusals and "certificate" in refusals[0].lower() and "job CA" in refusals[0]
+
+
+def test_cert_naming_another_party_is_refused(pki):
+    # host1 answers with the arbiter's (valid, job-CA) certificate
+    guest, host, ports = _pair(pki, host_files={"host1": pki.files["arbiter"]})
+    h = _in_thread(host.open)
+    with pytest.raises(AuthError, match="certificate CN 'arbiter' is not the party we dialled"):
+        guest.open()
+    with pytest.raises(ConnectError):
+        h()
+
+
+def test_cert_with_unknown_cn_is_refused_by_the_listener(pki, caplog):
+    guest, host, ports = _pair(pki, guest_files={"guest": pki.mallory})
+    with caplog.at_level(logging.INFO, logger="vfl.transport"):
+        h = _in_thread(host.open)
+        with pytest.raises(AuthError):
+            guest.open()
+        with pytest.raises(ConnectError, match=r"refused connection from 127\.0\.0\.1:\d+: certificate CN "
+                                               rf"'mallory' is not a party of job '{JOB}'"):
+            h()
+
+
+def test_open_channel_checks_files_and_own_cn(pki, tmp_path):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    job = parse_job(_raw_job(ports, None, pki.ca), tmp_path / "job.toml")
+    with pytest.raises(ConfigError, match="has no cert or key"):
+        open_channel(job, "guest")
+    files = {**pki.files, "guest": (tmp_path / "nope.pem", pki.files["guest"][1])}
+    with pytest.raises(ConfigError, match="certificate file .*nope.pem .* not found"):
+        open_channel(_job(pki, ports, files=files), "guest")
+    files = {**pki.files, "guest": pki.files["host1"]}
+    with pytest.raises(ConfigError, match="is for CN 'host1', but this party is 'guest'"):
+        open_channel(_job(pki, ports, files=files), "guest")
+
+
+def test_dialler_gives_up_naming_peer_and_address(pki):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    guest = _channel(_job(pki, ports, connect_timeout=0.8), "guest", only={"host1"})
+    t0 = time.monotonic()
+    with pytest.raises(ConnectError, match=rf"could not connect to 'host1' at 127\.0\.0\.1:{ports['host1']} "
+                                           r"within 0\.8 s"):
+        guest.open()
+    assert time.monotonic() - t0 < 3
+
+
+# ---------------------------------------------------------------------------- fake peers
+def _fake_guest(pki: Pki, port: int, files=None, timeout: float = 3.0) -> ssl.SSLSocket:
+    """A raw TLS client authenticated as the guest: sends whatever the test wants."""
+    cert, key = files or pki.files["guest"]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(pki.ca)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    return ctx.wrap_socket(raw)
+
+
+def _read_frame(sock: ssl.SSLSocket) -> Frame:
+    def exact(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            assert chunk, "EOF"
+            buf += chunk
+        return buf
+    return frames.decode_frame(exact(frames.frame_length(exact(frames.LENGTH_BYTES))))
+
+
+def _host_with_fake_guest(pki):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    host = _channel(_job(pki, ports, connect_timeout=3.0, peer_timeout=2.0), "host1", only={"guest"})
+    h = _in_thread(host.open)
+    fake = _fake_guest(pki, ports["host1"])
+    enc = LinkEncoder(JOB, "guest", "host1")
+    fake.sendall(enc.hello())
+    reply = _read_frame(fake)
+    assert (reply.kind, reply.sender, reply.receiver, reply.job) == (Kind.HELLO, "host1", "guest", JOB)
+    h()
+    return host, fake, enc
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda enc: b"\x00" * 7 + b"\x40" + b"garbage!" * 8, "bad magic"),
+    (lambda enc: frames.encode_frame(Frame(Kind.DATA, "other-job", "guest", "host1", "s", enc.next_seq, b"\x01{}")),
+     "wrong job 'other-job'.*foreign job"),
+    (lambda enc: frames.encode_frame(Frame(Kind.DATA, JOB, "arbiter", "host1", "s", enc.next_seq, b"\x01{}")),
+     "claims sender 'arbiter'"),
+    (lambda enc: (lambda d: struct.pack(">Q", len(d) - 7) + d[8:] + b"!")(enc.data("s", b"\x01{}")),
+     "over-long frame: payload length says 3 bytes, 4 bytes follow"),
+    (lambda enc: frames.encode_frame(Frame(Kind.DATA, JOB, "guest", "host1", "s", enc.next_seq - 1, b"\x01{}")),
+     "duplicate or replayed frame: sequence number 1, expected 2"),
+    (lambda enc: frames.encode_frame(Frame(Kind.DATA, JOB, "guest", "host1", "s", enc.next_seq + 1, b"\x01{}")),
+     "out-of-order frame"),
+    (lambda enc: struct.pack(">Q", 1 << 40), "exceeds the 1073741824-byte limit"),
+])
+def test_corrupted_frame_from_authenticated_peer_is_refused(pki, caplog, bad, message):
+    host, fake, enc = _host_with_fake_guest(pki)
+    try:
+        fake.sendall(enc.data("ok", vfl.messages.encode_payload({"a": 1})))
+        fake.sendall(bad(enc))
+        assert host.recv("guest", "ok") == {"a": 1}  # frames before the bad one still arrive
+        with pytest.raises(FrameError, match=message):
+            host.recv("guest", "s")
+        with pytest.raises(FrameError):  # and the link stays dead
+            host.recv("guest", "s")
+    finally:
+        fake.close()
+        host.close()
+
+
+def test_garbage_instead_of_hello_is_refused_at_setup(pki, caplog):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    host = _channel(_job(pki, ports, connect_timeout=1.5), "host1", only={"guest"})
+    with caplog.at_level(logging.INFO, logger="vfl.transport"):
+        h = _in_thread(host.open)
+        fake = _fake_guest(pki, ports["host1"])
+        fake.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * 64)
+        with pytest.raises(ConnectError, match="authenticated as 'guest' but sent a bad frame: frame of "
+                                                r"\d+ bytes exceeds .* starts with b'GET / HT'"):
+            h()
+        fake.close()
+
+
+def test_peer_killed_without_bye_raises_peer_lost(pki):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    job = _job(pki, ports, peer_timeout=2.0)
+    h = _in_thread(_channel(job, "host1", only={"guest"}).open)
+    guest = _channel(job, "guest", only={"host1"}).open()
+    host = h()
+    host.send("guest", "before", {"x": 1})
+    host.abort()  # as if the process had been killed: no bye
+    t0 = time.monotonic()
+    assert guest.recv("host1", "before") == {"x": 1}
+    with pytest.raises(PeerLost, match="connection to 'host1'.*closed without 'bye'"):
+        guest.recv("host1", "after")
+    assert time.monotonic() - t0 < 1.5
+    with pytest.raises(PeerLost, match="'host1'"):
+        guest.send("host1", "x", {"y": 2})
+    guest.close()
+
+
+def test_raw_socket_dropped_mid_frame_raises_peer_lost(pki):
+    host, fake, enc = _host_with_fake_guest(pki)
+    data = enc.data("big", b"\x01" + b" " * 10000)
+    fake.sendall(data[:5000])
+    socket.socket.close(fake)  # close the TCP socket under TLS, mid-frame
+    t0 = time.monotonic()
+    with pytest.raises(PeerLost, match="connection to 'guest'"):
+        host.recv("guest", "big")
+    assert time.monotonic() - t0 < 1.5
+    host.close()
+
+
+def test_bye_then_recv_and_timeouts_and_wrong_step(pki):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    job = _job(pki, ports, peer_timeout=0.5)
+    h = _in_thread(_channel(job, "host1", only={"guest"}).open)
+    guest = _channel(job, "guest", only={"host1"}).open()
+    host = h()
+    t0 = time.monotonic()
+    with pytest.raises(PeerLost, match=r"no message 'late' from 'host1' within 0\.5 s"):
+        guest.recv("host1", "late")
+    assert 0.4 < time.monotonic() - t0 < 1.5
+    host.send("guest", "lr/epoch1/batch1/enc_u", {"v": 1})
+    with pytest.raises(ProtocolError, match="expected 'lr/epoch1/batch2/enc_u' from 'host1', got "
+                                            "'lr/epoch1/batch1/enc_u'"):
+        guest.recv("host1", "lr/epoch1/batch2/enc_u")
+    with pytest.raises(KeyError, match="no link between 'guest' and 'host2'"):
+        guest.send("host2", "x", {})
+    c = _in_thread(host.close, "done")
+    with pytest.raises(PeerLost, match="'host1' closed its channel \\(done\\)"):
+        guest.recv("host1", "next")
+    guest.close()
+    c()
+    with pytest.raises(ProtocolError, match="closed"):
+        guest.recv("host1", "next")
+
+
+def test_large_payloads_both_ways_at_once(pki):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    job = _job(pki, ports)
+    big = np.arange(2_000_000, dtype=np.float64)  # 16 MB each way, sent simultaneously
+
+    def run(me, peer):
+        with _channel(job, me, only={peer}) as ch:
+            ch.send(peer, "big", big)
+            return ch.recv(peer, "big")
+
+    a, b = _in_thread(run, "guest", "host1"), _in_thread(run, "host1", "guest")
+    assert np.array_equal(a(30), big) and np.array_equal(b(30), big)
+
+
+# ---------------------------------------------------------------------------- frames.py
+def _frame(**kw) -> Frame:
+    d = dict(kind=Kind.DATA, job=JOB, sender="guest", receiver="host1", step="s", seq=1, payload=b"\x01{}")
+    d.update(kw)
+    return Frame(**d)
+
+
+def test_frame_round_trip_and_layout():
+    f = _frame(step="lr/epoch3/batch7/enc_u", seq=5, payload=b"xyz")
+    data = frames.encode_frame(f)
+    n = frames.frame_length(data[:8])
+    assert n == len(data) - 8
+    assert data[8:12] == b"VFLF" and data[12] == 1 and data[13] == Kind.DATA
+    assert struct.unpack(">Q", data[14:22])[0] == 5
+    assert frames.decode_frame(data[8:]) == f
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda b: b"XXXX" + b[4:], "bad magic"),
+    (lambda b: b[:4] + b"\x02" + b[5:], "version 2 is not supported"),
+    (lambda b: b[:5] + b"\x09" + b[6:], "unknown frame kind 9"),
+    (lambda b: b[:10], "truncated"),
+    (lambda b: b[:-1], "truncated frame: payload length says 3 bytes, 2 bytes follow"),
+    (lambda b: b + b"!", "over-long frame"),
+    (lambda b: b[:14] + b"\xff\xff" + b[16:], "job name field is 65535 bytes long"),
+    (lambda b: b[:14] + b"\x00\x00" + b[16 + len(JOB):], "empty job name"),
+    (lambda b: b[:16] + b"\xff" + b[17:], "job name is not valid UTF-8"),
+])
+def test_decode_frame_rejects_malformed(mutate, message):
+    body = frames.encode_frame(_frame(payload=b"abc"))[8:]
+    with pytest.raises(FrameError, match=message):
+        frames.decode_frame(mutate(body))
+
+
+def test_frame_limits():
+    with pytest.raises(FrameError, match="exceeds"):
+        frames.frame_length(struct.pack(">Q", frames.MAX_FRAME_BYTES + 1))
+    with pytest.raises(FrameError, match="shorter than"):
+        frames.frame_length(struct.pack(">Q", 3))
+    with pytest.raises(FrameError, match="would be"):
+        frames.encode_frame(_frame(payload=b"x" * 200), max_frame_bytes=100)
+    with pytest.raises(FrameError, match="step name is 2000 bytes"):
+        frames.encode_frame(_frame(step="s" * 2000))
+    with pytest.raises(FrameError, match="data frame without a step"):
+        frames.encode_frame(_frame(step=""))
+    with pytest.raises(FrameError, match="hello frame must not carry a step"):
+        frames.encode_frame(_frame(kind=Kind.HELLO))
+    assert issubclass(FrameError, ProtocolError)
+
+
+def test_link_decoder_checks_job_names_and_sequence():
+    enc = LinkEncoder(JOB, "guest", "host1")
+    dec = LinkDecoder(JOB, "guest", "host1")
+    stream = [enc.hello(), enc.data("a", b"1"), enc.data("b", b"2"), enc.data("c", b"3"), enc.bye("done")]
+    bodies = [s[8:] for s in stream]
+    with pytest.raises(FrameError, match="first frame must be a hello"):
+        LinkDecoder(JOB, "guest", "host1").decode(frames.encode_frame(_frame(seq=0))[8:])
+    assert dec.decode(bodies[0]).kind == Kind.HELLO
+    assert dec.decode(bodies[1]).step == "a"
+    with pytest.raises(FrameError, match="duplicate or replayed frame: sequence number 1, expected 2"):
+        dec.decode(bodies[1])
+    with pytest.raises(FrameError, match="out-of-order frame.*sequence number 3, expected 2"):
+        dec.decode(bodies[3])
+    assert dec.decode(bodies[2]).step == "b"
+    assert dec.decode(bodies[3]).step == "c"
+    assert dec.decode(bodies[4]).payload == b"done"
+    with pytest.raises(FrameError, match="data frame after bye"):
+        dec.decode(frames.encode_frame(_frame(seq=5))[8:])
+    fresh = LinkDecoder(JOB, "guest", "host1")
+    with pytest.raises(FrameError, match="wrong job 'other'.*foreign job"):
+        fresh.check(_frame(job="other", kind=Kind.HELLO, step="", payload=b"", seq=0))
+    with pytest.raises(FrameError, match="claims sender 'mallory'"):
+        fresh.check(_frame(sender="mallory", kind=Kind.HELLO, step="", payload=b"", seq=0))
+    with pytest.raises(FrameError, match="addressed to 'host2'"):
+        fresh.check(_frame(receiver="host2", kind=Kind.HELLO, step="", payload=b"", seq=0))
+    fresh.check(_frame(kind=Kind.HELLO, step="", payload=b"", seq=0))
+    with pytest.raises(FrameError, match="unexpected second hello"):
+        fresh.check(_frame(kind=Kind.HELLO, step="", payload=b"", seq=1))
+
+
+# ---------------------------------------------------------------------------- certs.py
+def test_make_certs_writes_private_keys_0600_with_cn_and_san(pki):
+    for name, (cert_path, key_path) in pki.files.items():
+        assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert name in san.get_values_for_type(x509.DNSName)
+        assert "localhost" in san.get_values_for_type(x509.DNSName)
+        assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+        ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+        cert.verify_directly_issued_by(ca)
+    assert stat.S_IMODE(os.stat(pki.dir / "job" / "ca-key.pem").st_mode) == 0o600
+    assert set(pki.files) == {"guest", "host1", "host2", "arbiter"}

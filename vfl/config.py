@@ -1,0 +1,216 @@
+"""The job file: the single source of truth shared by every party.
+
+Each party reads the whole file but uses only the shared parts (addresses,
+model settings, seeds) and its own table. Relative paths are resolved against
+the job file's folder, so one job file works from any current directory.
+Unknown keys are errors (a typo such as ``epoch = 5`` must not silently train
+with the default).
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROLES = ("guest", "host", "arbiter")
+
+
+class ConfigError(ValueError):
+    """The job file is missing something or says something impossible."""
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    role: str
+    name: str
+    address: str
+    data: Path | None = None
+    id_column: str = "id"
+    label_column: str | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    type: str = "logistic"
+    epochs: int = 10
+    batch_size: int = 4096
+    learning_rate: float = 0.05
+    optimizer: str = "adam"
+    l2: float = 0.0
+    tolerance: float = 1e-4
+    key_bits: int = 2048
+    seed: int = 7
+    encryption: str = "djn"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    connect_timeout: float = 60.0
+    peer_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    path: Path
+    name: str
+    workdir: Path
+    seed: int
+    test_fraction: float
+    baselines: bool
+    arbiter: PartyConfig
+    guest: PartyConfig
+    hosts: tuple[PartyConfig, ...]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    ca: Path | None = None
+
+    @property
+    def parties(self) -> tuple[PartyConfig, ...]:
+        return (self.guest, *self.hosts, self.arbiter)
+
+    @property
+    def host_names(self) -> list[str]:
+        return [h.name for h in self.hosts]
+
+    def party(self, name: str) -> PartyConfig:
+        for p in self.parties:
+            if p.name == name:
+                return p
+        raise ConfigError(f"no party named {name!r} in {self.path} (parties: "
+                          f"{', '.join(p.name for p in self.parties)})")
+
+    def output_dir(self, name: str) -> Path:
+        """Where party ``name`` writes its files: ``<workdir>/<name>/``."""
+        return self.workdir / name
+
+
+def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else f" (allowed: {', '.join(sorted(allowed))})"
+            raise ConfigError(f"unknown key {key!r} in [{where}]{extra}")
+
+
+def _require(table: dict, key: str, where: str) -> Any:
+    if key not in table:
+        raise ConfigError(f"missing key {key!r} in [{where}]")
+    return table[key]
+
+
+def _path(base: Path, value: Any) -> Path | None:
+    if value is None:
+        return None
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
+    allowed = {"name", "address", "data", "id_column", "cert", "key"}
+    if role == "guest":
+        allowed.add("label_column")
+    _check_keys(table, allowed, where)
+    address = str(_require(table, "address", where))
+    if ":" not in address or not address.rpartition(":")[2].isdigit():
+        raise ConfigError(f"[{where}] address {address!r} must look like HOST:PORT")
+    name = str(table.get("name", "arbiter") if role == "arbiter" else _require(table, "name", where))
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"[{where}] name {name!r} is not a valid party name")
+    data = None
+    if role != "arbiter":
+        data = _path(base, _require(table, "data", where))
+    return PartyConfig(role=role, name=name, address=address, data=data,
+                       id_column=str(table.get("id_column", "id")),
+                       label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
+                       cert=_path(base, table.get("cert")), key=_path(base, table.get("key")))
+
+
+def _dataclass_from(cls, table: dict, where: str):
+    names = {f.name: f for f in fields(cls)}
+    _check_keys(table, set(names), where)
+    kwargs = {}
+    for key, value in table.items():
+        default = getattr(cls(), key)
+        want = type(default)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"[{where}] {key} must be {want.__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check_model(m: ModelConfig) -> None:
+    if m.type not in ("logistic",):
+        raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic')")
+    if m.optimizer not in ("sgd", "adam"):
+        raise ConfigError(f"[model] optimizer must be 'sgd' or 'adam', got {m.optimizer!r}")
+    if m.epochs < 1 or m.batch_size < 1:
+        raise ConfigError("[model] epochs and batch_size must be >= 1")
+    if m.learning_rate <= 0 or m.l2 < 0 or m.tolerance < 0:
+        raise ConfigError("[model] learning_rate must be > 0, l2 and tolerance >= 0")
+    if m.key_bits < 512 or m.key_bits % 256:
+        raise ConfigError(f"[model] key_bits must be a multiple of 256 and >= 512, got {m.key_bits}")
+    if m.key_bits < 2048:
+        print(f"warning: key_bits = {m.key_bits} is for tests only; use 2048 or more in production",
+              file=sys.stderr)
+    if m.encryption not in ("djn", "standard"):
+        raise ConfigError(f"[model] encryption must be 'djn' or 'standard', got {m.encryption!r}")
+
+
+def load_job(path: str | Path) -> JobConfig:
+    """Read and validate a job file; raise :class:`ConfigError` saying what is wrong."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"job file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_job(raw, path)
+
+
+def parse_job(raw: dict, path: Path) -> JobConfig:
+    base = path.resolve().parent
+    _check_keys(raw, {"job", "arbiter", "guest", "hosts", "model", "network", "tls"}, "top level")
+    job = raw.get("job", {})
+    _check_keys(job, {"name", "workdir", "seed", "test_fraction", "baselines"}, "job")
+    hosts_raw = raw.get("hosts")
+    if not isinstance(hosts_raw, list) or not hosts_raw:
+        raise ConfigError("the job needs at least one [[hosts]] table")
+    arbiter = _party(_require(raw, "arbiter", "top level"), "arbiter", "arbiter", base)
+    guest = _party(_require(raw, "guest", "top level"), "guest", "guest", base)
+    hosts = tuple(_party(h, "host", f"hosts.{i}", base) for i, h in enumerate(hosts_raw))
+    names = [p.name for p in (guest, *hosts, arbiter)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"party names must be unique; repeated: {', '.join(dupes)}")
+    test_fraction = float(job.get("test_fraction", 0.2))
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"[job] test_fraction must be in [0, 1), got {test_fraction}")
+    model = _dataclass_from(ModelConfig, raw.get("model", {}), "model")
+    _check_model(model)
+    network = _dataclass_from(NetworkConfig, raw.get("network", {}), "network")
+    tls = raw.get("tls", {})
+    _check_keys(tls, {"ca"}, "tls")
+    return JobConfig(
+        path=path, name=str(job.get("name", path.stem)),
+        workdir=_path(base, job.get("workdir", "runs/" + path.stem)),
+        seed=int(job.get("seed", 42)), test_fraction=test_fraction,
+        baselines=bool(job.get("baselines", False)),
+        arbiter=arbiter, guest=guest, hosts=hosts, model=model, network=network,
+        ca=_path(base, tls.get("ca")))

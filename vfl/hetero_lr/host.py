@@ -1,0 +1,73 @@
+"""Hetero-LR host: owns some feature columns and their weights; never sees labels."""
+from __future__ import annotations
+
+import numpy as np
+
+from crypto import EncryptedArray, PublicKey
+from ..channel import Channel
+from ..config import ModelConfig
+from ..optim import make_optimizer
+from ..split import batch_schedule
+from .common import X_FRAC_BITS, Stopwatch, expect_encrypted, masked_gradient_round, step
+
+
+class HeteroLRHost:
+    """One host's part of the split logistic regression.
+
+    Parameters live in ``__init__`` (scikit-learn style); ``fit`` runs the
+    protocol over a channel on this host's standardised training rows.
+    """
+
+    def __init__(self, model: ModelConfig, *, guest: str, arbiter: str, seed: int,
+                 earlier_hosts: int = 0) -> None:
+        self.model, self.guest, self.arbiter, self.seed = model, guest, arbiter, seed
+        self.earlier_hosts = earlier_hosts   # hosts before this one in the job's list
+        self.coef_: np.ndarray | None = None
+        self.epochs_run_ = 0
+        self.timings_ = Stopwatch()
+
+    def fit(self, channel: Channel, X: np.ndarray) -> "HeteroLRHost":
+        m = self.model
+        pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"))
+        w = np.zeros(X.shape[1])
+        opt = make_optimizer(m.optimizer, m.learning_rate)
+        for epoch in range(m.epochs):
+            for b, rows in enumerate(batch_schedule(len(X), m.batch_size, self.seed, epoch)):
+                w = opt.step(w, self._batch(channel, pk, X[rows], w, epoch, b))
+            self.epochs_run_ = epoch + 1
+            if channel.recv(self.arbiter, f"lr/e{epoch}/decision").get("stop"):
+                break
+        self.coef_ = w
+        return self
+
+    def _batch(self, channel: Channel, pk: PublicKey, Xb: np.ndarray, w: np.ndarray,
+               epoch: int, b: int) -> np.ndarray:
+        n_b, lap = len(Xb), self.timings_
+        u = Xb @ w
+        # Step 2: encrypted partial scores, and this host's share of the Taylor loss.
+        with lap("encrypt"):
+            enc_u = EncryptedArray.encrypt(pk, u)
+        channel.send(self.guest, step(epoch, b, "enc_u"), enc_u)
+        own_loss = 0.125 * float(u @ u) + n_b * 0.5 * self.model.l2 * float(w @ w)
+        channel.send(self.guest, step(epoch, b, "enc_loss_part"), EncryptedArray.encrypt(pk, np.array([own_loss])))
+        # Cross terms of the loss with each earlier host: 0.25 * u_i . u_self, under encryption.
+        for i in range(self.earlier_hosts):
+            enc_ui = expect_encrypted(channel.recv(self.guest, step(epoch, b, f"enc_u_peer{i}")),
+                                      pk, (n_b,), "peer scores")
+            with lap("loss_cross_terms"):
+                cross = enc_ui.rmatmul((0.25 * u)[:, None], x_frac_bits=X_FRAC_BITS)
+            channel.send(self.guest, step(epoch, b, f"enc_cross{i}"), cross)
+        # Step 4: encrypted gradient X^T [[d4]], masked, decrypted by the arbiter.
+        with lap("wait_guest"):
+            d4 = expect_encrypted(channel.recv(self.guest, step(epoch, b, "enc_d")), pk, (n_b,), "residual")
+        with lap("gradient_XTd"):
+            enc_grad = d4.rmatmul(Xb, x_frac_bits=X_FRAC_BITS)
+        with lap("arbiter_round"):
+            g_sum = masked_gradient_round(channel, self.arbiter, pk, enc_grad, step(epoch, b, "masked_grad"))
+        return g_sum / (4.0 * n_b) + self.model.l2 * w
+
+    def partial_scores(self, X: np.ndarray) -> np.ndarray:
+        """u_h = X_h w_h for scoring (standardised rows)."""
+        if self.coef_ is None:
+            raise RuntimeError("fit the model first")
+        return X @ self.coef_

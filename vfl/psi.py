@@ -1,0 +1,272 @@
+"""Private set intersection (ECDH-PSI) between one guest and one or more hosts.
+
+Every party ends with the sorted intersection of *all* parties' IDs and learns
+nothing else about the other sets beyond the sizes listed in
+``docs/protocols.md`` (section "Private set intersection"). Read the two
+roles next to that section: each step name below is a row of its table.
+
+Notation: ``H(x)`` hashes an ID to a Curve25519 point (:func:`crypto.psi.hash_ids`),
+``a`` is the guest's key, ``b_j`` host ``j``'s key, and ``S^k`` a set of points
+each multiplied by ``k``. A set is *fully blinded* once it carries every key,
+``a * b_0 * ... * b_{k-1}``: only then are two sets compared.
+
+Who blinds what, in which order (hosts only talk to the guest, so the guest
+relays each hop; every party that blinds a set also shuffles it):
+
+* the guest's set ``G``: guest, then host 0, host 1, ..., host k-1;
+* host ``i``'s set ``H_i``: host ``i``, then hosts ``i+1, ..., i-1`` (cyclic),
+  then the guest last.
+
+The orders are chosen so that no host ever holds two sets carrying the same
+keys (the guest's key is on every copy of ``G`` a host sees and on no copy of
+a host set; two host sets reach host ``j`` with keys of different cyclic
+runs of hosts), so no host can compare anything.
+
+Finally the guest finds the points common to all fully blinded sets and walks
+their positions back through each hop's shuffle, asking the host that
+shuffled to undo its own permutation (``psi/unshuffle/...``), until each
+owner can map positions to its own IDs.
+
+Messages are numpy arrays of raw 32-byte points (``'S32'``) or int64
+positions, plus one small control message (``psi/plan``).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crypto.psi import PsiKey, common_positions, hash_ids, random_permutation
+
+from .channel import Channel, ProtocolError
+from .data import check_unique_ids
+from .messages import describe
+
+log = logging.getLogger("vfl.psi")
+
+PROTOCOL = "ecdh-psi/x25519/v1"
+POINT_DTYPE = np.dtype("S32")
+
+
+class PsiError(ValueError):
+    """PSI cannot produce a usable intersection (e.g. no common IDs)."""
+
+
+# --------------------------------------------------------------------------- guest
+
+def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray:
+    """Run PSI as the guest; return the sorted IDs common to the guest and all ``hosts``.
+
+    The guest drives the protocol: it relays every host-to-host hop, so hosts
+    never need to reach each other. Raises :class:`PsiError` if the
+    intersection is empty (after finishing the protocol, so that every host
+    gets the same verdict instead of a time-out).
+    """
+    me = channel.name
+    ids = _checked_ids(ids, f"{me}: IDs for PSI")
+    hosts = list(hosts)
+    if not hosts:
+        raise ValueError("psi_guest needs at least one host")
+    if len(set(hosts)) != len(hosts) or me in hosts:
+        raise ValueError(f"host names must be distinct and differ from the guest {me!r}, got {hosts}")
+    k, n = len(hosts), len(ids)
+    t_start = time.perf_counter()
+    log.info("%s: PSI as guest with %d IDs and %d host(s): %s", me, n, k, ", ".join(hosts))
+    for h in hosts:
+        channel.send(h, "psi/plan", {"protocol": PROTOCOL, "guest": me, "hosts": hosts})
+
+    key = PsiKey()
+    t = time.perf_counter()
+    rho = random_permutation(n)
+    mine = key.blind(hash_ids(ids[rho]))            # H(G)^a, shuffled: positions say nothing
+    log.info("%s: hashed and blinded own %d IDs in %.1f s", me, n, time.perf_counter() - t)
+
+    # trail[owner]: the hosts that blinded and shuffled that set, in order,
+    # with the length of what each received, to walk positions back later.
+    trail: dict[str, list[tuple[str, int]]] = {me: [], **{h: [] for h in hosts}}
+    current: dict[str, np.ndarray] = {}
+
+    def relay(owner: str, host: str, points: np.ndarray) -> None:
+        channel.send(host, f"psi/blind/{owner}", points)
+        trail[owner].append((host, len(points)))
+
+    relay(me, hosts[0], mine)                        # G's first host hop can start at once
+    sizes = {}
+    for h in hosts:
+        current[h] = _expect_points(channel.recv(h, "psi/host_blinded"), "psi/host_blinded", h, me)
+        sizes[h] = len(current[h])
+    log.info("%s: received blinded host sets: %s", me,
+             ", ".join(f"{h} {sizes[h]} IDs" for h in hosts))
+
+    fully_blinded_hosts: dict[str, np.ndarray] = {}
+    for r in range(1, k + 1):
+        t = time.perf_counter()
+        # Round r: host j blinds G if j == r-1 (already sent) and H_{(j-r) mod k} if r < k.
+        tasks = {h: ([me] if j == r - 1 else []) for j, h in enumerate(hosts)}
+        if r < k:
+            for j, h in enumerate(hosts):
+                owner = hosts[(j - r) % k]
+                relay(owner, h, current[owner])
+                tasks[h].append(owner)
+        else:
+            # Every host set now carries all host keys: add the guest's key
+            # while the last host blinds G.
+            for h in hosts:
+                fully_blinded_hosts[h] = key.blind(current[h])
+        for h in hosts:
+            for owner in tasks[h]:
+                step = f"psi/blinded/{owner}"
+                current[owner] = _expect_points(channel.recv(h, step), step, h, me, n=trail[owner][-1][1])
+        if r < k:
+            relay(me, hosts[r], current[me])
+        log.info("%s: blinding round %d/%d done in %.1f s", me, r, k, time.perf_counter() - t)
+
+    t = time.perf_counter()
+    owners = [me, *hosts]
+    positions = common_positions([current[me], *(fully_blinded_hosts[h] for h in hosts)])
+    log.info("%s: %d common IDs found in %.1f s", me, len(positions[0]), time.perf_counter() - t)
+
+    t = time.perf_counter()
+    for owner, pos in zip(owners, positions):
+        for host, received in reversed(trail[owner]):
+            channel.send(host, f"psi/unshuffle/{owner}", pos)
+            step = f"psi/unshuffled/{owner}"
+            pos = _expect_positions(channel.recv(host, step), step, host, me, received, count=len(pos))
+        if owner == me:
+            result = np.sort(ids[rho[pos]])
+        else:
+            channel.send(owner, "psi/result", pos)
+    log.info("%s: positions mapped back in %.1f s; PSI total %.1f s", me,
+             time.perf_counter() - t, time.perf_counter() - t_start)
+    if len(result) == 0:
+        raise PsiError(f"no common IDs between guest {me!r} ({n} IDs) and "
+                       + ", ".join(f"host {h!r} ({sizes[h]} IDs)" for h in hosts)
+                       + "; check that all parties use the same ID column and format")
+    return result
+
+
+# --------------------------------------------------------------------------- host
+
+def psi_host(channel: Channel, ids: np.ndarray, guest: str) -> np.ndarray:
+    """Run PSI as a host; return the sorted IDs common to the guest and all hosts.
+
+    The host only answers the guest: it sends its own set blinded once, then
+    blinds and shuffles whatever sets the guest relays (in the order fixed by
+    the plan), and undoes its own shuffles on request. Raises
+    :class:`PsiError` if the intersection is empty.
+    """
+    me = channel.name
+    ids = _checked_ids(ids, f"{me}: IDs for PSI")
+    n = len(ids)
+    t_start = time.perf_counter()
+    plan = channel.recv(guest, "psi/plan")
+    hosts = _expect_plan(plan, guest, me)
+    k, j = len(hosts), hosts.index(me)
+    log.info("%s: PSI as host %d of %d with %d IDs, guest %s", me, j + 1, k, n, guest)
+
+    key = PsiKey()
+    t = time.perf_counter()
+    sigma = random_permutation(n)
+    channel.send(guest, "psi/host_blinded", key.blind(hash_ids(ids[sigma])))   # H(H_j)^b_j, shuffled
+    log.info("%s: hashed, blinded and sent own %d IDs in %.1f s", me, n, time.perf_counter() - t)
+
+    perms: dict[str, np.ndarray] = {}       # owner -> my shuffle of that set: out[p] = in[perm[p]]
+    for r in range(1, k + 1):
+        # Round r: blind G if I am its r-th host, and the set of the host r places before me.
+        tasks = ([guest] if j == r - 1 else []) + ([hosts[(j - r) % k]] if r < k else [])
+        for owner in tasks:
+            step = f"psi/blind/{owner}"
+            points = _expect_points(channel.recv(guest, step), step, guest, me)
+            t = time.perf_counter()
+            perm = random_permutation(len(points))
+            channel.send(guest, f"psi/blinded/{owner}", key.blind(points)[perm])
+            perms[owner] = perm
+            log.info("%s: blinded %d points of %s's set in %.1f s", me, len(points), owner,
+                     time.perf_counter() - t)
+
+    result = None
+    for owner in [guest, *hosts]:
+        if owner == me:
+            pos = _expect_positions(channel.recv(guest, "psi/result"), "psi/result", guest, me, n)
+            result = np.sort(ids[sigma[pos]])
+        else:
+            step = f"psi/unshuffle/{owner}"
+            perm = perms[owner]
+            pos = _expect_positions(channel.recv(guest, step), step, guest, me, len(perm))
+            channel.send(guest, f"psi/unshuffled/{owner}", np.sort(perm[pos]))
+    log.info("%s: PSI done: %d common IDs, total %.1f s", me, len(result), time.perf_counter() - t_start)
+    if len(result) == 0:
+        raise PsiError(f"no common IDs between host {me!r} ({n} IDs) and guest {guest!r}"
+                       + (f" and the other hosts ({', '.join(h for h in hosts if h != me)})" if k > 1 else "")
+                       + "; check that all parties use the same ID column and format")
+    return result
+
+
+# --------------------------------------------------------------------------- output
+
+def write_intersection(path: str | Path, ids: np.ndarray) -> None:
+    """Write the intersection as a one-column CSV with header ``id``.
+
+    Written through the csv module (not pandas) so that every ID is kept as
+    the exact text it was, e.g. ``007`` stays ``007``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id"])
+        writer.writerows([str(x)] for x in ids)
+
+
+# --------------------------------------------------------------------------- checks
+
+def _checked_ids(ids: np.ndarray, source: str) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{source}: IDs must be a 1-D array, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in ("U", "O"):
+        raise TypeError(f"{source}: IDs must be text, got dtype {arr.dtype}; read them with vfl.data.read_ids")
+    check_unique_ids(arr, source)
+    return arr
+
+
+def _expect_plan(plan, guest: str, me: str) -> list[str]:
+    if not isinstance(plan, dict) or plan.get("protocol") != PROTOCOL:
+        got = plan.get("protocol") if isinstance(plan, dict) else describe(plan)
+        raise ProtocolError(f"{me}: psi/plan from {guest!r} announces protocol {got!r}, "
+                            f"this party speaks {PROTOCOL!r}")
+    hosts = plan.get("hosts")
+    if (not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts)
+            or len(set(hosts)) != len(hosts) or me not in hosts or guest in hosts):
+        raise ProtocolError(f"{me}: psi/plan from {guest!r} has a bad host list {hosts!r}")
+    return hosts
+
+
+def _expect_points(msg, step: str, sender: str, me: str, n: int | None = None) -> np.ndarray:
+    """A 1-D 'S32' array (of length ``n`` if given), else a ProtocolError naming the step."""
+    if not isinstance(msg, np.ndarray) or msg.dtype != POINT_DTYPE or msg.ndim != 1:
+        what = describe(msg) if isinstance(msg, (np.ndarray, dict)) else type(msg).__name__
+        raise ProtocolError(f"{me}: {step} from {sender!r} must be a 1-D array of 32-byte points "
+                            f"(dtype S32), got {what}")
+    if n is not None and len(msg) != n:
+        raise ProtocolError(f"{me}: {step} from {sender!r} has {len(msg)} points, expected {n} "
+                            "(one per point sent)")
+    return msg
+
+
+def _expect_positions(msg, step: str, sender: str, me: str, size: int,
+                      count: int | None = None) -> np.ndarray:
+    """Sorted distinct int positions in ``[0, size)`` (``count`` of them if given)."""
+    if not isinstance(msg, np.ndarray) or msg.ndim != 1 or msg.dtype.kind not in "iu":
+        what = describe(msg) if isinstance(msg, (np.ndarray, dict)) else type(msg).__name__
+        raise ProtocolError(f"{me}: {step} from {sender!r} must be a 1-D integer array, got {what}")
+    if count is not None and len(msg) != count:
+        raise ProtocolError(f"{me}: {step} from {sender!r} has {len(msg)} positions, expected {count}")
+    pos = msg.astype(np.int64)
+    if len(pos) and (pos[0] < 0 or pos[-1] >= size or (np.diff(pos) <= 0).any()):
+        raise ProtocolError(f"{me}: {step} from {sender!r} must hold sorted distinct positions "
+                            f"in [0, {size})")
+    return pos

@@ -1,0 +1,134 @@
+"""One party's whole job: PSI, then training, then joint scoring and reports.
+
+These functions are what a party *does*; they take a channel and never know
+whether it is an in-memory queue or a TLS socket. ``vfl run`` calls them in
+threads or processes on one machine, ``vfl party`` calls one of them in its
+own process. A party reads only its own table of the job file and its own
+data file (the opt-in ``baselines`` of a demo is the one, labelled exception).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .channel import Channel
+from .config import JobConfig
+from .data import load_table, read_ids
+from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
+from .hetero_lr.common import sigmoid
+from .metrics import binary_metrics
+from .psi import psi_guest, psi_host, write_intersection
+from .split import Standardizer, split_mask
+
+log = logging.getLogger("vfl.job")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def _timed(timings: dict, stage: str):
+    class _T:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[stage] = round(time.perf_counter() - self.t0, 3)
+    return _T()
+
+
+def run_psi_party(job: JobConfig, name: str, channel: Channel) -> np.ndarray:
+    """PSI only (``vfl psi``): write and return the sorted common IDs."""
+    party = job.party(name)
+    ids = read_ids(party.data, party.id_column)
+    if party.role == "guest":
+        common = psi_guest(channel, ids, job.host_names)
+    else:
+        common = psi_host(channel, ids, job.guest.name)
+    write_intersection(job.output_dir(name) / "intersection.csv", common)
+    log.info("%s: %d own IDs, %d common", name, len(ids), len(common))
+    return common
+
+
+def run_guest(job: JobConfig, channel: Channel) -> dict:
+    g = job.guest
+    timings: dict[str, float] = {}
+    table = load_table(g.data, g.id_column, g.label_column)
+    with _timed(timings, "psi"):
+        common = psi_guest(channel, table.ids, job.host_names)
+    out = job.output_dir(g.name)
+    write_intersection(out / "intersection.csv", common)
+    data = table.take(common)
+    test = split_mask(common, job.seed, job.test_fraction)
+    std = Standardizer.fit(data.features[~test])
+    X = std.transform(data.features)
+    log.info("%s: %d own rows, %d aligned, %d train / %d test", g.name, len(table.ids), len(common),
+             int((~test).sum()), int(test.sum()))
+    model = HeteroLRGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed)
+    with _timed(timings, "train"):
+        model.fit(channel, X[~test], data.labels[~test])
+    with _timed(timings, "predict"):
+        host_sum = np.zeros(len(common))
+        for h in job.host_names:
+            u_h = channel.recv(h, "predict/u_h")
+            if not isinstance(u_h, np.ndarray) or u_h.shape != (len(common),) or u_h.dtype != np.float64:
+                raise ValueError(f"{h}: partial scores must be {len(common)} float64 values")
+            host_sum += u_h
+        score = sigmoid(model.decision_function(X, host_sum))
+    pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
+                  "score": score}).to_csv(out / "predictions.csv", index=False)
+    _write_json(out / "model.json", {
+        "format": "vfl-hetero-lr-part", "version": 1, "role": "guest", "party": g.name,
+        "columns": data.columns, "coef": model.coef_.tolist(), "intercept": model.intercept_,
+        "standardizer": std.to_dict()})
+    metrics = {
+        "job": job.name, "aligned_rows": int(len(common)), "guest_rows": int(len(table.ids)),
+        "train": binary_metrics(data.labels[~test], score[~test]),
+        "test": binary_metrics(data.labels[test], score[test]),
+        "loss_history": model.loss_history_, "epochs_run": len(model.loss_history_),
+        "epoch_seconds": [round(s, 3) for s in model.epoch_seconds_],
+        "stage_seconds": timings, "key_bits": job.model.key_bits, "hosts": job.host_names,
+    }
+    if job.baselines:
+        from .baselines import baseline_aucs
+        metrics.update(baseline_aucs(job, common, test))
+    _write_json(job.workdir / "metrics.json", metrics)
+    return metrics
+
+
+def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
+    h = job.party(name)
+    if h.role != "host":
+        raise ValueError(f"{name!r} is not a host of this job")
+    table = load_table(h.data, h.id_column)
+    common = psi_host(channel, table.ids, job.guest.name)
+    out = job.output_dir(name)
+    write_intersection(out / "intersection.csv", common)
+    data = table.take(common)
+    test = split_mask(common, job.seed, job.test_fraction)
+    std = Standardizer.fit(data.features[~test])
+    X = std.transform(data.features)
+    model = HeteroLRHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
+                         earlier_hosts=job.host_names.index(name))
+    model.fit(channel, X[~test])
+    channel.send(job.guest.name, "predict/u_h", model.partial_scores(X))
+    _write_json(out / "model.json", {
+        "format": "vfl-hetero-lr-part", "version": 1, "role": "host", "party": name,
+        "columns": data.columns, "coef": model.coef_.tolist(), "standardizer": std.to_dict()})
+    return {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
+            "epochs_run": model.epochs_run_}
+
+
+def run_arbiter(job: JobConfig, channel: Channel) -> dict:
+    arb = HeteroLRArbiter(job.model, guest=job.guest.name, hosts=job.host_names).fit(channel)
+    _write_json(job.output_dir(job.arbiter.name) / "training.json",
+                {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits})
+    return {"party": job.arbiter.name, "loss_history": arb.loss_history_}
