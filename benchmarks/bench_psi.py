@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -88,7 +89,8 @@ def main() -> None:
     t = time.perf_counter()
     pool.warm_up()
     print(f"X25519 on one core: {rate:,.0f} scalar mults/s; pool: {workers} worker(s), "
-          f"started in {time.perf_counter() - t:.1f} s")
+          f"started in {time.perf_counter() - t:.1f} s; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores (other work slows this down)")
     print(f"{'guest x host':>21} {'common':>9} {'wall s':>8} {'floor s':>8} {'mults/s':>9} "
           f"{'MB g->h':>8} {'MB h->g':>8}")
     for n in args.sizes:
@@ -96,7 +98,8 @@ def main() -> None:
         mults = 4 * n
         floor = mults / (rate * workers)
         print(f"{n:>10,} x {n:<10,}{r['common']:>9,} {r['wall']:>8.1f} {floor:>8.1f} "
-              f"{mults / r['wall']:>9,.0f} {r['mb_guest']:>8.1f} {r['mb_host']:>8.1f}", flush=True)
+              f"{mults / r['wall']:>9,.0f} {r['mb_guest']:>8.1f} {r['mb_host']:>8.1f}  "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
     pool.shutdown()
 
 

@@ -7,7 +7,7 @@ Encryption modes (the obfuscator ``r**n`` is what costs):
 
 * ``"djn"`` (default), Damgard-Jurik-Nielsen: ``r**n = hs**a`` with
   ``hs = h**n mod n**2``, ``h = -x**2 mod n`` for a random ``x`` drawn by the
-  encrypting party (lazily, per ``PublicKey`` instance) and a fresh random
+  encrypting party (lazily, once per modulus and process) and a fresh random
   exponent ``a`` of ``bits // 2`` bits per ciphertext.  With a fixed-base table
   of 8-bit windows (``hs ** (d * 256**i)``, ~16 MB at 2048 bits, built once per
   process and cached) one obfuscator costs ``bits / 16`` multiplications
@@ -49,6 +49,7 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 _cache_lock = threading.Lock()
 _djn_tables: "OrderedDict[tuple[int, int], list]" = OrderedDict()
 _crt_params: dict[tuple[int, int], tuple] = {}
+_djn_bases: dict[int, gmpy2.mpz] = {}  # n -> hs, drawn by this (encrypting) process
 
 
 def _djn_table(n: int, hs: int) -> list:
@@ -217,14 +218,23 @@ class PublicKey:
 
     # encryption
     def _djn_base(self) -> gmpy2.mpz:
-        """``hs = (-x**2) ** n mod n**2`` for a random unit x, drawn once per instance."""
+        """``hs = (-x**2) ** n mod n**2`` for a random unit x drawn in this process.
+
+        Shared by all instances with the same n in this process (``hs`` is
+        public in DJN, so sharing is harmless) so that keys re-created from
+        messages do not rebuild the 16 MB window table.
+        """
         with self._hs_lock:
             if self._hs is None:
-                while True:
-                    x = gmpy2.mpz(secrets.randbelow(int(self.n) - 2) + 2)
-                    if gmpy2.gcd(x, self.n) == 1:
-                        break
-                self._hs = gmpy2.powmod(-x * x % self.n, self.n, self.nsquare)
+                with _cache_lock:
+                    hs = _djn_bases.get(int(self.n))
+                    if hs is None:
+                        while True:
+                            x = gmpy2.mpz(secrets.randbelow(int(self.n) - 2) + 2)
+                            if gmpy2.gcd(x, self.n) == 1:
+                                break
+                        hs = _djn_bases[int(self.n)] = gmpy2.powmod(-x * x % self.n, self.n, self.nsquare)
+                self._hs = hs
             return self._hs
 
     def encrypt_raw(self, ints: Sequence[int] | np.ndarray, mode: str | None = None) -> np.ndarray:

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="runs/credit-demo", help="where data, job file and results go")
     s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population")
     s.add_argument("--key-bits", type=int, default=2048, help="Paillier key size")
-    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--epochs", type=int, default=10)
     s.set_defaults(func=cmd_demo)
     return p
 

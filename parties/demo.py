@@ -6,11 +6,15 @@ train one credit model without exchanging rows; an arbiter holds the key.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
 from vfl.config import load_job
 from vfl.synth import write_credit_demo
+
+from .certs import make_certs
+from .launcher import run_processes
 
 JOB_TEMPLATE = """\
 # Credit scoring: bank (guest, holds the label) + e-commerce platform (host).
@@ -21,8 +25,13 @@ seed = 42
 test_fraction = 0.2
 baselines = true          # demo only: also trains pooled and bank-only models for comparison
 
+[tls]                     # each party presents its own certificate, signed by this CA
+ca = "certs/ca.pem"
+
 [arbiter]
 address = "127.0.0.1:{p0}"
+cert = "certs/arbiter.pem"
+key = "certs/arbiter-key.pem"
 
 [guest]
 name = "bank"
@@ -30,18 +39,22 @@ address = "127.0.0.1:{p1}"
 data = "data/bank.csv"
 id_column = "id"
 label_column = "default"
+cert = "certs/bank.pem"
+key = "certs/bank-key.pem"
 
 [[hosts]]
 name = "shop"
 address = "127.0.0.1:{p2}"
 data = "data/shop.csv"
 id_column = "id"
+cert = "certs/shop.pem"
+key = "certs/shop-key.pem"
 
 [model]
 type = "logistic"
 epochs = {epochs}
 batch_size = 2048
-learning_rate = 0.1
+learning_rate = 0.05
 optimizer = "adam"
 l2 = 0.001
 tolerance = 1e-5
@@ -49,23 +62,37 @@ key_bits = {key_bits}
 """
 
 
-def write_demo_job(workdir: Path, *, key_bits: int, epochs: int, base_port: int = 9100) -> Path:
+def free_ports(count: int) -> list[int]:
+    """Ports free on loopback right now (the OS picks them), so two demos never collide."""
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_demo_job(workdir: Path, *, key_bits: int, epochs: int) -> Path:
+    """The job file and the certificates it names."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "job.toml"
-    path.write_text(JOB_TEMPLATE.format(p0=base_port, p1=base_port + 1, p2=base_port + 2,
-                                        key_bits=key_bits, epochs=epochs))
+    p0, p1, p2 = free_ports(3)
+    path.write_text(JOB_TEMPLATE.format(p0=p0, p1=p1, p2=p2, key_bits=key_bits, epochs=epochs))
+    make_certs(load_job(path), workdir / "certs")
     return path
 
 
-def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epochs: int = 5) -> int:
-    from vfl.pipeline import run_local
+def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epochs: int = 10) -> int:
     t0 = time.perf_counter()
     bank, shop = write_credit_demo(workdir / "data", n_people=n_people)
     job = load_job(write_demo_job(workdir, key_bits=key_bits, epochs=epochs))
-    print(f"demo data: {bank} and {shop}; job file: {job.path}")
-    results = run_local(job)
-    m = results[job.guest.name]
-    host = results[job.hosts[0].name]
+    print(f"demo data: {bank} and {shop}\njob file: {job.path} (certificates in {workdir / 'certs'})")
+    print("starting arbiter, bank (guest) and shop (host) as three processes over mutually "
+          "authenticated TLS ...", flush=True)
+    run_processes(job)
+    m = json.loads((job.workdir / "metrics.json").read_text())
+    host = json.loads((job.output_dir(job.hosts[0].name) / "report.json").read_text())
     print()
     print(f"rows: bank {m['guest_rows']}, shop {host['rows']}; aligned by PSI: {m['aligned_rows']} "
           f"({m['train']['rows']} train / {m['test']['rows']} test)")

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from vfl.config import JobConfig
 
 
+_SYMPTOMS = ("PeerLost", "ConnectError", "aborted")
+
+
 class PartyFailed(RuntimeError):
     """A party process exited non-zero."""
 
@@ -72,9 +75,10 @@ def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None)
             p.popen.wait()
         for t in relays:
             t.join(timeout=2)
-    if first_failure is None:
-        failed = [p for p in procs if p.popen.returncode != 0]
-        first_failure = failed[0] if failed else None
-    if first_failure is not None:
-        raise PartyFailed(f"party {first_failure.name!r} failed (exit {first_failure.popen.returncode}): "
-                          f"{first_failure.last_line or 'no output'}")
+    failed = [p for p in procs if p.popen.returncode != 0]
+    if failed:
+        # A party that lost a peer is usually a symptom; the cause is the one that did not.
+        causes = [p for p in failed if not any(s in p.last_line for s in _SYMPTOMS)]
+        culprit = causes[0] if causes else (first_failure or failed[0])
+        raise PartyFailed(f"party {culprit.name!r} failed (exit {culprit.popen.returncode}): "
+                          f"{culprit.last_line or 'no output'}")

@@ -274,8 +274,10 @@ class _Link:
             while True:
                 frame = self.read_frame()
                 if frame is None:
+                    if self.stop.is_set():  # our own abort/close shut the socket
+                        return
                     if self.decoder.said_bye:
-                        log.info("%s: link to %s closed after bye", me, peer)
+                        log.debug("%s: link to %s closed after bye", me, peer)
                     else:
                         log.warning("%s: connection to %s closed without 'bye'", me, peer)
                         self._finish(PeerLost, f"{me}: connection to {peer!r} ({self.where}) closed "
@@ -285,7 +287,7 @@ class _Link:
                     self.inbox.put((frame.step, frame.payload))
                 elif frame.kind == Kind.BYE:
                     reason = frame.payload.decode("utf-8")
-                    log.info("%s: %s said bye%s", me, peer, f" ({reason})" if reason else "")
+                    log.debug("%s: %s said bye%s", me, peer, f" ({reason})" if reason else "")
                     self._finish(PeerLost, f"{me}: {peer!r} closed its channel"
                                            + (f" ({reason})" if reason else ""))
         except _Stopped:
@@ -391,7 +393,7 @@ class TlsChannel:
                 raise PeerLost(f"{self.name}: sending {step!r} to {peer!r} stalled: {exc}") from None
             except (OSError, _Stopped) as exc:
                 raise PeerLost(f"{self.name}: connection to {peer!r} lost while sending {step!r}: "
-                               f"{exc or 'link closed'}") from None
+                               f"{str(exc) or 'link closed'}") from None
         log.debug("%s -> %s: %s (%d bytes)", self.name, peer, step, len(frame))
 
     def recv(self, peer: str, step: str) -> Payload:
@@ -466,7 +468,7 @@ class TlsChannel:
                     # past the deadline, still let diallers report their own (better) error
                     if time.monotonic() >= deadline and not any(t.is_alive() for t in diallers):
                         break
-                    self._lock.wait(timeout=min(_POLL, max(0.0, deadline - time.monotonic())))
+                    self._lock.wait(timeout=_POLL)
                 missing = [p for p in self.peers.values() if p.name not in self._links]
                 errors = dict(self._errors)
             if missing:
@@ -515,7 +517,7 @@ class TlsChannel:
         except OSError as exc:
             raise ConnectError(f"{self.name}: cannot listen on {_fmt((host, self.address[1]))}: {exc}") from None
         sock.settimeout(_POLL)
-        log.info("%s: listening on %s", self.name, _fmt((host, self.address[1])))
+        log.debug("%s: listening on %s", self.name, _fmt((host, self.address[1])))
         return sock
 
     def _accept_loop(self, listener: socket.socket, deadline: float) -> None:
@@ -537,7 +539,7 @@ class TlsChannel:
         msg = f"refused connection from {_fmt(addr)}: {why}"
         log.error("%s: %s", self.name, msg)
         with self._lock:
-            self._refusals.append(msg)
+            self._refusals = [*self._refusals[-9:], msg]  # bounded under a port scan
             self._lock.notify_all()
         try:
             raw.close()
@@ -591,7 +593,7 @@ class TlsChannel:
             link.start_reader()  # only now may roles send on it
             self._links[cn] = link
             self._lock.notify_all()
-        log.info("%s: link with %s up (accepted from %s)", self.name, cn, _fmt(addr))
+        log.debug("%s: link with %s up (accepted from %s)", self.name, cn, _fmt(addr))
 
     def _dial_guarded(self, peer: PeerSpec, deadline: float) -> None:
         try:
@@ -626,8 +628,9 @@ class TlsChannel:
                                        f"{self.connect_timeout:g} s ({attempt} attempts; last error: "
                                        f"{exc})") from None
                 wait = min(delay, left)
-                log.info("%s: %s not reachable yet (%s); retry %d in %.2f s",
-                         self.name, where, exc, attempt, wait)
+                log.log(logging.INFO if attempt >= 4 else logging.DEBUG,
+                        "%s: %s not reachable yet (%s); retry %d in %.2f s",
+                        self.name, where, exc, attempt, wait)
                 self._stop.wait(wait)
                 delay = min(delay * 2, _MAX_BACKOFF)
         try:
@@ -663,7 +666,7 @@ class TlsChannel:
                             f"our certificate {self.cert} is issued by the job CA with CN "
                             f"{self.name!r} and that both sides run job {self.job!r} (see its log)") from None
         link.start_reader()
-        log.info("%s: link with %s up (dialled %s)", self.name, peer.name, _fmt(peer.address))
+        log.debug("%s: link with %s up (dialled %s)", self.name, peer.name, _fmt(peer.address))
         return link
 
     # -- teardown -----------------------------------------------------------------
@@ -691,7 +694,7 @@ class TlsChannel:
         for link in links:
             link.close()
             link.inbox.put(_End(ProtocolError, f"{self.name}: channel is closed"))
-        log.info("%s: channel closed", self.name)
+        log.debug("%s: channel closed", self.name)
 
     def abort(self) -> None:
         """Drop every link without 'bye', as a killed process would; peers raise PeerLost."""

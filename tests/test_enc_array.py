@@ -204,3 +204,16 @@ def test_masks(keys):
         decode_ints_fixed(b"\xff" * len(data), n, 3)
     r = random_mask(n, (2, 3))
     assert r.shape == (2, 3) and all(0 <= int(v) < n for v in r.ravel())
+
+
+def test_pool_from_concurrent_threads(keys):
+    """Roles run in threads of one process and share the worker pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pk, sk = keys
+    xs = [np.random.default_rng(i).normal(size=300) for i in range(3)]
+    with ThreadPoolExecutor(3) as threads:
+        encs = list(threads.map(lambda x: EncryptedArray.encrypt(pk, x), xs))
+        outs = list(threads.map(lambda e: e.decrypt(sk), encs))
+    for x, out in zip(xs, outs):
+        assert np.allclose(out, x, atol=TOL)

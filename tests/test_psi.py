@@ -183,15 +183,22 @@ def test_duplicate_ids_name_the_first_duplicates(who):
 
 # --------------------------------------------------------------------------- malformed peers
 
-def _bad_host(reply):
-    """A host that follows the protocol until it returns ``reply(received)`` as blinded G."""
+def _bad_host(reply, own=lambda points: points):
+    """A host that sends ``own(its blinded set)``, then ``reply(received)`` as blinded G."""
     def role(ch, ids):
+        key = PsiKey()
         ch.recv("guest", "psi/plan")
-        ch.send("guest", "psi/host_blinded", PsiKey().blind(hash_ids(ids)))
+        ch.send("guest", "psi/host_blinded", own(key.blind(hash_ids(ids))))
         got = ch.recv("guest", "psi/blind/guest")
         ch.send("guest", "psi/blinded/guest", reply(got))
         ch.recv("guest", "psi/never")
     return role
+
+
+def _with(points, index, value):
+    points = points.copy()
+    points[index] = value
+    return points
 
 
 @pytest.mark.parametrize("reply, message", [
@@ -205,6 +212,19 @@ def test_malformed_host_message_is_a_protocol_error(reply, message):
     assert isinstance(errors["guest"], ProtocolError)
     assert errors["guest"].args[0].startswith("guest: ")
     assert re.search(message, str(errors["guest"]))
+
+
+@pytest.mark.parametrize("own, message", [
+    (lambda pts: _with(pts, 5, bytes(32)), r"the set of host: point 5 has small order"),
+    (lambda pts: _with(pts, 5, pts[9]), r"fully blinded sets are inconsistent \(array 1 contains 1 repeated"),
+])
+def test_host_sending_non_ids_is_a_protocol_error(own, message):
+    ids = np.array([f"id{i}" for i in range(50)])
+    key = PsiKey()
+    honest = lambda got: key.blind(got)[::-1].copy()   # noqa: E731
+    _, errors, _ = run_psi({"guest": ids, "host": ids}, timeout=5, roles={"host": _bad_host(honest, own)})
+    assert isinstance(errors["guest"], ProtocolError)
+    assert re.search(message, str(errors["guest"])), str(errors["guest"])
 
 
 def test_host_rejects_a_bad_plan():

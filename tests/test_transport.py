@@ -15,19 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import crypto
-
-if not hasattr(crypto, "EncryptedArray"):  # pragma: no cover - crypto layer still being written
-    # vfl.messages imports crypto.EncryptedArray; the transport treats payloads as opaque
-    # bytes, so a stand-in is enough to import it. Removed again right after the import.
-    class _Placeholder:
-        pass
-
-    crypto.EncryptedArray = _Placeholder
-    import vfl.messages  # noqa: E402,F401
-    del crypto.EncryptedArray
-
 import vfl.messages  # noqa: E402
+from crypto import EncryptedArray, generate_keypair  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 from parties import frames  # noqa: E402
@@ -128,23 +117,12 @@ def _in_thread(fn, *args, delay: float = 0.0):
     return result
 
 
-@dataclass(frozen=True)
-class FakeEncrypted:
-    """Stands in for crypto.EncryptedArray: same to_bytes/from_bytes/shape contract."""
-
-    shape: tuple
-    data: bytes
-
-    def to_bytes(self) -> bytes:
-        return struct.pack(">B", len(self.shape)) + struct.pack(f">{len(self.shape)}Q", *self.shape) + self.data
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> "FakeEncrypted":
-        nd = raw[0]
-        return cls(struct.unpack(f">{nd}Q", raw[1:1 + 8 * nd]), raw[1 + 8 * nd:])
+_PK, _SK = generate_keypair(512)
 
 
 def _same(a, b) -> bool:
+    if isinstance(a, EncryptedArray):
+        return isinstance(b, EncryptedArray) and np.array_equal(a.decrypt(_SK), b.with_key(_PK).decrypt(_SK))
     if isinstance(a, np.ndarray):
         return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
     return a == b
@@ -156,13 +134,12 @@ PAYLOADS = {
     "ints": np.arange(7, dtype=np.int32),
     "ids": np.array([b"id-1", b"id-22"], dtype="S5"),
     "bigints": BigInts.of([0, 1, 2**255 + 17], width=32),
-    "encrypted": FakeEncrypted((2, 3), bytes(range(48))),
+    "encrypted": EncryptedArray.encrypt(_PK, np.array([[1.5, -2.0, 0.0], [3.25, 1e6, -1e-6]])),
 }
 
 
 # ---------------------------------------------------------------------------- happy paths
-def test_all_payload_kinds_round_trip_between_every_linked_pair(pki, monkeypatch):
-    monkeypatch.setattr(vfl.messages, "EncryptedArray", FakeEncrypted)
+def test_all_payload_kinds_round_trip_between_every_linked_pair(pki):
     names = ["guest", "host1", "host2", "arbiter"]
     ports = dict(zip(names, _free_ports(4)))
     job = _job(pki, ports, hosts=("host1", "host2"))

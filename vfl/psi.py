@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crypto.psi import PsiKey, common_positions, hash_ids, random_permutation
+from crypto.psi import (POINT_DTYPE, LowOrderPointError, PsiKey, common_positions, hash_ids,
+                        random_permutation)
 
 from .channel import Channel, ProtocolError
 from .data import check_unique_ids
@@ -48,7 +49,6 @@ from .messages import describe
 log = logging.getLogger("vfl.psi")
 
 PROTOCOL = "ecdh-psi/x25519/v1"
-POINT_DTYPE = np.dtype("S32")
 
 
 class PsiError(ValueError):
@@ -75,13 +75,14 @@ def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray
     k, n = len(hosts), len(ids)
     t_start = time.perf_counter()
     log.info("%s: PSI as guest with %d IDs and %d host(s): %s", me, n, k, ", ".join(hosts))
+    t = time.perf_counter()
+    rho = random_permutation(n)
+    hashed = hash_ids(ids[rho])                     # H(G), shuffled: positions say nothing
     for h in hosts:
         channel.send(h, "psi/plan", {"protocol": PROTOCOL, "guest": me, "hosts": hosts})
 
     key = PsiKey()
-    t = time.perf_counter()
-    rho = random_permutation(n)
-    mine = key.blind(hash_ids(ids[rho]))            # H(G)^a, shuffled: positions say nothing
+    mine = key.blind(hashed)                        # H(G)^a
     log.info("%s: hashed and blinded own %d IDs in %.1f s", me, n, time.perf_counter() - t)
 
     # trail[owner]: the hosts that blinded and shuffled that set, in order,
@@ -104,7 +105,7 @@ def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray
     fully_blinded_hosts: dict[str, np.ndarray] = {}
     for r in range(1, k + 1):
         t = time.perf_counter()
-        # Round r: host j blinds G if j == r-1 (already sent) and H_{(j-r) mod k} if r < k.
+        # Round r: host j blinds G if j == r-1 (sent already) and H_{(j-r) mod k} if r < k.
         tasks = {h: ([me] if j == r - 1 else []) for j, h in enumerate(hosts)}
         if r < k:
             for j, h in enumerate(hosts):
@@ -115,7 +116,7 @@ def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray
             # Every host set now carries all host keys: add the guest's key
             # while the last host blinds G.
             for h in hosts:
-                fully_blinded_hosts[h] = key.blind(current[h])
+                fully_blinded_hosts[h] = _blind_received(key, current[h], f"the set of {h}", me)
         for h in hosts:
             for owner in tasks[h]:
                 step = f"psi/blinded/{owner}"
@@ -126,7 +127,11 @@ def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray
 
     t = time.perf_counter()
     owners = [me, *hosts]
-    positions = common_positions([current[me], *(fully_blinded_hosts[h] for h in hosts)])
+    try:
+        positions = common_positions([current[me], *(fully_blinded_hosts[h] for h in hosts)])
+    except ValueError as exc:   # a repeated point: unique IDs cannot produce one
+        raise ProtocolError(f"{me}: the fully blinded sets are inconsistent ({exc}; sets in the order "
+                            f"{', '.join(owners)}): a peer sent points that are not its blinded IDs") from None
     log.info("%s: %d common IDs found in %.1f s", me, len(positions[0]), time.perf_counter() - t)
 
     t = time.perf_counter()
@@ -162,6 +167,8 @@ def psi_host(channel: Channel, ids: np.ndarray, guest: str) -> np.ndarray:
     ids = _checked_ids(ids, f"{me}: IDs for PSI")
     n = len(ids)
     t_start = time.perf_counter()
+    sigma = random_permutation(n)
+    hashed = hash_ids(ids[sigma])                   # H(H_j), shuffled: positions say nothing
     plan = channel.recv(guest, "psi/plan")
     hosts = _expect_plan(plan, guest, me)
     k, j = len(hosts), hosts.index(me)
@@ -169,9 +176,8 @@ def psi_host(channel: Channel, ids: np.ndarray, guest: str) -> np.ndarray:
 
     key = PsiKey()
     t = time.perf_counter()
-    sigma = random_permutation(n)
-    channel.send(guest, "psi/host_blinded", key.blind(hash_ids(ids[sigma])))   # H(H_j)^b_j, shuffled
-    log.info("%s: hashed, blinded and sent own %d IDs in %.1f s", me, n, time.perf_counter() - t)
+    channel.send(guest, "psi/host_blinded", key.blind(hashed))                 # H(H_j)^b_j
+    log.info("%s: blinded and sent own %d IDs in %.1f s", me, n, time.perf_counter() - t)
 
     perms: dict[str, np.ndarray] = {}       # owner -> my shuffle of that set: out[p] = in[perm[p]]
     for r in range(1, k + 1):
@@ -182,7 +188,7 @@ def psi_host(channel: Channel, ids: np.ndarray, guest: str) -> np.ndarray:
             points = _expect_points(channel.recv(guest, step), step, guest, me)
             t = time.perf_counter()
             perm = random_permutation(len(points))
-            channel.send(guest, f"psi/blinded/{owner}", key.blind(points)[perm])
+            channel.send(guest, f"psi/blinded/{owner}", _blind_received(key, points, step, me)[perm])
             perms[owner] = perm
             log.info("%s: blinded %d points of %s's set in %.1f s", me, len(points), owner,
                      time.perf_counter() - t)
@@ -243,6 +249,14 @@ def _expect_plan(plan, guest: str, me: str) -> list[str]:
             or len(set(hosts)) != len(hosts) or me not in hosts or guest in hosts):
         raise ProtocolError(f"{me}: psi/plan from {guest!r} has a bad host list {hosts!r}")
     return hosts
+
+
+def _blind_received(key: PsiKey, points: np.ndarray, what: str, me: str) -> np.ndarray:
+    """Blind points that came from a peer; a small-order point is the peer's fault."""
+    try:
+        return key.blind(points)
+    except LowOrderPointError as exc:
+        raise ProtocolError(f"{me}: {what}: {exc}") from None
 
 
 def _expect_points(msg, step: str, sender: str, me: str, n: int | None = None) -> np.ndarray:

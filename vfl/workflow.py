@@ -123,8 +123,10 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     _write_json(out / "model.json", {
         "format": "vfl-hetero-lr-part", "version": 1, "role": "host", "party": name,
         "columns": data.columns, "coef": model.coef_.tolist(), "standardizer": std.to_dict()})
-    return {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
-            "epochs_run": model.epochs_run_}
+    report = {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
+              "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds}
+    _write_json(out / "report.json", report)
+    return report
 
 
 def run_arbiter(job: JobConfig, channel: Channel) -> dict:

@@ -1,0 +1,127 @@
+"""Guest, host and arbiter as three OS processes over mutually authenticated TLS."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from parties.certs import make_certs
+from parties.demo import free_ports
+from parties.launcher import PartyFailed, run_processes
+from vfl.config import load_job
+from vfl.hetero_lr.reference import fit_reference
+from vfl.split import Standardizer, split_mask
+from vfl.synth import vertical_split
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tls_job(tmp_path: Path, n_rows=500, epochs=3, key_bits=512, peer_timeout=20.0) -> Path:
+    guest, (host,) = vertical_split(n_rows, 3, [4], overlap=0.9, seed=4)
+    guest.to_csv(tmp_path / "guest.csv", index=False)
+    host.to_csv(tmp_path / "host.csv", index=False)
+    p = dict(zip(["arbiter", "guest", "host"], free_ports(3)))
+    path = tmp_path / "job.toml"
+    path.write_text(f"""
+[job]
+workdir = "out"
+seed = 3
+[tls]
+ca = "certs/ca.pem"
+[network]
+connect_timeout = 30.0
+peer_timeout = {peer_timeout}
+[arbiter]
+address = "127.0.0.1:{p['arbiter']}"
+cert = "certs/arbiter.pem"
+key = "certs/arbiter-key.pem"
+[guest]
+name = "guest"
+address = "127.0.0.1:{p['guest']}"
+data = "guest.csv"
+cert = "certs/guest.pem"
+key = "certs/guest-key.pem"
+[[hosts]]
+name = "host"
+address = "127.0.0.1:{p['host']}"
+data = "host.csv"
+cert = "certs/host.pem"
+key = "certs/host-key.pem"
+[model]
+epochs = {epochs}
+batch_size = 128
+learning_rate = 0.1
+optimizer = "adam"
+tolerance = 0.0
+key_bits = {key_bits}
+""")
+    make_certs(load_job(path), tmp_path / "certs")
+    return path
+
+
+def test_three_processes_over_tls_train_the_reference_model(tmp_path):
+    path = _tls_job(tmp_path)
+    job = load_job(path)
+    run_processes(job, echo=False)
+    metrics = json.loads((job.workdir / "metrics.json").read_text())
+    g_model = json.loads((job.output_dir("guest") / "model.json").read_text())
+    h_model = json.loads((job.output_dir("host") / "model.json").read_text())
+    # The plaintext twin on the same aligned, split and standardised rows.
+    g = pd.read_csv(tmp_path / "guest.csv", dtype={"id": str})
+    h = pd.read_csv(tmp_path / "host.csv", dtype={"id": str})
+    joined = g.merge(h, on="id").sort_values("id")
+    assert metrics["aligned_rows"] == len(joined)
+    test = split_mask(joined["id"].to_numpy(str), job.seed, job.test_fraction)
+    Xg = joined[[c for c in g.columns if c not in ("id", "y")]].to_numpy(float)
+    Xh = joined[[c for c in h.columns if c != "id"]].to_numpy(float)
+    X = np.hstack([Standardizer.fit(Xg[~test]).transform(Xg), Standardizer.fit(Xh[~test]).transform(Xh)])
+    w_ref, loss_ref = fit_reference(X[~test], joined["y"].to_numpy(float)[~test], job.model, seed=job.model.seed)
+    w_fed = np.concatenate([g_model["coef"], h_model["coef"], [g_model["intercept"]]])
+    np.testing.assert_allclose(w_fed, w_ref, atol=1e-6)
+    np.testing.assert_allclose(metrics["loss_history"], loss_ref, atol=1e-6)
+    assert metrics["test"]["auc"] > 0.7
+    preds = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str})
+    assert len(preds) == len(joined) and set(preds["split"]) == {"train", "test"}
+    # Nothing of the guest's labels reaches the host's outputs.
+    host_files = " ".join(p.read_text() for p in job.output_dir("host").iterdir())
+    assert "label" not in host_files and "score" not in host_files
+
+
+def _start(path: Path, role: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", f"parties.{role}", str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_host_makes_guest_and_arbiter_fail_fast(tmp_path):
+    path = _tls_job(tmp_path, n_rows=2000, epochs=200, key_bits=768, peer_timeout=15.0)
+    procs = {r: _start(path, r) for r in ("arbiter", "host", "guest")}
+    try:
+        deadline = time.monotonic() + 60
+        for line in procs["guest"].stderr:      # wait until training is under way
+            if "epoch 1/" in line or time.monotonic() > deadline:
+                break
+        procs["host"].kill()
+        t0 = time.monotonic()
+        codes = {r: procs[r].wait(timeout=30) for r in ("guest", "arbiter")}
+        elapsed = time.monotonic() - t0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    assert codes["guest"] != 0 and codes["arbiter"] != 0
+    assert elapsed < 15
+    tail = procs["guest"].stderr.read().strip().splitlines()[-1]
+    assert "host" in tail and "failed" in tail, tail
+
+
+def test_launcher_names_the_party_that_failed(tmp_path):
+    path = _tls_job(tmp_path)
+    (tmp_path / "host.csv").write_text("id,x\n1,2\n1,3\n")      # duplicate IDs at the host
+    with pytest.raises(PartyFailed, match="'host' failed.*duplicate IDs"):
+        run_processes(load_job(path), echo=False, grace=20)
