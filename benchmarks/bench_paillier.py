@@ -126,7 +126,7 @@ def main() -> None:
     row(f"X.T @ [[d]] ({N:,} x {k}), pool [s]", f"{t_ours:.2f}", f"powmod loop* {t_loop:.1f}", f"{t_loop / t_ours:.1f}x")
     row(f"X.T @ [[d]] ({N:,} x {k}), 1 process [s]", f"{t_single:.2f}", f"powmod loop* {t_loop:.1f}",
         f"{t_loop / t_single:.1f}x")
-    row(f"X.T @ [[d]] with x_frac_bits=16, pool [s]", f"{t_16:.2f}", "", "")
+    row("X.T @ [[d]] with x_frac_bits=16, pool [s]", f"{t_16:.2f}", "", "")
     print(f"\n* per-element gmpy2.powmod loop (1 process) timed on {rows} of {N:,} rows and extrapolated x{N / rows:.0f}.")
     print(f"  exponents: X ~ N(0,1) with 24 fractional bits -> up to {bits} bits + sign; target <= 10 s.")
     print(f"  max |decrypted - X.T @ d| = {err:.2e}")

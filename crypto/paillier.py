@@ -11,7 +11,7 @@ Encryption modes (the obfuscator ``r**n`` is what costs):
   exponent ``a`` of ``bits // 2`` bits per ciphertext.  With a fixed-base table
   of 8-bit windows (``hs ** (d * 256**i)``, ~16 MB at 2048 bits, built once per
   process and cached) one obfuscator costs ``bits / 16`` multiplications
-  instead of a full ``bits``-bit exponentiation: ~10x faster.
+  instead of a full ``bits``-bit exponentiation (~13x phe's encrypt here).
 * ``"standard"``: ``r**n`` for uniform ``r < n`` via phe's ``raw_encrypt``.
 
 Randomness: ``os.urandom`` / ``secrets`` only.  Large inputs run on the
@@ -35,7 +35,7 @@ import phe
 from crypto import pool
 
 MODES = ("djn", "standard")
-DJN_WINDOW_BITS = 8
+_DJN_WINDOW_BITS = 8  # the exponent digits are random bytes, so this stays 8
 PUBLIC_FORMAT = "vfl-paillier-public"
 PRIVATE_FORMAT = "vfl-paillier-private"
 KEY_FILE_VERSION = 1
@@ -62,9 +62,9 @@ def _djn_table(n: int, hs: int) -> list:
             return table
     n2 = gmpy2.mpz(n) ** 2
     base = gmpy2.mpz(hs)
-    size = 1 << DJN_WINDOW_BITS
+    size = 1 << _DJN_WINDOW_BITS
     table = []
-    for _ in range(-(-(int(n).bit_length() // 2) // DJN_WINDOW_BITS)):
+    for _ in range(-(-(int(n).bit_length() // 2) // _DJN_WINDOW_BITS)):
         row = [None, base]
         for _ in range(2, size):
             row.append(row[-1] * base % n2)

@@ -20,6 +20,7 @@ from crypto import EncryptedArray, generate_keypair  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 from parties import frames  # noqa: E402
+from parties.demo import free_ports as _free_ports  # noqa: E402
 from parties.certs import issue_cert, load_ca, make_ca, make_certs  # noqa: E402
 from parties.frames import Frame, FrameError, Kind, LinkDecoder, LinkEncoder  # noqa: E402
 from parties.transport import (AuthError, ConnectError, TlsChannel, link_plan,  # noqa: E402
@@ -32,16 +33,6 @@ JOB = "transport-test"
 
 
 # ---------------------------------------------------------------------------- fixtures
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _raw_job(ports: dict[str, int], files: dict[str, tuple[Path, Path]] | None, ca: Path | None,
              hosts=("host1",), connect_timeout: float = 5.0, peer_timeout: float = 5.0) -> dict:
     def party(name: str, data: bool = True) -> dict:

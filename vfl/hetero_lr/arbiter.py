@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 
 from crypto import EncryptedArray, generate_keypair
 from ..channel import Channel

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from crypto import EncryptedArray, PublicKey
+from crypto import PublicKey
 from ..channel import Channel
 from ..config import ModelConfig
 from ..optim import make_optimizer
