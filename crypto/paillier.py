@@ -169,7 +169,7 @@ class PublicKey:
     def __init__(self, n: int, mode: str = "djn") -> None:
         n = int(n)
         if n < 15 or n % 2 == 0:
-            raise ValueError("Paillier modulus n must be an odd composite > 15")
+            raise ValueError("Paillier modulus n must be an odd composite >= 15")
         if mode not in MODES:
             raise ValueError(f"unknown encryption mode {mode!r}; expected one of {MODES}")
         self.n = gmpy2.mpz(n)

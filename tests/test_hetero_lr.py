@@ -10,7 +10,7 @@ from crypto import EncryptedArray, generate_keypair
 from vfl.channel import LocalNetwork
 from vfl.config import ModelConfig
 from vfl.hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
-from vfl.hetero_lr.reference import fit_reference, taylor_gradient
+from vfl.hetero_lr.reference import approx_gradient, fit_reference
 from vfl.messages import BigInts
 
 
@@ -37,7 +37,7 @@ def _train(model, keypair, Xg, y, host_parts, seed=3, record=False):
     roles = {"g": HeteroLRGuest(model, hosts=hosts, arbiter="a", seed=seed),
              "a": HeteroLRArbiter(model, guest="g", hosts=hosts)}
     for i, h in enumerate(hosts):
-        roles[h] = HeteroLRHost(model, guest="g", arbiter="a", seed=seed, earlier_hosts=i)
+        roles[h] = HeteroLRHost(model, guest="g", arbiter="a", seed=seed)
     calls = {"g": lambda: roles["g"].fit(net.channel("g"), Xg, y),
              "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair)}
     for h, Xh in zip(hosts, host_parts):
@@ -66,14 +66,16 @@ def _weights(roles, n_hosts):
     return np.concatenate([g.coef_, *[roles[f"h{i}"].coef_ for i in range(n_hosts)], [g.intercept_]])
 
 
-def test_one_sgd_step_equals_plaintext_taylor_gradient(keypair):
+def test_sgd_steps_follow_the_plaintext_gradient(keypair):
     X, y, Xg, hosts = _data()
-    model = ModelConfig(epochs=1, batch_size=len(X), learning_rate=1.0, optimizer="sgd", key_bits=512)
+    model = ModelConfig(epochs=2, batch_size=len(X), learning_rate=1.0, optimizer="sgd", key_bits=512,
+                        tolerance=0.0)
     roles, _ = _train(model, keypair, Xg, y, hosts)
-    # One full-batch SGD step from w=0 with lr=1: w1 = -gradient.
-    grad = -_weights(roles, 1)
-    expected = taylor_gradient(np.hstack([X, np.ones((len(X), 1))]), y, np.zeros(X.shape[1] + 1), 0.0)
-    np.testing.assert_allclose(grad, expected, atol=1e-6)
+    # Two full-batch SGD steps with lr=1: w2 = -g(0) - g(-g(0)). The second gradient is taken at
+    # non-zero host weights, so the encrypted h * [[U_H]] term is exercised.
+    w1 = -approx_gradient(X, y, np.zeros(X.shape[1] + 1), 3, 0.0)
+    w2 = w1 - approx_gradient(X, y, w1, 3, 0.0)
+    np.testing.assert_allclose(_weights(roles, 1), w2, atol=1e-6)
 
 
 def test_weights_and_losses_match_plaintext_reference_two_hosts(keypair):
@@ -81,7 +83,7 @@ def test_weights_and_losses_match_plaintext_reference_two_hosts(keypair):
     model = ModelConfig(epochs=3, batch_size=100, learning_rate=0.05, optimizer="adam", l2=0.01,
                         tolerance=0.0, key_bits=512)
     roles, _ = _train(model, keypair, Xg, y, hosts, seed=11)
-    w_ref, loss_ref = fit_reference(X, y, model, seed=11)
+    w_ref, loss_ref = fit_reference(X, y, model, seed=11, n_guest=2)
     np.testing.assert_allclose(_weights(roles, 2), w_ref, atol=1e-6)
     np.testing.assert_allclose(roles["a"].loss_history_, loss_ref, atol=1e-6)
     np.testing.assert_allclose(roles["g"].loss_history_, loss_ref, atol=1e-6)
@@ -89,10 +91,10 @@ def test_weights_and_losses_match_plaintext_reference_two_hosts(keypair):
 
 def test_early_stopping_agrees_with_reference(keypair):
     X, y, Xg, hosts = _data(n=200, seed=8)
-    model = ModelConfig(epochs=30, batch_size=200, learning_rate=0.5, optimizer="sgd", tolerance=1e-3,
+    model = ModelConfig(epochs=30, batch_size=200, learning_rate=2.0, optimizer="sgd", tolerance=1e-3,
                         key_bits=512)
     roles, _ = _train(model, keypair, Xg, y, hosts)
-    _, loss_ref = fit_reference(X, y, model, seed=3)
+    _, loss_ref = fit_reference(X, y, model, seed=3, n_guest=3)
     assert 1 < len(loss_ref) < 30, "the test needs a run that stops early"
     assert len(roles["a"].loss_history_) == len(loss_ref)
     assert roles["h0"].epochs_run_ == len(loss_ref)

@@ -81,7 +81,8 @@ def test_three_processes_over_tls_train_the_reference_model(tmp_path):
     Xg = joined[[c for c in g.columns if c not in ("id", "y")]].to_numpy(float)
     Xh = joined[[c for c in h.columns if c != "id"]].to_numpy(float)
     X = np.hstack([Standardizer.fit(Xg[~test]).transform(Xg), Standardizer.fit(Xh[~test]).transform(Xh)])
-    w_ref, loss_ref = fit_reference(X[~test], joined["y"].to_numpy(float)[~test], job.model, seed=job.model.seed)
+    w_ref, loss_ref = fit_reference(X[~test], joined["y"].to_numpy(float)[~test], job.model,
+                                   seed=job.model.seed, n_guest=Xg.shape[1])
     w_fed = np.concatenate([g_model["coef"], h_model["coef"], [g_model["intercept"]]])
     np.testing.assert_allclose(w_fed, w_ref, atol=1e-6)
     np.testing.assert_allclose(metrics["loss_history"], loss_ref, atol=1e-6)

@@ -116,8 +116,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     test = split_mask(common, job.seed, job.test_fraction)
     std = Standardizer.fit(data.features[~test])
     X = std.transform(data.features)
-    model = HeteroLRHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
-                         earlier_hosts=job.host_names.index(name))
+    model = HeteroLRHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed)
     model.fit(channel, X[~test])
     channel.send(job.guest.name, "predict/u_h", model.partial_scores(X))
     _write_json(out / "model.json", {

@@ -1,27 +1,29 @@
-"""What the three hetero-LR roles share: step names, schedule, the Taylor loss.
+"""What the three hetero-LR roles share: step names, the loss, masked decryption.
 
-The logistic loss is replaced by its second-order Taylor expansion at 0 so that
-everything the guest computes on encrypted scores is linear (Hardy et al.
-2017). With labels y' = 2y - 1 in {-1, 1} and score u = u_g + sum_h u_h:
+The guest knows its own partial score ``a = X_g w_g + b`` in the clear; only
+the hosts' part ``U_H = sum_h X_h w_h`` is encrypted. So the logistic loss is
+expanded to second order around ``a`` (not around 0 as in Hardy et al. 2017),
+in the direction of the hosts' contribution, with y in {0, 1}:
 
-    loss_i ~= log 2 - 0.5 y'_i u_i + 0.125 u_i^2
-    d_i     = dloss/du_i = 0.25 u_i - 0.5 y'_i = (u_i - 2 y'_i) / 4
+    loss_i ~= l(a_i) + g_i U_H,i + 0.5 h_i U_H,i^2
+    d_i     = dloss/du_i ~= g_i + h_i U_H,i
+    g_i = sigmoid(a_i) - y_i,   h_i = sigmoid(a_i) (1 - sigmoid(a_i)),   l(a) = log(1 + e^a) - y a
 
-The guest therefore sends the hosts ``[[d4]] = [[u - 2y']]`` (four times the
-residual, which needs no ciphertext scaling) and every party multiplies its
-own gradient sum ``X^T d4`` by ``1 / (4 n_batch)`` after unmasking.
+This is exact when the hosts contribute nothing and, on FATE's default_credit
+data, lands within 0.001 test AUC of scikit-learn's exact logistic regression,
+where the expansion around 0 loses ~0.006 (see docs/protocols.md). ``d`` is
+affine in ``[[U_H]]``, so the guest computes ``[[d]]`` with one plaintext
+multiplication per row.
 """
 from __future__ import annotations
 
-import math
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey, mask, unmask
 from ..channel import Channel
 from ..messages import BigInts
 
-LOG2 = math.log(2.0)
-X_FRAC_BITS = 24          # precision of plaintext multipliers (features, scores) in exponents
+X_FRAC_BITS = 24          # precision of plaintext multipliers (features, scores, h) in exponents
 
 
 def step(epoch: int, batch: int, name: str) -> str:
@@ -56,6 +58,13 @@ def expect_encrypted(payload, pk: PublicKey, shape: tuple, what: str) -> Encrypt
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
+def expansion_terms(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``g``, ``h`` and the summed exact loss at the guest's partial scores ``a``."""
+    s = sigmoid(a)
+    loss = float(np.sum(np.logaddexp(0.0, a) - y * a))
+    return s - y, s * (1.0 - s), loss
 
 
 class Stopwatch:

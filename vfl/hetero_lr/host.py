@@ -18,10 +18,8 @@ class HeteroLRHost:
     protocol over a channel on this host's standardised training rows.
     """
 
-    def __init__(self, model: ModelConfig, *, guest: str, arbiter: str, seed: int,
-                 earlier_hosts: int = 0) -> None:
+    def __init__(self, model: ModelConfig, *, guest: str, arbiter: str, seed: int) -> None:
         self.model, self.guest, self.arbiter, self.seed = model, guest, arbiter, seed
-        self.earlier_hosts = earlier_hosts   # hosts before this one in the job's list
         self.coef_: np.ndarray | None = None
         self.epochs_run_ = 0
         self.timings_ = Stopwatch()
@@ -44,27 +42,19 @@ class HeteroLRHost:
                epoch: int, b: int) -> np.ndarray:
         n_b, lap = len(Xb), self.timings_
         u = Xb @ w
-        # Step 2: encrypted partial scores, and this host's share of the Taylor loss.
         with lap("encrypt"):
             enc_u = EncryptedArray.encrypt(pk, u)
         channel.send(self.guest, step(epoch, b, "enc_u"), enc_u)
-        own_loss = 0.125 * float(u @ u) + n_b * 0.5 * self.model.l2 * float(w @ w)
-        channel.send(self.guest, step(epoch, b, "enc_loss_part"), EncryptedArray.encrypt(pk, np.array([own_loss])))
-        # Cross terms of the loss with each earlier host: 0.25 * u_i . u_self, under encryption.
-        for i in range(self.earlier_hosts):
-            enc_ui = expect_encrypted(channel.recv(self.guest, step(epoch, b, f"enc_u_peer{i}")),
-                                      pk, (n_b,), "peer scores")
-            with lap("loss_cross_terms"):
-                cross = enc_ui.rmatmul((0.25 * u)[:, None], x_frac_bits=X_FRAC_BITS)
-            channel.send(self.guest, step(epoch, b, f"enc_cross{i}"), cross)
-        # Step 4: encrypted gradient X^T [[d4]], masked, decrypted by the arbiter.
         with lap("wait_guest"):
-            d4 = expect_encrypted(channel.recv(self.guest, step(epoch, b, "enc_d")), pk, (n_b,), "residual")
+            d = expect_encrypted(channel.recv(self.guest, step(epoch, b, "enc_d")), pk, (n_b,), "residual")
+        # One multi-exponentiation gives both X_h^T [[d]] (the gradient) and u_h . [[d]] (for the loss).
         with lap("gradient_XTd"):
-            enc_grad = d4.rmatmul(Xb, x_frac_bits=X_FRAC_BITS)
+            enc = d.rmatmul(np.hstack([Xb, u[:, None]]), x_frac_bits=X_FRAC_BITS)
+        channel.send(self.guest, step(epoch, b, "enc_loss_part"),
+                     enc[-1:] + n_b * self.model.l2 * float(w @ w))
         with lap("arbiter_round"):
-            g_sum = masked_gradient_round(channel, self.arbiter, pk, enc_grad, step(epoch, b, "masked_grad"))
-        return g_sum / (4.0 * n_b) + self.model.l2 * w
+            g_sum = masked_gradient_round(channel, self.arbiter, pk, enc[:-1], step(epoch, b, "masked_grad"))
+        return g_sum / n_b + self.model.l2 * w
 
     def partial_scores(self, X: np.ndarray) -> np.ndarray:
         """u_h = X_h w_h for scoring (standardised rows)."""

@@ -1,0 +1,106 @@
+"""Whole jobs in one process (threads over the in-memory channel), from job files and CSVs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from parties.cli import main as vfl_main
+from tests.conftest import write_job
+from vfl.config import load_job
+from vfl.hetero_lr.reference import fit_reference
+from vfl.pipeline import JobFailed, run_local
+from vfl.split import Standardizer, split_mask
+from vfl.synth import vertical_split
+
+
+def _joined_reference(job, guest_csv, host_csvs):
+    g = pd.read_csv(guest_csv, dtype={"id": str})
+    frames = [pd.read_csv(p, dtype={"id": str}) for p in host_csvs]
+    j = g
+    for f in frames:
+        j = j.merge(f, on="id")
+    j = j.sort_values("id").reset_index(drop=True)
+    test = split_mask(j["id"].to_numpy(str), job.seed, job.test_fraction)
+    blocks = [j[[c for c in g.columns if c not in ("id", "y")]].to_numpy(float)]
+    blocks += [j[[c for c in f.columns if c != "id"]].to_numpy(float) for f in frames]
+    X = np.hstack([Standardizer.fit(b[~test]).transform(b) for b in blocks])
+    return j, X, j["y"].to_numpy(float), test, blocks[0].shape[1]
+
+
+def test_two_hosts_job_matches_plaintext_and_sklearn(tmp_path):
+    guest, hosts = vertical_split(900, 3, [3, 2], overlap=0.85, seed=2)
+    guest.to_csv(tmp_path / "g.csv", index=False)
+    paths = []
+    for i, h in enumerate(hosts):
+        paths.append(tmp_path / f"h{i}.csv")
+        h.to_csv(paths[-1], index=False)
+    job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
+                             model="epochs = 8\nbatch_size = 256\nlearning_rate = 0.1\ntolerance = 0.0"))
+    results = run_local(job)
+    m = results["guest"]
+    j, X, y, test, n_guest = _joined_reference(job, tmp_path / "g.csv", paths)
+    assert m["aligned_rows"] == len(j)
+    w_ref, loss_ref = fit_reference(X[~test], y[~test], job.model, seed=job.model.seed, n_guest=n_guest)
+    np.testing.assert_allclose(m["loss_history"], loss_ref, atol=1e-6)
+    clf = LogisticRegression(max_iter=1000).fit(X[~test], y[~test])
+    sk_auc = roc_auc_score(y[test], clf.predict_proba(X[test])[:, 1])
+    assert abs(m["test"]["auc"] - sk_auc) < 0.02
+    for name in ("guest", "host0", "host1"):
+        ids = pd.read_csv(job.output_dir(name) / "intersection.csv", dtype=str)["id"].tolist()
+        assert ids == j["id"].tolist()
+    saved = json.loads((job.workdir / "metrics.json").read_text())
+    assert saved["test"]["auc"] == m["test"]["auc"] and len(saved["loss_history"]) == 8
+    assert set(saved["stage_seconds"]) == {"psi", "train", "predict"}
+
+
+def test_vfl_psi_command_and_clear_errors(tmp_path, capsys):
+    guest, (host,) = vertical_split(300, 2, [2], overlap=0.7, seed=9)
+    guest.to_csv(tmp_path / "g.csv", index=False)
+    host.to_csv(tmp_path / "h.csv", index=False)
+    path = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"])
+    assert vfl_main(["psi", str(path)]) == 0
+    truth = sorted(set(guest["id"].astype(str)) & set(host["id"].astype(str)))
+    job = load_job(path)
+    for name in ("guest", "host0"):
+        assert pd.read_csv(job.output_dir(name) / "intersection.csv", dtype=str)["id"].tolist() == truth
+    # A missing label column: exit 1, one line naming the problem.
+    bad = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"], label="target")
+    assert vfl_main(["run", "--threads", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "label column 'target' not found" in err
+
+
+def test_job_failure_names_the_party(tmp_path):
+    guest, (host,) = vertical_split(200, 2, [2], seed=1)
+    guest.to_csv(tmp_path / "g.csv", index=False)
+    host.assign(h0_0="text").to_csv(tmp_path / "h.csv", index=False)
+    with pytest.raises(JobFailed, match="party 'host0' failed: DataError: .*non-numeric"):
+        run_local(load_job(write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"])))
+
+
+@pytest.mark.slow
+def test_default_credit_with_host_columns_split_in_two(tmp_path, shared_data):
+    """FATE's default_credit, first 4,000 rows, host columns split between two hosts."""
+    g = pd.read_csv(shared_data / "default_credit_hetero_guest.csv", dtype={"id": str}).head(4000)
+    h = pd.read_csv(shared_data / "default_credit_hetero_host.csv", dtype={"id": str}).head(4000)
+    h = h.rename(columns={c: f"host_{c}" for c in h.columns if c != "id"})
+    g.to_csv(tmp_path / "g.csv", index=False)
+    cols = [c for c in h.columns if c != "id"]
+    paths = [tmp_path / "h0.csv", tmp_path / "h1.csv"]
+    h[["id", *cols[:5]]].to_csv(paths[0], index=False)
+    h[["id", *cols[5:]]].to_csv(paths[1], index=False)
+    job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
+                             model="epochs = 20\nbatch_size = 512\nlearning_rate = 0.05\ntolerance = 1e-4",
+                             job="baselines = true"))
+    m = run_local(job)["guest"]
+    j, X, y, test, n_guest = _joined_reference(job, tmp_path / "g.csv", paths)
+    _, loss_ref = fit_reference(X[~test], y[~test], job.model, seed=job.model.seed, n_guest=n_guest)
+    np.testing.assert_allclose(m["loss_history"], loss_ref, atol=1e-6)
+    assert m["epochs_run"] < 20, "early stopping on the loss tolerance should end training"
+    assert abs(m["test"]["auc"] - m["baseline_central_auc"]) < 0.01
+    assert m["test"]["auc"] > m["baseline_guest_only_auc"] + 0.02
