@@ -122,6 +122,22 @@ def test_arbiter_sees_only_fresh_masks_and_hosts_see_only_ciphertext(keypair):
             assert isinstance(rec.payload, (EncryptedArray, dict)), rec.step
 
 
+def test_host_cannot_strip_the_residual_down_to_labels(keypair):
+    """[[d]] = [[u_h]]^h (1 + g n): without re-randomisation a host that kept its own
+    [[u_h]] could divide it out and read g = sigmoid(a) - y, i.e. the labels."""
+    import gmpy2
+    X, y, Xg, hosts = _data(n=64)
+    model = ModelConfig(epochs=1, batch_size=64, optimizer="sgd", key_bits=512)
+    _, net = _train(model, keypair, Xg, y, hosts, record=True)
+    pk = keypair[0]
+    sent = next(r.payload for r in net.transcript if r.step.endswith("enc_u"))
+    got = next(r.payload for r in net.transcript if r.step.endswith("enc_d"))
+    h_enc = 1 << 22        # epoch 0 starts at w = 0: a = 0, h = 0.25 at 24 fractional bits
+    stripped = [int(d * gmpy2.invert(gmpy2.powmod(c, h_enc, pk.nsquare), pk.nsquare) % pk.nsquare)
+                for c, d in zip(sent.ciphertexts, got.ciphertexts)]
+    assert sum(v % int(pk.n) == 1 for v in stripped) == 0
+
+
 def test_wrong_key_ciphertext_is_refused(keypair):
     other_pk, _ = generate_keypair(512)
     enc = EncryptedArray.encrypt(other_pk, np.ones(3))

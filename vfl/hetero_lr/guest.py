@@ -66,7 +66,9 @@ class HeteroLRGuest:
         for e in enc_u[1:]:
             enc_uh = enc_uh + e
         with lap("residual"):
-            d = enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g
+            # Re-randomised: otherwise a single host, knowing its own [[u_h]], could solve
+            # [[d]] = [[u_h]]^h (1 + g n) for the short h and so learn g = sigmoid(a) - y.
+            d = (enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g).rerandomize()
         for p in self.hosts:
             channel.send(p, step(epoch, b, "enc_d"), d)
         with lap("gradient_XTd"):   # the guest's columns and the intercept

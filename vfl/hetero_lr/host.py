@@ -51,7 +51,7 @@ class HeteroLRHost:
         with lap("gradient_XTd"):
             enc = d.rmatmul(np.hstack([Xb, u[:, None]]), x_frac_bits=X_FRAC_BITS)
         channel.send(self.guest, step(epoch, b, "enc_loss_part"),
-                     enc[-1:] + n_b * self.model.l2 * float(w @ w))
+                     (enc[-1:] + n_b * self.model.l2 * float(w @ w)).rerandomize())
         with lap("arbiter_round"):
             g_sum = masked_gradient_round(channel, self.arbiter, pk, enc[:-1], step(epoch, b, "masked_grad"))
         return g_sum / n_b + self.model.l2 * w
