@@ -47,7 +47,7 @@ def train_threads(model: ModelConfig, keypair, Xg, y, Xh_parts, seed=7):
     hosts = [f"host{i}" for i in range(len(Xh_parts))]
     net = LocalNetwork(["guest", *hosts, "arbiter"])
     guest = HeteroLRGuest(model, hosts=hosts, arbiter="arbiter", seed=seed)
-    host_roles = [HeteroLRHost(model, guest="guest", arbiter="arbiter", seed=seed, earlier_hosts=i)
+    host_roles = [HeteroLRHost(model, guest="guest", arbiter="arbiter", seed=seed)
                   for i in range(len(hosts))]
     arb = HeteroLRArbiter(model, guest="guest", hosts=hosts)
     jobs = [lambda: guest.fit(net.channel("guest"), Xg, y), lambda: arb.fit(net.channel("arbiter"), keypair)]
@@ -82,7 +82,7 @@ def epoch_benchmark(name, Xg, Xh, y, bits, batch_size, repeats):
         fed.append(secs)
         stages = (guest.timings_.seconds, hosts[0].timings_.seconds, sum(net.bytes_sent.values()))
         t0 = time.perf_counter()
-        fit_reference(np.hstack([Xg, Xh]), y, model, seed=7)
+        fit_reference(np.hstack([Xg, Xh]), y, model, seed=7, n_guest=Xg.shape[1])
         plain.append(time.perf_counter() - t0)
     f, p = statistics.median(fed), statistics.median(plain)
     print(f"\n{name}: {n} rows x {Xg.shape[1]}+{Xh.shape[1]} features, {bits}-bit keys, batch {batch_size}, "
