@@ -23,6 +23,7 @@ from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
 from .hetero_lr.common import sigmoid
 from .metrics import binary_metrics
 from .psi import psi_guest, psi_host, write_intersection
+from .scoring import guest_sum_scores, host_send_scores
 from .split import Standardizer, split_mask
 
 log = logging.getLogger("vfl.job")
@@ -76,12 +77,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     with _timed(timings, "train"):
         model.fit(channel, X[~test], data.labels[~test])
     with _timed(timings, "predict"):
-        host_sum = np.zeros(len(common))
-        for h in job.host_names:
-            u_h = channel.recv(h, "predict/u_h")
-            if not isinstance(u_h, np.ndarray) or u_h.shape != (len(common),) or u_h.dtype != np.float64:
-                raise ValueError(f"{h}: partial scores must be {len(common)} float64 values")
-            host_sum += u_h
+        host_sum = guest_sum_scores(channel, job.host_names, len(common))
         score = sigmoid(model.decision_function(X, host_sum))
     pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
                   "score": score}).to_csv(out / "predictions.csv", index=False)
@@ -118,7 +114,8 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     X = std.transform(data.features)
     model = HeteroLRHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed)
     model.fit(channel, X[~test])
-    channel.send(job.guest.name, "predict/u_h", model.partial_scores(X))
+    host_send_scores(channel, job.guest.name, job.host_names.index(name), len(job.hosts),
+                     model.partial_scores(X), context=f"{job.name}/predict")
     _write_json(out / "model.json", {
         "format": "vfl-hetero-lr-part", "version": 1, "role": "host", "party": name,
         "columns": data.columns, "coef": model.coef_.tolist(), "standardizer": std.to_dict()})
