@@ -146,3 +146,12 @@ def test_wrong_key_ciphertext_is_refused(keypair):
         expect_encrypted(enc, keypair[0], (3,), "scores")
     with pytest.raises(ValueError, match="shape"):
         expect_encrypted(EncryptedArray.encrypt(keypair[0], np.ones(2)), keypair[0], (3,), "scores")
+
+
+def test_standard_paillier_obfuscation_trains_the_same_model(keypair):
+    X, y, Xg, hosts = _data(n=150, seed=4)
+    model = ModelConfig(epochs=2, batch_size=75, optimizer="adam", tolerance=0.0, key_bits=512,
+                        encryption="standard")
+    roles, _ = _train(model, keypair, Xg, y, hosts)
+    w_ref, _ = fit_reference(X, y, model, seed=3, n_guest=3)
+    np.testing.assert_allclose(_weights(roles, 1), w_ref, atol=1e-6)

@@ -17,6 +17,8 @@ from .common import expect_encrypted, step
 
 log = logging.getLogger("vfl.lr")
 
+MAX_COLUMNS = 10_000
+
 
 class HeteroLRArbiter:
     def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str]) -> None:
@@ -32,6 +34,7 @@ class HeteroLRArbiter:
         if not (1 <= epochs <= self.model.epochs and batches >= 1 and n_train >= batches):
             raise ValueError(f"implausible training plan from the guest: {plan}")
         width = (pk.n.bit_length() + 7) // 8
+        lengths: dict[str, int] = {}      # a party's gradient length is fixed by its first batch
         for epoch in range(epochs):
             total = 0.0
             for b in range(batches):
@@ -40,6 +43,10 @@ class HeteroLRArbiter:
                     enc = channel.recv(party, tag)
                     if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
                         raise ValueError(f"{party}: {tag} must be an encrypted vector")
+                    # Decrypt no more than a gradient's worth: never a per-row vector.
+                    if lengths.setdefault(party, len(enc)) != len(enc) or len(enc) > MAX_COLUMNS:
+                        raise ValueError(f"{party}: {tag} has {len(enc)} values; expected "
+                                         f"{lengths[party]} (at most {MAX_COLUMNS})")
                     enc = enc.with_key(pk)
                     channel.send(party, tag + "_plain", BigInts.of(sk.decrypt_raw(enc.ciphertexts), width))
                 loss = expect_encrypted(channel.recv(self.guest, step(epoch, b, "enc_loss")), pk, (1,), "loss")

@@ -34,7 +34,7 @@ class HeteroLRGuest:
 
     def fit(self, channel: Channel, X: np.ndarray, y: np.ndarray) -> "HeteroLRGuest":
         m = self.model
-        pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"))
+        pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"), mode=m.encryption)
         n = len(X)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         channel.send(self.arbiter, "lr/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n})

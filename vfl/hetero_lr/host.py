@@ -26,7 +26,7 @@ class HeteroLRHost:
 
     def fit(self, channel: Channel, X: np.ndarray) -> "HeteroLRHost":
         m = self.model
-        pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"))
+        pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"), mode=m.encryption)
         w = np.zeros(X.shape[1])
         opt = make_optimizer(m.optimizer, m.learning_rate)
         for epoch in range(m.epochs):
