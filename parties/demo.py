@@ -100,6 +100,12 @@ def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epo
     print(f"{'federated (bank + shop)':<28}{m['test']['auc']:>10.4f}{m['test']['ks']:>10.4f}")
     print(f"{'bank only':<28}{m['baseline_guest_only_auc']:>10.4f}{m['baseline_guest_only_ks']:>10.4f}")
     print(f"{'pooled plaintext (no privacy)':<28}{m['baseline_central_auc']:>10.4f}{m['baseline_central_ks']:>10.4f}")
+    print(f"\nscorecard on the test rows ({m['scorecard']['base_points']:.0f} points at "
+          f"{m['scorecard']['base_odds']:.0f}:1 odds, {m['scorecard']['pdo']:.0f} points to double them):")
+    print(f"{'points':>15}{'rows':>7}{'bad rate':>10}{'cum. bad':>10}{'KS':>8}")
+    for band in m["scorecard"]["test_gains"]:
+        print(f"{band['min_points']:>7.0f}-{band['max_points']:<7.0f}{band['rows']:>7}{band['bad_rate']:>10.1%}"
+              f"{band['cum_bad_share']:>10.1%}{band['ks']:>8.3f}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["stage_seconds"].items())
           + f", total {time.perf_counter() - t0:.1f}")
     print(f"outputs under {job.workdir}/ (metrics.json, <party>/model.json, bank/predictions.csv)")

@@ -58,6 +58,15 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ScorecardConfig:
+    """Points scaling: ``base_points`` at good:bad odds ``base_odds``; ``pdo`` points double the odds."""
+
+    base_points: float = 600.0
+    base_odds: float = 50.0
+    pdo: float = 20.0
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     connect_timeout: float = 60.0
     peer_timeout: float = 300.0
@@ -76,6 +85,7 @@ class JobConfig:
     hosts: tuple[PartyConfig, ...]
     model: ModelConfig = field(default_factory=ModelConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    scorecard: ScorecardConfig = field(default_factory=ScorecardConfig)
     ca: Path | None = None
 
     @property
@@ -186,7 +196,7 @@ def load_job(path: str | Path) -> JobConfig:
 
 def parse_job(raw: dict, path: Path) -> JobConfig:
     base = path.resolve().parent
-    _check_keys(raw, {"job", "arbiter", "guest", "hosts", "model", "network", "tls"}, "top level")
+    _check_keys(raw, {"job", "arbiter", "guest", "hosts", "model", "network", "tls", "scorecard"}, "top level")
     job = raw.get("job", {})
     _check_keys(job, {"name", "workdir", "seed", "test_fraction", "baselines"}, "job")
     hosts_raw = raw.get("hosts")
@@ -205,6 +215,9 @@ def parse_job(raw: dict, path: Path) -> JobConfig:
     model = _dataclass_from(ModelConfig, raw.get("model", {}), "model")
     _check_model(model)
     network = _dataclass_from(NetworkConfig, raw.get("network", {}), "network")
+    scorecard = _dataclass_from(ScorecardConfig, raw.get("scorecard", {}), "scorecard")
+    if scorecard.base_odds <= 0 or scorecard.pdo <= 0:
+        raise ConfigError("[scorecard] base_odds and pdo must be > 0")
     tls = raw.get("tls", {})
     _check_keys(tls, {"ca"}, "tls")
     return JobConfig(
@@ -212,5 +225,5 @@ def parse_job(raw: dict, path: Path) -> JobConfig:
         workdir=_path(base, job.get("workdir", "runs/" + path.stem)),
         seed=int(job.get("seed", 42)), test_fraction=test_fraction,
         baselines=bool(job.get("baselines", False)),
-        arbiter=arbiter, guest=guest, hosts=hosts, model=model, network=network,
+        arbiter=arbiter, guest=guest, hosts=hosts, model=model, network=network, scorecard=scorecard,
         ca=_path(base, tls.get("ca")))

@@ -21,7 +21,7 @@ from .config import JobConfig
 from .data import load_table, read_ids
 from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
 from .hetero_lr.common import sigmoid
-from .metrics import binary_metrics
+from .metrics import binary_metrics, gains_table, scorecard_points
 from .psi import psi_guest, psi_host, write_intersection
 from .scoring import guest_sum_scores, host_send_scores
 from .split import Standardizer, split_mask
@@ -79,8 +79,10 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     with _timed(timings, "predict"):
         host_sum = guest_sum_scores(channel, job.host_names, len(common))
         score = sigmoid(model.decision_function(X, host_sum))
+    sc = job.scorecard
+    points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
-                  "score": score}).to_csv(out / "predictions.csv", index=False)
+                  "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
     _write_json(out / "model.json", {
         "format": "vfl-hetero-lr-part", "version": 1, "role": "guest", "party": g.name,
         "columns": data.columns, "coef": model.coef_.tolist(), "intercept": model.intercept_,
@@ -92,6 +94,8 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
         "loss_history": model.loss_history_, "epochs_run": len(model.loss_history_),
         "epoch_seconds": [round(s, 3) for s in model.epoch_seconds_],
         "stage_seconds": timings, "key_bits": job.model.key_bits, "hosts": job.host_names,
+        "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
+                      "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
     }
     if job.baselines:
         from .baselines import baseline_aucs
