@@ -3,6 +3,7 @@
     vfl demo                      generate the credit-scoring demo and run it
     vfl psi JOB.toml              private set intersection for every party of a job
     vfl run JOB.toml              PSI, training and evaluation, every party a process over TLS
+    vfl predict JOB.toml          score new rows (predict_data) with the trained model parts
     vfl party JOB.toml --role R   one party (guest, host or arbiter) in this process
     vfl certs JOB.toml --out DIR  a CA and a key/certificate per party, for demos and tests
 """
@@ -52,9 +53,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    if args.threads or job.ca is None:
+        from vfl.pipeline import run_predict_local
+        run_predict_local(job)
+    else:
+        from parties.launcher import run_processes
+        run_processes(job, task="predict")
+    report = json.loads((job.workdir / "predict_metrics.json").read_text())
+    print(json.dumps({k: v for k, v in report.items() if k != "gains"}, indent=2))
+    print(f"scores: {job.output_dir(job.guest.name) / 'scores.csv'}")
+    return 0
+
+
 def cmd_party(args: argparse.Namespace) -> int:
     from parties.party import main_for_role
-    rest = [str(args.job), "--role", args.role] + (["--name", args.name] if args.name else [])
+    rest = [str(args.job), "--role", args.role, "--task", args.task] + (["--name", args.name] if args.name else [])
     return main_for_role(None, rest + (["-v"] if args.verbose else []))
 
 
@@ -89,10 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run all parties as threads of this process (no TLS) instead of processes")
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser("predict", help="score new rows jointly with the trained model (guest and hosts)")
+    s.add_argument("job", type=Path)
+    s.add_argument("--threads", action="store_true", help="run the parties as threads of this process")
+    s.set_defaults(func=cmd_predict)
+
     s = sub.add_parser("party", help="run one party of a job in this process")
     s.add_argument("job", type=Path)
     s.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
     s.add_argument("--name", help="which host (when the job has several)")
+    s.add_argument("--task", choices=["train", "predict"], default="train")
     s.set_defaults(func=cmd_party)
 
     s = sub.add_parser("certs", help="create a CA and a key/certificate for every party (demos, tests)")

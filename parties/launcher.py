@@ -31,8 +31,8 @@ class _Proc:
     lines: list[str] = field(default_factory=list)
 
 
-def _command(job: JobConfig, role: str, name: str) -> list[str]:
-    cmd = [sys.executable, "-m", f"parties.{role}", str(job.path)]
+def _command(job: JobConfig, role: str, name: str, task: str) -> list[str]:
+    cmd = [sys.executable, "-m", f"parties.{role}", str(job.path), "--task", task]
     return cmd + (["--name", name] if role == "host" else [])
 
 
@@ -46,12 +46,15 @@ def _relay(proc: _Proc, echo: bool) -> None:
                 print(f"[{proc.name}] {line}", file=sys.stderr, flush=True)
 
 
-def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None) -> None:
-    """Start guest, hosts and arbiter; wait for all; raise :class:`PartyFailed` naming the first failure."""
-    roles = [("arbiter", job.arbiter.name), ("guest", job.guest.name)] + [("host", h) for h in job.host_names]
+def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None, task: str = "train") -> None:
+    """Start every party of ``task`` (scoring needs no arbiter); wait for all; raise
+    :class:`PartyFailed` naming the party that failed first."""
+    roles = [("guest", job.guest.name)] + [("host", h) for h in job.host_names]
+    if task == "train":
+        roles.insert(0, ("arbiter", job.arbiter.name))
     procs = []
     for role, name in roles:
-        popen = subprocess.Popen(_command(job, role, name), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        popen = subprocess.Popen(_command(job, role, name, task), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True, bufsize=1)
         procs.append(_Proc(name, popen))
     relays = [threading.Thread(target=_relay, args=(p, echo), daemon=True) for p in procs]

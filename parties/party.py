@@ -35,10 +35,17 @@ def resolve_name(job: JobConfig, role: str, name: str | None) -> str:
     return name
 
 
-def run_party(job: JobConfig, role: str, name: str | None = None) -> dict:
+def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "train") -> dict:
+    """Run this party's part of ``task``: "train" (PSI, training, scoring) or "predict"."""
     from vfl.workflow import run_arbiter, run_guest, run_host
     from .transport import open_channel
     me = resolve_name(job, role, name)
+    if task == "predict":
+        from vfl.inference import predict_guest, predict_host
+        if role == "arbiter":
+            raise ConfigError("scoring needs no arbiter: start only the guest and the hosts")
+        with open_channel(job, me, task="predict", exclude={job.arbiter.name}) as channel:
+            return predict_guest(job, channel) if role == "guest" else predict_host(job, me, channel)
     with open_channel(job, me) as channel:
         if role == "guest":
             return run_guest(job, channel)
@@ -54,6 +61,8 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
     if role is None:
         p.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
     p.add_argument("--name", help="which host of the job (hosts only)")
+    p.add_argument("--task", choices=["train", "predict"], default="train",
+                   help="train: PSI, training and scoring (default); predict: score new rows with the saved model")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     role = role or args.role
@@ -61,7 +70,7 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s {role}: %(message)s", datefmt="%H:%M:%S")
     try:
         job = load_job(args.job)
-        run_party(job, role, args.name)
+        run_party(job, role, args.name, args.task)
     except KeyboardInterrupt:
         print(f"{role}: interrupted", file=sys.stderr)
         return 130

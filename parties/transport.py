@@ -374,7 +374,13 @@ class TlsChannel:
                 raise ConfigError(f"{what} file {path} for party {me!r} not found")
         options.setdefault("connect_timeout", job.network.connect_timeout)
         options.setdefault("peer_timeout", job.network.peer_timeout)
-        return cls(job.name, me, party.host_port, link_plan(job, me), [p.name for p in job.parties],
+        # A task (e.g. "predict") runs under its own session name, so a party started for
+        # another task is refused at hello instead of exchanging mismatched messages.
+        task = options.pop("task", None)
+        session = f"{job.name}/{task}" if task else job.name
+        exclude = set(options.pop("exclude", ()))
+        peers = [p for p in link_plan(job, me) if p.name not in exclude]
+        return cls(session, me, party.host_port, peers, [p.name for p in job.parties if p.name not in exclude],
                    party.cert, party.key, job.ca, **options)
 
     # -- Channel protocol ---------------------------------------------------------

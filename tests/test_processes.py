@@ -89,6 +89,11 @@ def test_three_processes_over_tls_train_the_reference_model(tmp_path):
     assert metrics["test"]["auc"] > 0.7
     preds = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str})
     assert len(preds) == len(joined) and set(preds["split"]) == {"train", "test"}
+    # Scoring the same rows again as a separate "predict" session (guest and host only, over
+    # TLS) reproduces the scores written at the end of training.
+    run_processes(job, echo=False, task="predict")
+    again = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+    np.testing.assert_allclose(again["score"], preds.sort_values("id")["score"], atol=1e-7)
     # Nothing of the guest's labels reaches the host's outputs.
     host_files = " ".join(p.read_text() for p in job.output_dir("host").iterdir())
     assert "label" not in host_files and "score" not in host_files

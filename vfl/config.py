@@ -36,6 +36,7 @@ class PartyConfig:
     label_column: str | None = None
     cert: Path | None = None
     key: Path | None = None
+    predict_data: Path | None = None     # rows to score with a trained model (`vfl predict`)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -130,7 +131,7 @@ def _path(base: Path, value: Any) -> Path | None:
 
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
-    allowed = {"name", "address", "data", "id_column", "cert", "key"}
+    allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -146,7 +147,8 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     return PartyConfig(role=role, name=name, address=address, data=data,
                        id_column=str(table.get("id_column", "id")),
                        label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
-                       cert=_path(base, table.get("cert")), key=_path(base, table.get("key")))
+                       cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
+                       predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None)
 
 
 def _dataclass_from(cls, table: dict, where: str):

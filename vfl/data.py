@@ -78,6 +78,16 @@ def load_table(path: Path, id_column: str, label_column: str | None = None) -> P
     return PartyTable(ids, feats.to_numpy(dtype=np.float64), [str(c) for c in feats.columns], labels)
 
 
+def read_columns(path: Path) -> list[str]:
+    """The header of a CSV, with the same clear errors as :func:`load_table`."""
+    if not Path(path).is_file():
+        raise DataError(f"data file {path} not found")
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
 def _read(path: Path, id_column: str, usecols=None) -> pd.DataFrame:
     if not Path(path).is_file():
         raise DataError(f"data file {path} not found")

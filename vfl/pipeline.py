@@ -10,6 +10,7 @@ from typing import Callable
 
 from .channel import LocalNetwork
 from .config import JobConfig
+from .inference import predict_guest, predict_host
 from .workflow import run_arbiter, run_guest, run_host, run_psi_party
 
 
@@ -57,4 +58,14 @@ def run_psi_local(job: JobConfig) -> dict:
     names = [job.guest.name, *job.host_names]
     net = LocalNetwork(names, timeout=job.network.peer_timeout)
     targets = {n: (lambda name: (lambda ch: run_psi_party(job, name, ch)))(n) for n in names}
+    return _run_threads(names, targets, net)
+
+
+def run_predict_local(job: JobConfig) -> dict:
+    """Score ``predict_data`` (or ``data``) with the trained parts: guest and hosts, no arbiter."""
+    names = [job.guest.name, *job.host_names]
+    net = LocalNetwork(names, timeout=job.network.peer_timeout)
+    targets: dict[str, Callable] = {job.guest.name: lambda ch: predict_guest(job, ch)}
+    for h in job.host_names:
+        targets[h] = (lambda name: (lambda ch: predict_host(job, name, ch)))(h)
     return _run_threads(names, targets, net)

@@ -22,6 +22,7 @@ from .data import load_table, read_ids
 from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
 from .hetero_lr.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
+from .model_file import ModelPart
 from .psi import psi_guest, psi_host, write_intersection
 from .scoring import guest_sum_scores, host_send_scores
 from .split import Standardizer, split_mask
@@ -83,10 +84,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
                   "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
-    _write_json(out / "model.json", {
-        "format": "vfl-hetero-lr-part", "version": 1, "role": "guest", "party": g.name,
-        "columns": data.columns, "coef": model.coef_.tolist(), "intercept": model.intercept_,
-        "standardizer": std.to_dict()})
+    ModelPart("guest", g.name, data.columns, model.coef_, std, model.intercept_).save(out / "model.json")
     metrics = {
         "job": job.name, "aligned_rows": int(len(common)), "guest_rows": int(len(table.ids)),
         "train": binary_metrics(data.labels[~test], score[~test]),
@@ -120,9 +118,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     model.fit(channel, X[~test])
     host_send_scores(channel, job.guest.name, job.host_names.index(name), len(job.hosts),
                      model.partial_scores(X), context=f"{job.name}/predict")
-    _write_json(out / "model.json", {
-        "format": "vfl-hetero-lr-part", "version": 1, "role": "host", "party": name,
-        "columns": data.columns, "coef": model.coef_.tolist(), "standardizer": std.to_dict()})
+    ModelPart("host", name, data.columns, model.coef_, std).save(out / "model.json")
     report = {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds}
     _write_json(out / "report.json", report)
