@@ -67,7 +67,7 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     role = role or args.role
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s {role}: %(message)s", datefmt="%H:%M:%S")
+                        format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
     try:
         job = load_job(args.job)
         run_party(job, role, args.name, args.task)

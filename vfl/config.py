@@ -177,9 +177,6 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError("[model] learning_rate must be > 0, l2 and tolerance >= 0")
     if m.key_bits < 512 or m.key_bits % 256:
         raise ConfigError(f"[model] key_bits must be a multiple of 256 and >= 512, got {m.key_bits}")
-    if m.key_bits < 2048:
-        print(f"warning: key_bits = {m.key_bits} is for tests only; use 2048 or more in production",
-              file=sys.stderr)
     if m.encryption not in ("djn", "standard"):
         raise ConfigError(f"[model] encryption must be 'djn' or 'standard', got {m.encryption!r}")
 

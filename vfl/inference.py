@@ -12,7 +12,6 @@ import json
 import logging
 import time
 
-import numpy as np
 import pandas as pd
 
 from .channel import Channel

@@ -26,6 +26,9 @@ class HeteroLRArbiter:
         self.loss_history_: list[float] = []
 
     def fit(self, channel: Channel, keypair=None) -> "HeteroLRArbiter":
+        if keypair is None and self.model.key_bits < 2048:
+            log.warning("generating a %d-bit Paillier key: for tests only, use 2048 or more in production",
+                        self.model.key_bits)
         pk, sk = keypair or generate_keypair(self.model.key_bits)
         for party in (self.guest, *self.hosts):
             channel.send(party, "lr/public_key", pk.to_dict())
