@@ -155,3 +155,16 @@ def test_standard_paillier_obfuscation_trains_the_same_model(keypair):
     roles, _ = _train(model, keypair, Xg, y, hosts)
     w_ref, _ = fit_reference(X, y, model, seed=3, n_guest=3)
     np.testing.assert_allclose(_weights(roles, 1), w_ref, atol=1e-6)
+
+
+def test_taylor_option_follows_hardys_residual(keypair):
+    """approximation = "taylor": d = 0.25 (u_g + u_h) - 0.5 y' with y' in {-1, 1}, as in FATE."""
+    X, y, Xg, hosts = _data(n=200, seed=12)
+    model = ModelConfig(epochs=2, batch_size=200, learning_rate=1.0, optimizer="sgd", key_bits=512,
+                        tolerance=0.0, approximation="taylor")
+    roles, _ = _train(model, keypair, Xg, y, hosts)
+    Xa = np.hstack([X, np.ones((len(X), 1))])
+    w = np.zeros(Xa.shape[1])
+    for _ in range(2):
+        w = w - Xa.T @ (0.25 * (Xa @ w) - 0.5 * (2 * y - 1)) / len(X)
+    np.testing.assert_allclose(_weights(roles, 1), w, atol=1e-6)

@@ -56,6 +56,7 @@ class ModelConfig:
     key_bits: int = 2048
     seed: int = 7
     encryption: str = "djn"
+    approximation: str = "guest_expansion"   # or "taylor" (Hardy et al., as FATE)
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,8 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError("[model] learning_rate must be > 0, l2 and tolerance >= 0")
     if m.key_bits < 512 or m.key_bits % 256:
         raise ConfigError(f"[model] key_bits must be a multiple of 256 and >= 512, got {m.key_bits}")
+    if m.approximation not in ("guest_expansion", "taylor"):
+        raise ConfigError(f"[model] approximation must be 'guest_expansion' or 'taylor', got {m.approximation!r}")
     if m.encryption not in ("djn", "standard"):
         raise ConfigError(f"[model] encryption must be 'djn' or 'standard', got {m.encryption!r}")
 

@@ -58,7 +58,7 @@ class HeteroLRGuest:
     def _batch(self, channel: Channel, pk: PublicKey, Xb: np.ndarray, yb: np.ndarray,
                w: np.ndarray, epoch: int, b: int) -> np.ndarray:
         n_b, lap = len(Xb), self.timings_
-        g, h, own_loss = expansion_terms(Xb @ w, yb)
+        g, h, own_loss = expansion_terms(Xb @ w, yb, self.model.approximation)
         with lap("wait_hosts"):
             enc_u = [expect_encrypted(channel.recv(p, step(epoch, b, "enc_u")), pk, (n_b,), f"{p} scores")
                      for p in self.hosts]

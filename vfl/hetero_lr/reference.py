@@ -21,19 +21,21 @@ def _split(X: np.ndarray, w: np.ndarray, n_guest: int) -> tuple[np.ndarray, np.n
     return a, X[:, n_guest:] @ w[n_guest:-1]
 
 
-def approx_gradient(X: np.ndarray, y01: np.ndarray, w: np.ndarray, n_guest: int, l2: float) -> np.ndarray:
-    """Gradient of the loss expanded around the guest's partial score; intercept last."""
+def approx_gradient(X: np.ndarray, y01: np.ndarray, w: np.ndarray, n_guest: int, l2: float,
+                    approximation: str = "guest_expansion") -> np.ndarray:
+    """Gradient of the approximated loss; intercept last."""
     a, U = _split(X, w, n_guest)
-    g, h, _ = expansion_terms(a, y01)
+    g, h, _ = expansion_terms(a, y01, approximation)
     d = g + h * U
     grad = np.append(X.T @ d, d.sum()) / len(X)
     grad[:-1] += l2 * w[:-1]
     return grad
 
 
-def approx_loss_sum(X: np.ndarray, y01: np.ndarray, w: np.ndarray, n_guest: int, l2: float) -> float:
+def approx_loss_sum(X: np.ndarray, y01: np.ndarray, w: np.ndarray, n_guest: int, l2: float,
+                    approximation: str = "guest_expansion") -> float:
     a, U = _split(X, w, n_guest)
-    g, h, loss = expansion_terms(a, y01)
+    g, h, loss = expansion_terms(a, y01, approximation)
     return float(loss + g @ U + 0.5 * h @ (U * U) + len(X) * 0.5 * l2 * (w[:-1] @ w[:-1]))
 
 
@@ -49,8 +51,8 @@ def fit_reference(X: np.ndarray, y01: np.ndarray, model: ModelConfig, seed: int,
     for epoch in range(model.epochs):
         total = 0.0
         for rows in batch_schedule(len(X), model.batch_size, seed, epoch):
-            total += approx_loss_sum(X[rows], y01[rows], w, n_guest, model.l2)
-            w = opt.step(w, approx_gradient(X[rows], y01[rows], w, n_guest, model.l2))
+            total += approx_loss_sum(X[rows], y01[rows], w, n_guest, model.l2, model.approximation)
+            w = opt.step(w, approx_gradient(X[rows], y01[rows], w, n_guest, model.l2, model.approximation))
         history.append(total / len(X))
         if len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance:
             break
