@@ -104,3 +104,34 @@ def test_default_credit_with_host_columns_split_in_two(tmp_path, shared_data):
     assert m["epochs_run"] < 20, "early stopping on the loss tolerance should end training"
     assert abs(m["test"]["auc"] - m["baseline_central_auc"]) < 0.01
     assert m["test"]["auc"] > m["baseline_guest_only_auc"] + 0.02
+
+
+def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
+    """Hosts and arbiter never receive a plaintext float array; the guest receives none from hosts
+    except through the secure sum; every encrypted payload uses the arbiter's key."""
+    from crypto import EncryptedArray
+    from vfl.messages import BigInts
+    guest, hosts = vertical_split(400, 2, [2, 2], overlap=0.9, seed=3)
+    guest.to_csv(tmp_path / "g.csv", index=False)
+    paths = []
+    for i, h in enumerate(hosts):
+        paths.append(tmp_path / f"h{i}.csv")
+        h.to_csv(paths[-1], index=False)
+    job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths, model="epochs = 2\nbatch_size = 128"))
+    from vfl.channel import LocalNetwork
+    net = LocalNetwork(["guest", "host0", "host1", "arbiter"], record=True)
+    run_local(job, network=net)
+    keys = {r.payload["n"] for r in net.transcript if r.step == "lr/public_key"}
+    assert len(keys) == 1
+    for r in net.transcript:
+        p = r.payload
+        if isinstance(p, EncryptedArray):
+            assert p.public_key.to_dict()["n"] in keys, r.step
+        if isinstance(p, np.ndarray):
+            assert p.dtype.kind != "f", f"plaintext floats in {r.step} ({r.sender} -> {r.receiver})"
+        if r.receiver == "arbiter":
+            assert isinstance(p, (EncryptedArray, dict)), r.step
+        if r.receiver.startswith("host") and isinstance(p, dict):
+            assert set(p) <= {"n", "stop", "protocol", "guest", "hosts", "format", "version"}, (r.step, p)
+        if isinstance(p, BigInts):
+            assert r.sender == "arbiter" and r.step.endswith("masked_grad_plain")
