@@ -3,11 +3,11 @@ encrypted arrays, bucket multi-exponentiation, masks.  Math only, no I/O
 beyond key files."""
 from crypto.encoding import DEFAULT_FRAC_BITS, DEFAULT_PLAIN_FRAC_BITS
 from crypto.enc_array import DEFAULT_VALUE_BOUND, EncryptedArray
-from crypto.masks import decode_ints_fixed, encode_ints_fixed, mask, random_mask, unmask
+from crypto.masks import mask, random_mask, unmask
 from crypto.paillier import PrivateKey, PublicKey, generate_keypair
 
 __all__ = [
     "generate_keypair", "PublicKey", "PrivateKey", "EncryptedArray",
     "DEFAULT_FRAC_BITS", "DEFAULT_PLAIN_FRAC_BITS", "DEFAULT_VALUE_BOUND",
-    "random_mask", "mask", "unmask", "encode_ints_fixed", "decode_ints_fixed",
+    "random_mask", "mask", "unmask",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import secrets
 from typing import Sequence
 
-import gmpy2
 import numpy as np
 
 from crypto.encoding import decode
@@ -41,33 +40,3 @@ def unmask(raw_plain_ints: np.ndarray | Sequence[int], mask: np.ndarray, frac_bi
     if m.shape != r.shape:
         raise ValueError(f"masked values have shape {m.shape}, mask has shape {r.shape}")
     return decode((m - r) % int(n), frac_bits, n)
-
-
-def encode_ints_fixed(ints: np.ndarray | Sequence[int], n: int) -> bytes:
-    """Integers in ``[0, n)`` as fixed-width big-endian, ``len(n)`` bytes each."""
-    n = int(n)
-    width = (n.bit_length() + 7) // 8
-    out = []
-    for i, m in enumerate(np.asarray(ints, dtype=object).ravel().tolist()):
-        m = int(m)
-        if not 0 <= m < n:
-            raise ValueError(f"integer {i} out of range [0, n)")
-        out.append(m.to_bytes(width, "big"))
-    return b"".join(out)
-
-
-def decode_ints_fixed(data: bytes, n: int, count: int) -> np.ndarray:
-    """Inverse of :func:`encode_ints_fixed`; checks the exact length and every value < n."""
-    n = int(n)
-    width = (n.bit_length() + 7) // 8
-    view = memoryview(data).cast("B")
-    if len(view) != count * width:
-        kind = "truncated" if len(view) < count * width else "trailing data"
-        raise ValueError(f"{kind}: expected {count * width} bytes for {count} integers, got {len(view)}")
-    out = np.empty(count, dtype=object)
-    for i in range(count):
-        m = gmpy2.mpz.from_bytes(view[i * width:(i + 1) * width], "big")
-        if m >= n:
-            raise ValueError(f"integer {i} out of range [0, n)")
-        out[i] = m
-    return out

@@ -22,6 +22,15 @@ def write_job(tmp_path: Path, guest_csv: Path, host_csvs: list[Path], model: str
     return path
 
 
+def write_tables(tmp_path: Path, guest, hosts) -> tuple[Path, list[Path]]:
+    """Write a guest frame and host frames as g.csv, h0.csv, h1.csv, ... in ``tmp_path``."""
+    guest.to_csv(tmp_path / "g.csv", index=False)
+    paths = [tmp_path / f"h{i}.csv" for i in range(len(hosts))]
+    for h, p in zip(hosts, paths):
+        h.to_csv(p, index=False)
+    return tmp_path / "g.csv", paths
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "default_credit_hetero_guest.csv").is_file():

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from parties.cli import main as vfl_main
-from tests.conftest import write_job
+from tests.conftest import write_job, write_tables
 from vfl.config import load_job
 from vfl.hetero_lr.reference import fit_reference
 from vfl.pipeline import JobFailed, run_local
@@ -33,12 +33,7 @@ def _joined_reference(job, guest_csv, host_csvs):
 
 
 def test_two_hosts_job_matches_plaintext_and_sklearn(tmp_path):
-    guest, hosts = vertical_split(900, 3, [3, 2], overlap=0.85, seed=2)
-    guest.to_csv(tmp_path / "g.csv", index=False)
-    paths = []
-    for i, h in enumerate(hosts):
-        paths.append(tmp_path / f"h{i}.csv")
-        h.to_csv(paths[-1], index=False)
+    _, paths = write_tables(tmp_path, *vertical_split(900, 3, [3, 2], overlap=0.85, seed=2))
     job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
                              model="epochs = 8\nbatch_size = 256\nlearning_rate = 0.1\ntolerance = 0.0"))
     results = run_local(job)
@@ -111,12 +106,7 @@ def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
     except through the secure sum; every encrypted payload uses the arbiter's key."""
     from crypto import EncryptedArray
     from vfl.messages import BigInts
-    guest, hosts = vertical_split(400, 2, [2, 2], overlap=0.9, seed=3)
-    guest.to_csv(tmp_path / "g.csv", index=False)
-    paths = []
-    for i, h in enumerate(hosts):
-        paths.append(tmp_path / f"h{i}.csv")
-        h.to_csv(paths[-1], index=False)
+    _, paths = write_tables(tmp_path, *vertical_split(400, 2, [2, 2], overlap=0.9, seed=3))
     job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths, model="epochs = 2\nbatch_size = 128"))
     from vfl.channel import LocalNetwork
     net = LocalNetwork(["guest", "host0", "host1", "arbiter"], record=True)

@@ -45,8 +45,8 @@ def masked_gradient_round(channel: Channel, arbiter: str, pk: PublicKey,
     masked, r = mask(enc_grad)
     channel.send(arbiter, tag, masked)
     reply = channel.recv(arbiter, tag + "_plain")
-    if not isinstance(reply, BigInts) or len(reply.values) != len(r):
-        raise ValueError(f"arbiter's reply to {tag!r} has the wrong shape")
+    if not isinstance(reply, BigInts) or len(reply.values) != len(r) or any(v >= pk.n for v in reply.values):
+        raise ValueError(f"arbiter's reply to {tag!r} is not {len(r)} integers below n")
     return unmask(np.array(reply.values, dtype=object), r, enc_grad.frac_bits, pk.n)
 
 
