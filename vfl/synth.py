@@ -18,8 +18,11 @@ CATEGORIES = ("electronics", "fashion", "groceries", "home")
 
 
 def credit_population(n_people: int = 10_000, bank_share: float = 0.8, shop_share: float = 0.7,
-                      seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return ``(bank, shop)`` tables keyed by ``id`` with partly overlapping customers."""
+                      seed: int = 0, id_prefix: str = "C") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return ``(bank, shop)`` tables keyed by ``id`` with partly overlapping customers.
+
+    ``id_prefix`` keeps cohorts apart (e.g. ``"A"`` for new applicants).
+    """
     rng = np.random.default_rng(seed)
     n = n_people
     income = rng.normal(size=n)
@@ -31,7 +34,7 @@ def credit_population(n_people: int = 10_000, bank_share: float = 0.8, shop_shar
              + 0.35 * np.maximum(impulse - discipline, 0))
     default = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
 
-    ids = np.array([f"C{v:07d}" for v in rng.choice(9_000_000, size=n, replace=False) + 1_000_000])
+    ids = np.array([f"{id_prefix}{v:07d}" for v in rng.choice(9_000_000, size=n, replace=False) + 1_000_000])
     annual_income = np.round(np.exp(10.6 + 0.45 * income + rng.normal(0, 0.25, n)), -2)
     bank = pd.DataFrame({
         "id": ids,
@@ -65,11 +68,16 @@ def credit_population(n_people: int = 10_000, bank_share: float = 0.8, shop_shar
             shop[in_shop].sample(frac=1, random_state=seed + 1).reset_index(drop=True))
 
 
-def write_credit_demo(folder: Path, n_people: int = 10_000, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``bank.csv`` (guest) and ``shop.csv`` (host) into ``folder``."""
+def write_credit_demo(folder: Path, n_people: int = 10_000, seed: int = 0,
+                      cohort: str = "") -> tuple[Path, Path]:
+    """Write ``bank{cohort}.csv`` (guest) and ``shop{cohort}.csv`` (host) into ``folder``.
+
+    A cohort such as ``"_applicants"`` is a fresh population with its own IDs,
+    for scoring with a model trained on the first one.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    bank, shop = credit_population(n_people, seed=seed)
-    bank_path, shop_path = folder / "bank.csv", folder / "shop.csv"
+    bank, shop = credit_population(n_people, seed=seed, id_prefix="A" if cohort else "C")
+    bank_path, shop_path = folder / f"bank{cohort}.csv", folder / f"shop{cohort}.csv"
     bank.to_csv(bank_path, index=False)
     shop.to_csv(shop_path, index=False)
     return bank_path, shop_path

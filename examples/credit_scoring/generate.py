@@ -19,4 +19,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     bank, shop = write_credit_demo(args.out, n_people=args.people, seed=args.seed)
-    print(f"wrote {bank} (guest: bank, label 'default') and {shop} (host: shop)")
+    new_bank, new_shop = write_credit_demo(args.out, n_people=max(args.people // 5, 100), seed=args.seed + 1,
+                                           cohort="_applicants")
+    print(f"wrote {bank} (guest: bank, label 'default') and {shop} (host: shop), and a new cohort "
+          f"to score later: {new_bank}, {new_shop}")
