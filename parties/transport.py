@@ -263,10 +263,15 @@ class _Link:
                                        name=f"vfl-reader-{self.owner.name}<-{self.peer}")
         self.reader.start()
 
-    def _finish(self, exc_type: type[Exception], message: str) -> None:
+    def _finish(self, exc_type: type[Exception], message: str, fatal: bool = True,
+                root: bool = True) -> None:
+        """End this link's stream. A ``fatal`` end dooms the whole job; a ``root`` one
+        (the peer vanished, rather than saying bye after a failure of its own) is a cause."""
         if self.end_reason is None:
             self.end_reason = message
             self.inbox.put(_End(exc_type, message))
+            if fatal:
+                self.owner._note_loss(self.peer, message, root)
 
     def _read_loop(self) -> None:
         me, peer = self.owner.name, self.peer
@@ -289,7 +294,7 @@ class _Link:
                     reason = frame.payload.decode("utf-8")
                     log.debug("%s: %s said bye%s", me, peer, f" ({reason})" if reason else "")
                     self._finish(PeerLost, f"{me}: {peer!r} closed its channel"
-                                           + (f" ({reason})" if reason else ""))
+                                           + (f" ({reason})" if reason else ""), fatal=bool(reason), root=False)
         except _Stopped:
             return
         except FrameError as exc:
@@ -358,6 +363,18 @@ class TlsChannel:
         self._stop = threading.Event()        # stop dialling / accepting
         self._setup_over = threading.Event()  # late connections are refused
         self._opened = self._closed = False
+        self._losses: list[tuple[str, str, bool]] = []   # (peer, how, root cause?) mid-job
+
+    def _note_loss(self, peer: str, message: str, root: bool) -> None:
+        with self._lock:
+            self._losses.append((peer, message, root))
+
+    def _root_loss(self, besides: str) -> tuple[str, str] | None:
+        """The peer lost mid-job to blame: one that vanished beats one that gave up after it."""
+        with self._lock:
+            losses = [x for x in self._losses if x[0] != besides]
+        ranked = sorted(losses, key=lambda x: not x[2])   # stable: earliest root cause first
+        return (ranked[0][0], ranked[0][1]) if ranked else None
 
     @classmethod
     def from_job(cls, job: JobConfig, me: str, **options) -> "TlsChannel":
@@ -403,15 +420,33 @@ class TlsChannel:
         log.debug("%s -> %s: %s (%d bytes)", self.name, peer, step, len(frame))
 
     def recv(self, peer: str, step: str) -> Payload:
-        """Wait up to ``peer_timeout`` for the next message from ``peer``, which must be ``step``."""
+        """Wait up to ``peer_timeout`` for the next message from ``peer``, which must be ``step``.
+
+        Every protocol needs all its parties to the end, so losing *any* peer fails
+        the wait at once, naming the lost peer, rather than after the timeout.
+        """
         link = self._link(peer)
-        try:
-            item = link.inbox.get(timeout=self.peer_timeout)
-        except queue.Empty:
-            raise PeerLost(f"{self.name}: no message {step!r} from {peer!r} within "
-                           f"{self.peer_timeout:g} s") from None
+        deadline = time.monotonic() + self.peer_timeout
+        while True:
+            try:
+                item = link.inbox.get(timeout=max(0.0, min(_POLL, deadline - time.monotonic())))
+                break
+            except queue.Empty:
+                lost = self._root_loss(besides=peer)
+                if lost is not None:
+                    raise PeerLost(f"{lost[1]}; giving up waiting for {step!r} from {peer!r}") from None
+                if time.monotonic() >= deadline:
+                    raise PeerLost(f"{self.name}: no message {step!r} from {peer!r} within "
+                                   f"{self.peer_timeout:g} s") from None
         if isinstance(item, _End):
             link.inbox.put(item)  # every later recv fails the same way
+            if link.end_reason and "aborted" in link.end_reason:
+                # The peer gave up because of another loss; name that one if we see it too.
+                time.sleep(2 * _POLL)
+                with self._lock:
+                    roots = [(p, m) for p, m, root in self._losses if root and p != peer]
+                if roots:
+                    raise PeerLost(f"{roots[0][1]} (and {peer!r} aborted; while waiting for {step!r})")
             raise item.exc_type(f"{item.message} (while waiting for {step!r})")
         got_step, data = item
         if got_step != step:
