@@ -42,9 +42,13 @@ class HeteroLRGuest:
         w = np.zeros(Xa.shape[1])
         opt = make_optimizer(m.optimizer, m.learning_rate)
         for epoch in range(m.epochs):
-            t0 = time.perf_counter()
+            t0 = last_note = time.perf_counter()
             for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
                 w = opt.step(w, self._batch(channel, pk, Xa[rows], y[rows], w, epoch, b))
+                if time.perf_counter() - last_note > 10 and b + 1 < n_batches:   # long epochs show progress
+                    last_note = time.perf_counter()
+                    log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
+                             last_note - t0)
             decision = channel.recv(self.arbiter, f"lr/e{epoch}/decision")
             self.loss_history_.append(float(decision["loss"]))
             self.epoch_seconds_.append(time.perf_counter() - t0)
