@@ -36,17 +36,22 @@ def cmd_psi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _processes(job, task: str) -> None:
+    from parties.launcher import local_tls, run_processes
+    tls_dir = local_tls(job)
+    if tls_dir is not None:
+        print(f"note: the job file names no certificates; using a fresh local CA in {tls_dir}",
+              file=sys.stderr)
+    run_processes(job, task=task, tls_dir=tls_dir)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
-    if args.threads or job.ca is None:
+    if args.threads:
         from vfl.pipeline import run_local
-        if not args.threads:
-            print("note: the job has no [tls] section, so all parties run as threads of this process "
-                  "(use `vfl certs` to set up TLS and run them as separate processes)", file=sys.stderr)
         run_local(job)
     else:
-        from parties.launcher import run_processes
-        run_processes(job)
+        _processes(job, "train")
     metrics = json.loads((job.workdir / "metrics.json").read_text())
     print(json.dumps({k: metrics[k] for k in ("aligned_rows", "train", "test", "stage_seconds")}, indent=2))
     print(f"metrics: {job.workdir / 'metrics.json'}")
@@ -55,12 +60,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     job = load_job(args.job)
-    if args.threads or job.ca is None:
+    if args.threads:
         from vfl.pipeline import run_predict_local
         run_predict_local(job)
     else:
-        from parties.launcher import run_processes
-        run_processes(job, task="predict")
+        _processes(job, "predict")
     report = json.loads((job.workdir / "predict_metrics.json").read_text())
     print(json.dumps({k: v for k, v in report.items() if k != "gains"}, indent=2))
     print(f"scores: {job.output_dir(job.guest.name) / 'scores.csv'}")

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vfl.config import JobConfig
 
@@ -31,9 +32,21 @@ class _Proc:
     lines: list[str] = field(default_factory=list)
 
 
-def _command(job: JobConfig, role: str, name: str, task: str) -> list[str]:
+def _command(job: JobConfig, role: str, name: str, task: str, tls_dir: Path | None) -> list[str]:
     cmd = [sys.executable, "-m", f"parties.{role}", str(job.path), "--task", task]
+    cmd += ["--tls-dir", str(tls_dir)] if tls_dir is not None else []
     return cmd + (["--name", name] if role == "host" else [])
+
+
+def local_tls(job: JobConfig) -> Path | None:
+    """For a job file that names no certificates: a fresh CA and party certificates
+    under ``<workdir>/tls`` so the local processes still talk over mutual TLS."""
+    if job.ca is not None:
+        return None
+    from .certs import make_certs
+    folder = job.workdir / "tls"
+    make_certs(job, folder)
+    return folder
 
 
 def _relay(proc: _Proc, echo: bool) -> None:
@@ -46,15 +59,17 @@ def _relay(proc: _Proc, echo: bool) -> None:
                 print(f"[{proc.name}] {line}", file=sys.stderr, flush=True)
 
 
-def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None, task: str = "train") -> None:
+def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None, task: str = "train",
+                  tls_dir: Path | None = None) -> None:
     """Start every party of ``task`` (scoring needs no arbiter); wait for all; raise
-    :class:`PartyFailed` naming the party that failed first."""
+    :class:`PartyFailed` naming the party that failed first. ``tls_dir`` supplies
+    certificates for a job file that names none (see :func:`local_tls`)."""
     roles = [("guest", job.guest.name)] + [("host", h) for h in job.host_names]
     if task == "train":
         roles.insert(0, ("arbiter", job.arbiter.name))
     procs = []
     for role, name in roles:
-        popen = subprocess.Popen(_command(job, role, name, task), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        popen = subprocess.Popen(_command(job, role, name, task, tls_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True, bufsize=1)
         procs.append(_Proc(name, popen))
     relays = [threading.Thread(target=_relay, args=(p, echo), daemon=True) for p in procs]

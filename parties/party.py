@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from vfl.config import ConfigError, JobConfig, load_job
@@ -33,6 +34,15 @@ def resolve_name(job: JobConfig, role: str, name: str | None) -> str:
     if name not in job.host_names:
         raise ConfigError(f"no host named {name!r} in {job.path} (hosts: {', '.join(job.host_names)})")
     return name
+
+
+def with_tls_dir(job: JobConfig, folder: Path) -> JobConfig:
+    """The job with every party's certificate, key and the CA taken from ``folder``
+    (as ``vfl certs`` writes them), for local runs of jobs that name none."""
+    def party(p):
+        return replace(p, cert=folder / f"{p.name}.pem", key=folder / f"{p.name}-key.pem")
+    return replace(job, ca=folder / "ca.pem", arbiter=party(job.arbiter), guest=party(job.guest),
+                   hosts=tuple(party(h) for h in job.hosts))
 
 
 def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "train") -> dict:
@@ -63,6 +73,8 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="which host of the job (hosts only)")
     p.add_argument("--task", choices=["train", "predict"], default="train",
                    help="train: PSI, training and scoring (default); predict: score new rows with the saved model")
+    p.add_argument("--tls-dir", type=Path,
+                   help="take certificates from this folder (as written by `vfl certs`) instead of the job file")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     role = role or args.role
@@ -70,6 +82,8 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")
     try:
         job = load_job(args.job)
+        if args.tls_dir is not None:
+            job = with_tls_dir(job, args.tls_dir)
         run_party(job, role, args.name, args.task)
     except KeyboardInterrupt:
         print(f"{role}: interrupted", file=sys.stderr)

@@ -132,3 +132,18 @@ def test_launcher_names_the_party_that_failed(tmp_path):
     (tmp_path / "host.csv").write_text("id,x\n1,2\n1,3\n")      # duplicate IDs at the host
     with pytest.raises(PartyFailed, match="'host' failed.*duplicate IDs"):
         run_processes(load_job(path), echo=False, grace=20)
+
+
+def test_vfl_run_uses_processes_and_a_local_ca_when_the_job_names_no_certificates(tmp_path, capsys):
+    from parties.cli import main
+    from tests.conftest import write_job, write_tables
+    g, hosts = write_tables(tmp_path, *vertical_split(300, 2, [2], seed=5))
+    path = write_job(tmp_path, g, hosts, model="epochs = 2")
+    text = path.read_text()
+    for name, port in zip(("19200", "19201", "19202"), free_ports(3)):
+        text = text.replace(f"127.0.0.1:{name}", f"127.0.0.1:{port}")
+    path.write_text(text)
+    assert main(["run", str(path)]) == 0
+    assert "fresh local CA" in capsys.readouterr().err
+    job = load_job(path)
+    assert (job.workdir / "tls" / "ca.pem").is_file() and (job.workdir / "metrics.json").is_file()
