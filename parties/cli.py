@@ -36,22 +36,22 @@ def cmd_psi(args: argparse.Namespace) -> int:
     return 0
 
 
-def _processes(job, task: str) -> None:
+def _processes(job, task: str, resume: bool = False) -> None:
     from parties.launcher import local_tls, run_processes
     tls_dir = local_tls(job)
     if tls_dir is not None:
         print(f"note: the job file names no certificates; using a fresh local CA in {tls_dir}",
               file=sys.stderr)
-    run_processes(job, task=task, tls_dir=tls_dir)
+    run_processes(job, task=task, tls_dir=tls_dir, resume=resume)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.threads:
         from vfl.pipeline import run_local
-        run_local(job)
+        run_local(job, resume=args.resume)
     else:
-        _processes(job, "train")
+        _processes(job, "train", args.resume)
     metrics = json.loads((job.workdir / "metrics.json").read_text())
     print(json.dumps({k: metrics[k] for k in ("aligned_rows", "train", "test", "stage_seconds")}, indent=2))
     print(f"metrics: {job.workdir / 'metrics.json'}")
@@ -74,6 +74,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_party(args: argparse.Namespace) -> int:
     from parties.party import main_for_role
     rest = [str(args.job), "--role", args.role, "--task", args.task] + (["--name", args.name] if args.name else [])
+    rest += ["--resume"] if args.resume else []
     return main_for_role(None, rest + (["-v"] if args.verbose else []))
 
 
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job", type=Path)
     s.add_argument("--threads", action="store_true",
                    help="run all parties as threads of this process (no TLS) instead of processes")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted training from the parties' last per-epoch checkpoints")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("predict", help="score new rows jointly with the trained model (guest and hosts)")
@@ -118,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
     s.add_argument("--name", help="which host (when the job has several)")
     s.add_argument("--task", choices=["train", "predict"], default="train")
+    s.add_argument("--resume", action="store_true", help="continue from this party's last checkpoint")
     s.set_defaults(func=cmd_party)
 
     s = sub.add_parser("certs", help="create a CA and a key/certificate for every party (demos, tests)")

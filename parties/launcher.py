@@ -32,8 +32,10 @@ class _Proc:
     lines: list[str] = field(default_factory=list)
 
 
-def _command(job: JobConfig, role: str, name: str, task: str, tls_dir: Path | None) -> list[str]:
+def _command(job: JobConfig, role: str, name: str, task: str, tls_dir: Path | None,
+             resume: bool) -> list[str]:
     cmd = [sys.executable, "-m", f"parties.{role}", str(job.path), "--task", task]
+    cmd += ["--resume"] if resume else []
     cmd += ["--tls-dir", str(tls_dir)] if tls_dir is not None else []
     return cmd + (["--name", name] if role == "host" else [])
 
@@ -60,7 +62,7 @@ def _relay(proc: _Proc, echo: bool) -> None:
 
 
 def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None, task: str = "train",
-                  tls_dir: Path | None = None) -> None:
+                  tls_dir: Path | None = None, resume: bool = False) -> None:
     """Start every party of ``task`` (scoring needs no arbiter); wait for all; raise
     :class:`PartyFailed` naming the party that failed first. ``tls_dir`` supplies
     certificates for a job file that names none (see :func:`local_tls`)."""
@@ -69,7 +71,7 @@ def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None,
         roles.insert(0, ("arbiter", job.arbiter.name))
     procs = []
     for role, name in roles:
-        popen = subprocess.Popen(_command(job, role, name, task, tls_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        popen = subprocess.Popen(_command(job, role, name, task, tls_dir, resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True, bufsize=1)
         procs.append(_Proc(name, popen))
     relays = [threading.Thread(target=_relay, args=(p, echo), daemon=True) for p in procs]

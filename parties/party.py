@@ -45,7 +45,8 @@ def with_tls_dir(job: JobConfig, folder: Path) -> JobConfig:
                    hosts=tuple(party(h) for h in job.hosts))
 
 
-def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "train") -> dict:
+def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "train",
+              resume: bool = False) -> dict:
     """Run this party's part of ``task``: "train" (PSI, training, scoring) or "predict"."""
     from vfl.workflow import run_arbiter, run_guest, run_host
     from .transport import open_channel
@@ -58,8 +59,8 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
             return predict_guest(job, channel) if role == "guest" else predict_host(job, me, channel)
     with open_channel(job, me) as channel:
         if role == "guest":
-            return run_guest(job, channel)
-        if role == "arbiter":
+            return run_guest(job, channel, resume)
+        if role == "arbiter":     # hosts and the arbiter resume when the guest does
             return run_arbiter(job, channel)
         return run_host(job, me, channel)
 
@@ -73,6 +74,9 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="which host of the job (hosts only)")
     p.add_argument("--task", choices=["train", "predict"], default="train",
                    help="train: PSI, training and scoring (default); predict: score new rows with the saved model")
+    p.add_argument("--resume", action="store_true",
+                   help="(guest) continue an interrupted training from the last per-epoch checkpoints; "
+                        "hosts and the arbiter follow the guest")
     p.add_argument("--tls-dir", type=Path,
                    help="take certificates from this folder (as written by `vfl certs`) instead of the job file")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -84,7 +88,7 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
         job = load_job(args.job)
         if args.tls_dir is not None:
             job = with_tls_dir(job, args.tls_dir)
-        run_party(job, role, args.name, args.task)
+        run_party(job, role, args.name, args.task, args.resume)
     except KeyboardInterrupt:
         print(f"{role}: interrupted", file=sys.stderr)
         return 130

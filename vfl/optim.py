@@ -41,3 +41,18 @@ def make_optimizer(name: str, learning_rate: float):
     if name == "adam":
         return Adam(learning_rate)
     raise ValueError(f"unknown optimizer {name!r} (use 'sgd' or 'adam')")
+
+
+def optimizer_state(opt) -> dict:
+    """What a checkpoint needs to continue exactly where the optimiser stopped."""
+    if isinstance(opt, Adam):
+        return {"t": opt.t, "m": None if opt.m is None else opt.m.tolist(),
+                "v": None if opt.v is None else opt.v.tolist()}
+    return {}
+
+
+def restore_optimizer(opt, state: dict) -> None:
+    if isinstance(opt, Adam) and state:
+        opt.t = int(state["t"])
+        opt.m = None if state["m"] is None else np.asarray(state["m"], dtype=float)
+        opt.v = None if state["v"] is None else np.asarray(state["v"], dtype=float)

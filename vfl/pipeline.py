@@ -43,11 +43,14 @@ def _run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwo
     return results
 
 
-def run_local(job: JobConfig, record: bool = False, network: LocalNetwork | None = None) -> dict:
-    """PSI, training and evaluation for all parties; returns each party's result."""
+def run_local(job: JobConfig, record: bool = False, network: LocalNetwork | None = None,
+              resume: bool = False) -> dict:
+    """PSI, training and evaluation for all parties; returns each party's result.
+
+    ``resume`` continues from the parties' last per-epoch checkpoints."""
     names = [job.guest.name, *job.host_names, job.arbiter.name]
     net = network or LocalNetwork(names, timeout=job.network.peer_timeout, record=record)
-    targets: dict[str, Callable] = {job.guest.name: lambda ch: run_guest(job, ch),
+    targets: dict[str, Callable] = {job.guest.name: lambda ch: run_guest(job, ch, resume),
                                     job.arbiter.name: lambda ch: run_arbiter(job, ch)}
     for h in job.host_names:
         targets[h] = (lambda name: (lambda ch: run_host(job, name, ch)))(h)

@@ -20,6 +20,7 @@ from .channel import Channel
 from .config import JobConfig
 from .data import load_table, read_ids
 from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
+from .hetero_lr.checkpoint import Checkpoint, fingerprint
 from .hetero_lr.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
 from .model_file import ModelPart
@@ -60,7 +61,12 @@ def run_psi_party(job: JobConfig, name: str, channel: Channel) -> np.ndarray:
     return common
 
 
-def run_guest(job: JobConfig, channel: Channel) -> dict:
+def _checkpoint(job: JobConfig, name: str, *parts) -> Checkpoint:
+    return Checkpoint(job.output_dir(name) / "checkpoint.json", fingerprint(job.name, name, job.model, *parts))
+
+
+def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
+    """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
     g = job.guest
     timings: dict[str, float] = {}
     table = load_table(g.data, g.id_column, g.label_column)
@@ -76,7 +82,8 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
              int((~test).sum()), int(test.sum()))
     model = HeteroLRGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed)
     with _timed(timings, "train"):
-        model.fit(channel, X[~test], data.labels[~test])
+        model.fit(channel, X[~test], data.labels[~test], resume=resume,
+                  checkpoint=_checkpoint(job, g.name, common[~test], data.columns))
     with _timed(timings, "predict"):
         host_sum = guest_sum_scores(channel, job.host_names, len(common))
         score = sigmoid(model.decision_function(X, host_sum))
@@ -103,6 +110,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
 
 
 def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
+    """A host's job. It resumes from its checkpoint when the guest resumes (``lr/start``)."""
     h = job.party(name)
     if h.role != "host":
         raise ValueError(f"{name!r} is not a host of this job")
@@ -115,7 +123,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     std = Standardizer.fit(data.features[~test])
     X = std.transform(data.features)
     model = HeteroLRHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed)
-    model.fit(channel, X[~test])
+    model.fit(channel, X[~test], checkpoint=_checkpoint(job, name, common[~test], data.columns))
     host_send_scores(channel, job.guest.name, job.host_names.index(name), len(job.hosts),
                      model.partial_scores(X), context=f"{job.name}/predict")
     ModelPart("host", name, data.columns, model.coef_, std).save(out / "model.json")
@@ -126,7 +134,9 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
 
 
 def run_arbiter(job: JobConfig, channel: Channel) -> dict:
-    arb = HeteroLRArbiter(job.model, guest=job.guest.name, hosts=job.host_names).fit(channel)
+    """The arbiter's job. Like the hosts, it follows the guest's plan when resuming."""
+    arb = HeteroLRArbiter(job.model, guest=job.guest.name, hosts=job.host_names).fit(
+        channel, checkpoint=_checkpoint(job, job.arbiter.name))
     _write_json(job.output_dir(job.arbiter.name) / "training.json",
                 {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits})
     return {"party": job.arbiter.name, "loss_history": arb.loss_history_}

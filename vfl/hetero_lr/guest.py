@@ -9,7 +9,8 @@ import numpy as np
 from crypto import PublicKey
 from ..channel import Channel
 from ..config import ModelConfig
-from ..optim import make_optimizer
+from ..optim import make_optimizer, optimizer_state
+from .checkpoint import Checkpoint, TrainingState, resume_from
 from ..split import batch_schedule
 from .common import X_FRAC_BITS, Stopwatch, expansion_terms, expect_encrypted, masked_gradient_round, step
 
@@ -32,16 +33,26 @@ class HeteroLRGuest:
         self.epoch_seconds_: list[float] = []
         self.timings_ = Stopwatch()
 
-    def fit(self, channel: Channel, X: np.ndarray, y: np.ndarray) -> "HeteroLRGuest":
+    def fit(self, channel: Channel, X: np.ndarray, y: np.ndarray, checkpoint: Checkpoint | None = None,
+            resume: bool = False) -> "HeteroLRGuest":
+        """Train; with ``checkpoint``, save state after every epoch; with ``resume``, start from it."""
         m = self.model
         pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"), mode=m.encryption)
         n = len(X)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
-        channel.send(self.arbiter, "lr/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n})
         Xa = np.hstack([X, np.ones((n, 1))])      # last column: the intercept
         w = np.zeros(Xa.shape[1])
         opt = make_optimizer(m.optimizer, m.learning_rate)
-        for epoch in range(m.epochs):
+        start = 0
+        if resume:
+            start, w = resume_from(checkpoint, opt, len(w), max_epochs=m.epochs)
+            self.loss_history_ = list(checkpoint.load().loss_history)
+            log.info("resuming after epoch %d", start)
+        channel.send(self.arbiter, "lr/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
+                                               "start_epoch": start})
+        for h in self.hosts:
+            channel.send(h, "lr/start", {"epoch": start})
+        for epoch in range(start, m.epochs):
             t0 = last_note = time.perf_counter()
             for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
                 w = opt.step(w, self._batch(channel, pk, Xa[rows], y[rows], w, epoch, b))
@@ -54,6 +65,9 @@ class HeteroLRGuest:
             self.epoch_seconds_.append(time.perf_counter() - t0)
             log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, decision["loss"],
                      self.epoch_seconds_[-1])
+            if checkpoint is not None:
+                checkpoint.save(TrainingState(epoch + 1, bool(decision.get("converged")), w.tolist(),
+                                              optimizer_state(opt), self.loss_history_))
             if decision.get("stop"):
                 break
         self.coef_, self.intercept_ = w[:-1], float(w[-1])

@@ -6,7 +6,8 @@ import numpy as np
 from crypto import EncryptedArray, PublicKey
 from ..channel import Channel
 from ..config import ModelConfig
-from ..optim import make_optimizer
+from ..optim import make_optimizer, optimizer_state
+from .checkpoint import Checkpoint, TrainingState, resume_from
 from ..split import batch_schedule
 from .common import X_FRAC_BITS, Stopwatch, expect_encrypted, masked_gradient_round, step
 
@@ -24,16 +25,27 @@ class HeteroLRHost:
         self.epochs_run_ = 0
         self.timings_ = Stopwatch()
 
-    def fit(self, channel: Channel, X: np.ndarray) -> "HeteroLRHost":
+    def fit(self, channel: Channel, X: np.ndarray, checkpoint: Checkpoint | None = None) -> "HeteroLRHost":
+        """Train; with ``checkpoint``, save state after every epoch and resume from it when the
+        guest says training resumes (``lr/start``)."""
         m = self.model
         pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"), mode=m.encryption)
         w = np.zeros(X.shape[1])
         opt = make_optimizer(m.optimizer, m.learning_rate)
-        for epoch in range(m.epochs):
+        start = int(channel.recv(self.guest, "lr/start").get("epoch", -1))
+        if not 0 <= start < m.epochs:
+            raise ValueError(f"the guest asks to start at epoch {start} of {m.epochs}")
+        if start:
+            _, w = resume_from(checkpoint, opt, len(w), epoch=start)
+        for epoch in range(start, m.epochs):
             for b, rows in enumerate(batch_schedule(len(X), m.batch_size, self.seed, epoch)):
                 w = opt.step(w, self._batch(channel, pk, X[rows], w, epoch, b))
             self.epochs_run_ = epoch + 1
-            if channel.recv(self.arbiter, f"lr/e{epoch}/decision").get("stop"):
+            stop = bool(channel.recv(self.arbiter, f"lr/e{epoch}/decision").get("stop"))
+            if checkpoint is not None:
+                checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, w.tolist(),
+                                              optimizer_state(opt)))
+            if stop:
                 break
         self.coef_ = w
         return self
