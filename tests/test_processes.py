@@ -147,3 +147,8 @@ def test_vfl_run_uses_processes_and_a_local_ca_when_the_job_names_no_certificate
     assert "fresh local CA" in capsys.readouterr().err
     job = load_job(path)
     assert (job.workdir / "tls" / "ca.pem").is_file() and (job.workdir / "metrics.json").is_file()
+    # Extend the finished training by one epoch: --resume reaches every party process.
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))
+    assert main(["run", "--resume", str(path)]) == 0
+    metrics = json.loads((job.workdir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and len(metrics["epoch_seconds"]) == 1
