@@ -81,12 +81,12 @@ class Checkpoint:
 
 
 def resume_from(checkpoint: Checkpoint | None, opt, n_weights: int, epoch: int | None = None,
-                max_epochs: int | None = None) -> tuple[int, np.ndarray]:
-    """Load weights and optimiser state; return (epochs completed, weights)."""
+                max_epochs: int | None = None) -> tuple[TrainingState, np.ndarray]:
+    """Restore the optimiser from the checkpoint; return the saved state and weights."""
     if checkpoint is None:
         raise CheckpointError("asked to resume, but this party keeps no checkpoint")
     state = checkpoint.load(epoch=epoch, max_epochs=max_epochs)
     if state.weights is None or len(state.weights) != n_weights:
         raise CheckpointError(f"{checkpoint.path} holds {len(state.weights or [])} weights, expected {n_weights}")
     restore_optimizer(opt, state.optimizer)
-    return state.epoch, np.asarray(state.weights, dtype=float)
+    return state, np.asarray(state.weights, dtype=float)

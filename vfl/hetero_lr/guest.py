@@ -45,8 +45,8 @@ class HeteroLRGuest:
         opt = make_optimizer(m.optimizer, m.learning_rate)
         start = 0
         if resume:
-            start, w = resume_from(checkpoint, opt, len(w), max_epochs=m.epochs)
-            self.loss_history_ = list(checkpoint.load().loss_history)
+            state, w = resume_from(checkpoint, opt, len(w), max_epochs=m.epochs)
+            start, self.loss_history_ = state.epoch, list(state.loss_history)
             log.info("resuming after epoch %d", start)
         channel.send(self.arbiter, "lr/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
                                                "start_epoch": start})
