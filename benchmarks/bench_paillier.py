@@ -20,7 +20,7 @@ import phe
 from crypto import EncryptedArray, generate_keypair, pool
 from crypto.encoding import encode_int64
 from crypto.multiexp import multiexp
-from crypto.paillier import _decrypt_chunk, _djn_table, _encrypt_chunk
+from crypto.paillier import _DJN_WINDOW_BITS, _decrypt_chunk, _djn_table, _encrypt_chunk
 
 
 def timed(fn, repeats: int) -> float:
@@ -64,7 +64,8 @@ def main() -> None:
     n, hs = int(pk.n), int(pk._djn_base())
     t0 = time.perf_counter()
     _djn_table(n, hs)
-    print(f"DJN fixed-base table (8-bit windows): built in {time.perf_counter() - t0:.2f} s per process")
+    print(f"DJN fixed-base table ({_DJN_WINDOW_BITS}-bit windows): built in {time.perf_counter() - t0:.2f} s "
+          "per process")
     pool.warm_up()
     pk.encrypt_raw(np.zeros(4 * workers * 64, dtype=object))  # workers build their tables
 
