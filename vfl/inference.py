@@ -8,7 +8,6 @@ and a gains table, so a model can be validated on a later cohort.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -17,6 +16,7 @@ import pandas as pd
 from .channel import Channel
 from .config import JobConfig, PartyConfig
 from .data import load_table, read_columns
+from .files import write_json
 from .hetero_lr.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
 from .model_file import ModelPart
@@ -53,7 +53,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if has_label:
         report["metrics"] = binary_metrics(data.labels, score)
         report["gains"] = gains_table(data.labels, points)
-    (job.workdir / "predict_metrics.json").write_text(json.dumps(report, indent=2))
+    write_json(job.workdir / "predict_metrics.json", report)
     log.info("%s: scored %d rows -> %s", g.name, len(common), out / "scores.csv")
     return report
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_json
 from .split import Standardizer
 
 FORMAT, VERSION = "vfl-hetero-lr-part", 1
@@ -46,10 +47,7 @@ class ModelPart:
         return d
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path, party: str) -> "ModelPart":

@@ -8,10 +8,7 @@ data file (the opt-in ``baselines`` of a demo is the one, labelled exception).
 """
 from __future__ import annotations
 
-import json
 import logging
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +18,8 @@ from .config import JobConfig
 from .data import load_table, read_ids
 from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
 from .hetero_lr.checkpoint import Checkpoint, fingerprint
-from .hetero_lr.common import sigmoid
+from .files import write_json
+from .hetero_lr.common import Stopwatch, sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
 from .model_file import ModelPart
 from .psi import psi_guest, psi_host, write_intersection
@@ -29,23 +27,6 @@ from .scoring import guest_sum_scores, host_send_scores
 from .split import Standardizer, split_mask
 
 log = logging.getLogger("vfl.job")
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
-def _timed(timings: dict, stage: str):
-    class _T:
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            timings[stage] = round(time.perf_counter() - self.t0, 3)
-    return _T()
 
 
 def run_psi_party(job: JobConfig, name: str, channel: Channel) -> np.ndarray:
@@ -68,9 +49,9 @@ def _checkpoint(job: JobConfig, name: str, *parts) -> Checkpoint:
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
     g = job.guest
-    timings: dict[str, float] = {}
+    timings = Stopwatch()
     table = load_table(g.data, g.id_column, g.label_column)
-    with _timed(timings, "psi"):
+    with timings("psi"):
         common = psi_guest(channel, table.ids, job.host_names)
     out = job.output_dir(g.name)
     write_intersection(out / "intersection.csv", common)
@@ -81,10 +62,10 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     log.info("%s: %d own rows, %d aligned, %d train / %d test", g.name, len(table.ids), len(common),
              int((~test).sum()), int(test.sum()))
     model = HeteroLRGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed)
-    with _timed(timings, "train"):
+    with timings("train"):
         model.fit(channel, X[~test], data.labels[~test], resume=resume,
                   checkpoint=_checkpoint(job, g.name, common[~test], data.columns))
-    with _timed(timings, "predict"):
+    with timings("predict"):
         host_sum = guest_sum_scores(channel, job.host_names, len(common))
         score = sigmoid(model.decision_function(X, host_sum))
     sc = job.scorecard
@@ -98,14 +79,14 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "test": binary_metrics(data.labels[test], score[test]),
         "loss_history": model.loss_history_, "epochs_run": len(model.loss_history_),
         "epoch_seconds": [round(s, 3) for s in model.epoch_seconds_],
-        "stage_seconds": timings, "key_bits": job.model.key_bits, "hosts": job.host_names,
+        "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()}, "key_bits": job.model.key_bits, "hosts": job.host_names,
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
     }
     if job.baselines:
         from .baselines import baseline_aucs
         metrics.update(baseline_aucs(job, common, test))
-    _write_json(job.workdir / "metrics.json", metrics)
+    write_json(job.workdir / "metrics.json", metrics)
     return metrics
 
 
@@ -129,7 +110,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     ModelPart("host", name, data.columns, model.coef_, std).save(out / "model.json")
     report = {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds}
-    _write_json(out / "report.json", report)
+    write_json(out / "report.json", report)
     return report
 
 
@@ -137,6 +118,6 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     """The arbiter's job. Like the hosts, it follows the guest's plan when resuming."""
     arb = HeteroLRArbiter(job.model, guest=job.guest.name, hosts=job.host_names).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))
-    _write_json(job.output_dir(job.arbiter.name) / "training.json",
+    write_json(job.output_dir(job.arbiter.name) / "training.json",
                 {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits})
     return {"party": job.arbiter.name, "loss_history": arb.loss_history_}

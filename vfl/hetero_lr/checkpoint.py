@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
+from ..files import write_json
 from ..optim import restore_optimizer
 
 FORMAT, VERSION = "vfl-lr-checkpoint", 1
@@ -49,11 +50,8 @@ class Checkpoint:
     fingerprint: str
 
     def save(self, state: TrainingState) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
-                                   **asdict(state)}))
-        tmp.replace(self.path)
+        write_json(self.path, {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
+                               **asdict(state)}, indent=None)
 
     def load(self, epoch: int | None = None, max_epochs: int | None = None) -> TrainingState:
         """The saved state; ``epoch`` (if given) must match, e.g. the guest's on a host."""
