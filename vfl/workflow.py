@@ -16,15 +16,16 @@ import pandas as pd
 from .channel import Channel
 from .config import JobConfig
 from .data import load_table, read_ids
+from .files import write_json
 from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
 from .hetero_lr.checkpoint import Checkpoint, fingerprint
-from .files import write_json
-from .hetero_lr.common import Stopwatch, sigmoid
+from .hetero_lr.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
 from .model_file import ModelPart
 from .psi import psi_guest, psi_host, write_intersection
 from .scoring import guest_sum_scores, host_send_scores
 from .split import Standardizer, split_mask
+from .timing import Stopwatch
 
 log = logging.getLogger("vfl.job")
 

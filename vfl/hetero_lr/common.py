@@ -18,8 +18,6 @@ multiplication per row.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey, mask, unmask
@@ -80,24 +78,3 @@ def expansion_terms(a: np.ndarray, y: np.ndarray, approximation: str = "guest_ex
     s = sigmoid(a)
     loss = float(np.sum(np.logaddexp(0.0, a) - y * a))
     return s - y, s * (1.0 - s), loss
-
-
-class Stopwatch:
-    """Seconds spent per named phase, accumulated over a role's batches (for reports)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, phase: str) -> "_Lap":
-        return _Lap(self, phase)
-
-
-class _Lap:
-    def __init__(self, watch: Stopwatch, phase: str) -> None:
-        self.watch, self.phase = watch, phase
-
-    def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc) -> None:
-        self.watch.seconds[self.phase] = self.watch.seconds.get(self.phase, 0.0) + time.perf_counter() - self.t0

@@ -7,12 +7,20 @@ import time
 import numpy as np
 
 from crypto import PublicKey
+
 from ..channel import Channel
 from ..config import ModelConfig
 from ..optim import make_optimizer, optimizer_state
-from .checkpoint import Checkpoint, TrainingState, resume_from
 from ..split import batch_schedule
-from .common import X_FRAC_BITS, Stopwatch, expansion_terms, expect_encrypted, masked_gradient_round, step
+from ..timing import Stopwatch
+from .checkpoint import Checkpoint, TrainingState, resume_from
+from .common import (
+    X_FRAC_BITS,
+    expansion_terms,
+    expect_encrypted,
+    masked_gradient_round,
+    step,
+)
 
 log = logging.getLogger("vfl.lr")
 

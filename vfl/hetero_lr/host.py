@@ -4,12 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey
+
 from ..channel import Channel
 from ..config import ModelConfig
 from ..optim import make_optimizer, optimizer_state
-from .checkpoint import Checkpoint, TrainingState, resume_from
 from ..split import batch_schedule
-from .common import X_FRAC_BITS, Stopwatch, expect_encrypted, masked_gradient_round, step
+from ..timing import Stopwatch
+from .checkpoint import Checkpoint, TrainingState, resume_from
+from .common import X_FRAC_BITS, expect_encrypted, masked_gradient_round, step
 
 
 class HeteroLRHost:
