@@ -168,3 +168,12 @@ def test_taylor_option_follows_hardys_residual(keypair):
     for _ in range(2):
         w = w - Xa.T @ (0.25 * (Xa @ w) - 0.5 * (2 * y - 1)) / len(X)
     np.testing.assert_allclose(_weights(roles, 1), w, atol=1e-6)
+
+
+def test_small_batches_against_many_columns_are_warned_about(caplog):
+    from vfl.hetero_lr.common import warn_if_small_batches
+    with caplog.at_level("WARNING", logger="vfl.lr"):
+        warn_if_small_batches(1000, 4096, 23, "bank")
+        assert not caplog.records
+        warn_if_small_batches(1000, 100, 23, "shop")
+    assert "shop: batches of 100 rows against 23 columns" in caplog.text

@@ -18,13 +18,17 @@ multiplication per row.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey, mask, unmask
 from ..channel import Channel
 from ..messages import BigInts
+from ..split import batch_schedule
 
 LOG2 = float(np.log(2.0))
+log = logging.getLogger("vfl.lr")
 X_FRAC_BITS = 24          # precision of plaintext multipliers (features, scores, h) in exponents
 
 
@@ -78,3 +82,13 @@ def expansion_terms(a: np.ndarray, y: np.ndarray, approximation: str = "guest_ex
     s = sigmoid(a)
     loss = float(np.sum(np.logaddexp(0.0, a) - y * a))
     return s - y, s * (1.0 - s), loss
+
+
+def warn_if_small_batches(n_rows: int, batch_size: int, n_columns: int, who: str) -> None:
+    """A party learns ``n_columns`` sums over each batch's residuals (docs/protocols.md,
+    "Residual risk"): say so when batches are not much larger than that."""
+    smallest = min(len(b) for b in batch_schedule(n_rows, batch_size, 0, 0))
+    if smallest < 10 * n_columns:
+        log.warning("%s: batches of %d rows against %d columns: each gradient is %d sums over only %d "
+                    "residuals; use batch_size >= %d", who, smallest, n_columns, n_columns, smallest,
+                    10 * n_columns)

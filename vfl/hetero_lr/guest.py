@@ -14,13 +14,8 @@ from ..optim import make_optimizer, optimizer_state
 from ..split import batch_schedule
 from ..timing import Stopwatch
 from .checkpoint import Checkpoint, TrainingState, resume_from
-from .common import (
-    X_FRAC_BITS,
-    expansion_terms,
-    expect_encrypted,
-    masked_gradient_round,
-    step,
-)
+from .common import (X_FRAC_BITS, expansion_terms, expect_encrypted, masked_gradient_round, step,
+                     warn_if_small_batches)
 
 log = logging.getLogger("vfl.lr")
 
@@ -49,6 +44,7 @@ class HeteroLRGuest:
         n = len(X)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         Xa = np.hstack([X, np.ones((n, 1))])      # last column: the intercept
+        warn_if_small_batches(n, m.batch_size, Xa.shape[1], channel.name)
         w = np.zeros(Xa.shape[1])
         opt = make_optimizer(m.optimizer, m.learning_rate)
         start = 0

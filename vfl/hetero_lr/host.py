@@ -11,7 +11,7 @@ from ..optim import make_optimizer, optimizer_state
 from ..split import batch_schedule
 from ..timing import Stopwatch
 from .checkpoint import Checkpoint, TrainingState, resume_from
-from .common import X_FRAC_BITS, expect_encrypted, masked_gradient_round, step
+from .common import X_FRAC_BITS, expect_encrypted, masked_gradient_round, step, warn_if_small_batches
 
 
 class HeteroLRHost:
@@ -33,6 +33,7 @@ class HeteroLRHost:
         m = self.model
         pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"), mode=m.encryption)
         w = np.zeros(X.shape[1])
+        warn_if_small_batches(len(X), m.batch_size, X.shape[1] + 1, channel.name)  # + the loss column
         opt = make_optimizer(m.optimizer, m.learning_rate)
         start = int(channel.recv(self.guest, "lr/start").get("epoch", -1))
         if not 0 <= start < m.epochs:
