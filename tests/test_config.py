@@ -40,6 +40,7 @@ def test_paths_resolve_against_job_file_and_defaults(tmp_path):
     ({"model__epochs": "ten"}, "must be int"),
     ({"job__test_fraction": 1.5}, "test_fraction"),
     ({"hosts__name": "bank"}, "unique"),
+    ({"hosts__address": "127.0.0.1:9101"}, "own address; shared: 127.0.0.1:9101"),
 ])
 def test_bad_job_files_say_what_is_wrong(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):

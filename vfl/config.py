@@ -211,6 +211,10 @@ def parse_job(raw: dict, path: Path) -> JobConfig:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"party names must be unique; repeated: {', '.join(dupes)}")
+    addresses = [p.address for p in (guest, *hosts, arbiter)]
+    shared = sorted({a for a in addresses if addresses.count(a) > 1})
+    if shared:
+        raise ConfigError(f"each party needs its own address; shared: {', '.join(shared)}")
     test_fraction = float(job.get("test_fraction", 0.2))
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"[job] test_fraction must be in [0, 1), got {test_fraction}")
