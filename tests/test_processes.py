@@ -152,3 +152,25 @@ def test_vfl_run_uses_processes_and_a_local_ca_when_the_job_names_no_certificate
     assert main(["run", "--resume", str(path)]) == 0
     metrics = json.loads((job.workdir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 3 and len(metrics["epoch_seconds"]) == 1
+
+
+def test_logs_and_outputs_of_other_parties_hold_nothing_of_the_guests_rows(tmp_path):
+    """After a whole job, the host's and arbiter's logs and files contain no guest feature value,
+    and no guest ID outside the intersection (what PSI promises, checked on disk)."""
+    path = _tls_job(tmp_path, n_rows=400, epochs=2)
+    procs = {r: _start(path, r) for r in ("arbiter", "host", "guest")}
+    logs = {r: p.communicate(timeout=120)[1] for r, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), logs
+    job = load_job(path)
+    guest = pd.read_csv(tmp_path / "guest.csv", dtype=str)
+    host_ids = set(pd.read_csv(tmp_path / "host.csv", dtype=str)["id"])
+    guest_only = [i for i in guest["id"] if i not in host_ids]
+    values = [v for c in guest.columns if c not in ("id", "y") for v in guest[c].head(30)]
+    assert guest_only and values
+    for role, name in (("host", "host"), ("arbiter", "arbiter")):
+        text = logs[role] + "".join(p.read_text() for p in job.output_dir(name).iterdir() if p.is_file())
+        leaked_values = [v for v in values if v in text]
+        assert not leaked_values, (role, leaked_values[:3])
+    written = pd.read_csv(job.output_dir("host") / "intersection.csv", dtype=str)["id"]
+    assert set(written) <= host_ids - set(guest_only)
+    assert not (job.output_dir("arbiter") / "intersection.csv").exists()
