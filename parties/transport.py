@@ -183,6 +183,7 @@ class _Link:
         self.stop = threading.Event()
         self.ended = threading.Event()   # the reader has finished (EOF, error, stop)
         self.end_reason: str | None = None
+        self.end_root: bool | None = None  # False: the peer said an aborting bye (a symptom, not a cause)
         self.bytes_sent = 0
         self.bytes_received = 0
         self.reader: threading.Thread | None = None
@@ -268,7 +269,7 @@ class _Link:
         """End this link's stream. A ``fatal`` end dooms the whole job; a ``root`` one
         (the peer vanished, rather than saying bye after a failure of its own) is a cause."""
         if self.end_reason is None:
-            self.end_reason = message
+            self.end_reason, self.end_root = message, (root if fatal else None)
             self.inbox.put(_End(exc_type, message))
             if fatal:
                 self.owner._note_loss(self.peer, message, root)
@@ -440,7 +441,7 @@ class TlsChannel:
                                    f"{self.peer_timeout:g} s") from None
         if isinstance(item, _End):
             link.inbox.put(item)  # every later recv fails the same way
-            if link.end_reason and "aborted" in link.end_reason:
+            if link.end_root is False:
                 # The peer gave up because of another loss; name that one if we see it too.
                 time.sleep(2 * _POLL)
                 with self._lock:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .channel import Channel
 from .config import JobConfig
-from .data import load_table, read_ids
+from .data import PartyTable, load_table, read_ids
 from .files import write_json
 from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
 from .hetero_lr.checkpoint import Checkpoint, fingerprint
@@ -47,6 +47,16 @@ def _checkpoint(job: JobConfig, name: str, *parts) -> Checkpoint:
     return Checkpoint(job.output_dir(name) / "checkpoint.json", fingerprint(job.name, name, job.model, *parts))
 
 
+def _aligned(job: JobConfig, name: str, table: PartyTable, common: np.ndarray):
+    """What every party derives alone from the common IDs: its rows in ID order, the
+    shared train/test split, and its own scaling fitted on its training rows."""
+    write_intersection(job.output_dir(name) / "intersection.csv", common)
+    data = table.take(common)
+    test = split_mask(common, job.seed, job.test_fraction)
+    std = Standardizer.fit(data.features[~test])
+    return data, test, std, std.transform(data.features)
+
+
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
     g = job.guest
@@ -55,32 +65,30 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     with timings("psi"):
         common = psi_guest(channel, table.ids, job.host_names)
     out = job.output_dir(g.name)
-    write_intersection(out / "intersection.csv", common)
-    data = table.take(common)
-    test = split_mask(common, job.seed, job.test_fraction)
-    std = Standardizer.fit(data.features[~test])
-    X = std.transform(data.features)
+    data, test, std, X = _aligned(job, g.name, table, common)
     log.info("%s: %d own rows, %d aligned, %d train / %d test", g.name, len(table.ids), len(common),
              int((~test).sum()), int(test.sum()))
     model = HeteroLRGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed)
     with timings("train"):
         model.fit(channel, X[~test], data.labels[~test], resume=resume,
                   checkpoint=_checkpoint(job, g.name, common[~test], data.columns))
-    with timings("predict"):
+    part = ModelPart("guest", g.name, data.columns, model.coef_, std, model.intercept_)
+    part.save(out / "model.json")
+    with timings("predict"):    # the same arithmetic as `vfl predict` on new rows
         host_sum = guest_sum_scores(channel, job.host_names, len(common))
-        score = sigmoid(model.decision_function(X, host_sum))
+        score = sigmoid(part.partial_score(data.features, data.columns) + host_sum)
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
                   "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
-    ModelPart("guest", g.name, data.columns, model.coef_, std, model.intercept_).save(out / "model.json")
     metrics = {
         "job": job.name, "aligned_rows": int(len(common)), "guest_rows": int(len(table.ids)),
         "train": binary_metrics(data.labels[~test], score[~test]),
         "test": binary_metrics(data.labels[test], score[test]),
         "loss_history": model.loss_history_, "epochs_run": len(model.loss_history_),
         "epoch_seconds": [round(s, 3) for s in model.epoch_seconds_],
-        "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()}, "key_bits": job.model.key_bits, "hosts": job.host_names,
+        "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
+        "key_bits": job.model.key_bits, "hosts": job.host_names,
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
     }
@@ -99,16 +107,13 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     table = load_table(h.data, h.id_column)
     common = psi_host(channel, table.ids, job.guest.name)
     out = job.output_dir(name)
-    write_intersection(out / "intersection.csv", common)
-    data = table.take(common)
-    test = split_mask(common, job.seed, job.test_fraction)
-    std = Standardizer.fit(data.features[~test])
-    X = std.transform(data.features)
+    data, test, std, X = _aligned(job, name, table, common)
     model = HeteroLRHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed)
     model.fit(channel, X[~test], checkpoint=_checkpoint(job, name, common[~test], data.columns))
+    part = ModelPart("host", name, data.columns, model.coef_, std)
+    part.save(out / "model.json")
     host_send_scores(channel, job.guest.name, job.host_names.index(name), len(job.hosts),
-                     model.partial_scores(X), context=f"{job.name}/predict")
-    ModelPart("host", name, data.columns, model.coef_, std).save(out / "model.json")
+                     part.partial_score(data.features, data.columns), context=f"{job.name}/predict")
     report = {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds}
     write_json(out / "report.json", report)

@@ -109,9 +109,3 @@ class HeteroLRGuest:
         grad = g_sum / n_b
         grad[:-1] += self.model.l2 * w_feat
         return grad
-
-    def decision_function(self, X: np.ndarray, host_scores: np.ndarray) -> np.ndarray:
-        """Joint linear score: own part, intercept and the hosts' summed part."""
-        if self.coef_ is None:
-            raise RuntimeError("fit the model first")
-        return X @ self.coef_ + self.intercept_ + host_scores

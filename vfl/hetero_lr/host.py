@@ -70,9 +70,3 @@ class HeteroLRHost:
         with lap("arbiter_round"):
             g_sum = masked_gradient_round(channel, self.arbiter, pk, enc[:-1], step(epoch, b, "masked_grad"))
         return g_sum / n_b + self.model.l2 * w
-
-    def partial_scores(self, X: np.ndarray) -> np.ndarray:
-        """u_h = X_h w_h for scoring (standardised rows)."""
-        if self.coef_ is None:
-            raise RuntimeError("fit the model first")
-        return X @ self.coef_
