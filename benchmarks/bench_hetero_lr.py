@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from crypto import generate_keypair  # noqa: E402
 from vfl.channel import LocalNetwork  # noqa: E402
 from vfl.config import ModelConfig, load_job  # noqa: E402
-from vfl.hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost  # noqa: E402
-from vfl.hetero_lr.reference import fit_reference  # noqa: E402
+from vfl.models import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost  # noqa: E402
+from vfl.models.reference import fit_reference  # noqa: E402
 from vfl.split import Standardizer, split_mask  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

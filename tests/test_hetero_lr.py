@@ -9,8 +9,8 @@ import pytest
 from crypto import EncryptedArray, generate_keypair
 from vfl.channel import LocalNetwork
 from vfl.config import ModelConfig
-from vfl.hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
-from vfl.hetero_lr.reference import approx_gradient, fit_reference
+from vfl.models import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
+from vfl.models.reference import approx_gradient, fit_reference
 from vfl.messages import BigInts
 
 
@@ -141,7 +141,7 @@ def test_host_cannot_strip_the_residual_down_to_labels(keypair):
 def test_wrong_key_ciphertext_is_refused(keypair):
     other_pk, _ = generate_keypair(512)
     enc = EncryptedArray.encrypt(other_pk, np.ones(3))
-    from vfl.hetero_lr.common import expect_encrypted
+    from vfl.models.common import expect_encrypted
     with pytest.raises(ValueError, match="key"):
         expect_encrypted(enc, keypair[0], (3,), "scores")
     with pytest.raises(ValueError, match="shape"):
@@ -171,7 +171,7 @@ def test_taylor_option_follows_hardys_residual(keypair):
 
 
 def test_small_batches_against_many_columns_are_warned_about(caplog):
-    from vfl.hetero_lr.common import warn_if_small_batches
+    from vfl.models.common import warn_if_small_batches
     with caplog.at_level("WARNING", logger="vfl.lr"):
         warn_if_small_batches(1000, 4096, 23, "bank")
         assert not caplog.records

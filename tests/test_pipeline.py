@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from parties.cli import main as vfl_main
 from tests.conftest import write_job, write_tables
 from vfl.config import load_job
-from vfl.hetero_lr.reference import fit_reference
+from vfl.models.reference import fit_reference
 from vfl.pipeline import JobFailed, run_local
 from vfl.split import Standardizer, split_mask
 from vfl.synth import vertical_split

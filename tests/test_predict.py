@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import write_job
 from vfl.config import load_job
-from vfl.model_file import ModelFileError, ModelPart
+from vfl.models.model_file import ModelFileError, ModelPart
 from vfl.pipeline import JobFailed, run_local, run_predict_local
 from vfl.synth import vertical_split
 

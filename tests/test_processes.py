@@ -15,7 +15,7 @@ from parties.certs import make_certs
 from parties.demo import free_ports
 from parties.launcher import PartyFailed, run_processes
 from vfl.config import load_job
-from vfl.hetero_lr.reference import fit_reference
+from vfl.models.reference import fit_reference
 from vfl.split import Standardizer, split_mask
 from vfl.synth import vertical_split
 

@@ -17,9 +17,9 @@ from .channel import Channel
 from .config import JobConfig, PartyConfig
 from .data import load_table, read_columns
 from .files import write_json
-from .hetero_lr.common import sigmoid
+from .models.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
-from .model_file import ModelPart
+from .models.model_file import ModelPart
 from .psi import psi_guest, psi_host, write_intersection
 from .scoring import guest_sum_scores, host_send_scores
 

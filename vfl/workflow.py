@@ -17,11 +17,11 @@ from .channel import Channel
 from .config import JobConfig
 from .data import PartyTable, load_table, read_ids
 from .files import write_json
-from .hetero_lr import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
-from .hetero_lr.checkpoint import Checkpoint, fingerprint
-from .hetero_lr.common import sigmoid
+from .models import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
+from .models.checkpoint import Checkpoint, fingerprint
+from .models.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
-from .model_file import ModelPart
+from .models.model_file import ModelPart
 from .psi import psi_guest, psi_host, write_intersection
 from .scoring import guest_sum_scores, host_send_scores
 from .split import Standardizer, split_mask

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_json
-from .split import Standardizer
+from ..files import write_json
+from ..split import Standardizer
 
 FORMAT, VERSION = "vfl-hetero-lr-part", 1
 

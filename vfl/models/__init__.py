@@ -1,4 +1,4 @@
-"""Split (hetero) logistic regression: guest, host and arbiter roles."""
+"""Split models (guest, host and arbiter roles over pluggable towers) and their model files."""
 from .arbiter import HeteroLRArbiter
 from .guest import HeteroLRGuest
 from .host import HeteroLRHost
