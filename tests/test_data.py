@@ -1,9 +1,11 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from vfl.data import DataError, load_table, read_ids
-from vfl.split import batch_schedule, split_mask
+from vfl.data import MAX_ID_LENGTH, DataError, PartyTable, check_training_rows, load_table, read_ids
+from vfl.split import Standardizer, batch_schedule, split_mask
 
 
 def test_ids_are_text_and_duplicates_are_named(tmp_path):
@@ -43,3 +45,137 @@ def test_batches_cover_every_row_once_and_differ_by_epoch():
     assert sorted(np.concatenate(b0).tolist()) == list(range(1000))
     assert [len(b) for b in b0] == [300, 300, 400]   # a tail of 100 < 150 is merged
     assert not np.array_equal(np.concatenate(b0), np.concatenate(batch_schedule(1000, 300, 1, 1)))
+
+
+# --------------------------------------------------------------------------- IDs read verbatim
+
+def _write(tmp_path, text, name="t.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_na_like_ids_are_distinct_text_in_a_variable_width_array(tmp_path):
+    words = ["NA", "null", "None", "N/A", "nan", "NULL", "#N/A", "007"]
+    p = _write(tmp_path, "id,x\n" + "".join(f"{w},{i}\n" for i, w in enumerate(words)))
+    for ids in (read_ids(p, "id"), load_table(p, "id").ids):
+        assert ids.dtype == object and all(type(v) is str for v in ids)
+        assert ids.tolist() == words
+    long_id = "k" * MAX_ID_LENGTH
+    p = _write(tmp_path, f"id,x\n{long_id},1\na,2\n")
+    ids = read_ids(p, "id")
+    assert ids.dtype == object and ids.tolist() == [long_id, "a"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,x\na,1\n,2\n", r"empty or blank ID in column 'id' at data row 2"),
+    ("id,x\na,1\nb,2\n  ,3\n", r"empty or blank ID in column 'id' at data row 3"),
+    ("x,id\n1,a\n2\n", r"empty or blank ID in column 'id' at data row 2"),      # short row
+    (f"id,x\na,1\n{'z' * (MAX_ID_LENGTH + 1)},2\n",
+     rf"ID of {MAX_ID_LENGTH + 1} characters in column 'id' at data row 2; IDs may have at most {MAX_ID_LENGTH}"),
+])
+def test_empty_and_overlong_ids_are_refused_with_file_and_row(tmp_path, text, message):
+    p = _write(tmp_path, text)
+    for read in (lambda: read_ids(p, "id"), lambda: load_table(p, "id")):
+        with pytest.raises(DataError, match=message) as err:
+            read()
+        assert str(p) in str(err.value)
+
+
+def test_missing_markers_still_mean_missing_in_numeric_and_label_columns(tmp_path):
+    p = _write(tmp_path, "id,x,y\na,1,0\nb,NA,1\n")
+    with pytest.raises(DataError, match=r"missing values in columns x \(first: column 'x', data row 2\)"):
+        load_table(p, "id", "y")
+    p = _write(tmp_path, "id,x,y\na,1,0\nb,2,null\n")
+    with pytest.raises(DataError, match=r"label column 'y' has missing values \(first at data row 2\)"):
+        load_table(p, "id", "y")
+
+
+# --------------------------------------------------------------------------- finite features
+
+@pytest.mark.parametrize("values, message", [
+    (["1", "inf", "2"], r"column 'x' has non-finite value inf at data row 2"),
+    (["1", "2", "-inf"], r"column 'x' has non-finite value -inf at data row 3"),
+    (["1", "1e309"], r"column 'x' has non-finite value inf at data row 2"),
+    (["1e308", "1e308", "1e308"], r"column 'x' value 1e\+308 at data row 1 is too large"),
+    (["0", "1", "1e200"], r"column 'x' spread too wide to standardise over 3 rows: value 1e\+200 at data row 3"),
+])
+def test_features_that_would_overflow_standardising_are_refused(tmp_path, values, message):
+    p = _write(tmp_path, "id,x\n" + "".join(f"r{i},{v}\n" for i, v in enumerate(values)))
+    with pytest.raises(DataError, match=message) as err:
+        load_table(p, "id")
+    assert str(p) in str(err.value)
+
+
+def test_accepted_extreme_columns_standardise_finitely_on_any_subset(tmp_path):
+    n = 50
+    big = np.finfo(np.float64).max
+    spread = np.sqrt(big / n) / 4 * 0.999       # just inside both bounds of the check
+    centre = 1e150
+    x = np.where(np.arange(n) % 2 == 0, centre - spread, centre + spread)
+    p = tmp_path / "t.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(n)], "x": x}).to_csv(p, index=False)
+    t = load_table(p, "id")
+    for rows in (slice(None), slice(0, 7), slice(1, None, 3)):
+        with np.errstate(over="raise", invalid="raise"):
+            std = Standardizer.fit(t.features[rows])
+            assert np.isfinite(std.transform(t.features)).all()
+
+
+# --------------------------------------------------------------------------- training rows
+
+def test_check_training_rows(caplog):
+    y = np.array([0, 1, 1, 0, 1], float)
+    check_training_rows(y, 5, batch_size=4, n_columns=4, source="g")       # 5 rows >= 4 columns + 1
+    check_training_rows(None, 2, batch_size=1, n_columns=0, source="h")    # a host, no labels
+    with pytest.raises(DataError, match=r"g: only 5 aligned training rows for 5 columns; need at least 6"):
+        check_training_rows(y, 5, batch_size=4, n_columns=5, source="g")
+    with pytest.raises(DataError, match=r"h: only 1 aligned training rows for 0 columns; need at least 2"):
+        check_training_rows(None, 1, batch_size=1, n_columns=0, source="h")
+    with pytest.raises(DataError, match=r"g: the 3 training rows have no label 0"):
+        check_training_rows(np.ones(3), 3, batch_size=2, n_columns=1, source="g")
+    with pytest.raises(DataError, match=r"no label 1"):
+        check_training_rows(np.zeros(3), 3, batch_size=2, n_columns=1, source="g")
+    with caplog.at_level(logging.WARNING, logger="vfl.data"):
+        check_training_rows(y, 5, batch_size=64, n_columns=1, source="g")
+    assert "batch_size 64 exceeds the 5 training rows" in caplog.text
+
+
+# --------------------------------------------------------------------------- categorical columns
+
+def test_categorical_columns_are_verbatim_text_and_follow_take(tmp_path):
+    p = _write(tmp_path, "id,x,city,y,seg\na,1,NA,0,01\nb,2,,1,null\nc,3,Paris,0\n")
+    t = load_table(p, "id", "y", categorical_columns=["seg", "city"])
+    assert t.columns == ["x"] and t.features.tolist() == [[1.0], [2.0], [3.0]]
+    assert t.categorical_columns == ["seg", "city"]
+    assert t.categorical.dtype == object and t.categorical.shape == (3, 2)
+    assert t.categorical.tolist() == [["01", "NA"], ["null", ""], ["", "Paris"]]
+    assert all(type(v) is str for v in t.categorical.ravel())
+    s = t.take(np.array(["c", "a"], dtype=object))
+    assert s.ids.tolist() == ["c", "a"] and s.labels.tolist() == [0.0, 0.0]
+    assert s.categorical.tolist() == [["", "Paris"], ["01", "NA"]] and s.categorical_columns == ["seg", "city"]
+
+
+def test_a_table_of_only_categorical_columns_and_plain_party_tables(tmp_path):
+    p = _write(tmp_path, "id,y,c\na,0,u\nb,1,v\n")
+    t = load_table(p, "id", "y", categorical_columns=("c",))
+    assert t.features.shape == (2, 0) and t.columns == [] and t.categorical.tolist() == [["u"], ["v"]]
+    with pytest.raises(DataError, match="no feature columns besides id, y"):
+        load_table(_write(tmp_path, "id,y\na,0\n", "none.csv"), "id", "y")
+    plain = PartyTable(np.array(["a", "b"], dtype=object), np.zeros((2, 1)), ["x"])
+    assert plain.categorical.shape == (2, 0) and plain.categorical_columns == []
+    assert plain.take(np.array(["b"])).categorical.shape == (1, 0)
+    assert load_table(_write(tmp_path, "id,x\na,1\n", "n.csv"), "id").categorical.shape == (1, 0)
+
+
+@pytest.mark.parametrize("cats, label, message", [
+    (["town"], None, r"categorical column 'town' not found \(columns: id, x, c, y\)"),
+    (["id"], None, r"categorical column 'id' is the ID column"),
+    (["y"], "y", r"categorical column 'y' is the label column"),
+    (["c", "c"], None, r"categorical column 'c' is named twice"),
+])
+def test_bad_categorical_column_names_are_refused(tmp_path, cats, label, message):
+    p = _write(tmp_path, "id,x,c,y\na,1,u,0\nb,2,v,1\n")
+    with pytest.raises(DataError, match=message) as err:
+        load_table(p, "id", label, categorical_columns=cats)
+    assert str(p) in str(err.value)

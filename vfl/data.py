@@ -1,17 +1,39 @@
 """Reading one party's own table, with the checks a user needs to fix bad input.
 
-A party only ever opens its own file. IDs are strings (a numeric ID column is
-read as its text, so ``007`` and ``7`` stay different); features must be
-numeric and complete, because a silently imputed column would train a
-different model than the user thinks.
+A party only ever opens its own file. IDs are text, read verbatim: ``007`` and
+``7`` stay different, and ``NA``, ``null`` or ``nan`` are IDs like any other
+(pandas would turn them all into one missing value, silently joining
+different customers). Empty IDs and IDs over :data:`MAX_ID_LENGTH` characters
+are refused. IDs are returned as an ``object`` array of ``str`` so one long ID
+does not widen every element.
+
+Numeric features must be complete and finite, and small enough that
+standardising any subset of rows stays finite: a silently imputed or
+overflowing column would train a different model than the user thinks.
+Columns named as categorical are read verbatim as text; an empty cell there is
+the category ``""``, not an error. Errors name the file, the column and the
+first bad data row (1-based, header and blank lines not counted).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger("vfl.data")
+
+MAX_ID_LENGTH = 256
+"""Longest accepted ID, in characters: longer values are almost always a broken
+file (a whole line or a shifted column read as the ID)."""
+
+# pandas' default missing-value markers (``read_csv`` docs), applied only to the
+# numeric and label columns; ID and categorical columns are read verbatim.
+_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+              "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 class DataError(ValueError):
@@ -20,12 +42,22 @@ class DataError(ValueError):
 
 @dataclass
 class PartyTable:
-    """One party's rows: IDs, feature matrix, optional labels in {0, 1}."""
+    """One party's rows: IDs, numeric features, optional labels in {0, 1}, and
+    categorical columns as text (``(rows, 0)`` when there are none)."""
 
-    ids: np.ndarray            # str, unique
+    ids: np.ndarray            # object array of str, unique
     features: np.ndarray       # float64 (rows, columns)
     columns: list[str]
     labels: np.ndarray | None = None
+    categorical: np.ndarray | None = None      # object array of str (rows, len(categorical_columns))
+    categorical_columns: list[str] | None = None
+
+    def __post_init__(self):
+        # None defaults keep older PartyTable(ids, features, columns, labels) calls valid.
+        if self.categorical_columns is None:
+            self.categorical_columns = []
+        if self.categorical is None:
+            self.categorical = np.empty((len(self.ids), len(self.categorical_columns)), dtype=object)
 
     def take(self, ids: np.ndarray) -> "PartyTable":
         """Rows for ``ids`` in that order (every id must be present)."""
@@ -34,7 +66,8 @@ class PartyTable:
         if (pos < 0).any():
             raise DataError(f"{int((pos < 0).sum())} requested IDs are not in this table")
         return PartyTable(self.ids[pos], self.features[pos], self.columns,
-                          None if self.labels is None else self.labels[pos])
+                          None if self.labels is None else self.labels[pos],
+                          self.categorical[pos], list(self.categorical_columns))
 
 
 def check_unique_ids(ids: np.ndarray, source: str) -> None:
@@ -44,38 +77,68 @@ def check_unique_ids(ids: np.ndarray, source: str) -> None:
         raise DataError(f"{source}: {int(dup.sum())} duplicate IDs, first: {', '.join(map(repr, first))}")
 
 
+def check_training_rows(labels: np.ndarray | None, n_train: int, batch_size: int, n_columns: int,
+                        source: str) -> None:
+    """Refuse a training set that cannot give a meaningful model.
+
+    Requires ``n_train >= max(2, n_columns + 1)`` aligned training rows (fewer rows
+    than parameters, counting the intercept, is an underdetermined fit) and, when
+    ``labels`` (the training labels) are given, both classes among them. Hosts
+    have no labels and pass ``None``. A ``batch_size`` larger than the training
+    set only logs a warning: every epoch is then one full batch.
+    """
+    minimum = max(2, n_columns + 1)
+    if n_train < minimum:
+        raise DataError(f"{source}: only {n_train} aligned training rows for {n_columns} columns; "
+                        f"need at least {minimum} (columns + 1 for the intercept)")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if len(labels) != n_train:
+            raise ValueError(f"{source}: {len(labels)} labels for {n_train} training rows")
+        missing = [c for c in (0, 1) if not (labels == c).any()]
+        if missing:
+            raise DataError(f"{source}: the {n_train} training rows have no label {missing[0]}; "
+                            "both classes 0 and 1 are needed to train")
+    if batch_size > n_train:
+        log.warning("%s: batch_size %d exceeds the %d training rows: every epoch is one full batch",
+                    source, batch_size, n_train)
+
+
 def read_ids(path: Path, id_column: str) -> np.ndarray:
     """Only the ID column: all that PSI needs."""
     frame = _read(path, id_column, usecols=[id_column])
-    ids = frame[id_column].to_numpy(dtype=str)
-    check_unique_ids(ids, str(path))
-    return ids
+    return _ids(frame[id_column], path)
 
 
-def load_table(path: Path, id_column: str, label_column: str | None = None) -> PartyTable:
-    """Read a CSV, check it, return IDs, numeric features and labels (guest only)."""
-    frame = _read(path, id_column)
-    ids = frame[id_column].to_numpy(dtype=str)
-    check_unique_ids(ids, str(path))
+def load_table(path: Path, id_column: str, label_column: str | None = None,
+               categorical_columns: Sequence[str] = ()) -> PartyTable:
+    """Read a CSV, check it, return IDs, numeric features, labels (guest only) and
+    the ``categorical_columns`` as text. Every other column is a numeric feature."""
+    categorical_columns = [str(c) for c in categorical_columns]
+    frame = _read(path, id_column, text_columns=categorical_columns, label_column=label_column)
+    ids = _ids(frame[id_column], path)
     labels = None
     drop = [id_column]
     if label_column is not None:
-        if label_column not in frame.columns:
-            raise DataError(f"{path}: label column {label_column!r} not found "
-                            f"(columns: {', '.join(frame.columns)})")
         labels = _binary_labels(frame[label_column], path, label_column)
         drop.append(label_column)
-    feats = frame.drop(columns=drop)
-    if feats.shape[1] == 0:
+    cats = frame[categorical_columns].fillna("")     # short rows give NaN: an empty category
+    categorical = cats.to_numpy(dtype=object).reshape(len(frame), len(categorical_columns))
+    feats = frame.drop(columns=drop + categorical_columns)
+    if feats.shape[1] == 0 and not categorical_columns:
         raise DataError(f"{path}: no feature columns besides {', '.join(drop)}")
     bad = [c for c in feats.columns if not pd.api.types.is_numeric_dtype(feats[c])]
     if bad:
         raise DataError(f"{path}: non-numeric feature columns {', '.join(bad)}; "
-                        "encode them as numbers first")
+                        "encode them as numbers first or name them as categorical columns")
     missing = feats.columns[feats.isna().any()].tolist()
     if missing:
-        raise DataError(f"{path}: missing values in columns {', '.join(missing)}")
-    return PartyTable(ids, feats.to_numpy(dtype=np.float64), [str(c) for c in feats.columns], labels)
+        row = int(np.flatnonzero(feats[missing[0]].isna().to_numpy())[0]) + 1
+        raise DataError(f"{path}: missing values in columns {', '.join(missing)} "
+                        f"(first: column {missing[0]!r}, data row {row})")
+    X = feats.to_numpy(dtype=np.float64)
+    _check_finite(X, [str(c) for c in feats.columns], path)
+    return PartyTable(ids, X, [str(c) for c in feats.columns], labels, categorical, categorical_columns)
 
 
 def read_columns(path: Path) -> list[str]:
@@ -88,21 +151,87 @@ def read_columns(path: Path) -> list[str]:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
 
 
-def _read(path: Path, id_column: str, usecols=None) -> pd.DataFrame:
+def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] = (),
+          label_column: str | None = None) -> pd.DataFrame:
     if not Path(path).is_file():
         raise DataError(f"data file {path} not found")
     try:
-        head = pd.read_csv(path, nrows=0)
+        head = [str(c) for c in pd.read_csv(path, nrows=0).columns]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
-    if id_column not in head.columns:
-        raise DataError(f"{path}: ID column {id_column!r} not found (columns: {', '.join(head.columns)})")
-    return pd.read_csv(path, usecols=usecols, dtype={id_column: str}, keep_default_na=True)
+    if id_column not in head:
+        raise DataError(f"{path}: ID column {id_column!r} not found (columns: {', '.join(head)})")
+    if label_column is not None and label_column not in head:
+        raise DataError(f"{path}: label column {label_column!r} not found (columns: {', '.join(head)})")
+    seen = set()
+    for c in text_columns:
+        if c not in head:
+            raise DataError(f"{path}: categorical column {c!r} not found (columns: {', '.join(head)})")
+        if c in (id_column, label_column):
+            kind = "ID" if c == id_column else "label"
+            raise DataError(f"{path}: categorical column {c!r} is the {kind} column")
+        if c in seen:
+            raise DataError(f"{path}: categorical column {c!r} is named twice")
+        seen.add(c)
+    verbatim = {id_column, *text_columns}
+    try:
+        return pd.read_csv(path, usecols=usecols, dtype={c: str for c in verbatim}, keep_default_na=False,
+                           na_values={c: _NA_VALUES for c in head if c not in verbatim})
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
+def _ids(col: pd.Series, path: Path) -> np.ndarray:
+    """Verbatim ID text as an object array of str; empty, blank or overlong IDs refused."""
+    text = col.fillna("")                   # NaN only from rows with too few fields
+    blank = np.flatnonzero((text.str.strip() == "").to_numpy())
+    if blank.size:
+        raise DataError(f"{path}: empty or blank ID in column {col.name!r} at data row {blank[0] + 1}")
+    lengths = text.str.len().to_numpy()
+    long = np.flatnonzero(lengths > MAX_ID_LENGTH)
+    if long.size:
+        raise DataError(f"{path}: ID of {lengths[long[0]]} characters in column {col.name!r} at data row "
+                        f"{long[0] + 1}; IDs may have at most {MAX_ID_LENGTH}")
+    ids = text.to_numpy(dtype=object)
+    check_unique_ids(ids, str(path))
+    return ids
+
+
+def _check_finite(X: np.ndarray, columns: list[str], path: Path) -> None:
+    """Refuse values that make standardising overflow on any subset of the rows.
+
+    ``Standardizer`` sums values (mean) and squared deviations (std). With ``n``
+    rows both stay finite for every subset if ``|x| <= max/(2n)`` and every value
+    is within ``sqrt(max/n)/4`` of the column's median (so any two differ by at
+    most ``sqrt(max/n)/2``). Real features are nowhere near these bounds (about
+    1e150 for a million rows); a value there is a unit or parsing error.
+    """
+    n = len(X)
+    if n == 0:
+        return
+    big = np.finfo(np.float64).max
+    size_limit, spread_limit = big / (2 * n), np.sqrt(big / n) / 4
+    for j, name in enumerate(columns):
+        x = X[:, j]
+        bad = np.flatnonzero(~np.isfinite(x))
+        if bad.size:
+            raise DataError(f"{path}: column {name!r} has non-finite value {x[bad[0]]} at data row {bad[0] + 1}")
+        bad = np.flatnonzero(np.abs(x) > size_limit)
+        if bad.size:
+            raise DataError(f"{path}: column {name!r} value {x[bad[0]]:.6g} at data row {bad[0] + 1} is too large "
+                            f"to standardise over {n} rows (|x| must be at most {size_limit:.3g})")
+        med = float(np.median(x))
+        bad = np.flatnonzero(np.abs(x - med) > spread_limit)
+        if bad.size:
+            raise DataError(f"{path}: column {name!r} spread too wide to standardise over {n} rows: value "
+                            f"{x[bad[0]]:.6g} at data row {bad[0] + 1} is more than {spread_limit:.3g} "
+                            f"from the column median {med:.6g}")
 
 
 def _binary_labels(col: pd.Series, path: Path, name: str) -> np.ndarray:
     if col.isna().any():
-        raise DataError(f"{path}: label column {name!r} has missing values")
+        row = int(np.flatnonzero(col.isna().to_numpy())[0]) + 1
+        raise DataError(f"{path}: label column {name!r} has missing values (first at data row {row})")
     values = set(np.unique(col.to_numpy()).tolist())
     if not values <= {0, 1}:
         raise DataError(f"{path}: label column {name!r} must hold 0/1, found {sorted(values)[:5]}")
