@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from crypto import generate_keypair  # noqa: E402
 from vfl.channel import LocalNetwork  # noqa: E402
 from vfl.config import ModelConfig, load_job  # noqa: E402
-from vfl.models import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost  # noqa: E402
+from vfl.models import SplitArbiter, SplitGuest, SplitHost  # noqa: E402
 from vfl.models.reference import fit_reference  # noqa: E402
 from vfl.split import Standardizer, split_mask  # noqa: E402
 
@@ -47,10 +47,10 @@ def load_credit():
 def train_threads(model: ModelConfig, keypair, Xg, y, Xh_parts, seed=7):
     hosts = [f"host{i}" for i in range(len(Xh_parts))]
     net = LocalNetwork(["guest", *hosts, "arbiter"])
-    guest = HeteroLRGuest(model, hosts=hosts, arbiter="arbiter", seed=seed)
-    host_roles = [HeteroLRHost(model, guest="guest", arbiter="arbiter", seed=seed)
+    guest = SplitGuest(model, hosts=hosts, arbiter="arbiter", seed=seed)
+    host_roles = [SplitHost(model, guest="guest", arbiter="arbiter", seed=seed)
                   for i in range(len(hosts))]
-    arb = HeteroLRArbiter(model, guest="guest", hosts=hosts)
+    arb = SplitArbiter(model, guest="guest", hosts=hosts)
     jobs = [lambda: guest.fit(net.channel("guest"), Xg, y), lambda: arb.fit(net.channel("arbiter"), keypair)]
     jobs += [(lambda r=r, h=h, X=X: r.fit(net.channel(h), X)) for r, h, X in zip(host_roles, hosts, Xh_parts)]
     errors = []

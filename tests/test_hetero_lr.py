@@ -9,7 +9,7 @@ import pytest
 from crypto import EncryptedArray, generate_keypair
 from vfl.channel import LocalNetwork
 from vfl.config import ModelConfig
-from vfl.models import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
+from vfl.models import SplitArbiter, SplitGuest, SplitHost
 from vfl.models.reference import approx_gradient, fit_reference
 from vfl.messages import BigInts
 
@@ -34,10 +34,10 @@ def _data(n=300, k_guest=3, k_hosts=(4,), seed=1):
 def _train(model, keypair, Xg, y, host_parts, seed=3, record=False):
     hosts = [f"h{i}" for i in range(len(host_parts))]
     net = LocalNetwork(["g", *hosts, "a"], timeout=60, record=record)
-    roles = {"g": HeteroLRGuest(model, hosts=hosts, arbiter="a", seed=seed),
-             "a": HeteroLRArbiter(model, guest="g", hosts=hosts)}
+    roles = {"g": SplitGuest(model, hosts=hosts, arbiter="a", seed=seed),
+             "a": SplitArbiter(model, guest="g", hosts=hosts)}
     for i, h in enumerate(hosts):
-        roles[h] = HeteroLRHost(model, guest="g", arbiter="a", seed=seed)
+        roles[h] = SplitHost(model, guest="g", arbiter="a", seed=seed)
     calls = {"g": lambda: roles["g"].fit(net.channel("g"), Xg, y),
              "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair)}
     for h, Xh in zip(hosts, host_parts):

@@ -37,6 +37,7 @@ class PartyConfig:
     cert: Path | None = None
     key: Path | None = None
     predict_data: Path | None = None     # rows to score with a trained model (`vfl predict`)
+    categorical_columns: tuple[str, ...] = ()
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -57,6 +58,21 @@ class ModelConfig:
     seed: int = 7
     encryption: str = "djn"
     approximation: str = "guest_expansion"   # or "taylor" (Hardy et al., as FATE)
+    # the embedding model (type = "embedding")
+    embedding_dim: int = 8
+    hidden_units: tuple = (32,)
+    hash_buckets: int = 0                    # > 0: hash categorical values into this many rows
+    # protection of what decrypted gradient sums reveal (docs/protocols.md)
+    min_rows_per_release: int = 32           # a sum is decrypted only once this many rows stand behind it
+    label_dp: str = "auto"                   # "auto": on for the embedding model, off for logistic; "on"; "off"
+    dp_epsilon: float = 1.0
+    dp_delta: float = 1e-5
+    clip_norm: float = 1.0
+
+    @property
+    def label_dp_on(self) -> bool:
+        """Whether the arbiter adds Gaussian noise to what hosts get decrypted."""
+        return self.label_dp == "on" or (self.label_dp == "auto" and self.type == "embedding")
 
 
 @dataclass(frozen=True)
@@ -132,7 +148,7 @@ def _path(base: Path, value: Any) -> Path | None:
 
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
-    allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data"}
+    allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -145,11 +161,17 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     data = None
     if role != "arbiter":
         data = _path(base, _require(table, "data", where))
+    cats = table.get("categorical_columns", [])
+    if role == "arbiter" and cats:
+        raise ConfigError("[arbiter] has no data, so no categorical_columns")
+    if not isinstance(cats, list) or not all(isinstance(c, str) and c for c in cats):
+        raise ConfigError(f"[{where}] categorical_columns must be a list of column names, got {cats!r}")
     return PartyConfig(role=role, name=name, address=address, data=data,
                        id_column=str(table.get("id_column", "id")),
                        label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
-                       predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None)
+                       predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
+                       categorical_columns=tuple(cats))
 
 
 def _dataclass_from(cls, table: dict, where: str):
@@ -159,6 +181,8 @@ def _dataclass_from(cls, table: dict, where: str):
     for key, value in table.items():
         default = getattr(cls(), key)
         want = type(default)
+        if want is tuple and isinstance(value, list):
+            value = tuple(value)
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
@@ -168,8 +192,18 @@ def _dataclass_from(cls, table: dict, where: str):
 
 
 def _check_model(m: ModelConfig) -> None:
-    if m.type not in ("logistic",):
-        raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic')")
+    if m.type not in ("logistic", "embedding"):
+        raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic', 'embedding')")
+    if m.embedding_dim < 1 or m.hash_buckets < 0:
+        raise ConfigError("[model] embedding_dim must be >= 1 and hash_buckets >= 0")
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in m.hidden_units):
+        raise ConfigError(f"[model] hidden_units must be a list of positive integers, got {list(m.hidden_units)}")
+    if m.min_rows_per_release < 1:
+        raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
+    if m.label_dp not in ("auto", "on", "off"):
+        raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
+    if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0:
+        raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta in (0, 1)")
     if m.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"[model] optimizer must be 'sgd' or 'adam', got {m.optimizer!r}")
     if m.epochs < 1 or m.batch_size < 1:

@@ -19,7 +19,7 @@ from .data import load_table, read_columns
 from .files import write_json
 from .models.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
-from .models.model_file import ModelPart
+from .models.model_file import load_part
 from .psi import psi_guest, psi_host, write_intersection
 from .scoring import guest_sum_scores, host_send_scores
 
@@ -33,15 +33,15 @@ def _rows_to_score(party: PartyConfig):
 def predict_guest(job: JobConfig, channel: Channel) -> dict:
     g = job.guest
     out = job.output_dir(g.name)
-    model = ModelPart.load(out / "model.json", g.name)
+    model = load_part(out / "model.json", g.name)
     path = _rows_to_score(g)
     has_label = g.label_column in read_columns(path)
-    table = load_table(path, g.id_column, g.label_column if has_label else None)
+    table = load_table(path, g.id_column, g.label_column if has_label else None, g.categorical_columns)
     t0 = time.perf_counter()
     common = psi_guest(channel, table.ids, job.host_names)
     data = table.take(common)
     host_sum = guest_sum_scores(channel, job.host_names, len(common))
-    score = sigmoid(model.partial_score(data.features, table.columns) + host_sum)
+    score = sigmoid(model.score(data) + host_sum)
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     frame = pd.DataFrame({"id": common, "score": score, "points": points.round(1)})
@@ -61,11 +61,11 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
 def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
     out = job.output_dir(name)
-    model = ModelPart.load(out / "model.json", name)
-    table = load_table(_rows_to_score(h), h.id_column)
+    model = load_part(out / "model.json", name)
+    table = load_table(_rows_to_score(h), h.id_column, categorical_columns=h.categorical_columns)
     common = psi_host(channel, table.ids, job.guest.name)
     write_intersection(out / "scored_ids.csv", common)
-    u_h = model.partial_score(table.take(common).features, table.columns)
+    u_h = model.score(table.take(common))
     host_send_scores(channel, job.guest.name, job.host_names.index(name), len(job.hosts), u_h,
                      context=f"{job.name}/score")
     return {"party": name, "rows": int(len(table.ids)), "scored_rows": int(len(common))}

@@ -14,14 +14,17 @@ import numpy as np
 import pandas as pd
 
 from .channel import Channel
-from .config import JobConfig
-from .data import PartyTable, load_table, read_ids
+from .config import JobConfig, PartyConfig
+from .data import PartyTable, check_training_rows, load_table, read_ids
 from .files import write_json
-from .models import HeteroLRArbiter, HeteroLRGuest, HeteroLRHost
+from .models import SplitArbiter, SplitGuest, SplitHost
 from .models.checkpoint import Checkpoint, fingerprint
 from .models.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
-from .models.model_file import ModelPart
+from .models.model_file import ModelPart, TowerPart
+from .models.towers import EmbeddingTower, LinearTower, Tower, TowerInput
+from .models.trainer import init_seed
+from .models.vocab import Vocabulary
 from .psi import psi_guest, psi_host, write_intersection
 from .scoring import guest_sum_scores, host_send_scores
 from .split import Standardizer, split_mask
@@ -54,29 +57,67 @@ def _aligned(job: JobConfig, name: str, table: PartyTable, common: np.ndarray):
     data = table.take(common)
     test = split_mask(common, job.seed, job.test_fraction)
     std = Standardizer.fit(data.features[~test])
-    return data, test, std, std.transform(data.features)
+    return data, test, std
+
+
+def _load(job: JobConfig, party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
+    return load_table(path or party.data, party.id_column, label, party.categorical_columns)
+
+
+def _tower(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.ndarray, std: Standardizer
+           ) -> tuple[Tower, TowerInput, list[Vocabulary] | None]:
+    """This party's tower and its inputs for every aligned row; vocabularies from its training rows.
+
+    Logistic regression on numeric columns is a linear tower; categorical columns
+    need embedding tables (``embedding_dim = 1`` without hidden layers is one-hot LR).
+    """
+    m, guest = job.model, party.role == "guest"
+    numeric = std.transform(data.features)
+    if m.type == "logistic" and not party.categorical_columns:
+        return LinearTower(numeric.shape[1], intercept=guest), TowerInput(numeric), None
+    vocabs = [Vocabulary.fit(c, data.categorical[~test, j], m.min_rows_per_release, m.hash_buckets)
+              for j, c in enumerate(data.categorical_columns)]
+    codes = (np.stack([v.encode(data.categorical[:, j]) for j, v in enumerate(vocabs)], axis=1) if vocabs
+             else np.zeros((len(numeric), 0), dtype=np.int64))
+    dim, hidden = (m.embedding_dim, m.hidden_units) if m.type == "embedding" else (1, ())
+    tower = EmbeddingTower(numeric.shape[1], [v.size for v in vocabs], dim, hidden, intercept=guest)
+    return tower, TowerInput(numeric, codes), vocabs
+
+
+def _model_part(party: PartyConfig, data: PartyTable, std: Standardizer, tower: Tower,
+                vocabs: list[Vocabulary] | None, params: np.ndarray) -> "ModelPart | TowerPart":
+    if vocabs is None:
+        intercept = float(params[-1]) if tower.intercept else None
+        return ModelPart(party.role, party.name, data.columns, params[:-1] if tower.intercept else params, std,
+                         intercept)
+    return TowerPart(party.role, party.name, data.columns, vocabs, std, tower.dim, tower.hidden, params,
+                     tower.intercept)
 
 
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
     g = job.guest
     timings = Stopwatch()
-    table = load_table(g.data, g.id_column, g.label_column)
+    table = _load(job, g, label=g.label_column)
     with timings("psi"):
         common = psi_guest(channel, table.ids, job.host_names)
     out = job.output_dir(g.name)
-    data, test, std, X = _aligned(job, g.name, table, common)
+    data, test, std = _aligned(job, g.name, table, common)
+    tower, x, vocabs = _tower(job, g, data, test, std)
+    check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_size,
+                        len(data.columns) + len(data.categorical_columns), str(g.data))
     log.info("%s: %d own rows, %d aligned, %d train / %d test", g.name, len(table.ids), len(common),
              int((~test).sum()), int(test.sum()))
-    model = HeteroLRGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed)
+    model = SplitGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed,
+                       tower=tower, init_seed=init_seed(job.model.seed, g.name))
     with timings("train"):
-        model.fit(channel, X[~test], data.labels[~test], resume=resume,
-                  checkpoint=_checkpoint(job, g.name, common[~test], data.columns))
-    part = ModelPart("guest", g.name, data.columns, model.coef_, std, model.intercept_)
+        model.fit(channel, x.take(np.flatnonzero(~test)), data.labels[~test], resume=resume,
+                  checkpoint=_checkpoint(job, g.name, common[~test], data.columns, data.categorical_columns))
+    part = _model_part(g, data, std, tower, vocabs, model.params_)
     part.save(out / "model.json")
     with timings("predict"):    # the same arithmetic as `vfl predict` on new rows
         host_sum = guest_sum_scores(channel, job.host_names, len(common))
-        score = sigmoid(part.partial_score(data.features, data.columns) + host_sum)
+        score = sigmoid(part.score(data) + host_sum)
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
@@ -88,7 +129,8 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "loss_history": model.loss_history_, "epochs_run": len(model.loss_history_),
         "epoch_seconds": [round(s, 3) for s in model.epoch_seconds_],
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
-        "key_bits": job.model.key_bits, "hosts": job.host_names,
+        "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,
+        "smallest_release_rows": model.smallest_release_,
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
     }
@@ -104,26 +146,33 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
     if h.role != "host":
         raise ValueError(f"{name!r} is not a host of this job")
-    table = load_table(h.data, h.id_column)
+    table = _load(job, h)
     common = psi_host(channel, table.ids, job.guest.name)
     out = job.output_dir(name)
-    data, test, std, X = _aligned(job, name, table, common)
-    model = HeteroLRHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed)
-    model.fit(channel, X[~test], checkpoint=_checkpoint(job, name, common[~test], data.columns))
-    part = ModelPart("host", name, data.columns, model.coef_, std)
+    data, test, std = _aligned(job, name, table, common)
+    tower, x, vocabs = _tower(job, h, data, test, std)
+    model = SplitHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
+                      tower=tower, init_seed=init_seed(job.model.seed, name))
+    model.fit(channel, x.take(np.flatnonzero(~test)),
+              checkpoint=_checkpoint(job, name, common[~test], data.columns, data.categorical_columns))
+    part = _model_part(h, data, std, tower, vocabs, model.params_)
     part.save(out / "model.json")
     host_send_scores(channel, job.guest.name, job.host_names.index(name), len(job.hosts),
-                     part.partial_score(data.features, data.columns), context=f"{job.name}/predict")
+                     part.score(data), context=f"{job.name}/predict")
     report = {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
-              "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds}
+              "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds,
+              "smallest_release_rows": model.smallest_release_}
     write_json(out / "report.json", report)
     return report
 
 
 def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     """The arbiter's job. Like the hosts, it follows the guest's plan when resuming."""
-    arb = HeteroLRArbiter(job.model, guest=job.guest.name, hosts=job.host_names).fit(
+    arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))
-    write_json(job.output_dir(job.arbiter.name) / "training.json",
-                {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits})
-    return {"party": job.arbiter.name, "loss_history": arb.loss_history_}
+    report = {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits,
+              "label_dp": {"on": job.model.label_dp_on, "noise_multiplier": arb.noise_multiplier_,
+                           "clip_norm": job.model.clip_norm, "delta": job.model.dp_delta,
+                           "epsilon_spent": arb.epsilon_spent()}}
+    write_json(job.output_dir(job.arbiter.name) / "training.json", report)
+    return {"party": job.arbiter.name, **report}

@@ -1,6 +1,11 @@
-"""Split models (guest, host and arbiter roles over pluggable towers) and their model files."""
-from .arbiter import HeteroLRArbiter
-from .guest import HeteroLRGuest
-from .host import HeteroLRHost
+"""Split models: one training protocol (guest, host and arbiter roles) over pluggable towers.
 
-__all__ = ["HeteroLRGuest", "HeteroLRHost", "HeteroLRArbiter"]
+``LinearTower`` gives logistic regression, ``EmbeddingTower`` the split
+embedding model; ``reference`` holds their plaintext twins.
+"""
+from .arbiter import SplitArbiter
+from .guest import SplitGuest
+from .host import SplitHost
+from .towers import EmbeddingTower, LinearTower, TowerInput
+
+__all__ = ["SplitGuest", "SplitHost", "SplitArbiter", "LinearTower", "EmbeddingTower", "TowerInput"]

@@ -1,75 +1,104 @@
-"""Hetero-LR arbiter: holds the private key, decrypts only masked values and the loss.
+"""Split-training arbiter: holds the private key, decrypts only masked values and the loss.
 
 It holds no weights and no optimiser state. What it decrypts is either a
-gradient plus a uniform mask mod n (independent of the gradient) or the batch
-loss, which it needs to decide convergence.
+gradient sum plus a uniform mask mod n (independent of the sum) or the batch
+loss, which it needs to decide convergence. With label-DP on, it adds
+Gaussian noise to every value it decrypts for a host, before the host removes
+its mask: the host never sees an exact sum over the residuals.
 """
 from __future__ import annotations
 
 import logging
+import secrets
 
+import numpy as np
 
 from crypto import EncryptedArray, generate_keypair
+from crypto.encoding import DEFAULT_FRAC_BITS, encode_signed
 from ..channel import Channel
 from ..config import ModelConfig
 from ..messages import BigInts
 from .checkpoint import Checkpoint, CheckpointError, TrainingState
-from .common import expect_encrypted, step
+from .common import X_FRAC_BITS, expect_encrypted, prefix_for, step
+from .privacy import epsilon_spent, noise_multiplier
 
-log = logging.getLogger("vfl.lr")
+log = logging.getLogger("vfl.train")
 
-MAX_COLUMNS = 10_000
+MAX_VALUES = 5_000_000      # a party's declared parameter count is refused above this
+RELEASE_FRAC_BITS = DEFAULT_FRAC_BITS + 2 * X_FRAC_BITS   # [[d]] = g + h [[U_H]], times X
 
 
-class HeteroLRArbiter:
+class SplitArbiter:
     def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str]) -> None:
         self.model, self.guest, self.hosts = model, guest, list(hosts)
         self.loss_history_: list[float] = []
+        self.noise_multiplier_ = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs)
+                                  if model.label_dp_on else None)
+        self._rng = np.random.default_rng(secrets.randbits(128))
 
-    def fit(self, channel: Channel, keypair=None, checkpoint: Checkpoint | None = None) -> "HeteroLRArbiter":
-        if keypair is None and self.model.key_bits < 2048:
+    def epsilon_spent(self) -> float | None:
+        """Label-DP epsilon spent on each host so far (None when label-DP is off)."""
+        if self.noise_multiplier_ is None:
+            return None
+        return epsilon_spent(self.noise_multiplier_, len(self.loss_history_), self.model.dp_delta)
+
+    def _noise(self, count: int, n: int) -> np.ndarray:
+        sigma = self.noise_multiplier_ * self.model.clip_norm
+        ints = encode_signed(self._rng.normal(0.0, sigma, count), RELEASE_FRAC_BITS, limit=n // 4)
+        return np.asarray(ints, dtype=object)
+
+    def fit(self, channel: Channel, keypair=None, checkpoint: Checkpoint | None = None) -> "SplitArbiter":
+        m = self.model
+        pre = prefix_for(m.type)
+        if keypair is None and m.key_bits < 2048:
             log.warning("generating a %d-bit Paillier key: for tests only, use 2048 or more in production",
-                        self.model.key_bits)
-        pk, sk = keypair or generate_keypair(self.model.key_bits)
+                        m.key_bits)
+        pk, sk = keypair or generate_keypair(m.key_bits)
         for party in (self.guest, *self.hosts):
-            channel.send(party, "lr/public_key", pk.to_dict())
-        plan = channel.recv(self.guest, "lr/plan")
+            channel.send(party, f"{pre}/public_key", pk.to_dict())
+        plan = channel.recv(self.guest, f"{pre}/plan")
         epochs, batches, n_train, start = (int(plan.get(k, -1)) for k in ("epochs", "batches", "n_train",
                                                                            "start_epoch"))
-        if not (1 <= epochs <= self.model.epochs and batches >= 1 and n_train >= batches
-                and 0 <= start < epochs):
+        if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start < epochs):
             raise ValueError(f"implausible training plan from the guest: {plan}")
+        # Each party declares how many parameters it has: it never gets more values decrypted per batch.
+        limits = {self.guest: int(plan.get("values", -1))}
+        for h in self.hosts:
+            limits[h] = int(channel.recv(h, f"{pre}/values").get("values", -1))
+        for party, limit in limits.items():
+            if not 1 <= limit <= MAX_VALUES:
+                raise ValueError(f"{party}: implausible parameter count {limit}")
         if start:
             if checkpoint is None:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
             self.loss_history_ = list(checkpoint.load(epoch=start).loss_history)
         width = (pk.n.bit_length() + 7) // 8
-        lengths: dict[str, int] = {}      # a party's gradient length is fixed by its first batch
         for epoch in range(start, epochs):
             total = 0.0
             for b in range(batches):
                 for party in (self.guest, *self.hosts):
-                    tag = step(epoch, b, "masked_grad")
+                    tag = step(pre, epoch, b, "masked_grad")
                     enc = channel.recv(party, tag)
                     if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
                         raise ValueError(f"{party}: {tag} must be an encrypted vector")
-                    # Decrypt no more than a gradient's worth: never a per-row vector.
-                    if lengths.setdefault(party, len(enc)) != len(enc) or len(enc) > MAX_COLUMNS:
-                        raise ValueError(f"{party}: {tag} has {len(enc)} values; expected "
-                                         f"{lengths[party]} (at most {MAX_COLUMNS})")
-                    enc = enc.with_key(pk)
-                    channel.send(party, tag + "_plain", BigInts.of(sk.decrypt_raw(enc.ciphertexts), width))
-                loss = expect_encrypted(channel.recv(self.guest, step(epoch, b, "enc_loss")), pk, (1,), "loss")
+                    if len(enc) > limits[party] or (len(enc) and enc.frac_bits != RELEASE_FRAC_BITS):
+                        raise ValueError(f"{party}: {tag} has {len(enc)} values at {enc.frac_bits} fractional "
+                                         f"bits; expected at most {limits[party]} at {RELEASE_FRAC_BITS}")
+                    plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
+                    if party != self.guest and self.noise_multiplier_ is not None and len(plain):
+                        plain = (plain + self._noise(len(plain), int(pk.n))) % pk.n
+                    channel.send(party, tag + "_plain", BigInts.of(plain, width))
+                loss = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,), "loss")
                 total += float(loss.decrypt(sk)[0])
             mean = total / n_train
-            converged = bool(self.loss_history_) and abs(self.loss_history_[-1] - mean) < self.model.tolerance
+            converged = bool(self.loss_history_) and abs(self.loss_history_[-1] - mean) < m.tolerance
             self.loss_history_.append(mean)
             stop = converged or epoch == epochs - 1
             if checkpoint is not None:
                 checkpoint.save(TrainingState(epoch + 1, converged, loss_history=self.loss_history_))
-            channel.send(self.guest, f"lr/e{epoch}/decision", {"stop": stop, "loss": mean, "converged": converged})
+            channel.send(self.guest, f"{pre}/e{epoch}/decision", {"stop": stop, "loss": mean, "converged": converged})
             for h in self.hosts:
-                channel.send(h, f"lr/e{epoch}/decision", {"stop": stop})
+                channel.send(h, f"{pre}/e{epoch}/decision", {"stop": stop})
             if stop:
                 break
         return self

@@ -31,7 +31,12 @@ def fingerprint(job_name: str, party: str, model: ModelConfig, *parts) -> str:
     settings = {k: v for k, v in asdict(model).items() if k not in ("epochs", "tolerance")}
     h = hashlib.sha256(json.dumps([job_name, party, settings], sort_keys=True).encode())
     for p in parts:
-        h.update(np.ascontiguousarray(p).tobytes() if isinstance(p, np.ndarray) else str(p).encode())
+        if isinstance(p, np.ndarray) and p.dtype.kind not in "OU":
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:          # text (IDs, column names): hash the text, length-prefixed, never object addresses
+            for item in (p.tolist() if isinstance(p, np.ndarray) else [p]):
+                raw = str(item).encode()
+                h.update(len(raw).to_bytes(8, "big") + raw)
     return h.hexdigest()[:32]
 
 

@@ -32,9 +32,14 @@ log = logging.getLogger("vfl.lr")
 X_FRAC_BITS = 24          # precision of plaintext multipliers (features, scores, h) in exponents
 
 
-def step(epoch: int, batch: int, name: str) -> str:
+def prefix_for(model_type: str) -> str:
+    """Step-name prefix of a model family: ``lr`` (logistic) or ``emb`` (embedding)."""
+    return "emb" if model_type == "embedding" else "lr"
+
+
+def step(prefix: str, epoch: int, batch: int, name: str) -> str:
     """Message names read like the protocol doc: ``lr/e3/b7/enc_u``."""
-    return f"lr/e{epoch}/b{batch}/{name}"
+    return f"{prefix}/e{epoch}/b{batch}/{name}"
 
 
 def masked_gradient_round(channel: Channel, arbiter: str, pk: PublicKey,
@@ -42,8 +47,13 @@ def masked_gradient_round(channel: Channel, arbiter: str, pk: PublicKey,
     """Have the arbiter decrypt ``enc_grad`` under a fresh uniform mask mod n.
 
     The arbiter sees ``g + r mod n`` with ``r`` uniform in Z_n: independent of
-    ``g``. Only this party knows ``r`` and recovers ``g``.
+    ``g``. Only this party knows ``r`` and recovers ``g`` (plus the arbiter's
+    label-DP noise, for a host).
     """
+    if enc_grad.size == 0:          # nothing to release this batch: keep the arbiter in step
+        channel.send(arbiter, tag, enc_grad)
+        channel.recv(arbiter, tag + "_plain")
+        return np.zeros(0)
     masked, r = mask(enc_grad)
     channel.send(arbiter, tag, masked)
     reply = channel.recv(arbiter, tag + "_plain")

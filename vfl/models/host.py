@@ -1,4 +1,4 @@
-"""Hetero-LR host: owns some feature columns and their weights; never sees labels."""
+"""Split-training host: owns some columns and its tower; never sees labels or residuals."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,66 +7,87 @@ from crypto import EncryptedArray, PublicKey
 
 from ..channel import Channel
 from ..config import ModelConfig
-from ..optim import make_optimizer, optimizer_state
+from ..optim import optimizer_state
 from ..split import batch_schedule
 from ..timing import Stopwatch
+from .backprop import encrypted_sums
 from .checkpoint import Checkpoint, TrainingState, resume_from
-from .common import X_FRAC_BITS, expect_encrypted, masked_gradient_round, step, warn_if_small_batches
+from .common import expect_encrypted, prefix_for, step, warn_if_small_batches
+from .privacy import clip_blocks
+from .towers import Block, LinearTower, Tower, TowerInput
+from .trainer import TowerTrainer, as_input
 
 
-class HeteroLRHost:
-    """One host's part of the split logistic regression.
+class SplitHost:
+    """One host's part of split training, for any tower.
 
     Parameters live in ``__init__`` (scikit-learn style); ``fit`` runs the
-    protocol over a channel on this host's standardised training rows.
+    protocol over a channel on this host's prepared training rows. With
+    label-DP on, it clips each row's contribution to ``clip_norm`` before the
+    sums are formed; the arbiter adds the noise.
     """
 
-    def __init__(self, model: ModelConfig, *, guest: str, arbiter: str, seed: int) -> None:
+    def __init__(self, model: ModelConfig, *, guest: str, arbiter: str, seed: int,
+                 tower: Tower | None = None, init_seed: int = 0) -> None:
         self.model, self.guest, self.arbiter, self.seed = model, guest, arbiter, seed
-        self.coef_: np.ndarray | None = None
+        self.tower, self.init_seed = tower, init_seed
+        self.params_: np.ndarray | None = None
         self.epochs_run_ = 0
+        self.smallest_release_: int | None = None
         self.timings_ = Stopwatch()
 
-    def fit(self, channel: Channel, X: np.ndarray, checkpoint: Checkpoint | None = None) -> "HeteroLRHost":
+    @property
+    def coef_(self) -> np.ndarray:
+        return self.params_
+
+    def fit(self, channel: Channel, x: TowerInput | np.ndarray, checkpoint: Checkpoint | None = None) -> "SplitHost":
         """Train; with ``checkpoint``, save state after every epoch and resume from it when the
-        guest says training resumes (``lr/start``)."""
-        m = self.model
-        pk = PublicKey.from_dict(channel.recv(self.arbiter, "lr/public_key"), mode=m.encryption)
-        w = np.zeros(X.shape[1])
-        warn_if_small_batches(len(X), m.batch_size, X.shape[1] + 1, channel.name)  # + the loss column
-        opt = make_optimizer(m.optimizer, m.learning_rate)
-        start = int(channel.recv(self.guest, "lr/start").get("epoch", -1))
+        guest says training resumes (``<prefix>/start``)."""
+        m, x = self.model, as_input(x)
+        self.tower = self.tower or LinearTower(x.numeric.shape[1])
+        pre = prefix_for(m.type)
+        pk = PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"), mode=m.encryption)
+        warn_if_small_batches(len(x), m.batch_size, self.tower.n_params + 1, channel.name)  # + the loss column
+        trainer = TowerTrainer(m, self.tower, self.init_seed, pk)
+        channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params})
+        start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
         if not 0 <= start < m.epochs:
             raise ValueError(f"the guest asks to start at epoch {start} of {m.epochs}")
         if start:
-            _, w = resume_from(checkpoint, opt, len(w), epoch=start)
+            _, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
         for epoch in range(start, m.epochs):
-            for b, rows in enumerate(batch_schedule(len(X), m.batch_size, self.seed, epoch)):
-                w = opt.step(w, self._batch(channel, pk, X[rows], w, epoch, b))
+            for b, rows in enumerate(batch_schedule(len(x), m.batch_size, self.seed, epoch)):
+                trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b))
+            trainer.end_epoch()
             self.epochs_run_ = epoch + 1
-            stop = bool(channel.recv(self.arbiter, f"lr/e{epoch}/decision").get("stop"))
+            stop = bool(channel.recv(self.arbiter, f"{pre}/e{epoch}/decision").get("stop"))
             if checkpoint is not None:
-                checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, w.tolist(),
-                                              optimizer_state(opt)))
+                checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, trainer.params.tolist(),
+                                              optimizer_state(trainer.opt)))
             if stop:
                 break
-        self.coef_ = w
+        self.params_ = trainer.params
+        self.smallest_release_ = trainer.buffer.smallest_release
         return self
 
-    def _batch(self, channel: Channel, pk: PublicKey, Xb: np.ndarray, w: np.ndarray,
-               epoch: int, b: int) -> np.ndarray:
-        n_b, lap = len(Xb), self.timings_
-        u = Xb @ w
+    def _batch(self, channel: Channel, pk: PublicKey, trainer: TowerTrainer, xb: TowerInput,
+               pre: str, epoch: int, b: int) -> np.ndarray:
+        n_b, lap = len(xb), self.timings_
+        u, cache = self.tower.forward(trainer.params, xb)
         with lap("encrypt"):
             enc_u = EncryptedArray.encrypt(pk, u)
-        channel.send(self.guest, step(epoch, b, "enc_u"), enc_u)
+        channel.send(self.guest, step(pre, epoch, b, "enc_u"), enc_u)
         with lap("wait_guest"):
-            d = expect_encrypted(channel.recv(self.guest, step(epoch, b, "enc_d")), pk, (n_b,), "residual")
-        # One multi-exponentiation gives both X_h^T [[d]] (the gradient) and u_h . [[d]] (for the loss).
-        with lap("gradient_XTd"):
-            enc = d.rmatmul(np.hstack([Xb, u[:, None]]), x_frac_bits=X_FRAC_BITS)
-        channel.send(self.guest, step(epoch, b, "enc_loss_part"),
-                     (enc[-1:] + n_b * self.model.l2 * float(w @ w)).rerandomize())
+            d = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_d")), pk, (n_b,), "residual")
+        # The tower's gradient sums and u_h . [[d]] (for the loss) from the same pass over [[d]].
+        blocks = self.tower.blocks(trainer.params, cache)
+        if self.model.label_dp_on:
+            blocks, _ = clip_blocks(blocks, n_b, self.model.clip_norm)
+        blocks.append(Block("loss", u[:, None], release=False))
+        with lap("backprop"):
+            sums = encrypted_sums(d, blocks)
+        channel.send(self.guest, step(pre, epoch, b, "enc_loss_part"),
+                     (sums[-1][0] + n_b * trainer.penalty()).rerandomize())
         with lap("arbiter_round"):
-            g_sum = masked_gradient_round(channel, self.arbiter, pk, enc[:-1], step(epoch, b, "masked_grad"))
-        return g_sum / n_b + self.model.l2 * w
+            return trainer.release(channel, self.arbiter, pk, blocks[:-1], sums[:-1], n_b,
+                                   step(pre, epoch, b, "masked_grad"))

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import PartyTable
 from ..files import write_json
 from ..split import Standardizer
+from .towers import EmbeddingTower, TowerInput
+from .vocab import Vocabulary
 
 FORMAT, VERSION = "vfl-hetero-lr-part", 1
 
@@ -38,6 +41,12 @@ class ModelPart:
                                  f"{self.columns}")
         score = self.standardizer.transform(features) @ self.coef
         return score + (self.intercept or 0.0)
+
+    def score(self, table: PartyTable) -> np.ndarray:
+        if len(table.categorical_columns):
+            raise ModelFileError(f"{self.party}: a logistic part has no categorical columns, the data has "
+                                 f"{list(table.categorical_columns)}")
+        return self.partial_score(table.features, table.columns)
 
     def to_dict(self) -> dict:
         d = {"format": FORMAT, "version": VERSION, "role": self.role, "party": self.party,
@@ -69,3 +78,96 @@ class ModelPart:
         if len(part.coef) != len(part.columns) or len(part.standardizer.mean) != len(part.columns):
             raise ModelFileError(f"{path}: weights and columns do not match")
         return part
+
+
+TOWER_FORMAT, TOWER_VERSION = "vfl-tower-part", 1
+
+
+@dataclass
+class TowerPart:
+    """A party's part of a split model with categorical columns: vocabularies, scaling, tower weights.
+
+    Scoring applies exactly what training did: standardise the numeric
+    columns, map categorical values through the training vocabularies
+    (unseen values to the unknown row), run the tower.
+    """
+
+    role: str
+    party: str
+    numeric_columns: list[str]
+    vocabularies: list[Vocabulary]
+    standardizer: Standardizer
+    embedding_dim: int
+    hidden_units: list[int]
+    params: np.ndarray
+    intercept: bool = False
+
+    @property
+    def tower(self) -> EmbeddingTower:
+        return EmbeddingTower(len(self.numeric_columns), [v.size for v in self.vocabularies], self.embedding_dim,
+                              self.hidden_units, intercept=self.intercept)
+
+    def inputs(self, table: PartyTable) -> TowerInput:
+        """The tower's inputs for raw rows of this party's table."""
+        cats = [v.column for v in self.vocabularies]
+        if list(table.columns) != self.numeric_columns or list(table.categorical_columns) != cats:
+            raise ModelFileError(f"{self.party}: data columns {list(table.columns)} + categorical "
+                                 f"{list(table.categorical_columns)} differ from the model's "
+                                 f"{self.numeric_columns} + {cats}")
+        codes = np.stack([v.encode(table.categorical[:, j]) for j, v in enumerate(self.vocabularies)], axis=1) \
+            if self.vocabularies else np.zeros((len(table.ids), 0), dtype=np.int64)
+        return TowerInput(self.standardizer.transform(table.features), codes)
+
+    def score(self, table: PartyTable) -> np.ndarray:
+        return self.tower.forward(self.params, self.inputs(table))[0]
+
+    def to_dict(self) -> dict:
+        return {"format": TOWER_FORMAT, "version": TOWER_VERSION, "role": self.role, "party": self.party,
+                "numeric_columns": self.numeric_columns, "standardizer": self.standardizer.to_dict(),
+                "vocabularies": [v.to_dict() for v in self.vocabularies], "embedding_dim": self.embedding_dim,
+                "hidden_units": list(self.hidden_units), "intercept": self.intercept,
+                "params": {name: self.tower.layout.view(self.params, name).tolist()
+                           for name in self.tower.layout.slices}}
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict, path: Path) -> "TowerPart":
+        part = cls(d["role"], d["party"], [str(c) for c in d["numeric_columns"]],
+                   [Vocabulary.from_dict(v) for v in d["vocabularies"]], Standardizer.from_dict(d["standardizer"]),
+                   int(d["embedding_dim"]), [int(h) for h in d["hidden_units"]], np.zeros(0), bool(d["intercept"]))
+        layout = part.tower.layout
+        flat = np.zeros(layout.size)
+        if set(d["params"]) != set(layout.slices):
+            raise ModelFileError(f"{path}: parameters {sorted(d['params'])} do not fit the tower")
+        for name, values in d["params"].items():
+            arr = np.asarray(values, dtype=float)
+            if arr.shape != layout.shapes[name] or not np.all(np.isfinite(arr)):
+                raise ModelFileError(f"{path}: parameter {name!r} has shape {arr.shape}, expected "
+                                     f"{layout.shapes[name]} (finite)")
+            flat[layout.slices[name]] = arr.ravel()
+        part.params = flat
+        return part
+
+
+def load_part(path: Path, party: str) -> "ModelPart | TowerPart":
+    """A party's saved model part, whichever model family wrote it."""
+    if not path.is_file():
+        raise ModelFileError(f"no trained model part at {path}: train the job first (`vfl run`)")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path} is malformed: {exc}") from None
+    if not isinstance(d, dict) or d.get("format") != TOWER_FORMAT:
+        return ModelPart.load(path, party)
+    if d.get("version") != TOWER_VERSION:
+        raise ModelFileError(f"{path} is not a {TOWER_FORMAT} v{TOWER_VERSION} file")
+    if d.get("party") != party:
+        raise ModelFileError(f"{path} belongs to party {d.get('party')!r}, not {party!r}")
+    try:
+        return TowerPart.from_dict(d, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"{path} is malformed: {exc}") from None

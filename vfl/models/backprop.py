@@ -1,0 +1,55 @@
+"""Homomorphic backpropagation: a tower's gradient sums over an encrypted residual ``[[d]]``.
+
+Every backward step of a tower is linear in ``d`` with coefficients the party
+knows in the clear (its activations and weights), so each block
+``S[g] = sum_{i in g} d_i X[i]`` is a product of powers of the ``[[d_i]]``.
+Blocks whose group is the whole batch (linear weights, output weights, the
+host's loss part) go through one bucket multi-exponentiation
+(``EncryptedArray.rmatmul``); blocks with many small groups (ReLU units,
+embedding rows) through the grouped kernel (``EncryptedArray.grouped_rmatmul``),
+which shares one power table per row across every group it belongs to.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from crypto import EncryptedArray
+
+from .common import X_FRAC_BITS
+from .release import ReleaseBuffer
+from .towers import Block
+
+
+def encrypted_sums(enc_d: EncryptedArray, blocks: list[Block]) -> list[EncryptedArray]:
+    """``[[S_b]]`` of shape (groups, D_b) for every block, in order."""
+    out: list[EncryptedArray | None] = [None] * len(blocks)
+    singles = [i for i, b in enumerate(blocks) if b.single]
+    if singles:
+        X = np.hstack([blocks[i].X for i in singles])
+        enc = enc_d.rmatmul(X, x_frac_bits=X_FRAC_BITS)
+        start = 0
+        for i in singles:
+            width = blocks[i].X.shape[1]
+            out[i] = enc[start:start + width][None, :] if width else enc[0:0][None, :]
+            start += width
+    grouped = [i for i, b in enumerate(blocks) if not b.single]
+    if grouped:
+        results = enc_d.grouped_rmatmul([(blocks[i].X, blocks[i].rows, blocks[i].groups, blocks[i].n_groups)
+                                         for i in grouped], x_frac_bits=X_FRAC_BITS)
+        for i, enc in zip(grouped, results):
+            out[i] = enc
+    return out  # type: ignore[return-value]
+
+
+def buffer_encrypted(buffer: ReleaseBuffer, blocks: list[Block], sums: list[EncryptedArray], n_rows: int) -> None:
+    """Add the released blocks' encrypted group sums (ciphertext rows) to the buffer."""
+    for b, enc in zip(blocks, sums):
+        if b.release:
+            buffer.add(b, b.row_counts(n_rows), enc.ciphertexts)
+
+
+def buffer_plain(buffer: ReleaseBuffer, blocks: list[Block], d: np.ndarray) -> None:
+    """The plaintext twin's equivalent of :func:`encrypted_sums` + :func:`buffer_encrypted`."""
+    for b in blocks:
+        if b.release:
+            buffer.add(b, b.row_counts(len(d)), b.plain_sums(d))

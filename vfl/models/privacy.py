@@ -1,0 +1,68 @@
+"""Label differential privacy for what a host learns: per-row clipping, Gaussian noise, accounting.
+
+A host (a party without the labels) learns decrypted gradient sums
+``sum_i d_i X[i]``. Flipping one row's label changes ``d_i`` by exactly 1
+(``d = sigmoid(a) - y + h U_H``), so that row's released contribution moves by
+``||X[i]||`` summed over every group it belongs to. The host clips each row's
+coefficients jointly over all released blocks to norm ``C`` (``clip_norm``);
+the arbiter, which decrypts, adds Gaussian noise ``N(0, (z C)^2)`` to every
+value it decrypts for a host. Within one epoch a row enters each released sum
+at most once (held-back sums are dropped at the epoch's end), so one epoch is
+one Gaussian mechanism of sensitivity ``C``: zero-concentrated DP with
+``rho = 1 / (2 z^2)`` (Bun & Steinke 2016). Epochs compose: ``rho_E = E rho``,
+and ``epsilon = rho_E + 2 sqrt(rho_E ln(1/delta))``.
+
+The job states ``(epsilon, delta)``; the noise multiplier ``z`` follows from
+them and the number of epochs. For intuition: the best possible test of one
+label from everything released has ROC AUC ``Phi(sqrt(rho_E))``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .towers import Block
+
+
+def rho_for(epsilon: float, delta: float) -> float:
+    """The largest zCDP ``rho`` whose ``(epsilon, delta)`` conversion stays within ``epsilon``."""
+    if epsilon <= 0 or not 0 < delta < 1:
+        raise ValueError("label-DP needs epsilon > 0 and 0 < delta < 1")
+    log_term = math.log(1.0 / delta)
+    root = -math.sqrt(log_term) + math.sqrt(log_term + epsilon)
+    return root * root
+
+
+def epsilon_for(rho: float, delta: float) -> float:
+    return 0.0 if rho <= 0 else rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))
+
+
+def noise_multiplier(epsilon: float, delta: float, epochs: int) -> float:
+    """``z`` such that ``epochs`` epochs spend ``(epsilon, delta)``."""
+    return math.sqrt(epochs / (2.0 * rho_for(epsilon, delta)))
+
+
+def epsilon_spent(z: float, epochs: int, delta: float) -> float:
+    return epsilon_for(epochs / (2.0 * z * z), delta)
+
+
+def best_attack_auc(z: float, epochs: int) -> float:
+    """The ROC AUC of the best test of one label against all releases: ``Phi(sqrt(rho))``."""
+    rho = epochs / (2.0 * z * z)
+    return 0.5 * (1.0 + math.erf(math.sqrt(rho) / math.sqrt(2.0)))
+
+
+def clip_blocks(blocks: list[Block], n_rows: int, clip_norm: float) -> tuple[list[Block], np.ndarray]:
+    """Scale every row's coefficients so that its contribution to all released sums has norm <= C."""
+    sq = np.zeros(n_rows)
+    for b in blocks:
+        if not b.release:
+            continue
+        if b.single:
+            sq += np.einsum("ij,ij->i", b.X, b.X)
+        else:                                   # a row counts once per group it is in
+            np.add.at(sq, b.rows, np.einsum("ij,ij->i", b.X[b.rows], b.X[b.rows]))
+    norms = np.sqrt(sq)
+    s = np.minimum(1.0, clip_norm / np.maximum(norms, 1e-300))
+    return [b.scaled(s) if b.release else b for b in blocks], norms

@@ -1,0 +1,74 @@
+"""Holding gradient sums back until enough rows stand behind them.
+
+A decrypted sum over one row is that row's residual ``d_i`` times a known
+coefficient: its label (to a host) or the hosts' score (to the guest). So
+every group sum (an embedding row, a hidden unit's active rows, a whole batch)
+is accumulated, still encrypted, across the batches of an epoch until at
+least ``min_rows`` rows stand behind it, and only then sent for decryption.
+At the end of an epoch whatever is still held back is dropped, never
+released: a row then contributes to each released sum at most once per epoch,
+which the label-DP accounting (``vfl.models.privacy``) relies on.
+
+The buffer is generic in what it adds: ciphertext rows (products mod n^2) in
+the protocol, float rows in the plaintext twin, so the twin holds back and
+releases exactly what the protocol does.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .towers import Block
+
+
+class ReleaseBuffer:
+    """Per (block, group): a running sum and the number of rows behind it."""
+
+    def __init__(self, min_rows: int, add: Callable[[Any, Any], Any]) -> None:
+        self.min_rows = max(1, int(min_rows))
+        self._add = add
+        self._sums: dict[tuple[str, int], Any] = {}
+        self._rows: dict[tuple[str, int], int] = {}
+        self._order: dict[str, int] = {}
+        self.smallest_release: int | None = None      # fewest rows behind any released sum so far
+        self.dropped_rows = 0
+
+    def add(self, block: Block, counts: np.ndarray, sums: Any) -> None:
+        """Add this batch's sums of ``block`` (``sums[g]`` for every group with ``counts[g] > 0``)."""
+        self._order.setdefault(block.name, len(self._order))
+        for g in np.flatnonzero(counts).tolist():
+            key = (block.name, g)
+            row = sums[g]
+            self._sums[key] = row if key not in self._sums else self._add(self._sums[key], row)
+            self._rows[key] = self._rows.get(key, 0) + int(counts[g])
+
+    def pop_ready(self) -> list[tuple[str, int, int, Any]]:
+        """``(block, group, rows, sum)`` of every sum with at least ``min_rows`` rows, in a fixed order."""
+        ready = sorted((k for k, r in self._rows.items() if r >= self.min_rows),
+                       key=lambda k: (self._order[k[0]], k[1]))
+        out = []
+        for key in ready:
+            rows = self._rows.pop(key)
+            out.append((key[0], key[1], rows, self._sums.pop(key)))
+            self.smallest_release = rows if self.smallest_release is None else min(self.smallest_release, rows)
+        return out
+
+    def clear(self) -> int:
+        """Drop everything held back (end of an epoch); returns how many row contributions were dropped."""
+        dropped = sum(self._rows.values())
+        self.dropped_rows += dropped
+        self._sums.clear()
+        self._rows.clear()
+        return dropped
+
+
+def group_released(items: list[tuple[str, int, int, Any]], values: list[np.ndarray]
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Released sums by block: ``{block: (group ids, sums (groups, D))}``."""
+    by_block: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+    for (name, group, _, _), value in zip(items, values):
+        ids, rows = by_block.setdefault(name, ([], []))
+        ids.append(group)
+        rows.append(value)
+    return {k: (np.asarray(ids, dtype=np.int64), np.vstack(rows)) for k, (ids, rows) in by_block.items()}
