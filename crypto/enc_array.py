@@ -9,6 +9,8 @@ Supported homomorphic operations and their ciphertext cost:
 * ``-a``: modular inverse (batched: ~3 multiplications per element).
 * ``a * x`` (x plaintext): ``c ** m``; the scales add up.
 * ``X.T @ a`` (``rmatmul``): bucket multi-exponentiation on the worker pool.
+* per-group ``X.T @ a`` over row subsets (``grouped_rmatmul``): one power table
+  per row shared by all groups and blocks (backprop through ReLU / embeddings).
 
 Results of ``*`` and ``rmatmul`` are deterministic functions of the input
 ciphertexts: call :meth:`EncryptedArray.rerandomize` before sending them to
@@ -31,7 +33,8 @@ import numpy as np
 
 from crypto.encoding import (DEFAULT_FRAC_BITS, DEFAULT_PLAIN_FRAC_BITS, decode,
                              encode_int64, encode_signed)
-from crypto.multiexp import batch_invert, multiexp_parallel, powmod_many_parallel
+from crypto.multiexp import (batch_invert, grouped_multiexp_parallel, multiexp_parallel,
+                             normalize_grouped_blocks, powmod_many_parallel)
 from crypto.paillier import PublicKey
 
 DEFAULT_VALUE_BOUND = 2.0**32
@@ -246,6 +249,60 @@ class EncryptedArray:
         out = multiexp_parallel(self.ciphertexts.tolist(), E2, self.public_key.nsquare)
         shape = () if X.ndim == 1 else (E2.shape[1],)
         return self._new(_object_array(out, shape), self.frac_bits + x_frac_bits)
+
+    def grouped_rmatmul(self, blocks: Sequence, x_frac_bits: int = DEFAULT_PLAIN_FRAC_BITS,
+                        value_bound: float = DEFAULT_VALUE_BOUND) -> list["EncryptedArray"]:
+        """Per-group ``X.T @ self``: for each block ``(X, rows, groups, n_groups)`` the array
+        ``S[g, j] = sum over pairs t with groups[t] == g of self[rows[t]] * X[rows[t], j]``.
+
+        Why: homomorphic backpropagation needs sums of ``[[d_i]] * x_i`` over
+        *subsets* of the batch, many of them at once: through a ReLU layer,
+        hidden unit k only passes the gradient of rows where it is active
+        (group k = active rows, each row in about half the groups); for an
+        embedding table, the gradient of category c sums the rows of that
+        category (each row in exactly one group); a dense layer is one group
+        holding all rows.  Doing each group with :meth:`rmatmul` on a masked
+        X would redo every row once per group; this computes each row's
+        powers once for all blocks and groups
+        (:func:`crypto.multiexp.grouped_multiexp`).
+
+        ``self`` is 1-D of length N; ``X`` is a float array (N, D_b) encoded
+        with ``x_frac_bits`` fractional bits; ``rows`` / ``groups`` are
+        equal-length integer arrays (COO membership; a row may be in several
+        groups; a pair listed twice counts twice, like ``np.add.at``).
+        Returns one EncryptedArray of shape (n_groups, D_b) per block, with
+        ``self.frac_bits + x_frac_bits`` fractional bits; empty groups hold
+        Enc(0) with randomness 1.  Results are deterministic functions of the
+        inputs: :meth:`rerandomize` before sending them to anyone who has seen
+        the inputs.  Raises ``ValueError`` on bad shapes / indices and when a
+        group sum could overflow the plaintext space, given ``|value| <=
+        value_bound`` (worst case per group column: sum of the member rows'
+        |exponents| times the bound).
+        """
+        if self.ndim != 1:
+            raise ValueError(f"grouped_rmatmul needs a 1-D EncryptedArray, got shape {self.shape}")
+        n = self.shape[0]
+        encoded = []
+        for b, block in enumerate(blocks):
+            try:
+                X, rows, groups, n_groups = block
+            except (TypeError, ValueError):
+                raise ValueError(f"block {b}: expected (X, rows, groups, n_groups)") from None
+            X = np.asarray(X, dtype=np.float64)
+            if X.ndim != 2 or X.shape[0] != n:
+                raise ValueError(f"block {b}: X must have shape ({n}, D), got {X.shape}")
+            encoded.append((encode_int64(X, x_frac_bits), rows, groups, n_groups))
+        checked = normalize_grouped_blocks(encoded, n)
+        bound = self._bound_int(value_bound)
+        for b, (E, rows, groups, n_groups) in enumerate(checked):
+            if rows.size == 0 or E.shape[1] == 0:
+                continue
+            worst = np.zeros((n_groups, E.shape[1]), dtype=np.float64)
+            np.add.at(worst, groups, np.abs(E[rows]).astype(np.float64))
+            self._require_headroom(math.ceil(float(worst.max()) * (1 + 1e-9)) * bound,
+                                   f"grouped_rmatmul (block {b})")
+        out = grouped_multiexp_parallel(self.ciphertexts.tolist(), checked, self.public_key.nsquare)
+        return [self._new(S, self.frac_bits + x_frac_bits) for S in out]
 
     def dot(self, plain_vector: np.ndarray, x_frac_bits: int = DEFAULT_PLAIN_FRAC_BITS,
             value_bound: float = DEFAULT_VALUE_BOUND) -> "EncryptedArray":
