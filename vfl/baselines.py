@@ -1,30 +1,76 @@
 """Reference models for demos and benchmarks: what pooling or going alone gives.
 
 This reads every party's file in one place, which real parties never do; it
-runs only when the job sets ``[job] baselines = true``.
+runs only when the job sets ``[job] baselines = true`` (and in benchmarks).
+
+* pooled logistic regression (scikit-learn) on every party's columns, with
+  categorical columns one-hot encoded;
+* the guest alone;
+* for the embedding model, its plaintext twin on the pooled rows: the same
+  towers, initialisation and batches, trained in numpy without encryption and
+  without release protection, i.e. what the federated model would be if
+  privacy cost nothing.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import OneHotEncoder
 
-from .config import JobConfig
-from .data import load_table
+from .config import JobConfig, PartyConfig
+from .data import PartyTable, load_table
 from .metrics import binary_metrics
 from .split import Standardizer
 
 
+def _columns(t: PartyTable, test: np.ndarray) -> np.ndarray:
+    num = Standardizer.fit(t.features[~test]).transform(t.features)
+    if not len(t.categorical_columns):
+        return num
+    enc = OneHotEncoder(handle_unknown="ignore", min_frequency=5).fit(t.categorical[~test])
+    return np.hstack([num, enc.transform(t.categorical).toarray()])
+
+
 def _fit_score(X: np.ndarray, y: np.ndarray, test: np.ndarray) -> dict:
-    std = Standardizer.fit(X[~test])
-    Xs = std.transform(X)
-    clf = LogisticRegression(max_iter=1000).fit(Xs[~test], y[~test])
-    return binary_metrics(y[test], clf.predict_proba(Xs[test])[:, 1])
+    clf = LogisticRegression(max_iter=2000, C=0.3).fit(X[~test], y[~test])
+    return binary_metrics(y[test], clf.predict_proba(X[test])[:, 1])
+
+
+def _table(p: PartyConfig, common: np.ndarray) -> PartyTable:
+    return load_table(p.data, p.id_column, p.label_column, p.categorical_columns).take(common)
 
 
 def baseline_aucs(job: JobConfig, common: np.ndarray, test: np.ndarray) -> dict:
-    g = load_table(job.guest.data, job.guest.id_column, job.guest.label_column).take(common)
-    parts = [g.features] + [load_table(h.data, h.id_column).take(common).features for h in job.hosts]
-    central = _fit_score(np.hstack(parts), g.labels, test)
-    guest_only = _fit_score(g.features, g.labels, test)
-    return {"baseline_central_auc": central["auc"], "baseline_central_ks": central["ks"],
-            "baseline_guest_only_auc": guest_only["auc"], "baseline_guest_only_ks": guest_only["ks"]}
+    tables = [_table(job.guest, common)] + [_table(h, common) for h in job.hosts]
+    y = tables[0].labels
+    central = _fit_score(np.hstack([_columns(t, test) for t in tables]), y, test)
+    guest_only = _fit_score(_columns(tables[0], test), y, test)
+    out = {"baseline_central_auc": central["auc"], "baseline_central_ks": central["ks"],
+           "baseline_guest_only_auc": guest_only["auc"], "baseline_guest_only_ks": guest_only["ks"]}
+    if job.model.type == "embedding":
+        twin = twin_metrics(job, tables, test)
+        out.update({"baseline_twin_auc": twin["auc"], "baseline_twin_ks": twin["ks"]})
+    return out
+
+
+def twin_metrics(job: JobConfig, tables: list[PartyTable], test: np.ndarray, protected: bool = False,
+                 noise_seed: int | None = None) -> dict:
+    """Test metrics of the plaintext twin of the job's model on pooled rows (``protected``: with the
+    job's held-back releases and clipping; ``noise_seed``: and the arbiter's label-DP noise)."""
+    from .models.reference import fit_twin
+    from .models.trainer import init_seed
+    from .workflow import tower_for
+    model = job.model if protected else replace(job.model, min_rows_per_release=1, label_dp="off")
+    parties = [job.guest, *job.hosts]
+    built = [tower_for(job, p, t, test, Standardizer.fit(t.features[~test])) for p, t in zip(parties, tables)]
+    towers, inputs = [b[0] for b in built], [b[1] for b in built]
+    train = np.flatnonzero(~test)
+    params, _ = fit_twin(towers, [x.take(train) for x in inputs], tables[0].labels[train], model,
+                         seed=model.seed, init_seeds=[init_seed(model.seed, p.name) for p in parties],
+                         noise=None if noise_seed is None else np.random.default_rng(noise_seed))
+    z = sum(t.forward(p, x)[0] for t, p, x in zip(towers, params, inputs))
+    return binary_metrics(tables[0].labels[test], 1 / (1 + np.exp(-z[test])))
+
+

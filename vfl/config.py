@@ -65,7 +65,7 @@ class ModelConfig:
     # protection of what decrypted gradient sums reveal (docs/protocols.md)
     min_rows_per_release: int = 32           # a sum is decrypted only once this many rows stand behind it
     label_dp: str = "auto"                   # "auto": on for the embedding model, off for logistic; "on"; "off"
-    dp_epsilon: float = 1.0
+    dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
     clip_norm: float = 1.0
 

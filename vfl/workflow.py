@@ -64,7 +64,7 @@ def _load(job: JobConfig, party: PartyConfig, path=None, label: str | None = Non
     return load_table(path or party.data, party.id_column, label, party.categorical_columns)
 
 
-def _tower(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.ndarray, std: Standardizer
+def tower_for(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.ndarray, std: Standardizer
            ) -> tuple[Tower, TowerInput, list[Vocabulary] | None]:
     """This party's tower and its inputs for every aligned row; vocabularies from its training rows.
 
@@ -103,7 +103,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         common = psi_guest(channel, table.ids, job.host_names)
     out = job.output_dir(g.name)
     data, test, std = _aligned(job, g.name, table, common)
-    tower, x, vocabs = _tower(job, g, data, test, std)
+    tower, x, vocabs = tower_for(job, g, data, test, std)
     check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_size,
                         len(data.columns) + len(data.categorical_columns), str(g.data))
     log.info("%s: %d own rows, %d aligned, %d train / %d test", g.name, len(table.ids), len(common),
@@ -131,6 +131,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,
         "smallest_release_rows": model.smallest_release_,
+        "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
     }
@@ -150,7 +151,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     common = psi_host(channel, table.ids, job.guest.name)
     out = job.output_dir(name)
     data, test, std = _aligned(job, name, table, common)
-    tower, x, vocabs = _tower(job, h, data, test, std)
+    tower, x, vocabs = tower_for(job, h, data, test, std)
     model = SplitHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
                       tower=tower, init_seed=init_seed(job.model.seed, name))
     model.fit(channel, x.take(np.flatnonzero(~test)),

@@ -41,11 +41,12 @@ def encrypted_sums(enc_d: EncryptedArray, blocks: list[Block]) -> list[Encrypted
     return out  # type: ignore[return-value]
 
 
-def buffer_encrypted(buffer: ReleaseBuffer, blocks: list[Block], sums: list[EncryptedArray], n_rows: int) -> None:
+def buffer_encrypted(buffer: ReleaseBuffer, blocks: list[Block], sums: list[EncryptedArray], n_rows: int,
+                     row_ids: np.ndarray | None = None) -> None:
     """Add the released blocks' encrypted group sums (ciphertext rows) to the buffer."""
     for b, enc in zip(blocks, sums):
         if b.release:
-            buffer.add(b, b.row_counts(n_rows), enc.ciphertexts)
+            buffer.add(b, b.row_counts(n_rows), enc.ciphertexts, row_ids)
 
 
 def buffer_plain(buffer: ReleaseBuffer, blocks: list[Block], d: np.ndarray) -> None:

@@ -28,9 +28,10 @@ class SplitHost:
     """
 
     def __init__(self, model: ModelConfig, *, guest: str, arbiter: str, seed: int,
-                 tower: Tower | None = None, init_seed: int = 0) -> None:
+                 tower: Tower | None = None, init_seed: int = 0, observe: bool = False) -> None:
         self.model, self.guest, self.arbiter, self.seed = model, guest, arbiter, seed
-        self.tower, self.init_seed = tower, init_seed
+        self.tower, self.init_seed, self.observe = tower, init_seed, observe
+        self.observed_: list | None = None      # with ``observe``: everything decrypted for this host
         self.params_: np.ndarray | None = None
         self.epochs_run_ = 0
         self.smallest_release_: int | None = None
@@ -48,7 +49,7 @@ class SplitHost:
         pre = prefix_for(m.type)
         pk = PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"), mode=m.encryption)
         warn_if_small_batches(len(x), m.batch_size, self.tower.n_params + 1, channel.name)  # + the loss column
-        trainer = TowerTrainer(m, self.tower, self.init_seed, pk)
+        trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params})
         start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
         if not 0 <= start < m.epochs:
@@ -57,7 +58,7 @@ class SplitHost:
             _, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
         for epoch in range(start, m.epochs):
             for b, rows in enumerate(batch_schedule(len(x), m.batch_size, self.seed, epoch)):
-                trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b))
+                trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b, rows))
             trainer.end_epoch()
             self.epochs_run_ = epoch + 1
             stop = bool(channel.recv(self.arbiter, f"{pre}/e{epoch}/decision").get("stop"))
@@ -68,10 +69,11 @@ class SplitHost:
                 break
         self.params_ = trainer.params
         self.smallest_release_ = trainer.buffer.smallest_release
+        self.observed_ = trainer.observed
         return self
 
     def _batch(self, channel: Channel, pk: PublicKey, trainer: TowerTrainer, xb: TowerInput,
-               pre: str, epoch: int, b: int) -> np.ndarray:
+               pre: str, epoch: int, b: int, rows: np.ndarray) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         u, cache = self.tower.forward(trainer.params, xb)
         with lap("encrypt"):
@@ -90,4 +92,4 @@ class SplitHost:
                      (sums[-1][0] + n_b * trainer.penalty()).rerandomize())
         with lap("arbiter_round"):
             return trainer.release(channel, self.arbiter, pk, blocks[:-1], sums[:-1], n_b,
-                                   step(pre, epoch, b, "masked_grad"))
+                                   step(pre, epoch, b, "masked_grad"), rows)

@@ -25,7 +25,7 @@ from .towers import Block
 class ReleaseBuffer:
     """Per (block, group): a running sum and the number of rows behind it."""
 
-    def __init__(self, min_rows: int, add: Callable[[Any, Any], Any]) -> None:
+    def __init__(self, min_rows: int, add: Callable[[Any, Any], Any], track: bool = False) -> None:
         self.min_rows = max(1, int(min_rows))
         self._add = add
         self._sums: dict[tuple[str, int], Any] = {}
@@ -33,8 +33,12 @@ class ReleaseBuffer:
         self._order: dict[str, int] = {}
         self.smallest_release: int | None = None      # fewest rows behind any released sum so far
         self.dropped_rows = 0
+        # With ``track``: which rows (and coefficients) stand behind each held sum. A party knows this
+        # about its own rows anyway; tests use it to attack exactly what a party can see.
+        self.members: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] | None = {} if track else None
+        self.released_members: list = []
 
-    def add(self, block: Block, counts: np.ndarray, sums: Any) -> None:
+    def add(self, block: Block, counts: np.ndarray, sums: Any, row_ids: np.ndarray | None = None) -> None:
         """Add this batch's sums of ``block`` (``sums[g]`` for every group with ``counts[g] > 0``)."""
         self._order.setdefault(block.name, len(self._order))
         for g in np.flatnonzero(counts).tolist():
@@ -42,6 +46,9 @@ class ReleaseBuffer:
             row = sums[g]
             self._sums[key] = row if key not in self._sums else self._add(self._sums[key], row)
             self._rows[key] = self._rows.get(key, 0) + int(counts[g])
+            if self.members is not None and row_ids is not None:
+                local = np.arange(len(row_ids)) if block.single else block.rows[block.groups == g]
+                self.members.setdefault(key, []).append((row_ids[local], block.X[local]))
 
     def pop_ready(self) -> list[tuple[str, int, int, Any]]:
         """``(block, group, rows, sum)`` of every sum with at least ``min_rows`` rows, in a fixed order."""
@@ -51,6 +58,8 @@ class ReleaseBuffer:
         for key in ready:
             rows = self._rows.pop(key)
             out.append((key[0], key[1], rows, self._sums.pop(key)))
+            if self.members is not None:
+                self.released_members.append(self.members.pop(key, []))
             self.smallest_release = rows if self.smallest_release is None else min(self.smallest_release, rows)
         return out
 
@@ -60,6 +69,8 @@ class ReleaseBuffer:
         self.dropped_rows += dropped
         self._sums.clear()
         self._rows.clear()
+        if self.members is not None:
+            self.members.clear()
         return dropped
 
 

@@ -35,22 +35,27 @@ def init_seed(model_seed: int, party: str) -> int:
 class TowerTrainer:
     """A party's tower, parameters, optimiser and release buffer during training."""
 
-    def __init__(self, model: ModelConfig, tower: Tower, seed: int, pk: PublicKey | None = None) -> None:
+    def __init__(self, model: ModelConfig, tower: Tower, seed: int, pk: PublicKey | None = None,
+                 observe: bool = False) -> None:
         self.model, self.tower = model, tower
         self.params = tower.init_params(seed)
         self.opt = make_optimizer(model.optimizer, model.learning_rate)
         self.l2 = model.l2 * tower.l2_mask()
         n2 = pk.nsquare if pk is not None else None
-        self.buffer = ReleaseBuffer(model.min_rows_per_release, lambda a, b: a * b % n2)
+        self.buffer = ReleaseBuffer(model.min_rows_per_release, lambda a, b: a * b % n2, track=observe)
+        # With ``observe``: every decrypted value this party got, with the rows and coefficients behind
+        # it: exactly its own view, for the label-inference attack tests.
+        self.observed: list[tuple[list, np.ndarray]] | None = [] if observe else None
 
     def penalty(self) -> float:
         """``sum(l2 * w^2)`` over the regularised weights."""
         return float(self.l2 @ (self.params * self.params))
 
     def release(self, channel: Channel, arbiter: str, pk: PublicKey, blocks: list[Block],
-                sums: list[EncryptedArray], n_rows: int, tag: str) -> np.ndarray:
+                sums: list[EncryptedArray], n_rows: int, tag: str, row_ids: np.ndarray | None = None) -> np.ndarray:
         """Buffer this batch's sums, have the arbiter decrypt what is ready, return the gradient."""
-        buffer_encrypted(self.buffer, blocks, sums, n_rows)
+        buffer_encrypted(self.buffer, blocks, sums, n_rows, row_ids)
+        seen = len(self.buffer.released_members)
         items = self.buffer.pop_ready()
         cts = np.empty(sum(len(s) for *_, s in items), dtype=object)
         cts[:] = [c for *_, s in items for c in s.tolist()]
@@ -59,6 +64,8 @@ class TowerTrainer:
         for *_, s in items:
             values.append(flat[start:start + len(s)])
             start += len(s)
+        if self.observed is not None:
+            self.observed.append((self.buffer.released_members[seen:], values))
         grad = self.tower.gradient(self.params, group_released(items, values), n_rows)
         return grad + self.l2 * self.params
 
