@@ -91,7 +91,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from parties.demo import run_demo
-    return run_demo(Path(args.workdir), n_people=args.people, key_bits=args.key_bits, epochs=args.epochs)
+    return run_demo(Path(args.workdir), n_people=args.people, key_bits=args.key_bits, epochs=args.epochs,
+                    model=args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="runs/credit-demo", help="where data, job file and results go")
     s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population")
     s.add_argument("--key-bits", type=int, default=2048, help="Paillier key size")
-    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--epochs", type=int, default=None, help="default: 10 (logistic), 6 (embedding)")
+    s.add_argument("--model", choices=["logistic", "embedding"], default="logistic",
+                   help="logistic: split LR on the shop's behaviour columns; embedding: the shop's merchants, "
+                        "cities, devices and categories embedded in its own tower")
     s.set_defaults(func=cmd_demo)
     return p
 
