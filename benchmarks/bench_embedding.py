@@ -75,6 +75,7 @@ embedding_dim = 8
 hidden_units = [32]
 tolerance = 0.0
 key_bits = {bits}
+allow_short_keys = {'true' if bits < 2048 else 'false'}
 seed = 7
 {protection}
 """

@@ -124,6 +124,7 @@ learning_rate = 0.05
 optimizer = "adam"
 tolerance = 1e-5
 key_bits = {bits}
+allow_short_keys = {'true' if bits < 2048 else 'false'}
 """)
         from vfl.pipeline import run_local
         t0 = time.perf_counter()

@@ -16,7 +16,7 @@ def write_job(tmp_path: Path, guest_csv: Path, host_csvs: list[Path], model: str
     text = (f'[job]\nworkdir = "{tmp_path / "out"}"\nseed = 1\n{job}\n'
             f'[arbiter]\naddress = "127.0.0.1:19200"\n'
             f'[guest]\nname = "guest"\naddress = "127.0.0.1:19201"\ndata = "{guest_csv}"\nlabel_column = "{label}"\n'
-            f'{hosts}[model]\nkey_bits = 512\n{model}\n')
+            f'{hosts}[model]\nkey_bits = 512\nallow_short_keys = true\n{model}\n')
     path = tmp_path / "job.toml"
     path.write_text(text)
     return path

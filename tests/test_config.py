@@ -54,3 +54,11 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("[job\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_job(bad)
+
+
+def test_short_keys_are_refused_unless_opted_in(tmp_path):
+    with pytest.raises(ConfigError, match=r"key_bits = 1024 is below 2048.*factor.*allow_short_keys = true"):
+        parse_job(_with(model__key_bits=1024), tmp_path / "job.toml")
+    job = parse_job(_with(model__key_bits=1024, model__allow_short_keys=True), tmp_path / "job.toml")
+    assert job.model.key_bits == 1024 and job.model.allow_short_keys
+    assert parse_job(_with(model__key_bits=3072), tmp_path / "job.toml").model.key_bits == 3072

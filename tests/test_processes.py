@@ -60,6 +60,7 @@ learning_rate = 0.1
 optimizer = "adam"
 tolerance = 0.0
 key_bits = {key_bits}
+allow_short_keys = true
 """)
     make_certs(load_job(path), tmp_path / "certs")
     return path

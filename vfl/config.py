@@ -20,6 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROLES = ("guest", "host", "arbiter")
+MIN_KEY_BITS = 2048      # shorter Paillier keys only with [model] allow_short_keys = true
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,7 @@ class ModelConfig:
     l2: float = 0.0
     tolerance: float = 1e-4
     key_bits: int = 2048
+    allow_short_keys: bool = False           # keys below 2048 bits: for tests and benchmarks only
     seed: int = 7
     encryption: str = "djn"
     approximation: str = "guest_expansion"   # or "taylor" (Hardy et al., as FATE)
@@ -212,6 +214,12 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError("[model] learning_rate must be > 0, l2 and tolerance >= 0")
     if m.key_bits < 512 or m.key_bits % 256:
         raise ConfigError(f"[model] key_bits must be a multiple of 256 and >= 512, got {m.key_bits}")
+    if m.key_bits < MIN_KEY_BITS and not m.allow_short_keys:
+        raise ConfigError(
+            f"[model] key_bits = {m.key_bits} is below {MIN_KEY_BITS}: a Paillier modulus that short can be "
+            "factored, and whoever factors n decrypts everything sent under it, including values computed "
+            "from the labels. Use key_bits >= 2048, or for tests and benchmarks only set "
+            "allow_short_keys = true in [model]")
     if m.approximation not in ("guest_expansion", "taylor"):
         raise ConfigError(f"[model] approximation must be 'guest_expansion' or 'taylor', got {m.approximation!r}")
     if m.encryption not in ("djn", "standard"):
