@@ -1,6 +1,7 @@
 """Paillier keys, raw encryption (DJN or standard) and CRT decryption.
 
-Keys come from ``phe.generate_paillier_keypair``; the arithmetic uses gmpy2.
+Keys: primes ``p = q = 3 mod 4`` of equal size with ``gcd(p-1, q-1) = 2``
+(:func:`generate_primes`, gmpy2 and ``secrets``); the arithmetic uses gmpy2.
 Generator ``g = n + 1``, so ``Enc(m) = (1 + m n) * r**n mod n**2``.
 
 Encryption modes (the obfuscator ``r**n`` is what costs):
@@ -295,8 +296,36 @@ class PrivateKey:
         return cls(p, q, PublicKey(p * q, mode=mode))
 
 
+def _random_prime_3_mod_4(bits: int) -> gmpy2.mpz:
+    """A uniformly started prime of exactly ``bits`` bits, top two bits set, ``= 3 mod 4``."""
+    while True:
+        start = gmpy2.mpz(secrets.randbits(bits) | (3 << (bits - 2)) | 1)
+        p = gmpy2.next_prime(start)
+        while p % 4 != 3:
+            p = gmpy2.next_prime(p)
+        if p.bit_length() == bits and gmpy2.is_prime(p, 40):
+            return p
+
+
+def generate_primes(bits: int) -> tuple[gmpy2.mpz, gmpy2.mpz]:
+    """Primes ``p != q`` of ``bits // 2`` bits each with ``p = q = 3 mod 4`` and
+    ``gcd(p - 1, q - 1) = 2`` (as DJN encryption needs), ``n = p q`` of exactly ``bits`` bits.
+
+    The top two bits of each prime are set, so ``p q >= (3/4)^2 2^bits > 2^(bits - 1)``.
+    Randomness from ``secrets``.
+    """
+    if bits % 2 or bits < 16:
+        raise ValueError(f"key size must be an even number of bits >= 16, got {bits}")
+    half = bits // 2
+    p = _random_prime_3_mod_4(half)
+    while True:
+        q = _random_prime_3_mod_4(half)
+        if q != p and gmpy2.gcd(p - 1, q - 1) == 2 and (p * q).bit_length() == bits:
+            return p, q
+
+
 def generate_keypair(bits: int = 2048, mode: str = "djn") -> tuple[PublicKey, PrivateKey]:
-    """New key pair with an n of ``bits`` bits (phe's generator)."""
-    phe_public, phe_private = phe.generate_paillier_keypair(n_length=bits)
-    public_key = PublicKey(phe_public.n, mode=mode)
-    return public_key, PrivateKey(phe_private.p, phe_private.q, public_key)
+    """New key pair with an n of exactly ``bits`` bits from :func:`generate_primes`."""
+    p, q = generate_primes(bits)
+    public_key = PublicKey(p * q, mode=mode)
+    return public_key, PrivateKey(p, q, public_key)

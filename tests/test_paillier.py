@@ -24,6 +24,27 @@ def test_key_attributes(keys):
     assert "p=" not in repr(sk) and str(int(sk.p)) not in repr(sk)
 
 
+@pytest.mark.parametrize("bits, count", [(256, 20), (512, 10), (1024, 4), (2048, 2)])
+def test_generated_keys_are_admissible_for_djn(bits, count):
+    """p = q = 3 mod 4, gcd(p - 1, q - 1) = 2, equal-size primes, n of exactly ``bits`` bits."""
+    moduli = set()
+    for _ in range(count):
+        pk, sk = generate_keypair(bits)
+        p, q = int(sk.p), int(sk.q)
+        assert gmpy2.is_prime(p, 50) and gmpy2.is_prime(q, 50) and p != q
+        assert p % 4 == 3 and q % 4 == 3
+        assert gmpy2.gcd(p - 1, q - 1) == 2
+        assert p.bit_length() == q.bit_length() == bits // 2
+        assert pk.n == p * q and pk.bits == int(pk.n).bit_length() == bits
+        moduli.add(int(pk.n))
+    assert len(moduli) == count
+
+
+def test_key_generation_refuses_odd_sizes():
+    with pytest.raises(ValueError, match="even number of bits"):
+        generate_keypair(513)
+
+
 @pytest.mark.parametrize("mode", ["djn", "standard"])
 def test_raw_round_trip_both_modes(keys, mode):
     pk, sk = keys
