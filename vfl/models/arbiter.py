@@ -15,6 +15,7 @@ import numpy as np
 
 from crypto import EncryptedArray, generate_keypair
 from crypto.encoding import DEFAULT_FRAC_BITS, encode_signed
+from crypto.packing import SLOT_BITS, packed_count, slot_offsets, slots_per_ciphertext
 from ..channel import Channel
 from ..config import ModelConfig
 from ..messages import BigInts
@@ -42,10 +43,12 @@ class SplitArbiter:
             return None
         return epsilon_spent(self.noise_multiplier_, len(self.loss_history_), self.model.dp_delta)
 
-    def _noise(self, count: int, n: int) -> np.ndarray:
+    def _noise(self, n_packed: int, n_bits: int) -> np.ndarray:
+        """Gaussian noise for every slot of ``n_packed`` packed plaintexts, as integers to add mod n."""
         sigma = self.noise_multiplier_ * self.model.clip_norm
-        ints = encode_signed(self._rng.normal(0.0, sigma, count), RELEASE_FRAC_BITS, limit=n // 4)
-        return np.asarray(ints, dtype=object)
+        count = n_packed * slots_per_ciphertext(n_bits)
+        ints = encode_signed(self._rng.normal(0.0, sigma, count), RELEASE_FRAC_BITS, limit=1 << (SLOT_BITS - 3))
+        return slot_offsets(ints, n_packed, n_bits)
 
     def fit(self, channel: Channel, keypair=None, checkpoint: Checkpoint | None = None) -> "SplitArbiter":
         m = self.model
@@ -81,12 +84,14 @@ class SplitArbiter:
                     enc = channel.recv(party, tag)
                     if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
                         raise ValueError(f"{party}: {tag} must be an encrypted vector")
-                    if len(enc) > limits[party] or (len(enc) and enc.frac_bits != RELEASE_FRAC_BITS):
-                        raise ValueError(f"{party}: {tag} has {len(enc)} values at {enc.frac_bits} fractional "
-                                         f"bits; expected at most {limits[party]} at {RELEASE_FRAC_BITS}")
+                    if len(enc) > packed_count(limits[party], pk.bits) or (len(enc) and
+                                                                          enc.frac_bits != RELEASE_FRAC_BITS):
+                        raise ValueError(f"{party}: {tag} has {len(enc)} packed values at {enc.frac_bits} "
+                                         f"fractional bits; expected at most {packed_count(limits[party], pk.bits)} "
+                                         f"at {RELEASE_FRAC_BITS}")
                     plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
                     if party != self.guest and self.noise_multiplier_ is not None and len(plain):
-                        plain = (plain + self._noise(len(plain), int(pk.n))) % pk.n
+                        plain = (plain + self._noise(len(plain), pk.bits)) % pk.n
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
                 loss = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,), "loss")
                 total += float(loss.decrypt(sk)[0])

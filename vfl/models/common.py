@@ -22,7 +22,9 @@ import logging
 
 import numpy as np
 
-from crypto import EncryptedArray, PublicKey, mask, unmask
+from crypto import EncryptedArray, PublicKey, mask
+from crypto.encoding import decode_signed
+from crypto.packing import pack, unpack
 from ..channel import Channel
 from ..messages import BigInts
 from ..split import batch_schedule
@@ -46,20 +48,23 @@ def masked_gradient_round(channel: Channel, arbiter: str, pk: PublicKey,
                           enc_grad: EncryptedArray, tag: str) -> np.ndarray:
     """Have the arbiter decrypt ``enc_grad`` under a fresh uniform mask mod n.
 
-    The arbiter sees ``g + r mod n`` with ``r`` uniform in Z_n: independent of
-    ``g``. Only this party knows ``r`` and recovers ``g`` (plus the arbiter's
-    label-DP noise, for a host).
+    The values are first packed several to a plaintext (``crypto.packing``):
+    the arbiter decrypts one ciphertext per slot group instead of one per value.
+    It sees ``P + r mod n`` with ``r`` uniform in Z_n: independent of the
+    packed ``P``. Only this party knows ``r`` and recovers the values (plus the
+    arbiter's label-DP noise, for a host).
     """
     if enc_grad.size == 0:          # nothing to release this batch: keep the arbiter in step
         channel.send(arbiter, tag, enc_grad)
         channel.recv(arbiter, tag + "_plain")
         return np.zeros(0)
-    masked, r = mask(enc_grad)
+    masked, r = mask(pack(enc_grad))
     channel.send(arbiter, tag, masked)
     reply = channel.recv(arbiter, tag + "_plain")
     if not isinstance(reply, BigInts) or len(reply.values) != len(r) or any(v >= pk.n for v in reply.values):
         raise ValueError(f"arbiter's reply to {tag!r} is not {len(r)} integers below n")
-    return unmask(np.array(reply.values, dtype=object), r, enc_grad.frac_bits, pk.n)
+    packed = (np.array(reply.values, dtype=object) - r) % int(pk.n)
+    return decode_signed(unpack(packed, enc_grad.size, pk.n), enc_grad.frac_bits)
 
 
 def expect_encrypted(payload, pk: PublicKey, shape: tuple, what: str) -> EncryptedArray:
