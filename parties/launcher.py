@@ -89,16 +89,19 @@ def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None,
                 break
             time.sleep(0.1)
     finally:
+        killed = set()
         for p in procs:
             if p.popen.poll() is None:
                 p.popen.kill()
+                killed.add(p.name)
             p.popen.wait()
         for t in relays:
             t.join(timeout=2)
     failed = [p for p in procs if p.popen.returncode != 0]
     if failed:
         # A party that lost a peer is usually a symptom; the cause is the one that did not.
-        causes = [p for p in failed if not any(s in p.last_line for s in _SYMPTOMS)]
+        # So is one we ended after the grace period.
+        causes = [p for p in failed if p.name not in killed and not any(s in p.last_line for s in _SYMPTOMS)]
         culprit = causes[0] if causes else (first_failure or failed[0])
         raise PartyFailed(f"party {culprit.name!r} failed (exit {culprit.popen.returncode}): "
                           f"{culprit.last_line or 'no output'}")

@@ -45,12 +45,28 @@ def with_tls_dir(job: JobConfig, folder: Path) -> JobConfig:
                    hosts=tuple(party(h) for h in job.hosts))
 
 
+def preflight(job: JobConfig, me: str, task: str = "train") -> None:
+    """Check this party's own inputs before it opens the network, so that a missing or
+    malformed data file fails at once and names the file, not as a lost link later."""
+    from vfl.data import check_columns
+    party = job.party(me)
+    if party.role == "arbiter":
+        return
+    if task == "predict":
+        path = party.predict_data or party.data
+        label = None      # optional when scoring
+    else:
+        path, label = party.data, party.label_column
+    check_columns(path, party.id_column, label, party.categorical_columns)
+
+
 def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "train",
               resume: bool = False) -> dict:
     """Run this party's part of ``task``: "train" (PSI, training, scoring) or "predict"."""
+    me = resolve_name(job, role, name)
+    preflight(job, me, task)             # before the slow imports and the network
     from vfl.workflow import run_arbiter, run_guest, run_host
     from .transport import open_channel
-    me = resolve_name(job, role, name)
     if task == "predict":
         from vfl.inference import predict_guest, predict_host
         if role == "arbiter":

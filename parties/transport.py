@@ -31,6 +31,7 @@ Why it looks like this:
 """
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import select
@@ -63,6 +64,10 @@ _SETUP_TIMEOUT = 10.0  # handshake + hello on an accepted connection
 
 class ConnectError(PeerLost):
     """A link could not be set up in time: the peer is down, unreachable or never dialled in."""
+
+
+class ListenError(ConnectError):
+    """This party cannot listen on its own address (port in use, address not local): a cause, not a symptom."""
 
 
 class AuthError(ProtocolError):
@@ -554,10 +559,18 @@ class TlsChannel:
 
     def _listen(self) -> socket.socket:
         host = self.bind_host if self.bind_host is not None else self.address[0]
+        port = self.address[1]
         try:
-            sock = socket.create_server((host, self.address[1]), backlog=16)
+            sock = socket.create_server((host, port), backlog=16)
         except OSError as exc:
-            raise ConnectError(f"{self.name}: cannot listen on {_fmt((host, self.address[1]))}: {exc}") from None
+            where = f"party {self.name!r} cannot listen on port {port} ({_fmt((host, port))})"
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenError(f"{where}: the port is already in use by another process (an earlier run "
+                                  f"still going?); stop that process or give {self.name!r} another port in the "
+                                  "job file") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ListenError(f"{where}: {host} is not an address of this machine") from None
+            raise ListenError(f"{where}: {exc.strerror or exc}") from None
         sock.settimeout(_POLL)
         log.debug("%s: listening on %s", self.name, _fmt((host, self.address[1])))
         return sock

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -133,6 +134,43 @@ def test_launcher_names_the_party_that_failed(tmp_path):
     (tmp_path / "host.csv").write_text("id,x\n1,2\n1,3\n")      # duplicate IDs at the host
     with pytest.raises(PartyFailed, match="'host' failed.*duplicate IDs"):
         run_processes(load_job(path), echo=False, grace=20)
+
+
+def test_launcher_blames_the_party_whose_port_is_taken(tmp_path):
+    """Not the guest that timed out dialling it, nor a party the launcher ended itself."""
+    import socket
+    path = _tls_job(tmp_path)
+    path.write_text(path.read_text().replace("connect_timeout = 30.0", "connect_timeout = 3.0"))
+    job = load_job(path)
+    squatter = socket.create_server(job.hosts[0].host_port)
+    try:
+        with pytest.raises(PartyFailed, match=rf"'host' failed.*ListenError: party 'host' cannot listen on port "
+                                              rf"{job.hosts[0].host_port[1]} .*already in use"):
+            run_processes(job, echo=False, grace=2)
+    finally:
+        squatter.close()
+
+
+@pytest.mark.parametrize("role, breakage, message", [
+    ("host", "missing", r"data file \S*host\.csv not found"),
+    ("guest", "no_label", r"guest\.csv: label column 'y' not found"),
+    ("host", "no_id", r"host\.csv: ID column 'id' not found"),
+])
+def test_party_checks_its_own_data_before_opening_the_network(tmp_path, role, breakage, message):
+    """A bad data file fails at once naming the file, not after connect_timeout as a lost link."""
+    path = _tls_job(tmp_path)
+    data = tmp_path / f"{role}.csv"
+    if breakage == "missing":
+        data.unlink()
+    else:
+        data.write_text("id,x\n1,2\n" if breakage == "no_label" else "key,x\n1,2\n")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "parties.cli", "party", str(path), "--role", role], cwd=ROOT,
+                          capture_output=True, text=True, timeout=20)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert re.search(message, proc.stderr.strip().splitlines()[-1]), proc.stderr
+    assert elapsed < 2, elapsed
 
 
 def test_vfl_run_uses_processes_and_a_local_ca_when_the_job_names_no_certificates(tmp_path, capsys):

@@ -264,6 +264,23 @@ def test_dialler_gives_up_naming_peer_and_address(pki):
     assert time.monotonic() - t0 < 3
 
 
+def test_port_in_use_fails_at_once_naming_party_and_port(pki):
+    from parties import transport
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    squatter = socket.create_server(("127.0.0.1", ports["arbiter"]))
+    try:
+        arbiter = _channel(_job(pki, ports, connect_timeout=30.0), "arbiter")
+        t0 = time.monotonic()
+        with pytest.raises(transport.ListenError, match=rf"party 'arbiter' cannot listen on port "
+                                                        rf"{ports['arbiter']} .*already in use") as info:
+            arbiter.open()
+        assert time.monotonic() - t0 < 2
+        # not worded like a lost peer, which the launcher would discount as a symptom
+        assert not any(s in f"{type(info.value).__name__}: {info.value}" for s in ("PeerLost", "ConnectError"))
+    finally:
+        squatter.close()
+
+
 # ---------------------------------------------------------------------------- fake peers
 def _fake_guest(pki: Pki, port: int, files=None, timeout: float = 3.0) -> ssl.SSLSocket:
     """A raw TLS client authenticated as the guest: sends whatever the test wants."""

@@ -149,16 +149,15 @@ def read_columns(path: Path) -> list[str]:
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"data file {path} cannot be read: {exc.strerror or exc}") from None
 
 
-def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] = (),
-          label_column: str | None = None) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise DataError(f"data file {path} not found")
-    try:
-        head = [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+def check_columns(path: Path, id_column: str, label_column: str | None = None,
+                  text_columns: Sequence[str] = ()) -> list[str]:
+    """Read only the header of ``path`` and check that the named columns are there (what
+    :func:`load_table` checks first, with the same errors); return the header."""
+    head = read_columns(path)
     if id_column not in head:
         raise DataError(f"{path}: ID column {id_column!r} not found (columns: {', '.join(head)})")
     if label_column is not None and label_column not in head:
@@ -173,6 +172,12 @@ def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] 
         if c in seen:
             raise DataError(f"{path}: categorical column {c!r} is named twice")
         seen.add(c)
+    return head
+
+
+def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] = (),
+          label_column: str | None = None) -> pd.DataFrame:
+    head = check_columns(path, id_column, label_column, text_columns)
     verbatim = {id_column, *text_columns}
     try:
         return pd.read_csv(path, usecols=usecols, dtype={c: str for c in verbatim}, keep_default_na=False,
