@@ -75,7 +75,7 @@ embedding_dim = 8
 hidden_units = [32]
 tolerance = 0.0
 key_bits = {bits}
-allow_short_keys = {'true' if bits < 2048 else 'false'}
+allow_short_keys = {short}
 seed = 7
 {protection}
 """
@@ -114,6 +114,7 @@ def main() -> None:
     protection = 'min_rows_per_release = 1\nlabel_dp = "off"' if args.protection == "off" else ""
     (tmp / "job.toml").write_text(JOB.format(out=tmp / "out", guest=tmp / "guest.csv", host=tmp / "host.csv",
                                              epochs=args.epochs, batch=args.batch, bits=args.bits,
+                                             short="true" if args.bits < 2048 else "false",
                                              protection=protection, label=spec["label"],
                                              guest_cats=json.dumps(spec["guest_cats"]),
                                              host_cats=json.dumps(spec["host_cats"])))

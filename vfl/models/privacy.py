@@ -53,16 +53,31 @@ def best_attack_auc(z: float, epochs: int) -> float:
     return 0.5 * (1.0 + math.erf(math.sqrt(rho) / math.sqrt(2.0)))
 
 
-def clip_blocks(blocks: list[Block], n_rows: int, clip_norm: float) -> tuple[list[Block], np.ndarray]:
-    """Scale every row's coefficients so that its contribution to all released sums has norm <= C."""
-    sq = np.zeros(n_rows)
-    for b in blocks:
-        if not b.release:
-            continue
-        if b.single:
-            sq += np.einsum("ij,ij->i", b.X, b.X)
-        else:                                   # a row counts once per group it is in
-            np.add.at(sq, b.rows, np.einsum("ij,ij->i", b.X[b.rows], b.X[b.rows]))
-    norms = np.sqrt(sq)
-    s = np.minimum(1.0, clip_norm / np.maximum(norms, 1e-300))
-    return [b.scaled(s) if b.release else b for b in blocks], norms
+def clip_blocks(blocks: list[Block], n_rows: int, clip_norm: float, table_share: float = 0.5
+                ) -> tuple[list[Block], np.ndarray]:
+    """Scale every row's coefficients so that its contribution to all released sums has norm <= C.
+
+    The budget ``C^2`` is split between the embedding-table blocks (``table_share``)
+    and the dense blocks (the rest), each family clipped on its own: an embedding
+    row's sum is over far fewer rows than a dense one, so left to a joint clip its
+    small coefficients would drown in the noise. When a tower has only one family,
+    it gets the whole budget. Either way ``sqrt(sum of squared family norms) <= C``.
+    """
+    families = [[b for b in blocks if b.release and b.name.startswith("emb")],
+                [b for b in blocks if b.release and not b.name.startswith("emb")]]
+    present = [f for f in families if f]
+    shares = [1.0] if len(present) == 1 else [table_share, 1.0 - table_share]
+    scale = {}
+    norms = np.zeros(n_rows)
+    for family, share in zip(present, shares):
+        sq = np.zeros(n_rows)
+        for b in family:
+            if b.single:
+                sq += np.einsum("ij,ij->i", b.X, b.X)
+            else:                                   # a row counts once per group it is in
+                np.add.at(sq, b.rows, np.einsum("ij,ij->i", b.X[b.rows], b.X[b.rows]))
+        s = np.minimum(1.0, clip_norm * np.sqrt(share) / np.maximum(np.sqrt(sq), 1e-300))
+        norms += sq
+        for b in family:
+            scale[b.name] = s
+    return [b.scaled(scale[b.name]) if b.name in scale else b for b in blocks], np.sqrt(norms)

@@ -99,6 +99,9 @@ class _Layout:
             start += size
         self.size = start
 
+    def size_of(self, name: str) -> int:
+        return self.slices[name].stop - self.slices[name].start
+
     def view(self, flat: np.ndarray, name: str) -> np.ndarray:
         return flat[self.slices[name]].reshape(self.shapes[name])
 
@@ -111,6 +114,12 @@ class Tower:
 
     @property
     def n_params(self) -> int:
+        return self.layout.size
+
+    @property
+    def batch_values(self) -> int:
+        """Sums released per batch over (subsets of) the batch's rows, embedding rows aside: the
+        number of equations a batch gives about its residuals (docs/protocols.md, "Residual risk")."""
         return self.layout.size
 
     def init_params(self, seed: int) -> np.ndarray:
@@ -192,6 +201,10 @@ class EmbeddingTower(Tower):
         if intercept:
             shapes.append(("intercept", (1,)))
         self.layout = _Layout(shapes)
+
+    @property
+    def batch_values(self) -> int:
+        return sum(self.layout.size_of(name) for name in self.layout.slices if not name.startswith("emb"))
 
     def init_params(self, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
