@@ -390,12 +390,18 @@ class EncryptedArray:
                 raise ValueError(f"encrypted with a different key (fingerprint {key.fingerprint().hex()}, "
                                  f"expected {public_key.fingerprint().hex()})")
             key = public_key
-        n2 = key.nsquare
+        n, n2 = key.n, key.nsquare
         cts = []
+        units = gmpy2.mpz(1)       # product mod n: one gcd with n tests every ciphertext at once
         for i in range(count):
             c = gmpy2.mpz.from_bytes(view[off:off + width], "big")
             if not 0 < c < n2:
                 raise ValueError(f"ciphertext {i} out of range [1, n^2)")
+            units = units * c % n
             cts.append(c)
             off += width
+        if gmpy2.gcd(units, n) != 1:
+            bad = next(i for i, c in enumerate(cts) if gmpy2.gcd(c, n) != 1)
+            raise ValueError(f"ciphertext {bad} is not a unit modulo n (it shares a factor with n): "
+                             "not a Paillier ciphertext")
         return cls(key, _object_array(cts, tuple(shape)), frac_bits)

@@ -1,5 +1,6 @@
 import struct
 
+import gmpy2
 import numpy as np
 import pytest
 
@@ -160,6 +161,20 @@ def test_wire_rejects_bad_input(keys):
         EncryptedArray.from_bytes(bytes(tampered), public_key=pk)
     with pytest.raises(ValueError, match="modulus length"):
         EncryptedArray.from_bytes(blob[:5] + struct.pack(">I", 0) + blob[9:])
+
+
+@pytest.mark.parametrize("factor", ["p", "q", "n"])
+def test_wire_rejects_ciphertexts_sharing_a_factor_with_n(keys, factor):
+    """In range [1, n^2) but not a unit mod n: no Paillier encryption gives it, so refuse it."""
+    pk, sk = keys
+    e = enc(pk, [1.0, 2.0, 3.0])
+    f = {"p": sk.p, "q": sk.q, "n": pk.n}[factor]
+    cts = e.ciphertexts.copy()
+    cts[2] = gmpy2.mpz(f) * (cts[2] % (pk.n // f if factor != "n" else pk.n))
+    assert 0 < cts[2] < pk.nsquare
+    with pytest.raises(ValueError, match="ciphertext 2 is not a unit modulo n"):
+        EncryptedArray.from_bytes(EncryptedArray(pk, cts, e.frac_bits).to_bytes(), public_key=pk)
+    assert EncryptedArray.from_bytes(e.to_bytes(), public_key=pk).shape == (3,)
 
 
 def test_slicing_and_raw_access(keys):
