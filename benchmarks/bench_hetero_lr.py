@@ -75,7 +75,8 @@ def train_threads(model: ModelConfig, keypair, Xg, y, Xh_parts, seed=7):
 
 def epoch_benchmark(name, Xg, Xh, y, bits, batch_size, repeats):
     n = len(y)
-    model = ModelConfig(epochs=1, batch_size=batch_size, key_bits=bits, learning_rate=0.05, tolerance=0.0)
+    model = ModelConfig(epochs=1, batch_size=batch_size, key_bits=bits, learning_rate=0.05, tolerance=0.0,
+                        allow_short_keys=bits < 2048)
     keypair = generate_keypair(bits)
     fed, plain, stages = [], [], None
     for _ in range(repeats):

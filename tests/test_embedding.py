@@ -60,7 +60,7 @@ def train(model, keypair, towers, xg, xh, y, seed=5, record=False):
 
 
 BASE = ModelConfig(type="embedding", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam", l2=0.01,
-                   tolerance=0.0, key_bits=512, min_rows_per_release=1, label_dp="off")
+                   tolerance=0.0, key_bits=512, allow_short_keys=True, min_rows_per_release=1, label_dp="off")
 
 
 @pytest.mark.parametrize("hidden,min_rows", [((4,), 1), ((), 1), ((3, 2), 1), ((4,), 12)])
@@ -148,7 +148,8 @@ def test_label_inference_attacks_on_what_a_host_sees(keypair):
     assert roc_auc_score(y[alone], direct[alone]) > 0.95
     assert roc_auc_score(y, _batch_attack(releases, len(y))) > 0.95
 
-    default = ModelConfig(type="embedding", epochs=1, batch_size=32, learning_rate=0.05, key_bits=512)
+    default = ModelConfig(type="embedding", epochs=1, batch_size=32, learning_rate=0.05, key_bits=512,
+                          allow_short_keys=True)
     assert default.label_dp_on and default.min_rows_per_release == 32
     releases, y = _host_view(default, keypair)
     direct, _ = _direct_attack(releases, len(y))

@@ -69,7 +69,7 @@ def _weights(roles, n_hosts):
 def test_sgd_steps_follow_the_plaintext_gradient(keypair):
     X, y, Xg, hosts = _data()
     model = ModelConfig(epochs=2, batch_size=len(X), learning_rate=1.0, optimizer="sgd", key_bits=512,
-                        tolerance=0.0)
+                        allow_short_keys=True, tolerance=0.0)
     roles, _ = _train(model, keypair, Xg, y, hosts)
     # Two full-batch SGD steps with lr=1: w2 = -g(0) - g(-g(0)). The second gradient is taken at
     # non-zero host weights, so the encrypted h * [[U_H]] term is exercised.
@@ -81,7 +81,7 @@ def test_sgd_steps_follow_the_plaintext_gradient(keypair):
 def test_weights_and_losses_match_plaintext_reference_two_hosts(keypair):
     X, y, Xg, hosts = _data(n=260, k_guest=2, k_hosts=(3, 2), seed=5)
     model = ModelConfig(epochs=3, batch_size=100, learning_rate=0.05, optimizer="adam", l2=0.01,
-                        tolerance=0.0, key_bits=512)
+                        tolerance=0.0, key_bits=512, allow_short_keys=True)
     roles, _ = _train(model, keypair, Xg, y, hosts, seed=11)
     w_ref, loss_ref = fit_reference(X, y, model, seed=11, n_guest=2)
     np.testing.assert_allclose(_weights(roles, 2), w_ref, atol=1e-6)
@@ -92,7 +92,7 @@ def test_weights_and_losses_match_plaintext_reference_two_hosts(keypair):
 def test_early_stopping_agrees_with_reference(keypair):
     X, y, Xg, hosts = _data(n=200, seed=8)
     model = ModelConfig(epochs=30, batch_size=200, learning_rate=2.0, optimizer="sgd", tolerance=1e-3,
-                        key_bits=512)
+                        key_bits=512, allow_short_keys=True)
     roles, _ = _train(model, keypair, Xg, y, hosts)
     _, loss_ref = fit_reference(X, y, model, seed=3, n_guest=3)
     assert 1 < len(loss_ref) < 30, "the test needs a run that stops early"
@@ -102,7 +102,7 @@ def test_early_stopping_agrees_with_reference(keypair):
 
 def test_arbiter_sees_only_fresh_masks_and_hosts_see_only_ciphertext(keypair):
     X, y, Xg, hosts = _data(n=120)
-    model = ModelConfig(epochs=1, batch_size=120, optimizer="sgd", key_bits=512)
+    model = ModelConfig(epochs=1, batch_size=120, optimizer="sgd", key_bits=512, allow_short_keys=True)
     _, net1 = _train(model, keypair, Xg, y, hosts, record=True)
     _, net2 = _train(model, keypair, Xg, y, hosts, record=True)
     pk, sk = keypair
@@ -127,7 +127,7 @@ def test_host_cannot_strip_the_residual_down_to_labels(keypair):
     [[u_h]] could divide it out and read g = sigmoid(a) - y, i.e. the labels."""
     import gmpy2
     X, y, Xg, hosts = _data(n=64)
-    model = ModelConfig(epochs=1, batch_size=64, optimizer="sgd", key_bits=512)
+    model = ModelConfig(epochs=1, batch_size=64, optimizer="sgd", key_bits=512, allow_short_keys=True)
     _, net = _train(model, keypair, Xg, y, hosts, record=True)
     pk = keypair[0]
     sent = next(r.payload for r in net.transcript if r.step.endswith("enc_u"))
@@ -148,9 +148,46 @@ def test_wrong_key_ciphertext_is_refused(keypair):
         expect_encrypted(EncryptedArray.encrypt(keypair[0], np.ones(2)), keypair[0], (3,), "scores")
 
 
+def test_ciphertext_at_unexpected_precision_is_refused(keypair):
+    from vfl.models.common import D_FRAC_BITS, LOSS_FRAC_BITS, LOSS_PART_FRAC_BITS, U_FRAC_BITS, expect_encrypted
+    assert (U_FRAC_BITS, D_FRAC_BITS, LOSS_PART_FRAC_BITS, LOSS_FRAC_BITS) == (40, 64, 88, 89)
+    pk = keypair[0]
+    enc = EncryptedArray.encrypt(pk, np.ones(3))            # 40 fractional bits
+    assert expect_encrypted(enc, pk, (3,), "scores", U_FRAC_BITS).frac_bits == 40
+    with pytest.raises(ValueError, match="residual: expected 64 fractional bits, got 40"):
+        expect_encrypted(enc, pk, (3,), "residual", D_FRAC_BITS)
+
+
+def test_received_messages_carry_the_checked_precisions(keypair):
+    """What the roles send is what the receivers check (a change on one side must not go unnoticed)."""
+    from vfl.models.common import D_FRAC_BITS, LOSS_FRAC_BITS, LOSS_PART_FRAC_BITS, U_FRAC_BITS
+    X, y, Xg, hosts = _data(n=64)
+    model = ModelConfig(epochs=1, batch_size=64, optimizer="sgd", key_bits=512, allow_short_keys=True)
+    _, net = _train(model, keypair, Xg, y, hosts, record=True)
+    want = {"enc_u": U_FRAC_BITS, "enc_d": D_FRAC_BITS, "enc_loss_part": LOSS_PART_FRAC_BITS,
+            "enc_loss": LOSS_FRAC_BITS}
+    seen = {r.step.rsplit("/", 1)[1]: r.payload.frac_bits for r in net.transcript
+            if r.step.rsplit("/", 1)[1] in want}
+    assert seen == want
+
+
+@pytest.mark.parametrize("key_bits, allow, message", [
+    (1024, True, "public key has a 512-bit modulus but the job says key_bits = 1024"),
+    (512, False, "public key has a 512-bit modulus, below 2048, and the job does not set allow_short_keys"),
+])
+def test_guest_and_hosts_refuse_a_public_key_the_job_did_not_agree_to(keypair, key_bits, allow, message):
+    X, y, Xg, hosts = _data(n=64)
+    model = ModelConfig(epochs=1, batch_size=64, optimizer="sgd", key_bits=key_bits, allow_short_keys=allow)
+    with pytest.raises(ValueError, match=message):
+        _train(model, keypair, Xg, y, hosts)
+    from vfl.models.common import check_public_key      # the check guest and hosts both apply
+    with pytest.raises(ValueError, match=message):
+        check_public_key(keypair[0], model)
+
+
 def test_standard_paillier_obfuscation_trains_the_same_model(keypair):
     X, y, Xg, hosts = _data(n=150, seed=4)
-    model = ModelConfig(epochs=2, batch_size=75, optimizer="adam", tolerance=0.0, key_bits=512,
+    model = ModelConfig(epochs=2, batch_size=75, optimizer="adam", tolerance=0.0, key_bits=512, allow_short_keys=True,
                         encryption="standard")
     roles, _ = _train(model, keypair, Xg, y, hosts)
     w_ref, _ = fit_reference(X, y, model, seed=3, n_guest=3)
@@ -161,7 +198,7 @@ def test_taylor_option_follows_hardys_residual(keypair):
     """approximation = "taylor": d = 0.25 (u_g + u_h) - 0.5 y' with y' in {-1, 1}, as in FATE."""
     X, y, Xg, hosts = _data(n=200, seed=12)
     model = ModelConfig(epochs=2, batch_size=200, learning_rate=1.0, optimizer="sgd", key_bits=512,
-                        tolerance=0.0, approximation="taylor")
+                        allow_short_keys=True, tolerance=0.0, approximation="taylor")
     roles, _ = _train(model, keypair, Xg, y, hosts)
     Xa = np.hstack([X, np.ones((len(X), 1))])
     w = np.zeros(Xa.shape[1])

@@ -20,7 +20,7 @@ from ..channel import Channel
 from ..config import ModelConfig
 from ..messages import BigInts
 from .checkpoint import Checkpoint, CheckpointError, TrainingState
-from .common import X_FRAC_BITS, expect_encrypted, prefix_for, step
+from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
 from .privacy import epsilon_spent, noise_multiplier
 
 log = logging.getLogger("vfl.train")
@@ -93,7 +93,8 @@ class SplitArbiter:
                     if party != self.guest and self.noise_multiplier_ is not None and len(plain):
                         plain = (plain + self._noise(len(plain), pk.bits)) % pk.n
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
-                loss = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,), "loss")
+                loss = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,), "loss",
+                                        LOSS_FRAC_BITS)
                 total += float(loss.decrypt(sk)[0])
             mean = total / n_train
             converged = bool(self.loss_history_) and abs(self.loss_history_[-1] - mean) < m.tolerance

@@ -23,15 +23,21 @@ import logging
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey, mask
-from crypto.encoding import decode_signed
+from crypto.encoding import DEFAULT_FRAC_BITS, decode_signed
 from crypto.packing import pack, unpack
 from ..channel import Channel
+from ..config import MIN_KEY_BITS, ModelConfig
 from ..messages import BigInts
 from ..split import batch_schedule
 
 LOG2 = float(np.log(2.0))
 log = logging.getLogger("vfl.lr")
 X_FRAC_BITS = 24          # precision of plaintext multipliers (features, scores, h) in exponents
+# Fractional bits of what each message carries (checked on receipt):
+U_FRAC_BITS = DEFAULT_FRAC_BITS                   # enc_u: [[u_h]], encrypted by the host
+D_FRAC_BITS = U_FRAC_BITS + X_FRAC_BITS           # enc_d: [[d]] = g + h [[U_H]]
+LOSS_PART_FRAC_BITS = D_FRAC_BITS + X_FRAC_BITS   # enc_loss_part: u_h . [[d]]
+LOSS_FRAC_BITS = LOSS_PART_FRAC_BITS + 1          # enc_loss: the sum times 0.5 (1 fractional bit)
 
 
 def prefix_for(model_type: str) -> str:
@@ -67,13 +73,29 @@ def masked_gradient_round(channel: Channel, arbiter: str, pk: PublicKey,
     return decode_signed(unpack(packed, enc_grad.size, pk.n), enc_grad.frac_bits)
 
 
-def expect_encrypted(payload, pk: PublicKey, shape: tuple, what: str) -> EncryptedArray:
-    """Validate a received ciphertext array: our key, the expected shape."""
+def check_public_key(pk: PublicKey, model: ModelConfig) -> PublicKey:
+    """Refuse an arbiter's public key of another size than the job's ``key_bits``, or a short
+    one the job did not allow: a party must not encrypt under a key weaker than agreed."""
+    if pk.bits != model.key_bits:
+        raise ValueError(f"the arbiter's public key has a {pk.bits}-bit modulus but the job says "
+                         f"key_bits = {model.key_bits}: refusing to encrypt under it")
+    if pk.bits < MIN_KEY_BITS and not model.allow_short_keys:
+        raise ValueError(f"the arbiter's public key has a {pk.bits}-bit modulus, below {MIN_KEY_BITS}, "
+                         "and the job does not set allow_short_keys = true: refusing to encrypt under it")
+    return pk
+
+
+def expect_encrypted(payload, pk: PublicKey, shape: tuple, what: str,
+                     frac_bits: int | None = None) -> EncryptedArray:
+    """Validate a received ciphertext array: our key, the expected shape and, when given,
+    the expected fixed-point precision ``frac_bits``."""
     if not isinstance(payload, EncryptedArray):
         raise ValueError(f"{what}: expected an encrypted array, got {type(payload).__name__}")
     enc = payload.with_key(pk)
     if tuple(enc.shape) != tuple(shape):
         raise ValueError(f"{what}: expected shape {shape}, got {tuple(enc.shape)}")
+    if frac_bits is not None and enc.frac_bits != frac_bits:
+        raise ValueError(f"{what}: expected {frac_bits} fractional bits, got {enc.frac_bits}")
     return enc
 
 

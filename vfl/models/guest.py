@@ -15,8 +15,8 @@ from ..split import batch_schedule
 from ..timing import Stopwatch
 from .backprop import encrypted_sums
 from .checkpoint import Checkpoint, TrainingState, resume_from
-from .common import (X_FRAC_BITS, expansion_terms, expect_encrypted, prefix_for, step,
-                     warn_if_small_batches)
+from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
+                     expect_encrypted, prefix_for, step, warn_if_small_batches)
 from .towers import LinearTower, Tower, TowerInput
 from .trainer import TowerTrainer, as_input
 
@@ -56,7 +56,8 @@ class SplitGuest:
         m, x = self.model, as_input(x)
         self.tower = self.tower or LinearTower(x.numeric.shape[1], intercept=True)
         pre = prefix_for(m.type)
-        pk = PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"), mode=m.encryption)
+        pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),
+                                                  mode=m.encryption), m)
         n = len(x)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         warn_if_small_batches(n, m.batch_size, self.tower.n_params, channel.name)
@@ -99,8 +100,8 @@ class SplitGuest:
         a, cache = self.tower.forward(trainer.params, xb)
         g, h, own_loss = expansion_terms(a, yb, self.model.approximation)
         with lap("wait_hosts"):
-            enc_u = [expect_encrypted(channel.recv(p, step(pre, epoch, b, "enc_u")), pk, (n_b,), f"{p} scores")
-                     for p in self.hosts]
+            enc_u = [expect_encrypted(channel.recv(p, step(pre, epoch, b, "enc_u")), pk, (n_b,), f"{p} scores",
+                                      U_FRAC_BITS) for p in self.hosts]
         enc_uh = enc_u[0]
         for e in enc_u[1:]:
             enc_uh = enc_uh + e
@@ -120,7 +121,7 @@ class SplitGuest:
             enc_loss = enc_uh.rmatmul(g[:, None], x_frac_bits=X_FRAC_BITS)
             for p in self.hosts:
                 enc_loss = enc_loss + expect_encrypted(channel.recv(p, step(pre, epoch, b, "enc_loss_part")),
-                                                       pk, (1,), f"{p} loss part")
+                                                       pk, (1,), f"{p} loss part", LOSS_PART_FRAC_BITS)
             enc_loss = enc_loss.mul(0.5, frac_bits=1) + (own_loss + n_b * 0.5 * trainer.penalty())
         channel.send(self.arbiter, step(pre, epoch, b, "enc_loss"), enc_loss.rerandomize())
         return grad

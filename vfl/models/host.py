@@ -12,7 +12,7 @@ from ..split import batch_schedule
 from ..timing import Stopwatch
 from .backprop import encrypted_sums
 from .checkpoint import Checkpoint, TrainingState, resume_from
-from .common import expect_encrypted, prefix_for, step, warn_if_small_batches
+from .common import D_FRAC_BITS, check_public_key, expect_encrypted, prefix_for, step, warn_if_small_batches
 from .privacy import clip_blocks
 from .towers import Block, LinearTower, Tower, TowerInput
 from .trainer import TowerTrainer, as_input
@@ -47,7 +47,8 @@ class SplitHost:
         m, x = self.model, as_input(x)
         self.tower = self.tower or LinearTower(x.numeric.shape[1])
         pre = prefix_for(m.type)
-        pk = PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"), mode=m.encryption)
+        pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),
+                                                  mode=m.encryption), m)
         warn_if_small_batches(len(x), m.batch_size, self.tower.n_params + 1, channel.name)  # + the loss column
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params})
@@ -80,7 +81,8 @@ class SplitHost:
             enc_u = EncryptedArray.encrypt(pk, u)
         channel.send(self.guest, step(pre, epoch, b, "enc_u"), enc_u)
         with lap("wait_guest"):
-            d = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_d")), pk, (n_b,), "residual")
+            d = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_d")), pk, (n_b,), "residual",
+                                 D_FRAC_BITS)
         # The tower's gradient sums and u_h . [[d]] (for the loss) from the same pass over [[d]].
         blocks = self.tower.blocks(trainer.params, cache)
         if self.model.label_dp_on:
