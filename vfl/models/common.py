@@ -127,5 +127,5 @@ def warn_if_small_batches(n_rows: int, batch_size: int, n_columns: int, who: str
     smallest = min(len(b) for b in batch_schedule(n_rows, batch_size, 0, 0))
     if smallest < 10 * n_columns:
         log.warning("%s: batches of %d rows against %d columns: each gradient is %d sums over only %d "
-                    "residuals; use batch_size >= %d", who, smallest, n_columns, n_columns, smallest,
-                    10 * n_columns)
+                    "residuals; use batch_size >= %d (or label_dp = \"on\" for hosts)", who, smallest, n_columns,
+                    n_columns, smallest, 10 * n_columns)

@@ -60,7 +60,7 @@ class SplitGuest:
                                                   mode=m.encryption), m)
         n = len(x)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
-        warn_if_small_batches(n, m.batch_size, self.tower.n_params, channel.name)
+        warn_if_small_batches(n, m.batch_size, self.tower.batch_values, channel.name)
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk)
         start = 0
         if resume:

@@ -49,7 +49,8 @@ class SplitHost:
         pre = prefix_for(m.type)
         pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),
                                                   mode=m.encryption), m)
-        warn_if_small_batches(len(x), m.batch_size, self.tower.n_params + 1, channel.name)  # + the loss column
+        if not m.label_dp_on:       # with label-DP the noise, not the batch size, bounds what sums reveal
+            warn_if_small_batches(len(x), m.batch_size, self.tower.batch_values + 1, channel.name)  # + loss column
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params})
         start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
