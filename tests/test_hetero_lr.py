@@ -214,3 +214,26 @@ def test_small_batches_against_many_columns_are_warned_about(caplog):
         assert not caplog.records
         warn_if_small_batches(1000, 100, 23, "shop")
     assert "shop: batches of 100 rows against 23 columns" in caplog.text
+
+
+def test_label_dp_for_lr_hosts_is_opt_in_and_noises_only_the_hosts_releases(keypair):
+    """label_dp = "on" gives LR hosts the embedding model's Gaussian noise; the default stays exact."""
+    from vfl.models.reference import fit_twin
+    from vfl.models.towers import LinearTower, TowerInput
+    X, y, Xg, hosts = _data(n=200, seed=9)
+    exact = ModelConfig(epochs=1, batch_size=100, optimizer="sgd", learning_rate=0.5, key_bits=512, tolerance=0.0,
+                        allow_short_keys=True)
+    assert not exact.label_dp_on
+    noisy = ModelConfig(**{**exact.__dict__, "label_dp": "on", "dp_epsilon": 1.0})
+    runs = [_train(noisy, keypair, Xg, y, hosts)[0] for _ in range(2)]
+    # The host's weights carry fresh noise each run; a noise-free twin with the same clipping differs too.
+    twin, _ = fit_twin([LinearTower(3, intercept=True), LinearTower(4)], [TowerInput(Xg), TowerInput(hosts[0])], y, noisy, seed=3,
+                       init_seeds=[0, 0])
+    assert np.abs(runs[0]["h0"].coef_ - runs[1]["h0"].coef_).max() > 1e-3
+    assert np.abs(runs[0]["h0"].coef_ - twin[1]).max() > 1e-3
+    # Without label-DP the same job is exact: equal to its twin.
+    roles, _ = _train(exact, keypair, Xg, y, hosts)
+    twin, _ = fit_twin([LinearTower(3, intercept=True), LinearTower(4)], [TowerInput(Xg), TowerInput(hosts[0])], y, exact, seed=3,
+                       init_seeds=[0, 0])
+    np.testing.assert_allclose(roles["h0"].coef_, twin[1], atol=1e-6)
+    np.testing.assert_allclose(roles["g"].params_, twin[0], atol=1e-6)
