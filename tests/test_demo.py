@@ -16,3 +16,18 @@ def test_demo_runs_three_processes_and_federation_beats_the_bank_alone(tmp_path,
     assert scored["scored_rows"] > 0 and scored["metrics"]["auc"] > 0.65
     for party in ("bank", "shop"):
         assert (tmp_path / "results" / party / "model.json").is_file()
+
+
+def test_embedding_demo_runs_over_tls_and_reports_its_protection(tmp_path, capsys):
+    assert main(["demo", "--model", "embedding", "--workdir", str(tmp_path), "--people", "2500", "--epochs", "2",
+                 "--key-bits", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "pooled plaintext twin" in out and "label-DP epsilon" in out
+    m = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert m["model"] == "embedding" and m["smallest_release_rows"] >= 32
+    assert 0.5 < m["baseline_twin_auc"] <= 1 and m["test"]["auc"] is not None
+    shop = json.loads((tmp_path / "results" / "shop" / "model.json").read_text())
+    assert shop["format"] == "vfl-tower-part" and len(shop["vocabularies"]) == 4
+    assert "intercept" not in shop["params"]                  # the shop's part holds nothing of the bank's
+    scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())
+    assert scored["scored_rows"] > 0
