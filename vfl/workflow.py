@@ -23,6 +23,7 @@ from .models.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
 from .models.model_file import ModelPart, TowerPart
 from .models.towers import EmbeddingTower, LinearTower, Tower, TowerInput
+from .models.privacy import label_dp_summary
 from .models.trainer import init_seed
 from .models.vocab import Vocabulary
 from .psi import psi_guest, psi_host, write_intersection
@@ -131,6 +132,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,
         "smallest_release_rows": model.smallest_release_,
+        "label_dp": label_dp_summary(job.model, len(model.loss_history_)),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},

@@ -53,6 +53,16 @@ def best_attack_auc(z: float, epochs: int) -> float:
     return 0.5 * (1.0 + math.erf(math.sqrt(rho) / math.sqrt(2.0)))
 
 
+def label_dp_summary(model, epochs_run: int) -> dict:
+    """What the job's label-DP settings give after ``epochs_run`` epochs (all public settings)."""
+    if not model.label_dp_on:
+        return {"on": False}
+    z = noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs)
+    return {"on": True, "noise_multiplier": z, "clip_norm": model.clip_norm, "delta": model.dp_delta,
+            "epsilon_spent": epsilon_spent(z, epochs_run, model.dp_delta),
+            "best_attack_auc_bound": best_attack_auc(z, epochs_run) if epochs_run else 0.5}
+
+
 def clip_blocks(blocks: list[Block], n_rows: int, clip_norm: float, table_share: float = 0.5
                 ) -> tuple[list[Block], np.ndarray]:
     """Scale every row's coefficients so that its contribution to all released sums has norm <= C.
