@@ -43,6 +43,8 @@ _LEN = struct.Struct(">Q")
 _FIXED = struct.Struct(">4sBBQ")  # magic, version, kind, seq
 _U16 = struct.Struct(">H")
 MIN_BODY_BYTES = _FIXED.size + 4 * _U16.size + _LEN.size
+MAX_HELLO_BYTES = MIN_BODY_BYTES + 3 * MAX_NAME_BYTES  # 795: a hello carries names only, so the
+# first frame from a not-yet-trusted link is read with this limit, not MAX_FRAME_BYTES
 
 
 class FrameError(ProtocolError):

@@ -23,14 +23,22 @@ Why it looks like this:
 * **'bye' is the only clean end.** TLS EOF without a prior bye frame means the
   peer process died or the network failed, and ``recv`` raises
   :class:`~vfl.channel.PeerLost` naming the peer.
-* **One reader thread per link** drains the socket into a per-peer queue, so a
-  peer's sends never block on our computation and ``recv`` is a queue wait.
+* **One reader thread per link** drains the socket into a per-peer inbox, so a
+  peer's sends do not wait for our computation and ``recv`` is a queue wait.
+  The inbox is bounded (``inbox_messages``, ``inbox_bytes``): when it is full
+  the reader stops reading, TCP flow control stalls the peer's sends, and
+  nothing is dropped. Frame bodies are read in chunks as their bytes arrive,
+  so a declared length costs memory only once the bytes are really there.
+* **Bounded setup.** At most ``max_handshakes`` accepted connections are in
+  their TLS handshake / hello at once (more wait in the listen backlog), and
+  the hello is read with a limit of ``MAX_HELLO_BYTES``.
   OpenSSL connections must not be used from two threads at once, so the
   socket is non-blocking and every SSL call happens under a per-link lock;
   waiting for readiness happens outside it.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import queue
@@ -50,8 +58,8 @@ from vfl.channel import PeerLost, ProtocolError
 from vfl.config import ConfigError, JobConfig
 from vfl.messages import MessageError, Payload, decode_payload, encode_payload
 
-from .frames import (LENGTH_BYTES, MAX_FRAME_BYTES, FrameError, Kind, LinkDecoder, LinkEncoder,
-                     frame_length)
+from .frames import (LENGTH_BYTES, MAX_FRAME_BYTES, MAX_HELLO_BYTES, FrameError, Kind, LinkDecoder,
+                     LinkEncoder, frame_length)
 
 log = logging.getLogger("vfl.transport")
 
@@ -60,6 +68,9 @@ _CHUNK = 256 * 1024
 _POLL = 0.2            # how often blocked I/O loops look at the stop flag
 _MAX_BACKOFF = 5.0
 _SETUP_TIMEOUT = 10.0  # handshake + hello on an accepted connection
+MAX_HANDSHAKES = 8     # accepted connections being authenticated at once (threads)
+INBOX_MESSAGES = 1024  # per peer, received but not yet taken by recv ...
+INBOX_BYTES = 256 << 20  # ... and their payload bytes (one message is always let in)
 
 
 class ConnectError(PeerLost):
@@ -170,6 +181,61 @@ class _End:
     message: str
 
 
+class _Inbox:
+    """Messages received from one peer and not yet taken by ``recv``: bounded, never lossy.
+
+    ``put`` blocks the reader while the inbox holds ``max_messages`` messages or
+    ``max_bytes`` payload bytes (a message always fits into an empty inbox, so
+    one frame up to ``max_frame_bytes`` still passes); meanwhile the socket is
+    not read and TCP flow control makes the peer's sends wait. End markers
+    (:class:`_End`) are never blocked.
+    """
+
+    def __init__(self, max_messages: int, max_bytes: int):
+        if max_messages < 1 or max_bytes < 1:
+            raise ValueError("inbox limits must be >= 1")
+        self.max_messages, self.max_bytes = max_messages, max_bytes
+        self._items: collections.deque = collections.deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+
+    @staticmethod
+    def _size(item) -> int:
+        return 0 if isinstance(item, _End) else len(item[1])
+
+    def put(self, item, stop: threading.Event | None = None) -> None:
+        size = self._size(item)
+        with self._cond:
+            while (not isinstance(item, _End) and self._items
+                   and (len(self._items) >= self.max_messages or self._bytes + size > self.max_bytes)):
+                if stop is not None and stop.is_set():
+                    raise _Stopped()
+                self._cond.wait(_POLL)
+            self._items.append(item)
+            self._bytes += size
+            self._cond.notify_all()
+
+    def get(self, timeout: float):
+        with self._cond:
+            if not self._items:
+                self._cond.wait(max(0.0, timeout))
+                if not self._items:
+                    raise queue.Empty
+            item = self._items.popleft()
+            self._bytes -= self._size(item)
+            self._cond.notify_all()
+            return item
+
+    def qsize(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        with self._cond:
+            return self._bytes
+
+
 class _Link:
     """One authenticated TLS connection to one peer, after the handshake.
 
@@ -182,7 +248,7 @@ class _Link:
         tls.setblocking(False)
         self.encoder = LinkEncoder(owner.job, owner.name, peer, owner.max_frame_bytes)
         self.decoder = LinkDecoder(owner.job, peer, owner.name, owner.max_frame_bytes)
-        self.inbox: queue.Queue = queue.Queue()
+        self.inbox = _Inbox(owner.inbox_messages, owner.inbox_bytes)
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self.stop = threading.Event()
@@ -195,19 +261,19 @@ class _Link:
 
     # -- raw framed I/O ---------------------------------------------------------
     def read_exact(self, n: int, deadline: float | None = None, eof_ok: bool = False) -> bytearray | None:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
+        """Read exactly ``n`` bytes, at most ``_CHUNK`` per call: the buffer grows only
+        as bytes really arrive, so a declared frame length is never allocated up front."""
+        buf = bytearray()
+        while len(buf) < n:
             want_write = False
             with self._ssl_lock:
                 try:
-                    k = self.tls.recv_into(view[got:], n - got)
+                    data = self.tls.recv(min(n - len(buf), _CHUNK))
                 except ssl.SSLWantReadError:
-                    k = None
+                    data = None
                 except ssl.SSLWantWriteError:
-                    k, want_write = None, True
-            if k is None:
+                    data, want_write = None, True
+            if data is None:
                 if self.stop.is_set():
                     raise _Stopped()
                 wait = _POLL
@@ -217,11 +283,11 @@ class _Link:
                         raise TimeoutError(f"timed out reading from {self.peer!r}")
                 _wait_io(self.tls, want_write, wait)
                 continue
-            if k == 0:
-                if got == 0 and eof_ok:
+            if not data:
+                if not buf and eof_ok:
                     return None
-                raise ConnectionError(f"connection closed in the middle of a frame ({got} of {n} bytes)")
-            got += k
+                raise ConnectionError(f"connection closed in the middle of a frame ({len(buf)} of {n} bytes)")
+            buf += data
         return buf
 
     def write_all(self, data: bytes, stall_timeout: float) -> None:
@@ -249,11 +315,11 @@ class _Link:
                 raise TimeoutError(f"{self.peer!r} has not accepted data for {stall_timeout:g} s")
             _wait_io(self.tls, not want_read, min(left, _POLL))
 
-    def read_frame(self, deadline: float | None = None):
+    def read_frame(self, deadline: float | None = None, max_bytes: int | None = None):
         prefix = self.read_exact(LENGTH_BYTES, deadline, eof_ok=True)
         if prefix is None:
             return None
-        n = frame_length(bytes(prefix), self.owner.max_frame_bytes)
+        n = frame_length(bytes(prefix), self.owner.max_frame_bytes if max_bytes is None else max_bytes)
         body = self.read_exact(n, deadline)
         frame = self.decoder.decode(body)
         self.bytes_received += LENGTH_BYTES + n
@@ -275,7 +341,7 @@ class _Link:
         (the peer vanished, rather than saying bye after a failure of its own) is a cause."""
         if self.end_reason is None:
             self.end_reason, self.end_root = message, (root if fatal else None)
-            self.inbox.put(_End(exc_type, message))
+            self.inbox.put(_End(exc_type, message))  # never blocks
             if fatal:
                 self.owner._note_loss(self.peer, message, root)
 
@@ -295,7 +361,7 @@ class _Link:
                                                "without 'bye': the peer process died or the network failed")
                     return
                 if frame.kind == Kind.DATA:
-                    self.inbox.put((frame.step, frame.payload))
+                    self.inbox.put((frame.step, frame.payload), self.stop)  # blocks while the inbox is full
                 elif frame.kind == Kind.BYE:
                     reason = frame.payload.decode("utf-8")
                     log.debug("%s: %s said bye%s", me, peer, f" ({reason})" if reason else "")
@@ -352,7 +418,8 @@ class TlsChannel:
                  parties: Iterable[str], cert: Path, key: Path, ca: Path, *,
                  connect_timeout: float = 60.0, peer_timeout: float = 300.0,
                  max_frame_bytes: int = MAX_FRAME_BYTES, bind_host: str | None = None,
-                 linger: float = 2.0):
+                 linger: float = 2.0, inbox_messages: int = INBOX_MESSAGES, inbox_bytes: int = INBOX_BYTES,
+                 max_handshakes: int = MAX_HANDSHAKES):
         self.job, self.name, self.address = job, name, address
         self.peers = {p.name: p for p in peers}
         self.parties = set(parties)
@@ -361,6 +428,11 @@ class TlsChannel:
         self.max_frame_bytes = max_frame_bytes
         self.bind_host = bind_host
         self.linger = linger
+        if min(inbox_messages, inbox_bytes, max_handshakes) < 1:
+            raise ValueError("inbox_messages, inbox_bytes and max_handshakes must be >= 1")
+        self.inbox_messages, self.inbox_bytes = inbox_messages, inbox_bytes
+        self.max_handshakes = max_handshakes
+        self._handshakes = threading.BoundedSemaphore(max_handshakes)
         self._links: dict[str, _Link] = {}
         self._lock = threading.Condition()
         self._errors: dict[str, Exception] = {}
@@ -581,14 +653,32 @@ class TlsChannel:
             with self._lock:
                 if expected <= set(self._links):
                     return
+            # Unauthenticated connections cost a thread each until their handshake and hello
+            # are done (at most _SETUP_TIMEOUT); beyond max_handshakes, later ones wait in the
+            # listen backlog instead of spawning more threads.
+            if not self._handshakes.acquire(timeout=_POLL):
+                continue
             try:
                 raw, addr = listener.accept()
             except (socket.timeout, TimeoutError):
+                self._handshakes.release()
                 continue
             except OSError:
+                self._handshakes.release()
                 return
-            threading.Thread(target=self._accept_one, args=(raw, addr), daemon=True,
-                             name=f"vfl-handshake-{self.name}").start()
+            try:
+                threading.Thread(target=self._accept_guarded, args=(raw, addr), daemon=True,
+                                 name=f"vfl-handshake-{self.name}").start()
+            except BaseException:
+                self._handshakes.release()
+                raw.close()
+                raise
+
+    def _accept_guarded(self, raw: socket.socket, addr: tuple) -> None:
+        try:
+            self._accept_one(raw, addr)
+        finally:
+            self._handshakes.release()
 
     def _refuse(self, raw: socket.socket, addr: tuple, why: str) -> None:
         msg = f"refused connection from {_fmt(addr)}: {why}"
@@ -625,7 +715,7 @@ class TlsChannel:
             return self._refuse(tls, addr, f"party {cn!r} {why} (job {self.job!r})")
         link = _Link(self, cn, tls, f"from {_fmt(addr)}")
         try:
-            hello = link.read_frame(setup_deadline)
+            hello = link.read_frame(setup_deadline, MAX_HELLO_BYTES)
             if hello is None:
                 raise ConnectionError("closed before hello")
         except FrameError as exc:
@@ -709,7 +799,7 @@ class TlsChannel:
         hello_deadline = max(deadline, time.monotonic() + 5.0)
         try:
             link.send_frame(link.encoder.hello(), self.connect_timeout)
-            reply = link.read_frame(hello_deadline)
+            reply = link.read_frame(hello_deadline, MAX_HELLO_BYTES)
             if reply is None:
                 raise ConnectionError("connection closed")
         except FrameError as exc:

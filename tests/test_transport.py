@@ -9,6 +9,7 @@ import stat
 import struct
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,9 +314,9 @@ def _read_frame(sock: ssl.SSLSocket) -> Frame:
     return frames.decode_frame(exact(frames.frame_length(exact(frames.LENGTH_BYTES))))
 
 
-def _host_with_fake_guest(pki):
+def _host_with_fake_guest(pki, **kw):
     ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
-    host = _channel(_job(pki, ports, connect_timeout=3.0, peer_timeout=2.0), "host1", only={"guest"})
+    host = _channel(_job(pki, ports, connect_timeout=3.0, peer_timeout=2.0), "host1", only={"guest"}, **kw)
     h = _in_thread(host.open)
     fake = _fake_guest(pki, ports["host1"])
     enc = LinkEncoder(JOB, "guest", "host1")
@@ -435,6 +436,93 @@ def test_large_payloads_both_ways_at_once(pki):
 
     a, b = _in_thread(run, "guest", "host1"), _in_thread(run, "host1", "guest")
     assert np.array_equal(a(30), big) and np.array_equal(b(30), big)
+
+
+# ---------------------------------------------------------------------------- resource bounds
+def test_declared_frame_length_is_not_allocated_before_its_bytes_arrive(pki):
+    host, fake, enc = _host_with_fake_guest(pki)
+    tracemalloc.start()
+    try:
+        fake.sendall(struct.pack(">Q", 768 << 20) + b"VFLF" + b"\0" * 100_000)  # 768 MiB declared, 100 kB sent
+        time.sleep(0.5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak >> 20} MiB allocated for a frame whose bytes never came"
+    socket.socket.close(fake)
+    with pytest.raises(PeerLost, match=r"middle of a frame \(100004 of 805306368 bytes\)"):
+        host.recv("guest", "big")
+    host.close()
+
+
+def test_hello_is_read_with_a_small_limit(pki):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    host = _channel(_job(pki, ports, connect_timeout=1.5), "host1", only={"guest"})
+    h = _in_thread(host.open)
+    fake = _fake_guest(pki, ports["host1"])
+    fake.sendall(struct.pack(">Q", 100 << 20) + b"VFLF")
+    with pytest.raises(ConnectError, match=rf"sent a bad frame: frame of {100 << 20} bytes exceeds the "
+                                           rf"{frames.MAX_HELLO_BYTES}-byte limit"):
+        h()
+    fake.close()
+
+
+def test_full_inbox_blocks_the_reader_and_drops_nothing(pki):
+    host, fake, enc = _host_with_fake_guest(pki, inbox_messages=4, inbox_bytes=3 << 20)
+    small = [vfl.messages.encode_payload({"i": i}) for i in range(30)]
+    big = [vfl.messages.encode_payload(np.full(1 << 17, float(i))) for i in range(40)]  # 1 MiB each
+    wire = b"".join(enc.data(f"s{i}", p) for i, p in enumerate(small))
+    wire += b"".join(enc.data(f"b{i}", p) for i, p in enumerate(big))
+    sender = _in_thread(fake.sendall, wire)
+    time.sleep(1.0)
+    inbox = host._links["guest"].inbox
+    assert inbox.qsize() <= 4 and inbox.nbytes <= 3 << 20
+    with pytest.raises(AssertionError, match="hung"):  # back-pressure: the peer's send waits for us
+        sender(timeout=0.2)
+    for i in range(30):
+        assert host.recv("guest", f"s{i}") == {"i": i}
+        assert inbox.qsize() <= 4
+    for i in range(40):
+        assert np.array_equal(host.recv("guest", f"b{i}"), np.full(1 << 17, float(i)))
+        assert inbox.nbytes <= 3 << 20
+    sender(15)
+    fake.close()
+    host.close()
+
+
+def test_unauthenticated_connections_are_capped_during_setup(pki):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    host = _channel(_job(pki, ports, connect_timeout=8.0), "host1", only={"guest"}, max_handshakes=3)
+
+    def handshaking():
+        return sum(t.name == "vfl-handshake-host1" and t.is_alive() for t in threading.enumerate())
+
+    before = handshaking()
+    h = _in_thread(host.open)
+    idle = []
+    for _ in range(12):   # TCP connections that never start TLS
+        idle.append(_connect_raw(ports["host1"]))
+    time.sleep(0.7)
+    assert handshaking() - before <= 3
+    for s in idle:
+        s.close()
+    fake = _fake_guest(pki, ports["host1"])  # the real peer still gets in once they are gone
+    fake.sendall(LinkEncoder(JOB, "guest", "host1").hello())
+    assert _read_frame(fake).kind == Kind.HELLO
+    h()
+    fake.close()
+    host.close()
+
+
+def _connect_raw(port: int, timeout: float = 3.0) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- frames.py
