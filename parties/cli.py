@@ -4,6 +4,7 @@
     vfl psi JOB.toml              private set intersection for every party of a job
     vfl run JOB.toml              PSI, training and evaluation, every party a process over TLS
     vfl predict JOB.toml          score new rows (predict_data) with the trained model parts
+    vfl report JOB.toml           rebuild <workdir>/report.html from the guest's saved results
     vfl party JOB.toml --role R   one party (guest, host or arbiter) in this process
     vfl certs JOB.toml --out DIR  a CA and a key/certificate per party, for demos and tests
 """
@@ -71,6 +72,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from vfl.evaluation.report import write_report
+    job = load_job(args.job)
+    try:
+        path = write_report(job)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_party(args: argparse.Namespace) -> int:
     from parties.party import main_for_role
     rest = [str(args.job), "--role", args.role, "--task", args.task] + (["--name", args.name] if args.name else [])
@@ -116,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job", type=Path)
     s.add_argument("--threads", action="store_true", help="run the parties as threads of this process")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("report", help="rebuild <workdir>/report.html from the guest's saved results")
+    s.add_argument("job", type=Path)
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("party", help="run one party of a job in this process")
     s.add_argument("job", type=Path)

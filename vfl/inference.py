@@ -53,6 +53,9 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if has_label:
         report["metrics"] = binary_metrics(data.labels, score)
         report["gains"] = gains_table(data.labels, points)
+    from .evaluation.collect import cohort_figures    # score PSI and the guest's own column PSI vs training
+    report.update(cohort_figures(job.workdir / "metrics.json", data.columns, data.features, score,
+                                 points.round(1), data.labels if has_label else None))
     write_json(job.workdir / "predict_metrics.json", report)
     log.info("%s: scored %d rows -> %s", g.name, len(common), out / "scores.csv")
     return report

@@ -140,7 +140,11 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     if job.baselines:
         from .baselines import baseline_aucs
         metrics.update(baseline_aucs(job, common, test))
+    from .evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
+    from .evaluation.report import write_report
+    metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1)))
     write_json(job.workdir / "metrics.json", metrics)
+    write_report(job)
     return metrics
 
 
