@@ -64,6 +64,7 @@ class ModelConfig:
     embedding_dim: int = 8
     hidden_units: tuple = (32,)
     hash_buckets: int = 0                    # > 0: hash categorical values into this many rows
+    min_category_rows: int = 32              # rarer values share the "unknown" embedding row
     # protection of what decrypted gradient sums reveal (docs/protocols.md)
     min_rows_per_release: int = 32           # a sum is decrypted only once this many rows stand behind it
     label_dp: str = "auto"                   # "auto": on for the embedding model, off for logistic; "on"; "off"
@@ -196,8 +197,8 @@ def _dataclass_from(cls, table: dict, where: str):
 def _check_model(m: ModelConfig) -> None:
     if m.type not in ("logistic", "embedding"):
         raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic', 'embedding')")
-    if m.embedding_dim < 1 or m.hash_buckets < 0:
-        raise ConfigError("[model] embedding_dim must be >= 1 and hash_buckets >= 0")
+    if m.embedding_dim < 1 or m.hash_buckets < 0 or m.min_category_rows < 1:
+        raise ConfigError("[model] embedding_dim and min_category_rows must be >= 1, hash_buckets >= 0")
     if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in m.hidden_units):
         raise ConfigError(f"[model] hidden_units must be a list of positive integers, got {list(m.hidden_units)}")
     if m.min_rows_per_release < 1:

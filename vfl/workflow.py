@@ -76,7 +76,7 @@ def tower_for(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.nda
     numeric = std.transform(data.features)
     if m.type == "logistic" and not party.categorical_columns:
         return LinearTower(numeric.shape[1], intercept=guest), TowerInput(numeric), None
-    vocabs = [Vocabulary.fit(c, data.categorical[~test, j], m.min_rows_per_release, m.hash_buckets)
+    vocabs = [Vocabulary.fit(c, data.categorical[~test, j], m.min_category_rows, m.hash_buckets)
               for j, c in enumerate(data.categorical_columns)]
     codes = (np.stack([v.encode(data.categorical[:, j]) for j, v in enumerate(vocabs)], axis=1) if vocabs
              else np.zeros((len(numeric), 0), dtype=np.int64))

@@ -1,10 +1,11 @@
 """Vocabularies: a categorical column's text values -> rows of its embedding table.
 
 Built from the party's own training rows only. A value gets its own row when
-at least ``min_count`` training rows carry it; rarer values, and values first
-seen after training, share row 0 ("unknown"). Rare values must not get rows of
-their own anyway: a row's gradient is a sum over the rows that carry its value,
-and is released only once enough rows stand behind it. With ``hash_buckets``
+at least ``min_count`` training rows carry it (``[model] min_category_rows``,
+default 32); rarer values, and values first seen after training, share row 0
+("unknown"). Rare values gain little from rows of their own anyway: they
+overfit, and a row's gradient is a sum over the rows that carry its value,
+released only once ``min_rows_per_release`` rows stand behind it. With ``hash_buckets``
 > 0 values are hashed (SHA-256) into that many rows instead, for very large
 vocabularies; the model file then stores no values at all.
 """
