@@ -155,5 +155,8 @@ def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epo
           f"({t_score:.1f} s) -> {job.output_dir(job.guest.name) / 'scores.csv'}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["stage_seconds"].items())
           + f", total {time.perf_counter() - t0:.1f}")
+    from vfl.evaluation.report import write_report
+    report = write_report(job)          # again, now with the scored cohort's stability and outcomes
     print(f"outputs under {job.workdir}/ (metrics.json, <party>/model.json, bank/predictions.csv)")
+    print(f"validation report: {report}")
     return 0
