@@ -5,6 +5,7 @@
     vfl run JOB.toml              PSI, training and evaluation, every party a process over TLS
     vfl predict JOB.toml          score new rows (predict_data) with the trained model parts
     vfl report JOB.toml           rebuild <workdir>/report.html from the guest's saved results
+    vfl audit JOB.toml            check the parties' ledgers against the protocol spec; what each learned
     vfl party JOB.toml --role R   one party (guest, host or arbiter) in this process
     vfl certs JOB.toml --out DIR  a CA and a key/certificate per party, for demos and tests
 """
@@ -84,6 +85,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from vfl.protocol.audit import audit_job
+    ok, text = audit_job(load_job(args.job))
+    print(text)
+    return 0 if ok else 1
+
+
 def cmd_party(args: argparse.Namespace) -> int:
     from parties.party import main_for_role
     rest = [str(args.job), "--role", args.role, "--task", args.task] + (["--name", args.name] if args.name else [])
@@ -133,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="rebuild <workdir>/report.html from the guest's saved results")
     s.add_argument("job", type=Path)
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("audit", help="verify the parties' ledgers against the protocol spec and print what "
+                                     "each party received in the clear")
+    s.add_argument("job", type=Path)
+    s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("party", help="run one party of a job in this process")
     s.add_argument("job", type=Path)

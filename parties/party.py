@@ -66,14 +66,17 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
     me = resolve_name(job, role, name)
     preflight(job, me, task)             # before the slow imports and the network
     from vfl.workflow import run_arbiter, run_guest, run_host
+    from vfl.protocol.ledger import spec_channel
     from .transport import open_channel
     if task == "predict":
         from vfl.inference import predict_guest, predict_host
         if role == "arbiter":
             raise ConfigError("scoring needs no arbiter: start only the guest and the hosts")
-        with open_channel(job, me, task="predict", exclude={job.arbiter.name}) as channel:
+        with open_channel(job, me, task="predict", exclude={job.arbiter.name}) as tls:
+            channel = spec_channel(tls, job, me, "predict")     # the spec enforced, the ledger kept
             return predict_guest(job, channel) if role == "guest" else predict_host(job, me, channel)
-    with open_channel(job, me) as channel:
+    with open_channel(job, me) as tls:
+        channel = spec_channel(tls, job, me, "train")
         if role == "guest":
             return run_guest(job, channel, resume)
         if role == "arbiter":     # hosts and the arbiter resume when the guest does

@@ -18,13 +18,20 @@ class JobFailed(RuntimeError):
     """At least one party failed; the message names it and says why."""
 
 
-def _run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwork) -> dict:
+def _run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwork,
+                 job: JobConfig | None = None, task: str = "train") -> dict:
+    """Run each party's target in its own thread; with ``job``, each on a channel checked
+    against the protocol spec and recorded in ``<workdir>/<party>/ledger.jsonl``."""
+    from .protocol.ledger import spec_channel
     results: dict[str, object] = {}
     errors: dict[str, BaseException] = {}
 
     def wrap(name: str) -> None:
         try:
-            results[name] = targets[name](net.channel(name))
+            channel = net.channel(name)
+            if job is not None:
+                channel = spec_channel(channel, job, name, task)
+            results[name] = targets[name](channel)
         except BaseException as exc:  # noqa: BLE001 - reported below, with the party's name
             errors[name] = exc
             net.abort(f"{name} failed: {exc}")
@@ -54,14 +61,14 @@ def run_local(job: JobConfig, record: bool = False, network: LocalNetwork | None
                                     job.arbiter.name: lambda ch: run_arbiter(job, ch)}
     for h in job.host_names:
         targets[h] = (lambda name: (lambda ch: run_host(job, name, ch)))(h)
-    return _run_threads(names, targets, net)
+    return _run_threads(names, targets, net, job, "train")
 
 
 def run_psi_local(job: JobConfig) -> dict:
     names = [job.guest.name, *job.host_names]
     net = LocalNetwork(names, timeout=job.network.peer_timeout)
     targets = {n: (lambda name: (lambda ch: run_psi_party(job, name, ch)))(n) for n in names}
-    return _run_threads(names, targets, net)
+    return _run_threads(names, targets, net, job, "psi")
 
 
 def run_predict_local(job: JobConfig) -> dict:
@@ -71,4 +78,4 @@ def run_predict_local(job: JobConfig) -> dict:
     targets: dict[str, Callable] = {job.guest.name: lambda ch: predict_guest(job, ch)}
     for h in job.host_names:
         targets[h] = (lambda name: (lambda ch: predict_host(job, name, ch)))(h)
-    return _run_threads(names, targets, net)
+    return _run_threads(names, targets, net, job, "predict")

@@ -1,0 +1,225 @@
+"""The protocol ledger: one spec of every step, enforced on send, recorded, audited by `vfl audit`."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crypto import EncryptedArray, generate_keypair
+from parties.cli import main as vfl_main
+from parties.demo import free_ports
+from tests.conftest import write_job, write_tables
+from vfl.channel import LocalNetwork, ProtocolError
+from vfl.config import load_job
+from vfl.messages import BigInts
+from vfl.pipeline import JobFailed, run_local, run_predict_local
+from vfl.protocol.ledger import Ledger, SpecChannel, line_hash
+from vfl.protocol.spec import SPEC, batch_sizes, find
+from vfl.split import batch_schedule
+from vfl.synth import vertical_split
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
+ROLES = {"guest": "guest", "host0": "host", "host1": "host", "arbiter": "arbiter"}
+
+
+def _lr_job(tmp_path, hosts=(3, 2), model=""):
+    _, paths = write_tables(tmp_path, *vertical_split(600, 3, list(hosts), overlap=0.85, seed=2))
+    return load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
+                              model="epochs = 2\nbatch_size = 128\nlearning_rate = 0.1\ntolerance = 0.0\n" + model))
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _audit(job, capsys) -> tuple[int, str]:
+    code = vfl_main(["audit", str(job.path)])
+    return code, capsys.readouterr().out
+
+
+def test_lr_job_and_scoring_leave_ledgers_that_pass_the_audit(tmp_path, capsys):
+    job = _lr_job(tmp_path)
+    run_local(job)
+    run_predict_local(job)
+    ledgers = {p.name: _lines(job.output_dir(p.name) / "ledger.jsonl") for p in job.parties}
+    assert [e["task"] for e in ledgers["guest"] if e["event"] == "open"] == ["train", "predict"]
+    assert [e["task"] for e in ledgers["arbiter"] if e["event"] == "open"] == ["train"]
+    # every step the parties exchanged is in the ledgers, both as sent and as received
+    steps = {re.sub(r"/e\d+/b\d+/", "/", e["step"]) for led in ledgers.values() for e in led if e["event"] == "message"}
+    assert {"psi/plan", "psi/blind/guest", "psi/blinded/host1", "psi/result", "lr/public_key", "lr/plan",
+            "lr/enc_u", "lr/enc_d", "lr/masked_grad", "lr/masked_grad_plain", "lr/enc_loss",
+            "predict/u_h_share"} <= steps
+    # the arbiter's batch losses are aggregates over exactly the batch's rows; the guest's epoch
+    # losses over all training rows
+    n_train = {e["rows"] for e in ledgers["guest"] if e.get("step", "").endswith("/decision")}
+    assert len(n_train) == 1
+    losses = [e for e in ledgers["arbiter"] if e.get("step", "").endswith("/enc_loss")]
+    assert len(losses) == 2 * len(batch_sizes(*n_train, 128))
+    assert all(e["class"] == "aggregate" and e["dir"] == "received" for e in losses)
+    assert [e["rows"] for e in losses] == 2 * batch_sizes(*n_train, 128)
+    # bytes and payload hashes of a sent message equal those of its receipt
+    sent = [e for e in ledgers["host0"] if e.get("dir") == "sent" and e["step"].endswith("enc_u")]
+    got = [e for e in ledgers["guest"] if e.get("dir") == "received" and e["peer"] == "host0" and e["step"].endswith("enc_u")]
+    assert [(e["sha256"], e["bytes"]) for e in sent] == [(e["sha256"], e["bytes"]) for e in got]
+    code, out = _audit(job, capsys)
+    assert code == 0, out
+    assert "audit passed" in out and "received in the clear" in out and "label-DP: off" in out
+
+
+def test_embedding_job_with_label_dp_passes_the_audit_and_reports_epsilon(tmp_path, capsys):
+    from vfl.synth import write_categorical_credit_demo
+    bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=800, seed=4)
+    path = write_job(tmp_path, bank, [shop], label="default",
+                     model='type = "embedding"\nepochs = 2\nbatch_size = 256\nlearning_rate = 0.02\n'
+                           'embedding_dim = 2\nhidden_units = [4]\ntolerance = 0.0\n')
+    path.write_text(path.read_text().replace(f'data = "{shop}"',
+                                             f'data = "{shop}"\ncategorical_columns = ["merchant", "city", "device_model", "category"]'))
+    job = load_job(path)
+    assert job.model.label_dp_on
+    results = run_local(job)
+    host = _lines(job.output_dir("host0") / "ledger.jsonl")
+    assert any(e.get("step", "").startswith("emb/e0/b0/masked_grad_plain") for e in host)
+    code, out = _audit(job, capsys)
+    assert code == 0, out
+    eps = results["arbiter"]["label_dp"]["epsilon_spent"]
+    assert f"epsilon spent {eps:.4g}" in out
+
+
+def test_a_tampered_ledger_fails_the_audit(tmp_path, capsys):
+    job = _lr_job(tmp_path, hosts=(2,))
+    run_local(job)
+    path = job.output_dir("host0") / "ledger.jsonl"
+    original = path.read_text()
+    assert _audit(job, capsys)[0] == 0
+    # 1. edit one line in the middle: the chain breaks there
+    lines = original.splitlines()
+    i = next(k for k, line in enumerate(lines) if '"masked_grad_plain"' not in line and '"enc_d"' in line)
+    entry = json.loads(lines[i])
+    entry["values"] += 1
+    lines[i] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    path.write_text("\n".join(lines) + "\n")
+    code, out = _audit(job, capsys)
+    assert code == 1 and f"ledger.jsonl:{i + 1}: hash chain broken" in out and "audit FAILED" in out
+    # 2. rewrite a receipt and re-chain the whole file: the chain holds, the peer's ledger disagrees
+    entries = [json.loads(line) for line in original.splitlines()]
+    j = next(k for k, e in enumerate(entries) if e.get("dir") == "received" and e["step"].endswith("enc_d"))
+    entries[j]["sha256"] = "0" * 64
+    prev = "0" * 64
+    with path.open("w") as f:
+        for e in entries:
+            e["prev"] = prev
+            e["hash"] = prev = line_hash(prev, e)
+            f.write(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n")
+    code, out = _audit(job, capsys)
+    assert code == 1 and "guest's ledger has no such message sent" in out
+    # 3. a line that is not JSON
+    path.write_text(original + "garbage\n")
+    code, out = _audit(job, capsys)
+    assert code == 1 and "not a ledger line" in out
+    # 4. no ledgers at all
+    path.write_text(original)
+    for p in job.parties:
+        (job.output_dir(p.name) / "ledger.jsonl").unlink()
+    assert vfl_main(["audit", str(job.path)]) == 1
+
+
+def _channels(tmp_path, task="train"):
+    net = LocalNetwork(list(ROLES), timeout=5)
+    chans = {n: SpecChannel(net.channel(n), ROLES, ledger=Ledger(tmp_path / n / "ledger.jsonl"), task=task)
+             for n in ROLES}
+    return net, chans
+
+
+def test_undeclared_steps_and_wrong_payload_kinds_are_refused_before_sending(tmp_path):
+    net, ch = _channels(tmp_path)
+    pk, _ = generate_keypair(512)
+    enc = EncryptedArray.encrypt(pk, np.zeros(3))
+    refused = [
+        ("host0", "guest", "lr/e0/b0/enc_d", enc, "not declared from host to guest"),     # wrong direction
+        ("guest", "host0", "lr/e0/b0/enc_secret", enc, "not declared"),                   # unknown step
+        ("host0", "host1", "lr/e0/b0/enc_u", enc, "not declared from host to host"),     # hosts never talk
+        ("host0", "guest", "lr/e0/b0/enc_u", np.zeros(3), "carries encrypted, not array"),  # plaintext scores
+        ("guest", "arbiter", "lr/e0/b0/masked_grad", BigInts.of([1, 2], 8), "not bigints"),
+        ("arbiter", "host0", "lr/e0/b0/masked_grad_plain", enc, "carries bigints, not encrypted"),
+        ("host0", "guest", "psi/host_blinded", np.zeros(3), "dtype S32"),                  # floats as points
+        ("guest", "host0", "psi/blind/mallory", np.zeros(2, dtype="S32"), "no party of this job"),
+        ("host0", "guest", "predict/u_h_share", np.zeros(3), "dtype u8"),
+        ("guest", "host0", "psi/plan", [1, 2], "no payload kind"),
+    ]
+    for sender, receiver, step, payload, why in refused:
+        with pytest.raises(ProtocolError, match=re.escape(why)):
+            ch[sender].send(receiver, step, payload)
+    # nothing reached the wire and nothing was recorded but the opening lines
+    assert net.bytes_sent == {n: 0 for n in ROLES}
+    assert all(len(_lines(tmp_path / n / "ledger.jsonl")) == 1 for n in ROLES)
+    # a declared message goes through and is recorded on both sides
+    ch["host0"].send("guest", "lr/e0/b0/enc_u", enc)
+    assert ch["guest"].recv("host0", "lr/e0/b0/enc_u").shape == (3,)
+    assert _lines(tmp_path / "guest" / "ledger.jsonl")[-1]["class"] == "ciphertexts"
+    # scoring runs no training steps
+    _, pch = _channels(tmp_path / "predict", task="predict")
+    with pytest.raises(ProtocolError, match="task 'predict' does not run"):
+        pch["host0"].send("guest", "lr/e0/b0/enc_u", enc)
+
+
+def test_a_peer_bypassing_the_spec_is_refused_on_receipt_and_fails_the_audit(tmp_path):
+    net, ch = _channels(tmp_path)
+    net.channel("host0").send("guest", "lr/e0/b0/enc_u", np.arange(3.0))    # raw channel: no spec check
+    with pytest.raises(ProtocolError, match="refuses what host0"):
+        ch["guest"].recv("host0", "lr/e0/b0/enc_u")
+    last = _lines(tmp_path / "guest" / "ledger.jsonl")[-1]
+    assert "refused" in last and last["kind"] == "array"
+
+
+def test_a_whole_job_fails_when_a_role_sends_something_undeclared(tmp_path, monkeypatch):
+    job = _lr_job(tmp_path, hosts=(2,))
+    import vfl.scoring
+    real = vfl.scoring.host_send_scores
+
+    def leaky(channel, guest, me, n_hosts, u_h, context):     # a host that sends its plain scores
+        channel.send(guest, "predict/u_h_plain", u_h)
+        return real(channel, guest, me, n_hosts, u_h, context)
+    monkeypatch.setattr("vfl.workflow.host_send_scores", leaky)
+    with pytest.raises(JobFailed, match="predict/u_h_plain"):
+        run_local(job)
+
+
+def test_batch_sizes_match_the_schedule():
+    for n, bs in [(447, 256), (1000, 128), (100, 256), (129, 128), (191, 64)]:
+        assert batch_sizes(n, bs) == [len(b) for b in batch_schedule(n, bs, 3, 1)]
+
+
+def test_spec_is_consistent_and_every_step_is_in_the_docs_tables():
+    # at most one entry for any concrete step between two roles
+    examples = {"psi/blind/<owner>": "psi/blind/host0", "psi/blinded/<owner>": "psi/blinded/guest",
+                "psi/unshuffle/<owner>": "psi/unshuffle/host1", "psi/unshuffled/<owner>": "psi/unshuffled/guest",
+                "<pre>/public_key": "lr/public_key", "<pre>/plan": "emb/plan", "<pre>/values": "lr/values",
+                "<pre>/start": "emb/start", "<pre>/e<e>/decision": "lr/e12/decision"}
+    for s in SPEC:
+        step = examples.get(s.doc, s.doc if "/" in s.doc else f"lr/e3/b7/{s.doc}")
+        assert find(step, s.sender, s.receiver) is s, s
+    tables = [line for line in DOCS.read_text().splitlines() if line.startswith("|")]
+    for s in SPEC:
+        # the doc names owners <guest>, <host i> or <owner>
+        short = s.doc.split("<owner>")[0]
+        token = f"`{short}" if short.endswith("/") else f"`{short}`"
+        assert any(token in line for line in tables), f"docs/protocols.md has no table row for {s.doc}"
+
+
+@pytest.mark.timeout(240)
+def test_tls_processes_write_ledgers_that_pass_the_audit(tmp_path, capsys):
+    g, hosts = write_tables(tmp_path, *vertical_split(300, 2, [2], seed=5))
+    path = write_job(tmp_path, g, hosts, model="epochs = 1")
+    text = path.read_text()
+    for name, port in zip(("19200", "19201", "19202"), free_ports(3)):
+        text = text.replace(f"127.0.0.1:{name}", f"127.0.0.1:{port}")
+    path.write_text(text)
+    assert vfl_main(["run", str(path)]) == 0
+    job = load_job(path)
+    capsys.readouterr()
+    code, out = _audit(job, capsys)
+    assert code == 0, out
+    assert all((job.output_dir(p.name) / "ledger.jsonl").is_file() for p in job.parties)

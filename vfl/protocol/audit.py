@@ -1,0 +1,222 @@
+"""``vfl audit JOB.toml``: check the parties' ledgers and say what each party learned.
+
+For every party of the job whose ``<workdir>/<party>/ledger.jsonl`` is present
+it verifies the hash chain, that every line is a message the spec declares
+between those roles with a payload of the declared kind and class, and that
+every message a party recorded as received was recorded as sent, with the
+same payload hash, by its peer (when the peer's ledger is present too). It
+then prints, per party, what it received by payload class (messages, values,
+bytes, and the smallest number of rows behind any plaintext aggregate), and
+the label-DP epsilon spent when the arbiter's ``training.json`` reports it.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ledger import GENESIS, LEDGER_FILE, line_hash
+from .spec import AGGREGATE, CLASSES, CLEAR, SpecViolation, find
+
+
+@dataclass
+class ClassStats:
+    messages: int = 0
+    values: int = 0
+    bytes: int = 0
+    min_rows: int | None = None
+    without_rows: int = 0        # aggregates whose rows the ledger does not record
+
+    def add(self, entry: dict) -> None:
+        self.messages += 1
+        self.values += int(entry.get("values") or 0)
+        self.bytes += int(entry.get("bytes") or 0)
+        if entry.get("class") == AGGREGATE:
+            rows = entry.get("rows")
+            if isinstance(rows, int):
+                self.min_rows = rows if self.min_rows is None else min(self.min_rows, rows)
+            else:
+                self.without_rows += 1
+
+
+@dataclass
+class PartyLedger:
+    name: str
+    role: str
+    path: Path
+    lines: int = 0
+    runs: list = field(default_factory=list)           # task of each "open" line
+    received: dict = field(default_factory=dict)       # class -> ClassStats
+    sent_messages: int = 0
+    sent_bytes: int = 0
+    sent: Counter = field(default_factory=Counter)     # (peer, step, sha256) -> count
+    got: list = field(default_factory=list)            # (peer, step, sha256, line number)
+    problems: list = field(default_factory=list)
+
+
+def read_ledger(path: Path, name: str, roles: dict[str, str]) -> PartyLedger:
+    """Parse and verify one party's ledger (chain, spec, own name and role)."""
+    led = PartyLedger(name, roles[name], path)
+    prev, seq, task = GENESIS, None, None
+    with path.open("r", encoding="utf-8") as f:
+        for no, raw in enumerate(f, 1):
+            led.lines = no
+            where = f"{path}:{no}"
+            try:
+                entry = json.loads(raw)
+                if not isinstance(entry, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                led.problems.append(f"{where}: not a ledger line ({exc})")
+                return led
+            if entry.get("prev") != prev or entry.get("hash") != line_hash(prev, entry):
+                led.problems.append(f"{where}: hash chain broken (the line or one before it was changed, "
+                                    "inserted or removed)")
+                return led
+            prev = entry["hash"]
+            if seq is not None and entry.get("seq") != seq + 1:
+                led.problems.append(f"{where}: sequence number {entry.get('seq')} after {seq}")
+            seq = entry.get("seq") if isinstance(entry.get("seq"), int) else seq
+            event = entry.get("event")
+            if event == "open":
+                task = entry.get("task")
+                led.runs.append(task)
+                if entry.get("party") != name or entry.get("role") != led.role:
+                    led.problems.append(f"{where}: ledger opened by {entry.get('party')!r} as "
+                                        f"{entry.get('role')!r}, not by {name!r} as {led.role!r}")
+                continue
+            if event != "message":
+                led.problems.append(f"{where}: unknown event {event!r}")
+                continue
+            _check_message(led, entry, where, roles, task)
+    return led
+
+
+def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task) -> None:
+    peer, step, direction = entry.get("peer"), entry.get("step"), entry.get("dir")
+    if peer not in roles or peer == led.name:
+        led.problems.append(f"{where}: peer {peer!r} is not another party of this job")
+        return
+    if entry.get("refused"):
+        led.problems.append(f"{where}: {led.name} refused {step!r} from {peer}: {entry['refused']}")
+        return
+    if direction == "sent":
+        sender, receiver = led.role, roles[peer]
+    elif direction == "received":
+        sender, receiver = roles[peer], led.role
+    else:
+        led.problems.append(f"{where}: direction {direction!r} is neither sent nor received")
+        return
+    try:
+        spec = find(str(step), sender, receiver, entry.get("kind"), entry.get("dtype"),
+                    task if task in ("psi", "train", "predict") else None, roles)
+    except SpecViolation as exc:
+        led.problems.append(f"{where}: {exc}")
+        return
+    if entry.get("class") != spec.cls:
+        led.problems.append(f"{where}: {step!r} recorded as class {entry.get('class')!r}; the spec says {spec.cls!r}")
+        return
+    key = (peer, step, entry.get("sha256"))
+    if direction == "sent":
+        led.sent_messages += 1
+        led.sent_bytes += int(entry.get("bytes") or 0)
+        led.sent[key] += 1
+    else:
+        led.received.setdefault(spec.cls, ClassStats()).add(entry)
+        led.got.append((*key, where))
+
+
+def _cross_check(ledgers: dict[str, PartyLedger]) -> None:
+    """Every message a party received must be in the sender's ledger, with the same payload hash."""
+    for led in ledgers.values():
+        for peer, step, digest, where in led.got:
+            other = ledgers.get(peer)
+            if other is None or other.problems:
+                continue
+            key = (led.name, step, digest)
+            if other.sent[key] > 0:
+                other.sent[key] -= 1
+            else:
+                led.problems.append(f"{where}: {led.name} recorded {step!r} from {peer}, but {peer}'s ledger "
+                                    "has no such message sent (same step and payload hash)")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _reported_release_rows(job, led: PartyLedger) -> int | None:
+    """The smallest number of rows behind a released sum, as the party itself reports it."""
+    path = job.workdir / "metrics.json" if led.role == "guest" else job.output_dir(led.name) / "report.json"
+    try:
+        return json.loads(path.read_text()).get("smallest_release_rows")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _label_dp(job) -> str | None:
+    path = job.output_dir(job.arbiter.name) / "training.json"
+    try:
+        dp = json.loads(path.read_text()).get("label_dp")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(dp, dict):
+        return None
+    if not dp.get("on") or dp.get("epsilon_spent") is None:
+        return f"label-DP: off (from {path})"
+    return (f"label-DP: epsilon spent {float(dp['epsilon_spent']):.4g} per host (delta {dp.get('delta')}, "
+            f"noise multiplier {dp.get('noise_multiplier')}, clip norm {dp.get('clip_norm')}; from {path})")
+
+
+def audit_job(job) -> tuple[bool, str]:
+    """Audit the ledgers of ``job``; returns (passed, report text)."""
+    roles = {p.name: p.role for p in job.parties}
+    ledgers: dict[str, PartyLedger] = {}
+    out: list[str] = []
+    for p in job.parties:
+        path = job.output_dir(p.name) / LEDGER_FILE
+        if path.is_file():
+            ledgers[p.name] = read_ledger(path, p.name, roles)
+    if not ledgers:
+        return False, f"no ledger found under {job.workdir} (expected <workdir>/<party>/{LEDGER_FILE})"
+    _cross_check(ledgers)
+    for p in job.parties:
+        led = ledgers.get(p.name)
+        if led is None:
+            out.append(f"{p.name} ({p.role}): no ledger")
+            continue
+        state = "BROKEN" if led.problems else "ok"
+        out.append(f"{p.name} ({p.role}): ledger {state}, {led.lines} lines, {len(led.runs)} runs "
+                   f"({', '.join(str(t) for t in led.runs)}); sent {led.sent_messages} messages, "
+                   f"{_fmt_bytes(led.sent_bytes)}")
+        for title, classes in (("received in the clear", CLEAR),
+                               ("received protected", [c for c in CLASSES if c not in CLEAR])):
+            got = [(c, led.received[c]) for c in classes if c in led.received]
+            out.append(f"  {title}:" + ("" if got else " nothing"))
+            for c, st in got:
+                line = (f"    {CLASSES[c]:<32} {st.messages:>7} messages {st.values:>12} values "
+                        f"{_fmt_bytes(st.bytes):>10}")
+                if c == AGGREGATE:
+                    if st.min_rows is not None:
+                        line += f"; smallest rows behind a recorded aggregate: {st.min_rows}"
+                    if st.without_rows:
+                        reported = _reported_release_rows(job, led)
+                        line += (f"; {st.without_rows} released-sum messages (rows not on the wire"
+                                 + (f", the party reports at least {reported} rows behind each sum)"
+                                    if reported is not None else ")"))
+                out.append(line)
+        for problem in led.problems:
+            out.append(f"  PROBLEM: {problem}")
+    dp = _label_dp(job)
+    if dp:
+        out.append(dp)
+    problems = sum(len(led.problems) for led in ledgers.values())
+    ok = problems == 0
+    out.append("audit passed: every ledger is intact and agrees with the spec" if ok
+               else f"audit FAILED: {problems} problem(s)")
+    return ok, "\n".join(out)

@@ -1,0 +1,227 @@
+"""Enforce the spec on every message and keep a hash-chained ledger of them.
+
+:class:`SpecChannel` wraps any :class:`vfl.channel.Channel` (the in-memory one
+of ``vfl run --threads`` and the tests, or the TLS one of ``vfl party``). It
+refuses to send a step that :mod:`vfl.protocol.spec` does not declare from
+this party's role to the peer's, or a payload of another kind, and refuses a
+received payload of the wrong kind. It appends one JSON line per message sent
+and received to ``<workdir>/<party>/ledger.jsonl``: step, peer, direction,
+payload class and kind, shape, number of values, bytes on the wire, the
+SHA-256 of the encoded payload (so a sender's and a receiver's lines can be
+matched) and, for plaintext aggregates where the party knows it, the number
+of rows behind them.
+
+Each line carries ``prev``, the hash of the line before (64 zeros for the
+first line of a file), and ``hash = SHA-256(prev || canonical JSON of the line
+without "hash")``. Editing, inserting or deleting any line but the last breaks
+the chain; removing lines at the end shows only against a peer's ledger
+(``vfl audit`` matches what each party received against what its peer sent).
+A file receives a new ``open`` line, continuing the chain, at every run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crypto import EncryptedArray
+from ..channel import Channel, ProtocolError
+from ..messages import BigInts, Payload, encode_payload
+from .spec import SpecViolation, StepSpec, batch_sizes, find
+
+GENESIS = "0" * 64
+LEDGER_FILE = "ledger.jsonl"
+
+
+def canonical(entry: dict) -> str:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def line_hash(prev: str, entry: dict) -> str:
+    """The chain hash of ``entry`` (without its ``hash`` key), after the line hashed ``prev``."""
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256((prev + canonical(body)).encode()).hexdigest()
+
+
+def _last_hash(path: Path) -> tuple[str, int]:
+    """Hash and sequence number of a ledger's last line (GENESIS, -1 for none)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return GENESIS, -1
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        chunk = 1 << 14
+        while True:
+            start = max(0, size - chunk)
+            f.seek(start)
+            tail = f.read().rstrip(b"\n")
+            if b"\n" in tail or start == 0:
+                break
+            chunk *= 4
+    last = tail.rsplit(b"\n", 1)[-1]
+    try:
+        entry = json.loads(last)
+        return str(entry["hash"]), int(entry["seq"])
+    except (ValueError, KeyError, TypeError):
+        # a damaged last line: continue from its bytes; the audit reports the damage
+        return hashlib.sha256(last).hexdigest(), -1
+
+
+class Ledger:
+    """Appends hash-chained JSON lines to one party's ``ledger.jsonl``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._prev, self._seq = _last_hash(self.path)
+
+    def append(self, entry: dict) -> dict:
+        with self._lock:
+            self._seq += 1
+            entry = {"seq": self._seq, "t": round(time.time(), 3), **entry, "prev": self._prev}
+            entry["hash"] = line_hash(self._prev, entry)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(canonical(entry) + "\n")
+            self._prev = entry["hash"]
+            return entry
+
+
+def payload_kind(payload: Any) -> str | None:
+    if isinstance(payload, EncryptedArray):
+        return "encrypted"
+    if isinstance(payload, dict):
+        return "control"
+    if isinstance(payload, BigInts):
+        return "bigints"
+    if isinstance(payload, np.ndarray):
+        return "array"
+    return None
+
+
+def describe_payload(payload: Payload) -> dict:
+    """Kind, shape, number of values and dtype of a payload (never the values)."""
+    kind = payload_kind(payload)
+    out: dict[str, Any] = {"kind": kind}
+    if kind == "encrypted":
+        out.update(shape=[int(d) for d in payload.shape], values=int(payload.size), frac_bits=int(payload.frac_bits))
+    elif kind == "array":
+        out.update(shape=[int(d) for d in payload.shape], values=int(payload.size), dtype=payload.dtype.str)
+    elif kind == "bigints":
+        out.update(shape=[len(payload.values)], values=len(payload.values))
+    elif kind == "control":
+        out.update(values=len(payload))
+    return out
+
+
+class SpecChannel:
+    """A channel that sends only what the spec declares and records every message.
+
+    ``roles`` maps every party name of the job to its role; ``task`` is the
+    running task (``psi``, ``train`` or ``predict``); ``batch_size`` lets the
+    ledger count the rows behind per-batch aggregates (from the ``n_train`` of
+    the training plan). With ``ledger`` None nothing is written (spec checks only).
+    """
+
+    def __init__(self, inner: Channel, roles: dict[str, str], *, ledger: Ledger | None = None,
+                 task: str | None = None, batch_size: int | None = None, job: str | None = None) -> None:
+        self.inner = inner
+        self.roles = dict(roles)
+        if inner.name not in self.roles:
+            raise KeyError(f"{inner.name!r} is not a party of this job")
+        self.role = self.roles[inner.name]
+        self.task, self.batch_size, self.ledger = task, batch_size, ledger
+        self._n_train: int | None = None
+        if ledger is not None:
+            ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
+                           "roles": self.roles})
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def __getattr__(self, attr: str):      # bytes_sent, close, abort ... of the wrapped channel
+        if attr == "inner":
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
+
+    def _peer_role(self, peer: str) -> str:
+        try:
+            return self.roles[peer]
+        except KeyError:
+            raise ProtocolError(f"{self.name}: {peer!r} is not a party of this job") from None
+
+    def _check(self, step: str, sender: str, receiver: str, payload: Payload) -> StepSpec:
+        info = describe_payload(payload)
+        if info["kind"] is None:
+            raise SpecViolation(f"step {step!r}: a {type(payload).__name__} is no payload kind")
+        return find(step, sender, receiver, info["kind"], info.get("dtype"), self.task, self.roles)
+
+    def send(self, peer: str, step: str, payload: Payload) -> None:
+        peer_role = self._peer_role(peer)
+        try:
+            spec = self._check(step, self.role, peer_role, payload)
+        except SpecViolation as exc:
+            raise ProtocolError(f"{self.name} ({self.role}) refuses to send to {peer} ({peer_role}): {exc}") from None
+        self._note(step, payload)
+        data = encode_payload(payload) if self.ledger is not None else b""
+        self.inner.send(peer, step, payload)
+        self._record("sent", peer, step, spec, payload, data)
+
+    def recv(self, peer: str, step: str) -> Payload:
+        peer_role = self._peer_role(peer)
+        payload = self.inner.recv(peer, step)
+        try:
+            spec = self._check(step, peer_role, self.role, payload)
+        except SpecViolation as exc:
+            if self.ledger is not None:
+                info = describe_payload(payload)
+                self.ledger.append({"event": "message", "dir": "received", "peer": peer, "peer_role": peer_role,
+                                    "step": step, **info, "refused": str(exc)})
+            raise ProtocolError(f"{self.name} ({self.role}) refuses what {peer} ({peer_role}) sent: {exc}") from None
+        self._note(step, payload)
+        data = encode_payload(payload) if self.ledger is not None else b""
+        self._record("received", peer, step, spec, payload, data)
+        return payload
+
+    def _note(self, step: str, payload: Payload) -> None:
+        """Remember the training plan's row count, to count rows behind aggregates."""
+        if step.endswith("/plan") and not step.startswith("psi/") and isinstance(payload, dict):
+            n = payload.get("n_train")
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                self._n_train = n
+
+    def _rows(self, spec: StepSpec, step: str) -> int | None:
+        if spec.rows == "n_train":
+            return self._n_train
+        if spec.rows == "batch" and self._n_train and self.batch_size:
+            b = int(spec.matches(step).group("batch"))
+            sizes = batch_sizes(self._n_train, self.batch_size)
+            return sizes[b] if b < len(sizes) else None
+        return None
+
+    def _record(self, direction: str, peer: str, step: str, spec: StepSpec, payload: Payload, data: bytes) -> None:
+        if self.ledger is None:
+            return
+        entry = {"event": "message", "dir": direction, "peer": peer, "peer_role": self.roles[peer], "step": step,
+                 "spec": spec.doc, "class": spec.cls, **describe_payload(payload), "bytes": len(data),
+                 "sha256": hashlib.sha256(data).hexdigest()}
+        rows = self._rows(spec, step)
+        if rows is not None:
+            entry["rows"] = rows
+        self.ledger.append(entry)
+
+
+def ledger_path(job, name: str) -> Path:
+    return job.output_dir(name) / LEDGER_FILE
+
+
+def spec_channel(channel: Channel, job, name: str, task: str) -> SpecChannel:
+    """``channel`` of party ``name`` of ``job``, checked against the spec and recorded in its ledger."""
+    roles = {p.name: p.role for p in job.parties}
+    return SpecChannel(channel, roles, ledger=Ledger(ledger_path(job, name)), task=task,
+                       batch_size=job.model.batch_size, job=job.name)

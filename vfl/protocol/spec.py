@@ -1,0 +1,214 @@
+"""The protocol in one machine-readable table: every step any role sends.
+
+Each :class:`StepSpec` says, for one step-name pattern and one sender and
+receiver role, what travels (payload class and the allowed wire kinds) and
+what the receiver learns from it. :class:`vfl.protocol.ledger.SpecChannel`
+refuses to send anything not declared here, and ``vfl audit`` checks the
+parties' ledgers against it. ``docs/protocols.md`` describes the same steps
+in prose; a test checks that its tables name every step of this spec.
+
+A payload **class** is what the message is *to its receiver*, who may hold
+keys that the wire does not show: ``enc_loss`` travels as a ciphertext, but
+the arbiter holds the private key, so to it the batch loss is a plaintext
+aggregate.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# payload classes: what the receiver gets, as it can read it
+PUBLIC = "public"            # public parameters: keys anybody may know
+CONTROL = "control"          # control words and counts (plans, parameter counts, stop flags)
+CIPHERTEXTS = "ciphertexts"  # encrypted under a key the receiver does not hold
+MASKED = "masked"            # masked integers: the receiver decrypts values hidden by a uniform mask mod n
+BLINDED = "blinded"          # blinded curve points: pseudorandom without the blinding keys
+POSITIONS = "positions"      # positions into a shuffled list of blinded points (PSI)
+AGGREGATE = "aggregate"      # a plaintext aggregate over k rows
+SHARE = "share"              # a secure-sum share: uniform alone, the sum over hosts when all are added
+
+CLASSES = {
+    PUBLIC: "public parameters",
+    CONTROL: "control",
+    CIPHERTEXTS: "ciphertexts",
+    MASKED: "masked integers",
+    BLINDED: "blinded points",
+    POSITIONS: "shuffled positions",
+    AGGREGATE: "plaintext aggregate over k rows",
+    SHARE: "secure-sum share",
+}
+# classes whose values the receiver reads in the clear (masked and share values are in the
+# clear too, but uniformly distributed by themselves)
+CLEAR = (PUBLIC, CONTROL, POSITIONS, MASKED, SHARE, AGGREGATE)
+
+# payload kinds on the wire (vfl.messages)
+KINDS = ("control", "array", "encrypted", "bigints")
+
+# phases, and the phases each task runs
+PSI, TRAIN, SCORE = "psi", "train", "score"
+TASK_PHASES = {"psi": (PSI,), "train": (PSI, TRAIN, SCORE), "predict": (PSI, SCORE)}
+
+ROLES = ("guest", "host", "arbiter")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One declared message: a step pattern from one role to another."""
+
+    doc: str            # the step as docs/protocols.md names it, e.g. ``enc_u`` or ``psi/blind/<owner>``
+    pattern: str        # regular expression for the full step name
+    sender: str         # role: guest, host or arbiter
+    receiver: str
+    cls: str            # payload class (CLASSES)
+    kinds: tuple        # allowed payload kinds (KINDS)
+    learns: str         # what the receiver learns
+    phase: str          # psi, train or score
+    dtype: str | None = None   # for arrays: regex on the dtype without byte order, e.g. ``S32``, ``[iu][1248]``
+    rows: str | None = None    # for aggregates: "batch" (rows of the step's batch) or "n_train"
+
+    def matches(self, step: str) -> re.Match | None:
+        return _compiled(self.pattern).fullmatch(step)
+
+
+_RE_CACHE: dict[str, re.Pattern] = {}
+
+
+def _compiled(pattern: str) -> re.Pattern:
+    if pattern not in _RE_CACHE:
+        _RE_CACHE[pattern] = re.compile(pattern)
+    return _RE_CACHE[pattern]
+
+
+_PRE = r"(?P<pre>lr|emb)"
+_BATCH = _PRE + r"/e(?P<epoch>\d+)/b(?P<batch>\d+)/"
+_OWNER = r"(?P<owner>[^/]+)"
+_POINTS, _POS, _BYTES, _U64 = "S32", "[iu][1248]", "u1", "u8"
+
+
+def _both(doc, pattern, sender, receivers, cls, kinds, learns, phase, **kw) -> list[StepSpec]:
+    return [StepSpec(doc, pattern, sender, r, cls, kinds, learns, phase, **kw) for r in receivers]
+
+
+SPEC: tuple[StepSpec, ...] = tuple([
+    # ------------------------------------------------------------------ PSI (vfl/psi.py)
+    StepSpec("psi/plan", r"psi/plan", "guest", "host", CONTROL, ("control",),
+             "the PSI protocol version and the host names and order (public in the job file)", PSI),
+    StepSpec("psi/host_blinded", r"psi/host_blinded", "host", "guest", BLINDED, ("array",),
+             "the size of the host's ID set; the points are pseudorandom without the host's key", PSI,
+             dtype=_POINTS),
+    StepSpec("psi/blind/<owner>", r"psi/blind/" + _OWNER, "guest", "host", BLINDED, ("array",),
+             "the size of the owner's ID set; nothing else (no two sets it holds carry the same keys)", PSI,
+             dtype=_POINTS),
+    StepSpec("psi/blinded/<owner>", r"psi/blinded/" + _OWNER, "host", "guest", BLINDED, ("array",),
+             "nothing new by itself; after the last host, a fully blinded set in an order unknown to the guest",
+             PSI, dtype=_POINTS),
+    StepSpec("psi/unshuffle/<owner>", r"psi/unshuffle/" + _OWNER, "guest", "host", POSITIONS, ("array",),
+             "m, the size of the intersection", PSI, dtype=_POS),
+    StepSpec("psi/unshuffled/<owner>", r"psi/unshuffled/" + _OWNER, "host", "guest", POSITIONS, ("array",),
+             "where the common points sit in what the guest sent that host (one hop back)", PSI, dtype=_POS),
+    StepSpec("psi/result", r"psi/result", "guest", "host", POSITIONS, ("array",),
+             "the intersection: the host maps the positions through its own shuffle to its IDs", PSI,
+             dtype=_POS),
+    # ------------------------------------------------------------------ training setup (vfl/models/)
+    *_both("<pre>/public_key", _PRE + r"/public_key", "arbiter", ("guest", "host"), PUBLIC, ("control",),
+           "the arbiter's Paillier public key n: nothing private", TRAIN),
+    StepSpec("<pre>/plan", _PRE + r"/plan", "guest", "arbiter", CONTROL, ("control",),
+             "the number of aligned training rows, batches per epoch, the start epoch and the guest's "
+             "parameter count", TRAIN),
+    StepSpec("<pre>/values", _PRE + r"/values", "host", "arbiter", CONTROL, ("control",),
+             "the host's parameter count", TRAIN),
+    StepSpec("<pre>/start", _PRE + r"/start", "guest", "host", CONTROL, ("control",),
+             "the epoch training (re)starts at", TRAIN),
+    # ------------------------------------------------------------------ per batch
+    StepSpec("enc_u", _BATCH + r"enc_u", "host", "guest", CIPHERTEXTS, ("encrypted",),
+             "nothing: [[u_h]] under the arbiter's key", TRAIN),
+    StepSpec("enc_d", _BATCH + r"enc_d", "guest", "host", CIPHERTEXTS, ("encrypted",),
+             "nothing: the re-randomised residual [[d]] under the arbiter's key", TRAIN),
+    StepSpec("enc_loss_part", _BATCH + r"enc_loss_part", "host", "guest", CIPHERTEXTS, ("encrypted",),
+             "nothing: [[u_h . d]] under the arbiter's key", TRAIN),
+    *(StepSpec("masked_grad", _BATCH + r"masked_grad", sender, "arbiter", MASKED, ("encrypted",),
+               "uniform values mod n, independent of the sums; how many values the party releases", TRAIN)
+      for sender in ("guest", "host")),
+    StepSpec("masked_grad_plain", _BATCH + r"masked_grad_plain", "arbiter", "guest", AGGREGATE, ("bigints",),
+             "its own released gradient sums, each over at least min_rows_per_release rows", TRAIN),
+    StepSpec("masked_grad_plain", _BATCH + r"masked_grad_plain", "arbiter", "host", AGGREGATE, ("bigints",),
+             "its own released gradient sums, each over at least min_rows_per_release rows, with label-DP "
+             "noise when on", TRAIN),
+    StepSpec("enc_loss", _BATCH + r"enc_loss", "guest", "arbiter", AGGREGATE, ("encrypted",),
+             "the batch's approximated loss (one scalar; the arbiter decrypts it)", TRAIN, rows="batch"),
+    # ------------------------------------------------------------------ per epoch
+    StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "guest", AGGREGATE,
+             ("control",), "the epoch's mean training loss over all training rows, and whether to stop", TRAIN,
+             rows="n_train"),
+    StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "host", CONTROL,
+             ("control",), "when training ends", TRAIN),
+    # ------------------------------------------------------------------ scoring (vfl/scoring.py)
+    StepSpec("predict/sum_key", r"predict/sum_key", "host", "guest", PUBLIC, ("array",),
+             "nothing: a fresh X25519 public key", SCORE, dtype=_BYTES),
+    StepSpec("predict/sum_keys", r"predict/sum_keys", "guest", "host", PUBLIC, ("array",),
+             "nothing: all hosts' X25519 public keys, in job order", SCORE, dtype=_BYTES),
+    StepSpec("predict/u_h_share", r"predict/u_h_share", "host", "guest", SHARE, ("array",),
+             "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
+             "scores per row (a single host's score when there is one host)", SCORE, dtype=_U64),
+])
+
+
+class SpecViolation(ValueError):
+    """A message that the spec does not declare."""
+
+
+def lookup(step: str, sender: str, receiver: str) -> list[StepSpec]:
+    """Every spec entry for ``step`` between these roles (at most one in a consistent spec)."""
+    return [s for s in SPEC if s.sender == sender and s.receiver == receiver and s.matches(step)]
+
+
+def find(step: str, sender: str, receiver: str, kind: str | None = None, dtype: str | None = None,
+         task: str | None = None, parties: dict | None = None) -> StepSpec:
+    """The spec entry of this message, or :class:`SpecViolation` saying what is wrong.
+
+    ``kind`` is the payload kind on the wire; ``dtype`` an array's dtype string (``<i8``);
+    ``task`` the running task (``psi``, ``train``, ``predict``); ``parties`` maps party
+    names to roles, to check an ``<owner>`` in a step name."""
+    if sender not in ROLES or receiver not in ROLES:
+        raise SpecViolation(f"{step!r}: unknown role {sender!r} or {receiver!r}")
+    found = lookup(step, sender, receiver)
+    if not found:
+        others = sorted({f"{s.sender} -> {s.receiver}" for s in SPEC if s.matches(step)})
+        where = f"; it is declared only {', '.join(others)}" if others else ""
+        raise SpecViolation(f"step {step!r} is not declared from {sender} to {receiver}{where}")
+    spec = found[0]
+    if task is not None and spec.phase not in TASK_PHASES.get(task, ()):
+        raise SpecViolation(f"step {step!r} belongs to {spec.phase}, which task {task!r} does not run")
+    if parties is not None:
+        owner = spec.matches(step).groupdict().get("owner")
+        if owner is not None and owner not in parties:
+            raise SpecViolation(f"step {step!r} names {owner!r}, which is no party of this job")
+    if kind is not None and kind not in spec.kinds:
+        raise SpecViolation(f"step {step!r} from {sender} to {receiver} carries {'/'.join(spec.kinds)}, "
+                            f"not {kind}")
+    if kind == "array" and spec.dtype is not None:
+        if dtype is None or not re.fullmatch(spec.dtype, dtype.lstrip("<>|=")):
+            raise SpecViolation(f"step {step!r} carries arrays of dtype {spec.dtype}, not {dtype}")
+    return spec
+
+
+def batch_sizes(n_rows: int, batch_size: int) -> list[int]:
+    """Rows of each batch of an epoch, as :func:`vfl.split.batch_schedule` cuts them (sizes only,
+    which do not depend on the seeded permutation)."""
+    bounds = list(range(0, n_rows, batch_size)) + [n_rows]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < batch_size // 2:
+        bounds.pop(-2)
+    return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def markdown_table() -> str:
+    """The spec as a Markdown table (for docs/protocols.md or ``python -m vfl.protocol.spec``)."""
+    lines = ["| step | sender → receiver | class | payload | receiver learns |", "|---|---|---|---|---|"]
+    for s in SPEC:
+        payload = "/".join(s.kinds) + (f" `{s.dtype}`" if s.dtype else "")
+        lines.append(f"| `{s.doc}` | {s.sender} → {s.receiver} | {CLASSES[s.cls]} | {payload} | {s.learns} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":    # pragma: no cover
+    print(markdown_table())
