@@ -70,6 +70,7 @@ def _array_blob(dtype: bytes, shape, raw: bytes = b"") -> bytes:
     (b'\x01\xff{}', "malformed control"),
     (_array_blob(b"<f8", (1 << 63, 2)), "truncated array: shape .* needs 147573952589676412928 bytes"),
     (_array_blob(b"<f8", (0, 2**64 - 1)), "absurd shape"),
+    (_array_blob(b"<f8", (0, 2**32, 2**32)), "absurd shape"),  # numpy: "array is too big" (found by fuzzing)
     (_array_blob(b"|S0", (5,)), "not accepted"),
     (_array_blob(b"i4,i4", ()), "not accepted"),
     (_array_blob(b"<U4", (1,), b"\0" * 16), "not accepted"),

@@ -238,7 +238,8 @@ def _decode_array(body: memoryview) -> np.ndarray:
         what = "truncated" if len(raw) < expected else "over-long"
         raise MessageError(f"{what} array: shape {shape[:8]}{'...' if ndim > 8 else ''} of {dtype} needs "
                            f"{expected} bytes, got {len(raw)}")
-    if count == 0 and any(d > 1 << 32 for d in shape):
+    if count == 0 and math.prod(max(d, 1) for d in shape) * dtype.itemsize > 1 << 40:
+        # numpy refuses shapes whose non-zero dimensions overflow, even for empty arrays
         raise MessageError(f"empty array with an absurd shape {shape[:8]}")
     return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape)
 
