@@ -28,6 +28,7 @@ import json
 import math
 import os
 import struct
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -434,11 +435,31 @@ def _parse_or_config_error(fn, *args):
     return job
 
 
+def _config_lets_errors_escape() -> bool:
+    """Whether vfl/config.py still lets a non-ConfigError out on a few known-bad inputs."""
+    bad = [{**_VALID_JOB, "job": 1}, {**_VALID_JOB, "model": []}, {**_VALID_JOB, "hosts": [[1]]},
+           {**_VALID_JOB, "job": {"test_fraction": [1]}}, {**_VALID_JOB, "job": {"seed": "x"}}]
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "job.toml").write_bytes(b'[job]\nname = "\xff"\n')
+        calls = [lambda raw=raw: parse_job(raw, Path(d) / "job.toml") for raw in bad]
+        calls.append(lambda: load_job(Path(d) / "job.toml"))
+        for call in calls:
+            try:
+                call()
+            except ConfigError:
+                pass
+            except Exception:  # noqa: BLE001 - exactly what is being probed
+                return True
+    return False
+
+
+# Until vfl/config.py is hardened these two fuzzers fail (strict xfail); once the probe above
+# finds nothing, they run as ordinary tests and must pass.
 _CONFIG_ESCAPES = pytest.mark.xfail(
-    strict=True, raises=(TypeError, AttributeError, ValueError, UnicodeDecodeError),
+    _config_lets_errors_escape(), strict=True, raises=(TypeError, AttributeError, ValueError, UnicodeDecodeError),
     reason="vfl/config.py: parse_job lets TypeError/AttributeError/ValueError escape for wrongly typed "
            "tables ([job] = 1, model = [], test_fraction = [..], seed = 'x', hosts = [[..]]) and load_job "
-           "lets UnicodeDecodeError escape for a non-UTF-8 file; remove this marker once they raise ConfigError")
+           "lets UnicodeDecodeError escape for a non-UTF-8 file")
 
 
 def test_valid_job_template_parses(tmp_path):
