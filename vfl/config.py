@@ -231,25 +231,47 @@ def load_job(path: str | Path) -> JobConfig:
     """Read and validate a job file; raise :class:`ConfigError` saying what is wrong."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"job file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"job file {path} is a directory") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return parse_job(raw, path)
 
 
 def parse_job(raw: dict, path: Path) -> JobConfig:
+    """Validate a parsed job file; every problem is a :class:`ConfigError` naming the table."""
+    try:
+        return _parse_job(raw, path)
+    except ConfigError:
+        raise
+    except (TypeError, AttributeError, ValueError, OverflowError) as exc:
+        # A wrongly typed table or value somewhere the checks above did not anticipate.
+        raise ConfigError(f"{path}: a table or value has the wrong type ({type(exc).__name__}: {exc})") from None
+
+
+def _table(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{where}] must be a table, got {type(value).__name__}")
+    return value
+
+
+def _parse_job(raw: dict, path: Path) -> JobConfig:
     base = path.resolve().parent
+    _table(raw, "top level")
     _check_keys(raw, {"job", "arbiter", "guest", "hosts", "model", "network", "tls", "scorecard"}, "top level")
-    job = raw.get("job", {})
+    job = _table(raw.get("job", {}), "job")
     _check_keys(job, {"name", "workdir", "seed", "test_fraction", "baselines"}, "job")
     hosts_raw = raw.get("hosts")
     if not isinstance(hosts_raw, list) or not hosts_raw:
         raise ConfigError("the job needs at least one [[hosts]] table")
-    arbiter = _party(_require(raw, "arbiter", "top level"), "arbiter", "arbiter", base)
-    guest = _party(_require(raw, "guest", "top level"), "guest", "guest", base)
-    hosts = tuple(_party(h, "host", f"hosts.{i}", base) for i, h in enumerate(hosts_raw))
+    arbiter = _party(_table(_require(raw, "arbiter", "top level"), "arbiter"), "arbiter", "arbiter", base)
+    guest = _party(_table(_require(raw, "guest", "top level"), "guest"), "guest", "guest", base)
+    hosts = tuple(_party(_table(h, f"hosts.{i}"), "host", f"hosts.{i}", base) for i, h in enumerate(hosts_raw))
     names = [p.name for p in (guest, *hosts, arbiter)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -258,16 +280,21 @@ def parse_job(raw: dict, path: Path) -> JobConfig:
     shared = sorted({a for a in addresses if addresses.count(a) > 1})
     if shared:
         raise ConfigError(f"each party needs its own address; shared: {', '.join(shared)}")
+    for key, kinds in (("seed", (int,)), ("test_fraction", (int, float)), ("baselines", (bool,)),
+                       ("name", (str,)), ("workdir", (str,))):
+        value = job.get(key)
+        if value is not None and (not isinstance(value, kinds) or (kinds != (bool,) and isinstance(value, bool))):
+            raise ConfigError(f"[job] {key} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
     test_fraction = float(job.get("test_fraction", 0.2))
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"[job] test_fraction must be in [0, 1), got {test_fraction}")
-    model = _dataclass_from(ModelConfig, raw.get("model", {}), "model")
+    model = _dataclass_from(ModelConfig, _table(raw.get("model", {}), "model"), "model")
     _check_model(model)
-    network = _dataclass_from(NetworkConfig, raw.get("network", {}), "network")
-    scorecard = _dataclass_from(ScorecardConfig, raw.get("scorecard", {}), "scorecard")
+    network = _dataclass_from(NetworkConfig, _table(raw.get("network", {}), "network"), "network")
+    scorecard = _dataclass_from(ScorecardConfig, _table(raw.get("scorecard", {}), "scorecard"), "scorecard")
     if scorecard.base_odds <= 0 or scorecard.pdo <= 0:
         raise ConfigError("[scorecard] base_odds and pdo must be > 0")
-    tls = raw.get("tls", {})
+    tls = _table(raw.get("tls", {}), "tls")
     _check_keys(tls, {"ca"}, "tls")
     return JobConfig(
         path=path, name=str(job.get("name", path.stem)),
