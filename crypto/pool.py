@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
@@ -45,13 +46,35 @@ def num_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _exit_with(owner: int, period: float = 0.5) -> None:
+    """Worker initializer: exit as soon as the party process that owns the pool is gone.
+
+    A party killed with SIGKILL cannot shut its pool down; without this its
+    workers (each holding its own DJN table, ~135 MB) lived on as orphans, and
+    with them the forkserver and the resource tracker, which exit once the
+    workers have.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(period)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:     # the pid was reused by another user's process: ours is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="vfl-owner-watch", daemon=True).start()
+
+
 def _get_executor() -> ProcessPoolExecutor:
     global _executor
     with _lock:
         if _executor is None:
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             _executor = ProcessPoolExecutor(max_workers=num_workers(),
-                                            mp_context=multiprocessing.get_context(method))
+                                            mp_context=multiprocessing.get_context(method),
+                                            initializer=_exit_with, initargs=(os.getpid(),))
         return _executor
 
 
