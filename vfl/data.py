@@ -13,6 +13,15 @@ overflowing column would train a different model than the user thinks.
 Columns named as categorical are read verbatim as text; an empty cell there is
 the category ``""``, not an error. Errors name the file, the column and the
 first bad data row (1-based, header and blank lines not counted).
+
+Files named ``*.parquet`` or ``*.pq`` are read with pyarrow, with the same
+checks and errors; every other name is read as CSV. Parquet columns have types,
+so IDs are taken from string columns as they are and from integer columns as
+their decimal text (``7``, never ``7.0``); a null ID is refused like an empty
+one. Categorical columns may be string, integer or boolean (a null is the
+category ``""``); numeric features and labels must have numeric or boolean
+types, and a null or NaN there is a missing value. Only the columns needed are
+read (just the ID column for PSI), in record batches.
 """
 from __future__ import annotations
 
@@ -23,6 +32,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+"""File extensions (any case) read as Parquet; every other file is read as CSV."""
+
+_BATCH_ROWS = 65_536     # rows per Parquet record batch
 
 log = logging.getLogger("vfl.data")
 
@@ -104,6 +118,11 @@ def check_training_rows(labels: np.ndarray | None, n_train: int, batch_size: int
                     source, batch_size, n_train)
 
 
+def is_parquet(path: Path) -> bool:
+    """Whether ``path`` is read as Parquet (by its extension), not CSV."""
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
 def read_ids(path: Path, id_column: str) -> np.ndarray:
     """Only the ID column: all that PSI needs."""
     frame = _read(path, id_column, usecols=[id_column])
@@ -112,7 +131,7 @@ def read_ids(path: Path, id_column: str) -> np.ndarray:
 
 def load_table(path: Path, id_column: str, label_column: str | None = None,
                categorical_columns: Sequence[str] = ()) -> PartyTable:
-    """Read a CSV, check it, return IDs, numeric features, labels (guest only) and
+    """Read a CSV or Parquet file, check it, return IDs, numeric features, labels (guest only) and
     the ``categorical_columns`` as text. Every other column is a numeric feature."""
     categorical_columns = [str(c) for c in categorical_columns]
     frame = _read(path, id_column, text_columns=categorical_columns, label_column=label_column)
@@ -142,9 +161,12 @@ def load_table(path: Path, id_column: str, label_column: str | None = None,
 
 
 def read_columns(path: Path) -> list[str]:
-    """The header of a CSV, with the same clear errors as :func:`load_table`."""
+    """The header of a CSV (the schema of a Parquet file), with the same clear errors
+    as :func:`load_table`."""
     if not Path(path).is_file():
         raise DataError(f"data file {path} not found")
+    if is_parquet(path):
+        return _parquet_columns(path)
     try:
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -179,6 +201,9 @@ def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] 
           label_column: str | None = None) -> pd.DataFrame:
     head = check_columns(path, id_column, label_column, text_columns)
     verbatim = {id_column, *text_columns}
+    if is_parquet(path):
+        return _read_parquet(path, head if usecols is None else list(usecols), id_column, text_columns,
+                             label_column)
     try:
         return pd.read_csv(path, usecols=usecols, dtype={c: str for c in verbatim}, keep_default_na=False,
                            na_values={c: _NA_VALUES for c in head if c not in verbatim})
@@ -241,3 +266,103 @@ def _binary_labels(col: pd.Series, path: Path, name: str) -> np.ndarray:
     if not values <= {0, 1}:
         raise DataError(f"{path}: label column {name!r} must hold 0/1, found {sorted(values)[:5]}")
     return col.to_numpy(dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- Parquet
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:                      # a core dependency; only a broken install lacks it
+        raise DataError("reading Parquet files needs pyarrow: pip install 'pyarrow>=14'") from None
+    return pa, pc, pq
+
+
+def _open_parquet(path: Path):
+    pa, _, pq = _pyarrow()
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, ValueError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"data file {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    names = [str(c) for c in _open_parquet(path).schema_arrow.names]
+    dup = [c for c in dict.fromkeys(names) if names.count(c) > 1]
+    if dup:
+        raise DataError(f"{path}: duplicate column names {', '.join(map(repr, dup))}")
+    return names
+
+
+def _read_parquet(path: Path, columns: list[str], id_column: str, text_columns: Sequence[str],
+                  label_column: str | None) -> pd.DataFrame:
+    """``columns`` of a Parquet file as the frame :func:`_read` gives for a CSV: ID and
+    categorical columns as ``str`` objects (null IDs refused, null categories ``""``),
+    numeric columns and the label as float64 with NaN for nulls. Reads only ``columns``,
+    one record batch at a time, converting each batch before the next is read."""
+    pa, pc, _ = _pyarrow()
+    pf = _open_parquet(path)
+    schema = pf.schema_arrow
+    text = set(text_columns)
+    kinds = {}
+    for c in columns:
+        t = schema.field(c).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if c == id_column or c in text:
+            what = "ID" if c == id_column else "categorical"
+            ok = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) \
+                or (c in text and pa.types.is_boolean(t)) or str(t) == "string_view"
+            if not ok:
+                raise DataError(f"{path}: {what} column {c!r} has Parquet type {t}; store "
+                                f"{'IDs' if c == id_column else 'categories'} as strings or integers")
+            kinds[c] = "id" if c == id_column else "text"
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
+                or pa.types.is_decimal(t) or pa.types.is_null(t):
+            kinds[c] = "number"
+        elif c == label_column:
+            raise DataError(f"{path}: label column {c!r} must hold 0/1, found Parquet type {t}")
+        else:
+            raise DataError(f"{path}: non-numeric feature columns {c} (Parquet type {t}); "
+                            "encode them as numbers first or name them as categorical columns")
+
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    start = 0                                # data rows before this batch
+    try:
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns, use_threads=False):
+            for c in columns:
+                arr = batch.column(c)
+                if pa.types.is_dictionary(arr.type):
+                    arr = arr.dictionary_decode()
+                if c == label_column and pa.types.is_integer(arr.type) and not arr.null_count:
+                    parts[c].append(arr.to_numpy().astype(np.int64))     # errors show 2, not 2.0
+                    continue
+                if kinds[c] == "number":
+                    parts[c].append(pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False))
+                    continue
+                if kinds[c] == "id" and arr.null_count:
+                    row = start + int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0]) + 1
+                    raise DataError(f"{path}: missing (null) ID in column {c!r} at data row {row}")
+                if pa.types.is_boolean(arr.type):           # as pandas writes them to a CSV
+                    arr = pc.if_else(arr, "True", "False")
+                elif not pa.types.is_string(arr.type):
+                    arr = pc.cast(arr, pa.string())          # integers: decimal text
+                arr = pc.fill_null(arr, "")                  # categorical nulls: the category ""
+                parts[c].append(arr.to_numpy(zero_copy_only=False).astype(object, copy=False))
+            start += batch.num_rows
+    except (pa.ArrowException, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"data file {path} cannot be read: {exc.strerror or exc}") from None
+
+    def whole(c):
+        if parts[c]:                   # a label mixing int and float batches becomes float
+            return np.concatenate(parts[c]) if len(parts[c]) > 1 else parts[c][0]
+        return np.empty(0, dtype=np.float64 if kinds[c] == "number" else object)
+    return pd.DataFrame({c: whole(c) for c in columns}, columns=columns, copy=False)
