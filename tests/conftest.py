@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,23 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "default_credit_hetero_guest.csv").is_file():
         pytest.skip("../shared/data is not available in this checkout")
     return SHARED_DATA
+
+
+def run_parties(net, calls: dict) -> None:
+    """Run each party's call in its own thread over ``net``; re-raise the first failure."""
+    errors = []
+
+    def run(name):
+        try:
+            calls[name]()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+            net.abort(f"{name}: {exc!r}")
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

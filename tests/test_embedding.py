@@ -1,13 +1,13 @@
 """The split embedding model: encrypted training equals its plaintext twin; releases are protected."""
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from crypto import generate_keypair
+from tests.conftest import run_parties
 from vfl.channel import LocalNetwork
 from vfl.config import ModelConfig
 from vfl.models import EmbeddingTower, SplitArbiter, SplitGuest, SplitHost, TowerInput
@@ -40,22 +40,7 @@ def train(model, keypair, towers, xg, xh, y, seed=5, record=False):
     calls = {"g": lambda: roles["g"].fit(net.channel("g"), xg, y),
              "h": lambda: roles["h"].fit(net.channel("h"), xh),
              "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair)}
-    errors = []
-
-    def run(name):
-        try:
-            calls[name]()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-            net.abort(repr(exc))
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    run_parties(net, calls)
     return roles, net
 
 
@@ -96,11 +81,7 @@ def _host_view(model, keypair):
              .fit(net.channel("g"), xg, y),
              lambda: host.fit(net.channel("h"), xh),
              lambda: SplitArbiter(model, guest="g", hosts=["h"]).fit(net.channel("a"), keypair=keypair)]
-    threads = [threading.Thread(target=f) for f in roles]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_parties(net, dict(enumerate(roles)))
     releases = [(members, value) for batch_members, values in host.observed_
                 for members, value in zip(batch_members, values)]
     return releases, y

@@ -1,12 +1,12 @@
 """The encrypted split LR must compute exactly what its plaintext twin computes."""
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
 
 from crypto import EncryptedArray, generate_keypair
+from tests.conftest import run_parties
 from vfl.channel import LocalNetwork
 from vfl.config import ModelConfig
 from vfl.models import SplitArbiter, SplitGuest, SplitHost
@@ -42,22 +42,7 @@ def _train(model, keypair, Xg, y, host_parts, seed=3, record=False):
              "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair)}
     for h, Xh in zip(hosts, host_parts):
         calls[h] = (lambda h=h, Xh=Xh: roles[h].fit(net.channel(h), Xh))
-    errors = []
-
-    def run(name):
-        try:
-            calls[name]()
-        except BaseException as exc:  # surfaced below
-            errors.append((name, exc))
-            net.abort(str(exc))
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0][1]
+    run_parties(net, calls)
     return roles, net
 
 
