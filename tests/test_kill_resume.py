@@ -1,0 +1,143 @@
+"""A party SIGKILLed at a fixed stage: the others fail fast naming it, and `vfl run --resume` ends
+where an uninterrupted run does. The random 20-trial version is benchmarks/bench_kill_resume.py."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_kill_resume", ROOT / "benchmarks" / "bench_kill_resume.py")
+bench = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("bench_kill_resume", bench)     # dataclasses look their module up
+_spec.loader.exec_module(bench)
+
+PEER_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The template job and one uninterrupted training of it (the reference model)."""
+    base = tmp_path_factory.mktemp("kill")
+    template = bench.write_job(base / "template", n_rows=3000, epochs=5, peer_timeout=PEER_TIMEOUT)
+    ref = bench.copy_job(template, base / "reference")
+    bench.run_whole(ref, timeout=120)
+    shutil.copytree(ref.parent / "out", template.parent / "out")     # the trained model, for scoring
+    return template, bench.weights(ref), base
+
+
+def _kill_and_watch(parties, victim: str) -> dict:
+    os.kill(parties[victim].popen.pid, signal.SIGKILL)
+    others = {r: p for r, p in parties.items() if r != victim}
+    try:
+        bench.finish(others, PEER_TIMEOUT + 10)
+    finally:
+        bench.finish(parties, 5)
+    return others
+
+
+def _assert_failed_naming(others: dict, victim: str, killed_at_or_before: float) -> None:
+    for role, p in others.items():
+        assert p.popen.returncode not in (0, None), (role, p.last())
+        assert f"connection to '{victim}'" in p.last(), (role, p.last())
+        assert p.ended - killed_at_or_before < PEER_TIMEOUT, (role, p.ended - killed_at_or_before)
+
+
+def _checkpoint_epoch(path: Path, party: str) -> int:
+    return json.loads((path.parent / "out" / party / "checkpoint.json").read_text())["epoch"]
+
+
+def _resume_and_compare(path: Path, ref: np.ndarray) -> None:
+    proc = subprocess.run([sys.executable, "-m", "parties.cli", "run", "--resume", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.strip().splitlines()[-1]
+    np.testing.assert_allclose(bench.weights(path), ref, rtol=0, atol=1e-9)
+
+
+def test_host_killed_mid_training_then_resume_equals_uninterrupted(trained):
+    template, ref, base = trained
+    path = bench.copy_job(template, base / "host-training")
+    parties = bench.start(path)
+    try:
+        t1 = bench.wait_for(parties, "guest", "epoch 1/")
+        t2 = bench.wait_for(parties, "guest", "epoch 2/")
+        time.sleep((t2 - t1) / 2)                        # half way through epoch 3
+        t = time.monotonic()
+        others = _kill_and_watch(parties, "host")
+    finally:
+        bench.finish(parties, 0)
+    _assert_failed_naming(others, "host", t)
+    assert not (path.parent / "out" / "guest" / "model.json").exists()
+    assert {_checkpoint_epoch(path, p) for p in ("guest", "host", "arbiter")} == {2}
+    _resume_and_compare(path, ref)
+
+
+@pytest.mark.xfail(strict=True, reason="checkpoints are saved one party at a time when the epoch's decision "
+                   "arrives; a party killed between the guest's save and its own is one epoch behind, and the "
+                   "resume refuses ('is at epoch 1, the guest resumes at epoch 2') instead of restarting from "
+                   "the newest epoch every party holds")
+def test_host_killed_between_the_guests_checkpoint_and_its_own_still_resumes(trained):
+    """A kill in the instant between the guest's save of epoch 2 and the host's leaves the host's
+    checkpoint at epoch 1. Racing for that instant is unreliable, so the host's epoch-1 checkpoint
+    is kept as it was and put back after a kill in epoch 3: the same files on disk."""
+    template, ref, base = trained
+    path = bench.copy_job(template, base / "host-boundary")
+    host_ckpt = path.parent / "out" / "host" / "checkpoint.json"
+    parties = bench.start(path)
+    try:
+        t1 = bench.wait_for(parties, "guest", "epoch 1/")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                epoch_1 = host_ckpt.read_bytes()
+                if json.loads(epoch_1)["epoch"] == 1:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.002)
+        t2 = bench.wait_for(parties, "guest", "epoch 2/")
+        time.sleep((t2 - t1) / 2)
+        os.kill(parties["host"].popen.pid, signal.SIGKILL)
+        bench.finish(parties, PEER_TIMEOUT + 10)
+    finally:
+        bench.finish(parties, 0)
+    assert json.loads(epoch_1)["epoch"] == 1 and _checkpoint_epoch(path, "guest") == 2
+    host_ckpt.write_bytes(epoch_1)
+    _resume_and_compare(path, ref)
+
+
+def test_arbiter_killed_during_psi_stops_guest_and_host(trained):
+    """The arbiter takes no part in PSI but is connected: its loss is noticed at once, not at training."""
+    template, _, base = trained
+    path = bench.copy_job(template, base / "arbiter-psi")
+    parties = bench.start(path)
+    try:
+        bench.wait_for(parties, "guest", "PSI as guest")
+        t = time.monotonic()
+        assert parties["guest"].saw(" aligned,") is None
+        others = _kill_and_watch(parties, "arbiter")
+    finally:
+        bench.finish(parties, 0)
+    _assert_failed_naming(others, "arbiter", t)
+
+
+def test_guest_killed_during_scoring_session_stops_the_host(trained):
+    template, _, base = trained
+    path = bench.copy_job(template, base / "guest-scoring", with_output=True)
+    parties = bench.start(path, roles=("host", "guest"), task="predict")
+    try:
+        bench.wait_for(parties, "guest", "PSI as guest")
+        t = time.monotonic()
+        others = _kill_and_watch(parties, "guest")
+    finally:
+        bench.finish(parties, 0)
+    _assert_failed_naming(others, "guest", t)
