@@ -197,7 +197,8 @@ def test_spec_is_consistent_and_every_step_is_in_the_docs_tables():
     examples = {"psi/blind/<owner>": "psi/blind/host0", "psi/blinded/<owner>": "psi/blinded/guest",
                 "psi/unshuffle/<owner>": "psi/unshuffle/host1", "psi/unshuffled/<owner>": "psi/unshuffled/guest",
                 "<pre>/public_key": "lr/public_key", "<pre>/plan": "emb/plan", "<pre>/values": "lr/values",
-                "<pre>/start": "emb/start", "<pre>/e<e>/decision": "lr/e12/decision"}
+                "<pre>/start": "emb/start", "<pre>/e<e>/decision": "lr/e12/decision",
+                "<pre>/e<e>/saved": "emb/e4/saved"}
     for s in SPEC:
         step = examples.get(s.doc, s.doc if "/" in s.doc else f"lr/e3/b7/{s.doc}")
         assert find(step, s.sender, s.receiver) is s, s

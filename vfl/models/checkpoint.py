@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,25 +55,47 @@ class Checkpoint:
     path: Path
     fingerprint: str
 
+    @property
+    def previous_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".prev" + self.path.suffix)
+
     def save(self, state: TrainingState) -> None:
+        """Write this epoch's state, keeping the previous epoch's beside it.
+
+        The guest saves an epoch only after every host has (``<pre>/e<e>/saved``) and
+        the arbiter saves before it announces the epoch, so after any crash the others
+        are at the guest's epoch or one ahead: the previous state lets them resume at
+        the guest's.
+        """
+        if self.path.is_file():
+            os.replace(self.path, self.previous_path)
         write_json(self.path, {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
                                **asdict(state)}, indent=None)
 
-    def load(self, epoch: int | None = None, max_epochs: int | None = None) -> TrainingState:
-        """The saved state; ``epoch`` (if given) must match, e.g. the guest's on a host."""
-        if not self.path.is_file():
-            raise CheckpointError(f"no checkpoint to resume from at {self.path}")
+    def _read(self, path: Path) -> TrainingState:
         try:
-            d = json.loads(self.path.read_text())
+            d = json.loads(path.read_text())
             if d.get("format") != FORMAT or d.get("version") != VERSION:
-                raise CheckpointError(f"{self.path} is not a {FORMAT} v{VERSION} file")
+                raise CheckpointError(f"{path} is not a {FORMAT} v{VERSION} file")
             saved = d.pop("fingerprint")
             state = TrainingState(**{k: v for k, v in d.items() if k not in ("format", "version")})
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{self.path} is malformed: {exc}") from None
+            raise CheckpointError(f"{path} is malformed: {exc}") from None
         if saved != self.fingerprint:
-            raise CheckpointError(f"{self.path} belongs to a different training (other settings or rows); "
+            raise CheckpointError(f"{path} belongs to a different training (other settings or rows); "
                                   "start afresh without --resume")
+        return state
+
+    def load(self, epoch: int | None = None, max_epochs: int | None = None) -> TrainingState:
+        """The saved state; with ``epoch`` (the guest's, on a host or the arbiter) the state of
+        that epoch, the latest or the one before it."""
+        if not self.path.is_file():
+            raise CheckpointError(f"no checkpoint to resume from at {self.path}")
+        state = self._read(self.path)
+        if epoch is not None and state.epoch != epoch and self.previous_path.is_file():
+            previous = self._read(self.previous_path)
+            if previous.epoch == epoch:
+                state = previous
         if epoch is not None and state.epoch != epoch:
             raise CheckpointError(f"{self.path} is at epoch {state.epoch}, the guest resumes at epoch {epoch}")
         if state.converged:

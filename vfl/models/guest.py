@@ -85,6 +85,8 @@ class SplitGuest:
             self.epoch_seconds_.append(time.perf_counter() - t0)
             log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, decision["loss"],
                      self.epoch_seconds_[-1])
+            for h in self.hosts:            # every host has saved this epoch: now the guest may
+                channel.recv(h, f"{pre}/e{epoch}/saved")
             if checkpoint is not None:
                 checkpoint.save(TrainingState(epoch + 1, bool(decision.get("converged")), trainer.params.tolist(),
                                               optimizer_state(trainer.opt), self.loss_history_))

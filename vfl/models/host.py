@@ -67,6 +67,7 @@ class SplitHost:
             if checkpoint is not None:
                 checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, trainer.params.tolist(),
                                               optimizer_state(trainer.opt)))
+            channel.send(self.guest, f"{pre}/e{epoch}/saved", {})     # the guest saves only after us
             if stop:
                 break
         self.params_ = trainer.params

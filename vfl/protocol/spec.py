@@ -142,6 +142,8 @@ SPEC: tuple[StepSpec, ...] = tuple([
              rows="n_train"),
     StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "host", CONTROL,
              ("control",), "when training ends", TRAIN),
+    StepSpec("<pre>/e<e>/saved", _PRE + r"/e(?P<epoch>\d+)/saved", "host", "guest", CONTROL,
+             ("control",), "that the host has saved its checkpoint of this epoch", TRAIN),
     # ------------------------------------------------------------------ scoring (vfl/scoring.py)
     StepSpec("predict/sum_key", r"predict/sum_key", "host", "guest", PUBLIC, ("array",),
              "nothing: a fresh X25519 public key", SCORE, dtype=_BYTES),
