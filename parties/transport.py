@@ -454,6 +454,20 @@ class TlsChannel:
         ranked = sorted(losses, key=lambda x: not x[2])   # stable: earliest root cause first
         return (ranked[0][0], ranked[0][1]) if ranked else None
 
+    def _blame(self, peer: str, message: str, grace: float = 1.0) -> str:
+        """For a send to a peer that gave up (an aborted bye) rather than vanished: name the peer
+        that vanished instead, waiting briefly for our link to it to notice (as ``recv`` does)."""
+        with self._lock:
+            gave_up = any(p == peer and not root for p, _, root in self._losses)
+        deadline = time.monotonic() + (grace if gave_up else 0.0)
+        while True:
+            lost = self._root_loss(besides=peer)
+            if lost is not None and any(p == lost[0] and root for p, _, root in self._losses):
+                return f"{lost[1]}; {message}"
+            if time.monotonic() >= deadline:
+                return message
+            time.sleep(_POLL)
+
     @classmethod
     def from_job(cls, job: JobConfig, me: str, **options) -> "TlsChannel":
         """An unopened channel for party ``me`` with paths and timeouts from the job file."""
@@ -485,8 +499,8 @@ class TlsChannel:
         data = encode_payload(payload)
         with link._send_lock:
             if link.end_reason is not None or link.stop.is_set():
-                raise PeerLost(f"{self.name}: cannot send {step!r} to {peer!r}: "
-                               f"{link.end_reason or 'link closed'}")
+                raise PeerLost(self._blame(peer, f"{self.name}: cannot send {step!r} to {peer!r}: "
+                                                 f"{link.end_reason or 'link closed'}"))
             frame = link.encoder.data(step, data)
             try:
                 link.send_frame(frame, self.peer_timeout)
