@@ -120,6 +120,7 @@ def test_arbiter_killed_during_psi_stops_guest_and_host(trained):
     parties = bench.start(path)
     try:
         bench.wait_for(parties, "guest", "PSI as guest")
+        bench.wait_for(parties, "host", "links up")     # the host too is past setup, in PSI
         t = time.monotonic()
         assert parties["guest"].saw(" aligned,") is None
         others = _kill_and_watch(parties, "arbiter")
