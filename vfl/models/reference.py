@@ -1,9 +1,11 @@
-"""The same algorithm in plaintext on the joined columns: the yardstick.
+"""The same algorithm in plaintext: the yardstick (the plaintext twin).
 
-Tests compare the federated protocol against this (weights after a few steps,
-gradients, losses) and the benchmark times it side by side. It uses the very
-same approximated gradient and loss, batch schedule and optimiser, so any gap
-is the cost or the error of encryption, nothing else.
+Tests compare the federated protocol against this (weights, gradients,
+losses) and the benchmarks time it side by side. :func:`fit_twin` runs the
+very same towers, approximated loss, batch schedule, held-back releases and
+optimiser without encryption, so any gap is the cost or the error of
+encryption, nothing else; :func:`fit_reference` is its logistic-regression
+form on joined columns.
 """
 from __future__ import annotations
 
@@ -32,31 +34,17 @@ def approx_gradient(X: np.ndarray, y01: np.ndarray, w: np.ndarray, n_guest: int,
     return grad
 
 
-def approx_loss_sum(X: np.ndarray, y01: np.ndarray, w: np.ndarray, n_guest: int, l2: float,
-                    approximation: str = "guest_expansion") -> float:
-    a, U = _split(X, w, n_guest)
-    g, h, loss = expansion_terms(a, y01, approximation)
-    return float(loss + g @ U + 0.5 * h @ (U * U) + len(X) * 0.5 * l2 * (w[:-1] @ w[:-1]))
-
-
 def fit_reference(X: np.ndarray, y01: np.ndarray, model: ModelConfig, seed: int,
                   n_guest: int) -> tuple[np.ndarray, list[float]]:
-    """Train on joined features ``X`` (the guest's ``n_guest`` columns first, then each host's).
-
-    Returns the weights with the intercept last, and the loss per epoch.
+    """Logistic regression's twin on joined features ``X`` (the guest's ``n_guest`` columns first,
+    then the hosts'): :func:`fit_twin` with linear towers (the hosts' columns as one tower: their
+    scores only ever add up). Returns the weights with the intercept last, and the loss per epoch.
     """
-    w = np.zeros(X.shape[1] + 1)
-    opt = make_optimizer(model.optimizer, model.learning_rate)
-    history: list[float] = []
-    for epoch in range(model.epochs):
-        total = 0.0
-        for rows in batch_schedule(len(X), model.batch_size, seed, epoch):
-            total += approx_loss_sum(X[rows], y01[rows], w, n_guest, model.l2, model.approximation)
-            w = opt.step(w, approx_gradient(X[rows], y01[rows], w, n_guest, model.l2, model.approximation))
-        history.append(total / len(X))
-        if len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance:
-            break
-    return w, history
+    from .towers import LinearTower, TowerInput
+    towers = [LinearTower(n_guest, intercept=True), LinearTower(X.shape[1] - n_guest)]
+    (guest, hosts), history = fit_twin(towers, [TowerInput(X[:, :n_guest]), TowerInput(X[:, n_guest:])], y01,
+                                       model, seed, init_seeds=[0, 0])
+    return np.concatenate([guest[:-1], hosts, guest[-1:]]), history
 
 
 def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, seed: int,
