@@ -8,7 +8,7 @@ Supported homomorphic operations and their ciphertext cost:
 * ``a + x`` (x plaintext): ``c * (1 + m n)``, no encryption needed.
 * ``-a``: modular inverse (batched: ~3 multiplications per element).
 * ``a * x`` (x plaintext): ``c ** m``; the scales add up.
-* ``X.T @ a`` (``rmatmul``): bucket multi-exponentiation on the worker pool.
+* ``X.T @ a`` (``rmatmul``): bucket multi-exponentiation on the compute backend (local pool or Ray).
 * per-group ``X.T @ a`` over row subsets (``grouped_rmatmul``): one power table
   per row shared by all groups and blocks (backprop through ReLU / embeddings).
 

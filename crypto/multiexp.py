@@ -41,7 +41,8 @@ from typing import Sequence
 import gmpy2
 import numpy as np
 
-from crypto import pool
+from crypto import backends
+from crypto.fixed_width import from_rows, to_rows, width_for
 
 
 def _as_matrix(exponents: np.ndarray) -> np.ndarray:
@@ -179,15 +180,22 @@ def multiexp(bases: Sequence, exponents: np.ndarray, modulus) -> list:
     return out
 
 
+def _multiexp_rows(bases: np.ndarray, exponents: np.ndarray, modulus) -> np.ndarray:
+    """Shard function: :func:`multiexp` on uint8 rows of bases; the column products as uint8 rows."""
+    return to_rows(multiexp(from_rows(bases), exponents, modulus), width_for(modulus))
+
+
 def multiexp_parallel(bases: Sequence, exponents: np.ndarray, modulus) -> list:
-    """:func:`multiexp` with rows split across the worker pool; partial column products are multiplied."""
+    """:func:`multiexp` with rows split across the backend's workers; partial column products are multiplied."""
     E = _as_matrix(exponents)
     bases = list(bases)
-    if not pool.use_pool(len(bases)):
+    if not backends.use_parallel(len(bases)):
         return multiexp(bases, E, modulus)
     modulus = gmpy2.mpz(modulus)
-    ranges = pool.split_ranges(len(bases), pool.num_workers())
-    parts = pool.run(multiexp, [(bases[a:b], E[a:b], modulus) for a, b in ranges])
+    packed = to_rows(bases, width_for(modulus))
+    ranges = backends.split_ranges(len(bases), backends.workers())
+    parts = [from_rows(p) for p in backends.run(_multiexp_rows, [(packed[a:b], E[a:b], modulus)
+                                                                 for a, b in ranges])]
     out = parts[0]
     for part in parts[1:]:
         out = [x * y % modulus for x, y in zip(out, part)]
@@ -200,14 +208,21 @@ def powmod_many(bases: Sequence, exponents: Sequence, modulus) -> list:
     return [gmpy2.powmod(b, int(e), modulus) for b, e in zip(bases, exponents)]
 
 
+def _powmod_rows(bases: np.ndarray, exponents: Sequence, modulus) -> np.ndarray:
+    """Shard function: :func:`powmod_many` on uint8 rows of bases; results as uint8 rows."""
+    return to_rows(powmod_many(from_rows(bases), exponents, modulus), width_for(modulus))
+
+
 def powmod_many_parallel(bases: Sequence, exponents: Sequence, modulus) -> list:
-    """:func:`powmod_many` split across the worker pool for large inputs."""
+    """:func:`powmod_many` split across the backend's workers for large inputs."""
     bases, exponents = list(bases), [int(e) for e in exponents]
-    if not pool.use_pool(len(bases)):
+    if not backends.use_parallel(len(bases)):
         return powmod_many(bases, exponents, modulus)
-    ranges = pool.split_ranges(len(bases), 2 * pool.num_workers())
-    parts = pool.run(powmod_many, [(bases[a:b], exponents[a:b], modulus) for a, b in ranges])
-    return [x for part in parts for x in part]
+    modulus = gmpy2.mpz(modulus)
+    packed = to_rows(bases, width_for(modulus))
+    ranges = backends.split_ranges(len(bases), 2 * backends.workers())
+    parts = backends.run(_powmod_rows, [(packed[a:b], exponents[a:b], modulus) for a, b in ranges])
+    return [x for part in parts for x in from_rows(part)]
 
 
 # ---------------------------------------------------------------------------
@@ -639,8 +654,14 @@ def grouped_multiexp(bases: Sequence, blocks, modulus) -> list[np.ndarray]:
     return [_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)]
 
 
+def _grouped_rows(bases: np.ndarray, blocks, modulus) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shard function: :func:`_grouped_sparse` on uint8 rows of bases; each block's products as uint8 rows."""
+    width = width_for(modulus)
+    return [(ids, to_rows(flat, width)) for ids, flat in _grouped_sparse(from_rows(bases), blocks, modulus)]
+
+
 def grouped_multiexp_parallel(bases: Sequence, blocks, modulus) -> list[np.ndarray]:
-    """:func:`grouped_multiexp` with rows split across the worker pool; partial products are multiplied.
+    """:func:`grouped_multiexp` with rows split across the backend's workers; partial products are multiplied.
 
     Each worker receives its slice of the bases, of every exponent matrix and
     the pairs of its rows, and returns only the groups its rows touch.
@@ -648,19 +669,20 @@ def grouped_multiexp_parallel(bases: Sequence, blocks, modulus) -> list[np.ndarr
     bases = list(bases)
     blocks = normalize_grouped_blocks(blocks, len(bases))
     n = len(bases)
-    if not pool.use_pool(n):
+    if not backends.use_parallel(n):
         sparse = _grouped_sparse(bases, blocks, modulus)
         return [_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)]
     modulus = gmpy2.mpz(modulus)
-    ranges = pool.split_ranges(n, pool.num_workers())
+    packed = to_rows(bases, width_for(modulus))
+    ranges = backends.split_ranges(n, backends.workers())
     args = []
     for a, b in ranges:
         sub = []
         for E, rows, groups, ng in blocks:
             sel = (rows >= a) & (rows < b)
             sub.append((E[a:b], rows[sel] - a, groups[sel], ng))
-        args.append((bases[a:b], sub, modulus))
-    parts = pool.run(_grouped_sparse, args)
+        args.append((packed[a:b], sub, modulus))
+    parts = [[(ids, from_rows(flat)) for ids, flat in part] for part in backends.run(_grouped_rows, args)]
     out = []
     for k, (E, _, _, ng) in enumerate(blocks):
         D = E.shape[1]

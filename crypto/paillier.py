@@ -16,8 +16,10 @@ Encryption modes (the obfuscator ``r**n`` is what costs):
   encrypt here; 8-bit windows gave 16x with a 16 MB table).
 * ``"standard"``: ``r**n`` for uniform ``r < n`` via phe's ``raw_encrypt``.
 
-Randomness: ``os.urandom`` / ``secrets`` only.  Large inputs run on the
-process pool; each worker keeps its own DJN table cache.
+Randomness: ``os.urandom`` / ``secrets`` only.  Large inputs run as shards on
+the party's compute backend (:mod:`crypto.backends`: local process pool or
+Ray); each long-lived worker keeps its own DJN table cache, so the table is
+built once per worker and key, not once per batch.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ import gmpy2
 import numpy as np
 import phe
 
-from crypto import pool
+from crypto import backends
+from crypto.fixed_width import from_rows, to_rows, width_for
 
 MODES = ("djn", "standard")
 _DJN_WINDOW_BITS = 10  # 103 multiplications per obfuscator at 2048 bits (8 bits: 128), ~54 MB table
@@ -45,7 +48,7 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 
 
 # ---------------------------------------------------------------- workers
-# Top-level functions so the pool can call them by name; each process keeps
+# Top-level functions so a backend can call them by name; each process keeps
 # small caches keyed by the modulus.
 
 _cache_lock = threading.Lock()
@@ -135,13 +138,28 @@ def _decrypt_chunk(p: int, q: int, ciphertexts: Sequence) -> list:
     return out
 
 
-def _run_chunked(fn, fixed: tuple, items: list) -> list:
-    """Apply ``fn(*fixed, chunk)`` to ``items``, on the pool when large enough."""
-    if not pool.use_pool(len(items)):
+def _encrypt_rows(n: int, hs: int | None, mode: str, plains: np.ndarray) -> np.ndarray:
+    """Shard function: plaintexts in [0, n) as uint8 rows -> ciphertext rows of ``2 * len(n)`` bytes."""
+    return to_rows(_encrypt_chunk(n, hs, mode, from_rows(plains)), width_for(int(n) ** 2))
+
+
+def _decrypt_rows(p: int, q: int, ciphertexts: np.ndarray) -> np.ndarray:
+    """Shard function: ciphertext rows -> plaintext rows of ``len(n)`` bytes."""
+    return to_rows(_decrypt_chunk(p, q, from_rows(ciphertexts)), width_for(int(p) * int(q)))
+
+
+def _run_chunked(fn, rows_fn, fixed: tuple, items: list, width: int) -> list:
+    """``fn(*fixed, items)``, or for large inputs ``rows_fn`` over shards on the backend.
+
+    Shards travel as fixed-width uint8 rows of ``width`` bytes (one buffer,
+    not one pickled integer per element).
+    """
+    if not backends.use_parallel(len(items)):
         return fn(*fixed, items)
-    ranges = pool.split_ranges(len(items), 4 * pool.num_workers())  # spread noise / stragglers
-    parts = pool.run(fn, [fixed + (items[a:b],) for a, b in ranges])
-    return [x for part in parts for x in part]
+    packed = to_rows(items, width)
+    ranges = backends.split_ranges(len(items), 4 * backends.workers())  # spread noise / stragglers
+    parts = backends.run(rows_fn, [fixed + (packed[a:b],) for a, b in ranges])
+    return [x for part in parts for x in from_rows(part)]
 
 
 def _object_array(values: list, shape: tuple) -> np.ndarray:
@@ -245,9 +263,11 @@ class PublicKey:
         if mode not in MODES:
             raise ValueError(f"unknown encryption mode {mode!r}; expected one of {MODES}")
         arr = np.asarray(ints, dtype=object)
-        plains = [int(m) for m in arr.ravel().tolist()]
+        n = int(self.n)
+        plains = [int(m) % n for m in arr.ravel().tolist()]
         hs = int(self._djn_base()) if mode == "djn" else None
-        return _object_array(_run_chunked(_encrypt_chunk, (int(self.n), hs, mode), plains), arr.shape)
+        return _object_array(_run_chunked(_encrypt_chunk, _encrypt_rows, (n, hs, mode), plains,
+                                          width_for(n)), arr.shape)
 
 
 class PrivateKey:
@@ -273,7 +293,8 @@ class PrivateKey:
         for i, c in enumerate(cts):
             if not 0 < c < n2:
                 raise ValueError(f"ciphertext {i} out of range [1, n^2)")
-        return _object_array(_run_chunked(_decrypt_chunk, (int(self.p), int(self.q)), cts), arr.shape)
+        return _object_array(_run_chunked(_decrypt_chunk, _decrypt_rows, (int(self.p), int(self.q)), cts,
+                                          width_for(n2)), arr.shape)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``{"format", "version", "p", "q"}`` as JSON, readable by the owner only (0600)."""

@@ -1,134 +1,37 @@
-"""A persistent process pool for the heavy big-integer loops.
+"""Compatibility shim: the worker pool is now a backend (:mod:`crypto.backends`).
 
-Why processes: gmpy2 arithmetic holds the GIL, so threads do not scale.
-Why forkserver: roles run in threads of one process, and forking a
-multi-threaded process can copy held locks; forkserver children start from a
-clean single-threaded server.  The pool is created lazily on first use and
-kept for the life of the process; its size is ``VFL_WORKERS`` or the number of
-usable CPUs.  With one worker everything runs in-process (no gain from a
-second process), as do inputs smaller than ``MIN_PARALLEL`` elements.
-
-As with any spawn/forkserver pool, a script that triggers pooled work must
-guard its entry point with ``if __name__ == "__main__":`` (children re-import
-the main module; all worker functions live in ``crypto`` modules).
-
-This module is generic: callers pass top-level functions (picklable by name)
-that keep their own per-process caches, e.g. the DJN table per modulus.
+``run`` and ``num_workers`` go to the process's current backend (the local
+pool unless the party chose Ray), so code written against this module runs
+on whichever backend the party selected.
 """
 from __future__ import annotations
 
-import multiprocessing
-import os
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
 
-MIN_PARALLEL = 256
+from crypto import backends
+from crypto.backends import MIN_PARALLEL, split_ranges  # noqa: F401 - re-exported
 
-_lock = threading.Lock()
-_executor: ProcessPoolExecutor | None = None
+__all__ = ["MIN_PARALLEL", "num_workers", "run", "split_ranges", "use_pool", "warm_up", "shutdown"]
 
 
 def num_workers() -> int:
-    """Worker count: env ``VFL_WORKERS`` if set, else the CPUs this process may use."""
-    env = os.environ.get("VFL_WORKERS", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"VFL_WORKERS must be an integer, got {env!r}") from None
-        return max(1, value)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _exit_with(owner: int, period: float = 0.5) -> None:
-    """Worker initializer: exit as soon as the party process that owns the pool is gone.
-
-    A party killed with SIGKILL cannot shut its pool down; without this its
-    workers (each holding its own DJN table, ~135 MB) lived on as orphans, and
-    with them the forkserver and the resource tracker, which exit once the
-    workers have.
-    """
-    def watch() -> None:
-        while True:
-            time.sleep(period)
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:     # the pid was reused by another user's process: ours is gone
-                os._exit(0)
-
-    threading.Thread(target=watch, name="vfl-owner-watch", daemon=True).start()
-
-
-def _get_executor() -> ProcessPoolExecutor:
-    global _executor
-    with _lock:
-        if _executor is None:
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            _executor = ProcessPoolExecutor(max_workers=num_workers(),
-                                            mp_context=multiprocessing.get_context(method),
-                                            initializer=_exit_with, initargs=(os.getpid(),))
-        return _executor
+    """Parallel shards of the current backend."""
+    return backends.workers()
 
 
 def use_pool(count: int) -> bool:
     """Whether ``count`` independent elements are worth shipping to workers."""
-    return count >= MIN_PARALLEL and num_workers() > 1
-
-
-def split_ranges(total: int, parts: int) -> list[tuple[int, int]]:
-    """Split ``range(total)`` into at most ``parts`` contiguous, near-equal slices."""
-    parts = max(1, min(parts, total))
-    step, extra = divmod(total, parts)
-    out, start = [], 0
-    for i in range(parts):
-        stop = start + step + (1 if i < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
+    return backends.use_parallel(count)
 
 
 def run(fn: Callable[..., Any], arg_tuples: Sequence[tuple]) -> list[Any]:
-    """Run ``fn(*args)`` for every tuple on the pool; results in input order."""
-    if len(arg_tuples) <= 1 or num_workers() <= 1:
-        return [fn(*args) for args in arg_tuples]
-    executor = _get_executor()
-    try:
-        futures = [executor.submit(fn, *args) for args in arg_tuples]
-        return [f.result() for f in futures]
-    except BrokenProcessPool as exc:
-        _discard(executor)  # let the next call start fresh workers
-        exc.add_note("crypto.pool: a worker died. Workers re-import the main module, so a script must guard "
-                     "its entry point with `if __name__ == '__main__':` and cannot run from stdin; "
-                     "VFL_WORKERS=1 runs everything in-process.")
-        raise
-
-
-def _discard(executor: ProcessPoolExecutor) -> None:
-    global _executor
-    with _lock:
-        if _executor is executor:
-            _executor = None
-    executor.shutdown(wait=False, cancel_futures=True)
+    """``fn(*args)`` for every tuple on the current backend; results in input order."""
+    return backends.run(fn, arg_tuples)
 
 
 def warm_up() -> None:
-    """Start the workers now (otherwise the first large call pays ~1 s startup)."""
-    if num_workers() > 1:
-        run(os.getpid, [()] * num_workers())
+    backends.current().warm_up()
 
 
 def shutdown() -> None:
-    """Stop the workers (a later call recreates them)."""
-    global _executor
-    with _lock:
-        if _executor is not None:
-            _executor.shutdown(wait=True)
-            _executor = None
+    backends.current().shutdown()

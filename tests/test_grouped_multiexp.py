@@ -3,7 +3,7 @@ import gmpy2
 import numpy as np
 import pytest
 
-from crypto import EncryptedArray, generate_keypair, pool
+from crypto import EncryptedArray, backends, generate_keypair
 from crypto import multiexp as mx
 from crypto.multiexp import grouped_multiexp, grouped_multiexp_parallel
 
@@ -195,8 +195,8 @@ def test_parallel_matches_single_process(keys, monkeypatch):
     single = _as_lists(grouped_multiexp(bases, blocks, pk.nsquare))
     monkeypatch.setenv("VFL_WORKERS", "2")  # pool path even on a one-CPU machine
     calls = []
-    real_run = pool.run
-    monkeypatch.setattr(pool, "run", lambda fn, args: calls.append(len(args)) or real_run(fn, args))
+    real_run = backends.run
+    monkeypatch.setattr(backends, "run", lambda fn, args: calls.append(len(args)) or real_run(fn, args))
     assert _as_lists(grouped_multiexp_parallel(bases, blocks, pk.nsquare)) == single
     assert calls == [2]
     # the first block against the naive reference as well (spot check of a few groups)

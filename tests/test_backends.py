@@ -1,0 +1,89 @@
+"""Compute backends without Ray: what crosses to workers, and when."""
+from __future__ import annotations
+
+import gmpy2
+import numpy as np
+import pytest
+
+from crypto import EncryptedArray, backends, generate_keypair
+from crypto.fixed_width import from_rows, to_rows, width_for
+from crypto.psi import PsiKey, hash_ids
+
+
+class RecordingBackend:
+    """Runs shards in this process and records what would have been shipped to a worker."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list]] = []
+
+    def workers(self) -> int:
+        return 2
+
+    def map(self, fn, arg_tuples):
+        self.calls.append((fn.__name__, [list(args) for args in arg_tuples]))
+        return [fn(*args) for args in arg_tuples]
+
+    def warm_up(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return generate_keypair(512)
+
+
+def test_fixed_width_rows_round_trip():
+    values = [0, 1, 255, 256, 2**511 - 1, 12345678901234567890]
+    rows = to_rows(values, width_for(2**512))
+    assert rows.dtype == np.uint8 and rows.shape == (6, 64)
+    assert from_rows(rows) == values
+    assert from_rows(to_rows([], 8)) == []
+    with pytest.raises(ValueError, match="does not fit in 2 bytes"):
+        to_rows([70000], 2)
+
+
+def test_heavy_loops_go_through_the_backend_as_uint8_rows(keys):
+    pk, sk = keys
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=300)                      # >= MIN_PARALLEL: shipped to workers
+    X = rng.normal(size=(300, 3))
+    rec = RecordingBackend()
+    with backends.using(rec):
+        enc = EncryptedArray.encrypt(pk, x)
+        fresh = enc.rerandomize()
+        got = fresh.decrypt(sk)
+        xt_d = enc.rmatmul(X).decrypt(sk)
+        (grouped,) = enc.grouped_rmatmul([(X, np.arange(300), np.arange(300) % 4, 4)])
+        grouped = grouped.decrypt(sk)
+        points = hash_ids(np.array([f"id{i}" for i in range(10_000)]))
+        blinded = PsiKey().blind(points)
+    np.testing.assert_allclose(got, x, atol=1e-9)
+    np.testing.assert_allclose(xt_d, X.T @ x, atol=1e-6)
+    np.testing.assert_allclose(grouped, np.stack([X[g::4].T @ x[g::4] for g in range(4)]), atol=1e-6)
+    assert len(set(blinded.tolist())) == len(points)
+    names = [name for name, _ in rec.calls]
+    for fn in ("_encrypt_rows", "_decrypt_rows", "_multiexp_rows", "_grouped_rows", "_blind_bytes"):
+        assert fn in names, f"{fn} did not go through the backend: {names}"
+    mpz = type(gmpy2.mpz(0))
+    for name, shards in rec.calls:
+        assert len(shards) >= 2
+        for args in shards:   # ciphertexts as one uint8 buffer per shard, never objects pickled one by one
+            arrays = [a for a in args if isinstance(a, np.ndarray)]
+            assert not any(a.dtype == object for a in arrays), name
+            assert not any(isinstance(a, list) and any(isinstance(v, mpz) for v in a) for a in args), name
+            if name.endswith("_rows"):
+                assert any(a.dtype == np.uint8 and a.ndim == 2 for a in arrays), name
+
+
+def test_small_inputs_stay_in_process(keys):
+    pk, sk = keys
+    rec = RecordingBackend()
+    with backends.using(rec):
+        assert np.allclose(EncryptedArray.encrypt(pk, np.ones(10)).decrypt(sk), 1.0)
+    assert rec.calls == []
+    assert backends.current().name == "local"        # restored after the block
