@@ -28,10 +28,12 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_psi(args: argparse.Namespace) -> int:
+    from parties.party import shared_backend
     from vfl.pipeline import run_psi_local
     job = load_job(args.job)
     t0 = time.perf_counter()
-    results = run_psi_local(job)
+    with shared_backend(job):
+        results = run_psi_local(job)
     common = next(iter(results.values()))
     print(f"{len(common)} common IDs in {time.perf_counter() - t0:.1f} s; written to "
           + ", ".join(str(job.output_dir(n) / "intersection.csv") for n in results))
@@ -50,8 +52,10 @@ def _processes(job, task: str, resume: bool = False) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.threads:
+        from parties.party import shared_backend
         from vfl.pipeline import run_local
-        run_local(job, resume=args.resume)
+        with shared_backend(job):
+            run_local(job, resume=args.resume)
     else:
         _processes(job, "train", args.resume)
     metrics = json.loads((job.workdir / "metrics.json").read_text())
@@ -63,8 +67,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.threads:
+        from parties.party import shared_backend
         from vfl.pipeline import run_predict_local
-        run_predict_local(job)
+        with shared_backend(job):
+            run_predict_local(job)
     else:
         _processes(job, "predict")
     report = json.loads((job.workdir / "predict_metrics.json").read_text())

@@ -8,12 +8,14 @@ reason and exits non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from vfl.config import ConfigError, JobConfig, load_job
+from vfl.config import ConfigError, JobConfig, PartyConfig, load_job
 
 log = logging.getLogger("vfl.party")
 
@@ -45,11 +47,47 @@ def with_tls_dir(job: JobConfig, folder: Path) -> JobConfig:
                    hosts=tuple(party(h) for h in job.hosts))
 
 
+def check_backend(party: PartyConfig) -> None:
+    """A party that asks for Ray must have it installed: say so in one line, before any work."""
+    if party.ray_address is not None and importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"party {party.name!r} has ray_address = {party.ray_address!r} but Ray is not "
+                          "installed here: pip install -e '.[ray]' (or remove ray_address to use the local "
+                          "process pool)")
+
+
+def compute_backend(party: PartyConfig):
+    """Context: this party's heavy loops on the backend its ``ray_address`` selects (default: local pool).
+
+    Only the party process chooses; the roles in ``vfl/`` never know which backend runs.
+    """
+    check_backend(party)
+    from crypto.backends import selected
+
+    @contextlib.contextmanager
+    def logged():
+        with selected(party.ray_address) as backend:
+            log.info("%s: heavy loops on %r", party.name, backend)
+            yield backend
+    return logged()
+
+
+def shared_backend(job: JobConfig):
+    """Context for in-process runs (every party a thread of this process): they share one backend,
+    the Ray cluster a party names if any (all that name one must name the same), else the local pool."""
+    addresses = sorted({p.ray_address for p in job.parties} - {None})
+    if len(addresses) > 1:
+        raise ConfigError(f"the parties name different ray_address values ({', '.join(addresses)}); parties run "
+                          "as threads of one process share one backend: run them as processes (no --threads)")
+    return compute_backend(next((p for p in job.parties if p.ray_address), job.guest))
+
+
 def preflight(job: JobConfig, me: str, task: str = "train") -> None:
     """Check this party's own inputs before it opens the network, so that a missing or
-    malformed data file fails at once and names the file, not as a lost link later."""
+    malformed data file (or a backend that cannot start here) fails at once and names the
+    file, not as a lost link later."""
     from vfl.data import check_columns
     party = job.party(me)
+    check_backend(party)
     if party.role == "arbiter":
         return
     if task == "predict":
@@ -72,10 +110,12 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
         from vfl.inference import predict_guest, predict_host
         if role == "arbiter":
             raise ConfigError("scoring needs no arbiter: start only the guest and the hosts")
-        with open_channel(job, me, task="predict", exclude={job.arbiter.name}) as tls:
+        with compute_backend(job.party(me)), open_channel(job, me, task="predict",
+                                                          exclude={job.arbiter.name}) as tls:
             channel = spec_channel(tls, job, me, "predict")     # the spec enforced, the ledger kept
             return predict_guest(job, channel) if role == "guest" else predict_host(job, me, channel)
-    with open_channel(job, me) as tls:
+    # the party's own compute backend first: a Ray runtime takes seconds to start, and peers wait for links
+    with compute_backend(job.party(me)), open_channel(job, me) as tls:
         channel = spec_channel(tls, job, me, "train")
         if role == "guest":
             return run_guest(job, channel, resume)

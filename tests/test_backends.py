@@ -1,5 +1,7 @@
-"""Compute backends without Ray: what crosses to workers, and when."""
+"""Compute backends without Ray: what crosses to workers, selection from the job file, clear errors."""
 from __future__ import annotations
+
+import importlib.util
 
 import gmpy2
 import numpy as np
@@ -8,6 +10,9 @@ import pytest
 from crypto import EncryptedArray, backends, generate_keypair
 from crypto.fixed_width import from_rows, to_rows, width_for
 from crypto.psi import PsiKey, hash_ids
+from parties.party import check_backend, shared_backend
+from tests.test_config import _with
+from vfl.config import ConfigError, parse_job
 
 
 class RecordingBackend:
@@ -87,3 +92,34 @@ def test_small_inputs_stay_in_process(keys):
         assert np.allclose(EncryptedArray.encrypt(pk, np.ones(10)).decrypt(sk), 1.0)
     assert rec.calls == []
     assert backends.current().name == "local"        # restored after the block
+
+
+@pytest.mark.parametrize("value", ["local", "10.0.0.5:6379", "ray-head.bank.internal:6379"])
+def test_ray_address_accepted(tmp_path, value):
+    job = parse_job(_with(hosts__ray_address=value), tmp_path / "job.toml")
+    assert job.hosts[0].ray_address == value and job.guest.ray_address is None
+
+
+@pytest.mark.parametrize("value", [6379, "", "cluster", "10.0.0.5:", "10.0.0.5:99999", ":6379", True])
+def test_bad_ray_address_names_the_table(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"ray_address must be \"local\".*HOST:PORT"):
+        parse_job(_with(guest__ray_address=value), tmp_path / "job.toml")
+
+
+def test_ray_requested_but_not_installed_is_one_clear_line(tmp_path, monkeypatch):
+    job = parse_job(_with(guest__ray_address="local"), tmp_path / "job.toml")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ConfigError) as info:
+        check_backend(job.guest)
+    msg = str(info.value)
+    assert "\n" not in msg and "'bank'" in msg and "Ray is not installed" in msg and ".[ray]" in msg
+    check_backend(job.hosts[0])          # the host did not ask for Ray: nothing to check
+
+
+def test_threads_share_one_backend(tmp_path):
+    job = parse_job(_with(guest__ray_address="local", hosts__ray_address="10.0.0.5:6379"), tmp_path / "j.toml")
+    with pytest.raises(ConfigError, match="different ray_address"):
+        shared_backend(job)
+    with shared_backend(parse_job(_with(), tmp_path / "j.toml")) as backend:
+        assert backend.name == "local"

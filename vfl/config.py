@@ -39,6 +39,8 @@ class PartyConfig:
     key: Path | None = None
     predict_data: Path | None = None     # rows to score with a trained model (`vfl predict`)
     categorical_columns: tuple[str, ...] = ()
+    ray_address: str | None = None       # where this party's heavy loops run: None = local process pool,
+                                         # "local" = a private Ray runtime here, "HOST:PORT" = its Ray cluster
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -151,7 +153,8 @@ def _path(base: Path, value: Any) -> Path | None:
 
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
-    allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns"}
+    allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns",
+               "ray_address"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -169,12 +172,27 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
         raise ConfigError("[arbiter] has no data, so no categorical_columns")
     if not isinstance(cats, list) or not all(isinstance(c, str) and c for c in cats):
         raise ConfigError(f"[{where}] categorical_columns must be a list of column names, got {cats!r}")
+    ray_address = _ray_address(table.get("ray_address"), where)
     return PartyConfig(role=role, name=name, address=address, data=data,
                        id_column=str(table.get("id_column", "id")),
                        label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
                        predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
-                       categorical_columns=tuple(cats))
+                       categorical_columns=tuple(cats), ray_address=ray_address)
+
+
+def _ray_address(value: Any, where: str) -> str | None:
+    """``"local"`` or ``"HOST:PORT"`` of the party's own Ray cluster (absent: the local process pool)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        host, _, port = value.strip().rpartition(":")
+        if value.strip() == "local":
+            return "local"
+        if host and port.isdigit() and 0 < int(port) < 65536 and " " not in host:
+            return value.strip()
+    raise ConfigError(f'[{where}] ray_address must be "local" (a private Ray runtime on this machine) or '
+                      f'"HOST:PORT" of the party\'s own Ray cluster, got {value!r}')
 
 
 def _dataclass_from(cls, table: dict, where: str):

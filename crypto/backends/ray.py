@@ -80,7 +80,7 @@ class RayBackend:
                 raise BackendUnavailable("no Ray runtime is running in this process and no ray_address was given")
             from .local import num_workers
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False)
-            if address == "local":
+            if address == "local":   # a private runtime of this process, sized like the local pool
                 kwargs["num_cpus"] = num_workers()
             try:
                 ray.init(address=address, **kwargs)

@@ -1,0 +1,127 @@
+"""The Ray backend on a real local Ray runtime: the same results as the local process pool.
+
+One private runtime (2 CPUs, no dashboard) for the whole module, shut down
+afterwards.  Skipped when the ``ray`` extra is not installed (CI installs it
+with ``.[test]``).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from crypto import EncryptedArray, backends, generate_keypair  # noqa: E402
+from crypto import paillier  # noqa: E402
+from crypto.backends.ray import RayBackend  # noqa: E402
+from crypto.psi import LowOrderPointError, PsiKey, hash_ids  # noqa: E402
+from parties.party import shared_backend  # noqa: E402
+from tests.conftest import write_job, write_tables  # noqa: E402
+from vfl.config import load_job  # noqa: E402
+from vfl.models.reference import fit_reference  # noqa: E402
+from vfl.pipeline import run_local  # noqa: E402
+from vfl.synth import vertical_split  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_backend():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    backend = RayBackend(None, workers=2)        # actors on the runtime this process just started
+    backend.warm_up()
+    yield backend
+    backend.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return generate_keypair(512)
+
+
+def _cached_tables() -> list:
+    """Shard function: the DJN tables this worker process keeps (key moduli)."""
+    return [n for n, _ in paillier._djn_tables]
+
+
+def _heavy_ops(pk, sk, x, X):
+    """Every heavy loop once; the decrypted results."""
+    enc = EncryptedArray.encrypt(pk, x)
+    (grouped,) = enc.rerandomize().grouped_rmatmul([(X, np.arange(len(x)), np.arange(len(x)) % 5, 5)])
+    return enc, {"x": enc.decrypt(sk), "xt_d": enc.rmatmul(X).decrypt(sk), "grouped": grouped.decrypt(sk),
+                 "scaled": enc.mul(np.full(len(x), 3)).decrypt(sk)}
+
+
+def test_same_decrypted_values_as_the_local_pool(ray_backend, keys, monkeypatch):
+    monkeypatch.setenv("VFL_WORKERS", "2")
+    pk, sk = keys
+    rng = np.random.default_rng(3)
+    x, X = rng.normal(size=600), rng.normal(size=(600, 4))      # 600 >= 256 rows: sharded
+    with backends.using(ray_backend):
+        enc_ray, on_ray = _heavy_ops(pk, sk, x, X)
+        pids = ray_backend.worker_pids()
+        tables = backends.run(_cached_tables, [()] * 2)         # round-robin: one call per actor
+    enc_pool, on_pool = _heavy_ops(pk, sk, x, X)
+    for k in on_ray:
+        np.testing.assert_array_equal(on_ray[k], on_pool[k], err_msg=k)
+    np.testing.assert_allclose(on_ray["x"], x, atol=1e-9)
+    np.testing.assert_allclose(on_ray["xt_d"], X.T @ x, atol=1e-6)
+    np.testing.assert_allclose(on_ray["grouped"], np.stack([X[g::5].T @ x[g::5] for g in range(5)]), atol=1e-6)
+    np.testing.assert_allclose(on_ray["scaled"], 3 * x, atol=1e-9)
+    # ciphertexts made on Ray decrypt on the pool and vice versa; fresh randomness on each
+    np.testing.assert_array_equal(enc_ray.decrypt(sk), enc_pool.decrypt(sk))
+    assert not np.array_equal(enc_ray.ciphertexts, enc_pool.ciphertexts)
+    # long-lived actors: the same processes, each keeping the key's DJN table for the next batch
+    assert all(int(pk.n) in t for t in tables) and ray_backend.worker_pids() == pids
+
+
+def test_psi_blinding_on_ray_matches_and_errors_carry_over(ray_backend):
+    points = hash_ids(np.array([f"customer-{i}" for i in range(12_000)]))   # above the PSI pool threshold
+    key = PsiKey()
+    with backends.using(ray_backend):
+        on_ray = key.blind(points)
+        bad = points.copy()
+        raw = bytearray(bad.tobytes())
+        raw[32 * 11_000:32 * 11_001] = bytes(32)          # the zero point has small order
+        with pytest.raises(LowOrderPointError) as info:
+            key.blind(np.frombuffer(bytes(raw), dtype=points.dtype))
+    assert info.value.index == 11_000
+    np.testing.assert_array_equal(on_ray, key.blind(points))    # in-process / local pool
+
+
+def _weights(job) -> np.ndarray:
+    parts = [json.loads((job.output_dir(n) / "model.json").read_text()) for n in ("guest", "host0")]
+    return np.concatenate([parts[0]["coef"], parts[1]["coef"], [parts[0]["intercept"]]])
+
+
+def test_lr_job_on_ray_gives_the_pools_weights(ray_backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("VFL_WORKERS", "2")
+    guest, hosts = vertical_split(700, 3, [3], overlap=1.0, seed=4)
+    model = "epochs = 3\nbatch_size = 256\nlearning_rate = 0.1\ntolerance = 0.0"
+    jobs = {}
+    for where, extra in (("pool", ""), ("ray", 'ray_address = "local"\n')):
+        folder = tmp_path / where
+        folder.mkdir()
+        g_csv, h_csvs = write_tables(folder, guest, hosts)
+        text = write_job(folder, g_csv, h_csvs, model=model).read_text()
+        (folder / "job.toml").write_text(text.replace('[guest]\n', f'[guest]\n{extra}'))
+        jobs[where] = job = load_job(folder / "job.toml")
+        with shared_backend(job) as backend:           # what `vfl run --threads` selects for this job file
+            assert backend.name == ("ray" if extra else "local")
+        with backends.using(ray_backend if extra else backends.current()):   # the module's runtime: 2 CPUs
+            run_local(job)
+    w_pool, w_ray = _weights(jobs["pool"]), _weights(jobs["ray"])
+    np.testing.assert_allclose(w_ray, w_pool, rtol=0, atol=1e-9)
+    assert np.abs(w_pool).max() > 1e-3                     # it trained
+    metrics = json.loads((jobs["ray"].workdir / "metrics.json").read_text())
+    assert metrics["aligned_rows"] == 700
+    # and both follow the plaintext reference (so equality above is not two identical wrong answers)
+    loss_ref = fit_reference(*_joined(jobs["ray"]), jobs["ray"].model, seed=jobs["ray"].model.seed, n_guest=3)[1]
+    np.testing.assert_allclose(metrics["loss_history"], loss_ref, atol=1e-6)
+
+
+def _joined(job):
+    from tests.test_pipeline import _joined_reference
+    _, X, y, test, _ = _joined_reference(job, job.guest.data, [job.hosts[0].data])
+    return X[~test], y[~test]
