@@ -179,9 +179,9 @@ def test_a_whole_job_fails_when_a_role_sends_something_undeclared(tmp_path, monk
     import vfl.scoring
     real = vfl.scoring.host_send_scores
 
-    def leaky(channel, guest, me, n_hosts, u_h, context):     # a host that sends its plain scores
+    def leaky(channel, guest, hosts, me, u_h, context, auth=None):     # a host that sends its plain scores
         channel.send(guest, "predict/u_h_plain", u_h)
-        return real(channel, guest, me, n_hosts, u_h, context)
+        return real(channel, guest, hosts, me, u_h, context, auth)
     monkeypatch.setattr("vfl.workflow.host_send_scores", leaky)
     with pytest.raises(JobFailed, match="predict/u_h_plain"):
         run_local(job)

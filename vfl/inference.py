@@ -21,7 +21,7 @@ from .models.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
 from .models.model_file import load_part
 from .psi import psi_guest, psi_host, write_intersection
-from .scoring import guest_sum_scores, host_send_scores
+from .scoring import guest_sum_scores, host_send_scores, relay_authentication
 
 log = logging.getLogger("vfl.predict")
 
@@ -69,6 +69,6 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     common = psi_host(channel, table.ids, job.guest.name)
     write_intersection(out / "scored_ids.csv", common)
     u_h = model.score(table.take(common))
-    host_send_scores(channel, job.guest.name, job.host_names.index(name), len(job.hosts), u_h,
-                     context=f"{job.name}/score")
+    host_send_scores(channel, job.guest.name, job.host_names, name, u_h, context=f"{job.name}/score",
+                     auth=relay_authentication(job, name))
     return {"party": name, "rows": int(len(table.ids)), "scored_rows": int(len(common))}

@@ -5,13 +5,27 @@ The hosts' partial linear scores reach the guest through a secure sum
 host sends its scores plus pairwise masks that cancel in the sum. With one
 host there are no pairs, so its share is its plain score, which the guest
 could derive from the final score anyway.
+
+The guest only relays the keys, so a host cannot tell from the link who made
+them. When the job has TLS identities (every party process has), each host
+signs its key with its TLS key (``crypto.signing``) and checks every other
+host's signature against the job's CA: a guest that swaps in keys of its own,
+to strip the masks off a host's share, is caught before any share is sent.
 """
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from crypto.secure_sum import SumKey, reveal_sum
+from crypto.signing import PartySigner, PeerVerifier, SignatureError
 from .channel import Channel, ProtocolError
+from .config import JobConfig
+
+_KEY_BYTES = 32
 
 
 def _expect(payload, dtype, shape, what: str) -> np.ndarray:
@@ -21,21 +35,85 @@ def _expect(payload, dtype, shape, what: str) -> np.ndarray:
     return payload
 
 
-def host_send_scores(channel: Channel, guest: str, me: int, n_hosts: int, u_h: np.ndarray,
-                     context: str) -> None:
-    """Host side: exchange keys through the guest, then send the masked share."""
+def signed_bytes(context: str, host: str, public: bytes) -> bytes:
+    """What a host signs: its key, bound to the job and step (``context``) and to its name."""
+    return b"vfl/secure-sum-key/v1\x00" + json.dumps([context, host]).encode() + b"\x00" + public
+
+
+def _key_entry(payload, what: str) -> tuple[bytes, bytes, bytes]:
+    """(public key, certificate PEM, signature) from one host's announced key, validated."""
+    if not isinstance(payload, dict) or set(payload) != {"key", "cert", "sig"} or not all(
+            isinstance(v, str) for v in payload.values()):
+        raise ProtocolError(f"{what}: expected {{key, cert, sig}} strings")
+    try:
+        public, sig = bytes.fromhex(payload["key"]), bytes.fromhex(payload["sig"])
+    except ValueError:
+        raise ProtocolError(f"{what}: key and signature must be hex") from None
+    if len(public) != _KEY_BYTES or len(sig) > 512:
+        raise ProtocolError(f"{what}: a {_KEY_BYTES}-byte key and a signature of at most 512 bytes expected")
+    return public, payload["cert"].encode(), sig
+
+
+def host_send_scores(channel: Channel, guest: str, hosts: list[str], me: str, u_h: np.ndarray,
+                     context: str, auth: RelayAuth | None = None) -> None:
+    """Host side: exchange keys through the guest, then send the masked share.
+
+    With ``auth`` (this host's signer and the job's verifier), every other host's key
+    must carry a valid signature by that host; a forged or missing one stops this
+    host before it sends its share.
+    """
+    signer, verifier = (auth.signer, auth.verifier) if auth else (None, None)
     key = SumKey()
-    channel.send(guest, "predict/sum_key", np.frombuffer(key.public_bytes(), dtype=np.uint8))
-    keys = _expect(channel.recv(guest, "predict/sum_keys"), np.uint8, (n_hosts, 32), "host keys")
-    share = key.masked_share(u_h, me, [k.tobytes() for k in keys], context.encode())
+    public = key.public_bytes()
+    sig = signer.sign(signed_bytes(context, me, public)) if signer else b""
+    channel.send(guest, "predict/sum_key", {"key": public.hex(), "cert": signer.cert_pem.decode() if signer else "",
+                                            "sig": sig.hex()})
+    relayed = channel.recv(guest, "predict/sum_keys")
+    entries = relayed.get("keys") if isinstance(relayed, dict) and set(relayed) == {"keys"} else None
+    if not isinstance(entries, list) or len(entries) != len(hosts):
+        raise ProtocolError(f"host keys: expected a list of {len(hosts)} keys from {guest}")
+    publics = []
+    for name, entry in zip(hosts, entries):
+        other, cert, other_sig = _key_entry(entry, f"{name}'s secure-sum key")
+        if name == me:
+            if other != public:
+                raise ProtocolError(f"{guest} relayed a secure-sum key for {me} that is not {me}'s own")
+        elif verifier is not None:
+            try:
+                verifier.verify(name, cert, signed_bytes(context, name, other), other_sig)
+            except SignatureError as exc:
+                raise ProtocolError(f"secure sum refused: {exc} (relayed by {guest})") from None
+        publics.append(other)
+    share = key.masked_share(u_h, hosts.index(me), publics, context.encode())
     channel.send(guest, "predict/u_h_share", share)
 
 
 def guest_sum_scores(channel: Channel, hosts: list[str], n_rows: int) -> np.ndarray:
-    """Guest side: relay the hosts' public keys, add the shares, return sum_h u_h."""
-    keys = np.stack([_expect(channel.recv(h, "predict/sum_key"), np.uint8, (32,), f"{h} key") for h in hosts])
+    """Guest side: relay the hosts' keys (as signed), add the shares, return sum_h u_h."""
+    entries = []
     for h in hosts:
-        channel.send(h, "predict/sum_keys", keys)
+        entry = channel.recv(h, "predict/sum_key")
+        _key_entry(entry, f"{h}'s secure-sum key")
+        entries.append(entry)
+    for h in hosts:
+        channel.send(h, "predict/sum_keys", {"keys": entries})
     shares = [_expect(channel.recv(h, "predict/u_h_share"), np.uint64, (n_rows,), f"{h} scores")
               for h in hosts]
     return reveal_sum(shares)
+
+
+@dataclass(frozen=True)
+class RelayAuth:
+    """A host's TLS identity for signing what the guest relays, and the job's CA to check others'."""
+
+    signer: PartySigner | None
+    verifier: PeerVerifier | None
+
+
+def relay_authentication(job: JobConfig, name: str) -> RelayAuth:
+    """This party's signer and the job's verifier, from its TLS files; None where the job names none
+    (the in-process runner, whose roles share one process: nothing is relayed between organisations)."""
+    p = job.party(name)
+    signer = PartySigner(Path(p.cert).read_bytes(), Path(p.key).read_bytes()) if p.cert and p.key else None
+    verifier = PeerVerifier(Path(job.ca).read_bytes()) if job.ca else None
+    return RelayAuth(signer, verifier)

@@ -27,7 +27,7 @@ from .models.privacy import label_dp_summary
 from .models.trainer import init_seed
 from .models.vocab import Vocabulary
 from .psi import psi_guest, psi_host, write_intersection
-from .scoring import guest_sum_scores, host_send_scores
+from .scoring import guest_sum_scores, host_send_scores, relay_authentication
 from .split import Standardizer, split_mask
 from .timing import Stopwatch
 
@@ -164,8 +164,8 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
               checkpoint=_checkpoint(job, name, common[~test], data.columns, data.categorical_columns))
     part = _model_part(h, data, std, tower, vocabs, model.params_)
     part.save(out / "model.json")
-    host_send_scores(channel, job.guest.name, job.host_names.index(name), len(job.hosts),
-                     part.score(data), context=f"{job.name}/predict")
+    host_send_scores(channel, job.guest.name, job.host_names, name, part.score(data),
+                     context=f"{job.name}/predict", auth=relay_authentication(job, name))
     report = {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds,
               "smallest_release_rows": model.smallest_release_}

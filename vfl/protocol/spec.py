@@ -82,7 +82,7 @@ def _compiled(pattern: str) -> re.Pattern:
 _PRE = r"(?P<pre>lr|emb)"
 _BATCH = _PRE + r"/e(?P<epoch>\d+)/b(?P<batch>\d+)/"
 _OWNER = r"(?P<owner>[^/]+)"
-_POINTS, _POS, _BYTES, _U64 = "S32", "[iu][1248]", "u1", "u8"
+_POINTS, _POS, _U64 = "S32", "[iu][1248]", "u8"
 
 
 def _both(doc, pattern, sender, receivers, cls, kinds, learns, phase, **kw) -> list[StepSpec]:
@@ -145,10 +145,10 @@ SPEC: tuple[StepSpec, ...] = tuple([
     StepSpec("<pre>/e<e>/saved", _PRE + r"/e(?P<epoch>\d+)/saved", "host", "guest", CONTROL,
              ("control",), "that the host has saved its checkpoint of this epoch", TRAIN),
     # ------------------------------------------------------------------ scoring (vfl/scoring.py)
-    StepSpec("predict/sum_key", r"predict/sum_key", "host", "guest", PUBLIC, ("array",),
-             "nothing: a fresh X25519 public key", SCORE, dtype=_BYTES),
-    StepSpec("predict/sum_keys", r"predict/sum_keys", "guest", "host", PUBLIC, ("array",),
-             "nothing: all hosts' X25519 public keys, in job order", SCORE, dtype=_BYTES),
+    StepSpec("predict/sum_key", r"predict/sum_key", "host", "guest", PUBLIC, ("control",),
+             "nothing: a fresh X25519 public key, signed with the host's TLS key, and its certificate", SCORE),
+    StepSpec("predict/sum_keys", r"predict/sum_keys", "guest", "host", PUBLIC, ("control",),
+             "nothing: all hosts' signed X25519 public keys and certificates, in job order", SCORE),
     StepSpec("predict/u_h_share", r"predict/u_h_share", "host", "guest", SHARE, ("array",),
              "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
              "scores per row (a single host's score when there is one host)", SCORE, dtype=_U64),
