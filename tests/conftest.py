@@ -57,3 +57,48 @@ def run_parties(net, calls: dict) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+# ------------------------------------------------------------ `vfl audit` on every job the suite runs
+AUDITED: dict[str, bool] = {}     # job file -> passed
+
+
+@pytest.fixture(autouse=True)
+def audit_every_job(request, tmp_path):
+    """After each test, run ``vfl audit`` on every job it ran (every job file under its tmp_path
+    whose workdir holds ledgers): each must pass. Tests that break a ledger or a protocol on
+    purpose say so with ``@pytest.mark.audit_fails``."""
+    yield
+    if request.node.get_closest_marker("audit_fails"):
+        return
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or not rep.passed:
+        return
+    from vfl.config import ConfigError, load_job
+    from vfl.protocol.audit import audit_job
+    for path in sorted(tmp_path.rglob("*.toml")):
+        try:
+            job = load_job(path)
+        except (ConfigError, OSError):
+            continue
+        if not any(job.workdir.glob("*/ledger.jsonl")):
+            continue
+        ok, text = audit_job(job)
+        AUDITED[f"{request.node.nodeid}:{path.name}"] = ok
+        if not ok:
+            pytest.fail(f"vfl audit failed on {path}:\n{text}", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call = rep
+
+
+def pytest_terminal_summary(terminalreporter):
+    if AUDITED:
+        failed = sum(not ok for ok in AUDITED.values())
+        terminalreporter.write_line(f"vfl audit: {len(AUDITED)} job(s) run by the tests audited, "
+                                    f"{len(AUDITED) - failed} passed, {failed} failed")

@@ -88,6 +88,23 @@ def test_embedding_job_with_label_dp_passes_the_audit_and_reports_epsilon(tmp_pa
     assert f"epsilon spent {eps:.4g}" in out
 
 
+@pytest.mark.audit_fails      # the job file is made stricter than the run on purpose
+def test_ledgers_count_the_rows_behind_released_sums_and_the_audit_enforces_the_minimum(tmp_path, capsys):
+    job = _lr_job(tmp_path, hosts=(2,), model="min_rows_per_release = 200\n")
+    results = run_local(job)
+    for name in ("guest", "host0"):
+        released = [e for e in _lines(job.output_dir(name) / "ledger.jsonl")
+                    if e.get("step", "").endswith("masked_grad_plain") and e["values"]]
+        assert released and all(e["rows"] >= 200 for e in released)
+        # the ledger's count is the party's own: the fewest rows behind any sum it released
+        smallest = results[name]["smallest_release_rows"]
+        assert min(e["rows"] for e in released) == smallest
+    assert _audit(job, capsys)[0] == 0
+    job.path.write_text(job.path.read_text().replace("min_rows_per_release = 200", "min_rows_per_release = 1000"))
+    code, out = _audit(job, capsys)
+    assert code == 1 and "masked_grad_plain' released sums over" in out and "min_rows_per_release = 1000" in out
+
+
 def test_a_tampered_ledger_fails_the_audit(tmp_path, capsys):
     job = _lr_job(tmp_path, hosts=(2,))
     run_local(job)

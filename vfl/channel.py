@@ -116,3 +116,11 @@ class LocalChannel:
         if got_step != step:
             raise ProtocolError(f"{self.name}: expected {step!r} from {peer!r}, got {got_step!r}")
         return decode_payload(data)
+
+
+def note_rows(channel: Channel, step: str, rows: int) -> None:
+    """Tell a recording channel how many rows stand behind the aggregate expected at ``step``
+    (for the ledger and ``vfl audit``); channels that keep no ledger ignore it."""
+    note = getattr(channel, "note_rows", None)
+    if note is not None:
+        note(step, rows)

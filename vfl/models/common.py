@@ -25,7 +25,7 @@ import numpy as np
 from crypto import EncryptedArray, PublicKey, mask
 from crypto.encoding import DEFAULT_FRAC_BITS, decode_signed
 from crypto.packing import pack, unpack
-from ..channel import Channel
+from ..channel import Channel, note_rows
 from ..config import MIN_KEY_BITS, ModelConfig
 from ..messages import BigInts
 from ..split import batch_schedule
@@ -51,20 +51,23 @@ def step(prefix: str, epoch: int, batch: int, name: str) -> str:
 
 
 def masked_gradient_round(channel: Channel, arbiter: str, pk: PublicKey,
-                          enc_grad: EncryptedArray, tag: str) -> np.ndarray:
+                          enc_grad: EncryptedArray, tag: str, rows: int | None = None) -> np.ndarray:
     """Have the arbiter decrypt ``enc_grad`` under a fresh uniform mask mod n.
 
     The values are first packed several to a plaintext (``crypto.packing``):
     the arbiter decrypts one ciphertext per slot group instead of one per value.
     It sees ``P + r mod n`` with ``r`` uniform in Z_n: independent of the
     packed ``P``. Only this party knows ``r`` and recovers the values (plus the
-    arbiter's label-DP noise, for a host).
+    arbiter's label-DP noise, for a host). ``rows``, the fewest rows behind any
+    of these sums, goes into this party's ledger beside the reply.
     """
     if enc_grad.size == 0:          # nothing to release this batch: keep the arbiter in step
         channel.send(arbiter, tag, enc_grad)
         channel.recv(arbiter, tag + "_plain")
         return np.zeros(0)
     masked, r = mask(pack(enc_grad))
+    if rows is not None:
+        note_rows(channel, tag + "_plain", rows)
     channel.send(arbiter, tag, masked)
     reply = channel.recv(arbiter, tag + "_plain")
     if not isinstance(reply, BigInts) or len(reply.values) != len(r) or any(v >= pk.n for v in reply.values):

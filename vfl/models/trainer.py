@@ -59,7 +59,8 @@ class TowerTrainer:
         items = self.buffer.pop_ready()
         cts = np.empty(sum(len(s) for *_, s in items), dtype=object)
         cts[:] = [c for *_, s in items for c in s.tolist()]
-        flat = masked_gradient_round(channel, arbiter, pk, EncryptedArray(pk, cts, sums[0].frac_bits), tag)
+        flat = masked_gradient_round(channel, arbiter, pk, EncryptedArray(pk, cts, sums[0].frac_bits), tag,
+                                     rows=min((rows for _, _, rows, _ in items), default=None))
         values, start = [], 0
         for *_, s in items:
             values.append(flat[start:start + len(s)])

@@ -32,7 +32,7 @@ class ClassStats:
         self.messages += 1
         self.values += int(entry.get("values") or 0)
         self.bytes += int(entry.get("bytes") or 0)
-        if entry.get("class") == AGGREGATE:
+        if entry.get("class") == AGGREGATE and entry.get("values"):
             rows = entry.get("rows")
             if isinstance(rows, int):
                 self.min_rows = rows if self.min_rows is None else min(self.min_rows, rows)
@@ -55,8 +55,9 @@ class PartyLedger:
     problems: list = field(default_factory=list)
 
 
-def read_ledger(path: Path, name: str, roles: dict[str, str]) -> PartyLedger:
-    """Parse and verify one party's ledger (chain, spec, own name and role)."""
+def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: int | None = None) -> PartyLedger:
+    """Parse and verify one party's ledger (chain, spec, own name and role); with
+    ``min_release_rows``, also that no released gradient sum stands on fewer rows."""
     led = PartyLedger(name, roles[name], path)
     prev, seq, task = GENESIS, None, None
     with path.open("r", encoding="utf-8") as f:
@@ -89,11 +90,12 @@ def read_ledger(path: Path, name: str, roles: dict[str, str]) -> PartyLedger:
             if event != "message":
                 led.problems.append(f"{where}: unknown event {event!r}")
                 continue
-            _check_message(led, entry, where, roles, task)
+            _check_message(led, entry, where, roles, task, min_release_rows)
     return led
 
 
-def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task) -> None:
+def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
+                   min_release_rows: int | None = None) -> None:
     peer, step, direction = entry.get("peer"), entry.get("step"), entry.get("dir")
     if peer not in roles or peer == led.name:
         led.problems.append(f"{where}: peer {peer!r} is not another party of this job")
@@ -125,6 +127,11 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task)
     else:
         led.received.setdefault(spec.cls, ClassStats()).add(entry)
         led.got.append((*key, where))
+        rows = entry.get("rows")
+        if (spec.doc == "masked_grad_plain" and min_release_rows is not None and isinstance(rows, int)
+                and entry.get("values") and rows < min_release_rows):
+            led.problems.append(f"{where}: {step!r} released sums over {rows} rows, below the job's "
+                                f"min_rows_per_release = {min_release_rows}")
 
 
 def _cross_check(ledgers: dict[str, PartyLedger]) -> None:
@@ -181,7 +188,7 @@ def audit_job(job) -> tuple[bool, str]:
     for p in job.parties:
         path = job.output_dir(p.name) / LEDGER_FILE
         if path.is_file():
-            ledgers[p.name] = read_ledger(path, p.name, roles)
+            ledgers[p.name] = read_ledger(path, p.name, roles, job.model.min_rows_per_release)
     if not ledgers:
         return False, f"no ledger found under {job.workdir} (expected <workdir>/<party>/{LEDGER_FILE})"
     _cross_check(ledgers)

@@ -136,6 +136,7 @@ class SpecChannel:
         self.role = self.roles[inner.name]
         self.task, self.batch_size, self.ledger = task, batch_size, ledger
         self._n_train: int | None = None
+        self._noted_rows: dict[str, int] = {}
         if ledger is not None:
             ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
                            "roles": self.roles})
@@ -195,7 +196,14 @@ class SpecChannel:
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
                 self._n_train = n
 
+    def note_rows(self, step: str, rows: int) -> None:
+        """Record that the aggregate about to arrive at ``step`` stands on at least ``rows`` rows:
+        the receiver's own count (e.g. of its released sums), which the wire does not carry."""
+        self._noted_rows[step] = int(rows)
+
     def _rows(self, spec: StepSpec, step: str) -> int | None:
+        if step in self._noted_rows:
+            return self._noted_rows.pop(step)
         if spec.rows == "n_train":
             return self._n_train
         if spec.rows == "batch" and self._n_train and self.batch_size:
