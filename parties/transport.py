@@ -446,13 +446,17 @@ class TlsChannel:
     def _note_loss(self, peer: str, message: str, root: bool) -> None:
         with self._lock:
             self._losses.append((peer, message, root))
+            self._lock.notify_all()       # a party still setting up its other links gives up at once
+
+    def _root_loss_locked(self, besides: str | None = None) -> tuple[str, str] | None:
+        # stable sort: the earliest root cause first
+        ranked = sorted((x for x in self._losses if x[0] != besides), key=lambda x: not x[2])
+        return (ranked[0][0], ranked[0][1]) if ranked else None
 
     def _root_loss(self, besides: str) -> tuple[str, str] | None:
         """The peer lost mid-job to blame: one that vanished beats one that gave up after it."""
         with self._lock:
-            losses = [x for x in self._losses if x[0] != besides]
-        ranked = sorted(losses, key=lambda x: not x[2])   # stable: earliest root cause first
-        return (ranked[0][0], ranked[0][1]) if ranked else None
+            return self._root_loss_locked(besides)
 
     def _blame(self, peer: str, message: str, grace: float = 1.0) -> str:
         """For a send to a peer that gave up (an aborted bye) rather than vanished: name the peer
@@ -596,7 +600,7 @@ class TlsChannel:
                 while True:
                     fatal = [e for e in self._errors.values() if not isinstance(e, ConnectError)]
                     done = set(self._links) | set(self._errors)
-                    if fatal or done >= set(self.peers):
+                    if fatal or self._losses or done >= set(self.peers):
                         break
                     # past the deadline, still let diallers report their own (better) error
                     if time.monotonic() >= deadline and not any(t.is_alive() for t in diallers):
@@ -604,6 +608,10 @@ class TlsChannel:
                     self._lock.wait(timeout=_POLL)
                 missing = [p for p in self.peers.values() if p.name not in self._links]
                 errors = dict(self._errors)
+                lost = self._root_loss_locked()
+            if missing and lost is not None:     # a linked peer died while others were still dialling
+                raise PeerLost(f"{lost[1]} (during link setup, before {', '.join(repr(p.name) for p in missing)} "
+                               "linked)")
             if missing:
                 raise self._setup_failure(missing, errors)
         except BaseException:

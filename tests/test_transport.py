@@ -619,3 +619,20 @@ def test_make_certs_writes_private_keys_0600_with_cn_and_san(pki):
         cert.verify_directly_issued_by(ca)
     assert stat.S_IMODE(os.stat(pki.dir / "job" / "ca-key.pem").st_mode) == 0o600
     assert set(pki.files) == {"guest", "host1", "host2", "arbiter"}
+
+
+def test_a_peer_dying_during_link_setup_stops_the_others_at_once(pki):
+    """The host has linked with the guest and is still dialling an arbiter that is not up; the
+    guest dies. The host must give up at once naming the guest, not at its connect timeout."""
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    host = _channel(_job(pki, ports, connect_timeout=30.0), "host1")          # dials the absent arbiter
+    guest = _channel(_job(pki, ports, connect_timeout=5.0), "guest", only={"host1"})
+    h = _in_thread(host.open)
+    guest.open()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    guest.abort()                      # as a killed process: no bye
+    with pytest.raises(PeerLost, match=r"connection to 'guest' .*(closed without 'bye'|lost).*during link "
+                                       r"setup, before 'arbiter' linked"):
+        h(timeout=10)
+    assert time.monotonic() - t0 < 3.0
