@@ -170,8 +170,10 @@ class SpecChannel:
             raise ProtocolError(f"{self.name} ({self.role}) refuses to send to {peer} ({peer_role}): {exc}") from None
         self._note(step, payload)
         data = encode_payload(payload) if self.ledger is not None else b""
-        self.inner.send(peer, step, payload)
+        # recorded before it leaves: a party killed right after sending has still recorded what its
+        # peer received (a send that then fails leaves a "sent" line nobody received, which is honest)
         self._record("sent", peer, step, spec, payload, data)
+        self.inner.send(peer, step, payload)
 
     def recv(self, peer: str, step: str) -> Payload:
         peer_role = self._peer_role(peer)
