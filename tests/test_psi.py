@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import crypto.psi as cpsi
-import vfl.psi as vpsi
+import vfl.psi.roles as vpsi
 from crypto import pool
 from crypto.psi import LowOrderPointError, PsiKey, common_positions, hash_ids, random_permutation
 from vfl.channel import LocalNetwork, PeerLost, ProtocolError

@@ -90,7 +90,7 @@ def _both(doc, pattern, sender, receivers, cls, kinds, learns, phase, **kw) -> l
 
 
 SPEC: tuple[StepSpec, ...] = tuple([
-    # ------------------------------------------------------------------ PSI (vfl/psi.py)
+    # ------------------------------------------------------------------ PSI (vfl/psi/)
     StepSpec("psi/plan", r"psi/plan", "guest", "host", CONTROL, ("control",),
              "the PSI protocol version and the host names and order (public in the job file)", PSI),
     StepSpec("psi/host_blinded", r"psi/host_blinded", "host", "guest", BLINDED, ("array",),

@@ -42,9 +42,9 @@ import numpy as np
 from crypto.psi import (POINT_DTYPE, LowOrderPointError, PsiKey, common_positions, hash_ids,
                         random_permutation)
 
-from .channel import Channel, ProtocolError
-from .data import check_unique_ids
-from .messages import describe
+from ..channel import Channel, ProtocolError
+from ..data import check_unique_ids
+from ..messages import describe
 
 log = logging.getLogger("vfl.psi")
 
