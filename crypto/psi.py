@@ -197,3 +197,85 @@ def common_positions(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     # in order), and equal run ends imply an equal run.
     starts = np.flatnonzero(s[:len(s) - (m - 1)] == s[m - 1:])
     return [np.sort(order[starts + t] - offsets[t]) for t in range(m)]
+
+
+# --------------------------------------------------------------------------- buckets
+#
+# Bucketed PSI (vfl/psi/bucketed.py) splits every party's IDs by a keyed hash
+# of H(id) and runs the protocol per bucket, so no party holds all its blinded
+# points at once. The key is agreed by commit and reveal: every party commits
+# to a fresh nonce, the guest reveals its nonce after seeing only the hosts'
+# commitments, the hosts reveal theirs after that; the key hashes all nonces,
+# so it is uniform as long as one party's nonce is. Every bucket is padded with
+# random points to one size computed from n and the bucket count alone, so the
+# sizes a peer sees say nothing about how the IDs fall into buckets.
+
+NONCE_BYTES = 32
+_COMMIT_PREFIX = b"vfl/psi/v1/bucket-commit\x00"
+_KEY_PREFIX = b"vfl/psi/v1/bucket-key\x00"
+OVERFLOW_LOG2 = 40   # a bucket outgrows its padded size with probability below 2^-40 per run
+
+
+def bucket_nonce() -> bytes:
+    """A fresh 32-byte nonce from the OS CSPRNG: this party's share of the bucket key."""
+    return secrets.token_bytes(NONCE_BYTES)
+
+
+def commitment(nonce: bytes) -> bytes:
+    """SHA-256 commitment to a nonce (hiding because the nonce is 256 random bits)."""
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"a bucket nonce has {NONCE_BYTES} bytes, got {len(nonce)}")
+    return hashlib.sha256(_COMMIT_PREFIX + nonce).digest()
+
+
+def bucket_key(nonces: Sequence[bytes], buckets: int) -> bytes:
+    """The bucket key from every party's nonce (guest first, then hosts in job order)."""
+    if buckets < 1 or any(len(x) != NONCE_BYTES for x in nonces):
+        raise ValueError("bucket_key needs buckets >= 1 and 32-byte nonces")
+    return hashlib.sha256(_KEY_PREFIX + buckets.to_bytes(8, "big") + b"".join(nonces)).digest()
+
+
+def bucket_of(points: np.ndarray, key: bytes, buckets: int) -> np.ndarray:
+    """The bucket of each hashed ID: keyed BLAKE2b of its point, mod ``buckets`` (int64).
+
+    A keyed PRF, so that before the key is fixed nobody can choose IDs that
+    crowd one bucket; afterwards every party can compute it (it is not secret).
+    """
+    if points.dtype != POINT_DTYPE or points.ndim != 1:
+        raise TypeError(f"points must be 1-D 'S32', got {points.dtype} {points.shape}")
+    if buckets == 1 or len(points) == 0:
+        return np.zeros(len(points), dtype=np.int64)
+    raw = np.ascontiguousarray(points).tobytes()
+    b2 = hashlib.blake2b
+    digests = b"".join([b2(raw[i:i + POINT_BYTES], key=key, digest_size=8).digest()
+                        for i in range(0, len(raw), POINT_BYTES)])
+    return (np.frombuffer(digests, dtype="<u8") % np.uint64(buckets)).astype(np.int64)
+
+
+def padded_size(n: int, buckets: int) -> int:
+    """Points per bucket after padding, for ``n`` IDs in ``buckets`` buckets.
+
+    A bucket's count is Binomial(n, 1/buckets) for any fixed set under a random
+    key; Bernstein's bound P(X >= mu + t) <= exp(-t^2 / (2 (mu + t/3))) with a
+    union over the buckets gives the ``t`` at which any bucket overflows with
+    probability below 2^-OVERFLOW_LOG2. One bucket needs no padding.
+    """
+    if buckets < 1 or n < 0:
+        raise ValueError(f"need buckets >= 1 and n >= 0, got {buckets}, {n}")
+    if buckets == 1:
+        return n
+    mu = n / buckets
+    L = OVERFLOW_LOG2 * math.log(2) + math.log(buckets)
+    t = L / 3 + math.sqrt(L * L / 9 + 2 * L * mu)
+    return math.ceil(mu + t)
+
+
+def random_points(n: int) -> np.ndarray:
+    """``n`` uniformly random u-coordinates (top bit clear, as hashed IDs): padding that
+    looks like hashed IDs once blinded and matches nothing (collisions ~2^-250)."""
+    raw = bytearray(secrets.token_bytes(POINT_BYTES * n))
+    if not raw:
+        return np.zeros(0, dtype=POINT_DTYPE)
+    arr = np.frombuffer(raw, dtype=np.uint8).reshape(-1, POINT_BYTES)
+    arr[:, 31] &= 0x7F
+    return arr.reshape(-1).view(POINT_DTYPE)

@@ -122,7 +122,11 @@ def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
         if r.receiver == "arbiter":
             assert isinstance(p, (EncryptedArray, dict)), r.step
         if r.receiver.startswith("host") and isinstance(p, dict):
-            assert set(p) <= {"n", "stop", "epoch", "protocol", "guest", "hosts", "format", "version",
+            if r.step.startswith("psi/buckets/"):      # the bucket count and key agreement: counts and nonces
+                assert set(p) <= {"buckets", "nonce", "commits", "nonces"}, (r.step, p)
+                assert all(isinstance(v, (int, str, list)) and not isinstance(v, bool) for v in p.values())
+            else:
+                assert set(p) <= {"n", "stop", "epoch", "protocol", "guest", "hosts", "format", "version",
                                   "keys"}, (r.step, p)     # keys: the hosts' relayed secure-sum keys
         if isinstance(p, BigInts):
             assert r.sender == "arbiter" and r.step.endswith("masked_grad_plain")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -129,6 +129,29 @@ def read_ids(path: Path, id_column: str) -> np.ndarray:
     return _ids(frame[id_column], path)
 
 
+def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18) -> Iterator[np.ndarray]:
+    """The ID column in chunks of at most ``chunk_rows`` IDs, in file order, with the
+    checks of :func:`read_ids` except uniqueness across chunks (the caller checks that,
+    e.g. bucket by bucket): for PSI over more IDs than a party wants in memory at once.
+    Errors name the file, column and data row as :func:`read_ids` does."""
+    check_columns(path, id_column)
+    start = 0
+    if is_parquet(path):
+        for batch in _parquet_batches(path, [id_column], id_column, (), None, chunk_rows):
+            ids = batch[id_column]
+            yield _ids(pd.Series(ids, name=id_column, dtype=object), path, start, unique=False)
+            start += len(ids)
+        return
+    try:
+        reader = pd.read_csv(path, usecols=[id_column], dtype={id_column: str}, keep_default_na=False,
+                             chunksize=chunk_rows)
+        for frame in reader:
+            yield _ids(frame[id_column], path, start, unique=False)
+            start += len(frame)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
 def load_table(path: Path, id_column: str, label_column: str | None = None,
                categorical_columns: Sequence[str] = ()) -> PartyTable:
     """Read a CSV or Parquet file, check it, return IDs, numeric features, labels (guest only) and
@@ -211,19 +234,21 @@ def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] 
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
 
 
-def _ids(col: pd.Series, path: Path) -> np.ndarray:
-    """Verbatim ID text as an object array of str; empty, blank or overlong IDs refused."""
+def _ids(col: pd.Series, path: Path, start: int = 0, unique: bool = True) -> np.ndarray:
+    """Verbatim ID text as an object array of str; empty, blank or overlong IDs refused
+    (``start``: data rows before ``col``, for error messages); duplicates too if ``unique``."""
     text = col.fillna("")                   # NaN only from rows with too few fields
     blank = np.flatnonzero((text.str.strip() == "").to_numpy())
     if blank.size:
-        raise DataError(f"{path}: empty or blank ID in column {col.name!r} at data row {blank[0] + 1}")
+        raise DataError(f"{path}: empty or blank ID in column {col.name!r} at data row {start + blank[0] + 1}")
     lengths = text.str.len().to_numpy()
     long = np.flatnonzero(lengths > MAX_ID_LENGTH)
     if long.size:
         raise DataError(f"{path}: ID of {lengths[long[0]]} characters in column {col.name!r} at data row "
-                        f"{long[0] + 1}; IDs may have at most {MAX_ID_LENGTH}")
+                        f"{start + long[0] + 1}; IDs may have at most {MAX_ID_LENGTH}")
     ids = text.to_numpy(dtype=object)
-    check_unique_ids(ids, str(path))
+    if unique:
+        check_unique_ids(ids, str(path))
     return ids
 
 
@@ -304,11 +329,29 @@ def _read_parquet(path: Path, columns: list[str], id_column: str, text_columns: 
     categorical columns as ``str`` objects (null IDs refused, null categories ``""``),
     numeric columns and the label as float64 with NaN for nulls. Reads only ``columns``,
     one record batch at a time, converting each batch before the next is read."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    kinds: dict[str, str] = {}
+    for batch in _parquet_batches(path, columns, id_column, text_columns, label_column, _BATCH_ROWS, kinds):
+        for c in columns:
+            parts[c].append(batch[c])
+
+    def whole(c):
+        if parts[c]:                   # a label mixing int and float batches becomes float
+            return np.concatenate(parts[c]) if len(parts[c]) > 1 else parts[c][0]
+        return np.empty(0, dtype=np.float64 if kinds[c] == "number" else object)
+    return pd.DataFrame({c: whole(c) for c in columns}, columns=columns, copy=False)
+
+
+def _parquet_batches(path: Path, columns: list[str], id_column: str, text_columns: Sequence[str],
+                     label_column: str | None, batch_rows: int,
+                     kinds: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Each record batch of ``columns`` converted as :func:`_read_parquet` describes;
+    ``kinds`` (if given) is filled with each column's kind before the first batch."""
     pa, pc, _ = _pyarrow()
     pf = _open_parquet(path)
     schema = pf.schema_arrow
     text = set(text_columns)
-    kinds = {}
+    kinds = {} if kinds is None else kinds
     for c in columns:
         t = schema.field(c).type
         if pa.types.is_dictionary(t):
@@ -330,19 +373,19 @@ def _read_parquet(path: Path, columns: list[str], id_column: str, text_columns: 
             raise DataError(f"{path}: non-numeric feature columns {c} (Parquet type {t}); "
                             "encode them as numbers first or name them as categorical columns")
 
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     start = 0                                # data rows before this batch
     try:
-        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns, use_threads=False):
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+            out: dict[str, np.ndarray] = {}
             for c in columns:
                 arr = batch.column(c)
                 if pa.types.is_dictionary(arr.type):
                     arr = arr.dictionary_decode()
                 if c == label_column and pa.types.is_integer(arr.type) and not arr.null_count:
-                    parts[c].append(arr.to_numpy().astype(np.int64))     # errors show 2, not 2.0
+                    out[c] = arr.to_numpy().astype(np.int64)     # errors show 2, not 2.0
                     continue
                 if kinds[c] == "number":
-                    parts[c].append(pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False))
+                    out[c] = pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
                     continue
                 if kinds[c] == "id" and arr.null_count:
                     row = start + int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0]) + 1
@@ -352,17 +395,12 @@ def _read_parquet(path: Path, columns: list[str], id_column: str, text_columns: 
                 elif not pa.types.is_string(arr.type):
                     arr = pc.cast(arr, pa.string())          # integers: decimal text
                 arr = pc.fill_null(arr, "")                  # categorical nulls: the category ""
-                parts[c].append(arr.to_numpy(zero_copy_only=False).astype(object, copy=False))
+                out[c] = arr.to_numpy(zero_copy_only=False).astype(object, copy=False)
             start += batch.num_rows
+            yield out
     except (pa.ArrowException, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     except OSError as exc:
         raise DataError(f"data file {path} cannot be read: {exc.strerror or exc}") from None
-
-    def whole(c):
-        if parts[c]:                   # a label mixing int and float batches becomes float
-            return np.concatenate(parts[c]) if len(parts[c]) > 1 else parts[c][0]
-        return np.empty(0, dtype=np.float64 if kinds[c] == "number" else object)
-    return pd.DataFrame({c: whole(c) for c in columns}, columns=columns, copy=False)

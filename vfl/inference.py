@@ -20,7 +20,8 @@ from .files import write_json
 from .models.common import sigmoid
 from .metrics import binary_metrics, gains_table, scorecard_points
 from .models.model_file import load_part
-from .psi import psi_guest, psi_host, write_intersection
+from .psi import write_intersection
+from .workflow import run_psi
 from .scoring import guest_sum_scores, host_send_scores, relay_authentication
 
 log = logging.getLogger("vfl.predict")
@@ -38,7 +39,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     has_label = g.label_column in read_columns(path)
     table = load_table(path, g.id_column, g.label_column if has_label else None, g.categorical_columns)
     t0 = time.perf_counter()
-    common = psi_guest(channel, table.ids, job.host_names)
+    common = run_psi(job, g.name, channel, table.ids)
     data = table.take(common)
     host_sum = guest_sum_scores(channel, job.host_names, len(common))
     score = sigmoid(model.score(data) + host_sum)
@@ -66,7 +67,7 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     out = job.output_dir(name)
     model = load_part(out / "model.json", name)
     table = load_table(_rows_to_score(h), h.id_column, categorical_columns=h.categorical_columns)
-    common = psi_host(channel, table.ids, job.guest.name)
+    common = run_psi(job, name, channel, table.ids)
     write_intersection(out / "scored_ids.csv", common)
     u_h = model.score(table.take(common))
     host_send_scores(channel, job.guest.name, job.host_names, name, u_h, context=f"{job.name}/score",

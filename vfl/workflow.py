@@ -15,7 +15,7 @@ import pandas as pd
 
 from .channel import Channel
 from .config import JobConfig, PartyConfig
-from .data import PartyTable, check_training_rows, load_table, read_ids
+from .data import PartyTable, check_training_rows, load_table
 from .files import write_json
 from .models import SplitArbiter, SplitGuest, SplitHost
 from .models.checkpoint import Checkpoint, fingerprint
@@ -26,7 +26,7 @@ from .models.towers import EmbeddingTower, LinearTower, Tower, TowerInput
 from .models.privacy import label_dp_summary
 from .models.trainer import init_seed
 from .models.vocab import Vocabulary
-from .psi import psi_guest, psi_host, write_intersection
+from .psi import IdFile, bucketed_psi_guest, bucketed_psi_host, write_intersection
 from .scoring import guest_sum_scores, host_send_scores, relay_authentication
 from .split import Standardizer, split_mask
 from .timing import Stopwatch
@@ -37,14 +37,19 @@ log = logging.getLogger("vfl.job")
 def run_psi_party(job: JobConfig, name: str, channel: Channel) -> np.ndarray:
     """PSI only (``vfl psi``): write and return the sorted common IDs."""
     party = job.party(name)
-    ids = read_ids(party.data, party.id_column)
-    if party.role == "guest":
-        common = psi_guest(channel, ids, job.host_names)
-    else:
-        common = psi_host(channel, ids, job.guest.name)
+    ids = IdFile(party.data, party.id_column)       # read in chunks: memory bounded by the buckets
+    common = run_psi(job, name, channel, ids)
     write_intersection(job.output_dir(name) / "intersection.csv", common)
-    log.info("%s: %d own IDs, %d common", name, len(ids), len(common))
+    log.info("%s: %d common IDs", name, len(common))
     return common
+
+
+def run_psi(job: JobConfig, name: str, channel: Channel, ids) -> np.ndarray:
+    """Party ``name``'s part of (bucketed) PSI over ``ids`` (an array or a
+    :class:`vfl.psi.IdSource`); hashes beyond the memory budget wait under its own folder."""
+    if job.party(name).role == "guest":
+        return bucketed_psi_guest(channel, ids, job.host_names, workdir=job.output_dir(name))
+    return bucketed_psi_host(channel, ids, job.guest.name, workdir=job.output_dir(name))
 
 
 def _checkpoint(job: JobConfig, name: str, *parts) -> Checkpoint:
@@ -101,7 +106,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     timings = Stopwatch()
     table = _load(job, g, label=g.label_column)
     with timings("psi"):
-        common = psi_guest(channel, table.ids, job.host_names)
+        common = run_psi(job, g.name, channel, table.ids)
     out = job.output_dir(g.name)
     data, test, std = _aligned(job, g.name, table, common)
     tower, x, vocabs = tower_for(job, g, data, test, std)
@@ -154,7 +159,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     if h.role != "host":
         raise ValueError(f"{name!r} is not a host of this job")
     table = _load(job, h)
-    common = psi_host(channel, table.ids, job.guest.name)
+    common = run_psi(job, name, channel, table.ids)
     out = job.output_dir(name)
     data, test, std = _aligned(job, name, table, common)
     tower, x, vocabs = tower_for(job, h, data, test, std)

@@ -83,6 +83,7 @@ _PRE = r"(?P<pre>lr|emb)"
 _BATCH = _PRE + r"/e(?P<epoch>\d+)/b(?P<batch>\d+)/"
 _OWNER = r"(?P<owner>[^/]+)"
 _POINTS, _POS, _U64 = "S32", "[iu][1248]", "u8"
+_PSI_RUN = r"psi/(?:b(?P<bucket>\d+)/)?"     # the whole sets, or bucket <b> of bucketed PSI
 
 
 def _both(doc, pattern, sender, receivers, cls, kinds, learns, phase, **kw) -> list[StepSpec]:
@@ -93,20 +94,31 @@ SPEC: tuple[StepSpec, ...] = tuple([
     # ------------------------------------------------------------------ PSI (vfl/psi/)
     StepSpec("psi/plan", r"psi/plan", "guest", "host", CONTROL, ("control",),
              "the PSI protocol version and the host names and order (public in the job file)", PSI),
-    StepSpec("psi/host_blinded", r"psi/host_blinded", "host", "guest", BLINDED, ("array",),
-             "the size of the host's ID set; the points are pseudorandom without the host's key", PSI,
-             dtype=_POINTS),
-    StepSpec("psi/blind/<owner>", r"psi/blind/" + _OWNER, "guest", "host", BLINDED, ("array",),
-             "the size of the owner's ID set; nothing else (no two sets it holds carry the same keys)", PSI,
-             dtype=_POINTS),
-    StepSpec("psi/blinded/<owner>", r"psi/blinded/" + _OWNER, "host", "guest", BLINDED, ("array",),
+    # bucketed PSI (vfl/psi/bucketed.py): bucket count and key, then the steps below per bucket
+    StepSpec("psi/buckets/propose", r"psi/buckets/propose", "host", "guest", CONTROL, ("control",),
+             "the bucket count the host asks for (from its set size and memory budget) and a commitment "
+             "to its nonce (hiding: the nonce is 256 random bits)", PSI),
+    StepSpec("psi/buckets/open", r"psi/buckets/open", "guest", "host", CONTROL, ("control",),
+             "the bucket count B (the largest asked for), the guest's nonce and every host's commitment", PSI),
+    StepSpec("psi/buckets/reveal", r"psi/buckets/reveal", "host", "guest", CONTROL, ("control",),
+             "the host's nonce, which must open its commitment", PSI),
+    StepSpec("psi/buckets/nonces", r"psi/buckets/nonces", "guest", "host", CONTROL, ("control",),
+             "every host's nonce (checked against the commitments): with the guest's, the bucket key", PSI),
+    # one run of ECDH-PSI over whole sets (vfl/psi/roles.py) or over bucket <b> (psi/b<b>/...)
+    StepSpec("psi/host_blinded", _PSI_RUN + r"host_blinded", "host", "guest", BLINDED, ("array",),
+             "the size of the host's ID set (per bucket: the padded size, a function of the host's n and B); "
+             "the points are pseudorandom without the host's key", PSI, dtype=_POINTS),
+    StepSpec("psi/blind/<owner>", _PSI_RUN + r"blind/" + _OWNER, "guest", "host", BLINDED, ("array",),
+             "the size of the owner's ID set (per bucket: padded); nothing else (no two sets it holds carry "
+             "the same keys)", PSI, dtype=_POINTS),
+    StepSpec("psi/blinded/<owner>", _PSI_RUN + r"blinded/" + _OWNER, "host", "guest", BLINDED, ("array",),
              "nothing new by itself; after the last host, a fully blinded set in an order unknown to the guest",
              PSI, dtype=_POINTS),
-    StepSpec("psi/unshuffle/<owner>", r"psi/unshuffle/" + _OWNER, "guest", "host", POSITIONS, ("array",),
-             "m, the size of the intersection", PSI, dtype=_POS),
-    StepSpec("psi/unshuffled/<owner>", r"psi/unshuffled/" + _OWNER, "host", "guest", POSITIONS, ("array",),
+    StepSpec("psi/unshuffle/<owner>", _PSI_RUN + r"unshuffle/" + _OWNER, "guest", "host", POSITIONS, ("array",),
+             "m, the size of the intersection (per bucket: of the bucket's intersection)", PSI, dtype=_POS),
+    StepSpec("psi/unshuffled/<owner>", _PSI_RUN + r"unshuffled/" + _OWNER, "host", "guest", POSITIONS, ("array",),
              "where the common points sit in what the guest sent that host (one hop back)", PSI, dtype=_POS),
-    StepSpec("psi/result", r"psi/result", "guest", "host", POSITIONS, ("array",),
+    StepSpec("psi/result", _PSI_RUN + r"result", "guest", "host", POSITIONS, ("array",),
              "the intersection: the host maps the positions through its own shuffle to its IDs", PSI,
              dtype=_POS),
     # ------------------------------------------------------------------ training setup (vfl/models/)

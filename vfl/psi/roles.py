@@ -67,23 +67,54 @@ def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray
     """
     me = channel.name
     ids = _checked_ids(ids, f"{me}: IDs for PSI")
-    hosts = list(hosts)
-    if not hosts:
-        raise ValueError("psi_guest needs at least one host")
-    if len(set(hosts)) != len(hosts) or me in hosts:
-        raise ValueError(f"host names must be distinct and differ from the guest {me!r}, got {hosts}")
-    k, n = len(hosts), len(ids)
+    hosts = check_hosts(me, hosts)
+    n = len(ids)
     t_start = time.perf_counter()
-    log.info("%s: PSI as guest with %d IDs and %d host(s): %s", me, n, k, ", ".join(hosts))
+    log.info("%s: PSI as guest with %d IDs and %d host(s): %s", me, n, len(hosts), ", ".join(hosts))
     t = time.perf_counter()
     rho = random_permutation(n)
     hashed = hash_ids(ids[rho])                     # H(G), shuffled: positions say nothing
     for h in hosts:
         channel.send(h, "psi/plan", {"protocol": PROTOCOL, "guest": me, "hosts": hosts})
-
     key = PsiKey()
+    log.info("%s: hashed own %d IDs in %.1f s", me, n, time.perf_counter() - t)
+    pos, sizes = guest_exchange(channel, key, hashed, hosts)
+    result = np.sort(ids[rho[pos]])
+    log.info("%s: PSI total %.1f s", me, time.perf_counter() - t_start)
+    if len(result) == 0:
+        raise no_common_ids_guest(me, n, hosts, sizes)
+    return result
+
+
+def check_hosts(me: str, hosts: list[str]) -> list[str]:
+    hosts = list(hosts)
+    if not hosts:
+        raise ValueError("psi_guest needs at least one host")
+    if len(set(hosts)) != len(hosts) or me in hosts:
+        raise ValueError(f"host names must be distinct and differ from the guest {me!r}, got {hosts}")
+    return hosts
+
+
+def no_common_ids_guest(me: str, n: int, hosts: list[str], sizes: dict[str, int]) -> PsiError:
+    return PsiError(f"no common IDs between guest {me!r} ({n} IDs) and "
+                    + ", ".join(f"host {h!r} ({sizes[h]} IDs)" for h in hosts)
+                    + "; check that all parties use the same ID column and format")
+
+
+def guest_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, hosts: list[str],
+                   pre: str = "psi/") -> tuple[np.ndarray, dict[str, int]]:
+    """The guest's part of one run over one set of points (the whole set, or one bucket).
+
+    ``hashed`` is the guest's shuffled ``H(G)``; steps are named ``pre + ...``.
+    Blinds, relays every hop, compares the fully blinded sets and walks the
+    common positions back. Returns the sorted positions in ``hashed`` of the
+    points common to all sets, and the size of each host's set.
+    """
+    me = channel.name
+    k = len(hosts)
+    t = time.perf_counter()
     mine = key.blind(hashed)                        # H(G)^a
-    log.info("%s: hashed and blinded own %d IDs in %.1f s", me, n, time.perf_counter() - t)
+    log.debug("%s: blinded own %d points in %.1f s", me, len(hashed), time.perf_counter() - t)
 
     # trail[owner]: the hosts that blinded and shuffled that set, in order,
     # with the length of what each received, to walk positions back later.
@@ -91,16 +122,16 @@ def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray
     current: dict[str, np.ndarray] = {}
 
     def relay(owner: str, host: str, points: np.ndarray) -> None:
-        channel.send(host, f"psi/blind/{owner}", points)
+        channel.send(host, f"{pre}blind/{owner}", points)
         trail[owner].append((host, len(points)))
 
     relay(me, hosts[0], mine)                        # G's first host hop can start at once
     sizes = {}
     for h in hosts:
-        current[h] = _expect_points(channel.recv(h, "psi/host_blinded"), "psi/host_blinded", h, me)
+        step = f"{pre}host_blinded"
+        current[h] = _expect_points(channel.recv(h, step), step, h, me)
         sizes[h] = len(current[h])
-    log.info("%s: received blinded host sets: %s", me,
-             ", ".join(f"{h} {sizes[h]} IDs" for h in hosts))
+    log.debug("%s: received blinded host sets: %s", me, ", ".join(f"{h} {sizes[h]} IDs" for h in hosts))
 
     fully_blinded_hosts: dict[str, np.ndarray] = {}
     for r in range(1, k + 1):
@@ -119,11 +150,11 @@ def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray
                 fully_blinded_hosts[h] = _blind_received(key, current[h], f"the set of {h}", me)
         for h in hosts:
             for owner in tasks[h]:
-                step = f"psi/blinded/{owner}"
+                step = f"{pre}blinded/{owner}"
                 current[owner] = _expect_points(channel.recv(h, step), step, h, me, n=trail[owner][-1][1])
         if r < k:
             relay(me, hosts[r], current[me])
-        log.info("%s: blinding round %d/%d done in %.1f s", me, r, k, time.perf_counter() - t)
+        log.debug("%s: blinding round %d/%d done in %.1f s", me, r, k, time.perf_counter() - t)
 
     t = time.perf_counter()
     owners = [me, *hosts]
@@ -132,25 +163,21 @@ def psi_guest(channel: Channel, ids: np.ndarray, hosts: list[str]) -> np.ndarray
     except ValueError as exc:   # a repeated point: unique IDs cannot produce one
         raise ProtocolError(f"{me}: the fully blinded sets are inconsistent ({exc}; sets in the order "
                             f"{', '.join(owners)}): a peer sent points that are not its blinded IDs") from None
-    log.info("%s: %d common IDs found in %.1f s", me, len(positions[0]), time.perf_counter() - t)
+    log.debug("%s: %d common points found in %.1f s", me, len(positions[0]), time.perf_counter() - t)
 
     t = time.perf_counter()
+    mine_pos = None
     for owner, pos in zip(owners, positions):
         for host, received in reversed(trail[owner]):
-            channel.send(host, f"psi/unshuffle/{owner}", pos)
-            step = f"psi/unshuffled/{owner}"
+            channel.send(host, f"{pre}unshuffle/{owner}", pos)
+            step = f"{pre}unshuffled/{owner}"
             pos = _expect_positions(channel.recv(host, step), step, host, me, received, count=len(pos))
         if owner == me:
-            result = np.sort(ids[rho[pos]])
+            mine_pos = pos
         else:
-            channel.send(owner, "psi/result", pos)
-    log.info("%s: positions mapped back in %.1f s; PSI total %.1f s", me,
-             time.perf_counter() - t, time.perf_counter() - t_start)
-    if len(result) == 0:
-        raise PsiError(f"no common IDs between guest {me!r} ({n} IDs) and "
-                       + ", ".join(f"host {h!r} ({sizes[h]} IDs)" for h in hosts)
-                       + "; check that all parties use the same ID column and format")
-    return result
+            channel.send(owner, f"{pre}result", pos)
+    log.debug("%s: positions mapped back in %.1f s", me, time.perf_counter() - t)
+    return mine_pos, sizes
 
 
 # --------------------------------------------------------------------------- host
@@ -171,43 +198,58 @@ def psi_host(channel: Channel, ids: np.ndarray, guest: str) -> np.ndarray:
     hashed = hash_ids(ids[sigma])                   # H(H_j), shuffled: positions say nothing
     plan = channel.recv(guest, "psi/plan")
     hosts = _expect_plan(plan, guest, me)
-    k, j = len(hosts), hosts.index(me)
-    log.info("%s: PSI as host %d of %d with %d IDs, guest %s", me, j + 1, k, n, guest)
+    log.info("%s: PSI as host %d of %d with %d IDs, guest %s", me, hosts.index(me) + 1, len(hosts), n, guest)
+    pos = host_exchange(channel, PsiKey(), hashed, guest, hosts)
+    result = np.sort(ids[sigma[pos]])
+    log.info("%s: PSI done: %d common IDs, total %.1f s", me, len(result), time.perf_counter() - t_start)
+    if len(result) == 0:
+        raise no_common_ids_host(me, n, guest, hosts)
+    return result
 
-    key = PsiKey()
+
+def no_common_ids_host(me: str, n: int, guest: str, hosts: list[str]) -> PsiError:
+    return PsiError(f"no common IDs between host {me!r} ({n} IDs) and guest {guest!r}"
+                    + (f" and the other hosts ({', '.join(h for h in hosts if h != me)})" if len(hosts) > 1 else "")
+                    + "; check that all parties use the same ID column and format")
+
+
+def host_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, guest: str, hosts: list[str],
+                  pre: str = "psi/") -> np.ndarray:
+    """A host's part of one run over one set of points (the whole set, or one bucket).
+
+    ``hashed`` is this host's shuffled ``H(H_j)``; steps are named ``pre + ...``.
+    Returns the sorted positions in ``hashed`` of the points common to all sets.
+    """
+    me = channel.name
+    k, j = len(hosts), hosts.index(me)
     t = time.perf_counter()
-    channel.send(guest, "psi/host_blinded", key.blind(hashed))                 # H(H_j)^b_j
-    log.info("%s: blinded and sent own %d IDs in %.1f s", me, n, time.perf_counter() - t)
+    channel.send(guest, f"{pre}host_blinded", key.blind(hashed))                 # H(H_j)^b_j
+    log.debug("%s: blinded and sent own %d points in %.1f s", me, len(hashed), time.perf_counter() - t)
 
     perms: dict[str, np.ndarray] = {}       # owner -> my shuffle of that set: out[p] = in[perm[p]]
     for r in range(1, k + 1):
         # Round r: blind G if I am its r-th host, and the set of the host r places before me.
         tasks = ([guest] if j == r - 1 else []) + ([hosts[(j - r) % k]] if r < k else [])
         for owner in tasks:
-            step = f"psi/blind/{owner}"
+            step = f"{pre}blind/{owner}"
             points = _expect_points(channel.recv(guest, step), step, guest, me)
             t = time.perf_counter()
             perm = random_permutation(len(points))
-            channel.send(guest, f"psi/blinded/{owner}", _blind_received(key, points, step, me)[perm])
+            channel.send(guest, f"{pre}blinded/{owner}", _blind_received(key, points, step, me)[perm])
             perms[owner] = perm
-            log.info("%s: blinded %d points of %s's set in %.1f s", me, len(points), owner,
-                     time.perf_counter() - t)
+            log.debug("%s: blinded %d points of %s's set in %.1f s", me, len(points), owner,
+                      time.perf_counter() - t)
 
     result = None
     for owner in [guest, *hosts]:
         if owner == me:
-            pos = _expect_positions(channel.recv(guest, "psi/result"), "psi/result", guest, me, n)
-            result = np.sort(ids[sigma[pos]])
+            step = f"{pre}result"
+            result = _expect_positions(channel.recv(guest, step), step, guest, me, len(hashed))
         else:
-            step = f"psi/unshuffle/{owner}"
+            step = f"{pre}unshuffle/{owner}"
             perm = perms[owner]
             pos = _expect_positions(channel.recv(guest, step), step, guest, me, len(perm))
-            channel.send(guest, f"psi/unshuffled/{owner}", np.sort(perm[pos]))
-    log.info("%s: PSI done: %d common IDs, total %.1f s", me, len(result), time.perf_counter() - t_start)
-    if len(result) == 0:
-        raise PsiError(f"no common IDs between host {me!r} ({n} IDs) and guest {guest!r}"
-                       + (f" and the other hosts ({', '.join(h for h in hosts if h != me)})" if k > 1 else "")
-                       + "; check that all parties use the same ID column and format")
+            channel.send(guest, f"{pre}unshuffled/{owner}", np.sort(perm[pos]))
     return result
 
 
@@ -239,11 +281,11 @@ def _checked_ids(ids: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
-def _expect_plan(plan, guest: str, me: str) -> list[str]:
-    if not isinstance(plan, dict) or plan.get("protocol") != PROTOCOL:
+def _expect_plan(plan, guest: str, me: str, protocol: str = PROTOCOL) -> list[str]:
+    if not isinstance(plan, dict) or plan.get("protocol") != protocol:
         got = plan.get("protocol") if isinstance(plan, dict) else describe(plan)
         raise ProtocolError(f"{me}: psi/plan from {guest!r} announces protocol {got!r}, "
-                            f"this party speaks {PROTOCOL!r}")
+                            f"this party speaks {protocol!r}")
     hosts = plan.get("hosts")
     if (not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts)
             or len(set(hosts)) != len(hosts) or me not in hosts or guest in hosts):
