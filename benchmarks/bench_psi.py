@@ -1,17 +1,37 @@
-"""End-to-end PSI wall time: guest + one host as threads over the in-memory channel.
+"""PSI side by side: the whole-set protocol and bucketed PSI, each party its own process over TLS.
 
-    python benchmarks/bench_psi.py [--sizes 100000 1000000] [--overlap 0.5] [-v]
+    python benchmarks/bench_psi.py [--sizes 1000000 3000000] [--impl whole bucketed] [--repeat 1]
+                                   [--overlap 0.5] [--dir /tmp/vfl-bench-psi] [-v]
 
-Both parties share this machine (and one worker pool), as in ``vfl run``, so
-the wall time is bounded below by the 4n X25519 multiplications spread over
-all cores: the table shows that floor next to the measured time, from the
-single-core rate measured first.
+For each size, the guest's and the host's ID files (CSV, 12-digit IDs with
+leading zeros, ``overlap * n`` in common) are written once under ``--dir``.
+Each run starts the guest and the host as separate Python processes that
+talk over mutual TLS on loopback (as ``vfl run`` does), each with its own
+worker pool (``VFL_WORKERS``, default: all CPUs), and does what ``vfl psi``
+does for one party: read its IDs, run PSI, write ``intersection.csv``.
+
+* ``whole``: the previous implementation, ``vfl.data.read_ids`` then
+  :func:`vfl.psi.psi_guest` / :func:`vfl.psi.psi_host` over whole sets;
+* ``bucketed``: :func:`vfl.psi.bucketed_psi_guest` / ``_host`` over
+  :class:`vfl.psi.IdFile` (what jobs run now), default memory budget.
+
+Peak memory: this script polls ``VmHWM`` (the kernel's peak resident set)
+of every process descended from each party (the party, the forkserver and
+its pool workers) every 0.2 s and reports the party process's peak and the
+sum of all its processes' peaks (an upper bound: peaks need not coincide,
+and shared pages count once per process). Both intersections are checked
+against each other and against the known count. The machine is shared:
+the load average is printed with every row; repeat runs report medians.
 """
 from __future__ import annotations
 
 import argparse
-import logging
+import hashlib
+import json
 import os
+import socket
+import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -19,88 +39,223 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from crypto import pool  # noqa: E402
-from crypto.psi import POOL_THRESHOLD, PsiKey, hash_ids  # noqa: E402
-from vfl.channel import LocalNetwork  # noqa: E402
-from vfl.psi import psi_guest, psi_host  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
-def single_core_rate(points: int = POOL_THRESHOLD - 1) -> float:
-    """X25519 scalar multiplications per second on one core (in-process: below the pool threshold)."""
-    pts = hash_ids(np.array([str(i) for i in range(points)]))
-    key = PsiKey()
-    key.blind(pts[:1000])                               # warm up
+# --------------------------------------------------------------------------- one party (child process)
+
+def party_main(args: argparse.Namespace) -> None:
+    """Run one party's PSI; print one JSON line with its timings."""
+    import logging
+
+    from parties.party import with_tls_dir
+    from parties.transport import open_channel
+    from vfl.config import load_job
+    from vfl.data import read_ids
+    from vfl.psi import IdFile, bucketed_psi_guest, bucketed_psi_host, psi_guest, psi_host, write_intersection
+
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s {args.party} %(message)s",
+                            datefmt="%H:%M:%S")
+    job = with_tls_dir(load_job(args.job), args.job.parent / "tls")
+    me = args.party
+    p = job.party(me)
+    out = job.output_dir(me)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_channel(job, me, task="psi", exclude={job.arbiter.name}) as ch:
+        t = time.perf_counter()
+        if args.impl == "whole":
+            ids = read_ids(p.data, p.id_column)
+            common = psi_guest(ch, ids, job.host_names) if p.role == "guest" else psi_host(ch, ids, "guest")
+        else:
+            ids = IdFile(p.data, p.id_column)
+            common = (bucketed_psi_guest(ch, ids, job.host_names, workdir=out) if p.role == "guest"
+                      else bucketed_psi_host(ch, ids, "guest", workdir=out))
+        write_intersection(out / "intersection.csv", common)
+        seconds = time.perf_counter() - t
+    print(json.dumps({"party": me, "seconds": seconds, "common": len(common), "hwm_mb": _hwm_mb(os.getpid())}),
+          flush=True)
+
+
+# --------------------------------------------------------------------------- memory of a process tree
+
+def _hwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+class TreePeaks:
+    """Polls the peak RSS (VmHWM) of each process below each root pid."""
+
+    def __init__(self, roots: dict[str, int], period: float = 0.2) -> None:
+        self.roots, self.period = roots, period
+        self.peaks: dict[str, dict[int, float]] = {name: {} for name in roots}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            kids = _children()
+            for name, root in self.roots.items():
+                todo = [root]
+                while todo:
+                    pid = todo.pop()
+                    hwm = _hwm_mb(pid)
+                    if hwm is not None:
+                        self.peaks[name][pid] = max(hwm, self.peaks[name].get(pid, 0.0))
+                    todo.extend(kids.get(pid, []))
+            self._stop.wait(self.period)
+
+    def stop(self) -> dict[str, dict]:
+        self._stop.set()
+        self._thread.join()
+        out = {}
+        for name, root in self.roots.items():
+            peaks = self.peaks[name]
+            others = [v for pid, v in peaks.items() if pid != root]
+            out[name] = {"main_mb": peaks.get(root, float("nan")), "workers": len(others),
+                         "max_worker_mb": max(others, default=0.0), "sum_mb": sum(peaks.values())}
+        return out
+
+
+# --------------------------------------------------------------------------- driver
+
+def _free_ports(k: int) -> list[int]:
+    socks = [socket.socket() for _ in range(k)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def prepare(folder: Path, n: int, overlap: float) -> Path:
+    """ID files and a job file for n x n (written once, reused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g, h = folder / "guest.csv", folder / "host.csv"
+    if not (g.exists() and h.exists()):
+        shift = n - int(round(overlap * n))
+        g.write_text("id\n" + "\n".join(f"{i:012d}" for i in range(n)) + "\n")
+        order = np.random.default_rng(0).permutation(n) + shift
+        h.write_text("id\n" + "\n".join(f"{i:012d}" for i in order.tolist()) + "\n")
+    return folder
+
+
+def write_job(folder: Path, run_dir: Path) -> Path:
+    from vfl.config import load_job
+    pa, pg, ph = _free_ports(3)
+    text = (f'[job]\nname = "bench-psi"\nworkdir = "{run_dir}"\n'
+            f'[network]\nconnect_timeout = 60.0\npeer_timeout = 3600.0\n'
+            f'[arbiter]\naddress = "127.0.0.1:{pa}"\n'
+            f'[guest]\nname = "guest"\naddress = "127.0.0.1:{pg}"\ndata = "{folder / "guest.csv"}"\n'
+            f'[[hosts]]\nname = "host"\naddress = "127.0.0.1:{ph}"\ndata = "{folder / "host.csv"}"\n')
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "job.toml"
+    path.write_text(text)
+    if not (run_dir / "tls" / "ca.pem").exists():
+        from parties.certs import make_certs
+        make_certs(load_job(path), run_dir / "tls")
+    return path
+
+
+def run_once(folder: Path, n: int, overlap: float, impl: str, verbose: bool) -> dict:
+    run_dir = folder / f"run-{impl}"
+    job = write_job(folder, run_dir)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--as-party", "--job", str(job), "--impl", impl]
+    cmd += ["-v"] if verbose else []
     t = time.perf_counter()
-    key.blind(pts)
-    return points / (time.perf_counter() - t)
-
-
-def make_sets(n: int, overlap: float) -> tuple[np.ndarray, np.ndarray]:
-    """n IDs each, ``overlap * n`` in common, numeric text with leading zeros."""
-    shift = n - int(round(overlap * n))
-    guest = np.array([f"{i:012d}" for i in range(n)])
-    host = np.array([f"{i:012d}" for i in range(shift, shift + n)])
-    return guest, host[np.random.default_rng(0).permutation(n)]
-
-
-def run_once(n: int, overlap: float) -> dict:
-    guest_ids, host_ids = make_sets(n, overlap)
-    net = LocalNetwork(["guest", "host"], timeout=3600)
-    out: dict[str, object] = {}
-
-    def play(name, fn):
-        try:
-            out[name] = fn(net.channel(name))
-        except BaseException as exc:  # noqa: BLE001
-            out[name] = exc
-            net.abort(f"{name} failed: {exc}")
-
-    threads = [threading.Thread(target=play, args=("guest", lambda ch: psi_guest(ch, guest_ids, ["host"]))),
-               threading.Thread(target=play, args=("host", lambda ch: psi_host(ch, host_ids, "guest")))]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    procs = {name: subprocess.Popen(cmd + ["--party", name], stdout=subprocess.PIPE, stderr=None if verbose
+                                    else subprocess.PIPE, text=True, cwd=ROOT)
+             for name in ("guest", "host")}
+    peaks = TreePeaks({name: p.pid for name, p in procs.items()})
+    outs = {name: p.communicate() for name, p in procs.items()}
     wall = time.perf_counter() - t
-    for name in ("guest", "host"):
-        if isinstance(out[name], BaseException):
-            raise out[name]
+    mem = peaks.stop()
+    res = {}
+    for name, p in procs.items():
+        if p.returncode != 0:
+            raise RuntimeError(f"{impl} {name} failed: {(outs[name][1] or '').strip().splitlines()[-1:]}")
+        res[name] = json.loads(outs[name][0].strip().splitlines()[-1])
+    digests = {name: hashlib.sha256((run_dir / name / "intersection.csv").read_bytes()).hexdigest()
+               for name in procs}
     expected = int(round(overlap * n))
-    assert len(out["guest"]) == len(out["host"]) == expected, "wrong intersection size"
-    assert (out["guest"] == out["host"]).all()
-    return {"n": n, "wall": wall, "common": expected,
-            "mb_guest": net.bytes_sent["guest"] / 1e6, "mb_host": net.bytes_sent["host"] / 1e6}
+    assert res["guest"]["common"] == res["host"]["common"] == expected, f"{impl}: wrong intersection size"
+    assert digests["guest"] == digests["host"], f"{impl}: guest and host intersections differ"
+    return {"impl": impl, "n": n, "wall": wall, "psi": max(r["seconds"] for r in res.values()),
+            "digest": digests["guest"], "mem": mem, "load": os.getloadavg()[0]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--impl", nargs="+", default=["whole", "bucketed"], choices=["whole", "bucketed"])
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the roles' progress log")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/vfl-bench-psi"))
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the parties' progress log")
+    parser.add_argument("--as-party", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--party", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.as_party:
+        party_main(args)
+        return
 
-    rate = single_core_rate()
-    workers = pool.num_workers()
-    t = time.perf_counter()
-    pool.warm_up()
-    print(f"X25519 on one core: {rate:,.0f} scalar mults/s; pool: {workers} worker(s), "
-          f"started in {time.perf_counter() - t:.1f} s; load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores (other work slows this down)")
-    print(f"{'guest x host':>21} {'common':>9} {'wall s':>8} {'floor s':>8} {'mults/s':>9} "
-          f"{'MB g->h':>8} {'MB h->g':>8}")
+    from crypto import pool
+    print(f"{os.cpu_count()} CPUs, VFL_WORKERS={pool.num_workers()} per party; "
+          f"load average at start {os.getloadavg()[0]:.2f} (the machine is shared)", flush=True)
+    print(f"{'impl':>9} {'n x n':>11} {'wall s':>7} {'psi s':>7} {'guest MB':>9} {'+workers':>9} "
+          f"{'host MB':>8} {'+workers':>9} {'load':>5}", flush=True)
+    summary = []
     for n in args.sizes:
-        r = run_once(n, args.overlap)
-        mults = 4 * n
-        floor = mults / (rate * workers)
-        print(f"{n:>10,} x {n:<10,}{r['common']:>9,} {r['wall']:>8.1f} {floor:>8.1f} "
-              f"{mults / r['wall']:>9,.0f} {r['mb_guest']:>8.1f} {r['mb_host']:>8.1f}  "
-              f"(load {os.getloadavg()[0]:.1f})", flush=True)
-    pool.shutdown()
+        folder = prepare(args.dir / f"n{n}", n, args.overlap)
+        rows = {impl: [] for impl in args.impl}
+        for _ in range(args.repeat):
+            for impl in args.impl:
+                r = run_once(folder, n, args.overlap, impl, args.verbose)
+                rows[impl].append(r)
+                m = r["mem"]
+                print(f"{impl:>9} {n:>11,} {r['wall']:>7.1f} {r['psi']:>7.1f} {m['guest']['main_mb']:>9.0f} "
+                      f"{m['guest']['sum_mb']:>9.0f} {m['host']['main_mb']:>8.0f} {m['host']['sum_mb']:>9.0f} "
+                      f"{r['load']:>5.2f}", flush=True)
+        digests = {r["digest"] for rs in rows.values() for r in rs}
+        assert len(digests) == 1, "the implementations give different intersections"
+        summary.append((n, rows))
+    print("\nmedians (MB: party process peak / sum of its processes' peaks)")
+    for n, rows in summary:
+        med = {impl: {k: statistics.median(v) for k, v in {
+            "wall": [r["wall"] for r in rs], "psi": [r["psi"] for r in rs],
+            "main": [max(r["mem"][p]["main_mb"] for p in ("guest", "host")) for r in rs],
+            "sum": [max(r["mem"][p]["sum_mb"] for p in ("guest", "host")) for r in rs]}.items()}
+            for impl, rs in rows.items()}
+        line = f"{n:>11,}: " + "; ".join(f"{impl} {m['wall']:.1f} s, largest party {m['main']:.0f} / {m['sum']:.0f} MB"
+                                         for impl, m in med.items())
+        if "whole" in med and "bucketed" in med:
+            line += (f"; bucketed/whole time {med['bucketed']['wall'] / med['whole']['wall']:.2f}x, "
+                     f"memory {med['bucketed']['main'] / med['whole']['main']:.2f}x")
+        print(line + "; intersections identical", flush=True)
 
 
 if __name__ == "__main__":
