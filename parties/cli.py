@@ -4,7 +4,7 @@
     vfl psi JOB.toml              private set intersection for every party of a job
     vfl run JOB.toml              PSI, training and evaluation, every party a process over TLS
     vfl predict JOB.toml          score new rows (predict_data) with the trained model parts
-    vfl report JOB.toml           rebuild <workdir>/report.html from the guest's saved results
+    vfl report JOB.toml           rebuild the reports (<workdir>/report.html, <workdir>/<host>/report.html)
     vfl audit JOB.toml            check the parties' ledgers against the protocol spec; what each learned
     vfl party JOB.toml --role R   one party (guest, host or arbiter) in this process
     vfl certs JOB.toml --out DIR  a CA and a key/certificate per party, for demos and tests
@@ -74,20 +74,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         _processes(job, "predict")
     report = json.loads((job.workdir / "predict_metrics.json").read_text())
-    print(json.dumps({k: v for k, v in report.items() if k != "gains"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("gains", "evaluation", "stability")}, indent=2))
+    score_psi = (report.get("stability") or {}).get("score")
+    if score_psi:
+        print(f"score PSI against the training rows: {score_psi['psi']:.4f} ({score_psi['flag']})")
     print(f"scores: {job.output_dir(job.guest.name) / 'scores.csv'}")
+    if report.get("cohort"):
+        print(f"cohort kept: {job.workdir / 'cohorts' / report['cohort']}")
+    if (job.workdir / "report.html").is_file():
+        print(f"report: {job.workdir / 'report.html'}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from vfl.evaluation.host_report import write_host_report
     from vfl.evaluation.report import write_report
     job = load_job(args.job)
-    try:
-        path = write_report(job)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    paths = []
+    if (job.workdir / "metrics.json").is_file():
+        paths.append(write_report(job))
+    for h in job.host_names:                 # each host's own report, where its results are on this machine
+        if (job.output_dir(h) / "report.json").is_file():
+            paths.append(write_host_report(job, h))
+    if not paths:
+        print(f"error: no {job.workdir / 'metrics.json'} nor any host's report.json: run the job first "
+              f"(`vfl run {job.path}`)", file=sys.stderr)
         return 1
-    print(f"report: {path}")
+    for p in paths:
+        print(f"report: {p}")
     return 0
 
 
@@ -144,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", action="store_true", help="run the parties as threads of this process")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("report", help="rebuild <workdir>/report.html from the guest's saved results")
+    s = sub.add_parser("report", help="rebuild the guest's and each host's report.html from their saved results")
     s.add_argument("job", type=Path)
     s.set_defaults(func=cmd_report)
 

@@ -153,10 +153,15 @@ def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epo
     print(f"\nnew applicants scored jointly: {scored['scored_rows']} common to bank and shop, "
           f"AUC on their later outcomes {scored['metrics']['auc']:.4f}, KS {scored['metrics']['ks']:.4f} "
           f"({t_score:.1f} s) -> {job.output_dir(job.guest.name) / 'scores.csv'}")
+    psi = scored["stability"]["score"]
+    print(f"their score PSI against the training rows: {psi['psi']:.3f} ({psi['flag']})")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["stage_seconds"].items())
           + f", total {time.perf_counter() - t0:.1f}")
-    from vfl.evaluation.report import write_report
-    report = write_report(job)          # again, now with the scored cohort's stability and outcomes
-    print(f"outputs under {job.workdir}/ (metrics.json, <party>/model.json, bank/predictions.csv)")
-    print(f"validation report: {report}")
+    cohort = job.workdir / "cohorts" / scored["cohort"]
+    print(f"outputs under {job.workdir}/ (metrics.json, <party>/model.json, bank/predictions.csv; every scored "
+          f"cohort kept under cohorts/, this one in {cohort.name}/)")
+    print("validation reports (rebuilt after scoring, with the new cohort beside training and test rows):")
+    print(f"  {job.guest.name} (guest, full report): {job.workdir / 'report.html'}")
+    for h in job.host_names:
+        print(f"  {h} (host, its own columns only): {job.output_dir(h) / 'report.html'}")
     return 0

@@ -73,3 +73,67 @@ def test_flags_at_the_usual_thresholds():
     rng = np.random.default_rng(6)
     moved = stability.score_psi(rng.normal(size=2000), rng.normal(1.5, 1, 2000))
     assert moved["flag"] == "act" and moved["psi"] > 1
+
+
+def reference_categorical_psi(train: list, other: list, rare: float = 0.01, floor: float = 1e-4) -> float:
+    """Written out by hand: a bin per value held by >= 1 % of the training rows, one for the rest
+    (rare and unseen values), one for missing values (empty text or None)."""
+    def missing(v):
+        return v is None or v == ""
+    counts: dict[str, int] = {}
+    for v in train:
+        if not missing(v):
+            counts[v] = counts.get(v, 0) + 1
+    kept = {v for v, c in counts.items() if c >= rare * len(train)}
+
+    def shares(values):
+        bins: dict[str, int] = {}
+        for v in values:
+            key = "<missing>" if missing(v) else v if v in kept else "<other>"
+            bins[key] = bins.get(key, 0) + 1
+        return {k: c / len(values) for k, c in bins.items()}
+
+    e, a = shares(train), shares(other)
+    total = 0.0
+    for key in set(e) | set(a):
+        ek, ak = max(e.get(key, 0.0), floor), max(a.get(key, 0.0), floor)
+        total += (ak - ek) * math.log(ak / ek)
+    return total
+
+
+def _categories(rng, n, probs):
+    values = np.array(["retail", "salaried", "self-employed", "student", "", "rare-a", "rare-b"], dtype=object)
+    return rng.choice(values, size=n, p=probs)
+
+
+@pytest.mark.parametrize("later", [
+    [0.4, 0.3, 0.15, 0.1, 0.04, 0.005, 0.005],      # the same population
+    [0.2, 0.2, 0.3, 0.1, 0.1, 0.05, 0.05],          # moved, more missing, more of the rare values
+])
+def test_categorical_psi_by_value_equals_the_plaintext_reference(later):
+    rng = np.random.default_rng(7)
+    train = _categories(rng, 3000, [0.4, 0.3, 0.15, 0.1, 0.04, 0.005, 0.005])
+    other = _categories(rng, 800, later)
+    other[:5] = "never-seen"                         # a value training never had: pooled with the rare ones
+    got = stability.categorical_psi(["job"], train[:, None], other[:, None])["job"]
+    ref = reference_categorical_psi(list(train), list(other))
+    assert got["psi"] == pytest.approx(ref, abs=1e-6)
+    assert stability.psi(got["expected"], got["actual"]) == pytest.approx(ref, abs=1e-12)
+    assert got["kind"] == "categorical" and got["flag"] == stability.psi_flag(got["psi"])
+    assert got["categories"] == ["retail", "salaried", "self-employed", "student"]   # by frequency; rare pooled
+    labels = stability.bin_labels(got)
+    assert labels[-2:] == [stability.OTHER, stability.MISSING]
+    assert got["actual"][-1] == pytest.approx(float((other == "").sum()) / len(other))
+    assert got["actual"][-2] == pytest.approx(float(np.isin(other, ["rare-a", "rare-b", "never-seen"]).sum())
+                                              / len(other))
+    # a later cohort against the saved training bins gives the same figure
+    assert stability.against_saved(got, other)["psi"] == got["psi"]
+
+
+def test_categorical_psi_of_a_column_with_none_and_only_missing_values():
+    train = np.array(["a"] * 50 + [None] * 50, dtype=object)
+    got = stability.categorical_psi(["c"], train[:, None], np.array([[""]] * 10, dtype=object))["c"]
+    assert got["expected"] == [0.5, 0.0, 0.5] and got["actual"] == [0.0, 0.0, 1.0]
+    assert got["psi"] == pytest.approx(reference_categorical_psi(list(train), [""] * 10), abs=1e-6)
+    empty = stability.categorical_psi(["c"], np.array([[""]] * 4, dtype=object), np.array([["x"]], dtype=object))
+    assert empty["c"]["categories"] == [] and empty["c"]["actual"] == [1.0, 0.0]

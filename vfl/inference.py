@@ -49,15 +49,21 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if has_label:
         frame.insert(1, "label", data.labels.astype(int))
     frame.to_csv(out / "scores.csv", index=False)
-    report = {"job": job.name, "scored_file": str(path), "guest_rows": int(len(table.ids)),
-              "scored_rows": int(len(common)), "seconds": round(time.perf_counter() - t0, 3)}
+    from .evaluation import collect                   # every cohort kept; score and own-column PSI vs training
+    cdir = collect.new_cohort_dir(job.workdir, path)
+    report = {"job": job.name, **collect.cohort_stamp(cdir, path, out / "model.json"),
+              "guest_rows": int(len(table.ids)), "scored_rows": int(len(common)),
+              "seconds": round(time.perf_counter() - t0, 3)}
     if has_label:
         report["metrics"] = binary_metrics(data.labels, score)
         report["gains"] = gains_table(data.labels, points)
-    from .evaluation.collect import cohort_figures    # score PSI and the guest's own column PSI vs training
-    report.update(cohort_figures(job.workdir / "metrics.json", data.columns, data.features, score,
-                                 points.round(1), data.labels if has_label else None))
-    write_json(job.workdir / "predict_metrics.json", report)
+    report.update(collect.cohort_figures(job.workdir / "metrics.json", data.columns, data.features, score,
+                                         points.round(1), data.labels if has_label else None,
+                                         data.categorical_columns, data.categorical))
+    collect.save_guest_cohort(job.workdir, report, frame)
+    if (job.workdir / "metrics.json").is_file():
+        from .evaluation.report import write_report
+        write_report(job)                             # the report now shows this cohort beside the others
     log.info("%s: scored %d rows -> %s", g.name, len(common), out / "scores.csv")
     return report
 
@@ -69,7 +75,19 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     table = load_table(_rows_to_score(h), h.id_column, categorical_columns=h.categorical_columns)
     common = run_psi(job, name, channel, table.ids)
     write_intersection(out / "scored_ids.csv", common)
-    u_h = model.score(table.take(common))
+    data = table.take(common)
+    u_h = model.score(data)
     host_send_scores(channel, job.guest.name, job.host_names, name, u_h, context=f"{job.name}/score",
                      auth=relay_authentication(job, name))
-    return {"party": name, "rows": int(len(table.ids)), "scored_rows": int(len(common))}
+    from .evaluation import collect                   # the PSI of its own columns against its training rows
+    path = _rows_to_score(h)
+    cdir = collect.new_cohort_dir(out, path)
+    report = {"party": name, **collect.cohort_stamp(cdir, path, out / "model.json"),
+              "rows": int(len(table.ids)), "scored_rows": int(len(common))}
+    report.update(collect.host_cohort_figures(out / "report.json", data.columns, data.features,
+                                              data.categorical_columns, data.categorical))
+    write_json(cdir / "report.json", report)
+    if (out / "report.json").is_file():
+        from .evaluation.host_report import write_host_report
+        write_host_report(job, name)
+    return {"party": name, "rows": report["rows"], "scored_rows": report["scored_rows"]}

@@ -147,7 +147,8 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         metrics.update(baseline_aucs(job, common, test))
     from .evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
     from .evaluation.report import write_report
-    metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1)))
+    metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1),
+                               data.categorical_columns, data.categorical))
     write_json(job.workdir / "metrics.json", metrics)
     write_report(job)
     return metrics
@@ -158,23 +159,33 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
     if h.role != "host":
         raise ValueError(f"{name!r} is not a host of this job")
+    timings = Stopwatch()
     table = _load(job, h)
-    common = run_psi(job, name, channel, table.ids)
+    with timings("psi"):
+        common = run_psi(job, name, channel, table.ids)
     out = job.output_dir(name)
     data, test, std = _aligned(job, name, table, common)
     tower, x, vocabs = tower_for(job, h, data, test, std)
     model = SplitHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
                       tower=tower, init_seed=init_seed(job.model.seed, name))
-    model.fit(channel, x.take(np.flatnonzero(~test)),
-              checkpoint=_checkpoint(job, name, common[~test], data.columns, data.categorical_columns))
+    with timings("train"):
+        model.fit(channel, x.take(np.flatnonzero(~test)),
+                  checkpoint=_checkpoint(job, name, common[~test], data.columns, data.categorical_columns))
     part = _model_part(h, data, std, tower, vocabs, model.params_)
     part.save(out / "model.json")
-    host_send_scores(channel, job.guest.name, job.host_names, name, part.score(data),
-                     context=f"{job.name}/predict", auth=relay_authentication(job, name))
+    with timings("predict"):
+        host_send_scores(channel, job.guest.name, job.host_names, name, part.score(data),
+                         context=f"{job.name}/predict", auth=relay_authentication(job, name))
     report = {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
+              "train_rows": int((~test).sum()), "test_rows": int(test.sum()),
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds,
+              "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
               "smallest_release_rows": model.smallest_release_}
+    from .evaluation.collect import host_figures     # PSI of its own columns, train against test
+    from .evaluation.host_report import write_host_report
+    report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test))
     write_json(out / "report.json", report)
+    write_host_report(job, name)
     return report
 
 

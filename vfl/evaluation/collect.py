@@ -1,35 +1,85 @@
-"""What the guest adds to ``metrics.json`` after training and to ``predict_metrics.json``
-after scoring a later cohort: the validation figures and the stability of scores and
-of the guest's own columns. Host columns never enter: the guest has only its own."""
+"""What a party adds to its saved results after training and after scoring a later cohort.
+
+The guest adds to ``metrics.json`` the validation figures and the stability of
+the scores and of its own columns; a host adds to its ``report.json`` the
+stability of its own columns (train against test: every party derives the same
+split alone from the common IDs and the job seed). Nobody needs a message for
+this, and nobody sees another party's columns.
+
+Every cohort scored later by ``vfl predict`` is kept in a directory of its own,
+``<workdir>/cohorts/<cohort>/`` for the guest and ``<workdir>/<host>/cohorts/<cohort>/``
+for a host, named by the UTC time of scoring and the file scored, so a second
+scoring never erases the first.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from ..files import write_json
 from . import stability
 from .curves import evaluate_sample, histogram_edges
 
 SAMPLES = ("train", "test")
+COHORTS = "cohorts"
+
+
+def _method() -> str:
+    return (f"numeric: training deciles, missing values in their own bin; categorical: by value, values under "
+            f"{stability.RARE_SHARE:.0%} of training rows pooled as {stability.OTHER}, missing as "
+            f"{stability.MISSING}; shares floored at {stability.FLOOR}")
+
+
+def own_column_psi(columns: list[str], features: np.ndarray, categorical_columns: list[str] | None,
+                   categorical: np.ndarray | None, reference: np.ndarray, other: np.ndarray) -> dict[str, dict]:
+    """PSI of each of a party's own columns (numeric, then categorical): rows ``other`` against ``reference``."""
+    out = stability.column_psi(list(columns), features[reference], features[other])
+    if categorical_columns:
+        out.update(stability.categorical_psi(list(categorical_columns), categorical[reference], categorical[other]))
+    return out
+
+
+def columns_against_saved(saved: dict[str, dict], columns: list[str], features: np.ndarray,
+                          categorical_columns: list[str] | None, categorical: np.ndarray | None) -> dict[str, dict]:
+    """PSI of a later cohort's own columns against the training bins saved at training time."""
+    out = {c: stability.against_saved(saved[c], features[:, j]) for j, c in enumerate(columns) if c in saved}
+    for j, c in enumerate(categorical_columns or []):
+        if c in saved:
+            out[c] = stability.against_saved(saved[c], categorical[:, j])
+    return out
 
 
 def run_figures(columns: list[str], features: np.ndarray, labels: np.ndarray, test: np.ndarray,
-                score: np.ndarray, points: np.ndarray) -> dict:
-    """``evaluation`` (train and test side by side) and ``stability`` for ``metrics.json``."""
+                score: np.ndarray, points: np.ndarray, categorical_columns: list[str] | None = None,
+                categorical: np.ndarray | None = None) -> dict:
+    """``evaluation`` (train and test side by side) and ``stability`` for the guest's ``metrics.json``."""
     train = ~test
     edges = histogram_edges(score)
     evaluation = {name: evaluate_sample(labels[rows], score[rows], points[rows], edges)
                   for name, rows in (("train", train), ("test", test))}
-    stab = {"thresholds": {"watch": stability.WATCH, "act": stability.ACT},
-            "method": f"train deciles, missing values in their own bin, shares floored at {stability.FLOOR}",
+    stab = {"thresholds": {"watch": stability.WATCH, "act": stability.ACT}, "method": _method(),
             "score": stability.score_psi(score[train], score[test]),
-            "columns": stability.column_psi(list(columns), features[train], features[test])}
+            "columns": own_column_psi(columns, features, categorical_columns, categorical, train, test)}
     return {"evaluation": evaluation, "stability": stab}
 
 
+def host_figures(columns: list[str], features: np.ndarray, categorical_columns: list[str] | None,
+                 categorical: np.ndarray | None, test: np.ndarray) -> dict:
+    """``stability`` of a host's own columns, train against test, for its ``report.json``."""
+    return {"stability": {"thresholds": {"watch": stability.WATCH, "act": stability.ACT}, "method": _method(),
+                          "columns": own_column_psi(columns, features, categorical_columns, categorical,
+                                                    ~test, test)}}
+
+
 def cohort_figures(metrics_path: Path, columns: list[str], features: np.ndarray, score: np.ndarray,
-                   points: np.ndarray, labels: np.ndarray | None) -> dict:
+                   points: np.ndarray, labels: np.ndarray | None, categorical_columns: list[str] | None = None,
+                   categorical: np.ndarray | None = None) -> dict:
     """A later cohort against the training rows: score PSI, the guest's column PSI and,
     if the cohort has outcomes, every figure of :func:`evaluate_sample`."""
     out: dict = {}
@@ -38,8 +88,7 @@ def cohort_figures(metrics_path: Path, columns: list[str], features: np.ndarray,
     if stab:
         out["stability"] = {
             "score": stability.against_saved(stab["score"], score),
-            "columns": {c: stability.against_saved(stab["columns"][c], features[:, j])
-                        for j, c in enumerate(columns) if c in stab["columns"]}}
+            "columns": columns_against_saved(stab["columns"], columns, features, categorical_columns, categorical)}
     if labels is not None:
         train_hist = saved.get("evaluation", {}).get("train", {}).get("score_histogram")
         edges = np.asarray(train_hist["edges"]) if train_hist else None
@@ -47,3 +96,70 @@ def cohort_figures(metrics_path: Path, columns: list[str], features: np.ndarray,
             edges = None
         out["evaluation"] = evaluate_sample(labels, score, points, edges)
     return out
+
+
+def host_cohort_figures(report_path: Path, columns: list[str], features: np.ndarray,
+                        categorical_columns: list[str] | None, categorical: np.ndarray | None) -> dict:
+    """A host's later cohort: the PSI of its own columns against its saved training bins."""
+    saved = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    stab = saved.get("stability")
+    if not stab:
+        return {}
+    return {"stability": {"columns": columns_against_saved(stab["columns"], columns, features, categorical_columns,
+                                                           categorical)}}
+
+
+# ---------------------------------------------------------------- keeping every cohort
+
+def file_sha256(path: Path) -> str | None:
+    """SHA-256 of a file (the model part a cohort was scored with), or None if it is absent."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
+
+
+def new_cohort_dir(parent: Path, scored_file: Path, now: datetime | None = None) -> Path:
+    """A fresh directory ``<parent>/cohorts/<UTC time>-<file stem>[-n]``, created here so that two
+    scorings, even in the same second, never share one."""
+    now = now or datetime.now(timezone.utc)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(scored_file).stem)[:60] or "cohort"
+    base = parent / COHORTS / f"{now:%Y%m%dT%H%M%SZ}-{stem}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{base}: too many cohorts scored at the same second")
+
+
+def cohort_stamp(cohort_dir: Path, scored_file: Path, model_path: Path, now: datetime | None = None) -> dict:
+    """What identifies a cohort in its saved figures: its name, when and from what it was scored,
+    and the SHA-256 of the model part that scored it (a report shows only the current model's cohorts)."""
+    now = now or datetime.now(timezone.utc)
+    return {"cohort": cohort_dir.name, "scored_at": now.isoformat(timespec="microseconds"),
+            "scored_file": str(scored_file), "model_sha256": file_sha256(model_path)}
+
+
+def save_guest_cohort(workdir: Path, report: dict, scores: pd.DataFrame) -> Path:
+    """Keep a guest cohort: ``cohorts/<cohort>/metrics.json`` and ``scores.csv``; also the latest
+    figures as ``<workdir>/predict_metrics.json`` (what ``vfl predict`` always wrote)."""
+    cdir = workdir / COHORTS / report["cohort"]
+    cdir.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(cdir / "scores.csv", index=False)
+    write_json(cdir / "metrics.json", report)
+    write_json(workdir / "predict_metrics.json", report)
+    return cdir
+
+
+def load_cohorts(parent: Path, name: str) -> list[dict]:
+    """Every kept cohort under ``<parent>/cohorts/`` (its ``name`` file), oldest first."""
+    root = parent / COHORTS
+    found = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        f = d / name
+        if f.is_file():
+            c = json.loads(f.read_text())
+            c.setdefault("cohort", d.name)
+            found.append(c)
+    return sorted(found, key=lambda c: (c.get("scored_at", ""), c["cohort"]))

@@ -1,291 +1,27 @@
 """``<workdir>/report.html``: the guest's validation pack in one self-contained file.
 
-Charts are inline SVG drawn with matplotlib (text kept as text), styles are
-inline, there is no script: the file opens offline and can be archived with an
-approval. Every number comes from ``metrics.json`` (and ``predict_metrics.json``
-for a later cohort) or, for an older run, is recomputed from the guest's
-``predictions.csv``. Only what the guest may know appears: its labels, the
-joint scores, its own columns and coefficients, and the shared job settings.
+Every number comes from the guest's saved files: ``metrics.json`` (or, for an
+older run, recomputed from ``predictions.csv``), its ``model.json`` and every
+cohort kept under ``<workdir>/cohorts/`` by ``vfl predict``. Only what the guest
+may know appears: its labels, the joint scores, its own columns, coefficients
+and points, the anonymous per-column IV of host columns that binning releases
+to it, and the shared job settings.
 """
 from __future__ import annotations
 
-import html
-import io
 import json
-import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import stability
-from .collect import run_figures
+from .collect import file_sha256, load_cohorts, run_figures
 from .curves import evaluate_sample, histogram_edges
+from .page import (CLASS_COLORS, chart, color, column_psi_block, esc, figure, fmt, grid, note, page, row,
+                   stage_rows, svg, table, write_atomically)
 
-COLORS = {"train": "#1f5fa8", "test": "#e07b00", "cohort": "#2a9d3f"}
-CLASS_COLORS = {"goods": "#5b8fc9", "bads": "#c8443f"}
-
-
-# ---------------------------------------------------------------- formatting
-
-def fmt(value, kind: str = "num") -> str:
-    """How a number is shown: rates as percentages, AUC/KS/PSI to 3 places, counts with separators."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if kind == "count":
-        return f"{int(value):,}"
-    if kind == "pct":
-        return f"{100 * value:.1f}%"
-    if kind == "p3":
-        return f"{value:.3f}"
-    if kind == "p4":
-        return f"{value:.4f}"
-    if kind == "lift":
-        return f"{value:.2f}"
-    if kind == "points":
-        return f"{value:.0f}"
-    if kind == "sec":
-        return f"{value:.1f}"
-    if kind == "coef":
-        return f"{value:+.4f}"
-    if kind == "text":
-        return str(value)
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _esc(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def table(rows: list[dict], cols: list[tuple[str, str, str]], source: list | None = None,
-          caption: str | None = None) -> str:
-    """An HTML table. A cell shown from a saved file carries ``data-metric``: its JSON path, the file
-    first (``metrics``, ``predict`` or ``model``), so that a test can check every figure against the file.
-    Row ``i`` of a table with ``source`` reads ``source + [i, key]``; otherwise a row names its cells'
-    paths in ``_paths`` (key -> path) or a base in ``_base`` (``_base + [key]``, numeric columns only)."""
-    head = "".join(f'<th{" class=t" if kind == "text" else ""}>{_esc(h)}</th>' for _, h, kind in cols)
-    body = []
-    for i, r in enumerate(rows):
-        base = source + [i] if source is not None else r.get("_base")
-        cells = []
-        for key, _, kind in cols:
-            v = r.get(key)
-            path = (r.get("_paths") or {}).get(key)
-            if path is None and base is not None and kind != "text":
-                path = base + [key]
-            attrs = ' class="t"' if kind == "text" else ""
-            if key == "flag" and v in ("watch", "act"):
-                attrs = f' class="t flag-{v}"'
-            if path is not None:
-                attrs += f' data-metric="{_esc(json.dumps(path))}"'
-            cells.append(f'<td{attrs} data-key="{_esc(key)}">{_esc(fmt(v, kind))}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    cap = f"<caption>{_esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-# ---------------------------------------------------------------- charts
-
-def _figure(width: float = 4.6, height: float = 3.3, ncols: int = 1):
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
-                         "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
-                         "font.family": "DejaVu Sans"})
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols if ncols > 1 else width, height), squeeze=False)
-    return fig, axes[0]
-
-
-def _svg(fig, name: str) -> str:
-    import matplotlib.pyplot as plt
-    plt.rcParams["svg.hashsalt"] = name       # distinct clip-path ids in every inline SVG
-    fig.tight_layout()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    plt.close(fig)
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]
-    # ids unique in the page: prefix every id and every in-SVG reference to one with the chart's name
-    svg = re.sub(r'\bid="([^"]+)"', rf'id="{name}-\1"', svg)
-    return re.sub(r'(url\(#|href="#)([^)"]+)', rf'\g<1>{name}-\2', svg)
-
-
-def _chart(name: str, title: str, svg: str, note: str = "") -> str:
-    note = f"<figcaption>{note}</figcaption>" if note else ""
-    return f'<figure class="chart" id="chart-{name}" data-chart="{name}">{svg}{note}</figure>'
-
-
-def _samples(ev: dict) -> list[tuple[str, dict]]:
-    return [(k, v) for k, v in ev.items() if v and v.get("curve")]
-
-
-def chart_roc(ev: dict) -> str:
-    fig, (ax,) = _figure()
-    for name, e in _samples(ev):
-        c = e["curve"]
-        ax.plot([0] + c["fpr"], [0] + c["tpr"], color=COLORS[name], lw=1.6,
-                label=f"{name}: AUC {fmt(e['auc'], 'p3')}, Gini {fmt(e['gini'], 'p3')}")
-    ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls=":", label="random")
-    ax.set(xlabel="false positive rate (goods flagged)", ylabel="true positive rate (bads flagged)",
-           xlim=(0, 1), ylim=(0, 1.01), title="ROC")
-    ax.legend(loc="lower right")
-    return _chart("roc", "ROC", _svg(fig, "roc"))
-
-
-def chart_ks(ev: dict) -> str:
-    samples = _samples(ev)
-    if not samples:
-        return ""
-    fig, axes = _figure(3.6, 3.2, ncols=len(samples))
-    for ax, (name, e) in zip(axes, samples):
-        c = e["curve"]
-        d = np.asarray(c["depth"])
-        tpr, fpr = np.asarray(c["tpr"]), np.asarray(c["fpr"])
-        ax.plot(d, tpr, color=CLASS_COLORS["bads"], lw=1.6, label="bads (cumulative share)")
-        ax.plot(d, fpr, color=CLASS_COLORS["goods"], lw=1.6, label="goods (cumulative share)")
-        i = int(np.argmax(tpr - fpr))
-        ax.vlines(d[i], fpr[i], tpr[i], color="#333", lw=1.2, ls="--")
-        ax.annotate(f"KS {fmt(e['ks'], 'p3')}", (d[i], (tpr[i] + fpr[i]) / 2), xytext=(6, 0),
-                    textcoords="offset points", va="center", fontsize=9)
-        ax.set(xlabel="share of population, riskiest first", ylabel="cumulative share of class",
-               xlim=(0, 1), ylim=(0, 1.01), title=f"KS curve: {name}")
-        ax.legend(loc="lower right", fontsize=8)
-    return _chart("ks", "KS", _svg(fig, "ks"))
-
-
-def chart_lift_gain(ev: dict) -> str:
-    fig, axes = _figure(4.3, 3.2, ncols=2)
-    for name, e in _samples(ev):
-        c = e["curve"]
-        d = np.asarray(c["depth"])
-        lift = np.asarray([np.nan if v is None else v for v in c["lift"]], dtype=float)
-        ok = d >= 0.01
-        axes[0].plot(d[ok], lift[ok], color=COLORS[name], lw=1.6, label=name)
-        axes[1].plot(d, c["tpr"], color=COLORS[name], lw=1.6, label=name)
-    axes[0].axhline(1, color="#999", lw=0.8, ls=":", label="random")
-    axes[0].set(xlabel="share of population, riskiest first", ylabel="cumulative lift (bad rate / average)",
-                xlim=(0, 1), title="Lift")
-    axes[0].set_ylim(bottom=0)
-    axes[1].plot([0, 1], [0, 1], color="#999", lw=0.8, ls=":", label="random")
-    axes[1].set(xlabel="share of population, riskiest first", ylabel="share of all bads captured",
-                xlim=(0, 1), ylim=(0, 1.01), title="Cumulative gain")
-    for ax in axes:
-        ax.legend(loc="best")
-    return _chart("lift-gain", "Lift and gain", _svg(fig, "liftgain"))
-
-
-def chart_pr(ev: dict) -> str:
-    fig, (ax,) = _figure()
-    for name, e in _samples(ev):
-        c = e["curve"]
-        pts = [(r, p) for r, p in zip(c["tpr"], c["precision"]) if p is not None]
-        ax.plot([r for r, _ in pts], [p for _, p in pts], color=COLORS[name], lw=1.6,
-                label=f"{name}: average precision {fmt(e['average_precision'], 'p3')}")
-        ax.axhline(e["sample"]["bad_rate"], color=COLORS[name], lw=0.8, ls=":")
-    ax.set(xlabel="recall (share of bads flagged)", ylabel="precision (bad rate among flagged)",
-           xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall (dotted: bad rate)")
-    ax.legend(loc="upper right")
-    return _chart("pr", "Precision-recall", _svg(fig, "pr"))
-
-
-def chart_distribution(ev: dict) -> str:
-    samples = [(k, v) for k, v in ev.items() if v and v.get("score_histogram") and v["sample"]["rows"]]
-    if not samples:
-        return ""
-    fig, axes = _figure(3.6, 3.2, ncols=len(samples))
-    for ax, (name, e) in zip(axes, samples):
-        h = e["score_histogram"]
-        edges = np.asarray(h["edges"], dtype=float)
-        for cls in ("goods", "bads"):
-            counts = np.asarray(h[cls], dtype=float)
-            share = counts / counts.sum() if counts.sum() else counts
-            ax.stairs(share, edges, color=CLASS_COLORS[cls], fill=True, alpha=0.35)
-            ax.stairs(share, edges, color=CLASS_COLORS[cls], lw=1.4, label=f"{cls} ({int(counts.sum()):,})")
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)       # room for the legend above the bars
-        ax.set(xlabel="predicted probability of default", ylabel="share of class", title=f"Scores: {name}",
-               xlim=(edges[0], edges[-1]))
-        ax.legend(loc="upper right")
-    return _chart("distribution", "Score distribution", _svg(fig, "dist"))
-
-
-def chart_calibration(ev: dict) -> str:
-    fig, (ax,) = _figure()
-    top = 0.0
-    for name, e in ev.items():
-        if not e or not e.get("calibration"):
-            continue
-        cal = e["calibration"]
-        x = [r["mean_predicted"] for r in cal]
-        y = [r["observed_bad_rate"] for r in cal]
-        top = max(top, max(x), max(y))
-        ax.plot(x, y, "o-", color=COLORS[name], lw=1.4, ms=4, label=name)
-    top = min(1.0, math.ceil(top * 10 + 1e-9) / 10) or 1.0
-    ax.plot([0, top], [0, top], color="#999", lw=0.8, ls=":", label="perfect calibration")
-    ax.set(xlabel="mean predicted probability (band)", ylabel="observed bad rate (band)",
-           xlim=(0, top), ylim=(0, top), title="Calibration (10 equal-size bands)")
-    ax.legend(loc="upper left")
-    return _chart("calibration", "Calibration", _svg(fig, "calib"))
-
-
-def chart_loss(loss: list[float]) -> str:
-    fig, (ax,) = _figure(4.6, 3.0)
-    ax.plot(range(1, len(loss) + 1), loss, "o-", color=COLORS["train"], lw=1.6, ms=4)
-    ax.set(xlabel="epoch", ylabel="training loss (log loss)", title="Loss per epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    return _chart("loss", "Loss", _svg(fig, "loss"))
-
-
-def chart_psi(stab: dict, cohort_stab: dict | None, guest: str) -> str:
-    fig, axes = _figure(4.3, 3.2, ncols=2)
-    s = stab["score"]
-    n = len(s["expected"]) - 1            # value bins; the last share is "missing"
-    x = np.arange(n)
-    series = [("train", s["expected"]), (f"test (PSI {fmt(s['psi'], 'p3')})", s["actual"])]
-    if cohort_stab:
-        series.append((f"cohort (PSI {fmt(cohort_stab['score']['psi'], 'p3')})", cohort_stab["score"]["actual"]))
-    w = 0.8 / len(series)
-    for k, (label, shares) in enumerate(series):
-        name = label.split()[0]
-        axes[0].bar(x + (k - (len(series) - 1) / 2) * w, shares[:n], width=w, color=COLORS[name], label=label)
-    axes[0].set(xlabel="score band (training deciles, low to high risk)", ylabel="share of rows",
-                title="Score stability", xticks=x, xticklabels=[str(i + 1) for i in x])
-    axes[0].set_ylim(0, axes[0].get_ylim()[1] * 1.35)
-    axes[0].legend(loc="upper center", fontsize=7.5, ncol=len(series) if len(series) < 3 else 2)
-    cols = list(stab["columns"])
-    vals = [stab["columns"][c]["psi"] or 0.0 for c in cols]
-    y = np.arange(len(cols))
-    axes[1].barh(y, vals, height=0.6 if not cohort_stab else 0.35, color=COLORS["test"], label="test")
-    if cohort_stab:
-        cv = [cohort_stab["columns"].get(c, {}).get("psi") or 0.0 for c in cols]
-        axes[1].barh(y + 0.35, cv, height=0.35, color=COLORS["cohort"], label="cohort")
-    for t, lab in ((stability.WATCH, "watch"), (stability.ACT, "act")):
-        axes[1].axvline(t, color="#c8443f" if lab == "act" else "#d9a400", lw=1, ls="--")
-        axes[1].text(t, 0.01, f" {lab}", transform=axes[1].get_xaxis_transform(), fontsize=8, va="bottom",
-                     color="#c8443f" if lab == "act" else "#b08600")
-    axes[1].set(yticks=y, yticklabels=cols, xlabel="PSI against training rows", title=f"{guest}'s own columns")
-    axes[1].set_xlim(0, max([0.3] + vals) * 1.1)
-    axes[1].invert_yaxis()
-    axes[1].legend(loc="lower right", fontsize=8)
-    return _chart("psi", "Stability", _svg(fig, "psi"))
-
-
-# ---------------------------------------------------------------- assembling
-
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
-color:#222;padding:0 16px;line-height:1.4}
-h1{font-size:22px;margin-bottom:2px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}
-h3{font-size:14px;margin:10px 0 4px}.sub{color:#666;margin-top:0}
-table{border-collapse:collapse;font-size:12px;margin:4px 0 10px}caption{text-align:left;font-weight:600;padding:2px 0}
-th,td{padding:3px 6px;border-bottom:1px solid #e4e4e4;text-align:right;white-space:nowrap}
-th{background:#f4f6f8;font-weight:600}td.t,th.t{text-align:left}
-.row{display:flex;flex-wrap:wrap;gap:10px 28px;align-items:flex-start}
-figure.chart{margin:0}figure.chart svg{max-width:100%;height:auto}
-.flag-watch{background:#fff3cd}.flag-act{background:#f8d7da}
-.note{color:#555;font-size:12.5px;max-width:900px}
-"""
+CHART_COHORTS = 4       # charts draw train, test and the latest few cohorts; tables show every cohort
 
 SAMPLE_COLS = [("sample", "sample", "text"), ("rows", "rows", "count"), ("bads", "bads", "count"),
                ("bad_rate", "bad rate", "pct")]
@@ -295,18 +31,17 @@ DECILE_COLS = [("band", "band", "count"), ("rows", "rows", "count"), ("bads", "b
                ("bad_rate", "bad rate", "pct"), ("min_score", "min PD", "p3"), ("max_score", "max PD", "p3"),
                ("min_points", "min pts", "points"), ("max_points", "max pts", "points"),
                ("cum_capture", "cum. capture", "pct"), ("lift", "lift", "lift"), ("ks", "KS", "p3")]
-CAL_COLS = [("band", "band", "count"), ("rows", "rows", "count"), ("mean_predicted", "mean predicted", "pct"),
+CAL_COLS = [("band", "band", "count"), ("rows", "rows", "count"), ("mean_predicted", "mean PD", "pct"),
             ("observed_bad_rate", "observed", "pct"), ("difference", "obs. − pred.", "pct")]
-PSI_COLS = [("column", "column", "text"), ("psi", "PSI", "p3"), ("flag", "flag", "text")]
+IV_COLS = [("column", "column", "text"), ("iv", "IV", "p3"), ("strength", "reading", "text"),
+           ("bins", "bins", "count"), ("selected", "kept", "bool")]
+POINTS_COLS = [("column", "column", "text"), ("bin", "bin", "text"), ("rows", "rows", "count"),
+               ("events", "bads", "count"), ("woe", "WOE", "woe"), ("points", "points", "pts")]
+SCALING_COLS = [("pdo", "PDO", "pts"), ("base_score", "base score", "pts"), ("base_odds", "at odds (good:bad)", "num"),
+                ("offset_points", "offset", "pts")]
 
 
-def _flagged(base: list) -> dict:
-    return {"psi": base + ["psi"], "flag": base + ["flag"]}
-
-
-def _psi_rows(cols: dict, base: list) -> list[dict]:
-    return [{"column": c, "psi": v["psi"], "flag": v["flag"], "_paths": _flagged(base + [c])} for c, v in cols.items()]
-
+# ---------------------------------------------------------------- reading the saved results
 
 def load_results(job) -> dict:
     """What the report is built from: the guest's saved files only."""
@@ -324,91 +59,284 @@ def load_results(job) -> dict:
         metrics["evaluation"] = {n: evaluate_sample(y[r], score[r], pts[r], edges)
                                  for n, r in (("train", ~test), ("test", test))}
         metrics["stability"] = run_figures([], np.zeros((len(y), 0)), y, test, score, pts)["stability"]
-    model = None
-    if (gdir / "model.json").is_file():
-        model = json.loads((gdir / "model.json").read_text())
-    cohort = None
-    if (wd / "predict_metrics.json").is_file():
-        cohort = json.loads((wd / "predict_metrics.json").read_text())
-    return {"metrics": metrics, "model": model, "predict": cohort}
+    model = json.loads((gdir / "model.json").read_text()) if (gdir / "model.json").is_file() else None
+    cohorts = load_cohorts(wd, "metrics.json")
+    if not cohorts and (wd / "predict_metrics.json").is_file():       # scored before cohorts were kept
+        legacy = json.loads((wd / "predict_metrics.json").read_text())
+        cohorts = [{**legacy, "cohort": legacy.get("cohort", "predict_metrics.json"), "_root": ["predict"]}]
+    for c in cohorts:
+        c.setdefault("_root", ["cohorts", c["cohort"]])
+    return {"metrics": metrics, "model": model, "cohorts": cohorts,
+            "model_sha256": file_sha256(gdir / "model.json")}
 
 
-def build_report(job, results: dict | None = None) -> str:
-    r = results or load_results(job)
-    m, model, cohort = r["metrics"], r["model"], r["predict"]
-    ev = dict(m["evaluation"])
-    if cohort and cohort.get("evaluation"):
-        ev["cohort"] = cohort["evaluation"]
-    src = {"train": ["metrics", "evaluation", "train"], "test": ["metrics", "evaluation", "test"],
-           "cohort": ["predict", "evaluation"]}
-    parts = [f"<h1>Model report: {_esc(m.get('job', job.name))}</h1>",
-             f'<p class="sub">Guest <b>{_esc(job.guest.name)}</b> with host(s) {_esc(", ".join(m.get("hosts", [])))}; '
-             f'{_esc(m.get("model", ""))} model. Scores are the joint probability of default (PD). '
-             "Host columns are not shown: the guest never sees them.</p>"]
+def split_cohorts(cohorts: list[dict], model_sha: str | None) -> tuple[list[dict], list[dict]]:
+    """Cohorts scored with the current model (shown and compared) and with an earlier one (listed)."""
+    current = [c for c in cohorts if not c.get("model_sha256") or c["model_sha256"] == model_sha]
+    return current, [c for c in cohorts if c not in current]
 
-    parts.append("<h2>Sample</h2>")
-    samples = [{"sample": k, **v["sample"], "_base": src[k] + ["sample"]} for k, v in ev.items()]
-    perf = [{"sample": k, **{c: v.get(c) for c, _, _ in PERF_COLS[1:]}, "_base": src[k]} for k, v in ev.items()]
-    parts.append('<div class="row">' + table(samples, SAMPLE_COLS) + table(perf, PERF_COLS)
-                 + "</div>")
-    parts.append(f'<p class="note">Aligned rows (private set intersection): {fmt(m.get("aligned_rows"), "count")} '
-                 f'of the guest\'s {fmt(m.get("guest_rows"), "count")}.'
-                 + (f' Later cohort: {_esc(cohort.get("scored_file", ""))}, {fmt(cohort.get("scored_rows"), "count")} '
-                    "rows scored." if cohort else "") + "</p>")
 
-    parts.append("<h2>Discrimination</h2>")
-    parts.append('<div class="row">' + chart_roc(ev) + chart_pr(ev) + "</div>")
-    parts.append(chart_ks(ev))
-    parts.append(chart_lift_gain(ev))
-    parts.append("<h2>Score distribution by class</h2>" + chart_distribution(ev))
+# ---------------------------------------------------------------- charts
 
-    parts.append("<h2>Decile table</h2><p class=\"note\">Equal-size bands of each sample, riskiest first. "
-                 "Capture: share of all bads in this band and riskier ones; lift: band bad rate over the "
-                 "sample's bad rate; KS: cumulative bad share minus cumulative good share.</p>")
-    parts.append('<div class="row">' + "".join(
-        table(v["deciles"], DECILE_COLS, src[k] + ["deciles"], caption=k) for k, v in ev.items() if v.get("deciles"))
-        + "</div>")
+def _curves(ev: dict) -> list[tuple[str, dict]]:
+    return [(k, v) for k, v in ev.items() if v and v.get("curve")]
 
-    parts.append("<h2>Calibration</h2>")
-    parts.append('<div class="row">' + chart_calibration(ev) + "".join(
-        table(v["calibration"], CAL_COLS, src[k] + ["calibration"], caption=k)
-        for k, v in ev.items() if v.get("calibration")) + "</div>")
 
-    parts.append("<h2>Training</h2>")
-    loss = m.get("loss_history") or []
-    secs = m.get("epoch_seconds") or []
-    rows = [{"epoch": i + 1, "loss": l, "seconds": secs[i] if i < len(secs) else None,
-             "_paths": {"loss": ["metrics", "loss_history", i],
-                        **({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {})}}
-            for i, l in enumerate(loss)]
-    parts.append('<div class="row">' + (chart_loss(loss) if loss else "") + table(
-        rows, [("epoch", "epoch", "count"), ("loss", "loss", "p4"), ("seconds", "seconds", "sec")])
-        + "</div>")
+def chart_roc(ev: dict, cohorts: list[str]) -> str:
+    fig, (ax,) = figure()
+    for name, e in _curves(ev):
+        c = e["curve"]
+        ax.plot([0] + c["fpr"], [0] + c["tpr"], color=color(name, cohorts), lw=1.6,
+                label=f"{name}: AUC {fmt(e['auc'], 'p3')}, Gini {fmt(e['gini'], 'p3')}")
+    ax.plot([0, 1], [0, 1], color="#999", lw=0.8, ls=":", label="random")
+    ax.set(xlabel="false positive rate (share of goods flagged)", ylabel="true positive rate (share of bads flagged)",
+           xlim=(0, 1), ylim=(0, 1.01), title="ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    return chart("roc", svg(fig, "roc"))
 
-    stab = m.get("stability")
-    if stab:
-        cstab = (cohort or {}).get("stability")
-        parts.append("<h2>Stability (PSI)</h2>")
-        parts.append(f'<p class="note">Population stability index against the training rows, binned on the '
-                     f'training deciles ({_esc(stab.get("method", ""))}). Below {stability.WATCH}: stable; '
-                     f'{stability.WATCH} to {stability.ACT}: watch; {stability.ACT} and above: act. '
-                     "Column PSI only for the guest's own numeric columns.</p>")
-        srows = [{"sample": "test", "psi": stab["score"]["psi"], "flag": stab["score"]["flag"],
-                  "_paths": _flagged(["metrics", "stability", "score"])}]
-        if cstab:
-            srows.append({"sample": "cohort", "psi": cstab["score"]["psi"], "flag": cstab["score"]["flag"],
-                          "_paths": _flagged(["predict", "stability", "score"])})
-        ptables = table(srows, [("sample", "score PSI vs train", "text"), ("psi", "PSI", "p3"),
+
+def chart_pr(ev: dict, cohorts: list[str]) -> str:
+    fig, (ax,) = figure()
+    for name, e in _curves(ev):
+        c = e["curve"]
+        pts = [(r, p) for r, p in zip(c["tpr"], c["precision"]) if p is not None]
+        ax.plot([r for r, _ in pts], [p for _, p in pts], color=color(name, cohorts), lw=1.6,
+                label=f"{name}: average precision {fmt(e['average_precision'], 'p3')}")
+        ax.axhline(e["sample"]["bad_rate"], color=color(name, cohorts), lw=0.8, ls=":")
+    ax.set(xlabel="recall (share of bads flagged)", ylabel="precision (bad rate among flagged)",
+           xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall (dotted: each sample's bad rate)")
+    ax.legend(loc="upper right", fontsize=8)
+    return chart("pr", svg(fig, "pr"))
+
+
+def chart_ks(ev: dict) -> str:
+    samples = _curves(ev)
+    if not samples:
+        return ""
+    fig, axes = grid(len(samples), 3.75, 3.2)
+    for ax, (name, e) in zip(axes, samples):
+        c = e["curve"]
+        d = np.asarray(c["depth"])
+        tpr, fpr = np.asarray(c["tpr"]), np.asarray(c["fpr"])
+        ax.plot(d, tpr, color=CLASS_COLORS["bads"], lw=1.6, label="bads")
+        ax.plot(d, fpr, color=CLASS_COLORS["goods"], lw=1.6, label="goods")
+        i = int(np.argmax(tpr - fpr))
+        ax.vlines(d[i], fpr[i], tpr[i], color="#333", lw=1.2, ls="--")
+        ax.annotate(f"KS {fmt(e['ks'], 'p3')}\nat {fmt(d[i], 'pct')}", (d[i], (tpr[i] + fpr[i]) / 2), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8.5)
+        ax.set(xlabel="share of population, riskiest first", ylabel="cumulative share of class",
+               xlim=(0, 1), ylim=(0, 1.01), title=f"KS: {name}")
+        ax.legend(loc="lower right", fontsize=8)
+    return chart("ks", svg(fig, "ks"))
+
+
+def chart_lift_gain(ev: dict, cohorts: list[str]) -> str:
+    fig, axes = figure(4.4, 3.2, ncols=2)
+    for name, e in _curves(ev):
+        c = e["curve"]
+        d = np.asarray(c["depth"])
+        lift = np.asarray([np.nan if v is None else v for v in c["lift"]], dtype=float)
+        ok = d >= 0.02                       # the first 1-2 % of rows give a noisy, towering lift
+        axes[0].plot(d[ok], lift[ok], color=color(name, cohorts), lw=1.6, label=name)
+        axes[1].plot(d, c["tpr"], color=color(name, cohorts), lw=1.6, label=name)
+    axes[0].axhline(1, color="#999", lw=0.8, ls=":", label="random")
+    axes[0].set(xlabel="share of population, riskiest first", ylabel="cumulative lift (bad rate / average)",
+                xlim=(0, 1), title="Cumulative lift (from 2 % depth)")
+    axes[0].set_ylim(bottom=0)
+    axes[1].plot([0, 1], [0, 1], color="#999", lw=0.8, ls=":", label="random")
+    axes[1].set(xlabel="share of population, riskiest first", ylabel="share of all bads captured",
+                xlim=(0, 1), ylim=(0, 1.01), title="Cumulative gain")
+    for ax in axes:
+        ax.legend(loc="upper right" if ax is axes[0] else "lower right", fontsize=8)
+    return chart("lift-gain", svg(fig, "liftgain"))
+
+
+def chart_distribution(ev: dict) -> str:
+    samples = [(k, v) for k, v in ev.items() if v and v.get("score_histogram") and v["sample"]["rows"]]
+    if not samples:
+        return ""
+    fig, axes = grid(len(samples), 3.75, 3.2)
+    for ax, (name, e) in zip(axes, samples):
+        h = e["score_histogram"]
+        edges = np.asarray(h["edges"], dtype=float)
+        for cls in ("goods", "bads"):
+            counts = np.asarray(h[cls], dtype=float)
+            share = counts / counts.sum() if counts.sum() else counts
+            ax.stairs(share, edges, color=CLASS_COLORS[cls], fill=True, alpha=0.3)
+            ax.stairs(share, edges, color=CLASS_COLORS[cls], lw=1.4, label=f"{cls} ({int(counts.sum()):,})")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)       # room for the legend above the bars
+        ax.set(xlabel="predicted probability of default", ylabel="share of the class's rows",
+               title=f"Scores: {name}", xlim=(edges[0], edges[-1]))
+        ax.legend(loc="upper right", fontsize=8)
+    return chart("distribution", svg(fig, "dist"))
+
+
+def chart_calibration(ev: dict, cohorts: list[str]) -> str:
+    fig, (ax,) = figure(4.4, 3.6)
+    top = 0.0
+    for name, e in ev.items():
+        if not e or not e.get("calibration"):
+            continue
+        cal = e["calibration"]
+        x = [r["mean_predicted"] for r in cal]
+        y = [r["observed_bad_rate"] for r in cal]
+        top = max(top, max(x), max(y))
+        ax.plot(x, y, "o-", color=color(name, cohorts), lw=1.4, ms=4, label=name)
+    top = min(1.0, np.ceil(top * 10 + 1e-9) / 10) or 1.0
+    ax.plot([0, top], [0, top], color="#999", lw=0.8, ls=":", label="perfect calibration")
+    ax.set(xlabel="mean predicted PD (band)", ylabel="observed bad rate (band)",
+           xlim=(0, top), ylim=(0, top), title="Calibration (10 equal-size bands)")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize=8)
+    return chart("calibration", svg(fig, "calib"))
+
+
+def chart_loss(loss: list[float]) -> str:
+    fig, (ax,) = figure(4.6, 3.0)
+    ax.plot(range(1, len(loss) + 1), loss, "o-", color=color("train"), lw=1.6, ms=4)
+    ax.set(xlabel="epoch", ylabel="training loss (mean log loss)", title="Loss per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return chart("loss", svg(fig, "loss"))
+
+
+def chart_score_stability(stab: dict, compared: list[tuple[str, dict]], cohorts: list[str]) -> str:
+    """Training rows' shares per score band (bars) against each compared sample's (lines)."""
+    fig, (ax,) = figure(4.8, 3.3)
+    s = stab["score"]
+    n = len(s["expected"]) - 1            # value bins; the last share is "missing" (never, for scores)
+    x = np.arange(1, n + 1)
+    ax.bar(x, s["expected"][:n], width=0.7, color="#c9d6e8", edgecolor=color("train"), lw=0.8, label="train")
+    for name, entry in compared:
+        ax.plot(x, entry["actual"][:n], "o-", color=color(name, cohorts), lw=1.4, ms=4,
+                label=f"{name} (PSI {fmt(entry['psi'], 'p3')})")
+    ax.set(xlabel="score band (training deciles, low to high PD)", ylabel="share of rows",
+           title="Score stability against the training rows", xticks=x)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=2)
+    return chart("psi", svg(fig, "psi"))
+
+
+# ---------------------------------------------------------------- sections
+
+def _label_cohorts(current: list[dict]) -> list[tuple[str, dict]]:
+    return [(f"cohort {i}", c) for i, c in enumerate(current, 1)]
+
+
+def when_scored(c: dict) -> str:
+    t = c.get("scored_at", "")
+    return f"{t[:10]} {t[11:16]} UTC" if len(t) >= 16 else "–"
+
+
+def _sample_section(m: dict, ev: dict, src: dict, labelled: list, earlier: list) -> list[str]:
+    samples, perf = [], []
+    for k, v in ev.items():
+        samples.append({"sample": k, **v["sample"], "_base": src[k] + ["sample"]})
+        perf.append({"sample": k, **{c: v.get(c) for c, _, _ in PERF_COLS[1:]}, "_base": src[k]})
+    for label, c in labelled:
+        if not c.get("evaluation"):
+            samples.append({"sample": label, "rows": c.get("scored_rows"), "bads": None, "bad_rate": None,
+                            "_paths": {"rows": c["_root"] + ["scored_rows"]}})
+    out = ["<h2>Sample</h2>", row(table(samples, SAMPLE_COLS), table(perf, PERF_COLS))]
+    text = (f"Aligned rows (private set intersection): {fmt(m.get('aligned_rows'), 'count')} of the guest's "
+            f"{fmt(m.get('guest_rows'), 'count')}, split into training and test rows by a keyed hash of the ID. "
+            "Bads: label 1 (default). AUC, Gini (2·AUC − 1), KS and average precision are computed on all rows of "
+            "a sample; Brier is the mean squared error of the PD.")
+    out.append(note(text))
+    if labelled or earlier:
+        crows = []
+        for label, c in labelled + [("earlier model", c) for c in earlier]:
+            s = (c.get("stability") or {}).get("score") or {}
+            crows.append({"sample": label, "cohort": c["cohort"], "file": Path(c.get("scored_file", "")).name,
+                          "when": when_scored(c), "scored_rows": c.get("scored_rows"),
+                          "outcomes": bool(c.get("evaluation")), "psi": s.get("psi"), "flag": s.get("flag"),
+                          "_paths": {"scored_rows": c["_root"] + ["scored_rows"],
+                                     **({"psi": c["_root"] + ["stability", "score", "psi"]} if s else {})},
+                          "_flags": {"psi": s.get("flag")}})
+        out.append("<h3>Later cohorts scored with <code>vfl predict</code></h3>")
+        out.append(table(crows, [("sample", "label", "text"), ("cohort", "kept in cohorts/", "text"),
+                                 ("file", "file scored", "text"), ("when", "scored", "text"),
+                                 ("scored_rows", "rows scored", "count"), ("outcomes", "outcomes", "bool"),
+                                 ("psi", "score PSI vs train", "p3")]))
+        if earlier:
+            out.append(note(f"{len(earlier)} cohort(s) scored with an earlier model are kept under "
+                            "<code>cohorts/</code> but not compared here: their scores come from another model."))
+    return out
+
+
+def _stability_section(stab: dict, labelled: list, shown: set[str], guest: str) -> list[str]:
+    out = ["<h2>Stability (PSI)</h2>",
+           note("Population stability index against the training rows: PSI = Σ (a − e)·ln(a / e) over bins, "
+                f"e the training rows' share, a the compared rows' ({esc(stab.get('method', ''))}). "
+                f"Below {stability.WATCH}: stable; {stability.WATCH} to {stability.ACT}: watch; "
+                f"{stability.ACT} and above: act. Column PSI covers only the guest's own columns: each party "
+                "computes it alone for its own.")]
+    compared = [("test", stab["score"], ["metrics", "stability", "score"])]
+    col_sets = [("test", stab.get("columns") or {}, ["metrics", "stability", "columns"])]
+    for label, c in labelled:
+        cs = c.get("stability")
+        if cs:
+            compared.append((label, cs["score"], c["_root"] + ["stability", "score"]))
+            col_sets.append((label, cs.get("columns") or {}, c["_root"] + ["stability", "columns"]))
+    names = [lab for lab, _ in labelled]
+    srows = [{"sample": k, "psi": e["psi"], "flag": e["flag"],
+              "_paths": {"psi": p + ["psi"], "flag": p + ["flag"]}} for k, e, p in compared]
+    score_table = table(srows, [("sample", "compared with train", "text"), ("psi", "score PSI", "p3"),
                                 ("flag", "flag", "text")])
-        if stab.get("columns"):
-            ptables += table(_psi_rows(stab["columns"], ["metrics", "stability", "columns"]), PSI_COLS,
-                             caption="columns: test")
-        if cstab and cstab.get("columns"):
-            ptables += table(_psi_rows(cstab["columns"], ["predict", "stability", "columns"]), PSI_COLS,
-                             caption="columns: cohort")
-        parts.append('<div class="row">' + (chart_psi(stab, cstab, job.guest.name) if stab.get("columns") else "")
-                     + f"<div>{ptables}</div></div>")
+    chart_score = chart_score_stability(stab, [(k, e) for k, e, _ in compared if k == "test" or k in shown], names)
+    out.append(row(chart_score, score_table))
+    out += column_psi_block(col_sets, shown, names, guest)
+    return out
 
+
+def iv_strength(iv: float | None) -> str:
+    """The usual reading of an information value (Siddiqi): how much a column separates goods from bads."""
+    if iv is None:
+        return "–"
+    return ("not predictive" if iv < 0.02 else "weak" if iv < 0.1 else "medium" if iv < 0.3
+            else "strong" if iv < 0.5 else "very strong: check for leakage")
+
+
+def _iv_rows(entries: list[dict], base: list) -> list[dict]:
+    rows = [{**e, "strength": iv_strength(e.get("iv")), "_base": base + [i]} for i, e in enumerate(entries)]
+    return sorted(rows, key=lambda r: -(r.get("iv") or 0.0))
+
+
+def _iv_section(m: dict, guest: str) -> list[str]:
+    out = ["<h2>Information value (IV)</h2>"]
+    iv = m.get("iv")
+    if not iv:
+        out.append(note('<span class="missing">Not computed:</span> this job ran no federated binning '
+                        "(<code>[preprocess]</code> in the job file), so there is no IV table."))
+        return out
+    out.append(note("IV = Σ (bad share − good share)·WOE over a column's bins, computed on the training rows. "
+                    "Readings: under 0.02 not predictive, 0.02–0.1 weak, 0.1–0.3 medium, 0.3–0.5 strong, above: "
+                    "check for leakage. <b>Kept</b>: the column passed IV selection and entered training. Host "
+                    "columns carry anonymous names: the guest learns their IV, never their names or values."))
+    tabs = []
+    if iv.get("guest") is not None:
+        tabs.append(table(_iv_rows(iv["guest"], ["metrics", "iv", "guest"]), IV_COLS,
+                          caption=f"{guest}'s own columns"))
+    if iv.get("hosts") is not None:
+        tabs.append(table(_iv_rows(iv["hosts"], ["metrics", "iv", "hosts"]), IV_COLS,
+                          caption="host columns (anonymous)"))
+    out.append(row(*tabs))
+    return out
+
+
+def points_table(sc: dict, key: str, root: list) -> str:
+    """A party's scorecard: its scaling, then bin -> points of its own columns (column named once)."""
+    scaling = table([{"_base": root, **{k: sc.get(k) for k, _, _ in SCALING_COLS}}], SCALING_COLS,
+                    caption="points scaling")
+    rows, last = [], None
+    has_events = any(e.get("events") is not None for e in sc[key])
+    for i, e in enumerate(sc[key]):
+        rows.append({**e, "column": e.get("column") if e.get("column") != last else "", "_base": root + [key, i]})
+        last = e.get("column")
+    cols = [c for c in POINTS_COLS if c[0] != "events" or has_events]
+    return row(table(rows, cols, caption="points per bin"), scaling)
+
+
+def _coef_section(model: dict | None, m: dict, job) -> list[str]:
+    out = ["<h2>Guest coefficients and scorecard points</h2>"]
     if model and model.get("format") == "vfl-hetero-lr-part" and model.get("party") == job.guest.name:
         std = model.get("standardizer", {})
         crow = [{"column": c, "coef": w, "mean": mu, "scale": sd,
@@ -420,41 +348,117 @@ def build_report(job, results: dict | None = None) -> str:
         if "intercept" in model:
             crow.append({"column": "(intercept)", "coef": model["intercept"], "mean": None, "scale": None,
                          "_paths": {"coef": ["model", "intercept"]}})
-        parts.append("<h2>Guest coefficients</h2><p class=\"note\">The guest's own part of the logistic model, "
-                     "on standardised columns (per one standard deviation), largest effect first. "
-                     "Positive: higher risk. Hosts keep their own coefficients.</p>")
-        parts.append(table(crow, [("column", "column", "text"), ("coef", "coefficient", "coef"),
-                                  ("mean", "training mean", "num"), ("scale", "training std", "num")]))
+        out.append("<h3>Coefficients</h3>")
+        out.append(note("The guest's own part of the logistic model, on standardised columns (per one standard "
+                        "deviation), largest effect first. Positive: higher risk. Hosts keep their own."))
+        out.append(table(crow, [("column", "column", "text"), ("coef", "coefficient", "coef"),
+                                ("mean", "training mean", "num"), ("scale", "training std", "num")]))
+    else:
+        kind = (model or {}).get("format", "no model file")
+        out.append(note(f"Coefficients: none per column for this model ({esc(kind)}); the guest's tower is in "
+                        "its <code>model.json</code>."))
+    sc = m.get("scorecard") or {}
+    out.append("<h3>Scorecard points</h3>")
+    if sc.get("guest") is not None:
+        out.append(note("The binned scorecard of the guest's own columns: an applicant's score is the offset plus "
+                        "the points of each column's bin (hosts add the points of theirs, which the guest never "
+                        "sees). WOE = ln(bad share / good share) of the bin: positive is riskier; more points "
+                        "mean lower risk."))
+        out.append(points_table(sc, "guest", ["metrics", "scorecard"]))
+    else:
+        out.append(note('<span class="missing">Not computed:</span> no binned scorecard in this job (it needs '
+                        "federated binning with WOE); the PD is mapped to points by the scaling below "
+                        "(see the decile table's points)."))
+    return out
 
-    parts.append("<h2>Job</h2>")
+
+def _job_section(m: dict, job) -> list[str]:
     mc = job.model
-    settings = [("model", mc.type), ("key size (bits)", m.get("key_bits", mc.key_bits)), ("encryption", mc.encryption),
+    settings = [("model", mc.type), ("key size (bits)", m.get("key_bits", mc.key_bits)),
+                ("encryption", mc.encryption),
                 ("epochs run / set", f"{m.get('epochs_run')} / {mc.epochs}"), ("batch size", mc.batch_size),
                 ("learning rate", mc.learning_rate), ("optimizer", mc.optimizer), ("L2", mc.l2),
                 ("test fraction", job.test_fraction), ("seed", job.seed),
-                ("scorecard", f"{job.scorecard.base_points:g} points at {job.scorecard.base_odds:g}:1, "
-                              f"PDO {job.scorecard.pdo:g}"),
+                ("PD to points", f"{job.scorecard.base_points:g} points at {job.scorecard.base_odds:g}:1, "
+                                 f"PDO {job.scorecard.pdo:g}"),
                 ("smallest release (rows)", m.get("smallest_release_rows"))]
     srows = [{"setting": k, "value": v} for k, v in settings]
     srows[1]["_paths"] = {"value": ["metrics", "key_bits"]}
-    times = [{"stage": k, "seconds": v, "_paths": {"seconds": ["metrics", "stage_seconds", k]}}
-             for k, v in (m.get("stage_seconds") or {}).items()]
-    times += [{"stage": f"training: {k}", "seconds": v, "_paths": {"seconds": ["metrics", "phase_seconds", k]}}
-              for k, v in (m.get("phase_seconds") or {}).items()]
-    parts.append('<div class="row">' + table(srows, [("setting", "setting", "text"), ("value", "value", "text")])
-                 + table(times, [("stage", "stage", "text"), ("seconds", "seconds", "sec")])
-                 + "</div>")
-    body = "\n".join(parts)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Model report: {_esc(m.get('job', job.name))}</title><style>{CSS}</style></head>"
-            f"<body>\n{body}\n</body></html>\n")
+    times = stage_rows(["metrics"], m.get("stage_seconds"), m.get("phase_seconds"))
+    return ["<h2>Job</h2>", row(table(srows, [("setting", "setting", "text"), ("value", "value", "text")]),
+                                table(times, [("stage", "stage", "text"), ("seconds", "seconds", "sec")]))]
+
+
+def build_report(job, results: dict | None = None) -> str:
+    """The guest's report page from its saved results (``load_results``)."""
+    r = results or load_results(job)
+    m, model = r["metrics"], r["model"]
+    current, earlier = split_cohorts(r.get("cohorts") or [], r.get("model_sha256"))
+    labelled = _label_cohorts(current)
+    names = [lab for lab, _ in labelled]
+    ev = dict(m["evaluation"])
+    src = {"train": ["metrics", "evaluation", "train"], "test": ["metrics", "evaluation", "test"]}
+    for label, c in labelled:
+        if c.get("evaluation"):
+            ev[label] = c["evaluation"]
+            src[label] = c["_root"] + ["evaluation"]
+    with_outcomes = [lab for lab, c in labelled if c.get("evaluation")]
+    shown = set(with_outcomes[-CHART_COHORTS:]) | {lab for lab, _ in labelled[-CHART_COHORTS:]}
+    ev_chart = {k: v for k, v in ev.items() if k in ("train", "test") or k in shown}
+
+    parts = [f"<h1>Model report: {esc(m.get('job', job.name))}</h1>",
+             f'<p class="sub">Guest <b>{esc(job.guest.name)}</b> (holds the labels) with host(s) '
+             f'{esc(", ".join(m.get("hosts", [])))}; {esc(m.get("model", ""))} model. Scores are the joint '
+             "probability of default (PD). "
+             + ("Host columns appear only as the anonymous IV that binning releases to the guest.</p>" if m.get("iv")
+                else "Host columns appear nowhere: the guest never sees them.</p>")]
+    parts += _sample_section(m, ev, src, labelled, earlier)
+    if len(with_outcomes) > CHART_COHORTS:
+        parts.append(note(f"Charts show the latest {CHART_COHORTS} cohorts with outcomes; the tables show all "
+                          f"{len(with_outcomes)}."))
+
+    parts.append("<h2>Discrimination</h2>")
+    parts.append(row(chart_roc(ev_chart, names), chart_pr(ev_chart, names)))
+    parts.append(chart_ks(ev_chart))
+    parts.append(note("KS: the largest gap between the cumulative shares of bads and goods when rows are "
+                      "flagged riskiest first, and the depth where it occurs."))
+    parts.append(chart_lift_gain(ev_chart, names))
+    parts.append("<h2>Score distribution by class</h2>" + chart_distribution(ev_chart))
+
+    parts.append("<h2>Decile table</h2>" + note(
+        "Equal-size bands of each sample, riskiest first. Cum. capture: share of all bads in this band and riskier "
+        "ones (cumulative gain); lift: band bad rate over the sample's bad rate; KS: cumulative bad share minus "
+        "cumulative good share. Points: the PD on the scorecard scale."))
+    parts.append(row(*(table(v["deciles"], DECILE_COLS, src[k] + ["deciles"], caption=k, cls="dense")
+                       for k, v in ev.items() if v.get("deciles"))))
+
+    parts.append("<h2>Calibration</h2>")
+    parts.append(row(chart_calibration(ev_chart, names), *(
+        table(v["calibration"], CAL_COLS, src[k] + ["calibration"], caption=k)
+        for k, v in ev.items() if v.get("calibration"))))
+    parts.append(note("Bands of equal size, lowest PD first: the mean predicted PD against the observed bad "
+                      "rate. Points on the dotted diagonal are well calibrated."))
+
+    parts.append("<h2>Training</h2>")
+    loss = m.get("loss_history") or []
+    secs = m.get("epoch_seconds") or []
+    lrows = [{"epoch": i + 1, "loss": l, "seconds": secs[i] if i < len(secs) else None,
+              "_paths": {"loss": ["metrics", "loss_history", i],
+                         **({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {})}}
+             for i, l in enumerate(loss)]
+    parts.append(row(chart_loss(loss) if loss else "", table(
+        lrows, [("epoch", "epoch", "count"), ("loss", "loss", "p4"), ("seconds", "seconds", "sec")])))
+
+    if m.get("stability"):
+        parts += _stability_section(m["stability"], labelled, shown, job.guest.name)
+    parts += _iv_section(m, job.guest.name)
+    parts += _coef_section(model, m, job)
+    parts += _job_section(m, job)
+    return page(f"Model report: {m.get('job', job.name)}", "\n".join(parts))
 
 
 def write_report(job) -> Path:
-    """Build ``<workdir>/report.html`` from the saved results and write it atomically."""
+    """Build ``<workdir>/report.html`` from the guest's saved results and write it atomically."""
     path = job.workdir / "report.html"
-    text = build_report(job)
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomically(path, build_report(job))
     return path

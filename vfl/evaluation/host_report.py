@@ -1,0 +1,140 @@
+"""``<workdir>/<host>/report.html``: a host's own, smaller report.
+
+Built only from the host's own saved files (``report.json``, ``model.json``,
+``scorecard.json`` if a binned scorecard was trained, and every cohort kept
+under its ``cohorts/``) and the shared job settings. A host holds no labels and
+never sees the joint scores or another party's columns, so the page has none of
+them: no AUC, no bad rates, nothing of the guest. It does know which of its
+aligned rows are training and which test rows: every party derives the split
+alone from the common IDs and the job seed (a keyed hash of each ID), so the
+host can compare its own columns on the two.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import stability
+from .collect import file_sha256, load_cohorts
+from .page import column_psi_block, esc, note, page, row, stage_rows, table, write_atomically
+from .report import split_cohorts, when_scored, points_table
+
+HOST_FILES = ("report.json", "model.json", "scorecard.json")
+
+
+def load_host_results(job, name: str) -> dict:
+    """A host's own saved files (only those under ``<workdir>/<name>/``)."""
+    hdir = job.output_dir(name)
+    path = hdir / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run the job first (`vfl run {job.path}`)")
+    files = {"report": json.loads(path.read_text())}
+    for key in ("model", "scorecard"):
+        f = hdir / f"{key}.json"
+        files[key] = json.loads(f.read_text()) if f.is_file() else None
+    cohorts = load_cohorts(hdir, "report.json")
+    for c in cohorts:
+        c["_root"] = ["cohorts", c["cohort"]]
+    return {**files, "cohorts": cohorts, "model_sha256": file_sha256(hdir / "model.json")}
+
+
+def build_host_report(job, name: str, results: dict | None = None) -> str:
+    """Host ``name``'s report page from its own saved results."""
+    r = results or load_host_results(job, name)
+    rep, model, sc = r["report"], r["model"], r["scorecard"]
+    current, earlier = split_cohorts(r.get("cohorts") or [], r.get("model_sha256"))
+    labelled = [(f"cohort {i}", c) for i, c in enumerate(current, 1)]
+    names = [lab for lab, _ in labelled]
+    parts = [f"<h1>Host report: {esc(job.name)} — {esc(name)}</h1>",
+             f'<p class="sub">What host <b>{esc(name)}</b> knows of this job: its own rows and columns, its own '
+             "part of the model and the shared job settings. It holds no labels and never sees the joint scores "
+             "or another party's columns, so neither appear here; the guest's report has the model's "
+             "performance.</p>"]
+
+    parts.append("<h2>Rows</h2>")
+    counts = [{"what": k, "rows": rep.get(key), "_paths": {"rows": ["report", key]}}
+              for k, key in (("own rows", "rows"), ("aligned with the guest (PSI)", "aligned_rows"),
+                             ("training rows", "train_rows"), ("test rows", "test_rows")) if key in rep]
+    parts.append(table(counts, [("what", "", "text"), ("rows", "rows", "count")]))
+    parts.append(note("The training and test rows are the same at every party: each derives the split alone "
+                      "from the common IDs and the job seed (a keyed hash of the ID against the test fraction), "
+                      "with no message. So the host can compare its own columns on the two, and on every later "
+                      "cohort it scores."))
+    if labelled or earlier:
+        crows = [{"sample": lab, "cohort": c["cohort"], "file": Path(c.get("scored_file", "")).name,
+                  "when": when_scored(c), "rows": c.get("rows"), "scored_rows": c.get("scored_rows"),
+                  "_paths": {"rows": c["_root"] + ["rows"], "scored_rows": c["_root"] + ["scored_rows"]}}
+                 for lab, c in labelled + [("earlier model", c) for c in earlier]]
+        parts.append("<h3>Later cohorts scored with <code>vfl predict</code></h3>")
+        parts.append(table(crows, [("sample", "label", "text"), ("cohort", "kept in cohorts/", "text"),
+                                   ("file", "file scored", "text"), ("when", "scored", "text"),
+                                   ("rows", "rows in file", "count"), ("scored_rows", "rows scored", "count")]))
+
+    stab = rep.get("stability")
+    parts.append("<h2>Stability of own columns (PSI)</h2>")
+    if stab and stab.get("columns"):
+        parts.append(note("Population stability index of each of the host's own columns against its training "
+                          f"rows ({esc(stab.get('method', ''))}). Below {stability.WATCH}: stable; "
+                          f"{stability.WATCH} to {stability.ACT}: watch; {stability.ACT} and above: act."))
+        col_sets = [("test", stab["columns"], ["report", "stability", "columns"])]
+        col_sets += [(lab, c["stability"]["columns"], c["_root"] + ["stability", "columns"])
+                     for lab, c in labelled if (c.get("stability") or {}).get("columns")]
+        parts += column_psi_block(col_sets, set(names[-4:]), names, name)
+    else:
+        parts.append(note('<span class="missing">Not computed</span> for this run.'))
+
+    parts.append("<h2>Own coefficients and scorecard points</h2>")
+    if model and model.get("format") == "vfl-hetero-lr-part" and model.get("party") == name:
+        std = model.get("standardizer", {})
+        crow = [{"column": c, "coef": w, "mean": mu, "scale": sd,
+                 "_paths": {"coef": ["model", "coef", j], "mean": ["model", "standardizer", "mean", j],
+                            "scale": ["model", "standardizer", "scale", j]}}
+                for j, (c, w, mu, sd) in enumerate(zip(model["columns"], model["coef"], std.get("mean", []),
+                                                       std.get("scale", [])))]
+        crow.sort(key=lambda d: -abs(d["coef"]))
+        parts.append("<h3>Coefficients</h3>")
+        parts.append(note("The host's own part of the logistic model, on its standardised columns (per one "
+                          "standard deviation). Nobody else sees them."))
+        parts.append(table(crow, [("column", "column", "text"), ("coef", "coefficient", "coef"),
+                                  ("mean", "training mean", "num"), ("scale", "training std", "num")]))
+    else:
+        kind = (model or {}).get("format", "no model file")
+        parts.append(note(f"Coefficients: none per column for this model ({esc(kind)})."))
+    parts.append("<h3>Scorecard points</h3>")
+    if sc and sc.get("host") is not None:
+        parts.append(note("The points of the host's own columns per bin, for its own decision engine; the "
+                          "guest adds its own points and the offset. Nobody else sees this table."))
+        parts.append(points_table(sc, "host", ["scorecard"]))
+    else:
+        parts.append(note('<span class="missing">Not computed:</span> no binned scorecard in this job '
+                          f"(<code>{esc(name)}/scorecard.json</code> is absent)."))
+
+    mc = job.model
+    settings = [("model", mc.type), ("key size (bits)", mc.key_bits), ("encryption", mc.encryption),
+                ("epochs run / set", f"{rep.get('epochs_run')} / {mc.epochs}"), ("batch size", mc.batch_size),
+                ("learning rate", mc.learning_rate), ("optimizer", mc.optimizer), ("L2", mc.l2),
+                ("test fraction", job.test_fraction), ("seed", job.seed),
+                ("smallest release to this host (rows)", rep.get("smallest_release_rows"))]
+    srows = [{"setting": k, "value": v} for k, v in settings]
+    times = stage_rows(["report"], rep.get("stage_seconds"), rep.get("phase_seconds"))
+    parts.append("<h2>Job</h2>")
+    parts.append(row(table(srows, [("setting", "setting", "text"), ("value", "value", "text")]),
+                     table(times, [("stage", "stage", "text"), ("seconds", "seconds", "sec")])))
+    return page(f"Host report: {job.name} — {name}", "\n".join(parts))
+
+
+def write_host_report(job, name: str) -> Path:
+    """Build ``<workdir>/<name>/report.html`` from host ``name``'s own saved files."""
+    path = job.output_dir(name) / "report.html"
+    write_atomically(path, build_host_report(job, name))
+    return path
+
+
+def write_all_reports(job) -> list[Path]:
+    """The guest's report and each host's whose saved results are on this machine (``vfl report``)."""
+    from .report import write_report
+    paths = [write_report(job)]
+    for h in job.host_names:
+        if (job.output_dir(h) / "report.json").is_file():
+            paths.append(write_host_report(job, h))
+    return paths

@@ -1,0 +1,275 @@
+"""The parts every report page is built from: number formats, tables whose cells name the saved
+figure they show, inline SVG charts and the page shell.
+
+A cell shown from a saved file carries ``data-metric``: its JSON path, the file first (for
+example ``["metrics", "evaluation", "test", "auc"]``), so that a test can check every figure
+on a page against the files it was built from. Charts are matplotlib SVG with text kept as
+text; styles are inline and there is no script, so a page opens offline and can be archived.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import re
+
+from . import stability
+
+COLORS = {"train": "#1f5fa8", "test": "#e07b00"}
+COHORT_COLORS = ["#2a9d3f", "#8e44ad", "#8c564b", "#d6278f", "#17a2b8", "#6c757d"]
+CLASS_COLORS = {"goods": "#5b8fc9", "bads": "#c8443f"}
+FLAG_COLORS = {"watch": "#b08600", "act": "#c8443f"}
+
+
+def color(name: str, cohorts: list[str] | None = None) -> str:
+    """Train blue, test orange, cohorts from a palette in the order given."""
+    if name in COLORS:
+        return COLORS[name]
+    idx = (cohorts or []).index(name) if name in (cohorts or []) else 0
+    return COHORT_COLORS[idx % len(COHORT_COLORS)]
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt(value, kind: str = "num") -> str:
+    """How a number is shown: rates as percentages, AUC/KS/PSI/IV to 3 places, counts with separators."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if kind == "bool":
+        return "yes" if value else "no"
+    if kind == "text":
+        return str(value)
+    if kind == "count":
+        return f"{int(value):,}"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "p3":
+        return f"{value:.3f}"
+    if kind == "p4":
+        return f"{value:.4f}"
+    if kind == "lift":
+        return f"{value:.2f}"
+    if kind == "points":
+        return f"{value:.0f}"
+    if kind == "pts":            # scorecard points: whole numbers as such, else one decimal
+        text = f"{value:.1f}"
+        return text[:-2] if text.endswith(".0") else text
+    if kind == "woe":
+        return f"{value:+.3f}"
+    if kind == "sec":
+        return f"{value:.1f}"
+    if kind == "coef":
+        return f"{value:+.4f}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def table(rows: list[dict], cols: list[tuple[str, str, str]], source: list | None = None,
+          caption: str | None = None, cls: str = "") -> str:
+    """An HTML table; ``cols`` are ``(key, heading, kind)``. Row ``i`` of a table with ``source`` shows
+    ``source + [i, key]``; otherwise a row names its cells' paths in ``_paths`` (key -> path) or a base
+    in ``_base`` (``_base + [key]``, non-text columns only). A row's ``_flags`` (key -> PSI flag)
+    colours a cell and adds the flag's word; a ``flag`` column is coloured by its own value."""
+    head = "".join(f'<th{" class=t" if kind in ("text", "bool") else ""}>{esc(h)}</th>' for _, h, kind in cols)
+    body = []
+    for i, r in enumerate(rows):
+        base = source + [i] if source is not None else r.get("_base")
+        cells = []
+        for key, _, kind in cols:
+            v = r.get(key)
+            path = (r.get("_paths") or {}).get(key)
+            if path is None and base is not None and kind != "text":
+                path = base + [key]
+            attrs = ' class="t"' if kind in ("text", "bool") else ""
+            flag = (r.get("_flags") or {}).get(key) or (v if key == "flag" else None)
+            suffix = ""
+            if flag in ("watch", "act"):
+                attrs = f' class="{"t " if kind == "text" else ""}flag-{flag}"'
+                if key != "flag":
+                    suffix = f' <span class="fl">{flag}</span>'
+            if path is not None:
+                attrs += f' data-metric="{esc(json.dumps(path))}"'
+            cells.append(f'<td{attrs} data-key="{esc(key)}">{esc(fmt(v, kind))}{suffix}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
+    klass = f' class="{cls}"' if cls else ""
+    return f"<table{klass}>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+STAGES = {"psi": "PSI (aligning IDs)", "train": "training", "predict": "scoring the aligned rows"}
+
+
+def stage_rows(root: list, stage_seconds: dict | None, phase_seconds: dict | None) -> list[dict]:
+    """Rows of a stage-times table: whole stages, then the training protocol's phases."""
+    rows = [{"stage": STAGES.get(k, k), "seconds": v, "_paths": {"seconds": root + ["stage_seconds", k]}}
+            for k, v in (stage_seconds or {}).items()]
+    rows += [{"stage": f"training: {k.replace('_', ' ')}", "seconds": v,
+              "_paths": {"seconds": root + ["phase_seconds", k]}} for k, v in (phase_seconds or {}).items()]
+    return rows
+
+
+def note(text: str) -> str:
+    """A paragraph of explanation (``text`` is already HTML)."""
+    return f'<p class="note">{text}</p>'
+
+
+def row(*parts: str) -> str:
+    return '<div class="row">' + "".join(p for p in parts if p) + "</div>"
+
+
+# ---------------------------------------------------------------- charts
+
+def figure(width: float = 4.6, height: float = 3.3, ncols: int = 1, nrows: int = 1):
+    """A matplotlib figure of ``nrows x ncols`` panels, each ``width x height`` inches (one panel: exactly)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
+                         "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+                         "font.family": "DejaVu Sans"})
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    return fig, [ax for line in axes for ax in line]
+
+
+def grid(n: int, width: float, height: float, per_row: int = 3):
+    """Panels for ``n`` samples, at most ``per_row`` a row; unused panels hidden."""
+    ncols = min(n, per_row)
+    nrows = -(-n // ncols)
+    fig, axes = figure(width, height, ncols, nrows)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def svg(fig, name: str) -> str:
+    """The figure as inline SVG, every id in it prefixed with ``name`` so that ids stay unique in a page."""
+    import matplotlib.pyplot as plt
+    plt.rcParams["svg.hashsalt"] = name
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight", pad_inches=0.04)
+    plt.close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{name}-\1"', text)
+    return re.sub(r'(url\(#|href="#)([^)"]+)', rf'\g<1>{name}-\2', text)
+
+
+def chart(name: str, svg_text: str, caption: str = "") -> str:
+    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f'<figure class="chart" id="chart-{name}" data-chart="{name}">{svg_text}{cap}</figure>'
+
+
+def psi_lines(ax) -> None:
+    """The 0.1 (watch) and 0.25 (act) PSI thresholds as labelled vertical lines on ``ax``."""
+    for t, lab in ((stability.WATCH, "watch"), (stability.ACT, "act")):
+        ax.axvline(t, color=FLAG_COLORS[lab], lw=1, ls="--", label=f"{lab} from {t:g}")
+
+
+def chart_column_psi(name: str, columns: dict[str, dict], samples: list[tuple[str, dict, str]], title: str) -> str:
+    """A dot plot of the PSI of a party's own columns (one row each), one marker per compared sample:
+    ``samples`` are ``(label, {column: psi entry}, colour)``."""
+    cols = list(columns)
+    if not cols:
+        return ""
+    fig, (ax,) = figure(5.6, 0.27 * len(cols) + 1.5)
+    y = list(range(len(cols)))
+    top = 0.3
+    markers = "oDs^v<>"
+    for k, (label, psis, col) in enumerate(samples):
+        vals = [(psis.get(c) or {}).get("psi") for c in cols]
+        pts = [(v, i) for v, i in zip(vals, y) if v is not None]
+        top = max([top] + [v for v, _ in pts])
+        ax.plot([v for v, _ in pts], [i for _, i in pts], markers[k % len(markers)], color=col, ms=5.5,
+                label=label, alpha=0.85, mec="white", mew=0.5)
+    psi_lines(ax)
+    ax.set(yticks=y, xlabel="PSI against the training rows")
+    ax.set_title(title, pad=24)
+    ax.set_yticklabels([f"{c} (cat.)" if columns[c].get("kind") == "categorical" else c for c in cols])
+    ax.set_xlim(0, top * 1.08)
+    ax.set_ylim(len(cols) - 0.5, -0.5)
+    ax.grid(axis="y", color="#eee", lw=0.8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(samples) + 2, fontsize=7.5,
+              handletextpad=0.3, columnspacing=0.9)
+    return chart(name, svg(fig, name))
+
+
+def column_psi_block(col_sets: list[tuple[str, dict, list]], shown: set[str], cohorts: list[str], owner: str
+                     ) -> list[str]:
+    """A party's own columns: PSI of each compared sample (a table, coloured by flag, and a dot plot)
+    and, for categorical columns, the shares per value. ``col_sets`` are ``(sample, {column: psi entry},
+    JSON path of that dict)``, the test rows first; the training shares are every entry's ``expected``."""
+    if not col_sets or not col_sets[0][1]:
+        return []
+    cols, train_root = col_sets[0][1], col_sets[0][2]
+    head = [("column", "column", "text"), ("kind", "type", "text"), ("nbins", "bins", "count")]
+    head += [(k, f"PSI {k}", "p3") for k, _, _ in col_sets]
+    crows = []
+    for c, entry in cols.items():
+        r = {"column": c, "kind": entry.get("kind", "numeric"), "nbins": len(entry["expected"]), "_paths": {},
+             "_flags": {}}
+        for k, cs, base in col_sets:
+            if c in cs:
+                r[k], r["_paths"][k], r["_flags"][k] = cs[c]["psi"], base + [c, "psi"], cs[c]["flag"]
+        crows.append(r)
+    dots = chart_column_psi("column-psi", cols, [(k, cs, color(k, cohorts)) for k, cs, _ in col_sets
+                                                 if k == "test" or k in shown], f"{owner}'s own columns")
+    out = [row(dots, table(crows, head, caption="Column PSI against the training rows (bins include one for "
+                                                  "missing values)"))]
+    cats = [c for c, e in cols.items() if e.get("kind") == "categorical"]
+    if cats:
+        out.append("<h3>Categorical columns by value</h3>")
+        out.append(note(f"Share of rows per value. Values under {stability.RARE_SHARE:.0%} of training rows, and "
+                        f"values never seen in training, are pooled as {stability.OTHER}; an empty value is "
+                        f"{stability.MISSING}."))
+        tabs = []
+        for c in cats:
+            rows = []
+            for i, lab in enumerate(stability.bin_labels(cols[c])):
+                r = {"value": lab, "train": cols[c]["expected"][i], "_paths": {"train": train_root + [c, "expected", i]}}
+                for k, cs, base in col_sets:
+                    if c in cs:
+                        r[k], r["_paths"][k] = cs[c]["actual"][i], base + [c, "actual", i]
+                rows.append(r)
+            tabs.append(table(rows, [("value", "value", "text"), ("train", "train", "pct")]
+                              + [(k, k, "pct") for k, cs, _ in col_sets if c in cs], caption=c))
+        out.append(row(*tabs))
+    return out
+
+
+# ---------------------------------------------------------------- the page
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1240px;
+color:#222;padding:0 16px;line-height:1.4}
+h1{font-size:22px;margin-bottom:2px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}
+h3{font-size:14px;margin:14px 0 4px}.sub{color:#555;margin-top:2px}
+table{border-collapse:collapse;font-size:12px;margin:4px 0 10px}caption{text-align:left;font-weight:600;padding:2px 0}
+th,td{padding:3px 7px;border-bottom:1px solid #e4e4e4;text-align:right;white-space:nowrap}
+th{background:#f4f6f8;font-weight:600}td.t,th.t{text-align:left}
+.row{display:flex;flex-wrap:wrap;gap:10px 28px;align-items:flex-start}
+figure.chart{margin:0}figure.chart svg{max-width:100%;height:auto}
+figcaption{font-size:12px;color:#555;max-width:520px}
+.flag-watch{background:#fff3cd}.flag-act{background:#f8d7da}.fl{font-size:10px;color:#7a5a00}
+.flag-act .fl{color:#8a1f1b}
+table.dense th,table.dense td{padding:3px 4px}
+.note{color:#555;font-size:12.5px;max-width:980px}.missing{color:#8a6d00}
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+            f"<body>\n{body}\n</body></html>\n")
+
+
+def write_atomically(path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
