@@ -10,6 +10,7 @@ this machine as separate processes. Reads ../shared/data (FATE's examples).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.proctree import tree_cpu_seconds  # noqa: E402
 from crypto import generate_keypair  # noqa: E402
 from vfl.channel import LocalNetwork  # noqa: E402
 from vfl.config import ModelConfig, load_job  # noqa: E402
@@ -78,9 +80,11 @@ def epoch_benchmark(name, Xg, Xh, y, bits, batch_size, repeats):
     model = ModelConfig(epochs=1, batch_size=batch_size, key_bits=bits, learning_rate=0.05, tolerance=0.0,
                         allow_short_keys=bits < 2048)
     keypair = generate_keypair(bits)
-    fed, plain, stages = [], [], None
+    fed, cpu, plain, stages = [], [], [], None
     for _ in range(repeats):
+        c0 = tree_cpu_seconds()
         secs, guest, hosts, net = train_threads(model, keypair, Xg, y, [Xh])
+        cpu.append(tree_cpu_seconds() - c0)
         fed.append(secs)
         stages = (guest.timings_.seconds, hosts[0].timings_.seconds, sum(net.bytes_sent.values()))
         t0 = time.perf_counter()
@@ -89,7 +93,11 @@ def epoch_benchmark(name, Xg, Xh, y, bits, batch_size, repeats):
     f, p = statistics.median(fed), statistics.median(plain)
     print(f"\n{name}: {n} rows x {Xg.shape[1]}+{Xh.shape[1]} features, {bits}-bit keys, batch {batch_size}, "
           f"{repeats} repeat(s)")
-    print(f"  federated epoch   median {f:8.2f} s   (runs: {', '.join(f'{s:.2f}' for s in fed)})")
+    print(f"  federated epoch   median {f:8.2f} s   (runs: {', '.join(f'{s:.2f}' for s in fed)}; "
+          f"load {os.getloadavg()[0]:.1f})")
+    c = statistics.median(cpu)
+    print(f"  CPU per epoch     median {c:8.2f} core-s (all parties and pool workers; "
+          f"{c / os.cpu_count():.2f} s if spread over the {os.cpu_count()} cores of an idle machine)")
     print(f"  plaintext epoch   median {p:8.4f} s   ratio federated/plaintext {f / p:,.0f}x")
     g, h, nbytes = stages
     print("  guest phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))

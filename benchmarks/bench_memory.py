@@ -33,44 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.proctree import tree_rss  # noqa: E402
 from parties.certs import make_certs      # noqa: E402
 from parties.demo import free_ports        # noqa: E402
 from vfl.config import load_job           # noqa: E402
 
 ROLES = ("arbiter", "host", "guest")
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def tree_rss(pid: int) -> tuple[int, int]:
-    """(sum of RSS over ``pid`` and all its descendants, RSS of the largest one)."""
-    todo, total, largest = [pid], 0, 0
-    while todo:
-        p = todo.pop()
-        r = _rss_bytes(p)
-        total, largest = total + r, max(largest, r)
-        todo += _children(p)
-    return total, largest
 
 
 def write_data(folder: Path, n_rows: int, n_cols: int, seed: int = 0) -> tuple[Path, Path]:
