@@ -82,11 +82,33 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ScorecardConfig:
-    """Points scaling: ``base_points`` at good:bad odds ``base_odds``; ``pdo`` points double the odds."""
+    """Points scaling: ``base_points`` at good:bad odds ``base_odds``; ``pdo`` points double the odds.
+    (``base_score`` in the job file is the same as ``base_points``.)"""
 
     base_points: float = 600.0
     base_odds: float = 50.0
     pdo: float = 20.0
+
+    @property
+    def base_score(self) -> float:
+        return self.base_points
+
+
+BINNING_METHODS = ("quantile", "equal_width")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """``[preprocess]``: federated binning, WOE/IV, IV selection (docs/protocols.md, section 1a)."""
+
+    binning: str = "quantile"          # or "equal_width"
+    bins: int = 10                     # initial bins per numeric column (before merging)
+    min_bin_rows: int = 50             # no bin with fewer training rows is ever counted or released
+    monotonic: bool = False            # join adjacent bins until WOE is monotonic
+    woe: bool = True                   # train on WOE-transformed columns (a scorecard); False: selection only
+    iv_threshold: float = 0.0          # drop columns with a lower information value
+    iv_top_k_guest: int = 0            # keep at most this many guest columns (0: no limit)
+    iv_top_k_host: int = 0             # each host keeps at most this many of its columns (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,7 @@ class JobConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     scorecard: ScorecardConfig = field(default_factory=ScorecardConfig)
     ca: Path | None = None
+    preprocess: PreprocessConfig | None = None      # None: no [preprocess] table, no binning stage
 
     @property
     def parties(self) -> tuple[PartyConfig, ...]:
@@ -281,7 +304,8 @@ def _table(value: Any, where: str) -> dict:
 def _parse_job(raw: dict, path: Path) -> JobConfig:
     base = path.resolve().parent
     _table(raw, "top level")
-    _check_keys(raw, {"job", "arbiter", "guest", "hosts", "model", "network", "tls", "scorecard"}, "top level")
+    _check_keys(raw, {"job", "arbiter", "guest", "hosts", "model", "network", "tls", "scorecard", "preprocess"},
+                "top level")
     job = _table(raw.get("job", {}), "job")
     _check_keys(job, {"name", "workdir", "seed", "test_fraction", "baselines"}, "job")
     hosts_raw = raw.get("hosts")
@@ -309,9 +333,11 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     model = _dataclass_from(ModelConfig, _table(raw.get("model", {}), "model"), "model")
     _check_model(model)
     network = _dataclass_from(NetworkConfig, _table(raw.get("network", {}), "network"), "network")
-    scorecard = _dataclass_from(ScorecardConfig, _table(raw.get("scorecard", {}), "scorecard"), "scorecard")
-    if scorecard.base_odds <= 0 or scorecard.pdo <= 0:
-        raise ConfigError("[scorecard] base_odds and pdo must be > 0")
+    scorecard = _scorecard(_table(raw.get("scorecard", {}), "scorecard"))
+    preprocess = None
+    if "preprocess" in raw:
+        preprocess = _dataclass_from(PreprocessConfig, _table(raw["preprocess"], "preprocess"), "preprocess")
+        _check_preprocess(preprocess, model)
     tls = _table(raw.get("tls", {}), "tls")
     _check_keys(tls, {"ca"}, "tls")
     return JobConfig(
@@ -320,4 +346,33 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
         seed=int(job.get("seed", 42)), test_fraction=test_fraction,
         baselines=bool(job.get("baselines", False)),
         arbiter=arbiter, guest=guest, hosts=hosts, model=model, network=network, scorecard=scorecard,
-        ca=_path(base, tls.get("ca")))
+        ca=_path(base, tls.get("ca")), preprocess=preprocess)
+
+
+def _scorecard(table: dict) -> ScorecardConfig:
+    table = dict(table)
+    if "base_score" in table:
+        score = table.pop("base_score")
+        if "base_points" in table and table["base_points"] != score:
+            raise ConfigError("[scorecard] base_score and base_points are the same setting; give one")
+        table["base_points"] = score
+    sc = _dataclass_from(ScorecardConfig, table, "scorecard")
+    if sc.base_odds <= 0 or sc.pdo <= 0:
+        raise ConfigError("[scorecard] base_odds and pdo must be > 0")
+    return sc
+
+
+def _check_preprocess(p: PreprocessConfig, model: ModelConfig) -> None:
+    if p.binning not in BINNING_METHODS:
+        raise ConfigError(f"[preprocess] binning must be 'quantile' or 'equal_width', got {p.binning!r}")
+    if not 2 <= p.bins <= 1000:
+        raise ConfigError(f"[preprocess] bins must be between 2 and 1000, got {p.bins}")
+    if p.min_bin_rows < 1:
+        raise ConfigError(f"[preprocess] min_bin_rows must be >= 1, got {p.min_bin_rows}")
+    if not p.iv_threshold >= 0 or p.iv_threshold == float("inf"):
+        raise ConfigError(f"[preprocess] iv_threshold must be a finite number >= 0, got {p.iv_threshold}")
+    if p.iv_top_k_guest < 0 or p.iv_top_k_host < 0:
+        raise ConfigError("[preprocess] iv_top_k_guest and iv_top_k_host must be >= 0 (0: no limit)")
+    if model.type != "logistic":
+        raise ConfigError(f"[preprocess] works with [model] type = 'logistic' (a scorecard is a binned logistic "
+                          f"regression), not {model.type!r}")

@@ -73,6 +73,14 @@ class PartyTable:
         if self.categorical is None:
             self.categorical = np.empty((len(self.ids), len(self.categorical_columns)), dtype=object)
 
+    def without(self, columns: Sequence[str]) -> "PartyTable":
+        """The same rows without the named (numeric or categorical) columns."""
+        drop = set(columns)
+        num = [j for j, c in enumerate(self.columns) if c not in drop]
+        cat = [j for j, c in enumerate(self.categorical_columns) if c not in drop]
+        return PartyTable(self.ids, self.features[:, num], [self.columns[j] for j in num], self.labels,
+                          self.categorical[:, cat], [self.categorical_columns[j] for j in cat])
+
     def take(self, ids: np.ndarray) -> "PartyTable":
         """Rows for ``ids`` in that order (every id must be present)."""
         index = pd.Index(self.ids)
@@ -153,9 +161,12 @@ def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18) -> Iterator[
 
 
 def load_table(path: Path, id_column: str, label_column: str | None = None,
-               categorical_columns: Sequence[str] = ()) -> PartyTable:
+               categorical_columns: Sequence[str] = (), allow_missing: bool = False) -> PartyTable:
     """Read a CSV or Parquet file, check it, return IDs, numeric features, labels (guest only) and
-    the ``categorical_columns`` as text. Every other column is a numeric feature."""
+    the ``categorical_columns`` as text. Every other column is a numeric feature.
+
+    ``allow_missing`` keeps missing numeric values as NaN instead of refusing them: for
+    binning (``[preprocess] woe = true``), where they get a bin of their own."""
     categorical_columns = [str(c) for c in categorical_columns]
     frame = _read(path, id_column, text_columns=categorical_columns, label_column=label_column)
     ids = _ids(frame[id_column], path)
@@ -174,12 +185,12 @@ def load_table(path: Path, id_column: str, label_column: str | None = None,
         raise DataError(f"{path}: non-numeric feature columns {', '.join(bad)}; "
                         "encode them as numbers first or name them as categorical columns")
     missing = feats.columns[feats.isna().any()].tolist()
-    if missing:
+    if missing and not allow_missing:
         row = int(np.flatnonzero(feats[missing[0]].isna().to_numpy())[0]) + 1
         raise DataError(f"{path}: missing values in columns {', '.join(missing)} "
                         f"(first: column {missing[0]!r}, data row {row})")
     X = feats.to_numpy(dtype=np.float64)
-    _check_finite(X, [str(c) for c in feats.columns], path)
+    _check_finite(X, [str(c) for c in feats.columns], path, allow_missing)
     return PartyTable(ids, X, [str(c) for c in feats.columns], labels, categorical, categorical_columns)
 
 
@@ -252,7 +263,7 @@ def _ids(col: pd.Series, path: Path, start: int = 0, unique: bool = True) -> np.
     return ids
 
 
-def _check_finite(X: np.ndarray, columns: list[str], path: Path) -> None:
+def _check_finite(X: np.ndarray, columns: list[str], path: Path, allow_missing: bool = False) -> None:
     """Refuse values that make standardising overflow on any subset of the rows.
 
     ``Standardizer`` sums values (mean) and squared deviations (std). With ``n``
@@ -268,6 +279,8 @@ def _check_finite(X: np.ndarray, columns: list[str], path: Path) -> None:
     size_limit, spread_limit = big / (2 * n), np.sqrt(big / n) / 4
     for j, name in enumerate(columns):
         x = X[:, j]
+        if allow_missing:                   # NaN is a missing value here; infinities are still refused
+            x = np.where(np.isnan(x), np.nanmedian(x) if not np.isnan(x).all() else 0.0, x)
         bad = np.flatnonzero(~np.isfinite(x))
         if bad.size:
             raise DataError(f"{path}: column {name!r} has non-finite value {x[bad[0]]} at data row {bad[0] + 1}")

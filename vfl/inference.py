@@ -31,13 +31,19 @@ def _rows_to_score(party: PartyConfig):
     return party.predict_data or party.data
 
 
+def _binned(job: JobConfig) -> bool:
+    """WOE-binned models score missing values (they have a bin); others refuse them."""
+    return job.preprocess is not None and job.preprocess.woe
+
+
 def predict_guest(job: JobConfig, channel: Channel) -> dict:
     g = job.guest
     out = job.output_dir(g.name)
     model = load_part(out / "model.json", g.name)
     path = _rows_to_score(g)
     has_label = g.label_column in read_columns(path)
-    table = load_table(path, g.id_column, g.label_column if has_label else None, g.categorical_columns)
+    table = load_table(path, g.id_column, g.label_column if has_label else None, g.categorical_columns,
+                       allow_missing=_binned(job))
     t0 = time.perf_counter()
     common = run_psi(job, g.name, channel, table.ids)
     data = table.take(common)
@@ -72,7 +78,8 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
     out = job.output_dir(name)
     model = load_part(out / "model.json", name)
-    table = load_table(_rows_to_score(h), h.id_column, categorical_columns=h.categorical_columns)
+    table = load_table(_rows_to_score(h), h.id_column, categorical_columns=h.categorical_columns,
+                       allow_missing=_binned(job))
     common = run_psi(job, name, channel, table.ids)
     write_intersection(out / "scored_ids.csv", common)
     data = table.take(common)

@@ -9,6 +9,7 @@ data file (the opt-in ``baselines`` of a demo is the one, labelled exception).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,8 @@ import pandas as pd
 from .channel import Channel
 from .config import JobConfig, PartyConfig
 from .data import PartyTable, check_training_rows, load_table
+if TYPE_CHECKING:
+    from .preprocess.stage import Prepared
 from .files import write_json
 from .models import SplitArbiter, SplitGuest, SplitHost
 from .models.checkpoint import Checkpoint, fingerprint
@@ -57,17 +60,32 @@ def _checkpoint(job: JobConfig, name: str, *parts) -> Checkpoint:
 
 
 def _aligned(job: JobConfig, name: str, table: PartyTable, common: np.ndarray):
-    """What every party derives alone from the common IDs: its rows in ID order, the
-    shared train/test split, and its own scaling fitted on its training rows."""
+    """What every party derives alone from the common IDs: its rows in ID order and the
+    shared train/test split."""
     write_intersection(job.output_dir(name) / "intersection.csv", common)
-    data = table.take(common)
-    test = split_mask(common, job.seed, job.test_fraction)
-    std = Standardizer.fit(data.features[~test])
-    return data, test, std
+    return table.take(common), split_mask(common, job.seed, job.test_fraction)
 
 
 def _load(job: JobConfig, party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
-    return load_table(path or party.data, party.id_column, label, party.categorical_columns)
+    return load_table(path or party.data, party.id_column, label, party.categorical_columns,
+                      allow_missing=binned(job))
+
+
+def binned(job: JobConfig) -> bool:
+    """Whether the job trains on WOE-binned columns (missing values allowed: they get a bin)."""
+    return job.preprocess is not None and job.preprocess.woe
+
+
+def _model_inputs(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.ndarray,
+                  prep: "Prepared | None"):
+    """Tower, inputs, vocabularies and scaling: on the WOE columns after ``[preprocess]`` with
+    ``woe``, else on the (kept) raw columns. Scaling is fitted on the party's own training rows."""
+    if prep is not None and prep.encoder is not None:
+        woe = prep.encoder.transform(data)
+        std = Standardizer.fit(woe[~test])
+        return LinearTower(woe.shape[1], intercept=party.role == "guest"), TowerInput(std.transform(woe)), None, std
+    std = Standardizer.fit(data.features[~test])
+    return (*tower_for(job, party, data, test, std), std)
 
 
 def tower_for(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.ndarray, std: Standardizer
@@ -91,13 +109,28 @@ def tower_for(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.nda
 
 
 def _model_part(party: PartyConfig, data: PartyTable, std: Standardizer, tower: Tower,
-                vocabs: list[Vocabulary] | None, params: np.ndarray) -> "ModelPart | TowerPart":
+                vocabs: list[Vocabulary] | None, params: np.ndarray, prep: "Prepared | None" = None
+                ) -> "ModelPart | TowerPart":
+    dropped = prep.dropped if prep is not None and prep.encoder is None else []
     if vocabs is None:
         intercept = float(params[-1]) if tower.intercept else None
-        return ModelPart(party.role, party.name, data.columns, params[:-1] if tower.intercept else params, std,
-                         intercept)
+        encoder = prep.encoder if prep is not None else None
+        return ModelPart(party.role, party.name, encoder.columns if encoder else data.columns,
+                         params[:-1] if tower.intercept else params, std, intercept, encoder, dropped)
     return TowerPart(party.role, party.name, data.columns, vocabs, std, tower.dim, tower.hidden, params,
-                     tower.intercept)
+                     tower.intercept, dropped)
+
+
+def _scorecard(job: JobConfig, part: ModelPart, key: str, events=None) -> dict:
+    """This party's points table for its own columns, written to its own folder."""
+    from .preprocess.scorecard import offset_points, points_table, scorecard_figures, write_scorecard
+    table = points_table(job.scorecard, part.encoder, part.coef, part.standardizer, events)
+    offset = offset_points(job.scorecard, part.intercept) if part.intercept is not None else None
+    figures = scorecard_figures(job.scorecard, key, table, offset)
+    if key != "guest":
+        figures["columns"] = list(part.columns)
+    write_scorecard(job.output_dir(part.party), figures, key)
+    return figures
 
 
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
@@ -108,18 +141,26 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     with timings("psi"):
         common = run_psi(job, g.name, channel, table.ids)
     out = job.output_dir(g.name)
-    data, test, std = _aligned(job, g.name, table, common)
-    tower, x, vocabs = tower_for(job, g, data, test, std)
+    data, test = _aligned(job, g.name, table, common)
+    prep = None
+    if job.preprocess is not None:
+        check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_size, 1, str(g.data))
+        from .preprocess.stage import guest_prepare
+        with timings("binning"):
+            prep = guest_prepare(job, channel, data, test)
+    model_data = prep.table if prep is not None else data
+    tower, x, vocabs, std = _model_inputs(job, g, model_data, test, prep)
     check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_size,
-                        len(data.columns) + len(data.categorical_columns), str(g.data))
+                        len(model_data.columns) + len(model_data.categorical_columns), str(g.data))
     log.info("%s: %d own rows, %d aligned, %d train / %d test", g.name, len(table.ids), len(common),
              int((~test).sum()), int(test.sum()))
     model = SplitGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed,
                        tower=tower, init_seed=init_seed(job.model.seed, g.name))
     with timings("train"):
         model.fit(channel, x.take(np.flatnonzero(~test)), data.labels[~test], resume=resume,
-                  checkpoint=_checkpoint(job, g.name, common[~test], data.columns, data.categorical_columns))
-    part = _model_part(g, data, std, tower, vocabs, model.params_)
+                  checkpoint=_checkpoint(job, g.name, common[~test], model_data.columns,
+                                         model_data.categorical_columns))
+    part = _model_part(g, model_data, std, tower, vocabs, model.params_, prep)
     part.save(out / "model.json")
     with timings("predict"):    # the same arithmetic as `vfl predict` on new rows
         host_sum = guest_sum_scores(channel, job.host_names, len(common))
@@ -142,6 +183,10 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
     }
+    if prep is not None:
+        metrics.update(prep.figures)          # "iv": every column's IV, bins and whether it was kept
+        if prep.encoder is not None:
+            metrics["scorecard"].update(_scorecard(job, part, "guest", prep.events))
     if job.baselines:
         from .baselines import baseline_aucs
         metrics.update(baseline_aucs(job, common, test))
@@ -164,14 +209,21 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     with timings("psi"):
         common = run_psi(job, name, channel, table.ids)
     out = job.output_dir(name)
-    data, test, std = _aligned(job, name, table, common)
-    tower, x, vocabs = tower_for(job, h, data, test, std)
+    data, test = _aligned(job, name, table, common)
+    prep = None
+    if job.preprocess is not None:
+        from .preprocess.stage import host_prepare
+        with timings("binning"):
+            prep = host_prepare(job, name, channel, data, test)
+    model_data = prep.table if prep is not None else data
+    tower, x, vocabs, std = _model_inputs(job, h, model_data, test, prep)
     model = SplitHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
                       tower=tower, init_seed=init_seed(job.model.seed, name))
     with timings("train"):
         model.fit(channel, x.take(np.flatnonzero(~test)),
-                  checkpoint=_checkpoint(job, name, common[~test], data.columns, data.categorical_columns))
-    part = _model_part(h, data, std, tower, vocabs, model.params_)
+                  checkpoint=_checkpoint(job, name, common[~test], model_data.columns,
+                                         model_data.categorical_columns))
+    part = _model_part(h, model_data, std, tower, vocabs, model.params_, prep)
     part.save(out / "model.json")
     with timings("predict"):
         host_send_scores(channel, job.guest.name, job.host_names, name, part.score(data),
@@ -184,6 +236,10 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     from .evaluation.collect import host_figures     # PSI of its own columns, train against test
     from .evaluation.host_report import write_host_report
     report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test))
+    if prep is not None:
+        report["kept_columns"] = [*model_data.columns, *model_data.categorical_columns]
+        if prep.encoder is not None:
+            _scorecard(job, part, "host")
     write_json(out / "report.json", report)
     write_host_report(job, name)
     return report

@@ -7,7 +7,7 @@ party can read, audit and archive what it keeps.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from ..data import PartyTable
 from ..files import write_json
 from ..split import Standardizer
+from ..preprocess.transform import WoeEncoder
 from .towers import EmbeddingTower, TowerInput
 from .vocab import Vocabulary
 
@@ -25,6 +26,17 @@ class ModelFileError(ValueError):
     """A model part is missing, malformed, or does not fit the data it is applied to."""
 
 
+def _without_dropped(table: PartyTable, dropped: list[str], party: str) -> PartyTable:
+    """The table without the columns IV selection removed before training."""
+    if not dropped:
+        return table
+    missing = [c for c in dropped if c not in table.columns and c not in table.categorical_columns]
+    if missing:
+        raise ModelFileError(f"{party}: the data has no column {missing[0]!r} (the model was trained on a table "
+                             f"with it and dropped it by IV selection)")
+    return table.without(dropped)
+
+
 @dataclass
 class ModelPart:
     role: str
@@ -33,6 +45,8 @@ class ModelPart:
     coef: np.ndarray
     standardizer: Standardizer
     intercept: float | None = None        # the guest's part only
+    encoder: "WoeEncoder | None" = None   # [preprocess] woe = true: raw values -> bin -> WOE, then the weights
+    dropped: list[str] = field(default_factory=list)   # own columns IV selection removed (woe = false)
 
     def partial_score(self, features: np.ndarray, columns: list[str]) -> np.ndarray:
         """This party's share of the linear score for raw (unscaled) rows."""
@@ -43,6 +57,13 @@ class ModelPart:
         return score + (self.intercept or 0.0)
 
     def score(self, table: PartyTable) -> np.ndarray:
+        if self.encoder is not None:
+            try:
+                woe = self.encoder.transform(table)
+            except KeyError as exc:
+                raise ModelFileError(f"{self.party}: {exc.args[0]}") from None
+            return self.standardizer.transform(woe) @ self.coef + (self.intercept or 0.0)
+        table = _without_dropped(table, self.dropped, self.party)
         if len(table.categorical_columns):
             raise ModelFileError(f"{self.party}: a logistic part has no categorical columns, the data has "
                                  f"{list(table.categorical_columns)}")
@@ -53,6 +74,10 @@ class ModelPart:
              "columns": self.columns, "coef": self.coef.tolist(), "standardizer": self.standardizer.to_dict()}
         if self.intercept is not None:
             d["intercept"] = self.intercept
+        if self.encoder is not None:
+            d["woe_bins"] = self.encoder.to_dict()
+        if self.dropped:
+            d["dropped"] = list(self.dropped)
         return d
 
     def save(self, path: Path) -> None:
@@ -70,7 +95,11 @@ class ModelPart:
                 raise ModelFileError(f"{path} belongs to party {d['party']!r}, not {party!r}")
             part = cls(d["role"], d["party"], list(d["columns"]), np.asarray(d["coef"], dtype=float),
                        Standardizer.from_dict(d["standardizer"]),
-                       float(d["intercept"]) if "intercept" in d else None)
+                       float(d["intercept"]) if "intercept" in d else None,
+                       WoeEncoder.from_dict(d["woe_bins"]) if "woe_bins" in d else None,
+                       [str(c) for c in d.get("dropped", [])])
+            if part.encoder is not None and part.encoder.columns != part.columns:
+                raise ModelFileError(f"{path}: binned columns {part.encoder.columns} differ from {part.columns}")
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             if isinstance(exc, ModelFileError):
                 raise
@@ -101,6 +130,7 @@ class TowerPart:
     hidden_units: list[int]
     params: np.ndarray
     intercept: bool = False
+    dropped: list[str] = field(default_factory=list)   # own columns IV selection removed
 
     @property
     def tower(self) -> EmbeddingTower:
@@ -109,6 +139,7 @@ class TowerPart:
 
     def inputs(self, table: PartyTable) -> TowerInput:
         """The tower's inputs for raw rows of this party's table."""
+        table = _without_dropped(table, self.dropped, self.party)
         cats = [v.column for v in self.vocabularies]
         if list(table.columns) != self.numeric_columns or list(table.categorical_columns) != cats:
             raise ModelFileError(f"{self.party}: data columns {list(table.columns)} + categorical "
@@ -122,12 +153,15 @@ class TowerPart:
         return self.tower.forward(self.params, self.inputs(table))[0]
 
     def to_dict(self) -> dict:
-        return {"format": TOWER_FORMAT, "version": TOWER_VERSION, "role": self.role, "party": self.party,
+        d = {"format": TOWER_FORMAT, "version": TOWER_VERSION, "role": self.role, "party": self.party,
                 "numeric_columns": self.numeric_columns, "standardizer": self.standardizer.to_dict(),
                 "vocabularies": [v.to_dict() for v in self.vocabularies], "embedding_dim": self.embedding_dim,
                 "hidden_units": list(self.hidden_units), "intercept": self.intercept,
                 "params": {name: self.tower.layout.view(self.params, name).tolist()
                            for name in self.tower.layout.slices}}
+        if self.dropped:
+            d["dropped"] = list(self.dropped)
+        return d
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())
@@ -136,7 +170,8 @@ class TowerPart:
     def from_dict(cls, d: dict, path: Path) -> "TowerPart":
         part = cls(d["role"], d["party"], [str(c) for c in d["numeric_columns"]],
                    [Vocabulary.from_dict(v) for v in d["vocabularies"]], Standardizer.from_dict(d["standardizer"]),
-                   int(d["embedding_dim"]), [int(h) for h in d["hidden_units"]], np.zeros(0), bool(d["intercept"]))
+                   int(d["embedding_dim"]), [int(h) for h in d["hidden_units"]], np.zeros(0), bool(d["intercept"]),
+                   [str(c) for c in d.get("dropped", [])])
         layout = part.tower.layout
         flat = np.zeros(layout.size)
         if set(d["params"]) != set(layout.slices):

@@ -137,6 +137,7 @@ class SpecChannel:
         self.task, self.batch_size, self.ledger = task, batch_size, ledger
         self._n_train: int | None = None
         self._noted_rows: dict[str, int] = {}
+        self._min_bin_rows: dict[str, int] = {}     # peer -> smallest bin in the host's woe/bin_rows
         if ledger is not None:
             ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
                            "roles": self.roles})
@@ -168,7 +169,7 @@ class SpecChannel:
             spec = self._check(step, self.role, peer_role, payload)
         except SpecViolation as exc:
             raise ProtocolError(f"{self.name} ({self.role}) refuses to send to {peer} ({peer_role}): {exc}") from None
-        self._note(step, payload)
+        self._note(step, payload, peer)
         data = encode_payload(payload) if self.ledger is not None else b""
         # recorded before it leaves: a party killed right after sending has still recorded what its
         # peer received (a send that then fails leaves a "sent" line nobody received, which is honest)
@@ -186,26 +187,31 @@ class SpecChannel:
                 self.ledger.append({"event": "message", "dir": "received", "peer": peer, "peer_role": peer_role,
                                     "step": step, **info, "refused": str(exc)})
             raise ProtocolError(f"{self.name} ({self.role}) refuses what {peer} ({peer_role}) sent: {exc}") from None
-        self._note(step, payload)
+        self._note(step, payload, peer)
         data = encode_payload(payload) if self.ledger is not None else b""
         self._record("received", peer, step, spec, payload, data)
         return payload
 
-    def _note(self, step: str, payload: Payload) -> None:
-        """Remember the training plan's row count, to count rows behind aggregates."""
+    def _note(self, step: str, payload: Payload, peer: str) -> None:
+        """Remember the training plan's row count and each host's smallest bin, to count rows
+        behind aggregates."""
         if step.endswith("/plan") and not step.startswith("psi/") and isinstance(payload, dict):
             n = payload.get("n_train")
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
                 self._n_train = n
+        if step == "woe/bin_rows" and isinstance(payload, np.ndarray) and payload.size:
+            self._min_bin_rows[peer] = int(payload.min())
 
     def note_rows(self, step: str, rows: int) -> None:
         """Record that the aggregate about to arrive at ``step`` stands on at least ``rows`` rows:
         the receiver's own count (e.g. of its released sums), which the wire does not carry."""
         self._noted_rows[step] = int(rows)
 
-    def _rows(self, spec: StepSpec, step: str) -> int | None:
+    def _rows(self, spec: StepSpec, step: str, peer: str) -> int | None:
         if step in self._noted_rows:
             return self._noted_rows.pop(step)
+        if spec.rows == "bins":
+            return self._min_bin_rows.get(peer)
         if spec.rows == "n_train":
             return self._n_train
         if spec.rows == "batch" and self._n_train and self.batch_size:
@@ -220,7 +226,7 @@ class SpecChannel:
         entry = {"event": "message", "dir": direction, "peer": peer, "peer_role": self.roles[peer], "step": step,
                  "spec": spec.doc, "class": spec.cls, **describe_payload(payload), "bytes": len(data),
                  "sha256": hashlib.sha256(data).hexdigest()}
-        rows = self._rows(spec, step)
+        rows = self._rows(spec, step, peer)
         if rows is not None:
             entry["rows"] = rows
         self.ledger.append(entry)

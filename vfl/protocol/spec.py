@@ -45,8 +45,8 @@ CLEAR = (PUBLIC, CONTROL, POSITIONS, MASKED, SHARE, AGGREGATE)
 KINDS = ("control", "array", "encrypted", "bigints")
 
 # phases, and the phases each task runs
-PSI, TRAIN, SCORE = "psi", "train", "score"
-TASK_PHASES = {"psi": (PSI,), "train": (PSI, TRAIN, SCORE), "predict": (PSI, SCORE)}
+PSI, BIN, TRAIN, SCORE = "psi", "bin", "train", "score"
+TASK_PHASES = {"psi": (PSI,), "train": (PSI, BIN, TRAIN, SCORE), "predict": (PSI, SCORE)}
 
 ROLES = ("guest", "host", "arbiter")
 
@@ -64,7 +64,8 @@ class StepSpec:
     learns: str         # what the receiver learns
     phase: str          # psi, train or score
     dtype: str | None = None   # for arrays: regex on the dtype without byte order, e.g. ``S32``, ``[iu][1248]``
-    rows: str | None = None    # for aggregates: "batch" (rows of the step's batch) or "n_train"
+    rows: str | None = None    # for aggregates: "batch" (rows of the step's batch), "n_train", or "bins" (the
+                               # smallest bin of the host's woe/bin_rows: every released bin has at least that)
 
     def matches(self, step: str) -> re.Match | None:
         return _compiled(self.pattern).fullmatch(step)
@@ -121,6 +122,25 @@ SPEC: tuple[StepSpec, ...] = tuple([
     StepSpec("psi/result", _PSI_RUN + r"result", "guest", "host", POSITIONS, ("array",),
              "the intersection: the host maps the positions through its own shuffle to its IDs", PSI,
              dtype=_POS),
+    # ------------------------------------------------------------------ binning, WOE/IV (vfl/preprocess/roles.py)
+    StepSpec("woe/public_key", r"woe/public_key", "guest", "host", PUBLIC, ("control",),
+             "the guest's Paillier public key n for this stage: nothing private", BIN),
+    StepSpec("woe/enc_labels", r"woe/enc_labels", "guest", "host", CIPHERTEXTS, ("encrypted",),
+             "nothing: [[y]], the training labels under the guest's key (the host knows the training rows)", BIN),
+    StepSpec("woe/columns", r"woe/columns", "host", "guest", CONTROL, ("control",),
+             "how many columns the host has, how many bins each, and how many of them are ordered value bins",
+             BIN),
+    StepSpec("woe/bin_rows", r"woe/bin_rows", "host", "guest", AGGREGATE, ("array",),
+             "the training rows in each bin of each host column (anonymous columns), each at least min_bin_rows",
+             BIN, dtype=r"[iu]8", rows="bins"),
+    StepSpec("woe/enc_events", r"woe/enc_events", "host", "guest", AGGREGATE, ("encrypted",),
+             "the events (label-1 rows) in each bin of each host column: a count over at least min_bin_rows "
+             "rows (re-randomised sums under its own key)", BIN, rows="bins"),
+    StepSpec("woe/keep", r"woe/keep", "guest", "host", CONTROL, ("control",),
+             "which of its own columns the model keeps (IV selection)", BIN),
+    StepSpec("woe/host_woe", r"woe/host_woe", "guest", "host", AGGREGATE, ("control",),
+             "for each kept column, which adjacent bins were joined and each bin's WOE: its bins' event rates, "
+             "each over at least min_bin_rows rows", BIN, rows="bins"),
     # ------------------------------------------------------------------ training setup (vfl/models/)
     *_both("<pre>/public_key", _PRE + r"/public_key", "arbiter", ("guest", "host"), PUBLIC, ("control",),
            "the arbiter's Paillier public key n: nothing private", TRAIN),

@@ -1,0 +1,197 @@
+"""Federated WOE/IV: the guest's and a host's part (steps ``woe/...``, docs/protocols.md section 1a).
+
+The guest holds a Paillier key of its own for this stage. It sends each host
+the key and its aligned training labels encrypted, ``[[y]]``. A host has
+already binned its columns on its training rows (bins of at least
+``min_bin_rows`` rows); it adds up the ciphertexts of each bin (``[[e_b]] =
+prod_{i in b} [[y_i]]``), re-randomises the sums and returns them with its
+bins' row counts. The guest decrypts per-bin event counts of the host's
+columns, which it knows only by anonymous names (``host0_c07``), computes WOE
+and IV, selects columns, and tells each host only which of its own columns to
+keep and, for the WOE transform, the WOE of each kept bin.
+
+Why the guest holds the key: the only secret encrypted is the guest's own
+labels and the result is meant for the guest; with the arbiter's key the
+arbiter would have to decrypt per-bin label counts (more than it learns in
+training) or masked sums in an extra round, for no gain. The host cannot
+decrypt anything it gets.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from crypto import EncryptedArray, PublicKey, generate_keypair
+from ..channel import Channel
+from ..config import MIN_KEY_BITS, ModelConfig
+from .binning import ColumnBins, apply_groups, check_groups, merged_counts, monotonic_groups, n_ordered
+from .woe import woe_iv
+
+log = logging.getLogger("vfl.woe")
+
+PUBLIC_KEY, ENC_LABELS = "woe/public_key", "woe/enc_labels"
+COLUMNS, BIN_ROWS, ENC_EVENTS = "woe/columns", "woe/bin_rows", "woe/enc_events"
+KEEP, HOST_WOE = "woe/keep", "woe/host_woe"
+
+
+@dataclass
+class ColumnSummary:
+    """What the label holder knows of one column: its final bins' rows, events, WOE and IV.
+
+    ``groups`` maps each released bin to its final bin (monotonic merging);
+    ``bins`` is the binning itself, for the guest's own columns only."""
+
+    name: str
+    rows: np.ndarray
+    events: np.ndarray
+    woe: np.ndarray
+    iv: float
+    groups: np.ndarray
+    bins: ColumnBins | None = None
+
+
+def summarise(name: str, rows: np.ndarray, events: np.ndarray, ordered: int, n_train: int, n_events: int,
+              monotonic: bool, bins: ColumnBins | None = None) -> ColumnSummary:
+    """Final bins (monotonic merging if asked), their WOE and the column's IV."""
+    groups = monotonic_groups(rows, events, ordered) if monotonic else np.arange(len(rows))
+    r, e = merged_counts(rows, groups), merged_counts(events, groups)
+    woe, iv = woe_iv(r, e, n_train, n_events)
+    return ColumnSummary(name, r, e, woe, iv, groups, apply_groups(bins, groups) if bins is not None else None)
+
+
+def _check_key(pk: PublicKey, model: ModelConfig) -> PublicKey:
+    if pk.bits != model.key_bits or (pk.bits < MIN_KEY_BITS and not model.allow_short_keys):
+        raise ValueError(f"the guest's binning key has a {pk.bits}-bit modulus; the job says key_bits = "
+                         f"{model.key_bits} (allow_short_keys = {model.allow_short_keys}): refusing to use it")
+    return pk
+
+
+# ---------------------------------------------------------------- guest
+
+def guest_host_counts(channel: Channel, model: ModelConfig, hosts: list[str], y_train: np.ndarray,
+                      min_bin_rows: int) -> dict[str, list[tuple[np.ndarray, np.ndarray, int]]]:
+    """Per host, per host column: ``(rows, events, ordered)`` of its released bins.
+
+    Steps ``woe/public_key``, ``woe/enc_labels`` to every host, then ``woe/columns``,
+    ``woe/bin_rows``, ``woe/enc_events`` from each. Refuses a bin under ``min_bin_rows``
+    rows and counts that do not add up."""
+    y = np.asarray(y_train, dtype=np.float64)
+    n, n_events = len(y), int(y.sum())
+    pk, sk = generate_keypair(model.key_bits, mode=model.encryption)
+    enc_y = EncryptedArray.encrypt(pk, y, frac_bits=0)
+    for h in hosts:          # the same ciphertexts for every host: none can decrypt them
+        channel.send(h, PUBLIC_KEY, pk.to_dict())
+        channel.send(h, ENC_LABELS, enc_y)
+    out = {}
+    for h in hosts:
+        layout = channel.recv(h, COLUMNS)
+        bins, ordered = _layout(layout, h)
+        rows = channel.recv(h, BIN_ROWS)
+        total = int(sum(bins))
+        if not isinstance(rows, np.ndarray) or rows.shape != (total,) or rows.dtype.kind not in "iu":
+            raise ValueError(f"{h}: bin row counts must be {total} integers")
+        rows = rows.astype(np.int64)
+        if total and rows.min() < min_bin_rows:
+            raise ValueError(f"{h} released a bin of {int(rows.min())} rows, below min_bin_rows = {min_bin_rows}")
+        enc = channel.recv(h, ENC_EVENTS)
+        if not isinstance(enc, EncryptedArray) or enc.shape != (total,) or enc.frac_bits != 0:
+            raise ValueError(f"{h}: per-bin event sums must be {total} ciphertexts at 0 fractional bits")
+        decoded = enc.with_key(pk).decrypt(sk)
+        events = np.rint(decoded).astype(np.int64)
+        if np.any(np.abs(decoded - events) > 1e-9) or np.any(events < 0) or np.any(events > rows):
+            raise ValueError(f"{h}: per-bin event sums are not counts between 0 and the bin's rows")
+        cols, start = [], 0
+        for k, o in zip(bins, ordered):
+            r, e = rows[start:start + k], events[start:start + k]
+            if int(r.sum()) != n or int(e.sum()) != n_events:
+                raise ValueError(f"{h}: a column's bins hold {int(r.sum())} rows and {int(e.sum())} events, "
+                                 f"not the {n} training rows and {n_events} events")
+            cols.append((r, e, o))
+            start += k
+        out[h] = cols
+    return out
+
+
+def _layout(layout, host: str) -> tuple[list[int], list[int]]:
+    try:
+        bins = [int(b) for b in layout["bins"]]
+        ordered = [int(o) for o in layout["ordered"]]
+        ok = isinstance(layout["bins"], list) and len(bins) == len(ordered) \
+            and all(b >= 1 and 0 <= o <= b for b, o in zip(bins, ordered))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{host}: malformed {COLUMNS} message")
+    return bins, ordered
+
+
+def guest_send_selection(channel: Channel, host: str, keep: list[int], summaries: list[ColumnSummary],
+                         send_woe: bool) -> None:
+    """Tell a host which of its own columns to keep (``woe/keep``) and, for the WOE
+    transform, each kept column's merge of its bins and their WOE (``woe/host_woe``)."""
+    channel.send(host, KEEP, {"keep": [int(i) for i in keep]})
+    if send_woe:
+        channel.send(host, HOST_WOE, {"columns": [{"groups": summaries[i].groups.tolist(),
+                                                   "woe": summaries[i].woe.tolist()} for i in keep]})
+
+
+# ---------------------------------------------------------------- host
+
+def host_bin_counts(channel: Channel, guest: str, model: ModelConfig, bins: list[ColumnBins],
+                    assignment: np.ndarray, min_bin_rows: int) -> None:
+    """Sum the guest's encrypted labels per bin of every own column and return the sums.
+
+    ``assignment`` is ``(n_train, columns)``: each training row's bin. Every bin
+    has at least ``min_bin_rows`` rows (the host checks again: it knows them)."""
+    n = assignment.shape[0]
+    rows = [np.bincount(assignment[:, k], minlength=cb.n_bins) for k, cb in enumerate(bins)]
+    for cb, r in zip(bins, rows):      # the rows the sums will really stand on
+        if len(r) != cb.n_bins or r.min() < min_bin_rows:
+            raise ValueError(f"column {cb.column!r}: a bin under min_bin_rows = {min_bin_rows} rows; refusing to "
+                             "release it")
+    pk = _check_key(PublicKey.from_dict(channel.recv(guest, PUBLIC_KEY), mode=model.encryption), model)
+    enc = channel.recv(guest, ENC_LABELS)
+    if not isinstance(enc, EncryptedArray) or enc.shape != (n,) or enc.frac_bits != 0:
+        raise ValueError(f"the guest's encrypted labels must be {n} ciphertexts at 0 fractional bits")
+    enc = enc.with_key(pk)
+    ones = np.ones((n, 1))
+    every = np.arange(n)
+    sums = enc.grouped_rmatmul([(ones, every, assignment[:, k], cb.n_bins) for k, cb in enumerate(bins)],
+                               x_frac_bits=0, value_bound=1.0)
+    flat = np.concatenate([s.ciphertexts.ravel() for s in sums]) if sums else np.empty(0, dtype=object)
+    channel.send(guest, COLUMNS, {"bins": [cb.n_bins for cb in bins], "ordered": [n_ordered(cb) for cb in bins]})
+    channel.send(guest, BIN_ROWS, np.concatenate(rows).astype(np.int64))
+    channel.send(guest, ENC_EVENTS, EncryptedArray(pk, flat, 0).rerandomize())
+
+
+def host_receive_selection(channel: Channel, guest: str, bins: list[ColumnBins], with_woe: bool
+                           ) -> tuple[list[int], list[ColumnBins], list[np.ndarray] | None]:
+    """The kept columns' indices, their (merged) bins and, for the WOE transform, their WOE."""
+    msg = channel.recv(guest, KEEP)
+    keep = msg.get("keep") if isinstance(msg, dict) else None
+    if not isinstance(keep, list) or not keep or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                         for i in keep) \
+            or sorted(set(keep)) != keep or keep[0] < 0 or keep[-1] >= len(bins):
+        raise ValueError(f"the guest's {KEEP} is not a sorted list of own column indices: {keep!r}")
+    kept = [bins[i] for i in keep]
+    if not with_woe:
+        return keep, kept, None
+    msg = channel.recv(guest, HOST_WOE)
+    cols = msg.get("columns") if isinstance(msg, dict) else None
+    if not isinstance(cols, list) or len(cols) != len(keep):
+        raise ValueError(f"the guest's {HOST_WOE} does not describe the {len(keep)} kept columns")
+    final, woes = [], []
+    for cb, c in zip(kept, cols):
+        try:
+            groups = check_groups(np.asarray(c["groups"]), cb.n_bins, f"{HOST_WOE} for {cb.column!r}")
+            woe = np.asarray(c["woe"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the guest's {HOST_WOE} for {cb.column!r} is malformed: {exc}") from None
+        if woe.shape != (int(groups[-1]) + 1,) or not np.all(np.isfinite(woe)):
+            raise ValueError(f"the guest's {HOST_WOE} for {cb.column!r}: {woe.shape[0]} values for "
+                             f"{int(groups[-1]) + 1} bins")
+        final.append(apply_groups(cb, groups))
+        woes.append(woe)
+    return keep, final, woes

@@ -1,0 +1,90 @@
+"""One party's preprocessing stage of a job (``[preprocess]``): bin, count, select, encode.
+
+Runs after PSI, on the aligned training rows only (test rows never shape bins
+or WOE). The guest bins its own columns and counts their events itself, gets
+the hosts' per-bin event counts through :mod:`vfl.preprocess.roles`, computes
+every column's WOE and IV, selects columns, and tells each host its keep-list
+(and its kept bins' WOE). A host bins its own columns and learns only what the
+guest tells it about them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..channel import Channel
+from ..config import JobConfig
+from ..data import DataError, PartyTable
+from .binning import BinningError, assign_all, fit_bins, n_ordered
+from .roles import guest_host_counts, guest_send_selection, host_bin_counts, host_receive_selection, summarise
+from .selection import anonymous_name, select_by_iv
+from .transform import WoeEncoder
+
+log = logging.getLogger("vfl.preprocess")
+
+
+@dataclass
+class Prepared:
+    """What the stage leaves a party: its kept columns (raw), the WOE transform, its figures."""
+
+    table: PartyTable                          # the aligned rows, kept columns only
+    encoder: WoeEncoder | None                 # with ``woe = true``
+    dropped: list[str]                         # own columns removed by selection
+    figures: dict = field(default_factory=dict)          # guest: {"iv": ...}
+    events: list[np.ndarray] | None = None     # guest: events per final bin of each kept column
+
+
+def _fit(job: JobConfig, data: PartyTable, train: np.ndarray, source: str):
+    p = job.preprocess
+    try:
+        bins = fit_bins(data.columns, data.features[train], data.categorical_columns, data.categorical[train],
+                        p.binning, p.bins, p.min_bin_rows)
+    except BinningError as exc:
+        raise DataError(f"{source}: {exc}") from None
+    idx = assign_all(bins, data.columns, data.features[train], data.categorical_columns, data.categorical[train])
+    return bins, idx
+
+
+def _keep_table(data: PartyTable, kept: list[str]) -> tuple[PartyTable, list[str]]:
+    dropped = [c for c in [*data.columns, *data.categorical_columns] if c not in set(kept)]
+    return data.without(dropped), dropped
+
+
+def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.ndarray) -> Prepared:
+    """The guest's stage: own columns locally, hosts' columns through the protocol."""
+    p, train = job.preprocess, ~test
+    y = data.labels[train]
+    n, n_events = int(train.sum()), int(y.sum())
+    bins, idx = _fit(job, data, train, str(job.guest.data))
+    own = [summarise(cb.column, cb.rows, np.bincount(idx[:, k], weights=y, minlength=cb.n_bins).round(),
+                     n_ordered(cb), n, n_events, p.monotonic, cb) for k, cb in enumerate(bins)]
+    counts = guest_host_counts(channel, job.model, job.host_names, y, p.min_bin_rows)
+    iv_hosts = []
+    for i, h in enumerate(job.host_names):
+        cols = [summarise(anonymous_name(i, j), r, e, o, n, n_events, p.monotonic)
+                for j, (r, e, o) in enumerate(counts[h])]
+        keep = select_by_iv([c.iv for c in cols], p.iv_threshold, p.iv_top_k_host)
+        guest_send_selection(channel, h, keep, cols, p.woe)
+        iv_hosts += [{"column": c.name, "iv": c.iv, "bins": len(c.rows), "selected": j in keep}
+                     for j, c in enumerate(cols)]
+    keep = select_by_iv([c.iv for c in own], p.iv_threshold, p.iv_top_k_guest)
+    iv_guest = [{"column": c.name, "iv": c.iv, "bins": len(c.rows), "selected": j in keep} for j, c in enumerate(own)]
+    table, dropped = _keep_table(data, [own[j].name for j in keep])
+    encoder = WoeEncoder([own[j].bins for j in keep], [own[j].woe for j in keep]) if p.woe else None
+    log.info("%s: binned %d own and %d host columns; keeping %d own", job.guest.name, len(own), len(iv_hosts),
+             len(keep))
+    return Prepared(table, encoder, dropped, {"iv": {"guest": iv_guest, "hosts": iv_hosts}},
+                    [own[j].events for j in keep])
+
+
+def host_prepare(job: JobConfig, name: str, channel: Channel, data: PartyTable, test: np.ndarray) -> Prepared:
+    """A host's stage: bin its own columns, sum the encrypted labels per bin, apply the keep-list."""
+    p, train = job.preprocess, ~test
+    bins, idx = _fit(job, data, train, str(job.party(name).data))
+    host_bin_counts(channel, job.guest.name, job.model, bins, idx, p.min_bin_rows)
+    keep, final, woes = host_receive_selection(channel, job.guest.name, bins, p.woe)
+    table, dropped = _keep_table(data, [bins[j].column for j in keep])
+    log.info("%s: binned %d columns; the guest keeps %d", name, len(bins), len(keep))
+    return Prepared(table, WoeEncoder(final, woes) if p.woe else None, dropped)
