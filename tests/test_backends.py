@@ -19,6 +19,7 @@ class RecordingBackend:
     """Runs shards in this process and records what would have been shipped to a worker."""
 
     name = "recording"
+    remote = False
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list]] = []
@@ -92,6 +93,24 @@ def test_small_inputs_stay_in_process(keys):
         assert np.allclose(EncryptedArray.encrypt(pk, np.ones(10)).decrypt(sk), 1.0)
     assert rec.calls == []
     assert backends.current().name == "local"        # restored after the block
+
+
+def test_one_remote_worker_still_takes_the_work(keys):
+    """A local pool of one worker runs in-process; one Ray actor is elsewhere, so shards go to it."""
+    pk, sk = keys
+
+    class OneRemote(RecordingBackend):
+        remote = True
+
+        def workers(self) -> int:
+            return 1
+
+    rec = OneRemote()
+    with backends.using(rec):
+        x = np.linspace(-1, 1, 300)
+        np.testing.assert_allclose(EncryptedArray.encrypt(pk, x).rmatmul(np.ones((300, 2))).decrypt(sk),
+                                   [x.sum()] * 2, atol=1e-6)
+    assert [name for name, _ in rec.calls] == ["_encrypt_rows", "_multiexp_rows"]
 
 
 @pytest.mark.parametrize("value", ["local", "10.0.0.5:6379", "ray-head.bank.internal:6379"])

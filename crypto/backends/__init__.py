@@ -38,6 +38,7 @@ class Backend(Protocol):
     """What the heavy loops need from wherever they run."""
 
     name: str
+    remote: bool   # shards leave this process even with one worker (a Ray cluster's workers are elsewhere)
 
     def workers(self) -> int:
         """How many shards can run at once (callers split work into about this many or a few times more)."""
@@ -114,8 +115,6 @@ def selected(ray_address: str | None) -> Iterator[Backend]:
 
 def run(fn: Callable[..., Any], arg_tuples: Sequence[tuple]) -> list[Any]:
     """``fn(*args)`` for every tuple on the current backend; results in input order."""
-    if len(arg_tuples) <= 1:
-        return [fn(*args) for args in arg_tuples]
     return current().map(fn, arg_tuples)
 
 
@@ -125,8 +124,10 @@ def workers() -> int:
 
 
 def use_parallel(count: int) -> bool:
-    """Whether ``count`` independent elements are worth shipping to workers."""
-    return count >= MIN_PARALLEL and workers() > 1
+    """Whether ``count`` independent elements are worth shipping to workers (a local pool of one
+    worker gains nothing over this process; one remote worker still takes the work off it)."""
+    backend = current()
+    return count >= MIN_PARALLEL and (backend.workers() > 1 or getattr(backend, "remote", False))
 
 
 def split_ranges(total: int, parts: int) -> list[tuple[int, int]]:

@@ -120,6 +120,7 @@ class LocalPool:
     """:class:`crypto.backends.Backend` on this process's pool (``VFL_WORKERS`` or the usable CPUs)."""
 
     name = "local"
+    remote = False
 
     def workers(self) -> int:
         return num_workers()

@@ -70,6 +70,7 @@ class RayBackend:
     """
 
     name = "ray"
+    remote = True
 
     def __init__(self, address: str | None = "local", workers: int | None = None) -> None:
         ray = import_ray()
