@@ -348,7 +348,8 @@ def test_each_host_gets_a_report_of_only_its_own_columns(trained, name):
     # both cohorts the host scored are kept, each against its training bins
     assert len(files["cohorts"]) == 2
     for c in files["cohorts"].values():
-        scored = pd.read_csv(job.output_dir(name) / "scored_ids.csv", dtype={"id": str})["id"].to_numpy()
+        scored = pd.read_csv(job.output_dir(name) / "cohorts" / c["cohort"] / "scored_ids.csv",
+                             dtype={"id": str})["id"].to_numpy()
         x = own.loc[scored, HOST_COLUMNS[name][0]].to_numpy(float)
         x_train = own.loc[common[~is_test], HOST_COLUMNS[name][0]].to_numpy(float)
         assert c["scored_rows"] == len(scored)
@@ -403,11 +404,13 @@ def test_the_iv_and_points_tables_show_exactly_what_metrics_json_holds(trained):
 def test_a_host_report_shows_its_own_points_table(trained, tmp_path):
     job = trained["job"]
     _, sc = _synthetic_iv_and_scorecard(np.random.default_rng(12))
-    host_sc = {k: v for k, v in sc.items() if k != "guest"}
+    host_sc = {**{k: v for k, v in sc.items() if k != "guest"}, "offset_points": None}     # the guest's alone
     host_sc["host"] = [{**r, "column": "shop_orders", "events": None} for r in sc["guest"][:4]]
     alone = job.__class__(**{**job.__dict__, "workdir": tmp_path})
     shutil.copytree(job.output_dir("host0"), alone.output_dir("host0"))
     (alone.output_dir("host0") / "scorecard.json").write_text(json.dumps(host_sc))
+    model = json.loads((alone.output_dir("host0") / "model.json").read_text())
+    (alone.output_dir("host0") / "model.json").write_text(json.dumps({**model, "dropped": ["shop_gmv"]}))
     html = build_host_report(alone, "host0")
     files = _host_files(alone, "host0")
     check_cells(html, files)
@@ -416,7 +419,9 @@ def test_a_host_report_shows_its_own_points_table(trained, tmp_path):
         for key in ("rows", "woe", "points"):
             assert paths.count(["scorecard", "host", i, key]) == 1
         assert ["scorecard", "host", i, "events"] not in paths      # no label counts in the host's file: none shown
+    assert ["scorecard", "pdo"] in paths and ["scorecard", "offset_points"] not in paths
     assert "Not computed" not in html.split("Scorecard points")[1]
+    assert "Removed by IV selection before training: shop_gmv." in html
     assert load_host_results(alone, "host0")["scorecard"] == host_sc
 
 

@@ -93,6 +93,7 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
               "rows": int(len(table.ids)), "scored_rows": int(len(common))}
     report.update(collect.host_cohort_figures(out / "report.json", data.columns, data.features,
                                               data.categorical_columns, data.categorical))
+    write_intersection(cdir / "scored_ids.csv", common)
     write_json(cdir / "report.json", report)
     if (out / "report.json").is_file():
         from .evaluation.host_report import write_host_report

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import stability
 from .collect import file_sha256, load_cohorts
 from .page import column_psi_block, esc, note, page, row, stage_rows, table, write_atomically
-from .report import split_cohorts, when_scored, points_table
+from .report import dropped_note, model_inputs, points_table, split_cohorts, when_scored
 
 HOST_FILES = ("report.json", "model.json", "scorecard.json")
 
@@ -93,13 +93,14 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
                                                        std.get("scale", [])))]
         crow.sort(key=lambda d: -abs(d["coef"]))
         parts.append("<h3>Coefficients</h3>")
-        parts.append(note("The host's own part of the logistic model, on its standardised columns (per one "
-                          "standard deviation). Nobody else sees them."))
+        parts.append(note(f"The host's own part of the logistic model, on {model_inputs(model)} (per one "
+                          "standard deviation), largest effect first. Nobody else sees them." + dropped_note(model)))
         parts.append(table(crow, [("column", "column", "text"), ("coef", "coefficient", "coef"),
                                   ("mean", "training mean", "num"), ("scale", "training std", "num")]))
     else:
         kind = (model or {}).get("format", "no model file")
-        parts.append(note(f"Coefficients: none per column for this model ({esc(kind)})."))
+        parts.append(note(f"Coefficients: none per column for this model ({esc(kind)})."
+                          + dropped_note(model or {})))
     parts.append("<h3>Scorecard points</h3>")
     if sc and sc.get("host") is not None:
         parts.append(note("The points of the host's own columns per bin, for its own decision engine; the "

@@ -75,7 +75,8 @@ def table(rows: list[dict], cols: list[tuple[str, str, str]], source: list | Non
     """An HTML table; ``cols`` are ``(key, heading, kind)``. Row ``i`` of a table with ``source`` shows
     ``source + [i, key]``; otherwise a row names its cells' paths in ``_paths`` (key -> path) or a base
     in ``_base`` (``_base + [key]``, non-text columns only). A row's ``_flags`` (key -> PSI flag)
-    colours a cell and adds the flag's word; a ``flag`` column is coloured by its own value."""
+    colours a cell and adds the flag's word; a ``flag`` column is coloured by its own value; ``_cls``
+    is the row's class (``group``: the first row of a group, ruled above)."""
     head = "".join(f'<th{" class=t" if kind in ("text", "bool") else ""}>{esc(h)}</th>' for _, h, kind in cols)
     body = []
     for i, r in enumerate(rows):
@@ -96,13 +97,15 @@ def table(rows: list[dict], cols: list[tuple[str, str, str]], source: list | Non
             if path is not None:
                 attrs += f' data-metric="{esc(json.dumps(path))}"'
             cells.append(f'<td{attrs} data-key="{esc(key)}">{esc(fmt(v, kind))}{suffix}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        tr = f'<tr class="{esc(r["_cls"])}">' if r.get("_cls") else "<tr>"
+        body.append(tr + "".join(cells) + "</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     klass = f' class="{cls}"' if cls else ""
     return f"<table{klass}>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-STAGES = {"psi": "PSI (aligning IDs)", "train": "training", "predict": "scoring the aligned rows"}
+STAGES = {"psi": "PSI (aligning IDs)", "binning": "binning, WOE and IV", "train": "training",
+          "predict": "scoring the aligned rows"}
 
 
 def stage_rows(root: list, stage_seconds: dict | None, phase_seconds: dict | None) -> list[dict]:
@@ -258,7 +261,7 @@ figure.chart{margin:0}figure.chart svg{max-width:100%;height:auto}
 figcaption{font-size:12px;color:#555;max-width:520px}
 .flag-watch{background:#fff3cd}.flag-act{background:#f8d7da}.fl{font-size:10px;color:#7a5a00}
 .flag-act .fl{color:#8a1f1b}
-table.dense th,table.dense td{padding:3px 4px}
+table.dense th,table.dense td{padding:3px 4px}tr.group td{border-top:1px solid #aab}
 .note{color:#555;font-size:12.5px;max-width:980px}.missing{color:#8a6d00}
 """
 

@@ -323,16 +323,31 @@ def _iv_section(m: dict, guest: str) -> list[str]:
 
 
 def points_table(sc: dict, key: str, root: list) -> str:
-    """A party's scorecard: its scaling, then bin -> points of its own columns (column named once)."""
-    scaling = table([{"_base": root, **{k: sc.get(k) for k, _, _ in SCALING_COLS}}], SCALING_COLS,
+    """A party's scorecard: bin -> points of its own columns (each column named once, on its first bin),
+    then the points scaling (the offset only where the party holds it: the guest)."""
+    scaling_cols = [c for c in SCALING_COLS if c[0] != "offset_points" or sc.get("offset_points") is not None]
+    scaling = table([{"_base": root, **{k: sc.get(k) for k, _, _ in scaling_cols}}], scaling_cols,
                     caption="points scaling")
     rows, last = [], None
     has_events = any(e.get("events") is not None for e in sc[key])
     for i, e in enumerate(sc[key]):
-        rows.append({**e, "column": e.get("column") if e.get("column") != last else "", "_base": root + [key, i]})
+        first = e.get("column") != last
+        rows.append({**e, "column": e.get("column") if first else "", "_base": root + [key, i],
+                     "_cls": "group" if first and i else ""})
         last = e.get("column")
     cols = [c for c in POINTS_COLS if c[0] != "events" or has_events]
     return row(table(rows, cols, caption="points per bin"), scaling)
+
+
+def model_inputs(model: dict) -> str:
+    """What a linear model part's coefficients multiply."""
+    return "the standardised WOE of its binned columns" if model.get("woe_bins") else "its standardised columns"
+
+
+def dropped_note(model: dict) -> str:
+    """The party's own columns that IV selection removed before training, if any."""
+    dropped = model.get("dropped") or []
+    return f" Removed by IV selection before training: {esc(', '.join(dropped))}." if dropped else ""
 
 
 def _coef_section(model: dict | None, m: dict, job) -> list[str]:
@@ -349,14 +364,15 @@ def _coef_section(model: dict | None, m: dict, job) -> list[str]:
             crow.append({"column": "(intercept)", "coef": model["intercept"], "mean": None, "scale": None,
                          "_paths": {"coef": ["model", "intercept"]}})
         out.append("<h3>Coefficients</h3>")
-        out.append(note("The guest's own part of the logistic model, on standardised columns (per one standard "
-                        "deviation), largest effect first. Positive: higher risk. Hosts keep their own."))
+        out.append(note(f"The guest's own part of the logistic model, on {model_inputs(model)} (per one standard "
+                        "deviation), largest effect first. Positive: higher risk. Hosts keep their own."
+                        + dropped_note(model)))
         out.append(table(crow, [("column", "column", "text"), ("coef", "coefficient", "coef"),
                                 ("mean", "training mean", "num"), ("scale", "training std", "num")]))
     else:
         kind = (model or {}).get("format", "no model file")
         out.append(note(f"Coefficients: none per column for this model ({esc(kind)}); the guest's tower is in "
-                        "its <code>model.json</code>."))
+                        "its <code>model.json</code>." + dropped_note(model or {})))
     sc = m.get("scorecard") or {}
     out.append("<h3>Scorecard points</h3>")
     if sc.get("guest") is not None:
