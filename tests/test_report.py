@@ -39,7 +39,8 @@ PLANS = np.array(["prepaid", "contract", "family", "business", "", "legacy"], dt
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Train (host1 has a categorical column), score a labelled cohort, then a shifted unlabelled one."""
+    """Train a binned scorecard (host1 has a categorical column), score a labelled cohort, then a shifted
+    unlabelled one."""
     tmp = tmp_path_factory.mktemp("report")
     guest, hosts = vertical_split(1200, 3, [2, 2], overlap=0.9, seed=6)
     guest = guest.rename(columns=dict(zip(["g0", "g1", "g2"], GUEST_COLUMNS)))
@@ -55,7 +56,7 @@ def trained(tmp_path_factory):
     for i, h in enumerate(hosts):
         h.to_csv(tmp / f"h{i}.csv", index=False)
         paths.append(tmp / f"h{i}.csv")
-    path = write_job(tmp, tmp / "g.csv", paths, model="epochs = 3\nbatch_size = 256")
+    path = write_job(tmp, tmp / "g.csv", paths, model="epochs = 3\nbatch_size = 256\n\n[preprocess]\nbins = 5")
     text = path.read_text().replace('label_column = "y"', f'label_column = "y"\npredict_data = "{tmp / "g_new.csv"}"')
     text = text.replace(f'data = "{tmp / "h1.csv"}"\n', f'data = "{tmp / "h1.csv"}"\ncategorical_columns = ["tel_plan"]\n')
     path.write_text(text)
@@ -203,8 +204,14 @@ def test_the_report_is_one_self_contained_page_with_every_section(trained):
         for c in h.columns.drop("id"):
             assert c not in html and c not in first
     assert "cohort 1" in html and "cohort 1" not in first        # the later cohorts, once scored
-    # sections without their figures say so
-    text = "".join(page.text)
+    # host columns only as the anonymous IV binning releases; the guest's own points table
+    m = json.loads((job.workdir / "metrics.json").read_text())
+    assert [e["column"] for e in m["iv"]["hosts"]] and all(e["column"] in html for e in m["iv"]["hosts"])
+    assert "Not computed" not in html and "points per bin" in html
+    # without binning, those sections say they were not computed
+    res = load_results(job)
+    del res["metrics"]["iv"], res["metrics"]["scorecard"]["guest"]
+    text = "".join(_parse(build_report(job, res)).text)
     assert "Not computed: this job ran no federated binning" in text
     assert "Not computed: no binned scorecard in this job" in text
 
@@ -324,6 +331,11 @@ def test_each_host_gets_a_report_of_only_its_own_columns(trained, name):
         assert c in text
     for cell, _ in page.cells:
         assert json.loads(cell)[0] in ("report", "model", "scorecard", "cohorts")
+    # its own points table (the job bins), without the label counts the host never has
+    paths = [json.loads(p) for p, _ in page.cells]
+    assert ["scorecard", "host", 0, "points"] in paths and ["scorecard", "offset_points"] not in paths
+    assert not any(p[:2] == ["scorecard", "host"] and p[-1] == "events" for p in paths)
+    assert f"kept {len(files['report']['kept_columns'])} of {len(HOST_COLUMNS[name])} own columns" in text
     # built from the host's own directory alone: a workdir with nothing else gives the same page
     alone = tmp = Path(job.workdir).parent / f"alone-{name}"
     shutil.copytree(job.output_dir(name), tmp / name, dirs_exist_ok=True)

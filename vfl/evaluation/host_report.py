@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import stability
 from .collect import file_sha256, load_cohorts
-from .page import column_psi_block, esc, note, page, row, stage_rows, table, write_atomically
+from .page import column_psi_block, esc, note, page, preprocess_settings, row, stage_rows, table, write_atomically
 from .report import dropped_note, model_inputs, points_table, split_cohorts, when_scored
 
 HOST_FILES = ("report.json", "model.json", "scorecard.json")
@@ -84,6 +84,13 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
         parts.append(note('<span class="missing">Not computed</span> for this run.'))
 
     parts.append("<h2>Own coefficients and scorecard points</h2>")
+    kept = rep.get("kept_columns")
+    if kept is not None:
+        own = list((stab or {}).get("columns") or {})
+        gone = [c for c in own if c not in kept]
+        parts.append(note(f"IV selection (decided by the guest, which alone can compute IV) kept {len(kept)} of "
+                          f"{len(own) or len(kept)} own columns: {esc(', '.join(kept)) or 'none'}."
+                          + (f" Dropped: {esc(', '.join(gone))}." if gone else "")))
     if model and model.get("format") == "vfl-hetero-lr-part" and model.get("party") == name:
         std = model.get("standardizer", {})
         crow = [{"column": c, "coef": w, "mean": mu, "scale": sd,
@@ -115,7 +122,7 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
                 ("epochs run / set", f"{rep.get('epochs_run')} / {mc.epochs}"), ("batch size", mc.batch_size),
                 ("learning rate", mc.learning_rate), ("optimizer", mc.optimizer), ("L2", mc.l2),
                 ("test fraction", job.test_fraction), ("seed", job.seed),
-                ("smallest release to this host (rows)", rep.get("smallest_release_rows"))]
+                ("smallest release to this host (rows)", rep.get("smallest_release_rows"))] + preprocess_settings(job)
     srows = [{"setting": k, "value": v} for k, v in settings]
     times = stage_rows(["report"], rep.get("stage_seconds"), rep.get("phase_seconds"))
     parts.append("<h2>Job</h2>")

@@ -52,9 +52,8 @@ def fmt(value, kind: str = "num") -> str:
         return f"{value:.2f}"
     if kind == "points":
         return f"{value:.0f}"
-    if kind == "pts":            # scorecard points: whole numbers as such, else one decimal
-        text = f"{value:.1f}"
-        return text[:-2] if text.endswith(".0") else text
+    if kind == "pts":            # scorecard points and scaling: one decimal
+        return f"{value:.1f}"
     if kind == "woe":
         return f"{value:+.3f}"
     if kind == "sec":
@@ -115,6 +114,19 @@ def stage_rows(root: list, stage_seconds: dict | None, phase_seconds: dict | Non
     rows += [{"stage": f"training: {k.replace('_', ' ')}", "seconds": v,
               "_paths": {"seconds": root + ["phase_seconds", k]}} for k, v in (phase_seconds or {}).items()]
     return rows
+
+
+def preprocess_settings(job) -> list[tuple[str, str]]:
+    """The job's ``[preprocess]`` settings as (setting, value) rows (none without binning)."""
+    p = getattr(job, "preprocess", None)
+    if p is None:
+        return []
+    sel = [f"IV ≥ {p.iv_threshold:g}"] if p.iv_threshold else []
+    sel += [f"top {p.iv_top_k_guest} guest columns"] if p.iv_top_k_guest else []
+    sel += [f"top {p.iv_top_k_host} per host"] if p.iv_top_k_host else []
+    return [("binning", f"{p.binning.replace('_', '-')}, {p.bins} bins, ≥ {p.min_bin_rows} rows a bin"
+                        + (", monotonic WOE" if p.monotonic else "")),
+            ("IV selection", ", ".join(sel) or "none"), ("trained on", "WOE (scorecard)" if p.woe else "raw columns")]
 
 
 def note(text: str) -> str:

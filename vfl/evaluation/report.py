@@ -18,8 +18,8 @@ import pandas as pd
 from . import stability
 from .collect import file_sha256, load_cohorts, run_figures
 from .curves import evaluate_sample, histogram_edges
-from .page import (CLASS_COLORS, chart, color, column_psi_block, esc, figure, fmt, grid, note, page, row,
-                   stage_rows, svg, table, write_atomically)
+from .page import (CLASS_COLORS, chart, color, column_psi_block, esc, figure, fmt, grid, note, page,
+                   preprocess_settings, row, stage_rows, svg, table, write_atomically)
 
 CHART_COHORTS = 4       # charts draw train, test and the latest few cohorts; tables show every cohort
 
@@ -397,7 +397,7 @@ def _job_section(m: dict, job) -> list[str]:
                 ("test fraction", job.test_fraction), ("seed", job.seed),
                 ("PD to points", f"{job.scorecard.base_points:g} points at {job.scorecard.base_odds:g}:1, "
                                  f"PDO {job.scorecard.pdo:g}"),
-                ("smallest release (rows)", m.get("smallest_release_rows"))]
+                ("smallest release (rows)", m.get("smallest_release_rows"))] + preprocess_settings(job)
     srows = [{"setting": k, "value": v} for k, v in settings]
     srows[1]["_paths"] = {"value": ["metrics", "key_bits"]}
     times = stage_rows(["metrics"], m.get("stage_seconds"), m.get("phase_seconds"))
