@@ -23,14 +23,15 @@ built once per worker and key, not once per batch.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import secrets
 import threading
-from collections import OrderedDict
-from typing import Any, Sequence
+from collections import OrderedDict, deque
+from typing import Any, Iterator, Sequence
 
 import gmpy2
 import numpy as np
@@ -111,6 +112,107 @@ def _encrypt_chunk(n: int, hs: int | None, mode: str, plains: Sequence[int]) -> 
         return [(r + n * (m * r % n)) % n2 for m, r in zip(plains, obfs)]
     phe_key = phe.PaillierPublicKey(int(n))
     return [gmpy2.mpz(phe_key.raw_encrypt(int(m) % int(n))) for m in plains]
+
+
+def _obfuscator_rows(n: int, hs: int, count: int) -> np.ndarray:
+    """Shard function: ``count`` fresh DJN obfuscators as ciphertext-width uint8 rows."""
+    return to_rows(_djn_obfuscators(n, hs, count), width_for(int(n) ** 2))
+
+
+def _fresh_obfuscators(n: int, hs: int, count: int) -> list:
+    """``count`` fresh obfuscators, on the backend's workers when there are enough."""
+    if not backends.use_parallel(count):
+        return _djn_obfuscators(n, hs, count)
+    ranges = backends.split_ranges(count, 4 * backends.workers())
+    parts = backends.run(_obfuscator_rows, [(n, hs, b - a) for a, b in ranges])
+    return [x for part in parts for x in from_rows(part)]
+
+
+def _encrypt_with(n: int, plains: Sequence[int], obfs: Sequence) -> list:
+    """DJN encryption with given obfuscators: ``(1 + m n) r mod n^2``, one cheap step per value."""
+    n = gmpy2.mpz(n)
+    n2 = n * n
+    return [(r + n * (m * r % n)) % n2 for m, r in zip(plains, obfs)]
+
+
+class ObfuscatorReserve:
+    """DJN obfuscators ``hs ** a`` computed ahead, by a background thread, for one key.
+
+    An obfuscator is the costly part of an encryption (about ``bits / 20``
+    multiplications mod n^2; the rest is one multiplication mod n). A party
+    spends much of each batch waiting for its peers; computing the next
+    batch's obfuscators then takes them off its critical path. Each is used
+    exactly once and never leaves this process (knowing one reveals the
+    plaintext of the ciphertext it hides).
+
+    The filler works only while the party says it is idle (:meth:`idle`,
+    around its waits for peers), so it never competes with the party's own
+    work; it works in chunks of a few hundred per worker, so the party is
+    back at full speed at most one chunk after its wait ends. What is still
+    held when the reserve stops is discarded.
+    """
+
+    def __init__(self, n: int, hs: int, target: int) -> None:
+        self.n, self.hs, self.target = int(n), int(hs), int(target)
+        self._items: "deque" = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._idle = 0                          # nesting depth of idle() blocks
+        self.computed = self.used = 0           # for tests and benchmarks
+        self._thread = threading.Thread(target=self._fill, daemon=True, name="vfl-obfuscators")
+        self._thread.start()
+
+    def _fill(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._idle or len(self._items) >= self.target):
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                need = min(self.target - len(self._items), 256 * max(1, backends.workers()))
+            try:
+                fresh = _fresh_obfuscators(self.n, self.hs, need)
+            except Exception:  # noqa: BLE001 - e.g. the pool shut down: callers compute their own
+                with self._cond:
+                    self._stopped = True
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                if self._stopped:
+                    return
+                self._items.extend(fresh)
+                self.computed += len(fresh)
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """The party has nothing to compute inside this block (it waits for a peer): fill meanwhile."""
+        with self._cond:
+            self._idle += 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._idle -= 1
+
+    def take(self, count: int) -> list:
+        """``count`` unused obfuscators: from the reserve as far as it goes, the rest computed now."""
+        with self._cond:
+            k = min(count, len(self._items))
+            got = [self._items.popleft() for _ in range(k)]
+            self.used += k
+            self._cond.notify_all()
+        if k < count:
+            got += _fresh_obfuscators(self.n, self.hs, count - k)
+        return got
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._items.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
 
 
 def _crt(p: int, q: int) -> tuple:
@@ -198,6 +300,7 @@ class PublicKey:
         self.mode = mode
         self._hs: gmpy2.mpz | None = None
         self._hs_lock = threading.Lock()
+        self._reserve: ObfuscatorReserve | None = None
 
     # identity
     def fingerprint(self) -> bytes:
@@ -257,6 +360,25 @@ class PublicKey:
                 self._hs = hs
             return self._hs
 
+    def precompute(self, count: int) -> None:
+        """Keep about ``count`` encryption obfuscators ready, computed in the background (DJN mode)
+        inside :meth:`idle` blocks, e.g. one batch's worth while this party waits for its peers.
+        :meth:`stop_precompute` ends it."""
+        if self.mode != "djn" or count < 1:
+            return
+        self.stop_precompute()
+        self._reserve = ObfuscatorReserve(self.n, self._djn_base(), count)
+
+    def idle(self) -> "contextlib.AbstractContextManager[None]":
+        """Around a wait for peers: lets a :meth:`precompute` reserve fill meanwhile (no-op without one)."""
+        reserve = self._reserve
+        return reserve.idle() if reserve is not None else contextlib.nullcontext()
+
+    def stop_precompute(self) -> None:
+        reserve, self._reserve = self._reserve, None
+        if reserve is not None:
+            reserve.stop()
+
     def encrypt_raw(self, ints: Sequence[int] | np.ndarray, mode: str | None = None) -> np.ndarray:
         """Encrypt integers (signed or in [0, n), taken mod n) -> object array of mpz, same shape."""
         mode = mode or self.mode
@@ -265,6 +387,9 @@ class PublicKey:
         arr = np.asarray(ints, dtype=object)
         n = int(self.n)
         plains = [int(m) % n for m in arr.ravel().tolist()]
+        reserve = self._reserve
+        if mode == "djn" and reserve is not None:
+            return _object_array(_encrypt_with(n, plains, reserve.take(len(plains))), arr.shape)
         hs = int(self._djn_base()) if mode == "djn" else None
         return _object_array(_run_chunked(_encrypt_chunk, _encrypt_rows, (n, hs, mode), plains,
                                           width_for(n)), arr.shape)

@@ -135,3 +135,33 @@ def test_multiexp_parallel_and_batch_invert(keys):
     assert multiexp_parallel(bases, E, pk.nsquare) == multiexp(bases, E, pk.nsquare)
     inv = batch_invert(bases[:5], pk.nsquare)
     assert all(a * b % pk.nsquare == 1 for a, b in zip(bases, inv))
+
+
+def test_precomputed_obfuscators_encrypt_correctly_and_are_used_once():
+    """Encryption randomness computed ahead in the background decrypts right, is never reused,
+    and a request larger than the reserve is completed with fresh values."""
+    import time as _time
+    pk, sk = generate_keypair(512)
+    pk.precompute(300)
+    try:
+        reserve = pk._reserve
+        _time.sleep(0.2)
+        assert reserve.computed == 0                 # it fills only while the party is idle
+        with pk.idle():
+            deadline = _time.monotonic() + 30
+            while reserve.computed < 300 and _time.monotonic() < deadline:
+                _time.sleep(0.01)
+        assert reserve.computed == 300
+        plains = list(range(-250, 250))                      # 500 > the 300 held
+        c = pk.encrypt_raw(plains)
+        assert reserve.used == 300
+        n = int(pk.n)
+        assert [int(v) for v in sk.decrypt_raw(c)] == [m % n for m in plains]
+        zeros = pk.encrypt_raw([0] * 400)
+        # every ciphertext of zero is its obfuscator: all distinct, none equal to an earlier one
+        assert len({int(z) for z in zeros}) == 400
+        assert not {int(z) for z in zeros} & {int(v) for v in c}
+    finally:
+        pk.stop_precompute()
+    assert pk._reserve is None and not reserve._thread.is_alive()
+    assert [int(v) for v in sk.decrypt_raw(pk.encrypt_raw([5, -5]))] == [5, n - 5]

@@ -61,6 +61,7 @@ class ModelConfig:
     allow_short_keys: bool = False           # keys below 2048 bits: for tests and benchmarks only
     seed: int = 7
     encryption: str = "djn"
+    precompute_randomness: bool = True      # compute the next batch's DJN obfuscators while waiting for peers
     approximation: str = "guest_expansion"   # or "taylor" (Hardy et al., as FATE)
     # the embedding model (type = "embedding")
     embedding_dim: int = 8

@@ -62,36 +62,41 @@ class SplitGuest:
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         warn_if_small_batches(n, m.batch_size, self.tower.batch_values, channel.name)
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk)
-        start = 0
-        if resume:
-            state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, max_epochs=m.epochs)
-            start, self.loss_history_ = state.epoch, list(state.loss_history)
-            log.info("resuming after epoch %d", start)
-        channel.send(self.arbiter, f"{pre}/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
-                                                   "start_epoch": start, "values": self.tower.n_params})
-        for h in self.hosts:
-            channel.send(h, f"{pre}/start", {"epoch": start})
-        for epoch in range(start, m.epochs):
-            t0 = last_note = time.perf_counter()
-            for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
-                trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b))
-                if time.perf_counter() - last_note > 10 and b + 1 < n_batches:   # long epochs show progress
-                    last_note = time.perf_counter()
-                    log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
-                             last_note - t0)
-            trainer.end_epoch()
-            decision = channel.recv(self.arbiter, f"{pre}/e{epoch}/decision")
-            self.loss_history_.append(float(decision["loss"]))
-            self.epoch_seconds_.append(time.perf_counter() - t0)
-            log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, decision["loss"],
-                     self.epoch_seconds_[-1])
-            for h in self.hosts:            # every host has saved this epoch: now the guest may
-                channel.recv(h, f"{pre}/e{epoch}/saved")
-            if checkpoint is not None:
-                checkpoint.save(TrainingState(epoch + 1, bool(decision.get("converged")), trainer.params.tolist(),
-                                              optimizer_state(trainer.opt), self.loss_history_))
-            if decision.get("stop"):
-                break
+        if m.precompute_randomness:    # the next batch's encryption randomness, while we wait for peers
+            pk.precompute(m.batch_size)
+        try:
+            start = 0
+            if resume:
+                state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, max_epochs=m.epochs)
+                start, self.loss_history_ = state.epoch, list(state.loss_history)
+                log.info("resuming after epoch %d", start)
+            channel.send(self.arbiter, f"{pre}/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
+                                                       "start_epoch": start, "values": self.tower.n_params})
+            for h in self.hosts:
+                channel.send(h, f"{pre}/start", {"epoch": start})
+            for epoch in range(start, m.epochs):
+                t0 = last_note = time.perf_counter()
+                for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
+                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b))
+                    if time.perf_counter() - last_note > 10 and b + 1 < n_batches:   # long epochs show progress
+                        last_note = time.perf_counter()
+                        log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
+                                 last_note - t0)
+                trainer.end_epoch()
+                decision = channel.recv(self.arbiter, f"{pre}/e{epoch}/decision")
+                self.loss_history_.append(float(decision["loss"]))
+                self.epoch_seconds_.append(time.perf_counter() - t0)
+                log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, decision["loss"],
+                         self.epoch_seconds_[-1])
+                for h in self.hosts:            # every host has saved this epoch: now the guest may
+                    channel.recv(h, f"{pre}/e{epoch}/saved")
+                if checkpoint is not None:
+                    checkpoint.save(TrainingState(epoch + 1, bool(decision.get("converged")), trainer.params.tolist(),
+                                                  optimizer_state(trainer.opt), self.loss_history_))
+                if decision.get("stop"):
+                    break
+        finally:
+            pk.stop_precompute()
         self.params_ = trainer.params
         self.smallest_release_ = trainer.buffer.smallest_release
         return self
@@ -101,7 +106,7 @@ class SplitGuest:
         n_b, lap = len(xb), self.timings_
         a, cache = self.tower.forward(trainer.params, xb)
         g, h, own_loss = expansion_terms(a, yb, self.model.approximation)
-        with lap("wait_hosts"):
+        with lap("wait_hosts"), pk.idle():        # idle: precompute the next batch's randomness
             enc_u = [expect_encrypted(channel.recv(p, step(pre, epoch, b, "enc_u")), pk, (n_b,), f"{p} scores",
                                       U_FRAC_BITS) for p in self.hosts]
         enc_uh = enc_u[0]

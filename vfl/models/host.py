@@ -52,24 +52,29 @@ class SplitHost:
         if not m.label_dp_on:       # with label-DP the noise, not the batch size, bounds what sums reveal
             warn_if_small_batches(len(x), m.batch_size, self.tower.batch_values + 1, channel.name)  # + loss column
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
-        channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params})
-        start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
-        if not 0 <= start < m.epochs:
-            raise ValueError(f"the guest asks to start at epoch {start} of {m.epochs}")
-        if start:
-            _, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
-        for epoch in range(start, m.epochs):
-            for b, rows in enumerate(batch_schedule(len(x), m.batch_size, self.seed, epoch)):
-                trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b, rows))
-            trainer.end_epoch()
-            self.epochs_run_ = epoch + 1
-            stop = bool(channel.recv(self.arbiter, f"{pre}/e{epoch}/decision").get("stop"))
-            if checkpoint is not None:
-                checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, trainer.params.tolist(),
-                                              optimizer_state(trainer.opt)))
-            channel.send(self.guest, f"{pre}/e{epoch}/saved", {})     # the guest saves only after us
-            if stop:
-                break
+        if m.precompute_randomness:    # the next batch's encryption randomness, while we wait for peers
+            pk.precompute(m.batch_size)
+        try:
+            channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params})
+            start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
+            if not 0 <= start < m.epochs:
+                raise ValueError(f"the guest asks to start at epoch {start} of {m.epochs}")
+            if start:
+                _, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
+            for epoch in range(start, m.epochs):
+                for b, rows in enumerate(batch_schedule(len(x), m.batch_size, self.seed, epoch)):
+                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b, rows))
+                trainer.end_epoch()
+                self.epochs_run_ = epoch + 1
+                stop = bool(channel.recv(self.arbiter, f"{pre}/e{epoch}/decision").get("stop"))
+                if checkpoint is not None:
+                    checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, trainer.params.tolist(),
+                                                  optimizer_state(trainer.opt)))
+                channel.send(self.guest, f"{pre}/e{epoch}/saved", {})     # the guest saves only after us
+                if stop:
+                    break
+        finally:
+            pk.stop_precompute()
         self.params_ = trainer.params
         self.smallest_release_ = trainer.buffer.smallest_release
         self.observed_ = trainer.observed
@@ -82,7 +87,7 @@ class SplitHost:
         with lap("encrypt"):
             enc_u = EncryptedArray.encrypt(pk, u)
         channel.send(self.guest, step(pre, epoch, b, "enc_u"), enc_u)
-        with lap("wait_guest"):
+        with lap("wait_guest"), pk.idle():        # idle: precompute the next batch's randomness
             d = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_d")), pk, (n_b,), "residual",
                                  D_FRAC_BITS)
         # The tower's gradient sums and u_h . [[d]] (for the loss) from the same pass over [[d]].
