@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,11 +33,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.proctree import tree_rss  # noqa: E402
-from parties.certs import make_certs      # noqa: E402
-from parties.demo import free_ports        # noqa: E402
+from benchmarks.tls_job import ROLES, start, write_job  # noqa: E402
 from vfl.config import load_job           # noqa: E402
-
-ROLES = ("arbiter", "host", "guest")
 
 
 def write_data(folder: Path, n_rows: int, n_cols: int, seed: int = 0) -> tuple[Path, Path]:
@@ -60,50 +56,8 @@ def write_data(folder: Path, n_rows: int, n_cols: int, seed: int = 0) -> tuple[P
     return gp, hp
 
 
-def write_job(folder: Path, guest: Path, host: Path, key_bits: int, epochs: int, batch_size: int) -> Path:
-    ports = dict(zip(ROLES, free_ports(3)))
-    text = f"""[job]
-name = "memory-bench"
-workdir = "{folder / 'out'}"
-seed = 1
-
-[arbiter]
-name = "arbiter"
-address = "127.0.0.1:{ports['arbiter']}"
-
-[guest]
-name = "guest"
-address = "127.0.0.1:{ports['guest']}"
-data = "{guest}"
-label_column = "y"
-
-[[hosts]]
-name = "host"
-address = "127.0.0.1:{ports['host']}"
-data = "{host}"
-
-[model]
-key_bits = {key_bits}
-allow_short_keys = {str(key_bits < 2048).lower()}
-epochs = {epochs}
-batch_size = {batch_size}
-tolerance = 0.0
-
-[network]
-connect_timeout = 120.0
-peer_timeout = 3600.0
-"""
-    path = folder / "job.toml"
-    path.write_text(text)
-    make_certs(load_job(path), folder / "certs")       # as `vfl certs` writes them; used via --tls-dir
-    return path
-
-
 def run_job(path: Path, interval: float = 0.25) -> dict:
-    procs = {r: subprocess.Popen([sys.executable, "-m", f"parties.{r}", str(path), "--tls-dir",
-                                  str(path.parent / "certs")], cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for r in ROLES}
+    procs = {r: start(path, r) for r in ROLES}
     errs = {r: [] for r in ROLES}
     for r, p in procs.items():
         threading.Thread(target=lambda r=r, p=p: errs[r].extend(p.stderr), daemon=True).start()
@@ -146,7 +100,10 @@ def main(argv=None) -> int:
             print(f"{n:,} rows x {args.cols} columns written in {time.monotonic() - t:.1f} s; running the job "
                   f"({args.key_bits}-bit keys, {args.epochs} epoch(s), batch {args.batch_size}, "
                   f"load {os.getloadavg()[0]:.1f})", flush=True)
-            r = run_job(write_job(folder, g, h, args.key_bits, args.epochs, args.batch_size))
+            model = {"key_bits": args.key_bits, "allow_short_keys": args.key_bits < 2048, "epochs": args.epochs,
+                     "batch_size": args.batch_size, "tolerance": 0.0}
+            r = run_job(write_job(folder, "memory-bench", g, h, model,
+                                  network={"connect_timeout": 120.0, "peer_timeout": 3600.0}))
             results.append((n, r))
             stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
             print(f"  wall {r['wall']:.0f} s ({stages}); test AUC {r['test_auc']:.4f}; "

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,49 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from parties.certs import make_certs      # noqa: E402
-from parties.demo import free_ports        # noqa: E402
+from benchmarks.tls_job import ROLES, start, write_job  # noqa: E402
 from vfl.config import load_job           # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-ROLES = ("arbiter", "host", "guest")
 CORES = {"host": "0", "guest": "1", "arbiter": "1"}
-
-
-def write_job(folder: Path, key_bits: int, epochs: int, batch_size: int, precompute: bool) -> Path:
-    ports = dict(zip(ROLES, free_ports(3)))
-    text = f"""[job]
-name = "precompute-bench"
-workdir = "{folder / 'out'}"
-seed = 1
-
-[arbiter]
-name = "arbiter"
-address = "127.0.0.1:{ports['arbiter']}"
-
-[guest]
-name = "guest"
-address = "127.0.0.1:{ports['guest']}"
-data = "{DATA / 'default_credit_hetero_guest.csv'}"
-label_column = "y"
-
-[[hosts]]
-name = "host"
-address = "127.0.0.1:{ports['host']}"
-data = "{DATA / 'default_credit_hetero_host.csv'}"
-
-[model]
-key_bits = {key_bits}
-allow_short_keys = {str(key_bits < 2048).lower()}
-epochs = {epochs}
-batch_size = {batch_size}
-tolerance = 0.0
-precompute_randomness = {str(precompute).lower()}
-"""
-    path = folder / "job.toml"
-    path.write_text(text)
-    make_certs(load_job(path), folder / "certs")
-    return path
 
 
 def run(path: Path, pinned: bool) -> list[float]:
@@ -76,13 +37,7 @@ def run(path: Path, pinned: bool) -> list[float]:
     env = dict(os.environ)
     if pinned:
         env["VFL_WORKERS"] = "1"
-    procs = []
-    for role in ROLES:
-        cmd = [sys.executable, "-m", f"parties.{role}", str(path), "--tls-dir", str(path.parent / "certs")]
-        if pinned:
-            cmd = ["taskset", "-c", CORES[role]] + cmd
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True))
+    procs = [start(path, role, env, ["taskset", "-c", CORES[role]] if pinned else None) for role in ROLES]
     for p in procs:
         _, err = p.communicate()
         if p.returncode != 0:
@@ -106,7 +61,11 @@ def main(argv=None) -> int:
         for pinned in (False, True):
             for precompute in (False, True):          # interleaved: drift in machine load hits both
                 with tempfile.TemporaryDirectory(prefix="vfl-pre-") as tmp:
-                    path = write_job(Path(tmp), args.key_bits, args.epochs, args.batch_size, precompute)
+                    model = {"key_bits": args.key_bits, "allow_short_keys": args.key_bits < 2048,
+                             "epochs": args.epochs, "batch_size": args.batch_size, "tolerance": 0.0,
+                             "precompute_randomness": precompute}
+                    path = write_job(Path(tmp), "precompute-bench", DATA / "default_credit_hetero_guest.csv",
+                                     DATA / "default_credit_hetero_host.csv", model)
                     t0 = time.monotonic()
                     epochs = run(path, pinned)
                     times.setdefault((pinned, precompute), []).extend(epochs)
