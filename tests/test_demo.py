@@ -8,8 +8,14 @@ def test_demo_runs_three_processes_and_federation_beats_the_bank_alone(tmp_path,
     assert main(["demo", "--workdir", str(tmp_path), "--people", "3000", "--epochs", "5",
                  "--key-bits", "512"]) == 0
     out = capsys.readouterr().out
-    assert "federated (bank + shop)" in out and "new applicants scored jointly" in out
+    assert "federated scorecard (bank + shop)" in out and "new applicants scored jointly" in out
     m = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    # the report has every section filled (binning gives the IV and points tables), each party its own
+    report = (tmp_path / "results" / "report.html").read_text()
+    assert m["iv"]["hosts"] and m["scorecard"]["guest"] and "Not computed" not in report
+    shop = tmp_path / "results" / "shop" / "report.html"
+    assert f"bank (guest, full report): {tmp_path / 'results' / 'report.html'}" in out
+    assert f"shop (host, its own columns only): {shop}" in out and shop.is_file()
     assert m["test"]["auc"] > m["baseline_guest_only_auc"] + 0.02
     assert abs(m["test"]["auc"] - m["baseline_central_auc"]) < 0.03
     scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())

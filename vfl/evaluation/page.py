@@ -247,7 +247,8 @@ def column_psi_block(col_sets: list[tuple[str, dict, list]], shown: set[str], co
         for c in cats:
             rows = []
             for i, lab in enumerate(stability.bin_labels(cols[c])):
-                r = {"value": lab, "train": cols[c]["expected"][i], "_paths": {"train": train_root + [c, "expected", i]}}
+                r = {"value": lab, "train": cols[c]["expected"][i],
+                     "_paths": {"train": train_root + [c, "expected", i]}}
                 for k, cs, base in col_sets:
                     if c in cs:
                         r[k], r["_paths"][k] = cs[c]["actual"][i], base + [c, "actual", i]

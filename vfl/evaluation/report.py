@@ -424,8 +424,9 @@ def build_report(job, results: dict | None = None) -> str:
 
     parts = [f"<h1>Model report: {esc(m.get('job', job.name))}</h1>",
              f'<p class="sub">Guest <b>{esc(job.guest.name)}</b> (holds the labels) with host(s) '
-             f'{esc(", ".join(m.get("hosts", [])))}; {esc(m.get("model", ""))} model. Scores are the joint '
-             "probability of default (PD). "
+             f'{esc(", ".join(m.get("hosts", [])))}; {esc(m.get("model", ""))} model'
+             f'{" on WOE (a binned scorecard)" if (m.get("scorecard") or {}).get("guest") else ""}. '
+             "Scores are the joint probability of default (PD). "
              + ("Host columns appear only as the anonymous IV that binning releases to the guest.</p>" if m.get("iv")
                 else "Host columns appear nowhere: the guest never sees them.</p>")]
     parts += _sample_section(m, ev, src, labelled, earlier)
