@@ -480,3 +480,11 @@ def test_the_report_renders_in_headless_chromium(trained, tmp_path):
     assert len(colours) > 50                  # text and charts, not a blank or error page
     blueish = ((img[..., 2] > 150) & (img[..., 0] < 80)).sum()
     assert blueish > 500                      # the train curves are drawn
+    # a host's own report renders too: text, its tables and its column PSI chart (orange test markers)
+    host_shot = tmp_path / "host.png"
+    subprocess.run([*proc.args[:-3], "--window-size=1280,1400", f"--screenshot={host_shot}",
+                    (job.output_dir("host1") / "report.html").resolve().as_uri()],
+                   capture_output=True, text=True, timeout=120)
+    himg = np.asarray(Image.open(host_shot).convert("RGB"))
+    assert himg.shape[:2] == (1400, 1280) and len({tuple(c) for c in himg[::7, ::7].reshape(-1, 3)}) > 30
+    assert ((himg[..., 0] > 200) & (himg[..., 1] > 100) & (himg[..., 1] < 160) & (himg[..., 2] < 60)).sum() > 20
