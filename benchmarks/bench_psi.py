@@ -65,7 +65,7 @@ def party_main(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open_channel(job, me, task="psi", exclude={job.arbiter.name}) as ch:
         t = time.perf_counter()
-        if args.impl == "whole":
+        if args.impl[0] == "whole":
             ids = read_ids(p.data, p.id_column)
             common = psi_guest(ch, ids, job.host_names) if p.role == "guest" else psi_host(ch, ids, "guest")
         else:
@@ -91,6 +91,16 @@ def _hwm_mb(pid: int) -> float | None:
     return None
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (from /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -110,6 +120,7 @@ class TreePeaks:
     def __init__(self, roots: dict[str, int], period: float = 0.2) -> None:
         self.roots, self.period = roots, period
         self.peaks: dict[str, dict[int, float]] = {name: {} for name in roots}
+        self.cpu: dict[str, dict[int, float]] = {name: {} for name in roots}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -124,6 +135,9 @@ class TreePeaks:
                     hwm = _hwm_mb(pid)
                     if hwm is not None:
                         self.peaks[name][pid] = max(hwm, self.peaks[name].get(pid, 0.0))
+                    cpu = _cpu_s(pid)
+                    if cpu is not None:
+                        self.cpu[name][pid] = max(cpu, self.cpu[name].get(pid, 0.0))
                     todo.extend(kids.get(pid, []))
             self._stop.wait(self.period)
 
@@ -135,7 +149,8 @@ class TreePeaks:
             peaks = self.peaks[name]
             others = [v for pid, v in peaks.items() if pid != root]
             out[name] = {"main_mb": peaks.get(root, float("nan")), "workers": len(others),
-                         "max_worker_mb": max(others, default=0.0), "sum_mb": sum(peaks.values())}
+                         "max_worker_mb": max(others, default=0.0), "sum_mb": sum(peaks.values()),
+                         "cpu_s": sum(self.cpu[name].values())}
         return out
 
 
@@ -226,8 +241,10 @@ def main() -> None:
     from crypto import pool
     print(f"{os.cpu_count()} CPUs, VFL_WORKERS={pool.num_workers()} per party; "
           f"load average at start {os.getloadavg()[0]:.2f} (the machine is shared)", flush=True)
-    print(f"{'impl':>9} {'n x n':>11} {'wall s':>7} {'psi s':>7} {'guest MB':>9} {'+workers':>9} "
-          f"{'host MB':>8} {'+workers':>9} {'load':>5}", flush=True)
+    print("MB: peak RSS of the party process / of its largest pool worker / sum over its process tree; "
+          "CPU s: the party's whole process tree", flush=True)
+    print(f"{'impl':>9} {'n x n':>11} {'wall s':>7} {'psi s':>7} {'guest MB':>16} {'host MB':>16} "
+          f"{'CPU s g+h':>10} {'load':>5}", flush=True)
     summary = []
     for n in args.sizes:
         folder = prepare(args.dir / f"n{n}", n, args.overlap)
@@ -237,9 +254,11 @@ def main() -> None:
                 r = run_once(folder, n, args.overlap, impl, args.verbose)
                 rows[impl].append(r)
                 m = r["mem"]
-                print(f"{impl:>9} {n:>11,} {r['wall']:>7.1f} {r['psi']:>7.1f} {m['guest']['main_mb']:>9.0f} "
-                      f"{m['guest']['sum_mb']:>9.0f} {m['host']['main_mb']:>8.0f} {m['host']['sum_mb']:>9.0f} "
-                      f"{r['load']:>5.2f}", flush=True)
+                mem = [f"{m[p]['main_mb']:.0f}/{m[p]['max_worker_mb']:.0f}/{m[p]['sum_mb']:.0f}"
+                       for p in ("guest", "host")]
+                cpu = m["guest"]["cpu_s"] + m["host"]["cpu_s"]
+                print(f"{impl:>9} {n:>11,} {r['wall']:>7.1f} {r['psi']:>7.1f} {mem[0]:>16} {mem[1]:>16} "
+                      f"{cpu:>10.0f} {r['load']:>5.2f}", flush=True)
         digests = {r["digest"] for rs in rows.values() for r in rs}
         assert len(digests) == 1, "the implementations give different intersections"
         summary.append((n, rows))
@@ -248,12 +267,14 @@ def main() -> None:
         med = {impl: {k: statistics.median(v) for k, v in {
             "wall": [r["wall"] for r in rs], "psi": [r["psi"] for r in rs],
             "main": [max(r["mem"][p]["main_mb"] for p in ("guest", "host")) for r in rs],
-            "sum": [max(r["mem"][p]["sum_mb"] for p in ("guest", "host")) for r in rs]}.items()}
+            "sum": [max(r["mem"][p]["sum_mb"] for p in ("guest", "host")) for r in rs],
+            "cpu": [r["mem"]["guest"]["cpu_s"] + r["mem"]["host"]["cpu_s"] for r in rs]}.items()}
             for impl, rs in rows.items()}
-        line = f"{n:>11,}: " + "; ".join(f"{impl} {m['wall']:.1f} s, largest party {m['main']:.0f} / {m['sum']:.0f} MB"
-                                         for impl, m in med.items())
+        line = f"{n:>11,}: " + "; ".join(f"{impl} {m['wall']:.1f} s ({m['cpu']:.0f} CPU s), largest party "
+                                         f"{m['main']:.0f} / {m['sum']:.0f} MB" for impl, m in med.items())
         if "whole" in med and "bucketed" in med:
             line += (f"; bucketed/whole time {med['bucketed']['wall'] / med['whole']['wall']:.2f}x, "
+                     f"CPU {med['bucketed']['cpu'] / med['whole']['cpu']:.2f}x, "
                      f"memory {med['bucketed']['main'] / med['whole']['main']:.2f}x")
         print(line + "; intersections identical", flush=True)
 

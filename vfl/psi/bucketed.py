@@ -56,8 +56,9 @@ DEFAULT_MEMORY_MB = 256
 BYTES_PER_POINT = 240
 """Measured working memory per point of a bucket (points, copies, shuffles, the sort)."""
 MAX_BUCKETS = 1 << 16
-SPILL_FRACTION = 0.5
-"""Hash records (40 bytes per ID) beyond this share of the budget wait in files."""
+SPILL_FRACTION = 0.25
+"""Hash records (40 bytes per ID) beyond this share of the budget wait in files (two such
+stores exist while records move from the first split to the buckets)."""
 
 
 def _spill_limit(memory_mb: int) -> int:
@@ -279,9 +280,13 @@ def _ids_of(source: IdSource, found: np.ndarray, me: str) -> np.ndarray:
     """The sorted IDs of the common records, read again and checked against their points."""
     found = found[np.argsort(found["row"], kind="stable")]
     ids = source.pick(found["row"])
-    if len(ids) and not (hash_ids(ids) == found["point"]).all():
-        raise ProtocolError(f"{me}: {source.name} changed while PSI ran (IDs no longer match their hashes)")
-    return np.sort(ids)
+    step = 1 << 18                   # hash in slices: a transient list per ID, not per intersection
+    for lo in range(0, len(ids), step):
+        if not (hash_ids(ids[lo:lo + step]) == found["point"][lo:lo + step]).all():
+            raise ProtocolError(f"{me}: {source.name} changed while PSI ran (IDs no longer match their hashes)")
+    del found
+    ids.sort()                       # in place: equal to np.sort, without a second array
+    return ids
 
 
 def _log_bucket(me: str, b: int, nbuckets: int, common: int, t: float) -> None:
