@@ -344,3 +344,20 @@ def test_processes_over_tls_run_the_binning_stage_and_pass_the_audit(tmp_path, c
     capsys.readouterr()
     ok, out = audit_job(load_job(job.path))
     assert ok, out
+
+
+def test_woe_encoder_maps_unseen_and_missing_values_and_round_trips():
+    from vfl.data import PartyTable
+    from vfl.preprocess.transform import WoeEncoder
+    x = np.r_[np.arange(100.0), np.full(60, np.nan)]
+    c = np.array(["a"] * 50 + ["b"] * 50 + ["y"] * 30 + ["z"] * 30, dtype=object)   # y, z: rare, "other"
+    enc = WoeEncoder([fit_numeric("x", x, "quantile", 2, 50), fit_categorical("c", c, 50)],
+                     [np.array([-1.0, 0.5, 2.0]), np.array([0.25, -0.75, 3.0])])
+    assert enc.bins[1].labels() == ["'a'", "'b'", "other"] and enc.bins[1].rows.tolist() == [50, 50, 60]
+    table = PartyTable(np.array(["1", "2", "3"], dtype=object), np.array([[0.0], [99.0], [np.nan]]), ["x"],
+                       categorical=np.array([["a"], ["never seen"], ["z"]], dtype=object), categorical_columns=["c"])
+    np.testing.assert_array_equal(enc.transform(table), [[-1.0, 0.25], [0.5, 3.0], [2.0, 3.0]])
+    again = WoeEncoder.from_dict(json.loads(json.dumps(enc.to_dict())))
+    np.testing.assert_array_equal(again.transform(table), enc.transform(table))
+    with pytest.raises(KeyError, match="no categorical column 'c'"):
+        enc.transform(PartyTable(table.ids, table.features, ["x"]))
