@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from parties.demo import free_ports  # noqa: E402
 
 
 # --------------------------------------------------------------------------- one party (child process)
@@ -156,16 +157,6 @@ class TreePeaks:
 
 # --------------------------------------------------------------------------- driver
 
-def _free_ports(k: int) -> list[int]:
-    socks = [socket.socket() for _ in range(k)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def prepare(folder: Path, n: int, overlap: float) -> Path:
     """ID files and a job file for n x n (written once, reused)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +171,7 @@ def prepare(folder: Path, n: int, overlap: float) -> Path:
 
 def write_job(folder: Path, run_dir: Path) -> Path:
     from vfl.config import load_job
-    pa, pg, ph = _free_ports(3)
+    pa, pg, ph = free_ports(3)
     text = (f'[job]\nname = "bench-psi"\nworkdir = "{run_dir}"\n'
             f'[network]\nconnect_timeout = 60.0\npeer_timeout = 3600.0\n'
             f'[arbiter]\naddress = "127.0.0.1:{pa}"\n'

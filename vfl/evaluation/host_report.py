@@ -17,7 +17,7 @@ from pathlib import Path
 from . import stability
 from .collect import file_sha256, load_cohorts
 from .page import column_psi_block, esc, note, page, preprocess_settings, row, stage_rows, table, write_atomically
-from .report import dropped_note, model_inputs, points_table, split_cohorts, when_scored
+from .report import coef_rows, dropped_note, model_inputs, points_table, split_cohorts, when_scored
 
 HOST_FILES = ("report.json", "model.json", "scorecard.json")
 
@@ -92,13 +92,7 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
                           f"{len(own) or len(kept)} own columns: {esc(', '.join(kept)) or 'none'}."
                           + (f" Dropped: {esc(', '.join(gone))}." if gone else "")))
     if model and model.get("format") == "vfl-hetero-lr-part" and model.get("party") == name:
-        std = model.get("standardizer", {})
-        crow = [{"column": c, "coef": w, "mean": mu, "scale": sd,
-                 "_paths": {"coef": ["model", "coef", j], "mean": ["model", "standardizer", "mean", j],
-                            "scale": ["model", "standardizer", "scale", j]}}
-                for j, (c, w, mu, sd) in enumerate(zip(model["columns"], model["coef"], std.get("mean", []),
-                                                       std.get("scale", [])))]
-        crow.sort(key=lambda d: -abs(d["coef"]))
+        crow = coef_rows(model)
         parts.append("<h3>Coefficients</h3>")
         parts.append(note(f"The host's own part of the logistic model, on {model_inputs(model)} (per one "
                           "standard deviation), largest effect first. Nobody else sees them." + dropped_note(model)))

@@ -350,16 +350,23 @@ def dropped_note(model: dict) -> str:
     return f" Removed by IV selection before training: {esc(', '.join(dropped))}." if dropped else ""
 
 
+def coef_rows(model: dict) -> list[dict]:
+    """A linear model part's coefficients with their scaling, largest first, each with the path of
+    its figure in ``model.json`` (for the tests that match every shown number to its source)."""
+    std = model.get("standardizer", {})
+    rows = [{"column": c, "coef": w, "mean": mu, "scale": sd,
+             "_paths": {"coef": ["model", "coef", j], "mean": ["model", "standardizer", "mean", j],
+                        "scale": ["model", "standardizer", "scale", j]}}
+            for j, (c, w, mu, sd) in enumerate(zip(model["columns"], model["coef"], std.get("mean", []),
+                                                   std.get("scale", [])))]
+    rows.sort(key=lambda d: -abs(d["coef"]))
+    return rows
+
+
 def _coef_section(model: dict | None, m: dict, job) -> list[str]:
     out = ["<h2>Guest coefficients and scorecard points</h2>"]
     if model and model.get("format") == "vfl-hetero-lr-part" and model.get("party") == job.guest.name:
-        std = model.get("standardizer", {})
-        crow = [{"column": c, "coef": w, "mean": mu, "scale": sd,
-                 "_paths": {"coef": ["model", "coef", j], "mean": ["model", "standardizer", "mean", j],
-                            "scale": ["model", "standardizer", "scale", j]}}
-                for j, (c, w, mu, sd) in enumerate(zip(model["columns"], model["coef"], std.get("mean", []),
-                                                       std.get("scale", [])))]
-        crow.sort(key=lambda d: -abs(d["coef"]))
+        crow = coef_rows(model)
         if "intercept" in model:
             crow.append({"column": "(intercept)", "coef": model["intercept"], "mean": None, "scale": None,
                          "_paths": {"coef": ["model", "intercept"]}})
