@@ -242,8 +242,8 @@ def main() -> None:
     print(f"\nlocal pool x2: ciphertexts shipped as pickled int lists vs uint8 rows (median), load {load()}")
     width = width_for(pk.nsquare)
     sample = pk.encrypt_raw(np.zeros(args.rows, dtype=object)).tolist()
-    import pickle
-    t0 = time.perf_counter()
+    import pickle    # times the round trip of our own ciphertexts in this process, as the pool's transport
+    t0 = time.perf_counter()  # does; nothing from another party is ever unpickled anywhere in vfl
     pickle.loads(pickle.dumps(sample, protocol=5))
     t_pickle = time.perf_counter() - t0
     t0 = time.perf_counter()
