@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from crypto import EncryptedArray, backends, generate_keypair  # noqa: E402
 from crypto.backends.local import LocalPool  # noqa: E402
 from crypto.encoding import encode_int64  # noqa: E402
-from crypto.fixed_width import from_rows, to_rows, width_for  # noqa: E402
 from crypto.multiexp import multiexp, multiexp_parallel  # noqa: E402
 from crypto.paillier import _decrypt_chunk, _encrypt_chunk  # noqa: E402
 from crypto.psi import POINT_BYTES, PsiKey, _blind_bytes, _chunks, hash_ids  # noqa: E402
@@ -240,17 +239,6 @@ def main() -> None:
 
     # the wire format to workers: pickled integer lists vs fixed-width uint8 rows, on the local pool
     print(f"\nlocal pool x2: ciphertexts shipped as pickled int lists vs uint8 rows (median), load {load()}")
-    width = width_for(pk.nsquare)
-    sample = pk.encrypt_raw(np.zeros(args.rows, dtype=object)).tolist()
-    import pickle    # times the round trip of our own ciphertexts in this process, as the pool's transport
-    t0 = time.perf_counter()  # does; nothing from another party is ever unpickled anywhere in vfl
-    pickle.loads(pickle.dumps(sample, protocol=5))
-    t_pickle = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    from_rows(pickle.loads(pickle.dumps(to_rows(sample, width), protocol=5)))
-    t_rows = time.perf_counter() - t0
-    print(f"  round trip of {args.rows} ciphertexts in this process: pickled list {t_pickle * 1e3:.1f} ms, "
-          f"uint8 rows {t_rows * 1e3:.1f} ms ({t_pickle / t_rows:.1f}x)")
     with backends.using(pool):
         old = old_format_operations(pk, sk, args, rng)
         ftimes: dict[tuple[str, str], list] = {}
