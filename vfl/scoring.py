@@ -54,6 +54,14 @@ def _key_entry(payload, what: str) -> tuple[bytes, bytes, bytes]:
     return public, payload["cert"].encode(), sig
 
 
+@dataclass(frozen=True)
+class RelayAuth:
+    """A host's TLS identity for signing what the guest relays, and the job's CA to check others'."""
+
+    signer: PartySigner | None
+    verifier: PeerVerifier | None
+
+
 def host_send_scores(channel: Channel, guest: str, hosts: list[str], me: str, u_h: np.ndarray,
                      context: str, auth: RelayAuth | None = None) -> None:
     """Host side: exchange keys through the guest, then send the masked share.
@@ -100,14 +108,6 @@ def guest_sum_scores(channel: Channel, hosts: list[str], n_rows: int) -> np.ndar
     shares = [_expect(channel.recv(h, "predict/u_h_share"), np.uint64, (n_rows,), f"{h} scores")
               for h in hosts]
     return reveal_sum(shares)
-
-
-@dataclass(frozen=True)
-class RelayAuth:
-    """A host's TLS identity for signing what the guest relays, and the job's CA to check others'."""
-
-    signer: PartySigner | None
-    verifier: PeerVerifier | None
 
 
 def relay_authentication(job: JobConfig, name: str) -> RelayAuth:

@@ -32,6 +32,11 @@ def color(name: str, cohorts: list[str] | None = None) -> str:
 
 # ---------------------------------------------------------------- formatting
 
+_FORMATS = {"pct": "{:.1%}", "p3": "{:.3f}", "p4": "{:.4f}", "lift": "{:.2f}", "points": "{:.0f}",
+            "pts": "{:.1f}",      # scorecard points and scaling: one decimal
+            "woe": "{:+.3f}", "sec": "{:.1f}", "coef": "{:+.4f}"}
+
+
 def fmt(value, kind: str = "num") -> str:
     """How a number is shown: rates as percentages, AUC/KS/PSI/IV to 3 places, counts with separators."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -42,24 +47,8 @@ def fmt(value, kind: str = "num") -> str:
         return str(value)
     if kind == "count":
         return f"{int(value):,}"
-    if kind == "pct":
-        return f"{100 * value:.1f}%"
-    if kind == "p3":
-        return f"{value:.3f}"
-    if kind == "p4":
-        return f"{value:.4f}"
-    if kind == "lift":
-        return f"{value:.2f}"
-    if kind == "points":
-        return f"{value:.0f}"
-    if kind == "pts":            # scorecard points and scaling: one decimal
-        return f"{value:.1f}"
-    if kind == "woe":
-        return f"{value:+.3f}"
-    if kind == "sec":
-        return f"{value:.1f}"
-    if kind == "coef":
-        return f"{value:+.4f}"
+    if kind in _FORMATS:
+        return _FORMATS[kind].format(value)
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
