@@ -64,10 +64,20 @@ class EncryptedArray:
     # ------------------------------------------------------------ basics
     @classmethod
     def encrypt(cls, public_key: PublicKey, values: np.ndarray | float,
-                frac_bits: int = DEFAULT_FRAC_BITS) -> "EncryptedArray":
-        """Encrypt a float array (any shape) or scalar at ``frac_bits`` fractional bits."""
+                frac_bits: int = DEFAULT_FRAC_BITS, zeros: "EncryptedArray | None" = None) -> "EncryptedArray":
+        """Encrypt a float array (any shape) or scalar at ``frac_bits`` fractional bits.
+
+        ``zeros``: fresh encryptions of zero of the same size (e.g. from the key
+        holder, :meth:`crypto.PrivateKey.zeros`), used once as the randomness."""
         signed = encode_signed(values, frac_bits, limit=int(public_key.n) // 4)
-        return cls(public_key, public_key.encrypt_raw(signed), frac_bits)
+        return cls(public_key, public_key.encrypt_raw(signed, zeros=cls._zero_cts(public_key, zeros)), frac_bits)
+
+    @staticmethod
+    def _zero_cts(public_key: PublicKey, zeros: "EncryptedArray | None") -> np.ndarray | None:
+        if zeros is None:
+            return None
+        zeros._check_key(public_key)
+        return zeros.ciphertexts
 
     def decrypt(self, private_key) -> np.ndarray:
         """Decrypt to float64 (plaintexts above n/2 are negative)."""
@@ -320,10 +330,18 @@ class EncryptedArray:
         return self.rmatmul(M)
 
     # ------------------------------------------------------------ re-randomisation
-    def rerandomize(self) -> "EncryptedArray":
-        """Multiply by fresh encryptions of zero: same plaintexts, unlinkable ciphertexts."""
-        zeros = self.public_key.encrypt_raw(np.zeros(self.shape, dtype=object))
-        return self._new(np.asarray(self.ciphertexts * zeros % self.public_key.nsquare, dtype=object))
+    def rerandomize(self, zeros: "EncryptedArray | None" = None) -> "EncryptedArray":
+        """Multiply by fresh encryptions of zero: same plaintexts, unlinkable ciphertexts.
+
+        ``zeros``: the encryptions of zero to use (same size, each used once),
+        e.g. the key holder's (:meth:`crypto.PrivateKey.zeros`); by default fresh ones are made here."""
+        if zeros is None:
+            fresh = self.public_key.encrypt_raw(np.zeros(self.shape, dtype=object))
+        else:
+            if zeros.size != self.size:
+                raise ValueError(f"{self.size} ciphertexts to re-randomise but {zeros.size} encryptions of zero")
+            fresh = self._zero_cts(self.public_key, zeros).reshape(self.shape)
+        return self._new(np.asarray(self.ciphertexts * fresh % self.public_key.nsquare, dtype=object))
 
     # ------------------------------------------------------------ wire format
     def to_bytes(self) -> bytes:
