@@ -61,7 +61,9 @@ class ModelConfig:
     allow_short_keys: bool = False           # keys below 2048 bits: for tests and benchmarks only
     seed: int = 7
     encryption: str = "djn"
-    precompute_randomness: bool = True      # compute the next batch's DJN obfuscators while waiting for peers
+    randomness: str = "arbiter"              # who makes the encryption randomness Enc(0): the arbiter (with the
+                                             # factorisation, one batch ahead) or "local": each party its own
+    precompute_randomness: bool = True      # with randomness = "local": the next batch's while waiting for peers
     approximation: str = "guest_expansion"   # or "taylor" (Hardy et al., as FATE)
     # the embedding model (type = "embedding")
     embedding_dim: int = 8
@@ -267,6 +269,8 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"[model] approximation must be 'guest_expansion' or 'taylor', got {m.approximation!r}")
     if m.encryption not in ("djn", "standard"):
         raise ConfigError(f"[model] encryption must be 'djn' or 'standard', got {m.encryption!r}")
+    if m.randomness not in ("arbiter", "local"):
+        raise ConfigError(f"[model] randomness must be 'arbiter' or 'local', got {m.randomness!r}")
 
 
 def load_job(path: str | Path) -> JobConfig:

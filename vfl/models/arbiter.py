@@ -22,6 +22,8 @@ from ..messages import BigInts
 from .checkpoint import Checkpoint, CheckpointError, TrainingState
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
 from .privacy import epsilon_spent, noise_multiplier
+from .randomness import ZeroSupply
+from ..protocol.spec import batch_sizes
 
 log = logging.getLogger("vfl.train")
 
@@ -64,6 +66,24 @@ class SplitArbiter:
                                                                            "start_epoch"))
         if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start < epochs):
             raise ValueError(f"implausible training plan from the guest: {plan}")
+        rows = batch_sizes(n_train, m.batch_size)
+        if len(rows) != batches:
+            raise ValueError(f"the guest plans {batches} batches of {n_train} rows, but batch_size = "
+                             f"{m.batch_size} makes {len(rows)}: the parties' job files differ")
+        parties = (self.guest, *self.hosts)
+        # the guest's and every host's encryption randomness, made one batch ahead (vfl.models.randomness)
+        supply = ZeroSupply(sk, pre, rows, epochs, parties, start) if m.randomness == "arbiter" else None
+        try:
+            self._train(channel, pk, sk, pre, plan, parties, start, epochs, batches, n_train, supply, checkpoint)
+        finally:
+            if supply is not None:
+                supply.close()
+        return self
+
+    def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, parties: tuple, start: int, epochs: int,
+               batches: int, n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None) -> None:
+        m = self.model
+        send_zeros = supply.sender(channel) if supply is not None else (lambda party, epoch, b: None)
         # Each party declares how many parameters it has: it never gets more values decrypted per batch.
         limits = {self.guest: int(plan.get("values", -1))}
         for h in self.hosts:
@@ -76,10 +96,12 @@ class SplitArbiter:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
             self.loss_history_ = list(checkpoint.load(epoch=start).loss_history)
         width = (pk.n.bit_length() + 7) // 8
+        for party in parties:
+            send_zeros(party, start, 0)
         for epoch in range(start, epochs):
             total = 0.0
             for b in range(batches):
-                for party in (self.guest, *self.hosts):
+                for party in parties:
                     tag = step(pre, epoch, b, "masked_grad")
                     enc = channel.recv(party, tag)
                     if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
@@ -93,6 +115,8 @@ class SplitArbiter:
                     if party != self.guest and self.noise_multiplier_ is not None and len(plain):
                         plain = (plain + self._noise(len(plain), pk.bits)) % pk.n
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
+                    if b + 1 < batches:
+                        send_zeros(party, epoch, b + 1)
                 loss = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,), "loss",
                                         LOSS_FRAC_BITS)
                 total += float(loss.decrypt(sk)[0])
@@ -107,4 +131,5 @@ class SplitArbiter:
                 channel.send(h, f"{pre}/e{epoch}/decision", {"stop": stop})
             if stop:
                 break
-        return self
+            for party in parties:
+                send_zeros(party, epoch + 1, 0)

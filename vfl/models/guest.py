@@ -15,6 +15,7 @@ from ..split import batch_schedule
 from ..timing import Stopwatch
 from .backprop import encrypted_sums
 from .checkpoint import Checkpoint, TrainingState, resume_from
+from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
                      expect_encrypted, prefix_for, step, warn_if_small_batches)
 from .towers import LinearTower, Tower, TowerInput
@@ -62,7 +63,7 @@ class SplitGuest:
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         warn_if_small_batches(n, m.batch_size, self.tower.batch_values, channel.name)
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk)
-        if m.precompute_randomness:    # the next batch's encryption randomness, while we wait for peers
+        if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
         try:
             start = 0
@@ -112,10 +113,14 @@ class SplitGuest:
         enc_uh = enc_u[0]
         for e in enc_u[1:]:
             enc_uh = enc_uh + e
+        zeros = None
+        if self.model.randomness == "arbiter":
+            with lap("wait_arbiter"):
+                zeros = receive_zeros(channel, self.arbiter, pk, pre, epoch, b, n_b)
         with lap("residual"):
             # Re-randomised: otherwise a single host, knowing its own [[u_h]], could solve
             # [[d]] = [[u_h]]^h (1 + g n) for the short h and so learn g = sigmoid(a) - y.
-            d = (enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g).rerandomize()
+            d = (enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g).rerandomize(zeros)
         for p in self.hosts:
             channel.send(p, step(pre, epoch, b, "enc_d"), d)
         with lap("backprop"):

@@ -12,6 +12,7 @@ from ..split import batch_schedule
 from ..timing import Stopwatch
 from .backprop import encrypted_sums
 from .checkpoint import Checkpoint, TrainingState, resume_from
+from .randomness import receive_zeros
 from .common import D_FRAC_BITS, check_public_key, expect_encrypted, prefix_for, step, warn_if_small_batches
 from .privacy import clip_blocks
 from .towers import Block, LinearTower, Tower, TowerInput
@@ -52,7 +53,7 @@ class SplitHost:
         if not m.label_dp_on:       # with label-DP the noise, not the batch size, bounds what sums reveal
             warn_if_small_batches(len(x), m.batch_size, self.tower.batch_values + 1, channel.name)  # + loss column
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
-        if m.precompute_randomness:    # the next batch's encryption randomness, while we wait for peers
+        if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
         try:
             channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params})
@@ -84,8 +85,12 @@ class SplitHost:
                pre: str, epoch: int, b: int, rows: np.ndarray) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         u, cache = self.tower.forward(trainer.params, xb)
+        zeros = None
+        if self.model.randomness == "arbiter":
+            with lap("wait_arbiter"):
+                zeros = receive_zeros(channel, self.arbiter, pk, pre, epoch, b, n_b)
         with lap("encrypt"):
-            enc_u = EncryptedArray.encrypt(pk, u)
+            enc_u = EncryptedArray.encrypt(pk, u, zeros=zeros)
         channel.send(self.guest, step(pre, epoch, b, "enc_u"), enc_u)
         with lap("wait_guest"), pk.idle():        # idle: precompute the next batch's randomness
             d = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_d")), pk, (n_b,), "residual",

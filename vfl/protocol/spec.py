@@ -152,6 +152,9 @@ SPEC: tuple[StepSpec, ...] = tuple([
     StepSpec("<pre>/start", _PRE + r"/start", "guest", "host", CONTROL, ("control",),
              "the epoch training (re)starts at", TRAIN),
     # ------------------------------------------------------------------ per batch
+    *_both("enc_zeros", _BATCH + r"enc_zeros", "arbiter", ("guest", "host"), CIPHERTEXTS, ("encrypted",),
+           "nothing: fresh encryptions of zero under the arbiter's key, one per row of the batch, which it uses "
+           "once each as the randomness of its own encryptions ([model] randomness = \"arbiter\")", TRAIN),
     StepSpec("enc_u", _BATCH + r"enc_u", "host", "guest", CIPHERTEXTS, ("encrypted",),
              "nothing: [[u_h]] under the arbiter's key", TRAIN),
     StepSpec("enc_d", _BATCH + r"enc_d", "guest", "host", CIPHERTEXTS, ("encrypted",),

@@ -1,0 +1,82 @@
+"""Encryption randomness from the key holder: the arbiter's fresh encryptions of zero.
+
+Why: the costly part of a Paillier encryption is its randomness ``Enc(0)``;
+the message costs one cheap step (``Enc(m) = (1 + m n) Enc(0)``). Per batch a
+host encrypts its scores and the guest re-randomises the residual, one
+``Enc(0)`` per row each, which was most of every LR epoch. The arbiter holds
+the factorisation, makes them mod ``p**2`` and ``q**2`` (about 1.5x cheaper,
+:meth:`crypto.PrivateKey.zeros`), and has nothing else to do while the
+others compute, so it makes the next batch's while the current one runs.
+
+What it changes for privacy (docs/protocols.md, "Encryption randomness from
+the arbiter"): the arbiter knows the randomness of the ciphertexts the guest
+and hosts then make, which it could recover from any ciphertext with its key
+anyway, and it never sees those ciphertexts. Each party gets its own zeros
+over its own TLS link and uses each once; no other party sees them.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Sequence
+
+from crypto import EncryptedArray, PrivateKey
+
+from ..channel import Channel
+from .common import expect_encrypted, step
+
+STEP = "enc_zeros"
+
+
+class ZeroSupply:
+    """The arbiter's side: each party's zeros for its next batch, made one batch ahead."""
+
+    def __init__(self, sk: PrivateKey, pre: str, batch_rows: list[int], epochs: int,
+                 parties: Sequence[str], start_epoch: int = 0) -> None:
+        self.sk, self.pre, self.rows, self.epochs = sk, pre, list(batch_rows), epochs
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vfl-zeros")
+        self._ready: dict[tuple[str, int, int], Future] = {}
+        self._lock = threading.Lock()
+        for party in parties:            # the first batch's, while the parties set up
+            self._prepare(party, start_epoch, 0)
+
+    def _next(self, epoch: int, b: int) -> tuple[int, int] | None:
+        b += 1
+        if b == len(self.rows):
+            epoch, b = epoch + 1, 0
+        return (epoch, b) if epoch < self.epochs else None
+
+    def _prepare(self, party: str, epoch: int, b: int) -> Future:
+        with self._lock:
+            key = (party, epoch, b)
+            if key not in self._ready:
+                self._ready[key] = self._pool.submit(self.sk.zeros, self.rows[b])
+            return self._ready[key]
+
+    def send(self, channel: Channel, party: str, epoch: int, b: int) -> None:
+        """Send ``party`` its zeros for batch ``b`` of ``epoch``, then start making its next batch's."""
+        zeros = self._prepare(party, epoch, b).result()
+        with self._lock:
+            del self._ready[(party, epoch, b)]
+        channel.send(party, step(self.pre, epoch, b, STEP), EncryptedArray(self.sk.public_key, zeros, 0))
+        following = self._next(epoch, b)
+        if following is not None:
+            self._prepare(party, *following)
+
+    def sender(self, channel: Channel) -> Callable[[str, int, int], None]:
+        """``send(party, epoch, batch)`` over ``channel``."""
+        return lambda party, epoch, b: self.send(channel, party, epoch, b)
+
+    def close(self) -> None:
+        """Drop what was made ahead and never sent (e.g. training stopped early)."""
+        with self._lock:
+            for f in self._ready.values():
+                f.cancel()
+            self._ready.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def receive_zeros(channel: Channel, arbiter: str, pk, pre: str, epoch: int, b: int, rows: int) -> EncryptedArray:
+    """A party's side: this batch's encryptions of zero from the arbiter, checked (our key, one per row)."""
+    return expect_encrypted(channel.recv(arbiter, step(pre, epoch, b, STEP)), pk, (rows,),
+                            "the arbiter's encryptions of zero", 0)
