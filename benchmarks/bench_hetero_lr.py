@@ -75,35 +75,46 @@ def train_threads(model: ModelConfig, keypair, Xg, y, Xh_parts, seed=7):
     return time.perf_counter() - t0, guest, host_roles, net
 
 
-def epoch_benchmark(name, Xg, Xh, y, bits, batch_size, repeats):
+RANDOMNESS = {"arbiter": "randomness from the arbiter (default)",
+              "local": "each party its own randomness (before)"}
+
+
+def epoch_benchmark(name, Xg, Xh, y, bits, batch_size, repeats, variants=tuple(RANDOMNESS)):
+    """One epoch per variant of ``[model] randomness``, interleaved in every repeat (the machine is shared)."""
     n = len(y)
-    model = ModelConfig(epochs=1, batch_size=batch_size, key_bits=bits, learning_rate=0.05, tolerance=0.0,
-                        allow_short_keys=bits < 2048)
+    models = {v: ModelConfig(epochs=1, batch_size=batch_size, key_bits=bits, learning_rate=0.05, tolerance=0.0,
+                             allow_short_keys=bits < 2048, randomness=v) for v in variants}
     keypair = generate_keypair(bits)
-    fed, cpu, plain, stages = [], [], [], None
+    fed, cpu, stages, plain = {v: [] for v in variants}, {v: [] for v in variants}, {}, []
     for _ in range(repeats):
-        c0 = tree_cpu_seconds()
-        secs, guest, hosts, net = train_threads(model, keypair, Xg, y, [Xh])
-        cpu.append(tree_cpu_seconds() - c0)
-        fed.append(secs)
-        stages = (guest.timings_.seconds, hosts[0].timings_.seconds, sum(net.bytes_sent.values()))
+        for v, model in models.items():
+            c0 = tree_cpu_seconds()
+            secs, guest, hosts, net = train_threads(model, keypair, Xg, y, [Xh])
+            cpu[v].append(tree_cpu_seconds() - c0)
+            fed[v].append(secs)
+            stages[v] = (guest.timings_.seconds, hosts[0].timings_.seconds, sum(net.bytes_sent.values()))
         t0 = time.perf_counter()
-        fit_reference(np.hstack([Xg, Xh]), y, model, seed=7, n_guest=Xg.shape[1])
+        fit_reference(np.hstack([Xg, Xh]), y, models[variants[0]], seed=7, n_guest=Xg.shape[1])
         plain.append(time.perf_counter() - t0)
-    f, p = statistics.median(fed), statistics.median(plain)
+    p = statistics.median(plain)
     print(f"\n{name}: {n} rows x {Xg.shape[1]}+{Xh.shape[1]} features, {bits}-bit keys, batch {batch_size}, "
-          f"{repeats} repeat(s)")
-    print(f"  federated epoch   median {f:8.2f} s   (runs: {', '.join(f'{s:.2f}' for s in fed)}; "
-          f"load {os.getloadavg()[0]:.1f})")
-    c = statistics.median(cpu)
-    print(f"  CPU per epoch     median {c:8.2f} core-s (all parties and pool workers; "
-          f"{c / os.cpu_count():.2f} s if spread over the {os.cpu_count()} cores of an idle machine)")
-    print(f"  plaintext epoch   median {p:8.4f} s   ratio federated/plaintext {f / p:,.0f}x")
-    g, h, nbytes = stages
-    print("  guest phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()))
-    print("  host phases  (s): " + ", ".join(f"{k} {v:.2f}" for k, v in h.items()))
-    print(f"  bytes on the wire per epoch: {nbytes / 1e6:.1f} MB")
-    return f
+          f"{repeats} repeat(s), load {os.getloadavg()[0]:.1f}")
+    for v in variants:
+        f, c = statistics.median(fed[v]), statistics.median(cpu[v])
+        print(f"  [{RANDOMNESS[v]}]")
+        print(f"    federated epoch   median {f:8.2f} s   (runs: {', '.join(f'{s:.2f}' for s in fed[v])})")
+        print(f"    CPU per epoch     median {c:8.2f} core-s (all parties and pool workers; "
+              f"{c / os.cpu_count():.2f} s if spread over the {os.cpu_count()} cores of an idle machine)")
+        g, h, nbytes = stages[v]
+        print("    guest phases (s): " + ", ".join(f"{k} {s:.2f}" for k, s in g.items()))
+        print("    host phases  (s): " + ", ".join(f"{k} {s:.2f}" for k, s in h.items()))
+        print(f"    bytes on the wire per epoch: {nbytes / 1e6:.1f} MB")
+    if len(variants) > 1:
+        a, b = (statistics.median(fed[v]) for v in variants[:2])
+        ca, cb = (statistics.median(cpu[v]) for v in variants[:2])
+        print(f"  {variants[1]} / {variants[0]}: wall {b / a:.2f}x, CPU {cb / ca:.2f}x")
+    print(f"  plaintext epoch   median {p:8.4f} s   ratio federated/plaintext "
+          f"{statistics.median(fed[variants[0]]) / p:,.0f}x")
 
 
 def auc_benchmark(bits: int, epochs: int):

@@ -72,13 +72,17 @@ class SplitArbiter:
                              f"{m.batch_size} makes {len(rows)}: the parties' job files differ")
         parties = (self.guest, *self.hosts)
         # the guest's and every host's encryption randomness, made one batch ahead (vfl.models.randomness)
-        supply = ZeroSupply(sk, pre, rows, epochs, parties, start) if m.randomness == "arbiter" else None
+        supply = ZeroSupply(sk, pre, rows, epochs, self._zero_order(), start) if m.randomness == "arbiter" else None
         try:
             self._train(channel, pk, sk, pre, plan, parties, start, epochs, batches, n_train, supply, checkpoint)
         finally:
             if supply is not None:
                 supply.close()
         return self
+
+    def _zero_order(self) -> tuple[str, ...]:
+        """Who needs its encryptions of zero first in a batch: the hosts (they encrypt at its start)."""
+        return (*self.hosts, self.guest)
 
     def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, parties: tuple, start: int, epochs: int,
                batches: int, n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None) -> None:
@@ -96,7 +100,7 @@ class SplitArbiter:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
             self.loss_history_ = list(checkpoint.load(epoch=start).loss_history)
         width = (pk.n.bit_length() + 7) // 8
-        for party in parties:
+        for party in self._zero_order():
             send_zeros(party, start, 0)
         for epoch in range(start, epochs):
             total = 0.0
@@ -115,7 +119,8 @@ class SplitArbiter:
                     if party != self.guest and self.noise_multiplier_ is not None and len(plain):
                         plain = (plain + self._noise(len(plain), pk.bits)) % pk.n
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
-                    if b + 1 < batches:
+                if b + 1 < batches:      # made while this batch ran; each party needs them next
+                    for party in self._zero_order():
                         send_zeros(party, epoch, b + 1)
                 loss = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,), "loss",
                                         LOSS_FRAC_BITS)
@@ -131,5 +136,5 @@ class SplitArbiter:
                 channel.send(h, f"{pre}/e{epoch}/decision", {"stop": stop})
             if stop:
                 break
-            for party in parties:
+            for party in self._zero_order():
                 send_zeros(party, epoch + 1, 0)

@@ -113,6 +113,8 @@ class SplitGuest:
         enc_uh = enc_u[0]
         for e in enc_u[1:]:
             enc_uh = enc_uh + e
+        with lap("residual"):
+            d = enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g
         zeros = None
         if self.model.randomness == "arbiter":
             with lap("wait_arbiter"):
@@ -120,7 +122,7 @@ class SplitGuest:
         with lap("residual"):
             # Re-randomised: otherwise a single host, knowing its own [[u_h]], could solve
             # [[d]] = [[u_h]]^h (1 + g n) for the short h and so learn g = sigmoid(a) - y.
-            d = (enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g).rerandomize(zeros)
+            d = d.rerandomize(zeros)
         for p in self.hosts:
             channel.send(p, step(pre, epoch, b, "enc_d"), d)
         with lap("backprop"):

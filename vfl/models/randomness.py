@@ -29,16 +29,21 @@ STEP = "enc_zeros"
 
 
 class ZeroSupply:
-    """The arbiter's side: each party's zeros for its next batch, made one batch ahead."""
+    """The arbiter's side: every party's zeros for the next batch, made one batch ahead.
+
+    ``parties`` in the order they need them within a batch: the hosts first
+    (they encrypt at its start), the guest last (it re-randomises once the
+    hosts' scores are in).
+    """
 
     def __init__(self, sk: PrivateKey, pre: str, batch_rows: list[int], epochs: int,
                  parties: Sequence[str], start_epoch: int = 0) -> None:
         self.sk, self.pre, self.rows, self.epochs = sk, pre, list(batch_rows), epochs
+        self.parties = tuple(parties)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vfl-zeros")
         self._ready: dict[tuple[str, int, int], Future] = {}
         self._lock = threading.Lock()
-        for party in parties:            # the first batch's, while the parties set up
-            self._prepare(party, start_epoch, 0)
+        self._prepare(start_epoch, 0)    # the first batch's, while the parties set up
 
     def _next(self, epoch: int, b: int) -> tuple[int, int] | None:
         b += 1
@@ -46,22 +51,26 @@ class ZeroSupply:
             epoch, b = epoch + 1, 0
         return (epoch, b) if epoch < self.epochs else None
 
-    def _prepare(self, party: str, epoch: int, b: int) -> Future:
+    def _prepare(self, epoch: int, b: int) -> None:
+        """Start making batch ``b``'s zeros for every party (in order), unless already started."""
         with self._lock:
-            key = (party, epoch, b)
-            if key not in self._ready:
-                self._ready[key] = self._pool.submit(self.sk.zeros, self.rows[b])
-            return self._ready[key]
+            for party in self.parties:
+                key = (party, epoch, b)
+                if key not in self._ready:
+                    self._ready[key] = self._pool.submit(self.sk.zeros, self.rows[b])
 
     def send(self, channel: Channel, party: str, epoch: int, b: int) -> None:
-        """Send ``party`` its zeros for batch ``b`` of ``epoch``, then start making its next batch's."""
-        zeros = self._prepare(party, epoch, b).result()
+        """Send ``party`` its zeros for batch ``b`` of ``epoch``; the first send of a batch starts
+        making the following batch's."""
         with self._lock:
-            del self._ready[(party, epoch, b)]
+            future = self._ready.pop((party, epoch, b), None)
+        if future is None:
+            raise RuntimeError(f"zeros for {party!r}, epoch {epoch}, batch {b} were sent already or never made")
+        zeros = future.result()
         channel.send(party, step(self.pre, epoch, b, STEP), EncryptedArray(self.sk.public_key, zeros, 0))
         following = self._next(epoch, b)
         if following is not None:
-            self._prepare(party, *following)
+            self._prepare(*following)
 
     def sender(self, channel: Channel) -> Callable[[str, int, int], None]:
         """``send(party, epoch, batch)`` over ``channel``."""
