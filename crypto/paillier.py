@@ -530,11 +530,6 @@ class PrivateKey:
         parts = backends.run(_crt_zero_rows, [fixed + (b - a,) for a, b in ranges])
         return _object_array([x for part in parts for x in from_rows(part)], (count,))
 
-    def encrypt_raw(self, ints: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Encrypt integers as :meth:`PublicKey.encrypt_raw` does, with randomness from :meth:`zeros`."""
-        arr = np.asarray(ints, dtype=object)
-        return self.public_key.encrypt_raw(arr, zeros=self.zeros(arr.size))
-
     def save(self, path: str | os.PathLike) -> None:
         """Write ``{"format", "version", "p", "q"}`` as JSON, readable by the owner only (0600)."""
         data = {"format": PRIVATE_FORMAT, "version": KEY_FILE_VERSION,

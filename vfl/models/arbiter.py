@@ -19,11 +19,11 @@ from crypto.packing import SLOT_BITS, packed_count, slot_offsets, slots_per_ciph
 from ..channel import Channel
 from ..config import ModelConfig
 from ..messages import BigInts
+from ..protocol.spec import batch_sizes
 from .checkpoint import Checkpoint, CheckpointError, TrainingState
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
 from .privacy import epsilon_spent, noise_multiplier
 from .randomness import ZeroSupply
-from ..protocol.spec import batch_sizes
 
 log = logging.getLogger("vfl.train")
 
@@ -70,11 +70,10 @@ class SplitArbiter:
         if len(rows) != batches:
             raise ValueError(f"the guest plans {batches} batches of {n_train} rows, but batch_size = "
                              f"{m.batch_size} makes {len(rows)}: the parties' job files differ")
-        parties = (self.guest, *self.hosts)
         # the guest's and every host's encryption randomness, made one batch ahead (vfl.models.randomness)
         supply = ZeroSupply(sk, pre, rows, epochs, self._zero_order(), start) if m.randomness == "arbiter" else None
         try:
-            self._train(channel, pk, sk, pre, plan, parties, start, epochs, batches, n_train, supply, checkpoint)
+            self._train(channel, pk, sk, pre, plan, start, epochs, batches, n_train, supply, checkpoint)
         finally:
             if supply is not None:
                 supply.close()
@@ -84,8 +83,8 @@ class SplitArbiter:
         """Who needs its encryptions of zero first in a batch: the hosts (they encrypt at its start)."""
         return (*self.hosts, self.guest)
 
-    def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, parties: tuple, start: int, epochs: int,
-               batches: int, n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None) -> None:
+    def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, start: int, epochs: int, batches: int,
+               n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None) -> None:
         m = self.model
         send_zeros = supply.sender(channel) if supply is not None else (lambda party, epoch, b: None)
         # Each party declares how many parameters it has: it never gets more values decrypted per batch.
@@ -105,7 +104,7 @@ class SplitArbiter:
         for epoch in range(start, epochs):
             total = 0.0
             for b in range(batches):
-                for party in parties:
+                for party in (self.guest, *self.hosts):
                     tag = step(pre, epoch, b, "masked_grad")
                     enc = channel.recv(party, tag)
                     if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
