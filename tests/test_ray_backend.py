@@ -49,8 +49,9 @@ def _heavy_ops(pk, sk, x, X):
     """Every heavy loop once; the decrypted results."""
     enc = EncryptedArray.encrypt(pk, x)
     (grouped,) = enc.rerandomize().grouped_rmatmul([(X, np.arange(len(x)), np.arange(len(x)) % 5, 5)])
+    with_zeros = EncryptedArray.encrypt(pk, x, zeros=EncryptedArray(pk, sk.zeros(len(x)), 0))   # the arbiter's
     return enc, {"x": enc.decrypt(sk), "xt_d": enc.rmatmul(X).decrypt(sk), "grouped": grouped.decrypt(sk),
-                 "scaled": enc.mul(np.full(len(x), 3)).decrypt(sk)}
+                 "scaled": enc.mul(np.full(len(x), 3)).decrypt(sk), "x_with_crt_zeros": with_zeros.decrypt(sk)}
 
 
 def test_same_decrypted_values_as_the_local_pool(ray_backend, keys, monkeypatch):
@@ -69,6 +70,7 @@ def test_same_decrypted_values_as_the_local_pool(ray_backend, keys, monkeypatch)
     np.testing.assert_allclose(on_ray["xt_d"], X.T @ x, atol=1e-6)
     np.testing.assert_allclose(on_ray["grouped"], np.stack([X[g::5].T @ x[g::5] for g in range(5)]), atol=1e-6)
     np.testing.assert_allclose(on_ray["scaled"], 3 * x, atol=1e-9)
+    np.testing.assert_allclose(on_ray["x_with_crt_zeros"], x, atol=1e-9)
     # ciphertexts made on Ray decrypt on the pool and vice versa; fresh randomness on each
     np.testing.assert_array_equal(enc_ray.decrypt(sk), enc_pool.decrypt(sk))
     assert not np.array_equal(enc_ray.ciphertexts, enc_pool.ciphertexts)
