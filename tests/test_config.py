@@ -29,6 +29,7 @@ def test_paths_resolve_against_job_file_and_defaults(tmp_path):
     assert job.guest.data == tmp_path / "bank.csv"
     assert job.output_dir("shop") == tmp_path / "runs/x/shop"
     assert job.model.key_bits == 2048 and job.test_fraction == 0.2 and job.arbiter.name == "arbiter"
+    assert job.model.randomness == "arbiter"
     assert [p.name for p in job.parties] == ["bank", "shop", "arbiter"]
 
 
@@ -37,6 +38,7 @@ def test_paths_resolve_against_job_file_and_defaults(tmp_path):
     ({"guest__address": "nowhere"}, "HOST:PORT"),
     ({"guest__data": None}, "missing key 'data'"),
     ({"model__optimizer": "rmsprop"}, "optimizer"),
+    ({"model__randomness": "guest"}, "randomness must be 'arbiter' or 'local'"),
     ({"model__epochs": "ten"}, "must be int"),
     ({"job__test_fraction": 1.5}, "test_fraction"),
     ({"hosts__name": "bank"}, "unique"),
