@@ -89,8 +89,8 @@ def main() -> None:
          std_count),
         ("encrypt standard, 1 process", lambda: _encrypt_chunk(n, None, "standard", small), len(small)),
         # what the arbiter sends the others (randomness = "arbiter"): Enc(0) made with the factorisation
-        ("Enc(0) by the key holder (CRT), pool", lambda: sk.zeros(len(plains)), len(plains)),
-        ("Enc(0) by the key holder (CRT), 1 process", lambda: _crt_zeros(int(sk.p), int(sk.q), hs, "djn", 1000),
+        ("Enc(0) with p, q (CRT), pool", lambda: sk.zeros(len(plains)), len(plains)),
+        ("Enc(0) with p, q (CRT), 1 process", lambda: _crt_zeros(int(sk.p), int(sk.q), hs, "djn", 1000),
          1000),
     ]:
         rate = count / timed(fn, args.repeats)
@@ -98,7 +98,7 @@ def main() -> None:
         row(f"{label} [values/s]", f"{rate:,.0f}", f"phe.encrypt {phe_rate:,.0f}", f"{rate / phe_rate:.1f}x")
     print(f"{'':<46} djn per core: {results['encrypt djn, 1 process']:,.0f} values/s (target >= 1,000); "
           f"CRT Enc(0) / public-key djn: "
-          f"{results['Enc(0) by the key holder (CRT), 1 process'] / results['encrypt djn, 1 process']:.2f}x")
+          f"{results['Enc(0) with p, q (CRT), 1 process'] / results['encrypt djn, 1 process']:.2f}x")
 
     cts = pk.encrypt_raw(plains)
     phe_cts = [phe.EncryptedNumber(phe_pk, int(c), 0) for c in cts[:args.sample]]

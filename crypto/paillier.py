@@ -303,8 +303,8 @@ def _crt_zeros(p: int, q: int, hs: int, mode: str, count: int) -> list:
     The same values a public-key encryption of 0 draws (``hs ** a`` for a
     uniform ``bits // 2``-bit ``a`` in DJN mode, ``r ** n`` for a uniform unit
     ``r`` in standard mode), but each is computed mod ``p**2`` and mod ``q**2``
-    and joined by the CRT: multiplications of half the size, about 1.5x cheaper
-    in all (``benchmarks/bench_paillier.py``).
+    and joined by the CRT: multiplications of half the size, 1.4x (2048-bit) to
+    1.5x (1024-bit) cheaper in all (``benchmarks/bench_paillier.py``).
     """
     if count == 0:
         return []
@@ -514,7 +514,7 @@ class PrivateKey:
 
         Why: they are the costly part of encrypting (``Enc(m) = (1 + m n)
         Enc(0)``), and the key holder computes them mod ``p**2`` and ``q**2``,
-        about 1.5x cheaper than anyone holding only the public key. Each must be
+        1.4-1.5x cheaper than anyone holding only the public key. Each must be
         used once, by one party: whoever knows the randomness of a ciphertext
         can read it. Runs on the compute backend for large counts.
         """
