@@ -115,10 +115,7 @@ class SplitGuest:
             enc_uh = enc_uh + e
         with lap("residual"):
             d = enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g
-        zeros = None
-        if self.model.randomness == "arbiter":
-            with lap("wait_arbiter"):
-                zeros = receive_zeros(channel, self.arbiter, pk, pre, epoch, b, n_b)
+        zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
         with lap("residual"):
             # Re-randomised: otherwise a single host, knowing its own [[u_h]], could solve
             # [[d]] = [[u_h]]^h (1 + g n) for the short h and so learn g = sigmoid(a) - y.

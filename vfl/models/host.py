@@ -85,10 +85,7 @@ class SplitHost:
                pre: str, epoch: int, b: int, rows: np.ndarray) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         u, cache = self.tower.forward(trainer.params, xb)
-        zeros = None
-        if self.model.randomness == "arbiter":
-            with lap("wait_arbiter"):
-                zeros = receive_zeros(channel, self.arbiter, pk, pre, epoch, b, n_b)
+        zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
         with lap("encrypt"):
             enc_u = EncryptedArray.encrypt(pk, u, zeros=zeros)
         channel.send(self.guest, step(pre, epoch, b, "enc_u"), enc_u)

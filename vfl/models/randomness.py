@@ -4,7 +4,7 @@ Why: the costly part of a Paillier encryption is its randomness ``Enc(0)``;
 the message costs one cheap step (``Enc(m) = (1 + m n) Enc(0)``). Per batch a
 host encrypts its scores and the guest re-randomises the residual, one
 ``Enc(0)`` per row each, which was most of every LR epoch. The arbiter holds
-the factorisation, makes them mod ``p**2`` and ``q**2`` (about 1.5x cheaper,
+the factorisation, makes them mod ``p**2`` and ``q**2`` (1.4-1.5x cheaper,
 :meth:`crypto.PrivateKey.zeros`), and has nothing else to do while the
 others compute, so it makes the next batch's while the current one runs.
 
@@ -20,9 +20,11 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from crypto import EncryptedArray, PrivateKey
+from crypto import EncryptedArray, PrivateKey, PublicKey
 
 from ..channel import Channel
+from ..config import ModelConfig
+from ..timing import Stopwatch
 from .common import expect_encrypted, step
 
 STEP = "enc_zeros"
@@ -79,13 +81,16 @@ class ZeroSupply:
     def close(self) -> None:
         """Drop what was made ahead and never sent (e.g. training stopped early)."""
         with self._lock:
-            for f in self._ready.values():
-                f.cancel()
             self._ready.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)   # waits for at most the one being made
 
 
-def receive_zeros(channel: Channel, arbiter: str, pk, pre: str, epoch: int, b: int, rows: int) -> EncryptedArray:
-    """A party's side: this batch's encryptions of zero from the arbiter, checked (our key, one per row)."""
-    return expect_encrypted(channel.recv(arbiter, step(pre, epoch, b, STEP)), pk, (rows,),
-                            "the arbiter's encryptions of zero", 0)
+def receive_zeros(channel: Channel, model: ModelConfig, arbiter: str, pk: PublicKey, pre: str, epoch: int,
+                  b: int, rows: int, lap: Stopwatch) -> EncryptedArray | None:
+    """A party's side: this batch's encryptions of zero from the arbiter, checked (our key, one per
+    row); None with ``randomness = "local"``, where the party makes its own."""
+    if model.randomness != "arbiter":
+        return None
+    with lap("wait_arbiter"):
+        return expect_encrypted(channel.recv(arbiter, step(pre, epoch, b, STEP)), pk, (rows,),
+                                "the arbiter's encryptions of zero", 0)

@@ -80,7 +80,7 @@ def guest_host_counts(channel: Channel, model: ModelConfig, hosts: list[str], y_
     y = np.asarray(y_train, dtype=np.float64)
     n, n_events = len(y), int(y.sum())
     pk, sk = generate_keypair(model.key_bits, mode=model.encryption)
-    # the randomness made with our own factorisation (CRT): about 1.5x cheaper than with the public key
+    # the randomness made with our own factorisation (CRT): 1.4-1.5x cheaper than with the public key
     enc_y = EncryptedArray.encrypt(pk, y, frac_bits=0, zeros=EncryptedArray(pk, sk.zeros(len(y)), 0))
     for h in hosts:          # the same ciphertexts for every host: none can decrypt them
         channel.send(h, PUBLIC_KEY, pk.to_dict())
