@@ -31,6 +31,7 @@ from typing import Sequence
 import gmpy2
 import numpy as np
 
+from crypto.arrays import object_array
 from crypto.encoding import (DEFAULT_FRAC_BITS, DEFAULT_PLAIN_FRAC_BITS, decode,
                              encode_int64, encode_signed)
 from crypto.multiexp import (batch_invert, grouped_multiexp_parallel, multiexp_parallel,
@@ -45,10 +46,6 @@ MAX_NDIM = 32
 _HEAD = struct.Struct(">4sBI")  # magic, version, byte length of n
 
 
-def _object_array(values: Sequence, shape: tuple) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = list(values)
-    return out.reshape(shape)
 
 
 class EncryptedArray:
@@ -110,7 +107,7 @@ class EncryptedArray:
     def __getitem__(self, index) -> "EncryptedArray":
         sub = self.ciphertexts[index]
         if not isinstance(sub, np.ndarray):
-            sub = _object_array([sub], ())
+            sub = object_array([sub], ())
         return EncryptedArray(self.public_key, sub, self.frac_bits)
 
     def __repr__(self) -> str:
@@ -157,7 +154,7 @@ class EncryptedArray:
             return self
         flat = self.ciphertexts.ravel().tolist()
         powered = powmod_many_parallel(flat, [1 << extra_bits] * len(flat), self.public_key.nsquare)
-        return self._new(_object_array(powered, self.shape), self.frac_bits + extra_bits)
+        return self._new(object_array(powered, self.shape), self.frac_bits + extra_bits)
 
     def __add__(self, other) -> "EncryptedArray":
         if isinstance(other, EncryptedArray):
@@ -171,7 +168,7 @@ class EncryptedArray:
 
     def __neg__(self) -> "EncryptedArray":
         flat = self.ciphertexts.ravel().tolist()
-        return self._new(_object_array(batch_invert(flat, self.public_key.nsquare), self.shape))
+        return self._new(object_array(batch_invert(flat, self.public_key.nsquare), self.shape))
 
     def __sub__(self, other) -> "EncryptedArray":
         if isinstance(other, EncryptedArray):
@@ -205,7 +202,7 @@ class EncryptedArray:
         self._require_headroom(max_exp * self._bound_int(value_bound), "mul")
         cts, exps = np.broadcast_arrays(self.ciphertexts, exps)
         out = powmod_many_parallel(cts.ravel().tolist(), exps.ravel().tolist(), self.public_key.nsquare)
-        return self._new(_object_array(out, cts.shape), self.frac_bits + frac_bits)
+        return self._new(object_array(out, cts.shape), self.frac_bits + frac_bits)
 
     def __mul__(self, other) -> "EncryptedArray":
         if isinstance(other, EncryptedArray):
@@ -231,7 +228,7 @@ class EncryptedArray:
             for c in row:
                 acc = acc * c % n2
             totals.append(acc)
-        return self._new(_object_array(totals, out_shape))
+        return self._new(object_array(totals, out_shape))
 
     def rmatmul(self, X: np.ndarray, x_frac_bits: int = DEFAULT_PLAIN_FRAC_BITS,
                 value_bound: float = DEFAULT_VALUE_BOUND) -> "EncryptedArray":
@@ -258,7 +255,7 @@ class EncryptedArray:
         self._require_headroom(math.ceil(col_abs * (1 + 1e-9)) * self._bound_int(value_bound), "rmatmul")
         out = multiexp_parallel(self.ciphertexts.tolist(), E2, self.public_key.nsquare)
         shape = () if X.ndim == 1 else (E2.shape[1],)
-        return self._new(_object_array(out, shape), self.frac_bits + x_frac_bits)
+        return self._new(object_array(out, shape), self.frac_bits + x_frac_bits)
 
     def grouped_rmatmul(self, blocks: Sequence, x_frac_bits: int = DEFAULT_PLAIN_FRAC_BITS,
                         value_bound: float = DEFAULT_VALUE_BOUND) -> list["EncryptedArray"]:
@@ -409,17 +406,19 @@ class EncryptedArray:
                                  f"expected {public_key.fingerprint().hex()})")
             key = public_key
         n, n2 = key.n, key.nsquare
-        cts = []
+        # parse first, then check in bulk (min/max, one product): the checks of a per-element loop cost
+        # as much again as the parsing, on the receiver's critical path
+        from_bytes = gmpy2.mpz.from_bytes
+        body = bytes(view[off:expected])
+        cts = [from_bytes(body[i:i + width], "big") for i in range(0, len(body), width)]
+        if cts and not (0 < min(cts) and max(cts) < n2):
+            bad = next(i for i, c in enumerate(cts) if not 0 < c < n2)
+            raise ValueError(f"ciphertext {bad} out of range [1, n^2)")
         units = gmpy2.mpz(1)       # product mod n: one gcd with n tests every ciphertext at once
-        for i in range(count):
-            c = gmpy2.mpz.from_bytes(view[off:off + width], "big")
-            if not 0 < c < n2:
-                raise ValueError(f"ciphertext {i} out of range [1, n^2)")
+        for c in cts:
             units = units * c % n
-            cts.append(c)
-            off += width
         if gmpy2.gcd(units, n) != 1:
             bad = next(i for i, c in enumerate(cts) if gmpy2.gcd(c, n) != 1)
             raise ValueError(f"ciphertext {bad} is not a unit modulo n (it shares a factor with n): "
                              "not a Paillier ciphertext")
-        return cls(key, _object_array(cts, tuple(shape)), frac_bits)
+        return cls(key, object_array(cts, tuple(shape)), frac_bits)

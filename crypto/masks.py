@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from crypto.arrays import object_array
 from crypto.encoding import decode
 
 
@@ -21,8 +22,7 @@ def random_mask(n: int, shape: tuple | int) -> np.ndarray:
     """Uniform integers in ``[0, n)`` (from ``secrets``), as an object array of ``shape``."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    out = np.empty(count, dtype=object)
-    out[:] = [secrets.randbelow(int(n)) for _ in range(count)]
+    out = object_array([secrets.randbelow(int(n)) for _ in range(count)])
     return out.reshape(shape)
 
 

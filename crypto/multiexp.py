@@ -42,6 +42,7 @@ import gmpy2
 import numpy as np
 
 from crypto import backends
+from crypto.arrays import object_array
 from crypto.fixed_width import from_rows, to_rows, width_for
 
 
@@ -630,9 +631,7 @@ def _dense(sparse: tuple[np.ndarray, list], n_groups: int, D: int) -> np.ndarray
     out = np.empty((n_groups, D), dtype=object)
     out.fill(gmpy2.mpz(1))
     if len(ids) and D:
-        vals = np.empty(len(flat), dtype=object)
-        vals[:] = flat
-        out[np.asarray(ids, dtype=np.int64)] = vals.reshape(len(ids), D)
+        out[np.asarray(ids, dtype=np.int64)] = object_array(flat, (len(ids), D))
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gmpy2
 import numpy as np
 
+from crypto.arrays import object_array
 from crypto.enc_array import EncryptedArray
 from crypto.multiexp import powmod_many_parallel
 
@@ -53,8 +54,7 @@ def pack(enc: EncryptedArray, slot_bits: int = SLOT_BITS) -> EncryptedArray:
     for t in range(k - 2, -1, -1):
         acc = powmod_many_parallel(acc, [1 << slot_bits] * m, n2)
         acc = [a * c % n2 for a, c in zip(acc, cts[t::k])]
-    out = np.empty(m, dtype=object)
-    out[:] = acc
+    out = object_array(acc)
     offset = sum(1 << (slot_bits * t + slot_bits - 1) for t in range(k))
     return EncryptedArray(pk, out, enc.frac_bits).add_raw(np.full(m, offset, dtype=object))
 

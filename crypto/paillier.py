@@ -38,6 +38,7 @@ import numpy as np
 import phe
 
 from crypto import backends
+from crypto.arrays import object_array
 from crypto.fixed_width import from_rows, to_rows, width_for
 
 MODES = ("djn", "standard")
@@ -341,10 +342,6 @@ def _run_chunked(fn, rows_fn, fixed: tuple, items: list, width: int) -> list:
     return [x for part in parts for x in from_rows(part)]
 
 
-def _object_array(values: list, shape: tuple) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out.reshape(shape)
 
 
 # ---------------------------------------------------------------- keys
@@ -474,12 +471,12 @@ class PublicKey:
             zeros = np.asarray(zeros, dtype=object).ravel().tolist()
             if len(zeros) != len(plains):
                 raise ValueError(f"{len(plains)} values to encrypt but {len(zeros)} encryptions of zero")
-            return _object_array(_encrypt_with(n, plains, zeros), arr.shape)
+            return object_array(_encrypt_with(n, plains, zeros), arr.shape)
         reserve = self._reserve
         if mode == "djn" and reserve is not None:
-            return _object_array(_encrypt_with(n, plains, reserve.take(len(plains))), arr.shape)
+            return object_array(_encrypt_with(n, plains, reserve.take(len(plains))), arr.shape)
         hs = int(self._djn_base()) if mode == "djn" else None
-        return _object_array(_run_chunked(_encrypt_chunk, _encrypt_rows, (n, hs, mode), plains,
+        return object_array(_run_chunked(_encrypt_chunk, _encrypt_rows, (n, hs, mode), plains,
                                           width_for(n)), arr.shape)
 
 
@@ -506,7 +503,7 @@ class PrivateKey:
         for i, c in enumerate(cts):
             if not 0 < c < n2:
                 raise ValueError(f"ciphertext {i} out of range [1, n^2)")
-        return _object_array(_run_chunked(_decrypt_chunk, _decrypt_rows, (int(self.p), int(self.q)), cts,
+        return object_array(_run_chunked(_decrypt_chunk, _decrypt_rows, (int(self.p), int(self.q)), cts,
                                           width_for(n2)), arr.shape)
 
     def zeros(self, count: int) -> np.ndarray:
@@ -525,10 +522,10 @@ class PrivateKey:
         hs = int(pk._djn_base()) if pk.mode == "djn" else 0
         fixed = (int(self.p), int(self.q), hs, pk.mode)
         if not backends.use_parallel(count):
-            return _object_array(_crt_zeros(*fixed, count), (count,))
+            return object_array(_crt_zeros(*fixed, count), (count,))
         ranges = backends.split_ranges(count, 4 * backends.workers())
         parts = backends.run(_crt_zero_rows, [fixed + (b - a,) for a, b in ranges])
-        return _object_array([x for part in parts for x in from_rows(part)], (count,))
+        return object_array([x for part in parts for x in from_rows(part)], (count,))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``{"format", "version", "p", "q"}`` as JSON, readable by the owner only (0600)."""

@@ -225,3 +225,13 @@ def test_pool_from_concurrent_threads(keys):
         outs = list(threads.map(lambda e: e.decrypt(sk), encs))
     for x, out in zip(xs, outs):
         assert np.allclose(out, x, atol=TOL)
+
+
+def test_object_array_keeps_the_integers_themselves_and_the_shape():
+    import gmpy2
+    from crypto.arrays import object_array
+    vals = [gmpy2.mpz(3) ** 700, gmpy2.mpz(5), 7, gmpy2.mpz(2) ** 4000, 11, 13]
+    arr = object_array(vals, (2, 3))
+    assert arr.dtype == object and arr.shape == (2, 3)
+    assert all(a is v for a, v in zip(arr.ravel().tolist(), vals))      # references, not conversions
+    assert object_array(iter(vals)).shape == (6,) and object_array([]).shape == (0,)
