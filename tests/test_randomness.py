@@ -137,3 +137,17 @@ def test_parties_refuse_a_wrong_number_of_zeros(keypair):
         run_parties(net, {"g": lambda: roles["g"].fit(net.channel("g"), Xg, y),
                           "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair),
                           "h0": lambda: roles["h0"].fit(net.channel("h0"), hosts[0])})
+
+
+def test_the_arbiter_stops_when_the_parties_disagree_on_who_makes_the_randomness(keypair):
+    X, y, Xg, hosts = _data(n=80)
+    ours = ModelConfig(epochs=1, batch_size=80, key_bits=512, allow_short_keys=True)
+    theirs = ModelConfig(**{**ours.__dict__, "randomness": "local"})
+    net = LocalNetwork(["g", "h0", "a"], timeout=20)
+    roles = {"g": SplitGuest(ours, hosts=["h0"], arbiter="a", seed=1), "a": SplitArbiter(theirs, guest="g", hosts=["h0"]),
+             "h0": SplitHost(ours, guest="g", arbiter="a", seed=1)}
+    with pytest.raises(ValueError, match="g's job file says \\[model\\] randomness = 'arbiter', the arbiter's says "
+                                         "'local'"):
+        run_parties(net, {"g": lambda: roles["g"].fit(net.channel("g"), Xg, y),
+                          "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair),
+                          "h0": lambda: roles["h0"].fit(net.channel("h0"), hosts[0])})

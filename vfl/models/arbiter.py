@@ -88,12 +88,15 @@ class SplitArbiter:
         m = self.model
         send_zeros = supply.sender(channel) if supply is not None else (lambda party, epoch, b: None)
         # Each party declares how many parameters it has: it never gets more values decrypted per batch.
-        limits = {self.guest: int(plan.get("values", -1))}
-        for h in self.hosts:
-            limits[h] = int(channel.recv(h, f"{pre}/values").get("values", -1))
+        declared = {self.guest: plan, **{h: channel.recv(h, f"{pre}/values") for h in self.hosts}}
+        limits = {party: int(msg.get("values", -1)) for party, msg in declared.items()}
         for party, limit in limits.items():
             if not 1 <= limit <= MAX_VALUES:
                 raise ValueError(f"{party}: implausible parameter count {limit}")
+        for party, msg in declared.items():    # else one side would wait for zeros the other never sends
+            if msg.get("randomness") != m.randomness:
+                raise ValueError(f"{party}'s job file says [model] randomness = {msg.get('randomness')!r}, the "
+                                 f"arbiter's says {m.randomness!r}: the parties' job files differ")
         if start:
             if checkpoint is None:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")

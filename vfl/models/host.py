@@ -56,7 +56,7 @@ class SplitHost:
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
         try:
-            channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params})
+            channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness})
             start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
             if not 0 <= start < m.epochs:
                 raise ValueError(f"the guest asks to start at epoch {start} of {m.epochs}")

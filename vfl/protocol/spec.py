@@ -145,10 +145,10 @@ SPEC: tuple[StepSpec, ...] = tuple([
     *_both("<pre>/public_key", _PRE + r"/public_key", "arbiter", ("guest", "host"), PUBLIC, ("control",),
            "the arbiter's Paillier public key n: nothing private", TRAIN),
     StepSpec("<pre>/plan", _PRE + r"/plan", "guest", "arbiter", CONTROL, ("control",),
-             "the number of aligned training rows, batches per epoch, the start epoch and the guest's "
-             "parameter count", TRAIN),
+             "the number of aligned training rows, batches per epoch, the start epoch, the guest's "
+             "parameter count and who makes the encryption randomness (job setting)", TRAIN),
     StepSpec("<pre>/values", _PRE + r"/values", "host", "arbiter", CONTROL, ("control",),
-             "the host's parameter count", TRAIN),
+             "the host's parameter count and who makes the encryption randomness (job setting)", TRAIN),
     StepSpec("<pre>/start", _PRE + r"/start", "guest", "host", CONTROL, ("control",),
              "the epoch training (re)starts at", TRAIN),
     # ------------------------------------------------------------------ per batch
