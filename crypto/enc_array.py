@@ -406,8 +406,7 @@ class EncryptedArray:
                                  f"expected {public_key.fingerprint().hex()})")
             key = public_key
         n, n2 = key.n, key.nsquare
-        # parse first, then check in bulk (min/max, one product): the checks of a per-element loop cost
-        # as much again as the parsing, on the receiver's critical path
+        # parse in one pass, then check in bulk: range by min/max, units by one product mod n
         from_bytes = gmpy2.mpz.from_bytes
         body = bytes(view[off:expected])
         cts = [from_bytes(body[i:i + width], "big") for i in range(0, len(body), width)]
