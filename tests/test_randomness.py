@@ -117,9 +117,10 @@ class _ShortArbiter(SplitArbiter):
         from vfl.models import randomness
         real = randomness.ZeroSupply.send
 
-        def short(supply, ch, party, epoch, b):
-            zeros = supply.sk.zeros(supply.rows[b] - 1)
-            ch.send(party, f"{supply.pre}/e{epoch}/b{b}/enc_zeros", EncryptedArray(supply.sk.public_key, zeros, 0))
+        def short(supply, ch, epoch, b):
+            for party in supply.parties:
+                zeros = supply.sk.zeros(supply.rows[b] - 1)
+                ch.send(party, f"{supply.pre}/e{epoch}/b{b}/enc_zeros", EncryptedArray(supply.sk.public_key, zeros, 0))
         randomness.ZeroSupply.send = short
         try:
             return super().fit(channel, keypair, checkpoint)

@@ -71,7 +71,9 @@ class SplitArbiter:
             raise ValueError(f"the guest plans {batches} batches of {n_train} rows, but batch_size = "
                              f"{m.batch_size} makes {len(rows)}: the parties' job files differ")
         # the guest's and every host's encryption randomness, made one batch ahead (vfl.models.randomness)
-        supply = ZeroSupply(sk, pre, rows, epochs, self._zero_order(), start) if m.randomness == "arbiter" else None
+        # hosts first: they encrypt at the start of a batch, the guest re-randomises once their scores are in
+        supply = (ZeroSupply(sk, pre, rows, epochs, (*self.hosts, self.guest), start)
+                  if m.randomness == "arbiter" else None)
         try:
             self._train(channel, pk, sk, pre, plan, start, epochs, batches, n_train, supply, checkpoint)
         finally:
@@ -79,14 +81,13 @@ class SplitArbiter:
                 supply.close()
         return self
 
-    def _zero_order(self) -> tuple[str, ...]:
-        """Who needs its encryptions of zero first in a batch: the hosts (they encrypt at its start)."""
-        return (*self.hosts, self.guest)
-
     def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, start: int, epochs: int, batches: int,
                n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None) -> None:
         m = self.model
-        send_zeros = supply.sender(channel) if supply is not None else (lambda party, epoch, b: None)
+
+        def send_zeros(epoch: int, b: int) -> None:
+            if supply is not None:
+                supply.send(channel, epoch, b)
         # Each party declares how many parameters it has: it never gets more values decrypted per batch.
         declared = {self.guest: plan, **{h: channel.recv(h, f"{pre}/values") for h in self.hosts}}
         limits = {party: int(msg.get("values", -1)) for party, msg in declared.items()}
@@ -102,8 +103,7 @@ class SplitArbiter:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
             self.loss_history_ = list(checkpoint.load(epoch=start).loss_history)
         width = (pk.n.bit_length() + 7) // 8
-        for party in self._zero_order():
-            send_zeros(party, start, 0)
+        send_zeros(start, 0)
         for epoch in range(start, epochs):
             total = 0.0
             for b in range(batches):
@@ -122,8 +122,7 @@ class SplitArbiter:
                         plain = (plain + self._noise(len(plain), pk.bits)) % pk.n
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
                 if b + 1 < batches:      # made while this batch ran; each party needs them next
-                    for party in self._zero_order():
-                        send_zeros(party, epoch, b + 1)
+                    send_zeros(epoch, b + 1)
                 loss = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,), "loss",
                                         LOSS_FRAC_BITS)
                 total += float(loss.decrypt(sk)[0])
@@ -138,5 +137,4 @@ class SplitArbiter:
                 channel.send(h, f"{pre}/e{epoch}/decision", {"stop": stop})
             if stop:
                 break
-            for party in self._zero_order():
-                send_zeros(party, epoch + 1, 0)
+            send_zeros(epoch + 1, 0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Sequence
 
 from crypto import EncryptedArray, PrivateKey, PublicKey
 
@@ -61,22 +61,18 @@ class ZeroSupply:
                 if key not in self._ready:
                     self._ready[key] = self._pool.submit(self.sk.zeros, self.rows[b])
 
-    def send(self, channel: Channel, party: str, epoch: int, b: int) -> None:
-        """Send ``party`` its zeros for batch ``b`` of ``epoch``; the first send of a batch starts
-        making the following batch's."""
-        with self._lock:
-            future = self._ready.pop((party, epoch, b), None)
-        if future is None:
-            raise RuntimeError(f"zeros for {party!r}, epoch {epoch}, batch {b} were sent already or never made")
-        zeros = future.result()
-        channel.send(party, step(self.pre, epoch, b, STEP), EncryptedArray(self.sk.public_key, zeros, 0))
+    def send(self, channel: Channel, epoch: int, b: int) -> None:
+        """Send every party, in order, its zeros for batch ``b`` of ``epoch``; then start making the
+        following batch's."""
+        for party in self.parties:
+            with self._lock:
+                future = self._ready.pop((party, epoch, b), None)
+            if future is None:
+                raise RuntimeError(f"zeros for {party!r}, epoch {epoch}, batch {b} were sent already or never made")
+            channel.send(party, step(self.pre, epoch, b, STEP), EncryptedArray(self.sk.public_key, future.result(), 0))
         following = self._next(epoch, b)
         if following is not None:
             self._prepare(*following)
-
-    def sender(self, channel: Channel) -> Callable[[str, int, int], None]:
-        """``send(party, epoch, batch)`` over ``channel``."""
-        return lambda party, epoch, b: self.send(channel, party, epoch, b)
 
     def close(self) -> None:
         """Drop what was made ahead and never sent (e.g. training stopped early)."""
