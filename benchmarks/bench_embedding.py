@@ -37,12 +37,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vfl.baselines import _columns, _fit_score, _table, twin_metrics  # noqa: E402
-from vfl.config import load_job  # noqa: E402
+from vfl.evaluation.baselines import _columns, _fit_score, _table, twin_metrics  # noqa: E402
+from vfl.job.config import load_job  # noqa: E402
 from vfl.models.privacy import best_attack_auc  # noqa: E402
-from vfl.pipeline import run_local  # noqa: E402
-from vfl.split import split_mask  # noqa: E402
-from vfl.synth import categorical_credit_population  # noqa: E402
+from vfl.job.threads import run_local  # noqa: E402
+from vfl.preprocess.split import split_mask  # noqa: E402
+from vfl.io.synth import categorical_credit_population  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.proctree import tree_cpu_seconds  # noqa: E402
 from crypto import generate_keypair  # noqa: E402
-from vfl.channel import LocalNetwork  # noqa: E402
-from vfl.config import ModelConfig, load_job  # noqa: E402
+from vfl.protocol.channel import LocalNetwork  # noqa: E402
+from vfl.job.config import ModelConfig, load_job  # noqa: E402
 from vfl.models import SplitArbiter, SplitGuest, SplitHost  # noqa: E402
 from vfl.models.reference import fit_reference  # noqa: E402
-from vfl.split import Standardizer, split_mask  # noqa: E402
+from vfl.preprocess.split import Standardizer, split_mask  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -146,7 +146,7 @@ tolerance = 1e-5
 key_bits = {bits}
 allow_short_keys = {'true' if bits < 2048 else 'false'}
 """)
-        from vfl.pipeline import run_local
+        from vfl.job.threads import run_local
         t0 = time.perf_counter()
         m = run_local(load_job(job_path))["guest"]
         print(f"\ndefault_credit full training, {bits}-bit keys, {m['epochs_run']} epochs, "

@@ -46,8 +46,8 @@ if str(ROOT) not in sys.path:
 
 from parties.certs import make_certs      # noqa: E402
 from parties.demo import free_ports        # noqa: E402
-from vfl.config import load_job           # noqa: E402
-from vfl.synth import vertical_split      # noqa: E402
+from vfl.job.config import load_job           # noqa: E402
+from vfl.io.synth import vertical_split      # noqa: E402
 
 ROLES = ("arbiter", "host", "guest")
 PEER_TIMEOUT = 10.0

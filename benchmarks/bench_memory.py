@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.proctree import tree_rss  # noqa: E402
 from benchmarks.tls_job import ROLES, start, write_job  # noqa: E402
-from vfl.config import load_job           # noqa: E402
+from vfl.job.config import load_job           # noqa: E402
 
 
 def write_data(folder: Path, n_rows: int, n_cols: int, seed: int = 0) -> tuple[Path, Path]:

@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.tls_job import ROLES, start, write_job  # noqa: E402
-from vfl.config import load_job           # noqa: E402
+from vfl.job.config import load_job           # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 LAYOUTS = {"shared 2 cores": None,

@@ -10,7 +10,7 @@ talk over mutual TLS on loopback (as ``vfl run`` does), each with its own
 worker pool (``VFL_WORKERS``, default: all CPUs), and does what ``vfl psi``
 does for one party: read its IDs, run PSI, write ``intersection.csv``.
 
-* ``whole``: the previous implementation, ``vfl.data.read_ids`` then
+* ``whole``: the previous implementation, ``vfl.io.tables.read_ids`` then
   :func:`vfl.psi.psi_guest` / :func:`vfl.psi.psi_host` over whole sets;
 * ``bucketed``: :func:`vfl.psi.bucketed_psi_guest` / ``_host`` over
   :class:`vfl.psi.IdFile` (what jobs run now), default memory budget.
@@ -52,8 +52,8 @@ def party_main(args: argparse.Namespace) -> None:
 
     from parties.party import with_tls_dir
     from parties.transport import open_channel
-    from vfl.config import load_job
-    from vfl.data import read_ids
+    from vfl.job.config import load_job
+    from vfl.io.tables import read_ids
     from vfl.psi import IdFile, bucketed_psi_guest, bucketed_psi_host, psi_guest, psi_host, write_intersection
 
     if args.verbose:
@@ -170,7 +170,7 @@ def prepare(folder: Path, n: int, overlap: float) -> Path:
 
 
 def write_job(folder: Path, run_dir: Path) -> Path:
-    from vfl.config import load_job
+    from vfl.job.config import load_job
     pa, pg, ph = free_ports(3)
     text = (f'[job]\nname = "bench-psi"\nworkdir = "{run_dir}"\n'
             f'[network]\nconnect_timeout = 60.0\npeer_timeout = 3600.0\n'

@@ -29,13 +29,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vfl.config import load_job  # noqa: E402
-from vfl.data import load_table  # noqa: E402
-from vfl.metrics import binary_metrics  # noqa: E402
+from vfl.job.config import load_job  # noqa: E402
+from vfl.io.tables import load_table  # noqa: E402
+from vfl.evaluation.metrics import binary_metrics  # noqa: E402
 from vfl.models.model_file import load_part  # noqa: E402
-from vfl.pipeline import run_local  # noqa: E402
+from vfl.job.threads import run_local  # noqa: E402
 from vfl.preprocess.woe import woe_iv  # noqa: E402
-from vfl.split import Standardizer, split_mask  # noqa: E402
+from vfl.preprocess.split import Standardizer, split_mask  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 PREPROCESS = """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from parties.certs import make_certs
 from parties.demo import free_ports
-from vfl.config import load_job
+from vfl.job.config import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("arbiter", "host", "guest")

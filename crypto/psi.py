@@ -75,7 +75,7 @@ def hash_ids(ids: np.ndarray | Sequence[str]) -> np.ndarray:
         raise ValueError(f"IDs must be a 1-D array, got shape {arr.shape}")
     if arr.dtype.kind not in ("U", "O") and arr.size:
         raise TypeError(f"IDs must be text (numpy str), got dtype {arr.dtype}; "
-                        "read them as strings, e.g. with vfl.data.read_ids")
+                        "read them as strings, e.g. with vfl.io.tables.read_ids")
     items = arr.tolist()
     if arr.dtype.kind == "O":
         bad = next((x for x in items if not isinstance(x, str)), None)

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from vfl.config import ConfigError, load_job
-from vfl.data import DataError
+from vfl.job.config import ConfigError, load_job
+from vfl.io.tables import DataError
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -29,7 +29,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def cmd_psi(args: argparse.Namespace) -> int:
     from parties.party import shared_backend
-    from vfl.pipeline import run_psi_local
+    from vfl.job.threads import run_psi_local
     job = load_job(args.job)
     t0 = time.perf_counter()
     with shared_backend(job):
@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.threads:
         from parties.party import shared_backend
-        from vfl.pipeline import run_local
+        from vfl.job.threads import run_local
         with shared_backend(job):
             run_local(job, resume=args.resume)
     else:
@@ -68,7 +68,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.threads:
         from parties.party import shared_backend
-        from vfl.pipeline import run_predict_local
+        from vfl.job.threads import run_predict_local
         with shared_backend(job):
             run_predict_local(job)
     else:

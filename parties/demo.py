@@ -15,8 +15,8 @@ import socket
 import time
 from pathlib import Path
 
-from vfl.config import load_job
-from vfl.synth import write_categorical_credit_demo, write_credit_demo
+from vfl.job.config import load_job
+from vfl.io.synth import write_categorical_credit_demo, write_credit_demo
 
 from .certs import make_certs
 from .launcher import run_processes

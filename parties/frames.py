@@ -18,7 +18,7 @@ Layout (all integers unsigned big-endian; see docs/protocols.md)::
     u16  sender length,        sender party name (UTF-8)
     u16  receiver length,      receiver party name (UTF-8)
     u16  step length,          step name (UTF-8; empty unless kind = data)
-    u64  payload length,       payload bytes (vfl.messages encoding, or the
+    u64  payload length,       payload bytes (vfl.protocol.messages encoding, or the
                                UTF-8 reason of a bye)
 
 The body must end exactly where the payload ends.
@@ -29,7 +29,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from vfl.channel import ProtocolError
+from vfl.protocol.channel import ProtocolError
 
 MAGIC = b"VFLF"
 VERSION = 1

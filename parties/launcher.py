@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vfl.config import JobConfig
+from vfl.job.config import JobConfig
 
 
 _SYMPTOMS = ("PeerLost", "ConnectError", "aborted")

@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from vfl.config import ConfigError, JobConfig, PartyConfig, load_job
+from vfl.job.config import ConfigError, JobConfig, PartyConfig, load_job
 
 log = logging.getLogger("vfl.party")
 
@@ -85,7 +85,7 @@ def preflight(job: JobConfig, me: str, task: str = "train") -> None:
     """Check this party's own inputs before it opens the network, so that a missing or
     malformed data file (or a backend that cannot start here) fails at once and names the
     file, not as a lost link later."""
-    from vfl.data import check_columns
+    from vfl.io.tables import check_columns
     party = job.party(me)
     check_backend(party)
     if party.role == "arbiter":
@@ -103,11 +103,11 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
     """Run this party's part of ``task``: "train" (PSI, training, scoring) or "predict"."""
     me = resolve_name(job, role, name)
     preflight(job, me, task)             # before the slow imports and the network
-    from vfl.workflow import run_arbiter, run_guest, run_host
+    from vfl.job.roles import run_arbiter, run_guest, run_host
     from vfl.protocol.ledger import spec_channel
     from .transport import open_channel
     if task == "predict":
-        from vfl.inference import predict_guest, predict_host
+        from vfl.job.predict import predict_guest, predict_host
         if role == "arbiter":
             raise ConfigError("scoring needs no arbiter: start only the guest and the hosts")
         with compute_backend(job.party(me)), open_channel(job, me, task="predict",

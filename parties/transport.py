@@ -1,4 +1,4 @@
-"""TLS transport: the production :class:`vfl.channel.Channel` between organisations.
+"""TLS transport: the production :class:`vfl.protocol.channel.Channel` between organisations.
 
 Each party runs one process and holds one long-lived TCP + TLS 1.3 connection
 ("link") to each peer it talks to: guest <-> every host, guest <-> arbiter,
@@ -22,7 +22,7 @@ Why it looks like this:
   message from the wrong job or party, replayed or out of order, is refused.
 * **'bye' is the only clean end.** TLS EOF without a prior bye frame means the
   peer process died or the network failed, and ``recv`` raises
-  :class:`~vfl.channel.PeerLost` naming the peer.
+  :class:`~vfl.protocol.channel.PeerLost` naming the peer.
 * **One reader thread per link** drains the socket into a per-peer inbox, so a
   peer's sends do not wait for our computation and ``recv`` is a queue wait.
   The inbox is bounded (``inbox_messages``, ``inbox_bytes``): when it is full
@@ -54,9 +54,9 @@ from typing import Iterable, Sequence
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from vfl.channel import PeerLost, ProtocolError
-from vfl.config import ConfigError, JobConfig
-from vfl.messages import MessageError, Payload, decode_payload, encode_payload
+from vfl.protocol.channel import PeerLost, ProtocolError
+from vfl.job.config import ConfigError, JobConfig
+from vfl.protocol.messages import MessageError, Payload, decode_payload, encode_payload
 
 from .frames import (LENGTH_BYTES, MAX_FRAME_BYTES, MAX_HELLO_BYTES, FrameError, Kind, LinkDecoder,
                      LinkEncoder, frame_length)
@@ -406,7 +406,7 @@ class _Link:
 
 
 class TlsChannel:
-    """A :class:`vfl.channel.Channel` over mutually authenticated TLS 1.3 links.
+    """A :class:`vfl.protocol.channel.Channel` over mutually authenticated TLS 1.3 links.
 
     Build it with :func:`open_channel` from a job file; the constructor takes
     everything explicitly so tests and tools can vary one thing at a time.

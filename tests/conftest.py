@@ -74,7 +74,7 @@ def audit_every_job(request, tmp_path):
     rep = getattr(request.node, "rep_call", None)
     if rep is None or not rep.passed:
         return
-    from vfl.config import ConfigError, load_job
+    from vfl.job.config import ConfigError, load_job
     from vfl.protocol.audit import audit_job
     for path in sorted(tmp_path.rglob("*.toml")):
         try:

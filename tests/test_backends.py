@@ -12,7 +12,7 @@ from crypto.fixed_width import from_rows, to_rows, width_for
 from crypto.psi import PsiKey, hash_ids
 from parties.party import check_backend, shared_backend
 from tests.test_config import _with
-from vfl.config import ConfigError, parse_job
+from vfl.job.config import ConfigError, parse_job
 
 
 class RecordingBackend:

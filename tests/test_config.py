@@ -1,7 +1,7 @@
 
 import pytest
 
-from vfl.config import ConfigError, load_job, parse_job
+from vfl.job.config import ConfigError, load_job, parse_job
 
 BASE = {
     "job": {"workdir": "runs/x"},

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vfl.data import MAX_ID_LENGTH, DataError, PartyTable, check_training_rows, load_table, read_ids
-from vfl.split import Standardizer, batch_schedule, split_mask
+from vfl.io.tables import MAX_ID_LENGTH, DataError, PartyTable, check_training_rows, load_table, read_ids
+from vfl.preprocess.split import Standardizer, batch_schedule, split_mask
 
 
 def test_ids_are_text_and_duplicates_are_named(tmp_path):
@@ -136,7 +136,7 @@ def test_check_training_rows(caplog):
         check_training_rows(np.ones(3), 3, batch_size=2, n_columns=1, source="g")
     with pytest.raises(DataError, match=r"no label 1"):
         check_training_rows(np.zeros(3), 3, batch_size=2, n_columns=1, source="g")
-    with caplog.at_level(logging.WARNING, logger="vfl.data"):
+    with caplog.at_level(logging.WARNING, logger="vfl.io.tables"):
         check_training_rows(y, 5, batch_size=64, n_columns=1, source="g")
     assert "batch_size 64 exceeds the 5 training rows" in caplog.text
 

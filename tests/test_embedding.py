@@ -8,8 +8,8 @@ import pytest
 
 from crypto import generate_keypair
 from tests.conftest import run_parties
-from vfl.channel import LocalNetwork
-from vfl.config import ModelConfig
+from vfl.protocol.channel import LocalNetwork
+from vfl.job.config import ModelConfig
 from vfl.models import EmbeddingTower, SplitArbiter, SplitGuest, SplitHost, TowerInput
 from vfl.models.reference import fit_twin
 

@@ -7,13 +7,13 @@ import pytest
 
 from crypto import EncryptedArray
 from tests.conftest import write_job
-from vfl.baselines import _table, twin_metrics
-from vfl.channel import LocalNetwork
-from vfl.config import load_job
-from vfl.messages import BigInts
-from vfl.pipeline import run_local, run_predict_local
-from vfl.split import split_mask
-from vfl.synth import write_categorical_credit_demo
+from vfl.evaluation.baselines import _table, twin_metrics
+from vfl.protocol.channel import LocalNetwork
+from vfl.job.config import load_job
+from vfl.protocol.messages import BigInts
+from vfl.job.threads import run_local, run_predict_local
+from vfl.preprocess.split import split_mask
+from vfl.io.synth import write_categorical_credit_demo
 
 CATS = '["merchant", "city", "device_model", "category"]'
 

@@ -8,10 +8,10 @@ decoder                                    documented error
 =========================================  =====================================
 ``parties.frames.frame_length/decode_frame``  ``FrameError`` (a ``ProtocolError``)
 ``parties.frames.LinkDecoder.decode``      ``FrameError``
-``vfl.messages.decode_payload``            ``MessageError``
+``vfl.protocol.messages.decode_payload``            ``MessageError``
 ``crypto.EncryptedArray.from_bytes``       ``ValueError``
-``vfl.config.parse_job`` / ``load_job``    ``ConfigError``
-``vfl.data.check_columns`` / ``read_ids``  ``DataError``
+``vfl.job.config.parse_job`` / ``load_job``    ``ConfigError``
+``vfl.io.tables.check_columns`` / ``read_ids``  ``DataError``
 =========================================  =====================================
 
 Inputs are random bytes, valid encodings with random mutations (flipped,
@@ -40,10 +40,10 @@ from hypothesis import strategies as st
 from crypto import EncryptedArray, generate_keypair
 from parties import frames
 from parties.frames import Frame, FrameError, Kind, LinkDecoder, LinkEncoder
-from vfl.channel import ProtocolError
-from vfl.config import ConfigError, load_job, parse_job
-from vfl.data import DataError, check_columns, read_ids
-from vfl.messages import BigInts, MessageError, decode_payload, encode_payload
+from vfl.protocol.channel import ProtocolError
+from vfl.job.config import ConfigError, load_job, parse_job
+from vfl.io.tables import DataError, check_columns, read_ids
+from vfl.protocol.messages import BigInts, MessageError, decode_payload, encode_payload
 
 _SCALE = max(1.0, float(os.environ.get("VFL_FUZZ_SCALE", "1")))
 

@@ -7,11 +7,11 @@ import pytest
 
 from crypto import EncryptedArray, generate_keypair
 from tests.conftest import run_parties
-from vfl.channel import LocalNetwork
-from vfl.config import ModelConfig
+from vfl.protocol.channel import LocalNetwork
+from vfl.job.config import ModelConfig
 from vfl.models import SplitArbiter, SplitGuest, SplitHost
 from vfl.models.reference import approx_gradient, fit_reference
-from vfl.messages import BigInts
+from vfl.protocol.messages import BigInts
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ from crypto import EncryptedArray, generate_keypair
 from parties.cli import main as vfl_main
 from parties.demo import free_ports
 from tests.conftest import write_job, write_tables
-from vfl.channel import LocalNetwork, ProtocolError
-from vfl.config import load_job
-from vfl.messages import BigInts
-from vfl.pipeline import JobFailed, run_local, run_predict_local
+from vfl.protocol.channel import LocalNetwork, ProtocolError
+from vfl.job.config import load_job
+from vfl.protocol.messages import BigInts
+from vfl.job.threads import JobFailed, run_local, run_predict_local
 from vfl.protocol.ledger import Ledger, SpecChannel, line_hash
 from vfl.protocol.spec import SPEC, batch_sizes, find
-from vfl.split import batch_schedule
-from vfl.synth import vertical_split
+from vfl.preprocess.split import batch_schedule
+from vfl.io.synth import vertical_split
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
 ROLES = {"guest": "guest", "host0": "host", "host1": "host", "arbiter": "arbiter"}
@@ -70,7 +70,7 @@ def test_lr_job_and_scoring_leave_ledgers_that_pass_the_audit(tmp_path, capsys):
 
 
 def test_embedding_job_with_label_dp_passes_the_audit_and_reports_epsilon(tmp_path, capsys):
-    from vfl.synth import write_categorical_credit_demo
+    from vfl.io.synth import write_categorical_credit_demo
     bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=800, seed=4)
     path = write_job(tmp_path, bank, [shop], label="default",
                      model='type = "embedding"\nepochs = 2\nbatch_size = 256\nlearning_rate = 0.02\n'
@@ -193,13 +193,13 @@ def test_a_peer_bypassing_the_spec_is_refused_on_receipt_and_fails_the_audit(tmp
 
 def test_a_whole_job_fails_when_a_role_sends_something_undeclared(tmp_path, monkeypatch):
     job = _lr_job(tmp_path, hosts=(2,))
-    import vfl.scoring
-    real = vfl.scoring.host_send_scores
+    import vfl.models.scoring
+    real = vfl.models.scoring.host_send_scores
 
     def leaky(channel, guest, hosts, me, u_h, context, auth=None):     # a host that sends its plain scores
         channel.send(guest, "predict/u_h_plain", u_h)
         return real(channel, guest, hosts, me, u_h, context, auth)
-    monkeypatch.setattr("vfl.workflow.host_send_scores", leaky)
+    monkeypatch.setattr("vfl.job.roles.host_send_scores", leaky)
     with pytest.raises(JobFailed, match="predict/u_h_plain"):
         run_local(job)
 

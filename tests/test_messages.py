@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from crypto import EncryptedArray, generate_keypair
-from vfl.messages import MAX_JSON_DEPTH, BigInts, MessageError, decode_payload, encode_payload, json_depth
+from vfl.protocol.messages import MAX_JSON_DEPTH, BigInts, MessageError, decode_payload, encode_payload, json_depth
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from vfl.metrics import binary_metrics, gains_table, ks_statistic, scorecard_points
+from vfl.evaluation.metrics import binary_metrics, gains_table, ks_statistic, scorecard_points
 
 
 def test_ks_matches_the_largest_gap_between_score_distributions():

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import vfl.data
+import vfl.io.tables
 from tests.conftest import write_job, write_tables
-from vfl.config import load_job
-from vfl.data import DataError, check_columns, is_parquet, load_table, read_columns, read_ids
-from vfl.pipeline import run_local
-from vfl.synth import vertical_split
+from vfl.job.config import load_job
+from vfl.io.tables import DataError, check_columns, is_parquet, load_table, read_columns, read_ids
+from vfl.job.threads import run_local
+from vfl.io.synth import vertical_split
 
 _TIMINGS = {"epoch_seconds", "stage_seconds", "phase_seconds"}
 
@@ -29,7 +29,7 @@ def test_suffixes():
 
 
 def test_same_job_on_parquet_and_on_csv_gives_the_same_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(vfl.data, "_BATCH_ROWS", 64)          # several record batches per file
+    monkeypatch.setattr(vfl.io.tables, "_BATCH_ROWS", 64)          # several record batches per file
     guest, hosts = vertical_split(600, 3, [2, 2], overlap=0.85, seed=4)
     (tmp_path / "csv").mkdir()
     (tmp_path / "pq").mkdir()
@@ -61,9 +61,9 @@ def test_same_job_on_parquet_and_on_csv_gives_the_same_model(tmp_path, monkeypat
 
 
 def test_tables_read_the_same_from_parquet_and_csv(tmp_path, monkeypatch):
-    monkeypatch.setattr(vfl.data, "_BATCH_ROWS", 3)
+    monkeypatch.setattr(vfl.io.tables, "_BATCH_ROWS", 3)
     frame = pd.DataFrame({
-        "id": ["007", "7", "NA", "null", "x y", "k" * vfl.data.MAX_ID_LENGTH, "8"],
+        "id": ["007", "7", "NA", "null", "x y", "k" * vfl.io.tables.MAX_ID_LENGTH, "8"],
         "age": [31, 45, 22, 60, 38, 51, 29],
         "city": ["Oslo", None, "", "NA", "Rome", "Oslo", "Lima"],
         "income": [1.5, 2.25, -3.0, 4e10, 0.0, 1e-9, 7.0],
@@ -166,7 +166,7 @@ def test_id_errors_also_come_from_read_ids_and_the_header_check(tmp_path):
 
 
 def test_null_id_row_counts_across_record_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr(vfl.data, "_BATCH_ROWS", 50)
+    monkeypatch.setattr(vfl.io.tables, "_BATCH_ROWS", 50)
     ids = [f"u{i}" for i in range(200)]
     ids[129] = None
     p = tmp_path / "t.parquet"
@@ -194,7 +194,7 @@ def test_unreadable_parquet_files_are_data_errors(tmp_path):
 
 
 def test_bad_parquet_fails_the_job_naming_the_party(tmp_path):
-    from vfl.pipeline import JobFailed
+    from vfl.job.threads import JobFailed
     guest, (host,) = vertical_split(200, 2, [2], seed=1)
     write_tables(tmp_path, guest, [])
     h = host.copy()

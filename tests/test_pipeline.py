@@ -11,11 +11,11 @@ from sklearn.metrics import roc_auc_score
 
 from parties.cli import main as vfl_main
 from tests.conftest import write_job, write_tables
-from vfl.config import load_job
+from vfl.job.config import load_job
 from vfl.models.reference import fit_reference
-from vfl.pipeline import JobFailed, run_local
-from vfl.split import Standardizer, split_mask
-from vfl.synth import vertical_split
+from vfl.job.threads import JobFailed, run_local
+from vfl.preprocess.split import Standardizer, split_mask
+from vfl.io.synth import vertical_split
 
 
 def _joined_reference(job, guest_csv, host_csvs):
@@ -105,10 +105,10 @@ def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
     """Hosts and arbiter never receive a plaintext float array; the guest receives none from hosts
     except through the secure sum; every encrypted payload uses the arbiter's key."""
     from crypto import EncryptedArray
-    from vfl.messages import BigInts
+    from vfl.protocol.messages import BigInts
     _, paths = write_tables(tmp_path, *vertical_split(400, 2, [2, 2], overlap=0.9, seed=3))
     job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths, model="epochs = 2\nbatch_size = 128"))
-    from vfl.channel import LocalNetwork
+    from vfl.protocol.channel import LocalNetwork
     net = LocalNetwork(["guest", "host0", "host1", "arbiter"], record=True)
     run_local(job, network=net)
     keys = {r.payload["n"] for r in net.transcript if r.step == "lr/public_key"}

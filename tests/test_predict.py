@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from tests.conftest import write_job
-from vfl.config import load_job
+from vfl.job.config import load_job
 from vfl.models.model_file import ModelFileError, ModelPart
-from vfl.pipeline import JobFailed, run_local, run_predict_local
-from vfl.synth import vertical_split
+from vfl.job.threads import JobFailed, run_local, run_predict_local
+from vfl.io.synth import vertical_split
 
 
 def _trained_job(tmp_path, extra_guest="", extra_host=""):

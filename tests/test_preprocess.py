@@ -10,18 +10,18 @@ import pandas as pd
 import pytest
 
 from tests.conftest import run_parties, write_job, write_tables
-from vfl.channel import LocalNetwork
-from vfl.config import ConfigError, load_job
-from vfl.data import load_table
+from vfl.protocol.channel import LocalNetwork
+from vfl.job.config import ConfigError, load_job
+from vfl.io.tables import load_table
 from vfl.models.model_file import load_part
-from vfl.pipeline import run_local, run_predict_local
+from vfl.job.threads import run_local, run_predict_local
 from vfl.preprocess.binning import (CATEGORICAL, NUMERIC, ColumnBins, apply_groups, enforce_min_rows,
                                     fit_categorical, fit_numeric, monotonic_groups)
 from vfl.preprocess.roles import guest_host_counts, host_bin_counts
 from vfl.preprocess.selection import select_by_iv
 from vfl.protocol.audit import audit_job
-from vfl.split import split_mask
-from vfl.synth import vertical_split
+from vfl.preprocess.split import split_mask
+from vfl.io.synth import vertical_split
 
 MIN_ROWS = 40
 
@@ -143,7 +143,7 @@ def test_host_event_counts_equal_plaintext_and_small_bins_are_refused():
     c = rng.choice(list("abcd"), n)
     cat = fit_categorical("c", c, MIN_ROWS)
     assign = np.stack([cb.assign(x), cat.assign(c)], axis=1)
-    from vfl.config import ModelConfig
+    from vfl.job.config import ModelConfig
     model = ModelConfig(key_bits=512, allow_short_keys=True)
     net = LocalNetwork(["guest", "h"])
     got = {}
@@ -347,7 +347,7 @@ def test_processes_over_tls_run_the_binning_stage_and_pass_the_audit(tmp_path, c
 
 
 def test_woe_encoder_maps_unseen_and_missing_values_and_round_trips():
-    from vfl.data import PartyTable
+    from vfl.io.tables import PartyTable
     from vfl.preprocess.transform import WoeEncoder
     x = np.r_[np.arange(100.0), np.full(60, np.nan)]
     c = np.array(["a"] * 50 + ["b"] * 50 + ["y"] * 30 + ["z"] * 30, dtype=object)   # y, z: rare, "other"

@@ -15,10 +15,10 @@ import pytest
 from parties.certs import make_certs
 from parties.demo import free_ports
 from parties.launcher import PartyFailed, run_processes
-from vfl.config import load_job
+from vfl.job.config import load_job
 from vfl.models.reference import fit_reference
-from vfl.split import Standardizer, split_mask
-from vfl.synth import vertical_split
+from vfl.preprocess.split import Standardizer, split_mask
+from vfl.io.synth import vertical_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

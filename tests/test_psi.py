@@ -18,8 +18,8 @@ import crypto.psi as cpsi
 import vfl.psi.roles as vpsi
 from crypto import pool
 from crypto.psi import LowOrderPointError, PsiKey, common_positions, hash_ids, random_permutation
-from vfl.channel import LocalNetwork, PeerLost, ProtocolError
-from vfl.data import DataError
+from vfl.protocol.channel import LocalNetwork, PeerLost, ProtocolError
+from vfl.io.tables import DataError
 from vfl.psi import PsiError, psi_guest, psi_host, write_intersection
 
 

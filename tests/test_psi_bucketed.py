@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 import crypto.psi as cpsi
 from crypto.psi import bucket_of, commitment, hash_ids, padded_size
 from tests.test_psi import assert_all_get, random_sets, run_psi, true_intersection
-from vfl.channel import PeerLost, ProtocolError
-from vfl.data import DataError
+from vfl.protocol.channel import PeerLost, ProtocolError
+from vfl.io.tables import DataError
 from vfl.psi import IdFile, PsiError, bucketed_psi_guest, bucketed_psi_host, psi_guest, psi_host
 from vfl.psi.bucketed import buckets_for
 
@@ -163,7 +163,7 @@ def test_duplicates_across_chunks_are_named_in_file_order_before_anything_is_sen
     _, errors, net = run_bucketed({"guest": np.array(["id1", "id2"]), "host": np.array(ids)},
                                   timeout=5, sources={"host": source})
     assert isinstance(errors["host"], DataError)
-    # as vfl.data.check_unique_ids says it: 3 repeats, distinct values by first repeat
+    # as vfl.io.tables.check_unique_ids says it: 3 repeats, distinct values by first repeat
     assert str(errors["host"]) == f"{tmp_path / 'h.csv'}: 3 duplicate IDs, first: 'id7', 'id3'"
     assert isinstance(errors.get("guest"), PeerLost)
     assert net.bytes_sent["host"] == 0

@@ -9,8 +9,8 @@ from crypto import EncryptedArray, generate_keypair
 from crypto import paillier
 from crypto.encoding import DEFAULT_FRAC_BITS, encode_signed
 from tests.test_hetero_lr import _data, _train, _weights
-from vfl.channel import LocalNetwork
-from vfl.config import ModelConfig
+from vfl.protocol.channel import LocalNetwork
+from vfl.job.config import ModelConfig
 from vfl.models import SplitArbiter, SplitGuest, SplitHost
 from vfl.models.reference import fit_reference
 from tests.conftest import run_parties

@@ -19,10 +19,10 @@ from crypto.backends.ray import RayBackend  # noqa: E402
 from crypto.psi import LowOrderPointError, PsiKey, hash_ids  # noqa: E402
 from parties.party import shared_backend  # noqa: E402
 from tests.conftest import write_job, write_tables  # noqa: E402
-from vfl.config import load_job  # noqa: E402
+from vfl.job.config import load_job  # noqa: E402
 from vfl.models.reference import fit_reference  # noqa: E402
-from vfl.pipeline import run_local  # noqa: E402
-from vfl.synth import vertical_split  # noqa: E402
+from vfl.job.threads import run_local  # noqa: E402
+from vfl.io.synth import vertical_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,13 @@ from sklearn.metrics import roc_auc_score
 from parties.cli import main
 from tests.conftest import write_job
 from tests.test_stability import reference_categorical_psi, reference_psi
-from vfl.config import load_job
+from vfl.job.config import load_job
 from vfl.evaluation import stability
 from vfl.evaluation.host_report import build_host_report, load_host_results
 from vfl.evaluation.report import build_report, load_results
-from vfl.pipeline import run_local, run_predict_local
-from vfl.split import split_mask
-from vfl.synth import vertical_split
+from vfl.job.threads import run_local, run_predict_local
+from vfl.preprocess.split import split_mask
+from vfl.io.synth import vertical_split
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ["Sample", "Discrimination", "Score distribution by class", "Decile table", "Calibration", "Training",

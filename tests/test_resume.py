@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_job, write_tables
-from vfl.config import load_job
-from vfl.pipeline import JobFailed, run_local
-from vfl.synth import vertical_split
+from vfl.job.config import load_job
+from vfl.job.threads import JobFailed, run_local
+from vfl.io.synth import vertical_split
 
 
 def _weights(job):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from crypto.secure_sum import FRAC_BITS, SumKey, reveal_sum
-from vfl.channel import LocalNetwork
-from vfl.scoring import guest_sum_scores, host_send_scores
+from vfl.protocol.channel import LocalNetwork
+from vfl.models.scoring import guest_sum_scores, host_send_scores
 
 
 def test_masks_cancel_and_shares_look_random():
@@ -56,7 +56,7 @@ def _identities(tmp_path, names):
     """A throwaway CA and one TLS identity per host, as `vfl certs` makes them."""
     from crypto.signing import PartySigner, PeerVerifier
     from parties.certs import issue_cert, make_ca
-    from vfl.scoring import RelayAuth
+    from vfl.models.scoring import RelayAuth
     ca = make_ca(tmp_path)
     auth = {}
     for n in names:
@@ -121,7 +121,7 @@ def _forging_guest(mutate):
 ])
 def test_a_guest_that_tampers_with_relayed_keys_gets_no_share(tmp_path, attack, message):
     from crypto.secure_sum import SumKey
-    from vfl.scoring import signed_bytes
+    from vfl.models.scoring import signed_bytes
 
     def mutate(entries):
         fake = SumKey().public_bytes().hex()

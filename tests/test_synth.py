@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from scipy import sparse
 
-from vfl.synth import categorical_credit_population, write_categorical_credit_demo
+from vfl.io.synth import categorical_credit_population, write_categorical_credit_demo
 
 BANK_COLUMNS = ["id", "age", "annual_income", "debt_ratio", "credit_utilization", "past_delinquencies", "default"]
 SHOP_COLUMNS = ["id", "merchant", "city", "device_model", "category", "orders_12m", "return_rate"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import vfl.messages  # noqa: E402
+import vfl.protocol.messages  # noqa: E402
 from crypto import EncryptedArray, generate_keypair  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
@@ -26,9 +26,9 @@ from parties.certs import issue_cert, load_ca, make_ca, make_certs  # noqa: E402
 from parties.frames import Frame, FrameError, Kind, LinkDecoder, LinkEncoder  # noqa: E402
 from parties.transport import (AuthError, ConnectError, TlsChannel, link_plan,  # noqa: E402
                                open_channel)
-from vfl.channel import PeerLost, ProtocolError  # noqa: E402
-from vfl.config import ConfigError, parse_job  # noqa: E402
-from vfl.messages import BigInts  # noqa: E402
+from vfl.protocol.channel import PeerLost, ProtocolError  # noqa: E402
+from vfl.job.config import ConfigError, parse_job  # noqa: E402
+from vfl.protocol.messages import BigInts  # noqa: E402
 
 JOB = "transport-test"
 
@@ -344,7 +344,7 @@ def _host_with_fake_guest(pki, **kw):
 def test_corrupted_frame_from_authenticated_peer_is_refused(pki, caplog, bad, message):
     host, fake, enc = _host_with_fake_guest(pki)
     try:
-        fake.sendall(enc.data("ok", vfl.messages.encode_payload({"a": 1})))
+        fake.sendall(enc.data("ok", vfl.protocol.messages.encode_payload({"a": 1})))
         fake.sendall(bad(enc))
         assert host.recv("guest", "ok") == {"a": 1}  # frames before the bad one still arrive
         with pytest.raises(FrameError, match=message):
@@ -469,8 +469,8 @@ def test_hello_is_read_with_a_small_limit(pki):
 
 def test_full_inbox_blocks_the_reader_and_drops_nothing(pki):
     host, fake, enc = _host_with_fake_guest(pki, inbox_messages=4, inbox_bytes=3 << 20)
-    small = [vfl.messages.encode_payload({"i": i}) for i in range(30)]
-    big = [vfl.messages.encode_payload(np.full(1 << 17, float(i))) for i in range(40)]  # 1 MiB each
+    small = [vfl.protocol.messages.encode_payload({"i": i}) for i in range(30)]
+    big = [vfl.protocol.messages.encode_payload(np.full(1 << 17, float(i))) for i in range(40)]  # 1 MiB each
     wire = b"".join(enc.data(f"s{i}", p) for i, p in enumerate(small))
     wire += b"".join(enc.data(f"b{i}", p) for i, p in enumerate(big))
     sender = _in_thread(fake.sendall, wire)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..files import write_json
+from ..io.files import write_json
 from . import stability
 from .curves import evaluate_sample, histogram_edges
 

@@ -16,9 +16,9 @@ import numpy as np
 from crypto import EncryptedArray, generate_keypair
 from crypto.encoding import DEFAULT_FRAC_BITS, encode_signed
 from crypto.packing import SLOT_BITS, packed_count, slot_offsets, slots_per_ciphertext
-from ..channel import Channel
-from ..config import ModelConfig
-from ..messages import BigInts
+from ..protocol.channel import Channel
+from ..job.config import ModelConfig
+from ..protocol.messages import BigInts
 from ..protocol.spec import batch_sizes
 from .checkpoint import Checkpoint, CheckpointError, TrainingState
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step

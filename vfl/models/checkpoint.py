@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..files import write_json
-from ..optim import restore_optimizer
+from ..job.config import ModelConfig
+from ..io.files import write_json
+from .optim import restore_optimizer
 
 FORMAT, VERSION = "vfl-lr-checkpoint", 1
 

@@ -25,10 +25,10 @@ import numpy as np
 from crypto import EncryptedArray, PublicKey, mask
 from crypto.encoding import DEFAULT_FRAC_BITS, decode_signed
 from crypto.packing import pack, unpack
-from ..channel import Channel, note_rows
-from ..config import MIN_KEY_BITS, ModelConfig
-from ..messages import BigInts
-from ..split import batch_schedule
+from ..protocol.channel import Channel, note_rows
+from ..job.config import MIN_KEY_BITS, ModelConfig
+from ..protocol.messages import BigInts
+from ..preprocess.split import batch_schedule
 
 LOG2 = float(np.log(2.0))
 log = logging.getLogger("vfl.lr")

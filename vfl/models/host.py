@@ -5,11 +5,11 @@ import numpy as np
 
 from crypto import EncryptedArray, PublicKey
 
-from ..channel import Channel
-from ..config import ModelConfig
-from ..optim import optimizer_state
-from ..split import batch_schedule
-from ..timing import Stopwatch
+from ..protocol.channel import Channel
+from ..job.config import ModelConfig
+from .optim import optimizer_state
+from ..preprocess.split import batch_schedule
+from .timing import Stopwatch
 from .backprop import encrypted_sums
 from .checkpoint import Checkpoint, TrainingState, resume_from
 from .randomness import receive_zeros

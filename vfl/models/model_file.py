@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import PartyTable
-from ..files import write_json
-from ..split import Standardizer
+from ..io.tables import PartyTable
+from ..io.files import write_json
+from ..preprocess.split import Standardizer
 from ..preprocess.transform import WoeEncoder
 from .towers import EmbeddingTower, TowerInput
 from .vocab import Vocabulary

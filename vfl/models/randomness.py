@@ -22,9 +22,9 @@ from typing import Sequence
 
 from crypto import EncryptedArray, PrivateKey, PublicKey
 
-from ..channel import Channel
-from ..config import ModelConfig
-from ..timing import Stopwatch
+from ..protocol.channel import Channel
+from ..job.config import ModelConfig
+from .timing import Stopwatch
 from .common import expect_encrypted, step
 
 STEP = "enc_zeros"

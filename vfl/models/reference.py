@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..optim import make_optimizer
-from ..split import batch_schedule
+from ..job.config import ModelConfig
+from .optim import make_optimizer
+from ..preprocess.split import batch_schedule
 from .common import expansion_terms
 
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from crypto import EncryptedArray, PublicKey
 
-from ..channel import Channel
-from ..config import ModelConfig
-from ..optim import make_optimizer
+from ..protocol.channel import Channel
+from ..job.config import ModelConfig
+from .optim import make_optimizer
 from .backprop import buffer_encrypted
 from .common import masked_gradient_round
 from .release import ReleaseBuffer, group_released

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey, generate_keypair
-from ..channel import Channel
-from ..config import MIN_KEY_BITS, ModelConfig
+from ..protocol.channel import Channel
+from ..job.config import MIN_KEY_BITS, ModelConfig
 from .binning import ColumnBins, apply_groups, check_groups, merged_counts, monotonic_groups, n_ordered
 from .woe import woe_iv
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ScorecardConfig
-from ..files import write_json
-from ..split import Standardizer
+from ..job.config import ScorecardConfig
+from ..io.files import write_json
+from .split import Standardizer
 from .transform import WoeEncoder
 
 

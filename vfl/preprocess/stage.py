@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..channel import Channel
-from ..config import JobConfig
-from ..data import DataError, PartyTable
+from ..protocol.channel import Channel
+from ..job.config import JobConfig
+from ..io.tables import DataError, PartyTable
 from .binning import BinningError, assign_all, fit_bins, n_ordered
 from .roles import guest_host_counts, guest_send_selection, host_bin_counts, host_receive_selection, summarise
 from .selection import anonymous_name, select_by_iv

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import PartyTable
+from ..io.tables import PartyTable
 from .binning import ColumnBins, assign_all
 
 

@@ -1,6 +1,6 @@
 """Enforce the spec on every message and keep a hash-chained ledger of them.
 
-:class:`SpecChannel` wraps any :class:`vfl.channel.Channel` (the in-memory one
+:class:`SpecChannel` wraps any :class:`vfl.protocol.channel.Channel` (the in-memory one
 of ``vfl run --threads`` and the tests, or the TLS one of ``vfl party``). It
 refuses to send a step that :mod:`vfl.protocol.spec` does not declare from
 this party's role to the peer's, or a payload of another kind, and refuses a
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from crypto import EncryptedArray
-from ..channel import Channel, ProtocolError
-from ..messages import BigInts, Payload, encode_payload
+from .channel import Channel, ProtocolError
+from .messages import BigInts, Payload, encode_payload
 from .spec import SpecViolation, StepSpec, batch_sizes, find
 
 GENESIS = "0" * 64

@@ -41,7 +41,7 @@ CLASSES = {
 # clear too, but uniformly distributed by themselves)
 CLEAR = (PUBLIC, CONTROL, POSITIONS, MASKED, SHARE, AGGREGATE)
 
-# payload kinds on the wire (vfl.messages)
+# payload kinds on the wire (vfl.protocol.messages)
 KINDS = ("control", "array", "encrypted", "bigints")
 
 # phases, and the phases each task runs
@@ -230,7 +230,7 @@ def find(step: str, sender: str, receiver: str, kind: str | None = None, dtype: 
 
 
 def batch_sizes(n_rows: int, batch_size: int) -> list[int]:
-    """Rows of each batch of an epoch, as :func:`vfl.split.batch_schedule` cuts them (sizes only,
+    """Rows of each batch of an epoch, as :func:`vfl.preprocess.split.batch_schedule` cuts them (sizes only,
     which do not depend on the seeded permutation)."""
     bounds = list(range(0, n_rows, batch_size)) + [n_rows]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < batch_size // 2:

@@ -43,7 +43,7 @@ import numpy as np
 from crypto.psi import (PsiKey, bucket_key, bucket_nonce, commitment, hash_ids, padded_size,
                         random_permutation, random_points, NONCE_BYTES)
 
-from ..channel import Channel, ProtocolError
+from ..protocol.channel import Channel, ProtocolError
 from .buckets import IdArray, IdSource, Spill, into_buckets, read_checked
 from .roles import (PsiError, _expect_plan, check_hosts, guest_exchange, host_exchange, no_common_ids_guest,
                     no_common_ids_host)

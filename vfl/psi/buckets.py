@@ -2,7 +2,7 @@
 
 Nothing here talks to another party. A party reads its IDs chunk by chunk
 (:class:`IdFile` streams a CSV or Parquet file through
-:func:`vfl.data.iter_ids`, with the same checks as :func:`vfl.data.read_ids`),
+:func:`vfl.io.tables.iter_ids`, with the same checks as :func:`vfl.io.tables.read_ids`),
 keeps for every ID only its point ``H(id)`` and its row number (40 bytes,
 :data:`RECORD`), and sorts these records into parts: first by an unkeyed
 prefix of the point (:func:`read_checked`, which also finds duplicate IDs
@@ -24,7 +24,7 @@ import numpy as np
 
 from crypto.psi import POINT_DTYPE, bucket_of, hash_ids
 
-from ..data import DataError, iter_ids
+from ..io.tables import DataError, iter_ids
 
 log = logging.getLogger("vfl.psi")
 
@@ -62,14 +62,14 @@ class IdSource:
 
 
 class IdArray(IdSource):
-    """IDs already in memory (an array of text, as :func:`vfl.data.read_ids` returns)."""
+    """IDs already in memory (an array of text, as :func:`vfl.io.tables.read_ids` returns)."""
 
     def __init__(self, ids: np.ndarray, name: str) -> None:
         arr = np.asarray(ids)
         if arr.ndim != 1:
             raise ValueError(f"{name}: IDs must be a 1-D array, got shape {arr.shape}")
         if arr.size and arr.dtype.kind not in ("U", "O"):
-            raise TypeError(f"{name}: IDs must be text, got dtype {arr.dtype}; read them with vfl.data.read_ids")
+            raise TypeError(f"{name}: IDs must be text, got dtype {arr.dtype}; read them with vfl.io.tables.read_ids")
         self.ids, self.name = arr, name
 
     def chunks(self) -> Iterator[np.ndarray]:
@@ -172,7 +172,7 @@ class Spill:
 
 def read_checked(source: IdSource, folder: Path | None, limit_bytes: int) -> tuple[Spill, int]:
     """Read, validate and hash every ID once; refuse duplicates (naming the first
-    ones in file order, as :func:`vfl.data.check_unique_ids` does). Returns the
+    ones in file order, as :func:`vfl.io.tables.check_unique_ids` does). Returns the
     records split by an unkeyed prefix of the point, and the number of IDs."""
     spill = Spill(LOCAL_PARTS, folder, limit_bytes)
     try:

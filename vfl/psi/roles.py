@@ -42,9 +42,9 @@ import numpy as np
 from crypto.psi import (POINT_DTYPE, LowOrderPointError, PsiKey, common_positions, hash_ids,
                         random_permutation)
 
-from ..channel import Channel, ProtocolError
-from ..data import check_unique_ids
-from ..messages import describe
+from ..protocol.channel import Channel, ProtocolError
+from ..io.tables import check_unique_ids
+from ..protocol.messages import describe
 
 log = logging.getLogger("vfl.psi")
 
@@ -276,7 +276,7 @@ def _checked_ids(ids: np.ndarray, source: str) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"{source}: IDs must be a 1-D array, got shape {arr.shape}")
     if arr.size and arr.dtype.kind not in ("U", "O"):
-        raise TypeError(f"{source}: IDs must be text, got dtype {arr.dtype}; read them with vfl.data.read_ids")
+        raise TypeError(f"{source}: IDs must be text, got dtype {arr.dtype}; read them with vfl.io.tables.read_ids")
     check_unique_ids(arr, source)
     return arr
 

@@ -19,10 +19,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 
-from .config import JobConfig, PartyConfig
-from .data import PartyTable, load_table
+from ..job.config import JobConfig, PartyConfig
+from ..io.tables import PartyTable, load_table
 from .metrics import binary_metrics
-from .split import Standardizer
+from ..preprocess.split import Standardizer
 
 
 def _columns(t: PartyTable, test: np.ndarray) -> np.ndarray:
@@ -59,9 +59,9 @@ def twin_metrics(job: JobConfig, tables: list[PartyTable], test: np.ndarray, pro
                  noise_seed: int | None = None) -> dict:
     """Test metrics of the plaintext twin of the job's model on pooled rows (``protected``: with the
     job's held-back releases and clipping; ``noise_seed``: and the arbiter's label-DP noise)."""
-    from .models.reference import fit_twin
-    from .models.trainer import init_seed
-    from .workflow import tower_for
+    from ..models.reference import fit_twin
+    from ..models.trainer import init_seed
+    from ..job.roles import tower_for
     model = job.model if protected else replace(job.model, min_rows_per_release=1, label_dp="off")
     parties = [job.guest, *job.hosts]
     built = [tower_for(job, p, t, test, Standardizer.fit(t.features[~test])) for p, t in zip(parties, tables)]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from .channel import LocalNetwork
+from ..protocol.channel import LocalNetwork
 from .config import JobConfig
-from .inference import predict_guest, predict_host
-from .workflow import run_arbiter, run_guest, run_host, run_psi_party
+from .predict import predict_guest, predict_host
+from .roles import run_arbiter, run_guest, run_host, run_psi_party
 
 
 class JobFailed(RuntimeError):
@@ -22,7 +22,7 @@ def _run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwo
                  job: JobConfig | None = None, task: str = "train") -> dict:
     """Run each party's target in its own thread; with ``job``, each on a channel checked
     against the protocol spec and recorded in ``<workdir>/<party>/ledger.jsonl``."""
-    from .protocol.ledger import spec_channel
+    from ..protocol.ledger import spec_channel
     results: dict[str, object] = {}
     errors: dict[str, BaseException] = {}
 
@@ -43,7 +43,7 @@ def _run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwo
         t.join()
     if errors:
         # The first failure is the cause; the others are usually "job aborted".
-        from .channel import PeerLost
+        from ..protocol.channel import PeerLost
         causes = {n: e for n, e in errors.items() if not isinstance(e, PeerLost)} or errors
         name, exc = next(iter(causes.items()))
         raise JobFailed(f"party {name!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -22,8 +22,8 @@ import numpy as np
 
 from crypto.secure_sum import SumKey, reveal_sum
 from crypto.signing import PartySigner, PeerVerifier, SignatureError
-from .channel import Channel, ProtocolError
-from .config import JobConfig
+from ..protocol.channel import Channel, ProtocolError
+from ..job.config import JobConfig
 
 _KEY_BYTES = 32
 

@@ -38,7 +38,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 _BATCH_ROWS = 65_536     # rows per Parquet record batch
 
-log = logging.getLogger("vfl.data")
+log = logging.getLogger("vfl.io.tables")
 
 MAX_ID_LENGTH = 256
 """Longest accepted ID, in characters: longer values are almost always a broken

@@ -13,16 +13,16 @@ import time
 
 import pandas as pd
 
-from .channel import Channel
+from ..protocol.channel import Channel
 from .config import JobConfig, PartyConfig
-from .data import load_table, read_columns
-from .files import write_json
-from .models.common import sigmoid
-from .metrics import binary_metrics, gains_table, scorecard_points
-from .models.model_file import load_part
-from .psi import write_intersection
-from .workflow import run_psi
-from .scoring import guest_sum_scores, host_send_scores, relay_authentication
+from ..io.tables import load_table, read_columns
+from ..io.files import write_json
+from ..models.common import sigmoid
+from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
+from ..models.model_file import load_part
+from ..psi import write_intersection
+from .roles import run_psi
+from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
 
 log = logging.getLogger("vfl.predict")
 
@@ -55,7 +55,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if has_label:
         frame.insert(1, "label", data.labels.astype(int))
     frame.to_csv(out / "scores.csv", index=False)
-    from .evaluation import collect                   # every cohort kept; score and own-column PSI vs training
+    from ..evaluation import collect                   # every cohort kept; score and own-column PSI vs training
     cdir = collect.new_cohort_dir(job.workdir, path)
     report = {"job": job.name, **collect.cohort_stamp(cdir, path, out / "model.json"),
               "guest_rows": int(len(table.ids)), "scored_rows": int(len(common)),
@@ -68,7 +68,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
                                          data.categorical_columns, data.categorical))
     collect.save_guest_cohort(job.workdir, report, frame)
     if (job.workdir / "metrics.json").is_file():
-        from .evaluation.report import write_report
+        from ..evaluation.report import write_report
         write_report(job)                             # the report now shows this cohort beside the others
     log.info("%s: scored %d rows -> %s", g.name, len(common), out / "scores.csv")
     return report
@@ -86,7 +86,7 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     u_h = model.score(data)
     host_send_scores(channel, job.guest.name, job.host_names, name, u_h, context=f"{job.name}/score",
                      auth=relay_authentication(job, name))
-    from .evaluation import collect                   # the PSI of its own columns against its training rows
+    from ..evaluation import collect                   # the PSI of its own columns against its training rows
     path = _rows_to_score(h)
     cdir = collect.new_cohort_dir(out, path)
     report = {"party": name, **collect.cohort_stamp(cdir, path, out / "model.json"),
@@ -96,6 +96,6 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     write_intersection(cdir / "scored_ids.csv", common)
     write_json(cdir / "report.json", report)
     if (out / "report.json").is_file():
-        from .evaluation.host_report import write_host_report
+        from ..evaluation.host_report import write_host_report
         write_host_report(job, name)
     return {"party": name, "rows": report["rows"], "scored_rows": report["scored_rows"]}

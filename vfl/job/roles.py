@@ -14,25 +14,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .channel import Channel
+from ..protocol.channel import Channel
 from .config import JobConfig, PartyConfig
-from .data import PartyTable, check_training_rows, load_table
+from ..io.tables import PartyTable, check_training_rows, load_table
 if TYPE_CHECKING:
-    from .preprocess.stage import Prepared
-from .files import write_json
-from .models import SplitArbiter, SplitGuest, SplitHost
-from .models.checkpoint import Checkpoint, fingerprint
-from .models.common import sigmoid
-from .metrics import binary_metrics, gains_table, scorecard_points
-from .models.model_file import ModelPart, TowerPart
-from .models.towers import EmbeddingTower, LinearTower, Tower, TowerInput
-from .models.privacy import label_dp_summary
-from .models.trainer import init_seed
-from .models.vocab import Vocabulary
-from .psi import IdFile, bucketed_psi_guest, bucketed_psi_host, write_intersection
-from .scoring import guest_sum_scores, host_send_scores, relay_authentication
-from .split import Standardizer, split_mask
-from .timing import Stopwatch
+    from ..preprocess.stage import Prepared
+from ..io.files import write_json
+from ..models import SplitArbiter, SplitGuest, SplitHost
+from ..models.checkpoint import Checkpoint, fingerprint
+from ..models.common import sigmoid
+from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
+from ..models.model_file import ModelPart, TowerPart
+from ..models.towers import EmbeddingTower, LinearTower, Tower, TowerInput
+from ..models.privacy import label_dp_summary
+from ..models.trainer import init_seed
+from ..models.vocab import Vocabulary
+from ..psi import IdFile, bucketed_psi_guest, bucketed_psi_host, write_intersection
+from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
+from ..preprocess.split import Standardizer, split_mask
+from ..models.timing import Stopwatch
 
 log = logging.getLogger("vfl.job")
 
@@ -123,7 +123,7 @@ def _model_part(party: PartyConfig, data: PartyTable, std: Standardizer, tower: 
 
 def _scorecard(job: JobConfig, part: ModelPart, key: str, events=None) -> dict:
     """This party's points table for its own columns, written to its own folder."""
-    from .preprocess.scorecard import offset_points, points_table, scorecard_figures, write_scorecard
+    from ..preprocess.scorecard import offset_points, points_table, scorecard_figures, write_scorecard
     table = points_table(job.scorecard, part.encoder, part.coef, part.standardizer, events)
     offset = offset_points(job.scorecard, part.intercept) if part.intercept is not None else None
     figures = scorecard_figures(job.scorecard, key, table, offset)
@@ -145,7 +145,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     prep = None
     if job.preprocess is not None:
         check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_size, 1, str(g.data))
-        from .preprocess.stage import guest_prepare
+        from ..preprocess.stage import guest_prepare
         with timings("binning"):
             prep = guest_prepare(job, channel, data, test)
     model_data = prep.table if prep is not None else data
@@ -188,10 +188,10 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         if prep.encoder is not None:
             metrics["scorecard"].update(_scorecard(job, part, "guest", prep.events))
     if job.baselines:
-        from .baselines import baseline_aucs
+        from ..evaluation.baselines import baseline_aucs
         metrics.update(baseline_aucs(job, common, test))
-    from .evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
-    from .evaluation.report import write_report
+    from ..evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
+    from ..evaluation.report import write_report
     metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1),
                                data.categorical_columns, data.categorical))
     write_json(job.workdir / "metrics.json", metrics)
@@ -212,7 +212,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     data, test = _aligned(job, name, table, common)
     prep = None
     if job.preprocess is not None:
-        from .preprocess.stage import host_prepare
+        from ..preprocess.stage import host_prepare
         with timings("binning"):
             prep = host_prepare(job, name, channel, data, test)
     model_data = prep.table if prep is not None else data
@@ -233,8 +233,8 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds,
               "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
               "smallest_release_rows": model.smallest_release_}
-    from .evaluation.collect import host_figures     # PSI of its own columns, train against test
-    from .evaluation.host_report import write_host_report
+    from ..evaluation.collect import host_figures     # PSI of its own columns, train against test
+    from ..evaluation.host_report import write_host_report
     report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test))
     if prep is not None:
         report["kept_columns"] = [*model_data.columns, *model_data.categorical_columns]
