@@ -25,7 +25,7 @@ import os
 import threading
 from typing import Any, Callable, Sequence
 
-from . import BackendUnavailable
+from .base import BackendUnavailable
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray>=2.9')"
 

@@ -61,7 +61,7 @@ def twin_metrics(job: JobConfig, tables: list[PartyTable], test: np.ndarray, pro
     job's held-back releases and clipping; ``noise_seed``: and the arbiter's label-DP noise)."""
     from ..models.reference import fit_twin
     from ..models.trainer import init_seed
-    from ..job.roles import tower_for
+    from ..models.builder import tower_for
     model = job.model if protected else replace(job.model, min_rows_per_release=1, label_dp="off")
     parties = [job.guest, *job.hosts]
     built = [tower_for(job, p, t, test, Standardizer.fit(t.features[~test])) for p, t in zip(parties, tables)]

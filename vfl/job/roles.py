@@ -25,7 +25,8 @@ from ..models.checkpoint import Checkpoint, fingerprint
 from ..models.common import sigmoid
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..models.model_file import ModelPart, TowerPart
-from ..models.towers import EmbeddingTower, LinearTower, Tower, TowerInput
+from ..models.builder import tower_for
+from ..models.towers import LinearTower, Tower, TowerInput
 from ..models.privacy import label_dp_summary
 from ..models.trainer import init_seed
 from ..models.vocab import Vocabulary
@@ -86,26 +87,6 @@ def _model_inputs(job: JobConfig, party: PartyConfig, data: PartyTable, test: np
         return LinearTower(woe.shape[1], intercept=party.role == "guest"), TowerInput(std.transform(woe)), None, std
     std = Standardizer.fit(data.features[~test])
     return (*tower_for(job, party, data, test, std), std)
-
-
-def tower_for(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.ndarray, std: Standardizer
-           ) -> tuple[Tower, TowerInput, list[Vocabulary] | None]:
-    """This party's tower and its inputs for every aligned row; vocabularies from its training rows.
-
-    Logistic regression on numeric columns is a linear tower; categorical columns
-    need embedding tables (``embedding_dim = 1`` without hidden layers is one-hot LR).
-    """
-    m, guest = job.model, party.role == "guest"
-    numeric = std.transform(data.features)
-    if m.type == "logistic" and not party.categorical_columns:
-        return LinearTower(numeric.shape[1], intercept=guest), TowerInput(numeric), None
-    vocabs = [Vocabulary.fit(c, data.categorical[~test, j], m.min_category_rows, m.hash_buckets)
-              for j, c in enumerate(data.categorical_columns)]
-    codes = (np.stack([v.encode(data.categorical[:, j]) for j, v in enumerate(vocabs)], axis=1) if vocabs
-             else np.zeros((len(numeric), 0), dtype=np.int64))
-    dim, hidden = (m.embedding_dim, m.hidden_units) if m.type == "embedding" else (1, ())
-    tower = EmbeddingTower(numeric.shape[1], [v.size for v in vocabs], dim, hidden, intercept=guest)
-    return tower, TowerInput(numeric, codes), vocabs
 
 
 def _model_part(party: PartyConfig, data: PartyTable, std: Standardizer, tower: Tower,
