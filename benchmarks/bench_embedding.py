@@ -133,7 +133,7 @@ def main() -> None:
     if dp["on"]:
         print(f"label-DP: noise multiplier {dp['noise_multiplier']:.2f}, clip {dp['clip_norm']}, "
               f"epsilon spent {dp['epsilon_spent']:.3f} at delta {dp['delta']:g}; best possible attack AUC "
-              f"{best_attack_auc(dp['noise_multiplier'], m['epochs_run']):.3f}")
+              f"{best_attack_auc(dp['noise_multiplier'], m['epochs_run'], dp['noised_parties']):.3f}")
     print(f"smallest number of rows behind a released sum: guest {m['smallest_release_rows']}, "
           f"host {host['smallest_release_rows']}")
     rows = [("federated (encrypted)", m["test"]["auc"])]

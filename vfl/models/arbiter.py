@@ -3,8 +3,11 @@
 It holds no weights and no optimiser state. What it decrypts is either a
 gradient sum plus a uniform mask mod n (independent of the sum) or the batch
 loss, which it needs to decide convergence. With label-DP on, it adds
-Gaussian noise to every value it decrypts for a host, before the host removes
-its mask: the host never sees an exact sum over the residuals.
+Gaussian noise to every value it decrypts, for the guest and every host,
+before the party removes its mask: no party's parameters depend on the labels
+except through noised sums (vfl.models.privacy), and the loss, which is not
+noised, then decides nothing (training runs its epochs or stops on the
+guest's noised validation score).
 """
 from __future__ import annotations
 
@@ -35,15 +38,17 @@ class SplitArbiter:
     def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str]) -> None:
         self.model, self.guest, self.hosts = model, guest, list(hosts)
         self.loss_history_: list[float] = []
-        self.noise_multiplier_ = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs)
+        self.parties = 1 + len(self.hosts)      # one noised release per party and row per epoch
+        self.noise_multiplier_ = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs, self.parties)
                                   if model.label_dp_on else None)
+        self.noised_releases_: dict[str, int] = {p: 0 for p in (guest, *self.hosts)}
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     def epsilon_spent(self) -> float | None:
-        """Label-DP epsilon spent on each host so far (None when label-DP is off)."""
+        """Label-DP epsilon spent so far, against everything any host sees (None when label-DP is off)."""
         if self.noise_multiplier_ is None:
             return None
-        return epsilon_spent(self.noise_multiplier_, len(self.loss_history_), self.model.dp_delta)
+        return epsilon_spent(self.noise_multiplier_, len(self.loss_history_), self.model.dp_delta, self.parties)
 
     def _noise(self, n_packed: int, n_bits: int) -> np.ndarray:
         """Gaussian noise for every slot of ``n_packed`` packed plaintexts, as integers to add mod n."""
@@ -118,8 +123,9 @@ class SplitArbiter:
                                          f"fractional bits; expected at most {packed_count(limits[party], pk.bits)} "
                                          f"at {RELEASE_FRAC_BITS}")
                     plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
-                    if party != self.guest and self.noise_multiplier_ is not None and len(plain):
+                    if self.noise_multiplier_ is not None and len(plain):
                         plain = (plain + self._noise(len(plain), pk.bits)) % pk.n
+                        self.noised_releases_[party] += 1
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
                 if b + 1 < batches:      # made while this batch ran; each party needs them next
                     send_zeros(epoch, b + 1)
@@ -127,7 +133,9 @@ class SplitArbiter:
                                         LOSS_FRAC_BITS)
                 total += float(loss.decrypt(sk)[0])
             mean = total / n_train
-            converged = bool(self.loss_history_) and abs(self.loss_history_[-1] - mean) < m.tolerance
+            # with label-DP the loss (exact, not noised) must decide nothing a host sees
+            converged = (not m.label_dp_on and bool(self.loss_history_)
+                         and abs(self.loss_history_[-1] - mean) < m.tolerance)
             self.loss_history_.append(mean)
             stop = converged or epoch == epochs - 1
             if checkpoint is not None:

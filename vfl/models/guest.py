@@ -18,6 +18,7 @@ from .checkpoint import Checkpoint, TrainingState, resume_from
 from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
                      expect_encrypted, prefix_for, step, warn_if_small_batches)
+from .privacy import clip_blocks
 from .towers import LinearTower, Tower, TowerInput
 from .trainer import TowerTrainer, as_input
 
@@ -34,9 +35,10 @@ class SplitGuest:
     """
 
     def __init__(self, model: ModelConfig, *, hosts: list[str], arbiter: str, seed: int,
-                 tower: Tower | None = None, init_seed: int = 0) -> None:
+                 tower: Tower | None = None, init_seed: int = 0, observe: bool = False) -> None:
         self.model, self.hosts, self.arbiter, self.seed = model, list(hosts), arbiter, seed
-        self.tower, self.init_seed = tower, init_seed
+        self.tower, self.init_seed, self.observe = tower, init_seed, observe
+        self.observed_: list | None = None      # with ``observe``: everything decrypted for the guest
         self.params_: np.ndarray | None = None
         self.loss_history_: list[float] = []
         self.epoch_seconds_: list[float] = []
@@ -61,8 +63,9 @@ class SplitGuest:
                                                   mode=m.encryption), m)
         n = len(x)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
-        warn_if_small_batches(n, m.batch_size, self.tower.batch_values, channel.name)
-        trainer = TowerTrainer(m, self.tower, self.init_seed, pk)
+        if not m.label_dp_on:
+            warn_if_small_batches(n, m.batch_size, self.tower.batch_values, channel.name)
+        trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
         try:
@@ -79,7 +82,7 @@ class SplitGuest:
             for epoch in range(start, m.epochs):
                 t0 = last_note = time.perf_counter()
                 for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
-                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b))
+                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b, rows))
                     if time.perf_counter() - last_note > 10 and b + 1 < n_batches:   # long epochs show progress
                         last_note = time.perf_counter()
                         log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
@@ -101,10 +104,11 @@ class SplitGuest:
             pk.stop_precompute()
         self.params_ = trainer.params
         self.smallest_release_ = trainer.buffer.smallest_release
+        self.observed_ = trainer.observed
         return self
 
     def _batch(self, channel: Channel, pk: PublicKey, trainer: TowerTrainer, xb: TowerInput, yb: np.ndarray,
-               pre: str, epoch: int, b: int) -> np.ndarray:
+               pre: str, epoch: int, b: int, rows: np.ndarray) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         a, cache = self.tower.forward(trainer.params, xb)
         g, h, own_loss = expansion_terms(a, yb, self.model.approximation)
@@ -125,9 +129,12 @@ class SplitGuest:
             channel.send(p, step(pre, epoch, b, "enc_d"), d)
         with lap("backprop"):
             blocks = self.tower.blocks(trainer.params, cache)
+            if self.model.label_dp_on:      # the guest's own update goes through the noised channel too
+                blocks, _ = clip_blocks(blocks, n_b, self.model.clip_norm)
             sums = encrypted_sums(d, blocks)
         with lap("arbiter_round"):
-            grad = trainer.release(channel, self.arbiter, pk, blocks, sums, n_b, step(pre, epoch, b, "masked_grad"))
+            grad = trainer.release(channel, self.arbiter, pk, blocks, sums, n_b, step(pre, epoch, b, "masked_grad"),
+                                   rows)
         # loss = l(a) + g.U_H + 0.5 sum h U_H^2 = l(a) + 0.5 g.U_H + 0.5 sum_h u_h.d  (+ L2 terms)
         with lap("loss"):
             enc_loss = enc_uh.rmatmul(g[:, None], x_frac_bits=X_FRAC_BITS)

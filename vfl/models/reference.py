@@ -55,11 +55,11 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
     (``min_rows_per_release``), per-row clipping of the hosts' sums when
     label-DP is on, optimiser and early stopping as the encrypted roles; no
     encryption, and no noise unless a generator is given for ``noise`` (then
-    the hosts' releases get the arbiter's Gaussian noise, to study its cost
+    every party's releases get the arbiter's Gaussian noise, to study its cost
     quickly). Returns every party's parameters and the loss per epoch.
     """
     from .privacy import noise_multiplier
-    sigma = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs) * model.clip_norm
+    sigma = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs, len(towers)) * model.clip_norm
              if noise is not None and model.label_dp_on else 0.0)
     from .backprop import buffer_plain
     from .privacy import clip_blocks
@@ -81,17 +81,16 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
                 float(w @ (p * p)) for w, p in zip(l2, params))
             for i, (t, (_, cache)) in enumerate(zip(towers, outs)):
                 blocks = t.blocks(params[i], cache)
-                if i > 0 and model.label_dp_on:
+                if model.label_dp_on:
                     blocks, _ = clip_blocks(blocks, len(rows), model.clip_norm)
                 buffer_plain(buffers[i], blocks, d)
                 items = buffers[i].pop_ready()
-                values = [it[3] + (noise.normal(0.0, sigma, it[3].shape) if i > 0 and sigma else 0.0)
-                          for it in items]
+                values = [it[3] + (noise.normal(0.0, sigma, it[3].shape) if sigma else 0.0) for it in items]
                 grad = t.gradient(params[i], group_released(items, values), len(rows))
                 params[i] = opts[i].step(params[i], grad + l2[i] * params[i])
         for b in buffers:
             b.clear()
         history.append(total / n)
-        if len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance:
+        if not model.label_dp_on and len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance:
             break
     return params, history
