@@ -39,6 +39,7 @@ class PartyConfig:
     key: Path | None = None
     predict_data: Path | None = None     # rows to score with a trained model (`vfl predict`)
     categorical_columns: tuple[str, ...] = ()
+    crosses: tuple[tuple[str, ...], ...] = ()   # within-party crosses of categorical columns (the wide part)
     ray_address: str | None = None       # where this party's heavy loops run: None = local process pool,
                                          # "local" = a private Ray runtime here, "HOST:PORT" = its Ray cluster
 
@@ -68,6 +69,7 @@ class ModelConfig:
     # the embedding model (type = "embedding")
     embedding_dim: int = 8
     hidden_units: tuple = (32,)
+    wide: bool = True                        # a weight per category, cross and numeric column, straight to the output
     hash_buckets: int = 0                    # > 0: hash categorical values into this many rows
     min_category_rows: int = 32              # rarer values share the "unknown" embedding row
     # protection of what decrypted gradient sums reveal (docs/protocols.md)
@@ -180,7 +182,7 @@ def _path(base: Path, value: Any) -> Path | None:
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns",
-               "ray_address"}
+               "crosses", "ray_address"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -198,13 +200,31 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
         raise ConfigError("[arbiter] has no data, so no categorical_columns")
     if not isinstance(cats, list) or not all(isinstance(c, str) and c for c in cats):
         raise ConfigError(f"[{where}] categorical_columns must be a list of column names, got {cats!r}")
+    crosses = _crosses(table.get("crosses", []), cats, where)
     ray_address = _ray_address(table.get("ray_address"), where)
     return PartyConfig(role=role, name=name, address=address, data=data,
                        id_column=str(table.get("id_column", "id")),
                        label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
                        predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
-                       categorical_columns=tuple(cats), ray_address=ray_address)
+                       categorical_columns=tuple(cats), crosses=crosses, ray_address=ray_address)
+
+
+def _crosses(value: Any, cats: list[str], where: str) -> tuple[tuple[str, ...], ...]:
+    """``[["merchant", "city"], ...]``: each a list of two or more of this party's categorical columns."""
+    if not isinstance(value, list) or not all(isinstance(c, list) for c in value):
+        raise ConfigError(f'[{where}] crosses must be a list of column lists, e.g. [["merchant", "city"]], '
+                          f"got {value!r}")
+    out = []
+    for cross in value:
+        if len(cross) < 2 or len(set(cross)) != len(cross) or not all(isinstance(c, str) for c in cross):
+            raise ConfigError(f"[{where}] a cross joins two or more distinct columns, got {cross!r}")
+        unknown = [c for c in cross if c not in cats]
+        if unknown:
+            raise ConfigError(f"[{where}] cross {cross!r} names {unknown}, which are not among this party's "
+                              f"categorical_columns {cats}: crosses are within one party's categorical columns")
+        out.append(tuple(cross))
+    return tuple(out)
 
 
 def _ray_address(value: Any, where: str) -> str | None:

@@ -99,7 +99,7 @@ def _model_part(party: PartyConfig, data: PartyTable, std: Standardizer, tower: 
         return ModelPart(party.role, party.name, encoder.columns if encoder else data.columns,
                          params[:-1] if tower.intercept else params, std, intercept, encoder, dropped)
     return TowerPart(party.role, party.name, data.columns, vocabs, std, tower.dim, tower.hidden, params,
-                     tower.intercept, dropped)
+                     tower.intercept, dropped, tower.wide)
 
 
 def _scorecard(job: JobConfig, part: ModelPart, key: str, events=None) -> dict:

@@ -83,14 +83,15 @@ def clip_blocks(blocks: list[Block], n_rows: int, clip_norm: float, table_share:
                 ) -> tuple[list[Block], np.ndarray]:
     """Scale every row's coefficients so that its contribution to all released sums has norm <= C.
 
-    The budget ``C^2`` is split between the embedding-table blocks (``table_share``)
-    and the dense blocks (the rest), each family clipped on its own: an embedding
-    row's sum is over far fewer rows than a dense one, so left to a joint clip its
+    The budget ``C^2`` is split between the table blocks (embedding and wide tables,
+    grouped by category: ``table_share``) and the dense blocks (the rest), each family
+    clipped on its own: a table row's sum is over far fewer rows than a dense one, so
+    left to a joint clip its
     small coefficients would drown in the noise. When a tower has only one family,
     it gets the whole budget. Either way ``sqrt(sum of squared family norms) <= C``.
     """
-    families = [[b for b in blocks if b.release and b.name.startswith("emb")],
-                [b for b in blocks if b.release and not b.name.startswith("emb")]]
+    families = [[b for b in blocks if b.release and b.table],
+                [b for b in blocks if b.release and not b.table]]
     present = [f for f in families if f]
     shares = [1.0] if len(present) == 1 else [table_share, 1.0 - table_share]
     scale = {}
