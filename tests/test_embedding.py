@@ -44,14 +44,15 @@ def train(model, keypair, towers, xg, xh, y, seed=5, record=False):
     return roles, net
 
 
-BASE = ModelConfig(type="embedding", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam", l2=0.01,
+BASE = ModelConfig(type="embedding", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam", l2=0.01, table_release="eager",
                    tolerance=0.0, key_bits=512, allow_short_keys=True, min_rows_per_release=1, label_dp="off")
 
 
-@pytest.mark.parametrize("hidden,min_rows", [((4,), 1), ((), 1), ((3, 2), 1), ((4,), 12)])
-def test_encrypted_training_equals_the_plaintext_twin(keypair, hidden, min_rows):
+@pytest.mark.parametrize("hidden,min_rows,tables", [((4,), 1, "eager"), ((), 1, "eager"), ((3, 2), 1, "eager"),
+                                                    ((4,), 12, "eager"), ((4,), 12, "epoch")])
+def test_encrypted_training_equals_the_plaintext_twin(keypair, hidden, min_rows, tables):
     """Same init, batches, held-back releases and optimiser: weights and losses agree to 1e-6."""
-    model = replace(BASE, min_rows_per_release=min_rows, hidden_units=hidden)
+    model = replace(BASE, min_rows_per_release=min_rows, hidden_units=hidden, table_release=tables)
     xg, xh, y = _inputs()
     roles, _ = train(model, keypair, _towers(hidden), xg, xh, y)
     twin, losses = fit_twin(list(_towers(hidden)), [xg, xh], y, model, seed=5, init_seeds=[11, 12])
@@ -159,7 +160,7 @@ def test_label_inference_attacks_on_what_a_host_sees(keypair):
     """Unprotected, a host reads labels from an embedding row seen once in a batch (direct) and from
     the batch's dense sums (least squares); with the default protection neither beats AUC 0.6."""
     from sklearn.metrics import roc_auc_score
-    off = replace(BASE, epochs=1, batch_size=32, min_rows_per_release=1, label_dp="off", l2=0.0)
+    off = replace(BASE, epochs=1, batch_size=32, min_rows_per_release=1, label_dp="off", l2=0.0, table_release="eager")
     releases, y = _host_view(off, keypair)
     direct, alone = _direct_attack(releases, len(y))
     alone = np.array(sorted(alone))

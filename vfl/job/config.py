@@ -74,6 +74,8 @@ class ModelConfig:
     min_category_rows: int = 32              # rarer values share the "unknown" embedding row
     # protection of what decrypted gradient sums reveal (docs/protocols.md)
     min_rows_per_release: int = 32           # a sum is decrypted only once this many rows stand behind it
+    table_release: str = "epoch"             # table sums (per category): "epoch" = at the epoch's end or a batch's
+                                             # worth of rows; "eager" = as soon as min_rows_per_release rows
     label_dp: str = "auto"                   # "auto": on for the embedding model, off for logistic; "on"; "off"
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
@@ -267,6 +269,8 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"[model] hidden_units must be a list of positive integers, got {list(m.hidden_units)}")
     if m.min_rows_per_release < 1:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
+    if m.table_release not in ("epoch", "eager"):
+        raise ConfigError(f"[model] table_release must be 'epoch' or 'eager', got {m.table_release!r}")
     if m.label_dp not in ("auto", "on", "off"):
         raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
     if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0:

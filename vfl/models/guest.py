@@ -82,7 +82,8 @@ class SplitGuest:
             for epoch in range(start, m.epochs):
                 t0 = last_note = time.perf_counter()
                 for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
-                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b, rows))
+                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b, rows,
+                                                        n_batches))
                     if time.perf_counter() - last_note > 10 and b + 1 < n_batches:   # long epochs show progress
                         last_note = time.perf_counter()
                         log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
@@ -108,7 +109,7 @@ class SplitGuest:
         return self
 
     def _batch(self, channel: Channel, pk: PublicKey, trainer: TowerTrainer, xb: TowerInput, yb: np.ndarray,
-               pre: str, epoch: int, b: int, rows: np.ndarray) -> np.ndarray:
+               pre: str, epoch: int, b: int, rows: np.ndarray, n_batches: int) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         a, cache = self.tower.forward(trainer.params, xb)
         g, h, own_loss = expansion_terms(a, yb, self.model.approximation)
@@ -134,7 +135,7 @@ class SplitGuest:
             sums = encrypted_sums(d, blocks)
         with lap("arbiter_round"):
             grad = trainer.release(channel, self.arbiter, pk, blocks, sums, n_b, step(pre, epoch, b, "masked_grad"),
-                                   rows)
+                                   rows, last=b == n_batches - 1)
         # loss = l(a) + g.U_H + 0.5 sum h U_H^2 = l(a) + 0.5 g.U_H + 0.5 sum_h u_h.d  (+ L2 terms)
         with lap("loss"):
             enc_loss = enc_uh.rmatmul(g[:, None], x_frac_bits=X_FRAC_BITS)

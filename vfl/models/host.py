@@ -63,8 +63,10 @@ class SplitHost:
             if start:
                 _, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
             for epoch in range(start, m.epochs):
-                for b, rows in enumerate(batch_schedule(len(x), m.batch_size, self.seed, epoch)):
-                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b, rows))
+                schedule = batch_schedule(len(x), m.batch_size, self.seed, epoch)
+                for b, rows in enumerate(schedule):
+                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b, rows,
+                                             last=b == len(schedule) - 1))
                 trainer.end_epoch()
                 self.epochs_run_ = epoch + 1
                 stop = bool(channel.recv(self.arbiter, f"{pre}/e{epoch}/decision").get("stop"))
@@ -82,7 +84,7 @@ class SplitHost:
         return self
 
     def _batch(self, channel: Channel, pk: PublicKey, trainer: TowerTrainer, xb: TowerInput,
-               pre: str, epoch: int, b: int, rows: np.ndarray) -> np.ndarray:
+               pre: str, epoch: int, b: int, rows: np.ndarray, last: bool) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         u, cache = self.tower.forward(trainer.params, xb)
         zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
@@ -103,4 +105,4 @@ class SplitHost:
                      (sums[-1][0] + n_b * trainer.penalty()).rerandomize())
         with lap("arbiter_round"):
             return trainer.release(channel, self.arbiter, pk, blocks[:-1], sums[:-1], n_b,
-                                   step(pre, epoch, b, "masked_grad"), rows)
+                                   step(pre, epoch, b, "masked_grad"), rows, last)

@@ -64,15 +64,18 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
     from .backprop import buffer_plain
     from .privacy import clip_blocks
     from .release import ReleaseBuffer, group_released
+    from .trainer import table_release_rows
     params = [t.init_params(s) for t, s in zip(towers, init_seeds)]
     opts = [make_optimizer(model.optimizer, model.learning_rate) for _ in towers]
     l2 = [model.l2 * t.l2_mask() for t in towers]
-    buffers = [ReleaseBuffer(model.min_rows_per_release, np.add) for _ in towers]
+    buffers = [ReleaseBuffer(model.min_rows_per_release, np.add, table_rows=table_release_rows(model))
+               for _ in towers]
     n = len(y01)
     history: list[float] = []
     for epoch in range(model.epochs):
         total = 0.0
-        for rows in batch_schedule(n, model.batch_size, seed, epoch):
+        schedule = batch_schedule(n, model.batch_size, seed, epoch)
+        for b, rows in enumerate(schedule):
             outs = [t.forward(p, x.take(rows)) for t, p, x in zip(towers, params, inputs)]
             a, U = outs[0][0], sum(u for u, _ in outs[1:])
             g, h, own_loss = expansion_terms(a, y01[rows], model.approximation)
@@ -84,7 +87,7 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
                 if model.label_dp_on:
                     blocks, _ = clip_blocks(blocks, len(rows), model.clip_norm)
                 buffer_plain(buffers[i], blocks, d)
-                items = buffers[i].pop_ready()
+                items = buffers[i].pop_ready(last=b == len(schedule) - 1)
                 values = [it[3] + (noise.normal(0.0, sigma, it[3].shape) if sigma else 0.0) for it in items]
                 grad = t.gradient(params[i], group_released(items, values), len(rows))
                 params[i] = opts[i].step(params[i], grad + l2[i] * params[i])
