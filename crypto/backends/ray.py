@@ -127,11 +127,11 @@ def _loopback_kept(keep: bool) -> Iterator[None]:
     Ray has no option for this: its switch is the constant that also keeps
     macOS and Windows runtimes on loopback, read when the address is resolved.
     """
-    if not keep:
+    from ray._private import ray_constants
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if not keep or before is None:      # None: a Ray without this switch; it resolves the address its own way
         yield
         return
-    from ray._private import ray_constants
-    before = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
