@@ -141,6 +141,18 @@ def test_a_gbk_file_read_as_utf8_says_to_set_the_encoding(tmp_path):
         preflight(load_job(job_path), "host0")
 
 
+def test_a_utf8_file_declared_gbk_is_refused_not_misread(tmp_path):
+    """UTF-8 bytes decode as GBK without an error, into other characters: that must not pass."""
+    frame = pd.DataFrame({"客户编号": ["客户1", "客户2"], "月消费额": [1.0, 2.0]})
+    for name, enc in (("utf8.csv", "utf-8"), ("bom.csv", "utf-8-sig")):
+        frame.to_csv(tmp_path / name, index=False, encoding=enc)
+        assert load_table(tmp_path / name, "客户编号").ids.tolist() == ["客户1", "客户2"]   # the default reads both
+        with pytest.raises(DataError, match=rf"{name}: the job file says encoding = 'gbk', but the file is UTF-8"):
+            load_table(tmp_path / name, "客户编号", encoding="gbk")
+    pd.DataFrame({"id": ["a1"], "x": [1.0]}).to_csv(tmp_path / "ascii.csv", index=False)   # ASCII: any of the three
+    assert load_table(tmp_path / "ascii.csv", "id", encoding="gb18030").ids.tolist() == ["a1"]
+
+
 @pytest.mark.parametrize("value, ok", [("GBK", "gbk"), ("gb18030", "gb18030"), ("UTF8", "utf-8"), ("cp936", "gbk"),
                                        ("latin-1", None), ("big5", None), ("no-such-codec", None), (936, None)])
 def test_the_encoding_key_accepts_utf8_gbk_and_gb18030_only(tmp_path, value, ok):

@@ -28,7 +28,10 @@ CSV files are UTF-8 unless the party's table says ``encoding = "gbk"`` or
 is decoded once, here, so column names and IDs are the same ``str`` whatever
 the file's encoding (a GBK host and a UTF-8 guest find the same customers in
 PSI). Bytes that do not decode are refused, never replaced, and the error for
-a UTF-8 file that is not suggests the key. Parquet text is UTF-8 by the format.
+a UTF-8 file that is not suggests the key. The reverse mistake would pass
+silently (UTF-8 bytes decode as GBK, into other characters), so a file
+declared GBK whose start is valid UTF-8 with non-ASCII text is refused too.
+Parquet text is UTF-8 by the format.
 """
 from __future__ import annotations
 
@@ -83,6 +86,29 @@ def _encoding(name: str) -> str:
     if canonical is None:
         raise ValueError(f"encoding {name!r} is not accepted; use one of {', '.join(ENCODINGS)}")
     return canonical
+
+
+_SNIFF_BYTES = 1 << 16
+
+
+def _check_not_utf8(path: Path, encoding: str) -> None:
+    """Refuse a file declared GBK/GB 18030 that is UTF-8: read as GBK it would give wrong text,
+    without an error. Non-ASCII UTF-8 is almost never also meaningful GBK, so its first
+    64 KiB decoding as UTF-8 and holding non-ASCII text settles it."""
+    if encoding == "utf-8":
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return                                   # pandas gives the error naming the file
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)   # a cut last character is fine
+    except UnicodeDecodeError:
+        return
+    if not text.isascii():
+        raise DataError(f"{path}: the job file says encoding = {encoding!r}, but the file is UTF-8 (its start "
+                        "decodes as UTF-8 and is not plain ASCII); remove the encoding key from this party's table")
 
 
 def _not_readable(path: Path, exc: Exception, encoding: str) -> DataError:
@@ -251,6 +277,7 @@ def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
         raise DataError(f"data file {path} not found")
     if is_parquet(path):
         return _parquet_columns(path)
+    _check_not_utf8(path, encoding)
     try:
         return [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding).columns]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
