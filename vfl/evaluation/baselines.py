@@ -39,7 +39,8 @@ def _fit_score(X: np.ndarray, y: np.ndarray, test: np.ndarray) -> dict:
 
 
 def _table(p: PartyConfig, common: np.ndarray) -> PartyTable:
-    return load_table(p.data, p.id_column, p.label_column, p.categorical_columns).take(common)
+    return load_table(p.data, p.id_column, p.label_column, p.categorical_columns,
+                      encoding=p.encoding).take(common)
 
 
 def baseline_aucs(job: JobConfig, common: np.ndarray, test: np.ndarray) -> dict:

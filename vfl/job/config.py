@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..io.tables import ENCODINGS, canonical_encoding
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -42,6 +44,7 @@ class PartyConfig:
     crosses: tuple[tuple[str, ...], ...] = ()   # within-party crosses of categorical columns (the wide part)
     ray_address: str | None = None       # where this party's heavy loops run: None = local process pool,
                                          # "local" = a private Ray runtime here, "HOST:PORT" = its Ray cluster
+    encoding: str = "utf-8"              # of its CSV data and predict_data: "utf-8", "gbk" or "gb18030"
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -184,7 +187,7 @@ def _path(base: Path, value: Any) -> Path | None:
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns",
-               "crosses", "ray_address"}
+               "crosses", "ray_address", "encoding"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -204,12 +207,16 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
         raise ConfigError(f"[{where}] categorical_columns must be a list of column names, got {cats!r}")
     crosses = _crosses(table.get("crosses", []), cats, where)
     ray_address = _ray_address(table.get("ray_address"), where)
+    encoding = _text_encoding(table.get("encoding", "utf-8"), where)
+    if role == "arbiter" and "encoding" in table:
+        raise ConfigError("[arbiter] has no data, so no encoding")
     return PartyConfig(role=role, name=name, address=address, data=data,
                        id_column=str(table.get("id_column", "id")),
                        label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
                        predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
-                       categorical_columns=tuple(cats), crosses=crosses, ray_address=ray_address)
+                       categorical_columns=tuple(cats), crosses=crosses, ray_address=ray_address,
+                       encoding=encoding)
 
 
 def _crosses(value: Any, cats: list[str], where: str) -> tuple[tuple[str, ...], ...]:
@@ -227,6 +234,15 @@ def _crosses(value: Any, cats: list[str], where: str) -> tuple[tuple[str, ...], 
                               f"categorical_columns {cats}: crosses are within one party's categorical columns")
         out.append(tuple(cross))
     return tuple(out)
+
+
+def _text_encoding(value: Any, where: str) -> str:
+    """The encoding of the party's CSV files, as its canonical name in ``ENCODINGS``."""
+    canonical = canonical_encoding(value) if isinstance(value, str) else None
+    if canonical is None:
+        raise ConfigError(f"[{where}] encoding must be one of {', '.join(map(repr, ENCODINGS))} (the text encoding "
+                          f"of the party's CSV files; Parquet is always UTF-8), got {value!r}")
+    return canonical
 
 
 def _ray_address(value: Any, where: str) -> str | None:

@@ -41,7 +41,7 @@ log = logging.getLogger("vfl.job")
 def run_psi_party(job: JobConfig, name: str, channel: Channel) -> np.ndarray:
     """PSI only (``vfl psi``): write and return the sorted common IDs."""
     party = job.party(name)
-    ids = IdFile(party.data, party.id_column)       # read in chunks: memory bounded by the buckets
+    ids = IdFile(party.data, party.id_column, encoding=party.encoding)       # read in chunks: memory bounded by the buckets
     common = run_psi(job, name, channel, ids)
     write_intersection(job.output_dir(name) / "intersection.csv", common)
     log.info("%s: %d common IDs", name, len(common))
@@ -69,7 +69,7 @@ def _aligned(job: JobConfig, name: str, table: PartyTable, common: np.ndarray):
 
 def _load(job: JobConfig, party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
     return load_table(path or party.data, party.id_column, label, party.categorical_columns,
-                      allow_missing=binned(job))
+                      allow_missing=binned(job), encoding=party.encoding)
 
 
 def binned(job: JobConfig) -> bool:
