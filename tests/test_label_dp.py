@@ -8,7 +8,6 @@ the labels. These tests break if the code stops doing any of that.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +17,7 @@ from crypto import generate_keypair
 from tests.conftest import run_parties
 from vfl.job.config import ModelConfig
 from vfl.models import EmbeddingTower, LinearTower, SplitArbiter, SplitGuest, SplitHost, TowerInput
-from vfl.models.privacy import best_attack_auc, epsilon_spent, noise_multiplier, rho_for
+from vfl.models.privacy import attack_auc_bound, noise_plan, rho_for
 from vfl.preprocess.split import batch_schedule
 from vfl.protocol.channel import LocalNetwork
 
@@ -83,30 +82,40 @@ def test_every_partys_releases_are_clipped_and_noised(keypair, model):
 
 
 def test_the_noise_has_the_accounted_scale():
-    """The arbiter draws its noise with standard deviation z C, z from the accounting for guest + hosts."""
+    """The arbiter draws each party's noise with standard deviation z C, z from the accounting over the
+    guest and every host (the guest's multiplier from its share of the budget)."""
     arb = SplitArbiter(DP, guest="g", hosts=["h1", "h2"])
-    z = noise_multiplier(DP.dp_epsilon, DP.dp_delta, DP.epochs, 3)
-    assert arb.noise_multiplier_ == pytest.approx(z)
+    plan = noise_plan(DP.dp_epsilon, DP.dp_delta, DP.epochs, 2, DP.dp_guest_share)
+    assert (arb.noise_plan_.guest, arb.noise_plan_.host) == pytest.approx((plan.guest, plan.host))
     drawn = []
 
     class Recorder:
         def normal(self, mean, sd, count):
-            drawn.append((mean, sd, count))
+            drawn.append((mean, sd))
             return np.zeros(count)
     arb._rng = Recorder()
-    arb._noise(4, 1024)
-    assert drawn and all(m == 0.0 and sd == pytest.approx(z * DP.clip_norm) for m, sd, _ in drawn)
+    for party, z in (("g", plan.guest), ("h1", plan.host), ("h2", plan.host)):
+        drawn.clear()
+        arb._noise(party, 4, 1024)
+        assert drawn and all(m == 0.0 and sd == pytest.approx(z * DP.clip_norm) for m, sd in drawn)
 
 
 def test_accounting_counts_every_party():
-    """Each epoch is one Gaussian mechanism per party: the noise grows with sqrt(parties) for the same
-    epsilon, and the budget is spent exactly after the planned epochs."""
-    for parties in (1, 2, 4):
-        z = noise_multiplier(8.0, 1e-5, 6, parties)
-        assert epsilon_spent(z, 6, 1e-5, parties) == pytest.approx(8.0)
-        assert z == pytest.approx(math.sqrt(6 * parties / (2 * rho_for(8.0, 1e-5))))
-    assert best_attack_auc(noise_multiplier(8.0, 1e-5, 6, 2), 6, 2) == pytest.approx(
-        best_attack_auc(noise_multiplier(8.0, 1e-5, 6, 1), 6, 1))
+    """Each epoch is one Gaussian mechanism per party: the plan spends exactly (epsilon, delta) after the
+    planned epochs whatever the number of hosts and the guest's share; the guest's share moves noise
+    between the guest and the hosts; the worst-case attack bound depends on epsilon only."""
+    rho = rho_for(8.0, 1e-5)
+    bounds = []
+    for hosts in (1, 2, 4):
+        for share in (0.1, 0.5):
+            plan = noise_plan(8.0, 1e-5, 6, hosts, share)
+            assert plan.epsilon(6, 1e-5) == pytest.approx(8.0)
+            assert 0.5 / plan.guest ** 2 == pytest.approx(share * rho / 6)
+            assert hosts * 0.5 / plan.host ** 2 == pytest.approx((1 - share) * rho / 6)
+            bounds.append(plan.attack_auc(6))
+    assert noise_plan(8.0, 1e-5, 6, 1, 0.1).host < noise_plan(8.0, 1e-5, 6, 1, 0.5).host
+    assert bounds == pytest.approx([attack_auc_bound(rho)] * len(bounds))
+    assert attack_auc_bound(rho) < 0.85
 
 
 def test_the_loss_decides_nothing_with_label_dp(keypair):

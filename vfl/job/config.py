@@ -82,6 +82,7 @@ class ModelConfig:
     label_dp: str = "auto"                   # "auto": on for the embedding model, off for logistic; "on"; "off"
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
+    dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the rest)
     clip_norm: float = 1.0
 
     @property
@@ -289,8 +290,8 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"[model] table_release must be 'epoch' or 'eager', got {m.table_release!r}")
     if m.label_dp not in ("auto", "on", "off"):
         raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
-    if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0:
-        raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta in (0, 1)")
+    if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0 or not 0 < m.dp_guest_share < 1:
+        raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
     if m.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"[model] optimizer must be 'sgd' or 'adam', got {m.optimizer!r}")
     if m.epochs < 1 or m.batch_size < 1:

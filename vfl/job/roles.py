@@ -159,7 +159,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,
         "smallest_release_rows": model.smallest_release_,
-        "label_dp": label_dp_summary(job.model, len(model.loss_history_), 1 + len(job.hosts)),
+        "label_dp": label_dp_summary(job.model, len(model.loss_history_), len(job.hosts)),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
@@ -231,9 +231,7 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))
     report = {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits,
-              "label_dp": {"on": job.model.label_dp_on, "noise_multiplier": arb.noise_multiplier_,
-                           "clip_norm": job.model.clip_norm, "delta": job.model.dp_delta,
-                           "noised_parties": arb.parties, "epsilon_spent": arb.epsilon_spent(),
+              "label_dp": {**label_dp_summary(job.model, len(arb.loss_history_), len(job.hosts)),
                            "noised_releases": arb.noised_releases_}}
     write_json(job.output_dir(job.arbiter.name) / "training.json", report)
     return {"party": job.arbiter.name, **report}

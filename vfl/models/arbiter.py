@@ -25,7 +25,7 @@ from ..protocol.messages import BigInts
 from ..protocol.spec import batch_sizes
 from .checkpoint import Checkpoint, CheckpointError, TrainingState
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
-from .privacy import epsilon_spent, noise_multiplier
+from .privacy import plan_for
 from .randomness import ZeroSupply
 
 log = logging.getLogger("vfl.train")
@@ -38,21 +38,19 @@ class SplitArbiter:
     def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str]) -> None:
         self.model, self.guest, self.hosts = model, guest, list(hosts)
         self.loss_history_: list[float] = []
-        self.parties = 1 + len(self.hosts)      # one noised release per party and row per epoch
-        self.noise_multiplier_ = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs, self.parties)
-                                  if model.label_dp_on else None)
+        self.noise_plan_ = plan_for(model, len(self.hosts)) if model.label_dp_on else None
         self.noised_releases_: dict[str, int] = {p: 0 for p in (guest, *self.hosts)}
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     def epsilon_spent(self) -> float | None:
         """Label-DP epsilon spent so far, against everything any host sees (None when label-DP is off)."""
-        if self.noise_multiplier_ is None:
+        if self.noise_plan_ is None:
             return None
-        return epsilon_spent(self.noise_multiplier_, len(self.loss_history_), self.model.dp_delta, self.parties)
+        return self.noise_plan_.epsilon(len(self.loss_history_), self.model.dp_delta)
 
-    def _noise(self, n_packed: int, n_bits: int) -> np.ndarray:
-        """Gaussian noise for every slot of ``n_packed`` packed plaintexts, as integers to add mod n."""
-        sigma = self.noise_multiplier_ * self.model.clip_norm
+    def _noise(self, party: str, n_packed: int, n_bits: int) -> np.ndarray:
+        """Gaussian noise for every slot of ``n_packed`` packed plaintexts of ``party``, as integers to add mod n."""
+        sigma = self.noise_plan_.for_party(party == self.guest) * self.model.clip_norm
         count = n_packed * slots_per_ciphertext(n_bits)
         ints = encode_signed(self._rng.normal(0.0, sigma, count), RELEASE_FRAC_BITS, limit=1 << (SLOT_BITS - 3))
         return slot_offsets(ints, n_packed, n_bits)
@@ -123,8 +121,8 @@ class SplitArbiter:
                                          f"fractional bits; expected at most {packed_count(limits[party], pk.bits)} "
                                          f"at {RELEASE_FRAC_BITS}")
                     plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
-                    if self.noise_multiplier_ is not None and len(plain):
-                        plain = (plain + self._noise(len(plain), pk.bits)) % pk.n
+                    if self.noise_plan_ is not None and len(plain):
+                        plain = (plain + self._noise(party, len(plain), pk.bits)) % pk.n
                         self.noised_releases_[party] += 1
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
                 if b + 1 < batches:      # made while this batch ran; each party needs them next

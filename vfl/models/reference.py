@@ -58,9 +58,9 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
     every party's releases get the arbiter's Gaussian noise, to study its cost
     quickly). Returns every party's parameters and the loss per epoch.
     """
-    from .privacy import noise_multiplier
-    sigma = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs, len(towers)) * model.clip_norm
-             if noise is not None and model.label_dp_on else 0.0)
+    from .privacy import plan_for
+    plan = plan_for(model, len(towers) - 1) if noise is not None and model.label_dp_on else None
+    sigmas = [plan.for_party(i == 0) * model.clip_norm if plan else 0.0 for i in range(len(towers))]
     from .backprop import buffer_plain
     from .privacy import clip_blocks
     from .release import ReleaseBuffer, group_released
@@ -88,7 +88,7 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
                     blocks, _ = clip_blocks(blocks, len(rows), model.clip_norm)
                 buffer_plain(buffers[i], blocks, d)
                 items = buffers[i].pop_ready(last=b == len(schedule) - 1)
-                values = [it[3] + (noise.normal(0.0, sigma, it[3].shape) if sigma else 0.0) for it in items]
+                values = [it[3] + (noise.normal(0.0, sigmas[i], it[3].shape) if sigmas[i] else 0.0) for it in items]
                 grad = t.gradient(params[i], group_released(items, values), len(rows))
                 params[i] = opts[i].step(params[i], grad + l2[i] * params[i])
         for b in buffers:

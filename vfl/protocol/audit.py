@@ -208,7 +208,7 @@ def _label_dp(job) -> str | None:
     if not dp.get("on") or dp.get("epsilon_spent") is None:
         return f"label-DP: off (from {path})"
     return (f"label-DP: epsilon spent {float(dp['epsilon_spent']):.4g} against any host (delta {dp.get('delta')}, "
-            f"noise multiplier {dp.get('noise_multiplier')}, clip norm {dp.get('clip_norm')}; from {path})")
+            f"noise multipliers {dp.get('noise_multiplier')}, clip norm {dp.get('clip_norm')}; from {path})")
 
 
 def audit_job(job) -> tuple[bool, str]:
