@@ -9,8 +9,9 @@ with the default).
 from __future__ import annotations
 
 import difflib
+import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,11 @@ class PartyConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     type: str = "logistic"
-    epochs: int = 10
-    batch_size: int = 4096
-    learning_rate: float = 0.05
+    # 0 = the model family's default, chosen for its protection (docs/protocols.md, "DP-aware defaults"):
+    epochs: int = 0                          # logistic 10; embedding 12 (early stopping usually ends it sooner)
+    batch_size: int = 0                      # logistic 4096; embedding: a power of two near a sixth of the
+                                             # training rows, 512 to 8192 (few, large, less noisy steps)
+    learning_rate: float = 0.0               # logistic 0.05; embedding 0.03
     optimizer: str = "adam"
     l2: float = 0.0
     tolerance: float = 1e-4
@@ -72,6 +75,10 @@ class ModelConfig:
     # the embedding model (type = "embedding")
     embedding_dim: int = 8
     hidden_units: tuple = (32,)
+    # validation and early stopping (docs/protocols.md, "Validation and early stopping")
+    early_stopping: str = "auto"             # "auto": on for the embedding model, off for logistic; "on"; "off"
+    validation_fraction: float = 0.1         # of the training rows, held out to pick the best epoch
+    patience: int = 3                        # epochs without a better validation score before stopping
     wide: bool = True                        # a weight per category, cross and numeric column, straight to the output
     hash_buckets: int = 0                    # > 0: hash categorical values into this many rows
     min_category_rows: int = 32              # rarer values share the "unknown" embedding row
@@ -84,6 +91,30 @@ class ModelConfig:
     dp_delta: float = 1e-5
     dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the rest)
     clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        embedding = self.type == "embedding"
+        if self.epochs == 0:
+            object.__setattr__(self, "epochs", 12 if embedding else 10)
+        if self.learning_rate == 0.0:
+            object.__setattr__(self, "learning_rate", 0.03 if embedding else 0.05)
+
+    def resolved(self, n_train: int) -> "ModelConfig":
+        """These settings with the batch size for ``n_train`` training rows filled in."""
+        return replace(self, batch_size=self.batch_for(n_train))
+
+    def batch_for(self, n_train: int) -> int:
+        """The batch size for ``n_train`` training rows: ``batch_size``, or the family's default."""
+        if self.batch_size:
+            return self.batch_size
+        if self.type != "embedding":
+            return 4096
+        return int(min(8192, max(512, 2 ** math.ceil(math.log2(max(n_train, 1) / 6)))))
+
+    @property
+    def early_stopping_on(self) -> bool:
+        """Whether a validation slice picks the best epoch and stops training."""
+        return self.early_stopping == "on" or (self.early_stopping == "auto" and self.type == "embedding")
 
     @property
     def label_dp_on(self) -> bool:
@@ -286,6 +317,10 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"[model] hidden_units must be a list of positive integers, got {list(m.hidden_units)}")
     if m.min_rows_per_release < 1:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
+    if m.early_stopping not in ("auto", "on", "off"):
+        raise ConfigError(f"[model] early_stopping must be 'auto', 'on' or 'off', got {m.early_stopping!r}")
+    if not 0 < m.validation_fraction < 0.5 or m.patience < 1:
+        raise ConfigError("[model] validation_fraction must be in (0, 0.5) and patience >= 1")
     if m.table_release not in ("epoch", "eager"):
         raise ConfigError(f"[model] table_release must be 'epoch' or 'eager', got {m.table_release!r}")
     if m.label_dp not in ("auto", "on", "off"):
@@ -294,8 +329,8 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
     if m.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"[model] optimizer must be 'sgd' or 'adam', got {m.optimizer!r}")
-    if m.epochs < 1 or m.batch_size < 1:
-        raise ConfigError("[model] epochs and batch_size must be >= 1")
+    if m.epochs < 1 or m.batch_size < 0:
+        raise ConfigError("[model] epochs must be >= 1 and batch_size >= 1 (or 0: the model family's default)")
     if m.learning_rate <= 0 or m.l2 < 0 or m.tolerance < 0:
         raise ConfigError("[model] learning_rate must be > 0, l2 and tolerance >= 0")
     if m.key_bits < 512 or m.key_bits % 256:

@@ -35,8 +35,8 @@ RELEASE_FRAC_BITS = DEFAULT_FRAC_BITS + 2 * X_FRAC_BITS   # [[d]] = g + h [[U_H]
 
 
 class SplitArbiter:
-    def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str]) -> None:
-        self.model, self.guest, self.hosts = model, guest, list(hosts)
+    def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str], validation: bool = False) -> None:
+        self.model, self.guest, self.hosts, self.validation = model, guest, list(hosts), validation
         self.loss_history_: list[float] = []
         self.noise_plan_ = plan_for(model, len(self.hosts)) if model.label_dp_on else None
         self.noised_releases_: dict[str, int] = {p: 0 for p in (guest, *self.hosts)}
@@ -69,6 +69,7 @@ class SplitArbiter:
                                                                            "start_epoch"))
         if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start < epochs):
             raise ValueError(f"implausible training plan from the guest: {plan}")
+        m = self.model = m.resolved(n_train)
         rows = batch_sizes(n_train, m.batch_size)
         if len(rows) != batches:
             raise ValueError(f"the guest plans {batches} batches of {n_train} rows, but batch_size = "
@@ -135,6 +136,13 @@ class SplitArbiter:
             converged = (not m.label_dp_on and bool(self.loss_history_)
                          and abs(self.loss_history_[-1] - mean) < m.tolerance)
             self.loss_history_.append(mean)
+            early = False
+            if self.validation:        # the guest's decision on its validation rows (noised with label-DP)
+                said = channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision")
+                if not isinstance(said, dict) or not isinstance(said.get("stop"), bool):
+                    raise ValueError(f"{pre}/e{epoch}/valid_decision: expected {{best, stop}} from the guest")
+                early = said["stop"]
+            converged = converged or early
             stop = converged or epoch == epochs - 1
             if checkpoint is not None:
                 checkpoint.save(TrainingState(epoch + 1, converged, loss_history=self.loss_history_))

@@ -48,7 +48,8 @@ def fit_reference(X: np.ndarray, y01: np.ndarray, model: ModelConfig, seed: int,
 
 
 def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, seed: int,
-             init_seeds: list[int], noise: np.random.Generator | None = None) -> tuple[list[np.ndarray], list[float]]:
+             init_seeds: list[int], noise: np.random.Generator | None = None,
+             validation: tuple[list, np.ndarray] | None = None) -> tuple[list[np.ndarray], list[float]]:
     """The split protocol in plaintext, for any towers: party 0 is the guest, the rest hosts.
 
     Same initialisation, batch order, loss expansion, held-back releases
@@ -56,7 +57,9 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
     label-DP is on, optimiser and early stopping as the encrypted roles; no
     encryption, and no noise unless a generator is given for ``noise`` (then
     every party's releases get the arbiter's Gaussian noise, to study its cost
-    quickly). Returns every party's parameters and the loss per epoch.
+    quickly). With ``validation`` (every party's validation inputs and the labels), it
+    keeps the best epoch's parameters and stops as the guest's rule does (its noise from
+    ``noise``). Returns every party's parameters and the loss per epoch.
     """
     from .privacy import plan_for
     plan = plan_for(model, len(towers) - 1) if noise is not None and model.label_dp_on else None
@@ -65,6 +68,7 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
     from .privacy import clip_blocks
     from .release import ReleaseBuffer, group_released
     from .trainer import table_release_rows
+    model = model.resolved(len(y01))
     params = [t.init_params(s) for t, s in zip(towers, init_seeds)]
     opts = [make_optimizer(model.optimizer, model.learning_rate) for _ in towers]
     l2 = [model.l2 * t.l2_mask() for t in towers]
@@ -72,6 +76,11 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
                for _ in towers]
     n = len(y01)
     history: list[float] = []
+    best = None
+    if validation is not None:
+        from .validation import EarlyStopping, noise_sd
+        stopping = EarlyStopping(model.patience, noise_sd(model, len(validation[1])) if noise is not None else 0.0,
+                                 **({"rng": noise} if noise is not None else {}))
     for epoch in range(model.epochs):
         total = 0.0
         schedule = batch_schedule(n, model.batch_size, seed, epoch)
@@ -94,6 +103,12 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
         for b in buffers:
             b.clear()
         history.append(total / n)
-        if not model.label_dp_on and len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance:
+        stop = False
+        if validation is not None:
+            v_inputs, v_y = validation
+            z = sum(t.forward(p, x)[0] for t, p, x in zip(towers, params, v_inputs))
+            is_best, stop = stopping.update(epoch, 1.0 / (1.0 + np.exp(-z)), v_y)
+            best = [p.copy() for p in params] if is_best else best
+        if stop or (not model.label_dp_on and len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance):
             break
-    return params, history
+    return (params if best is None else best), history
