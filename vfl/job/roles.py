@@ -180,6 +180,9 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     if job.baselines:
         from ..evaluation.baselines import baseline_aucs
         metrics.update(baseline_aucs(job, common, test))
+        if job.model.type == "embedding":         # what each label-DP epsilon would give (report chart)
+            from ..evaluation.frontier import frontier_figures
+            metrics["frontier"] = frontier_figures(job, common, test, metrics["baseline_central_auc"])
     from ..evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
     from ..evaluation.report import write_report
     metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1),
