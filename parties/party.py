@@ -74,11 +74,9 @@ def compute_backend(party: PartyConfig):
 def shared_backend(job: JobConfig):
     """Context for in-process runs (every party a thread of this process): they share one backend,
     the Ray cluster a party names if any (all that name one must name the same), else the local pool."""
-    addresses = sorted({p.ray_address for p in job.parties} - {None})
-    if len(addresses) > 1:
-        raise ConfigError(f"the parties name different ray_address values ({', '.join(addresses)}); parties run "
-                          "as threads of one process share one backend: run them as processes (no --threads)")
-    return compute_backend(next((p for p in job.parties if p.ray_address), job.guest))
+    from vfl.job.threads import backend_address
+    address = backend_address(job)
+    return compute_backend(next((p for p in job.parties if p.ray_address == address), job.guest))
 
 
 def preflight(job: JobConfig, me: str, task: str = "train") -> None:

@@ -9,8 +9,18 @@ import threading
 from typing import Callable
 
 from ..protocol.channel import LocalNetwork
-from .config import JobConfig
+from .config import ConfigError, JobConfig
 from . import tasks
+
+
+def backend_address(job: JobConfig) -> str | None:
+    """The ``ray_address`` parties running as threads of one process share (None: the local pool).
+    They share one backend, so all that name one must name the same."""
+    addresses = sorted({p.ray_address for p in job.parties} - {None})
+    if len(addresses) > 1:
+        raise ConfigError(f"the parties name different ray_address values ({', '.join(addresses)}); parties run "
+                          "as threads of one process share one backend: run them as processes (no --threads)")
+    return addresses[0] if addresses else None
 
 
 class JobFailed(RuntimeError):
