@@ -44,9 +44,9 @@ class _Proc:
                 how = f"killed by {signal.Signals(-rc).name} (exit {rc})"
             except ValueError:
                 how = f"killed by signal {-rc} (exit {rc})"
-            return how + (f"; its last error line: {self.last_error}" if self.last_error else
-                          "; it logged no error before")
-        return f"(exit {rc}): {line or 'no output'}"
+            return ": " + how + (f"; its last error line: {self.last_error}" if self.last_error else
+                                 "; it logged no error before")
+        return f" (exit {rc}): {line or 'no output'}"
 
 
 # A party's one-line reason ("guest failed: ..."), a log line at level E, or a traceback's last line.
@@ -131,4 +131,4 @@ def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None,
         causes = [p for p in failed if p.name not in killed
                   and not any(s in (p.last_error or p.last_line) for s in _SYMPTOMS)]
         culprit = causes[0] if causes else (first_failure or failed[0])
-        raise PartyFailed(f"party {culprit.name!r} failed {culprit.reason()}")
+        raise PartyFailed(f"party {culprit.name!r} failed{culprit.reason()}")

@@ -100,13 +100,13 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
               resume: bool = False) -> dict:
     """Run this party's part of ``task`` (see :mod:`vfl.job.tasks`): "train" (PSI, training,
     scoring), "psi" or "predict"."""
-    from vfl.job.tasks import task as task_named
     me = resolve_name(job, role, name)
+    preflight(job, me, task)             # before the slow imports and the network
+    from vfl.job.tasks import task as task_named
     t = task_named(task)
     if role not in t.roles:
         raise ConfigError(f"the {task} task needs no {role}: start only the "
                           f"{', '.join(r + 's' if r == 'host' else r for r in t.roles)}")
-    preflight(job, me, task)             # before the slow imports and the network
     from vfl.protocol.ledger import spec_channel
     from .transport import open_channel
     absent = t.absent(job)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import os
 import shutil
 import signal
@@ -140,3 +141,76 @@ def test_guest_killed_during_scoring_session_stops_the_host(trained):
     finally:
         bench.finish(parties, 0)
     _assert_failed_naming(others, "guest", t)
+
+
+@pytest.mark.parametrize("victim", ["guest", "host"])
+def test_party_killed_after_training_then_resume_finishes_the_job(trained, victim):
+    """Killed once its model part is written (scoring the training rows, or building the report),
+    `vfl run --resume` does not train again: it scores, reports and ends with the same model."""
+    template, ref, base = trained
+    path = bench.copy_job(template, base / f"{victim}-after-training")
+    out = path.parent / "out"
+    parties = bench.start(path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / victim / "model.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(parties[victim].popen.pid, signal.SIGKILL)
+        bench.finish(parties, PEER_TIMEOUT + 10)
+    finally:
+        bench.finish(parties, 0)
+    assert not (out / "report.html").exists()            # the job did not finish
+    assert {_checkpoint_epoch(path, p) for p in ("guest", "host", "arbiter")} == {5}
+    _resume_and_compare(path, ref)
+    assert (out / "report.html").is_file() and (out / "guest" / "predictions.csv").is_file()
+
+
+def test_launcher_names_a_killed_party_and_its_signal(trained):
+    """The launcher's line names the party that died, its signal, and no warning fragment."""
+    import threading
+    from parties.launcher import PartyFailed, run_processes
+    from vfl.job.config import load_job
+    template, _, base = trained
+    path = bench.copy_job(template, base / "launcher-kill")
+
+    def kill_host_once_training() -> None:
+        deadline = time.monotonic() + 120
+        while not (path.parent / "out" / "host" / "checkpoint.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for proc in Path("/proc").iterdir():          # the host process of this job, which we started
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"parties.host" in cmd and str(path).encode() in cmd:
+                os.kill(int(proc.name), signal.SIGKILL)
+    killer = threading.Thread(target=kill_host_once_training)
+    killer.start()
+    with pytest.raises(PartyFailed) as failed:
+        run_processes(load_job(path), echo=False, grace=PEER_TIMEOUT + 5)
+    killer.join()
+    assert re.match(r"party 'host' failed: killed by SIGKILL \(exit -9\); (it logged no error before|its last "
+                    r"error line: )", str(failed.value)), str(failed.value)
+    assert "warn" not in str(failed.value)
+
+
+def test_failure_lines_skip_warning_fragments():
+    from parties.launcher import _Proc, is_error_line
+
+    class Ended:
+        returncode = -9
+    p = _Proc("shop0", Ended())
+    for line in ("12:00:01 I shop0: epoch 2/4", "host failed: DataError: shop.csv: duplicate IDs",
+                 "/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: "
+                 "There appear to be 5 leaked semaphore objects to clean up at shutdown",
+                 "  warnings.warn('resource_tracker: There appear to be %d '"):
+        p.last_line = line
+        if is_error_line(line):
+            p.last_error = line
+    assert p.reason() == (": killed by SIGKILL (exit -9); its last error line: host failed: DataError: shop.csv: "
+                          "duplicate IDs")
+    p.last_error = ""
+    assert p.reason() == ": killed by SIGKILL (exit -9); it logged no error before"
+    Ended.returncode = 1
+    p.last_error = "12:00:02 E arbiter: PeerLost: connection to 'shop0' closed without 'bye'"
+    assert p.reason() == " (exit 1): 12:00:02 E arbiter: PeerLost: connection to 'shop0' closed without 'bye'"
