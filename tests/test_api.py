@@ -55,9 +55,14 @@ def test_cli_and_api_give_identical_models(tmp_path):
     job = load_job(path)
     assert vfl_main(["run", str(path)]) == 0                     # processes over TLS
     cli_weights, cli_pred = _weights(job), _predictions(job)
-    vfl.fit(vfl.Job.from_toml(path))                              # threads, the same files overwritten
+    text = path.read_text()
+    model = vfl.fit(vfl.Job.from_toml(path))                      # threads, the same files overwritten
     np.testing.assert_array_equal(_weights(job), cli_weights)
     np.testing.assert_allclose(_predictions(job)["score"], cli_pred["score"], rtol=0, atol=1e-12)
+    # scoring as processes (`vfl predict`) gives the training rows' scores too; the user's file is untouched
+    scores = model.predict_proba({"guest": g, "host0": hosts[0]}, runner="processes")
+    np.testing.assert_allclose(scores.to_numpy(), cli_pred["score"].to_numpy(), rtol=0, atol=1e-12)
+    assert path.read_text() == text
 
 
 def test_job_round_trips_through_its_toml_file(tmp_path):

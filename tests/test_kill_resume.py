@@ -143,55 +143,43 @@ def test_guest_killed_during_scoring_session_stops_the_host(trained):
     _assert_failed_naming(others, "guest", t)
 
 
-@pytest.mark.parametrize("victim", ["guest", "host"])
-def test_party_killed_after_training_then_resume_finishes_the_job(trained, victim):
-    """Killed once its model part is written (scoring the training rows, or building the report),
-    `vfl run --resume` does not train again: it scores, reports and ends with the same model."""
-    template, ref, base = trained
-    path = bench.copy_job(template, base / f"{victim}-after-training")
-    out = path.parent / "out"
-    parties = bench.start(path)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / victim / "model.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.002)
-        os.kill(parties[victim].popen.pid, signal.SIGKILL)
-        bench.finish(parties, PEER_TIMEOUT + 10)
-    finally:
-        bench.finish(parties, 0)
-    assert not (out / "report.html").exists()            # the job did not finish
-    assert {_checkpoint_epoch(path, p) for p in ("guest", "host", "arbiter")} == {5}
-    _resume_and_compare(path, ref)
-    assert (out / "report.html").is_file() and (out / "guest" / "predictions.csv").is_file()
+def _kill_when(path: Path, role: str, ready: Path) -> None:
+    """SIGKILL the ``role`` process of this job (one we started) once ``ready`` exists."""
+    deadline = time.monotonic() + 120
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"parties.{role}".encode() in cmd and str(path).encode() in cmd:
+            os.kill(int(proc.name), signal.SIGKILL)
 
 
-def test_launcher_names_a_killed_party_and_its_signal(trained):
-    """The launcher's line names the party that died, its signal, and no warning fragment."""
+def test_guest_killed_after_training_is_named_by_the_launcher_and_resume_finishes_the_job(trained):
+    """Killed once its model part is written (scoring the training rows, or building the report):
+    the launcher's line names the guest and its signal, not a warning fragment; `vfl run --resume`
+    does not train again (it used to fail with "already trained"), it scores, reports and ends
+    with the uninterrupted model."""
     import threading
     from parties.launcher import PartyFailed, run_processes
     from vfl.job.config import load_job
-    template, _, base = trained
-    path = bench.copy_job(template, base / "launcher-kill")
-
-    def kill_host_once_training() -> None:
-        deadline = time.monotonic() + 120
-        while not (path.parent / "out" / "host" / "checkpoint.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for proc in Path("/proc").iterdir():          # the host process of this job, which we started
-            try:
-                cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"parties.host" in cmd and str(path).encode() in cmd:
-                os.kill(int(proc.name), signal.SIGKILL)
-    killer = threading.Thread(target=kill_host_once_training)
+    template, ref, base = trained
+    path = bench.copy_job(template, base / "guest-after-training")
+    out = path.parent / "out"
+    killer = threading.Thread(target=_kill_when, args=(path, "guest", out / "guest" / "model.json"))
     killer.start()
     with pytest.raises(PartyFailed) as failed:
         run_processes(load_job(path), echo=False, grace=PEER_TIMEOUT + 5)
     killer.join()
-    assert re.match(r"party 'host' failed: killed by SIGKILL \(exit -9\); (it logged no error before|its last "
+    assert re.match(r"party 'guest' failed: killed by SIGKILL \(exit -9\); (it logged no error before|its last "
                     r"error line: )", str(failed.value)), str(failed.value)
     assert "warn" not in str(failed.value)
+    assert not (out / "report.html").exists()            # the job did not finish
+    assert {_checkpoint_epoch(path, p) for p in ("guest", "host", "arbiter")} == {5}
+    _resume_and_compare(path, ref)
+    assert (out / "report.html").is_file() and (out / "guest" / "predictions.csv").is_file()
 
 
 def test_failure_lines_skip_warning_fragments():

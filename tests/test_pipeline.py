@@ -58,7 +58,7 @@ def test_vfl_psi_command_and_clear_errors(tmp_path, capsys):
     guest.to_csv(tmp_path / "g.csv", index=False)
     host.to_csv(tmp_path / "h.csv", index=False)
     path = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"])
-    assert vfl_main(["psi", str(path)]) == 0
+    assert vfl_main(["psi", "--threads", str(path)]) == 0      # as processes: tests/test_api.py
     truth = sorted(set(guest["id"].astype(str)) & set(host["id"].astype(str)))
     job = load_job(path)
     for name in ("guest", "host0"):

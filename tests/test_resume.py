@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import make_job, write_tables
+from tests.conftest import write_job, write_tables
+from vfl.job.config import load_job
 from vfl.job.threads import JobFailed, run_local
 from vfl.io.synth import vertical_split
 
@@ -19,8 +20,8 @@ def _weights(job):
 
 def _job(tmp_path, epochs, batch_size=128, **kw):
     g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2], seed=7))
-    return make_job(tmp_path, g, hosts, model={"epochs": epochs, "batch_size": batch_size, "tolerance": 0.0},
-                    **kw).config
+    return load_job(write_job(tmp_path, g, hosts, model={"epochs": epochs, "batch_size": batch_size,
+                                                         "tolerance": 0.0}, **kw))
 
 
 def test_two_plus_two_epochs_equal_four(tmp_path):

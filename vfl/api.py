@@ -108,7 +108,8 @@ class Job:
         self.guest, self.hosts = guest, list(hosts)
         self.arbiter = arbiter or Party("arbiter")
         self.workdir = Path(workdir).expanduser().resolve()
-        self.path = self.workdir / "job.toml"
+        self.path = self.workdir / "job.toml"     # the job file the parties' processes read
+        self._from_file = False                   # True: self.path is the user's file, never rewritten
         raw: dict = {"job": {"name": name, "workdir": str(self.workdir), "seed": seed,
                              "test_fraction": test_fraction, "baselines": baselines}}
         if ca is not None:
@@ -154,7 +155,7 @@ class Job:
                   **raw["job"], ca=config.ca, model=config.model, scorecard=config.scorecard,
                   network=config.network, preprocess=config.preprocess)
         if path is not None:
-            job.path = Path(path).resolve()
+            job.path, job._from_file = Path(path).resolve(), True
         return job
 
     def to_toml(self, path: str | Path | None = None) -> Path:
@@ -163,6 +164,10 @@ class Job:
         for p in self.parties:
             self._write_frames(p)
         return write_job(self.config, path or self.path)
+
+    def _job_file(self) -> Path:
+        """The file the parties' processes read: the one this job came from, else written now."""
+        return self.path if self._from_file else write_job(self.config, self.path)
 
     def _write_frames(self, p: Party) -> None:
         cfg = self.config.party(p.name)
@@ -232,7 +237,8 @@ class Model:
                 new = path
             parties.append(replace(p, predict_data=Path(new).resolve()) if new is not None else p)
         job = replace(cfg, guest=parties[0], hosts=tuple(parties[1:]))
-        _run(job, "predict", runner, self.job.workdir / "predict-job.toml")
+        path = write_job(job, self.job.workdir / "predict-job.toml") if runner == "processes" else None
+        _run(job, "predict", runner, path)
         scores = pd.read_csv(cfg.output_dir(cfg.guest.name) / "scores.csv", dtype={"id": str})
         return scores.set_index("id")["score"]
 
@@ -255,7 +261,8 @@ def fit(job: Job, runner: str = "threads", resume: bool = False) -> Model:
     """
     for p in job.parties:
         job._write_frames(p)
-    _run(job.config, "train", runner, job.path, resume)
+    path = job._job_file() if runner == "processes" else None
+    _run(job.config, "train", runner, path, resume)
     return Model(job)
 
 
@@ -284,7 +291,7 @@ def run_party(job: Job | str | Path, name: str, task: str = "train", resume: boo
     cfg = job.config
     me = cfg.party(name)
     job._write_frames(next(p for p in job.parties if p.name == name))
-    path = job.path if job.path.is_file() else write_job(cfg, job.path)
+    path = job._job_file()
     cmd = [sys.executable, "-m", "parties.cli", "party", str(path), "--role", me.role, "--name", name,
            "--task", task] + (["--resume"] if resume else [])
     if subprocess.run(cmd).returncode != 0:
@@ -297,13 +304,13 @@ def run_party(job: Job | str | Path, name: str, task: str = "train", resume: boo
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _run(config: JobConfig, task: str, runner: str, path: Path, resume: bool = False) -> None:
+def _run(config: JobConfig, task: str, runner: str, path: Path | None, resume: bool = False) -> None:
+    """``task`` for every party of ``config``: as threads, or as ``vfl`` processes reading ``path``."""
     if runner == "threads":
         from crypto.backends import selected
         with selected(backend_address(config)):
             run_task_local(config, task, resume)
     elif runner == "processes":
-        write_job(config, path)
         cmd = {"train": ["run"] + (["--resume"] if resume else []), "predict": ["predict"], "psi": ["psi"]}[task]
         proc = subprocess.run([sys.executable, "-m", "parties.cli", *cmd, str(path)], capture_output=True,
                               text=True)
