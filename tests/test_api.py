@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import vfl
+from benchmarks.tls_job import tls_job
 from parties.cli import main as vfl_main
 from tests.conftest import make_job, write_tables
 from vfl.io.synth import vertical_split
@@ -131,3 +132,23 @@ def test_the_notebook_example_trains_from_dataframes_and_scores_new_applicants(t
     assert list(scores.index) == sorted(common) and len(common) > 100
     twin = sigmoid(sum(model.parts[n].score(t.take(common)) for n, t in tables.items()))
     np.testing.assert_allclose(scores.to_numpy(), twin, rtol=0, atol=1e-9)
+
+
+def test_run_party_runs_each_party_in_its_own_process(tmp_path):
+    """vfl.run_party is `vfl party`: here guest and host run PSI, each a process over TLS."""
+    import threading
+    g, hosts = vertical_split(300, 2, [1], seed=4)
+    path = tls_job(tmp_path, g, hosts, host_names=["host0"])       # production: each party its certificate
+    job = vfl.Job.from_toml(path)
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.setdefault(n, vfl.run_party(path, n, task="psi")))
+               for n in ("guest", "host0")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"guest": {}, "host0": {}}
+    want = sorted(set(g["id"]) & set(hosts[0]["id"]))
+    for name in ("guest", "host0"):
+        assert list(pd.read_csv(job.config.output_dir(name) / "intersection.csv", dtype={"id": str})["id"]) == want
+        assert (job.config.output_dir(name) / "input" / "data.csv").is_file()
