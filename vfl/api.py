@@ -126,13 +126,12 @@ class Job:
         self.config: JobConfig = parse_job(raw, self.path)     # the CLI's checks and errors
 
     def _table(self, p: Party, role: str) -> dict:
-        table = {"name": p.name, "address": p.address, **p.keys}
-        if role != "arbiter" or p.data is not None:
-            table["data"] = _planned(self.workdir, p, p.data, "data")
-        if p.predict_data is not None:
-            table["predict_data"] = _planned(self.workdir, p, p.predict_data, "predict")
+        table = {"name": p.name, "address": p.address, **p.keys,
+                 "data": _planned(self.workdir, p, p.data, "data"),
+                 "predict_data": _planned(self.workdir, p, p.predict_data, "predict")}
+        # a key given as None is left out, as if absent from the file (so the CLI's "missing key" errors)
         return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-                for k, v in table.items()}
+                for k, v in table.items() if v is not None}
 
     @property
     def parties(self) -> list[Party]:
