@@ -11,6 +11,8 @@ the reports must show the Chinese names, built without a single
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import warnings
 
@@ -131,10 +133,10 @@ def test_a_gbk_file_read_as_utf8_says_to_set_the_encoding(tmp_path):
     table = load_table(path, "客户编号", encoding="gbk")
     assert table.ids.tolist() == ["客户1", "客户2"] and table.columns == ["月消费额"]
     # a party checks its own file before it opens the network: the same advice, before any work
-    job_path = _write_job(tmp_path / "job", chinese=True)
-    job_path.write_text(job_path.read_text().replace('encoding = "gbk"\n', ""))
+    job = load_job(_write_job(tmp_path / "job", chinese=True))
+    job = replace(job, hosts=(replace(job.hosts[0], encoding="utf-8"),))
     with pytest.raises(DataError, match='add encoding = "gbk"'):
-        preflight(load_job(job_path), "host0")
+        preflight(job, "host0")
 
 
 def test_a_utf8_file_declared_gbk_is_refused_not_misread(tmp_path):

@@ -63,10 +63,10 @@ def _stop(*_, **__):
 
 
 def _stop_in_epoch_2(original):
-    def batch(self, channel, pk, trainer, xb, pre, epoch, b, rows):
+    def batch(self, channel, pk, trainer, xb, pre, epoch, b, rows, **kw):
         if epoch == 1 and b == 1:
             _stop()
-        return original(self, channel, pk, trainer, xb, pre, epoch, b, rows)
+        return original(self, channel, pk, trainer, xb, pre, epoch, b, rows, **kw)
     return batch
 
 

@@ -53,6 +53,9 @@ class PartyConfig:
         return host.strip("[]"), int(port)
 
 
+GUEST_SHARE_WITH_TABLES = 0.5     # the default dp_guest_share when the guest embeds categorical columns
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     type: str = "logistic"
@@ -89,7 +92,8 @@ class ModelConfig:
     label_dp: str = "auto"                   # "auto": on for the embedding model, off for logistic; "on"; "off"
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
-    dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the rest)
+    dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the
+                                             # rest); a job whose guest has categorical columns defaults to 0.5
     clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
@@ -411,7 +415,11 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     test_fraction = float(job.get("test_fraction", 0.2))
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"[job] test_fraction must be in [0, 1), got {test_fraction}")
-    model = _dataclass_from(ModelConfig, _table(raw.get("model", {}), "model"), "model")
+    model_table = _table(raw.get("model", {}), "model")
+    model = _dataclass_from(ModelConfig, model_table, "model")
+    if "dp_guest_share" not in model_table and guest.categorical_columns:
+        # a guest with embedding tables of its own needs more of the label-DP budget (docs/protocols.md)
+        model = replace(model, dp_guest_share=GUEST_SHARE_WITH_TABLES)
     _check_model(model)
     network = _dataclass_from(NetworkConfig, _table(raw.get("network", {}), "network"), "network")
     scorecard = _scorecard(_table(raw.get("scorecard", {}), "scorecard"))
