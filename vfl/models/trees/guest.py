@@ -21,11 +21,13 @@ Per tree level (docs/protocols.md, section 2a):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
 
-from crypto import EncryptedArray, generate_keypair
+from crypto import EncryptedArray, PrivateKey, generate_keypair
+from crypto.arrays import object_array
 
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
@@ -39,6 +41,59 @@ from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PRED
 from .tree import Node, Tree
 
 log = logging.getLogger("vfl.secureboost")
+
+
+class ZeroSupply:
+    """Fresh encryptions of zero for the next level, made in a background thread while the guest
+    waits for the hosts' sums (``PrivateKey.zeros``: with the factorisation, on the worker pool).
+
+    They are the guest's main cost (one per row and level); made ahead, most of
+    it leaves the critical path. Each is used once; none leaves this process
+    except inside the ciphertext it randomises.
+    """
+
+    def __init__(self, sk: PrivateKey) -> None:
+        self.sk = sk
+        self._ready: list = []
+        self._thread: threading.Thread | None = None
+        self._made: list | None = None
+        self._error: BaseException | None = None
+
+    def prepare(self, count: int) -> None:
+        """Start making ``count`` zeros in the background."""
+        self._join()
+
+        def work() -> None:
+            try:
+                self._made = self.sk.zeros(count).tolist()
+            except BaseException as exc:        # noqa: BLE001 - raised again by take()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, daemon=True, name="vfl-sbt-zeros")
+        self._thread.start()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self._made is not None:
+            self._ready += self._made
+            self._made = None
+
+    def take(self, count: int) -> "np.ndarray":
+        """``count`` unused zeros: those made ahead, the rest now."""
+        self._join()
+        got, self._ready = self._ready[:count], self._ready[count:]
+        if len(got) < count:
+            got += self.sk.zeros(count - len(got)).tolist()
+        return object_array(got, (count,))
+
+    def close(self) -> None:
+        self._join()
+        self._ready = []
 
 
 class SecureBoostGuest:
@@ -74,6 +129,8 @@ class SecureBoostGuest:
         with lap("keygen"):
             pk, sk = generate_keypair(p.key_bits, mode=p.encryption)
         self._pk, self._sk, self._slots = pk, sk, SlotLayout(p.key_bits, n, p.frac_bits)
+        self._zeros = ZeroSupply(sk)
+        self._zeros.prepare(n)                      # the first level's, while the hosts bin their columns
         self._slots.nodes_per_ciphertext            # raises if the key cannot hold one node
         for h in self.hosts:
             channel.send(h, PUBLIC_KEY, pk.to_dict())
@@ -85,16 +142,19 @@ class SecureBoostGuest:
         self.rules_, self.trees_, self.tree_seconds_ = [], [], []
         self.base_ = base_score(y)
         score = np.full(n, self.base_)
-        for t in range(p.num_trees):
-            t0 = time.perf_counter()
-            with lap("gradients"):
-                gq, hq = quantised_gradients(score, y, p.frac_bits)
-            tree, leaf_of = self._grow(channel, t, gq, hq, last=t + 1 == p.num_trees)
-            self.trees_.append(tree)
-            score = score + np.array([nd.weight if nd.is_leaf else 0.0 for nd in tree.nodes])[leaf_of]
-            self.tree_seconds_.append(time.perf_counter() - t0)
-            log.info("tree %d/%d: %d leaves, %.1f s", t + 1, p.num_trees, sum(nd.is_leaf for nd in tree.nodes),
-                     self.tree_seconds_[-1])
+        try:
+            for t in range(p.num_trees):
+                t0 = time.perf_counter()
+                with lap("gradients"):
+                    gq, hq = quantised_gradients(score, y, p.frac_bits)
+                tree, leaf_of = self._grow(channel, t, gq, hq, last=t + 1 == p.num_trees)
+                self.trees_.append(tree)
+                score = score + np.array([nd.weight if nd.is_leaf else 0.0 for nd in tree.nodes])[leaf_of]
+                self.tree_seconds_.append(time.perf_counter() - t0)
+                log.info("tree %d/%d: %d leaves, %.1f s", t + 1, p.num_trees,
+                         sum(nd.is_leaf for nd in tree.nodes), self.tree_seconds_[-1])
+        finally:
+            self._zeros.close()
         self.train_score_ = score
         self.host_splits_ = [len(sides) for sides in self._host_sides]
         self._sk = None                            # the key lives for this model's training only
@@ -166,11 +226,13 @@ class SecureBoostGuest:
         with lap("pack"):
             plains = pack_rows(gq, hq, lookup[at], len(direct), slots)
         with lap("zeros"):
-            zeros = sk.zeros(plains.size)
+            zeros = self._zeros.take(plains.size)
         with lap("encrypt"):
             enc = EncryptedArray(pk, pk.encrypt_raw(plains, zeros=zeros), 0)
         for h in self.hosts:
             channel.send(h, level_step(t, d, ENC_GH), enc)
+        if d + 1 < self.params.max_depth or t + 1 < self.params.num_trees:
+            self._zeros.prepare(len(at))            # the next level's (m = 1 mostly), while the hosts sum
         out: dict[int, list[np.ndarray]] = {i: [] for i in direct + list(derived)}
         for k, h in enumerate(self.hosts):
             layout = self.layouts_[k + 1]
