@@ -17,13 +17,19 @@ order train, the rest test (issue 18). Runs, on the same rows:
   scoring protocol on the test rows.
 
 Prints test AUCs, whether the encrypted trees equal the twin's, seconds per
-tree (median and each), each role's time per phase (its Stopwatch), bytes
-each way, and ``uptime``. Reads ../shared/data.
+tree (median and each), CPU seconds per tree (this process; with
+``VFL_WORKERS=1`` that is all the work, which the machine's load barely
+changes), each role's time per phase
+(its Stopwatch), bytes each way, and ``uptime``. ``--components`` first times
+one level's kernels alone (zeros, encryption, the host's bin sums, its
+re-randomisation, the guest's decryption): a level costs about their sum in
+CPU, a tree ``max_depth`` levels. Reads ../shared/data.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -86,6 +92,41 @@ def run_protocol(params: TreeParams, Xg, Xh, y, Xg_test, Xh_test, gcols, hcols):
     return guest, host, fit, time.perf_counter() - t0, score, dict(net.bytes_sent)
 
 
+def components(params: TreeParams, n: int, host_columns: int, bins: int) -> None:
+    """One level's kernels, each timed alone (wall and this process's CPU; pool work is in wall only)."""
+    from crypto import EncryptedArray, generate_keypair
+    from crypto.histogram import bin_sums
+    pk, sk = generate_keypair(params.key_bits)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, bins, (n, host_columns))
+    plains = rng.integers(-(1 << 40), 1 << 40, n).astype(object)
+    out = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        out[name] = time.perf_counter() - t0
+        return value
+
+    sk.zeros(1000)                                        # tables and workers warm
+    zeros = timed("zeros (guest, CRT)", lambda: sk.zeros(n))
+    enc = timed("encrypt with them", lambda: pk.encrypt_raw(plains, zeros=zeros))
+    sums = timed("bin_sums (host)", lambda: bin_sums(enc.reshape(n, 1), codes, [bins] * host_columns, pk.nsquare))
+    arr = EncryptedArray(pk, sums, 0)
+    arr.rerandomize()
+    timed("rerandomize (host)", lambda: arr.rerandomize())
+    timed("decrypt (guest)", lambda: sk.decrypt_raw(sums.ravel()))
+    print(f"one level, {n} rows, host {host_columns} columns x {bins} bins, {params.key_bits}-bit key: "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in out.items()) + f"; sum {sum(out.values()):.2f} s")
+
+
+def cpu_seconds() -> float:
+    """CPU of this process, all threads (pool workers are the forkserver's children, not counted:
+    run with ``VFL_WORKERS=1`` for the whole CPU cost)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bits", type=int, default=1024)
@@ -96,6 +137,7 @@ def main() -> None:
     ap.add_argument("--min-leaf-rows", type=int, default=20)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--skip-protocol", action="store_true", help="only scikit-learn and the twin")
+    ap.add_argument("--components", action="store_true", help="first time one level's kernels alone")
     args = ap.parse_args()
     Xg, Xh, y, train, gcols, hcols = load(args.data)
     test = ~train
@@ -122,9 +164,12 @@ def main() -> None:
     print(f"plaintext twin: test AUC {auc(y[test], twin_score):.4f}")
     if args.skip_protocol:
         return
-
+    if args.components:
+        components(params, int(train.sum()), len(hcols), args.bins + 1)
+    cpu0 = cpu_seconds()
     guest, host, fit, predict_s, score, sent = run_protocol(params, Xg[train], Xh[train], y[train], Xg[test],
                                                             Xh[test], gcols, hcols)
+    cpu = cpu_seconds() - cpu0
     same = all([a.key() for a in ta.nodes] == [b.key() for b in tb.nodes]
                for ta, tb in zip(guest.trees_, twin.trees_)) and len(guest.trees_) == len(twin.trees_)
     print(f"encrypted ({args.bits}-bit key): test AUC {auc(y[test], score):.4f}; trees identical to the twin: "
@@ -132,6 +177,8 @@ def main() -> None:
     per = guest.tree_seconds_
     print(f"fit {fit:.1f} s; per tree median {statistics.median(per):.2f} s "
           f"(each: {', '.join(f'{s:.2f}' for s in per)}); scoring {len(score)} rows {predict_s:.2f} s")
+    print(f"CPU of this process (both roles; pool workers not counted): {cpu:.1f} s, "
+          f"{cpu / args.trees:.2f} s per tree")
     print(f"bytes sent: guest {sent['guest'] / 2**20:.1f} MB, host {sent['host0'] / 2**20:.1f} MB")
     for name, role in (("guest", guest), ("host", host)):
         total = sum(role.timings_.seconds.values())
