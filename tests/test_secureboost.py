@@ -222,3 +222,37 @@ def test_settings_are_checked():
         TreeParams(key_bits=1024)
     with pytest.raises(ValueError, match="min_leaf_rows"):
         TreeParams(min_leaf_rows=0, key_bits=512, allow_short_keys=True)
+
+
+def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
+    """``[model] type = "secureboost"``: PSI, training with two hosts, model parts per party, then
+    ``vfl predict`` on the same files re-scores the aligned rows to 1e-9 (the audit runs in conftest)."""
+    import json
+
+    import pandas as pd
+
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    from vfl.job.threads import run_local, run_predict_local
+    guest, hosts = vertical_split(500, 3, [3, 2], overlap=0.9, seed=4)
+    hosts[0].iloc[::7, 1] = np.nan                           # missing values get a bin of their own
+    path = write_job(tmp_path, *write_tables(tmp_path, guest, hosts),
+                     model='type = "secureboost"\nnum_trees = 3\nmax_depth = 3\nmax_bin = 16\nlearning_rate = 0.3\n'
+                           'min_leaf_rows = 10\n')
+    job = load_job(path)
+    results = run_local(job)
+    assert results["guest"]["trees"] == 3 and results["guest"]["test"]["auc"] > 0.6
+    assert results["arbiter"]["takes_part"] is False
+    for k, h in enumerate(job.host_names):
+        part = json.loads((job.output_dir(h) / "model.json").read_text())
+        assert set(part) == {"format", "version", "columns", "splits"}
+        assert {s["column"] for s in part["splits"]} <= set(hosts[k].columns) - {"id"}
+    guest_part = json.loads((job.output_dir("guest") / "model.json").read_text())
+    assert "threshold" not in json.dumps(guest_part["trees"])
+    trained = pd.read_csv(job.output_dir("guest") / "predictions.csv")
+    run_predict_local(job)
+    scored = pd.read_csv(job.output_dir("guest") / "scores.csv")
+    merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
+    assert len(merged) == len(trained)
+    assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9

@@ -76,6 +76,12 @@ class ModelConfig:
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
     clip_norm: float = 1.0
+    # gradient-boosted trees (type = "secureboost"; learning_rate and l2 above apply too)
+    num_trees: int = 10
+    max_depth: int = 4
+    max_bin: int = 32
+    min_child_weight: float = 1e-3
+    min_leaf_rows: int = 20
 
     @property
     def label_dp_on(self) -> bool:
@@ -239,8 +245,17 @@ def _dataclass_from(cls, table: dict, where: str):
 
 
 def _check_model(m: ModelConfig) -> None:
-    if m.type not in ("logistic", "embedding"):
-        raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic', 'embedding')")
+    if m.type not in ("logistic", "embedding", "secureboost"):
+        raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic', 'embedding', "
+                          "'secureboost')")
+    if m.type == "secureboost":
+        from ..models.trees.params import TreeParams
+        try:
+            TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
+                       l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
+                       key_bits=m.key_bits, allow_short_keys=m.allow_short_keys, encryption=m.encryption)
+        except ValueError as exc:
+            raise ConfigError(f"[model] {exc}") from None
     if m.embedding_dim < 1 or m.hash_buckets < 0 or m.min_category_rows < 1:
         raise ConfigError("[model] embedding_dim and min_category_rows must be >= 1, hash_buckets >= 0")
     if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in m.hidden_units):

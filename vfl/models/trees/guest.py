@@ -321,3 +321,29 @@ class SecureBoostGuest:
 
     def predict_proba(self, channel: Channel, X: np.ndarray) -> np.ndarray:
         return sigmoid(self.decision_function(channel, X))
+
+    # ------------------------------------------------------------ model file
+    FORMAT = "vfl-secureboost-guest"
+
+    def to_dict(self) -> dict:
+        """The guest's model part: trees (owner and split id per node, leaf weights), its own split
+        rules, the start score, and how many splits each host holds. No host threshold."""
+        return {"format": self.FORMAT, "version": 1, "columns": self.columns, "hosts": self.hosts,
+                "base": self.base_, "host_splits": list(self.host_splits_),
+                "splits": [r.to_dict() for r in self.rules_], "trees": [t.to_dict() for t in self.trees_]}
+
+    @classmethod
+    def from_dict(cls, d: dict, params: TreeParams) -> "SecureBoostGuest":
+        if not isinstance(d, dict) or d.get("format") != cls.FORMAT or d.get("version") != 1:
+            raise ValueError(f"not a {cls.FORMAT} model part (version 1)")
+        model = cls(params, hosts=[str(h) for h in d["hosts"]], columns=[str(c) for c in d["columns"]])
+        model.base_ = float(d["base"])
+        model.host_splits_ = [int(k) for k in d["host_splits"]]
+        model.rules_ = [SplitRule.from_dict(r) for r in d["splits"]]
+        model.trees_ = [Tree.from_dict(t) for t in d["trees"]]
+        counts = [len(model.rules_), *model.host_splits_]
+        for tree in model.trees_:
+            for node in tree.nodes:
+                if not node.is_leaf and not (0 <= node.party < len(counts) and 0 <= node.split < counts[node.party]):
+                    raise ValueError("a tree names a split its owner does not hold")
+        return model

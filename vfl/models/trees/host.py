@@ -133,7 +133,19 @@ class SecureBoostHost:
             else np.zeros((0, len(X)), dtype=bool)
         channel.send(self.guest, PREDICT_BITS, np.packbits(sides, axis=1))
 
+    FORMAT = "vfl-secureboost-host"
+
     def to_dict(self) -> dict:
         """This host's model part: its own split rules, nothing else."""
-        return {"format": "vfl-secureboost-host", "version": 1, "columns": self.columns,
+        return {"format": self.FORMAT, "version": 1, "columns": self.columns,
                 "splits": [r.to_dict() for r in self.rules_]}
+
+    @classmethod
+    def from_dict(cls, d: dict, params: TreeParams, guest: str) -> "SecureBoostHost":
+        if not isinstance(d, dict) or d.get("format") != cls.FORMAT or d.get("version") != 1:
+            raise ValueError(f"not a {cls.FORMAT} model part (version 1)")
+        model = cls(params, guest=guest, columns=[str(c) for c in d["columns"]])
+        model.rules_ = [SplitRule.from_dict(r) for r in d["splits"]]
+        if any(r.column not in model.columns for r in model.rules_):
+            raise ValueError("a split names a column the model part does not list")
+        return model
