@@ -20,7 +20,7 @@ from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..io.files import write_json
 from ..io.tables import PartyTable, load_table, read_columns
 from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
-from ..models.trees.split import sigmoid
+from ..models.timing import Stopwatch
 from ..preprocess.split import split_mask
 from ..protocol.channel import Channel
 from ..psi import bucketed_psi_guest, bucketed_psi_host, write_intersection
@@ -58,15 +58,18 @@ def _aligned(job: JobConfig, name: str, table: PartyTable, ids: np.ndarray) -> t
 def run_guest(job: JobConfig, channel: Channel) -> dict:
     """The guest's SecureBoost job: trains, scores every aligned row, writes ``model.json``,
     ``predictions.csv`` and ``metrics.json``."""
-    g, t0 = job.guest, time.perf_counter()
+    g, t0, timings = job.guest, time.perf_counter(), Stopwatch()
     table = _load(g, label=g.label_column)
-    common = _psi(job, g.name, channel, table.ids)
+    with timings("psi"):
+        common = _psi(job, g.name, channel, table.ids)
     data, test = _aligned(job, g.name, table, common)
     out = job.output_dir(g.name)
     model = SecureBoostGuest(tree_params(job.model), hosts=job.host_names, columns=data.columns)
-    model.fit(channel, data.features[~test], data.labels[~test])
+    with timings("train"):
+        model.fit(channel, data.features[~test], data.labels[~test])
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
-    score = model.predict_proba(channel, data.features)       # as `vfl predict` scores new rows
+    with timings("predict"):
+        score = model.predict_proba(channel, data.features)    # as `vfl predict` scores new rows
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
@@ -78,6 +81,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
         "test": binary_metrics(data.labels[test], score[test]) if test.any() else {},
         "trees": len(model.trees_), "tree_seconds": [round(s, 3) for s in model.tree_seconds_],
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
+        "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(job.workdir / "metrics.json", metrics)
@@ -134,7 +138,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if has_label:
         report["metrics"] = binary_metrics(data.labels, score)
         report["gains"] = gains_table(data.labels, frame["points"].to_numpy())
-    write_json(out / "predict_metrics.json", report)
+    write_json(job.workdir / "predict_metrics.json", report)
     return report
 
 
