@@ -15,7 +15,11 @@ order train, the rest test (issue 18). Runs, on the same rows:
 * the encrypted protocol: guest and host roles as **threads of this process**
   over the in-memory channel (every message encoded and decoded as on the
   wire), sharing this machine's cores and its local worker pool; then the
-  scoring protocol on the test rows.
+  scoring protocol on the test rows;
+* with ``--processes`` instead: ``vfl run`` on a job file (guest, host and an
+  idle arbiter as processes over TLS on loopback, each party its own worker
+  pool), trained on the train rows (``test_fraction = 0``), then ``vfl predict``
+  on the test rows; AUC from ``predict_metrics.json``.
 
 Prints test AUCs, whether the encrypted trees equal the twin's, seconds per
 tree (median and each), CPU seconds per tree (this process; with
@@ -128,6 +132,69 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime
 
 
+def run_processes(args, Xg, Xh, y, train, gcols, hcols) -> None:
+    """``vfl run`` and ``vfl predict`` as processes over TLS, on CSVs of the train and test rows."""
+    import json
+    import tempfile
+
+    from parties.cli import main as vfl_main
+    from parties.demo import free_ports
+    folder = Path(tempfile.mkdtemp(prefix="bench_sbt_"))
+    ids = np.arange(len(y))
+    for part, rows in (("train", train), ("test", ~train)):
+        pd.DataFrame(np.column_stack([ids[rows], y[rows], Xg[rows]]), columns=["id", "y", *gcols]).astype(
+            {"id": int, "y": int}).to_csv(folder / f"guest_{part}.csv", index=False)
+        pd.DataFrame(np.column_stack([ids[rows], Xh[rows]]), columns=["id", *hcols]).astype({"id": int}).to_csv(
+            folder / f"host_{part}.csv", index=False)
+    ports = free_ports(3)
+    path = folder / "job.toml"
+    path.write_text(f"""[job]
+workdir = "{folder / 'out'}"
+seed = 1
+test_fraction = 0.0
+[arbiter]
+address = "127.0.0.1:{ports[0]}"
+[guest]
+name = "guest"
+address = "127.0.0.1:{ports[1]}"
+data = "{folder / 'guest_train.csv'}"
+predict_data = "{folder / 'guest_test.csv'}"
+label_column = "y"
+[[hosts]]
+name = "host0"
+address = "127.0.0.1:{ports[2]}"
+data = "{folder / 'host_train.csv'}"
+predict_data = "{folder / 'host_test.csv'}"
+[model]
+type = "secureboost"
+key_bits = {args.bits}
+allow_short_keys = true
+num_trees = {args.trees}
+max_depth = {args.depth}
+max_bin = {args.bins}
+learning_rate = {args.lr}
+min_leaf_rows = {args.min_leaf_rows}
+""")
+    t0 = time.perf_counter()
+    if vfl_main(["run", str(path)]) != 0:
+        raise SystemExit("vfl run failed")
+    wall = time.perf_counter() - t0
+    if vfl_main(["predict", str(path)]) != 0:
+        raise SystemExit("vfl predict failed")
+    metrics = json.loads((folder / "out" / "metrics.json").read_text())
+    scored = json.loads((folder / "out" / "predict_metrics.json").read_text())
+    per = metrics["tree_seconds"]
+    print(f"processes over TLS ({args.bits}-bit key): test AUC {scored['metrics']['auc']:.4f}; vfl run {wall:.1f} s "
+          f"(training {metrics['stage_seconds']['train']:.1f} s); per tree median {statistics.median(per):.2f} s "
+          f"(each: {', '.join(f'{s:.2f}' for s in per)})")
+    print("guest phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                           sorted(metrics["phase_seconds"].items(), key=lambda kv: -kv[1])))
+    host = json.loads((folder / "out" / "host0" / "report.json").read_text())
+    print("host phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                          sorted(host["phase_seconds"].items(), key=lambda kv: -kv[1])))
+    print(f"uptime:{os.popen('uptime').read().strip()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bits", type=int, default=1024)
@@ -140,6 +207,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="default_credit", choices=["default_credit", "breast"])
     ap.add_argument("--skip-protocol", action="store_true", help="only scikit-learn and the twin")
     ap.add_argument("--components", action="store_true", help="first time one level's kernels alone")
+    ap.add_argument("--processes", action="store_true", help="vfl run / vfl predict as processes over TLS")
     args = ap.parse_args()
     Xg, Xh, y, train, gcols, hcols = load(args.data, args.dataset)
     test = ~train
@@ -168,6 +236,9 @@ def main() -> None:
         return
     if args.components:
         components(params, int(train.sum()), len(hcols), args.bins + 1)
+    if args.processes:
+        run_processes(args, Xg, Xh, y, train, gcols, hcols)
+        return
     cpu0 = cpu_seconds()
     guest, host, fit, predict_s, score, sent = run_protocol(params, Xg[train], Xh[train], y[train], Xg[test],
                                                             Xh[test], gcols, hcols)
