@@ -127,7 +127,7 @@ def test_encrypted_run_gives_the_twins_trees_and_predictions(hosts):
                        [h.columns for h in host_roles])
     assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
     assert {n.party for t in guest.trees_ for n in t.nodes if not n.is_leaf} == set(range(len(hosts) + 1))
-    assert max(len(t.nodes) for t in guest.trees_) > 15        # depth 4: the last level needs 2 ciphertexts a row
+    assert max(len(t.nodes) for t in guest.trees_) > 15        # depth 4: level 3 takes 2 ciphertexts a row
     assert np.array_equal(guest.train_score_, twin.train_score_)
     test_codes = [encode(b, x) for b, x in zip(bins, [xg[~train], *[x[~train] for x in xh]])]
     assert np.abs(scores - twin.decision_function(test_codes)).max() < 1e-9
@@ -181,7 +181,7 @@ def test_hosts_receive_no_node_and_no_row_list_and_the_ledgers_agree(tmp_path):
                 assert r.payload == {"rows": n, "trees": 2, "max_depth": 3, "max_bin": 16}
             elif step == "enc_gh":
                 # every training row, every level, the same number of fresh ciphertexts
-                assert isinstance(r.payload, EncryptedArray) and r.payload.shape == (n, 1)
+                assert isinstance(r.payload, EncryptedArray) and r.payload.shape == (n, 1)   # 3 nodes a row
                 cts = r.payload.ciphertexts.ravel().tolist()
                 assert len(set(cts)) == n and 1 not in cts
             elif step == "splits":

@@ -222,9 +222,12 @@ class SecureBoostGuest:
         lap, pk, sk, slots = self.timings_, self._pk, self._sk, self._slots
         lookup = np.full(len(nodes), -1, dtype=np.int64)
         lookup[direct] = np.arange(len(direct))
-        m = slots.per_row(len(direct))
+        # room for the most nodes level d can sum (one per pair split above), so that the number of
+        # ciphertexts per row depends on the level only, not on how many nodes are still open
+        capacity = 1 if d == 0 else 1 << (d - 1)
+        m = slots.per_row(capacity)
         with lap("pack"):
-            plains = pack_rows(gq, hq, lookup[at], len(direct), slots)
+            plains = pack_rows(gq, hq, lookup[at], capacity, slots)
         with lap("zeros"):
             zeros = self._zeros.take(plains.size)
         with lap("encrypt"):
@@ -243,7 +246,9 @@ class SecureBoostGuest:
             with lap("decrypt"):
                 plain = sk.decrypt_raw(got.with_key(pk).ciphertexts)
             with lap("unpack"):
-                sums = unpack(plain, pk.n, len(direct), slots)       # (bins, nodes, 3)
+                sums = unpack(plain, pk.n, capacity, slots)          # (bins, capacity, 3)
+            if sums[:, len(direct):].any():
+                raise ValueError(f"{h}: {level_step(t, d, ENC_HIST)} fills slots no row was given")
             for j, i in enumerate(direct):
                 hist = sums[:, j, :]
                 self._check_columns(hist, layout, nodes[i].sums, h)
