@@ -244,12 +244,17 @@ def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
     results = run_local(job)
     assert results["guest"]["trees"] == 3 and results["guest"]["test"]["auc"] > 0.6
     assert results["arbiter"]["takes_part"] is False
+    importance = results["guest"]["importance"]
+    assert all(set(v) == {"gain", "splits"} and v["gain"] > 0 for v in importance.values())
+    assert {k for k in importance if k.startswith("host")} <= {f"host{h}_c{j:02d}" for h in (0, 1) for j in range(3)}
     for k, h in enumerate(job.host_names):
         part = json.loads((job.output_dir(h) / "model.json").read_text())
         assert set(part) == {"format", "version", "columns", "splits"}
         assert {s["column"] for s in part["splits"]} <= set(hosts[k].columns) - {"id"}
     guest_part = json.loads((job.output_dir("guest") / "model.json").read_text())
     assert "threshold" not in json.dumps(guest_part["trees"])
+    split_nodes = sum("split" in node for tree in guest_part["trees"] for node in tree["nodes"])
+    assert sum(v["splits"] for v in importance.values()) == split_nodes
     trained = pd.read_csv(job.output_dir("guest") / "predictions.csv")
     run_predict_local(job)
     scored = pd.read_csv(job.output_dir("guest") / "scores.csv")

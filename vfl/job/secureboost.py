@@ -80,6 +80,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
         "train": binary_metrics(data.labels[~test], score[~test]),
         "test": binary_metrics(data.labels[test], score[test]) if test.any() else {},
         "trees": len(model.trees_), "tree_seconds": [round(s, 3) for s in model.tree_seconds_],
+        "importance": model.importance(),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "seconds": round(time.perf_counter() - t0, 3),
@@ -103,6 +104,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     model.predict(channel, data.features)
     report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
               "train_rows": int((~test).sum()), "splits": len(model.rules_),
+              "splits_per_column": {c: sum(r.column == c for r in model.rules_) for c in model.columns},
               "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()}}
     write_json(out / "report.json", report)
     return report

@@ -304,6 +304,22 @@ class SecureBoostGuest:
                 out[i] = self._host_sides[cand.party - 1][nodes[i].split]
         return out
 
+    def importance(self) -> dict[str, dict]:
+        """Total gain and number of split nodes per column: the guest's own by name, hosts' by
+        anonymous name (``host0_c03``: host 0, its column 3). Hosts get none of this (gain is a
+        function of the labels); each counts its own splits."""
+        out: dict[str, dict] = {}
+        for tree in self.trees_:
+            for node in tree.nodes:
+                if node.is_leaf:
+                    continue
+                name = (self.columns[node.feature] if node.party == 0
+                        else f"host{node.party - 1}_c{node.feature:02d}")
+                entry = out.setdefault(name, {"gain": 0.0, "splits": 0})
+                entry["gain"] += node.gain
+                entry["splits"] += 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["gain"]))
+
     # ------------------------------------------------------------ scoring
     def decision_function(self, channel: Channel, X: np.ndarray) -> np.ndarray:
         """Scores (log-odds) of rows aligned with every host's: each host sends its splits' sides
