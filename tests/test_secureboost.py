@@ -178,7 +178,7 @@ def test_hosts_receive_no_node_and_no_row_list_and_the_ledgers_agree(tmp_path):
             if step == "public_key":
                 assert set(r.payload) == {"format", "version", "n"}
             elif step == "plan":
-                assert r.payload == {"rows": n, "trees": 2, "max_depth": 3, "max_bin": 16}
+                assert r.payload == {"rows": n, "trees": 2, "max_depth": 3, "max_bin": 16, "frac_bits": 32}
             elif step == "enc_gh":
                 # every training row, every level, the same number of fresh ciphertexts
                 assert isinstance(r.payload, EncryptedArray) and r.payload.shape == (n, 1)   # 3 nodes a row

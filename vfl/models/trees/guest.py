@@ -32,7 +32,7 @@ from crypto.arrays import object_array
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
 from .binning import Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
-from .packing import SlotLayout, pack_rows, unpack
+from .packing import SlotLayout, level_capacity, pack_rows, unpack
 from .params import TreeParams
 from .split import (base_score, best_split, can_split, leaf_weight, node_sums, plain_histogram,
                     quantised_gradients, sigmoid)
@@ -134,7 +134,8 @@ class SecureBoostGuest:
         self._slots.nodes_per_ciphertext            # raises if the key cannot hold one node
         for h in self.hosts:
             channel.send(h, PUBLIC_KEY, pk.to_dict())
-            channel.send(h, PLAN, {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin})
+            channel.send(h, PLAN, {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin,
+                                   "frac_bits": p.frac_bits})
         self.layouts_ = [own] + [Layout.from_dict(channel.recv(h, COLUMNS), h, p.max_bin) for h in self.hosts]
         self._host_ids: list[dict] = [{} for _ in self.hosts]    # (column, bin, missing_left) -> split id
         self._host_sides: list[list] = [[] for _ in self.hosts]  # split id -> side of every training row
@@ -224,8 +225,9 @@ class SecureBoostGuest:
         lookup[direct] = np.arange(len(direct))
         # room for the most nodes level d can sum (one per pair split above), so that the number of
         # ciphertexts per row depends on the level only, not on how many nodes are still open
-        capacity = 1 if d == 0 else 1 << (d - 1)
+        capacity = level_capacity(d)
         m = slots.per_row(capacity)
+        per = slots.bins_per_ciphertext(capacity)        # bins a host packs into one ciphertext
         with lap("pack"):
             plains = pack_rows(gq, hq, lookup[at], capacity, slots)
         with lap("zeros"):
@@ -241,12 +243,14 @@ class SecureBoostGuest:
             layout = self.layouts_[k + 1]
             with lap("wait_hosts"):
                 got = channel.recv(h, level_step(t, d, ENC_HIST))
-            if not isinstance(got, EncryptedArray) or got.shape != (layout.total, m) or got.frac_bits != 0:
-                raise ValueError(f"{h}: {level_step(t, d, ENC_HIST)} must be ({layout.total}, {m}) ciphertexts")
+            shape = (-(-layout.total // per), 1) if m == 1 else (layout.total, m)
+            if not isinstance(got, EncryptedArray) or got.shape != shape or got.frac_bits != 0:
+                raise ValueError(f"{h}: {level_step(t, d, ENC_HIST)} must be {shape} ciphertexts")
             with lap("decrypt"):
                 plain = sk.decrypt_raw(got.with_key(pk).ciphertexts)
             with lap("unpack"):
-                sums = unpack(plain, pk.n, capacity, slots)          # (bins, capacity, 3)
+                sums = unpack(plain, pk.n, per * capacity, slots) if m == 1 else unpack(plain, pk.n, capacity, slots)
+                sums = sums.reshape(-1, capacity, 3)[:layout.total]  # (bins, capacity, 3)
             if sums[:, len(direct):].any():
                 raise ValueError(f"{h}: {level_step(t, d, ENC_HIST)} fills slots no row was given")
             for j, i in enumerate(direct):

@@ -20,6 +20,7 @@ from crypto.histogram import bin_sums
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
 from .binning import SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
 from .params import MIN_KEY_BITS, TreeParams
 from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
                     SPLITS, STOP, level_step)
@@ -57,23 +58,30 @@ class SecureBoostHost:
         n = len(codes)
         pk = check_key(PublicKey.from_dict(channel.recv(self.guest, PUBLIC_KEY), mode=p.encryption), p)
         plan = channel.recv(self.guest, PLAN)
-        expected = {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin}
+        expected = {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin,
+                    "frac_bits": p.frac_bits}
         if not isinstance(plan, dict) or {k: plan.get(k) for k in expected} != expected:
             raise ValueError(f"the guest's plan {plan!r} does not match this host's rows and job settings {expected}")
         channel.send(self.guest, COLUMNS, layout.to_dict())
+        slots = SlotLayout(p.key_bits, n, p.frac_bits)
         self.rules_ = []
         tree = level = 0
         while True:
             step = lambda name: level_step(tree, level, name)     # noqa: E731
             with lap("wait_guest"):
                 enc = channel.recv(self.guest, step(ENC_GH))
-            if not isinstance(enc, EncryptedArray) or enc.ndim != 2 or enc.shape[0] != n \
-                    or not 1 <= enc.shape[1] <= 1 << p.max_depth or enc.frac_bits != 0:
-                raise ValueError(f"{step(ENC_GH)}: expected ({n}, m) ciphertexts at 0 fractional bits, "
-                                 f"m <= {1 << p.max_depth}")
+            capacity = level_capacity(level)
+            m = slots.per_row(capacity)
+            if not isinstance(enc, EncryptedArray) or enc.shape != (n, m) or enc.frac_bits != 0:
+                raise ValueError(f"{step(ENC_GH)}: expected ({n}, {m}) ciphertexts at 0 fractional bits")
             enc = enc.with_key(pk)
             with lap("bin_sums"):
-                sums = EncryptedArray(pk, bin_sums(enc.ciphertexts, codes, list(layout.n_bins), pk.nsquare), 0)
+                sums = bin_sums(enc.ciphertexts, codes, list(layout.n_bins), pk.nsquare)
+            with lap("pack"):          # several bins to a plaintext: fewer decryptions for the guest
+                if m == 1:
+                    sums = pack_bins(sums, slots.bins_per_ciphertext(capacity),
+                                     FIELDS * capacity * slots.slot_bits, pk.nsquare)[:, None]
+                sums = EncryptedArray(pk, sums, 0)
             with lap("rerandomize"):   # the guest knows every [[P_i]]'s randomness: hide which rows were summed
                 sums = sums.rerandomize()
             channel.send(self.guest, step(ENC_HIST), sums)

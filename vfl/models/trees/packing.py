@@ -20,7 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gmpy2
 import numpy as np
+
+from crypto.arrays import object_array
+from crypto.multiexp import powmod_many_parallel
 
 FIELDS = 3          # g, h, count
 
@@ -52,6 +56,35 @@ class SlotLayout:
     def per_row(self, nodes: int) -> int:
         """Ciphertexts per row for a level whose histograms cover ``nodes`` nodes."""
         return max(1, -(-nodes // self.nodes_per_ciphertext))
+
+    def bins_per_ciphertext(self, nodes: int) -> int:
+        """How many bins' sums a host packs into one ciphertext when a level covers ``nodes``
+        nodes in one ciphertext per row (1 when a row needs several)."""
+        return max(1, self.slots // (FIELDS * nodes)) if self.per_row(nodes) == 1 else 1
+
+
+def level_capacity(level: int) -> int:
+    """The most nodes level ``level`` can sum directly: the root, then one per pair split above."""
+    return 1 if level == 0 else 1 << (level - 1)
+
+
+def pack_bins(cts: np.ndarray, per: int, shift_bits: int, modulus) -> np.ndarray:
+    """Host side: ``[[sum_t P_t 2^(shift t)]]`` for consecutive groups of ``per`` ciphertexts
+    (Horner: ``acc <- acc^(2^shift) [[P_t]]``), the last group padded with Enc(0).
+
+    Why: a bin's sums fill only ``3 * nodes`` slots of a plaintext; packing several bins
+    into one ciphertext cuts the guest's decryptions by ``per`` (FATE's split_info_pack)."""
+    flat = np.asarray(cts, dtype=object).ravel().tolist()
+    if per == 1:
+        return object_array(flat, (len(flat),))
+    n2 = gmpy2.mpz(modulus)
+    groups = -(-len(flat) // per)
+    flat += [gmpy2.mpz(1)] * (groups * per - len(flat))
+    acc = flat[per - 1::per]
+    for t in range(per - 2, -1, -1):
+        acc = powmod_many_parallel(acc, [1 << shift_bits] * groups, n2)
+        acc = [a * c % n2 for a, c in zip(acc, flat[t::per])]
+    return object_array(acc, (groups,))
 
 
 def pack_rows(gq: np.ndarray, hq: np.ndarray, slot: np.ndarray, nodes: int, layout: SlotLayout) -> np.ndarray:
