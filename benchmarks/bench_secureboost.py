@@ -22,9 +22,8 @@ order train, the rest test (issue 18). Runs, on the same rows:
   on the test rows; AUC from ``predict_metrics.json``.
 
 Prints test AUCs, whether the encrypted trees equal the twin's, seconds per
-tree (median and each), CPU seconds per tree (this process; with
-``VFL_WORKERS=1`` that is all the work, which the machine's load barely
-changes), each role's time per phase
+tree (median and each), CPU seconds per tree (this process and its pool
+workers, from /proc: what the machine's load barely changes), each role's time per phase
 (its Stopwatch), bytes each way, and ``uptime``. ``--components`` first times
 one level's kernels alone (zeros, encryption, the host's bin sums, its
 re-randomisation, the guest's decryption): a level costs about their sum in
@@ -34,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import threading
@@ -47,6 +45,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.proctree import tree_cpu_seconds  # noqa: E402
 from vfl.models.trees import PlainSecureBoost, SecureBoostGuest, SecureBoostHost, TreeParams  # noqa: E402
 from vfl.models.trees.binning import encode, layout_of  # noqa: E402
 from vfl.protocol.channel import LocalNetwork  # noqa: E402
@@ -123,13 +122,6 @@ def components(params: TreeParams, n: int, host_columns: int, bins: int) -> None
     timed("decrypt (guest)", lambda: sk.decrypt_raw(sums.ravel()))
     print(f"one level, {n} rows, host {host_columns} columns x {bins} bins, {params.key_bits}-bit key: "
           + ", ".join(f"{k} {v:.2f} s" for k, v in out.items()) + f"; sum {sum(out.values()):.2f} s")
-
-
-def cpu_seconds() -> float:
-    """CPU of this process, all threads (pool workers are the forkserver's children, not counted:
-    run with ``VFL_WORKERS=1`` for the whole CPU cost)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime
 
 
 def run_processes(args, Xg, Xh, y, train, gcols, hcols) -> None:
@@ -239,10 +231,10 @@ def main() -> None:
     if args.processes:
         run_processes(args, Xg, Xh, y, train, gcols, hcols)
         return
-    cpu0 = cpu_seconds()
+    cpu0 = tree_cpu_seconds()
     guest, host, fit, predict_s, score, sent = run_protocol(params, Xg[train], Xh[train], y[train], Xg[test],
                                                             Xh[test], gcols, hcols)
-    cpu = cpu_seconds() - cpu0
+    cpu = tree_cpu_seconds() - cpu0
     same = all([a.key() for a in ta.nodes] == [b.key() for b in tb.nodes]
                for ta, tb in zip(guest.trees_, twin.trees_)) and len(guest.trees_) == len(twin.trees_)
     print(f"encrypted ({args.bits}-bit key): test AUC {auc(y[test], score):.4f}; trees identical to the twin: "
@@ -250,7 +242,7 @@ def main() -> None:
     per = guest.tree_seconds_
     print(f"fit {fit:.1f} s; per tree median {statistics.median(per):.2f} s "
           f"(each: {', '.join(f'{s:.2f}' for s in per)}); scoring {len(score)} rows {predict_s:.2f} s")
-    print(f"CPU of this process (both roles; pool workers not counted): {cpu:.1f} s, "
+    print(f"CPU (both roles, this process and its pool workers, training and scoring): {cpu:.1f} s, "
           f"{cpu / args.trees:.2f} s per tree")
     print(f"bytes sent: guest {sent['guest'] / 2**20:.1f} MB, host {sent['host0'] / 2**20:.1f} MB")
     for name, role in (("guest", guest), ("host", host)):
