@@ -221,6 +221,10 @@ def test_settings_are_checked():
         TreeParams(key_bits=1024)
     with pytest.raises(ValueError, match="min_leaf_rows"):
         TreeParams(min_leaf_rows=0, key_bits=512, allow_short_keys=True)
+    # many rows: every party lowers the gradients' precision alike, so sums stay exact
+    p = TreeParams(key_bits=512, allow_short_keys=True)
+    assert p.for_rows(24_033).frac_bits == 32 and p.for_rows(2_000_000).frac_bits == 29
+    assert SlotLayout(1024, 2_000_000, 29).slot_bits == 52
 
 
 def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):

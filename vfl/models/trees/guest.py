@@ -118,11 +118,10 @@ class SecureBoostGuest:
     # ------------------------------------------------------------ training
     def fit(self, channel: Channel, X: np.ndarray, y: np.ndarray) -> "SecureBoostGuest":
         """Train on the aligned training rows: own columns ``X`` and labels ``y`` in {0, 1}."""
-        p, lap = self.params, self.timings_
         y = np.asarray(y, dtype=np.float64)
         n = len(y)
-        if n * (1 << p.frac_bits) >= 1 << 52:
-            raise ValueError(f"{n} rows at frac_bits = {p.frac_bits}: sums could exceed 2^52; lower frac_bits")
+        self.params = p = self.params.for_rows(n)      # every party lowers frac_bits alike for many rows
+        lap = self.timings_
         with lap("binning"):
             self.bins_ = fit_columns(self.columns, X, p.max_bin)
             self._codes, own = encode(self.bins_, X), layout_of(self.bins_)

@@ -51,7 +51,8 @@ class SecureBoostHost:
 
     def fit(self, channel: Channel, X: np.ndarray) -> "SecureBoostHost":
         """Take part in training on this host's aligned training rows ``X`` (rows x columns)."""
-        p, lap = self.params, self.timings_
+        self.params = p = self.params.for_rows(len(X))   # the same frac_bits as the guest derives
+        lap = self.timings_
         with lap("binning"):
             self.bins_ = fit_columns(self.columns, X, p.max_bin)
             codes, layout = encode(self.bins_, X), layout_of(self.bins_)

@@ -1,7 +1,7 @@
 """The settings of a SecureBoost model (``[model] type = "secureboost"``), checked once."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MIN_KEY_BITS = 2048
 
@@ -52,3 +52,11 @@ class TreeParams:
             problems.append(f"key_bits = {self.key_bits} is below {MIN_KEY_BITS}; set allow_short_keys for tests")
         if problems:
             raise ValueError("SecureBoost settings: " + "; ".join(problems))
+
+    def for_rows(self, rows: int) -> "TreeParams":
+        """These settings with ``frac_bits`` lowered, if need be, so that a sum over ``rows`` rows
+        stays below 2^50 (exact in float64 with room): every party derives the same from the row count."""
+        f = min(self.frac_bits, 50 - max(1, int(rows)).bit_length())
+        if f < 8:
+            raise ValueError(f"{rows} rows leave fewer than 8 fractional bits for the gradients")
+        return replace(self, frac_bits=f)

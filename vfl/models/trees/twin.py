@@ -27,8 +27,9 @@ class PlainSecureBoost:
 
     def fit(self, codes: list[np.ndarray], layouts: list[Layout], y: np.ndarray) -> "PlainSecureBoost":
         """``codes[p]``: party p's (rows, columns) bin codes (guest first); ``y`` in {0, 1}."""
-        p, y = self.params, np.asarray(y, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
         n = len(y)
+        self.params = p = self.params.for_rows(n)
         self.base_ = base_score(y)
         self._layouts = list(layouts)
         score = np.full(n, self.base_)
