@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 from vfl.evaluation.baselines import _columns, _fit_score, _table, twin_metrics  # noqa: E402
 from vfl.job.config import load_job  # noqa: E402
-from vfl.models.privacy import best_attack_auc  # noqa: E402
 from vfl.job.threads import run_local  # noqa: E402
 from vfl.preprocess.split import split_mask  # noqa: E402
 from vfl.io.synth import categorical_credit_population  # noqa: E402
@@ -131,9 +130,10 @@ def main() -> None:
     print("host phases (s, all epochs):  " + ", ".join(f"{k} {v:.1f}" for k, v in host["phase_seconds"].items()))
     dp = arb["label_dp"]
     if dp["on"]:
-        print(f"label-DP: noise multiplier {dp['noise_multiplier']:.2f}, clip {dp['clip_norm']}, "
+        z = dp["noise_multiplier"]
+        print(f"label-DP: noise multipliers guest {z['guest']:.2f}, host {z['host']:.2f}, clip {dp['clip_norm']}, "
               f"epsilon spent {dp['epsilon_spent']:.3f} at delta {dp['delta']:g}; best possible attack AUC "
-              f"{best_attack_auc(dp['noise_multiplier'], m['epochs_run']):.3f}")
+              f"{dp['best_attack_auc_bound']:.3f}")
     print(f"smallest number of rows behind a released sum: guest {m['smallest_release_rows']}, "
           f"host {host['smallest_release_rows']}")
     rows = [("federated (encrypted)", m["test"]["auc"])]

@@ -95,7 +95,7 @@ def preflight(job: JobConfig, me: str, task: str = "train") -> None:
         label = None      # optional when scoring
     else:
         path, label = party.data, party.label_column
-    check_columns(path, party.id_column, label, party.categorical_columns)
+    check_columns(path, party.id_column, label, party.categorical_columns, party.encoding)
 
 
 def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "train",

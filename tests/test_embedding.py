@@ -44,14 +44,15 @@ def train(model, keypair, towers, xg, xh, y, seed=5, record=False):
     return roles, net
 
 
-BASE = ModelConfig(type="embedding", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam", l2=0.01,
+BASE = ModelConfig(type="embedding", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam", l2=0.01, table_release="eager",
                    tolerance=0.0, key_bits=512, allow_short_keys=True, min_rows_per_release=1, label_dp="off")
 
 
-@pytest.mark.parametrize("hidden,min_rows", [((4,), 1), ((), 1), ((3, 2), 1), ((4,), 12)])
-def test_encrypted_training_equals_the_plaintext_twin(keypair, hidden, min_rows):
+@pytest.mark.parametrize("hidden,min_rows,tables", [((4,), 1, "eager"), ((), 1, "eager"), ((3, 2), 1, "eager"),
+                                                    ((4,), 12, "eager"), ((4,), 12, "epoch")])
+def test_encrypted_training_equals_the_plaintext_twin(keypair, hidden, min_rows, tables):
     """Same init, batches, held-back releases and optimiser: weights and losses agree to 1e-6."""
-    model = replace(BASE, min_rows_per_release=min_rows, hidden_units=hidden)
+    model = replace(BASE, min_rows_per_release=min_rows, hidden_units=hidden, table_release=tables)
     xg, xh, y = _inputs()
     roles, _ = train(model, keypair, _towers(hidden), xg, xh, y)
     twin, losses = fit_twin(list(_towers(hidden)), [xg, xh], y, model, seed=5, init_seeds=[11, 12])
@@ -59,6 +60,44 @@ def test_encrypted_training_equals_the_plaintext_twin(keypair, hidden, min_rows)
     np.testing.assert_allclose(roles["h"].params_, twin[1], atol=1e-6)
     np.testing.assert_allclose(roles["a"].loss_history_, losses, atol=1e-6)
     assert np.abs(roles["h"].params_ - _towers(hidden)[1].init_params(12)).max() > 1e-3   # it did train
+
+
+def test_wide_part_with_crosses_equals_the_plaintext_twin(keypair):
+    """The wide part (per-category, per-cross and per-numeric weights) trains as its twin, clipped too."""
+    xg, xh, y = _inputs()
+    cross = (xh.codes[:, 0] * 3 + xh.codes[:, 1]) % 7          # a cross's codes follow the columns'
+    xh = TowerInput(xh.numeric, np.column_stack([xh.codes, cross]))
+
+    def towers():
+        return (EmbeddingTower(2, [4], 3, (4,), intercept=True, wide=True),
+                EmbeddingTower(1, [6, 3], 2, (4,), wide=True, cross_sizes=[7]))
+    for model in (BASE, replace(BASE, label_dp="on", clip_norm=0.5)):
+        roles, _ = train(model, keypair, towers(), xg, xh, y)
+        twin, losses = fit_twin(list(towers()), [xg, xh], y, model, seed=5, init_seeds=[11, 12])
+        if model.label_dp_on:      # the noise differs, so compare only what does not depend on it
+            assert len(roles["a"].loss_history_) == model.epochs
+            continue
+        np.testing.assert_allclose(roles["g"].params_, twin[0], atol=1e-6)
+        np.testing.assert_allclose(roles["h"].params_, twin[1], atol=1e-6)
+        np.testing.assert_allclose(roles["a"].loss_history_, losses, atol=1e-6)
+        wide = towers()[1].layout.view(roles["h"].params_, "wide2")      # the cross's weights
+        assert np.abs(wide).max() > 1e-3
+
+
+def test_wide_tower_contains_one_hot_lr():
+    """With the deep part's output at zero, the wide part alone is one-hot logistic regression."""
+    tower = EmbeddingTower(2, [4, 3], 2, (3,), wide=True, cross_sizes=[5])
+    rng = np.random.default_rng(0)
+    x = TowerInput(rng.normal(size=(20, 2)), np.column_stack([rng.integers(0, 4, 20), rng.integers(0, 3, 20),
+                                                               rng.integers(0, 5, 20)]))
+    p = tower.init_params(1)
+    tower.layout.view(p, "out")[:] = 0.0
+    w = [rng.normal(size=s) for s in (4, 3, 5)]
+    for c, wc in enumerate(w):
+        tower.layout.view(p, f"wide{c}")[:] = wc
+    tower.layout.view(p, "wide_num")[:] = [0.5, -1.0]
+    expected = sum(wc[x.codes[:, c]] for c, wc in enumerate(w)) + x.numeric @ [0.5, -1.0]
+    np.testing.assert_allclose(tower.forward(p, x)[0], expected)
 
 
 def _attack_data(n=800, seed=3):
@@ -121,7 +160,7 @@ def test_label_inference_attacks_on_what_a_host_sees(keypair):
     """Unprotected, a host reads labels from an embedding row seen once in a batch (direct) and from
     the batch's dense sums (least squares); with the default protection neither beats AUC 0.6."""
     from sklearn.metrics import roc_auc_score
-    off = replace(BASE, epochs=1, batch_size=32, min_rows_per_release=1, label_dp="off", l2=0.0)
+    off = replace(BASE, epochs=1, batch_size=32, min_rows_per_release=1, label_dp="off", l2=0.0, table_release="eager")
     releases, y = _host_view(off, keypair)
     direct, alone = _direct_attack(releases, len(y))
     alone = np.array(sorted(alone))

@@ -23,7 +23,8 @@ def _job(tmp_path, model_extra=""):
     path = write_job(tmp_path, bank, [shop], label="default",
                      model=f'type = "embedding"\nepochs = 2\nbatch_size = 256\nlearning_rate = 0.02\n'
                            f'embedding_dim = 3\nhidden_units = [6]\ntolerance = 0.0\n{model_extra}')
-    text = path.read_text().replace(f'data = "{shop}"', f'data = "{shop}"\ncategorical_columns = {CATS}')
+    text = path.read_text().replace(f'data = "{shop}"', f'data = "{shop}"\ncategorical_columns = {CATS}\n'
+                                                          'crosses = [["merchant", "city"]]')
     path.write_text(text)
     return load_job(path)
 

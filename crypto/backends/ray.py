@@ -15,19 +15,33 @@ PSI key, for decryption the private key).  So each organisation runs its
 own Ray cluster inside its own network; cross-party traffic stays on the
 project's TLS channel and never touches Ray.
 
+Joining a cluster by address (``"HOST:PORT"`` of its head, the GCS port of
+``ray start --head --port=PORT``): the party process must run on one of the
+cluster's nodes (Ray drivers attach to a raylet on their own machine), and
+every node needs this project installed, since shards are functions of
+``crypto`` imported by name.  Actors are spread over the nodes.  Before
+joining, the address is checked with a plain TCP connect, because Ray retries
+an unreachable address for minutes; and a cluster bound to loopback only
+(``ray start --head --node-ip-address=127.0.0.1``) is joined on loopback,
+where Ray would otherwise replace ``127.0.0.1`` by this machine's outward IP.
+
 Ray is an optional extra (``pip install -e '.[ray]'``) and is imported only
 when a party asks for it.
 """
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import itertools
 import os
+import socket
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .base import BackendUnavailable
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray>=2.9')"
+CONNECT_TIMEOUT = 5.0   # seconds to wait for a TCP answer from a cluster's head before giving up
 
 
 def import_ray():
@@ -48,6 +62,10 @@ class ShardWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+
 
 _remote_class = None
 
@@ -55,8 +73,70 @@ _remote_class = None
 def _actor_class():
     global _remote_class
     if _remote_class is None:
-        _remote_class = import_ray().remote(num_cpus=1)(ShardWorker)
+        # SPREAD: on a multi-node cluster the actors go to different nodes, not all next to the driver
+        _remote_class = import_ray().remote(num_cpus=1, scheduling_strategy="SPREAD")(ShardWorker)
     return _remote_class
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BackendUnavailable(f'ray_address must be "local" or "HOST:PORT" of a Ray head, got {address!r}')
+    return host.strip("[]"), int(port)
+
+
+def _answers(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_head(ray, address: str) -> bool:
+    """Check that a Ray head answers at ``address`` ("HOST:PORT"), with a clear error if not; return
+    whether the cluster listens on loopback only (so must be joined there, see :func:`_loopback_kept`)."""
+    host, port = _host_port(address)
+    if not _answers(host, port):
+        raise BackendUnavailable(f"no Ray cluster answers at ray_address = {address!r} (TCP connect failed "
+                                 f"within {CONNECT_TIMEOUT:g} s): start the party's Ray head there (ray start "
+                                 f"--head --port={port}) or correct ray_address")
+    if not _is_loopback(host):
+        return False
+    outward = ray.util.get_node_ip_address()      # what Ray would put in place of a loopback host
+    return not _is_loopback(outward) and not _answers(outward, port)
+
+
+@contextlib.contextmanager
+def _loopback_kept(keep: bool) -> Iterator[None]:
+    """While joining, stop Ray from rewriting a loopback address to this machine's outward IP.
+
+    ``ray.init`` turns ``127.0.0.1``/``localhost`` into the IP that other
+    machines would use, which is right for a head bound to all interfaces
+    (``ray start --head``) but unreachable for one bound to loopback only.
+    Ray has no option for this: its switch is the constant that also keeps
+    macOS and Windows runtimes on loopback, read when the address is resolved.
+    """
+    from ray._private import ray_constants
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if not keep or before is None:      # None: a Ray without this switch; it resolves the address its own way
+        yield
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 class RayBackend:
@@ -81,10 +161,14 @@ class RayBackend:
                 raise BackendUnavailable("no Ray runtime is running in this process and no ray_address was given")
             from .local import num_workers
             kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False)
+            keep_loopback = False
             if address == "local":   # a private runtime of this process, sized like the local pool
                 kwargs["num_cpus"] = num_workers()
+            else:
+                keep_loopback = _check_head(ray, address)
             try:
-                ray.init(address=address, **kwargs)
+                with _loopback_kept(keep_loopback):
+                    ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise BackendUnavailable(f"cannot start or join Ray at {address!r}: "
                                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -124,6 +208,10 @@ class RayBackend:
 
     def worker_pids(self) -> list[int]:
         return self._ray.get([a.pid.remote() for a in self._actors])
+
+    def worker_nodes(self) -> list[str]:
+        """The Ray node ID (hex) each actor runs on, in actor order."""
+        return self._ray.get([a.node.remote() for a in self._actors])
 
     def shutdown(self) -> None:
         """Stop the actors; a runtime this backend started is shut down too."""

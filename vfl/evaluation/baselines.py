@@ -39,7 +39,8 @@ def _fit_score(X: np.ndarray, y: np.ndarray, test: np.ndarray) -> dict:
 
 
 def _table(p: PartyConfig, common: np.ndarray) -> PartyTable:
-    return load_table(p.data, p.id_column, p.label_column, p.categorical_columns).take(common)
+    return load_table(p.data, p.id_column, p.label_column, p.categorical_columns,
+                      encoding=p.encoding).take(common)
 
 
 def baseline_aucs(job: JobConfig, common: np.ndarray, test: np.ndarray) -> dict:
@@ -62,14 +63,18 @@ def twin_metrics(job: JobConfig, tables: list[PartyTable], test: np.ndarray, pro
     from ..models.reference import fit_twin
     from ..models.trainer import init_seed
     from ..models.builder import tower_for
+    from ..models.validation import validation_rows
     model = job.model if protected else replace(job.model, min_rows_per_release=1, label_dp="off")
     parties = [job.guest, *job.hosts]
     built = [tower_for(job, p, t, test, Standardizer.fit(t.features[~test])) for p, t in zip(parties, tables)]
     towers, inputs = [b[0] for b in built], [b[1] for b in built]
-    train = np.flatnonzero(~test)
+    valid = validation_rows(tables[0].ids, test, model, job.seed)
+    train, rows_v = np.flatnonzero(~test & ~valid), np.flatnonzero(valid)
     params, _ = fit_twin(towers, [x.take(train) for x in inputs], tables[0].labels[train], model,
                          seed=model.seed, init_seeds=[init_seed(model.seed, p.name) for p in parties],
-                         noise=None if noise_seed is None else np.random.default_rng(noise_seed))
+                         noise=None if noise_seed is None else np.random.default_rng(noise_seed),
+                         validation=([x.take(rows_v) for x in inputs], tables[0].labels[rows_v])
+                         if valid.any() else None)
     z = sum(t.forward(p, x)[0] for t, p, x in zip(towers, params, inputs))
     return binary_metrics(tables[0].labels[test], 1 / (1 + np.exp(-z[test])))
 

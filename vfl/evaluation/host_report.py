@@ -113,7 +113,7 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
 
     mc = job.model
     settings = [("model", mc.type), ("key size (bits)", mc.key_bits), ("encryption", mc.encryption),
-                ("epochs run / set", f"{rep.get('epochs_run')} / {mc.epochs}"), ("batch size", mc.batch_size),
+                ("epochs run / set", f"{rep.get('epochs_run')} / {mc.epochs}"), ("batch size", mc.batch_for(int(rep.get("train_rows") or 0))),
                 ("learning rate", mc.learning_rate), ("optimizer", mc.optimizer), ("L2", mc.l2),
                 ("test fraction", job.test_fraction), ("seed", job.seed),
                 ("smallest release to this host (rows)", rep.get("smallest_release_rows"))] + preprocess_settings(job)

@@ -5,14 +5,24 @@ A cell shown from a saved file carries ``data-metric``: its JSON path, the file 
 example ``["metrics", "evaluation", "test", "auc"]``), so that a test can check every figure
 on a page against the files it was built from. Charts are matplotlib SVG with text kept as
 text; styles are inline and there is no script, so a page opens offline and can be archived.
+
+Column and party names may be Chinese. Matplotlib lays a chart out with the fonts it has, and
+DejaVu Sans has no CJK glyphs: it would warn once per character and measure labels with its
+"missing glyph" box. So a CJK-capable font (:func:`cjk_font`) backs DejaVu Sans up when one is
+installed; when none is, :func:`svg` lays the chart out with stand-ins of the same width (an
+em dash per full-width character) and puts the real text back into the SVG, where the browser
+draws it with its own fonts. Either way the SVG holds the text itself, never glyph outlines.
 """
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
 import math
 import re
+import unicodedata
+from pathlib import Path
 
 from . import stability
 
@@ -129,14 +139,51 @@ def row(*parts: str) -> str:
 
 # ---------------------------------------------------------------- charts
 
+CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "Source Han Sans CN", "Noto Sans SC",
+             "Microsoft YaHei", "PingFang SC", "Hiragino Sans GB", "Heiti SC", "SimHei", "WenQuanYi Zen Hei",
+             "WenQuanYi Micro Hei", "Noto Sans CJK JP", "Noto Sans CJK TC", "Source Han Sans", "Droid Sans Fallback",
+             "AR PL UMing CN", "Arial Unicode MS")
+"""Font families with Chinese glyphs, preferred first (Simplified Chinese forms first)."""
+
+# file-name parts of the same fonts, for fonts installed after matplotlib built its font list
+_CJK_FILES = ("notosanscjk", "notosanssc", "sourcehansans", "msyh", "pingfang", "hiragino", "stheiti", "simhei",
+              "wqy", "droidsansfallback", "uming", "arialuni")
+
+
+@functools.cache
+def cjk_font() -> str | None:
+    """The family name of an installed font with Chinese glyphs (the first of :data:`CJK_FONTS`
+    found), or None. Matplotlib's font list is built once and cached on disk, so a font
+    installed later (``apt-get install fonts-noto-cjk``) is looked for among the system's font
+    files too, and registered."""
+    from matplotlib import font_manager
+    manager = font_manager.fontManager
+
+    def first() -> str | None:
+        names = {f.name for f in manager.ttflist}
+        return next((n for n in CJK_FONTS if n in names), None)
+    found = first()
+    if found is None:
+        for path in font_manager.findSystemFonts():
+            key = re.sub(r"[\s_-]", "", Path(path).name.lower())
+            if any(part in key for part in _CJK_FILES):
+                try:
+                    manager.addfont(path)
+                except (OSError, RuntimeError, ValueError):      # an unreadable font file: skip it
+                    continue
+        found = first()
+    return found
+
+
 def figure(width: float = 4.6, height: float = 3.3, ncols: int = 1, nrows: int = 1):
     """A matplotlib figure of ``nrows x ncols`` panels, each ``width x height`` inches (one panel: exactly)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    cjk = cjk_font()
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
                          "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
-                         "font.family": "DejaVu Sans"})
+                         "font.family": ["DejaVu Sans", cjk] if cjk else ["DejaVu Sans"]})
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
     return fig, [ax for line in axes for ax in line]
 
@@ -155,14 +202,72 @@ def svg(fig, name: str) -> str:
     """The figure as inline SVG, every id in it prefixed with ``name`` so that ids stay unique in a page."""
     import matplotlib.pyplot as plt
     plt.rcParams["svg.hashsalt"] = name
+    originals = {} if cjk_font() else _stand_ins(fig)
     fig.tight_layout()
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight", pad_inches=0.04)
     plt.close(fig)
     text = buf.getvalue()
+    for stand_in, original in originals.items():      # the browser draws the real text
+        text = text.replace(_xml(stand_in), _xml(original))
     text = text[text.index("<svg"):]
     text = re.sub(r'\bid="([^"]+)"', rf'id="{name}-\1"', text)
     return re.sub(r'(url\(#|href="#)([^)"]+)', rf'\g<1>{name}-\2', text)
+
+
+@functools.cache
+def _dejavu_chars() -> frozenset[int]:
+    from matplotlib import font_manager, ft2font
+    return frozenset(ft2font.FT2Font(font_manager.findfont("DejaVu Sans", fallback_to_default=False)).get_charmap())
+
+
+_TAG = ("\u200b", "\u200c", "\u200d")      # zero-width: a stand-in's number, invisible and of no width
+_EDGE = "\u2060"                            # word joiner: where a number starts and ends
+
+
+def _stand_ins(fig) -> dict[str, str]:
+    """Replace, in every text of ``fig``, the characters DejaVu Sans lacks by stand-ins of about their width
+    (an em dash for a full-width character such as 汉字, else ``n``), each line of text tagged with a
+    number in zero-width characters; return ``{stand-in line: original line}`` to put the text back."""
+    from matplotlib.text import Text
+    have = _dejavu_chars()
+    originals: dict[str, str] = {}
+    made: dict[str, str] = {}             # original line -> its stand-in (the same at every redraw)
+
+    def stand_in(text: str) -> str:
+        if all(ord(c) in have for c in text):
+            return text
+        lines = []
+        for line in text.split("\n"):
+            if all(ord(c) in have for c in line) or line in made:
+                lines.append(made.get(line, line))
+                continue
+            k, tag = len(originals), ""
+            while True:
+                k, digit = divmod(k, 3)
+                tag += _TAG[digit]
+                if not k:
+                    break
+            wide = "".join(c if ord(c) in have else "\u2014" if unicodedata.east_asian_width(c) in "WF" else "n"
+                           for c in line)
+            lines.append(wide + _EDGE + tag + _EDGE)
+            originals[lines[-1]], made[line] = line, lines[-1]
+        return "\n".join(lines)
+
+    def standing_in(format_ticks):
+        return lambda values: [stand_in(t) for t in format_ticks(values)]
+    for ax in fig.axes:                       # tick labels are made anew at every draw, by the formatters
+        for axis in (ax.xaxis, ax.yaxis):
+            for formatter in {id(f): f for f in (axis.get_major_formatter(), axis.get_minor_formatter())}.values():
+                formatter.format_ticks = standing_in(formatter.format_ticks)
+    for artist in fig.findobj(Text):
+        artist.set_text(stand_in(artist.get_text()))
+    return originals
+
+
+def _xml(text: str) -> str:
+    """``text`` escaped as matplotlib writes SVG text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def chart(name: str, svg_text: str, caption: str = "") -> str:

@@ -399,7 +399,7 @@ def _job_section(m: dict, job) -> list[str]:
     mc = job.model
     settings = [("model", mc.type), ("key size (bits)", m.get("key_bits", mc.key_bits)),
                 ("encryption", mc.encryption),
-                ("epochs run / set", f"{m.get('epochs_run')} / {mc.epochs}"), ("batch size", mc.batch_size),
+                ("epochs run / set", f"{m.get('epochs_run')} / {mc.epochs}"), ("batch size", mc.batch_for(int((m.get("train") or {}).get("rows") or 0))),
                 ("learning rate", mc.learning_rate), ("optimizer", mc.optimizer), ("L2", mc.l2),
                 ("test fraction", job.test_fraction), ("seed", job.seed),
                 ("PD to points", f"{job.scorecard.base_points:g} points at {job.scorecard.base_odds:g}:1, "

@@ -22,9 +22,20 @@ one. Categorical columns may be string, integer or boolean (a null is the
 category ``""``); numeric features and labels must have numeric or boolean
 types, and a null or NaN there is a missing value. Only the columns needed are
 read (just the ID column for PSI), in record batches.
+
+CSV files are UTF-8 unless the party's table says ``encoding = "gbk"`` or
+``"gb18030"`` (:data:`ENCODINGS`): what Excel writes on a Chinese Windows. Text
+is decoded once, here, so column names and IDs are the same ``str`` whatever
+the file's encoding (a GBK host and a UTF-8 guest find the same customers in
+PSI). Bytes that do not decode are refused, never replaced, and the error for
+a UTF-8 file that is not suggests the key. The reverse mistake would pass
+silently (UTF-8 bytes decode as GBK, into other characters), so a file
+declared GBK whose start is valid UTF-8 with non-ASCII text is refused too.
+Parquet text is UTF-8 by the format.
 """
 from __future__ import annotations
 
+import codecs
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +61,67 @@ _NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-na
               "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
+ENCODINGS = ("utf-8", "gbk", "gb18030")
+"""Text encodings accepted for a party's CSV files (the job file's ``encoding``): UTF-8, the
+default (a leading byte-order mark, as Excel's "CSV UTF-8" writes, is skipped); GBK, what Excel
+and most software write on a Chinese Windows; GB 18030, its superset."""
+
+
 class DataError(ValueError):
     """A party's data file cannot be used as it is."""
+
+
+def canonical_encoding(name: str) -> str | None:
+    """The name in :data:`ENCODINGS` that ``name`` denotes (``"UTF8"``, ``"GBK"``, ``"cp936"``
+    ...), or None if it is none of them."""
+    try:
+        canonical = codecs.lookup(str(name).strip()).name
+    except LookupError:
+        return None
+    return canonical if canonical in ENCODINGS else None
+
+
+def _encoding(name: str) -> str:
+    canonical = canonical_encoding(name)
+    if canonical is None:
+        raise ValueError(f"encoding {name!r} is not accepted; use one of {', '.join(ENCODINGS)}")
+    return canonical
+
+
+_SNIFF_BYTES = 1 << 16
+
+
+def _check_not_utf8(path: Path, encoding: str) -> None:
+    """Refuse a file declared GBK/GB 18030 that is UTF-8: read as GBK it would give wrong text,
+    without an error. Non-ASCII UTF-8 is almost never also meaningful GBK, so its first
+    64 KiB decoding as UTF-8 and holding non-ASCII text settles it."""
+    if encoding == "utf-8":
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return                                   # pandas gives the error naming the file
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)   # a cut last character is fine
+    except UnicodeDecodeError:
+        return
+    if not text.isascii():
+        raise DataError(f"{path}: the job file says encoding = {encoding!r}, but the file is UTF-8 (its start "
+                        "decodes as UTF-8 and is not plain ASCII); remove the encoding key from this party's table")
+
+
+def _not_readable(path: Path, exc: Exception, encoding: str) -> DataError:
+    """The error for a CSV that pandas cannot read; for bytes that do not decode, what to set."""
+    if not isinstance(exc, UnicodeDecodeError):
+        return DataError(f"{path}: not a readable CSV ({exc})")
+    if encoding == "utf-8":
+        hint = ('if it was saved by Excel (or other software) on a Chinese Windows it is probably GBK: '
+                'add encoding = "gbk" to this party\'s table in the job file')
+    else:
+        others = " or ".join(f'"{e}"' for e in ENCODINGS if e != encoding)
+        hint = f"set encoding in this party's table to the one the file was saved in ({others})"
+    return DataError(f"{path}: not {encoding.upper()} text ({exc}); {hint}")
 
 
 @dataclass
@@ -131,18 +201,20 @@ def is_parquet(path: Path) -> bool:
     return Path(path).suffix.lower() in PARQUET_SUFFIXES
 
 
-def read_ids(path: Path, id_column: str) -> np.ndarray:
+def read_ids(path: Path, id_column: str, encoding: str = "utf-8") -> np.ndarray:
     """Only the ID column: all that PSI needs."""
-    frame = _read(path, id_column, usecols=[id_column])
+    frame = _read(path, id_column, usecols=[id_column], encoding=encoding)
     return _ids(frame[id_column], path)
 
 
-def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18) -> Iterator[np.ndarray]:
+def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18,
+             encoding: str = "utf-8") -> Iterator[np.ndarray]:
     """The ID column in chunks of at most ``chunk_rows`` IDs, in file order, with the
     checks of :func:`read_ids` except uniqueness across chunks (the caller checks that,
     e.g. bucket by bucket): for PSI over more IDs than a party wants in memory at once.
     Errors name the file, column and data row as :func:`read_ids` does."""
-    check_columns(path, id_column)
+    encoding = _encoding(encoding)
+    check_columns(path, id_column, encoding=encoding)
     start = 0
     if is_parquet(path):
         for batch in _parquet_batches(path, [id_column], id_column, (), None, chunk_rows):
@@ -152,23 +224,26 @@ def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18) -> Iterator[
         return
     try:
         reader = pd.read_csv(path, usecols=[id_column], dtype={id_column: str}, keep_default_na=False,
-                             chunksize=chunk_rows)
+                             chunksize=chunk_rows, encoding=encoding)
         for frame in reader:
             yield _ids(frame[id_column], path, start, unique=False)
             start += len(frame)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+        raise _not_readable(path, exc, encoding) from None
 
 
 def load_table(path: Path, id_column: str, label_column: str | None = None,
-               categorical_columns: Sequence[str] = (), allow_missing: bool = False) -> PartyTable:
+               categorical_columns: Sequence[str] = (), allow_missing: bool = False,
+               encoding: str = "utf-8") -> PartyTable:
     """Read a CSV or Parquet file, check it, return IDs, numeric features, labels (guest only) and
     the ``categorical_columns`` as text. Every other column is a numeric feature.
 
     ``allow_missing`` keeps missing numeric values as NaN instead of refusing them: for
-    binning (``[preprocess] woe = true``), where they get a bin of their own."""
+    binning (``[preprocess] woe = true``), where they get a bin of their own. ``encoding``: that
+    of a CSV file, one of :data:`ENCODINGS`."""
     categorical_columns = [str(c) for c in categorical_columns]
-    frame = _read(path, id_column, text_columns=categorical_columns, label_column=label_column)
+    frame = _read(path, id_column, text_columns=categorical_columns, label_column=label_column,
+                  encoding=encoding)
     ids = _ids(frame[id_column], path)
     labels = None
     drop = [id_column]
@@ -194,26 +269,28 @@ def load_table(path: Path, id_column: str, label_column: str | None = None,
     return PartyTable(ids, X, [str(c) for c in feats.columns], labels, categorical, categorical_columns)
 
 
-def read_columns(path: Path) -> list[str]:
+def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
     """The header of a CSV (the schema of a Parquet file), with the same clear errors
     as :func:`load_table`."""
+    encoding = _encoding(encoding)
     if not Path(path).is_file():
         raise DataError(f"data file {path} not found")
     if is_parquet(path):
         return _parquet_columns(path)
+    _check_not_utf8(path, encoding)
     try:
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        return [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding).columns]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+        raise _not_readable(path, exc, encoding) from None
     except OSError as exc:
         raise DataError(f"data file {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def check_columns(path: Path, id_column: str, label_column: str | None = None,
-                  text_columns: Sequence[str] = ()) -> list[str]:
+                  text_columns: Sequence[str] = (), encoding: str = "utf-8") -> list[str]:
     """Read only the header of ``path`` and check that the named columns are there (what
     :func:`load_table` checks first, with the same errors); return the header."""
-    head = read_columns(path)
+    head = read_columns(path, encoding)
     if id_column not in head:
         raise DataError(f"{path}: ID column {id_column!r} not found (columns: {', '.join(head)})")
     if label_column is not None and label_column not in head:
@@ -232,17 +309,18 @@ def check_columns(path: Path, id_column: str, label_column: str | None = None,
 
 
 def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] = (),
-          label_column: str | None = None) -> pd.DataFrame:
-    head = check_columns(path, id_column, label_column, text_columns)
+          label_column: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    encoding = _encoding(encoding)
+    head = check_columns(path, id_column, label_column, text_columns, encoding)
     verbatim = {id_column, *text_columns}
     if is_parquet(path):
         return _read_parquet(path, head if usecols is None else list(usecols), id_column, text_columns,
                              label_column)
     try:
         return pd.read_csv(path, usecols=usecols, dtype={c: str for c in verbatim}, keep_default_na=False,
-                           na_values={c: _NA_VALUES for c in head if c not in verbatim})
+                           na_values={c: _NA_VALUES for c in head if c not in verbatim}, encoding=encoding)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+        raise _not_readable(path, exc, encoding) from None
 
 
 def _ids(col: pd.Series, path: Path, start: int = 0, unique: bool = True) -> np.ndarray:

@@ -9,10 +9,13 @@ with the default).
 from __future__ import annotations
 
 import difflib
+import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from ..io.tables import ENCODINGS, canonical_encoding
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,8 +42,10 @@ class PartyConfig:
     key: Path | None = None
     predict_data: Path | None = None     # rows to score with a trained model (`vfl predict`)
     categorical_columns: tuple[str, ...] = ()
+    crosses: tuple[tuple[str, ...], ...] = ()   # within-party crosses of categorical columns (the wide part)
     ray_address: str | None = None       # where this party's heavy loops run: None = local process pool,
                                          # "local" = a private Ray runtime here, "HOST:PORT" = its Ray cluster
+    encoding: str = "utf-8"              # of its CSV data and predict_data: "utf-8", "gbk" or "gb18030"
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -51,9 +56,11 @@ class PartyConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     type: str = "logistic"
-    epochs: int = 10
-    batch_size: int = 4096
-    learning_rate: float = 0.05
+    # 0 = the model family's default, chosen for its protection (docs/protocols.md, "DP-aware defaults"):
+    epochs: int = 0                          # logistic 10; embedding 12 (early stopping usually ends it sooner)
+    batch_size: int = 0                      # logistic 4096; embedding: a power of two near a sixth of the
+                                             # training rows, 512 to 8192 (few, large, less noisy steps)
+    learning_rate: float = 0.0               # logistic 0.05; embedding 0.03; secureboost 0.3 (shrinkage)
     optimizer: str = "adam"
     l2: float = 0.0
     tolerance: float = 1e-4
@@ -68,13 +75,21 @@ class ModelConfig:
     # the embedding model (type = "embedding")
     embedding_dim: int = 8
     hidden_units: tuple = (32,)
+    # validation and early stopping (docs/protocols.md, "Validation and early stopping")
+    early_stopping: str = "auto"             # "auto": on for the embedding model, off for logistic; "on"; "off"
+    validation_fraction: float = 0.1         # of the training rows, held out to pick the best epoch
+    patience: int = 3                        # epochs without a better validation score before stopping
+    wide: bool = True                        # a weight per category, cross and numeric column, straight to the output
     hash_buckets: int = 0                    # > 0: hash categorical values into this many rows
     min_category_rows: int = 32              # rarer values share the "unknown" embedding row
     # protection of what decrypted gradient sums reveal (docs/protocols.md)
     min_rows_per_release: int = 32           # a sum is decrypted only once this many rows stand behind it
+    table_release: str = "epoch"             # table sums (per category): "epoch" = at the epoch's end or a batch's
+                                             # worth of rows; "eager" = as soon as min_rows_per_release rows
     label_dp: str = "auto"                   # "auto": on for the embedding model, off for logistic; "on"; "off"
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
+    dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the rest)
     clip_norm: float = 1.0
     # gradient-boosted trees (type = "secureboost"; learning_rate and l2 above apply too)
     num_trees: int = 10
@@ -82,6 +97,31 @@ class ModelConfig:
     max_bin: int = 32
     min_child_weight: float = 1e-3
     min_leaf_rows: int = 20
+
+    def __post_init__(self) -> None:
+        embedding = self.type == "embedding"
+        if self.epochs == 0:
+            object.__setattr__(self, "epochs", 12 if embedding else 10)
+        if self.learning_rate == 0.0:
+            object.__setattr__(self, "learning_rate",
+                               0.03 if embedding else 0.3 if self.type == "secureboost" else 0.05)
+
+    def resolved(self, n_train: int) -> "ModelConfig":
+        """These settings with the batch size for ``n_train`` training rows filled in."""
+        return replace(self, batch_size=self.batch_for(n_train))
+
+    def batch_for(self, n_train: int) -> int:
+        """The batch size for ``n_train`` training rows: ``batch_size``, or the family's default."""
+        if self.batch_size:
+            return self.batch_size
+        if self.type != "embedding":
+            return 4096
+        return int(min(8192, max(512, 2 ** math.ceil(math.log2(max(n_train, 1) / 6)))))
+
+    @property
+    def early_stopping_on(self) -> bool:
+        """Whether a validation slice picks the best epoch and stops training."""
+        return self.early_stopping == "on" or (self.early_stopping == "auto" and self.type == "embedding")
 
     @property
     def label_dp_on(self) -> bool:
@@ -186,7 +226,7 @@ def _path(base: Path, value: Any) -> Path | None:
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns",
-               "ray_address"}
+               "crosses", "ray_address", "encoding"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -204,13 +244,44 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
         raise ConfigError("[arbiter] has no data, so no categorical_columns")
     if not isinstance(cats, list) or not all(isinstance(c, str) and c for c in cats):
         raise ConfigError(f"[{where}] categorical_columns must be a list of column names, got {cats!r}")
+    crosses = _crosses(table.get("crosses", []), cats, where)
     ray_address = _ray_address(table.get("ray_address"), where)
+    encoding = _text_encoding(table.get("encoding", "utf-8"), where)
+    if role == "arbiter" and "encoding" in table:
+        raise ConfigError("[arbiter] has no data, so no encoding")
     return PartyConfig(role=role, name=name, address=address, data=data,
                        id_column=str(table.get("id_column", "id")),
                        label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
                        predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
-                       categorical_columns=tuple(cats), ray_address=ray_address)
+                       categorical_columns=tuple(cats), crosses=crosses, ray_address=ray_address,
+                       encoding=encoding)
+
+
+def _crosses(value: Any, cats: list[str], where: str) -> tuple[tuple[str, ...], ...]:
+    """``[["merchant", "city"], ...]``: each a list of two or more of this party's categorical columns."""
+    if not isinstance(value, list) or not all(isinstance(c, list) for c in value):
+        raise ConfigError(f'[{where}] crosses must be a list of column lists, e.g. [["merchant", "city"]], '
+                          f"got {value!r}")
+    out = []
+    for cross in value:
+        if len(cross) < 2 or len(set(cross)) != len(cross) or not all(isinstance(c, str) for c in cross):
+            raise ConfigError(f"[{where}] a cross joins two or more distinct columns, got {cross!r}")
+        unknown = [c for c in cross if c not in cats]
+        if unknown:
+            raise ConfigError(f"[{where}] cross {cross!r} names {unknown}, which are not among this party's "
+                              f"categorical_columns {cats}: crosses are within one party's categorical columns")
+        out.append(tuple(cross))
+    return tuple(out)
+
+
+def _text_encoding(value: Any, where: str) -> str:
+    """The encoding of the party's CSV files, as its canonical name in ``ENCODINGS``."""
+    canonical = canonical_encoding(value) if isinstance(value, str) else None
+    if canonical is None:
+        raise ConfigError(f"[{where}] encoding must be one of {', '.join(map(repr, ENCODINGS))} (the text encoding "
+                          f"of the party's CSV files; Parquet is always UTF-8), got {value!r}")
+    return canonical
 
 
 def _ray_address(value: Any, where: str) -> str | None:
@@ -256,20 +327,28 @@ def _check_model(m: ModelConfig) -> None:
                        key_bits=m.key_bits, allow_short_keys=m.allow_short_keys, encryption=m.encryption)
         except ValueError as exc:
             raise ConfigError(f"[model] {exc}") from None
+        if m.early_stopping == "on":
+            raise ConfigError("[model] early_stopping is not built for type = 'secureboost' yet; set num_trees")
     if m.embedding_dim < 1 or m.hash_buckets < 0 or m.min_category_rows < 1:
         raise ConfigError("[model] embedding_dim and min_category_rows must be >= 1, hash_buckets >= 0")
     if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in m.hidden_units):
         raise ConfigError(f"[model] hidden_units must be a list of positive integers, got {list(m.hidden_units)}")
     if m.min_rows_per_release < 1:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
+    if m.early_stopping not in ("auto", "on", "off"):
+        raise ConfigError(f"[model] early_stopping must be 'auto', 'on' or 'off', got {m.early_stopping!r}")
+    if not 0 < m.validation_fraction < 0.5 or m.patience < 1:
+        raise ConfigError("[model] validation_fraction must be in (0, 0.5) and patience >= 1")
+    if m.table_release not in ("epoch", "eager"):
+        raise ConfigError(f"[model] table_release must be 'epoch' or 'eager', got {m.table_release!r}")
     if m.label_dp not in ("auto", "on", "off"):
         raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
-    if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0:
-        raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta in (0, 1)")
+    if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0 or not 0 < m.dp_guest_share < 1:
+        raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
     if m.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"[model] optimizer must be 'sgd' or 'adam', got {m.optimizer!r}")
-    if m.epochs < 1 or m.batch_size < 1:
-        raise ConfigError("[model] epochs and batch_size must be >= 1")
+    if m.epochs < 1 or m.batch_size < 0:
+        raise ConfigError("[model] epochs must be >= 1 and batch_size >= 1 (or 0: the model family's default)")
     if m.learning_rate <= 0 or m.l2 < 0 or m.tolerance < 0:
         raise ConfigError("[model] learning_rate must be > 0, l2 and tolerance >= 0")
     if m.key_bits < 512 or m.key_bits % 256:

@@ -44,9 +44,9 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     out = job.output_dir(g.name)
     model = load_part(out / "model.json", g.name)
     path = _rows_to_score(g)
-    has_label = g.label_column in read_columns(path)
+    has_label = g.label_column in read_columns(path, g.encoding)
     table = load_table(path, g.id_column, g.label_column if has_label else None, g.categorical_columns,
-                       allow_missing=_binned(job))
+                       allow_missing=_binned(job), encoding=g.encoding)
     t0 = time.perf_counter()
     common = run_psi(job, g.name, channel, table.ids)
     data = table.take(common)
@@ -85,7 +85,7 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     out = job.output_dir(name)
     model = load_part(out / "model.json", name)
     table = load_table(_rows_to_score(h), h.id_column, categorical_columns=h.categorical_columns,
-                       allow_missing=_binned(job))
+                       allow_missing=_binned(job), encoding=h.encoding)
     common = run_psi(job, name, channel, table.ids)
     write_intersection(out / "scored_ids.csv", common)
     data = table.take(common)

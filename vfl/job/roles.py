@@ -29,6 +29,7 @@ from ..models.builder import tower_for
 from ..models.towers import LinearTower, Tower, TowerInput
 from ..models.privacy import label_dp_summary
 from ..models.trainer import init_seed
+from ..models.validation import Validation, validation_rows
 from ..models.vocab import Vocabulary
 from ..psi import IdFile, bucketed_psi_guest, bucketed_psi_host, write_intersection
 from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
@@ -41,7 +42,7 @@ log = logging.getLogger("vfl.job")
 def run_psi_party(job: JobConfig, name: str, channel: Channel) -> np.ndarray:
     """PSI only (``vfl psi``): write and return the sorted common IDs."""
     party = job.party(name)
-    ids = IdFile(party.data, party.id_column)       # read in chunks: memory bounded by the buckets
+    ids = IdFile(party.data, party.id_column, encoding=party.encoding)       # read in chunks: memory bounded by the buckets
     common = run_psi(job, name, channel, ids)
     write_intersection(job.output_dir(name) / "intersection.csv", common)
     log.info("%s: %d common IDs", name, len(common))
@@ -69,7 +70,7 @@ def _aligned(job: JobConfig, name: str, table: PartyTable, common: np.ndarray):
 
 def _load(job: JobConfig, party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
     return load_table(path or party.data, party.id_column, label, party.categorical_columns,
-                      allow_missing=binned(job))
+                      allow_missing=binned(job), encoding=party.encoding)
 
 
 def binned(job: JobConfig) -> bool:
@@ -99,7 +100,7 @@ def _model_part(party: PartyConfig, data: PartyTable, std: Standardizer, tower: 
         return ModelPart(party.role, party.name, encoder.columns if encoder else data.columns,
                          params[:-1] if tower.intercept else params, std, intercept, encoder, dropped)
     return TowerPart(party.role, party.name, data.columns, vocabs, std, tower.dim, tower.hidden, params,
-                     tower.intercept, dropped)
+                     tower.intercept, dropped, tower.wide)
 
 
 def _scorecard(job: JobConfig, part: ModelPart, key: str, events=None) -> dict:
@@ -128,22 +129,28 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     data, test = _aligned(job, g.name, table, common)
     prep = None
     if job.preprocess is not None:
-        check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_size, 1, str(g.data))
+        check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_for(int((~test).sum())), 1,
+                            str(g.data))
         from ..preprocess.stage import guest_prepare
         with timings("binning"):
             prep = guest_prepare(job, channel, data, test)
     model_data = prep.table if prep is not None else data
     tower, x, vocabs, std = _model_inputs(job, g, model_data, test, prep)
-    check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_size,
+    check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_for(int((~test).sum())),
                         len(model_data.columns) + len(model_data.categorical_columns), str(g.data))
-    log.info("%s: %d own rows, %d aligned, %d train / %d test", g.name, len(table.ids), len(common),
-             int((~test).sum()), int(test.sum()))
+    valid = validation_rows(common, test, job.model, job.seed)
+    train = ~test & ~valid
+    log.info("%s: %d own rows, %d aligned, %d train / %d validation / %d test", g.name, len(table.ids),
+             len(common), int(train.sum()), int(valid.sum()), int(test.sum()))
     model = SplitGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed,
                        tower=tower, init_seed=init_seed(job.model.seed, g.name))
+    validation = (Validation(x.take(np.flatnonzero(valid)), y=data.labels[valid], patience=job.model.patience,
+                             exchange=lambda prefix, n: guest_sum_scores(channel, job.host_names, n, prefix))
+                  if valid.any() else None)
     with timings("train"):
-        model.fit(channel, x.take(np.flatnonzero(~test)), data.labels[~test], resume=resume,
+        model.fit(channel, x.take(np.flatnonzero(train)), data.labels[train], resume=resume,
                   checkpoint=_checkpoint(job, g.name, common[~test], model_data.columns,
-                                         model_data.categorical_columns))
+                                         model_data.categorical_columns), validation=validation)
     part = _model_part(g, model_data, std, tower, vocabs, model.params_, prep)
     part.save(out / "model.json")
     with timings("predict"):    # the same arithmetic as `vfl predict` on new rows
@@ -151,18 +158,20 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         score = sigmoid(part.score(data) + host_sum)
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
-    pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
+    split = np.where(test, "test", np.where(valid, "validation", "train"))
+    pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
                   "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
     metrics = {
         "job": job.name, "aligned_rows": int(len(common)), "guest_rows": int(len(table.ids)),
-        "train": binary_metrics(data.labels[~test], score[~test]),
+        "train": binary_metrics(data.labels[train], score[train]),
         "test": binary_metrics(data.labels[test], score[test]),
+        "validation": model.validation_,
         "loss_history": model.loss_history_, "epochs_run": len(model.loss_history_),
         "epoch_seconds": [round(s, 3) for s in model.epoch_seconds_],
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,
         "smallest_release_rows": model.smallest_release_,
-        "label_dp": label_dp_summary(job.model, len(model.loss_history_)),
+        "label_dp": label_dp_summary(job.model, len(model.loss_history_), len(job.hosts)),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
@@ -206,17 +215,23 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     tower, x, vocabs, std = _model_inputs(job, h, model_data, test, prep)
     model = SplitHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
                       tower=tower, init_seed=init_seed(job.model.seed, name))
+    valid = validation_rows(common, test, job.model, job.seed)
+    auth = relay_authentication(job, name)
+    validation = (Validation(x.take(np.flatnonzero(valid)), exchange=lambda prefix, u: host_send_scores(
+                      channel, job.guest.name, job.host_names, name, u, context=f"{job.name}/{prefix}", auth=auth,
+                      prefix=prefix)) if valid.any() else None)
     with timings("train"):
-        model.fit(channel, x.take(np.flatnonzero(~test)),
+        model.fit(channel, x.take(np.flatnonzero(~test & ~valid)),
                   checkpoint=_checkpoint(job, name, common[~test], model_data.columns,
-                                         model_data.categorical_columns))
+                                         model_data.categorical_columns), validation=validation)
     part = _model_part(h, model_data, std, tower, vocabs, model.params_, prep)
     part.save(out / "model.json")
     with timings("predict"):
         host_send_scores(channel, job.guest.name, job.host_names, name, part.score(data),
                          context=f"{job.name}/predict", auth=relay_authentication(job, name))
     report = {"party": name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
-              "train_rows": int((~test).sum()), "test_rows": int(test.sum()),
+              "train_rows": int((~test & ~valid).sum()), "validation_rows": int(valid.sum()),
+              "test_rows": int(test.sum()),
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds,
               "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
               "smallest_release_rows": model.smallest_release_}
@@ -236,11 +251,11 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     """The arbiter's job. Like the hosts, it follows the guest's plan when resuming."""
     if job.model.type == "secureboost":         # two roles: the guest holds the key
         return {"party": job.arbiter.name, "model": "secureboost", "takes_part": False}
-    arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names).fit(
+    arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names,
+                       validation=job.model.early_stopping_on).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))
     report = {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits,
-              "label_dp": {"on": job.model.label_dp_on, "noise_multiplier": arb.noise_multiplier_,
-                           "clip_norm": job.model.clip_norm, "delta": job.model.dp_delta,
-                           "epsilon_spent": arb.epsilon_spent()}}
+              "label_dp": {**label_dp_summary(job.model, len(arb.loss_history_), len(job.hosts)),
+                           "noised_releases": arb.noised_releases_}}
     write_json(job.output_dir(job.arbiter.name) / "training.json", report)
     return {"party": job.arbiter.name, **report}

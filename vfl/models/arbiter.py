@@ -3,8 +3,11 @@
 It holds no weights and no optimiser state. What it decrypts is either a
 gradient sum plus a uniform mask mod n (independent of the sum) or the batch
 loss, which it needs to decide convergence. With label-DP on, it adds
-Gaussian noise to every value it decrypts for a host, before the host removes
-its mask: the host never sees an exact sum over the residuals.
+Gaussian noise to every value it decrypts, for the guest and every host,
+before the party removes its mask: no party's parameters depend on the labels
+except through noised sums (vfl.models.privacy), and the loss, which is not
+noised, then decides nothing (training runs its epochs or stops on the
+guest's noised validation score).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from ..protocol.messages import BigInts
 from ..protocol.spec import batch_sizes
 from .checkpoint import Checkpoint, CheckpointError, TrainingState
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
-from .privacy import epsilon_spent, noise_multiplier
+from .privacy import plan_for
 from .randomness import ZeroSupply
 
 log = logging.getLogger("vfl.train")
@@ -32,22 +35,22 @@ RELEASE_FRAC_BITS = DEFAULT_FRAC_BITS + 2 * X_FRAC_BITS   # [[d]] = g + h [[U_H]
 
 
 class SplitArbiter:
-    def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str]) -> None:
-        self.model, self.guest, self.hosts = model, guest, list(hosts)
+    def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str], validation: bool = False) -> None:
+        self.model, self.guest, self.hosts, self.validation = model, guest, list(hosts), validation
         self.loss_history_: list[float] = []
-        self.noise_multiplier_ = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs)
-                                  if model.label_dp_on else None)
+        self.noise_plan_ = plan_for(model, len(self.hosts)) if model.label_dp_on else None
+        self.noised_releases_: dict[str, int] = {p: 0 for p in (guest, *self.hosts)}
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     def epsilon_spent(self) -> float | None:
-        """Label-DP epsilon spent on each host so far (None when label-DP is off)."""
-        if self.noise_multiplier_ is None:
+        """Label-DP epsilon spent so far, against everything any host sees (None when label-DP is off)."""
+        if self.noise_plan_ is None:
             return None
-        return epsilon_spent(self.noise_multiplier_, len(self.loss_history_), self.model.dp_delta)
+        return self.noise_plan_.epsilon(len(self.loss_history_), self.model.dp_delta)
 
-    def _noise(self, n_packed: int, n_bits: int) -> np.ndarray:
-        """Gaussian noise for every slot of ``n_packed`` packed plaintexts, as integers to add mod n."""
-        sigma = self.noise_multiplier_ * self.model.clip_norm
+    def _noise(self, party: str, n_packed: int, n_bits: int) -> np.ndarray:
+        """Gaussian noise for every slot of ``n_packed`` packed plaintexts of ``party``, as integers to add mod n."""
+        sigma = self.noise_plan_.for_party(party == self.guest) * self.model.clip_norm
         count = n_packed * slots_per_ciphertext(n_bits)
         ints = encode_signed(self._rng.normal(0.0, sigma, count), RELEASE_FRAC_BITS, limit=1 << (SLOT_BITS - 3))
         return slot_offsets(ints, n_packed, n_bits)
@@ -66,6 +69,7 @@ class SplitArbiter:
                                                                            "start_epoch"))
         if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start < epochs):
             raise ValueError(f"implausible training plan from the guest: {plan}")
+        m = self.model = m.resolved(n_train)
         rows = batch_sizes(n_train, m.batch_size)
         if len(rows) != batches:
             raise ValueError(f"the guest plans {batches} batches of {n_train} rows, but batch_size = "
@@ -118,8 +122,9 @@ class SplitArbiter:
                                          f"fractional bits; expected at most {packed_count(limits[party], pk.bits)} "
                                          f"at {RELEASE_FRAC_BITS}")
                     plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
-                    if party != self.guest and self.noise_multiplier_ is not None and len(plain):
-                        plain = (plain + self._noise(len(plain), pk.bits)) % pk.n
+                    if self.noise_plan_ is not None and len(plain):
+                        plain = (plain + self._noise(party, len(plain), pk.bits)) % pk.n
+                        self.noised_releases_[party] += 1
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
                 if b + 1 < batches:      # made while this batch ran; each party needs them next
                     send_zeros(epoch, b + 1)
@@ -127,8 +132,17 @@ class SplitArbiter:
                                         LOSS_FRAC_BITS)
                 total += float(loss.decrypt(sk)[0])
             mean = total / n_train
-            converged = bool(self.loss_history_) and abs(self.loss_history_[-1] - mean) < m.tolerance
+            # with label-DP the loss (exact, not noised) must decide nothing a host sees
+            converged = (not m.label_dp_on and bool(self.loss_history_)
+                         and abs(self.loss_history_[-1] - mean) < m.tolerance)
             self.loss_history_.append(mean)
+            early = False
+            if self.validation:        # the guest's decision on its validation rows (noised with label-DP)
+                said = channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision")
+                if not isinstance(said, dict) or not isinstance(said.get("stop"), bool):
+                    raise ValueError(f"{pre}/e{epoch}/valid_decision: expected {{best, stop}} from the guest")
+                early = said["stop"]
+            converged = converged or early
             stop = converged or epoch == epochs - 1
             if checkpoint is not None:
                 checkpoint.save(TrainingState(epoch + 1, converged, loss_history=self.loss_history_))

@@ -48,6 +48,8 @@ class TrainingState:
     weights: list[float] | None = None
     optimizer: dict = field(default_factory=dict)
     loss_history: list[float] = field(default_factory=list)
+    best_weights: list[float] | None = None      # with validation: the best epoch's weights so far
+    validation: dict = field(default_factory=dict)   # the guest's early-stopping state
 
 
 @dataclass

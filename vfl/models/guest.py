@@ -17,9 +17,11 @@ from .backprop import encrypted_sums
 from .checkpoint import Checkpoint, TrainingState, resume_from
 from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
-                     expect_encrypted, prefix_for, step, warn_if_small_batches)
+                     expect_encrypted, prefix_for, sigmoid, step, warn_if_small_batches)
+from .privacy import clip_blocks
 from .towers import LinearTower, Tower, TowerInput
 from .trainer import TowerTrainer, as_input
+from .validation import EarlyStopping, Validation, noise_sd
 
 log = logging.getLogger("vfl.train")
 
@@ -34,9 +36,10 @@ class SplitGuest:
     """
 
     def __init__(self, model: ModelConfig, *, hosts: list[str], arbiter: str, seed: int,
-                 tower: Tower | None = None, init_seed: int = 0) -> None:
+                 tower: Tower | None = None, init_seed: int = 0, observe: bool = False) -> None:
         self.model, self.hosts, self.arbiter, self.seed = model, list(hosts), arbiter, seed
-        self.tower, self.init_seed = tower, init_seed
+        self.tower, self.init_seed, self.observe = tower, init_seed, observe
+        self.observed_: list | None = None      # with ``observe``: everything decrypted for the guest
         self.params_: np.ndarray | None = None
         self.loss_history_: list[float] = []
         self.epoch_seconds_: list[float] = []
@@ -52,24 +55,34 @@ class SplitGuest:
         return float(self.params_[-1])
 
     def fit(self, channel: Channel, x: TowerInput | np.ndarray, y: np.ndarray,
-            checkpoint: Checkpoint | None = None, resume: bool = False) -> "SplitGuest":
-        """Train; with ``checkpoint``, save state after every epoch; with ``resume``, start from it."""
-        m, x = self.model, as_input(x)
+            checkpoint: Checkpoint | None = None, resume: bool = False,
+            validation: Validation | None = None) -> "SplitGuest":
+        """Train; with ``checkpoint``, save state after every epoch; with ``resume``, start from it;
+        with ``validation``, keep the best epoch's parameters and stop on its patience rule."""
+        x = as_input(x)
+        m = self.model = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
         self.tower = self.tower or LinearTower(x.numeric.shape[1], intercept=True)
         pre = prefix_for(m.type)
         pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),
                                                   mode=m.encryption), m)
         n = len(x)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
-        warn_if_small_batches(n, m.batch_size, self.tower.batch_values, channel.name)
-        trainer = TowerTrainer(m, self.tower, self.init_seed, pk)
+        if not m.label_dp_on:
+            warn_if_small_batches(n, m.batch_size, self.tower.batch_values, channel.name)
+        trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
+        stopping = (EarlyStopping(validation.patience, noise_sd(m, len(validation.x)))
+                    if validation is not None else None)
+        best = None
         try:
             start = 0
             if resume:
                 state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, max_epochs=m.epochs)
                 start, self.loss_history_ = state.epoch, list(state.loss_history)
+                if stopping is not None:
+                    stopping.restore(state.validation)
+                    best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
                 log.info("resuming after epoch %d", start)
             channel.send(self.arbiter, f"{pre}/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
                                                        "start_epoch": start, "values": self.tower.n_params,
@@ -79,12 +92,16 @@ class SplitGuest:
             for epoch in range(start, m.epochs):
                 t0 = last_note = time.perf_counter()
                 for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
-                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b))
+                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b, rows,
+                                                        n_batches))
                     if time.perf_counter() - last_note > 10 and b + 1 < n_batches:   # long epochs show progress
                         last_note = time.perf_counter()
                         log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
                                  last_note - t0)
                 trainer.end_epoch()
+                if stopping is not None:
+                    is_best = self._validate(channel, trainer, validation, stopping, pre, epoch)
+                    best = trainer.params.copy() if is_best else best
                 decision = channel.recv(self.arbiter, f"{pre}/e{epoch}/decision")
                 self.loss_history_.append(float(decision["loss"]))
                 self.epoch_seconds_.append(time.perf_counter() - t0)
@@ -94,17 +111,35 @@ class SplitGuest:
                     channel.recv(h, f"{pre}/e{epoch}/saved")
                 if checkpoint is not None:
                     checkpoint.save(TrainingState(epoch + 1, bool(decision.get("converged")), trainer.params.tolist(),
-                                                  optimizer_state(trainer.opt), self.loss_history_))
+                                                  optimizer_state(trainer.opt), self.loss_history_,
+                                                  None if best is None else best.tolist(),
+                                                  stopping.state() if stopping is not None else {}))
                 if decision.get("stop"):
                     break
         finally:
             pk.stop_precompute()
-        self.params_ = trainer.params
+        self.params_ = trainer.params if best is None else best
+        self.validation_ = stopping.state() if stopping is not None else None
         self.smallest_release_ = trainer.buffer.smallest_release
+        self.observed_ = trainer.observed
         return self
 
+    def _validate(self, channel: Channel, trainer: TowerTrainer, validation: Validation, stopping: EarlyStopping,
+                  pre: str, epoch: int) -> bool:
+        """Score the validation rows jointly, decide, and tell the hosts and the arbiter."""
+        with self.timings_("validation"):
+            a = self.tower.forward(trainer.params, validation.x)[0]
+            p = sigmoid(a + validation.exchange(f"{pre}/e{epoch}/valid", len(validation.x)))
+            is_best, stop = stopping.update(epoch, p, validation.y)
+            log.info("epoch %d: validation AUC %s, Brier %.5f%s", epoch + 1,
+                     "n/a" if stopping.history[-1]["auc"] is None else f"{stopping.history[-1]['auc']:.4f}",
+                     stopping.history[-1]["brier"], " (best)" if is_best else "")
+            for party in (*self.hosts, self.arbiter):
+                channel.send(party, f"{pre}/e{epoch}/valid_decision", {"best": is_best, "stop": stop})
+        return is_best
+
     def _batch(self, channel: Channel, pk: PublicKey, trainer: TowerTrainer, xb: TowerInput, yb: np.ndarray,
-               pre: str, epoch: int, b: int) -> np.ndarray:
+               pre: str, epoch: int, b: int, rows: np.ndarray, n_batches: int) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         a, cache = self.tower.forward(trainer.params, xb)
         g, h, own_loss = expansion_terms(a, yb, self.model.approximation)
@@ -125,9 +160,12 @@ class SplitGuest:
             channel.send(p, step(pre, epoch, b, "enc_d"), d)
         with lap("backprop"):
             blocks = self.tower.blocks(trainer.params, cache)
+            if self.model.label_dp_on:      # the guest's own update goes through the noised channel too
+                blocks, _ = clip_blocks(blocks, n_b, self.model.clip_norm)
             sums = encrypted_sums(d, blocks)
         with lap("arbiter_round"):
-            grad = trainer.release(channel, self.arbiter, pk, blocks, sums, n_b, step(pre, epoch, b, "masked_grad"))
+            grad = trainer.release(channel, self.arbiter, pk, blocks, sums, n_b, step(pre, epoch, b, "masked_grad"),
+                                   rows, last=b == n_batches - 1)
         # loss = l(a) + g.U_H + 0.5 sum h U_H^2 = l(a) + 0.5 g.U_H + 0.5 sum_h u_h.d  (+ L2 terms)
         with lap("loss"):
             enc_loss = enc_uh.rmatmul(g[:, None], x_frac_bits=X_FRAC_BITS)

@@ -17,6 +17,7 @@ from .common import D_FRAC_BITS, check_public_key, expect_encrypted, prefix_for,
 from .privacy import clip_blocks
 from .towers import Block, LinearTower, Tower, TowerInput
 from .trainer import TowerTrainer, as_input
+from .validation import Validation
 
 
 class SplitHost:
@@ -42,10 +43,13 @@ class SplitHost:
     def coef_(self) -> np.ndarray:
         return self.params_
 
-    def fit(self, channel: Channel, x: TowerInput | np.ndarray, checkpoint: Checkpoint | None = None) -> "SplitHost":
+    def fit(self, channel: Channel, x: TowerInput | np.ndarray, checkpoint: Checkpoint | None = None,
+            validation: Validation | None = None) -> "SplitHost":
         """Train; with ``checkpoint``, save state after every epoch and resume from it when the
-        guest says training resumes (``<prefix>/start``)."""
-        m, x = self.model, as_input(x)
+        guest says training resumes (``<prefix>/start``); with ``validation``, send the guest this
+        host's scores of the validation rows after every epoch and keep the epoch it calls best."""
+        x = as_input(x)
+        m = self.model = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
         self.tower = self.tower or LinearTower(x.numeric.shape[1])
         pre = prefix_for(m.type)
         pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),
@@ -55,34 +59,46 @@ class SplitHost:
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
+        best = None
         try:
             channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness})
             start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
             if not 0 <= start < m.epochs:
                 raise ValueError(f"the guest asks to start at epoch {start} of {m.epochs}")
             if start:
-                _, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
+                state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
+                best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
             for epoch in range(start, m.epochs):
-                for b, rows in enumerate(batch_schedule(len(x), m.batch_size, self.seed, epoch)):
-                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b, rows))
+                schedule = batch_schedule(len(x), m.batch_size, self.seed, epoch)
+                for b, rows in enumerate(schedule):
+                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), pre, epoch, b, rows,
+                                             last=b == len(schedule) - 1))
                 trainer.end_epoch()
                 self.epochs_run_ = epoch + 1
+                if validation is not None:
+                    with self.timings_("validation"):
+                        validation.exchange(f"{pre}/e{epoch}/valid", self.tower.forward(trainer.params, validation.x)[0])
+                        said = channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision")
+                    if not isinstance(said, dict) or not isinstance(said.get("best"), bool):
+                        raise ValueError(f"{pre}/e{epoch}/valid_decision: expected {{best, stop}} from the guest")
+                    best = trainer.params.copy() if said["best"] else best
                 stop = bool(channel.recv(self.arbiter, f"{pre}/e{epoch}/decision").get("stop"))
                 if checkpoint is not None:
                     checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, trainer.params.tolist(),
-                                                  optimizer_state(trainer.opt)))
+                                                  optimizer_state(trainer.opt),
+                                                  best_weights=None if best is None else best.tolist()))
                 channel.send(self.guest, f"{pre}/e{epoch}/saved", {})     # the guest saves only after us
                 if stop:
                     break
         finally:
             pk.stop_precompute()
-        self.params_ = trainer.params
+        self.params_ = trainer.params if best is None else best
         self.smallest_release_ = trainer.buffer.smallest_release
         self.observed_ = trainer.observed
         return self
 
     def _batch(self, channel: Channel, pk: PublicKey, trainer: TowerTrainer, xb: TowerInput,
-               pre: str, epoch: int, b: int, rows: np.ndarray) -> np.ndarray:
+               pre: str, epoch: int, b: int, rows: np.ndarray, last: bool) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         u, cache = self.tower.forward(trainer.params, xb)
         zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
@@ -103,4 +119,4 @@ class SplitHost:
                      (sums[-1][0] + n_b * trainer.penalty()).rerandomize())
         with lap("arbiter_round"):
             return trainer.release(channel, self.arbiter, pk, blocks[:-1], sums[:-1], n_b,
-                                   step(pre, epoch, b, "masked_grad"), rows)
+                                   step(pre, epoch, b, "masked_grad"), rows, last)

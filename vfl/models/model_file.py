@@ -17,7 +17,7 @@ from ..io.files import write_json
 from ..preprocess.split import Standardizer
 from ..preprocess.transform import WoeEncoder
 from .towers import EmbeddingTower, TowerInput
-from .vocab import Vocabulary
+from .vocab import Vocabulary, encode_all
 
 FORMAT, VERSION = "vfl-hetero-lr-part", 1
 
@@ -131,22 +131,27 @@ class TowerPart:
     params: np.ndarray
     intercept: bool = False
     dropped: list[str] = field(default_factory=list)   # own columns IV selection removed
+    wide: bool = False                                 # the wide part (crosses are vocabularies with sources)
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        return [v.column for v in self.vocabularies if not v.sources]
 
     @property
     def tower(self) -> EmbeddingTower:
-        return EmbeddingTower(len(self.numeric_columns), [v.size for v in self.vocabularies], self.embedding_dim,
-                              self.hidden_units, intercept=self.intercept)
+        return EmbeddingTower(len(self.numeric_columns), [v.size for v in self.vocabularies if not v.sources],
+                              self.embedding_dim, self.hidden_units, intercept=self.intercept, wide=self.wide,
+                              cross_sizes=[v.size for v in self.vocabularies if v.sources])
 
     def inputs(self, table: PartyTable) -> TowerInput:
         """The tower's inputs for raw rows of this party's table."""
         table = _without_dropped(table, self.dropped, self.party)
-        cats = [v.column for v in self.vocabularies]
+        cats = self.categorical_columns
         if list(table.columns) != self.numeric_columns or list(table.categorical_columns) != cats:
             raise ModelFileError(f"{self.party}: data columns {list(table.columns)} + categorical "
                                  f"{list(table.categorical_columns)} differ from the model's "
                                  f"{self.numeric_columns} + {cats}")
-        codes = np.stack([v.encode(table.categorical[:, j]) for j, v in enumerate(self.vocabularies)], axis=1) \
-            if self.vocabularies else np.zeros((len(table.ids), 0), dtype=np.int64)
+        codes = encode_all(self.vocabularies, table.categorical, table.categorical_columns)
         return TowerInput(self.standardizer.transform(table.features), codes)
 
     def score(self, table: PartyTable) -> np.ndarray:
@@ -156,7 +161,7 @@ class TowerPart:
         d = {"format": TOWER_FORMAT, "version": TOWER_VERSION, "role": self.role, "party": self.party,
                 "numeric_columns": self.numeric_columns, "standardizer": self.standardizer.to_dict(),
                 "vocabularies": [v.to_dict() for v in self.vocabularies], "embedding_dim": self.embedding_dim,
-                "hidden_units": list(self.hidden_units), "intercept": self.intercept,
+                "hidden_units": list(self.hidden_units), "intercept": self.intercept, "wide": self.wide,
                 "params": {name: self.tower.layout.view(self.params, name).tolist()
                            for name in self.tower.layout.slices}}
         if self.dropped:
@@ -171,7 +176,7 @@ class TowerPart:
         part = cls(d["role"], d["party"], [str(c) for c in d["numeric_columns"]],
                    [Vocabulary.from_dict(v) for v in d["vocabularies"]], Standardizer.from_dict(d["standardizer"]),
                    int(d["embedding_dim"]), [int(h) for h in d["hidden_units"]], np.zeros(0), bool(d["intercept"]),
-                   [str(c) for c in d.get("dropped", [])])
+                   [str(c) for c in d.get("dropped", [])], bool(d.get("wide", False)))
         layout = part.tower.layout
         flat = np.zeros(layout.size)
         if set(d["params"]) != set(layout.slices):

@@ -1,24 +1,32 @@
-"""Label differential privacy for what a host learns: per-row clipping, Gaussian noise, accounting.
+"""Label differential privacy for everything a host sees: per-row clipping, Gaussian noise, accounting.
 
-A host (a party without the labels) learns decrypted gradient sums
-``sum_i d_i X[i]``. Flipping one row's label changes ``d_i`` by exactly 1
-(``d = sigmoid(a) - y + h U_H``), so that row's released contribution moves by
-``||X[i]||`` summed over every group it belongs to. The host clips each row's
-coefficients jointly over all released blocks to norm ``C`` (``clip_norm``);
-the arbiter, which decrypts, adds Gaussian noise ``N(0, (z C)^2)`` to every
-value it decrypts for a host. Within one epoch a row enters each released sum
-at most once (held-back sums are dropped at the epoch's end), so one epoch is
-one Gaussian mechanism of sensitivity ``C``: zero-concentrated DP with
-``rho = 1 / (2 z^2)`` (Bun & Steinke 2016). Epochs compose: ``rho_E = E rho``,
-and ``epsilon = rho_E + 2 sqrt(rho_E ln(1/delta))``.
+Every use of the labels in training goes through one channel: the decrypted
+gradient sums ``sum_i d_i X[i]`` the arbiter releases to each party, the
+guest's as well as every host's. Flipping one row's label changes ``d_i`` by
+exactly 1 (``d = sigmoid(a) - y + h U_H``), so that row's released
+contribution moves by ``||X[i]||`` summed over every group it belongs to.
+Each party clips each row's coefficients jointly over all its released blocks
+to norm ``C`` (``clip_norm``); the arbiter adds Gaussian noise ``N(0, (z C)^2)``
+to every value it decrypts, for every party. Within one epoch a row enters each
+released sum at most once (held-back sums are dropped at the epoch's end), so
+one epoch is one Gaussian mechanism of sensitivity ``C`` per party, composed
+adaptively: zero-concentrated DP with ``rho = 1/(2 z_g^2) + H/(2 z_h^2)`` per
+epoch for the guest's multiplier ``z_g`` and the ``H`` hosts' ``z_h`` (Bun &
+Steinke 2016). Every party's parameters
+are a function of its own features, its initialisation and its released sums,
+so everything any party sends later (scores, residuals, the next releases) is
+post-processing, and a host's whole view is covered. Epochs compose:
+``rho_E = E rho``, and ``epsilon = rho_E + 2 sqrt(rho_E ln(1/delta))``.
 
-The job states ``(epsilon, delta)``; the noise multiplier ``z`` follows from
-them and the number of epochs. For intuition: the best possible test of one
-label from everything released has ROC AUC ``Phi(sqrt(rho_E))``.
+The job states ``(epsilon, delta)`` and the guest's share of the budget; the
+multipliers follow from them, the number of epochs and of hosts. For intuition: the best possible
+test of one label from everything released has ROC AUC ``Phi(sqrt(rho_E))``.
+docs/protocols.md states the theorem and its assumptions.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,43 +46,80 @@ def epsilon_for(rho: float, delta: float) -> float:
     return 0.0 if rho <= 0 else rho + 2.0 * math.sqrt(rho * math.log(1.0 / delta))
 
 
-def noise_multiplier(epsilon: float, delta: float, epochs: int) -> float:
-    """``z`` such that ``epochs`` epochs spend ``(epsilon, delta)``."""
-    return math.sqrt(epochs / (2.0 * rho_for(epsilon, delta)))
+@dataclass(frozen=True)
+class NoisePlan:
+    """The arbiter's noise multipliers: ``guest`` for the guest's releases, ``host`` for each host's.
+
+    Per epoch the guest's releases are ``1/(2 guest^2)``-zCDP and each host's
+    ``1/(2 host^2)``-zCDP; they compose, so the plan spends
+    ``rho(E) = E (1/(2 guest^2) + hosts/(2 host^2))``. The guest's share of that
+    budget is ``[model] dp_guest_share``: a guest tower of a few dense weights
+    has a very high signal-to-noise ratio and needs little of it.
+    """
+
+    guest: float
+    host: float
+    hosts: int
+
+    def rho(self, epochs: int) -> float:
+        return epochs * (0.5 / self.guest ** 2 + self.hosts * 0.5 / self.host ** 2)
+
+    def epsilon(self, epochs: int, delta: float) -> float:
+        return epsilon_for(self.rho(epochs), delta)
+
+    def attack_auc(self, epochs: int) -> float:
+        """The best test of one label from everything released in ``epochs`` epochs (ROC AUC)."""
+        return attack_auc_bound(self.rho(epochs))
+
+    def for_party(self, is_guest: bool) -> float:
+        return self.guest if is_guest else self.host
 
 
-def epsilon_spent(z: float, epochs: int, delta: float) -> float:
-    return epsilon_for(epochs / (2.0 * z * z), delta)
+def noise_plan(epsilon: float, delta: float, epochs: int, hosts: int, guest_share: float) -> NoisePlan:
+    """Multipliers such that ``epochs`` epochs spend ``(epsilon, delta)``, the guest's releases
+    ``guest_share`` of the zCDP budget and each host's an equal part of the rest."""
+    if not 0 < guest_share < 1 or hosts < 1:
+        raise ValueError("label-DP needs 0 < guest_share < 1 and at least one host")
+    per_epoch = rho_for(epsilon, delta) / epochs
+    return NoisePlan(guest=math.sqrt(0.5 / (guest_share * per_epoch)),
+                     host=math.sqrt(0.5 * hosts / ((1 - guest_share) * per_epoch)), hosts=hosts)
 
 
-def best_attack_auc(z: float, epochs: int) -> float:
-    """The ROC AUC of the best test of one label against all releases: ``Phi(sqrt(rho))``."""
-    rho = epochs / (2.0 * z * z)
-    return 0.5 * (1.0 + math.erf(math.sqrt(rho) / math.sqrt(2.0)))
+def plan_for(model, hosts: int) -> NoisePlan:
+    """The job's noise plan (all public settings)."""
+    return noise_plan(model.dp_epsilon, model.dp_delta, model.epochs, hosts, model.dp_guest_share)
 
 
-def label_dp_summary(model, epochs_run: int) -> dict:
+def attack_auc_bound(rho: float) -> float:
+    """``Phi(sqrt(rho))``: the best test's ROC AUC under ``rho``-zCDP (Gaussian trade-off ``mu = sqrt(2 rho)``,
+    whose AUC is ``Phi(mu / sqrt 2)``)."""
+    return 0.5 * (1.0 + math.erf(math.sqrt(max(rho, 0.0)) / math.sqrt(2.0)))
+
+
+def label_dp_summary(model, epochs_run: int, hosts: int) -> dict:
     """What the job's label-DP settings give after ``epochs_run`` epochs (all public settings)."""
     if not model.label_dp_on:
         return {"on": False}
-    z = noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs)
-    return {"on": True, "noise_multiplier": z, "clip_norm": model.clip_norm, "delta": model.dp_delta,
-            "epsilon_spent": epsilon_spent(z, epochs_run, model.dp_delta),
-            "best_attack_auc_bound": best_attack_auc(z, epochs_run) if epochs_run else 0.5}
+    plan = plan_for(model, hosts)
+    return {"on": True, "noise_multiplier": {"guest": plan.guest, "host": plan.host},
+            "guest_share": model.dp_guest_share, "clip_norm": model.clip_norm, "delta": model.dp_delta,
+            "epsilon_spent": plan.epsilon(epochs_run, model.dp_delta),
+            "best_attack_auc_bound": plan.attack_auc(epochs_run) if epochs_run else 0.5}
 
 
 def clip_blocks(blocks: list[Block], n_rows: int, clip_norm: float, table_share: float = 0.5
                 ) -> tuple[list[Block], np.ndarray]:
     """Scale every row's coefficients so that its contribution to all released sums has norm <= C.
 
-    The budget ``C^2`` is split between the embedding-table blocks (``table_share``)
-    and the dense blocks (the rest), each family clipped on its own: an embedding
-    row's sum is over far fewer rows than a dense one, so left to a joint clip its
+    The budget ``C^2`` is split between the table blocks (embedding and wide tables,
+    grouped by category: ``table_share``) and the dense blocks (the rest), each family
+    clipped on its own: a table row's sum is over far fewer rows than a dense one, so
+    left to a joint clip its
     small coefficients would drown in the noise. When a tower has only one family,
     it gets the whole budget. Either way ``sqrt(sum of squared family norms) <= C``.
     """
-    families = [[b for b in blocks if b.release and b.name.startswith("emb")],
-                [b for b in blocks if b.release and not b.name.startswith("emb")]]
+    families = [[b for b in blocks if b.release and b.table],
+                [b for b in blocks if b.release and not b.table]]
     present = [f for f in families if f]
     shares = [1.0] if len(present) == 1 else [table_share, 1.0 - table_share]
     scale = {}

@@ -48,31 +48,43 @@ def fit_reference(X: np.ndarray, y01: np.ndarray, model: ModelConfig, seed: int,
 
 
 def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, seed: int,
-             init_seeds: list[int], noise: np.random.Generator | None = None) -> tuple[list[np.ndarray], list[float]]:
+             init_seeds: list[int], noise: np.random.Generator | None = None,
+             validation: tuple[list, np.ndarray] | None = None) -> tuple[list[np.ndarray], list[float]]:
     """The split protocol in plaintext, for any towers: party 0 is the guest, the rest hosts.
 
     Same initialisation, batch order, loss expansion, held-back releases
     (``min_rows_per_release``), per-row clipping of the hosts' sums when
     label-DP is on, optimiser and early stopping as the encrypted roles; no
     encryption, and no noise unless a generator is given for ``noise`` (then
-    the hosts' releases get the arbiter's Gaussian noise, to study its cost
-    quickly). Returns every party's parameters and the loss per epoch.
+    every party's releases get the arbiter's Gaussian noise, to study its cost
+    quickly). With ``validation`` (every party's validation inputs and the labels), it
+    keeps the best epoch's parameters and stops as the guest's rule does (its noise from
+    ``noise``). Returns every party's parameters and the loss per epoch.
     """
-    from .privacy import noise_multiplier
-    sigma = (noise_multiplier(model.dp_epsilon, model.dp_delta, model.epochs) * model.clip_norm
-             if noise is not None and model.label_dp_on else 0.0)
+    from .privacy import plan_for
+    plan = plan_for(model, len(towers) - 1) if noise is not None and model.label_dp_on else None
+    sigmas = [plan.for_party(i == 0) * model.clip_norm if plan else 0.0 for i in range(len(towers))]
     from .backprop import buffer_plain
     from .privacy import clip_blocks
     from .release import ReleaseBuffer, group_released
+    from .trainer import table_release_rows
+    model = model.resolved(len(y01))
     params = [t.init_params(s) for t, s in zip(towers, init_seeds)]
     opts = [make_optimizer(model.optimizer, model.learning_rate) for _ in towers]
     l2 = [model.l2 * t.l2_mask() for t in towers]
-    buffers = [ReleaseBuffer(model.min_rows_per_release, np.add) for _ in towers]
+    buffers = [ReleaseBuffer(model.min_rows_per_release, np.add, table_rows=table_release_rows(model))
+               for _ in towers]
     n = len(y01)
     history: list[float] = []
+    best = None
+    if validation is not None:
+        from .validation import EarlyStopping, noise_sd
+        stopping = EarlyStopping(model.patience, noise_sd(model, len(validation[1])) if noise is not None else 0.0,
+                                 **({"rng": noise} if noise is not None else {}))
     for epoch in range(model.epochs):
         total = 0.0
-        for rows in batch_schedule(n, model.batch_size, seed, epoch):
+        schedule = batch_schedule(n, model.batch_size, seed, epoch)
+        for b, rows in enumerate(schedule):
             outs = [t.forward(p, x.take(rows)) for t, p, x in zip(towers, params, inputs)]
             a, U = outs[0][0], sum(u for u, _ in outs[1:])
             g, h, own_loss = expansion_terms(a, y01[rows], model.approximation)
@@ -81,17 +93,22 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
                 float(w @ (p * p)) for w, p in zip(l2, params))
             for i, (t, (_, cache)) in enumerate(zip(towers, outs)):
                 blocks = t.blocks(params[i], cache)
-                if i > 0 and model.label_dp_on:
+                if model.label_dp_on:
                     blocks, _ = clip_blocks(blocks, len(rows), model.clip_norm)
                 buffer_plain(buffers[i], blocks, d)
-                items = buffers[i].pop_ready()
-                values = [it[3] + (noise.normal(0.0, sigma, it[3].shape) if i > 0 and sigma else 0.0)
-                          for it in items]
+                items = buffers[i].pop_ready(last=b == len(schedule) - 1)
+                values = [it[3] + (noise.normal(0.0, sigmas[i], it[3].shape) if sigmas[i] else 0.0) for it in items]
                 grad = t.gradient(params[i], group_released(items, values), len(rows))
                 params[i] = opts[i].step(params[i], grad + l2[i] * params[i])
         for b in buffers:
             b.clear()
         history.append(total / n)
-        if len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance:
+        stop = False
+        if validation is not None:
+            v_inputs, v_y = validation
+            z = sum(t.forward(p, x)[0] for t, p, x in zip(towers, params, v_inputs))
+            is_best, stop = stopping.update(epoch, 1.0 / (1.0 + np.exp(-z)), v_y)
+            best = [p.copy() for p in params] if is_best else best
+        if stop or (not model.label_dp_on and len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance):
             break
-    return params, history
+    return (params if best is None else best), history

@@ -5,9 +5,16 @@ coefficient: its label (to a host) or the hosts' score (to the guest). So
 every group sum (an embedding row, a hidden unit's active rows, a whole batch)
 is accumulated, still encrypted, across the batches of an epoch until at
 least ``min_rows`` rows stand behind it, and only then sent for decryption.
-At the end of an epoch whatever is still held back is dropped, never
-released: a row then contributes to each released sum at most once per epoch,
-which the label-DP accounting (``vfl.models.privacy``) relies on.
+Table sums (embedding and wide rows, grouped by category) wait longer: until
+``table_rows`` rows stand behind them (a batch's worth) or the epoch's last
+batch, where every sum with at least ``min_rows`` rows is released. With
+label-DP each released sum carries the same noise whatever its row count, so
+one release over all of a category's rows in an epoch has the best
+signal-to-noise ratio; a category with more rows than a batch still updates
+several times an epoch. At the end of an epoch whatever is still held back
+(fewer than ``min_rows`` rows) is dropped, never released: a row then
+contributes to each released sum at most once per epoch, which the label-DP
+accounting (``vfl.models.privacy``) relies on.
 
 The buffer is generic in what it adds: ciphertext rows (products mod n^2) in
 the protocol, float rows in the plaintext twin, so the twin holds back and
@@ -25,9 +32,12 @@ from .towers import Block
 class ReleaseBuffer:
     """Per (block, group): a running sum and the number of rows behind it."""
 
-    def __init__(self, min_rows: int, add: Callable[[Any, Any], Any], track: bool = False) -> None:
+    def __init__(self, min_rows: int, add: Callable[[Any, Any], Any], track: bool = False,
+                 table_rows: int | None = None) -> None:
         self.min_rows = max(1, int(min_rows))
+        self.table_rows = max(self.min_rows, int(table_rows or 0))
         self._add = add
+        self._table: set[str] = set()
         self._sums: dict[tuple[str, int], Any] = {}
         self._rows: dict[tuple[str, int], int] = {}
         self._order: dict[str, int] = {}
@@ -41,6 +51,8 @@ class ReleaseBuffer:
     def add(self, block: Block, counts: np.ndarray, sums: Any, row_ids: np.ndarray | None = None) -> None:
         """Add this batch's sums of ``block`` (``sums[g]`` for every group with ``counts[g] > 0``)."""
         self._order.setdefault(block.name, len(self._order))
+        if block.table:
+            self._table.add(block.name)
         for g in np.flatnonzero(counts).tolist():
             key = (block.name, g)
             row = sums[g]
@@ -50,9 +62,11 @@ class ReleaseBuffer:
                 local = np.arange(len(row_ids)) if block.single else block.rows[block.groups == g]
                 self.members.setdefault(key, []).append((row_ids[local], block.X[local]))
 
-    def pop_ready(self) -> list[tuple[str, int, int, Any]]:
-        """``(block, group, rows, sum)`` of every sum with at least ``min_rows`` rows, in a fixed order."""
-        ready = sorted((k for k, r in self._rows.items() if r >= self.min_rows),
+    def pop_ready(self, last: bool = False) -> list[tuple[str, int, int, Any]]:
+        """``(block, group, rows, sum)`` of every sum that is due, in a fixed order: at least ``min_rows``
+        rows, and for a table sum before the epoch's ``last`` batch at least ``table_rows``."""
+        ready = sorted((k for k, r in self._rows.items()
+                        if r >= (self.table_rows if k[0] in self._table and not last else self.min_rows)),
                        key=lambda k: (self._order[k[0]], k[1]))
         out = []
         for key in ready:

@@ -63,7 +63,7 @@ class RelayAuth:
 
 
 def host_send_scores(channel: Channel, guest: str, hosts: list[str], me: str, u_h: np.ndarray,
-                     context: str, auth: RelayAuth | None = None) -> None:
+                     context: str, auth: RelayAuth | None = None, prefix: str = "predict") -> None:
     """Host side: exchange keys through the guest, then send the masked share.
 
     With ``auth`` (this host's signer and the job's verifier), every other host's key
@@ -74,9 +74,9 @@ def host_send_scores(channel: Channel, guest: str, hosts: list[str], me: str, u_
     key = SumKey()
     public = key.public_bytes()
     sig = signer.sign(signed_bytes(context, me, public)) if signer else b""
-    channel.send(guest, "predict/sum_key", {"key": public.hex(), "cert": signer.cert_pem.decode() if signer else "",
+    channel.send(guest, f"{prefix}/sum_key", {"key": public.hex(), "cert": signer.cert_pem.decode() if signer else "",
                                             "sig": sig.hex()})
-    relayed = channel.recv(guest, "predict/sum_keys")
+    relayed = channel.recv(guest, f"{prefix}/sum_keys")
     entries = relayed.get("keys") if isinstance(relayed, dict) and set(relayed) == {"keys"} else None
     if not isinstance(entries, list) or len(entries) != len(hosts):
         raise ProtocolError(f"host keys: expected a list of {len(hosts)} keys from {guest}")
@@ -93,19 +93,19 @@ def host_send_scores(channel: Channel, guest: str, hosts: list[str], me: str, u_
                 raise ProtocolError(f"secure sum refused: {exc} (relayed by {guest})") from None
         publics.append(other)
     share = key.masked_share(u_h, hosts.index(me), publics, context.encode())
-    channel.send(guest, "predict/u_h_share", share)
+    channel.send(guest, f"{prefix}/u_h_share", share)
 
 
-def guest_sum_scores(channel: Channel, hosts: list[str], n_rows: int) -> np.ndarray:
+def guest_sum_scores(channel: Channel, hosts: list[str], n_rows: int, prefix: str = "predict") -> np.ndarray:
     """Guest side: relay the hosts' keys (as signed), add the shares, return sum_h u_h."""
     entries = []
     for h in hosts:
-        entry = channel.recv(h, "predict/sum_key")
+        entry = channel.recv(h, f"{prefix}/sum_key")
         _key_entry(entry, f"{h}'s secure-sum key")
         entries.append(entry)
     for h in hosts:
-        channel.send(h, "predict/sum_keys", {"keys": entries})
-    shares = [_expect(channel.recv(h, "predict/u_h_share"), np.uint64, (n_rows,), f"{h} scores")
+        channel.send(h, f"{prefix}/sum_keys", {"keys": entries})
+    shares = [_expect(channel.recv(h, f"{prefix}/u_h_share"), np.uint64, (n_rows,), f"{h} scores")
               for h in hosts]
     return reveal_sum(shares)
 

@@ -14,11 +14,18 @@ tower's layers.
 * :class:`LinearTower`: ``u = X w`` (+ b); one block, every row in one group.
   Logistic regression.
 * :class:`EmbeddingTower`: one embedding table per categorical column,
-  concatenated with the numeric columns, ReLU hidden layers, a linear output.
-  Blocks: the output weights (all rows), the top hidden layer (group = unit,
-  members = rows where the unit is active, so the sum needs only additions of
-  ``[[d_i]]`` over active rows), lower hidden layers (all rows, outer-product
-  coefficients) and one block per embedding table (group = category).
+  concatenated with the numeric columns, ReLU hidden layers, a linear output
+  (the deep part); beside it a wide part straight to the output: a weight per
+  category of every categorical column and of every within-party cross, and a
+  weight per numeric column (Wide & Deep, Cheng et al. 2016). With the wide
+  part the tower contains one-hot logistic regression, so it can lose to it
+  only by noise or overfitting. Blocks: the output weights (all rows), the top
+  hidden layer (group = unit, members = rows where the unit is active, so the
+  sum needs only additions of ``[[d_i]]`` over active rows), lower hidden
+  layers (all rows, outer-product coefficients), one block per embedding
+  table (group = category), the wide numeric weights (all rows) and one wide
+  table per categorical column or cross (group = category, coefficient 1:
+  additions only).
 
 Parameters live in one flat vector (the optimiser, checkpoints and the model
 file see only that); a tower is stateless apart from its shapes.
@@ -60,6 +67,7 @@ class Block:
     groups: np.ndarray | None = None
     n_groups: int = 1
     release: bool = True
+    table: bool = False       # groups are a column's categories (few rows each), not the batch or units
 
     @property
     def single(self) -> bool:
@@ -72,7 +80,7 @@ class Block:
         return np.bincount(self.groups, minlength=self.n_groups)
 
     def scaled(self, s: np.ndarray) -> "Block":
-        return Block(self.name, self.X * s[:, None], self.rows, self.groups, self.n_groups, self.release)
+        return Block(self.name, self.X * s[:, None], self.rows, self.groups, self.n_groups, self.release, self.table)
 
     def plain_sums(self, d: np.ndarray) -> np.ndarray:
         """``S[g] = sum_{i in g} d_i X[i]`` in numpy (the plaintext twin's arithmetic)."""
@@ -178,17 +186,25 @@ class LinearTower(Tower):
 
 
 class EmbeddingTower(Tower):
-    """Embeddings of categorical columns + numeric columns -> ReLU layers -> a scalar.
+    """Embeddings of categorical columns + numeric columns -> ReLU layers -> a scalar, plus a wide part.
 
     ``vocab_sizes`` count each column's rows in its table, the unknown row 0
     included. With no hidden layers the output is linear in the embeddings and
-    numerics (``embedding_dim = 1`` is then one-hot logistic regression).
+    numerics (``embedding_dim = 1`` without the wide part is then one-hot
+    logistic regression). ``wide`` adds a weight per category and per numeric
+    column straight to the output; ``cross_sizes`` are the vocabulary sizes of
+    within-party crosses, which only the wide part sees (their codes follow the
+    columns' codes in :class:`TowerInput`).
     """
 
     def __init__(self, n_numeric: int, vocab_sizes: Sequence[int], embedding_dim: int,
-                 hidden_units: Sequence[int], intercept: bool = False) -> None:
+                 hidden_units: Sequence[int], intercept: bool = False, wide: bool = False,
+                 cross_sizes: Sequence[int] = ()) -> None:
         self.n_numeric, self.vocab_sizes = n_numeric, [int(v) for v in vocab_sizes]
         self.dim, self.hidden, self.intercept = int(embedding_dim), [int(h) for h in hidden_units], intercept
+        self.wide, self.cross_sizes = bool(wide), [int(v) for v in cross_sizes]
+        if self.cross_sizes and not self.wide:
+            raise ValueError("crosses feed the wide part only: set wide=True")
         self.width = len(self.vocab_sizes) * self.dim + n_numeric
         if self.width == 0:
             raise ValueError("a tower needs at least one column")
@@ -198,13 +214,23 @@ class EmbeddingTower(Tower):
             shapes += [(f"W{l}", (fan_in, h)), (f"b{l}", (h,))]
             fan_in = h
         shapes.append(("out", (fan_in,)))
+        if self.wide:
+            shapes += [(f"wide{c}", (v,)) for c, v in enumerate(self.wide_sizes)]
+            if n_numeric:
+                shapes.append(("wide_num", (n_numeric,)))
         if intercept:
             shapes.append(("intercept", (1,)))
         self.layout = _Layout(shapes)
 
     @property
+    def wide_sizes(self) -> list[int]:
+        """Vocabulary sizes of every wide table: the categorical columns', then the crosses'."""
+        return self.vocab_sizes + self.cross_sizes
+
+    @property
     def batch_values(self) -> int:
-        return sum(self.layout.size_of(name) for name in self.layout.slices if not name.startswith("emb"))
+        return sum(self.layout.size_of(name) for name in self.layout.slices
+                   if not (name.startswith("emb") or (name.startswith("wide") and name != "wide_num")))
 
     def init_params(self, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -216,23 +242,29 @@ class EmbeddingTower(Tower):
             self.layout.view(p, f"W{l}")[:] = rng.normal(0.0, np.sqrt(2.0 / fan_in), (fan_in, h))
             fan_in = h
         self.layout.view(p, "out")[:] = rng.normal(0.0, np.sqrt(1.0 / fan_in), fan_in)
-        return p
+        return p                          # the wide part starts at zero: the deep part's output at first
 
     def forward(self, params, x):
         n = len(x)
         codes = x.codes if x.codes is not None else np.zeros((n, 0), dtype=np.int64)
-        if codes.shape[1] != len(self.vocab_sizes) or x.numeric.shape[1] != self.n_numeric:
-            raise ValueError(f"expected {len(self.vocab_sizes)} categorical and {self.n_numeric} numeric "
-                             f"columns, got {codes.shape[1]} and {x.numeric.shape[1]}")
-        parts = [self.layout.view(params, f"emb{c}")[codes[:, c]] for c in range(codes.shape[1])]
+        n_cat = len(self.vocab_sizes)
+        if codes.shape[1] != n_cat + len(self.cross_sizes) or x.numeric.shape[1] != self.n_numeric:
+            raise ValueError(f"expected {n_cat} categorical, {len(self.cross_sizes)} cross and {self.n_numeric} "
+                             f"numeric columns, got {codes.shape[1]} codes and {x.numeric.shape[1]} numeric")
+        parts = [self.layout.view(params, f"emb{c}")[codes[:, c]] for c in range(n_cat)]
         acts = [np.hstack(parts + [x.numeric])]
         for l in range(len(self.hidden)):
             z = acts[-1] @ self.layout.view(params, f"W{l}") + self.layout.view(params, f"b{l}")
             acts.append(np.maximum(z, 0.0))
         u = acts[-1] @ self.layout.view(params, "out")
+        if self.wide:
+            for c in range(len(self.wide_sizes)):
+                u = u + self.layout.view(params, f"wide{c}")[codes[:, c]]
+            if self.n_numeric:
+                u = u + x.numeric @ self.layout.view(params, "wide_num")
         if self.intercept:
             u = u + params[self.layout.slices["intercept"]][0]
-        return u, {"acts": acts, "codes": codes}
+        return u, {"acts": acts, "codes": codes, "numeric": x.numeric}
 
     def _input_grad_coefficients(self, params, acts) -> tuple[list[np.ndarray], np.ndarray]:
         """Per row, ``du/dz_l`` for every hidden layer (plaintext; d excluded) and ``du/dphi``."""
@@ -265,7 +297,12 @@ class EmbeddingTower(Tower):
                 blocks.append(Block(f"hidden{l}", outer))
         for c, vocab in enumerate(self.vocab_sizes):
             coef = dphi[:, c * self.dim:(c + 1) * self.dim]
-            blocks.append(Block(f"emb{c}", coef, np.arange(n), codes[:, c].astype(np.int64), vocab))
+            blocks.append(Block(f"emb{c}", coef, np.arange(n), codes[:, c].astype(np.int64), vocab, table=True))
+        if self.wide:
+            if self.n_numeric:
+                blocks.append(Block("wide_num", cache["numeric"]))
+            for c, vocab in enumerate(self.wide_sizes):
+                blocks.append(Block(f"wide{c}", ones, np.arange(n), codes[:, c].astype(np.int64), vocab, table=True))
         return blocks
 
     def gradient(self, params, released, n_rows):
@@ -274,10 +311,12 @@ class EmbeddingTower(Tower):
         L = len(self.hidden)
         for name, (groups, sums) in released.items():
             sums = sums / n_rows
-            if name in ("out", "intercept"):
+            if name in ("out", "intercept", "wide_num"):
                 view(grad, name)[:] = sums[0]
             elif name.startswith("emb"):
                 view(grad, name)[groups] = sums
+            elif name.startswith("wide"):
+                view(grad, name)[groups] = sums[:, 0]
             elif name == f"hidden{L - 1}":
                 factor = view(params, "out")[groups]
                 view(grad, f"W{L - 1}")[:, groups] = (sums[:, :-1] * factor[:, None]).T
@@ -292,6 +331,6 @@ class EmbeddingTower(Tower):
     def l2_mask(self):
         mask = np.zeros(self.layout.size, dtype=bool)
         for name, sl in self.layout.slices.items():
-            if name.startswith("W") or name == "out":
+            if name.startswith("W") or name == "out" or name.startswith("wide"):
                 mask[sl] = True
         return mask

@@ -27,6 +27,11 @@ def as_input(x) -> TowerInput:
     return x if isinstance(x, TowerInput) else TowerInput(np.asarray(x, dtype=float))
 
 
+def table_release_rows(model: ModelConfig) -> int | None:
+    """Rows a table sum waits for before the epoch's last batch (``[model] table_release``)."""
+    return model.batch_size if model.table_release == "epoch" else None
+
+
 def init_seed(model_seed: int, party: str) -> int:
     """Each party's own initialisation seed, derived from the job's model seed and its name."""
     return int.from_bytes(hashlib.sha256(f"vfl-init/{model_seed}/{party}".encode()).digest()[:8], "big")
@@ -42,7 +47,8 @@ class TowerTrainer:
         self.opt = make_optimizer(model.optimizer, model.learning_rate)
         self.l2 = model.l2 * tower.l2_mask()
         n2 = pk.nsquare if pk is not None else None
-        self.buffer = ReleaseBuffer(model.min_rows_per_release, lambda a, b: a * b % n2, track=observe)
+        self.buffer = ReleaseBuffer(model.min_rows_per_release, lambda a, b: a * b % n2, track=observe,
+                                    table_rows=table_release_rows(model))
         # With ``observe``: every decrypted value this party got, with the rows and coefficients behind
         # it: exactly its own view, for the label-inference attack tests.
         self.observed: list[tuple[list, np.ndarray]] | None = [] if observe else None
@@ -52,11 +58,13 @@ class TowerTrainer:
         return float(self.l2 @ (self.params * self.params))
 
     def release(self, channel: Channel, arbiter: str, pk: PublicKey, blocks: list[Block],
-                sums: list[EncryptedArray], n_rows: int, tag: str, row_ids: np.ndarray | None = None) -> np.ndarray:
-        """Buffer this batch's sums, have the arbiter decrypt what is ready, return the gradient."""
+                sums: list[EncryptedArray], n_rows: int, tag: str, row_ids: np.ndarray | None = None,
+                last: bool = False) -> np.ndarray:
+        """Buffer this batch's sums, have the arbiter decrypt what is due (``last``: the epoch's last
+        batch), return the gradient."""
         buffer_encrypted(self.buffer, blocks, sums, n_rows, row_ids)
         seen = len(self.buffer.released_members)
-        items = self.buffer.pop_ready()
+        items = self.buffer.pop_ready(last)
         cts = np.empty(sum(len(s) for *_, s in items), dtype=object)
         cts[:] = [c for *_, s in items for c in s.tolist()]
         flat = masked_gradient_round(channel, arbiter, pk, EncryptedArray(pk, cts, sums[0].frac_bits), tag,

@@ -8,14 +8,21 @@ overfit, and a row's gradient is a sum over the rows that carry its value,
 released only once ``min_rows_per_release`` rows stand behind it. With ``hash_buckets``
 > 0 values are hashed (SHA-256) into that many rows instead, for very large
 vocabularies; the model file then stores no values at all.
+
+A within-party cross (``crosses = [["merchant", "city"]]`` in a party's table)
+is a vocabulary over the joined values of its ``sources`` columns: it feeds
+only the wide part of the embedding model, one weight per common pair.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+CROSS_SEP = "\x1f"     # joins a cross's source values (the ASCII unit separator: not in real text)
 
 
 @dataclass
@@ -23,6 +30,7 @@ class Vocabulary:
     column: str
     values: list[str] = field(default_factory=list)     # row i + 1 holds values[i]
     hash_buckets: int = 0
+    sources: tuple[str, ...] = ()                       # a cross: the columns whose values are joined
 
     @property
     def size(self) -> int:
@@ -30,12 +38,13 @@ class Vocabulary:
         return 1 + (self.hash_buckets or len(self.values))
 
     @classmethod
-    def fit(cls, column: str, raw: np.ndarray, min_count: int = 1, hash_buckets: int = 0) -> "Vocabulary":
+    def fit(cls, column: str, raw: np.ndarray, min_count: int = 1, hash_buckets: int = 0,
+            sources: tuple[str, ...] = ()) -> "Vocabulary":
         if hash_buckets:
-            return cls(column, [], hash_buckets)
+            return cls(column, [], hash_buckets, sources)
         counts = pd.Series(raw, dtype=object).value_counts(sort=False)
         kept = sorted(str(v) for v, c in counts.items() if c >= min_count)
-        return cls(column, kept)
+        return cls(column, kept, 0, sources)
 
     def encode(self, raw: np.ndarray) -> np.ndarray:
         """Row indices for text values; unknown values map to 0."""
@@ -46,9 +55,45 @@ class Vocabulary:
         pos = index.get_indexer(pd.Index(np.asarray(raw, dtype=object)))
         return (pos + 1).astype(np.int64)       # -1 (unknown) -> 0
 
+    def raw(self, categorical: np.ndarray, columns: Sequence[str]) -> np.ndarray:
+        """This vocabulary's text values for rows of a table's ``categorical`` columns."""
+        return raw_values(categorical, columns, self.sources or (self.column,))
+
     def to_dict(self) -> dict:
-        return {"column": self.column, "values": self.values, "hash_buckets": self.hash_buckets}
+        d = {"column": self.column, "values": self.values, "hash_buckets": self.hash_buckets}
+        if self.sources:
+            d["sources"] = list(self.sources)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocabulary":
-        return cls(str(d["column"]), [str(v) for v in d["values"]], int(d.get("hash_buckets", 0)))
+        return cls(str(d["column"]), [str(v) for v in d["values"]], int(d.get("hash_buckets", 0)),
+                   tuple(str(s) for s in d.get("sources", ())))
+
+
+def raw_values(categorical: np.ndarray, columns: Sequence[str], sources: Sequence[str]) -> np.ndarray:
+    """One column's text values, or a cross's joined values of its ``sources`` columns."""
+    columns = list(columns)
+    if len(sources) == 1:
+        return categorical[:, columns.index(sources[0])]
+    idx = [columns.index(s) for s in sources]
+    return np.array([CROSS_SEP.join(row) for row in categorical[:, idx].tolist()], dtype=object)
+
+
+def cross_name(sources: Sequence[str]) -> str:
+    return " x ".join(sources)
+
+
+def fit_vocabularies(categorical: np.ndarray, columns: Sequence[str], crosses: Sequence[Sequence[str]],
+                     min_count: int, hash_buckets: int) -> list[Vocabulary]:
+    """Every categorical column's vocabulary, then every cross's, from a party's training rows."""
+    specs = [(c, ()) for c in columns] + [(cross_name(s), tuple(s)) for s in crosses]
+    return [Vocabulary.fit(name, raw_values(categorical, columns, src or (name,)), min_count, hash_buckets, src)
+            for name, src in specs]
+
+
+def encode_all(vocabs: Sequence[Vocabulary], categorical: np.ndarray, columns: Sequence[str]) -> np.ndarray:
+    """The codes (rows, len(vocabs)) of every vocabulary for a table's rows; unknown values are 0."""
+    if not vocabs:
+        return np.zeros((len(categorical), 0), dtype=np.int64)
+    return np.stack([v.encode(v.raw(categorical, columns)) for v in vocabs], axis=1)

@@ -8,6 +8,10 @@ same payload hash, by its peer (when the peer's ledger is present too). It
 then prints, per party, what it received by payload class (messages, values,
 bytes, and the smallest number of rows behind any plaintext aggregate), and
 the label-DP epsilon spent when the arbiter's ``training.json`` reports it.
+With label-DP on, every release a party received in the last training run
+must be one the arbiter reports having noised: the guarantee covers a host's
+whole view only if the guest's releases are noised as well as the hosts'
+(docs/protocols.md, section 2, "Releases").
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class PartyLedger:
     sent: Counter = field(default_factory=Counter)     # (peer, step, sha256) -> count
     got: list = field(default_factory=list)            # (peer, step, sha256, line number)
     problems: list = field(default_factory=list)
+    releases: int = 0                                  # non-empty released sums received, last training run
 
 
 def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: int | None = None) -> PartyLedger:
@@ -83,6 +88,8 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
             if event == "open":
                 task = entry.get("task")
                 led.runs.append(task)
+                if task == "train":
+                    led.releases = 0
                 if entry.get("party") != name or entry.get("role") != led.role:
                     led.problems.append(f"{where}: ledger opened by {entry.get('party')!r} as "
                                         f"{entry.get('role')!r}, not by {name!r} as {led.role!r}")
@@ -128,6 +135,8 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         led.received.setdefault(spec.cls, ClassStats()).add(entry)
         led.got.append((*key, where))
         rows = entry.get("rows")
+        if spec.doc == "masked_grad_plain" and entry.get("values"):
+            led.releases += 1
         if (spec.doc == "masked_grad_plain" and min_release_rows is not None and isinstance(rows, int)
                 and entry.get("values") and rows < min_release_rows):
             led.problems.append(f"{where}: {step!r} released sums over {rows} rows, below the job's "
@@ -166,18 +175,40 @@ def _reported_release_rows(job, led: PartyLedger) -> int | None:
         return None
 
 
-def _label_dp(job) -> str | None:
+def _read_label_dp(job) -> tuple[dict | None, Path]:
     path = job.output_dir(job.arbiter.name) / "training.json"
     try:
         dp = json.loads(path.read_text()).get("label_dp")
     except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(dp, dict):
+        return None, path
+    return (dp if isinstance(dp, dict) else None), path
+
+
+def _check_noise(job, ledgers: dict[str, PartyLedger]) -> None:
+    """With label-DP on, every release a party received must have been noised by the arbiter."""
+    dp, _ = _read_label_dp(job)
+    if dp is None or not dp.get("on"):
+        return
+    noised = dp.get("noised_releases") if isinstance(dp.get("noised_releases"), dict) else {}
+    for p in (job.guest, *job.hosts):
+        led = ledgers.get(p.name)
+        if led is None or led.problems:
+            continue
+        count = noised.get(p.name)
+        if not isinstance(count, int) or count != led.releases:
+            led.problems.append(f"label-DP is on, but {p.name} received {led.releases} released sums in the last "
+                                f"training run and the arbiter reports noising {count} of them: every party's "
+                                "releases, the guest's included, must carry the noise")
+
+
+def _label_dp(job) -> str | None:
+    dp, path = _read_label_dp(job)
+    if dp is None:
         return None
     if not dp.get("on") or dp.get("epsilon_spent") is None:
         return f"label-DP: off (from {path})"
-    return (f"label-DP: epsilon spent {float(dp['epsilon_spent']):.4g} per host (delta {dp.get('delta')}, "
-            f"noise multiplier {dp.get('noise_multiplier')}, clip norm {dp.get('clip_norm')}; from {path})")
+    return (f"label-DP: epsilon spent {float(dp['epsilon_spent']):.4g} against any host (delta {dp.get('delta')}, "
+            f"noise multipliers {dp.get('noise_multiplier')}, clip norm {dp.get('clip_norm')}; from {path})")
 
 
 def audit_job(job) -> tuple[bool, str]:
@@ -192,6 +223,7 @@ def audit_job(job) -> tuple[bool, str]:
     if not ledgers:
         return False, f"no ledger found under {job.workdir} (expected <workdir>/<party>/{LEDGER_FILE})"
     _cross_check(ledgers)
+    _check_noise(job, ledgers)
     for p in job.parties:
         led = ledgers.get(p.name)
         if led is None:

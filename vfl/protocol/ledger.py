@@ -20,12 +20,13 @@ A file receives a new ``open`` line, continuing the chain, at every run.
 """
 from __future__ import annotations
 
+
 import hashlib
 import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -122,13 +123,14 @@ class SpecChannel:
     """A channel that sends only what the spec declares and records every message.
 
     ``roles`` maps every party name of the job to its role; ``task`` is the
-    running task (``psi``, ``train`` or ``predict``); ``batch_size`` lets the
-    ledger count the rows behind per-batch aggregates (from the ``n_train`` of
-    the training plan). With ``ledger`` None nothing is written (spec checks only).
+    running task (``psi``, ``train`` or ``predict``); ``batch_size`` (a number, or
+    the job's rule ``n_train -> batch size``) lets the ledger count the rows behind
+    per-batch aggregates (from the ``n_train`` of the training plan). With ``ledger`` None nothing is written (spec checks only).
     """
 
     def __init__(self, inner: Channel, roles: dict[str, str], *, ledger: Ledger | None = None,
-                 task: str | None = None, batch_size: int | None = None, job: str | None = None) -> None:
+                 task: str | None = None, batch_size: "int | Callable[[int], int] | None" = None,
+                 job: str | None = None) -> None:
         self.inner = inner
         self.roles = dict(roles)
         if inner.name not in self.roles:
@@ -216,7 +218,8 @@ class SpecChannel:
             return self._n_train
         if spec.rows == "batch" and self._n_train and self.batch_size:
             b = int(spec.matches(step).group("batch"))
-            sizes = batch_sizes(self._n_train, self.batch_size)
+            size = self.batch_size(self._n_train) if callable(self.batch_size) else self.batch_size
+            sizes = batch_sizes(self._n_train, size)
             return sizes[b] if b < len(sizes) else None
         return None
 
@@ -240,4 +243,4 @@ def spec_channel(channel: Channel, job, name: str, task: str) -> SpecChannel:
     """``channel`` of party ``name`` of ``job``, checked against the spec and recorded in its ledger."""
     roles = {p.name: p.role for p in job.parties}
     return SpecChannel(channel, roles, ledger=Ledger(ledger_path(job, name)), task=task,
-                       batch_size=job.model.batch_size, job=job.name)
+                       batch_size=job.model.batch_for, job=job.name)

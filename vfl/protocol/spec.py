@@ -169,7 +169,8 @@ SPEC: tuple[StepSpec, ...] = tuple([
                "uniform values mod n, independent of the sums; how many values the party releases", TRAIN)
       for sender in ("guest", "host")),
     StepSpec("masked_grad_plain", _BATCH + r"masked_grad_plain", "arbiter", "guest", AGGREGATE, ("bigints",),
-             "its own released gradient sums, each over at least min_rows_per_release rows", TRAIN),
+             "its own released gradient sums, each over at least min_rows_per_release rows, with label-DP "
+             "noise when on", TRAIN),
     StepSpec("masked_grad_plain", _BATCH + r"masked_grad_plain", "arbiter", "host", AGGREGATE, ("bigints",),
              "its own released gradient sums, each over at least min_rows_per_release rows, with label-DP "
              "noise when on", TRAIN),
@@ -205,6 +206,18 @@ SPEC: tuple[StepSpec, ...] = tuple([
     StepSpec("sbt/predict/split_bits", r"sbt/predict/split_bits", "host", "guest", PARTITION, ("array",),
              "for each split the host holds, the side of every row scored; no threshold, no value", SCORE,
              dtype=_BITS),
+    # ------------------------------------------------------------------ per epoch, with validation (validation.py)
+    StepSpec("<pre>/e<e>/valid/sum_key", _PRE + r"/e\d+/valid/sum_key", "host", "guest", PUBLIC, ("control",),
+             "nothing: a fresh X25519 public key for this epoch's validation sum, signed, and its certificate",
+             TRAIN),
+    StepSpec("<pre>/e<e>/valid/sum_keys", _PRE + r"/e\d+/valid/sum_keys", "guest", "host", PUBLIC, ("control",),
+             "nothing: all hosts' signed X25519 public keys and certificates, in job order", TRAIN),
+    StepSpec("<pre>/e<e>/valid/u_h_share", _PRE + r"/e\d+/valid/u_h_share", "host", "guest", SHARE, ("array",),
+             "all shares together: the sum of the hosts' scores of each validation row with this epoch's "
+             "parameters (a single host's score when there is one host)", TRAIN, dtype=_U64),
+    *_both("<pre>/e<e>/valid_decision", _PRE + r"/e\d+/valid_decision", "guest", ("host", "arbiter"), CONTROL,
+           ("control",), "whether this epoch is the best so far and whether to stop: a function of the "
+           "validation labels, noised with label-DP (section 2, \"Validation and early stopping\")", TRAIN),
     # ------------------------------------------------------------------ scoring (vfl/scoring.py)
     StepSpec("predict/sum_key", r"predict/sum_key", "host", "guest", PUBLIC, ("control",),
              "nothing: a fresh X25519 public key, signed with the host's TLS key, and its certificate", SCORE),

@@ -83,12 +83,13 @@ class IdArray(IdSource):
 class IdFile(IdSource):
     """The ID column of a CSV or Parquet file, streamed in chunks."""
 
-    def __init__(self, path: str | Path, id_column: str, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, path: str | Path, id_column: str, chunk_rows: int = CHUNK_ROWS,
+                 encoding: str = "utf-8") -> None:
         self.path, self.id_column, self.chunk_rows = Path(path), id_column, chunk_rows
-        self.name = str(self.path)
+        self.name, self.encoding = str(self.path), encoding
 
     def chunks(self) -> Iterator[np.ndarray]:
-        return iter_ids(self.path, self.id_column, self.chunk_rows)
+        return iter_ids(self.path, self.id_column, self.chunk_rows, self.encoding)
 
 
 # --------------------------------------------------------------------------- spill

@@ -1,0 +1,146 @@
+"""The label-DP guarantee's assumptions, checked on the code (docs/protocols.md, section 2, "Releases").
+
+The theorem: with label-DP on, every party's parameters depend on the labels only
+through released sums, each row clipped to ``C`` per party and epoch and each value
+noised by the arbiter with ``N(0, (zC)^2)``, and nothing else a host sees depends on
+the labels. These tests break if the code stops doing any of that.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from crypto import generate_keypair
+from tests.conftest import run_parties
+from vfl.job.config import ModelConfig
+from vfl.models import EmbeddingTower, LinearTower, SplitArbiter, SplitGuest, SplitHost, TowerInput
+from vfl.models.privacy import attack_auc_bound, noise_plan, rho_for
+from vfl.preprocess.split import batch_schedule
+from vfl.protocol.channel import LocalNetwork
+
+DP = ModelConfig(type="embedding", epochs=2, batch_size=64, learning_rate=0.05, key_bits=512,
+                 allow_short_keys=True, min_rows_per_release=8, label_dp="on", clip_norm=0.5, dp_epsilon=8.0,
+                 embedding_dim=2, hidden_units=(3,))
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return generate_keypair(512)
+
+
+def _data(n=200, seed=1):
+    rng = np.random.default_rng(seed)
+    xg = TowerInput(rng.normal(size=(n, 3)), rng.integers(0, 5, (n, 1)))
+    xh = TowerInput(rng.normal(size=(n, 2)), rng.integers(0, 7, (n, 1)))
+    z = xg.numeric[:, 0] + xh.numeric[:, 1] + (xh.codes[:, 0] == 3)
+    return xg, xh, (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+
+
+def _train(model, keypair, towers):
+    xg, xh, y = _data()
+    net = LocalNetwork(["g", "h", "a"], timeout=120)
+    roles = {"g": SplitGuest(model, hosts=["h"], arbiter="a", seed=3, tower=towers[0], init_seed=1, observe=True),
+             "h": SplitHost(model, guest="g", arbiter="a", seed=3, tower=towers[1], init_seed=2, observe=True),
+             "a": SplitArbiter(model, guest="g", hosts=["h"])}
+    run_parties(net, {"g": lambda: roles["g"].fit(net.channel("g"), xg, y),
+                      "h": lambda: roles["h"].fit(net.channel("h"), xh),
+                      "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair)})
+    return roles, len(y)
+
+
+def _towers(model):
+    if model.type == "embedding":
+        return (EmbeddingTower(3, [5], model.embedding_dim, model.hidden_units, intercept=True),
+                EmbeddingTower(2, [7], model.embedding_dim, model.hidden_units))
+    return LinearTower(3, intercept=True), LinearTower(2)
+
+
+@pytest.mark.parametrize("model", [DP, replace(DP, type="logistic", embedding_dim=1, hidden_units=())],
+                         ids=["embedding", "logistic"])
+def test_every_partys_releases_are_clipped_and_noised(keypair, model):
+    """Per epoch, each row's contributions to everything a party got decrypted have joint norm <= C,
+    for the guest as for the host; and the arbiter noised every one of those releases."""
+    roles, n = _train(model, keypair, _towers(model))
+    per_epoch = len(batch_schedule(n, model.batch_size, 3, 0))
+    for name in ("g", "h"):
+        observed = roles[name].observed_
+        assert len(observed) == per_epoch * model.epochs
+        released = 0
+        for e in range(model.epochs):
+            sq = np.zeros(n)
+            for batch_members, values in observed[e * per_epoch:(e + 1) * per_epoch]:
+                released += len(values) > 0
+                for members in batch_members:
+                    for rows, coefs in members:
+                        np.add.at(sq, rows, np.einsum("ij,ij->i", coefs, coefs))
+            assert sq.max() <= model.clip_norm ** 2 * (1 + 1e-9), name
+            assert sq.max() > 0.5 * model.clip_norm ** 2, f"{name}: nothing near the clip: the test says nothing"
+        assert roles["a"].noised_releases_[name] == released > 0
+
+
+def test_the_noise_has_the_accounted_scale():
+    """The arbiter draws each party's noise with standard deviation z C, z from the accounting over the
+    guest and every host (the guest's multiplier from its share of the budget)."""
+    arb = SplitArbiter(DP, guest="g", hosts=["h1", "h2"])
+    plan = noise_plan(DP.dp_epsilon, DP.dp_delta, DP.epochs, 2, DP.dp_guest_share)
+    assert (arb.noise_plan_.guest, arb.noise_plan_.host) == pytest.approx((plan.guest, plan.host))
+    drawn = []
+
+    class Recorder:
+        def normal(self, mean, sd, count):
+            drawn.append((mean, sd))
+            return np.zeros(count)
+    arb._rng = Recorder()
+    for party, z in (("g", plan.guest), ("h1", plan.host), ("h2", plan.host)):
+        drawn.clear()
+        arb._noise(party, 4, 1024)
+        assert drawn and all(m == 0.0 and sd == pytest.approx(z * DP.clip_norm) for m, sd in drawn)
+
+
+def test_accounting_counts_every_party():
+    """Each epoch is one Gaussian mechanism per party: the plan spends exactly (epsilon, delta) after the
+    planned epochs whatever the number of hosts and the guest's share; the guest's share moves noise
+    between the guest and the hosts; the worst-case attack bound depends on epsilon only."""
+    rho = rho_for(8.0, 1e-5)
+    bounds = []
+    for hosts in (1, 2, 4):
+        for share in (0.1, 0.5):
+            plan = noise_plan(8.0, 1e-5, 6, hosts, share)
+            assert plan.epsilon(6, 1e-5) == pytest.approx(8.0)
+            assert 0.5 / plan.guest ** 2 == pytest.approx(share * rho / 6)
+            assert hosts * 0.5 / plan.host ** 2 == pytest.approx((1 - share) * rho / 6)
+            bounds.append(plan.attack_auc(6))
+    assert noise_plan(8.0, 1e-5, 6, 1, 0.1).host < noise_plan(8.0, 1e-5, 6, 1, 0.5).host
+    assert bounds == pytest.approx([attack_auc_bound(rho)] * len(bounds))
+    assert attack_auc_bound(rho) < 0.85
+
+
+def test_the_loss_decides_nothing_with_label_dp(keypair):
+    """The arbiter's loss is exact, so with label-DP it must not stop training early: a tolerance that
+    stops after two epochs without label-DP is ignored with it."""
+    model = replace(DP, type="logistic", embedding_dim=1, hidden_units=(), epochs=3, tolerance=10.0)
+    roles, _ = _train(model, keypair, _towers(model))
+    assert len(roles["a"].loss_history_) == 3
+    off = replace(model, label_dp="off", min_rows_per_release=1)
+    roles, _ = _train(off, keypair, _towers(off))
+    assert len(roles["a"].loss_history_) == 2
+
+
+@pytest.mark.audit_fails
+def test_audit_fails_when_a_release_was_not_noised(tmp_path):
+    """`vfl audit` compares each party's received releases with what the arbiter says it noised."""
+    from tests.test_embedding_job import _job
+    from vfl.job.threads import run_local
+    from vfl.protocol.audit import audit_job
+    job = _job(tmp_path)
+    run_local(job)
+    assert audit_job(job)[0]
+    path = job.output_dir(job.arbiter.name) / "training.json"
+    report = json.loads(path.read_text())
+    report["label_dp"]["noised_releases"][job.guest.name] -= 1
+    path.write_text(json.dumps(report))
+    ok, text = audit_job(job)
+    assert not ok and "must carry the noise" in text

@@ -1,0 +1,78 @@
+"""Validation and early stopping: every party keeps the guest's best epoch, as the twin does;
+the decision that leaves the guest is noised with label-DP at the accounted scale."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from crypto import generate_keypair
+from tests.conftest import run_parties
+from vfl.job.config import ModelConfig
+from vfl.models import EmbeddingTower, SplitArbiter, SplitGuest, SplitHost, TowerInput
+from vfl.models.privacy import rho_for
+from vfl.models.reference import fit_twin
+from vfl.models.scoring import guest_sum_scores, host_send_scores
+from vfl.models.validation import EarlyStopping, Validation, noise_sd, validation_mask
+from vfl.protocol.channel import LocalNetwork
+
+MODEL = ModelConfig(type="embedding", epochs=8, batch_size=40, learning_rate=0.3, key_bits=512,
+                    allow_short_keys=True, min_rows_per_release=1, label_dp="off", tolerance=0.0,
+                    embedding_dim=2, hidden_units=(4,), patience=2, table_release="eager")
+
+
+def _data(n=240, seed=2):
+    rng = np.random.default_rng(seed)
+    xg = TowerInput(rng.normal(size=(n, 2)))
+    xh = TowerInput(rng.normal(size=(n, 2)), rng.integers(0, 6, (n, 1)))
+    z = xg.numeric[:, 0] - xh.numeric[:, 1] + (xh.codes[:, 0] == 2)
+    return xg, xh, (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+
+
+def _towers():
+    return EmbeddingTower(2, [], 2, (4,), intercept=True, wide=True), EmbeddingTower(2, [6], 2, (4,), wide=True)
+
+
+def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
+    xg, xh, y = _data()
+    valid = validation_mask(np.arange(len(y)).astype(str), 1, 0.25)
+    tr, va = np.flatnonzero(~valid), np.flatnonzero(valid)
+    towers = _towers()
+    net = LocalNetwork(["g", "h", "a"], timeout=120)
+    guest = SplitGuest(MODEL, hosts=["h"], arbiter="a", seed=3, tower=towers[0], init_seed=1)
+    host = SplitHost(MODEL, guest="g", arbiter="a", seed=3, tower=towers[1], init_seed=2)
+    arb = SplitArbiter(MODEL, guest="g", hosts=["h"], validation=True)
+    gv = Validation(xg.take(va), y=y[va], patience=MODEL.patience,
+                    exchange=lambda prefix, n: guest_sum_scores(net.channel("g"), ["h"], n, prefix))
+    hv = Validation(xh.take(va), exchange=lambda prefix, u: host_send_scores(net.channel("h"), "g", ["h"], "h", u,
+                                                                             context=prefix, prefix=prefix))
+    run_parties(net, {"g": lambda: guest.fit(net.channel("g"), xg.take(tr), y[tr], validation=gv),
+                      "h": lambda: host.fit(net.channel("h"), xh.take(tr), validation=hv),
+                      "a": lambda: arb.fit(net.channel("a"), keypair=generate_keypair(512))})
+    history = guest.validation_["history"]
+    best = guest.validation_["best_epoch"]
+    assert len(history) < MODEL.epochs, "the rule should stop this overfitting run early"
+    assert best == int(np.argmin([h["brier"] for h in history]))
+    assert len(history) - 1 - best == MODEL.patience
+    twin, _ = fit_twin(list(_towers()), [xg.take(tr), xh.take(tr)], y[tr], MODEL, seed=3, init_seeds=[1, 2],
+                       validation=([xg.take(va), xh.take(va)], y[va]))
+    np.testing.assert_allclose(guest.params_, twin[0], atol=1e-6)
+    np.testing.assert_allclose(host.params_, twin[1], atol=1e-6)
+    assert len(arb.loss_history_) == len(history)
+
+
+def test_the_released_decision_is_noised_at_the_accounted_scale():
+    """With label-DP, E decisions on a Brier score of sensitivity 1/n spend the job's whole rho."""
+    model = replace(MODEL, label_dp="on", dp_epsilon=4.0, epochs=10)
+    sd = noise_sd(model, 500)
+    z = sd * 500
+    assert model.epochs / (2 * z * z) == pytest.approx(rho_for(4.0, model.dp_delta))
+    assert noise_sd(replace(model, label_dp="off"), 500) == 0.0
+    stopping = EarlyStopping(2, noise_sd=sd, rng=np.random.default_rng(0))
+    p, y = np.full(500, 0.3), (np.arange(500) % 3 == 0).astype(float)
+    for e in range(400):
+        stopping.update(e, p, y)
+    noise = np.array([h["released"] - h["brier"] for h in stopping.history])
+    assert abs(noise.std() / sd - 1) < 0.1 and abs(noise.mean()) < 3 * sd / math.sqrt(400)

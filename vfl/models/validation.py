@@ -1,0 +1,110 @@
+"""Validation and early stopping: after every epoch the guest scores a held-out slice of the
+training rows jointly, and every party keeps the parameters of the best epoch.
+
+The slice is chosen like the test rows, by a keyed hash of each ID (``vfl-valid/<seed>``),
+so every party knows it without a message; its rows are never trained on. Per epoch the
+hosts send their partial scores of the slice through the secure sum (the guest learns
+``sum_h u_h`` per validation row, as at scoring time), the guest scores the slice and
+tells every party whether this epoch is the best so far and whether to stop.
+
+The decision is the only thing that leaves the guest, and it depends on the validation
+labels, so with label-DP it is made on a noised statistic: the Brier score
+``B = mean((p - y)^2)`` over the ``n`` validation rows, plus ``N(0, (z_v / n)^2)``.
+Flipping one validation label moves ``B`` by at most ``1/n`` (``|(p-1)^2 - p^2| <= 1``),
+so over ``E`` epochs the decisions are ``E/(2 z_v^2)``-zCDP in the validation labels;
+``z_v`` is chosen to spend the job's whole budget ``rho``. Validation rows are disjoint
+from training rows, so (parallel composition) every label is covered by ``rho`` once.
+The exact validation AUC and Brier score stay with the guest (its report).
+Without label-DP the decision uses the exact Brier score: it reveals at most which epoch
+was best and when training stopped, a function of the validation labels (docs/protocols.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from .towers import TowerInput
+
+
+def validation_mask(ids: np.ndarray, seed: int, fraction: float) -> np.ndarray:
+    """True for validation rows: a keyed hash of each ID, independent of the test split's key."""
+    if fraction <= 0:
+        return np.zeros(len(ids), dtype=bool)
+    key = f"vfl-valid/{seed}".encode()
+    u = np.fromiter((int.from_bytes(hmac.new(key, str(i).encode(), hashlib.sha256).digest()[:8], "big")
+                     for i in ids), dtype=np.uint64, count=len(ids))
+    return (u / 2.0 ** 64) < fraction
+
+
+def validation_rows(ids: np.ndarray, test: np.ndarray, model, seed: int) -> np.ndarray:
+    """The validation rows among the non-test rows (none when early stopping is off)."""
+    if not model.early_stopping_on:
+        return np.zeros(len(ids), dtype=bool)
+    valid = validation_mask(ids, seed, model.validation_fraction) & ~test
+    if not valid.any():
+        raise ValueError(f"early stopping needs validation rows, but {model.validation_fraction:.0%} of the "
+                         f"{int((~test).sum())} training rows selects none: raise [model] validation_fraction "
+                         "or set early_stopping = \"off\"")
+    return valid
+
+
+@dataclass
+class Validation:
+    """A party's validation rows and how it exchanges scores of them.
+
+    ``exchange`` is the secure sum of the hosts' scores: for a host
+    ``exchange(step_prefix, u_h)`` sends its share, for the guest
+    ``exchange(step_prefix, n_rows)`` returns ``sum_h u_h``. ``y`` is the guest's only.
+    """
+
+    x: TowerInput
+    exchange: Callable
+    y: np.ndarray | None = None
+    patience: int = 3
+
+
+@dataclass
+class EarlyStopping:
+    """The guest's rule: best epoch by (noised) Brier score, stop after ``patience`` epochs without one."""
+
+    patience: int
+    noise_sd: float = 0.0                 # of the released statistic (0: exact, without label-DP)
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = math.inf
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
+
+    def update(self, epoch: int, p: np.ndarray, y: np.ndarray) -> tuple[bool, bool]:
+        """Record epoch ``epoch``'s validation scores ``p``; returns (best so far, stop)."""
+        brier = float(np.mean((p - y) ** 2))
+        released = brier + (float(self.rng.normal(0.0, self.noise_sd)) if self.noise_sd else 0.0)
+        auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+        best = released < self.best_score
+        if best:
+            self.best_epoch, self.best_score = epoch, released
+        self.history.append({"epoch": epoch + 1, "auc": auc, "brier": brier, "released": released, "best": best})
+        return best, epoch - self.best_epoch >= self.patience
+
+    def state(self) -> dict:
+        return {"history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score}
+
+    def restore(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        self.best_epoch = int(state.get("best_epoch", -1))
+        self.best_score = float(state.get("best_score", math.inf))
+
+
+def noise_sd(model, n_rows: int) -> float:
+    """The standard deviation of the noise on the released Brier score (0 without label-DP)."""
+    if not model.label_dp_on:
+        return 0.0
+    from .privacy import rho_for
+    z = math.sqrt(model.epochs / (2.0 * rho_for(model.dp_epsilon, model.dp_delta)))
+    return z / max(n_rows, 1)
