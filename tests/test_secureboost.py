@@ -116,9 +116,9 @@ def test_encrypted_bin_sums_equal_plain_sums():
         bin_sums(enc, codes, [3, 2], pk.nsquare)
 
 
-@pytest.mark.parametrize("hosts", [(4,), (4, 2)])
-def test_encrypted_run_gives_the_twins_trees_and_predictions(hosts):
-    params = TreeParams(num_trees=3, max_depth=4, **PARAMS)
+@pytest.mark.parametrize("hosts, subsample", [((4,), 1.0), ((4, 2), 1.0), ((4,), 0.6)])
+def test_encrypted_run_gives_the_twins_trees_and_predictions(hosts, subsample):
+    params = TreeParams(num_trees=3, max_depth=4, subsample=subsample, seed=5, **PARAMS)
     xg, xh, y = _data(hosts=hosts)
     train = np.arange(len(y)) < 480
     # score every row through the scoring protocol: held-out rows against the twin, training rows
@@ -131,6 +131,7 @@ def test_encrypted_run_gives_the_twins_trees_and_predictions(hosts):
     assert {n.party for t in guest.trees_ for n in t.nodes if not n.is_leaf} == set(range(len(hosts) + 1))
     assert max(len(t.nodes) for t in guest.trees_) > 15        # depth 4: level 3 takes 2 ciphertexts a row
     assert np.array_equal(guest.train_score_, twin.train_score_)
+    assert {t.nodes[0].sums[2] for t in guest.trees_} == {round(subsample * train.sum())}   # rows summed per tree
     test_codes = [encode(b, x) for b, x in zip(bins, [xg[~train], *[x[~train] for x in xh]])]
     assert np.abs(scores[~train] - twin.decision_function(test_codes)).max() < 1e-9
     assert np.abs(scores[train] - guest.train_score_).max() < 1e-9

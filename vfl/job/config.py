@@ -97,6 +97,7 @@ class ModelConfig:
     max_bin: int = 32
     min_child_weight: float = 1e-3
     min_leaf_rows: int = 20
+    subsample: float = 1.0                   # rows drawn per tree from [model] seed (every party alike)
 
     def __post_init__(self) -> None:
         embedding = self.type == "embedding"
@@ -324,7 +325,8 @@ def _check_model(m: ModelConfig) -> None:
         try:
             TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
                        l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
-                       key_bits=m.key_bits, allow_short_keys=m.allow_short_keys, encryption=m.encryption)
+                       subsample=m.subsample, seed=m.seed, key_bits=m.key_bits,
+                       allow_short_keys=m.allow_short_keys, encryption=m.encryption)
         except ValueError as exc:
             raise ConfigError(f"[model] {exc}") from None
         if m.early_stopping == "on":

@@ -34,7 +34,8 @@ def tree_params(m: ModelConfig) -> TreeParams:
     """The tree settings of the job's ``[model]`` table."""
     return TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
                       l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
-                      key_bits=m.key_bits, allow_short_keys=m.allow_short_keys, encryption=m.encryption)
+                      subsample=m.subsample, seed=m.seed, key_bits=m.key_bits,
+                      allow_short_keys=m.allow_short_keys, encryption=m.encryption)
 
 
 def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable:

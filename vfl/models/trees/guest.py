@@ -35,7 +35,7 @@ from .binning import Layout, SplitRule, encode, fit_columns, goes_left, layout_o
 from .packing import SlotLayout, level_capacity, pack_rows, unpack
 from .params import TreeParams
 from .split import (base_score, best_split, can_split, leaf_weight, node_sums, plain_histogram,
-                    quantised_gradients, sigmoid)
+                    quantised_gradients, row_sample, sigmoid)
 from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
                     SPLITS, STOP, level_step)
 from .tree import Node, Tree
@@ -162,8 +162,11 @@ class SecureBoostGuest:
 
     def _grow(self, channel: Channel, t: int, gq: np.ndarray, hq: np.ndarray, last: bool) -> tuple[Tree, np.ndarray]:
         p, lap, n = self.params, self.timings_, len(gq)
-        nodes = [Node(0, node_sums(gq, hq, np.arange(n)))]
-        at = np.zeros(n, dtype=np.int64)                  # each row's node
+        sample = row_sample(p, t, n)                      # the rows this tree is summed over
+        drawn = np.zeros(n, dtype=bool)
+        drawn[sample] = True
+        nodes = [Node(0, node_sums(gq, hq, sample))]
+        at = np.zeros(n, dtype=np.int64)                  # each row's node (every row: all are scored)
         level = [0]
         pairs: list[tuple[int, int, int]] = []            # (parent, left, right) split on the level above
         parent_hist: dict[int, list[np.ndarray]] = {}     # split node -> its per-host histograms
@@ -177,11 +180,12 @@ class SecureBoostGuest:
                     direct.append(small)
                     if other in open_:
                         derived[other] = (parent, small)
-            hists = self._host_histograms(channel, t, d, gq, hq, at, direct, derived, parent_hist, nodes)
+            hists = self._host_histograms(channel, t, d, gq[sample], hq[sample], at[sample], direct, derived,
+                                          parent_hist, nodes)
             with lap("split_search"):
                 chosen = {}
                 for i in open_:
-                    own = plain_histogram(self._codes, self.layouts_[0], gq, hq, np.nonzero(at == i)[0])
+                    own = plain_histogram(self._codes, self.layouts_[0], gq, hq, np.nonzero((at == i) & drawn)[0])
                     cand = best_split([own] + hists[i], self.layouts_, nodes[i].sums, p)
                     if cand is not None:
                         chosen[i] = cand
@@ -201,7 +205,7 @@ class SecureBoostGuest:
                     here = at == i
                     left = sides[i]
                     node = nodes[i]
-                    if node_sums(gq, hq, np.nonzero(here & left)[0]) != cand.left:
+                    if node_sums(gq, hq, np.nonzero(here & left & drawn)[0]) != cand.left:
                         raise ValueError(f"party {cand.party}'s split sides do not hold the rows its histogram "
                                          "promised: refusing them")
                     at[here & left], at[here & ~left] = node.left, node.right
@@ -236,7 +240,7 @@ class SecureBoostGuest:
         for h in self.hosts:
             channel.send(h, level_step(t, d, ENC_GH), enc)
         if d + 1 < self.params.max_depth or t + 1 < self.params.num_trees:
-            self._zeros.prepare(len(at))            # the next level's (m = 1 mostly), while the hosts sum
+            self._zeros.prepare(len(at))            # the next level's (one per row mostly), while the hosts sum
         out: dict[int, list[np.ndarray]] = {i: [] for i in direct + list(derived)}
         for k, h in enumerate(self.hosts):
             layout = self.layouts_[k + 1]

@@ -22,6 +22,7 @@ from ..timing import Stopwatch
 from .binning import SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
 from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
 from .params import MIN_KEY_BITS, TreeParams
+from .split import row_sample
 from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
                     SPLITS, STOP, level_step)
 
@@ -73,11 +74,13 @@ class SecureBoostHost:
                 enc = channel.recv(self.guest, step(ENC_GH))
             capacity = level_capacity(level)
             m = slots.per_row(capacity)
-            if not isinstance(enc, EncryptedArray) or enc.shape != (n, m) or enc.frac_bits != 0:
-                raise ValueError(f"{step(ENC_GH)}: expected ({n}, {m}) ciphertexts at 0 fractional bits")
+            if level == 0:
+                sample = row_sample(p, tree, n)                # the tree's rows, from the shared seed
+            if not isinstance(enc, EncryptedArray) or enc.shape != (len(sample), m) or enc.frac_bits != 0:
+                raise ValueError(f"{step(ENC_GH)}: expected ({len(sample)}, {m}) ciphertexts at 0 fractional bits")
             enc = enc.with_key(pk)
             with lap("bin_sums"):
-                sums = bin_sums(enc.ciphertexts, codes, list(layout.n_bins), pk.nsquare)
+                sums = bin_sums(enc.ciphertexts, codes[sample], list(layout.n_bins), pk.nsquare)
             with lap("pack"):          # several bins to a plaintext: fewer decryptions for the guest
                 if m == 1:
                     sums = pack_bins(sums, slots.bins_per_ciphertext(capacity),

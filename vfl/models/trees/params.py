@@ -26,6 +26,8 @@ class TreeParams:
     l2: float = 0.0
     min_child_weight: float = 1e-3      # each child's hessian sum must reach this
     min_leaf_rows: int = 20             # each child must hold this many training rows
+    subsample: float = 1.0              # rows drawn per tree (uniform, from ``seed``): only they are summed
+    seed: int = 0
     frac_bits: int = 32
     key_bits: int = 2048
     allow_short_keys: bool = False      # keys below 2048 bits: tests and benchmarks only
@@ -44,6 +46,8 @@ class TreeParams:
         if self.l2 < 0 or self.min_child_weight < 0 or (self.l2 == 0 and self.min_child_weight == 0):
             problems.append(f"l2 = {self.l2}, min_child_weight = {self.min_child_weight} (both >= 0 and one "
                             "> 0, or a leaf without hessian divides by zero)")
+        if not 0 < self.subsample <= 1:
+            problems.append(f"subsample = {self.subsample} (need 0 < subsample <= 1)")
         if self.min_leaf_rows < 1:
             problems.append(f"min_leaf_rows = {self.min_leaf_rows} (need >= 1)")
         if not 8 <= self.frac_bits <= 40:

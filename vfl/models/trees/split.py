@@ -108,6 +108,16 @@ def best_split(hists: list[np.ndarray], layouts: list[Layout], total: tuple[int,
     return best if best is not None and best.gain > 0 else None
 
 
+def row_sample(params: TreeParams, tree: int, n: int) -> np.ndarray:
+    """The sorted training rows tree ``tree`` is grown on: all, or a uniform draw of ``subsample``
+    of them from the job's seed. Every party derives it alone; it depends on nothing but the seed,
+    the tree and the row count, so telling a host nothing about labels or nodes."""
+    if params.subsample >= 1:
+        return np.arange(n)
+    k = max(1, int(round(params.subsample * n)))
+    return np.sort(np.random.default_rng([params.seed, tree]).choice(n, size=k, replace=False))
+
+
 def can_split(depth: int, rows: int, params: TreeParams) -> bool:
     """Whether a node may still be split (a split needs two children of min_leaf_rows)."""
     return depth < params.max_depth and rows >= 2 * params.min_leaf_rows

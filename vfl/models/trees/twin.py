@@ -13,7 +13,7 @@ import numpy as np
 from .binning import Layout, goes_left
 from .params import TreeParams
 from .split import (base_score, best_split, can_split, leaf_weight, node_sums, plain_histogram,
-                    quantised_gradients, sigmoid)
+                    quantised_gradients, row_sample, sigmoid)
 from .tree import Node, Tree
 
 
@@ -34,27 +34,29 @@ class PlainSecureBoost:
         self._layouts = list(layouts)
         score = np.full(n, self.base_)
         self.trees_ = []
-        for _ in range(p.num_trees):
+        for t in range(p.num_trees):
             gq, hq = quantised_gradients(score, y, p.frac_bits)
-            tree, leaf_of = self._grow(codes, layouts, gq, hq, n)
+            tree, leaf_of = self._grow(codes, layouts, gq, hq, n, row_sample(p, t, n))
             self.trees_.append(tree)
             score = score + np.array([nd.weight if nd.is_leaf else 0.0 for nd in tree.nodes])[leaf_of]
         self.train_score_ = score
         return self
 
-    def _grow(self, codes, layouts, gq, hq, n) -> tuple[Tree, np.ndarray]:
+    def _grow(self, codes, layouts, gq, hq, n, sample) -> tuple[Tree, np.ndarray]:
+        """One tree: every row is routed (all are scored), only ``sample`` rows are summed."""
         p = self.params
-        every = np.arange(n)
-        nodes = [Node(0, node_sums(gq, hq, every))]
-        rows_of = {0: every}
+        drawn = np.zeros(n, dtype=bool)
+        drawn[sample] = True
+        nodes = [Node(0, node_sums(gq, hq, sample))]
+        rows_of = {0: np.arange(n)}
         level = [0]
         for d in range(p.max_depth):
             children = []
             for i in level:
                 node, rows = nodes[i], rows_of[i]
-                if not can_split(d, rows.size, p):
+                if not can_split(d, node.sums[2], p):
                     continue
-                hists = [plain_histogram(c, lay, gq, hq, rows) for c, lay in zip(codes, layouts)]
+                hists = [plain_histogram(c, lay, gq, hq, rows[drawn[rows]]) for c, lay in zip(codes, layouts)]
                 cand = best_split(hists, layouts, node.sums, p)
                 if cand is None:
                     continue
@@ -63,7 +65,7 @@ class PlainSecureBoost:
                 for side in (rows[left], rows[~left]):
                     rows_of[len(nodes)] = side
                     children.append(len(nodes))
-                    nodes.append(Node(d + 1, node_sums(gq, hq, side)))
+                    nodes.append(Node(d + 1, node_sums(gq, hq, side[drawn[side]])))
                 node.party, node.feature, node.bin, node.missing_left = (cand.party, cand.feature, cand.bin,
                                                                          cand.missing_left)
                 node.gain, node.left, node.right = cand.gain, children[-2], children[-1]
