@@ -166,6 +166,7 @@ max_depth = {args.depth}
 max_bin = {args.bins}
 learning_rate = {args.lr}
 min_leaf_rows = {args.min_leaf_rows}
+subsample = {args.subsample}
 """)
     t0 = time.perf_counter()
     if vfl_main(["run", str(path)]) != 0:
@@ -195,6 +196,7 @@ def main() -> None:
     ap.add_argument("--bins", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.3)
     ap.add_argument("--min-leaf-rows", type=int, default=20)
+    ap.add_argument("--subsample", type=float, default=1.0, help="rows drawn per tree (seeded; 1 = all)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--dataset", default="default_credit", choices=["default_credit", "breast"])
     ap.add_argument("--skip-protocol", action="store_true", help="only scikit-learn and the twin")
@@ -204,9 +206,11 @@ def main() -> None:
     Xg, Xh, y, train, gcols, hcols = load(args.data, args.dataset)
     test = ~train
     params = TreeParams(num_trees=args.trees, max_depth=args.depth, max_bin=args.bins, learning_rate=args.lr,
-                        min_leaf_rows=args.min_leaf_rows, key_bits=args.bits, allow_short_keys=True)
+                        min_leaf_rows=args.min_leaf_rows, subsample=args.subsample, seed=7, key_bits=args.bits,
+                        allow_short_keys=True)
     print(f"{args.dataset}: {train.sum()} train / {test.sum()} test rows; guest {len(gcols)} columns, "
-          f"host {len(hcols)}; {args.trees} trees, depth {args.depth}, {args.bins} bins, lr {args.lr}")
+          f"host {len(hcols)}; {args.trees} trees, depth {args.depth}, {args.bins} bins, lr {args.lr}, "
+          f"subsample {args.subsample}")
 
     from sklearn.ensemble import HistGradientBoostingClassifier
     X = np.hstack([Xg, Xh])
