@@ -23,7 +23,6 @@ categorical columns and 2 numeric ones; Adam, learning rate 0.01, batch 1024,
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vfl.evaluation.baselines import _columns, _fit_score, _table, twin_metrics  # noqa: E402
+import vfl  # noqa: E402
 from vfl.job.config import load_job  # noqa: E402
 from vfl.job.threads import run_local  # noqa: E402
 from vfl.preprocess.split import split_mask  # noqa: E402
@@ -45,39 +45,8 @@ from vfl.io.synth import categorical_credit_population  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
-JOB = """\
-[job]
-name = "bench-embedding"
-workdir = "{out}"
-seed = 42
-test_fraction = 0.2
-[arbiter]
-address = "127.0.0.1:29300"
-[guest]
-name = "guest"
-address = "127.0.0.1:29301"
-data = "{guest}"
-label_column = "{label}"
-categorical_columns = {guest_cats}
-[[hosts]]
-name = "host"
-address = "127.0.0.1:29302"
-data = "{host}"
-categorical_columns = {host_cats}
-[model]
-type = "embedding"
-epochs = {epochs}
-batch_size = {batch}
-learning_rate = 0.01
-optimizer = "adam"
-embedding_dim = 8
-hidden_units = [32]
-tolerance = 0.0
-key_bits = {bits}
-allow_short_keys = {short}
-seed = 7
-{protection}
-"""
+MODEL = {"type": "embedding", "learning_rate": 0.01, "optimizer": "adam", "embedding_dim": 8, "hidden_units": [32],
+         "tolerance": 0.0, "seed": 7}
 
 
 def write_data(folder: Path, which: str, rows: int) -> dict:
@@ -110,14 +79,14 @@ def main() -> None:
         sys.exit(f"{DATA} has no movie_lens data")
     tmp = Path(tempfile.mkdtemp(prefix="bench-emb-"))
     spec = write_data(tmp, args.data, args.rows)
-    protection = 'min_rows_per_release = 1\nlabel_dp = "off"' if args.protection == "off" else ""
-    (tmp / "job.toml").write_text(JOB.format(out=tmp / "out", guest=tmp / "guest.csv", host=tmp / "host.csv",
-                                             epochs=args.epochs, batch=args.batch, bits=args.bits,
-                                             short="true" if args.bits < 2048 else "false",
-                                             protection=protection, label=spec["label"],
-                                             guest_cats=json.dumps(spec["guest_cats"]),
-                                             host_cats=json.dumps(spec["host_cats"])))
-    job = load_job(tmp / "job.toml")
+    protection = {"min_rows_per_release": 1, "label_dp": "off"} if args.protection == "off" else {}
+    job = vfl.Job(vfl.Party("guest", tmp / "guest.csv", label_column=spec["label"],
+                            categorical_columns=spec["guest_cats"]),
+                  [vfl.Party("host", tmp / "host.csv", categorical_columns=spec["host_cats"])],
+                  name="bench-embedding", workdir=tmp / "out", seed=42, test_fraction=0.2,
+                  model={**MODEL, "epochs": args.epochs, "batch_size": args.batch, "key_bits": args.bits,
+                         "allow_short_keys": args.bits < 2048, **protection})
+    job = load_job(job.to_toml(tmp / "job.toml"))
     print(f"data {args.data}: {args.rows} rows; {args.epochs} epochs, batch {args.batch}, {args.bits}-bit keys, "
           f"protection {args.protection}", flush=True)
     t0 = time.perf_counter()

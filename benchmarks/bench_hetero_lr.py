@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.proctree import tree_cpu_seconds  # noqa: E402
 from crypto import generate_keypair  # noqa: E402
+import vfl  # noqa: E402
 from vfl.protocol.channel import LocalNetwork  # noqa: E402
 from vfl.job.config import ModelConfig, load_job  # noqa: E402
 from vfl.models import SplitArbiter, SplitGuest, SplitHost  # noqa: E402
@@ -119,33 +120,12 @@ def epoch_benchmark(name, Xg, Xh, y, bits, batch_size, repeats, variants=tuple(R
 
 def auc_benchmark(bits: int, epochs: int):
     with tempfile.TemporaryDirectory() as tmp:
-        job_path = Path(tmp) / "job.toml"
-        job_path.write_text(f"""
-[job]
-workdir = "{tmp}/out"
-seed = 42
-test_fraction = 0.2
-baselines = true
-[arbiter]
-address = "127.0.0.1:1"
-[guest]
-name = "guest"
-address = "127.0.0.1:2"
-data = "{DATA / 'default_credit_hetero_guest.csv'}"
-label_column = "y"
-[[hosts]]
-name = "host"
-address = "127.0.0.1:3"
-data = "{DATA / 'default_credit_hetero_host.csv'}"
-[model]
-epochs = {epochs}
-batch_size = 4096
-learning_rate = 0.05
-optimizer = "adam"
-tolerance = 1e-5
-key_bits = {bits}
-allow_short_keys = {'true' if bits < 2048 else 'false'}
-""")
+        job_path = vfl.Job(vfl.Party("guest", DATA / "default_credit_hetero_guest.csv", label_column="y"),
+                           [vfl.Party("host", DATA / "default_credit_hetero_host.csv")],
+                           workdir=Path(tmp) / "out", seed=42, test_fraction=0.2, baselines=True,
+                           model={"epochs": epochs, "batch_size": 4096, "learning_rate": 0.05, "optimizer": "adam",
+                                  "tolerance": 1e-5, "key_bits": bits, "allow_short_keys": bits < 2048}
+                           ).to_toml(Path(tmp) / "job.toml")
         from vfl.job.threads import run_local
         t0 = time.perf_counter()
         m = run_local(load_job(job_path))["guest"]

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from parties.certs import make_certs      # noqa: E402
+from benchmarks.tls_job import tls_job     # noqa: E402
 from parties.demo import free_ports        # noqa: E402
 from vfl.job.config import load_job           # noqa: E402
+from vfl.job.jobfile import write_job as write_job_file   # noqa: E402
 from vfl.io.synth import vertical_split      # noqa: E402
 
 ROLES = ("arbiter", "host", "guest")
@@ -54,70 +55,39 @@ PEER_TIMEOUT = 10.0
 
 
 def write_job(folder: Path, n_rows: int = 6000, epochs: int = 8, peer_timeout: float = PEER_TIMEOUT) -> Path:
-    """A TLS job with its data and certificates in ``folder`` (ports fixed later by :func:`copy_job`)."""
+    """A TLS job with its data and certificates in ``folder`` (fresh ports for each copy: :func:`copy_job`)."""
     folder.mkdir(parents=True, exist_ok=True)
     guest, (host,) = vertical_split(n_rows, 3, [4], overlap=0.9, seed=4)
     guest.to_csv(folder / "guest.csv", index=False)
     host.to_csv(folder / "host.csv", index=False)
-    path = folder / "job.toml"
-    path.write_text(f"""
-[job]
-workdir = "out"
-seed = 3
-[tls]
-ca = "certs/ca.pem"
-[network]
-connect_timeout = 30.0
-peer_timeout = {peer_timeout}
-[arbiter]
-address = "127.0.0.1:PORT_ARBITER"
-cert = "certs/arbiter.pem"
-key = "certs/arbiter-key.pem"
-[guest]
-name = "guest"
-address = "127.0.0.1:PORT_GUEST"
-data = "guest.csv"
-cert = "certs/guest.pem"
-key = "certs/guest-key.pem"
-[[hosts]]
-name = "host"
-address = "127.0.0.1:PORT_HOST"
-data = "host.csv"
-cert = "certs/host.pem"
-key = "certs/host-key.pem"
-[model]
-epochs = {epochs}
-batch_size = 128
-learning_rate = 0.1
-optimizer = "adam"
-tolerance = 0.0
-key_bits = 512
-allow_short_keys = true
-""")
-    text = path.read_text()
-    path.write_text(text.replace("PORT_ARBITER", "1").replace("PORT_GUEST", "2").replace("PORT_HOST", "3"))
-    make_certs(load_job(path), folder / "certs")
-    path.write_text(text)
-    return path
+    return tls_job(folder, folder / "guest.csv", [folder / "host.csv"], seed=3,
+                   network={"connect_timeout": 30.0, "peer_timeout": peer_timeout},
+                   model={"epochs": epochs, "batch_size": 128, "learning_rate": 0.1, "optimizer": "adam",
+                          "tolerance": 0.0, "key_bits": 512, "allow_short_keys": True})
 
 
 def copy_job(template: Path, dest: Path, with_output: bool = False) -> Path:
-    """The template job in ``dest`` with fresh ports (and its trained outputs if asked)."""
-    src = template.parent
+    """The template job in ``dest`` (its data, certificates, and trained outputs if asked) with fresh ports."""
+    src = template.resolve().parent
     dest.mkdir(parents=True)
     for name in ("guest.csv", "host.csv"):
         shutil.copy(src / name, dest / name)
     shutil.copytree(src / "certs", dest / "certs")
     if with_output:
         shutil.copytree(src / "out", dest / "out")
-    text = template.read_text()
-    if "PORT_ARBITER" not in text:
-        raise ValueError("template job must keep its port placeholders")
-    for role, port in zip(("ARBITER", "GUEST", "HOST"), free_ports(3)):
-        text = text.replace(f"PORT_{role}", str(port))
-    path = dest / "job.toml"
-    path.write_text(text)
-    return path
+    job = load_job(template)
+    ports = iter(free_ports(len(job.parties)))
+
+    def moved(path):
+        return None if path is None else dest / Path(path).relative_to(src)
+
+    def party(p):
+        return replace(p, address=f"127.0.0.1:{next(ports)}", data=moved(p.data), cert=moved(p.cert),
+                       key=moved(p.key))
+    dest = dest.resolve()
+    job = replace(job, workdir=dest / "out", ca=moved(job.ca), arbiter=party(job.arbiter), guest=party(job.guest),
+                  hosts=tuple(party(h) for h in job.hosts))
+    return write_job_file(job, dest / "job.toml")
 
 
 @dataclass

@@ -41,7 +41,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from parties.demo import free_ports  # noqa: E402
 
 
 # --------------------------------------------------------------------------- one party (child process)
@@ -170,16 +169,12 @@ def prepare(folder: Path, n: int, overlap: float) -> Path:
 
 
 def write_job(folder: Path, run_dir: Path) -> Path:
+    import vfl
     from vfl.job.config import load_job
-    pa, pg, ph = free_ports(3)
-    text = (f'[job]\nname = "bench-psi"\nworkdir = "{run_dir}"\n'
-            f'[network]\nconnect_timeout = 60.0\npeer_timeout = 3600.0\n'
-            f'[arbiter]\naddress = "127.0.0.1:{pa}"\n'
-            f'[guest]\nname = "guest"\naddress = "127.0.0.1:{pg}"\ndata = "{folder / "guest.csv"}"\n'
-            f'[[hosts]]\nname = "host"\naddress = "127.0.0.1:{ph}"\ndata = "{folder / "host.csv"}"\n')
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "job.toml"
-    path.write_text(text)
+    path = vfl.Job(vfl.Party("guest", folder / "guest.csv"), [vfl.Party("host", folder / "host.csv")],
+                   name="bench-psi", workdir=run_dir, network={"connect_timeout": 60.0, "peer_timeout": 3600.0}
+                   ).to_toml(run_dir / "job.toml")
     if not (run_dir / "tls" / "ca.pem").exists():
         from parties.certs import make_certs
         make_certs(load_job(path), run_dir / "tls")

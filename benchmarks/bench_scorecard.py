@@ -29,6 +29,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import vfl  # noqa: E402
 from vfl.job.config import load_job  # noqa: E402
 from vfl.io.tables import load_table  # noqa: E402
 from vfl.evaluation.metrics import binary_metrics  # noqa: E402
@@ -38,48 +39,18 @@ from vfl.preprocess.woe import woe_iv  # noqa: E402
 from vfl.preprocess.split import Standardizer, split_mask  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-PREPROCESS = """
-[preprocess]
-binning = "quantile"
-bins = 10
-min_bin_rows = 50
-monotonic = true
-woe = true
-[scorecard]
-pdo = 20
-base_score = 600
-base_odds = 50
-"""
+PREPROCESS = {"binning": "quantile", "bins": 10, "min_bin_rows": 50, "monotonic": True, "woe": True}
+SCORECARD = {"pdo": 20, "base_score": 600, "base_odds": 50}
 
 
 def job_file(folder: Path, bits: int, epochs: int, binned: bool) -> Path:
-    path = folder / ("scorecard.toml" if binned else "raw.toml")
-    path.write_text(f"""
-[job]
-workdir = "{folder / path.stem}"
-seed = 42
-test_fraction = 0.2
-[arbiter]
-address = "127.0.0.1:1"
-[guest]
-name = "guest"
-address = "127.0.0.1:2"
-data = "{DATA / 'default_credit_hetero_guest.csv'}"
-label_column = "y"
-[[hosts]]
-name = "host"
-address = "127.0.0.1:3"
-data = "{DATA / 'default_credit_hetero_host.csv'}"
-[model]
-epochs = {epochs}
-batch_size = 4096
-learning_rate = 0.05
-optimizer = "adam"
-tolerance = 1e-5
-key_bits = {bits}
-allow_short_keys = {'true' if bits < 2048 else 'false'}
-""" + (PREPROCESS if binned else ""))
-    return path
+    job = vfl.Job(vfl.Party("guest", DATA / "default_credit_hetero_guest.csv", label_column="y"),
+                  [vfl.Party("host", DATA / "default_credit_hetero_host.csv")],
+                  workdir=folder / ("scorecard" if binned else "raw"), seed=42, test_fraction=0.2,
+                  model={"epochs": epochs, "batch_size": 4096, "learning_rate": 0.05, "optimizer": "adam",
+                         "tolerance": 1e-5, "key_bits": bits, "allow_short_keys": bits < 2048},
+                  preprocess=PREPROCESS if binned else None, scorecard=SCORECARD if binned else None)
+    return job.to_toml(folder / ("scorecard.toml" if binned else "raw.toml"))
 
 
 def pooled(job):

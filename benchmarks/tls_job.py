@@ -1,39 +1,39 @@
-"""A guest + one host + arbiter job on loopback, as three OS processes over TLS, for benchmarks."""
+"""A guest + hosts + arbiter job on loopback over mutual TLS, built through the API, for tests and
+benchmarks; and one party process of it."""
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
 
+import vfl
 from parties.certs import make_certs
-from parties.demo import free_ports
-from vfl.job.config import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("arbiter", "host", "guest")
 
 
+def tls_job(folder: Path, guest, hosts: list, *, model: dict | None = None, network: dict | None = None,
+            label: str = "y", host_names: list[str] | None = None, **job) -> Path:
+    """``folder/job.toml``: parties ``guest``, ``host`` (or ``host_names``) and ``arbiter`` on free
+    loopback ports, data as paths or DataFrames, every party's certificate (and the CA) in
+    ``folder/certs`` and named in the file. Other keywords go to :class:`vfl.Job`."""
+    certs = folder / "certs"
+    names = host_names or (["host"] if len(hosts) == 1 else [f"host{i}" for i in range(len(hosts))])
+
+    def party(name, data=None, **keys):
+        return vfl.Party(name, data, cert=certs / f"{name}.pem", key=certs / f"{name}-key.pem", **keys)
+    made = vfl.Job(party("guest", guest, label_column=label), [party(n, h) for n, h in zip(names, hosts)],
+                   arbiter=party("arbiter"), ca=certs / "ca.pem", model=model, network=network,
+                   **{"workdir": folder / "out", "seed": 1, **job})
+    make_certs(made.config, certs)
+    return made.to_toml(folder / "job.toml")
+
+
 def write_job(folder: Path, name: str, guest: Path, host: Path, model: dict, label: str = "y",
               network: dict | None = None) -> Path:
-    """``folder/job.toml`` with free loopback ports, ``[model]`` from ``model``, and every party's
-    certificate in ``folder/certs`` (pass it to the parties with ``--tls-dir``)."""
-    ports = dict(zip(ROLES, free_ports(3)))
-
-    def toml(v):
-        return str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, str) else str(v)
-
-    lines = [f'[job]\nname = "{name}"\nworkdir = "{folder / "out"}"\nseed = 1\n',
-             f'[arbiter]\nname = "arbiter"\naddress = "127.0.0.1:{ports["arbiter"]}"\n',
-             f'[guest]\nname = "guest"\naddress = "127.0.0.1:{ports["guest"]}"\ndata = "{guest}"\n'
-             f'label_column = "{label}"\n',
-             f'[[hosts]]\nname = "host"\naddress = "127.0.0.1:{ports["host"]}"\ndata = "{host}"\n',
-             "[model]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in model.items())]
-    if network:
-        lines.append("[network]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in network.items()))
-    path = folder / "job.toml"
-    path.write_text("\n".join(lines))
-    make_certs(load_job(path), folder / "certs")
-    return path
+    """:func:`tls_job` with one host (pass ``folder/certs`` to the parties with ``--tls-dir``, or not)."""
+    return tls_job(folder, guest, [host], model=model, network=network, label=label, name=name)
 
 
 def start(path: Path, role: str, env: dict | None = None, prefix: list[str] | None = None) -> subprocess.Popen:

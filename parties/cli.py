@@ -1,7 +1,7 @@
 """The ``vfl`` command.
 
     vfl demo                      generate the credit-scoring demo and run it
-    vfl psi JOB.toml              private set intersection for every party of a job
+    vfl psi JOB.toml              private set intersection, every party (guest, hosts) a process over TLS
     vfl run JOB.toml              PSI, training and evaluation, every party a process over TLS
     vfl predict JOB.toml          score new rows (predict_data) with the trained model parts
     vfl report JOB.toml           rebuild the reports (<workdir>/report.html, <workdir>/<host>/report.html)
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -28,15 +29,21 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_psi(args: argparse.Namespace) -> int:
-    from parties.party import shared_backend
-    from vfl.job.threads import run_psi_local
     job = load_job(args.job)
     t0 = time.perf_counter()
-    with shared_backend(job):
-        results = run_psi_local(job)
-    common = next(iter(results.values()))
-    print(f"{len(common)} common IDs in {time.perf_counter() - t0:.1f} s; written to "
-          + ", ".join(str(job.output_dir(n) / "intersection.csv") for n in results))
+    if args.threads:
+        from parties.party import shared_backend
+        from vfl.job.threads import run_psi_local
+        with shared_backend(job):
+            run_psi_local(job)
+    else:
+        _processes(job, "psi")
+    from vfl.job.tasks import task
+    files = [job.output_dir(n) / "intersection.csv" for n in task("psi").names(job)]
+    with files[0].open(newline="", encoding="utf-8") as f:
+        n_common = sum(1 for _ in csv.reader(f)) - 1          # less the header
+    print(f"{n_common} common IDs in {time.perf_counter() - t0:.1f} s; written to "
+          + ", ".join(str(f) for f in files))
     return 0
 
 
@@ -143,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("psi", help="private set intersection of the parties' IDs")
     s.add_argument("job", type=Path, help="job file (TOML)")
+    s.add_argument("--threads", action="store_true",
+                   help="run the parties as threads of this process (no TLS) instead of processes")
     s.set_defaults(func=cmd_psi)
 
     s = sub.add_parser("run", help="run a whole job (PSI, training, evaluation) on this machine")
@@ -171,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job", type=Path)
     s.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
     s.add_argument("--name", help="which host (when the job has several)")
-    s.add_argument("--task", choices=["train", "predict"], default="train")
+    s.add_argument("--task", choices=["train", "psi", "predict"], default="train")
     s.add_argument("--resume", action="store_true", help="continue from this party's last checkpoint")
     s.set_defaults(func=cmd_party)
 
@@ -184,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="runs/credit-demo", help="where data, job file and results go")
     s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population")
     s.add_argument("--key-bits", type=int, default=2048, help="Paillier key size")
-    s.add_argument("--epochs", type=int, default=None, help="default: 10 (logistic), 6 (embedding)")
+    s.add_argument("--epochs", type=int, default=None, help="default: 10 (logistic), 8 (embedding, with early stopping)")
     s.add_argument("--model", choices=["logistic", "embedding"], default="logistic",
                    help="logistic: split LR on the shop's behaviour columns; embedding: the shop's merchants, "
                         "cities, devices and categories embedded in its own tower")

@@ -15,80 +15,32 @@ import socket
 import time
 from pathlib import Path
 
+import vfl
 from vfl.job.config import load_job
 from vfl.io.synth import write_categorical_credit_demo, write_credit_demo
 
 from .certs import make_certs
 from .launcher import run_processes
 
-JOB_TEMPLATE = """\
-# Credit scoring: bank (guest, holds the label) + e-commerce platform (host).
-[job]
-name = "credit-demo"
-workdir = "results"
-seed = 42
-test_fraction = 0.2
-baselines = true          # demo only: also trains pooled and bank-only models for comparison
-
-[tls]                     # each party presents its own certificate, signed by this CA
-ca = "certs/ca.pem"
-
-[arbiter]
-address = "127.0.0.1:{p0}"
-cert = "certs/arbiter.pem"
-key = "certs/arbiter-key.pem"
-
-[guest]
-name = "bank"
-address = "127.0.0.1:{p1}"
-data = "data/bank.csv"
-id_column = "id"
-label_column = "default"
-predict_data = "data/bank_applicants.csv"   # scored by `vfl predict` after training
-cert = "certs/bank.pem"
-key = "certs/bank-key.pem"
-
-[[hosts]]
-name = "shop"
-address = "127.0.0.1:{p2}"
-data = "data/shop.csv"
-predict_data = "data/shop_applicants.csv"
-id_column = "id"
-cert = "certs/shop.pem"
-key = "certs/shop-key.pem"
-{host_extra}
-[model]
-{model}
-key_bits = {key_bits}
-allow_short_keys = {short_keys}
-{preprocess}"""
-
+# The demo's settings: the [model] table of each model, the shop's extra keys, the [preprocess] table.
 MODELS = {
-    "logistic": """type = "logistic"
-epochs = {epochs}
-batch_size = 2048
-learning_rate = 0.05
-optimizer = "adam"
-l2 = 0.001
-tolerance = 1e-5""",
-    "embedding": """type = "embedding"   # each party's tower embeds its categorical columns
-epochs = {epochs}
-batch_size = 512
-learning_rate = 0.01
-optimizer = "adam"
-embedding_dim = 8
-hidden_units = [32]
-tolerance = 0.0
-# protection of what the shop learns (the defaults): sums over >= 32 rows, label-DP over the whole training
-min_rows_per_release = 32
-dp_epsilon = 8.0""",
+    "logistic": {"type": "logistic", "batch_size": 2048, "learning_rate": 0.05, "optimizer": "adam", "l2": 0.001,
+                 "tolerance": 1e-5},
+    # each party's tower embeds its categorical columns; the defaults choose a DP-aware batch size and learning
+    # rate and stop early on a validation slice; small towers train in minutes at 2048-bit keys. What the shop
+    # learns is protected by the defaults: sums over >= 32 rows, label-DP epsilon 8 for everything it sees
+    "embedding": {"type": "embedding", "embedding_dim": 4, "hidden_units": [16], "min_rows_per_release": 32,
+                  "dp_epsilon": 8.0},
 }
-HOST_COLUMNS = {"logistic": "", "embedding": 'categorical_columns = ["merchant", "city", "device_model", "category"]\n'}
-PREPROCESS = {"logistic": """
-[preprocess]              # a binned scorecard: each party bins its own columns; the shop's bins are
-monotonic = true          # counted on labels encrypted under the bank's key; IV selection, then LR on WOE
-iv_threshold = 0.02
-""", "embedding": ""}
+# the shop's categorical columns and its own interactions (within-party crosses, for the wide part)
+HOST_COLUMNS = {"logistic": {}, "embedding": {
+    "categorical_columns": ["merchant", "city", "device_model", "category", "region", "device_brand",
+                            "merchant_type"],
+    "crosses": [["device_brand", "region"], ["category", "device_brand"], ["merchant_type", "device_brand"],
+                ["merchant_type", "category"]]}}
+# a binned scorecard: each party bins its own columns; the shop's bins are counted on labels encrypted
+# under the bank's key; IV selection, then LR on WOE
+PREPROCESS = {"logistic": {"monotonic": True, "iv_threshold": 0.02}, "embedding": None}
 
 
 def free_ports(count: int) -> list[int]:
@@ -103,25 +55,38 @@ def free_ports(count: int) -> list[int]:
 
 
 def write_demo_job(workdir: Path, *, key_bits: int, epochs: int, model: str = "logistic") -> Path:
-    """The job file and the certificates it names."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "job.toml"
-    p0, p1, p2 = free_ports(3)
-    path.write_text(JOB_TEMPLATE.format(p0=p0, p1=p1, p2=p2, key_bits=key_bits,
-                                        short_keys="true" if key_bits < 2048 else "false",
-                                        model=MODELS[model].format(epochs=epochs), host_extra=HOST_COLUMNS[model],
-                                        preprocess=PREPROCESS[model]))
-    make_certs(load_job(path), workdir / "certs")
-    return path
+    """The job file (built through the API, as a notebook would) and the certificates it names.
+
+    The bank (guest, holds the label) and the shop (host) score ``*_applicants.csv`` with
+    `vfl predict` after training; ``baselines`` (demo only) also trains pooled and bank-only
+    models for comparison. Each party presents its own certificate, signed by the demo CA."""
+    workdir = workdir.resolve()
+    certs, data = workdir / "certs", workdir / "data"
+
+    def party(name, table=None, **keys):
+        return vfl.Party(name, table and data / f"{table}.csv", cert=certs / f"{name}.pem",
+                         key=certs / f"{name}-key.pem", **keys)
+    job = vfl.Job(party("bank", "bank", label_column="default", predict_data=data / "bank_applicants.csv"),
+                  [party("shop", "shop", predict_data=data / "shop_applicants.csv", **HOST_COLUMNS[model])],
+                  arbiter=party("arbiter"), name="credit-demo", workdir=workdir / "results", seed=42,
+                  test_fraction=0.2, baselines=True, ca=certs / "ca.pem", preprocess=PREPROCESS[model],
+                  model={**MODELS[model], "epochs": epochs, "key_bits": key_bits,
+                         "allow_short_keys": key_bits < 2048})
+    make_certs(job.config, certs)
+    return job.to_toml(workdir / "job.toml")
 
 
 def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epochs: int | None = None,
              model: str = "logistic") -> int:
     t0 = time.perf_counter()
-    write = write_categorical_credit_demo if model == "embedding" else write_credit_demo
-    epochs = epochs or (6 if model == "embedding" else 10)
-    bank, shop = write(workdir / "data", n_people=n_people)
-    write(workdir / "data", n_people=max(n_people // 5, 100), seed=1, cohort="_applicants")
+    epochs = epochs or (8 if model == "embedding" else 10)
+    if model == "embedding":
+        bank, shop = write_categorical_credit_demo(workdir / "data", n_people=n_people, coarse=True)
+        write_categorical_credit_demo(workdir / "data", n_people=max(n_people // 5, 100), seed=1,
+                                      cohort="_applicants", coarse=True)
+    else:
+        bank, shop = write_credit_demo(workdir / "data", n_people=n_people)
+        write_credit_demo(workdir / "data", n_people=max(n_people // 5, 100), seed=1, cohort="_applicants")
     job = load_job(write_demo_job(workdir, key_bits=key_bits, epochs=epochs, model=model))
     print(f"demo data: {bank} and {shop}\njob file: {job.path} (certificates in {workdir / 'certs'})")
     print("starting arbiter, bank (guest) and shop (host) as three processes over mutually "

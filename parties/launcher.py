@@ -7,6 +7,8 @@ their own when they notice the lost peer, or are ended after a grace period).
 """
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfl.job.config import JobConfig
+from vfl.job.tasks import task as task_named
 
 
 _SYMPTOMS = ("PeerLost", "ConnectError", "aborted")
@@ -29,7 +32,31 @@ class _Proc:
     name: str
     popen: subprocess.Popen
     last_line: str = ""
+    last_error: str = ""           # the last line that reports an error (not a warning's fragment)
     lines: list[str] = field(default_factory=list)
+
+    def reason(self) -> str:
+        """Why it ended: its signal if one killed it, and its last real error line."""
+        rc = self.popen.returncode
+        line = self.last_error or self.last_line
+        if rc is not None and rc < 0:
+            try:
+                how = f"killed by {signal.Signals(-rc).name} (exit {rc})"
+            except ValueError:
+                how = f"killed by signal {-rc} (exit {rc})"
+            return ": " + how + (f"; its last error line: {self.last_error}" if self.last_error else
+                                 "; it logged no error before")
+        return f" (exit {rc}): {line or 'no output'}"
+
+
+# A party's one-line reason ("guest failed: ..."), a log line at level E, or a traceback's last line.
+# Warnings (and the source lines Python prints under them) are not errors.
+_ERROR = re.compile(r"^(\w+ failed: |\d\d:\d\d:\d\d E |[\w.]*(Error|Exception|Lost|Interrupt)\b.*: )")
+
+
+def is_error_line(line: str) -> bool:
+    return (not line[:1].isspace() and "Warning" not in line and "warnings.warn" not in line
+            and _ERROR.match(line) is not None)
 
 
 def _command(job: JobConfig, role: str, name: str, task: str, tls_dir: Path | None,
@@ -56,6 +83,8 @@ def _relay(proc: _Proc, echo: bool) -> None:
         line = raw.rstrip()
         if line:
             proc.last_line = line
+            if is_error_line(line):
+                proc.last_error = line
             proc.lines.append(line)
             if echo:
                 print(f"[{proc.name}] {line}", file=sys.stderr, flush=True)
@@ -63,12 +92,10 @@ def _relay(proc: _Proc, echo: bool) -> None:
 
 def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None, task: str = "train",
                   tls_dir: Path | None = None, resume: bool = False) -> None:
-    """Start every party of ``task`` (scoring needs no arbiter); wait for all; raise
+    """Start every party of ``task`` (the task table, :mod:`vfl.job.tasks`, says which); wait for all; raise
     :class:`PartyFailed` naming the party that failed first. ``tls_dir`` supplies
     certificates for a job file that names none (see :func:`local_tls`)."""
-    roles = [("guest", job.guest.name)] + [("host", h) for h in job.host_names]
-    if task == "train":
-        roles.insert(0, ("arbiter", job.arbiter.name))
+    roles = sorted(task_named(task).parties(job), key=lambda rn: rn[0] != "arbiter")   # the arbiter first
     procs = []
     for role, name in roles:
         popen = subprocess.Popen(_command(job, role, name, task, tls_dir, resume), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -101,7 +128,7 @@ def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None,
     if failed:
         # A party that lost a peer is usually a symptom; the cause is the one that did not.
         # So is one we ended after the grace period.
-        causes = [p for p in failed if p.name not in killed and not any(s in p.last_line for s in _SYMPTOMS)]
+        causes = [p for p in failed if p.name not in killed
+                  and not any(s in (p.last_error or p.last_line) for s in _SYMPTOMS)]
         culprit = causes[0] if causes else (first_failure or failed[0])
-        raise PartyFailed(f"party {culprit.name!r} failed (exit {culprit.popen.returncode}): "
-                          f"{culprit.last_line or 'no output'}")
+        raise PartyFailed(f"party {culprit.name!r} failed{culprit.reason()}")

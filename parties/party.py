@@ -74,11 +74,9 @@ def compute_backend(party: PartyConfig):
 def shared_backend(job: JobConfig):
     """Context for in-process runs (every party a thread of this process): they share one backend,
     the Ray cluster a party names if any (all that name one must name the same), else the local pool."""
-    addresses = sorted({p.ray_address for p in job.parties} - {None})
-    if len(addresses) > 1:
-        raise ConfigError(f"the parties name different ray_address values ({', '.join(addresses)}); parties run "
-                          "as threads of one process share one backend: run them as processes (no --threads)")
-    return compute_backend(next((p for p in job.parties if p.ray_address), job.guest))
+    from vfl.job.threads import backend_address
+    address = backend_address(job)
+    return compute_backend(next((p for p in job.parties if p.ray_address == address), job.guest))
 
 
 def preflight(job: JobConfig, me: str, task: str = "train") -> None:
@@ -94,34 +92,29 @@ def preflight(job: JobConfig, me: str, task: str = "train") -> None:
         path = party.predict_data or party.data
         label = None      # optional when scoring
     else:
-        path, label = party.data, party.label_column
+        path, label = party.data, (party.label_column if task == "train" else None)
     check_columns(path, party.id_column, label, party.categorical_columns, party.encoding)
 
 
 def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "train",
               resume: bool = False) -> dict:
-    """Run this party's part of ``task``: "train" (PSI, training, scoring) or "predict"."""
+    """Run this party's part of ``task`` (see :mod:`vfl.job.tasks`): "train" (PSI, training,
+    scoring), "psi" or "predict"."""
     me = resolve_name(job, role, name)
     preflight(job, me, task)             # before the slow imports and the network
-    from vfl.job.roles import run_arbiter, run_guest, run_host
+    from vfl.job.tasks import task as task_named
+    t = task_named(task)
+    if role not in t.roles:
+        raise ConfigError(f"the {task} task needs no {role}: start only the "
+                          f"{', '.join(r + 's' if r == 'host' else r for r in t.roles)}")
     from vfl.protocol.ledger import spec_channel
     from .transport import open_channel
-    if task == "predict":
-        from vfl.job.predict import predict_guest, predict_host
-        if role == "arbiter":
-            raise ConfigError("scoring needs no arbiter: start only the guest and the hosts")
-        with compute_backend(job.party(me)), open_channel(job, me, task="predict",
-                                                          exclude={job.arbiter.name}) as tls:
-            channel = spec_channel(tls, job, me, "predict")     # the spec enforced, the ledger kept
-            return predict_guest(job, channel) if role == "guest" else predict_host(job, me, channel)
+    absent = t.absent(job)
+    options = {"task": task, "exclude": absent} if task != "train" else {}
     # the party's own compute backend first: a Ray runtime takes seconds to start, and peers wait for links
-    with compute_backend(job.party(me)), open_channel(job, me) as tls:
-        channel = spec_channel(tls, job, me, "train")
-        if role == "guest":
-            return run_guest(job, channel, resume)
-        if role == "arbiter":     # hosts and the arbiter resume when the guest does
-            return run_arbiter(job, channel)
-        return run_host(job, me, channel)
+    with compute_backend(job.party(me)), open_channel(job, me, **options) as tls:
+        channel = spec_channel(tls, job, me, task)     # the spec enforced, the ledger kept
+        return t.run(job, me, channel, resume)       # hosts and the arbiter resume when the guest does
 
 
 def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
@@ -131,8 +124,9 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
     if role is None:
         p.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
     p.add_argument("--name", help="which host of the job (hosts only)")
-    p.add_argument("--task", choices=["train", "predict"], default="train",
-                   help="train: PSI, training and scoring (default); predict: score new rows with the saved model")
+    p.add_argument("--task", choices=["train", "psi", "predict"], default="train",
+                   help="train: PSI, training and scoring (default); psi: the intersection only; "
+                        "predict: score new rows with the saved model")
     p.add_argument("--resume", action="store_true",
                    help="(guest) continue an interrupted training from the last per-epoch checkpoints; "
                         "hosts and the arbiter follow the guest")

@@ -8,19 +8,23 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def write_job(tmp_path: Path, guest_csv: Path, host_csvs: list[Path], model: str = "", job: str = "",
-              label: str = "y") -> Path:
-    """A job file for tests: parties on loopback, data given by path."""
-    hosts = "".join(
-        f'[[hosts]]\nname = "host{i}"\naddress = "127.0.0.1:{19202 + i}"\ndata = "{p}"\n'
-        for i, p in enumerate(host_csvs))
-    text = (f'[job]\nworkdir = "{tmp_path / "out"}"\nseed = 1\n{job}\n'
-            f'[arbiter]\naddress = "127.0.0.1:19200"\n'
-            f'[guest]\nname = "guest"\naddress = "127.0.0.1:19201"\ndata = "{guest_csv}"\nlabel_column = "{label}"\n'
-            f'{hosts}[model]\nkey_bits = 512\nallow_short_keys = true\n{model}\n')
-    path = tmp_path / "job.toml"
-    path.write_text(text)
-    return path
+def make_job(tmp_path: Path, guest, hosts: list, model: dict | None = None, label: str = "y",
+             guest_keys: dict | None = None, host_keys: dict | None = None, **job):
+    """A job for tests, built through the API: parties ``guest`` and ``host0``, ``host1``, ... on
+    free loopback ports, data as paths or DataFrames, 512-bit keys, outputs under ``tmp_path/out``.
+    ``model`` adds [model] keys; ``guest_keys``/``host_keys`` (host name -> keys) add party keys;
+    other keywords go to :class:`vfl.Job` (``preprocess``, ``seed``, ...)."""
+    import vfl
+    host_keys = host_keys or {}
+    parties = [vfl.Party(f"host{i}", h, **host_keys.get(f"host{i}", {})) for i, h in enumerate(hosts)]
+    job = {"seed": 1, "workdir": tmp_path / "out", **job}
+    return vfl.Job(vfl.Party("guest", guest, label_column=label, **(guest_keys or {})), parties,
+                   model={"key_bits": 512, "allow_short_keys": True, **(model or {})}, **job)
+
+
+def write_job(tmp_path: Path, guest, hosts: list, **kwargs) -> Path:
+    """:func:`make_job`, written to ``tmp_path/job.toml`` (the file ``vfl`` reads)."""
+    return make_job(tmp_path, guest, hosts, **kwargs).to_toml(tmp_path / "job.toml")
 
 
 def write_tables(tmp_path: Path, guest, hosts) -> tuple[Path, list[Path]]:

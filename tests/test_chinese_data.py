@@ -20,6 +20,7 @@ import pytest
 
 from parties.party import preflight
 from tests.conftest import write_job
+from vfl.job.jobfile import dumps, raw_of
 from vfl.evaluation import page
 from vfl.io.tables import DataError, load_table
 from vfl.io.synth import vertical_split
@@ -53,17 +54,12 @@ def _write_job(folder, chinese: bool):
     guest.iloc[400:].drop(columns=guest.columns[1]).to_csv(folder / "g_new.csv", index=False)
     host.to_csv(folder / "h.csv", index=False, encoding=enc)
     host.iloc[::2].to_csv(folder / "h_new.csv", index=False, encoding=enc)
-    path = write_job(folder, folder / "g.csv", [folder / "h.csv"], label=GUEST["y"] if chinese else "y",
-                     model="epochs = 3\nbatch_size = 128\n\n[preprocess]\nbins = 4")
-    id_col = f'id_column = "{GUEST["id"]}"\n' if chinese else ""
-    text = path.read_text().replace(f'data = "{folder / "g.csv"}"\n',
-                                    f'data = "{folder / "g.csv"}"\n{id_col}predict_data = "{folder / "g_new.csv"}"\n')
-    cats = f'categorical_columns = ["{HOST["城市"] if chinese else "city"}"]\n'
-    gbk = 'encoding = "gbk"\n' if chinese else ""
-    text = text.replace(f'data = "{folder / "h.csv"}"\n',
-                        f'data = "{folder / "h.csv"}"\n{id_col}{gbk}{cats}predict_data = "{folder / "h_new.csv"}"\n')
-    path.write_text(text)
-    return path
+    ids = {"id_column": GUEST["id"]} if chinese else {}
+    return write_job(folder, folder / "g.csv", [folder / "h.csv"], label=GUEST["y"] if chinese else "y",
+                     model={"epochs": 3, "batch_size": 128}, preprocess={"bins": 4},
+                     guest_keys={**ids, "predict_data": folder / "g_new.csv"},
+                     host_keys={"host0": {**ids, "encoding": enc, "predict_data": folder / "h_new.csv",
+                                          "categorical_columns": [HOST["城市"] if chinese else "city"]}})
 
 
 def _outcome(job) -> dict:
@@ -156,15 +152,18 @@ def test_a_utf8_file_declared_gbk_is_refused_not_misread(tmp_path):
 @pytest.mark.parametrize("value, ok", [("GBK", "gbk"), ("gb18030", "gb18030"), ("UTF8", "utf-8"), ("cp936", "gbk"),
                                        ("latin-1", None), ("big5", None), ("no-such-codec", None), (936, None)])
 def test_the_encoding_key_accepts_utf8_gbk_and_gb18030_only(tmp_path, value, ok):
-    path = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"])
-    text = path.read_text()
-    value_toml = f'"{value}"' if isinstance(value, str) else str(value)
-    path.write_text(text.replace('[[hosts]]\n', f'[[hosts]]\nencoding = {value_toml}\n'))
+    good = load_job(write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"]))
+    path = tmp_path / "bad.toml"
+    raw = raw_of(good)
+    raw["hosts"][0]["encoding"] = value
+    path.write_text(dumps(raw))
     if ok:
         assert load_job(path).hosts[0].encoding == ok
     else:
         with pytest.raises(ConfigError, match=r"\[hosts\.0\] encoding must be one of 'utf-8', 'gbk', 'gb18030'"):
             load_job(path)
-    path.write_text(text.replace('[arbiter]\n', '[arbiter]\nencoding = "gbk"\n'))
+    raw = raw_of(good)
+    raw["arbiter"]["encoding"] = "gbk"
+    path.write_text(dumps(raw))
     with pytest.raises(ConfigError, match=r"\[arbiter\] has no data, so no encoding"):
         load_job(path)

@@ -33,7 +33,9 @@ def test_embedding_demo_runs_over_tls_and_reports_its_protection(tmp_path, capsy
     assert m["model"] == "embedding" and m["smallest_release_rows"] >= 32
     assert 0.5 < m["baseline_twin_auc"] <= 1 and m["test"]["auc"] is not None
     shop = json.loads((tmp_path / "results" / "shop" / "model.json").read_text())
-    assert shop["format"] == "vfl-tower-part" and len(shop["vocabularies"]) == 4
+    crosses = [v for v in shop["vocabularies"] if v.get("sources")]
+    assert shop["format"] == "vfl-tower-part" and len(shop["vocabularies"]) - len(crosses) == 7 and len(crosses) == 4
+    assert shop["wide"] and len(m["frontier"]["rows"]) == 6 and m["validation"]["history"]
     assert "intercept" not in shop["params"]                  # the shop's part holds nothing of the bank's
     scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())
     assert scored["scored_rows"] > 0

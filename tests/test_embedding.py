@@ -11,6 +11,7 @@ from tests.conftest import run_parties
 from vfl.protocol.channel import LocalNetwork
 from vfl.job.config import ModelConfig
 from vfl.models import EmbeddingTower, SplitArbiter, SplitGuest, SplitHost, TowerInput
+from vfl.evaluation.attacks import direct_attack, host_view, least_squares_attack
 from vfl.models.reference import fit_twin
 
 
@@ -100,79 +101,23 @@ def test_wide_tower_contains_one_hot_lr():
     np.testing.assert_allclose(tower.forward(p, x)[0], expected)
 
 
-def _attack_data(n=800, seed=3):
-    rng = np.random.default_rng(seed)
-    xg = TowerInput(rng.normal(size=(n, 2)))
-    cat = rng.integers(0, 40, n)
-    xh = TowerInput(rng.normal(size=(n, 2)), cat[:, None])
-    z = xg.numeric[:, 0] + xh.numeric[:, 1] + np.sin(cat)
-    y = (rng.random(n) < 1 / (1 + np.exp(-2 * z))).astype(float)
-    return xg, xh, y
-
-
-def _host_view(model, keypair):
-    """Train one epoch and return what the host got decrypted: per release, its rows and coefficients."""
-    xg, xh, y = _attack_data()
-    towers = (EmbeddingTower(2, [], 4, (8,), intercept=True), EmbeddingTower(2, [40], 4, (8,)))
-    net = LocalNetwork(["g", "h", "a"], timeout=120)
-    host = SplitHost(model, guest="g", arbiter="a", seed=5, tower=towers[1], init_seed=12, observe=True)
-    roles = [lambda: SplitGuest(model, hosts=["h"], arbiter="a", seed=5, tower=towers[0], init_seed=11)
-             .fit(net.channel("g"), xg, y),
-             lambda: host.fit(net.channel("h"), xh),
-             lambda: SplitArbiter(model, guest="g", hosts=["h"]).fit(net.channel("a"), keypair=keypair)]
-    run_parties(net, dict(enumerate(roles)))
-    releases = [(members, value) for batch_members, values in host.observed_
-                for members, value in zip(batch_members, values)]
-    return releases, y
-
-
-def _direct_attack(releases, n):
-    """Per embedding-row release S = sum_i d_i c_i: read d_i = <S, c_i> / |c_i|^2 for each row behind it."""
-    score, hits, alone = np.zeros(n), np.zeros(n), set()
-    for members, value in releases:
-        rows = np.concatenate([r for r, _ in members])
-        coefs = np.vstack([c for _, c in members])
-        if coefs.shape[1] != 4:            # embedding rows only (dim 4)
-            continue
-        if len(rows) == 1:
-            alone.add(int(rows[0]))
-        for r, c in zip(rows, coefs):
-            score[r] += -(value @ c) / max(c @ c, 1e-12)
-            hits[r] += 1
-    return score / np.maximum(hits, 1), alone
-
-
-def _batch_attack(releases, n):
-    """Least squares on every release of the epoch: each value is sum_i d_i X[i, j] over known rows."""
-    eqs, rhs = [], []
-    for members, value in releases:
-        for j in range(len(value)):
-            row = np.zeros(n)
-            for r, c in members:
-                np.add.at(row, r, c[:, j])
-            eqs.append(row)
-            rhs.append(value[j])
-    d, *_ = np.linalg.lstsq(np.array(eqs), np.array(rhs), rcond=None)
-    return -d
-
-
 def test_label_inference_attacks_on_what_a_host_sees(keypair):
     """Unprotected, a host reads labels from an embedding row seen once in a batch (direct) and from
     the batch's dense sums (least squares); with the default protection neither beats AUC 0.6."""
     from sklearn.metrics import roc_auc_score
     off = replace(BASE, epochs=1, batch_size=32, min_rows_per_release=1, label_dp="off", l2=0.0, table_release="eager")
-    releases, y = _host_view(off, keypair)
-    direct, alone = _direct_attack(releases, len(y))
+    releases, y = host_view(off, keypair)
+    direct, alone = direct_attack(releases, len(y))
     alone = np.array(sorted(alone))
     assert len(alone) > 50, "the test needs rows whose category appears once in their batch"
     assert roc_auc_score(y[alone], direct[alone]) > 0.95
-    assert roc_auc_score(y, _batch_attack(releases, len(y))) > 0.95
+    assert roc_auc_score(y, least_squares_attack(releases, len(y))) > 0.95
 
     default = ModelConfig(type="embedding", epochs=1, batch_size=32, learning_rate=0.05, key_bits=512,
                           allow_short_keys=True)
     assert default.label_dp_on and default.min_rows_per_release == 32
-    releases, y = _host_view(default, keypair)
-    direct, _ = _direct_attack(releases, len(y))
+    releases, y = host_view(default, keypair)
+    direct, _ = direct_attack(releases, len(y))
     assert min(sum(len(r) for r, _ in m) for m, _ in releases) >= 32
     assert roc_auc_score(y[alone], direct[alone]) < 0.6
-    assert roc_auc_score(y, _batch_attack(releases, len(y))) < 0.6
+    assert roc_auc_score(y, least_squares_attack(releases, len(y))) < 0.6

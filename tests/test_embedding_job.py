@@ -15,22 +15,20 @@ from vfl.job.threads import run_local, run_predict_local
 from vfl.preprocess.split import split_mask
 from vfl.io.synth import write_categorical_credit_demo
 
-CATS = '["merchant", "city", "device_model", "category"]'
+CATS = ["merchant", "city", "device_model", "category"]
 
 
-def _job(tmp_path, model_extra=""):
+def _job(tmp_path, model_extra=None):
     bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=1500, seed=4)
     path = write_job(tmp_path, bank, [shop], label="default",
-                     model=f'type = "embedding"\nepochs = 2\nbatch_size = 256\nlearning_rate = 0.02\n'
-                           f'embedding_dim = 3\nhidden_units = [6]\ntolerance = 0.0\n{model_extra}')
-    text = path.read_text().replace(f'data = "{shop}"', f'data = "{shop}"\ncategorical_columns = {CATS}\n'
-                                                          'crosses = [["merchant", "city"]]')
-    path.write_text(text)
+                     model={"type": "embedding", "epochs": 2, "batch_size": 256, "learning_rate": 0.02,
+                            "embedding_dim": 3, "hidden_units": [6], "tolerance": 0.0, **(model_extra or {})},
+                     host_keys={"host0": {"categorical_columns": CATS, "crosses": [["merchant", "city"]]}})
     return load_job(path)
 
 
 def test_unprotected_job_equals_the_pooled_twin_and_predict_rescores_exactly(tmp_path):
-    job = _job(tmp_path, 'min_rows_per_release = 1\nlabel_dp = "off"')
+    job = _job(tmp_path, {"min_rows_per_release": 1, "label_dp": "off"})
     m = run_local(job)["guest"]
     pred = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str}, keep_default_na=False)
     common = pred["id"].to_numpy(dtype=object)

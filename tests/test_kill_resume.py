@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import os
 import shutil
 import signal
@@ -140,3 +141,64 @@ def test_guest_killed_during_scoring_session_stops_the_host(trained):
     finally:
         bench.finish(parties, 0)
     _assert_failed_naming(others, "guest", t)
+
+
+def _kill_when(path: Path, role: str, ready: Path) -> None:
+    """SIGKILL the ``role`` process of this job (one we started) once ``ready`` exists."""
+    deadline = time.monotonic() + 120
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"parties.{role}".encode() in cmd and str(path).encode() in cmd:
+            os.kill(int(proc.name), signal.SIGKILL)
+
+
+def test_guest_killed_after_training_is_named_by_the_launcher_and_resume_finishes_the_job(trained):
+    """Killed once its model part is written (scoring the training rows, or building the report):
+    the launcher's line names the guest and its signal, not a warning fragment; `vfl run --resume`
+    does not train again (it used to fail with "already trained"), it scores, reports and ends
+    with the uninterrupted model."""
+    import threading
+    from parties.launcher import PartyFailed, run_processes
+    from vfl.job.config import load_job
+    template, ref, base = trained
+    path = bench.copy_job(template, base / "guest-after-training")
+    out = path.parent / "out"
+    killer = threading.Thread(target=_kill_when, args=(path, "guest", out / "guest" / "model.json"))
+    killer.start()
+    with pytest.raises(PartyFailed) as failed:
+        run_processes(load_job(path), echo=False, grace=PEER_TIMEOUT + 5)
+    killer.join()
+    assert re.match(r"party 'guest' failed: killed by SIGKILL \(exit -9\); (it logged no error before|its last "
+                    r"error line: )", str(failed.value)), str(failed.value)
+    assert "warn" not in str(failed.value)
+    assert not (out / "report.html").exists()            # the job did not finish
+    assert {_checkpoint_epoch(path, p) for p in ("guest", "host", "arbiter")} == {5}
+    _resume_and_compare(path, ref)
+    assert (out / "report.html").is_file() and (out / "guest" / "predictions.csv").is_file()
+
+
+def test_failure_lines_skip_warning_fragments():
+    from parties.launcher import _Proc, is_error_line
+
+    class Ended:
+        returncode = -9
+    p = _Proc("shop0", Ended())
+    for line in ("12:00:01 I shop0: epoch 2/4", "host failed: DataError: shop.csv: duplicate IDs",
+                 "/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: "
+                 "There appear to be 5 leaked semaphore objects to clean up at shutdown",
+                 "  warnings.warn('resource_tracker: There appear to be %d '"):
+        p.last_line = line
+        if is_error_line(line):
+            p.last_error = line
+    assert p.reason() == (": killed by SIGKILL (exit -9); its last error line: host failed: DataError: shop.csv: "
+                          "duplicate IDs")
+    p.last_error = ""
+    assert p.reason() == ": killed by SIGKILL (exit -9); it logged no error before"
+    Ended.returncode = 1
+    p.last_error = "12:00:02 E arbiter: PeerLost: connection to 'shop0' closed without 'bye'"
+    assert p.reason() == " (exit 1): 12:00:02 E arbiter: PeerLost: connection to 'shop0' closed without 'bye'"

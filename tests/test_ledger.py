@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,10 @@ import pytest
 
 from crypto import EncryptedArray, generate_keypair
 from parties.cli import main as vfl_main
-from parties.demo import free_ports
 from tests.conftest import write_job, write_tables
 from vfl.protocol.channel import LocalNetwork, ProtocolError
 from vfl.job.config import load_job
+from vfl.job.jobfile import write_job as write_job_file
 from vfl.protocol.messages import BigInts
 from vfl.job.threads import JobFailed, run_local, run_predict_local
 from vfl.protocol.ledger import Ledger, SpecChannel, line_hash
@@ -25,10 +26,11 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
 ROLES = {"guest": "guest", "host0": "host", "host1": "host", "arbiter": "arbiter"}
 
 
-def _lr_job(tmp_path, hosts=(3, 2), model=""):
+def _lr_job(tmp_path, hosts=(3, 2), model=None):
     _, paths = write_tables(tmp_path, *vertical_split(600, 3, list(hosts), overlap=0.85, seed=2))
     return load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
-                              model="epochs = 2\nbatch_size = 128\nlearning_rate = 0.1\ntolerance = 0.0\n" + model))
+                              model={"epochs": 2, "batch_size": 128, "learning_rate": 0.1, "tolerance": 0.0,
+                                     **(model or {})}))
 
 
 def _lines(path: Path) -> list[dict]:
@@ -73,10 +75,9 @@ def test_embedding_job_with_label_dp_passes_the_audit_and_reports_epsilon(tmp_pa
     from vfl.io.synth import write_categorical_credit_demo
     bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=800, seed=4)
     path = write_job(tmp_path, bank, [shop], label="default",
-                     model='type = "embedding"\nepochs = 2\nbatch_size = 256\nlearning_rate = 0.02\n'
-                           'embedding_dim = 2\nhidden_units = [4]\ntolerance = 0.0\n')
-    path.write_text(path.read_text().replace(f'data = "{shop}"',
-                                             f'data = "{shop}"\ncategorical_columns = ["merchant", "city", "device_model", "category"]'))
+                     model={"type": "embedding", "epochs": 2, "batch_size": 256, "learning_rate": 0.02,
+                            "embedding_dim": 2, "hidden_units": [4], "tolerance": 0.0},
+                     host_keys={"host0": {"categorical_columns": ["merchant", "city", "device_model", "category"]}})
     job = load_job(path)
     assert job.model.label_dp_on
     results = run_local(job)
@@ -90,7 +91,7 @@ def test_embedding_job_with_label_dp_passes_the_audit_and_reports_epsilon(tmp_pa
 
 @pytest.mark.audit_fails      # the job file is made stricter than the run on purpose
 def test_ledgers_count_the_rows_behind_released_sums_and_the_audit_enforces_the_minimum(tmp_path, capsys):
-    job = _lr_job(tmp_path, hosts=(2,), model="min_rows_per_release = 200\n")
+    job = _lr_job(tmp_path, hosts=(2,), model={"min_rows_per_release": 200})
     results = run_local(job)
     for name in ("guest", "host0"):
         released = [e for e in _lines(job.output_dir(name) / "ledger.jsonl")
@@ -100,7 +101,7 @@ def test_ledgers_count_the_rows_behind_released_sums_and_the_audit_enforces_the_
         smallest = results[name]["smallest_release_rows"]
         assert min(e["rows"] for e in released) == smallest
     assert _audit(job, capsys)[0] == 0
-    job.path.write_text(job.path.read_text().replace("min_rows_per_release = 200", "min_rows_per_release = 1000"))
+    write_job_file(replace(job, model=replace(job.model, min_rows_per_release=1000)), job.path)
     code, out = _audit(job, capsys)
     assert code == 1 and "masked_grad_plain' released sums over" in out and "min_rows_per_release = 1000" in out
 
@@ -236,11 +237,7 @@ def test_spec_is_consistent_and_every_step_is_in_the_docs_tables():
 @pytest.mark.timeout(240)
 def test_tls_processes_write_ledgers_that_pass_the_audit(tmp_path, capsys):
     g, hosts = write_tables(tmp_path, *vertical_split(300, 2, [2], seed=5))
-    path = write_job(tmp_path, g, hosts, model="epochs = 1")
-    text = path.read_text()
-    for name, port in zip(("19200", "19201", "19202"), free_ports(3)):
-        text = text.replace(f"127.0.0.1:{name}", f"127.0.0.1:{port}")
-    path.write_text(text)
+    path = write_job(tmp_path, g, hosts, model={"epochs": 1})          # on free ports
     assert vfl_main(["run", str(path)]) == 0
     job = load_job(path)
     capsys.readouterr()

@@ -35,7 +35,7 @@ def _joined_reference(job, guest_csv, host_csvs):
 def test_two_hosts_job_matches_plaintext_and_sklearn(tmp_path):
     _, paths = write_tables(tmp_path, *vertical_split(900, 3, [3, 2], overlap=0.85, seed=2))
     job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
-                             model="epochs = 8\nbatch_size = 256\nlearning_rate = 0.1\ntolerance = 0.0"))
+                             model={"epochs": 8, "batch_size": 256, "learning_rate": 0.1, "tolerance": 0.0}))
     results = run_local(job)
     m = results["guest"]
     j, X, y, test, n_guest = _joined_reference(job, tmp_path / "g.csv", paths)
@@ -58,7 +58,7 @@ def test_vfl_psi_command_and_clear_errors(tmp_path, capsys):
     guest.to_csv(tmp_path / "g.csv", index=False)
     host.to_csv(tmp_path / "h.csv", index=False)
     path = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"])
-    assert vfl_main(["psi", str(path)]) == 0
+    assert vfl_main(["psi", "--threads", str(path)]) == 0      # as processes: tests/test_api.py
     truth = sorted(set(guest["id"].astype(str)) & set(host["id"].astype(str)))
     job = load_job(path)
     for name in ("guest", "host0"):
@@ -90,8 +90,8 @@ def test_default_credit_with_host_columns_split_in_two(tmp_path, shared_data):
     h[["id", *cols[:5]]].to_csv(paths[0], index=False)
     h[["id", *cols[5:]]].to_csv(paths[1], index=False)
     job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
-                             model="epochs = 20\nbatch_size = 512\nlearning_rate = 0.05\ntolerance = 1e-4",
-                             job="baselines = true"))
+                             model={"epochs": 20, "batch_size": 512, "learning_rate": 0.05, "tolerance": 1e-4},
+                             baselines=True))
     m = run_local(job)["guest"]
     j, X, y, test, n_guest = _joined_reference(job, tmp_path / "g.csv", paths)
     _, loss_ref = fit_reference(X[~test], y[~test], job.model, seed=job.model.seed, n_guest=n_guest)
@@ -107,7 +107,7 @@ def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
     from crypto import EncryptedArray
     from vfl.protocol.messages import BigInts
     _, paths = write_tables(tmp_path, *vertical_split(400, 2, [2, 2], overlap=0.9, seed=3))
-    job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths, model="epochs = 2\nbatch_size = 128"))
+    job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths, model={"epochs": 2, "batch_size": 128}))
     from vfl.protocol.channel import LocalNetwork
     net = LocalNetwork(["guest", "host0", "host1", "arbiter"], record=True)
     run_local(job, network=net)

@@ -23,9 +23,8 @@ def _trained_job(tmp_path, extra_guest="", extra_host=""):
     for i, h in enumerate(hosts):
         h.to_csv(tmp_path / f"h{i}.csv", index=False)        # a host scores from its full table
         paths.append(tmp_path / f"h{i}.csv")
-    path = write_job(tmp_path, tmp_path / "g.csv", paths, model="epochs = 3\nbatch_size = 256")
-    text = path.read_text().replace('label_column = "y"', f'label_column = "y"\npredict_data = "{tmp_path / "g_new.csv"}"')
-    path.write_text(text)
+    path = write_job(tmp_path, tmp_path / "g.csv", paths, model={"epochs": 3, "batch_size": 256},
+                     guest_keys={"predict_data": tmp_path / "g_new.csv"})
     job = load_job(path)
     run_local(job)
     return job, new, hosts

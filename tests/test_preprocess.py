@@ -4,14 +4,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_parties, write_job, write_tables
+from tests.conftest import make_job, run_parties, write_job, write_tables
 from vfl.protocol.channel import LocalNetwork
 from vfl.job.config import ConfigError, load_job
+from vfl.job.jobfile import dumps, raw_of
 from vfl.io.tables import load_table
 from vfl.models.model_file import load_part
 from vfl.job.threads import run_local, run_predict_local
@@ -58,11 +60,10 @@ def _tables(tmp_path, n=1400, seed=3):
     return write_tables(tmp_path, guest, [host])
 
 
-def _job(tmp_path, preprocess: str, scorecard: str = "", model: str = "epochs = 3\nbatch_size = 400\n"):
+def _job(tmp_path, preprocess: dict, scorecard: dict | None = None, model: dict | None = None):
     g, hosts = _tables(tmp_path)
-    path = write_job(tmp_path, g, hosts, model=model)
-    text = path.read_text().replace(f'data = "{hosts[0]}"\n', f'data = "{hosts[0]}"\ncategorical_columns = ["city"]\n')
-    path.write_text(text + f"\n[preprocess]\n{preprocess}\n" + (f"[scorecard]\n{scorecard}\n" if scorecard else ""))
+    path = write_job(tmp_path, g, hosts, model=model or {"epochs": 3, "batch_size": 400}, preprocess=preprocess,
+                     scorecard=scorecard, host_keys={"host0": {"categorical_columns": ["city"]}})
     return load_job(path)
 
 
@@ -166,8 +167,8 @@ def test_host_event_counts_equal_plaintext_and_small_bins_are_refused():
 @pytest.fixture(scope="module")
 def scorecard_job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("woe")
-    job = _job(tmp, "bins = 6\nmin_bin_rows = 40\nmonotonic = true\niv_top_k_host = 2\niv_threshold = 0.01",
-               "pdo = 40\nbase_score = 500\nbase_odds = 20")
+    job = _job(tmp, {"bins": 6, "min_bin_rows": 40, "monotonic": True, "iv_top_k_host": 2, "iv_threshold": 0.01},
+               {"pdo": 40, "base_score": 500, "base_odds": 20})
     results = run_local(job, record=True)
     return job, results
 
@@ -277,8 +278,8 @@ def test_points_are_affine_in_the_log_odds_and_predict_rescores(scorecard_job):
 
 
 def test_selection_only_without_woe_drops_columns_before_training(tmp_path):
-    job = _job(tmp_path, "woe = false\niv_top_k_guest = 1\niv_top_k_host = 1\nmin_bin_rows = 40",
-               model="epochs = 2\nbatch_size = 400\n")
+    job = _job(tmp_path, {"woe": False, "iv_top_k_guest": 1, "iv_top_k_host": 1, "min_bin_rows": 40},
+               model={"epochs": 2, "batch_size": 400})
     # missing values need woe = true (they get a bin); without it they are refused as today
     with pytest.raises(Exception, match="missing values"):
         run_local(job)
@@ -298,32 +299,40 @@ def test_selection_only_without_woe_drops_columns_before_training(tmp_path):
     np.testing.assert_allclose(scores["score"], pred["score"], rtol=0, atol=1e-9)
 
 
+def _job_file_with(tmp_path, model: dict | None = None, **tables) -> Path:
+    """A job file whose tables hold exactly ``tables`` besides the test job's own, unvalidated
+    (as a person might write it), so that ``load_job`` is what judges them."""
+    raw = raw_of(make_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"], model=model).config)
+    raw.update(tables)
+    path = tmp_path / "job.toml"
+    path.write_text(dumps(raw))
+    return path
+
+
 @pytest.mark.parametrize("table, message", [
-    ('[preprocess]\nbinning = "kmeans"', "binning must be"),
-    ("[preprocess]\nbins = 1", "bins must be between"),
-    ("[preprocess]\nmin_bin_rows = 0", "min_bin_rows must be"),
-    ("[preprocess]\niv_threshold = -0.1", "iv_threshold must be"),
-    ("[preprocess]\niv_top_k_host = -1", "iv_top_k_guest and iv_top_k_host"),
-    ('[preprocess]\nwoe = "yes"', "woe must be bool"),
-    ("[preprocess]\nbinz = 3", "did you mean 'bins'"),
-    ("[scorecard]\nbase_score = 600\nbase_points = 500", "same setting"),
-    ("[scorecard]\npdo = 0", "pdo must be > 0"),
+    ({"preprocess": {"binning": "kmeans"}}, "binning must be"),
+    ({"preprocess": {"bins": 1}}, "bins must be between"),
+    ({"preprocess": {"min_bin_rows": 0}}, "min_bin_rows must be"),
+    ({"preprocess": {"iv_threshold": -0.1}}, "iv_threshold must be"),
+    ({"preprocess": {"iv_top_k_host": -1}}, "iv_top_k_guest and iv_top_k_host"),
+    ({"preprocess": {"woe": "yes"}}, "woe must be bool"),
+    ({"preprocess": {"binz": 3}}, "did you mean 'bins'"),
+    ({"scorecard": {"base_score": 600, "base_points": 500}}, "same setting"),
+    ({"scorecard": {"pdo": 0}}, "pdo must be > 0"),
 ])
 def test_config_errors(tmp_path, table, message):
-    path = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"])
-    path.write_text(path.read_text() + "\n" + table + "\n")
+    path = _job_file_with(tmp_path, **table)
     with pytest.raises(ConfigError, match=message):
         load_job(path)
 
 
 def test_config_preprocess_needs_logistic_and_absent_means_none(tmp_path):
-    path = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"], model='type = "embedding"')
+    path = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"], model={"type": "embedding"})
     assert load_job(path).preprocess is None
-    path.write_text(path.read_text() + "\n[preprocess]\n")
+    path = _job_file_with(tmp_path, model={"type": "embedding"}, preprocess={})
     with pytest.raises(ConfigError, match="logistic"):
         load_job(path)
-    path = write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"])
-    path.write_text(path.read_text() + "\n[preprocess]\n[scorecard]\nbase_score = 700\n")
+    path = _job_file_with(tmp_path, preprocess={}, scorecard={"base_score": 700})
     job = load_job(path)
     assert job.preprocess.bins == 10 and job.preprocess.min_bin_rows == 50 and job.scorecard.base_score == 700
 
@@ -331,12 +340,7 @@ def test_config_preprocess_needs_logistic_and_absent_means_none(tmp_path):
 @pytest.mark.timeout(240)
 def test_processes_over_tls_run_the_binning_stage_and_pass_the_audit(tmp_path, capsys):
     from parties.cli import main as vfl_main
-    from parties.demo import free_ports
-    job = _job(tmp_path, "bins = 4\nmin_bin_rows = 40", model="epochs = 1\nbatch_size = 600\n")
-    text = job.path.read_text()
-    for name, port in zip(("19200", "19201", "19202"), free_ports(3)):
-        text = text.replace(f"127.0.0.1:{name}", f"127.0.0.1:{port}")
-    job.path.write_text(text)
+    job = _job(tmp_path, {"bins": 4, "min_bin_rows": 40}, model={"epochs": 1, "batch_size": 600})   # free ports
     assert vfl_main(["run", str(job.path)]) == 0
     m = json.loads((job.workdir / "metrics.json").read_text())
     assert len(m["iv"]["hosts"]) == 4 and m["scorecard"]["guest"]

@@ -6,16 +6,17 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from parties.certs import make_certs
-from parties.demo import free_ports
+from benchmarks.tls_job import tls_job
 from parties.launcher import PartyFailed, run_processes
 from vfl.job.config import load_job
+from vfl.job.jobfile import write_job as write_job_file
 from vfl.models.reference import fit_reference
 from vfl.preprocess.split import Standardizer, split_mask
 from vfl.io.synth import vertical_split
@@ -23,48 +24,14 @@ from vfl.io.synth import vertical_split
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tls_job(tmp_path: Path, n_rows=500, epochs=3, key_bits=512, peer_timeout=20.0) -> Path:
+def _tls_job(tmp_path: Path, n_rows=500, epochs=3, key_bits=512, peer_timeout=20.0, connect_timeout=30.0) -> Path:
     guest, (host,) = vertical_split(n_rows, 3, [4], overlap=0.9, seed=4)
     guest.to_csv(tmp_path / "guest.csv", index=False)
     host.to_csv(tmp_path / "host.csv", index=False)
-    p = dict(zip(["arbiter", "guest", "host"], free_ports(3)))
-    path = tmp_path / "job.toml"
-    path.write_text(f"""
-[job]
-workdir = "out"
-seed = 3
-[tls]
-ca = "certs/ca.pem"
-[network]
-connect_timeout = 30.0
-peer_timeout = {peer_timeout}
-[arbiter]
-address = "127.0.0.1:{p['arbiter']}"
-cert = "certs/arbiter.pem"
-key = "certs/arbiter-key.pem"
-[guest]
-name = "guest"
-address = "127.0.0.1:{p['guest']}"
-data = "guest.csv"
-cert = "certs/guest.pem"
-key = "certs/guest-key.pem"
-[[hosts]]
-name = "host"
-address = "127.0.0.1:{p['host']}"
-data = "host.csv"
-cert = "certs/host.pem"
-key = "certs/host-key.pem"
-[model]
-epochs = {epochs}
-batch_size = 128
-learning_rate = 0.1
-optimizer = "adam"
-tolerance = 0.0
-key_bits = {key_bits}
-allow_short_keys = true
-""")
-    make_certs(load_job(path), tmp_path / "certs")
-    return path
+    return tls_job(tmp_path, tmp_path / "guest.csv", [tmp_path / "host.csv"], seed=3,
+                   network={"connect_timeout": connect_timeout, "peer_timeout": peer_timeout},
+                   model={"epochs": epochs, "batch_size": 128, "learning_rate": 0.1, "optimizer": "adam",
+                          "tolerance": 0.0, "key_bits": key_bits, "allow_short_keys": True})
 
 
 def test_three_processes_over_tls_train_the_reference_model(tmp_path):
@@ -143,8 +110,7 @@ def test_launcher_names_the_party_that_failed(tmp_path):
 def test_launcher_blames_the_party_whose_port_is_taken(tmp_path):
     """Not the guest that timed out dialling it, nor a party the launcher ended itself."""
     import socket
-    path = _tls_job(tmp_path)
-    path.write_text(path.read_text().replace("connect_timeout = 30.0", "connect_timeout = 3.0"))
+    path = _tls_job(tmp_path, connect_timeout=3.0)
     job = load_job(path)
     squatter = socket.create_server(job.hosts[0].host_port)
     try:
@@ -181,17 +147,13 @@ def test_vfl_run_uses_processes_and_a_local_ca_when_the_job_names_no_certificate
     from parties.cli import main
     from tests.conftest import write_job, write_tables
     g, hosts = write_tables(tmp_path, *vertical_split(300, 2, [2], seed=5))
-    path = write_job(tmp_path, g, hosts, model="epochs = 2")
-    text = path.read_text()
-    for name, port in zip(("19200", "19201", "19202"), free_ports(3)):
-        text = text.replace(f"127.0.0.1:{name}", f"127.0.0.1:{port}")
-    path.write_text(text)
+    path = write_job(tmp_path, g, hosts, model={"epochs": 2})         # on free ports, no certificates
     assert main(["run", str(path)]) == 0
     assert "fresh local CA" in capsys.readouterr().err
     job = load_job(path)
     assert (job.workdir / "tls" / "ca.pem").is_file() and (job.workdir / "metrics.json").is_file()
     # Extend the finished training by one epoch: --resume reaches every party process.
-    path.write_text(path.read_text().replace("epochs = 2", "epochs = 3"))
+    write_job_file(replace(job, model=replace(job.model, epochs=3)), path)
     assert main(["run", "--resume", str(path)]) == 0
     metrics = json.loads((job.workdir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 3 and len(metrics["epoch_seconds"]) == 1

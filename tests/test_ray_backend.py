@@ -100,15 +100,13 @@ def _weights(job) -> np.ndarray:
 def test_lr_job_on_ray_gives_the_pools_weights(ray_backend, tmp_path, monkeypatch):
     monkeypatch.setenv("VFL_WORKERS", "2")
     guest, hosts = vertical_split(700, 3, [3], overlap=1.0, seed=4)
-    model = "epochs = 3\nbatch_size = 256\nlearning_rate = 0.1\ntolerance = 0.0"
+    model = {"epochs": 3, "batch_size": 256, "learning_rate": 0.1, "tolerance": 0.0}
     jobs = {}
-    for where, extra in (("pool", ""), ("ray", 'ray_address = "local"\n')):
+    for where, extra in (("pool", {}), ("ray", {"ray_address": "local"})):
         folder = tmp_path / where
         folder.mkdir()
         g_csv, h_csvs = write_tables(folder, guest, hosts)
-        text = write_job(folder, g_csv, h_csvs, model=model).read_text()
-        (folder / "job.toml").write_text(text.replace('[guest]\n', f'[guest]\n{extra}'))
-        jobs[where] = job = load_job(folder / "job.toml")
+        jobs[where] = job = load_job(write_job(folder, g_csv, h_csvs, model=model, guest_keys=extra))
         with shared_backend(job) as backend:           # what `vfl run --threads` selects for this job file
             assert backend.name == ("ray" if extra else "local")
         with backends.using(ray_backend if extra else backends.current()):   # the module's runtime: 2 CPUs

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from parties.cli import main
-from tests.conftest import write_job
+from tests.conftest import make_job, write_job
 from tests.test_stability import reference_categorical_psi, reference_psi
 from vfl.job.config import load_job
+from vfl.job.jobfile import write_job as write_job_file
 from vfl.evaluation import stability
 from vfl.evaluation.host_report import build_host_report, load_host_results
 from vfl.evaluation.report import build_report, load_results
@@ -56,16 +58,16 @@ def trained(tmp_path_factory):
     for i, h in enumerate(hosts):
         h.to_csv(tmp / f"h{i}.csv", index=False)
         paths.append(tmp / f"h{i}.csv")
-    path = write_job(tmp, tmp / "g.csv", paths, model="epochs = 3\nbatch_size = 256\n\n[preprocess]\nbins = 5")
-    text = path.read_text().replace('label_column = "y"', f'label_column = "y"\npredict_data = "{tmp / "g_new.csv"}"')
-    text = text.replace(f'data = "{tmp / "h1.csv"}"\n', f'data = "{tmp / "h1.csv"}"\ncategorical_columns = ["tel_plan"]\n')
-    path.write_text(text)
+    made = make_job(tmp, tmp / "g.csv", paths, model={"epochs": 3, "batch_size": 256}, preprocess={"bins": 5},
+                    guest_keys={"predict_data": tmp / "g_new.csv"},
+                    host_keys={"host1": {"categorical_columns": ["tel_plan"]}})
+    path = made.to_toml(tmp / "job.toml")
     job = load_job(path)
     run_local(job)
     first = (job.workdir / "report.html").read_text()
     run_predict_local(job)
     first_cohort = {p.name: (p / "metrics.json").read_text() for p in (job.workdir / "cohorts").iterdir()}
-    path.write_text(text.replace(str(tmp / "g_new.csv"), str(tmp / "g_shifted.csv")))
+    write_job_file(replace(made.config, guest=replace(made.config.guest, predict_data=tmp / "g_shifted.csv")), path)
     job = load_job(path)
     run_predict_local(job)                       # must not erase the first cohort
     assert main(["report", str(path)]) == 0      # rebuilt from the saved files

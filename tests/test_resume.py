@@ -1,7 +1,9 @@
-"""An interrupted training resumes from per-epoch checkpoints and ends where an uninterrupted one does."""
+"""An interrupted job resumes from the stage where it stopped and ends where an uninterrupted one does."""
 import json
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import write_job, write_tables
@@ -16,10 +18,10 @@ def _weights(job):
     return np.concatenate([g["coef"], h["coef"], [g["intercept"]]])
 
 
-def _job(tmp_path, epochs):
+def _job(tmp_path, epochs, batch_size=128, **kw):
     g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2], seed=7))
-    path = write_job(tmp_path, g, hosts, model=f"epochs = {epochs}\nbatch_size = 128\ntolerance = 0.0")
-    return load_job(path)
+    return load_job(write_job(tmp_path, g, hosts, model={"epochs": epochs, "batch_size": batch_size,
+                                                         "tolerance": 0.0}, **kw))
 
 
 def test_two_plus_two_epochs_equal_four(tmp_path):
@@ -41,16 +43,65 @@ def test_two_plus_two_epochs_equal_four(tmp_path):
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path):
     job = _job(tmp_path, 2)
-    with pytest.raises(JobFailed, match="no checkpoint to resume from"):
-        run_local(job, resume=True)
     run_local(job)
-    with pytest.raises(JobFailed, match="already trained 2 epochs"):
-        run_local(job, resume=True)
     bigger = _job(tmp_path, 3)
     (bigger.output_dir("host0") / "checkpoint.json").unlink()
     with pytest.raises(JobFailed, match="host0.*no checkpoint"):
         run_local(bigger, resume=True)
-    changed = load_job(write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h0.csv"],
-                                 model="epochs = 3\nbatch_size = 64\ntolerance = 0.0"))
+    changed = _job(tmp_path, 3, batch_size=64)
     with pytest.raises(JobFailed, match="different training"):
         run_local(changed, resume=True)
+
+
+# --------------------------------------------------------------- a party stopped in each stage, then --resume
+class Stop(RuntimeError):
+    """The injected failure: a party dies here."""
+
+
+def _stop(*_, **__):
+    raise Stop("stopped here by the test")
+
+
+def _stop_in_epoch_2(original):
+    def batch(self, channel, pk, trainer, xb, pre, epoch, b, rows):
+        if epoch == 1 and b == 1:
+            _stop()
+        return original(self, channel, pk, trainer, xb, pre, epoch, b, rows)
+    return batch
+
+
+STAGES = {   # stage -> (what to break, the party it breaks)
+    "psi": lambda mp: mp.setattr("vfl.job.roles.run_psi", _stop),     # the guest and the hosts alike
+    "binning": lambda mp: mp.setattr("vfl.preprocess.stage.host_prepare", _stop),
+    "training": lambda mp: mp.setattr("vfl.models.host.SplitHost._batch",
+                                      _stop_in_epoch_2(__import__("vfl.models.host").models.host.SplitHost._batch)),
+    "scoring": lambda mp: mp.setattr("vfl.job.roles.host_send_scores", _stop),
+    "report": lambda mp: mp.setattr("vfl.evaluation.report.write_report", _stop),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("stages")
+    job = _job(base, 3, preprocess={"bins": 4, "min_bin_rows": 20})
+    run_local(job)
+    return base, job
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_job_stopped_in_any_stage_resumes_to_the_uninterrupted_model(stage, uninterrupted, tmp_path, monkeypatch):
+    base, ref = uninterrupted
+    for f in ("g.csv", "h0.csv"):
+        shutil.copy(base / f, tmp_path / f)
+    job = _job(tmp_path, 3, preprocess={"bins": 4, "min_bin_rows": 20})
+    with monkeypatch.context() as mp:
+        STAGES[stage](mp)
+        with pytest.raises(JobFailed, match="stopped here by the test"):
+            run_local(job)
+    assert not (job.workdir / "report.html").exists()
+    run_local(job, resume=True)
+    np.testing.assert_array_equal(_weights(job), _weights(ref))
+    got, want = (pd.read_csv(j.output_dir("guest") / "predictions.csv") for j in (job, ref))
+    assert list(got["id"]) == list(want["id"])
+    np.testing.assert_allclose(got["score"], want["score"], rtol=0, atol=1e-12)
+    assert (job.workdir / "report.html").is_file() and (job.output_dir("host0") / "report.html").is_file()

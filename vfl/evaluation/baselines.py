@@ -43,8 +43,13 @@ def _table(p: PartyConfig, common: np.ndarray) -> PartyTable:
                       encoding=p.encoding).take(common)
 
 
+def pooled_tables(job: JobConfig, common: np.ndarray) -> list[PartyTable]:
+    """Every party's aligned rows, read in one place (baselines only)."""
+    return [_table(job.guest, common)] + [_table(h, common) for h in job.hosts]
+
+
 def baseline_aucs(job: JobConfig, common: np.ndarray, test: np.ndarray) -> dict:
-    tables = [_table(job.guest, common)] + [_table(h, common) for h in job.hosts]
+    tables = pooled_tables(job, common)
     y = tables[0].labels
     central = _fit_score(np.hstack([_columns(t, test) for t in tables]), y, test)
     guest_only = _fit_score(_columns(tables[0], test), y, test)

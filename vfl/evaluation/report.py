@@ -191,12 +191,40 @@ def chart_calibration(ev: dict, cohorts: list[str]) -> str:
     return chart("calibration", svg(fig, "calib"))
 
 
-def chart_loss(loss: list[float]) -> str:
+def chart_loss(loss: list[float], validation: list[dict] | None = None, best_epoch: int | None = None) -> str:
     fig, (ax,) = figure(4.6, 3.0)
-    ax.plot(range(1, len(loss) + 1), loss, "o-", color=color("train"), lw=1.6, ms=4)
-    ax.set(xlabel="epoch", ylabel="training loss (mean log loss)", title="Loss per epoch")
+    ax.plot(range(1, len(loss) + 1), loss, "o-", color=color("train"), lw=1.6, ms=4, label="training loss")
+    ax.set(xlabel="epoch", ylabel="training loss (mean log loss)", title="Loss and validation AUC per epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    aucs = [(v["epoch"], v["auc"]) for v in validation or [] if v.get("auc") is not None]
+    if aucs:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*aucs), "s--", color=color("test"), lw=1.4, ms=4, label="validation AUC")
+        if best_epoch is not None and best_epoch >= 0:
+            ax2.axvline(best_epoch + 1, color="#888", ls=":", lw=1)
+        ax2.set_ylabel("validation AUC")
+        lines = ax.get_lines()[:1] + ax2.get_lines()[:1]
+        ax.legend(lines, [l.get_label() for l in lines], loc="center right", fontsize=8)
     return chart("loss", svg(fig, "loss"))
+
+
+def chart_frontier(fr: dict) -> str:
+    """Test AUC against the worst-case attack bound, one point per epsilon, beside one-hot LR."""
+    fig, (ax,) = figure(4.8, 3.3)
+    rows = [r for r in fr["rows"] if r["epsilon"] is not None]
+    ax.plot([r["attack_bound"] for r in rows], [r["test_auc"] for r in rows], "o-", color=color("test"), lw=1.6,
+            label="embedding model (plaintext twin, with the job's protection)")
+    for r in rows:
+        ax.annotate(f"ε={r['epsilon']:g}", (r["attack_bound"], r["test_auc"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, -10))
+    inf = [r for r in fr["rows"] if r["epsilon"] is None]
+    if inf:
+        ax.axhline(inf[0]["test_auc"], color=color("train"), ls="--", lw=1, label="no label-DP")
+    ax.axhline(fr["one_hot_lr_auc"], color="#888", ls=":", lw=1.2, label="one-hot LR, pooled, no protection")
+    ax.set(xlabel="worst-case attack AUC on one label (bound)", ylabel="test AUC",
+           title="Privacy-utility frontier")
+    ax.legend(loc="lower right", fontsize=7)
+    return chart("frontier", svg(fig, "frontier"))
 
 
 def chart_score_stability(stab: dict, compared: list[tuple[str, dict]], cohorts: list[str]) -> str:
@@ -466,12 +494,38 @@ def build_report(job, results: dict | None = None) -> str:
     parts.append("<h2>Training</h2>")
     loss = m.get("loss_history") or []
     secs = m.get("epoch_seconds") or []
+    val = (m.get("validation") or {}).get("history") or []
+    best_epoch = (m.get("validation") or {}).get("best_epoch")
     lrows = [{"epoch": i + 1, "loss": l, "seconds": secs[i] if i < len(secs) else None,
+              "auc": val[i]["auc"] if i < len(val) else None, "kept": "best" if i == best_epoch else "",
               "_paths": {"loss": ["metrics", "loss_history", i],
-                         **({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {})}}
+                         **({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {}),
+                         **({"auc": ["metrics", "validation", "history", i, "auc"]} if i < len(val) else {})}}
              for i, l in enumerate(loss)]
-    parts.append(row(chart_loss(loss) if loss else "", table(
-        lrows, [("epoch", "epoch", "count"), ("loss", "loss", "p4"), ("seconds", "seconds", "sec")])))
+    cols = [("epoch", "epoch", "count"), ("loss", "loss", "p4"), ("seconds", "seconds", "sec")]
+    if val:
+        cols += [("auc", "validation AUC", "p4"), ("kept", "parameters kept", "text")]
+    parts.append(row(chart_loss(loss, val, best_epoch) if loss else "", table(lrows, cols)))
+    if val:
+        parts.append(note("Early stopping: after every epoch the bank scored a held-out validation slice of the "
+                          "training rows jointly with the hosts; every party kept the parameters of the best "
+                          "epoch. Only the decision (best so far, stop) left the bank, noised with label-DP when "
+                          "on; these AUCs stay with it."))
+    if m.get("frontier"):
+        fr = m["frontier"]
+        parts.append("<h2>Privacy-utility frontier</h2>")
+        frows = [{"epsilon": "∞ (off)" if r["epsilon"] is None else f"{r['epsilon']:g}", "auc": r["test_auc"],
+                  "bound": r["attack_bound"], "_paths": {"auc": ["metrics", "frontier", "rows", i, "test_auc"],
+                                                         "bound": ["metrics", "frontier", "rows", i, "attack_bound"]}}
+                 for i, r in enumerate(fr["rows"])]
+        parts.append(row(chart_frontier(fr), table(frows, [("epsilon", "label-DP ε", "text"),
+                                                           ("auc", "test AUC (twin)", "p4"),
+                                                           ("bound", "worst-case attack AUC", "p4")])))
+        parts.append(note(f"The plaintext twin of this model on the pooled rows (a demo-only comparison, "
+                          f"[job] baselines = true) for each ε, against the best possible test of one label "
+                          f"from everything a host sees. One-hot LR on the pooled columns without protection: "
+                          f"{fr['one_hot_lr_auc']:.4f}. This job used ε = "
+                          f"{'off' if fr.get('epsilon') is None else format(fr['epsilon'], 'g')}."))
 
     if m.get("stability"):
         parts += _stability_section(m["stability"], labelled, shown, job.guest.name)

@@ -158,7 +158,7 @@ def _categorical_world() -> dict[str, np.ndarray]:
 
 
 def categorical_credit_population(n_people: int = 60_000, seed: int = 0, bank_share: float = 1.0,
-                                  shop_share: float = 1.0, id_prefix: str = "C",
+                                  shop_share: float = 1.0, id_prefix: str = "C", coarse: bool = False,
                                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return ``(bank, shop)`` keyed by ``id``; the shop's high-cardinality categoricals interact.
 
@@ -180,6 +180,12 @@ def categorical_credit_population(n_people: int = 60_000, seed: int = 0, bank_sh
     party) can learn them, while a linear model on one-hot columns cannot.
 
     ``bank_share``/``shop_share`` < 1 keep a random subset of the people on each side.
+
+    ``coarse`` adds what a platform also knows about the same codes: ``region`` (``r0``-``r7``,
+    the city's region), ``device_brand`` (``b0``-``b5``, the device model's family) and
+    ``merchant_type`` (``t0``-``t7``, the merchant's group). Their pairs carry the pure
+    interactions above, so within-party crosses of them (the embedding model's wide part)
+    learn on a few thousand rows what one-hot LR cannot learn at all (the demo's data).
 
     Calibration (n_people=60,000, seed=0, inner join of both sides, stratified 80/20 split with
     ``random_state=0``, numerics standardised, scikit-learn 1.9), test ROC AUC:
@@ -239,6 +245,10 @@ def categorical_credit_population(n_people: int = 60_000, seed: int = 0, bank_sh
         "orders_12m": orders_12m,
         "return_rate": return_rate,
     })
+    if coarse:
+        shop["region"] = np.char.mod("r%d", region)
+        shop["device_brand"] = np.char.mod("b%d", family)
+        shop["merchant_type"] = np.char.mod("t%d", group)
     in_bank = rng.random(n) < bank_share
     in_shop = rng.random(n) < shop_share
     return (bank[in_bank].sample(frac=1, random_state=seed).reset_index(drop=True),
@@ -246,7 +256,7 @@ def categorical_credit_population(n_people: int = 60_000, seed: int = 0, bank_sh
 
 
 def write_categorical_credit_demo(folder: Path, n_people: int = 10_000, seed: int = 0,
-                                  cohort: str = "") -> tuple[Path, Path]:
+                                  cohort: str = "", coarse: bool = False) -> tuple[Path, Path]:
     """Like :func:`write_credit_demo` but with :func:`categorical_credit_population` data.
 
     Writes ``bank{cohort}.csv`` (guest) and ``shop{cohort}.csv`` (host); the bank knows 80%
@@ -256,7 +266,7 @@ def write_categorical_credit_demo(folder: Path, n_people: int = 10_000, seed: in
     """
     folder.mkdir(parents=True, exist_ok=True)
     bank, shop = categorical_credit_population(n_people, seed=seed, bank_share=0.8, shop_share=0.7,
-                                               id_prefix="A" if cohort else "C")
+                                               id_prefix="A" if cohort else "C", coarse=coarse)
     bank_path, shop_path = folder / f"bank{cohort}.csv", folder / f"shop{cohort}.csv"
     bank.to_csv(bank_path, index=False)
     shop.to_csv(shop_path, index=False)

@@ -17,12 +17,11 @@ from ..protocol.channel import Channel
 from .config import JobConfig, PartyConfig
 from ..io.tables import load_table, read_columns
 from ..io.files import write_json
-from ..models.common import sigmoid
-from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
+from ..evaluation.metrics import binary_metrics, gains_table
 from ..models.model_file import load_part
 from ..psi import write_intersection
-from .roles import run_psi
-from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
+from .roles import binned, guest_joint_scores, run_psi
+from ..models.scoring import host_send_scores, relay_authentication
 
 log = logging.getLogger("vfl.predict")
 
@@ -31,9 +30,13 @@ def _rows_to_score(party: PartyConfig):
     return party.predict_data or party.data
 
 
-def _binned(job: JobConfig) -> bool:
-    """WOE-binned models score missing values (they have a bin); others refuse them."""
-    return job.preprocess is not None and job.preprocess.woe
+def _load_rows(job: JobConfig, party: PartyConfig, model, label: str | None = None):
+    """The party's rows to score, its categorical columns as the model part recorded them
+    (jobs trained before model.json kept them: as the job file says). WOE-binned models
+    score missing values (they have a bin); others refuse them."""
+    cats = model.categorical_columns if model.categorical_columns is not None else party.categorical_columns
+    return load_table(_rows_to_score(party), party.id_column, label, cats, allow_missing=binned(job),
+                      encoding=party.encoding)
 
 
 def predict_guest(job: JobConfig, channel: Channel) -> dict:
@@ -45,15 +48,11 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     model = load_part(out / "model.json", g.name)
     path = _rows_to_score(g)
     has_label = g.label_column in read_columns(path, g.encoding)
-    table = load_table(path, g.id_column, g.label_column if has_label else None, g.categorical_columns,
-                       allow_missing=_binned(job), encoding=g.encoding)
+    table = _load_rows(job, g, model, g.label_column if has_label else None)
     t0 = time.perf_counter()
     common = run_psi(job, g.name, channel, table.ids)
     data = table.take(common)
-    host_sum = guest_sum_scores(channel, job.host_names, len(common))
-    score = sigmoid(model.score(data) + host_sum)
-    sc = job.scorecard
-    points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
+    score, points = guest_joint_scores(job, channel, model, data)
     frame = pd.DataFrame({"id": common, "score": score, "points": points.round(1)})
     if has_label:
         frame.insert(1, "label", data.labels.astype(int))
@@ -84,8 +83,7 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
     out = job.output_dir(name)
     model = load_part(out / "model.json", name)
-    table = load_table(_rows_to_score(h), h.id_column, categorical_columns=h.categorical_columns,
-                       allow_missing=_binned(job), encoding=h.encoding)
+    table = _load_rows(job, h, model)
     common = run_psi(job, name, channel, table.ids)
     write_intersection(out / "scored_ids.csv", common)
     data = table.take(common)

@@ -78,6 +78,17 @@ def binned(job: JobConfig) -> bool:
     return job.preprocess is not None and job.preprocess.woe
 
 
+def guest_joint_scores(job: JobConfig, channel: Channel, part: "ModelPart | TowerPart",
+                       data: PartyTable) -> tuple[np.ndarray, np.ndarray]:
+    """The guest's joint scores of ``data``'s rows (in ID order, common to every party) and their
+    scorecard points: its own part's score plus the hosts' secure sum, as at training so at
+    ``vfl predict``."""
+    host_sum = guest_sum_scores(channel, job.host_names, len(data.ids))
+    score = sigmoid(part.score(data) + host_sum)
+    sc = job.scorecard
+    return score, scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
+
+
 def _model_inputs(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.ndarray,
                   prep: "Prepared | None"):
     """Tower, inputs, vocabularies and scaling: on the WOE columns after ``[preprocess]`` with
@@ -98,9 +109,10 @@ def _model_part(party: PartyConfig, data: PartyTable, std: Standardizer, tower: 
         intercept = float(params[-1]) if tower.intercept else None
         encoder = prep.encoder if prep is not None else None
         return ModelPart(party.role, party.name, encoder.columns if encoder else data.columns,
-                         params[:-1] if tower.intercept else params, std, intercept, encoder, dropped)
+                         params[:-1] if tower.intercept else params, std, intercept, encoder, dropped,
+                         list(party.categorical_columns))
     return TowerPart(party.role, party.name, data.columns, vocabs, std, tower.dim, tower.hidden, params,
-                     tower.intercept, dropped, tower.wide)
+                     tower.intercept, dropped, list(party.categorical_columns), tower.wide)
 
 
 def _scorecard(job: JobConfig, part: ModelPart, key: str, events=None) -> dict:
@@ -154,10 +166,8 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     part = _model_part(g, model_data, std, tower, vocabs, model.params_, prep)
     part.save(out / "model.json")
     with timings("predict"):    # the same arithmetic as `vfl predict` on new rows
-        host_sum = guest_sum_scores(channel, job.host_names, len(common))
-        score = sigmoid(part.score(data) + host_sum)
+        score, points = guest_joint_scores(job, channel, part, data)
     sc = job.scorecard
-    points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     split = np.where(test, "test", np.where(valid, "validation", "train"))
     pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
                   "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
@@ -183,6 +193,9 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     if job.baselines:
         from ..evaluation.baselines import baseline_aucs
         metrics.update(baseline_aucs(job, common, test))
+        if job.model.type == "embedding":         # what each label-DP epsilon would give (report chart)
+            from ..evaluation.frontier import frontier_figures
+            metrics["frontier"] = frontier_figures(job, common, test, metrics["baseline_central_auc"])
     from ..evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
     from ..evaluation.report import write_report
     metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1),

@@ -9,9 +9,18 @@ import threading
 from typing import Callable
 
 from ..protocol.channel import LocalNetwork
-from .config import JobConfig
-from .predict import predict_guest, predict_host
-from .roles import run_arbiter, run_guest, run_host, run_psi_party
+from .config import ConfigError, JobConfig
+from . import tasks
+
+
+def backend_address(job: JobConfig) -> str | None:
+    """The ``ray_address`` parties running as threads of one process share (None: the local pool).
+    They share one backend, so all that name one must name the same."""
+    addresses = sorted({p.ray_address for p in job.parties} - {None})
+    if len(addresses) > 1:
+        raise ConfigError(f"the parties name different ray_address values ({', '.join(addresses)}); parties run "
+                          "as threads of one process share one backend: run them as processes (no --threads)")
+    return addresses[0] if addresses else None
 
 
 class JobFailed(RuntimeError):
@@ -50,32 +59,29 @@ def _run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwo
     return results
 
 
+def run_task_local(job: JobConfig, task: str, resume: bool = False, record: bool = False,
+                   network: LocalNetwork | None = None) -> dict:
+    """Every party of ``task`` (see :mod:`vfl.job.tasks`) as a thread; returns each party's result."""
+    t = tasks.task(task)
+    names = t.names(job)
+    net = network or LocalNetwork(names, timeout=job.network.peer_timeout, record=record)
+    targets = {n: (lambda name: (lambda ch: t.run(job, name, ch, resume)))(n) for n in names}
+    return _run_threads(names, targets, net, job, task)
+
+
 def run_local(job: JobConfig, record: bool = False, network: LocalNetwork | None = None,
               resume: bool = False) -> dict:
     """PSI, training and evaluation for all parties; returns each party's result.
 
-    ``resume`` continues from the parties' last per-epoch checkpoints."""
-    names = [job.guest.name, *job.host_names, job.arbiter.name]
-    net = network or LocalNetwork(names, timeout=job.network.peer_timeout, record=record)
-    targets: dict[str, Callable] = {job.guest.name: lambda ch: run_guest(job, ch, resume),
-                                    job.arbiter.name: lambda ch: run_arbiter(job, ch)}
-    for h in job.host_names:
-        targets[h] = (lambda name: (lambda ch: run_host(job, name, ch)))(h)
-    return _run_threads(names, targets, net, job, "train")
+    ``resume`` continues from the stage where an interrupted run stopped."""
+    return run_task_local(job, "train", resume, record, network)
 
 
 def run_psi_local(job: JobConfig) -> dict:
-    names = [job.guest.name, *job.host_names]
-    net = LocalNetwork(names, timeout=job.network.peer_timeout)
-    targets = {n: (lambda name: (lambda ch: run_psi_party(job, name, ch)))(n) for n in names}
-    return _run_threads(names, targets, net, job, "psi")
+    """PSI only: every party's sorted common IDs."""
+    return run_task_local(job, "psi")
 
 
 def run_predict_local(job: JobConfig) -> dict:
     """Score ``predict_data`` (or ``data``) with the trained parts: guest and hosts, no arbiter."""
-    names = [job.guest.name, *job.host_names]
-    net = LocalNetwork(names, timeout=job.network.peer_timeout)
-    targets: dict[str, Callable] = {job.guest.name: lambda ch: predict_guest(job, ch)}
-    for h in job.host_names:
-        targets[h] = (lambda name: (lambda ch: predict_host(job, name, ch)))(h)
-    return _run_threads(names, targets, net, job, "predict")
+    return run_task_local(job, "predict")

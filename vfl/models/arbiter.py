@@ -67,7 +67,7 @@ class SplitArbiter:
         plan = channel.recv(self.guest, f"{pre}/plan")
         epochs, batches, n_train, start = (int(plan.get(k, -1)) for k in ("epochs", "batches", "n_train",
                                                                            "start_epoch"))
-        if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start < epochs):
+        if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start <= epochs):
             raise ValueError(f"implausible training plan from the guest: {plan}")
         m = self.model = m.resolved(n_train)
         rows = batch_sizes(n_train, m.batch_size)
@@ -77,7 +77,7 @@ class SplitArbiter:
         # the guest's and every host's encryption randomness, made one batch ahead (vfl.models.randomness)
         # hosts first: they encrypt at the start of a batch, the guest re-randomises once their scores are in
         supply = (ZeroSupply(sk, pre, rows, epochs, (*self.hosts, self.guest), start)
-                  if m.randomness == "arbiter" else None)
+                  if m.randomness == "arbiter" and start < epochs else None)
         try:
             self._train(channel, pk, sk, pre, plan, start, epochs, batches, n_train, supply, checkpoint)
         finally:
@@ -105,7 +105,8 @@ class SplitArbiter:
         if start:
             if checkpoint is None:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
-            self.loss_history_ = list(checkpoint.load(epoch=start).loss_history)
+            done = start == epochs       # training had ended: its losses, on to scoring
+            self.loss_history_ = list(checkpoint.load(epoch=None if done else start, finished=done).loss_history)
         width = (pk.n.bit_length() + 7) // 8
         send_zeros(start, 0)
         for epoch in range(start, epochs):

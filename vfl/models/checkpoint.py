@@ -88,9 +88,10 @@ class Checkpoint:
                                   "start afresh without --resume")
         return state
 
-    def load(self, epoch: int | None = None, max_epochs: int | None = None) -> TrainingState:
+    def load(self, epoch: int | None = None, max_epochs: int | None = None, finished: bool = False) -> TrainingState:
         """The saved state; with ``epoch`` (the guest's, on a host or the arbiter) the state of
-        that epoch, the latest or the one before it."""
+        that epoch, the latest or the one before it. ``finished`` accepts a training that has
+        ended (converged or at ``max_epochs``): a job resumed after training goes on to scoring."""
         if not self.path.is_file():
             raise CheckpointError(f"no checkpoint to resume from at {self.path}")
         state = self._read(self.path)
@@ -100,6 +101,8 @@ class Checkpoint:
                 state = previous
         if epoch is not None and state.epoch != epoch:
             raise CheckpointError(f"{self.path} is at epoch {state.epoch}, the guest resumes at epoch {epoch}")
+        if finished:
+            return state
         if state.converged:
             raise CheckpointError(f"{self.path}: training already converged after {state.epoch} epochs")
         if max_epochs is not None and state.epoch >= max_epochs:
@@ -109,12 +112,17 @@ class Checkpoint:
 
 
 def resume_from(checkpoint: Checkpoint | None, opt, n_weights: int, epoch: int | None = None,
-                max_epochs: int | None = None) -> tuple[TrainingState, np.ndarray]:
+                max_epochs: int | None = None, finished: bool = False) -> tuple[TrainingState, np.ndarray]:
     """Restore the optimiser from the checkpoint; return the saved state and weights."""
     if checkpoint is None:
         raise CheckpointError("asked to resume, but this party keeps no checkpoint")
-    state = checkpoint.load(epoch=epoch, max_epochs=max_epochs)
+    state = checkpoint.load(epoch=epoch, max_epochs=max_epochs, finished=finished)
     if state.weights is None or len(state.weights) != n_weights:
         raise CheckpointError(f"{checkpoint.path} holds {len(state.weights or [])} weights, expected {n_weights}")
     restore_optimizer(opt, state.optimizer)
     return state, np.asarray(state.weights, dtype=float)
+
+
+def is_finished(state: TrainingState, max_epochs: int) -> bool:
+    """Whether a saved training has ended: nothing is left to train."""
+    return state.converged or state.epoch >= max_epochs

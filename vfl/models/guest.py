@@ -14,7 +14,7 @@ from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
 from .timing import Stopwatch
 from .backprop import encrypted_sums
-from .checkpoint import Checkpoint, TrainingState, resume_from
+from .checkpoint import Checkpoint, TrainingState, is_finished, resume_from
 from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
                      expect_encrypted, prefix_for, sigmoid, step, warn_if_small_batches)
@@ -77,13 +77,21 @@ class SplitGuest:
         best = None
         try:
             start = 0
-            if resume:
-                state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, max_epochs=m.epochs)
+            if resume and checkpoint is not None and not checkpoint.path.is_file():
+                log.info("resuming, but no training started before (no %s): training from the start",
+                         checkpoint.path.name)
+            elif resume:
+                state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, max_epochs=m.epochs,
+                                                    finished=True)
                 start, self.loss_history_ = state.epoch, list(state.loss_history)
                 if stopping is not None:
                     stopping.restore(state.validation)
                     best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
-                log.info("resuming after epoch %d", start)
+                if is_finished(state, m.epochs):     # start = epochs: every party takes its final state
+                    start = m.epochs
+                    log.info("resuming: training had ended after epoch %d; going on to scoring", state.epoch)
+                else:
+                    log.info("resuming after epoch %d", start)
             channel.send(self.arbiter, f"{pre}/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
                                                        "start_epoch": start, "values": self.tower.n_params,
                                                        "randomness": m.randomness})

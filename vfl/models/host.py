@@ -63,10 +63,14 @@ class SplitHost:
         try:
             channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness})
             start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
-            if not 0 <= start < m.epochs:
+            if not 0 <= start <= m.epochs:
                 raise ValueError(f"the guest asks to start at epoch {start} of {m.epochs}")
-            if start:
+            if start == m.epochs:       # training had ended: the final state, on to scoring
+                state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, finished=True)
+                self.epochs_run_ = state.epoch
+            elif start:
                 state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
+            if start:
                 best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
             for epoch in range(start, m.epochs):
                 schedule = batch_schedule(len(x), m.batch_size, self.seed, epoch)

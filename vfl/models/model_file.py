@@ -47,6 +47,7 @@ class ModelPart:
     intercept: float | None = None        # the guest's part only
     encoder: "WoeEncoder | None" = None   # [preprocess] woe = true: raw values -> bin -> WOE, then the weights
     dropped: list[str] = field(default_factory=list)   # own columns IV selection removed (woe = false)
+    categorical_columns: list[str] | None = None       # as the party's table named them (scoring reads them)
 
     def partial_score(self, features: np.ndarray, columns: list[str]) -> np.ndarray:
         """This party's share of the linear score for raw (unscaled) rows."""
@@ -78,6 +79,8 @@ class ModelPart:
             d["woe_bins"] = self.encoder.to_dict()
         if self.dropped:
             d["dropped"] = list(self.dropped)
+        if self.categorical_columns is not None:
+            d["categorical_columns"] = list(self.categorical_columns)
         return d
 
     def save(self, path: Path) -> None:
@@ -97,7 +100,7 @@ class ModelPart:
                        Standardizer.from_dict(d["standardizer"]),
                        float(d["intercept"]) if "intercept" in d else None,
                        WoeEncoder.from_dict(d["woe_bins"]) if "woe_bins" in d else None,
-                       [str(c) for c in d.get("dropped", [])])
+                       [str(c) for c in d.get("dropped", [])], _categorical(d))
             if part.encoder is not None and part.encoder.columns != part.columns:
                 raise ModelFileError(f"{path}: binned columns {part.encoder.columns} differ from {part.columns}")
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
@@ -131,11 +134,8 @@ class TowerPart:
     params: np.ndarray
     intercept: bool = False
     dropped: list[str] = field(default_factory=list)   # own columns IV selection removed
+    categorical_columns: list[str] | None = None       # as the party's table named them (scoring reads them)
     wide: bool = False                                 # the wide part (crosses are vocabularies with sources)
-
-    @property
-    def categorical_columns(self) -> list[str]:
-        return [v.column for v in self.vocabularies if not v.sources]
 
     @property
     def tower(self) -> EmbeddingTower:
@@ -146,7 +146,7 @@ class TowerPart:
     def inputs(self, table: PartyTable) -> TowerInput:
         """The tower's inputs for raw rows of this party's table."""
         table = _without_dropped(table, self.dropped, self.party)
-        cats = self.categorical_columns
+        cats = [v.column for v in self.vocabularies if not v.sources]
         if list(table.columns) != self.numeric_columns or list(table.categorical_columns) != cats:
             raise ModelFileError(f"{self.party}: data columns {list(table.columns)} + categorical "
                                  f"{list(table.categorical_columns)} differ from the model's "
@@ -166,6 +166,8 @@ class TowerPart:
                            for name in self.tower.layout.slices}}
         if self.dropped:
             d["dropped"] = list(self.dropped)
+        if self.categorical_columns is not None:
+            d["categorical_columns"] = list(self.categorical_columns)
         return d
 
     def save(self, path: Path) -> None:
@@ -176,7 +178,7 @@ class TowerPart:
         part = cls(d["role"], d["party"], [str(c) for c in d["numeric_columns"]],
                    [Vocabulary.from_dict(v) for v in d["vocabularies"]], Standardizer.from_dict(d["standardizer"]),
                    int(d["embedding_dim"]), [int(h) for h in d["hidden_units"]], np.zeros(0), bool(d["intercept"]),
-                   [str(c) for c in d.get("dropped", [])], bool(d.get("wide", False)))
+                   [str(c) for c in d.get("dropped", [])], _categorical(d), bool(d.get("wide", False)))
         layout = part.tower.layout
         flat = np.zeros(layout.size)
         if set(d["params"]) != set(layout.slices):
@@ -189,6 +191,12 @@ class TowerPart:
             flat[layout.slices[name]] = arr.ravel()
         part.params = flat
         return part
+
+
+def _categorical(d: dict) -> list[str] | None:
+    """The categorical columns a model file names (None: written before they were kept)."""
+    cats = d.get("categorical_columns")
+    return None if cats is None else [str(c) for c in cats]
 
 
 def load_part(path: Path, party: str) -> "ModelPart | TowerPart":

@@ -1,0 +1,154 @@
+"""The Python API (vfl.Job, vfl.fit, Model.predict_proba): the same jobs, files, errors and models as the CLI."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import vfl
+from benchmarks.tls_job import tls_job
+from parties.cli import main as vfl_main
+from tests.conftest import make_job, write_tables
+from vfl.io.synth import vertical_split
+from vfl.io.tables import load_table
+from vfl.job.config import ConfigError, ModelConfig, PreprocessConfig, load_job
+from vfl.job.jobfile import dumps, raw_of
+from vfl.models.common import sigmoid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _predictions(job) -> pd.DataFrame:
+    return pd.read_csv(job.output_dir(job.guest.name) / "predictions.csv", dtype={"id": str}).set_index("id")
+
+
+def _weights(job) -> np.ndarray:
+    parts = [json.loads((job.output_dir(p.name) / "model.json").read_text()) for p in (job.guest, *job.hosts)]
+    return np.concatenate([np.ravel(p["coef"]) for p in parts] + [[parts[0]["intercept"]]])
+
+
+def test_fit_from_toml_then_predict_proba_on_the_training_rows_reproduces_predictions_csv(tmp_path):
+    g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2, 2], seed=3))
+    path = make_job(tmp_path, g, hosts, model={"epochs": 3, "batch_size": 128}).to_toml()
+    model = vfl.fit(vfl.Job.from_toml(path))
+    rows = {"guest": pd.read_csv(g, dtype={"id": str})}
+    rows.update({f"host{i}": pd.read_csv(h, dtype={"id": str}) for i, h in enumerate(hosts)})
+    scores = model.predict_proba(rows)
+    want = _predictions(load_job(path))
+    assert list(scores.index) == list(want.index)
+    np.testing.assert_allclose(scores.to_numpy(), want["score"].to_numpy(), rtol=0, atol=1e-9)
+    assert model.metrics["aligned_rows"] == len(want) and model.report.is_file()
+    # the plaintext twin: the parties' saved parts applied to the joined rows
+    tables = {n: load_table(p, "id", "y" if n == "guest" else None).take(np.asarray(want.index))
+              for n, p in (("guest", g), *((f"host{i}", h) for i, h in enumerate(hosts)))}
+    twin = sigmoid(sum(model.parts[n].score(t) for n, t in tables.items()))
+    np.testing.assert_allclose(scores.to_numpy(), twin, rtol=0, atol=1e-9)
+
+
+def test_cli_and_api_give_identical_models(tmp_path):
+    g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2], seed=5))
+    path = make_job(tmp_path, g, hosts, model={"epochs": 2, "batch_size": 128}).to_toml()
+    job = load_job(path)
+    assert vfl_main(["run", str(path)]) == 0                     # processes over TLS
+    cli_weights, cli_pred = _weights(job), _predictions(job)
+    text = path.read_text()
+    model = vfl.fit(vfl.Job.from_toml(path))                      # threads, the same files overwritten
+    np.testing.assert_array_equal(_weights(job), cli_weights)
+    np.testing.assert_allclose(_predictions(job)["score"], cli_pred["score"], rtol=0, atol=1e-12)
+    # scoring as processes (`vfl predict`) gives the training rows' scores too; the user's file is untouched
+    scores = model.predict_proba({"guest": g, "host0": hosts[0]}, runner="processes")
+    np.testing.assert_allclose(scores.to_numpy(), cli_pred["score"].to_numpy(), rtol=0, atol=1e-12)
+    assert path.read_text() == text
+
+
+def test_job_round_trips_through_its_toml_file(tmp_path):
+    g, hosts = vertical_split(300, 2, [2], seed=1)
+    job = vfl.Job(vfl.Party("bank", g, label_column="y", predict_data=tmp_path / "new.csv"),
+                  [vfl.Party("shop", hosts[0].set_index("id"), categorical_columns=["city"], ray_address="local")],
+                  name="round-trip", workdir=tmp_path / "out", seed=3, test_fraction=0.25, baselines=True,
+                  model=ModelConfig(epochs=4, l2=0.01, key_bits=1024, allow_short_keys=True, hidden_units=(8, 4)),
+                  preprocess=PreprocessConfig(bins=6, monotonic=True), scorecard={"pdo": 40.0},
+                  network={"peer_timeout": 30.0}, ca=tmp_path / "ca.pem")
+    path = job.to_toml(tmp_path / "job.toml")
+    again = vfl.Job.from_toml(path)
+    assert replace(again.config, path=job.config.path) == job.config
+    assert replace(load_job(path), path=job.config.path) == job.config
+    assert again.to_toml(tmp_path / "again.toml").read_text() == path.read_text()
+    # each DataFrame went to its own party's folder, the ID index as a column
+    assert job.config.guest.data == tmp_path / "out" / "bank" / "input" / "data.csv"
+    shop = pd.read_csv(tmp_path / "out" / "shop" / "input" / "data.csv", dtype={"id": str})
+    assert list(shop.columns) == list(hosts[0].columns)
+
+
+def test_job_is_validated_with_the_cli_errors(tmp_path):
+    g, hosts = vertical_split(100, 2, [1], seed=1)
+    good = make_job(tmp_path, g, hosts)
+    for table, key, value in (("model", "epoch", 5), ("model", "key_bits", 1000), ("preprocess", "bins", 1),
+                              ("guest", "label", "y")):
+        raw = raw_of(good.config)
+        raw.setdefault(table, {})[key] = value
+        (tmp_path / "bad.toml").write_text(dumps(raw))
+        with pytest.raises(ConfigError) as cli:
+            load_job(tmp_path / "bad.toml")
+        kwargs = {"model": {**raw["model"]}} if table == "model" else {"preprocess": raw["preprocess"]} \
+            if table == "preprocess" else {}
+        guest = vfl.Party("guest", g, **({"label": "y"} if table == "guest" else {}))
+        with pytest.raises(ConfigError) as api:
+            vfl.Job(guest, [vfl.Party("host0", hosts[0])], workdir=tmp_path / "out", **kwargs)
+        assert str(api.value) == str(cli.value)
+    with pytest.raises(ConfigError, match="no ID column 'id'"):
+        vfl.fit(vfl.Job(vfl.Party("guest", g.drop(columns="id")), [vfl.Party("host0", hosts[0])],
+                        workdir=tmp_path / "o2"))
+
+
+def test_vfl_psi_runs_as_processes(tmp_path):
+    g, hosts = write_tables(tmp_path, *vertical_split(400, 2, [1, 1], seed=2))
+    path = make_job(tmp_path, g, hosts).to_toml()
+    assert vfl_main(["psi", str(path)]) == 0
+    job = load_job(path)
+    ids = [set(pd.read_csv(p, dtype={"id": str})["id"]) for p in (g, *hosts)]
+    want = sorted(set.intersection(*ids))
+    for name in ("guest", "host0", "host1"):
+        assert list(pd.read_csv(job.output_dir(name) / "intersection.csv", dtype={"id": str})["id"]) == want
+    assert not job.output_dir("arbiter").exists() or not any(job.output_dir("arbiter").glob("*.csv"))
+
+
+def test_the_notebook_example_trains_from_dataframes_and_scores_new_applicants(tmp_path):
+    spec = importlib.util.spec_from_file_location("credit_from_dataframes",
+                                                  ROOT / "examples" / "notebook" / "credit_from_dataframes.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model, scores = example.main(people=1500, key_bits=512, workdir=str(tmp_path / "nb"))
+    assert model.metrics["test"]["auc"] > 0.6
+    cfg = model.job.config
+    # the applicants all three files share, scored as the saved parts score them in plaintext
+    tables = {p.name: load_table(cfg.output_dir(p.name) / "input" / "score.csv", "id") for p in (cfg.guest, *cfg.hosts)}
+    common = np.intersect1d(tables["bank"].ids, tables["shop"].ids)
+    assert list(scores.index) == sorted(common) and len(common) > 100
+    twin = sigmoid(sum(model.parts[n].score(t.take(common)) for n, t in tables.items()))
+    np.testing.assert_allclose(scores.to_numpy(), twin, rtol=0, atol=1e-9)
+
+
+def test_run_party_runs_each_party_in_its_own_process(tmp_path):
+    """vfl.run_party is `vfl party`: here guest and host run PSI, each a process over TLS."""
+    import threading
+    g, hosts = vertical_split(300, 2, [1], seed=4)
+    path = tls_job(tmp_path, g, hosts, host_names=["host0"])       # production: each party its certificate
+    job = vfl.Job.from_toml(path)
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.setdefault(n, vfl.run_party(path, n, task="psi")))
+               for n in ("guest", "host0")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {"guest": {}, "host0": {}}
+    want = sorted(set(g["id"]) & set(hosts[0]["id"]))
+    for name in ("guest", "host0"):
+        assert list(pd.read_csv(job.config.output_dir(name) / "intersection.csv", dtype={"id": str})["id"]) == want
+        assert (job.config.output_dir(name) / "input" / "data.csv").is_file()

@@ -1,0 +1,346 @@
+"""The Python API: build a job, fit it, score new rows, run my party.
+
+In scikit-learn's manner: a :class:`Job` holds the parameters (parties, data,
+model and preprocessing settings), :func:`fit` trains and returns a fitted
+:class:`Model`, :meth:`Model.predict_proba` scores new rows. The job file
+(TOML) stays what parties exchange: :meth:`Job.to_toml` writes it,
+:meth:`Job.from_toml` reads it, and :func:`run_party` runs one party of it
+in production.
+
+Data given as a pandas DataFrame is written, before any party starts, to a CSV
+file under *that party's own folder* (``<workdir>/<party>/input/``), and the job
+file names that file, exactly as if the path had been given. So every party,
+whether a thread, a process on this machine or a process elsewhere, reads only
+its own file: no party ever receives another's DataFrame. :func:`run_party`
+writes only the running party's own frame.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import pandas as pd
+
+from .job.config import ConfigError, JobConfig, ModelConfig, NetworkConfig, PreprocessConfig, ScorecardConfig
+from .job.config import load_job, parse_job
+from .job.jobfile import party_table, raw_of, table_of, write_job
+from .job.threads import JobFailed, backend_address, run_task_local
+from .models.model_file import ModelPart, TowerPart, load_part
+
+Data = Union[str, Path, pd.DataFrame]
+RUNNERS = ("threads", "processes")
+
+
+class Party:
+    """One party of a job: its name, its data and the other keys of its job-file table.
+
+    Parameters
+    ----------
+    name : str
+        The party's name; its outputs go to ``<workdir>/<name>/``.
+    data : str, Path or pandas.DataFrame, optional
+        Its training table (none for the arbiter). A DataFrame needs the ID column,
+        as a column or as its index, and is written to ``<workdir>/<name>/input/data.csv``.
+    address : str, optional
+        ``HOST:PORT`` it listens on; by default a free port on 127.0.0.1.
+    predict_data : str, Path or pandas.DataFrame, optional
+        Rows ``vfl predict`` scores.
+    **keys
+        Any other key of a party's table in the job file: ``id_column``, ``label_column``
+        (the guest's), ``categorical_columns``, ``cert``, ``key``, ``ray_address``.
+    """
+
+    def __init__(self, name: str, data: Data | None = None, *, address: str | None = None,
+                 predict_data: Data | None = None, **keys: Any) -> None:
+        self.name, self.data, self.predict_data = name, data, predict_data
+        self.address = address or f"127.0.0.1:{_free_port()}"
+        self.keys = keys
+
+    def __repr__(self) -> str:
+        data = "DataFrame" if isinstance(self.data, pd.DataFrame) else self.data
+        return f"Party({self.name!r}, data={data!r}, address={self.address!r})"
+
+
+class Job:
+    """A federated job: who takes part with what data, and how to train.
+
+    Validated on construction with exactly the errors ``vfl`` gives for the job
+    file (:class:`~vfl.job.config.ConfigError`).
+
+    Parameters
+    ----------
+    guest : Party
+        The party with the labels (give ``label_column``; default ``"y"``).
+    hosts : list of Party
+        The parties with more columns for the same IDs.
+    arbiter : Party, optional
+        Holds the decryption key; by default ``Party("arbiter")`` on a free local port.
+    name, workdir : str
+        The job's name and where every party writes (``<workdir>/<party>/``).
+    seed, test_fraction, baselines
+        As in the job file's ``[job]`` table.
+    model, preprocess, scorecard, network : dict or settings dataclass, optional
+        The ``[model]``, ``[preprocess]``, ``[scorecard]`` and ``[network]`` tables, as dicts of
+        job-file keys or as :class:`~vfl.job.config.ModelConfig` etc. ``preprocess=True`` bins
+        with the defaults; ``None`` (default) does not bin.
+    ca : str or Path, optional
+        The CA certificate (``[tls] ca``); without it local runs make a fresh CA.
+
+    Examples
+    --------
+    >>> job = vfl.Job(vfl.Party("bank", bank_df, label_column="default"),
+    ...               [vfl.Party("shop", shop_df)], workdir="runs/credit",
+    ...               model={"epochs": 5}, preprocess={"monotonic": True})
+    >>> model = vfl.fit(job)
+    """
+
+    def __init__(self, guest: Party, hosts: list[Party], *, arbiter: Party | None = None, name: str = "job",
+                 workdir: str | Path = "runs/job", seed: int = 42, test_fraction: float = 0.2,
+                 baselines: bool = False, model: dict | ModelConfig | None = None,
+                 preprocess: dict | PreprocessConfig | bool | None = None,
+                 scorecard: dict | ScorecardConfig | None = None, network: dict | NetworkConfig | None = None,
+                 ca: str | Path | None = None) -> None:
+        self.guest, self.hosts = guest, list(hosts)
+        self.arbiter = arbiter or Party("arbiter")
+        self.workdir = Path(workdir).expanduser().resolve()
+        self.path = self.workdir / "job.toml"     # the job file the parties' processes read
+        self._from_file = False                   # True: self.path is the user's file, never rewritten
+        raw: dict = {"job": {"name": name, "workdir": str(self.workdir), "seed": seed,
+                             "test_fraction": test_fraction, "baselines": baselines}}
+        if ca is not None:
+            raw["tls"] = {"ca": str(Path(ca).resolve())}
+        raw["arbiter"] = self._table(self.arbiter, "arbiter")
+        raw["guest"] = self._table(guest, "guest")
+        raw["hosts"] = [self._table(h, "host") for h in self.hosts]
+        if preprocess is True:
+            preprocess = {}
+        for key, value in (("model", model), ("scorecard", scorecard), ("network", network),
+                           ("preprocess", preprocess)):
+            if value is not None and value is not False:
+                raw[key] = table_of(value) if not isinstance(value, dict) else dict(value)
+        self.config: JobConfig = parse_job(raw, self.path)     # the CLI's checks and errors
+
+    def _table(self, p: Party, role: str) -> dict:
+        table = {"name": p.name, "address": p.address, **p.keys,
+                 "data": _planned(self.workdir, p, p.data, "data"),
+                 "predict_data": _planned(self.workdir, p, p.predict_data, "predict")}
+        # a key given as None is left out, as if absent from the file (so the CLI's "missing key" errors)
+        return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+                for k, v in table.items() if v is not None}
+
+    @property
+    def parties(self) -> list[Party]:
+        return [self.guest, *self.hosts, self.arbiter]
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Job":
+        """The job of a job file, validated as ``vfl`` validates it."""
+        return cls.from_config(load_job(path), Path(path))
+
+    @classmethod
+    def from_config(cls, config: JobConfig, path: Path | None = None) -> "Job":
+        """The job of a loaded :class:`~vfl.job.config.JobConfig` (every key kept)."""
+        def party(p):
+            t = party_table(p)
+            return Party(t.pop("name"), t.pop("data", None), address=t.pop("address"),
+                         predict_data=t.pop("predict_data", None), **t)
+        raw = raw_of(config)
+        job = cls(party(config.guest), [party(h) for h in config.hosts], arbiter=party(config.arbiter),
+                  **raw["job"], ca=config.ca, model=config.model, scorecard=config.scorecard,
+                  network=config.network, preprocess=config.preprocess)
+        if path is not None:
+            job.path, job._from_file = Path(path).resolve(), True
+        return job
+
+    def to_toml(self, path: str | Path | None = None) -> Path:
+        """Write the job file (default ``<workdir>/job.toml``), and any DataFrame to its party's
+        folder; return the file's path. :meth:`from_toml` reads it back to an equal job."""
+        for p in self.parties:
+            self._write_frames(p)
+        return write_job(self.config, path or self.path)
+
+    def _job_file(self) -> Path:
+        """The file the parties' processes read: the one this job came from, else written now."""
+        return self.path if self._from_file else write_job(self.config, self.path)
+
+    def _write_frames(self, p: Party) -> None:
+        cfg = self.config.party(p.name)
+        for frame, path in ((p.data, cfg.data), (p.predict_data, cfg.predict_data)):
+            if isinstance(frame, pd.DataFrame):
+                _write_frame(frame, path, cfg.id_column, p.name)
+
+    def __repr__(self) -> str:
+        return (f"Job({self.config.name!r}, guest={self.guest.name!r}, hosts={[h.name for h in self.hosts]}, "
+                f"model={self.config.model.type!r}, workdir={str(self.workdir)!r})")
+
+
+class Model:
+    """A fitted federated model: every party's part, the metrics and the report.
+
+    Attributes
+    ----------
+    job : Job
+    parts : dict
+        Party name -> its :class:`~vfl.models.model_file.ModelPart` or ``TowerPart``
+        (from ``<workdir>/<party>/model.json``).
+    metrics : dict
+        The guest's ``metrics.json``: AUC, KS, loss history, stage times, ...
+    report : Path
+        The guest's validation report (``<workdir>/report.html``).
+    predictions : Path
+        The guest's scores of the training rows (``predictions.csv``).
+    """
+
+    def __init__(self, job: Job) -> None:
+        cfg = job.config
+        self.job = job
+        self.parts: dict[str, ModelPart | TowerPart] = {
+            p.name: load_part(cfg.output_dir(p.name) / "model.json", p.name) for p in (cfg.guest, *cfg.hosts)}
+        self.metrics: dict = json.loads((cfg.workdir / "metrics.json").read_text())
+        self.report = cfg.workdir / "report.html"
+        self.predictions = cfg.output_dir(cfg.guest.name) / "predictions.csv"
+
+    def predict_proba(self, rows: Mapping[str, Data], runner: str = "threads") -> pd.Series:
+        """Score new rows jointly, exactly as ``vfl predict`` does.
+
+        Parameters
+        ----------
+        rows : dict
+            Party name -> its new rows (DataFrame or path). A party left out scores its
+            ``predict_data`` (else its ``data``) from the job. The guest's rows may carry the
+            label: then the cohort's AUC and KS are in ``<workdir>/predict_metrics.json``.
+        runner : {"threads", "processes"}
+
+        Returns
+        -------
+        pandas.Series
+            The probability of label 1 for every ID all parties share, indexed by ID (text),
+            in ID order. Points and the full table: ``<workdir>/<guest>/scores.csv``.
+        """
+        cfg = self.job.config
+        unknown = sorted(set(rows) - {p.name for p in (cfg.guest, *cfg.hosts)})
+        if unknown:
+            raise ConfigError(f"no guest or host named {', '.join(map(repr, unknown))} in this job (parties: "
+                              f"{', '.join([cfg.guest.name, *cfg.host_names])})")
+        parties = []
+        for p in (cfg.guest, *cfg.hosts):
+            new = rows.get(p.name)
+            if isinstance(new, pd.DataFrame):
+                path = cfg.output_dir(p.name) / "input" / "score.csv"
+                _write_frame(new, path, p.id_column, p.name)
+                new = path
+            parties.append(replace(p, predict_data=Path(new).resolve()) if new is not None else p)
+        job = replace(cfg, guest=parties[0], hosts=tuple(parties[1:]))
+        path = write_job(job, self.job.workdir / "predict-job.toml") if runner == "processes" else None
+        _run(job, "predict", runner, path)
+        scores = pd.read_csv(cfg.output_dir(cfg.guest.name) / "scores.csv", dtype={"id": str})
+        return scores.set_index("id")["score"]
+
+
+def fit(job: Job, runner: str = "threads", resume: bool = False) -> Model:
+    """Run every party of ``job`` on this machine (PSI, binning, training, scoring, reports).
+
+    Parameters
+    ----------
+    job : Job
+    runner : {"threads", "processes"}
+        ``"threads"``: every party a thread of this process, over an in-memory network.
+        ``"processes"``: every party its own process over mutual TLS, as ``vfl run``.
+    resume : bool
+        Continue from the stage where an interrupted run stopped (``vfl run --resume``).
+
+    Returns
+    -------
+    Model
+    """
+    for p in job.parties:
+        job._write_frames(p)
+    path = job._job_file() if runner == "processes" else None
+    _run(job.config, "train", runner, path, resume)
+    return Model(job)
+
+
+def run_party(job: Job | str | Path, name: str, task: str = "train", resume: bool = False) -> dict:
+    """Run party ``name``'s part of ``job`` in its own process over TLS: the production path.
+
+    Only this party's DataFrames are written (to its own folder). The process is
+    ``vfl party``; it waits for its peers' links, as in ``vfl party JOB.toml --role ...``.
+
+    Parameters
+    ----------
+    job : Job or path of a job file
+    name : str
+        The party to run.
+    task : {"train", "psi", "predict"}
+    resume : bool
+        (guest) continue from the stage where the job stopped.
+
+    Returns
+    -------
+    dict
+        What it wrote: the guest's ``metrics.json`` (``predict_metrics.json`` when scoring),
+        a host's ``report.json``, the arbiter's ``training.json``; ``{}`` after PSI.
+    """
+    job = job if isinstance(job, Job) else Job.from_toml(job)
+    cfg = job.config
+    me = cfg.party(name)
+    job._write_frames(next(p for p in job.parties if p.name == name))
+    path = job._job_file()
+    cmd = [sys.executable, "-m", "parties.cli", "party", str(path), "--role", me.role, "--name", name,
+           "--task", task] + (["--resume"] if resume else [])
+    if subprocess.run(cmd).returncode != 0:
+        raise JobFailed(f"party {name!r} failed: see its log lines above")
+    out = cfg.output_dir(name)
+    files = {("train", "guest"): cfg.workdir / "metrics.json", ("predict", "guest"): cfg.workdir /
+             "predict_metrics.json", ("train", "host"): out / "report.json", ("train", "arbiter"): out / "training.json"}
+    f = files.get((task, me.role))
+    return json.loads(f.read_text()) if f is not None and f.is_file() else {}
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _run(config: JobConfig, task: str, runner: str, path: Path | None, resume: bool = False) -> None:
+    """``task`` for every party of ``config``: as threads, or as ``vfl`` processes reading ``path``."""
+    if runner == "threads":
+        from crypto.backends import selected
+        with selected(backend_address(config)):
+            run_task_local(config, task, resume)
+    elif runner == "processes":
+        cmd = {"train": ["run"] + (["--resume"] if resume else []), "predict": ["predict"], "psi": ["psi"]}[task]
+        proc = subprocess.run([sys.executable, "-m", "parties.cli", *cmd, str(path)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")] \
+                or proc.stderr.strip().splitlines()[-1:]
+            raise JobFailed(lines[-1].removeprefix("error: ") if lines else f"vfl {task} failed")
+    else:
+        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+
+
+def _planned(workdir: Path, p: Party, data: Data | None, kind: str) -> str | None:
+    """Where the job file says the party's table is: its path, or where its DataFrame will be written."""
+    if isinstance(data, pd.DataFrame):
+        return str(workdir / p.name / "input" / f"{kind}.csv")
+    return None if data is None else str(Path(data).expanduser().resolve())
+
+
+def _write_frame(frame: pd.DataFrame, path: Path, id_column: str, party: str) -> None:
+    """A party's DataFrame as the CSV its job names; the ID may be the index."""
+    if id_column not in frame.columns:
+        if frame.index.name != id_column:
+            raise ConfigError(f"party {party!r}: the DataFrame has no ID column {id_column!r} (as a column or "
+                              f"the index's name); set id_column to the column holding the IDs")
+        frame = frame.reset_index()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def _free_port() -> int:
+    """A port free on loopback now (the OS picks it), so jobs on one machine never collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

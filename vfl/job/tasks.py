@@ -1,0 +1,83 @@
+"""The task table: for each task, which roles take part and what each runs.
+
+Every runner reads this one table: the thread runner (:mod:`vfl.job.threads`),
+one party's process (``parties.party``), the process launcher
+(``parties.launcher``), the CLI and the Python API (:mod:`vfl.api`). Adding a
+task, or a role to one, is an edit here only.
+
+========  ========================  =====================================================
+task      roles                     what each runs
+========  ========================  =====================================================
+psi       guest, hosts              private set intersection; ``intersection.csv``
+train     guest, hosts, arbiter     PSI, binning, training, joint scoring, reports
+predict   guest, hosts              PSI of the new IDs, joint scoring; ``scores.csv``
+========  ========================  =====================================================
+
+Every entry has one signature, ``run(job, name, channel, resume) -> result``:
+a runner needs to know nothing about a role but its name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..protocol.channel import Channel
+from .config import ConfigError, JobConfig
+from .predict import predict_guest, predict_host
+from .roles import run_arbiter, run_guest, run_host, run_psi_party
+
+RoleRun = Callable[[JobConfig, str, Channel, bool], Any]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: ``runs`` maps each taking-part role to what a party of that role runs."""
+
+    name: str
+    runs: dict[str, RoleRun]
+    summary: str
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self.runs)
+
+    def parties(self, job: JobConfig) -> list[tuple[str, str]]:
+        """``(role, name)`` of every party of ``job`` taking part: guest, hosts, then the arbiter."""
+        return [(p.role, p.name) for p in job.parties if p.role in self.runs]
+
+    def names(self, job: JobConfig) -> list[str]:
+        return [name for _, name in self.parties(job)]
+
+    def absent(self, job: JobConfig) -> set[str]:
+        """Parties of ``job`` that take no part (a process of this task opens no link to them)."""
+        return {p.name for p in job.parties if p.role not in self.runs}
+
+    def run(self, job: JobConfig, name: str, channel: Channel, resume: bool = False) -> Any:
+        """Party ``name``'s part of this task over ``channel``."""
+        role = job.party(name).role
+        if role not in self.runs:
+            raise ConfigError(f"the {self.name} task needs no {role}: start only the "
+                              f"{', '.join(r + 's' if r == 'host' else r for r in self.roles)}")
+        return self.runs[role](job, name, channel, resume)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("psi", {"guest": lambda job, name, ch, resume: run_psi_party(job, name, ch),
+                 "host": lambda job, name, ch, resume: run_psi_party(job, name, ch)},
+         "private set intersection of the parties' IDs"),
+    Task("train", {"guest": lambda job, name, ch, resume: run_guest(job, ch, resume),
+                   "host": lambda job, name, ch, resume: run_host(job, name, ch),
+                   "arbiter": lambda job, name, ch, resume: run_arbiter(job, ch)},
+         "PSI, binning, training, joint scoring of the training rows, reports"),
+    Task("predict", {"guest": lambda job, name, ch, resume: predict_guest(job, ch),
+                     "host": lambda job, name, ch, resume: predict_host(job, name, ch)},
+         "score new rows (predict_data, else data) with the trained model parts"),
+)}
+
+
+def task(name: str) -> Task:
+    """The task called ``name``; a :class:`ConfigError` naming the known ones otherwise."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r} (tasks: {', '.join(TASKS)})") from None
