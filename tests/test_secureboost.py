@@ -242,8 +242,8 @@ def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
     guest, hosts = vertical_split(500, 3, [3, 2], overlap=0.9, seed=4)
     hosts[0].iloc[::7, 1] = np.nan                           # missing values get a bin of their own
     path = write_job(tmp_path, *write_tables(tmp_path, guest, hosts),
-                     model='type = "secureboost"\nnum_trees = 3\nmax_depth = 3\nmax_bin = 16\nlearning_rate = 0.3\n'
-                           'min_leaf_rows = 10\n')
+                     model={"type": "secureboost", "num_trees": 3, "max_depth": 3, "max_bin": 16,
+                            "learning_rate": 0.3, "min_leaf_rows": 10})
     job = load_job(path)
     results = run_local(job)
     assert results["guest"]["trees"] == 3 and results["guest"]["test"]["auc"] > 0.6
