@@ -63,7 +63,7 @@ class ModelConfig:
     epochs: int = 0                          # logistic 10; embedding 12 (early stopping usually ends it sooner)
     batch_size: int = 0                      # logistic 4096; embedding: a power of two near a sixth of the
                                              # training rows, 512 to 8192 (few, large, less noisy steps)
-    learning_rate: float = 0.0               # logistic 0.05; embedding 0.03
+    learning_rate: float = 0.0               # logistic 0.05; embedding 0.03; secureboost 0.3 (shrinkage)
     optimizer: str = "adam"
     l2: float = 0.0
     tolerance: float = 1e-4
@@ -95,13 +95,21 @@ class ModelConfig:
     dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the
                                              # rest); a job whose guest has categorical columns defaults to 0.5
     clip_norm: float = 1.0
+    # gradient-boosted trees (type = "secureboost"; learning_rate and l2 above apply too)
+    num_trees: int = 10
+    max_depth: int = 4
+    max_bin: int = 32
+    min_child_weight: float = 1e-3
+    min_leaf_rows: int = 20
+    subsample: float = 1.0                   # rows drawn per tree from [model] seed (every party alike)
 
     def __post_init__(self) -> None:
         embedding = self.type == "embedding"
         if self.epochs == 0:
             object.__setattr__(self, "epochs", 12 if embedding else 10)
         if self.learning_rate == 0.0:
-            object.__setattr__(self, "learning_rate", 0.03 if embedding else 0.05)
+            object.__setattr__(self, "learning_rate",
+                               0.03 if embedding else 0.3 if self.type == "secureboost" else 0.05)
 
     def resolved(self, n_train: int) -> "ModelConfig":
         """These settings with the batch size for ``n_train`` training rows filled in."""
@@ -313,8 +321,20 @@ def _dataclass_from(cls, table: dict, where: str):
 
 
 def _check_model(m: ModelConfig) -> None:
-    if m.type not in ("logistic", "embedding"):
-        raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic', 'embedding')")
+    if m.type not in ("logistic", "embedding", "secureboost"):
+        raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic', 'embedding', "
+                          "'secureboost')")
+    if m.type == "secureboost":
+        from ..models.trees.params import TreeParams
+        try:
+            TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
+                       l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
+                       subsample=m.subsample, seed=m.seed, key_bits=m.key_bits,
+                       allow_short_keys=m.allow_short_keys, encryption=m.encryption)
+        except ValueError as exc:
+            raise ConfigError(f"[model] {exc}") from None
+        if m.early_stopping == "on":
+            raise ConfigError("[model] early_stopping is not built for type = 'secureboost' yet; set num_trees")
     if m.embedding_dim < 1 or m.hash_buckets < 0 or m.min_category_rows < 1:
         raise ConfigError("[model] embedding_dim and min_category_rows must be >= 1, hash_buckets >= 0")
     if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in m.hidden_units):

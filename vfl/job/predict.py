@@ -40,6 +40,9 @@ def _load_rows(job: JobConfig, party: PartyConfig, model, label: str | None = No
 
 
 def predict_guest(job: JobConfig, channel: Channel) -> dict:
+    if job.model.type == "secureboost":
+        from .secureboost import predict_guest as secureboost_guest
+        return secureboost_guest(job, channel)
     g = job.guest
     out = job.output_dir(g.name)
     model = load_part(out / "model.json", g.name)
@@ -74,6 +77,9 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
 
 
 def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
+    if job.model.type == "secureboost":
+        from .secureboost import predict_host as secureboost_host
+        return secureboost_host(job, name, channel)
     h = job.party(name)
     out = job.output_dir(name)
     model = load_part(out / "model.json", name)

@@ -129,6 +129,9 @@ def _scorecard(job: JobConfig, part: ModelPart, key: str, events=None) -> dict:
 
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
+    if job.model.type == "secureboost":
+        from .secureboost import run_guest as secureboost_guest
+        return secureboost_guest(job, channel)
     g = job.guest
     timings = Stopwatch()
     table = _load(job, g, label=g.label_column)
@@ -207,6 +210,9 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
     if h.role != "host":
         raise ValueError(f"{name!r} is not a host of this job")
+    if job.model.type == "secureboost":
+        from .secureboost import run_host as secureboost_host
+        return secureboost_host(job, name, channel)
     timings = Stopwatch()
     table = _load(job, h)
     with timings("psi"):
@@ -256,6 +262,8 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
 
 def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     """The arbiter's job. Like the hosts, it follows the guest's plan when resuming."""
+    if job.model.type == "secureboost":         # two roles: the guest holds the key
+        return {"party": job.arbiter.name, "model": "secureboost", "takes_part": False}
     arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names,
                        validation=job.model.early_stopping_on).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))

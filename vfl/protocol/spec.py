@@ -26,6 +26,7 @@ BLINDED = "blinded"          # blinded curve points: pseudorandom without the bl
 POSITIONS = "positions"      # positions into a shuffled list of blinded points (PSI)
 AGGREGATE = "aggregate"      # a plaintext aggregate over k rows
 SHARE = "share"              # a secure-sum share: uniform alone, the sum over hosts when all are added
+PARTITION = "partition"      # a split's side of every row, one bit per row (SecureBoost: the owner tells the guest)
 
 CLASSES = {
     PUBLIC: "public parameters",
@@ -36,10 +37,11 @@ CLASSES = {
     POSITIONS: "shuffled positions",
     AGGREGATE: "plaintext aggregate over k rows",
     SHARE: "secure-sum share",
+    PARTITION: "split sides of every row",
 }
 # classes whose values the receiver reads in the clear (masked and share values are in the
 # clear too, but uniformly distributed by themselves)
-CLEAR = (PUBLIC, CONTROL, POSITIONS, MASKED, SHARE, AGGREGATE)
+CLEAR = (PUBLIC, CONTROL, POSITIONS, MASKED, SHARE, AGGREGATE, PARTITION)
 
 # payload kinds on the wire (vfl.protocol.messages)
 KINDS = ("control", "array", "encrypted", "bigints")
@@ -85,6 +87,8 @@ _BATCH = _PRE + r"/e(?P<epoch>\d+)/b(?P<batch>\d+)/"
 _OWNER = r"(?P<owner>[^/]+)"
 _POINTS, _POS, _U64 = "S32", "[iu][1248]", "u8"
 _PSI_RUN = r"psi/(?:b(?P<bucket>\d+)/)?"     # the whole sets, or bucket <b> of bucketed PSI
+_SBT_LEVEL = r"sbt/t(?P<tree>\d+)/l(?P<level>\d+)/"   # SecureBoost: tree <t>, level <d> (root: 0)
+_BITS = "u1"
 
 
 def _both(doc, pattern, sender, receivers, cls, kinds, learns, phase, **kw) -> list[StepSpec]:
@@ -180,6 +184,28 @@ SPEC: tuple[StepSpec, ...] = tuple([
              ("control",), "when training ends", TRAIN),
     StepSpec("<pre>/e<e>/saved", _PRE + r"/e(?P<epoch>\d+)/saved", "host", "guest", CONTROL,
              ("control",), "that the host has saved its checkpoint of this epoch", TRAIN),
+    # ------------------------------------------------------------------ SecureBoost (vfl/models/trees/)
+    StepSpec("sbt/public_key", r"sbt/public_key", "guest", "host", PUBLIC, ("control",),
+             "the guest's Paillier public key n for this model: nothing private", TRAIN),
+    StepSpec("sbt/plan", r"sbt/plan", "guest", "host", CONTROL, ("control",),
+             "the number of training rows (known from PSI) and the job's trees, depth and bins, to check", TRAIN),
+    StepSpec("sbt/columns", r"sbt/columns", "host", "guest", CONTROL, ("control",),
+             "how many columns the host has, how many bins each and which have a missing-value bin", TRAIN),
+    StepSpec("sbt/t<t>/l<d>/enc_gh", _SBT_LEVEL + r"enc_gh", "guest", "host", CIPHERTEXTS, ("encrypted",),
+             "nothing: fresh ciphertexts for every training row at every level (the same number per row), "
+             "under the guest's key; not which node a row is in", TRAIN),
+    StepSpec("sbt/t<t>/l<d>/enc_hist", _SBT_LEVEL + r"enc_hist", "host", "guest", AGGREGATE, ("encrypted",),
+             "for each node summed this level and each bin of each host column (anonymous): the sums of g and h "
+             "and the number of the node's rows in the bin (what FATE's guest learns)", TRAIN),
+    StepSpec("sbt/t<t>/l<d>/splits", _SBT_LEVEL + r"splits", "guest", "host", CONTROL, ("control",),
+             "which of its own (column, bin, missing side) splits the guest chose at this level, sorted, new "
+             "ones only, without the node; and whether another level, another tree or nothing follows", TRAIN),
+    StepSpec("sbt/t<t>/l<d>/split_bits", _SBT_LEVEL + r"split_bits", "host", "guest", PARTITION, ("array",),
+             "for each new host split, the side of every training row (the guest keeps its node's rows; it "
+             "would learn the same by scoring the training rows)", TRAIN, dtype=_BITS),
+    StepSpec("sbt/predict/split_bits", r"sbt/predict/split_bits", "host", "guest", PARTITION, ("array",),
+             "for each split the host holds, the side of every row scored; no threshold, no value", SCORE,
+             dtype=_BITS),
     # ------------------------------------------------------------------ per epoch, with validation (validation.py)
     StepSpec("<pre>/e<e>/valid/sum_key", _PRE + r"/e\d+/valid/sum_key", "host", "guest", PUBLIC, ("control",),
              "nothing: a fresh X25519 public key for this epoch's validation sum, signed, and its certificate",

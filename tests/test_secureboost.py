@@ -1,0 +1,267 @@
+"""SecureBoost (vfl/models/trees/): the encrypted roles against their plaintext twin, the twin against
+scikit-learn, packing and encrypted histograms against plain sums, and what hosts receive."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from crypto import EncryptedArray, generate_keypair
+from crypto.histogram import bin_sums
+from vfl.models.trees import PlainSecureBoost, SecureBoostGuest, SecureBoostHost, TreeParams
+from vfl.models.trees.binning import encode, fit_columns, layout_of
+from vfl.models.trees.packing import SlotLayout, pack_rows, unpack
+from vfl.protocol.channel import LocalNetwork
+from vfl.protocol.ledger import Ledger, SpecChannel
+from vfl.protocol.audit import _cross_check, read_ledger
+
+PARAMS = dict(key_bits=512, allow_short_keys=True, max_bin=16, min_leaf_rows=10)
+
+
+def _data(n=600, seed=1, hosts=(4,)):
+    """Guest columns, host column blocks and labels that depend on both sides (with missing values)."""
+    rng = np.random.default_rng(seed)
+    xg = rng.normal(size=(n, 3))
+    xh = [rng.normal(size=(n, k)) for k in hosts]
+    xh[0][rng.random(n) < 0.15, 1] = np.nan
+    xh[0][:, 3] = rng.integers(0, 3, n)                    # a column with few values
+    z = xg[:, 0] - 1.5 * np.nan_to_num(xh[0][:, 1], nan=2.0) + xh[0][:, 2] * xg[:, 1] + 0.5 * xh[0][:, 3]
+    if len(hosts) > 1:
+        z = z + xh[1][:, 0] ** 2 - 1
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    return xg, xh, y
+
+
+def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=False):
+    """Train guest and hosts as threads over the in-memory channel; optionally score other rows."""
+    names = ["guest"] + [f"host{k}" for k in range(len(xh))]
+    net = LocalNetwork(names, timeout=120, record=record)
+    chan = channels(net) if channels else {p: net.channel(p) for p in names}
+    guest = SecureBoostGuest(params, hosts=names[1:], columns=[f"g{j}" for j in range(xg.shape[1])])
+    hosts = [SecureBoostHost(params, guest="guest", columns=[f"h{k}_{j}" for j in range(x.shape[1])])
+             for k, x in enumerate(xh)]
+    errors = []
+
+    def guarded(fn):
+        try:
+            fn()
+        except BaseException as exc:       # noqa: BLE001
+            errors.append(exc)
+            net.abort(repr(exc))
+
+    def both(guest_fn, host_fns):
+        threads = [threading.Thread(target=guarded, args=(f,)) for f in host_fns]
+        for t in threads:
+            t.start()
+        guarded(guest_fn)
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    both(lambda: guest.fit(chan["guest"], xg, y),
+         [lambda h=h, x=x, p=p: h.fit(chan[p], x) for h, x, p in zip(hosts, xh, names[1:])])
+    scores = None
+    if score_g is not None:
+        out = {}
+        both(lambda: out.update(s=guest.decision_function(chan["guest"], score_g)),
+             [lambda h=h, x=x, p=p: h.predict(chan[p], x) for h, x, p in zip(hosts, score_h, names[1:])])
+        scores = out["s"]
+    return guest, hosts, net, scores
+
+
+def _twin(params, xg, xh, y, names_g, names_h):
+    bins = [fit_columns(names_g, xg, params.max_bin)] + [fit_columns(c, x, params.max_bin)
+                                                          for c, x in zip(names_h, xh)]
+    codes = [encode(b, x) for b, x in zip(bins, [xg, *xh])]
+    return PlainSecureBoost(params).fit(codes, [layout_of(b) for b in bins], y), bins
+
+
+def test_packed_slots_sum_and_unpack_exactly():
+    rng = np.random.default_rng(0)
+    n_rows, nodes = 500, 7
+    slots = SlotLayout(512, n_rows, 32)
+    assert slots.nodes_per_ciphertext == 3 and slots.per_row(nodes) == 3
+    gq = rng.integers(-(1 << 32), (1 << 32) + 1, n_rows)
+    hq = rng.integers(0, 1 << 30, n_rows)
+    slot = rng.integers(-1, nodes, n_rows)
+    plains = pack_rows(gq, hq, slot, nodes, slots)
+    n = (1 << 511) + 187                                   # any odd n of the key's size
+    bins = rng.integers(0, 5, n_rows)
+    summed = np.array([[sum(plains[bins == b, c].tolist()) % n for c in range(3)] for b in range(5)], dtype=object)
+    got = unpack(summed, n, nodes, slots)
+    for b in range(5):
+        for j in range(nodes):
+            rows = (bins == b) & (slot == j)
+            assert tuple(got[b, j]) == (gq[rows].sum(), hq[rows].sum(), rows.sum())
+    with pytest.raises(ValueError, match="out of range"):
+        pack_rows(gq * 2, hq, slot, nodes, slots)
+    summed[0, 0] = (int(summed[0, 0]) + (1 << (slots.slot_bits * 9 - 1))) % n   # beyond the slots in use
+    with pytest.raises(ValueError, match="more than its slots|out of range"):
+        unpack(summed, n, nodes, slots)
+
+
+def test_encrypted_bin_sums_equal_plain_sums():
+    pk, sk = generate_keypair(512)
+    rng = np.random.default_rng(3)
+    n_rows, m = 300, 2
+    values = rng.integers(0, 1000, (n_rows, m))
+    enc = pk.encrypt_raw(values)
+    codes = np.stack([rng.integers(0, 4, n_rows), rng.integers(0, 2, n_rows)], axis=1)
+    out = sk.decrypt_raw(bin_sums(enc, codes, [4, 2], pk.nsquare))
+    expected = [values[codes[:, f] == b].sum(axis=0) for f, nb in enumerate([4, 2]) for b in range(nb)]
+    assert np.array_equal(np.asarray(out, dtype=np.int64), np.array(expected))
+    with pytest.raises(ValueError, match="outside"):
+        bin_sums(enc, codes, [3, 2], pk.nsquare)
+
+
+@pytest.mark.parametrize("hosts, subsample", [((4,), 1.0), ((4, 2), 1.0), ((4,), 0.6)])
+def test_encrypted_run_gives_the_twins_trees_and_predictions(hosts, subsample):
+    params = TreeParams(num_trees=3, max_depth=4, subsample=subsample, seed=5, **PARAMS)
+    xg, xh, y = _data(hosts=hosts)
+    train = np.arange(len(y)) < 480
+    # score every row through the scoring protocol: held-out rows against the twin, training rows
+    # against the training scores
+    guest, host_roles, _, scores = _run(params, xg[train], [x[train] for x in xh], y[train],
+                                        score_g=xg, score_h=xh)
+    twin, bins = _twin(params, xg[train], [x[train] for x in xh], y[train], guest.columns,
+                       [h.columns for h in host_roles])
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+    assert {n.party for t in guest.trees_ for n in t.nodes if not n.is_leaf} == set(range(len(hosts) + 1))
+    assert max(len(t.nodes) for t in guest.trees_) > 15        # depth 4: level 3 takes 2 ciphertexts a row
+    assert np.array_equal(guest.train_score_, twin.train_score_)
+    assert {t.nodes[0].sums[2] for t in guest.trees_} == {round(subsample * train.sum())}   # rows summed per tree
+    test_codes = [encode(b, x) for b, x in zip(bins, [xg[~train], *[x[~train] for x in xh]])]
+    assert np.abs(scores[~train] - twin.decision_function(test_codes)).max() < 1e-9
+    assert np.abs(scores[train] - guest.train_score_).max() < 1e-9
+
+
+def test_twin_is_close_to_scikit_learn():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    params = TreeParams(num_trees=10, max_depth=4, max_bin=32, learning_rate=0.3, min_leaf_rows=20,
+                        key_bits=512, allow_short_keys=True)
+    xg, xh, y = _data(n=6000, seed=5, hosts=(4, 2))
+    train = np.random.default_rng(0).random(len(y)) >= 0.2
+    names_h = [[f"h{k}_{j}" for j in range(x.shape[1])] for k, x in enumerate(xh)]
+    twin, bins = _twin(params, xg[train], [x[train] for x in xh], y[train], ["a", "b", "c"], names_h)
+    codes = [encode(b, x[~train]) for b, x in zip(bins, [xg, *xh])]
+    ours = roc_auc_score(y[~train], twin.decision_function(codes))
+    X = np.hstack([xg, *xh])
+    sk = HistGradientBoostingClassifier(max_iter=10, max_depth=4, max_bins=32, learning_rate=0.3,
+                                        min_samples_leaf=20, early_stopping=False).fit(X[train], y[train])
+    theirs = roc_auc_score(y[~train], sk.decision_function(X[~train]))
+    assert abs(ours - theirs) < 0.01, (ours, theirs)
+    assert ours > 0.75
+
+
+def test_hosts_receive_no_node_and_no_row_list_and_the_ledgers_agree(tmp_path):
+    params = TreeParams(num_trees=2, max_depth=3, **PARAMS)
+    xg, xh, y = _data(n=400, hosts=(4, 2))
+    roles = {"guest": "guest", "host0": "host", "host1": "host"}
+
+    def channels(net):
+        return {p: SpecChannel(net.channel(p), roles, ledger=Ledger(tmp_path / p / "ledger.jsonl"), task="train")
+                for p in roles}
+
+    guest, hosts, net, _ = _run(params, xg, xh, y, channels=channels, record=True)
+    n = len(y)
+    for k, host in enumerate(hosts):
+        name = f"host{k}"
+        got = [r for r in net.transcript if r.receiver == name]
+        chosen = sorted({(nd.feature, nd.bin, nd.missing_left) for t in guest.trees_ for nd in t.nodes
+                         if nd.party == k + 1})
+        told = []
+        for r in got:
+            step = r.step.split("/")[-1]
+            if step == "public_key":
+                assert set(r.payload) == {"format", "version", "n"}
+            elif step == "plan":
+                assert r.payload == {"rows": n, "trees": 2, "max_depth": 3, "max_bin": 16, "frac_bits": 32}
+            elif step == "enc_gh":
+                # every training row, every level, the same number of fresh ciphertexts
+                assert isinstance(r.payload, EncryptedArray) and r.payload.shape == (n, 1)   # 3 nodes a row
+                cts = r.payload.ciphertexts.ravel().tolist()
+                assert len(set(cts)) == n and 1 not in cts
+            elif step == "splits":
+                assert set(r.payload) == {"splits", "next"} and r.payload["next"] in ("level", "tree", "stop")
+                entries = [tuple(s) for s in r.payload["splits"]]
+                assert entries == sorted(set(entries))
+                assert all(len(s) == 3 and isinstance(s[2], bool) for s in entries)
+                told += entries
+            else:
+                raise AssertionError(f"{name} received an unexpected step {r.step}")
+        # what the host was told is exactly its chosen splits, each once: no node, no row
+        assert sorted(told) == chosen and len(told) == len(host.rules_)
+    # the ledgers record every step as the spec declares it, and sender and receiver agree
+    ledgers = {p: read_ledger(tmp_path / p / "ledger.jsonl", p, roles) for p in roles}
+    _cross_check(ledgers)
+    assert all(not led.problems for led in ledgers.values()), [led.problems for led in ledgers.values()]
+    assert ledgers["guest"].received["partition"].messages > 0
+
+
+def test_a_host_whose_sides_disagree_with_its_histogram_is_refused(monkeypatch):
+    import vfl.models.trees.host as host_module
+    real = host_module.goes_left
+
+    def lying(codes, layout, f, t, ml):        # one row on the wrong side
+        out = real(codes, layout, f, t, ml).copy()
+        out[0] = ~out[0]
+        return out
+
+    monkeypatch.setattr(host_module, "goes_left", lying)
+    xg, xh, y = _data(n=400)
+    xg[:] = 0.0                                 # the guest's own columns cannot split: the host's must
+    with pytest.raises(ValueError, match="do not hold the rows its histogram promised"):
+        _run(TreeParams(num_trees=1, max_depth=2, **PARAMS), xg, xh, y)
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="key_bits = 1024 is below"):
+        TreeParams(key_bits=1024)
+    with pytest.raises(ValueError, match="min_leaf_rows"):
+        TreeParams(min_leaf_rows=0, key_bits=512, allow_short_keys=True)
+    # many rows: every party lowers the gradients' precision alike, so sums stay exact
+    p = TreeParams(key_bits=512, allow_short_keys=True)
+    assert p.for_rows(24_033).frac_bits == 32 and p.for_rows(2_000_000).frac_bits == 29
+    assert SlotLayout(1024, 2_000_000, 29).slot_bits == 52
+
+
+def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
+    """``[model] type = "secureboost"``: PSI, training with two hosts, model parts per party, then
+    ``vfl predict`` on the same files re-scores the aligned rows to 1e-9 (the audit runs in conftest)."""
+    import json
+
+    import pandas as pd
+
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    from vfl.job.threads import run_local, run_predict_local
+    guest, hosts = vertical_split(500, 3, [3, 2], overlap=0.9, seed=4)
+    hosts[0].iloc[::7, 1] = np.nan                           # missing values get a bin of their own
+    path = write_job(tmp_path, *write_tables(tmp_path, guest, hosts),
+                     model={"type": "secureboost", "num_trees": 3, "max_depth": 3, "max_bin": 16,
+                            "learning_rate": 0.3, "min_leaf_rows": 10})
+    job = load_job(path)
+    results = run_local(job)
+    assert results["guest"]["trees"] == 3 and results["guest"]["test"]["auc"] > 0.6
+    assert results["arbiter"]["takes_part"] is False
+    importance = results["guest"]["importance"]
+    assert all(set(v) == {"gain", "splits"} and v["gain"] > 0 for v in importance.values())
+    assert {k for k in importance if k.startswith("host")} <= {f"host{h}_c{j:02d}" for h in (0, 1) for j in range(3)}
+    for k, h in enumerate(job.host_names):
+        part = json.loads((job.output_dir(h) / "model.json").read_text())
+        assert set(part) == {"format", "version", "columns", "splits"}
+        assert {s["column"] for s in part["splits"]} <= set(hosts[k].columns) - {"id"}
+    guest_part = json.loads((job.output_dir("guest") / "model.json").read_text())
+    assert "threshold" not in json.dumps(guest_part["trees"])
+    split_nodes = sum("split" in node for tree in guest_part["trees"] for node in tree["nodes"])
+    assert sum(v["splits"] for v in importance.values()) == split_nodes
+    trained = pd.read_csv(job.output_dir("guest") / "predictions.csv")
+    run_predict_local(job)
+    scored = pd.read_csv(job.output_dir("guest") / "scores.csv")
+    merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
+    assert len(merged) == len(trained)
+    assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9

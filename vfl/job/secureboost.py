@@ -1,0 +1,155 @@
+"""One party's SecureBoost job (``[model] type = "secureboost"``): PSI, training, scoring the
+aligned rows, model parts; and scoring new rows (``vfl predict``).
+
+Called from :mod:`vfl.job.roles` and :mod:`vfl.job.predict` when the job
+trains trees; the protocol itself is :mod:`vfl.models.trees`. Two roles only:
+the arbiter takes no part. Numeric columns only for now (missing values
+allowed: they get a bin of their own); a job with categorical columns is
+refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
+from ..io.files import write_json
+from ..io.tables import PartyTable, load_table, read_columns
+from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
+from ..models.timing import Stopwatch
+from ..preprocess.split import split_mask
+from ..protocol.channel import Channel
+from ..psi import bucketed_psi_guest, bucketed_psi_host, write_intersection
+from .config import ConfigError, JobConfig, ModelConfig, PartyConfig
+
+log = logging.getLogger("vfl.secureboost")
+MODEL_FILE = "model.json"
+
+
+def tree_params(m: ModelConfig) -> TreeParams:
+    """The tree settings of the job's ``[model]`` table."""
+    return TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
+                      l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
+                      subsample=m.subsample, seed=m.seed, key_bits=m.key_bits,
+                      allow_short_keys=m.allow_short_keys, encryption=m.encryption)
+
+
+def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
+    if party.categorical_columns:
+        raise ConfigError(f"{party.name}: SecureBoost takes numeric columns only for now; drop "
+                          f"categorical_columns {list(party.categorical_columns)} or encode them as numbers")
+    return load_table(path or party.data, party.id_column, label, (), allow_missing=True)
+
+
+def _psi(job: JobConfig, name: str, channel: Channel, ids: np.ndarray) -> np.ndarray:
+    if job.party(name).role == "guest":
+        return bucketed_psi_guest(channel, ids, job.host_names, workdir=job.output_dir(name))
+    return bucketed_psi_host(channel, ids, job.guest.name, workdir=job.output_dir(name))
+
+
+def _aligned(job: JobConfig, name: str, table: PartyTable, ids: np.ndarray) -> tuple[PartyTable, np.ndarray]:
+    write_intersection(job.output_dir(name) / "intersection.csv", ids)
+    return table.take(ids), split_mask(ids, job.seed, job.test_fraction)
+
+
+def run_guest(job: JobConfig, channel: Channel) -> dict:
+    """The guest's SecureBoost job: trains, scores every aligned row, writes ``model.json``,
+    ``predictions.csv`` and ``metrics.json``."""
+    g, t0, timings = job.guest, time.perf_counter(), Stopwatch()
+    table = _load(g, label=g.label_column)
+    with timings("psi"):
+        common = _psi(job, g.name, channel, table.ids)
+    data, test = _aligned(job, g.name, table, common)
+    out = job.output_dir(g.name)
+    model = SecureBoostGuest(tree_params(job.model), hosts=job.host_names, columns=data.columns)
+    with timings("train"):
+        model.fit(channel, data.features[~test], data.labels[~test])
+    write_json(out / MODEL_FILE, model.to_dict(), indent=None)
+    with timings("predict"):
+        score = model.predict_proba(channel, data.features)    # as `vfl predict` scores new rows
+    sc = job.scorecard
+    points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
+    pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
+                  "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
+    metrics = {
+        "job": job.name, "model": "secureboost", "aligned_rows": int(len(common)),
+        "guest_rows": int(len(table.ids)), "hosts": job.host_names, "key_bits": job.model.key_bits,
+        "train": binary_metrics(data.labels[~test], score[~test]),
+        "test": binary_metrics(data.labels[test], score[test]) if test.any() else {},
+        "trees": len(model.trees_), "tree_seconds": [round(s, 3) for s in model.tree_seconds_],
+        "importance": model.importance(),
+        "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
+        "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(job.workdir / "metrics.json", metrics)
+    log.info("%s: %d trees, test AUC %s", g.name, len(model.trees_), metrics["test"].get("auc"))
+    return metrics
+
+
+def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
+    """A host's SecureBoost job: trains, sends its splits' sides for the aligned rows, writes its
+    ``model.json`` (its own split rules only) and ``report.json``."""
+    h = job.party(name)
+    table = _load(h)
+    common = _psi(job, name, channel, table.ids)
+    data, test = _aligned(job, name, table, common)
+    out = job.output_dir(name)
+    model = SecureBoostHost(tree_params(job.model), guest=job.guest.name, columns=data.columns)
+    model.fit(channel, data.features[~test])
+    write_json(out / MODEL_FILE, model.to_dict(), indent=None)
+    model.predict(channel, data.features)
+    report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
+              "train_rows": int((~test).sum()), "splits": len(model.rules_),
+              "splits_per_column": {c: sum(r.column == c for r in model.rules_) for c in model.columns},
+              "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()}}
+    write_json(out / "report.json", report)
+    return report
+
+
+def _part(job: JobConfig, name: str) -> dict:
+    path = job.output_dir(name) / MODEL_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot read its SecureBoost model part {path}: {exc}; train first") from None
+
+
+def predict_guest(job: JobConfig, channel: Channel) -> dict:
+    """Score ``predict_data`` (or ``data``): PSI on the new IDs, each host's split sides, the trees."""
+    g, t0 = job.guest, time.perf_counter()
+    model = SecureBoostGuest.from_dict(_part(job, g.name), tree_params(job.model))
+    path = g.predict_data or g.data
+    has_label = g.label_column in read_columns(path)
+    table = _load(g, path, g.label_column if has_label else None)
+    common = _psi(job, g.name, channel, table.ids)
+    data = table.take(common)
+    score = model.predict_proba(channel, data.features)
+    sc = job.scorecard
+    frame = pd.DataFrame({"id": common, "score": score,
+                          "points": scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo).round(1)})
+    if has_label:
+        frame.insert(1, "label", data.labels.astype(int))
+    out = job.output_dir(g.name)
+    frame.to_csv(out / "scores.csv", index=False)
+    report = {"job": job.name, "model": "secureboost", "guest_rows": int(len(table.ids)),
+              "scored_rows": int(len(common)), "seconds": round(time.perf_counter() - t0, 3)}
+    if has_label:
+        report["metrics"] = binary_metrics(data.labels, score)
+        report["gains"] = gains_table(data.labels, frame["points"].to_numpy())
+    write_json(job.workdir / "predict_metrics.json", report)
+    return report
+
+
+def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
+    h = job.party(name)
+    model = SecureBoostHost.from_dict(_part(job, name), tree_params(job.model), job.guest.name)
+    table = _load(h, h.predict_data or h.data)
+    common = _psi(job, name, channel, table.ids)
+    write_intersection(job.output_dir(name) / "scored_ids.csv", common)
+    model.predict(channel, table.take(common).features)
+    return {"party": name, "rows": int(len(table.ids)), "scored_rows": int(len(common))}

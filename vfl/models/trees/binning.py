@@ -1,0 +1,123 @@
+"""Each party's bins for trees, and the split rules a party keeps (a thin layer over
+:mod:`vfl.preprocess.binning`).
+
+A party cuts each of its own numeric columns at ``max_bin`` quantiles of its
+training rows (at most ``max_bin`` value bins); missing values get a bin of
+their own, after the value bins. No bin merging beyond empty bins: trees need
+no minimum per bin, ``min_leaf_rows`` guards the leaves.
+
+A split of a column is ``(bin t, missing_left)``: value bins ``0..t`` go left,
+the missing bin goes left iff ``missing_left``. Its owner keeps it as a
+:class:`SplitRule` on raw values, ``x <= threshold`` (NaN: ``missing_left``),
+which sends every training row the way its bin does, so scoring needs the
+owner's thresholds only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...preprocess.binning import ColumnBins, fit_numeric
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the split search needs of a party's columns: bins per column and whether the last
+    bin is the missing bin (sent by hosts as ``sbt/columns``; no edges, no names)."""
+
+    n_bins: tuple[int, ...]
+    missing: tuple[bool, ...]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.n_bins)]).astype(np.int64)
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.n_bins))
+
+    def n_value(self, f: int) -> int:
+        """Ordered value bins of column ``f`` (all but the missing bin)."""
+        return self.n_bins[f] - (1 if self.missing[f] else 0)
+
+    def to_dict(self) -> dict:
+        return {"bins": list(self.n_bins), "missing": list(self.missing)}
+
+    @classmethod
+    def from_dict(cls, msg, who: str, max_bin: int) -> "Layout":
+        try:
+            bins, missing = msg["bins"], msg["missing"]
+            ok = (isinstance(bins, list) and isinstance(missing, list) and len(bins) == len(missing) >= 1
+                  and all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= max_bin + 1 for b in bins)
+                  and all(isinstance(x, bool) for x in missing)
+                  and all(b >= 2 for b, x in zip(bins, missing) if x))
+        except (KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{who}: malformed column layout (bins per column, 1..{max_bin + 1}, and a missing "
+                             "flag each)")
+        return cls(tuple(bins), tuple(missing))
+
+
+def fit_columns(columns: list[str], X: np.ndarray, max_bin: int) -> list[ColumnBins]:
+    """Quantile bins of every numeric column of ``X`` (NaN = missing, in its own bin)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != len(columns):
+        raise ValueError(f"expected {len(columns)} columns, got shape {X.shape}")
+    out = []
+    for j, c in enumerate(columns):
+        out.append(fit_numeric(c, X[:, j], "quantile", max_bin, 1))   # 1: only empty bins are merged
+    return out
+
+
+def layout_of(bins: list[ColumnBins]) -> Layout:
+    return Layout(tuple(cb.n_bins for cb in bins), tuple(cb.missing_own for cb in bins))
+
+
+def encode(bins: list[ColumnBins], X: np.ndarray) -> np.ndarray:
+    """``(rows, columns)`` int64 bin codes."""
+    X = np.asarray(X, dtype=np.float64)
+    return np.stack([cb.assign(X[:, j]) for j, cb in enumerate(bins)], axis=1) if bins \
+        else np.zeros((len(X), 0), dtype=np.int64)
+
+
+def goes_left(codes: np.ndarray, layout: Layout, f: int, t: int, missing_left: bool) -> np.ndarray:
+    """Which rows a split ``(column f, bin t, missing_left)`` sends left, from bin codes."""
+    col = codes[:, f]
+    v = layout.n_value(f)
+    left = col <= t
+    if layout.missing[f]:
+        left = np.where(col == v, bool(missing_left), left)
+    return left
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """A split as its owner keeps it: ``x <= threshold`` goes left; NaN goes left iff ``missing_left``."""
+
+    column: str
+    threshold: float
+    missing_left: bool
+
+    def left(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return np.where(np.isnan(x), self.missing_left, x <= self.threshold)
+
+    def to_dict(self) -> dict:
+        return {"column": self.column, "threshold": None if np.isinf(self.threshold) else self.threshold,
+                "missing_left": self.missing_left}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SplitRule":
+        thr = d["threshold"]
+        return cls(str(d["column"]), float("inf") if thr is None else float(thr), bool(d["missing_left"]))
+
+
+def rule_for(cb: ColumnBins, t: int, missing_left: bool) -> SplitRule:
+    """The raw-value rule of split ``(bin t, missing_left)`` of column ``cb``: the same side for
+    every training row as its bin code."""
+    threshold = float(cb.edges[t]) if t < len(cb.edges) else float("inf")
+    miss = bool(missing_left) if cb.missing_own else bool(cb.missing_to <= t)
+    return SplitRule(cb.column, threshold, miss)

@@ -1,0 +1,377 @@
+"""SecureBoost guest: holds the labels, a fresh Paillier key, the trees and the leaf weights.
+
+Per tree level (docs/protocols.md, section 2a):
+
+1. ``enc_gh``: for every training row, ciphertexts of the row's quantised
+   ``(g, h, 1)`` in the slots of its node, if that node is summed directly
+   this level, else of 0 (:mod:`vfl.models.trees.packing`); randomness from
+   the guest's own factorisation (``PrivateKey.zeros``).
+2. ``enc_hist``: each host's per-bin sums. The guest decrypts them into every
+   directly summed node's ``(G, H, C)`` per host bin; the sibling of a
+   directly summed node is its parent minus it (histogram subtraction: only
+   the smaller child of each pair is summed).
+3. The best split of every open node over all parties' columns
+   (:func:`vfl.models.trees.split.best_split`).
+4. ``splits``: each host is told which of its own ``(column, bin,
+   missing_left)`` were chosen, as a sorted list with no node, and what comes
+   next; ``split_bits``: the host returns each new split's side of every
+   training row. The guest moves only its node's rows, and checks that they
+   hold exactly the sums the histogram promised.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from crypto import EncryptedArray, PrivateKey, generate_keypair
+from crypto.arrays import object_array
+
+from ...protocol.channel import Channel
+from ..timing import Stopwatch
+from .binning import Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .packing import SlotLayout, level_capacity, pack_rows, unpack
+from .params import TreeParams
+from .split import (base_score, best_split, can_split, leaf_weight, node_sums, plain_histogram,
+                    quantised_gradients, row_sample, sigmoid)
+from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
+                    SPLITS, STOP, level_step)
+from .tree import Node, Tree
+
+log = logging.getLogger("vfl.secureboost")
+
+
+class ZeroSupply:
+    """Fresh encryptions of zero for the next level, made in a background thread while the guest
+    waits for the hosts' sums (``PrivateKey.zeros``: with the factorisation, on the worker pool).
+
+    They are the guest's main cost (one per row and level); made ahead, most of
+    it leaves the critical path. Each is used once; none leaves this process
+    except inside the ciphertext it randomises.
+    """
+
+    def __init__(self, sk: PrivateKey) -> None:
+        self.sk = sk
+        self._ready: list = []
+        self._thread: threading.Thread | None = None
+        self._made: list | None = None
+        self._error: BaseException | None = None
+
+    def prepare(self, count: int) -> None:
+        """Start making ``count`` zeros in the background."""
+        self._join()
+
+        def work() -> None:
+            try:
+                self._made = self.sk.zeros(count).tolist()
+            except BaseException as exc:        # noqa: BLE001 - raised again by take()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, daemon=True, name="vfl-sbt-zeros")
+        self._thread.start()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self._made is not None:
+            self._ready += self._made
+            self._made = None
+
+    def take(self, count: int) -> "np.ndarray":
+        """``count`` unused zeros: those made ahead, the rest now."""
+        self._join()
+        got, self._ready = self._ready[:count], self._ready[count:]
+        if len(got) < count:
+            got += self.sk.zeros(count - len(got)).tolist()
+        return object_array(got, (count,))
+
+    def close(self) -> None:
+        self._join()
+        self._ready = []
+
+
+class SecureBoostGuest:
+    """The label holder's part of SecureBoost training and scoring.
+
+    Parameters
+    ----------
+    params : tree settings (shared with the hosts through the job file).
+    hosts : host party names, in job order (party ``i + 1`` is ``hosts[i]``).
+    columns : names of the guest's own columns, in the order of ``X``.
+    """
+
+    def __init__(self, params: TreeParams, *, hosts: list[str], columns: list[str]) -> None:
+        self.params, self.hosts, self.columns = params, list(hosts), list(columns)
+        self.trees_: list[Tree] = []
+        self.rules_: list[SplitRule] = []          # the guest's own splits
+        self.base_ = 0.0
+        self.host_splits_: list[int] = []          # how many splits each host holds
+        self.tree_seconds_: list[float] = []
+        self.timings_ = Stopwatch()
+
+    # ------------------------------------------------------------ training
+    def fit(self, channel: Channel, X: np.ndarray, y: np.ndarray) -> "SecureBoostGuest":
+        """Train on the aligned training rows: own columns ``X`` and labels ``y`` in {0, 1}."""
+        y = np.asarray(y, dtype=np.float64)
+        n = len(y)
+        self.params = p = self.params.for_rows(n)      # every party lowers frac_bits alike for many rows
+        lap = self.timings_
+        with lap("binning"):
+            self.bins_ = fit_columns(self.columns, X, p.max_bin)
+            self._codes, own = encode(self.bins_, X), layout_of(self.bins_)
+        with lap("keygen"):
+            pk, sk = generate_keypair(p.key_bits, mode=p.encryption)
+        self._pk, self._sk, self._slots = pk, sk, SlotLayout(p.key_bits, n, p.frac_bits)
+        self._zeros = ZeroSupply(sk)
+        self._zeros.prepare(n)                      # the first level's, while the hosts bin their columns
+        self._slots.nodes_per_ciphertext            # raises if the key cannot hold one node
+        for h in self.hosts:
+            channel.send(h, PUBLIC_KEY, pk.to_dict())
+            channel.send(h, PLAN, {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin,
+                                   "frac_bits": p.frac_bits})
+        self.layouts_ = [own] + [Layout.from_dict(channel.recv(h, COLUMNS), h, p.max_bin) for h in self.hosts]
+        self._host_ids: list[dict] = [{} for _ in self.hosts]    # (column, bin, missing_left) -> split id
+        self._host_sides: list[list] = [[] for _ in self.hosts]  # split id -> side of every training row
+        self._own_ids: dict = {}
+        self.rules_, self.trees_, self.tree_seconds_ = [], [], []
+        self.base_ = base_score(y)
+        score = np.full(n, self.base_)
+        try:
+            for t in range(p.num_trees):
+                t0 = time.perf_counter()
+                with lap("gradients"):
+                    gq, hq = quantised_gradients(score, y, p.frac_bits)
+                tree, leaf_of = self._grow(channel, t, gq, hq, last=t + 1 == p.num_trees)
+                self.trees_.append(tree)
+                score = score + np.array([nd.weight if nd.is_leaf else 0.0 for nd in tree.nodes])[leaf_of]
+                self.tree_seconds_.append(time.perf_counter() - t0)
+                log.info("tree %d/%d: %d leaves, %.1f s", t + 1, p.num_trees,
+                         sum(nd.is_leaf for nd in tree.nodes), self.tree_seconds_[-1])
+        finally:
+            self._zeros.close()
+        self.train_score_ = score
+        self.host_splits_ = [len(sides) for sides in self._host_sides]
+        self._sk = None                            # the key lives for this model's training only
+        return self
+
+    def _grow(self, channel: Channel, t: int, gq: np.ndarray, hq: np.ndarray, last: bool) -> tuple[Tree, np.ndarray]:
+        p, lap, n = self.params, self.timings_, len(gq)
+        sample = row_sample(p, t, n)                      # the rows this tree is summed over
+        drawn = np.zeros(n, dtype=bool)
+        drawn[sample] = True
+        nodes = [Node(0, node_sums(gq, hq, sample))]
+        at = np.zeros(n, dtype=np.int64)                  # each row's node (every row: all are scored)
+        level = [0]
+        pairs: list[tuple[int, int, int]] = []            # (parent, left, right) split on the level above
+        parent_hist: dict[int, list[np.ndarray]] = {}     # split node -> its per-host histograms
+        for d in range(p.max_depth):
+            open_ = [i for i in level if can_split(d, nodes[i].sums[2], p)]
+            # histogram subtraction: sum the smaller child of each pair, derive the other from the parent
+            direct, derived = ([0] if d == 0 else []), {}
+            for parent, a, b in pairs:
+                if a in open_ or b in open_:
+                    small, other = (a, b) if nodes[a].sums[2] <= nodes[b].sums[2] else (b, a)
+                    direct.append(small)
+                    if other in open_:
+                        derived[other] = (parent, small)
+            hists = self._host_histograms(channel, t, d, gq[sample], hq[sample], at[sample], direct, derived,
+                                          parent_hist, nodes)
+            with lap("split_search"):
+                chosen = {}
+                for i in open_:
+                    own = plain_histogram(self._codes, self.layouts_[0], gq, hq, np.nonzero((at == i) & drawn)[0])
+                    cand = best_split([own] + hists[i], self.layouts_, nodes[i].sums, p)
+                    if cand is not None:
+                        chosen[i] = cand
+            children = []
+            for i, cand in chosen.items():
+                node = nodes[i]
+                node.party, node.feature, node.bin, node.missing_left, node.gain = (
+                    cand.party, cand.feature, cand.bin, cand.missing_left, cand.gain)
+                node.left, node.right = len(nodes), len(nodes) + 1
+                nodes += [Node(d + 1, cand.left), Node(d + 1, cand.right)]
+                children += [node.left, node.right]
+            more = any(can_split(d + 1, nodes[c].sums[2], p) for c in children)
+            nxt = NEXT_LEVEL if more else (STOP if last else NEXT_TREE)
+            sides = self._sides(channel, t, d, chosen, nodes, nxt)
+            with lap("apply_splits"):
+                for i, cand in chosen.items():
+                    here = at == i
+                    left = sides[i]
+                    node = nodes[i]
+                    if node_sums(gq, hq, np.nonzero(here & left & drawn)[0]) != cand.left:
+                        raise ValueError(f"party {cand.party}'s split sides do not hold the rows its histogram "
+                                         "promised: refusing them")
+                    at[here & left], at[here & ~left] = node.left, node.right
+            parent_hist = {i: hists[i] for i in chosen}
+            pairs = [(i, nodes[i].left, nodes[i].right) for i in chosen]
+            level = children
+            if nxt != NEXT_LEVEL:
+                break
+        for node in nodes:
+            if node.is_leaf:
+                node.weight = leaf_weight(node.sums, p)
+        return Tree(nodes), at
+
+    def _host_histograms(self, channel: Channel, t: int, d: int, gq, hq, at, direct: list[int], derived: dict,
+                         parent_hist: dict, nodes: list[Node]) -> dict[int, list[np.ndarray]]:
+        """Send ``enc_gh``, receive every host's ``enc_hist``: per node summed directly or derived, the
+        list of per-host ``(bins, 3)`` histograms."""
+        lap, pk, sk, slots = self.timings_, self._pk, self._sk, self._slots
+        lookup = np.full(len(nodes), -1, dtype=np.int64)
+        lookup[direct] = np.arange(len(direct))
+        # room for the most nodes level d can sum (one per pair split above), so that the number of
+        # ciphertexts per row depends on the level only, not on how many nodes are still open
+        capacity = level_capacity(d)
+        m = slots.per_row(capacity)
+        per = slots.bins_per_ciphertext(capacity)        # bins a host packs into one ciphertext
+        with lap("pack"):
+            plains = pack_rows(gq, hq, lookup[at], capacity, slots)
+        with lap("zeros"):
+            zeros = self._zeros.take(plains.size)
+        with lap("encrypt"):
+            enc = EncryptedArray(pk, pk.encrypt_raw(plains, zeros=zeros), 0)
+        for h in self.hosts:
+            channel.send(h, level_step(t, d, ENC_GH), enc)
+        if d + 1 < self.params.max_depth or t + 1 < self.params.num_trees:
+            self._zeros.prepare(len(at))            # the next level's (one per row mostly), while the hosts sum
+        out: dict[int, list[np.ndarray]] = {i: [] for i in direct + list(derived)}
+        for k, h in enumerate(self.hosts):
+            layout = self.layouts_[k + 1]
+            with lap("wait_hosts"):
+                got = channel.recv(h, level_step(t, d, ENC_HIST))
+            shape = (-(-layout.total // per), 1) if m == 1 else (layout.total, m)
+            if not isinstance(got, EncryptedArray) or got.shape != shape or got.frac_bits != 0:
+                raise ValueError(f"{h}: {level_step(t, d, ENC_HIST)} must be {shape} ciphertexts")
+            with lap("decrypt"):
+                plain = sk.decrypt_raw(got.with_key(pk).ciphertexts)
+            with lap("unpack"):
+                sums = unpack(plain, pk.n, per * capacity, slots) if m == 1 else unpack(plain, pk.n, capacity, slots)
+                sums = sums.reshape(-1, capacity, 3)[:layout.total]  # (bins, capacity, 3)
+            if sums[:, len(direct):].any():
+                raise ValueError(f"{h}: {level_step(t, d, ENC_HIST)} fills slots no row was given")
+            for j, i in enumerate(direct):
+                hist = sums[:, j, :]
+                self._check_columns(hist, layout, nodes[i].sums, h)
+                out[i].append(hist)
+            for i, (parent, small) in derived.items():
+                out[i].append(parent_hist[parent][k] - out[small][k])
+        return out
+
+    @staticmethod
+    def _check_columns(hist: np.ndarray, layout: Layout, total: tuple, host: str) -> None:
+        """Every column's bins must add up to the node's own sums: a host summed every row once."""
+        offsets = layout.offsets
+        for f in range(len(layout.n_bins)):
+            if tuple(int(v) for v in hist[offsets[f]:offsets[f + 1]].sum(axis=0)) != tuple(total):
+                raise ValueError(f"{host}: column {f}'s histogram does not add up to the node's sums")
+
+    def _sides(self, channel: Channel, t: int, d: int, chosen: dict, nodes: list[Node], nxt: str
+               ) -> dict[int, np.ndarray]:
+        """Record each chosen split with its owner and return its side of every training row: own splits
+        from the guest's codes; hosts' from ``split_bits`` (asked once per distinct split)."""
+        lap = self.timings_
+        new: list[list] = [[] for _ in self.hosts]
+        for i, cand in chosen.items():
+            key = (cand.feature, cand.bin, cand.missing_left)
+            if cand.party == 0:
+                if key not in self._own_ids:
+                    self._own_ids[key] = len(self.rules_)
+                    self.rules_.append(rule_for(self.bins_[cand.feature], cand.bin, cand.missing_left))
+                nodes[i].split = self._own_ids[key]
+            elif key not in self._host_ids[cand.party - 1] and key not in new[cand.party - 1]:
+                new[cand.party - 1].append(key)
+        for k, h in enumerate(self.hosts):
+            keys = sorted(new[k])                       # sorted: the order says nothing about nodes
+            channel.send(h, level_step(t, d, SPLITS), {"splits": [[f, b, ml] for f, b, ml in keys], "next": nxt})
+            if not keys:
+                continue
+            with lap("wait_hosts"):
+                bits = channel.recv(h, level_step(t, d, SPLIT_BITS))
+            n = len(self._codes)
+            if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8 or bits.shape != (len(keys), -(-n // 8)):
+                raise ValueError(f"{h}: {level_step(t, d, SPLIT_BITS)} must be {len(keys)} packed bit rows of "
+                                 f"{n} rows")
+            for key, row in zip(keys, np.unpackbits(bits, axis=1, count=n).astype(bool)):
+                self._host_ids[k][key] = len(self._host_sides[k])
+                self._host_sides[k].append(row)
+        out = {}
+        for i, cand in chosen.items():
+            key = (cand.feature, cand.bin, cand.missing_left)
+            if cand.party == 0:
+                out[i] = goes_left(self._codes, self.layouts_[0], *key)
+            else:
+                nodes[i].split = self._host_ids[cand.party - 1][key]
+                out[i] = self._host_sides[cand.party - 1][nodes[i].split]
+        return out
+
+    def importance(self) -> dict[str, dict]:
+        """Total gain and number of split nodes per column: the guest's own by name, hosts' by
+        anonymous name (``host0_c03``: host 0, its column 3). Hosts get none of this (gain is a
+        function of the labels); each counts its own splits."""
+        out: dict[str, dict] = {}
+        for tree in self.trees_:
+            for node in tree.nodes:
+                if node.is_leaf:
+                    continue
+                name = (self.columns[node.feature] if node.party == 0
+                        else f"host{node.party - 1}_c{node.feature:02d}")
+                entry = out.setdefault(name, {"gain": 0.0, "splits": 0})
+                entry["gain"] += node.gain
+                entry["splits"] += 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["gain"]))
+
+    # ------------------------------------------------------------ scoring
+    def decision_function(self, channel: Channel, X: np.ndarray) -> np.ndarray:
+        """Scores (log-odds) of rows aligned with every host's: each host sends its splits' sides
+        (``sbt/predict/split_bits``); the guest walks the trees."""
+        X = np.asarray(X, dtype=np.float64)
+        n = len(X)
+        col = {c: j for j, c in enumerate(self.columns)}
+        sides = {(0, s): r.left(X[:, col[r.column]]) for s, r in enumerate(self.rules_)}
+        for k, h in enumerate(self.hosts):
+            bits = channel.recv(h, PREDICT_BITS)
+            count = self.host_splits_[k]
+            if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8 or bits.shape != (count, -(-n // 8)):
+                raise ValueError(f"{h}: {PREDICT_BITS} must be {count} packed bit rows of {n} rows")
+            for s, row in enumerate(np.unpackbits(bits, axis=1, count=n).astype(bool)):
+                sides[(k + 1, s)] = row
+        score = np.full(n, self.base_)
+        for tree in self.trees_:
+            score = score + tree.predict(sides, n)
+        return score
+
+    def predict_proba(self, channel: Channel, X: np.ndarray) -> np.ndarray:
+        return sigmoid(self.decision_function(channel, X))
+
+    # ------------------------------------------------------------ model file
+    FORMAT = "vfl-secureboost-guest"
+
+    def to_dict(self) -> dict:
+        """The guest's model part: trees (owner and split id per node, leaf weights), its own split
+        rules, the start score, and how many splits each host holds. No host threshold."""
+        return {"format": self.FORMAT, "version": 1, "columns": self.columns, "hosts": self.hosts,
+                "base": self.base_, "host_splits": list(self.host_splits_),
+                "splits": [r.to_dict() for r in self.rules_], "trees": [t.to_dict() for t in self.trees_]}
+
+    @classmethod
+    def from_dict(cls, d: dict, params: TreeParams) -> "SecureBoostGuest":
+        if not isinstance(d, dict) or d.get("format") != cls.FORMAT or d.get("version") != 1:
+            raise ValueError(f"not a {cls.FORMAT} model part (version 1)")
+        model = cls(params, hosts=[str(h) for h in d["hosts"]], columns=[str(c) for c in d["columns"]])
+        model.base_ = float(d["base"])
+        model.host_splits_ = [int(k) for k in d["host_splits"]]
+        model.rules_ = [SplitRule.from_dict(r) for r in d["splits"]]
+        model.trees_ = [Tree.from_dict(t) for t in d["trees"]]
+        counts = [len(model.rules_), *model.host_splits_]
+        for tree in model.trees_:
+            for node in tree.nodes:
+                if not node.is_leaf and not (0 <= node.party < len(counts) and 0 <= node.split < counts[node.party]):
+                    raise ValueError("a tree names a split its owner does not hold")
+        return model

@@ -1,0 +1,163 @@
+"""SecureBoost host: sums the guest's ciphertexts per bin of its own columns, for all rows at once.
+
+Per tree level the host receives one (or a few) ciphertexts per training
+row, ``[[P_i]]``, and returns per bin of each of its columns the product
+``prod_{i in bin} [[P_i]]``, re-randomised. It never learns which node a row
+is in: every row sends ciphertexts every level, and a row outside the level's
+directly summed nodes encrypts 0. When the guest picks one of its splits the
+host is told ``(column, bin, missing_left)`` only, never the node, and
+returns that split's side of every training row (the guest keeps the rows
+of its own node). The host keeps each split as a threshold on its own raw
+values (:class:`vfl.models.trees.binning.SplitRule`): its model part.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from crypto import EncryptedArray, PublicKey
+from crypto.histogram import bin_sums
+
+from ...protocol.channel import Channel
+from ..timing import Stopwatch
+from .binning import SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
+from .params import MIN_KEY_BITS, TreeParams
+from .split import row_sample
+from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
+                    SPLITS, STOP, level_step)
+
+
+def check_key(pk: PublicKey, params: TreeParams) -> PublicKey:
+    """Refuse a guest key of another size than the job's, or a short one the job did not allow."""
+    if pk.bits != params.key_bits or (pk.bits < MIN_KEY_BITS and not params.allow_short_keys):
+        raise ValueError(f"the guest's SecureBoost key has a {pk.bits}-bit modulus; the job says key_bits = "
+                         f"{params.key_bits} (allow_short_keys = {params.allow_short_keys}): refusing it")
+    return pk
+
+
+class SecureBoostHost:
+    """One host's part of SecureBoost training and scoring.
+
+    Parameters
+    ----------
+    params : the job's tree settings (the guest's plan must match them).
+    guest : the guest's party name.
+    columns : names of this host's columns, in the order of ``X``.
+    """
+
+    def __init__(self, params: TreeParams, *, guest: str, columns: list[str]) -> None:
+        self.params, self.guest, self.columns = params, guest, list(columns)
+        self.rules_: list[SplitRule] = []
+        self.timings_ = Stopwatch()
+
+    def fit(self, channel: Channel, X: np.ndarray) -> "SecureBoostHost":
+        """Take part in training on this host's aligned training rows ``X`` (rows x columns)."""
+        self.params = p = self.params.for_rows(len(X))   # the same frac_bits as the guest derives
+        lap = self.timings_
+        with lap("binning"):
+            self.bins_ = fit_columns(self.columns, X, p.max_bin)
+            codes, layout = encode(self.bins_, X), layout_of(self.bins_)
+        n = len(codes)
+        pk = check_key(PublicKey.from_dict(channel.recv(self.guest, PUBLIC_KEY), mode=p.encryption), p)
+        plan = channel.recv(self.guest, PLAN)
+        expected = {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin,
+                    "frac_bits": p.frac_bits}
+        if not isinstance(plan, dict) or {k: plan.get(k) for k in expected} != expected:
+            raise ValueError(f"the guest's plan {plan!r} does not match this host's rows and job settings {expected}")
+        channel.send(self.guest, COLUMNS, layout.to_dict())
+        slots = SlotLayout(p.key_bits, n, p.frac_bits)
+        self.rules_ = []
+        tree = level = 0
+        while True:
+            step = lambda name: level_step(tree, level, name)     # noqa: E731
+            with lap("wait_guest"):
+                enc = channel.recv(self.guest, step(ENC_GH))
+            capacity = level_capacity(level)
+            m = slots.per_row(capacity)
+            if level == 0:
+                sample = row_sample(p, tree, n)                # the tree's rows, from the shared seed
+            if not isinstance(enc, EncryptedArray) or enc.shape != (len(sample), m) or enc.frac_bits != 0:
+                raise ValueError(f"{step(ENC_GH)}: expected ({len(sample)}, {m}) ciphertexts at 0 fractional bits")
+            enc = enc.with_key(pk)
+            with lap("bin_sums"):
+                sums = bin_sums(enc.ciphertexts, codes[sample], list(layout.n_bins), pk.nsquare)
+            with lap("pack"):          # several bins to a plaintext: fewer decryptions for the guest
+                if m == 1:
+                    sums = pack_bins(sums, slots.bins_per_ciphertext(capacity),
+                                     FIELDS * capacity * slots.slot_bits, pk.nsquare)[:, None]
+                sums = EncryptedArray(pk, sums, 0)
+            with lap("rerandomize"):   # the guest knows every [[P_i]]'s randomness: hide which rows were summed
+                sums = sums.rerandomize()
+            channel.send(self.guest, step(ENC_HIST), sums)
+            with lap("wait_guest"):
+                msg = channel.recv(self.guest, step(SPLITS))
+            splits, nxt = self._check_splits(msg, layout, step(SPLITS), tree, level)
+            if splits:
+                with lap("split_bits"):
+                    sides = np.stack([goes_left(codes, layout, f, t, ml) for f, t, ml in splits])
+                    channel.send(self.guest, step(SPLIT_BITS), np.packbits(sides, axis=1))
+                self.rules_ += [rule_for(self.bins_[f], t, ml) for f, t, ml in splits]
+            if nxt == STOP:
+                return self
+            tree, level = (tree, level + 1) if nxt == NEXT_LEVEL else (tree + 1, 0)
+
+    def _check_splits(self, msg, layout, step: str, tree: int, level: int) -> tuple[list, str]:
+        """Validate the guest's ``splits``: own (column, bin, missing_left) triples, sorted, new, each
+        with rows possible on both sides; and a ``next`` within the plan's trees and depth."""
+        p = self.params
+        ok = isinstance(msg, dict) and set(msg) == {"splits", "next"} and isinstance(msg["splits"], list)
+        splits: list[tuple[int, int, bool]] = []
+        if ok:
+            for s in msg["splits"]:
+                if not (isinstance(s, list) and len(s) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                    for v in s[:2]) and isinstance(s[2], bool)):
+                    ok = False
+                    break
+                f, t, ml = s
+                if not (0 <= f < len(layout.n_bins) and 0 <= t < layout.n_value(f)
+                        and (layout.missing[f] or not ml) and not (t == layout.n_value(f) - 1 and
+                                                                   (ml or not layout.missing[f]))):
+                    ok = False
+                    break
+                splits.append((f, t, ml))
+        nxt = msg.get("next") if isinstance(msg, dict) else None
+        known = {(r.column, r.threshold, r.missing_left) for r in self.rules_}
+        fresh = [rule_for(self.bins_[f], t, ml) for f, t, ml in splits] if ok else []
+        if not ok or splits != sorted(set(splits)) \
+                or any((r.column, r.threshold, r.missing_left) in known for r in fresh):
+            raise ValueError(f"{step}: the guest's splits must be a sorted list of new, distinct "
+                             "[column, bin, missing_left] of this host's columns")
+        allowed = {STOP}                         # the guest may stop after any level
+        if level + 1 < p.max_depth:
+            allowed.add(NEXT_LEVEL)
+        if tree + 1 < p.num_trees:
+            allowed.add(NEXT_TREE)
+        if nxt not in allowed:
+            raise ValueError(f"{step}: next = {nxt!r} is not one of {sorted(allowed)} at tree {tree}, level {level}")
+        return splits, nxt
+
+    # ------------------------------------------------------------ scoring
+    def predict(self, channel: Channel, X: np.ndarray) -> None:
+        """Send every own split's side of every row to be scored (``sbt/predict/split_bits``)."""
+        X = np.asarray(X, dtype=np.float64)
+        col = {c: j for j, c in enumerate(self.columns)}
+        sides = np.stack([r.left(X[:, col[r.column]]) for r in self.rules_]) if self.rules_ \
+            else np.zeros((0, len(X)), dtype=bool)
+        channel.send(self.guest, PREDICT_BITS, np.packbits(sides, axis=1))
+
+    FORMAT = "vfl-secureboost-host"
+
+    def to_dict(self) -> dict:
+        """This host's model part: its own split rules, nothing else."""
+        return {"format": self.FORMAT, "version": 1, "columns": self.columns,
+                "splits": [r.to_dict() for r in self.rules_]}
+
+    @classmethod
+    def from_dict(cls, d: dict, params: TreeParams, guest: str) -> "SecureBoostHost":
+        if not isinstance(d, dict) or d.get("format") != cls.FORMAT or d.get("version") != 1:
+            raise ValueError(f"not a {cls.FORMAT} model part (version 1)")
+        model = cls(params, guest=guest, columns=[str(c) for c in d["columns"]])
+        model.rules_ = [SplitRule.from_dict(r) for r in d["splits"]]
+        if any(r.column not in model.columns for r in model.rules_):
+            raise ValueError("a split names a column the model part does not list")
+        return model

@@ -1,0 +1,147 @@
+"""Gradients, gain, the best split of a node and leaf weights: the arithmetic every party and the
+plaintext twin share, so that the encrypted run and the twin make the same choices bit for bit.
+
+Everything starts from integer sums: ``g`` and ``h`` are rounded to
+multiples of ``2**-frac_bits`` first (:func:`quantised_gradients`), so a
+histogram summed in the clear, under Paillier, or by subtracting a sibling
+from its parent gives the same integers, and the same floats below.
+
+Gain (XGBoost's, without the 1/2 and the gamma): ``G_L^2/(H_L+l2) +
+G_R^2/(H_R+l2) - G^2/(H+l2)``; a node splits on the candidate of largest
+gain if it is positive and both children keep ``min_leaf_rows`` rows and
+``min_child_weight`` hessian. Candidates are ordered (party in job order,
+guest first; column; bin; missing right before missing left) and a later
+one wins only with a strictly larger gain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .binning import Layout
+from .params import TreeParams
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
+def base_score(y: np.ndarray) -> float:
+    """The log-odds of the training event rate: the score every row starts from."""
+    p = float(np.clip(np.mean(y), 1e-12, 1 - 1e-12))
+    return float(np.log(p / (1 - p)))
+
+
+def quantised_gradients(score: np.ndarray, y: np.ndarray, frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``round(g 2^f)``, ``round(h 2^f)`` (int64) of the logistic loss at ``score``: ``g = p - y``,
+    ``h = p (1 - p)``."""
+    p = sigmoid(np.asarray(score, dtype=np.float64))
+    scale = float(1 << frac_bits)
+    return (np.rint((p - y) * scale).astype(np.int64), np.rint(p * (1.0 - p) * scale).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A split: ``party`` (0 = guest, i = host i-1), column ``feature``, value bins ``0..bin`` left,
+    the missing bin left iff ``missing_left``; the children's integer sums and the gain."""
+
+    party: int
+    feature: int
+    bin: int
+    missing_left: bool
+    gain: float
+    left: tuple[int, int, int]      # (G, H, C) of the left child
+    right: tuple[int, int, int]
+
+
+def _score(G: np.ndarray, H: np.ndarray, scale: float, l2: float) -> np.ndarray:
+    g = G * scale
+    return g * g / (H * scale + l2)
+
+
+def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int], params: TreeParams,
+                  party: int) -> Candidate | None:
+    """The best split of a node over one party's columns.
+
+    ``hist`` is ``(layout.total, 3)`` int64: the node's ``(G, H, C)`` per bin of
+    every column; ``total`` the node's sums."""
+    scale = 2.0 ** -params.frac_bits
+    G, H, C = (int(v) for v in total)
+    parent = float(_score(np.float64(G), np.float64(H), scale, params.l2))
+    best: Candidate | None = None
+    offsets = layout.offsets
+    for f in range(len(layout.n_bins)):
+        v = layout.n_value(f)
+        part = hist[offsets[f]:offsets[f + 1]]
+        cum = np.cumsum(part[:v], axis=0)                  # left sums for t = 0..v-1, missing right
+        miss = part[v] if layout.missing[f] else np.zeros(3, dtype=np.int64)
+        dirs = (False, True) if layout.missing[f] else (False,)
+        lefts = np.stack([cum + miss if d else cum for d in dirs], axis=1).reshape(-1, 3)  # (t, dir) row-major
+        rights = np.array([G, H, C], dtype=np.int64) - lefts
+        GL, HL, CL = lefts[:, 0].astype(np.float64), lefts[:, 1].astype(np.float64), lefts[:, 2]
+        GR, HR, CR = rights[:, 0].astype(np.float64), rights[:, 1].astype(np.float64), rights[:, 2]
+        ok = ((CL >= params.min_leaf_rows) & (CR >= params.min_leaf_rows)
+              & (HL * scale >= params.min_child_weight) & (HR * scale >= params.min_child_weight))
+        if not ok.any():
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = _score(GL, HL, scale, params.l2) + _score(GR, HR, scale, params.l2) - parent
+        gain = np.where(ok, gain, -np.inf)
+        k = int(np.argmax(gain))                           # the first of equal gains
+        if best is None or gain[k] > best.gain:
+            t, d = divmod(k, len(dirs))
+            best = Candidate(party, f, t, dirs[d], float(gain[k]), tuple(int(x) for x in lefts[k]),
+                             tuple(int(x) for x in rights[k]))
+    return best
+
+
+def best_split(hists: list[np.ndarray], layouts: list[Layout], total: tuple[int, int, int],
+               params: TreeParams) -> Candidate | None:
+    """The best split of a node over every party's columns (parties in order), or None when no
+    candidate has a positive gain and large enough children."""
+    best = None
+    for party, (hist, layout) in enumerate(zip(hists, layouts)):
+        cand = best_in_party(hist, layout, total, params, party)
+        if cand is not None and (best is None or cand.gain > best.gain):
+            best = cand
+    return best if best is not None and best.gain > 0 else None
+
+
+def row_sample(params: TreeParams, tree: int, n: int) -> np.ndarray:
+    """The sorted training rows tree ``tree`` is grown on: all, or a uniform draw of ``subsample``
+    of them from the job's seed. Every party derives it alone; it depends on nothing but the seed,
+    the tree and the row count, so telling a host nothing about labels or nodes."""
+    if params.subsample >= 1:
+        return np.arange(n)
+    k = max(1, int(round(params.subsample * n)))
+    return np.sort(np.random.default_rng([params.seed, tree]).choice(n, size=k, replace=False))
+
+
+def can_split(depth: int, rows: int, params: TreeParams) -> bool:
+    """Whether a node may still be split (a split needs two children of min_leaf_rows)."""
+    return depth < params.max_depth and rows >= 2 * params.min_leaf_rows
+
+
+def leaf_weight(total: tuple[int, int, int], params: TreeParams) -> float:
+    """``-learning_rate * G / (H + l2)`` of a leaf's integer sums."""
+    scale = 2.0 ** -params.frac_bits
+    return float(-params.learning_rate * (total[0] * scale) / (total[1] * scale + params.l2))
+
+
+def node_sums(gq: np.ndarray, hq: np.ndarray, rows: np.ndarray) -> tuple[int, int, int]:
+    return int(gq[rows].sum()), int(hq[rows].sum()), int(rows.size)
+
+
+def plain_histogram(codes: np.ndarray, layout: Layout, gq: np.ndarray, hq: np.ndarray,
+                    rows: np.ndarray) -> np.ndarray:
+    """``(layout.total, 3)`` int64 ``(G, H, C)`` per bin of every column, over ``rows``."""
+    F = len(layout.n_bins)
+    keys = (codes[rows] + layout.offsets[:-1]).ravel()            # row-major: row, then column
+    if rows.size and int(np.abs(gq).max(initial=0)) * max(1, rows.size) >= 1 << 53:
+        raise ValueError("gradient sums would not be exact in float64: use fewer frac_bits")
+    out = np.empty((layout.total, 3), dtype=np.int64)
+    for k, w in enumerate((gq[rows], hq[rows], np.ones(rows.size))):
+        out[:, k] = np.rint(np.bincount(keys, weights=np.repeat(w.astype(np.float64), F),
+                                        minlength=layout.total))   # exact: every sum < 2^53
+    return out
