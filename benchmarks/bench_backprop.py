@@ -3,6 +3,7 @@
     python benchmarks/bench_backprop.py                          # 1024-bit, batches 1024 4096 8192
     python benchmarks/bench_backprop.py --baseline 86f2ff8       # also time that commit, side by side
     python benchmarks/bench_backprop.py --batches 1024 --repeats 5 --bits 2048
+    python benchmarks/bench_backprop.py --coef-bits 16 12       # also coefficients rounded to 16, 12 bits
 
 The host of ``benchmarks/bench_embedding.py``: 4 long-tailed categorical
 columns (``vfl.io.synth.categorical_credit_population``, vocabularies of
@@ -133,7 +134,8 @@ def digest(sums: list[EncryptedArray]) -> str:
     return h.hexdigest()[:16]
 
 
-def measure(folder: Path, batches: list[int], repeats: int, clip_norm: float, plain_check: bool) -> dict:
+def measure(folder: Path, batches: list[int], repeats: int, clip_norm: float, plain_check: bool,
+            coef_bits: list[int] = ()) -> dict:
     local.warm_up()
     results = {}
     for batch in batches:
@@ -148,6 +150,12 @@ def measure(folder: Path, batches: list[int], repeats: int, clip_norm: float, pl
                 dd = d.decrypt(sk)
                 worst = max(float(np.max(np.abs(s.decrypt(sk) - b.plain_sums(dd)))) for s, b in zip(sums, blocks))
                 row["total"]["max_abs_err_vs_plain"] = worst
+        for bits in coef_bits:  # coefficients rounded to fewer fractional bits (not bit-identical)
+            wall, cpu, sums = timed(lambda: encrypted_sums(d, blocks, coef_bits=bits), repeats)
+            dd = d.decrypt(sk)
+            rel = max(float(np.max(np.abs(s.decrypt(sk) - b.plain_sums(dd))) / max(np.abs(b.plain_sums(dd)).max(), 1e-300))
+                      for s, b in zip(sums, blocks) if b.release)
+            row[f"coef{bits}"] = {"wall": wall, "cpu": cpu, "rel_err": rel}
         wall, cpu, _ = timed(lambda: [b.plain_sums(np.zeros(batch)) for b in blocks], repeats)
         row["plain"] = {"wall": wall, "cpu": cpu}
         row["shape"] = {b.name: [int(b.X.shape[1]), int(b.n_groups),
@@ -165,6 +173,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--clip-norm", type=float, default=1.0)
     ap.add_argument("--baseline", help="git revision to time side by side (in a temporary worktree)")
+    ap.add_argument("--coef-bits", type=int, nargs="*", default=[],
+                    help="also time encrypted_sums(coef_bits=B) for these B (rounded coefficients)")
     ap.add_argument("--root", help=argparse.SUPPRESS)      # import vfl/crypto from this checkout
     ap.add_argument("--inputs", help=argparse.SUPPRESS)    # folder with key and ciphertexts
     ap.add_argument("--json", help=argparse.SUPPRESS)      # write results here
@@ -193,7 +203,7 @@ def main() -> None:
             base = json.loads((tmp / "base.json").read_text())
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False)
-    ours = measure(tmp, args.batches, args.repeats, args.clip_norm, plain_check=True)
+    ours = measure(tmp, args.batches, args.repeats, args.clip_norm, plain_check=True, coef_bits=args.coef_bits)
 
     for batch in map(str, args.batches):
         r = ours[batch]
@@ -211,6 +221,11 @@ def main() -> None:
                 same = "" if kind == "plain" else ("yes" if b["digest"] == r[kind]["digest"] else "NO")
                 line += f"{b['wall']:>11.3f}{b['cpu']:>10.3f}{b['cpu'] / max(r[kind]['cpu'], 1e-9):>9.2f}x  {same}"
             print(line)
+        for bits in args.coef_bits:
+            c = r[f"coef{bits}"]
+            print(f"  total with coefficients rounded to {bits} fractional bits: {c['wall']:.3f} s wall, "
+                  f"{c['cpu']:.3f} s CPU ({r['total']['cpu'] / max(c['cpu'], 1e-9):.2f}x less CPU); worst relative "
+                  f"error of a released block's sums {c['rel_err']:.1e}")
     print(f"\nload average now {os.getloadavg()[0]:.1f}")
 
 

@@ -635,6 +635,39 @@ def _dense(sparse: tuple[np.ndarray, list], n_groups: int, D: int) -> np.ndarray
     return out
 
 
+def _strip_common_zeros(blocks) -> tuple[list, list[np.ndarray]]:
+    """Divide every block column by the largest power of two dividing all its members' exponents.
+
+    ``S ** (2**k)`` from exponents ``k`` bits shorter: integer-valued columns (a bias, one-hot
+    or a count, encoded with fractional bits) and coefficients rounded to fewer bits than they
+    are encoded with then cost what their significant bits cost; :func:`_restore_zeros` squares
+    the products back (``k`` squarings per product, in C).
+    """
+    out, shifts = [], []
+    for E, rows, groups, n_groups in blocks:
+        if E.size == 0 or rows.size == 0:
+            out.append((E, rows, groups, n_groups))
+            shifts.append(np.zeros(E.shape[1], dtype=np.int64))
+            continue
+        low = np.bitwise_or.reduce(np.abs(E[np.unique(rows)]), axis=0)
+        lowest = low & -low
+        shift = np.zeros(E.shape[1], dtype=np.int64)
+        nz = lowest > 0
+        shift[nz] = np.round(np.log2(lowest[nz].astype(np.float64))).astype(np.int64)
+        out.append((E >> shift if shift.any() else E, rows, groups, n_groups))
+        shifts.append(shift)
+    return out, shifts
+
+
+def _restore_zeros(results: list[np.ndarray], shifts: list[np.ndarray], modulus) -> list[np.ndarray]:
+    """Undo :func:`_strip_common_zeros`: raise column j of each block's products to ``2**shift[j]``."""
+    for S, shift in zip(results, shifts):
+        for j in np.flatnonzero(shift).tolist():
+            col = S[:, j].tolist()
+            S[:, j] = object_array(gmpy2.powmod_base_list(col, 1 << int(shift[j]), modulus))
+    return results
+
+
 def grouped_multiexp(bases: Sequence, blocks, modulus) -> list[np.ndarray]:
     """Per block ``(E, rows, groups, n_groups)``: ``S[g, j] = prod_{t: groups[t] = g} bases[rows[t]] ** E[rows[t], j]``.
 
@@ -648,9 +681,10 @@ def grouped_multiexp(bases: Sequence, blocks, modulus) -> list[np.ndarray]:
     this process; see :func:`grouped_multiexp_parallel`.
     """
     bases = list(bases)
-    blocks = normalize_grouped_blocks(blocks, len(bases))
+    blocks, shifts = _strip_common_zeros(normalize_grouped_blocks(blocks, len(bases)))
     sparse = _grouped_sparse(bases, blocks, modulus)
-    return [_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)]
+    return _restore_zeros([_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)], shifts,
+                          gmpy2.mpz(modulus))
 
 
 def _grouped_rows(bases: np.ndarray, blocks, modulus) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -666,11 +700,12 @@ def grouped_multiexp_parallel(bases: Sequence, blocks, modulus) -> list[np.ndarr
     the pairs of its rows, and returns only the groups its rows touch.
     """
     bases = list(bases)
-    blocks = normalize_grouped_blocks(blocks, len(bases))
+    blocks, shifts = _strip_common_zeros(normalize_grouped_blocks(blocks, len(bases)))
     n = len(bases)
     if not backends.use_parallel(n):
         sparse = _grouped_sparse(bases, blocks, modulus)
-        return [_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)]
+        return _restore_zeros([_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)], shifts,
+                              gmpy2.mpz(modulus))
     modulus = gmpy2.mpz(modulus)
     packed = to_rows(bases, width_for(modulus))
     ranges = backends.split_ranges(n, backends.workers())
@@ -695,4 +730,4 @@ def grouped_multiexp_parallel(bases: Sequence, blocks, modulus) -> list[np.ndarr
         ids = np.fromiter(merged.keys(), dtype=np.int64, count=len(merged))
         flat = [x for vec in merged.values() for x in vec]
         out.append(_dense((ids, flat), ng, D))
-    return out
+    return _restore_zeros(out, shifts, modulus)

@@ -11,6 +11,8 @@ which shares one power table per row across every group it belongs to.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from crypto import EncryptedArray
@@ -20,8 +22,22 @@ from .release import ReleaseBuffer
 from .towers import Block
 
 
-def encrypted_sums(enc_d: EncryptedArray, blocks: list[Block]) -> list[EncryptedArray]:
-    """``[[S_b]]`` of shape (groups, D_b) for every block, in order."""
+def encrypted_sums(enc_d: EncryptedArray, blocks: list[Block], coef_bits: int | None = None
+                   ) -> list[EncryptedArray]:
+    """``[[S_b]]`` of shape (groups, D_b) for every block, in order.
+
+    ``coef_bits``: round the released blocks' coefficients to this many fractional bits
+    (default: all ``X_FRAC_BITS``). The sums keep their scale (``X_FRAC_BITS`` fractional
+    bits of X, so nothing downstream changes); the exponents' common trailing zeros are
+    stripped by the kernel, so the cost falls with the bits kept (see
+    ``benchmarks/bench_backprop.py``). The rounding error of a sum is at most
+    ``2**-(coef_bits + 1)`` times the sum of its members' ``|d_i|``.
+    """
+    if coef_bits is not None:
+        if not 0 <= coef_bits <= X_FRAC_BITS:
+            raise ValueError(f"coef_bits must be in [0, {X_FRAC_BITS}], got {coef_bits}")
+        scale = 2.0 ** coef_bits
+        blocks = [replace(b, X=np.round(b.X * scale) / scale) if b.release else b for b in blocks]
     out: list[EncryptedArray | None] = [None] * len(blocks)
     singles = [i for i, b in enumerate(blocks) if b.single]
     if singles:
