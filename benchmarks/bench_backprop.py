@@ -59,11 +59,17 @@ from vfl.models.common import D_FRAC_BITS  # noqa: E402
 from vfl.models.towers import Block  # noqa: E402
 
 KINDS = {"dense": ("out", "loss"), "hidden": ("hidden0",), "emb": ("emb0", "emb1", "emb2", "emb3")}
+WIDE = ("wide0", "wide1", "wide2", "wide3", "wide_num")
 
 
 # ------------------------------------------------------------------ workload
-def host_blocks(batch: int, clip_norm: float, seed: int = 0) -> list[Block]:
-    """The host's blocks for one batch (what host.py passes to encrypted_sums), and nothing else."""
+def host_blocks(batch: int, clip_norm: float, seed: int = 0, wide: bool = False) -> list[Block]:
+    """The host's blocks for one batch (what host.py passes to encrypted_sums), and nothing else.
+
+    ``wide``: also a stand-in for a wide part (a weight per category of each column and per
+    numeric column, straight to the output): per column, the sum of ``[[d_i]]`` over each
+    category's rows (coefficient 1), and one whole-batch block over the numeric columns,
+    clipped with the dense blocks."""
     from vfl.io.synth import categorical_credit_population
     from vfl.models.privacy import clip_blocks
     from vfl.models.towers import EmbeddingTower, TowerInput
@@ -80,7 +86,11 @@ def host_blocks(batch: int, clip_norm: float, seed: int = 0) -> list[Block]:
     params = tower.init_params(7)
     rows = np.random.default_rng(seed).permutation(len(shop))[:batch]
     u, cache = tower.forward(params, TowerInput(num[rows], codes[rows]))
-    blocks, _ = clip_blocks(tower.blocks(params, cache), batch, clip_norm)
+    blocks = tower.blocks(params, cache)
+    if wide:
+        blocks += [Block(f"wide{c}", np.ones((batch, 1)), np.arange(batch), codes[rows, c].astype(np.int64), v.size)
+                   for c, v in enumerate(vocabs)] + [Block("wide_num", num[rows])]
+    blocks, _ = clip_blocks(blocks, batch, clip_norm)
     return blocks + [Block("loss", u[:, None], release=False)]
 
 
@@ -135,14 +145,15 @@ def digest(sums: list[EncryptedArray]) -> str:
 
 
 def measure(folder: Path, batches: list[int], repeats: int, clip_norm: float, plain_check: bool,
-            coef_bits: list[int] = ()) -> dict:
+            coef_bits: list[int] = (), wide: bool = False) -> dict:
     local.warm_up()
     results = {}
     for batch in batches:
         sk, d = load(folder, batch)
-        blocks = host_blocks(batch, clip_norm)
+        blocks = host_blocks(batch, clip_norm, wide=wide)
         row = {}
-        for kind, names in [("total", None)] + list(KINDS.items()):
+        kinds = list(KINDS.items()) + ([("wide", WIDE)] if wide else [])
+        for kind, names in [("total", None)] + kinds:
             sel = blocks if names is None else [b for b in blocks if b.name in names]
             wall, cpu, sums = timed(lambda: encrypted_sums(d, sel), repeats)
             row[kind] = {"wall": wall, "cpu": cpu, "digest": digest(sums)}
@@ -173,6 +184,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--clip-norm", type=float, default=1.0)
     ap.add_argument("--baseline", help="git revision to time side by side (in a temporary worktree)")
+    ap.add_argument("--wide", action="store_true", help="add a stand-in wide part to the host's blocks")
     ap.add_argument("--coef-bits", type=int, nargs="*", default=[],
                     help="also time encrypted_sums(coef_bits=B) for these B (rounded coefficients)")
     ap.add_argument("--root", help=argparse.SUPPRESS)      # import vfl/crypto from this checkout
@@ -181,7 +193,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.inputs:  # child mode
-        res = measure(Path(args.inputs), args.batches, args.repeats, args.clip_norm, plain_check=False)
+        res = measure(Path(args.inputs), args.batches, args.repeats, args.clip_norm, plain_check=False, wide=args.wide)
         Path(args.json).write_text(json.dumps(res))
         return
 
@@ -198,12 +210,14 @@ def main() -> None:
                        check=True)
         try:
             subprocess.run([sys.executable, str(Path(__file__).resolve()), "--root", str(wt), "--inputs", str(tmp),
+                            *(["--wide"] if args.wide else []),
                             "--json", str(tmp / "base.json"), "--repeats", str(args.repeats),
                             "--clip-norm", str(args.clip_norm), "--batches", *map(str, args.batches)], check=True)
             base = json.loads((tmp / "base.json").read_text())
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False)
-    ours = measure(tmp, args.batches, args.repeats, args.clip_norm, plain_check=True, coef_bits=args.coef_bits)
+    ours = measure(tmp, args.batches, args.repeats, args.clip_norm, plain_check=True, coef_bits=args.coef_bits,
+                   wide=args.wide)
 
     for batch in map(str, args.batches):
         r = ours[batch]
@@ -214,7 +228,7 @@ def main() -> None:
         if base:
             head += f"{'base wall':>11}{'base CPU':>10}{'CPU ratio':>10}  same ciphertexts"
         print(head)
-        for kind in ["total", *KINDS, "plain"]:
+        for kind in ["total", *KINDS, *(["wide"] if args.wide else []), "plain"]:
             line = f"  {kind:<8}{r[kind]['wall']:>9.3f}{r[kind]['cpu']:>9.3f}"
             if base:
                 b = base[batch][kind]
