@@ -3,7 +3,7 @@
     python benchmarks/bench_backprop.py                          # 1024-bit, batches 1024 4096 8192
     python benchmarks/bench_backprop.py --baseline 86f2ff8       # also time that commit, side by side
     python benchmarks/bench_backprop.py --batches 1024 --repeats 5 --bits 2048
-    python benchmarks/bench_backprop.py --coef-bits 16 12       # also coefficients rounded to 16, 12 bits
+    python benchmarks/bench_backprop.py --coef-bits 16 12       # also coefficients cut to 16, 12 bits
 
 The host of ``benchmarks/bench_embedding.py``: 4 long-tailed categorical
 columns (``vfl.io.synth.categorical_credit_population``, vocabularies of
@@ -161,7 +161,7 @@ def measure(folder: Path, batches: list[int], repeats: int, clip_norm: float, pl
                 dd = d.decrypt(sk)
                 worst = max(float(np.max(np.abs(s.decrypt(sk) - b.plain_sums(dd)))) for s, b in zip(sums, blocks))
                 row["total"]["max_abs_err_vs_plain"] = worst
-        for bits in coef_bits:  # coefficients rounded to fewer fractional bits (not bit-identical)
+        for bits in coef_bits:  # coefficients cut to fewer fractional bits (not bit-identical)
             wall, cpu, sums = timed(lambda: encrypted_sums(d, blocks, coef_bits=bits), repeats)
             dd = d.decrypt(sk)
             rel = max(float(np.max(np.abs(s.decrypt(sk) - b.plain_sums(dd))) / max(np.abs(b.plain_sums(dd)).max(), 1e-300))
@@ -186,7 +186,7 @@ def main() -> None:
     ap.add_argument("--baseline", help="git revision to time side by side (in a temporary worktree)")
     ap.add_argument("--wide", action="store_true", help="add a stand-in wide part to the host's blocks")
     ap.add_argument("--coef-bits", type=int, nargs="*", default=[],
-                    help="also time encrypted_sums(coef_bits=B) for these B (rounded coefficients)")
+                    help="also time encrypted_sums(coef_bits=B) for these B (coefficients cut to B fractional bits)")
     ap.add_argument("--root", help=argparse.SUPPRESS)      # import vfl/crypto from this checkout
     ap.add_argument("--inputs", help=argparse.SUPPRESS)    # folder with key and ciphertexts
     ap.add_argument("--json", help=argparse.SUPPRESS)      # write results here
@@ -237,7 +237,7 @@ def main() -> None:
             print(line)
         for bits in args.coef_bits:
             c = r[f"coef{bits}"]
-            print(f"  total with coefficients rounded to {bits} fractional bits: {c['wall']:.3f} s wall, "
+            print(f"  total with coefficients cut to {bits} fractional bits: {c['wall']:.3f} s wall, "
                   f"{c['cpu']:.3f} s CPU ({r['total']['cpu'] / max(c['cpu'], 1e-9):.2f}x less CPU); worst relative "
                   f"error of a released block's sums {c['rel_err']:.1e}")
     print(f"\nload average now {os.getloadavg()[0]:.1f}")

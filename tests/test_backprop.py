@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from crypto import EncryptedArray, generate_keypair
-from vfl.models.backprop import encrypted_sums
+from vfl.models.backprop import encrypted_sums, truncate_bits
 from vfl.models.common import D_FRAC_BITS
 from vfl.models.towers import Block, EmbeddingTower, TowerInput
 
@@ -42,13 +42,14 @@ def test_sums_match_the_plaintext_twin(setup):
 
 @pytest.mark.parametrize("bits", [0, 6, 12])
 def test_coefficients_rounded_to_fewer_bits(setup, bits):
-    """coef_bits rounds the released blocks' coefficients (not the loss part's); the sums keep their scale."""
+    """coef_bits cuts the released blocks' coefficients toward zero (not the loss part's); same scale."""
     sk, blocks, d, enc = setup
     sums = encrypted_sums(enc, blocks, coef_bits=bits)
-    rounded = [replace(b, X=np.round(b.X * 2.0**bits) / 2.0**bits) if b.release else b for b in blocks]
+    rounded = [replace(b, X=truncate_bits(b.X, bits)) if b.release else b for b in blocks]
+    assert all(np.all(np.abs(r.X) <= np.abs(b.X)) for r, b in zip(rounded, blocks))  # clipping bounds hold
     _check(sums, rounded, d, sk, 1e-5)
     assert all(s.frac_bits == t.frac_bits for s, t in zip(sums, encrypted_sums(enc, blocks)))
     worst = max(np.abs(s.decrypt(sk) - b.plain_sums(d)).max() for s, b in zip(sums, blocks))
-    assert worst > 1e-4 if bits < 12 else worst < np.abs(d).sum() * 2.0 ** -(bits + 1) + 1e-5
+    assert worst > 1e-4 if bits < 12 else worst < np.abs(d).sum() * 2.0 ** -bits + 1e-5
     with pytest.raises(ValueError, match="coef_bits"):
         encrypted_sums(enc, blocks, coef_bits=25)
