@@ -532,12 +532,37 @@ def _grouped_sparse(bases: Sequence, blocks, modulus) -> list[tuple[np.ndarray, 
     return out
 
 
+def _alias_columns(blocks, needed: list) -> tuple[list, list[tuple[int, int, int, int]]]:
+    """Identical exponent columns (in any blocks) are powered once.
+
+    Blocks often repeat a coefficient column: a per-row clipping scale times 1 is the bias
+    column of a hidden layer and the coefficient of every wide (per-category) block; clipped
+    numeric columns feed both a hidden layer and a wide part.  Returns the needs to power
+    (the first of equal columns needs every row any of them needs; the others nothing) and
+    the aliases ``(block, column, first block, first column)``.
+    """
+    power = [nd.copy() for nd in needed]
+    first: dict[bytes, tuple[int, int]] = {}
+    aliases = []
+    for b, (E, *_) in enumerate(blocks):
+        for j in range(E.shape[1]):
+            if not needed[b][:, j].any():
+                continue
+            b0, j0 = first.setdefault(np.ascontiguousarray(E[:, j]).tobytes(), (b, j))
+            if (b0, j0) != (b, j):
+                power[b0][:, j0] |= power[b][:, j]
+                power[b][:, j] = False
+                aliases.append((b, j, b0, j0))
+    return power, aliases
+
+
 def _table_sparse(bases: list, blocks, needed: list, plans: list, modulus) -> list[tuple[np.ndarray, list]]:
     """The row-table path of :func:`_grouped_sparse` (powering plan, accumulation, pattern folds)."""
     one = gmpy2.mpz(1)
     n = len(bases)
-    classes, _ = _row_classes(blocks, needed, n)
-    K = sum((nd.sum(axis=1) for nd in needed), np.zeros(n, dtype=np.int64))  # powered values per row
+    power, aliases = _alias_columns(blocks, needed)
+    classes, _ = _row_classes(blocks, power, n)
+    K = sum((nd.sum(axis=1) for nd in power), np.zeros(n, dtype=np.int64))  # powered values per row
 
     order = np.concatenate([c[0] for c in classes]) if classes else np.zeros(0, dtype=np.int64)
     pos = np.full(n, -1, dtype=np.int64)
@@ -571,7 +596,7 @@ def _table_sparse(bases: list, blocks, needed: list, plans: list, modulus) -> li
             g = [bases[i] for i in chunk_rows.tolist()]
             # every exponent the chunk needs, once
             idx_maps, lr_parts, e_parts, offset = [], [], [], 0
-            for (E, *_), need in zip(blocks, needed):
+            for (E, *_), need in zip(blocks, power):
                 sub = need[chunk_rows]
                 rr, jj = np.nonzero(sub)
                 imap = np.full(sub.shape, -1, dtype=np.int64)
@@ -582,6 +607,8 @@ def _table_sparse(bases: list, blocks, needed: list, plans: list, modulus) -> li
                 e_parts.append(E[chunk_rows[rr], jj])
             if offset == 0:
                 continue
+            for b, j, b0, j0 in aliases:  # a column equal to an earlier one reads its powers
+                idx_maps[b][:, j] = np.where(needed[b][chunk_rows, j], idx_maps[b0][:, j0], -1)
             values = _power_chunk(g, np.concatenate(lr_parts), np.concatenate(e_parts), option, bits, signed,
                                   modulus)
             for (E, rows, groups, n_groups), imap, (c, *_), acc, data in zip(

@@ -298,3 +298,27 @@ def test_common_trailing_zeros_are_stripped_and_restored(keys, monkeypatch, work
     full = _naive(bases, blocks[1:], pk.nsquare)
     assert _as_lists(got[1:]) == full
     assert _as_lists([got[0]]) == _as_lists(grouped_multiexp(bases, blocks[:1], pk.nsquare))
+
+
+def test_equal_columns_are_powered_once(keys, monkeypatch):
+    """A column repeated within and across blocks (different memberships) is powered once, same products."""
+    pk, _ = keys
+    rng = np.random.default_rng(12)
+    n = 90
+    bases = _bases(rng, pk, n)
+    scale = rng.integers(-(2**20), 2**20, size=n)            # e.g. a per-row clipping scale times 1
+    A = np.column_stack([rng.integers(-(2**20), 2**20, size=n), scale, scale])
+    rows, groups = np.nonzero(rng.random((n, 5)) < 0.4)     # some rows are in no unit
+    blocks = [(A, rows, groups, 5),
+              (scale[:, None], np.arange(n), rng.integers(0, 7, n), 7),
+              (np.column_stack([scale, A[:, 0]]), np.arange(n), np.zeros(n, dtype=int), 1)]
+    needed = []
+    for E, r, _, _ in blocks:
+        member = np.zeros(n, dtype=bool)
+        member[r] = True
+        needed.append((E != 0) & member[:, None])
+    power, aliases = mx._alias_columns(blocks, needed)
+    assert aliases == [(0, 2, 0, 1), (1, 0, 0, 1), (2, 0, 0, 1), (2, 1, 0, 0)]
+    assert power[0][:, 1].sum() == (scale != 0).sum() and not power[1].any() and not power[2].any()
+    monkeypatch.setattr(mx, "_pippenger_cost", lambda *a: float("inf"))   # every block on the tables
+    assert _as_lists(grouped_multiexp(bases, blocks, pk.nsquare)) == _naive(bases, blocks, pk.nsquare)
