@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from crypto import EncryptedArray, generate_keypair
-from vfl.models.backprop import encrypted_sums, truncate_bits
+from vfl.models.backprop import encrypted_sums, truncate_bits, with_coef_bits
 from vfl.models.common import D_FRAC_BITS
 from vfl.models.towers import Block, EmbeddingTower, TowerInput
 
@@ -46,6 +46,7 @@ def test_coefficients_rounded_to_fewer_bits(setup, bits):
     sk, blocks, d, enc = setup
     sums = encrypted_sums(enc, blocks, coef_bits=bits)
     rounded = [replace(b, X=truncate_bits(b.X, bits)) if b.release else b for b in blocks]
+    assert all(np.array_equal(r.X, w.X) for r, w in zip(rounded, with_coef_bits(blocks, bits)))  # twin's cut
     assert all(np.all(np.abs(r.X) <= np.abs(b.X)) for r, b in zip(rounded, blocks))  # clipping bounds hold
     _check(sums, rounded, d, sk, 1e-5)
     assert all(s.frac_bits == t.frac_bits for s, t in zip(sums, encrypted_sums(enc, blocks)))

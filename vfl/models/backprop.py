@@ -34,10 +34,7 @@ def encrypted_sums(enc_d: EncryptedArray, blocks: list[Block], coef_bits: int | 
     contribution grows and a clipping bound (label-DP sensitivity) still holds; a sum moves by
     less than ``2**-coef_bits`` times the sum of its members' ``|d_i|``.
     """
-    if coef_bits is not None:
-        if not 0 <= coef_bits <= X_FRAC_BITS:
-            raise ValueError(f"coef_bits must be in [0, {X_FRAC_BITS}], got {coef_bits}")
-        blocks = [replace(b, X=truncate_bits(b.X, coef_bits)) if b.release else b for b in blocks]
+    blocks = with_coef_bits(blocks, coef_bits)
     out: list[EncryptedArray | None] = [None] * len(blocks)
     singles = [i for i, b in enumerate(blocks) if b.single]
     if singles:
@@ -63,6 +60,15 @@ def truncate_bits(X: np.ndarray, bits: int) -> np.ndarray:
     return np.trunc(X * scale) / scale
 
 
+def with_coef_bits(blocks: list[Block], coef_bits: int | None) -> list[Block]:
+    """The released blocks with coefficients cut to ``coef_bits`` fractional bits (None: unchanged)."""
+    if coef_bits is None:
+        return blocks
+    if not 0 <= coef_bits <= X_FRAC_BITS:
+        raise ValueError(f"coef_bits must be in [0, {X_FRAC_BITS}], got {coef_bits}")
+    return [replace(b, X=truncate_bits(b.X, coef_bits)) if b.release else b for b in blocks]
+
+
 def buffer_encrypted(buffer: ReleaseBuffer, blocks: list[Block], sums: list[EncryptedArray], n_rows: int,
                      row_ids: np.ndarray | None = None) -> None:
     """Add the released blocks' encrypted group sums (ciphertext rows) to the buffer."""
@@ -71,8 +77,8 @@ def buffer_encrypted(buffer: ReleaseBuffer, blocks: list[Block], sums: list[Encr
             buffer.add(b, b.row_counts(n_rows), enc.ciphertexts, row_ids)
 
 
-def buffer_plain(buffer: ReleaseBuffer, blocks: list[Block], d: np.ndarray) -> None:
+def buffer_plain(buffer: ReleaseBuffer, blocks: list[Block], d: np.ndarray, coef_bits: int | None = None) -> None:
     """The plaintext twin's equivalent of :func:`encrypted_sums` + :func:`buffer_encrypted`."""
-    for b in blocks:
+    for b in with_coef_bits(blocks, coef_bits):
         if b.release:
             buffer.add(b, b.row_counts(len(d)), b.plain_sums(d))
