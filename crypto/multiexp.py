@@ -532,12 +532,37 @@ def _grouped_sparse(bases: Sequence, blocks, modulus) -> list[tuple[np.ndarray, 
     return out
 
 
+def _alias_columns(blocks, needed: list) -> tuple[list, list[tuple[int, int, int, int]]]:
+    """Identical exponent columns (in any blocks) are powered once.
+
+    Blocks often repeat a coefficient column: a per-row clipping scale times 1 is the bias
+    column of a hidden layer and the coefficient of every wide (per-category) block; clipped
+    numeric columns feed both a hidden layer and a wide part.  Returns the needs to power
+    (the first of equal columns needs every row any of them needs; the others nothing) and
+    the aliases ``(block, column, first block, first column)``.
+    """
+    power = [nd.copy() for nd in needed]
+    first: dict[bytes, tuple[int, int]] = {}
+    aliases = []
+    for b, (E, *_) in enumerate(blocks):
+        for j in range(E.shape[1]):
+            if not needed[b][:, j].any():
+                continue
+            b0, j0 = first.setdefault(np.ascontiguousarray(E[:, j]).tobytes(), (b, j))
+            if (b0, j0) != (b, j):
+                power[b0][:, j0] |= power[b][:, j]
+                power[b][:, j] = False
+                aliases.append((b, j, b0, j0))
+    return power, aliases
+
+
 def _table_sparse(bases: list, blocks, needed: list, plans: list, modulus) -> list[tuple[np.ndarray, list]]:
     """The row-table path of :func:`_grouped_sparse` (powering plan, accumulation, pattern folds)."""
     one = gmpy2.mpz(1)
     n = len(bases)
-    classes, _ = _row_classes(blocks, needed, n)
-    K = sum((nd.sum(axis=1) for nd in needed), np.zeros(n, dtype=np.int64))  # powered values per row
+    power, aliases = _alias_columns(blocks, needed)
+    classes, _ = _row_classes(blocks, power, n)
+    K = sum((nd.sum(axis=1) for nd in power), np.zeros(n, dtype=np.int64))  # powered values per row
 
     order = np.concatenate([c[0] for c in classes]) if classes else np.zeros(0, dtype=np.int64)
     pos = np.full(n, -1, dtype=np.int64)
@@ -571,7 +596,7 @@ def _table_sparse(bases: list, blocks, needed: list, plans: list, modulus) -> li
             g = [bases[i] for i in chunk_rows.tolist()]
             # every exponent the chunk needs, once
             idx_maps, lr_parts, e_parts, offset = [], [], [], 0
-            for (E, *_), need in zip(blocks, needed):
+            for (E, *_), need in zip(blocks, power):
                 sub = need[chunk_rows]
                 rr, jj = np.nonzero(sub)
                 imap = np.full(sub.shape, -1, dtype=np.int64)
@@ -582,6 +607,8 @@ def _table_sparse(bases: list, blocks, needed: list, plans: list, modulus) -> li
                 e_parts.append(E[chunk_rows[rr], jj])
             if offset == 0:
                 continue
+            for b, j, b0, j0 in aliases:  # a column equal to an earlier one reads its powers
+                idx_maps[b][:, j] = np.where(needed[b][chunk_rows, j], idx_maps[b0][:, j0], -1)
             values = _power_chunk(g, np.concatenate(lr_parts), np.concatenate(e_parts), option, bits, signed,
                                   modulus)
             for (E, rows, groups, n_groups), imap, (c, *_), acc, data in zip(
@@ -635,6 +662,39 @@ def _dense(sparse: tuple[np.ndarray, list], n_groups: int, D: int) -> np.ndarray
     return out
 
 
+def _strip_common_zeros(blocks) -> tuple[list, list[np.ndarray]]:
+    """Divide every block column by the largest power of two dividing all its members' exponents.
+
+    ``S ** (2**k)`` from exponents ``k`` bits shorter: integer-valued columns (a bias, one-hot
+    or a count, encoded with fractional bits) and coefficients rounded to fewer bits than they
+    are encoded with then cost what their significant bits cost; :func:`_restore_zeros` squares
+    the products back (``k`` squarings per product, in C).
+    """
+    out, shifts = [], []
+    for E, rows, groups, n_groups in blocks:
+        if E.size == 0 or rows.size == 0:
+            out.append((E, rows, groups, n_groups))
+            shifts.append(np.zeros(E.shape[1], dtype=np.int64))
+            continue
+        low = np.bitwise_or.reduce(np.abs(E[np.unique(rows)]), axis=0)
+        lowest = low & -low
+        shift = np.zeros(E.shape[1], dtype=np.int64)
+        nz = lowest > 0
+        shift[nz] = np.round(np.log2(lowest[nz].astype(np.float64))).astype(np.int64)
+        out.append((E >> shift if shift.any() else E, rows, groups, n_groups))
+        shifts.append(shift)
+    return out, shifts
+
+
+def _restore_zeros(results: list[np.ndarray], shifts: list[np.ndarray], modulus) -> list[np.ndarray]:
+    """Undo :func:`_strip_common_zeros`: raise column j of each block's products to ``2**shift[j]``."""
+    for S, shift in zip(results, shifts):
+        for j in np.flatnonzero(shift).tolist():
+            col = S[:, j].tolist()
+            S[:, j] = object_array(gmpy2.powmod_base_list(col, 1 << int(shift[j]), modulus))
+    return results
+
+
 def grouped_multiexp(bases: Sequence, blocks, modulus) -> list[np.ndarray]:
     """Per block ``(E, rows, groups, n_groups)``: ``S[g, j] = prod_{t: groups[t] = g} bases[rows[t]] ** E[rows[t], j]``.
 
@@ -648,9 +708,10 @@ def grouped_multiexp(bases: Sequence, blocks, modulus) -> list[np.ndarray]:
     this process; see :func:`grouped_multiexp_parallel`.
     """
     bases = list(bases)
-    blocks = normalize_grouped_blocks(blocks, len(bases))
+    blocks, shifts = _strip_common_zeros(normalize_grouped_blocks(blocks, len(bases)))
     sparse = _grouped_sparse(bases, blocks, modulus)
-    return [_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)]
+    return _restore_zeros([_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)], shifts,
+                          gmpy2.mpz(modulus))
 
 
 def _grouped_rows(bases: np.ndarray, blocks, modulus) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -666,11 +727,12 @@ def grouped_multiexp_parallel(bases: Sequence, blocks, modulus) -> list[np.ndarr
     the pairs of its rows, and returns only the groups its rows touch.
     """
     bases = list(bases)
-    blocks = normalize_grouped_blocks(blocks, len(bases))
+    blocks, shifts = _strip_common_zeros(normalize_grouped_blocks(blocks, len(bases)))
     n = len(bases)
     if not backends.use_parallel(n):
         sparse = _grouped_sparse(bases, blocks, modulus)
-        return [_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)]
+        return _restore_zeros([_dense(s, ng, E.shape[1]) for s, (E, _, _, ng) in zip(sparse, blocks)], shifts,
+                              gmpy2.mpz(modulus))
     modulus = gmpy2.mpz(modulus)
     packed = to_rows(bases, width_for(modulus))
     ranges = backends.split_ranges(n, backends.workers())
@@ -695,4 +757,4 @@ def grouped_multiexp_parallel(bases: Sequence, blocks, modulus) -> list[np.ndarr
         ids = np.fromiter(merged.keys(), dtype=np.int64, count=len(merged))
         flat = [x for vec in merged.values() for x in vec]
         out.append(_dense((ids, flat), ng, D))
-    return out
+    return _restore_zeros(out, shifts, modulus)

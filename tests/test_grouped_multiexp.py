@@ -261,3 +261,64 @@ def test_grouped_rmatmul_errors(keys):
                             x_frac_bits=0, value_bound=2.0**469)
     (ok,) = enc.grouped_rmatmul([(X, [0, 1, 2, 3], [0, 1, 2, 3], 4)], x_frac_bits=0, value_bound=2.0**469)
     assert ok.shape == (4, 1)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_common_trailing_zeros_are_stripped_and_restored(keys, monkeypatch, workers):
+    """Columns whose member exponents share 2**k (integers or coarse coefficients encoded with 24
+    fractional bits) run with k-bit shorter exponents and are squared back: same products."""
+    pk, _ = keys
+    rng = np.random.default_rng(11)
+    n = 300
+    bases = _bases(rng, pk, n)
+    E = rng.integers(-(2**10), 2**10, size=(n, 5)) << np.array([24, 16, 0, 5, 61 - 10])
+    E[:, 2] = 0                                        # an all-zero column stays 1
+    E[3, 0] = 3 << 23                                  # ... and only member rows count:
+    rows, groups = np.nonzero(rng.random((n, 6)) < 0.5)
+    keep = rows != 7
+    rows, groups = rows[keep], groups[keep]
+    E[7, 1] = 1                                        # row 7 is in no group of block 0: its
+                                                       # column 1 keeps its 16 zeros (block 1's does not)
+    blocks = [(E, rows, groups, 6), (E[:, :2], np.arange(n), rng.integers(0, 30, n), 30),
+              (np.zeros((n, 2), dtype=np.int64), [], [], 3)]
+    stripped, shifts = mx._strip_common_zeros(mx.normalize_grouped_blocks(blocks, n))
+    assert shifts[0].tolist() == [23, 16, 0, 5, 51] and shifts[2].tolist() == [0, 0]
+    seen = []
+    real = mx._grouped_sparse
+    monkeypatch.setattr(mx, "_grouped_sparse", lambda b, bl, m: seen.append(int(np.abs(bl[0][0]).max()))
+                        or real(b, bl, m))
+    monkeypatch.setenv("VFL_WORKERS", workers)
+    got = grouped_multiexp_parallel(bases, blocks, pk.nsquare)
+    if workers == "1":
+        assert max(seen) < 2**12                       # the kernel saw block 0's short exponents
+    keep = np.isin(rows, np.arange(60))                # naive reference on a subset of the pairs
+    sub = [(E, rows[keep], groups[keep], 6)]
+    ref = _naive(bases, sub, pk.nsquare)[0]
+    assert _as_lists(grouped_multiexp(bases, sub, pk.nsquare))[0] == ref
+    full = _naive(bases, blocks[1:], pk.nsquare)
+    assert _as_lists(got[1:]) == full
+    assert _as_lists([got[0]]) == _as_lists(grouped_multiexp(bases, blocks[:1], pk.nsquare))
+
+
+def test_equal_columns_are_powered_once(keys, monkeypatch):
+    """A column repeated within and across blocks (different memberships) is powered once, same products."""
+    pk, _ = keys
+    rng = np.random.default_rng(12)
+    n = 90
+    bases = _bases(rng, pk, n)
+    scale = rng.integers(-(2**20), 2**20, size=n)            # e.g. a per-row clipping scale times 1
+    A = np.column_stack([rng.integers(-(2**20), 2**20, size=n), scale, scale])
+    rows, groups = np.nonzero(rng.random((n, 5)) < 0.4)     # some rows are in no unit
+    blocks = [(A, rows, groups, 5),
+              (scale[:, None], np.arange(n), rng.integers(0, 7, n), 7),
+              (np.column_stack([scale, A[:, 0]]), np.arange(n), np.zeros(n, dtype=int), 1)]
+    needed = []
+    for E, r, _, _ in blocks:
+        member = np.zeros(n, dtype=bool)
+        member[r] = True
+        needed.append((E != 0) & member[:, None])
+    power, aliases = mx._alias_columns(blocks, needed)
+    assert aliases == [(0, 2, 0, 1), (1, 0, 0, 1), (2, 0, 0, 1), (2, 1, 0, 0)]
+    assert power[0][:, 1].sum() == (scale != 0).sum() and not power[1].any() and not power[2].any()
+    monkeypatch.setattr(mx, "_pippenger_cost", lambda *a: float("inf"))   # every block on the tables
+    assert _as_lists(grouped_multiexp(bases, blocks, pk.nsquare)) == _naive(bases, blocks, pk.nsquare)
