@@ -17,29 +17,12 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from ..models import EmbeddingTower, SplitArbiter, SplitGuest, SplitHost, TowerInput
+from ..job.threads import run_threads
 from ..protocol.channel import LocalNetwork
 
 
-def _run(net: LocalNetwork, calls: dict) -> None:
-    import threading
-    errors = []
-
-    def run(name):
-        try:
-            calls[name]()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-            net.abort(f"{name}: {exc!r}")
-    threads = [threading.Thread(target=run, args=(n,)) for n in calls]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-
-
 def attack_data(n=800, seed=3):
+    """800 rows: two guest and two host numerics, a host category of 40 values, labels from all of them."""
     rng = np.random.default_rng(seed)
     xg = TowerInput(rng.normal(size=(n, 2)))
     cat = rng.integers(0, 40, n)
@@ -53,13 +36,12 @@ def host_view(model, keypair):
     """Train one epoch and return what the host got decrypted: per release, its rows and coefficients."""
     xg, xh, y = attack_data()
     towers = (EmbeddingTower(2, [], 4, (8,), intercept=True), EmbeddingTower(2, [40], 4, (8,)))
-    net = LocalNetwork(["g", "h", "a"], timeout=120)
     host = SplitHost(model, guest="g", arbiter="a", seed=5, tower=towers[1], init_seed=12, observe=True)
-    roles = [lambda: SplitGuest(model, hosts=["h"], arbiter="a", seed=5, tower=towers[0], init_seed=11)
-             .fit(net.channel("g"), xg, y),
-             lambda: host.fit(net.channel("h"), xh),
-             lambda: SplitArbiter(model, guest="g", hosts=["h"]).fit(net.channel("a"), keypair=keypair)]
-    _run(net, dict(enumerate(roles)))
+    roles = {"g": lambda ch: SplitGuest(model, hosts=["h"], arbiter="a", seed=5, tower=towers[0], init_seed=11)
+             .fit(ch, xg, y),
+             "h": lambda ch: host.fit(ch, xh),
+             "a": lambda ch: SplitArbiter(model, guest="g", hosts=["h"]).fit(ch, keypair=keypair)}
+    run_threads(list(roles), roles, LocalNetwork(list(roles), timeout=120))
     releases = [(members, value) for batch_members, values in host.observed_
                 for members, value in zip(batch_members, values)]
     return releases, y

@@ -27,7 +27,7 @@ class JobFailed(RuntimeError):
     """At least one party failed; the message names it and says why."""
 
 
-def _run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwork,
+def run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwork,
                  job: JobConfig | None = None, task: str = "train") -> dict:
     """Run each party's target in its own thread; with ``job``, each on a channel checked
     against the protocol spec and recorded in ``<workdir>/<party>/ledger.jsonl``."""
@@ -66,7 +66,7 @@ def run_task_local(job: JobConfig, task: str, resume: bool = False, record: bool
     names = t.names(job)
     net = network or LocalNetwork(names, timeout=job.network.peer_timeout, record=record)
     targets = {n: (lambda name: (lambda ch: t.run(job, name, ch, resume)))(n) for n in names}
-    return _run_threads(names, targets, net, job, task)
+    return run_threads(names, targets, net, job, task)
 
 
 def run_local(job: JobConfig, record: bool = False, network: LocalNetwork | None = None,
