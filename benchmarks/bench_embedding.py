@@ -89,8 +89,9 @@ def main() -> None:
                          "key_bits": args.bits,
                          "allow_short_keys": args.bits < 2048, **protection})
     job = load_job(job.to_toml(tmp / "job.toml"))
-    print(f"data {args.data}: {args.rows} rows; {args.epochs} epochs, batch {args.batch}, {args.bits}-bit keys, "
-          f"protection {args.protection}", flush=True)
+    batch = args.batch or "auto (a sixth of the training rows, 512-8192)"
+    print(f"data {args.data}: {args.rows} rows; up to {job.model.epochs} epochs, batch {batch}, "
+          f"lr {job.model.learning_rate}, {args.bits}-bit keys, protection {args.protection}", flush=True)
     t0 = time.perf_counter()
     results = run_local(job)
     wall = time.perf_counter() - t0
