@@ -130,7 +130,6 @@ def run_processes(args, Xg, Xh, y, train, gcols, hcols) -> None:
     import tempfile
 
     from parties.cli import main as vfl_main
-    from parties.demo import free_ports
     folder = Path(tempfile.mkdtemp(prefix="bench_sbt_"))
     ids = np.arange(len(y))
     for part, rows in (("train", train), ("test", ~train)):
@@ -138,36 +137,15 @@ def run_processes(args, Xg, Xh, y, train, gcols, hcols) -> None:
             {"id": int, "y": int}).to_csv(folder / f"guest_{part}.csv", index=False)
         pd.DataFrame(np.column_stack([ids[rows], Xh[rows]]), columns=["id", *hcols]).astype({"id": int}).to_csv(
             folder / f"host_{part}.csv", index=False)
-    ports = free_ports(3)
-    path = folder / "job.toml"
-    path.write_text(f"""[job]
-workdir = "{folder / 'out'}"
-seed = 1
-test_fraction = 0.0
-[arbiter]
-address = "127.0.0.1:{ports[0]}"
-[guest]
-name = "guest"
-address = "127.0.0.1:{ports[1]}"
-data = "{folder / 'guest_train.csv'}"
-predict_data = "{folder / 'guest_test.csv'}"
-label_column = "y"
-[[hosts]]
-name = "host0"
-address = "127.0.0.1:{ports[2]}"
-data = "{folder / 'host_train.csv'}"
-predict_data = "{folder / 'host_test.csv'}"
-[model]
-type = "secureboost"
-key_bits = {args.bits}
-allow_short_keys = true
-num_trees = {args.trees}
-max_depth = {args.depth}
-max_bin = {args.bins}
-learning_rate = {args.lr}
-min_leaf_rows = {args.min_leaf_rows}
-subsample = {args.subsample}
-""")
+    import vfl
+    job = vfl.Job(vfl.Party("guest", folder / "guest_train.csv", label_column="y",
+                            predict_data=folder / "guest_test.csv"),
+                  [vfl.Party("host0", folder / "host_train.csv", predict_data=folder / "host_test.csv")],
+                  workdir=folder / "out", seed=1, test_fraction=0.0,
+                  model={"type": "secureboost", "key_bits": args.bits, "allow_short_keys": True,
+                         "num_trees": args.trees, "max_depth": args.depth, "max_bin": args.bins,
+                         "learning_rate": args.lr, "min_leaf_rows": args.min_leaf_rows, "subsample": args.subsample})
+    path = job.to_toml(folder / "job.toml")
     t0 = time.perf_counter()
     if vfl_main(["run", str(path)]) != 0:
         raise SystemExit("vfl run failed")
