@@ -18,6 +18,7 @@ from tests.conftest import run_parties
 from vfl.job.config import ModelConfig
 from vfl.models import EmbeddingTower, LinearTower, SplitArbiter, SplitGuest, SplitHost, TowerInput
 from vfl.models.privacy import attack_auc_bound, noise_plan, rho_for
+from vfl.models.reference import fit_twin
 from vfl.preprocess.split import batch_schedule
 from vfl.protocol.channel import LocalNetwork
 
@@ -39,7 +40,9 @@ def _data(n=200, seed=1):
     return xg, xh, (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
 
 
-def _train(model, keypair, towers):
+def _train(model, keypair, towers, zero_noise=False, monkeypatch=None):
+    if zero_noise:
+        monkeypatch.setattr(SplitArbiter, "__init__", _with_zero_noise(SplitArbiter.__init__))
     xg, xh, y = _data()
     net = LocalNetwork(["g", "h", "a"], timeout=120)
     roles = {"g": SplitGuest(model, hosts=["h"], arbiter="a", seed=3, tower=towers[0], init_seed=1, observe=True),
@@ -144,3 +147,48 @@ def test_audit_fails_when_a_release_was_not_noised(tmp_path):
     path.write_text(json.dumps(report))
     ok, text = audit_job(job)
     assert not ok and "must carry the noise" in text
+
+
+class _ZeroNoise:
+    """Stands in for the arbiter's Gaussian: every draw zero (the clipping, holdback and accounting stay)."""
+
+    def normal(self, mean, sd, count):
+        return np.zeros(count)
+
+
+def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(keypair, monkeypatch):
+    """Label-DP on (both parties clipped, tables released per epoch, early decisions by the arbiter
+    ignored), the noise drawn as zeros: weights equal the twin's with the same protection and no noise.
+    So the encrypted protocol does exactly what the twin (and the frontier) assume, up to the noise."""
+    model = replace(DP, epochs=3, min_rows_per_release=8, table_release="epoch", wide=True)
+    towers = (EmbeddingTower(3, [5], 2, (3,), intercept=True, wide=True), EmbeddingTower(2, [7], 2, (3,), wide=True))
+    roles, _ = _train(model, keypair, towers, zero_noise=True, monkeypatch=monkeypatch)
+    xg, xh, y = _data()
+    twin, _ = fit_twin([EmbeddingTower(3, [5], 2, (3,), intercept=True, wide=True),
+                        EmbeddingTower(2, [7], 2, (3,), wide=True)], [xg, xh], y, model, seed=3, init_seeds=[1, 2])
+    np.testing.assert_allclose(roles["g"].params_, twin[0], atol=1e-6)
+    np.testing.assert_allclose(roles["h"].params_, twin[1], atol=1e-6)
+
+
+def _with_zero_noise(init):
+    def patched(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._rng = _ZeroNoise()
+    return patched
+
+
+def test_the_noise_a_party_unmasks_has_the_accounted_scale(keypair, monkeypatch):
+    """What a party gets decrypted is its exact sum plus N(0, (z C)^2): the noise survives packing,
+    masking and fixed-point decoding at the scale the accounting assumes."""
+    model = replace(DP, epochs=1, min_rows_per_release=1, table_release="eager")
+    towers = (EmbeddingTower(3, [5], 2, (3,), intercept=True), EmbeddingTower(2, [7], 2, (3,)))
+    with monkeypatch.context() as m:
+        exact = _train(model, keypair, towers, zero_noise=True, monkeypatch=m)[0]
+    noisy = _train(model, keypair, towers)[0]
+    plan = noise_plan(model.dp_epsilon, model.dp_delta, model.epochs, 1, model.dp_guest_share)
+    for name, z in (("g", plan.guest), ("h", plan.host)):
+        first_e = np.concatenate([np.ravel(v) for v in exact[name].observed_[0][1]])
+        first_n = np.concatenate([np.ravel(v) for v in noisy[name].observed_[0][1]])
+        diff = first_n - first_e            # the first batch: same parameters, so only the noise differs
+        assert len(diff) > 20
+        assert abs(np.std(diff) / (z * model.clip_norm) - 1) < 0.35, name
