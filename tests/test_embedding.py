@@ -121,3 +121,22 @@ def test_label_inference_attacks_on_what_a_host_sees(keypair):
     assert min(sum(len(r) for r, _ in m) for m, _ in releases) >= 32
     assert roc_auc_score(y[alone], direct[alone]) < 0.6
     assert roc_auc_score(y, least_squares_attack(releases, len(y))) < 0.6
+
+
+def test_values_whose_sums_could_never_be_released_share_the_unknown_row(caplog):
+    """min_rows_per_release above min_category_rows: a value with fewer training rows than the
+    release floor gets no table row of its own (else its sums would be dropped every epoch), and
+    the party is warned."""
+    import logging
+    from vfl.job.config import PartyConfig
+    from vfl.models.builder import vocabulary_rows
+    from vfl.models.vocab import fit_vocabularies
+    party = PartyConfig(role="host", name="shop", address="127.0.0.1:1", categorical_columns=("city",))
+    model = ModelConfig(type="embedding", min_category_rows=32, min_rows_per_release=100)
+    with caplog.at_level(logging.WARNING, logger="vfl.job"):
+        rows = vocabulary_rows(model, party)
+    assert rows == 100 and "share the unknown row" in caplog.text
+    values = np.array(["a"] * 150 + ["b"] * 60 + ["c"] * 20, dtype=object)[:, None]
+    (vocab,) = fit_vocabularies(values, ["city"], [], rows, 0)
+    assert vocab.values == ["a"]
+    assert vocabulary_rows(ModelConfig(type="embedding"), party) == 32
