@@ -54,7 +54,9 @@ def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
     history = guest.validation_["history"]
     best = guest.validation_["best_epoch"]
     assert len(history) < MODEL.epochs, "the rule should stop this overfitting run early"
-    assert best == int(np.argmin([h["brier"] for h in history]))
+    start = MODEL.early_stopping_start
+    assert all(h["released"] is None and not h["best"] for h in history[:start])    # warm-up: nothing decided
+    assert best == start + int(np.argmin([h["brier"] for h in history[start:]]))
     assert len(history) - 1 - best == MODEL.patience
     twin, _ = fit_twin(list(_towers()), [xg.take(tr), xh.take(tr)], y[tr], MODEL, seed=3, init_seeds=[1, 2],
                        validation=([xg.take(va), xh.take(va)], y[va]))
@@ -68,11 +70,29 @@ def test_the_released_decision_is_noised_at_the_accounted_scale():
     model = replace(MODEL, label_dp="on", dp_epsilon=4.0, epochs=10)
     sd = noise_sd(model, 500)
     z = sd * 500
-    assert model.epochs / (2 * z * z) == pytest.approx(rho_for(4.0, model.dp_delta))
+    decisions = model.epochs - model.early_stopping_start          # warm-up epochs release nothing
+    assert model.early_stopping_start == 5 and decisions / (2 * z * z) == pytest.approx(rho_for(4.0, model.dp_delta))
     assert noise_sd(replace(model, label_dp="off"), 500) == 0.0
     stopping = EarlyStopping(2, noise_sd=sd, rng=np.random.default_rng(0))
-    p, y = np.full(500, 0.3), (np.arange(500) % 3 == 0).astype(float)
+    z, y = np.linspace(-1, 1, 500), (np.arange(500) % 3 == 0).astype(float)
     for e in range(400):
-        stopping.update(e, p, y)
+        stopping.update(e, z, y)
     noise = np.array([h["released"] - h["brier"] for h in stopping.history])
     assert abs(noise.std() / sd - 1) < 0.1 and abs(noise.mean()) < 3 * sd / math.sqrt(400)
+
+
+def test_the_recalibrated_brier_score_moves_at_most_one_over_n_per_label():
+    """The released statistic's sensitivity, which the noise is calibrated to: flipping any one label
+    moves the minimum over the fixed recalibration grid by at most 1/n; and it ignores calibration:
+    shifting and scaling the logits within the grid leaves it unchanged."""
+    from vfl.models.validation import recalibrated_brier
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=300)
+    y = (rng.random(300) < 1 / (1 + np.exp(-2 * z))).astype(float)
+    base = recalibrated_brier(z, y)
+    for i in rng.choice(300, 40, replace=False):
+        flipped = y.copy()
+        flipped[i] = 1 - flipped[i]
+        assert abs(recalibrated_brier(z, flipped) - base) <= 1 / 300 + 1e-12
+    assert recalibrated_brier(2 * z + 1.0, y) <= base + 1e-3     # a miscalibrated copy scores about the same
+    assert recalibrated_brier(-z, y) > base + 0.01                # a worse ranking scores worse

@@ -82,6 +82,7 @@ class ModelConfig:
     early_stopping: str = "auto"             # "auto": on for the embedding model, off for logistic; "on"; "off"
     validation_fraction: float = 0.1         # of the training rows, held out to pick the best epoch
     patience: int = 3                        # epochs without a better validation score before stopping
+    min_epochs: int = 0                      # decisions start after this many epochs (0: half of epochs)
     wide: bool = True                        # a weight per category, cross and numeric column, straight to the output
     hash_buckets: int = 0                    # > 0: hash categorical values into this many rows
     min_category_rows: int = 32              # rarer values share the "unknown" embedding row
@@ -122,6 +123,11 @@ class ModelConfig:
         if self.type != "embedding":
             return 4096
         return int(min(8192, max(512, 2 ** math.ceil(math.log2(max(n_train, 1) / 6)))))
+
+    @property
+    def early_stopping_start(self) -> int:
+        """The first epoch (0-based) whose validation score may decide: earlier ones are too noisy to."""
+        return self.min_epochs or self.epochs // 2
 
     @property
     def early_stopping_on(self) -> bool:
@@ -343,8 +349,9 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
     if m.early_stopping not in ("auto", "on", "off"):
         raise ConfigError(f"[model] early_stopping must be 'auto', 'on' or 'off', got {m.early_stopping!r}")
-    if not 0 < m.validation_fraction < 0.5 or m.patience < 1:
-        raise ConfigError("[model] validation_fraction must be in (0, 0.5) and patience >= 1")
+    if not 0 < m.validation_fraction < 0.5 or m.patience < 1 or not 0 <= m.min_epochs < m.epochs:
+        raise ConfigError("[model] validation_fraction must be in (0, 0.5), patience >= 1 and min_epochs in "
+                          "[0, epochs) (0: half of epochs)")
     if m.table_release not in ("epoch", "eager"):
         raise ConfigError(f"[model] table_release must be 'epoch' or 'eager', got {m.table_release!r}")
     if m.label_dp not in ("auto", "on", "off"):

@@ -17,11 +17,11 @@ from .backprop import encrypted_sums
 from .checkpoint import Checkpoint, TrainingState, is_finished, resume_from
 from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
-                     expect_encrypted, prefix_for, sigmoid, step, warn_if_small_batches)
+                     expect_encrypted, prefix_for, step, warn_if_small_batches)
 from .privacy import clip_blocks
 from .towers import LinearTower, Tower, TowerInput
 from .trainer import TowerTrainer, as_input
-from .validation import EarlyStopping, Validation, noise_sd
+from .validation import EarlyStopping, Validation, early_stopping_for
 
 log = logging.getLogger("vfl.train")
 
@@ -72,8 +72,7 @@ class SplitGuest:
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
-        stopping = (EarlyStopping(validation.patience, noise_sd(m, len(validation.x)))
-                    if validation is not None else None)
+        stopping = early_stopping_for(m, len(validation.x)) if validation is not None else None
         best = None
         try:
             start = 0
@@ -137,8 +136,8 @@ class SplitGuest:
         """Score the validation rows jointly, decide, and tell the hosts and the arbiter."""
         with self.timings_("validation"):
             a = self.tower.forward(trainer.params, validation.x)[0]
-            p = sigmoid(a + validation.exchange(f"{pre}/e{epoch}/valid", len(validation.x)))
-            is_best, stop = stopping.update(epoch, p, validation.y)
+            z = a + validation.exchange(f"{pre}/e{epoch}/valid", len(validation.x))
+            is_best, stop = stopping.update(epoch, z, validation.y)
             log.info("epoch %d: validation AUC %s, Brier %.5f%s", epoch + 1,
                      "n/a" if stopping.history[-1]["auc"] is None else f"{stopping.history[-1]['auc']:.4f}",
                      stopping.history[-1]["brier"], " (best)" if is_best else "")

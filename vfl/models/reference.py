@@ -9,6 +9,8 @@ form on joined columns.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..job.config import ModelConfig
@@ -78,9 +80,9 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
     history: list[float] = []
     best = None
     if validation is not None:
-        from .validation import EarlyStopping, noise_sd
-        stopping = EarlyStopping(model.patience, noise_sd(model, len(validation[1])) if noise is not None else 0.0,
-                                 **({"rng": noise} if noise is not None else {}))
+        from .validation import early_stopping_for
+        stopping = early_stopping_for(model if noise is not None else replace(model, label_dp="off"),
+                                      len(validation[1]), rng=noise)
     for epoch in range(model.epochs):
         total = 0.0
         schedule = batch_schedule(n, model.batch_size, seed, epoch)
@@ -107,7 +109,7 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
         if validation is not None:
             v_inputs, v_y = validation
             z = sum(t.forward(p, x)[0] for t, p, x in zip(towers, params, v_inputs))
-            is_best, stop = stopping.update(epoch, 1.0 / (1.0 + np.exp(-z)), v_y)
+            is_best, stop = stopping.update(epoch, z, v_y)
             best = [p.copy() for p in params] if is_best else best
         if stop or (not model.label_dp_on and len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance):
             break

@@ -8,10 +8,14 @@ hosts send their partial scores of the slice through the secure sum (the guest l
 tells every party whether this epoch is the best so far and whether to stop.
 
 The decision is the only thing that leaves the guest, and it depends on the validation
-labels, so with label-DP it is made on a noised statistic: the Brier score
-``B = mean((p - y)^2)`` over the ``n`` validation rows, plus ``N(0, (z_v / n)^2)``.
-Flipping one validation label moves ``B`` by at most ``1/n`` (``|(p-1)^2 - p^2| <= 1``),
-so over ``E`` epochs the decisions are ``E/(2 z_v^2)``-zCDP in the validation labels;
+labels, so with label-DP it is made on a noised statistic: the *recalibrated* Brier score
+``B = min over (s, t) in a fixed grid of mean((sigmoid(s z + t) - y)^2)`` over the ``n``
+validation rows' joint logits ``z``, plus ``N(0, (z_v / n)^2)``. Recalibration makes the
+decision follow ranking quality (as the AUC does) rather than the intercept's drift, which
+in early epochs swings the plain Brier score by more than the epochs differ. Flipping one
+validation label moves each grid point's score by at most ``1/n``
+(``|(p-1)^2 - p^2| <= 1``), so their minimum too; over ``E`` epochs the decisions are
+``E/(2 z_v^2)``-zCDP in the validation labels;
 ``z_v`` is chosen to spend the job's whole budget ``rho``. Validation rows are disjoint
 from training rows, so (parallel composition) every label is covered by ``rho`` once.
 The exact validation AUC and Brier score stay with the guest (its report).
@@ -76,16 +80,21 @@ class EarlyStopping:
 
     patience: int
     noise_sd: float = 0.0                 # of the released statistic (0: exact, without label-DP)
+    start: int = 0                        # epochs before this one decide nothing (and release nothing)
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_score: float = math.inf
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
 
-    def update(self, epoch: int, p: np.ndarray, y: np.ndarray) -> tuple[bool, bool]:
-        """Record epoch ``epoch``'s validation scores ``p``; returns (best so far, stop)."""
-        brier = float(np.mean((p - y) ** 2))
-        released = brier + (float(self.rng.normal(0.0, self.noise_sd)) if self.noise_sd else 0.0)
+    def update(self, epoch: int, z: np.ndarray, y: np.ndarray) -> tuple[bool, bool]:
+        """Record epoch ``epoch``'s validation logits ``z``; returns (best so far, stop)."""
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        brier = recalibrated_brier(z, y)
         auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+        if epoch < self.start:      # warming up: a constant answer, which reveals nothing
+            self.history.append({"epoch": epoch + 1, "auc": auc, "brier": brier, "released": None, "best": False})
+            return False, False
+        released = brier + (float(self.rng.normal(0.0, self.noise_sd)) if self.noise_sd else 0.0)
         best = released < self.best_score
         if best:
             self.best_epoch, self.best_score = epoch, released
@@ -101,10 +110,32 @@ class EarlyStopping:
         self.best_score = float(state.get("best_score", math.inf))
 
 
+SLOPES = np.array([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0])
+SHIFTS = np.linspace(-4.0, 4.0, 81)
+
+
+def recalibrated_brier(z: np.ndarray, y: np.ndarray) -> float:
+    """``min over (s, t) in SLOPES x SHIFTS of mean((sigmoid(s z + t) - y)^2)``: a fixed, finite
+    family, so one label flip moves the minimum by at most ``1/len(y)`` as it moves each member."""
+    best = math.inf
+    for s in SLOPES:
+        p = 1.0 / (1.0 + np.exp(-np.clip(s * z[None, :] + SHIFTS[:, None], -500, 500)))
+        best = min(best, float(((p - y[None, :]) ** 2).mean(axis=1).min()))
+    return best
+
+
+def early_stopping_for(model, n_rows: int, rng: np.random.Generator | None = None) -> EarlyStopping:
+    """The guest's rule for ``n_rows`` validation rows under the job's settings."""
+    return EarlyStopping(model.patience, noise_sd(model, n_rows), model.early_stopping_start,
+                         **({"rng": rng} if rng is not None else {}))
+
+
 def noise_sd(model, n_rows: int) -> float:
-    """The standard deviation of the noise on the released Brier score (0 without label-DP)."""
+    """The standard deviation of the noise on the released Brier score (0 without label-DP): the
+    ``epochs - early_stopping_start`` decisions that can say anything spend the job's ``rho``."""
     if not model.label_dp_on:
         return 0.0
     from .privacy import rho_for
-    z = math.sqrt(model.epochs / (2.0 * rho_for(model.dp_epsilon, model.dp_delta)))
+    decisions = max(1, model.epochs - model.early_stopping_start)
+    z = math.sqrt(decisions / (2.0 * rho_for(model.dp_epsilon, model.dp_delta)))
     return z / max(n_rows, 1)
