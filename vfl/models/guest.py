@@ -40,6 +40,7 @@ class SplitGuest:
         self.model, self.hosts, self.arbiter, self.seed = model, list(hosts), arbiter, seed
         self.tower, self.init_seed, self.observe = tower, init_seed, observe
         self.observed_: list | None = None      # with ``observe``: everything decrypted for the guest
+        self.validation_: dict | None = None    # with validation: every epoch's scores and the epoch kept
         self.params_: np.ndarray | None = None
         self.loss_history_: list[float] = []
         self.epoch_seconds_: list[float] = []
@@ -100,7 +101,7 @@ class SplitGuest:
                 t0 = last_note = time.perf_counter()
                 for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
                     trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b, rows,
-                                                        n_batches))
+                                             n_batches))
                     if time.perf_counter() - last_note > 10 and b + 1 < n_batches:   # long epochs show progress
                         last_note = time.perf_counter()
                         log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
