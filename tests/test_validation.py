@@ -18,9 +18,9 @@ from vfl.models.scoring import guest_sum_scores, host_send_scores
 from vfl.models.validation import EarlyStopping, Validation, noise_sd, validation_mask
 from vfl.protocol.channel import LocalNetwork
 
-MODEL = ModelConfig(type="embedding", epochs=8, batch_size=40, learning_rate=0.3, key_bits=512,
+MODEL = ModelConfig(type="embedding", epochs=8, batch_size=40, learning_rate=0.2, key_bits=512,
                     allow_short_keys=True, min_rows_per_release=1, label_dp="off", tolerance=0.0,
-                    embedding_dim=2, hidden_units=(4,), patience=2, table_release="eager")
+                    embedding_dim=2, hidden_units=(4,), patience=1, table_release="eager")
 
 
 def _data(n=240, seed=2):
