@@ -62,7 +62,7 @@ def job_for(folder: Path, which: str, rows: int):
         host["categorical_columns"] = SHOP + (COARSE if demo else [])
         if demo:
             host["crosses"] = CROSSES
-            model.update(embedding_dim=4, hidden_units=[16], epochs=8)
+            model.update(embedding_dim=4, hidden_units=[16], epochs=12)
     else:
         bank = pd.read_csv(DATA / "movie_lens_hetero_guest.csv", dtype=str)
         shop = pd.read_csv(DATA / "movie_lens_hetero_host.csv", dtype=str)

@@ -79,7 +79,7 @@ def write_demo_job(workdir: Path, *, key_bits: int, epochs: int, model: str = "l
 def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epochs: int | None = None,
              model: str = "logistic") -> int:
     t0 = time.perf_counter()
-    epochs = epochs or (8 if model == "embedding" else 10)
+    epochs = epochs or (12 if model == "embedding" else 10)
     if model == "embedding":
         bank, shop = write_categorical_credit_demo(workdir / "data", n_people=n_people, coarse=True)
         write_categorical_credit_demo(workdir / "data", n_people=max(n_people // 5, 100), seed=1,
