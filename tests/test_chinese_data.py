@@ -97,7 +97,7 @@ def runs(request, tmp_path_factory):
 
 
 def test_gbk_host_and_chinese_names_give_the_ascii_twins_model(runs):
-    (zh, a), (en, b) = runs[0]["zh"], runs[0]["en"]
+    (zh, a), (_, b) = runs[0]["zh"], runs[0]["en"]
     assert zh.hosts[0].encoding == "gbk" and zh.guest.encoding == "utf-8"
     np.testing.assert_array_equal(a["weights"], b["weights"])
     assert np.abs(a["weights"]).max() > 1e-3                           # it trained

@@ -69,7 +69,7 @@ class SplitArbiter:
                                                                            "start_epoch"))
         if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start <= epochs):
             raise ValueError(f"implausible training plan from the guest: {plan}")
-        m = self.model = m.resolved(n_train)
+        m = m.resolved(n_train)
         rows = batch_sizes(n_train, m.batch_size)
         if len(rows) != batches:
             raise ValueError(f"the guest plans {batches} batches of {n_train} rows, but batch_size = "

@@ -61,7 +61,7 @@ class SplitGuest:
         """Train; with ``checkpoint``, save state after every epoch; with ``resume``, start from it;
         with ``validation``, keep the best epoch's parameters and stop on its patience rule."""
         x = as_input(x)
-        m = self.model = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
+        m = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
         self.tower = self.tower or LinearTower(x.numeric.shape[1], intercept=True)
         pre = prefix_for(m.type)
         pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),

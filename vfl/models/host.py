@@ -49,7 +49,7 @@ class SplitHost:
         guest says training resumes (``<prefix>/start``); with ``validation``, send the guest this
         host's scores of the validation rows after every epoch and keep the epoch it calls best."""
         x = as_input(x)
-        m = self.model = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
+        m = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
         self.tower = self.tower or LinearTower(x.numeric.shape[1])
         pre = prefix_for(m.type)
         pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),
