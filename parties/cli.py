@@ -7,6 +7,7 @@
     vfl report JOB.toml           rebuild the reports (<workdir>/report.html, <workdir>/<host>/report.html)
     vfl audit JOB.toml            check the parties' ledgers against the protocol spec; what each learned
     vfl party JOB.toml --role R   one party (guest, host or arbiter) in this process
+    vfl serve JOB.toml --name P   one party's online scoring service (the guest's HTTP API, or a host)
     vfl certs JOB.toml --out DIR  a CA and a key/certificate per party, for demos and tests
 """
 from __future__ import annotations
@@ -126,6 +127,19 @@ def cmd_party(args: argparse.Namespace) -> int:
     return main_for_role(None, rest + (["-v"] if args.verbose else []))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from parties.party import with_tls_dir
+    from parties.serve_http import serve
+    job = load_job(args.job)
+    if args.tls_dir is not None:
+        job = with_tls_dir(job, args.tls_dir)
+    try:
+        serve(job, args.name or job.guest.name)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from parties.certs import make_certs
     job = load_job(args.job)
@@ -183,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", choices=["train", "psi", "predict"], default="train")
     s.add_argument("--resume", action="store_true", help="continue from this party's last checkpoint")
     s.set_defaults(func=cmd_party)
+
+    s = sub.add_parser("serve", help="run one party's online scoring service (guest: HTTP API; host: its "
+                                     "partial scores for the guest), until interrupted")
+    s.add_argument("job", type=Path)
+    s.add_argument("--name", help="which party (default: the guest)")
+    s.add_argument("--tls-dir", type=Path,
+                   help="take certificates from this folder (as written by `vfl certs`) instead of the job file")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("certs", help="create a CA and a key/certificate for every party (demos, tests)")
     s.add_argument("job", type=Path)

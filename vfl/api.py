@@ -26,7 +26,8 @@ from typing import Any, Mapping, Union
 
 import pandas as pd
 
-from .job.config import ConfigError, JobConfig, ModelConfig, NetworkConfig, PreprocessConfig, ScorecardConfig
+from .job.config import (ConfigError, JobConfig, ModelConfig, NetworkConfig, PreprocessConfig, ScorecardConfig,
+                         ServingConfig)
 from .job.config import load_job, parse_job
 from .job.jobfile import party_table, raw_of, table_of, write_job
 from .job.threads import JobFailed, backend_address, run_task_local
@@ -52,7 +53,8 @@ class Party:
         Rows ``vfl predict`` scores.
     **keys
         Any other key of a party's table in the job file: ``id_column``, ``label_column``
-        (the guest's), ``categorical_columns``, ``cert``, ``key``, ``ray_address``.
+        (the guest's), ``categorical_columns``, ``cert``, ``key``, ``ray_address``, and for
+        ``vfl serve`` ``serve_address``, ``store`` and ``store_table``.
     """
 
     def __init__(self, name: str, data: Data | None = None, *, address: str | None = None,
@@ -84,8 +86,8 @@ class Job:
         The job's name and where every party writes (``<workdir>/<party>/``).
     seed, test_fraction, baselines
         As in the job file's ``[job]`` table.
-    model, preprocess, scorecard, network : dict or settings dataclass, optional
-        The ``[model]``, ``[preprocess]``, ``[scorecard]`` and ``[network]`` tables, as dicts of
+    model, preprocess, scorecard, network, serving : dict or settings dataclass, optional
+        The ``[model]``, ``[preprocess]``, ``[scorecard]``, ``[network]`` and ``[serving]`` tables, as dicts of
         job-file keys or as :class:`~vfl.job.config.ModelConfig` etc. ``preprocess=True`` bins
         with the defaults; ``None`` (default) does not bin.
     ca : str or Path, optional
@@ -104,7 +106,7 @@ class Job:
                  baselines: bool = False, model: dict | ModelConfig | None = None,
                  preprocess: dict | PreprocessConfig | bool | None = None,
                  scorecard: dict | ScorecardConfig | None = None, network: dict | NetworkConfig | None = None,
-                 ca: str | Path | None = None) -> None:
+                 serving: dict | ServingConfig | None = None, ca: str | Path | None = None) -> None:
         self.guest, self.hosts = guest, list(hosts)
         self.arbiter = arbiter or Party("arbiter")
         self.workdir = Path(workdir).expanduser().resolve()
@@ -120,7 +122,7 @@ class Job:
         if preprocess is True:
             preprocess = {}
         for key, value in (("model", model), ("scorecard", scorecard), ("network", network),
-                           ("preprocess", preprocess)):
+                           ("preprocess", preprocess), ("serving", serving)):
             if value is not None and value is not False:
                 raw[key] = table_of(value) if not isinstance(value, dict) else dict(value)
         self.config: JobConfig = parse_job(raw, self.path)     # the CLI's checks and errors
@@ -152,7 +154,7 @@ class Job:
         raw = raw_of(config)
         job = cls(party(config.guest), [party(h) for h in config.hosts], arbiter=party(config.arbiter),
                   **raw["job"], ca=config.ca, model=config.model, scorecard=config.scorecard,
-                  network=config.network, preprocess=config.preprocess)
+                  network=config.network, preprocess=config.preprocess, serving=config.serving)
         if path is not None:
             job.path, job._from_file = Path(path).resolve(), True
         return job

@@ -234,16 +234,29 @@ def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18,
 
 def load_table(path: Path, id_column: str, label_column: str | None = None,
                categorical_columns: Sequence[str] = (), allow_missing: bool = False,
-               encoding: str = "utf-8") -> PartyTable:
+               encoding: str = "utf-8", drop_columns: Sequence[str] = ()) -> PartyTable:
     """Read a CSV or Parquet file, check it, return IDs, numeric features, labels (guest only) and
     the ``categorical_columns`` as text. Every other column is a numeric feature.
 
     ``allow_missing`` keeps missing numeric values as NaN instead of refusing them: for
     binning (``[preprocess] woe = true``), where they get a bin of their own. ``encoding``: that
-    of a CSV file, one of :data:`ENCODINGS`."""
+    of a CSV file, one of :data:`ENCODINGS`. ``drop_columns`` (where present) are not read as
+    features: e.g. the label column of a file scored without it."""
     categorical_columns = [str(c) for c in categorical_columns]
     frame = _read(path, id_column, text_columns=categorical_columns, label_column=label_column,
                   encoding=encoding)
+    frame = frame.drop(columns=[c for c in drop_columns if c in frame.columns and c != id_column])
+    return table_from_frame(frame, path, id_column, label_column, categorical_columns, allow_missing)
+
+
+def table_from_frame(frame: pd.DataFrame, source, id_column: str, label_column: str | None = None,
+                     categorical_columns: Sequence[str] = (), allow_missing: bool = False,
+                     check_finite: bool = True) -> PartyTable:
+    """:func:`load_table`'s checks and conversion on rows already read (from a file, or from a
+    database at serving time); ``source`` names them in errors. The ID and categorical columns
+    must hold text (NaN: an empty category)."""
+    categorical_columns = [str(c) for c in categorical_columns]
+    path = source
     ids = _ids(frame[id_column], path)
     labels = None
     drop = [id_column]
@@ -265,7 +278,8 @@ def load_table(path: Path, id_column: str, label_column: str | None = None,
         raise DataError(f"{path}: missing values in columns {', '.join(missing)} "
                         f"(first: column {missing[0]!r}, data row {row})")
     X = feats.to_numpy(dtype=np.float64)
-    _check_finite(X, [str(c) for c in feats.columns], path, allow_missing)
+    if check_finite:
+        _check_finite(X, [str(c) for c in feats.columns], path, allow_missing)
     return PartyTable(ids, X, [str(c) for c in feats.columns], labels, categorical, categorical_columns)
 
 

@@ -46,6 +46,12 @@ class PartyConfig:
     ray_address: str | None = None       # where this party's heavy loops run: None = local process pool,
                                          # "local" = a private Ray runtime here, "HOST:PORT" = its Ray cluster
     encoding: str = "utf-8"              # of its CSV data and predict_data: "utf-8", "gbk" or "gb18030"
+    # online scoring (`vfl serve`, docs/serving.md)
+    serve_address: str | None = None     # guest: its HTTP API; host: where the guest's serving link dials
+                                         # (default: the party's address)
+    store: str | None = None             # where `vfl serve` looks up features by ID: an SQLAlchemy URL
+                                         # (e.g. "sqlite:///features.db"); default: predict_data, else data
+    store_table: str | None = None       # the SQL table (default: the party's name)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -178,6 +184,17 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """``[serving]``: how `vfl serve` answers (docs/serving.md)."""
+
+    timeout: float = 2.0          # seconds the guest waits for each host per request, then 504 naming it
+    unknown_id: str = "refuse"    # an ID a host does not know: "refuse" the row, or "average" = that host
+                                  # contributes its average partial score and the answer says so
+    max_batch: int = 10_000       # IDs in one /score/batch request
+    reasons: int = 4              # reason codes per answer (the guest's own columns, plus partner data)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     path: Path
     name: str
@@ -193,6 +210,7 @@ class JobConfig:
     scorecard: ScorecardConfig = field(default_factory=ScorecardConfig)
     ca: Path | None = None
     preprocess: PreprocessConfig | None = None      # None: no [preprocess] table, no binning stage
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     @property
     def parties(self) -> tuple[PartyConfig, ...]:
@@ -237,7 +255,7 @@ def _path(base: Path, value: Any) -> Path | None:
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns",
-               "crosses", "ray_address", "encoding"}
+               "crosses", "ray_address", "encoding", "serve_address", "store", "store_table"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -260,13 +278,24 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     encoding = _text_encoding(table.get("encoding", "utf-8"), where)
     if role == "arbiter" and "encoding" in table:
         raise ConfigError("[arbiter] has no data, so no encoding")
+    serve_address, store, store_table = (table.get(k) for k in ("serve_address", "store", "store_table"))
+    if role == "arbiter" and (serve_address or store or store_table):
+        raise ConfigError("[arbiter] takes no part in serving: no serve_address, store or store_table")
+    for key, value in (("serve_address", serve_address), ("store", store), ("store_table", store_table)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"[{where}] {key} must be a non-empty string, got {value!r}")
+    if serve_address is not None and (":" not in serve_address or not serve_address.rpartition(":")[2].isdigit()):
+        raise ConfigError(f"[{where}] serve_address {serve_address!r} must look like HOST:PORT")
+    if store is not None and "://" not in store:
+        raise ConfigError(f"[{where}] store {store!r} must be an SQLAlchemy URL such as "
+                          f"'sqlite:///features.db' or 'postgresql://user@db/bank' (files: use predict_data)")
     return PartyConfig(role=role, name=name, address=address, data=data,
                        id_column=str(table.get("id_column", "id")),
                        label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
                        predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
                        categorical_columns=tuple(cats), crosses=crosses, ray_address=ray_address,
-                       encoding=encoding)
+                       encoding=encoding, serve_address=serve_address, store=store, store_table=store_table)
 
 
 def _crosses(value: Any, cats: list[str], where: str) -> tuple[tuple[str, ...], ...]:
@@ -416,7 +445,8 @@ def _table(value: Any, where: str) -> dict:
 def _parse_job(raw: dict, path: Path) -> JobConfig:
     base = path.resolve().parent
     _table(raw, "top level")
-    _check_keys(raw, {"job", "arbiter", "guest", "hosts", "model", "network", "tls", "scorecard", "preprocess"},
+    _check_keys(raw, {"job", "arbiter", "guest", "hosts", "model", "network", "tls", "scorecard", "preprocess",
+                      "serving"},
                 "top level")
     job = _table(raw.get("job", {}), "job")
     _check_keys(job, {"name", "workdir", "seed", "test_fraction", "baselines"}, "job")
@@ -456,13 +486,18 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
         _check_preprocess(preprocess, model)
     tls = _table(raw.get("tls", {}), "tls")
     _check_keys(tls, {"ca"}, "tls")
+    serving = _dataclass_from(ServingConfig, _table(raw.get("serving", {}), "serving"), "serving")
+    if serving.unknown_id not in ("refuse", "average"):
+        raise ConfigError(f"[serving] unknown_id must be 'refuse' or 'average', got {serving.unknown_id!r}")
+    if not (serving.timeout > 0 and serving.max_batch >= 1 and serving.reasons >= 0):
+        raise ConfigError("[serving] timeout must be > 0, max_batch >= 1 and reasons >= 0")
     return JobConfig(
         path=path, name=str(job.get("name", path.stem)),
         workdir=_path(base, job.get("workdir", "runs/" + path.stem)),
         seed=int(job.get("seed", 42)), test_fraction=test_fraction,
         baselines=bool(job.get("baselines", False)),
         arbiter=arbiter, guest=guest, hosts=hosts, model=model, network=network, scorecard=scorecard,
-        ca=_path(base, tls.get("ca")), preprocess=preprocess)
+        ca=_path(base, tls.get("ca")), preprocess=preprocess, serving=serving)
 
 
 def _scorecard(table: dict) -> ScorecardConfig:

@@ -13,10 +13,11 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import JobConfig, ModelConfig, NetworkConfig, PartyConfig, PreprocessConfig, ScorecardConfig
+from .config import (JobConfig, ModelConfig, NetworkConfig, PartyConfig, PreprocessConfig, ScorecardConfig,
+                     ServingConfig)
 
 _TABLES = {"model": ModelConfig, "network": NetworkConfig, "scorecard": ScorecardConfig,
-           "preprocess": PreprocessConfig}
+           "preprocess": PreprocessConfig, "serving": ServingConfig}
 
 
 def _value(v: Any) -> Any:

@@ -1,0 +1,324 @@
+"""``vfl serve JOB.toml --name PARTY``: one long-running scoring service per party.
+
+* A **host** listens (at its ``serve_address``, else its ``address``) for the guest's serving link,
+  answers each request with its masked share of the partial scores (:class:`HostScorer`) and logs
+  it. Requests are checked in arrival order on the event loop; look-ups and arithmetic run in
+  worker threads, so a slow store never stalls the link.
+* The **guest** dials every host and keeps the links up (a host that restarts is re-dialled and
+  re-keyed, the guest keeps running), and serves the bank's systems over HTTP
+  (:mod:`parties.serve_http`) at its ``serve_address``.
+
+No arbiter takes part: nothing is decrypted, as in ``vfl predict``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+
+from vfl.job.config import JobConfig
+from vfl.protocol.channel import PeerLost, ProtocolError
+from vfl.serving.audit import AuditLog
+from vfl.serving.roles import (GuestScorer, HostScorer, check_hello, check_ids, read_known, read_share,
+                               sum_shares)
+from vfl.serving.stores import Lookup, PartyTable
+
+from .serve_link import SETUP_TIMEOUT, Link, dial, listen, tls_contexts
+
+log = logging.getLogger("vfl.serve")
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def link_address(job: JobConfig, host: str) -> tuple[str, int]:
+    p = job.party(host)
+    return _host_port(p.serve_address or p.address)
+
+
+def audit_path(job: JobConfig, name: str):
+    return job.output_dir(name) / "serving" / "audit.jsonl"
+
+
+# --------------------------------------------------------------------------------------------- host
+async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | None = None,
+                           stop: asyncio.Event | None = None) -> None:
+    """Serve the guest until ``stop`` is set (or the process is stopped)."""
+    scorer = await asyncio.to_thread(HostScorer, job, name)
+    server_ctx, _ = tls_contexts(job, name)
+    audit = AuditLog(audit_path(job, name), job.name, name)
+    guest = job.guest.name
+
+    async def answer(link: Link, request) -> None:
+        try:
+            reply = await asyncio.to_thread(scorer.respond, request)
+            outcome = "error" if "error" in reply else "answered"
+        except Exception as exc:  # noqa: BLE001 - the guest gets a reply either way, the log the cause
+            log.exception("%s: request %d failed", name, request.req)
+            reply, outcome = {"req": request.req, "error": f"{name} failed: {type(exc).__name__}"}, "failed"
+        audit.record(guest, request.ids, outcome, step=request.step, req=request.req)
+        try:
+            link.send("serve/known" if request.step == "serve/has" else "serve/share", reply)
+        except PeerLost:
+            pass
+
+    links: set[Link] = set()
+
+    async def on_link(link: Link) -> None:
+        log.info("%s: serving link from %s up", name, guest)
+        links.add(link)
+        link.send("serve/hello", scorer.hello())
+        pending: set[asyncio.Task] = set()
+        try:
+            while True:
+                msg = await link.recv()
+                if msg is None:
+                    return
+                step, payload = msg
+                if step == "serve/keys":
+                    log.info("%s: keys for epoch %d", name, scorer.set_keys(payload))
+                elif step in ("serve/has", "serve/score"):
+                    task = asyncio.create_task(answer(link, scorer.accept(step, payload)))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                else:
+                    raise ProtocolError(f"{guest} sent unexpected step {step!r} on the serving link")
+        finally:
+            links.discard(link)
+            log.info("%s: serving link from %s closed", name, guest)
+
+    address = link_address(job, name)
+    server = await listen(job, name, guest, address, server_ctx, on_link)
+    log.info("%s: serving %s from %s on %s:%d", name, job.name, scorer.store.describe(), *address)
+    if started is not None:
+        started.set()
+    try:
+        if stop is None:
+            await asyncio.Event().wait()
+        else:
+            await stop.wait()
+    finally:
+        server.close()
+        for link in list(links):
+            await link.close(f"{name}'s service stops")
+        await server.wait_closed()
+        audit.close()
+
+
+# -------------------------------------------------------------------------------------------- guest
+class ServeError(Exception):
+    """A request the service cannot answer: ``status`` is the HTTP status to give."""
+
+    def __init__(self, status: int, message: str, party: str | None = None):
+        super().__init__(message)
+        self.status, self.party = status, party
+
+
+@dataclass
+class RowError:
+    status: int
+    message: str
+    party: str
+
+
+class GuestService:
+    """The guest's links to every host and the scoring of requests over them."""
+
+    def __init__(self, job: JobConfig, scorer: GuestScorer):
+        self.job, self.scorer = job, scorer
+        self.hosts = job.host_names
+        self.links: dict[str, Link] = {}
+        self.hellos: dict[str, dict] = {}
+        self.epoch = 0
+        self.req = 0
+        self.ready = False
+        self.pending: dict[tuple[str, int], asyncio.Future] = {}
+        self.audit = AuditLog(audit_path(job, job.guest.name), job.name, job.guest.name)
+        self._tasks: list[asyncio.Task] = []
+        self._client_ctx = tls_contexts(job, job.guest.name)[1]
+        self.started = time.time()
+
+    # -- links -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._keep_linked(h), name=f"link-{h}") for h in self.hosts]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for link in list(self.links.values()):
+            await link.close("the guest's service stops")
+        self.audit.close()
+
+    async def _keep_linked(self, host: str) -> None:
+        backoff, said = 0.1, None
+        me = self.job.guest.name
+        while True:
+            link = None
+            try:
+                link = await dial(self.job, me, host, link_address(self.job, host), self._client_ctx)
+                msg = await asyncio.wait_for(link.recv(), SETUP_TIMEOUT)
+                if msg is None or msg[0] != "serve/hello":
+                    raise ProtocolError(f"{host} did not open with serve/hello")
+                self.hellos[host] = check_hello(msg[1], host)
+                self.links[host] = link
+                log.info("%s: linked to %s", me, host)
+                said, backoff = None, 0.1
+                self._rekey()
+                await self._read(host, link)
+                why = "closed the link"
+            except asyncio.CancelledError:
+                raise
+            except (OSError, PeerLost, ProtocolError, asyncio.TimeoutError) as exc:
+                why = str(exc) or type(exc).__name__
+            finally:
+                if self.links.get(host) is link and link is not None:
+                    del self.links[host]
+                    self.hellos.pop(host, None)
+                    self.ready = False
+                    self._fail_pending(host, f"lost the link to {host} during the request")
+                if link is not None:
+                    await link.close()
+            if said != why:
+                log.warning("%s: %s unavailable (%s); re-dialling", me, host, why)
+                said = why
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _rekey(self) -> None:
+        """Once every host is linked: a new epoch, every host's signed key relayed to all."""
+        if set(self.links) != set(self.hosts):
+            return
+        self.epoch += 1
+        keys = [{k: self.hellos[h][k] for k in ("key", "cert", "sig")} for h in self.hosts]
+        for h in self.hosts:
+            self.links[h].send("serve/keys", {"epoch": self.epoch, "keys": keys})
+        self.ready = True
+        log.info("%s: all %d host(s) linked, epoch %d", self.job.guest.name, len(self.hosts), self.epoch)
+
+    async def _read(self, host: str, link: Link) -> None:
+        while True:
+            msg = await link.recv()
+            if msg is None:
+                return
+            step, payload = msg
+            req = payload.get("req") if isinstance(payload, dict) else None
+            fut = self.pending.pop((host, req), None) if isinstance(req, int) else None
+            if step not in ("serve/share", "serve/known") or fut is None:
+                raise ProtocolError(f"{host} sent {step!r} for no pending request")
+            if not fut.done():
+                fut.set_result((step, payload))
+
+    def _fail_pending(self, host: str, message: str) -> None:
+        for key in [k for k in self.pending if k[0] == host]:
+            fut = self.pending.pop(key)
+            if not fut.done():
+                fut.set_exception(ServeError(503, message, host))
+
+    def missing_hosts(self) -> list[str]:
+        return [h for h in self.hosts if h not in self.links]
+
+    async def _call(self, step: str, ids: list[str]) -> tuple[int, dict[str, dict]]:
+        """Send one request to every host; its number and their replies, or a 503/504 naming the
+        party at fault."""
+        if not self.ready:
+            down = self.missing_hosts() or self.hosts
+            raise ServeError(503, f"host(s) {', '.join(down)} not linked: scoring needs every host "
+                                  f"(re-dialling; see /ready)", down[0])
+        self.req += 1
+        req, epoch = self.req, self.epoch
+        loop = asyncio.get_running_loop()
+        futs = {}
+        for h in self.hosts:               # no await in this loop: every link gets requests in order
+            futs[h] = self.pending[(h, req)] = loop.create_future()
+            self.links[h].send(step, {"epoch": epoch, "req": req, "ids": ids})
+        done, slow = await asyncio.wait(futs.values(), timeout=self.job.serving.timeout)
+        if slow:
+            names = [h for h, f in futs.items() if f in slow]
+            for h in names:
+                self.pending.pop((h, req), None)
+            raise ServeError(504, f"{', '.join(names)} did not answer within {self.job.serving.timeout:g} s",
+                             names[0])
+        replies = {}
+        for h, f in futs.items():
+            exc = f.exception()
+            if exc is not None:
+                raise exc
+            replies[h] = f.result()[1]
+        return req, replies
+
+    # -- scoring -----------------------------------------------------------------------------------
+    async def score(self, ids: list[str], overrides: Sequence[Mapping | None] | None = None,
+                    peer: str = "http") -> list[dict | RowError]:
+        """An answer (or a :class:`RowError`) for every requested ID, in request order."""
+        check_ids(ids, "request", self.job.serving.max_batch)
+        out: list[dict | RowError | None] = [None] * len(ids)
+        try:
+            found = await asyncio.to_thread(self.scorer.lookup, ids, overrides)
+            g = self.job.guest.name
+            for p in found.unknown:
+                out[p] = RowError(404, f"ID {ids[p]!r} is unknown to {g} (not in its store)", g)
+            for p, why in found.invalid.items():
+                out[p] = RowError(422, why, g)
+            pos = [int(p) for p in found.positions]
+            marks: dict[int, list[str]] = {}
+            if pos:
+                if len(self.hosts) > 1 and self.job.serving.unknown_id == "refuse":
+                    req, known = await self._call("serve/has", [ids[p] for p in pos])
+                    drop = self._host_missing(known, req, pos, out)
+                    pos = [p for i, p in enumerate(pos) if i not in drop]
+                if pos:
+                    req, replies = await self._call("serve/score", [ids[p] for p in pos])
+                    answers = {h: read_share(r, req, len(pos), h) for h, r in replies.items()}
+                    for h, a in answers.items():
+                        if a.error:
+                            raise ServeError(503, f"{h} refused: {a.error}", h)
+                    host_sum = sum_shares(list(answers.values()))
+                    drop = set()
+                    for h, a in answers.items():
+                        for i, m in a.missing.items():
+                            if self.job.serving.unknown_id == "average":
+                                marks.setdefault(pos[i], []).append(h)
+                            else:
+                                drop.add(i)
+                                out[pos[i]] = _host_row_error(h, ids[pos[i]], m)
+                    keep = [i for i in range(len(pos)) if i not in drop]
+                    row_of = {int(p): r for r, p in enumerate(found.positions)}
+                    sub = _subset(found, [row_of[pos[i]] for i in keep])
+                    results = await asyncio.to_thread(self.scorer.answers, sub, host_sum[keep])
+                    for i, r in zip(keep, results):
+                        if pos[i] in marks:
+                            r["partial"] = {"average_for": marks[pos[i]]}
+                        out[pos[i]] = r
+        except ServeError as exc:
+            self.audit.record(peer, ids, f"error {exc.status}", message=str(exc))
+            raise
+        self.audit.record(peer, ids, "answered", scored=sum(isinstance(r, dict) for r in out))
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _host_missing(replies: dict, req: int, pos: list[int], out: list) -> set[int]:
+        """Rows some host cannot score (from ``serve/known``): marked as errors, to be dropped."""
+        drop: set[int] = set()
+        for h, r in replies.items():
+            for i, m in read_known(r, req, len(pos), h).items():
+                drop.add(i)
+                if out[pos[i]] is None:
+                    out[pos[i]] = _host_row_error(h, "", m)
+        return drop
+
+
+def _host_row_error(host: str, id_: str, why: str) -> RowError:
+    if why == "unknown":
+        return RowError(404, f"ID {id_!r} is unknown to {host}" if id_ else f"the ID is unknown to {host}", host)
+    return RowError(422, f"{host} cannot score this ID (a value it needs is missing or invalid)", host)
+
+
+def _subset(found: Lookup, rows: list[int]) -> Lookup:
+    t = found.table
+    return Lookup(PartyTable(t.ids[rows], t.features[rows], t.columns, None, t.categorical[rows],
+                             list(t.categorical_columns)), found.positions[rows])

@@ -1,0 +1,148 @@
+"""The guest's HTTP API for the bank's own systems (FastAPI, served by uvicorn; OpenAPI at /docs).
+
+==================  ========================================================================
+endpoint            answer
+==================  ========================================================================
+POST /score         ``{"id", "features"?}`` -> ``{"id", "probability", "points", "reasons"}``;
+                    404 for an ID unknown to the guest (or, under ``unknown_id = "refuse"``,
+                    to a host), 422 for a missing or invalid feature, 503 when a host is not
+                    linked, 504 when one does not answer within ``[serving] timeout``
+POST /score/batch   ``{"ids": [...]}`` -> ``{"results": [...]}``, one per ID in order, each an
+                    answer or ``{"id", "error", "status", "party"}``
+GET /health         liveness: the process answers
+GET /ready          200 once every host is linked and keyed, else 503 naming those missing
+GET /model          the job, its training time and every party's model-part hash
+==================  ========================================================================
+
+Scoring never runs on the event loop: look-ups and arithmetic go to worker threads, and the
+hosts are awaited, so many requests are in flight at once.
+"""
+# no "from __future__ import annotations": FastAPI reads the endpoints' annotations as the classes defined in make_app
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Optional, Union
+
+from vfl.io.tables import MAX_ID_LENGTH
+from vfl.job.config import ConfigError, JobConfig
+from vfl.serving.roles import GuestScorer
+
+from .serve import GuestService, RowError, ServeError, _host_port
+
+log = logging.getLogger("vfl.serve")
+
+Value = Union[float, int, str, None]
+
+
+def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
+    """The FastAPI application of the guest's service (links start with the app)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, description="the applicant's ID")
+        features: Optional[dict[str, Value]] = Field(
+            None, description="the guest's own values for this applicant, laid over its store's row "
+                              "(all of them when the store lacks the ID)")
+
+    class BatchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ids: list[str] = Field(min_length=1, max_length=job.serving.max_batch)
+
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        s = scorer if scorer is not None else await asyncio.to_thread(GuestScorer, job)
+        service = GuestService(job, s)
+        service.start()
+        state["service"] = service
+        yield
+        await service.stop()
+
+    app = FastAPI(title=f"vfl scoring: {job.name}", version="1", lifespan=lifespan,
+                  description="Joint credit scoring: the guest's model part and the hosts' partial scores "
+                              "(as a secure sum). See docs/protocols.md, 'Online scoring'.")
+
+    def error(status: int, message: str, party: str | None) -> JSONResponse:
+        return JSONResponse({"detail": message, "party": party}, status_code=status)
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, exc: ServeError):
+        return error(exc.status, str(exc), exc.party)
+
+    def client(request: Request) -> str:
+        return f"http:{request.client.host}" if request.client else "http"
+
+    @app.post("/score")
+    async def score(body: ScoreRequest, request: Request):
+        [row] = await state["service"].score([body.id], [body.features] if body.features else None, client(request))
+        if isinstance(row, RowError):
+            return error(row.status, row.message, row.party)
+        return row
+
+    @app.post("/score/batch")
+    async def score_batch(body: BatchRequest, request: Request):
+        if len(set(body.ids)) != len(body.ids):
+            return error(422, "repeated IDs in the batch", None)
+        rows = await state["service"].score(body.ids, None, client(request))
+        return {"results": [{"id": i, "error": r.message, "status": r.status, "party": r.party}
+                            if isinstance(r, RowError) else r for i, r in zip(body.ids, rows)]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        service: GuestService = state["service"]
+        if service.ready:
+            return {"ready": True, "hosts": service.hosts, "epoch": service.epoch}
+        return JSONResponse({"ready": False, "missing": service.missing_hosts()}, status_code=503)
+
+    @app.get("/model")
+    async def model():
+        service: GuestService = state["service"]
+        return service.scorer.identity({h: service.hellos.get(h, {}).get("model") for h in service.hosts})
+
+    return app
+
+
+async def run_guest_http(job: JobConfig, started: Optional[asyncio.Event] = None,
+                         stop: Optional[asyncio.Event] = None) -> None:
+    """Serve the guest's HTTP API at its ``serve_address`` until stopped."""
+    import uvicorn
+    scorer = await asyncio.to_thread(GuestScorer, job)
+    host, port = _host_port(job.guest.serve_address)
+    server = uvicorn.Server(uvicorn.Config(make_app(job, scorer), host=host, port=port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    log.info("%s: scoring %s over HTTP on http://%s:%d (store: %s)", job.guest.name, job.name, host, port,
+             scorer.store.describe())
+    task = asyncio.create_task(server.serve())
+    if stop is not None or started is not None:
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if started is not None:
+            started.set()
+        if stop is not None:
+            await stop.wait()
+            server.should_exit = True
+    await task
+
+
+def serve(job: JobConfig, name: str) -> None:
+    """Run party ``name``'s service until interrupted (the CLI's ``vfl serve``)."""
+    from .serve import run_host_service
+    role = job.party(name).role
+    if role == "arbiter":
+        raise ConfigError("the arbiter takes no part in serving (nothing is decrypted): start the guest and hosts")
+    if role == "host":
+        asyncio.run(run_host_service(job, name))
+        return
+    if not job.guest.serve_address:
+        raise ConfigError(f"the guest needs serve_address = \"HOST:PORT\" in its table of {job.path}: "
+                          f"where its HTTP API listens")
+    asyncio.run(run_guest_http(job))

@@ -1,0 +1,124 @@
+"""The serving link: one long-lived mutual-TLS connection from the guest's service to each host's.
+
+Same trust as training (:mod:`parties.transport`): TLS 1.3, both certificates chained to the
+job's CA only, the peer's CN must be the party it claims to be; the same versioned frames
+(:mod:`parties.frames`, a hello each way, then numbered data frames, job and party names
+checked on every frame) carrying :mod:`vfl.protocol.messages` payloads. What differs is the
+shape: a service answers many requests at once, so this link runs on asyncio and matches
+answers to requests by their request number, and the guest re-dials a host that restarts,
+without restarting itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Awaitable, Callable
+
+from vfl.job.config import JobConfig
+from vfl.protocol.channel import PeerLost, ProtocolError
+from vfl.protocol.messages import Payload, decode_payload, encode_payload
+
+from .frames import LENGTH_BYTES, MAX_HELLO_BYTES, FrameError, Kind, LinkDecoder, LinkEncoder, frame_length
+from .transport import _tls_contexts
+
+log = logging.getLogger("vfl.serve")
+
+MAX_SERVE_FRAME = 64 << 20      # a batch of 10,000 IDs and its shares fit many times over
+SETUP_TIMEOUT = 10.0
+
+
+def tls_contexts(job: JobConfig, me: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    p = job.party(me)
+    if not (p.cert and p.key and job.ca):
+        from vfl.job.config import ConfigError
+        raise ConfigError(f"vfl serve needs TLS files for {me!r}: cert and key in its table and [tls] ca "
+                          f"(make demo ones with `vfl certs {job.path} --out DIR`, then --tls-dir DIR)")
+    return _tls_contexts(p.cert, p.key, job.ca)
+
+
+def peer_cn(writer: asyncio.StreamWriter) -> str | None:
+    cert = writer.get_extra_info("peercert")
+    cns = [v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"]
+    return cns[0] if len(cns) == 1 else None
+
+
+class Link:
+    """Framed messages over one authenticated asyncio TLS stream."""
+
+    def __init__(self, job: str, me: str, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.peer = peer
+        self.reader, self.writer = reader, writer
+        self.enc = LinkEncoder(job, me, peer, MAX_SERVE_FRAME)
+        self.dec = LinkDecoder(job, peer, me, MAX_SERVE_FRAME)
+
+    async def _frame(self, limit: int):
+        try:
+            prefix = await self.reader.readexactly(LENGTH_BYTES)
+            body = await self.reader.readexactly(frame_length(prefix, limit))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
+            raise PeerLost(f"the link to {self.peer} closed ({type(exc).__name__})") from None
+        return self.dec.decode(body)
+
+    async def handshake(self) -> None:
+        """Hellos both ways (the dialler's first); a foreign job or wrong name is refused here."""
+        self.writer.write(self.enc.hello())
+        frame = await asyncio.wait_for(self._frame(MAX_HELLO_BYTES), SETUP_TIMEOUT)
+        if frame.kind != Kind.HELLO:
+            raise FrameError(f"{self.peer}: expected hello")
+
+    async def recv(self) -> tuple[str, Payload] | None:
+        """The next (step, payload); None when the peer said bye."""
+        frame = await self._frame(MAX_SERVE_FRAME)
+        if frame.kind == Kind.BYE:
+            return None
+        return frame.step, decode_payload(frame.payload)
+
+    def send(self, step: str, payload: Payload) -> None:
+        """Queue one frame (no await: frames leave in the order they are numbered)."""
+        if self.writer.is_closing():
+            raise PeerLost(f"the link to {self.peer} is closed")
+        self.writer.write(self.enc.data(step, encode_payload(payload)))
+
+    async def close(self, reason: str = "") -> None:
+        try:
+            if not self.writer.is_closing():
+                self.writer.write(self.enc.bye(reason))
+                await asyncio.wait_for(self.writer.drain(), 2)
+            self.writer.close()
+        except (ConnectionError, ssl.SSLError, OSError, asyncio.TimeoutError, RuntimeError):
+            pass
+
+
+async def dial(job: JobConfig, me: str, peer: str, address: tuple[str, int], ctx: ssl.SSLContext) -> Link:
+    """Dial ``peer`` and authenticate it (CN = its name), then exchange hellos."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(address[0], address[1], ssl=ctx, server_hostname=None), SETUP_TIMEOUT)
+    cn = peer_cn(writer)
+    if cn != peer:
+        writer.close()
+        raise ProtocolError(f"{address[0]}:{address[1]} presented a certificate for {cn!r}, not {peer!r}")
+    link = Link(f"{job.name}/serve", me, peer, reader, writer)
+    await link.handshake()
+    return link
+
+
+async def listen(job: JobConfig, me: str, allowed: str, address: tuple[str, int], ctx: ssl.SSLContext,
+                 on_link: Callable[[Link], Awaitable[None]]) -> asyncio.AbstractServer:
+    """Accept links from ``allowed`` only (by certificate CN) and hand each to ``on_link``."""
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cn = peer_cn(writer)
+        if cn != allowed:
+            log.warning("%s: refused a serving link from %r (only %s may call)", me, cn, allowed)
+            writer.close()
+            return
+        link = Link(f"{job.name}/serve", me, allowed, reader, writer)
+        try:
+            await link.handshake()
+            await on_link(link)
+        except (PeerLost, ProtocolError, asyncio.TimeoutError) as exc:
+            log.warning("%s: serving link from %s ended: %s", me, allowed, exc)
+        finally:
+            await link.close()
+    return await asyncio.start_server(accepted, address[0], address[1], ssl=ctx,
+                                      ssl_handshake_timeout=SETUP_TIMEOUT)

@@ -1,0 +1,353 @@
+"""Online scoring (`vfl serve`): the guest's HTTP API and the hosts' services over mutual TLS.
+
+Scores must equal `vfl predict`'s for the same rows; every bad input ends in a 4xx/5xx with a
+message naming the party at fault; a killed host is reported within the timeout and re-linked
+when it returns; 200 concurrent clients each get an answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from tests.conftest import make_job                                   # noqa: E402
+from vfl.io.synth import vertical_split                               # noqa: E402
+from vfl.job.config import load_job                                   # noqa: E402
+from vfl.job.jobfile import write_job                                 # noqa: E402
+from vfl.job.threads import run_local, run_predict_local              # noqa: E402
+from vfl.protocol.channel import ProtocolError                        # noqa: E402
+from vfl.serving.audit import id_hash                                 # noqa: E402
+from vfl.serving.reasons import contributions                         # noqa: E402
+from vfl.serving.roles import GuestScorer, HostScorer                 # noqa: E402
+from parties.certs import make_certs                                  # noqa: E402
+from parties.party import with_tls_dir                                # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Running:
+    """One party's service on its own event loop in a thread of this process."""
+
+    def __init__(self, run, job, *args):
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+
+        async def main():
+            self.stop_event, started = asyncio.Event(), asyncio.Event()
+            task = asyncio.create_task(run(job, *args, started=started, stop=self.stop_event))
+            waiter = asyncio.create_task(started.wait())
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+            self.ready.set()
+            await task
+
+        def thread():
+            try:
+                self.loop.run_until_complete(main())
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+                self.error = exc
+                self.ready.set()
+
+        self.thread = threading.Thread(target=thread, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(60), "service did not start"
+        if self.error:
+            raise self.error
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(30)
+
+
+def start_services(job, hosts=None):
+    from parties.serve import run_host_service
+    from parties.serve_http import run_guest_http
+    running = [Running(run_host_service, job, h) for h in (hosts if hosts is not None else job.host_names)]
+    running.append(Running(run_guest_http, job))
+    return running
+
+
+def wait_ready(url: str, seconds: float = 30.0) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url + "/ready", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready within {seconds} s")
+
+
+def trained(tmp_path: Path, n_hosts: int = 2, model: dict | None = None, serving: dict | None = None,
+            preprocess=None, frames=None, **keys):
+    """A trained job with TLS files, scored by `vfl predict` on its guest's rows."""
+    guest, hosts = frames or vertical_split(900, 3, [2] * n_hosts, overlap=0.9, seed=6)
+    job = make_job(tmp_path, guest, hosts, model={"epochs": 2, "batch_size": 256, **(model or {})},
+                   guest_keys={"serve_address": f"127.0.0.1:{_free()}"}, preprocess=preprocess,
+                   serving=serving, **keys)
+    cfg = load_job(job.to_toml(tmp_path / "job.toml"))
+    run_local(cfg)
+    run_predict_local(cfg)
+    make_certs(cfg, tmp_path / "tls")
+    cfg = with_tls_dir(cfg, tmp_path / "tls")
+    scores = pd.read_csv(cfg.output_dir("guest") / "scores.csv", dtype={"id": str})
+    return cfg, scores, guest, hosts
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("served")
+    cfg, scores, guest, hosts = trained(tmp)
+    running = start_services(cfg)
+    url = "http://" + cfg.guest.serve_address
+    wait_ready(url)
+    yield cfg, scores, guest, hosts, url
+    for r in running:
+        r.stop()
+
+
+def test_served_scores_equal_vfl_predict_with_two_hosts(served):
+    cfg, scores, *_, url = served
+    ids = scores["id"].tolist()
+    res = httpx.post(url + "/score/batch", json={"ids": ids}, timeout=30).json()["results"]
+    assert [r["id"] for r in res] == ids
+    got = np.array([r["probability"] for r in res])
+    np.testing.assert_allclose(got, scores["score"].to_numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose([r["points"] for r in res], scores["points"].to_numpy(), atol=0.051)
+    for i in (0, 7, len(ids) - 1):                       # single requests too
+        one = httpx.post(url + "/score", json={"id": ids[i]}).json()
+        assert abs(one["probability"] - scores["score"].iloc[i]) <= 1e-12
+
+
+def test_reason_codes_decompose_the_logistic_score(served):
+    """Contributions + intercept + the hosts' sum = the log-odds; the reasons are the largest raisers."""
+    cfg, scores, guest, _, url = served
+    scorer = GuestScorer(cfg)
+    ids = scores["id"].tolist()[:40]
+    found = scorer.lookup(ids)
+    names, contrib = contributions(scorer.part, found.table)
+    res = httpx.post(url + "/score/batch", json={"ids": ids}).json()["results"]
+    logit = np.log(np.array([r["probability"] for r in res]) / (1 - np.array([r["probability"] for r in res])))
+    host_sum = logit - scorer.part.score(found.table)
+    np.testing.assert_allclose(contrib.sum(axis=1) + scorer.part.intercept + host_sum, logit, atol=1e-9)
+    factor = cfg.scorecard.pdo / math.log(2)
+    for r, c, hs in zip(res, contrib, host_sum):
+        raisers = sorted([(v, n) for n, v in zip(names, c) if v > 0] + ([(hs, "partner data")] if hs > 0 else []),
+                         reverse=True)[:cfg.serving.reasons]
+        assert [x["factor"] for x in r["reasons"]] == [n for _, n in raisers]
+        assert [x["points"] for x in r["reasons"]] == [round(-factor * v, 2) for v, _ in raisers]
+    assert any(x["factor"] == "partner data" for r in res for x in r["reasons"])
+    assert not any(x["factor"].startswith("h") for r in res for x in r["reasons"])   # no host column named
+
+
+def test_unknown_ids_missing_features_and_malformed_requests(served):
+    cfg, scores, guest, hosts, url = served
+    r = httpx.post(url + "/score", json={"id": "no-such-applicant"})
+    assert r.status_code == 404 and r.json()["party"] == "guest" and "unknown to guest" in r.json()["detail"]
+    only_guest = sorted(set(guest["id"]) - set(hosts[1]["id"]))[0]      # the guest knows it, host1 does not
+    r = httpx.post(url + "/score", json={"id": only_guest})
+    assert r.status_code == 404 and r.json()["party"] in ("host0", "host1")
+    # an applicant not in the guest's store, scored from the request's own values: all are needed
+    cols = [c for c in guest.columns if c not in ("id", "y")]
+    known = scores["id"].iloc[0]
+    row = guest.set_index("id").loc[known]
+    r = httpx.post(url + "/score", json={"id": "new-1", "features": {cols[0]: 1.0}})
+    assert r.status_code in (404, 422)
+    r = httpx.post(url + "/score", json={"id": known, "features": {cols[0]: None}})
+    assert r.status_code == 422 and repr(cols[0]) in r.json()["detail"]
+    r = httpx.post(url + "/score", json={"id": known, "features": {"nope": 1}})
+    assert r.status_code == 422 and "unknown feature 'nope'" in r.json()["detail"]
+    same = httpx.post(url + "/score", json={"id": known, "features": {c: float(row[c]) for c in cols}})
+    assert abs(same.json()["probability"] - scores["score"].iloc[0]) <= 1e-12      # values as in the store
+    moved = httpx.post(url + "/score", json={"id": known, "features": {cols[0]: float(row[cols[0]]) + 3}})
+    assert moved.status_code == 200 and moved.json()["probability"] != same.json()["probability"]
+    for bad in (b"{not json", b"[]", b'{"id": 5}', b'{"id": ""}', b'{"id": "1", "extra": 1}', b'{}'):
+        r = httpx.post(url + "/score", content=bad, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"], bad
+    r = httpx.post(url + "/score/batch", json={"ids": [known, known]})
+    assert r.status_code == 422 and "repeated" in r.json()["detail"]
+    batch = httpx.post(url + "/score/batch", json={"ids": [known, "no-such-applicant"]}).json()["results"]
+    assert "probability" in batch[0] and batch[1]["status"] == 404 and batch[1]["party"] == "guest"
+
+
+def test_model_identity_and_audit_logs(served):
+    cfg, scores, *_, url = served
+    ident = httpx.get(url + "/model").json()
+    for name in ("guest", "host0", "host1"):
+        assert ident["parts"][name] == hashlib.sha256((cfg.output_dir(name) / "model.json").read_bytes()).hexdigest()
+    assert ident["job"] == cfg.name and ident["model_type"] == "logistic"
+    target = scores["id"].iloc[3]
+    httpx.post(url + "/score", json={"id": target})
+    time.sleep(0.3)                                          # the logs are written by their own threads
+    h = id_hash(cfg.name, target)
+    for name, peer in (("guest", "http"), ("host0", "guest"), ("host1", "guest")):
+        lines = [json.loads(x) for x in (cfg.output_dir(name) / "serving" / "audit.jsonl").read_text().splitlines()]
+        mine = [x for x in lines if h in x["ids"]]
+        assert mine and all(x["peer"].startswith(peer) for x in mine), name
+        assert f"\"{target}\"" not in json.dumps(lines)      # IDs are hashed
+
+
+def test_200_concurrent_clients_each_get_an_answer(served):
+    cfg, scores, *_, url = served
+    ids = scores["id"].tolist()
+    want = dict(zip(ids, scores["score"]))
+
+    async def main():
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as client:
+            async def one(i):
+                try:
+                    r = await client.post(url + "/score", json={"id": ids[i % len(ids)]})
+                    return i, r.status_code, r.json()
+                except httpx.HTTPError as exc:
+                    return i, None, str(exc)
+            return await asyncio.gather(*(one(i) for i in range(200)))
+
+    results = asyncio.run(main())
+    assert len(results) == 200
+    ok = [(i, body) for i, status, body in results if status == 200]
+    errors = [(status, body) for _, status, body in results if status != 200]
+    assert all(isinstance(b, dict) and b.get("detail") for _, b in errors)   # nothing lost: a score or an error
+    assert len(ok) >= 190, errors[:3]
+    for i, body in ok:
+        assert abs(body["probability"] - want[ids[i % len(ids)]]) <= 1e-12
+
+
+def test_a_host_refuses_reused_request_numbers_and_forged_keys(served):
+    cfg, scores, *_ = served
+    a, b = HostScorer(cfg, "host0"), HostScorer(cfg, "host1")
+    ha, hb = a.hello(), b.hello()
+    keys = [{k: h[k] for k in ("key", "cert", "sig")} for h in (ha, hb)]
+    a.set_keys({"epoch": 1, "keys": keys})
+    ids = scores["id"].tolist()[:3]
+    a.accept("serve/score", {"epoch": 1, "req": 5, "ids": ids})
+    with pytest.raises(ProtocolError, match="never reused"):
+        a.accept("serve/score", {"epoch": 1, "req": 5, "ids": ids})
+    with pytest.raises(ProtocolError, match="epoch"):
+        a.accept("serve/score", {"epoch": 0, "req": 9, "ids": ids})
+    forged = [keys[0], {**keys[1], "key": ha["key"][:-2] + ("00" if ha["key"][-2:] != "00" else "11")}]
+    with pytest.raises(ProtocolError, match="refused"):
+        a.set_keys({"epoch": 2, "keys": forged})
+
+
+def test_sql_store_serves_the_same_scores_and_a_host_average_when_asked(tmp_path):
+    sa = pytest.importorskip("sqlalchemy")
+    cfg, scores, guest, hosts = trained(tmp_path, n_hosts=1, serving={"unknown_id": "average"})
+    db = tmp_path / "shop.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    hosts[0].to_sql("features", engine, index=False)
+    host = replace(cfg.hosts[0], store=f"sqlite:///{db}", store_table="features", serve_address=f"127.0.0.1:{_free()}")
+    cfg = replace(cfg, hosts=(host,))
+    running = start_services(cfg)
+    try:
+        url = "http://" + cfg.guest.serve_address
+        wait_ready(url)
+        ids = scores["id"].tolist()
+        res = httpx.post(url + "/score/batch", json={"ids": ids}).json()["results"]
+        np.testing.assert_allclose([r["probability"] for r in res], scores["score"], rtol=0, atol=1e-12)
+        only_guest = sorted(set(guest["id"]) - set(hosts[0]["id"]))[0]
+        r = httpx.post(url + "/score", json={"id": only_guest}).json()
+        assert r["partial"] == {"average_for": ["host0"]}
+        scorer = HostScorer(cfg, "host0")
+        table = scorer.store.lookup(hosts[0]["id"].tolist()).table
+        avg = float(np.mean(scorer.part.score(table)))
+        g = GuestScorer(cfg)
+        own = g.part.score(g.lookup([only_guest]).table)[0]
+        assert abs(math.log(r["probability"] / (1 - r["probability"])) - own - avg) < 1e-6
+        with engine.begin() as conn:                      # a row changed in the database is served as it is now
+            conn.execute(sa.text("UPDATE features SET h0_0 = h0_0 + 5 WHERE id = :i"), {"i": ids[0]})
+        moved = httpx.post(url + "/score", json={"id": ids[0]}).json()["probability"]
+        assert abs(moved - scores["score"].iloc[0]) > 1e-6
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE features SET h0_0 = NULL WHERE id = :i"), {"i": ids[1]})
+        r = httpx.post(url + "/score", json={"id": ids[1]}).json()    # a missing value: the host's average
+        assert r["partial"] == {"average_for": ["host0"]}
+    finally:
+        for r in running:
+            r.stop()
+
+
+@pytest.mark.parametrize("kind", ["scorecard", "embedding"])
+def test_scorecard_and_embedding_models_are_served_as_vfl_predict_scores_them(tmp_path, kind):
+    if kind == "scorecard":
+        cfg, scores, *_ = trained(tmp_path, n_hosts=1, preprocess={"bins": 5})
+    else:
+        from vfl.io.synth import write_categorical_credit_demo
+        bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=1000, seed=4)
+        cats = ["merchant", "city", "device_model", "category"]
+        cfg, scores, *_ = trained(tmp_path, model={"type": "embedding", "embedding_dim": 2, "hidden_units": [4]},
+                                  frames=(bank, [shop]), label="default",
+                                  host_keys={"host0": {"categorical_columns": cats, "crosses": [["merchant", "city"]]}})
+    running = start_services(cfg)
+    try:
+        url = "http://" + cfg.guest.serve_address
+        wait_ready(url)
+        res = httpx.post(url + "/score/batch", json={"ids": scores["id"].tolist()}).json()["results"]
+        np.testing.assert_allclose([r["probability"] for r in res], scores["score"], rtol=0, atol=1e-12)
+        assert all(isinstance(r.get("reasons"), list) for r in res)
+    finally:
+        for r in running:
+            r.stop()
+
+
+def test_a_killed_host_is_reported_within_the_timeout_then_relinked(tmp_path):
+    cfg, scores, *_ = trained(tmp_path, n_hosts=1, serving={"timeout": 1.5})
+    path = write_job(cfg, tmp_path / "served.toml")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def host():
+        return subprocess.Popen([sys.executable, "-m", "parties.cli", "serve", str(path), "--name", "host0"],
+                                cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+    from parties.serve_http import run_guest_http
+    proc = host()
+    guest = Running(run_guest_http, load_job(path))
+    try:
+        url = "http://" + cfg.guest.serve_address
+        wait_ready(url, 60)
+        ids = scores["id"].tolist()
+        assert httpx.post(url + "/score", json={"id": ids[0]}).status_code == 200
+        proc.send_signal(signal.SIGSTOP)                  # a host that hangs: 504 naming it, within the timeout
+        t0 = time.monotonic()
+        r = httpx.post(url + "/score", json={"id": ids[1]}, timeout=30)
+        assert r.status_code == 504 and r.json()["party"] == "host0" and time.monotonic() - t0 < 3.0
+        proc.send_signal(signal.SIGKILL)                  # killed: 503 naming it, at once
+        proc.wait(10)
+        t0 = time.monotonic()
+        r = httpx.post(url + "/score", json={"id": ids[1]}, timeout=30)
+        assert r.status_code == 503 and r.json()["party"] == "host0" and time.monotonic() - t0 < 3.0
+        assert httpx.get(url + "/ready").status_code == 503
+        proc = host()                                     # back: re-linked without restarting the guest
+        wait_ready(url, 60)
+        r = httpx.post(url + "/score", json={"id": ids[1]})
+        assert r.status_code == 200 and abs(r.json()["probability"] - scores["score"].iloc[1]) <= 1e-12
+    finally:
+        guest.stop()
+        proc.kill()
+        proc.wait(10)

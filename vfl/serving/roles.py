@@ -1,0 +1,342 @@
+"""What the guest and each host compute to score applicants online, message by message.
+
+Messages between the guest and a host (steps of the serving link; every payload a control
+object of the versioned wire format, validated here):
+
+==============  =========  ====================================================================
+step            direction  payload
+==============  =========  ====================================================================
+serve/hello     host->g    ``{key, cert, sig, model}``: a fresh secure-sum key for this link,
+                           signed with the host's TLS key, and the SHA-256 of its model part
+serve/keys      g->host    ``{epoch, keys}``: every host's signed key, in job order; a new epoch
+                           each time a host (re)joins
+serve/has       g->host    ``{epoch, req, ids}`` (two or more hosts, ``unknown_id = "refuse"``)
+serve/known     host->g    ``{req, missing}``: positions this host cannot score
+serve/score     g->host    ``{epoch, req, ids}``
+serve/share     host->g    ``{req, missing, share}`` or ``{req, error}``
+==============  =========  ====================================================================
+
+A host's share is its partial scores plus pairwise masks (``crypto.secure_sum``) derived from the
+epoch's keys and bound to ``job/serve/<epoch>/<req>``; the host refuses a request number it has
+seen, so no mask is ever used twice and the guest learns only the sum over hosts. With one host
+there are no masks: its partial score is what the guest could derive from the final score anyway.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from crypto.secure_sum import SumKey, reveal_sum
+from crypto.signing import SignatureError
+from ..evaluation.metrics import scorecard_points
+from ..io.tables import MAX_ID_LENGTH, PartyTable
+from ..job.config import ConfigError, JobConfig
+from ..job.roles import binned
+from ..models.common import sigmoid
+from ..models.model_file import load_part
+from ..models.scoring import RelayAuth, _key_entry, relay_authentication, signed_bytes
+from ..protocol.channel import ProtocolError
+from .reasons import contributions, reason_codes
+from .stores import Lookup, open_store
+
+log = logging.getLogger("vfl.serving")
+
+SERVED_MODELS = ("logistic", "embedding")
+MISSING_UNKNOWN, MISSING_UNSCORABLE = "unknown", "unscorable"
+
+
+def check_servable(job: JobConfig) -> None:
+    if job.model.type not in SERVED_MODELS:
+        raise ConfigError(f"vfl serve scores {' and '.join(SERVED_MODELS)} models; this job trains "
+                          f"{job.model.type!r} (score it in batches with `vfl predict`)")
+
+
+def model_sha256(job: JobConfig, name: str) -> str:
+    return hashlib.sha256((job.output_dir(name) / "model.json").read_bytes()).hexdigest()
+
+
+def check_ids(ids: Any, what: str, limit: int) -> list[str]:
+    """A request's IDs: a non-empty list of distinct, non-blank strings of at most MAX_ID_LENGTH."""
+    if not isinstance(ids, list) or not ids or len(ids) > limit:
+        raise ProtocolError(f"{what}: expected a list of 1 to {limit} IDs")
+    for v in ids:
+        if not isinstance(v, str) or not v.strip() or len(v) > MAX_ID_LENGTH:
+            raise ProtocolError(f"{what}: every ID must be a non-blank string of at most {MAX_ID_LENGTH} characters")
+    if len(set(ids)) != len(ids):
+        raise ProtocolError(f"{what}: repeated IDs")
+    return ids
+
+
+def _context(job: JobConfig, epoch: int, req: int) -> bytes:
+    return f"{job.name}/serve/{epoch}/{req}".encode()
+
+
+def _counter(payload: Mapping, key: str, what: str) -> int:
+    v = payload.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 2 ** 62:
+        raise ProtocolError(f"{what}: {key} must be a non-negative integer")
+    return v
+
+
+# --------------------------------------------------------------------------------------------- host
+@dataclass
+class _Session:
+    key: SumKey
+    index: int
+    epoch: int = -1
+    publics: list[bytes] = field(default_factory=list)
+    last_req: int = -1
+
+
+class HostScorer:
+    """A host's side: its model part, its store, and one secure-sum session per link to the guest."""
+
+    def __init__(self, job: JobConfig, name: str, auth: RelayAuth | None = None):
+        check_servable(job)
+        self.job, self.name = job, name
+        party = job.party(name)
+        self.part = load_part(job.output_dir(name) / "model.json", name)
+        cats = self.part.categorical_columns if self.part.categorical_columns is not None else party.categorical_columns
+        self.store = open_store(party, cats, allow_missing=binned(job))
+        self.model_hash = model_sha256(job, name)
+        self.auth = auth if auth is not None else relay_authentication(job, name)
+        self.index = job.host_names.index(name)
+        self.policy = job.serving.unknown_id
+        self._average: float | None = None
+        self.session: _Session | None = None
+
+    def average(self) -> float:
+        """This host's average partial score over its store's scorable rows (file stores) or its
+        training rows: what an unknown ID contributes under ``unknown_id = "average"``."""
+        if self._average is None:
+            rows = self.store.all_rows() if hasattr(self.store, "all_rows") else None
+            if rows is None:
+                from ..io.tables import load_table
+                p = self.job.party(self.name)
+                rows = load_table(p.data, p.id_column, None, self.part.categorical_columns or (),
+                                  allow_missing=binned(self.job), encoding=p.encoding)
+            ok = ~np.isnan(rows.features).any(axis=1) if rows.features.size and not binned(self.job) else \
+                np.ones(len(rows.ids), bool)
+            scores = self.part.score(PartyTable(rows.ids[ok], rows.features[ok], rows.columns, None,
+                                                rows.categorical[ok], list(rows.categorical_columns)))
+            self._average = float(np.mean(scores)) if len(scores) else 0.0
+        return self._average
+
+    def hello(self) -> dict:
+        """A new link: a fresh secure-sum key, signed, and this host's model hash."""
+        self.session = _Session(SumKey(), self.index)
+        public = self.session.key.public_bytes()
+        signer = self.auth.signer
+        sig = signer.sign(signed_bytes(self._key_context(), self.name, public)) if signer else b""
+        return {"key": public.hex(), "cert": signer.cert_pem.decode() if signer else "", "sig": sig.hex(),
+                "model": self.model_hash}
+
+    def _key_context(self) -> str:
+        return f"{self.job.name}/serve"
+
+    def set_keys(self, payload: Any) -> int:
+        """The guest's relay of every host's key for a new epoch; each other host's checked."""
+        s = self._session()
+        if not isinstance(payload, dict) or set(payload) != {"epoch", "keys"}:
+            raise ProtocolError("serve/keys: expected {epoch, keys}")
+        epoch = _counter(payload, "epoch", "serve/keys")
+        entries = payload["keys"]
+        hosts = self.job.host_names
+        if not isinstance(entries, list) or len(entries) != len(hosts):
+            raise ProtocolError(f"serve/keys: expected {len(hosts)} keys")
+        publics = []
+        for name, entry in zip(hosts, entries):
+            public, cert, sig = _key_entry(entry, f"{name}'s serving key")
+            if name == self.name:
+                if public != s.key.public_bytes():
+                    raise ProtocolError(f"serve/keys: the key relayed for {self.name} is not its own")
+            elif self.auth.verifier is not None:
+                try:
+                    self.auth.verifier.verify(name, cert, signed_bytes(self._key_context(), name, public), sig)
+                except SignatureError as exc:
+                    raise ProtocolError(f"serving keys refused: {exc}") from None
+            publics.append(public)
+        if epoch <= s.epoch:
+            raise ProtocolError(f"serve/keys: epoch {epoch} is not after {s.epoch}")
+        s.epoch, s.publics, s.last_req = epoch, publics, -1
+        return epoch
+
+    def _session(self) -> _Session:
+        if self.session is None:
+            raise ProtocolError("serving request before the link's hello")
+        return self.session
+
+    def accept(self, step: str, payload: Any) -> "HostRequest":
+        """Check a request in arrival order (epoch, a request number never seen, the IDs) and
+        fix the session it will be answered under; :meth:`respond` does the work, anywhere."""
+        s = self._session()
+        if not isinstance(payload, dict) or set(payload) != {"epoch", "req", "ids"}:
+            raise ProtocolError(f"{step}: expected {{epoch, req, ids}}")
+        epoch, req = _counter(payload, "epoch", step), _counter(payload, "req", step)
+        if epoch != s.epoch:
+            raise ProtocolError(f"{step}: epoch {epoch}, but this link is in epoch {s.epoch}")
+        if req <= s.last_req:
+            raise ProtocolError(f"{step}: request number {req} was not after {s.last_req} (a mask is never reused)")
+        s.last_req = req
+        return HostRequest(step, epoch, req, check_ids(payload["ids"], step, self.job.serving.max_batch),
+                           s.key, s.index, list(s.publics))
+
+    def _scores(self, ids: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+        """Partial scores for every requested position (0 where missing) and the missing positions."""
+        found: Lookup = self.store.lookup(ids)
+        u = np.zeros(len(ids))
+        if len(found.positions):
+            u[found.positions] = self.part.score(found.table)
+        missing = {p: MISSING_UNKNOWN for p in found.unknown}
+        missing.update({p: MISSING_UNSCORABLE for p in found.invalid})
+        for p, why in found.invalid.items():
+            log.info("%s: cannot score a requested row: %s", self.name, why)
+        return u, missing
+
+    def respond(self, r: "HostRequest") -> dict:
+        """``serve/has``: the positions this host cannot score (no scores). ``serve/score``: this
+        host's masked share of the sum of partial scores."""
+        u, missing = self._scores(r.ids)
+        if r.step == "serve/has":
+            return {"req": r.req, "missing": {str(p): m for p, m in missing.items()}}
+        if missing:
+            if self.policy == "average":
+                u[list(missing)] = self.average()
+            elif len(self.job.hosts) > 1:
+                # a zero here would leave the other hosts' sum for that row unmasked by ours: refuse all
+                return {"req": r.req, "error": f"{len(missing)} of the rows cannot be scored by {self.name}"}
+        share = r.key.masked_share(u, r.index, r.publics, _context(self.job, r.epoch, r.req))
+        return {"req": r.req, "missing": {str(p): m for p, m in missing.items()}, "share": [int(v) for v in share]}
+
+
+@dataclass(frozen=True)
+class HostRequest:
+    step: str
+    epoch: int
+    req: int
+    ids: list[str]
+    key: SumKey
+    index: int
+    publics: list[bytes]
+
+
+# -------------------------------------------------------------------------------------------- guest
+def _missing(payload: Mapping, n: int, what: str) -> dict[int, str]:
+    m = payload.get("missing")
+    if not isinstance(m, dict):
+        raise ProtocolError(f"{what}: expected a 'missing' object")
+    out = {}
+    for k, v in m.items():
+        if not (isinstance(k, str) and k.isdigit() and int(k) < n and v in (MISSING_UNKNOWN, MISSING_UNSCORABLE)):
+            raise ProtocolError(f"{what}: bad missing entry {k!r}: {v!r}")
+        out[int(k)] = v
+    return out
+
+
+def read_known(payload: Any, req: int, n: int, host: str) -> dict[int, str]:
+    what = f"{host}'s serve/known"
+    if not isinstance(payload, dict) or set(payload) != {"req", "missing"} or payload.get("req") != req:
+        raise ProtocolError(f"{what}: expected {{req: {req}, missing}}")
+    return _missing(payload, n, what)
+
+
+@dataclass
+class HostAnswer:
+    share: np.ndarray | None          # uint64 (n,), None when the host refused
+    missing: dict[int, str]
+    error: str | None = None
+
+
+def read_share(payload: Any, req: int, n: int, host: str) -> HostAnswer:
+    what = f"{host}'s serve/share"
+    if isinstance(payload, dict) and set(payload) == {"req", "error"} and payload.get("req") == req \
+            and isinstance(payload["error"], str):
+        return HostAnswer(None, {}, payload["error"][:500])
+    if not isinstance(payload, dict) or set(payload) != {"req", "missing", "share"} or payload.get("req") != req:
+        raise ProtocolError(f"{what}: expected {{req: {req}, missing, share}}")
+    share = payload["share"]
+    if not isinstance(share, list) or len(share) != n or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 64 for v in share):
+        raise ProtocolError(f"{what}: expected {n} integers in [0, 2^64)")
+    return HostAnswer(np.array(share, dtype=np.uint64), _missing(payload, n, what))
+
+
+def sum_shares(answers: Sequence[HostAnswer]) -> np.ndarray:
+    return reveal_sum([a.share for a in answers])
+
+
+def check_hello(payload: Any, host: str, expected_model: str | None = None) -> dict:
+    """A host's hello: a well-formed signed key entry plus its model hash."""
+    if not isinstance(payload, dict) or set(payload) != {"key", "cert", "sig", "model"}:
+        raise ProtocolError(f"{host}'s serve/hello: expected {{key, cert, sig, model}}")
+    _key_entry({k: payload[k] for k in ("key", "cert", "sig")}, f"{host}'s serving key")
+    model = payload["model"]
+    if not isinstance(model, str) or len(model) != 64:
+        raise ProtocolError(f"{host}'s serve/hello: model must be a SHA-256 hex digest")
+    return payload
+
+
+class GuestScorer:
+    """The guest's side: its model part and store, and turning the hosts' sum into answers."""
+
+    def __init__(self, job: JobConfig):
+        check_servable(job)
+        self.job = job
+        g = job.guest
+        self.part = load_part(job.output_dir(g.name) / "model.json", g.name)
+        cats = self.part.categorical_columns if self.part.categorical_columns is not None else g.categorical_columns
+        self.store = open_store(g, cats, allow_missing=binned(job), drop_columns=[g.label_column])
+        self.model_hash = model_sha256(job, g.name)
+
+    def lookup(self, ids: list[str], overrides: Sequence[Mapping | None] | None = None) -> Lookup:
+        return self.store.lookup(ids, overrides)
+
+    def answers(self, found: Lookup, host_sum: np.ndarray, with_reasons: bool = True) -> list[dict]:
+        """One answer per row of ``found``: probability, points and reason codes.
+
+        ``host_sum``: the hosts' summed partial scores for ``found``'s rows, in its order."""
+        t = found.table
+        logit = self.part.score(t) + host_sum
+        prob = sigmoid(logit)
+        sc = self.job.scorecard
+        points = scorecard_points(prob, sc.base_points, sc.base_odds, sc.pdo)
+        out = [{"id": str(i), "probability": float(p), "points": round(float(q), 1)}
+               for i, p, q in zip(t.ids, prob, points)]
+        if with_reasons and self.job.serving.reasons and len(t.ids):
+            names, contrib = contributions(self.part, t)
+            for r, row in enumerate(out):
+                values = [_value(t, n, r) for n in names]
+                row["reasons"] = reason_codes(names, contrib[r], values, float(host_sum[r]), sc.pdo,
+                                              self.job.serving.reasons)
+        return out
+
+    def identity(self, hosts: Mapping[str, str | None]) -> dict:
+        """The model being served: job, training time, and each party's model-part hash."""
+        g = self.job.guest
+        path = self.job.output_dir(g.name) / "model.json"
+        trained = None
+        metrics = self.job.workdir / "metrics.json"
+        if metrics.is_file():
+            import json
+            try:
+                trained = json.loads(metrics.read_text()).get("finished")
+            except (ValueError, AttributeError):
+                trained = None
+        import datetime as _dt
+        return {"job": self.job.name, "model_type": self.job.model.type,
+                "trained": trained or _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(),
+                "parts": {g.name: self.model_hash, **hosts}}
+
+
+def _value(t: PartyTable, name: str, r: int):
+    if name in t.columns:
+        v = float(t.features[r, t.columns.index(name)])
+        return None if math.isnan(v) else v
+    if name in t.categorical_columns:
+        return str(t.categorical[r, t.categorical_columns.index(name)])
+    return None

@@ -1,0 +1,257 @@
+"""Feature stores: a party's own rows, looked up by ID at serving time.
+
+Two kinds, chosen by the party's table in the job file:
+
+* a **file** (``predict_data``, else ``data``; CSV or Parquet), read once at start with
+  training's reader and indexed by ID: a lookup is an index probe;
+* an **SQL database** (``store = "<SQLAlchemy URL>"``, ``store_table``): every lookup is one
+  ``SELECT ... WHERE id IN (...)``, so rows changed in the database are served as they are now.
+  SQLite is tested; PostgreSQL and others work by URL (with their driver installed).
+
+Either way a lookup gives a :class:`~vfl.io.tables.PartyTable` of the rows found, in request
+order, converted exactly as training converted the party's file (the same categorical text, the
+same numeric columns), and says which requested IDs are unknown and which rows cannot be scored
+(a missing value where the model has no bin for it, or text in a numeric column), with a message
+per row. Stores never see another party's data: each party runs its own.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..io.tables import DataError, PartyTable, load_table, read_columns, table_from_frame
+from ..job.config import ConfigError, PartyConfig
+
+IN_CHUNK = 500          # IDs per SQL IN (...) list: below every database's parameter limit
+
+
+class StoreError(ValueError):
+    """A store that cannot be opened or read: named, with what to check."""
+
+
+@dataclass
+class Lookup:
+    """The rows found for requested IDs.
+
+    ``table`` holds the scorable rows in request order; ``positions`` maps them back to the
+    request; ``unknown`` lists request positions whose ID the store lacks and ``invalid``
+    request position -> why that row cannot be scored.
+    """
+
+    table: PartyTable
+    positions: np.ndarray
+    unknown: list[int] = field(default_factory=list)
+    invalid: dict[int, str] = field(default_factory=dict)
+
+
+class FeatureStore(Protocol):
+    columns: list[str]                 # numeric feature columns, in the training table's order
+    categorical_columns: list[str]
+
+    def lookup(self, ids: Sequence[str], overrides: Sequence[Mapping | None] | None = None) -> Lookup: ...
+
+    def describe(self) -> str: ...
+
+
+def _rows_checked(table: PartyTable, positions: np.ndarray, allow_missing: bool, unknown: list[int],
+                  invalid: dict[int, str]) -> Lookup:
+    """Drop rows with a missing numeric value unless the model bins them (then NaN is its bin)."""
+    if not allow_missing and table.features.size:
+        bad = np.isnan(table.features).any(axis=1)
+        for i in np.flatnonzero(bad):
+            col = table.columns[int(np.flatnonzero(np.isnan(table.features[i]))[0])]
+            invalid[int(positions[i])] = (f"missing value for feature {col!r} (this model has no bin for missing "
+                                          f"values: send it in 'features' or fix the store)")
+        if bad.any():
+            keep = np.flatnonzero(~bad)
+            table = PartyTable(table.ids[keep], table.features[keep], table.columns, None,
+                               table.categorical[keep], list(table.categorical_columns))
+            positions = positions[keep]
+    return Lookup(table, positions, unknown, invalid)
+
+
+def _apply_overrides(frame: pd.DataFrame, ids: Sequence[str], overrides, id_column: str, numeric: list[str],
+                     cats: list[str], invalid: dict[int, str]) -> pd.DataFrame:
+    """Rows (one per request position, NaN where unknown) with the request's own values laid over them."""
+    rows = frame.reindex(pd.Index(ids, dtype=object))
+    rows[id_column] = list(ids)
+    for pos, given in enumerate(overrides or []):
+        if not given:
+            continue
+        for col, value in given.items():
+            if col in cats:
+                if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+                    invalid[pos] = f"feature {col!r} is categorical: send text, got {value!r}"
+                    continue
+                rows.iat[pos, rows.columns.get_loc(col)] = "" if value is None else str(value)
+            elif col in numeric:
+                if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                          or not np.isfinite(value)):
+                    invalid[pos] = f"feature {col!r} must be a finite number or null, got {value!r}"
+                    continue
+                rows.iat[pos, rows.columns.get_loc(col)] = np.nan if value is None else float(value)
+            else:
+                invalid[pos] = (f"unknown feature {col!r} (this party's columns: "
+                                f"{', '.join(numeric + cats)})")
+    return rows
+
+
+class FileStore:
+    """A party's CSV or Parquet file, read once and indexed by ID."""
+
+    def __init__(self, path: Path, id_column: str, categorical_columns: Sequence[str] = (),
+                 drop_columns: Sequence[str] = (), encoding: str = "utf-8", allow_missing: bool = False):
+        self.path, self.id_column, self.allow_missing = Path(path), id_column, allow_missing
+        self._table = load_table(self.path, id_column, None, categorical_columns, allow_missing=True,
+                                 encoding=encoding, drop_columns=drop_columns)
+        self.columns = list(self._table.columns)
+        self.categorical_columns = list(self._table.categorical_columns)
+        self._index = pd.Index(self._table.ids)
+        self._frame: pd.DataFrame | None = None       # built on the first lookup with overrides
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"file {self.path} ({len(self._index)} rows)"
+
+    def all_rows(self) -> PartyTable:
+        return self._table
+
+    def lookup(self, ids: Sequence[str], overrides: Sequence[Mapping | None] | None = None) -> Lookup:
+        ids = list(ids)
+        if overrides and any(overrides):
+            return self._lookup_with(ids, overrides)
+        pos = self._index.get_indexer(pd.Index(ids, dtype=object))
+        found = np.flatnonzero(pos >= 0)
+        unknown = [int(i) for i in np.flatnonzero(pos < 0)]
+        t, rows = self._table, pos[found]
+        table = PartyTable(t.ids[rows], t.features[rows], t.columns, None, t.categorical[rows],
+                           list(t.categorical_columns))
+        return _rows_checked(table, found, self.allow_missing, unknown, {})
+
+    def _lookup_with(self, ids: list[str], overrides) -> Lookup:
+        with self._lock:
+            if self._frame is None:
+                t = self._table
+                self._frame = pd.concat([pd.DataFrame({self.id_column: t.ids}),
+                                         pd.DataFrame(t.features, columns=t.columns),
+                                         pd.DataFrame(t.categorical, columns=t.categorical_columns)],
+                                        axis=1).set_index(self._table.ids)
+        return _frame_lookup(self._frame, ids, overrides, self.id_column, self.columns,
+                             self.categorical_columns, self.allow_missing)
+
+
+def _frame_lookup(frame: pd.DataFrame, ids: list[str], overrides, id_column: str, numeric: list[str],
+                  cats: list[str], allow_missing: bool, source: str = "request",
+                  invalid: dict[int, str] | None = None) -> Lookup:
+    """Rows of ``frame`` (indexed by ID) for ``ids``, the request's values laid over them;
+    ``invalid``: request positions already known to be unscorable, and why."""
+    invalid = dict(invalid or {})
+    rows = _apply_overrides(frame, ids, overrides, id_column, numeric, cats, invalid)
+    present = frame.index.get_indexer(pd.Index(ids, dtype=object)) >= 0
+    given = [bool(o) for o in (overrides or [])] + [False] * (len(ids) - len(overrides or []))
+    unknown = []
+    for pos in range(len(ids)):
+        if present[pos] or pos in invalid:
+            continue
+        if not given[pos]:
+            unknown.append(pos)
+            continue
+        lacking = [c for c in numeric + cats if c not in overrides[pos]]
+        if lacking:          # an ID the store lacks is scored from the request's values: all of them
+            invalid[pos] = (f"ID not in this party's store and the request lacks feature(s) "
+                            f"{', '.join(map(repr, lacking))}")
+    keep = [p for p in range(len(ids)) if p not in invalid and p not in unknown]
+    sub = rows.iloc[keep].reset_index(drop=True)
+    for c in cats:
+        sub[c] = sub[c].fillna("").astype(str)
+    for c in numeric:
+        sub[c] = pd.to_numeric(sub[c])
+    table = table_from_frame(sub[[id_column, *numeric, *cats]], source, id_column, None, cats, allow_missing=True,
+                             check_finite=False)
+    return _rows_checked(table, np.asarray(keep, dtype=np.int64), allow_missing, unknown, invalid)
+
+
+class SqlStore:
+    """A table in an SQL database (SQLAlchemy URL): one ``SELECT ... WHERE id IN (...)`` per lookup."""
+
+    def __init__(self, url: str, table: str, id_column: str, categorical_columns: Sequence[str] = (),
+                 drop_columns: Sequence[str] = (), allow_missing: bool = False):
+        try:
+            import sqlalchemy as sa
+        except ImportError:
+            raise ConfigError("a store URL needs SQLAlchemy: pip install -e '.[serve]'") from None
+        self.url, self.name, self.id_column, self.allow_missing = url, table, id_column, allow_missing
+        self._sa = sa
+        try:
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+            self._table = sa.Table(table, sa.MetaData(), autoload_with=self._engine)
+        except sa.exc.NoSuchTableError:
+            raise StoreError(f"store {self._safe_url()}: no table {table!r}") from None
+        except (sa.exc.SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot open store {self._safe_url()}: {type(exc).__name__}: {exc}") from None
+        names = [c.name for c in self._table.columns]
+        if id_column not in names:
+            raise StoreError(f"store table {table!r} has no ID column {id_column!r} (columns: {', '.join(names)})")
+        missing = [c for c in categorical_columns if c not in names]
+        if missing:
+            raise StoreError(f"store table {table!r} lacks categorical column(s) {', '.join(missing)}")
+        self.categorical_columns = list(categorical_columns)
+        skip = {id_column, *drop_columns, *self.categorical_columns}
+        self.columns = [c for c in names if c not in skip]
+
+    def _safe_url(self) -> str:
+        try:
+            return self._sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - only for messages
+            return "<unparsable URL>"
+
+    def describe(self) -> str:
+        return f"SQL table {self.name!r} at {self._safe_url()}"
+
+    def lookup(self, ids: Sequence[str], overrides: Sequence[Mapping | None] | None = None) -> Lookup:
+        ids = list(ids)
+        cols = [self._table.c[c] for c in (self.id_column, *self.columns, *self.categorical_columns)]
+        parts = []
+        try:
+            with self._engine.connect() as conn:
+                for start in range(0, len(ids), IN_CHUNK):
+                    chunk = ids[start:start + IN_CHUNK]
+                    stmt = self._sa.select(*cols).where(self._table.c[self.id_column].in_(chunk))
+                    parts += conn.execute(stmt).all()
+        except self._sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"store {self.describe()} failed: {type(exc).__name__}: {exc}") from None
+        frame = pd.DataFrame(parts, columns=[self.id_column, *self.columns, *self.categorical_columns])
+        frame[self.id_column] = frame[self.id_column].astype(str)
+        frame = frame.drop_duplicates(self.id_column).set_index(frame[self.id_column].rename(None))
+        invalid: dict[int, str] = {}
+        where = {v: i for i, v in enumerate(ids)}
+        for c in self.columns:             # text in a numeric column: that row cannot be scored
+            values = pd.to_numeric(frame[c], errors="coerce")
+            for rid in frame.index[values.isna() & frame[c].notna()]:
+                if rid in where:
+                    invalid.setdefault(where[rid], f"feature {c!r} holds {frame.at[rid, c]!r}, not a number")
+            frame[c] = values
+        return _frame_lookup(frame, ids, overrides, self.id_column, self.columns, self.categorical_columns,
+                             self.allow_missing, self.describe(), invalid)
+
+
+def open_store(party: PartyConfig, categorical_columns: Sequence[str], allow_missing: bool,
+               drop_columns: Sequence[str] = ()) -> FileStore | SqlStore:
+    """The party's store as its job table names it: ``store`` (SQL), else ``predict_data``, else ``data``.
+
+    ``categorical_columns`` as the model part recorded them; ``allow_missing`` when the model bins
+    (WOE), so that a missing value gets training's bin instead of an error."""
+    if party.store:
+        return SqlStore(party.store, party.store_table or party.name, party.id_column, categorical_columns,
+                        drop_columns, allow_missing)
+    path = party.predict_data or party.data
+    try:
+        read_columns(path, party.encoding)
+        return FileStore(path, party.id_column, categorical_columns, drop_columns, party.encoding, allow_missing)
+    except DataError as exc:
+        raise StoreError(f"{party.name}'s feature file: {exc}") from None
