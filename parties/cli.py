@@ -154,7 +154,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from parties.demo import run_demo
     return run_demo(Path(args.workdir), n_people=args.people, key_bits=args.key_bits, epochs=args.epochs,
-                    model=args.model)
+                    model=args.model, serve=args.serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", choices=["logistic", "embedding"], default="logistic",
                    help="logistic: split LR on the shop's behaviour columns; embedding: the shop's merchants, "
                         "cities, devices and categories embedded in its own tower")
+    s.add_argument("--serve", action="store_true",
+                   help="then start the shop's and the bank's online scoring services (vfl serve) and score "
+                        "a few applicants over HTTP (needs pip install -e '.[serve]')")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -66,7 +66,8 @@ def write_demo_job(workdir: Path, *, key_bits: int, epochs: int, model: str = "l
     def party(name, table=None, **keys):
         return vfl.Party(name, table and data / f"{table}.csv", cert=certs / f"{name}.pem",
                          key=certs / f"{name}-key.pem", **keys)
-    job = vfl.Job(party("bank", "bank", label_column="default", predict_data=data / "bank_applicants.csv"),
+    job = vfl.Job(party("bank", "bank", label_column="default", predict_data=data / "bank_applicants.csv",
+                        serve_address=f"127.0.0.1:{free_ports(1)[0]}"),
                   [party("shop", "shop", predict_data=data / "shop_applicants.csv", **HOST_COLUMNS[model])],
                   arbiter=party("arbiter"), name="credit-demo", workdir=workdir / "results", seed=42,
                   test_fraction=0.2, baselines=True, ca=certs / "ca.pem", preprocess=PREPROCESS[model],
@@ -77,8 +78,10 @@ def write_demo_job(workdir: Path, *, key_bits: int, epochs: int, model: str = "l
 
 
 def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epochs: int | None = None,
-             model: str = "logistic") -> int:
+             model: str = "logistic", serve: bool = False) -> int:
     t0 = time.perf_counter()
+    if serve:
+        check_serving_installed()
     epochs = epochs or (12 if model == "embedding" else 10)
     if model == "embedding":
         bank, shop = write_categorical_credit_demo(workdir / "data", n_people=n_people, coarse=True)
@@ -141,4 +144,82 @@ def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epo
     print(f"  {job.guest.name} (guest, full report): {job.workdir / 'report.html'}")
     for h in job.host_names:
         print(f"  {h} (host, its own columns only): {job.output_dir(h) / 'report.html'}")
+    if serve:
+        return serve_demo(job)
+    return 0
+
+
+def check_serving_installed() -> None:
+    import importlib.util
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"--serve needs {' and '.join(missing)}: pip install -e '.[serve]'")
+
+
+def _http(url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict]:
+    """One JSON request with the standard library (the demo needs no HTTP client package)."""
+    import urllib.error
+    import urllib.request
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def serve_demo(job, applicants: int = 5) -> int:
+    """Start the shop's and the bank's scoring services (`vfl serve`, two processes over mutual TLS),
+    score a few applicants and a batch over HTTP, compare with `vfl predict`, then stop them."""
+    import subprocess
+    import sys
+    import pandas as pd
+    print("\nonline scoring: starting the shop's and the bank's services (vfl serve) ...", flush=True)
+    names = [*job.host_names, job.guest.name]
+    procs = [subprocess.Popen([sys.executable, "-m", "parties.cli", "serve", str(job.path), "--name", n],
+                              stderr=subprocess.PIPE, text=True) for n in names]
+    url = f"http://{job.guest.serve_address}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            dead = [n for n, p in zip(names, procs) if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"the {dead[0]} service exited: "
+                                   f"{procs[names.index(dead[0])].stderr.read()[-800:]}")
+            try:
+                if _http(url + "/ready", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the scoring services did not become ready within 120 s")
+            time.sleep(0.2)
+        scores = pd.read_csv(job.output_dir(job.guest.name) / "scores.csv", dtype={"id": str})
+        print(f"{'applicant':<12}{'probability':>12}{'points':>8}{'ms':>7}  main reason")
+        for rid in scores["id"].head(applicants):
+            t = time.perf_counter()
+            status, body = _http(url + "/score", {"id": rid})
+            ms = (time.perf_counter() - t) * 1e3
+            top = (body.get("reasons") or [{}])[0]
+            reason = f"{top['factor']} ({top['points']:+.1f} points)" if top else "-"
+            print(f"{rid:<12}{body['probability']:>12.4f}{body['points']:>8.1f}{ms:>7.1f}  {reason}")
+        ids = scores["id"].tolist()[:1000]
+        t = time.perf_counter()
+        status, body = _http(url + "/score/batch", {"ids": ids}, timeout=60)
+        dt = time.perf_counter() - t
+        served = pd.Series({r["id"]: r["probability"] for r in body["results"]})
+        diff = float((served[ids] - scores.set_index("id")["score"][ids]).abs().max())
+        print(f"a batch of {len(ids)}: {len(ids) / dt:,.0f} rows/s; largest difference from vfl predict: {diff:.1e}")
+        print(f"\nto serve yourself:  vfl serve {job.path} --name {job.hosts[0].name}   (and, in another shell)\n"
+              f"                    vfl serve {job.path} --name {job.guest.name}\n"
+              f"then:  curl -s -X POST {url}/score -H 'content-type: application/json' -d '{{\"id\": \"{ids[0]}\"}}'")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
     return 0

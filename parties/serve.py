@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
@@ -41,6 +40,17 @@ def link_address(job: JobConfig, host: str) -> tuple[str, int]:
     return _host_port(p.serve_address or p.address)
 
 
+INLINE_ROWS = 64   # so few rows from an in-memory store are scored on the event loop: tens of microseconds,
+                   # less than the hop to a worker thread; more rows, or any store that does I/O, go to one
+
+
+async def compute(in_memory: bool, rows: int, fn, *args):
+    """``fn(*args)`` on the loop when it is small and does no I/O, else in a worker thread."""
+    if in_memory and rows <= INLINE_ROWS:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
 def audit_path(job: JobConfig, name: str):
     return job.output_dir(name) / "serving" / "audit.jsonl"
 
@@ -56,7 +66,7 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
 
     async def answer(link: Link, request) -> None:
         try:
-            reply = await asyncio.to_thread(scorer.respond, request)
+            reply = await compute(scorer.store.in_memory, len(request.ids), scorer.respond, request)
             outcome = "error" if "error" in reply else "answered"
         except Exception as exc:  # noqa: BLE001 - the guest gets a reply either way, the log the cause
             log.exception("%s: request %d failed", name, request.req)
@@ -258,7 +268,8 @@ class GuestService:
         check_ids(ids, "request", self.job.serving.max_batch)
         out: list[dict | RowError | None] = [None] * len(ids)
         try:
-            found = await asyncio.to_thread(self.scorer.lookup, ids, overrides)
+            in_memory = self.scorer.store.in_memory
+            found = await compute(in_memory, len(ids), self.scorer.lookup, ids, overrides)
             g = self.job.guest.name
             for p in found.unknown:
                 out[p] = RowError(404, f"ID {ids[p]!r} is unknown to {g} (not in its store)", g)
@@ -289,7 +300,7 @@ class GuestService:
                     keep = [i for i in range(len(pos)) if i not in drop]
                     row_of = {int(p): r for r, p in enumerate(found.positions)}
                     sub = _subset(found, [row_of[pos[i]] for i in keep])
-                    results = await asyncio.to_thread(self.scorer.answers, sub, host_sum[keep])
+                    results = await compute(True, len(keep), self.scorer.answers, sub, host_sum[keep])
                     for i, r in zip(keep, results):
                         if pos[i] in marks:
                             r["partial"] = {"average_for": marks[pos[i]]}

@@ -6,8 +6,12 @@ from parties.cli import main
 
 def test_demo_runs_three_processes_and_federation_beats_the_bank_alone(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path), "--people", "3000", "--epochs", "5",
-                 "--key-bits", "512"]) == 0
+                 "--key-bits", "512", "--serve"]) == 0
     out = capsys.readouterr().out
+    # --serve: the bank's and the shop's services score applicants over HTTP as vfl predict did
+    served = [line for line in out.splitlines() if "largest difference from vfl predict" in line]
+    assert served and float(served[0].rsplit(":", 1)[1]) <= 1e-12, out[-1500:]
+    assert "curl -s -X POST http://127.0.0.1:" in out
     assert "federated scorecard (bank + shop)" in out and "new applicants scored jointly" in out
     m = json.loads((tmp_path / "results" / "metrics.json").read_text())
     # the report has every section filled (binning gives the IV and points tables), each party its own
