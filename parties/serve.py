@@ -218,6 +218,8 @@ class GuestService:
             step, payload = msg
             req = payload.get("req") if isinstance(payload, dict) else None
             fut = self.pending.pop((host, req), None) if isinstance(req, int) else None
+            if fut is None and isinstance(req, int) and 0 < req <= self.req and step in ("serve/share", "serve/known"):
+                continue                   # a late answer to a request already given up on (504)
             if step not in ("serve/share", "serve/known") or fut is None:
                 raise ProtocolError(f"{host} sent {step!r} for no pending request")
             if not fut.done():

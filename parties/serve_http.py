@@ -29,6 +29,7 @@ from vfl.job.config import ConfigError, JobConfig
 from vfl.serving.roles import GuestScorer
 
 from .serve import GuestService, RowError, ServeError, _host_port
+from .serve_link import run_loop
 
 log = logging.getLogger("vfl.serve")
 
@@ -140,9 +141,9 @@ def serve(job: JobConfig, name: str) -> None:
     if role == "arbiter":
         raise ConfigError("the arbiter takes no part in serving (nothing is decrypted): start the guest and hosts")
     if role == "host":
-        asyncio.run(run_host_service(job, name))
+        run_loop(run_host_service(job, name))
         return
     if not job.guest.serve_address:
         raise ConfigError(f"the guest needs serve_address = \"HOST:PORT\" in its table of {job.path}: "
                           f"where its HTTP API listens")
-    asyncio.run(run_guest_http(job))
+    run_loop(run_guest_http(job))

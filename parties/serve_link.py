@@ -28,6 +28,17 @@ MAX_SERVE_FRAME = 64 << 20      # a batch of 10,000 IDs and its shares fit many 
 SETUP_TIMEOUT = 10.0
 
 
+def run_loop(main: Awaitable[None]) -> None:
+    """Run a service's event loop: uvloop's when installed (the ``serve`` extra on Linux and macOS:
+    about a third less time per request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def tls_contexts(job: JobConfig, me: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     p = job.party(me)
     if not (p.cert and p.key and job.ca):

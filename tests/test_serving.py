@@ -337,6 +337,10 @@ def test_a_killed_host_is_reported_within_the_timeout_then_relinked(tmp_path):
         t0 = time.monotonic()
         r = httpx.post(url + "/score", json={"id": ids[1]}, timeout=30)
         assert r.status_code == 504 and r.json()["party"] == "host0" and time.monotonic() - t0 < 3.0
+        epoch = httpx.get(url + "/ready").json()["epoch"]
+        proc.send_signal(signal.SIGCONT)                  # its late answer is dropped; the link stays up
+        r = httpx.post(url + "/score", json={"id": ids[2]}, timeout=30)
+        assert r.status_code == 200 and httpx.get(url + "/ready").json()["epoch"] == epoch
         proc.send_signal(signal.SIGKILL)                  # killed: 503 naming it, at once
         proc.wait(10)
         t0 = time.monotonic()

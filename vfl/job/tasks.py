@@ -15,6 +15,9 @@ predict   guest, hosts              PSI of the new IDs, joint scoring; ``scores.
 
 Every entry has one signature, ``run(job, name, channel, resume) -> result``:
 a runner needs to know nothing about a role but its name.
+
+Online scoring (``vfl serve``) is not a task: it is a service that answers requests until
+stopped, over links of its own (:mod:`vfl.serving`, ``parties/serve*.py``).
 """
 from __future__ import annotations
 
