@@ -267,7 +267,10 @@ class GuestService:
     async def score(self, ids: list[str], overrides: Sequence[Mapping | None] | None = None,
                     peer: str = "http") -> list[dict | RowError]:
         """An answer (or a :class:`RowError`) for every requested ID, in request order."""
-        check_ids(ids, "request", self.job.serving.max_batch)
+        try:
+            check_ids(ids, "request", self.job.serving.max_batch)
+        except ProtocolError as exc:
+            raise ServeError(422, str(exc)) from None
         out: list[dict | RowError | None] = [None] * len(ids)
         try:
             in_memory = self.scorer.store.in_memory

@@ -188,7 +188,8 @@ def test_unknown_ids_missing_features_and_malformed_requests(served):
     assert abs(same.json()["probability"] - scores["score"].iloc[0]) <= 1e-12      # values as in the store
     moved = httpx.post(url + "/score", json={"id": known, "features": {cols[0]: float(row[cols[0]]) + 3}})
     assert moved.status_code == 200 and moved.json()["probability"] != same.json()["probability"]
-    for bad in (b"{not json", b"[]", b'{"id": 5}', b'{"id": ""}', b'{"id": "1", "extra": 1}', b'{}'):
+    for bad in (b"{not json", b"[]", b'{"id": 5}', b'{"id": ""}', b'{"id": "   "}', b'{"id": "1", "extra": 1}', b'{}',
+                b'{"id": "1", "features": [1, 2]}', b'{"id": "1", "features": {"g0": [1]}}'):
         r = httpx.post(url + "/score", content=bad, headers={"content-type": "application/json"})
         assert r.status_code == 422 and r.json()["detail"], bad
     r = httpx.post(url + "/score/batch", json={"ids": [known, known]})
