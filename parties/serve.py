@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -23,7 +22,8 @@ from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
 from vfl.serving.roles import (GuestScorer, HostScorer, check_hello, check_ids, read_known, read_share,
                                sum_shares)
-from vfl.serving.stores import Lookup, PartyTable
+from vfl.io.tables import PartyTable
+from vfl.serving.stores import Lookup, StoreError
 
 from .serve_link import SETUP_TIMEOUT, Link, dial, listen, tls_contexts
 
@@ -77,11 +77,11 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
         except PeerLost:
             pass
 
-    links: set[Link] = set()
+    links: dict[Link, asyncio.Task] = {}
 
     async def on_link(link: Link) -> None:
         log.info("%s: serving link from %s up", name, guest)
-        links.add(link)
+        links[link] = asyncio.current_task()
         link.send("serve/hello", scorer.hello())
         pending: set[asyncio.Task] = set()
         try:
@@ -99,7 +99,7 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
                 else:
                     raise ProtocolError(f"{guest} sent unexpected step {step!r} on the serving link")
         finally:
-            links.discard(link)
+            links.pop(link, None)
             log.info("%s: serving link from %s closed", name, guest)
 
     address = link_address(job, name)
@@ -114,8 +114,11 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
             await stop.wait()
     finally:
         server.close()
+        handlers = list(links.values())
         for link in list(links):
             await link.close(f"{name}'s service stops")
+        if handlers:                       # let each link's handler finish its own close
+            await asyncio.wait(handlers, timeout=5)
         await server.wait_closed()
         audit.close()
 
@@ -151,7 +154,6 @@ class GuestService:
         self.audit = AuditLog(audit_path(job, job.guest.name), job.name, job.guest.name)
         self._tasks: list[asyncio.Task] = []
         self._client_ctx = tls_contexts(job, job.guest.name)[1]
-        self.started = time.time()
 
     # -- links -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -285,7 +287,7 @@ class GuestService:
             if pos:
                 if len(self.hosts) > 1 and self.job.serving.unknown_id == "refuse":
                     req, known = await self._call("serve/has", [ids[p] for p in pos])
-                    drop = self._host_missing(known, req, pos, out)
+                    drop = self._host_missing(known, req, pos, ids, out)
                     pos = [p for i, p in enumerate(pos) if i not in drop]
                 if pos:
                     req, replies = await self._call("serve/score", [ids[p] for p in pos])
@@ -310,6 +312,12 @@ class GuestService:
                         if pos[i] in marks:
                             r["partial"] = {"average_for": marks[pos[i]]}
                         out[pos[i]] = r
+        except ProtocolError as exc:           # a host's answer that does not parse: its fault, named
+            self.audit.record(peer, ids, "error 502", message=str(exc))
+            raise ServeError(502, f"bad answer: {exc}") from None
+        except StoreError as exc:              # the guest's own store failed (e.g. its database is down)
+            self.audit.record(peer, ids, "error 503", message=str(exc))
+            raise ServeError(503, str(exc), self.job.guest.name) from None
         except ServeError as exc:
             self.audit.record(peer, ids, f"error {exc.status}", message=str(exc))
             raise
@@ -317,20 +325,20 @@ class GuestService:
         return out  # type: ignore[return-value]
 
     @staticmethod
-    def _host_missing(replies: dict, req: int, pos: list[int], out: list) -> set[int]:
+    def _host_missing(replies: dict, req: int, pos: list[int], ids: list[str], out: list) -> set[int]:
         """Rows some host cannot score (from ``serve/known``): marked as errors, to be dropped."""
         drop: set[int] = set()
         for h, r in replies.items():
             for i, m in read_known(r, req, len(pos), h).items():
                 drop.add(i)
                 if out[pos[i]] is None:
-                    out[pos[i]] = _host_row_error(h, "", m)
+                    out[pos[i]] = _host_row_error(h, ids[pos[i]], m)
         return drop
 
 
 def _host_row_error(host: str, id_: str, why: str) -> RowError:
     if why == "unknown":
-        return RowError(404, f"ID {id_!r} is unknown to {host}" if id_ else f"the ID is unknown to {host}", host)
+        return RowError(404, f"ID {id_!r} is unknown to {host}", host)
     return RowError(422, f"{host} cannot score this ID (a value it needs is missing or invalid)", host)
 
 

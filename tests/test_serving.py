@@ -289,6 +289,10 @@ def test_sql_store_serves_the_same_scores_and_a_host_average_when_asked(tmp_path
             conn.execute(sa.text("UPDATE features SET h0_0 = NULL WHERE id = :i"), {"i": ids[1]})
         r = httpx.post(url + "/score", json={"id": ids[1]}).json()    # a missing value: the host's average
         assert r["partial"] == {"average_for": ["host0"]}
+        with engine.begin() as conn:                      # the host's database fails: 503 naming the host
+            conn.execute(sa.text("DROP TABLE features"))
+        r = httpx.post(url + "/score", json={"id": ids[2]})
+        assert r.status_code == 503 and r.json()["party"] == "host0" and "host0" in r.json()["detail"]
     finally:
         for r in running:
             r.stop()
