@@ -17,7 +17,9 @@ from typing import Awaitable, Callable
 
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
+from vfl.protocol.ledger import payload_kind
 from vfl.protocol.messages import Payload, decode_payload, encode_payload
+from vfl.protocol.spec import SpecViolation, find
 
 from .frames import LENGTH_BYTES, MAX_HELLO_BYTES, FrameError, Kind, LinkDecoder, LinkEncoder, frame_length
 from .transport import _tls_contexts
@@ -55,10 +57,12 @@ def peer_cn(writer: asyncio.StreamWriter) -> str | None:
 
 
 class Link:
-    """Framed messages over one authenticated asyncio TLS stream."""
+    """Framed messages over one authenticated asyncio TLS stream; every message, sent or received,
+    must be a step the protocol spec declares between the two roles (``vfl/protocol/spec.py``)."""
 
-    def __init__(self, job: str, me: str, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.peer = peer
+    def __init__(self, job: str, me: str, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 roles: tuple[str, str] = ("guest", "host")):
+        self.peer, self.roles = peer, roles          # (my role, the peer's role)
         self.reader, self.writer = reader, writer
         self.enc = LinkEncoder(job, me, peer, MAX_SERVE_FRAME)
         self.dec = LinkDecoder(job, peer, me, MAX_SERVE_FRAME)
@@ -83,12 +87,21 @@ class Link:
         frame = await self._frame(MAX_SERVE_FRAME)
         if frame.kind == Kind.BYE:
             return None
-        return frame.step, decode_payload(frame.payload)
+        payload = decode_payload(frame.payload)
+        self._check(frame.step, self.roles[1], self.roles[0], payload)
+        return frame.step, payload
+
+    def _check(self, step: str, sender: str, receiver: str, payload: Payload) -> None:
+        try:
+            find(step, sender, receiver, payload_kind(payload), task="serve")
+        except SpecViolation as exc:
+            raise ProtocolError(f"{self.peer}: {exc}") from None
 
     def send(self, step: str, payload: Payload) -> None:
         """Queue one frame (no await: frames leave in the order they are numbered)."""
         if self.writer.is_closing():
             raise PeerLost(f"the link to {self.peer} is closed")
+        self._check(step, self.roles[0], self.roles[1], payload)
         self.writer.write(self.enc.data(step, encode_payload(payload)))
 
     async def close(self, reason: str = "") -> None:
@@ -123,7 +136,7 @@ async def listen(job: JobConfig, me: str, allowed: str, address: tuple[str, int]
             log.warning("%s: refused a serving link from %r (only %s may call)", me, cn, allowed)
             writer.close()
             return
-        link = Link(f"{job.name}/serve", me, allowed, reader, writer)
+        link = Link(f"{job.name}/serve", me, allowed, reader, writer, ("host", "guest"))
         try:
             await link.handshake()
             await on_link(link)

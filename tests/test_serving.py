@@ -360,3 +360,15 @@ def test_a_killed_host_is_reported_within_the_timeout_then_relinked(tmp_path):
         guest.stop()
         proc.kill()
         proc.wait(10)
+
+
+def test_the_serving_link_carries_only_steps_the_spec_declares():
+    from parties.serve_link import Link
+    link = Link("job/serve", "guest", "host0", None, None)
+    link._check("serve/score", "guest", "host", {"epoch": 1, "req": 1, "ids": ["a"]})
+    with pytest.raises(ProtocolError, match="not declared from guest to host"):
+        link._check("serve/share", "guest", "host", {})
+    with pytest.raises(ProtocolError, match="not array"):
+        link._check("serve/share", "host", "guest", np.zeros(3, dtype=np.uint64))
+    with pytest.raises(ProtocolError, match="which task 'serve' does not run"):
+        link._check("predict/u_h_share", "host", "guest", np.zeros(3, dtype=np.uint64))

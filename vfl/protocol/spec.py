@@ -47,8 +47,9 @@ CLEAR = (PUBLIC, CONTROL, POSITIONS, MASKED, SHARE, AGGREGATE, PARTITION)
 KINDS = ("control", "array", "encrypted", "bigints")
 
 # phases, and the phases each task runs
-PSI, BIN, TRAIN, SCORE = "psi", "bin", "train", "score"
-TASK_PHASES = {"psi": (PSI,), "train": (PSI, BIN, TRAIN, SCORE), "predict": (PSI, SCORE)}
+PSI, BIN, TRAIN, SCORE, SERVE = "psi", "bin", "train", "score", "serve"
+TASK_PHASES = {"psi": (PSI,), "train": (PSI, BIN, TRAIN, SCORE), "predict": (PSI, SCORE),
+               "serve": (SERVE,)}         # `vfl serve`: a service, checked message by message on its links
 
 ROLES = ("guest", "host", "arbiter")
 
@@ -226,6 +227,21 @@ SPEC: tuple[StepSpec, ...] = tuple([
     StepSpec("predict/u_h_share", r"predict/u_h_share", "host", "guest", SHARE, ("array",),
              "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
              "scores per row (a single host's score when there is one host)", SCORE, dtype=_U64),
+    # ------------------------------------------------------------------ online scoring (vfl/serving/roles.py)
+    StepSpec("serve/hello", r"serve/hello", "host", "guest", PUBLIC, ("control",),
+             "the SHA-256 of the host's model part; a fresh X25519 key for this link, signed, and its certificate",
+             SERVE),
+    StepSpec("serve/keys", r"serve/keys", "guest", "host", PUBLIC, ("control",),
+             "nothing: the epoch, and all hosts' signed X25519 keys and certificates, in job order", SERVE),
+    StepSpec("serve/has", r"serve/has", "guest", "host", CONTROL, ("control",),
+             "which IDs are being scored, and when (inherent to online scoring)", SERVE),
+    StepSpec("serve/known", r"serve/known", "host", "guest", CONTROL, ("control",),
+             "which of the requested IDs that host cannot score", SERVE),
+    StepSpec("serve/score", r"serve/score", "guest", "host", CONTROL, ("control",),
+             "which IDs are being scored, and when (inherent to online scoring)", SERVE),
+    StepSpec("serve/share", r"serve/share", "host", "guest", SHARE, ("control",),
+             "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
+             "scores per requested ID (a single host's score when there is one host); which IDs it lacks", SERVE),
 ])
 
 
