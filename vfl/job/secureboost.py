@@ -84,9 +84,18 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
         "importance": model.importance(),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
-        "seconds": round(time.perf_counter() - t0, 3),
+        "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
+                      "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
     }
+    if job.baselines:                           # demo only: pooled and guest-only LR on the same rows
+        from ..evaluation.baselines import baseline_aucs
+        metrics.update(baseline_aucs(job, common, test))
+    from ..evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
+    from ..evaluation.report import write_report
+    metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1)))
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
     write_json(job.workdir / "metrics.json", metrics)
+    write_report(job)
     log.info("%s: %d trees, test AUC %s", g.name, len(model.trees_), metrics["test"].get("auc"))
     return metrics
 
@@ -104,10 +113,14 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
     model.predict(channel, data.features)
     report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
-              "train_rows": int((~test).sum()), "splits": len(model.rules_),
-              "splits_per_column": {c: sum(r.column == c for r in model.rules_) for c in model.columns},
+              "train_rows": int((~test).sum()), "test_rows": int(test.sum()), "splits": len(model.rules_),
+              "importance": model.importance(),
               "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()}}
+    from ..evaluation.collect import host_figures     # PSI of its own columns, train against test
+    from ..evaluation.host_report import write_host_report
+    report.update(host_figures(data.columns, data.features, None, None, test))
     write_json(out / "report.json", report)
+    write_host_report(job, name)
     return report
 
 
@@ -136,12 +149,21 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
         frame.insert(1, "label", data.labels.astype(int))
     out = job.output_dir(g.name)
     frame.to_csv(out / "scores.csv", index=False)
-    report = {"job": job.name, "model": "secureboost", "guest_rows": int(len(table.ids)),
-              "scored_rows": int(len(common)), "seconds": round(time.perf_counter() - t0, 3)}
+    from ..evaluation import collect                   # every cohort kept; score and own-column PSI vs training
+    cdir = collect.new_cohort_dir(job.workdir, path)
+    report = {"job": job.name, "model": "secureboost", **collect.cohort_stamp(cdir, path, out / MODEL_FILE),
+              "guest_rows": int(len(table.ids)), "scored_rows": int(len(common)),
+              "seconds": round(time.perf_counter() - t0, 3)}
+    points = frame["points"].to_numpy()
     if has_label:
         report["metrics"] = binary_metrics(data.labels, score)
-        report["gains"] = gains_table(data.labels, frame["points"].to_numpy())
-    write_json(job.workdir / "predict_metrics.json", report)
+        report["gains"] = gains_table(data.labels, points)
+    report.update(collect.cohort_figures(job.workdir / "metrics.json", data.columns, data.features, score, points,
+                                         data.labels if has_label else None))
+    collect.save_guest_cohort(job.workdir, report, frame)
+    if (job.workdir / "metrics.json").is_file():
+        from ..evaluation.report import write_report
+        write_report(job)                             # the report now shows this cohort beside the others
     return report
 
 
@@ -150,6 +172,19 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     model = SecureBoostHost.from_dict(_part(job, name), tree_params(job.model), job.guest.name)
     table = _load(h, h.predict_data or h.data)
     common = _psi(job, name, channel, table.ids)
-    write_intersection(job.output_dir(name) / "scored_ids.csv", common)
-    model.predict(channel, table.take(common).features)
-    return {"party": name, "rows": int(len(table.ids)), "scored_rows": int(len(common))}
+    out = job.output_dir(name)
+    write_intersection(out / "scored_ids.csv", common)
+    data = table.take(common)
+    model.predict(channel, data.features)
+    from ..evaluation import collect                   # the PSI of its own columns against its training rows
+    path = h.predict_data or h.data
+    cdir = collect.new_cohort_dir(out, path)
+    report = {"party": name, **collect.cohort_stamp(cdir, path, out / MODEL_FILE),
+              "rows": int(len(table.ids)), "scored_rows": int(len(common))}
+    report.update(collect.host_cohort_figures(out / "report.json", data.columns, data.features, None, None))
+    write_intersection(cdir / "scored_ids.csv", common)
+    write_json(cdir / "report.json", report)
+    if (out / "report.json").is_file():
+        from ..evaluation.host_report import write_host_report
+        write_host_report(job, name)
+    return {"party": name, "rows": report["rows"], "scored_rows": report["scored_rows"]}

@@ -136,6 +136,12 @@ class SecureBoostHost:
             raise ValueError(f"{step}: next = {nxt!r} is not one of {sorted(allowed)} at tree {tree}, level {level}")
         return splits, nxt
 
+    def importance(self) -> dict[str, dict]:
+        """Distinct splits per own column (most first): all a host knows of its columns' use. It is
+        never told how many nodes reuse a split, nor any gain (a function of the labels: the guest's)."""
+        counts = {c: sum(r.column == c for r in self.rules_) for c in self.columns}
+        return {c: {"splits": k} for c, k in sorted(counts.items(), key=lambda kv: -kv[1]) if k}
+
     # ------------------------------------------------------------ scoring
     def predict(self, channel: Channel, X: np.ndarray) -> None:
         """Send every own split's side of every row to be scored (``sbt/predict/split_bits``)."""
