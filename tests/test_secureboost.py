@@ -33,7 +33,7 @@ def _data(n=600, seed=1, hosts=(4,)):
     return xg, xh, y
 
 
-def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=False):
+def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=False, valid=None):
     """Train guest and hosts as threads over the in-memory channel; optionally score other rows."""
     names = ["guest"] + [f"host{k}" for k in range(len(xh))]
     net = LocalNetwork(names, timeout=120, record=record)
@@ -60,8 +60,8 @@ def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=Fa
         if errors:
             raise errors[0]
 
-    both(lambda: guest.fit(chan["guest"], xg, y),
-         [lambda h=h, x=x, p=p: h.fit(chan[p], x) for h, x, p in zip(hosts, xh, names[1:])])
+    both(lambda: guest.fit(chan["guest"], xg, y, valid=valid),
+         [lambda h=h, x=x, p=p: h.fit(chan[p], x, valid=valid) for h, x, p in zip(hosts, xh, names[1:])])
     scores = None
     if score_g is not None:
         out = {}
@@ -71,11 +71,11 @@ def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=Fa
     return guest, hosts, net, scores
 
 
-def _twin(params, xg, xh, y, names_g, names_h):
+def _twin(params, xg, xh, y, names_g, names_h, valid=None):
     bins = [fit_columns(names_g, xg, params.max_bin)] + [fit_columns(c, x, params.max_bin)
                                                           for c, x in zip(names_h, xh)]
     codes = [encode(b, x) for b, x in zip(bins, [xg, *xh])]
-    return PlainSecureBoost(params).fit(codes, [layout_of(b) for b in bins], y), bins
+    return PlainSecureBoost(params).fit(codes, [layout_of(b) for b in bins], y, valid=valid), bins
 
 
 def test_packed_slots_sum_and_unpack_exactly():
@@ -265,3 +265,69 @@ def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
     merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
     assert len(merged) == len(trained)
     assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
+
+
+def test_column_subsampling_draws_the_same_columns_in_the_encrypted_run_and_the_twin():
+    params = TreeParams(num_trees=4, max_depth=3, colsample=0.4, seed=11, **PARAMS)
+    xg, xh, y = _data(hosts=(4, 2))
+    guest, host_roles, _, _ = _run(params, xg, xh, y)
+    twin, _ = _twin(params, xg, xh, y, guest.columns, [h.columns for h in host_roles])
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+    assert np.array_equal(guest.train_score_, twin.train_score_)
+    from vfl.models.trees.split import column_sample
+    drawn = [column_sample(guest.params, t, guest.layouts_) for t in range(4)]
+    assert all(sum(m.sum() for m in d) == round(0.4 * 9) for d in drawn)          # 4 of the 9 columns
+    assert len({tuple(np.concatenate(d)) for d in drawn}) > 1                      # a new draw per tree
+    for t, tree in enumerate(guest.trees_):
+        assert all(drawn[t][n.party][n.feature] for n in tree.nodes if not n.is_leaf)
+    full = _run(TreeParams(num_trees=4, max_depth=3, seed=11, **PARAMS), xg, xh, y)[0]
+    assert [t.nodes[0].key() for t in full.trees_] != [t.nodes[0].key() for t in guest.trees_]
+
+
+def test_early_stopping_on_validation_rows_matches_the_twin_and_keeps_the_best_trees():
+    """Validation rows are routed, never summed; the guest keeps the trees up to the best validation
+    score and stops the hosts ``patience`` trees later; the twin does the same."""
+    params = TreeParams(num_trees=12, max_depth=4, learning_rate=1.0, patience=2, seed=3, **PARAMS)
+    xg, xh, y = _data(n=500, seed=2)
+    valid = np.random.default_rng(9).random(len(y)) < 0.3
+    guest, host_roles, net, _ = _run(params, xg, xh, y, valid=valid)
+    twin, _ = _twin(params, xg, xh, y, guest.columns, [h.columns for h in host_roles], valid=valid)
+    v = guest.validation_
+    assert v["trees_grown"] == v["best_epoch"] + 1 + params.patience < params.num_trees   # it stopped early
+    assert len(guest.trees_) == v["best_epoch"] + 1 == len(twin.trees_)
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+    assert np.array_equal(guest.train_score_, twin.train_score_)
+    assert {t.nodes[0].sums[2] for t in guest.trees_} == {int((~valid).sum())}          # never summed
+    briers = [h["brier"] for h in v["history"]]
+    assert briers.index(min(briers)) == v["best_epoch"] and len(briers) == v["trees_grown"]
+
+
+def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
+    """Every party derives the validation rows from the IDs; the report shows the trees' curve and the
+    feature importance; `vfl predict` re-scores with the kept trees."""
+    import json
+
+    import pandas as pd
+
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    from vfl.job.threads import run_local, run_predict_local
+    guest, hosts = vertical_split(500, 3, [3], overlap=0.95, seed=6)
+    path = write_job(tmp_path, *write_tables(tmp_path, guest, hosts),
+                     model={"type": "secureboost", "num_trees": 8, "max_depth": 3, "max_bin": 16,
+                            "learning_rate": 1.0, "min_leaf_rows": 5, "colsample": 0.7,
+                            "early_stopping": "on", "patience": 1, "validation_fraction": 0.3})
+    job = load_job(path)
+    m = run_local(job)["guest"]
+    v = m["validation"]
+    assert m["trees"] == v["best_epoch"] + 1 and v["trees_grown"] == len(m["loss_history"]) <= 8
+    trained = pd.read_csv(job.output_dir("guest") / "predictions.csv")
+    assert (trained["split"] == "validation").sum() > 50
+    report = (job.workdir / "report.html").read_text()
+    assert "validation AUC" in report and "Feature importance" in report
+    run_predict_local(job)
+    scored = pd.read_csv(job.output_dir("guest") / "scores.csv")
+    merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
+    assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
+    assert json.loads((job.output_dir("host0") / "report.json").read_text())["importance"]

@@ -21,6 +21,7 @@ from ..io.files import write_json
 from ..io.tables import PartyTable, load_table, read_columns
 from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
 from ..models.timing import Stopwatch
+from ..models.validation import validation_rows
 from ..preprocess.split import split_mask
 from ..protocol.channel import Channel
 from ..psi import bucketed_psi_guest, bucketed_psi_host, write_intersection
@@ -34,7 +35,8 @@ def tree_params(m: ModelConfig) -> TreeParams:
     """The tree settings of the job's ``[model]`` table."""
     return TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
                       l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
-                      subsample=m.subsample, seed=m.seed, key_bits=m.key_bits,
+                      subsample=m.subsample, colsample=m.colsample, seed=m.seed, patience=m.patience,
+                      key_bits=m.key_bits,
                       allow_short_keys=m.allow_short_keys, encryption=m.encryption)
 
 
@@ -66,21 +68,25 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     data, test = _aligned(job, g.name, table, common)
     out = job.output_dir(g.name)
     model = SecureBoostGuest(tree_params(job.model), hosts=job.host_names, columns=data.columns)
+    valid = validation_rows(common, test, job.model, job.seed)     # early stopping = "on": every party alike
     with timings("train"):
-        model.fit(channel, data.features[~test], data.labels[~test])
+        model.fit(channel, data.features[~test], data.labels[~test], valid=valid[~test])
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
     with timings("predict"):
         score = model.predict_proba(channel, data.features)    # as `vfl predict` scores new rows
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
-    pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
+    split = np.where(test, "test", np.where(valid, "validation", "train"))
+    pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
                   "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
     metrics = {
         "job": job.name, "model": "secureboost", "aligned_rows": int(len(common)),
         "guest_rows": int(len(table.ids)), "hosts": job.host_names, "key_bits": job.model.key_bits,
-        "train": binary_metrics(data.labels[~test], score[~test]),
+        "train": binary_metrics(data.labels[~test & ~valid], score[~test & ~valid]),
         "test": binary_metrics(data.labels[test], score[test]) if test.any() else {},
         "trees": len(model.trees_), "tree_seconds": [round(s, 3) for s in model.tree_seconds_],
+        "loss_history": model.loss_history_, "epoch_seconds": [round(s, 3) for s in model.tree_seconds_],
+        "epochs_run": len(model.loss_history_), "validation": model.validation_,
         "importance": model.importance(),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
@@ -109,7 +115,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     data, test = _aligned(job, name, table, common)
     out = job.output_dir(name)
     model = SecureBoostHost(tree_params(job.model), guest=job.guest.name, columns=data.columns)
-    model.fit(channel, data.features[~test])
+    model.fit(channel, data.features[~test], valid=validation_rows(common, test, job.model, job.seed)[~test])
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
     model.predict(channel, data.features)
     report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),

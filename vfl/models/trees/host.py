@@ -22,7 +22,7 @@ from ..timing import Stopwatch
 from .binning import SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
 from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
 from .params import MIN_KEY_BITS, TreeParams
-from .split import row_sample
+from .split import tree_rows
 from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
                     SPLITS, STOP, level_step)
 
@@ -50,8 +50,10 @@ class SecureBoostHost:
         self.rules_: list[SplitRule] = []
         self.timings_ = Stopwatch()
 
-    def fit(self, channel: Channel, X: np.ndarray) -> "SecureBoostHost":
-        """Take part in training on this host's aligned training rows ``X`` (rows x columns)."""
+    def fit(self, channel: Channel, X: np.ndarray, valid: np.ndarray | None = None) -> "SecureBoostHost":
+        """Take part in training on this host's aligned training rows ``X`` (rows x columns);
+        ``valid``: the validation rows (the guest's same mask), which no tree sums."""
+        valid = np.zeros(len(X), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
         self.params = p = self.params.for_rows(len(X))   # the same frac_bits as the guest derives
         lap = self.timings_
         with lap("binning"):
@@ -75,7 +77,7 @@ class SecureBoostHost:
             capacity = level_capacity(level)
             m = slots.per_row(capacity)
             if level == 0:
-                sample = row_sample(p, tree, n)                # the tree's rows, from the shared seed
+                sample = tree_rows(p, tree, valid)             # the tree's rows, from the shared seed
             if not isinstance(enc, EncryptedArray) or enc.shape != (len(sample), m) or enc.frac_bits != 0:
                 raise ValueError(f"{step(ENC_GH)}: expected ({len(sample)}, {m}) ciphertexts at 0 fractional bits")
             enc = enc.with_key(pk)
