@@ -199,7 +199,8 @@ SPEC: tuple[StepSpec, ...] = tuple([
              "and the number of the node's rows in the bin (what FATE's guest learns)", TRAIN),
     StepSpec("sbt/t<t>/l<d>/splits", _SBT_LEVEL + r"splits", "guest", "host", CONTROL, ("control",),
              "which of its own (column, bin, missing side) splits the guest chose at this level, sorted, new "
-             "ones only, without the node; and whether another level, another tree or nothing follows", TRAIN),
+             "ones only, without the node; and whether another level, another tree or nothing follows "
+             "(early stopping: nothing, after a tree's first level of Enc(0))", TRAIN),
     StepSpec("sbt/t<t>/l<d>/split_bits", _SBT_LEVEL + r"split_bits", "host", "guest", PARTITION, ("array",),
              "for each new host split, the side of every training row (the guest keeps its node's rows; it "
              "would learn the same by scoring the training rows)", TRAIN, dtype=_BITS),
