@@ -462,7 +462,8 @@ def tree_settings(mc, trees_run) -> list[tuple[str, object]]:
     return [("trees grown / set", f"{trees_run if trees_run is not None else '–'} / {mc.num_trees}"),
             ("max depth", mc.max_depth), ("bins per column", mc.max_bin), ("learning rate", mc.learning_rate),
             ("L2", mc.l2), ("min rows per leaf", mc.min_leaf_rows), ("min child hessian", mc.min_child_weight),
-            ("row subsample", mc.subsample)]
+            ("row subsample", mc.subsample), ("column subsample", mc.colsample),
+            ("early stopping", f"on, patience {mc.patience}" if mc.early_stopping == "on" else "off")]
 
 
 def _job_section(m: dict, job) -> list[str]:
@@ -546,11 +547,18 @@ def build_report(job, results: dict | None = None) -> str:
                          **({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {}),
                          **({"auc": ["metrics", "validation", "history", i, "auc"]} if i < len(val) else {})}}
              for i, l in enumerate(loss)]
-    cols = [("epoch", "epoch", "count"), ("loss", "loss", "p4"), ("seconds", "seconds", "sec")]
+    trees = m.get("model") == "secureboost"
+    cols = [("epoch", "tree" if trees else "epoch", "count"), ("loss", "training loss" if trees else "loss", "p4"),
+            ("seconds", "seconds", "sec")]
     if val:
         cols += [("auc", "validation AUC", "p4"), ("kept", "parameters kept", "text")]
     parts.append(row(chart_loss(loss, val, best_epoch) if loss else "", table(lrows, cols)))
-    if val:
+    if val and trees:
+        parts.append(note("Early stopping: validation rows (a keyed hash of the ID) are routed through every tree "
+                          "but never summed; after each tree the bank scored them and kept the trees up to the "
+                          "best one. Only the stop left the bank (the hosts learn after how many trees training "
+                          "ended); these AUCs stay with it."))
+    elif val:
         parts.append(note("Early stopping: after every epoch the bank scored a held-out validation slice of the "
                           "training rows jointly with the hosts; every party kept the parameters of the best "
                           "epoch. Only the decision (best so far, stop) left the bank, noised with label-DP when "
