@@ -321,7 +321,7 @@ def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
     job = load_job(path)
     m = run_local(job)["guest"]
     v = m["validation"]
-    assert m["trees"] == v["best_epoch"] + 1 and v["trees_grown"] == len(m["loss_history"]) <= 8
+    assert m["trees"] == v["best_epoch"] + 1 and v["trees_grown"] == len(m["loss_history"]) < 8   # stopped early
     trained = pd.read_csv(job.output_dir("guest") / "predictions.csv")
     assert (trained["split"] == "validation").sum() > 50
     report = (job.workdir / "report.html").read_text()
