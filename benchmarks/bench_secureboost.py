@@ -67,33 +67,32 @@ def load(data: Path, name: str) -> tuple:
     return (g[gcols].to_numpy(float), h[hcols].to_numpy(float), g["y"].to_numpy(float), train, gcols, hcols)
 
 
-def load_ecommerce(n_people: int, top: int = 31) -> tuple:
+def load_ecommerce(n_people: int, max_bin: int) -> tuple:
     """The synthetic e-commerce set (``vfl.io.synth.categorical_credit_population``, bank = guest,
-    shop = host, inner join in the bank's order, issue 18's split rule on that order). Each shop
-    categorical is binned by value: its ``top`` most frequent values (counted on the training
-    rows, no label) get codes 0..top-1 by frequency, every other value one code more, so every
-    code is a bin of its own at ``max_bin`` >= top + 1. Returns ``load``'s tuple plus the
-    indices (in the pooled columns) of the categorical columns."""
+    shop = host, inner join in the bank's order, issue 18's split rule on that order), each shop
+    categorical binned by value as a job does it (:class:`vfl.models.trees.binning.CategoryCodes`:
+    its ``max_bin - 1`` most frequent training values a code and bin each, the rest one more).
+    Returns ``load``'s tuple plus the shop's category tables."""
     from vfl.io.synth import categorical_credit_population
+    from vfl.models.trees.binning import CategoryCodes
     bank, shop = categorical_credit_population(n_people, seed=0)
     shop = shop.set_index("id").reindex(bank["id"]).dropna(how="all")
     bank = bank.set_index("id").loc[shop.index]
     train = np.random.default_rng(0).random(len(bank)) >= 0.2
     cats = [c for c in shop.columns if not pd.api.types.is_numeric_dtype(shop[c])]
-    for c in cats:
-        ranked = shop.loc[train, c].value_counts().index[:top]
-        codes = {v: k for k, v in enumerate(ranked)}
-        shop[c] = shop[c].map(codes).fillna(len(ranked)).astype(float)
+    tables = [CategoryCodes.fit(c, shop.loc[train, c].astype(str).to_numpy(), max_bin) for c in cats]
+    for t in tables:
+        shop[t.column] = t.codes(shop[t.column].astype(str).to_numpy())
     gcols = [c for c in bank.columns if c != "default"]
     hcols = list(shop.columns)
     return (bank[gcols].to_numpy(float), shop[hcols].to_numpy(float), bank["default"].to_numpy(float), train,
-            gcols, hcols, [len(gcols) + hcols.index(c) for c in cats])
+            gcols, hcols, tables)
 
 
-def run_protocol(params: TreeParams, Xg, Xh, y, Xg_test, Xh_test, gcols, hcols):
+def run_protocol(params: TreeParams, Xg, Xh, y, Xg_test, Xh_test, gcols, hcols, categories=()):
     net = LocalNetwork(["guest", "host0"], timeout=3600)
     guest = SecureBoostGuest(params, hosts=["host0"], columns=gcols)
-    host = SecureBoostHost(params, guest="guest", columns=hcols)
+    host = SecureBoostHost(params, guest="guest", columns=hcols, categories=list(categories))
     errors = []
 
     def guarded(fn):
@@ -210,9 +209,9 @@ def main() -> None:
     ap.add_argument("--components", action="store_true", help="first time one level's kernels alone")
     ap.add_argument("--processes", action="store_true", help="vfl run / vfl predict as processes over TLS")
     args = ap.parse_args()
-    cat_idx = []
+    tables = []
     if args.dataset == "ecommerce":
-        Xg, Xh, y, train, gcols, hcols, cat_idx = load_ecommerce(args.people, top=args.bins - 1)
+        Xg, Xh, y, train, gcols, hcols, tables = load_ecommerce(args.people, args.bins)
     else:
         Xg, Xh, y, train, gcols, hcols = load(args.data, args.dataset)
     test = ~train
@@ -232,9 +231,9 @@ def main() -> None:
     sk.fit(X[train], y[train])
     sk_auc = auc(y[test], sk.decision_function(X[test]))
     print(f"scikit-learn HistGradientBoostingClassifier: test AUC {sk_auc:.4f} ({time.perf_counter() - t0:.2f} s)")
-    if cat_idx:          # the same codes as native categoricals (sklearn sorts categories by gradient per node)
+    if tables:           # the same codes as native categoricals (sklearn sorts categories by gradient per node)
         mask = np.zeros(X.shape[1], dtype=bool)
-        mask[cat_idx] = True
+        mask[[len(gcols) + hcols.index(t.column) for t in tables]] = True
         skc = HistGradientBoostingClassifier(max_iter=args.trees, max_depth=args.depth, max_bins=args.bins,
                                              learning_rate=args.lr, min_samples_leaf=args.min_leaf_rows,
                                              l2_regularization=params.l2, early_stopping=False, random_state=0,
@@ -243,7 +242,8 @@ def main() -> None:
               f"{auc(y[test], skc.decision_function(X[test])):.4f}")
 
     from vfl.models.trees.binning import fit_columns
-    bg, bh = fit_columns(gcols, Xg[train], args.bins), fit_columns(hcols, Xh[train], args.bins)
+    bg = fit_columns(gcols, Xg[train], args.bins)
+    bh = fit_columns(hcols, Xh[train], args.bins, tuple(t.column for t in tables))     # categoricals by value
     twin = PlainSecureBoost(params).fit([encode(bg, Xg[train]), encode(bh, Xh[train])],
                                         [layout_of(bg), layout_of(bh)], y[train])
     twin_score = twin.decision_function([encode(bg, Xg[test]), encode(bh, Xh[test])])
@@ -257,7 +257,7 @@ def main() -> None:
         return
     cpu0 = tree_cpu_seconds()
     guest, host, fit, predict_s, score, sent = run_protocol(params, Xg[train], Xh[train], y[train], Xg[test],
-                                                            Xh[test], gcols, hcols)
+                                                            Xh[test], gcols, hcols, tables)
     cpu = tree_cpu_seconds() - cpu0
     same = all([a.key() for a in ta.nodes] == [b.key() for b in tb.nodes]
                for ta, tb in zip(guest.trees_, twin.trees_)) and len(guest.trees_) == len(twin.trees_)

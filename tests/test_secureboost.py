@@ -253,7 +253,7 @@ def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
     assert {k for k in importance if k.startswith("host")} <= {f"host{h}_c{j:02d}" for h in (0, 1) for j in range(3)}
     for k, h in enumerate(job.host_names):
         part = json.loads((job.output_dir(h) / "model.json").read_text())
-        assert set(part) == {"format", "version", "columns", "splits"}
+        assert set(part) == {"format", "version", "columns", "splits", "categories"}
         assert {s["column"] for s in part["splits"]} <= set(hosts[k].columns) - {"id"}
     guest_part = json.loads((job.output_dir("guest") / "model.json").read_text())
     assert "threshold" not in json.dumps(guest_part["trees"])
@@ -331,3 +331,51 @@ def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
     merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
     assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
     assert json.loads((job.output_dir("host0") / "report.json").read_text())["importance"]
+
+
+def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_path):
+    """A host's text column: each frequent value a bin (the rest one), its split a threshold on the
+    codes, the value table only in the host's model part; `vfl predict` re-scores to 1e-9 and maps
+    a value never seen in training to the "other" code."""
+    import json
+
+    import pandas as pd
+
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    from vfl.job.threads import run_local, run_predict_local
+    from vfl.models.trees.binning import CategoryCodes, fit_columns
+    guest, hosts = vertical_split(600, 2, [2], overlap=1.0, seed=8)
+    g = guest.merge(hosts[0], on="id")
+    # a categorical shop column that carries most of the label: 12 values, shuffled, with empty cells
+    names = np.array([f"v{k:02d}" for k in np.random.default_rng(1).permutation(12)])
+    band = pd.qcut(g[hosts[0].columns[1]], 12, labels=False).to_numpy()
+    hosts[0]["shop_kind"] = hosts[0]["id"].map(dict(zip(g["id"], names[band])))
+    hosts[0].loc[::17, "shop_kind"] = ""
+    hosts[0] = hosts[0].drop(columns=[hosts[0].columns[1]])
+    path = write_job(tmp_path, *write_tables(tmp_path, guest, hosts),
+                     model={"type": "secureboost", "num_trees": 3, "max_depth": 3, "max_bin": 8,
+                            "min_leaf_rows": 10}, host_keys={"host0": {"categorical_columns": ["shop_kind"]}})
+    job = load_job(path)
+    m = run_local(job)["guest"]
+    part = json.loads((job.output_dir("host0") / "model.json").read_text())
+    (table,) = part["categories"]
+    assert table["column"] == "shop_kind" and len(table["values"]) == 7          # max_bin - 1 values, by count
+    kept = CategoryCodes.from_dict(table)
+    trained = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str})
+    rows = hosts[0].astype({"id": str}).set_index("id").loc[trained.loc[trained["split"] != "test", "id"]]
+    counts = rows.loc[rows["shop_kind"] != "", "shop_kind"].value_counts()
+    top = sorted(counts.index, key=lambda v: (-counts[v], v))[:7]                # most rows first, ties by value
+    assert list(kept.values) == top and kept.codes(np.array(["", "zz"])).tolist()[1] == 7.0
+    col = hosts[0]["shop_kind"].to_numpy(dtype=object)
+    (bins,) = fit_columns(["shop_kind"], kept.codes(col)[:, None], 8, ("shop_kind",))
+    assert bins.n_bins == 9 and bins.missing_own                                 # 8 codes, one bin each, + missing
+    assert any(s["column"] == "shop_kind" for s in part["splits"])                # it carries the label
+    guest_text = (job.output_dir("guest") / "model.json").read_text() + (job.workdir / "metrics.json").read_text()
+    assert "shop_kind" not in guest_text and not any(v in guest_text for v in names)
+    assert m["test"]["auc"] > 0.6
+    run_predict_local(job)
+    scored = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+    merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
+    assert len(merged) == len(trained) and np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9

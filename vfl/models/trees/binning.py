@@ -60,14 +60,61 @@ class Layout:
         return cls(tuple(bins), tuple(missing))
 
 
-def fit_columns(columns: list[str], X: np.ndarray, max_bin: int) -> list[ColumnBins]:
-    """Quantile bins of every numeric column of ``X`` (NaN = missing, in its own bin)."""
+@dataclass(frozen=True)
+class CategoryCodes:
+    """A categorical column binned by value: its ``values`` (the most frequent on the training
+    rows first, at most ``max_bin - 1``) get codes ``0 .. k-1``, every other value (and one
+    never seen) code ``k``, an empty cell NaN (the missing bin). Trees then split the codes
+    like a numeric column whose every code is a bin of its own (:func:`fit_columns`'s
+    ``by_value``): in frequency order, not by subsets. Only the column's owner holds it (its
+    model part): no other party learns a value."""
+
+    column: str
+    values: tuple[str, ...]
+
+    @classmethod
+    def fit(cls, column: str, x: np.ndarray, max_bin: int) -> "CategoryCodes":
+        vals, counts = np.unique(np.asarray([str(v) for v in x if str(v) != ""], dtype=object).astype(str),
+                                 return_counts=True)
+        order = sorted(range(len(vals)), key=lambda i: (-int(counts[i]), str(vals[i])))   # ties by value
+        return cls(column, tuple(str(vals[i]) for i in order[:max_bin - 1]))
+
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        lookup = {v: float(i) for i, v in enumerate(self.values)}
+        other = float(len(self.values))
+        return np.fromiter((np.nan if str(v) == "" else lookup.get(str(v), other) for v in x),
+                           dtype=np.float64, count=len(x))
+
+    def to_dict(self) -> dict:
+        return {"column": self.column, "values": list(self.values)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CategoryCodes":
+        if not (isinstance(d, dict) and isinstance(d.get("column"), str) and isinstance(d.get("values"), list)
+                and all(isinstance(v, str) for v in d["values"])):
+            raise ValueError("a category table must be {column, values: [text, ...]}")
+        return cls(d["column"], tuple(d["values"]))
+
+
+def fit_columns(columns: list[str], X: np.ndarray, max_bin: int, by_value: tuple[str, ...] = ()) -> list[ColumnBins]:
+    """Quantile bins of every numeric column of ``X`` (NaN = missing, in its own bin); the
+    ``by_value`` columns (codes of :class:`CategoryCodes`) get a bin per code."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != len(columns):
         raise ValueError(f"expected {len(columns)} columns, got shape {X.shape}")
     out = []
     for j, c in enumerate(columns):
-        out.append(fit_numeric(c, X[:, j], "quantile", max_bin, 1))   # 1: only empty bins are merged
+        cb = fit_numeric(c, X[:, j], "quantile", max_bin, 1)     # 1: only empty bins are merged
+        if c in by_value:
+            x = X[:, j]
+            present = x[~np.isnan(x)]
+            top = int(present.max()) if present.size else 0
+            edges = [k + 0.5 for k in range(top)]                 # one value bin per code 0..top
+            rows = np.bincount(present.astype(np.int64), minlength=top + 1).astype(np.int64)
+            missing = int(np.isnan(x).sum())
+            cb = (ColumnBins(c, cb.kind, np.append(rows, missing), edges, top + 1) if missing else
+                  ColumnBins(c, cb.kind, rows, edges, int(np.argmax(rows))))
+        out.append(cb)
     return out
 
 

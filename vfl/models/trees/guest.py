@@ -31,7 +31,7 @@ from crypto.arrays import object_array
 
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
-from .binning import Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .binning import CategoryCodes, Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
 from .packing import SlotLayout, level_capacity, pack_rows, unpack
 from .params import TreeParams
 from .split import (base_score, best_split, can_split, column_sample, leaf_weight, log_loss, node_sums,
@@ -105,10 +105,14 @@ class SecureBoostGuest:
     params : tree settings (shared with the hosts through the job file).
     hosts : host party names, in job order (party ``i + 1`` is ``hosts[i]``).
     columns : names of the guest's own columns, in the order of ``X``.
+    categories : the categorical columns among them, as their :class:`CategoryCodes` (``X`` holds
+        their codes; each code is a bin of its own).
     """
 
-    def __init__(self, params: TreeParams, *, hosts: list[str], columns: list[str]) -> None:
+    def __init__(self, params: TreeParams, *, hosts: list[str], columns: list[str],
+                 categories: list[CategoryCodes] = ()) -> None:
         self.params, self.hosts, self.columns = params, list(hosts), list(columns)
+        self.categories = list(categories)
         self.trees_: list[Tree] = []
         self.rules_: list[SplitRule] = []          # the guest's own splits
         self.base_ = 0.0
@@ -133,7 +137,7 @@ class SecureBoostGuest:
         self.params = p = self.params.for_rows(n)      # every party lowers frac_bits alike for many rows
         lap = self.timings_
         with lap("binning"):
-            self.bins_ = fit_columns(self.columns, X, p.max_bin)
+            self.bins_ = fit_columns(self.columns, X, p.max_bin, tuple(c.column for c in self.categories))
             self._codes, own = encode(self.bins_, X), layout_of(self.bins_)
         with lap("keygen"):
             pk, sk = generate_keypair(p.key_bits, mode=p.encryption)
@@ -391,13 +395,15 @@ class SecureBoostGuest:
         rules, the start score, and how many splits each host holds. No host threshold."""
         return {"format": self.FORMAT, "version": 1, "columns": self.columns, "hosts": self.hosts,
                 "base": self.base_, "host_splits": list(self.host_splits_),
-                "splits": [r.to_dict() for r in self.rules_], "trees": [t.to_dict() for t in self.trees_]}
+                "splits": [r.to_dict() for r in self.rules_], "trees": [t.to_dict() for t in self.trees_],
+                "categories": [c.to_dict() for c in self.categories]}
 
     @classmethod
     def from_dict(cls, d: dict, params: TreeParams) -> "SecureBoostGuest":
         if not isinstance(d, dict) or d.get("format") != cls.FORMAT or d.get("version") != 1:
             raise ValueError(f"not a {cls.FORMAT} model part (version 1)")
-        model = cls(params, hosts=[str(h) for h in d["hosts"]], columns=[str(c) for c in d["columns"]])
+        model = cls(params, hosts=[str(h) for h in d["hosts"]], columns=[str(c) for c in d["columns"]],
+                    categories=[CategoryCodes.from_dict(c) for c in d.get("categories", [])])
         model.base_ = float(d["base"])
         model.host_splits_ = [int(k) for k in d["host_splits"]]
         model.rules_ = [SplitRule.from_dict(r) for r in d["splits"]]

@@ -19,7 +19,7 @@ from crypto.histogram import bin_sums
 
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
-from .binning import SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .binning import CategoryCodes, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
 from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
 from .params import MIN_KEY_BITS, TreeParams
 from .split import tree_rows
@@ -43,10 +43,14 @@ class SecureBoostHost:
     params : the job's tree settings (the guest's plan must match them).
     guest : the guest's party name.
     columns : names of this host's columns, in the order of ``X``.
+    categories : the categorical columns among them, as their :class:`CategoryCodes` (``X`` holds
+        their codes; each code is a bin of its own).
     """
 
-    def __init__(self, params: TreeParams, *, guest: str, columns: list[str]) -> None:
+    def __init__(self, params: TreeParams, *, guest: str, columns: list[str],
+                 categories: list[CategoryCodes] = ()) -> None:
         self.params, self.guest, self.columns = params, guest, list(columns)
+        self.categories = list(categories)
         self.rules_: list[SplitRule] = []
         self.timings_ = Stopwatch()
 
@@ -57,7 +61,7 @@ class SecureBoostHost:
         self.params = p = self.params.for_rows(len(X))   # the same frac_bits as the guest derives
         lap = self.timings_
         with lap("binning"):
-            self.bins_ = fit_columns(self.columns, X, p.max_bin)
+            self.bins_ = fit_columns(self.columns, X, p.max_bin, tuple(c.column for c in self.categories))
             codes, layout = encode(self.bins_, X), layout_of(self.bins_)
         n = len(codes)
         pk = check_key(PublicKey.from_dict(channel.recv(self.guest, PUBLIC_KEY), mode=p.encryption), p)
@@ -156,15 +160,16 @@ class SecureBoostHost:
     FORMAT = "vfl-secureboost-host"
 
     def to_dict(self) -> dict:
-        """This host's model part: its own split rules, nothing else."""
+        """This host's model part: its own split rules and its categorical columns' value codes."""
         return {"format": self.FORMAT, "version": 1, "columns": self.columns,
-                "splits": [r.to_dict() for r in self.rules_]}
+                "splits": [r.to_dict() for r in self.rules_], "categories": [c.to_dict() for c in self.categories]}
 
     @classmethod
     def from_dict(cls, d: dict, params: TreeParams, guest: str) -> "SecureBoostHost":
         if not isinstance(d, dict) or d.get("format") != cls.FORMAT or d.get("version") != 1:
             raise ValueError(f"not a {cls.FORMAT} model part (version 1)")
-        model = cls(params, guest=guest, columns=[str(c) for c in d["columns"]])
+        model = cls(params, guest=guest, columns=[str(c) for c in d["columns"]],
+                    categories=[CategoryCodes.from_dict(c) for c in d.get("categories", [])])
         model.rules_ = [SplitRule.from_dict(r) for r in d["splits"]]
         if any(r.column not in model.columns for r in model.rules_):
             raise ValueError("a split names a column the model part does not list")
