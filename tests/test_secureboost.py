@@ -3,6 +3,7 @@ scikit-learn, packing and encrypted histograms against plain sums, and what host
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,6 +223,13 @@ def test_settings_are_checked():
         TreeParams(key_bits=1024)
     with pytest.raises(ValueError, match="min_leaf_rows"):
         TreeParams(min_leaf_rows=0, key_bits=512, allow_short_keys=True)
+    for bad in ({"colsample": 0.0}, {"colsample": 1.5}, {"patience": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TreeParams(key_bits=512, allow_short_keys=True, **bad)
+    from vfl.job.config import ConfigError
+    from tests.conftest import make_job
+    with pytest.raises(ConfigError, match="colsample"):
+        make_job(Path("."), Path("g.csv"), [Path("h.csv")], model={"type": "secureboost", "colsample": 2.0}).config
     # many rows: every party lowers the gradients' precision alike, so sums stay exact
     p = TreeParams(key_bits=512, allow_short_keys=True)
     assert p.for_rows(24_033).frac_bits == 32 and p.for_rows(2_000_000).frac_bits == 29
