@@ -245,7 +245,7 @@ def main() -> None:
     bg = fit_columns(gcols, Xg[train], args.bins)
     bh = fit_columns(hcols, Xh[train], args.bins, tuple(t.column for t in tables))     # categoricals by value
     twin = PlainSecureBoost(params).fit([encode(bg, Xg[train]), encode(bh, Xh[train])],
-                                        [layout_of(bg), layout_of(bh)], y[train])
+                                        [layout_of(bg), layout_of(bh, tuple(t.column for t in tables))], y[train])
     twin_score = twin.decision_function([encode(bg, Xg[test]), encode(bh, Xh[test])])
     print(f"plaintext twin: test AUC {auc(y[test], twin_score):.4f}")
     if args.skip_protocol:

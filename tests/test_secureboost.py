@@ -342,9 +342,9 @@ def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
 
 
 def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_path):
-    """A host's text column: each frequent value a bin (the rest one), its split a threshold on the
-    codes, the value table only in the host's model part; `vfl predict` re-scores to 1e-9 and maps
-    a value never seen in training to the "other" code."""
+    """A host's text column: each frequent value a bin (the rest one), split by subsets of its codes,
+    the value table only in the host's model part; `vfl predict` re-scores to 1e-9 and maps a value
+    never seen in training to the "other" code."""
     import json
 
     import pandas as pd
@@ -379,7 +379,7 @@ def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_p
     col = hosts[0]["shop_kind"].to_numpy(dtype=object)
     (bins,) = fit_columns(["shop_kind"], kept.codes(col)[:, None], 8, ("shop_kind",))
     assert bins.n_bins == 9 and bins.missing_own                                 # 8 codes, one bin each, + missing
-    assert any(s["column"] == "shop_kind" for s in part["splits"])                # it carries the label
+    assert any(s["column"] == "shop_kind" and s["codes"] for s in part["splits"])  # it carries the label
     guest_text = (job.output_dir("guest") / "model.json").read_text() + (job.workdir / "metrics.json").read_text()
     assert "shop_kind" not in guest_text and not any(v in guest_text for v in names)
     assert m["test"]["auc"] > 0.6
@@ -387,3 +387,46 @@ def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_p
     scored = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
     merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
     assert len(merged) == len(trained) and np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
+
+
+def test_columns_binned_by_value_split_by_subsets_alike_in_the_encrypted_run_and_the_twin():
+    """A guest and a host column of codes whose risk is not monotone in the code: the split search
+    tries prefixes of the bins sorted by G / H, so one split isolates the risky codes; the host is
+    told the subset (its own bins) and keeps it as a set of codes."""
+    from vfl.models.trees.binning import CategoryCodes
+    rng = np.random.default_rng(4)
+    n = 800
+    xg, xh, _ = _data(n=n, seed=3)
+    cg, ch = rng.integers(0, 6, n).astype(float), rng.integers(0, 10, n).astype(float)
+    ch[rng.random(n) < 0.1] = np.nan                                  # empty cells: the missing bin
+    z = 1.5 * np.isin(ch, [1, 4, 7]) - 1.2 * np.isin(cg, [0, 3]) + 0.5 * xg[:, 0] - 0.3
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    xg, xh = np.column_stack([xg, cg]), [np.column_stack([xh[0], ch])]
+    params = TreeParams(num_trees=3, max_depth=3, seed=2, **PARAMS)
+    names = ["g0", "g1", "g2", "gc"], [["h0", "h1", "h2", "h3", "hc"]]
+    cats_g = [CategoryCodes("gc", tuple(f"a{k}" for k in range(6)))]
+    cats_h = [CategoryCodes("hc", tuple(f"b{k}" for k in range(10)))]
+    train = np.arange(n) < 640
+    net = LocalNetwork(["guest", "host0"], timeout=120)
+    guest = SecureBoostGuest(params, hosts=["host0"], columns=names[0], categories=cats_g)
+    host = SecureBoostHost(params, guest="guest", columns=names[1][0], categories=cats_h)
+    th = threading.Thread(target=lambda: (host.fit(net.channel("host0"), xh[0][train]),
+                                          host.predict(net.channel("host0"), xh[0])))
+    th.start()
+    guest.fit(net.channel("guest"), xg[train], y[train])
+    scores = guest.decision_function(net.channel("guest"), xg)
+    th.join()
+    bins = [fit_columns(names[0], xg[train], params.max_bin, ("gc",)),
+            fit_columns(names[1][0], xh[0][train], params.max_bin, ("hc",))]
+    layouts = [layout_of(bins[0], ("gc",)), layout_of(bins[1], ("hc",))]
+    codes = [encode(b, x) for b, x in zip(bins, [xg, xh[0]])]
+    twin = PlainSecureBoost(params).fit([c[train] for c in codes], layouts, y[train])
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+    subsets = {(nd.party, nd.bin) for t in guest.trees_ for nd in t.nodes if isinstance(nd.bin, tuple)}
+    assert {p for p, _ in subsets} == {0, 1}                         # both parties split by subsets
+    root = guest.trees_[0].nodes[0]
+    assert root.party == 1 and set(root.bin) in ({1, 4, 7}, set(range(10)) - {1, 4, 7})
+    assert any(r.codes is not None for r in host.rules_) and all(r.codes is None or r.column == "hc"
+                                                                 for r in host.rules_)
+    assert np.abs(scores - twin.decision_function(codes)).max() < 1e-9
+    assert np.abs(scores[train] - guest.train_score_).max() < 1e-9

@@ -31,7 +31,8 @@ from crypto.arrays import object_array
 
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
-from .binning import CategoryCodes, Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .binning import (CategoryCodes, Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for,
+                      split_order)
 from .packing import SlotLayout, level_capacity, pack_rows, unpack
 from .params import TreeParams
 from .split import (base_score, best_split, can_split, column_sample, leaf_weight, log_loss, node_sums,
@@ -138,7 +139,7 @@ class SecureBoostGuest:
         lap = self.timings_
         with lap("binning"):
             self.bins_ = fit_columns(self.columns, X, p.max_bin, tuple(c.column for c in self.categories))
-            self._codes, own = encode(self.bins_, X), layout_of(self.bins_)
+            self._codes, own = encode(self.bins_, X), layout_of(self.bins_, tuple(c.column for c in self.categories))
         with lap("keygen"):
             pk, sk = generate_keypair(p.key_bits, mode=p.encryption)
         self._pk, self._sk, self._slots = pk, sk, SlotLayout(p.key_bits, n, p.frac_bits)
@@ -325,8 +326,9 @@ class SecureBoostGuest:
             elif key not in self._host_ids[cand.party - 1] and key not in new[cand.party - 1]:
                 new[cand.party - 1].append(key)
         for k, h in enumerate(self.hosts):
-            keys = sorted(new[k])                       # sorted: the order says nothing about nodes
-            channel.send(h, level_step(t, d, SPLITS), {"splits": [[f, b, ml] for f, b, ml in keys], "next": nxt})
+            keys = sorted(new[k], key=split_order)      # sorted: the order says nothing about nodes
+            channel.send(h, level_step(t, d, SPLITS), {"splits": [[f, list(b) if isinstance(b, tuple) else b, ml]
+                                                                  for f, b, ml in keys], "next": nxt})
             if not keys:
                 continue
             with lap("wait_hosts"):

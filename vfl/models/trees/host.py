@@ -19,7 +19,7 @@ from crypto.histogram import bin_sums
 
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
-from .binning import CategoryCodes, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .binning import CategoryCodes, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for, split_order
 from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
 from .params import MIN_KEY_BITS, TreeParams
 from .split import tree_rows
@@ -62,7 +62,7 @@ class SecureBoostHost:
         lap = self.timings_
         with lap("binning"):
             self.bins_ = fit_columns(self.columns, X, p.max_bin, tuple(c.column for c in self.categories))
-            codes, layout = encode(self.bins_, X), layout_of(self.bins_)
+            codes, layout = encode(self.bins_, X), layout_of(self.bins_, tuple(c.column for c in self.categories))
         n = len(codes)
         pk = check_key(PublicKey.from_dict(channel.recv(self.guest, PUBLIC_KEY), mode=p.encryption), p)
         plan = channel.recv(self.guest, PLAN)
@@ -114,23 +114,30 @@ class SecureBoostHost:
         ok = isinstance(msg, dict) and set(msg) == {"splits", "next"} and isinstance(msg["splits"], list)
         splits: list[tuple[int, int, bool]] = []
         if ok:
+            def is_int(v) -> bool:
+                return isinstance(v, int) and not isinstance(v, bool)
+
             for s in msg["splits"]:
-                if not (isinstance(s, list) and len(s) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                    for v in s[:2]) and isinstance(s[2], bool)):
+                if not (isinstance(s, list) and len(s) == 3 and is_int(s[0]) and isinstance(s[2], bool)
+                        and 0 <= s[0] < len(layout.n_bins)):
                     ok = False
                     break
                 f, t, ml = s
-                if not (0 <= f < len(layout.n_bins) and 0 <= t < layout.n_value(f)
-                        and (layout.missing[f] or not ml) and not (t == layout.n_value(f) - 1 and
-                                                                   (ml or not layout.missing[f]))):
+                v = layout.n_value(f)
+                if layout.is_categorical(f):    # a subset of its value bins: sorted, distinct, not all of them
+                    ok = (isinstance(t, list) and len(t) >= 1 and all(is_int(b) and 0 <= b < v for b in t)
+                          and t == sorted(set(t)) and not (len(t) == v and (ml or not layout.missing[f])))
+                    t = tuple(t)
+                else:
+                    ok = is_int(t) and 0 <= t < v and not (t == v - 1 and (ml or not layout.missing[f]))
+                if not ok or not (layout.missing[f] or not ml):
                     ok = False
                     break
                 splits.append((f, t, ml))
         nxt = msg.get("next") if isinstance(msg, dict) else None
-        known = {(r.column, r.threshold, r.missing_left) for r in self.rules_}
+        known = set(self.rules_)
         fresh = [rule_for(self.bins_[f], t, ml) for f, t, ml in splits] if ok else []
-        if not ok or splits != sorted(set(splits)) \
-                or any((r.column, r.threshold, r.missing_left) in known for r in fresh):
+        if not ok or splits != sorted(set(splits), key=split_order) or any(r in known for r in fresh):
             raise ValueError(f"{step}: the guest's splits must be a sorted list of new, distinct "
                              "[column, bin, missing_left] of this host's columns")
         allowed = {STOP}                         # the guest may stop after any level

@@ -53,7 +53,7 @@ class Candidate:
 
     party: int
     feature: int
-    bin: int
+    bin: int | tuple[int, ...]       # a tuple: the bins going left (a column binned by value)
     missing_left: bool
     gain: float
     left: tuple[int, int, int]      # (G, H, C) of the left child
@@ -81,7 +81,15 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
             continue
         v = layout.n_value(f)
         part = hist[offsets[f]:offsets[f + 1]]
-        cum = np.cumsum(part[:v], axis=0)                  # left sums for t = 0..v-1, missing right
+        order = None
+        if layout.is_categorical(f):    # bins by value: try the prefixes of the bins sorted by G / (H + l2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = part[:v, 0] * scale / (part[:v, 1] * scale + params.l2)
+            ratio = np.where(part[:v, 2] > 0, np.nan_to_num(ratio, nan=0.0), np.inf)   # empty bins last
+            order = np.lexsort((np.arange(v), ratio))       # ties by bin
+            cum = np.cumsum(part[:v][order], axis=0)
+        else:
+            cum = np.cumsum(part[:v], axis=0)              # left sums for t = 0..v-1, missing right
         miss = part[v] if layout.missing[f] else np.zeros(3, dtype=np.int64)
         dirs = (False, True) if layout.missing[f] else (False,)
         lefts = np.stack([cum + miss if d else cum for d in dirs], axis=1).reshape(-1, 3)  # (t, dir) row-major
@@ -98,6 +106,8 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
         k = int(np.argmax(gain))                           # the first of equal gains
         if best is None or gain[k] > best.gain:
             t, d = divmod(k, len(dirs))
+            if order is not None:                          # the bins going left, as a sorted tuple
+                t = tuple(sorted(int(b) for b in order[:t + 1]))
             best = Candidate(party, f, t, dirs[d], float(gain[k]), tuple(int(x) for x in lefts[k]),
                              tuple(int(x) for x in rights[k]))
     return best
