@@ -430,3 +430,19 @@ def test_columns_binned_by_value_split_by_subsets_alike_in_the_encrypted_run_and
                                                                  for r in host.rules_)
     assert np.abs(scores - twin.decision_function(codes)).max() < 1e-9
     assert np.abs(scores[train] - guest.train_score_).max() < 1e-9
+
+
+def test_a_host_refuses_malformed_subset_splits():
+    from vfl.models.trees.binning import CategoryCodes
+    params = TreeParams(num_trees=2, max_depth=2, **PARAMS)
+    x = np.column_stack([np.arange(40.0) % 7, np.arange(40.0)])
+    host = SecureBoostHost(params, guest="guest", columns=["c", "x"],
+                           categories=[CategoryCodes("c", tuple("abcdefg"))])
+    host.bins_ = fit_columns(host.columns, x, params.max_bin, ("c",))
+    layout = layout_of(host.bins_, ("c",))
+    ok = host._check_splits({"splits": [[0, [1, 4], False], [1, 3, False]], "next": "level"}, layout, "s", 0, 0)
+    assert ok == ([(0, (1, 4), False), (1, 3, False)], "level")
+    for bad in ([[0, [4, 1], False]], [[0, [1, 1], False]], [[0, 2, False]], [[0, list(range(7)), False]],
+                [[0, [7], False]], [[1, [3], False]], [[0, [], False]]):
+        with pytest.raises(ValueError, match="sorted list of new, distinct"):
+            host._check_splits({"splits": bad, "next": "level"}, layout, "s", 0, 0)

@@ -127,7 +127,7 @@ class SecureBoostHost:
                 if layout.is_categorical(f):    # a subset of its value bins: sorted, distinct, not all of them
                     ok = (isinstance(t, list) and len(t) >= 1 and all(is_int(b) and 0 <= b < v for b in t)
                           and t == sorted(set(t)) and not (len(t) == v and (ml or not layout.missing[f])))
-                    t = tuple(t)
+                    t = tuple(t) if ok else t
                 else:
                     ok = is_int(t) and 0 <= t < v and not (t == v - 1 and (ml or not layout.missing[f]))
                 if not ok or not (layout.missing[f] or not ml):
