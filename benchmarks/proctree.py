@@ -54,3 +54,44 @@ def tree_cpu_seconds(pid: int | None = None) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / _TICK
+
+
+class CpuSampler:
+    """CPU seconds of a process tree whose processes come and go (``vfl run``'s parties and their
+    pool workers): polls every process's utime + stime and keeps the last value seen per pid, so
+    a process that has exited still counts (up to its last ``interval``)."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import threading
+        self.interval, self._seen = interval, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _poll(self) -> None:
+        for p in descendants(os.getpid()):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                start = fields[19]                                  # start time: a reused pid is another process
+                self._seen[(p, start)] = int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+
+    def __enter__(self) -> "CpuSampler":
+        self._poll()
+        self._base = sum(self._seen.values())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+    @property
+    def seconds(self) -> float:
+        return (sum(self._seen.values()) - self._base) / _TICK

@@ -215,10 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="runs/credit-demo", help="where data, job file and results go")
     s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population")
     s.add_argument("--key-bits", type=int, default=2048, help="Paillier key size")
-    s.add_argument("--epochs", type=int, default=None, help="default: 10 (logistic), 12 (embedding, with early stopping)")
-    s.add_argument("--model", choices=["logistic", "embedding"], default="logistic",
+    s.add_argument("--epochs", type=int, default=None, help="default: 10 (logistic), 12 (embedding, with early "
+                   "stopping); secureboost: the number of trees (10)")
+    s.add_argument("--model", choices=["logistic", "embedding", "secureboost"], default="logistic",
                    help="logistic: split LR on the shop's behaviour columns; embedding: the shop's merchants, "
-                        "cities, devices and categories embedded in its own tower")
+                        "cities, devices and categories embedded in its own tower; secureboost: gradient-boosted "
+                        "trees on both parties' columns, beside LR")
     s.add_argument("--serve", action="store_true",
                    help="then start the shop's and the bank's online scoring services (vfl serve) and score "
                         "a few applicants over HTTP (needs pip install -e '.[serve]')")

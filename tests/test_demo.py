@@ -1,6 +1,8 @@
 """`vfl demo`, the first command a newcomer runs, end to end (small and fast here)."""
 import json
 
+import pandas as pd
+
 from parties.cli import main
 
 
@@ -43,3 +45,29 @@ def test_embedding_demo_runs_over_tls_and_reports_its_protection(tmp_path, capsy
     assert "intercept" not in shop["params"]                  # the shop's part holds nothing of the bank's
     scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())
     assert scored["scored_rows"] > 0
+
+
+def test_secureboost_demo_prints_trees_beside_lr_and_each_party_reports_its_own_importance(tmp_path, capsys):
+    assert main(["demo", "--model", "secureboost", "--workdir", str(tmp_path), "--people", "2000", "--epochs", "3",
+                 "--key-bits", "512"]) == 0
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path / "results" / "metrics.json").read_text())
+    assert m["model"] == "secureboost" and m["trees"] == 3
+    line = next(s for s in out.splitlines() if s.startswith("federated trees (bank + shop)"))
+    assert float(line.split()[-2]) == round(m["test"]["auc"], 4)
+    assert f"{m['baseline_central_auc']:.4f}" in out and m["test"]["auc"] > m["baseline_guest_only_auc"]
+    # the bank's report: its own columns by name, the shop's only by position; the shop's: its own splits
+    report = (tmp_path / "results" / "report.html").read_text()
+    shop_cols = [c for c in pd.read_csv(tmp_path / "data" / "shop.csv", nrows=1).columns if c != "id"]
+    bank_cols = [c for c in pd.read_csv(tmp_path / "data" / "bank.csv", nrows=1).columns if c not in ("id",)]
+    assert "Feature importance" in report and not any(f">{c}<" in report for c in shop_cols)
+    assert any(f">{c}<" in report for c in bank_cols) and "(column #" in report
+    host = json.loads((tmp_path / "results" / "shop" / "report.json").read_text())
+    rules = json.loads((tmp_path / "results" / "shop" / "model.json").read_text())["splits"]
+    assert host["importance"] == {c: {"splits": n} for c in shop_cols
+                                  if (n := sum(r["column"] == c for r in rules))}
+    shop_html = (tmp_path / "results" / "shop" / "report.html").read_text()
+    assert "Feature importance of own columns" in shop_html and "gain</th>" not in shop_html
+    assert not any(f">{c}<" in shop_html for c in bank_cols if c != "default")
+    scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())
+    assert scored["scored_rows"] > 0 and scored["metrics"]["auc"] > 0.6

@@ -3,6 +3,7 @@ scikit-learn, packing and encrypted histograms against plain sums, and what host
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def _data(n=600, seed=1, hosts=(4,)):
     return xg, xh, y
 
 
-def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=False):
+def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=False, valid=None):
     """Train guest and hosts as threads over the in-memory channel; optionally score other rows."""
     names = ["guest"] + [f"host{k}" for k in range(len(xh))]
     net = LocalNetwork(names, timeout=120, record=record)
@@ -60,8 +61,8 @@ def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=Fa
         if errors:
             raise errors[0]
 
-    both(lambda: guest.fit(chan["guest"], xg, y),
-         [lambda h=h, x=x, p=p: h.fit(chan[p], x) for h, x, p in zip(hosts, xh, names[1:])])
+    both(lambda: guest.fit(chan["guest"], xg, y, valid=valid),
+         [lambda h=h, x=x, p=p: h.fit(chan[p], x, valid=valid) for h, x, p in zip(hosts, xh, names[1:])])
     scores = None
     if score_g is not None:
         out = {}
@@ -71,11 +72,11 @@ def _run(params, xg, xh, y, channels=None, score_g=None, score_h=None, record=Fa
     return guest, hosts, net, scores
 
 
-def _twin(params, xg, xh, y, names_g, names_h):
+def _twin(params, xg, xh, y, names_g, names_h, valid=None):
     bins = [fit_columns(names_g, xg, params.max_bin)] + [fit_columns(c, x, params.max_bin)
                                                           for c, x in zip(names_h, xh)]
     codes = [encode(b, x) for b, x in zip(bins, [xg, *xh])]
-    return PlainSecureBoost(params).fit(codes, [layout_of(b) for b in bins], y), bins
+    return PlainSecureBoost(params).fit(codes, [layout_of(b) for b in bins], y, valid=valid), bins
 
 
 def test_packed_slots_sum_and_unpack_exactly():
@@ -222,6 +223,13 @@ def test_settings_are_checked():
         TreeParams(key_bits=1024)
     with pytest.raises(ValueError, match="min_leaf_rows"):
         TreeParams(min_leaf_rows=0, key_bits=512, allow_short_keys=True)
+    for bad in ({"colsample": 0.0}, {"colsample": 1.5}, {"patience": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TreeParams(key_bits=512, allow_short_keys=True, **bad)
+    from vfl.job.config import ConfigError
+    from tests.conftest import make_job
+    with pytest.raises(ConfigError, match="colsample"):
+        make_job(Path("."), Path("g.csv"), [Path("h.csv")], model={"type": "secureboost", "colsample": 2.0}).config
     # many rows: every party lowers the gradients' precision alike, so sums stay exact
     p = TreeParams(key_bits=512, allow_short_keys=True)
     assert p.for_rows(24_033).frac_bits == 32 and p.for_rows(2_000_000).frac_bits == 29
@@ -253,7 +261,7 @@ def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
     assert {k for k in importance if k.startswith("host")} <= {f"host{h}_c{j:02d}" for h in (0, 1) for j in range(3)}
     for k, h in enumerate(job.host_names):
         part = json.loads((job.output_dir(h) / "model.json").read_text())
-        assert set(part) == {"format", "version", "columns", "splits"}
+        assert set(part) == {"format", "version", "columns", "splits", "categories"}
         assert {s["column"] for s in part["splits"]} <= set(hosts[k].columns) - {"id"}
     guest_part = json.loads((job.output_dir("guest") / "model.json").read_text())
     assert "threshold" not in json.dumps(guest_part["trees"])
@@ -265,3 +273,176 @@ def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
     merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
     assert len(merged) == len(trained)
     assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
+
+
+def test_column_subsampling_draws_the_same_columns_in_the_encrypted_run_and_the_twin():
+    params = TreeParams(num_trees=4, max_depth=3, colsample=0.4, seed=11, **PARAMS)
+    xg, xh, y = _data(hosts=(4, 2))
+    guest, host_roles, _, _ = _run(params, xg, xh, y)
+    twin, _ = _twin(params, xg, xh, y, guest.columns, [h.columns for h in host_roles])
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+    assert np.array_equal(guest.train_score_, twin.train_score_)
+    from vfl.models.trees.split import column_sample
+    drawn = [column_sample(guest.params, t, guest.layouts_) for t in range(4)]
+    assert all(sum(m.sum() for m in d) == round(0.4 * 9) for d in drawn)          # 4 of the 9 columns
+    assert len({tuple(np.concatenate(d)) for d in drawn}) > 1                      # a new draw per tree
+    for t, tree in enumerate(guest.trees_):
+        assert all(drawn[t][n.party][n.feature] for n in tree.nodes if not n.is_leaf)
+    full = _run(TreeParams(num_trees=4, max_depth=3, seed=11, **PARAMS), xg, xh, y)[0]
+    assert [t.nodes[0].key() for t in full.trees_] != [t.nodes[0].key() for t in guest.trees_]
+
+
+def test_early_stopping_on_validation_rows_matches_the_twin_and_keeps_the_best_trees():
+    """Validation rows are routed, never summed; the guest keeps the trees up to the best validation
+    score and stops the hosts ``patience`` trees later; the twin does the same."""
+    params = TreeParams(num_trees=12, max_depth=4, learning_rate=1.0, patience=2, seed=3, **PARAMS)
+    xg, xh, y = _data(n=500, seed=2)
+    valid = np.random.default_rng(9).random(len(y)) < 0.3
+    guest, host_roles, net, _ = _run(params, xg, xh, y, valid=valid)
+    twin, _ = _twin(params, xg, xh, y, guest.columns, [h.columns for h in host_roles], valid=valid)
+    v = guest.validation_
+    assert v["trees_grown"] == v["best_epoch"] + 1 + params.patience < params.num_trees   # it stopped early
+    assert len(guest.trees_) == v["best_epoch"] + 1 == len(twin.trees_)
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+    assert np.array_equal(guest.train_score_, twin.train_score_)
+    assert {t.nodes[0].sums[2] for t in guest.trees_} == {int((~valid).sum())}          # never summed
+    briers = [h["brier"] for h in v["history"]]
+    assert briers.index(min(briers)) == v["best_epoch"] and len(briers) == v["trees_grown"]
+
+
+def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
+    """Every party derives the validation rows from the IDs; the report shows the trees' curve and the
+    feature importance; `vfl predict` re-scores with the kept trees."""
+    import json
+
+    import pandas as pd
+
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    from vfl.job.threads import run_local, run_predict_local
+    guest, hosts = vertical_split(500, 3, [3], overlap=0.95, seed=6)
+    path = write_job(tmp_path, *write_tables(tmp_path, guest, hosts),
+                     model={"type": "secureboost", "num_trees": 8, "max_depth": 3, "max_bin": 16,
+                            "learning_rate": 1.0, "min_leaf_rows": 5, "colsample": 0.7,
+                            "early_stopping": "on", "patience": 1, "validation_fraction": 0.3})
+    job = load_job(path)
+    m = run_local(job)["guest"]
+    v = m["validation"]
+    assert m["trees"] == v["best_epoch"] + 1 and v["trees_grown"] == len(m["loss_history"]) < 8   # stopped early
+    trained = pd.read_csv(job.output_dir("guest") / "predictions.csv")
+    assert (trained["split"] == "validation").sum() > 50
+    report = (job.workdir / "report.html").read_text()
+    assert "validation AUC" in report and "Feature importance" in report
+    run_predict_local(job)
+    scored = pd.read_csv(job.output_dir("guest") / "scores.csv")
+    merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
+    assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
+    assert json.loads((job.output_dir("host0") / "report.json").read_text())["importance"]
+
+
+def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_path):
+    """A host's text column: each frequent value a bin (the rest one), split by subsets of its codes,
+    the value table only in the host's model part; `vfl predict` re-scores to 1e-9 and maps a value
+    never seen in training to the "other" code."""
+    import json
+
+    import pandas as pd
+
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    from vfl.job.threads import run_local, run_predict_local
+    from vfl.models.trees.binning import CategoryCodes, fit_columns
+    guest, hosts = vertical_split(600, 2, [2], overlap=1.0, seed=8)
+    g = guest.merge(hosts[0], on="id")
+    # a categorical shop column that carries most of the label: 12 values, shuffled, with empty cells
+    names = np.array([f"v{k:02d}" for k in np.random.default_rng(1).permutation(12)])
+    band = pd.qcut(g[hosts[0].columns[1]], 12, labels=False).to_numpy()
+    hosts[0]["shop_kind"] = hosts[0]["id"].map(dict(zip(g["id"], names[band])))
+    hosts[0].loc[::17, "shop_kind"] = ""
+    hosts[0] = hosts[0].drop(columns=[hosts[0].columns[1]])
+    path = write_job(tmp_path, *write_tables(tmp_path, guest, hosts),
+                     model={"type": "secureboost", "num_trees": 3, "max_depth": 3, "max_bin": 8,
+                            "min_leaf_rows": 10}, host_keys={"host0": {"categorical_columns": ["shop_kind"]}})
+    job = load_job(path)
+    m = run_local(job)["guest"]
+    part = json.loads((job.output_dir("host0") / "model.json").read_text())
+    (table,) = part["categories"]
+    assert table["column"] == "shop_kind" and len(table["values"]) == 7          # max_bin - 1 values, by count
+    kept = CategoryCodes.from_dict(table)
+    trained = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str})
+    rows = hosts[0].astype({"id": str}).set_index("id").loc[trained.loc[trained["split"] != "test", "id"]]
+    counts = rows.loc[rows["shop_kind"] != "", "shop_kind"].value_counts()
+    top = sorted(counts.index, key=lambda v: (-counts[v], v))[:7]                # most rows first, ties by value
+    assert list(kept.values) == top and kept.codes(np.array(["", "zz"])).tolist()[1] == 7.0
+    col = hosts[0]["shop_kind"].to_numpy(dtype=object)
+    (bins,) = fit_columns(["shop_kind"], kept.codes(col)[:, None], 8, ("shop_kind",))
+    assert bins.n_bins == 9 and bins.missing_own                                 # 8 codes, one bin each, + missing
+    assert any(s["column"] == "shop_kind" and s["codes"] for s in part["splits"])  # it carries the label
+    guest_text = (job.output_dir("guest") / "model.json").read_text() + (job.workdir / "metrics.json").read_text()
+    assert "shop_kind" not in guest_text and not any(v in guest_text for v in names)
+    assert m["test"]["auc"] > 0.6
+    run_predict_local(job)
+    scored = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+    merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
+    assert len(merged) == len(trained) and np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
+
+
+def test_columns_binned_by_value_split_by_subsets_alike_in_the_encrypted_run_and_the_twin():
+    """A guest and a host column of codes whose risk is not monotone in the code: the split search
+    tries prefixes of the bins sorted by G / H, so one split isolates the risky codes; the host is
+    told the subset (its own bins) and keeps it as a set of codes."""
+    from vfl.models.trees.binning import CategoryCodes
+    rng = np.random.default_rng(4)
+    n = 800
+    xg, xh, _ = _data(n=n, seed=3)
+    cg, ch = rng.integers(0, 6, n).astype(float), rng.integers(0, 10, n).astype(float)
+    ch[rng.random(n) < 0.1] = np.nan                                  # empty cells: the missing bin
+    z = 1.5 * np.isin(ch, [1, 4, 7]) - 1.2 * np.isin(cg, [0, 3]) + 0.5 * xg[:, 0] - 0.3
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    xg, xh = np.column_stack([xg, cg]), [np.column_stack([xh[0], ch])]
+    params = TreeParams(num_trees=3, max_depth=3, seed=2, **PARAMS)
+    names = ["g0", "g1", "g2", "gc"], [["h0", "h1", "h2", "h3", "hc"]]
+    cats_g = [CategoryCodes("gc", tuple(f"a{k}" for k in range(6)))]
+    cats_h = [CategoryCodes("hc", tuple(f"b{k}" for k in range(10)))]
+    train = np.arange(n) < 640
+    net = LocalNetwork(["guest", "host0"], timeout=120)
+    guest = SecureBoostGuest(params, hosts=["host0"], columns=names[0], categories=cats_g)
+    host = SecureBoostHost(params, guest="guest", columns=names[1][0], categories=cats_h)
+    th = threading.Thread(target=lambda: (host.fit(net.channel("host0"), xh[0][train]),
+                                          host.predict(net.channel("host0"), xh[0])))
+    th.start()
+    guest.fit(net.channel("guest"), xg[train], y[train])
+    scores = guest.decision_function(net.channel("guest"), xg)
+    th.join()
+    bins = [fit_columns(names[0], xg[train], params.max_bin, ("gc",)),
+            fit_columns(names[1][0], xh[0][train], params.max_bin, ("hc",))]
+    layouts = [layout_of(bins[0], ("gc",)), layout_of(bins[1], ("hc",))]
+    codes = [encode(b, x) for b, x in zip(bins, [xg, xh[0]])]
+    twin = PlainSecureBoost(params).fit([c[train] for c in codes], layouts, y[train])
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+    subsets = {(nd.party, nd.bin) for t in guest.trees_ for nd in t.nodes if isinstance(nd.bin, tuple)}
+    assert {p for p, _ in subsets} == {0, 1}                         # both parties split by subsets
+    root = guest.trees_[0].nodes[0]
+    assert root.party == 1 and set(root.bin) in ({1, 4, 7}, set(range(10)) - {1, 4, 7})
+    assert any(r.codes is not None for r in host.rules_) and all(r.codes is None or r.column == "hc"
+                                                                 for r in host.rules_)
+    assert np.abs(scores - twin.decision_function(codes)).max() < 1e-9
+    assert np.abs(scores[train] - guest.train_score_).max() < 1e-9
+
+
+def test_a_host_refuses_malformed_subset_splits():
+    from vfl.models.trees.binning import CategoryCodes
+    params = TreeParams(num_trees=2, max_depth=2, **PARAMS)
+    x = np.column_stack([np.arange(40.0) % 7, np.arange(40.0)])
+    host = SecureBoostHost(params, guest="guest", columns=["c", "x"],
+                           categories=[CategoryCodes("c", tuple("abcdefg"))])
+    host.bins_ = fit_columns(host.columns, x, params.max_bin, ("c",))
+    layout = layout_of(host.bins_, ("c",))
+    ok = host._check_splits({"splits": [[0, [1, 4], False], [1, 3, False]], "next": "level"}, layout, "s", 0, 0)
+    assert ok == ([(0, (1, 4), False), (1, 3, False)], "level")
+    for bad in ([[0, [4, 1], False]], [[0, [1, 1], False]], [[0, 2, False]], [[0, list(range(7)), False]],
+                [[0, [7], False]], [[1, [3], False]], [[0, [], False]]):
+        with pytest.raises(ValueError, match="sorted list of new, distinct"):
+            host._check_splits({"splits": bad, "next": "level"}, layout, "s", 0, 0)

@@ -17,7 +17,8 @@ from pathlib import Path
 from . import stability
 from .collect import file_sha256, load_cohorts
 from .page import column_psi_block, esc, note, page, preprocess_settings, row, stage_rows, table, write_atomically
-from .report import coef_rows, dropped_note, model_inputs, points_table, split_cohorts, when_scored
+from .report import (coef_rows, dropped_note, importance_rows, model_inputs, points_table, split_cohorts,
+                     tree_settings, when_scored)
 
 HOST_FILES = ("report.json", "model.json", "scorecard.json")
 
@@ -83,6 +84,15 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
     else:
         parts.append(note('<span class="missing">Not computed</span> for this run.'))
 
+    if rep.get("importance") is not None:          # trees: the host's own splits per column
+        parts.append("<h2>Feature importance of own columns</h2>")
+        parts.append(note("How many distinct splits of the model's trees are on each of the host's own columns "
+                          "(it keeps their thresholds). The guest tells it which of its splits were chosen, never "
+                          "the node or how often a split is reused, and no gain: gain is computed from the labels "
+                          "and stays with the guest."))
+        parts.append(table(importance_rows(rep["importance"], ["report", "importance"]),
+                           [("column", "column", "text"), ("splits", "distinct splits", "count")])
+                     if rep["importance"] else note("No split of the trees is on this host's columns."))
     parts.append("<h2>Own coefficients and scorecard points</h2>")
     kept = rep.get("kept_columns")
     if kept is not None:
@@ -117,6 +127,8 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
                 ("learning rate", mc.learning_rate), ("optimizer", mc.optimizer), ("L2", mc.l2),
                 ("test fraction", job.test_fraction), ("seed", job.seed),
                 ("smallest release to this host (rows)", rep.get("smallest_release_rows"))] + preprocess_settings(job)
+    if mc.type == "secureboost":
+        settings = settings[:3] + tree_settings(mc, None) + settings[8:10]
     srows = [{"setting": k, "value": v} for k, v in settings]
     times = stage_rows(["report"], rep.get("stage_seconds"), rep.get("phase_seconds"))
     parts.append("<h2>Job</h2>")

@@ -423,6 +423,49 @@ def _coef_section(model: dict | None, m: dict, job) -> list[str]:
     return out
 
 
+def importance_rows(imp: dict, root: list, hosts: list[str] | None = None) -> list[dict]:
+    """Rows of a feature-importance table (``metrics.json``'s or a host's ``importance``), as saved:
+    most gain (or most splits) first. A guest's host columns are named ``host<k>_c<j>``: which
+    host and which of its columns by position, all the guest knows of them."""
+    total = sum(v.get("gain", 0.0) for v in imp.values()) or None
+    rows = []
+    for name, v in imp.items():
+        owner, column = "own", name
+        if hosts is not None and name.startswith("host") and "_c" in name:
+            k, j = name[4:].split("_c", 1)
+            if k.isdigit() and j.isdigit() and int(k) < len(hosts):
+                owner, column = hosts[int(k)], f"(column #{int(j)})"
+        rows.append({"column": column, "owner": owner, "gain": v.get("gain"), "splits": v.get("splits"),
+                     "share": v["gain"] / total if total and v.get("gain") is not None else None,
+                     "_paths": {k: root + [name, k] for k in ("gain", "splits") if k in v}})
+    return rows
+
+
+def _importance_section(m: dict, job) -> list[str]:
+    """Trees only: gain and split count per column, the guest's own by name, hosts' anonymously."""
+    if not m.get("importance"):
+        return []
+    cols = [("column", "column", "text"), ("owner", "party", "text"), ("gain", "total gain", "num"),
+            ("share", "share of gain", "pct"), ("splits", "split nodes", "count")]
+    return ["<h2>Feature importance</h2>",
+            note("Per column, the gain of every split node on it over all trees (the loss reduction the guest "
+                 "computed from its labels) and the number of such nodes, most gain first. The guest's own "
+                 "columns by name; a host's only by its position among that host's columns: the guest never "
+                 "learns a host's column names or thresholds. Each host's report lists its own columns' "
+                 "splits; no host learns any gain."),
+            table(importance_rows(m["importance"], ["metrics", "importance"], m.get("hosts") or job.host_names),
+                  cols)]
+
+
+def tree_settings(mc, trees_run) -> list[tuple[str, object]]:
+    """The job-section rows of a tree model (in place of epochs, batch size and optimizer)."""
+    return [("trees grown / set", f"{trees_run if trees_run is not None else '–'} / {mc.num_trees}"),
+            ("max depth", mc.max_depth), ("bins per column", mc.max_bin), ("learning rate", mc.learning_rate),
+            ("L2", mc.l2), ("min rows per leaf", mc.min_leaf_rows), ("min child hessian", mc.min_child_weight),
+            ("row subsample", mc.subsample), ("column subsample", mc.colsample),
+            ("early stopping", f"on, patience {mc.patience}" if mc.early_stopping == "on" else "off")]
+
+
 def _job_section(m: dict, job) -> list[str]:
     mc = job.model
     settings = [("model", mc.type), ("key size (bits)", m.get("key_bits", mc.key_bits)),
@@ -433,6 +476,8 @@ def _job_section(m: dict, job) -> list[str]:
                 ("PD to points", f"{job.scorecard.base_points:g} points at {job.scorecard.base_odds:g}:1, "
                                  f"PDO {job.scorecard.pdo:g}"),
                 ("smallest release (rows)", m.get("smallest_release_rows"))] + preprocess_settings(job)
+    if mc.type == "secureboost":
+        settings = settings[:3] + tree_settings(mc, m.get("trees")) + settings[8:11]
     srows = [{"setting": k, "value": v} for k, v in settings]
     srows[1]["_paths"] = {"value": ["metrics", "key_bits"]}
     times = stage_rows(["metrics"], m.get("stage_seconds"), m.get("phase_seconds"))
@@ -502,11 +547,18 @@ def build_report(job, results: dict | None = None) -> str:
                          **({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {}),
                          **({"auc": ["metrics", "validation", "history", i, "auc"]} if i < len(val) else {})}}
              for i, l in enumerate(loss)]
-    cols = [("epoch", "epoch", "count"), ("loss", "loss", "p4"), ("seconds", "seconds", "sec")]
+    trees = m.get("model") == "secureboost"
+    cols = [("epoch", "tree" if trees else "epoch", "count"), ("loss", "training loss" if trees else "loss", "p4"),
+            ("seconds", "seconds", "sec")]
     if val:
         cols += [("auc", "validation AUC", "p4"), ("kept", "parameters kept", "text")]
     parts.append(row(chart_loss(loss, val, best_epoch) if loss else "", table(lrows, cols)))
-    if val:
+    if val and trees:
+        parts.append(note("Early stopping: validation rows (a keyed hash of the ID) are routed through every tree "
+                          "but never summed; after each tree the bank scored them and kept the trees up to the "
+                          "best one. Only the stop left the bank (the hosts learn after how many trees training "
+                          "ended); these AUCs stay with it."))
+    elif val:
         parts.append(note("Early stopping: after every epoch the bank scored a held-out validation slice of the "
                           "training rows jointly with the hosts; every party kept the parameters of the best "
                           "epoch. Only the decision (best so far, stop) left the bank, noised with label-DP when "
@@ -530,6 +582,7 @@ def build_report(job, results: dict | None = None) -> str:
     if m.get("stability"):
         parts += _stability_section(m["stability"], labelled, shown, job.guest.name)
     parts += _iv_section(m, job.guest.name)
+    parts += _importance_section(m, job)
     parts += _coef_section(model, m, job)
     parts += _job_section(m, job)
     return page(f"Model report: {m.get('job', job.name)}", "\n".join(parts))

@@ -109,6 +109,7 @@ class ModelConfig:
     min_child_weight: float = 1e-3
     min_leaf_rows: int = 20
     subsample: float = 1.0                   # rows drawn per tree from [model] seed (every party alike)
+    colsample: float = 1.0                   # columns (all parties' pooled) each tree may split on, from seed
 
     def __post_init__(self) -> None:
         embedding = self.type == "embedding"
@@ -364,12 +365,11 @@ def _check_model(m: ModelConfig) -> None:
         try:
             TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
                        l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
-                       subsample=m.subsample, seed=m.seed, key_bits=m.key_bits,
+                       subsample=m.subsample, colsample=m.colsample, seed=m.seed, patience=m.patience,
+                       key_bits=m.key_bits,
                        allow_short_keys=m.allow_short_keys, encryption=m.encryption)
         except ValueError as exc:
             raise ConfigError(f"[model] {exc}") from None
-        if m.early_stopping == "on":
-            raise ConfigError("[model] early_stopping is not built for type = 'secureboost' yet; set num_trees")
     if m.embedding_dim < 1 or m.hash_buckets < 0 or m.min_category_rows < 1:
         raise ConfigError("[model] embedding_dim and min_category_rows must be >= 1, hash_buckets >= 0")
     if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in m.hidden_units):

@@ -3,9 +3,9 @@ aligned rows, model parts; and scoring new rows (``vfl predict``).
 
 Called from :mod:`vfl.job.roles` and :mod:`vfl.job.predict` when the job
 trains trees; the protocol itself is :mod:`vfl.models.trees`. Two roles only:
-the arbiter takes no part. Numeric columns only for now (missing values
-allowed: they get a bin of their own); a job with categorical columns is
-refused.
+the arbiter takes no part. Missing values get a bin of their own; a party's
+``categorical_columns`` are binned by value (:class:`CategoryCodes`: its most
+frequent values a bin each, the rest one bin), the table in its own model part.
 """
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..io.files import write_json
 from ..io.tables import PartyTable, load_table, read_columns
 from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
+from ..models.trees.binning import CategoryCodes
 from ..models.timing import Stopwatch
+from ..models.validation import validation_rows
 from ..preprocess.split import split_mask
 from ..protocol.channel import Channel
 from ..psi import bucketed_psi_guest, bucketed_psi_host, write_intersection
-from .config import ConfigError, JobConfig, ModelConfig, PartyConfig
+from .config import JobConfig, ModelConfig, PartyConfig
 
 log = logging.getLogger("vfl.secureboost")
 MODEL_FILE = "model.json"
@@ -34,15 +36,30 @@ def tree_params(m: ModelConfig) -> TreeParams:
     """The tree settings of the job's ``[model]`` table."""
     return TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
                       l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
-                      subsample=m.subsample, seed=m.seed, key_bits=m.key_bits,
+                      subsample=m.subsample, colsample=m.colsample, seed=m.seed, patience=m.patience,
+                      key_bits=m.key_bits,
                       allow_short_keys=m.allow_short_keys, encryption=m.encryption)
 
 
 def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
-    if party.categorical_columns:
-        raise ConfigError(f"{party.name}: SecureBoost takes numeric columns only for now; drop "
-                          f"categorical_columns {list(party.categorical_columns)} or encode them as numbers")
-    return load_table(path or party.data, party.id_column, label, (), allow_missing=True)
+    return load_table(path or party.data, party.id_column, label, party.categorical_columns, allow_missing=True,
+                      encoding=party.encoding)
+
+
+def _fit_codes(table: PartyTable, rows: np.ndarray, max_bin: int) -> list[CategoryCodes]:
+    """Each categorical column binned by value on the party's own training rows."""
+    return [CategoryCodes.fit(c, table.categorical[rows, j], max_bin) for j, c in enumerate(table.categorical_columns)]
+
+
+def _inputs(table: PartyTable, categories: list[CategoryCodes]) -> tuple[np.ndarray, list[str]]:
+    """The party's numeric columns and its categorical columns' codes, side by side, and their names."""
+    where = {c: j for j, c in enumerate(table.categorical_columns)}
+    missing = [c.column for c in categories if c.column not in where]
+    if missing:
+        raise ValueError(f"the rows to score lack the model's categorical columns {missing}")
+    codes = [c.codes(table.categorical[:, where[c.column]]) for c in categories]
+    X = np.column_stack([table.features, *codes]) if codes else table.features
+    return X, [*table.columns, *(c.column for c in categories)]
 
 
 def _psi(job: JobConfig, name: str, channel: Channel, ids: np.ndarray) -> np.ndarray:
@@ -65,28 +82,44 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
         common = _psi(job, g.name, channel, table.ids)
     data, test = _aligned(job, g.name, table, common)
     out = job.output_dir(g.name)
-    model = SecureBoostGuest(tree_params(job.model), hosts=job.host_names, columns=data.columns)
+    categories = _fit_codes(data, ~test, job.model.max_bin)
+    X, columns = _inputs(data, categories)
+    model = SecureBoostGuest(tree_params(job.model), hosts=job.host_names, columns=columns, categories=categories)
+    valid = validation_rows(common, test, job.model, job.seed)     # early stopping = "on": every party alike
     with timings("train"):
-        model.fit(channel, data.features[~test], data.labels[~test])
+        model.fit(channel, X[~test], data.labels[~test], valid=valid[~test])
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
     with timings("predict"):
-        score = model.predict_proba(channel, data.features)    # as `vfl predict` scores new rows
+        score = model.predict_proba(channel, X)                   # as `vfl predict` scores new rows
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
-    pd.DataFrame({"id": common, "split": np.where(test, "test", "train"), "label": data.labels.astype(int),
+    split = np.where(test, "test", np.where(valid, "validation", "train"))
+    pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
                   "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
     metrics = {
         "job": job.name, "model": "secureboost", "aligned_rows": int(len(common)),
         "guest_rows": int(len(table.ids)), "hosts": job.host_names, "key_bits": job.model.key_bits,
-        "train": binary_metrics(data.labels[~test], score[~test]),
+        "train": binary_metrics(data.labels[~test & ~valid], score[~test & ~valid]),
         "test": binary_metrics(data.labels[test], score[test]) if test.any() else {},
         "trees": len(model.trees_), "tree_seconds": [round(s, 3) for s in model.tree_seconds_],
+        "loss_history": model.loss_history_, "epoch_seconds": [round(s, 3) for s in model.tree_seconds_],
+        "epochs_run": len(model.loss_history_), "validation": model.validation_,
         "importance": model.importance(),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
-        "seconds": round(time.perf_counter() - t0, 3),
+        "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
+                      "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
     }
+    if job.baselines:                           # demo only: pooled and guest-only LR on the same rows
+        from ..evaluation.baselines import baseline_aucs
+        metrics.update(baseline_aucs(job, common, test))
+    from ..evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
+    from ..evaluation.report import write_report
+    metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1),
+                               data.categorical_columns, data.categorical))
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
     write_json(job.workdir / "metrics.json", metrics)
+    write_report(job)
     log.info("%s: %d trees, test AUC %s", g.name, len(model.trees_), metrics["test"].get("auc"))
     return metrics
 
@@ -99,15 +132,21 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     common = _psi(job, name, channel, table.ids)
     data, test = _aligned(job, name, table, common)
     out = job.output_dir(name)
-    model = SecureBoostHost(tree_params(job.model), guest=job.guest.name, columns=data.columns)
-    model.fit(channel, data.features[~test])
+    categories = _fit_codes(data, ~test, job.model.max_bin)
+    X, columns = _inputs(data, categories)
+    model = SecureBoostHost(tree_params(job.model), guest=job.guest.name, columns=columns, categories=categories)
+    model.fit(channel, X[~test], valid=validation_rows(common, test, job.model, job.seed)[~test])
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
-    model.predict(channel, data.features)
+    model.predict(channel, X)
     report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
-              "train_rows": int((~test).sum()), "splits": len(model.rules_),
-              "splits_per_column": {c: sum(r.column == c for r in model.rules_) for c in model.columns},
+              "train_rows": int((~test).sum()), "test_rows": int(test.sum()), "splits": len(model.rules_),
+              "importance": model.importance(),
               "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()}}
+    from ..evaluation.collect import host_figures     # PSI of its own columns, train against test
+    from ..evaluation.host_report import write_host_report
+    report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test))
     write_json(out / "report.json", report)
+    write_host_report(job, name)
     return report
 
 
@@ -128,7 +167,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     table = _load(g, path, g.label_column if has_label else None)
     common = _psi(job, g.name, channel, table.ids)
     data = table.take(common)
-    score = model.predict_proba(channel, data.features)
+    score = model.predict_proba(channel, _inputs(data, model.categories)[0])
     sc = job.scorecard
     frame = pd.DataFrame({"id": common, "score": score,
                           "points": scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo).round(1)})
@@ -136,12 +175,22 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
         frame.insert(1, "label", data.labels.astype(int))
     out = job.output_dir(g.name)
     frame.to_csv(out / "scores.csv", index=False)
-    report = {"job": job.name, "model": "secureboost", "guest_rows": int(len(table.ids)),
-              "scored_rows": int(len(common)), "seconds": round(time.perf_counter() - t0, 3)}
+    from ..evaluation import collect                   # every cohort kept; score and own-column PSI vs training
+    cdir = collect.new_cohort_dir(job.workdir, path)
+    report = {"job": job.name, "model": "secureboost", **collect.cohort_stamp(cdir, path, out / MODEL_FILE),
+              "guest_rows": int(len(table.ids)), "scored_rows": int(len(common)),
+              "seconds": round(time.perf_counter() - t0, 3)}
+    points = frame["points"].to_numpy()
     if has_label:
         report["metrics"] = binary_metrics(data.labels, score)
-        report["gains"] = gains_table(data.labels, frame["points"].to_numpy())
-    write_json(job.workdir / "predict_metrics.json", report)
+        report["gains"] = gains_table(data.labels, points)
+    report.update(collect.cohort_figures(job.workdir / "metrics.json", data.columns, data.features, score, points,
+                                         data.labels if has_label else None, data.categorical_columns,
+                                         data.categorical))
+    collect.save_guest_cohort(job.workdir, report, frame)
+    if (job.workdir / "metrics.json").is_file():
+        from ..evaluation.report import write_report
+        write_report(job)                             # the report now shows this cohort beside the others
     return report
 
 
@@ -150,6 +199,20 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     model = SecureBoostHost.from_dict(_part(job, name), tree_params(job.model), job.guest.name)
     table = _load(h, h.predict_data or h.data)
     common = _psi(job, name, channel, table.ids)
-    write_intersection(job.output_dir(name) / "scored_ids.csv", common)
-    model.predict(channel, table.take(common).features)
-    return {"party": name, "rows": int(len(table.ids)), "scored_rows": int(len(common))}
+    out = job.output_dir(name)
+    write_intersection(out / "scored_ids.csv", common)
+    data = table.take(common)
+    model.predict(channel, _inputs(data, model.categories)[0])
+    from ..evaluation import collect                   # the PSI of its own columns against its training rows
+    path = h.predict_data or h.data
+    cdir = collect.new_cohort_dir(out, path)
+    report = {"party": name, **collect.cohort_stamp(cdir, path, out / MODEL_FILE),
+              "rows": int(len(table.ids)), "scored_rows": int(len(common))}
+    report.update(collect.host_cohort_figures(out / "report.json", data.columns, data.features,
+                                              data.categorical_columns, data.categorical))
+    write_intersection(cdir / "scored_ids.csv", common)
+    write_json(cdir / "report.json", report)
+    if (out / "report.json").is_file():
+        from ..evaluation.host_report import write_host_report
+        write_host_report(job, name)
+    return {"party": name, "rows": report["rows"], "scored_rows": report["scored_rows"]}

@@ -191,7 +191,8 @@ SPEC: tuple[StepSpec, ...] = tuple([
     StepSpec("sbt/plan", r"sbt/plan", "guest", "host", CONTROL, ("control",),
              "the number of training rows (known from PSI) and the job's trees, depth and bins, to check", TRAIN),
     StepSpec("sbt/columns", r"sbt/columns", "host", "guest", CONTROL, ("control",),
-             "how many columns the host has, how many bins each and which have a missing-value bin", TRAIN),
+             "how many columns the host has, how many bins each, which have a missing-value bin and which are "
+             "categorical (binned by value)", TRAIN),
     StepSpec("sbt/t<t>/l<d>/enc_gh", _SBT_LEVEL + r"enc_gh", "guest", "host", CIPHERTEXTS, ("encrypted",),
              "nothing: fresh ciphertexts for every training row at every level (the same number per row), "
              "under the guest's key; not which node a row is in", TRAIN),
@@ -199,8 +200,10 @@ SPEC: tuple[StepSpec, ...] = tuple([
              "for each node summed this level and each bin of each host column (anonymous): the sums of g and h "
              "and the number of the node's rows in the bin (what FATE's guest learns)", TRAIN),
     StepSpec("sbt/t<t>/l<d>/splits", _SBT_LEVEL + r"splits", "guest", "host", CONTROL, ("control",),
-             "which of its own (column, bin, missing side) splits the guest chose at this level, sorted, new "
-             "ones only, without the node; and whether another level, another tree or nothing follows", TRAIN),
+             "which of its own (column, bin or set of bins, missing side) splits the guest chose at this level, "
+             "sorted, new "
+             "ones only, without the node; and whether another level, another tree or nothing follows "
+             "(early stopping: nothing, after a tree's first level of Enc(0))", TRAIN),
     StepSpec("sbt/t<t>/l<d>/split_bits", _SBT_LEVEL + r"split_bits", "host", "guest", PARTITION, ("array",),
              "for each new host split, the side of every training row (the guest keeps its node's rows; it "
              "would learn the same by scoring the training rows)", TRAIN, dtype=_BITS),

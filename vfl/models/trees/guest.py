@@ -31,14 +31,16 @@ from crypto.arrays import object_array
 
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
-from .binning import Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .binning import (CategoryCodes, Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for,
+                      split_order)
 from .packing import SlotLayout, level_capacity, pack_rows, unpack
 from .params import TreeParams
-from .split import (base_score, best_split, can_split, leaf_weight, node_sums, plain_histogram,
-                    quantised_gradients, row_sample, sigmoid)
+from .split import (base_score, best_split, can_split, column_sample, leaf_weight, log_loss, node_sums,
+                    plain_histogram, quantised_gradients, sigmoid, tree_rows)
 from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
                     SPLITS, STOP, level_step)
 from .tree import Node, Tree
+from ..validation import EarlyStopping
 
 log = logging.getLogger("vfl.secureboost")
 
@@ -104,10 +106,14 @@ class SecureBoostGuest:
     params : tree settings (shared with the hosts through the job file).
     hosts : host party names, in job order (party ``i + 1`` is ``hosts[i]``).
     columns : names of the guest's own columns, in the order of ``X``.
+    categories : the categorical columns among them, as their :class:`CategoryCodes` (``X`` holds
+        their codes; each code is a bin of its own).
     """
 
-    def __init__(self, params: TreeParams, *, hosts: list[str], columns: list[str]) -> None:
+    def __init__(self, params: TreeParams, *, hosts: list[str], columns: list[str],
+                 categories: list[CategoryCodes] = ()) -> None:
         self.params, self.hosts, self.columns = params, list(hosts), list(columns)
+        self.categories = list(categories)
         self.trees_: list[Tree] = []
         self.rules_: list[SplitRule] = []          # the guest's own splits
         self.base_ = 0.0
@@ -116,15 +122,24 @@ class SecureBoostGuest:
         self.timings_ = Stopwatch()
 
     # ------------------------------------------------------------ training
-    def fit(self, channel: Channel, X: np.ndarray, y: np.ndarray) -> "SecureBoostGuest":
-        """Train on the aligned training rows: own columns ``X`` and labels ``y`` in {0, 1}."""
+    def fit(self, channel: Channel, X: np.ndarray, y: np.ndarray,
+            valid: np.ndarray | None = None) -> "SecureBoostGuest":
+        """Train on the aligned training rows: own columns ``X`` and labels ``y`` in {0, 1}.
+
+        ``valid`` (every party's same mask, from the IDs) marks validation rows: routed through
+        every tree, never summed; after each tree the guest scores them, keeps the trees up to
+        the best (exact recalibrated Brier score) and stops after ``patience`` trees without a
+        better one (the hosts learn only that training stopped, at the next tree's first level)."""
         y = np.asarray(y, dtype=np.float64)
         n = len(y)
+        valid = np.zeros(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        self._valid = valid
+        stopper = EarlyStopping(self.params.patience) if valid.any() else None
         self.params = p = self.params.for_rows(n)      # every party lowers frac_bits alike for many rows
         lap = self.timings_
         with lap("binning"):
-            self.bins_ = fit_columns(self.columns, X, p.max_bin)
-            self._codes, own = encode(self.bins_, X), layout_of(self.bins_)
+            self.bins_ = fit_columns(self.columns, X, p.max_bin, tuple(c.column for c in self.categories))
+            self._codes, own = encode(self.bins_, X), layout_of(self.bins_, tuple(c.column for c in self.categories))
         with lap("keygen"):
             pk, sk = generate_keypair(p.key_bits, mode=p.encryption)
         self._pk, self._sk, self._slots = pk, sk, SlotLayout(p.key_bits, n, p.frac_bits)
@@ -140,29 +155,52 @@ class SecureBoostGuest:
         self._host_sides: list[list] = [[] for _ in self.hosts]  # split id -> side of every training row
         self._own_ids: dict = {}
         self.rules_, self.trees_, self.tree_seconds_ = [], [], []
-        self.base_ = base_score(y)
+        self.base_ = base_score(y[~valid])
         score = np.full(n, self.base_)
+        self.loss_history_, self.validation_ = [], None
         try:
             for t in range(p.num_trees):
                 t0 = time.perf_counter()
+                if stopper is not None and t - stopper.best_epoch > stopper.patience:
+                    self._halt(channel, t)
+                    break
                 with lap("gradients"):
                     gq, hq = quantised_gradients(score, y, p.frac_bits)
                 tree, leaf_of = self._grow(channel, t, gq, hq, last=t + 1 == p.num_trees)
                 self.trees_.append(tree)
                 score = score + np.array([nd.weight if nd.is_leaf else 0.0 for nd in tree.nodes])[leaf_of]
+                self.loss_history_.append(log_loss(score[~valid], y[~valid]))
+                if stopper is not None and stopper.update(t, score[valid], y[valid])[0]:
+                    best_score = score.copy()
                 self.tree_seconds_.append(time.perf_counter() - t0)
                 log.info("tree %d/%d: %d leaves, %.1f s", t + 1, p.num_trees,
                          sum(nd.is_leaf for nd in tree.nodes), self.tree_seconds_[-1])
         finally:
             self._zeros.close()
+        if stopper is not None:              # keep the trees up to the best one (hosts keep every split)
+            self.validation_ = {"history": stopper.history, "best_epoch": stopper.best_epoch,
+                                "trees_grown": len(self.trees_)}
+            self.trees_, score = self.trees_[:stopper.best_epoch + 1], best_score
         self.train_score_ = score
         self.host_splits_ = [len(sides) for sides in self._host_sides]
         self._sk = None                            # the key lives for this model's training only
         return self
 
+    def _halt(self, channel: Channel, t: int) -> None:
+        """Stop before tree ``t``: the hosts wait for its first level's ciphertexts, so they get fresh
+        encryptions of 0 (indistinguishable from any level's), sum them, and are told to stop."""
+        rows = tree_rows(self.params, t, self._valid)
+        enc = EncryptedArray(self._pk, self._zeros.take(rows.size).reshape(-1, 1), 0)
+        for h in self.hosts:
+            channel.send(h, level_step(t, 0, ENC_GH), enc)
+        for h in self.hosts:
+            channel.recv(h, level_step(t, 0, ENC_HIST))          # not decrypted: nothing in it is used
+            channel.send(h, level_step(t, 0, SPLITS), {"splits": [], "next": STOP})
+
     def _grow(self, channel: Channel, t: int, gq: np.ndarray, hq: np.ndarray, last: bool) -> tuple[Tree, np.ndarray]:
         p, lap, n = self.params, self.timings_, len(gq)
-        sample = row_sample(p, t, n)                      # the rows this tree is summed over
+        sample = tree_rows(p, t, self._valid)             # the rows this tree is summed over
+        columns = column_sample(p, t, self.layouts_)      # the columns it may split on (None: all)
         drawn = np.zeros(n, dtype=bool)
         drawn[sample] = True
         nodes = [Node(0, node_sums(gq, hq, sample))]
@@ -186,7 +224,7 @@ class SecureBoostGuest:
                 chosen = {}
                 for i in open_:
                     own = plain_histogram(self._codes, self.layouts_[0], gq, hq, np.nonzero((at == i) & drawn)[0])
-                    cand = best_split([own] + hists[i], self.layouts_, nodes[i].sums, p)
+                    cand = best_split([own] + hists[i], self.layouts_, nodes[i].sums, p, columns)
                     if cand is not None:
                         chosen[i] = cand
             children = []
@@ -288,8 +326,9 @@ class SecureBoostGuest:
             elif key not in self._host_ids[cand.party - 1] and key not in new[cand.party - 1]:
                 new[cand.party - 1].append(key)
         for k, h in enumerate(self.hosts):
-            keys = sorted(new[k])                       # sorted: the order says nothing about nodes
-            channel.send(h, level_step(t, d, SPLITS), {"splits": [[f, b, ml] for f, b, ml in keys], "next": nxt})
+            keys = sorted(new[k], key=split_order)      # sorted: the order says nothing about nodes
+            channel.send(h, level_step(t, d, SPLITS), {"splits": [[f, list(b) if isinstance(b, tuple) else b, ml]
+                                                                  for f, b, ml in keys], "next": nxt})
             if not keys:
                 continue
             with lap("wait_hosts"):
@@ -358,13 +397,15 @@ class SecureBoostGuest:
         rules, the start score, and how many splits each host holds. No host threshold."""
         return {"format": self.FORMAT, "version": 1, "columns": self.columns, "hosts": self.hosts,
                 "base": self.base_, "host_splits": list(self.host_splits_),
-                "splits": [r.to_dict() for r in self.rules_], "trees": [t.to_dict() for t in self.trees_]}
+                "splits": [r.to_dict() for r in self.rules_], "trees": [t.to_dict() for t in self.trees_],
+                "categories": [c.to_dict() for c in self.categories]}
 
     @classmethod
     def from_dict(cls, d: dict, params: TreeParams) -> "SecureBoostGuest":
         if not isinstance(d, dict) or d.get("format") != cls.FORMAT or d.get("version") != 1:
             raise ValueError(f"not a {cls.FORMAT} model part (version 1)")
-        model = cls(params, hosts=[str(h) for h in d["hosts"]], columns=[str(c) for c in d["columns"]])
+        model = cls(params, hosts=[str(h) for h in d["hosts"]], columns=[str(c) for c in d["columns"]],
+                    categories=[CategoryCodes.from_dict(c) for c in d.get("categories", [])])
         model.base_ = float(d["base"])
         model.host_splits_ = [int(k) for k in d["host_splits"]]
         model.rules_ = [SplitRule.from_dict(r) for r in d["splits"]]

@@ -19,10 +19,10 @@ from crypto.histogram import bin_sums
 
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
-from .binning import SplitRule, encode, fit_columns, goes_left, layout_of, rule_for
+from .binning import CategoryCodes, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for, split_order
 from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
 from .params import MIN_KEY_BITS, TreeParams
-from .split import row_sample
+from .split import tree_rows
 from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
                     SPLITS, STOP, level_step)
 
@@ -43,20 +43,26 @@ class SecureBoostHost:
     params : the job's tree settings (the guest's plan must match them).
     guest : the guest's party name.
     columns : names of this host's columns, in the order of ``X``.
+    categories : the categorical columns among them, as their :class:`CategoryCodes` (``X`` holds
+        their codes; each code is a bin of its own).
     """
 
-    def __init__(self, params: TreeParams, *, guest: str, columns: list[str]) -> None:
+    def __init__(self, params: TreeParams, *, guest: str, columns: list[str],
+                 categories: list[CategoryCodes] = ()) -> None:
         self.params, self.guest, self.columns = params, guest, list(columns)
+        self.categories = list(categories)
         self.rules_: list[SplitRule] = []
         self.timings_ = Stopwatch()
 
-    def fit(self, channel: Channel, X: np.ndarray) -> "SecureBoostHost":
-        """Take part in training on this host's aligned training rows ``X`` (rows x columns)."""
+    def fit(self, channel: Channel, X: np.ndarray, valid: np.ndarray | None = None) -> "SecureBoostHost":
+        """Take part in training on this host's aligned training rows ``X`` (rows x columns);
+        ``valid``: the validation rows (the guest's same mask), which no tree sums."""
+        valid = np.zeros(len(X), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
         self.params = p = self.params.for_rows(len(X))   # the same frac_bits as the guest derives
         lap = self.timings_
         with lap("binning"):
-            self.bins_ = fit_columns(self.columns, X, p.max_bin)
-            codes, layout = encode(self.bins_, X), layout_of(self.bins_)
+            self.bins_ = fit_columns(self.columns, X, p.max_bin, tuple(c.column for c in self.categories))
+            codes, layout = encode(self.bins_, X), layout_of(self.bins_, tuple(c.column for c in self.categories))
         n = len(codes)
         pk = check_key(PublicKey.from_dict(channel.recv(self.guest, PUBLIC_KEY), mode=p.encryption), p)
         plan = channel.recv(self.guest, PLAN)
@@ -75,7 +81,7 @@ class SecureBoostHost:
             capacity = level_capacity(level)
             m = slots.per_row(capacity)
             if level == 0:
-                sample = row_sample(p, tree, n)                # the tree's rows, from the shared seed
+                sample = tree_rows(p, tree, valid)             # the tree's rows, from the shared seed
             if not isinstance(enc, EncryptedArray) or enc.shape != (len(sample), m) or enc.frac_bits != 0:
                 raise ValueError(f"{step(ENC_GH)}: expected ({len(sample)}, {m}) ciphertexts at 0 fractional bits")
             enc = enc.with_key(pk)
@@ -108,23 +114,30 @@ class SecureBoostHost:
         ok = isinstance(msg, dict) and set(msg) == {"splits", "next"} and isinstance(msg["splits"], list)
         splits: list[tuple[int, int, bool]] = []
         if ok:
+            def is_int(v) -> bool:
+                return isinstance(v, int) and not isinstance(v, bool)
+
             for s in msg["splits"]:
-                if not (isinstance(s, list) and len(s) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                    for v in s[:2]) and isinstance(s[2], bool)):
+                if not (isinstance(s, list) and len(s) == 3 and is_int(s[0]) and isinstance(s[2], bool)
+                        and 0 <= s[0] < len(layout.n_bins)):
                     ok = False
                     break
                 f, t, ml = s
-                if not (0 <= f < len(layout.n_bins) and 0 <= t < layout.n_value(f)
-                        and (layout.missing[f] or not ml) and not (t == layout.n_value(f) - 1 and
-                                                                   (ml or not layout.missing[f]))):
+                v = layout.n_value(f)
+                if layout.is_categorical(f):    # a subset of its value bins: sorted, distinct, not all of them
+                    ok = (isinstance(t, list) and len(t) >= 1 and all(is_int(b) and 0 <= b < v for b in t)
+                          and t == sorted(set(t)) and not (len(t) == v and (ml or not layout.missing[f])))
+                    t = tuple(t) if ok else t
+                else:
+                    ok = is_int(t) and 0 <= t < v and not (t == v - 1 and (ml or not layout.missing[f]))
+                if not ok or not (layout.missing[f] or not ml):
                     ok = False
                     break
                 splits.append((f, t, ml))
         nxt = msg.get("next") if isinstance(msg, dict) else None
-        known = {(r.column, r.threshold, r.missing_left) for r in self.rules_}
+        known = set(self.rules_)
         fresh = [rule_for(self.bins_[f], t, ml) for f, t, ml in splits] if ok else []
-        if not ok or splits != sorted(set(splits)) \
-                or any((r.column, r.threshold, r.missing_left) in known for r in fresh):
+        if not ok or splits != sorted(set(splits), key=split_order) or any(r in known for r in fresh):
             raise ValueError(f"{step}: the guest's splits must be a sorted list of new, distinct "
                              "[column, bin, missing_left] of this host's columns")
         allowed = {STOP}                         # the guest may stop after any level
@@ -135,6 +148,12 @@ class SecureBoostHost:
         if nxt not in allowed:
             raise ValueError(f"{step}: next = {nxt!r} is not one of {sorted(allowed)} at tree {tree}, level {level}")
         return splits, nxt
+
+    def importance(self) -> dict[str, dict]:
+        """Distinct splits per own column (most first): all a host knows of its columns' use. It is
+        never told how many nodes reuse a split, nor any gain (a function of the labels: the guest's)."""
+        counts = {c: sum(r.column == c for r in self.rules_) for c in self.columns}
+        return {c: {"splits": k} for c, k in sorted(counts.items(), key=lambda kv: -kv[1]) if k}
 
     # ------------------------------------------------------------ scoring
     def predict(self, channel: Channel, X: np.ndarray) -> None:
@@ -148,15 +167,16 @@ class SecureBoostHost:
     FORMAT = "vfl-secureboost-host"
 
     def to_dict(self) -> dict:
-        """This host's model part: its own split rules, nothing else."""
+        """This host's model part: its own split rules and its categorical columns' value codes."""
         return {"format": self.FORMAT, "version": 1, "columns": self.columns,
-                "splits": [r.to_dict() for r in self.rules_]}
+                "splits": [r.to_dict() for r in self.rules_], "categories": [c.to_dict() for c in self.categories]}
 
     @classmethod
     def from_dict(cls, d: dict, params: TreeParams, guest: str) -> "SecureBoostHost":
         if not isinstance(d, dict) or d.get("format") != cls.FORMAT or d.get("version") != 1:
             raise ValueError(f"not a {cls.FORMAT} model part (version 1)")
-        model = cls(params, guest=guest, columns=[str(c) for c in d["columns"]])
+        model = cls(params, guest=guest, columns=[str(c) for c in d["columns"]],
+                    categories=[CategoryCodes.from_dict(c) for c in d.get("categories", [])])
         model.rules_ = [SplitRule.from_dict(r) for r in d["splits"]]
         if any(r.column not in model.columns for r in model.rules_):
             raise ValueError("a split names a column the model part does not list")

@@ -27,7 +27,9 @@ class TreeParams:
     min_child_weight: float = 1e-3      # each child's hessian sum must reach this
     min_leaf_rows: int = 20             # each child must hold this many training rows
     subsample: float = 1.0              # rows drawn per tree (uniform, from ``seed``): only they are summed
+    colsample: float = 1.0              # columns (all parties' pooled) drawn per tree, from ``seed``
     seed: int = 0
+    patience: int = 3                   # early stopping (with validation rows): trees without a better one
     frac_bits: int = 32
     key_bits: int = 2048
     allow_short_keys: bool = False      # keys below 2048 bits: tests and benchmarks only
@@ -48,6 +50,10 @@ class TreeParams:
                             "> 0, or a leaf without hessian divides by zero)")
         if not 0 < self.subsample <= 1:
             problems.append(f"subsample = {self.subsample} (need 0 < subsample <= 1)")
+        if self.patience < 1:
+            problems.append(f"patience = {self.patience} (need >= 1)")
+        if not 0 < self.colsample <= 1:
+            problems.append(f"colsample = {self.colsample} (need 0 < colsample <= 1)")
         if self.min_leaf_rows < 1:
             problems.append(f"min_leaf_rows = {self.min_leaf_rows} (need >= 1)")
         if not 8 <= self.frac_bits <= 40:

@@ -33,6 +33,11 @@ def base_score(y: np.ndarray) -> float:
     return float(np.log(p / (1 - p)))
 
 
+def log_loss(score: np.ndarray, y: np.ndarray) -> float:
+    """Mean logistic loss of log-odds ``score`` against labels ``y`` (the training curve)."""
+    return float(np.mean(np.logaddexp(0.0, score) - y * score)) if len(y) else float("nan")
+
+
 def quantised_gradients(score: np.ndarray, y: np.ndarray, frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """``round(g 2^f)``, ``round(h 2^f)`` (int64) of the logistic loss at ``score``: ``g = p - y``,
     ``h = p (1 - p)``."""
@@ -48,7 +53,7 @@ class Candidate:
 
     party: int
     feature: int
-    bin: int
+    bin: int | tuple[int, ...]       # a tuple: the bins going left (a column binned by value)
     missing_left: bool
     gain: float
     left: tuple[int, int, int]      # (G, H, C) of the left child
@@ -61,8 +66,8 @@ def _score(G: np.ndarray, H: np.ndarray, scale: float, l2: float) -> np.ndarray:
 
 
 def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int], params: TreeParams,
-                  party: int) -> Candidate | None:
-    """The best split of a node over one party's columns.
+                  party: int, columns: np.ndarray | None = None) -> Candidate | None:
+    """The best split of a node over one party's columns (those ``columns`` allows, if given).
 
     ``hist`` is ``(layout.total, 3)`` int64: the node's ``(G, H, C)`` per bin of
     every column; ``total`` the node's sums."""
@@ -72,9 +77,19 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
     best: Candidate | None = None
     offsets = layout.offsets
     for f in range(len(layout.n_bins)):
+        if columns is not None and not columns[f]:
+            continue
         v = layout.n_value(f)
         part = hist[offsets[f]:offsets[f + 1]]
-        cum = np.cumsum(part[:v], axis=0)                  # left sums for t = 0..v-1, missing right
+        order = None
+        if layout.is_categorical(f):    # bins by value: try the prefixes of the bins sorted by G / (H + l2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = part[:v, 0] * scale / (part[:v, 1] * scale + params.l2)
+            ratio = np.where(part[:v, 2] > 0, np.nan_to_num(ratio, nan=0.0), np.inf)   # empty bins last
+            order = np.lexsort((np.arange(v), ratio))       # ties by bin
+            cum = np.cumsum(part[:v][order], axis=0)
+        else:
+            cum = np.cumsum(part[:v], axis=0)              # left sums for t = 0..v-1, missing right
         miss = part[v] if layout.missing[f] else np.zeros(3, dtype=np.int64)
         dirs = (False, True) if layout.missing[f] else (False,)
         lefts = np.stack([cum + miss if d else cum for d in dirs], axis=1).reshape(-1, 3)  # (t, dir) row-major
@@ -91,18 +106,21 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
         k = int(np.argmax(gain))                           # the first of equal gains
         if best is None or gain[k] > best.gain:
             t, d = divmod(k, len(dirs))
+            if order is not None:                          # the bins going left, as a sorted tuple
+                t = tuple(sorted(int(b) for b in order[:t + 1]))
             best = Candidate(party, f, t, dirs[d], float(gain[k]), tuple(int(x) for x in lefts[k]),
                              tuple(int(x) for x in rights[k]))
     return best
 
 
 def best_split(hists: list[np.ndarray], layouts: list[Layout], total: tuple[int, int, int],
-               params: TreeParams) -> Candidate | None:
-    """The best split of a node over every party's columns (parties in order), or None when no
-    candidate has a positive gain and large enough children."""
+               params: TreeParams, columns: list[np.ndarray] | None = None) -> Candidate | None:
+    """The best split of a node over every party's columns (parties in order; only those
+    ``columns[party]`` allows, if given), or None when no candidate has a positive gain and
+    large enough children."""
     best = None
     for party, (hist, layout) in enumerate(zip(hists, layouts)):
-        cand = best_in_party(hist, layout, total, params, party)
+        cand = best_in_party(hist, layout, total, params, party, None if columns is None else columns[party])
         if cand is not None and (best is None or cand.gain > best.gain):
             best = cand
     return best if best is not None and best.gain > 0 else None
@@ -116,6 +134,28 @@ def row_sample(params: TreeParams, tree: int, n: int) -> np.ndarray:
         return np.arange(n)
     k = max(1, int(round(params.subsample * n)))
     return np.sort(np.random.default_rng([params.seed, tree]).choice(n, size=k, replace=False))
+
+
+def tree_rows(params: TreeParams, tree: int, held_out: np.ndarray) -> np.ndarray:
+    """The rows tree ``tree`` is summed over: :func:`row_sample` of the rows not ``held_out``
+    (validation rows are routed through every tree, never summed). Every party derives it alone."""
+    base = np.flatnonzero(~np.asarray(held_out, dtype=bool))
+    return base[row_sample(params, tree, len(base))]
+
+
+def column_sample(params: TreeParams, tree: int, layouts: list[Layout]) -> list[np.ndarray] | None:
+    """The columns tree ``tree`` may split on: None (all) unless ``colsample < 1``; then a uniform
+    draw of ``max(1, round(colsample * all columns))`` over every party's columns pooled, from the
+    job's seed, as one boolean mask per party. The guest applies it in its split search (the twin
+    alike); hosts still sum every column, so they learn nothing of the draw beyond the job's seed."""
+    if params.colsample >= 1:
+        return None
+    sizes = [len(lay.n_bins) for lay in layouts]
+    total = sum(sizes)
+    k = max(1, int(round(params.colsample * total)))
+    pick = np.zeros(total, dtype=bool)
+    pick[np.random.default_rng([params.seed, tree, 1]).choice(total, size=k, replace=False)] = True
+    return np.split(pick, np.cumsum(sizes)[:-1])
 
 
 def can_split(depth: int, rows: int, params: TreeParams) -> bool:

@@ -12,8 +12,9 @@ import numpy as np
 
 from .binning import Layout, goes_left
 from .params import TreeParams
-from .split import (base_score, best_split, can_split, leaf_weight, node_sums, plain_histogram,
-                    quantised_gradients, row_sample, sigmoid)
+from ..validation import EarlyStopping
+from .split import (base_score, best_split, can_split, column_sample, leaf_weight, node_sums, plain_histogram,
+                    quantised_gradients, sigmoid, tree_rows)
 from .tree import Node, Tree
 
 
@@ -25,24 +26,34 @@ class PlainSecureBoost:
         self.trees_: list[Tree] = []
         self.base_: float = 0.0
 
-    def fit(self, codes: list[np.ndarray], layouts: list[Layout], y: np.ndarray) -> "PlainSecureBoost":
-        """``codes[p]``: party p's (rows, columns) bin codes (guest first); ``y`` in {0, 1}."""
+    def fit(self, codes: list[np.ndarray], layouts: list[Layout], y: np.ndarray,
+            valid: np.ndarray | None = None) -> "PlainSecureBoost":
+        """``codes[p]``: party p's (rows, columns) bin codes (guest first); ``y`` in {0, 1};
+        ``valid``: validation rows (never summed; early stopping as the guest does it)."""
         y = np.asarray(y, dtype=np.float64)
         n = len(y)
+        valid = np.zeros(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        stopper = EarlyStopping(self.params.patience) if valid.any() else None
         self.params = p = self.params.for_rows(n)
-        self.base_ = base_score(y)
+        self.base_ = base_score(y[~valid])
         self._layouts = list(layouts)
         score = np.full(n, self.base_)
         self.trees_ = []
         for t in range(p.num_trees):
+            if stopper is not None and t - stopper.best_epoch > stopper.patience:
+                break
             gq, hq = quantised_gradients(score, y, p.frac_bits)
-            tree, leaf_of = self._grow(codes, layouts, gq, hq, n, row_sample(p, t, n))
+            tree, leaf_of = self._grow(codes, layouts, gq, hq, n, tree_rows(p, t, valid), column_sample(p, t, layouts))
             self.trees_.append(tree)
             score = score + np.array([nd.weight if nd.is_leaf else 0.0 for nd in tree.nodes])[leaf_of]
+            if stopper is not None and stopper.update(t, score[valid], y[valid])[0]:
+                best_score = score.copy()
+        if stopper is not None:
+            self.trees_, score = self.trees_[:stopper.best_epoch + 1], best_score
         self.train_score_ = score
         return self
 
-    def _grow(self, codes, layouts, gq, hq, n, sample) -> tuple[Tree, np.ndarray]:
+    def _grow(self, codes, layouts, gq, hq, n, sample, columns=None) -> tuple[Tree, np.ndarray]:
         """One tree: every row is routed (all are scored), only ``sample`` rows are summed."""
         p = self.params
         drawn = np.zeros(n, dtype=bool)
@@ -57,7 +68,7 @@ class PlainSecureBoost:
                 if not can_split(d, node.sums[2], p):
                     continue
                 hists = [plain_histogram(c, lay, gq, hq, rows[drawn[rows]]) for c, lay in zip(codes, layouts)]
-                cand = best_split(hists, layouts, node.sums, p)
+                cand = best_split(hists, layouts, node.sums, p, columns)
                 if cand is None:
                     continue
                 left = goes_left(codes[cand.party][rows], layouts[cand.party], cand.feature, cand.bin,
