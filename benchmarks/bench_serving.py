@@ -1,6 +1,6 @@
 """Online scoring: latency and throughput of `vfl serve` with a real HTTP client.
 
-    python benchmarks/bench_serving.py                      # LR, scorecard and embedding; one host
+    python benchmarks/bench_serving.py                      # LR, scorecard, embedding, trees; one host
     python benchmarks/bench_serving.py --models logistic --singles 2000
     python benchmarks/bench_serving.py --hosts 2            # the secure sum's masks in play
 
@@ -77,9 +77,10 @@ def train(folder: Path, model: str, n_people: int, bits: int, hosts: int):
                   [party(f"shop{i}" if hosts > 1 else "shop", s, **host_keys) for i, s in enumerate(shops)],
                   arbiter=party("arbiter"), name=f"serve-{model}", workdir=folder / "results",
                   ca=certs / "ca.pem", preprocess={"monotonic": True} if model == "scorecard" else None,
-                  model={"type": "embedding" if model == "embedding" else "logistic", "epochs": 2,
+                  model={"type": model if model in ("embedding", "secureboost") else "logistic", "epochs": 2,
                          "key_bits": bits, "allow_short_keys": bits < 2048,
-                         **({"embedding_dim": 4, "hidden_units": [16]} if model == "embedding" else {})})
+                         **({"embedding_dim": 4, "hidden_units": [16]} if model == "embedding" else {}),
+                         **({"num_trees": 5, "max_depth": 4} if model == "secureboost" else {})})
     make_certs(job.config, certs)
     path = job.to_toml(folder / "job.toml")
     cfg = load_job(path)
@@ -168,7 +169,7 @@ def measure(model: str, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="logistic,scorecard,embedding")
+    ap.add_argument("--models", default="logistic,scorecard,embedding,secureboost")
     ap.add_argument("--people", type=int, default=10_000)
     ap.add_argument("--bits", type=int, default=1024, help="training's Paillier key (serving uses none)")
     ap.add_argument("--hosts", type=int, default=1)

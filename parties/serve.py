@@ -20,8 +20,7 @@ from typing import Mapping, Sequence
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
-from vfl.serving.roles import (GuestScorer, HostScorer, check_hello, check_ids, read_known, read_share,
-                               sum_shares)
+from vfl.serving.roles import ANSWER_STEPS, GuestScorer, check_hello, check_ids, host_scorer, read_known
 from vfl.io.tables import PartyTable
 from vfl.serving.stores import Lookup, StoreError
 
@@ -59,7 +58,7 @@ def audit_path(job: JobConfig, name: str):
 async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | None = None,
                            stop: asyncio.Event | None = None) -> None:
     """Serve the guest until ``stop`` is set (or the process is stopped)."""
-    scorer = await asyncio.to_thread(HostScorer, job, name)
+    scorer = await asyncio.to_thread(host_scorer, job, name)
     server_ctx, _ = tls_contexts(job, name)
     audit = AuditLog(audit_path(job, name), job.name, name)
     guest = job.guest.name
@@ -73,7 +72,7 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
             reply, outcome = {"req": request.req, "error": f"{name} failed: {type(exc).__name__}"}, "failed"
         audit.record(guest, request.ids, outcome, step=request.step, req=request.req)
         try:
-            link.send("serve/known" if request.step == "serve/has" else "serve/share", reply)
+            link.send("serve/known" if request.step == "serve/has" else scorer.answer_step, reply)
         except PeerLost:
             pass
 
@@ -220,9 +219,9 @@ class GuestService:
             step, payload = msg
             req = payload.get("req") if isinstance(payload, dict) else None
             fut = self.pending.pop((host, req), None) if isinstance(req, int) else None
-            if fut is None and isinstance(req, int) and 0 < req <= self.req and step in ("serve/share", "serve/known"):
+            if fut is None and isinstance(req, int) and 0 < req <= self.req and step in ANSWER_STEPS:
                 continue                   # a late answer to a request already given up on (504)
-            if step not in ("serve/share", "serve/known") or fut is None:
+            if step not in ANSWER_STEPS or fut is None:
                 raise ProtocolError(f"{host} sent {step!r} for no pending request")
             if not fut.done():
                 fut.set_result((step, payload))
@@ -285,21 +284,21 @@ class GuestService:
             pos = [int(p) for p in found.positions]
             marks: dict[int, list[str]] = {}
             if pos:
-                if len(self.hosts) > 1 and self.job.serving.unknown_id == "refuse":
+                if self.scorer.presence_round():
                     req, known = await self._call("serve/has", [ids[p] for p in pos])
                     drop = self._host_missing(known, req, pos, ids, out)
                     pos = [p for i, p in enumerate(pos) if i not in drop]
                 if pos:
                     req, replies = await self._call("serve/score", [ids[p] for p in pos])
-                    answers = {h: read_share(r, req, len(pos), h) for h, r in replies.items()}
+                    answers = {h: self.scorer.read_answer(r, req, len(pos), h) for h, r in replies.items()}
                     for h, a in answers.items():
                         if a.error:
                             raise ServeError(503, f"{h} refused: {a.error}", h)
-                    host_sum = sum_shares(list(answers.values()))
+                    combined = self.scorer.combine(answers)
                     drop = set()
                     for h, a in answers.items():
                         for i, m in a.missing.items():
-                            if self.job.serving.unknown_id == "average":
+                            if self.scorer.averages_unknown():
                                 marks.setdefault(pos[i], []).append(h)
                             else:
                                 drop.add(i)
@@ -307,7 +306,7 @@ class GuestService:
                     keep = [i for i in range(len(pos)) if i not in drop]
                     row_of = {int(p): r for r, p in enumerate(found.positions)}
                     sub = _subset(found, [row_of[pos[i]] for i in keep])
-                    results = await compute(True, len(keep), self.scorer.answers, sub, host_sum[keep])
+                    results = await compute(True, len(keep), self.scorer.answers_for, sub, combined, keep)
                     for i, r in zip(keep, results):
                         if pos[i] in marks:
                             r["partial"] = {"average_for": marks[pos[i]]}

@@ -26,7 +26,7 @@ from typing import Optional, Union
 
 from vfl.io.tables import MAX_ID_LENGTH
 from vfl.job.config import ConfigError, JobConfig
-from vfl.serving.roles import GuestScorer
+from vfl.serving.roles import GuestScorer, guest_scorer
 
 from .serve import GuestService, RowError, ServeError, _host_port
 from .serve_link import run_loop
@@ -57,7 +57,7 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
 
     @asynccontextmanager
     async def lifespan(app):
-        s = scorer if scorer is not None else await asyncio.to_thread(GuestScorer, job)
+        s = scorer if scorer is not None else await asyncio.to_thread(guest_scorer, job)
         service = GuestService(job, s)
         service.start()
         state["service"] = service
@@ -116,7 +116,7 @@ async def run_guest_http(job: JobConfig, started: Optional[asyncio.Event] = None
                          stop: Optional[asyncio.Event] = None) -> None:
     """Serve the guest's HTTP API at its ``serve_address`` until stopped."""
     import uvicorn
-    scorer = await asyncio.to_thread(GuestScorer, job)
+    scorer = await asyncio.to_thread(guest_scorer, job)
     host, port = _host_port(job.guest.serve_address)
     server = uvicorn.Server(uvicorn.Config(make_app(job, scorer), host=host, port=port, log_level="warning",
                                            access_log=False, lifespan="on"))

@@ -298,10 +298,16 @@ def test_sql_store_serves_the_same_scores_and_a_host_average_when_asked(tmp_path
             r.stop()
 
 
-@pytest.mark.parametrize("kind", ["scorecard", "embedding"])
-def test_scorecard_and_embedding_models_are_served_as_vfl_predict_scores_them(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["scorecard", "embedding", "secureboost"])
+def test_scorecard_embedding_and_tree_models_are_served_as_vfl_predict_scores_them(tmp_path, kind):
     if kind == "scorecard":
         cfg, scores, *_ = trained(tmp_path, n_hosts=1, preprocess={"bins": 5})
+    elif kind == "secureboost":             # two hosts, one with a categorical column
+        guest, hosts = vertical_split(900, 3, [2, 2], overlap=0.9, seed=6)
+        hosts[1]["h1_cat"] = np.where(hosts[1]["h1_0"] > 0, "up", "down")
+        cfg, scores, guest, hosts = trained(tmp_path, model={"type": "secureboost", "num_trees": 3, "max_depth": 3},
+                                            frames=(guest, hosts),
+                                            host_keys={"host1": {"categorical_columns": ["h1_cat"]}})
     else:
         from vfl.io.synth import write_categorical_credit_demo
         bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=1000, seed=4)
@@ -315,7 +321,11 @@ def test_scorecard_and_embedding_models_are_served_as_vfl_predict_scores_them(tm
         wait_ready(url)
         res = httpx.post(url + "/score/batch", json={"ids": scores["id"].tolist()}).json()["results"]
         np.testing.assert_allclose([r["probability"] for r in res], scores["score"], rtol=0, atol=1e-12)
-        assert all(isinstance(r.get("reasons"), list) for r in res)
+        assert all(isinstance(r.get("reasons"), list) for r in res) == (kind != "secureboost")
+        if kind == "secureboost":           # an ID a host lacks is refused, naming the host
+            lacking = sorted(set(guest["id"]) - set(hosts[0]["id"]))[0]
+            r = httpx.post(url + "/score", json={"id": lacking})
+            assert r.status_code == 404 and r.json()["party"] == "host0"
     finally:
         for r in running:
             r.stop()

@@ -245,6 +245,9 @@ SPEC: tuple[StepSpec, ...] = tuple([
     StepSpec("serve/share", r"serve/share", "host", "guest", SHARE, ("control",),
              "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
              "scores per requested ID (a single host's score when there is one host); which IDs it lacks", SERVE),
+    StepSpec("serve/split_bits", r"serve/split_bits", "host", "guest", PARTITION, ("control",),
+             "SecureBoost: for each split the host holds, the side of each requested ID (as sbt/predict/split_bits "
+             "for a batch); which IDs it lacks; no threshold, no value", SERVE),
 ])
 
 

@@ -46,13 +46,14 @@ from .stores import Lookup, open_store
 
 log = logging.getLogger("vfl.serving")
 
-SERVED_MODELS = ("logistic", "embedding")
+SERVED_MODELS = ("logistic", "embedding", "secureboost")
+ANSWER_STEPS = ("serve/share", "serve/known", "serve/split_bits")   # what a host answers the guest with
 MISSING_UNKNOWN, MISSING_UNSCORABLE = "unknown", "unscorable"
 
 
 def check_servable(job: JobConfig) -> None:
     if job.model.type not in SERVED_MODELS:
-        raise ConfigError(f"vfl serve scores {' and '.join(SERVED_MODELS)} models; this job trains "
+        raise ConfigError(f"vfl serve scores {', '.join(SERVED_MODELS)} models; this job trains "
                           f"{job.model.type!r} (score it in batches with `vfl predict`)")
 
 
@@ -96,19 +97,24 @@ class _Session:
 class HostScorer:
     """A host's side: its model part, its store, and one secure-sum session per link to the guest."""
 
+    answer_step = "serve/share"       # what it answers serve/score with
+
     def __init__(self, job: JobConfig, name: str, auth: RelayAuth | None = None):
         check_servable(job)
         self.job, self.name = job, name
-        party = job.party(name)
-        self.part = load_part(job.output_dir(name) / "model.json", name)
-        cats = self.part.categorical_columns if self.part.categorical_columns is not None else party.categorical_columns
-        self.store = open_store(party, cats, allow_missing=binned(job))
+        self._load(job.party(name))
         self.model_hash = model_sha256(job, name)
         self.auth = auth if auth is not None else relay_authentication(job, name)
         self.index = job.host_names.index(name)
         self.policy = job.serving.unknown_id
         self._average: float | None = None
         self.session: _Session | None = None
+
+    def _load(self, party) -> None:
+        """The model part and the store (with the columns as the part recorded them)."""
+        self.part = load_part(self.job.output_dir(self.name) / "model.json", self.name)
+        cats = self.part.categorical_columns if self.part.categorical_columns is not None else party.categorical_columns
+        self.store = open_store(party, cats, allow_missing=binned(self.job))
 
     def average(self) -> float:
         """This host's average partial score over its store's scorable rows (file stores) or its
@@ -247,9 +253,10 @@ def read_known(payload: Any, req: int, n: int, host: str) -> dict[int, str]:
 
 @dataclass
 class HostAnswer:
-    share: np.ndarray | None          # uint64 (n,), None when the host refused
+    share: np.ndarray | None          # uint64 (n,), None when the host refused (or answered split sides)
     missing: dict[int, str]
     error: str | None = None
+    bits: np.ndarray | None = None    # SecureBoost: the host's packed split sides
 
 
 def read_share(payload: Any, req: int, n: int, host: str) -> HostAnswer:
@@ -287,11 +294,32 @@ class GuestScorer:
     def __init__(self, job: JobConfig):
         check_servable(job)
         self.job = job
-        g = job.guest
-        self.part = load_part(job.output_dir(g.name) / "model.json", g.name)
+        self._load(job.guest)
+        self.model_hash = model_sha256(job, job.guest.name)
+
+    def _load(self, g) -> None:
+        self.part = load_part(self.job.output_dir(g.name) / "model.json", g.name)
         cats = self.part.categorical_columns if self.part.categorical_columns is not None else g.categorical_columns
-        self.store = open_store(g, cats, allow_missing=binned(job), drop_columns=[g.label_column])
-        self.model_hash = model_sha256(job, g.name)
+        self.store = open_store(g, cats, allow_missing=binned(self.job), drop_columns=[g.label_column])
+
+    def presence_round(self) -> bool:
+        """Whether to ask every host which IDs it has before ``serve/score``: needed when a host's
+        zero for a missing ID would leave the others' sum unmasked (two or more hosts, "refuse")."""
+        return len(self.job.hosts) > 1 and self.job.serving.unknown_id == "refuse"
+
+    def averages_unknown(self) -> bool:
+        """An ID a host lacks: scored with that host's average contribution (else refused)."""
+        return self.job.serving.unknown_id == "average"
+
+    def read_answer(self, payload: Any, req: int, n: int, host: str) -> HostAnswer:
+        return read_share(payload, req, n, host)
+
+    def combine(self, answers: Mapping[str, HostAnswer]) -> np.ndarray:
+        """The hosts' part of every requested row's score: the secure sum of their partial scores."""
+        return sum_shares(list(answers.values()))
+
+    def answers_for(self, found: Lookup, combined: np.ndarray, keep: list[int]) -> list[dict]:
+        return self.answers(found, combined[keep])
 
     def lookup(self, ids: list[str], overrides: Sequence[Mapping | None] | None = None) -> Lookup:
         return self.store.lookup(ids, overrides)
@@ -340,3 +368,19 @@ def _value(t: PartyTable, name: str, r: int):
     if name in t.categorical_columns:
         return str(t.categorical[r, t.categorical_columns.index(name)])
     return None
+
+
+def host_scorer(job: JobConfig, name: str) -> HostScorer:
+    """The host's side for the job's model family."""
+    if job.model.type == "secureboost":
+        from .trees import TreeHostScorer
+        return TreeHostScorer(job, name)
+    return HostScorer(job, name)
+
+
+def guest_scorer(job: JobConfig) -> GuestScorer:
+    """The guest's side for the job's model family."""
+    if job.model.type == "secureboost":
+        from .trees import TreeGuestScorer
+        return TreeGuestScorer(job)
+    return GuestScorer(job)

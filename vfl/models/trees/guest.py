@@ -370,12 +370,16 @@ class SecureBoostGuest:
     def decision_function(self, channel: Channel, X: np.ndarray) -> np.ndarray:
         """Scores (log-odds) of rows aligned with every host's: each host sends its splits' sides
         (``sbt/predict/split_bits``); the guest walks the trees."""
+        return self.decision(X, [channel.recv(h, PREDICT_BITS) for h in self.hosts])
+
+    def decision(self, X: np.ndarray, host_bits: list) -> np.ndarray:
+        """Scores (log-odds) from the guest's own rows and each host's packed split sides, in job
+        order (what :meth:`SecureBoostHost.split_bits` gives); each checked against the model."""
         X = np.asarray(X, dtype=np.float64)
         n = len(X)
         col = {c: j for j, c in enumerate(self.columns)}
         sides = {(0, s): r.left(X[:, col[r.column]]) for s, r in enumerate(self.rules_)}
-        for k, h in enumerate(self.hosts):
-            bits = channel.recv(h, PREDICT_BITS)
+        for k, (h, bits) in enumerate(zip(self.hosts, host_bits)):
             count = self.host_splits_[k]
             if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8 or bits.shape != (count, -(-n // 8)):
                 raise ValueError(f"{h}: {PREDICT_BITS} must be {count} packed bit rows of {n} rows")

@@ -156,13 +156,17 @@ class SecureBoostHost:
         return {c: {"splits": k} for c, k in sorted(counts.items(), key=lambda kv: -kv[1]) if k}
 
     # ------------------------------------------------------------ scoring
-    def predict(self, channel: Channel, X: np.ndarray) -> None:
-        """Send every own split's side of every row to be scored (``sbt/predict/split_bits``)."""
+    def split_bits(self, X: np.ndarray) -> np.ndarray:
+        """Every own split's side of every row, packed: ``(splits, ceil(rows / 8))`` uint8."""
         X = np.asarray(X, dtype=np.float64)
         col = {c: j for j, c in enumerate(self.columns)}
         sides = np.stack([r.left(X[:, col[r.column]]) for r in self.rules_]) if self.rules_ \
             else np.zeros((0, len(X)), dtype=bool)
-        channel.send(self.guest, PREDICT_BITS, np.packbits(sides, axis=1))
+        return np.packbits(sides, axis=1)
+
+    def predict(self, channel: Channel, X: np.ndarray) -> None:
+        """Send every own split's side of every row to be scored (``sbt/predict/split_bits``)."""
+        channel.send(self.guest, PREDICT_BITS, self.split_bits(X))
 
     FORMAT = "vfl-secureboost-host"
 
