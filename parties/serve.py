@@ -20,7 +20,8 @@ from typing import Mapping, Sequence
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
-from vfl.serving.roles import ANSWER_STEPS, GuestScorer, check_hello, check_ids, host_scorer, read_known
+from vfl.serving.roles import ANSWER_STEPS, GuestScorer, check_hello, check_ids, read_known
+from vfl.serving.scorers import host_scorer
 from vfl.io.tables import PartyTable
 from vfl.serving.stores import Lookup, StoreError
 

@@ -26,7 +26,8 @@ from typing import Optional, Union
 
 from vfl.io.tables import MAX_ID_LENGTH
 from vfl.job.config import ConfigError, JobConfig
-from vfl.serving.roles import GuestScorer, guest_scorer
+from vfl.serving.roles import GuestScorer
+from vfl.serving.scorers import guest_scorer
 
 from .serve import GuestService, RowError, ServeError, _host_port
 from .serve_link import run_loop

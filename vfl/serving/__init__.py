@@ -5,6 +5,8 @@ they wait.
   database through SQLAlchemy), with training's treatment of missing and invalid values;
 * :mod:`.roles`: the host's answer (its partial scores as a masked share of the secure sum) and the
   guest's (probability, points, reason codes), validated message by message;
+* :mod:`.trees`: the same for SecureBoost (the hosts answer their splits' sides);
+  :mod:`.scorers` picks by model family;
 * :mod:`.reasons`: reason codes from the guest's own columns.
 
 How bytes move (the guest's HTTP API, the TLS links to the hosts) is in ``parties/serve*.py``;

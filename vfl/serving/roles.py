@@ -368,19 +368,3 @@ def _value(t: PartyTable, name: str, r: int):
     if name in t.categorical_columns:
         return str(t.categorical[r, t.categorical_columns.index(name)])
     return None
-
-
-def host_scorer(job: JobConfig, name: str) -> HostScorer:
-    """The host's side for the job's model family."""
-    if job.model.type == "secureboost":
-        from .trees import TreeHostScorer
-        return TreeHostScorer(job, name)
-    return HostScorer(job, name)
-
-
-def guest_scorer(job: JobConfig) -> GuestScorer:
-    """The guest's side for the job's model family."""
-    if job.model.type == "secureboost":
-        from .trees import TreeGuestScorer
-        return TreeGuestScorer(job)
-    return GuestScorer(job)
