@@ -45,6 +45,8 @@ from vfl.preprocess.split import split_mask  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 SHOP = ["merchant", "city", "device_model", "category"]
 COARSE = ["region", "device_brand", "merchant_type"]
+# The 60k set: the shop declares every pair of its columns, no knowledge of the world assumed.
+PAIRS = [[a, b] for i, a in enumerate(SHOP) for b in SHOP[i + 1:]]
 CROSSES = [["device_brand", "region"], ["category", "device_brand"], ["merchant_type", "device_brand"],
            ["merchant_type", "category"]]
 
@@ -60,8 +62,8 @@ def job_for(folder: Path, which: str, rows: int):
                                                    shop_share=0.7 if demo else 1.0, coarse=demo)
         guest["label_column"] = "default"
         host["categorical_columns"] = SHOP + (COARSE if demo else [])
+        host["crosses"] = CROSSES if demo else PAIRS
         if demo:
-            host["crosses"] = CROSSES
             model.update(embedding_dim=4, hidden_units=[16], epochs=12)
     else:
         bank = pd.read_csv(DATA / "movie_lens_hetero_guest.csv", dtype=str)
