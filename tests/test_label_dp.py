@@ -156,11 +156,13 @@ class _ZeroNoise:
         return np.zeros(count)
 
 
-def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(keypair, monkeypatch):
+@pytest.mark.parametrize("coef_bits", [0, 6], ids=["full-precision", "coef_bits=6"])
+def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(keypair, monkeypatch, coef_bits):
     """Label-DP on (both parties clipped, tables released per epoch, early decisions by the arbiter
     ignored), the noise drawn as zeros: weights equal the twin's with the same protection and no noise.
-    So the encrypted protocol does exactly what the twin (and the frontier) assume, up to the noise."""
-    model = replace(DP, epochs=3, min_rows_per_release=8, table_release="epoch", wide=True)
+    So the encrypted protocol does exactly what the twin (and the frontier) assume, up to the noise;
+    with ``[model] coef_bits`` both cut the backpropagated coefficients alike."""
+    model = replace(DP, epochs=3, min_rows_per_release=8, table_release="epoch", wide=True, coef_bits=coef_bits)
     towers = (EmbeddingTower(3, [5], 2, (3,), intercept=True, wide=True), EmbeddingTower(2, [7], 2, (3,), wide=True))
     roles, _ = _train(model, keypair, towers, zero_noise=True, monkeypatch=monkeypatch)
     xg, xh, y = _data()
@@ -168,6 +170,11 @@ def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(key
                         EmbeddingTower(2, [7], 2, (3,), wide=True)], [xg, xh], y, model, seed=3, init_seeds=[1, 2])
     np.testing.assert_allclose(roles["g"].params_, twin[0], atol=1e-6)
     np.testing.assert_allclose(roles["h"].params_, twin[1], atol=1e-6)
+    if coef_bits:       # the setting reached the arithmetic: full precision gives other weights
+        full, _ = fit_twin([EmbeddingTower(3, [5], 2, (3,), intercept=True, wide=True),
+                            EmbeddingTower(2, [7], 2, (3,), wide=True)], [xg, xh], y, replace(model, coef_bits=0),
+                           seed=3, init_seeds=[1, 2])
+        assert np.abs(full[1] - twin[1]).max() > 1e-4
 
 
 def _with_zero_noise(init):

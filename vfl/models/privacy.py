@@ -6,7 +6,8 @@ guest's as well as every host's. Flipping one row's label changes ``d_i`` by
 exactly 1 (``d = sigmoid(a) - y + h U_H``), so that row's released
 contribution moves by ``||X[i]||`` summed over every group it belongs to.
 Each party clips each row's coefficients jointly over all its released blocks
-to norm ``C`` (``clip_norm``); the arbiter adds Gaussian noise ``N(0, (z C)^2)``
+to norm ``C`` (``clip_norm``; the bound is shared between dense blocks, wide tables
+and embedding tables, :func:`clip_blocks`); the arbiter adds Gaussian noise ``N(0, (z C)^2)``
 to every value it decrypts, for every party. Within one epoch a row enters each
 released sum at most once (held-back sums are dropped at the epoch's end), so
 one epoch is one Gaussian mechanism of sensitivity ``C`` per party, composed
