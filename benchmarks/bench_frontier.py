@@ -3,6 +3,7 @@
     python benchmarks/bench_frontier.py                      # 60k e-commerce-shaped set (README's benchmark)
     python benchmarks/bench_frontier.py --data demo          # the demo's data (10k people, coarse columns, crosses)
     python benchmarks/bench_frontier.py --data movielens     # FATE's movie_lens (reads ../shared/data)
+    python benchmarks/bench_frontier.py --pairs              # the 60k set, the shop crossing every pair of its columns
 
 For label-DP epsilon 1, 2, 4, 8, 16 and infinity (label-DP off, the other
 protections on), with the job's defaults otherwise, it prints side by side:
@@ -45,13 +46,11 @@ from vfl.preprocess.split import split_mask  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 SHOP = ["merchant", "city", "device_model", "category"]
 COARSE = ["region", "device_brand", "merchant_type"]
-# The 60k set: the shop declares every pair of its columns, no knowledge of the world assumed.
-PAIRS = [[a, b] for i, a in enumerate(SHOP) for b in SHOP[i + 1:]]
 CROSSES = [["device_brand", "region"], ["category", "device_brand"], ["merchant_type", "device_brand"],
            ["merchant_type", "category"]]
 
 
-def job_for(folder: Path, which: str, rows: int):
+def job_for(folder: Path, which: str, rows: int, pairs: bool = False):
     """Write the data and return (job, common IDs, test mask)."""
     host: dict = {"name": "host", "address": "127.0.0.1:29402", "data": str(folder / "host.csv")}
     guest: dict = {"name": "guest", "address": "127.0.0.1:29401", "data": str(folder / "guest.csv")}
@@ -62,9 +61,11 @@ def job_for(folder: Path, which: str, rows: int):
                                                    shop_share=0.7 if demo else 1.0, coarse=demo)
         guest["label_column"] = "default"
         host["categorical_columns"] = SHOP + (COARSE if demo else [])
-        host["crosses"] = CROSSES if demo else PAIRS
         if demo:
+            host["crosses"] = CROSSES
             model.update(embedding_dim=4, hidden_units=[16], epochs=12)
+        elif pairs:
+            host["crosses"] = [[a, b] for i, a in enumerate(SHOP) for b in SHOP[i + 1:]]
     else:
         bank = pd.read_csv(DATA / "movie_lens_hetero_guest.csv", dtype=str)
         shop = pd.read_csv(DATA / "movie_lens_hetero_host.csv", dtype=str)
@@ -85,11 +86,12 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=None, help="people generated (credit 60,000; demo 10,000)")
     p.add_argument("--seeds", type=int, default=3, help="noise draws per epsilon (median reported)")
     p.add_argument("--no-attacks", action="store_true")
+    p.add_argument("--pairs", action="store_true", help="60k set: the shop crosses every pair of its columns")
     args = p.parse_args()
     if args.data == "movielens" and not (DATA / "movie_lens_hetero_guest.csv").is_file():
         sys.exit(f"{DATA} has no movie_lens data")
     rows = args.rows or (10_000 if args.data == "demo" else 60_000)
-    job, common, test = job_for(Path(tempfile.mkdtemp(prefix="bench-frontier-")), args.data, rows)
+    job, common, test = job_for(Path(tempfile.mkdtemp(prefix="bench-frontier-")), args.data, rows, args.pairs)
     tables = pooled_tables(job, common)
     y = tables[0].labels
     lr = _fit_score(np.hstack([_columns(t, test) for t in tables]), y, test)["auc"]
