@@ -3,6 +3,7 @@
     python benchmarks/bench_frontier.py                      # 60k e-commerce-shaped set (README's benchmark)
     python benchmarks/bench_frontier.py --data demo          # the demo's data (10k people, coarse columns, crosses)
     python benchmarks/bench_frontier.py --data movielens     # FATE's movie_lens (reads ../shared/data)
+    python benchmarks/bench_frontier.py --pairs              # the 60k set, the shop crossing every pair of its columns
 
 For label-DP epsilon 1, 2, 4, 8, 16 and infinity (label-DP off, the other
 protections on), with the job's defaults otherwise, it prints side by side:
@@ -40,7 +41,7 @@ from vfl.evaluation.baselines import _columns, _fit_score, pooled_tables, twin_m
 from vfl.evaluation.frontier import EPSILONS, frontier  # noqa: E402
 from vfl.io.synth import categorical_credit_population  # noqa: E402
 from vfl.job.config import ModelConfig, parse_job  # noqa: E402
-from vfl.preprocess.split import split_mask  # noqa: E402
+from vfl.preprocess.split import Standardizer, split_mask  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SHOP = ["merchant", "city", "device_model", "category"]
@@ -49,7 +50,7 @@ CROSSES = [["device_brand", "region"], ["category", "device_brand"], ["merchant_
            ["merchant_type", "category"]]
 
 
-def job_for(folder: Path, which: str, rows: int):
+def job_for(folder: Path, which: str, rows: int, pairs: bool = False):
     """Write the data and return (job, common IDs, test mask)."""
     host: dict = {"name": "host", "address": "127.0.0.1:29402", "data": str(folder / "host.csv")}
     guest: dict = {"name": "guest", "address": "127.0.0.1:29401", "data": str(folder / "guest.csv")}
@@ -63,6 +64,8 @@ def job_for(folder: Path, which: str, rows: int):
         if demo:
             host["crosses"] = CROSSES
             model.update(embedding_dim=4, hidden_units=[16], epochs=12)
+        elif pairs:
+            host["crosses"] = [[a, b] for i, a in enumerate(SHOP) for b in SHOP[i + 1:]]
     else:
         bank = pd.read_csv(DATA / "movie_lens_hetero_guest.csv", dtype=str)
         shop = pd.read_csv(DATA / "movie_lens_hetero_host.csv", dtype=str)
@@ -77,21 +80,36 @@ def job_for(folder: Path, which: str, rows: int):
     return job, common, split_mask(common, job.seed, job.test_fraction)
 
 
+def columns_with_vocabulary(t, test: np.ndarray, min_rows: int) -> np.ndarray:
+    """One-hot columns as the model's vocabulary has them: values with fewer than ``min_rows``
+    training rows share one column (the model's unknown row; its sums could never be released)."""
+    from sklearn.preprocessing import OneHotEncoder
+    num = Standardizer.fit(t.features[~test]).transform(t.features)
+    if not len(t.categorical_columns):
+        return num
+    enc = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=min_rows).fit(t.categorical[~test])
+    return np.hstack([num, enc.transform(t.categorical).toarray()])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=["credit", "demo", "movielens"], default="credit")
     p.add_argument("--rows", type=int, default=None, help="people generated (credit 60,000; demo 10,000)")
     p.add_argument("--seeds", type=int, default=3, help="noise draws per epsilon (median reported)")
     p.add_argument("--no-attacks", action="store_true")
+    p.add_argument("--pairs", action="store_true", help="60k set: the shop crosses every pair of its columns")
     args = p.parse_args()
     if args.data == "movielens" and not (DATA / "movie_lens_hetero_guest.csv").is_file():
         sys.exit(f"{DATA} has no movie_lens data")
     rows = args.rows or (10_000 if args.data == "demo" else 60_000)
-    job, common, test = job_for(Path(tempfile.mkdtemp(prefix="bench-frontier-")), args.data, rows)
+    job, common, test = job_for(Path(tempfile.mkdtemp(prefix="bench-frontier-")), args.data, rows, args.pairs)
     tables = pooled_tables(job, common)
     y = tables[0].labels
     lr = _fit_score(np.hstack([_columns(t, test) for t in tables]), y, test)["auc"]
     alone = _fit_score(_columns(tables[0], test), y, test)["auc"]
+    k = max(job.model.min_category_rows, job.model.min_rows_per_release)
+    vocab = [columns_with_vocabulary(t, test, k) for t in tables]
+    lr_k, alone_k = _fit_score(np.hstack(vocab), y, test)["auc"], _fit_score(vocab[0], y, test)["auc"]
     t0 = time.perf_counter()
     unprotected = twin_metrics(job, tables, test)["auc"]
     rows_out = frontier(job, tables, test, seeds=tuple(range(1, args.seeds + 1)))
@@ -121,6 +139,7 @@ def main() -> None:
     print(f"{'no protection':<18}{unprotected:>10.4f}{'':>8}{fmt(none.get('direct'))}{fmt(none.get('least_squares'))}")
     print(f"{'one-hot LR pooled':<18}{lr:>10.4f}")
     print(f"{'guest alone (LR)':<18}{alone:>10.4f}")
+    print(f"the same two with the model's vocabulary (values with >= {k} training rows): {lr_k:.4f}, {alone_k:.4f}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def test_paths_resolve_against_job_file_and_defaults(tmp_path):
     ({"model__optimizer": "rmsprop"}, "optimizer"),
     ({"model__randomness": "guest"}, "randomness must be 'arbiter' or 'local'"),
     ({"model__epochs": "ten"}, "must be int"),
+    ({"model__coef_bits": 30}, r"coef_bits must be in \[0, 24\]"),
     ({"job__test_fraction": 1.5}, "test_fraction"),
     ({"hosts__name": "bank"}, "unique"),
     ({"hosts__address": "127.0.0.1:9101"}, "own address; shared: 127.0.0.1:9101"),

@@ -156,11 +156,13 @@ class _ZeroNoise:
         return np.zeros(count)
 
 
-def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(keypair, monkeypatch):
+@pytest.mark.parametrize("coef_bits", [0, 6], ids=["full-precision", "coef_bits=6"])
+def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(keypair, monkeypatch, coef_bits):
     """Label-DP on (both parties clipped, tables released per epoch, early decisions by the arbiter
     ignored), the noise drawn as zeros: weights equal the twin's with the same protection and no noise.
-    So the encrypted protocol does exactly what the twin (and the frontier) assume, up to the noise."""
-    model = replace(DP, epochs=3, min_rows_per_release=8, table_release="epoch", wide=True)
+    So the encrypted protocol does exactly what the twin (and the frontier) assume, up to the noise;
+    with ``[model] coef_bits`` both cut the backpropagated coefficients alike."""
+    model = replace(DP, epochs=3, min_rows_per_release=8, table_release="epoch", wide=True, coef_bits=coef_bits)
     towers = (EmbeddingTower(3, [5], 2, (3,), intercept=True, wide=True), EmbeddingTower(2, [7], 2, (3,), wide=True))
     roles, _ = _train(model, keypair, towers, zero_noise=True, monkeypatch=monkeypatch)
     xg, xh, y = _data()
@@ -168,6 +170,11 @@ def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(key
                         EmbeddingTower(2, [7], 2, (3,), wide=True)], [xg, xh], y, model, seed=3, init_seeds=[1, 2])
     np.testing.assert_allclose(roles["g"].params_, twin[0], atol=1e-6)
     np.testing.assert_allclose(roles["h"].params_, twin[1], atol=1e-6)
+    if coef_bits:       # the setting reached the arithmetic: full precision gives other weights
+        full, _ = fit_twin([EmbeddingTower(3, [5], 2, (3,), intercept=True, wide=True),
+                            EmbeddingTower(2, [7], 2, (3,), wide=True)], [xg, xh], y, replace(model, coef_bits=0),
+                           seed=3, init_seeds=[1, 2])
+        assert np.abs(full[1] - twin[1]).max() > 1e-4
 
 
 def _with_zero_noise(init):
@@ -192,3 +199,32 @@ def test_the_noise_a_party_unmasks_has_the_accounted_scale(keypair, monkeypatch)
         diff = first_n - first_e            # the first batch: same parameters, so only the noise differs
         assert len(diff) > 20
         assert abs(np.std(diff) / (z * model.clip_norm) - 1) < 0.35, name
+
+
+def test_clip_splits_the_bound_between_families_and_scales_embeddings_to_their_share():
+    """Each row's dense, wide and embedding coefficients get their share of C^2; embedding
+    coefficients are scaled to exactly their share (up as well as down), the others only clipped;
+    whatever the scales, a row's joint norm never exceeds C (the sensitivity the proof assumes)."""
+    from vfl.models.privacy import CLIP_SHARES, clip_blocks
+    rng = np.random.default_rng(3)
+    tower = EmbeddingTower(2, [6, 5], 3, [4], wide=True, cross_sizes=[7])
+    params = tower.init_params(1)
+    params[tower.layout.slices["out"]] = rng.normal(0, 0.3, 4)        # a live deep part
+    n = 200
+    x = TowerInput(rng.normal(0, 3, (n, 2)), np.stack([rng.integers(0, 6, n), rng.integers(0, 5, n),
+                                                       rng.integers(0, 7, n)], axis=1))
+    _, cache = tower.forward(params, x)
+    blocks, _ = clip_blocks(tower.blocks(params, cache), n, 0.7)
+    sq = {}
+    for b in blocks:
+        part = np.zeros(n)
+        np.add.at(part, np.arange(n) if b.single else b.rows,
+                  np.einsum("ij,ij->i", b.X, b.X) if b.single else np.einsum("ij,ij->i", b.X[b.rows], b.X[b.rows]))
+        sq[b.family] = sq.get(b.family, 0) + part
+    assert set(sq) == {"dense", "wide", "embedding"}
+    assert np.all(sq["dense"] + sq["wide"] + sq["embedding"] <= 0.49 * (1 + 1e-9))
+    live = sq["embedding"] > 0
+    assert live.mean() > 0.5
+    assert np.allclose(sq["embedding"][live], 0.49 * CLIP_SHARES["embedding"])
+    assert np.all(sq["wide"] <= 0.49 * CLIP_SHARES["wide"] * (1 + 1e-9))
+    assert np.allclose(sq["wide"], 0.49 * CLIP_SHARES["wide"])       # three ones per row: over the share

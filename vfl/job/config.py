@@ -102,6 +102,8 @@ class ModelConfig:
     dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the
                                              # rest); a job whose guest has categorical columns defaults to 0.5
     clip_norm: float = 1.0
+    coef_bits: int = 0                       # > 0: cut backpropagated coefficients to this many fractional bits
+                                             # (cheaper homomorphic backprop; 0 = full precision, 24 bits)
     # gradient-boosted trees (type = "secureboost"; learning_rate and l2 above apply too)
     num_trees: int = 10
     max_depth: int = 4
@@ -122,6 +124,11 @@ class ModelConfig:
     def resolved(self, n_train: int) -> "ModelConfig":
         """These settings with the batch size for ``n_train`` training rows filled in."""
         return replace(self, batch_size=self.batch_for(n_train))
+
+    @property
+    def backprop_bits(self) -> int | None:
+        """Fractional bits of the backpropagated coefficients (None: full precision)."""
+        return self.coef_bits or None
 
     def batch_for(self, n_train: int) -> int:
         """The batch size for ``n_train`` training rows: ``batch_size``, or the family's default."""
@@ -387,6 +394,8 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
     if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0 or not 0 < m.dp_guest_share < 1:
         raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
+    if not 0 <= m.coef_bits <= 24:
+        raise ConfigError(f"[model] coef_bits must be in [0, 24] (0: full precision), got {m.coef_bits}")
     if m.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"[model] optimizer must be 'sgd' or 'adam', got {m.optimizer!r}")
     if m.epochs < 1 or m.batch_size < 0:

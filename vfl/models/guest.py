@@ -170,7 +170,7 @@ class SplitGuest:
             blocks = self.tower.blocks(trainer.params, cache)
             if self.model.label_dp_on:      # the guest's own update goes through the noised channel too
                 blocks, _ = clip_blocks(blocks, n_b, self.model.clip_norm)
-            sums = encrypted_sums(d, blocks)
+            sums = encrypted_sums(d, blocks, self.model.backprop_bits)
         with lap("arbiter_round"):
             grad = trainer.release(channel, self.arbiter, pk, blocks, sums, n_b, step(pre, epoch, b, "masked_grad"),
                                    rows, last=b == n_batches - 1)

@@ -118,7 +118,7 @@ class SplitHost:
             blocks, _ = clip_blocks(blocks, n_b, self.model.clip_norm)
         blocks.append(Block("loss", u[:, None], release=False))
         with lap("backprop"):
-            sums = encrypted_sums(d, blocks)
+            sums = encrypted_sums(d, blocks, self.model.backprop_bits)
         channel.send(self.guest, step(pre, epoch, b, "enc_loss_part"),
                      (sums[-1][0] + n_b * trainer.penalty()).rerandomize())
         with lap("arbiter_round"):

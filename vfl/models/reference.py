@@ -97,7 +97,7 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
                 blocks = t.blocks(params[i], cache)
                 if model.label_dp_on:
                     blocks, _ = clip_blocks(blocks, len(rows), model.clip_norm)
-                buffer_plain(buffers[i], blocks, d)
+                buffer_plain(buffers[i], blocks, d, model.backprop_bits)
                 items = buffers[i].pop_ready(last=b == len(schedule) - 1)
                 values = [it[3] + (noise.normal(0.0, sigmas[i], it[3].shape) if sigmas[i] else 0.0) for it in items]
                 grad = t.gradient(params[i], group_released(items, values), len(rows))

@@ -73,6 +73,13 @@ class Block:
     def single(self) -> bool:
         return self.rows is None
 
+    @property
+    def family(self) -> str:
+        """What the label-DP clip budgets separately: ``"embedding"`` tables, ``"wide"`` tables, or ``"dense"``."""
+        if not self.table:
+            return "dense"
+        return "embedding" if self.name.startswith("emb") else "wide"
+
     def row_counts(self, n_rows: int) -> np.ndarray:
         """How many rows stand behind each group's sum."""
         if self.single:
