@@ -23,6 +23,7 @@ there are no masks: its partial score is what the guest could derive from the fi
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import math
@@ -324,7 +325,7 @@ class GuestScorer:
     def lookup(self, ids: list[str], overrides: Sequence[Mapping | None] | None = None) -> Lookup:
         return self.store.lookup(ids, overrides)
 
-    def answers(self, found: Lookup, host_sum: np.ndarray, with_reasons: bool = True) -> list[dict]:
+    def answers(self, found: Lookup, host_sum: np.ndarray) -> list[dict]:
         """One answer per row of ``found``: probability, points and reason codes.
 
         ``host_sum``: the hosts' summed partial scores for ``found``'s rows, in its order."""
@@ -335,7 +336,7 @@ class GuestScorer:
         points = scorecard_points(prob, sc.base_points, sc.base_odds, sc.pdo)
         out = [{"id": str(i), "probability": float(p), "points": round(float(q), 1)}
                for i, p, q in zip(t.ids, prob, points)]
-        if with_reasons and self.job.serving.reasons and len(t.ids):
+        if self.job.serving.reasons and len(t.ids):
             names, contrib = contributions(self.part, t)
             for r, row in enumerate(out):
                 values = [_value(t, n, r) for n in names]
@@ -344,20 +345,11 @@ class GuestScorer:
         return out
 
     def identity(self, hosts: Mapping[str, str | None]) -> dict:
-        """The model being served: job, training time, and each party's model-part hash."""
+        """The model being served: job, when the guest's part was written, and each party's part hash."""
         g = self.job.guest
-        path = self.job.output_dir(g.name) / "model.json"
-        trained = None
-        metrics = self.job.workdir / "metrics.json"
-        if metrics.is_file():
-            import json
-            try:
-                trained = json.loads(metrics.read_text()).get("finished")
-            except (ValueError, AttributeError):
-                trained = None
-        import datetime as _dt
+        written = (self.job.output_dir(g.name) / "model.json").stat().st_mtime
         return {"job": self.job.name, "model_type": self.job.model.type,
-                "trained": trained or _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(),
+                "trained": datetime.datetime.fromtimestamp(written, datetime.timezone.utc).isoformat(),
                 "parts": {g.name: self.model_hash, **hosts}}
 
 
