@@ -436,8 +436,9 @@ def importance_rows(imp: dict, root: list, hosts: list[str] | None = None) -> li
             if k.isdigit() and j.isdigit() and int(k) < len(hosts):
                 owner, column = hosts[int(k)], f"(column #{int(j)})"
         rows.append({"column": column, "owner": owner, "gain": v.get("gain"), "splits": v.get("splits"),
+                     "nodes": v.get("nodes"),
                      "share": v["gain"] / total if total and v.get("gain") is not None else None,
-                     "_paths": {k: root + [name, k] for k in ("gain", "splits") if k in v}})
+                     "_paths": {k: root + [name, k] for k in ("gain", "splits", "nodes") if k in v}})
     return rows
 
 
@@ -451,8 +452,8 @@ def _importance_section(m: dict, job) -> list[str]:
             note("Per column, the gain of every split node on it over all trees (the loss reduction the guest "
                  "computed from its labels) and the number of such nodes, most gain first. The guest's own "
                  "columns by name; a host's only by its position among that host's columns: the guest never "
-                 "learns a host's column names or thresholds. Each host's report lists its own columns' "
-                 "splits; no host learns any gain."),
+                 "learns a host's column names or thresholds. Each host is told its own columns' totals "
+                 "(gain and split nodes per column, nothing per node) and lists them in its report."),
             table(importance_rows(m["importance"], ["metrics", "importance"], m.get("hosts") or job.host_names),
                   cols)]
 

@@ -30,6 +30,7 @@ from .config import JobConfig, ModelConfig, PartyConfig
 
 log = logging.getLogger("vfl.secureboost")
 MODEL_FILE = "model.json"
+IMPORTANCE = "sbt/importance"
 
 
 def tree_params(m: ModelConfig) -> TreeParams:
@@ -91,6 +92,8 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
     with timings("predict"):
         score = model.predict_proba(channel, X)                   # as `vfl predict` scores new rows
+    for k, h in enumerate(job.host_names):                       # each host: its own columns' importance
+        channel.send(h, IMPORTANCE, model.host_importance(k))
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     split = np.where(test, "test", np.where(valid, "validation", "train"))
@@ -138,9 +141,10 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     model.fit(channel, X[~test], valid=validation_rows(common, test, job.model, job.seed)[~test])
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
     model.predict(channel, X)
+    importance = model.importance(channel.recv(job.guest.name, IMPORTANCE))
     report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
               "train_rows": int((~test).sum()), "test_rows": int(test.sum()), "splits": len(model.rules_),
-              "importance": model.importance(),
+              "importance": importance,
               "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()}}
     from ..evaluation.collect import host_figures     # PSI of its own columns, train against test
     from ..evaluation.host_report import write_host_report

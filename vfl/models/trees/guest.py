@@ -350,10 +350,24 @@ class SecureBoostGuest:
                 out[i] = self._host_sides[cand.party - 1][nodes[i].split]
         return out
 
+    def host_importance(self, k: int) -> dict:
+        """What host ``k`` is told after training (``sbt/importance``): the total gain and number of
+        split nodes of each of its columns that the model uses, by column position, over the whole
+        model (not per node or per split)."""
+        gain: dict[str, float] = {}
+        nodes: dict[str, int] = {}
+        for tree in self.trees_:
+            for node in tree.nodes:
+                if not node.is_leaf and node.party == k + 1:
+                    j = str(node.feature)
+                    gain[j] = gain.get(j, 0.0) + float(node.gain)
+                    nodes[j] = nodes.get(j, 0) + 1
+        return {"gain": gain, "nodes": nodes}
+
     def importance(self) -> dict[str, dict]:
         """Total gain and number of split nodes per column: the guest's own by name, hosts' by
-        anonymous name (``host0_c03``: host 0, its column 3). Hosts get none of this (gain is a
-        function of the labels); each counts its own splits."""
+        anonymous name (``host0_c03``: host 0, its column 3). Each host is told its own columns'
+        totals after training (:meth:`host_importance`)."""
         out: dict[str, dict] = {}
         for tree in self.trees_:
             for node in tree.nodes:

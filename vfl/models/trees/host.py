@@ -149,11 +149,27 @@ class SecureBoostHost:
             raise ValueError(f"{step}: next = {nxt!r} is not one of {sorted(allowed)} at tree {tree}, level {level}")
         return splits, nxt
 
-    def importance(self) -> dict[str, dict]:
-        """Distinct splits per own column (most first): all a host knows of its columns' use. It is
-        never told how many nodes reuse a split, nor any gain (a function of the labels: the guest's)."""
+    def importance(self, told: dict | None = None) -> dict[str, dict]:
+        """Per own column: its distinct splits (the host's own count) and, with ``told`` (the guest's
+        ``sbt/importance``, checked here), the total gain and split nodes over the whole model;
+        most gain (else most splits) first."""
         counts = {c: sum(r.column == c for r in self.rules_) for c in self.columns}
-        return {c: {"splits": k} for c, k in sorted(counts.items(), key=lambda kv: -kv[1]) if k}
+        out = {c: {"splits": k} for c, k in counts.items() if k}
+        if told is not None:
+            if not isinstance(told, dict) or set(told) != {"gain", "nodes"} or not all(
+                    isinstance(told[k], dict) for k in ("gain", "nodes")) or set(told["gain"]) != set(told["nodes"]):
+                raise ValueError("sbt/importance: expected {gain, nodes} keyed by the same column positions")
+            for entry in out.values():        # a split only trees after the best (early stopping) used
+                entry.update(gain=0.0, nodes=0)
+            for j, g in told["gain"].items():
+                n = told["nodes"][j]
+                if not (j.isdigit() and int(j) < len(self.columns) and self.columns[int(j)] in out
+                        and isinstance(g, (int, float)) and not isinstance(g, bool) and g >= 0
+                        and isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+                    raise ValueError(f"sbt/importance: column {j!r} is not one of this host's split columns, "
+                                     f"or its gain or node count is invalid")
+                out[self.columns[int(j)]].update(gain=float(g), nodes=n)
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1].get("gain", 0.0), -kv[1]["splits"])))
 
     # ------------------------------------------------------------ scoring
     def split_bits(self, X: np.ndarray) -> np.ndarray:
