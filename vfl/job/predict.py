@@ -16,10 +16,10 @@ import pandas as pd
 from ..protocol.channel import Channel
 from .config import JobConfig, PartyConfig
 from ..io.tables import load_table, read_columns
-from ..io.files import write_json
 from ..evaluation.metrics import binary_metrics, gains_table
 from ..models.model_file import load_part
 from ..psi import write_intersection
+from .cohorts import keep_host_cohort
 from .roles import binned, guest_joint_scores, run_psi
 from ..models.scoring import host_send_scores, relay_authentication
 
@@ -90,16 +90,4 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     u_h = model.score(data)
     host_send_scores(channel, job.guest.name, job.host_names, name, u_h, context=f"{job.name}/score",
                      auth=relay_authentication(job, name))
-    from ..evaluation import collect                   # the PSI of its own columns against its training rows
-    path = _rows_to_score(h)
-    cdir = collect.new_cohort_dir(out, path)
-    report = {"party": name, **collect.cohort_stamp(cdir, path, out / "model.json"),
-              "rows": int(len(table.ids)), "scored_rows": int(len(common))}
-    report.update(collect.host_cohort_figures(out / "report.json", data.columns, data.features,
-                                              data.categorical_columns, data.categorical))
-    write_intersection(cdir / "scored_ids.csv", common)
-    write_json(cdir / "report.json", report)
-    if (out / "report.json").is_file():
-        from ..evaluation.host_report import write_host_report
-        write_host_report(job, name)
-    return {"party": name, "rows": report["rows"], "scored_rows": report["scored_rows"]}
+    return keep_host_cohort(job, name, table, data, common)

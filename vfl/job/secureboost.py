@@ -27,6 +27,7 @@ from ..preprocess.split import split_mask
 from ..protocol.channel import Channel
 from ..psi import bucketed_psi_guest, bucketed_psi_host, write_intersection
 from .config import JobConfig, ModelConfig, PartyConfig
+from .cohorts import keep_host_cohort
 
 log = logging.getLogger("vfl.secureboost")
 MODEL_FILE = "model.json"
@@ -207,16 +208,4 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     write_intersection(out / "scored_ids.csv", common)
     data = table.take(common)
     model.predict(channel, _inputs(data, model.categories)[0])
-    from ..evaluation import collect                   # the PSI of its own columns against its training rows
-    path = h.predict_data or h.data
-    cdir = collect.new_cohort_dir(out, path)
-    report = {"party": name, **collect.cohort_stamp(cdir, path, out / MODEL_FILE),
-              "rows": int(len(table.ids)), "scored_rows": int(len(common))}
-    report.update(collect.host_cohort_figures(out / "report.json", data.columns, data.features,
-                                              data.categorical_columns, data.categorical))
-    write_intersection(cdir / "scored_ids.csv", common)
-    write_json(cdir / "report.json", report)
-    if (out / "report.json").is_file():
-        from ..evaluation.host_report import write_host_report
-        write_host_report(job, name)
-    return {"party": name, "rows": report["rows"], "scored_rows": report["scored_rows"]}
+    return keep_host_cohort(job, name, table, data, common)
