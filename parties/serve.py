@@ -82,7 +82,8 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
     async def on_link(link: Link) -> None:
         log.info("%s: serving link from %s up", name, guest)
         links[link] = asyncio.current_task()
-        link.send("serve/hello", scorer.hello())
+        session, hello = scorer.hello()            # this link's own keys and request numbers
+        link.send("serve/hello", hello)
         pending: set[asyncio.Task] = set()
         try:
             while True:
@@ -91,9 +92,9 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
                     return
                 step, payload = msg
                 if step == "serve/keys":
-                    log.info("%s: keys for epoch %d", name, scorer.set_keys(payload))
+                    log.info("%s: keys for epoch %d", name, scorer.set_keys(session, payload))
                 elif step in ("serve/has", "serve/score"):
-                    task = asyncio.create_task(answer(link, scorer.accept(step, payload)))
+                    task = asyncio.create_task(answer(link, scorer.accept(session, step, payload)))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 else:

@@ -119,9 +119,11 @@ async def run_guest_http(job: JobConfig, started: Optional[asyncio.Event] = None
     import uvicorn
     scorer = await asyncio.to_thread(guest_scorer, job)
     host, port = _host_port(job.guest.serve_address)
+    g = job.guest
+    tls = {"ssl_certfile": str(g.serve_cert), "ssl_keyfile": str(g.serve_key)} if g.serve_cert else {}
     server = uvicorn.Server(uvicorn.Config(make_app(job, scorer), host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="on"))
-    log.info("%s: scoring %s over HTTP on http://%s:%d (store: %s)", job.guest.name, job.name, host, port,
+                                           access_log=False, lifespan="on", **tls))
+    log.info("%s: scoring %s on %s://%s:%d (store: %s)", g.name, job.name, "https" if tls else "http", host, port,
              scorer.store.describe())
     task = asyncio.create_task(server.serve())
     if stop is not None or started is not None:

@@ -243,18 +243,21 @@ def test_200_concurrent_clients_each_get_an_answer(served):
 def test_a_host_refuses_reused_request_numbers_and_forged_keys(served):
     cfg, scores, *_ = served
     a, b = HostScorer(cfg, "host0"), HostScorer(cfg, "host1")
-    ha, hb = a.hello(), b.hello()
+    (sa, ha), (_, hb) = a.hello(), b.hello()
     keys = [{k: h[k] for k in ("key", "cert", "sig")} for h in (ha, hb)]
-    a.set_keys({"epoch": 1, "keys": keys})
+    a.set_keys(sa, {"epoch": 1, "keys": keys})
     ids = scores["id"].tolist()[:3]
-    a.accept("serve/score", {"epoch": 1, "req": 5, "ids": ids})
+    a.accept(sa, "serve/score", {"epoch": 1, "req": 5, "ids": ids})
     with pytest.raises(ProtocolError, match="never reused"):
-        a.accept("serve/score", {"epoch": 1, "req": 5, "ids": ids})
+        a.accept(sa, "serve/score", {"epoch": 1, "req": 5, "ids": ids})
     with pytest.raises(ProtocolError, match="epoch"):
-        a.accept("serve/score", {"epoch": 0, "req": 9, "ids": ids})
+        a.accept(sa, "serve/score", {"epoch": 0, "req": 9, "ids": ids})
     forged = [keys[0], {**keys[1], "key": ha["key"][:-2] + ("00" if ha["key"][-2:] != "00" else "11")}]
     with pytest.raises(ProtocolError, match="refused"):
-        a.set_keys({"epoch": 2, "keys": forged})
+        a.set_keys(sa, {"epoch": 2, "keys": forged})
+    # a second link (another guest replica) has its own key and counters: the first is untouched
+    sa2, ha2 = a.hello()
+    assert ha2["key"] != ha["key"] and sa.epoch == 1 and sa.last_req == 5
 
 
 def test_sql_store_serves_the_same_scores_and_a_host_average_when_asked(tmp_path):
@@ -382,3 +385,30 @@ def test_the_serving_link_carries_only_steps_the_spec_declares():
         link._check("serve/share", "host", "guest", np.zeros(3, dtype=np.uint64))
     with pytest.raises(ProtocolError, match="which task 'serve' does not run"):
         link._check("predict/u_h_share", "host", "guest", np.zeros(3, dtype=np.uint64))
+
+
+def test_the_guest_api_speaks_https_with_its_own_certificate(served, tmp_path):
+    """serve_cert/serve_key: the bank's clients verify the API's certificate; plain HTTP is refused."""
+    cfg, scores, *_ = served
+    tls = cfg.guest.cert.parent                       # here: the guest's job certificate, for the test's CA
+    guest = replace(cfg.guest, serve_address=f"127.0.0.1:{_free()}", serve_cert=tls / "guest.pem",
+                    serve_key=tls / "guest-key.pem")
+    job = replace(cfg, guest=guest)
+    from parties.serve_http import run_guest_http
+    running = Running(run_guest_http, job)
+    try:
+        url = "https://" + guest.serve_address
+        import ssl
+        trust = ssl.create_default_context(cafile=str(cfg.ca))
+        deadline = time.monotonic() + 30
+        while httpx.get(url + "/ready", verify=trust).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = httpx.post(url + "/score", json={"id": scores["id"].iloc[0]}, verify=trust)
+        assert r.status_code == 200 and abs(r.json()["probability"] - scores["score"].iloc[0]) <= 1e-12
+        with pytest.raises(httpx.HTTPError):
+            httpx.post("http://" + guest.serve_address + "/score", json={"id": "x"})
+        with pytest.raises(httpx.ConnectError):           # a client that does not trust the certificate
+            httpx.get(url + "/health")
+    finally:
+        running.stop()

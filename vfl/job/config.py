@@ -52,6 +52,8 @@ class PartyConfig:
     store: str | None = None             # where `vfl serve` looks up features by ID: an SQLAlchemy URL
                                          # (e.g. "sqlite:///features.db"); default: predict_data, else data
     store_table: str | None = None       # the SQL table (default: the party's name)
+    serve_cert: Path | None = None       # guest: HTTPS for its API with this certificate (PEM) ...
+    serve_key: Path | None = None        # ... and key, e.g. from the bank's own PKI (absent: plain HTTP)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -263,7 +265,7 @@ def _path(base: Path, value: Any) -> Path | None:
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns",
-               "crosses", "ray_address", "encoding", "serve_address", "store", "store_table"}
+               "crosses", "ray_address", "encoding", "serve_address", "store", "store_table", "serve_cert", "serve_key"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -297,13 +299,18 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     if store is not None and "://" not in store:
         raise ConfigError(f"[{where}] store {store!r} must be an SQLAlchemy URL such as "
                           f"'sqlite:///features.db' or 'postgresql://user@db/bank' (files: use predict_data)")
+    serve_cert, serve_key = _path(base, table.get("serve_cert")), _path(base, table.get("serve_key"))
+    if (serve_cert is None) != (serve_key is None) or (serve_cert is not None and role != "guest"):
+        raise ConfigError(f"[{where}] serve_cert and serve_key go together, in the guest's table only "
+                          f"(HTTPS for its scoring API)")
     return PartyConfig(role=role, name=name, address=address, data=data,
                        id_column=str(table.get("id_column", "id")),
                        label_column=(str(table.get("label_column", "y")) if role == "guest" else None),
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
                        predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
                        categorical_columns=tuple(cats), crosses=crosses, ray_address=ray_address,
-                       encoding=encoding, serve_address=serve_address, store=store, store_table=store_table)
+                       encoding=encoding, serve_address=serve_address, store=store, store_table=store_table,
+                       serve_cert=serve_cert, serve_key=serve_key)
 
 
 def _crosses(value: Any, cats: list[str], where: str) -> tuple[tuple[str, ...], ...]:

@@ -109,7 +109,6 @@ class HostScorer:
         self.index = job.host_names.index(name)
         self.policy = job.serving.unknown_id
         self._average: float | None = None
-        self.session: _Session | None = None
 
     def _load(self, party) -> None:
         """The model part and the store (with the columns as the part recorded them)."""
@@ -134,21 +133,22 @@ class HostScorer:
             self._average = float(np.mean(scores)) if len(scores) else 0.0
         return self._average
 
-    def hello(self) -> dict:
-        """A new link: a fresh secure-sum key, signed, and this host's model hash."""
-        self.session = _Session(SumKey(), self.index)
-        public = self.session.key.public_bytes()
+    def hello(self) -> tuple[_Session, dict]:
+        """A new link: its own session (a fresh secure-sum key, its epochs and request numbers, so
+        links never share masks or counters) and the hello: the key, signed, and the model hash."""
+        session = _Session(SumKey(), self.index)
+        public = session.key.public_bytes()
         signer = self.auth.signer
         sig = signer.sign(signed_bytes(self._key_context(), self.name, public)) if signer else b""
-        return {"key": public.hex(), "cert": signer.cert_pem.decode() if signer else "", "sig": sig.hex(),
-                "model": self.model_hash}
+        return session, {"key": public.hex(), "cert": signer.cert_pem.decode() if signer else "", "sig": sig.hex(),
+                         "model": self.model_hash}
 
     def _key_context(self) -> str:
         return f"{self.job.name}/serve"
 
-    def set_keys(self, payload: Any) -> int:
-        """The guest's relay of every host's key for a new epoch; each other host's checked."""
-        s = self._session()
+    def set_keys(self, s: _Session, payload: Any) -> int:
+        """The guest's relay of every host's key for a new epoch of link session ``s``; each other
+        host's checked."""
         if not isinstance(payload, dict) or set(payload) != {"epoch", "keys"}:
             raise ProtocolError("serve/keys: expected {epoch, keys}")
         epoch = _counter(payload, "epoch", "serve/keys")
@@ -173,15 +173,9 @@ class HostScorer:
         s.epoch, s.publics, s.last_req = epoch, publics, -1
         return epoch
 
-    def _session(self) -> _Session:
-        if self.session is None:
-            raise ProtocolError("serving request before the link's hello")
-        return self.session
-
-    def accept(self, step: str, payload: Any) -> "HostRequest":
-        """Check a request in arrival order (epoch, a request number never seen, the IDs) and
-        fix the session it will be answered under; :meth:`respond` does the work, anywhere."""
-        s = self._session()
+    def accept(self, s: _Session, step: str, payload: Any) -> "HostRequest":
+        """Check a request on link session ``s`` in arrival order (its epoch, a request number never
+        seen, the IDs) and fix the keys it will be answered under; :meth:`respond` does the work."""
         if not isinstance(payload, dict) or set(payload) != {"epoch", "req", "ids"}:
             raise ProtocolError(f"{step}: expected {{epoch, req, ids}}")
         epoch, req = _counter(payload, "epoch", step), _counter(payload, "req", step)
