@@ -22,7 +22,6 @@ from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
 from vfl.serving.roles import ANSWER_STEPS, GuestScorer, check_hello, check_ids, read_known
 from vfl.serving.scorers import host_scorer
-from vfl.io.tables import PartyTable
 from vfl.serving.stores import Lookup, StoreError
 
 from .serve_link import SETUP_TIMEOUT, Link, dial, listen, tls_contexts
@@ -344,6 +343,4 @@ def _host_row_error(host: str, id_: str, why: str) -> RowError:
 
 
 def _subset(found: Lookup, rows: list[int]) -> Lookup:
-    t = found.table
-    return Lookup(PartyTable(t.ids[rows], t.features[rows], t.columns, None, t.categorical[rows],
-                             list(t.categorical_columns)), found.positions[rows])
+    return Lookup(found.table.rows(rows), found.positions[rows])

@@ -157,9 +157,13 @@ class PartyTable:
         pos = index.get_indexer(ids)
         if (pos < 0).any():
             raise DataError(f"{int((pos < 0).sum())} requested IDs are not in this table")
-        return PartyTable(self.ids[pos], self.features[pos], self.columns,
-                          None if self.labels is None else self.labels[pos],
-                          self.categorical[pos], list(self.categorical_columns))
+        return self.rows(pos)
+
+    def rows(self, positions) -> "PartyTable":
+        """The rows at ``positions`` (indices or a boolean mask), in that order."""
+        return PartyTable(self.ids[positions], self.features[positions], self.columns,
+                          None if self.labels is None else self.labels[positions],
+                          self.categorical[positions], list(self.categorical_columns))
 
 
 def check_unique_ids(ids: np.ndarray, source: str) -> None:

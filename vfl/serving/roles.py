@@ -128,8 +128,7 @@ class HostScorer:
                                   allow_missing=binned(self.job), encoding=p.encoding)
             ok = ~np.isnan(rows.features).any(axis=1) if rows.features.size and not binned(self.job) else \
                 np.ones(len(rows.ids), bool)
-            scores = self.part.score(PartyTable(rows.ids[ok], rows.features[ok], rows.columns, None,
-                                                rows.categorical[ok], list(rows.categorical_columns)))
+            scores = self.part.score(rows.rows(ok))
             self._average = float(np.mean(scores)) if len(scores) else 0.0
         return self._average
 

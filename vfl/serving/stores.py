@@ -69,10 +69,7 @@ def _rows_checked(table: PartyTable, positions: np.ndarray, allow_missing: bool,
             invalid[int(positions[i])] = (f"missing value for feature {col!r} (this model has no bin for missing "
                                           f"values: send it in 'features' or fix the store)")
         if bad.any():
-            keep = np.flatnonzero(~bad)
-            table = PartyTable(table.ids[keep], table.features[keep], table.columns, None,
-                               table.categorical[keep], list(table.categorical_columns))
-            positions = positions[keep]
+            table, positions = table.rows(~bad), positions[~bad]
     return Lookup(table, positions, unknown, invalid)
 
 
@@ -86,7 +83,7 @@ def _apply_overrides(frame: pd.DataFrame, ids: Sequence[str], overrides, id_colu
             continue
         for col, value in given.items():
             if col in cats:
-                if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+                if (value is not None and not isinstance(value, (str, int))) or isinstance(value, bool):
                     invalid[pos] = f"feature {col!r} is categorical: send text, got {value!r}"
                     continue
                 rows.iat[pos, rows.columns.get_loc(col)] = "" if value is None else str(value)
@@ -106,6 +103,7 @@ class FileStore:
     """A party's CSV or Parquet file, read once and indexed by ID."""
 
     in_memory = True       # a lookup is an index probe: no I/O
+
     def __init__(self, path: Path, id_column: str, categorical_columns: Sequence[str] = (),
                  drop_columns: Sequence[str] = (), encoding: str = "utf-8", allow_missing: bool = False):
         self.path, self.id_column, self.allow_missing = Path(path), id_column, allow_missing
@@ -130,10 +128,7 @@ class FileStore:
         pos = np.fromiter((self._pos.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         found = np.flatnonzero(pos >= 0)
         unknown = [int(i) for i in np.flatnonzero(pos < 0)]
-        t, rows = self._table, pos[found]
-        table = PartyTable(t.ids[rows], t.features[rows], t.columns, None, t.categorical[rows],
-                           list(t.categorical_columns))
-        return _rows_checked(table, found, self.allow_missing, unknown, {})
+        return _rows_checked(self._table.rows(pos[found]), found, self.allow_missing, unknown, {})
 
     def _lookup_with(self, ids: list[str], overrides) -> Lookup:
         with self._lock:
@@ -167,7 +162,8 @@ def _frame_lookup(frame: pd.DataFrame, ids: list[str], overrides, id_column: str
         if lacking:          # an ID the store lacks is scored from the request's values: all of them
             invalid[pos] = (f"ID not in this party's store and the request lacks feature(s) "
                             f"{', '.join(map(repr, lacking))}")
-    keep = [p for p in range(len(ids)) if p not in invalid and p not in unknown]
+    dropped = set(invalid) | set(unknown)
+    keep = [p for p in range(len(ids)) if p not in dropped]
     sub = rows.iloc[keep].reset_index(drop=True)
     for c in cats:
         sub[c] = sub[c].fillna("").astype(str)
@@ -182,6 +178,7 @@ class SqlStore:
     """A table in an SQL database (SQLAlchemy URL): one ``SELECT ... WHERE id IN (...)`` per lookup."""
 
     in_memory = False      # every lookup waits on the database
+
     def __init__(self, url: str, table: str, id_column: str, categorical_columns: Sequence[str] = (),
                  drop_columns: Sequence[str] = (), allow_missing: bool = False):
         try:
