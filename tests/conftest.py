@@ -88,7 +88,7 @@ def audit_every_job(request, tmp_path):
         if not any(job.workdir.glob("*/ledger.jsonl")):
             continue
         ok, text = audit_job(job)
-        AUDITED[f"{request.node.nodeid}:{path.name}"] = ok
+        AUDITED[f"{request.node.nodeid}:{path.relative_to(tmp_path)}"] = ok
         if not ok:
             pytest.fail(f"vfl audit failed on {path}:\n{text}", pytrace=False)
 

@@ -68,6 +68,7 @@ def twin_metrics(job: JobConfig, tables: list[PartyTable], test: np.ndarray, pro
     from ..models.reference import fit_twin
     from ..models.trainer import init_seed
     from ..models.builder import tower_for
+    from ..models.towers import LinearTower
     from ..models.validation import validation_rows
     model = job.model if protected else replace(job.model, min_rows_per_release=1, label_dp="off")
     parties = [job.guest, *job.hosts]
@@ -80,7 +81,17 @@ def twin_metrics(job: JobConfig, tables: list[PartyTable], test: np.ndarray, pro
                          noise=None if noise_seed is None else np.random.default_rng(noise_seed),
                          validation=([x.take(rows_v) for x in inputs], tables[0].labels[rows_v])
                          if valid.any() else None)
-    z = sum(t.forward(p, x)[0] for t, p, x in zip(towers, params, inputs))
+    a = towers[0].forward(params[0], inputs[0])[0]
+    host_sum = sum(t.forward(p, x)[0] for t, p, x in zip(towers[1:], params[1:], inputs[1:]))
+    z = a + host_sum
+    if model.guest_refit_on and not isinstance(towers[0], LinearTower):     # as the guest's job does
+        from ..models.refit import fit_refit
+        g = tables[0]
+        refit = fit_refit(a, host_sum, inputs[0].numeric, g.categorical, list(g.categorical_columns), g.labels,
+                          ~test & ~valid, valid, model.refit_min_rows)
+        if refit is not None:
+            z = refit.own(a, inputs[0].numeric, g.categorical, list(g.categorical_columns)) + \
+                refit.host_weight * host_sum
     return binary_metrics(tables[0].labels[test], 1 / (1 + np.exp(-z[test])))
 
 

@@ -479,6 +479,14 @@ def _job_section(m: dict, job) -> list[str]:
                 ("smallest release (rows)", m.get("smallest_release_rows"))] + preprocess_settings(job)
     if mc.type == "secureboost":
         settings = settings[:3] + tree_settings(mc, m.get("trees")) + settings[8:11]
+    refit = m.get("guest_refit")
+    if refit:             # docs/protocols.md, "The guest's refit"
+        settings.append(("guest refit", "not kept: the trained sum was better on the validation rows"
+                         if not refit.get("kept") else
+                         f"kept: hosts' weight {refit['host_weight']:.3f}, tower's {refit['tower_weight']:.3f}, "
+                         f"C {refit['C']:g}" + (f"; validation log-loss {refit['plain_log_loss']:.4f} -> "
+                                                f"{refit['refit_log_loss']:.4f}" if refit.get("plain_log_loss")
+                                                is not None else "")))
     srows = [{"setting": k, "value": v} for k, v in settings]
     srows[1]["_paths"] = {"value": ["metrics", "key_bits"]}
     times = stage_rows(["metrics"], m.get("stage_seconds"), m.get("phase_seconds"))

@@ -92,6 +92,9 @@ class ModelConfig:
     patience: int = 3                        # epochs without a better validation score before stopping
     min_epochs: int = 0                      # decisions start after this many epochs (0: half of epochs)
     wide: bool = True                        # a weight per category, cross and numeric column, straight to the output
+    guest_refit: str = "auto"                # "auto"/"on": after training the guest refits its own part on exact
+                                             # labels with the hosts' scores fixed (embedding model); "off"
+    refit_min_rows: int = 2                  # the refit's one-hot keeps values with this many training rows
     hash_buckets: int = 0                    # > 0: hash categorical values into this many rows
     min_category_rows: int = 32              # rarer values share the "unknown" embedding row
     # protection of what decrypted gradient sums reveal (docs/protocols.md)
@@ -149,6 +152,11 @@ class ModelConfig:
     def early_stopping_on(self) -> bool:
         """Whether a validation slice picks the best epoch and stops training."""
         return self.early_stopping == "on" or (self.early_stopping == "auto" and self.type == "embedding")
+
+    @property
+    def guest_refit_on(self) -> bool:
+        """Whether the guest refits its own part after training (docs/protocols.md, "The guest's refit")."""
+        return self.type == "embedding" and self.guest_refit != "off"
 
     @property
     def label_dp_on(self) -> bool:
@@ -395,6 +403,11 @@ def _check_model(m: ModelConfig) -> None:
     if not 0 < m.validation_fraction < 0.5 or m.patience < 1 or not 0 <= m.min_epochs < m.epochs:
         raise ConfigError("[model] validation_fraction must be in (0, 0.5), patience >= 1 and min_epochs in "
                           "[0, epochs) (0: half of epochs)")
+    if m.guest_refit not in ("auto", "on", "off") or (m.guest_refit == "on" and m.type != "embedding"):
+        raise ConfigError(f"[model] guest_refit must be 'auto', 'on' (the embedding model only) or 'off', "
+                          f"got {m.guest_refit!r} for type {m.type!r}")
+    if m.refit_min_rows < 1:
+        raise ConfigError(f"[model] refit_min_rows must be >= 1, got {m.refit_min_rows}")
     if m.table_release not in ("epoch", "eager"):
         raise ConfigError(f"[model] table_release must be 'epoch' or 'eager', got {m.table_release!r}")
     if m.label_dp not in ("auto", "on", "off"):

@@ -79,12 +79,13 @@ def binned(job: JobConfig) -> bool:
 
 
 def guest_joint_scores(job: JobConfig, channel: Channel, part: "ModelPart | TowerPart",
-                       data: PartyTable) -> tuple[np.ndarray, np.ndarray]:
+                       data: PartyTable, host_sum: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The guest's joint scores of ``data``'s rows (in ID order, common to every party) and their
-    scorecard points: its own part's score plus the hosts' secure sum, as at training so at
-    ``vfl predict``."""
-    host_sum = guest_sum_scores(channel, job.host_names, len(data.ids))
-    score = sigmoid(part.score(data) + host_sum)
+    scorecard points: its own part's score plus the hosts' secure sum (``host_sum`` if already
+    received), as at training so at ``vfl predict``."""
+    if host_sum is None:
+        host_sum = guest_sum_scores(channel, job.host_names, len(data.ids))
+    score = sigmoid(part.score(data) + part.host_weight * host_sum)
     sc = job.scorecard
     return score, scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
 
@@ -127,6 +128,20 @@ def _scorecard(job: JobConfig, part: ModelPart, key: str, events=None) -> dict:
     return figures
 
 
+def _refit(job: JobConfig, part: "TowerPart", data: PartyTable, host_sum: np.ndarray, y: np.ndarray,
+           train: np.ndarray, valid: np.ndarray) -> dict:
+    """Refit the guest's own part on exact labels (docs/protocols.md, "The guest's refit")."""
+    fitted = part.fit_refit(data, host_sum, y, train, valid, job.model.refit_min_rows)
+    v = fitted.validation if fitted is not None else {}
+    if fitted is None:
+        log.info("%s: refit not kept: it does not beat the trained sum on the validation rows", part.party)
+    else:
+        log.info("%s: refit kept (C = %g; hosts' weight %.3f; validation log-loss %s)", part.party, fitted.C,
+                 fitted.host_weight, "n/a" if not v else f"{v['plain_log_loss']:.5f} -> {v['refit_log_loss']:.5f}")
+    return {"kept": fitted is not None, **({"C": fitted.C, "host_weight": fitted.host_weight,
+                                            "tower_weight": fitted.tower_weight, **v} if fitted else {})}
+
+
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
     if job.model.type == "secureboost":
@@ -164,9 +179,15 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
                   checkpoint=_checkpoint(job, g.name, common[~test], model_data.columns,
                                          model_data.categorical_columns), validation=validation)
     part = _model_part(g, model_data, std, tower, vocabs, model.params_, prep)
+    with timings("predict"):
+        host_sum = guest_sum_scores(channel, job.host_names, len(data.ids))
+    refit = None
+    if job.model.guest_refit_on and isinstance(part, TowerPart):
+        with timings("refit"):       # after the hosts' last release: nothing of it reaches a host
+            refit = _refit(job, part, model_data, host_sum, data.labels, train, valid)
     part.save(out / "model.json")
     with timings("predict"):    # the same arithmetic as `vfl predict` on new rows
-        score, points = guest_joint_scores(job, channel, part, data)
+        score, points = guest_joint_scores(job, channel, part, data, host_sum)
     sc = job.scorecard
     split = np.where(test, "test", np.where(valid, "validation", "train"))
     pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
@@ -181,6 +202,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,
         "smallest_release_rows": model.smallest_release_,
+        "guest_refit": refit,
         "label_dp": label_dp_summary(job.model, len(model.loss_history_), len(job.hosts)),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,

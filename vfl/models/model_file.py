@@ -16,6 +16,7 @@ from ..io.tables import PartyTable
 from ..io.files import write_json
 from ..preprocess.split import Standardizer
 from ..preprocess.transform import WoeEncoder
+from .refit import GuestRefit, fit_refit
 from .towers import EmbeddingTower, TowerInput
 from .vocab import Vocabulary, encode_all
 
@@ -48,6 +49,8 @@ class ModelPart:
     encoder: "WoeEncoder | None" = None   # [preprocess] woe = true: raw values -> bin -> WOE, then the weights
     dropped: list[str] = field(default_factory=list)   # own columns IV selection removed (woe = false)
     categorical_columns: list[str] | None = None       # as the party's table named them (scoring reads them)
+
+    host_weight = 1.0                                  # the hosts' sum enters the log-odds as it is
 
     def partial_score(self, features: np.ndarray, columns: list[str]) -> np.ndarray:
         """This party's share of the linear score for raw (unscaled) rows."""
@@ -136,6 +139,12 @@ class TowerPart:
     dropped: list[str] = field(default_factory=list)   # own columns IV selection removed
     categorical_columns: list[str] | None = None       # as the party's table named them (scoring reads them)
     wide: bool = False                                 # the wide part (crosses are vocabularies with sources)
+    refit: GuestRefit | None = None                    # the guest's own part refitted on exact labels
+
+    @property
+    def host_weight(self) -> float:
+        """The weight of the hosts' summed score in the joint log-odds (1 unless the guest refitted)."""
+        return 1.0 if self.refit is None else self.refit.host_weight
 
     @property
     def tower(self) -> EmbeddingTower:
@@ -155,7 +164,24 @@ class TowerPart:
         return TowerInput(self.standardizer.transform(table.features), codes)
 
     def score(self, table: PartyTable) -> np.ndarray:
-        return self.tower.forward(self.params, self.inputs(table))[0]
+        """This party's own part of the log-odds (the guest's refit included; hosts' sum apart)."""
+        x = self.inputs(table)
+        a = self.tower.forward(self.params, x)[0]
+        if self.refit is None:
+            return a
+        t = _without_dropped(table, self.dropped, self.party)
+        return self.refit.own(a, x.numeric, t.categorical, list(t.categorical_columns))
+
+    def fit_refit(self, table: PartyTable, host_sum: np.ndarray, y: np.ndarray, train: np.ndarray,
+                  valid: np.ndarray, min_rows: int) -> GuestRefit | None:
+        """Refit the guest's own part on exact labels with the hosts' sums fixed (:mod:`.refit`); keeps
+        and returns it only if it beats the plain sum on the validation rows."""
+        self.refit = None
+        x = self.inputs(table)
+        t = _without_dropped(table, self.dropped, self.party)
+        self.refit = fit_refit(self.tower.forward(self.params, x)[0], host_sum, x.numeric, t.categorical,
+                               list(t.categorical_columns), y, train, valid, min_rows)
+        return self.refit
 
     def to_dict(self) -> dict:
         d = {"format": TOWER_FORMAT, "version": TOWER_VERSION, "role": self.role, "party": self.party,
@@ -168,6 +194,8 @@ class TowerPart:
             d["dropped"] = list(self.dropped)
         if self.categorical_columns is not None:
             d["categorical_columns"] = list(self.categorical_columns)
+        if self.refit is not None:
+            d["refit"] = self.refit.to_dict()
         return d
 
     def save(self, path: Path) -> None:
@@ -190,6 +218,10 @@ class TowerPart:
                                      f"{layout.shapes[name]} (finite)")
             flat[layout.slices[name]] = arr.ravel()
         part.params = flat
+        if "refit" in d:
+            if part.role != "guest":
+                raise ModelFileError(f"{path}: only the guest's part has a refit")
+            part.refit = GuestRefit.from_dict(d["refit"])
         return part
 
 

@@ -11,7 +11,9 @@ the label-DP epsilon spent when the arbiter's ``training.json`` reports it.
 With label-DP on, every release a party received in the last training run
 must be one the arbiter reports having noised: the guarantee covers a host's
 whole view only if the guest's releases are noised as well as the hosts'
-(docs/protocols.md, section 2, "Releases").
+(docs/protocols.md, section 2, "Releases"). And once the guest of a training run
+has the hosts' scores of the aligned rows it sends no host anything: its refit on
+exact labels comes after, outside the guarantee, and must stay with the guest.
 """
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ from pathlib import Path
 
 from .ledger import GENESIS, LEDGER_FILE, line_hash
 from .spec import AGGREGATE, CLASSES, CLEAR, SpecViolation, find
+
+# In a training run the guest learns the hosts' summed scores of the aligned rows here, then refits
+# its own part on exact labels (docs/protocols.md, "The guest's refit"): it may send hosts nothing after.
+SCORED_STEP = "predict/u_h_share"
 
 
 @dataclass
@@ -58,6 +64,7 @@ class PartyLedger:
     got: list = field(default_factory=list)            # (peer, step, sha256, line number)
     problems: list = field(default_factory=list)
     releases: int = 0                                  # non-empty released sums received, last training run
+    scored: bool = False                               # the guest has the hosts' scores of the aligned rows (this run)
 
 
 def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: int | None = None) -> PartyLedger:
@@ -88,6 +95,7 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
             if event == "open":
                 task = entry.get("task")
                 led.runs.append(task)
+                led.scored = False
                 if task == "train":
                     led.releases = 0
                 if entry.get("party") != name or entry.get("role") != led.role:
@@ -127,6 +135,12 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         led.problems.append(f"{where}: {step!r} recorded as class {entry.get('class')!r}; the spec says {spec.cls!r}")
         return
     key = (peer, step, entry.get("sha256"))
+    if direction == "sent" and led.scored and receiver == "host":
+        led.problems.append(f"{where}: the guest sent {step!r} to {peer} after it had the hosts' scores of the "
+                            "aligned rows: what it computes from then on (its refit on exact labels) is outside "
+                            "the hosts' label-DP guarantee, so nothing may reach a host")
+    if direction == "received" and task == "train" and led.role == "guest" and step == SCORED_STEP:
+        led.scored = True
     if direction == "sent":
         led.sent_messages += 1
         led.sent_bytes += int(entry.get("bytes") or 0)

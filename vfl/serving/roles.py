@@ -323,6 +323,7 @@ class GuestScorer:
 
         ``host_sum``: the hosts' summed partial scores for ``found``'s rows, in its order."""
         t = found.table
+        host_sum = self.part.host_weight * host_sum      # the guest's refit may weigh the hosts' sum
         logit = self.part.score(t) + host_sum
         prob = sigmoid(logit)
         sc = self.job.scorecard
