@@ -106,11 +106,11 @@ def wait_ready(url: str, seconds: float = 30.0) -> dict:
 
 
 def trained(tmp_path: Path, n_hosts: int = 2, model: dict | None = None, serving: dict | None = None,
-            preprocess=None, frames=None, **keys):
+            preprocess=None, frames=None, guest_keys: dict | None = None, **keys):
     """A trained job with TLS files, scored by `vfl predict` on its guest's rows."""
     guest, hosts = frames or vertical_split(900, 3, [2] * n_hosts, overlap=0.9, seed=6)
     job = make_job(tmp_path, guest, hosts, model={"epochs": 2, "batch_size": 256, **(model or {})},
-                   guest_keys={"serve_address": f"127.0.0.1:{_free()}"}, preprocess=preprocess,
+                   guest_keys={"serve_address": f"127.0.0.1:{_free()}", **(guest_keys or {})}, preprocess=preprocess,
                    serving=serving, **keys)
     cfg = load_job(job.to_toml(tmp_path / "job.toml"))
     run_local(cfg)
@@ -314,10 +314,20 @@ def test_scorecard_embedding_and_tree_models_are_served_as_vfl_predict_scores_th
     else:
         from vfl.io.synth import write_categorical_credit_demo
         bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=1000, seed=4)
+        # a guest column of rare values that tell the label: too rare for the tower, so the guest's
+        # refit (kept only when it helps on the validation rows) is in the served model
+        frame = pd.read_csv(bank)
+        frame["segment"] = [f"s{d * 40 + k}" for d, k in zip(frame["default"], np.random.default_rng(0).integers(
+            0, 40, len(frame)))]
+        frame.to_csv(bank, index=False)
         cats = ["merchant", "city", "device_model", "category"]
         cfg, scores, *_ = trained(tmp_path, model={"type": "embedding", "embedding_dim": 2, "hidden_units": [4]},
                                   frames=(bank, [shop]), label="default",
+                                  guest_keys={"categorical_columns": ["segment"]},
                                   host_keys={"host0": {"categorical_columns": cats, "crosses": [["merchant", "city"]]}})
+        from vfl.models.model_file import load_part
+        part = load_part(cfg.output_dir("guest") / "model.json", "guest")
+        assert part.refit is not None and part.host_weight != 1.0
     running = start_services(cfg)
     try:
         url = "http://" + cfg.guest.serve_address
