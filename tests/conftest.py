@@ -27,6 +27,19 @@ def write_job(tmp_path: Path, guest, hosts: list, **kwargs) -> Path:
     return make_job(tmp_path, guest, hosts, **kwargs).to_toml(tmp_path / "job.toml")
 
 
+def rechain_ledger(path: Path, entries: list[dict]) -> None:
+    """Write ``entries`` as a ledger with a valid hash chain: a forgery only the audit's other rules
+    can catch."""
+    import json
+    from vfl.protocol.ledger import GENESIS, line_hash
+    prev = GENESIS
+    with path.open("w") as f:
+        for e in entries:
+            e["prev"] = prev
+            e["hash"] = prev = line_hash(prev, e)
+            f.write(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n")
+
+
 def write_tables(tmp_path: Path, guest, hosts) -> tuple[Path, list[Path]]:
     """Write a guest frame and host frames as g.csv, h0.csv, h1.csv, ... in ``tmp_path``."""
     guest.to_csv(tmp_path / "g.csv", index=False)

@@ -11,13 +11,13 @@ import pytest
 
 from crypto import EncryptedArray, generate_keypair
 from parties.cli import main as vfl_main
-from tests.conftest import write_job, write_tables
+from tests.conftest import rechain_ledger, write_job, write_tables
 from vfl.protocol.channel import LocalNetwork, ProtocolError
 from vfl.job.config import load_job
 from vfl.job.jobfile import write_job as write_job_file
 from vfl.protocol.messages import BigInts
 from vfl.job.threads import JobFailed, run_local, run_predict_local
-from vfl.protocol.ledger import Ledger, SpecChannel, line_hash
+from vfl.protocol.ledger import Ledger, SpecChannel
 from vfl.protocol.spec import SPEC, batch_sizes, find
 from vfl.preprocess.split import batch_schedule
 from vfl.io.synth import vertical_split
@@ -125,12 +125,7 @@ def test_a_tampered_ledger_fails_the_audit(tmp_path, capsys):
     entries = [json.loads(line) for line in original.splitlines()]
     j = next(k for k, e in enumerate(entries) if e.get("dir") == "received" and e["step"].endswith("enc_d"))
     entries[j]["sha256"] = "0" * 64
-    prev = "0" * 64
-    with path.open("w") as f:
-        for e in entries:
-            e["prev"] = prev
-            e["hash"] = prev = line_hash(prev, e)
-            f.write(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n")
+    rechain_ledger(path, entries)
     code, out = _audit(job, capsys)
     assert code == 1 and "guest's ledger has no such message sent" in out
     # 3. a line that is not JSON

@@ -9,13 +9,12 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from parties.cli import main as vfl_main
-from tests.conftest import write_job
+from tests.conftest import rechain_ledger, write_job
 from vfl.job.config import ConfigError, load_job, parse_job
 from vfl.job.threads import run_local, run_predict_local
 from vfl.models.model_file import ModelFileError, load_part
 from vfl.models.refit import _design, fit_refit
 from vfl.models.vocab import encode_all
-from vfl.protocol.ledger import line_hash
 
 
 def _rare_category_data(n: int, seed: int):
@@ -133,12 +132,7 @@ def test_the_audit_fails_a_guest_that_sends_a_host_anything_after_it_has_their_s
     sent = next(e for e in entries if e.get("dir") == "sent" and e.get("step") == "predict/sum_keys")
     forged = {**sent, "seq": entries[-1]["seq"] + 1}
     entries.append(forged)                      # e.g. something learnt from the refit, sent to the host
-    prev = "0" * 64
-    with path.open("w") as f:
-        for e in entries:
-            e["prev"] = prev
-            e["hash"] = prev = line_hash(prev, e)
-            f.write(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n")
+    rechain_ledger(path, entries)
     assert scored < len(entries) - 1
     assert vfl_main(["audit", str(job.path)]) == 1
     assert "after it had the hosts' scores" in capsys.readouterr().out
