@@ -114,9 +114,20 @@ def test_a_job_refits_the_guest_and_scoring_applies_it_while_hosts_are_untouched
     # a refit on a host's part, or with weights that do not fit, is refused when loaded
     path = jobs["auto"].output_dir("guest") / "model.json"
     d = json.loads(path.read_text())
+    good = json.dumps(d)
     d["refit"]["tables"][0] = d["refit"]["tables"][0][:-1]
     path.write_text(json.dumps(d))
     with pytest.raises(ModelFileError, match="malformed"):
+        load_part(path, "guest")
+    d = json.loads(good)
+    d["refit"]["numeric"].append(0.5)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="refit's columns do not match"):
+        load_part(path, "guest")
+    d = json.loads(good)
+    d["role"] = "host"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ModelFileError, match="only the guest's part has a refit"):
         load_part(path, "guest")
 
 

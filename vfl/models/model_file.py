@@ -222,6 +222,11 @@ class TowerPart:
             if part.role != "guest":
                 raise ModelFileError(f"{path}: only the guest's part has a refit")
             part.refit = GuestRefit.from_dict(d["refit"])
+            cats = [v.column for v in part.vocabularies if not v.sources]
+            if (len(part.refit.numeric) != len(part.numeric_columns)
+                    or [v.column for v in part.refit.vocabularies] != cats):
+                raise ModelFileError(f"{path}: the refit's columns do not match the part's "
+                                     f"{part.numeric_columns} + {cats}")
         return part
 
 
