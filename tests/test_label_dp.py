@@ -156,12 +156,12 @@ class _ZeroNoise:
         return np.zeros(count)
 
 
-@pytest.mark.parametrize("coef_bits", [0, 6], ids=["full-precision", "coef_bits=6"])
+@pytest.mark.parametrize("coef_bits", [24, 0, 6], ids=["full-precision", "default-12", "coef_bits=6"])
 def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(keypair, monkeypatch, coef_bits):
     """Label-DP on (both parties clipped, tables released per epoch, early decisions by the arbiter
     ignored), the noise drawn as zeros: weights equal the twin's with the same protection and no noise.
     So the encrypted protocol does exactly what the twin (and the frontier) assume, up to the noise;
-    with ``[model] coef_bits`` both cut the backpropagated coefficients alike."""
+    with ``[model] coef_bits`` (12 by default under label-DP) both cut the backpropagated coefficients alike."""
     model = replace(DP, epochs=3, min_rows_per_release=8, table_release="epoch", wide=True, coef_bits=coef_bits)
     towers = (EmbeddingTower(3, [5], 2, (3,), intercept=True, wide=True), EmbeddingTower(2, [7], 2, (3,), wide=True))
     roles, _ = _train(model, keypair, towers, zero_noise=True, monkeypatch=monkeypatch)
@@ -170,9 +170,10 @@ def test_with_the_noise_drawn_as_zero_the_protected_protocol_equals_its_twin(key
                         EmbeddingTower(2, [7], 2, (3,), wide=True)], [xg, xh], y, model, seed=3, init_seeds=[1, 2])
     np.testing.assert_allclose(roles["g"].params_, twin[0], atol=1e-6)
     np.testing.assert_allclose(roles["h"].params_, twin[1], atol=1e-6)
-    if coef_bits:       # the setting reached the arithmetic: full precision gives other weights
+    assert model.backprop_bits == {24: None, 0: 12, 6: 6}[coef_bits]      # label-DP on: 12 by default
+    if coef_bits != 24:     # the setting reached the arithmetic: full precision gives other weights
         full, _ = fit_twin([EmbeddingTower(3, [5], 2, (3,), intercept=True, wide=True),
-                            EmbeddingTower(2, [7], 2, (3,), wide=True)], [xg, xh], y, replace(model, coef_bits=0),
+                            EmbeddingTower(2, [7], 2, (3,), wide=True)], [xg, xh], y, replace(model, coef_bits=24),
                            seed=3, init_seeds=[1, 2])
         assert np.abs(full[1] - twin[1]).max() > 1e-4
 
@@ -228,3 +229,14 @@ def test_clip_splits_the_bound_between_families_and_scales_embeddings_to_their_s
     assert np.allclose(sq["embedding"][live], 0.49 * CLIP_SHARES["embedding"])
     assert np.all(sq["wide"] <= 0.49 * CLIP_SHARES["wide"] * (1 + 1e-9))
     assert np.allclose(sq["wide"], 0.49 * CLIP_SHARES["wide"])       # three ones per row: over the share
+
+
+def test_backpropagated_coefficients_are_cut_to_12_bits_by_default_only_under_label_dp():
+    """Cutting toward zero never raises a row's norm (the clip bound holds), and under label-DP the
+    arbiter's noise dwarfs it; without label-DP the sums stay exact unless a job asks."""
+    assert ModelConfig(type="embedding").backprop_bits == 12
+    assert ModelConfig(type="logistic", label_dp="on").backprop_bits == 12
+    assert ModelConfig(type="embedding", label_dp="off").backprop_bits is None
+    assert ModelConfig(type="logistic").backprop_bits is None
+    assert ModelConfig(type="embedding", coef_bits=24).backprop_bits is None
+    assert ModelConfig(type="logistic", coef_bits=10).backprop_bits == 10
