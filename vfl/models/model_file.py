@@ -176,7 +176,6 @@ class TowerPart:
                   valid: np.ndarray, min_rows: int) -> GuestRefit | None:
         """Refit the guest's own part on exact labels with the hosts' sums fixed (:mod:`.refit`); keeps
         and returns it only if it beats the plain sum on the validation rows."""
-        self.refit = None
         x = self.inputs(table)
         t = _without_dropped(table, self.dropped, self.party)
         self.refit = fit_refit(self.tower.forward(self.params, x)[0], host_sum, x.numeric, t.categorical,
