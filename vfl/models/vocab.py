@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -51,9 +52,13 @@ class Vocabulary:
         if self.hash_buckets:
             return np.fromiter((1 + int.from_bytes(hashlib.sha256(str(v).encode()).digest()[:8], "big")
                                 % self.hash_buckets for v in raw), dtype=np.int64, count=len(raw))
-        index = pd.Index(self.values)
-        pos = index.get_indexer(pd.Index(np.asarray(raw, dtype=object)))
+        pos = self._index.get_indexer(pd.Index(np.asarray(raw, dtype=object)))
         return (pos + 1).astype(np.int64)       # -1 (unknown) -> 0
+
+    @cached_property
+    def _index(self) -> pd.Index:
+        """The values' hash index, built once: online scoring encodes a few rows per request."""
+        return pd.Index(self.values)
 
     def raw(self, categorical: np.ndarray, columns: Sequence[str]) -> np.ndarray:
         """This vocabulary's text values for rows of a table's ``categorical`` columns."""
