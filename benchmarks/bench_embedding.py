@@ -69,7 +69,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=["credit", "movielens"], default="credit")
     p.add_argument("--rows", type=int, default=60_000)
-    p.add_argument("--epochs", type=int, default=0, help="0: the model's default (12, with early stopping)")
+    p.add_argument("--epochs", type=int, default=0, help="0: the model's default (16 at epsilon 8, with early stopping)")
     p.add_argument("--batch", type=int, default=0, help="0: the model's default (8192 at 48k training rows)")
     p.add_argument("--lr", type=float, default=0.0, help="0: the model's default (0.03)")
     p.add_argument("--bits", type=int, default=1024)

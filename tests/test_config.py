@@ -65,3 +65,16 @@ def test_short_keys_are_refused_unless_opted_in(tmp_path):
     job = parse_job(_with(model__key_bits=1024, model__allow_short_keys=True), tmp_path / "job.toml")
     assert job.model.key_bits == 1024 and job.model.allow_short_keys
     assert parse_job(_with(model__key_bits=3072), tmp_path / "job.toml").model.key_bits == 3072
+
+
+def test_embedding_epochs_follow_the_label_dp_budget():
+    """Under label-DP each epoch's releases get a share of the budget: the default number of epochs grows
+    with epsilon (12 up to 4, 16 up to 16, 20 above); explicit epochs, LR and no label-DP keep theirs."""
+    from vfl.job.config import ModelConfig
+    epochs = lambda **k: ModelConfig(type="embedding", **k).epochs  # noqa: E731
+    assert [epochs(dp_epsilon=e) for e in (1, 4, 4.5, 8, 16, 32)] == [12, 12, 16, 16, 16, 20]
+    assert epochs(label_dp="off") == 12 and epochs(epochs=5) == 5 and ModelConfig(label_dp="on").epochs == 10
+    default, pinned = ModelConfig(type="embedding"), ModelConfig(type="embedding", epochs=12)
+    assert [default.at_epsilon(e).epochs for e in (2, 8, 32)] == [12, 16, 20]    # the frontier's rows
+    assert [pinned.at_epsilon(e).epochs for e in (2, 8, 32)] == [12, 12, 12]
+    assert default.at_epsilon(2).label_dp_on and default.at_epsilon(2).dp_epsilon == 2.0

@@ -1,7 +1,7 @@
 """The privacy-utility frontier: what each label-DP epsilon costs in accuracy, and what it buys.
 
 For epsilon in 1, 2, 4, 8, 16 and infinity (no label-DP), the plaintext twin of
-the job's model trains on the pooled rows with the job's protection and the
+the job's model (with each epsilon's default epochs if the job keeps the default) trains on the pooled rows with the job's protection and the
 arbiter's noise (``twin_metrics``), and the table gives its test AUC beside the
 worst-case attack bound (``Phi(sqrt(rho))``: the ROC AUC of the best test of one
 label from everything a host sees) and one-hot logistic regression on the pooled
@@ -41,7 +41,7 @@ def frontier(job: JobConfig, tables: list[PartyTable], test: np.ndarray, epsilon
             auc = twin_metrics(replace(job, model=model), tables, test, protected=True)["auc"]
             rows.append({"epsilon": None, "test_auc": auc, "attack_bound": 1.0})
             continue
-        model = replace(job.model, label_dp="on", dp_epsilon=float(eps))
+        model = job.model.at_epsilon(eps)
         aucs = [twin_metrics(replace(job, model=model), tables, test, protected=True, noise_seed=s)["auc"]
                 for s in seeds]
         rows.append({"epsilon": eps, "test_auc": float(np.median(aucs)),
