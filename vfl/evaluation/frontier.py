@@ -1,11 +1,12 @@
 """The privacy-utility frontier: what each label-DP epsilon costs in accuracy, and what it buys.
 
 For epsilon in 1, 2, 4, 8, 16 and infinity (no label-DP), the plaintext twin of
-the job's model (with each epsilon's default epochs if the job keeps the default) trains on the pooled rows with the job's protection and the
-arbiter's noise (``twin_metrics``), and the table gives its test AUC beside the
-worst-case attack bound (``Phi(sqrt(rho))``: the ROC AUC of the best test of one
-label from everything a host sees) and one-hot logistic regression on the pooled
-columns. A user reads off the epsilon whose bound they can accept and what it
+the job's model trains on the pooled rows with the job's protection and the
+arbiter's noise (``twin_metrics``; each epsilon with its default epochs where
+the job keeps the default, no label-DP with the job's), and the table gives its
+test AUC beside the worst-case attack bound (``Phi(sqrt(rho))``: the ROC AUC of
+the best test of one label from everything a host sees) and one-hot logistic
+regression on the pooled columns. A user reads off the epsilon whose bound they can accept and what it
 costs. Like the baselines, it reads every party's file in one place: only with
 ``[job] baselines = true`` (demos, evaluation on synthetic or consented data)
 and in ``benchmarks/bench_frontier.py``.
