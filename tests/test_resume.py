@@ -53,6 +53,27 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
         run_local(changed, resume=True)
 
 
+def test_under_label_dp_a_training_can_not_be_extended_by_raising_epochs(tmp_path):
+    """Each epoch's noise is set for ``1/epochs`` of the budget: epochs noised for 2 and continued
+    under a plan for 3 would spend more than epsilon, so the checkpoint refuses; without label-DP
+    raising epochs continues the same training (test above)."""
+    from dataclasses import replace
+    from vfl.job.config import ModelConfig
+    from vfl.models.checkpoint import Checkpoint, CheckpointError, TrainingState, fingerprint
+    rows = np.arange(10)
+    for model, refused in ((ModelConfig(epochs=2, label_dp="on"), True), (ModelConfig(epochs=2), False),
+                           (ModelConfig(type="embedding", epochs=2), True)):
+        path = tmp_path / f"{model.type}-{model.label_dp}.json"
+        Checkpoint(path, fingerprint("job", "host0", model, rows)).save(TrainingState(2, weights=[0.0]))
+        later = Checkpoint(path, fingerprint("job", "host0", replace(model, epochs=3), rows))
+        if refused:
+            with pytest.raises(CheckpointError, match="under label-DP also other epochs"):
+                later.load(max_epochs=3)
+        else:
+            assert later.load(max_epochs=3).epoch == 2
+        assert Checkpoint(path, fingerprint("job", "host0", replace(model, tolerance=0.5), rows)).load(max_epochs=3)
+
+
 # --------------------------------------------------------------- a party stopped in each stage, then --resume
 class Stop(RuntimeError):
     """The injected failure: a party dies here."""

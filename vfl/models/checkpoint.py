@@ -4,7 +4,10 @@ Every party (the arbiter too) writes its own state after each epoch's
 decision: its weights and optimiser state (the arbiter: the loss history).
 Nothing of another party is in it. A fingerprint of what must not change
 between the runs (job, party, settings other than ``epochs``/``tolerance``,
-the training rows) guards against resuming a different training.
+the training rows) guards against resuming a different training. Under label-DP
+``epochs`` count too: they set every epoch's noise (each epoch spends ``1/epochs``
+of the budget), so a training extended by raising them would spend more than its
+epsilon.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ class CheckpointError(ValueError):
 
 def fingerprint(job_name: str, party: str, model: ModelConfig, *parts) -> str:
     """What identifies one training: resuming under a different one is refused."""
-    settings = {k: v for k, v in asdict(model).items() if k not in ("epochs", "tolerance")}
+    fixed_by_noise = ("tolerance",) if model.label_dp_on else ("epochs", "tolerance")
+    settings = {k: v for k, v in asdict(model).items() if k not in fixed_by_noise}
     h = hashlib.sha256(json.dumps([job_name, party, settings], sort_keys=True).encode())
     for p in parts:
         if isinstance(p, np.ndarray) and p.dtype.kind not in "OU":
@@ -84,8 +88,9 @@ class Checkpoint:
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{path} is malformed: {exc}") from None
         if saved != self.fingerprint:
-            raise CheckpointError(f"{path} belongs to a different training (other settings or rows); "
-                                  "start afresh without --resume")
+            raise CheckpointError(f"{path} belongs to a different training (other settings or rows; under "
+                                  "label-DP also other epochs, which set each epoch's noise); start afresh "
+                                  "without --resume")
         return state
 
     def load(self, epoch: int | None = None, max_epochs: int | None = None, finished: bool = False) -> TrainingState:
