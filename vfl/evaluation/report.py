@@ -583,7 +583,8 @@ def build_report(job, results: dict | None = None) -> str:
                                                            ("auc", "test AUC (twin)", "p4"),
                                                            ("bound", "worst-case attack AUC", "p4")])))
         parts.append(note(f"The plaintext twin of this model on the pooled rows (a demo-only comparison, "
-                          f"[job] baselines = true) for each ε, against the best possible test of one label "
+                          f"[job] baselines = true) for each ε (with that ε's default epochs if this job keeps the "
+                          f"default), against the best possible test of one label "
                           f"from everything a host sees. One-hot LR on the pooled columns without protection: "
                           f"{fr['one_hot_lr_auc']:.4f}. This job used ε = "
                           f"{'off' if fr.get('epsilon') is None else format(fr['epsilon'], 'g')}."))
