@@ -149,6 +149,32 @@ def test_audit_fails_when_a_release_was_not_noised(tmp_path):
     assert not ok and "must carry the noise" in text
 
 
+@pytest.mark.audit_fails
+def test_audit_fails_when_the_noise_drawn_is_below_the_plan_or_spends_more_than_epsilon(tmp_path):
+    """`vfl audit` recomputes the job's noise plan and checks the standard deviations the arbiter drew and
+    the epsilon they spend over the epochs it ran."""
+    from tests.test_embedding_job import _job
+    from vfl.job.threads import run_local
+    from vfl.models.privacy import plan_for
+    from vfl.protocol.audit import audit_job
+    job = _job(tmp_path)
+    run_local(job)
+    path = job.output_dir(job.arbiter.name) / "training.json"
+    honest = json.loads(path.read_text())
+    dp = honest["label_dp"]
+    host = job.hosts[0].name
+    assert dp["noise_sd"][host] == pytest.approx(plan_for(job.model, len(job.hosts)).host * job.model.clip_norm)
+    assert audit_job(job)[0]
+    for change, message in ((lambda d: d["noise_sd"].update({host: d["noise_sd"][host] * 0.9}), "asks for"),
+                            (lambda d: d.update(epochs_run=job.model.epochs + 1), "more than the job's"),
+                            (lambda d: d.pop("noise_sd"), "no noise level")):
+        forged = json.loads(json.dumps(honest))
+        change(forged["label_dp"])
+        path.write_text(json.dumps(forged))
+        ok, text = audit_job(job)
+        assert not ok and message in text, text
+
+
 class _ZeroNoise:
     """Stands in for the arbiter's Gaussian: every draw zero (the clipping, holdback and accounting stay)."""
 

@@ -291,6 +291,7 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
         channel, checkpoint=_checkpoint(job, job.arbiter.name))
     report = {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits,
               "label_dp": {**label_dp_summary(job.model, len(arb.loss_history_), len(job.hosts)),
-                           "noised_releases": arb.noised_releases_}}
+                           "noised_releases": arb.noised_releases_, "noise_sd": arb.noise_sd_,
+                           "epochs_run": len(arb.loss_history_)}}
     write_json(job.output_dir(job.arbiter.name) / "training.json", report)
     return {"party": job.arbiter.name, **report}

@@ -11,7 +11,9 @@ the label-DP epsilon spent when the arbiter's ``training.json`` reports it.
 With label-DP on, every release a party received in the last training run
 must be one the arbiter reports having noised: the guarantee covers a host's
 whole view only if the guest's releases are noised as well as the hosts'
-(docs/protocols.md, section 2, "Releases"). And once the guest of a training run
+(docs/protocols.md, section 2, "Releases"); the noise it reports drawing must be
+at least what the job's (epsilon, delta, epochs) plan asks for, and the epsilon
+it implies over the epochs run at most the job's. And once the guest of a training run
 has the hosts' scores of the aligned rows it sends no host anything: its refit on
 exact labels comes after, outside the guarantee, and must stay with the guest.
 """
@@ -213,6 +215,33 @@ def _check_noise(job, ledgers: dict[str, PartyLedger]) -> None:
             led.problems.append(f"label-DP is on, but {p.name} received {led.releases} released sums in the last "
                                 f"training run and the arbiter reports noising {count} of them: every party's "
                                 "releases, the guest's included, must carry the noise")
+    _check_noise_level(job, dp, noised, ledgers.get(job.arbiter.name) or next(iter(ledgers.values())))
+
+
+def _check_noise_level(job, dp: dict, noised: dict, led: PartyLedger) -> None:
+    """The noise the arbiter drew is at least what the job's plan asks for, and the epsilon it implies
+    over the epochs run at most the job's (a party with no release drawn for counts at the plan's level)."""
+    from ..models.privacy import epsilon_for, plan_for
+    m, plan = job.model, plan_for(job.model, len(job.hosts))
+    drawn = dp.get("noise_sd") if isinstance(dp.get("noise_sd"), dict) else {}
+    rho = 0.0
+    for p in (job.guest, *job.hosts):
+        need = plan.for_party(p is job.guest) * m.clip_norm
+        sd = drawn.get(p.name) if noised.get(p.name) else need
+        if not isinstance(sd, (int, float)) or not sd > 0:
+            led.problems.append(f"label-DP is on, but the arbiter reports no noise level for {p.name}")
+            return
+        if sd < need * (1 - 1e-9):
+            led.problems.append(f"label-DP is on, but the arbiter drew noise of standard deviation {sd:.6g} for "
+                                f"{p.name}, where the job's plan (epsilon {m.dp_epsilon:g}, delta {m.dp_delta:g}, "
+                                f"{m.epochs} epochs) asks for {need:.6g}")
+        rho += 0.5 * (m.clip_norm / sd) ** 2
+    epochs = dp.get("epochs_run")
+    if not isinstance(epochs, int) or epochs < 0:
+        led.problems.append("label-DP is on, but the arbiter reports no number of epochs run")
+    elif epsilon_for(epochs * rho, m.dp_delta) > m.dp_epsilon * (1 + 1e-9):
+        led.problems.append(f"label-DP is on, but the noise drawn over {epochs} epochs spends epsilon "
+                            f"{epsilon_for(epochs * rho, m.dp_delta):.4g}, more than the job's {m.dp_epsilon:g}")
 
 
 def _label_dp(job) -> str | None:
