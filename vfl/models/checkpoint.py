@@ -32,7 +32,8 @@ class CheckpointError(ValueError):
 
 def fingerprint(job_name: str, party: str, model: ModelConfig, *parts) -> str:
     """What identifies one training: resuming under a different one is refused."""
-    may_change = ("tolerance",) if model.label_dp_on else ("epochs", "tolerance")   # under label-DP epochs set the noise
+    # under label-DP the epochs set every epoch's noise, so they may not change
+    may_change = ("tolerance",) if model.label_dp_on else ("epochs", "tolerance")
     settings = {k: v for k, v in asdict(model).items() if k not in may_change}
     h = hashlib.sha256(json.dumps([job_name, party, settings], sort_keys=True).encode())
     for p in parts:
