@@ -87,7 +87,7 @@ def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epo
     if serve:
         check_serving_installed()
     # The embedding demo keeps 12 epochs (the default at epsilon 8 is 16) to finish in under 3 minutes:
-    # on its data 16 gain 0.002 AUC in the twin (README, "Epochs by epsilon").
+    # on its data 16 gain 0.002 AUC in the twin (README, "Epochs by ε").
     epochs = epochs or (12 if model == "embedding" else 10)
     if model == "embedding":
         bank, shop = write_categorical_credit_demo(workdir / "data", n_people=n_people, coarse=True)

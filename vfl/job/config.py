@@ -185,7 +185,7 @@ def dp_epochs(epsilon: float) -> int:
     More epochs are more steps but each gets a smaller share of the budget, so
     noisier releases: measured on the 60k e-commerce set (plaintext twin, median
     of 3-5 noise draws), 12 epochs were best up to epsilon 4, 16 at 8 (+0.003 AUC
-    over 12) and 16, 20 at 32 (README, the embedding model's frontier).
+    over 12), 16-20 at 16 and 20 at 32 (README, "Epochs by ε").
     """
     return 12 if epsilon <= 4 else 16 if epsilon <= 16 else 20
 

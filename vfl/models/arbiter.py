@@ -40,7 +40,7 @@ class SplitArbiter:
         self.loss_history_: list[float] = []
         self.noise_plan_ = plan_for(model, len(self.hosts)) if model.label_dp_on else None
         self.noised_releases_: dict[str, int] = {p: 0 for p in (guest, *self.hosts)}
-        self.noise_sd_: dict[str, float] = {}     # the smallest standard deviation drawn per party (audited)
+        self.noise_sd_: dict[str, float] = {}     # the standard deviation drawn per party (audited)
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     def epsilon_spent(self) -> float | None:
@@ -52,7 +52,7 @@ class SplitArbiter:
     def _noise(self, party: str, n_packed: int, n_bits: int) -> np.ndarray:
         """Gaussian noise for every slot of ``n_packed`` packed plaintexts of ``party``, as integers to add mod n."""
         sigma = self.noise_plan_.for_party(party == self.guest) * self.model.clip_norm
-        self.noise_sd_[party] = min(sigma, self.noise_sd_.get(party, sigma))
+        self.noise_sd_[party] = sigma
         count = n_packed * slots_per_ciphertext(n_bits)
         ints = encode_signed(self._rng.normal(0.0, sigma, count), RELEASE_FRAC_BITS, limit=1 << (SLOT_BITS - 3))
         return slot_offsets(ints, n_packed, n_bits)

@@ -239,9 +239,9 @@ def _check_noise_level(job, dp: dict, noised: dict, led: PartyLedger) -> None:
     epochs = dp.get("epochs_run")
     if not isinstance(epochs, int) or epochs < 0:
         led.problems.append("label-DP is on, but the arbiter reports no number of epochs run")
-    elif epsilon_for(epochs * rho, m.dp_delta) > m.dp_epsilon * (1 + 1e-9):
+    elif (spent := epsilon_for(epochs * rho, m.dp_delta)) > m.dp_epsilon * (1 + 1e-9):
         led.problems.append(f"label-DP is on, but the noise drawn over {epochs} epochs spends epsilon "
-                            f"{epsilon_for(epochs * rho, m.dp_delta):.4g}, more than the job's {m.dp_epsilon:g}")
+                            f"{spent:.4g}, more than the job's {m.dp_epsilon:g}")
 
 
 def _label_dp(job) -> str | None:
