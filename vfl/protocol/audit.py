@@ -229,7 +229,8 @@ def _check_noise_level(job, dp: dict, noised: dict, led: PartyLedger) -> None:
         need = plan.for_party(p is job.guest) * m.clip_norm
         sd = drawn.get(p.name) if noised.get(p.name) else need
         if not isinstance(sd, (int, float)) or not sd > 0:
-            led.problems.append(f"label-DP is on, but the arbiter reports no noise level for {p.name}")
+            led.problems.append(f"label-DP is on, but the arbiter reports no noise level for {p.name} (a "
+                                "training.json written before vfl recorded it cannot be checked: train again)")
             return
         if sd < need * (1 - 1e-9):
             led.problems.append(f"label-DP is on, but the arbiter drew noise of standard deviation {sd:.6g} for "
