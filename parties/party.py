@@ -113,7 +113,7 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
     options = {"task": task, "exclude": absent} if task != "train" else {}
     # the party's own compute backend first: a Ray runtime takes seconds to start, and peers wait for links
     with compute_backend(job.party(me)), open_channel(job, me, **options) as tls:
-        channel = spec_channel(tls, job, me, task)     # the spec enforced, the ledger kept
+        channel = spec_channel(tls, job, me, task, resume)     # the spec enforced, the ledger kept
         return t.run(job, me, channel, resume)       # hosts and the arbiter resume when the guest does
 
 

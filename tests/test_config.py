@@ -44,6 +44,7 @@ def test_paths_resolve_against_job_file_and_defaults(tmp_path):
     ({"job__test_fraction": 1.5}, "test_fraction"),
     ({"hosts__name": "bank"}, "unique"),
     ({"hosts__address": "127.0.0.1:9101"}, "own address; shared: 127.0.0.1:9101"),
+    ({"model__label_dp": "on", "preprocess__bins": 4}, "outside label-DP's noised channel"),
 ])
 def test_bad_job_files_say_what_is_wrong(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -77,4 +78,5 @@ def test_embedding_epochs_follow_the_label_dp_budget():
     default, pinned = ModelConfig(type="embedding"), ModelConfig(type="embedding", epochs=12)
     assert [default.at_epsilon(e).epochs for e in (2, 8, 32)] == [12, 16, 20]    # the frontier's rows
     assert [pinned.at_epsilon(e).epochs for e in (2, 8, 32)] == [12, 12, 12]
+    assert ModelConfig(type="embedding", label_dp="off").at_epsilon(32).epochs == 20   # its default: 12
     assert default.at_epsilon(2).label_dp_on and default.at_epsilon(2).dp_epsilon == 2.0

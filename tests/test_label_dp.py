@@ -152,7 +152,8 @@ def test_audit_fails_when_a_release_was_not_noised(tmp_path):
 @pytest.mark.audit_fails
 def test_audit_fails_when_the_noise_drawn_is_below_the_plan_or_spends_more_than_epsilon(tmp_path):
     """`vfl audit` recomputes the job's noise plan and checks the standard deviations the arbiter drew and
-    the epsilon they spend over the epochs it ran."""
+    the epsilon they spend over the epochs it noised (at least as many as the parties' ledgers show); it
+    takes label-DP to be on from the job file, not from the arbiter's word."""
     from tests.test_embedding_job import _job
     from vfl.job.threads import run_local
     from vfl.models.privacy import plan_for
@@ -166,7 +167,10 @@ def test_audit_fails_when_the_noise_drawn_is_below_the_plan_or_spends_more_than_
     assert dp["noise_sd"][host] == pytest.approx(plan_for(job.model, len(job.hosts)).host * job.model.clip_norm)
     assert audit_job(job)[0]
     for change, message in ((lambda d: d["noise_sd"].update({host: d["noise_sd"][host] * 0.9}), "asks for"),
-                            (lambda d: d.update(epochs_run=job.model.epochs + 1), "more than the job's"),
+                            (lambda d: d.update(noised_epochs=job.model.epochs + 1), "more than the job's"),
+                            (lambda d: d.update(noised_epochs=job.model.epochs - 1), "show releases in"),
+                            (lambda d: d.pop("noised_epochs"), "no number of noised epochs"),
+                            (lambda d: d.update(on=False), "says it was off"),
                             (lambda d: d.pop("noise_sd"), "no noise level")):
         forged = json.loads(json.dumps(honest))
         change(forged["label_dp"])

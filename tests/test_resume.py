@@ -126,3 +126,37 @@ def test_a_job_stopped_in_any_stage_resumes_to_the_uninterrupted_model(stage, un
     assert list(got["id"]) == list(want["id"])
     np.testing.assert_allclose(got["score"], want["score"], rtol=0, atol=1e-12)
     assert (job.workdir / "report.html").is_file() and (job.output_dir("host0") / "report.html").is_file()
+
+
+@pytest.mark.audit_fails         # forged below, and left after a refused resume
+def test_under_label_dp_an_epoch_replayed_after_an_interruption_spends_its_budget(tmp_path, monkeypatch):
+    """A resume re-runs the interrupted epoch from the last saved state: the sums released before the
+    crash go out again with fresh noise, another epoch's share of the budget. The arbiter counts noised
+    epochs, not completed ones, and ends the training when the plan's are spent; `vfl audit` counts the
+    replay from the parties' own ledgers, from the last training started afresh."""
+    from vfl.models.host import SplitHost
+    from vfl.protocol.audit import audit_job
+    g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2], seed=7))
+    job = load_job(write_job(tmp_path, g, hosts, model={"epochs": 3, "batch_size": 128, "label_dp": "on",
+                                                        "dp_epsilon": 4.0}))
+    run_local(job)          # a whole training first: the next, started afresh, has a budget of its own
+    with monkeypatch.context() as mp:
+        mp.setattr(SplitHost, "_batch", _stop_in_epoch_2(SplitHost._batch))   # epoch 2 released batch 1
+        with pytest.raises(JobFailed, match="stopped here by the test"):
+            run_local(job)
+    run_local(job, resume=True)
+    path = job.output_dir(job.arbiter.name) / "training.json"
+    dp = json.loads(path.read_text())["label_dp"]
+    assert (dp["noised_epochs"], dp["epochs_run"]) == (3, 2)      # epochs 1, 2, 2 again: the third never ran
+    assert dp["epsilon_spent"] == pytest.approx(4.0)
+    ok, text = audit_job(job)
+    assert ok, text
+    dp["noised_epochs"] = 2                                        # what counting completed epochs would say
+    path.write_text(json.dumps({"label_dp": dp}))
+    ok, text = audit_job(job)
+    assert not ok and "show releases in 3 epoch runs" in text, text
+    # with the budget spent, a further resume can not train on: it says why
+    (job.output_dir("guest") / "checkpoint.json").unlink()
+    (job.output_dir("guest") / "checkpoint.prev.json").unlink()
+    with pytest.raises(JobFailed, match="budget of this training is spent"):
+        run_local(job, resume=True)

@@ -135,8 +135,10 @@ class ModelConfig:
 
     def at_epsilon(self, epsilon: float) -> "ModelConfig":
         """These settings with label-DP on at ``epsilon`` (the frontier's rows). Epochs at the
-        embedding model's default for this job's epsilon follow the new one (:func:`dp_epochs`)."""
-        auto = self.type == "embedding" and self.label_dp_on and self.epochs == dp_epochs(self.dp_epsilon)
+        embedding model's default for this job (:func:`dp_epochs` of its epsilon, or 12 without
+        label-DP) follow the new epsilon; other epochs, set by hand, stay."""
+        default = dp_epochs(self.dp_epsilon) if self.label_dp_on else 12
+        auto = self.type == "embedding" and self.epochs == default
         return replace(self, label_dp="on", dp_epsilon=float(epsilon),
                        epochs=dp_epochs(epsilon) if auto else self.epochs)
 
@@ -144,7 +146,7 @@ class ModelConfig:
     def backprop_bits(self) -> int | None:
         """Fractional bits of the backpropagated coefficients (None: full precision).
 
-        With label-DP on, 12 by default: the arbiter's noise (``z C``, 2.9 at the defaults) dwarfs
+        With label-DP on, 12 by default: the arbiter's noise (``z C``: 2.9 for a host at the defaults) dwarfs
         what cutting the coefficients toward zero moves a sum, and it never raises a row's norm
         above the clip bound; it makes the homomorphic backpropagation about 1.6x cheaper."""
         bits = self.coef_bits or (DP_COEF_BITS if self.label_dp_on else 0)
@@ -175,7 +177,7 @@ class ModelConfig:
 
     @property
     def label_dp_on(self) -> bool:
-        """Whether the arbiter adds Gaussian noise to what hosts get decrypted."""
+        """Whether the arbiter adds Gaussian noise to every party's released sums (the guest's too)."""
         return self.label_dp == "on" or (self.label_dp == "auto" and self.type == "embedding")
 
 
@@ -582,3 +584,7 @@ def _check_preprocess(p: PreprocessConfig, model: ModelConfig) -> None:
     if model.type != "logistic":
         raise ConfigError(f"[preprocess] works with [model] type = 'logistic' (a scorecard is a binned logistic "
                           f"regression), not {model.type!r}")
+    if model.label_dp_on:
+        raise ConfigError("[preprocess] sends each host its bins' exact event rates (WOE) and which of its "
+                          "columns pass the IV selection: label statistics outside label-DP's noised channel, "
+                          "so [model] label_dp = 'on' can not hold with it; drop one of the two")

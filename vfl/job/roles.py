@@ -290,8 +290,8 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
                        validation=job.model.early_stopping_on).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))
     report = {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits,
-              "label_dp": {**label_dp_summary(job.model, len(arb.loss_history_), len(job.hosts)),
+              "label_dp": {**label_dp_summary(job.model, len(arb.noised_epochs_), len(job.hosts)),
                            "noised_releases": arb.noised_releases_, "noise_sd": arb.noise_sd_,
-                           "epochs_run": len(arb.loss_history_)}}
+                           "epochs_run": len(arb.loss_history_), "noised_epochs": len(arb.noised_epochs_)}}
     write_json(job.output_dir(job.arbiter.name) / "training.json", report)
     return {"party": job.arbiter.name, **report}

@@ -28,9 +28,10 @@ class JobFailed(RuntimeError):
 
 
 def run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwork,
-                 job: JobConfig | None = None, task: str = "train") -> dict:
+                 job: JobConfig | None = None, task: str = "train", resume: bool = False) -> dict:
     """Run each party's target in its own thread; with ``job``, each on a channel checked
-    against the protocol spec and recorded in ``<workdir>/<party>/ledger.jsonl``."""
+    against the protocol spec and recorded in ``<workdir>/<party>/ledger.jsonl`` (``resume``:
+    the run continues an interrupted one, as its ledger says)."""
     from ..protocol.ledger import spec_channel
     results: dict[str, object] = {}
     errors: dict[str, BaseException] = {}
@@ -39,7 +40,7 @@ def run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwor
         try:
             channel = net.channel(name)
             if job is not None:
-                channel = spec_channel(channel, job, name, task)
+                channel = spec_channel(channel, job, name, task, resume)
             results[name] = targets[name](channel)
         except BaseException as exc:  # noqa: BLE001 - reported below, with the party's name
             errors[name] = exc
@@ -66,7 +67,7 @@ def run_task_local(job: JobConfig, task: str, resume: bool = False, record: bool
     names = t.names(job)
     net = network or LocalNetwork(names, timeout=job.network.peer_timeout, record=record)
     targets = {n: (lambda name: (lambda ch: t.run(job, name, ch, resume)))(n) for n in names}
-    return run_threads(names, targets, net, job, task)
+    return run_threads(names, targets, net, job, task, resume)
 
 
 def run_local(job: JobConfig, record: bool = False, network: LocalNetwork | None = None,

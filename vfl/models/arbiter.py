@@ -7,7 +7,8 @@ Gaussian noise to every value it decrypts, for the guest and every host,
 before the party removes its mask: no party's parameters depend on the labels
 except through noised sums (vfl.models.privacy), and the loss, which is not
 noised, then decides nothing (training runs its epochs or stops on the
-guest's noised validation score).
+guest's noised validation score). It counts every epoch it noises, replays
+after a resume included, and ends training when the plan's epochs are spent.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ..protocol.channel import Channel
 from ..job.config import ModelConfig
 from ..protocol.messages import BigInts
 from ..protocol.spec import batch_sizes
-from .checkpoint import Checkpoint, CheckpointError, TrainingState
+from .checkpoint import Checkpoint, CheckpointError, NoiseLedger, TrainingState
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
 from .privacy import plan_for
 from .randomness import ZeroSupply
@@ -41,13 +42,14 @@ class SplitArbiter:
         self.noise_plan_ = plan_for(model, len(self.hosts)) if model.label_dp_on else None
         self.noised_releases_: dict[str, int] = {p: 0 for p in (guest, *self.hosts)}
         self.noise_sd_: dict[str, float] = {}     # the standard deviation drawn per party (audited)
+        self.noised_epochs_: list[int] = []       # every epoch run with noised releases, replays included
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     def epsilon_spent(self) -> float | None:
         """Label-DP epsilon spent so far, against everything any host sees (None when label-DP is off)."""
         if self.noise_plan_ is None:
             return None
-        return self.noise_plan_.epsilon(len(self.loss_history_), self.model.dp_delta)
+        return self.noise_plan_.epsilon(len(self.noised_epochs_), self.model.dp_delta)
 
     def _noise(self, party: str, n_packed: int, n_bits: int) -> np.ndarray:
         """Gaussian noise for every slot of ``n_packed`` packed plaintexts of ``party``, as integers to add mod n."""
@@ -69,8 +71,19 @@ class SplitArbiter:
         plan = channel.recv(self.guest, f"{pre}/plan")
         epochs, batches, n_train, start = (int(plan.get(k, -1)) for k in ("epochs", "batches", "n_train",
                                                                            "start_epoch"))
-        if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start <= epochs):
+        if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start <= epochs
+                and isinstance(plan.get("resume"), bool)):
             raise ValueError(f"implausible training plan from the guest: {plan}")
+        ledger = None
+        if self.noise_plan_ is not None:
+            ledger = NoiseLedger.open(checkpoint, plan["resume"] or start > 0, start)
+            self.noised_epochs_ = ledger.epochs
+            if start < epochs and len(ledger.epochs) >= m.epochs:
+                raise CheckpointError(
+                    f"the label-DP budget of this training is spent: releases were noised in {len(ledger.epochs)} "
+                    f"epochs (epochs {ledger.replayed} again after an interruption), as many as the plan's "
+                    f"{m.epochs}, so epoch {start + 1} can not run within epsilon {m.dp_epsilon:g}; "
+                    "start afresh without --resume (a new training, with a budget of its own)")
         m = m.resolved(n_train)
         rows = batch_sizes(n_train, m.batch_size)
         if len(rows) != batches:
@@ -81,14 +94,15 @@ class SplitArbiter:
         supply = (ZeroSupply(sk, pre, rows, epochs, (*self.hosts, self.guest), start)
                   if m.randomness == "arbiter" and start < epochs else None)
         try:
-            self._train(channel, pk, sk, pre, plan, start, epochs, batches, n_train, supply, checkpoint)
+            self._train(channel, pk, sk, pre, plan, start, epochs, batches, n_train, supply, checkpoint, ledger)
         finally:
             if supply is not None:
                 supply.close()
         return self
 
     def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, start: int, epochs: int, batches: int,
-               n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None) -> None:
+               n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None,
+               ledger: NoiseLedger | None) -> None:
         m = self.model
 
         def send_zeros(epoch: int, b: int) -> None:
@@ -112,7 +126,7 @@ class SplitArbiter:
         width = (pk.n.bit_length() + 7) // 8
         send_zeros(start, 0)
         for epoch in range(start, epochs):
-            total = 0.0
+            total, counted = 0.0, False
             for b in range(batches):
                 for party in (self.guest, *self.hosts):
                     tag = step(pre, epoch, b, "masked_grad")
@@ -126,6 +140,9 @@ class SplitArbiter:
                                          f"at {RELEASE_FRAC_BITS}")
                     plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
                     if self.noise_plan_ is not None and len(plain):
+                        if not counted:        # before the epoch's first release leaves
+                            ledger.record(epoch)
+                            counted = True
                         plain = (plain + self._noise(party, len(plain), pk.bits)) % pk.n
                         self.noised_releases_[party] += 1
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
@@ -145,7 +162,13 @@ class SplitArbiter:
                 if not isinstance(said, dict) or not isinstance(said.get("stop"), bool):
                     raise ValueError(f"{pre}/e{epoch}/valid_decision: expected {{best, stop}} from the guest")
                 early = said["stop"]
-            converged = converged or early
+            # a replayed epoch spent an epoch's budget too: training ends when the plan's epochs are noised
+            spent = ledger is not None and len(ledger.epochs) >= m.epochs and epoch < epochs - 1
+            if spent:
+                log.info("label-DP: releases noised in %d epochs (epochs %s again after an interruption), the "
+                         "plan's %d: training ends after epoch %d", len(ledger.epochs), ledger.replayed, m.epochs,
+                         epoch + 1)
+            converged = converged or early or spent
             stop = converged or epoch == epochs - 1
             if checkpoint is not None:
                 checkpoint.save(TrainingState(epoch + 1, converged, loss_history=self.loss_history_))

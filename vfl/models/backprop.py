@@ -30,7 +30,7 @@ def encrypted_sums(enc_d: EncryptedArray, blocks: list[Block], coef_bits: int | 
     (default: all ``X_FRAC_BITS``). The sums keep their scale (``X_FRAC_BITS`` fractional
     bits of X, so nothing downstream changes); the exponents' common trailing zeros are
     stripped by the kernel, so the cost falls with the bits kept (``benchmarks/bench_backprop.py``:
-    about 1.5x less CPU at 12 bits). Coefficients are rounded toward zero, so no row's
+    about 1.6x less CPU at 12 bits). Coefficients are rounded toward zero, so no row's
     contribution grows and a clipping bound (label-DP sensitivity) still holds; a sum moves by
     less than ``2**-coef_bits`` times the sum of its members' ``|d_i|``.
     """

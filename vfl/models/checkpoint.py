@@ -117,6 +117,60 @@ class Checkpoint:
         return state
 
 
+NOISE_FORMAT = "vfl-noise-ledger"
+
+
+@dataclass
+class NoiseLedger:
+    """The epochs whose releases the arbiter has noised in one training, kept across interruptions.
+
+    A resumed training re-runs the interrupted epoch from the last saved state, so
+    sums released before the crash are released again with fresh noise: another
+    epoch's share of the label-DP budget. The arbiter therefore counts noised
+    epochs here (written before an epoch's first release), not epochs completed,
+    and ends training when the plan's epochs are spent (docs/protocols.md, "Resumes").
+    """
+    path: Path | None
+    fingerprint: str
+    epochs: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, checkpoint: Checkpoint | None, resume: bool, start: int) -> "NoiseLedger":
+        """A new ledger for a new training, or the interrupted one's when the guest resumes."""
+        if checkpoint is None:
+            if start:
+                raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
+            return cls(None, "")
+        path = checkpoint.path.with_name(checkpoint.path.stem + ".noise" + checkpoint.path.suffix)
+        if not resume or (not start and not path.is_file()):
+            return cls(path, checkpoint.fingerprint)
+        try:
+            d = json.loads(path.read_text())
+            epochs = [int(e) for e in d["epochs"]] if d.get("format") == NOISE_FORMAT else None
+            saved = d.get("fingerprint")
+        except (OSError, KeyError, TypeError, ValueError):
+            epochs, saved = None, None
+        if epochs is None:
+            raise CheckpointError(f"no record of the epochs noised before the interruption ({path} is missing or "
+                                  "malformed): a resumed training could not be accounted under label-DP; start "
+                                  "afresh without --resume")
+        if saved != checkpoint.fingerprint:
+            raise CheckpointError(f"{path} belongs to a different training; start afresh without --resume")
+        return cls(path, checkpoint.fingerprint, epochs)
+
+    def record(self, epoch: int) -> None:
+        """Count ``epoch`` as noised, durably, before its first release leaves the arbiter."""
+        self.epochs.append(int(epoch))
+        if self.path is not None:
+            write_json(self.path, {"format": NOISE_FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
+                                   "epochs": self.epochs}, indent=None)
+
+    @property
+    def replayed(self) -> list[int]:
+        """Epochs noised more than once (each replay after an interruption)."""
+        return sorted({e for e in self.epochs if self.epochs.count(e) > 1})
+
+
 def resume_from(checkpoint: Checkpoint | None, opt, n_weights: int, epoch: int | None = None,
                 max_epochs: int | None = None, finished: bool = False) -> tuple[TrainingState, np.ndarray]:
     """Restore the optimiser from the checkpoint; return the saved state and weights."""

@@ -93,7 +93,8 @@ class SplitGuest:
                 else:
                     log.info("resuming after epoch %d", start)
             channel.send(self.arbiter, f"{pre}/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
-                                                       "start_epoch": start, "values": self.tower.n_params,
+                                                       "start_epoch": start, "resume": bool(resume),
+                                                       "values": self.tower.n_params,
                                                        "randomness": m.randomness})
             for h in self.hosts:
                 channel.send(h, f"{pre}/start", {"epoch": start})

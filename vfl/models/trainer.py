@@ -3,8 +3,8 @@
 Per batch a party turns the encrypted residual ``[[d]]`` into its tower's
 gradient sums (homomorphically), holds each sum back until enough rows stand
 behind it (:mod:`vfl.models.release`), has the arbiter decrypt what is ready
-under a fresh mask, and steps its optimiser on the result. The arbiter adds
-label-DP noise for hosts; the guest's releases are exact.
+under a fresh mask, and steps its optimiser on the result. With label-DP the
+arbiter adds noise to every party's releases, the guest's included.
 """
 from __future__ import annotations
 

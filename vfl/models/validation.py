@@ -14,8 +14,8 @@ validation rows' joint logits ``z``, plus ``N(0, (z_v / n)^2)``. Recalibration m
 decision follow ranking quality (as the AUC does) rather than the intercept's drift, which
 in early epochs swings the plain Brier score by more than the epochs differ. Flipping one
 validation label moves each grid point's score by at most ``1/n``
-(``|(p-1)^2 - p^2| <= 1``), so their minimum too; over ``E`` epochs the decisions are
-``E/(2 z_v^2)``-zCDP in the validation labels;
+(``|(p-1)^2 - p^2| <= 1``), so their minimum too; the ``E - start`` decisions that can
+say anything (from ``min_epochs`` on) are ``(E - start)/(2 z_v^2)``-zCDP in the validation labels;
 ``z_v`` is chosen to spend the job's whole budget ``rho``. Validation rows are disjoint
 from training rows, so (parallel composition) every label is covered by ``rho`` once.
 The exact validation AUC and Brier score stay with the guest (its report).

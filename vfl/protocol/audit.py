@@ -12,8 +12,9 @@ With label-DP on, every release a party received in the last training run
 must be one the arbiter reports having noised: the guarantee covers a host's
 whole view only if the guest's releases are noised as well as the hosts'
 (docs/protocols.md, section 2, "Releases"); the noise it reports drawing must be
-at least what the job's (epsilon, delta, epochs) plan asks for, and the epsilon
-it implies over the epochs run at most the job's. And once the guest of a training run
+at least what the job's (epsilon, delta, epochs, hosts, guest share) plan asks
+for, and the epsilon it implies over the epochs noised (an epoch re-run after an
+interruption counts again, as the parties' ledgers show) at most the job's. And once the guest of a training run
 has the hosts' scores of the aligned rows it sends no host anything: its refit on
 exact labels comes after, outside the guarantee, and must stay with the guest.
 """
@@ -66,6 +67,8 @@ class PartyLedger:
     got: list = field(default_factory=list)            # (peer, step, sha256, line number)
     problems: list = field(default_factory=list)
     releases: int = 0                                  # non-empty released sums received, last training run
+    release_epochs: list = field(default_factory=list)  # per run of the last training (resumes included), the
+                                                        # epochs it received releases in
     scored: bool = False                               # the guest has the hosts' scores of the aligned rows (this run)
 
 
@@ -98,8 +101,9 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                 task = entry.get("task")
                 led.runs.append(task)
                 led.scored = False
-                if task == "train":
+                if task == "train":      # a fresh training starts a new count; a resumed one continues it
                     led.releases = 0
+                    led.release_epochs = [*(led.release_epochs if entry.get("resume") else []), set()]
                 if entry.get("party") != name or entry.get("role") != led.role:
                     led.problems.append(f"{where}: ledger opened by {entry.get('party')!r} as "
                                         f"{entry.get('role')!r}, not by {name!r} as {led.role!r}")
@@ -153,6 +157,8 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         rows = entry.get("rows")
         if spec.doc == "masked_grad_plain" and entry.get("values"):
             led.releases += 1
+            if led.release_epochs:                  # "<pre>/e<epoch>/b<batch>/masked_grad_plain"
+                led.release_epochs[-1].add(str(step).split("/")[1])
         if (spec.doc == "masked_grad_plain" and min_release_rows is not None and isinstance(rows, int)
                 and entry.get("values") and rows < min_release_rows):
             led.problems.append(f"{where}: {step!r} released sums over {rows} rows, below the job's "
@@ -201,9 +207,16 @@ def _read_label_dp(job) -> tuple[dict | None, Path]:
 
 
 def _check_noise(job, ledgers: dict[str, PartyLedger]) -> None:
-    """With label-DP on, every release a party received must have been noised by the arbiter."""
-    dp, _ = _read_label_dp(job)
+    """With label-DP on (the job file says so, not the arbiter), every release a party received must
+    have been noised by the arbiter."""
+    if not job.model.label_dp_on or not any("train" in led.runs for led in ledgers.values()):
+        return
+    dp, path = _read_label_dp(job)
     if dp is None or not dp.get("on"):
+        led = ledgers.get(job.arbiter.name) or next(iter(ledgers.values()))
+        led.problems.append(f"the job file turns label-DP on, but the arbiter's {path} "
+                            + ("is missing or unreadable" if dp is None else "says it was off")
+                            + ": nothing shows that the releases were noised")
         return
     noised = dp.get("noised_releases") if isinstance(dp.get("noised_releases"), dict) else {}
     for p in (job.guest, *job.hosts):
@@ -215,14 +228,15 @@ def _check_noise(job, ledgers: dict[str, PartyLedger]) -> None:
             led.problems.append(f"label-DP is on, but {p.name} received {led.releases} released sums in the last "
                                 f"training run and the arbiter reports noising {count} of them: every party's "
                                 "releases, the guest's included, must carry the noise")
-    _check_noise_level(job, dp, noised, ledgers.get(job.arbiter.name) or next(iter(ledgers.values())))
+    _check_noise_level(job, dp, noised, ledgers)
 
 
-def _check_noise_level(job, dp: dict, noised: dict, led: PartyLedger) -> None:
+def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedger]) -> None:
     """The noise the arbiter drew is at least what the job's plan asks for, and the epsilon it implies
     over the epochs run at most the job's (a party with no release drawn for counts at the plan's level)."""
     from ..models.privacy import epsilon_for, plan_for
     m, plan = job.model, plan_for(job.model, len(job.hosts))
+    led = ledgers.get(job.arbiter.name) or next(iter(ledgers.values()))
     drawn = dp.get("noise_sd") if isinstance(dp.get("noise_sd"), dict) else {}
     rho = 0.0
     for p in (job.guest, *job.hosts):
@@ -237,12 +251,19 @@ def _check_noise_level(job, dp: dict, noised: dict, led: PartyLedger) -> None:
                                 f"{p.name}, where the job's plan (epsilon {m.dp_epsilon:g}, delta {m.dp_delta:g}, "
                                 f"{m.epochs} epochs) asks for {need:.6g}")
         rho += 0.5 * (m.clip_norm / sd) ** 2
-    epochs = dp.get("epochs_run")
+    epochs = dp.get("noised_epochs")
     if not isinstance(epochs, int) or epochs < 0:
-        led.problems.append("label-DP is on, but the arbiter reports no number of epochs run")
-    elif (spent := epsilon_for(epochs * rho, m.dp_delta)) > m.dp_epsilon * (1 + 1e-9):
-        led.problems.append(f"label-DP is on, but the noise drawn over {epochs} epochs spends epsilon "
-                            f"{spent:.4g}, more than the job's {m.dp_epsilon:g}")
+        led.problems.append("label-DP is on, but the arbiter reports no number of noised epochs (a training.json "
+                            "written before vfl counted them cannot be checked: train again)")
+        return
+    # what each party's own ledger shows: an epoch re-run after an interruption counts again
+    seen = max((sum(len(s) for s in other.release_epochs) for other in ledgers.values()), default=0)
+    if seen > epochs:
+        led.problems.append(f"label-DP is on, but the parties' ledgers show releases in {seen} epoch runs "
+                            f"(resumed runs included), where the arbiter reports noising {epochs}")
+    if (spent := epsilon_for(max(seen, epochs) * rho, m.dp_delta)) > m.dp_epsilon * (1 + 1e-9):
+        led.problems.append(f"label-DP is on, but the noise drawn over {max(seen, epochs)} noised epochs spends "
+                            f"epsilon {spent:.4g}, more than the job's {m.dp_epsilon:g}")
 
 
 def _label_dp(job) -> str | None:

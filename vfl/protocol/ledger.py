@@ -130,7 +130,7 @@ class SpecChannel:
 
     def __init__(self, inner: Channel, roles: dict[str, str], *, ledger: Ledger | None = None,
                  task: str | None = None, batch_size: "int | Callable[[int], int] | None" = None,
-                 job: str | None = None) -> None:
+                 job: str | None = None, resume: bool = False) -> None:
         self.inner = inner
         self.roles = dict(roles)
         if inner.name not in self.roles:
@@ -142,7 +142,7 @@ class SpecChannel:
         self._min_bin_rows: dict[str, int] = {}     # peer -> smallest bin in the host's woe/bin_rows
         if ledger is not None:
             ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
-                           "roles": self.roles})
+                           "roles": self.roles, "resume": bool(resume)})
 
     @property
     def name(self) -> str:
@@ -239,8 +239,9 @@ def ledger_path(job, name: str) -> Path:
     return job.output_dir(name) / LEDGER_FILE
 
 
-def spec_channel(channel: Channel, job, name: str, task: str) -> SpecChannel:
-    """``channel`` of party ``name`` of ``job``, checked against the spec and recorded in its ledger."""
+def spec_channel(channel: Channel, job, name: str, task: str, resume: bool = False) -> SpecChannel:
+    """``channel`` of party ``name`` of ``job``, checked against the spec and recorded in its ledger
+    (``resume``: this run continues an interrupted one)."""
     roles = {p.name: p.role for p in job.parties}
     return SpecChannel(channel, roles, ledger=Ledger(ledger_path(job, name)), task=task,
-                       batch_size=job.model.batch_for, job=job.name)
+                       batch_size=job.model.batch_for, job=job.name, resume=resume)
