@@ -160,3 +160,25 @@ def test_under_label_dp_an_epoch_replayed_after_an_interruption_spends_its_budge
     (job.output_dir("guest") / "checkpoint.prev.json").unlink()
     with pytest.raises(JobFailed, match="budget of this training is spent"):
         run_local(job, resume=True)
+
+
+def test_the_noise_ledger_continues_only_the_interrupted_training(tmp_path):
+    """A resume continues the interrupted training's count; a fresh run, or a resume from epoch 0 after
+    another training's run, starts its own; a resume past epoch 0 without the record is refused."""
+    from vfl.job.config import ModelConfig
+    from vfl.models.checkpoint import Checkpoint, CheckpointError, NoiseLedger, fingerprint
+    model = ModelConfig(type="embedding", epochs=4)
+    ck = Checkpoint(tmp_path / "checkpoint.json", fingerprint("job", "arbiter", model))
+    assert NoiseLedger.open(ck, resume=True, start=0).epochs == []           # nothing recorded yet
+    with pytest.raises(CheckpointError, match="no record of the epochs noised"):
+        NoiseLedger.open(ck, resume=True, start=1)
+    first = NoiseLedger.open(ck, resume=False, start=0)
+    first.record(0)
+    first.record(1)
+    assert NoiseLedger.open(ck, resume=True, start=1).epochs == [0, 1]      # epoch 1 will run again
+    assert NoiseLedger.open(ck, resume=True, start=0).epochs == [0, 1]
+    assert NoiseLedger.open(ck, resume=False, start=0).epochs == []         # a new training
+    other = Checkpoint(ck.path, fingerprint("job", "arbiter", ModelConfig(type="embedding", epochs=5)))
+    assert NoiseLedger.open(other, resume=True, start=0).epochs == []
+    with pytest.raises(CheckpointError, match="different training"):
+        NoiseLedger.open(other, resume=True, start=1)

@@ -128,7 +128,8 @@ class NoiseLedger:
     sums released before the crash are released again with fresh noise: another
     epoch's share of the label-DP budget. The arbiter therefore counts noised
     epochs here (written before an epoch's first release), not epochs completed,
-    and ends training when the plan's epochs are spent (docs/protocols.md, "Resumes").
+    and ends training when the plan's epochs are spent (docs/protocols.md, the label-DP
+    theorem's proof).
     """
     path: Path | None
     fingerprint: str
@@ -155,6 +156,8 @@ class NoiseLedger:
                                   "malformed): a resumed training could not be accounted under label-DP; start "
                                   "afresh without --resume")
         if saved != checkpoint.fingerprint:
+            if not start:        # the interrupted run was another training: this one starts its own count
+                return cls(path, checkpoint.fingerprint)
             raise CheckpointError(f"{path} belongs to a different training; start afresh without --resume")
         return cls(path, checkpoint.fingerprint, epochs)
 
