@@ -203,7 +203,7 @@ def common_positions(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
 #
 # Bucketed PSI (vfl/psi/bucketed.py) splits every party's IDs by a keyed hash
 # of H(id) and runs the protocol per bucket, so no party holds all its blinded
-# points at once. The key is agreed by commit and reveal: every party commits
+# points at once. The key is agreed by commit and reveal: every host commits
 # to a fresh nonce, the guest reveals its nonce after seeing only the hosts'
 # commitments, the hosts reveal theirs after that; the key hashes all nonces,
 # so it is uniform as long as one party's nonce is. Every bucket is padded with

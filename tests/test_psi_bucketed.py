@@ -221,6 +221,24 @@ def test_hosts_check_the_relayed_commitments_and_nonces():
     assert "the nonce of 'h1' does not open its commitment" in str(errors["h2"])
 
 
+def test_with_several_hosts_a_host_refuses_buckets_too_small_to_hide_who_holds_the_guests_ids():
+    """The guest learns every Venn-region size per bucket: with 2048 buckets over a few hundred IDs it
+    could tell which of its own IDs each host holds, so hosts refuse more buckets than they asked for
+    and their IDs fill (with one host nothing beyond the intersection leaks, so it may)."""
+    rng = np.random.default_rng(21)
+    g, h1, h2 = random_sets(rng, [600, 800, 800], 2000)
+    greedy = lambda ch, x: bucketed_psi_guest(ch, x, ["h1", "h2"], buckets=2048)  # noqa: E731
+    host = lambda ch, x: bucketed_psi_host(ch, x, "guest")                           # noqa: E731
+    _, errors, _ = run_psi({"guest": g, "h1": h1, "h2": h2}, timeout=5,
+                           roles={"guest": greedy, "h1": host, "h2": host})
+    for h in ("h1", "h2"):
+        assert isinstance(errors[h], ProtocolError) and "small buckets would tell it" in str(errors[h])
+    got, errors, _ = run_psi({"guest": g, "h1": h1}, timeout=30,
+                             roles={"guest": lambda ch, x: bucketed_psi_guest(ch, x, ["h1"], buckets=64),
+                                    "h1": host})
+    assert not errors and got["h1"].tolist() == np.intersect1d(g, h1).tolist()
+
+
 def test_bucket_math():
     pts = hash_ids(np.array([f"c{i}" for i in range(20000)]))
     key = hashlib.sha256(b"k").digest()

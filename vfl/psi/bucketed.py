@@ -56,6 +56,10 @@ DEFAULT_MEMORY_MB = 256
 BYTES_PER_POINT = 240
 """Measured working memory per point of a bucket (points, copies, shuffles, the sort)."""
 MAX_BUCKETS = 1 << 16
+MIN_BUCKET_IDS = 1024
+"""With several hosts a host accepts more buckets than it asked for only while each would still hold
+this many of its IDs: the guest learns every Venn-region size per bucket, and small buckets would
+tell it which of its own IDs the other hosts hold (docs/protocols.md, section 1)."""
 SPILL_FRACTION = 0.25
 """Hash records (40 bytes per ID) beyond this share of the budget wait in files (two such
 stores exist while records move from the first split to the buckets)."""
@@ -188,7 +192,7 @@ def bucketed_psi_host(channel: Channel, ids: np.ndarray | IdSource, guest: str, 
         hosts = _expect_plan(channel.recv(guest, "psi/plan"), guest, me, PROTOCOL_BUCKETED)
         log.info("%s: PSI as host %d of %d with %d IDs (read and hashed in %.1f s), guest %s", me,
                  hosts.index(me) + 1, len(hosts), n, time.perf_counter() - t_start, guest)
-        nbuckets, key = _agree_host(channel, guest, hosts, _wish(buckets, n, 2, memory_mb))
+        nbuckets, key = _agree_host(channel, guest, hosts, _wish(buckets, n, 2, memory_mb), n)
     except BaseException:
         local.close()
         raise
@@ -212,7 +216,7 @@ def bucketed_psi_host(channel: Channel, ids: np.ndarray | IdSource, guest: str, 
     return result
 
 
-def _agree_host(channel: Channel, guest: str, hosts: list[str], mine: int) -> tuple[int, bytes]:
+def _agree_host(channel: Channel, guest: str, hosts: list[str], mine: int, n: int) -> tuple[int, bytes]:
     me = channel.name
     j = hosts.index(me)
     nonce = bucket_nonce()
@@ -224,6 +228,12 @@ def _agree_host(channel: Channel, guest: str, hosts: list[str], mine: int) -> tu
     if nbuckets < mine:
         raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} sets {nbuckets} buckets, "
                             f"fewer than the {mine} this host asked for")
+    if len(hosts) > 1 and nbuckets > max(mine, math.ceil(n / MIN_BUCKET_IDS)):
+        raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} sets {nbuckets} buckets, more than the {mine} "
+                            f"this host asked for and than its {n} IDs fill with {MIN_BUCKET_IDS} each: with "
+                            "several hosts the guest learns the overlaps' sizes per bucket, and small buckets "
+                            "would tell it which of its IDs the other hosts hold (give the guest more PSI memory "
+                            "for fewer buckets)")
     guest_nonce = _hex32(msg["nonce"], "psi/buckets/open", guest, me)
     commits = msg["commits"]
     if not isinstance(commits, list) or len(commits) != len(hosts):

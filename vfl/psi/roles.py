@@ -286,6 +286,8 @@ def _expect_plan(plan, guest: str, me: str, protocol: str = PROTOCOL) -> list[st
         got = plan.get("protocol") if isinstance(plan, dict) else describe(plan)
         raise ProtocolError(f"{me}: psi/plan from {guest!r} announces protocol {got!r}, "
                             f"this party speaks {protocol!r}")
+    if plan.get("guest") != guest:
+        raise ProtocolError(f"{me}: psi/plan from {guest!r} names {plan.get('guest')!r} as the guest")
     hosts = plan.get("hosts")
     if (not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts)
             or len(set(hosts)) != len(hosts) or me not in hosts or guest in hosts):
