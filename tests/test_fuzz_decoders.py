@@ -184,7 +184,7 @@ def arrays(draw):
 
 @st.composite
 def bigints(draw):
-    width = draw(st.integers(1, 40))
+    width = draw(st.integers(32, 72))
     return BigInts.of(draw(st.lists(st.integers(0, (1 << 8 * width) - 1), max_size=5)), width)
 
 

@@ -29,7 +29,8 @@ def test_round_trips(pk):
     (b"\x09abc", "unknown payload tag"),
     (b"\x01[1, 2]", "JSON object"),
     (b"\x01{not json", "malformed control"),
-    (encode_payload(BigInts.of([1, 2], 8))[:-1], "truncated integer array"),
+    (encode_payload(BigInts.of([1, 2], 32))[:-1], "truncated integer array"),
+    (encode_payload(BigInts.of([1, 2], 2)), "below 32 bytes"),
     (encode_payload(np.zeros(4))[:-3], "truncated array"),
     (b"\x02\x00\x03|O8\x01" + b"\x00" * 7 + b"\x01" + b"\x00" * 8, "not accepted"),
 ])
@@ -79,7 +80,7 @@ def _array_blob(dtype: bytes, shape, raw: bytes = b"") -> bytes:
     (_array_blob(b"<f8", (1,), b"\0" * 9), "over-long array"),
     (b"\x02\x00\x05<f8", "truncated array header"),
     (b"\x04" + b"\0" * 10, "width 0"),
-    (encode_payload(BigInts.of([1, 2], 8)) + b"\0", "over-long integer array"),
+    (encode_payload(BigInts.of([1, 2], 32)) + b"\0", "over-long integer array"),
 ])
 def test_hostile_payloads_raise_message_error_only(data, message):
     with pytest.raises(MessageError, match=message):

@@ -54,6 +54,11 @@ class MessageError(ValueError):
     """A payload that does not decode: truncated, tampered or of a wrong kind."""
 
 
+MIN_BIGINT_WIDTH = 32
+"""Bytes per integer at least (a 256-bit n; real keys have 2048): decoded, each value costs about
+twice its wire size, where 2-byte values would cost eighteen times theirs."""
+
+
 @dataclass(frozen=True)
 class BigInts:
     """Non-negative integers below ``2**(8*width)``, e.g. masked plaintexts mod n."""
@@ -194,6 +199,9 @@ def _decode_bigints(body: memoryview) -> BigInts:
     width, count = struct.unpack(">HQ", body[:10])
     if width == 0:
         raise MessageError("integer array of width 0")
+    if width < MIN_BIGINT_WIDTH and count:
+        raise MessageError(f"integer array of width {width}: below {MIN_BIGINT_WIDTH} bytes (these carry values "
+                           "mod a Paillier n; narrow ones would decode to many times their size in memory)")
     if len(body) - 10 != width * count:
         what = "truncated" if len(body) - 10 < width * count else "over-long"
         raise MessageError(f"{what} integer array: {count} integers of {width} bytes need {width * count} "
