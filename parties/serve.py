@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
-from vfl.serving.roles import ANSWER_STEPS, GuestScorer, check_hello, check_ids, read_known
+from vfl.serving.roles import ANSWER_STEPS, PEER_TEXT, GuestScorer, HostAnswer, check_hello, check_ids
 from vfl.serving.scorers import host_scorer
 from vfl.serving.stores import Lookup, StoreError
 
@@ -66,13 +66,13 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
     async def answer(link: Link, request) -> None:
         try:
             reply = await compute(scorer.store.in_memory, len(request.ids), scorer.respond, request)
-            outcome = "error" if "error" in reply else "answered"
-        except Exception as exc:  # noqa: BLE001 - the guest gets a reply either way, the log the cause
+            outcome = "answered"
+        except Exception as exc:  # noqa: BLE001 - the guest gets a reply either way, this log the cause
             log.exception("%s: request %d failed", name, request.req)
             reply, outcome = {"req": request.req, "error": f"{name} failed: {type(exc).__name__}"}, "failed"
         audit.record(guest, request.ids, outcome, step=request.step, req=request.req)
         try:
-            link.send("serve/known" if request.step == "serve/has" else scorer.answer_step, reply)
+            link.send(scorer.answer_step, reply)
         except PeerLost:
             pass
 
@@ -92,7 +92,7 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
                 step, payload = msg
                 if step == "serve/keys":
                     log.info("%s: keys for epoch %d", name, scorer.set_keys(session, payload))
-                elif step in ("serve/has", "serve/score"):
+                elif step == "serve/score":
                     task = asyncio.create_task(answer(link, scorer.accept(session, step, payload)))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -186,7 +186,7 @@ class GuestService:
             except asyncio.CancelledError:
                 raise
             except (OSError, PeerLost, ProtocolError, asyncio.TimeoutError) as exc:
-                why = str(exc) or type(exc).__name__
+                why = (str(exc) or type(exc).__name__)[:PEER_TEXT]     # for this log only
             finally:
                 if self.links.get(host) is link and link is not None:
                     del self.links[host]
@@ -249,7 +249,13 @@ class GuestService:
         futs = {}
         for h in self.hosts:               # no await in this loop: every link gets requests in order
             futs[h] = self.pending[(h, req)] = loop.create_future()
-            self.links[h].send(step, {"epoch": epoch, "req": req, "ids": ids})
+            try:
+                self.links[h].send(step, {"epoch": epoch, "req": req, "ids": ids})
+            except PeerLost as exc:        # its link closed under us: the reader re-dials it
+                for k in futs:
+                    self.pending.pop((k, req), None)
+                log.warning("%s: request %d: %s", self.job.guest.name, req, exc)
+                raise ServeError(503, f"{h} is unavailable: its link is down (re-dialling; see /ready)", h) from None
         done, slow = await asyncio.wait(futs.values(), timeout=self.job.serving.timeout)
         if slow:
             names = [h for h, f in futs.items() if f in slow]
@@ -268,72 +274,80 @@ class GuestService:
     # -- scoring -----------------------------------------------------------------------------------
     async def score(self, ids: list[str], overrides: Sequence[Mapping | None] | None = None,
                     peer: str = "http") -> list[dict | RowError]:
-        """An answer (or a :class:`RowError`) for every requested ID, in request order."""
+        """An answer (or a :class:`RowError`) for every requested ID, in request order.
+
+        Every request gets one audit line, whatever its outcome. A :class:`ServeError`'s message is
+        fixed per cause (naming the party at fault): a store's or a host's own text goes to this
+        process's log only, never to the client or the audit log."""
         try:
             check_ids(ids, "request", self.job.serving.max_batch)
         except ProtocolError as exc:
+            self.audit.record(peer, _auditable(ids, self.job.serving.max_batch), "error 422", message=str(exc))
             raise ServeError(422, str(exc)) from None
+        g = self.job.guest.name
         out: list[dict | RowError | None] = [None] * len(ids)
         try:
             in_memory = self.scorer.store.in_memory
             found = await compute(in_memory, len(ids), self.scorer.lookup, ids, overrides)
-            g = self.job.guest.name
             for p in found.unknown:
                 out[p] = RowError(404, f"ID {ids[p]!r} is unknown to {g} (not in its store)", g)
             for p, why in found.invalid.items():
                 out[p] = RowError(422, why, g)
             pos = [int(p) for p in found.positions]
-            marks: dict[int, list[str]] = {}
             if pos:
-                if self.scorer.presence_round():
-                    req, known = await self._call("serve/has", [ids[p] for p in pos])
-                    drop = self._host_missing(known, req, pos, ids, out)
-                    pos = [p for i, p in enumerate(pos) if i not in drop]
-                if pos:
-                    req, replies = await self._call("serve/score", [ids[p] for p in pos])
-                    answers = {h: self.scorer.read_answer(r, req, len(pos), h) for h, r in replies.items()}
-                    for h, a in answers.items():
-                        if a.error:
-                            raise ServeError(503, f"{h} refused: {a.error}", h)
-                    combined = self.scorer.combine(answers)
-                    drop = set()
-                    for h, a in answers.items():
-                        for i, m in a.missing.items():
-                            if self.scorer.averages_unknown():
-                                marks.setdefault(pos[i], []).append(h)
-                            else:
-                                drop.add(i)
-                                out[pos[i]] = _host_row_error(h, ids[pos[i]], m)
-                    keep = [i for i in range(len(pos)) if i not in drop]
-                    row_of = {int(p): r for r, p in enumerate(found.positions)}
-                    sub = _subset(found, [row_of[pos[i]] for i in keep])
-                    results = await compute(True, len(keep), self.scorer.answers_for, sub, combined, keep)
-                    for i, r in zip(keep, results):
-                        if pos[i] in marks:
-                            r["partial"] = {"average_for": marks[pos[i]]}
-                        out[pos[i]] = r
-        except ProtocolError as exc:           # a host's answer that does not parse: its fault, named
-            self.audit.record(peer, ids, "error 502", message=str(exc))
-            raise ServeError(502, f"bad answer: {exc}") from None
+                # every host is asked about the same IDs: none learns which IDs another lacks
+                req, replies = await self._call("serve/score", [ids[p] for p in pos])
+                answers = {h: self._read_answer(h, replies[h], req, len(pos)) for h in self.hosts}
+                for h, a in answers.items():
+                    if a.error:
+                        log.warning("%s: %s could not answer request %d: %s", g, h, req, a.error)
+                        raise ServeError(503, f"{h} could not answer the request (see its log)", h)
+                combined = self.scorer.combine(answers)
+                marks: dict[int, list[str]] = {}
+                drop: set[int] = set()
+                for h in self.hosts:       # in job order: a row is answered naming the first host lacking it
+                    for i, m in sorted(answers[h].missing.items()):
+                        if self.scorer.averages_unknown():
+                            marks.setdefault(pos[i], []).append(h)
+                        elif i not in drop:    # its sum is uniform (the host added a random value): unused
+                            drop.add(i)
+                            out[pos[i]] = _host_row_error(h, ids[pos[i]], m)
+                keep = [i for i in range(len(pos)) if i not in drop]
+                row_of = {int(p): r for r, p in enumerate(found.positions)}
+                sub = _subset(found, [row_of[pos[i]] for i in keep])
+                results = await compute(True, len(keep), self.scorer.answers_for, sub, combined, keep)
+                for i, r in zip(keep, results):
+                    if pos[i] in marks:
+                        r["partial"] = {"average_for": marks[pos[i]]}
+                    out[pos[i]] = r
         except StoreError as exc:              # the guest's own store failed (e.g. its database is down)
-            self.audit.record(peer, ids, "error 503", message=str(exc))
-            raise ServeError(503, str(exc), self.job.guest.name) from None
+            log.error("%s: its store failed: %s", g, exc)
+            message = f"{g}'s store is unavailable"
+            self.audit.record(peer, ids, "error 503", message=message)
+            raise ServeError(503, message, g) from None
         except ServeError as exc:
             self.audit.record(peer, ids, f"error {exc.status}", message=str(exc))
             raise
+        except Exception:  # noqa: BLE001 - audited and answered; the cause goes to this process's log
+            log.exception("%s: a scoring request failed", g)
+            message = f"internal error at {g} (see its log)"
+            self.audit.record(peer, ids, "error 500", message=message)
+            raise ServeError(500, message, g) from None
         self.audit.record(peer, ids, "answered", scored=sum(isinstance(r, dict) for r in out))
         return out  # type: ignore[return-value]
 
-    @staticmethod
-    def _host_missing(replies: dict, req: int, pos: list[int], ids: list[str], out: list) -> set[int]:
-        """Rows some host cannot score (from ``serve/known``): marked as errors, to be dropped."""
-        drop: set[int] = set()
-        for h, r in replies.items():
-            for i, m in read_known(r, req, len(pos), h).items():
-                drop.add(i)
-                if out[pos[i]] is None:
-                    out[pos[i]] = _host_row_error(h, ids[pos[i]], m)
-        return drop
+    def _read_answer(self, host: str, payload, req: int, n: int) -> HostAnswer:
+        """``host``'s answer, checked; one that does not parse is a 502 naming it (the detail logged here)."""
+        try:
+            return self.scorer.read_answer(payload, req, n, host)
+        except ProtocolError as exc:
+            log.warning("%s: request %d: %s", self.job.guest.name, req, str(exc)[:PEER_TEXT])
+            raise ServeError(502, f"{host} sent a malformed answer (see the guest's log)", host) from None
+
+
+def _auditable(ids, limit: int) -> list[str]:
+    """The string IDs of a request refused as malformed (at most ``limit``), for its audit line."""
+    return [i for i in ids[:limit] if isinstance(i, str)] if isinstance(ids, list) else []
 
 
 def _host_row_error(host: str, id_: str, why: str) -> RowError:

@@ -5,8 +5,9 @@ endpoint            answer
 ==================  ========================================================================
 POST /score         ``{"id", "features"?}`` -> ``{"id", "probability", "points", "reasons"}``;
                     404 for an ID unknown to the guest (or, under ``unknown_id = "refuse"``,
-                    to a host), 422 for a missing or invalid feature, 503 when a host is not
-                    linked, 504 when one does not answer within ``[serving] timeout``
+                    to a host), 422 for a missing or invalid feature, 502 for a host's
+                    malformed answer, 503 when a host is not linked or a store fails, 504
+                    when a host does not answer within ``[serving] timeout``, 500 otherwise
 POST /score/batch   ``{"ids": [...]}`` -> ``{"results": [...]}``, one per ID in order, each an
                     answer or ``{"id", "error", "status", "party"}``
 GET /health         liveness: the process answers
@@ -16,6 +17,12 @@ GET /model          the job, its training time and every party's model-part hash
 
 Scoring never runs on the event loop: look-ups and arithmetic go to worker threads, and the
 hosts are awaited, so many requests are in flight at once.
+
+Errors name the party at fault with a fixed message per cause; a store's, a host's or a library's
+own text goes to the guest's log only. Every request, malformed ones included, gets a line in the
+guest's audit log. The API has no client authentication of its own: put it behind the bank's
+gateway (anyone who can call it learns, per ID, whether each host knows it: a score or a 404
+naming the host).
 """
 # no "from __future__ import annotations": FastAPI reads the endpoints' annotations as the classes defined in make_app
 
@@ -34,14 +41,16 @@ from .serve_link import run_loop
 
 log = logging.getLogger("vfl.serve")
 
-Value = Union[float, int, str, None]
-
 
 def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     """The FastAPI application of the guest's service (links start with the app)."""
     from fastapi import FastAPI, Request
+    from fastapi.exception_handlers import request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+    Value = Union[StrictFloat, StrictInt, StrictStr, None]    # strict: JSON true is refused, not taken as 1.0
 
     class ScoreRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -76,6 +85,14 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     async def serve_error(request: Request, exc: ServeError):
         return error(exc.status, str(exc), exc.party)
 
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError):
+        """A body that does not parse is refused before scoring, and still audited (no IDs: none were read)."""
+        service = state.get("service")
+        if service is not None:
+            service.audit.record(client(request), [], "error 422", message=f"malformed request to {request.url.path}")
+        return await request_validation_exception_handler(request, exc)
+
     def client(request: Request) -> str:
         return f"http:{request.client.host}" if request.client else "http"
 
@@ -88,8 +105,6 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
 
     @app.post("/score/batch")
     async def score_batch(body: BatchRequest, request: Request):
-        if len(set(body.ids)) != len(body.ids):
-            return error(422, "repeated IDs in the batch", None)
         rows = await state["service"].score(body.ids, None, client(request))
         return {"results": [{"id": i, "error": r.message, "status": r.status, "party": r.party}
                             if isinstance(r, RowError) else r for i, r in zip(body.ids, rows)]}

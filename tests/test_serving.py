@@ -27,15 +27,16 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
+from crypto.secure_sum import reveal_sum                               # noqa: E402
 from tests.conftest import make_job                                   # noqa: E402
 from vfl.io.synth import vertical_split                               # noqa: E402
 from vfl.job.config import load_job                                   # noqa: E402
 from vfl.job.jobfile import write_job                                 # noqa: E402
 from vfl.job.threads import run_local, run_predict_local              # noqa: E402
 from vfl.protocol.channel import ProtocolError                        # noqa: E402
-from vfl.serving.audit import id_hash                                 # noqa: E402
+from vfl.serving.audit import audit_key, find_requests, id_hash, key_path   # noqa: E402
 from vfl.serving.reasons import contributions                         # noqa: E402
-from vfl.serving.roles import GuestScorer, HostScorer                 # noqa: E402
+from vfl.serving.roles import GuestScorer, HostScorer, read_share     # noqa: E402
 from parties.certs import make_certs                                  # noqa: E402
 from parties.party import with_tls_dir                                # noqa: E402
 
@@ -198,6 +199,149 @@ def test_unknown_ids_missing_features_and_malformed_requests(served):
     assert "probability" in batch[0] and batch[1]["status"] == 404 and batch[1]["party"] == "guest"
 
 
+def _audit_lines(cfg, name: str, since: float) -> list[dict]:
+    time.sleep(0.3)                                          # the logs are written by their own threads
+    path = cfg.output_dir(name) / "serving" / "audit.jsonl"
+    return [x for x in map(json.loads, path.read_text().splitlines()) if x["time"] >= since]
+
+
+def test_every_host_gets_the_same_ids_and_a_host_lacking_one_hides_the_others_sum(served):
+    """unknown_id = "refuse" with two hosts: no presence round, so host0 never learns which IDs host1
+    lacks; the row host1 lacks is a 404 naming it, the others score as `vfl predict` scored them."""
+    cfg, scores, guest, hosts, url = served
+    lacking = sorted(set(guest["id"]) & set(hosts[0]["id"]) - set(hosts[1]["id"]))[0]
+    ids = [scores["id"].iloc[5], lacking, scores["id"].iloc[9]]
+    t0 = time.time()
+    res = httpx.post(url + "/score/batch", json={"ids": ids}).json()["results"]
+    assert res[1]["status"] == 404 and res[1]["party"] == "host1" and "host1" in res[1]["error"]
+    want = scores.set_index("id")["score"]
+    for r in (res[0], res[2]):
+        assert abs(r["probability"] - want[r["id"]]) <= 1e-12
+    for name in ("host0", "host1"):                          # what each host received: one serve/score, all 3 IDs
+        lines = _audit_lines(cfg, name, t0)
+        key = key_path(cfg.output_dir(name) / "serving" / "audit.jsonl").read_bytes()
+        assert [(x["step"], x["ids"]) for x in lines] == [("serve/score", [id_hash(key, cfg.name, i) for i in ids])], name
+
+
+def test_a_host_lacking_an_id_adds_a_fresh_random_value_to_its_share(served):
+    """The sum at a row one host cannot score is uniform: neither the other host's score nor repeatable."""
+    cfg, scores, guest, hosts, _ = served
+    a, b = HostScorer(cfg, "host0"), HostScorer(cfg, "host1")
+    (sa, ha), (sb, hb) = a.hello(), b.hello()
+    keys = [{k: h[k] for k in ("key", "cert", "sig")} for h in (ha, hb)]
+    a.set_keys(sa, {"epoch": 1, "keys": keys})
+    b.set_keys(sb, {"epoch": 1, "keys": keys})
+    lacking = sorted(set(hosts[0]["id"]) - set(hosts[1]["id"]))[0]
+    ids = [scores["id"].iloc[0], lacking]
+    u0 = a.part.score(a.store.lookup(ids).table)
+    u1 = b.part.score(b.store.lookup(ids[:1]).table)
+    sums = []
+    for req in (1, 2):
+        payload = {"epoch": 1, "req": req, "ids": ids}
+        ra, rb = a.respond(a.accept(sa, "serve/score", payload)), b.respond(b.accept(sb, "serve/score", payload))
+        assert ra["missing"] == {} and rb["missing"] == {"1": "unknown"}
+        total = reveal_sum([read_share(ra, req, 2, "host0").share, read_share(rb, req, 2, "host1").share])
+        sums.append(total)
+        assert abs(total[0] - (u0[0] + u1[0])) < 1e-6       # a row both score: the sum of their scores
+        assert abs(total[1] - u0[1]) > 1e-3                 # the row host1 lacks: not host0's own score
+    assert sums[0][1] != sums[1][1]                          # fresh for every request
+
+
+def test_a_bad_missing_key_from_a_host_is_a_protocol_error():
+    """"²".isdigit() is true but int("²") fails: such a key is a malformed answer, not a crash."""
+    for key in ("²", "٣", "01", "-1", " 1", "1" * 50):
+        with pytest.raises(ProtocolError, match="bad missing entry"):
+            read_share({"req": 1, "missing": {key: "unknown"}, "share": [0, 0]}, 1, 2, "host0")
+    assert read_share({"req": 1, "missing": {"1": "unknown"}, "share": [0, 0]}, 1, 2, "host0").missing == {1: "unknown"}
+
+
+def test_request_level_422s_are_audited_and_booleans_are_not_numbers(served):
+    cfg, scores, guest, hosts, url = served
+    known = scores["id"].iloc[0]
+    for body, why in (({"ids": [known, known]}, "repeated"), ({"ids": [known, "   "]}, "non-blank")):
+        t0 = time.time()
+        r = httpx.post(url + "/score/batch", json=body)
+        assert r.status_code == 422 and why in r.json()["detail"], r.text
+        lines = _audit_lines(cfg, "guest", t0)
+        assert [x["outcome"] for x in lines] == ["error 422"] and lines[0]["peer"].startswith("http")
+        assert [x["outcome"] for x in _audit_lines(cfg, "host0", t0)] == []      # no host was asked
+    t0 = time.time()
+    r = httpx.post(url + "/score", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and [x["outcome"] for x in _audit_lines(cfg, "guest", t0)] == ["error 422"]
+    col = [c for c in guest.columns if c not in ("id", "y")][0]
+    for value in (True, False):                              # JSON true is not 1.0
+        r = httpx.post(url + "/score", json={"id": known, "features": {col: value}})
+        assert r.status_code == 422, r.text
+    assert httpx.post(url + "/score", json={"id": known, "features": {col: 1}}).status_code == 200
+
+
+def test_a_lost_link_and_an_internal_failure_are_audited_with_fixed_messages(served, tmp_path, monkeypatch):
+    """A link that closes as the request is sent: 503 naming the host; any other failure: 500 with no
+    internal text. Both get their audit line."""
+    import parties.serve as serve_mod
+    from parties.serve import GuestService, ServeError
+    from vfl.protocol.channel import PeerLost
+    cfg, scores, *_ = served
+    monkeypatch.setattr(serve_mod, "audit_path", lambda job, name: tmp_path / name / "audit.jsonl")
+
+    class Closed:
+        def send(self, step, payload):
+            raise PeerLost("the link to host1 is closed")
+
+    class Open:
+        def send(self, step, payload):
+            pass
+
+    async def main():
+        service = GuestService(cfg, GuestScorer(cfg))
+        service.links, service.ready = {"host0": Open(), "host1": Closed()}, True
+        with pytest.raises(ServeError) as lost:
+            await service.score([scores["id"].iloc[0]])
+        assert not service.pending                           # nothing left waiting
+        service.scorer.lookup = lambda ids, overrides: (_ for _ in ()).throw(RuntimeError("secret internals"))
+        with pytest.raises(ServeError) as failed:
+            await service.score([scores["id"].iloc[1]])
+        service.audit.close()
+        return lost.value, failed.value
+
+    lost, failed = asyncio.run(main())
+    assert lost.status == 503 and lost.party == "host1" and "host1" in str(lost)
+    assert failed.status == 500 and failed.party == "guest" and "secret" not in str(failed)
+    lines = [json.loads(x) for x in (tmp_path / "guest" / "audit.jsonl").read_text().splitlines()]
+    assert [x["outcome"] for x in lines] == ["error 503", "error 500"] and "secret" not in json.dumps(lines)
+
+
+def test_a_failing_sql_store_answers_503_without_ids_or_sql(tmp_path):
+    """The database's message (with the query's parameters, the SQL, the URL) reaches neither the
+    client nor the audit log: 503 "<party>'s store is unavailable"."""
+    sa = pytest.importorskip("sqlalchemy")
+    cfg, scores, guest, hosts = trained(tmp_path, n_hosts=1)
+    db = tmp_path / "bank.db"
+    engine = sa.create_engine(f"sqlite:///{db}")
+    guest.to_sql("applicants", engine, index=False)
+    cfg = replace(cfg, guest=replace(cfg.guest, store=f"sqlite:///{db}", store_table="applicants"))
+    running = start_services(cfg)
+    try:
+        url = "http://" + cfg.guest.serve_address
+        wait_ready(url)
+        ids = scores["id"].tolist()[:3]
+        res = httpx.post(url + "/score/batch", json={"ids": ids}).json()["results"]
+        np.testing.assert_allclose([r["probability"] for r in res], scores["score"].iloc[:3], rtol=0, atol=1e-12)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE applicants"))
+        t0 = time.time()
+        r = httpx.post(url + "/score/batch", json={"ids": ids})
+        assert r.status_code == 503 and r.json() == {"detail": "guest's store is unavailable", "party": "guest"}
+        lines = _audit_lines(cfg, "guest", t0)
+        assert [(x["outcome"], x["message"]) for x in lines] == [("error 503", "guest's store is unavailable")]
+        text = r.text + json.dumps(lines)
+        for leak in (*ids, "SELECT", "applicants", "sqlite", str(db), "Error"):
+            assert leak not in text, leak
+    finally:
+        for x in running:
+            x.stop()
+
+
 def test_model_identity_and_audit_logs(served):
     cfg, scores, *_, url = served
     ident = httpx.get(url + "/model").json()
@@ -207,12 +351,41 @@ def test_model_identity_and_audit_logs(served):
     target = scores["id"].iloc[3]
     httpx.post(url + "/score", json={"id": target})
     time.sleep(0.3)                                          # the logs are written by their own threads
-    h = id_hash(cfg.name, target)
+    hashes = {}
     for name, peer in (("guest", "http"), ("host0", "guest"), ("host1", "guest")):
-        lines = [json.loads(x) for x in (cfg.output_dir(name) / "serving" / "audit.jsonl").read_text().splitlines()]
-        mine = [x for x in lines if h in x["ids"]]
+        log_path = cfg.output_dir(name) / "serving" / "audit.jsonl"
+        lines = [json.loads(x) for x in log_path.read_text().splitlines()]
+        mine = find_requests(log_path, cfg.name, target)     # found with the party's own key
         assert mine and all(x["peer"].startswith(peer) for x in mine), name
         assert f"\"{target}\"" not in json.dumps(lines)      # IDs are hashed
+        key = key_path(log_path)
+        assert len(key.read_bytes()) == 32 and (key.stat().st_mode & 0o777) == 0o600, name
+        hashes[name] = id_hash(key.read_bytes(), cfg.name, target)
+        assert hashes[name] in mine[0]["ids"]
+    assert len(set(hashes.values())) == 3                    # keyed: each party's own hash of the same ID
+    unkeyed = hashlib.sha256(f"vfl/audit/v1\x00{cfg.name}\x00{target}".encode()).hexdigest()[:32]
+    assert unkeyed not in json.dumps(lines)                  # not the old, brute-forceable hash
+
+
+def test_audit_hashes_are_keyed_per_party(tmp_path):
+    """The same ID hashes differently under two keys; each log's own key (made once, 0600) finds its lines."""
+    from vfl.serving.audit import AuditLog
+    logs = []
+    for party in ("a", "b"):
+        log = AuditLog(tmp_path / party / "audit.jsonl", "job", party)
+        log.record("guest", ["555-0100", "555-0101"], "answered")
+        log.close()
+        logs.append(log.path)
+    ka, kb = (key_path(p).read_bytes() for p in logs)
+    assert ka != kb and len(ka) == len(kb) == 32
+    assert id_hash(ka, "job", "555-0100") != id_hash(kb, "job", "555-0100")
+    assert id_hash(ka, "job", "555-0100") == id_hash(ka, "job", "555-0100")
+    assert all((key_path(p).stat().st_mode & 0o777) == 0o600 for p in logs)
+    assert audit_key(logs[0]) == ka                          # kept, not remade
+    for p in logs:
+        assert len(find_requests(p, "job", "555-0100")) == 1 and find_requests(p, "job", "555-0199") == []
+    key_path(logs[1]).write_bytes(ka)                        # with another party's key: nothing found
+    assert find_requests(logs[1], "job", "555-0100") == []
 
 
 def test_200_concurrent_clients_each_get_an_answer(served):
@@ -296,6 +469,7 @@ def test_sql_store_serves_the_same_scores_and_a_host_average_when_asked(tmp_path
             conn.execute(sa.text("DROP TABLE features"))
         r = httpx.post(url + "/score", json={"id": ids[2]})
         assert r.status_code == 503 and r.json()["party"] == "host0" and "host0" in r.json()["detail"]
+        assert ids[2] not in r.text and "SELECT" not in r.text and "Error" not in r.text
     finally:
         for r in running:
             r.stop()

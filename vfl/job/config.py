@@ -46,7 +46,7 @@ class PartyConfig:
     ray_address: str | None = None       # where this party's heavy loops run: None = local process pool,
                                          # "local" = a private Ray runtime here, "HOST:PORT" = its Ray cluster
     encoding: str = "utf-8"              # of its CSV data and predict_data: "utf-8", "gbk" or "gb18030"
-    # online scoring (`vfl serve`, docs/serving.md)
+    # online scoring (`vfl serve`, docs/protocols.md section 3a)
     serve_address: str | None = None     # guest: its HTTP API; host: where the guest's serving link dials
                                          # (default: the party's address)
     store: str | None = None             # where `vfl serve` looks up features by ID: an SQLAlchemy URL
@@ -231,7 +231,7 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """``[serving]``: how `vfl serve` answers (docs/serving.md)."""
+    """``[serving]``: how `vfl serve` answers (docs/protocols.md section 3a)."""
 
     timeout: float = 2.0          # seconds the guest waits for each host per request, then 504 naming it
     unknown_id: str = "refuse"    # an ID a host does not know: "refuse" the row, or "average" = that host

@@ -240,15 +240,13 @@ SPEC: tuple[StepSpec, ...] = tuple([
              SERVE),
     StepSpec("serve/keys", r"serve/keys", "guest", "host", PUBLIC, ("control",),
              "nothing: the epoch, and all hosts' signed X25519 keys and certificates, in job order", SERVE),
-    StepSpec("serve/has", r"serve/has", "guest", "host", CONTROL, ("control",),
-             "which IDs are being scored, and when (inherent to online scoring)", SERVE),
-    StepSpec("serve/known", r"serve/known", "host", "guest", CONTROL, ("control",),
-             "which of the requested IDs that host cannot score", SERVE),
     StepSpec("serve/score", r"serve/score", "guest", "host", CONTROL, ("control",),
-             "which IDs are being scored, and when (inherent to online scoring)", SERVE),
+             "which IDs are being scored, and when (inherent to online scoring); every host gets the same IDs",
+             SERVE),
     StepSpec("serve/share", r"serve/share", "host", "guest", SHARE, ("control",),
              "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
-             "scores per requested ID (a single host's score when there is one host); which IDs it lacks", SERVE),
+             "scores per requested ID (a single host's score when there is one host), uniform for an ID some "
+             "host cannot score (it adds a fresh random value there); which IDs it cannot score", SERVE),
     StepSpec("serve/split_bits", r"serve/split_bits", "host", "guest", PARTITION, ("control",),
              "SecureBoost: for each split the host holds, the side of each requested ID (as sbt/predict/split_bits "
              "for a batch); which IDs it lacks; no threshold, no value", SERVE),

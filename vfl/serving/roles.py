@@ -10,16 +10,19 @@ serve/hello     host->g    ``{key, cert, sig, model}``: a fresh secure-sum key f
                            signed with the host's TLS key, and the SHA-256 of its model part
 serve/keys      g->host    ``{epoch, keys}``: every host's signed key, in job order; a new epoch
                            each time a host (re)joins
-serve/has       g->host    ``{epoch, req, ids}`` (two or more hosts, ``unknown_id = "refuse"``)
-serve/known     host->g    ``{req, missing}``: positions this host cannot score
-serve/score     g->host    ``{epoch, req, ids}``
-serve/share     host->g    ``{req, missing, share}`` or ``{req, error}``
+serve/score     g->host    ``{epoch, req, ids}``: the same IDs to every host
+serve/share     host->g    ``{req, missing, share}``, or ``{req, error}`` when the host failed
 ==============  =========  ====================================================================
 
 A host's share is its partial scores plus pairwise masks (``crypto.secure_sum``) derived from the
 epoch's keys and bound to ``job/serve/<epoch>/<req>``; the host refuses a request number it has
 seen, so no mask is ever used twice and the guest learns only the sum over hosts. With one host
 there are no masks: its partial score is what the guest could derive from the final score anyway.
+
+A position a host cannot score (``missing``) gets, under ``unknown_id = "refuse"``, a fresh
+uniformly random 64-bit value added to its masked share: the sum of that row is then uniform and
+says nothing of the other hosts' partial scores, and the guest answers that row with an error.
+Every host is asked about the same IDs, so no host learns which IDs another host lacks.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ import datetime
 import hashlib
 import logging
 import math
+import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -48,8 +53,9 @@ from .stores import Lookup, open_store
 log = logging.getLogger("vfl.serving")
 
 SERVED_MODELS = ("logistic", "embedding", "secureboost")
-ANSWER_STEPS = ("serve/share", "serve/known", "serve/split_bits")   # what a host answers the guest with
+ANSWER_STEPS = ("serve/share", "serve/split_bits")   # what a host answers the guest with
 MISSING_UNKNOWN, MISSING_UNSCORABLE = "unknown", "unscorable"
+PEER_TEXT = 200          # characters of a peer's error text kept (for the local log only, never a client)
 
 
 def check_servable(job: JobConfig) -> None:
@@ -199,18 +205,17 @@ class HostScorer:
         return u, missing
 
     def respond(self, r: "HostRequest") -> dict:
-        """``serve/has``: the positions this host cannot score (no scores). ``serve/score``: this
-        host's masked share of the sum of partial scores."""
+        """``serve/score``: this host's masked share of the sum of partial scores, and the positions
+        it cannot score. Under ``"average"`` those get its average partial score; else a fresh
+        uniformly random value is added to the share there, so the row's sum is uniform and hides
+        the other hosts' partial scores (the guest answers it with an error)."""
         u, missing = self._scores(r.ids)
-        if r.step == "serve/has":
-            return {"req": r.req, "missing": {str(p): m for p, m in missing.items()}}
-        if missing:
-            if self.policy == "average":
-                u[list(missing)] = self.average()
-            elif len(self.job.hosts) > 1:
-                # a zero here would leave the other hosts' sum for that row unmasked by ours: refuse all
-                return {"req": r.req, "error": f"{len(missing)} of the rows cannot be scored by {self.name}"}
+        if missing and self.policy == "average":
+            u[list(missing)] = self.average()
         share = r.key.masked_share(u, r.index, r.publics, _context(self.job, r.epoch, r.req))
+        if missing and self.policy != "average":
+            at = sorted(missing)
+            share[at] += np.array([secrets.randbits(64) for _ in at], dtype=np.uint64)   # wraps mod 2^64
         return {"req": r.req, "missing": {str(p): m for p, m in missing.items()}, "share": [int(v) for v in share]}
 
 
@@ -232,17 +237,12 @@ def _missing(payload: Mapping, n: int, what: str) -> dict[int, str]:
         raise ProtocolError(f"{what}: expected a 'missing' object")
     out = {}
     for k, v in m.items():
-        if not (isinstance(k, str) and k.isdigit() and int(k) < n and v in (MISSING_UNKNOWN, MISSING_UNSCORABLE)):
-            raise ProtocolError(f"{what}: bad missing entry {k!r}: {v!r}")
+        # ASCII digits only, canonical ("²".isdigit() is true, and int() refuses it), and short
+        if not (isinstance(k, str) and len(k) <= len(str(n)) and re.fullmatch(r"0|[1-9][0-9]*", k)
+                and int(k) < n and v in (MISSING_UNKNOWN, MISSING_UNSCORABLE)):
+            raise ProtocolError(f"{what}: bad missing entry {str(k)[:40]!r}: {str(v)[:40]!r}")
         out[int(k)] = v
     return out
-
-
-def read_known(payload: Any, req: int, n: int, host: str) -> dict[int, str]:
-    what = f"{host}'s serve/known"
-    if not isinstance(payload, dict) or set(payload) != {"req", "missing"} or payload.get("req") != req:
-        raise ProtocolError(f"{what}: expected {{req: {req}, missing}}")
-    return _missing(payload, n, what)
 
 
 @dataclass
@@ -257,7 +257,7 @@ def read_share(payload: Any, req: int, n: int, host: str) -> HostAnswer:
     what = f"{host}'s serve/share"
     if isinstance(payload, dict) and set(payload) == {"req", "error"} and payload.get("req") == req \
             and isinstance(payload["error"], str):
-        return HostAnswer(None, {}, payload["error"][:500])
+        return HostAnswer(None, {}, payload["error"][:PEER_TEXT])
     if not isinstance(payload, dict) or set(payload) != {"req", "missing", "share"} or payload.get("req") != req:
         raise ProtocolError(f"{what}: expected {{req: {req}, missing, share}}")
     share = payload["share"]
@@ -295,11 +295,6 @@ class GuestScorer:
         self.part = load_part(self.job.output_dir(g.name) / "model.json", g.name)
         cats = self.part.categorical_columns if self.part.categorical_columns is not None else g.categorical_columns
         self.store = open_store(g, cats, allow_missing=binned(self.job), drop_columns=[g.label_column])
-
-    def presence_round(self) -> bool:
-        """Whether to ask every host which IDs it has before ``serve/score``: needed when a host's
-        zero for a missing ID would leave the others' sum unmasked (two or more hosts, "refuse")."""
-        return len(self.job.hosts) > 1 and self.job.serving.unknown_id == "refuse"
 
     def averages_unknown(self) -> bool:
         """An ID a host lacks: scored with that host's average contribution (else refused)."""

@@ -16,6 +16,7 @@ per row. Stores never see another party's data: each party runs its own.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ import pandas as pd
 
 from ..io.tables import DataError, PartyTable, load_table, read_columns, table_from_frame
 from ..job.config import ConfigError, PartyConfig
+
+log = logging.getLogger("vfl.serving")
 
 IN_CHUNK = 500          # IDs per SQL IN (...) list: below every database's parameter limit
 
@@ -224,7 +227,10 @@ class SqlStore:
                     stmt = self._sa.select(*cols).where(self._table.c[self.id_column].in_(chunk))
                     parts += conn.execute(stmt).all()
         except self._sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"store {self.describe()} failed: {type(exc).__name__}: {exc}") from None
+            # the database's message holds the query's parameters (the requested IDs), the SQL and the
+            # schema: for this process's own log only; the error raised names neither
+            log.error("store %s: lookup failed: %s: %s", self.describe(), type(exc).__name__, exc)
+            raise StoreError(f"the store's lookup failed ({type(exc).__name__})") from None
         frame = pd.DataFrame(parts, columns=[self.id_column, *self.columns, *self.categorical_columns])
         frame[self.id_column] = frame[self.id_column].astype(str)
         frame = frame.drop_duplicates(self.id_column).set_index(frame[self.id_column].rename(None))

@@ -4,9 +4,8 @@ As in batch scoring (``sbt/predict/split_bits``, docs/protocols.md section 2a): 
 ID a host sends, for every split it holds, which side the applicant falls on (``serve/split_bits``,
 packed bits); no threshold and no value. The guest evaluates its own splits and walks the trees.
 So the guest learns each host split's side for the applicant, as at `vfl predict`; there is no
-sum to mask, so no ``serve/has`` round either, and an ID a host lacks is refused (an "average"
-side does not exist). Answers carry the probability and points; reason codes are not computed
-for trees.
+sum to mask, and an ID a host lacks is refused (an "average" side does not exist). Answers carry
+the probability and points; reason codes are not computed for trees.
 """
 from __future__ import annotations
 
@@ -20,7 +19,8 @@ from ..evaluation.metrics import scorecard_points
 from ..models.trees.guest import SecureBoostGuest
 from ..models.trees.host import SecureBoostHost
 from ..protocol.channel import ProtocolError
-from .roles import MISSING_UNKNOWN, MISSING_UNSCORABLE, GuestScorer, HostAnswer, HostRequest, HostScorer, _missing
+from .roles import (MISSING_UNKNOWN, MISSING_UNSCORABLE, PEER_TEXT, GuestScorer, HostAnswer, HostRequest,
+                    HostScorer, _missing)
 from .stores import Lookup, open_store
 
 
@@ -55,16 +55,13 @@ class TreeGuestScorer(GuestScorer):
         self.store = open_store(g, [c.column for c in self.model.categories], allow_missing=True,
                                 drop_columns=[g.label_column])
 
-    def presence_round(self) -> bool:
-        return False                   # no masked sum: a host's missing rows are simply refused
-
     def averages_unknown(self) -> bool:
         return False
 
     def read_answer(self, payload: Any, req: int, n: int, host: str) -> HostAnswer:
         what = f"{host}'s serve/split_bits"
         if isinstance(payload, dict) and set(payload) == {"req", "error"} and payload.get("req") == req:
-            return HostAnswer(None, {}, str(payload["error"])[:500])
+            return HostAnswer(None, {}, str(payload["error"])[:PEER_TEXT])
         if not isinstance(payload, dict) or set(payload) != {"req", "missing", "bits"} or payload.get("req") != req \
                 or not isinstance(payload["bits"], str):
             raise ProtocolError(f"{what}: expected {{req: {req}, missing, bits}}")
