@@ -192,6 +192,24 @@ def run_processes(args, Xg, Xh, y, train, gcols, hcols) -> None:
     print(f"uptime:{os.popen('uptime').read().strip()}")
 
 
+class _same_coins:
+    """Replaces the guest's secret coins (a host's sparse categories in a node go left or right by
+    them, ``vfl.models.trees.split.secret_coins``) with a seeded stream restarted for each run, so
+    that the encrypted trees can be compared with the twin's; the product draws them from the OS."""
+
+    def __init__(self, seed: int = 0) -> None:
+        import vfl.models.trees.split as split
+        self.seed = seed
+        self.restart()
+        split.secret_coins = self
+
+    def restart(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def __call__(self, k: int) -> np.ndarray:
+        return self.rng.random(k) < 0.5
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bits", type=int, default=1024)
@@ -244,6 +262,7 @@ def main() -> None:
     from vfl.models.trees.binning import fit_columns
     bg = fit_columns(gcols, Xg[train], args.bins)
     bh = fit_columns(hcols, Xh[train], args.bins, tuple(t.column for t in tables))     # categoricals by value
+    coins = _same_coins()             # the twin and the encrypted run draw the same secret coins
     twin = PlainSecureBoost(params).fit([encode(bg, Xg[train]), encode(bh, Xh[train])],
                                         [layout_of(bg), layout_of(bh, tuple(t.column for t in tables))], y[train])
     twin_score = twin.decision_function([encode(bg, Xg[test]), encode(bh, Xh[test])])
@@ -256,6 +275,7 @@ def main() -> None:
         run_processes(args, Xg, Xh, y, train, gcols, hcols)
         return
     cpu0 = tree_cpu_seconds()
+    coins.restart()
     guest, host, fit, predict_s, score, sent = run_protocol(params, Xg[train], Xh[train], y[train], Xg[test],
                                                             Xh[test], gcols, hcols, tables)
     cpu = tree_cpu_seconds() - cpu0

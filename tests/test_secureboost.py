@@ -350,9 +350,10 @@ def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
 
 
 def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_path):
-    """A host's text column: each frequent value a bin (the rest one), split by subsets of its codes,
-    the value table only in the host's model part; `vfl predict` re-scores to 1e-9 and maps a value
-    never seen in training to the "other" code."""
+    """A host's text column: each frequent value with at least min_rows_per_release training rows a
+    bin (the rest one), split by subsets of its codes, the value table only in the host's model part;
+    `vfl predict` re-scores to 1e-9 and maps a value never seen in training to the "other" code.
+    (2,000 rows: ~125 training rows a value, so that nodes below the root still rank them.)"""
     import json
 
     import pandas as pd
@@ -362,7 +363,7 @@ def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_p
     from vfl.job.config import load_job
     from vfl.job.threads import run_local, run_predict_local
     from vfl.models.trees.binning import CategoryCodes, fit_columns
-    guest, hosts = vertical_split(600, 2, [2], overlap=1.0, seed=8)
+    guest, hosts = vertical_split(2000, 2, [2], overlap=1.0, seed=8)
     g = guest.merge(hosts[0], on="id")
     # a categorical shop column that carries most of the label: 12 values, shuffled, with empty cells
     names = np.array([f"v{k:02d}" for k in np.random.default_rng(1).permutation(12)])
@@ -382,7 +383,8 @@ def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_p
     trained = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str})
     rows = hosts[0].astype({"id": str}).set_index("id").loc[trained.loc[trained["split"] != "test", "id"]]
     counts = rows.loc[rows["shop_kind"] != "", "shop_kind"].value_counts()
-    top = sorted(counts.index, key=lambda v: (-counts[v], v))[:7]                # most rows first, ties by value
+    floor = job.model.min_rows_per_release
+    top = sorted((v for v in counts.index if counts[v] >= floor), key=lambda v: (-counts[v], v))[:7]   # most rows
     assert list(kept.values) == top and kept.codes(np.array(["", "zz"])).tolist()[1] == 7.0
     col = hosts[0]["shop_kind"].to_numpy(dtype=object)
     (bins,) = fit_columns(["shop_kind"], kept.codes(col)[:, None], 8, ("shop_kind",))
@@ -397,11 +399,32 @@ def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_p
     assert len(merged) == len(trained) and np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
 
 
-def test_columns_binned_by_value_split_by_subsets_alike_in_the_encrypted_run_and_the_twin():
+class SeededCoins:
+    """A stand-in for the guest's secret coins (``split.secret_coins``): a seeded stream, restarted by
+    :meth:`restart`, so that the encrypted run and the twin draw the same coins; counts the draws."""
+
+    def __init__(self, monkeypatch, seed: int = 0) -> None:
+        import vfl.models.trees.split as split_module
+        self.seed, self.drawn = seed, 0
+        self.restart()
+        monkeypatch.setattr(split_module, "secret_coins", self)
+
+    def restart(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def __call__(self, k: int) -> np.ndarray:
+        self.drawn += k
+        return self.rng.random(k) < 0.5
+
+
+def test_columns_binned_by_value_split_by_subsets_alike_in_the_encrypted_run_and_the_twin(monkeypatch):
     """A guest and a host column of codes whose risk is not monotone in the code: the split search
     tries prefixes of the bins sorted by G / H, so one split isolates the risky codes; the host is
-    told the subset (its own bins) and keeps it as a set of codes."""
+    told the subset (its own bins) and keeps it as a set of codes. The host's categories with fewer
+    than min_rows_per_release rows in a node go by the guest's secret coins: the encrypted run and
+    the twin agree given the same coins (here a seeded stream)."""
     from vfl.models.trees.binning import CategoryCodes
+    coins = SeededCoins(monkeypatch, seed=6)
     rng = np.random.default_rng(4)
     n = 800
     xg, xh, _ = _data(n=n, seed=3)
@@ -428,7 +451,11 @@ def test_columns_binned_by_value_split_by_subsets_alike_in_the_encrypted_run_and
             fit_columns(names[1][0], xh[0][train], params.max_bin, ("hc",))]
     layouts = [layout_of(bins[0], ("gc",)), layout_of(bins[1], ("hc",))]
     codes = [encode(b, x) for b, x in zip(bins, [xg, xh[0]])]
+    used = coins.drawn
+    assert used > 0                                                   # sparse host categories met coins
+    coins.restart()
     twin = PlainSecureBoost(params).fit([c[train] for c in codes], layouts, y[train])
+    assert coins.drawn == 2 * used
     assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
     subsets = {(nd.party, nd.bin) for t in guest.trees_ for nd in t.nodes if isinstance(nd.bin, tuple)}
     assert {p for p, _ in subsets} == {0, 1}                         # both parties split by subsets
@@ -454,3 +481,154 @@ def test_a_host_refuses_malformed_subset_splits():
                 [[0, [7], False]], [[1, [3], False]], [[0, [], False]]):
         with pytest.raises(ValueError, match="sorted list of new, distinct"):
             host._check_splits({"splits": bad, "next": "level"}, layout, "s", 0, 0)
+
+
+# ---------------------------------------------------------------- categorical splits and hosts' labels
+def test_category_codes_give_a_bin_only_to_values_with_min_rows_per_release_rows():
+    """Rarer values share the "other" code: a category bin stands on as many rows as any release."""
+    from dataclasses import fields as dc_fields
+
+    from vfl.job.config import ModelConfig
+    from vfl.models.trees.binning import CategoryCodes
+    default = {f.name: f.default for f in dc_fields(ModelConfig)}["min_rows_per_release"]
+    assert TreeParams(key_bits=512, allow_short_keys=True).min_rows_per_release == default == 32
+    x = np.array(["a"] * 100 + ["b"] * 40 + ["c"] * 32 + ["d"] * 31 + ["e"] * 5 + [f"one{k}" for k in range(20)]
+                 + [""] * 7, dtype=object)
+    kept = CategoryCodes.fit("c", x, 32)
+    assert kept.values == ("a", "b", "c")
+    assert kept.codes(np.array(["d", "one3", "zz", "c", ""], dtype=object)).tolist()[:4] == [3.0, 3.0, 3.0, 2.0]
+    assert CategoryCodes.fit("c", x, 3).values == ("a", "b")                  # max_bin - 1 still caps them
+    assert CategoryCodes.fit("c", x, 32, min_rows=5).values == ("a", "b", "c", "d", "e")
+    with pytest.raises(ValueError, match="min_rows_per_release"):
+        TreeParams(key_bits=512, allow_short_keys=True, min_rows_per_release=0)
+
+
+def _one_row_categories(seed: int, n_big: int = 600, k_big: int = 8, k_one: int = 20):
+    """A host categorical column: ``k_big`` large categories whose event rate rises with the code,
+    then ``k_one`` categories of one row each, every one labelled 1; the guest's columns are noise."""
+    rng = np.random.default_rng(seed)
+    big = rng.integers(0, k_big, n_big)
+    y = np.concatenate([(rng.random(n_big) < np.linspace(0.1, 0.6, k_big)[big]).astype(float), np.ones(k_one)])
+    codes = np.concatenate([big, np.arange(k_big, k_big + k_one)]).astype(float)
+    n = len(y)
+    return rng.normal(size=(n, 2)), np.column_stack([rng.normal(size=n), codes]), y, np.arange(k_big, k_big + k_one)
+
+
+def test_a_host_cannot_read_one_row_categories_labels_from_its_categorical_splits():
+    """A one-row category's side of a host's subset split used to be its row's label (sorted by
+    G/(H+l2)); now (1) such a value gets no bin of its own, and (2) even when a host's value table
+    gives it one, its side is the guest's secret coin: the one-row categories, all labelled 1, fall
+    on both sides of the root split the host is told."""
+    from vfl.models.trees.binning import CategoryCodes
+    xg, xh, y, ones = _one_row_categories(0)
+    text = np.array([f"v{int(c)}" for c in xh[:, 1]], dtype=object)
+    kept = CategoryCodes.fit("c", text, 32)
+    assert len(kept.values) == 8 and not set(kept.values) & {f"v{c}" for c in ones}   # merged into "other"
+    assert set(kept.codes(text[len(y) - len(ones):]).tolist()) == {8.0}
+    params = TreeParams(num_trees=1, max_depth=1, max_bin=32, key_bits=512, allow_short_keys=True)
+    went_left = []
+    for seed in range(3):
+        xg, xh, y, ones = _one_row_categories(seed)
+        table = [CategoryCodes("c", tuple(f"v{k}" for k in range(8 + len(ones))))]      # a bin per value
+        net = LocalNetwork(["guest", "host0"], timeout=120, record=True)
+        guest = SecureBoostGuest(params, hosts=["host0"], columns=["g0", "g1"])
+        host = SecureBoostHost(params, guest="guest", columns=["x", "c"], categories=table)
+        th = threading.Thread(target=lambda: host.fit(net.channel("host0"), xh))
+        th.start()
+        guest.fit(net.channel("guest"), xg, y)
+        th.join()
+        (told,) = [r.payload["splits"] for r in net.transcript if r.receiver == "host0" and r.step.endswith("/splits")]
+        (split,) = told
+        assert split[0] == 1                                      # the root splits on the categorical column
+        left = set(split[1])
+        side = [int(c) in left for c in ones]
+        assert 0 < sum(side) < len(ones), side                    # not all on one side: the labels do not show
+        went_left += side
+    assert 0.2 < np.mean(went_left) < 0.8
+
+
+def _node_rows(tree, sides: dict) -> dict[int, np.ndarray]:
+    """Each node's training rows, walking the tree with each split's sides (``sides[(party, split)]``)."""
+    n = len(next(iter(sides.values())))
+    at = np.zeros(n, dtype=np.int64)
+    out = {}
+    for i, nd in enumerate(tree.nodes):                          # breadth first: parents before children
+        out[i] = np.flatnonzero(at == i)
+        if not nd.is_leaf:
+            left = sides[(nd.party, nd.split)]
+            here = at == i
+            at[here & left], at[here & ~left] = nd.left, nd.right
+    return out
+
+
+def test_a_hosts_sparse_categories_in_a_node_go_by_the_coin(monkeypatch):
+    """In the split search of a host's categorical column, a category with fewer than
+    min_rows_per_release rows in the node (an empty one too) goes where the guest's coin says, not
+    by its G/(H+l2); the gain is that of the split sent. With the coin fixed to one side, every such
+    category of every host split node lands there; the guest's own columns keep the exact search."""
+    import vfl.models.trees.split as split_module
+    from vfl.models.trees.binning import CategoryCodes, Layout
+    side = {"left": True}
+    monkeypatch.setattr(split_module, "secret_coins", lambda k: np.full(k, side["left"]))
+    params = TreeParams(min_leaf_rows=10, key_bits=512, allow_short_keys=True)
+    scale = 2.0 ** -params.frac_bits
+    # one node, one categorical column: 6 categories (rows 100, 60, 40, 10, 1, 0) and a missing bin
+    C = np.array([100, 60, 40, 10, 1, 0, 30])
+    rate = np.array([0.2, 0.7, 0.4, 0.9, 1.0, 0.5, 0.3])
+    hist = np.stack([np.rint((0.5 * C - rate * C) * 2 ** params.frac_bits), np.rint(0.25 * C * 2 ** params.frac_bits),
+                     C], axis=1).astype(np.int64)
+    total = tuple(int(v) for v in hist.sum(axis=0))
+    layout = Layout((7,), (True,), (True,))
+    sparse = {3, 4, 5}
+
+    def gain(left):
+        right = np.array(total) - left
+        return sum((g * scale) ** 2 / (h * scale + params.l2) for g, h, _ in (left, right)) - \
+            (total[0] * scale) ** 2 / (total[1] * scale + params.l2)
+
+    for coin in (True, False):
+        side["left"] = coin
+        cand = split_module.best_in_party(hist, layout, total, params, party=1)
+        assert (sparse <= set(cand.bin)) if coin else not (sparse & set(cand.bin))
+        left = hist[list(cand.bin)].sum(axis=0) + (hist[6] if cand.missing_left else 0)
+        assert cand.left == tuple(int(v) for v in left)
+        assert cand.gain == pytest.approx(gain(left), rel=1e-12)      # the gain of the split sent
+    calls = []
+    monkeypatch.setattr(split_module, "secret_coins", lambda k: calls.append(k) or np.ones(k, dtype=bool))
+    own = split_module.best_in_party(hist, layout, total, params, party=0)
+    assert not calls and 5 not in own.bin                         # the guest's own column: exact, empty bins right
+    monkeypatch.setattr(split_module, "secret_coins", lambda k: np.full(k, side["left"]))
+
+    # end to end: every host split node of a categorical column, both coin sides
+    rng = np.random.default_rng(2)
+    n = 1000
+    cat = rng.choice([0, 1, 2, 3, 4, 5, 6, 8, 9], n, p=[.2, .2, .15, .15, .1, .05, .05, .05, .05]).astype(float)
+    xg = rng.normal(size=(n, 2))
+    z = np.array([-1.5, 1.0, 0.0, 1.5, -0.5, 2.0, -2.0, 0.0, 1.0, 0.5])[cat.astype(int)] + 0.8 * xg[:, 0]
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    xh = np.column_stack([rng.normal(size=n), cat])               # code 7 has no row: empty in every node
+    params = TreeParams(num_trees=2, max_depth=3, **PARAMS)
+    table = [CategoryCodes("c", tuple(f"v{k}" for k in range(10)))]
+    floor = params.min_rows_per_release
+    for coin in (True, False):
+        side["left"] = coin
+        net = LocalNetwork(["guest", "host0"], timeout=120)
+        guest = SecureBoostGuest(params, hosts=["host0"], columns=["g0", "g1"])
+        host = SecureBoostHost(params, guest="guest", columns=["x", "c"], categories=table)
+        th = threading.Thread(target=lambda: host.fit(net.channel("host0"), xh))
+        th.start()
+        guest.fit(net.channel("guest"), xg, y)
+        th.join()
+        sides = {(0, s): r.left(xg[:, guest.columns.index(r.column)]) for s, r in enumerate(guest.rules_)}
+        sides.update({(1, s): r.left(xh[:, host.columns.index(r.column)]) for s, r in enumerate(host.rules_)})
+        checked = 0
+        for tree in guest.trees_:
+            rows = _node_rows(tree, sides)
+            for i, nd in enumerate(tree.nodes):
+                if nd.is_leaf or nd.party != 1 or nd.feature != 1:
+                    continue
+                counts = np.bincount(cat[rows[i]].astype(int), minlength=10)
+                few = {b for b in range(10) if counts[b] < floor}
+                assert 7 in few and ((few <= set(nd.bin)) if coin else not (few & set(nd.bin))), (nd.bin, counts)
+                checked += len(few - {7}) > 0
+        assert checked >= 1                                       # some node had sparse categories with rows

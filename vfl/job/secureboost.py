@@ -39,8 +39,8 @@ def tree_params(m: ModelConfig) -> TreeParams:
     return TreeParams(num_trees=m.num_trees, max_depth=m.max_depth, max_bin=m.max_bin, learning_rate=m.learning_rate,
                       l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
                       subsample=m.subsample, colsample=m.colsample, seed=m.seed, patience=m.patience,
-                      key_bits=m.key_bits,
-                      allow_short_keys=m.allow_short_keys, encryption=m.encryption)
+                      key_bits=m.key_bits, allow_short_keys=m.allow_short_keys, encryption=m.encryption,
+                      min_rows_per_release=m.min_rows_per_release)
 
 
 def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
@@ -48,9 +48,11 @@ def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable
                       encoding=party.encoding)
 
 
-def _fit_codes(table: PartyTable, rows: np.ndarray, max_bin: int) -> list[CategoryCodes]:
-    """Each categorical column binned by value on the party's own training rows."""
-    return [CategoryCodes.fit(c, table.categorical[rows, j], max_bin) for j, c in enumerate(table.categorical_columns)]
+def _fit_codes(table: PartyTable, rows: np.ndarray, m: ModelConfig) -> list[CategoryCodes]:
+    """Each categorical column binned by value on the party's own training rows (a bin only for
+    values with ``min_rows_per_release`` rows)."""
+    return [CategoryCodes.fit(c, table.categorical[rows, j], m.max_bin, m.min_rows_per_release)
+            for j, c in enumerate(table.categorical_columns)]
 
 
 def _inputs(table: PartyTable, categories: list[CategoryCodes]) -> tuple[np.ndarray, list[str]]:
@@ -84,7 +86,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
         common = _psi(job, g.name, channel, table.ids)
     data, test = _aligned(job, g.name, table, common)
     out = job.output_dir(g.name)
-    categories = _fit_codes(data, ~test, job.model.max_bin)
+    categories = _fit_codes(data, ~test, job.model)
     X, columns = _inputs(data, categories)
     model = SecureBoostGuest(tree_params(job.model), hosts=job.host_names, columns=columns, categories=categories)
     valid = validation_rows(common, test, job.model, job.seed)     # early stopping = "on": every party alike
@@ -136,7 +138,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     common = _psi(job, name, channel, table.ids)
     data, test = _aligned(job, name, table, common)
     out = job.output_dir(name)
-    categories = _fit_codes(data, ~test, job.model.max_bin)
+    categories = _fit_codes(data, ~test, job.model)
     X, columns = _inputs(data, categories)
     model = SecureBoostHost(tree_params(job.model), guest=job.guest.name, columns=columns, categories=categories)
     model.fit(channel, X[~test], valid=validation_rows(common, test, job.model, job.seed)[~test])

@@ -3,8 +3,13 @@
 
 A party cuts each of its own numeric columns at ``max_bin`` quantiles of its
 training rows (at most ``max_bin`` value bins); missing values get a bin of
-their own, after the value bins. No bin merging beyond empty bins: trees need
-no minimum per bin, ``min_leaf_rows`` guards the leaves.
+their own, after the value bins. No bin merging beyond empty bins: a numeric
+split is a threshold, whose side is never one bin's alone, and ``min_leaf_rows``
+guards the leaves. A categorical column (:class:`CategoryCodes`) gets a bin
+only for values with at least ``min_rows_per_release`` training rows (rarer
+ones share the "other" bin): a category's bin can be put on a side of a
+subset split by its own gradients, so no bin stands on fewer rows than any
+other label-dependent release (docs/protocols.md, 2a).
 
 A split of a column is ``(bin t, missing_left)``: value bins ``0..t`` go left,
 the missing bin goes left iff ``missing_left``. Its owner keeps it as a
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...preprocess.binning import ColumnBins, fit_numeric
+from .params import MIN_ROWS_PER_RELEASE
 
 
 @dataclass(frozen=True)
@@ -69,21 +75,29 @@ class Layout:
 
 @dataclass(frozen=True)
 class CategoryCodes:
-    """A categorical column binned by value: its ``values`` (the most frequent on the training
-    rows first, at most ``max_bin - 1``) get codes ``0 .. k-1``, every other value (and one
-    never seen) code ``k``, an empty cell NaN (the missing bin). Trees then split the codes
-    like a numeric column whose every code is a bin of its own (:func:`fit_columns`'s
-    ``by_value``): in frequency order, not by subsets. Only the column's owner holds it (its
-    model part): no other party learns a value."""
+    """A categorical column binned by value: its ``values`` (those with at least ``min_rows``
+    training rows, the most frequent first, at most ``max_bin - 1``) get codes ``0 .. k-1``,
+    every other value (a rarer one, and one never seen) code ``k``, an empty cell NaN (the
+    missing bin). Trees then give every code a bin of its own (:func:`fit_columns`'s
+    ``by_value``) and split the column by subsets of its bins. Only the column's owner holds it
+    (its model part): no other party learns a value.
+
+    ``min_rows`` is the job's ``min_rows_per_release`` (default 32): the guest may place a
+    category's bin by its own gradients, so a value with fewer training rows gets no bin of
+    its own (``min_leaf_rows`` would not protect it: a one-row category's side would be its
+    row's label). Within a node, the split search also places a host's category with fewer
+    rows there by a secret coin (:func:`vfl.models.trees.split.best_in_party`)."""
 
     column: str
     values: tuple[str, ...]
 
     @classmethod
-    def fit(cls, column: str, x: np.ndarray, max_bin: int) -> "CategoryCodes":
+    def fit(cls, column: str, x: np.ndarray, max_bin: int,
+            min_rows: int = MIN_ROWS_PER_RELEASE) -> "CategoryCodes":
         vals, counts = np.unique(np.asarray([str(v) for v in x if str(v) != ""], dtype=object).astype(str),
                                  return_counts=True)
-        order = sorted(range(len(vals)), key=lambda i: (-int(counts[i]), str(vals[i])))   # ties by value
+        keep = [i for i in range(len(vals)) if int(counts[i]) >= max(1, int(min_rows))]
+        order = sorted(keep, key=lambda i: (-int(counts[i]), str(vals[i])))   # ties by value
         return cls(column, tuple(str(vals[i]) for i in order[:max_bin - 1]))
 
     def codes(self, x: np.ndarray) -> np.ndarray:

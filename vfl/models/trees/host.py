@@ -2,9 +2,11 @@
 
 Per tree level the host receives one (or a few) ciphertexts per training
 row, ``[[P_i]]``, and returns per bin of each of its columns the product
-``prod_{i in bin} [[P_i]]``, re-randomised. It never learns which node a row
-is in: every row sends ciphertexts every level, and a row outside the level's
-directly summed nodes encrypts 0. When the guest picks one of its splits the
+``prod_{i in bin} [[P_i]]``, re-randomised. Nothing it receives says which node
+a row is in: every row sends ciphertexts every level, and a row outside the level's
+directly summed nodes encrypts 0. (One exception: a split of its own chosen at
+level 0 can only be the root's, so its sides are the root's partition;
+docs/protocols.md, 2a.) When the guest picks one of its splits the
 host is told ``(column, bin, missing_left)`` only, never the node, and
 returns that split's side of every training row (the guest keeps the rows
 of its own node). The host keeps each split as a threshold on its own raw

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 MIN_KEY_BITS = 2048
+MIN_ROWS_PER_RELEASE = 32       # the default of ``[model] min_rows_per_release`` (vfl/job/config.py)
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,10 @@ class TreeParams:
     ``frac_bits`` is the fixed-point precision of the gradients (``g`` and
     ``h`` are rounded to multiples of ``2**-frac_bits`` before anything is summed,
     by every party and by the twin alike, so their sums are exact integers).
+    ``min_rows_per_release`` is the job's release floor (``[model]
+    min_rows_per_release``): a category gets a bin only with that many training
+    rows, and the guest ranks a host's category within a node by its gradients
+    only when the node holds that many of its rows (docs/protocols.md, 2a).
     """
 
     num_trees: int = 10
@@ -34,6 +39,7 @@ class TreeParams:
     key_bits: int = 2048
     allow_short_keys: bool = False      # keys below 2048 bits: tests and benchmarks only
     encryption: str = "djn"
+    min_rows_per_release: int = MIN_ROWS_PER_RELEASE
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,6 +62,8 @@ class TreeParams:
             problems.append(f"colsample = {self.colsample} (need 0 < colsample <= 1)")
         if self.min_leaf_rows < 1:
             problems.append(f"min_leaf_rows = {self.min_leaf_rows} (need >= 1)")
+        if self.min_rows_per_release < 1:
+            problems.append(f"min_rows_per_release = {self.min_rows_per_release} (need >= 1)")
         if not 8 <= self.frac_bits <= 40:
             problems.append(f"frac_bits = {self.frac_bits} (need 8..40)")
         if self.key_bits < MIN_KEY_BITS and not self.allow_short_keys:

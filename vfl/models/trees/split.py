@@ -12,9 +12,24 @@ gain if it is positive and both children keep ``min_leaf_rows`` rows and
 ``min_child_weight`` hessian. Candidates are ordered (party in job order,
 guest first; column; bin; missing right before missing left) and a later
 one wins only with a strictly larger gain.
+
+A column binned by value is split by a subset of its bins. For the guest's
+own such columns the search sorts the non-empty bins by ``G/(H+l2)`` and tries
+every prefix (the guest holds labels and values alike). For a host's, only
+the categories with at least ``min_rows_per_release`` rows in the node are
+sorted so; every other category of the column (empty ones included) is put
+on a side by a fresh guest-secret coin (:func:`secret_coins`, one per node,
+column and category), and the search tries the coin's left set plus each
+prefix of the sorted ones. The host is told the left set: it carries the
+ranking of the well-populated categories by the node's gradients, and nothing
+about the rest, not even whether the node holds any of their rows. The gain
+is that of the split actually sent. The coins are not derived from the seed,
+so the plaintext twin repeats an encrypted run only with the same coins
+(tests replace :func:`secret_coins` with a seeded stream).
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,12 +80,47 @@ def _score(G: np.ndarray, H: np.ndarray, scale: float, l2: float) -> np.ndarray:
     return g * g / (H * scale + l2)
 
 
+def secret_coins(k: int) -> np.ndarray:
+    """``k`` fair coins (True: left) from the operating system's CSPRNG: the guest's secret, known
+    to no host and not derived from the job's seed."""
+    bits = secrets.randbits(k) if k > 0 else 0
+    return np.array([(bits >> i) & 1 for i in range(k)], dtype=bool)
+
+
+def _subset_prefixes(part: np.ndarray, v: int, scale: float, params: TreeParams, party: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The subset candidates of a column binned by value (``part``: its ``(G, H, C)`` per bin):
+    ``fixed`` (bins left in every candidate), ``order`` (the ranked bins, by ``G/(H+l2)``, ties by
+    bin) and the left sums of candidate ``k`` = ``fixed`` plus ``order[:k]``, ``k = 0..len(order)``.
+
+    The guest's own column (``party == 0``): every non-empty bin ranked, nothing fixed (empty bins
+    stay right). A host's: only bins with at least ``min_rows_per_release`` rows in the node are
+    ranked; every other bin goes left or right by :func:`secret_coins`, whatever its rows."""
+    counts = part[:v, 2]
+    if party == 0:
+        ranked = counts > 0
+        fixed = np.zeros(v, dtype=bool)
+    else:
+        ranked = counts >= params.min_rows_per_release
+        fixed = ~ranked & secret_coins(v)                 # a coin per category of this node and column
+    idx = np.flatnonzero(ranked)
+    G, H = part[idx, 0] * scale, part[idx, 1] * scale
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.nan_to_num(G / (H + params.l2), nan=0.0)
+    order = idx[np.lexsort((idx, ratio))]                # ties by bin
+    base = part[:v][fixed].sum(axis=0)
+    cum = np.vstack([base[None, :], base + np.cumsum(part[:v][order], axis=0)]).astype(np.int64)
+    return fixed, order, cum
+
+
 def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int], params: TreeParams,
                   party: int, columns: np.ndarray | None = None) -> Candidate | None:
     """The best split of a node over one party's columns (those ``columns`` allows, if given).
 
     ``hist`` is ``(layout.total, 3)`` int64: the node's ``(G, H, C)`` per bin of
-    every column; ``total`` the node's sums."""
+    every column; ``total`` the node's sums. A column binned by value is split by subsets
+    (:func:`_subset_prefixes`: a host's categories with fewer than ``min_rows_per_release``
+    rows in the node go by a secret coin)."""
     scale = 2.0 ** -params.frac_bits
     G, H, C = (int(v) for v in total)
     parent = float(_score(np.float64(G), np.float64(H), scale, params.l2))
@@ -81,15 +131,13 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
             continue
         v = layout.n_value(f)
         part = hist[offsets[f]:offsets[f + 1]]
-        order = None
-        if layout.is_categorical(f):    # bins by value: try the prefixes of the bins sorted by G / (H + l2)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = part[:v, 0] * scale / (part[:v, 1] * scale + params.l2)
-            ratio = np.where(part[:v, 2] > 0, np.nan_to_num(ratio, nan=0.0), np.inf)   # empty bins last
-            order = np.lexsort((np.arange(v), ratio))       # ties by bin
-            cum = np.cumsum(part[:v][order], axis=0)
+        order = fixed = None
+        if layout.is_categorical(f):    # bins by value: the fixed bins plus each prefix of the ranked ones
+            fixed, order, cum = _subset_prefixes(part, v, scale, params, party)
+            some = np.arange(len(cum)) > 0 if not fixed.any() else np.ones(len(cum), dtype=bool)
         else:
             cum = np.cumsum(part[:v], axis=0)              # left sums for t = 0..v-1, missing right
+            some = np.ones(len(cum), dtype=bool)
         miss = part[v] if layout.missing[f] else np.zeros(3, dtype=np.int64)
         dirs = (False, True) if layout.missing[f] else (False,)
         lefts = np.stack([cum + miss if d else cum for d in dirs], axis=1).reshape(-1, 3)  # (t, dir) row-major
@@ -97,7 +145,8 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
         GL, HL, CL = lefts[:, 0].astype(np.float64), lefts[:, 1].astype(np.float64), lefts[:, 2]
         GR, HR, CR = rights[:, 0].astype(np.float64), rights[:, 1].astype(np.float64), rights[:, 2]
         ok = ((CL >= params.min_leaf_rows) & (CR >= params.min_leaf_rows)
-              & (HL * scale >= params.min_child_weight) & (HR * scale >= params.min_child_weight))
+              & (HL * scale >= params.min_child_weight) & (HR * scale >= params.min_child_weight)
+              & np.repeat(some, len(dirs)))                # a subset split names at least one bin
         if not ok.any():
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -107,7 +156,7 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
         if best is None or gain[k] > best.gain:
             t, d = divmod(k, len(dirs))
             if order is not None:                          # the bins going left, as a sorted tuple
-                t = tuple(sorted(int(b) for b in order[:t + 1]))
+                t = tuple(sorted(int(b) for b in np.concatenate([np.flatnonzero(fixed), order[:t]])))
             best = Candidate(party, f, t, dirs[d], float(gain[k]), tuple(int(x) for x in lefts[k]),
                              tuple(int(x) for x in rights[k]))
     return best

@@ -4,7 +4,10 @@ Same bins (each party's own :func:`vfl.models.trees.binning.fit_columns`),
 same quantised gradients, gain and tie-breaking (:mod:`vfl.models.trees.split`),
 same node numbering; but every histogram is summed directly over the node's
 rows (no packing, no subtraction) and every split applied from the bin codes.
-The encrypted run must give identical trees (``tests/test_secureboost.py``).
+The encrypted run must give identical trees (``tests/test_secureboost.py``),
+given the same secret coins for a host's sparse categories
+(:func:`vfl.models.trees.split.secret_coins`; without host categorical columns
+none are drawn).
 """
 from __future__ import annotations
 
