@@ -505,7 +505,10 @@ class TlsChannel:
             if link.end_reason is not None or link.stop.is_set():
                 raise PeerLost(self._blame(peer, f"{self.name}: cannot send {step!r} to {peer!r}: "
                                                  f"{link.end_reason or 'link closed'}"))
-            frame = link.encoder.data(step, data)
+            try:
+                frame = link.encoder.data(step, data)
+            except FrameError as exc:
+                raise FrameError(f"{self.name}: cannot send {step!r} to {peer!r}: {exc}") from None
             try:
                 link.send_frame(frame, self.peer_timeout)
             except TimeoutError as exc:

@@ -45,6 +45,8 @@ def test_paths_resolve_against_job_file_and_defaults(tmp_path):
     ({"hosts__name": "bank"}, "unique"),
     ({"hosts__address": "127.0.0.1:9101"}, "own address; shared: 127.0.0.1:9101"),
     ({"model__label_dp": "on", "preprocess__bins": 4}, "outside label-DP's noised channel"),
+    ({"hosts__name": "s" * 201}, "201 bytes long; the limit is 200"),
+    ({"job__name": "j" * 201}, r"\[job\] name is 201 bytes long"),
 ])
 def test_bad_job_files_say_what_is_wrong(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):

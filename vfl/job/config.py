@@ -181,6 +181,11 @@ class ModelConfig:
         return self.label_dp == "on" or (self.label_dp == "auto" and self.type == "embedding")
 
 
+MAX_NAME_BYTES = 200
+"""Job and party names, in UTF-8: every frame carries them (the transport allows 255 bytes, and a
+link's session name adds ``/<task>`` to the job's)."""
+
+
 def dp_epochs(epsilon: float) -> int:
     """The embedding model's default number of epochs under label-DP at ``epsilon``.
 
@@ -311,6 +316,8 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     name = str(table.get("name", "arbiter") if role == "arbiter" else _require(table, "name", where))
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"[{where}] name {name!r} is not a valid party name")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"[{where}] name is {len(name.encode())} bytes long; the limit is {MAX_NAME_BYTES}")
     data = None
     if role != "arbiter":
         data = _path(base, _require(table, "data", where))
@@ -548,8 +555,11 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
         raise ConfigError(f"[serving] unknown_id must be 'refuse' or 'average', got {serving.unknown_id!r}")
     if not (serving.timeout > 0 and serving.max_batch >= 1 and serving.reasons >= 0):
         raise ConfigError("[serving] timeout must be > 0, max_batch >= 1 and reasons >= 0")
+    job_name = str(job.get("name", path.stem))
+    if len(job_name.encode()) > MAX_NAME_BYTES:   # links carry "<job>/<task>" in every frame
+        raise ConfigError(f"[job] name is {len(job_name.encode())} bytes long; the limit is {MAX_NAME_BYTES}")
     return JobConfig(
-        path=path, name=str(job.get("name", path.stem)),
+        path=path, name=job_name,
         workdir=_path(base, job.get("workdir", "runs/" + path.stem)),
         seed=int(job.get("seed", 42)), test_fraction=test_fraction,
         baselines=bool(job.get("baselines", False)),
