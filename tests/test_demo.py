@@ -66,10 +66,11 @@ def test_secureboost_demo_prints_trees_beside_lr_and_each_party_reports_its_own_
     rules = json.loads((tmp_path / "results" / "shop" / "model.json").read_text())["splits"]
     assert {c: v["splits"] for c, v in host["importance"].items()} == {
         c: n for c in shop_cols if (n := sum(r["column"] == c for r in rules))}
-    # and the per-column totals the bank told it (sbt/importance): gain and split nodes
-    assert all(v["gain"] > 0 and v["nodes"] >= v["splits"] for v in host["importance"].values())
+    # and the per-column split-node counts the bank told it (sbt/importance): no gain, which stays with the bank
+    assert all("gain" not in v and v["nodes"] >= v["splits"] for v in host["importance"].values())
     shop_html = (tmp_path / "results" / "shop" / "report.html").read_text()
-    assert "Feature importance of own columns" in shop_html and "gain</th>" in shop_html
+    assert "Feature importance of own columns" in shop_html and "split nodes</th>" in shop_html
+    assert "gain</th>" not in shop_html
     assert not any(f">{c}<" in shop_html for c in bank_cols if c != "default")
     scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())
     assert scored["scored_rows"] > 0 and scored["metrics"]["auc"] > 0.6

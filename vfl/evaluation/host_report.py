@@ -86,13 +86,13 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
 
     if rep.get("importance") is not None:          # trees: the host's own splits per column
         parts.append("<h2>Feature importance of own columns</h2>")
-        parts.append(note("For each of the host's own columns the model splits on: the total split gain and the "
-                          "number of split nodes over the whole model, as the guest told it after training (gain "
-                          "is computed from the labels: only these per-column totals reach the host, never a "
-                          "node's or a split's), and how many distinct splits (thresholds) it keeps."))
+        parts.append(note("For each of the host's own columns the model splits on: the number of split nodes over "
+                          "the whole model, as the guest told it after training, and how many distinct splits "
+                          "(thresholds) it keeps. The gain stays with the guest: computed from the labels, a "
+                          "column split only at a root would give that root's gain over rows the host knows."))
         parts.append(table(importance_rows(rep["importance"], ["report", "importance"]),
-                           [("column", "column", "text"), ("gain", "gain", "num"), ("share", "share of gain", "pct"),
-                            ("nodes", "split nodes", "count"), ("splits", "distinct splits", "count")])
+                           [("column", "column", "text"), ("nodes", "split nodes", "count"),
+                            ("splits", "distinct splits", "count")])
                      if rep["importance"] else note("No split of the trees is on this host's columns."))
     parts.append("<h2>Own coefficients and scorecard points</h2>")
     kept = rep.get("kept_columns")

@@ -452,8 +452,8 @@ def _importance_section(m: dict, job) -> list[str]:
             note("Per column, the gain of every split node on it over all trees (the loss reduction the guest "
                  "computed from its labels) and the number of such nodes, most gain first. The guest's own "
                  "columns by name; a host's only by its position among that host's columns: the guest never "
-                 "learns a host's column names or thresholds. Each host is told its own columns' totals "
-                 "(gain and split nodes per column, nothing per node) and lists them in its report."),
+                 "learns a host's column names or thresholds. Each host is told only how many split nodes use "
+                 "each of its columns (not the gain) and lists them in its report."),
             table(importance_rows(m["importance"], ["metrics", "importance"], m.get("hosts") or job.host_names),
                   cols)]
 

@@ -208,9 +208,8 @@ SPEC: tuple[StepSpec, ...] = tuple([
              "for each new host split, the side of every training row (the guest keeps its node's rows; it "
              "would learn the same by scoring the training rows)", TRAIN, dtype=_BITS),
     StepSpec("sbt/importance", r"sbt/importance", "guest", "host", AGGREGATE, ("control",),
-             "once, after training: the total split gain and the number of split nodes of each of its own columns "
-             "over the whole model (sums of label-derived gains of nodes of at least 2 x min_leaf_rows rows; not "
-             "per node or split)", TRAIN),
+             "once, after training: the number of split nodes of each of its own columns over the whole model "
+             "(no gain, not per node or split)", TRAIN),
     StepSpec("sbt/predict/split_bits", r"sbt/predict/split_bits", "host", "guest", PARTITION, ("array",),
              "for each split the host holds, the side of every row scored; no threshold, no value", SCORE,
              dtype=_BITS),

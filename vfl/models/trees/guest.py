@@ -353,18 +353,16 @@ class SecureBoostGuest:
         return out
 
     def host_importance(self, k: int) -> dict:
-        """What host ``k`` is told after training (``sbt/importance``): the total gain and number of
-        split nodes of each of its columns that the model uses, by column position, over the whole
-        model (not per node or per split)."""
-        gain: dict[str, float] = {}
+        """What host ``k`` is told after training (``sbt/importance``): the number of split nodes of
+        each of its columns that the model uses, by column position, over the whole model. Not the
+        gain: a column split only at a root would give the root's gain over a partition the host
+        knows, a function of the labels on each side (docs/protocols.md, 2a)."""
         nodes: dict[str, int] = {}
         for tree in self.trees_:
             for node in tree.nodes:
                 if not node.is_leaf and node.party == k + 1:
-                    j = str(node.feature)
-                    gain[j] = gain.get(j, 0.0) + float(node.gain)
-                    nodes[j] = nodes.get(j, 0) + 1
-        return {"gain": gain, "nodes": nodes}
+                    nodes[str(node.feature)] = nodes.get(str(node.feature), 0) + 1
+        return {"nodes": nodes}
 
     def importance(self) -> dict[str, dict]:
         """Total gain and number of split nodes per column: the guest's own by name, hosts' by

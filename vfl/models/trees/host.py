@@ -14,6 +14,8 @@ values (:class:`vfl.models.trees.binning.SplitRule`): its model part.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey
@@ -153,25 +155,23 @@ class SecureBoostHost:
 
     def importance(self, told: dict | None = None) -> dict[str, dict]:
         """Per own column: its distinct splits (the host's own count) and, with ``told`` (the guest's
-        ``sbt/importance``, checked here), the total gain and split nodes over the whole model;
-        most gain (else most splits) first."""
+        ``sbt/importance``, checked here), the split nodes over the whole model (no gain: the guest
+        keeps it); most nodes (else most splits) first."""
         counts = {c: sum(r.column == c for r in self.rules_) for c in self.columns}
         out = {c: {"splits": k} for c, k in counts.items() if k}
         if told is not None:
-            if not isinstance(told, dict) or set(told) != {"gain", "nodes"} or not all(
-                    isinstance(told[k], dict) for k in ("gain", "nodes")) or set(told["gain"]) != set(told["nodes"]):
-                raise ValueError("sbt/importance: expected {gain, nodes} keyed by the same column positions")
+            if not isinstance(told, dict) or set(told) != {"nodes"} or not isinstance(told["nodes"], dict):
+                raise ValueError("sbt/importance: expected {nodes} keyed by column position")
             for entry in out.values():        # a split only trees after the best (early stopping) used
-                entry.update(gain=0.0, nodes=0)
-            for j, g in told["gain"].items():
-                n = told["nodes"][j]
-                if not (j.isdigit() and int(j) < len(self.columns) and self.columns[int(j)] in out
-                        and isinstance(g, (int, float)) and not isinstance(g, bool) and g >= 0
-                        and isinstance(n, int) and not isinstance(n, bool) and n >= 1):
-                    raise ValueError(f"sbt/importance: column {j!r} is not one of this host's split columns, "
-                                     f"or its gain or node count is invalid")
-                out[self.columns[int(j)]].update(gain=float(g), nodes=n)
-        return dict(sorted(out.items(), key=lambda kv: (-kv[1].get("gain", 0.0), -kv[1]["splits"])))
+                entry.update(nodes=0)
+            for j, n in told["nodes"].items():
+                if not (re.fullmatch(r"0|[1-9][0-9]{0,5}", j) and int(j) < len(self.columns)
+                        and self.columns[int(j)] in out and isinstance(n, int) and not isinstance(n, bool)
+                        and n >= 1):
+                    raise ValueError(f"sbt/importance: column {j[:20]!r} is not one of this host's split columns, "
+                                     "or its node count is invalid")
+                out[self.columns[int(j)]].update(nodes=n)
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1].get("nodes", 0), -kv[1]["splits"])))
 
     # ------------------------------------------------------------ scoring
     def split_bits(self, X: np.ndarray) -> np.ndarray:
