@@ -82,3 +82,14 @@ def test_embedding_epochs_follow_the_label_dp_budget():
     assert [pinned.at_epsilon(e).epochs for e in (2, 8, 32)] == [12, 12, 12]
     assert ModelConfig(type="embedding", label_dp="off").at_epsilon(32).epochs == 20   # its default: 12
     assert default.at_epsilon(2).label_dp_on and default.at_epsilon(2).dp_epsilon == 2.0
+
+
+def test_label_dp_auto_covers_one_hot_logistic_regression(tmp_path):
+    """One-hot LR releases a sum per category, and sums of nested columns (a region and its cities)
+    differ by single rows: "auto" turns label-DP on for it, not for LR on numeric or binned columns."""
+    parse = lambda **c: parse_job(_with(**c), tmp_path / "job.toml").model  # noqa: E731
+    assert not parse().label_dp_on                                               # numeric LR: as FATE
+    assert parse(hosts__categorical_columns=["city"]).label_dp_on
+    assert parse(guest__categorical_columns=["branch"]).label_dp_on
+    assert not parse(hosts__categorical_columns=["city"], model__label_dp="off").label_dp_on
+    assert not parse(hosts__categorical_columns=["city"], preprocess__bins=4).label_dp_on    # WOE: numeric

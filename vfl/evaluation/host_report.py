@@ -3,8 +3,10 @@
 Built only from the host's own saved files (``report.json``, ``model.json``,
 ``scorecard.json`` if a binned scorecard was trained, and every cohort kept
 under its ``cohorts/``) and the shared job settings. A host holds no labels and
-never sees the joint scores or another party's columns, so the page has none of
-them: no AUC, no bad rates, nothing of the guest. It does know which of its
+never sees the joint scores or another party's columns, so the page has no AUC
+and nothing of the guest. With a binned scorecard, though, its bins' WOE (which
+the guest sent it, docs/protocols.md 1a) beside their row counts give each
+bin's event rate, and the page says so. It does know which of its
 aligned rows are training and which test rows: every party derives the split
 alone from the common IDs and the job seed (a keyed hash of each ID), so the
 host can compare its own columns on the two.
@@ -55,7 +57,8 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
     parts.append("<h2>Rows</h2>")
     counts = [{"what": k, "rows": rep.get(key), "_paths": {"rows": ["report", key]}}
               for k, key in (("own rows", "rows"), ("aligned with the guest (PSI)", "aligned_rows"),
-                             ("training rows", "train_rows"), ("test rows", "test_rows")) if key in rep]
+                             ("training rows", "train_rows"), ("validation rows", "validation_rows"),
+                             ("test rows", "test_rows")) if key in rep]
     parts.append(table(counts, [("what", "", "text"), ("rows", "rows", "count")]))
     parts.append(note("The training and test rows are the same at every party: each derives the split alone "
                       "from the common IDs and the job seed (a keyed hash of the ID against the test fraction), "
@@ -116,7 +119,9 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
     parts.append("<h3>Scorecard points</h3>")
     if sc and sc.get("host") is not None:
         parts.append(note("The points of the host's own columns per bin, for its own decision engine; the "
-                          "guest adds its own points and the offset. Nobody else sees this table."))
+                          "guest adds its own points and the offset. Nobody else sees this table. The WOE "
+                          "of a bin (from the guest, in the binning stage) and its rows give that bin's "
+                          "event rate among the training rows: the one label statistic a host holds."))
         parts.append(points_table(sc, "host", ["scorecard"]))
     else:
         parts.append(note('<span class="missing">Not computed:</span> no binned scorecard in this job '

@@ -103,7 +103,9 @@ class ModelConfig:
     min_rows_per_release: int = 32           # a sum is decrypted only once this many rows stand behind it
     table_release: str = "epoch"             # table sums (per category): "epoch" = at the epoch's end or a batch's
                                              # worth of rows; "eager" = as soon as min_rows_per_release rows
-    label_dp: str = "auto"                   # "auto": on for the embedding model, off for logistic; "on"; "off"
+    label_dp: str = "auto"                   # "auto": on for the embedding model and for logistic regression
+                                             # on categorical columns (one-hot, no [preprocess]), else off;
+                                             # "on"; "off"
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
     dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the
@@ -541,6 +543,10 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     if "dp_guest_share" not in model_table and guest.categorical_columns:
         # a guest with embedding tables of its own needs more of the label-DP budget (docs/protocols.md)
         model = replace(model, dp_guest_share=GUEST_SHARE_WITH_TABLES)
+    if (model.type == "logistic" and model.label_dp == "auto" and "preprocess" not in raw
+            and any(p.categorical_columns for p in (guest, *hosts))):
+        # one-hot LR releases a sum per category: sums of nested columns differ by single rows
+        model = replace(model, label_dp="on")
     _check_model(model)
     network = _dataclass_from(NetworkConfig, _table(raw.get("network", {}), "network"), "network")
     scorecard = _scorecard(_table(raw.get("scorecard", {}), "scorecard"))

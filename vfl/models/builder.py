@@ -49,6 +49,10 @@ def tower_for(job: JobConfig, party: PartyConfig, data: PartyTable, test: np.nda
     if m.type == "logistic" and not party.categorical_columns:
         return LinearTower(numeric.shape[1], intercept=guest), TowerInput(numeric), None
     deep = m.type == "embedding"
+    if not deep and not m.label_dp_on:
+        log.warning("%s: one-hot logistic regression with label_dp = 'off': its per-category sums of nested "
+                    "columns (a region and its cities) differ by single rows, so a party can read some rows' "
+                    "residuals, and so labels, from them; 'auto' turns label-DP on here", party.name)
     crosses = party.crosses if deep and m.wide else ()
     vocabs = fit_vocabularies(data.categorical[~test], data.categorical_columns, crosses, vocabulary_rows(m, party),
                               m.hash_buckets)
