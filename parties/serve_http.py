@@ -20,19 +20,22 @@ hosts are awaited, so many requests are in flight at once.
 
 Errors name the party at fault with a fixed message per cause; a store's, a host's or a library's
 own text goes to the guest's log only. Every request, malformed ones included, gets a line in the
-guest's audit log. The API has no client authentication of its own: put it behind the bank's
-gateway (anyone who can call it learns, per ID, whether each host knows it: a score or a 404
-naming the host).
+guest's audit log. Anyone who can call the API learns, per ID, whether each host knows it (a score
+or a 404 naming the host): with ``[serving] api_keys`` only the clients listed there may score or
+read ``/model`` (401 otherwise, audited), and the audit log names the client; without it, put the
+API behind the bank's own gateway.
 """
 # no "from __future__ import annotations": FastAPI reads the endpoints' annotations as the classes defined in make_app
 
 import asyncio
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Optional, Union
 
 from vfl.io.tables import MAX_ID_LENGTH
 from vfl.job.config import ConfigError, JobConfig
+from vfl.serving.api_keys import client_of, load_api_keys
 from vfl.serving.roles import GuestScorer
 from vfl.serving.scorers import guest_scorer
 
@@ -64,6 +67,7 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
         ids: list[str] = Field(min_length=1, max_length=job.serving.max_batch)
 
     state: dict = {}
+    keys = _api_keys(job)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -96,16 +100,30 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     def client(request: Request) -> str:
         return f"http:{request.client.host}" if request.client else "http"
 
+    def authorized(request: Request) -> str:
+        """The caller as the audit log names it; with ``api_keys``, a listed client or a 401 (audited)."""
+        peer = client(request)
+        if keys is None:
+            return peer
+        name = client_of(keys, request.headers.get("authorization"))
+        if name is None:
+            service = state.get("service")
+            if service is not None:
+                service.audit.record(peer, [], "error 401", message=f"no valid API key for {request.url.path}")
+            raise ServeError(401, "a valid API key is needed: Authorization: Bearer <secret> ([serving] api_keys)")
+        return f"{peer}/{name}"
+
     @app.post("/score")
     async def score(body: ScoreRequest, request: Request):
-        [row] = await state["service"].score([body.id], [body.features] if body.features else None, client(request))
+        peer = authorized(request)
+        [row] = await state["service"].score([body.id], [body.features] if body.features else None, peer)
         if isinstance(row, RowError):
             return error(row.status, row.message, row.party)
         return row
 
     @app.post("/score/batch")
     async def score_batch(body: BatchRequest, request: Request):
-        rows = await state["service"].score(body.ids, None, client(request))
+        rows = await state["service"].score(body.ids, None, authorized(request))
         return {"results": [{"id": i, "error": r.message, "status": r.status, "party": r.party}
                             if isinstance(r, RowError) else r for i, r in zip(body.ids, rows)]}
 
@@ -121,11 +139,20 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
         return JSONResponse({"ready": False, "missing": service.missing_hosts()}, status_code=503)
 
     @app.get("/model")
-    async def model():
+    async def model(request: Request):
+        authorized(request)
         service: GuestService = state["service"]
         return service.scorer.identity({h: service.hellos.get(h, {}).get("model") for h in service.hosts})
 
     return app
+
+
+def _api_keys(job: JobConfig) -> dict | None:
+    """The clients of ``[serving] api_keys`` (a path relative to the job file), or None."""
+    if not job.serving.api_keys:
+        return None
+    path = Path(job.serving.api_keys)
+    return load_api_keys(path if path.is_absolute() else job.path.resolve().parent / path)
 
 
 async def run_guest_http(job: JobConfig, started: Optional[asyncio.Event] = None,

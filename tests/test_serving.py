@@ -596,3 +596,37 @@ def test_the_guest_api_speaks_https_with_its_own_certificate(served, tmp_path):
             httpx.get(url + "/health")
     finally:
         running.stop()
+
+
+def test_with_api_keys_only_listed_clients_score_and_the_audit_log_names_them(tmp_path):
+    """Whoever can call /score learns whether each host knows an ID: `[serving] api_keys` lists the
+    clients that may; anyone else gets a 401 (audited), and /health stays open for load balancers."""
+    from vfl.serving.api_keys import load_api_keys
+    from vfl.job.config import ConfigError
+    secret = "s3cret-" + "x" * 40
+    (tmp_path / "clients.txt").write_text(f"# the bank's systems\nteller:{secret}\nrisk-engine:{'y' * 32}\n")
+    cfg, scores, *_ = trained(tmp_path, n_hosts=1, serving={"api_keys": "clients.txt"})
+    running = start_services(cfg)
+    url = "http://" + cfg.guest.serve_address
+    try:
+        t0 = time.time()
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+        wait_ready(url)
+        i = scores["id"].iloc[0]
+        for headers in ({}, {"Authorization": "Bearer " + "z" * 40}, {"Authorization": secret}):
+            r = httpx.post(url + "/score", json={"id": i}, headers=headers, timeout=30)
+            assert r.status_code == 401 and "api_keys" in r.json()["detail"]
+        assert httpx.get(url + "/model", timeout=5).status_code == 401
+        r = httpx.post(url + "/score", json={"id": i}, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+        assert r.status_code == 200 and abs(r.json()["probability"] - scores["score"].iloc[0]) <= 1e-12
+        lines = _audit_lines(cfg, "guest", t0)
+        assert [x["outcome"] for x in lines] == ["error 401"] * 4 + ["answered"]
+        assert lines[-1]["peer"].endswith("/teller") and not any("teller" in x["peer"] for x in lines[:-1])
+        assert not any(secret in json.dumps(x) for x in lines)
+    finally:
+        for r in running:
+            r.stop()
+    for bad in ("teller:short\n", "no-colon-" + "x" * 40 + "\n", "", f"a:{secret}\nb:{secret}\n"):
+        (tmp_path / "bad.txt").write_text(bad)
+        with pytest.raises(ConfigError):
+            load_api_keys(tmp_path / "bad.txt")

@@ -245,6 +245,8 @@ class ServingConfig:
                                   # contributes its average partial score and the answer says so
     max_batch: int = 10_000       # IDs in one /score/batch request
     reasons: int = 4              # reason codes per answer (the guest's own columns, plus partner data)
+    api_keys: str = ""            # a file of "client:secret" lines (relative to the job file): then /score,
+                                  # /score/batch and /model need "Authorization: Bearer <secret>"
 
 
 @dataclass(frozen=True)
