@@ -433,7 +433,7 @@ def test_columns_binned_by_value_split_by_subsets_alike_in_the_encrypted_run_and
     z = 1.5 * np.isin(ch, [1, 4, 7]) - 1.2 * np.isin(cg, [0, 3]) + 0.5 * xg[:, 0] - 0.3
     y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
     xg, xh = np.column_stack([xg, cg]), [np.column_stack([xh[0], ch])]
-    params = TreeParams(num_trees=3, max_depth=3, seed=2, **PARAMS)
+    params = TreeParams(num_trees=3, max_depth=3, seed=2, host_root_splits=True, **PARAMS)   # the root: the host's
     names = ["g0", "g1", "g2", "gc"], [["h0", "h1", "h2", "h3", "hc"]]
     cats_g = [CategoryCodes("gc", tuple(f"a{k}" for k in range(6)))]
     cats_h = [CategoryCodes("hc", tuple(f"b{k}" for k in range(10)))]
@@ -525,7 +525,8 @@ def test_a_host_cannot_read_one_row_categories_labels_from_its_categorical_split
     kept = CategoryCodes.fit("c", text, 32)
     assert len(kept.values) == 8 and not set(kept.values) & {f"v{c}" for c in ones}   # merged into "other"
     assert set(kept.codes(text[len(y) - len(ones):]).tolist()) == {8.0}
-    params = TreeParams(num_trees=1, max_depth=1, max_bin=32, key_bits=512, allow_short_keys=True)
+    params = TreeParams(num_trees=1, max_depth=1, max_bin=32, key_bits=512, allow_short_keys=True,
+                        host_root_splits=True)              # the strongest case: the host told the root's split
     went_left = []
     for seed in range(3):
         xg, xh, y, ones = _one_row_categories(seed)
@@ -632,3 +633,22 @@ def test_a_hosts_sparse_categories_in_a_node_go_by_the_coin(monkeypatch):
                 assert 7 in few and ((few <= set(nd.bin)) if coin else not (few & set(nd.bin))), (nd.bin, counts)
                 checked += len(few - {7}) > 0
         assert checked >= 1                                       # some node had sparse categories with rows
+
+
+def test_roots_split_on_the_guests_columns_so_no_host_learns_a_nodes_rows():
+    """The root is the only node of its level: a host told a split there would know both children's
+    rows. So roots split on the guest's columns (hosts' from level 1, where a host does not know
+    which node its split is at), unless the guest's columns cannot split it or the job allows it."""
+    from dataclasses import replace
+    xg, xh, y = _data(n=600)                       # the host's column 1 carries most of the signal
+    p = TreeParams(num_trees=4, max_depth=3, **PARAMS)
+    bins = [fit_columns(["g0", "g1", "g2"], xg, p.max_bin), fit_columns(["h0", "h1", "h2", "h3"], xh[0], p.max_bin)]
+    layouts, codes = [layout_of(b) for b in bins], [encode(b, x) for b, x in zip(bins, [xg, xh[0]])]
+    trees = PlainSecureBoost(p).fit(codes, layouts, y).trees_
+    assert all(t.nodes[0].party == 0 for t in trees)
+    assert any(n.party == 1 for t in trees for n in t.nodes if not n.is_leaf)    # hosts split below the root
+    opened = PlainSecureBoost(replace(p, host_root_splits=True)).fit(codes, layouts, y).trees_
+    assert opened[0].nodes[0].party == 1                                         # the host's column is best
+    # a guest whose columns cannot split the root (here: every row in one bin) lets the hosts' in
+    flat = PlainSecureBoost(p).fit([np.zeros_like(codes[0]), codes[1]], layouts, y).trees_
+    assert flat[0].nodes[0].party == 1

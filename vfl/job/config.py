@@ -121,6 +121,8 @@ class ModelConfig:
     min_leaf_rows: int = 20
     subsample: float = 1.0                   # rows drawn per tree from [model] seed (every party alike)
     colsample: float = 1.0                   # columns (all parties' pooled) each tree may split on, from seed
+    host_root_splits: bool = False           # let a tree's root split on a host's column (that host then
+                                             # knows both children's rows); off: roots split on the guest's
 
     def __post_init__(self) -> None:
         embedding = self.type == "embedding"

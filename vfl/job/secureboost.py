@@ -40,7 +40,7 @@ def tree_params(m: ModelConfig) -> TreeParams:
                       l2=m.l2, min_child_weight=m.min_child_weight, min_leaf_rows=m.min_leaf_rows,
                       subsample=m.subsample, colsample=m.colsample, seed=m.seed, patience=m.patience,
                       key_bits=m.key_bits, allow_short_keys=m.allow_short_keys, encryption=m.encryption,
-                      min_rows_per_release=m.min_rows_per_release)
+                      min_rows_per_release=m.min_rows_per_release, host_root_splits=m.host_root_splits)
 
 
 def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable:

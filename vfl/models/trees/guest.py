@@ -226,7 +226,7 @@ class SecureBoostGuest:
                 chosen = {}
                 for i in open_:
                     own = plain_histogram(self._codes, self.layouts_[0], gq, hq, np.nonzero((at == i) & drawn)[0])
-                    cand = best_split([own] + hists[i], self.layouts_, nodes[i].sums, p, columns)
+                    cand = best_split([own] + hists[i], self.layouts_, nodes[i].sums, p, columns, root=d == 0)
                     if cand is not None:
                         chosen[i] = cand
             children = []

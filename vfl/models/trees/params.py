@@ -40,6 +40,7 @@ class TreeParams:
     allow_short_keys: bool = False      # keys below 2048 bits: tests and benchmarks only
     encryption: str = "djn"
     min_rows_per_release: int = MIN_ROWS_PER_RELEASE
+    host_root_splits: bool = False      # a root may split on a host's column (it then knows the root's partition)
 
     def __post_init__(self) -> None:
         problems = []

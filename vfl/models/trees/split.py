@@ -163,16 +163,27 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
 
 
 def best_split(hists: list[np.ndarray], layouts: list[Layout], total: tuple[int, int, int],
-               params: TreeParams, columns: list[np.ndarray] | None = None) -> Candidate | None:
+               params: TreeParams, columns: list[np.ndarray] | None = None, root: bool = False
+               ) -> Candidate | None:
     """The best split of a node over every party's columns (parties in order; only those
     ``columns[party]`` allows, if given), or None when no candidate has a positive gain and
-    large enough children."""
-    best = None
-    for party, (hist, layout) in enumerate(zip(hists, layouts)):
-        cand = best_in_party(hist, layout, total, params, party, None if columns is None else columns[party])
-        if cand is not None and (best is None or cand.gain > best.gain):
-            best = cand
-    return best if best is not None and best.gain > 0 else None
+    large enough children.
+
+    A ``root`` is split on the guest's columns when they allow a split (unless
+    ``host_root_splits``): the root is the only node of its level, so a host told a split there
+    would know both children's rows (docs/protocols.md, 2a). Only a guest whose columns cannot
+    split the root (none, constant, or none this tree may use) lets the hosts' columns in."""
+    def search(parties: range) -> Candidate | None:
+        best = None
+        for party in parties:
+            cand = best_in_party(hists[party], layouts[party], total, params, party,
+                                 None if columns is None else columns[party])
+            if cand is not None and (best is None or cand.gain > best.gain):
+                best = cand
+        return best if best is not None and best.gain > 0 else None
+    if root and not params.host_root_splits:
+        return search(range(1)) or search(range(len(hists)))
+    return search(range(len(hists)))
 
 
 def row_sample(params: TreeParams, tree: int, n: int) -> np.ndarray:

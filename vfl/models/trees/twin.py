@@ -71,7 +71,7 @@ class PlainSecureBoost:
                 if not can_split(d, node.sums[2], p):
                     continue
                 hists = [plain_histogram(c, lay, gq, hq, rows[drawn[rows]]) for c, lay in zip(codes, layouts)]
-                cand = best_split(hists, layouts, node.sums, p, columns)
+                cand = best_split(hists, layouts, node.sums, p, columns, root=d == 0)
                 if cand is None:
                     continue
                 left = goes_left(codes[cand.party][rows], layouts[cand.party], cand.feature, cand.bin,
