@@ -347,6 +347,16 @@ def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
     merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
     assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
     assert json.loads((job.output_dir("host0") / "report.json").read_text())["importance"]
+    # the same rows with every party's columns in another order score the same: rules find columns by name
+    from dataclasses import replace
+    for p in (job.guest, job.hosts[0]):
+        frame = pd.read_csv(p.data, dtype={p.id_column: str})
+        frame[frame.columns[::-1]].to_csv(tmp_path / f"reordered_{p.name}.csv", index=False)
+    moved = replace(job, guest=replace(job.guest, predict_data=tmp_path / "reordered_guest.csv"),
+                    hosts=(replace(job.hosts[0], predict_data=tmp_path / "reordered_host0.csv"),))
+    run_predict_local(moved)
+    again = pd.read_csv(job.output_dir("guest") / "scores.csv")
+    assert list(again["id"]) == list(scored["id"]) and np.abs(again["score"] - scored["score"]).max() < 1e-12
 
 
 def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_path):

@@ -55,15 +55,25 @@ def _fit_codes(table: PartyTable, rows: np.ndarray, m: ModelConfig) -> list[Cate
             for j, c in enumerate(table.categorical_columns)]
 
 
-def _inputs(table: PartyTable, categories: list[CategoryCodes]) -> tuple[np.ndarray, list[str]]:
-    """The party's numeric columns and its categorical columns' codes, side by side, and their names."""
+def _inputs(table: PartyTable, categories: list[CategoryCodes], model_columns: list[str] | None = None
+            ) -> tuple[np.ndarray, list[str]]:
+    """The party's numeric columns and its categorical columns' codes, side by side, and their names;
+    with ``model_columns`` (scoring), in the model's order by name: split rules find their column by
+    position, and a file whose columns come in another order must score the same."""
     where = {c: j for j, c in enumerate(table.categorical_columns)}
     missing = [c.column for c in categories if c.column not in where]
     if missing:
         raise ValueError(f"the rows to score lack the model's categorical columns {missing}")
     codes = [c.codes(table.categorical[:, where[c.column]]) for c in categories]
     X = np.column_stack([table.features, *codes]) if codes else table.features
-    return X, [*table.columns, *(c.column for c in categories)]
+    names = [*table.columns, *(c.column for c in categories)]
+    if model_columns is None:
+        return X, names
+    at = {c: j for j, c in enumerate(names)}
+    lacking = [c for c in model_columns if c not in at]
+    if lacking:
+        raise ValueError(f"the rows to score lack the model's columns {lacking}")
+    return X[:, [at[c] for c in model_columns]], list(model_columns)
 
 
 def _psi(job: JobConfig, name: str, channel: Channel, ids: np.ndarray) -> np.ndarray:
@@ -174,7 +184,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     table = _load(g, path, g.label_column if has_label else None)
     common = _psi(job, g.name, channel, table.ids)
     data = table.take(common)
-    score = model.predict_proba(channel, _inputs(data, model.categories)[0])
+    score = model.predict_proba(channel, _inputs(data, model.categories, model.columns)[0])
     sc = job.scorecard
     frame = pd.DataFrame({"id": common, "score": score,
                           "points": scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo).round(1)})
@@ -209,5 +219,5 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     out = job.output_dir(name)
     write_intersection(out / "scored_ids.csv", common)
     data = table.take(common)
-    model.predict(channel, _inputs(data, model.categories)[0])
+    model.predict(channel, _inputs(data, model.categories, model.columns)[0])
     return keep_host_cohort(job, name, table, data, common)

@@ -38,7 +38,7 @@ class TreeHostScorer(HostScorer):
         found = self.store.lookup(r.ids)
         sides = np.zeros((len(self.model.rules_), len(r.ids)), dtype=bool)
         if len(found.positions):
-            own = np.unpackbits(self.model.split_bits(_inputs(found.table, self.model.categories)[0]), axis=1,
+            own = np.unpackbits(self.model.split_bits(_inputs(found.table, self.model.categories, self.model.columns)[0]), axis=1,
                                 count=len(found.positions)).astype(bool)
             sides[:, found.positions] = own
         missing = {p: MISSING_UNKNOWN for p in found.unknown}
@@ -87,7 +87,7 @@ class TreeGuestScorer(GuestScorer):
                 np.zeros((len(b), len(keep)), dtype=bool)
             host_bits.append(np.packbits(sides, axis=1))
         t = found.table
-        prob = sigmoid(self.model.decision(_inputs(t, self.model.categories)[0], host_bits))
+        prob = sigmoid(self.model.decision(_inputs(t, self.model.categories, self.model.columns)[0], host_bits))
         sc = self.job.scorecard
         points = scorecard_points(prob, sc.base_points, sc.base_odds, sc.pdo)
         return [{"id": str(i), "probability": float(p), "points": round(float(q), 1)}
