@@ -143,6 +143,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_certs(args: argparse.Namespace) -> int:
     from parties.certs import make_certs
     job = load_job(args.job)
+    if (args.out / "ca-key.pem").exists() and not args.force:
+        raise ConfigError(f"{args.out} already holds a CA (ca-key.pem): certificates it signed would stop "
+                          "verifying. Choose another --out, or pass --force to replace it")
     made = make_certs(job, args.out)
     print(f"CA and {len(made)} party certificates written to {args.out}. Reference them in the job file:")
     print(f'[tls]\nca = "{args.out.resolve() / "ca.pem"}"')
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("certs", help="create a CA and a key/certificate for every party (demos, tests)")
     s.add_argument("job", type=Path)
     s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--force", action="store_true", help="replace a CA already in --out")
     s.set_defaults(func=cmd_certs)
 
     s = sub.add_parser("demo", help="generate and run the credit-scoring demo (bank + e-commerce)")

@@ -46,6 +46,8 @@ def test_paths_resolve_against_job_file_and_defaults(tmp_path):
     ({"hosts__address": "127.0.0.1:9101"}, "own address; shared: 127.0.0.1:9101"),
     ({"model__label_dp": "on", "preprocess__bins": 4}, "outside label-DP's noised channel"),
     ({"hosts__name": "s" * 201}, "201 bytes long; the limit is 200"),
+    ({"hosts__name": "ca"}, "'ca' is reserved"),
+    ({"hosts__name": "Report.html"}, "is reserved"),
     ({"job__name": "j" * 201}, r"\[job\] name is 201 bytes long"),
 ])
 def test_bad_job_files_say_what_is_wrong(tmp_path, changes, message):
@@ -93,3 +95,17 @@ def test_label_dp_auto_covers_one_hot_logistic_regression(tmp_path):
     assert parse(guest__categorical_columns=["branch"]).label_dp_on
     assert not parse(hosts__categorical_columns=["city"], model__label_dp="off").label_dp_on
     assert not parse(hosts__categorical_columns=["city"], preprocess__bins=4).label_dp_on    # WOE: numeric
+
+
+def test_vfl_certs_does_not_replace_a_ca_unless_forced(tmp_path, capsys):
+    """Certificates signed by a replaced CA stop verifying: `vfl certs` keeps an existing one."""
+    from parties.cli import main
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    job = write_job(tmp_path, *write_tables(tmp_path, *vertical_split(60, 2, [2], seed=1)))
+    out = tmp_path / "certs"
+    assert main(["certs", str(job), "--out", str(out)]) == 0
+    ca = (out / "ca-key.pem").read_bytes()
+    assert main(["certs", str(job), "--out", str(out)]) == 1
+    assert "already holds a CA" in capsys.readouterr().err and (out / "ca-key.pem").read_bytes() == ca
+    assert main(["certs", str(job), "--out", str(out), "--force"]) == 0 and (out / "ca-key.pem").read_bytes() != ca

@@ -186,6 +186,8 @@ class ModelConfig:
 
 
 MAX_NAME_BYTES = 200
+RESERVED_NAMES = frozenset({"ca", "tls", "cohorts", "job.toml", "metrics.json", "predict_metrics.json", "report.html"})
+"""Party names that would collide with the CA's files (``ca.pem``) or the workdir's own entries."""
 """Job and party names, in UTF-8: every frame carries them (the transport allows 255 bytes, and a
 link's session name adds ``/<task>`` to the job's)."""
 
@@ -322,6 +324,9 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     name = str(table.get("name", "arbiter") if role == "arbiter" else _require(table, "name", where))
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"[{where}] name {name!r} is not a valid party name")
+    if name.lower() in RESERVED_NAMES:
+        raise ConfigError(f"[{where}] name {name!r} is reserved: the workdir or the certificates folder holds "
+                          f"a file or folder of that name ({', '.join(sorted(RESERVED_NAMES))})")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise ConfigError(f"[{where}] name is {len(name.encode())} bytes long; the limit is {MAX_NAME_BYTES}")
     data = None
