@@ -125,3 +125,15 @@ def _joined(job):
     from tests.test_pipeline import _joined_reference
     _, X, y, test, _ = _joined_reference(job, job.guest.data, [job.hosts[0].data])
     return X[~test], y[~test]
+
+
+def test_an_address_other_than_the_runtime_this_process_is_attached_to_is_refused(ray_backend):
+    """With a runtime already running in the process, its work runs there whatever ray_address says:
+    another address is refused (the party's key would go to that runtime), the runtime's own is taken."""
+    from crypto.backends.base import BackendUnavailable
+    with pytest.raises(BackendUnavailable, match="already attached to the Ray cluster"):
+        RayBackend("10.255.255.1:6379", workers=1)
+    gcs = ray.get_runtime_context().gcs_address
+    same = RayBackend(gcs, workers=1)
+    assert same.workers() == 1
+    same.shutdown()

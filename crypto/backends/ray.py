@@ -117,6 +117,27 @@ def _check_head(ray, address: str) -> bool:
     return not _is_loopback(outward) and not _answers(outward, port)
 
 
+def _check_same_cluster(ray, address: str) -> None:
+    """A process already attached to a Ray runtime (``ray.init`` in a notebook, say) runs its work
+    there, whatever ``ray_address`` says: refuse unless that runtime is the requested cluster, or the
+    party's secrets (its key, plaintexts) would go to another cluster."""
+    try:
+        gcs = str(ray.get_runtime_context().gcs_address)
+    except Exception:  # noqa: BLE001 - a Ray without the field: nothing to compare
+        return
+    (want_host, want_port), (got_host, got_port) = _host_port(address), _host_port(gcs)
+    here = {"127.0.0.1", "::1", "localhost", str(ray.util.get_node_ip_address())}
+    try:
+        want_host = socket.gethostbyname(want_host)
+    except OSError:
+        pass
+    same_host = want_host == got_host or (want_host in here or _is_loopback(want_host)) and got_host in here
+    if want_port != got_port or not same_host:
+        raise BackendUnavailable(f"this process is already attached to the Ray cluster at {gcs}, not "
+                                 f"ray_address = {address!r}: its work would run there. Start the party in a "
+                                 "fresh process, or set ray_address to that cluster")
+
+
 @contextlib.contextmanager
 def _loopback_kept(keep: bool) -> Iterator[None]:
     """While joining, stop Ray from rewriting a loopback address to this machine's outward IP.
@@ -173,6 +194,8 @@ class RayBackend:
                 raise BackendUnavailable(f"cannot start or join Ray at {address!r}: "
                                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             self._owns_runtime = True
+        elif address not in (None, "local"):
+            _check_same_cluster(ray, address)
         if workers is None:
             env = os.environ.get("VFL_WORKERS", "").strip()
             workers = int(env) if env else int(ray.cluster_resources().get("CPU", 1))
