@@ -7,6 +7,7 @@ party can read, audit and archive what it keeps.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..io.tables import PartyTable
 from ..io.files import write_json
-from ..preprocess.split import Standardizer
+from ..preprocess.split import Standardizer, finite_vector
 from ..preprocess.transform import WoeEncoder
 from .refit import GuestRefit, fit_refit
 from .towers import EmbeddingTower, TowerInput
@@ -91,27 +92,33 @@ class ModelPart:
 
     @classmethod
     def load(cls, path: Path, party: str) -> "ModelPart":
-        if not path.is_file():
-            raise ModelFileError(f"no trained model part at {path}: train the job first (`vfl run`)")
-        try:
-            d = json.loads(path.read_text())
-            if d.get("format") != FORMAT or d.get("version") != VERSION:
-                raise ModelFileError(f"{path} is not a {FORMAT} v{VERSION} file")
-            if d["party"] != party:
-                raise ModelFileError(f"{path} belongs to party {d['party']!r}, not {party!r}")
-            part = cls(d["role"], d["party"], list(d["columns"]), np.asarray(d["coef"], dtype=float),
-                       Standardizer.from_dict(d["standardizer"]),
-                       float(d["intercept"]) if "intercept" in d else None,
-                       WoeEncoder.from_dict(d["woe_bins"]) if "woe_bins" in d else None,
-                       [str(c) for c in d.get("dropped", [])], _categorical(d))
-            if part.encoder is not None and part.encoder.columns != part.columns:
-                raise ModelFileError(f"{path}: binned columns {part.encoder.columns} differ from {part.columns}")
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-            if isinstance(exc, ModelFileError):
-                raise
-            raise ModelFileError(f"{path} is malformed: {exc}") from None
-        if len(part.coef) != len(part.columns) or len(part.standardizer.mean) != len(part.columns):
-            raise ModelFileError(f"{path}: weights and columns do not match")
+        d = _read(path)
+        with _checked(path):
+            return cls.from_dict(d, path, party)
+
+    @classmethod
+    def from_dict(cls, d: dict, path: Path, party: str) -> "ModelPart":
+        """A part read from ``path``, checked against what :meth:`to_dict` writes (errors other than
+        :class:`ModelFileError` are wrapped by the caller)."""
+        if d.get("format") != FORMAT or d.get("version") != VERSION:
+            raise ModelFileError(f"{path} is not a {FORMAT} v{VERSION} file")
+        role = _owner(d, path, party)
+        columns = _names(d["columns"], "columns")
+        coef = finite_vector(d["coef"], "coef", len(columns))
+        if "intercept" in d:
+            if role != "guest":
+                raise ModelFileError(f"{path}: a {role}'s part has no intercept (only the guest's has one)")
+            intercept = finite_vector([d["intercept"]], "intercept")[0]
+        elif role == "guest":
+            raise ModelFileError(f"{path}: the guest's part has no intercept")
+        else:
+            intercept = None
+        part = cls(role, d["party"], columns, coef, Standardizer.from_dict(d["standardizer"], len(columns)),
+                   float(intercept) if intercept is not None else None,
+                   WoeEncoder.from_dict(d["woe_bins"]) if "woe_bins" in d else None,
+                   _names(d.get("dropped", []), "dropped"), _categorical(d))
+        if part.encoder is not None and part.encoder.columns != part.columns:
+            raise ModelFileError(f"{path}: binned columns {part.encoder.columns} differ from {part.columns}")
         return part
 
 
@@ -201,11 +208,32 @@ class TowerPart:
         write_json(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict, path: Path) -> "TowerPart":
-        part = cls(d["role"], d["party"], [str(c) for c in d["numeric_columns"]],
-                   [Vocabulary.from_dict(v) for v in d["vocabularies"]], Standardizer.from_dict(d["standardizer"]),
-                   int(d["embedding_dim"]), [int(h) for h in d["hidden_units"]], np.zeros(0), bool(d["intercept"]),
-                   [str(c) for c in d.get("dropped", [])], _categorical(d), bool(d.get("wide", False)))
+    def from_dict(cls, d: dict, path: Path, party: str) -> "TowerPart":
+        """A part read from ``path``, checked against what :meth:`to_dict` writes (errors other than
+        :class:`ModelFileError` are wrapped by the caller)."""
+        if d.get("version") != TOWER_VERSION:
+            raise ModelFileError(f"{path} is not a {TOWER_FORMAT} v{TOWER_VERSION} file")
+        role = _owner(d, path, party)
+        if "refit" in d and role != "guest":
+            raise ModelFileError(f"{path}: only the guest's part has a refit")
+        numeric = _names(d["numeric_columns"], "numeric_columns")
+        if not isinstance(d["vocabularies"], list) or not all(isinstance(v, dict) for v in d["vocabularies"]):
+            raise ModelFileError(f"{path}: vocabularies must be a list of objects")
+        dim, hidden = d["embedding_dim"], d["hidden_units"]
+        if (not _positive_int(dim) or not isinstance(hidden, list)
+                or not all(_positive_int(h) for h in hidden)):
+            raise ModelFileError(f"{path}: embedding_dim {dim!r} and hidden_units {hidden!r} must be positive "
+                                 f"whole numbers")
+        if not isinstance(d["intercept"], bool) or not isinstance(d.get("wide", False), bool):
+            raise ModelFileError(f"{path}: intercept and wide must be true or false")
+        if d["intercept"] != (role == "guest"):
+            raise ModelFileError(f"{path}: the {role}'s part " + ("has an intercept (only the guest's has one)"
+                                                                 if d["intercept"] else "has no intercept"))
+        if not isinstance(d["params"], dict):
+            raise ModelFileError(f"{path}: params must be an object of named weights")
+        part = cls(role, d["party"], numeric, [Vocabulary.from_dict(v) for v in d["vocabularies"]],
+                   Standardizer.from_dict(d["standardizer"], len(numeric)), dim, list(hidden), np.zeros(0),
+                   d["intercept"], _names(d.get("dropped", []), "dropped"), _categorical(d), d.get("wide", False))
         layout = part.tower.layout
         flat = np.zeros(layout.size)
         if set(d["params"]) != set(layout.slices):
@@ -232,26 +260,61 @@ class TowerPart:
 def _categorical(d: dict) -> list[str] | None:
     """The categorical columns a model file names (None: written before they were kept)."""
     cats = d.get("categorical_columns")
-    return None if cats is None else [str(c) for c in cats]
+    return None if cats is None else _names(cats, "categorical_columns")
+
+
+def _names(values, what: str) -> list[str]:
+    """A list of column names read from a file."""
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{what} must be a list of column names, not {values!r}"[:200])
+    return list(values)
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _owner(d: dict, path: Path, party: str) -> str:
+    """The part's role, after checking it belongs to ``party`` and names a role that has a part."""
+    if d["party"] != party:
+        raise ModelFileError(f"{path} belongs to party {d['party']!r}, not {party!r}")
+    if d["role"] not in ("guest", "host"):
+        raise ModelFileError(f"{path}: role {d['role']!r} is neither 'guest' nor 'host'")
+    return d["role"]
+
+
+@contextmanager
+def _checked(path: Path):
+    """Every error reading or checking the part at ``path`` as a :class:`ModelFileError` naming it."""
+    try:
+        yield
+    except ModelFileError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ModelFileError(f"{path}: {exc}") from None
+    except KeyError as exc:
+        raise ModelFileError(f"{path} is malformed: it has no {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError, IndexError, OverflowError, OSError) as exc:
+        # ValueError covers UnicodeDecodeError and json.JSONDecodeError
+        raise ModelFileError(f"{path} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _read(path: Path) -> dict:
+    """The JSON object saved at ``path`` (a missing, unreadable or non-object file: ModelFileError)."""
+    if not path.is_file():
+        raise ModelFileError(f"no trained model part at {path}: train the job first (`vfl run`)")
+    with _checked(path):
+        d = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(d, dict):
+            raise ModelFileError(f"{path} is malformed: it holds a JSON {type(d).__name__}, not an object")
+        return d
 
 
 def load_part(path: Path, party: str) -> "ModelPart | TowerPart":
-    """A party's saved model part, whichever model family wrote it."""
-    if not path.is_file():
-        raise ModelFileError(f"no trained model part at {path}: train the job first (`vfl run`)")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path} is malformed: {exc}") from None
-    if not isinstance(d, dict) or d.get("format") != TOWER_FORMAT:
-        return ModelPart.load(path, party)
-    if d.get("version") != TOWER_VERSION:
-        raise ModelFileError(f"{path} is not a {TOWER_FORMAT} v{TOWER_VERSION} file")
-    if d.get("party") != party:
-        raise ModelFileError(f"{path} belongs to party {d.get('party')!r}, not {party!r}")
-    try:
-        return TowerPart.from_dict(d, path)
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
-        raise ModelFileError(f"{path} is malformed: {exc}") from None
+    """A party's saved model part, whichever model family wrote it, checked before it is used: every
+    problem is a :class:`ModelFileError` naming ``path``."""
+    d = _read(path)
+    with _checked(path):
+        if d.get("format") == TOWER_FORMAT:
+            return TowerPart.from_dict(d, path, party)
+        return ModelPart.from_dict(d, path, party)

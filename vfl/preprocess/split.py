@@ -58,5 +58,31 @@ class Standardizer:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Standardizer":
-        return cls(np.asarray(d["mean"], float), np.asarray(d["scale"], float))
+    def from_dict(cls, d: dict, n_columns: int | None = None) -> "Standardizer":
+        """The scaling a model file saved, checked: ``mean`` and ``scale`` lists of finite numbers of
+        one length (``n_columns`` if given), every scale above zero. Raises ``ValueError``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"standardizer is a {type(d).__name__}, not an object")
+        mean = finite_vector(d["mean"], "standardizer mean", n_columns)
+        scale = finite_vector(d["scale"], "standardizer scale", len(mean))
+        if np.any(scale <= 0):
+            k = int(np.flatnonzero(scale <= 0)[0])
+            raise ValueError(f"standardizer scale {scale[k]} at position {k} is not above zero")
+        return cls(mean, scale)
+
+
+def finite_vector(values, what: str, n: int | None = None) -> np.ndarray:
+    """``values`` (a list of numbers read from a file) as a 1-D float array of finite values, of
+    length ``n`` if given. Raises ``ValueError`` naming ``what`` otherwise."""
+    if not isinstance(values, list):
+        raise ValueError(f"{what} is a {type(values).__name__}, not a list of numbers")
+    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    if bad is not None:
+        raise ValueError(f"{what} holds {bad!r}, not a number")
+    arr = np.asarray(values, dtype=float).reshape(len(values))
+    if n is not None and len(arr) != n:
+        raise ValueError(f"{what} has {len(arr)} values for {n} columns")
+    if not np.all(np.isfinite(arr)):
+        k = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise ValueError(f"{what} has non-finite value {arr[k]} at position {k}")
+    return arr
