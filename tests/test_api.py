@@ -152,3 +152,84 @@ def test_run_party_runs_each_party_in_its_own_process(tmp_path):
     for name in ("guest", "host0"):
         assert list(pd.read_csv(job.config.output_dir(name) / "intersection.csv", dtype={"id": str})["id"]) == want
         assert (job.config.output_dir(name) / "input" / "data.csv").is_file()
+
+
+def test_a_secureboost_job_fits_and_scores_through_the_api(tmp_path):
+    """vfl.fit on a SecureBoost job loads the trees' own parts; predict_proba (the job's `vfl predict`)
+    re-scores the training rows as predictions.csv has them and as the loaded parts score them in plaintext."""
+    from vfl.models.trees import SecureBoostGuest, SecureBoostHost
+    from vfl.models.trees.split import sigmoid as tree_sigmoid
+    g, hosts = vertical_split(400, 3, [2], seed=6)
+    job = make_job(tmp_path, g, hosts, model={"type": "secureboost", "num_trees": 2, "max_depth": 2, "max_bin": 8,
+                                              "min_leaf_rows": 10})
+    model = vfl.fit(job)
+    assert isinstance(model.parts["guest"], SecureBoostGuest) and isinstance(model.parts["host0"], SecureBoostHost)
+    want = _predictions(job.config)
+    scores = model.predict_proba({"guest": g, "host0": hosts[0]})
+    assert list(scores.index) == list(want.index) and len(want) > 100
+    np.testing.assert_allclose(scores.to_numpy(), want["score"].to_numpy(), rtol=0, atol=1e-9)
+    # the plaintext twin: the guest's trees over its own columns and the host part's split sides
+    cfg = job.config
+    guest = load_table(cfg.guest.data, "id", "y", allow_missing=True).take(np.asarray(want.index))
+    host = load_table(cfg.hosts[0].data, "id", allow_missing=True).take(np.asarray(want.index))
+    assert (guest.columns, host.columns) == (model.parts["guest"].columns, model.parts["host0"].columns)
+    twin = tree_sigmoid(model.parts["guest"].decision(guest.features, [model.parts["host0"].split_bits(host.features)]))
+    np.testing.assert_allclose(scores.to_numpy(), twin, rtol=0, atol=1e-9)
+    # bad arguments to predict_proba: one line naming the argument, before any party starts
+    for args, kwargs, message in (((g,), {}, r"rows must be a dict of party name -> its rows .*got pandas\.DataFrame"),
+                                  (({"guest": g.to_numpy().tolist()},), {},
+                                   r"rows\['guest'\] must be a path \(str or Path\) or a pandas DataFrame, got list"),
+                                  (({"guest": g},), {"runner": "thread"},
+                                   r"runner must be one of 'threads', 'processes', got 'thread'")):
+        with pytest.raises(ConfigError, match=message):
+            model.predict_proba(*args, **kwargs)
+
+
+def test_arguments_of_the_wrong_type_are_refused_naming_the_argument(tmp_path):
+    g, hosts = vertical_split(100, 2, [1], seed=1)
+    guest, host = vfl.Party("guest", g, label_column="y"), vfl.Party("host0", hosts[0])
+    cases = [
+        (lambda: vfl.Party(5, g), r"Party name must be a non-empty string, got 5 \(int\)"),
+        (lambda: vfl.Party("", g), r"Party name must be a non-empty string, got ''"),
+        (lambda: vfl.Party("bank", g.to_numpy()),
+         r"party 'bank': data must be a path \(str or Path\) or a pandas DataFrame, got numpy\.ndarray"),
+        (lambda: vfl.Party("bank", g, predict_data=[1, 2]), r"party 'bank': predict_data must be a path .* got list"),
+        (lambda: vfl.Party("bank", g, address=8000), r"party 'bank': address must be a 'HOST:PORT' string, got int"),
+        (lambda: vfl.Job(guest, host), r"hosts must be a list of vfl.Party, got a single Party: write hosts=\[Party"),
+        (lambda: vfl.Job(guest, ["h.csv"]), r"hosts must be a list of vfl.Party, got a list holding str"),
+        (lambda: vfl.Job(guest, hosts[0]), r"hosts must be a list of vfl.Party, got pandas\.DataFrame"),
+        (lambda: vfl.Job(g, [host]), r"guest must be a vfl.Party, got pandas\.DataFrame"),
+        (lambda: vfl.Job(guest, [host], arbiter="arbiter"), r"arbiter must be a vfl.Party or None, got str"),
+        (lambda: vfl.Job(guest, [host], workdir=3), r"workdir must be a path \(str or Path\), got int"),
+        (lambda: vfl.fit("job.toml"), r"fit needs a vfl.Job, got str"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            make()
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="runner must be one of 'threads', 'processes', got 'thread'"):
+        vfl.fit(vfl.Job(guest, [host], workdir=tmp_path / "out"), runner="thread")
+    assert not (tmp_path / "out").exists()              # refused before any file is written
+
+
+def test_verbose_shows_the_parties_progress_for_the_call_only(tmp_path, capsys):
+    import logging
+    g, hosts = vertical_split(300, 2, [1], seed=2)
+    job = make_job(tmp_path, g, hosts, model={"epochs": 2, "batch_size": 128})
+    logger = logging.getLogger("vfl")
+    before = (logger.level, list(logger.handlers))
+    vfl.fit(job)
+    assert "epoch 1/2" not in capsys.readouterr().err                    # quiet by default
+    vfl.fit(job, verbose=True)                                           # threads: a handler for the call
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "party-guest" in err
+    assert (logger.level, list(logger.handlers)) == before
+    vfl.fit(job, runner="processes", verbose=True)                      # processes: the children's lines
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err
+
+
+def test_an_empty_dataframe_is_reported_as_having_no_data_rows(tmp_path):
+    g, hosts = vertical_split(200, 2, [1], seed=3)
+    with pytest.raises(vfl.JobFailed, match=r"party 'guest' failed: DataError: .*guest/input/data\.csv: no data rows$"):
+        vfl.fit(make_job(tmp_path, g.iloc[:0], hosts))

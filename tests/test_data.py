@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vfl.io.tables import MAX_ID_LENGTH, DataError, PartyTable, check_training_rows, load_table, read_ids
+from vfl.io.tables import (MAX_ID_LENGTH, DataError, PartyTable, check_training_rows, iter_ids, load_table,
+                            read_columns, read_ids)
 from vfl.preprocess.split import Standardizer, batch_schedule, split_mask
 
 
@@ -179,3 +180,28 @@ def test_bad_categorical_column_names_are_refused(tmp_path, cats, label, message
     with pytest.raises(DataError, match=message) as err:
         load_table(p, "id", label, categorical_columns=cats)
     assert str(p) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.parquet"])
+def test_a_file_with_a_header_and_no_rows_says_so(tmp_path, name):
+    p = tmp_path / name
+    empty = pd.DataFrame({"id": pd.Series([], dtype=str), "age": pd.Series([], dtype=float),
+                          "y": pd.Series([], dtype="int64")})
+    empty.to_csv(p, index=False) if name.endswith(".csv") else empty.to_parquet(p, index=False)
+    for read in (lambda: load_table(p, "id", "y"), lambda: load_table(p, "id"), lambda: read_ids(p, "id"),
+                 lambda: list(iter_ids(p, "id"))):
+        with pytest.raises(DataError) as err:
+            read()
+        assert str(err.value) == f"{p}: no data rows"
+
+
+def test_a_csv_naming_a_column_twice_is_refused(tmp_path):
+    p = _write(tmp_path, "id,x,z,x,z,w\na,1,2,3,4,5\n")
+    for read in (lambda: read_columns(p), lambda: load_table(p, "id"), lambda: read_ids(p, "id")):
+        with pytest.raises(DataError) as err:
+            read()
+        assert str(err.value) == f"{p}: duplicate column names 'x', 'z'"
+    # names that only look like pandas' renaming are distinct, and kept as written
+    p = _write(tmp_path, "id,x,x.1\na,1,2\nb,3,4\n")
+    table = load_table(p, "id")
+    assert table.columns == ["x", "x.1"] and table.features.tolist() == [[1, 2], [3, 4]]

@@ -17,12 +17,15 @@ writes only the running party's own frame.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Union
 
 import pandas as pd
 
@@ -31,10 +34,15 @@ from .job.config import (ConfigError, JobConfig, ModelConfig, NetworkConfig, Pre
 from .job.config import load_job, parse_job
 from .job.jobfile import party_table, raw_of, table_of, write_job
 from .job.threads import JobFailed, backend_address, run_task_local
-from .models.model_file import ModelPart, TowerPart, load_part
+from .models.model_file import ModelFileError, ModelPart, TowerPart, load_part
+
+if TYPE_CHECKING:
+    from .models.trees import SecureBoostGuest, SecureBoostHost
 
 Data = Union[str, Path, pd.DataFrame]
+Part = Union[ModelPart, TowerPart, "SecureBoostGuest", "SecureBoostHost"]     # one party's saved model part
 RUNNERS = ("threads", "processes")
+PROGRESS_FORMAT = "%(asctime)s %(threadName)-14s %(message)s"     # as `vfl run` logs
 
 
 class Party:
@@ -59,6 +67,12 @@ class Party:
 
     def __init__(self, name: str, data: Data | None = None, *, address: str | None = None,
                  predict_data: Data | None = None, **keys: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"Party name must be a non-empty string, got {name!r} ({_kind(name)})")
+        for key, value in (("data", data), ("predict_data", predict_data)):
+            _check_data(value, f"party {name!r}: {key}")
+        if address is not None and not isinstance(address, str):
+            raise ConfigError(f"party {name!r}: address must be a 'HOST:PORT' string, got {_kind(address)}")
         self.name, self.data, self.predict_data = name, data, predict_data
         self.address = address or f"127.0.0.1:{_free_port()}"
         self.keys = keys
@@ -107,6 +121,19 @@ class Job:
                  preprocess: dict | PreprocessConfig | bool | None = None,
                  scorecard: dict | ScorecardConfig | None = None, network: dict | NetworkConfig | None = None,
                  serving: dict | ServingConfig | None = None, ca: str | Path | None = None) -> None:
+        if not isinstance(guest, Party):
+            raise ConfigError(f"guest must be a vfl.Party, got {_kind(guest)}")
+        if isinstance(hosts, Party):
+            raise ConfigError("hosts must be a list of vfl.Party, got a single Party: write hosts=[Party(...)]")
+        if not isinstance(hosts, (list, tuple)) or not all(isinstance(h, Party) for h in hosts):
+            what = _kind(hosts) if not isinstance(hosts, (list, tuple)) else \
+                f"a {_kind(hosts)} holding {_kind(next(h for h in hosts if not isinstance(h, Party)))}"
+            raise ConfigError(f"hosts must be a list of vfl.Party, got {what}")
+        if arbiter is not None and not isinstance(arbiter, Party):
+            raise ConfigError(f"arbiter must be a vfl.Party or None, got {_kind(arbiter)}")
+        for key, value in (("workdir", workdir), ("ca", ca)):
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ConfigError(f"{key} must be a path (str or Path), got {_kind(value)}")
         self.guest, self.hosts = guest, list(hosts)
         self.arbiter = arbiter or Party("arbiter")
         self.workdir = Path(workdir).expanduser().resolve()
@@ -188,8 +215,9 @@ class Model:
     ----------
     job : Job
     parts : dict
-        Party name -> its :class:`~vfl.models.model_file.ModelPart` or ``TowerPart``
-        (from ``<workdir>/<party>/model.json``).
+        Party name -> its :class:`~vfl.models.model_file.ModelPart` or ``TowerPart``, or for
+        ``type = "secureboost"`` its :class:`~vfl.models.trees.SecureBoostGuest` or
+        ``SecureBoostHost`` (from ``<workdir>/<party>/model.json``).
     metrics : dict
         The guest's ``metrics.json``: AUC, KS, loss history, stage times, ...
     report : Path
@@ -201,13 +229,12 @@ class Model:
     def __init__(self, job: Job) -> None:
         cfg = job.config
         self.job = job
-        self.parts: dict[str, ModelPart | TowerPart] = {
-            p.name: load_part(cfg.output_dir(p.name) / "model.json", p.name) for p in (cfg.guest, *cfg.hosts)}
+        self.parts: dict[str, Part] = {p.name: _load_part(cfg, p.name) for p in (cfg.guest, *cfg.hosts)}
         self.metrics: dict = json.loads((cfg.workdir / "metrics.json").read_text())
         self.report = cfg.workdir / "report.html"
         self.predictions = cfg.output_dir(cfg.guest.name) / "predictions.csv"
 
-    def predict_proba(self, rows: Mapping[str, Data], runner: str = "threads") -> pd.Series:
+    def predict_proba(self, rows: Mapping[str, Data], runner: str = "threads", verbose: bool = False) -> pd.Series:
         """Score new rows jointly, exactly as ``vfl predict`` does.
 
         Parameters
@@ -217,6 +244,8 @@ class Model:
             ``predict_data`` (else its ``data``) from the job. The guest's rows may carry the
             label: then the cohort's AUC and KS are in ``<workdir>/predict_metrics.json``.
         runner : {"threads", "processes"}
+        verbose : bool
+            Show the parties' progress lines (PSI, ...) on stderr while scoring.
 
         Returns
         -------
@@ -225,6 +254,11 @@ class Model:
             in ID order. Points and the full table: ``<workdir>/<guest>/scores.csv``.
         """
         cfg = self.job.config
+        _check_runner(runner)
+        if not isinstance(rows, Mapping):
+            raise ConfigError(f"rows must be a dict of party name -> its rows (DataFrame or path), got {_kind(rows)}")
+        for name, new in rows.items():
+            _check_data(new, f"rows[{name!r}]")
         unknown = sorted(set(rows) - {p.name for p in (cfg.guest, *cfg.hosts)})
         if unknown:
             raise ConfigError(f"no guest or host named {', '.join(map(repr, unknown))} in this job (parties: "
@@ -239,12 +273,12 @@ class Model:
             parties.append(replace(p, predict_data=Path(new).resolve()) if new is not None else p)
         job = replace(cfg, guest=parties[0], hosts=tuple(parties[1:]))
         path = write_job(job, self.job.workdir / "predict-job.toml") if runner == "processes" else None
-        _run(job, "predict", runner, path)
+        _run(job, "predict", runner, path, verbose=verbose)
         scores = pd.read_csv(cfg.output_dir(cfg.guest.name) / "scores.csv", dtype={"id": str})
         return scores.set_index("id")["score"]
 
 
-def fit(job: Job, runner: str = "threads", resume: bool = False) -> Model:
+def fit(job: Job, runner: str = "threads", resume: bool = False, verbose: bool = False) -> Model:
     """Run every party of ``job`` on this machine (PSI, binning, training, scoring, reports).
 
     Parameters
@@ -255,15 +289,22 @@ def fit(job: Job, runner: str = "threads", resume: bool = False) -> Model:
         ``"processes"``: every party its own process over mutual TLS, as ``vfl run``.
     resume : bool
         Continue from the stage where an interrupted run stopped (``vfl run --resume``).
+    verbose : bool
+        Show the parties' progress lines (PSI, epochs or trees, AUC) on stderr during the call,
+        as ``vfl run`` does: a handler on the ``"vfl"`` logger (threads), the children's output
+        passed on (processes).
 
     Returns
     -------
     Model
     """
+    if not isinstance(job, Job):
+        raise ConfigError(f"fit needs a vfl.Job, got {_kind(job)}")
+    _check_runner(runner)
     for p in job.parties:
         job._write_frames(p)
     path = job._job_file() if runner == "processes" else None
-    _run(job.config, "train", runner, path, resume)
+    _run(job.config, "train", runner, path, resume, verbose)
     return Model(job)
 
 
@@ -305,22 +346,87 @@ def run_party(job: Job | str | Path, name: str, task: str = "train", resume: boo
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _run(config: JobConfig, task: str, runner: str, path: Path | None, resume: bool = False) -> None:
-    """``task`` for every party of ``config``: as threads, or as ``vfl`` processes reading ``path``."""
+def _run(config: JobConfig, task: str, runner: str, path: Path | None, resume: bool = False,
+         verbose: bool = False) -> None:
+    """``task`` for every party of ``config``: as threads, or as ``vfl`` processes reading ``path``;
+    ``verbose``: their progress lines on stderr."""
+    _check_runner(runner)
     if runner == "threads":
         from crypto.backends import selected
-        with selected(backend_address(config)):
+        with selected(backend_address(config)), _progress(verbose):
             run_task_local(config, task, resume)
-    elif runner == "processes":
-        cmd = {"train": ["run"] + (["--resume"] if resume else []), "predict": ["predict"], "psi": ["psi"]}[task]
-        proc = subprocess.run([sys.executable, "-m", "parties.cli", *cmd, str(path)], capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-            lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")] \
-                or proc.stderr.strip().splitlines()[-1:]
-            raise JobFailed(lines[-1].removeprefix("error: ") if lines else f"vfl {task} failed")
+        return
+    cmd = {"train": ["run"] + (["--resume"] if resume else []), "predict": ["predict"], "psi": ["psi"]}[task]
+    cmd = [sys.executable, "-m", "parties.cli", *cmd, str(path)]
+    if verbose:                          # the children's output passed on as it comes, and kept for errors
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            output = []
+            for line in proc.stdout:
+                sys.stderr.write(line)
+                output.append(line)
+        returncode, err = proc.returncode, "".join(output)
     else:
-        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        returncode, err = done.returncode, done.stderr
+    if returncode != 0:
+        lines = [line for line in err.splitlines() if line.startswith("error: ")] or err.strip().splitlines()[-1:]
+        raise JobFailed(lines[-1].removeprefix("error: ") if lines else f"vfl {task} failed")
+
+
+@contextmanager
+def _progress(verbose: bool) -> Iterator[None]:
+    """With ``verbose``, the ``"vfl"`` loggers' INFO lines on stderr until the block ends (then the
+    handler is removed and the logger's level restored)."""
+    if not verbose:
+        yield
+        return
+    logger = logging.getLogger("vfl")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(PROGRESS_FORMAT, datefmt="%H:%M:%S"))
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _load_part(config: JobConfig, name: str) -> Part:
+    """Party ``name``'s saved model part, read as the job's model family reads it (``vfl predict``)."""
+    path = config.output_dir(name) / "model.json"
+    if config.model.type != "secureboost":
+        return load_part(path, name)
+    from .job.secureboost import tree_params
+    from .models.trees import SecureBoostGuest, SecureBoostHost
+    if not path.is_file():
+        raise ModelFileError(f"no trained model part at {path}: train the job first (`vfl run`)")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if name == config.guest.name:
+            return SecureBoostGuest.from_dict(d, tree_params(config.model))
+        return SecureBoostHost.from_dict(d, tree_params(config.model), config.guest.name)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a usable SecureBoost model part: {exc}") from None
+
+
+def _kind(value: Any) -> str:
+    """``value``'s type as a user knows it: ``int``, ``list``, ``numpy.ndarray``, ``pandas.Series``."""
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__.split('.')[0]}.{t.__qualname__}"
+
+
+def _check_data(value: Any, what: str) -> None:
+    """Refuse data that is neither a path nor a DataFrame (``what`` names the argument)."""
+    if value is not None and not isinstance(value, (str, os.PathLike, pd.DataFrame)):
+        raise ConfigError(f"{what} must be a path (str or Path) or a pandas DataFrame, got {_kind(value)}")
+
+
+def _check_runner(runner: Any) -> None:
+    if runner not in RUNNERS:
+        raise ConfigError(f"runner must be one of {', '.join(map(repr, RUNNERS))}, got {runner!r}")
 
 
 def _planned(workdir: Path, p: Party, data: Data | None, kind: str) -> str | None:

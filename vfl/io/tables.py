@@ -208,6 +208,7 @@ def is_parquet(path: Path) -> bool:
 def read_ids(path: Path, id_column: str, encoding: str = "utf-8") -> np.ndarray:
     """Only the ID column: all that PSI needs."""
     frame = _read(path, id_column, usecols=[id_column], encoding=encoding)
+    _check_rows(frame, path)
     return _ids(frame[id_column], path)
 
 
@@ -225,6 +226,8 @@ def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18,
             ids = batch[id_column]
             yield _ids(pd.Series(ids, name=id_column, dtype=object), path, start, unique=False)
             start += len(ids)
+        if start == 0:
+            raise DataError(f"{path}: no data rows")
         return
     try:
         reader = pd.read_csv(path, usecols=[id_column], dtype={id_column: str}, keep_default_na=False,
@@ -234,6 +237,8 @@ def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18,
             start += len(frame)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise _not_readable(path, exc, encoding) from None
+    if start == 0:
+        raise DataError(f"{path}: no data rows")
 
 
 def load_table(path: Path, id_column: str, label_column: str | None = None,
@@ -249,6 +254,7 @@ def load_table(path: Path, id_column: str, label_column: str | None = None,
     categorical_columns = [str(c) for c in categorical_columns]
     frame = _read(path, id_column, text_columns=categorical_columns, label_column=label_column,
                   encoding=encoding)
+    _check_rows(frame, path)
     frame = frame.drop(columns=[c for c in drop_columns if c in frame.columns and c != id_column])
     return table_from_frame(frame, path, id_column, label_column, categorical_columns, allow_missing)
 
@@ -287,9 +293,16 @@ def table_from_frame(frame: pd.DataFrame, source, id_column: str, label_column: 
     return PartyTable(ids, X, [str(c) for c in feats.columns], labels, categorical, categorical_columns)
 
 
+def _check_rows(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse a file with a header but no rows (before any column check, which would mislead)."""
+    if len(frame) == 0:
+        raise DataError(f"{path}: no data rows")
+
+
 def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
     """The header of a CSV (the schema of a Parquet file), with the same clear errors
-    as :func:`load_table`."""
+    as :func:`load_table`. A column named twice is refused (pandas would rename the second
+    ``x.1``)."""
     encoding = _encoding(encoding)
     if not Path(path).is_file():
         raise DataError(f"data file {path} not found")
@@ -297,7 +310,14 @@ def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
         return _parquet_columns(path)
     _check_not_utf8(path, encoding)
     try:
-        return [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding).columns]
+        columns = [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding).columns]
+        # the header as written: read as a data row, so that pandas does not rename repeated names
+        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding)
+        names = [str(c) for c in raw.iloc[0]] if len(raw) else []
+        dup = [c for c in dict.fromkeys(names) if c and names.count(c) > 1]
+        if dup:
+            raise DataError(f"{path}: duplicate column names {', '.join(map(repr, dup))}")
+        return columns
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise _not_readable(path, exc, encoding) from None
     except OSError as exc:
