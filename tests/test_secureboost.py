@@ -513,6 +513,19 @@ def test_category_codes_give_a_bin_only_to_values_with_min_rows_per_release_rows
         TreeParams(key_bits=512, allow_short_keys=True, min_rows_per_release=0)
 
 
+def _fit_categorical(params, xg, xh, y, table, record=False):
+    """A guest with two numeric columns and one host with columns ``x`` and the categorical ``c``
+    (value table ``table``), trained as threads; returns both and the network (its transcript)."""
+    net = LocalNetwork(["guest", "host0"], timeout=120, record=record)
+    guest = SecureBoostGuest(params, hosts=["host0"], columns=["g0", "g1"])
+    host = SecureBoostHost(params, guest="guest", columns=["x", "c"], categories=table)
+    th = threading.Thread(target=lambda: host.fit(net.channel("host0"), xh))
+    th.start()
+    guest.fit(net.channel("guest"), xg, y)
+    th.join()
+    return guest, host, net
+
+
 def _one_row_categories(seed: int, n_big: int = 600, k_big: int = 8, k_one: int = 20):
     """A host categorical column: ``k_big`` large categories whose event rate rises with the code,
     then ``k_one`` categories of one row each, every one labelled 1; the guest's columns are noise."""
@@ -541,13 +554,7 @@ def test_a_host_cannot_read_one_row_categories_labels_from_its_categorical_split
     for seed in range(3):
         xg, xh, y, ones = _one_row_categories(seed)
         table = [CategoryCodes("c", tuple(f"v{k}" for k in range(8 + len(ones))))]      # a bin per value
-        net = LocalNetwork(["guest", "host0"], timeout=120, record=True)
-        guest = SecureBoostGuest(params, hosts=["host0"], columns=["g0", "g1"])
-        host = SecureBoostHost(params, guest="guest", columns=["x", "c"], categories=table)
-        th = threading.Thread(target=lambda: host.fit(net.channel("host0"), xh))
-        th.start()
-        guest.fit(net.channel("guest"), xg, y)
-        th.join()
+        guest, host, net = _fit_categorical(params, xg, xh, y, table, record=True)
         (told,) = [r.payload["splits"] for r in net.transcript if r.receiver == "host0" and r.step.endswith("/splits")]
         (split,) = told
         assert split[0] == 1                                      # the root splits on the categorical column
@@ -623,13 +630,7 @@ def test_a_hosts_sparse_categories_in_a_node_go_by_the_coin(monkeypatch):
     floor = params.min_rows_per_release
     for coin in (True, False):
         side["left"] = coin
-        net = LocalNetwork(["guest", "host0"], timeout=120)
-        guest = SecureBoostGuest(params, hosts=["host0"], columns=["g0", "g1"])
-        host = SecureBoostHost(params, guest="guest", columns=["x", "c"], categories=table)
-        th = threading.Thread(target=lambda: host.fit(net.channel("host0"), xh))
-        th.start()
-        guest.fit(net.channel("guest"), xg, y)
-        th.join()
+        guest, host, _ = _fit_categorical(params, xg, xh, y, table)
         sides = {(0, s): r.left(xg[:, guest.columns.index(r.column)]) for s, r in enumerate(guest.rules_)}
         sides.update({(1, s): r.left(xh[:, host.columns.index(r.column)]) for s, r in enumerate(host.rules_)})
         checked = 0
