@@ -605,7 +605,7 @@ def test_with_api_keys_only_listed_clients_score_and_the_audit_log_names_them(tm
     from vfl.job.config import ConfigError
     secret = "s3cret-" + "x" * 40
     (tmp_path / "clients.txt").write_text(f"# the bank's systems\nteller:{secret}\nrisk-engine:{'y' * 32}\n")
-    cfg, scores, *_ = trained(tmp_path, n_hosts=1, serving={"api_keys": "clients.txt"})
+    cfg, scores, *_ = trained(tmp_path, n_hosts=1, serving={"api_keys": "clients.txt", "ids_per_minute": 3})
     running = start_services(cfg)
     url = "http://" + cfg.guest.serve_address
     try:
@@ -619,9 +619,15 @@ def test_with_api_keys_only_listed_clients_score_and_the_audit_log_names_them(tm
         assert httpx.get(url + "/model", timeout=5).status_code == 401
         r = httpx.post(url + "/score", json={"id": i}, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
         assert r.status_code == 200 and abs(r.json()["probability"] - scores["score"].iloc[0]) <= 1e-12
+        # ids_per_minute = 3: one scored, three more in a minute are too many; no host is asked for them
+        r = httpx.post(url + "/score/batch", json={"ids": scores["id"].iloc[1:4].tolist()},
+                       headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+        assert r.status_code == 429 and "ids_per_minute" in r.json()["detail"]
         lines = _audit_lines(cfg, "guest", t0)
-        assert [x["outcome"] for x in lines] == ["error 401"] * 4 + ["answered"]
-        assert lines[-1]["peer"].endswith("/teller") and not any("teller" in x["peer"] for x in lines[:-1])
+        assert [x["outcome"] for x in lines] == ["error 401"] * 4 + ["answered", "error 429"]
+        assert lines[-2]["peer"].endswith("/teller") and not any("teller" in x["peer"] for x in lines[:-2])
+        host = _audit_lines(cfg, "host0", t0)
+        assert [(x["outcome"], len(x["ids"])) for x in host] == [("answered", 1)]     # the 429 batch never got there
         assert not any(secret in json.dumps(x) for x in lines)
     finally:
         for r in running:
@@ -630,3 +636,15 @@ def test_with_api_keys_only_listed_clients_score_and_the_audit_log_names_them(tm
         (tmp_path / "bad.txt").write_text(bad)
         with pytest.raises(ConfigError):
             load_api_keys(tmp_path / "bad.txt")
+
+
+def test_the_id_quota_counts_ids_per_client_over_a_sliding_minute():
+    from parties.serve_http import IdQuota
+    now = [0.0]
+    q = IdQuota(5, clock=lambda: now[0])
+    assert q.take("a", 3) and q.take("a", 2) and not q.take("a", 1) and q.take("b", 5)
+    now[0] = 59.9
+    assert not q.take("a", 1)
+    now[0] = 60.1                                        # the first minute's IDs have left the window
+    assert q.take("a", 5) and not q.take("a", 1)
+    assert IdQuota(0).take("a", 10 ** 6)                 # 0: no limit

@@ -251,6 +251,8 @@ class ServingConfig:
     reasons: int = 4              # reason codes per answer (the guest's own columns, plus partner data)
     api_keys: str = ""            # a file of "client:secret" lines (relative to the job file): then /score,
                                   # /score/batch and /model need "Authorization: Bearer <secret>"
+    ids_per_minute: int = 0       # > 0: each client (API key, else address) may have at most this many
+                                  # IDs scored per minute; more get 429 (each host answers who holds an ID)
 
 
 @dataclass(frozen=True)
@@ -568,8 +570,8 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     serving = _dataclass_from(ServingConfig, _table(raw.get("serving", {}), "serving"), "serving")
     if serving.unknown_id not in ("refuse", "average"):
         raise ConfigError(f"[serving] unknown_id must be 'refuse' or 'average', got {serving.unknown_id!r}")
-    if not (serving.timeout > 0 and serving.max_batch >= 1 and serving.reasons >= 0):
-        raise ConfigError("[serving] timeout must be > 0, max_batch >= 1 and reasons >= 0")
+    if not (serving.timeout > 0 and serving.max_batch >= 1 and serving.reasons >= 0 and serving.ids_per_minute >= 0):
+        raise ConfigError("[serving] timeout must be > 0, max_batch >= 1, reasons >= 0 and ids_per_minute >= 0")
     job_name = str(job.get("name", path.stem))
     if len(job_name.encode()) > MAX_NAME_BYTES:   # links carry "<job>/<task>" in every frame
         raise ConfigError(f"[job] name is {len(job_name.encode())} bytes long; the limit is {MAX_NAME_BYTES}")
