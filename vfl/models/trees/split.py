@@ -182,7 +182,7 @@ def best_split(hists: list[np.ndarray], layouts: list[Layout], total: tuple[int,
                 best = cand
         return best if best is not None and best.gain > 0 else None
     if root and not params.host_root_splits:
-        return search(range(1)) or search(range(len(hists)))
+        return search(range(1)) or search(range(1, len(hists)))    # the guest's, else (none) the hosts'
     return search(range(len(hists)))
 
 
