@@ -137,3 +137,34 @@ def test_an_address_where_no_cluster_answers_fails_at_once():
                                                  rf"ray start --head --port={port}"):
         RayBackend(f"127.0.0.1:{port}")
     assert time.monotonic() - start < 10 and not ray.is_initialized()
+
+
+def test_an_address_where_something_else_listens_fails_at_once():
+    """Ray would retry a port where, say, a web server or another party's TLS listener answers
+    for minutes; the party says at once that it is not a Ray head."""
+    import socket
+    import threading
+    if ray.is_initialized():
+        ray.shutdown()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer_like_a_web_server() -> None:
+        for _ in range(4):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    threading.Thread(target=answer_like_a_web_server, daemon=True).start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(BackendUnavailable, match=rf"something listens at ray_address = '127.0.0.1:{port}' "
+                                                     r"but it is not a Ray head"):
+            RayBackend(f"127.0.0.1:{port}")
+    finally:
+        server.close()
+    assert time.monotonic() - start < 10 and not ray.is_initialized()

@@ -20,8 +20,10 @@ Joining a cluster by address (``"HOST:PORT"`` of its head, the GCS port of
 cluster's nodes (Ray drivers attach to a raylet on their own machine), and
 every node needs this project installed, since shards are functions of
 ``crypto`` imported by name.  Actors are spread over the nodes.  Before
-joining, the address is checked with a plain TCP connect, because Ray retries
-an unreachable address for minutes; and a cluster bound to loopback only
+joining, the address is checked with a TCP connect and an HTTP/2 greeting
+(a Ray head's GCS port is a gRPC server, which answers with its SETTINGS
+frame), because Ray retries an unreachable address, or a port where
+something else listens, for minutes; and a cluster bound to loopback only
 (``ray start --head --node-ip-address=127.0.0.1``) is joined on loopback,
 where Ray would otherwise replace ``127.0.0.1`` by this machine's outward IP.
 
@@ -94,6 +96,27 @@ def _answers(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
         return False
 
 
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])   # + empty SETTINGS
+
+
+def _speaks_grpc(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
+    """Whether ``host:port`` answers an HTTP/2 client preface with a SETTINGS frame, as a gRPC
+    server (a Ray head's GCS port) does at once; a web server, a TLS port or a silent one do not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 4       # frame header: length(3) type(1) ...; type 4 = SETTINGS
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -111,6 +134,10 @@ def _check_head(ray, address: str) -> bool:
         raise BackendUnavailable(f"no Ray cluster answers at ray_address = {address!r} (TCP connect failed "
                                  f"within {CONNECT_TIMEOUT:g} s): start the party's Ray head there (ray start "
                                  f"--head --port={port}) or correct ray_address")
+    if os.environ.get("RAY_USE_TLS", "0").strip().lower() not in ("1", "true") and not _speaks_grpc(host, port):
+        raise BackendUnavailable(f"something listens at ray_address = {address!r} but it is not a Ray head (no "
+                                 f"gRPC answer within {CONNECT_TIMEOUT:g} s): give the head's GCS port, the "
+                                 "--port of `ray start --head`")
     if not _is_loopback(host):
         return False
     outward = ray.util.get_node_ip_address()      # what Ray would put in place of a loopback host
