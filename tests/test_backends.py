@@ -142,3 +142,6 @@ def test_threads_share_one_backend(tmp_path):
         shared_backend(job)
     with shared_backend(parse_job(_with(), tmp_path / "j.toml")) as backend:
         assert backend.name == "local"
+    # one party's cluster would receive every party's secrets: refused before anything starts
+    with pytest.raises(ConfigError, match=r"'10.0.0.5:6379' is one party's cluster, but bank, arbiter named none"):
+        shared_backend(parse_job(_with(hosts__ray_address="10.0.0.5:6379"), tmp_path / "j.toml"))

@@ -20,6 +20,13 @@ def backend_address(job: JobConfig) -> str | None:
     if len(addresses) > 1:
         raise ConfigError(f"the parties name different ray_address values ({', '.join(addresses)}); parties run "
                           "as threads of one process share one backend: run them as processes (no --threads)")
+    if addresses and addresses[0] != "local":     # a cluster: only the parties that chose it may run there
+        others = [p.name for p in job.parties if p.ray_address is None]
+        if others:
+            raise ConfigError(f"ray_address = {addresses[0]!r} is one party's cluster, but {', '.join(others)} "
+                              "named none: parties run as threads of one process share one backend, so their "
+                              "secrets would go there too. Run the parties as processes (no --threads), or "
+                              "name the cluster for every party")
     return addresses[0] if addresses else None
 
 
