@@ -140,6 +140,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_requests(args: argparse.Namespace) -> int:
+    """Print the serving audit lines whose request included an ID: who asked about this person, when,
+    and what they got (a subject-access or incident question), from one party's own log and key."""
+    from parties.serve import audit_path
+    from vfl.serving.audit import find_requests
+    job = load_job(args.job)
+    name = args.name or job.guest.name
+    if name not in {p.name for p in job.parties} - {job.arbiter.name}:
+        raise ConfigError(f"--name {name!r} is not the guest or a host of {args.job}")
+    found = find_requests(audit_path(job, name), job.name, args.id)
+    for line in found:
+        print(json.dumps({k: v for k, v in line.items() if k != "ids"}, sort_keys=True))
+    print(f"{len(found)} request(s) in {audit_path(job, name)} included {args.id!r}", file=sys.stderr)
+    return 0
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from parties.certs import make_certs
     job = load_job(args.job)
@@ -208,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-dir", type=Path,
                    help="take certificates from this folder (as written by `vfl certs`) instead of the job file")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("requests", help="list the online-scoring requests that included an ID, from one "
+                                        "party's serving audit log (its own key matches the hashed IDs)")
+    s.add_argument("job", type=Path)
+    s.add_argument("id", help="the ID to look for, as the clients sent it")
+    s.add_argument("--name", help="whose log (default: the guest)")
+    s.set_defaults(func=cmd_requests)
 
     s = sub.add_parser("certs", help="create a CA and a key/certificate for every party (demos, tests)")
     s.add_argument("job", type=Path)

@@ -7,7 +7,9 @@ when it returns; 200 concurrent clients each get an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -363,6 +365,18 @@ def test_model_identity_and_audit_logs(served):
         hashes[name] = id_hash(key.read_bytes(), cfg.name, target)
         assert hashes[name] in mine[0]["ids"]
     assert len(set(hashes.values())) == 3                    # keyed: each party's own hash of the same ID
+    # the same lines from the command line, the hashed IDs left out
+    from parties.cli import main
+    for name in ("guest", "host0"):
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+            assert main(["requests", str(cfg.path), target, "--name", name]) == 0
+        printed = [json.loads(x) for x in out.getvalue().splitlines()]
+        want = find_requests(cfg.output_dir(name) / "serving" / "audit.jsonl", cfg.name, target)
+        assert printed == [{k: v for k, v in x.items() if k != "ids"} for x in want] and printed, name
+        assert f"{len(want)} request(s)" in err.getvalue()
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+        assert main(["requests", str(cfg.path), "no-such-id"]) == 0
+    assert out.getvalue() == ""
     unkeyed = hashlib.sha256(f"vfl/audit/v1\x00{cfg.name}\x00{target}".encode()).hexdigest()[:32]
     assert unkeyed not in json.dumps(lines)                  # not the old, brute-forceable hash
 
