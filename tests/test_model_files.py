@@ -159,6 +159,15 @@ TOWER_CORRUPTIONS = {
     "params a list": lambda d: d.__setitem__("params", [1.0]),
     "vocabularies a string": lambda d: d.__setitem__("vocabularies", "c"),
     "missing numeric_columns": lambda d: d.pop("numeric_columns"),
+    # vocabularies: each would score rows silently wrong, or fail later without naming the file
+    "vocabulary values a string": lambda d: d["vocabularies"][0].__setitem__("values", "abz"),
+    "vocabulary value a number": lambda d: d["vocabularies"][0].__setitem__("values", ["a", 7, "z"]),
+    "vocabulary value twice": lambda d: d["vocabularies"][0].__setitem__("values", ["a", "a", "z"]),
+    "hash buckets and values": lambda d: d["vocabularies"][0].__setitem__("hash_buckets", 3),
+    "negative hash buckets": lambda d: d["vocabularies"][0].update(values=[], hash_buckets=-3),
+    "cross of an unknown column": lambda d: d["vocabularies"].append(
+        {"column": "c x q", "values": ["a\x1fb"], "hash_buckets": 0, "sources": ["c", "q"]}),
+    "categorical_columns renamed": lambda d: d.__setitem__("categorical_columns", ["k"]),
 }
 
 

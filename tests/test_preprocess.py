@@ -102,6 +102,9 @@ def test_binning_edge_cases_and_round_trip():
     cb = fit_numeric("x", x, "equal_width", 4, 5)
     assert cb.rows.tolist() == [70, 30, 5] and cb.labels() == ["(-inf, 0.25]", "(0.25, inf)", "missing"]
     assert ColumnBins.from_dict(json.loads(json.dumps(cb.to_dict()))).to_dict() == cb.to_dict()
+    for bad in ({"edges": [float("nan")]}, {"rows": [-70, 30, 5]}):      # a NaN edge would bin every value last
+        with pytest.raises(ValueError, match="inconsistent"):
+            ColumnBins.from_dict({**cb.to_dict(), **bad})
     with pytest.raises(ValueError, match="fewer than min_bin_rows"):
         enforce_min_rows(ColumnBins("x", NUMERIC, np.array([3, 4]), [0.0], 0), 50)
     cat = fit_categorical("c", np.array(["a"] * 60 + ["b"] * 3), 50)

@@ -234,6 +234,18 @@ class TowerPart:
         part = cls(role, d["party"], numeric, [Vocabulary.from_dict(v) for v in d["vocabularies"]],
                    Standardizer.from_dict(d["standardizer"], len(numeric)), dim, list(hidden), np.zeros(0),
                    d["intercept"], _names(d.get("dropped", []), "dropped"), _categorical(d), d.get("wide", False))
+        cats = [v.column for v in part.vocabularies if not v.sources]
+        if len(set(v.column for v in part.vocabularies)) != len(part.vocabularies):
+            raise ModelFileError(f"{path}: two vocabularies are named alike")
+        for v in part.vocabularies:
+            if v.sources and not set(v.sources) <= set(cats):
+                raise ModelFileError(f"{path}: cross {v.column!r} joins {list(v.sources)}, not all of them "
+                                     f"categorical columns of the part ({cats})")
+        kept = None if part.categorical_columns is None else \
+            [c for c in part.categorical_columns if c not in part.dropped]
+        if kept is not None and kept != cats:
+            raise ModelFileError(f"{path}: categorical_columns {kept} (IV selection's drops left out) differ "
+                                 f"from the vocabularies' {cats}")
         layout = part.tower.layout
         flat = np.zeros(layout.size)
         if set(d["params"]) != set(layout.slices):

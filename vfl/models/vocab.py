@@ -72,8 +72,21 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocabulary":
-        return cls(str(d["column"]), [str(v) for v in d["values"]], int(d.get("hash_buckets", 0)),
-                   tuple(str(s) for s in d.get("sources", ())))
+        """A vocabulary read from a model file, checked: a value listed twice, a number where text
+        was written, or both values and hash buckets would score rows silently wrong."""
+        column, values = d["column"], d["values"]
+        buckets, sources = d.get("hash_buckets", 0), d.get("sources", [])
+        if not isinstance(column, str) or not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"vocabulary {column!r}: needs a column name and a list of text values"[:200])
+        if len(set(values)) != len(values):
+            raise ValueError(f"vocabulary {column!r} lists a value twice")
+        if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 0 or (buckets and values):
+            raise ValueError(f"vocabulary {column!r}: hash_buckets must be a whole number >= 0, and with "
+                             f"hash buckets no values are listed")
+        if (not isinstance(sources, list) or len(sources) == 1
+                or not all(isinstance(x, str) for x in sources) or len(set(sources)) != len(sources)):
+            raise ValueError(f"vocabulary {column!r}: a cross's sources are two or more distinct column names")
+        return cls(column, list(values), buckets, tuple(sources))
 
 
 def raw_values(categorical: np.ndarray, columns: Sequence[str], sources: Sequence[str]) -> np.ndarray:

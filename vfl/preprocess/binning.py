@@ -133,14 +133,15 @@ class ColumnBins:
         if kind == NUMERIC:
             out = cls(str(d["column"]), kind, rows, [float(e) for e in d["edges"]], int(d["missing_to"]))
             if len(rows) not in (len(out.edges) + 1, len(out.edges) + 2) or not 0 <= out.missing_to < len(rows) \
-                    or np.any(np.diff(out.edges) <= 0):
+                    or not np.all(np.isfinite(out.edges)) or np.any(np.diff(out.edges) <= 0) or np.any(rows < 0):
                 raise ValueError(f"bins of {out.column!r} are inconsistent")
             return out
         if kind != CATEGORICAL:
             raise ValueError(f"unknown bin kind {kind!r}")
         out = cls(str(d["column"]), kind, rows, categories={str(k): int(v) for k, v in d["categories"].items()},
                   other_to=int(d["other_to"]))
-        if not all(0 <= v < len(rows) for v in out.categories.values()) or not 0 <= out.other_to < len(rows):
+        if not all(0 <= v < len(rows) for v in out.categories.values()) or not 0 <= out.other_to < len(rows) \
+                or np.any(rows < 0):
             raise ValueError(f"bins of {out.column!r} are inconsistent")
         return out
 
