@@ -24,20 +24,19 @@ guest's audit log. Anyone who can call the API learns, per ID, whether each host
 or a 404 naming the host): with ``[serving] api_keys`` only the clients listed there may score or
 read ``/model`` (401 otherwise, audited), and the audit log names the client; without it, put the
 API behind the bank's own gateway. ``[serving] ids_per_minute`` caps each client's IDs per minute
-(429 past it, audited, no host asked).
+(429 past it, audited, no host asked), per process or, with ``quota_store``, for every replica.
 """
 # no "from __future__ import annotations": FastAPI reads the endpoints' annotations as the classes defined in make_app
 
 import asyncio
-import collections
 import logging
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Optional, Union
 
 from vfl.io.tables import MAX_ID_LENGTH
 from vfl.job.config import ConfigError, JobConfig
+from vfl.serving.quota import IdQuota, id_quota
 from vfl.serving.api_keys import client_of, load_api_keys
 from vfl.serving.roles import GuestScorer
 from vfl.serving.scorers import guest_scorer
@@ -71,7 +70,7 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
 
     state: dict = {}
     keys = _api_keys(job)
-    quota = IdQuota(job.serving.ids_per_minute)
+    quota = id_quota(job.serving.ids_per_minute, job.serving.quota_store, job.name)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -117,9 +116,18 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
             raise ServeError(401, "a valid API key is needed: Authorization: Bearer <secret> ([serving] api_keys)")
         return f"{peer}/{name}"
 
-    def within_quota(peer: str, ids: list) -> None:
+    async def within_quota(peer: str, ids: list) -> None:
         """With ``ids_per_minute``, a client past its quota gets 429 (audited) before any host is asked."""
-        if not quota.take(peer.rsplit("/", 1)[-1] if keys is not None else peer, len(ids)):
+        client = peer.rsplit("/", 1)[-1] if keys is not None else peer
+        try:
+            granted = quota.take(client, len(ids)) if isinstance(quota, IdQuota) else \
+                await asyncio.to_thread(quota.take, client, len(ids))
+        except Exception as exc:  # noqa: BLE001 - fail closed: no quota, no scoring; the text stays in the log
+            log.error("%s: the quota store failed: %s", job.guest.name, exc)
+            state["service"].audit.record(peer, [i for i in ids if isinstance(i, str)], "error 503",
+                                          message="quota store unavailable")
+            raise ServeError(503, "the guest's quota store is unavailable") from None
+        if not granted:
             state["service"].audit.record(peer, [i for i in ids if isinstance(i, str)], "error 429",
                                           message="over [serving] ids_per_minute")
             raise ServeError(429, f"more than {quota.per_minute} IDs in a minute from this client "
@@ -128,7 +136,7 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     @app.post("/score")
     async def score(body: ScoreRequest, request: Request):
         peer = authorized(request)
-        within_quota(peer, [body.id])
+        await within_quota(peer, [body.id])
         [row] = await state["service"].score([body.id], [body.features] if body.features else None, peer)
         if isinstance(row, RowError):
             return error(row.status, row.message, row.party)
@@ -137,7 +145,7 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     @app.post("/score/batch")
     async def score_batch(body: BatchRequest, request: Request):
         peer = authorized(request)
-        within_quota(peer, body.ids)
+        await within_quota(peer, body.ids)
         rows = await state["service"].score(body.ids, None, peer)
         return {"results": [{"id": i, "error": r.message, "status": r.status, "party": r.party}
                             if isinstance(r, RowError) else r for i, r in zip(body.ids, rows)]}
@@ -160,28 +168,6 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
         return service.scorer.identity({h: service.hellos.get(h, {}).get("model") for h in service.hosts})
 
     return app
-
-
-class IdQuota:
-    """At most ``per_minute`` IDs per client over any sliding minute (0: no limit). Whoever may call
-    the API learns per ID whether each host knows it; a quota bounds how fast one client can sweep
-    IDs. The client is its API key's name when keys are set, else its address (per process)."""
-
-    def __init__(self, per_minute: int, clock=time.monotonic) -> None:
-        self.per_minute, self._clock = int(per_minute), clock
-        self._spent: dict[str, collections.deque] = {}
-
-    def take(self, client: str, n: int) -> bool:
-        if self.per_minute <= 0:
-            return True
-        now, spent = self._clock(), self._spent.setdefault(client, collections.deque())
-        while spent and spent[0][0] <= now - 60.0:
-            spent.popleft()
-        used = sum(k for _, k in spent)
-        if used + n > self.per_minute:
-            return False
-        spent.append((now, n))
-        return True
 
 
 def _api_keys(job: JobConfig) -> dict | None:

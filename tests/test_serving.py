@@ -619,7 +619,8 @@ def test_with_api_keys_only_listed_clients_score_and_the_audit_log_names_them(tm
     from vfl.job.config import ConfigError
     secret = "s3cret-" + "x" * 40
     (tmp_path / "clients.txt").write_text(f"# the bank's systems\nteller:{secret}\nrisk-engine:{'y' * 32}\n")
-    cfg, scores, *_ = trained(tmp_path, n_hosts=1, serving={"api_keys": "clients.txt", "ids_per_minute": 3})
+    cfg, scores, *_ = trained(tmp_path, n_hosts=1, serving={"api_keys": "clients.txt", "ids_per_minute": 3,
+                                                           "quota_store": f"sqlite:///{tmp_path / 'quota.db'}"})
     running = start_services(cfg)
     url = "http://" + cfg.guest.serve_address
     try:
@@ -643,6 +644,7 @@ def test_with_api_keys_only_listed_clients_score_and_the_audit_log_names_them(tm
         host = _audit_lines(cfg, "host0", t0)
         assert [(x["outcome"], len(x["ids"])) for x in host] == [("answered", 1)]     # the 429 batch never got there
         assert not any(secret in json.dumps(x) for x in lines)
+        assert (tmp_path / "quota.db").stat().st_size > 0            # counted in the shared store
     finally:
         for r in running:
             r.stop()
@@ -653,7 +655,7 @@ def test_with_api_keys_only_listed_clients_score_and_the_audit_log_names_them(tm
 
 
 def test_the_id_quota_counts_ids_per_client_over_a_sliding_minute():
-    from parties.serve_http import IdQuota
+    from vfl.serving.quota import IdQuota
     now = [0.0]
     q = IdQuota(5, clock=lambda: now[0])
     assert q.take("a", 3) and q.take("a", 2) and not q.take("a", 1) and q.take("b", 5)
@@ -662,3 +664,40 @@ def test_the_id_quota_counts_ids_per_client_over_a_sliding_minute():
     now[0] = 60.1                                        # the first minute's IDs have left the window
     assert q.take("a", 5) and not q.take("a", 1)
     assert IdQuota(0).take("a", 10 ** 6)                 # 0: no limit
+
+
+def test_replicas_sharing_a_quota_store_grant_the_quota_once(tmp_path):
+    """Two replicas of the guest's service counting in one SQL table: together they grant no more
+    than the quota in any minute (apart, each would grant it in full), also when racing."""
+    from vfl.serving.quota import IdQuota, SqlIdQuota
+    now = [1000.0]
+    url = f"sqlite:///{tmp_path / 'quota.db'}"
+    a, b = (SqlIdQuota(url, 5, "job", clock=lambda: now[0]) for _ in range(2))
+    assert a.take("teller", 3) and not b.take("teller", 3) and b.take("teller", 2) and not a.take("teller", 1)
+    assert b.take("risk", 5) and SqlIdQuota(url, 5, "other-job", clock=lambda: now[0]).take("teller", 5)
+    apart = [IdQuota(5, clock=lambda: now[0]) for _ in range(2)]
+    assert all(q.take("teller", 5) for q in apart)       # what replicas without the store would allow
+    now[0] += 60.5                                       # the minute has passed
+    assert a.take("teller", 5) and not b.take("teller", 1)
+    now[0] += 61
+    granted = []
+
+    def claim(q):
+        for _ in range(10):
+            granted.append(q.take("sweeper", 1))
+    threads = [threading.Thread(target=claim, args=(q,)) for q in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= sum(granted) <= 5 and len(granted) == 40
+    assert not a.take("teller", 6)                       # more than the quota in one request: never
+
+
+@pytest.mark.parametrize("serving", [{"quota_store": "quota.db", "ids_per_minute": 5},
+                                     {"quota_store": "sqlite:///quota.db"}])
+def test_a_quota_store_needs_a_url_and_a_quota(tmp_path, serving):
+    from tests.test_config import _with
+    from vfl.job.config import ConfigError, parse_job
+    with pytest.raises(ConfigError, match=r"\[serving\] quota_store .* SQLAlchemy URL .* ids_per_minute > 0"):
+        parse_job({**_with(), "serving": serving}, tmp_path / "job.toml")

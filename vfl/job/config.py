@@ -253,6 +253,8 @@ class ServingConfig:
                                   # /score/batch and /model need "Authorization: Bearer <secret>"
     ids_per_minute: int = 0       # > 0: each client (API key, else address) may have at most this many
                                   # IDs scored per minute; more get 429 (each host answers who holds an ID)
+    quota_store: str = ""         # an SQLAlchemy URL the service's replicas share the quota in ("": each
+                                  # process counts its own)
 
 
 @dataclass(frozen=True)
@@ -572,6 +574,9 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
         raise ConfigError(f"[serving] unknown_id must be 'refuse' or 'average', got {serving.unknown_id!r}")
     if not (serving.timeout > 0 and serving.max_batch >= 1 and serving.reasons >= 0 and serving.ids_per_minute >= 0):
         raise ConfigError("[serving] timeout must be > 0, max_batch >= 1, reasons >= 0 and ids_per_minute >= 0")
+    if serving.quota_store and ("://" not in serving.quota_store or not serving.ids_per_minute):
+        raise ConfigError(f"[serving] quota_store {serving.quota_store!r} must be an SQLAlchemy URL such as "
+                          "'sqlite:///quota.db' or 'postgresql://user@db/bank', and goes with ids_per_minute > 0")
     job_name = str(job.get("name", path.stem))
     if len(job_name.encode()) > MAX_NAME_BYTES:   # links carry "<job>/<task>" in every frame
         raise ConfigError(f"[job] name is {len(job_name.encode())} bytes long; the limit is {MAX_NAME_BYTES}")
