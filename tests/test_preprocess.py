@@ -51,19 +51,20 @@ def _pooled_bins(values: pd.Series, spec: dict) -> pd.Series:
     return values.astype(str).map(spec["categories"]).fillna(spec["other_to"]).astype(int)
 
 
-def _tables(tmp_path, n=1400, seed=3):
+def _tables(tmp_path, n=1400, seed=3, city: bool = True):
     guest, (host,) = vertical_split(n, 3, [3], overlap=0.92, seed=seed)
     rng = np.random.default_rng(seed)
     guest.loc[rng.random(len(guest)) < 0.1, "g1"] = np.nan          # missing values: a bin of their own
     host.loc[rng.random(len(host)) < 0.02, "h0_2"] = np.nan         # too few missing: merged
-    host["city"] = rng.choice(["a", "b", "c", "d", "rare1", "rare2"], len(host), p=[.3, .3, .2, .16, .02, .02])
+    if city:
+        host["city"] = rng.choice(["a", "b", "c", "d", "rare1", "rare2"], len(host), p=[.3, .3, .2, .16, .02, .02])
     return write_tables(tmp_path, guest, [host])
 
 
-def _job(tmp_path, preprocess: dict, scorecard: dict | None = None, model: dict | None = None):
-    g, hosts = _tables(tmp_path)
+def _job(tmp_path, preprocess: dict, scorecard: dict | None = None, model: dict | None = None, city: bool = True):
+    g, hosts = _tables(tmp_path, city=city)
     path = write_job(tmp_path, g, hosts, model=model or {"epochs": 3, "batch_size": 400}, preprocess=preprocess,
-                     scorecard=scorecard, host_keys={"host0": {"categorical_columns": ["city"]}})
+                     scorecard=scorecard, host_keys={"host0": {"categorical_columns": ["city"] if city else []}})
     return load_job(path)
 
 
@@ -163,6 +164,56 @@ def test_host_event_counts_equal_plaintext_and_small_bins_are_refused():
     with pytest.raises(ValueError, match="refusing to release"):
         host_bin_counts(LocalNetwork(["guest", "h"]).channel("h"), "guest", model, [small],
                         np.zeros((n, 1), dtype=np.int64), MIN_ROWS)
+
+
+def _guest_against(host_says, y, min_rows=MIN_ROWS):
+    """The guest's counting step against a host that answers ``host_says(channel)`` after the keys."""
+    from vfl.job.config import ModelConfig
+    from vfl.preprocess.roles import ENC_LABELS, PUBLIC_KEY
+    model = ModelConfig(key_bits=512, allow_short_keys=True)
+    net = LocalNetwork(["guest", "h"])
+
+    def host():
+        from crypto import PublicKey
+        ch = net.channel("h")
+        pk = PublicKey.from_dict(ch.recv("guest", PUBLIC_KEY), mode=model.encryption)
+        ch.recv("guest", ENC_LABELS)
+        host_says(ch, pk)
+    return run_parties(net, {"guest": lambda: guest_host_counts(net.channel("guest"), model, ["h"], y, min_rows),
+                             "h": host})
+
+
+def test_the_guest_refuses_a_rare_class_and_hostile_bin_counts():
+    from vfl.preprocess.roles import BIN_ROWS, COLUMNS, ENC_EVENTS
+    n = 300
+    y = np.r_[np.ones(100), np.zeros(200)]
+    # a class rarer than min_bin_rows: each host bin's event count would place its few rows
+    few = np.r_[np.ones(MIN_ROWS - 1), np.zeros(n - MIN_ROWS + 1)]
+    with pytest.raises(Exception, match=r"hold 39 events and 261 non-events; binning needs at least"):
+        _guest_against(lambda ch, pk: None, few)
+    # bins of 2^62 "rows" wrap around to n in int64 sums: refused, never summed
+    huge = 2 ** 62
+
+    def overflow(ch, pk):
+        from crypto import EncryptedArray
+        ch.send("guest", COLUMNS, {"bins": [4, 1], "ordered": [4, 0]})
+        ch.send("guest", BIN_ROWS, np.array([huge, huge, huge, huge + n, n], dtype=np.int64))
+        ch.send("guest", ENC_EVENTS, EncryptedArray.encrypt(pk, np.r_[0.0, 0, 0, 100, 100], frac_bits=0))
+    with pytest.raises(Exception, match="more than the 300 training rows"):
+        _guest_against(overflow, y)
+    # a layout of booleans and fractions is malformed, not read as [1, 2]
+    with pytest.raises(Exception, match="malformed woe/columns"):
+        _guest_against(lambda ch, pk: ch.send("guest", COLUMNS, {"bins": [True, 2.9], "ordered": [0, 0]}), y)
+
+
+def test_a_scalar_host_woe_is_a_clear_error():
+    from vfl.preprocess.roles import HOST_WOE, KEEP, host_receive_selection
+    cb = ColumnBins("x", NUMERIC, np.array([150, 150]), [0.0], 0)
+    net = LocalNetwork(["guest", "h"])
+    net.channel("guest").send("h", KEEP, {"keep": [0]})
+    net.channel("guest").send("h", HOST_WOE, {"columns": [{"groups": [0, 1], "woe": 0.5}]})
+    with pytest.raises(ValueError, match=r"HOST_WOE|woe/host_woe for 'x': 1 values for 2 bins"):
+        host_receive_selection(net.channel("h"), "guest", [cb], True)
 
 
 # ---------------------------------------------------------------- whole jobs
@@ -281,8 +332,12 @@ def test_points_are_affine_in_the_log_odds_and_predict_rescores(scorecard_job):
 
 
 def test_selection_only_without_woe_drops_columns_before_training(tmp_path):
-    job = _job(tmp_path, {"woe": False, "iv_top_k_guest": 1, "iv_top_k_host": 1, "min_bin_rows": 40},
-               model={"epochs": 2, "batch_size": 400})
+    settings = {"woe": False, "iv_top_k_guest": 1, "iv_top_k_host": 1, "min_bin_rows": 40}
+    # raw categories would train one-hot LR on exact labels, which needs label-DP: refused
+    (tmp_path / "with-city").mkdir()
+    with pytest.raises(ConfigError, match="woe = false keeps categorical columns raw"):
+        _job(tmp_path / "with-city", settings, model={"epochs": 2, "batch_size": 400})
+    job = _job(tmp_path, settings, model={"epochs": 2, "batch_size": 400}, city=False)
     # missing values need woe = true (they get a bin); without it they are refused as today
     with pytest.raises(Exception, match="missing values"):
         run_local(job)
@@ -316,6 +371,7 @@ def _job_file_with(tmp_path, model: dict | None = None, **tables) -> Path:
     ({"preprocess": {"binning": "kmeans"}}, "binning must be"),
     ({"preprocess": {"bins": 1}}, "bins must be between"),
     ({"preprocess": {"min_bin_rows": 0}}, "min_bin_rows must be"),
+    ({"preprocess": {"min_bin_rows": 20}}, r"min_bin_rows must be >= \[model\] min_rows_per_release \(32\)"),
     ({"preprocess": {"iv_threshold": -0.1}}, "iv_threshold must be"),
     ({"preprocess": {"iv_top_k_host": -1}}, "iv_top_k_guest and iv_top_k_host"),
     ({"preprocess": {"woe": "yes"}}, "woe must be bool"),

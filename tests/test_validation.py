@@ -96,3 +96,16 @@ def test_the_recalibrated_brier_score_moves_at_most_one_over_n_per_label():
         assert abs(recalibrated_brier(z, flipped) - base) <= 1 / 300 + 1e-12
     assert recalibrated_brier(2 * z + 1.0, y) <= base + 1e-3     # a miscalibrated copy scores about the same
     assert recalibrated_brier(-z, y) > base + 0.01                # a worse ranking scores worse
+
+
+def test_a_validation_slice_below_min_rows_per_release_is_refused():
+    """Every {best, stop} decision hosts are told aggregates the slice's labels: a one-row slice
+    would tell them that row's label (exactly, without label-DP)."""
+    from vfl.models.validation import validation_rows
+    ids = np.array([f"id{i:05d}" for i in range(2000)], dtype=object)
+    test = np.zeros(len(ids), dtype=bool)
+    model = ModelConfig(type="embedding", early_stopping="on", validation_fraction=0.002, label_dp="off")
+    with pytest.raises(ValueError, match=r"at least min_rows_per_release = 32 validation rows.* selects \d\b"):
+        validation_rows(ids, test, model, 7)
+    ok = validation_rows(ids, test, replace(model, validation_fraction=0.05), 7)
+    assert 32 <= ok.sum() == validation_mask(ids, 7, 0.05).sum()

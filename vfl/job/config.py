@@ -566,7 +566,7 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     preprocess = None
     if "preprocess" in raw:
         preprocess = _dataclass_from(PreprocessConfig, _table(raw["preprocess"], "preprocess"), "preprocess")
-        _check_preprocess(preprocess, model)
+        _check_preprocess(preprocess, model, any(p.categorical_columns for p in (guest, *hosts)))
     tls = _table(raw.get("tls", {}), "tls")
     _check_keys(tls, {"ca"}, "tls")
     serving = _dataclass_from(ServingConfig, _table(raw.get("serving", {}), "serving"), "serving")
@@ -602,13 +602,15 @@ def _scorecard(table: dict) -> ScorecardConfig:
     return sc
 
 
-def _check_preprocess(p: PreprocessConfig, model: ModelConfig) -> None:
+def _check_preprocess(p: PreprocessConfig, model: ModelConfig, has_categorical: bool) -> None:
     if p.binning not in BINNING_METHODS:
         raise ConfigError(f"[preprocess] binning must be 'quantile' or 'equal_width', got {p.binning!r}")
     if not 2 <= p.bins <= 1000:
         raise ConfigError(f"[preprocess] bins must be between 2 and 1000, got {p.bins}")
-    if p.min_bin_rows < 1:
-        raise ConfigError(f"[preprocess] min_bin_rows must be >= 1, got {p.min_bin_rows}")
+    if p.min_bin_rows < max(1, model.min_rows_per_release):
+        raise ConfigError(f"[preprocess] min_bin_rows must be >= [model] min_rows_per_release "
+                          f"({model.min_rows_per_release}): a bin's WOE tells a host its rows' event count, "
+                          f"got {p.min_bin_rows}")
     if not p.iv_threshold >= 0 or p.iv_threshold == float("inf"):
         raise ConfigError(f"[preprocess] iv_threshold must be a finite number >= 0, got {p.iv_threshold}")
     if p.iv_top_k_guest < 0 or p.iv_top_k_host < 0:
@@ -616,6 +618,11 @@ def _check_preprocess(p: PreprocessConfig, model: ModelConfig) -> None:
     if model.type != "logistic":
         raise ConfigError(f"[preprocess] works with [model] type = 'logistic' (a scorecard is a binned logistic "
                           f"regression), not {model.type!r}")
+    if not p.woe and has_categorical:
+        raise ConfigError("[preprocess] woe = false keeps categorical columns raw, so training is one-hot "
+                          "logistic regression, whose per-category sums need label-DP ('auto' turns it on "
+                          "without [preprocess]), and [preprocess] can not hold with label-DP: use woe = true "
+                          "(categories binned, then WOE), or drop [preprocess]")
     if model.label_dp_on:
         raise ConfigError("[preprocess] sends each host its bins' exact event rates (WOE) and which of its "
                           "columns pass the IV selection: label statistics outside label-DP's noised channel, "

@@ -52,10 +52,12 @@ def validation_rows(ids: np.ndarray, test: np.ndarray, model, seed: int) -> np.n
     if not model.early_stopping_on:
         return np.zeros(len(ids), dtype=bool)
     valid = validation_mask(ids, seed, model.validation_fraction) & ~test
-    if not valid.any():
-        raise ValueError(f"early stopping needs validation rows, but {model.validation_fraction:.0%} of the "
-                         f"{int((~test).sum())} training rows selects none: raise [model] validation_fraction "
-                         "or set early_stopping = \"off\"")
+    if valid.sum() < max(model.min_rows_per_release, 1):
+        # every decision hosts are told ({best, stop}) is an aggregate of these rows' labels
+        raise ValueError(f"early stopping needs at least min_rows_per_release = {model.min_rows_per_release} "
+                         f"validation rows, but {model.validation_fraction:.0%} of the {int((~test).sum())} "
+                         f"training rows selects {int(valid.sum())}: raise [model] validation_fraction or set "
+                         "early_stopping = \"off\"")
     return valid
 
 

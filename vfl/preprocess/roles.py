@@ -79,6 +79,11 @@ def guest_host_counts(channel: Channel, model: ModelConfig, hosts: list[str], y_
     rows and counts that do not add up."""
     y = np.asarray(y_train, dtype=np.float64)
     n, n_events = len(y), int(y.sum())
+    if min(n_events, n - n_events) < min_bin_rows:
+        # a host bin's event count is a histogram of the rarer class alone: with a handful of
+        # events it places each of them in the host's bins
+        raise ValueError(f"the training rows hold {n_events} events and {n - n_events} non-events; binning "
+                         f"needs at least min_bin_rows = {min_bin_rows} of each")
     pk, sk = generate_keypair(model.key_bits, mode=model.encryption)
     # the randomness made with our own factorisation (CRT): 1.4-1.5x cheaper than with the public key
     enc_y = EncryptedArray.encrypt(pk, y, frac_bits=0, zeros=EncryptedArray(pk, sk.zeros(len(y)), 0))
@@ -94,6 +99,8 @@ def guest_host_counts(channel: Channel, model: ModelConfig, hosts: list[str], y_
         if not isinstance(rows, np.ndarray) or rows.shape != (total,) or rows.dtype.kind not in "iu":
             raise ValueError(f"{h}: bin row counts must be {total} integers")
         rows = rows.astype(np.int64)
+        if total and rows.max() > n:           # also keeps the sums below from wrapping around
+            raise ValueError(f"{h} released a bin of {int(rows.max())} rows, more than the {n} training rows")
         if total and rows.min() < min_bin_rows:
             raise ValueError(f"{h} released a bin of {int(rows.min())} rows, below min_bin_rows = {min_bin_rows}")
         enc = channel.recv(h, ENC_EVENTS)
@@ -106,7 +113,7 @@ def guest_host_counts(channel: Channel, model: ModelConfig, hosts: list[str], y_
         cols, start = [], 0
         for k, o in zip(bins, ordered):
             r, e = rows[start:start + k], events[start:start + k]
-            if int(r.sum()) != n or int(e.sum()) != n_events:
+            if sum(map(int, r)) != n or sum(map(int, e)) != n_events:
                 raise ValueError(f"{h}: a column's bins hold {int(r.sum())} rows and {int(e.sum())} events, "
                                  f"not the {n} training rows and {n_events} events")
             cols.append((r, e, o))
@@ -116,12 +123,13 @@ def guest_host_counts(channel: Channel, model: ModelConfig, hosts: list[str], y_
 
 
 def _layout(layout, host: str) -> tuple[list[int], list[int]]:
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
     try:
-        bins = [int(b) for b in layout["bins"]]
-        ordered = [int(o) for o in layout["ordered"]]
-        ok = isinstance(layout["bins"], list) and len(bins) == len(ordered) \
-            and all(b >= 1 and 0 <= o <= b for b, o in zip(bins, ordered))
-    except (KeyError, TypeError, ValueError):
+        bins, ordered = layout["bins"], layout["ordered"]
+        ok = isinstance(bins, list) and isinstance(ordered, list) and len(bins) == len(ordered) \
+            and all(whole(b) and whole(o) and b >= 1 and 0 <= o <= b for b, o in zip(bins, ordered))
+    except (KeyError, TypeError):
         ok = False
     if not ok:
         raise ValueError(f"{host}: malformed {COLUMNS} message")
@@ -191,7 +199,7 @@ def host_receive_selection(channel: Channel, guest: str, bins: list[ColumnBins],
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"the guest's {HOST_WOE} for {cb.column!r} is malformed: {exc}") from None
         if woe.shape != (int(groups[-1]) + 1,) or not np.all(np.isfinite(woe)):
-            raise ValueError(f"the guest's {HOST_WOE} for {cb.column!r}: {woe.shape[0]} values for "
+            raise ValueError(f"the guest's {HOST_WOE} for {cb.column!r}: {woe.size} values for "
                              f"{int(groups[-1]) + 1} bins")
         final.append(apply_groups(cb, groups))
         woes.append(woe)

@@ -1,7 +1,7 @@
 """One party's preprocessing stage of a job (``[preprocess]``): bin, count, select, encode.
 
-Runs after PSI, on the aligned training rows only (test rows never shape bins
-or WOE). The guest bins its own columns and counts their events itself, gets
+Runs after PSI, on the aligned training rows only: neither test nor validation
+rows shape bins, WOE or the selection (both parties find them from public settings). The guest bins its own columns and counts their events itself, gets
 the hosts' per-bin event counts through :mod:`vfl.preprocess.roles`, computes
 every column's WOE and IV, selects columns, and tells each host its keep-list
 (and its kept bins' WOE). A host bins its own columns and learns only what the
@@ -52,9 +52,19 @@ def _keep_table(data: PartyTable, kept: list[str]) -> tuple[PartyTable, list[str
     return data.without(dropped), dropped
 
 
+def _train_rows(job: JobConfig, data: PartyTable, test: np.ndarray) -> np.ndarray:
+    """The rows training fits on: neither test rows nor the validation slice early stopping judges by."""
+    from ..models.validation import validation_rows
+    return ~test & ~validation_rows(data.ids, test, job.model, job.seed)
+
+
 def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.ndarray) -> Prepared:
     """The guest's stage: own columns locally, hosts' columns through the protocol."""
-    p, train = job.preprocess, ~test
+    p, train = job.preprocess, _train_rows(job, data, test)
+    if p.woe and job.hosts:
+        log.warning("%s: [preprocess] woe = true tells each host its bins' exact event counts (through their "
+                    "WOE); a host that chooses columns whose bins differ by one row learns that row's label "
+                    "(docs/protocols.md, section 1a)", job.guest.name)
     y = data.labels[train]
     n, n_events = int(train.sum()), int(y.sum())
     bins, idx = _fit(job, data, train, str(job.guest.data))
@@ -81,7 +91,7 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.n
 
 def host_prepare(job: JobConfig, name: str, channel: Channel, data: PartyTable, test: np.ndarray) -> Prepared:
     """A host's stage: bin its own columns, sum the encrypted labels per bin, apply the keep-list."""
-    p, train = job.preprocess, ~test
+    p, train = job.preprocess, _train_rows(job, data, test)
     bins, idx = _fit(job, data, train, str(job.party(name).data))
     host_bin_counts(channel, job.guest.name, job.model, bins, idx, p.min_bin_rows)
     keep, final, woes = host_receive_selection(channel, job.guest.name, bins, p.woe)
