@@ -11,15 +11,16 @@ Layout (all integers unsigned big-endian; see docs/protocols.md)::
 
     u64  length of everything after this field (the frame body)
     4    magic  b"VFLF"
-    u8   format version (1)
+    u8   format version (2: the hello carries the job fingerprint)
     u8   kind   (1 data, 2 bye, 3 hello)
     u64  sequence number on this link and direction (hello = 0)
     u16  job name length,      job name (UTF-8)
     u16  sender length,        sender party name (UTF-8)
     u16  receiver length,      receiver party name (UTF-8)
     u16  step length,          step name (UTF-8; empty unless kind = data)
-    u64  payload length,       payload bytes (vfl.protocol.messages encoding, or the
-                               UTF-8 reason of a bye)
+    u64  payload length,       payload bytes (vfl.protocol.messages encoding, the
+                               UTF-8 reason of a bye, or the ASCII job fingerprint
+                               of a hello, see vfl.job.fingerprint)
 
 The body must end exactly where the payload ends.
 """
@@ -32,19 +33,20 @@ from enum import IntEnum
 from vfl.protocol.channel import ProtocolError
 
 MAGIC = b"VFLF"
-VERSION = 1
+VERSION = 2                # 2: a hello may carry the job fingerprint (1 had empty hellos)
 LENGTH_BYTES = 8
 MAX_FRAME_BYTES = 1 << 30  # 1 GiB: larger frames are refused before allocating
 MAX_NAME_BYTES = 255       # job, sender and receiver names
 MAX_STEP_BYTES = 1024
 MAX_BYE_REASON_BYTES = 4096
+MAX_HELLO_PAYLOAD_BYTES = 1024  # the job fingerprint (vfl.job.fingerprint) fits with room to spare
 
 _LEN = struct.Struct(">Q")
 _FIXED = struct.Struct(">4sBBQ")  # magic, version, kind, seq
 _U16 = struct.Struct(">H")
 MIN_BODY_BYTES = _FIXED.size + 4 * _U16.size + _LEN.size
-MAX_HELLO_BYTES = MIN_BODY_BYTES + 3 * MAX_NAME_BYTES  # 795: a hello carries names only, so the
-# first frame from a not-yet-trusted link is read with this limit, not MAX_FRAME_BYTES
+MAX_HELLO_BYTES = MIN_BODY_BYTES + 3 * MAX_NAME_BYTES + MAX_HELLO_PAYLOAD_BYTES  # 1819: names and a
+# fingerprint only, so the first frame from a not-yet-trusted link is read with this limit, not MAX_FRAME_BYTES
 
 
 class FrameError(ProtocolError):
@@ -54,7 +56,7 @@ class FrameError(ProtocolError):
 class Kind(IntEnum):
     DATA = 1   # one protocol message: step name + payload
     BYE = 2    # the sender closes the link on purpose; payload = reason (UTF-8, may be empty)
-    HELLO = 3  # first frame each way: proves both ends agree on job and names
+    HELLO = 3  # first frame each way: proves both ends agree on job, names and job fingerprint
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Frame:
     receiver: str
     step: str
     seq: int
-    payload: bytes = b""
+    payload: bytes | memoryview = b""   # decoded frames: a view into the received body (no copy)
 
 
 def _text(value: str, what: str, limit: int, allow_empty: bool = False) -> bytes:
@@ -167,23 +169,26 @@ def decode_frame(body: bytes | bytearray | memoryview) -> Frame:
         what = "truncated" if plen > len(view) - pos else "over-long"
         raise FrameError(f"{what} frame: payload length says {plen} bytes, "
                          f"{len(view) - pos} bytes follow")
-    payload = bytes(view[pos:])
+    payload = view[pos:]  # a view, not a copy: a payload may be most of a 1 GiB frame
     _check_kind_fields(kind, step, payload, FrameError)
     return Frame(kind, job, sender, receiver, step, seq, payload)
 
 
-def _check_kind_fields(kind: Kind, step: str, payload: bytes, err: type[Exception]) -> None:
+def _check_kind_fields(kind: Kind, step: str, payload: bytes | memoryview, err: type[Exception]) -> None:
     if kind == Kind.DATA and not step:
         raise err("data frame without a step name")
     if kind != Kind.DATA and step:
         raise err(f"{Kind(kind).name.lower()} frame must not carry a step name (got {step!r})")
-    if kind == Kind.HELLO and payload:
-        raise err("hello frame must not carry a payload")
+    if kind == Kind.HELLO:
+        if len(payload) > MAX_HELLO_PAYLOAD_BYTES:
+            raise err(f"hello payload of {len(payload)} bytes exceeds {MAX_HELLO_PAYLOAD_BYTES}")
+        if any(c < 32 or c > 126 for c in bytes(payload).replace(b"\n", b" ")):
+            raise err("hello payload (the job fingerprint) is not printable ASCII lines")
     if kind == Kind.BYE:
         if len(payload) > MAX_BYE_REASON_BYTES:
             raise err(f"bye reason of {len(payload)} bytes exceeds {MAX_BYE_REASON_BYTES}")
         try:
-            payload.decode("utf-8")
+            bytes(payload).decode("utf-8")
         except UnicodeDecodeError:
             raise err("bye reason is not valid UTF-8") from None
 
@@ -206,10 +211,12 @@ class LinkEncoder:
         self.next_seq += 1
         return data
 
-    def hello(self) -> bytes:
+    def hello(self, fingerprint: bytes = b"") -> bytes:
+        """The first frame; ``fingerprint`` (the job's, :mod:`vfl.job.fingerprint`) lets the peer
+        refuse a link between parties whose job files differ."""
         if self.next_seq != 0:
             raise FrameError("hello must be the first frame on a link")
-        return self._frame(Kind.HELLO, "", b"")
+        return self._frame(Kind.HELLO, "", fingerprint)
 
     def data(self, step: str, payload: bytes) -> bytes:
         return self._frame(Kind.DATA, step, payload)

@@ -25,13 +25,26 @@ Why it looks like this:
   :class:`~vfl.protocol.channel.PeerLost` naming the peer.
 * **One reader thread per link** drains the socket into a per-peer inbox, so a
   peer's sends do not wait for our computation and ``recv`` is a queue wait.
-  The inbox is bounded (``inbox_messages``, ``inbox_bytes``): when it is full
-  the reader stops reading, TCP flow control stalls the peer's sends, and
-  nothing is dropped. Frame bodies are read in chunks as their bytes arrive,
-  so a declared length costs memory only once the bytes are really there.
+  The inbox is bounded (``inbox_messages``, ``inbox_bytes``): a frame's body
+  is read only once its declared length fits into the inbox (or the inbox is
+  empty), otherwise the reader waits, TCP flow control stalls the peer's sends,
+  and nothing is dropped. So a link holds at most
+  ``max(inbox_bytes, max_frame_bytes)`` of received frames. Bodies are read in
+  chunks as their bytes arrive (a declared length costs memory only once the
+  bytes are really there) and payloads are views into them, never copies.
+* **Deadlines.** ``send`` must get a whole message accepted within
+  ``peer_timeout + size / min_send_rate`` (a peer reading a trickle cannot hold
+  us forever); ``recv`` waits ``peer_timeout`` for each message.
+* **Same job file.** The hello carries the job fingerprint
+  (:mod:`vfl.job.fingerprint`), so parties whose copies of the job file differ
+  in a shared setting are refused at link setup instead of training wrong.
 * **Bounded setup.** At most ``max_handshakes`` accepted connections are in
-  their TLS handshake / hello at once (more wait in the listen backlog), and
-  the hello is read with a limit of ``MAX_HELLO_BYTES``.
+  their TLS handshake / hello at once (more wait in the listen backlog); one
+  that sends nothing within ``_FIRST_BYTE_TIMEOUT`` is dropped, and the hello
+  is read with a limit of ``MAX_HELLO_BYTES``. A dialler whose handshake times
+  out or is reset before the peer's certificate arrived (e.g. the acceptor is
+  busy with stray connections) retries until ``connect_timeout``; only a
+  certificate or identity that is really refused is fatal.
   OpenSSL connections must not be used from two threads at once, so the
   socket is non-blocking and every SSL call happens under a per-link lock;
   waiting for readiness happens outside it.
@@ -47,15 +60,18 @@ import socket
 import ssl
 import threading
 import time
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.job.config import ConfigError, JobConfig
+from vfl.job.fingerprint import differing_tables, hello_fingerprint
 from vfl.protocol.messages import MessageError, Payload, decode_payload, encode_payload
 
 from .frames import (LENGTH_BYTES, MAX_FRAME_BYTES, MAX_HELLO_BYTES, FrameError, Kind, LinkDecoder,
@@ -67,7 +83,9 @@ ROLE_RANK = {"guest": 0, "host": 1, "arbiter": 2}
 _CHUNK = 256 * 1024
 _POLL = 0.2            # how often blocked I/O loops look at the stop flag
 _MAX_BACKOFF = 5.0
-_SETUP_TIMEOUT = 10.0  # handshake + hello on an accepted connection
+_SETUP_TIMEOUT = 10.0  # handshake + hello on one connection (either side)
+_FIRST_BYTE_TIMEOUT = 2.0  # a real dialler sends its ClientHello at once; silent connections go sooner
+MIN_SEND_RATE = 1 << 20  # bytes/s: send() allows peer_timeout + size / this for a whole message
 MAX_HANDSHAKES = 8     # accepted connections being authenticated at once (threads)
 INBOX_MESSAGES = 1024  # per peer, received but not yet taken by recv ...
 INBOX_BYTES = 256 << 20  # ... and their payload bytes (one message is always let in)
@@ -83,6 +101,23 @@ class ListenError(ConnectError):
 
 class AuthError(ProtocolError):
     """A certificate or identity was refused while setting up a link."""
+
+
+class JobMismatchError(ConfigError):
+    """The peer's copy of the job file differs in a setting all parties must share."""
+
+
+_TABLE_NAMES = {"job": "[job] name/seed/test_fraction", "model": "[model]", "preprocess": "[preprocess]",
+                "scorecard": "[scorecard]",
+                "parties": "the parties (names, roles, order, categorical_columns, crosses)"}
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped: a peer's words end up in
+    our logs and error messages, where a ``\\r`` or an escape sequence could forge or hide lines."""
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return "".join(c if c.isprintable() else named.get(c) or
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
 
 
 @dataclass(frozen=True)
@@ -169,6 +204,29 @@ def _wait_io(sock: socket.socket, write: bool, timeout: float) -> None:
         time.sleep(min(timeout, 0.01))
 
 
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has data (or EOF) to read within ``timeout`` seconds."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(timeout * 1000))
+        return bool(select.select([sock], [], [sock], timeout)[0])
+    except (OSError, ValueError):
+        return True  # let the handshake report what is wrong
+
+
+def _handshake_hint(exc: ssl.SSLError) -> str:
+    """Whose certificate a failed handshake is about: an alert means the peer refused ours."""
+    text = str(exc)
+    if "ALERT" in text.upper():
+        return (" (the peer refused our certificate: is it valid and issued by the job CA it trusts? "
+                "see the peer's log)")
+    if "CERTIFICATE" in text.upper() or "CA" in text:
+        return " (is its certificate issued by the job CA?)"
+    return ""
+
+
 class _Stopped(Exception):
     """Internal: this side is tearing the link down."""
 
@@ -184,10 +242,12 @@ class _End:
 class _Inbox:
     """Messages received from one peer and not yet taken by ``recv``: bounded, never lossy.
 
-    ``put`` blocks the reader while the inbox holds ``max_messages`` messages or
-    ``max_bytes`` payload bytes (a message always fits into an empty inbox, so
-    one frame up to ``max_frame_bytes`` still passes); meanwhile the socket is
-    not read and TCP flow control makes the peer's sends wait. End markers
+    The reader calls :meth:`wait_room` with a frame's declared length *before*
+    reading its body, so the bound holds for memory, not just for queued items:
+    it waits while the inbox holds ``max_messages`` messages or the frame would
+    take it over ``max_bytes`` (a frame always fits into an empty inbox, so one
+    up to ``max_frame_bytes`` still passes); meanwhile the socket is not read
+    and TCP flow control makes the peer's sends wait. End markers
     (:class:`_End`) are never blocked.
     """
 
@@ -203,11 +263,21 @@ class _Inbox:
     def _size(item) -> int:
         return 0 if isinstance(item, _End) else len(item[1])
 
+    def _full_locked(self, size: int) -> bool:
+        return bool(self._items) and (len(self._items) >= self.max_messages or self._bytes + size > self.max_bytes)
+
+    def wait_room(self, size: int, stop: threading.Event | None = None) -> None:
+        """Block until a message of ``size`` bytes would fit (see the class docstring)."""
+        with self._cond:
+            while self._full_locked(size):
+                if stop is not None and stop.is_set():
+                    raise _Stopped()
+                self._cond.wait(_POLL)
+
     def put(self, item, stop: threading.Event | None = None) -> None:
         size = self._size(item)
         with self._cond:
-            while (not isinstance(item, _End) and self._items
-                   and (len(self._items) >= self.max_messages or self._bytes + size > self.max_bytes)):
+            while not isinstance(item, _End) and self._full_locked(size):
                 if stop is not None and stop.is_set():
                     raise _Stopped()
                 self._cond.wait(_POLL)
@@ -290,11 +360,18 @@ class _Link:
             buf += data
         return buf
 
-    def write_all(self, data: bytes, stall_timeout: float) -> None:
-        """Write ``data``; fail if no progress at all is possible for ``stall_timeout`` seconds."""
+    def write_all(self, data: bytes, stall_timeout: float, budget: float | None = None) -> None:
+        """Write ``data``; fail if no progress at all is possible for ``stall_timeout`` seconds or,
+        with a ``budget``, if the whole of it is not written within ``budget`` seconds (progress
+        alone must not do: a peer reading a few bytes now and then would hold us forever)."""
         view = memoryview(data)
-        deadline = time.monotonic() + stall_timeout
+        start = time.monotonic()
+        deadline = start + stall_timeout
+        end = None if budget is None else start + budget
         while view:
+            if end is not None and time.monotonic() >= end:
+                raise TimeoutError(f"{self.peer!r} accepted only {len(data) - len(view)} of {len(data)} bytes "
+                                   f"within {budget:.3g} s")
             chunk = view[:_CHUNK]  # same bytes on retry, as OpenSSL requires after WANT_WRITE
             want_read = False
             with self._ssl_lock:
@@ -310,23 +387,29 @@ class _Link:
                 continue
             if self.stop.is_set():
                 raise _Stopped()
-            left = deadline - time.monotonic()
+            left = min(deadline, end if end is not None else deadline) - time.monotonic()
             if left <= 0:
+                if end is not None and time.monotonic() >= end:
+                    continue  # reported at the top of the loop
                 raise TimeoutError(f"{self.peer!r} has not accepted data for {stall_timeout:g} s")
             _wait_io(self.tls, not want_read, min(left, _POLL))
 
-    def read_frame(self, deadline: float | None = None, max_bytes: int | None = None):
+    def read_frame(self, deadline: float | None = None, max_bytes: int | None = None, reserve: bool = False):
+        """The next frame (None at a clean EOF). With ``reserve``, first wait until a message of
+        the declared length fits into the inbox, so the body is never read while it would not."""
         prefix = self.read_exact(LENGTH_BYTES, deadline, eof_ok=True)
         if prefix is None:
             return None
         n = frame_length(bytes(prefix), self.owner.max_frame_bytes if max_bytes is None else max_bytes)
+        if reserve:
+            self.inbox.wait_room(n, self.stop)
         body = self.read_exact(n, deadline)
         frame = self.decoder.decode(body)
         self.bytes_received += LENGTH_BYTES + n
         return frame
 
-    def send_frame(self, data: bytes, stall_timeout: float) -> None:
-        self.write_all(data, stall_timeout)
+    def send_frame(self, data: bytes, stall_timeout: float, budget: float | None = None) -> None:
+        self.write_all(data, stall_timeout, budget)
         self.bytes_sent += len(data)
 
     # -- lifecycle --------------------------------------------------------------
@@ -349,7 +432,7 @@ class _Link:
         me, peer = self.owner.name, self.peer
         try:
             while True:
-                frame = self.read_frame()
+                frame = self.read_frame(reserve=True)
                 if frame is None:
                     if self.stop.is_set():  # our own abort/close shut the socket
                         return
@@ -363,7 +446,7 @@ class _Link:
                 if frame.kind == Kind.DATA:
                     self.inbox.put((frame.step, frame.payload), self.stop)  # blocks while the inbox is full
                 elif frame.kind == Kind.BYE:
-                    reason = frame.payload.decode("utf-8")
+                    reason = _printable(bytes(frame.payload).decode("utf-8"))
                     log.debug("%s: %s said bye%s", me, peer, f" ({reason})" if reason else "")
                     self._finish(PeerLost, f"{me}: {peer!r} closed its channel"
                                            + (f" ({reason})" if reason else ""), fatal=bool(reason), root=False)
@@ -419,7 +502,8 @@ class TlsChannel:
                  connect_timeout: float = 60.0, peer_timeout: float = 300.0,
                  max_frame_bytes: int = MAX_FRAME_BYTES, bind_host: str | None = None,
                  linger: float = 2.0, inbox_messages: int = INBOX_MESSAGES, inbox_bytes: int = INBOX_BYTES,
-                 max_handshakes: int = MAX_HANDSHAKES):
+                 max_handshakes: int = MAX_HANDSHAKES, setup_timeout: float = _SETUP_TIMEOUT,
+                 min_send_rate: float = MIN_SEND_RATE, fingerprint: bytes = b""):
         self.job, self.name, self.address = job, name, address
         self.peers = {p.name: p for p in peers}
         self.parties = set(parties)
@@ -432,6 +516,11 @@ class TlsChannel:
             raise ValueError("inbox_messages, inbox_bytes and max_handshakes must be >= 1")
         self.inbox_messages, self.inbox_bytes = inbox_messages, inbox_bytes
         self.max_handshakes = max_handshakes
+        if setup_timeout <= 0 or min_send_rate <= 0:
+            raise ValueError("setup_timeout and min_send_rate must be > 0")
+        self.setup_timeout = setup_timeout      # TLS handshake + hello, per connection attempt
+        self.min_send_rate = min_send_rate      # bytes/s a peer must at least accept while we send
+        self.fingerprint = bytes(fingerprint)   # of the job file's shared settings, sent in our hello
         self._handshakes = threading.BoundedSemaphore(max_handshakes)
         self._links: dict[str, _Link] = {}
         self._lock = threading.Condition()
@@ -487,6 +576,7 @@ class TlsChannel:
                 raise ConfigError(f"{what} file {path} for party {me!r} not found")
         options.setdefault("connect_timeout", job.network.connect_timeout)
         options.setdefault("peer_timeout", job.network.peer_timeout)
+        options.setdefault("fingerprint", hello_fingerprint(job))
         # A task (e.g. "predict") runs under its own session name, so a party started for
         # another task is refused at hello instead of exchanging mismatched messages.
         task = options.pop("task", None)
@@ -509,10 +599,18 @@ class TlsChannel:
                 frame = link.encoder.data(step, data)
             except FrameError as exc:
                 raise FrameError(f"{self.name}: cannot send {step!r} to {peer!r}: {exc}") from None
+            budget = self.peer_timeout + len(frame) / self.min_send_rate
             try:
-                link.send_frame(frame, self.peer_timeout)
+                link.send_frame(frame, self.peer_timeout, budget)
             except TimeoutError as exc:
-                raise PeerLost(f"{self.name}: sending {step!r} to {peer!r} stalled: {exc}") from None
+                # part of a frame may be out: the stream cannot carry another one, so the link ends
+                message = (f"{self.name}: sending {step!r} to {peer!r} timed out: {exc} (allowed: "
+                           f"peer_timeout {self.peer_timeout:g} s + {len(frame)} bytes at "
+                           f"{self.min_send_rate / (1 << 20):g} MiB/s)")
+                link.stop.set()
+                link._close_socket()
+                link._finish(PeerLost, message)
+                raise PeerLost(message) from None
             except (OSError, _Stopped) as exc:
                 raise PeerLost(f"{self.name}: connection to {peer!r} lost while sending {step!r}: "
                                f"{str(exc) or 'link closed'}") from None
@@ -679,7 +777,8 @@ class TlsChannel:
                 if expected <= set(self._links):
                     return
             # Unauthenticated connections cost a thread each until their handshake and hello
-            # are done (at most _SETUP_TIMEOUT); beyond max_handshakes, later ones wait in the
+            # are done (at most setup_timeout; _FIRST_BYTE_TIMEOUT for one that sends nothing);
+            # beyond max_handshakes, later ones wait in the
             # listen backlog instead of spawning more threads.
             if not self._handshakes.acquire(timeout=_POLL):
                 continue
@@ -717,18 +816,25 @@ class TlsChannel:
             pass
 
     def _accept_one(self, raw: socket.socket, addr: tuple) -> None:
-        setup_deadline = time.monotonic() + min(self.connect_timeout, _SETUP_TIMEOUT)
+        setup = min(self.connect_timeout, self.setup_timeout)
+        setup_deadline = time.monotonic() + setup
+        sock: socket.socket = raw
         try:
             _set_keepalive(raw)
-            raw.settimeout(min(self.connect_timeout, _SETUP_TIMEOUT))
-            tls = self._server_ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            # A real dialler sends its ClientHello right after connecting (it may already wait in
+            # the backlog): a silent connection would only hold one of max_handshakes slots.
+            if not _readable(raw, min(setup, _FIRST_BYTE_TIMEOUT)):
+                log.info("%s: dropped connection from %s: nothing sent within %g s", self.name, _fmt(addr),
+                         min(setup, _FIRST_BYTE_TIMEOUT))
+                raw.close()
+                return
+            raw.settimeout(max(0.05, setup_deadline - time.monotonic()))
+            sock = tls = self._server_ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
             tls.do_handshake()
         except ssl.SSLError as exc:
-            hint = (" (is its certificate issued by the job CA?)"
-                    if "CERTIFICATE" in str(exc).upper() or "CA" in str(exc) else "")
-            return self._refuse(raw, addr, f"TLS handshake failed: {exc}{hint}")
+            return self._refuse(sock, addr, f"TLS handshake failed: {exc}{_handshake_hint(exc)}")
         except OSError as exc:
-            return self._refuse(raw, addr, f"TLS handshake failed: {exc}")
+            return self._refuse(sock, addr, f"TLS handshake failed: {exc}")
         cn = _peer_cn(tls)
         if cn is None:
             return self._refuse(tls, addr, "certificate has no single subject CN")
@@ -752,11 +858,19 @@ class TlsChannel:
                 return self._refuse(tls, addr, f"{cn!r} is already connected")
             self._claimed.add(cn)
         try:
-            link.send_frame(link.encoder.hello(), min(self.connect_timeout, _SETUP_TIMEOUT))
+            # answered even when the job files differ, so the dialler can say so too
+            link.send_frame(link.encoder.hello(self.fingerprint), setup)
         except (OSError, TimeoutError, _Stopped) as exc:
             with self._lock:
                 self._claimed.discard(cn)
             return self._refuse(tls, addr, f"could not answer hello from {cn!r}: {exc}")
+        mismatch = self._job_mismatch(cn, hello.payload)
+        if mismatch is not None:
+            # fatal: the certificate proves this is the party we wait for, and it runs another job file
+            with self._lock:
+                self._claimed.discard(cn)
+                self._errors[cn] = mismatch
+            return self._refuse(tls, addr, str(mismatch))
         with self._lock:
             if self._setup_over.is_set():
                 return self._refuse(tls, addr, f"{cn!r} connected after link setup ended")
@@ -764,6 +878,26 @@ class TlsChannel:
             self._links[cn] = link
             self._lock.notify_all()
         log.debug("%s: link with %s up (accepted from %s)", self.name, cn, _fmt(addr))
+
+    def _job_mismatch(self, peer: str, theirs: bytes | memoryview) -> JobMismatchError | None:
+        """The error for a peer whose hello carries another job fingerprint than ours, else None."""
+        theirs = bytes(theirs)
+        if theirs == self.fingerprint:
+            return None
+        tables = differing_tables(self.fingerprint, theirs)
+        rule = ("every party must run the same job file (only local file paths, certificates, [tls], "
+                "[network], [serving], ray_address and a party's own column names and encoding may differ)")
+        if tables is None:
+            what = ("carries no job fingerprint" if not theirs else "carries a job fingerprint we cannot read"
+                    if self.fingerprint else "carries a job fingerprint, but this channel has none")
+            return JobMismatchError(f"{self.name}: cannot check that {peer!r} runs the same job file: its "
+                                    f"hello {what}; {rule}")
+        short = {who: fp.split(b"\n", 1)[0][7:19].decode() for who, fp in (("ours", self.fingerprint),
+                                                                           ("theirs", theirs))}
+        return JobMismatchError(
+            f"{self.name}: job files differ: {peer!r} runs job {self.job!r} with other "
+            f"{' and '.join(_TABLE_NAMES.get(t, t) for t in tables)} than ours (job fingerprint "
+            f"{short['ours']}... here, {short['theirs']}... there); {rule}")
 
     def _dial_guarded(self, peer: PeerSpec, deadline: float) -> None:
         try:
@@ -781,39 +915,55 @@ class TlsChannel:
         link.close()  # open() already gave up
 
     def _dial(self, peer: PeerSpec, deadline: float) -> _Link:
+        """Connect and authenticate ``peer``, retrying with backoff until ``deadline``.
+
+        Retried: refused or unreachable connections, and a TLS handshake that times out or is
+        reset before the peer's certificate arrived (a busy acceptor, e.g. one whose handshake
+        slots are taken by stray connections). Fatal at once: a certificate that does not
+        verify, a TLS alert, the wrong CN, a refused hello (retrying cannot fix those).
+        """
         where = f"{peer.name!r} at {_fmt(peer.address)}"
         delay, attempt = 0.05, 0
         while True:
             attempt += 1
             if self._stop.is_set():
                 raise ConnectError(f"{self.name}: gave up dialling {where}")
+            sock: socket.socket | None = None
             try:
                 left = max(0.1, deadline - time.monotonic())
-                raw = socket.create_connection(peer.address, timeout=min(left, _SETUP_TIMEOUT))
+                sock = socket.create_connection(peer.address, timeout=min(left, self.setup_timeout))
+                _set_keepalive(sock)
+                sock.settimeout(min(max(0.1, deadline - time.monotonic()), self.setup_timeout))
+                sock = tls = self._client_ctx.wrap_socket(sock, server_side=False, do_handshake_on_connect=False)
+                tls.do_handshake()
                 break
-            except OSError as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ConnectError(f"{self.name}: could not connect to {where} within "
-                                       f"{self.connect_timeout:g} s ({attempt} attempts; last error: "
-                                       f"{exc})") from None
-                wait = min(delay, left)
-                log.log(logging.INFO if attempt >= 4 else logging.DEBUG,
-                        "%s: %s not reachable yet (%s); retry %d in %.2f s",
-                        self.name, where, exc, attempt, wait)
-                self._stop.wait(wait)
-                delay = min(delay * 2, _MAX_BACKOFF)
-        try:
-            _set_keepalive(raw)
-            tls = self._client_ctx.wrap_socket(raw, server_side=False, do_handshake_on_connect=False)
-            tls.do_handshake()
-        except ssl.SSLCertVerificationError as exc:
-            raw.close()
-            raise AuthError(f"{self.name}: refused connection to {where}: its certificate does not "
-                            f"verify against the job CA {self.ca}: {exc.verify_message}") from None
-        except (ssl.SSLError, OSError) as exc:
-            raw.close()
-            raise AuthError(f"{self.name}: TLS handshake with {where} failed: {exc}") from None
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise AuthError(f"{self.name}: refused connection to {where}: its certificate does not "
+                                f"verify against the job CA {self.ca}: {exc.verify_message}") from None
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:   # closed mid-handshake: transient
+                failure: OSError = exc
+            except ssl.SSLError as exc:
+                sock.close()
+                raise AuthError(f"{self.name}: TLS handshake with {where} failed: "
+                                f"{exc}{_handshake_hint(exc)}") from None
+            except OSError as exc:   # refused, unreachable, reset, or timed out before any certificate
+                failure = exc
+            if sock is not None:
+                sock.close()
+            left = deadline - time.monotonic()
+            what = str(failure) or type(failure).__name__
+            if isinstance(sock, ssl.SSLSocket):
+                what = f"TLS handshake: {what}"
+            if left <= 0:
+                raise ConnectError(f"{self.name}: could not connect to {where} within "
+                                   f"{self.connect_timeout:g} s ({attempt} attempts; last error: "
+                                   f"{what})") from None
+            wait = min(delay, left)
+            log.log(logging.INFO if attempt >= 4 else logging.DEBUG,
+                    "%s: %s not reachable yet (%s); retry %d in %.2f s", self.name, where, what, attempt, wait)
+            self._stop.wait(wait)
+            delay = min(delay * 2, _MAX_BACKOFF)
         cn = _peer_cn(tls)
         if cn != peer.name:
             tls.close()
@@ -823,7 +973,7 @@ class TlsChannel:
         link = _Link(self, peer.name, tls, f"dialled {_fmt(peer.address)}")
         hello_deadline = max(deadline, time.monotonic() + 5.0)
         try:
-            link.send_frame(link.encoder.hello(), self.connect_timeout)
+            link.send_frame(link.encoder.hello(self.fingerprint), self.connect_timeout)
             reply = link.read_frame(hello_deadline, MAX_HELLO_BYTES)
             if reply is None:
                 raise ConnectionError("connection closed")
@@ -835,6 +985,10 @@ class TlsChannel:
             raise AuthError(f"{self.name}: {where} refused the link during setup ({exc}); check that "
                             f"our certificate {self.cert} is issued by the job CA with CN "
                             f"{self.name!r} and that both sides run job {self.job!r} (see its log)") from None
+        mismatch = self._job_mismatch(peer.name, reply.payload)
+        if mismatch is not None:
+            link.close()
+            raise mismatch
         link.start_reader()
         log.debug("%s: link with %s up (dialled %s)", self.name, peer.name, _fmt(peer.address))
         return link
@@ -888,16 +1042,53 @@ class TlsChannel:
         self.close(reason="" if exc_type is None else f"aborted ({exc_type.__name__})")
 
 
-def _check_own_cert(cert: Path, me: str) -> None:
-    """Fail locally, with a clear message, if our certificate names another party."""
+def _check_own_cert(cert: Path, me: str, ca: Path | None = None) -> None:
+    """Fail locally, with a clear message, if our certificate names another party, is outside its
+    validity period or is not issued by the job CA ``ca``: otherwise only the peer would notice,
+    and we would learn it as a vague refusal or a timeout after ``connect_timeout``."""
     try:
-        c = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+        chain = x509.load_pem_x509_certificates(Path(cert).read_bytes())
     except ValueError as exc:
         raise ConfigError(f"{cert} is not a PEM certificate: {exc}") from None
+    c = chain[0]
     cns = [a.value for a in c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cns != [me]:
         raise ConfigError(f"certificate {cert} is for CN {', '.join(map(repr, cns)) or 'none'}, "
                           f"but this party is {me!r}: peers would refuse it")
+    now = dt.datetime.now(dt.timezone.utc)
+    for link in chain:
+        what = "certificate" if link is c else f"intermediate certificate {link.subject.rfc4514_string()} in"
+        if now < link.not_valid_before_utc:
+            raise ConfigError(f"{what} {cert} is not valid yet (from {link.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                              "UTC; is this machine's clock right?): peers would refuse it")
+        if now > link.not_valid_after_utc:
+            raise ConfigError(f"{what} {cert} expired on {link.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: "
+                              "peers would refuse it; have a new one issued by the job CA")
+    if ca is None:
+        return
+    try:
+        anchors = x509.load_pem_x509_certificates(Path(ca).read_bytes())
+    except ValueError as exc:
+        raise ConfigError(f"CA certificate {ca} is not PEM: {exc}") from None
+    # walk up from our certificate through the intermediates our file carries to a job CA certificate
+    current, pool = c, chain[1:]
+    for _ in range(len(chain) + 1):
+        if any(_issued_by(current, anchor) for anchor in anchors):
+            return
+        current = next((i for i in pool if _issued_by(current, i)), None)
+        if current is None:
+            break
+    raise ConfigError(f"certificate {cert} (issuer {c.issuer.rfc4514_string()}) is not issued by the job CA "
+                      f"{ca}: peers would refuse it; have it issued by the job CA, or fix [tls] ca")
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s key signed ``cert`` (and names match): a real signature check."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
 
 
 def open_channel(job: JobConfig, me: str, **options) -> TlsChannel:
@@ -907,5 +1098,5 @@ def open_channel(job: JobConfig, me: str, **options) -> TlsChannel:
     behind NAT, where the configured address is not a local interface).
     """
     channel = TlsChannel.from_job(job, me, **options)
-    _check_own_cert(channel.cert, me)
+    _check_own_cert(channel.cert, me, channel.ca)
     return channel.open()

@@ -320,7 +320,7 @@ def _host_with_fake_guest(pki, **kw):
     h = _in_thread(host.open)
     fake = _fake_guest(pki, ports["host1"])
     enc = LinkEncoder(JOB, "guest", "host1")
-    fake.sendall(enc.hello())
+    fake.sendall(enc.hello(host.fingerprint))  # a fake peer with the same job file
     reply = _read_frame(fake)
     assert (reply.kind, reply.sender, reply.receiver, reply.job) == (Kind.HELLO, "host1", "guest", JOB)
     h()
@@ -507,7 +507,7 @@ def test_unauthenticated_connections_are_capped_during_setup(pki):
     for s in idle:
         s.close()
     fake = _fake_guest(pki, ports["host1"])  # the real peer still gets in once they are gone
-    fake.sendall(LinkEncoder(JOB, "guest", "host1").hello())
+    fake.sendall(LinkEncoder(JOB, "guest", "host1").hello(host.fingerprint))
     assert _read_frame(fake).kind == Kind.HELLO
     h()
     fake.close()
@@ -537,14 +537,14 @@ def test_frame_round_trip_and_layout():
     data = frames.encode_frame(f)
     n = frames.frame_length(data[:8])
     assert n == len(data) - 8
-    assert data[8:12] == b"VFLF" and data[12] == 1 and data[13] == Kind.DATA
+    assert data[8:12] == b"VFLF" and data[12] == 2 and data[13] == Kind.DATA
     assert struct.unpack(">Q", data[14:22])[0] == 5
     assert frames.decode_frame(data[8:]) == f
 
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda b: b"XXXX" + b[4:], "bad magic"),
-    (lambda b: b[:4] + b"\x02" + b[5:], "version 2 is not supported"),
+    (lambda b: b[:4] + b"\x01" + b[5:], r"version 1 is not supported \(this side speaks 2\)"),
     (lambda b: b[:5] + b"\x09" + b[6:], "unknown frame kind 9"),
     (lambda b: b[:10], "truncated"),
     (lambda b: b[:-1], "truncated frame: payload length says 3 bytes, 2 bytes follow"),
@@ -636,3 +636,207 @@ def test_a_peer_dying_during_link_setup_stops_the_others_at_once(pki):
                                        r"setup, before 'arbiter' linked"):
         h(timeout=10)
     assert time.monotonic() - t0 < 3.0
+
+
+# ---------------------------------------------------------------------------- review fixes
+def _stray(port: int, first: bytes = b"") -> socket.socket:
+    """An unauthenticated TCP connection that sends ``first`` (maybe nothing) and then idles."""
+    s = _connect_raw(port)
+    if first:
+        s.sendall(first)
+    return s
+
+
+def test_stray_connections_holding_handshake_slots_do_not_abort_the_dialler(pki):
+    """The guest's handshake times out while strays hold the host's only slot: that is a
+    ConnectError to retry until connect_timeout, not an AuthError that aborts the job."""
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    host = _channel(_job(pki, ports, connect_timeout=8.0), "host1", only={"guest"}, max_handshakes=1,
+                    setup_timeout=1.5)
+    h = _in_thread(host.open)
+    strays = [_stray(ports["host1"], b"\x16") for _ in range(2)]  # a TLS record type, then nothing
+    time.sleep(0.3)
+    guest = _channel(_job(pki, ports, connect_timeout=6.0), "guest", only={"host1"}, setup_timeout=1.0)
+    t0 = time.monotonic()
+    try:
+        guest.open()                   # first attempt times out after 1 s; a retry gets through
+        assert 1.0 < time.monotonic() - t0 < 6.0
+        h()
+    finally:
+        for s in strays:
+            s.close()
+        guest.close()
+        host.close()
+
+
+def test_silent_connections_are_dropped_within_seconds(pki):
+    """A connection that sends nothing holds a handshake slot for 2 s, not the 10 s setup timeout."""
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    host = _channel(_job(pki, ports, connect_timeout=8.0), "host1", only={"guest"}, max_handshakes=1)
+    h = _in_thread(host.open)
+    stray = _stray(ports["host1"])
+    time.sleep(0.3)
+    guest = _channel(_job(pki, ports, connect_timeout=6.0), "guest", only={"host1"})
+    t0 = time.monotonic()
+    try:
+        guest.open()
+        assert time.monotonic() - t0 < 4.0
+        h()
+    finally:
+        stray.close()
+        guest.close()
+        host.close()
+
+
+def test_inbox_bytes_bounds_memory_not_only_queued_messages(pki):
+    """With a message in the inbox, the next frame's body is not read while it would not fit:
+    the receiver holds one 6 MiB frame (no copies), not the next one as well."""
+    mib = 1 << 20
+    host, fake, enc = _host_with_fake_guest(pki, max_frame_bytes=8 * mib, inbox_bytes=1 * mib,
+                                            inbox_messages=4)
+    payloads = [b"\x01" + bytes([48 + i]) * (6 * mib - 64) for i in range(3)]
+    wire = [enc.data(f"s{i}", p) for i, p in enumerate(payloads)]
+    sender = _in_thread(lambda: [fake.sendall(w) for w in wire])
+    tracemalloc.start()
+    try:
+        deadline = time.monotonic() + 5
+        while host._links["guest"].inbox.qsize() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)               # time to read (and copy) the next frame, if it were allowed
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    inbox = host._links["guest"].inbox
+    assert inbox.qsize() == 1
+    assert peak < 8 * mib, f"{peak / mib:.1f} MiB held for one 6 MiB message and inbox_bytes = 1 MiB"
+    for i, p in enumerate(payloads):
+        assert bytes(host._links["guest"].inbox.get(5.0)[1]) == p[:]  # in order, nothing dropped
+    sender(10)
+    fake.close()
+    host.close()
+
+
+def test_decoded_payload_is_a_view_not_a_copy():
+    body = bytearray(frames.encode_frame(_frame(payload=b"\x01" + b"x" * 1000))[8:])
+    payload = frames.decode_frame(body).payload
+    assert isinstance(payload, memoryview) and payload.obj is body and payload == b"\x01" + b"x" * 1000
+
+
+def test_send_has_a_deadline_for_the_whole_message(pki):
+    """A peer that reads a trickle cannot hold send() beyond peer_timeout + size / min_send_rate."""
+    host, fake, enc = _host_with_fake_guest(pki, peer_timeout=1.0, min_send_rate=16 << 20)
+    stop = threading.Event()
+
+    def trickle():               # ~1 MiB/s: progress all the time, far too slow for 24 MB
+        while not stop.is_set():
+            got = 0
+            try:
+                while got < 256 << 10:   # an SSL recv returns one record (16 KiB) at most
+                    got += len(fake.recv(256 << 10))
+            except OSError:
+                return
+            time.sleep(0.25)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    t0 = time.monotonic()
+    s = _in_thread(host.send, "guest", "big", np.zeros(3_000_000))   # 24 MB: allowed 1 s + ~1.4 s
+    try:
+        with pytest.raises(PeerLost, match=r"sending 'big' to 'guest' timed out: 'guest' accepted only \d+ of "
+                                           r"\d+ bytes within 2\.\d+ s \(allowed: peer_timeout 1 s \+ \d+ bytes "
+                                           r"at 16 MiB/s\)"):
+            s(timeout=6.0)
+        assert time.monotonic() - t0 < 4.0
+        with pytest.raises(PeerLost):   # part of a frame went out: the link is over
+            host.send("guest", "next", {"a": 1})
+    finally:
+        stop.set()
+        fake.close()
+        host.close()
+
+
+def test_differing_job_files_are_refused_at_link_setup(pki):
+    from parties.transport import JobMismatchError
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+
+    def job(learning_rate: float, data_dir: str):
+        raw = _raw_job(ports, pki.files, pki.ca, connect_timeout=5.0)
+        raw["model"] = {"learning_rate": learning_rate}
+        raw["guest"]["data"] = f"{data_dir}/guest.csv"   # local paths may differ
+        return parse_job(raw, pki.dir / "job.toml")
+
+    same_g, same_h = _channel(job(0.1, "a"), "guest", only={"host1"}), _channel(job(0.1, "b"), "host1",
+                                                                                 only={"guest"})
+    h = _in_thread(same_h.open)
+    same_g.open()
+    h().close()
+    same_g.close()
+
+    guest = _channel(job(0.1, "a"), "guest", only={"host1"})
+    host = _channel(job(0.5, "a"), "host1", only={"guest"})
+    h = _in_thread(host.open)
+    t0 = time.monotonic()
+    with pytest.raises(JobMismatchError, match=r"guest: job files differ: 'host1' runs job "
+                                               rf"'{JOB}' with other \[model\] than ours"):
+        guest.open()
+    with pytest.raises(JobMismatchError, match=r"host1: job files differ: 'guest' runs .* other \[model\]"):
+        h()
+    assert time.monotonic() - t0 < 3.0      # at once, not after connect_timeout
+
+
+def test_hello_without_job_fingerprint_is_refused(pki):
+    from parties.transport import JobMismatchError
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    host = _channel(_job(pki, ports, connect_timeout=3.0), "host1", only={"guest"})
+    h = _in_thread(host.open)
+    fake = _fake_guest(pki, ports["host1"])
+    fake.sendall(LinkEncoder(JOB, "guest", "host1").hello())
+    with pytest.raises(JobMismatchError, match="'guest' runs the same job file: its hello carries no job "
+                                               "fingerprint"):
+        h()
+    fake.close()
+
+
+def _cert_issued(pki: Pki, tmp_path: Path, name: str, before_days: int, after_days: int) -> tuple[Path, Path]:
+    import datetime as dt
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    ca = load_ca(pki.dir / "job")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now + dt.timedelta(days=before_days))
+            .not_valid_after(now + dt.timedelta(days=after_days))
+            .sign(ca.key, hashes.SHA256()))
+    c, k = tmp_path / f"{name}-{before_days}.pem", tmp_path / f"{name}-{before_days}-key.pem"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return c, k
+
+
+def test_open_channel_checks_own_cert_validity_and_issuer_at_once(pki, tmp_path):
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    cases = [(_cert_issued(pki, tmp_path, "host1", -30, -1), r"certificate .*host1--30\.pem expired on "
+                                                               r"\d{4}-\d\d-\d\d"),
+             (_cert_issued(pki, tmp_path, "host1", 2, 30), r"is not valid yet \(from "),
+             (pki.foreign["host1"], r"certificate .* \(issuer CN=some other CA\) is not issued by the job CA")]
+    for files, message in cases:
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match=message):
+            open_channel(_job(pki, ports, files={**pki.files, "host1": files}, connect_timeout=5.0), "host1")
+        assert time.monotonic() - t0 < 1.0
+    from parties.transport import _check_own_cert
+    _check_own_cert(pki.files["host1"][0], "host1", pki.ca)   # the good one passes
+
+
+def test_bye_reason_is_escaped_in_errors(pki):
+    host, fake, enc = _host_with_fake_guest(pki)
+    fake.sendall(enc.bye("failed\r\nhost1: all fine\x1b[2J\u202e"))
+    with pytest.raises(PeerLost) as info:
+        host.recv("guest", "x")
+    text = str(info.value)
+    assert r"failed\r\nhost1: all fine\x1b[2J\u202e" in text
+    assert not any(c in text for c in "\r\n\x1b\u202e")
+    fake.close()
+    host.close()
