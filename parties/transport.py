@@ -69,7 +69,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
-from vfl.protocol.channel import PeerLost, ProtocolError
+from vfl.protocol.channel import PeerLost, ProtocolError, WrongStep
 from vfl.job.config import ConfigError, JobConfig
 from vfl.job.fingerprint import differing_tables, hello_fingerprint
 from vfl.protocol.messages import MessageError, Payload, decode_payload, encode_payload
@@ -646,8 +646,8 @@ class TlsChannel:
                     raise PeerLost(f"{roots[0][1]} (and {peer!r} aborted; while waiting for {step!r})")
             raise item.exc_type(f"{item.message} (while waiting for {step!r})")
         got_step, data = item
-        if got_step != step:
-            raise ProtocolError(f"{self.name}: expected {step!r} from {peer!r}, got {got_step!r}")
+        if got_step != step:       # the step and bytes go with it, for the ledger's "refused" line
+            raise WrongStep(f"{self.name}: expected {step!r} from {peer!r}, got {got_step!r}", got_step, bytes(data))
         try:
             return decode_payload(data)
         except MessageError as exc:

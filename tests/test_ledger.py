@@ -12,10 +12,10 @@ import pytest
 from crypto import EncryptedArray, generate_keypair
 from parties.cli import main as vfl_main
 from tests.conftest import rechain_ledger, write_job, write_tables
-from vfl.protocol.channel import LocalNetwork, ProtocolError
+from vfl.protocol.channel import LocalNetwork, ProtocolError, WrongStep
 from vfl.job.config import load_job
 from vfl.job.jobfile import write_job as write_job_file
-from vfl.protocol.messages import BigInts
+from vfl.protocol.messages import BigInts, encode_payload
 from vfl.job.threads import JobFailed, run_local, run_predict_local
 from vfl.protocol.ledger import Ledger, SpecChannel
 from vfl.protocol.spec import SPEC, batch_sizes, find
@@ -239,3 +239,180 @@ def test_tls_processes_write_ledgers_that_pass_the_audit(tmp_path, capsys):
     code, out = _audit(job, capsys)
     assert code == 0, out
     assert all((job.output_dir(p.name) / "ledger.jsonl").is_file() for p in job.parties)
+
+
+# ------------------------------------------------------------ sent ⊆ received, failures, refusals, runs
+
+def _problems(folder: Path, job_name: str | None = None) -> dict[str, list[str]]:
+    """The problems `vfl audit` finds in the ledgers under ``folder`` (one per party of ROLES)."""
+    from vfl.protocol.audit import _cross_check, read_ledger
+    named = {"job_name": job_name} if job_name else {}
+    ledgers = {n: read_ledger(folder / n / "ledger.jsonl", n, ROLES, **named)
+               for n in ROLES if (folder / n / "ledger.jsonl").is_file()}
+    _cross_check(ledgers)
+    return {n: led.problems for n, led in ledgers.items()}
+
+
+def _renumbered(path: Path, entries: list[dict]) -> None:
+    """Re-chain ``entries`` with consecutive sequence numbers: a forgery without a visible seam."""
+    rechain_ledger(path, [{**e, "seq": k} for k, e in enumerate(entries)])
+
+
+def test_a_send_its_receiver_did_not_record_fails_the_audit_unless_a_failed_run_left_it_in_flight(tmp_path):
+    from vfl.protocol.channel import PeerLost
+    # 1. the receiver takes one of two messages and the run ends without any failure: a cut receipt
+    _, ch = _channels(tmp_path / "cut")
+    ch["guest"].send("host0", "lr/start", {"epoch": 0})
+    ch["guest"].send("host0", "lr/start", {"epoch": 1})
+    ch["host0"].recv("guest", "lr/start")
+    problems = _problems(tmp_path / "cut")
+    assert any("guest recorded 1 message(s) sent to host0 ('lr/start')" in p and "no ledger shows that run failed"
+               in p for p in problems["host0"]), problems
+    # 2. the same, but the job aborts while host0 waits: its ledger shows the failure, the send was in flight
+    net, ch = _channels(tmp_path / "aborted")
+    for epoch in range(3):
+        ch["guest"].send("host0", "lr/start", {"epoch": epoch})
+    ch["host0"].recv("guest", "lr/start")
+    ch["host0"].recv("guest", "lr/start")
+    net.abort("guest failed")
+    with pytest.raises(PeerLost):
+        ch["host0"].recv("guest", "lr/start")
+    path = tmp_path / "aborted" / "host0" / "ledger.jsonl"
+    assert _lines(path)[-1]["event"] == "failed" and "PeerLost" in _lines(path)[-1]["error"]
+    assert _problems(tmp_path / "aborted") == {n: [] for n in ROLES}
+    # 3. a failed run excuses only its last sends: a receipt removed before another one is still caught
+    entries = _lines(path)
+    first = next(k for k, e in enumerate(entries) if e.get("dir") == "received")
+    _renumbered(path, entries[:first] + entries[first + 1:])
+    problems = _problems(tmp_path / "aborted")
+    assert any("they are not the last sends of the run" in p for p in problems["host0"]), problems
+
+
+def test_a_failed_send_is_recorded(tmp_path):
+    from vfl.protocol.channel import PeerLost
+
+    class Lost:
+        name = "guest"
+
+        def send(self, peer, step, payload):
+            raise PeerLost("link gone")
+
+    ch = SpecChannel(Lost(), ROLES, ledger=Ledger(tmp_path / "ledger.jsonl"), task="train")
+    with pytest.raises(PeerLost):
+        ch.send("host0", "lr/start", {"epoch": 0})
+    assert [(e["event"], e.get("dir") or e.get("op")) for e in _lines(tmp_path / "ledger.jsonl")] == [
+        ("open", None), ("message", "sent"), ("failed", "send")]
+
+
+def test_runs_are_paired_by_content_when_a_party_has_a_run_fewer(tmp_path):
+    """A party that failed before opening its ledger has a run fewer: the sender's failed run is
+    unpaired, and its sends (the same bytes as the next run's) are excused by its failure only."""
+    from vfl.protocol.channel import PeerLost
+    for failed in (True, False):
+        folder = tmp_path / str(failed)
+        net = LocalNetwork(list(ROLES), timeout=5)
+        guest = SpecChannel(net.channel("guest"), ROLES, ledger=Ledger(folder / "guest" / "ledger.jsonl"),
+                            task="train")
+        guest.send("host0", "lr/start", {"epoch": 0})
+        if failed:
+            net.abort("host0 never started")
+            with pytest.raises(PeerLost):
+                guest.recv("host0", "lr/e0/saved")
+        _, ch = _channels(folder)                       # the next run: every party
+        ch["guest"].send("host0", "lr/start", {"epoch": 0})
+        ch["host0"].recv("guest", "lr/start")
+        problems = _problems(folder)
+        if failed:
+            assert problems == {n: [] for n in ROLES}
+        else:
+            assert any("of which host0's ledger records nothing received" in p for p in problems["host0"]), problems
+
+
+def test_a_message_refused_for_its_step_is_recorded_and_fails_the_audit(tmp_path):
+    net, ch = _channels(tmp_path)
+    labels = np.array([0, 1, 1, 0, 1], dtype=np.int8)
+    net.channel("guest").send("host0", "labels/in/the/clear", labels)      # raw channel: no spec check
+    with pytest.raises(ProtocolError, match="expected 'psi/plan'"):
+        ch["host0"].recv("guest", "psi/plan")
+    last = _lines(tmp_path / "host0" / "ledger.jsonl")[-1]
+    assert last["step"] == "labels/in/the/clear" and last["expected"] == "psi/plan" and "refused" in last
+    assert last["kind"] == "array" and last["bytes"] > 0 and len(last["sha256"]) == 64
+    problems = _problems(tmp_path)
+    assert any("host0 refused 'labels/in/the/clear' from guest" in p for p in problems["host0"]), problems
+
+    class Tls:                      # the TLS channel raises the same error (tests/test_transport.py)
+        name = "host1"
+
+        def recv(self, peer, step):
+            raise WrongStep(f"host1: expected {step!r} from {peer!r}, got 'woe/secret'", "woe/secret",
+                            encode_payload({"y": [1, 0]}))
+
+    tls = SpecChannel(Tls(), ROLES, ledger=Ledger(tmp_path / "tls.jsonl"), task="train")
+    with pytest.raises(ProtocolError):
+        tls.recv("guest", "psi/plan")
+    last = _lines(tmp_path / "tls.jsonl")[-1]
+    assert last["step"] == "woe/secret" and last["expected"] == "psi/plan" and "refused" in last
+    assert last["bytes"] == len(encode_payload({"y": [1, 0]})) and len(last["sha256"]) == 64
+
+
+def test_a_control_payload_counts_every_value_it_carries():
+    from vfl.protocol.ledger import describe_payload
+    assert describe_payload({"labels": [0, 1] * 1000, "epoch": 3, "nested": {"a": [1, [2, 3]]}})["values"] == 2004
+    assert describe_payload({"epoch": 0})["values"] == 1
+
+
+def test_lines_outside_a_run_of_this_job_fail_the_audit(tmp_path):
+    _, ch = _channels(tmp_path)
+    ch["guest"].send("host0", "lr/start", {"epoch": 0})
+    ch["host0"].recv("guest", "lr/start")
+    path = tmp_path / "guest" / "ledger.jsonl"
+    original = _lines(path)
+    assert _problems(tmp_path) == {n: [] for n in ROLES}
+    assert any("not the audited 'credit'" in p for p in _problems(tmp_path, job_name="credit")["guest"])
+    for change, why in [({"task": "mystery"}, "run of unknown task 'mystery'"),
+                        ({"roles": {**ROLES, "mallory": "host"}}, "run opened with parties"),
+                        ({"job": "another"}, None)]:
+        rechain_ledger(path, [{**original[0], **change}, *original[1:]])
+        problems = _problems(tmp_path, job_name=None if why else "credit")["guest"]
+        assert any((why or "run opened for job 'another', not the audited 'credit'") in p for p in problems), problems
+    # a message line before the first "open" line: no run says which task's phases apply
+    _renumbered(path, [original[1], original[0], *original[2:]])
+    assert any("before the ledger's first 'open' line" in p for p in _problems(tmp_path)["guest"])
+
+
+@pytest.mark.audit_fails      # ledgers are cut and deleted on purpose
+def test_a_ledger_cut_or_missing_fails_the_audit(tmp_path, capsys):
+    job = _lr_job(tmp_path, hosts=(2,))
+    run_local(job)
+    assert _audit(job, capsys)[0] == 0
+    path = job.output_dir("guest") / "ledger.jsonl"
+    original = path.read_text()
+    lines = original.splitlines(keepends=True)
+    k = 0
+    while json.loads(lines[-1 - k]).get("dir") == "received":
+        k += 1
+    assert k >= 1
+    path.write_text("".join(lines[:-k]))                 # the guest cuts its last receipts: the chain holds
+    code, out = _audit(job, capsys)
+    assert code == 1 and "that guest's ledger does not record as received" in out, out
+    path.write_text(original)
+    (job.output_dir("arbiter") / "ledger.jsonl").unlink()
+    code, out = _audit(job, capsys)
+    assert code == 1 and "arbiter/ledger.jsonl is missing, but the ledgers of guest, host0 record runs" in out, out
+
+
+@pytest.mark.audit_fails      # a ledger is forged on purpose
+def test_the_hosts_ledgers_show_a_guest_sending_after_it_had_their_scores(tmp_path, capsys):
+    """The guest leaves its receipt of the hosts' scores out of its ledger (re-chained) and then sends
+    a host something: the host's own ledger, which recorded sending its scores first, shows it."""
+    job = _lr_job(tmp_path, hosts=(2,))
+    run_local(job)
+    gpath, hpath = (job.output_dir(n) / "ledger.jsonl" for n in ("guest", "host0"))
+    entries = _lines(gpath)
+    entries = [e for e in entries if not (e.get("dir") == "received" and e.get("step") == "predict/u_h_share")]
+    sent = next(e for e in entries if e.get("dir") == "sent" and e.get("step") == "lr/start")
+    _renumbered(gpath, [*entries, sent])
+    got = next(e for e in _lines(hpath) if e.get("dir") == "received" and e.get("step") == "lr/start")
+    Ledger(hpath).append({k: v for k, v in got.items() if k not in ("seq", "t", "prev", "hash")})
+    code, out = _audit(job, capsys)
+    assert code == 1 and "host0 received 'lr/start' from the guest after it had sent the guest its scores" in out, out

@@ -411,8 +411,13 @@ def test_bye_then_recv_and_timeouts_and_wrong_step(pki):
     assert 0.4 < time.monotonic() - t0 < 1.5
     host.send("guest", "lr/epoch1/batch1/enc_u", {"v": 1})
     with pytest.raises(ProtocolError, match="expected 'lr/epoch1/batch2/enc_u' from 'host1', got "
-                                            "'lr/epoch1/batch1/enc_u'"):
+                                            "'lr/epoch1/batch1/enc_u'") as wrong:
         guest.recv("host1", "lr/epoch1/batch2/enc_u")
+    # what came goes with the error, for the ledger's "refused" line
+    from vfl.protocol.channel import WrongStep
+    from vfl.protocol.messages import decode_payload
+    assert isinstance(wrong.value, WrongStep) and wrong.value.got_step == "lr/epoch1/batch1/enc_u"
+    assert decode_payload(wrong.value.data) == {"v": 1}
     with pytest.raises(KeyError, match="no link between 'guest' and 'host2'"):
         guest.send("host2", "x", {})
     c = _in_thread(host.close, "done")

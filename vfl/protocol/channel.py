@@ -24,6 +24,16 @@ class ProtocolError(RuntimeError):
     """A peer sent something other than what the protocol expects at this point."""
 
 
+class WrongStep(ProtocolError):
+    """A message for another step than the one expected. It keeps the step and the raw bytes that
+    arrived, so a recording channel can write down what it refused (the ledger holds no line for a
+    message it never recorded, and ``vfl audit`` must see the refusal)."""
+
+    def __init__(self, message: str, got_step: str, data: bytes | None = None) -> None:
+        super().__init__(message)
+        self.got_step, self.data = got_step, data
+
+
 class PeerLost(RuntimeError):
     """A peer went away or did not answer in time."""
 
@@ -114,7 +124,7 @@ class LocalChannel:
                     raise PeerLost(f"{self.name}: no message {step!r} from {peer!r} "
                                    f"within {self.net.timeout:.0f} s") from None
         if got_step != step:
-            raise ProtocolError(f"{self.name}: expected {step!r} from {peer!r}, got {got_step!r}")
+            raise WrongStep(f"{self.name}: expected {step!r} from {peer!r}, got {got_step!r}", got_step, data)
         return decode_payload(data)
 
 

@@ -17,6 +17,12 @@ without "hash")``. Editing, inserting or deleting any line but the last breaks
 the chain; removing lines at the end shows only against a peer's ledger
 (``vfl audit`` matches what each party received against what its peer sent).
 A file receives a new ``open`` line, continuing the chain, at every run.
+
+A message refused on receipt (wrong kind, or a step other than the one expected) gets a
+``refused`` line, and a send or receive that fails (peer lost, job aborted) a ``failed``
+line: the audit needs both, the first to fail a peer that pushed something undeclared, the
+second to tell a run that ended in failure (whose last sends may never have been received)
+from a ledger whose received lines were cut.
 """
 from __future__ import annotations
 
@@ -31,12 +37,13 @@ from typing import Any, Callable
 import numpy as np
 
 from crypto import EncryptedArray
-from .channel import Channel, ProtocolError
+from .channel import Channel, ProtocolError, WrongStep
 from .messages import BigInts, Payload, encode_payload
 from .spec import SpecViolation, StepSpec, batch_sizes, find
 
 GENESIS = "0" * 64
 LEDGER_FILE = "ledger.jsonl"
+WIRE_KINDS = {0x01: "control", 0x02: "array", 0x03: "encrypted", 0x04: "bigints"}   # tag byte (messages.py)
 
 
 def canonical(entry: dict) -> str:
@@ -115,8 +122,29 @@ def describe_payload(payload: Payload) -> dict:
     elif kind == "bigints":
         out.update(shape=[len(payload.values)], values=len(payload.values))
     elif kind == "control":
-        out.update(values=len(payload))
+        out.update(values=json_values(payload))
     return out
+
+
+def json_values(obj: Any) -> int:
+    """Scalars (numbers, strings, booleans, nulls) at any depth of a control payload: its keys alone
+    would let one control message carry thousands of values while the ledger shows a handful."""
+    count, todo = 0, [obj]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+        else:
+            count += 1
+    return count
+
+
+def _wrong_step(exc: ProtocolError) -> tuple[str, bytes | None] | None:
+    """(step that arrived, its bytes) if ``exc`` says a message for another step came (both channels
+    raise :class:`WrongStep`); None for any other protocol error."""
+    return (exc.got_step, exc.data) if isinstance(exc, WrongStep) else None
 
 
 class SpecChannel:
@@ -176,11 +204,26 @@ class SpecChannel:
         # recorded before it leaves: a party killed right after sending has still recorded what its
         # peer received (a send that then fails leaves a "sent" line nobody received, which is honest)
         self._record("sent", peer, step, spec, payload, data)
-        self.inner.send(peer, step, payload)
+        try:
+            self.inner.send(peer, step, payload)
+        except BaseException as exc:
+            self._failed("send", peer, step, exc)
+            raise
 
     def recv(self, peer: str, step: str) -> Payload:
         peer_role = self._peer_role(peer)
-        payload = self.inner.recv(peer, step)
+        try:
+            payload = self.inner.recv(peer, step)
+        except ProtocolError as exc:
+            wrong = _wrong_step(exc)
+            if wrong is not None:
+                self._refused_step(peer, step, *wrong, exc)
+            else:
+                self._failed("recv", peer, step, exc)
+            raise
+        except BaseException as exc:
+            self._failed("recv", peer, step, exc)
+            raise
         try:
             spec = self._check(step, peer_role, self.role, payload)
         except SpecViolation as exc:
@@ -193,6 +236,30 @@ class SpecChannel:
         data = encode_payload(payload) if self.ledger is not None else b""
         self._record("received", peer, step, spec, payload, data)
         return payload
+
+    def _refused_step(self, peer: str, expected: str, got: str, data: bytes | None, exc: ProtocolError) -> None:
+        """Record a message refused for being of another step than ``expected``: without the line,
+        a peer could push any undeclared step into this party and the audit would see nothing."""
+        if self.ledger is None:
+            return
+        entry: dict[str, Any] = {"event": "message", "dir": "received", "peer": peer, "peer_role": self.roles[peer],
+                                 "step": got, "expected": expected, "kind": None}
+        if data is not None:
+            entry.update(kind=WIRE_KINDS.get(data[0]) if data else None, bytes=len(data),
+                         sha256=hashlib.sha256(data).hexdigest())
+        entry["refused"] = str(exc)
+        self.ledger.append(entry)
+
+    def _failed(self, op: str, peer: str, step: str, exc: BaseException) -> None:
+        """Record that a send or receive failed: the run ends in failure here, so messages sent
+        around now may never be received (the audit allows that only when a ledger shows it)."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.append({"event": "failed", "op": op, "peer": peer, "step": step,
+                                "error": f"{type(exc).__name__}: {exc}"[:500]})
+        except OSError:          # the failure being raised matters more than its line
+            pass
 
     def _note(self, step: str, payload: Payload, peer: str) -> None:
         """Remember the training plan's row count and each host's smallest bin, to count rows
