@@ -152,11 +152,14 @@ def test_vfl_run_uses_processes_and_a_local_ca_when_the_job_names_no_certificate
     assert "fresh local CA" in capsys.readouterr().err
     job = load_job(path)
     assert (job.workdir / "tls" / "ca.pem").is_file() and (job.workdir / "metrics.json").is_file()
+    before = json.loads((job.workdir / "metrics.json").read_text())["epoch_seconds"]
     # Extend the finished training by one epoch: --resume reaches every party process.
     write_job_file(replace(job, model=replace(job.model, epochs=3)), path)
     assert main(["run", "--resume", str(path)]) == 0
     metrics = json.loads((job.workdir / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 3 and len(metrics["epoch_seconds"]) == 1
+    # only epoch 3 ran: the first two epochs' seconds come from the checkpoint
+    assert metrics["epochs_run"] == 3 and len(metrics["epoch_seconds"]) == 3
+    assert metrics["epoch_seconds"][:2] == before
 
 
 def test_logs_and_outputs_of_other_parties_hold_nothing_of_the_guests_rows(tmp_path):

@@ -30,7 +30,7 @@ def test_two_plus_two_epochs_equal_four(tmp_path):
     run_local(straight)
     (tmp_path / "b").mkdir()
     first = _job(tmp_path / "b", 2)
-    run_local(first)
+    first_seconds = run_local(first)["guest"]["epoch_seconds"]
     # Continue the same training with a larger epoch limit: only epochs 3 and 4 run.
     more = _job(tmp_path / "b", 4)
     m = run_local(more, resume=True)["guest"]
@@ -115,7 +115,7 @@ def test_a_job_stopped_in_any_stage_resumes_to_the_uninterrupted_model(stage, un
     base, ref = uninterrupted
     for f in ("g.csv", "h0.csv"):
         shutil.copy(base / f, tmp_path / f)
-    job = _job(tmp_path, 3, preprocess={"bins": 4, "min_bin_rows": 20})
+    job = _job(tmp_path, 3, preprocess={"bins": 4, "min_bin_rows": 32})
     with monkeypatch.context() as mp:
         STAGES[stage](mp)
         with pytest.raises(JobFailed, match="stopped here by the test"):

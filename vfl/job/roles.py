@@ -9,6 +9,7 @@ data file (the opt-in ``baselines`` of a demo is the one, labelled exception).
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ..preprocess.stage import Prepared
 from ..io.files import write_json
 from ..models import SplitArbiter, SplitGuest, SplitHost
-from ..models.checkpoint import Checkpoint, fingerprint
+from ..models.checkpoint import Checkpoint, training_checkpoint
 from ..models.common import sigmoid
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..models.model_file import ModelPart, TowerPart
@@ -57,8 +58,19 @@ def run_psi(job: JobConfig, name: str, channel: Channel, ids) -> np.ndarray:
     return bucketed_psi_host(channel, ids, job.guest.name, workdir=job.output_dir(name))
 
 
-def _checkpoint(job: JobConfig, name: str, *parts) -> Checkpoint:
-    return Checkpoint(job.output_dir(name) / "checkpoint.json", fingerprint(job.name, name, job.model, *parts))
+def _checkpoint(job: JobConfig, name: str, *rows, data: PartyTable | None = None,
+                train: np.ndarray | None = None) -> Checkpoint:
+    """Party ``name``'s checkpoint. Its fingerprint covers the training rows and columns (``rows``), the
+    party's own values of its training rows in ``data`` (labels included) and the settings they are read
+    and binned with, so a resume after the data or ``[preprocess]`` changed is refused, not mixed in."""
+    values, settings = (), {}
+    if data is not None:
+        values = (data.features[train], data.categorical[train],
+                  *((data.labels[train],) if data.labels is not None else ()))
+        settings = {"label_column": job.party(name).label_column,
+                    "preprocess": None if job.preprocess is None else asdict(job.preprocess)}
+    return training_checkpoint(job.output_dir(name) / "checkpoint.json", job.name, name, job.model, *rows,
+                               values=values, settings=settings)
 
 
 def _aligned(job: JobConfig, name: str, table: PartyTable, common: np.ndarray):
@@ -177,7 +189,8 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     with timings("train"):
         model.fit(channel, x.take(np.flatnonzero(train)), data.labels[train], resume=resume,
                   checkpoint=_checkpoint(job, g.name, common[~test], model_data.columns,
-                                         model_data.categorical_columns), validation=validation)
+                                         model_data.categorical_columns, data=data, train=~test),
+                  validation=validation)
     part = _model_part(g, model_data, std, tower, vocabs, model.params_, prep)
     with timings("predict"):
         host_sum = guest_sum_scores(channel, job.host_names, len(data.ids))
@@ -198,12 +211,14 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "test": binary_metrics(data.labels[test], score[test]),
         "validation": model.validation_,
         "loss_history": model.loss_history_, "epochs_run": len(model.loss_history_),
-        "epoch_seconds": [round(s, 3) for s in model.epoch_seconds_],
+        "epoch_seconds": [None if s is None else round(s, 3) for s in model.epoch_seconds_],
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,
         "smallest_release_rows": model.smallest_release_,
         "guest_refit": refit,
-        "label_dp": label_dp_summary(job.model, len(model.loss_history_), len(job.hosts)),
+        # the arbiter's count of noised epoch runs: an epoch replayed after a resume spent budget again
+        "label_dp": label_dp_summary(job.model, len(model.loss_history_) if model.noised_epochs_ is None
+                                     else model.noised_epochs_, len(job.hosts)),
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,
                       "test_gains": gains_table(data.labels[test], points[test]) if test.any() else []},
@@ -258,7 +273,8 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     with timings("train"):
         model.fit(channel, x.take(np.flatnonzero(~test & ~valid)),
                   checkpoint=_checkpoint(job, name, common[~test], model_data.columns,
-                                         model_data.categorical_columns), validation=validation)
+                                         model_data.categorical_columns, data=data, train=~test),
+                  validation=validation)
     part = _model_part(h, model_data, std, tower, vocabs, model.params_, prep)
     part.save(out / "model.json")
     with timings("predict"):

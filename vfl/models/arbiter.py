@@ -24,7 +24,7 @@ from ..protocol.channel import Channel
 from ..job.config import ModelConfig
 from ..protocol.messages import BigInts
 from ..protocol.spec import batch_sizes
-from .checkpoint import Checkpoint, CheckpointError, NoiseLedger, TrainingState
+from .checkpoint import Checkpoint, CheckpointError, NoiseLedger, TrainingState, start_epochs
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
 from .privacy import plan_for
 from .randomness import ZeroSupply
@@ -74,6 +74,9 @@ class SplitArbiter:
         if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start <= epochs
                 and isinstance(plan.get("resume"), bool)):
             raise ValueError(f"implausible training plan from the guest: {plan}")
+        start, saved = start_epochs(start, plan.get("saved_epoch"), epochs)
+        if not start and checkpoint is not None:   # training from scratch: an earlier run's states must go
+            checkpoint.clear(noise=not plan["resume"])     # a resume from epoch 0 still counts its noised epochs
         ledger = None
         if self.noise_plan_ is not None:
             ledger = NoiseLedger.open(checkpoint, plan["resume"] or start > 0, start)
@@ -94,13 +97,15 @@ class SplitArbiter:
         supply = (ZeroSupply(sk, pre, rows, epochs, (*self.hosts, self.guest), start)
                   if m.randomness == "arbiter" and start < epochs else None)
         try:
-            self._train(channel, pk, sk, pre, plan, start, epochs, batches, n_train, supply, checkpoint, ledger)
+            self._train(channel, pk, sk, pre, plan, start, saved, epochs, batches, n_train, supply, checkpoint,
+                        ledger)
         finally:
             if supply is not None:
                 supply.close()
         return self
 
-    def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, start: int, epochs: int, batches: int,
+    def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, start: int, saved: int, epochs: int,
+               batches: int,
                n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None,
                ledger: NoiseLedger | None) -> None:
         m = self.model
@@ -121,8 +126,8 @@ class SplitArbiter:
         if start:
             if checkpoint is None:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
-            done = start == epochs       # training had ended: its losses, on to scoring
-            self.loss_history_ = list(checkpoint.load(epoch=None if done else start, finished=done).loss_history)
+            done = start == epochs       # training had ended: the losses of the guest's final epoch, on to scoring
+            self.loss_history_ = list(checkpoint.load(epoch=saved, finished=done).loss_history)
         width = (pk.n.bit_length() + 7) // 8
         send_zeros(start, 0)
         for epoch in range(start, epochs):
@@ -172,7 +177,10 @@ class SplitArbiter:
             stop = converged or epoch == epochs - 1
             if checkpoint is not None:
                 checkpoint.save(TrainingState(epoch + 1, converged, loss_history=self.loss_history_))
-            channel.send(self.guest, f"{pre}/e{epoch}/decision", {"stop": stop, "loss": mean, "converged": converged})
+            # with label-DP: the epoch runs noised so far (replays included), for the guest's report
+            channel.send(self.guest, f"{pre}/e{epoch}/decision", {"stop": stop, "loss": mean, "converged": converged,
+                                                                  **({"noised_epochs": len(ledger.epochs)}
+                                                                     if ledger is not None else {})})
             for h in self.hosts:
                 channel.send(h, f"{pre}/e{epoch}/decision", {"stop": stop})
             if stop:

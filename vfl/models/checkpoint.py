@@ -7,12 +7,16 @@ between the runs (job, party, settings other than ``epochs``/``tolerance``,
 the training rows) guards against resuming a different training. Under label-DP
 ``epochs`` count too: they set every epoch's noise (each epoch spends ``1/epochs``
 of the budget), so a training extended by raising them would spend more than its
-epsilon.
+epsilon. The fingerprint also covers the party's own training values (the guest's
+labels too), its label column, ``[preprocess]`` and, with early stopping, the epoch
+its decisions start at; every field read back is checked (types, lengths,
+finiteness), so a damaged file is refused by name rather than trained on.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,27 +27,69 @@ from ..job.config import ModelConfig
 from ..io.files import write_json
 from .optim import restore_optimizer
 
-FORMAT, VERSION = "vfl-lr-checkpoint", 1
+FORMAT, VERSION = "vfl-lr-checkpoint", 2     # 2: run figures, fingerprint parts, checks
 
 
 class CheckpointError(ValueError):
     """No usable checkpoint to resume from."""
 
 
-def fingerprint(job_name: str, party: str, model: ModelConfig, *parts) -> str:
-    """What identifies one training: resuming under a different one is refused."""
-    # under label-DP the epochs set every epoch's noise, so they may not change
-    may_change = ("tolerance",) if model.label_dp_on else ("epochs", "tolerance")
-    settings = {k: v for k, v in asdict(model).items() if k not in may_change}
-    h = hashlib.sha256(json.dumps([job_name, party, settings], sort_keys=True).encode())
+def _hash_parts(parts) -> str:
+    """A digest of arrays (their bytes) and text (length-prefixed, never object addresses)."""
+    h = hashlib.sha256()
     for p in parts:
         if isinstance(p, np.ndarray) and p.dtype.kind not in "OU":
-            h.update(np.ascontiguousarray(p).tobytes())
-        else:          # text (IDs, column names): hash the text, length-prefixed, never object addresses
-            for item in (p.tolist() if isinstance(p, np.ndarray) else [p]):
+            h.update(str((p.dtype.str, p.shape)).encode() + np.ascontiguousarray(p).tobytes())
+        else:
+            for item in (p.ravel().tolist() if isinstance(p, np.ndarray) else [p]):
                 raw = str(item).encode()
                 h.update(len(raw).to_bytes(8, "big") + raw)
     return h.hexdigest()[:32]
+
+
+def fingerprint_parts(job_name: str, party: str, model: ModelConfig, *rows, values=(),
+                      settings: dict | None = None) -> dict[str, str]:
+    """What identifies one training, part by part, so a refused resume can say what changed.
+
+    ``rows``: the training IDs and column names; ``values``: the party's own training values
+    (the guest's labels too); ``settings``: other job settings the training depends on
+    (``[preprocess]``, the label column). ``min_epochs`` enters only as the epoch early stopping
+    starts deciding at: with ``min_epochs = 0`` that is half of ``epochs``, so raising ``epochs``
+    would change the decisions of epochs already run.
+    """
+    # under label-DP the epochs set every epoch's noise, so they may not change
+    may_change = ("tolerance", "min_epochs") if model.label_dp_on else ("epochs", "tolerance", "min_epochs")
+    kept = {k: v for k, v in asdict(model).items() if k not in may_change}
+    parts = {"settings": _hash_parts([json.dumps([job_name, party, kept, settings or {}], sort_keys=True,
+                                                 default=str)]),
+             "rows": _hash_parts(rows), "values": _hash_parts(values)}
+    if model.early_stopping_on:
+        parts["early_stopping_start"] = str(model.early_stopping_start)
+    return parts
+
+
+def _combined(parts: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def fingerprint(job_name: str, party: str, model: ModelConfig, *rows, values=(),
+                settings: dict | None = None) -> str:
+    """What identifies one training: resuming under a different one is refused."""
+    return _combined(fingerprint_parts(job_name, party, model, *rows, values=values, settings=settings))
+
+
+def training_checkpoint(path: Path, job_name: str, party: str, model: ModelConfig, *rows, values=(),
+                        settings: dict | None = None) -> "Checkpoint":
+    """A party's checkpoint whose refusals name the part of the fingerprint that changed."""
+    parts = fingerprint_parts(job_name, party, model, *rows, values=values, settings=settings)
+    return Checkpoint(path, _combined(parts), parts)
+
+
+# What each fingerprint part covers, for the message refusing a resume.
+_CHANGED = {"settings": "its settings ([model] other than epochs and tolerance, [preprocess] or the label column; "
+                        "under label-DP also epochs, which set each epoch's noise)",
+            "rows": "its training rows (IDs) or columns",
+            "values": "its training data (values or labels)"}
 
 
 @dataclass
@@ -55,16 +101,73 @@ class TrainingState:
     loss_history: list[float] = field(default_factory=list)
     best_weights: list[float] | None = None      # with validation: the best epoch's weights so far
     validation: dict = field(default_factory=dict)   # the guest's early-stopping state
+    # run figures, kept so a resumed job reports the whole training and not only the part after the resume
+    epoch_seconds: list[float | None] = field(default_factory=list)   # the guest's, indexed by epoch
+    smallest_release: int | None = None          # fewest rows behind any sum released so far
+    noised_epochs: int | None = None             # label-DP: epoch runs the arbiter noised (replays included)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _finite_list(v, what: str, optional: bool = False, none_items: bool = False) -> str | None:
+    """A problem with list field ``what`` (None when fine)."""
+    if v is None and optional:
+        return None
+    if not isinstance(v, list):
+        return f"{what} is not a list"
+    bad = [x for x in v if not ((x is None and none_items) or (_is_number(x) and math.isfinite(x)))]
+    return f"{what} holds {len(bad)} non-finite or non-numeric values (e.g. {bad[0]!r})" if bad else None
+
+
+def check_state(state: TrainingState) -> list[str]:
+    """Every problem with a state read back from a file: resuming from NaN weights, a wrong-length best
+    vector or a fractional epoch would train on (or end with) garbage without an error."""
+    problems = [] if _is_count(state.epoch) else [f"epoch {state.epoch!r} is not a whole number >= 0"]
+    if not isinstance(state.converged, bool):
+        problems.append(f"converged {state.converged!r} is not true/false")
+    problems += [p for p in (_finite_list(state.weights, "weights", optional=True),
+                             _finite_list(state.best_weights, "best_weights", optional=True),
+                             _finite_list(state.loss_history, "loss_history"),
+                             _finite_list(state.epoch_seconds, "epoch_seconds", none_items=True)) if p]
+    if (isinstance(state.weights, list) and isinstance(state.best_weights, list)
+            and len(state.best_weights) != len(state.weights)):
+        problems.append(f"best_weights has {len(state.best_weights)} values, weights {len(state.weights)}")
+    for name in ("optimizer", "validation"):
+        if not isinstance(getattr(state, name), dict):
+            problems.append(f"{name} is not an object")
+    for name in ("smallest_release", "noised_epochs"):
+        if getattr(state, name) is not None and not _is_count(getattr(state, name)):
+            problems.append(f"{name} {getattr(state, name)!r} is not a whole number >= 0")
+    return problems
 
 
 @dataclass
 class Checkpoint:
     path: Path
     fingerprint: str
+    parts: dict[str, str] = field(default_factory=dict)   # the fingerprint's parts (fingerprint_parts)
 
     @property
     def previous_path(self) -> Path:
         return self.path.with_name(self.path.stem + ".prev" + self.path.suffix)
+
+    @property
+    def noise_path(self) -> Path:
+        """The arbiter's noise ledger (:class:`NoiseLedger`) beside the checkpoint."""
+        return self.path.with_name(self.path.stem + ".noise" + self.path.suffix)
+
+    def clear(self, noise: bool = False) -> None:
+        """Remove this party's saved states (with ``noise``, the noise ledger too) when a training starts
+        afresh: left in place, a later ``--resume`` could pick up the previous training's states and mix
+        two trainings in one model."""
+        for path in (self.path, self.previous_path, *((self.noise_path,) if noise else ())):
+            path.unlink(missing_ok=True)
 
     def save(self, state: TrainingState) -> None:
         """Write this epoch's state, keeping the previous epoch's beside it.
@@ -77,22 +180,38 @@ class Checkpoint:
         if self.path.is_file():
             os.replace(self.path, self.previous_path)
         write_json(self.path, {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
-                               **asdict(state)}, indent=None)
+                               "fingerprint_parts": self.parts, **asdict(state)}, indent=None)
 
     def _read(self, path: Path) -> TrainingState:
         try:
             d = json.loads(path.read_text())
-            if d.get("format") != FORMAT or d.get("version") != VERSION:
+            if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
                 raise CheckpointError(f"{path} is not a {FORMAT} v{VERSION} file")
-            saved = d.pop("fingerprint")
+            saved, saved_parts = d.pop("fingerprint"), d.pop("fingerprint_parts", {})
             state = TrainingState(**{k: v for k, v in d.items() if k not in ("format", "version")})
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:      # json.JSONDecodeError is a ValueError
             raise CheckpointError(f"{path} is malformed: {exc}") from None
         if saved != self.fingerprint:
-            raise CheckpointError(f"{path} belongs to a different training (other settings or rows; under "
-                                  "label-DP also other epochs, which set each epoch's noise); start afresh "
-                                  "without --resume")
+            raise CheckpointError(self._mismatch(path, saved_parts))
+        problems = check_state(state)
+        if problems:
+            raise CheckpointError(f"{path} is damaged: {'; '.join(problems)}; start afresh without --resume")
         return state
+
+    def _mismatch(self, path: Path, saved: dict) -> str:
+        """Why the checkpoint at ``path`` (fingerprint parts ``saved``) is another training's."""
+        if not isinstance(saved, dict) or not saved or not self.parts:
+            return (f"{path} belongs to a different training (other settings or rows; under label-DP also other "
+                    "epochs, which set each epoch's noise); start afresh without --resume")
+        old, new = saved.get("early_stopping_start"), self.parts.get("early_stopping_start")
+        if old is not None and new is not None and old != new:
+            return (f"{path} belongs to a different training: early stopping would start deciding after epoch "
+                    f"{new} instead of {old} (with [model] min_epochs = 0 it starts at half of epochs, so raising "
+                    f"epochs moves it and the resumed run would not match an uninterrupted one); set [model] "
+                    f"min_epochs = {old} explicitly to extend this training, or start afresh without --resume")
+        changed = [what for k, what in _CHANGED.items() if saved.get(k) != self.parts.get(k)]
+        return (f"{path} belongs to a different training: {'; '.join(changed) or 'its fingerprint'} changed since "
+                "it was saved; start afresh without --resume")
 
     def load(self, epoch: int | None = None, max_epochs: int | None = None, finished: bool = False) -> TrainingState:
         """The saved state; with ``epoch`` (the guest's, on a host or the arbiter) the state of
@@ -106,7 +225,8 @@ class Checkpoint:
             if previous.epoch == epoch:
                 state = previous
         if epoch is not None and state.epoch != epoch:
-            raise CheckpointError(f"{self.path} is at epoch {state.epoch}, the guest resumes at epoch {epoch}")
+            raise CheckpointError(f"{self.path} is at epoch {state.epoch}, the guest resumes at epoch {epoch} (the "
+                                  "parties' checkpoints are of different runs); start afresh without --resume")
         if finished:
             return state
         if state.converged:
@@ -142,7 +262,7 @@ class NoiseLedger:
             if start:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
             return cls(None, "")
-        path = checkpoint.path.with_name(checkpoint.path.stem + ".noise" + checkpoint.path.suffix)
+        path = checkpoint.noise_path
         if not resume or (not start and not path.is_file()):
             return cls(path, checkpoint.fingerprint)
         try:
@@ -182,8 +302,38 @@ def resume_from(checkpoint: Checkpoint | None, opt, n_weights: int, epoch: int |
     state = checkpoint.load(epoch=epoch, max_epochs=max_epochs, finished=finished)
     if state.weights is None or len(state.weights) != n_weights:
         raise CheckpointError(f"{checkpoint.path} holds {len(state.weights or [])} weights, expected {n_weights}")
-    restore_optimizer(opt, state.optimizer)
+    if state.best_weights is not None and len(state.best_weights) != n_weights:
+        raise CheckpointError(f"{checkpoint.path} holds {len(state.best_weights)} best weights, expected {n_weights}")
+    try:
+        restore_optimizer(opt, state.optimizer, n_weights)
+    except ValueError as exc:
+        raise CheckpointError(f"{checkpoint.path} is damaged: optimizer {exc}; start afresh without --resume") from None
     return state, np.asarray(state.weights, dtype=float)
+
+
+def smaller(a: int | None, b: int | None) -> int | None:
+    """The smaller of two release sizes, either of which may be unknown (None)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+def padded_seconds(state: TrainingState) -> list[float | None]:
+    """The saved epochs' seconds, one per completed epoch (None where unknown), indexed by epoch."""
+    secs = list(state.epoch_seconds[:state.epoch])
+    return secs + [None] * (state.epoch - len(secs))
+
+
+def start_epochs(start, saved, epochs: int) -> tuple[int, int]:
+    """Check the guest's start epoch and the epoch of its checkpoint (``saved_epoch`` in ``<pre>/plan``
+    and ``<pre>/start``). They differ only when training had ended (start = ``epochs``); then every party
+    loads exactly the state of that epoch, so a checkpoint of another run is refused, not mixed in."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, saved)):
+        raise ValueError(f"the guest's start epoch {start!r} and checkpoint epoch {saved!r} must be whole numbers")
+    if not 0 <= start <= epochs:
+        raise ValueError(f"the guest asks to start at epoch {start} of {epochs}")
+    if (saved != start) if start < epochs else saved < 1:
+        raise ValueError(f"the guest asks to start at epoch {start} from its checkpoint of epoch {saved}: "
+                         "implausible")
+    return start, saved
 
 
 def is_finished(state: TrainingState, max_epochs: int) -> bool:

@@ -14,7 +14,7 @@ from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
 from .timing import Stopwatch
 from .backprop import encrypted_sums
-from .checkpoint import Checkpoint, TrainingState, is_finished, resume_from
+from .checkpoint import Checkpoint, TrainingState, is_finished, padded_seconds, resume_from, smaller
 from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
                      expect_encrypted, prefix_for, step, warn_if_small_batches)
@@ -43,8 +43,9 @@ class SplitGuest:
         self.validation_: dict | None = None    # with validation: every epoch's scores and the epoch kept
         self.params_: np.ndarray | None = None
         self.loss_history_: list[float] = []
-        self.epoch_seconds_: list[float] = []
+        self.epoch_seconds_: list[float | None] = []    # indexed by epoch (None: a resumed run's unknown)
         self.smallest_release_: int | None = None
+        self.noised_epochs_: int | None = None         # label-DP: epoch runs noised, as the arbiter counts
         self.timings_ = Stopwatch()
 
     @property
@@ -74,16 +75,20 @@ class SplitGuest:
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
         stopping = early_stopping_for(m, len(validation.x)) if validation is not None else None
-        best = None
+        best, restored_smallest = None, None
         try:
-            start = 0
+            start = saved = 0
+            if not resume and checkpoint is not None:    # a fresh training: nothing of an earlier one may stay
+                checkpoint.clear()
             if resume and checkpoint is not None and not checkpoint.path.is_file():
                 log.info("resuming, but no training started before (no %s): training from the start",
                          checkpoint.path.name)
             elif resume:
                 state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, max_epochs=m.epochs,
                                                     finished=True)
-                start, self.loss_history_ = state.epoch, list(state.loss_history)
+                start = saved = state.epoch
+                self.loss_history_, self.epoch_seconds_ = list(state.loss_history), padded_seconds(state)
+                restored_smallest, self.noised_epochs_ = state.smallest_release, state.noised_epochs
                 if stopping is not None:
                     stopping.restore(state.validation)
                     best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
@@ -93,11 +98,12 @@ class SplitGuest:
                 else:
                     log.info("resuming after epoch %d", start)
             channel.send(self.arbiter, f"{pre}/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
-                                                       "start_epoch": start, "resume": bool(resume),
+                                                       "start_epoch": start, "saved_epoch": saved,
+                                                       "resume": bool(resume),
                                                        "values": self.tower.n_params,
                                                        "randomness": m.randomness})
             for h in self.hosts:
-                channel.send(h, f"{pre}/start", {"epoch": start})
+                channel.send(h, f"{pre}/start", {"epoch": start, "saved_epoch": saved})
             for epoch in range(start, m.epochs):
                 t0 = last_note = time.perf_counter()
                 for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
@@ -113,6 +119,8 @@ class SplitGuest:
                     best = trainer.params.copy() if is_best else best
                 decision = channel.recv(self.arbiter, f"{pre}/e{epoch}/decision")
                 self.loss_history_.append(float(decision["loss"]))
+                if m.label_dp_on:
+                    self.noised_epochs_ = self._noised_epochs(decision, pre, epoch)
                 self.epoch_seconds_.append(time.perf_counter() - t0)
                 log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, decision["loss"],
                          self.epoch_seconds_[-1])
@@ -122,16 +130,28 @@ class SplitGuest:
                     checkpoint.save(TrainingState(epoch + 1, bool(decision.get("converged")), trainer.params.tolist(),
                                                   optimizer_state(trainer.opt), self.loss_history_,
                                                   None if best is None else best.tolist(),
-                                                  stopping.state() if stopping is not None else {}))
+                                                  stopping.state() if stopping is not None else {},
+                                                  self.epoch_seconds_,
+                                                  smaller(restored_smallest, trainer.buffer.smallest_release),
+                                                  self.noised_epochs_))
                 if decision.get("stop"):
                     break
         finally:
             pk.stop_precompute()
         self.params_ = trainer.params if best is None else best
         self.validation_ = stopping.state() if stopping is not None else None
-        self.smallest_release_ = trainer.buffer.smallest_release
+        self.smallest_release_ = smaller(restored_smallest, trainer.buffer.smallest_release)
         self.observed_ = trainer.observed
         return self
+
+    @staticmethod
+    def _noised_epochs(decision: dict, pre: str, epoch: int) -> int:
+        """The arbiter's count of noised epoch runs: a replay after a resume spends budget again, so
+        completed epochs would understate the epsilon spent."""
+        n = decision.get("noised_epochs")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{pre}/e{epoch}/decision: expected the arbiter's count of noised epochs, got {n!r}")
+        return n
 
     def _validate(self, channel: Channel, trainer: TowerTrainer, validation: Validation, stopping: EarlyStopping,
                   pre: str, epoch: int) -> bool:

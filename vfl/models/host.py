@@ -11,7 +11,7 @@ from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
 from .timing import Stopwatch
 from .backprop import encrypted_sums
-from .checkpoint import Checkpoint, TrainingState, resume_from
+from .checkpoint import Checkpoint, TrainingState, resume_from, smaller, start_epochs
 from .randomness import receive_zeros
 from .common import D_FRAC_BITS, check_public_key, expect_encrypted, prefix_for, step, warn_if_small_batches
 from .privacy import clip_blocks
@@ -59,19 +59,24 @@ class SplitHost:
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
-        best = None
+        best, restored_smallest = None, None
         try:
             channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness})
-            start = int(channel.recv(self.guest, f"{pre}/start").get("epoch", -1))
-            if not 0 <= start <= m.epochs:
-                raise ValueError(f"the guest asks to start at epoch {start} of {m.epochs}")
-            if start == m.epochs:       # training had ended: the final state, on to scoring
-                state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, finished=True)
+            start_msg = channel.recv(self.guest, f"{pre}/start")
+            if not isinstance(start_msg, dict):
+                raise ValueError(f"{pre}/start: expected {{epoch, saved_epoch}} from the guest")
+            start, saved = start_epochs(start_msg.get("epoch"), start_msg.get("saved_epoch"), m.epochs)
+            if not start and checkpoint is not None:    # training from scratch: an earlier run's states must go
+                checkpoint.clear()
+            if start == m.epochs:       # training had ended: the guest's final epoch's state, on to scoring
+                state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=saved,
+                                                    finished=True)
                 self.epochs_run_ = state.epoch
             elif start:
                 state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
             if start:
                 best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
+                restored_smallest = state.smallest_release
             for epoch in range(start, m.epochs):
                 schedule = batch_schedule(len(x), m.batch_size, self.seed, epoch)
                 for b, rows in enumerate(schedule):
@@ -90,14 +95,16 @@ class SplitHost:
                 if checkpoint is not None:
                     checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, trainer.params.tolist(),
                                                   optimizer_state(trainer.opt),
-                                                  best_weights=None if best is None else best.tolist()))
+                                                  best_weights=None if best is None else best.tolist(),
+                                                  smallest_release=smaller(restored_smallest,
+                                                                           trainer.buffer.smallest_release)))
                 channel.send(self.guest, f"{pre}/e{epoch}/saved", {})     # the guest saves only after us
                 if stop:
                     break
         finally:
             pk.stop_precompute()
         self.params_ = trainer.params if best is None else best
-        self.smallest_release_ = trainer.buffer.smallest_release
+        self.smallest_release_ = smaller(restored_smallest, trainer.buffer.smallest_release)
         self.observed_ = trainer.observed
         return self
 

@@ -51,8 +51,35 @@ def optimizer_state(opt) -> dict:
     return {}
 
 
-def restore_optimizer(opt, state: dict) -> None:
-    if isinstance(opt, Adam) and state:
-        opt.t = int(state["t"])
-        opt.m = None if state["m"] is None else np.asarray(state["m"], dtype=float)
-        opt.v = None if state["v"] is None else np.asarray(state["v"], dtype=float)
+def restore_optimizer(opt, state: dict, n_weights: int | None = None) -> None:
+    """Continue from a saved :func:`optimizer_state`; raises ValueError on one this optimiser could not
+    continue from exactly (numpy would broadcast a moment of the wrong length without a word)."""
+    if not isinstance(state, dict):
+        raise ValueError("state is not an object")
+    if not isinstance(opt, Adam):
+        if state:
+            raise ValueError(f"state {sorted(state)} is not an SGD state (which holds nothing)")
+        return
+    if not state:
+        return
+    t, m, v = state.get("t"), state.get("m"), state.get("v")
+    if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+        raise ValueError(f"step count t = {t!r} is not a whole number >= 0")
+    if (m is None) != (v is None) or (m is None and t):
+        raise ValueError(f"Adam moments missing after {t} steps")
+    moments = []
+    for name, x in (("m", m), ("v", v)):
+        if x is None:
+            moments.append(None)
+            continue
+        try:
+            a = np.asarray(x, dtype=float) if isinstance(x, list) else None
+        except (TypeError, ValueError):
+            raise ValueError(f"Adam moment {name} is not a list of numbers") from None
+        if a is None or a.ndim != 1 or (n_weights is not None and len(a) != n_weights):
+            raise ValueError(f"Adam moment {name} has {len(x) if isinstance(x, list) else 'no'} values, expected "
+                             f"{n_weights}")
+        if not np.isfinite(a).all() or (name == "v" and (a < 0).any()):
+            raise ValueError(f"Adam moment {name} holds non-finite{' or negative' if name == 'v' else ''} values")
+        moments.append(a)
+    opt.t, (opt.m, opt.v) = t, moments

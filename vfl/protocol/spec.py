@@ -150,12 +150,13 @@ SPEC: tuple[StepSpec, ...] = tuple([
     *_both("<pre>/public_key", _PRE + r"/public_key", "arbiter", ("guest", "host"), PUBLIC, ("control",),
            "the arbiter's Paillier public key n: nothing private", TRAIN),
     StepSpec("<pre>/plan", _PRE + r"/plan", "guest", "arbiter", CONTROL, ("control",),
-             "the number of aligned training rows, batches per epoch, the start epoch, the guest's "
-             "parameter count and who makes the encryption randomness (job setting)", TRAIN),
+             "the number of aligned training rows, batches per epoch, the start epoch and the epoch of the "
+             "guest's checkpoint, the guest's parameter count and who makes the encryption randomness (job "
+             "setting)", TRAIN),
     StepSpec("<pre>/values", _PRE + r"/values", "host", "arbiter", CONTROL, ("control",),
              "the host's parameter count and who makes the encryption randomness (job setting)", TRAIN),
     StepSpec("<pre>/start", _PRE + r"/start", "guest", "host", CONTROL, ("control",),
-             "the epoch training (re)starts at", TRAIN),
+             "the epoch training (re)starts at and the epoch of the guest's checkpoint", TRAIN),
     # ------------------------------------------------------------------ per batch
     *_both("enc_zeros", _BATCH + r"enc_zeros", "arbiter", ("guest", "host"), CIPHERTEXTS, ("encrypted",),
            "nothing: fresh encryptions of zero under the arbiter's key, one per row of the batch, which it uses "
@@ -179,7 +180,8 @@ SPEC: tuple[StepSpec, ...] = tuple([
              "the batch's approximated loss (one scalar; the arbiter decrypts it)", TRAIN, rows="batch"),
     # ------------------------------------------------------------------ per epoch
     StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "guest", AGGREGATE,
-             ("control",), "the epoch's mean training loss over all training rows, and whether to stop", TRAIN,
+             ("control",), "the epoch's mean training loss over all training rows, and whether to stop; with "
+             "label-DP how many epoch runs the arbiter has noised (replays after a resume included)", TRAIN,
              rows="n_train"),
     StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "host", CONTROL,
              ("control",), "when training ends", TRAIN),
