@@ -56,6 +56,11 @@ def test_refit_is_not_kept_when_the_plain_sum_is_better_on_the_validation_rows()
     train, valid = np.arange(n) < 1500, np.arange(n) >= 1500
     cats = np.array([f"c{i % 7}" for i in range(n)], dtype=object)[:, None]
     assert fit_refit(z / 2, z / 2, rng.normal(size=(n, 1)), cats, ["c"], y, train, valid) is None
+    # without validation rows (early stopping off) nothing can check a refit: not kept either
+    noisy = z / 2 + rng.normal(0, 6, n)
+    assert fit_refit(noisy, noisy, rng.normal(size=(n, 1)), cats, ["c"], y, train, valid) is not None
+    assert fit_refit(noisy, noisy, rng.normal(size=(n, 1)), cats, ["c"], y, train | valid,
+                     np.zeros(n, dtype=bool)) is None
 
 
 def test_refit_settings_are_checked(tmp_path):

@@ -146,7 +146,8 @@ def _refit(job: JobConfig, part: "TowerPart", data: PartyTable, host_sum: np.nda
     fitted = part.fit_refit(data, host_sum, y, train, valid, job.model.refit_min_rows)
     v = fitted.validation if fitted is not None else {}
     if fitted is None:
-        log.info("%s: refit not kept: it does not beat the trained sum on the validation rows", part.party)
+        log.info("%s: refit not kept: %s", part.party, "it does not beat the trained sum on the validation rows"
+                 if valid.any() else "no validation rows to check it on (early_stopping = \"off\")")
     else:
         log.info("%s: refit kept (C = %g; hosts' weight %.3f; validation log-loss %s)", part.party, fitted.C,
                  fitted.host_weight, "n/a" if not v else f"{v['plain_log_loss']:.5f} -> {v['refit_log_loss']:.5f}")

@@ -94,8 +94,9 @@ def fit_refit(a: np.ndarray, host_sum: np.ndarray, numeric: np.ndarray, categori
     """The refit for rows with tower scores ``a``, the hosts' sums, the guest's standardised
     ``numeric`` and raw ``categorical`` columns and labels ``y``; ``train``/``valid`` are masks.
 
-    ``C`` is picked by log-loss on ``valid``; with no validation rows ``C = 1``. Returns None
-    when the refit does not beat the plain sum ``a + U_H`` on the validation rows.
+    ``C`` is picked by log-loss on ``valid``. Returns None when the refit does not beat the plain
+    sum ``a + U_H`` on the validation rows, or when there are none to check it on (early stopping
+    off): an unchecked refit on exact labels can be worse than the trained sum.
     """
     from sklearn.linear_model import LogisticRegression
     vocabs = fit_vocabularies(categorical[train], columns, (), max(1, min_rows), 0)
@@ -106,16 +107,15 @@ def fit_refit(a: np.ndarray, host_sum: np.ndarray, numeric: np.ndarray, categori
     def fit(C: float, rows: np.ndarray) -> LogisticRegression:
         return LogisticRegression(C=C, max_iter=1000, tol=1e-6).fit(X[rows], y[rows])
 
+    if not valid.any():
+        return None
     scores = {}
-    if valid.any():
-        for C in C_GRID:
-            scores[C] = _log_loss(y[valid], fit(C, train).decision_function(X[valid]))
-        C = min(scores, key=scores.get)
-        plain = _log_loss(y[valid], a[valid] + host_sum[valid])
-        if scores[C] >= plain:
-            return None
-    else:
-        C, plain = 1.0, None
+    for C in C_GRID:
+        scores[C] = _log_loss(y[valid], fit(C, train).decision_function(X[valid]))
+    C = min(scores, key=scores.get)
+    plain = _log_loss(y[valid], a[valid] + host_sum[valid])
+    if scores[C] >= plain:
+        return None
     m = fit(C, train | valid)
     w = m.coef_[0]
     k = 2 + numeric.shape[1]
@@ -124,5 +124,4 @@ def fit_refit(a: np.ndarray, host_sum: np.ndarray, numeric: np.ndarray, categori
         tables.append(w[start:start + v.size].copy())
         start += v.size
     return GuestRefit(vocabs, tables, w[2:k].copy(), float(w[0]), float(w[1]), float(m.intercept_[0]), C,
-                      {"plain_log_loss": plain, "refit_log_loss": scores.get(C),
-                       "rows": int(valid.sum())} if plain is not None else {})
+                      {"plain_log_loss": plain, "refit_log_loss": scores[C], "rows": int(valid.sum())})
