@@ -1,6 +1,8 @@
 """A whole embedding-model job from CSV files: equals its twin, scores new rows as trained, wire is clean."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -35,6 +37,10 @@ def test_unprotected_job_equals_the_pooled_twin_and_predict_rescores_exactly(tmp
     tables = [_table(job.guest, common), _table(job.hosts[0], common)]
     twin = twin_metrics(job, tables, test)
     assert abs(m["test"]["auc"] - twin["auc"]) < 1e-6
+    # the report's "train" sample is the rows trained on, as metrics["train"]: no validation rows
+    ev = json.loads((job.workdir / "metrics.json").read_text())["evaluation"]["train"]
+    assert m["validation"] and abs(ev["auc"] - m["train"]["auc"]) < 1e-4
+    assert ev["sample"]["rows"] == m["train"]["rows"] < int((~test).sum())
     # vfl predict on the training files scores every aligned row exactly as training did.
     run_predict_local(job)
     scores = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str}, keep_default_na=False)

@@ -57,9 +57,12 @@ def columns_against_saved(saved: dict[str, dict], columns: list[str], features: 
 
 def run_figures(columns: list[str], features: np.ndarray, labels: np.ndarray, test: np.ndarray,
                 score: np.ndarray, points: np.ndarray, categorical_columns: list[str] | None = None,
-                categorical: np.ndarray | None = None) -> dict:
-    """``evaluation`` (train and test side by side) and ``stability`` for the guest's ``metrics.json``."""
-    train = ~test
+                categorical: np.ndarray | None = None, train: np.ndarray | None = None) -> dict:
+    """``evaluation`` (train and test side by side) and ``stability`` for the guest's ``metrics.json``.
+
+    ``train``: the rows trained on (default: every non-test row); the validation slice is neither,
+    so that "train" here is the same sample as ``metrics["train"]``."""
+    train = ~test if train is None else train
     edges = histogram_edges(score)
     evaluation = {name: evaluate_sample(labels[rows], score[rows], points[rows], edges)
                   for name, rows in (("train", train), ("test", test))}

@@ -237,7 +237,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     from ..evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
     from ..evaluation.report import write_report
     metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1),
-                               data.categorical_columns, data.categorical))
+                               data.categorical_columns, data.categorical, train=train))
     write_json(job.workdir / "metrics.json", metrics)
     write_report(job)
     return metrics
