@@ -333,11 +333,11 @@ def test_points_are_affine_in_the_log_odds_and_predict_rescores(scorecard_job):
 
 def test_selection_only_without_woe_drops_columns_before_training(tmp_path):
     settings = {"woe": False, "iv_top_k_guest": 1, "iv_top_k_host": 1, "min_bin_rows": 40}
-    # raw categories would train one-hot LR on exact labels, which needs label-DP: refused
+    # raw categories train one-hot LR, whose per-category sums need label-DP: "auto" turns it on
     (tmp_path / "with-city").mkdir()
-    with pytest.raises(ConfigError, match="woe = false keeps categorical columns raw"):
-        _job(tmp_path / "with-city", settings, model={"epochs": 2, "batch_size": 400})
+    assert _job(tmp_path / "with-city", settings, model={"epochs": 2, "batch_size": 400}).model.label_dp_on
     job = _job(tmp_path, settings, model={"epochs": 2, "batch_size": 400}, city=False)
+    assert not job.model.label_dp_on
     # missing values need woe = true (they get a bin); without it they are refused as today
     with pytest.raises(Exception, match="missing values"):
         run_local(job)
@@ -424,3 +424,52 @@ def test_woe_encoder_maps_unseen_and_missing_values_and_round_trips():
     np.testing.assert_array_equal(again.transform(table), enc.transform(table))
     with pytest.raises(KeyError, match="no categorical column 'c'"):
         enc.transform(PartyTable(table.ids, table.features, ["x"]))
+
+
+# ---------------------------------------------------------------- label-DP on the counts
+
+def test_noised_counts_have_the_planned_spread_and_stay_counts():
+    from vfl.preprocess.stage import noised_counts
+    rows = np.full(20000, 400)
+    events = np.full(20000, 80)
+    got = noised_counts(rows, events, 3.0, np.random.default_rng(0))
+    assert got.dtype == np.int64 and abs(np.std(got - events) - 3.0) < 0.05 and abs(np.mean(got - events)) < 0.05
+    assert noised_counts(np.array([50]), np.array([49]), 1e6, np.random.default_rng(1))[0] in (0, 50)
+
+
+def test_with_label_dp_every_count_behind_woe_and_iv_is_noised_and_accounted(tmp_path):
+    """A host's WOE under label-DP comes from noised event counts (the reviewer's differencing of two
+    columns then reads noise), at the plan's level; the budget spent includes the stage."""
+    from vfl.models.privacy import plan_for
+    job = _job(tmp_path, {"bins": 4, "min_bin_rows": 40}, model={"epochs": 2, "batch_size": 400, "label_dp": "on"})
+    assert job.model.dp_binning_share == 0.2
+    run_local(job)
+    m = json.loads((job.workdir / "metrics.json").read_text())
+    plan = plan_for(job.model, 1)
+    dp = m["binning_label_dp"]
+    assert dp["columns"] == 3 + 4 and dp["noise_sd"] == pytest.approx(plan.binning_sd(7))
+    assert m["label_dp"]["epsilon_spent"] == pytest.approx(plan.epsilon(2, job.model.dp_delta))
+    assert m["label_dp"]["epsilon_spent"] <= job.model.dp_epsilon + 1e-9
+    assert plan.rho(0) == pytest.approx(0.2 * plan.rho(2))            # the stage's share of the whole budget
+    # the host's WOE: its implied event counts are the exact ones plus noise of about that size
+    j, test = _pooled(job)
+    train = j[~test]
+    y = train["y"].to_numpy()
+    diffs = []
+    for spec in load_part(job.output_dir("host0") / "model.json", "host0").encoder.to_dict()["columns"]:
+        b = _pooled_bins(train[spec["column"]], spec)
+        rows = np.bincount(b, minlength=len(spec["rows"]))
+        exact = np.bincount(b, weights=y, minlength=len(spec["rows"]))
+        exact_woe, _ = _reference_woe_iv(rows.tolist(), exact.tolist())
+        diffs += list(np.asarray(spec["woe"]) - exact_woe)
+    # a bin's WOE can come out exact by chance (its noise rounded to 0 and its column's total too)
+    assert len(diffs) >= 8 and np.mean(np.abs(diffs) > 1e-9) > 0.5 and np.max(np.abs(diffs)) > 1e-3
+    # a guest that reports less noise than the plan asks for fails the audit
+    ok, text = audit_job(job)
+    assert ok, text
+    honest = (job.workdir / "metrics.json").read_text()
+    m["binning_label_dp"]["noise_sd"] = dp["noise_sd"] / 2
+    (job.workdir / "metrics.json").write_text(json.dumps(m))
+    ok, text = audit_job(job)
+    (job.workdir / "metrics.json").write_text(honest)
+    assert not ok and "per-bin event counts with sd" in text

@@ -63,6 +63,7 @@ class PartyConfig:
 
 DP_COEF_BITS = 12                 # backpropagated coefficients' fractional bits by default under label-DP
 GUEST_SHARE_WITH_TABLES = 0.5     # the default dp_guest_share when the guest embeds categorical columns
+BINNING_SHARE = 0.2               # the default dp_binning_share of a job with [preprocess]
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,15 @@ class ModelConfig:
     table_release: str = "epoch"             # table sums (per category): "epoch" = at the epoch's end or a batch's
                                              # worth of rows; "eager" = as soon as min_rows_per_release rows
     label_dp: str = "auto"                   # "auto": on for the embedding model and for logistic regression
-                                             # on categorical columns (one-hot, no [preprocess]), else off;
+                                             # on raw categorical columns (one-hot: no [preprocess], or its
+                                             # woe = false), else off;
                                              # "on"; "off"
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
     dp_guest_share: float = 0.1              # of the label-DP budget spent on the guest's releases (hosts: the
                                              # rest); a job whose guest has categorical columns defaults to 0.5
+    dp_binning_share: float = 0.0            # of the label-DP budget spent on [preprocess]'s noised per-bin
+                                             # event counts, before training (0.2 when the job has [preprocess])
     clip_norm: float = 1.0
     coef_bits: int = 0                       # fractional bits of backpropagated coefficients (of 24; fewer is
                                              # cheaper): 0 = auto, 12 with label-DP on, else all 24
@@ -464,6 +468,9 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
     if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0 or not 0 < m.dp_guest_share < 1:
         raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
+    if not 0 <= m.dp_binning_share < 1:
+        raise ConfigError(f"[model] dp_binning_share must be in [0, 1) (in (0, 1) with [preprocess]), "
+                          f"got {m.dp_binning_share}")
     if not 0 <= m.coef_bits <= 24:
         raise ConfigError(f"[model] coef_bits must be in [0, 24] (0: 12 with label-DP, else 24), got {m.coef_bits}")
     if m.optimizer not in ("sgd", "adam"):
@@ -556,17 +563,23 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     if "dp_guest_share" not in model_table and guest.categorical_columns:
         # a guest with embedding tables of its own needs more of the label-DP budget (docs/protocols.md)
         model = replace(model, dp_guest_share=GUEST_SHARE_WITH_TABLES)
-    if (model.type == "logistic" and model.label_dp == "auto" and "preprocess" not in raw
+    preprocess = None
+    if "preprocess" in raw:
+        preprocess = _dataclass_from(PreprocessConfig, _table(raw["preprocess"], "preprocess"), "preprocess")
+        if "dp_binning_share" not in model_table:
+            model = replace(model, dp_binning_share=BINNING_SHARE)
+    elif "dp_binning_share" in model_table:
+        raise ConfigError("[model] dp_binning_share is the label-DP budget of [preprocess]'s counts, but the job "
+                          "has no [preprocess] table")
+    if (model.type == "logistic" and model.label_dp == "auto" and (preprocess is None or not preprocess.woe)
             and any(p.categorical_columns for p in (guest, *hosts))):
         # one-hot LR releases a sum per category: sums of nested columns differ by single rows
         model = replace(model, label_dp="on")
     _check_model(model)
     network = _dataclass_from(NetworkConfig, _table(raw.get("network", {}), "network"), "network")
     scorecard = _scorecard(_table(raw.get("scorecard", {}), "scorecard"))
-    preprocess = None
-    if "preprocess" in raw:
-        preprocess = _dataclass_from(PreprocessConfig, _table(raw["preprocess"], "preprocess"), "preprocess")
-        _check_preprocess(preprocess, model, any(p.categorical_columns for p in (guest, *hosts)))
+    if preprocess is not None:
+        _check_preprocess(preprocess, model)
     tls = _table(raw.get("tls", {}), "tls")
     _check_keys(tls, {"ca"}, "tls")
     serving = _dataclass_from(ServingConfig, _table(raw.get("serving", {}), "serving"), "serving")
@@ -602,7 +615,7 @@ def _scorecard(table: dict) -> ScorecardConfig:
     return sc
 
 
-def _check_preprocess(p: PreprocessConfig, model: ModelConfig, has_categorical: bool) -> None:
+def _check_preprocess(p: PreprocessConfig, model: ModelConfig) -> None:
     if p.binning not in BINNING_METHODS:
         raise ConfigError(f"[preprocess] binning must be 'quantile' or 'equal_width', got {p.binning!r}")
     if not 2 <= p.bins <= 1000:
@@ -618,12 +631,6 @@ def _check_preprocess(p: PreprocessConfig, model: ModelConfig, has_categorical: 
     if model.type != "logistic":
         raise ConfigError(f"[preprocess] works with [model] type = 'logistic' (a scorecard is a binned logistic "
                           f"regression), not {model.type!r}")
-    if not p.woe and has_categorical:
-        raise ConfigError("[preprocess] woe = false keeps categorical columns raw, so training is one-hot "
-                          "logistic regression, whose per-category sums need label-DP ('auto' turns it on "
-                          "without [preprocess]), and [preprocess] can not hold with label-DP: use woe = true "
-                          "(categories binned, then WOE), or drop [preprocess]")
-    if model.label_dp_on:
-        raise ConfigError("[preprocess] sends each host its bins' exact event rates (WOE) and which of its "
-                          "columns pass the IV selection: label statistics outside label-DP's noised channel, "
-                          "so [model] label_dp = 'on' can not hold with it; drop one of the two")
+    if model.label_dp_on and model.dp_binning_share <= 0:
+        raise ConfigError("[model] dp_binning_share must be > 0 with [preprocess] and label-DP: the per-bin "
+                          "event counts are noised from that share of the budget")

@@ -17,7 +17,10 @@ Steinke 2016). Every party's parameters
 are a function of its own features, its initialisation and its released sums,
 so everything any party sends later (scores, residuals, the next releases) is
 post-processing, and a host's whole view is covered. Epochs compose:
-``rho_E = E rho``, and ``epsilon = rho_E + 2 sqrt(rho_E ln(1/delta))``.
+``rho_E = E rho``, and ``epsilon = rho_E + 2 sqrt(rho_E ln(1/delta))``. With
+``[preprocess]`` the per-bin event counts are noised once before training
+(``dp_binning_share`` of the budget, :meth:`NoisePlan.binning_sd`), and the
+epochs share the rest.
 
 The job states ``(epsilon, delta)`` and the guest's share of the budget; the
 multipliers follow from them, the number of epochs and of hosts. For intuition: the best possible
@@ -61,9 +64,18 @@ class NoisePlan:
     guest: float
     host: float
     hosts: int
+    binning_rho: float = 0.0      # spent before training by [preprocess]'s noised per-bin event counts
 
     def rho(self, epochs: int) -> float:
-        return epochs * (0.5 / self.guest ** 2 + self.hosts * 0.5 / self.host ** 2)
+        return self.binning_rho + epochs * (0.5 / self.guest ** 2 + self.hosts * 0.5 / self.host ** 2)
+
+    def binning_sd(self, columns: int) -> float:
+        """The noise on every per-bin event count of ``columns`` binned columns: one label is in one
+        bin of each, so the counts have L2 sensitivity ``sqrt(columns)`` and ``binning_rho`` buys
+        ``sd = sqrt(columns / (2 binning_rho))``."""
+        if self.binning_rho <= 0:
+            raise ValueError("the plan spends nothing on binning ([model] dp_binning_share)")
+        return math.sqrt(max(columns, 1) / (2.0 * self.binning_rho))
 
     def epsilon(self, epochs: int, delta: float) -> float:
         return epsilon_for(self.rho(epochs), delta)
@@ -76,19 +88,24 @@ class NoisePlan:
         return self.guest if is_guest else self.host
 
 
-def noise_plan(epsilon: float, delta: float, epochs: int, hosts: int, guest_share: float) -> NoisePlan:
-    """Multipliers such that ``epochs`` epochs spend ``(epsilon, delta)``, the guest's releases
-    ``guest_share`` of the zCDP budget and each host's an equal part of the rest."""
-    if not 0 < guest_share < 1 or hosts < 1:
-        raise ValueError("label-DP needs 0 < guest_share < 1 and at least one host")
-    per_epoch = rho_for(epsilon, delta) / epochs
+def noise_plan(epsilon: float, delta: float, epochs: int, hosts: int, guest_share: float,
+               binning_share: float = 0.0) -> NoisePlan:
+    """Multipliers such that the binning stage (``binning_share`` of the zCDP budget, before training)
+    and ``epochs`` epochs together spend ``(epsilon, delta)``; within an epoch the guest's releases
+    get ``guest_share`` and each host's an equal part of the rest."""
+    if not 0 < guest_share < 1 or hosts < 1 or not 0 <= binning_share < 1:
+        raise ValueError("label-DP needs 0 < guest_share < 1, 0 <= binning_share < 1 and at least one host")
+    total = rho_for(epsilon, delta)
+    per_epoch = total * (1 - binning_share) / epochs
     return NoisePlan(guest=math.sqrt(0.5 / (guest_share * per_epoch)),
-                     host=math.sqrt(0.5 * hosts / ((1 - guest_share) * per_epoch)), hosts=hosts)
+                     host=math.sqrt(0.5 * hosts / ((1 - guest_share) * per_epoch)), hosts=hosts,
+                     binning_rho=total * binning_share)
 
 
 def plan_for(model, hosts: int) -> NoisePlan:
     """The job's noise plan (all public settings)."""
-    return noise_plan(model.dp_epsilon, model.dp_delta, model.epochs, hosts, model.dp_guest_share)
+    return noise_plan(model.dp_epsilon, model.dp_delta, model.epochs, hosts, model.dp_guest_share,
+                      model.dp_binning_share)
 
 
 def attack_auc_bound(rho: float) -> float:
@@ -105,7 +122,8 @@ def label_dp_summary(model, epochs_run: int, hosts: int) -> dict:
     return {"on": True, "noise_multiplier": {"guest": plan.guest, "host": plan.host},
             "guest_share": model.dp_guest_share, "clip_norm": model.clip_norm, "delta": model.dp_delta,
             "epsilon_spent": plan.epsilon(epochs_run, model.dp_delta),
-            "best_attack_auc_bound": plan.attack_auc(epochs_run) if epochs_run else 0.5}
+            "best_attack_auc_bound": plan.attack_auc(epochs_run),
+            **({"binning_rho": plan.binning_rho} if plan.binning_rho else {})}
 
 
 # Each family's share of the squared clip bound C^2 (renormalised over the families a tower has).

@@ -52,9 +52,10 @@ class ColumnSummary:
     bins: ColumnBins | None = None
 
 
-def summarise(name: str, rows: np.ndarray, events: np.ndarray, ordered: int, n_train: int, n_events: int,
+def summarise(name: str, rows: np.ndarray, events: np.ndarray, ordered: int, n_train: int, n_events: int | None,
               monotonic: bool, bins: ColumnBins | None = None) -> ColumnSummary:
-    """Final bins (monotonic merging if asked), their WOE and the column's IV."""
+    """Final bins (monotonic merging if asked), their WOE and the column's IV (``n_events`` None: the
+    column's own total, as for noised counts)."""
     groups = monotonic_groups(rows, events, ordered) if monotonic else np.arange(len(rows))
     r, e = merged_counts(rows, groups), merged_counts(events, groups)
     woe, iv = woe_iv(r, e, n_train, n_events)

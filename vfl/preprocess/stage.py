@@ -58,22 +58,52 @@ def _train_rows(job: JobConfig, data: PartyTable, test: np.ndarray) -> np.ndarra
     return ~test & ~validation_rows(data.ids, test, job.model, job.seed)
 
 
-def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.ndarray) -> Prepared:
-    """The guest's stage: own columns locally, hosts' columns through the protocol."""
+def noised_counts(rows: np.ndarray, events: np.ndarray, sd: float, rng: np.random.Generator) -> np.ndarray:
+    """``events + N(0, sd^2)`` per bin, rounded and kept within ``[0, rows]`` (post-processing)."""
+    return np.clip(np.rint(np.asarray(events, dtype=np.float64) + rng.normal(0.0, sd, len(events))),
+                   0, np.asarray(rows)).astype(np.int64)
+
+
+def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.ndarray,
+                  rng: np.random.Generator | None = None) -> Prepared:
+    """The guest's stage: own columns locally, hosts' columns through the protocol.
+
+    With label-DP on, every per-bin event count (own columns and hosts') gets Gaussian noise
+    before anything is computed from it (:func:`noised_counts`, ``rng`` a fresh CSPRNG-seeded
+    generator by default): WOE, IV, merging and selection, and so everything a host is told and
+    the guest's own WOE features, are functions of the noised counts."""
     p, train = job.preprocess, _train_rows(job, data, test)
-    if p.woe and job.hosts:
+    dp = job.model.label_dp_on
+    if p.woe and job.hosts and not dp:
         log.warning("%s: [preprocess] woe = true tells each host its bins' exact event counts (through their "
-                    "WOE); a host that chooses columns whose bins differ by one row learns that row's label "
-                    "(docs/protocols.md, section 1a)", job.guest.name)
+                    "WOE); a host that chooses columns whose bins differ by one row learns that row's label. "
+                    "[model] label_dp = \"on\" noises them (docs/protocols.md, section 1a)", job.guest.name)
     y = data.labels[train]
     n, n_events = int(train.sum()), int(y.sum())
     bins, idx = _fit(job, data, train, str(job.guest.data))
-    own = [summarise(cb.column, cb.rows, np.bincount(idx[:, k], weights=y, minlength=cb.n_bins).round(),
-                     n_ordered(cb), n, n_events, p.monotonic, cb) for k, cb in enumerate(bins)]
+    own_events = [np.bincount(idx[:, k], weights=y, minlength=cb.n_bins).round().astype(np.int64)
+                  for k, cb in enumerate(bins)]
     counts = guest_host_counts(channel, job.model, job.host_names, y, p.min_bin_rows)
+    binning_dp = None
+    if dp:
+        from ..models.privacy import plan_for
+        columns = len(bins) + sum(len(c) for c in counts.values())
+        sd = plan_for(job.model, len(job.hosts)).binning_sd(columns)
+        if rng is None:
+            import secrets
+            rng = np.random.default_rng(secrets.randbits(128))
+        seen = [noised_counts(cb.rows, e, sd, rng) for cb, e in zip(bins, own_events)]
+        counts = {h: [(r, noised_counts(r, e, sd, rng), o) for r, e, o in cols] for h, cols in counts.items()}
+        binning_dp = {"noise_sd": sd, "columns": columns}
+        log.info("%s: label-DP: every per-bin event count of %d columns noised with sd %.3g", job.guest.name,
+                 columns, sd)
+    else:
+        seen = own_events
+    total = None if dp else n_events           # the noised counts' own totals: the exact one is a label count too
+    own = [summarise(cb.column, cb.rows, e, n_ordered(cb), n, total, p.monotonic, cb) for cb, e in zip(bins, seen)]
     iv_hosts = []
     for i, h in enumerate(job.host_names):
-        cols = [summarise(anonymous_name(i, j), r, e, o, n, n_events, p.monotonic)
+        cols = [summarise(anonymous_name(i, j), r, e, o, n, total, p.monotonic)
                 for j, (r, e, o) in enumerate(counts[h])]
         keep = select_by_iv([c.iv for c in cols], p.iv_threshold, p.iv_top_k_host)
         guest_send_selection(channel, h, keep, cols, p.woe)
@@ -85,8 +115,12 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.n
     encoder = WoeEncoder([own[j].bins for j in keep], [own[j].woe for j in keep]) if p.woe else None
     log.info("%s: binned %d own and %d host columns; keeping %d own", job.guest.name, len(own), len(iv_hosts),
              len(keep))
-    return Prepared(table, encoder, dropped, {"iv": {"guest": iv_guest, "hosts": iv_hosts}},
-                    [own[j].events for j in keep])
+    figures = {"iv": {"guest": iv_guest, "hosts": iv_hosts}}
+    if binning_dp is not None:
+        figures["binning_label_dp"] = binning_dp
+    # the guest's own points table shows its exact events per final bin (it owns the labels)
+    return Prepared(table, encoder, dropped, figures,
+                    [np.bincount(own[j].groups, weights=own_events[j]).round().astype(np.int64) for j in keep])
 
 
 def host_prepare(job: JobConfig, name: str, channel: Channel, data: PartyTable, test: np.ndarray) -> Prepared:

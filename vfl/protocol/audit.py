@@ -422,9 +422,31 @@ def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedg
     if seen > epochs:
         led.problems.append(f"label-DP is on, but the parties' ledgers show releases in {seen} epoch runs "
                             f"(resumed runs included), where the arbiter reports noising {epochs}")
-    if (spent := epsilon_for(max(seen, epochs) * rho, m.dp_delta)) > m.dp_epsilon * (1 + 1e-9):
-        led.problems.append(f"label-DP is on, but the noise drawn over {max(seen, epochs)} noised epochs spends "
-                            f"epsilon {spent:.4g}, more than the job's {m.dp_epsilon:g}")
+    binning = _binning_rho(job, plan, led) if job.preprocess is not None else 0.0
+    if binning is None:
+        return
+    if (spent := epsilon_for(binning + max(seen, epochs) * rho, m.dp_delta)) > m.dp_epsilon * (1 + 1e-9):
+        led.problems.append(f"label-DP is on, but the noise drawn over {max(seen, epochs)} noised epochs"
+                            + (" and the binning stage" if binning else "")
+                            + f" spends epsilon {spent:.4g}, more than the job's {m.dp_epsilon:g}")
+
+
+def _binning_rho(job, plan, led: PartyLedger) -> float | None:
+    """The zCDP the guest's noised per-bin event counts spent, from its ``metrics.json``, checked
+    against the plan's share (None, with a problem noted, when the guest reports no noise)."""
+    path = job.workdir / "metrics.json"
+    try:
+        dp = json.loads(path.read_text()).get("binning_label_dp")
+        sd, columns = float(dp["noise_sd"]), int(dp["columns"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        led.problems.append(f"label-DP is on with [preprocess], but {path} reports no noise on the per-bin "
+                            "event counts: nothing shows that WOE and IV were computed from noised counts")
+        return None
+    need = plan.binning_sd(columns)
+    if not sd >= need * (1 - 1e-9) or columns < 1:
+        led.problems.append(f"label-DP is on with [preprocess], but the guest noised its per-bin event counts "
+                            f"with sd {sd:.6g}, where the job's plan asks for {need:.6g} over {columns} columns")
+    return columns / (2.0 * sd * sd) if sd > 0 else float("inf")
 
 
 def _label_dp(job) -> str | None:
