@@ -5,7 +5,8 @@
 
 In one run: the federated raw LR (``vfl run`` without ``[preprocess]``), the
 federated WOE scorecard (``[preprocess]``: 10 quantile bins, min 50 rows per bin,
-monotonic WOE; ``[scorecard]``), and the pooled plaintext twins on the same
+monotonic WOE; ``[scorecard]``), the same scorecard with label-DP on (noised
+per-bin counts and releases), and the pooled plaintext twins on the same
 rows and split: scikit-learn LR on the pooled WOE columns (the same bins and
 WOE) and on the pooled raw columns. Test AUC and KS, the binning stage's time
 and, as a check, the largest difference between the federated IVs and the IVs
@@ -43,14 +44,16 @@ PREPROCESS = {"binning": "quantile", "bins": 10, "min_bin_rows": 50, "monotonic"
 SCORECARD = {"pdo": 20, "base_score": 600, "base_odds": 50}
 
 
-def job_file(folder: Path, bits: int, epochs: int, binned: bool) -> Path:
+def job_file(folder: Path, bits: int, epochs: int, binned: bool, label_dp: bool = False) -> Path:
+    name = ("scorecard" if binned else "raw") + ("_dp" if label_dp else "")
     job = vfl.Job(vfl.Party("guest", DATA / "default_credit_hetero_guest.csv", label_column="y"),
                   [vfl.Party("host", DATA / "default_credit_hetero_host.csv")],
-                  workdir=folder / ("scorecard" if binned else "raw"), seed=42, test_fraction=0.2,
+                  workdir=folder / name, seed=42, test_fraction=0.2,
                   model={"epochs": epochs, "batch_size": 4096, "learning_rate": 0.05, "optimizer": "adam",
-                         "tolerance": 1e-5, "key_bits": bits, "allow_short_keys": bits < 2048},
+                         "tolerance": 1e-5, "key_bits": bits, "allow_short_keys": bits < 2048,
+                         **({"label_dp": "on"} if label_dp else {})},
                   preprocess=PREPROCESS if binned else None, scorecard=SCORECARD if binned else None)
-    return job.to_toml(folder / ("scorecard.toml" if binned else "raw.toml"))
+    return job.to_toml(folder / f"{name}.toml")
 
 
 def pooled(job):
@@ -102,8 +105,8 @@ def main() -> None:
         sys.exit(f"needs {DATA}/default_credit_hetero_*.csv (FATE's example data)")
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
-        for binned in (False, True):
-            path = job_file(Path(tmp), args.bits, args.epochs, binned)
+        for binned in (False, True, "dp"):
+            path = job_file(Path(tmp), args.bits, args.epochs, bool(binned), label_dp=binned == "dp")
             totals, stages = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
@@ -124,8 +127,11 @@ def main() -> None:
               f"test), {len(g.columns)} + {len(h.columns)} columns, {args.bits}-bit keys, {args.epochs} epochs, "
               f"{args.repeats} run(s) each")
         print(f"{'model':<58} {'test AUC':>9} {'test KS':>8} {'seconds':>9}")
+        dp_job, dp_m, dp_totals, _ = results["dp"]
         rows = [("federated raw LR (vfl run)", raw_m["test"], statistics.median(raw_totals)),
                 ("federated WOE scorecard (vfl run, [preprocess])", m["test"], statistics.median(totals)),
+                (f"... with label-DP (eps {dp_job.model.dp_epsilon:g}: noised counts, noised releases)",
+                 dp_m["test"], statistics.median(dp_totals)),
                 ("pooled plaintext twin: sklearn LR on the same WOE columns", twin_woe, None),
                 ("pooled plaintext: sklearn LR on the raw columns", twin_raw, None)]
         for name, r, secs in rows:
@@ -135,7 +141,10 @@ def main() -> None:
               f"{statistics.median(binning):.2f} s (runs: {', '.join(f'{s:.2f}' for s in binning)})")
         print(f"AUC scorecard - raw LR: {m['test']['auc'] - raw_m['test']['auc']:+.4f}; "
               f"scorecard - its pooled twin: {m['test']['auc'] - twin_woe['auc']:+.4f}")
-        print(f"largest |federated IV - plaintext IV on pooled rows|: {plaintext_iv_gap(job, g, h, test, m):.2e}")
+        print(f"largest |federated IV - plaintext IV on pooled rows|: {plaintext_iv_gap(job, g, h, test, m):.2e}"
+              f" (with label-DP, from noised counts: {plaintext_iv_gap(dp_job, g, h, test, dp_m):.2e}; per-bin "
+              f"event count noise sd {dp_m['binning_label_dp']['noise_sd']:.2f} over "
+              f"{dp_m['binning_label_dp']['columns']} columns)")
         ivs = sorted(m["iv"]["guest"] + m["iv"]["hosts"], key=lambda r: -r["iv"])[:5]
         print("top IVs: " + ", ".join(f"{r['column']} {r['iv']:.3f} ({r['bins']} bins)" for r in ivs))
         sc = m["scorecard"]

@@ -102,7 +102,8 @@ def test_arbiter_sees_only_fresh_masks_and_hosts_see_only_ciphertext(keypair):
         if rec.receiver == "h0":
             assert isinstance(rec.payload, (EncryptedArray, dict, BigInts)), rec.step
             if isinstance(rec.payload, dict):
-                assert set(rec.payload) <= {"n", "stop", "epoch", "format", "version"}, rec.payload
+                # saved_epoch: the epoch of the guest's checkpoint (a count, for resuming alike)
+                assert set(rec.payload) <= {"n", "stop", "epoch", "saved_epoch", "format", "version"}, rec.payload
         if rec.receiver == "a":
             assert isinstance(rec.payload, (EncryptedArray, dict)), rec.step
 

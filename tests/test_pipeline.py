@@ -126,7 +126,7 @@ def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
                 assert set(p) <= {"buckets", "nonce", "commits", "nonces"}, (r.step, p)
                 assert all(isinstance(v, (int, str, list)) and not isinstance(v, bool) for v in p.values())
             else:
-                assert set(p) <= {"n", "stop", "epoch", "protocol", "guest", "hosts", "format", "version",
-                                  "keys"}, (r.step, p)     # keys: the hosts' relayed secure-sum keys
+                assert set(p) <= {"n", "stop", "epoch", "saved_epoch", "protocol", "guest", "hosts", "format",
+                                  "version", "keys"}, (r.step, p)     # keys: the hosts' relayed secure-sum keys
         if isinstance(p, BigInts):
             assert r.sender == "arbiter" and r.step.endswith("masked_grad_plain")
