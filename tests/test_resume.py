@@ -183,3 +183,35 @@ def test_the_noise_ledger_continues_only_the_interrupted_training(tmp_path):
     assert NoiseLedger.open(other, resume=True, start=0).epochs == []
     with pytest.raises(CheckpointError, match="different training"):
         NoiseLedger.open(other, resume=True, start=1)
+
+
+def test_a_resume_under_label_dp_resends_the_same_noised_woe(tmp_path, monkeypatch):
+    """The binning stage runs again on --resume: it must send each host the first run's noised WOE
+    (a second draw would be a second release of the label counts), and the audit catches a second draw."""
+    from tests.conftest import rechain_ledger
+    from vfl.protocol.audit import audit_job
+    g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2], seed=7))
+    job = load_job(write_job(tmp_path, g, hosts, preprocess={"bins": 4, "min_bin_rows": 32},
+                             model={"epochs": 3, "batch_size": 128, "tolerance": 0.0, "label_dp": "on"}))
+    with monkeypatch.context() as mp:
+        STAGES["training"](mp)
+        with pytest.raises(JobFailed, match="stopped here by the test"):
+            run_local(job)
+    seed = job.output_dir("guest") / "binning.noise.json"
+    assert (seed.stat().st_mode & 0o777) == 0o600
+    run_local(job, resume=True)
+    ledgers = {p: job.output_dir(p) / "ledger.jsonl" for p in ("guest", "host0")}
+    lines = {p: [json.loads(x) for x in path.read_text().splitlines()] for p, path in ledgers.items()}
+    woe = {p: [x for x in lines[p] if x.get("step") == "woe/host_woe"] for p in lines}
+    assert len(woe["host0"]) == 2 and len({x["sha256"] for x in woe["host0"]}) == 1    # the same WOE again
+    ok, text = audit_job(job)
+    assert ok, text
+    # had the resume drawn afresh, the host's second WOE message would differ: the audit counts it
+    honest = {p: path.read_text() for p, path in ledgers.items()}
+    for p in ledgers:
+        woe[p][1]["sha256"] = "f" * 64
+        rechain_ledger(ledgers[p], [{k: v for k, v in x.items() if k not in ("prev", "hash")} for x in lines[p]])
+    ok, text = audit_job(job)
+    for p, path in ledgers.items():
+        path.write_text(honest[p])
+    assert not ok and "received 2 different noised WOE messages" in text, text

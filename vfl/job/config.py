@@ -469,7 +469,7 @@ def _check_model(m: ModelConfig) -> None:
     if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0 or not 0 < m.dp_guest_share < 1:
         raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
     if not 0 <= m.dp_binning_share < 1:
-        raise ConfigError(f"[model] dp_binning_share must be in [0, 1) (in (0, 1) with [preprocess]), "
+        raise ConfigError(f"[model] dp_binning_share must be in [0, 1) (in (0, 1) with [preprocess] and label-DP), "
                           f"got {m.dp_binning_share}")
     if not 0 <= m.coef_bits <= 24:
         raise ConfigError(f"[model] coef_bits must be in [0, 24] (0: 12 with label-DP, else 24), got {m.coef_bits}")

@@ -150,7 +150,7 @@ def _refit(job: JobConfig, part: "TowerPart", data: PartyTable, host_sum: np.nda
                  if valid.any() else "no validation rows to check it on (early_stopping = \"off\")")
     else:
         log.info("%s: refit kept (C = %g; hosts' weight %.3f; validation log-loss %s)", part.party, fitted.C,
-                 fitted.host_weight, "n/a" if not v else f"{v['plain_log_loss']:.5f} -> {v['refit_log_loss']:.5f}")
+                 fitted.host_weight, f"{v['plain_log_loss']:.5f} -> {v['refit_log_loss']:.5f}")
     return {"kept": fitted is not None, **({"C": fitted.C, "host_weight": fitted.host_weight,
                                             "tower_weight": fitted.tower_weight, **v} if fitted else {})}
 
@@ -167,19 +167,19 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         common = run_psi(job, g.name, channel, table.ids)
     out = job.output_dir(g.name)
     data, test = _aligned(job, g.name, table, common)
+    valid = validation_rows(common, test, job.model, job.seed)
+    train = ~test & ~valid
     prep = None
     if job.preprocess is not None:
         check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_for(int((~test).sum())), 1,
                             str(g.data))
         from ..preprocess.stage import guest_prepare
         with timings("binning"):
-            prep = guest_prepare(job, channel, data, test)
+            prep = guest_prepare(job, channel, data, train, resume=resume)
     model_data = prep.table if prep is not None else data
     tower, x, vocabs, std = _model_inputs(job, g, model_data, test, prep)
     check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_for(int((~test).sum())),
                         len(model_data.columns) + len(model_data.categorical_columns), str(g.data))
-    valid = validation_rows(common, test, job.model, job.seed)
-    train = ~test & ~valid
     log.info("%s: %d own rows, %d aligned, %d train / %d validation / %d test", g.name, len(table.ids),
              len(common), int(train.sum()), int(valid.sum()), int(test.sum()))
     model = SplitGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed,
@@ -257,16 +257,16 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
         common = run_psi(job, name, channel, table.ids)
     out = job.output_dir(name)
     data, test = _aligned(job, name, table, common)
+    valid = validation_rows(common, test, job.model, job.seed)
     prep = None
     if job.preprocess is not None:
         from ..preprocess.stage import host_prepare
         with timings("binning"):
-            prep = host_prepare(job, name, channel, data, test)
+            prep = host_prepare(job, name, channel, data, ~test & ~valid)
     model_data = prep.table if prep is not None else data
     tower, x, vocabs, std = _model_inputs(job, h, model_data, test, prep)
     model = SplitHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
                       tower=tower, init_seed=init_seed(job.model.seed, name))
-    valid = validation_rows(common, test, job.model, job.seed)
     auth = relay_authentication(job, name)
     validation = (Validation(x.take(np.flatnonzero(valid)), exchange=lambda prefix, u: host_send_scores(
                       channel, job.guest.name, job.host_names, name, u, context=f"{job.name}/{prefix}", auth=auth,

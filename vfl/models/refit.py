@@ -98,6 +98,8 @@ def fit_refit(a: np.ndarray, host_sum: np.ndarray, numeric: np.ndarray, categori
     sum ``a + U_H`` on the validation rows, or when there are none to check it on (early stopping
     off): an unchecked refit on exact labels can be worse than the trained sum.
     """
+    if not valid.any():
+        return None
     from sklearn.linear_model import LogisticRegression
     vocabs = fit_vocabularies(categorical[train], columns, (), max(1, min_rows), 0)
     codes = encode_all(vocabs, categorical, columns)
@@ -107,8 +109,6 @@ def fit_refit(a: np.ndarray, host_sum: np.ndarray, numeric: np.ndarray, categori
     def fit(C: float, rows: np.ndarray) -> LogisticRegression:
         return LogisticRegression(C=C, max_iter=1000, tol=1e-6).fit(X[rows], y[rows])
 
-    if not valid.any():
-        return None
     scores = {}
     for C in C_GRID:
         scores[C] = _log_loss(y[valid], fit(C, train).decision_function(X[valid]))

@@ -52,28 +52,45 @@ def _keep_table(data: PartyTable, kept: list[str]) -> tuple[PartyTable, list[str
     return data.without(dropped), dropped
 
 
-def _train_rows(job: JobConfig, data: PartyTable, test: np.ndarray) -> np.ndarray:
-    """The rows training fits on: neither test rows nor the validation slice early stopping judges by."""
-    from ..models.validation import validation_rows
-    return ~test & ~validation_rows(data.ids, test, job.model, job.seed)
-
-
 def noised_counts(rows: np.ndarray, events: np.ndarray, sd: float, rng: np.random.Generator) -> np.ndarray:
     """``events + N(0, sd^2)`` per bin, rounded and kept within ``[0, rows]`` (post-processing)."""
     return np.clip(np.rint(np.asarray(events, dtype=np.float64) + rng.normal(0.0, sd, len(events))),
                    0, np.asarray(rows)).astype(np.int64)
 
 
-def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.ndarray,
-                  rng: np.random.Generator | None = None) -> Prepared:
-    """The guest's stage: own columns locally, hosts' columns through the protocol.
+def _noise_rng(job: JobConfig, resume: bool) -> np.random.Generator:
+    """The generator of the binning noise. A fresh training draws a 128-bit seed from the OS and
+    keeps it beside the guest's checkpoint (``binning.noise.json``, 0600); a resumed one reuses it,
+    so it resends exactly the noised counts of the first run: one release, not a second draw."""
+    import json
+    import os
+    import secrets
+    path = job.output_dir(job.guest.name) / "binning.noise.json"
+    if resume and path.exists():        # missing: the first run stopped before it drew (nothing released)
+        try:
+            return np.random.default_rng(int(json.loads(path.read_text())["seed"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DataError(f"cannot resume: {path} (the seed of the first run's binning noise) is damaged, "
+                            "and a new draw would release the label counts again; start afresh without "
+                            "--resume") from None
+    seed = secrets.randbits(128)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"seed": seed}, f)
+    return np.random.default_rng(seed)
+
+
+def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, train: np.ndarray,
+                  rng: np.random.Generator | None = None, resume: bool = False) -> Prepared:
+    """The guest's stage on its ``train`` rows (neither test nor validation rows): own columns
+    locally, hosts' columns through the protocol.
 
     With label-DP on, every per-bin event count (own columns and hosts') gets Gaussian noise
-    before anything is computed from it (:func:`noised_counts`, ``rng`` a fresh CSPRNG-seeded
-    generator by default): WOE, IV, merging and selection, and so everything a host is told and
-    the guest's own WOE features, are functions of the noised counts."""
-    p, train = job.preprocess, _train_rows(job, data, test)
-    dp = job.model.label_dp_on
+    before anything is computed from it (:func:`noised_counts`; ``rng`` by default seeded as
+    :func:`_noise_rng` says, the same again on ``resume``): WOE, IV, merging and selection, and so
+    everything a host is told and the guest's own WOE features, are functions of the noised counts."""
+    p, dp = job.preprocess, job.model.label_dp_on
     if p.woe and job.hosts and not dp:
         log.warning("%s: [preprocess] woe = true tells each host its bins' exact event counts (through their "
                     "WOE); a host that chooses columns whose bins differ by one row learns that row's label. "
@@ -90,8 +107,7 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.n
         columns = len(bins) + sum(len(c) for c in counts.values())
         sd = plan_for(job.model, len(job.hosts)).binning_sd(columns)
         if rng is None:
-            import secrets
-            rng = np.random.default_rng(secrets.randbits(128))
+            rng = _noise_rng(job, resume)
         seen = [noised_counts(cb.rows, e, sd, rng) for cb, e in zip(bins, own_events)]
         counts = {h: [(r, noised_counts(r, e, sd, rng), o) for r, e, o in cols] for h, cols in counts.items()}
         binning_dp = {"noise_sd": sd, "columns": columns}
@@ -123,9 +139,10 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, test: np.n
                     [np.bincount(own[j].groups, weights=own_events[j]).round().astype(np.int64) for j in keep])
 
 
-def host_prepare(job: JobConfig, name: str, channel: Channel, data: PartyTable, test: np.ndarray) -> Prepared:
-    """A host's stage: bin its own columns, sum the encrypted labels per bin, apply the keep-list."""
-    p, train = job.preprocess, _train_rows(job, data, test)
+def host_prepare(job: JobConfig, name: str, channel: Channel, data: PartyTable, train: np.ndarray) -> Prepared:
+    """A host's stage on its ``train`` rows: bin its own columns, sum the encrypted labels per bin,
+    apply the keep-list."""
+    p = job.preprocess
     bins, idx = _fit(job, data, train, str(job.party(name).data))
     host_bin_counts(channel, job.guest.name, job.model, bins, idx, p.min_bin_rows)
     keep, final, woes = host_receive_selection(channel, job.guest.name, bins, p.woe)

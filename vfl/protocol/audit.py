@@ -95,6 +95,7 @@ class PartyLedger:
     releases: int = 0                                  # non-empty released sums received, last training run
     release_epochs: list = field(default_factory=list)  # per run of the last training (resumes included), the
                                                         # epochs it received releases in
+    binning_releases: set = field(default_factory=set)  # distinct woe/host_woe payloads received, last training
     scored: bool = False                               # the guest has the hosts' scores of the aligned rows (this run)
     run_log: list = field(default_factory=list)        # Run, one per "open" line
 
@@ -140,6 +141,8 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                 if task == "train":      # a fresh training starts a new count; a resumed one continues it
                     led.releases = 0
                     led.release_epochs = [*(led.release_epochs if entry.get("resume") else []), set()]
+                    if not entry.get("resume"):
+                        led.binning_releases = set()
                 continue
             if not led.run_log:
                 # no run says which job, parties and task these lines belong to: the phase checks need it
@@ -221,6 +224,8 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         led.got.append((*key, where))
         run.got.setdefault(peer, []).append(line)
         rows = entry.get("rows")
+        if step == "woe/host_woe":               # a resume must resend the same noised WOE, not a new draw
+            led.binning_releases.add(entry.get("sha256"))
         if spec.doc == "masked_grad_plain" and entry.get("values"):
             led.releases += 1
             if led.release_epochs:                  # "<pre>/e<epoch>/b<batch>/masked_grad_plain"
@@ -425,6 +430,11 @@ def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedg
     binning = _binning_rho(job, plan, led) if job.preprocess is not None else 0.0
     if binning is None:
         return
+    draws = max((len(other.binning_releases) for other in ledgers.values()), default=0)
+    if draws > 1:
+        led.problems.append(f"label-DP is on, but a host received {draws} different noised WOE messages in one "
+                            "training (its resumes included): each is another release of the per-bin counts")
+        binning *= draws
     if (spent := epsilon_for(binning + max(seen, epochs) * rho, m.dp_delta)) > m.dp_epsilon * (1 + 1e-9):
         led.problems.append(f"label-DP is on, but the noise drawn over {max(seen, epochs)} noised epochs"
                             + (" and the binning stage" if binning else "")
