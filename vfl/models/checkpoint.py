@@ -311,11 +311,6 @@ def resume_from(checkpoint: Checkpoint | None, opt, n_weights: int, epoch: int |
     return state, np.asarray(state.weights, dtype=float)
 
 
-def smaller(a: int | None, b: int | None) -> int | None:
-    """The smaller of two release sizes, either of which may be unknown (None)."""
-    return b if a is None else a if b is None else min(a, b)
-
-
 def padded_seconds(state: TrainingState) -> list[float | None]:
     """The saved epochs' seconds, one per completed epoch (None where unknown), indexed by epoch."""
     secs = list(state.epoch_seconds[:state.epoch])

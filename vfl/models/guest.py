@@ -14,7 +14,7 @@ from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
 from .timing import Stopwatch
 from .backprop import encrypted_sums
-from .checkpoint import Checkpoint, TrainingState, is_finished, padded_seconds, resume_from, smaller
+from .checkpoint import Checkpoint, TrainingState, is_finished, padded_seconds, resume_from
 from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
                      expect_encrypted, prefix_for, step, warn_if_small_batches)
@@ -75,7 +75,7 @@ class SplitGuest:
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
         stopping = early_stopping_for(m, len(validation.x)) if validation is not None else None
-        best, restored_smallest = None, None
+        best = None
         try:
             start = saved = 0
             if not resume and checkpoint is not None:    # a fresh training: nothing of an earlier one may stay
@@ -88,7 +88,8 @@ class SplitGuest:
                                                     finished=True)
                 start = saved = state.epoch
                 self.loss_history_, self.epoch_seconds_ = list(state.loss_history), padded_seconds(state)
-                restored_smallest, self.noised_epochs_ = state.smallest_release, state.noised_epochs
+                trainer.buffer.smallest_release = state.smallest_release    # carried over
+                self.noised_epochs_ = state.noised_epochs
                 if stopping is not None:
                     stopping.restore(state.validation)
                     best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
@@ -132,7 +133,7 @@ class SplitGuest:
                                                   None if best is None else best.tolist(),
                                                   stopping.state() if stopping is not None else {},
                                                   self.epoch_seconds_,
-                                                  smaller(restored_smallest, trainer.buffer.smallest_release),
+                                                  trainer.buffer.smallest_release,
                                                   self.noised_epochs_))
                 if decision.get("stop"):
                     break
@@ -140,7 +141,7 @@ class SplitGuest:
             pk.stop_precompute()
         self.params_ = trainer.params if best is None else best
         self.validation_ = stopping.state() if stopping is not None else None
-        self.smallest_release_ = smaller(restored_smallest, trainer.buffer.smallest_release)
+        self.smallest_release_ = trainer.buffer.smallest_release
         self.observed_ = trainer.observed
         return self
 

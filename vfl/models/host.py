@@ -11,7 +11,7 @@ from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
 from .timing import Stopwatch
 from .backprop import encrypted_sums
-from .checkpoint import Checkpoint, TrainingState, resume_from, smaller, start_epochs
+from .checkpoint import Checkpoint, TrainingState, resume_from, start_epochs
 from .randomness import receive_zeros
 from .common import D_FRAC_BITS, check_public_key, expect_encrypted, prefix_for, step, warn_if_small_batches
 from .privacy import clip_blocks
@@ -59,7 +59,7 @@ class SplitHost:
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
         if m.randomness == "local" and m.precompute_randomness:   # the next batch's, while we wait for peers
             pk.precompute(m.batch_size)
-        best, restored_smallest = None, None
+        best = None
         try:
             channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness})
             start_msg = channel.recv(self.guest, f"{pre}/start")
@@ -76,7 +76,7 @@ class SplitHost:
                 state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, epoch=start)
             if start:
                 best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
-                restored_smallest = state.smallest_release
+                trainer.buffer.smallest_release = state.smallest_release    # carried over
             for epoch in range(start, m.epochs):
                 schedule = batch_schedule(len(x), m.batch_size, self.seed, epoch)
                 for b, rows in enumerate(schedule):
@@ -96,15 +96,14 @@ class SplitHost:
                     checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, trainer.params.tolist(),
                                                   optimizer_state(trainer.opt),
                                                   best_weights=None if best is None else best.tolist(),
-                                                  smallest_release=smaller(restored_smallest,
-                                                                           trainer.buffer.smallest_release)))
+                                                  smallest_release=trainer.buffer.smallest_release))
                 channel.send(self.guest, f"{pre}/e{epoch}/saved", {})     # the guest saves only after us
                 if stop:
                     break
         finally:
             pk.stop_precompute()
         self.params_ = trainer.params if best is None else best
-        self.smallest_release_ = smaller(restored_smallest, trainer.buffer.smallest_release)
+        self.smallest_release_ = trainer.buffer.smallest_release
         self.observed_ = trainer.observed
         return self
 

@@ -141,12 +141,6 @@ def json_values(obj: Any) -> int:
     return count
 
 
-def _wrong_step(exc: ProtocolError) -> tuple[str, bytes | None] | None:
-    """(step that arrived, its bytes) if ``exc`` says a message for another step came (both channels
-    raise :class:`WrongStep`); None for any other protocol error."""
-    return (exc.got_step, exc.data) if isinstance(exc, WrongStep) else None
-
-
 class SpecChannel:
     """A channel that sends only what the spec declares and records every message.
 
@@ -214,12 +208,8 @@ class SpecChannel:
         peer_role = self._peer_role(peer)
         try:
             payload = self.inner.recv(peer, step)
-        except ProtocolError as exc:
-            wrong = _wrong_step(exc)
-            if wrong is not None:
-                self._refused_step(peer, step, *wrong, exc)
-            else:
-                self._failed("recv", peer, step, exc)
+        except WrongStep as exc:
+            self._refused_step(peer, step, exc.got_step, exc.data, exc)
             raise
         except BaseException as exc:
             self._failed("recv", peer, step, exc)
