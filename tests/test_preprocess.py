@@ -473,3 +473,9 @@ def test_with_label_dp_every_count_behind_woe_and_iv_is_noised_and_accounted(tmp
     ok, text = audit_job(job)
     (job.workdir / "metrics.json").write_text(honest)
     assert not ok and "per-bin event counts with sd" in text
+    # ... and so does one that counts fewer columns than it and the hosts binned (less noise asked for)
+    m["binning_label_dp"] = {"noise_sd": plan.binning_sd(3), "columns": 3}
+    (job.workdir / "metrics.json").write_text(json.dumps(m))
+    ok, text = audit_job(job)
+    (job.workdir / "metrics.json").write_text(honest)
+    assert not ok and "noising the counts of 3 columns, where it binned 3 and the hosts' ledgers show 4 more" in text

@@ -96,6 +96,7 @@ class PartyLedger:
     release_epochs: list = field(default_factory=list)  # per run of the last training (resumes included), the
                                                         # epochs it received releases in
     binning_releases: set = field(default_factory=set)  # distinct woe/host_woe payloads received, last training
+    binned_columns: int = 0                             # columns a host binned (its woe/columns), last training
     scored: bool = False                               # the guest has the hosts' scores of the aligned rows (this run)
     run_log: list = field(default_factory=list)        # Run, one per "open" line
 
@@ -142,7 +143,7 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                     led.releases = 0
                     led.release_epochs = [*(led.release_epochs if entry.get("resume") else []), set()]
                     if not entry.get("resume"):
-                        led.binning_releases = set()
+                        led.binning_releases, led.binned_columns = set(), 0
                 continue
             if not led.run_log:
                 # no run says which job, parties and task these lines belong to: the phase checks need it
@@ -214,6 +215,8 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
     if direction == "sent" and task == "train" and led.role == "host" and step == SCORED_STEP:
         run.shared = True
     line = (step, entry.get("sha256"), where)
+    if direction == "sent" and step == "woe/columns" and isinstance(entry.get("values"), int):
+        led.binned_columns = entry["values"] // 2           # {bins: [..], ordered: [..]}, one of each per column
     if direction == "sent":
         led.sent_messages += 1
         led.sent_bytes += int(entry.get("bytes") or 0)
@@ -427,7 +430,7 @@ def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedg
     if seen > epochs:
         led.problems.append(f"label-DP is on, but the parties' ledgers show releases in {seen} epoch runs "
                             f"(resumed runs included), where the arbiter reports noising {epochs}")
-    binning = _binning_rho(job, plan, led) if job.preprocess is not None else 0.0
+    binning = _binning_rho(job, plan, led, ledgers) if job.preprocess is not None else 0.0
     if binning is None:
         return
     draws = max((len(other.binning_releases) for other in ledgers.values()), default=0)
@@ -441,17 +444,25 @@ def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedg
                             + f" spends epsilon {spent:.4g}, more than the job's {m.dp_epsilon:g}")
 
 
-def _binning_rho(job, plan, led: PartyLedger) -> float | None:
+def _binning_rho(job, plan, led: PartyLedger, ledgers: dict[str, PartyLedger]) -> float | None:
     """The zCDP the guest's noised per-bin event counts spent, from its ``metrics.json``, checked
-    against the plan's share (None, with a problem noted, when the guest reports no noise)."""
+    against the plan's share (None, with a problem noted, when the guest reports no noise). The
+    columns it counts must include every column the hosts' own ledgers show they binned: fewer
+    would lower the noise the plan asks for."""
     path = job.workdir / "metrics.json"
     try:
-        dp = json.loads(path.read_text()).get("binning_label_dp")
+        metrics = json.loads(path.read_text())
+        dp = metrics.get("binning_label_dp")
         sd, columns = float(dp["noise_sd"]), int(dp["columns"])
+        own = len(metrics.get("iv", {}).get("guest", []))
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         led.problems.append(f"label-DP is on with [preprocess], but {path} reports no noise on the per-bin "
                             "event counts: nothing shows that WOE and IV were computed from noised counts")
         return None
+    hosts = sum(other.binned_columns for other in ledgers.values() if other.role == "host")
+    if columns < own + hosts:
+        led.problems.append(f"label-DP is on with [preprocess], but the guest reports noising the counts of "
+                            f"{columns} columns, where it binned {own} and the hosts' ledgers show {hosts} more")
     need = plan.binning_sd(columns)
     if not sd >= need * (1 - 1e-9) or columns < 1:
         led.problems.append(f"label-DP is on with [preprocess], but the guest noised its per-bin event counts "
