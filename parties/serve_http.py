@@ -80,6 +80,7 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
         state["service"] = service
         yield
         await service.stop()
+        quota.close()
 
     app = FastAPI(title=f"vfl scoring: {job.name}", version="1", lifespan=lifespan,
                   description="Joint credit scoring: the guest's model part and the hosts' partial scores "

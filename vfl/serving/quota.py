@@ -40,6 +40,9 @@ class IdQuota:
         spent.append((now, n))
         return True
 
+    def close(self) -> None:
+        """Nothing to release (as :meth:`SqlIdQuota.close` for a shared store)."""
+
 
 class SqlIdQuota:
     """The quota counted in a table every replica shares (``vfl_id_quota``, created if missing).
@@ -87,6 +90,7 @@ class SqlIdQuota:
         return True
 
     def close(self) -> None:
+        """Release the store's connections (the service's shutdown)."""
         self._engine.dispose()
 
 
