@@ -576,6 +576,7 @@ class TlsChannel:
                 raise ConfigError(f"{what} file {path} for party {me!r} not found")
         options.setdefault("connect_timeout", job.network.connect_timeout)
         options.setdefault("peer_timeout", job.network.peer_timeout)
+        options.setdefault("min_send_rate", job.network.min_send_rate)
         options.setdefault("fingerprint", hello_fingerprint(job))
         # A task (e.g. "predict") runs under its own session name, so a party started for
         # another task is refused at hello instead of exchanging mismatched messages.

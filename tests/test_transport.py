@@ -845,3 +845,15 @@ def test_bye_reason_is_escaped_in_errors(pki):
     assert not any(c in text for c in "\r\n\x1b\u202e")
     fake.close()
     host.close()
+
+
+def test_min_send_rate_comes_from_the_job_file(pki):
+    """[network] min_send_rate sets the send deadline's rate for every link (slow links need less)."""
+    ports = dict(zip(["guest", "host1", "arbiter"], _free_ports(3)))
+    raw = _raw_job(ports, pki.files, pki.ca)
+    assert TlsChannel.from_job(parse_job(raw, pki.dir / "job.toml"), "host1").min_send_rate == 1 << 20
+    raw["network"]["min_send_rate"] = 64_000
+    assert TlsChannel.from_job(parse_job(raw, pki.dir / "job.toml"), "host1").min_send_rate == 64_000
+    raw["network"]["min_send_rate"] = 0
+    with pytest.raises(ConfigError, match=r"\[network\] connect_timeout, peer_timeout and min_send_rate must be > 0"):
+        parse_job(raw, pki.dir / "job.toml")

@@ -242,6 +242,8 @@ class PreprocessConfig:
 class NetworkConfig:
     connect_timeout: float = 60.0
     peer_timeout: float = 300.0
+    min_send_rate: float = 1 << 20        # bytes/s a peer must accept: a message of s bytes gets
+                                          # peer_timeout + s / min_send_rate seconds to go out
 
 
 @dataclass(frozen=True)
@@ -577,6 +579,8 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
         model = replace(model, label_dp="on")
     _check_model(model)
     network = _dataclass_from(NetworkConfig, _table(raw.get("network", {}), "network"), "network")
+    if not (network.connect_timeout > 0 and network.peer_timeout > 0 and network.min_send_rate > 0):
+        raise ConfigError("[network] connect_timeout, peer_timeout and min_send_rate must be > 0")
     scorecard = _scorecard(_table(raw.get("scorecard", {}), "scorecard"))
     if preprocess is not None:
         _check_preprocess(preprocess, model)
