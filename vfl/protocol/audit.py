@@ -69,7 +69,8 @@ class Run:
     failed: bool = False           # a failed send/receive, a refusal, or a later resume shows it ended in failure
     sent: dict = field(default_factory=dict)    # peer -> [(step, sha256, where)]
     got: dict = field(default_factory=dict)     # peer -> [(step, sha256, where)]
-    shared: bool = False           # a host of a training run has sent the guest its scores (SCORED_STEP)
+    scored: bool = False           # in a training run, the hosts' scores of the aligned rows (SCORED_STEP)
+                                   # have reached the guest: the guest received them, or this host sent them
 
 
 def task_roles(task: str | None) -> tuple[str, ...]:
@@ -85,7 +86,6 @@ class PartyLedger:
     role: str
     path: Path
     lines: int = 0
-    runs: list = field(default_factory=list)           # task of each "open" line
     received: dict = field(default_factory=dict)       # class -> ClassStats
     sent_messages: int = 0
     sent_bytes: int = 0
@@ -97,8 +97,12 @@ class PartyLedger:
                                                         # epochs it received releases in
     binning_releases: set = field(default_factory=set)  # distinct woe/host_woe payloads received, last training
     binned_columns: int = 0                             # columns a host binned (its woe/columns), last training
-    scored: bool = False                               # the guest has the hosts' scores of the aligned rows (this run)
     run_log: list = field(default_factory=list)        # Run, one per "open" line
+
+    @property
+    def runs(self) -> list:
+        """The task of each run, in order."""
+        return [run.task for run in self.run_log]
 
 
 def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: int | None = None,
@@ -135,9 +139,7 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                         if run.task == "train":
                             run.failed = True
                             break
-                led.runs.append(task)
                 led.run_log.append(Run(task, bool(entry.get("resume"))))
-                led.scored = False
                 _check_open(led, entry, where, roles, job_name)
                 if task == "train":      # a fresh training starts a new count; a resumed one continues it
                     led.releases = 0
@@ -201,19 +203,17 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         led.problems.append(f"{where}: {step!r} recorded as class {entry.get('class')!r}; the spec says {spec.cls!r}")
         return
     key = (peer, step, entry.get("sha256"))
-    if direction == "sent" and led.scored and receiver == "host":
+    if direction == "sent" and run.scored and receiver == "host":
         led.problems.append(f"{where}: the guest sent {step!r} to {peer} after it had the hosts' scores of the "
                             "aligned rows: what it computes from then on (its refit on exact labels) is outside "
                             "the hosts' label-DP guarantee, so nothing may reach a host")
-    if direction == "received" and run.shared and sender == "guest":
+    if direction == "received" and run.scored and sender == "guest":
         led.problems.append(f"{where}: {led.name} received {step!r} from the guest after it had sent the guest "
                             f"its scores of the aligned rows ({SCORED_STEP}): what the guest computes from then "
                             "on (its refit on exact labels) is outside the hosts' label-DP guarantee, so nothing "
                             "may reach a host")
-    if direction == "received" and task == "train" and led.role == "guest" and step == SCORED_STEP:
-        led.scored = True
-    if direction == "sent" and task == "train" and led.role == "host" and step == SCORED_STEP:
-        run.shared = True
+    if task == "train" and step == SCORED_STEP:
+        run.scored = True
     line = (step, entry.get("sha256"), where)
     if direction == "sent" and step == "woe/columns" and isinstance(entry.get("values"), int):
         led.binned_columns = entry["values"] // 2           # {bins: [..], ordered: [..]}, one of each per column
