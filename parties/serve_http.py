@@ -36,7 +36,7 @@ from typing import Optional, Union
 
 from vfl.io.tables import MAX_ID_LENGTH
 from vfl.job.config import ConfigError, JobConfig
-from vfl.serving.quota import IdQuota, id_quota
+from vfl.serving.quota import id_quota
 from vfl.serving.api_keys import client_of, load_api_keys
 from vfl.serving.roles import GuestScorer
 from vfl.serving.scorers import guest_scorer
@@ -121,8 +121,8 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
         """With ``ids_per_minute``, a client past its quota gets 429 (audited) before any host is asked."""
         client = peer.rsplit("/", 1)[-1] if keys is not None else peer
         try:
-            granted = quota.take(client, len(ids)) if isinstance(quota, IdQuota) else \
-                await asyncio.to_thread(quota.take, client, len(ids))
+            granted = await asyncio.to_thread(quota.take, client, len(ids)) if quota.blocking else \
+                quota.take(client, len(ids))
         except Exception as exc:  # noqa: BLE001 - fail closed: no quota, no scoring; the text stays in the log
             log.error("%s: the quota store failed: %s", job.guest.name, exc)
             state["service"].audit.record(peer, [i for i in ids if isinstance(i, str)], "error 503",

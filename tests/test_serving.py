@@ -664,6 +664,10 @@ def test_the_id_quota_counts_ids_per_client_over_a_sliding_minute():
     now[0] = 60.1                                        # the first minute's IDs have left the window
     assert q.take("a", 5) and not q.take("a", 1)
     assert IdQuota(0).take("a", 10 ** 6)                 # 0: no limit
+    for k in range(1000):                                # a sweep from many addresses ...
+        q.take(f"10.0.{k // 256}.{k % 256}", 1)
+    now[0] = 200.0
+    assert q.take("a", 1) and len(q._spent) == 1         # ... is forgotten once its minute has passed
 
 
 def test_replicas_sharing_a_quota_store_grant_the_quota_once(tmp_path):

@@ -23,6 +23,8 @@ WINDOW = 60.0      # seconds: a sliding minute
 class IdQuota:
     """The quota counted in this process only (0: no limit)."""
 
+    blocking = False       # take() only touches memory: the event loop may call it directly
+
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute, self._clock = int(per_minute), clock
         self._spent: dict[str, collections.deque] = {}
@@ -31,13 +33,17 @@ class IdQuota:
         """Count ``n`` IDs for ``client`` and say yes, or say no and count nothing."""
         if self.per_minute <= 0:
             return True
-        now, spent = self._clock(), self._spent.setdefault(client, collections.deque())
-        while spent and spent[0][0] <= now - WINDOW:
-            spent.popleft()
-        used = sum(k for _, k in spent)
-        if used + n > self.per_minute:
+        now = self._clock()
+        for who in list(self._spent):          # forget every client quiet for a minute: with addresses as
+            spent = self._spent[who]           # names, a sweep from many addresses must not grow memory
+            while spent and spent[0][0] <= now - WINDOW:
+                spent.popleft()
+            if not spent:
+                del self._spent[who]
+        spent = self._spent.get(client, ())
+        if sum(k for _, k in spent) + n > self.per_minute:
             return False
-        spent.append((now, n))
+        self._spent.setdefault(client, collections.deque()).append((now, n))
         return True
 
     def close(self) -> None:
@@ -56,6 +62,7 @@ class SqlIdQuota:
     """
 
     TABLE = "vfl_id_quota"
+    blocking = True        # take() waits on the database: call it from a worker thread
 
     def __init__(self, url: str, per_minute: int, job: str, clock: Callable[[], float] = time.time) -> None:
         from sqlalchemy import Column, Float, Integer, MetaData, String, Table, create_engine
