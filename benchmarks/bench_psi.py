@@ -71,7 +71,7 @@ def party_main(args: argparse.Namespace) -> None:
         else:
             ids = IdFile(p.data, p.id_column)
             common = (bucketed_psi_guest(ch, ids, job.host_names, workdir=out) if p.role == "guest"
-                      else bucketed_psi_host(ch, ids, "guest", workdir=out))
+                      else bucketed_psi_host(ch, ids, "guest", job.host_names, workdir=out))
         write_intersection(out / "intersection.csv", common)
         seconds = time.perf_counter() - t
     print(json.dumps({"party": me, "seconds": seconds, "common": len(common), "hwm_mb": _hwm_mb(os.getpid())}),

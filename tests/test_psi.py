@@ -43,7 +43,7 @@ def run_psi(sets: dict[str, np.ndarray], record: bool = False, timeout: float = 
             elif name == guest:
                 results[name] = psi_guest(ch, sets[name], hosts)
             else:
-                results[name] = psi_host(ch, sets[name], guest)
+                results[name] = psi_host(ch, sets[name], guest, hosts)
         except BaseException as exc:  # noqa: BLE001 - the test inspects it
             errors[name] = exc
             net.abort(f"{name} failed: {exc}")

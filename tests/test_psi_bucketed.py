@@ -35,7 +35,7 @@ def run_bucketed(sets: dict, record=False, timeout=30.0, buckets=None, memory_mb
         return bucketed_psi_guest(ch, sources.get(ch.name, ids), names[1:], **kw)
 
     def host(ch, ids):
-        return bucketed_psi_host(ch, sources.get(ch.name, ids), names[0], **kw)
+        return bucketed_psi_host(ch, sources.get(ch.name, ids), names[0], names[1:], **kw)
     return run_psi(sets, record=record, timeout=timeout, roles={names[0]: guest, **{n: host for n in names[1:]}})
 
 
@@ -180,7 +180,7 @@ def _honest_until(step_hook):
     def role(ch, ids):
         real_send = ch.send
         ch.send = lambda peer, step, payload: real_send(peer, step, step_hook(step, payload))
-        return bucketed_psi_host(ch, ids, "guest", buckets=4)
+        return bucketed_psi_host(ch, ids, "guest", ["host"], buckets=4)
     return role
 
 
@@ -215,8 +215,8 @@ def test_hosts_check_the_relayed_commitments_and_nonces():
         return bucketed_psi_guest(ch, x, ["h1", "h2"], buckets=4)
     _, errors, _ = run_psi({"guest": ids, "h1": ids, "h2": ids}, timeout=5,
                            roles={"guest": lying_guest,
-                                  "h1": lambda ch, x: bucketed_psi_host(ch, x, "guest", buckets=4),
-                                  "h2": lambda ch, x: bucketed_psi_host(ch, x, "guest", buckets=4)})
+                                  "h1": lambda ch, x: bucketed_psi_host(ch, x, "guest", ["h1", "h2"], buckets=4),
+                                  "h2": lambda ch, x: bucketed_psi_host(ch, x, "guest", ["h1", "h2"], buckets=4)})
     assert isinstance(errors["h2"], ProtocolError)
     assert "the nonce of 'h1' does not open its commitment" in str(errors["h2"])
 
@@ -228,15 +228,45 @@ def test_with_several_hosts_a_host_refuses_buckets_too_small_to_hide_who_holds_t
     rng = np.random.default_rng(21)
     g, h1, h2 = random_sets(rng, [600, 800, 800], 2000)
     greedy = lambda ch, x: bucketed_psi_guest(ch, x, ["h1", "h2"], buckets=2048)  # noqa: E731
-    host = lambda ch, x: bucketed_psi_host(ch, x, "guest")                           # noqa: E731
+    host = lambda ch, x: bucketed_psi_host(ch, x, "guest", ["h1", "h2"])                 # noqa: E731
     _, errors, _ = run_psi({"guest": g, "h1": h1, "h2": h2}, timeout=5,
                            roles={"guest": greedy, "h1": host, "h2": host})
     for h in ("h1", "h2"):
         assert isinstance(errors[h], ProtocolError) and "small buckets would tell it" in str(errors[h])
     got, errors, _ = run_psi({"guest": g, "h1": h1}, timeout=30,
                              roles={"guest": lambda ch, x: bucketed_psi_guest(ch, x, ["h1"], buckets=64),
-                                    "h1": host})
+                                    "h1": lambda ch, x: bucketed_psi_host(ch, x, "guest", ["h1"])})
     assert not errors and got["h1"].tolist() == np.intersect1d(g, h1).tolist()
+
+
+def test_hosts_refuse_a_plan_that_leaves_out_a_host_of_the_job():
+    """A guest that names each host alone in its plan runs a two-party PSI with each, learns every
+    pairwise overlap (and lets each host learn its own), and skips the several-hosts bucket floor."""
+    rng = np.random.default_rng(22)
+    g, h1, h2 = random_sets(rng, [600, 800, 800], 2000)
+
+    def divide(ch, x):               # tells each host it is the only one
+        real_send = ch.send
+        ch.send = lambda peer, step, p: real_send(peer, step, {**p, "hosts": [peer]} if step == "psi/plan" else p)
+        return bucketed_psi_guest(ch, x, ["h1", "h2"], buckets=8)
+    host = lambda ch, x: bucketed_psi_host(ch, x, "guest", ["h1", "h2"])                 # noqa: E731
+    got, errors, _ = run_psi({"guest": g, "h1": h1, "h2": h2}, timeout=5,
+                             roles={"guest": divide, "h1": host, "h2": host})
+    assert not got                   # whichever host refuses first ends the job for all
+    assert any(isinstance(errors[h], ProtocolError)
+               and f"names the hosts ['{h}'], not the job's ['h1', 'h2']" in str(errors[h]) for h in ("h1", "h2"))
+
+
+def test_a_host_with_few_ids_refuses_any_bucket_below_the_floor():
+    """1,025 IDs fill one bucket with at least 1,024, not two (the bound rounds down)."""
+    from vfl.psi.bucketed import MIN_BUCKET_IDS
+    rng = np.random.default_rng(23)
+    g, h1, h2 = random_sets(rng, [600, MIN_BUCKET_IDS + 1, MIN_BUCKET_IDS + 1], 4000)
+    host = lambda ch, x: bucketed_psi_host(ch, x, "guest", ["h1", "h2"])                 # noqa: E731
+    _, errors, _ = run_psi({"guest": g, "h1": h1, "h2": h2}, timeout=5,
+                           roles={"guest": lambda ch, x: bucketed_psi_guest(ch, x, ["h1", "h2"], buckets=2),
+                                  "h1": host, "h2": host})
+    assert isinstance(errors["h1"], ProtocolError) and "small buckets would tell it" in str(errors["h1"])
 
 
 def test_bucket_math():
@@ -259,7 +289,7 @@ def test_bucket_math():
 def test_unbucketed_roles_still_speak_their_own_protocol():
     ids = np.array([f"id{i}" for i in range(30)])
     _, errors, _ = run_psi({"guest": ids, "host": ids}, timeout=5,
-                           roles={"host": lambda ch, x: bucketed_psi_host(ch, x, "guest")})
+                           roles={"host": lambda ch, x: bucketed_psi_host(ch, x, "guest", ["host"])})
     assert isinstance(errors["host"], ProtocolError)
     assert "this party speaks 'ecdh-psi/x25519/bucketed/v1'" in str(errors["host"])
     _ = psi_guest, psi_host

@@ -55,7 +55,7 @@ def run_psi(job: JobConfig, name: str, channel: Channel, ids) -> np.ndarray:
     :class:`vfl.psi.IdSource`); hashes beyond the memory budget wait under its own folder."""
     if job.party(name).role == "guest":
         return bucketed_psi_guest(channel, ids, job.host_names, workdir=job.output_dir(name))
-    return bucketed_psi_host(channel, ids, job.guest.name, workdir=job.output_dir(name))
+    return bucketed_psi_host(channel, ids, job.guest.name, job.host_names, workdir=job.output_dir(name))
 
 
 def _checkpoint(job: JobConfig, name: str, *rows, data: PartyTable | None = None,

@@ -79,7 +79,7 @@ def _inputs(table: PartyTable, categories: list[CategoryCodes], model_columns: l
 def _psi(job: JobConfig, name: str, channel: Channel, ids: np.ndarray) -> np.ndarray:
     if job.party(name).role == "guest":
         return bucketed_psi_guest(channel, ids, job.host_names, workdir=job.output_dir(name))
-    return bucketed_psi_host(channel, ids, job.guest.name, workdir=job.output_dir(name))
+    return bucketed_psi_host(channel, ids, job.guest.name, job.host_names, workdir=job.output_dir(name))
 
 
 def _aligned(job: JobConfig, name: str, table: PartyTable, ids: np.ndarray) -> tuple[PartyTable, np.ndarray]:

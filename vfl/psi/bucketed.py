@@ -175,7 +175,7 @@ def _agree_guest(channel: Channel, hosts: list[str], mine: int) -> tuple[int, by
 
 # --------------------------------------------------------------------------- host
 
-def bucketed_psi_host(channel: Channel, ids: np.ndarray | IdSource, guest: str, *,
+def bucketed_psi_host(channel: Channel, ids: np.ndarray | IdSource, guest: str, hosts: list[str], *,
                       workdir: Path | None = None, memory_mb: int = DEFAULT_MEMORY_MB,
                       buckets: int | None = None) -> np.ndarray:
     """Run bucketed PSI as a host; return the sorted IDs common to the guest and all hosts.
@@ -189,7 +189,7 @@ def bucketed_psi_host(channel: Channel, ids: np.ndarray | IdSource, guest: str, 
     t_start = time.perf_counter()
     local, n = read_checked(source, workdir, _spill_limit(memory_mb))
     try:
-        hosts = _expect_plan(channel.recv(guest, "psi/plan"), guest, me, PROTOCOL_BUCKETED)
+        hosts = _expect_plan(channel.recv(guest, "psi/plan"), guest, me, hosts, PROTOCOL_BUCKETED)
         log.info("%s: PSI as host %d of %d with %d IDs (read and hashed in %.1f s), guest %s", me,
                  hosts.index(me) + 1, len(hosts), n, time.perf_counter() - t_start, guest)
         nbuckets, key = _agree_host(channel, guest, hosts, _wish(buckets, n, 2, memory_mb), n)
@@ -228,7 +228,7 @@ def _agree_host(channel: Channel, guest: str, hosts: list[str], mine: int, n: in
     if nbuckets < mine:
         raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} sets {nbuckets} buckets, "
                             f"fewer than the {mine} this host asked for")
-    if len(hosts) > 1 and nbuckets > max(mine, math.ceil(n / MIN_BUCKET_IDS)):
+    if len(hosts) > 1 and nbuckets > max(mine, n // MIN_BUCKET_IDS):
         raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} sets {nbuckets} buckets, more than the {mine} "
                             f"this host asked for and than its {n} IDs fill with {MIN_BUCKET_IDS} each: with "
                             "several hosts the guest learns the overlaps' sizes per bucket, and small buckets "

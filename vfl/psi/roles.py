@@ -182,7 +182,7 @@ def guest_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, hosts: lis
 
 # --------------------------------------------------------------------------- host
 
-def psi_host(channel: Channel, ids: np.ndarray, guest: str) -> np.ndarray:
+def psi_host(channel: Channel, ids: np.ndarray, guest: str, hosts: list[str]) -> np.ndarray:
     """Run PSI as a host; return the sorted IDs common to the guest and all hosts.
 
     The host only answers the guest: it sends its own set blinded once, then
@@ -197,7 +197,7 @@ def psi_host(channel: Channel, ids: np.ndarray, guest: str) -> np.ndarray:
     sigma = random_permutation(n)
     hashed = hash_ids(ids[sigma])                   # H(H_j), shuffled: positions say nothing
     plan = channel.recv(guest, "psi/plan")
-    hosts = _expect_plan(plan, guest, me)
+    hosts = _expect_plan(plan, guest, me, hosts)
     log.info("%s: PSI as host %d of %d with %d IDs, guest %s", me, hosts.index(me) + 1, len(hosts), n, guest)
     pos = host_exchange(channel, PsiKey(), hashed, guest, hosts)
     result = np.sort(ids[sigma[pos]])
@@ -281,18 +281,21 @@ def _checked_ids(ids: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
-def _expect_plan(plan, guest: str, me: str, protocol: str = PROTOCOL) -> list[str]:
+def _expect_plan(plan, guest: str, me: str, hosts: list[str], protocol: str = PROTOCOL) -> list[str]:
+    """The plan's host list, checked against the job's ``hosts``: a guest naming only some hosts
+    would run PSI with each alone and learn every pairwise overlap, not only the intersection."""
     if not isinstance(plan, dict) or plan.get("protocol") != protocol:
         got = plan.get("protocol") if isinstance(plan, dict) else describe(plan)
         raise ProtocolError(f"{me}: psi/plan from {guest!r} announces protocol {got!r}, "
                             f"this party speaks {protocol!r}")
     if plan.get("guest") != guest:
         raise ProtocolError(f"{me}: psi/plan from {guest!r} names {plan.get('guest')!r} as the guest")
-    hosts = plan.get("hosts")
-    if (not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts)
-            or len(set(hosts)) != len(hosts) or me not in hosts or guest in hosts):
-        raise ProtocolError(f"{me}: psi/plan from {guest!r} has a bad host list {hosts!r}")
-    return hosts
+    named = plan.get("hosts")
+    if named != list(hosts):
+        got = repr(named) if len(repr(named)) <= 200 else describe(named)
+        raise ProtocolError(f"{me}: psi/plan from {guest!r} names the hosts {got}, not the job's "
+                            f"{list(hosts)!r} in that order: PSI must run with all of them at once")
+    return list(hosts)
 
 
 def _blind_received(key: PsiKey, points: np.ndarray, what: str, me: str) -> np.ndarray:
