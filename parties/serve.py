@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
-from vfl.serving.roles import ANSWER_STEPS, PEER_TEXT, GuestScorer, HostAnswer, check_hello, check_ids
+from vfl.serving.roles import ANSWER_STEPS, PEER_TEXT, GuestScorer, HostAnswer, Refused, check_hello, check_ids
 from vfl.serving.scorers import host_scorer
 from vfl.serving.stores import Lookup, StoreError
 
@@ -236,9 +236,10 @@ class GuestService:
     def missing_hosts(self) -> list[str]:
         return [h for h in self.hosts if h not in self.links]
 
-    async def _call(self, step: str, ids: list[str]) -> tuple[int, dict[str, dict]]:
-        """Send one request to every host; its number and their replies, or a 503/504 naming the
-        party at fault."""
+    async def _call(self, step: str, ids: list[str], average: Mapping[str, list[int]] | None = None
+                    ) -> tuple[int, dict[str, dict]]:
+        """Send one request to every host (the same IDs; with ``average``, each host its own positions
+        it may average); its number and their replies, or a 503/504 naming the party at fault."""
         if not self.ready:
             down = self.missing_hosts() or self.hosts
             raise ServeError(503, f"host(s) {', '.join(down)} not linked: scoring needs every host "
@@ -250,7 +251,10 @@ class GuestService:
         for h in self.hosts:               # no await in this loop: every link gets requests in order
             futs[h] = self.pending[(h, req)] = loop.create_future()
             try:
-                self.links[h].send(step, {"epoch": epoch, "req": req, "ids": ids})
+                payload = {"epoch": epoch, "req": req, "ids": ids}
+                if average is not None:
+                    payload["average"] = list(average[h])
+                self.links[h].send(step, payload)
             except PeerLost as exc:        # its link closed under us: the reader re-dials it
                 for k in futs:
                     self.pending.pop((k, req), None)
@@ -273,68 +277,108 @@ class GuestService:
 
     # -- scoring -----------------------------------------------------------------------------------
     async def score(self, ids: list[str], overrides: Sequence[Mapping | None] | None = None,
-                    peer: str = "http") -> list[dict | RowError]:
+                    peer: str = "http", single: bool = False) -> list[dict | RowError]:
         """An answer (or a :class:`RowError`) for every requested ID, in request order.
 
-        Every request gets one audit line, whatever its outcome. A :class:`ServeError`'s message is
-        fixed per cause (naming the party at fault): a store's or a host's own text goes to this
-        process's log only, never to the client or the audit log."""
-        try:
-            check_ids(ids, "request", self.job.serving.max_batch)
-        except ProtocolError as exc:
-            self.audit.record(peer, _auditable(ids, self.job.serving.max_batch), "error 422", message=str(exc))
-            raise ServeError(422, str(exc)) from None
+        Every request gets one audit line, whatever its outcome (written in a ``finally``: an
+        unexpected error, or the request being cancelled, still leaves it). ``single``: the request
+        is answered with its one row's status (``/score``), so a row error is audited as that error.
+        A :class:`ServeError`'s message is fixed per cause (naming the party at fault): a store's or a
+        host's own text goes to this process's log only, never to the client or the audit log."""
         g = self.job.guest.name
-        out: list[dict | RowError | None] = [None] * len(ids)
+        audited: list[str] = ids if isinstance(ids, list) else []
+        outcome, extra = "error 500", {"message": f"internal error at {g} (see its log)"}
         try:
-            in_memory = self.scorer.store.in_memory
-            found = await compute(in_memory, len(ids), self.scorer.lookup, ids, overrides)
-            for p in found.unknown:
-                out[p] = RowError(404, f"ID {ids[p]!r} is unknown to {g} (not in its store)", g)
-            for p, why in found.invalid.items():
-                out[p] = RowError(422, why, g)
-            pos = [int(p) for p in found.positions]
-            if pos:
-                # every host is asked about the same IDs: none learns which IDs another lacks
-                req, replies = await self._call("serve/score", [ids[p] for p in pos])
-                answers = {h: self._read_answer(h, replies[h], req, len(pos)) for h in self.hosts}
-                for h, a in answers.items():
-                    if a.error:
-                        log.warning("%s: %s could not answer request %d: %s", g, h, req, a.error)
-                        raise ServeError(503, f"{h} could not answer the request (see its log)", h)
-                combined = self.scorer.combine(answers)
-                marks: dict[int, list[str]] = {}
-                drop: set[int] = set()
-                for h in self.hosts:       # in job order: a row is answered naming the first host lacking it
-                    for i, m in sorted(answers[h].missing.items()):
-                        if self.scorer.averages_unknown():
-                            marks.setdefault(pos[i], []).append(h)
-                        elif i not in drop:    # its sum is uniform (the host added a random value): unused
-                            drop.add(i)
-                            out[pos[i]] = _host_row_error(h, ids[pos[i]], m)
-                keep = [i for i in range(len(pos)) if i not in drop]
-                row_of = {int(p): r for r, p in enumerate(found.positions)}
-                sub = _subset(found, [row_of[pos[i]] for i in keep])
-                results = await compute(True, len(keep), self.scorer.answers_for, sub, combined, keep)
-                for i, r in zip(keep, results):
-                    if pos[i] in marks:
-                        r["partial"] = {"average_for": marks[pos[i]]}
-                    out[pos[i]] = r
+            try:
+                check_ids(ids, "request", self.job.serving.max_batch)
+            except ProtocolError as exc:
+                audited = _auditable(ids, self.job.serving.max_batch)
+                raise ServeError(422, str(exc)) from None
+            out = await self._score(ids, overrides)
+            row = out[0] if single and len(out) == 1 else None
+            if isinstance(row, RowError):
+                outcome, extra = f"error {row.status}", {"message": row.message}
+            else:
+                outcome, extra = "answered", {"scored": sum(isinstance(r, dict) for r in out)}
+            return out
         except StoreError as exc:              # the guest's own store failed (e.g. its database is down)
             log.error("%s: its store failed: %s", g, exc)
-            message = f"{g}'s store is unavailable"
-            self.audit.record(peer, ids, "error 503", message=message)
-            raise ServeError(503, message, g) from None
+            outcome, extra = "error 503", {"message": f"{g}'s store is unavailable"}
+            raise ServeError(503, extra["message"], g) from None
         except ServeError as exc:
-            self.audit.record(peer, ids, f"error {exc.status}", message=str(exc))
+            outcome, extra = f"error {exc.status}", {"message": str(exc)}
+            raise
+        except asyncio.CancelledError:
+            outcome, extra = "cancelled", {"message": "the request was cancelled (the client left or the "
+                                                      "service stopped)"}
             raise
         except Exception:  # noqa: BLE001 - audited and answered; the cause goes to this process's log
             log.exception("%s: a scoring request failed", g)
-            message = f"internal error at {g} (see its log)"
-            self.audit.record(peer, ids, "error 500", message=message)
-            raise ServeError(500, message, g) from None
-        self.audit.record(peer, ids, "answered", scored=sum(isinstance(r, dict) for r in out))
+            raise ServeError(500, extra["message"], g) from None
+        finally:
+            self.audit.record(peer, audited, outcome, **extra)
+
+    async def _score(self, ids: list[str], overrides: Sequence[Mapping | None] | None) -> list[dict | RowError]:
+        g = self.job.guest.name
+        out: list[dict | RowError | None] = [None] * len(ids)
+        found = await compute(self.scorer.store.in_memory, len(ids), self.scorer.lookup, ids, overrides)
+        for p in found.unknown:
+            out[p] = RowError(404, f"ID {ids[p]!r} is unknown to {g} (not in its store)", g)
+        for p, why in found.invalid.items():
+            out[p] = RowError(422, why, g)
+        pos = [int(p) for p in found.positions]
+        if not pos:
+            return out  # type: ignore[return-value]
+        # every host is asked about the same IDs: none learns which IDs another lacks
+        sent = [ids[p] for p in pos]
+        hosts, averaging = self.hosts, self.scorer.averages_unknown()
+        allowed: dict[str, list[int]] = {h: [] for h in hosts}
+        answers = await self._ask(sent)
+        if averaging and len(hosts) >= 3:
+            # A host may put its average at a row only where at least two hosts know the ID: else
+            # the sum would be a lone host's score plus constants. Round one (every host adding a
+            # random value where it lacks the ID) says which hosts know each row; round two, with
+            # the same IDs, tells each host only which of its own missing rows it may average.
+            # Always two rounds, so no host learns from a second request that another lacks an ID.
+            knows = [len(hosts) - sum(i in answers[h].missing for h in hosts) for i in range(len(pos))]
+            allowed = {h: sorted(i for i in answers[h].missing if knows[i] >= 2) for h in hosts}
+            answers = await self._ask(sent, allowed)
+        combined = self.scorer.combine(answers)
+        may_average = {h: set(v) for h, v in allowed.items()}
+        keep: list[int] = []
+        marks: dict[int, list[str]] = {}
+        for i in range(len(pos)):
+            lacking = [h for h in hosts if i in answers[h].missing]       # in job order
+            if not lacking:
+                keep.append(i)
+            elif averaging and (len(hosts) == 1 or (len(hosts) - len(lacking) >= 2
+                                                    and all(i in may_average[h] for h in lacking))):
+                keep.append(i)
+                marks[i] = lacking
+            else:              # its sum is uniform (a host lacking it added a random value): unused
+                h = lacking[0]     # the first host lacking it is named
+                out[pos[i]] = _host_row_error(h, ids[pos[i]], answers[h].missing[i])
+        row_of = {int(p): r for r, p in enumerate(found.positions)}
+        sub = _subset(found, [row_of[pos[i]] for i in keep])
+        results = await compute(True, len(keep), self.scorer.answers_for, sub, combined, keep)
+        for i, r in zip(keep, results):
+            if isinstance(r, Refused):     # its own values give no finite score
+                out[pos[i]] = RowError(422, r.message, g)
+                continue
+            if i in marks:
+                r["partial"] = {"average_for": marks[i]}
+            out[pos[i]] = r
         return out  # type: ignore[return-value]
+
+    async def _ask(self, ids: list[str], average: Mapping[str, list[int]] | None = None) -> dict[str, HostAnswer]:
+        """Every host's checked answer to one ``serve/score`` of ``ids`` (a 503 naming a host that failed)."""
+        req, replies = await self._call("serve/score", ids, average)
+        answers = {h: self._read_answer(h, replies[h], req, len(ids)) for h in self.hosts}
+        for h, a in answers.items():
+            if a.error:
+                log.warning("%s: %s could not answer request %d: %s", self.job.guest.name, h, req, a.error)
+                raise ServeError(503, f"{h} could not answer the request (see its log)", h)
+        return answers
 
     def _read_answer(self, host: str, payload, req: int, n: int) -> HostAnswer:
         """``host``'s answer, checked; one that does not parse is a 502 naming it (the detail logged here)."""

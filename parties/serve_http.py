@@ -4,8 +4,11 @@
 endpoint            answer
 ==================  ========================================================================
 POST /score         ``{"id", "features"?}`` -> ``{"id", "probability", "points", "reasons"}``;
-                    404 for an ID unknown to the guest (or, under ``unknown_id = "refuse"``,
-                    to a host), 422 for a missing or invalid feature, 502 for a host's
+                    404 for an ID unknown to the guest (or to a host, under ``unknown_id =
+                    "refuse"``, or under ``"average"`` when fewer than two of two or more
+                    hosts know it), 422 for a malformed request (naming the field, never
+                    echoing it), an ID that is not valid Unicode text, or a missing, invalid
+                    or overflowing feature, 502 for a host's
                     malformed answer, 503 when a host is not linked or a store fails, 504
                     when a host does not answer within ``[serving] timeout``, 500 otherwise
 POST /score/batch   ``{"ids": [...]}`` -> ``{"results": [...]}``, one per ID in order, each an
@@ -24,7 +27,9 @@ guest's audit log. Anyone who can call the API learns, per ID, whether each host
 or a 404 naming the host): with ``[serving] api_keys`` only the clients listed there may score or
 read ``/model`` (401 otherwise, audited), and the audit log names the client; without it, put the
 API behind the bank's own gateway. ``[serving] ids_per_minute`` caps each client's IDs per minute
-(429 past it, audited, no host asked), per process or, with ``quota_store``, for every replica.
+(429 past it, audited, no host asked), per process or, with ``quota_store``, for every replica. A
+client without API keys is its TCP peer's address: proxy headers (``X-Forwarded-For``) are
+ignored, so no caller picks its own address for the quota or the audit log.
 """
 # no "from __future__ import annotations": FastAPI reads the endpoints' annotations as the classes defined in make_app
 
@@ -50,7 +55,6 @@ log = logging.getLogger("vfl.serve")
 def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     """The FastAPI application of the guest's service (links start with the app)."""
     from fastapi import FastAPI, Request
-    from fastapi.exception_handlers import request_validation_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
@@ -95,11 +99,14 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError):
-        """A body that does not parse is refused before scoring, and still audited (no IDs: none were read)."""
+        """A body that does not parse is refused before scoring, and still audited (no IDs: none were read).
+
+        The answer names the fields at fault with pydantic's fixed text per error, never the input
+        (FastAPI's default echoes it: a lone surrogate there made the answer itself fail)."""
         service = state.get("service")
         if service is not None:
             service.audit.record(client(request), [], "error 422", message=f"malformed request to {request.url.path}")
-        return await request_validation_exception_handler(request, exc)
+        return JSONResponse({"detail": _malformed(exc.errors()), "party": None}, status_code=422)
 
     def client(request: Request) -> str:
         return f"http:{request.client.host}" if request.client else "http"
@@ -138,7 +145,8 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     async def score(body: ScoreRequest, request: Request):
         peer = authorized(request)
         await within_quota(peer, [body.id])
-        [row] = await state["service"].score([body.id], [body.features] if body.features else None, peer)
+        [row] = await state["service"].score([body.id], [body.features] if body.features else None, peer,
+                                             single=True)
         if isinstance(row, RowError):
             return error(row.status, row.message, row.party)
         return row
@@ -171,6 +179,23 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     return app
 
 
+FIELDS = ("id", "features", "ids")      # the request bodies' fields: named in a 422, anything else is not
+
+
+def _malformed(errors) -> str:
+    """A 422's text for a body that does not validate: each field at fault and pydantic's message for
+    it (a template, filled from the schema, not the input); a field the client invented is not named."""
+    said = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if isinstance(x, str)]
+        field = loc[1] if len(loc) > 1 and loc[0] == "body" and loc[1] in FIELDS else \
+            ("an unexpected field" if len(loc) > 1 else "the body")
+        text = f"{field}: {e.get('msg', 'invalid')}"
+        if text not in said:
+            said.append(text)
+    return "malformed request: " + "; ".join(said[:5])
+
+
 def _api_keys(job: JobConfig) -> dict | None:
     """The clients of ``[serving] api_keys`` (a path relative to the job file), or None."""
     if not job.serving.api_keys:
@@ -187,8 +212,11 @@ async def run_guest_http(job: JobConfig, started: Optional[asyncio.Event] = None
     host, port = _host_port(job.guest.serve_address)
     g = job.guest
     tls = {"ssl_certfile": str(g.serve_cert), "ssl_keyfile": str(g.serve_key)} if g.serve_cert else {}
+    # proxy_headers=False: the client's address is the TCP peer's. uvicorn's default takes it from
+    # X-Forwarded-For when the peer is a "trusted proxy" (localhost), so a caller there could pick any
+    # address for the audit log and a fresh ID quota per request.
     server = uvicorn.Server(uvicorn.Config(make_app(job, scorer), host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="on", **tls))
+                                           access_log=False, lifespan="on", proxy_headers=False, **tls))
     log.info("%s: scoring %s on %s://%s:%d (store: %s)", g.name, job.name, "https" if tls else "http", host, port,
              scorer.store.describe())
     task = asyncio.create_task(server.serve())

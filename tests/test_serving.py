@@ -705,3 +705,171 @@ def test_a_quota_store_needs_a_url_and_a_quota(tmp_path, serving):
     from vfl.job.config import ConfigError, parse_job
     with pytest.raises(ConfigError, match=r"\[serving\] quota_store .* SQLAlchemy URL .* ids_per_minute > 0"):
         parse_job({**_with(), "serving": serving}, tmp_path / "job.toml")
+
+
+def _keyed(cfg, names=None):
+    """Host scorers of ``cfg`` with one link session each, keyed for epoch 1."""
+    scorers = [HostScorer(cfg, n) for n in (names or cfg.host_names)]
+    hellos = [s.hello() for s in scorers]
+    keys = [{k: h[k] for k in ("key", "cert", "sig")} for _, h in hellos]
+    for s, (session, _) in zip(scorers, hellos):
+        s.set_keys(session, {"epoch": 1, "keys": keys})
+    return [(s, session) for s, (session, _) in zip(scorers, hellos)]
+
+
+def _elsewhere(cfg, **serving):
+    """``cfg`` served at fresh ports (beside the module's running services), with ``serving`` changed."""
+    return replace(cfg, guest=replace(cfg.guest, serve_address=f"127.0.0.1:{_free()}"),
+                   hosts=tuple(replace(h, serve_address=f"127.0.0.1:{_free()}") for h in cfg.hosts),
+                   serving=replace(cfg.serving, **serving))
+
+
+def test_masks_bind_the_id_list_so_hosts_given_different_lists_sum_to_noise(served):
+    """A guest sending host0 [x, y] and host1 [x, z] under one request number must not get
+    u0(x) + u1(x) (nor, differencing two such sums, a difference of one host's scores)."""
+    cfg, scores, *_ = served
+    (a, sa), (b, sb) = _keyed(cfg)
+    x, y, z = scores["id"].iloc[:3]
+    u0 = a.part.score(a.store.lookup([x]).table)[0]
+    u1 = b.part.score(b.store.lookup([x]).table)[0]
+    same = [a.respond(a.accept(sa, "serve/score", {"epoch": 1, "req": 1, "ids": [x, y]})),
+            b.respond(b.accept(sb, "serve/score", {"epoch": 1, "req": 1, "ids": [x, y]}))]
+    total = reveal_sum([read_share(r, 1, 2, h).share for r, h in zip(same, ("host0", "host1"))])
+    assert abs(total[0] - (u0 + u1)) < 1e-6                        # the same list: the masks cancel
+    split = [a.respond(a.accept(sa, "serve/score", {"epoch": 1, "req": 2, "ids": [x, y]})),
+             b.respond(b.accept(sb, "serve/score", {"epoch": 1, "req": 2, "ids": [x, z]}))]
+    total = reveal_sum([read_share(r, 2, 2, h).share for r, h in zip(split, ("host0", "host1"))])
+    assert abs(total[0] - (u0 + u1)) > 1.0                         # different lists: they do not
+
+
+def test_average_with_two_hosts_refuses_an_id_only_one_host_knows(served):
+    """unknown_id = "average" with two hosts: a sum for an ID only host0 knows would be host0's own
+    score plus host1's constant average. Such a row is refused as "refuse" refuses it, and host1
+    adds a random value there (no sum revealing host0's score is formed); a host refuses to average."""
+    cfg, scores, guest, hosts, _ = served
+    cfg = _elsewhere(cfg, unknown_id="average")
+    lone = sorted(set(guest["id"]) & set(hosts[0]["id"]) - set(hosts[1]["id"]))[:3]
+    (a, sa), (b, sb) = _keyed(cfg)
+    ids = [scores["id"].iloc[0], *lone]
+    replies = [s.respond(s.accept(session, "serve/score", {"epoch": 1, "req": 1, "ids": ids}))
+               for s, session in ((a, sa), (b, sb))]
+    total = reveal_sum([read_share(r, 1, len(ids), h).share for r, h in zip(replies, ("host0", "host1"))])
+    u0 = a.part.score(a.store.lookup(lone).table)
+    assert replies[1]["missing"] == {str(i): "unknown" for i in range(1, len(ids))}
+    assert all(abs(total[1:] - (u0 + b.average())) > 1e-3)        # not host0's score plus a constant
+    with pytest.raises(ProtocolError, match="three or more hosts"):
+        b.accept(sb, "serve/score", {"epoch": 1, "req": 2, "ids": ids, "average": [1]})
+    running = start_services(cfg)
+    try:
+        url = "http://" + cfg.guest.serve_address
+        wait_ready(url)
+        res = httpx.post(url + "/score/batch", json={"ids": ids}, timeout=30).json()["results"]
+        assert abs(res[0]["probability"] - scores["score"].iloc[0]) <= 1e-12 and "partial" not in res[0]
+        for r in res[1:]:
+            assert (r["status"], r["party"]) == (404, "host1") and "probability" not in r, r
+        r = httpx.post(url + "/score", json={"id": lone[0]}, timeout=30)
+        assert r.status_code == 404 and r.json()["party"] == "host1"
+    finally:
+        for x in running:
+            x.stop()
+
+
+def test_average_with_three_hosts_answers_an_id_only_when_two_hosts_know_it(tmp_path):
+    """Three hosts: an ID two know is answered with the third's average; one only host0 knows is
+    refused naming host1 (the first lacking it); every host gets the same IDs twice (two rounds)."""
+    cfg, scores, guest, hosts = trained(tmp_path, n_hosts=3, serving={"unknown_id": "average"})
+    known = [set(h["id"]) for h in hosts]
+    g = set(guest["id"])
+    two = sorted(g & known[0] & known[1] - known[2])[0]
+    one = sorted(g & known[0] - known[1] - known[2])[0]
+    every = scores["id"].iloc[0]
+    running = start_services(cfg)
+    try:
+        url = "http://" + cfg.guest.serve_address
+        wait_ready(url)
+        t0 = time.time()
+        res = httpx.post(url + "/score/batch", json={"ids": [every, two, one]}, timeout=30).json()["results"]
+        assert abs(res[0]["probability"] - scores["score"].iloc[0]) <= 1e-12 and "partial" not in res[0]
+        assert res[1]["partial"] == {"average_for": ["host2"]}
+        gs = GuestScorer(cfg)
+        own = gs.part.score(gs.lookup([two]).table)[0]
+        h = [HostScorer(cfg, n) for n in cfg.host_names]
+        want = own + sum(s.part.score(s.store.lookup([two]).table)[0] for s in h[:2]) + h[2].average()
+        assert abs(math.log(res[1]["probability"] / (1 - res[1]["probability"])) - want) < 1e-6
+        assert (res[2]["status"], res[2]["party"]) == (404, "host1") and "probability" not in res[2]
+        for name in cfg.host_names:
+            key = key_path(cfg.output_dir(name) / "serving" / "audit.jsonl").read_bytes()
+            lines = _audit_lines(cfg, name, t0)
+            assert [x["ids"] for x in lines] == [[id_hash(key, cfg.name, i) for i in (every, two, one)]] * 2, name
+    finally:
+        for x in running:
+            x.stop()
+
+
+def test_the_client_address_is_the_tcp_peer_not_a_forwarded_header(served):
+    """The quota and the audit log key a client without API keys on its address: a caller must not
+    choose it with X-Forwarded-For (uvicorn trusts that header from localhost unless told not to)."""
+    cfg, scores, *_, url = served
+    t0 = time.time()
+    r = httpx.post(url + "/score", json={"id": scores["id"].iloc[0]}, headers={"X-Forwarded-For": "10.9.9.9"})
+    assert r.status_code == 200
+    assert [x["peer"] for x in _audit_lines(cfg, "guest", t0)] == ["http:127.0.0.1"]
+
+
+def test_ids_that_are_not_unicode_text_are_refused_before_any_host_and_audited(served):
+    """A lone UTF-16 surrogate ("\\ud800" in JSON) is no text: 422 with a fixed message (the input is
+    not echoed), an audit line each time, and no host asked."""
+    cfg, scores, *_, url = served
+    known = scores["id"].iloc[0]
+    for path, raw in (("/score/batch", '{"ids": ["%s", "x\\udfff"]}' % known),
+                      ("/score", '{"id": "a\\ud800b"}'),
+                      ("/score", '{"id": "%s", "features": {"g0": 1, "g\\udfff": 1}}' % known)):
+        t0 = time.time()
+        r = httpx.post(url + path, content=raw, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 422 and r.json()["detail"], (raw, r.text)
+        assert [x["outcome"] for x in _audit_lines(cfg, "guest", t0)] == ["error 422"], raw
+        if "features" not in raw:
+            assert "ud800" not in r.text.lower() and "udfff" not in r.text.lower(), r.text   # not echoed
+            assert _audit_lines(cfg, "host0", t0) == [], raw               # refused before any host
+    assert len(id_hash(b"k" * 32, "job", "x\udfff")) == 32
+
+
+def test_a_request_cancelled_midway_is_still_audited(served, tmp_path, monkeypatch):
+    """The audit line is written in a finally: a request cancelled (or failing past every handler)
+    still leaves one."""
+    import parties.serve as serve_mod
+    from parties.serve import GuestService
+    cfg, scores, *_ = served
+    monkeypatch.setattr(serve_mod, "audit_path", lambda job, name: tmp_path / name / "audit.jsonl")
+
+    async def main():
+        service = GuestService(cfg, GuestScorer(cfg))
+        service.scorer.lookup = lambda ids, overrides: (_ for _ in ()).throw(asyncio.CancelledError())
+        with pytest.raises(asyncio.CancelledError):
+            await service.score([scores["id"].iloc[0]])
+        service.audit.close()
+
+    asyncio.run(main())
+    lines = [json.loads(x) for x in (tmp_path / "guest" / "audit.jsonl").read_text().splitlines()]
+    assert [x["outcome"] for x in lines] == ["cancelled"]
+
+
+def test_feature_values_that_overflow_are_422s_naming_the_feature(served):
+    """A finite but huge value overflows a reason's points (JSON has no infinity), an integer of 2^64
+    or more broke numpy's isfinite, one too large for a float overflows: each is answered (or refused
+    with 422 naming the feature), never a 500, and the audit line says what the client got."""
+    cfg, scores, *_, url = served
+    known = scores["id"].iloc[0]
+    for value, status in (("-1e308", 422), (str(2 ** 64), 200), ("1" + "0" * 400, 422)):
+        t0 = time.time()
+        raw = '{"id": "%s", "features": {"g0": %s}}' % (known, value)
+        r = httpx.post(url + "/score", content=raw, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == status, (value[:30], r.text)
+        outcome = "answered" if status == 200 else f"error {status}"
+        assert [x["outcome"] for x in _audit_lines(cfg, "guest", t0)] == [outcome], value[:30]
+        if status == 422:
+            assert "'g0'" in r.json()["detail"] and r.json()["party"] == "guest"
+        else:
+            assert all(math.isfinite(x["points"]) for x in r.json()["reasons"])
+    r = httpx.post(url + "/score/batch", json={"ids": [known]})     # the store's row is untouched
+    assert abs(r.json()["results"][0]["probability"] - scores["score"].iloc[0]) <= 1e-12

@@ -242,12 +242,15 @@ SPEC: tuple[StepSpec, ...] = tuple([
     StepSpec("serve/keys", r"serve/keys", "guest", "host", PUBLIC, ("control",),
              "nothing: the epoch, and all hosts' signed X25519 keys and certificates, in job order", SERVE),
     StepSpec("serve/score", r"serve/score", "guest", "host", CONTROL, ("control",),
-             "which IDs are being scored, and when (inherent to online scoring); every host gets the same IDs",
-             SERVE),
+             "which IDs are being scored, and when (inherent to online scoring); every host gets the same IDs; "
+             "under unknown_id = \"average\" with three or more hosts, for each ID the host lacks, whether at "
+             "least two other hosts know it (the positions it may average)", SERVE),
     StepSpec("serve/share", r"serve/share", "host", "guest", SHARE, ("control",),
              "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
              "scores per requested ID (a single host's score when there is one host), uniform for an ID some "
-             "host cannot score (it adds a fresh random value there); which IDs it cannot score", SERVE),
+             "host cannot score (it adds a fresh random value there) unless at least two hosts know it and "
+             "the host may average it; masks bound to the request's ID list, so shares for different lists "
+             "sum to uniform values; which IDs it cannot score", SERVE),
     StepSpec("serve/split_bits", r"serve/split_bits", "host", "guest", PARTITION, ("control",),
              "SecureBoost: for each split the host holds, the side of each requested ID (as sbt/predict/split_bits "
              "for a batch); which IDs it lacks; no threshold, no value", SERVE),

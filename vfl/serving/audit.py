@@ -50,7 +50,13 @@ def audit_key(log_path: Path) -> bytes:
 
 
 def id_hash(key: bytes, job: str, id_: str) -> str:
-    return hmac.new(key, f"vfl/audit/v1\x00{job}\x00{id_}".encode(), hashlib.sha256).hexdigest()[:32]
+    """The first 16 bytes (hex) of ``HMAC-SHA256(key, "vfl/audit/v1" 0x00 job 0x00 id)``, the text as UTF-8.
+
+    Any ``str`` hashes, one holding a lone UTF-16 surrogate included (the service refuses such an ID,
+    and must still audit the refusal): surrogates are encoded as they are ("surrogatepass"), which
+    leaves every valid ID's hash as before."""
+    text = f"vfl/audit/v1\x00{job}\x00{id_}"
+    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
 
 
 def find_requests(log_path: Path, job: str, id_: str) -> list[dict]:

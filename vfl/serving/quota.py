@@ -2,7 +2,7 @@
 
 Whoever may call the guest's API learns, per ID, whether each host knows it (a score, or a 404
 naming the host). A quota bounds how fast one client can sweep IDs. The client is its API key's
-name when ``[serving] api_keys`` is set, else its address.
+name when ``[serving] api_keys`` is set, else its TCP peer address (proxy headers are ignored).
 
 Two kinds, with the same ``take(client, n)``:
 

@@ -10,24 +10,33 @@ serve/hello     host->g    ``{key, cert, sig, model}``: a fresh secure-sum key f
                            signed with the host's TLS key, and the SHA-256 of its model part
 serve/keys      g->host    ``{epoch, keys}``: every host's signed key, in job order; a new epoch
                            each time a host (re)joins
-serve/score     g->host    ``{epoch, req, ids}``: the same IDs to every host
+serve/score     g->host    ``{epoch, req, ids}``: the same IDs to every host (and ``average``, the
+                           positions the host may average, under ``unknown_id = "average"`` with
+                           three or more hosts)
 serve/share     host->g    ``{req, missing, share}``, or ``{req, error}`` when the host failed
 ==============  =========  ====================================================================
 
 A host's share is its partial scores plus pairwise masks (``crypto.secure_sum``) derived from the
-epoch's keys and bound to ``job/serve/<epoch>/<req>``; the host refuses a request number it has
-seen, so no mask is ever used twice and the guest learns only the sum over hosts. With one host
-there are no masks: its partial score is what the guest could derive from the final score anyway.
+epoch's keys and bound to ``job/serve/<epoch>/<req>/<SHA-256 of the ID list>``; the host refuses a
+request number it has seen, so no mask is ever used twice and the guest learns only the sum over
+hosts, and hosts given different ID lists under one request number produce masks that do not
+cancel. With one host there are no masks: its partial score is what the guest could derive from
+the final score anyway.
 
-A position a host cannot score (``missing``) gets, under ``unknown_id = "refuse"``, a fresh
-uniformly random 64-bit value added to its masked share: the sum of that row is then uniform and
-says nothing of the other hosts' partial scores, and the guest answers that row with an error.
-Every host is asked about the same IDs, so no host learns which IDs another host lacks.
+A position a host cannot score (``missing``) gets a fresh uniformly random 64-bit value added to
+its masked share: the sum of that row is then uniform and says nothing of the other hosts' partial
+scores, and the guest answers that row with an error. Under ``unknown_id = "average"`` the host
+puts its average partial score there instead: with one host always; with three or more only at
+the positions the request allows, those the guest found (in a first round) at least two hosts
+know, so no sum is a lone host's score plus constants; with two hosts never (``"average"`` then
+refuses as ``"refuse"`` does). Every host is asked about the same IDs, so no host learns which IDs
+another host lacks.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import logging
 import math
 import re
@@ -44,7 +53,7 @@ from ..io.tables import MAX_ID_LENGTH, PartyTable
 from ..job.config import ConfigError, JobConfig
 from ..job.roles import binned
 from ..models.common import sigmoid
-from ..models.model_file import load_part
+from ..models.model_file import _without_dropped, load_part
 from ..models.scoring import RelayAuth, _key_entry, relay_authentication, signed_bytes
 from ..protocol.channel import ProtocolError
 from .reasons import contributions, reason_codes
@@ -69,19 +78,40 @@ def model_sha256(job: JobConfig, name: str) -> str:
 
 
 def check_ids(ids: Any, what: str, limit: int) -> list[str]:
-    """A request's IDs: a non-empty list of distinct, non-blank strings of at most MAX_ID_LENGTH."""
+    """A request's IDs: a non-empty list of distinct, non-blank strings of at most MAX_ID_LENGTH,
+    each valid Unicode text (JSON's "\\ud800" decodes to a lone surrogate, which UTF-8 cannot encode:
+    no store, log or link could carry it)."""
     if not isinstance(ids, list) or not ids or len(ids) > limit:
         raise ProtocolError(f"{what}: expected a list of 1 to {limit} IDs")
     for v in ids:
         if not isinstance(v, str) or not v.strip() or len(v) > MAX_ID_LENGTH:
             raise ProtocolError(f"{what}: every ID must be a non-blank string of at most {MAX_ID_LENGTH} characters")
+        if not utf8_text(v):
+            raise ProtocolError(f"{what}: every ID must be valid Unicode text (a lone UTF-16 surrogate is not)")
     if len(set(ids)) != len(ids):
         raise ProtocolError(f"{what}: repeated IDs")
     return ids
 
 
-def _context(job: JobConfig, epoch: int, req: int) -> bytes:
-    return f"{job.name}/serve/{epoch}/{req}".encode()
+def utf8_text(v: str) -> bool:
+    """Whether ``v`` encodes as UTF-8 (no lone surrogate)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """SHA-256 (hex) of a request's ID list, in order: its canonical JSON, ASCII only."""
+    return hashlib.sha256(json.dumps(list(ids), ensure_ascii=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _context(job: JobConfig, epoch: int, req: int, ids: Sequence[str]) -> bytes:
+    """The masks' context: the epoch, the request number and the SHA-256 of the exact ID list the host
+    scores. A guest that sent different lists to different hosts under one request number gets shares
+    whose masks do not cancel: their sum is uniform, not a difference of one host's scores."""
+    return f"{job.name}/serve/{epoch}/{req}/{ids_digest(ids)}".encode()
 
 
 def _counter(payload: Mapping, key: str, what: str) -> int:
@@ -180,17 +210,31 @@ class HostScorer:
 
     def accept(self, s: _Session, step: str, payload: Any) -> "HostRequest":
         """Check a request on link session ``s`` in arrival order (its epoch, a request number never
-        seen, the IDs) and fix the keys it will be answered under; :meth:`respond` does the work."""
-        if not isinstance(payload, dict) or set(payload) != {"epoch", "req", "ids"}:
-            raise ProtocolError(f"{step}: expected {{epoch, req, ids}}")
+        seen, the IDs, the positions it may average) and fix the keys it will be answered under;
+        :meth:`respond` does the work."""
+        if not isinstance(payload, dict) or set(payload) - {"average"} != {"epoch", "req", "ids"}:
+            raise ProtocolError(f"{step}: expected {{epoch, req, ids}} (and average, under unknown_id = \"average\")")
         epoch, req = _counter(payload, "epoch", step), _counter(payload, "req", step)
         if epoch != s.epoch:
             raise ProtocolError(f"{step}: epoch {epoch}, but this link is in epoch {s.epoch}")
         if req <= s.last_req:
             raise ProtocolError(f"{step}: request number {req} was not after {s.last_req} (a mask is never reused)")
         s.last_req = req
-        return HostRequest(step, epoch, req, check_ids(payload["ids"], step, self.job.serving.max_batch),
-                           s.key, s.index, list(s.publics))
+        ids = check_ids(payload["ids"], step, self.job.serving.max_batch)
+        return HostRequest(step, epoch, req, ids, s.key, s.index, list(s.publics),
+                           self._average_positions(payload.get("average", []), len(ids), step))
+
+    def _average_positions(self, at: Any, n: int, step: str) -> frozenset[int]:
+        """The positions where this host, if it lacks the ID, may contribute its average (three or more
+        hosts under ``unknown_id = "average"``: those the guest found at least two hosts know). With two
+        hosts a host lacking an ID leaves at most one that knows it, so none is ever allowed."""
+        if not isinstance(at, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in at) \
+                or any(not 0 <= p < n for p in at) or at != sorted(set(at)):
+            raise ProtocolError(f"{step}: average must be increasing positions of the request")
+        if at and (self.policy != "average" or len(self.job.host_names) < 3):
+            raise ProtocolError(f"{step}: average positions, but averaging is for unknown_id = \"average\" "
+                                f"with three or more hosts")
+        return frozenset(at)
 
     def _scores(self, ids: list[str]) -> tuple[np.ndarray, dict[int, str]]:
         """Partial scores for every requested position (0 where missing) and the missing positions."""
@@ -206,16 +250,19 @@ class HostScorer:
 
     def respond(self, r: "HostRequest") -> dict:
         """``serve/score``: this host's masked share of the sum of partial scores, and the positions
-        it cannot score. Under ``"average"`` those get its average partial score; else a fresh
-        uniformly random value is added to the share there, so the row's sum is uniform and hides
-        the other hosts' partial scores (the guest answers it with an error)."""
+        it cannot score. Those get its average partial score under ``"average"`` with one host, or
+        with three or more at the positions the request allows (``r.average``); everywhere else a
+        fresh uniformly random value is added to the share there, so the row's sum is uniform and
+        hides the other hosts' partial scores (the guest answers it with an error)."""
         u, missing = self._scores(r.ids)
-        if missing and self.policy == "average":
-            u[list(missing)] = self.average()
-        share = r.key.masked_share(u, r.index, r.publics, _context(self.job, r.epoch, r.req))
-        if missing and self.policy != "average":
-            at = sorted(missing)
-            share[at] += np.array([secrets.randbits(64) for _ in at], dtype=np.uint64)   # wraps mod 2^64
+        averaged = [p for p in missing if self.policy == "average"
+                    and (len(self.job.host_names) == 1 or p in r.average)]
+        if averaged:
+            u[averaged] = self.average()
+        share = r.key.masked_share(u, r.index, r.publics, _context(self.job, r.epoch, r.req, r.ids))
+        blind = sorted(set(missing) - set(averaged))
+        if blind:
+            share[blind] += np.array([secrets.randbits(64) for _ in blind], dtype=np.uint64)   # wraps mod 2^64
         return {"req": r.req, "missing": {str(p): m for p, m in missing.items()}, "share": [int(v) for v in share]}
 
 
@@ -228,6 +275,7 @@ class HostRequest:
     key: SumKey
     index: int
     publics: list[bytes]
+    average: frozenset[int] = frozenset()    # positions it may average if it lacks them (3+ hosts)
 
 
 # -------------------------------------------------------------------------------------------- guest
@@ -313,24 +361,35 @@ class GuestScorer:
     def lookup(self, ids: list[str], overrides: Sequence[Mapping | None] | None = None) -> Lookup:
         return self.store.lookup(ids, overrides)
 
-    def answers(self, found: Lookup, host_sum: np.ndarray) -> list[dict]:
-        """One answer per row of ``found``: probability, points and reason codes.
+    def answers(self, found: Lookup, host_sum: np.ndarray) -> list[dict | Refused]:
+        """One answer per row of ``found``: probability, points and reason codes; or :class:`Refused`
+        for a row whose scaled values, contributions or log-odds are not finite (a finite but huge
+        value a request sent overflows), naming the column.
 
         ``host_sum``: the hosts' summed partial scores for ``found``'s rows, in its order."""
         t = found.table
         host_sum = self.part.host_weight * host_sum      # the guest's refit may weigh the hosts' sum
-        logit = self.part.score(t) + host_sum
+        reasons = bool(self.job.serving.reasons and len(t.ids))
+        with np.errstate(all="ignore"):                  # overflows are found and refused just below
+            logit = self.part.score(t) + host_sum
+            names, contrib = contributions(self.part, t) if reasons else ([], None)
+            bad = _not_finite(self.part, t, logit, names, contrib, self.job.scorecard.pdo)
         prob = sigmoid(logit)
         sc = self.job.scorecard
         points = scorecard_points(prob, sc.base_points, sc.base_odds, sc.pdo)
-        out = [{"id": str(i), "probability": float(p), "points": round(float(q), 1)}
-               for i, p, q in zip(t.ids, prob, points)]
-        if self.job.serving.reasons and len(t.ids):
-            names, contrib = contributions(self.part, t)
-            for r, row in enumerate(out):
+        out: list[dict | Refused] = []
+        for r, (i, p, q) in enumerate(zip(t.ids, prob, points)):
+            if r in bad:
+                out.append(Refused(bad[r]))
+                continue
+            row = {"id": str(i), "probability": float(p), "points": round(float(q), 1)}
+            if contrib is not None:
                 values = [_value(t, n, r) for n in names]
                 row["reasons"] = reason_codes(names, contrib[r], values, float(host_sum[r]), sc.pdo,
                                               self.job.serving.reasons)
+                if not all(math.isfinite(x["points"]) for x in row["reasons"]):   # checked above: a last guard
+                    row = Refused("the applicant's values give no finite score")
+            out.append(row)
         return out
 
     def identity(self, hosts: Mapping[str, str | None]) -> dict:
@@ -340,6 +399,46 @@ class GuestScorer:
         return {"job": self.job.name, "model_type": self.job.model.type,
                 "trained": datetime.datetime.fromtimestamp(written, datetime.timezone.utc).isoformat(),
                 "parts": {g.name: self.model_hash, **hosts}}
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A row the guest cannot answer although every party holds it: its own values give no finite
+    score. Answered 422 with ``message`` (which names the column, never the value)."""
+    message: str
+
+
+def _standardised(part, t: PartyTable) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """The guest's numeric columns as its part scales them (names, raw, scaled); None for a binned
+    part (its WOE values are finite whatever the input)."""
+    if getattr(part, "encoder", None) is not None or not hasattr(part, "standardizer"):
+        return None
+    kept = _without_dropped(t, part.dropped, part.party)
+    return list(kept.columns), kept.features, part.standardizer.transform(kept.features)
+
+
+def _not_finite(part, t: PartyTable, logit: np.ndarray, names: list[str], contrib: np.ndarray | None,
+                pdo: float) -> dict[int, str]:
+    """Rows whose scaled values, contributions (also in points) or log-odds are not finite, each with
+    its message naming the guest's column at fault: JSON has no infinity, and such a score means nothing."""
+    culprit: dict[int, str | None] = {}
+    scaled = _standardised(part, t)
+    checks = []
+    if scaled is not None:
+        z_names, raw, z = scaled
+        checks.append((z_names, np.isinf(z) | (np.isnan(z) & ~np.isnan(raw))))   # NaN: where the model bins it
+    if contrib is not None:
+        checks.append((names, ~np.isfinite(contrib * (pdo / math.log(2.0)))))   # as reason_codes gives points
+    for cols, wrong in checks:
+        for r in np.flatnonzero(wrong.any(axis=1)):
+            culprit.setdefault(int(r), cols[int(np.flatnonzero(wrong[r])[0])])
+    for r in map(int, np.flatnonzero(~np.isfinite(logit))):
+        if r not in culprit:                # every value finite, their sum not: the most extreme column
+            extreme = np.abs(np.nan_to_num(z[r], nan=0.0)) if scaled is not None and z.shape[1] else None
+            culprit[r] = z_names[int(np.argmax(extreme))] if extreme is not None else None
+    return {r: (f"feature {c!r} is too far outside the values the model was trained on (the score is not "
+                f"finite)" if c is not None else "the applicant's values give no finite score")
+            for r, c in culprit.items()}
 
 
 def _value(t: PartyTable, name: str, r: int):

@@ -17,6 +17,7 @@ per row. Stores never see another party's data: each party runs its own.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,20 +87,51 @@ def _apply_overrides(frame: pd.DataFrame, ids: Sequence[str], overrides, id_colu
             continue
         for col, value in given.items():
             if col in cats:
-                if (value is not None and not isinstance(value, (str, int))) or isinstance(value, bool):
-                    invalid[pos] = f"feature {col!r} is categorical: send text, got {value!r}"
+                text = _text(value)
+                if text is None:
+                    invalid[pos] = f"feature {col!r} is categorical: send text (valid Unicode) or a whole number"
                     continue
-                rows.iat[pos, rows.columns.get_loc(col)] = "" if value is None else str(value)
+                rows.iat[pos, rows.columns.get_loc(col)] = text
             elif col in numeric:
-                if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                          or not np.isfinite(value)):
-                    invalid[pos] = f"feature {col!r} must be a finite number or null, got {value!r}"
+                number = _number(value)
+                if number is None:
+                    invalid[pos] = f"feature {col!r} must be a finite number or null"
                     continue
-                rows.iat[pos, rows.columns.get_loc(col)] = np.nan if value is None else float(value)
+                rows.iat[pos, rows.columns.get_loc(col)] = number
             else:
                 invalid[pos] = (f"unknown feature {col!r} (this party's columns: "
                                 f"{', '.join(numeric + cats)})")
     return rows
+
+
+def _number(value) -> float | None:
+    """A request's numeric value as a float (NaN for null), or None when it is not a finite number: a
+    boolean, text, or an integer too large for a float (``float(10**400)`` overflows; numpy's isfinite
+    refuses integers of 2^64 and more)."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _text(value) -> str | None:
+    """A request's categorical value as text ("" for null), or None: not text or a whole number, or
+    text holding a lone surrogate (no log or answer could carry it)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    try:
+        text = str(value)              # an integer of more than 4,300 digits raises ValueError
+        text.encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return text
 
 
 class FileStore:
