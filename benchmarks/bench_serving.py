@@ -77,7 +77,8 @@ def train(folder: Path, model: str, n_people: int, bits: int, hosts: int):
                   [party(f"shop{i}" if hosts > 1 else "shop", s, **host_keys) for i, s in enumerate(shops)],
                   arbiter=party("arbiter"), name=f"serve-{model}", workdir=folder / "results",
                   ca=certs / "ca.pem", preprocess={"monotonic": True} if model == "scorecard" else None,
-                  model={"type": model if model in ("embedding", "secureboost") else "logistic", "epochs": 2,
+                  model={"type": model if model in ("embedding", "secureboost") else "logistic",
+                         **({} if model == "secureboost" else {"epochs": 2}),
                          "key_bits": bits, "allow_short_keys": bits < 2048,
                          **({"embedding_dim": 4, "hidden_units": [16]} if model == "embedding" else {}),
                          **({"num_trees": 5, "max_depth": 4} if model == "secureboost" else {})})

@@ -240,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="generate and run the credit-scoring demo (bank + e-commerce)")
     s.add_argument("--workdir", default="runs/credit-demo", help="where data, job file and results go")
-    s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population")
+    s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population (at least 1000)")
     s.add_argument("--key-bits", type=int, default=2048, help="Paillier key size")
-    s.add_argument("--epochs", type=int, default=None, help="default: 10 (logistic), 12 (embedding, with early "
+    s.add_argument("--epochs", type=int, default=None, help=">= 1; default: 10 (logistic), 12 (embedding, with early "
                    "stopping); secureboost: the number of trees (10)")
     s.add_argument("--model", choices=["logistic", "embedding", "secureboost"], default="logistic",
                    help="logistic: split LR on the shop's behaviour columns; embedding: the shop's merchants, "
@@ -262,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, DataError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:          # a file or folder that is missing, unwritable, ...: one line, no traceback
+        what = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+        print(f"error: {what or type(exc).__name__}", file=sys.stderr)
         return 1
 
 

@@ -74,16 +74,24 @@ def write_demo_job(workdir: Path, *, key_bits: int, epochs: int, model: str = "l
                   [party("shop", "shop", predict_data=data / "shop_applicants.csv", **HOST_COLUMNS[model])],
                   arbiter=party("arbiter"), name="credit-demo", workdir=workdir / "results", seed=42,
                   test_fraction=0.2, baselines=True, ca=certs / "ca.pem", preprocess=PREPROCESS[model],
-                  model={**MODELS[model], "epochs": epochs, "key_bits": key_bits,
-                         **({"num_trees": epochs} if model == "secureboost" else {}),   # --epochs: trees
-                         "allow_short_keys": key_bits < 2048})
+                  model={**MODELS[model], "key_bits": key_bits, "allow_short_keys": key_bits < 2048,
+                         # --epochs: the number of trees for secureboost (which has no epochs)
+                         **({"num_trees": epochs} if model == "secureboost" else {"epochs": epochs})})
     make_certs(job.config, certs)
     return job.to_toml(workdir / "job.toml")
+
+
+MIN_PEOPLE = 1000     # fewer leave too few rows per bin, validation slice and release for the demo's settings
 
 
 def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epochs: int | None = None,
              model: str = "logistic", serve: bool = False) -> int:
     t0 = time.perf_counter()
+    if n_people < MIN_PEOPLE:
+        raise ValueError(f"--people must be at least {MIN_PEOPLE} (the demo's synthetic population), got {n_people}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--epochs must be at least 1{' (the number of trees)' if model == 'secureboost' else ''}, "
+                         f"got {epochs}")
     if serve:
         check_serving_installed()
     # The embedding demo keeps 12 epochs (the default at epsilon 8 is 16) to finish in under 3 minutes:

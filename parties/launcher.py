@@ -3,7 +3,8 @@
 The processes talk over TLS on loopback exactly as they would across
 organisations. Their log lines are relayed with the party's name; if one
 fails, the report names it and its one-line reason (the others then stop on
-their own when they notice the lost peer, or are ended after a grace period).
+their own when they notice the lost peer, or are ended after a grace period;
+at once when it could not listen on its port, as no peer can ever link to it).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from vfl.job.tasks import task as task_named
 
 
 _SYMPTOMS = ("PeerLost", "ConnectError", "aborted")
+_UNREACHABLE = ("ListenError",)     # a party that cannot listen: its peers would only retry until connect_timeout
+UNREACHABLE_GRACE = 2.0             # seconds the others get to log their state after such a failure
 
 
 class PartyFailed(RuntimeError):
@@ -112,6 +115,9 @@ def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None,
             for p in procs:
                 if first_failure is None and p.popen.poll() not in (None, 0):
                     first_failure, deadline = p, time.monotonic() + grace
+                if (p.popen.poll() not in (None, 0) and deadline is not None
+                        and any(s in p.last_error for s in _UNREACHABLE)):
+                    deadline = min(deadline, time.monotonic() + UNREACHABLE_GRACE)
             if deadline is not None and time.monotonic() > deadline:
                 break
             time.sleep(0.1)

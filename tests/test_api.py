@@ -71,7 +71,7 @@ def test_job_round_trips_through_its_toml_file(tmp_path):
     job = vfl.Job(vfl.Party("bank", g, label_column="y", predict_data=tmp_path / "new.csv"),
                   [vfl.Party("shop", hosts[0].set_index("id"), categorical_columns=["city"], ray_address="local")],
                   name="round-trip", workdir=tmp_path / "out", seed=3, test_fraction=0.25, baselines=True,
-                  model=ModelConfig(epochs=4, l2=0.01, key_bits=1024, allow_short_keys=True, hidden_units=(8, 4)),
+                  model=ModelConfig(epochs=4, l2=0.01, key_bits=1024, allow_short_keys=True),
                   preprocess=PreprocessConfig(bins=6, monotonic=True), scorecard={"pdo": 40.0},
                   network={"peer_timeout": 30.0}, ca=tmp_path / "ca.pem")
     path = job.to_toml(tmp_path / "job.toml")
@@ -233,3 +233,86 @@ def test_an_empty_dataframe_is_reported_as_having_no_data_rows(tmp_path):
     g, hosts = vertical_split(200, 2, [1], seed=3)
     with pytest.raises(vfl.JobFailed, match=r"party 'guest' failed: DataError: .*guest/input/data\.csv: no data rows$"):
         vfl.fit(make_job(tmp_path, g.iloc[:0], hosts))
+
+
+def test_to_toml_never_writes_over_the_file_the_job_came_from(tmp_path):
+    g, hosts = write_tables(tmp_path, *vertical_split(100, 2, [1], seed=1))
+    src = make_job(tmp_path, g, hosts, model={"type": "embedding", "epochs": 10}).to_toml(tmp_path / "mine.toml")
+    src.write_text("# agreed with the shop: 10 epochs\n" + src.read_text())
+    before = src.read_text()
+    job = vfl.Job.from_toml(src)
+    assert job.to_toml() == tmp_path / "out" / "job.toml"            # the documented default
+    assert src.read_text() == before
+    assert load_job(tmp_path / "out" / "job.toml").model.epochs == 10
+    # a job file kept as <workdir>/job.toml: the default would be the file itself, so it must be named
+    inside = job.to_toml(tmp_path / "out" / "job.toml")
+    inside.write_text("# ours\n" + inside.read_text())
+    again = vfl.Job.from_toml(inside)
+    with pytest.raises(ConfigError, match=r"would write over .*out/job\.toml, the job file this job was read from"):
+        again.to_toml()
+    assert inside.read_text().startswith("# ours")
+    assert again.to_toml(inside) == inside and not inside.read_text().startswith("# ours")
+
+
+def test_a_model_refuses_to_score_with_files_another_fit_replaced(tmp_path):
+    """Two jobs fitted into one workdir: the first Model must not score with the second's parts."""
+    g, hosts = vertical_split(300, 2, [1], seed=2)
+    small = {"epochs": 1, "batch_size": 128}
+    model_a = vfl.fit(make_job(tmp_path, g, hosts, model=small))
+    rows = {"guest": g, "host0": hosts[0]}
+    assert len(model_a.predict_proba(rows)) > 0
+    model_b = vfl.fit(make_job(tmp_path, g, hosts, model={**small, "epochs": 3}))    # the same workdir
+    with pytest.raises(vfl.api.ModelFileError, match=r"the model files of guest, host0 under .* changed since this "
+                                                     r"model was fitted or loaded \(another job fitted into the same "
+                                                     r"workdir\?\)"):
+        model_a.predict_proba(rows)
+    assert len(model_b.predict_proba(rows)) > 0
+
+
+def test_the_default_workdir_is_the_jobs_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    g, hosts = vertical_split(60, 2, [1], seed=1)
+    workdir = lambda **k: vfl.Job(vfl.Party("guest", g), [vfl.Party("host0", hosts[0])], **k).workdir  # noqa: E731
+    assert workdir(name="credit-a") == tmp_path / "runs" / "credit-a"
+    assert workdir(name="credit-b") == tmp_path / "runs" / "credit-b"
+    assert workdir() == tmp_path / "runs" / "job" and workdir(name="a/../b c") == tmp_path / "runs" / "a_.._b_c"
+
+
+def test_a_run_without_binning_removes_an_earlier_runs_scorecard(tmp_path):
+    """Re-running into a workdir: a points table left by an earlier binned run is not this model's."""
+    g, hosts = vertical_split(300, 2, [1], seed=2)
+    job = make_job(tmp_path, g, hosts, model={"epochs": 1, "batch_size": 128})
+    for party in ("guest", "host0"):                 # as an earlier binned run left them
+        folder = job.config.output_dir(party)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("scorecard.json", "scorecard.csv"):
+            (folder / name).write_text("{}" if name.endswith(".json") else "column,bin\n")
+    vfl.fit(job)
+    for party in ("guest", "host0"):
+        assert not list(job.config.output_dir(party).glob("scorecard.*"))
+    assert "no binned scorecard in this job" in (job.config.output_dir("host0") / "report.html").read_text()
+
+
+def test_numpy_integers_are_accepted_as_job_settings(tmp_path):
+    g, hosts = vertical_split(60, 2, [1], seed=1)
+    job = vfl.Job(vfl.Party("guest", g), [vfl.Party("host0", hosts[0])], workdir=tmp_path / "out",
+                  seed=np.int64(3), model={"epochs": np.int64(4), "batch_size": np.int32(64)})
+    assert (job.config.seed, job.config.model.epochs, job.config.model.batch_size) == (3, 4, 64)
+    assert load_job(job.to_toml()).model.epochs == 4
+
+
+def test_vfl_run_fails_fast_when_a_party_cannot_listen(tmp_path, capsys):
+    """A host whose port another program holds fails at once; the others are not left retrying for
+    connect_timeout (60 s) before `vfl run` reports it."""
+    import socket
+    import time
+    g, hosts = write_tables(tmp_path, *vertical_split(100, 2, [1], seed=1))
+    path = make_job(tmp_path, g, hosts).to_toml()
+    with socket.socket() as taken:
+        taken.bind(load_job(path).party("host0").host_port)
+        taken.listen()
+        t0 = time.monotonic()
+        assert vfl_main(["run", str(path)]) == 1
+        elapsed = time.monotonic() - t0
+    assert "party 'host0' failed (exit 1): host failed: ListenError" in capsys.readouterr().err
+    assert elapsed < 40, elapsed

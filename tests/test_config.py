@@ -1,4 +1,7 @@
 
+import math
+from dataclasses import replace
+
 import pytest
 
 from vfl.job.config import ConfigError, load_job, parse_job
@@ -111,3 +114,167 @@ def test_vfl_certs_does_not_replace_a_ca_unless_forced(tmp_path, capsys):
     assert main(["certs", str(job), "--out", str(out)]) == 1
     assert "already holds a CA" in capsys.readouterr().err and (out / "ca-key.pem").read_bytes() == ca
     assert main(["certs", str(job), "--out", str(out), "--force"]) == 0 and (out / "ca-key.pem").read_bytes() != ca
+
+
+# ------------------------------------------------------------------ writing a job file back (jobfile.py)
+@pytest.mark.parametrize("changes", [
+    # values equal to the *logistic* defaults, or to the dataclass defaults of derived settings
+    {"model__type": "logistic", "model__epochs": 10, "model__learning_rate": 0.05, "model__label_dp": "off",
+     "guest__categorical_columns": ["branch"], "model__dp_guest_share": 0.1, "preprocess__bins": 4,
+     "model__dp_binning_share": 0.0},
+    {"model__type": "embedding", "model__epochs": 10, "model__learning_rate": 0.05, "model__hidden_units": [8, 4],
+     "guest__categorical_columns": ["branch"], "model__dp_guest_share": 0.1},
+    {"model__type": "embedding"},              # the derived defaults (16 epochs at epsilon 8, guest share 0.5)
+    {"model__type": "secureboost", "model__learning_rate": 0.05, "model__num_trees": 3},
+    {"model__type": "secureboost", "guest__categorical_columns": ["branch"]},
+], ids=["logistic", "embedding", "embedding-defaults", "secureboost", "secureboost-categorical"])
+def test_a_written_job_file_reads_back_to_the_same_job(tmp_path, changes):
+    """Settings whose defaults depend on the model type or the rest of the job are written, so a value
+    equal to another type's default is not read back as this type's (10 epochs stay 10, not 16)."""
+    import vfl
+    from vfl.job.jobfile import write_job
+    want = parse_job(_with(**changes), tmp_path / "job.toml")
+    path = write_job(want, tmp_path / "written.toml")
+    assert replace(load_job(path), path=want.path) == want
+    # the Python API's way there and back: Job.from_toml, Job.to_toml (the file `vfl run` reads)
+    job = vfl.Job.from_toml(path)
+    assert replace(job.config, path=want.path) == want
+    assert replace(load_job(job.to_toml(tmp_path / "again.toml")), path=want.path) == want
+
+
+def test_api_model_settings_equal_to_the_logistic_defaults_survive_the_job_file(tmp_path):
+    import vfl
+    from vfl.job.config import ModelConfig
+    for model in ({"type": "embedding", "epochs": 10, "learning_rate": 0.05},
+                  ModelConfig(type="embedding", epochs=10, learning_rate=0.05),
+                  {"type": "secureboost", "learning_rate": 0.05}):
+        job = vfl.Job(vfl.Party("bank", tmp_path / "g.csv"), [vfl.Party("shop", tmp_path / "h.csv")],
+                      workdir=tmp_path / "w", model=model)
+        back = load_job(job.to_toml()).model
+        assert back == job.config.model and back.learning_rate == 0.05
+        assert back.epochs == (10 if back.type == "embedding" else back.epochs)
+
+
+def test_the_demo_job_file_keeps_the_epochs_asked_for(tmp_path):
+    from parties.demo import write_demo_job
+    job = load_job(write_demo_job(tmp_path / "e", key_bits=512, epochs=10, model="embedding"))
+    assert job.model.epochs == 10
+    job = load_job(write_demo_job(tmp_path / "s", key_bits=512, epochs=3, model="secureboost"))
+    assert job.model.num_trees == 3          # --epochs is the number of trees; no epochs key for trees
+
+
+# ------------------------------------------------------------------ values the checks must refuse
+@pytest.mark.parametrize("table, key", [
+    ("model", "learning_rate"), ("model", "l2"), ("model", "tolerance"), ("model", "clip_norm"),
+    ("model", "dp_delta"), ("model", "validation_fraction"), ("scorecard", "pdo"), ("scorecard", "base_odds"),
+    ("scorecard", "base_points"), ("network", "peer_timeout"), ("serving", "timeout"),
+    ("preprocess", "iv_threshold")])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_refused_naming_the_setting(tmp_path, table, key, value):
+    with pytest.raises(ConfigError, match=rf"\[{table}\] {key} must be a finite number"):
+        parse_job(_with(**{f"{table}__{key}": value}), tmp_path / "job.toml")
+
+
+def test_secureboost_nan_and_infinite_epsilon_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[model\] min_child_weight must be a finite number"):
+        parse_job(_with(model__type="secureboost", model__min_child_weight=math.nan), tmp_path / "job.toml")
+    for value in (math.nan, -math.inf):
+        with pytest.raises(ConfigError, match=r"\[model\] dp_epsilon must be a finite number"):
+            parse_job(_with(model__type="embedding", model__dp_epsilon=value), tmp_path / "job.toml")
+    with pytest.raises(ConfigError, match=r'dp_epsilon must be a finite number > 0, got inf: for no label-DP '
+                                          r'noise set label_dp = "off" instead'):
+        parse_job(_with(model__type="embedding", model__dp_epsilon=math.inf), tmp_path / "job.toml")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model__type": "secureboost", "model__epochs": 50},
+     r"type = 'secureboost' does not use epochs \(logistic and embedding only; the number of trees is num_trees\)"),
+    ({"model__type": "secureboost", "model__batch_size": 64, "model__optimizer": "sgd"},
+     r"does not use batch_size \(logistic and embedding only\), optimizer \(logistic and embedding only\): "
+     r"remove them"),
+    ({"model__type": "secureboost", "model__label_dp": "on"}, r"label_dp = 'on' \(trees add no label-DP noise\)"),
+    ({"model__num_trees": 100}, r"type = 'logistic' does not use num_trees \(secureboost only\): remove it"),
+    ({"model__hidden_units": [64], "model__max_depth": 8},
+     r"does not use hidden_units \(embedding only\), max_depth \(secureboost only\)"),
+    ({"model__type": "embedding", "model__subsample": 0.5}, r"type = 'embedding' does not use subsample"),
+])
+def test_settings_of_another_model_type_are_refused(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_job(_with(**changes), tmp_path / "job.toml")
+
+
+def test_settings_of_another_model_type_at_their_default_are_accepted(tmp_path):
+    """A job file written for one type may carry another's keys at their defaults (nothing ignored)."""
+    m = parse_job(_with(model__type="secureboost", model__epochs=10, model__label_dp="off",
+                        model__optimizer="adam"), tmp_path / "job.toml").model
+    assert m.num_trees == 10
+    assert parse_job(_with(model__num_trees=10, model__hidden_units=[32]), tmp_path / "job.toml").model.epochs == 10
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hosts__address": "127.0.0.1:99999"}, r"\[hosts.0\] address '127.0.0.1:99999': port 99999 is out of range "
+                                             r"\(1 to 65535\)"),
+    ({"arbiter__address": "127.0.0.1:0"}, r"\[arbiter\] address '127.0.0.1:0': port 0 is out of range"),
+    ({"guest__serve_address": "127.0.0.1:70000"}, r"\[guest\] serve_address '127.0.0.1:70000': port 70000 is out"),
+    ({"guest__address": ":9101"}, "must look like HOST:PORT"),
+])
+def test_ports_out_of_range_are_refused(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_job(_with(**changes), tmp_path / "job.toml")
+    assert parse_job(_with(hosts__address="127.0.0.1:65535"), tmp_path / "job.toml").hosts[0].host_port[1] == 65535
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model__epochs": -1}, r"\[model\] epochs must be >= 1, got -1"),      # not the early-stopping rule
+    ({"model__batch_size": -5}, r"\[model\] batch_size must be >= 1 \(or 0: the model family's default\), got -5"),
+    ({"model__type": "embedding", "model__epochs": 0, "model__min_epochs": 0}, None),   # 0: the default
+    ({"model__learning_rate": -0.1, "model__min_epochs": 20}, r"learning_rate must be > 0"),
+    ({"model__seed": -3}, r"\[model\] seed must be >= 0, got -3"),
+])
+def test_basic_model_ranges_are_checked_first(tmp_path, changes, message):
+    if message is None:
+        assert parse_job(_with(**changes), tmp_path / "job.toml").model.epochs == 16
+        return
+    with pytest.raises(ConfigError, match=message):
+        parse_job(_with(**changes), tmp_path / "job.toml")
+
+
+def test_numpy_numbers_are_accepted_for_numeric_settings(tmp_path):
+    """The Python API passes what a notebook computed: numpy integers and floats are numbers."""
+    import numpy as np
+    job = parse_job(_with(model__epochs=np.int64(3), model__hidden_units=[np.int32(8)], model__type="embedding",
+                          model__learning_rate=np.float32(0.25), job__seed=np.int64(5),
+                          job__test_fraction=np.float64(0.3), scorecard__pdo=np.int64(40)), tmp_path / "job.toml")
+    m = job.model
+    assert (m.epochs, m.hidden_units, m.learning_rate, job.seed, job.test_fraction, job.scorecard.pdo) == \
+        (3, (8,), 0.25, 5, 0.3, 40.0)
+    assert type(m.epochs) is int and type(m.hidden_units[0]) is int and type(job.seed) is int
+    with pytest.raises(ConfigError, match="epochs must be int, got True"):
+        parse_job(_with(model__epochs=True), tmp_path / "job.toml")
+    with pytest.raises(ConfigError, match=r"\[job\] seed must be int, got 1.5"):
+        parse_job(_with(job__seed=1.5), tmp_path / "job.toml")
+
+
+# ------------------------------------------------------------------ the command line's errors
+def test_cli_reports_os_errors_in_one_line(tmp_path, capsys):
+    from parties.cli import main
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    job = write_job(tmp_path, *write_tables(tmp_path, *vertical_split(60, 2, [2], seed=1)))
+    (tmp_path / "file").write_text("")
+    assert main(["certs", str(job), "--out", str(tmp_path / "file" / "certs")]) == 1    # under a file
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{tmp_path / 'file'}" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--people", "-5"], "--people must be at least 1000 (the demo's synthetic population), got -5"),
+    (["--people", "0"], "--people must be at least 1000 (the demo's synthetic population), got 0"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--model", "secureboost", "--epochs", "-2"], "--epochs must be at least 1 (the number of trees), got -2"),
+])
+def test_demo_checks_its_arguments_before_anything_runs(tmp_path, capsys, args, message):
+    from parties.cli import main
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--key-bits", "512", *args]) == 1
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "demo").exists()

@@ -378,7 +378,7 @@ def _party(name: str, port: int, data: bool = True) -> dict:
 
 _VALID_JOB = {"job": {"name": "j", "seed": 1, "test_fraction": 0.25}, "guest": _party("guest", 9001),
               "hosts": [_party("host1", 9002)], "arbiter": _party("arbiter", 9003, data=False),
-              "model": {"key_bits": 2048, "epochs": 2, "hidden_units": [4]},
+              "model": {"type": "embedding", "key_bits": 2048, "epochs": 2, "hidden_units": [4]},
               "network": {"connect_timeout": 5.0}, "scorecard": {"pdo": 20.0}, "tls": {"ca": "ca.pem"}}
 
 

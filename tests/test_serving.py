@@ -112,7 +112,8 @@ def trained(tmp_path: Path, n_hosts: int = 2, model: dict | None = None, serving
             preprocess=None, frames=None, guest_keys: dict | None = None, **keys):
     """A trained job with TLS files, scored by `vfl predict` on its guest's rows."""
     guest, hosts = frames or vertical_split(900, 3, [2] * n_hosts, overlap=0.9, seed=6)
-    job = make_job(tmp_path, guest, hosts, model={"epochs": 2, "batch_size": 256, **(model or {})},
+    loops = {} if (model or {}).get("type") == "secureboost" else {"epochs": 2, "batch_size": 256}
+    job = make_job(tmp_path, guest, hosts, model={**loops, **(model or {})},
                    guest_keys={"serve_address": f"127.0.0.1:{_free()}", **(guest_keys or {})}, preprocess=preprocess,
                    serving=serving, **keys)
     cfg = load_job(job.to_toml(tmp_path / "job.toml"))

@@ -16,9 +16,11 @@ writes only the running party's own frame.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -97,7 +99,8 @@ class Job:
     arbiter : Party, optional
         Holds the decryption key; by default ``Party("arbiter")`` on a free local port.
     name, workdir : str
-        The job's name and where every party writes (``<workdir>/<party>/``).
+        The job's name and where every party writes (``<workdir>/<party>/``); by default
+        ``runs/<name>``, so jobs of different names never share their files.
     seed, test_fraction, baselines
         As in the job file's ``[job]`` table.
     model, preprocess, scorecard, network, serving : dict or settings dataclass, optional
@@ -116,7 +119,7 @@ class Job:
     """
 
     def __init__(self, guest: Party, hosts: list[Party], *, arbiter: Party | None = None, name: str = "job",
-                 workdir: str | Path = "runs/job", seed: int = 42, test_fraction: float = 0.2,
+                 workdir: str | Path | None = None, seed: int = 42, test_fraction: float = 0.2,
                  baselines: bool = False, model: dict | ModelConfig | None = None,
                  preprocess: dict | PreprocessConfig | bool | None = None,
                  scorecard: dict | ScorecardConfig | None = None, network: dict | NetworkConfig | None = None,
@@ -134,6 +137,9 @@ class Job:
         for key, value in (("workdir", workdir), ("ca", ca)):
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise ConfigError(f"{key} must be a path (str or Path), got {_kind(value)}")
+        if workdir is None:          # runs/<name>: another job's fit never replaces this one's files
+            workdir = Path("runs") / (re.sub(r"[^\w.-]+", "_", name).strip(".") or "job"
+                                      if isinstance(name, str) else "job")
         self.guest, self.hosts = guest, list(hosts)
         self.arbiter = arbiter or Party("arbiter")
         self.workdir = Path(workdir).expanduser().resolve()
@@ -178,20 +184,28 @@ class Job:
             t = party_table(p)
             return Party(t.pop("name"), t.pop("data", None), address=t.pop("address"),
                          predict_data=t.pop("predict_data", None), **t)
-        raw = raw_of(config)
+        raw = raw_of(config)         # the tables as written: settings derived from the job stay as they are
         job = cls(party(config.guest), [party(h) for h in config.hosts], arbiter=party(config.arbiter),
-                  **raw["job"], ca=config.ca, model=config.model, scorecard=config.scorecard,
-                  network=config.network, preprocess=config.preprocess, serving=config.serving)
+                  **raw["job"], ca=config.ca, model=raw["model"], scorecard=raw["scorecard"],
+                  network=raw["network"], preprocess=raw.get("preprocess"), serving=raw["serving"])
         if path is not None:
             job.path, job._from_file = Path(path).resolve(), True
         return job
 
     def to_toml(self, path: str | Path | None = None) -> Path:
         """Write the job file (default ``<workdir>/job.toml``), and any DataFrame to its party's
-        folder; return the file's path. :meth:`from_toml` reads it back to an equal job."""
+        folder; return the file's path. :meth:`from_toml` reads it back to an equal job.
+
+        The file a job was read from (:meth:`from_toml`) is written over only when its path is
+        given explicitly."""
+        target = Path(path) if path is not None else self.workdir / "job.toml"
+        if path is None and self._from_file and target.resolve() == self.path:
+            raise ConfigError(f"to_toml() would write over {self.path}, the job file this job was read from "
+                              f"(its comments and layout would be lost): pass another path, or this one "
+                              f"explicitly to replace it")
         for p in self.parties:
             self._write_frames(p)
-        return write_job(self.config, path or self.path)
+        return write_job(self.config, target)
 
     def _job_file(self) -> Path:
         """The file the parties' processes read: the one this job came from, else written now."""
@@ -229,7 +243,11 @@ class Model:
     def __init__(self, job: Job) -> None:
         cfg = job.config
         self.job = job
+        # each part file's SHA-256 as loaded: scoring refuses files that changed since (another fit)
+        self._digests = {p.name: _digest(cfg.output_dir(p.name) / "model.json") for p in (cfg.guest, *cfg.hosts)}
         self.parts: dict[str, Part] = {p.name: _load_part(cfg, p.name) for p in (cfg.guest, *cfg.hosts)}
+        if any(_digest(cfg.output_dir(n) / "model.json") != d for n, d in self._digests.items()):
+            raise ModelFileError(f"the model parts under {cfg.workdir} changed while being loaded: load again")
         self.metrics: dict = json.loads((cfg.workdir / "metrics.json").read_text())
         self.report = cfg.workdir / "report.html"
         self.predictions = cfg.output_dir(cfg.guest.name) / "predictions.csv"
@@ -255,6 +273,7 @@ class Model:
         """
         cfg = self.job.config
         _check_runner(runner)
+        self._check_parts()
         if not isinstance(rows, Mapping):
             raise ConfigError(f"rows must be a dict of party name -> its rows (DataFrame or path), got {_kind(rows)}")
         for name, new in rows.items():
@@ -274,8 +293,19 @@ class Model:
         job = replace(cfg, guest=parties[0], hosts=tuple(parties[1:]))
         path = write_job(job, self.job.workdir / "predict-job.toml") if runner == "processes" else None
         _run(job, "predict", runner, path, verbose=verbose)
+        self._check_parts()               # a fit into this workdir while scoring: these are not our scores
         scores = pd.read_csv(cfg.output_dir(cfg.guest.name) / "scores.csv", dtype={"id": str})
         return scores.set_index("id")["score"]
+
+    def _check_parts(self) -> None:
+        """Refuse to score when a part file is not the one this model loaded (its SHA-256 differs)."""
+        cfg = self.job.config
+        changed = [n for n, d in self._digests.items() if _digest(cfg.output_dir(n) / "model.json") != d]
+        if changed:
+            raise ModelFileError(
+                f"the model files of {', '.join(changed)} under {cfg.workdir} changed since this model was fitted "
+                f"or loaded (another job fitted into the same workdir?): scoring would use that other model. "
+                f"Load the model again (vfl.fit, or a Job with its own workdir)")
 
 
 def fit(job: Job, runner: str = "threads", resume: bool = False, verbose: bool = False) -> Model:
@@ -410,6 +440,14 @@ def _load_part(config: JobConfig, name: str) -> Part:
         return SecureBoostHost.from_dict(d, tree_params(config.model), config.guest.name)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a usable SecureBoost model part: {exc}") from None
+
+
+def _digest(path: Path) -> str | None:
+    """The SHA-256 of a file (None: no such file)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
 
 
 def _kind(value: Any) -> str:

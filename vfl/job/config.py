@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -242,7 +243,7 @@ class PreprocessConfig:
 class NetworkConfig:
     connect_timeout: float = 60.0
     peer_timeout: float = 300.0
-    min_send_rate: float = 1 << 20        # bytes/s a peer must accept: a message of s bytes gets
+    min_send_rate: float = float(1 << 20)  # bytes/s a peer must accept: a message of s bytes gets
                                           # peer_timeout + s / min_send_rate seconds to go out
 
 
@@ -252,7 +253,8 @@ class ServingConfig:
 
     timeout: float = 2.0          # seconds the guest waits for each host per request, then 504 naming it
     unknown_id: str = "refuse"    # an ID a host does not know: "refuse" the row, or "average" = that host
-                                  # contributes its average partial score and the answer says so
+                                  # contributes its average partial score and the answer says so (only
+                                  # where two hosts know the ID, or with one host: docs section 3a)
     max_batch: int = 10_000       # IDs in one /score/batch request
     reasons: int = 4              # reason codes per answer (the guest's own columns, plus partner data)
     api_keys: str = ""            # a file of "client:secret" lines (relative to the job file): then /score,
@@ -301,6 +303,52 @@ class JobConfig:
         return self.workdir / name
 
 
+GRADIENT_TYPES = ("logistic", "embedding")
+FAMILY_SETTINGS: dict[str, tuple[str, ...]] = {
+    # trained by gradient steps with an arbiter (logistic regression and the embedding model)
+    **dict.fromkeys(("epochs", "batch_size", "optimizer", "tolerance", "randomness", "precompute_randomness",
+                     "approximation", "coef_bits", "min_epochs", "table_release", "hash_buckets",
+                     "min_category_rows", "dp_epsilon", "dp_delta", "dp_guest_share", "dp_binning_share",
+                     "clip_norm"), GRADIENT_TYPES),
+    # the embedding model's towers and the guest's refit
+    **dict.fromkeys(("embedding_dim", "hidden_units", "wide", "refit_min_rows"), ("embedding",)),
+    # gradient-boosted trees
+    **dict.fromkeys(("num_trees", "max_depth", "max_bin", "min_child_weight", "min_leaf_rows", "subsample",
+                     "colsample", "host_root_splits"), ("secureboost",)),
+}
+"""The ``[model]`` settings only some model types read: another type refuses them (at other than their
+default), so ``epochs = 50`` with ``type = "secureboost"`` is an error, not 10 trees."""
+
+
+def uses(model_type: str, key: str) -> bool:
+    """Whether ``[model] type = model_type`` reads the setting ``key``."""
+    return model_type in FAMILY_SETTINGS.get(key, (model_type,))
+
+
+def _check_family(m: ModelConfig, given: set[str]) -> None:
+    """Refuse settings given in ``[model]`` (``given``) that ``m.type`` does not use, unless at its default."""
+    default = ModelConfig(type=m.type)
+    notes = {k: f"{' and '.join(FAMILY_SETTINGS[k])} only" for k in sorted(given)
+             if not uses(m.type, k) and getattr(m, k) != getattr(default, k)}
+    if m.type == "secureboost" and "epochs" in notes:
+        notes["epochs"] += "; the number of trees is num_trees"
+    if m.type == "secureboost" and "label_dp" in given and m.label_dp == "on":
+        notes["label_dp = 'on'"] = "trees add no label-DP noise"     # "on" must not promise it
+    if notes:
+        raise ConfigError(f"[model] type = {m.type!r} does not use "
+                          f"{', '.join(f'{k} ({v})' for k, v in notes.items())}: remove "
+                          f"{'it' if len(notes) == 1 else 'them'}")
+
+
+def _check_address(address: Any, key: str, where: str) -> None:
+    """``HOST:PORT`` with a port in 1..65535."""
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"[{where}] {key} {address!r} must look like HOST:PORT")
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"[{where}] {key} {address!r}: port {int(port)} is out of range (1 to 65535)")
+
+
 def _check_keys(table: dict, allowed: set[str], where: str) -> None:
     for key in table:
         if key not in allowed:
@@ -329,8 +377,7 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
         allowed.add("label_column")
     _check_keys(table, allowed, where)
     address = str(_require(table, "address", where))
-    if ":" not in address or not address.rpartition(":")[2].isdigit():
-        raise ConfigError(f"[{where}] address {address!r} must look like HOST:PORT")
+    _check_address(address, "address", where)
     name = str(table.get("name", "arbiter") if role == "arbiter" else _require(table, "name", where))
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"[{where}] name {name!r} is not a valid party name")
@@ -358,8 +405,8 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     for key, value in (("serve_address", serve_address), ("store", store), ("store_table", store_table)):
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"[{where}] {key} must be a non-empty string, got {value!r}")
-    if serve_address is not None and (":" not in serve_address or not serve_address.rpartition(":")[2].isdigit()):
-        raise ConfigError(f"[{where}] serve_address {serve_address!r} must look like HOST:PORT")
+    if serve_address is not None:
+        _check_address(serve_address, "serve_address", where)
     if store is not None and "://" not in store:
         raise ConfigError(f"[{where}] store {store!r} must be an SQLAlchemy URL such as "
                           f"'sqlite:///features.db' or 'postgresql://user@db/bank' (files: use predict_data)")
@@ -426,18 +473,41 @@ def _dataclass_from(cls, table: dict, where: str):
         want = type(default)
         if want is tuple and isinstance(value, list):
             value = tuple(value)
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
+        if want is tuple and isinstance(value, tuple):        # numpy integers from the Python API: ints
+            value = tuple(int(v) if _integer(v) else v for v in value)
+        if want is int and _integer(value):
+            value = int(value)
+        if want is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ConfigError(f"[{where}] {key} must be {want.__name__}, got {value!r}")
+        if want is float and not math.isfinite(value):
+            if key == "dp_epsilon" and value > 0:
+                raise ConfigError(f"[{where}] dp_epsilon must be a finite number > 0, got {value}: for no label-DP "
+                                  'noise set label_dp = "off" instead')
+            raise ConfigError(f"[{where}] {key} must be a finite number, got {value}")
         kwargs[key] = value
     return cls(**kwargs)
 
 
-def _check_model(m: ModelConfig) -> None:
+def _integer(value: Any) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
+    """``given``: the keys the ``[model]`` table set (another model type's are refused)."""
     if m.type not in ("logistic", "embedding", "secureboost"):
         raise ConfigError(f"[model] type {m.type!r} is not supported (supported: 'logistic', 'embedding', "
                           "'secureboost')")
+    _check_family(m, set(given))
+    # the basic ranges first, so a wrong value is named rather than a rule it breaks downstream
+    for key, ok, rule in (("epochs", m.epochs >= 1, ">= 1"),
+                          ("batch_size", m.batch_size >= 0, ">= 1 (or 0: the model family's default)"),
+                          ("learning_rate", m.learning_rate > 0, "> 0"), ("l2", m.l2 >= 0, ">= 0"),
+                          ("tolerance", m.tolerance >= 0, ">= 0"), ("seed", m.seed >= 0, ">= 0")):
+        if not ok:
+            raise ConfigError(f"[model] {key} must be {rule}, got {getattr(m, key)}")
     if m.type == "secureboost":
         from ..models.trees.params import TreeParams
         try:
@@ -456,7 +526,7 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
     if m.early_stopping not in ("auto", "on", "off"):
         raise ConfigError(f"[model] early_stopping must be 'auto', 'on' or 'off', got {m.early_stopping!r}")
-    if not 0 < m.validation_fraction < 0.5 or m.patience < 1 or not 0 <= m.min_epochs < m.epochs:
+    if not 0 < m.validation_fraction < 0.5 or not m.patience >= 1 or not 0 <= m.min_epochs < m.epochs:
         raise ConfigError("[model] validation_fraction must be in (0, 0.5), patience >= 1 and min_epochs in "
                           "[0, epochs) (0: half of epochs)")
     if m.guest_refit not in ("auto", "on", "off") or (m.guest_refit == "on" and m.type != "embedding"):
@@ -468,7 +538,7 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"[model] table_release must be 'epoch' or 'eager', got {m.table_release!r}")
     if m.label_dp not in ("auto", "on", "off"):
         raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
-    if m.dp_epsilon <= 0 or not 0 < m.dp_delta < 1 or m.clip_norm <= 0 or not 0 < m.dp_guest_share < 1:
+    if not m.dp_epsilon > 0 or not 0 < m.dp_delta < 1 or not m.clip_norm > 0 or not 0 < m.dp_guest_share < 1:
         raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
     if not 0 <= m.dp_binning_share < 1:
         raise ConfigError(f"[model] dp_binning_share must be in [0, 1) (in (0, 1) with [preprocess] and label-DP), "
@@ -477,10 +547,6 @@ def _check_model(m: ModelConfig) -> None:
         raise ConfigError(f"[model] coef_bits must be in [0, 24] (0: 12 with label-DP, else 24), got {m.coef_bits}")
     if m.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"[model] optimizer must be 'sgd' or 'adam', got {m.optimizer!r}")
-    if m.epochs < 1 or m.batch_size < 0:
-        raise ConfigError("[model] epochs must be >= 1 and batch_size >= 1 (or 0: the model family's default)")
-    if m.learning_rate <= 0 or m.l2 < 0 or m.tolerance < 0:
-        raise ConfigError("[model] learning_rate must be > 0, l2 and tolerance >= 0")
     if m.key_bits < 512 or m.key_bits % 256:
         raise ConfigError(f"[model] key_bits must be a multiple of 256 and >= 512, got {m.key_bits}")
     if m.key_bits < MIN_KEY_BITS and not m.allow_short_keys:
@@ -552,23 +618,23 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     shared = sorted({a for a in addresses if addresses.count(a) > 1})
     if shared:
         raise ConfigError(f"each party needs its own address; shared: {', '.join(shared)}")
-    for key, kinds in (("seed", (int,)), ("test_fraction", (int, float)), ("baselines", (bool,)),
-                       ("name", (str,)), ("workdir", (str,))):
+    for key, kind, what in (("seed", numbers.Integral, "int"), ("test_fraction", numbers.Real, "int or float"),
+                            ("baselines", bool, "bool"), ("name", str, "str"), ("workdir", str, "str")):
         value = job.get(key)
-        if value is not None and (not isinstance(value, kinds) or (kinds != (bool,) and isinstance(value, bool))):
-            raise ConfigError(f"[job] {key} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+        if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+            raise ConfigError(f"[job] {key} must be {what}, got {value!r}")
     test_fraction = float(job.get("test_fraction", 0.2))
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"[job] test_fraction must be in [0, 1), got {test_fraction}")
     model_table = _table(raw.get("model", {}), "model")
     model = _dataclass_from(ModelConfig, model_table, "model")
-    if "dp_guest_share" not in model_table and guest.categorical_columns:
+    if "dp_guest_share" not in model_table and guest.categorical_columns and uses(model.type, "dp_guest_share"):
         # a guest with embedding tables of its own needs more of the label-DP budget (docs/protocols.md)
         model = replace(model, dp_guest_share=GUEST_SHARE_WITH_TABLES)
     preprocess = None
     if "preprocess" in raw:
         preprocess = _dataclass_from(PreprocessConfig, _table(raw["preprocess"], "preprocess"), "preprocess")
-        if "dp_binning_share" not in model_table:
+        if "dp_binning_share" not in model_table and uses(model.type, "dp_binning_share"):
             model = replace(model, dp_binning_share=BINNING_SHARE)
     elif "dp_binning_share" in model_table:
         raise ConfigError("[model] dp_binning_share is the label-DP budget of [preprocess]'s counts, but the job "
@@ -577,7 +643,7 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
             and any(p.categorical_columns for p in (guest, *hosts))):
         # one-hot LR releases a sum per category: sums of nested columns differ by single rows
         model = replace(model, label_dp="on")
-    _check_model(model)
+    _check_model(model, set(model_table))
     network = _dataclass_from(NetworkConfig, _table(raw.get("network", {}), "network"), "network")
     if not (network.connect_timeout > 0 and network.peer_timeout > 0 and network.min_send_rate > 0):
         raise ConfigError("[network] connect_timeout, peer_timeout and min_send_rate must be > 0")
@@ -614,7 +680,7 @@ def _scorecard(table: dict) -> ScorecardConfig:
             raise ConfigError("[scorecard] base_score and base_points are the same setting; give one")
         table["base_points"] = score
     sc = _dataclass_from(ScorecardConfig, table, "scorecard")
-    if sc.base_odds <= 0 or sc.pdo <= 0:
+    if not sc.base_odds > 0 or not sc.pdo > 0:
         raise ConfigError("[scorecard] base_odds and pdo must be > 0")
     return sc
 

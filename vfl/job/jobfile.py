@@ -3,8 +3,12 @@
 ``load_job(write_job(config, path))`` equals ``config`` (up to ``path``). The
 tables are written from the dataclass fields, so a key added to ``ModelConfig``
 (or any other table) is written without a change here; only values that
-differ from the defaults are written, as a person would. Paths are written
-absolute, so the file works from any folder.
+differ from the defaults are written, as a person would, except the
+``[model]`` settings whose defaults depend on the model type or on the rest of
+the job (``type``, ``epochs``, ``learning_rate``, ``dp_guest_share``,
+``dp_binning_share``): those are always written, so reading the file back
+cannot derive another value. Paths are written absolute, so the file works
+from any folder.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import (JobConfig, ModelConfig, NetworkConfig, PartyConfig, PreprocessConfig, ScorecardConfig,
-                     ServingConfig)
+                     ServingConfig, uses)
 
 _TABLES = {"model": ModelConfig, "network": NetworkConfig, "scorecard": ScorecardConfig,
            "preprocess": PreprocessConfig, "serving": ServingConfig}
@@ -28,13 +32,32 @@ def _value(v: Any) -> Any:
     return v
 
 
-def table_of(obj: Any) -> dict:
-    """A settings dataclass as a job-file table: the fields whose values differ from the defaults."""
+# [model] settings whose default depends on the model type (written whenever the type uses them)
+TYPE_DEPENDENT = ("type", "epochs", "learning_rate")
+
+
+def table_of(obj: Any, always: tuple[str, ...] = ()) -> dict:
+    """A settings dataclass as a job-file table: the fields whose values differ from the defaults (for
+    ``[model]``, the defaults of its type), and the fields named in ``always``. A ``ModelConfig``'s
+    type-dependent settings (:data:`TYPE_DEPENDENT`) are always written when its type uses them: a
+    value equal to another type's default must not turn into this type's default when read back."""
     if not is_dataclass(obj):
         raise TypeError(f"expected a settings dataclass, got {type(obj).__name__}")
-    default = type(obj)()
+    if isinstance(obj, ModelConfig):
+        default = ModelConfig(type=obj.type)
+        always = (*TYPE_DEPENDENT, *always)
+        keep = {k for k in always if uses(obj.type, k)}
+    else:
+        default, keep = type(obj)(), set(always)
     return {f.name: _value(getattr(obj, f.name)) for f in fields(obj)
-            if getattr(obj, f.name) != getattr(default, f.name)}
+            if f.name in keep or getattr(obj, f.name) != getattr(default, f.name)}
+
+
+def model_table(job: JobConfig) -> dict:
+    """The job's ``[model]`` table: with the settings derived from the rest of the job (the label-DP
+    budget shares, which depend on the guest's categorical columns and on ``[preprocess]``) written."""
+    derived = ("dp_guest_share",) + (("dp_binning_share",) if job.preprocess is not None else ())
+    return table_of(job.model, derived)
 
 
 def party_table(p: PartyConfig) -> dict:
@@ -62,7 +85,7 @@ def raw_of(job: JobConfig) -> dict:
     for key in _TABLES:
         obj = getattr(job, key)
         if obj is not None:
-            raw[key] = table_of(obj)
+            raw[key] = model_table(job) if key == "model" else table_of(obj)
     return raw
 
 

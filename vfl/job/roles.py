@@ -140,6 +140,16 @@ def _scorecard(job: JobConfig, part: ModelPart, key: str, events=None) -> dict:
     return figures
 
 
+SCORECARD_FILES = ("scorecard.json", "scorecard.csv")
+
+
+def _drop_scorecard(job: JobConfig, name: str) -> None:
+    """Remove party ``name``'s points table of an earlier run in this workdir: only a binned run writes one,
+    and a stale one would be reported (and used by a decision engine) as this run's."""
+    for f in SCORECARD_FILES:
+        (job.output_dir(name) / f).unlink(missing_ok=True)
+
+
 def _refit(job: JobConfig, part: "TowerPart", data: PartyTable, host_sum: np.ndarray, y: np.ndarray,
            train: np.ndarray, valid: np.ndarray) -> dict:
     """Refit the guest's own part on exact labels (docs/protocols.md, "The guest's refit")."""
@@ -159,6 +169,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
     if job.model.type == "secureboost":
         from .secureboost import run_guest as secureboost_guest
+        _drop_scorecard(job, job.guest.name)          # trees write no points table
         return secureboost_guest(job, channel)
     g = job.guest
     timings = Stopwatch()
@@ -199,6 +210,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     if job.model.guest_refit_on and isinstance(part, TowerPart):
         with timings("refit"):       # after the hosts' last release: nothing of it reaches a host
             refit = _refit(job, part, model_data, host_sum, data.labels, train, valid)
+    _drop_scorecard(job, g.name)       # this part's own points table, if binned, is written below
     part.save(out / "model.json")
     with timings("predict"):    # the same arithmetic as `vfl predict` on new rows
         score, points = guest_joint_scores(job, channel, part, data, host_sum)
@@ -250,6 +262,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
         raise ValueError(f"{name!r} is not a host of this job")
     if job.model.type == "secureboost":
         from .secureboost import run_host as secureboost_host
+        _drop_scorecard(job, name)
         return secureboost_host(job, name, channel)
     timings = Stopwatch()
     table = _load(job, h)
@@ -277,6 +290,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
                                          model_data.categorical_columns, data=data, train=~test),
                   validation=validation)
     part = _model_part(h, model_data, std, tower, vocabs, model.params_, prep)
+    _drop_scorecard(job, name)         # this part's own points table, if binned, is written below
     part.save(out / "model.json")
     with timings("predict"):
         host_send_scores(channel, job.guest.name, job.host_names, name, part.score(data),
