@@ -79,6 +79,26 @@ def _twin(params, xg, xh, y, names_g, names_h, valid=None):
     return PlainSecureBoost(params).fit(codes, [layout_of(b) for b in bins], y, valid=valid), bins
 
 
+class SeededCoins:
+    """A stand-in for the guest's secret coins (``split.secret_coins``): a seeded stream, restarted by
+    :meth:`restart`, so that the encrypted run and the twin draw the same coins; counts the draws.
+    (A host's sparse categories and its missing bins with fewer than min_rows_per_release rows in a
+    node go by coins: ``_data``'s host column with missing values draws them.)"""
+
+    def __init__(self, monkeypatch, seed: int = 0) -> None:
+        import vfl.models.trees.split as split_module
+        self.seed, self.drawn = seed, 0
+        self.restart()
+        monkeypatch.setattr(split_module, "secret_coins", self)
+
+    def restart(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def __call__(self, k: int) -> np.ndarray:
+        self.drawn += k
+        return self.rng.random(k) < 0.5
+
+
 def test_packed_slots_sum_and_unpack_exactly():
     rng = np.random.default_rng(0)
     n_rows, nodes = 500, 7
@@ -118,16 +138,20 @@ def test_encrypted_bin_sums_equal_plain_sums():
 
 
 @pytest.mark.parametrize("hosts, subsample", [((4,), 1.0), ((4, 2), 1.0), ((4,), 0.6)])
-def test_encrypted_run_gives_the_twins_trees_and_predictions(hosts, subsample):
+def test_encrypted_run_gives_the_twins_trees_and_predictions(hosts, subsample, monkeypatch):
     params = TreeParams(num_trees=3, max_depth=4, subsample=subsample, seed=5, **PARAMS)
     xg, xh, y = _data(hosts=hosts)
     train = np.arange(len(y)) < 480
+    coins = SeededCoins(monkeypatch, seed=1)
     # score every row through the scoring protocol: held-out rows against the twin, training rows
     # against the training scores
     guest, host_roles, _, scores = _run(params, xg[train], [x[train] for x in xh], y[train],
                                         score_g=xg, score_h=xh)
+    used = coins.drawn
+    coins.restart()
     twin, bins = _twin(params, xg[train], [x[train] for x in xh], y[train], guest.columns,
                        [h.columns for h in host_roles])
+    assert used > 0 and coins.drawn == 2 * used               # the host's sparse missing bins met coins
     assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
     assert {n.party for t in guest.trees_ for n in t.nodes if not n.is_leaf} == set(range(len(hosts) + 1))
     assert max(len(t.nodes) for t in guest.trees_) > 15        # depth 4: level 3 takes 2 ciphertexts a row
@@ -283,10 +307,12 @@ def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
     assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
 
 
-def test_column_subsampling_draws_the_same_columns_in_the_encrypted_run_and_the_twin():
+def test_column_subsampling_draws_the_same_columns_in_the_encrypted_run_and_the_twin(monkeypatch):
     params = TreeParams(num_trees=4, max_depth=3, colsample=0.4, seed=11, **PARAMS)
     xg, xh, y = _data(hosts=(4, 2))
+    coins = SeededCoins(monkeypatch, seed=2)
     guest, host_roles, _, _ = _run(params, xg, xh, y)
+    coins.restart()
     twin, _ = _twin(params, xg, xh, y, guest.columns, [h.columns for h in host_roles])
     assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
     assert np.array_equal(guest.train_score_, twin.train_score_)
@@ -300,13 +326,15 @@ def test_column_subsampling_draws_the_same_columns_in_the_encrypted_run_and_the_
     assert [t.nodes[0].key() for t in full.trees_] != [t.nodes[0].key() for t in guest.trees_]
 
 
-def test_early_stopping_on_validation_rows_matches_the_twin_and_keeps_the_best_trees():
+def test_early_stopping_on_validation_rows_matches_the_twin_and_keeps_the_best_trees(monkeypatch):
     """Validation rows are routed, never summed; the guest keeps the trees up to the best validation
     score and stops the hosts ``patience`` trees later; the twin does the same."""
     params = TreeParams(num_trees=12, max_depth=4, learning_rate=1.0, patience=2, seed=3, **PARAMS)
     xg, xh, y = _data(n=500, seed=2)
     valid = np.random.default_rng(9).random(len(y)) < 0.3
+    coins = SeededCoins(monkeypatch, seed=3)
     guest, host_roles, net, _ = _run(params, xg, xh, y, valid=valid)
+    coins.restart()
     twin, _ = _twin(params, xg, xh, y, guest.columns, [h.columns for h in host_roles], valid=valid)
     v = guest.validation_
     assert v["trees_grown"] == v["best_epoch"] + 1 + params.patience < params.num_trees   # it stopped early
@@ -409,24 +437,6 @@ def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_p
     assert len(merged) == len(trained) and np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
 
 
-class SeededCoins:
-    """A stand-in for the guest's secret coins (``split.secret_coins``): a seeded stream, restarted by
-    :meth:`restart`, so that the encrypted run and the twin draw the same coins; counts the draws."""
-
-    def __init__(self, monkeypatch, seed: int = 0) -> None:
-        import vfl.models.trees.split as split_module
-        self.seed, self.drawn = seed, 0
-        self.restart()
-        monkeypatch.setattr(split_module, "secret_coins", self)
-
-    def restart(self) -> None:
-        self.rng = np.random.default_rng(self.seed)
-
-    def __call__(self, k: int) -> np.ndarray:
-        self.drawn += k
-        return self.rng.random(k) < 0.5
-
-
 def test_columns_binned_by_value_split_by_subsets_alike_in_the_encrypted_run_and_the_twin(monkeypatch):
     """A guest and a host column of codes whose risk is not monotone in the code: the split search
     tries prefixes of the bins sorted by G / H, so one split isolates the risky codes; the host is
@@ -491,6 +501,22 @@ def test_a_host_refuses_malformed_subset_splits():
                 [[0, [7], False]], [[1, [3], False]], [[0, [], False]]):
         with pytest.raises(ValueError, match="sorted list of new, distinct"):
             host._check_splits({"splits": bad, "next": "level"}, layout, "s", 0, 0)
+
+
+def test_a_host_refuses_a_malformed_next_with_a_clear_error():
+    """``next`` must be one of the plan's words: a list or an object (unhashable) is refused with the
+    host's ValueError, not a TypeError from the set lookup."""
+    params = TreeParams(num_trees=2, max_depth=2, **PARAMS)
+    x = np.column_stack([np.arange(40.0), np.arange(40.0) % 5])
+    host = SecureBoostHost(params, guest="guest", columns=["a", "b"])
+    host.bins_ = fit_columns(host.columns, x, params.max_bin)
+    layout = layout_of(host.bins_)
+    assert host._check_splits({"splits": [], "next": "level"}, layout, "s", 0, 0) == ([], "level")
+    for bad in ("nope", ["level"], {"x": 1}, None, 3, True, ("level",)):
+        with pytest.raises(ValueError, match="next = .* is not one of"):
+            host._check_splits({"splits": [], "next": bad}, layout, "sbt/t0/l0/splits", 0, 0)
+    with pytest.raises(ValueError, match="next = 'level' is not one of"):     # the last level: no next level
+        host._check_splits({"splits": [], "next": "level"}, layout, "s", 0, 1)
 
 
 # ---------------------------------------------------------------- categorical splits and hosts' labels
@@ -663,3 +689,200 @@ def test_roots_split_on_the_guests_columns_so_no_host_learns_a_nodes_rows():
     # a guest whose columns cannot split the root (here: every row in one bin) lets the hosts' in
     flat = PlainSecureBoost(p).fit([np.zeros_like(codes[0]), codes[1]], layouts, y).trees_
     assert flat[0].nodes[0].party == 1
+
+
+# ---------------------------------------------------------------- hosts' missing bins and sparse value bins
+def _walk(tree, codes, layouts) -> dict[int, np.ndarray]:
+    """Each node's rows of a twin's tree (no subsample, no validation rows: all are summed)."""
+    from vfl.models.trees.binning import goes_left
+    at = np.zeros(len(codes[0]), dtype=np.int64)
+    out = {}
+    for i, nd in enumerate(tree.nodes):                          # breadth first: parents before children
+        out[i] = np.flatnonzero(at == i)
+        if not nd.is_leaf:
+            left = goes_left(codes[nd.party], layouts[nd.party], nd.feature, nd.bin, nd.missing_left)
+            here = at == i
+            at[here & left], at[here & ~left] = nd.left, nd.right
+    return out
+
+
+def _one_empty_cell(kind: str, seed: int, n: int = 800):
+    """The review's natural attack: the host's column ``c`` (categorical: 8 codes whose event rate
+    rises with the code; numeric: the events' main driver) has ONE empty cell, row ``r``; the host
+    also holds a noise column ``x``. Returns the twin's codes and layouts, the labels and ``r``."""
+    rng = np.random.default_rng(seed)
+    xg = rng.normal(size=(n, 2))
+    if kind == "categorical":
+        c = rng.integers(0, 8, n).astype(float)
+        z = np.linspace(-2, 2, 8)[c.astype(int)] + 0.7 * xg[:, 0]
+    else:
+        c = rng.normal(size=n)
+        z = 2 * c + 0.7 * xg[:, 0]
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    r = int(rng.integers(n))
+    c[r] = np.nan
+    xh = np.column_stack([rng.normal(size=n), c])
+    by = ("c",) if kind == "categorical" else ()
+    bins = [fit_columns(["g0", "g1"], xg, 16), fit_columns(["x", "c"], xh, 16, by)]
+    layouts = [layout_of(bins[0]), layout_of(bins[1], by)]
+    return xg, xh, [encode(b, x) for b, x in zip(bins, [xg, xh])], layouts, y, r
+
+
+ATTACK = dict(num_trees=3, max_depth=2, max_bin=16, min_leaf_rows=20, key_bits=512, allow_short_keys=True)
+
+
+def test_a_hosts_sparse_missing_bin_goes_by_the_coin_not_by_its_rows_gradients(monkeypatch):
+    """A host's missing bin with fewer than min_rows_per_release rows in the node (none included)
+    goes where the guest's secret coin says, for a numeric and a categorical column alike; the
+    gain is that of the split sent. With min_rows_per_release rows the gain decides, as for the
+    guest's own columns (no coin drawn)."""
+    import vfl.models.trees.split as split_module
+    from vfl.models.trees.binning import Layout
+    side = {"left": True}
+    calls = []
+    monkeypatch.setattr(split_module, "secret_coins",
+                        lambda k: calls.append(k) or np.full(k, side["left"]))
+    params = TreeParams(min_leaf_rows=10, key_bits=512, allow_short_keys=True)
+    scale = 2.0 ** -params.frac_bits
+
+    def hist_of(C, rate):
+        C, rate = np.asarray(C), np.asarray(rate, dtype=float)
+        return np.stack([np.rint((0.5 * C - rate * C) / scale), np.rint(0.25 * C / scale), C], axis=1).astype(np.int64)
+
+    def gain(left, total):
+        right = np.array(total) - left
+        return sum((g * scale) ** 2 / (h * scale + params.l2) for g, h, _ in (left, right)) - \
+            (total[0] * scale) ** 2 / (total[1] * scale + params.l2)
+
+    # value bins 100, 100, 100 rows with a rising event rate; then the missing bin
+    for categorical in (False, True):
+        layout = Layout((4,), (True,), (categorical,))
+        for miss_rows, miss_rate in ((1, 1.0), (1, 0.0), (0, 0.5), (31, 1.0)):     # an event, a non-event, none
+            hist = hist_of([100, 100, 100, miss_rows], [0.1, 0.5, 0.9, miss_rate])
+            total = tuple(int(v) for v in hist.sum(axis=0))
+            told = set()
+            for coin in (True, False):
+                side["left"] = coin
+                cand = split_module.best_in_party(hist, layout, total, params, party=1)
+                assert cand.missing_left is coin, (categorical, miss_rows, miss_rate, coin)
+                value_left = list(cand.bin) if categorical else list(range(cand.bin + 1))
+                left = hist[value_left].sum(axis=0) + (hist[3] if cand.missing_left else 0)
+                assert cand.left == tuple(int(v) for v in left)
+                assert cand.gain == pytest.approx(gain(left, total), rel=1e-12)  # the gain of the split sent
+                told.add(cand.missing_left)
+            assert told == {True, False}                 # the side the host is told: the coin, whatever the row
+        # min_rows_per_release missing rows: ranked by the gain like a category, no coin for them
+        hist = hist_of([100, 100, 100, 32], [0.1, 0.5, 0.9, 1.0])
+        total = tuple(int(v) for v in hist.sum(axis=0))
+        calls.clear()
+        chosen = set()
+        for coin in (True, False):
+            side["left"] = coin
+            chosen.add(split_module.best_in_party(hist, layout, total, params, party=1).missing_left)
+        assert chosen == {split_module.best_in_party(hist, layout, total, params, party=0).missing_left}
+        assert sum(calls) == (6 if categorical else 0)  # only the categorical column's category coins (3 a call)
+    # the guest's own column: exact, no coin; its one-row missing bin goes by that row's gradient
+    calls.clear()
+    layout = Layout((4,), (True,), (False,))
+    for miss_rate, expect in ((1.0, True), (0.0, False)):
+        hist = hist_of([100, 100, 100, 1], [0.9, 0.5, 0.1, miss_rate])
+        cand = split_module.best_in_party(hist, layout, tuple(int(v) for v in hist.sum(axis=0)), params, party=0)
+        assert cand.missing_left is expect
+    assert not calls
+
+
+@pytest.mark.parametrize("kind", ["categorical", "numeric"])
+def test_the_review_attack_on_a_one_row_missing_bin_reads_nothing(kind, monkeypatch):
+    """The review's natural attack: a host column with one empty cell (row r). The side of its
+    missing bin in a split was the better gain's, so missing_left = True told the host that r was in
+    the node and its label (12 of 12). Now (1) with the coin fixed to either side, every host split
+    on the column whose node holds fewer than min_rows_per_release missing rows (r or none) sends
+    it there; (2) with fair (seeded) coins the review's guess is at chance; (3) the encrypted run
+    tells the host the same (its transcript)."""
+    import vfl.models.trees.split as split_module
+    params = TreeParams(**ATTACK)
+    side = {"left": True}
+    monkeypatch.setattr(split_module, "secret_coins", lambda k: np.full(k, side["left"]))
+    with_r = 0
+    for seed in range(8):
+        _, _, codes, layouts, y, r = _one_empty_cell(kind, (100 if kind == "categorical" else 200) + seed)
+        for coin in (True, False):
+            side["left"] = coin
+            twin = PlainSecureBoost(params).fit(codes, layouts, y)
+            for tree in twin.trees_:
+                rows = _walk(tree, codes, layouts)
+                for i, nd in enumerate(tree.nodes):
+                    if not nd.is_leaf and nd.party == 1 and nd.feature == 1:
+                        assert nd.missing_left is coin
+                        with_r += r in rows[i]
+    assert with_r >= 8                                  # the one-row bin was in many of those nodes
+    # fair coins (a seeded stream): the review's guess ("r is an event" iff some split on c has
+    # missing_left = True; numeric: a non-event) is no better than chance
+    coins = SeededCoins(monkeypatch, seed=7)
+    right = []
+    for seed in range(24):
+        _, _, codes, layouts, y, r = _one_empty_cell(kind, (100 if kind == "categorical" else 200) + seed)
+        twin = PlainSecureBoost(params).fit(codes, layouts, y)
+        told = any(nd.missing_left for t in twin.trees_ for nd in t.nodes
+                   if not nd.is_leaf and nd.party == 1 and nd.feature == 1)
+        right.append(told == (y[r] == (1.0 if kind == "categorical" else 0.0)))
+    assert coins.drawn > 0 and np.mean(right) < 0.7, np.mean(right)          # it was 1.0
+    # the encrypted run, coin fixed to the right: the host is never told missing_left = True on c
+    monkeypatch.setattr(split_module, "secret_coins", lambda k: np.zeros(k, dtype=bool))
+    from vfl.models.trees.binning import CategoryCodes
+    xg, xh, _, _, y, r = _one_empty_cell(kind, 100 if kind == "categorical" else 202)
+    table = [CategoryCodes("c", tuple(f"v{k}" for k in range(8)))] if kind == "categorical" else []
+    _, _, net = _fit_categorical(params, xg, xh, y, table, record=True)
+    told = [s for rec in net.transcript if rec.receiver == "host0" and rec.step.endswith("/splits")
+            for s in rec.payload["splits"] if s[0] == 1]
+    assert told and not any(s[2] for s in told), told
+
+
+def test_a_hosts_numeric_column_is_cut_only_between_runs_of_min_rows_per_release_rows(monkeypatch):
+    """Ties in a host's column can make a one-row value bin (400 rows at 0, one at 3, 400 at 5: the
+    median edge is 3). A threshold on either side of it put that row by its label, as the missing
+    bin did (12 of 12 in a run of the review's kind). A host's numeric column is now cut only
+    between runs of value bins holding min_rows_per_release of the node's rows each: no threshold
+    the host is told turns on that row, whatever its label; every side holds that many rows."""
+    import vfl.models.trees.split as split_module
+    from vfl.models.trees.binning import Layout
+    SeededCoins(monkeypatch, seed=0)
+    params = TreeParams(**ATTACK)
+    rng = np.random.default_rng(300)
+    x = rng.permutation(np.concatenate([np.zeros(400), [3.0], np.full(400, 5.0)]))
+    n, r = len(x), int(np.flatnonzero(x == 3.0)[0])
+    xg = rng.normal(size=(n, 2))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * (x > 1) - 0.75 + 0.7 * xg[:, 0])))).astype(float)
+    xh = np.column_stack([rng.normal(size=n), x])
+    bins = [fit_columns(["g0", "g1"], xg, 16), fit_columns(["noise", "x"], xh, 16)]
+    assert bins[1][1].rows.tolist() == [400, 1, 400]
+    layouts = [layout_of(b) for b in bins]
+    codes = [encode(b, v) for b, v in zip(bins, [xg, xh])]
+    cuts = set()
+    for label in (0.0, 1.0):
+        y[r] = label
+        twin = PlainSecureBoost(params).fit(codes, layouts, y)
+        cuts |= {nd.bin for t in twin.trees_ for nd in t.nodes if not nd.is_leaf and nd.party == 1 and nd.feature == 1}
+    assert cuts == {0}                                  # never 1 (r left of the cut): it was for a non-event r
+    # every side of a host's numeric split holds min_rows_per_release of the node's rows (random nodes)
+    floor = params.min_rows_per_release
+    scale = 2.0 ** -params.frac_bits
+    checked = 0
+    for k in range(300):
+        v = int(rng.integers(2, 12))
+        C = rng.integers(0, 40, v + 1) * (rng.random(v + 1) < 0.7)
+        if C[:v].sum() == 0:
+            continue
+        p = rng.random(v + 1)
+        hist = np.stack([np.rint((0.5 - p) * C / scale), np.rint(0.25 * C / scale), C], axis=1).astype(np.int64)
+        for has_missing in (False, True):
+            h = hist if has_missing else hist[:v]
+            layout = Layout((len(h),), (has_missing,), (False,))
+            total = tuple(int(s) for s in h.sum(axis=0))
+            cand = split_module.best_in_party(h, layout, total, TreeParams(**{**ATTACK, "min_leaf_rows": 5}), party=1)
+            if cand is None:
+                continue
+            left_values, right_values = int(C[:cand.bin + 1].sum()), int(C[cand.bin + 1:v].sum())
+            assert left_values >= floor and (right_values >= floor or (cand.bin == v - 1 and C[v] >= floor))
+            checked += 1
+    assert checked > 100

@@ -200,11 +200,15 @@ SPEC: tuple[StepSpec, ...] = tuple([
              "under the guest's key; not which node a row is in", TRAIN),
     StepSpec("sbt/t<t>/l<d>/enc_hist", _SBT_LEVEL + r"enc_hist", "host", "guest", AGGREGATE, ("encrypted",),
              "for each node summed this level and each bin of each host column (anonymous): the sums of g and h "
-             "and the number of the node's rows in the bin (what FATE's guest learns)", TRAIN),
+             "and the number of the node's rows in the bin (what FATE's guest learns); knowing every row's g, h "
+             "and node, in small nodes also which of the node's rows lie in each bin (those rows' bin codes)",
+             TRAIN),
     StepSpec("sbt/t<t>/l<d>/splits", _SBT_LEVEL + r"splits", "guest", "host", CONTROL, ("control",),
              "which of its own (column, bin or set of bins, missing side) splits the guest chose at this level, "
              "sorted, new "
-             "ones only, without the node; and whether another level, another tree or nothing follows "
+             "ones only, without the node (a category's side, and the missing side, by the guest's secret coin "
+             "when the node holds fewer than min_rows_per_release of its rows; a numeric cut only between runs "
+             "of that many rows); and whether another level, another tree or nothing follows "
              "(early stopping: nothing, after a tree's first level of Enc(0))", TRAIN),
     StepSpec("sbt/t<t>/l<d>/split_bits", _SBT_LEVEL + r"split_bits", "host", "guest", PARTITION, ("array",),
              "for each new host split, the side of every training row (the guest keeps its node's rows; it "

@@ -3,9 +3,12 @@
 
 A party cuts each of its own numeric columns at ``max_bin`` quantiles of its
 training rows (at most ``max_bin`` value bins); missing values get a bin of
-their own, after the value bins. No bin merging beyond empty bins: a numeric
-split is a threshold, whose side is never one bin's alone, and ``min_leaf_rows``
-guards the leaves. A categorical column (:class:`CategoryCodes`) gets a bin
+their own, after the value bins. No bin merging beyond empty bins here: ties
+can leave a value bin of very few rows, so the split search cuts a host's
+numeric column, per node, only between runs of bins holding
+``min_rows_per_release`` of the node's rows, and puts a host's missing bin of
+fewer rows by a secret coin (:func:`vfl.models.trees.split.best_in_party`).
+A categorical column (:class:`CategoryCodes`) gets a bin
 only for values with at least ``min_rows_per_release`` training rows (rarer
 ones share the "other" bin): a category's bin can be put on a side of a
 subset split by its own gradients, so no bin stands on fewer rows than any

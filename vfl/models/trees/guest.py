@@ -11,9 +11,10 @@ Per tree level (docs/protocols.md, section 2a):
    directly summed node is its parent minus it (histogram subtraction: only
    the smaller child of each pair is summed).
 3. The best split of every open node over all parties' columns
-   (:func:`vfl.models.trees.split.best_split`); a host's category with fewer
-   than ``min_rows_per_release`` rows in the node goes to a side by the
-   guest's secret coin, not by its gradients.
+   (:func:`vfl.models.trees.split.best_split`); a host's category or missing
+   bin with fewer than ``min_rows_per_release`` rows in the node goes to a
+   side by the guest's secret coin, not by its gradients, and a host's numeric
+   column is cut only between runs of that many of the node's rows.
 4. ``splits``: each host is told which of its own ``(column, bin,
    missing_left)`` were chosen, as a sorted list with no node, and what comes
    next; ``split_bits``: the host returns each new split's side of every

@@ -149,7 +149,7 @@ class SecureBoostHost:
             allowed.add(NEXT_LEVEL)
         if tree + 1 < p.num_trees:
             allowed.add(NEXT_TREE)
-        if nxt not in allowed:
+        if not isinstance(nxt, str) or nxt not in allowed:     # a list or dict is unhashable: no TypeError
             raise ValueError(f"{step}: next = {nxt!r} is not one of {sorted(allowed)} at tree {tree}, level {level}")
         return splits, nxt
 

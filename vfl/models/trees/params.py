@@ -20,8 +20,10 @@ class TreeParams:
     by every party and by the twin alike, so their sums are exact integers).
     ``min_rows_per_release`` is the job's release floor (``[model]
     min_rows_per_release``): a category gets a bin only with that many training
-    rows, and the guest ranks a host's category within a node by its gradients
-    only when the node holds that many of its rows (docs/protocols.md, 2a).
+    rows, and the guest ranks a host's category, or places a host's missing bin,
+    within a node by its gradients only when the node holds that many of its
+    rows, and cuts a host's numeric column only between runs of that many of
+    the node's rows (docs/protocols.md, 2a).
     """
 
     num_trees: int = 10

@@ -23,9 +23,20 @@ column and category), and the search tries the coin's left set plus each
 prefix of the sorted ones. The host is told the left set: it carries the
 ranking of the well-populated categories by the node's gradients, and nothing
 about the rest, not even whether the node holds any of their rows. The gain
-is that of the split actually sent. The coins are not derived from the seed,
-so the plaintext twin repeats an encrypted run only with the same coins
-(tests replace :func:`secret_coins` with a seeded stream).
+is that of the split actually sent.
+
+A host's missing bin is treated alike: with fewer than ``min_rows_per_release``
+rows in the node (none included) its side is a fresh coin, not the better
+gain (a one-row missing bin's side was its row's label, and an empty one's
+tie to the right told the host whether the node held it). A host's numeric
+column is cut only between runs of value bins holding ``min_rows_per_release``
+of the node's rows each (:func:`_group_ends`), so no threshold moves fewer
+rows than that from one side to the other (a one-row value bin, which ties in
+a column's values can make, put its row by its label, as the missing bin did).
+
+The coins are not derived from the seed, so the plaintext twin repeats an
+encrypted run only with the same coins (tests replace :func:`secret_coins`
+with a seeded stream).
 """
 from __future__ import annotations
 
@@ -113,6 +124,25 @@ def _subset_prefixes(part: np.ndarray, v: int, scale: float, params: TreeParams,
     return fixed, order, cum
 
 
+def _group_ends(counts: np.ndarray, floor: int) -> np.ndarray:
+    """The thresholds a host's numeric column may be cut at in a node (``counts``: the node's rows per
+    value bin): the value bins are grouped, lowest first, into runs of consecutive bins holding at
+    least ``floor`` of the node's rows each (a last run with fewer joins the one before), and only a
+    run's last bin may end the left side. The last value bin (every value left) is not among them:
+    :func:`best_in_party` allows it only when the values and the missing bin hold ``floor`` rows each."""
+    ends = np.zeros(len(counts), dtype=bool)
+    acc, last = 0, -1
+    for t, c in enumerate(counts.tolist()):
+        acc += int(c)
+        if acc >= floor:
+            ends[t], acc, last = True, 0, t
+    if last >= 0 and acc < floor:       # too few rows above the last run's end: that run takes them
+        ends[last] = False
+    if len(ends):
+        ends[-1] = False
+    return ends
+
+
 def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int], params: TreeParams,
                   party: int, columns: np.ndarray | None = None) -> Candidate | None:
     """The best split of a node over one party's columns (those ``columns`` allows, if given).
@@ -120,7 +150,15 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
     ``hist`` is ``(layout.total, 3)`` int64: the node's ``(G, H, C)`` per bin of
     every column; ``total`` the node's sums. A column binned by value is split by subsets
     (:func:`_subset_prefixes`: a host's categories with fewer than ``min_rows_per_release``
-    rows in the node go by a secret coin)."""
+    rows in the node go by a secret coin).
+
+    A host's column (``party > 0``) is searched so that nothing it is told turns on fewer than
+    ``M = min_rows_per_release`` of the node's rows: its missing bin, when it holds fewer than
+    ``M`` rows in the node (none included), goes left or right by a fresh secret coin (one per
+    node and column, drawn after the column's category coins), not by the gain; a numeric column
+    is cut only between runs of value bins holding ``M`` rows each (:func:`_group_ends`), and
+    separates its values from its missing bin only when each holds ``M`` rows. The gain is that
+    of the split sent. The guest's own columns keep the exact search."""
     scale = 2.0 ** -params.frac_bits
     G, H, C = (int(v) for v in total)
     parent = float(_score(np.float64(G), np.float64(H), scale, params.l2))
@@ -132,14 +170,23 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
         v = layout.n_value(f)
         part = hist[offsets[f]:offsets[f + 1]]
         order = fixed = None
+        floor = params.min_rows_per_release
+        sparse_missing = party > 0 and layout.missing[f] and int(part[v, 2]) < floor
         if layout.is_categorical(f):    # bins by value: the fixed bins plus each prefix of the ranked ones
             fixed, order, cum = _subset_prefixes(part, v, scale, params, party)
             some = np.arange(len(cum)) > 0 if not fixed.any() else np.ones(len(cum), dtype=bool)
         else:
             cum = np.cumsum(part[:v], axis=0)              # left sums for t = 0..v-1, missing right
             some = np.ones(len(cum), dtype=bool)
+            if party > 0:                                  # a host's: cut between runs of >= M rows only
+                some = _group_ends(part[:v, 2], floor)
+                some[v - 1] = (layout.missing[f] and not sparse_missing       # values | missing: M rows each
+                               and int(part[:v, 2].sum()) >= floor)
         miss = part[v] if layout.missing[f] else np.zeros(3, dtype=np.int64)
-        dirs = (False, True) if layout.missing[f] else (False,)
+        if sparse_missing:                                 # a host's missing bin of < M rows: the coin's side
+            dirs: tuple[bool, ...] = (bool(secret_coins(1)[0]),)
+        else:
+            dirs = (False, True) if layout.missing[f] else (False,)
         lefts = np.stack([cum + miss if d else cum for d in dirs], axis=1).reshape(-1, 3)  # (t, dir) row-major
         rights = np.array([G, H, C], dtype=np.int64) - lefts
         GL, HL, CL = lefts[:, 0].astype(np.float64), lefts[:, 1].astype(np.float64), lefts[:, 2]

@@ -5,9 +5,11 @@ same quantised gradients, gain and tie-breaking (:mod:`vfl.models.trees.split`),
 same node numbering; but every histogram is summed directly over the node's
 rows (no packing, no subtraction) and every split applied from the bin codes.
 The encrypted run must give identical trees (``tests/test_secureboost.py``),
-given the same secret coins for a host's sparse categories
-(:func:`vfl.models.trees.split.secret_coins`; without host categorical columns
-none are drawn).
+given the same secret coins for a host's sparse categories and for its missing
+bins with fewer than ``min_rows_per_release`` rows in a node
+(:func:`vfl.models.trees.split.secret_coins`, drawn inside the split search the
+twin shares, so in the same order; without host categorical columns and host
+missing values none are drawn).
 """
 from __future__ import annotations
 
