@@ -67,7 +67,8 @@ def party_main(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         if args.impl[0] == "whole":
             ids = read_ids(p.data, p.id_column)
-            common = psi_guest(ch, ids, job.host_names) if p.role == "guest" else psi_host(ch, ids, "guest")
+            common = (psi_guest(ch, ids, job.host_names) if p.role == "guest"
+                      else psi_host(ch, ids, "guest", job.host_names))
         else:
             ids = IdFile(p.data, p.id_column)
             common = (bucketed_psi_guest(ch, ids, job.host_names, workdir=out) if p.role == "guest"

@@ -217,6 +217,8 @@ def test_settings_of_another_model_type_at_their_default_are_accepted(tmp_path):
     ({"arbiter__address": "127.0.0.1:0"}, r"\[arbiter\] address '127.0.0.1:0': port 0 is out of range"),
     ({"guest__serve_address": "127.0.0.1:70000"}, r"\[guest\] serve_address '127.0.0.1:70000': port 70000 is out"),
     ({"guest__address": ":9101"}, "must look like HOST:PORT"),
+    ({"guest__address": "127.0.0.1:\u00b2"}, "must look like HOST:PORT"),          # a digit to isdigit(), not int()
+    ({"guest__address": "127.0.0.1:\u0663\u0660\u0660\u0660"}, "must look like HOST:PORT"),   # Arabic-Indic 3000
 ])
 def test_ports_out_of_range_are_refused(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):

@@ -669,6 +669,11 @@ def test_the_id_quota_counts_ids_per_client_over_a_sliding_minute():
         q.take(f"10.0.{k // 256}.{k % 256}", 1)
     now[0] = 200.0
     assert q.take("a", 1) and len(q._spent) == 1         # ... is forgotten once its minute has passed
+    started = time.perf_counter()                        # and costs each request O(1), not O(clients)
+    for k in range(20_000):
+        q.take(f"c{k}", 1)
+    assert time.perf_counter() - started < 2.0 and len(q._spent) == 20_001
+    assert not q.take("c7", 5) and q.take("c7", 4)       # a client's own count still holds
 
 
 def test_replicas_sharing_a_quota_store_grant_the_quota_once(tmp_path):

@@ -343,7 +343,7 @@ def _check_family(m: ModelConfig, given: set[str]) -> None:
 def _check_address(address: Any, key: str, where: str) -> None:
     """``HOST:PORT`` with a port in 1..65535."""
     host, sep, port = str(address).rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ConfigError(f"[{where}] {key} {address!r} must look like HOST:PORT")
     if not 1 <= int(port) <= 65535:
         raise ConfigError(f"[{where}] {key} {address!r}: port {int(port)} is out of range (1 to 65535)")

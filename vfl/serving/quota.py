@@ -27,23 +27,27 @@ class IdQuota:
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute, self._clock = int(per_minute), clock
-        self._spent: dict[str, collections.deque] = {}
+        self._spent: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()   # by last use
 
     def take(self, client: str, n: int) -> bool:
         """Count ``n`` IDs for ``client`` and say yes, or say no and count nothing."""
         if self.per_minute <= 0:
             return True
         now = self._clock()
-        for who in list(self._spent):          # forget every client quiet for a minute: with addresses as
-            spent = self._spent[who]           # names, a sweep from many addresses must not grow memory
-            while spent and spent[0][0] <= now - WINDOW:
-                spent.popleft()
-            if not spent:
-                del self._spent[who]
-        spent = self._spent.get(client, ())
+        while self._spent:                     # forget the clients quiet for a minute, least recent first:
+            who, spent = next(iter(self._spent.items()))   # a sweep from many addresses must not grow
+            if spent[-1][0] > now - WINDOW:    # memory, nor cost more than its own requests
+                break
+            del self._spent[who]
+        spent = self._spent.setdefault(client, collections.deque())
+        while spent and spent[0][0] <= now - WINDOW:
+            spent.popleft()
         if sum(k for _, k in spent) + n > self.per_minute:
+            if not spent:
+                del self._spent[client]
             return False
-        self._spent.setdefault(client, collections.deque()).append((now, n))
+        spent.append((now, n))
+        self._spent.move_to_end(client)
         return True
 
     def close(self) -> None:
