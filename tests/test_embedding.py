@@ -140,3 +140,45 @@ def test_values_whose_sums_could_never_be_released_share_the_unknown_row(caplog)
     (vocab,) = fit_vocabularies(values, ["city"], [], rows, 0)
     assert vocab.values == ["a"]
     assert vocabulary_rows(ModelConfig(type="embedding"), party) == 32
+
+
+def test_only_rows_with_a_nonzero_coefficient_count_toward_the_release_floor():
+    """A sum 'over min_rows rows' of which one row has a nonzero coefficient is that row's d_i times it:
+    with the hidden units all off except on one row, an embedding row's du/dphi is zero elsewhere. The
+    buffer counts only live rows (and coefficients cut to zero by coef_bits are dead), so that sum is
+    held back and dropped, never released; a category whose rows are live is released."""
+    from vfl.models.backprop import buffer_plain
+    from vfl.models.release import ReleaseBuffer
+    rng = np.random.default_rng(0)
+    n = 64
+    tower = EmbeddingTower(1, [3], 2, (2,))
+    p = tower.init_params(1)
+    tower.layout.view(p, "W0")[:] = 0.1
+    tower.layout.view(p, "W0")[2, :] = 1.0           # the numeric column dominates
+    tower.layout.view(p, "b0")[:] = -2.0             # the units are on only where numeric > 2
+    num = rng.normal(0, 0.3, (n, 1))
+    num[5] = 3.0                                     # row 5: the only row with a unit on
+    codes = np.zeros((n, 1), dtype=np.int64)
+    codes[:40, 0], codes[40:, 0] = 1, 2              # 40 rows in category 1 (row 5 among them), 24 in 2
+    _, cache = tower.forward(p, TowerInput(num, codes))
+    blocks = tower.blocks(p, cache)
+    d = rng.normal(0, 0.5, n)
+    buf = ReleaseBuffer(32, np.add)
+    buffer_plain(buf, blocks, d)
+    released = {(name, g): rows for name, g, rows, _ in buf.pop_ready(last=True)}
+    assert ("emb0", 1) not in released, released      # was released 'over 40 rows' = d_5 * X_5
+    emb = next(b for b in blocks if b.name == "emb0")
+    assert np.flatnonzero(emb.live_rows()).tolist() == [5]
+    assert emb.row_counts(n).tolist() == [0, 1, 0]
+    assert not any(name in ("out", "hidden0") for name, _ in released)     # one live row behind each
+    assert buf.clear() == 1 + 1 + 2                   # emb0[1], out, hidden0's two units: row 5 alone
+    # a table whose coefficients are all live (the wide part's ones) is counted in full ...
+    wide = EmbeddingTower(1, [3], 2, (2,), wide=True)
+    wb = {b.name: b for b in wide.blocks(wide.init_params(1), wide.forward(wide.init_params(1),
+                                                                          TowerInput(num, codes))[1])}
+    assert wb["wide0"].row_counts(n).tolist() == [0, 40, 24]
+    # ... and coefficients cut to zero by coef_bits are not live: they add nothing to the sum
+    from vfl.models.backprop import with_coef_bits
+    small = replace(wb["wide0"], X=np.where(np.arange(n)[:, None] < 39, 1e-3, 1.0))
+    assert with_coef_bits([small], 6)[0].row_counts(n).tolist() == [0, 1, 24]
+    assert small.row_counts(n).tolist() == [0, 40, 24]

@@ -40,7 +40,7 @@ def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
     valid = validation_mask(np.arange(len(y)).astype(str), 1, 0.25)
     tr, va = np.flatnonzero(~valid), np.flatnonzero(valid)
     towers = _towers()
-    net = LocalNetwork(["g", "h", "a"], timeout=120)
+    net = LocalNetwork(["g", "h", "a"], timeout=120, record=True)
     guest = SplitGuest(MODEL, hosts=["h"], arbiter="a", seed=3, tower=towers[0], init_seed=1)
     host = SplitHost(MODEL, guest="g", arbiter="a", seed=3, tower=towers[1], init_seed=2)
     arb = SplitArbiter(MODEL, guest="g", hosts=["h"], validation=True)
@@ -56,6 +56,14 @@ def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
     assert len(history) < MODEL.epochs, "the rule should stop this overfitting run early"
     start = MODEL.early_stopping_start
     assert all(h["released"] is None and not h["best"] for h in history[:start])    # warm-up: nothing decided
+    # ... and nothing scored: the hosts send no validation scores before the first deciding epoch, so the
+    # guest gets E - start score vectors, not E; the constant decision still goes out every epoch
+    assert all(h["auc"] is None and h["brier"] is None for h in history[:start])
+    valid_steps = [r.step for r in net.transcript if "/valid/" in r.step]
+    assert valid_steps and all(int(s.split("/")[1][1:]) >= start for s in valid_steps), valid_steps
+    assert sorted({s for s in valid_steps if s.endswith("u_h_share")}) == [f"emb/e{e}/valid/u_h_share"
+                                                                           for e in range(start, len(history))]
+    assert [r.receiver for r in net.transcript if r.step.endswith("valid_decision")] == ["h", "a"] * len(history)
     assert best == start + int(np.argmin([h["brier"] for h in history[start:]]))
     assert len(history) - 1 - best == MODEL.patience
     twin, _ = fit_twin(list(_towers()), [xg.take(tr), xh.take(tr)], y[tr], MODEL, seed=3, init_seeds=[1, 2],
@@ -109,3 +117,16 @@ def test_a_validation_slice_below_min_rows_per_release_is_refused():
         validation_rows(ids, test, model, 7)
     ok = validation_rows(ids, test, replace(model, validation_fraction=0.05), 7)
     assert 32 <= ok.sum() == validation_mask(ids, 7, 0.05).sum()
+
+
+def test_the_report_charts_validation_from_the_first_deciding_epoch():
+    """Warm-up epochs have no validation scores (None): the loss chart and table show them as missing."""
+    from vfl.evaluation.report import chart_loss
+    stopping = EarlyStopping(2, start=3)
+    z, y = np.linspace(-1, 1, 64), (np.arange(64) % 3 == 0).astype(float)
+    for e in range(6):
+        stopping.update(e, None if e < 3 else z * (e - 1), y)
+    assert [h["auc"] is None for h in stopping.history] == [True] * 3 + [False] * 3
+    assert [h["brier"] is None for h in stopping.history] == [True] * 3 + [False] * 3
+    svg = chart_loss([0.7, 0.6, 0.5, 0.45, 0.44, 0.43], stopping.history, stopping.best_epoch)
+    assert "validation AUC" in svg

@@ -550,11 +550,16 @@ def build_report(job, results: dict | None = None) -> str:
     secs = m.get("epoch_seconds") or []
     val = (m.get("validation") or {}).get("history") or []
     best_epoch = (m.get("validation") or {}).get("best_epoch")
+    # Validation entries by epoch: warm-up epochs (before early_stopping_start) were not scored (auc None)
+    # or, in older runs, not recorded; a missing AUC shows as a dash, never as a made-up value.
+    scored = {v.get("epoch", j + 1): j for j, v in enumerate(val)}
     lrows = [{"epoch": i + 1, "loss": l, "seconds": secs[i] if i < len(secs) else None,
-              "auc": val[i]["auc"] if i < len(val) else None, "kept": "best" if i == best_epoch else "",
+              "auc": val[scored[i + 1]].get("auc") if i + 1 in scored else None,
+              "kept": "best" if i == best_epoch else "",
               "_paths": {"loss": ["metrics", "loss_history", i],
                          **({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {}),
-                         **({"auc": ["metrics", "validation", "history", i, "auc"]} if i < len(val) else {})}}
+                         **({"auc": ["metrics", "validation", "history", scored[i + 1], "auc"]}
+                            if i + 1 in scored and val[scored[i + 1]].get("auc") is not None else {})}}
              for i, l in enumerate(loss)]
     trees = m.get("model") == "secureboost"
     cols = [("epoch", "tree" if trees else "epoch", "count"), ("loss", "training loss" if trees else "loss", "p4"),
@@ -568,9 +573,10 @@ def build_report(job, results: dict | None = None) -> str:
                           "best one. Only the stop left the bank (the hosts learn after how many trees training "
                           "ended); these AUCs stay with it."))
     elif val:
-        parts.append(note("Early stopping: after every epoch the bank scored a held-out validation slice of the "
-                          "training rows jointly with the hosts; every party kept the parameters of the best "
-                          "epoch. Only the decision (best so far, stop) left the bank, noised with label-DP when "
+        parts.append(note("Early stopping: after every deciding epoch the bank scored a held-out validation slice "
+                          "of the training rows jointly with the hosts; every party kept the parameters of the best "
+                          "epoch. Warm-up epochs before the first deciding one exchange no scores (no AUC: –). "
+                          "Only the decision (best so far, stop) left the bank, noised with label-DP when "
                           "on; these AUCs stay with it."))
     if m.get("frontier"):
         fr = m["frontier"]

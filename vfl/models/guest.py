@@ -13,7 +13,7 @@ from ..job.config import ModelConfig
 from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
 from .timing import Stopwatch
-from .backprop import encrypted_sums
+from .backprop import encrypted_sums, with_coef_bits
 from .checkpoint import Checkpoint, TrainingState, is_finished, padded_seconds, resume_from
 from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
@@ -156,14 +156,21 @@ class SplitGuest:
 
     def _validate(self, channel: Channel, trainer: TowerTrainer, validation: Validation, stopping: EarlyStopping,
                   pre: str, epoch: int) -> bool:
-        """Score the validation rows jointly, decide, and tell the hosts and the arbiter."""
+        """Score the validation rows jointly, decide, and tell the hosts and the arbiter (a warm-up
+        epoch: no scores, a constant decision)."""
         with self.timings_("validation"):
-            a = self.tower.forward(trainer.params, validation.x)[0]
-            z = a + validation.exchange(f"{pre}/e{epoch}/valid", len(validation.x))
-            is_best, stop = stopping.update(epoch, z, validation.y)
-            log.info("epoch %d: validation AUC %s, Brier %.5f%s", epoch + 1,
-                     "n/a" if stopping.history[-1]["auc"] is None else f"{stopping.history[-1]['auc']:.4f}",
-                     stopping.history[-1]["brier"], " (best)" if is_best else "")
+            if stopping.warming_up(epoch):
+                # Nothing to decide yet: the hosts send no scores (each vector would add to what the guest
+                # can infer of the validation rows' host features), the decision is a constant.
+                is_best, stop = stopping.warm_up(epoch)
+                log.info("epoch %d: warming up, validation from epoch %d on", epoch + 1, stopping.start + 1)
+            else:
+                a = self.tower.forward(trainer.params, validation.x)[0]
+                z = a + validation.exchange(f"{pre}/e{epoch}/valid", len(validation.x))
+                is_best, stop = stopping.update(epoch, z, validation.y)
+                log.info("epoch %d: validation AUC %s, Brier %.5f%s", epoch + 1,
+                         "n/a" if stopping.history[-1]["auc"] is None else f"{stopping.history[-1]['auc']:.4f}",
+                         stopping.history[-1]["brier"], " (best)" if is_best else "")
             for party in (*self.hosts, self.arbiter):
                 channel.send(party, f"{pre}/e{epoch}/valid_decision", {"best": is_best, "stop": stop})
         return is_best
@@ -192,7 +199,9 @@ class SplitGuest:
             blocks = self.tower.blocks(trainer.params, cache)
             if self.model.label_dp_on:      # the guest's own update goes through the noised channel too
                 blocks, _ = clip_blocks(blocks, n_b, self.model.clip_norm)
-            sums = encrypted_sums(d, blocks, self.model.backprop_bits)
+            # cut to backprop_bits before counting rows: a coefficient cut to zero adds nothing to a sum
+            blocks = with_coef_bits(blocks, self.model.backprop_bits)
+            sums = encrypted_sums(d, blocks)
         with lap("arbiter_round"):
             grad = trainer.release(channel, self.arbiter, pk, blocks, sums, n_b, step(pre, epoch, b, "masked_grad"),
                                    rows, last=b == n_batches - 1)

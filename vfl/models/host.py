@@ -10,7 +10,7 @@ from ..job.config import ModelConfig
 from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
 from .timing import Stopwatch
-from .backprop import encrypted_sums
+from .backprop import encrypted_sums, with_coef_bits
 from .checkpoint import Checkpoint, TrainingState, resume_from, start_epochs
 from .randomness import receive_zeros
 from .common import D_FRAC_BITS, check_public_key, expect_encrypted, prefix_for, step, warn_if_small_batches
@@ -47,7 +47,8 @@ class SplitHost:
             validation: Validation | None = None) -> "SplitHost":
         """Train; with ``checkpoint``, save state after every epoch and resume from it when the
         guest says training resumes (``<prefix>/start``); with ``validation``, send the guest this
-        host's scores of the validation rows after every epoch and keep the epoch it calls best."""
+        host's scores of the validation rows after every deciding epoch (none in the warm-up epochs
+        before ``early_stopping_start``) and keep the epoch it calls best."""
         x = as_input(x)
         m = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
         self.tower = self.tower or LinearTower(x.numeric.shape[1])
@@ -86,7 +87,9 @@ class SplitHost:
                 self.epochs_run_ = epoch + 1
                 if validation is not None:
                     with self.timings_("validation"):
-                        validation.exchange(f"{pre}/e{epoch}/valid", self.tower.forward(trainer.params, validation.x)[0])
+                        if epoch >= m.early_stopping_start:     # warm-up epochs decide nothing: no scores
+                            validation.exchange(f"{pre}/e{epoch}/valid",
+                                                self.tower.forward(trainer.params, validation.x)[0])
                         said = channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision")
                     if not isinstance(said, dict) or not isinstance(said.get("best"), bool):
                         raise ValueError(f"{pre}/e{epoch}/valid_decision: expected {{best, stop}} from the guest")
@@ -122,9 +125,11 @@ class SplitHost:
         blocks = self.tower.blocks(trainer.params, cache)
         if self.model.label_dp_on:
             blocks, _ = clip_blocks(blocks, n_b, self.model.clip_norm)
-        blocks.append(Block("loss", u[:, None], release=False))
+        # cut to backprop_bits before counting rows: a coefficient cut to zero adds nothing to a sum
+        blocks = with_coef_bits(blocks, self.model.backprop_bits)
+        blocks.append(Block("loss", u[:, None], release=False))     # never cut: not released
         with lap("backprop"):
-            sums = encrypted_sums(d, blocks, self.model.backprop_bits)
+            sums = encrypted_sums(d, blocks)
         channel.send(self.guest, step(pre, epoch, b, "enc_loss_part"),
                      (sums[-1][0] + n_b * trainer.penalty()).rerandomize())
         with lap("arbiter_round"):

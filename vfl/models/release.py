@@ -5,6 +5,9 @@ coefficient: its label (to a host) or the hosts' score (to the guest). So
 every group sum (an embedding row, a hidden unit's active rows, a whole batch)
 is accumulated, still encrypted, across the batches of an epoch until at
 least ``min_rows`` rows stand behind it, and only then sent for decryption.
+Only rows with a nonzero coefficient count (``Block.row_counts``): a row with
+a zero coefficient adds nothing, so a sum "over 40 rows" of which one is live
+would be that row's ``d_i`` times its coefficient.
 Table sums (embedding and wide rows, grouped by category) wait longer: until
 ``table_rows`` rows stand behind them (a batch's worth) or the epoch's last
 batch, where every sum with at least ``min_rows`` rows is released. With

@@ -37,6 +37,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .common import X_FRAC_BITS
+
 
 @dataclass
 class TowerInput:
@@ -80,11 +82,22 @@ class Block:
             return "dense"
         return "embedding" if self.name.startswith("emb") else "wide"
 
+    def live_rows(self) -> np.ndarray:
+        """Per row of ``X``: whether its coefficient vector is nonzero as the protocol multiplies it
+        (``X_FRAC_BITS`` fractional bits, rounded). A row with a zero coefficient adds nothing to a sum."""
+        if self.X.shape[1] == 0:           # no values: nothing to reveal, counted as before
+            return np.ones(len(self.X), dtype=bool)
+        return np.any(np.rint(np.ldexp(self.X, X_FRAC_BITS)) != 0, axis=1)
+
     def row_counts(self, n_rows: int) -> np.ndarray:
-        """How many rows stand behind each group's sum."""
+        """How many rows stand behind each group's sum: rows with a nonzero coefficient only. A sum
+        over many rows of which one has a nonzero coefficient is that row's ``d_i`` times it (ReLU
+        units all off give an embedding row's coefficient du/dphi = 0), so only those count toward
+        ``min_rows_per_release``."""
+        live = self.live_rows()
         if self.single:
-            return np.array([n_rows])
-        return np.bincount(self.groups, minlength=self.n_groups)
+            return np.array([int(live.sum())])
+        return np.bincount(self.groups[live[self.rows]], minlength=self.n_groups)
 
     def scaled(self, s: np.ndarray) -> "Block":
         return Block(self.name, self.X * s[:, None], self.rows, self.groups, self.n_groups, self.release, self.table)

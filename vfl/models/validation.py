@@ -1,11 +1,13 @@
-"""Validation and early stopping: after every epoch the guest scores a held-out slice of the
-training rows jointly, and every party keeps the parameters of the best epoch.
+"""Validation and early stopping: after every deciding epoch the guest scores a held-out slice of
+the training rows jointly, and every party keeps the parameters of the best epoch.
 
 The slice is chosen like the test rows, by a keyed hash of each ID (``vfl-valid/<seed>``),
-so every party knows it without a message; its rows are never trained on. Per epoch the
-hosts send their partial scores of the slice through the secure sum (the guest learns
-``sum_h u_h`` per validation row, as at scoring time), the guest scores the slice and
-tells every party whether this epoch is the best so far and whether to stop.
+so every party knows it without a message; its rows are never trained on. After every
+deciding epoch (from ``early_stopping_start`` on) the hosts send their partial scores of the
+slice through the secure sum (the guest learns ``sum_h u_h`` per validation row, as at scoring
+time), the guest scores the slice and tells every party whether this epoch is the best so far
+and whether to stop. Warm-up epochs exchange no scores: the guest tells every party the
+constant "not best, go on".
 
 The decision is the only thing that leaves the guest, and it depends on the validation
 labels, so with label-DP it is made on a noised statistic: the *recalibrated* Brier score
@@ -88,14 +90,23 @@ class EarlyStopping:
     best_score: float = math.inf
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
 
-    def update(self, epoch: int, z: np.ndarray, y: np.ndarray) -> tuple[bool, bool]:
-        """Record epoch ``epoch``'s validation logits ``z``; returns (best so far, stop)."""
+    def warming_up(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` comes before the first deciding one (its answer is a constant)."""
+        return epoch < self.start
+
+    def warm_up(self, epoch: int) -> tuple[bool, bool]:
+        """Record a warm-up epoch: nothing scored (the hosts send no scores for it), nothing decided."""
+        self.history.append({"epoch": epoch + 1, "auc": None, "brier": None, "released": None, "best": False})
+        return False, False
+
+    def update(self, epoch: int, z: np.ndarray | None, y: np.ndarray) -> tuple[bool, bool]:
+        """Record epoch ``epoch``'s validation logits ``z``; returns (best so far, stop). A warm-up
+        epoch's ``z`` is ignored (may be None): it is recorded unscored, as the guest never sees it."""
+        if self.warming_up(epoch):      # warming up: a constant answer, which reveals nothing
+            return self.warm_up(epoch)
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
         brier = recalibrated_brier(z, y)
         auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
-        if epoch < self.start:      # warming up: a constant answer, which reveals nothing
-            self.history.append({"epoch": epoch + 1, "auc": auc, "brier": brier, "released": None, "best": False})
-            return False, False
         released = brier + (float(self.rng.normal(0.0, self.noise_sd)) if self.noise_sd else 0.0)
         best = released < self.best_score
         if best:
