@@ -17,10 +17,14 @@ ciphertexts: call :meth:`EncryptedArray.rerandomize` before sending them to
 anyone who has seen the inputs.
 
 Overflow: the plaintext space is ``(-n/2, n/2)``.  Encryption refuses values
-with ``|m| >= n/4``.  Operations that grow plaintexts (``mul``, ``sum``,
-``rmatmul``) cannot see the encrypted values, so they check the worst case
-under a declared bound ``value_bound`` on ``|value|`` (default 2**32) and
-raise ``ValueError`` if the result could wrap.
+with ``|m| >= n/4``, so one addition of two fresh encryptions at the same
+scale cannot wrap.  Operations that grow plaintexts (``mul``, ``sum``,
+``rmatmul``, and the rescaling of ``a + b`` when the scales differ) cannot
+see the encrypted values, so they check the worst case under a declared
+bound ``value_bound`` on ``|value|`` (default 2**32) and raise ``ValueError``
+if the result could wrap.  Not checked: values beyond the declared bound, and
+chains of additions (``a + b + c`` of values near ``n/4``), which the caller
+must keep in range.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from crypto.encoding import (DEFAULT_FRAC_BITS, DEFAULT_PLAIN_FRAC_BITS, decode,
                              encode_int64, encode_signed)
 from crypto.multiexp import (batch_invert, grouped_multiexp_parallel, multiexp_parallel,
                              normalize_grouped_blocks, powmod_many_parallel)
-from crypto.paillier import PublicKey
+from crypto.paillier import PublicKey, check_zeros
 
 DEFAULT_VALUE_BOUND = 2.0**32
 MAGIC = b"VFLE"
@@ -148,21 +152,31 @@ class EncryptedArray:
         """Add raw plaintext integers mod n (no scaling): used for masking."""
         return self._add_encoded(np.asarray(ints, dtype=object))
 
-    def _rescaled(self, extra_bits: int) -> "EncryptedArray":
-        """Same values at ``frac_bits + extra_bits`` (plaintext times 2**extra_bits)."""
+    def _rescaled(self, extra_bits: int, value_bound: float = DEFAULT_VALUE_BOUND) -> "EncryptedArray":
+        """Same values at ``frac_bits + extra_bits`` (plaintext times 2**extra_bits).
+
+        Like ``mul``, it cannot see the values: it refuses a scale at which a value of magnitude
+        ``value_bound`` would no longer fit (an O(1) check)."""
         if extra_bits == 0:
             return self
+        self._require_headroom(math.ceil(value_bound) << (self.frac_bits + extra_bits), "rescaling for add")
         flat = self.ciphertexts.ravel().tolist()
         powered = powmod_many_parallel(flat, [1 << extra_bits] * len(flat), self.public_key.nsquare)
         return self._new(object_array(powered, self.shape), self.frac_bits + extra_bits)
 
-    def __add__(self, other) -> "EncryptedArray":
+    def add(self, other, value_bound: float = DEFAULT_VALUE_BOUND) -> "EncryptedArray":
+        """``self + other``; when the scales differ, the lower is raised, refused if a value of magnitude
+        ``value_bound`` could then wrap. Chained additions are not checked: see the module docstring."""
         if isinstance(other, EncryptedArray):
             self._check_key(other.public_key)
             frac = max(self.frac_bits, other.frac_bits)
-            a, b = self._rescaled(frac - self.frac_bits), other._rescaled(frac - other.frac_bits)
+            a = self._rescaled(frac - self.frac_bits, value_bound)
+            b = other._rescaled(frac - other.frac_bits, value_bound)
             return self._new(np.asarray(a.ciphertexts * b.ciphertexts % self.public_key.nsquare, dtype=object), frac)
         return self._add_encoded(encode_signed(other, self.frac_bits, limit=int(self.public_key.n) // 4))
+
+    def __add__(self, other) -> "EncryptedArray":
+        return self.add(other)
 
     __radd__ = __add__
 
@@ -338,6 +352,7 @@ class EncryptedArray:
             if zeros.size != self.size:
                 raise ValueError(f"{self.size} ciphertexts to re-randomise but {zeros.size} encryptions of zero")
             fresh = self._zero_cts(self.public_key, zeros).reshape(self.shape)
+            check_zeros(fresh.ravel().tolist(), self.public_key.n)    # z = 1 would change nothing
         return self._new(np.asarray(self.ciphertexts * fresh % self.public_key.nsquare, dtype=object))
 
     # ------------------------------------------------------------ wire format

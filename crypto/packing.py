@@ -13,7 +13,11 @@ The mask of the arbiter round is then added to ``P`` as a whole (uniform mod
 n: the arbiter still sees nothing), and the arbiter can add noise to each slot
 without knowing the values (``slot_offsets``). Slots hold signed integers of
 magnitude below ``2^(s-2)``: with 88 fractional bits (a residual at 64 times a
-coefficient at 24) that is ``|value| < 2^40``.
+coefficient at 24) that is ``|value| < 2^40``. ``pack`` cannot see the
+encrypted values, so ``unpack`` enforces the bound: it refuses any slot at or
+above ``2^(s-2)`` in magnitude. A value up to ``3 * 2^(s-2)`` that wrapped its
+slot (and carried into the next) decodes to a slot at or above the bound, so
+it is refused rather than returned wrong.
 """
 from __future__ import annotations
 
@@ -70,13 +74,23 @@ def slot_offsets(slot_values: np.ndarray, n_packed: int, n_bits: int, slot_bits:
 
 
 def unpack(plain: np.ndarray, count: int, n: int, slot_bits: int = SLOT_BITS) -> np.ndarray:
-    """Signed slot integers (the first ``count``) from packed plaintexts in ``[0, n)``."""
+    """Signed slot integers (the first ``count``) from packed plaintexts in ``[0, n)``.
+
+    Raises ``ValueError`` if a slot is at or above the slot bound ``2^(s-2)`` in
+    magnitude (a value too large for its slot, which may have wrapped into its
+    neighbour) or the plaintext exceeds its ``k`` slots."""
     k = slots_per_ciphertext(int(n).bit_length(), slot_bits)
-    mask, half = (1 << slot_bits) - 1, 1 << (slot_bits - 1)
+    mask, half, bound = (1 << slot_bits) - 1, 1 << (slot_bits - 1), 1 << (slot_bits - 2)
     out = []
-    for p in np.asarray(plain, dtype=object).tolist():
+    for j, p in enumerate(np.asarray(plain, dtype=object).tolist()):
         p = int(p)
         if p >= 1 << (slot_bits * k):
             raise ValueError("a packed value overflowed its slots")
-        out.extend(((p >> (slot_bits * t)) & mask) - half for t in range(k))
+        slots = [((p >> (slot_bits * t)) & mask) - half for t in range(k)]
+        for t, v in enumerate(slots):
+            if (j * k + t < count) and not -bound < v < bound:
+                raise ValueError(f"packed value {j * k + t} is out of its slot's range: |slot| >= "
+                                 f"2^{slot_bits - 2} (|value| >= 2^{slot_bits - 90} at 88 fractional bits); it "
+                                 "overflowed its slot or came close, so it is refused rather than returned wrapped")
+        out.extend(slots)
     return np.asarray(out[:count], dtype=object)

@@ -344,6 +344,47 @@ def _run_chunked(fn, rows_fn, fixed: tuple, items: list, width: int) -> list:
 
 
 
+# ---------------------------------------------------------------- checks
+
+def check_units(ciphertexts: Sequence, n) -> None:
+    """Refuse any ciphertext that is not a unit modulo ``n`` (shares a factor with ``n``).
+
+    One product mod ``n`` and one gcd test them all (a gcd per element only to
+    name the culprit). A non-unit is never a Paillier ciphertext, and its
+    "decryption" can reveal the factorisation: for ``c = n`` the CRT formula
+    returns ``(p + q)**-1 mod n``."""
+    n = gmpy2.mpz(n)
+    acc = gmpy2.mpz(1)
+    for c in ciphertexts:
+        acc = acc * c % n
+    if gmpy2.gcd(acc, n) != 1:
+        bad = next(i for i, c in enumerate(ciphertexts) if gmpy2.gcd(c, n) != 1)
+        raise ValueError(f"ciphertext {bad} is not a unit modulo n (it shares a factor with n): "
+                         "not a Paillier ciphertext; refusing to decrypt it")
+
+
+def check_zeros(zeros: Sequence, n) -> None:
+    """Refuse given encryptions of zero whose randomness is trivial or repeated.
+
+    ``z = 1 (mod n)`` means the randomness is 1 (``r**n = 1 mod n`` only for
+    ``r = 1``): a ciphertext made with it is ``1 + m n``, readable by anyone,
+    and a re-randomisation with it changes nothing; a value given twice lets
+    whoever sees both ciphertexts read the difference of their plaintexts.
+    This catches only these trivial cases: zeros of other publicly known
+    randomness (``r**n`` for a public ``r``) pass (docs/protocols.md, section 0,
+    "Encryption randomness from the arbiter")."""
+    n = gmpy2.mpz(n)
+    seen: set = set()
+    for i, z in enumerate(zeros):
+        z = gmpy2.mpz(z)
+        if z % n == 1:
+            raise ValueError(f"encryption of zero {i} has trivial randomness (z = 1 mod n): it would leave the "
+                             "plaintext readable by anyone; refusing it")
+        if z in seen:
+            raise ValueError(f"encryption of zero {i} is given twice: each must be fresh; refusing it")
+        seen.add(z)
+
+
 # ---------------------------------------------------------------- keys
 
 def _parse_hex(value: Any, field: str) -> int:
@@ -471,6 +512,7 @@ class PublicKey:
             zeros = np.asarray(zeros, dtype=object).ravel().tolist()
             if len(zeros) != len(plains):
                 raise ValueError(f"{len(plains)} values to encrypt but {len(zeros)} encryptions of zero")
+            check_zeros(zeros, n)
             return object_array(_encrypt_with(n, plains, zeros), arr.shape)
         reserve = self._reserve
         if mode == "djn" and reserve is not None:
@@ -499,10 +541,11 @@ class PrivateKey:
         """Decrypt to plaintext integers in [0, n) (object array of mpz, input shape kept)."""
         arr = np.asarray(ciphertexts, dtype=object)
         cts = [gmpy2.mpz(c) for c in arr.ravel().tolist()]
-        n2 = self.public_key.nsquare
+        n, n2 = self.public_key.n, self.public_key.nsquare
         for i, c in enumerate(cts):
             if not 0 < c < n2:
                 raise ValueError(f"ciphertext {i} out of range [1, n^2)")
+        check_units(cts, n)     # decrypting a non-unit (e.g. c = n) would reveal the factorisation
         return object_array(_run_chunked(_decrypt_chunk, _decrypt_rows, (int(self.p), int(self.q)), cts,
                                           width_for(n2)), arr.shape)
 

@@ -4,7 +4,9 @@ Every pair of hosts agrees on a secret with X25519 (their public keys relayed
 by the guest) and expands it into a pseudo-random vector mod 2^64. Host i adds
 the vector of each pair (i, j) with j > i and subtracts it for j < i, so the
 masks cancel in the sum and nothing else. A host's share alone is uniform mod
-2^64. Values travel as 64-bit fixed point with 32 fractional bits.
+2^64. Values travel as 64-bit fixed point with 32 fractional bits; each
+host's values must be below ``min(2^30, 2^31 / hosts)`` in magnitude, so the
+sum over all hosts stays inside int64 (a wrapped sum would go unnoticed).
 """
 from __future__ import annotations
 
@@ -16,7 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 FRAC_BITS = 32
-LIMIT = 2.0 ** 30        # |value| bound: the sum of all hosts must stay inside int64 after scaling
+LIMIT = 2.0 ** 30        # |value| bound per host (with one or two hosts)
+SUM_LIMIT = 2.0 ** 31    # |sum| bound: the sum of all hosts must stay inside int64 after scaling
+
+
+def host_limit(hosts: int) -> float:
+    """The bound on each host's ``|value|`` so that the sum over ``hosts`` hosts cannot wrap."""
+    return min(LIMIT, SUM_LIMIT / max(1, int(hosts)))
 
 
 class SumKey:
@@ -42,11 +50,20 @@ class SumKey:
 
         ``publics`` lists every host's public key in job order (``me`` is ours);
         ``context`` binds the masks to this job and step, so they are never reused.
+        Each value must be below :func:`host_limit` of the number of hosts in magnitude,
+        so that the revealed sum cannot wrap modulo 2^64 (it would do so silently).
         """
         values = np.asarray(values, dtype=np.float64)
-        if not np.all(np.isfinite(values)) or np.any(np.abs(values) >= LIMIT):
-            raise ValueError(f"secure sum: values must be finite and below {LIMIT:g} in magnitude")
-        share = np.round(values * 2.0 ** FRAC_BITS).astype(np.int64).view(np.uint64)
+        hosts = len(publics)
+        limit = host_limit(hosts)
+        error = (f"secure sum: values must be finite and below {limit:g} in magnitude (so that the sum over "
+                 f"{hosts} hosts fits in 64-bit fixed point with {FRAC_BITS} fractional bits)")
+        if not np.all(np.isfinite(values)) or np.any(np.abs(values) >= limit):
+            raise ValueError(error)
+        fixed = np.round(values * 2.0 ** FRAC_BITS).astype(np.int64)
+        if fixed.size and int(np.abs(fixed).max()) > (2**63 - 1) // max(1, hosts):    # exact, after rounding
+            raise ValueError(error)
+        share = fixed.view(np.uint64)
         for j, pub in enumerate(publics):
             if j == me:
                 continue

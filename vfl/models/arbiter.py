@@ -35,6 +35,32 @@ MAX_VALUES = 5_000_000      # a party's declared parameter count is refused abov
 RELEASE_FRAC_BITS = DEFAULT_FRAC_BITS + 2 * X_FRAC_BITS   # [[d]] = g + h [[U_H]], times X
 
 
+def _dither(gauss: np.ndarray) -> np.ndarray:
+    """An independent uniform integer per noise value, from ``secrets``, to add to its fixed-point encoding.
+
+    Why: a float64 draw has 53 significant bits, so at ``RELEASE_FRAC_BITS`` (88) fractional bits
+    the encoded noise ``x`` lies on the float grid, of spacing ``2^w`` units with ``w = e + 35`` for
+    ``|x|`` in ``[2^(e-1), 2^e)`` (``w = 36`` for ``|x|`` in ``[1, 2)``), and its ``w`` low bits are
+    zero: the released sum's low bits would reach the party un-noised. Adding a dither uniform on
+    ``[-2^(w-1), 2^(w-1))``, the draw's own grid cell, makes the result uniform modulo ``2^w``,
+    whatever the magnitude; it moves the noise by at most half a float ulp (``2^-41`` in value for
+    ``|x| < 2^13``). Draws whose float spacing is at most one unit (``|x| < 2^-35``, 0 included)
+    are exact on the fixed-point grid already and get none.
+    """
+    flat = np.abs(np.asarray(gauss, dtype=np.float64).ravel())
+    widths = np.frexp(np.spacing(flat))[1].astype(np.int64) - 1 + RELEASE_FRAC_BITS   # spacing = 2^width units
+    out = np.zeros(flat.size, dtype=object)
+    normal = (widths >= 1) & (widths <= 63)
+    if normal.any():
+        w = widths[normal].astype(np.uint64)
+        raw = np.frombuffer(secrets.token_bytes(8 * int(normal.sum())), dtype="<u8") >> (np.uint64(64) - w)
+        out[normal] = (raw.astype(np.int64) - (np.int64(1) << (w.astype(np.int64) - 1))).astype(object)
+    for i in np.flatnonzero(widths > 63).tolist():                  # |x| >= 2^28: never in practice
+        w = int(widths[i])
+        out[i] = secrets.randbits(w) - (1 << (w - 1))
+    return out.reshape(np.shape(gauss))
+
+
 class SplitArbiter:
     def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str], validation: bool = False) -> None:
         self.model, self.guest, self.hosts, self.validation = model, guest, list(hosts), validation
@@ -56,7 +82,8 @@ class SplitArbiter:
         sigma = self.noise_plan_.for_party(party == self.guest) * self.model.clip_norm
         self.noise_sd_[party] = sigma
         count = n_packed * slots_per_ciphertext(n_bits)
-        ints = encode_signed(self._rng.normal(0.0, sigma, count), RELEASE_FRAC_BITS, limit=1 << (SLOT_BITS - 3))
+        gauss = np.asarray(self._rng.normal(0.0, sigma, count), dtype=np.float64)
+        ints = encode_signed(gauss, RELEASE_FRAC_BITS, limit=1 << (SLOT_BITS - 3)) + _dither(gauss)
         return slot_offsets(ints, n_packed, n_bits)
 
     def fit(self, channel: Channel, keypair=None, checkpoint: Checkpoint | None = None) -> "SplitArbiter":

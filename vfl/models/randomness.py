@@ -12,7 +12,13 @@ What it changes for privacy (docs/protocols.md, "Encryption randomness from
 the arbiter"): the arbiter knows the randomness of the ciphertexts the guest
 and hosts then make, which it could recover from any ciphertext with its key
 anyway, and it never sees those ciphertexts. Each party gets its own zeros
-over its own TLS link and uses each once; no other party sees them.
+over its own TLS link and uses each once; no other party sees them. The
+hiding of those ciphertexts then rests on the arbiter making its zeros
+honestly: zeros of known randomness (``z = 1``, or ``g**n`` for a public
+``g``) would let the guest read the hosts' scores and a host the residual.
+Parties refuse the trivial ones (``z = 1 mod n``, repeats,
+:func:`crypto.paillier.check_zeros`); jobs that do not trust the arbiter
+for this use ``randomness = "local"``.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Sequence
 
 from crypto import EncryptedArray, PrivateKey, PublicKey
+from crypto.paillier import check_zeros
 
 from ..protocol.channel import Channel
 from ..job.config import ModelConfig
@@ -88,5 +95,10 @@ def receive_zeros(channel: Channel, model: ModelConfig, arbiter: str, pk: Public
     if model.randomness != "arbiter":
         return None
     with lap("wait_arbiter"):
-        return expect_encrypted(channel.recv(arbiter, step(pre, epoch, b, STEP)), pk, (rows,),
-                                "the arbiter's encryptions of zero", 0)
+        zeros = expect_encrypted(channel.recv(arbiter, step(pre, epoch, b, STEP)), pk, (rows,),
+                                 "the arbiter's encryptions of zero", 0)
+    try:        # trivial (z = 1 mod n) or repeated randomness would leave our ciphertexts readable
+        check_zeros(zeros.ciphertexts.tolist(), pk.n)
+    except ValueError as e:
+        raise ValueError(f"the arbiter's encryptions of zero: {e}") from None
+    return zeros
