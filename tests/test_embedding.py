@@ -170,6 +170,7 @@ def test_only_rows_with_a_nonzero_coefficient_count_toward_the_release_floor():
     emb = next(b for b in blocks if b.name == "emb0")
     assert np.flatnonzero(emb.live_rows()).tolist() == [5]
     assert emb.row_counts(n).tolist() == [0, 1, 0]
+    assert emb.row_counts(n, live_only=False).tolist() == [0, 40, 24]     # with label-DP: every row counts
     assert not any(name in ("out", "hidden0") for name, _ in released)     # one live row behind each
     assert buf.clear() == 1 + 1 + 2                   # emb0[1], out, hidden0's two units: row 5 alone
     # a table whose coefficients are all live (the wide part's ones) is counted in full ...

@@ -74,11 +74,11 @@ def buffer_encrypted(buffer: ReleaseBuffer, blocks: list[Block], sums: list[Encr
     """Add the released blocks' encrypted group sums (ciphertext rows) to the buffer."""
     for b, enc in zip(blocks, sums):
         if b.release:
-            buffer.add(b, b.row_counts(n_rows), enc.ciphertexts, row_ids)
+            buffer.add(b, b.row_counts(n_rows, buffer.live_only), enc.ciphertexts, row_ids)
 
 
 def buffer_plain(buffer: ReleaseBuffer, blocks: list[Block], d: np.ndarray, coef_bits: int | None = None) -> None:
     """The plaintext twin's equivalent of :func:`encrypted_sums` + :func:`buffer_encrypted`."""
     for b in with_coef_bits(blocks, coef_bits):
         if b.release:
-            buffer.add(b, b.row_counts(len(d)), b.plain_sums(d))
+            buffer.add(b, b.row_counts(len(d), buffer.live_only), b.plain_sums(d))

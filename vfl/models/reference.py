@@ -74,8 +74,8 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
     params = [t.init_params(s) for t, s in zip(towers, init_seeds)]
     opts = [make_optimizer(model.optimizer, model.learning_rate) for _ in towers]
     l2 = [model.l2 * t.l2_mask() for t in towers]
-    buffers = [ReleaseBuffer(model.min_rows_per_release, np.add, table_rows=table_release_rows(model))
-               for _ in towers]
+    buffers = [ReleaseBuffer(model.min_rows_per_release, np.add, table_rows=table_release_rows(model),
+                             live_only=not model.label_dp_on) for _ in towers]
     n = len(y01)
     history: list[float] = []
     best = None

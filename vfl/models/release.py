@@ -5,9 +5,12 @@ coefficient: its label (to a host) or the hosts' score (to the guest). So
 every group sum (an embedding row, a hidden unit's active rows, a whole batch)
 is accumulated, still encrypted, across the batches of an epoch until at
 least ``min_rows`` rows stand behind it, and only then sent for decryption.
-Only rows with a nonzero coefficient count (``Block.row_counts``): a row with
-a zero coefficient adds nothing, so a sum "over 40 rows" of which one is live
-would be that row's ``d_i`` times its coefficient.
+Without label-DP only rows with a nonzero coefficient count
+(``Block.row_counts``): a row with a zero coefficient adds nothing, so a sum
+"over 40 rows" of which one is live would be that row's ``d_i`` times its
+coefficient. With label-DP every row of the group counts: the noise bounds
+what any sum reveals, whatever its rows, and counting live rows only kept
+categories just above the vocabulary threshold from their epoch's release.
 Table sums (embedding and wide rows, grouped by category) wait longer: until
 ``table_rows`` rows stand behind them (a batch's worth) or the epoch's last
 batch, where every sum with at least ``min_rows`` rows is released. With
@@ -36,8 +39,9 @@ class ReleaseBuffer:
     """Per (block, group): a running sum and the number of rows behind it."""
 
     def __init__(self, min_rows: int, add: Callable[[Any, Any], Any], track: bool = False,
-                 table_rows: int | None = None) -> None:
+                 table_rows: int | None = None, live_only: bool = True) -> None:
         self.min_rows = max(1, int(min_rows))
+        self.live_only = live_only         # count only rows with a nonzero coefficient (Block.row_counts)
         self.table_rows = max(self.min_rows, int(table_rows or 0))
         self._add = add
         self._table: set[str] = set()

@@ -89,12 +89,12 @@ class Block:
             return np.ones(len(self.X), dtype=bool)
         return np.any(np.rint(np.ldexp(self.X, X_FRAC_BITS)) != 0, axis=1)
 
-    def row_counts(self, n_rows: int) -> np.ndarray:
-        """How many rows stand behind each group's sum: rows with a nonzero coefficient only. A sum
-        over many rows of which one has a nonzero coefficient is that row's ``d_i`` times it (ReLU
-        units all off give an embedding row's coefficient du/dphi = 0), so only those count toward
-        ``min_rows_per_release``."""
-        live = self.live_rows()
+    def row_counts(self, n_rows: int, live_only: bool = True) -> np.ndarray:
+        """How many rows stand behind each group's sum; with ``live_only``, rows with a nonzero
+        coefficient only. A sum over many rows of which one has a nonzero coefficient is that row's
+        ``d_i`` times it (ReLU units all off give an embedding row's coefficient du/dphi = 0): without
+        label-DP, where the row floor is the only protection, only those count."""
+        live = self.live_rows() if live_only else np.ones(len(self.X), dtype=bool)
         if self.single:
             return np.array([int(live.sum())])
         return np.bincount(self.groups[live[self.rows]], minlength=self.n_groups)

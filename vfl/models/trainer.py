@@ -48,7 +48,7 @@ class TowerTrainer:
         self.l2 = model.l2 * tower.l2_mask()
         n2 = pk.nsquare if pk is not None else None
         self.buffer = ReleaseBuffer(model.min_rows_per_release, lambda a, b: a * b % n2, track=observe,
-                                    table_rows=table_release_rows(model))
+                                    table_rows=table_release_rows(model), live_only=not model.label_dp_on)
         # With ``observe``: every decrypted value this party got, with the rows and coefficients behind
         # it: exactly its own view, for the label-inference attack tests.
         self.observed: list[tuple[list, np.ndarray]] | None = [] if observe else None
