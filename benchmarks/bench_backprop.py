@@ -20,9 +20,11 @@ on a shared machine the wall time includes other load, the CPU time hardly),
 and the plaintext twin (``Block.plain_sums``).
 
 ``--baseline REV`` checks REV out into a temporary git worktree and runs this
-script there in a subprocess on the same key, ciphertexts and blocks (saved to
-a temporary folder), then prints both and checks that every ciphertext sum is
-identical.
+script there in a subprocess on the same key and ciphertexts (saved to a
+temporary folder), then prints both and checks that every ciphertext sum is
+identical. Each checkout builds the blocks with its own tower and clipping
+code, so "same ciphertexts" compares the kernels only between revisions whose
+blocks agree (not across a change of the label-DP clip, e.g. before f74ca7c).
 """
 from __future__ import annotations
 

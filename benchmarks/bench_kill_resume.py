@@ -334,6 +334,9 @@ def main(argv=None) -> int:
               "; stages " + ", ".join(f"{s} {sum(t.stage == s for t in trials)}" for s in ("psi", "training", "scoring")))
         print(f"  others exited non-zero: {sum(all(c not in (0, None) for c in t.exits.values()) for t in trials)}"
               f"/{len(trials)}; named the lost peer: {sum(t.named for t in trials)}/{len(trials)}")
+        if not lat:                    # every kill came too late: nothing was checked
+            print("  no trial checked: every kill came after the victim's part was done (try another --seed)")
+            return 1
         print(f"  exit latency after the kill: median {statistics.median(lat):.2f} s, max {max(lat):.2f} s "
               f"(peer_timeout {PEER_TIMEOUT:g} s)")
         print(f"  resumed equal to uninterrupted (1e-9): {sum(bool(t.resumed) for t in resumes)}/{len(resumes)}"

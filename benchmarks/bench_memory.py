@@ -9,7 +9,7 @@ the peak counts every process a party runs. It prints per party: the peak
 tree RSS, the peak of its largest single process, and the stage times.
 
     python benchmarks/bench_memory.py --rows 1000000              # the size (long)
-    python benchmarks/bench_memory.py --rows 100000 --key-bits 1024 --rows 200000 ...
+    python benchmarks/bench_memory.py --rows 100000 200000 --key-bits 1024 ...
 
 Several ``--rows`` run one after the other and print side by side, so the
 growth per row can be read off (and an extrapolation to 1M is printed).

@@ -60,21 +60,23 @@ def train(folder: Path, model: str, n_people: int, bits: int, hosts: int):
         bank, shop = write_categorical_credit_demo(data, n_people=n_people)
     else:
         bank, shop = write_credit_demo(data, n_people=n_people)
-    shops = [shop]
+    shops, cats = [shop], [CATS]
     if hosts > 1:                             # more hosts: the shop's columns split among them
         frame = pd.read_csv(shop, dtype={"id": str})
         cols = [c for c in frame.columns if c != "id"]
-        shops = []
+        shops, cats = [], []
         for i, part in enumerate(np.array_split(np.array(cols), hosts)):
             p = data / f"shop{i}.csv"
             frame[["id", *part]].to_csv(p, index=False)
             shops.append(p)
+            cats.append([c for c in CATS if c in part])      # each host embeds the columns it holds
 
     def party(name, table=None, **keys):
         return vfl.Party(name, table, cert=certs / f"{name}.pem", key=certs / f"{name}-key.pem", **keys)
-    host_keys = {"categorical_columns": CATS} if model == "embedding" else {}
+    def host_keys(i):
+        return {"categorical_columns": cats[i]} if model == "embedding" else {}
     job = vfl.Job(party("bank", bank, label_column="default", serve_address=f"127.0.0.1:{free_port()}"),
-                  [party(f"shop{i}" if hosts > 1 else "shop", s, **host_keys) for i, s in enumerate(shops)],
+                  [party(f"shop{i}" if hosts > 1 else "shop", s, **host_keys(i)) for i, s in enumerate(shops)],
                   arbiter=party("arbiter"), name=f"serve-{model}", workdir=folder / "results",
                   ca=certs / "ca.pem", preprocess={"monotonic": True} if model == "scorecard" else None,
                   model={"type": model if model in ("embedding", "secureboost") else "logistic",
