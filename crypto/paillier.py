@@ -376,13 +376,14 @@ def check_zeros(zeros: Sequence, n) -> None:
     n = gmpy2.mpz(n)
     seen: set = set()
     for i, z in enumerate(zeros):
-        z = gmpy2.mpz(z)
-        if z % n == 1:
+        r = gmpy2.mpz(z) % n          # z = r^n mod n^2 is fixed by r^n mod n: z and z(1 + kn) share their randomness
+        if r == 1:
             raise ValueError(f"encryption of zero {i} has trivial randomness (z = 1 mod n): it would leave the "
                              "plaintext readable by anyone; refusing it")
-        if z in seen:
-            raise ValueError(f"encryption of zero {i} is given twice: each must be fresh; refusing it")
-        seen.add(z)
+        if r in seen:
+            raise ValueError(f"encryption of zero {i} repeats another's randomness (equal mod n): each must be "
+                             "fresh; refusing it")
+        seen.add(r)
 
 
 # ---------------------------------------------------------------- keys

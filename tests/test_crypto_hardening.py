@@ -43,11 +43,15 @@ def test_zeros_of_trivial_randomness_are_refused_for_encryption_and_rerandomisat
         with pytest.raises(ValueError, match="trivial randomness"):
             pk.encrypt_raw([1, 2, 3, 4], zeros=zeros.ciphertexts)
     z = sk.zeros(3)
-    twice = EncryptedArray(pk, np.array([z[0], z[1], z[2], z[1]], dtype=object), 0)
-    with pytest.raises(ValueError, match="given twice"):
-        EncryptedArray.encrypt(pk, x, zeros=twice)
-    with pytest.raises(ValueError, match="given twice"):
-        d.rerandomize(twice)
+    n2 = int(pk.n) ** 2
+    same_r = int(z[1]) * (1 + int(pk.n)) % n2          # another value, the same randomness: z(1 + n) = Enc(1; r)
+    for twice in (np.array([z[0], z[1], z[2], z[1]], dtype=object),
+                  np.array([z[0], z[1], z[2], gmpy2.mpz(same_r)], dtype=object)):
+        twice = EncryptedArray(pk, twice, 0)
+        with pytest.raises(ValueError, match="repeats another's randomness"):
+            EncryptedArray.encrypt(pk, x, zeros=twice)
+        with pytest.raises(ValueError, match="repeats another's randomness"):
+            d.rerandomize(twice)
     good = EncryptedArray(pk, sk.zeros(4), 0)          # the arbiter's honest zeros still work
     np.testing.assert_allclose(EncryptedArray.encrypt(pk, x, zeros=good).decrypt(sk), x, atol=1e-9)
     np.testing.assert_allclose(d.rerandomize(EncryptedArray(pk, sk.zeros(4), 0)).decrypt(sk), x, atol=1e-9)
