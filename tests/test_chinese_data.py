@@ -169,3 +169,18 @@ def test_the_encoding_key_accepts_utf8_gbk_and_gb18030_only(tmp_path, value, ok)
     path.write_text(dumps(raw))
     with pytest.raises(ConfigError, match=r"\[arbiter\] has no data, so no encoding"):
         load_job(path)
+
+
+@pytest.mark.parametrize("encoding", ["gb18030", "gbk"])
+def test_a_utf8_file_declared_gbk_is_refused_even_when_its_chinese_starts_late(tmp_path, encoding):
+    """GB 18030 decodes any bytes: the whole file is checked, not only its first 64 KiB."""
+    rows = ["id,x,city"] + [f"C{i:05d},{i % 7},beijing" for i in range(4000)]
+    late = tmp_path / "late.csv"
+    late.write_text("\n".join(rows + ["C99998,1,浙江", "C99999,2,中文"]) + "\n", encoding="utf-8")
+    assert late.stat().st_size > 1 << 16 and late.read_bytes()[: 1 << 16].isascii()
+    with pytest.raises(DataError, match=rf"late\.csv: the job file says encoding = '{encoding}', but the file is UTF-8"):
+        load_table(late, "id", categorical_columns=["city"], encoding=encoding)
+    real = tmp_path / "real.csv"                     # the same file really in GBK: read as written
+    real.write_text("\n".join(rows + ["C99998,1,浙江", "C99999,2,中文"]) + "\n", encoding=encoding)
+    table = load_table(real, "id", categorical_columns=["city"], encoding=encoding)
+    assert table.categorical[-2:].ravel().tolist() == ["浙江", "中文"]

@@ -1,4 +1,8 @@
+import json
 import logging
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -205,3 +209,114 @@ def test_a_csv_naming_a_column_twice_is_refused(tmp_path):
     p = _write(tmp_path, "id,x,x.1\na,1,2\nb,3,4\n")
     table = load_table(p, "id")
     assert table.columns == ["x", "x.1"] and table.features.tolist() == [[1, 2], [3, 4]]
+
+
+# --------------------------------------------------------------------------- rows with more fields than the header
+
+def _all_reads(p):
+    return {"load_table": lambda: load_table(p, "id"),
+            "load_table(allow_missing)": lambda: load_table(p, "id", allow_missing=True),
+            "read_ids": lambda: read_ids(p, "id"),
+            "iter_ids": lambda: [c.tolist() for c in iter_ids(p, "id", chunk_rows=2)]}
+
+
+def test_rows_ending_in_an_extra_comma_are_refused_not_shifted(tmp_path):
+    """Pandas takes the first field of such rows as the index: every column shifted one left,
+    the second column read as the IDs."""
+    p = _write(tmp_path, "id,age,income\nC001,31,5000,\nC002,45,7000,\nC003,52,6500,\n")
+    for name, read in _all_reads(p).items():
+        with pytest.raises(DataError) as err:
+            read()
+        assert str(err.value).startswith(f"{p}: data row 1 has 4 fields but the header has 3 "
+                                         "(it ends with an extra comma)"), name
+
+
+def test_a_later_row_with_an_extra_value_is_refused_naming_it(tmp_path):
+    p = _write(tmp_path, 'id,x,c\na,1,u\n\nb,2,"v,w"\nc,3,u,9\nd,4,v\n')      # a blank line and a quoted comma: fine
+    for name, read in _all_reads(p).items():
+        with pytest.raises(DataError, match=r"data row 3 has 4 fields but the header has 3 \(extra values '9'\)") as err:
+            read()
+        assert str(p) in str(err.value), name
+
+
+def test_quoted_commas_and_short_rows_are_still_read(tmp_path):
+    p = _write(tmp_path, 'id,x,c\na,1,"u,v"\nb,2\n')
+    t = load_table(p, "id", categorical_columns=["c"])
+    assert t.ids.tolist() == ["a", "b"] and t.categorical.tolist() == [["u,v"], [""]]
+    assert [c.tolist() for c in iter_ids(p, "id")] == [["a", "b"]]
+
+
+# --------------------------------------------------------------------------- atomic result files
+
+def test_two_writers_of_one_file_each_use_their_own_temporary(tmp_path, monkeypatch):
+    """A second writer replacing the file while the first is about to: with one shared
+    ``<name>.tmp`` the first's rename finds its temporary gone (FileNotFoundError)."""
+    from vfl.io import files
+    path = tmp_path / "predict_metrics.json"
+    real_replace, sources = os.replace, []
+
+    def replace(src, dst):
+        sources.append(Path(src).name)
+        if len(sources) == 1:                      # the other writer runs to its end right here
+            files.write_json(path, {"writer": 2})
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    files.write_json(path, {"writer": 1})
+    assert json.loads(path.read_text()) == {"writer": 1}           # the last rename wins, whole
+    assert len(set(sources)) == 2 and all(s.startswith(".predict_metrics.json.") for s in sources)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predict_metrics.json"]
+
+
+def test_an_atomic_write_is_fsynced_and_a_failed_one_leaves_the_old_file(tmp_path, monkeypatch):
+    from vfl.io import files
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    path = tmp_path / "m.json"
+    files.write_json(path, {"a": 1})
+    assert synced and json.loads(path.read_text()) == {"a": 1}
+    with pytest.raises(RuntimeError):
+        with files.atomic_open(path, "w") as f:
+            f.write('{"half')
+            raise RuntimeError("crash while writing")
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]           # no temporary left behind
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~_umask())        # as a plain open() would create it
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_result_csvs_are_written_atomically_with_unchanged_bytes(tmp_path, monkeypatch):
+    from vfl.io.files import write_csv_atomically
+    from vfl.preprocess.scorecard import write_scorecard
+    from vfl.psi import write_intersection
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(Path(dst).name), real_replace(src, dst)))
+    frame = pd.DataFrame({"id": ["007", "NA", "=1+2"], "score": [0.125, 0.5, 1 / 3], "points": [601.2, 580.0, 0.1]})
+    write_csv_atomically(frame, tmp_path / "scores.csv", index=False)
+    frame.to_csv(tmp_path / "direct.csv", index=False)
+    assert (tmp_path / "scores.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
+    write_intersection(tmp_path / "intersection.csv", np.array(["007", "NA"], dtype=object))
+    assert (tmp_path / "intersection.csv").read_bytes() == b"id\r\n007\r\nNA\r\n"
+    rows = [{"column": "x", "bin": "(-inf, 1]", "rows": 3, "events": None, "woe": 0.5, "points": 12.25}]
+    write_scorecard(tmp_path, {"guest": rows}, "guest")
+    assert (tmp_path / "scorecard.csv").read_bytes() == (b"column,bin,rows,events,woe,points\r\n"
+                                                         b"x,\"(-inf, 1]\",3,,0.5,12.25\r\n")
+    assert renamed == ["scores.csv", "intersection.csv", "scorecard.json", "scorecard.csv"]
+
+
+def test_every_result_csv_goes_through_the_atomic_writers():
+    """``DataFrame.to_csv(path)`` and ``open(path, "w")`` write in place: a crash leaves half a file.
+    Only the API's copy of a user's input DataFrame and the synthetic demo data may."""
+    root = Path(__file__).resolve().parents[1] / "vfl"
+    direct = []
+    for f in sorted(root.rglob("*.py")):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if re.search(r"\.to_csv\(|\.open\(\s*\"w|csv\.writer\(", line):
+                direct.append(f"{f.relative_to(root)}:{n}")
+    assert [d for d in direct if not d.startswith(("api.py:", "io/synth.py:", "io/files.py:"))] == []

@@ -490,3 +490,30 @@ def test_the_report_renders_in_headless_chromium(trained, tmp_path):
     himg = np.asarray(Image.open(host_shot).convert("RGB"))
     assert himg.shape[:2] == (1400, 1280) and len({tuple(c) for c in himg[::7, ::7].reshape(-1, 3)}) > 30
     assert ((himg[..., 0] > 200) & (himg[..., 1] > 100) & (himg[..., 1] < 160) & (himg[..., 2] < 60)).sum() > 20
+
+
+@pytest.mark.parametrize("name", ["fee$_$", "$^$", "a$\\b$", "cost $ per $ unit", "income_$_usd$"])
+def test_a_dollar_in_a_column_name_is_text_not_mathtext(name):
+    """Matplotlib reads text between two ``$`` as mathtext: some names crashed the report
+    (after training), others were drawn as formulas."""
+    from vfl.evaluation import page
+    cols = {name: {"psi": 0.1, "kind": "numeric"}}
+    svg_text = page.chart_column_psi("c", cols, [("test", cols, "#000")], "t")
+    assert f">{page.esc(name)}</text>" in svg_text          # the name as written, one text element
+
+
+def test_scores_read_back_keep_the_id_na(trained, tmp_path):
+    """``Model.predict_proba`` reads ``scores.csv`` back: the ID ``NA`` must stay an ID, not NaN."""
+    import vfl.api
+    job = trained["job"]
+    copy_job = job.__class__(**{**job.__dict__, "workdir": tmp_path / "wd"})
+    shutil.copytree(job.workdir, copy_job.workdir)
+    guest = trained["guest"].iloc[700:].copy()
+    hosts = [h.copy() for h in trained["hosts"]]
+    shared = next(i for i in guest["id"] if all(i in set(h["id"]) for h in hosts))
+    for frame in (guest, *hosts):
+        frame["id"] = frame["id"].replace({shared: "NA"})
+    model = vfl.api.Model(vfl.api.Job.from_config(copy_job))
+    scores = model.predict_proba({"guest": guest, "host0": hosts[0], "host1": hosts[1]})
+    assert "NA" in scores.index and not scores.index.isna().any()
+    assert scores.index.map(type).unique().tolist() == [str]

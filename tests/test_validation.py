@@ -119,9 +119,13 @@ def test_a_validation_slice_below_min_rows_per_release_is_refused():
     assert 32 <= ok.sum() == validation_mask(ids, 7, 0.05).sum()
 
 
-def test_the_report_charts_validation_from_the_first_deciding_epoch():
+def test_the_report_charts_validation_from_the_first_deciding_epoch(monkeypatch):
     """Warm-up epochs have no validation scores (None): the loss chart and table show them as missing."""
+    import matplotlib.axes
     from vfl.evaluation.report import chart_loss
+    plotted, plot = [], matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: plotted.append((a, k.get("label"))) or plot(self, *a, **k))
     stopping = EarlyStopping(2, start=3)
     z, y = np.linspace(-1, 1, 64), (np.arange(64) % 3 == 0).astype(float)
     for e in range(6):
@@ -129,4 +133,8 @@ def test_the_report_charts_validation_from_the_first_deciding_epoch():
     assert [h["auc"] is None for h in stopping.history] == [True] * 3 + [False] * 3
     assert [h["brier"] is None for h in stopping.history] == [True] * 3 + [False] * 3
     svg = chart_loss([0.7, 0.6, 0.5, 0.45, 0.44, 0.43], stopping.history, stopping.best_epoch)
-    assert "validation AUC" in svg
+    assert svg and [(list(a[0]), label) for a, label in plotted] == [([1, 2, 3, 4, 5, 6], "training loss"),
+                                                                      ([4, 5, 6], "validation AUC")]
+    plotted.clear()
+    chart_loss([0.7, 0.6], [stopping.history[0], stopping.history[1]], -1)    # nothing scored: no AUC line
+    assert [label for _, label in plotted] == ["training loss"]

@@ -294,7 +294,8 @@ class Model:
         path = write_job(job, self.job.workdir / "predict-job.toml") if runner == "processes" else None
         _run(job, "predict", runner, path, verbose=verbose)
         self._check_parts()               # a fit into this workdir while scoring: these are not our scores
-        scores = pd.read_csv(cfg.output_dir(cfg.guest.name) / "scores.csv", dtype={"id": str})
+        scores = pd.read_csv(cfg.output_dir(cfg.guest.name) / "scores.csv", dtype={"id": str},
+                             keep_default_na=False, na_values=[])      # the ID "NA" is an ID, not NaN
         return scores.set_index("id")["score"]
 
     def _check_parts(self) -> None:

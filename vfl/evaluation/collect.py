@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io.files import write_json
+from ..io.files import write_csv_atomically, write_json
 from . import stability
 from .curves import evaluate_sample, histogram_edges
 
@@ -149,7 +149,7 @@ def save_guest_cohort(workdir: Path, report: dict, scores: pd.DataFrame) -> Path
     figures as ``<workdir>/predict_metrics.json`` (what ``vfl predict`` always wrote)."""
     cdir = workdir / COHORTS / report["cohort"]
     cdir.mkdir(parents=True, exist_ok=True)
-    scores.to_csv(cdir / "scores.csv", index=False)
+    write_csv_atomically(scores, cdir / "scores.csv", index=False)
     write_json(cdir / "metrics.json", report)
     write_json(workdir / "predict_metrics.json", report)
     return cdir

@@ -4,12 +4,17 @@ All of them are computed by the guest from its labels and the joint scores
 (probability of default; higher = riskier). Curves are sampled at every 1 % of
 the population ranked riskiest first, at score thresholds (so tied scores are
 never split): ROC, KS, lift, cumulative gain and precision-recall share one
-table of points. AUC, KS and average precision are computed on all rows.
+table of points. AUC, KS and average precision are computed on all rows. KS is
+``max |TPR - FPR|`` (:func:`~vfl.evaluation.metrics.ks_statistic`). Decile and calibration
+bands are cut between distinct scores too, so tied scores share a band and bands may differ
+in size.
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from .metrics import ks_statistic, tie_bands
 
 DEPTHS = 100        # curve points: one per 1 % of the population
 BANDS = 10          # decile table and calibration bands
@@ -29,7 +34,7 @@ def sample_summary(y: np.ndarray) -> dict:
 
 def curve_points(y: np.ndarray, score: np.ndarray, depths: int = DEPTHS) -> dict:
     """Points of the ranked population, riskiest first: for each threshold, the depth (share of
-    rows flagged), TPR (= recall = cumulative gain), FPR, precision, lift and TPR - FPR (the KS curve)."""
+    rows flagged), TPR (= recall = cumulative gain), FPR, precision, lift and |TPR - FPR| (the KS curve)."""
     y = np.asarray(y, dtype=float)
     fpr, tpr, thr = roc_curve(y, score, drop_intermediate=False)
     n, pos = len(y), y.sum()
@@ -51,23 +56,24 @@ def curve_points(y: np.ndarray, score: np.ndarray, depths: int = DEPTHS) -> dict
         "fpr": [_r(fpr[i]) for i in keep],
         "precision": [None if np.isnan(precision[i]) else _r(precision[i]) for i in keep],
         "lift": [None if np.isnan(precision[i]) else _r(precision[i] / base) for i in keep],
-        "ks": [_r(tpr[i] - fpr[i]) for i in keep],
+        "ks": [_r(abs(tpr[i] - fpr[i])) for i in keep],
     }
     return rows
 
 
 def decile_table(y: np.ndarray, score: np.ndarray, points: np.ndarray | None = None, bands: int = BANDS
                  ) -> list[dict]:
-    """Equal-frequency score bands, riskiest (highest probability) first.
+    """Score bands of about equal frequency, riskiest (highest probability) first.
 
     Per band: rows, bads, bad rate, score and points range, cumulative capture of
     bads (= cumulative gain), lift (band bad rate over the overall bad rate),
-    cumulative lift and KS (cumulative bad share minus cumulative good share).
+    cumulative lift and KS (``|cum. bad share - cum. good share|``). Bands are cut
+    between distinct scores (:func:`~vfl.evaluation.metrics.tie_bands`): tied scores
+    share a band, so bands may differ in size (``rows``) and be fewer than ``bands``.
     """
     y = np.asarray(y, dtype=float)
     score = np.asarray(score, dtype=float)
-    order = np.argsort(-score, kind="stable")
-    chunks = [c for c in np.array_split(order, min(bands, len(order))) if len(c)]
+    chunks = tie_bands(-score, bands)
     total_bad = y.sum()
     total_good = len(y) - total_bad
     base = total_bad / len(y) if len(y) else 0.0
@@ -83,7 +89,7 @@ def decile_table(y: np.ndarray, score: np.ndarray, points: np.ndarray | None = N
                "cum_capture": _r(cum_bad / total_bad) if total_bad else None,
                "lift": _r(bad / len(c) / base, 4) if base else None,
                "cum_lift": _r(cum_bad / cum_rows / base, 4) if base else None,
-               "ks": _r(cum_bad / total_bad - cum_good / total_good) if total_bad and total_good else None}
+               "ks": _r(abs(cum_bad / total_bad - cum_good / total_good)) if total_bad and total_good else None}
         if points is not None:
             row["min_points"] = _r(np.asarray(points)[c].min(), 1)
             row["max_points"] = _r(np.asarray(points)[c].max(), 1)
@@ -92,12 +98,12 @@ def decile_table(y: np.ndarray, score: np.ndarray, points: np.ndarray | None = N
 
 
 def calibration_table(y: np.ndarray, score: np.ndarray, bands: int = BANDS) -> list[dict]:
-    """Mean predicted probability against the observed bad rate per equal-frequency band
-    (lowest risk first, the order of a calibration plot)."""
+    """Mean predicted probability against the observed bad rate per band of about equal
+    frequency (lowest risk first, the order of a calibration plot). Bands are cut between
+    distinct scores, as in :func:`decile_table`: tied scores share a band."""
     y = np.asarray(y, dtype=float)
     score = np.asarray(score, dtype=float)
-    order = np.argsort(score, kind="stable")
-    chunks = [c for c in np.array_split(order, min(bands, len(order))) if len(c)]
+    chunks = tie_bands(score, bands)
     return [{"band": k, "rows": int(len(c)), "mean_predicted": _r(score[c].mean()),
              "observed_bad_rate": _r(y[c].mean()), "difference": _r(y[c].mean() - score[c].mean())}
             for k, c in enumerate(chunks, 1)]
@@ -133,9 +139,8 @@ def evaluate_sample(y: np.ndarray, score: np.ndarray, points: np.ndarray | None 
                    calibration=calibration_table(y, score) if len(y) else [])
         return out
     auc = float(roc_auc_score(y, score))
-    fpr, tpr, _ = roc_curve(y, score)
     out.update(
-        auc=_r(auc), gini=_r(2 * auc - 1), ks=_r(np.max(tpr - fpr)),
+        auc=_r(auc), gini=_r(2 * auc - 1), ks=_r(ks_statistic(y, score)),
         average_precision=_r(average_precision_score(y, score)),
         brier=_r(np.mean((score - y) ** 2)),
         curve=curve_points(y, score), deciles=decile_table(y, score, points),

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from . import stability
 from .collect import file_sha256, load_cohorts
-from .page import column_psi_block, esc, note, page, preprocess_settings, row, stage_rows, table, write_atomically
+from ..io.files import write_atomically
+from .page import column_psi_block, esc, note, page, preprocess_settings, row, stage_rows, table
 from .report import (coef_rows, dropped_note, importance_rows, model_inputs, points_table, split_cohorts,
                      tree_settings, when_scored)
 

@@ -183,6 +183,7 @@ def figure(width: float = 4.6, height: float = 3.3, ncols: int = 1, nrows: int =
     cjk = cjk_font()
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
                          "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+                         "text.parse_math": False,        # a "$" in a column name is text, not mathtext
                          "font.family": ["DejaVu Sans", cjk] if cjk else ["DejaVu Sans"]})
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
     return fig, [ax for line in axes for ax in line]
@@ -377,9 +378,3 @@ def page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head>"
             f"<body>\n{body}\n</body></html>\n")
-
-
-def write_atomically(path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -18,8 +18,9 @@ import pandas as pd
 from . import stability
 from .collect import file_sha256, load_cohorts, run_figures
 from .curves import evaluate_sample, histogram_edges
+from ..io.files import write_atomically
 from .page import (CLASS_COLORS, chart, color, column_psi_block, esc, figure, fmt, grid, note, page,
-                   preprocess_settings, row, stage_rows, svg, table, write_atomically)
+                   preprocess_settings, row, stage_rows, svg, table)
 
 CHART_COHORTS = 4       # charts draw train, test and the latest few cohorts; tables show every cohort
 
@@ -52,7 +53,7 @@ def load_results(job) -> dict:
         raise FileNotFoundError(f"no {metrics_path}: run the job first (`vfl run {job.path}`)")
     metrics = json.loads(metrics_path.read_text())
     if "evaluation" not in metrics:          # a run from before the report: recompute from the predictions
-        preds = pd.read_csv(gdir / "predictions.csv", dtype={"id": str})
+        preds = pd.read_csv(gdir / "predictions.csv", dtype={"id": str}, keep_default_na=False, na_values=[])
         test = (preds["split"] == "test").to_numpy()
         score, y, pts = preds["score"].to_numpy(float), preds["label"].to_numpy(int), preds["points"].to_numpy(float)
         edges = histogram_edges(score)
@@ -120,7 +121,7 @@ def chart_ks(ev: dict) -> str:
         tpr, fpr = np.asarray(c["tpr"]), np.asarray(c["fpr"])
         ax.plot(d, tpr, color=CLASS_COLORS["bads"], lw=1.6, label="bads")
         ax.plot(d, fpr, color=CLASS_COLORS["goods"], lw=1.6, label="goods")
-        i = int(np.argmax(tpr - fpr))
+        i = int(np.argmax(np.abs(tpr - fpr)))
         ax.vlines(d[i], fpr[i], tpr[i], color="#333", lw=1.2, ls="--")
         ax.annotate(f"KS {fmt(e['ks'], 'p3')}\nat {fmt(d[i], 'pct')}", (d[i], (tpr[i] + fpr[i]) / 2), xytext=(6, 0),
                     textcoords="offset points", va="center", fontsize=8.5)
@@ -532,9 +533,10 @@ def build_report(job, results: dict | None = None) -> str:
     parts.append("<h2>Score distribution by class</h2>" + chart_distribution(ev_chart))
 
     parts.append("<h2>Decile table</h2>" + note(
-        "Equal-size bands of each sample, riskiest first. Cum. capture: share of all bads in this band and riskier "
-        "ones (cumulative gain); lift: band bad rate over the sample's bad rate; KS: cumulative bad share minus "
-        "cumulative good share. Points: the PD on the scorecard scale."))
+        "Bands of about equal size of each sample, riskiest first, cut between distinct scores: tied scores share "
+        "a band, so bands may differ in size (see rows) and be fewer than ten. Cum. capture: share of all bads in "
+        "this band and riskier ones (cumulative gain); lift: band bad rate over the sample's bad rate; KS: the gap "
+        "between the cumulative bad share and the cumulative good share. Points: the PD on the scorecard scale."))
     parts.append(row(*(table(v["deciles"], DECILE_COLS, src[k] + ["deciles"], caption=k, cls="dense")
                        for k, v in ev.items() if v.get("deciles"))))
 
@@ -542,8 +544,9 @@ def build_report(job, results: dict | None = None) -> str:
     parts.append(row(chart_calibration(ev_chart, names), *(
         table(v["calibration"], CAL_COLS, src[k] + ["calibration"], caption=k)
         for k, v in ev.items() if v.get("calibration"))))
-    parts.append(note("Bands of equal size, lowest PD first: the mean predicted PD against the observed bad "
-                      "rate. Points on the dotted diagonal are well calibrated."))
+    parts.append(note("Bands of about equal size, lowest PD first, cut between distinct scores (tied scores share a "
+                      "band): the mean predicted PD against the observed bad rate. Points on the dotted diagonal "
+                      "are well calibrated."))
 
     parts.append("<h2>Training</h2>")
     loss = m.get("loss_history") or []

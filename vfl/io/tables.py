@@ -30,12 +30,21 @@ the file's encoding (a GBK host and a UTF-8 guest find the same customers in
 PSI). Bytes that do not decode are refused, never replaced, and the error for
 a UTF-8 file that is not suggests the key. The reverse mistake would pass
 silently (UTF-8 bytes decode as GBK, into other characters), so a file
-declared GBK whose start is valid UTF-8 with non-ASCII text is refused too.
+declared GBK or GB 18030 that is valid UTF-8 with non-ASCII text is refused too
+(the whole file is checked, streaming: GB 18030 decodes any bytes).
 Parquet text is UTF-8 by the format.
+
+A CSV row with more fields than the header is refused, naming the file and the
+row: pandas would otherwise take the first field of every row as an index when
+each row ends with an extra comma and the header does not (every column shifted),
+or silently drop the extra fields. A row with fewer fields is read with the
+missing trailing fields empty: a missing value (refused in numeric columns unless
+missing values are allowed) or the category ``""``.
 """
 from __future__ import annotations
 
 import codecs
+import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,27 +97,63 @@ def _encoding(name: str) -> str:
     return canonical
 
 
-_SNIFF_BYTES = 1 << 16
+_SNIFF_BYTES = 1 << 20         # bytes per read when checking a whole file
 
 
 def _check_not_utf8(path: Path, encoding: str) -> None:
     """Refuse a file declared GBK/GB 18030 that is UTF-8: read as GBK it would give wrong text,
-    without an error. Non-ASCII UTF-8 is almost never also meaningful GBK, so its first
-    64 KiB decoding as UTF-8 and holding non-ASCII text settles it."""
+    without an error (GB 18030 decodes any bytes at all). Non-ASCII UTF-8 is almost never also
+    meaningful GBK, so the whole file decoding as UTF-8 and holding non-ASCII text settles it.
+    Read in pieces; a real GBK file stops the check at its first non-ASCII character."""
     if encoding == "utf-8":
         return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    ascii_only = True
     try:
         with open(path, "rb") as f:
-            head = f.read(_SNIFF_BYTES)
+            while chunk := f.read(_SNIFF_BYTES):
+                decoder.decode(chunk, final=False)
+                ascii_only = ascii_only and chunk.isascii()
+            decoder.decode(b"", final=True)
     except OSError:
         return                                   # pandas gives the error naming the file
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)   # a cut last character is fine
     except UnicodeDecodeError:
-        return
-    if not text.isascii():
-        raise DataError(f"{path}: the job file says encoding = {encoding!r}, but the file is UTF-8 (its start "
+        return                                   # not UTF-8: the declared encoding may be right
+    if not ascii_only:
+        raise DataError(f"{path}: the job file says encoding = {encoding!r}, but the file is UTF-8 (it "
                         "decodes as UTF-8 and is not plain ASCII); remove the encoding key from this party's table")
+
+
+def _check_field_counts(path: Path, encoding: str) -> None:
+    """Refuse a CSV row with more fields than the header: one streaming pass with the
+    :mod:`csv` module (pandas checks this only for some rows, and not at all when reading
+    some columns). Rows are counted as in every error here: 1-based, header and blank
+    lines not counted."""
+    try:
+        with open(path, newline="", encoding=encoding) as f:
+            rows = csv.reader(f)
+            header = next((r for r in rows if r), None)
+            if header is None:
+                return
+            fields = len(header)
+            data_row = 0
+            for r in rows:
+                if not r:
+                    continue                     # a blank line: pandas skips it too
+                data_row += 1
+                if len(r) > fields:
+                    extra = r[fields:]
+                    how = ("it ends with an extra comma" if all(v == "" for v in extra)
+                           else f"extra values {', '.join(map(repr, extra[:3]))}")
+                    raise DataError(f"{path}: data row {data_row} has {len(r)} fields but the header has {fields} "
+                                    f"({how}); every row needs one field per header column (quote values "
+                                    "holding a comma; name any extra column in the header)")
+    except UnicodeDecodeError as exc:
+        raise _not_readable(path, exc, encoding) from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"data file {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def _not_readable(path: Path, exc: Exception, encoding: str) -> DataError:
@@ -229,9 +274,10 @@ def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18,
         if start == 0:
             raise DataError(f"{path}: no data rows")
         return
+    _check_field_counts(path, encoding)
     try:
         reader = pd.read_csv(path, usecols=[id_column], dtype={id_column: str}, keep_default_na=False,
-                             chunksize=chunk_rows, encoding=encoding)
+                             chunksize=chunk_rows, encoding=encoding, index_col=False)
         for frame in reader:
             yield _ids(frame[id_column], path, start, unique=False)
             start += len(frame)
@@ -310,9 +356,10 @@ def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
         return _parquet_columns(path)
     _check_not_utf8(path, encoding)
     try:
-        columns = [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding).columns]
+        columns = [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding, index_col=False).columns]
         # the header as written: read as a data row, so that pandas does not rename repeated names
-        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding)
+        raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding,
+                          index_col=False)
         names = [str(c) for c in raw.iloc[0]] if len(raw) else []
         dup = [c for c in dict.fromkeys(names) if c and names.count(c) > 1]
         if dup:
@@ -354,9 +401,13 @@ def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] 
     if is_parquet(path):
         return _read_parquet(path, head if usecols is None else list(usecols), id_column, text_columns,
                              label_column)
+    _check_field_counts(path, encoding)
     try:
+        # index_col=False: never take the first field as an index (pandas would when rows have one more
+        # field than the header; _check_field_counts refuses such rows, this keeps pandas from guessing)
         return pd.read_csv(path, usecols=usecols, dtype={c: str for c in verbatim}, keep_default_na=False,
-                           na_values={c: _NA_VALUES for c in head if c not in verbatim}, encoding=encoding)
+                           na_values={c: _NA_VALUES for c in head if c not in verbatim}, encoding=encoding,
+                           index_col=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise _not_readable(path, exc, encoding) from None
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..protocol.channel import Channel
 from .config import JobConfig, PartyConfig
+from ..io.files import write_csv_atomically
 from ..io.tables import load_table, read_columns
 from ..evaluation.metrics import binary_metrics, gains_table
 from ..models.model_file import load_part
@@ -56,7 +57,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     frame = pd.DataFrame({"id": common, "score": score, "points": points.round(1)})
     if has_label:
         frame.insert(1, "label", data.labels.astype(int))
-    frame.to_csv(out / "scores.csv", index=False)
+    write_csv_atomically(frame, out / "scores.csv", index=False)
     from ..evaluation import collect                   # every cohort kept; score and own-column PSI vs training
     cdir = collect.new_cohort_dir(job.workdir, path)
     report = {"job": job.name, **collect.cohort_stamp(cdir, path, out / "model.json"),

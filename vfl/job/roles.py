@@ -20,7 +20,7 @@ from .config import JobConfig, PartyConfig
 from ..io.tables import PartyTable, check_training_rows, load_table
 if TYPE_CHECKING:
     from ..preprocess.stage import Prepared
-from ..io.files import write_json
+from ..io.files import write_csv_atomically, write_json
 from ..models import SplitArbiter, SplitGuest, SplitHost
 from ..models.checkpoint import Checkpoint, training_checkpoint
 from ..models.common import sigmoid
@@ -216,8 +216,9 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         score, points = guest_joint_scores(job, channel, part, data, host_sum)
     sc = job.scorecard
     split = np.where(test, "test", np.where(valid, "validation", "train"))
-    pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
-                  "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
+    write_csv_atomically(pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
+                                       "score": score, "points": points.round(1)}),
+                         out / "predictions.csv", index=False)
     metrics = {
         "job": job.name, "aligned_rows": int(len(common)), "guest_rows": int(len(table.ids)),
         "train": binary_metrics(data.labels[train], score[train]),

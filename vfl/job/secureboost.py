@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
-from ..io.files import write_json
+from ..io.files import write_csv_atomically, write_json
 from ..io.tables import PartyTable, load_table, read_columns
 from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
 from ..models.trees.binning import CategoryCodes
@@ -110,8 +110,9 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     sc = job.scorecard
     points = scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
     split = np.where(test, "test", np.where(valid, "validation", "train"))
-    pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
-                  "score": score, "points": points.round(1)}).to_csv(out / "predictions.csv", index=False)
+    write_csv_atomically(pd.DataFrame({"id": common, "split": split, "label": data.labels.astype(int),
+                                       "score": score, "points": points.round(1)}),
+                         out / "predictions.csv", index=False)
     metrics = {
         "job": job.name, "model": "secureboost", "aligned_rows": int(len(common)),
         "guest_rows": int(len(table.ids)), "hosts": job.host_names, "key_bits": job.model.key_bits,
@@ -191,7 +192,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if has_label:
         frame.insert(1, "label", data.labels.astype(int))
     out = job.output_dir(g.name)
-    frame.to_csv(out / "scores.csv", index=False)
+    write_csv_atomically(frame, out / "scores.csv", index=False)
     from ..evaluation import collect                   # every cohort kept; score and own-column PSI vs training
     cdir = collect.new_cohort_dir(job.workdir, path)
     report = {"job": job.name, "model": "secureboost", **collect.cohort_stamp(cdir, path, out / MODEL_FILE),

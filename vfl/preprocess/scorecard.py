@@ -17,14 +17,13 @@ the offset holds the guest's intercept and stays with the guest.
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import numpy as np
 
 from ..job.config import ScorecardConfig
-from ..io.files import write_json
+from ..io.files import write_json, write_rows_atomically
 from .split import Standardizer
 from .transform import WoeEncoder
 
@@ -68,9 +67,6 @@ def write_scorecard(folder: Path, figures: dict, key: str) -> None:
     """``scorecard.json`` and ``scorecard.csv`` (column, bin, rows, events, woe, points) for the
     party's own decision engine."""
     write_json(folder / "scorecard.json", figures)
-    with (folder / "scorecard.csv").open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["column", "bin", "rows", "events", "woe", "points"])
-        for r in figures[key]:
-            w.writerow([r["column"], r["bin"], r["rows"], "" if r["events"] is None else r["events"],
-                        repr(r["woe"]), repr(r["points"])])
+    write_rows_atomically(folder / "scorecard.csv", ["column", "bin", "rows", "events", "woe", "points"],
+                          ([r["column"], r["bin"], r["rows"], "" if r["events"] is None else r["events"],
+                            repr(r["woe"]), repr(r["points"])] for r in figures[key]))

@@ -32,7 +32,6 @@ positions, plus one small control message (``psi/plan``).
 """
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from crypto.psi import (POINT_DTYPE, LowOrderPointError, PsiKey, common_position
                         random_permutation)
 
 from ..protocol.channel import Channel, ProtocolError
+from ..io.files import write_rows_atomically
 from ..io.tables import check_unique_ids
 from ..protocol.messages import describe
 
@@ -259,14 +259,10 @@ def write_intersection(path: str | Path, ids: np.ndarray) -> None:
     """Write the intersection as a one-column CSV with header ``id``.
 
     Written through the csv module (not pandas) so that every ID is kept as
-    the exact text it was, e.g. ``007`` stays ``007``.
+    the exact text it was, e.g. ``007`` stays ``007``; atomically (a crash
+    leaves the old file or the new one).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id"])
-        writer.writerows([str(x)] for x in ids)
+    write_rows_atomically(Path(path), ["id"], ([str(x)] for x in ids))
 
 
 # --------------------------------------------------------------------------- checks
