@@ -40,7 +40,7 @@ from crypto.encoding import (DEFAULT_FRAC_BITS, DEFAULT_PLAIN_FRAC_BITS, decode,
                              encode_int64, encode_signed)
 from crypto.multiexp import (batch_invert, grouped_multiexp_parallel, multiexp_parallel,
                              normalize_grouped_blocks, powmod_many_parallel)
-from crypto.paillier import PublicKey, check_zeros
+from crypto.paillier import PublicKey, check_units, check_zeros
 
 DEFAULT_VALUE_BOUND = 2.0**32
 MAGIC = b"VFLE"
@@ -428,11 +428,5 @@ class EncryptedArray:
         if cts and not (0 < min(cts) and max(cts) < n2):
             bad = next(i for i, c in enumerate(cts) if not 0 < c < n2)
             raise ValueError(f"ciphertext {bad} out of range [1, n^2)")
-        units = gmpy2.mpz(1)       # product mod n: one gcd with n tests every ciphertext at once
-        for c in cts:
-            units = units * c % n
-        if gmpy2.gcd(units, n) != 1:
-            bad = next(i for i, c in enumerate(cts) if gmpy2.gcd(c, n) != 1)
-            raise ValueError(f"ciphertext {bad} is not a unit modulo n (it shares a factor with n): "
-                             "not a Paillier ciphertext")
+        check_units(cts, n)
         return cls(key, object_array(cts, tuple(shape)), frac_bits)

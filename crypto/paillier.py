@@ -360,7 +360,7 @@ def check_units(ciphertexts: Sequence, n) -> None:
     if gmpy2.gcd(acc, n) != 1:
         bad = next(i for i, c in enumerate(ciphertexts) if gmpy2.gcd(c, n) != 1)
         raise ValueError(f"ciphertext {bad} is not a unit modulo n (it shares a factor with n): "
-                         "not a Paillier ciphertext; refusing to decrypt it")
+                         "not a Paillier ciphertext")
 
 
 def check_zeros(zeros: Sequence, n) -> None:
