@@ -49,6 +49,23 @@ def test_scores_of_new_rows_equal_the_plaintext_model(tmp_path):
     assert saved["metrics"]["auc"] > 0.6 and len(saved["gains"]) == 10
 
 
+def test_new_rows_whose_outcome_column_is_still_empty_are_scored_without_labels(tmp_path):
+    """Applicants scored before their outcome is known carry the label column empty: that means no
+    labels (scores, no metrics), not missing labels, and the same scores as without the column."""
+    job, new, _ = _trained_job(tmp_path)
+    run_predict_local(job)
+    labelled = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+    new.assign(y="").to_csv(job.guest.predict_data, index=False)
+    report = run_predict_local(job)["guest"]
+    scores = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+    assert "label" not in scores.columns and "metrics" not in report
+    np.testing.assert_array_equal(scores["id"], labelled["id"])
+    np.testing.assert_allclose(scores["score"], labelled["score"], atol=1e-12)
+    new.assign(y=[""] * (len(new) - 1) + [1]).to_csv(job.guest.predict_data, index=False)
+    with pytest.raises(JobFailed, match="label column 'y' has missing values"):     # some labels: all needed
+        run_predict_local(job)
+
+
 def test_scoring_without_a_trained_model_or_with_other_columns_fails_clearly(tmp_path):
     job, new, _ = _trained_job(tmp_path)
     new.rename(columns={"g0": "other"}).to_csv(job.guest.predict_data, index=False)

@@ -345,6 +345,22 @@ def _check_rows(frame: pd.DataFrame, path: Path) -> None:
         raise DataError(f"{path}: no data rows")
 
 
+def has_labels(path: Path, label_column: str, encoding: str = "utf-8") -> bool:
+    """Whether ``path`` has ``label_column`` with at least one value: rows to score often carry the
+    outcome column still empty (not yet known), which means "no labels", not "missing labels"."""
+    if label_column not in read_columns(path, encoding):
+        return False
+    if is_parquet(path):
+        _, _, pq = _pyarrow()
+        col = pq.read_table(path, columns=[label_column]).column(0)
+        return col.null_count < len(col)
+    try:
+        col = pd.read_csv(path, usecols=[label_column], dtype=str, encoding=_encoding(encoding), index_col=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise _not_readable(path, exc, encoding) from None
+    return bool(col[label_column].notna().any())
+
+
 def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
     """The header of a CSV (the schema of a Parquet file), with the same clear errors
     as :func:`load_table`. A column named twice is refused (pandas would rename the second

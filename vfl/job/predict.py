@@ -16,7 +16,7 @@ import pandas as pd
 from ..protocol.channel import Channel
 from .config import JobConfig, PartyConfig
 from ..io.files import write_csv_atomically
-from ..io.tables import load_table, read_columns
+from ..io.tables import has_labels, load_table
 from ..evaluation.metrics import binary_metrics, gains_table
 from ..models.model_file import load_part
 from ..psi import write_intersection
@@ -36,8 +36,9 @@ def _load_rows(job: JobConfig, party: PartyConfig, model, label: str | None = No
     (jobs trained before model.json kept them: as the job file says). WOE-binned models
     score missing values (they have a bin); others refuse them."""
     cats = model.categorical_columns if model.categorical_columns is not None else party.categorical_columns
+    unlabelled = [party.label_column] if label is None and party.label_column else []   # an empty outcome column
     return load_table(_rows_to_score(party), party.id_column, label, cats, allow_missing=binned(job),
-                      encoding=party.encoding)
+                      encoding=party.encoding, drop_columns=unlabelled)
 
 
 def predict_guest(job: JobConfig, channel: Channel) -> dict:
@@ -48,7 +49,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     out = job.output_dir(g.name)
     model = load_part(out / "model.json", g.name)
     path = _rows_to_score(g)
-    has_label = g.label_column in read_columns(path, g.encoding)
+    has_label = has_labels(path, g.label_column, g.encoding)        # an all-empty outcome column: no labels
     table = _load_rows(job, g, model, g.label_column if has_label else None)
     t0 = time.perf_counter()
     common = run_psi(job, g.name, channel, table.ids)

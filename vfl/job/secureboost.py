@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..io.files import write_csv_atomically, write_json
-from ..io.tables import PartyTable, load_table, read_columns
+from ..io.tables import PartyTable, has_labels, load_table
 from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
 from ..models.trees.binning import CategoryCodes
 from ..models.timing import Stopwatch
@@ -44,8 +44,9 @@ def tree_params(m: ModelConfig) -> TreeParams:
 
 
 def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
+    unlabelled = [party.label_column] if label is None and party.label_column else []   # an empty outcome column
     return load_table(path or party.data, party.id_column, label, party.categorical_columns, allow_missing=True,
-                      encoding=party.encoding)
+                      encoding=party.encoding, drop_columns=unlabelled)
 
 
 def _fit_codes(table: PartyTable, rows: np.ndarray, m: ModelConfig) -> list[CategoryCodes]:
@@ -181,7 +182,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     g, t0 = job.guest, time.perf_counter()
     model = SecureBoostGuest.from_dict(_part(job, g.name), tree_params(job.model))
     path = g.predict_data or g.data
-    has_label = g.label_column in read_columns(path)
+    has_label = has_labels(path, g.label_column, g.encoding)        # an all-empty outcome column: no labels
     table = _load(g, path, g.label_column if has_label else None)
     common = _psi(job, g.name, channel, table.ids)
     data = table.take(common)
