@@ -51,7 +51,8 @@ def test_scores_of_new_rows_equal_the_plaintext_model(tmp_path):
 
 def test_new_rows_whose_outcome_column_is_still_empty_are_scored_without_labels(tmp_path):
     """Applicants scored before their outcome is known carry the label column empty: that means no
-    labels (scores, no metrics), not missing labels, and the same scores as without the column."""
+    labels (scores, no metrics), not missing labels, and the same scores as without the column; the
+    columns may come in any order (matched by name)."""
     job, new, _ = _trained_job(tmp_path)
     run_predict_local(job)
     labelled = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
@@ -61,6 +62,10 @@ def test_new_rows_whose_outcome_column_is_still_empty_are_scored_without_labels(
     assert "label" not in scores.columns and "metrics" not in report
     np.testing.assert_array_equal(scores["id"], labelled["id"])
     np.testing.assert_allclose(scores["score"], labelled["score"], atol=1e-12)
+    new.assign(y="")[list(new.columns[::-1])].to_csv(job.guest.predict_data, index=False)   # columns in any order
+    run_predict_local(job)
+    reordered = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+    np.testing.assert_allclose(reordered["score"], labelled["score"], atol=1e-12)
     new.assign(y=[""] * (len(new) - 1) + [1]).to_csv(job.guest.predict_data, index=False)
     with pytest.raises(JobFailed, match="label column 'y' has missing values"):     # some labels: all needed
         run_predict_local(job)

@@ -10,6 +10,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -26,6 +27,15 @@ FORMAT, VERSION = "vfl-hetero-lr-part", 1
 
 class ModelFileError(ValueError):
     """A model part is missing, malformed, or does not fit the data it is applied to."""
+
+
+def _order(columns: Sequence[str], model: Sequence[str]) -> list[int] | None:
+    """Positions that put ``columns`` in the model's order, when they are the same names (the rows'
+    file may list them in any order); None when they are not."""
+    if len(set(columns)) != len(columns) or set(columns) != set(model):
+        return None
+    at = {c: i for i, c in enumerate(columns)}
+    return [at[c] for c in model]
 
 
 def _without_dropped(table: PartyTable, dropped: list[str], party: str) -> PartyTable:
@@ -55,10 +65,11 @@ class ModelPart:
 
     def partial_score(self, features: np.ndarray, columns: list[str]) -> np.ndarray:
         """This party's share of the linear score for raw (unscaled) rows."""
-        if list(columns) != list(self.columns):
+        order = _order(list(columns), list(self.columns))
+        if order is None:
             raise ModelFileError(f"{self.party}: data columns {list(columns)} differ from the model's "
                                  f"{self.columns}")
-        score = self.standardizer.transform(features) @ self.coef
+        score = self.standardizer.transform(np.asarray(features)[:, order]) @ self.coef
         return score + (self.intercept or 0.0)
 
     def score(self, table: PartyTable) -> np.ndarray:
@@ -163,12 +174,13 @@ class TowerPart:
         """The tower's inputs for raw rows of this party's table."""
         table = _without_dropped(table, self.dropped, self.party)
         cats = [v.column for v in self.vocabularies if not v.sources]
-        if list(table.columns) != self.numeric_columns or list(table.categorical_columns) != cats:
+        num_at, cat_at = _order(list(table.columns), self.numeric_columns), _order(list(table.categorical_columns), cats)
+        if num_at is None or cat_at is None:
             raise ModelFileError(f"{self.party}: data columns {list(table.columns)} + categorical "
                                  f"{list(table.categorical_columns)} differ from the model's "
                                  f"{self.numeric_columns} + {cats}")
-        codes = encode_all(self.vocabularies, table.categorical, table.categorical_columns)
-        return TowerInput(self.standardizer.transform(table.features), codes)
+        codes = encode_all(self.vocabularies, table.categorical[:, cat_at], cats)
+        return TowerInput(self.standardizer.transform(table.features[:, num_at]), codes)
 
     def score(self, table: PartyTable) -> np.ndarray:
         """This party's own part of the log-odds (the guest's refit included; hosts' sum apart)."""
