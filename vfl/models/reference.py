@@ -108,7 +108,8 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
         stop = False
         if validation is not None:
             v_inputs, v_y = validation
-            z = sum(t.forward(p, x)[0] for t, p, x in zip(towers, params, v_inputs))
+            z = None if stopping.warming_up(epoch) else \
+                sum(t.forward(p, x)[0] for t, p, x in zip(towers, params, v_inputs))    # as the parties: no scores
             is_best, stop = stopping.update(epoch, z, v_y)
             best = [p.copy() for p in params] if is_best else best
         if stop or (not model.label_dp_on and len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance):
