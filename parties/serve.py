@@ -5,26 +5,35 @@
   it. Requests are checked in arrival order on the event loop; look-ups and arithmetic run in
   worker threads, so a slow store never stalls the link.
 * The **guest** dials every host and keeps the links up (a host that restarts is re-dialled and
-  re-keyed, the guest keeps running), and serves the bank's systems over HTTP
+  re-keyed, the guest keeps running; one that comes back serving another model part than the one
+  pinned at its first link is refused), and serves the bank's systems over HTTP
   (:mod:`parties.serve_http`) at its ``serve_address``.
+
+A request one host refuses (more IDs than its own ``max_batch``, say) is answered with an error for
+that request only; framing, epoch and request-number violations end the link. Both sides fail
+closed when their audit log cannot be written.
 
 No arbiter takes part: nothing is decrypted, as in ``vfl predict``.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from vfl.io.files import write_json
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
-from vfl.serving.roles import ANSWER_STEPS, PEER_TEXT, GuestScorer, HostAnswer, Refused, check_hello, check_ids
+from vfl.serving.roles import (ANSWER_STEPS, MISSING_UNKNOWN, MISSING_WITHHELD, PEER_TEXT, REFUSED_AUDIT,
+                               REFUSED_BATCH, GuestScorer, HostAnswer, ModelChanged, Refused, RequestRefused,
+                               check_hello, check_ids, serving_dir)
 from vfl.serving.scorers import host_scorer
 from vfl.serving.stores import Lookup, StoreError
 
-from .serve_link import SETUP_TIMEOUT, Link, dial, listen, tls_contexts
+from .serve_link import SETUP_TIMEOUT, Link, PayloadTooLarge, dial, listen, tls_contexts
 
 log = logging.getLogger("vfl.serve")
 
@@ -51,7 +60,12 @@ async def compute(in_memory: bool, rows: int, fn, *args):
 
 
 def audit_path(job: JobConfig, name: str):
-    return job.output_dir(name) / "serving" / "audit.jsonl"
+    return serving_dir(job, name) / "audit.jsonl"
+
+
+def pins_path(job: JobConfig):
+    """The guest's pins of each host's model-part hash (see :meth:`GuestService._pinned`)."""
+    return serving_dir(job, job.guest.name) / "host_models.json"
 
 
 # --------------------------------------------------------------------------------------------- host
@@ -63,16 +77,37 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
     audit = AuditLog(audit_path(job, name), job.name, name)
     guest = job.guest.name
 
+    # inline only when nothing waits on I/O: recording answered IDs (averaging hosts) fsyncs a file
+    inline = scorer.store.in_memory and scorer.answered is None
+
     async def answer(link: Link, request) -> None:
+        if not audit.healthy:              # fail closed: no answer this log cannot record
+            refusal = RequestRefused(request.req, REFUSED_AUDIT, "its audit log cannot be written", request.ids)
+            refuse(link, request.step, refusal)
+            return
         try:
-            reply = await compute(scorer.store.in_memory, len(request.ids), scorer.respond, request)
+            reply = await compute(inline, len(request.ids), scorer.respond, request)
             outcome = "answered"
         except Exception as exc:  # noqa: BLE001 - the guest gets a reply either way, this log the cause
             log.exception("%s: request %d failed", name, request.req)
             reply, outcome = {"req": request.req, "error": f"{name} failed: {type(exc).__name__}"}, "failed"
-        audit.record(guest, request.ids, outcome, step=request.step, req=request.req)
         try:
             link.send(scorer.answer_step, reply)
+        except PayloadTooLarge:            # e.g. many trees' split sides for a large batch: this request only
+            refuse(link, request.step, RequestRefused(request.req, REFUSED_BATCH, "its answer to this many IDs is "
+                                                      "over the link's message limit", request.ids))
+            return
+        except PeerLost:
+            pass
+        audit.record(guest, request.ids, outcome, step=request.step, req=request.req)
+
+    def refuse(link: Link, step: str, refusal: RequestRefused) -> None:
+        """One request refused (its own limits or settings, or the audit log down): that request's
+        answer, the link stays up."""
+        log.warning("%s: request %d refused: %s", name, refusal.req, refusal)
+        audit.record(guest, list(refusal.ids), f"refused: {refusal.cause}", step=step, req=refusal.req)
+        try:
+            link.send(scorer.answer_step, refusal.reply(name))
         except PeerLost:
             pass
 
@@ -93,7 +128,12 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
                 if step == "serve/keys":
                     log.info("%s: keys for epoch %d", name, scorer.set_keys(session, payload))
                 elif step == "serve/score":
-                    task = asyncio.create_task(answer(link, scorer.accept(session, step, payload)))
+                    try:
+                        request = scorer.accept(session, step, payload)
+                    except RequestRefused as refusal:
+                        refuse(link, step, refusal)
+                        continue
+                    task = asyncio.create_task(answer(link, request))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 else:
@@ -134,9 +174,12 @@ class ServeError(Exception):
 
 @dataclass
 class RowError:
+    """One row's error: ``message`` for the client (it may name the ID it sent), ``audit`` a fixed
+    text per cause for the audit log (which never holds an ID in the clear)."""
     status: int
     message: str
     party: str
+    audit: str
 
 
 class GuestService:
@@ -154,6 +197,8 @@ class GuestService:
         self.audit = AuditLog(audit_path(job, job.guest.name), job.name, job.guest.name)
         self._tasks: list[asyncio.Task] = []
         self._client_ctx = tls_contexts(job, job.guest.name)[1]
+        self.model_refused: set[str] = set()    # hosts whose hello named another model part than the pinned one
+        self._pin_lock = asyncio.Lock()
 
     # -- links -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,7 +221,17 @@ class GuestService:
                 msg = await asyncio.wait_for(link.recv(), SETUP_TIMEOUT)
                 if msg is None or msg[0] != "serve/hello":
                     raise ProtocolError(f"{host} did not open with serve/hello")
-                self.hellos[host] = check_hello(msg[1], host)
+                hello = check_hello(msg[1], host)
+                try:
+                    self.hellos[host] = check_hello(hello, host, await self._pinned(host, hello["model"]))
+                except ModelChanged as exc:
+                    if host not in self.model_refused:
+                        log.error("%s: %s. If %s's model was updated on purpose, remove its entry under "
+                                  "\"hosts\" in %s (or the file): the next link pins the new one.", me, exc, host,
+                                  pins_path(self.job))
+                    self.model_refused.add(host)
+                    raise
+                self.model_refused.discard(host)
                 self.links[host] = link
                 log.info("%s: linked to %s", me, host)
                 said, backoff = None, 0.1
@@ -200,6 +255,33 @@ class GuestService:
                 said = why
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    async def _pinned(self, host: str, model: str) -> str:
+        """The model-part hash pinned for ``host``: the one its first hello named (pinned now, in the
+        guest's serving folder, written atomically), so a host that comes back serving another part is
+        refused, not re-linked silently. Pins hold beside the guest's own part's hash: after a new
+        training (the guest's part changed too) every host is pinned afresh. The file is read at every
+        link: removing a host's entry (or the file) accepts its new part at the next re-dial, without
+        restarting the guest."""
+        path, me = pins_path(self.job), self.scorer.model_hash
+        async with self._pin_lock:
+            try:
+                text = await asyncio.to_thread(path.read_text, encoding="utf-8") if path.exists() else None
+                pins = json.loads(text) if text is not None else {"guest": me, "hosts": {}}
+                if not (isinstance(pins, dict) and set(pins) == {"guest", "hosts"} and isinstance(pins["hosts"], dict)
+                        and all(isinstance(v, str) for v in pins["hosts"].values())):
+                    raise ValueError('expected {"guest": SHA-256, "hosts": {host: SHA-256}}')
+            except (OSError, ValueError) as exc:
+                raise ProtocolError(f"cannot read the model pins {path}: {exc}") from None
+            if pins["guest"] != me:
+                log.info("%s: its own model part changed (a new training): pinning the hosts' parts afresh",
+                         self.job.guest.name)
+                pins = {"guest": me, "hosts": {}}
+            if host not in pins["hosts"]:
+                pins["hosts"][host] = model
+                await asyncio.to_thread(write_json, path, pins)
+                log.info("%s: pinned %s's model part %s in %s", self.job.guest.name, host, model, path)
+            return pins["hosts"][host]
 
     def _rekey(self) -> None:
         """Once every host is linked: a new epoch, every host's signed key relayed to all."""
@@ -242,6 +324,10 @@ class GuestService:
         it may average); its number and their replies, or a 503/504 naming the party at fault."""
         if not self.ready:
             down = self.missing_hosts() or self.hosts
+            changed = [h for h in down if h in self.model_refused]
+            if changed:
+                raise ServeError(503, f"{changed[0]} serves another model part than the one the guest pinned: "
+                                      f"not linked (see the guest's log)", changed[0])
             raise ServeError(503, f"host(s) {', '.join(down)} not linked: scoring needs every host "
                                   f"(re-dialling; see /ready)", down[0])
         self.req += 1
@@ -260,6 +346,11 @@ class GuestService:
                     self.pending.pop((k, req), None)
                 log.warning("%s: request %d: %s", self.job.guest.name, req, exc)
                 raise ServeError(503, f"{h} is unavailable: its link is down (re-dialling; see /ready)", h) from None
+            except PayloadTooLarge:        # hosts already sent to answer late, and are ignored (_read)
+                for k in futs:
+                    self.pending.pop((k, req), None)
+                raise ServeError(413, "the request's IDs are too long together for the serving link: send fewer IDs "
+                                      "per request", self.job.guest.name) from None
         done, slow = await asyncio.wait(futs.values(), timeout=self.job.serving.timeout)
         if slow:
             names = [h for h, f in futs.items() if f in slow]
@@ -289,6 +380,8 @@ class GuestService:
         audited: list[str] = ids if isinstance(ids, list) else []
         outcome, extra = "error 500", {"message": f"internal error at {g} (see its log)"}
         try:
+            if not self.audit.healthy:         # fail closed: nothing is answered that cannot be audited
+                raise ServeError(503, f"{g}'s audit log cannot be written: requests are refused until it can", g)
             try:
                 check_ids(ids, "request", self.job.serving.max_batch)
             except ProtocolError as exc:
@@ -297,7 +390,7 @@ class GuestService:
             out = await self._score(ids, overrides)
             row = out[0] if single and len(out) == 1 else None
             if isinstance(row, RowError):
-                outcome, extra = f"error {row.status}", {"message": row.message}
+                outcome, extra = f"error {row.status}", {"message": row.audit}
             else:
                 outcome, extra = "answered", {"scored": sum(isinstance(r, dict) for r in out)}
             return out
@@ -321,11 +414,11 @@ class GuestService:
     async def _score(self, ids: list[str], overrides: Sequence[Mapping | None] | None) -> list[dict | RowError]:
         g = self.job.guest.name
         out: list[dict | RowError | None] = [None] * len(ids)
-        found = await compute(self.scorer.store.in_memory, len(ids), self.scorer.lookup, ids, overrides)
+        found = await self._lookup(ids, overrides)
         for p in found.unknown:
-            out[p] = RowError(404, f"ID {ids[p]!r} is unknown to {g} (not in its store)", g)
+            out[p] = RowError(404, f"ID {ids[p]!r} is unknown to {g} (not in its store)", g, f"ID unknown to {g}")
         for p, why in found.invalid.items():
-            out[p] = RowError(422, why, g)
+            out[p] = RowError(422, why, g, f"a value {g} needs is missing or invalid")
         pos = [int(p) for p in found.positions]
         if not pos:
             return out  # type: ignore[return-value]
@@ -349,32 +442,57 @@ class GuestService:
         marks: dict[int, list[str]] = {}
         for i in range(len(pos)):
             lacking = [h for h in hosts if i in answers[h].missing]       # in job order
+            withheld = [h for h in lacking if answers[h].missing[i] == MISSING_WITHHELD]
             if not lacking:
                 keep.append(i)
-            elif averaging and (len(hosts) == 1 or (len(hosts) - len(lacking) >= 2
-                                                    and all(i in may_average[h] for h in lacking))):
+            elif averaging and not withheld and (len(hosts) == 1 or (len(hosts) - len(lacking) >= 2
+                                                                     and all(i in may_average[h] for h in lacking))):
                 keep.append(i)
                 marks[i] = lacking
             else:              # its sum is uniform (a host lacking it added a random value): unused
-                h = lacking[0]     # the first host lacking it is named
+                h = (withheld or lacking)[0]      # the first host withholding it, else lacking it, is named
                 out[pos[i]] = _host_row_error(h, ids[pos[i]], answers[h].missing[i])
         row_of = {int(p): r for r, p in enumerate(found.positions)}
         sub = _subset(found, [row_of[pos[i]] for i in keep])
         results = await compute(True, len(keep), self.scorer.answers_for, sub, combined, keep)
         for i, r in zip(keep, results):
             if isinstance(r, Refused):     # its own values give no finite score
-                out[pos[i]] = RowError(422, r.message, g)
+                out[pos[i]] = RowError(422, r.message, g, f"{g}'s values give no finite score")
                 continue
             if i in marks:
                 r["partial"] = {"average_for": marks[i]}
             out[pos[i]] = r
         return out  # type: ignore[return-value]
 
+    async def _lookup(self, ids: list[str], overrides: Sequence[Mapping | None] | None) -> Lookup:
+        """The guest's own rows, within ``[serving] timeout`` for a store that waits on I/O (504 naming
+        the guest past it; the lookup's worker thread finishes on its own)."""
+        g, timeout = self.job.guest.name, self.job.serving.timeout
+        store = self.scorer.store
+        if store.in_memory:
+            return await compute(True, len(ids), self.scorer.lookup, ids, overrides)
+        try:
+            return await asyncio.wait_for(compute(False, len(ids), self.scorer.lookup, ids, overrides), timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s: its store did not answer within %g s", g, timeout)
+            raise ServeError(504, f"{g}'s store did not answer within {timeout:g} s", g) from None
+
     async def _ask(self, ids: list[str], average: Mapping[str, list[int]] | None = None) -> dict[str, HostAnswer]:
-        """Every host's checked answer to one ``serve/score`` of ``ids`` (a 503 naming a host that failed)."""
+        """Every host's checked answer to one ``serve/score`` of ``ids``: an error naming a host that
+        refused the request (413: more IDs than its own max_batch; 503: its settings or audit log) or
+        failed (503)."""
         req, replies = await self._call("serve/score", ids, average)
         answers = {h: self._read_answer(h, replies[h], req, len(ids)) for h in self.hosts}
         for h, a in answers.items():
+            if a.refused:
+                log.warning("%s: %s refused request %d: %s", self.job.guest.name, h, req, a.error)
+                if a.refused == REFUSED_BATCH:
+                    raise ServeError(413, f"{h} takes fewer IDs per request than this batch (its [serving] "
+                                          f"max_batch): send smaller batches", h)
+                if a.refused == REFUSED_AUDIT:
+                    raise ServeError(503, f"{h}'s audit log cannot be written: it refuses requests until it can", h)
+                raise ServeError(503, f"{h} refused the request: its [serving] settings differ from the guest's "
+                                      f"(see its log)", h)
             if a.error:
                 log.warning("%s: %s could not answer request %d: %s", self.job.guest.name, h, req, a.error)
                 raise ServeError(503, f"{h} could not answer the request (see its log)", h)
@@ -395,9 +513,13 @@ def _auditable(ids, limit: int) -> list[str]:
 
 
 def _host_row_error(host: str, id_: str, why: str) -> RowError:
-    if why == "unknown":
-        return RowError(404, f"ID {id_!r} is unknown to {host}", host)
-    return RowError(422, f"{host} cannot score this ID (a value it needs is missing or invalid)", host)
+    if why == MISSING_UNKNOWN:
+        return RowError(404, f"ID {id_!r} is unknown to {host}", host, f"ID unknown to {host}")
+    if why == MISSING_WITHHELD:
+        return RowError(404, f"ID {id_!r} is unknown to {host} (it no longer holds it, and does not average an "
+                             f"ID it has scored before)", host, f"ID unknown to {host}, scored before: not averaged")
+    return RowError(422, f"{host} cannot score this ID (a value it needs is missing or invalid)", host,
+                    f"{host} cannot score this ID")
 
 
 def _subset(found: Lookup, rows: list[int]) -> Lookup:

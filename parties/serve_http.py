@@ -14,7 +14,8 @@ POST /score         ``{"id", "features"?}`` -> ``{"id", "probability", "points",
 POST /score/batch   ``{"ids": [...]}`` -> ``{"results": [...]}``, one per ID in order, each an
                     answer or ``{"id", "error", "status", "party"}``
 GET /health         liveness: the process answers
-GET /ready          200 once every host is linked and keyed, else 503 naming those missing
+GET /ready          200 once every host is linked and keyed and the audit log can be written,
+                    else 503 naming what is missing
 GET /model          the job, its training time and every party's model-part hash
 ==================  ========================================================================
 
@@ -30,10 +31,16 @@ API behind the bank's own gateway. ``[serving] ids_per_minute`` caps each client
 (429 past it, audited, no host asked), per process or, with ``quota_store``, for every replica. A
 client without API keys is its TCP peer's address: proxy headers (``X-Forwarded-For``) are
 ignored, so no caller picks its own address for the quota or the audit log.
+
+Before any body is read (:class:`Gate`, an ASGI middleware): the API key (401), the audit log (503
+while it cannot be written: nothing is answered unlogged), and the body's size (413 past a bound
+derived from ``max_batch`` and the longest ID, :func:`body_limits`), so an unauthenticated caller
+costs no parsing and no caller makes the guest buffer more than a valid request could need.
 """
 # no "from __future__ import annotations": FastAPI reads the endpoints' annotations as the classes defined in make_app
 
 import asyncio
+import json
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,6 +57,22 @@ from .serve import GuestService, RowError, ServeError, _host_port
 from .serve_link import run_loop
 
 log = logging.getLogger("vfl.serve")
+
+PROTECTED = ("/score", "/score/batch", "/model")     # with api_keys, only listed clients may call these
+NEED_KEY = "a valid API key is needed: Authorization: Bearer <secret> ([serving] api_keys)"
+BODY_SLACK = 4096          # bytes of a body besides its IDs and features: braces, field names, spaces
+ESCAPED = 12               # JSON bytes per character at most: "\ud83d\ude00" is one character
+VALUE_CHARS = 1024         # characters of one feature value (a number, or a category's text) allowed for
+
+
+def body_limits(max_batch: int, feature_names: list[str]) -> dict[str, int]:
+    """The largest body each endpoint accepts: what a valid request can need, every character escaped.
+
+    ``/score/batch``: ``max_batch`` IDs of ``MAX_ID_LENGTH`` characters; ``/score``: one ID and a value
+    for each of the guest's columns; anything else: BODY_SLACK."""
+    per_id = ESCAPED * MAX_ID_LENGTH + 4                      # quotes, a comma and a space
+    features = sum(ESCAPED * (len(n) + VALUE_CHARS) + 8 for n in feature_names)
+    return {"/score/batch": BODY_SLACK + max_batch * per_id, "/score": BODY_SLACK + per_id + features}
 
 
 def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
@@ -75,6 +98,70 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     state: dict = {}
     keys = _api_keys(job)
     quota = id_quota(job.serving.ids_per_minute, job.serving.quota_store, job.name)
+    g = job.guest.name
+
+    class Gate:
+        """Checks made before the body is read: the API key (401), the audit log (503), the body's size
+        (413: a declared length past the bound is refused unread, a body is read only up to it), each
+        audited; then the body, whole, goes to the endpoint."""
+
+        def __init__(self, app):
+            self.app = app
+            self.limits: dict[str, int] | None = None
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                await self.app(scope, receive, send)
+                return
+            path, service = scope.get("path", ""), state.get("service")
+            headers: dict[str, str] = {}
+            for k, v in scope.get("headers", ()):
+                headers.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+            peer = f"http:{scope['client'][0]}" if scope.get("client") else "http"
+
+            async def refuse(status: int, detail: str, party: str | None, audited: str) -> None:
+                if service is not None:
+                    service.audit.record(peer, [], f"error {status}", message=audited)
+                await _send_json(send, status, {"detail": detail, "party": party})
+
+            if path in PROTECTED:
+                if keys is not None and client_of(keys, headers.get("authorization")) is None:
+                    await refuse(401, NEED_KEY, None, f"no valid API key for {path}")
+                    return
+                if service is not None and not service.audit.healthy:
+                    await refuse(503, f"{g}'s audit log cannot be written: requests are refused until it can", g,
+                                 "audit log unavailable")
+                    return
+            if self.limits is None and service is not None:
+                store = service.scorer.store
+                self.limits = body_limits(job.serving.max_batch, [*store.columns, *store.categorical_columns])
+            limit = (self.limits or {}).get(path, BODY_SLACK)
+            declared = headers.get("content-length")
+            too_large = f"the request body is over {limit:,} bytes (what a valid request to {path} can need)"
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                await refuse(413, too_large, None, f"body over {limit} bytes to {path}")
+                return
+            body = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    await refuse(413, too_large, None, f"body over {limit} bytes to {path}")
+                    return
+                if not message.get("more_body", False):
+                    break
+            whole = {"type": "http.request", "body": bytes(body), "more_body": False}
+
+            async def replay():
+                nonlocal whole
+                if whole is not None:
+                    message, whole = whole, None
+                    return message
+                return await receive()           # after the body: the client's disconnect
+
+            await self.app(scope, replay, send)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -89,6 +176,7 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     app = FastAPI(title=f"vfl scoring: {job.name}", version="1", lifespan=lifespan,
                   description="Joint credit scoring: the guest's model part and the hosts' partial scores "
                               "(as a secure sum). See docs/protocols.md, 'Online scoring'.")
+    app.add_middleware(Gate)
 
     def error(status: int, message: str, party: str | None) -> JSONResponse:
         return JSONResponse({"detail": message, "party": party}, status_code=status)
@@ -112,7 +200,8 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
         return f"http:{request.client.host}" if request.client else "http"
 
     def authorized(request: Request) -> str:
-        """The caller as the audit log names it; with ``api_keys``, a listed client or a 401 (audited)."""
+        """The caller as the audit log names it; with ``api_keys``, a listed client or a 401 (audited;
+        :class:`Gate` has refused such a caller already, before reading its body)."""
         peer = client(request)
         if keys is None:
             return peer
@@ -121,7 +210,7 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
             service = state.get("service")
             if service is not None:
                 service.audit.record(peer, [], "error 401", message=f"no valid API key for {request.url.path}")
-            raise ServeError(401, "a valid API key is needed: Authorization: Bearer <secret> ([serving] api_keys)")
+            raise ServeError(401, NEED_KEY)
         return f"{peer}/{name}"
 
     async def within_quota(peer: str, ids: list) -> None:
@@ -166,9 +255,14 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     @app.get("/ready")
     async def ready():
         service: GuestService = state["service"]
-        if service.ready:
+        if service.ready and service.audit.healthy:
             return {"ready": True, "hosts": service.hosts, "epoch": service.epoch}
-        return JSONResponse({"ready": False, "missing": service.missing_hosts()}, status_code=503)
+        why = {"ready": False, "missing": service.missing_hosts()}
+        if service.model_refused:
+            why["model_changed"] = sorted(service.model_refused)
+        if not service.audit.healthy:
+            why["audit"] = "cannot be written"
+        return JSONResponse(why, status_code=503)
 
     @app.get("/model")
     async def model(request: Request):
@@ -177,6 +271,15 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
         return service.scorer.identity({h: service.hellos.get(h, {}).get("model") for h in service.hosts})
 
     return app
+
+
+async def _send_json(send, status: int, content: dict) -> None:
+    """A JSON answer straight from the ASGI layer; the connection closes (a body may be left unread)."""
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 FIELDS = ("id", "features", "ids")      # the request bodies' fields: named in a 422, anything else is not

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.protocol.ledger import payload_kind
-from vfl.protocol.messages import Payload, decode_payload, encode_payload
+from vfl.protocol.messages import MAX_JSON_BYTES, Payload, decode_payload, encode_payload
 from vfl.protocol.spec import SpecViolation, find
 
 from .frames import LENGTH_BYTES, MAX_HELLO_BYTES, FrameError, Kind, LinkDecoder, LinkEncoder, frame_length
@@ -28,6 +28,11 @@ log = logging.getLogger("vfl.serve")
 
 MAX_SERVE_FRAME = 64 << 20      # a batch of 10,000 IDs and its shares fit many times over
 SETUP_TIMEOUT = 10.0
+
+
+class PayloadTooLarge(ValueError):
+    """A control message larger than the peer's decoder takes (``MAX_JSON_BYTES``): refused before it
+    is sent, so that one oversized request fails alone instead of ending the link at the peer."""
 
 
 def run_loop(main: Awaitable[None]) -> None:
@@ -102,7 +107,11 @@ class Link:
         if self.writer.is_closing():
             raise PeerLost(f"the link to {self.peer} is closed")
         self._check(step, self.roles[0], self.roles[1], payload)
-        self.writer.write(self.enc.data(step, encode_payload(payload)))
+        data = encode_payload(payload)
+        if isinstance(payload, dict) and len(data) - 1 > MAX_JSON_BYTES:
+            raise PayloadTooLarge(f"{step}: {len(data) - 1:,} bytes, over the link's {MAX_JSON_BYTES:,}-byte limit "
+                                  f"for a control message")
+        self.writer.write(self.enc.data(step, data))
 
     async def close(self, reason: str = "") -> None:
         try:

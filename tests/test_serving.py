@@ -780,10 +780,17 @@ def test_average_with_two_hosts_refuses_an_id_only_one_host_knows(served):
             x.stop()
 
 
-def test_average_with_three_hosts_answers_an_id_only_when_two_hosts_know_it(tmp_path):
+@pytest.fixture(scope="module")
+def three_hosts(tmp_path_factory):
+    """A job with three hosts under unknown_id = "average" (trained once for the module)."""
+    return trained(tmp_path_factory.mktemp("three"), n_hosts=3, serving={"unknown_id": "average"})
+
+
+def test_average_with_three_hosts_answers_an_id_only_when_two_hosts_know_it(three_hosts):
     """Three hosts: an ID two know is answered with the third's average; one only host0 knows is
     refused naming host1 (the first lacking it); every host gets the same IDs twice (two rounds)."""
-    cfg, scores, guest, hosts = trained(tmp_path, n_hosts=3, serving={"unknown_id": "average"})
+    cfg, scores, guest, hosts = three_hosts
+    cfg = _elsewhere(cfg)
     known = [set(h["id"]) for h in hosts]
     g = set(guest["id"])
     two = sorted(g & known[0] & known[1] - known[2])[0]
@@ -879,3 +886,403 @@ def test_feature_values_that_overflow_are_422s_naming_the_feature(served):
             assert all(math.isfinite(x["points"]) for x in r.json()["reasons"])
     r = httpx.post(url + "/score/batch", json={"ids": [known]})     # the store's row is untouched
     assert abs(r.json()["results"][0]["probability"] - scores["score"].iloc[0]) <= 1e-12
+
+
+# ------------------------------------------------------------------ robustness: refusals one row or request at a time
+class _LocalLink:
+    """A serving link to a host scorer in this process: each request is answered as it is sent, as the
+    host's service would (a refusal of one request included), so the guest's logic runs without TLS."""
+
+    def __init__(self, service, name: str, scorer):
+        self.service, self.name, self.scorer = service, name, scorer
+        self.session, self.hello = scorer.hello()
+
+    def send(self, step, payload):
+        from vfl.serving.roles import RequestRefused
+        if step == "serve/keys":
+            self.scorer.set_keys(self.session, payload)
+            return
+        try:
+            reply = self.scorer.respond(self.scorer.accept(self.session, step, payload))
+        except RequestRefused as refusal:
+            reply = refusal.reply(self.name)
+        fut = self.service.pending.pop((self.name, payload["req"]), None)
+        if fut is not None and not fut.done():
+            fut.set_result((self.scorer.answer_step, reply))
+
+
+def _local_guest(cfg, scorers: dict, guest_scorer=None):
+    """The guest's service linked to in-process host scorers, keyed and ready."""
+    from parties.serve import GuestService
+    from vfl.serving.roles import check_hello
+    service = GuestService(cfg, guest_scorer or GuestScorer(cfg))
+    for h in cfg.host_names:
+        link = _LocalLink(service, h, scorers[h])
+        service.links[h], service.hellos[h] = link, check_hello(link.hello, h)
+    service._rekey()
+    return service
+
+
+def _copy_outputs(cfg, tmp_path: Path):
+    """``cfg`` with its outputs (model parts, serving state) copied under ``tmp_path``: a test that
+    changes them leaves the module's job alone."""
+    import shutil
+    shutil.copytree(cfg.workdir, tmp_path / "out")
+    return replace(cfg, workdir=tmp_path / "out")
+
+
+@pytest.fixture
+def private_audit(tmp_path, monkeypatch):
+    """In-process guest services write their audit logs under tmp_path (read back with the returned function)."""
+    import parties.serve as serve_mod
+    monkeypatch.setattr(serve_mod, "audit_path", lambda job, name: tmp_path / "audit" / name / "audit.jsonl")
+
+    def lines(name: str = "guest") -> list[dict]:
+        path = tmp_path / "audit" / name / "audit.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return lines
+
+
+def test_a_host_never_averages_an_id_it_answered_before_even_after_a_restart(three_hosts, tmp_path, private_audit):
+    """unknown_id = "average", three hosts: host0 answers an applicant with its real score, then its store
+    drops the row and it restarts. Averaging it now would give the guest u0(x) - avg0 (host0's own score
+    up to a constant) as the difference of the two answers: the row is refused, naming host0, while an ID
+    host0 never answered is still averaged. The answered set holds keyed hashes only, and survives the
+    restart (a new scorer reads it from disk)."""
+    cfg, scores, guest, hosts = three_hosts
+    cfg = _copy_outputs(cfg, tmp_path)
+    known = [set(h["id"]) for h in hosts]
+    victim = sorted(set(scores["id"]) & known[0] & known[1] & known[2])[0]
+    fresh = sorted(set(guest["id"]) & known[1] & known[2] - known[0])[0]
+    scorers = {h: HostScorer(cfg, h) for h in cfg.host_names}
+
+    async def score(service, ids):
+        try:
+            return await service.score(ids)
+        finally:
+            service.audit.close()
+
+    before = asyncio.run(score(_local_guest(cfg, scorers), [victim, fresh]))
+    assert abs(before[0]["probability"] - scores.set_index("id")["score"][victim]) <= 1e-12
+    assert before[1]["partial"] == {"average_for": ["host0"]}
+    dropped = tmp_path / "host0_after_erasure.csv"
+    hosts[0][hosts[0]["id"] != victim].to_csv(dropped, index=False)
+    erased = replace(cfg, hosts=(replace(cfg.hosts[0], predict_data=dropped), *cfg.hosts[1:]))
+    restarted = {**scorers, "host0": HostScorer(erased, "host0")}       # a new process reads answered.bin
+    after = asyncio.run(score(_local_guest(erased, restarted), [victim, fresh]))
+    assert (after[0].status, after[0].party) == (404, "host0") and "scored before" in after[0].audit, after[0]
+    assert after[1]["partial"] == {"average_for": ["host0"]} and 0 < after[1]["probability"] < 1
+    stored = (cfg.output_dir("host0") / "serving" / "answered.bin").read_bytes()
+    assert victim.encode() not in stored and (len(stored) - 32) % 16 == 0 and len(stored) > 32
+    assert not (cfg.output_dir("guest") / "serving" / "answered.bin").exists()
+
+
+def test_the_answered_set_keeps_whole_records_under_its_own_key(tmp_path):
+    """A torn last record (a crash mid-append, before its answer went out) is cut at start; a file kept
+    under another key is refused rather than silently matching nothing."""
+    from vfl.serving.answered import AnsweredIds, AnsweredIdsError
+    path = tmp_path / "answered.bin"
+    a = AnsweredIds(path, b"k" * 32, "job", "host0")
+    a.add(["555-0100", "555-0101", "555-0100"])
+    assert a.contains(["555-0100", "555-0199"]) == [True, False] and len(a) == 2
+    with path.open("ab") as f:
+        f.write(b"torn!")
+    again = AnsweredIds(path, b"k" * 32, "job", "host0")
+    assert again.contains(["555-0101"]) == [True] and path.stat().st_size == 32 + 2 * 16
+    again.add(["555-0102"])
+    assert AnsweredIds(path, b"k" * 32, "job", "host0").contains(["555-0102", "555-0100"]) == [True, True]
+    with pytest.raises(AnsweredIdsError, match="another audit key"):
+        AnsweredIds(path, b"x" * 32, "job", "host0")
+
+
+def test_row_errors_are_audited_with_a_fixed_text_never_the_id(served, private_audit):
+    """A /score answered with a row error is audited as that error, with a fixed text per cause: the
+    client's message names the ID it sent, the audit line never holds it in the clear."""
+    cfg, scores, guest, hosts, _ = served
+    lacking = sorted(set(guest["id"]) & set(hosts[0]["id"]) - set(hosts[1]["id"]))[0]
+
+    async def main():
+        service = _local_guest(cfg, {h: HostScorer(cfg, h) for h in cfg.host_names})
+        try:
+            return [(await service.score([i], single=True))[0] for i in ("APPLICANT-555-0100", lacking)]
+        finally:
+            service.audit.close()
+
+    rows = asyncio.run(main())
+    assert [(r.status, r.party) for r in rows] == [(404, "guest"), (404, "host1")]
+    assert "APPLICANT-555-0100" in rows[0].message                      # the client's own ID, back to it
+    lines = private_audit()
+    assert [(x["outcome"], x["message"]) for x in lines] == [("error 404", "ID unknown to guest"),
+                                                            ("error 404", "ID unknown to host1")]
+    assert "APPLICANT" not in json.dumps(lines) and lacking not in json.dumps([x["message"] for x in lines])
+
+
+def test_sql_store_refuses_bad_rows_one_by_one_and_reads_only_the_models_columns(served, tmp_path):
+    """A text cell, an infinity or a duplicated ID spoil only their row (named by column, the value never
+    echoed); an extra column (updated_at) is ignored; a missing one is named when the store opens."""
+    sa = pytest.importorskip("sqlalchemy")
+    from vfl.serving.stores import SqlStore, StoreError
+    cfg, scores, guest, hosts, _ = served
+    h = hosts[0].copy()
+    h["updated_at"] = 1.7e9
+    h["h0_0"] = h["h0_0"].astype(object)
+    ids = scores["id"].tolist()[:5]
+    h.loc[h["id"] == ids[0], "h0_0"] = "see note: SSN 123-45-6789"
+    h.loc[h["id"] == ids[1], "h0_0"] = float("inf")
+    dup = h[h["id"] == ids[2]].copy()
+    dup["h0_1"] = 99.0
+    db = tmp_path / "shop.db"
+    pd.concat([h, dup]).to_sql("features", sa.create_engine(f"sqlite:///{db}"), index=False)
+    url = f"sqlite:///{db}"
+    store = SqlStore(url, "features", "id", columns=["h0_0", "h0_1"])
+    found = store.lookup(ids)
+    assert found.invalid == {0: "feature 'h0_0' in the store is not a number",
+                             1: "feature 'h0_0' in the store is not a finite number",
+                             2: "the store holds more than one row for this ID"}
+    assert list(found.positions) == [3, 4] and found.table.columns == ["h0_0", "h0_1"]
+    with pytest.raises(StoreError, match="lacks column\\(s\\) the model needs: 'h0_7'"):
+        SqlStore(url, "features", "id", columns=["h0_0", "h0_7"])
+    host = replace(cfg.hosts[0], store=url, store_table="features")          # served end to end, in-process
+    scorer = HostScorer(replace(cfg, hosts=(host, cfg.hosts[1])), "host0")
+    u, missing = scorer._scores(ids)
+    assert missing == {0: "unscorable", 1: "unscorable", 2: "unscorable"}
+    plain = HostScorer(cfg, "host0")                 # the same rows from the training file
+    np.testing.assert_allclose(u[3:], plain.part.score(plain.store.lookup(ids[3:]).table))
+
+
+def test_a_host_row_too_large_to_sum_is_refused_alone(served, tmp_path, private_audit):
+    """A host value of 1e300 gives a partial score no secure sum can carry: that row is a 422 naming the
+    host, the rest of the batch is answered (it was a 503 for the whole batch)."""
+    sa = pytest.importorskip("sqlalchemy")
+    cfg, scores, guest, hosts, _ = served
+    ids = scores["id"].tolist()[:3]
+    h = hosts[0].copy()
+    h.loc[h["id"] == ids[0], "h0_0"] = 1e300          # a file this wide is refused at start; a database row is not
+    db = tmp_path / "shop.db"
+    h.to_sql("features", sa.create_engine(f"sqlite:///{db}"), index=False)
+    huge = replace(cfg, hosts=(replace(cfg.hosts[0], store=f"sqlite:///{db}", store_table="features"), cfg.hosts[1]))
+
+    async def main():
+        service = _local_guest(cfg, {"host0": HostScorer(huge, "host0"), "host1": HostScorer(cfg, "host1")})
+        try:
+            return await service.score(ids)
+        finally:
+            service.audit.close()
+
+    rows = asyncio.run(main())
+    assert (rows[0].status, rows[0].party) == (422, "host0")
+    want = scores.set_index("id")["score"]
+    assert all(abs(r["probability"] - want[r["id"]]) <= 1e-12 for r in rows[1:])
+
+
+def test_the_guests_own_store_is_bounded_by_the_serving_timeout(served, private_audit):
+    """A guest store that stalls (a locked database) answers 504 naming the guest within [serving]
+    timeout, audited, instead of holding the request for as long as the driver waits."""
+    from parties.serve import ServeError
+    cfg, scores, *_ = served
+    cfg = _elsewhere(cfg, timeout=0.3)
+    scorer = GuestScorer(cfg)
+    scorer.store.in_memory = False                   # as an SQL store: its lookups wait on I/O
+    real = scorer.lookup
+    scorer.lookup = lambda ids, overrides: (time.sleep(1.0), real(ids, overrides))[1]
+
+    async def main():
+        service = _local_guest(cfg, {h: HostScorer(cfg, h) for h in cfg.host_names}, scorer)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(ServeError) as stalled:
+                await service.score([scores["id"].iloc[0]])
+            return stalled.value, time.monotonic() - t0
+        finally:
+            service.audit.close()
+
+    err, took = asyncio.run(main())
+    assert (err.status, err.party) == (504, "guest") and "store" in str(err) and took < 0.9
+    assert [x["outcome"] for x in private_audit()] == ["error 504"]
+
+
+def test_a_host_refusing_one_request_keeps_the_link(served):
+    """host0's own max_batch (2) is below the guest's: a batch of 3 is answered 413 naming host0, and the
+    link stays up (no re-keying): concurrent and later requests are answered."""
+    from parties.serve import run_host_service
+    from parties.serve_http import run_guest_http
+    cfg, scores, *_ = served
+    cfg = _elsewhere(cfg)
+    small = replace(cfg, serving=replace(cfg.serving, max_batch=2))
+    running = [Running(run_host_service, small, "host0"), Running(run_host_service, cfg, "host1"),
+               Running(run_guest_http, cfg)]
+    try:
+        url = "http://" + cfg.guest.serve_address
+        epoch = wait_ready(url)["epoch"]
+        ids = scores["id"].tolist()
+
+        async def main():
+            async with httpx.AsyncClient(timeout=30) as client:
+                return await asyncio.gather(client.post(url + "/score/batch", json={"ids": ids[:3]}),
+                                            *(client.post(url + "/score", json={"id": i}) for i in ids[:10]))
+        batch, *singles = asyncio.run(main())
+        assert batch.status_code == 413 and batch.json()["party"] == "host0" and "max_batch" in batch.json()["detail"]
+        assert [r.status_code for r in singles] == [200] * 10
+        assert httpx.get(url + "/ready").json()["epoch"] == epoch
+    finally:
+        for r in running:
+            r.stop()
+
+
+def test_a_host_back_with_another_model_part_is_refused_until_its_pin_is_removed(served, tmp_path):
+    """The guest pins each host's model hash at the first link; a host restarted with another part is
+    not re-linked (503 naming it, /ready says why) until the operator removes its pin."""
+    from parties.serve import pins_path, run_host_service
+    from vfl.serving.roles import ModelChanged, check_hello
+    cfg, scores, *_ = served
+    cfg = _elsewhere(_copy_outputs(cfg, tmp_path))
+    pins_path(cfg).unlink(missing_ok=True)
+    running = start_services(cfg)
+    try:
+        url = "http://" + cfg.guest.serve_address
+        wait_ready(url)
+        old = json.loads(pins_path(cfg).read_text())["hosts"]["host0"]
+        assert old == hashlib.sha256((cfg.output_dir("host0") / "model.json").read_bytes()).hexdigest()
+        running[0].stop()
+        part = cfg.output_dir("host0") / "model.json"
+        d = json.loads(part.read_text())
+        d["coef"] = [-3 * c for c in d["coef"]]
+        part.write_text(json.dumps(d))
+        new = hashlib.sha256(part.read_bytes()).hexdigest()
+        running[0] = Running(run_host_service, cfg, "host0")
+        deadline = time.monotonic() + 20
+        while "model_changed" not in (ready := httpx.get(url + "/ready").json()):
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.05)
+        assert ready["model_changed"] == ["host0"]
+        r = httpx.post(url + "/score", json={"id": scores["id"].iloc[0]})
+        assert r.status_code == 503 and r.json()["party"] == "host0" and "pinned" in r.json()["detail"]
+        hello = {"key": "00" * 32, "cert": "", "sig": "", "model": new}
+        with pytest.raises(ModelChanged, match=f"host0 .*{new}.*pinned {old}"):
+            check_hello(hello, "host0", old)
+        pins = json.loads(pins_path(cfg).read_text())
+        del pins["hosts"]["host0"]                   # the new part is deliberate: accept it
+        pins_path(cfg).write_text(json.dumps(pins))
+        wait_ready(url)
+        assert json.loads(pins_path(cfg).read_text())["hosts"]["host0"] == new
+    finally:
+        for r in running:
+            r.stop()
+
+
+def test_the_api_key_and_the_body_size_are_checked_before_the_body_is_read(served, tmp_path, private_audit):
+    """With api_keys, a caller without a key gets 401 whatever its body (malformed or huge: never parsed);
+    any body past what a valid request can need is refused 413, by its declared length or while it
+    streams in; each is audited."""
+    from parties.serve_http import body_limits, run_guest_http
+    cfg, scores, *_ = served
+    secret = "s" * 40
+    (tmp_path / "clients.txt").write_text(f"teller:{secret}\n")
+    cfg = _elsewhere(cfg, api_keys=str(tmp_path / "clients.txt"))      # no host listens there: never ready
+    scorer = GuestScorer(cfg)
+    limit = body_limits(cfg.serving.max_batch, [*scorer.store.columns, *scorer.store.categorical_columns])
+    assert 10_000 * 256 < limit["/score/batch"] < 64 << 20 and limit["/score"] < 1 << 20
+    url = "http://" + cfg.guest.serve_address
+    key = {"Authorization": f"Bearer {secret}", "content-type": "application/json"}
+    guest = Running(run_guest_http, cfg)
+    try:
+        for body in (b'{"id": "x", "oops": 1}', b"{not json", b"x" * (limit["/score/batch"] + 1)):
+            r = httpx.post(url + "/score", content=body, headers={"content-type": "application/json"}, timeout=30)
+            assert r.status_code == 401, r.text
+        r = httpx.post(url + "/score", content=b"x" * (limit["/score"] + 1), headers=key, timeout=30)
+        assert r.status_code == 413 and "bytes" in r.json()["detail"]
+
+        def chunks():                                # no Content-Length: refused once past the bound
+            for _ in range(limit["/score/batch"] // 65536 + 2):
+                yield b" " * 65536
+        r = httpx.post(url + "/score/batch", content=chunks(), headers=key, timeout=30)
+        assert r.status_code == 413
+        r = httpx.post(url + "/score", json={"id": scores["id"].iloc[0]}, headers=key, timeout=30)
+        assert r.status_code == 503 and "not linked" in r.json()["detail"]       # past the gate: no hosts here
+    finally:
+        guest.stop()
+    outcomes = [x["outcome"] for x in private_audit()]
+    assert outcomes == ["error 401"] * 3 + ["error 413"] * 2 + ["error 503"], outcomes
+
+
+def test_the_audit_log_fails_closed(served, tmp_path, private_audit):
+    """When audit lines cannot be written (a full disk), the service refuses requests (503) and /ready
+    says so; once writes succeed again the waiting lines are written and requests are answered."""
+    from parties.serve_http import run_guest_http
+    from vfl.serving.audit import AuditLog
+    log_path = tmp_path / "full" / "audit.jsonl"
+    log_path.parent.mkdir()
+    os.symlink("/dev/full", log_path)                # every write fails with ENOSPC
+    log = AuditLog(log_path, "job", "guest")
+    assert log.healthy
+    log.record("http", ["555-0100"], "answered")
+    deadline = time.monotonic() + 5
+    while log.healthy:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    log_path.unlink()                                # space again: the waiting line is written
+    while not log.healthy:
+        assert time.monotonic() < deadline + 5
+        time.sleep(0.05)
+    log.close()
+    assert [x["outcome"] for x in map(json.loads, log_path.read_text().splitlines())] == ["answered"]
+    cfg, scores, *_ = served                         # the guest's service: 503s while it fails
+    cfg = _elsewhere(cfg)
+    guest_log = tmp_path / "audit" / "guest" / "audit.jsonl"
+    guest_log.parent.mkdir(parents=True)
+    os.symlink("/dev/full", guest_log)
+    url = "http://" + cfg.guest.serve_address
+    guest = Running(run_guest_http, cfg)
+    try:
+        httpx.post(url + "/score", json={"id": scores["id"].iloc[0]})      # its audit line cannot be written
+        deadline = time.monotonic() + 5
+        while (ready := httpx.get(url + "/ready").json()).get("audit") is None:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.02)
+        r = httpx.post(url + "/score", json={"id": scores["id"].iloc[0]})
+        assert r.status_code == 503 and "audit log" in r.json()["detail"]
+        assert httpx.post(url + "/score/batch", json={"ids": ["a"]}).status_code == 503
+        assert httpx.get(url + "/health").status_code == 200
+    finally:
+        guest.stop()
+
+
+def test_a_message_too_large_for_the_link_fails_its_request_alone(served, private_audit):
+    """A serve/score whose IDs take more than a control message may (1 MiB: the peer's decoder would
+    refuse it and end the link) is refused before it is sent: 413 for that request, the link kept."""
+    from parties.serve import ServeError
+    from parties.serve_link import Link, PayloadTooLarge
+
+    class Writer:
+        written: list = []
+
+        def is_closing(self):
+            return False
+
+        def write(self, data):
+            self.written.append(data)
+
+    link = Link("job/serve", "guest", "host0", None, Writer())
+    with pytest.raises(PayloadTooLarge):
+        link.send("serve/score", {"epoch": 1, "req": 1, "ids": ["x" * 200 + str(i) for i in range(6000)]})
+    assert Writer.written == []
+    link.send("serve/score", {"epoch": 1, "req": 2, "ids": ["x" * 200]})
+    assert len(Writer.written) == 1
+    cfg, scores, *_ = served
+
+    class TooLarge:
+        def send(self, step, payload):
+            raise PayloadTooLarge("too large")
+
+    async def main():
+        service = _local_guest(cfg, {h: HostScorer(cfg, h) for h in cfg.host_names})
+        service.links["host1"] = TooLarge()
+        try:
+            with pytest.raises(ServeError) as big:
+                await service.score([scores["id"].iloc[0]])
+            return big.value, dict(service.pending)
+        finally:
+            service.audit.close()
+
+    err, pending = asyncio.run(main())
+    assert err.status == 413 and "fewer IDs" in str(err) and pending == {}

@@ -6,12 +6,18 @@ bytes in hex, under a secret key of the party's own kept beside the log (``audit
 bytes, created with mode 0600 on first use). Whoever holds the key and an ID can find its requests
 (:func:`find_requests`); the log alone does not list the applicants, and without the key IDs from a
 small space (phone or account numbers) cannot be recovered from it by trying them all.
+
+The log fails closed: when a write fails (a full disk, say) :attr:`AuditLog.healthy` turns false
+and the services refuse requests (503) until a retry succeeds; lines wait in memory meanwhile, at
+most :data:`MAX_QUEUED` IDs' worth before new requests are refused, twice that before lines (of
+refused requests, then) are dropped and counted in the process log.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
+import logging
 import os
 import queue
 import secrets
@@ -21,6 +27,11 @@ from pathlib import Path
 from typing import Sequence
 
 KEY_BYTES = 32
+MAX_QUEUED = 1_000_000     # IDs (plus one per line) waiting to be written before new requests are refused
+RETRY = 1.0                # seconds between attempts to write after a failure
+BATCH = 1024               # lines written (and flushed) at once
+
+log = logging.getLogger("vfl.serving")
 
 
 def key_path(log_path: Path) -> Path:
@@ -73,30 +84,101 @@ def find_requests(log_path: Path, job: str, id_: str) -> list[dict]:
 
 
 class AuditLog:
-    """Append-only JSON-lines log written by its own thread; :meth:`close` flushes it."""
+    """Append-only JSON-lines log written by its own thread; :meth:`close` flushes it.
+
+    Fails closed: :attr:`healthy` is false while writes fail or too many lines wait, and the services
+    refuse requests then (an answer must never go out unlogged for long)."""
 
     def __init__(self, path: Path, job: str, party: str):
         self.path, self.job, self.party = Path(path), job, party
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._key = audit_key(self.path)
-        self._q: "queue.SimpleQueue[dict | None]" = queue.SimpleQueue()
+        self._q: "queue.SimpleQueue[dict | None]" = queue.SimpleQueue()      # None: wake up (close)
+        self._lock = threading.Lock()
+        self._queued = 0              # IDs (+1 per line) in the queue
+        self.dropped = 0              # lines dropped past twice MAX_QUEUED
+        self.failed = False           # the last write failed (cleared by the next that succeeds)
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._write, name=f"audit-{party}", daemon=True)
         self._thread.start()
 
+    @property
+    def healthy(self) -> bool:
+        """Whether requests may be answered: the last write succeeded, the writer runs, and the queue is
+        below its bound."""
+        return not self.failed and self._queued < MAX_QUEUED and self._thread.is_alive()
+
     def record(self, peer: str, ids: Sequence[str], outcome: str, **extra) -> None:
-        self._q.put({"time": time.time(), "party": self.party, "peer": peer,
-                     "ids": [id_hash(self._key, self.job, i) for i in ids], "outcome": outcome, **extra})
+        item = {"time": time.time(), "party": self.party, "peer": peer,
+                "ids": [id_hash(self._key, self.job, i) for i in ids], "outcome": outcome, **extra}
+        with self._lock:
+            if self._queued >= 2 * MAX_QUEUED:         # reached only by refused requests (none answered past
+                self.dropped += 1                     # MAX_QUEUED): counted, logged when writes resume
+                return
+            self._queued += 1 + len(ids)
+        self._q.put(item)
+
+    def _take(self, block: bool) -> dict | None:
+        try:
+            item = self._q.get() if block else self._q.get_nowait()
+        except queue.Empty:
+            return None
+        if item is None:
+            return None
+        with self._lock:
+            self._queued -= 1 + len(item["ids"])
+        return item
 
     def _write(self) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            while True:
-                item = self._q.get()
-                if item is None:
-                    return
-                f.write(json.dumps(item, sort_keys=True) + "\n")
-                if self._q.empty():
-                    f.flush()
+        """Write lines as they come; on a failure keep them, mark the log failed and retry every RETRY s."""
+        unsaved: list[str] = []      # lines not yet known to be on disk
+        f = None
+        while True:
+            if not unsaved:
+                if self._closing.is_set() and self._q.empty():
+                    break
+                item = self._take(block=True)
+                if item is None:          # close()'s wake-up
+                    continue
+                unsaved.append(json.dumps(item, sort_keys=True) + "\n")
+            while len(unsaved) < BATCH and (item := self._take(block=False)) is not None:
+                unsaved.append(json.dumps(item, sort_keys=True) + "\n")
+            try:
+                if f is None:
+                    f = self.path.open("a", encoding="utf-8")
+                f.write("".join(unsaved))
+                f.flush()
+            except OSError as exc:
+                if not self.failed:
+                    log.error("%s: cannot write the audit log %s (%s): refusing requests until it can",
+                              self.party, self.path, exc)
+                self.failed = True
+                f = _closed(f)
+                if self._closing.wait(RETRY):
+                    log.error("%s: %d audit line(s) could not be written before the service stopped",
+                              self.party, len(unsaved))
+                    break
+                continue
+            unsaved = []
+            if self.failed or self.dropped:
+                with self._lock:
+                    dropped, self.dropped = self.dropped, 0
+                log.warning("%s: the audit log is written again (%d line(s) of refused requests dropped meanwhile)",
+                            self.party, dropped)
+                self.failed = False
+        _closed(f)
 
     def close(self) -> None:
+        self._closing.set()
         self._q.put(None)
         self._thread.join(timeout=10)
+
+
+def _closed(f) -> None:
+    """Close ``f`` (None too) whatever its buffer holds: after a failed write, closing fails again."""
+    if f is not None:
+        try:
+            f.close()
+        except OSError:
+            pass
+    return None

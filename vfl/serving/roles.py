@@ -13,7 +13,10 @@ serve/keys      g->host    ``{epoch, keys}``: every host's signed key, in job or
 serve/score     g->host    ``{epoch, req, ids}``: the same IDs to every host (and ``average``, the
                            positions the host may average, under ``unknown_id = "average"`` with
                            three or more hosts)
-serve/share     host->g    ``{req, missing, share}``, or ``{req, error}`` when the host failed
+serve/share     host->g    ``{req, missing, share}``; ``{req, error}`` when the host failed, or
+                           ``{req, error, refused}`` when it refused this request (too many IDs
+                           for its ``max_batch``, settings that differ, its audit log down): the
+                           guest answers that request with an error, the link stays up
 ==============  =========  ====================================================================
 
 A host's share is its partial scores plus pairwise masks (``crypto.secure_sum``) derived from the
@@ -30,7 +33,10 @@ puts its average partial score there instead: with one host always; with three o
 the positions the request allows, those the guest found (in a first round) at least two hosts
 know, so no sum is a lone host's score plus constants; with two hosts never (``"average"`` then
 refuses as ``"refuse"`` does). Every host is asked about the same IDs, so no host learns which IDs
-another host lacks.
+another host lacks. A host that has once answered an ID with its real partial score never averages
+it later (it flags it ``withheld`` and adds a random value): were its store to drop the ID, the two
+sums would differ by its own score up to a constant. It keeps keyed hashes of those IDs on disk
+(:mod:`.answered`), so a restart keeps them.
 """
 from __future__ import annotations
 
@@ -46,16 +52,18 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from crypto.secure_sum import SumKey, reveal_sum
+from crypto.secure_sum import SumKey, host_limit, reveal_sum
 from crypto.signing import SignatureError
 from ..evaluation.metrics import scorecard_points
 from ..io.tables import MAX_ID_LENGTH, PartyTable
 from ..job.config import ConfigError, JobConfig
 from ..job.roles import binned
 from ..models.common import sigmoid
-from ..models.model_file import _without_dropped, load_part
+from ..models.model_file import TowerPart, _without_dropped, load_part
 from ..models.scoring import RelayAuth, _key_entry, relay_authentication, signed_bytes
 from ..protocol.channel import ProtocolError
+from .answered import AnsweredIds, LookupOrder
+from .audit import audit_key
 from .reasons import contributions, reason_codes
 from .stores import Lookup, open_store
 
@@ -64,6 +72,11 @@ log = logging.getLogger("vfl.serving")
 SERVED_MODELS = ("logistic", "embedding", "secureboost")
 ANSWER_STEPS = ("serve/share", "serve/split_bits")   # what a host answers the guest with
 MISSING_UNKNOWN, MISSING_UNSCORABLE = "unknown", "unscorable"
+MISSING_WITHHELD = "withheld"    # lacks it now, answered it before: will not average it (see the module's doc)
+MISSING_KINDS = (MISSING_UNKNOWN, MISSING_UNSCORABLE, MISSING_WITHHELD)
+# why a host refused one request (``{req, error, refused}``): the guest answers that request only
+REFUSED_BATCH, REFUSED_SETTINGS, REFUSED_AUDIT = "too_many_ids", "settings", "audit"
+REFUSALS = (REFUSED_BATCH, REFUSED_SETTINGS, REFUSED_AUDIT)
 PEER_TEXT = 200          # characters of a peer's error text kept (for the local log only, never a client)
 
 
@@ -71,6 +84,19 @@ def check_servable(job: JobConfig) -> None:
     if job.model.type not in SERVED_MODELS:
         raise ConfigError(f"vfl serve scores {', '.join(SERVED_MODELS)} models; this job trains "
                           f"{job.model.type!r} (score it in batches with `vfl predict`)")
+
+
+def serving_dir(job: JobConfig, name: str):
+    """Where party ``name`` keeps its serving state: the audit log and key, pins, answered IDs."""
+    return job.output_dir(name) / "serving"
+
+
+def needed_columns(part, categorical: Sequence[str]) -> list[str]:
+    """The numeric columns a linear or tower part reads from its party's rows: those it scores and those
+    IV selection dropped (scoring checks they are there); a store reads these and no others."""
+    cats = set(categorical)
+    used = part.numeric_columns if isinstance(part, TowerPart) else part.columns
+    return [c for c in dict.fromkeys([*used, *part.dropped]) if c not in cats]
 
 
 def model_sha256(job: JobConfig, name: str) -> str:
@@ -121,6 +147,20 @@ def _counter(payload: Mapping, key: str, what: str) -> int:
     return v
 
 
+class RequestRefused(ProtocolError):
+    """A well-framed request on a good link that this host will not answer (more IDs than its own
+    ``max_batch``, IDs or averaging its settings refuse, its audit log down): answered
+    ``{req, error, refused}``, for that request only. Framing, epoch and request-number violations
+    stay :class:`ProtocolError` and end the link."""
+
+    def __init__(self, req: int, cause: str, detail: str, ids: Sequence[str] = ()):
+        super().__init__(detail)
+        self.req, self.cause, self.ids = req, cause, ids
+
+    def reply(self, host: str) -> dict:
+        return {"req": self.req, "error": f"{host} refused the request: {str(self)[:PEER_TEXT]}", "refused": self.cause}
+
+
 # --------------------------------------------------------------------------------------------- host
 @dataclass
 class _Session:
@@ -135,6 +175,7 @@ class HostScorer:
     """A host's side: its model part, its store, and one secure-sum session per link to the guest."""
 
     answer_step = "serve/share"       # what it answers serve/score with
+    can_average = True                # SecureBoost hosts never average (no average side exists)
 
     def __init__(self, job: JobConfig, name: str, auth: RelayAuth | None = None):
         check_servable(job)
@@ -145,12 +186,20 @@ class HostScorer:
         self.index = job.host_names.index(name)
         self.policy = job.serving.unknown_id
         self._average: float | None = None
+        # Only with three or more hosts may a host average an ID the guest sees other hosts' scores of,
+        # so only then is an ID it answered before withheld (with one host, the guest learns its score
+        # from every answer anyway; with two, it never averages).
+        self.answered: AnsweredIds | None = None
+        if self.can_average and self.policy == "average" and len(job.host_names) >= 3:
+            where = serving_dir(job, name)
+            self.answered = AnsweredIds(where / "answered.bin", audit_key(where / "audit.jsonl"), job.name, name)
+        self._order = LookupOrder()
 
     def _load(self, party) -> None:
         """The model part and the store (with the columns as the part recorded them)."""
         self.part = load_part(self.job.output_dir(self.name) / "model.json", self.name)
         cats = self.part.categorical_columns if self.part.categorical_columns is not None else party.categorical_columns
-        self.store = open_store(party, cats, allow_missing=binned(self.job))
+        self.store = open_store(party, cats, allow_missing=binned(self.job), columns=needed_columns(self.part, cats))
 
     def average(self) -> float:
         """This host's average partial score over its store's scorable rows (file stores) or its
@@ -219,10 +268,18 @@ class HostScorer:
             raise ProtocolError(f"{step}: epoch {epoch}, but this link is in epoch {s.epoch}")
         if req <= s.last_req:
             raise ProtocolError(f"{step}: request number {req} was not after {s.last_req} (a mask is never reused)")
-        s.last_req = req
-        ids = check_ids(payload["ids"], step, self.job.serving.max_batch)
-        return HostRequest(step, epoch, req, ids, s.key, s.index, list(s.publics),
-                           self._average_positions(payload.get("average", []), len(ids), step))
+        s.last_req = req          # from here on a refusal is this request's answer: the link stays up
+        ids, limit = payload["ids"], self.job.serving.max_batch
+        received = [i for i in ids[:limit] if isinstance(i, str)] if isinstance(ids, list) else []
+        if isinstance(ids, list) and len(ids) > limit:
+            raise RequestRefused(req, REFUSED_BATCH, f"{len(ids)} IDs, more than its [serving] max_batch = {limit}",
+                                 received)
+        try:
+            ids = check_ids(ids, step, limit)
+            average = self._average_positions(payload.get("average", []), len(ids), step)
+        except ProtocolError as exc:
+            raise RequestRefused(req, REFUSED_SETTINGS, str(exc), received) from None
+        return HostRequest(step, epoch, req, ids, s.key, s.index, list(s.publics), average)
 
     def _average_positions(self, at: Any, n: int, step: str) -> frozenset[int]:
         """The positions where this host, if it lacks the ID, may contribute its average (three or more
@@ -237,16 +294,48 @@ class HostScorer:
         return frozenset(at)
 
     def _scores(self, ids: list[str]) -> tuple[np.ndarray, dict[int, str]]:
-        """Partial scores for every requested position (0 where missing) and the missing positions."""
-        found: Lookup = self.store.lookup(ids)
-        u = np.zeros(len(ids))
-        if len(found.positions):
-            u[found.positions] = self.part.score(found.table)
-        missing = {p: MISSING_UNKNOWN for p in found.unknown}
-        missing.update({p: MISSING_UNSCORABLE for p in found.invalid})
-        for p, why in found.invalid.items():
-            log.info("%s: cannot score a requested row: %s", self.name, why)
+        """Partial scores for every requested position (0 where missing) and the missing positions.
+
+        A row whose partial score is not finite, or too large for the secure sum (a store holding
+        1e300), is unscorable: that row is refused, not the whole request. The IDs answered with a
+        real score are recorded (when this host may average) before anything is sent."""
+        ticket = self._order.begin()
+        try:
+            found: Lookup = self.store.lookup(ids)
+            u = np.zeros(len(ids))
+            missing = {p: MISSING_UNKNOWN for p in found.unknown}
+            missing.update({p: MISSING_UNSCORABLE for p in found.invalid})
+            for why in found.invalid.values():
+                log.info("%s: cannot score a requested row: %s", self.name, why)
+            if len(found.positions):
+                with np.errstate(all="ignore"):
+                    scored = np.asarray(self.part.score(found.table), dtype=np.float64)
+                ok = np.isfinite(scored) & (np.abs(scored) < host_limit(len(self.job.host_names)) / 2)
+                for p in found.positions[~ok]:
+                    missing[int(p)] = MISSING_UNSCORABLE
+                if not ok.all():
+                    log.info("%s: %d requested row(s) give no finite partial score (a value far outside "
+                             "training's): unscorable", self.name, int((~ok).sum()))
+                u[found.positions[ok]] = scored[ok]
+            if self.answered is not None:
+                self.answered.add([i for p, i in enumerate(ids) if p not in missing])
+        finally:
+            self._order.done(ticket)
         return u, missing
+
+    def _withheld(self, ids: list[str], averaged: list[int]) -> set[int]:
+        """The positions among ``averaged`` whose ID this host answered with a real score before: never
+        averaged (their two sums would differ by its own score up to a constant). With a store that
+        changes under it, first every lookup begun so far records its answers, so that a request that
+        found the ID just before a deletion is counted (bounded by [serving] timeout: past it, all are
+        withheld)."""
+        if self.answered is None or not averaged:
+            return set()
+        if not self.store.in_memory and not self._order.settle(max(self.job.serving.timeout, 1.0)):
+            log.warning("%s: earlier lookups did not finish in time: not averaging this request", self.name)
+            return set(averaged)
+        seen = self.answered.contains([ids[p] for p in averaged])
+        return {p for p, s in zip(averaged, seen) if s}
 
     def respond(self, r: "HostRequest") -> dict:
         """``serve/score``: this host's masked share of the sum of partial scores, and the positions
@@ -255,8 +344,14 @@ class HostScorer:
         fresh uniformly random value is added to the share there, so the row's sum is uniform and
         hides the other hosts' partial scores (the guest answers it with an error)."""
         u, missing = self._scores(r.ids)
-        averaged = [p for p in missing if self.policy == "average"
+        averaged = [p for p in missing if self.policy == "average" and self.can_average
                     and (len(self.job.host_names) == 1 or p in r.average)]
+        withheld = self._withheld(r.ids, averaged)
+        if withheld:
+            log.info("%s: %d ID(s) it answered before and now lacks: withheld, not averaged", self.name,
+                     len(withheld))
+            missing.update({p: MISSING_WITHHELD for p in withheld})
+            averaged = [p for p in averaged if p not in withheld]
         if averaged:
             u[averaged] = self.average()
         share = r.key.masked_share(u, r.index, r.publics, _context(self.job, r.epoch, r.req, r.ids))
@@ -287,7 +382,7 @@ def _missing(payload: Mapping, n: int, what: str) -> dict[int, str]:
     for k, v in m.items():
         # ASCII digits only, canonical ("²".isdigit() is true, and int() refuses it), and short
         if not (isinstance(k, str) and len(k) <= len(str(n)) and re.fullmatch(r"0|[1-9][0-9]*", k)
-                and int(k) < n and v in (MISSING_UNKNOWN, MISSING_UNSCORABLE)):
+                and int(k) < n and v in MISSING_KINDS):
             raise ProtocolError(f"{what}: bad missing entry {str(k)[:40]!r}: {str(v)[:40]!r}")
         out[int(k)] = v
     return out
@@ -299,13 +394,26 @@ class HostAnswer:
     missing: dict[int, str]
     error: str | None = None
     bits: np.ndarray | None = None    # SecureBoost: the host's packed split sides
+    refused: str | None = None        # one of REFUSALS: the host refused this request (the link stays up)
+
+
+def read_error(payload: Any, req: int) -> HostAnswer | None:
+    """A host's ``{req, error}`` (it failed) or ``{req, error, refused}`` (it refused this request, for a
+    cause of :data:`REFUSALS`), else None; the text is kept for the guest's log only."""
+    if not isinstance(payload, dict) or payload.get("req") != req or not isinstance(payload.get("error"), str):
+        return None
+    if set(payload) == {"req", "error"}:
+        return HostAnswer(None, {}, payload["error"][:PEER_TEXT])
+    if set(payload) == {"req", "error", "refused"} and payload["refused"] in REFUSALS:
+        return HostAnswer(None, {}, payload["error"][:PEER_TEXT], refused=payload["refused"])
+    return None
 
 
 def read_share(payload: Any, req: int, n: int, host: str) -> HostAnswer:
     what = f"{host}'s serve/share"
-    if isinstance(payload, dict) and set(payload) == {"req", "error"} and payload.get("req") == req \
-            and isinstance(payload["error"], str):
-        return HostAnswer(None, {}, payload["error"][:PEER_TEXT])
+    failed = read_error(payload, req)
+    if failed is not None:
+        return failed
     if not isinstance(payload, dict) or set(payload) != {"req", "missing", "share"} or payload.get("req") != req:
         raise ProtocolError(f"{what}: expected {{req: {req}, missing, share}}")
     share = payload["share"]
@@ -320,14 +428,23 @@ def sum_shares(answers: Sequence[HostAnswer]) -> np.ndarray:
 
 
 def check_hello(payload: Any, host: str, expected_model: str | None = None) -> dict:
-    """A host's hello: a well-formed signed key entry plus its model hash."""
+    """A host's hello: a well-formed signed key entry plus its model hash, which must be
+    ``expected_model`` when given (the hash the guest pinned for that host: :class:`ModelChanged`
+    otherwise, so a host restarted with another model part is not re-linked silently)."""
     if not isinstance(payload, dict) or set(payload) != {"key", "cert", "sig", "model"}:
         raise ProtocolError(f"{host}'s serve/hello: expected {{key, cert, sig, model}}")
     _key_entry({k: payload[k] for k in ("key", "cert", "sig")}, f"{host}'s serving key")
     model = payload["model"]
-    if not isinstance(model, str) or len(model) != 64:
+    if not isinstance(model, str) or not re.fullmatch(r"[0-9a-f]{64}", model):
         raise ProtocolError(f"{host}'s serve/hello: model must be a SHA-256 hex digest")
+    if expected_model is not None and model != expected_model:
+        raise ModelChanged(f"{host} serves a model part with SHA-256 {model}, but the guest pinned {expected_model} "
+                           f"for it: link refused")
     return payload
+
+
+class ModelChanged(ProtocolError):
+    """A host's hello names another model part than the one the guest pinned for it."""
 
 
 class GuestScorer:
@@ -342,7 +459,8 @@ class GuestScorer:
     def _load(self, g) -> None:
         self.part = load_part(self.job.output_dir(g.name) / "model.json", g.name)
         cats = self.part.categorical_columns if self.part.categorical_columns is not None else g.categorical_columns
-        self.store = open_store(g, cats, allow_missing=binned(self.job), drop_columns=[g.label_column])
+        self.store = open_store(g, cats, allow_missing=binned(self.job), drop_columns=[g.label_column],
+                                columns=needed_columns(self.part, cats))
 
     def averages_unknown(self) -> bool:
         """An ID a host lacks: scored with that host's average contribution (else refused)."""

@@ -11,8 +11,11 @@ Two kinds, chosen by the party's table in the job file:
 Either way a lookup gives a :class:`~vfl.io.tables.PartyTable` of the rows found, in request
 order, converted exactly as training converted the party's file (the same categorical text, the
 same numeric columns), and says which requested IDs are unknown and which rows cannot be scored
-(a missing value where the model has no bin for it, or text in a numeric column), with a message
-per row. Stores never see another party's data: each party runs its own.
+(a missing value where the model has no bin for it, text or an infinity in a numeric column, or an
+ID an SQL table holds more than once), with a message per row naming the column, never the value
+(a cell may hold anything: the message reaches the client). A store reads only the columns the
+model part needs, and checks at start that they are all there; other columns are ignored. Stores
+never see another party's data: each party runs its own.
 """
 from __future__ import annotations
 
@@ -140,10 +143,22 @@ class FileStore:
     in_memory = True       # a lookup is an index probe: no I/O
 
     def __init__(self, path: Path, id_column: str, categorical_columns: Sequence[str] = (),
-                 drop_columns: Sequence[str] = (), encoding: str = "utf-8", allow_missing: bool = False):
+                 drop_columns: Sequence[str] = (), encoding: str = "utf-8", allow_missing: bool = False,
+                 columns: Sequence[str] | None = None):
         self.path, self.id_column, self.allow_missing = Path(path), id_column, allow_missing
+        drop = list(drop_columns)
+        if columns is not None:            # only the model's columns are read: others are not features
+            names = read_columns(self.path, encoding)
+            _check_has(names, [id_column, *columns, *categorical_columns], f"file {self.path}")
+            keep = {id_column, *columns, *categorical_columns}
+            drop += [c for c in names if c not in keep]
         self._table = load_table(self.path, id_column, None, categorical_columns, allow_missing=True,
-                                 encoding=encoding, drop_columns=drop_columns)
+                                 encoding=encoding, drop_columns=drop)
+        if columns is not None:            # in the model's order
+            at = {c: j for j, c in enumerate(self._table.columns)}
+            t = self._table
+            self._table = PartyTable(t.ids, t.features[:, [at[c] for c in columns]], list(columns), None,
+                                     t.categorical, t.categorical_columns)
         self.columns = list(self._table.columns)
         self.categorical_columns = list(self._table.categorical_columns)
         self._pos = {v: i for i, v in enumerate(self._table.ids)}     # a dict probe per ID: microseconds
@@ -215,7 +230,9 @@ class SqlStore:
     in_memory = False      # every lookup waits on the database
 
     def __init__(self, url: str, table: str, id_column: str, categorical_columns: Sequence[str] = (),
-                 drop_columns: Sequence[str] = (), allow_missing: bool = False):
+                 drop_columns: Sequence[str] = (), allow_missing: bool = False, columns: Sequence[str] | None = None):
+        """``columns``: the numeric columns the model reads (then only they, the ID and the categorical
+        columns are selected, and the table must have them all); None: every other column."""
         try:
             import sqlalchemy as sa
         except ImportError:
@@ -232,12 +249,10 @@ class SqlStore:
         names = [c.name for c in self._table.columns]
         if id_column not in names:
             raise StoreError(f"store table {table!r} has no ID column {id_column!r} (columns: {', '.join(names)})")
-        missing = [c for c in categorical_columns if c not in names]
-        if missing:
-            raise StoreError(f"store table {table!r} lacks categorical column(s) {', '.join(missing)}")
+        _check_has(names, [*(columns or ()), *categorical_columns], f"store table {table!r}")
         self.categorical_columns = list(categorical_columns)
         skip = {id_column, *drop_columns, *self.categorical_columns}
-        self.columns = [c for c in names if c not in skip]
+        self.columns = list(columns) if columns is not None else [c for c in names if c not in skip]
 
     def _safe_url(self) -> str:
         try:
@@ -265,31 +280,52 @@ class SqlStore:
             raise StoreError(f"the store's lookup failed ({type(exc).__name__})") from None
         frame = pd.DataFrame(parts, columns=[self.id_column, *self.columns, *self.categorical_columns])
         frame[self.id_column] = frame[self.id_column].astype(str)
-        frame = frame.drop_duplicates(self.id_column).set_index(frame[self.id_column].rename(None))
         invalid: dict[int, str] = {}
         where = {v: i for i, v in enumerate(ids)}
-        for c in self.columns:             # text in a numeric column: that row cannot be scored
-            values = pd.to_numeric(frame[c], errors="coerce")
+        repeated = frame[self.id_column].duplicated(keep=False)
+        if repeated.any():                 # which row is the applicant's? Never guessed: the ID is refused
+            twice = set(frame.loc[repeated, self.id_column])
+            log.warning("store %s: %d requested ID(s) have more than one row: refused until the store is "
+                        "fixed", self.describe(), len(twice))
+            for rid in twice:
+                if rid in where:
+                    invalid[where[rid]] = "the store holds more than one row for this ID"
+            frame = frame[~repeated]
+        frame = frame.set_index(frame[self.id_column].rename(None))
+        for c in self.columns:             # text or an infinity in a numeric column: that row cannot be
+            values = pd.to_numeric(frame[c], errors="coerce")        # scored (named, never echoed)
             for rid in frame.index[values.isna() & frame[c].notna()]:
                 if rid in where:
-                    invalid.setdefault(where[rid], f"feature {c!r} holds {frame.at[rid, c]!r}, not a number")
+                    invalid.setdefault(where[rid], f"feature {c!r} in the store is not a number")
+            for rid in frame.index[np.isinf(values.to_numpy(dtype=np.float64))]:
+                if rid in where:
+                    invalid.setdefault(where[rid], f"feature {c!r} in the store is not a finite number")
             frame[c] = values
         return _frame_lookup(frame, ids, overrides, self.id_column, self.columns, self.categorical_columns,
                              self.allow_missing, self.describe(), invalid)
 
 
 def open_store(party: PartyConfig, categorical_columns: Sequence[str], allow_missing: bool,
-               drop_columns: Sequence[str] = ()) -> FileStore | SqlStore:
+               drop_columns: Sequence[str] = (), columns: Sequence[str] | None = None) -> FileStore | SqlStore:
     """The party's store as its job table names it: ``store`` (SQL), else ``predict_data``, else ``data``.
 
     ``categorical_columns`` as the model part recorded them; ``allow_missing`` when the model bins
-    (WOE), so that a missing value gets training's bin instead of an error."""
+    (WOE), so that a missing value gets training's bin instead of an error; ``columns``: the numeric
+    columns the model reads (the store must have them; it reads no others)."""
     if party.store:
         return SqlStore(party.store, party.store_table or party.name, party.id_column, categorical_columns,
-                        drop_columns, allow_missing)
+                        drop_columns, allow_missing, columns)
     path = party.predict_data or party.data
     try:
         read_columns(path, party.encoding)
-        return FileStore(path, party.id_column, categorical_columns, drop_columns, party.encoding, allow_missing)
+        return FileStore(path, party.id_column, categorical_columns, drop_columns, party.encoding, allow_missing,
+                         columns)
     except DataError as exc:
         raise StoreError(f"{party.name}'s feature file: {exc}") from None
+
+
+def _check_has(names: Sequence[str], needed: Sequence[str], what: str) -> None:
+    """A clear error at start, naming every column the model needs that the store lacks."""
+    missing = [c for c in dict.fromkeys(needed) if c not in set(names)]
+    if missing:
+        raise StoreError(f"{what} lacks column(s) the model needs: {', '.join(map(repr, missing))}")

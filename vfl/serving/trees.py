@@ -19,8 +19,8 @@ from ..evaluation.metrics import scorecard_points
 from ..models.trees.guest import SecureBoostGuest
 from ..models.trees.host import SecureBoostHost
 from ..protocol.channel import ProtocolError
-from .roles import (MISSING_UNKNOWN, MISSING_UNSCORABLE, PEER_TEXT, GuestScorer, HostAnswer, HostRequest,
-                    HostScorer, _missing)
+from .roles import (MISSING_UNKNOWN, MISSING_UNSCORABLE, GuestScorer, HostAnswer, HostRequest, HostScorer,
+                    _missing, read_error)
 from .stores import Lookup, open_store
 
 
@@ -28,11 +28,13 @@ class TreeHostScorer(HostScorer):
     """A host's side of a SecureBoost model: its split rules over its own store."""
 
     answer_step = "serve/split_bits"
+    can_average = False
 
     def _load(self, party) -> None:
         self.model = SecureBoostHost.from_dict(_part(self.job, self.name), tree_params(self.job.model),
                                                self.job.guest.name)
-        self.store = open_store(party, [c.column for c in self.model.categories], allow_missing=True)
+        cats = [c.column for c in self.model.categories]
+        self.store = open_store(party, cats, allow_missing=True, columns=_numeric(self.model.columns, cats))
 
     def respond(self, r: HostRequest) -> dict:
         found = self.store.lookup(r.ids)
@@ -52,16 +54,18 @@ class TreeGuestScorer(GuestScorer):
 
     def _load(self, g) -> None:
         self.model = SecureBoostGuest.from_dict(_part(self.job, g.name), tree_params(self.job.model))
-        self.store = open_store(g, [c.column for c in self.model.categories], allow_missing=True,
-                                drop_columns=[g.label_column])
+        cats = [c.column for c in self.model.categories]
+        self.store = open_store(g, cats, allow_missing=True, drop_columns=[g.label_column],
+                                columns=_numeric(self.model.columns, cats))
 
     def averages_unknown(self) -> bool:
         return False
 
     def read_answer(self, payload: Any, req: int, n: int, host: str) -> HostAnswer:
         what = f"{host}'s serve/split_bits"
-        if isinstance(payload, dict) and set(payload) == {"req", "error"} and payload.get("req") == req:
-            return HostAnswer(None, {}, str(payload["error"])[:PEER_TEXT])
+        failed = read_error(payload, req)
+        if failed is not None:
+            return failed
         if not isinstance(payload, dict) or set(payload) != {"req", "missing", "bits"} or payload.get("req") != req \
                 or not isinstance(payload["bits"], str):
             raise ProtocolError(f"{what}: expected {{req: {req}, missing, bits}}")
@@ -92,3 +96,8 @@ class TreeGuestScorer(GuestScorer):
         points = scorecard_points(prob, sc.base_points, sc.base_odds, sc.pdo)
         return [{"id": str(i), "probability": float(p), "points": round(float(q), 1)}
                 for i, p, q in zip(t.ids, prob, points)]
+
+
+def _numeric(columns: list[str], categorical: list[str]) -> list[str]:
+    """A tree part's numeric columns: those its store must hold besides the categorical ones."""
+    return [c for c in columns if c not in set(categorical)]
