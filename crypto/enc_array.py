@@ -28,6 +28,7 @@ must keep in range.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from typing import Sequence
@@ -46,6 +47,8 @@ DEFAULT_VALUE_BOUND = 2.0**32
 MAGIC = b"VFLE"
 WIRE_VERSION = 1
 MAX_N_BYTES = 2048  # refuse absurd moduli (16384 bits) before allocating anything
+MIN_N_BYTES = 64    # 512 bits, the smallest key a job allows (with allow_short_keys): a tiny modulus would
+                    # make each ciphertext a few wire bytes that decode to a ~100-byte object (memory amplification)
 MAX_NDIM = 32
 _HEAD = struct.Struct(">4sBI")  # magic, version, byte length of n
 
@@ -372,8 +375,10 @@ class EncryptedArray:
     def from_bytes(cls, data: bytes, public_key: PublicKey | None = None) -> "EncryptedArray":
         """Parse and validate :meth:`to_bytes` output; raises ``ValueError`` on any inconsistency.
 
-        With ``public_key`` the blob must carry the same n and the result is
-        bound to that key instance.
+        With ``public_key`` the blob must carry the same n (checked before anything is allocated
+        for the ciphertexts) and the result is bound to that key instance. Without one, n must
+        still have at least ``MIN_N_BYTES`` bytes, so the decoded array costs about as much memory
+        as its wire bytes, not many times more.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"expected bytes, got {type(data).__name__}")
@@ -390,13 +395,18 @@ class EncryptedArray:
             raise ValueError(f"bad magic {bytes(magic)!r}: not an EncryptedArray (expected {MAGIC!r})")
         if version != WIRE_VERSION:
             raise ValueError(f"unsupported EncryptedArray format version {version} (expected {WIRE_VERSION})")
-        if not 1 <= nlen <= MAX_N_BYTES:
-            raise ValueError(f"invalid modulus length {nlen} bytes")
+        if not MIN_N_BYTES <= nlen <= MAX_N_BYTES:
+            raise ValueError(f"invalid modulus length {nlen} bytes (from {MIN_N_BYTES}, a {8 * MIN_N_BYTES}-bit "
+                             f"key, to {MAX_N_BYTES})")
         off = _HEAD.size
         need(off + nlen + 8, "modulus, frac_bits, ndim")
         if view[off] == 0:
             raise ValueError("modulus is not minimally encoded (leading zero byte)")
         n = int.from_bytes(view[off:off + nlen], "big")
+        if public_key is not None and public_key.n != n:     # before anything proportional to the body
+            theirs = hashlib.sha256(view[off:off + nlen]).digest()[:16].hex()   # = PublicKey.fingerprint
+            raise ValueError(f"encrypted with a different key (fingerprint {theirs}, "
+                             f"expected {public_key.fingerprint().hex()})")
         off += nlen
         frac_bits, ndim = struct.unpack_from(">II", view, off)
         off += 8
@@ -414,17 +424,12 @@ class EncryptedArray:
             raise ValueError(f"truncated: expected {expected} bytes, got {total}")
         if total > expected:
             raise ValueError(f"trailing data: expected {expected} bytes, got {total}")
-        key = PublicKey(n)  # validates n
-        if public_key is not None:
-            if public_key.n != key.n:
-                raise ValueError(f"encrypted with a different key (fingerprint {key.fingerprint().hex()}, "
-                                 f"expected {public_key.fingerprint().hex()})")
-            key = public_key
+        key = PublicKey(n) if public_key is None else public_key  # validates n
         n, n2 = key.n, key.nsquare
-        # parse in one pass, then check in bulk: range by min/max, units by one product mod n
+        # parse in one pass (slices of the caller's buffer, no copy of the body), then check in bulk:
+        # range by min/max, units by one product mod n
         from_bytes = gmpy2.mpz.from_bytes
-        body = bytes(view[off:expected])
-        cts = [from_bytes(body[i:i + width], "big") for i in range(0, len(body), width)]
+        cts = [from_bytes(view[i:i + width], "big") for i in range(off, expected, width)]
         if cts and not (0 < min(cts) and max(cts) < n2):
             bad = next(i for i, c in enumerate(cts) if not 0 < c < n2)
             raise ValueError(f"ciphertext {bad} out of range [1, n^2)")

@@ -13,16 +13,43 @@ from __future__ import annotations
 import datetime as dt
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 MAX_CERT_PEM = 16_384          # a party certificate is about 700 bytes; refuse anything absurd
+SUPPORTED_KEY_TYPES = "EC (ECDSA with SHA-256; P-256, P-384 or P-521 for TLS 1.3) or Ed25519"
+
+SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 class SignatureError(ValueError):
     """A relayed value whose signature, certificate or signer is not the one expected."""
+
+
+def _key_kind(key: object) -> str:
+    for cls, name in ((rsa.RSAPrivateKey, "RSA"), (dsa.DSAPrivateKey, "DSA"), (ed448.Ed448PrivateKey, "Ed448")):
+        if isinstance(key, cls):
+            return name
+    return type(key).__name__
+
+
+def load_signing_key(key_pem: bytes) -> SigningKey:
+    """A party's TLS private key, refused with a clear :class:`SignatureError` unless it is unencrypted
+    PEM of a type :class:`PartySigner` can sign with: called when a party starts (parties/transport.py),
+    so a wrong key fails there and not at the first relayed value, mid-job."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)   # never prompts
+    except TypeError:       # "Password was not given but private key is encrypted"
+        raise SignatureError("it is encrypted (passphrase-protected), which parties do not support: store "
+                             "it unencrypted in a file only the party's account can read (mode 0600)") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise SignatureError(f"it is not a PEM private key of a supported type: {exc}") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise SignatureError(f"it is an {_key_kind(key)} key, which cannot sign relayed values (secure-sum "
+                             f"keys); party keys must be {SUPPORTED_KEY_TYPES}")
+    return key
 
 
 class PartySigner:
@@ -30,11 +57,10 @@ class PartySigner:
 
     def __init__(self, cert_pem: bytes, key_pem: bytes) -> None:
         self.cert_pem = cert_pem
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
-            raise SignatureError(f"TLS key type {type(key).__name__} cannot sign relayed values "
-                                 "(use an EC or Ed25519 key)")
-        self._key = key
+        try:
+            self._key = load_signing_key(key_pem)
+        except SignatureError as exc:
+            raise SignatureError(f"TLS key: {exc}") from None
 
     def __repr__(self) -> str:
         return "PartySigner(<secret>)"

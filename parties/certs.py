@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,17 +96,38 @@ def load_ca(out_dir: Path) -> CertAuthority:
     return CertAuthority(cert, key, cert_path, key_path)
 
 
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def dns_name(text: str) -> str | None:
+    """``text`` as a SAN DNS name: itself when it is an ASCII host name, its IDNA A-label form
+    (``xn--...``) when it is a valid internationalised one, else None. A party name need not be a
+    host name (``银行``, ``shop eu``): the SAN is only a convenience for hostname-checking tools,
+    the transport identifies parties by the CN, and a DNSName must be ASCII (strict parsers also
+    refuse malformed ones)."""
+    try:
+        ascii_name = text if text.isascii() else text.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    labels = ascii_name.split(".")
+    if len(ascii_name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return None
+    return ascii_name
+
+
 def _san_entries(name: str, hosts: tuple[str, ...]) -> list[x509.GeneralName]:
     entries: list[x509.GeneralName] = []
     seen: set[str] = set()
     for h in (name, "localhost", "127.0.0.1", *hosts):
-        if not h or h in seen:
-            continue
-        seen.add(h)
         try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(h)))
+            entry: x509.GeneralName | None = x509.IPAddress(ipaddress.ip_address(h))
         except ValueError:
-            entries.append(x509.DNSName(h))
+            dns = dns_name(h) if h else None
+            entry = x509.DNSName(dns) if dns else None
+        if entry is None or entry in seen:
+            continue
+        seen.add(entry)
+        entries.append(entry)
     return entries
 
 
@@ -114,10 +136,11 @@ def issue_cert(ca: CertAuthority, name: str, out_dir: Path, hosts: tuple[str, ..
     """Issue a key and certificate for party ``name``; return ``(cert_path, key_path)``.
 
     The CN is the party name, because that is what peers check. The SAN holds
-    the party name as a DNS name, localhost/127.0.0.1 and any extra ``hosts``
-    (e.g. the host part of the party's address) so the certificate also works
-    with ordinary hostname-checking tools. Usable as both TLS server and client,
-    since every party may dial or accept.
+    the party name as a DNS name (where it is one, see :func:`dns_name`),
+    localhost/127.0.0.1 and any extra ``hosts`` (e.g. the host part of the
+    party's address) so the certificate also works with ordinary
+    hostname-checking tools. Usable as both TLS server and client, since every
+    party may dial or accept.
     """
     if not 0 < len(name) <= 64:
         raise ValueError(f"party name {name!r} cannot be a certificate CN (1 to 64 characters)")

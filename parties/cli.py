@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from parties.launcher import Terminated
 from vfl.job.config import ConfigError, load_job
 from vfl.io.tables import DataError
 
@@ -260,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return args.func(args)
+    except KeyboardInterrupt:       # Ctrl-C: the launcher has ended the party processes
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Terminated as exc:       # SIGTERM / SIGHUP of `vfl run`: likewise
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
     except (ConfigError, DataError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

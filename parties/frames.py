@@ -79,6 +79,17 @@ def _text(value: str, what: str, limit: int, allow_empty: bool = False) -> bytes
     return raw
 
 
+def _too_big_hint(step: str, limit: int) -> str:
+    """What to do about a message over the frame limit (docs/protocols.md, section 4): the one known
+    case is SecureBoost's per-level enc_gh, which carries every row of the tree."""
+    if step.startswith("sbt/"):
+        return (": SecureBoost sends the packed gradients of every row of a tree in one message (one or "
+                "more ciphertexts of 2 x key_bits / 8 bytes per row, 512 at 2048 bits), so at most about "
+                f"{limit // 512:,} rows per tree at 2048 bits; draw fewer rows per tree with [model] "
+                "subsample < 1, or train on a sample of the rows")
+    return ": send less in one step, or train on fewer rows"
+
+
 def encode_frame(frame: Frame, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
     """Serialise ``frame`` including its length prefix, ready for ``sendall``.
 
@@ -98,8 +109,8 @@ def encode_frame(frame: Frame, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
     parts += [_LEN.pack(len(frame.payload)), frame.payload]
     body_len = sum(len(p) for p in parts)
     if body_len > max_frame_bytes:
-        raise FrameError(f"frame for step {frame.step!r} would be {body_len} bytes; "
-                         f"the limit is {max_frame_bytes}")
+        raise FrameError(f"frame for step {frame.step!r} would be {body_len} bytes; the limit is "
+                         f"{max_frame_bytes} per message{_too_big_hint(frame.step, max_frame_bytes)}")
     return b"".join([_LEN.pack(body_len), *parts])
 
 

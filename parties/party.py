@@ -108,11 +108,12 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
         raise ConfigError(f"the {task} task needs no {role}: start only the "
                           f"{', '.join(r + 's' if r == 'host' else r for r in t.roles)}")
     from vfl.protocol.ledger import spec_channel
-    from .transport import open_channel
+    from .transport import prepare_channel
     absent = t.absent(job)
     options = {"task": task, "exclude": absent} if task != "train" else {}
+    unopened = prepare_channel(job, me, **options)    # own certificate and key checked before anything slow
     # the party's own compute backend first: a Ray runtime takes seconds to start, and peers wait for links
-    with compute_backend(job.party(me)), open_channel(job, me, **options) as tls:
+    with compute_backend(job.party(me)), unopened.open() as tls:
         channel = spec_channel(tls, job, me, task, resume)     # the spec enforced, the ledger kept
         return t.run(job, me, channel, resume)       # hosts and the arbiter resume when the guest does
 

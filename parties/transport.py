@@ -67,8 +67,11 @@ from typing import Iterable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from crypto.signing import SignatureError, load_signing_key
 from vfl.protocol.channel import PeerLost, ProtocolError, WrongStep
 from vfl.job.config import ConfigError, JobConfig
 from vfl.job.fingerprint import differing_tables, hello_fingerprint
@@ -162,11 +165,16 @@ def _tls_contexts(cert: Path, key: Path, ca: Path) -> tuple[ssl.SSLContext, ssl.
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False  # identity is the CN = party name, checked by us
+
+    def no_passphrase() -> str:
+        # without a callable, OpenSSL would prompt on the terminal (or hang on a closed one)
+        raise ConfigError(f"private key {key} is encrypted (passphrase-protected), which parties do not "
+                          "support: store it unencrypted in a file only the party's account can read (mode 0600)")
     for ctx in (server, client):
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.verify_mode = ssl.CERT_REQUIRED
         try:
-            ctx.load_cert_chain(str(cert), str(key))
+            ctx.load_cert_chain(str(cert), str(key), password=no_passphrase)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"cannot load certificate {cert} with key {key}: {exc} "
                               "(not PEM, or the key does not belong to the certificate?)") from None
@@ -1043,10 +1051,15 @@ class TlsChannel:
         self.close(reason="" if exc_type is None else f"aborted ({exc_type.__name__})")
 
 
-def _check_own_cert(cert: Path, me: str, ca: Path | None = None) -> None:
+_TLS13_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)   # the ECDSA signature schemes of TLS 1.3
+
+
+def _check_own_cert(cert: Path, me: str, ca: Path | None = None, key: Path | None = None) -> None:
     """Fail locally, with a clear message, if our certificate names another party, is outside its
     validity period or is not issued by the job CA ``ca``: otherwise only the peer would notice,
-    and we would learn it as a vague refusal or a timeout after ``connect_timeout``."""
+    and we would learn it as a vague refusal or a timeout after ``connect_timeout``. Likewise if our
+    private ``key`` is encrypted (OpenSSL would prompt for a passphrase), is of a type we cannot sign
+    relayed values with (found only mid-job otherwise) or does not belong to the certificate."""
     try:
         chain = x509.load_pem_x509_certificates(Path(cert).read_bytes())
     except ValueError as exc:
@@ -1056,6 +1069,17 @@ def _check_own_cert(cert: Path, me: str, ca: Path | None = None) -> None:
     if cns != [me]:
         raise ConfigError(f"certificate {cert} is for CN {', '.join(map(repr, cns)) or 'none'}, "
                           f"but this party is {me!r}: peers would refuse it")
+    if key is not None:
+        try:
+            private = load_signing_key(Path(key).read_bytes())
+        except SignatureError as exc:
+            raise ConfigError(f"private key {key} of party {me!r}: {exc}") from None
+        if isinstance(private, ec.EllipticCurvePrivateKey) and not isinstance(private.curve, _TLS13_CURVES):
+            raise ConfigError(f"private key {key} of party {me!r} is on curve {private.curve.name}, which TLS 1.3 "
+                              "cannot sign with: use P-256, P-384 or P-521 (or Ed25519)")
+        raw = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if private.public_key().public_bytes(*raw) != c.public_key().public_bytes(*raw):
+            raise ConfigError(f"private key {key} does not belong to certificate {cert} of party {me!r}")
     now = dt.datetime.now(dt.timezone.utc)
     for link in chain:
         what = "certificate" if link is c else f"intermediate certificate {link.subject.rfc4514_string()} in"
@@ -1092,12 +1116,19 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
 
 
+def prepare_channel(job: JobConfig, me: str, **options) -> TlsChannel:
+    """Party ``me``'s TLS channel from the job file, not yet opened, with its own certificate and key
+    checked (:func:`_check_own_cert`): a party calls it before anything slow, so that a bad
+    certificate or key fails at once."""
+    channel = TlsChannel.from_job(job, me, **options)
+    _check_own_cert(channel.cert, me, channel.ca, channel.key)
+    return channel
+
+
 def open_channel(job: JobConfig, me: str, **options) -> TlsChannel:
     """Open party ``me``'s TLS channel from the job file: every link up, or a clear error.
 
     ``options`` override :class:`TlsChannel` keywords (e.g. ``bind_host="0.0.0.0"``
     behind NAT, where the configured address is not a local interface).
     """
-    channel = TlsChannel.from_job(job, me, **options)
-    _check_own_cert(channel.cert, me, channel.ca)
-    return channel.open()
+    return prepare_channel(job, me, **options).open()
