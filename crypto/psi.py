@@ -154,7 +154,7 @@ class PsiKey:
             raise TypeError(f"points must be a 1-D numpy array of dtype 'S32', got {desc}")
         raw = np.ascontiguousarray(points).tobytes()
         n = len(points)
-        if n < POOL_THRESHOLD or pool.num_workers() <= 1:
+        if n < POOL_THRESHOLD or not pool.use_pool(n):     # a one-actor remote backend takes it too
             return np.frombuffer(_blind_bytes(self._private, raw), dtype=POINT_DTYPE)
         tasks = [(self._private, raw[lo * POINT_BYTES:hi * POINT_BYTES], lo)
                  for lo, hi in _chunks(n, pool.num_workers())]

@@ -17,7 +17,7 @@ from crypto import EncryptedArray, backends, generate_keypair  # noqa: E402
 from crypto import paillier  # noqa: E402
 from crypto.backends.ray import RayBackend  # noqa: E402
 from crypto.psi import LowOrderPointError, PsiKey, hash_ids  # noqa: E402
-from parties.party import shared_backend  # noqa: E402
+from vfl.job.threads import backend_address  # noqa: E402
 from tests.conftest import write_job, write_tables  # noqa: E402
 from vfl.job.config import load_job  # noqa: E402
 from vfl.models.reference import fit_reference  # noqa: E402
@@ -107,8 +107,9 @@ def test_lr_job_on_ray_gives_the_pools_weights(ray_backend, tmp_path, monkeypatc
         folder.mkdir()
         g_csv, h_csvs = write_tables(folder, guest, hosts)
         jobs[where] = job = load_job(write_job(folder, g_csv, h_csvs, model=model, guest_keys=extra))
-        with shared_backend(job) as backend:           # what `vfl run --threads` selects for this job file
-            assert backend.name == ("ray" if extra else "local")
+        # what `vfl run --threads` selects for this job file (shared_backend starts it from this address;
+        # a second "local" backend cannot start here: this runtime was not started by crypto.backends)
+        assert backend_address(job) == extra.get("ray_address")
         with backends.using(ray_backend if extra else backends.current()):   # the module's runtime: 2 CPUs
             run_local(job)
     w_pool, w_ray = _weights(jobs["pool"]), _weights(jobs["ray"])
@@ -134,6 +135,54 @@ def test_an_address_other_than_the_runtime_this_process_is_attached_to_is_refuse
     with pytest.raises(BackendUnavailable, match="already attached to the Ray cluster"):
         RayBackend("10.255.255.1:6379", workers=1)
     gcs = ray.get_runtime_context().gcs_address
-    same = RayBackend(gcs, workers=1)
-    assert same.workers() == 1
-    same.shutdown()
+    # the runtime's own address passes the check; its 2 CPUs are held by the module's actors, so the new
+    # actor cannot be placed: a clear error after the start timeout, not a backend whose calls hang
+    with pytest.raises(BackendUnavailable, match=r"only 0 of 1 Ray actors started within 1 s: requested 1 CPU"):
+        RayBackend(gcs, workers=1, start_timeout=1)
+    assert ray.is_initialized() and ray_backend.map(pow, [(2, 5)]) == [32]   # a runtime it did not start lives on
+
+
+def _live_actors() -> int:
+    return sum(a["State"] != "DEAD" for a in ray._private.state.actors().values())
+
+
+def test_actors_that_cannot_be_placed_fail_the_backend_at_once(ray_backend, monkeypatch):
+    """More actors than free CPUs (or a cluster listing no CPU, like a head with num_cpus=0) left every
+    later call waiting forever; now the backend fails at construction, names requested vs available CPUs,
+    and kills its pending actors."""
+    from crypto.backends.base import BackendUnavailable
+    before = _live_actors()
+    monkeypatch.setenv("VFL_WORKERS", "2")      # sized for another machine: both CPUs here are taken
+    with pytest.raises(BackendUnavailable, match=r"only 0 of 2 .* requested 2 CPU\(s\).* 0 of 2 CPUs available"):
+        RayBackend(None, start_timeout=1)
+    assert _live_actors() == before
+    monkeypatch.setenv("VFL_WORKERS", "0")      # as for the local pool: one worker (it was a ValueError after ray.init)
+    with pytest.raises(BackendUnavailable, match=r"only 0 of 1 .* requested 1 CPU"):
+        RayBackend(None, start_timeout=1)
+    monkeypatch.delenv("VFL_WORKERS")
+    for resources in ("cluster_resources", "available_resources"):
+        monkeypatch.setattr(ray, resources, lambda: {"memory": 1.0})     # no "CPU" entry at all
+    with pytest.raises(BackendUnavailable, match=r"no free CPU for an actor \(0 of 0 CPUs available\)"):
+        RayBackend(None)
+    assert _live_actors() == before
+
+
+def test_local_refuses_a_runtime_it_did_not_start(ray_backend):
+    """``"local"`` promises a private runtime: in a process attached to another one (a notebook's
+    ``ray.init``, maybe of a shared cluster) it must not quietly send the party's secrets there."""
+    from crypto.backends.base import BackendUnavailable
+    with pytest.raises(BackendUnavailable, match='ray_address = "local" asks for a private Ray runtime.*already '
+                                                 'attached to the Ray runtime at'):
+        RayBackend("local", workers=1)
+
+
+def test_a_dead_actor_is_restarted_and_its_shards_rerun(ray_backend):
+    """An actor killed under the backend (OOM killer, lost node) broke every later call; shards are pure
+    functions, so the actor is restarted and they re-run there."""
+    import os
+    import signal
+    pids = ray_backend.worker_pids()
+    os.kill(pids[0], signal.SIGKILL)
+    assert ray_backend.map(pow, [(2, i) for i in range(6)]) == [2 ** i for i in range(6)]
+    after = ray_backend.worker_pids()
+    assert after[1] == pids[1] and after[0] != pids[0]

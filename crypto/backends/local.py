@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
 
@@ -30,15 +31,24 @@ _lock = threading.Lock()
 _executor: ProcessPoolExecutor | None = None
 
 
+def env_workers() -> int | None:
+    """``VFL_WORKERS`` as a worker count (at least 1), None when unset; the one reading of it that
+    both the local pool and the Ray backend use."""
+    env = os.environ.get("VFL_WORKERS", "").strip()
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        raise ValueError(f"VFL_WORKERS must be an integer, got {env!r}") from None
+    return max(1, value)
+
+
 def num_workers() -> int:
     """Worker count: env ``VFL_WORKERS`` if set, else the CPUs this process may use."""
-    env = os.environ.get("VFL_WORKERS", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"VFL_WORKERS must be an integer, got {env!r}") from None
-        return max(1, value)
+    env = env_workers()
+    if env is not None:
+        return env
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -46,13 +56,20 @@ def num_workers() -> int:
 
 
 def _exit_with(owner: int, period: float = 0.5) -> None:
-    """Worker initializer: exit as soon as the party process that owns the pool is gone.
+    """Worker initializer: ignore SIGINT, and exit as soon as the party process that owns the pool is gone.
+
+    Ctrl-C in a terminal (or a notebook's interrupt) signals the whole
+    process group: a worker that took it died, and the next pooled call
+    failed with ``BrokenProcessPool``.  The owner gets the interrupt and
+    cancels its queued shards (:func:`run`); the workers carry on.
 
     A party killed with SIGKILL cannot shut its pool down; without this its
     workers (each holding its own DJN table, ~135 MB) lived on as orphans, and
     with them the forkserver and the resource tracker, which exit once the
     workers have.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def watch() -> None:
         while True:
             time.sleep(period)
@@ -82,14 +99,22 @@ def run(fn: Callable[..., Any], arg_tuples: Sequence[tuple]) -> list[Any]:
     if len(arg_tuples) <= 1 or num_workers() <= 1:
         return [fn(*args) for args in arg_tuples]
     executor = _get_executor()
+    futures: list[Future] = []
     try:
-        futures = [executor.submit(fn, *args) for args in arg_tuples]
+        for args in arg_tuples:
+            futures.append(executor.submit(fn, *args))
         return [f.result() for f in futures]
     except BrokenProcessPool as exc:
         _discard(executor)  # let the next call start fresh workers
         exc.add_note("crypto.backends.local: a worker died. Workers re-import the main module, so a script must guard "
                      "its entry point with `if __name__ == '__main__':` and cannot run from stdin; "
                      "VFL_WORKERS=1 runs everything in-process.")
+        raise
+    except BaseException:
+        # a failed shard or an interrupt: drop this call's queued shards, or the next call (the next job in a
+        # notebook) waits behind them; shards already running finish on their own
+        for f in futures:
+            f.cancel()
         raise
 
 

@@ -8,6 +8,10 @@ reused by every later batch, exactly as in the local pool's processes.
 Shards go to the actors round-robin; ciphertexts travel as fixed-width
 ``uint8`` arrays (:mod:`crypto.fixed_width`), which Ray stores and reads as
 one buffer (zero-copy for numpy) instead of pickling integer by integer.
+The backend waits for its actors when it is made, and fails there if the
+cluster cannot place them (a shard sent to an unplaced actor waits forever);
+an actor that dies later is restarted and its shards re-run, since shards
+are pure functions of their arguments.
 
 Security: Ray trusts every process that can reach its ports (it runs any
 code it is sent), and the shards carry secrets of the party (plaintexts, the
@@ -44,6 +48,8 @@ from .base import BackendUnavailable
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray>=2.9')"
 CONNECT_TIMEOUT = 5.0   # seconds to wait for a TCP answer from a cluster's head before giving up
+ACTOR_START_TIMEOUT = 60.0   # seconds for every actor to be placed and started before the backend gives up
+TASK_RETRIES = 2   # a shard whose actor died (OOM killer, lost node) re-runs on the restarted actor this often
 
 
 def import_ray():
@@ -75,8 +81,11 @@ _remote_class = None
 def _actor_class():
     global _remote_class
     if _remote_class is None:
-        # SPREAD: on a multi-node cluster the actors go to different nodes, not all next to the driver
-        _remote_class = import_ray().remote(num_cpus=1, scheduling_strategy="SPREAD")(ShardWorker)
+        # SPREAD: on a multi-node cluster the actors go to different nodes, not all next to the driver.
+        # Restarts: shards are pure functions of their arguments and actors keep only caches, so a dead
+        # actor (OOM killer, lost node) is restarted and its shards re-run instead of failing every later call.
+        _remote_class = import_ray().remote(num_cpus=1, scheduling_strategy="SPREAD", max_restarts=-1,
+                                            max_task_retries=TASK_RETRIES)(ShardWorker)
     return _remote_class
 
 
@@ -187,52 +196,125 @@ def _loopback_kept(keep: bool) -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
+# The Ray runtime this module started (``ray_address = "local"``) or joined ("HOST:PORT"), and how many
+# live backends use it: the last one to shut down stops it, and "local" reuses only a runtime of this kind.
+_runtime_lock = threading.Lock()
+_own_gcs: str | None = None     # GCS address of that runtime
+_own_kind: str | None = None    # the ray_address that started it
+_own_users = 0
+
+
+def _gcs_address(ray) -> str:
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def _cpus(resources: dict) -> float:
+    return float(resources.get("CPU", 0))     # a cluster (e.g. a head with num_cpus=0) may list no CPU at all
+
+
 class RayBackend:
     """:class:`crypto.backends.Backend` on Ray actors.
 
     ``address``: ``"local"`` starts a private Ray runtime on this machine
     (``VFL_WORKERS`` or the usable CPUs), ``"HOST:PORT"`` joins the party's
     existing cluster, None uses a runtime this process already started with
-    ``ray.init``.  ``workers``: actors to start (default: ``VFL_WORKERS``, else
-    the cluster's CPUs); each reserves one CPU.
+    ``ray.init``.  ``"local"`` in a process already attached to a runtime
+    that this module did not start is refused: the work would silently run
+    on that (maybe shared) cluster.
+
+    ``workers``: actors to start, each reserving one CPU (default:
+    ``VFL_WORKERS``, read as the local pool reads it, else the CPUs the
+    cluster has free).  The backend waits up to ``start_timeout`` seconds for
+    every actor to be placed and started and otherwise raises
+    :class:`BackendUnavailable` naming the CPUs requested and available,
+    rather than leaving shards queued forever on actors that cannot be placed.
     """
 
     name = "ray"
     remote = True
 
-    def __init__(self, address: str | None = "local", workers: int | None = None) -> None:
+    def __init__(self, address: str | None = "local", workers: int | None = None,
+                 start_timeout: float = ACTOR_START_TIMEOUT) -> None:
+        from .local import env_workers, num_workers
         ray = import_ray()
         self._ray = ray
-        self._owns_runtime = False
-        if not ray.is_initialized():
-            if address is None:
-                raise BackendUnavailable("no Ray runtime is running in this process and no ray_address was given")
-            from .local import num_workers
-            kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False)
-            keep_loopback = False
-            if address == "local":   # a private runtime of this process, sized like the local pool
-                kwargs["num_cpus"] = num_workers()
-            else:
-                keep_loopback = _check_head(ray, address)
-            try:
-                with _loopback_kept(keep_loopback):
-                    ray.init(address=address, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise BackendUnavailable(f"cannot start or join Ray at {address!r}: "
-                                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-            self._owns_runtime = True
-        elif address not in (None, "local"):
-            _check_same_cluster(ray, address)
-        if workers is None:
-            env = os.environ.get("VFL_WORKERS", "").strip()
-            workers = int(env) if env else int(ray.cluster_resources().get("CPU", 1))
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        cls = _actor_class()
-        self._actors = [cls.remote() for _ in range(workers)]
+        self._actors: list[Any] = []
+        self._owns_runtime = False    # holds a share of the runtime this module started (see _own_users)
         self._next = itertools.count()
         self._lock = threading.Lock()
         self.address = address
+        requested = env_workers() if workers is None else workers   # before ray.init: a bad value starts nothing
+        if requested is not None and requested < 1:
+            raise ValueError(f"workers must be >= 1, got {requested}")
+        self._attach(address, requested or num_workers())
+        try:
+            self._start_actors(requested, start_timeout)
+        except BaseException:
+            self.shutdown()           # pending actors, and a runtime no other backend uses
+            raise
+
+    def _attach(self, address: str | None, local_cpus: int) -> None:
+        """Start or join the runtime ``address`` asks for, or check the one this process is attached to."""
+        global _own_gcs, _own_kind, _own_users
+        ray = self._ray
+        with _runtime_lock:
+            if not ray.is_initialized():
+                if address is None:
+                    raise BackendUnavailable("no Ray runtime is running in this process and no ray_address was given")
+                kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False)
+                keep_loopback = False
+                if address == "local":   # a private runtime of this process, sized like the local pool
+                    kwargs["num_cpus"] = local_cpus
+                else:
+                    keep_loopback = _check_head(ray, address)
+                try:
+                    with _loopback_kept(keep_loopback):
+                        ray.init(address=address, **kwargs)
+                    _own_gcs, _own_kind, _own_users = _gcs_address(ray), address, 0
+                except BaseException as exc:
+                    if ray.is_initialized():
+                        ray.shutdown()
+                    if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):
+                        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                        raise BackendUnavailable(f"cannot start or join Ray at {address!r}: {first}") from None
+                    raise
+            elif address == "local":
+                if _own_kind != "local" or _own_gcs != _gcs_address(ray):
+                    raise BackendUnavailable(
+                        f'ray_address = "local" asks for a private Ray runtime, but this process is already '
+                        f"attached to the Ray runtime at {_gcs_address(ray)}, which crypto.backends did not "
+                        "start: the party's work (and secrets) would run there. Start the party in a fresh "
+                        "process, call ray.shutdown() first, or set ray_address to that cluster's HOST:PORT")
+            elif address is not None:
+                _check_same_cluster(ray, address)
+            if _own_gcs is not None and _own_gcs == _gcs_address(ray):
+                _own_users += 1
+                self._owns_runtime = True
+
+    def _start_actors(self, requested: int | None, timeout: float) -> None:
+        """Create the actors (``requested``, else one per free CPU) and wait until every one has started."""
+        ray = self._ray
+        total, free = _cpus(ray.cluster_resources()), _cpus(ray.available_resources())
+        count = int(free) if requested is None else requested
+        if count < 1:
+            raise BackendUnavailable(f"the Ray cluster has no free CPU for an actor ({free:g} of {total:g} CPUs "
+                                     "available): add a node with CPUs, or set VFL_WORKERS to the number of "
+                                     "actors to wait for")
+        cls = _actor_class()
+        self._actors = [cls.remote() for _ in range(count)]
+        started = [a.pid.remote() for a in self._actors]
+        ready, pending = ray.wait(started, num_returns=count, timeout=timeout)
+        if pending:
+            raise BackendUnavailable(
+                f"only {len(ready)} of {count} Ray actors started within {timeout:g} s: requested {count} CPU(s) "
+                f"(one per actor), the cluster had {free:g} of {total:g} CPUs available. Set VFL_WORKERS "
+                "(or workers) to at most the free CPUs, unset it to use them all, or add nodes")
+        try:
+            ray.get(ready)
+        except ray.exceptions.RayError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendUnavailable(f"a Ray actor failed to start (is this project installed on every "
+                                     f"node?): {first}") from None
 
     def workers(self) -> int:
         return len(self._actors)
@@ -264,13 +346,22 @@ class RayBackend:
         return self._ray.get([a.node.remote() for a in self._actors])
 
     def shutdown(self) -> None:
-        """Stop the actors; a runtime this backend started is shut down too."""
+        """Stop the actors; the runtime this module started or joined is left once no backend uses it."""
+        global _own_gcs, _own_kind, _own_users
         actors, self._actors = self._actors, []
         for a in actors:
-            self._ray.kill(a)
-        if self._owns_runtime and self._ray.is_initialized():
-            self._ray.shutdown()
-            self._owns_runtime = False
+            with contextlib.suppress(Exception):    # an actor already gone (its node lost, the runtime stopped)
+                self._ray.kill(a)
+        if not self._owns_runtime:
+            return
+        self._owns_runtime = False
+        with _runtime_lock:
+            _own_users -= 1
+            if _own_users > 0:
+                return
+            if self._ray.is_initialized() and _own_gcs == _gcs_address(self._ray):
+                self._ray.shutdown()
+            _own_gcs, _own_kind, _own_users = None, None, 0
 
     def __repr__(self) -> str:
         return f"RayBackend(address={self.address!r}, workers={len(self._actors)})"
