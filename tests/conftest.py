@@ -78,32 +78,86 @@ def run_parties(net, calls: dict) -> None:
 
 # ------------------------------------------------------------ `vfl audit` on every job the suite runs
 AUDITED: dict[str, bool] = {}     # job file -> passed
+_OWN_DIRS: set[Path] = set()      # every test's own tmp_path
+_SETTLED: set[Path] = set()       # folders of fixtures (tmp_path_factory) already audited at their module's end
+_SEEN: dict[Path, tuple] = {}     # a shared job an audit_fails test changed -> its files as it left them
 
 
-@pytest.fixture(autouse=True)
-def audit_every_job(request, tmp_path):
-    """After each test, run ``vfl audit`` on every job it ran (every job file under its tmp_path
-    whose workdir holds ledgers): each must pass. Tests that break a ledger or a protocol on
-    purpose say so with ``@pytest.mark.audit_fails``."""
-    yield
-    if request.node.get_closest_marker("audit_fails"):
-        return
-    rep = getattr(request.node, "rep_call", None)
-    if rep is None or not rep.passed:
-        return
+def _jobs(folder: Path) -> list:
+    """(job file, job) for every job file under ``folder`` whose workdir holds ledgers."""
     from vfl.job.config import ConfigError, load_job
-    from vfl.protocol.audit import audit_job
-    for path in sorted(tmp_path.rglob("*.toml")):
+    out = []
+    for path in sorted(folder.rglob("*.toml")):
         try:
             job = load_job(path)
         except (ConfigError, OSError):
             continue
-        if not any(job.workdir.glob("*/ledger.jsonl")):
-            continue
-        ok, text = audit_job(job)
-        AUDITED[f"{request.node.nodeid}:{path.relative_to(tmp_path)}"] = ok
-        if not ok:
-            pytest.fail(f"vfl audit failed on {path}:\n{text}", pytrace=False)
+        if any(job.workdir.glob("*/ledger.jsonl")):
+            out.append((path, job))
+    return out
+
+
+def _audit(path: Path, job, label: str) -> str | None:
+    """``vfl audit`` on one job: None when it passes, else the failure's report."""
+    from vfl.protocol.audit import audit_job
+    ok, text = audit_job(job)
+    AUDITED[label] = ok
+    return None if ok else f"vfl audit failed on {path}:\n{text}"
+
+
+def _signature(path: Path, job) -> tuple:
+    """What the audit of ``job`` reads (its job file, ledgers and the parties' JSON reports), as it is now."""
+    files = [path, *(f for f in job.workdir.rglob("*") if f.suffix in (".jsonl", ".json"))]
+    return tuple(sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()))
+
+
+def _shared_jobs(factory) -> list:
+    """(job file, job) of the module's fixtures (``tmp_path_factory.mktemp``): under every folder of the
+    session's base that is no test's own tmp_path and was not audited at an earlier module's end (a
+    module-scoped fixture's folder is used by its module only)."""
+    base = factory.getbasetemp()
+    return [found for d in sorted(base.iterdir())       # not the "<name>current" links pytest adds
+            if d.is_dir() and not d.is_symlink() and d not in _OWN_DIRS and d not in _SETTLED
+            for found in _jobs(d)]
+
+
+@pytest.fixture(autouse=True)
+def audit_every_job(request, tmp_path, tmp_path_factory):
+    """After each test, run ``vfl audit`` on every job it ran (every job file under its tmp_path whose
+    workdir holds ledgers): each must pass. Tests that break a ledger or a protocol on purpose say so
+    with ``@pytest.mark.audit_fails``; jobs of the module's fixtures they change are taken as they
+    leave them (:func:`audit_shared_jobs` audits the others)."""
+    _OWN_DIRS.add(tmp_path)
+    exempt = request.node.get_closest_marker("audit_fails") is not None
+    before = {path: _signature(path, job) for path, job in _shared_jobs(tmp_path_factory)} if exempt else {}
+    yield
+    if exempt:
+        for path, job in _shared_jobs(tmp_path_factory):
+            if before.get(path) != (signature := _signature(path, job)):
+                _SEEN[path] = signature
+        return
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or not rep.passed:
+        return
+    failures = [f for path, job in _jobs(tmp_path)
+                if (f := _audit(path, job, f"{request.node.nodeid}:{path.relative_to(tmp_path)}"))]
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def audit_shared_jobs(request, tmp_path_factory):
+    """After each test module, run ``vfl audit`` on the jobs of its module-scoped fixtures (folders from
+    ``tmp_path_factory``), but those an ``audit_fails`` test left as they still are: the jobs a module's
+    tests share must pass too (else an error at the module's last teardown)."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    failures = [f for path, job in _shared_jobs(tmp_path_factory)
+                if _SEEN.get(path) != _signature(path, job)
+                and (f := _audit(path, job, f"{request.node.nodeid} [shared]:{path.relative_to(base)}"))]
+    _SETTLED.update(d for d in base.iterdir() if d not in _OWN_DIRS)
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

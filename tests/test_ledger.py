@@ -91,7 +91,7 @@ def test_embedding_job_with_label_dp_passes_the_audit_and_reports_epsilon(tmp_pa
 
 @pytest.mark.audit_fails      # the job file is made stricter than the run on purpose
 def test_ledgers_count_the_rows_behind_released_sums_and_the_audit_enforces_the_minimum(tmp_path, capsys):
-    job = _lr_job(tmp_path, hosts=(2,), model={"min_rows_per_release": 200})
+    job = _lr_job(tmp_path, hosts=(2,), model={"min_rows_per_release": 200, "batch_size": 400})
     results = run_local(job)
     for name in ("guest", "host0"):
         released = [e for e in _lines(job.output_dir(name) / "ledger.jsonl")
@@ -101,9 +101,10 @@ def test_ledgers_count_the_rows_behind_released_sums_and_the_audit_enforces_the_
         smallest = results[name]["smallest_release_rows"]
         assert min(e["rows"] for e in released) == smallest
     assert _audit(job, capsys)[0] == 0
-    write_job_file(replace(job, model=replace(job.model, min_rows_per_release=1000)), job.path)
-    code, out = _audit(job, capsys)
-    assert code == 1 and "masked_grad_plain' released sums over" in out and "min_rows_per_release = 1000" in out
+    write_job_file(replace(job, model=replace(job.model, min_rows_per_release=1000, batch_size=2000)), job.path)
+    code = vfl_main(["audit", str(job.path)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "masked_grad_plain' released sums over" in out and "min_rows_per_release = 1000" in out, err
 
 
 def test_a_tampered_ledger_fails_the_audit(tmp_path, capsys):
@@ -268,7 +269,9 @@ def test_a_send_its_receiver_did_not_record_fails_the_audit_unless_a_failed_run_
     problems = _problems(tmp_path / "cut")
     assert any("guest recorded 1 message(s) sent to host0 ('lr/start')" in p and "no ledger shows that run failed"
                in p for p in problems["host0"]), problems
-    # 2. the same, but the job aborts while host0 waits: its ledger shows the failure, the send was in flight
+    # 2. the same, but the job aborts while host0 waits: its ledger shows the failure, which alone is
+    # host0's say-so (it could have cut its receipts and appended it); once the guest's ledger shows
+    # its run failed too, the send was in flight
     net, ch = _channels(tmp_path / "aborted")
     for epoch in range(3):
         ch["guest"].send("host0", "lr/start", {"epoch": epoch})
@@ -279,6 +282,10 @@ def test_a_send_its_receiver_did_not_record_fails_the_audit_unless_a_failed_run_
         ch["host0"].recv("guest", "lr/start")
     path = tmp_path / "aborted" / "host0" / "ledger.jsonl"
     assert _lines(path)[-1]["event"] == "failed" and "PeerLost" in _lines(path)[-1]["error"]
+    problems = _problems(tmp_path / "aborted")
+    assert any("only host0's own ledger shows that run failed" in p for p in problems["host0"]), problems
+    with pytest.raises(PeerLost):
+        ch["guest"].recv("host0", "lr/e0/saved")
     assert _problems(tmp_path / "aborted") == {n: [] for n in ROLES}
     # 3. a failed run excuses only its last sends: a receipt removed before another one is still caught
     entries = _lines(path)
@@ -357,8 +364,9 @@ def test_a_message_refused_for_its_step_is_recorded_and_fails_the_audit(tmp_path
 
 def test_a_control_payload_counts_every_value_it_carries():
     from vfl.protocol.ledger import describe_payload
-    assert describe_payload({"labels": [0, 1] * 1000, "epoch": 3, "nested": {"a": [1, [2, 3]]}})["values"] == 2004
-    assert describe_payload({"epoch": 0})["values"] == 1
+    # every number, boolean and null counts one, every string and dict key its length: 2004 + 6 + 5 + 6 + 1
+    assert describe_payload({"labels": [0, 1] * 1000, "epoch": 3, "nested": {"a": [1, [2, 3]]}})["values"] == 2022
+    assert describe_payload({"epoch": 0})["values"] == 6
 
 
 def test_lines_outside_a_run_of_this_job_fail_the_audit(tmp_path):

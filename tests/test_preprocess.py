@@ -222,7 +222,8 @@ def test_a_scalar_host_woe_is_a_clear_error():
 def scorecard_job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("woe")
     job = _job(tmp, {"bins": 6, "min_bin_rows": 40, "monotonic": True, "iv_top_k_host": 2, "iv_threshold": 0.01},
-               {"pdo": 40, "base_score": 500, "base_odds": 20})
+               {"pdo": 40, "base_score": 500, "base_odds": 20},
+               {"epochs": 3, "batch_size": 400, "label_dp": "off"})      # exact figures: no label-DP noise
     results = run_local(job, record=True)
     return job, results
 

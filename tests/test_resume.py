@@ -20,8 +20,9 @@ def _weights(job):
 
 def _job(tmp_path, epochs, batch_size=128, **kw):
     g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2], seed=7))
+    # label-DP off: a resumed run is compared with a separate uninterrupted one, whose noise would differ
     return load_job(write_job(tmp_path, g, hosts, model={"epochs": epochs, "batch_size": batch_size,
-                                                         "tolerance": 0.0}, **kw))
+                                                         "tolerance": 0.0, "label_dp": "off"}, **kw))
 
 
 def test_two_plus_two_epochs_equal_four(tmp_path):
@@ -46,7 +47,11 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
     job = _job(tmp_path, 2)
     run_local(job)
     bigger = _job(tmp_path, 3)
+    (bigger.output_dir("host0") / "checkpoint.json").unlink()       # its previous state is taken back: epoch 1
+    with pytest.raises(JobFailed, match="host0.*at epoch 1, the guest resumes at epoch 2"):
+        run_local(bigger, resume=True)
     (bigger.output_dir("host0") / "checkpoint.json").unlink()
+    (bigger.output_dir("host0") / "checkpoint.prev.json").unlink()
     with pytest.raises(JobFailed, match="host0.*no checkpoint"):
         run_local(bigger, resume=True)
     changed = _job(tmp_path, 3, batch_size=64)
@@ -151,7 +156,8 @@ def test_under_label_dp_an_epoch_replayed_after_an_interruption_spends_its_budge
     assert (dp["noised_epochs"], dp["epochs_run"]) == (3, 2)      # epochs 1, 2, 2 again: the third never ran
     assert dp["epsilon_spent"] == pytest.approx(4.0)
     ok, text = audit_job(job)
-    assert ok, text
+    # each training spent its epsilon, but a host saw both: together they spend more than the job's
+    assert not ok and "the ledgers show 2 trainings of this job on the same labels" in text, text
     dp["noised_epochs"] = 2                                        # what counting completed epochs would say
     path.write_text(json.dumps({"label_dp": dp}))
     ok, text = audit_job(job)

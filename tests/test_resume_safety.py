@@ -33,7 +33,7 @@ def _job(tmp_path, epochs=3, tables=None, **model):
     g, hosts = write_tables(tmp_path, *(tables or _tables(tmp_path)))
     kw = {k: model.pop(k) for k in ("preprocess",) if k in model}
     return load_job(write_job(tmp_path, g, hosts, model={"epochs": epochs, "batch_size": 128, "tolerance": 0.0,
-                                                         **model}, **kw))
+                                                         "label_dp": "off", **model}, **kw))
 
 
 def _weights(job):

@@ -191,6 +191,7 @@ class ModelConfig:
 
 
 MAX_NAME_BYTES = 200
+MAX_PARTY_NAME_CHARS = 64          # X.509 ub-common-name: a party's name is its certificate's CN
 RESERVED_NAMES = frozenset({"ca", "tls", "cohorts", "job.toml", "metrics.json", "predict_metrics.json", "report.html"})
 """Party names that would collide with the CA's files (``ca.pem``) or the workdir's own entries."""
 """Job and party names, in UTF-8: every frame carries them (the transport allows 255 bytes, and a
@@ -384,8 +385,9 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     if name.lower() in RESERVED_NAMES:
         raise ConfigError(f"[{where}] name {name!r} is reserved: the workdir or the certificates folder holds "
                           f"a file or folder of that name ({', '.join(sorted(RESERVED_NAMES))})")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise ConfigError(f"[{where}] name is {len(name.encode())} bytes long; the limit is {MAX_NAME_BYTES}")
+    if len(name) > MAX_PARTY_NAME_CHARS or len(name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"[{where}] name is {len(name)} characters long; the limit is {MAX_PARTY_NAME_CHARS} "
+                          f"(a certificate's common name holds at most {MAX_PARTY_NAME_CHARS})")
     data = None
     if role != "arbiter":
         data = _path(base, _require(table, "data", where))
@@ -524,6 +526,11 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError(f"[model] hidden_units must be a list of positive integers, got {list(m.hidden_units)}")
     if m.min_rows_per_release < 1:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
+    if m.type != "secureboost" and 0 < m.batch_size < 2 * m.min_rows_per_release:
+        # the arbiter decrypts each batch's loss, and a batch_schedule batch can be half a batch_size long
+        raise ConfigError(f"[model] batch_size must be at least 2 x min_rows_per_release "
+                          f"({2 * m.min_rows_per_release}), got {m.batch_size}: the arbiter decrypts every "
+                          "batch's loss, and the last batch of an epoch may hold half a batch_size of rows")
     if m.early_stopping not in ("auto", "on", "off"):
         raise ConfigError(f"[model] early_stopping must be 'auto', 'on' or 'off', got {m.early_stopping!r}")
     if not 0 < m.validation_fraction < 0.5 or not m.patience >= 1 or not 0 <= m.min_epochs < m.epochs:

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..job.config import ModelConfig
-from ..io.files import write_json
+from ..io.files import write_atomically, write_json
 from .optim import restore_optimizer
+
+log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "vfl-lr-checkpoint", 2     # 2: run figures, fingerprint parts, checks
 
@@ -153,6 +155,10 @@ class Checkpoint:
     fingerprint: str
     parts: dict[str, str] = field(default_factory=dict)   # the fingerprint's parts (fingerprint_parts)
 
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.recover()
+
     @property
     def previous_path(self) -> Path:
         return self.path.with_name(self.path.stem + ".prev" + self.path.suffix)
@@ -162,11 +168,31 @@ class Checkpoint:
         """The arbiter's noise ledger (:class:`NoiseLedger`) beside the checkpoint."""
         return self.path.with_name(self.path.stem + ".noise" + self.path.suffix)
 
+    def recover(self) -> bool:
+        """Put the previous state back as the current one when only the previous is on disk.
+
+        :meth:`save` keeps the current file in place at every moment, but a save by an earlier
+        version (rename, then write) killed half-way left only ``checkpoint.prev.json``: without
+        this, a guest asked to resume would find no checkpoint and silently train from epoch 0
+        (under label-DP spending the budget again) while hosts and the arbiter refused to resume.
+        The previous file is the last complete save, so it is exactly what that save would
+        have left had it not been interrupted before its write. Returns whether it restored."""
+        if self.path.is_file() or not self.previous_path.is_file():
+            return False
+        try:
+            write_atomically(self.path, self.previous_path.read_bytes())
+        except OSError:          # load() still falls back to the previous file
+            return False
+        log.warning("%s was missing (a save interrupted half-way): restored the previous state from %s",
+                    self.path, self.previous_path.name)
+        return True
+
     def clear(self, noise: bool = False) -> None:
         """Remove this party's saved states (with ``noise``, the noise ledger too) when a training starts
         afresh: left in place, a later ``--resume`` could pick up the previous training's states and mix
-        two trainings in one model."""
-        for path in (self.path, self.previous_path, *((self.noise_path,) if noise else ())):
+        two trainings in one model. The previous state goes first: a kill in between leaves the current
+        one alone, as before the clear, never a previous one that :meth:`recover` would bring back."""
+        for path in (self.previous_path, self.path, *((self.noise_path,) if noise else ())):
             path.unlink(missing_ok=True)
 
     def save(self, state: TrainingState) -> None:
@@ -175,10 +201,12 @@ class Checkpoint:
         The guest saves an epoch only after every host has (``<pre>/e<e>/saved``) and
         the arbiter saves before it announces the epoch, so after any crash the others
         are at the guest's epoch or one ahead: the previous state lets them resume at
-        the guest's.
+        the guest's. Both steps replace a file atomically and the current file is never
+        absent: a kill after the copy leaves the old state as both current and previous (a
+        resume takes it), never only the previous one.
         """
         if self.path.is_file():
-            os.replace(self.path, self.previous_path)
+            write_atomically(self.previous_path, self.path.read_bytes())
         write_json(self.path, {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
                                "fingerprint_parts": self.parts, **asdict(state)}, indent=None)
 
@@ -217,9 +245,12 @@ class Checkpoint:
         """The saved state; with ``epoch`` (the guest's, on a host or the arbiter) the state of
         that epoch, the latest or the one before it. ``finished`` accepts a training that has
         ended (converged or at ``max_epochs``): a job resumed after training goes on to scoring."""
-        if not self.path.is_file():
-            raise CheckpointError(f"no checkpoint to resume from at {self.path}")
-        state = self._read(self.path)
+        if not self.path.is_file() and not self.recover():
+            if not self.previous_path.is_file():
+                raise CheckpointError(f"no checkpoint to resume from at {self.path}")
+            state = self._read(self.previous_path)       # the current file is gone and can not be restored
+        else:
+            state = self._read(self.path)
         if epoch is not None and state.epoch != epoch and self.previous_path.is_file():
             previous = self._read(self.previous_path)
             if previous.epoch == epoch:

@@ -4,7 +4,7 @@ Why: the costly part of a Paillier encryption is its randomness ``Enc(0)``;
 the message costs one cheap step (``Enc(m) = (1 + m n) Enc(0)``). Per batch a
 host encrypts its scores and the guest re-randomises the residual, one
 ``Enc(0)`` per row each, which was most of every LR epoch. The arbiter holds
-the factorisation, makes them mod ``p**2`` and ``q**2`` (1.4-1.5x cheaper,
+the factorisation, makes them mod ``p**2`` and ``q**2`` (1.3-1.45x cheaper,
 :meth:`crypto.PrivateKey.zeros`), and has nothing else to do while the
 others compute, so it makes the next batch's while the current one runs.
 

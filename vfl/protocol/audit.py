@@ -3,23 +3,34 @@
 For every party of the job whose ``<workdir>/<party>/ledger.jsonl`` is present
 it verifies the hash chain, that every line is a message the spec declares
 between those roles with a payload of the declared kind and class (in a run
-opened for this job, its parties and a known task), that every message a
-party recorded as received was recorded as sent, with the same payload hash,
-by its peer (when the peer's ledger is present too), and that every message a
-party recorded as sent its peer recorded as received (but for the last sends
-of a run that a ledger shows failed): a party cannot cut lines off the end of
-its own ledger unseen. A party of the job with no ledger for runs the others
-recorded fails the audit. It
-then prints, per party, what it received by payload class (messages, values,
-bytes, and the smallest number of rows behind any plaintext aggregate), and
-the label-DP epsilon spent when the arbiter's ``training.json`` reports it.
+opened for this job, its parties and a known task), that a control payload
+stays within its step's ceiling (public sizes: no control step carries
+anything per row), that every message a party recorded as received was
+recorded as sent by its peer (when the peer's ledger is present too) with the
+same payload hash and the same description (kind, dtype, shape, values, bytes,
+rows ...), in the order sent, and that every message a party recorded as sent
+its peer recorded as received: only the last sends of a run that ended in
+failure by a record the receiver could not write (the sender's own ledger, or a
+third party's failed run at the time) are excused, so a party cannot cut lines
+off the end of its own ledger unseen, not even by appending a ``failed`` line.
+A party of the job with no ledger for runs the others recorded fails the audit,
+and so does any plaintext aggregate with a row count under the job's
+``min_rows_per_release`` (a release must record its rows), or a party's own
+report of a smaller release. It then prints, per party, what it received by
+payload class (messages, values, bytes, and the smallest number of rows behind
+any plaintext aggregate), and the label-DP epsilon spent when the arbiter's
+``training.json`` reports it.
 With label-DP on, every release a party received in the last training run
 must be one the arbiter reports having noised: the guarantee covers a host's
 whole view only if the guest's releases are noised as well as the hosts'
 (docs/protocols.md, section 2, "Releases"); the noise it reports drawing must be
 at least what the job's (epsilon, delta, epochs, hosts, guest share) plan asks
-for, and the epsilon it implies over the epochs noised (an epoch re-run after an
-interruption counts again, as the parties' ledgers show) at most the job's. And once the guest of a training run
+for, the epsilon it implies over the epochs noised (an epoch re-run after an
+interruption counts again, as the parties' ledgers show) at most the job's, and
+so must be the epsilon of every training the ledgers show together (each run
+without --resume is a training of its own on the same labels). A host must get
+one noised WOE message per training: a second, different one under the same
+noise seed (a resume) fails as noise reused. And once the guest of a training run
 has the hosts' scores of the aligned rows it sends no host anything: its refit on
 exact labels comes after, outside the guarantee, and must stay with the guest. That is judged
 from the guest's record of receiving the scores and from each host's: nothing may reach a host
@@ -28,16 +39,26 @@ from the guest after it has sent its scores (the guest's own ledger could leave 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict, deque
+import math
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ledger import GENESIS, LEDGER_FILE, line_hash
-from .spec import AGGREGATE, CLASSES, CLEAR, ROLES, TASK_PHASES, SpecViolation, find
+from .ledger import GENESIS, LEDGER_FILE, job_sizes, line_hash
+from .spec import (AGGREGATE, CLASSES, CLEAR, DECLARES, RELEASE, ROLES, TASK_PHASES, SpecViolation, StepSpec,
+                   check_size, find, public_sizes)
 
 # In a training run the guest learns the hosts' summed scores of the aligned rows here, then refits
 # its own part on exact labels (docs/protocols.md, "The guest's refit"): it may send hosts nothing after.
 SCORED_STEP = "predict/u_h_share"
+# What the sender's and the receiver's line of one message must agree on besides step and payload hash:
+# a party that understates what it received (fewer values, another kind) is caught by its peer's line.
+DESCRIPTOR = ("kind", "dtype", "shape", "values", "bytes", "frac_bits", "class", "columns", "cells")
+UNPAIRED_RECEIPT = 1_000_000      # the pairing's cost of a receipt in a receiver's run left without a sender's run
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
@@ -54,10 +75,22 @@ class ClassStats:
         self.bytes += int(entry.get("bytes") or 0)
         if entry.get("class") == AGGREGATE and entry.get("values"):
             rows = entry.get("rows")
-            if isinstance(rows, int):
+            if _is_int(rows):
                 self.min_rows = rows if self.min_rows is None else min(self.min_rows, rows)
             else:
                 self.without_rows += 1
+
+
+@dataclass
+class Msg:
+    """One message line: what the other party's line of the same message must match."""
+
+    step: str
+    digest: str | None
+    where: str
+    desc: dict                     # DESCRIPTOR fields as recorded
+    rows: object = None
+    noted: bool = False            # its rows are the receiver's own count (a release): the sender records none
 
 
 @dataclass
@@ -67,10 +100,31 @@ class Run:
     task: str | None
     resume: bool = False
     failed: bool = False           # a failed send/receive, a refusal, or a later resume shows it ended in failure
-    sent: dict = field(default_factory=dict)    # peer -> [(step, sha256, where)]
-    got: dict = field(default_factory=dict)     # peer -> [(step, sha256, where)]
+    sent: dict = field(default_factory=dict)    # peer -> [Msg]
+    got: dict = field(default_factory=dict)     # peer -> [Msg]
     scored: bool = False           # in a training run, the hosts' scores of the aligned rows (SCORED_STEP)
                                    # have reached the guest: the guest received them, or this host sent them
+    declared: dict = field(default_factory=dict)   # peer -> columns and cells the link's host declared
+    start: float | None = None     # time of its first and last line (the "t" the ledger writes)
+    end: float | None = None
+
+
+@dataclass
+class Training:
+    """One training as one ledger shows it: a fresh run and the resumed runs that continue it."""
+
+    epochs: list = field(default_factory=list)     # per run, the epochs it received releases in
+    woe: dict = field(default_factory=dict)        # distinct woe/host_woe payloads received: sha256 -> where
+    binned_columns: int = 0                        # columns this host binned (its woe/columns)
+
+    @property
+    def epoch_runs(self) -> int:
+        """Epoch runs with a release: an epoch re-run after a resume counts again."""
+        return sum(len(e) for e in self.epochs)
+
+    @property
+    def binned(self) -> bool:
+        return bool(self.woe) or self.binned_columns > 0
 
 
 def task_roles(task: str | None) -> tuple[str, ...]:
@@ -89,14 +143,11 @@ class PartyLedger:
     received: dict = field(default_factory=dict)       # class -> ClassStats
     sent_messages: int = 0
     sent_bytes: int = 0
-    sent: Counter = field(default_factory=Counter)     # (peer, step, sha256) -> count
-    got: list = field(default_factory=list)            # (peer, step, sha256, line number)
+    sent: dict = field(default_factory=lambda: defaultdict(deque))   # (peer, step, sha256) -> deque of Msg
+    got: list = field(default_factory=list)            # (peer, Msg), in order
     problems: list = field(default_factory=list)
     releases: int = 0                                  # non-empty released sums received, last training run
-    release_epochs: list = field(default_factory=list)  # per run of the last training (resumes included), the
-                                                        # epochs it received releases in
-    binning_releases: set = field(default_factory=set)  # distinct woe/host_woe payloads received, last training
-    binned_columns: int = 0                             # columns a host binned (its woe/columns), last training
+    trainings: list = field(default_factory=list)      # Training, one per fresh training (with its resumes)
     run_log: list = field(default_factory=list)        # Run, one per "open" line
 
     @property
@@ -104,13 +155,30 @@ class PartyLedger:
         """The task of each run, in order."""
         return [run.task for run in self.run_log]
 
+    @property
+    def release_epochs(self) -> list:
+        """Per run of the last training (resumes included), the epochs it received releases in."""
+        return self.trainings[-1].epochs if self.trainings else []
+
+    @property
+    def binning_releases(self) -> dict:
+        """Distinct woe/host_woe payloads received in the last training."""
+        return self.trainings[-1].woe if self.trainings else {}
+
+    @property
+    def binned_columns(self) -> int:
+        """Columns a host binned (its woe/columns) in the last training."""
+        return self.trainings[-1].binned_columns if self.trainings else 0
+
 
 def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: int | None = None,
-                job_name: str | None = None) -> PartyLedger:
+                job_name: str | None = None, sizes: dict[str, int] | None = None) -> PartyLedger:
     """Parse and verify one party's ledger (chain, spec, own name and role, every run opened for this
-    job and its parties, ``job_name`` when given); with ``min_release_rows``, also that no released
-    gradient sum stands on fewer rows."""
+    job and its parties, ``job_name`` when given); with ``min_release_rows``, also that no plaintext
+    aggregate stands on fewer rows; ``sizes``: the job's public sizes for control ceilings (by default
+    the largest the settings allow)."""
     led = PartyLedger(name, roles[name], path)
+    sizes = sizes if sizes is not None else public_sizes(roles)
     prev, seq, task = GENESIS, None, None
     with path.open("r", encoding="utf-8") as f:
         for no, raw in enumerate(f, 1):
@@ -131,6 +199,7 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
             if seq is not None and entry.get("seq") != seq + 1:
                 led.problems.append(f"{where}: sequence number {entry.get('seq')} after {seq}")
             seq = entry.get("seq") if isinstance(entry.get("seq"), int) else seq
+            t = entry.get("t") if isinstance(entry.get("t"), (int, float)) else None
             event = entry.get("event")
             if event == "open":
                 task = entry.get("task")
@@ -139,25 +208,28 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                         if run.task == "train":
                             run.failed = True
                             break
-                led.run_log.append(Run(task, bool(entry.get("resume"))))
+                led.run_log.append(Run(task, bool(entry.get("resume")), start=t, end=t))
                 _check_open(led, entry, where, roles, job_name)
                 if task == "train":      # a fresh training starts a new count; a resumed one continues it
                     led.releases = 0
-                    led.release_epochs = [*(led.release_epochs if entry.get("resume") else []), set()]
-                    if not entry.get("resume"):
-                        led.binning_releases, led.binned_columns = set(), 0
+                    if entry.get("resume") and led.trainings:
+                        led.trainings[-1].epochs.append(set())
+                    else:
+                        led.trainings.append(Training([set()]))
                 continue
             if not led.run_log:
                 # no run says which job, parties and task these lines belong to: the phase checks need it
                 led.problems.append(f"{where}: a {event!r} line before the ledger's first 'open' line")
                 continue
+            if t is not None:
+                led.run_log[-1].end = t
             if event == "failed":
                 led.run_log[-1].failed = True
                 continue
             if event != "message":
                 led.problems.append(f"{where}: unknown event {event!r}")
                 continue
-            _check_message(led, entry, where, roles, task, min_release_rows)
+            _check_message(led, entry, where, roles, task, min_release_rows, sizes)
     return led
 
 
@@ -176,8 +248,28 @@ def _check_open(led: PartyLedger, entry: dict, where: str, roles: dict, job_name
         led.problems.append(f"{where}: run opened with parties {entry.get('roles')!r}, not the job's {roles!r}")
 
 
+def _descriptor_problem(entry: dict) -> str | None:
+    """What is wrong with a line's payload description by itself (None when nothing): a line that
+    drops its kind, or counts fewer values than its shape holds, would understate what a party got."""
+    kind, shape, values, nbytes = entry.get("kind"), entry.get("shape"), entry.get("values"), entry.get("bytes")
+    if kind is None:
+        return "records no payload kind"
+    if not _is_int(values) or values < 0 or not _is_int(nbytes) or nbytes < 0:
+        return f"records {values!r} values in {nbytes!r} bytes, not whole numbers"
+    if values > nbytes:
+        return f"records {values} values in only {nbytes} bytes"
+    if kind == "array" and not isinstance(entry.get("dtype"), str):
+        return "records an array without its dtype"
+    if kind in ("array", "encrypted", "bigints"):
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            return f"records shape {shape!r}, not a list of sizes"
+        if values != math.prod(shape):
+            return f"records {values} values for shape {shape}"
+    return None
+
+
 def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
-                   min_release_rows: int | None = None) -> None:
+                   min_release_rows: int | None = None, sizes: dict | None = None) -> None:
     peer, step, direction = entry.get("peer"), entry.get("step"), entry.get("dir")
     if peer not in roles or peer == led.name:
         led.problems.append(f"{where}: peer {peer!r} is not another party of this job")
@@ -194,6 +286,10 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
     else:
         led.problems.append(f"{where}: direction {direction!r} is neither sent nor received")
         return
+    bad = _descriptor_problem(entry)
+    if bad is not None:
+        led.problems.append(f"{where}: {step!r} {bad}")
+        return
     try:
         spec = find(str(step), sender, receiver, entry.get("kind"), entry.get("dtype"), task, roles)
     except SpecViolation as exc:
@@ -201,6 +297,8 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         return
     if entry.get("class") != spec.cls:
         led.problems.append(f"{where}: {step!r} recorded as class {entry.get('class')!r}; the spec says {spec.cls!r}")
+        return
+    if not _check_size(led, run, spec, entry, where, peer, sizes if sizes is not None else public_sizes(roles)):
         return
     key = (peer, step, entry.get("sha256"))
     if direction == "sent" and run.scored and receiver == "host":
@@ -214,75 +312,130 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
                             "may reach a host")
     if task == "train" and step == SCORED_STEP:
         run.scored = True
-    line = (step, entry.get("sha256"), where)
-    if direction == "sent" and step == "woe/columns" and isinstance(entry.get("values"), int):
-        led.binned_columns = entry["values"] // 2           # {bins: [..], ordered: [..]}, one of each per column
+    rows = entry.get("rows")
+    msg = Msg(str(step), entry.get("sha256"), where, {k: entry.get(k) for k in DESCRIPTOR}, rows,
+              spec.rows == RELEASE)
+    training = led.trainings[-1] if task == "train" and led.trainings else None
+    if direction == "sent" and step == "woe/columns" and training is not None and _is_int(entry.get("columns")):
+        training.binned_columns = entry["columns"]
     if direction == "sent":
         led.sent_messages += 1
         led.sent_bytes += int(entry.get("bytes") or 0)
-        led.sent[key] += 1
-        run.sent.setdefault(peer, []).append(line)
-    else:
-        led.received.setdefault(spec.cls, ClassStats()).add(entry)
-        led.got.append((*key, where))
-        run.got.setdefault(peer, []).append(line)
-        rows = entry.get("rows")
-        if step == "woe/host_woe":               # a resume must resend the same noised WOE, not a new draw
-            led.binning_releases.add(entry.get("sha256"))
-        if spec.doc == "masked_grad_plain" and entry.get("values"):
-            led.releases += 1
-            if led.release_epochs:                  # "<pre>/e<epoch>/b<batch>/masked_grad_plain"
-                led.release_epochs[-1].add(str(step).split("/")[1])
-        if (spec.doc == "masked_grad_plain" and min_release_rows is not None and isinstance(rows, int)
-                and entry.get("values") and rows < min_release_rows):
-            led.problems.append(f"{where}: {step!r} released sums over {rows} rows, below the job's "
-                                f"min_rows_per_release = {min_release_rows}")
+        led.sent[key].append(msg)
+        run.sent.setdefault(peer, []).append(msg)
+        return
+    led.received.setdefault(spec.cls, ClassStats()).add(entry)
+    led.got.append((peer, msg))
+    run.got.setdefault(peer, []).append(msg)
+    if step == "woe/host_woe" and training is not None:   # a resume must resend the same noised WOE, not a new draw
+        training.woe.setdefault(entry.get("sha256"), where)
+    if spec.rows == RELEASE and entry.get("values"):
+        led.releases += 1
+        if training is not None:                 # "<pre>/e<epoch>/b<batch>/masked_grad_plain"
+            training.epochs[-1].add(str(step).split("/")[1])
+        if not _is_int(rows):
+            led.problems.append(f"{where}: {step!r} records no whole number of rows behind the released sums "
+                                f"({rows!r}): the receiver counts them itself, and the floor can not be checked "
+                                "without them")
+    if rows is not None and not _is_int(rows):
+        if spec.rows != RELEASE:
+            led.problems.append(f"{where}: {step!r} records rows {rows!r}, not a whole number")
+    elif (spec.cls == AGGREGATE and min_release_rows is not None and rows is not None and entry.get("values")
+          and rows < min_release_rows):
+        what = "released sums" if spec.rows == RELEASE else "is an aggregate"
+        led.problems.append(f"{where}: {step!r} {what} over {rows} rows, below the job's "
+                            f"min_rows_per_release = {min_release_rows}")
+
+
+def _check_size(led: PartyLedger, run: Run, spec: StepSpec, entry: dict, where: str, peer: str,
+                sizes: dict) -> bool:
+    """A control line over its step's ceiling is a problem (False): per-row data in a control step.
+    A host's column declaration sets the sizes of the link's later control steps in this run."""
+    if entry.get("kind") != "control" or spec.cap is None:
+        return True
+    declared = run.declared.get(peer)
+    if spec.doc in DECLARES:
+        columns, cells = entry.get("columns"), entry.get("cells")
+        if not (_is_int(columns) and _is_int(cells) and columns >= 0 and cells >= 0):
+            led.problems.append(f"{where}: {spec.doc!r} records no whole numbers of columns and cells "
+                                f"({columns!r}, {cells!r}): the link's later control steps can not be sized")
+            return False
+        declared = run.declared[peer] = {"columns": columns, "cells": cells}
+    try:
+        check_size(spec, str(entry.get("step")), entry["values"], entry["bytes"], {**sizes, **(declared or {})})
+    except SpecViolation as exc:
+        led.problems.append(f"{where}: {exc}")
+        return False
+    return True
 
 
 def _cross_check(ledgers: dict[str, PartyLedger]) -> None:
-    """Every message a party received must be in the sender's ledger, with the same payload hash;
-    and every message a party sent in the receiver's ledger (:func:`_check_delivered`)."""
+    """Every message a party received must be in the sender's ledger, with the same payload hash and
+    the same description (kind, dtype, shape, values, bytes, rows ...); and every message a party
+    sent in the receiver's ledger, in the order sent (:func:`_check_delivered`)."""
     clean = {name for name, led in ledgers.items() if not led.problems}
     _check_delivered(ledgers, clean)
     for led in ledgers.values():
-        for peer, step, digest, where in led.got:
+        for peer, msg in led.got:
             other = ledgers.get(peer)
-            if other is None or other.problems:
+            if other is None or peer not in clean:
                 continue
-            key = (led.name, step, digest)
-            if other.sent[key] > 0:
-                other.sent[key] -= 1
-            else:
-                led.problems.append(f"{where}: {led.name} recorded {step!r} from {peer}, but {peer}'s ledger "
+            queue = other.sent.get((led.name, msg.step, msg.digest))
+            if not queue:
+                led.problems.append(f"{msg.where}: {led.name} recorded {msg.step!r} from {peer}, but {peer}'s ledger "
                                     "has no such message sent (same step and payload hash)")
+                continue
+            sent = queue.popleft()
+            diffs = _differences(sent, msg)
+            if diffs:
+                led.problems.append(f"{msg.where}: {led.name}'s line of {msg.step!r} from {peer} differs from "
+                                    f"{peer}'s line of the same payload ({sent.where}): {'; '.join(diffs)}")
 
 
-def _deliveries(sent: list, got: list, failed: bool) -> tuple[int, list, bool]:
+def _differences(sent: Msg, got: Msg) -> list[str]:
+    """Where a receipt's description differs from its send's. Rows must agree too, but for a
+    release, whose rows only the receiver counts (the sender's line has none)."""
+    out = [f"{k} {got.desc.get(k)!r}, sent {sent.desc.get(k)!r}" for k in DESCRIPTOR
+           if got.desc.get(k) != sent.desc.get(k)]
+    if not (got.noted and sent.rows is None) and got.rows != sent.rows:
+        out.append(f"rows {got.rows!r}, sent {sent.rows!r}")
+    return out
+
+
+def _deliveries(sent: list, got: list, excusable: bool) -> tuple[int, list, bool, Msg | None]:
     """Match one run's receipts on a link against the paired run's sends (by step and payload hash):
-    (receipts without a send, sends without a receipt, whether those may be excused). Unreceived
-    sends are excused only as the last sends of a run that a ledger shows failed: messages in flight
-    when it broke. Anything else is a receipt cut from the receiver's ledger."""
+    (receipts without a send, sends without a receipt, whether those may be excused, the first
+    receipt out of the order sent). Unreceived sends are excused only as the last sends of a run
+    that ended in failure by a record the receiver can not write (``excusable``): messages in
+    flight when it broke. Anything else is a receipt cut from the receiver's ledger."""
     where = defaultdict(deque)
-    for i, (step, digest, _) in enumerate(sent):
-        where[(step, digest)].append(i)
+    for i, msg in enumerate(sent):
+        where[(msg.step, msg.digest)].append(i)
     matched: set[int] = set()
-    orphans = 0
-    for step, digest, _ in got:
-        if where[(step, digest)]:
-            matched.add(where[(step, digest)].popleft())
+    orphans, previous, disorder = 0, -1, None
+    for msg in got:
+        if where[(msg.step, msg.digest)]:
+            i = where[(msg.step, msg.digest)].popleft()
+            matched.add(i)
+            if i < previous and disorder is None:
+                disorder = msg
+            previous = max(previous, i)
         else:
             orphans += 1
     last = max(matched, default=-1)
     left = [i for i in range(len(sent)) if i not in matched]
-    excused = not left or (failed and left[0] > last)
-    return orphans, [sent[i] for i in left], excused
+    excused = not left or (excusable and left[0] > last)
+    return orphans, [sent[i] for i in left], excused, disorder
 
 
-def _align(sender: list, receiver: list, r_name: str, s_name: str) -> list:
+def _align(sender: list, receiver: list, r_name: str, s_name: str, backed) -> list:
     """Pair the sender's runs with the receiver's (same task, in order) so that the fewest messages
     go unexplained; returns (sender run or None, receiver run or None) in order. Runs are paired
     by content, not by count, because a party that failed before opening its ledger has one run
-    fewer than its peers."""
+    fewer than its peers. ``backed(run)``: whether a sender's run ended in failure by a record
+    the receiver can not write; such a run may stay unpaired at no cost, but a receiver's run with
+    receipts from the sender may not (else a cut in the middle of a run whose sender failed would
+    go unseen, its remaining receipts matched by hash alone)."""
     n, m = len(sender), len(receiver)
     INF = (float("inf"), 0)
     best = [[INF] * (m + 1) for _ in range(n + 1)]
@@ -295,14 +448,14 @@ def _align(sender: list, receiver: list, r_name: str, s_name: str) -> list:
             options = []
             if i < n:
                 a = sender[i].sent.get(r_name, [])
-                cost = 0 if not a or sender[i].failed else len(a)
+                cost = 0 if not a or backed(sender[i]) else len(a)
                 options.append(((best[i + 1][j][0] + cost, best[i + 1][j][1]), "s"))
-            if j < m:
-                cost = len(receiver[j].got.get(s_name, []))
+            if j < m:         # receipts come only from a run of the sender: never leave them unpaired cheaply
+                cost = len(receiver[j].got.get(s_name, [])) * UNPAIRED_RECEIPT
                 options.append(((best[i][j + 1][0] + cost, best[i][j + 1][1]), "r"))
             if i < n and j < m and sender[i].task == receiver[j].task:
-                orphans, left, excused = _deliveries(sender[i].sent.get(r_name, []), receiver[j].got.get(s_name, []),
-                                                     sender[i].failed or receiver[j].failed)
+                orphans, left, excused, _ = _deliveries(sender[i].sent.get(r_name, []),
+                                                        receiver[j].got.get(s_name, []), backed(sender[i]))
                 cost = orphans + (0 if excused else len(left))
                 options.append(((best[i + 1][j + 1][0] + cost, best[i + 1][j + 1][1] - 1), "p"))
             best[i][j], move[i][j] = min(options, key=lambda o: o[0])
@@ -314,38 +467,68 @@ def _align(sender: list, receiver: list, r_name: str, s_name: str) -> list:
     return out
 
 
+def _overlap(a: Run, b: Run) -> bool:
+    return None not in (a.start, a.end, b.start, b.end) and a.start <= b.end and b.start <= a.end
+
+
+def _failure_backer(ledgers: dict[str, PartyLedger], clean: set, s: PartyLedger, r: PartyLedger):
+    """``backed(run)`` for the sender ``s``'s runs towards ``r``: the run ended in failure by a record
+    ``r`` can not write. ``s``'s own ledger (a failed or refused line in the run, or a later resumed
+    training), or a third party's run of the same task that failed while it ran. A failure only
+    ``r``'s ledger shows is ``r``'s say-so: it could cut its last receipts and append one."""
+    failed = [o for led in ledgers.values() if led is not s and led is not r and led.name in clean
+              for o in led.run_log if o.failed]
+    known: dict[int, bool] = {}          # the pairing asks about each run many times
+
+    def backed(run: Run) -> bool:
+        if id(run) not in known:
+            known[id(run)] = run.failed or any(o.task == run.task and _overlap(o, run) for o in failed)
+        return known[id(run)]
+    return backed
+
+
 def _check_delivered(ledgers: dict[str, PartyLedger], clean: set) -> None:
     """Every message a party recorded as sent must be recorded as received by its peer, when the
-    peer's ledger is present: else a party could cut received lines off the end of its own ledger
-    (the chain stays valid) and hide what it was sent. Only a run that a ledger shows failed may end
-    with sends its peer never received."""
+    peer's ledger is present, in the order sent: else a party could cut received lines off the end
+    of its own ledger (the chain stays valid) and hide what it was sent. Only a run that ended in
+    failure by another party's record may end with sends its peer never received."""
     for s in ledgers.values():
         for r in ledgers.values():
             if s is r or s.name not in clean or r.name not in clean:
                 continue
+            backed = _failure_backer(ledgers, clean, s, r)
             a = [run for run in s.run_log if {s.role, r.role} <= set(task_roles(run.task))]
             b = [run for run in r.run_log if {s.role, r.role} <= set(task_roles(run.task))]
-            for sent_run, got_run in _align(a, b, r.name, s.name):
+            for sent_run, got_run in _align(a, b, r.name, s.name, backed):
                 if sent_run is None or not sent_run.sent.get(r.name):
                     continue
                 sent = sent_run.sent[r.name]
                 if got_run is None:
-                    if not sent_run.failed:
-                        r.problems.append(f"{sent[0][2]}: {s.name} recorded {len(sent)} message(s) sent to "
+                    if not backed(sent_run):
+                        r.problems.append(f"{sent[0].where}: {s.name} recorded {len(sent)} message(s) sent to "
                                           f"{r.name} ({_steps(sent)}) in a {sent_run.task} run of which "
                                           f"{r.name}'s ledger records nothing received")
                     continue
-                _, left, excused = _deliveries(sent, got_run.got.get(s.name, []), sent_run.failed or got_run.failed)
+                _, left, excused, disorder = _deliveries(sent, got_run.got.get(s.name, []), backed(sent_run))
+                if disorder is not None:
+                    r.problems.append(f"{disorder.where}: {r.name} recorded {disorder.step!r} from {s.name} out of "
+                                      f"the order {s.name} sent it in (a link delivers in order): lines were moved")
                 if not excused:
-                    why = ("they are not the last sends of the run" if sent_run.failed or got_run.failed
-                           else "no ledger shows that run failed")
-                    r.problems.append(f"{left[0][2]}: {s.name} recorded {len(left)} message(s) sent to {r.name} "
+                    if backed(sent_run):
+                        why = "they are not the last sends of the run"
+                    elif got_run.failed:
+                        why = (f"only {r.name}'s own ledger shows that run failed, which {r.name} could have "
+                               f"written itself after cutting its receipts: neither {s.name}'s ledger nor a third "
+                               "party's backs it")
+                    else:
+                        why = "no ledger shows that run failed"
+                    r.problems.append(f"{left[0].where}: {s.name} recorded {len(left)} message(s) sent to {r.name} "
                                       f"({_steps(left)}) that {r.name}'s ledger does not record as received "
                                       f"(same step and payload hash); {why}")
 
 
 def _steps(lines: list) -> str:
-    steps = list(dict.fromkeys(step for step, _, _ in lines))
+    steps = list(dict.fromkeys(msg.step for msg in lines))
     return ", ".join(repr(x) for x in steps[:3]) + (f" and {len(steps) - 3} more steps" if len(steps) > 3 else "")
 
 
@@ -375,18 +558,19 @@ def _read_label_dp(job) -> tuple[dict | None, Path]:
     return (dp if isinstance(dp, dict) else None), path
 
 
-def _check_noise(job, ledgers: dict[str, PartyLedger]) -> None:
+def _check_noise(job, ledgers: dict[str, PartyLedger]) -> str | None:
     """With label-DP on (the job file says so, not the arbiter), every release a party received must
-    have been noised by the arbiter."""
+    have been noised by the arbiter. Returns the report line on the epsilon of every training in the
+    ledgers, when more than one spent any."""
     if not job.model.label_dp_on or not any("train" in led.runs for led in ledgers.values()):
-        return
+        return None
     dp, path = _read_label_dp(job)
     if dp is None or not dp.get("on"):
         led = ledgers.get(job.arbiter.name) or next(iter(ledgers.values()))
         led.problems.append(f"the job file turns label-DP on, but the arbiter's {path} "
                             + ("is missing or unreadable" if dp is None else "says it was off")
                             + ": nothing shows that the releases were noised")
-        return
+        return None
     noised = dp.get("noised_releases") if isinstance(dp.get("noised_releases"), dict) else {}
     for p in (job.guest, *job.hosts):
         led = ledgers.get(p.name)
@@ -397,12 +581,13 @@ def _check_noise(job, ledgers: dict[str, PartyLedger]) -> None:
             led.problems.append(f"label-DP is on, but {p.name} received {led.releases} released sums in the last "
                                 f"training run and the arbiter reports noising {count} of them: every party's "
                                 "releases, the guest's included, must carry the noise")
-    _check_noise_level(job, dp, noised, ledgers)
+    return _check_noise_level(job, dp, noised, ledgers)
 
 
-def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedger]) -> None:
+def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedger]) -> str | None:
     """The noise the arbiter drew is at least what the job's plan asks for, and the epsilon it implies
-    over the epochs run at most the job's (a party with no release drawn for counts at the plan's level)."""
+    over the epochs run at most the job's (a party with no release drawn for counts at the plan's level);
+    then the epsilon of every training in the ledgers together (:func:`_check_trainings`)."""
     from ..models.privacy import epsilon_for, plan_for
     m, plan = job.model, plan_for(job.model, len(job.hosts))
     led = ledgers.get(job.arbiter.name) or next(iter(ledgers.values()))
@@ -414,7 +599,7 @@ def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedg
         if not isinstance(sd, (int, float)) or not sd > 0:
             led.problems.append(f"label-DP is on, but the arbiter reports no noise level for {p.name} (a "
                                 "training.json written before vfl recorded it cannot be checked: train again)")
-            return
+            return None
         if sd < need * (1 - 1e-9):
             led.problems.append(f"label-DP is on, but the arbiter drew noise of standard deviation {sd:.6g} for "
                                 f"{p.name}, where the job's plan (epsilon {m.dp_epsilon:g}, delta {m.dp_delta:g}, "
@@ -424,7 +609,7 @@ def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedg
     if not isinstance(epochs, int) or epochs < 0:
         led.problems.append("label-DP is on, but the arbiter reports no number of noised epochs (a training.json "
                             "written before vfl counted them cannot be checked: train again)")
-        return
+        return None
     # what each party's own ledger shows: an epoch re-run after an interruption counts again
     seen = max((sum(len(s) for s in other.release_epochs) for other in ledgers.values()), default=0)
     if seen > epochs:
@@ -432,16 +617,74 @@ def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedg
                             f"(resumed runs included), where the arbiter reports noising {epochs}")
     binning = _binning_rho(job, plan, led, ledgers) if job.preprocess is not None else 0.0
     if binning is None:
-        return
-    draws = max((len(other.binning_releases) for other in ledgers.values()), default=0)
-    if draws > 1:
-        led.problems.append(f"label-DP is on, but a host received {draws} different noised WOE messages in one "
-                            "training (its resumes included): each is another release of the per-bin counts")
-        binning *= draws
-    if (spent := epsilon_for(binning + max(seen, epochs) * rho, m.dp_delta)) > m.dp_epsilon * (1 + 1e-9):
+        return None
+    last = binning + max(seen, epochs) * rho
+    if (spent := epsilon_for(last, m.dp_delta)) > m.dp_epsilon * (1 + 1e-9):
         led.problems.append(f"label-DP is on, but the noise drawn over {max(seen, epochs)} noised epochs"
                             + (" and the binning stage" if binning else "")
                             + f" spends epsilon {spent:.4g}, more than the job's {m.dp_epsilon:g}")
+    return _check_trainings(job, plan, last, led, ledgers)
+
+
+def _check_trainings(job, plan, last: float, led: PartyLedger, ledgers: dict[str, PartyLedger]) -> str | None:
+    """The epsilon of every training the ledgers show, together. Each run without ``--resume`` starts
+    a training with a budget of its own, on the same labels: a host keeps what it saw of every one, so
+    their zCDP adds up. The last training counts with the noise the arbiter reports (``last``, its
+    rho); an earlier one, whose noise no file reports any more, with the job's plan: its binning stage
+    if it binned, and each epoch run with a release in the ledger that shows the most. Returns the
+    report line (None when only one training spent anything)."""
+    from ..models.privacy import epsilon_for
+    m = job.model
+    per_epoch = plan.rho(1) - plan.binning_rho
+    earlier: list[tuple[float, int, int]] = []          # (rho, runs, epoch runs) per earlier training
+    for other in ledgers.values():
+        mine = [((plan.binning_rho if job.preprocess is not None and t.binned else 0.0) + t.epoch_runs * per_epoch,
+                 len(t.epochs), t.epoch_runs) for t in other.trainings[:-1]]
+        mine = [x for x in mine if x[0] > 0]
+        if sum(x[0] for x in mine) > sum(x[0] for x in earlier):
+            earlier = mine
+    if not earlier:
+        return None
+    total = epsilon_for(sum(x[0] for x in earlier) + last, m.dp_delta)
+    each = ", ".join(f"{epsilon_for(r, m.dp_delta):.4g} ({runs} run{'s' * (runs != 1)}, {e} epoch runs with "
+                     "releases)" for r, runs, e in earlier) + f", then {epsilon_for(last, m.dp_delta):.4g} (the last)"
+    text = (f"label-DP over the {len(earlier) + 1} trainings in the ledgers, on the same labels: epsilon {each}; "
+            f"{total:.4g} in all (zCDP composition) against any host")
+    if total > m.dp_epsilon * (1 + 1e-9):
+        led.problems.append(f"label-DP is on, but the ledgers show {len(earlier) + 1} trainings of this job on the "
+                            f"same labels (each run without --resume starts a training with a budget of its own, "
+                            f"and a host keeps what it saw of every one): epsilon {each}, {total:.4g} in all, more "
+                            f"than the job's {m.dp_epsilon:g}")
+    return text
+
+
+def _check_woe_reuse(job, ledgers: dict[str, PartyLedger]) -> None:
+    """With label-DP and [preprocess], a host must receive one noised WOE message per training. A
+    resume reuses the stage's noise seed: a second, different ``woe/host_woe`` in one training carries
+    the same noise on other counts, and the difference of the two reveals the change of the per-bin
+    event counts exactly (noise reused, no guarantee left). Identical payloads are one release."""
+    if not job.model.label_dp_on or job.preprocess is None:
+        return
+    for led in ledgers.values():
+        for t in led.trainings:
+            if len(t.woe) > 1:
+                led.problems.append(f"{', '.join(list(t.woe.values())[:3])}: noise reused: {led.name} received "
+                                    f"{len(t.woe)} different noised WOE messages (woe/host_woe) in one training (a "
+                                    "fresh run and the resumes that continue it, under one noise seed): their "
+                                    "difference is the change of the per-bin event counts, without noise")
+
+
+def _check_reported_rows(job, ledgers: dict[str, PartyLedger]) -> None:
+    """The smallest release a party reports (its metrics.json or report.json) must reach the floor too:
+    the report is what a reader of the job's results sees."""
+    floor = job.model.min_rows_per_release
+    for led in ledgers.values():
+        if led.role == "arbiter" or "train" not in led.runs:
+            continue
+        reported = _reported_release_rows(job, led)
+        if reported is not None and (not _is_int(reported) or reported < floor):
+            led.problems.append(f"{led.name} reports {reported!r} rows behind its smallest released sum, below the "
+                                f"job's min_rows_per_release = {floor}")
 
 
 def _binning_rho(job, plan, led: PartyLedger, ledgers: dict[str, PartyLedger]) -> float | None:
@@ -503,11 +746,14 @@ def audit_job(job) -> tuple[bool, str]:
     for p in job.parties:
         path = job.output_dir(p.name) / LEDGER_FILE
         if path.is_file():
-            ledgers[p.name] = read_ledger(path, p.name, roles, job.model.min_rows_per_release, job.name)
+            ledgers[p.name] = read_ledger(path, p.name, roles, job.model.min_rows_per_release, job.name,
+                                          job_sizes(job))
     if not ledgers:
         return False, f"no ledger found under {job.workdir} (expected <workdir>/<party>/{LEDGER_FILE})"
     _cross_check(ledgers)
-    _check_noise(job, ledgers)
+    _check_reported_rows(job, ledgers)
+    _check_woe_reuse(job, ledgers)
+    trainings = _check_noise(job, ledgers)
     missing = _missing_ledgers(job, ledgers)
     for p in job.parties:
         led = ledgers.get(p.name)
@@ -541,6 +787,8 @@ def audit_job(job) -> tuple[bool, str]:
     dp = _label_dp(job)
     if dp:
         out.append(dp)
+    if trainings:
+        out.append(trainings)
     problems = sum(len(led.problems) for led in ledgers.values()) + len(missing)
     ok = problems == 0
     out.append("audit passed: every ledger is intact and agrees with the spec" if ok

@@ -6,10 +6,14 @@ refuses to send a step that :mod:`vfl.protocol.spec` does not declare from
 this party's role to the peer's, or a payload of another kind, and refuses a
 received payload of the wrong kind. It appends one JSON line per message sent
 and received to ``<workdir>/<party>/ledger.jsonl``: step, peer, direction,
-payload class and kind, shape, number of values, bytes on the wire, the
-SHA-256 of the encoded payload (so a sender's and a receiver's lines can be
-matched) and, for plaintext aggregates where the party knows it, the number
-of rows behind them.
+payload class and kind, shape, number of values (for a control payload every number,
+boolean and null, and every string, dict keys included, by its length), bytes on the
+wire, the SHA-256 of the encoded payload (so a sender's and a receiver's lines can be
+matched), for plaintext aggregates where the party knows it the number of rows behind
+them, and for a host's column declaration (``woe/columns``, ``sbt/columns``) its
+columns and bins. A control payload larger than its step's ceiling in the spec
+(:data:`vfl.protocol.spec.CEILINGS`, in public sizes) is refused on sending and on
+receipt, as an undeclared step is.
 
 Each line carries ``prev``, the hash of the line before (64 zeros for the
 first line of a file), and ``hash = SHA-256(prev || canonical JSON of the line
@@ -39,7 +43,8 @@ import numpy as np
 from crypto import EncryptedArray
 from .channel import Channel, ProtocolError, WrongStep
 from .messages import BigInts, Payload, encode_payload
-from .spec import SpecViolation, StepSpec, batch_sizes, find
+from .spec import (DECLARES, SpecViolation, StepSpec, batch_sizes, check_size, declared_sizes, find,
+                   public_sizes)
 
 GENESIS = "0" * 64
 LEDGER_FILE = "ledger.jsonl"
@@ -127,15 +132,19 @@ def describe_payload(payload: Payload) -> dict:
 
 
 def json_values(obj: Any) -> int:
-    """Scalars (numbers, strings, booleans, nulls) at any depth of a control payload: its keys alone
-    would let one control message carry thousands of values while the ledger shows a handful."""
+    """What a control payload carries, at any depth: one per number, boolean or null, and every string,
+    dict keys included, by its length (at least one). Counting scalars alone would let one string or
+    dict key carry every row's label while the ledger showed a single value."""
     count, todo = 0, [obj]
     while todo:
         item = todo.pop()
         if isinstance(item, dict):
+            count += sum(max(1, len(str(k))) for k in item)
             todo.extend(item.values())
         elif isinstance(item, (list, tuple)):
             todo.extend(item)
+        elif isinstance(item, str):
+            count += max(1, len(item))
         else:
             count += 1
     return count
@@ -148,11 +157,13 @@ class SpecChannel:
     running task (``psi``, ``train`` or ``predict``); ``batch_size`` (a number, or
     the job's rule ``n_train -> batch size``) lets the ledger count the rows behind
     per-batch aggregates (from the ``n_train`` of the training plan). With ``ledger`` None nothing is written (spec checks only).
+    ``sizes`` are the public sizes control ceilings are written in (:func:`vfl.protocol.spec.public_sizes`;
+    by default the largest the settings allow).
     """
 
     def __init__(self, inner: Channel, roles: dict[str, str], *, ledger: Ledger | None = None,
                  task: str | None = None, batch_size: "int | Callable[[int], int] | None" = None,
-                 job: str | None = None, resume: bool = False) -> None:
+                 job: str | None = None, resume: bool = False, sizes: dict[str, int] | None = None) -> None:
         self.inner = inner
         self.roles = dict(roles)
         if inner.name not in self.roles:
@@ -162,6 +173,8 @@ class SpecChannel:
         self._n_train: int | None = None
         self._noted_rows: dict[str, int] = {}
         self._min_bin_rows: dict[str, int] = {}     # peer -> smallest bin in the host's woe/bin_rows
+        self.sizes = dict(sizes) if sizes is not None else public_sizes(self.roles)
+        self._declared: dict[str, dict[str, int]] = {}   # peer -> columns and cells the link's host declared
         if ledger is not None:
             ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
                            "roles": self.roles, "resume": bool(resume)})
@@ -181,16 +194,25 @@ class SpecChannel:
         except KeyError:
             raise ProtocolError(f"{self.name}: {peer!r} is not a party of this job") from None
 
-    def _check(self, step: str, sender: str, receiver: str, payload: Payload) -> StepSpec:
+    def _check(self, step: str, sender: str, receiver: str, payload: Payload, peer: str) -> StepSpec:
         info = describe_payload(payload)
         if info["kind"] is None:
             raise SpecViolation(f"step {step!r}: a {type(payload).__name__} is no payload kind")
-        return find(step, sender, receiver, info["kind"], info.get("dtype"), self.task, self.roles)
+        spec = find(step, sender, receiver, info["kind"], info.get("dtype"), self.task, self.roles)
+        if info["kind"] == "control" and spec.cap is not None:
+            check_size(spec, step, info["values"], len(encode_payload(payload)), self._sizes(spec, peer, payload))
+        return spec
+
+    def _sizes(self, spec: StepSpec, peer: str, payload: Payload) -> dict[str, int]:
+        """The public sizes for a message on the link with ``peer``: the job's, and the columns the
+        link's host declared (by this very message, for a declaration)."""
+        declared = declared_sizes(payload) if spec.doc in DECLARES else self._declared.get(peer)
+        return {**self.sizes, **(declared or {})}
 
     def send(self, peer: str, step: str, payload: Payload) -> None:
         peer_role = self._peer_role(peer)
         try:
-            spec = self._check(step, self.role, peer_role, payload)
+            spec = self._check(step, self.role, peer_role, payload, peer)
         except SpecViolation as exc:
             raise ProtocolError(f"{self.name} ({self.role}) refuses to send to {peer} ({peer_role}): {exc}") from None
         self._note(step, payload, peer)
@@ -215,7 +237,7 @@ class SpecChannel:
             self._failed("recv", peer, step, exc)
             raise
         try:
-            spec = self._check(step, peer_role, self.role, payload)
+            spec = self._check(step, peer_role, self.role, payload, peer)
         except SpecViolation as exc:
             if self.ledger is not None:
                 info = describe_payload(payload)
@@ -260,6 +282,12 @@ class SpecChannel:
                 self._n_train = n
         if step == "woe/bin_rows" and isinstance(payload, np.ndarray) and payload.size:
             self._min_bin_rows[peer] = int(payload.min())
+        if step in DECLARES:
+            declared = declared_sizes(payload)
+            if declared is not None:
+                self._declared[peer] = declared
+            else:
+                self._declared.pop(peer, None)
 
     def note_rows(self, step: str, rows: int) -> None:
         """Record that the aggregate about to arrive at ``step`` stands on at least ``rows`` rows:
@@ -289,6 +317,8 @@ class SpecChannel:
         rows = self._rows(spec, step, peer)
         if rows is not None:
             entry["rows"] = rows
+        if spec.doc in DECLARES:                 # the audit sizes the link's later control steps by them
+            entry.update(declared_sizes(payload) or {})
         self.ledger.append(entry)
 
 
@@ -301,4 +331,10 @@ def spec_channel(channel: Channel, job, name: str, task: str, resume: bool = Fal
     (``resume``: this run continues an interrupted one)."""
     roles = {p.name: p.role for p in job.parties}
     return SpecChannel(channel, roles, ledger=Ledger(ledger_path(job, name)), task=task,
-                       batch_size=job.model.batch_for, job=job.name, resume=resume)
+                       batch_size=job.model.batch_for, job=job.name, resume=resume, sizes=job_sizes(job))
+
+
+def job_sizes(job) -> dict[str, int]:
+    """The public sizes of ``job`` that its control ceilings are written in (the channel's and the audit's)."""
+    return public_sizes({p.name: p.role for p in job.parties}, job.model.key_bits, job.model.max_depth,
+                        job.model.max_bin)

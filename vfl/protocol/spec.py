@@ -3,8 +3,9 @@
 Each :class:`StepSpec` says, for one step-name pattern and one sender and
 receiver role, what travels (payload class and the allowed wire kinds) and
 what the receiver learns from it. :class:`vfl.protocol.ledger.SpecChannel`
-refuses to send anything not declared here, and ``vfl audit`` checks the
-parties' ledgers against it. ``docs/protocols.md`` describes the same steps
+refuses to send anything not declared here (or a control payload over its
+step's ceiling, :data:`CEILINGS`), and ``vfl audit`` checks the parties'
+ledgers against it. ``docs/protocols.md`` describes the same steps
 in prose; a test checks that its tables name every step of this spec.
 
 A payload **class** is what the message is *to its receiver*, who may hold
@@ -14,8 +15,9 @@ aggregate.
 """
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # payload classes: what the receiver gets, as it can read it
 PUBLIC = "public"            # public parameters: keys anybody may know
@@ -67,8 +69,11 @@ class StepSpec:
     learns: str         # what the receiver learns
     phase: str          # psi, train or score
     dtype: str | None = None   # for arrays: regex on the dtype without byte order, e.g. ``S32``, ``[iu][1248]``
-    rows: str | None = None    # for aggregates: "batch" (rows of the step's batch), "n_train", or "bins" (the
+    rows: str | None = None    # for aggregates: "batch" (rows of the step's batch), "n_train", "bins" (the
                                # smallest bin of the host's woe/bin_rows: every released bin has at least that)
+                               # or "noted" (a release: the receiver's own count, required on every non-empty one)
+    cap: tuple | None = None   # control payloads: the ceiling's terms ((coefficient, (size, ...)), ...), from
+                               # CEILINGS; None where a payload is sized by a request (serving)
 
     def matches(self, step: str) -> re.Match | None:
         return _compiled(self.pattern).fullmatch(step)
@@ -83,6 +88,8 @@ def _compiled(pattern: str) -> re.Pattern:
     return _RE_CACHE[pattern]
 
 
+RELEASE = "noted"    # StepSpec.rows of a release: rows the receiver counted itself (SpecChannel.note_rows)
+
 _PRE = r"(?P<pre>lr|emb)"
 _BATCH = _PRE + r"/e(?P<epoch>\d+)/b(?P<batch>\d+)/"
 _OWNER = r"(?P<owner>[^/]+)"
@@ -96,7 +103,7 @@ def _both(doc, pattern, sender, receivers, cls, kinds, learns, phase, **kw) -> l
     return [StepSpec(doc, pattern, sender, r, cls, kinds, learns, phase, **kw) for r in receivers]
 
 
-SPEC: tuple[StepSpec, ...] = tuple([
+_TABLE: list[StepSpec] = ([
     # ------------------------------------------------------------------ PSI (vfl/psi/)
     StepSpec("psi/plan", r"psi/plan", "guest", "host", CONTROL, ("control",),
              "the PSI protocol version and the host names and order (public in the job file)", PSI),
@@ -172,10 +179,10 @@ SPEC: tuple[StepSpec, ...] = tuple([
       for sender in ("guest", "host")),
     StepSpec("masked_grad_plain", _BATCH + r"masked_grad_plain", "arbiter", "guest", AGGREGATE, ("bigints",),
              "its own released gradient sums, each over at least min_rows_per_release rows, with label-DP "
-             "noise when on", TRAIN),
+             "noise when on", TRAIN, rows=RELEASE),
     StepSpec("masked_grad_plain", _BATCH + r"masked_grad_plain", "arbiter", "host", AGGREGATE, ("bigints",),
              "its own released gradient sums, each over at least min_rows_per_release rows, with label-DP "
-             "noise when on", TRAIN),
+             "noise when on", TRAIN, rows=RELEASE),
     StepSpec("enc_loss", _BATCH + r"enc_loss", "guest", "arbiter", AGGREGATE, ("encrypted",),
              "the batch's approximated loss (one scalar; the arbiter decrypts it)", TRAIN, rows="batch"),
     # ------------------------------------------------------------------ per epoch
@@ -260,6 +267,72 @@ SPEC: tuple[StepSpec, ...] = tuple([
              "for a batch); which IDs it lacks; no threshold, no value", SERVE),
 ])
 
+# ------------------------------------------------------------------ ceilings on control payloads
+# A control payload is JSON: its kind bounds nothing, so a party could carry every row's label or
+# feature inside a declared step (``lr/start`` as a list, or as one long string or dict key). Each
+# control step therefore has a ceiling on its encoded size, a sum of terms in public sizes (SIZES),
+# about twice the largest honest payload and far below anything per row. It bounds the payload's
+# bytes and its values (the ledger counts a number, boolean or null as one value and a string, dict
+# keys included, by its length: never more than the bytes it takes). SpecChannel refuses a payload
+# over it, on sending and on receipt, and ``vfl audit`` fails a ledger line over it.
+SIZES = {
+    "hosts": "the number of hosts of the job",
+    "names": "the party names, as JSON strings with separators",
+    "key": "hex digits of the job's Paillier modulus (key_bits / 4)",
+    "cert": "one relayed secure-sum key's certificate and signature (checked by the receiving host under TLS)",
+    "columns": "the columns the link's host declared in this run (woe/columns, sbt/columns)",
+    "cells": "the bins of all those columns (the sum of the declared bins)",
+    "nodes": "the most nodes of a tree level (2 ** max_depth)",
+    "bins": "max_bin: the most bins a SecureBoost split names",
+}
+CERT_BYTES = 6144          # a PEM certificate (RSA-4096: about 2 KB) and a hex signature, JSON-escaped
+DECLARES = ("woe/columns", "sbt/columns")     # steps in which a host declares its columns (``{"bins": [...]}``)
+CEILINGS: dict[str, str] = {
+    "psi/plan": "128 + names",
+    "psi/buckets/propose": "160",
+    "psi/buckets/open": "160 + 72*hosts",
+    "psi/buckets/reveal": "128",
+    "psi/buckets/nonces": "64 + 72*hosts",
+    "woe/public_key": "96 + key",
+    "woe/columns": "48 + 16*columns",
+    "woe/keep": "32 + 8*columns",
+    "woe/host_woe": "32 + 32*columns + 40*cells",
+    "<pre>/public_key": "96 + key",
+    "<pre>/plan": "256",
+    "<pre>/values": "96",
+    "<pre>/start": "96",
+    "<pre>/e<e>/decision": "160",
+    "<pre>/e<e>/saved": "32",
+    "sbt/public_key": "96 + key",
+    "sbt/plan": "160",
+    "sbt/columns": "64 + 24*columns",
+    "sbt/t<t>/l<d>/splits": "64 + 32*nodes + 6*nodes*bins",
+    "sbt/importance": "32 + 24*columns",
+    "<pre>/e<e>/valid/sum_key": "128 + cert",
+    "<pre>/e<e>/valid/sum_keys": "32 + 128*hosts + cert*hosts",
+    "<pre>/e<e>/valid_decision": "64",
+    "predict/sum_key": "128 + cert",
+    "predict/sum_keys": "32 + 128*hosts + cert*hosts",
+}
+REQUEST_SIZED = ("serve/hello", "serve/keys", "serve/score", "serve/share", "serve/split_bits")   # no ledger
+
+
+def _terms(formula: str) -> tuple:
+    """``"32 + 8*columns"`` as ((32, ()), (8, ("columns",))): every factor a number or a name in SIZES."""
+    out = []
+    for term in formula.split("+"):
+        factors = [f.strip() for f in term.split("*")]
+        names = tuple(f for f in factors if not f.isdigit())
+        unknown = [n for n in names if n not in SIZES]
+        if unknown:
+            raise ValueError(f"ceiling {formula!r}: unknown size {unknown[0]!r}")
+        out.append((math.prod(int(f) for f in factors if f.isdigit()), names))
+    return tuple(out)
+
+
+SPEC: tuple[StepSpec, ...] = tuple(replace(s, cap=_terms(CEILINGS[s.doc])) if s.doc in CEILINGS else s
+                                   for s in _TABLE)
+
 
 class SpecViolation(ValueError):
     """A message that the spec does not declare."""
@@ -298,6 +371,47 @@ def find(step: str, sender: str, receiver: str, kind: str | None = None, dtype: 
         if dtype is None or not re.fullmatch(spec.dtype, dtype.lstrip("<>|=")):
             raise SpecViolation(f"step {step!r} carries arrays of dtype {spec.dtype}, not {dtype}")
     return spec
+
+
+def public_sizes(parties: dict[str, str], key_bits: int = 16384, max_depth: int = 16,
+                 max_bin: int = 255) -> dict[str, int]:
+    """The sizes control ceilings are written in, from what every party and the auditor know: the
+    job's parties (name -> role) and settings (without a job, the largest the settings allow)."""
+    return {"hosts": sum(role == "host" for role in parties.values()),
+            "names": sum(len(name) * 6 + 4 for name in parties),      # JSON-escaped at worst, quoted, ", "
+            "key": -(-int(key_bits) // 4), "cert": CERT_BYTES, "nodes": 2 ** int(max_depth), "bins": int(max_bin)}
+
+
+def declared_sizes(payload) -> dict[str, int] | None:
+    """The columns and cells a host declares in a step of DECLARES (None for a malformed payload:
+    the steps it sizes are then refused, and the role refuses the payload itself)."""
+    bins = payload.get("bins") if isinstance(payload, dict) else None
+    if not isinstance(bins, list) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0
+                                             for b in bins):
+        return None
+    return {"columns": len(bins), "cells": sum(bins)}
+
+
+def ceiling(spec: StepSpec, sizes: dict[str, int]) -> int | None:
+    """The most bytes (and values) a control payload of ``spec`` may have, or None without a ceiling;
+    KeyError names a size the run has not declared."""
+    if spec.cap is None:
+        return None
+    return sum(c * math.prod(sizes[n] for n in names) for c, names in spec.cap)
+
+
+def check_size(spec: StepSpec, step: str, values: int, nbytes: int, sizes: dict[str, int]) -> None:
+    """:class:`SpecViolation` when a control payload exceeds its step's ceiling (or when the ceiling
+    rests on columns the link's host has not declared in this run)."""
+    try:
+        limit = ceiling(spec, sizes)
+    except KeyError as exc:
+        raise SpecViolation(f"step {step!r} is sized by the host's {exc.args[0]}, which it has not declared in "
+                            f"this run ({' or '.join(DECLARES)})") from None
+    if limit is not None and (values > limit or nbytes > limit):
+        raise SpecViolation(f"step {step!r} carries {values} values in {nbytes} bytes, over its ceiling of {limit} "
+                            f"({CEILINGS[spec.doc]}, from public sizes): a control message carries a few "
+                            "settings, never anything per row")
 
 
 def batch_sizes(n_rows: int, batch_size: int) -> list[int]:
