@@ -233,6 +233,8 @@ class PreprocessConfig:
     binning: str = "quantile"          # or "equal_width"
     bins: int = 10                     # initial bins per numeric column (before merging)
     min_bin_rows: int = 50             # no bin with fewer training rows is ever counted or released
+    min_bin_events: int = 5            # label_dp off: each host bin whose WOE the host gets holds this many
+                                       # events and non-events (adjacent bins joined until it does)
     monotonic: bool = False            # join adjacent bins until WOE is monotonic
     woe: bool = True                   # train on WOE-transformed columns (a scorecard); False: selection only
     iv_threshold: float = 0.0          # drop columns with a lower information value
@@ -701,6 +703,10 @@ def _check_preprocess(p: PreprocessConfig, model: ModelConfig) -> None:
         raise ConfigError(f"[preprocess] min_bin_rows must be >= [model] min_rows_per_release "
                           f"({model.min_rows_per_release}): a bin's WOE tells a host its rows' event count, "
                           f"got {p.min_bin_rows}")
+    if p.min_bin_events < 1:
+        raise ConfigError(f"[preprocess] min_bin_events must be >= 1: with label_dp = 'off' a host bin with no "
+                          f"event (or no non-event) gives the host the label of each of its rows, got "
+                          f"{p.min_bin_events}")
     if not p.iv_threshold >= 0 or p.iv_threshold == float("inf"):
         raise ConfigError(f"[preprocess] iv_threshold must be a finite number >= 0, got {p.iv_threshold}")
     if p.iv_top_k_guest < 0 or p.iv_top_k_host < 0:

@@ -14,7 +14,10 @@ neighbour (numeric: the adjacent bin with fewer rows; the missing bin and a
 small "other" bin: into the largest bin), until none is left. Only bins that
 pass this are ever counted, encrypted-summed or released, so every released
 figure stands on at least ``min_bin_rows`` rows. The label holder may merge
-further for monotonic WOE (:func:`merge_monotonic`), which only joins bins.
+further, only ever joining adjacent bins: for monotonic WOE
+(:func:`monotonic_groups`) and, for a host's column whose WOE it sends with
+label-DP off, until every merged bin holds ``min_bin_events`` events and as many
+non-events (:func:`event_groups`, :func:`release_groups`).
 
 A :class:`ColumnBins` is what the party keeps (in its model part): it maps
 raw values to bins at training and scoring alike.
@@ -286,6 +289,69 @@ def monotonic_groups(rows: np.ndarray, events: np.ndarray, ordered: int) -> np.n
         r, e = np.delete(r, i + 1), np.delete(e, i + 1)
         groups = np.where(groups > i, groups - 1, groups)
         ordered -= 1
+
+
+def event_groups(rows: np.ndarray, events: np.ndarray, min_events: int) -> np.ndarray | None:
+    """For each bin, its merged bin once adjacent bins are joined until every merged bin holds at
+    least ``min_events`` events and as many non-events; None if the column cannot (fewer than
+    ``min_events`` events, or non-events, in all: not even one bin would do).
+
+    With exact counts, a bin's WOE tells a host its exact event count; one with no event (or
+    no non-event) gives it the label of every row in it. The bin shortest of its rarer class
+    goes first (ties: the first); it joins the adjacent bin whose event rate is closer to its
+    own (ties: the one with fewer rows, then the left one), so that the merge costs the column
+    as little of its IV as it can. Order is the bins' own: value order for numeric columns (the
+    missing bin, last, can join only the last value bin), bin order for categorical ones: the
+    groups stay a joining of adjacent bins, which is all a host accepts (:func:`check_groups`)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    events = np.asarray(events, dtype=np.int64)
+    if min_events < 1:
+        raise ValueError(f"min_events must be >= 1, got {min_events}")
+    if int(events.sum()) < min_events or int((rows - events).sum()) < min_events:
+        return None
+    groups = np.arange(len(rows))
+    r, e = rows.copy(), events.copy()
+    while True:
+        short = np.minimum(e, r - e)
+        if len(r) == 1 or short.min() >= min_events:
+            return groups
+        i = int(np.argmin(short))
+        rate = e / np.maximum(r, 1)
+        j = min((k for k in (i - 1, i + 1) if 0 <= k < len(r)),
+                key=lambda k: (abs(float(rate[k] - rate[i])), int(r[k]), k))
+        a = min(i, j)
+        r[a] += r[a + 1]
+        e[a] += e[a + 1]
+        r, e = np.delete(r, a + 1), np.delete(e, a + 1)
+        groups = np.where(groups > a, groups - 1, groups)
+
+
+def release_groups(rows: np.ndarray, events: np.ndarray, ordered: int, monotonic: bool,
+                   min_events: int = 0) -> np.ndarray | None:
+    """For each bin, its final merged bin: :func:`monotonic_groups` if ``monotonic``, then, if
+    ``min_events`` (> 0), :func:`event_groups` on the merged bins, the two again in turn until
+    both hold (joining bins never makes a merged bin's counts smaller, and joining two adjacent
+    bins of a monotonic run keeps it monotonic but for the 0.5 adjustment of bins with no event
+    or no non-event, so this ends after a round or two). None if the column cannot meet
+    ``min_events``. A merged bin holding an ordered value bin counts as ordered (the missing bin
+    joined to the last value bin)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    events = np.asarray(events, dtype=np.int64)
+    groups = monotonic_groups(rows, events, ordered) if monotonic else np.arange(len(rows))
+    if min_events <= 0:
+        return groups
+    while True:
+        step = event_groups(merged_counts(rows, groups), merged_counts(events, groups), min_events)
+        if step is None:
+            return None
+        groups = step[groups]
+        if not monotonic:
+            return groups
+        step = monotonic_groups(merged_counts(rows, groups), merged_counts(events, groups),
+                                int(groups[ordered - 1]) + 1 if ordered else 0)
+        if int(step[-1]) == len(step) - 1:          # nothing joined: both hold
+            return groups
+        groups = step[groups]
 
 
 def check_groups(groups: np.ndarray, n_bins: int, what: str) -> np.ndarray:

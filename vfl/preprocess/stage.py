@@ -9,13 +9,19 @@ guest tells it about them.
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import logging
+import os
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..protocol.channel import Channel
 from ..job.config import JobConfig
+from ..io.files import atomic_open
 from ..io.tables import DataError, PartyTable
 from .binning import BinningError, assign_all, fit_bins, n_ordered
 from .roles import guest_host_counts, guest_send_selection, host_bin_counts, host_receive_selection, summarise
@@ -58,27 +64,102 @@ def noised_counts(rows: np.ndarray, events: np.ndarray, sd: float, rng: np.rando
                    0, np.asarray(rows)).astype(np.int64)
 
 
-def _noise_rng(job: JobConfig, resume: bool) -> np.random.Generator:
-    """The generator of the binning noise. A fresh training draws a 128-bit seed from the OS and
-    keeps it beside the guest's checkpoint (``binning.noise.json``, 0600); a resumed one reuses it,
-    so it resends exactly the noised counts of the first run: one release, not a second draw."""
-    import json
-    import os
-    import secrets
-    path = job.output_dir(job.guest.name) / "binning.noise.json"
-    if resume and path.exists():        # missing: the first run stopped before it drew (nothing released)
+NOISE_FILE, ROWS_FILE = "binning.noise.json", "binning.rows.json.gz"
+
+
+def _release_shape(sd: float, bins, counts: dict) -> str:
+    """sha256 of all the noised release rests on but the labels: the noise sd and every column's
+    per-bin rows and ordered bins, the guest's own and each host's, in order. It is a function of
+    no label, so a resume refused for a mismatch tells no party anything about them."""
+    shape = {"sd": float(sd), "own": [[[int(r) for r in cb.rows], n_ordered(cb)] for cb in bins],
+             "hosts": [[h, [[[int(x) for x in r], int(o)] for r, _, o in cols]] for h, cols in counts.items()]}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+
+def _noised_release(job: JobConfig, resume: bool, sd: float, bins, own_events: list[np.ndarray], counts: dict,
+                    rng: np.random.Generator | None):
+    """The noised per-bin event counts, own and hosts': drawn once per training, then replayed.
+
+    A fresh training draws the noise (a 128-bit OS seed unless ``rng`` is given) and keeps the
+    noised counts, with :func:`_release_shape`, beside the guest's checkpoint (:data:`NOISE_FILE`,
+    0600) before anything leaves the guest. A resume sends exactly those counts again, whatever
+    the event counts are now: one release, not a second one, and not the first run's noise on
+    other counts (a host that edits its column between the runs would read the difference: a
+    label). It refuses if the bins' rows, the columns or the noise level changed (their noised
+    counts would not fit the bins); the check involves no label, so passing or failing it tells
+    a host nothing about them. A missing file: the first run stopped before it drew (nothing was
+    released), so this draw is the first."""
+    path = job.output_dir(job.guest.name) / NOISE_FILE
+    shape = _release_shape(sd, bins, counts)
+    if resume and path.exists():
+        damaged = DataError(f"cannot resume: {path} (the first run's noised binning counts) is damaged or from an "
+                            "older version, and a new draw would release the label counts again; start afresh "
+                            "without --resume (a new release, spending the job's budget again)")
         try:
-            return np.random.default_rng(int(json.loads(path.read_text())["seed"]))
+            rec = json.loads(path.read_text())
+            stored = rec["shape"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise DataError(f"cannot resume: {path} (the seed of the first run's binning noise) is damaged, "
-                            "and a new draw would release the label counts again; start afresh without "
-                            "--resume") from None
-    seed = secrets.randbits(128)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"seed": seed}, f)
-    return np.random.default_rng(seed)
+            raise damaged from None
+        if stored != shape:
+            raise DataError(f"cannot resume: the binning stage now rests on other bins than the first run's "
+                            f"({path}): a party's training rows, columns or bins, or the noise level, changed. "
+                            "The first run's noised counts do not fit them, its noise must not be reused on "
+                            "other counts, and a new draw would release the label counts again; start afresh "
+                            "without --resume (a new release, spending the job's budget again)")
+        try:
+            seen = [np.asarray(e, dtype=np.int64) for e in rec["own"]]
+            noised = {h: [(r, np.asarray(e, dtype=np.int64), o) for (r, _, o), e in zip(cols, rec["hosts"][h],
+                                                                                       strict=True)]
+                      for h, cols in counts.items()}
+            pairs = [(cb.rows, e) for cb, e in zip(bins, seen, strict=True)]
+            pairs += [(r, e) for cols in noised.values() for r, e, _ in cols]
+        except (ValueError, KeyError, TypeError):
+            raise damaged from None
+        if not all(e.shape == r.shape and np.all((e >= 0) & (e <= r)) for r, e in pairs):
+            raise damaged
+        log.info("%s: resuming: resending the first run's noised binning counts", job.guest.name)
+        return seen, noised
+    if rng is None:
+        rng = np.random.default_rng(secrets.randbits(128))
+    seen = [noised_counts(cb.rows, e, sd, rng) for cb, e in zip(bins, own_events)]
+    noised = {h: [(r, noised_counts(r, e, sd, rng), o) for r, e, o in cols] for h, cols in counts.items()}
+    rec = {"shape": shape, "own": [e.tolist() for e in seen],
+           "hosts": {h: [e.tolist() for _, e, _ in cols] for h, cols in noised.items()}}
+    with atomic_open(path, "w") as f:            # before anything computed from them is sent
+        os.fchmod(f.fileno(), 0o600)
+        json.dump(rec, f)
+    return seen, noised
+
+
+def _check_retraining(job: JobConfig, ids: np.ndarray, dp: bool) -> None:
+    """Once the hosts have this training's release: warn if its rows differ by fewer than
+    ``min_bin_rows`` from those of the previous training of this job in this workdir
+    (:data:`ROWS_FILE`), then record them.
+
+    A host that keeps both runs' WOE can subtract their per-bin event counts: with label-DP
+    off that is the exact label sum of the changed rows in each bin, with it on the two runs'
+    budgets add up (docs/protocols.md, section 1a)."""
+    p = job.preprocess
+    path = job.output_dir(job.guest.name) / ROWS_FILE
+    now = set(map(str, ids))
+    try:
+        with gzip.open(path, "rt") as f:
+            rec = json.load(f)
+        before = set(map(str, rec["train_ids"])) if rec.get("job") == job.name else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):     # none, or unreadable
+        before = None
+    if before is not None and p.woe and job.hosts:
+        changed = len(before ^ now)
+        if changed < p.min_bin_rows and (changed or dp):
+            log.warning("%s: this training's rows differ from the previous training of job %r in %s by %d rows, "
+                        "fewer than min_bin_rows = %d: a host comparing both runs' WOE learns %s", job.guest.name,
+                        job.name, job.workdir, changed, p.min_bin_rows,
+                        "the shared rows' labels through two noise draws, whose label-DP budgets add up (each "
+                        "training's budget is its own)" if dp else
+                        "the exact label sum of the changed rows in each of its bins, and so the label of a "
+                        "row that is alone in its bin among them (label_dp = \"off\")")
+    with atomic_open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(json.dumps({"job": job.name, "train_ids": sorted(now)}).encode())
 
 
 def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, train: np.ndarray,
@@ -87,14 +168,20 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, train: np.
     locally, hosts' columns through the protocol.
 
     With label-DP on, every per-bin event count (own columns and hosts') gets Gaussian noise
-    before anything is computed from it (:func:`noised_counts`; ``rng`` by default seeded as
-    :func:`_noise_rng` says, the same again on ``resume``): WOE, IV, merging and selection, and so
-    everything a host is told and the guest's own WOE features, are functions of the noised counts."""
+    before anything is computed from it (:func:`noised_counts`; drawn with ``rng``, by default
+    from a fresh OS seed, and on ``resume`` the first run's noised counts again, see
+    :func:`_noised_release`): WOE, IV, merging and selection, and so everything a host is told and
+    the guest's own WOE features, are functions of the noised counts."""
     p, dp = job.preprocess, job.model.label_dp_on
     if p.woe and job.hosts and not dp:
-        log.warning("%s: [preprocess] woe = true tells each host its bins' exact event counts (through their "
-                    "WOE); a host that chooses columns whose bins differ by one row learns that row's label. "
-                    "[model] label_dp = \"on\" noises them (docs/protocols.md, section 1a)", job.guest.name)
+        log.warning("%s: label_dp = \"off\" with [preprocess] woe = true tells each host the exact event count "
+                    "of each of its merged bins (through their WOE). Each such bin holds at least min_bin_events "
+                    "= %d events and as many non-events, so no bin gives away its rows' labels outright, but the "
+                    "exact counts still give each row's odds of being an event, and a host that chooses "
+                    "columns whose bins differ by one row learns that row's label, and one that compares two "
+                    "trainings on nearly the same rows learns the changed rows' labels. [model] label_dp = "
+                    "\"on\" noises the counts for a guarantee (docs/protocols.md, section 1a)", job.guest.name,
+                    p.min_bin_events)
     y = data.labels[train]
     n, n_events = int(train.sum()), int(y.sum())
     bins, idx = _fit(job, data, train, str(job.guest.data))
@@ -106,10 +193,7 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, train: np.
         from ..models.privacy import plan_for
         columns = len(bins) + sum(len(c) for c in counts.values())
         sd = plan_for(job.model, len(job.hosts)).binning_sd(columns)
-        if rng is None:
-            rng = _noise_rng(job, resume)
-        seen = [noised_counts(cb.rows, e, sd, rng) for cb, e in zip(bins, own_events)]
-        counts = {h: [(r, noised_counts(r, e, sd, rng), o) for r, e, o in cols] for h, cols in counts.items()}
+        seen, counts = _noised_release(job, resume, sd, bins, own_events, counts, rng)
         binning_dp = {"noise_sd": sd, "columns": columns}
         log.info("%s: label-DP: every per-bin event count of %d columns noised with sd %.3g", job.guest.name,
                  columns, sd)
@@ -117,14 +201,31 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, train: np.
         seen = own_events
     total = None if dp else n_events           # the noised counts' own totals: the exact one is a label count too
     own = [summarise(cb.column, cb.rows, e, n_ordered(cb), n, total, p.monotonic, cb) for cb, e in zip(bins, seen)]
+    # label-DP off: a host's bins' WOE tells it their exact event counts, so every merged bin it is
+    # told about holds min_bin_events events and as many non-events (no pure bin, no label read off)
+    min_events = p.min_bin_events if p.woe and not dp else 0
     iv_hosts = []
     for i, h in enumerate(job.host_names):
-        cols = [summarise(anonymous_name(i, j), r, e, o, n, total, p.monotonic)
+        cols = [summarise(anonymous_name(i, j), r, e, o, n, total, p.monotonic, min_events=min_events)
                 for j, (r, e, o) in enumerate(counts[h])]
-        keep = select_by_iv([c.iv for c in cols], p.iv_threshold, p.iv_top_k_host)
-        guest_send_selection(channel, h, keep, cols, p.woe)
-        iv_hosts += [{"column": c.name, "iv": c.iv, "bins": len(c.rows), "selected": j in keep}
+        usable = [j for j, c in enumerate(cols) if c is not None]
+        for j, c in enumerate(cols):
+            if c is None:
+                log.info("%s: not sending %s to %s: its training rows hold fewer than min_bin_events = %d events "
+                         "or non-events, so even one bin would give the host a label count below it",
+                         job.guest.name, anonymous_name(i, j), h, min_events)
+        if not usable:
+            raise ValueError(f"no column of {h} can be sent: the training rows hold {n_events} events and "
+                             f"{n - n_events} non-events, fewer than [preprocess] min_bin_events = {min_events} of "
+                             "one of them")
+        picked = select_by_iv([cols[j].iv for j in usable], p.iv_threshold, p.iv_top_k_host)
+        keep = [usable[j] for j in picked]
+        guest_send_selection(channel, h, keep, cols, p.woe, min_events)
+        iv_hosts += [{"column": anonymous_name(i, j), "iv": c.iv if c is not None else None,
+                      "bins": len(c.rows) if c is not None else len(counts[h][j][0]), "selected": j in keep}
                      for j, c in enumerate(cols)]
+    if not resume:          # a resume resends this training's release (label-DP on) or the same counts again
+        _check_retraining(job, data.ids[train], dp)
     keep = select_by_iv([c.iv for c in own], p.iv_threshold, p.iv_top_k_guest)
     iv_guest = [{"column": c.name, "iv": c.iv, "bins": len(c.rows), "selected": j in keep} for j, c in enumerate(own)]
     table, dropped = _keep_table(data, [own[j].name for j in keep])

@@ -152,7 +152,8 @@ _TABLE: list[StepSpec] = ([
              "which of its own columns the model keeps (IV selection)", BIN),
     StepSpec("woe/host_woe", r"woe/host_woe", "guest", "host", AGGREGATE, ("control",),
              "for each kept column, which adjacent bins were joined and each bin's WOE: its bins' event rates, "
-             "each over at least min_bin_rows rows", BIN, rows="bins"),
+             "each over at least min_bin_rows rows (with label-DP off, each joined bin also holds at least "
+             "min_bin_events events and as many non-events)", BIN, rows="bins"),
     # ------------------------------------------------------------------ training setup (vfl/models/)
     *_both("<pre>/public_key", _PRE + r"/public_key", "arbiter", ("guest", "host"), PUBLIC, ("control",),
            "the arbiter's Paillier public key n: nothing private", TRAIN),
