@@ -31,7 +31,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict, deque
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import gmpy2
 import numpy as np
@@ -242,26 +242,32 @@ class ObfuscatorReserve:
         self._thread.join(timeout=5)
 
 
+def _cached(cache: OrderedDict, key: tuple, make: Callable[[], tuple], keep: int = 2) -> tuple:
+    """``cache[key]``, made by ``make()`` if absent; only the ``keep`` most recently used keys are
+    kept: a long-lived party process or worker must not hold every past job's primes or tables."""
+    with _cache_lock:
+        found = cache.get(key)
+        if found is not None:
+            cache.move_to_end(key)
+            return found
+    found = make()
+    with _cache_lock:
+        cache[key] = found
+        while len(cache) > keep:
+            cache.popitem(last=False)
+    return found
+
+
 def _crt(p: int, q: int) -> tuple:
-    """CRT decryption constants of the key ``(p, q)``, cached for the last two keys only: a long-lived
-    party process or worker must not keep the primes of every past job's key."""
-    key = (int(p), int(q))
-    with _cache_lock:
-        params = _crt_params.get(key)
-        if params is not None:
-            _crt_params.move_to_end(key)
-            return params
-    p, q = gmpy2.mpz(p), gmpy2.mpz(q)
-    p2, q2 = p * p, q * q
-    g = p * q + 1
-    hp = gmpy2.invert((gmpy2.powmod(g, p - 1, p2) - 1) // p, p)
-    hq = gmpy2.invert((gmpy2.powmod(g, q - 1, q2) - 1) // q, q)
-    params = (p, q, p2, q2, hp, hq, gmpy2.invert(q, p))
-    with _cache_lock:
-        _crt_params[key] = params
-        while len(_crt_params) > 2:
-            _crt_params.popitem(last=False)
-    return params
+    """CRT decryption constants of the key ``(p, q)`` (cached for the last two keys)."""
+    def make() -> tuple:
+        P, Q = gmpy2.mpz(p), gmpy2.mpz(q)
+        p2, q2 = P * P, Q * Q
+        g = P * Q + 1
+        hp = gmpy2.invert((gmpy2.powmod(g, P - 1, p2) - 1) // P, P)
+        hq = gmpy2.invert((gmpy2.powmod(g, Q - 1, q2) - 1) // Q, Q)
+        return (P, Q, p2, q2, hp, hq, gmpy2.invert(Q, P))
+    return _cached(_crt_params, (int(p), int(q)), make)
 
 
 def _decrypt_chunk(p: int, q: int, ciphertexts: Sequence) -> list:
@@ -289,21 +295,13 @@ _crt_tables: "OrderedDict[tuple[int, int, int], tuple]" = OrderedDict()
 
 
 def _crt_djn_tables(p: int, q: int, hs: int) -> tuple:
-    """The DJN window tables of ``hs`` mod ``p**2`` and mod ``q**2`` and ``(q**2)**-1 mod p**2``."""
-    key = (int(p), int(q), int(hs))
-    with _cache_lock:
-        found = _crt_tables.get(key)
-        if found is not None:
-            _crt_tables.move_to_end(key)
-            return found
-    p, q = gmpy2.mpz(p), gmpy2.mpz(q)
-    p2, q2, windows = p * p, q * q, _exponent_windows(p * q)
-    found = (_window_tables(hs, p2, windows), _window_tables(hs, q2, windows), gmpy2.invert(q2, p2))
-    with _cache_lock:
-        _crt_tables[key] = found
-        while len(_crt_tables) > 2:   # ~54 MB each at 2048 bits, like the public-key table
-            _crt_tables.popitem(last=False)
-    return found
+    """The DJN window tables of ``hs`` mod ``p**2`` and mod ``q**2`` and ``(q**2)**-1 mod p**2``
+    (~54 MB each at 2048 bits, like the public-key table: cached for the last two keys)."""
+    def make() -> tuple:
+        P, Q = gmpy2.mpz(p), gmpy2.mpz(q)
+        p2, q2, windows = P * P, Q * Q, _exponent_windows(P * Q)
+        return (_window_tables(hs, p2, windows), _window_tables(hs, q2, windows), gmpy2.invert(q2, p2))
+    return _cached(_crt_tables, (int(p), int(q), int(hs)), make)
 
 
 def _crt_zeros(p: int, q: int, hs: int, mode: str, count: int) -> list:
