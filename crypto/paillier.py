@@ -59,6 +59,22 @@ _crt_params: "OrderedDict[tuple[int, int], tuple]" = OrderedDict()   # the key h
 _djn_bases: dict[int, gmpy2.mpz] = {}  # n -> hs, drawn by this (encrypting) process
 
 
+def _cached(cache: OrderedDict, key: tuple, make: Callable[[], Any], keep: int = 2) -> Any:
+    """``cache[key]``, made by ``make()`` if absent; only the ``keep`` most recently used keys are
+    kept: a long-lived party process or worker must not hold every past job's primes or tables."""
+    with _cache_lock:
+        found = cache.get(key)
+        if found is not None:
+            cache.move_to_end(key)
+            return found
+    found = make()
+    with _cache_lock:
+        cache[key] = found
+        while len(cache) > keep:
+            cache.popitem(last=False)
+    return found
+
+
 def _window_tables(base, modulus, windows: int) -> list:
     """``table[i][d] = base ** (d << (w i)) mod modulus`` for ``windows`` windows of ``w`` bits
     (``table[i][0] = 1``): a fixed-base exponentiation then costs one multiplication per window."""
@@ -81,19 +97,10 @@ def _exponent_windows(n: int) -> int:
 
 
 def _djn_table(n: int, hs: int) -> list:
-    """``table[i][d] = hs ** (d << (w i)) mod n**2``, ``w`` = window bits, for the ``bits // 2``-bit exponent."""
-    key = (int(n), int(hs))
-    with _cache_lock:
-        table = _djn_tables.get(key)
-        if table is not None:
-            _djn_tables.move_to_end(key)
-            return table
-    table = _window_tables(hs, gmpy2.mpz(n) ** 2, _exponent_windows(n))
-    with _cache_lock:
-        _djn_tables[key] = table
-        while len(_djn_tables) > 2:  # ~54 MB each at 2048 bits
-            _djn_tables.popitem(last=False)
-    return table
+    """``table[i][d] = hs ** (d << (w i)) mod n**2``, ``w`` = window bits, for the ``bits // 2``-bit exponent
+    (~54 MB at 2048 bits: cached for the last two keys)."""
+    return _cached(_djn_tables, (int(n), int(hs)),
+                   lambda: _window_tables(hs, gmpy2.mpz(n) ** 2, _exponent_windows(n)))
 
 
 def _random_digits(n: int, count: int) -> np.ndarray:
@@ -240,22 +247,6 @@ class ObfuscatorReserve:
             self._items.clear()
             self._cond.notify_all()
         self._thread.join(timeout=5)
-
-
-def _cached(cache: OrderedDict, key: tuple, make: Callable[[], tuple], keep: int = 2) -> tuple:
-    """``cache[key]``, made by ``make()`` if absent; only the ``keep`` most recently used keys are
-    kept: a long-lived party process or worker must not hold every past job's primes or tables."""
-    with _cache_lock:
-        found = cache.get(key)
-        if found is not None:
-            cache.move_to_end(key)
-            return found
-    found = make()
-    with _cache_lock:
-        cache[key] = found
-        while len(cache) > keep:
-            cache.popitem(last=False)
-    return found
 
 
 def _crt(p: int, q: int) -> tuple:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,31 @@ def test_a_failed_or_interrupted_call_drops_its_queued_shards(kind, tmp_path, mo
     local.run(_pid_after, [(0,)] * 2)          # FIFO: returns once whatever was left of that call has run
     ran = len(log.read_text().split())
     assert ran <= 8, f"{ran} of {shards - 1} shards of the failed call still ran"   # those already handed out
+
+
+def _sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_ctrl_c_in_the_owner_ends_the_shards_it_was_running(monkeypatch):
+    """The workers ignore Ctrl-C, so the owner must end them: else an interrupted party (a notebook, a
+    `--threads` run) waits at exit for shards that may run for minutes."""
+    monkeypatch.setenv("VFL_WORKERS", "2")
+    workers = set(local.run(_pid_after, [(0.3,)] * 2))
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        local.run(_sleep_then_pid, [(30,), (30,)])
+    time.sleep(1.0)
+    alive = []
+    for pid in workers:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    assert not alive, f"workers {alive} still run the interrupted call's shards"
+    assert len(local.run(_pid_after, [(0.1,)] * 2)) == 2                 # fresh workers for the next call
 
 
 def test_the_arbiter_keeps_the_primes_of_at_most_two_keys():

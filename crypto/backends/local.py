@@ -61,7 +61,8 @@ def _exit_with(owner: int, period: float = 0.5) -> None:
     Ctrl-C in a terminal (or a notebook's interrupt) signals the whole
     process group: a worker that took it died, and the next pooled call
     failed with ``BrokenProcessPool``.  The owner gets the interrupt and
-    cancels its queued shards (:func:`run`); the workers carry on.
+    ends this pool's workers itself (:func:`run`): the next call starts fresh
+    ones.
 
     A party killed with SIGKILL cannot shut its pool down; without this its
     workers (each holding its own DJN table, ~135 MB) lived on as orphans, and
@@ -110,19 +111,27 @@ def run(fn: Callable[..., Any], arg_tuples: Sequence[tuple]) -> list[Any]:
                      "its entry point with `if __name__ == '__main__':` and cannot run from stdin; "
                      "VFL_WORKERS=1 runs everything in-process.")
         raise
-    except BaseException:
-        # a failed shard or an interrupt: drop this call's queued shards, or the next call (the next job in a
-        # notebook) waits behind them; shards already running finish on their own
+    except Exception:
+        # a failed shard: drop this call's queued shards, or the next call (the next job in a notebook)
+        # waits behind them; shards already running finish on their own
         for f in futures:
             f.cancel()
         raise
+    except BaseException:
+        # Ctrl-C (the workers ignore it) or SIGTERM: stop the running shards too, or the interrupted
+        # process waits for them before it can exit; the next call starts fresh workers
+        _discard(executor, terminate=True)
+        raise
 
 
-def _discard(executor: ProcessPoolExecutor) -> None:
+def _discard(executor: ProcessPoolExecutor, terminate: bool = False) -> None:
     global _executor
     with _lock:
         if _executor is executor:
             _executor = None
+    if terminate:       # ProcessPoolExecutor has no public way to stop running work
+        for proc in list((getattr(executor, "_processes", None) or {}).values()):
+            proc.terminate()
     executor.shutdown(wait=False, cancel_futures=True)
 
 

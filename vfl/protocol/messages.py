@@ -39,7 +39,6 @@ from typing import Union
 import numpy as np
 
 from crypto import EncryptedArray
-from crypto.paillier import PublicKey
 
 _CONTROL, _ARRAY, _ENCRYPTED, _BIGINTS = 0x01, 0x02, 0x03, 0x04
 _ALLOWED_KINDS = {"f", "i", "u", "b", "S"}
@@ -98,11 +97,10 @@ def encode_payload(payload: Payload) -> bytes:
     raise MessageError(f"cannot send a {type(payload).__name__}")
 
 
-def decode_payload(data: bytes, public_key: PublicKey | None = None) -> Payload:
-    """Decode and validate bytes produced by :func:`encode_payload`.
-
-    A receiver that knows which Paillier key an encrypted payload must be under passes it as
-    ``public_key``: a blob under another modulus is then refused before its ciphertexts are parsed."""
+def decode_payload(data: bytes) -> Payload:
+    """Decode and validate bytes produced by :func:`encode_payload` (an encrypted array under the
+    modulus it carries, at least ``MIN_N_BYTES``; decrypting it, or adding it to an array under the
+    job's key, refuses another key)."""
     if not data:
         raise MessageError("empty payload")
     tag, body = data[0], memoryview(data)[1:]
@@ -110,7 +108,7 @@ def decode_payload(data: bytes, public_key: PublicKey | None = None) -> Payload:
         return _decode_control(body)
     if tag == _ENCRYPTED:
         try:
-            return EncryptedArray.from_bytes(body, public_key)    # a view: the body is not copied
+            return EncryptedArray.from_bytes(body)    # a view: the body is not copied
         except ValueError as exc:
             raise MessageError(f"bad encrypted array: {exc}") from exc
     if tag == _BIGINTS:
