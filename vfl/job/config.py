@@ -387,9 +387,12 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     if name.lower() in RESERVED_NAMES:
         raise ConfigError(f"[{where}] name {name!r} is reserved: the workdir or the certificates folder holds "
                           f"a file or folder of that name ({', '.join(sorted(RESERVED_NAMES))})")
-    if len(name) > MAX_PARTY_NAME_CHARS or len(name.encode()) > MAX_NAME_BYTES:
+    if len(name) > MAX_PARTY_NAME_CHARS:
         raise ConfigError(f"[{where}] name is {len(name)} characters long; the limit is {MAX_PARTY_NAME_CHARS} "
                           f"(a certificate's common name holds at most {MAX_PARTY_NAME_CHARS})")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"[{where}] name is {len(name.encode())} bytes long in UTF-8; the limit is "
+                          f"{MAX_NAME_BYTES}")
     data = None
     if role != "arbiter":
         data = _path(base, _require(table, "data", where))
@@ -528,11 +531,14 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError(f"[model] hidden_units must be a list of positive integers, got {list(m.hidden_units)}")
     if m.min_rows_per_release < 1:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
-    if m.type != "secureboost" and 0 < m.batch_size < 2 * m.min_rows_per_release:
+    smallest_batch = m.batch_size or (512 if m.type == "embedding" else 4096)    # batch_for's least default
+    if m.type != "secureboost" and smallest_batch < 2 * m.min_rows_per_release:
         # the arbiter decrypts each batch's loss, and a batch_schedule batch can be half a batch_size long
         raise ConfigError(f"[model] batch_size must be at least 2 x min_rows_per_release "
-                          f"({2 * m.min_rows_per_release}), got {m.batch_size}: the arbiter decrypts every "
-                          "batch's loss, and the last batch of an epoch may hold half a batch_size of rows")
+                          f"({2 * m.min_rows_per_release}), got "
+                          f"{m.batch_size or f'the default, which can be {smallest_batch}'}: the arbiter "
+                          "decrypts every batch's loss, and the last batch of an epoch may hold half a "
+                          "batch_size of rows")
     if m.early_stopping not in ("auto", "on", "off"):
         raise ConfigError(f"[model] early_stopping must be 'auto', 'on' or 'off', got {m.early_stopping!r}")
     if not 0 < m.validation_fraction < 0.5 or not m.patience >= 1 or not 0 <= m.min_epochs < m.epochs:

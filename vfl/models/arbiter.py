@@ -113,7 +113,8 @@ class SplitArbiter:
                     f"the label-DP budget of this training is spent: releases were noised in {len(ledger.epochs)} "
                     f"epochs (epochs {ledger.replayed} again after an interruption), as many as the plan's "
                     f"{m.epochs}, so epoch {start + 1} can not run within epsilon {m.dp_epsilon:g}; "
-                    "start afresh without --resume (a new training, with a budget of its own)")
+                    "start afresh without --resume (a new training: it spends epsilon again, on the same "
+                    "labels, and vfl audit counts both)")
         m = m.resolved(n_train)
         rows = batch_sizes(n_train, m.batch_size)
         if len(rows) != batches:

@@ -204,25 +204,18 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, train: np.
     # label-DP off: a host's bins' WOE tells it their exact event counts, so every merged bin it is
     # told about holds min_bin_events events and as many non-events (no pure bin, no label read off)
     min_events = p.min_bin_events if p.woe and not dp else 0
+    if min_events and min(n_events, n - n_events) < min_events:
+        # every host column's bins hold all training rows: not even one bin of any could be sent
+        raise ValueError(f"no host column can be sent: the training rows hold {n_events} events and "
+                         f"{n - n_events} non-events, fewer than [preprocess] min_bin_events = {min_events} of "
+                         "one of them")
     iv_hosts = []
     for i, h in enumerate(job.host_names):
         cols = [summarise(anonymous_name(i, j), r, e, o, n, total, p.monotonic, min_events=min_events)
                 for j, (r, e, o) in enumerate(counts[h])]
-        usable = [j for j, c in enumerate(cols) if c is not None]
-        for j, c in enumerate(cols):
-            if c is None:
-                log.info("%s: not sending %s to %s: its training rows hold fewer than min_bin_events = %d events "
-                         "or non-events, so even one bin would give the host a label count below it",
-                         job.guest.name, anonymous_name(i, j), h, min_events)
-        if not usable:
-            raise ValueError(f"no column of {h} can be sent: the training rows hold {n_events} events and "
-                             f"{n - n_events} non-events, fewer than [preprocess] min_bin_events = {min_events} of "
-                             "one of them")
-        picked = select_by_iv([cols[j].iv for j in usable], p.iv_threshold, p.iv_top_k_host)
-        keep = [usable[j] for j in picked]
+        keep = select_by_iv([c.iv for c in cols], p.iv_threshold, p.iv_top_k_host)
         guest_send_selection(channel, h, keep, cols, p.woe, min_events)
-        iv_hosts += [{"column": anonymous_name(i, j), "iv": c.iv if c is not None else None,
-                      "bins": len(c.rows) if c is not None else len(counts[h][j][0]), "selected": j in keep}
+        iv_hosts += [{"column": c.name, "iv": c.iv, "bins": len(c.rows), "selected": j in keep}
                      for j, c in enumerate(cols)]
     if not resume:          # a resume resends this training's release (label-DP on) or the same counts again
         _check_retraining(job, data.ids[train], dp)

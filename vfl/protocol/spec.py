@@ -15,9 +15,12 @@ aggregate.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, replace
+
+from crypto.signing import MAX_CERT_PEM
 
 # payload classes: what the receiver gets, as it can read it
 PUBLIC = "public"            # public parameters: keys anybody may know
@@ -286,7 +289,8 @@ SIZES = {
     "nodes": "the most nodes of a tree level (2 ** max_depth)",
     "bins": "max_bin: the most bins a SecureBoost split names",
 }
-CERT_BYTES = 6144          # a PEM certificate (RSA-4096: about 2 KB) and a hex signature, JSON-escaped
+# a relayed certificate as large as the verifier accepts (its newlines JSON-escaped) and a hex signature
+CERT_BYTES = MAX_CERT_PEM + MAX_CERT_PEM // 32 + 1024
 DECLARES = ("woe/columns", "sbt/columns")     # steps in which a host declares its columns (``{"bins": [...]}``)
 CEILINGS: dict[str, str] = {
     "psi/plan": "128 + names",
@@ -379,7 +383,7 @@ def public_sizes(parties: dict[str, str], key_bits: int = 16384, max_depth: int 
     """The sizes control ceilings are written in, from what every party and the auditor know: the
     job's parties (name -> role) and settings (without a job, the largest the settings allow)."""
     return {"hosts": sum(role == "host" for role in parties.values()),
-            "names": sum(len(name) * 6 + 4 for name in parties),      # JSON-escaped at worst, quoted, ", "
+            "names": sum(len(json.dumps(name)) + 2 for name in parties),   # as JSON writes them, and ", "
             "key": -(-int(key_bits) // 4), "cert": CERT_BYTES, "nodes": 2 ** int(max_depth), "bins": int(max_bin)}
 
 
