@@ -6,7 +6,8 @@
   worker threads, so a slow store never stalls the link.
 * The **guest** dials every host and keeps the links up (a host that restarts is re-dialled and
   re-keyed, the guest keeps running; one that comes back serving another model part than the one
-  pinned at its first link is refused), and serves the bank's systems over HTTP
+  pinned at its first link, or its part of an earlier training than the guest's, is refused), and
+  serves the bank's systems over HTTP
   (:mod:`parties.serve_http`) at its ``serve_address``.
 
 A request one host refuses (more IDs than its own ``max_batch``, say) is answered with an error for
@@ -28,8 +29,8 @@ from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
 from vfl.serving.roles import (ANSWER_STEPS, MISSING_UNKNOWN, MISSING_WITHHELD, PEER_TEXT, REFUSED_AUDIT,
-                               REFUSED_BATCH, GuestScorer, HostAnswer, ModelChanged, Refused, RequestRefused,
-                               check_hello, check_ids, serving_dir)
+                               REFUSED_BATCH, REFUSED_TOO_LARGE, GuestScorer, HostAnswer, ModelChanged, Refused,
+                               RequestRefused, check_hello, check_ids, serving_dir)
 from vfl.serving.scorers import host_scorer
 from vfl.serving.stores import Lookup, StoreError
 
@@ -77,7 +78,7 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
     audit = AuditLog(audit_path(job, name), job.name, name)
     guest = job.guest.name
 
-    # inline only when nothing waits on I/O: recording answered IDs (averaging hosts) fsyncs a file
+    # inline only when nothing waits on I/O: recording answered IDs (three or more hosts) fsyncs a file
     inline = scorer.store.in_memory and scorer.answered is None
 
     async def answer(link: Link, request) -> None:
@@ -94,8 +95,8 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
         try:
             link.send(scorer.answer_step, reply)
         except PayloadTooLarge:            # e.g. many trees' split sides for a large batch: this request only
-            refuse(link, request.step, RequestRefused(request.req, REFUSED_BATCH, "its answer to this many IDs is "
-                                                      "over the link's message limit", request.ids))
+            refuse(link, request.step, RequestRefused(request.req, REFUSED_TOO_LARGE, "its answer to this many IDs "
+                                                      "is over the link's message limit", request.ids))
             return
         except PeerLost:
             pass
@@ -226,9 +227,7 @@ class GuestService:
                     self.hellos[host] = check_hello(hello, host, await self._pinned(host, hello["model"]))
                 except ModelChanged as exc:
                     if host not in self.model_refused:
-                        log.error("%s: %s. If %s's model was updated on purpose, remove its entry under "
-                                  "\"hosts\" in %s (or the file): the next link pins the new one.", me, exc, host,
-                                  pins_path(self.job))
+                        log.error("%s: %s. %s", me, exc, _pin_hint(exc, host, pins_path(self.job)))
                     self.model_refused.add(host)
                     raise
                 self.model_refused.discard(host)
@@ -257,30 +256,46 @@ class GuestService:
             backoff = min(backoff * 2, 2.0)
 
     async def _pinned(self, host: str, model: str) -> str:
-        """The model-part hash pinned for ``host``: the one its first hello named (pinned now, in the
-        guest's serving folder, written atomically), so a host that comes back serving another part is
-        refused, not re-linked silently. Pins hold beside the guest's own part's hash: after a new
-        training (the guest's part changed too) every host is pinned afresh. The file is read at every
-        link: removing a host's entry (or the file) accepts its new part at the next re-dial, without
-        restarting the guest."""
+        """The model-part hash pinned for ``host`` beside the guest's own part: the one its first hello
+        named (pinned now, in the guest's serving folder, written atomically), so a host that comes
+        back serving another part is refused, not re-linked silently.
+
+        Pins are kept per part of the guest's own: after a new training (the guest's part changed) the
+        current pins move under ``"earlier"``, keyed by the guest's old part, and each host is pinned
+        afresh, except to a part it was pinned to beside an earlier part of the guest's: that is its
+        part of an older training (a host not restarted yet), refused (:class:`EarlierPart`) until it
+        serves a part of the new training, which is then pinned with no edit. Going back to an earlier
+        part of the guest's restores the pins kept beside it. The file is read at every link: removing
+        a host's entry (or the file) accepts its new part at the next re-dial, without restarting the
+        guest."""
         path, me = pins_path(self.job), self.scorer.model_hash
         async with self._pin_lock:
             try:
                 text = await asyncio.to_thread(path.read_text, encoding="utf-8") if path.exists() else None
                 pins = json.loads(text) if text is not None else {"guest": me, "hosts": {}}
-                if not (isinstance(pins, dict) and set(pins) == {"guest", "hosts"} and isinstance(pins["hosts"], dict)
-                        and all(isinstance(v, str) for v in pins["hosts"].values())):
-                    raise ValueError('expected {"guest": SHA-256, "hosts": {host: SHA-256}}')
+                if not _valid_pins(pins):
+                    raise ValueError('expected {"guest": SHA-256, "hosts": {host: SHA-256}, '
+                                     '"earlier": {guest SHA-256: {host: SHA-256}}}')
             except (OSError, ValueError) as exc:
                 raise ProtocolError(f"cannot read the model pins {path}: {exc}") from None
+            earlier, changed = pins.setdefault("earlier", {}), False
             if pins["guest"] != me:
-                log.info("%s: its own model part changed (a new training): pinning the hosts' parts afresh",
-                         self.job.guest.name)
-                pins = {"guest": me, "hosts": {}}
+                log.info("%s: its own model part changed (a new training): pinning the hosts' parts afresh; "
+                         "a host still serving its part of an earlier training is refused", self.job.guest.name)
+                if pins["hosts"]:
+                    earlier[pins["guest"]] = {**earlier.get(pins["guest"], {}), **pins["hosts"]}
+                pins, changed = {"guest": me, "hosts": earlier.pop(me, {}), "earlier": earlier}, True
             if host not in pins["hosts"]:
-                pins["hosts"][host] = model
-                await asyncio.to_thread(write_json, path, pins)
+                if any(kept.get(host) == model for kept in earlier.values()):
+                    if changed:
+                        await asyncio.to_thread(write_json, path, pins)
+                    raise EarlierPart(f"{host} serves the model part {model} it served beside an earlier model part "
+                                      f"of the guest's (an older training), not yet its part of the guest's current "
+                                      f"training: link refused until it does")
+                pins["hosts"][host], changed = model, True
                 log.info("%s: pinned %s's model part %s in %s", self.job.guest.name, host, model, path)
+            if changed:
+                await asyncio.to_thread(write_json, path, pins)
             return pins["hosts"][host]
 
     def _rekey(self) -> None:
@@ -326,8 +341,8 @@ class GuestService:
             down = self.missing_hosts() or self.hosts
             changed = [h for h in down if h in self.model_refused]
             if changed:
-                raise ServeError(503, f"{changed[0]} serves another model part than the one the guest pinned: "
-                                      f"not linked (see the guest's log)", changed[0])
+                raise ServeError(503, f"{changed[0]} serves another model part than the one the guest pinned or "
+                                      f"expects: not linked (see the guest's log)", changed[0])
             raise ServeError(503, f"host(s) {', '.join(down)} not linked: scoring needs every host "
                                   f"(re-dialling; see /ready)", down[0])
         self.req += 1
@@ -479,8 +494,8 @@ class GuestService:
 
     async def _ask(self, ids: list[str], average: Mapping[str, list[int]] | None = None) -> dict[str, HostAnswer]:
         """Every host's checked answer to one ``serve/score`` of ``ids``: an error naming a host that
-        refused the request (413: more IDs than its own max_batch; 503: its settings or audit log) or
-        failed (503)."""
+        refused the request (413: more IDs than its own max_batch, or its answer too large for the link;
+        503: its settings or audit log) or failed (503)."""
         req, replies = await self._call("serve/score", ids, average)
         answers = {h: self._read_answer(h, replies[h], req, len(ids)) for h in self.hosts}
         for h, a in answers.items():
@@ -489,6 +504,9 @@ class GuestService:
                 if a.refused == REFUSED_BATCH:
                     raise ServeError(413, f"{h} takes fewer IDs per request than this batch (its [serving] "
                                           f"max_batch): send smaller batches", h)
+                if a.refused == REFUSED_TOO_LARGE:
+                    raise ServeError(413, f"{h}'s answer to this many IDs is too large for the serving link: send "
+                                          f"smaller batches", h)
                 if a.refused == REFUSED_AUDIT:
                     raise ServeError(503, f"{h}'s audit log cannot be written: it refuses requests until it can", h)
                 raise ServeError(503, f"{h} refused the request: its [serving] settings differ from the guest's "
@@ -507,17 +525,45 @@ class GuestService:
             raise ServeError(502, f"{host} sent a malformed answer (see the guest's log)", host) from None
 
 
+class EarlierPart(ModelChanged):
+    """A host's hello names the part it was pinned to beside an earlier part of the guest's own: its
+    part of an older training, which must not be summed with the guest's part of a newer one."""
+
+
+def _valid_pins(pins) -> bool:
+    def table(x) -> bool:
+        return isinstance(x, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in x.items())
+    return (isinstance(pins, dict) and set(pins) - {"earlier"} == {"guest", "hosts"} and isinstance(pins["guest"], str)
+            and table(pins["hosts"]) and isinstance(pins.get("earlier", {}), dict)
+            and all(table(v) for v in pins.get("earlier", {}).values()))
+
+
+def _pin_hint(exc: ModelChanged, host: str, path) -> str:
+    """What the operator may do about a refused host part (the guest's log)."""
+    if isinstance(exc, EarlierPart):
+        return (f"Restart {host} with its part of the current training: it is pinned then. If its part did not "
+                f"change in that training, remove its entries under \"earlier\" in {path}")
+    return (f"After a new training, restart the guest with its new part too (every host is pinned afresh). If only "
+            f"{host}'s part was updated on purpose, remove its entry under \"hosts\" in {path} (or the file): "
+            f"the next link pins the new one")
+
+
 def _auditable(ids, limit: int) -> list[str]:
     """The string IDs of a request refused as malformed (at most ``limit``), for its audit line."""
     return [i for i in ids[:limit] if isinstance(i, str)] if isinstance(ids, list) else []
 
 
 def _host_row_error(host: str, id_: str, why: str) -> RowError:
+    """A row some host could not score. A withheld ID (scored before, lacked now) gets the client text of
+    an unknown one: telling the caller it was scored before would say the applicant applied before;
+    the guest's log and audit line keep the cause."""
     if why == MISSING_UNKNOWN:
         return RowError(404, f"ID {id_!r} is unknown to {host}", host, f"ID unknown to {host}")
     if why == MISSING_WITHHELD:
-        return RowError(404, f"ID {id_!r} is unknown to {host} (it no longer holds it, and does not average an "
-                             f"ID it has scored before)", host, f"ID unknown to {host}, scored before: not averaged")
+        log.info("%s withheld an ID it scored before and lacks now (not averaged; the client is told it is "
+                 "unknown)", host)
+        return RowError(404, f"ID {id_!r} is unknown to {host}", host,
+                        f"ID unknown to {host}, scored before: not averaged")
     return RowError(422, f"{host} cannot score this ID (a value it needs is missing or invalid)", host,
                     f"{host} cannot score this ID")
 

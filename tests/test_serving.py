@@ -971,10 +971,95 @@ def test_a_host_never_averages_an_id_it_answered_before_even_after_a_restart(thr
     restarted = {**scorers, "host0": HostScorer(erased, "host0")}       # a new process reads answered.bin
     after = asyncio.run(score(_local_guest(erased, restarted), [victim, fresh]))
     assert (after[0].status, after[0].party) == (404, "host0") and "scored before" in after[0].audit, after[0]
+    assert after[0].message == f"ID {victim!r} is unknown to host0"      # the client: not "scored before"
     assert after[1]["partial"] == {"average_for": ["host0"]} and 0 < after[1]["probability"] < 1
     stored = (cfg.output_dir("host0") / "serving" / "answered.bin").read_bytes()
     assert victim.encode() not in stored and (len(stored) - 32) % 16 == 0 and len(stored) > 32
     assert not (cfg.output_dir("guest") / "serving" / "answered.bin").exists()
+
+
+def _fresh_host_state(cfg, tmp_path):
+    """``cfg``'s outputs copied, without the hosts' serving state (answered IDs, audit logs) that earlier
+    tests of the module left."""
+    import shutil
+    cfg = _copy_outputs(cfg, tmp_path)
+    for h in cfg.host_names:
+        shutil.rmtree(cfg.output_dir(h) / "serving", ignore_errors=True)
+    return cfg
+
+
+def test_ids_scored_under_refuse_are_never_averaged_after_a_switch_to_average(three_hosts, tmp_path):
+    """Three hosts keep the IDs they scored whatever the policy: one scored under "refuse" and lacked by
+    host0 once the policy is "average" is withheld (averaging it, the two answers would differ by host0's
+    own score up to a constant). The client is told only that host0 does not know it (that it was scored
+    before would say the applicant applied before); the audit line keeps the cause."""
+    cfg, scores, guest, hosts = three_hosts
+    cfg = _fresh_host_state(cfg, tmp_path)
+    known = [set(h["id"]) for h in hosts]
+    victim = sorted(set(scores["id"]) & known[0] & known[1] & known[2])[0]
+    refuse = replace(cfg, serving=replace(cfg.serving, unknown_id="refuse"))
+
+    async def score(service, ids):
+        try:
+            return await service.score(ids)
+        finally:
+            service.audit.close()
+
+    before = asyncio.run(score(_local_guest(refuse, {h: HostScorer(refuse, h) for h in cfg.host_names}), [victim]))
+    assert abs(before[0]["probability"] - scores.set_index("id")["score"][victim]) <= 1e-12
+    dropped = tmp_path / "host0_after_erasure.csv"
+    hosts[0][hosts[0]["id"] != victim].to_csv(dropped, index=False)
+    erased = replace(cfg, hosts=(replace(cfg.hosts[0], predict_data=dropped), *cfg.hosts[1:]))
+    assert erased.serving.unknown_id == "average"
+    after = asyncio.run(score(_local_guest(erased, {h: HostScorer(erased, h) for h in cfg.host_names}), [victim]))
+    assert (after[0].status, after[0].party, after[0].message) == (404, "host0", f"ID {victim!r} is unknown to host0")
+    assert after[0].audit == "ID unknown to host0, scored before: not averaged"
+
+
+def test_a_host_that_answered_before_keeping_its_ids_refuses_to_average(three_hosts, tmp_path):
+    """A host whose audit log records answered requests but that has no answered.bin (a version that kept
+    none, or kept it only under "average") cannot list the IDs it scored: it serves under "refuse",
+    recording from now on, and refuses to start under "average", then and at every later start. A
+    host that never answered starts under "average"."""
+    from vfl.serving.answered import AnsweredIdsError
+    from vfl.serving.audit import AuditLog
+    cfg, *_ = three_hosts
+    cfg = _fresh_host_state(cfg, tmp_path)
+    assert cfg.serving.unknown_id == "average" and HostScorer(cfg, "host1").answered.complete
+    log = AuditLog(cfg.output_dir("host0") / "serving" / "audit.jsonl", cfg.name, "host0")
+    log.record("guest", ["555-0100"], "answered", step="serve/score", req=1)
+    log.close()
+    with pytest.raises(AnsweredIdsError, match='unknown_id = "refuse"'):
+        HostScorer(cfg, "host0")
+    refuse = replace(cfg, serving=replace(cfg.serving, unknown_id="refuse"))
+    host0 = HostScorer(refuse, "host0")
+    assert host0.answered is not None and not host0.answered.complete
+    with pytest.raises(AnsweredIdsError):
+        HostScorer(cfg, "host0")
+
+
+def test_the_answered_set_holds_about_8_bytes_per_id_in_memory(tmp_path):
+    """A Python set of 16-byte records held ~83 bytes per answered ID, and the set only grows: it is a
+    sorted array of 8-byte keys plus a small set of recent ones, merged as it grows (tracemalloc), and
+    every ID is still found, across merges and after a restart."""
+    import tracemalloc
+    from vfl.serving.answered import AnsweredIds
+    ids = [f"555-{i:07d}" for i in range(40_000)]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        a = AnsweredIds(tmp_path / "answered.bin", b"k" * 32, "job", "host0")
+        for k in range(0, len(ids), 1000):
+            a.add(ids[k:k + 1000] + ids[:3])                 # an ID answered again is not added again
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert len(a) == len(ids) and held / len(ids) < 30, held / len(ids)
+    probe = ids[::97] + ["555-x", "555-00400000"]
+    assert a.contains(probe) == [True] * len(ids[::97]) + [False, False]
+    assert (tmp_path / "answered.bin").stat().st_size == 32 + 16 * len(ids)
+    again = AnsweredIds(tmp_path / "answered.bin", b"k" * 32, "job", "host0")
+    assert len(again) == len(ids) and again.contains(probe) == a.contains(probe)
 
 
 def test_the_answered_set_keeps_whole_records_under_its_own_key(tmp_path):
@@ -1170,6 +1255,33 @@ def test_a_host_back_with_another_model_part_is_refused_until_its_pin_is_removed
             r.stop()
 
 
+def test_after_a_new_training_a_hosts_old_part_is_refused_and_its_new_one_pinned(tmp_path):
+    """The guest restarted with its retrained part before a host: the host's part of the older training
+    must not be pinned (nor summed with the guest's new part), and its new part, once it restarts, must
+    be pinned with no edit. Going back to the older guest part restores that training's pins; a pins
+    file written before "earlier" existed is read."""
+    from types import SimpleNamespace
+    from parties.serve import EarlierPart, GuestService, pins_path
+    job = SimpleNamespace(guest=SimpleNamespace(name="guest"), output_dir=lambda name: tmp_path / name)
+    v = {x: hashlib.sha256(x.encode()).hexdigest() for x in ("guest 1", "guest 2", "host0 1", "host0 2", "host1 1")}
+
+    def pinned(guest_part, host, part):
+        service = SimpleNamespace(job=job, scorer=SimpleNamespace(model_hash=v[guest_part]), _pin_lock=asyncio.Lock())
+        return asyncio.run(GuestService._pinned(service, host, v[part]))
+
+    pins_path(job).parent.mkdir(parents=True)
+    pins_path(job).write_text(json.dumps({"guest": v["guest 1"], "hosts": {"host0": v["host0 1"]}}))
+    assert pinned("guest 1", "host1", "host1 1") == v["host1 1"]
+    with pytest.raises(EarlierPart, match="host0 .*earlier"):
+        pinned("guest 2", "host0", "host0 1")                # the guest's new part, host0's old one
+    assert pinned("guest 2", "host0", "host0 2") == v["host0 2"]
+    assert pinned("guest 2", "host0", "host0 1") == v["host0 2"]     # compared by check_hello: refused
+    with pytest.raises(EarlierPart, match="host1"):
+        pinned("guest 2", "host1", "host1 1")
+    assert pinned("guest 1", "host0", "host0 1") == v["host0 1"]     # back to training 1: its pins
+    assert pinned("guest 1", "host1", "host1 1") == v["host1 1"]
+
+
 def test_the_api_key_and_the_body_size_are_checked_before_the_body_is_read(served, tmp_path, private_audit):
     """With api_keys, a caller without a key gets 401 whatever its body (malformed or huge: never parsed);
     any body past what a valid request can need is refused 413, by its declared length or while it
@@ -1247,6 +1359,57 @@ def test_the_audit_log_fails_closed(served, tmp_path, private_audit):
         guest.stop()
 
 
+def test_a_write_that_fails_midway_leaves_no_torn_line(tmp_path):
+    """A disk that fills mid-line (here a file size limit, in a child process): the failed write is cut
+    back to the last whole line, so the retry once space is back leaves every line readable."""
+    script = f"""
+import resource, signal, sys, time
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from vfl.serving.audit import AuditLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # a write past the limit fails with EFBIG
+path = Path(sys.argv[1])
+log = AuditLog(path, "job", "guest")
+
+def until(ok):
+    deadline = time.monotonic() + 10
+    while not ok():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+log.record("http", ["555-0100"], "answered")
+until(lambda: path.exists() and path.stat().st_size > 0)
+limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 100, limits[1]))   # the disk fills
+log.record("http", ["555-0101"] * 5, "answered")                                     # a line of ~280 bytes
+until(lambda: not log.healthy)
+resource.setrlimit(resource.RLIMIT_FSIZE, limits)                                    # space again
+until(lambda: log.healthy)
+log.close()
+"""
+    path = tmp_path / "audit.jsonl"
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
+    assert [x["outcome"] for x in map(json.loads, path.read_text().splitlines())] == ["answered"] * 2
+    assert len(find_requests(path, "job", "555-0101")) == 1
+
+
+def test_find_requests_skips_unreadable_lines_and_a_new_line_never_joins_a_fragment(tmp_path):
+    """A fragment a crash left (no newline) must not make the whole log unreadable to `vfl requests`: it
+    is skipped and counted, and the next start begins a new line after it, so later lines stay whole."""
+    from vfl.serving.audit import AuditLog
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, "job", "guest")
+    log.record("http", ["555-0100"], "answered")
+    log.close()
+    with path.open("ab") as f:
+        f.write(b'{"ids": ["0123')                          # a crash mid-line
+    log = AuditLog(path, "job", "guest")
+    log.record("http", ["555-0100"], "error 404", message="ID unknown to guest")
+    log.close()
+    found = find_requests(path, "job", "555-0100")
+    assert [x["outcome"] for x in found] == ["answered", "error 404"] and found.unreadable == 1
+
+
 def test_a_message_too_large_for_the_link_fails_its_request_alone(served, private_audit):
     """A serve/score whose IDs take more than a control message may (1 MiB: the peer's decoder would
     refuse it and end the link) is refused before it is sent: 413 for that request, the link kept."""
@@ -1286,3 +1449,25 @@ def test_a_message_too_large_for_the_link_fails_its_request_alone(served, privat
 
     err, pending = asyncio.run(main())
     assert err.status == 413 and "fewer IDs" in str(err) and pending == {}
+
+
+def test_a_host_answer_too_large_for_the_link_is_refused_with_its_own_message(served, monkeypatch):
+    """A host whose answer is over the link's message limit (many trees' split sides for a large batch)
+    refuses that request alone: 413 saying its answer is too large, not that it takes fewer IDs than
+    its max_batch (which the batch did not exceed); the link stays up."""
+    from parties.serve_link import Link, PayloadTooLarge
+    cfg, scores, *_, url = served
+    send = Link.send
+
+    def too_large(self, step, payload):
+        if step == "serve/share" and len(payload.get("share", ())) == 3:     # hosts' answers to 3 IDs
+            raise PayloadTooLarge("too large")
+        return send(self, step, payload)
+
+    monkeypatch.setattr(Link, "send", too_large)
+    t0 = time.time()
+    r = httpx.post(url + "/score/batch", json={"ids": scores["id"].tolist()[:3]}, timeout=30)
+    assert r.status_code == 413 and r.json()["party"] == "host0", r.text
+    assert "too large" in r.json()["detail"] and "max_batch" not in r.json()["detail"], r.text
+    assert [x["outcome"] for x in _audit_lines(cfg, "host0", t0)] == ["refused: answer_too_large"]
+    assert httpx.post(url + "/score/batch", json={"ids": scores["id"].tolist()[:2]}, timeout=30).status_code == 200

@@ -10,7 +10,8 @@ small space (phone or account numbers) cannot be recovered from it by trying the
 The log fails closed: when a write fails (a full disk, say) :attr:`AuditLog.healthy` turns false
 and the services refuse requests (503) until a retry succeeds; lines wait in memory meanwhile, at
 most :data:`MAX_QUEUED` IDs' worth before new requests are refused, twice that before lines (of
-refused requests, then) are dropped and counted in the process log.
+refused requests, then) are dropped and counted in the process log. A failed write is cut back to
+the last whole line before the retry, so a full disk leaves no torn line.
 """
 from __future__ import annotations
 
@@ -70,17 +71,60 @@ def id_hash(key: bytes, job: str, id_: str) -> str:
     return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
 
 
-def find_requests(log_path: Path, job: str, id_: str) -> list[dict]:
-    """The lines of the audit log at ``log_path`` whose request included ``id_`` (with the log's key)."""
+class Found(list):
+    """:func:`find_requests`'s lines, and how many lines of the log could not be read (``unreadable``)."""
+    unreadable = 0
+
+
+def find_requests(log_path: Path, job: str, id_: str) -> Found:
+    """The lines of the audit log at ``log_path`` whose request included ``id_`` (with the log's key).
+
+    A line that is not a JSON object (a write torn by a crash or a full disk, which the writer
+    cuts back when it can) is skipped, counted in ``unreadable`` and in a warning: one bad line
+    must not hide every other request from an auditor."""
     log_path = Path(log_path)
     if not key_path(log_path).exists():
         raise FileNotFoundError(f"no audit key beside {log_path} ({key_path(log_path).name}): the log's IDs "
                                 f"cannot be matched without it")
     h = id_hash(read_key(key_path(log_path)), job, id_)
+    found = Found()
     if not log_path.exists():
-        return []
-    lines = [json.loads(x) for x in log_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    return [x for x in lines if h in x.get("ids", ())]
+        return found
+    with log_path.open("rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                ids = line.get("ids", ())
+            except (ValueError, AttributeError):       # not JSON (bad bytes, torn), or not an object
+                found.unreadable += 1
+                continue
+            if isinstance(ids, list) and h in ids:
+                found.append(line)
+    if found.unreadable:
+        log.warning("%s: %d unreadable line(s) skipped (torn by a crash or a full disk)", log_path,
+                    found.unreadable)
+    return found
+
+
+def answered_before(log_path: Path) -> bool:
+    """Whether the audit log at ``log_path`` records a request answered (read until the first one):
+    evidence that this party served before, e.g. before it kept its answered IDs."""
+    log_path = Path(log_path)
+    if not log_path.exists():
+        return False
+    with log_path.open("rb") as f:
+        for raw in f:
+            if b'"answered"' not in raw:
+                continue
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(line, dict) and line.get("outcome") == "answered":
+                return True
+    return False
 
 
 class AuditLog:
@@ -130,9 +174,10 @@ class AuditLog:
         return item
 
     def _write(self) -> None:
-        """Write lines as they come; on a failure keep them, mark the log failed and retry every RETRY s."""
+        """Write lines as they come; on a failure keep them, cut the file back to its last whole line,
+        mark the log failed and retry every RETRY s (so a retry never follows a torn line)."""
         unsaved: list[str] = []      # lines not yet known to be on disk
-        f = None
+        fd = None
         while True:
             if not unsaved:
                 if self._closing.is_set() and self._q.empty():
@@ -144,16 +189,15 @@ class AuditLog:
             while len(unsaved) < BATCH and (item := self._take(block=False)) is not None:
                 unsaved.append(json.dumps(item, sort_keys=True) + "\n")
             try:
-                if f is None:
-                    f = self.path.open("a", encoding="utf-8")
-                f.write("".join(unsaved))
-                f.flush()
+                if fd is None:
+                    fd = _open_at_line_end(self.path)
+                _append(fd, "".join(unsaved).encode("utf-8"))
             except OSError as exc:
                 if not self.failed:
                     log.error("%s: cannot write the audit log %s (%s): refusing requests until it can",
                               self.party, self.path, exc)
                 self.failed = True
-                f = _closed(f)
+                fd = _closed(fd)
                 if self._closing.wait(RETRY):
                     log.error("%s: %d audit line(s) could not be written before the service stopped",
                               self.party, len(unsaved))
@@ -166,7 +210,7 @@ class AuditLog:
                 log.warning("%s: the audit log is written again (%d line(s) of refused requests dropped meanwhile)",
                             self.party, dropped)
                 self.failed = False
-        _closed(f)
+        _closed(fd)
 
     def close(self) -> None:
         self._closing.set()
@@ -174,11 +218,41 @@ class AuditLog:
         self._thread.join(timeout=10)
 
 
-def _closed(f) -> None:
-    """Close ``f`` (None too) whatever its buffer holds: after a failed write, closing fails again."""
-    if f is not None:
+def _open_at_line_end(path: Path) -> int:
+    """The log open for appending, ending with a whole line: a fragment a crash left (no newline)
+    gets one, so the next line is not glued to it (the fragment stays one unreadable line)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            _append(fd, b"\n")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _append(fd: int, data: bytes) -> None:
+    """Append ``data`` whole or not at all: a failed write (a full disk) is cut back to the size before
+    it, so that the retry does not follow a torn line (one writer per log)."""
+    size = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
         try:
-            f.close()
+            os.ftruncate(fd, size)
+        except OSError:        # then the next open ends the fragment with a newline
+            pass
+        raise
+
+
+def _closed(fd: int | None) -> None:
+    """Close ``fd`` (None too), ignoring a failure."""
+    if fd is not None:
+        try:
+            os.close(fd)
         except OSError:
             pass
     return None

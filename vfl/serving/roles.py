@@ -15,8 +15,9 @@ serve/score     g->host    ``{epoch, req, ids}``: the same IDs to every host (an
                            three or more hosts)
 serve/share     host->g    ``{req, missing, share}``; ``{req, error}`` when the host failed, or
                            ``{req, error, refused}`` when it refused this request (too many IDs
-                           for its ``max_batch``, settings that differ, its audit log down): the
-                           guest answers that request with an error, the link stays up
+                           for its ``max_batch``, settings that differ, its audit log down, an
+                           answer too large for the link): the guest answers that request with
+                           an error, the link stays up
 ==============  =========  ====================================================================
 
 A host's share is its partial scores plus pairwise masks (``crypto.secure_sum``) derived from the
@@ -35,8 +36,9 @@ know, so no sum is a lone host's score plus constants; with two hosts never (``"
 refuses as ``"refuse"`` does). Every host is asked about the same IDs, so no host learns which IDs
 another host lacks. A host that has once answered an ID with its real partial score never averages
 it later (it flags it ``withheld`` and adds a random value): were its store to drop the ID, the two
-sums would differ by its own score up to a constant. It keeps keyed hashes of those IDs on disk
-(:mod:`.answered`), so a restart keeps them.
+sums would differ by its own score up to a constant. With three or more hosts it keeps keyed hashes
+of those IDs on disk whatever its policy (:mod:`.answered`), so a restart or a switch from
+``"refuse"`` to ``"average"`` keeps them.
 """
 from __future__ import annotations
 
@@ -62,8 +64,8 @@ from ..models.common import sigmoid
 from ..models.model_file import TowerPart, _without_dropped, load_part
 from ..models.scoring import RelayAuth, _key_entry, relay_authentication, signed_bytes
 from ..protocol.channel import ProtocolError
-from .answered import AnsweredIds, LookupOrder
-from .audit import audit_key
+from .answered import AnsweredIds, AnsweredIdsError, LookupOrder
+from .audit import answered_before, audit_key
 from .reasons import contributions, reason_codes
 from .stores import Lookup, open_store
 
@@ -76,7 +78,8 @@ MISSING_WITHHELD = "withheld"    # lacks it now, answered it before: will not av
 MISSING_KINDS = (MISSING_UNKNOWN, MISSING_UNSCORABLE, MISSING_WITHHELD)
 # why a host refused one request (``{req, error, refused}``): the guest answers that request only
 REFUSED_BATCH, REFUSED_SETTINGS, REFUSED_AUDIT = "too_many_ids", "settings", "audit"
-REFUSALS = (REFUSED_BATCH, REFUSED_SETTINGS, REFUSED_AUDIT)
+REFUSED_TOO_LARGE = "answer_too_large"     # its answer is over the link's message limit (many trees, many IDs)
+REFUSALS = (REFUSED_BATCH, REFUSED_SETTINGS, REFUSED_AUDIT, REFUSED_TOO_LARGE)
 PEER_TEXT = 200          # characters of a peer's error text kept (for the local log only, never a client)
 
 
@@ -188,11 +191,11 @@ class HostScorer:
         self._average: float | None = None
         # Only with three or more hosts may a host average an ID the guest sees other hosts' scores of,
         # so only then is an ID it answered before withheld (with one host, the guest learns its score
-        # from every answer anyway; with two, it never averages).
+        # from every answer anyway; with two, it never averages). The set is kept under "refuse" too:
+        # the policy may be switched to "average" later, and an ID scored before must not be averaged.
         self.answered: AnsweredIds | None = None
-        if self.can_average and self.policy == "average" and len(job.host_names) >= 3:
-            where = serving_dir(job, name)
-            self.answered = AnsweredIds(where / "answered.bin", audit_key(where / "audit.jsonl"), job.name, name)
+        if self.can_average and len(job.host_names) >= 3:
+            self.answered = _answered_ids(job, name)
         self._order = LookupOrder()
 
     def _load(self, party) -> None:
@@ -298,7 +301,7 @@ class HostScorer:
 
         A row whose partial score is not finite, or too large for the secure sum (a store holding
         1e300), is unscorable: that row is refused, not the whole request. The IDs answered with a
-        real score are recorded (when this host may average) before anything is sent."""
+        real score are recorded (three or more hosts, whatever the policy) before anything is sent."""
         ticket = self._order.begin()
         try:
             found: Lookup = self.store.lookup(ids)
@@ -359,6 +362,27 @@ class HostScorer:
         if blind:
             share[blind] += np.array([secrets.randbits(64) for _ in blind], dtype=np.uint64)   # wraps mod 2^64
         return {"req": r.req, "missing": {str(p): m for p, m in missing.items()}, "share": [int(v) for v in share]}
+
+
+def _answered_ids(job: JobConfig, name: str) -> AnsweredIds:
+    """Host ``name``'s set of answered IDs. Begun after its audit log already holds answered requests
+    (a version that kept no set, or kept it only under "average"), it cannot list them: such a host
+    serves under "refuse" (recording from now on) and refuses to start under "average"."""
+    where = serving_dir(job, name)
+    path, log_path = where / "answered.bin", where / "audit.jsonl"
+    late = not path.exists() and answered_before(log_path)
+    answered = AnsweredIds(path, audit_key(log_path), job.name, name, late=late)
+    if not answered.complete:
+        if job.serving.unknown_id == "average":
+            raise AnsweredIdsError(
+                f"{name}: {path} was begun after {name} had answered requests (its audit log {log_path} records "
+                f"them) that it does not list, so under unknown_id = \"average\" {name} could average an ID it "
+                f"scored before, showing the guest and the API caller its own score of it up to a constant. Serve "
+                f"this job with unknown_id = \"refuse\"; averaging needs serving state kept from the first request "
+                f"(a new training in a fresh workdir)")
+        log.warning("%s: %s was begun after it had answered requests (see %s): it can never average here "
+                    "(unknown_id = \"average\" will refuse to start)", name, path, log_path)
+    return answered
 
 
 @dataclass(frozen=True)
