@@ -465,8 +465,13 @@ class GuestService:
                 keep.append(i)
                 marks[i] = lacking
             else:              # its sum is uniform (a host lacking it added a random value): unused
-                h = (withheld or lacking)[0]      # the first host withholding it, else lacking it, is named
+                # the first host lacking it, in job order, whatever its reason: naming a withholding host
+                # ahead of one merely lacking it would tell the caller the ID was scored before
+                h = lacking[0]
                 out[pos[i]] = _host_row_error(h, ids[pos[i]], answers[h].missing[i])
+                for w in withheld:
+                    if w != h:
+                        log.info("%s also withheld an ID it scored before and lacks now (not averaged)", w)
         row_of = {int(p): r for r, p in enumerate(found.positions)}
         sub = _subset(found, [row_of[pos[i]] for i in keep])
         results = await compute(True, len(keep), self.scorer.answers_for, sub, combined, keep)
