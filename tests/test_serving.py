@@ -1016,6 +1016,35 @@ def test_ids_scored_under_refuse_are_never_averaged_after_a_switch_to_average(th
     assert after[0].audit == "ID unknown to host0, scored before: not averaged"
 
 
+def test_a_row_two_hosts_lack_names_the_first_in_job_order_even_when_the_other_withheld_it(tmp_path):
+    """Four hosts: host0 never knew the ID (it averaged it), host1 scored it and has dropped it since (it
+    withholds it where it could have averaged: host2 and host3 still know it). The caller is told host0,
+    the first in job order, as for any two hosts lacking an ID: naming host1 first would tell the caller
+    that the applicant was scored before."""
+    cfg, scores, guest, hosts = trained(tmp_path / "four", n_hosts=4, serving={"unknown_id": "average"})
+    cfg = _fresh_host_state(cfg, tmp_path)
+    victim = sorted(set(scores["id"]).intersection(*(set(h["id"]) for h in hosts)))[0]
+
+    def without(i: int) -> Path:
+        path = tmp_path / f"host{i}_without.csv"
+        hosts[i][hosts[i]["id"] != victim].to_csv(path, index=False)
+        return path
+
+    async def score(job, ids):
+        service = _local_guest(job, {h: HostScorer(job, h) for h in job.host_names})
+        try:
+            return await service.score(ids)
+        finally:
+            service.audit.close()
+
+    lacks0 = replace(cfg, hosts=(replace(cfg.hosts[0], predict_data=without(0)), *cfg.hosts[1:]))
+    first = asyncio.run(score(lacks0, [victim]))
+    assert first[0]["partial"] == {"average_for": ["host0"]}                  # host0 averaged, host1 scored it
+    both = replace(lacks0, hosts=(lacks0.hosts[0], replace(cfg.hosts[1], predict_data=without(1)), *cfg.hosts[2:]))
+    after = asyncio.run(score(both, [victim]))
+    assert (after[0].status, after[0].party, after[0].message) == (404, "host0", f"ID {victim!r} is unknown to host0")
+
+
 def test_a_host_that_answered_before_keeping_its_ids_refuses_to_average(three_hosts, tmp_path):
     """A host whose audit log records answered requests but that has no answered.bin (a version that kept
     none, or kept it only under "average") cannot list the IDs it scored: it serves under "refuse",
