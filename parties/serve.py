@@ -289,9 +289,10 @@ class GuestService:
                 if any(kept.get(host) == model for kept in earlier.values()):
                     if changed:
                         await asyncio.to_thread(write_json, path, pins)
-                    raise EarlierPart(f"{host} serves the model part {model} it served beside an earlier model part "
-                                      f"of the guest's (an older training), not yet its part of the guest's current "
-                                      f"training: link refused until it does")
+                    raise EarlierPart(f"{host} serves the model part {model} it served beside another model part "
+                                      f"of the guest's, pinned under \"earlier\" (another training: older, or "
+                                      f"newer after a rollback), not "
+                                      f"yet its part of the guest's current training: link refused until it does")
                 pins["hosts"][host], changed = model, True
                 log.info("%s: pinned %s's model part %s in %s", self.job.guest.name, host, model, path)
             if changed:
@@ -546,8 +547,8 @@ def _valid_pins(pins) -> bool:
 def _pin_hint(exc: ModelChanged, host: str, path) -> str:
     """What the operator may do about a refused host part (the guest's log)."""
     if isinstance(exc, EarlierPart):
-        return (f"Restart {host} with its part of the current training: it is pinned then. If its part did not "
-                f"change in that training, remove its entries under \"earlier\" in {path}")
+        return (f"Restart {host} with its part of the guest's current training: it is pinned then. If its part "
+                f"did not change between the trainings, remove its entries under \"earlier\" in {path}")
     return (f"After a new training, restart the guest with its new part too (every host is pinned afresh). If only "
             f"{host}'s part was updated on purpose, remove its entry under \"hosts\" in {path} (or the file): "
             f"the next link pins the new one")

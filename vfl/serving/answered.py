@@ -18,7 +18,7 @@ requests (a version that kept no set, or one that kept it only under ``"average"
 ``late``, and such a host refuses to start under ``"average"`` (:class:`HostScorer`). New IDs are
 appended and fsynced before the answer that scored them is sent, so a crash cannot lose an ID the
 guest has seen answered; a torn last record (a crash mid-append, before that answer) is cut off at
-the next start by an atomic rewrite.
+the next start by truncating the file to its whole records.
 
 In memory an ID costs 8 bytes (a Python set of the records took about 83): the first 8 bytes of its
 record in a sorted numpy array, plus a set of the IDs added since the last merge, merged once it
@@ -83,7 +83,7 @@ class AnsweredIds:
         with self.path.open("rb") as f:
             head = f.read(len(MAGIC) + len(self._check))
             magic = head[:len(MAGIC)]
-            if magic not in (MAGIC, LATE):
+            if len(head) < len(MAGIC) + len(self._check) or magic not in (MAGIC, LATE):
                 raise AnsweredIdsError(f"{self.path} is not a file of answered IDs (restore it from backup)")
             if head[len(MAGIC):] != self._check:
                 raise AnsweredIdsError(
@@ -99,9 +99,9 @@ class AnsweredIds:
         whole = self.path.stat().st_size - len(head) - len(tail)
         if tail:                           # a crash mid-append: that record's answer was never sent
             log.warning("%s: cutting a torn last record (%d bytes)", self.path, len(tail))
-            body = self.path.read_bytes()[len(head):len(head) + whole]
-            with atomic_open(self.path, "wb") as f:
-                f.write(head + body)
+            with self.path.open("r+b") as f:      # one truncate: the whole records stay, never re-read
+                f.truncate(len(head) + whole)
+                os.fsync(f.fileno())
         keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
         del parts
         keys.sort()
