@@ -194,14 +194,18 @@ class SpecChannel:
         except KeyError:
             raise ProtocolError(f"{self.name}: {peer!r} is not a party of this job") from None
 
-    def _check(self, step: str, sender: str, receiver: str, payload: Payload, peer: str) -> StepSpec:
+    def _check(self, step: str, sender: str, receiver: str, payload: Payload, peer: str
+               ) -> tuple[StepSpec, bytes | None]:
+        """The payload's step in the spec, and its encoding if sizing it took one (None otherwise)."""
         info = describe_payload(payload)
         if info["kind"] is None:
             raise SpecViolation(f"step {step!r}: a {type(payload).__name__} is no payload kind")
         spec = find(step, sender, receiver, info["kind"], info.get("dtype"), self.task, self.roles)
         if info["kind"] == "control" and spec.cap is not None:
-            check_size(spec, step, info["values"], len(encode_payload(payload)), self._sizes(spec, peer, payload))
-        return spec
+            data = encode_payload(payload)
+            check_size(spec, step, info["values"], len(data), self._sizes(spec, peer, payload))
+            return spec, data
+        return spec, None
 
     def _sizes(self, spec: StepSpec, peer: str, payload: Payload) -> dict[str, int]:
         """The public sizes for a message on the link with ``peer``: the job's, and the columns the
@@ -212,11 +216,12 @@ class SpecChannel:
     def send(self, peer: str, step: str, payload: Payload) -> None:
         peer_role = self._peer_role(peer)
         try:
-            spec = self._check(step, self.role, peer_role, payload, peer)
+            spec, data = self._check(step, self.role, peer_role, payload, peer)
         except SpecViolation as exc:
             raise ProtocolError(f"{self.name} ({self.role}) refuses to send to {peer} ({peer_role}): {exc}") from None
         self._note(step, payload, peer)
-        data = encode_payload(payload) if self.ledger is not None else b""
+        if data is None:
+            data = encode_payload(payload) if self.ledger is not None else b""
         # recorded before it leaves: a party killed right after sending has still recorded what its
         # peer received (a send that then fails leaves a "sent" line nobody received, which is honest)
         self._record("sent", peer, step, spec, payload, data)
@@ -237,7 +242,7 @@ class SpecChannel:
             self._failed("recv", peer, step, exc)
             raise
         try:
-            spec = self._check(step, peer_role, self.role, payload, peer)
+            spec, data = self._check(step, peer_role, self.role, payload, peer)
         except SpecViolation as exc:
             if self.ledger is not None:
                 info = describe_payload(payload)
@@ -245,7 +250,8 @@ class SpecChannel:
                                     "step": step, **info, "refused": str(exc)})
             raise ProtocolError(f"{self.name} ({self.role}) refuses what {peer} ({peer_role}) sent: {exc}") from None
         self._note(step, payload, peer)
-        data = encode_payload(payload) if self.ledger is not None else b""
+        if data is None:
+            data = encode_payload(payload) if self.ledger is not None else b""
         self._record("received", peer, step, spec, payload, data)
         return payload
 
