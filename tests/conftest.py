@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -166,6 +167,18 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.when == "call":
         item.rep_call = rep
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, hand this worker's audit results to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["audited"] = json.dumps(AUDITED)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """(pytest-xdist, in the controller) a worker ended: add the jobs it audited to the summary."""
+    AUDITED.update(json.loads(getattr(node, "workeroutput", {}).get("audited", "{}")))
 
 
 def pytest_terminal_summary(terminalreporter):
