@@ -51,7 +51,7 @@ def job_file(folder: Path, bits: int, epochs: int, binned: bool, label_dp: bool 
                   workdir=folder / name, seed=42, test_fraction=0.2,
                   model={"epochs": epochs, "batch_size": 4096, "learning_rate": 0.05, "optimizer": "adam",
                          "tolerance": 1e-5, "key_bits": bits, "allow_short_keys": bits < 2048,
-                         **({"label_dp": "on"} if label_dp else {})},
+                         "label_dp": "on" if label_dp else "off"},
                   preprocess=PREPROCESS if binned else None, scorecard=SCORECARD if binned else None)
     return job.to_toml(folder / f"{name}.toml")
 

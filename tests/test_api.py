@@ -52,7 +52,7 @@ def test_fit_from_toml_then_predict_proba_on_the_training_rows_reproduces_predic
 
 def test_cli_and_api_give_identical_models(tmp_path):
     g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2], seed=5))
-    path = make_job(tmp_path, g, hosts, model={"epochs": 2, "batch_size": 128}).to_toml()
+    path = make_job(tmp_path, g, hosts, model={"epochs": 2, "batch_size": 128, "label_dp": "off"}).to_toml()  # no noise
     job = load_job(path)
     assert vfl_main(["run", str(path)]) == 0                     # processes over TLS
     cli_weights, cli_pred = _weights(job), _predictions(job)
@@ -215,7 +215,7 @@ def test_arguments_of_the_wrong_type_are_refused_naming_the_argument(tmp_path):
 def test_verbose_shows_the_parties_progress_for_the_call_only(tmp_path, capsys):
     import logging
     g, hosts = vertical_split(300, 2, [1], seed=2)
-    job = make_job(tmp_path, g, hosts, model={"epochs": 2, "batch_size": 128})
+    job = make_job(tmp_path, g, hosts, model={"epochs": 2, "batch_size": 128, "label_dp": "off"})  # 3 trainings
     logger = logging.getLogger("vfl")
     before = (logger.level, list(logger.handlers))
     vfl.fit(job)

@@ -96,11 +96,13 @@ def test_embedding_epochs_follow_the_label_dp_budget():
     assert default.at_epsilon(2).label_dp_on and default.at_epsilon(2).dp_epsilon == 2.0
 
 
-def test_label_dp_auto_covers_one_hot_logistic_regression(tmp_path):
+def test_label_dp_auto_covers_logistic_regression_but_a_woe_scorecard(tmp_path):
     """One-hot LR releases a sum per category, and sums of nested columns (a region and its cities)
-    differ by single rows: "auto" turns label-DP on for it, not for LR on numeric or binned columns."""
+    differ by single rows; a numeric column zero on all but a few rows of a batch gives their
+    residuals: "auto" turns label-DP on for LR, but for LR on WOE columns (a scorecard)."""
     parse = lambda **c: parse_job(_with(**c), tmp_path / "job.toml").model  # noqa: E731
-    assert not parse().label_dp_on                                               # numeric LR: as FATE
+    assert parse().label_dp_on                                                   # numeric LR
+    assert not parse(model__label_dp="off").label_dp_on
     assert parse(hosts__categorical_columns=["city"]).label_dp_on
     assert parse(guest__categorical_columns=["branch"]).label_dp_on
     assert not parse(hosts__categorical_columns=["city"], model__label_dp="off").label_dp_on

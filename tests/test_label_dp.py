@@ -270,3 +270,63 @@ def test_backpropagated_coefficients_are_cut_to_12_bits_by_default_only_under_la
     assert ModelConfig(type="logistic").backprop_bits is None
     assert ModelConfig(type="embedding", coef_bits=24).backprop_bits is None
     assert ModelConfig(type="logistic", coef_bits=10).backprop_bits == 10
+
+
+
+def _sparse_column_view(model, keypair):
+    """One epoch of numeric LR, one batch of 1,536 rows, where the host holds, beside two dense
+    columns, 64 columns each nonzero on about one row: its released sums, and the labels."""
+    rng = np.random.default_rng(4)
+    n = 1536
+    xg = TowerInput(rng.normal(size=(n, 2)))
+    dense = rng.normal(size=(n, 2))
+    sparse = (rng.random((n, 64)) < 1 / n) * rng.uniform(1, 2, (n, 64))
+    xh = TowerInput(np.hstack([dense, sparse]))
+    z = xg.numeric[:, 0] + dense[:, 1]
+    y = (rng.random(n) < 1 / (1 + np.exp(-2 * z))).astype(float)
+    net = LocalNetwork(["g", "h", "a"], timeout=120)
+    host = SplitHost(model, guest="g", arbiter="a", seed=3, tower=LinearTower(66), init_seed=2, observe=True)
+    run_parties(net, {"g": lambda: SplitGuest(model, hosts=["h"], arbiter="a", seed=3,
+                                              tower=LinearTower(2, intercept=True), init_seed=1)
+                      .fit(net.channel("g"), xg, y),
+                      "h": lambda: host.fit(net.channel("h"), xh),
+                      "a": lambda: SplitArbiter(model, guest="g", hosts=["h"]).fit(net.channel("a"), keypair=keypair)})
+    ((members, value),) = [(m, v) for ms, vs in host.observed_ for m, v in zip(ms, vs)]
+    return members, value, y
+
+
+def _lone_rows(members, value) -> dict:
+    """Where a column of the released sum is nonzero on one row only, that value is the row's residual
+    d_i times its coefficient: row -> (value, coefficient)."""
+    rows = np.concatenate([r for r, _ in members])
+    coefs = np.vstack([c for _, c in members])
+    out = {}
+    for j in range(coefs.shape[1]):
+        (live,) = np.nonzero(coefs[:, j])
+        if len(live) == 1:
+            out[int(rows[live[0]])] = (value[j], coefs[live[0], j])
+    return out
+
+
+def test_numeric_lr_defaults_to_label_dp_so_a_sparse_host_column_reveals_no_residual(keypair, tmp_path):
+    """Numeric LR releases one sum per column and batch: a host column nonzero on one row of a batch
+    gives that row's residual d_i, and so its label, exactly. The job default ("auto") turns label-DP
+    on for logistic regression: the same reading is then off by the arbiter's noise, of the accounted
+    standard deviation (the first release, from the same parameters, so with the same d_i)."""
+    from sklearn.metrics import roc_auc_score
+    from tests.test_config import _with
+    from vfl.job.config import parse_job
+    parsed = parse_job(_with(), tmp_path / "job.toml").model
+    assert parsed.type == "logistic" and parsed.label_dp_on
+    base = replace(parsed, epochs=1, batch_size=1536, key_bits=512, allow_short_keys=True)
+
+    off = _lone_rows(*_sparse_column_view(replace(base, label_dp="off"), keypair)[:2])
+    members, value, y = _sparse_column_view(base, keypair)
+    on = _lone_rows(members, value)
+    rows = sorted(off)
+    assert len(rows) >= 15 and set(on) == set(rows), "the test needs rows alone in a column"
+    d = np.array([off[r][0] / off[r][1] for r in rows])
+    assert roc_auc_score(y[rows], -d) > 0.95                 # without label-DP: the labels
+    noise = np.array([on[r][0] - d[k] * on[r][1] for k, r in enumerate(rows)])
+    sd = noise_plan(base.dp_epsilon, base.dp_delta, 1, 1, base.dp_guest_share).host * base.clip_norm
+    assert 0.4 * sd < np.sqrt(np.mean(noise ** 2)) < 1.8 * sd         # 17 rows: fails about 1 run in 10^5

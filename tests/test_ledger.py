@@ -68,7 +68,7 @@ def test_lr_job_and_scoring_leave_ledgers_that_pass_the_audit(tmp_path, capsys):
     assert [(e["sha256"], e["bytes"]) for e in sent] == [(e["sha256"], e["bytes"]) for e in got]
     code, out = _audit(job, capsys)
     assert code == 0, out
-    assert "audit passed" in out and "received in the clear" in out and "label-DP: off" in out
+    assert "audit passed" in out and "received in the clear" in out and "label-DP: epsilon spent 8 against any host" in out
 
 
 def test_embedding_job_with_label_dp_passes_the_audit_and_reports_epsilon(tmp_path, capsys):

@@ -41,7 +41,7 @@ def test_same_job_on_parquet_and_on_csv_gives_the_same_model(tmp_path, monkeypat
     h_pqs = [tmp_path / "pq" / "h0.parquet", tmp_path / "pq" / "h1.pq"]
     for h, p in zip(hosts, h_pqs):
         h.to_parquet(p, index=False)
-    model = {"epochs": 3, "batch_size": 128, "learning_rate": 0.1, "tolerance": 0.0}
+    model = {"epochs": 3, "batch_size": 128, "learning_rate": 0.1, "tolerance": 0.0, "label_dp": "off"}  # no noise
     job_csv = load_job(write_job(tmp_path / "csv", g_csv, h_csvs, model=model))
     job_pq = load_job(write_job(tmp_path / "pq", g_pq, h_pqs, model=model))
     r_csv, r_pq = run_local(job_csv), run_local(job_pq)

@@ -35,7 +35,8 @@ def _joined_reference(job, guest_csv, host_csvs):
 def test_two_hosts_job_matches_plaintext_and_sklearn(tmp_path):
     _, paths = write_tables(tmp_path, *vertical_split(900, 3, [3, 2], overlap=0.85, seed=2))
     job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
-                             model={"epochs": 8, "batch_size": 256, "learning_rate": 0.1, "tolerance": 0.0}))
+                             model={"epochs": 8, "batch_size": 256, "learning_rate": 0.1, "tolerance": 0.0,
+                                    "label_dp": "off"}))       # exact: against the plaintext twin
     results = run_local(job)
     m = results["guest"]
     j, X, y, test, n_guest = _joined_reference(job, tmp_path / "g.csv", paths)
@@ -90,7 +91,8 @@ def test_default_credit_with_host_columns_split_in_two(tmp_path, shared_data):
     h[["id", *cols[:5]]].to_csv(paths[0], index=False)
     h[["id", *cols[5:]]].to_csv(paths[1], index=False)
     job = load_job(write_job(tmp_path, tmp_path / "g.csv", paths,
-                             model={"epochs": 20, "batch_size": 512, "learning_rate": 0.05, "tolerance": 1e-4},
+                             model={"epochs": 20, "batch_size": 512, "learning_rate": 0.05, "tolerance": 1e-4,
+                                    "label_dp": "off"},
                              baselines=True))
     m = run_local(job)["guest"]
     j, X, y, test, n_guest = _joined_reference(job, tmp_path / "g.csv", paths)

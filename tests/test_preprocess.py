@@ -334,11 +334,11 @@ def test_points_are_affine_in_the_log_odds_and_predict_rescores(scorecard_job):
 
 def test_selection_only_without_woe_drops_columns_before_training(tmp_path):
     settings = {"woe": False, "iv_top_k_guest": 1, "iv_top_k_host": 1, "min_bin_rows": 40}
-    # raw categories train one-hot LR, whose per-category sums need label-DP: "auto" turns it on
+    # without WOE, LR trains on raw columns (one-hot for categories): "auto" turns label-DP on
     (tmp_path / "with-city").mkdir()
     assert _job(tmp_path / "with-city", settings, model={"epochs": 2, "batch_size": 400}).model.label_dp_on
     job = _job(tmp_path, settings, model={"epochs": 2, "batch_size": 400}, city=False)
-    assert not job.model.label_dp_on
+    assert job.model.label_dp_on
     # missing values need woe = true (they get a bin); without it they are refused as today
     with pytest.raises(Exception, match="missing values"):
         run_local(job)

@@ -30,8 +30,9 @@ def _tls_job(tmp_path: Path, n_rows=500, epochs=3, key_bits=512, peer_timeout=20
     host.to_csv(tmp_path / "host.csv", index=False)
     return tls_job(tmp_path, tmp_path / "guest.csv", [tmp_path / "host.csv"], seed=3,
                    network={"connect_timeout": connect_timeout, "peer_timeout": peer_timeout},
+                   # label-DP off: the model must equal its plaintext twin exactly
                    model={"epochs": epochs, "batch_size": 128, "learning_rate": 0.1, "optimizer": "adam",
-                          "tolerance": 0.0, "key_bits": key_bits, "allow_short_keys": True})
+                          "tolerance": 0.0, "key_bits": key_bits, "allow_short_keys": True, "label_dp": "off"})
 
 
 def test_three_processes_over_tls_train_the_reference_model(tmp_path):
@@ -148,7 +149,8 @@ def test_vfl_run_uses_processes_and_a_local_ca_when_the_job_names_no_certificate
     from parties.cli import main
     from tests.conftest import write_job, write_tables
     g, hosts = write_tables(tmp_path, *vertical_split(300, 2, [2], seed=5))
-    path = write_job(tmp_path, g, hosts, model={"epochs": 2})         # on free ports, no certificates
+    # on free ports, no certificates; label-DP off, so that raising epochs may extend the training
+    path = write_job(tmp_path, g, hosts, model={"epochs": 2, "label_dp": "off"})
     assert main(["run", str(path)]) == 0
     assert "fresh local CA" in capsys.readouterr().err
     job = load_job(path)

@@ -105,9 +105,8 @@ class ModelConfig:
     min_rows_per_release: int = 32           # a sum is decrypted only once this many rows stand behind it
     table_release: str = "epoch"             # table sums (per category): "epoch" = at the epoch's end or a batch's
                                              # worth of rows; "eager" = as soon as min_rows_per_release rows
-    label_dp: str = "auto"                   # "auto": on for the embedding model and for logistic regression
-                                             # on raw categorical columns (one-hot: no [preprocess], or its
-                                             # woe = false), else off;
+    label_dp: str = "auto"                   # "auto": on for the embedding model and for logistic regression,
+                                             # but on WOE columns ([preprocess] woe = true: a scorecard);
                                              # "on"; "off"
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
@@ -654,9 +653,10 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     elif "dp_binning_share" in model_table:
         raise ConfigError("[model] dp_binning_share is the label-DP budget of [preprocess]'s counts, but the job "
                           "has no [preprocess] table")
-    if (model.type == "logistic" and model.label_dp == "auto" and (preprocess is None or not preprocess.woe)
-            and any(p.categorical_columns for p in (guest, *hosts))):
-        # one-hot LR releases a sum per category: sums of nested columns differ by single rows
+    if model.type == "logistic" and model.label_dp == "auto" and (preprocess is None or not preprocess.woe):
+        # what a host's gradient sums reveal of the labels is bounded only by the noise: one-hot LR's
+        # per-category sums of nested columns differ by single rows, and a numeric column that is zero
+        # on all but a few rows of a batch gives those rows' residuals (docs/protocols.md)
         model = replace(model, label_dp="on")
     _check_model(model, set(model_table))
     network = _dataclass_from(NetworkConfig, _table(raw.get("network", {}), "network"), "network")

@@ -575,6 +575,8 @@ def _check_noise(job, ledgers: dict[str, PartyLedger]) -> str | None:
     if not job.model.label_dp_on or not any("train" in led.runs for led in ledgers.values()):
         return None
     dp, path = _read_label_dp(job)
+    if dp is None and not any(t.epoch_runs or t.binned for led in ledgers.values() for t in led.trainings):
+        return None         # every training failed before its first release: there was nothing to noise
     if dp is None or not dp.get("on"):
         led = ledgers.get(job.arbiter.name) or next(iter(ledgers.values()))
         led.problems.append(f"the job file turns label-DP on, but the arbiter's {path} "
