@@ -264,6 +264,27 @@ def test_numpy_numbers_are_accepted_for_numeric_settings(tmp_path):
         parse_job(_with(job__seed=1.5), tmp_path / "job.toml")
 
 
+def test_psi_memory_is_a_per_party_setting_of_whole_megabytes(tmp_path):
+    """The guest's PSI memory sets the bucket count; with several hosts a big guest beside small hosts can only
+    run with more of it, so each party's table sets it (written back to the job file when not the default)."""
+    import numpy as np
+    from vfl.job.jobfile import write_job
+    from vfl.psi import DEFAULT_MEMORY_MB
+    job = parse_job(_with(), tmp_path / "job.toml")
+    assert job.guest.psi_memory_mb == job.hosts[0].psi_memory_mb == DEFAULT_MEMORY_MB
+    job = parse_job(_with(guest__psi_memory_mb=2048, hosts__psi_memory_mb=np.int64(64)), tmp_path / "job.toml")
+    assert (job.guest.psi_memory_mb, job.hosts[0].psi_memory_mb) == (2048, 64)
+    assert type(job.hosts[0].psi_memory_mb) is int
+    assert replace(load_job(write_job(job, tmp_path / "written.toml")), path=job.path) == job
+    for bad in (0, -5, 1.5, "512", True):
+        with pytest.raises(ConfigError, match=r"\[guest\] psi_memory_mb must be a whole number of megabytes > 0"):
+            parse_job(_with(guest__psi_memory_mb=bad), tmp_path / "job.toml")
+    with pytest.raises(ConfigError, match=r"\[hosts.0\] psi_memory_mb must be a whole number .* got 0"):
+        parse_job(_with(hosts__psi_memory_mb=0), tmp_path / "job.toml")
+    with pytest.raises(ConfigError, match=r"\[arbiter\] takes no part in PSI, so no psi_memory_mb"):
+        parse_job(_with(arbiter__psi_memory_mb=512), tmp_path / "job.toml")
+
+
 # ------------------------------------------------------------------ the command line's errors
 def test_cli_reports_os_errors_in_one_line(tmp_path, capsys):
     from parties.cli import main

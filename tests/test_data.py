@@ -239,6 +239,51 @@ def test_a_later_row_with_an_extra_value_is_refused_naming_it(tmp_path):
         assert str(p) in str(err.value), name
 
 
+def test_lines_of_only_spaces_are_not_counted_as_rows_in_errors(tmp_path):
+    """pandas skips a line of spaces or tabs; the field count check must not count it either, or its row
+    numbers disagree with every other error's. A line of separators (" , ") is a row to both."""
+    p = _write(tmp_path, "   \nid,x\n1,2\n   \n\t\n3,4,5\n")
+    for name, read in _all_reads(p).items():
+        with pytest.raises(DataError, match=r"data row 2 has 3 fields but the header has 2"):
+            read()
+    p = _write(tmp_path, "id,x\n1,2\n   \n ,4\n")          # the blank ID's row, as pandas counts it
+    for name, read in _all_reads(p).items():
+        with pytest.raises(DataError, match=r"empty or blank ID in column 'id' at data row 2"):
+            read()
+    p = _write(tmp_path, "id,x\n1,2\n , \n3,4,5\n")
+    with pytest.raises(DataError, match=r"data row 3 has 3 fields"):
+        read_ids(p, "id")
+
+
+def test_ids_with_surrounding_spaces_or_another_unicode_form_are_kept_with_a_warning(tmp_path, caplog):
+    """" C002" and a decomposed "José" match no other party's "C002" or "José" (IDs are exact text): kept as
+    written, since they may be meant, but the party's log says so, once per file, with the first one."""
+    import unicodedata
+    nfd = unicodedata.normalize("NFD", "José")
+    ids = ["C001", " C002", "C003\t", nfd, "王五", "C004"]
+    p, clean = tmp_path / "t.csv", tmp_path / "clean.csv"
+    p.write_text("x,id\n" + "".join(f"{i},{v}\n" for i, v in enumerate(ids)), encoding="utf-8")
+    clean.write_text("id,x\nC001,1\nJosé,2\n王五,3\n", encoding="utf-8")
+
+    def as_list(got):
+        return (got.ids.tolist() if isinstance(got, PartyTable) else [v for c in got for v in c]
+                if isinstance(got, list) else got.tolist())
+    for name, read in _all_reads(p).items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vfl.io.tables"):
+            got = read()
+        assert as_list(got) == ids, name                                     # unchanged
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1, (name, warned)
+        assert warned[0] == (f"{p}: 3 ID(s) in column 'id' have leading or trailing whitespace or are not in "
+                             "Unicode NFC form (first: ' C002'); IDs are matched exactly as text, so such an ID "
+                             "matches only another party's ID written with the same characters"), name
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vfl.io.tables"):
+        load_table(clean, "id"), read_ids(clean, "id"), list(iter_ids(clean, "id"))
+    assert not caplog.records
+
+
 def test_quoted_commas_and_short_rows_are_still_read(tmp_path):
     p = _write(tmp_path, 'id,x,c\na,1,"u,v"\nb,2\n')
     t = load_table(p, "id", categorical_columns=["c"])

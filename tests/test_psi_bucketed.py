@@ -269,6 +269,41 @@ def test_a_host_with_few_ids_refuses_any_bucket_below_the_floor():
     assert isinstance(errors["h1"], ProtocolError) and "small buckets would tell it" in str(errors["h1"])
 
 
+def test_the_guests_psi_memory_sets_the_bucket_count_of_a_jobs_psi(tmp_path, monkeypatch):
+    """A guest with many IDs asks for more buckets than small hosts may accept (each needs 1,024 IDs per
+    bucket); the job's [guest] psi_memory_mb is what it can raise, and the hosts' refusal says so. Scaled
+    down: 1 MB makes a 3,000-ID guest ask for 3 buckets, which 2,000-ID hosts refuse; 3 MB, one bucket."""
+    import vfl.job.alignment as alignment
+    import vfl.job.secureboost as secureboost
+    from tests.conftest import write_job
+    from vfl.job.config import load_job
+    from vfl.job.threads import JobFailed, run_psi_local
+    ids = np.array([f"C{i:05d}" for i in range(3000)], dtype=object)
+    guest = pd.DataFrame({"id": ids, "x": 1.0, "y": np.arange(3000) % 2})
+    hosts = [pd.DataFrame({"id": ids[lo:lo + 2000], "z": 1.0}) for lo in (0, 1000)]
+    assert (buckets_for(3000, 3, memory_mb=1), buckets_for(3000, 3, memory_mb=3), buckets_for(2000, 2)) == (3, 1, 1)
+    budgets = {}
+
+    def host(ch, ids, *args, **kw):          # the real host role, recording the budget it was given
+        budgets[ch.name] = kw.get("memory_mb")
+        return bucketed_psi_host(ch, ids, *args, **kw)
+    monkeypatch.setattr(alignment, "bucketed_psi_host", host)
+
+    def psi(folder: str, guest_mb: int, **host_keys):
+        (tmp_path / folder).mkdir()
+        return run_psi_local(load_job(write_job(tmp_path / folder, guest, hosts, host_keys=host_keys,
+                                                guest_keys={"psi_memory_mb": guest_mb})))
+    with pytest.raises(JobFailed) as failed:
+        psi("tiny", 1)
+    assert isinstance(failed.value.__cause__, ProtocolError)
+    assert "sets 3 buckets" in str(failed.value) and "at least 1,024 IDs per bucket" in str(failed.value)
+    assert "raise [guest] psi_memory_mb in the job file" in str(failed.value)
+    got = psi("enough", 3, host1={"psi_memory_mb": 7})
+    assert_all_get(got, ids[1000:2000])
+    assert budgets == {"host0": 256, "host1": 7}     # each host's own setting (default 256)
+    assert secureboost.run_psi is alignment.run_psi      # SecureBoost's PSI is the same call
+
+
 def test_bucket_math():
     pts = hash_ids(np.array([f"c{i}" for i in range(20000)]))
     key = hashlib.sha256(b"k").digest()

@@ -387,6 +387,55 @@ def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
     assert list(again["id"]) == list(scored["id"]) and np.abs(again["score"] - scored["score"]).max() < 1e-12
 
 
+def _small_job(tmp_path, **model):
+    """A one-host SecureBoost job file of 400 rows (``model``: more [model] keys), loaded."""
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    guest, hosts = vertical_split(400, 2, [2], overlap=0.95, seed=3)
+    return load_job(write_job(tmp_path, *write_tables(tmp_path, guest, hosts),
+                              model={"type": "secureboost", "num_trees": 2, "max_depth": 2, "max_bin": 16,
+                                     "min_leaf_rows": 5, **model}))
+
+
+def test_with_early_stopping_every_train_figure_leaves_the_validation_rows_out(tmp_path):
+    """The validation rows pick the trees, so they are neither train nor test: the report's "train" sample
+    is metrics.json's (it held the validation rows too), and the host's report counts them apart."""
+    import json
+
+    import pandas as pd
+
+    from vfl.job.threads import run_local
+    job = _small_job(tmp_path, early_stopping="on", validation_fraction=0.3)
+    m = run_local(job)["guest"]
+    split = pd.read_csv(job.output_dir("guest") / "predictions.csv")["split"].value_counts()
+    assert split["validation"] > 50
+    assert m["evaluation"]["train"]["sample"]["rows"] == m["train"]["rows"] == split["train"]
+    assert m["evaluation"]["test"]["sample"]["rows"] == m["test"]["rows"] == split["test"]
+    host = json.loads((job.output_dir("host0") / "report.json").read_text())
+    assert (host["train_rows"], host["validation_rows"], host["test_rows"]) == \
+        (split["train"], split["validation"], split["test"])
+
+
+def test_the_arbiter_of_a_secureboost_job_replaces_an_earlier_fits_training_file(tmp_path):
+    """It takes no part, but `vfl.run_party(job, "arbiter")` returns its training.json: an earlier logistic
+    fit's in the same workdir claimed that fit's losses and label-DP for the trees. `vfl audit` reads it too."""
+    import json
+
+    from vfl.job.threads import run_local
+    from vfl.protocol.audit import audit_job
+    job = _small_job(tmp_path)
+    stale = job.output_dir("arbiter") / "training.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"loss_history": [0.69, 0.6], "key_bits": 512,
+                                 "label_dp": {"on": True, "epsilon_spent": 8.0, "delta": 1e-5}}))
+    result = run_local(job)["arbiter"]
+    assert json.loads(stale.read_text()) == {"model": "secureboost", "takes_part": False, "label_dp": {"on": False}}
+    assert result == {"party": "arbiter", **json.loads(stale.read_text())}
+    passed, text = audit_job(job)
+    assert passed and "label-DP: off" in text and "epsilon spent" not in text
+
+
 def test_categorical_columns_are_binned_by_value_and_stay_with_their_owner(tmp_path):
     """A host's text column: each frequent value with at least min_rows_per_release training rows a
     bin (the rest one), split by subsets of its codes, the value table only in the host's model part;
@@ -886,3 +935,17 @@ def test_a_hosts_numeric_column_is_cut_only_between_runs_of_min_rows_per_release
             assert left_values >= floor and (right_values >= floor or (cand.bin == v - 1 and C[v] >= floor))
             checked += 1
     assert checked > 100
+
+
+def test_a_secureboost_job_whose_training_labels_are_one_class_is_refused_by_name(tmp_path):
+    """Trees need both classes as every model does: all labels 0 made every hessian 0 and the root
+    leaf divided 0 by 0 in the middle of the protocol (a bare ZeroDivisionError)."""
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    from vfl.job.threads import JobFailed, run_local
+    guest, hosts = vertical_split(300, 2, [2], overlap=0.95, seed=3)
+    job = load_job(write_job(tmp_path, *write_tables(tmp_path, guest.assign(y=0), hosts),
+                             model={"type": "secureboost", "num_trees": 2, "max_depth": 2}))
+    with pytest.raises(JobFailed, match="party 'guest' failed: DataError: .*no label 1; both classes"):
+        run_local(job)

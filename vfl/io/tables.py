@@ -4,7 +4,9 @@ A party only ever opens its own file. IDs are text, read verbatim: ``007`` and
 ``7`` stay different, and ``NA``, ``null`` or ``nan`` are IDs like any other
 (pandas would turn them all into one missing value, silently joining
 different customers). Empty IDs and IDs over :data:`MAX_ID_LENGTH` characters
-are refused. IDs are returned as an ``object`` array of ``str`` so one long ID
+are refused. IDs with leading or trailing whitespace, or not in Unicode NFC
+form, are kept as written but logged as a warning: they match only IDs written
+the same way. IDs are returned as an ``object`` array of ``str`` so one long ID
 does not widen every element.
 
 Numeric features must be complete and finite, and small enough that
@@ -46,6 +48,7 @@ from __future__ import annotations
 import codecs
 import csv
 import logging
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -132,14 +135,14 @@ def _check_field_counts(path: Path, encoding: str) -> None:
     try:
         with open(path, newline="", encoding=encoding) as f:
             rows = csv.reader(f)
-            header = next((r for r in rows if r), None)
+            header = next((r for r in rows if not _blank_row(r)), None)
             if header is None:
                 return
             fields = len(header)
             data_row = 0
             for r in rows:
-                if not r:
-                    continue                     # a blank line: pandas skips it too
+                if _blank_row(r):
+                    continue                     # pandas skips it too
                 data_row += 1
                 if len(r) > fields:
                     extra = r[fields:]
@@ -154,6 +157,11 @@ def _check_field_counts(path: Path, encoding: str) -> None:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
     except OSError as exc:
         raise DataError(f"data file {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _blank_row(row: list[str]) -> bool:
+    """A line pandas skips: empty, or only spaces and tabs (the csv module reads those as one field)."""
+    return not row or (len(row) == 1 and row[0] != "" and row[0].strip(" \t") == "")
 
 
 def _not_readable(path: Path, exc: Exception, encoding: str) -> DataError:
@@ -254,7 +262,9 @@ def read_ids(path: Path, id_column: str, encoding: str = "utf-8") -> np.ndarray:
     """Only the ID column: all that PSI needs."""
     frame = _read(path, id_column, usecols=[id_column], encoding=encoding)
     _check_rows(frame, path)
-    return _ids(frame[id_column], path)
+    ids = _ids(frame[id_column], path)
+    _warn_odd_ids(ids, path, id_column)
+    return ids
 
 
 def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18,
@@ -265,26 +275,31 @@ def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18,
     Errors name the file, column and data row as :func:`read_ids` does."""
     encoding = _encoding(encoding)
     check_columns(path, id_column, encoding=encoding)
-    start = 0
+    start, odd = 0, _OddIds()
+    for col in _id_chunks(path, id_column, chunk_rows, encoding):
+        ids = _ids(col, path, start, unique=False)
+        odd.add(ids)
+        yield ids
+        start += len(ids)
+    if start == 0:
+        raise DataError(f"{path}: no data rows")
+    odd.warn(path, id_column)                # once per file, after its last chunk
+
+
+def _id_chunks(path: Path, id_column: str, chunk_rows: int, encoding: str) -> Iterator[pd.Series]:
+    """The raw ID column of a CSV or Parquet file in chunks of at most ``chunk_rows``."""
     if is_parquet(path):
         for batch in _parquet_batches(path, [id_column], id_column, (), None, chunk_rows):
-            ids = batch[id_column]
-            yield _ids(pd.Series(ids, name=id_column, dtype=object), path, start, unique=False)
-            start += len(ids)
-        if start == 0:
-            raise DataError(f"{path}: no data rows")
+            yield pd.Series(batch[id_column], name=id_column, dtype=object)
         return
     _check_field_counts(path, encoding)
     try:
         reader = pd.read_csv(path, usecols=[id_column], dtype={id_column: str}, keep_default_na=False,
                              chunksize=chunk_rows, encoding=encoding, index_col=False)
         for frame in reader:
-            yield _ids(frame[id_column], path, start, unique=False)
-            start += len(frame)
+            yield frame[id_column]
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise _not_readable(path, exc, encoding) from None
-    if start == 0:
-        raise DataError(f"{path}: no data rows")
 
 
 def load_table(path: Path, id_column: str, label_column: str | None = None,
@@ -302,7 +317,9 @@ def load_table(path: Path, id_column: str, label_column: str | None = None,
                   encoding=encoding)
     _check_rows(frame, path)
     frame = frame.drop(columns=[c for c in drop_columns if c in frame.columns and c != id_column])
-    return table_from_frame(frame, path, id_column, label_column, categorical_columns, allow_missing)
+    table = table_from_frame(frame, path, id_column, label_column, categorical_columns, allow_missing)
+    _warn_odd_ids(table.ids, path, id_column)
+    return table
 
 
 def table_from_frame(frame: pd.DataFrame, source, id_column: str, label_column: str | None = None,
@@ -426,6 +443,35 @@ def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] 
                            index_col=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise _not_readable(path, exc, encoding) from None
+
+
+class _OddIds:
+    """IDs with leading or trailing whitespace, or not in Unicode NFC form, over a file's chunks:
+    kept as written (they may be meant), but each matches only an ID written the same way, so
+    ``" C002"`` or a decomposed ``"José"`` silently finds no other party's customer."""
+
+    def __init__(self) -> None:
+        self.count, self.first = 0, None
+
+    def add(self, ids: np.ndarray) -> None:
+        odd = [s for s in ids if s != s.strip() or not (s.isascii() or unicodedata.is_normalized("NFC", s))]
+        self.count += len(odd)
+        if odd and self.first is None:
+            self.first = odd[0]
+
+    def warn(self, path, column: str) -> None:
+        if self.count:
+            log.warning("%s: %d ID(s) in column %r have leading or trailing whitespace or are not in Unicode NFC "
+                        "form (first: %r); IDs are matched exactly as text, so such an ID matches only another "
+                        "party's ID written with the same characters", path, self.count, column, self.first)
+
+
+def _warn_odd_ids(ids: np.ndarray, path, column: str) -> None:
+    """Warn of a file's IDs that match only IDs written the same way (not of IDs a scoring
+    request sends: serving logs never name an ID)."""
+    odd = _OddIds()
+    odd.add(ids)
+    odd.warn(path, column)
 
 
 def _ids(col: pd.Series, path: Path, start: int = 0, unique: bool = True) -> np.ndarray:

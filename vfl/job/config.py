@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.tables import ENCODINGS, canonical_encoding
+from ..psi.bucketed import DEFAULT_MEMORY_MB
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,6 +48,7 @@ class PartyConfig:
     ray_address: str | None = None       # where this party's heavy loops run: None = local process pool,
                                          # "local" = a private Ray runtime here, "HOST:PORT" = its Ray cluster
     encoding: str = "utf-8"              # of its CSV data and predict_data: "utf-8", "gbk" or "gb18030"
+    psi_memory_mb: int = DEFAULT_MEMORY_MB   # PSI memory for one bucket's points: less means more buckets
     # online scoring (`vfl serve`, docs/protocols.md section 3a)
     serve_address: str | None = None     # guest: its HTTP API; host: where the guest's serving link dials
                                          # (default: the party's address)
@@ -374,7 +376,8 @@ def _path(base: Path, value: Any) -> Path | None:
 
 def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     allowed = {"name", "address", "data", "id_column", "cert", "key", "predict_data", "categorical_columns",
-               "crosses", "ray_address", "encoding", "serve_address", "store", "store_table", "serve_cert", "serve_key"}
+               "crosses", "ray_address", "encoding", "psi_memory_mb", "serve_address", "store", "store_table",
+               "serve_cert", "serve_key"}
     if role == "guest":
         allowed.add("label_column")
     _check_keys(table, allowed, where)
@@ -405,6 +408,7 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     encoding = _text_encoding(table.get("encoding", "utf-8"), where)
     if role == "arbiter" and "encoding" in table:
         raise ConfigError("[arbiter] has no data, so no encoding")
+    psi_memory_mb = _psi_memory(table, role, where)
     serve_address, store, store_table = (table.get(k) for k in ("serve_address", "store", "store_table"))
     if role == "arbiter" and (serve_address or store or store_table):
         raise ConfigError("[arbiter] takes no part in serving: no serve_address, store or store_table")
@@ -426,8 +430,8 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
                        predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
                        categorical_columns=tuple(cats), crosses=crosses, ray_address=ray_address,
-                       encoding=encoding, serve_address=serve_address, store=store, store_table=store_table,
-                       serve_cert=serve_cert, serve_key=serve_key)
+                       encoding=encoding, psi_memory_mb=psi_memory_mb, serve_address=serve_address, store=store,
+                       store_table=store_table, serve_cert=serve_cert, serve_key=serve_key)
 
 
 def _crosses(value: Any, cats: list[str], where: str) -> tuple[tuple[str, ...], ...]:
@@ -454,6 +458,20 @@ def _text_encoding(value: Any, where: str) -> str:
         raise ConfigError(f"[{where}] encoding must be one of {', '.join(map(repr, ENCODINGS))} (the text encoding "
                           f"of the party's CSV files; Parquet is always UTF-8), got {value!r}")
     return canonical
+
+
+def _psi_memory(table: dict, role: str, where: str) -> int:
+    """``psi_memory_mb``: a whole number of MB > 0. The guest's sets the bucket count of a job's PSI (one
+    bucket's points of every party must fit), so a guest with many IDs raises it to run with small hosts."""
+    if "psi_memory_mb" not in table:
+        return DEFAULT_MEMORY_MB
+    if role == "arbiter":
+        raise ConfigError("[arbiter] takes no part in PSI, so no psi_memory_mb")
+    value = table["psi_memory_mb"]
+    if not _integer(value) or value < 1:
+        raise ConfigError(f"[{where}] psi_memory_mb must be a whole number of megabytes > 0 (the PSI memory "
+                          f"for one bucket's points; default {DEFAULT_MEMORY_MB}), got {value!r}")
+    return int(value)
 
 
 def _ray_address(value: Any, where: str) -> str | None:

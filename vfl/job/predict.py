@@ -21,7 +21,8 @@ from ..evaluation.metrics import binary_metrics, gains_table
 from ..models.model_file import load_part
 from ..psi import write_intersection
 from .cohorts import keep_host_cohort
-from .roles import binned, guest_joint_scores, run_psi
+from .alignment import run_psi
+from .roles import binned, guest_joint_scores
 from ..models.scoring import host_send_scores, relay_authentication
 
 log = logging.getLogger("vfl.predict")

@@ -32,30 +32,13 @@ from ..models.privacy import label_dp_summary
 from ..models.trainer import init_seed
 from ..models.validation import Validation, validation_rows
 from ..models.vocab import Vocabulary
-from ..psi import IdFile, bucketed_psi_guest, bucketed_psi_host, write_intersection
+from ..psi import write_intersection
+from .alignment import run_psi
 from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
 from ..preprocess.split import Standardizer, split_mask
 from ..models.timing import Stopwatch
 
 log = logging.getLogger("vfl.job")
-
-
-def run_psi_party(job: JobConfig, name: str, channel: Channel) -> np.ndarray:
-    """PSI only (``vfl psi``): write and return the sorted common IDs."""
-    party = job.party(name)
-    ids = IdFile(party.data, party.id_column, encoding=party.encoding)       # read in chunks: memory bounded by the buckets
-    common = run_psi(job, name, channel, ids)
-    write_intersection(job.output_dir(name) / "intersection.csv", common)
-    log.info("%s: %d common IDs", name, len(common))
-    return common
-
-
-def run_psi(job: JobConfig, name: str, channel: Channel, ids) -> np.ndarray:
-    """Party ``name``'s part of (bucketed) PSI over ``ids`` (an array or a
-    :class:`vfl.psi.IdSource`); hashes beyond the memory budget wait under its own folder."""
-    if job.party(name).role == "guest":
-        return bucketed_psi_guest(channel, ids, job.host_names, workdir=job.output_dir(name))
-    return bucketed_psi_host(channel, ids, job.guest.name, job.host_names, workdir=job.output_dir(name))
 
 
 def _checkpoint(job: JobConfig, name: str, *rows, data: PartyTable | None = None,
@@ -317,7 +300,10 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
 def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     """The arbiter's job. Like the hosts, it follows the guest's plan when resuming."""
     if job.model.type == "secureboost":         # two roles: the guest holds the key
-        return {"party": job.arbiter.name, "model": "secureboost", "takes_part": False}
+        # its training.json all the same: `run_party` and `vfl audit` must not read an earlier fit's
+        report = {"model": "secureboost", "takes_part": False, "label_dp": {"on": False}}
+        write_json(job.output_dir(job.arbiter.name) / "training.json", report)
+        return {"party": job.arbiter.name, **report}
     arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names,
                        validation=job.model.early_stopping_on).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))

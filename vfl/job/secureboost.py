@@ -18,16 +18,17 @@ import pandas as pd
 
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..io.files import write_csv_atomically, write_json
-from ..io.tables import PartyTable, has_labels, load_table
+from ..io.tables import PartyTable, check_training_rows, has_labels, load_table
 from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
 from ..models.trees.binning import CategoryCodes
 from ..models.timing import Stopwatch
 from ..models.validation import validation_rows
 from ..preprocess.split import split_mask
 from ..protocol.channel import Channel
-from ..psi import bucketed_psi_guest, bucketed_psi_host, write_intersection
+from ..psi import write_intersection
 from .config import JobConfig, ModelConfig, PartyConfig
 from .cohorts import keep_host_cohort
+from .alignment import run_psi             # as every model runs it: within each party's psi_memory_mb
 
 log = logging.getLogger("vfl.secureboost")
 MODEL_FILE = "model.json"
@@ -77,12 +78,6 @@ def _inputs(table: PartyTable, categories: list[CategoryCodes], model_columns: l
     return X[:, [at[c] for c in model_columns]], list(model_columns)
 
 
-def _psi(job: JobConfig, name: str, channel: Channel, ids: np.ndarray) -> np.ndarray:
-    if job.party(name).role == "guest":
-        return bucketed_psi_guest(channel, ids, job.host_names, workdir=job.output_dir(name))
-    return bucketed_psi_host(channel, ids, job.guest.name, job.host_names, workdir=job.output_dir(name))
-
-
 def _aligned(job: JobConfig, name: str, table: PartyTable, ids: np.ndarray) -> tuple[PartyTable, np.ndarray]:
     write_intersection(job.output_dir(name) / "intersection.csv", ids)
     return table.take(ids), split_mask(ids, job.seed, job.test_fraction)
@@ -94,8 +89,10 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     g, t0, timings = job.guest, time.perf_counter(), Stopwatch()
     table = _load(g, label=g.label_column)
     with timings("psi"):
-        common = _psi(job, g.name, channel, table.ids)
+        common = run_psi(job, g.name, channel, table.ids)
     data, test = _aligned(job, g.name, table, common)
+    n_train = int((~test).sum())
+    check_training_rows(data.labels[~test], n_train, n_train, 1, str(g.data))     # both classes, 2+ rows
     out = job.output_dir(g.name)
     categories = _fit_codes(data, ~test, job.model)
     X, columns = _inputs(data, categories)
@@ -134,7 +131,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     from ..evaluation.collect import run_figures     # validation figures, PSI of the guest's own columns
     from ..evaluation.report import write_report
     metrics.update(run_figures(data.columns, data.features, data.labels, test, score, points.round(1),
-                               data.categorical_columns, data.categorical))
+                               data.categorical_columns, data.categorical, train=~test & ~valid))
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     write_json(job.workdir / "metrics.json", metrics)
     write_report(job)
@@ -147,18 +144,20 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     ``model.json`` (its own split rules only) and ``report.json``."""
     h = job.party(name)
     table = _load(h)
-    common = _psi(job, name, channel, table.ids)
+    common = run_psi(job, name, channel, table.ids)
     data, test = _aligned(job, name, table, common)
     out = job.output_dir(name)
     categories = _fit_codes(data, ~test, job.model)
     X, columns = _inputs(data, categories)
     model = SecureBoostHost(tree_params(job.model), guest=job.guest.name, columns=columns, categories=categories)
-    model.fit(channel, X[~test], valid=validation_rows(common, test, job.model, job.seed)[~test])
+    valid = validation_rows(common, test, job.model, job.seed)     # as the guest's, for the same rows
+    model.fit(channel, X[~test], valid=valid[~test])
     write_json(out / MODEL_FILE, model.to_dict(), indent=None)
     model.predict(channel, X)
     importance = model.importance(channel.recv(job.guest.name, IMPORTANCE))
     report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
-              "train_rows": int((~test).sum()), "test_rows": int(test.sum()), "splits": len(model.rules_),
+              "train_rows": int((~test & ~valid).sum()), "validation_rows": int(valid.sum()),
+              "test_rows": int(test.sum()), "splits": len(model.rules_),
               "importance": importance,
               "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()}}
     from ..evaluation.collect import host_figures     # PSI of its own columns, train against test
@@ -184,7 +183,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     path = g.predict_data or g.data
     has_label = has_labels(path, g.label_column, g.encoding)        # an all-empty outcome column: no labels
     table = _load(g, path, g.label_column if has_label else None)
-    common = _psi(job, g.name, channel, table.ids)
+    common = run_psi(job, g.name, channel, table.ids)
     data = table.take(common)
     score = model.predict_proba(channel, _inputs(data, model.categories, model.columns)[0])
     sc = job.scorecard
@@ -217,7 +216,7 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
     model = SecureBoostHost.from_dict(_part(job, name), tree_params(job.model), job.guest.name)
     table = _load(h, h.predict_data or h.data)
-    common = _psi(job, name, channel, table.ids)
+    common = run_psi(job, name, channel, table.ids)
     out = job.output_dir(name)
     write_intersection(out / "scored_ids.csv", common)
     data = table.take(common)

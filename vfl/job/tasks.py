@@ -27,7 +27,8 @@ from typing import Any, Callable
 from ..protocol.channel import Channel
 from .config import ConfigError, JobConfig
 from .predict import predict_guest, predict_host
-from .roles import run_arbiter, run_guest, run_host, run_psi_party
+from .alignment import run_psi_party
+from .roles import run_arbiter, run_guest, run_host
 
 RoleRun = Callable[[JobConfig, str, Channel, bool], Any]
 

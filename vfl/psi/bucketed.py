@@ -230,10 +230,12 @@ def _agree_host(channel: Channel, guest: str, hosts: list[str], mine: int, n: in
                             f"fewer than the {mine} this host asked for")
     if len(hosts) > 1 and nbuckets > max(mine, n // MIN_BUCKET_IDS):
         raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} sets {nbuckets} buckets, more than the {mine} "
-                            f"this host asked for and than its {n} IDs fill with {MIN_BUCKET_IDS} each: with "
+                            f"this host asked for and than its {n:,} IDs fill with {MIN_BUCKET_IDS:,} each: with "
                             "several hosts the guest learns the overlaps' sizes per bucket, and small buckets "
-                            "would tell it which of its IDs the other hosts hold (give the guest more PSI memory "
-                            "for fewer buckets)")
+                            "would tell it which of its IDs the other hosts hold, so each host needs at least "
+                            f"{MIN_BUCKET_IDS:,} IDs per bucket ({nbuckets * MIN_BUCKET_IDS:,} for {nbuckets}). "
+                            "For fewer buckets raise [guest] psi_memory_mb in the job file (the guest's PSI "
+                            "memory, from which it asks for its bucket count)")
     guest_nonce = _hex32(msg["nonce"], "psi/buckets/open", guest, me)
     commits = msg["commits"]
     if not isinstance(commits, list) or len(commits) != len(hosts):
