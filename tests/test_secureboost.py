@@ -949,3 +949,176 @@ def test_a_secureboost_job_whose_training_labels_are_one_class_is_refused_by_nam
                              model={"type": "secureboost", "num_trees": 2, "max_depth": 2}))
     with pytest.raises(JobFailed, match="party 'guest' failed: DataError: .*no label 1; both classes"):
         run_local(job)
+
+
+# ---------------------------------------------------------------- review: floors, summed nodes, one class, sbt/keep
+def _values_or_missing(seed: int, n: int = 1500):
+    """A review's data: a host categorical column of 3 codes (~500 rows each) whose empty cells (~2%,
+    fewer than min_rows_per_release in every node) are mostly events; the host's other column is
+    numeric. Returns guest and host columns (host: ``x``, then the categorical ``c``) and labels."""
+    rng = np.random.default_rng(seed)
+    xg = rng.normal(size=(n, 2))
+    c = rng.integers(0, 3, n).astype(float)
+    c[rng.random(n) < 0.02] = np.nan
+    x = rng.normal(size=n)
+    x[np.isnan(c)] = np.nan
+    z = xg[:, 0] + 0.6 * (c == 1) + 2.5 * np.isnan(c) - 0.5
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    return xg, np.column_stack([x, c]), y
+
+
+def test_every_side_of_a_hosts_categorical_split_holds_min_rows_per_release_rows(monkeypatch):
+    """A host's numeric column separates its values from its missing bin only when each holds
+    min_rows_per_release (M) of the node's rows; its categorical column had no such floor, so the
+    gain put "every value bin left, missing right" with a missing side of 5 to 24 rows (83 such
+    splits in a review's 20 runs; with one empty cell the host was told it for 8 of 30 event rows
+    and 0 of 170 non-event rows): its missing rows in the node, set apart by their gradients. Now
+    every side of a host's categorical split holds M of the node's rows (one node, random nodes,
+    whole trees), and the encrypted run applies the same rule as the twin."""
+    import vfl.models.trees.split as split_module
+    from vfl.models.trees.binning import CategoryCodes, Layout
+    side = {"left": False}
+    monkeypatch.setattr(split_module, "secret_coins", lambda k: np.full(k, side["left"]))
+    params = TreeParams(**{**ATTACK, "min_leaf_rows": 5})
+    floor, scale = params.min_rows_per_release, 2.0 ** -params.frac_bits
+
+    def hist_of(C, rate):
+        C, rate = np.asarray(C), np.asarray(rate, dtype=float)
+        return np.stack([np.rint((0.5 - rate) * C / scale), np.rint(0.25 * C / scale), C], axis=1).astype(np.int64)
+
+    # 3 categories of 100 rows, 12 missing rows, all events: values | missing is the best split
+    hist = hist_of([100, 100, 100, 12], [0.2, 0.3, 0.4, 1.0])
+    total = tuple(int(v) for v in hist.sum(axis=0))
+    own = split_module.best_in_party(hist, Layout((4,), (True,), (True,)), total, params, party=0)
+    assert own.right[2] == 12 and len(own.bin) == 3                # the guest's own column: exact
+    for coin in (False, True):
+        side["left"] = coin
+        cand = split_module.best_in_party(hist, Layout((4,), (True,), (True,)), total, params, party=1)
+        assert cand is not None and min(cand.left[2], cand.right[2]) >= floor, cand
+    # random nodes, fair (seeded) coins: every candidate a host is told leaves M rows on each side
+    SeededCoins(monkeypatch, seed=11)
+    rng = np.random.default_rng(12)
+    checked = 0
+    for _ in range(300):
+        v = int(rng.integers(2, 10))
+        C = rng.integers(0, 60, v + 1) * (rng.random(v + 1) < 0.7)
+        h = hist_of(C, rng.random(v + 1))
+        for has_missing in (False, True):
+            part = h if has_missing else h[:v]
+            total = tuple(int(s) for s in part.sum(axis=0))
+            cand = split_module.best_in_party(part, Layout((len(part),), (has_missing,), (True,)), total, params,
+                                              party=1)
+            if cand is not None:
+                assert min(cand.left[2], cand.right[2]) >= floor, (C, cand)
+                checked += 1
+    assert checked > 100
+    # whole trees: the twin, then the encrypted run with the same coins
+    coins = SeededCoins(monkeypatch, seed=5)
+    params = TreeParams(num_trees=5, max_depth=3, max_bin=8, min_leaf_rows=5, seed=18, key_bits=512,
+                        allow_short_keys=True)
+    xg, xh, y = _values_or_missing(18)
+    bins = [fit_columns(["g0", "g1"], xg, 8), fit_columns(["x", "c"], xh, 8, ("c",))]
+    layouts = [layout_of(bins[0]), layout_of(bins[1], ("c",))]
+    codes = [encode(b, x) for b, x in zip(bins, [xg, xh])]
+    twin = PlainSecureBoost(params).fit(codes, layouts, y)
+    host_splits = 0
+    for tree in twin.trees_:
+        rows = _walk(tree, codes, layouts)
+        for nd in tree.nodes:
+            if not nd.is_leaf and nd.party == 1:
+                assert min(len(rows[nd.left]), len(rows[nd.right])) >= floor
+                host_splits += nd.feature == 1
+    assert host_splits >= 3
+    coins.restart()
+    guest, _, _ = _fit_categorical(params, xg, xh, y, [CategoryCodes("c", ("v0", "v1", "v2"))])
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+
+
+def _spy_summed(monkeypatch) -> list:
+    """Record, per level the guest sums, ``(tree, level, [(rows, splittable) of each directly summed node])``:
+    the nodes whose per-bin host sums the guest decrypts."""
+    from vfl.models.trees.split import can_split
+    seen = []
+    real = SecureBoostGuest._host_histograms
+
+    def spy(self, channel, t, d, gq, hq, at, direct, derived, parent_hist, nodes):
+        seen.append((t, d, [(nodes[i].sums[2], can_split(d, nodes[i].sums[2], self.params)) for i in direct]))
+        return real(self, channel, t, d, gq, hq, at, direct, derived, parent_hist, nodes)
+    monkeypatch.setattr(SecureBoostGuest, "_host_histograms", spy)
+    return seen
+
+
+def test_the_guest_decrypts_the_host_sums_of_no_node_it_cannot_split(monkeypatch):
+    """Histogram subtraction summed the smaller child of every pair, even one too small to split
+    whose sibling alone was open: the guest decrypted every host column's per-bin sums of a small
+    node no split used (5 in a review's run). Now of such a pair it sums the open child; of a pair
+    with both open, the smaller; a root that cannot split is not summed at all. The trees are the
+    twin's, and every level still sends the same ciphertexts per row (the hosts check the shape)."""
+    seen = _spy_summed(monkeypatch)
+    rng = np.random.default_rng(2)
+    n = 1000
+    xg, xh = rng.normal(size=(n, 3)), rng.normal(size=(n, 4))
+    z = xg[:, 0] + xh[:, 0] - xh[:, 1] * xg[:, 1] + 0.5 * xh[:, 2] - 1
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    params = TreeParams(num_trees=5, max_depth=4, max_bin=16, min_leaf_rows=20, key_bits=512, allow_short_keys=True)
+    guest, hosts, _, _ = _run(params, xg, [xh], y)
+    summed = [s for _, d, nodes in seen if d > 0 for s in nodes]
+    assert len(summed) > 20 and all(ok for _, ok in summed), summed
+    twin, _ = _twin(params, xg, [xh], y, guest.columns, [hosts[0].columns])
+    assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
+    # a root of fewer than 2 * min_leaf_rows rows: no node summed, one leaf per tree
+    seen.clear()
+    guest, _, _, _ = _run(TreeParams(num_trees=2, max_depth=2, **PARAMS), xg[:15], [xh[:15]], y[:15])
+    assert seen == [(0, 0, []), (1, 0, [])] and all(len(t.nodes) == 1 for t in guest.trees_)
+
+
+def test_training_rows_of_one_class_give_leaves_of_weight_zero():
+    """With every label 0 (or 1) each h rounds to 0 (and so does g): with the default l2 = 0 the
+    root's leaf weight divided 0 by 0 (ZeroDivisionError). A leaf without hessian now weighs 0; the
+    twin and the encrypted run train one-leaf trees and score every row at the start score."""
+    from vfl.models.trees.split import leaf_weight
+    assert leaf_weight((0, 0, 50), TreeParams(key_bits=512, allow_short_keys=True)) == 0.0
+    assert leaf_weight((-4, 0, 50), TreeParams(l2=1.0, key_bits=512, allow_short_keys=True)) != 0.0
+    xg, xh, _ = _data(n=200)
+    params = TreeParams(num_trees=2, max_depth=2, **PARAMS)
+    for label in (0.0, 1.0):
+        y = np.full(len(xg), label)
+        twin, _ = _twin(params, xg, xh, y, ["g0", "g1", "g2"], [["h0", "h1", "h2", "h3"]])
+        guest, _, _, scores = _run(params, xg, xh, y, score_g=xg, score_h=xh)
+        for model in (twin, guest):
+            assert all(len(t.nodes) == 1 and t.nodes[0].weight == 0.0 for t in model.trees_)
+        assert np.all(scores == guest.base_) and np.isfinite(guest.base_)
+
+
+def test_with_early_stopping_each_host_keeps_only_the_splits_the_kept_trees_use(monkeypatch):
+    """After early stopping the guest keeps the trees up to the best one, but each host kept every
+    split, so scoring sent, for every row, sides of splits no kept tree reads (a review's job: 7 and 6
+    held, 4 and 4 used). Now the guest tells each host how many of its splits the kept trees use
+    (``sbt/keep``: split ids count up, so they are the first ones) and the host drops the rest;
+    the model parts reload and score as the twin; a count that no tree ended at is refused."""
+    params = TreeParams(num_trees=12, max_depth=4, learning_rate=1.0, patience=2, seed=3, **PARAMS)
+    xg, xh, y = _data(n=500, seed=2)
+    valid = np.random.default_rng(9).random(len(y)) < 0.3
+    coins = SeededCoins(monkeypatch, seed=3)
+    guest, (host,), net, scores = _run(params, xg, xh, y, valid=valid, record=True, score_g=xg, score_h=xh)
+    assert guest.validation_["trees_grown"] > len(guest.trees_)                   # trees were dropped
+    used = {nd.split for t in guest.trees_ for nd in t.nodes if not nd.is_leaf and nd.party == 1}
+    assert used == set(range(len(host.rules_))) and guest.host_splits_ == [len(host.rules_)]
+    own = {nd.split for t in guest.trees_ for nd in t.nodes if not nd.is_leaf and nd.party == 0}
+    assert own == set(range(len(guest.rules_)))
+    told = [r.payload for r in net.transcript if r.step == "sbt/keep"]
+    assert told == [{"splits": len(host.rules_)}]
+    made = sum(len(r.payload["splits"]) for r in net.transcript if r.receiver == "host0" and r.step.endswith("/splits"))
+    assert made > len(host.rules_)                                               # some were dropped
+    assert host.split_bits(xh[0]).shape == (len(host.rules_), -(-len(y) // 8))
+    coins.restart()
+    twin, bins = _twin(params, xg, xh, y, guest.columns, [host.columns], valid=valid)
+    codes = [encode(b, x) for b, x in zip(bins, [xg, *xh])]
+    assert np.abs(scores - twin.decision_function(codes)).max() < 1e-9
+    again = SecureBoostGuest.from_dict(guest.to_dict(), params)
+    part = SecureBoostHost.from_dict(host.to_dict(), params, guest="guest")
+    assert np.array_equal(again.decision(xg, [part.split_bits(xh[0])]), scores)
+    with pytest.raises(ValueError, match="sbt/keep"):
+        part._keep({"splits": 4}, [0, 3, 5])
+    with pytest.raises(ValueError, match="sbt/keep"):
+        part._keep({"splits": True}, [0, 1])

@@ -224,6 +224,10 @@ _TABLE: list[StepSpec] = ([
     StepSpec("sbt/t<t>/l<d>/split_bits", _SBT_LEVEL + r"split_bits", "host", "guest", PARTITION, ("array",),
              "for each new host split, the side of every training row (the guest keeps its node's rows; it "
              "would learn the same by scoring the training rows)", TRAIN, dtype=_BITS),
+    StepSpec("sbt/keep", r"sbt/keep", "guest", "host", CONTROL, ("control",),
+             "with early stopping, once after training: how many of its splits (the first ones, in the order "
+             "it was told them) the kept trees use, hence, up to trees that added none of its splits, which "
+             "tree was the best; it drops the rest", TRAIN),
     StepSpec("sbt/importance", r"sbt/importance", "guest", "host", AGGREGATE, ("control",),
              "once, after training: the number of split nodes of each of its own columns over the whole model "
              "(no gain, not per node or split)", TRAIN),
@@ -312,6 +316,7 @@ CEILINGS: dict[str, str] = {
     "sbt/plan": "160",
     "sbt/columns": "64 + 24*columns",
     "sbt/t<t>/l<d>/splits": "64 + 32*nodes + 6*nodes*bins",
+    "sbt/keep": "32",
     "sbt/importance": "32 + 24*columns",
     "<pre>/e<e>/valid/sum_key": "128 + cert",
     "<pre>/e<e>/valid/sum_keys": "32 + 128*hosts + cert*hosts",

@@ -7,9 +7,10 @@ Per tree level (docs/protocols.md, section 2a):
    this level, else of 0 (:mod:`vfl.models.trees.packing`); randomness from
    the guest's own factorisation (``PrivateKey.zeros``).
 2. ``enc_hist``: each host's per-bin sums. The guest decrypts them into every
-   directly summed node's ``(G, H, C)`` per host bin; the sibling of a
-   directly summed node is its parent minus it (histogram subtraction: only
-   the smaller child of each pair is summed).
+   directly summed node's ``(G, H, C)`` per host bin. Only nodes that can be
+   split are summed (:func:`summed_nodes`): of a pair whose children both can,
+   the smaller, the other being its parent minus it (histogram subtraction); of
+   a pair with one, that one.
 3. The best split of every open node over all parties' columns
    (:func:`vfl.models.trees.split.best_split`); a host's category or missing
    bin with fewer than ``min_rows_per_release`` rows in the node goes to a
@@ -20,6 +21,9 @@ Per tree level (docs/protocols.md, section 2a):
    next; ``split_bits``: the host returns each new split's side of every
    training row. The guest moves only its node's rows, and checks that they
    hold exactly the sums the histogram promised.
+
+With early stopping, after training each host is told how many of its splits
+the kept trees use (``sbt/keep``) and drops the rest.
 """
 from __future__ import annotations
 
@@ -40,8 +44,8 @@ from .packing import SlotLayout, level_capacity, pack_rows, unpack
 from .params import TreeParams
 from .split import (base_score, best_split, can_split, column_sample, leaf_weight, log_loss, node_sums,
                     plain_histogram, quantised_gradients, sigmoid, tree_rows)
-from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
-                    SPLITS, STOP, level_step)
+from .steps import (COLUMNS, ENC_GH, ENC_HIST, KEEP, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY,
+                    SPLIT_BITS, SPLITS, STOP, level_step)
 from .tree import Node, Tree
 from ..validation import EarlyStopping
 
@@ -101,6 +105,28 @@ class ZeroSupply:
         self._ready = []
 
 
+def summed_nodes(level: list[int], open_: list[int], pairs: list[tuple[int, int, int]], nodes: list[Node]
+                 ) -> tuple[list[int], dict[int, tuple[int, int]]]:
+    """The nodes of a level whose host histograms the guest sums directly, and those it derives
+    (node -> (parent, directly summed sibling)). Only an ``open_`` node (one that may be split) is
+    summed: the root if open; of a pair with both children open, the smaller, the other its parent
+    minus it; of a pair with one open, that one. Every row sends as many ciphertexts per level and
+    hosts sum all rows whichever node is summed, so this costs nothing; summing the smaller child
+    when only its sibling was open decrypted a small node's per-bin sums that no split used."""
+    if not pairs:                                    # the root's level
+        return [i for i in level if i in open_], {}
+    direct, derived = [], {}
+    for parent, a, b in pairs:
+        live = [c for c in (a, b) if c in open_]
+        if len(live) == 1:
+            direct.append(live[0])
+        elif live:
+            small, other = (a, b) if nodes[a].sums[2] <= nodes[b].sums[2] else (b, a)
+            direct.append(small)
+            derived[other] = (parent, small)
+    return direct, derived
+
+
 class SecureBoostGuest:
     """The label holder's part of SecureBoost training and scoring.
 
@@ -132,7 +158,8 @@ class SecureBoostGuest:
         ``valid`` (every party's same mask, from the IDs) marks validation rows: routed through
         every tree, never summed; after each tree the guest scores them, keeps the trees up to
         the best (exact recalibrated Brier score) and stops after ``patience`` trees without a
-        better one (the hosts learn only that training stopped, at the next tree's first level)."""
+        better one (the hosts learn that training stopped, at the next tree's first level, and then
+        how many of their splits the kept trees use: ``sbt/keep``)."""
         y = np.asarray(y, dtype=np.float64)
         n = len(y)
         valid = np.zeros(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
@@ -161,6 +188,7 @@ class SecureBoostGuest:
         self.base_ = base_score(y[~valid])
         score = np.full(n, self.base_)
         self.loss_history_, self.validation_ = [], None
+        held: list[tuple[int, list[int]]] = []      # after each tree: own splits and each host's
         try:
             for t in range(p.num_trees):
                 t0 = time.perf_counter()
@@ -171,6 +199,7 @@ class SecureBoostGuest:
                     gq, hq = quantised_gradients(score, y, p.frac_bits)
                 tree, leaf_of = self._grow(channel, t, gq, hq, last=t + 1 == p.num_trees)
                 self.trees_.append(tree)
+                held.append((len(self.rules_), [len(sides) for sides in self._host_sides]))
                 score = score + np.array([nd.weight if nd.is_leaf else 0.0 for nd in tree.nodes])[leaf_of]
                 self.loss_history_.append(log_loss(score[~valid], y[~valid]))
                 if stopper is not None and stopper.update(t, score[valid], y[valid])[0]:
@@ -180,14 +209,25 @@ class SecureBoostGuest:
                          sum(nd.is_leaf for nd in tree.nodes), self.tree_seconds_[-1])
         finally:
             self._zeros.close()
-        if stopper is not None:              # keep the trees up to the best one (hosts keep every split)
+        self.host_splits_ = [len(sides) for sides in self._host_sides]
+        if stopper is not None:              # keep the trees up to the best one, and only their splits
             self.validation_ = {"history": stopper.history, "best_epoch": stopper.best_epoch,
                                 "trees_grown": len(self.trees_)}
             self.trees_, score = self.trees_[:stopper.best_epoch + 1], best_score
+            self._keep_splits(channel, *held[stopper.best_epoch])
         self.train_score_ = score
-        self.host_splits_ = [len(sides) for sides in self._host_sides]
         self._sk = None                            # the key lives for this model's training only
         return self
+
+    def _keep_splits(self, channel: Channel, own: int, hosts: list[int]) -> None:
+        """Drop the splits only trees after the best used, and tell each host how many of its splits
+        to keep (``sbt/keep``). Split ids count up as splits are first chosen, so the kept trees use
+        a prefix of each table: the ids in them stay valid. Without this a host sent, at every
+        scoring, the sides of splits no kept tree reads."""
+        self.rules_ = self.rules_[:own]
+        self.host_splits_ = list(hosts)
+        for h, k in zip(self.hosts, hosts):
+            channel.send(h, KEEP, {"splits": k})
 
     def _halt(self, channel: Channel, t: int) -> None:
         """Stop before tree ``t``: the hosts wait for its first level's ciphertexts, so they get fresh
@@ -213,14 +253,7 @@ class SecureBoostGuest:
         parent_hist: dict[int, list[np.ndarray]] = {}     # split node -> its per-host histograms
         for d in range(p.max_depth):
             open_ = [i for i in level if can_split(d, nodes[i].sums[2], p)]
-            # histogram subtraction: sum the smaller child of each pair, derive the other from the parent
-            direct, derived = ([0] if d == 0 else []), {}
-            for parent, a, b in pairs:
-                if a in open_ or b in open_:
-                    small, other = (a, b) if nodes[a].sums[2] <= nodes[b].sums[2] else (b, a)
-                    direct.append(small)
-                    if other in open_:
-                        derived[other] = (parent, small)
+            direct, derived = summed_nodes(level, open_, pairs, nodes)
             hists = self._host_histograms(channel, t, d, gq[sample], hq[sample], at[sample], direct, derived,
                                           parent_hist, nodes)
             with lap("split_search"):

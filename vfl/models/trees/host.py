@@ -10,7 +10,8 @@ docs/protocols.md, 2a.) When the guest picks one of its splits the
 host is told ``(column, bin, missing_left)`` only, never the node, and
 returns that split's side of every training row (the guest keeps the rows
 of its own node). The host keeps each split as a threshold on its own raw
-values (:class:`vfl.models.trees.binning.SplitRule`): its model part.
+values (:class:`vfl.models.trees.binning.SplitRule`): its model part (with
+early stopping, only those the kept trees use, as ``sbt/keep`` says).
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from .binning import CategoryCodes, SplitRule, encode, fit_columns, goes_left, l
 from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
 from .params import MIN_KEY_BITS, TreeParams
 from .split import tree_rows
-from .steps import (COLUMNS, ENC_GH, ENC_HIST, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY, SPLIT_BITS,
-                    SPLITS, STOP, level_step)
+from .steps import (COLUMNS, ENC_GH, ENC_HIST, KEEP, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY,
+                    SPLIT_BITS, SPLITS, STOP, level_step)
 
 
 def check_key(pk: PublicKey, params: TreeParams) -> PublicKey:
@@ -77,6 +78,7 @@ class SecureBoostHost:
         channel.send(self.guest, COLUMNS, layout.to_dict())
         slots = SlotLayout(p.key_bits, n, p.frac_bits)
         self.rules_ = []
+        held: list[int] = []           # after each tree: how many splits this host holds
         tree = level = 0
         while True:
             step = lambda name: level_step(tree, level, name)     # noqa: E731
@@ -107,9 +109,23 @@ class SecureBoostHost:
                     sides = np.stack([goes_left(codes, layout, f, t, ml) for f, t, ml in splits])
                     channel.send(self.guest, step(SPLIT_BITS), np.packbits(sides, axis=1))
                 self.rules_ += [rule_for(self.bins_[f], t, ml) for f, t, ml in splits]
+            if nxt != NEXT_LEVEL:
+                held.append(len(self.rules_))
             if nxt == STOP:
+                if valid.any():        # early stopping: the guest kept the trees up to the best
+                    self._keep(channel.recv(self.guest, KEEP), held)
                 return self
             tree, level = (tree, level + 1) if nxt == NEXT_LEVEL else (tree + 1, 0)
+
+    def _keep(self, msg, held: list[int]) -> None:
+        """Keep the first ``splits`` of this host's splits (``sbt/keep``), those the guest's kept trees
+        use, so that scoring sends no side that no tree reads. The count must be what the host held
+        after one of the trees: kept trees are a prefix, and split ids count up."""
+        k = msg.get("splits") if isinstance(msg, dict) and set(msg) == {"splits"} else None
+        if not (isinstance(k, int) and not isinstance(k, bool) and k in held):
+            raise ValueError(f"{KEEP}: expected {{splits}}, the number of splits this host held after one of "
+                             f"the trees ({sorted(set(held))})")
+        self.rules_ = self.rules_[:k]
 
     def _check_splits(self, msg, layout, step: str, tree: int, level: int) -> tuple[list, str]:
         """Validate the guest's ``splits``: own (column, bin, missing_left) triples, sorted, new, each
@@ -162,7 +178,7 @@ class SecureBoostHost:
         if told is not None:
             if not isinstance(told, dict) or set(told) != {"nodes"} or not isinstance(told["nodes"], dict):
                 raise ValueError("sbt/importance: expected {nodes} keyed by column position")
-            for entry in out.values():        # a split only trees after the best (early stopping) used
+            for entry in out.values():        # the columns told get their count below
                 entry.update(nodes=0)
             for j, n in told["nodes"].items():
                 if not (re.fullmatch(r"0|[1-9][0-9]{0,5}", j) and int(j) < len(self.columns)

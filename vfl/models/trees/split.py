@@ -33,6 +33,11 @@ column is cut only between runs of value bins holding ``min_rows_per_release``
 of the node's rows each (:func:`_group_ends`), so no threshold moves fewer
 rows than that from one side to the other (a one-row value bin, which ties in
 a column's values can make, put its row by its label, as the missing bin did).
+Every side of a host's split holds ``min_rows_per_release`` of the node's rows:
+the runs ensure it for a numeric column; for a categorical one the search skips
+the subsets that leave fewer on a side (a values-versus-missing split of a few
+missing rows told the host that those rows, chosen by their gradients, stood
+apart).
 
 The coins are not derived from the seed, so the plaintext twin repeats an
 encrypted run only with the same coins (tests replace :func:`secret_coins`
@@ -157,11 +162,13 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
     ``M`` rows in the node (none included), goes left or right by a fresh secret coin (one per
     node and column, drawn after the column's category coins), not by the gain; a numeric column
     is cut only between runs of value bins holding ``M`` rows each (:func:`_group_ends`), and
-    separates its values from its missing bin only when each holds ``M`` rows. The gain is that
-    of the split sent. The guest's own columns keep the exact search."""
+    separates its values from its missing bin only when each holds ``M`` rows; a categorical
+    column's candidates must leave ``M`` rows on each side too. The gain is that of the split
+    sent. The guest's own columns keep the exact search."""
     scale = 2.0 ** -params.frac_bits
     G, H, C = (int(v) for v in total)
-    parent = float(_score(np.float64(G), np.float64(H), scale, params.l2))
+    with np.errstate(divide="ignore", invalid="ignore"):      # no hessian (one class, l2 = 0): no child is ok
+        parent = float(_score(np.float64(G), np.float64(H), scale, params.l2))
     best: Candidate | None = None
     offsets = layout.offsets
     for f in range(len(layout.n_bins)):
@@ -194,6 +201,8 @@ def best_in_party(hist: np.ndarray, layout: Layout, total: tuple[int, int, int],
         ok = ((CL >= params.min_leaf_rows) & (CR >= params.min_leaf_rows)
               & (HL * scale >= params.min_child_weight) & (HR * scale >= params.min_child_weight)
               & np.repeat(some, len(dirs)))                # a subset split names at least one bin
+        if party > 0:                                      # a host's: M of the node's rows on each side
+            ok &= (CL >= floor) & (CR >= floor)            # (a numeric column's runs already ensure it)
         if not ok.any():
             continue
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -271,9 +280,11 @@ def can_split(depth: int, rows: int, params: TreeParams) -> bool:
 
 
 def leaf_weight(total: tuple[int, int, int], params: TreeParams) -> float:
-    """``-learning_rate * G / (H + l2)`` of a leaf's integer sums."""
+    """``-learning_rate * G / (H + l2)`` of a leaf's integer sums; 0 for a leaf without hessian and
+    ``l2 = 0`` (a root whose rows are all of one class: every ``h`` rounds to 0, and so does ``g``)."""
     scale = 2.0 ** -params.frac_bits
-    return float(-params.learning_rate * (total[0] * scale) / (total[1] * scale + params.l2))
+    denominator = total[1] * scale + params.l2
+    return 0.0 if denominator == 0 else float(-params.learning_rate * (total[0] * scale) / denominator)
 
 
 def node_sums(gq: np.ndarray, hq: np.ndarray, rows: np.ndarray) -> tuple[int, int, int]:
