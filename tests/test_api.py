@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def test_fit_from_toml_then_predict_proba_on_the_training_rows_reproduces_predic
     rows.update({f"host{i}": pd.read_csv(h, dtype={"id": str}) for i, h in enumerate(hosts)})
     scores = model.predict_proba(rows)
     want = _predictions(load_job(path))
-    assert list(scores.index) == list(want.index)
+    assert sorted(scores.index) == list(want.index)         # in the guest frame's row order
+    scores = scores.loc[want.index]
     np.testing.assert_allclose(scores.to_numpy(), want["score"].to_numpy(), rtol=0, atol=1e-9)
     assert model.metrics["aligned_rows"] == len(want) and model.report.is_file()
     # the plaintext twin: the parties' saved parts applied to the joined rows
@@ -64,6 +66,57 @@ def test_cli_and_api_give_identical_models(tmp_path):
     scores = model.predict_proba({"guest": g, "host0": hosts[0]}, runner="processes")
     np.testing.assert_allclose(scores.to_numpy(), cli_pred["score"].to_numpy(), rtol=0, atol=1e-12)
     assert path.read_text() == text
+
+
+def test_scores_carry_the_guest_frames_own_ids_in_its_row_order(tmp_path):
+    """Integer IDs, as users often have: the scores come back indexed by those integers, in the frame's
+    row order, so they attach to the frame (as text in text order, ``frame["pd"] = scores`` was all NaN)."""
+    g, hosts = vertical_split(400, 2, [1], seed=3)
+    for frame in (g, hosts[0]):
+        frame["id"] = frame["id"].astype(int)
+    model = vfl.fit(make_job(tmp_path, g, hosts, model={"epochs": 1, "batch_size": 128}))
+    new = g.drop(columns="y").iloc[:60]
+    scores = model.predict_proba({"guest": new, "host0": hosts[0]})
+    shared = new["id"][new["id"].isin(hosts[0]["id"])]
+    assert scores.index.dtype == new["id"].dtype and list(scores.index) == list(shared)
+    assert 0 < len(shared) < len(new) and list(shared) != sorted(shared)      # some unscored, not in ID order
+    frame = new.set_index("id")
+    frame["pd"] = scores
+    assert int(frame["pd"].notna().sum()) == len(shared)
+    written = pd.read_csv(model.job.config.output_dir("guest") / "scores.csv", dtype={"id": str}).set_index("id")
+    np.testing.assert_array_equal(scores.to_numpy(), written["score"].loc[shared.astype(str)].to_numpy())
+    # the ID as the frame's index: the same; a path: the ID text, in ID order, as before
+    assert model.predict_proba({"guest": new.set_index("id"), "host0": hosts[0]}).equals(scores)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    by_path = model.predict_proba({"guest": tmp_path / "new.csv", "host0": hosts[0]})
+    assert list(by_path.index) == sorted(shared.astype(str))
+
+
+def test_categorical_codes_read_alike_at_fit_and_predict_and_unseen_ones_are_warned_of(tmp_path, caplog):
+    """Integer codes of a categorical column are floats in pandas once a row lacks one: written as
+    "1.0" at fit and "1" at predict, every value was unseen and the scores silently changed. Values
+    training never had, in most rows, are named in a warning of the party that holds them."""
+    g, hosts = vertical_split(600, 2, [2], seed=3)
+    h = hosts[0].copy()
+    y = h["id"].map(g.set_index("id")["y"]).fillna(0).to_numpy()
+    rng = np.random.default_rng(0)
+    h["plan"] = np.where(rng.random(len(h)) < 0.7, 1 + 2 * y, rng.integers(1, 4, len(h))).astype(float)
+    h.loc[h.index[:5], "plan"] = np.nan                  # a row without a plan: the codes are float64
+    model = vfl.fit(make_job(tmp_path, g, [h], model={"type": "secureboost", "num_trees": 3, "max_depth": 2},
+                             host_keys={"host0": {"categorical_columns": ["plan"]}}))
+    inputs = model.job.config.output_dir("host0") / "input"
+    assert set(pd.read_csv(inputs / "data.csv", dtype=str)["plan"].dropna()) == {"1", "2", "3"}
+    rows = h.iloc[5:]
+    as_float = model.predict_proba({"host0": rows})
+    with caplog.at_level(logging.WARNING, logger="vfl"):
+        as_int = model.predict_proba({"host0": rows.assign(plan=rows["plan"].astype(int))})
+    assert set(pd.read_csv(inputs / "score.csv", dtype=str)["plan"]) == {"1", "2", "3"}
+    assert as_int.equals(as_float) and len(as_int) > 300
+    assert not [r for r in caplog.records if "categorical column" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="vfl"):
+        model.predict_proba({"host0": rows.assign(plan=rows["plan"] + 10)})
+    said = "host0: categorical column 'plan': 100% of the rows scored have values"
+    assert [r.levelno for r in caplog.records if r.getMessage().startswith(said)] == [logging.WARNING]
 
 
 def test_job_round_trips_through_its_toml_file(tmp_path):
@@ -129,9 +182,9 @@ def test_the_notebook_example_trains_from_dataframes_and_scores_new_applicants(t
     # the applicants all three files share, scored as the saved parts score them in plaintext
     tables = {p.name: load_table(cfg.output_dir(p.name) / "input" / "score.csv", "id") for p in (cfg.guest, *cfg.hosts)}
     common = np.intersect1d(tables["bank"].ids, tables["shop"].ids)
-    assert list(scores.index) == sorted(common) and len(common) > 100
+    assert sorted(scores.index) == sorted(common) and len(common) > 100
     twin = sigmoid(sum(model.parts[n].score(t.take(common)) for n, t in tables.items()))
-    np.testing.assert_allclose(scores.to_numpy(), twin, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(scores.loc[common].to_numpy(), twin, rtol=0, atol=1e-9)
 
 
 def test_run_party_runs_each_party_in_its_own_process(tmp_path):
@@ -166,7 +219,8 @@ def test_a_secureboost_job_fits_and_scores_through_the_api(tmp_path):
     assert isinstance(model.parts["guest"], SecureBoostGuest) and isinstance(model.parts["host0"], SecureBoostHost)
     want = _predictions(job.config)
     scores = model.predict_proba({"guest": g, "host0": hosts[0]})
-    assert list(scores.index) == list(want.index) and len(want) > 100
+    assert sorted(scores.index) == list(want.index) and len(want) > 100
+    scores = scores.loc[want.index]
     np.testing.assert_allclose(scores.to_numpy(), want["score"].to_numpy(), rtol=0, atol=1e-9)
     # the plaintext twin: the guest's trees over its own columns and the host part's split sides
     cfg = job.config

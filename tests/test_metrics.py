@@ -106,3 +106,12 @@ def test_ks_is_two_sided_as_ks_2samp_in_every_figure():
     y = rng.integers(0, 2, 500)
     s = rng.normal(size=500) + 0.7 * y
     assert ks_statistic(y, s) == pytest.approx(ks_2samp(s[y == 1], s[y == 0]).statistic, abs=1e-12)
+
+
+def test_a_one_class_sample_keeps_its_brier_score():
+    """AUC and KS need both classes; the Brier score does not (a cohort of good payers still has one)."""
+    from vfl.evaluation.curves import evaluate_sample
+    score = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    ev = evaluate_sample(np.zeros(5, int), score)
+    assert ev["auc"] is None and ev["ks"] is None
+    assert ev["brier"] == pytest.approx(np.mean(score ** 2))

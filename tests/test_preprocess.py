@@ -332,6 +332,21 @@ def test_points_are_affine_in_the_log_odds_and_predict_rescores(scorecard_job):
     np.testing.assert_allclose(scores["score"], pred["score"], rtol=0, atol=1e-9)
 
 
+def test_baselines_of_a_binned_job_with_missing_values_impute_them(tmp_path):
+    """A binned job accepts missing values (they get a bin); the baselines (scikit-learn's logistic
+    regression) take none: they impute them, and the job ends with its metrics (it failed after training)."""
+    import vfl
+    g, hosts = vertical_split(400, 2, [2], seed=3)
+    g.loc[g.index[:30], "g0"] = np.nan
+    hosts[0].loc[hosts[0].index[:30], "h0_0"] = np.nan
+    job = make_job(tmp_path, g, hosts, model={"epochs": 1, "batch_size": 128}, preprocess={"bins": 5},
+                   baselines=True)
+    metrics = vfl.fit(job).metrics
+    assert 0.5 < metrics["baseline_central_auc"] <= 1 and 0 <= metrics["baseline_guest_only_auc"] <= 1
+    assert json.loads((job.workdir / "metrics.json").read_text())["baseline_central_ks"] == \
+        metrics["baseline_central_ks"]
+
+
 def test_selection_only_without_woe_drops_columns_before_training(tmp_path):
     settings = {"woe": False, "iv_top_k_guest": 1, "iv_top_k_host": 1, "min_bin_rows": 40}
     # without WOE, LR trains on raw columns (one-hot for categories): "auto" turns label-DP on

@@ -74,6 +74,12 @@ def trained(tmp_path_factory):
     return {"job": job, "hosts": hosts, "first": first, "first_cohort": first_cohort, "guest": guest}
 
 
+def test_the_calibration_chart_does_not_promise_ten_equal_bands(trained):
+    """Tied scores share a band, so bands may be fewer than ten and unequal: the title says so."""
+    html = (trained["job"].workdir / "report.html").read_text()
+    assert "Calibration (up to 10 bands of about equal size)" in html and "equal-size bands" not in html
+
+
 class _Page(HTMLParser):
     """Headings, cells with ``data-metric`` (path, shown text without the flag word), charts, visible text."""
 

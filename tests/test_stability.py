@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from vfl.evaluation import stability
+from vfl.evaluation import collect, stability
 
 
 def reference_psi(train: list[float], other: list[float], floor: float = 1e-4) -> float:
@@ -137,3 +137,20 @@ def test_categorical_psi_of_a_column_with_none_and_only_missing_values():
     assert got["psi"] == pytest.approx(reference_categorical_psi(list(train), [""] * 10), abs=1e-6)
     empty = stability.categorical_psi(["c"], np.array([[""]] * 4, dtype=object), np.array([["x"]], dtype=object))
     assert empty["c"]["categories"] == [] and empty["c"]["actual"] == [1.0, 0.0]
+
+
+def test_a_hosts_column_psi_is_against_its_training_rows_only():
+    """The reference of a host's column PSI is the rows trained on, as the guest's: validation rows
+    (early stopping) are neither training nor test rows."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 1))
+    cat = rng.choice(["a", "b", "c"], size=(600, 1)).astype(object)
+    test, valid = np.arange(600) < 150, (np.arange(600) >= 150) & (np.arange(600) < 300)
+    x[valid] += 3.0                                  # validation rows unlike the rest
+    cat[valid] = "a"
+    train = ~test & ~valid
+    got = collect.host_figures(["x"], x, ["c"], cat, test, train=train)["stability"]["columns"]
+    assert got["x"] == stability.compare(x[train, 0], x[test, 0])
+    assert got["c"] == stability.compare_categorical(cat[train, 0], cat[test, 0])
+    with_valid = collect.host_figures(["x"], x, [], None, test, train=~test)["stability"]["columns"]["x"]
+    assert got["x"]["psi"] < 0.1 < with_valid["psi"]

@@ -27,8 +27,9 @@ import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
 from .job.config import (ConfigError, JobConfig, ModelConfig, NetworkConfig, PreprocessConfig, ScorecardConfig,
@@ -215,7 +216,7 @@ class Job:
         cfg = self.config.party(p.name)
         for frame, path in ((p.data, cfg.data), (p.predict_data, cfg.predict_data)):
             if isinstance(frame, pd.DataFrame):
-                _write_frame(frame, path, cfg.id_column, p.name)
+                _write_frame(frame, path, cfg.id_column, p.name, cfg.categorical_columns)
 
     def __repr__(self) -> str:
         return (f"Job({self.config.name!r}, guest={self.guest.name!r}, hosts={[h.name for h in self.hosts]}, "
@@ -268,7 +269,9 @@ class Model:
         Returns
         -------
         pandas.Series
-            The probability of label 1 for every ID all parties share, indexed by ID (text),
+            The probability of label 1 for every ID all parties share, indexed by ID. Guest rows
+            given as a DataFrame: its IDs, of its ID dtype and in its row order (rows not scored
+            left out), so ``frame["pd"] = scores`` aligns on an ID-indexed frame; else the ID text,
             in ID order. Points and the full table: ``<workdir>/<guest>/scores.csv``.
         """
         cfg = self.job.config
@@ -287,7 +290,7 @@ class Model:
             new = rows.get(p.name)
             if isinstance(new, pd.DataFrame):
                 path = cfg.output_dir(p.name) / "input" / "score.csv"
-                _write_frame(new, path, p.id_column, p.name)
+                _write_frame(new, path, p.id_column, p.name, p.categorical_columns)
                 new = path
             parties.append(replace(p, predict_data=Path(new).resolve()) if new is not None else p)
         job = replace(cfg, guest=parties[0], hosts=tuple(parties[1:]))
@@ -296,7 +299,11 @@ class Model:
         self._check_parts()               # a fit into this workdir while scoring: these are not our scores
         scores = pd.read_csv(cfg.output_dir(cfg.guest.name) / "scores.csv", dtype={"id": str},
                              keep_default_na=False, na_values=[])      # the ID "NA" is an ID, not NaN
-        return scores.set_index("id")["score"]
+        scores = scores.set_index("id")["score"]
+        guest = rows.get(cfg.guest.name)
+        if isinstance(guest, pd.DataFrame):
+            return _by_frame_ids(scores, guest, parties[0].predict_data, cfg.guest.id_column)
+        return scores
 
     def _check_parts(self) -> None:
         """Refuse to score when a part file is not the one this model loaded (its SHA-256 differs)."""
@@ -475,15 +482,53 @@ def _planned(workdir: Path, p: Party, data: Data | None, kind: str) -> str | Non
     return None if data is None else str(Path(data).expanduser().resolve())
 
 
-def _write_frame(frame: pd.DataFrame, path: Path, id_column: str, party: str) -> None:
-    """A party's DataFrame as the CSV its job names; the ID may be the index."""
+def _write_frame(frame: pd.DataFrame, path: Path, id_column: str, party: str,
+                 categorical: Sequence[str] = ()) -> None:
+    """A party's DataFrame as the CSV its job names; the ID may be the index. The ``categorical``
+    columns are written as canonical text (:func:`_category_text`): the model knows a category by its
+    text, which must not depend on the dtype pandas gave the frame at fit or at predict time."""
     if id_column not in frame.columns:
         if frame.index.name != id_column:
             raise ConfigError(f"party {party!r}: the DataFrame has no ID column {id_column!r} (as a column or "
                               f"the index's name); set id_column to the column holding the IDs")
         frame = frame.reset_index()
+    cats = [c for c in categorical if c in frame.columns]
+    if cats:
+        frame = frame.assign(**{c: _category_text(frame[c]) for c in cats})
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
+
+
+def _category_text(column: pd.Series) -> pd.Series:
+    """A categorical column as text, a whole number always without decimals: integer codes become
+    floats as soon as one row lacks a value, and "1.0" at fit against "1" at predict would make every
+    value unseen. Missing values stay missing (an empty cell)."""
+    if pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
+        return column.map(_value_text, na_action="ignore").astype("string")
+    text = column.astype("string")
+    x = column.to_numpy(dtype="float64", na_value=np.nan)
+    whole = np.isfinite(x) & (np.mod(x, 1) == 0) & (np.abs(x) < 2 ** 53)      # exact as int64
+    if not pd.api.types.is_integer_dtype(column) and whole.any():
+        text[whole] = x[whole].astype(np.int64).astype(str)
+    return text
+
+
+def _value_text(value: Any) -> str:
+    """One category's text (a whole-number float without decimals, as :func:`_category_text`)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer() and abs(value) < 2 ** 53:
+        return str(int(value))
+    return str(value)
+
+
+def _by_frame_ids(scores: pd.Series, frame: pd.DataFrame, written: Path, id_column: str) -> pd.Series:
+    """``scores`` (indexed by ID text) indexed by ``frame``'s own IDs, of its dtype and in its row order,
+    so that they align with the user's frame (``frame["pd"] = scores``); unscored rows are left out.
+    Each row's ID text is read back from ``written``, the file the guest read: exactly its IDs."""
+    text = pd.read_csv(written, usecols=[id_column], dtype=str, keep_default_na=False)[id_column]
+    ids = frame[id_column] if id_column in frame.columns else frame.index.to_series()
+    scored = text.isin(scores.index).to_numpy()
+    index = pd.Index(ids.to_numpy()[scored], dtype=ids.dtype, name=scores.index.name)
+    return pd.Series(scores.reindex(text[scored]).to_numpy(), index=index, name=scores.name)
 
 
 def _free_port() -> int:

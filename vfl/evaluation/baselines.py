@@ -10,12 +10,17 @@ runs only when the job sets ``[job] baselines = true`` (and in benchmarks).
   towers, initialisation and batches, trained in numpy without encryption and
   without release protection, i.e. what the federated model would be if
   privacy cost nothing.
+
+A job that accepts missing values (binned, or SecureBoost) gives them to the
+baselines too: each is imputed with its column's mean on the training rows,
+beside a 0/1 column saying it was missing.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 
@@ -38,18 +43,32 @@ def _fit_score(X: np.ndarray, y: np.ndarray, test: np.ndarray) -> dict:
     return binary_metrics(y[test], clf.predict_proba(X[test])[:, 1])
 
 
-def _table(p: PartyConfig, common: np.ndarray) -> PartyTable:
-    return load_table(p.data, p.id_column, p.label_column, p.categorical_columns,
+def _table(p: PartyConfig, common: np.ndarray, allow_missing: bool = False) -> PartyTable:
+    return load_table(p.data, p.id_column, p.label_column, p.categorical_columns, allow_missing=allow_missing,
                       encoding=p.encoding).take(common)
 
 
-def pooled_tables(job: JobConfig, common: np.ndarray) -> list[PartyTable]:
-    """Every party's aligned rows, read in one place (baselines only)."""
-    return [_table(job.guest, common)] + [_table(h, common) for h in job.hosts]
+def _imputed(t: PartyTable, train: np.ndarray) -> PartyTable:
+    """``t`` with no missing numeric value, for models that take none: each imputed with its column's
+    mean on the ``train`` rows, and a 0/1 column per column missing there (missingness can be telling)."""
+    if not np.isnan(t.features).any():
+        return t
+    imp = SimpleImputer(add_indicator=True).fit(t.features[train])
+    columns = [str(c) for c in imp.get_feature_names_out(np.asarray(t.columns, dtype=object))]
+    return replace(t, features=imp.transform(t.features), columns=columns)
+
+
+def pooled_tables(job: JobConfig, common: np.ndarray, test: np.ndarray | None = None) -> list[PartyTable]:
+    """Every party's aligned rows, read in one place (baselines only). Missing values, which a binned
+    or SecureBoost job accepts, are imputed from the training rows (all rows if ``test`` is None)."""
+    # binned (WOE) and tree jobs accept missing values: they get a bin
+    allow = (job.preprocess is not None and job.preprocess.woe) or job.model.type == "secureboost"
+    train = np.ones(len(common), dtype=bool) if test is None else ~test
+    return [_imputed(_table(p, common, allow), train) for p in (job.guest, *job.hosts)]
 
 
 def baseline_aucs(job: JobConfig, common: np.ndarray, test: np.ndarray) -> dict:
-    tables = pooled_tables(job, common)
+    tables = pooled_tables(job, common, test)
     y = tables[0].labels
     central = _fit_score(np.hstack([_columns(t, test) for t in tables]), y, test)
     guest_only = _fit_score(_columns(tables[0], test), y, test)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,8 @@ from .curves import evaluate_sample, histogram_edges
 
 SAMPLES = ("train", "test")
 COHORTS = "cohorts"
+UNSEEN_WARN = 0.5        # a cohort's share of rows with a category training lacked, above which a warning
+log = logging.getLogger("vfl.predict")
 
 
 def _method() -> str:
@@ -55,6 +58,21 @@ def columns_against_saved(saved: dict[str, dict], columns: list[str], features: 
     return out
 
 
+def _warn_unseen(party: str, comparisons: dict[str, dict]) -> None:
+    """Warn when most rows of a scored cohort have, in a categorical column, a value the training rows
+    lacked (or had under 1 % of them): the model scores them all as one unknown value, usually because
+    the values are written otherwise than at training ("1" against "1.0", another code list)."""
+    for column, c in comparisons.items():
+        if c.get("kind") != "categorical" or not c["actual"]:
+            continue
+        share, trained = c["actual"][-2], c["expected"][-2]          # the "(other)" bin
+        if share > UNSEEN_WARN and share > trained:
+            log.warning("%s: categorical column %r: %.0f%% of the rows scored have values that no training row, or "
+                        "under 1%% of them, had (%.0f%% of the training rows), which the model scores as unknown or "
+                        "rare: are they written as at training (e.g. '1' against '1.0')?", party, column,
+                        100 * share, 100 * trained)
+
+
 def run_figures(columns: list[str], features: np.ndarray, labels: np.ndarray, test: np.ndarray,
                 score: np.ndarray, points: np.ndarray, categorical_columns: list[str] | None = None,
                 categorical: np.ndarray | None = None, train: np.ndarray | None = None) -> dict:
@@ -73,11 +91,14 @@ def run_figures(columns: list[str], features: np.ndarray, labels: np.ndarray, te
 
 
 def host_figures(columns: list[str], features: np.ndarray, categorical_columns: list[str] | None,
-                 categorical: np.ndarray | None, test: np.ndarray) -> dict:
-    """``stability`` of a host's own columns, train against test, for its ``report.json``."""
+                 categorical: np.ndarray | None, test: np.ndarray, train: np.ndarray) -> dict:
+    """``stability`` of a host's own columns, train against test, for its ``report.json``.
+
+    ``train``: the rows trained on (``~test & ~valid``), the guest's reference too (:func:`run_figures`)
+    and the host page's training row count."""
     return {"stability": {"thresholds": {"watch": stability.WATCH, "act": stability.ACT}, "method": _method(),
                           "columns": own_column_psi(columns, features, categorical_columns, categorical,
-                                                    ~test, test)}}
+                                                    train, test)}}
 
 
 def cohort_figures(metrics_path: Path, columns: list[str], features: np.ndarray, score: np.ndarray,
@@ -92,6 +113,7 @@ def cohort_figures(metrics_path: Path, columns: list[str], features: np.ndarray,
         out["stability"] = {
             "score": stability.against_saved(stab["score"], score),
             "columns": columns_against_saved(stab["columns"], columns, features, categorical_columns, categorical)}
+        _warn_unseen("guest", out["stability"]["columns"])
     if labels is not None:
         train_hist = saved.get("evaluation", {}).get("train", {}).get("score_histogram")
         edges = np.asarray(train_hist["edges"]) if train_hist else None
@@ -108,8 +130,9 @@ def host_cohort_figures(report_path: Path, columns: list[str], features: np.ndar
     stab = saved.get("stability")
     if not stab:
         return {}
-    return {"stability": {"columns": columns_against_saved(stab["columns"], columns, features, categorical_columns,
-                                                           categorical)}}
+    found = columns_against_saved(stab["columns"], columns, features, categorical_columns, categorical)
+    _warn_unseen(report_path.parent.name, found)             # <workdir>/<host>/report.json
+    return {"stability": {"columns": found}}
 
 
 # ---------------------------------------------------------------- keeping every cohort

@@ -136,6 +136,7 @@ def evaluate_sample(y: np.ndarray, score: np.ndarray, points: np.ndarray | None 
     out["score_mean"] = _r(score.mean()) if len(score) else None
     if len(np.unique(y)) < 2:
         out.update(auc=None, gini=None, ks=None, average_precision=None, curve=None, deciles=None,
+                   brier=_r(np.mean((score - y) ** 2)) if len(y) else None,     # defined with one class too
                    calibration=calibration_table(y, score) if len(y) else [])
         return out
     auc = float(roc_auc_score(y, score))

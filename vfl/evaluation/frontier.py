@@ -28,7 +28,7 @@ EPSILONS = (1.0, 2.0, 4.0, 8.0, 16.0, math.inf)
 
 def frontier_figures(job: JobConfig, common: np.ndarray, test: np.ndarray, one_hot_lr_auc: float) -> dict:
     """The frontier for the report (``metrics["frontier"]``)."""
-    return {"rows": frontier(job, pooled_tables(job, common), test), "one_hot_lr_auc": one_hot_lr_auc,
+    return {"rows": frontier(job, pooled_tables(job, common, test), test), "one_hot_lr_auc": one_hot_lr_auc,
             "epsilon": job.model.dp_epsilon if job.model.label_dp_on else None}
 
 

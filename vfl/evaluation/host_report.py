@@ -149,13 +149,3 @@ def write_host_report(job, name: str) -> Path:
     path = job.output_dir(name) / "report.html"
     write_atomically(path, build_host_report(job, name))
     return path
-
-
-def write_all_reports(job) -> list[Path]:
-    """The guest's report and each host's whose saved results are on this machine (``vfl report``)."""
-    from .report import write_report
-    paths = [write_report(job)]
-    for h in job.host_names:
-        if (job.output_dir(h) / "report.json").is_file():
-            paths.append(write_host_report(job, h))
-    return paths

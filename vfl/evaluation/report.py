@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import stability
 from .collect import file_sha256, load_cohorts, run_figures
-from .curves import evaluate_sample, histogram_edges
+from .curves import BANDS, evaluate_sample, histogram_edges
 from ..io.files import write_atomically
 from .page import (CLASS_COLORS, chart, color, column_psi_block, esc, figure, fmt, grid, note, page,
                    preprocess_settings, row, stage_rows, svg, table)
@@ -186,7 +186,7 @@ def chart_calibration(ev: dict, cohorts: list[str]) -> str:
     top = min(1.0, np.ceil(top * 10 + 1e-9) / 10) or 1.0
     ax.plot([0, top], [0, top], color="#999", lw=0.8, ls=":", label="perfect calibration")
     ax.set(xlabel="mean predicted PD (band)", ylabel="observed bad rate (band)",
-           xlim=(0, top), ylim=(0, top), title="Calibration (10 equal-size bands)")
+           xlim=(0, top), ylim=(0, top), title=f"Calibration (up to {BANDS} bands of about equal size)")
     ax.set_aspect("equal")
     ax.legend(loc="upper left", fontsize=8)
     return chart("calibration", svg(fig, "calib"))

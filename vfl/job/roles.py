@@ -287,7 +287,8 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
               "smallest_release_rows": model.smallest_release_}
     from ..evaluation.collect import host_figures     # PSI of its own columns, train against test
     from ..evaluation.host_report import write_host_report
-    report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test))
+    report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test,
+                               train=~test & ~valid))
     if prep is not None:
         report["kept_columns"] = [*model_data.columns, *model_data.categorical_columns]
         if prep.encoder is not None:

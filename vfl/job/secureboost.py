@@ -162,7 +162,8 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
               "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()}}
     from ..evaluation.collect import host_figures     # PSI of its own columns, train against test
     from ..evaluation.host_report import write_host_report
-    report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test))
+    report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test,
+                               train=~test & ~valid))
     write_json(out / "report.json", report)
     write_host_report(job, name)
     return report
