@@ -1122,3 +1122,17 @@ def test_with_early_stopping_each_host_keeps_only_the_splits_the_kept_trees_use(
         part._keep({"splits": 4}, [0, 3, 5])
     with pytest.raises(ValueError, match="sbt/keep"):
         part._keep({"splits": True}, [0, 1])
+
+
+def test_a_guest_column_named_like_a_hosts_anonymous_one_is_refused(tmp_path):
+    """The importance table calls a host's columns host<k>_c<j>: a guest column so named had its splits
+    added to that host's column, and the guest's report credited it to the host."""
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.job.config import load_job
+    from vfl.job.threads import JobFailed, run_local
+    guest, hosts = vertical_split(300, 2, [2], overlap=0.95, seed=3)
+    job = load_job(write_job(tmp_path, *write_tables(tmp_path, guest.rename(columns={"g0": "host0_c00"}), hosts),
+                             model={"type": "secureboost", "num_trees": 2, "max_depth": 2}))
+    with pytest.raises(JobFailed, match="column 'host0_c00' is named like a host's anonymous column"):
+        run_local(job)

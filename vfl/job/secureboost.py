@@ -18,11 +18,12 @@ import pandas as pd
 
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..io.files import write_csv_atomically, write_json
-from ..io.tables import PartyTable, check_training_rows, has_labels, load_table
+from ..io.tables import DataError, PartyTable, check_training_rows, has_labels, load_table
 from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
 from ..models.trees.binning import CategoryCodes
 from ..models.timing import Stopwatch
 from ..models.validation import validation_rows
+from ..preprocess.selection import ANONYMOUS
 from ..preprocess.split import split_mask
 from ..protocol.channel import Channel
 from ..psi import write_intersection
@@ -48,6 +49,15 @@ def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable
     unlabelled = [party.label_column] if label is None and party.label_column else []   # an empty outcome column
     return load_table(path or party.data, party.id_column, label, party.categorical_columns, allow_missing=True,
                       encoding=party.encoding, drop_columns=unlabelled)
+
+
+def _check_own_names(table: PartyTable, source: str) -> None:
+    """The guest's columns must not read as a host's anonymous ones (``host0_c03``): the importance
+    table names both, and a clash would credit the guest's column to that host, and tell it so."""
+    clash = [c for c in (*table.columns, *table.categorical_columns) if ANONYMOUS.fullmatch(c)]
+    if clash:
+        raise DataError(f"{source}: column {clash[0]!r} is named like a host's anonymous column (host<k>_c<j>), "
+                        "as the model's importance calls hosts' columns: rename it")
 
 
 def _fit_codes(table: PartyTable, rows: np.ndarray, m: ModelConfig) -> list[CategoryCodes]:
@@ -88,6 +98,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     ``predictions.csv`` and ``metrics.json``."""
     g, t0, timings = job.guest, time.perf_counter(), Stopwatch()
     table = _load(g, label=g.label_column)
+    _check_own_names(table, str(g.data))
     with timings("psi"):
         common = run_psi(job, g.name, channel, table.ids)
     data, test = _aligned(job, g.name, table, common)

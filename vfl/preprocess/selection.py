@@ -8,6 +8,7 @@ column would only add noise-free zeros and a protocol round per batch).
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 
@@ -21,6 +22,10 @@ def select_by_iv(ivs: Sequence[float], threshold: float = 0.0, top_k: int = 0) -
     if top_k > 0:
         kept = kept[:top_k]
     return sorted(kept)
+
+
+ANONYMOUS = re.compile(r"host[0-9]+_c[0-9]+")
+"""What :func:`anonymous_name` gives: a guest column may not be named so."""
 
 
 def anonymous_name(host_index: int, column_index: int) -> str:

@@ -36,6 +36,7 @@ import numpy as np
 from crypto import EncryptedArray, PrivateKey, generate_keypair
 from crypto.arrays import object_array
 
+from ...preprocess.selection import anonymous_name
 from ...protocol.channel import Channel
 from ..timing import Stopwatch
 from .binning import (CategoryCodes, Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for,
@@ -408,7 +409,7 @@ class SecureBoostGuest:
                 if node.is_leaf:
                     continue
                 name = (self.columns[node.feature] if node.party == 0
-                        else f"host{node.party - 1}_c{node.feature:02d}")
+                        else anonymous_name(node.party - 1, node.feature))
                 entry = out.setdefault(name, {"gain": 0.0, "splits": 0})
                 entry["gain"] += node.gain
                 entry["splits"] += 1
