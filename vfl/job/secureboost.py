@@ -53,7 +53,7 @@ def _load(party: PartyConfig, path=None, label: str | None = None) -> PartyTable
 
 def _check_own_names(table: PartyTable, source: str) -> None:
     """The guest's columns must not read as a host's anonymous ones (``host0_c03``): the importance
-    table names both, and a clash would credit the guest's column to that host, and tell it so."""
+    table names both, and a clash would credit the guest's column to that host."""
     clash = [c for c in (*table.columns, *table.categorical_columns) if ANONYMOUS.fullmatch(c)]
     if clash:
         raise DataError(f"{source}: column {clash[0]!r} is named like a host's anonymous column (host<k>_c<j>), "
