@@ -173,6 +173,8 @@ class EncryptedArray:
         if isinstance(other, EncryptedArray):
             self._check_key(other.public_key)
             frac = max(self.frac_bits, other.frac_bits)
+            if self.frac_bits != other.frac_bits:      # the sum of two values within the bound must fit too
+                self._require_headroom(2 * (math.ceil(value_bound) << frac), "adding at different scales")
             a = self._rescaled(frac - self.frac_bits, value_bound)
             b = other._rescaled(frac - other.frac_bits, value_bound)
             return self._new(np.asarray(a.ciphertexts * b.ciphertexts % self.public_key.nsquare, dtype=object), frac)

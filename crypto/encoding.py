@@ -89,7 +89,11 @@ def decode_signed(signed: np.ndarray, frac_bits: int) -> np.ndarray:
     out = np.empty(arr.shape, dtype=np.float64)
     flat_out = out.reshape(-1)
     for i, m in enumerate(arr.ravel().tolist()):
-        flat_out[i] = int(m) / scale  # int / int true division is correctly rounded
+        try:
+            flat_out[i] = int(m) / scale  # int / int true division is correctly rounded
+        except OverflowError:         # a peer's plaintext beyond any float: the protocols' checks expect this
+            raise ValueError(f"decoded value {i} is out of range (about 2^{int(m).bit_length() - frac_bits}): "
+                             "not a value any protocol step sends") from None
     return out
 
 

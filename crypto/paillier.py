@@ -56,6 +56,7 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 _cache_lock = threading.Lock()
 _djn_tables: "OrderedDict[tuple[int, int], list]" = OrderedDict()
 _crt_params: "OrderedDict[tuple[int, int], tuple]" = OrderedDict()   # the key holder's primes: last 2 keys
+_sign_bases: "OrderedDict[tuple[int], Any]" = OrderedDict()         # w**n mod n**2 per modulus: last 2 keys
 _djn_bases: dict[int, gmpy2.mpz] = {}  # n -> hs, drawn by this (encrypting) process
 
 
@@ -130,10 +131,39 @@ def _fixed_base_powers(table: list, digits: np.ndarray, modulus) -> list:
 
 
 def _djn_obfuscators(n: int, hs: int, count: int) -> list:
-    """``count`` values ``hs ** a`` with independent uniform ``a`` of ``bits // 2`` bits."""
+    """``count`` values ``hs ** a`` with independent uniform ``a`` of ``bits // 2`` bits, each times
+    ``w ** n`` or not by a fresh coin (:func:`_random_signs`)."""
     if count == 0:
         return []
-    return _fixed_base_powers(_djn_table(n, hs), _random_digits(n, count), gmpy2.mpz(n) ** 2)
+    n2 = gmpy2.mpz(n) ** 2
+    return _random_signs(_fixed_base_powers(_djn_table(n, hs), _random_digits(n, count), n2), n)
+
+
+def _sign_base(n: int):
+    """``w ** n mod n**2`` for the least ``w >= 2`` with Jacobi symbol ``(w / n) = -1``: public, one
+    per modulus."""
+    def make():
+        n_ = gmpy2.mpz(n)
+        w = 2
+        while gmpy2.jacobi(w, n_) != -1:
+            w += 1
+        return gmpy2.powmod(w, n_, n_ * n_)
+    return _cached(_sign_bases, (int(n),), make)
+
+
+def _random_signs(values: list, n: int) -> list:
+    """Each value times :func:`_sign_base` with probability 1/2 (``os.urandom``).
+
+    Why: ``h = -x**2`` has Jacobi symbol +1 modulo ``n``, so every ``hs ** a`` and every ciphertext
+    made or re-randomised with one has ``(c mod n / n) = +1``, which anyone can compute. A
+    re-randomisation would then keep the symbol of what it re-randomises, and a deviating party
+    that injects a ciphertext of symbol -1 could read, from a re-randomised sum, whether it went
+    into it. With the coin the symbol is uniform, whatever went in (docs/protocols.md, section 0)."""
+    if not values:
+        return values
+    base, n2 = _sign_base(n), gmpy2.mpz(n) ** 2
+    coins = int.from_bytes(os.urandom((len(values) + 7) // 8), "little")
+    return [v * base % n2 if coins >> i & 1 else v for i, v in enumerate(values)]
 
 
 def _encrypt_chunk(n: int, hs: int | None, mode: str, plains: Sequence[int]) -> list:
@@ -299,7 +329,7 @@ def _crt_zeros(p: int, q: int, hs: int, mode: str, count: int) -> list:
     """``count`` fresh encryptions of zero under ``n = p q``, made with the factorisation.
 
     The same values a public-key encryption of 0 draws (``hs ** a`` for a
-    uniform ``bits // 2``-bit ``a`` in DJN mode, ``r ** n`` for a uniform unit
+    uniform ``bits // 2``-bit ``a``, times ``w ** n`` by a coin, in DJN mode, ``r ** n`` for a uniform unit
     ``r`` in standard mode), but each is computed mod ``p**2`` and mod ``q**2``
     and joined by the CRT: multiplications of half the size, about 1.45x (2048-bit)
     and 1.27x (1024-bit) cheaper in CPU time (docs/performance.md).
@@ -312,11 +342,11 @@ def _crt_zeros(p: int, q: int, hs: int, mode: str, count: int) -> list:
         table_p, table_q, q2_inv = _crt_djn_tables(p, q, hs)
         digits = _random_digits(n, count)
         rp, rq = _fixed_base_powers(table_p, digits, p2), _fixed_base_powers(table_q, digits, q2)
-    else:
-        q2_inv = gmpy2.invert(q2, p2)
-        ep, eq = n % (p * (p - 1)), n % (q * (q - 1))      # the orders of Z*_{p^2}, Z*_{q^2}
-        rs = [gmpy2.mpz(secrets.randbelow(int(n) - 1) + 1) for _ in range(count)]
-        rp, rq = [gmpy2.powmod(r, ep, p2) for r in rs], [gmpy2.powmod(r, eq, q2) for r in rs]
+        return _random_signs([b + q2 * ((a - b) * q2_inv % p2) for a, b in zip(rp, rq)], n)
+    q2_inv = gmpy2.invert(q2, p2)
+    ep, eq = n % (p * (p - 1)), n % (q * (q - 1))      # the orders of Z*_{p^2}, Z*_{q^2}
+    rs = [gmpy2.mpz(secrets.randbelow(int(n) - 1) + 1) for _ in range(count)]
+    rp, rq = [gmpy2.powmod(r, ep, p2) for r in rs], [gmpy2.powmod(r, eq, q2) for r in rs]
     return [b + q2 * ((a - b) * q2_inv % p2) for a, b in zip(rp, rq)]
 
 

@@ -123,9 +123,9 @@ def test_adding_at_different_scales_refuses_a_rescale_that_could_wrap(keypair):
     pk, sk = keypair
     a = EncryptedArray.encrypt(pk, np.array([2.0**30]), frac_bits=0)
     b = EncryptedArray.encrypt(pk, np.array([1.0]), frac_bits=pk.bits - 20)
-    with pytest.raises(ValueError, match="rescaling for add could overflow"):
+    with pytest.raises(ValueError, match="(rescaling for add|adding at different scales) could overflow"):
         a + b
-    with pytest.raises(ValueError, match="rescaling for add could overflow"):
+    with pytest.raises(ValueError, match="(rescaling for add|adding at different scales) could overflow"):
         b + a
     # a smaller declared bound lets a small value through, exactly
     small = EncryptedArray.encrypt(pk, np.array([3.0]), frac_bits=0)
@@ -212,3 +212,45 @@ def test_label_dp_noise_dither_also_covers_large_draws():
     assert 100 < sum(d & 1 for d in diffs) < 200
     # bits 48..56 vary too: a 2^48-wide dither alone would leave them at the grid point's (0 or all ones)
     assert len({(d >> 48) & 0xFF for d in diffs}) > 64
+
+
+def test_djn_ciphertexts_and_their_rerandomisations_have_a_uniform_jacobi_symbol():
+    """h = -x^2 has Jacobi symbol +1 mod n, so every DJN obfuscator hs^a did too, and anyone could read
+    (c mod n / n) off a ciphertext: a re-randomisation kept the symbol of what it hid, and a deviating
+    party that injected a ciphertext of symbol -1 read from a re-randomised sum whether it went in.
+    Obfuscators (the encrypting party's and the key holder's zeros) now carry a fresh sign."""
+    pk, sk = generate_keypair(512)
+    n = gmpy2.mpz(pk.n)
+
+    def symbols(cts) -> list[int]:
+        return [int(gmpy2.jacobi(gmpy2.mpz(c) % n, n)) for c in np.asarray(cts, dtype=object).ravel()]
+
+    fresh = symbols(pk.encrypt_raw(np.zeros(200, dtype=object)))
+    crt = symbols(sk.zeros(200))
+    assert 50 < fresh.count(-1) < 150 and 50 < crt.count(-1) < 150
+    w = 2
+    while gmpy2.jacobi(w, n) != -1:
+        w += 1
+    injected = EncryptedArray(pk, np.array([gmpy2.mpz(w) * (1 + 5 * n) % (n * n)] * 200, dtype=object), 0)
+    assert set(symbols(injected.ciphertexts)) == {-1}
+    for out in (injected.rerandomize(), injected.rerandomize(EncryptedArray(pk, sk.zeros(200), 0))):
+        got = symbols(out.ciphertexts)
+        assert 50 < got.count(-1) < 150                   # no longer tells what went in
+        assert [int(v) for v in sk.decrypt_raw(out.ciphertexts)] == [int(v) for v in sk.decrypt_raw(injected.ciphertexts)]
+
+
+def test_adding_at_different_scales_refuses_a_sum_that_could_wrap_and_huge_plaintexts_decode_as_errors():
+    """Raising one operand's scale checked that operand alone: two values within value_bound summed
+    past n/2 and decrypted as a wrong, negative number. And a plaintext beyond any float (a deviating
+    peer's) raised OverflowError where the protocols' checks expect a ValueError."""
+    import math
+    pk, _ = generate_keypair(512)
+    n = int(pk.n)
+    hi, lo = 480, 470
+    bound = math.floor(float((n // 2 - 1) >> hi) * 0.999)          # one operand fits at 2^hi, two do not
+    a = EncryptedArray.encrypt(pk, np.array([0.49 * bound]), frac_bits=hi)
+    b = EncryptedArray.encrypt(pk, np.array([0.99 * bound]), frac_bits=lo)
+    with pytest.raises(ValueError, match="adding at different scales could overflow"):
+        a.add(b, value_bound=bound)
+    with pytest.raises(ValueError, match="out of range"):
+        decode_signed(np.array([1 << 1100], dtype=object), 24)
