@@ -330,3 +330,25 @@ def test_numeric_lr_defaults_to_label_dp_so_a_sparse_host_column_reveals_no_resi
     noise = np.array([on[r][0] - d[k] * on[r][1] for k, r in enumerate(rows)])
     sd = noise_plan(base.dp_epsilon, base.dp_delta, 1, 1, base.dp_guest_share).host * base.clip_norm
     assert 0.4 * sd < np.sqrt(np.mean(noise ** 2)) < 1.8 * sd         # 17 rows: fails about 1 run in 10^5
+
+
+def test_fit_reference_clips_each_host_on_its_own_as_the_protocol_does(keypair, monkeypatch):
+    """With label-DP every party clips its own rows: two LR hosts merged into one tower were clipped
+    jointly, 1e-2 away from the protocol (noise drawn as 0); one tower per host matches it."""
+    from vfl.models.reference import fit_reference
+    monkeypatch.setattr(SplitArbiter, "__init__", _with_zero_noise(SplitArbiter.__init__))
+    rng = np.random.default_rng(0)
+    xg, xh1, xh2 = rng.normal(size=(300, 2)), rng.normal(size=(300, 2)), rng.normal(size=(300, 3))
+    y = (xg[:, 0] + xh1[:, 0] - xh2[:, 1] + rng.normal(size=300) > 0).astype(float)
+    m = ModelConfig(type="logistic", epochs=2, batch_size=100, key_bits=512, allow_short_keys=True, label_dp="on",
+                    min_rows_per_release=8)
+    net = LocalNetwork(["g", "h1", "h2", "a"], timeout=120)
+    g = SplitGuest(m, hosts=["h1", "h2"], arbiter="a", seed=1)
+    h1, h2 = SplitHost(m, guest="g", arbiter="a", seed=1), SplitHost(m, guest="g", arbiter="a", seed=1)
+    run_parties(net, {"g": lambda: g.fit(net.channel("g"), xg, y), "h1": lambda: h1.fit(net.channel("h1"), xh1),
+                      "h2": lambda: h2.fit(net.channel("h2"), xh2),
+                      "a": lambda: SplitArbiter(m, guest="g", hosts=["h1", "h2"]).fit(net.channel("a"),
+                                                                                       keypair=keypair)})
+    protocol = np.concatenate([g.params_[:-1], h1.params_, h2.params_, g.params_[-1:]])
+    twin, _ = fit_reference(np.hstack([xg, xh1, xh2]), y, m, seed=1, n_guest=2, host_columns=[2, 3])
+    np.testing.assert_allclose(protocol, twin, atol=1e-6)

@@ -132,3 +132,18 @@ def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
                                   "version", "keys"}, (r.step, p)     # keys: the hosts' relayed secure-sum keys
         if isinstance(p, BigInts):
             assert r.sender == "arbiter" and r.step.endswith("masked_grad_plain")
+
+
+def test_fewer_training_rows_than_the_release_floor_are_refused_by_name(tmp_path):
+    """Below min_rows_per_release every sum was held back and dropped: with label-DP the guest failed on
+    'expected the arbiter's count of noised epochs, got 0'; without it the job 'finished' untrained."""
+    import numpy as np
+    rng = np.random.default_rng(1)
+    ids = [f"id{i}" for i in range(36)]
+    g = pd.DataFrame({"id": ids, "x1": rng.normal(size=36), "y": np.arange(36) % 2})
+    h = pd.DataFrame({"id": ids, "z1": rng.normal(size=36)})
+    for dp in ("auto", "off"):
+        (tmp_path / dp).mkdir()
+        job = load_job(write_job(tmp_path / dp, g, [h], label="y", model={"label_dp": dp, "epochs": 3}))
+        with pytest.raises(JobFailed, match="training rows, fewer than \\[model\\] min_rows_per_release = 32"):
+            run_local(job)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..protocol.channel import Channel
 from .config import JobConfig, PartyConfig
-from ..io.tables import PartyTable, check_training_rows, load_table
+from ..io.tables import DataError, PartyTable, check_training_rows, load_table
 if TYPE_CHECKING:
     from ..preprocess.stage import Prepared
 from ..io.files import write_csv_atomically, write_json
@@ -174,6 +174,10 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     tower, x, vocabs, std = _model_inputs(job, g, model_data, test, prep)
     check_training_rows(data.labels[~test], int((~test).sum()), job.model.batch_for(int((~test).sum())),
                         len(model_data.columns) + len(model_data.categorical_columns), str(g.data))
+    if train.sum() < job.model.min_rows_per_release:      # every sum would be held back, then dropped
+        raise DataError(f"{g.data}: {int(train.sum())} training rows, fewer than [model] min_rows_per_release = "
+                        f"{job.model.min_rows_per_release}: no sum over them could ever be released, so nothing "
+                        "would train; align more rows or lower min_rows_per_release")
     log.info("%s: %d own rows, %d aligned, %d train / %d validation / %d test", g.name, len(table.ids),
              len(common), int(train.sum()), int(valid.sum()), int(test.sum()))
     model = SplitGuest(job.model, hosts=job.host_names, arbiter=job.arbiter.name, seed=job.model.seed,

@@ -141,7 +141,8 @@ class SplitArbiter:
         def send_zeros(epoch: int, b: int) -> None:
             if supply is not None:
                 supply.send(channel, epoch, b)
-        # Each party declares how many parameters it has: it never gets more values decrypted per batch.
+        # Each party declares how many parameters it has: it never gets more packed ciphertexts decrypted per
+        # batch than that many values need (a ciphertext holds several values, so a loose bound).
         declared = {self.guest: plan, **{h: channel.recv(h, f"{pre}/values") for h in self.hosts}}
         limits = {party: int(msg.get("values", -1)) for party, msg in declared.items()}
         for party, limit in limits.items():

@@ -10,6 +10,7 @@ form on joined columns.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 
@@ -36,17 +37,23 @@ def approx_gradient(X: np.ndarray, y01: np.ndarray, w: np.ndarray, n_guest: int,
     return grad
 
 
-def fit_reference(X: np.ndarray, y01: np.ndarray, model: ModelConfig, seed: int,
-                  n_guest: int) -> tuple[np.ndarray, list[float]]:
+def fit_reference(X: np.ndarray, y01: np.ndarray, model: ModelConfig, seed: int, n_guest: int,
+                  host_columns: Sequence[int] | None = None) -> tuple[np.ndarray, list[float]]:
     """Logistic regression's twin on joined features ``X`` (the guest's ``n_guest`` columns first,
-    then the hosts'): :func:`fit_twin` with linear towers (the hosts' columns as one tower: their
-    scores only ever add up). Returns the weights with the intercept last, and the loss per epoch.
+    then the hosts', ``host_columns`` of each; default: all in one): :func:`fit_twin` with a linear
+    tower per party. Without label-DP the hosts' columns may share one tower (their scores only
+    ever add up); with it each host's rows are clipped on their own, so give ``host_columns``.
+    Returns the weights with the intercept last, and the loss per epoch.
     """
     from .towers import LinearTower, TowerInput
-    towers = [LinearTower(n_guest, intercept=True), LinearTower(X.shape[1] - n_guest)]
-    (guest, hosts), history = fit_twin(towers, [TowerInput(X[:, :n_guest]), TowerInput(X[:, n_guest:])], y01,
-                                       model, seed, init_seeds=[0, 0])
-    return np.concatenate([guest[:-1], hosts, guest[-1:]]), history
+    widths = list(host_columns) if host_columns is not None else [X.shape[1] - n_guest]
+    if sum(widths) != X.shape[1] - n_guest:
+        raise ValueError(f"host_columns {widths} do not add up to the {X.shape[1] - n_guest} host columns")
+    cuts = np.cumsum([n_guest, *widths])
+    towers = [LinearTower(n_guest, intercept=True), *(LinearTower(w) for w in widths)]
+    inputs = [TowerInput(part) for part in np.split(X, cuts[:-1], axis=1)]
+    (guest, *hosts), history = fit_twin(towers, inputs, y01, model, seed, init_seeds=[0] * len(towers))
+    return np.concatenate([guest[:-1], *hosts, guest[-1:]]), history
 
 
 def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, seed: int,
