@@ -409,6 +409,23 @@ def test_a_ledger_cut_or_missing_fails_the_audit(tmp_path, capsys):
     assert code == 1 and "arbiter/ledger.jsonl is missing, but the ledgers of guest, host0 record runs" in out, out
 
 
+def test_a_party_that_failed_on_its_data_excuses_the_ledgers_of_parties_it_never_spoke_with(tmp_path, capsys):
+    """A host failing on its file makes the launcher end the others at once, sometimes before they
+    open their ledgers: the audit then said the guest's and arbiter's ledgers were deleted (a flaky
+    failure of test_launcher_names_the_party_that_failed). A failed run that exchanged nothing with a
+    party does not need its ledger; a run that did, still does (above)."""
+    guest, hosts = vertical_split(200, 2, [2], seed=1)
+    g, (h,) = write_tables(tmp_path, guest, hosts)
+    h.write_text("id,x\n1,2\n1,3\n")                    # duplicate IDs: the host fails before any message
+    job = load_job(write_job(tmp_path, g, [h]))
+    with pytest.raises(JobFailed, match="duplicate IDs"):
+        run_local(job)
+    for party in ("guest", "arbiter"):
+        (job.output_dir(party) / "ledger.jsonl").unlink(missing_ok=True)
+    code, out = _audit(job, capsys)
+    assert "is missing" not in out, out
+
+
 @pytest.mark.audit_fails      # a ledger is forged on purpose
 def test_the_hosts_ledgers_show_a_guest_sending_after_it_had_their_scores(tmp_path, capsys):
     """The guest leaves its receipt of the hosts' scores out of its ledger (re-chained) and then sends

@@ -738,13 +738,19 @@ def _label_dp(job) -> str | None:
 
 def _missing_ledgers(job, ledgers: dict[str, PartyLedger]) -> dict[str, str]:
     """Parties of ``job`` with no ledger although another party's ledger has a run they take part in:
-    a deleted ledger hides everything that party received and sent."""
+    a deleted ledger hides everything that party received and sent. A run that exchanged nothing
+    with the party and failed, or exchanged nothing at all, does not count: it may have ended before
+    that party opened its ledger (a party that fails on its data makes the launcher end the others
+    at once)."""
     out = {}
     for p in job.parties:
         if p.name in ledgers:
             continue
         seen = sorted(led.name for led in ledgers.values()
-                      if any(p.role in task_roles(run.task) for run in led.run_log))
+                      if any(p.role in task_roles(run.task)
+                             and (p.name in run.sent or p.name in run.got
+                                  or (not run.failed and bool(run.sent or run.got)))
+                             for run in led.run_log))
         if seen:
             out[p.name] = (f"{job.output_dir(p.name) / LEDGER_FILE} is missing, but the ledgers of "
                            f"{', '.join(seen)} record runs that {p.name} took part in")
