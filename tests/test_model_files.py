@@ -188,3 +188,16 @@ def test_a_corrupted_tower_part_is_refused_naming_the_file(tmp_path, role, case)
     with pytest.raises(ModelFileError) as err:
         load_part(path, "p")
     assert str(path) in str(err.value), err.value
+
+
+def test_rows_to_score_that_lack_a_models_column_are_refused_naming_it():
+    """`vfl predict` on a file without one of the model's columns listed both column lists (twelve
+    names each) and left the reader to find the difference; it now names the missing column."""
+    from vfl.models.model_file import ModelFileError, ModelPart
+    from vfl.preprocess.split import Standardizer
+    part = ModelPart("host", "shop", ["orders", "gmv_12m", "returns"], np.ones(3),
+                     Standardizer(np.zeros(3), np.ones(3)))
+    with pytest.raises(ModelFileError, match="shop: the rows to score lack column\\(s\\) the model needs: 'gmv_12m'"):
+        part.partial_score(np.zeros((2, 3)), ["orders", "returns", "basket"])
+    with pytest.raises(ModelFileError, match="have column\\(s\\) it was not trained on: 'basket'"):
+        part.partial_score(np.zeros((2, 3)), ["orders", "returns", "basket"])

@@ -111,8 +111,8 @@ class SplitArbiter:
             if start < epochs and len(ledger.epochs) >= m.epochs:
                 raise CheckpointError(
                     f"the label-DP budget of this training is spent: releases were noised in {len(ledger.epochs)} "
-                    f"epochs (epochs {ledger.replayed} again after an interruption), as many as the plan's "
-                    f"{m.epochs}, so epoch {start + 1} can not run within epsilon {m.dp_epsilon:g}; "
+                    f"epochs (epochs {[e + 1 for e in ledger.replayed]} again after an interruption), as many as "
+                    f"the plan's {m.epochs}, so epoch {start + 1} can not run within epsilon {m.dp_epsilon:g}; "
                     "start afresh without --resume (a new training: it spends epsilon again, on the same "
                     "labels, and vfl audit counts both)")
         m = m.resolved(n_train)
@@ -200,8 +200,8 @@ class SplitArbiter:
             spent = ledger is not None and len(ledger.epochs) >= m.epochs and epoch < epochs - 1
             if spent:
                 log.info("label-DP: releases noised in %d epochs (epochs %s again after an interruption), the "
-                         "plan's %d: training ends after epoch %d", len(ledger.epochs), ledger.replayed, m.epochs,
-                         epoch + 1)
+                         "plan's %d: training ends after epoch %d", len(ledger.epochs),
+                         [e + 1 for e in ledger.replayed], m.epochs, epoch + 1)
             converged = converged or early or spent
             stop = converged or epoch == epochs - 1
             if checkpoint is not None:

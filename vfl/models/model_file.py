@@ -29,6 +29,15 @@ class ModelFileError(ValueError):
     """A model part is missing, malformed, or does not fit the data it is applied to."""
 
 
+def _columns_differ(party: str, have: list[str], need: list[str]) -> str:
+    """Which columns the rows to score lack (or have as well), by name: not just both lists."""
+    missing, extra = [c for c in need if c not in have], [c for c in have if c not in need]
+    parts = ([f"lack column(s) the model needs: {', '.join(map(repr, missing))}"] if missing else []) + \
+        ([f"have column(s) it was not trained on: {', '.join(map(repr, extra))}"] if extra else [])
+    return (f"{party}: the rows to score " + "; and ".join(parts or ["have its columns in another form"])
+            + f" (the model's columns: {need}; data columns differ from the model's)")
+
+
 def _order(columns: Sequence[str], model: Sequence[str]) -> list[int] | None:
     """Positions that put ``columns`` in the model's order, when they are the same names (the rows'
     file may list them in any order); None when they are not."""
@@ -67,8 +76,7 @@ class ModelPart:
         """This party's share of the linear score for raw (unscaled) rows."""
         order = _order(list(columns), list(self.columns))
         if order is None:
-            raise ModelFileError(f"{self.party}: data columns {list(columns)} differ from the model's "
-                                 f"{self.columns}")
+            raise ModelFileError(_columns_differ(self.party, list(columns), list(self.columns)))
         score = self.standardizer.transform(np.asarray(features)[:, order]) @ self.coef
         return score + (self.intercept or 0.0)
 
@@ -176,9 +184,8 @@ class TowerPart:
         cats = [v.column for v in self.vocabularies if not v.sources]
         num_at, cat_at = _order(list(table.columns), self.numeric_columns), _order(list(table.categorical_columns), cats)
         if num_at is None or cat_at is None:
-            raise ModelFileError(f"{self.party}: data columns {list(table.columns)} + categorical "
-                                 f"{list(table.categorical_columns)} differ from the model's "
-                                 f"{self.numeric_columns} + {cats}")
+            raise ModelFileError(_columns_differ(self.party, [*table.columns, *table.categorical_columns],
+                                                 [*self.numeric_columns, *cats]))
         codes = encode_all(self.vocabularies, table.categorical[:, cat_at], cats)
         return TowerInput(self.standardizer.transform(table.features[:, num_at]), codes)
 
