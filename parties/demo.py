@@ -25,7 +25,9 @@ from .launcher import run_processes
 
 # The demo's settings: the [model] table of each model, the shop's extra keys, the [preprocess] table.
 MODELS = {
-    "logistic": {"type": "logistic", "batch_size": 2048, "learning_rate": 0.05, "optimizer": "adam", "l2": 0.001,
+    # learning rate 0.1: at 0.05 the scorecard was still training after 10 epochs of 2-3 batches and its PDs
+    # ran high (test mean 0.304 against a bad rate of 0.214, same AUC 0.7928); at 0.1 the mean is 0.219
+    "logistic": {"type": "logistic", "batch_size": 2048, "learning_rate": 0.1, "optimizer": "adam", "l2": 0.001,
                  "tolerance": 1e-5},
     # each party's tower embeds its categorical columns; the defaults choose a DP-aware batch size and learning
     # rate and stop early on a validation slice; small towers train in minutes at 2048-bit keys. What the shop
