@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from vfl.job.config import ConfigError, load_job, parse_job
+from vfl.job.config import ConfigError, ModelConfig, load_job, parse_job
 
 BASE = {
     "job": {"workdir": "runs/x"},
@@ -308,3 +308,13 @@ def test_demo_checks_its_arguments_before_anything_runs(tmp_path, capsys, args, 
     assert main(["demo", "--workdir", str(tmp_path / "demo"), "--key-bits", "512", *args]) == 1
     assert capsys.readouterr().err == f"error: {message}\n"
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_default_batch_is_a_sixth_of_the_training_rows_for_both_split_models():
+    """Logistic regression had a fixed 4096: on the credit demo's 4,523 training rows one or two steps
+    an epoch, and an under-trained model (test AUC 0.7721, mean PD 0.389 against a bad rate of 0.215;
+    at 1024, 0.7859 and 0.230). Default_credit's 24,011 rows keep 4096."""
+    lr, emb = ModelConfig(type="logistic"), ModelConfig(type="embedding")
+    assert [lr.batch_for(n) for n in (100, 4523, 24_011, 10**6)] == [512, 1024, 4096, 4096]
+    assert [emb.batch_for(n) for n in (100, 4523, 24_011, 10**6)] == [512, 1024, 4096, 8192]
+    assert ModelConfig(type="logistic", batch_size=300).batch_for(4523) == 300
