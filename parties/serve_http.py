@@ -54,7 +54,7 @@ from vfl.serving.roles import GuestScorer
 from vfl.serving.scorers import guest_scorer
 
 from .serve import GuestService, RowError, ServeError, _host_port
-from .serve_link import run_loop
+from .serve_link import run_loop, tls_contexts
 
 log = logging.getLogger("vfl.serve")
 
@@ -346,4 +346,23 @@ def serve(job: JobConfig, name: str) -> None:
     if not job.guest.serve_address:
         raise ConfigError(f"the guest needs serve_address = \"HOST:PORT\" in its table of {job.path}: "
                           f"where its HTTP API listens")
+    # both checked before uvicorn starts: they failed inside it, as a traceback and a log line, after
+    # the guest had announced its address and dialled the hosts
+    tls_contexts(job, job.guest.name)
+    _check_port_free(job.guest.name, job.guest.serve_address)
     run_loop(run_guest_http(job))
+
+
+def _check_port_free(name: str, address: str) -> None:
+    """Refuse, in one line, to serve on an address this machine cannot listen on."""
+    import errno
+    import socket
+    host, port = _host_port(address)
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        where = f"{name!r} cannot serve on {address} (its serve_address)"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"{where}: the port is already in use by another process (a service of this "
+                              "job still running?); stop it or give another serve_address") from None
+        raise ConfigError(f"{where}: {exc.strerror or exc}") from None

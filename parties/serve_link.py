@@ -50,8 +50,10 @@ def tls_contexts(job: JobConfig, me: str) -> tuple[ssl.SSLContext, ssl.SSLContex
     p = job.party(me)
     if not (p.cert and p.key and job.ca):
         from vfl.job.config import ConfigError
+        made = job.workdir / "tls"
+        hint = (f"; `vfl run` made some for this job: --tls-dir {made}" if (made / "ca.pem").is_file() else "")
         raise ConfigError(f"vfl serve needs TLS files for {me!r}: cert and key in its table and [tls] ca "
-                          f"(make demo ones with `vfl certs {job.path} --out DIR`, then --tls-dir DIR)")
+                          f"(make demo ones with `vfl certs {job.path} --out DIR`, then --tls-dir DIR{hint})")
     return _tls_contexts(p.cert, p.key, job.ca)
 
 

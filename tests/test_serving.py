@@ -32,7 +32,7 @@ pytest.importorskip("fastapi")
 from crypto.secure_sum import reveal_sum                               # noqa: E402
 from tests.conftest import make_job                                   # noqa: E402
 from vfl.io.synth import vertical_split                               # noqa: E402
-from vfl.job.config import load_job                                   # noqa: E402
+from vfl.job.config import ConfigError, load_job                      # noqa: E402
 from vfl.job.jobfile import write_job                                 # noqa: E402
 from vfl.job.threads import run_local, run_predict_local              # noqa: E402
 from vfl.protocol.channel import ProtocolError                        # noqa: E402
@@ -617,7 +617,6 @@ def test_with_api_keys_only_listed_clients_score_and_the_audit_log_names_them(tm
     """Whoever can call /score learns whether each host knows an ID: `[serving] api_keys` lists the
     clients that may; anyone else gets a 401 (audited), and /health stays open for load balancers."""
     from vfl.serving.api_keys import load_api_keys
-    from vfl.job.config import ConfigError
     secret = "s3cret-" + "x" * 40
     (tmp_path / "clients.txt").write_text(f"# the bank's systems\nteller:{secret}\nrisk-engine:{'y' * 32}\n")
     cfg, scores, *_ = trained(tmp_path, n_hosts=1, serving={"api_keys": "clients.txt", "ids_per_minute": 3,
@@ -1500,3 +1499,23 @@ def test_a_host_answer_too_large_for_the_link_is_refused_with_its_own_message(se
     assert "too large" in r.json()["detail"] and "max_batch" not in r.json()["detail"], r.text
     assert [x["outcome"] for x in _audit_lines(cfg, "host0", t0)] == ["refused: answer_too_large"]
     assert httpx.post(url + "/score/batch", json={"ids": scores["id"].tolist()[:2]}, timeout=30).status_code == 200
+
+
+def test_the_guests_service_refuses_missing_tls_files_and_a_taken_port_in_one_line(tmp_path):
+    """Both failed inside uvicorn: a starlette traceback, or uvicorn's own bind error after the guest
+    had announced its address and linked to the hosts. They are now refused before it starts."""
+    import socket
+    from parties.serve_http import serve
+    guest, hosts = vertical_split(120, 2, [2], seed=1)
+    cfg = load_job(make_job(tmp_path, guest, hosts, guest_keys={"serve_address": f"127.0.0.1:{_free()}"})
+                   .to_toml(tmp_path / "job.toml"))
+    with pytest.raises(ConfigError, match="vfl serve needs TLS files for 'guest'"):
+        serve(cfg, "guest")
+    make_certs(cfg, tmp_path / "tls")
+    cfg = with_tls_dir(cfg, tmp_path / "tls")
+    squatter = socket.create_server(("127.0.0.1", int(cfg.guest.serve_address.rsplit(":", 1)[1])))
+    try:
+        with pytest.raises(ConfigError, match="cannot serve on .* the port is already in use"):
+            serve(cfg, "guest")
+    finally:
+        squatter.close()
