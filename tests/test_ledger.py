@@ -441,3 +441,20 @@ def test_the_hosts_ledgers_show_a_guest_sending_after_it_had_their_scores(tmp_pa
     Ledger(hpath).append({k: v for k, v in got.items() if k not in ("seq", "t", "prev", "hash")})
     code, out = _audit(job, capsys)
     assert code == 1 and "host0 received 'lr/start' from the guest after it had sent the guest its scores" in out, out
+
+
+def test_a_training_retrained_in_its_workdir_with_a_smaller_key_is_judged_by_the_key_it_ran_with(tmp_path, capsys):
+    """Each run's open line records the public sizes its control ceilings are written in. Before, an
+    earlier run's 1024-bit public key was held to a later 512-bit job's ceiling: "ledger BROKEN"."""
+    guest, hosts = vertical_split(300, 2, [2], seed=1)
+    g, hs = write_tables(tmp_path, guest, hosts)
+    model = {"epochs": 1, "batch_size": 128, "label_dp": "off"}
+    job = load_job(write_job(tmp_path, g, hs, model={**model, "key_bits": 1024}))
+    run_local(job)
+    job = load_job(write_job(tmp_path, g, hs, model={**model, "key_bits": 512}))
+    run_local(job)
+    code, out = _audit(job, capsys)
+    assert code == 0 and "over its ceiling" not in out, out
+    opens = [json.loads(line) for line in (job.output_dir("guest") / "ledger.jsonl").read_text().splitlines()
+             if '"open"' in line]
+    assert [o["sizes"]["key"] for o in opens] == [256, 128]

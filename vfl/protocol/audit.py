@@ -179,7 +179,7 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
     aggregate stands on fewer rows; ``sizes``: the job's public sizes for control ceilings (by default
     the largest the settings allow)."""
     led = PartyLedger(name, roles[name], path)
-    sizes = sizes if sizes is not None else public_sizes(roles)
+    sizes = job_sizes_ = sizes if sizes is not None else public_sizes(roles)
     prev, seq, task = GENESIS, None, None
     with path.open("r", encoding="utf-8") as f:
         for no, raw in enumerate(f, 1):
@@ -211,6 +211,7 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                             break
                 led.run_log.append(Run(task, bool(entry.get("resume")), start=t, end=t))
                 _check_open(led, entry, where, roles, job_name)
+                sizes = _run_sizes(entry.get("sizes"), job_sizes_, roles)
                 if task == "train":      # a fresh training starts a new count; a resumed one continues it
                     led.releases = 0
                     if entry.get("resume") and led.trainings:
@@ -232,6 +233,20 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                 continue
             _check_message(led, entry, where, roles, task, min_release_rows, sizes)
     return led
+
+
+def _run_sizes(recorded, job: dict[str, int], roles: dict) -> dict[str, int]:
+    """The public sizes a run's control ceilings are checked in: those its ``open`` line records (the
+    job's settings when it ran: a training retrained in the same workdir with a smaller key was judged
+    by the later key and called broken), if they are whole numbers for the same parties, each within
+    what the settings allow at most; else the job's as it is now. A party that records larger sizes
+    than it ran with still meets its peers' ledgers, which record their own."""
+    most = public_sizes(roles)
+    if not (isinstance(recorded, dict) and set(recorded) == set(job)
+            and all(_is_int(v) and 0 <= v <= most[k] for k, v in recorded.items())
+            and all(recorded[k] == job[k] for k in ("hosts", "names", "cert"))):
+        return job
+    return dict(recorded)
 
 
 def _check_open(led: PartyLedger, entry: dict, where: str, roles: dict, job_name: str | None) -> None:

@@ -177,7 +177,7 @@ class SpecChannel:
         self._declared: dict[str, dict[str, int]] = {}   # peer -> columns and cells the link's host declared
         if ledger is not None:
             ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
-                           "roles": self.roles, "resume": bool(resume)})
+                           "roles": self.roles, "resume": bool(resume), "sizes": self.sizes})
 
     @property
     def name(self) -> str:
