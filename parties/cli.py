@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _processes(job, "train", args.resume)
     metrics = json.loads((job.workdir / "metrics.json").read_text())
     print(json.dumps({k: metrics[k] for k in ("aligned_rows", "train", "test", "stage_seconds")}, indent=2))
-    print(f"metrics: {job.workdir / 'metrics.json'}")
+    print(f"metrics: {job.workdir / 'metrics.json'}", file=sys.stderr)     # stdout: the JSON alone
     return 0
 
 
@@ -86,12 +86,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in report.items() if k not in ("gains", "evaluation", "stability")}, indent=2))
     score_psi = (report.get("stability") or {}).get("score")
     if score_psi:
-        print(f"score PSI against the training rows: {score_psi['psi']:.4f} ({score_psi['flag']})")
-    print(f"scores: {job.output_dir(job.guest.name) / 'scores.csv'}")
+        print(f"score PSI against the training rows: {score_psi['psi']:.4f} ({score_psi['flag']})", file=sys.stderr)
+    print(f"scores: {job.output_dir(job.guest.name) / 'scores.csv'}", file=sys.stderr)
     if report.get("cohort"):
-        print(f"cohort kept: {job.workdir / 'cohorts' / report['cohort']}")
+        print(f"cohort kept: {job.workdir / 'cohorts' / report['cohort']}", file=sys.stderr)
     if (job.workdir / "report.html").is_file():
-        print(f"report: {job.workdir / 'report.html'}")
+        print(f"report: {job.workdir / 'report.html'}", file=sys.stderr)
     return 0
 
 

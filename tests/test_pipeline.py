@@ -147,3 +147,15 @@ def test_fewer_training_rows_than_the_release_floor_are_refused_by_name(tmp_path
         job = load_job(write_job(tmp_path / dp, g, [h], label="y", model={"label_dp": dp, "epochs": 3}))
         with pytest.raises(JobFailed, match="training rows, fewer than \\[model\\] min_rows_per_release = 32"):
             run_local(job)
+
+
+def test_vfl_run_and_predict_print_json_alone_on_stdout(tmp_path, capsys):
+    """`vfl run job.toml | jq` failed on the paths printed after the JSON ("Extra data"): they go to stderr."""
+    guest, hosts = vertical_split(300, 2, [2], seed=2)
+    path = write_job(tmp_path, *write_tables(tmp_path, guest, hosts), model={"epochs": 1, "batch_size": 128})
+    assert vfl_main(["run", "--threads", str(path)]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["aligned_rows"] > 0 and "metrics: " in out.err
+    assert vfl_main(["predict", "--threads", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "rows" in json.dumps(json.loads(out.out)) and "scores: " in out.err
