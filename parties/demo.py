@@ -12,7 +12,6 @@ the bank's and the shop's behaviour columns (the bank holds the key; no arbiter 
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -49,13 +48,12 @@ PREPROCESS = {"logistic": {"monotonic": True, "iv_threshold": 0.02}, "embedding"
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports free on loopback right now (the OS picks them), so two demos never collide."""
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """Distinct ports free on loopback right now (below the OS's ephemeral range), so two demos never collide."""
+    from vfl.api import free_port
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
     return ports
 
 

@@ -370,3 +370,11 @@ def test_vfl_run_fails_fast_when_a_party_cannot_listen(tmp_path, capsys):
         elapsed = time.monotonic() - t0
     assert "party 'host0' failed (exit 1): host failed: ListenError" in capsys.readouterr().err
     assert elapsed < 40, elapsed
+
+
+def test_free_ports_come_from_below_the_ephemeral_range():
+    """A port the OS picks (bind to 0) is ephemeral: another process's outgoing connection could take it
+    before the party binds it (a test worker's serve_address once was: "address already in use")."""
+    from vfl.api import _ephemeral_low, free_port
+    ports = {free_port() for _ in range(50)}
+    assert all(10_000 <= p < _ephemeral_low() for p in ports) and len(ports) > 40

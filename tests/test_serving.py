@@ -14,7 +14,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,11 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _free() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    from vfl.api import free_port        # below the ephemeral range: no other worker's connection takes it
+    return free_port()
 
 
 class Running:

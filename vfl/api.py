@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -77,7 +78,7 @@ class Party:
         if address is not None and not isinstance(address, str):
             raise ConfigError(f"party {name!r}: address must be a 'HOST:PORT' string, got {_kind(address)}")
         self.name, self.data, self.predict_data = name, data, predict_data
-        self.address = address or f"127.0.0.1:{_free_port()}"
+        self.address = address or f"127.0.0.1:{free_port()}"
         self.keys = keys
 
     def __repr__(self) -> str:
@@ -531,8 +532,31 @@ def _by_frame_ids(scores: pd.Series, frame: pd.DataFrame, written: Path, id_colu
     return pd.Series(scores.reindex(text[scored]).to_numpy(), index=index, name=scores.name)
 
 
-def _free_port() -> int:
-    """A port free on loopback now (the OS picks it), so jobs on one machine never collide."""
-    with socket.socket() as s:
+def free_port() -> int:
+    """A port free on loopback now, below the OS's ephemeral range, so jobs on one machine never collide.
+
+    Why not the OS's pick (bind to port 0): it comes from the ephemeral range, from which the OS also
+    takes the local port of every outgoing connection, so between this check and the party's bind
+    another process's connection could take it (seen with two test workers: "address already in
+    use"). A random port below that range is never handed out that way."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = 10_000 + secrets.randbelow(low - 10_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:              # the range below is all taken: the OS's pick after all
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the OS's ephemeral range (Linux; 32768 elsewhere), at least 20,000."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    return max(low, 20_000)
