@@ -24,7 +24,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 
-from ..job.config import JobConfig, PartyConfig
+from ..job.config import JobConfig, PartyConfig, binned
 from ..io.tables import PartyTable, load_table
 from .metrics import binary_metrics
 from ..preprocess.split import Standardizer
@@ -61,8 +61,7 @@ def _imputed(t: PartyTable, train: np.ndarray) -> PartyTable:
 def pooled_tables(job: JobConfig, common: np.ndarray, test: np.ndarray | None = None) -> list[PartyTable]:
     """Every party's aligned rows, read in one place (baselines only). Missing values, which a binned
     or SecureBoost job accepts, are imputed from the training rows (all rows if ``test`` is None)."""
-    # binned (WOE) and tree jobs accept missing values: they get a bin
-    allow = (job.preprocess is not None and job.preprocess.woe) or job.model.type == "secureboost"
+    allow = binned(job) or job.model.type == "secureboost"      # they accept missing values: they get a bin
     train = np.ones(len(common), dtype=bool) if test is None else ~test
     return [_imputed(_table(p, common, allow), train) for p in (job.guest, *job.hosts)]
 

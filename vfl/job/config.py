@@ -202,6 +202,11 @@ RESERVED_NAMES = frozenset({"ca", "tls", "cohorts", "job.toml", "metrics.json", 
 link's session name adds ``/<task>`` to the job's)."""
 
 
+def binned(job: "JobConfig") -> bool:
+    """Whether the job trains on WOE-binned columns (missing values allowed: they get a bin)."""
+    return job.preprocess is not None and job.preprocess.woe
+
+
 def dp_epochs(epsilon: float) -> int:
     """The embedding model's default number of epochs under label-DP at ``epsilon``.
 

@@ -14,7 +14,7 @@ import time
 import pandas as pd
 
 from ..protocol.channel import Channel
-from .config import JobConfig, PartyConfig
+from .config import JobConfig, PartyConfig, binned
 from ..io.files import write_csv_atomically
 from ..io.tables import has_labels, load_table
 from ..evaluation.metrics import binary_metrics, gains_table
@@ -22,7 +22,7 @@ from ..models.model_file import load_part
 from ..psi import write_intersection
 from .cohorts import keep_host_cohort
 from .alignment import run_psi
-from .roles import binned, guest_joint_scores
+from .roles import guest_joint_scores
 from ..models.scoring import host_send_scores, relay_authentication
 
 log = logging.getLogger("vfl.predict")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..protocol.channel import Channel
-from .config import JobConfig, PartyConfig
+from .config import JobConfig, PartyConfig, binned
 from ..io.tables import DataError, PartyTable, check_training_rows, load_table
 if TYPE_CHECKING:
     from ..preprocess.stage import Prepared
@@ -66,11 +66,6 @@ def _aligned(job: JobConfig, name: str, table: PartyTable, common: np.ndarray):
 def _load(job: JobConfig, party: PartyConfig, path=None, label: str | None = None) -> PartyTable:
     return load_table(path or party.data, party.id_column, label, party.categorical_columns,
                       allow_missing=binned(job), encoding=party.encoding)
-
-
-def binned(job: JobConfig) -> bool:
-    """Whether the job trains on WOE-binned columns (missing values allowed: they get a bin)."""
-    return job.preprocess is not None and job.preprocess.woe
 
 
 def guest_joint_scores(job: JobConfig, channel: Channel, part: "ModelPart | TowerPart",

@@ -59,7 +59,7 @@ from crypto.signing import SignatureError
 from ..evaluation.metrics import scorecard_points
 from ..io.tables import MAX_ID_LENGTH, PartyTable
 from ..job.config import ConfigError, JobConfig
-from ..job.roles import binned
+from ..job.config import binned
 from ..models.common import sigmoid
 from ..models.model_file import TowerPart, _without_dropped, load_part
 from ..models.scoring import RelayAuth, _key_entry, relay_authentication, signed_bytes
