@@ -337,13 +337,13 @@ def test_early_stopping_on_validation_rows_matches_the_twin_and_keeps_the_best_t
     coins.restart()
     twin, _ = _twin(params, xg, xh, y, guest.columns, [h.columns for h in host_roles], valid=valid)
     v = guest.validation_
-    assert v["trees_grown"] == v["best_epoch"] + 1 + params.patience < params.num_trees   # it stopped early
-    assert len(guest.trees_) == v["best_epoch"] + 1 == len(twin.trees_)
+    assert v["trees_grown"] == v["best_epoch"] + params.patience < params.num_trees   # it stopped early
+    assert len(guest.trees_) == v["best_epoch"] == len(twin.trees_)          # counted from 1: trees kept
     assert [[n.key() for n in t.nodes] for t in guest.trees_] == [[n.key() for n in t.nodes] for t in twin.trees_]
     assert np.array_equal(guest.train_score_, twin.train_score_)
     assert {t.nodes[0].sums[2] for t in guest.trees_} == {int((~valid).sum())}          # never summed
     briers = [h["brier"] for h in v["history"]]
-    assert briers.index(min(briers)) == v["best_epoch"] and len(briers) == v["trees_grown"]
+    assert briers.index(min(briers)) + 1 == v["best_epoch"] and len(briers) == v["trees_grown"]
 
 
 def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
@@ -365,7 +365,7 @@ def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
     job = load_job(path)
     m = run_local(job)["guest"]
     v = m["validation"]
-    assert m["trees"] == v["best_epoch"] + 1 and v["trees_grown"] == len(m["loss_history"]) < 8   # stopped early
+    assert m["trees"] == v["best_epoch"] and v["trees_grown"] == len(m["loss_history"]) < 8   # stopped early
     trained = pd.read_csv(job.output_dir("guest") / "predictions.csv")
     assert (trained["split"] == "validation").sum() > 50
     report = (job.workdir / "report.html").read_text()

@@ -52,7 +52,8 @@ def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
                       "h": lambda: host.fit(net.channel("h"), xh.take(tr), validation=hv),
                       "a": lambda: arb.fit(net.channel("a"), keypair=generate_keypair(512))})
     history = guest.validation_["history"]
-    best = guest.validation_["best_epoch"]
+    best = guest.validation_["best_epoch"] - 1           # metrics count epochs from 1, as the history does
+    assert history[best]["best"] and history[best]["epoch"] == best + 1
     assert len(history) < MODEL.epochs, "the rule should stop this overfitting run early"
     start = MODEL.early_stopping_start
     assert all(h["released"] is None and not h["best"] for h in history[:start])    # warm-up: nothing decided
@@ -126,15 +127,20 @@ def test_the_report_charts_validation_from_the_first_deciding_epoch(monkeypatch)
     plotted, plot = [], matplotlib.axes.Axes.plot
     monkeypatch.setattr(matplotlib.axes.Axes, "plot",
                         lambda self, *a, **k: plotted.append((a, k.get("label"))) or plot(self, *a, **k))
+    marked, axvline = [], matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline",
+                        lambda self, x, *a, **k: marked.append(x) or axvline(self, x, *a, **k))
     stopping = EarlyStopping(2, start=3)
     z, y = np.linspace(-1, 1, 64), (np.arange(64) % 3 == 0).astype(float)
     for e in range(6):
         stopping.update(e, None if e < 3 else z * (e - 1), y)
     assert [h["auc"] is None for h in stopping.history] == [True] * 3 + [False] * 3
     assert [h["brier"] is None for h in stopping.history] == [True] * 3 + [False] * 3
-    svg = chart_loss([0.7, 0.6, 0.5, 0.45, 0.44, 0.43], stopping.history, stopping.best_epoch)
+    svg = chart_loss([0.7, 0.6, 0.5, 0.45, 0.44, 0.43], stopping.history, stopping.summary()["best_epoch"])
     assert svg and [(list(a[0]), label) for a, label in plotted] == [([1, 2, 3, 4, 5, 6], "training loss"),
                                                                       ([4, 5, 6], "validation AUC")]
+    best = [h["epoch"] for h in stopping.history if h["best"]][-1]
+    assert marked == [best] == [stopping.summary()["best_epoch"]]         # the kept epoch, counted from 1
     plotted.clear()
-    chart_loss([0.7, 0.6], [stopping.history[0], stopping.history[1]], -1)    # nothing scored: no AUC line
+    chart_loss([0.7, 0.6], [stopping.history[0], stopping.history[1]], 0)    # nothing scored: no AUC line
     assert [label for _, label in plotted] == ["training loss"]

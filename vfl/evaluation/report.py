@@ -201,8 +201,8 @@ def chart_loss(loss: list[float], validation: list[dict] | None = None, best_epo
     if aucs:
         ax2 = ax.twinx()
         ax2.plot(*zip(*aucs), "s--", color=color("test"), lw=1.4, ms=4, label="validation AUC")
-        if best_epoch is not None and best_epoch >= 0:
-            ax2.axvline(best_epoch + 1, color="#888", ls=":", lw=1)
+        if best_epoch:                   # counted from 1, as the history's epochs (0 or None: none kept)
+            ax2.axvline(best_epoch, color="#888", ls=":", lw=1)
         ax2.set_ylabel("validation AUC")
         lines = ax.get_lines()[:1] + ax2.get_lines()[:1]
         ax.legend(lines, [l.get_label() for l in lines], loc="center right", fontsize=8)
@@ -558,7 +558,7 @@ def build_report(job, results: dict | None = None) -> str:
     scored = {v.get("epoch", j + 1): j for j, v in enumerate(val)}
     lrows = [{"epoch": i + 1, "loss": l, "seconds": secs[i] if i < len(secs) else None,
               "auc": val[scored[i + 1]].get("auc") if i + 1 in scored else None,
-              "kept": "best" if i == best_epoch else "",
+              "kept": "best" if i + 1 == best_epoch else "",
               "_paths": {"loss": ["metrics", "loss_history", i],
                          **({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {}),
                          **({"auc": ["metrics", "validation", "history", scored[i + 1], "auc"]}

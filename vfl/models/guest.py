@@ -140,7 +140,7 @@ class SplitGuest:
         finally:
             pk.stop_precompute()
         self.params_ = trainer.params if best is None else best
-        self.validation_ = stopping.state() if stopping is not None else None
+        self.validation_ = stopping.summary() if stopping is not None else None
         self.smallest_release_ = trainer.buffer.smallest_release
         self.observed_ = trainer.observed
         return self

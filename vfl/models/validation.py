@@ -117,6 +117,11 @@ class EarlyStopping:
     def state(self) -> dict:
         return {"history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score}
 
+    def summary(self) -> dict:
+        """What ``metrics.json`` records: the kept epoch counted from 1, as ``history`` counts them
+        (0: none kept). ``state`` keeps the 0-based index the checkpoint resumes from."""
+        return {"history": self.history, "best_epoch": self.best_epoch + 1, "best_score": self.best_score}
+
     def restore(self, state: dict) -> None:
         self.history = list(state.get("history", []))
         self.best_epoch = int(state.get("best_epoch", -1))

@@ -212,8 +212,7 @@ class SecureBoostGuest:
             self._zeros.close()
         self.host_splits_ = [len(sides) for sides in self._host_sides]
         if stopper is not None:              # keep the trees up to the best one, and only their splits
-            self.validation_ = {"history": stopper.history, "best_epoch": stopper.best_epoch,
-                                "trees_grown": len(self.trees_)}
+            self.validation_ = {**stopper.summary(), "trees_grown": len(self.trees_)}
             self.trees_, score = self.trees_[:stopper.best_epoch + 1], best_score
             self._keep_splits(channel, *held[stopper.best_epoch])
         self.train_score_ = score
