@@ -151,8 +151,11 @@ def cmd_requests(args: argparse.Namespace) -> int:
     if name not in {p.name for p in job.parties} - {job.arbiter.name}:
         raise ConfigError(f"--name {name!r} is not the guest or a host of {args.job}")
     found = find_requests(audit_path(job, name), job.name, args.id)
-    for line in found:
-        print(json.dumps({k: v for k, v in line.items() if k != "ids"}, sort_keys=True))
+    for line in found:                       # "time" as logged (seconds since the epoch) and as a reader reads it
+        t = line.get("time")
+        when = datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") \
+            if isinstance(t, (int, float)) and math.isfinite(t) else None
+        print(json.dumps({**{k: v for k, v in line.items() if k != "ids"}, "utc": when}, sort_keys=True))
     print(f"{len(found)} request(s) in {audit_path(job, name)} included {args.id!r}", file=sys.stderr)
     return 0
 

@@ -21,11 +21,13 @@ log = logging.getLogger("vfl.party")
 
 
 def resolve_name(job: JobConfig, role: str, name: str | None) -> str:
-    """The party this process plays: the guest, the arbiter, or the named host."""
-    if role == "guest":
-        return job.guest.name
-    if role == "arbiter":
-        return job.arbiter.name
+    """The party this process plays: the guest, the arbiter, or the named host. A ``name`` given for
+    the guest or the arbiter must be theirs: a typo'd command must not run as another party."""
+    if role in ("guest", "arbiter"):
+        own = job.guest.name if role == "guest" else job.arbiter.name
+        if name is not None and name != own:
+            raise ConfigError(f"--name {name!r} is not the {role} of {job.path}: its {role} is {own!r}")
+        return own
     if role != "host":
         raise ConfigError(f"role must be guest, host or arbiter, not {role!r}")
     if name is None:
@@ -124,7 +126,7 @@ def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
     p.add_argument("job", type=Path)
     if role is None:
         p.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
-    p.add_argument("--name", help="which host of the job (hosts only)")
+    p.add_argument("--name", help="which host of the job (a guest's or arbiter's name is checked)")
     p.add_argument("--task", choices=["train", "psi", "predict"], default="train",
                    help="train: PSI, training and scoring (default); psi: the intersection only; "
                         "predict: score new rows with the saved model")

@@ -318,3 +318,18 @@ def test_the_default_batch_is_a_sixth_of_the_training_rows_for_both_split_models
     assert [lr.batch_for(n) for n in (100, 4523, 24_011, 10**6)] == [512, 1024, 4096, 4096]
     assert [emb.batch_for(n) for n in (100, 4523, 24_011, 10**6)] == [512, 1024, 4096, 8192]
     assert ModelConfig(type="logistic", batch_size=300).batch_for(4523) == 300
+
+
+def test_a_party_name_that_does_not_match_its_role_is_refused(tmp_path):
+    """`vfl party --role guest --name shop` had run as the guest: a typo'd command must not play another party."""
+    from parties.party import resolve_name
+    job = parse_job(_with(), tmp_path / "job.toml")
+    assert [resolve_name(job, r, n) for r, n in [("guest", None), ("guest", "bank"), ("arbiter", None),
+                                                  ("host", None), ("host", "shop")]] == [
+        "bank", "bank", "arbiter", "shop", "shop"]
+    with pytest.raises(ConfigError, match=r"--name 'shop' is not the guest of .*job\.toml: its guest is 'bank'"):
+        resolve_name(job, "guest", "shop")
+    with pytest.raises(ConfigError, match=r"--name 'bank' is not the arbiter"):
+        resolve_name(job, "arbiter", "bank")
+    with pytest.raises(ConfigError, match=r"no host named 'bank'"):
+        resolve_name(job, "host", "bank")
