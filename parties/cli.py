@@ -16,8 +16,10 @@ import argparse
 import csv
 import json
 import logging
+import math
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from parties.launcher import Terminated
@@ -216,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("party", help="run one party of a job in this process")
     s.add_argument("job", type=Path)
     s.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
-    s.add_argument("--name", help="which host (when the job has several)")
+    s.add_argument("--name", help="which host (when the job has several); for the guest or the arbiter, "
+                                   "checked against the job file")
     s.add_argument("--task", choices=["train", "psi", "predict"], default="train")
     s.add_argument("--resume", action="store_true", help="continue from this party's last checkpoint")
     s.set_defaults(func=cmd_party)

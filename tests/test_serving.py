@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -369,7 +370,9 @@ def test_model_identity_and_audit_logs(served):
             assert main(["requests", str(cfg.path), target, "--name", name]) == 0
         printed = [json.loads(x) for x in out.getvalue().splitlines()]
         want = find_requests(cfg.output_dir(name) / "serving" / "audit.jsonl", cfg.name, target)
-        assert printed == [{k: v for k, v in x.items() if k != "ids"} for x in want] and printed, name
+        assert [{k: v for k, v in x.items() if k != "utc"} for x in printed] == [
+            {k: v for k, v in x.items() if k != "ids"} for x in want] and printed, name
+        assert all(datetime.fromisoformat(x["utc"]).timestamp() == int(x["time"]) for x in printed), printed
         assert f"{len(want)} request(s)" in err.getvalue()
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
         assert main(["requests", str(cfg.path), "no-such-id"]) == 0
