@@ -187,6 +187,32 @@ def test_label_dp_spending_adds_up_over_fresh_trainings(dp_run, tmp_path):
     assert "label-DP over the 2 trainings in the ledgers" in text
 
 
+def test_an_earlier_training_counts_with_the_plan_its_own_run_recorded(dp_run, tmp_path):
+    """A retraining with other epochs had printed the earlier training's epsilon from the current plan
+    (a newcomer saw 20.79 where that run had spent 8): each training's open line records its own."""
+    from vfl.models.privacy import epsilon_for, plan_for
+    from vfl.protocol.ledger import dp_plan
+    job = _copy(dp_run, tmp_path)
+    plan = plan_for(job.model, len(job.hosts))
+    opened = [e for p in job.parties for e in _lines(job, p.name) if e.get("event") == "open" and e["task"] == "train"]
+    assert opened and all(e["dp_plan"] == dp_plan(job) for e in opened)
+    assert dp_plan(job)["epoch_rho"] == pytest.approx(plan.rho(1) - plan.binning_rho)
+    for p in job.parties:                         # as if the first training had run 4 times the epochs
+        entries = _lines(job, p.name)
+        first = [{**e, "dp_plan": {**e["dp_plan"], "epoch_rho": e["dp_plan"]["epoch_rho"] / 4}}
+                 if e.get("event") == "open" else e for e in entries]
+        _write(job, p.name, first + entries)
+    text = _fails(job, "the ledgers show 2 trainings of this job on the same labels")
+    runs = json.loads((job.output_dir(job.arbiter.name) / "training.json").read_text())["label_dp"]["noised_epochs"]
+    want = epsilon_for(runs * dp_plan(job)["epoch_rho"] / 4, job.model.dp_delta)
+    assert f"epsilon {want:.4g} (1 run, {runs} epoch runs with releases)" in text, text
+    for p in job.parties:                         # a ledger without the record counts with today's plan
+        entries = [{k: v for k, v in e.items() if k != "dp_plan"} for e in _lines(job, p.name)]
+        _write(job, p.name, entries)
+    want = epsilon_for(runs * dp_plan(job)["epoch_rho"], job.model.dp_delta)
+    assert f"epsilon {want:.4g} (1 run" in _fails(job, "the ledgers show 2 trainings")
+
+
 def test_two_different_noised_woe_messages_in_one_training_fail_as_noise_reused(tmp_path):
     from vfl.protocol.audit import _check_woe_reuse
     roles = {"guest": "guest", "host0": "host"}

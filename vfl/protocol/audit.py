@@ -116,6 +116,7 @@ class Training:
     epochs: list = field(default_factory=list)     # per run, the epochs it received releases in
     woe: dict = field(default_factory=dict)        # distinct woe/host_woe payloads received: sha256 -> where
     binned_columns: int = 0                        # columns this host binned (its woe/columns)
+    plan: tuple[float, float] | None = None        # its (rho per epoch run, binning rho) as its open line says
 
     @property
     def epoch_runs(self) -> int:
@@ -217,7 +218,7 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                     if entry.get("resume") and led.trainings:
                         led.trainings[-1].epochs.append(set())
                     else:
-                        led.trainings.append(Training([set()]))
+                        led.trainings.append(Training([set()], plan=_recorded_plan(entry.get("dp_plan"))))
                 continue
             if not led.run_log:
                 # no run says which job, parties and task these lines belong to: the phase checks need it
@@ -247,6 +248,17 @@ def _run_sizes(recorded, job: dict[str, int], roles: dict) -> dict[str, int]:
             and all(recorded[k] == job[k] for k in ("hosts", "names", "cert"))):
         return job
     return dict(recorded)
+
+
+def _recorded_plan(recorded) -> tuple[float, float] | None:
+    """A training's (rho per epoch run, binning rho) from its ``open`` line, if well formed: a ledger
+    written before vfl recorded them, or a damaged record, leaves the job's current plan to count it."""
+    if not isinstance(recorded, dict):
+        return None
+    values = (recorded.get("epoch_rho"), recorded.get("binning_rho"))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
+        return float(values[0]), float(values[1])
+    return None
 
 
 def _check_open(led: PartyLedger, entry: dict, where: str, roles: dict, job_name: str | None) -> None:
@@ -657,16 +669,20 @@ def _check_trainings(job, plan, last: float, led: PartyLedger, ledgers: dict[str
     """The epsilon of every training the ledgers show, together. Each run without ``--resume`` starts
     a training with a budget of its own, on the same labels: a host keeps what it saw of every one, so
     their zCDP adds up. The last training counts with the noise the arbiter reports (``last``, its
-    rho); an earlier one, whose noise no file reports any more, with the job's plan: its binning stage
-    if it binned, and each epoch run with a release in the ledger that shows the most. Returns the
-    report line (None when only one training spent anything)."""
+    rho); an earlier one, whose noise no file reports any more, with the plan its ``open`` line
+    records (the job's current plan if it records none): its binning stage if it binned, and each
+    epoch run with a release in the ledger that shows the most. Returns the report line (None when
+    only one training spent anything)."""
     from ..models.privacy import epsilon_for
     m = job.model
-    per_epoch = plan.rho(1) - plan.binning_rho
+    now = (plan.rho(1) - plan.binning_rho, plan.binning_rho)
     earlier: list[tuple[float, int, int]] = []          # (rho, runs, epoch runs) per earlier training
     for other in ledgers.values():
-        mine = [((plan.binning_rho if job.preprocess is not None and t.binned else 0.0) + t.epoch_runs * per_epoch,
-                 len(t.epochs), t.epoch_runs) for t in other.trainings[:-1]]
+        mine = []
+        for t in other.trainings[:-1]:
+            per_epoch, binning = t.plan or now
+            mine.append(((binning if job.preprocess is not None and t.binned else 0.0) + t.epoch_runs * per_epoch,
+                         len(t.epochs), t.epoch_runs))
         mine = [x for x in mine if x[0] > 0]
         if sum(x[0] for x in mine) > sum(x[0] for x in earlier):
             earlier = mine

@@ -158,12 +158,14 @@ class SpecChannel:
     the job's rule ``n_train -> batch size``) lets the ledger count the rows behind
     per-batch aggregates (from the ``n_train`` of the training plan). With ``ledger`` None nothing is written (spec checks only).
     ``sizes`` are the public sizes control ceilings are written in (:func:`vfl.protocol.spec.public_sizes`;
-    by default the largest the settings allow).
+    by default the largest the settings allow). ``plan`` is a training's label-DP plan as its run set it
+    (:func:`dp_plan`), recorded so the audit can count that training's epsilon after the job changed.
     """
 
     def __init__(self, inner: Channel, roles: dict[str, str], *, ledger: Ledger | None = None,
                  task: str | None = None, batch_size: "int | Callable[[int], int] | None" = None,
-                 job: str | None = None, resume: bool = False, sizes: dict[str, int] | None = None) -> None:
+                 job: str | None = None, resume: bool = False, sizes: dict[str, int] | None = None,
+                 plan: dict | None = None) -> None:
         self.inner = inner
         self.roles = dict(roles)
         if inner.name not in self.roles:
@@ -177,7 +179,8 @@ class SpecChannel:
         self._declared: dict[str, dict[str, int]] = {}   # peer -> columns and cells the link's host declared
         if ledger is not None:
             ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
-                           "roles": self.roles, "resume": bool(resume), "sizes": self.sizes})
+                           "roles": self.roles, "resume": bool(resume), "sizes": self.sizes,
+                           **({"dp_plan": plan} if plan else {})})
 
     @property
     def name(self) -> str:
@@ -337,7 +340,18 @@ def spec_channel(channel: Channel, job, name: str, task: str, resume: bool = Fal
     (``resume``: this run continues an interrupted one)."""
     roles = {p.name: p.role for p in job.parties}
     return SpecChannel(channel, roles, ledger=Ledger(ledger_path(job, name)), task=task,
-                       batch_size=job.model.batch_for, job=job.name, resume=resume, sizes=job_sizes(job))
+                       batch_size=job.model.batch_for, job=job.name, resume=resume, sizes=job_sizes(job),
+                       plan=dp_plan(job) if task == "train" else None)
+
+
+def dp_plan(job) -> dict[str, float] | None:
+    """A training's label-DP spending as its settings plan it (public): rho per epoch run with a
+    release, and rho of the binning stage if it bins. None with label-DP off."""
+    from ..models.privacy import plan_for        # late: the models import this package
+    if not job.model.label_dp_on:
+        return None
+    plan = plan_for(job.model, len(job.hosts))
+    return {"epoch_rho": plan.rho(1) - plan.binning_rho, "binning_rho": plan.binning_rho}
 
 
 def job_sizes(job) -> dict[str, int]:
