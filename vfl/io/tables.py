@@ -459,8 +459,11 @@ class _OddIds:
         if odd and self.first is None:
             self.first = odd[0]
 
+    warned: set = set()      # (file, column, count) already warned of in this process: a job reads a file more than once
+
     def warn(self, path, column: str) -> None:
-        if self.count:
+        if self.count and (key := (str(path), column, self.count)) not in _OddIds.warned:
+            _OddIds.warned.add(key)
             log.warning("%s: %d ID(s) in column %r have leading or trailing whitespace or are not in Unicode NFC "
                         "form (first: %r); IDs are matched exactly as text, so such an ID matches only another "
                         "party's ID written with the same characters", path, self.count, column, self.first)
