@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -9,23 +10,28 @@ import pytest
 
 from tests.conftest import write_job
 from vfl.job.config import load_job
-from vfl.models.model_file import ModelFileError, ModelPart
+from vfl.evaluation.metrics import scorecard_points
+from vfl.models.model_file import ModelFileError, ModelPart, load_part
 from vfl.job.threads import JobFailed, run_local, run_predict_local
 from vfl.io.synth import vertical_split
 
 
-def _trained_job(tmp_path, extra_guest="", extra_host=""):
+def _job_kwargs(tmp_path, model: dict | None = None, **job) -> dict:
+    """``write_job``'s keywords of the job the tests train: the guest's first 700 rows train it, the rest
+    (``g_new.csv``) are its ``predict_data``; hosts score from their full tables."""
+    paths = [tmp_path / f"h{i}.csv" for i in range(2)]
+    return {"guest": tmp_path / "g.csv", "hosts": paths, "model": {"epochs": 3, "batch_size": 256, **(model or {})},
+            "guest_keys": {"predict_data": tmp_path / "g_new.csv"}, **job}
+
+
+def _trained_job(tmp_path, model: dict | None = None, **job_keys):
     guest, hosts = vertical_split(1200, 3, [2, 2], overlap=0.9, seed=6)
     old, new = guest.iloc[:700], guest.iloc[700:]
     old.to_csv(tmp_path / "g.csv", index=False)
     new.to_csv(tmp_path / "g_new.csv", index=False)
-    paths = []
     for i, h in enumerate(hosts):
         h.to_csv(tmp_path / f"h{i}.csv", index=False)        # a host scores from its full table
-        paths.append(tmp_path / f"h{i}.csv")
-    path = write_job(tmp_path, tmp_path / "g.csv", paths, model={"epochs": 3, "batch_size": 256},
-                     guest_keys={"predict_data": tmp_path / "g_new.csv"})
-    job = load_job(path)
+    job = load_job(write_job(tmp_path, **_job_kwargs(tmp_path, model, **job_keys)))
     run_local(job)
     return job, new, hosts
 
@@ -81,3 +87,102 @@ def test_scoring_without_a_trained_model_or_with_other_columns_fails_clearly(tmp
         ModelPart.load(job.output_dir("host1") / "model.json", "host1")
     with pytest.raises(JobFailed, match="host1.*train the job first"):
         run_predict_local(job)
+
+
+def _bin_points(folder, data: pd.DataFrame, part) -> np.ndarray:
+    """Each row's sum of the party's ``scorecard.csv`` points, its bins found by the model's bin edges."""
+    table = pd.read_csv(folder / "scorecard.csv", keep_default_na=False)
+    total = np.zeros(len(data))
+    assert table["column"].unique().tolist() == [cb.column for cb in part.encoder.bins]
+    for cb in part.encoder.bins:
+        rows = table[table["column"] == cb.column]
+        assert rows["bin"].tolist() == cb.labels()
+        total += rows["points"].to_numpy(float)[cb.assign(data[cb.column].to_numpy(float))]
+    return total
+
+
+def test_points_keep_the_scaling_the_model_was_trained_with(tmp_path, caplog):
+    """[scorecard] edited after training: `vfl predict` scores with the model's scaling (saved in the
+    guest's part), so the points still equal the offset plus every party's scorecard.csv entries, and
+    warns naming both; a part saved before parts kept the scaling follows the job file, as before."""
+    job, new, hosts = _trained_job(tmp_path, preprocess={"bins": 5})
+    assert json.loads((job.output_dir("guest") / "model.json").read_text())["scorecard"] == \
+        {"base_points": 600.0, "base_odds": 50.0, "pdo": 20.0}
+    assert "scorecard" not in json.loads((job.output_dir("host0") / "model.json").read_text())
+    run_predict_local(job)
+    before = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+
+    edited = load_job(write_job(tmp_path, **_job_kwargs(tmp_path, preprocess={"bins": 5},
+                                                        scorecard={"base_points": 500, "pdo": 40})))
+    assert edited.scorecard.pdo == 40 and edited.workdir == job.workdir
+    with caplog.at_level(logging.WARNING):
+        run_predict_local(edited)
+    after = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+    np.testing.assert_array_equal(after["id"], before["id"])
+    np.testing.assert_allclose(after["score"], before["score"], atol=1e-12)
+    np.testing.assert_array_equal(after["points"], before["points"])
+    warned = [r.getMessage() for r in caplog.records if "[scorecard]" in r.getMessage()]
+    assert len(warned) == 1 and "base_points 500, base_odds 50, pdo 40" in warned[0] \
+        and "base_points 600, base_odds 50, pdo 20" in warned[0] and "retrain" in warned[0]
+
+    # the points are the offset plus one scorecard.csv entry per column of every party
+    ids = after["id"].tolist()
+    guest = load_part(job.output_dir("guest") / "model.json", "guest")
+    total = json.loads((job.output_dir("guest") / "scorecard.json").read_text())["offset_points"] + \
+        _bin_points(job.output_dir("guest"), new.set_index("id").loc[ids], guest)
+    for i, name in enumerate(("host0", "host1")):
+        total += _bin_points(job.output_dir(name), hosts[i].set_index("id").loc[ids],
+                             load_part(job.output_dir(name) / "model.json", name))
+    np.testing.assert_allclose(after["points"], total, atol=0.05 + 1e-6)      # scores.csv: one decimal
+
+    # a guest's part saved before parts kept their scaling: the job file's, as before
+    path = job.output_dir("guest") / "model.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "scorecard"}))
+    run_predict_local(edited)
+    legacy = pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})
+    np.testing.assert_allclose(legacy["points"], scorecard_points(legacy["score"], 500, 50, 40).round(1), atol=1e-9)
+
+
+def test_a_cohort_counts_its_rows_by_their_split_in_the_training_job(tmp_path, caplog):
+    """`vfl predict` without predict_data scores the training file again: the cohort records how many
+    scored rows were training, validation and test rows of the model ("overlap", from the guest's own
+    predictions.csv) and warns; rows the training job never saw count as new."""
+    job, new, hosts = _trained_job(tmp_path, model={"early_stopping": "on"})
+    report = run_predict_local(job)["guest"]
+    assert report["overlap"] == {"train": 0, "validation": 0, "test": 0, "new": report["scored_rows"]}
+
+    again = load_job(write_job(tmp_path, **{**_job_kwargs(tmp_path, {"early_stopping": "on"}), "guest_keys": {}}))
+    assert again.guest.predict_data is None and again.workdir == job.workdir
+    with caplog.at_level(logging.WARNING):
+        report = run_predict_local(again)["guest"]
+    split = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str})["split"].value_counts()
+    assert split["train"] and split["validation"] and split["test"]
+    expected = {"train": int(split["train"]), "validation": int(split["validation"]), "test": int(split["test"]),
+                "new": 0}
+    assert report["overlap"] == expected and report["scored_rows"] == sum(expected.values())
+    saved = json.loads((job.workdir / "predict_metrics.json").read_text())
+    cohort = json.loads((job.workdir / "cohorts" / saved["cohort"] / "metrics.json").read_text())
+    assert saved["overlap"] == cohort["overlap"] == expected
+    assert any("not out-of-sample" in r.getMessage() and f"{expected['train']} of the" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_saved_scaling_is_checked_when_the_part_is_loaded(tmp_path):
+    """The guest's part keeps its points scaling; a broken one, or one in a host's part, is refused."""
+    from vfl.job.config import ScorecardConfig
+    from vfl.preprocess.split import Standardizer
+    std = Standardizer(np.zeros(2), np.ones(2))
+    part = ModelPart("guest", "guest", ["a", "b"], np.array([0.5, -1.0]), std, 0.2,
+                     scorecard=ScorecardConfig(700.0, 30.0, 25.0))
+    part.save(tmp_path / "model.json")
+    assert load_part(tmp_path / "model.json", "guest").scorecard == ScorecardConfig(700.0, 30.0, 25.0)
+    d = part.to_dict()
+    for bad in ({"base_points": 700.0, "base_odds": 0.0, "pdo": 25.0}, {"base_points": 700.0, "pdo": 25.0},
+                {"base_points": float("nan"), "base_odds": 30.0, "pdo": 25.0}, [700.0, 30.0, 25.0]):
+        (tmp_path / "bad.json").write_text(json.dumps({**d, "scorecard": bad}))
+        with pytest.raises(ModelFileError, match="bad.json"):
+            load_part(tmp_path / "bad.json", "guest")
+    host = ModelPart("host", "h", ["a", "b"], np.array([0.5, -1.0]), std).to_dict()
+    (tmp_path / "host.json").write_text(json.dumps({**host, "scorecard": d["scorecard"]}))
+    with pytest.raises(ModelFileError, match="only the guest's"):
+        load_part(tmp_path / "host.json", "h")

@@ -370,13 +370,18 @@ def test_a_secureboost_job_with_early_stopping_and_column_subsampling(tmp_path):
     assert (trained["split"] == "validation").sum() > 50
     report = (job.workdir / "report.html").read_text()
     assert "validation AUC" in report and "Feature importance" in report
-    run_predict_local(job)
+    from dataclasses import replace
+    from vfl.job.config import ScorecardConfig
+    run_predict_local(replace(job, scorecard=ScorecardConfig(500.0, 20.0, 40.0)))   # [scorecard] edited since
     scored = pd.read_csv(job.output_dir("guest") / "scores.csv")
     merged = trained.merge(scored, on="id", suffixes=("_train", "_predict"))
     assert np.abs(merged["score_train"] - merged["score_predict"]).max() < 1e-9
+    assert np.abs(merged["points_train"] - merged["points_predict"]).max() <= 0.05    # the model's own scaling
+    overlap = json.loads((job.workdir / "predict_metrics.json").read_text())["overlap"]
+    assert overlap == {**trained["split"].value_counts().to_dict(), "new": 0} | {
+        k: 0 for k in ("train", "validation", "test") if k not in set(trained["split"])}   # the training rows again
     assert json.loads((job.output_dir("host0") / "report.json").read_text())["importance"]
     # the same rows with every party's columns in another order score the same: rules find columns by name
-    from dataclasses import replace
     for p in (job.guest, job.hosts[0]):
         frame = pd.read_csv(p.data, dtype={p.id_column: str})
         frame[frame.columns[::-1]].to_csv(tmp_path / f"reordered_{p.name}.csv", index=False)

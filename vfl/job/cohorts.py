@@ -1,16 +1,22 @@
-"""A host's record of a cohort it scored (``vfl predict``), whatever the model family.
+"""A party's record of a cohort it scored (``vfl predict``), whatever the model family.
 
 The host keeps the scored IDs and the PSI of its own columns against its training rows under
-``<workdir>/<host>/cohorts/<cohort>/`` and rebuilds its report; no message is involved.
+``<workdir>/<host>/cohorts/<cohort>/`` and rebuilds its report; the guest counts the scored rows
+the training job already held (:func:`training_overlap`). No message is involved.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pandas as pd
 
 from ..io.files import write_json
 from ..io.tables import PartyTable
 from ..psi import write_intersection
 from .config import JobConfig
+
+log = logging.getLogger("vfl.predict")
 
 
 def keep_host_cohort(job: JobConfig, name: str, table: PartyTable, data: PartyTable, common: np.ndarray) -> dict:
@@ -29,3 +35,31 @@ def keep_host_cohort(job: JobConfig, name: str, table: PartyTable, data: PartyTa
         from ..evaluation.host_report import write_host_report
         write_host_report(job, name)
     return {"party": name, "rows": report["rows"], "scored_rows": report["scored_rows"]}
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def training_overlap(job: JobConfig, ids) -> dict | None:
+    """How many of the scored rows (``ids``) were rows of the training job, by their split there
+    (``train``, ``validation``, ``test``), and how many are ``new``: read from the guest's own
+    ``predictions.csv`` of that training (None if there is none). Nothing is exchanged: the guest
+    knows the IDs it scores and those it trained on. Warns when training or validation rows are
+    scored: their figures are not out-of-sample."""
+    path = job.output_dir(job.guest.name) / "predictions.csv"
+    if not path.is_file():
+        log.warning("%s: no %s of the training job: cannot tell which scored rows it trained on",
+                    job.guest.name, path)
+        return None
+    trained = pd.read_csv(path, dtype=str, usecols=["id", "split"], keep_default_na=False, na_filter=False,
+                          encoding="utf-8")
+    split = pd.Series(trained["split"].to_numpy(), index=trained["id"].to_numpy())
+    found = split.reindex(pd.Index(ids, dtype=object)).fillna("new")
+    counts = found.value_counts()
+    overlap = {k: int(counts.get(k, 0)) for k in (*SPLITS, "new")}
+    if overlap["train"] or overlap["validation"]:
+        log.warning("%s: %d of the %d scored rows were training rows and %d validation rows of the model "
+                    "(%d test, %d new): these rows were trained on / used to choose the epoch: their figures "
+                    "are not out-of-sample", job.guest.name, overlap["train"], len(found), overlap["validation"],
+                    overlap["test"], overlap["new"])
+    return overlap

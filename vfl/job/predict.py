@@ -20,7 +20,7 @@ from ..io.tables import has_labels, load_table
 from ..evaluation.metrics import binary_metrics, gains_table
 from ..models.model_file import load_part
 from ..psi import write_intersection
-from .cohorts import keep_host_cohort
+from .cohorts import keep_host_cohort, training_overlap
 from .alignment import run_psi
 from .roles import guest_joint_scores
 from ..models.scoring import host_send_scores, relay_authentication
@@ -65,6 +65,9 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     report = {"job": job.name, **collect.cohort_stamp(cdir, path, out / "model.json"),
               "guest_rows": int(len(table.ids)), "scored_rows": int(len(common)),
               "seconds": round(time.perf_counter() - t0, 3)}
+    overlap = training_overlap(job, common)          # rows of the training job among those scored
+    if overlap is not None:
+        report["overlap"] = overlap
     if has_label:
         report["metrics"] = binary_metrics(data.labels, score)
         report["gains"] = gains_table(data.labels, points)

@@ -35,6 +35,7 @@ from ..models.vocab import Vocabulary
 from ..psi import write_intersection
 from .alignment import run_psi
 from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
+from ..preprocess.scorecard import model_scaling
 from ..preprocess.split import Standardizer, split_mask
 from ..models.timing import Stopwatch
 
@@ -72,11 +73,12 @@ def guest_joint_scores(job: JobConfig, channel: Channel, part: "ModelPart | Towe
                        data: PartyTable, host_sum: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The guest's joint scores of ``data``'s rows (in ID order, common to every party) and their
     scorecard points: its own part's score plus the hosts' secure sum (``host_sum`` if already
-    received), as at training so at ``vfl predict``."""
+    received), as at training so at ``vfl predict``. Points use the scaling saved in the guest's part
+    (the job file's ``[scorecard]`` for parts saved before parts kept it)."""
     if host_sum is None:
         host_sum = guest_sum_scores(channel, job.host_names, len(data.ids))
     score = sigmoid(part.score(data) + part.host_weight * host_sum)
-    sc = job.scorecard
+    sc = model_scaling(part.scorecard, job.scorecard, job.guest.name)     # the model's own, not a later edit's
     return score, scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo)
 
 
@@ -192,6 +194,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     if job.model.guest_refit_on and isinstance(part, TowerPart):
         with timings("refit"):       # after the hosts' last release: nothing of it reaches a host
             refit = _refit(job, part, model_data, host_sum, data.labels, train, valid)
+    part.scorecard = job.scorecard     # the points scaling is part of the model (`vfl predict` uses it)
     _drop_scorecard(job, g.name)       # this part's own points table, if binned, is written below
     part.save(out / "model.json")
     with timings("predict"):    # the same arithmetic as `vfl predict` on new rows

@@ -27,8 +27,10 @@ from ..preprocess.selection import ANONYMOUS
 from ..preprocess.split import split_mask
 from ..protocol.channel import Channel
 from ..psi import write_intersection
-from .config import JobConfig, ModelConfig, PartyConfig
-from .cohorts import keep_host_cohort
+from ..models.model_file import put_scaling, read_scaling
+from ..preprocess.scorecard import model_scaling
+from .config import JobConfig, ModelConfig, PartyConfig, ScorecardConfig
+from .cohorts import keep_host_cohort, training_overlap
 from .alignment import run_psi             # as every model runs it: within each party's psi_memory_mb
 
 log = logging.getLogger("vfl.secureboost")
@@ -111,7 +113,9 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     valid = validation_rows(common, test, job.model, job.seed)     # early stopping = "on": every party alike
     with timings("train"):
         model.fit(channel, X[~test], data.labels[~test], valid=valid[~test])
-    write_json(out / MODEL_FILE, model.to_dict(), indent=None)
+    saved = model.to_dict()
+    put_scaling(saved, job.scorecard)        # the points scaling is part of the model (`vfl predict` uses it)
+    write_json(out / MODEL_FILE, saved, indent=None)
     with timings("predict"):
         score = model.predict_proba(channel, X)                   # as `vfl predict` scores new rows
     for k, h in enumerate(job.host_names):                       # each host: its own columns' importance
@@ -188,17 +192,23 @@ def _part(job: JobConfig, name: str) -> dict:
         raise ValueError(f"{name}: cannot read its SecureBoost model part {path}: {exc}; train first") from None
 
 
+def saved_scaling(job: JobConfig, part: dict) -> ScorecardConfig:
+    """The points scaling the guest's saved part was trained with (the job file's for older parts)."""
+    path = job.output_dir(job.guest.name) / MODEL_FILE
+    return model_scaling(read_scaling(part, path, "guest"), job.scorecard, job.guest.name)
+
+
 def predict_guest(job: JobConfig, channel: Channel) -> dict:
     """Score ``predict_data`` (or ``data``): PSI on the new IDs, each host's split sides, the trees."""
     g, t0 = job.guest, time.perf_counter()
-    model = SecureBoostGuest.from_dict(_part(job, g.name), tree_params(job.model))
+    part = _part(job, g.name)
+    model, sc = SecureBoostGuest.from_dict(part, tree_params(job.model)), saved_scaling(job, part)
     path = g.predict_data or g.data
     has_label = has_labels(path, g.label_column, g.encoding)        # an all-empty outcome column: no labels
     table = _load(g, path, g.label_column if has_label else None)
     common = run_psi(job, g.name, channel, table.ids)
     data = table.take(common)
     score = model.predict_proba(channel, _inputs(data, model.categories, model.columns)[0])
-    sc = job.scorecard
     frame = pd.DataFrame({"id": common, "score": score,
                           "points": scorecard_points(score, sc.base_points, sc.base_odds, sc.pdo).round(1)})
     if has_label:
@@ -210,6 +220,8 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     report = {"job": job.name, "model": "secureboost", **collect.cohort_stamp(cdir, path, out / MODEL_FILE),
               "guest_rows": int(len(table.ids)), "scored_rows": int(len(common)),
               "seconds": round(time.perf_counter() - t0, 3)}
+    if (overlap := training_overlap(job, common)) is not None:      # rows of the training job among those scored
+        report["overlap"] = overlap
     points = frame["points"].to_numpy()
     if has_label:
         report["metrics"] = binary_metrics(data.labels, score)

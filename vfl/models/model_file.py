@@ -16,6 +16,7 @@ import numpy as np
 
 from ..io.tables import PartyTable
 from ..io.files import write_json
+from ..job.config import ScorecardConfig
 from ..preprocess.split import Standardizer, finite_vector
 from ..preprocess.transform import WoeEncoder
 from .refit import GuestRefit, fit_refit
@@ -69,6 +70,7 @@ class ModelPart:
     encoder: "WoeEncoder | None" = None   # [preprocess] woe = true: raw values -> bin -> WOE, then the weights
     dropped: list[str] = field(default_factory=list)   # own columns IV selection removed (woe = false)
     categorical_columns: list[str] | None = None       # as the party's table named them (scoring reads them)
+    scorecard: ScorecardConfig | None = None           # the guest's part: the points scaling it was trained with
 
     host_weight = 1.0                                  # the hosts' sum enters the log-odds as it is
 
@@ -104,6 +106,7 @@ class ModelPart:
             d["dropped"] = list(self.dropped)
         if self.categorical_columns is not None:
             d["categorical_columns"] = list(self.categorical_columns)
+        put_scaling(d, self.scorecard)
         return d
 
     def save(self, path: Path) -> None:
@@ -135,7 +138,7 @@ class ModelPart:
         part = cls(role, d["party"], columns, coef, Standardizer.from_dict(d["standardizer"], len(columns)),
                    float(intercept) if intercept is not None else None,
                    WoeEncoder.from_dict(d["woe_bins"]) if "woe_bins" in d else None,
-                   _names(d.get("dropped", []), "dropped"), _categorical(d))
+                   _names(d.get("dropped", []), "dropped"), _categorical(d), read_scaling(d, path, role))
         if part.encoder is not None and part.encoder.columns != part.columns:
             raise ModelFileError(f"{path}: binned columns {part.encoder.columns} differ from {part.columns}")
         return part
@@ -166,6 +169,7 @@ class TowerPart:
     categorical_columns: list[str] | None = None       # as the party's table named them (scoring reads them)
     wide: bool = False                                 # the wide part (crosses are vocabularies with sources)
     refit: GuestRefit | None = None                    # the guest's own part refitted on exact labels
+    scorecard: ScorecardConfig | None = None           # the guest's part: the points scaling it was trained with
 
     @property
     def host_weight(self) -> float:
@@ -221,6 +225,7 @@ class TowerPart:
             d["categorical_columns"] = list(self.categorical_columns)
         if self.refit is not None:
             d["refit"] = self.refit.to_dict()
+        put_scaling(d, self.scorecard)
         return d
 
     def save(self, path: Path) -> None:
@@ -252,7 +257,8 @@ class TowerPart:
             raise ModelFileError(f"{path}: params must be an object of named weights")
         part = cls(role, d["party"], numeric, [Vocabulary.from_dict(v) for v in d["vocabularies"]],
                    Standardizer.from_dict(d["standardizer"], len(numeric)), dim, list(hidden), np.zeros(0),
-                   d["intercept"], _names(d.get("dropped", []), "dropped"), _categorical(d), d.get("wide", False))
+                   d["intercept"], _names(d.get("dropped", []), "dropped"), _categorical(d), d.get("wide", False),
+                   scorecard=read_scaling(d, path, role))
         cats = [v.column for v in part.vocabularies if not v.sources]
         if len(set(v.column for v in part.vocabularies)) != len(part.vocabularies):
             raise ModelFileError(f"{path}: two vocabularies are named alike")
@@ -292,6 +298,30 @@ def _categorical(d: dict) -> list[str] | None:
     """The categorical columns a model file names (None: written before they were kept)."""
     cats = d.get("categorical_columns")
     return None if cats is None else _names(cats, "categorical_columns")
+
+
+SCALING_KEYS = ("base_points", "base_odds", "pdo")
+
+
+def put_scaling(d: dict, sc: ScorecardConfig | None) -> None:
+    """Write the points scaling into a part's dict (the guest's: its points are computed with it)."""
+    if sc is not None:
+        d["scorecard"] = {k: float(getattr(sc, k)) for k in SCALING_KEYS}
+
+
+def read_scaling(d: dict, path: Path, role: str) -> ScorecardConfig | None:
+    """The points scaling a guest's part was trained with (None: saved before parts kept it)."""
+    if "scorecard" not in d:
+        return None
+    if role != "guest":
+        raise ModelFileError(f"{path}: a {role}'s part has no scorecard scaling (only the guest's has one)")
+    sc = d["scorecard"]
+    if not isinstance(sc, dict) or set(sc) != set(SCALING_KEYS):
+        raise ModelFileError(f"{path}: scorecard must be an object of {', '.join(SCALING_KEYS)}")
+    base_points, base_odds, pdo = finite_vector([sc[k] for k in SCALING_KEYS], "scorecard")
+    if base_odds <= 0 or pdo <= 0:
+        raise ModelFileError(f"{path}: scorecard base_odds and pdo must be > 0")
+    return ScorecardConfig(float(base_points), float(base_odds), float(pdo))
 
 
 def _names(values, what: str) -> list[str]:

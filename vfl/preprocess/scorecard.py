@@ -17,6 +17,7 @@ the offset holds the guest's intercept and stays with the guest.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -26,6 +27,27 @@ from ..job.config import ScorecardConfig
 from ..io.files import write_json, write_rows_atomically
 from .split import Standardizer
 from .transform import WoeEncoder
+
+log = logging.getLogger("vfl.scorecard")
+
+
+def describe(sc: ScorecardConfig) -> str:
+    return f"base_points {sc.base_points:g}, base_odds {sc.base_odds:g}, pdo {sc.pdo:g}"
+
+
+def model_scaling(saved: ScorecardConfig | None, configured: ScorecardConfig, party: str) -> ScorecardConfig:
+    """The points scaling to score with: the one the model was trained with (``saved`` in the guest's
+    part), since the points tables (every party's ``scorecard.csv``) and ``metrics.json`` were computed
+    with it; the job file's ``[scorecard]`` (``configured``) only for parts saved before they kept it.
+    A job file whose scaling changed since training is warned about, not followed."""
+    if saved is None:
+        return configured
+    if (saved.base_points, saved.base_odds, saved.pdo) != \
+            (configured.base_points, configured.base_odds, configured.pdo):
+        log.warning("%s: the job file's [scorecard] (%s) differs from the scaling the model was trained with "
+                    "(%s): points use the model's, so they still add up with the points tables; retrain the job "
+                    "to change the scaling", party, describe(configured), describe(saved))
+    return saved
 
 
 def factor(sc: ScorecardConfig) -> float:

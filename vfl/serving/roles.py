@@ -57,6 +57,7 @@ import numpy as np
 from crypto.secure_sum import SumKey, host_limit, reveal_sum
 from crypto.signing import SignatureError
 from ..evaluation.metrics import scorecard_points
+from ..preprocess.scorecard import model_scaling
 from ..io.tables import MAX_ID_LENGTH, PartyTable
 from ..job.config import ConfigError, JobConfig
 from ..job.config import binned
@@ -482,6 +483,7 @@ class GuestScorer:
 
     def _load(self, g) -> None:
         self.part = load_part(self.job.output_dir(g.name) / "model.json", g.name)
+        self.scaling = model_scaling(self.part.scorecard, self.job.scorecard, g.name)   # as `vfl predict`'s
         cats = self.part.categorical_columns if self.part.categorical_columns is not None else g.categorical_columns
         self.store = open_store(g, cats, allow_missing=binned(self.job), drop_columns=[g.label_column],
                                 columns=needed_columns(self.part, cats))
@@ -512,12 +514,12 @@ class GuestScorer:
         t = found.table
         host_sum = self.part.host_weight * host_sum      # the guest's refit may weigh the hosts' sum
         reasons = bool(self.job.serving.reasons and len(t.ids))
+        sc = self.scaling
         with np.errstate(all="ignore"):                  # overflows are found and refused just below
             logit = self.part.score(t) + host_sum
             names, contrib = contributions(self.part, t) if reasons else ([], None)
-            bad = _not_finite(self.part, t, logit, names, contrib, self.job.scorecard.pdo)
+            bad = _not_finite(self.part, t, logit, names, contrib, sc.pdo)
         prob = sigmoid(logit)
-        sc = self.job.scorecard
         points = scorecard_points(prob, sc.base_points, sc.base_odds, sc.pdo)
         out: list[dict | Refused] = []
         for r, (i, p, q) in enumerate(zip(t.ids, prob, points)):

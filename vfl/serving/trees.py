@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..job.secureboost import _inputs, _part, tree_params
+from ..job.secureboost import _inputs, _part, saved_scaling, tree_params
 from ..models.common import sigmoid
 from ..evaluation.metrics import scorecard_points
 from ..models.trees.guest import SecureBoostGuest
@@ -53,7 +53,9 @@ class TreeGuestScorer(GuestScorer):
     """The guest's side of a SecureBoost model: its own splits, the trees, the leaf weights."""
 
     def _load(self, g) -> None:
-        self.model = SecureBoostGuest.from_dict(_part(self.job, g.name), tree_params(self.job.model))
+        part = _part(self.job, g.name)
+        self.model = SecureBoostGuest.from_dict(part, tree_params(self.job.model))
+        self.scaling = saved_scaling(self.job, part)
         cats = [c.column for c in self.model.categories]
         self.store = open_store(g, cats, allow_missing=True, drop_columns=[g.label_column],
                                 columns=_numeric(self.model.columns, cats))
@@ -92,7 +94,7 @@ class TreeGuestScorer(GuestScorer):
             host_bits.append(np.packbits(sides, axis=1))
         t = found.table
         prob = sigmoid(self.model.decision(_inputs(t, self.model.categories, self.model.columns)[0], host_bits))
-        sc = self.job.scorecard
+        sc = self.scaling
         points = scorecard_points(prob, sc.base_points, sc.base_odds, sc.pdo)
         return [{"id": str(i), "probability": float(p), "points": round(float(q), 1)}
                 for i, p, q in zip(t.ids, prob, points)]
