@@ -124,6 +124,8 @@ def test_points_keep_the_scaling_the_model_was_trained_with(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if "[scorecard]" in r.getMessage()]
     assert len(warned) == 1 and "base_points 500, base_odds 50, pdo 40" in warned[0] \
         and "base_points 600, base_odds 50, pdo 20" in warned[0] and "retrain" in warned[0]
+    page = (job.workdir / "report.html").read_text()         # the Job table: the model's scaling, and the edit
+    assert "600 points at 50:1, PDO 20 (the job file now says 500 points at 50:1, PDO 40" in page
 
     # the points are the offset plus one scorecard.csv entry per column of every party
     ids = after["id"].tolist()
@@ -165,6 +167,9 @@ def test_a_cohort_counts_its_rows_by_their_split_in_the_training_job(tmp_path, c
     assert saved["overlap"] == cohort["overlap"] == expected
     assert any("not out-of-sample" in r.getMessage() and f"{expected['train']} of the" in r.getMessage()
                for r in caplog.records)
+    page = (job.workdir / "report.html").read_text()         # the report says so beside the cohort
+    assert "rows of the training job" in page and (f"{expected['train']:,} train, {expected['validation']:,} "
+                                                   f"validation, {expected['test']:,} test") in page
 
 
 def test_a_saved_scaling_is_checked_when_the_part_is_loaded(tmp_path):

@@ -523,3 +523,61 @@ def test_scores_read_back_keep_the_id_na(trained, tmp_path):
     scores = model.predict_proba({"guest": guest, "host0": hosts[0], "host1": hosts[1]})
     assert "NA" in scores.index and not scores.index.isna().any()
     assert scores.index.map(type).unique().tolist() == [str]
+
+
+def test_figures_of_too_small_samples_are_flagged_not_hidden(trained):
+    """A 6-row test sample's AUC and a 1-row cohort's PSI are shown, each marked too few rows to read
+    (fewer than 30 rows or 5 of a class for ranking figures, fewer than 100 rows for PSI); the others not."""
+    from vfl.evaluation.curves import evaluate_sample
+    from vfl.evaluation.report import FEW, MIN_CLASS_ROWS, MIN_PSI_ROWS, MIN_ROWS
+    job = trained["job"]
+    res = load_results(job)
+    preds = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str})
+    train, test = preds[preds["split"] == "train"], preds[preds["split"] == "test"]
+    tiny = pd.concat([test[test["label"] == 1].head(3), test[test["label"] == 0].head(3)])
+    m = res["metrics"]
+    m["evaluation"]["test"] = evaluate_sample(tiny["label"].to_numpy(), tiny["score"].to_numpy(),
+                                              tiny["points"].to_numpy())
+    m["stability"]["score"] = stability.score_psi(train["score"].to_numpy(), tiny["score"].to_numpy())
+    one = res["cohorts"][-1]                     # the unlabelled cohort, cut to one row
+    one["scored_rows"] = 1
+    one["stability"]["score"] = stability.score_psi(train["score"].to_numpy(), tiny["score"].to_numpy()[:1])
+    html = build_report(job, res)
+    page = _parse(html)
+    text = re.sub(r"\s+", " ", "".join(page.text))
+    samples = {"train": m["evaluation"]["train"], "test": m["evaluation"]["test"]}
+    samples.update({f"cohort {i}": c["evaluation"] for i, c in enumerate(res["cohorts"], 1) if c.get("evaluation")})
+    flagged = [k for k, e in samples.items()
+               if e["sample"]["rows"] < MIN_ROWS or min(e["sample"]["bads"], e["sample"]["goods"]) < MIN_CLASS_ROWS]
+    assert flagged == ["test"] and f"{', '.join(flagged)}: {FEW}" in text
+    for name, e in samples.items():       # the performance table's reading, by the rule, from the rows
+        small = name in flagged
+        perf = re.search(rf'<tr><td class="t" data-key="sample">{name}</td>(?:(?!</tr>).)*'
+                         r'data-key="auc">(?:(?!</tr>).)*</tr>', html)
+        assert perf and (f'data-key="reading">{FEW}<' in perf.group(0)) == small, name
+        if e.get("auc") is not None:
+            assert (f"{name}: AUC {e['auc']:.3f}, Gini {e['gini']:.3f} ({FEW})" in html) == small, name
+    psi_rows = re.findall(r'<tr><td class="t" data-key="sample">([^<]+)</td><td[^>]*data-key="psi">[^<]*</td>'
+                          r'<td[^>]*data-key="flag">[^<]*</td>(?:<td class="t" data-key="reading">([^<]*)</td>)?</tr>',
+                          html)
+    rows = {"test": len(tiny), **{f"cohort {i}": c["scored_rows"] for i, c in enumerate(res["cohorts"], 1)}}
+    assert {k for k, _ in psi_rows} == set(rows)
+    for name, reading in psi_rows:
+        assert (reading == FEW) == (min(rows[name], len(train)) < MIN_PSI_ROWS), name
+    assert f"fewer than {MIN_PSI_ROWS} rows" in text
+    # a host's column PSI of a one-row cohort: the same caveat on its own page
+    hres = load_host_results(job, "host0")
+    hres["cohorts"][-1]["scored_rows"] = 1
+    htext = re.sub(r"\s+", " ", "".join(_parse(build_host_report(job, "host0", hres)).text))
+    assert f"cohort {len(hres['cohorts'])}: {FEW}" in htext
+    assert FEW not in "".join(_parse((job.output_dir("host0") / "report.html").read_text()).text)
+
+
+def test_without_label_dp_the_woe_is_the_formula_of_the_bads_shown(trained):
+    """Exact counts (label-DP off): the points note keeps WOE's formula and says nothing of noise."""
+    job = trained["job"]
+    m = json.loads((job.workdir / "metrics.json").read_text())
+    assert not m["label_dp"]["on"] and "binning_label_dp" not in m
+    text = "".join(_parse((job.workdir / "report.html").read_text()).text)
+    assert "WOE = ln(bad share / good share) of the bin" in text and "noise" not in text
+    assert "label-DP" in text and "Label-DP was on" not in text

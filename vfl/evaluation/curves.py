@@ -3,8 +3,9 @@
 All of them are computed by the guest from its labels and the joint scores
 (probability of default; higher = riskier). Curves are sampled at every 1 % of
 the population ranked riskiest first, at score thresholds (so tied scores are
-never split): ROC, KS, lift, cumulative gain and precision-recall share one
-table of points. AUC, KS and average precision are computed on all rows. KS is
+never split), plus the threshold where KS is reached: ROC, KS, lift, cumulative
+gain and precision-recall share one table of points. AUC, KS and average
+precision are computed on all rows. KS is
 ``max |TPR - FPR|`` (:func:`~vfl.evaluation.metrics.ks_statistic`). Decile and calibration
 bands are cut between distinct scores too, so tied scores share a band and bands may differ
 in size.
@@ -41,9 +42,12 @@ def curve_points(y: np.ndarray, score: np.ndarray, depths: int = DEPTHS) -> dict
     neg = n - pos
     tp, fp = tpr * pos, fpr * neg
     depth = (tp + fp) / n
-    # keep, for each 1 % step of depth, the first threshold reaching it (plus the end points)
+    # keep, for each 1 % step of depth, the first threshold reaching it (plus the end points and the
+    # threshold of the KS statistic, so that the curve's largest gap is the KS reported beside it)
     targets = np.arange(1, depths + 1) / depths
-    keep = np.unique(np.concatenate([[0], np.searchsorted(depth, targets - 1e-12, side="left"), [len(depth) - 1]]))
+    ks_at = int(np.argmax(np.abs(tpr - fpr)))
+    keep = np.unique(np.concatenate([[0], np.searchsorted(depth, targets - 1e-12, side="left"), [ks_at],
+                                     [len(depth) - 1]]))
     keep = keep[keep < len(depth)]
     flagged = tp + fp
     with np.errstate(invalid="ignore", divide="ignore"):

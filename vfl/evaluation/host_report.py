@@ -6,8 +6,8 @@ under its ``cohorts/``) and the shared job settings. A host holds no labels and
 never sees the joint scores or another party's columns, so the page has no AUC
 and nothing of the guest. With a binned scorecard, though, its bins' WOE (which
 the guest sent it, docs/protocols.md 1a) beside their row counts give each
-bin's event rate, and the page says so. It does know which of its
-aligned rows are training and which test rows: every party derives the split
+bin's event rate (a noised one with label-DP), and the page says so. It does
+know which of its aligned rows are training and which test rows: every party derives the split
 alone from the common IDs and the job seed (a keyed hash of each ID), so the
 host can compare its own columns on the two.
 """
@@ -19,9 +19,10 @@ from pathlib import Path
 from . import stability
 from .collect import file_sha256, load_cohorts
 from ..io.files import write_atomically
+from ..models.privacy import epsilon_for, plan_for
 from .page import column_psi_block, esc, note, page, preprocess_settings, row, stage_rows, table
-from .report import (coef_rows, dropped_note, importance_rows, model_inputs, points_table, split_cohorts,
-                     tree_settings, when_scored)
+from .report import (batch_setting, coef_rows, dropped_note, importance_rows, model_inputs, points_table,
+                     psi_reading, small_psi_note, split_cohorts, tree_settings, when_scored)
 
 HOST_FILES = ("report.json", "model.json", "scorecard.json")
 
@@ -84,6 +85,12 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
         col_sets = [("test", stab["columns"], ["report", "stability", "columns"])]
         col_sets += [(lab, c["stability"]["columns"], c["_root"] + ["stability", "columns"])
                      for lab, c in labelled if (c.get("stability") or {}).get("columns")]
+        rows_of = {"test": rep.get("test_rows"), **{lab: c.get("scored_rows") for lab, c in labelled}}
+        small = [k for k, _, _ in col_sets
+                 if psi_reading(min((r for r in (rows_of.get(k), rep.get("train_rows")) if r is not None),
+                                    default=None))]
+        if small:
+            parts.append(note(small_psi_note(small)))
         parts += column_psi_block(col_sets, set(names[-4:]), names, name)
     else:
         parts.append(note('<span class="missing">Not computed</span> for this run.'))
@@ -122,7 +129,8 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
         parts.append(note("The points of the host's own columns per bin, for its own decision engine; the "
                           "guest adds its own points and the offset. Nobody else sees this table. The WOE "
                           "of a bin (from the guest, in the binning stage) and its rows give that bin's "
-                          "event rate among the training rows: the one label statistic a host holds."))
+                          "event rate among the training rows: the one label statistic a host holds."
+                          + host_binning_dp(job)))
         parts.append(points_table(sc, "host", ["scorecard"]))
     else:
         parts.append(note('<span class="missing">Not computed:</span> no binned scorecard in this job '
@@ -130,18 +138,42 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
 
     mc = job.model
     settings = [("model", mc.type), ("key size (bits)", mc.key_bits), ("encryption", mc.encryption),
-                ("epochs run / set", f"{rep.get('epochs_run')} / {mc.epochs}"), ("batch size", mc.batch_for(int(rep.get("train_rows") or 0))),
+                ("epochs run / set", f"{rep.get('epochs_run')} / {mc.epochs}"),
+                ("batch size", batch_setting(mc, rep.get("train_rows"))),
                 ("learning rate", mc.learning_rate), ("optimizer", mc.optimizer), ("L2", mc.l2),
                 ("test fraction", job.test_fraction), ("seed", job.seed),
                 ("smallest release to this host (rows)", rep.get("smallest_release_rows"))] + preprocess_settings(job)
     if mc.type == "secureboost":
-        settings = settings[:3] + tree_settings(mc, None) + settings[8:10]
+        settings = settings[:3] + host_tree_settings(mc, rep) + settings[8:10]
+    else:
+        settings.append(("label-DP", f"on: ε {mc.dp_epsilon:g} for the whole job (δ {mc.dp_delta:g})"
+                         if mc.label_dp_on else "off"))
     srows = [{"setting": k, "value": v} for k, v in settings]
     times = stage_rows(["report"], rep.get("stage_seconds"), rep.get("phase_seconds"))
     parts.append("<h2>Job</h2>")
     parts.append(row(table(srows, [("setting", "setting", "text"), ("value", "value", "text")]),
                      table(times, [("stage", "stage", "text"), ("seconds", "seconds", "sec")])))
     return page(f"Host report: {job.name} — {name}", "\n".join(parts))
+
+
+def host_binning_dp(job) -> str:
+    """With label-DP and a binned scorecard, the WOE a host was sent come from noised event counts
+    (the job's public settings say so, and how much of the budget binning spent)."""
+    mc = job.model
+    if job.preprocess is None or not mc.label_dp_on:
+        return ""
+    rho = plan_for(mc, len(job.hosts)).binning_rho
+    eps = f" (binning's share of the budget: ε {epsilon_for(rho, mc.dp_delta):.3g}, δ {mc.dp_delta:g})" if rho else ""
+    return (" <b>Label-DP was on:</b> the guest added Gaussian noise to every bin's event count before computing "
+            f"the WOE{eps}, so the event rate they give is a noised one, not the bin's exact rate.")
+
+
+def host_tree_settings(mc, rep: dict) -> list[tuple[str, object]]:
+    """A SecureBoost host's tree rows: it takes part in every tree grown, so without early stopping
+    (no validation rows) it knows all ``num_trees`` were grown; with it, the count ``report.json``
+    records (``trees_grown``), if any."""
+    grown = rep.get("trees_grown", None if rep.get("validation_rows") else mc.num_trees)
+    return tree_settings(mc, grown)
 
 
 def write_host_report(job, name: str) -> Path:

@@ -114,18 +114,26 @@ class EarlyStopping:
         self.history.append({"epoch": epoch + 1, "auc": auc, "brier": brier, "released": released, "best": best})
         return best, epoch - self.best_epoch >= self.patience
 
+    def _score(self) -> float | None:
+        """The best score for a JSON file: None before any deciding epoch (``inf`` would be written as
+        ``Infinity``, which strict JSON readers refuse)."""
+        return self.best_score if math.isfinite(self.best_score) else None
+
     def state(self) -> dict:
-        return {"history": self.history, "best_epoch": self.best_epoch, "best_score": self.best_score}
+        return {"history": self.history, "best_epoch": self.best_epoch, "best_score": self._score()}
 
     def summary(self) -> dict:
         """What ``metrics.json`` records: the kept epoch counted from 1, as ``history`` counts them
-        (0: none kept). ``state`` keeps the 0-based index the checkpoint resumes from."""
-        return {"history": self.history, "best_epoch": self.best_epoch + 1, "best_score": self.best_score}
+        (0: none kept, the last epoch's parameters stay). ``state`` keeps the 0-based index the
+        checkpoint resumes from."""
+        return {"history": self.history, "best_epoch": self.best_epoch + 1, "best_score": self._score()}
 
     def restore(self, state: dict) -> None:
+        """From ``state()``: a best score of None (or ``inf``, as older checkpoints wrote it): none yet."""
         self.history = list(state.get("history", []))
         self.best_epoch = int(state.get("best_epoch", -1))
-        self.best_score = float(state.get("best_score", math.inf))
+        score = state.get("best_score")
+        self.best_score = math.inf if score is None else float(score)
 
 
 SLOPES = np.array([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0])
