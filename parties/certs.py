@@ -166,10 +166,15 @@ def issue_cert(ca: CertAuthority, name: str, out_dir: Path, hosts: tuple[str, ..
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
                            critical=False)
             .sign(ca.key, hashes.SHA256()))
-    cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}-key.pem"
+    cert_path, key_path = _party_files(out_dir, name)
     _write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _party_files(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Where party ``name``'s certificate and private key go in ``out_dir``."""
+    return out_dir / f"{name}.pem", out_dir / f"{name}-key.pem"
 
 
 def make_certs(job: JobConfig, out_dir: Path, days: int = DEFAULT_DAYS) -> dict[str, tuple[Path, Path]]:
@@ -177,7 +182,19 @@ def make_certs(job: JobConfig, out_dir: Path, days: int = DEFAULT_DAYS) -> dict[
 
     Returns ``{party name: (cert_path, key_path)}``; the CA certificate is
     ``out_dir / "ca.pem"`` (reference it as ``[tls] ca`` in the job file).
+    Refuses, before writing anything, party names whose files would coincide
+    with another's or the CA's (``bank`` and ``bank-key``, ``ca-key``), also
+    ignoring case, as on a case-insensitive file system: one party's
+    certificate would overwrite another's private key.
     """
+    owners: dict[str, str] = {CA_CERT_FILE: "the CA", CA_KEY_FILE: "the CA"}
+    for party in job.parties:
+        for path in _party_files(Path(out_dir), party.name):
+            other = owners.setdefault(path.name.casefold(), f"party {party.name!r}")
+            if other != f"party {party.name!r}":
+                raise ValueError(f"party {party.name!r} cannot have its certificate files in {out_dir}: "
+                                 f"{path.name} would also be a file of {other} (names that differ only in "
+                                 "case, or end in '-key', collide)")
     ca = make_ca(out_dir, name=f"vfl CA for job {job.name}", days=days)
     out = {}
     for party in job.parties:

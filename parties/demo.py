@@ -11,6 +11,7 @@ the bank's and the shop's behaviour columns (the bank holds the key; no arbiter 
 """
 from __future__ import annotations
 
+import collections
 import json
 import time
 from pathlib import Path
@@ -189,57 +190,87 @@ def _http(url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[in
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def _drain(stream, tail: "collections.deque[str]") -> None:
+    """Read a service's stderr to its end, keeping the last lines: undrained, a full pipe would block
+    the service at its next log line."""
+    for line in stream:
+        tail.append(line)
+
+
 def serve_demo(job, applicants: int = 5) -> int:
     """Start the shop's and the bank's scoring services (`vfl serve`, two processes over mutual TLS),
-    score a few applicants and a batch over HTTP, compare with `vfl predict`, then stop them."""
+    score a few applicants and a batch over HTTP, compare with `vfl predict`, then stop them.
+
+    The services are started as `vfl run` starts parties (:mod:`parties.launcher`): SIGTERM and SIGHUP of
+    the demo end them like Ctrl-C, and on Linux the kernel kills them if the demo dies without cleaning
+    up (SIGKILL), so they never outlive it holding their ports."""
     import subprocess
     import sys
-    import pandas as pd
+    import threading
+    from .launcher import _die_with_launcher, _terminate_raises
     print("\nonline scoring: starting the shop's and the bank's services (vfl serve) ...", flush=True)
     names = [*job.host_names, job.guest.name]
-    procs = [subprocess.Popen([sys.executable, "-m", "parties.cli", "serve", str(job.path), "--name", n],
-                              stderr=subprocess.PIPE, text=True) for n in names]
+    procs: list[subprocess.Popen] = []
+    tails: list[collections.deque[str]] = []
+    drains: list[threading.Thread] = []
     url = f"http://{job.guest.serve_address}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            dead = [n for n, p in zip(names, procs) if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"the {dead[0]} service exited: "
-                                   f"{procs[names.index(dead[0])].stderr.read()[-800:]}")
-            try:
-                if _http(url + "/ready", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the scoring services did not become ready within 120 s")
-            time.sleep(0.2)
-        scores = pd.read_csv(job.output_dir(job.guest.name) / "scores.csv", dtype={"id": str})
-        print(f"{'applicant':<12}{'probability':>12}{'points':>8}{'ms':>7}  main reason")
-        for rid in scores["id"].head(applicants):
-            t = time.perf_counter()
-            status, body = _http(url + "/score", {"id": rid})
-            ms = (time.perf_counter() - t) * 1e3
-            top = (body.get("reasons") or [{}])[0]
-            reason = f"{top['factor']} ({top['points']:+.1f} points)" if top else "-"
-            print(f"{rid:<12}{body['probability']:>12.4f}{body['points']:>8.1f}{ms:>7.1f}  {reason}")
-        ids = scores["id"].tolist()[:1000]
-        t = time.perf_counter()
-        status, body = _http(url + "/score/batch", {"ids": ids}, timeout=60)
-        dt = time.perf_counter() - t
-        served = pd.Series({r["id"]: r["probability"] for r in body["results"]})
-        diff = float((served[ids] - scores.set_index("id")["score"][ids]).abs().max())
-        print(f"a batch of {len(ids)}: {len(ids) / dt:,.0f} rows/s; largest difference from vfl predict: {diff:.1e}")
-        print(f"\nto serve yourself:  vfl serve {job.path} --name {job.hosts[0].name}   (and, in another shell)\n"
-              f"                    vfl serve {job.path} --name {job.guest.name}\n"
-              f"then:  curl -s -X POST {url}/score -H 'content-type: application/json' -d '{{\"id\": \"{ids[0]}\"}}'")
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    preexec = _die_with_launcher()
+    with _terminate_raises():
+        try:
+            for n in names:
+                cmd = [sys.executable, "-m", "parties.cli", "serve", str(job.path), "--name", n]
+                procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=preexec))
+                tails.append(collections.deque(maxlen=40))
+                drains.append(threading.Thread(target=_drain, args=(procs[-1].stderr, tails[-1]), daemon=True))
+                drains[-1].start()
+            deadline = time.monotonic() + 120
+            while True:
+                dead = [i for i, p in enumerate(procs) if p.poll() is not None]
+                if dead:
+                    drains[dead[0]].join(timeout=2)        # its last lines, once read
+                    raise RuntimeError(f"the {names[dead[0]]} service exited: {''.join(tails[dead[0]])[-800:]}")
+                try:
+                    if _http(url + "/ready", timeout=2)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the scoring services did not become ready within 120 s")
+                time.sleep(0.2)
+            _score_over_http(job, url, applicants)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            for t in drains:
+                t.join(timeout=2)
     return 0
+
+
+def _score_over_http(job, url: str, applicants: int) -> None:
+    """Score a few applicants and a batch on the running services; compare with `vfl predict`."""
+    import pandas as pd
+    scores = pd.read_csv(job.output_dir(job.guest.name) / "scores.csv", dtype={"id": str})
+    print(f"{'applicant':<12}{'probability':>12}{'points':>8}{'ms':>7}  main reason")
+    for rid in scores["id"].head(applicants):
+        t = time.perf_counter()
+        status, body = _http(url + "/score", {"id": rid})
+        ms = (time.perf_counter() - t) * 1e3
+        top = (body.get("reasons") or [{}])[0]
+        reason = f"{top['factor']} ({top['points']:+.1f} points)" if top else "-"
+        print(f"{rid:<12}{body['probability']:>12.4f}{body['points']:>8.1f}{ms:>7.1f}  {reason}")
+    ids = scores["id"].tolist()[:1000]
+    t = time.perf_counter()
+    status, body = _http(url + "/score/batch", {"ids": ids}, timeout=60)
+    dt = time.perf_counter() - t
+    served = pd.Series({r["id"]: r["probability"] for r in body["results"]})
+    diff = float((served[ids] - scores.set_index("id")["score"][ids]).abs().max())
+    print(f"a batch of {len(ids)}: {len(ids) / dt:,.0f} rows/s; largest difference from vfl predict: {diff:.1e}")
+    print(f"\nto serve yourself:  vfl serve {job.path} --name {job.hosts[0].name}   (and, in another shell)\n"
+          f"                    vfl serve {job.path} --name {job.guest.name}\n"
+          f"then:  curl -s -X POST {url}/score -H 'content-type: application/json' -d '{{\"id\": \"{ids[0]}\"}}'")

@@ -7,6 +7,7 @@ runtime and is skipped when Ray is not installed.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -175,3 +176,234 @@ def test_a_ray_backend_that_fails_to_start_stops_the_runtime_it_started(monkeypa
     with pytest.raises(RuntimeError, match="actors cannot be created"):
         ray_backend.RayBackend("local")
     assert not ray.is_initialized()
+
+
+# ------------------------------------------------- Ray actors lost mid-call (a fake Ray: no cluster needed)
+
+class _FakeRayError(Exception):
+    pass
+
+
+class _FakeExceptions:
+    RayError = _FakeRayError
+
+    class RayTaskError(_FakeRayError):
+        def __init__(self, cause):
+            super().__init__(repr(cause))
+            self.cause = cause
+
+    class RayActorError(_FakeRayError):
+        pass
+
+    class ActorDiedError(RayActorError):
+        pass
+
+    class ActorUnavailableError(RayActorError):
+        pass
+
+    class GetTimeoutError(_FakeRayError, TimeoutError):
+        pass
+
+
+class _FakeRef:
+    def __init__(self, actor, kind: str, outcome) -> None:
+        self.actor, self.kind, self.outcome = actor, kind, outcome
+
+    def ready(self) -> bool:
+        a = self.actor
+        return not a.frozen and (self.kind != "run" or time.monotonic() >= a.busy_until)
+
+
+class _FakeMethod:
+    def __init__(self, actor, kind: str) -> None:
+        self.actor, self.kind = actor, kind
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args):
+        a = self.actor
+        if self.kind != "run":
+            return _FakeRef(a, self.kind, a.pid)
+        a.shards += 1
+        if a.lose_next > 0:          # its process dies under the shard (OOM killer, node lost)
+            a.lose_next -= 1
+            return _FakeRef(a, "run", _FakeExceptions.ActorUnavailableError("The actor is temporarily unavailable"))
+        fn, args = args
+        try:
+            return _FakeRef(a, "run", fn(*args))
+        except Exception as exc:  # noqa: BLE001 - the shard's own error, as Ray wraps it
+            return _FakeRef(a, "run", _FakeExceptions.RayTaskError(exc))
+
+
+class _FakeActor:
+    """One actor's state; ``frozen``: neither its shards nor its pings ever come back (a SIGSTOPped node,
+    or a restart that can never be placed); ``busy_until``: its shards take that long, pings do not;
+    ``lose_next``: that many of its next shards are lost with its process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.frozen, self.busy_until, self.lose_next = pid, False, 0.0, 0
+        self.shards, self.killed = 0, False
+
+
+class _Handle:
+    """An actor handle: ``handle.run.remote(fn, args)``, ``handle.pid.options(...).remote()``."""
+
+    def __init__(self, actor: _FakeActor) -> None:
+        self._actor = actor
+        self.run, self.pid, self.node = (_FakeMethod(actor, kind) for kind in ("run", "pid", "node"))
+
+
+class FakeRay:
+    """Just enough of the ``ray`` module for RayBackend: actors that answer, run slowly, freeze (a
+    SIGSTOPped node: neither shards nor pings ever come back) or lose shards; ``get`` without a timeout on
+    an object that never comes fails the test instead of hanging it."""
+
+    exceptions = _FakeExceptions
+
+    def __init__(self) -> None:
+        self.actors: list[_FakeActor] = []
+        self.options: dict = {}
+        self.cancelled: list[_FakeRef] = []
+
+    def remote(self, **options):
+        self.options = options
+        fake = self
+
+        class ActorClass:
+            @staticmethod
+            def remote():
+                actor = _FakeActor(1000 + len(fake.actors))
+                fake.actors.append(actor)
+                return _Handle(actor)
+        return lambda cls: ActorClass
+
+    def cluster_resources(self):
+        return {"CPU": 2.0}
+
+    available_resources = cluster_resources
+
+    def wait(self, refs, num_returns=1, timeout=None, **_):
+        deadline = time.monotonic() + (5.0 if timeout is None else timeout)
+        while True:
+            ready = [r for r in refs if r.ready()]
+            if len(ready) >= num_returns or time.monotonic() >= deadline:
+                if timeout is None and len(ready) < num_returns:
+                    raise AssertionError("ray.wait without a timeout on objects that never come: it would hang")
+                return ready, [r for r in refs if not r.ready()]
+            time.sleep(0.005)
+
+    def get(self, refs, timeout=None):
+        if isinstance(refs, list):
+            return [self.get(r, timeout) for r in refs]
+        if not refs.ready():
+            if timeout is None:
+                raise AssertionError("ray.get without a timeout on an object that never comes: it would hang")
+            time.sleep(timeout)
+            raise _FakeExceptions.GetTimeoutError("Get timed out")
+        if isinstance(refs.outcome, BaseException):
+            raise refs.outcome
+        return refs.outcome
+
+    def cancel(self, ref, **_):
+        self.cancelled.append(ref)
+
+    def kill(self, handle, no_restart=True):
+        handle._actor.killed = True
+
+
+ADDRESS = "10.9.8.7:6379"
+
+
+def _fake_backend(monkeypatch, timeout: float = 0.4, workers: int = 2):
+    from crypto.backends import ray as ray_backend
+    fake = FakeRay()
+    monkeypatch.setattr(ray_backend, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_backend, "_remote_class", None)          # the actor class is made from the fake
+    monkeypatch.setattr(ray_backend.RayBackend, "_attach", lambda self, address, cpus: None)   # no runtime
+    backend = ray_backend.RayBackend(ADDRESS, workers=workers, start_timeout=timeout)
+    return backend, fake
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_a_call_whose_actors_all_freeze_fails_within_the_bound_naming_the_cluster(monkeypatch):
+    """A frozen or lost node whose actor's restart can never be placed left `map` waiting forever (the
+    reviewer's 2-node cluster: "STILL WAITING after 210 s"); now the call fails within the start timeout
+    with one line naming ray_address, drops its queued shards, and later calls fail at once."""
+    from crypto.backends.base import BackendUnavailable
+    backend, fake = _fake_backend(monkeypatch, timeout=0.4)
+    # finite restarts, and no Ray retries that would wait for an actor's restart without limit
+    assert 0 < fake.options["max_restarts"] < 10 and fake.options["max_task_retries"] == 0
+    for actor in fake.actors:
+        actor.frozen = True
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=rf"every Ray actor was lost \(ray_address = '{ADDRESS}'\).*"
+                                                 r"did not answer within 0\.4 s"):
+        backend.map(_square, [(i,) for i in range(6)])
+    assert time.monotonic() - start < 0.4 + 1.5
+    assert all(a.killed for a in fake.actors) and len(fake.cancelled) == 6
+    start = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="every Ray actor was lost"):
+        backend.map(_square, [(1,)])
+    assert time.monotonic() - start < 0.2
+
+
+def test_shards_of_a_frozen_actor_move_to_one_that_answers(monkeypatch):
+    backend, fake = _fake_backend(monkeypatch, timeout=0.3)
+    fake.actors[0].frozen = True
+    assert backend.map(_square, [(i,) for i in range(7)]) == [i * i for i in range(7)]
+    assert fake.actors[0].killed and not fake.actors[1].killed and backend.workers() == 1
+    assert backend.map(_square, [(i,) for i in range(3)]) == [0, 1, 4]      # later calls: the live actor only
+    assert fake.actors[0].shards == 4 and fake.actors[1].shards == 3 + 4 + 3
+
+
+def test_a_long_shard_on_an_actor_that_answers_is_not_cut_off(monkeypatch):
+    """No overall limit on a call: a slow shard (big batch, long decryption) on a live actor is waited for."""
+    backend, fake = _fake_backend(monkeypatch, timeout=0.2)
+    for actor in fake.actors:
+        actor.busy_until = time.monotonic() + 1.0             # five times the bound
+    assert backend.map(_square, [(i,) for i in range(4)]) == [0, 1, 4, 9]
+    assert backend.workers() == 2 and not any(a.killed for a in fake.actors)
+
+
+def test_a_shard_whose_actor_died_under_it_runs_again_on_another(monkeypatch):
+    """An actor that died mid-call (ActorUnavailableError) failed the call after 5 s on a real cluster
+    although the docs promised a re-run; shards are pure, so it runs again on an actor that answers."""
+    from crypto.backends.base import BackendUnavailable
+    backend, fake = _fake_backend(monkeypatch, timeout=0.4)
+    fake.actors[0].lose_next = 1
+    assert backend.map(_square, [(i,) for i in range(6)]) == [i * i for i in range(6)]
+    assert backend.map(_square, [(i,) for i in range(4)]) == [0, 1, 4, 9]
+    # a shard that takes every actor down with it (out of memory, say) is not retried for ever
+    for actor in fake.actors:
+        actor.lose_next = 100
+    with pytest.raises(BackendUnavailable, match=rf"a shard was lost with its Ray actor 3 times \(ray_address = "
+                                                 rf"'{ADDRESS}'\)"):
+        backend.map(_square, [(5,)])
+
+
+def test_a_shards_own_error_is_raised_and_the_calls_other_shards_dropped(monkeypatch):
+    backend, fake = _fake_backend(monkeypatch, timeout=0.4)
+    fake.actors[1].busy_until = time.monotonic() + 0.5
+    with pytest.raises(ValueError, match="math domain error"):
+        backend.map(math.sqrt, [(-1.0,), (4.0,), (9.0,), (16.0,)])
+    assert {2.0, 4.0} <= {r.outcome for r in fake.cancelled}        # the slow actor's queued shards
+
+
+def test_a_pool_worker_killed_mid_call_fails_the_call_at_once(monkeypatch):
+    """A worker killed under a shard (the OOM killer) must not leave the call waiting (there is no timeout
+    on the local pool's results: shards may legitimately run for minutes): BrokenProcessPool, saying what
+    happened, and the next call gets fresh workers."""
+    from concurrent.futures.process import BrokenProcessPool
+    monkeypatch.setenv("VFL_WORKERS", "2")
+    workers = set(local.run(_pid_after, [(0.3,)] * 2))
+    threading.Timer(0.5, os.kill, (min(workers), signal.SIGKILL)).start()
+    start = time.monotonic()
+    with pytest.raises(BrokenProcessPool) as info:
+        local.run(_sleep_then_pid, [(30,), (30,)])
+    assert time.monotonic() - start < 10
+    assert "killed" in " ".join(getattr(info.value, "__notes__", []))
+    assert len(local.run(_pid_after, [(0.1,)] * 2)) == 2

@@ -1,9 +1,18 @@
 """`vfl demo`, the first command a newcomer runs, end to end (small and fast here)."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from parties.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_three_processes_and_federation_beats_the_bank_alone(tmp_path, capsys):
@@ -74,3 +83,69 @@ def test_secureboost_demo_prints_trees_beside_lr_and_each_party_reports_its_own_
     assert not any(f">{c}<" in shop_html for c in bank_cols if c != "default")
     scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())
     assert scored["scored_rows"] > 0 and scored["metrics"]["auc"] > 0.6
+
+
+# `vfl demo --serve` with its two `vfl serve` processes replaced by ones that only sleep (as services still
+# starting do) and a readiness check that never succeeds: the demo waits for them until it is signalled.
+_DEMO_WITH_SLEEPING_SERVICES = r"""
+import subprocess, sys, types
+from pathlib import Path
+folder = Path(sys.argv[1])
+real_popen = subprocess.Popen
+SERVICE = "import os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); " \
+          "os.replace(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(120)"
+
+def service(cmd, **kwargs):
+    name = cmd[cmd.index("--name") + 1]
+    return real_popen([sys.executable, "-c", SERVICE, str(folder / (name + ".pid"))], **kwargs)
+
+subprocess.Popen = service
+from parties import demo
+
+def never_ready(url, body=None, timeout=10.0):
+    raise OSError("not ready")
+
+demo._http = never_ready
+guest = types.SimpleNamespace(name="bank", serve_address="127.0.0.1:9")
+demo.serve_demo(types.SimpleNamespace(host_names=["shop"], guest=guest, path=folder / "job.toml"))
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"          # a zombie under PID 1 is dead, only not reaped yet
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_scoring_services_do_not_outlive_the_demo(how, tmp_path):
+    """SIGTERM or SIGKILL of `vfl demo --serve` left both `vfl serve` processes running under PID 1,
+    listening on their ports; now they are started as `vfl run` starts parties (parties.launcher):
+    SIGTERM ends them from the demo's cleanup, SIGKILL through the kernel (PR_SET_PDEATHSIG)."""
+    demo = subprocess.Popen([sys.executable, "-c", _DEMO_WITH_SLEEPING_SERVICES, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids) < 2:
+            assert demo.poll() is None, demo.stderr.read()
+            assert time.monotonic() < deadline, "the demo did not start its services"
+            pids = [int(p.read_text()) for p in sorted(tmp_path.glob("*.pid"))]
+            time.sleep(0.05)
+        assert all(_running(pid) for pid in pids)
+        demo.send_signal(how)
+        assert demo.wait(15) == (-how if how == signal.SIGKILL else 1)   # SIGTERM: Terminated, a traceback here
+        deadline = time.monotonic() + 5
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in pids if _running(pid)], "a service outlived the demo"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

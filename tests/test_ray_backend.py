@@ -186,3 +186,30 @@ def test_a_dead_actor_is_restarted_and_its_shards_rerun(ray_backend):
     assert ray_backend.map(pow, [(2, i) for i in range(6)]) == [2 ** i for i in range(6)]
     after = ray_backend.worker_pids()
     assert after[1] == pids[1] and after[0] != pids[0]
+
+
+def _square_after(seconds: float, x: int) -> tuple[int, int]:
+    """Shard function: this actor's pid and ``x * x``, after a pause."""
+    import os
+    import time
+    time.sleep(seconds)
+    return os.getpid(), x * x
+
+
+def test_an_actor_killed_mid_call_has_its_shards_run_again(ray_backend):
+    """An actor's process killed while it runs shards (the OOM killer): Ray's own retries waited for its
+    restart (forever when no CPU was left for it) or gave up with ActorUnavailableError; now the call
+    returns every result, the lost shards run again on an actor that answers, and the actor, restarted,
+    takes shards again in later calls."""
+    import os
+    import signal
+    import threading
+    pids = ray_backend.worker_pids()
+    threading.Timer(0.5, os.kill, (pids[0], signal.SIGKILL)).start()
+    out = ray_backend.map(_square_after, [(1.0, i) for i in range(4)])
+    assert [v for _, v in out] == [0, 1, 4, 9]
+    assert pids[0] not in {pid for pid, _ in out}                 # killed before it returned anything
+    after = ray_backend.worker_pids()
+    assert ray_backend.workers() == 2 and after[1] == pids[1] and after[0] != pids[0]
+    out = ray_backend.map(_square_after, [(0.0, i) for i in range(4)])
+    assert [v for _, v in out] == [0, 1, 4, 9] and {pid for pid, _ in out} == set(after)

@@ -168,3 +168,37 @@ def test_an_address_where_something_else_listens_fails_at_once():
     finally:
         server.close()
     assert time.monotonic() - start < 10 and not ray.is_initialized()
+
+
+def _square_after(seconds: float, x: int) -> int:
+    time.sleep(seconds)
+    return x * x
+
+
+def test_a_node_lost_mid_call_has_its_shards_run_on_the_others(cluster, monkeypatch):
+    """A node of the party's cluster dies while its actor runs shards. The call failed after ~5 s with
+    ActorUnavailableError (Ray retried only on the actor's restart); now its shards run again on the
+    actors of the live nodes, and the lost node's actor, whose restart has no free CPU to go to, is given
+    up after the start timeout instead of holding later calls."""
+    import threading
+    monkeypatch.delenv("VFL_WORKERS", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    extra = cluster.add_node(**NODE)
+    cluster.wait_for_nodes()
+    backend = RayBackend(cluster.address, workers=3, start_timeout=4)
+    try:
+        assert extra.node_id in backend.worker_nodes()              # SPREAD: one actor per node
+        threading.Timer(1.0, cluster.remove_node, (extra,), {"allow_graceful": False}).start()
+        start = time.monotonic()
+        assert backend.map(_square_after, [(1.5, i) for i in range(6)]) == [i * i for i in range(6)]
+        assert time.monotonic() - start < 20
+        deadline = time.monotonic() + 15
+        while backend.workers() == 3 and time.monotonic() < deadline:
+            assert backend.map(_square_after, [(0.0, i) for i in range(3)]) == [0, 1, 4]
+            time.sleep(0.5)
+        assert backend.workers() == 2 and extra.node_id not in backend.worker_nodes()
+        assert backend.map(_square_after, [(0.0, i) for i in range(5)]) == [i * i for i in range(5)]
+    finally:
+        backend.shutdown()
+    assert not ray.is_initialized() and cluster.head_node.remaining_processes_alive()

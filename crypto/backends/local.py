@@ -8,6 +8,11 @@ kept for the life of the process; its size is ``VFL_WORKERS`` or the number of
 usable CPUs.  With one worker everything runs in-process (no gain from a
 second process), as do inputs smaller than ``MIN_PARALLEL`` elements.
 
+Results are waited for without a time limit, since a shard may rightly run
+for minutes; a worker that dies under a shard (the OOM killer, a signal)
+fails the call at once with ``BrokenProcessPool`` (the executor notices the
+lost process), and the next call starts fresh workers.
+
 As with any spawn/forkserver pool, a script that triggers pooled work must
 guard its entry point with ``if __name__ == "__main__":`` (children re-import
 the main module; all worker functions live in ``crypto`` modules).
@@ -107,7 +112,8 @@ def run(fn: Callable[..., Any], arg_tuples: Sequence[tuple]) -> list[Any]:
         return [f.result() for f in futures]
     except BrokenProcessPool as exc:
         _discard(executor)  # let the next call start fresh workers
-        exc.add_note("crypto.backends.local: a worker died. Workers re-import the main module, so a script must guard "
+        exc.add_note("crypto.backends.local: a worker died: killed (the OOM killer, a signal) or crashed under a "
+                     "shard, or it could not start: workers re-import the main module, so a script must guard "
                      "its entry point with `if __name__ == '__main__':` and cannot run from stdin; "
                      "VFL_WORKERS=1 runs everything in-process.")
         raise

@@ -9,9 +9,24 @@ Shards go to the actors round-robin; ciphertexts travel as fixed-width
 ``uint8`` arrays (:mod:`crypto.fixed_width`), which Ray stores and reads as
 one buffer (zero-copy for numpy) instead of pickling integer by integer.
 The backend waits for its actors when it is made, and fails there if the
-cluster cannot place them (a shard sent to an unplaced actor waits forever);
-an actor that dies later is restarted and its shards re-run, since shards
-are pure functions of their arguments.
+cluster cannot place them (a shard sent to an unplaced actor waits forever).
+
+Failures later on (see :meth:`RayBackend.map`): shards are pure functions of
+their arguments, so a shard whose actor was lost under it (process killed,
+e.g. by the OOM killer; node lost) is run again on another actor, and the
+backend itself re-runs it rather than Ray (``max_task_retries=0``): Ray's
+retry waits, without limit, for the actor's restart, which never comes when
+the lost node's CPUs were the cluster's last free ones.  A dead actor is
+restarted by Ray (at most ``ACTOR_RESTARTS`` times) and gets shards again once
+it answers.  While a map waits, the actors it waits for are pinged (a
+separate concurrency group, so a busy actor answers): one that has not
+answered, or not come back after a failure, within ``start_timeout``
+(default ``ACTOR_START_TIMEOUT``) is given up (killed, its shards moved to
+the others, :meth:`workers` one less); a frozen node or an unplaceable
+restart is detected that way, not left waiting forever.  When no actor is
+left, or a shard was lost ``TASK_RETRIES + 1`` times, the call raises
+:class:`BackendUnavailable` naming the cluster.  A shard that merely runs
+long on an actor that answers is never cut off.
 
 Security: Ray trusts every process that can reach its ports (it runs any
 code it is sent), and the shards carry secrets of the party (plaintexts, the
@@ -39,17 +54,26 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import logging
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 from .base import BackendUnavailable
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray>=2.9')"
 CONNECT_TIMEOUT = 5.0   # seconds to wait for a TCP answer from a cluster's head before giving up
-ACTOR_START_TIMEOUT = 60.0   # seconds for every actor to be placed and started before the backend gives up
-TASK_RETRIES = 2   # a shard whose actor died (OOM killer, lost node) re-runs on the restarted actor this often
+ACTOR_START_TIMEOUT = 60.0   # seconds for every actor to be placed and started before the backend gives up; also
+                             # how long a map waits for an actor that does not answer (frozen node, unplaceable restart)
+ACTOR_RESTARTS = 3   # Ray restarts an actor whose process died (OOM killer, lost node) at most this often
+TASK_RETRIES = 2     # a shard whose actor was lost under it re-runs on another actor at most this often
+CHECK_PERIOD = 2.0   # seconds between pings of the actors a map is waiting for
+WAIT_ROUND = 0.5     # seconds a map waits for results before it looks for shards lost with their actor
+PING = "ping"        # the actors' concurrency group for pid/node: answered while a shard runs
+
+log = logging.getLogger("vfl.backends")
 
 
 def import_ray():
@@ -82,10 +106,13 @@ def _actor_class():
     global _remote_class
     if _remote_class is None:
         # SPREAD: on a multi-node cluster the actors go to different nodes, not all next to the driver.
-        # Restarts: shards are pure functions of their arguments and actors keep only caches, so a dead
-        # actor (OOM killer, lost node) is restarted and its shards re-run instead of failing every later call.
-        _remote_class = import_ray().remote(num_cpus=1, scheduling_strategy="SPREAD", max_restarts=-1,
-                                            max_task_retries=TASK_RETRIES)(ShardWorker)
+        # Restarts: actors keep only caches, so a dead actor (OOM killer, lost node) is restarted, a few
+        # times. Its shards are re-run by RayBackend.map, on whichever actor answers: Ray's own retries
+        # (max_task_retries) would wait for the restart, forever if it cannot be placed.
+        # The PING group (one thread) answers pid/node while `run`, in the default group (one at a time
+        # as before), is busy, so that a busy actor can be told from a frozen one.
+        _remote_class = import_ray().remote(num_cpus=1, scheduling_strategy="SPREAD", max_restarts=ACTOR_RESTARTS,
+                                            max_task_retries=0, concurrency_groups={PING: 1})(ShardWorker)
     return _remote_class
 
 
@@ -228,6 +255,8 @@ class RayBackend:
     every actor to be placed and started and otherwise raises
     :class:`BackendUnavailable` naming the CPUs requested and available,
     rather than leaving shards queued forever on actors that cannot be placed.
+    ``start_timeout`` is also how long a call waits for an actor that stops
+    answering, or does not come back after it was lost (see :meth:`map`).
     """
 
     name = "ray"
@@ -241,12 +270,20 @@ class RayBackend:
         self._actors: list[Any] = []
         self._owns_runtime = False    # holds a share of the runtime this module started (see _own_users)
         self._next = itertools.count()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()     # the actors and their health below: roles in threads share them
+        self._timeout = float(start_timeout)
+        self._suspect: dict[Any, float] = {}     # actor -> when a shard or ping of it was lost: no shards until it answers
+        self._pings: dict[Any, tuple[Any, float]] = {}   # actor -> (its outstanding ping, when sent)
+        self._failed: str | None = None   # why every actor was given up: later calls raise it at once
         self.address = address
+        self._where = f"ray_address = {address!r}"
         requested = env_workers() if workers is None else workers   # before ray.init: a bad value starts nothing
         if requested is not None and requested < 1:
             raise ValueError(f"workers must be >= 1, got {requested}")
         self._attach(address, requested or num_workers())
+        if address is None:
+            with contextlib.suppress(Exception):
+                self._where = f"the Ray runtime at {_gcs_address(ray)}"
         try:
             self._start_actors(requested, start_timeout)
         except BaseException:
@@ -302,7 +339,7 @@ class RayBackend:
                                      "actors to wait for")
         cls = _actor_class()
         self._actors = [cls.remote() for _ in range(count)]
-        started = [a.pid.remote() for a in self._actors]
+        started = [a.pid.options(concurrency_group=PING).remote() for a in self._actors]
         ready, pending = ray.wait(started, num_returns=count, timeout=timeout)
         if pending:
             raise BackendUnavailable(
@@ -310,7 +347,7 @@ class RayBackend:
                 f"(one per actor), the cluster had {free:g} of {total:g} CPUs available. Set VFL_WORKERS "
                 "(or workers) to at most the free CPUs, unset it to use them all, or add nodes")
         try:
-            ray.get(ready)
+            ray.get(ready, timeout=timeout)
         except ray.exceptions.RayError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BackendUnavailable(f"a Ray actor failed to start (is this project installed on every "
@@ -320,35 +357,194 @@ class RayBackend:
         return len(self._actors)
 
     def map(self, fn: Callable[..., Any], arg_tuples: Sequence[tuple]) -> list[Any]:
+        """``[fn(*args) for args in arg_tuples]`` on the actors, round-robin; results in input order.
+
+        When nothing fails, every shard runs once, as on the local pool, with
+        the same results.  A shard whose actor was lost under it (killed, its node lost) runs
+        again on another actor that answers, at most ``TASK_RETRIES`` more
+        times; that actor gets no new shard until it answers again.  While
+        shards are outstanding, their actors are pinged every ``CHECK_PERIOD``
+        seconds; an actor that has not answered, or not come back, within the
+        start timeout is given up: killed, its shards moved to the others.
+        Raises the shard's own error as the local pool does, or
+        :class:`BackendUnavailable` naming ``ray_address`` when no actor is left
+        or a shard was lost too often.  A long shard on an actor that answers
+        is waited for however long it takes.
+        """
+        if self._failed:
+            raise BackendUnavailable(self._failed)
         if not self._actors:
             raise RuntimeError("this RayBackend was shut down")
+        ray = self._ray
         with self._lock:   # roles in threads of one process share the actors; spread their shards
             start = next(self._next)
-        n = len(self._actors)
-        refs = [self._actors[(start + i) % n].run.remote(fn, args) for i, args in enumerate(arg_tuples)]
+        if self._suspect:
+            self._probe(())         # actors lost in an earlier call: back (they get shards again) or given up
+        results: list[Any] = [None] * len(arg_tuples)
+        runs = [0] * len(arg_tuples)
+        pending: dict[Any, tuple[int, Any]] = {}     # a shard's object ref -> (shard index, its actor)
+        homeless = list(range(len(arg_tuples)))      # shards waiting for an actor that answers
+        period = max(0.01, min(CHECK_PERIOD, self._timeout / 4))
+        round_ = min(period, WAIT_ROUND)
         try:
-            return self._ray.get(refs)
-        except self._ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, BaseException):
-                raise cause from None     # the shard's own error (e.g. LowOrderPointError), as the pool gives
+            self._place(fn, arg_tuples, homeless, pending, runs, start)
+            probed = time.monotonic()
+            while pending or homeless:
+                if pending:
+                    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=round_)
+                    homeless += self._collect(sorted(ready, key=lambda r: pending[r][0]), pending, results)
+                else:
+                    time.sleep(round_)
+                if homeless or (pending and time.monotonic() - probed >= period):
+                    probed = time.monotonic()
+                    self._probe({actor for _, actor in pending.values()})
+                    self._move_off_lost(pending, homeless)
+                    self._place(fn, arg_tuples, homeless, pending, runs, next(self._next))
+            return results
+        except BaseException:
+            for ref in pending:          # a failed or interrupted call: drop its queued shards
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
             raise
+
+    def _place(self, fn: Callable[..., Any], arg_tuples: Sequence[tuple], homeless: list[int],
+               pending: dict[Any, tuple[int, Any]], runs: list[int], start: int) -> None:
+        """Send the ``homeless`` shards to the actors that answer, round-robin from ``start``."""
+        if self._failed:
+            raise BackendUnavailable(self._failed)
+        with self._lock:
+            if not self._actors:
+                raise RuntimeError("this RayBackend was shut down")
+            usable = [a for a in self._actors if a not in self._suspect]
+        if not usable or not homeless:
+            return                   # every actor is suspect: wait until one answers, or all are given up
+        for k, i in enumerate(homeless):
+            if runs[i] > TASK_RETRIES:
+                raise BackendUnavailable(
+                    f"a shard was lost with its Ray actor {runs[i]} times ({self._where}): the actors running it "
+                    "died or stopped answering (out of memory? smaller batches or more memory per node help); "
+                    "check the cluster's nodes (ray status)")
+            actor = usable[(start + k) % len(usable)]
+            runs[i] += 1
+            pending[actor.run.remote(fn, arg_tuples[i])] = (i, actor)
+        homeless.clear()
+
+    def _collect(self, ready: list[Any], pending: dict[Any, tuple[int, Any]], results: list[Any]) -> list[int]:
+        """Move the results of the ``ready`` shards out of ``pending``; re-raise a shard's own error;
+        return the shards whose actor was lost under them (the actor is suspect until it answers)."""
+        ray = self._ray
+        try:
+            values = ray.get(ready, timeout=self._timeout)
+        except ray.exceptions.RayError:
+            values = None              # one of them failed: look at each
+        lost = []
+        for k, ref in enumerate(ready):
+            i, actor = pending.pop(ref)
+            if values is not None:
+                results[i] = values[k]
+                continue
+            try:
+                results[i] = ray.get(ref, timeout=self._timeout)
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, BaseException):
+                    raise cause from None     # the shard's own error (e.g. LowOrderPointError), as the pool gives
+                raise
+            except ray.exceptions.RayError:   # its actor died or became unreachable, or its result was lost
+                lost.append(i)
+                with self._lock:
+                    if actor in self._actors:
+                        self._suspect.setdefault(actor, time.monotonic())
+        return lost
+
+    def _probe(self, actors: Any) -> None:
+        """Ping ``actors`` and the suspect ones (without waiting); give up those that have not answered,
+        or not come back since they were lost, within the start timeout."""
+        ray, now = self._ray, time.monotonic()
+        given_up: list[Any] = []
+        with self._lock:
+            for actor in [a for a in self._actors if a in actors or a in self._suspect]:
+                ping = self._pings.get(actor)
+                if ping is None:
+                    self._pings[actor] = (actor.pid.options(concurrency_group=PING).remote(), now)
+                    continue
+                ref, sent = ping
+                if ray.wait([ref], timeout=0)[0]:
+                    del self._pings[actor]
+                    try:
+                        ray.get(ref, timeout=self._timeout)
+                        self._suspect.pop(actor, None)
+                    except ray.exceptions.ActorDiedError:
+                        given_up.append(self._give_up(actor, "it died and Ray restarts it no more"))
+                    except ray.exceptions.RayError:
+                        self._suspect.setdefault(actor, now)
+                elif now - sent > self._timeout:
+                    given_up.append(self._give_up(actor, f"it did not answer within {self._timeout:g} s (its node "
+                                                         "frozen or lost, or no free CPU to restart it on)"))
+            for actor, since in list(self._suspect.items()):
+                if now - since > self._timeout:
+                    given_up.append(self._give_up(actor, f"it did not come back within {self._timeout:g} s "
+                                                         "after it was lost"))
+        for actor in given_up:     # so that a restart that cannot be placed holds no CPU request
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+
+    def _give_up(self, actor: Any, why: str) -> Any:
+        """Stop sending shards to ``actor`` (the caller kills it); with the lock held."""
+        self._actors.remove(actor)
+        self._suspect.pop(actor, None)
+        self._pings.pop(actor, None)
+        log.warning("Ray actor given up (%s): %s; %d actor(s) left", self._where, why, len(self._actors))
+        if not self._actors:
+            self._failed = (f"every Ray actor was lost ({self._where}); the last one because {why}: check the "
+                            "cluster's nodes (ray status), then start the party again")
+        return actor
+
+    def _move_off_lost(self, pending: dict[Any, tuple[int, Any]], homeless: list[int]) -> None:
+        """Take back the shards sent to actors given up, or lost while another actor answers."""
+        with self._lock:
+            kept = set(self._actors)
+            suspect = set(self._suspect)
+        others = bool(kept - suspect)
+        for ref, (i, actor) in list(pending.items()):
+            if actor not in kept or (actor in suspect and others):
+                del pending[ref]
+                with contextlib.suppress(Exception):
+                    self._ray.cancel(ref)
+                homeless.append(i)
+
+    def _ask_all(self, method: str) -> list[Any]:
+        """Every actor's answer to ``method`` (pid, node), within the start timeout."""
+        ray = self._ray
+        refs = [getattr(a, method).options(concurrency_group=PING).remote() for a in self._actors]
+        try:
+            answers = ray.get(refs, timeout=self._timeout)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BackendUnavailable(f"a Ray actor did not answer within {self._timeout:g} s ({self._where}): "
+                                     f"{type(exc).__name__}: {first}") from None
+        with self._lock:
+            self._suspect.clear()    # every actor answered
+        return answers
 
     def warm_up(self) -> None:
         """Wait until every actor's process is up (actors start asynchronously)."""
-        self._ray.get([a.pid.remote() for a in self._actors])
+        self._ask_all("pid")
 
     def worker_pids(self) -> list[int]:
-        return self._ray.get([a.pid.remote() for a in self._actors])
+        return self._ask_all("pid")
 
     def worker_nodes(self) -> list[str]:
         """The Ray node ID (hex) each actor runs on, in actor order."""
-        return self._ray.get([a.node.remote() for a in self._actors])
+        return self._ask_all("node")
 
     def shutdown(self) -> None:
         """Stop the actors; the runtime this module started or joined is left once no backend uses it."""
         global _own_gcs, _own_kind, _own_users
-        actors, self._actors = self._actors, []
+        with self._lock:
+            actors, self._actors = self._actors, []
+            self._suspect.clear()
+            self._pings.clear()
         for a in actors:
             with contextlib.suppress(Exception):    # an actor already gone (its node lost, the runtime stopped)
                 self._ray.kill(a)

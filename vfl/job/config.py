@@ -397,6 +397,10 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     if name.lower() in RESERVED_NAMES:
         raise ConfigError(f"[{where}] name {name!r} is reserved: the workdir or the certificates folder holds "
                           f"a file or folder of that name ({', '.join(sorted(RESERVED_NAMES))})")
+    if name.lower().endswith("-key"):
+        raise ConfigError(f"[{where}] name {name!r} ends in '-key': the certificates folder holds each party's "
+                          f"NAME.pem beside its key NAME-key.pem, so this party's certificate would overwrite the "
+                          f"key of a party (or the CA, ca-key.pem) named {name[:-4]!r}")
     if len(name) > MAX_PARTY_NAME_CHARS:
         raise ConfigError(f"[{where}] name is {len(name)} characters long; the limit is {MAX_PARTY_NAME_CHARS} "
                           f"(a certificate's common name holds at most {MAX_PARTY_NAME_CHARS})")
@@ -651,9 +655,11 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     guest = _party(_table(_require(raw, "guest", "top level"), "guest"), "guest", "guest", base)
     hosts = tuple(_party(_table(h, f"hosts.{i}"), "host", f"hosts.{i}", base) for i, h in enumerate(hosts_raw))
     names = [p.name for p in (guest, *hosts, arbiter)]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    folded = [n.casefold() for n in names]     # a case-insensitive file system holds one NAME.pem, one <workdir>/NAME
+    dupes = sorted({n for n in names if folded.count(n.casefold()) > 1})
     if dupes:
-        raise ConfigError(f"party names must be unique; repeated: {', '.join(dupes)}")
+        raise ConfigError(f"party names must be unique, ignoring case (each party has its own certificate files "
+                          f"and output folder); repeated: {', '.join(dupes)}")
     addresses = [p.address for p in (guest, *hosts, arbiter)]
     shared = sorted({a for a in addresses if addresses.count(a) > 1})
     if shared:
