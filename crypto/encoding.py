@@ -19,6 +19,8 @@ DEFAULT_FRAC_BITS = 40
 DEFAULT_PLAIN_FRAC_BITS = 24
 
 _INT64_SAFE = 2**62  # headroom so that abs() and small sums never overflow int64
+_CAUSE = ("a setting far out of range (learning_rate, l2, clip_norm, dp_epsilon) or values of huge magnitude "
+          "can cause this")      # the overflow errors' usual cause: the key is rarely what is wrong
 
 
 def _as_float_array(values: np.ndarray | float, what: str = "values") -> np.ndarray:
@@ -41,7 +43,7 @@ def encode_signed(values: np.ndarray | float, frac_bits: int, limit: int | None 
         raise ValueError(
             f"fixed-point overflow: |value| up to {max_abs:.6g} at frac_bits={frac_bits} "
             f"needs ~{int(max_abs).bit_length() + frac_bits} bits, limit is {limit.bit_length() - 1} bits; "
-            "use a larger key or fewer fractional bits")
+            f"use a larger key or fewer fractional bits; {_CAUSE}")
     scaled = np.asarray(np.rint(np.ldexp(arr, frac_bits)))  # ldexp is exact: a power-of-two scale
     if max_abs * 2.0**frac_bits < _INT64_SAFE:
         return np.asarray(scaled.astype(np.int64), dtype=object)
@@ -59,7 +61,7 @@ def encode_int64(values: np.ndarray | float, frac_bits: int) -> np.ndarray:
     if max_abs * 2.0**frac_bits >= _INT64_SAFE:
         raise ValueError(
             f"plaintext multiplier overflow: |x| up to {max_abs:.6g} at frac_bits={frac_bits} "
-            "does not fit in 62 bits")
+            f"does not fit in 62 bits; {_CAUSE}")
     return np.asarray(np.rint(np.ldexp(arr, frac_bits))).astype(np.int64)
 
 

@@ -100,11 +100,21 @@ def _command(job: JobConfig, role: str, name: str, task: str, tls_dir: Path | No
     return cmd + (["--name", name] if role == "host" else [])
 
 
+def check_workdir_free(job: JobConfig, names: list[str] | None = None) -> None:
+    """Refuse at once (:class:`~vfl.io.lock.WorkdirInUse`) when one of the parties ``names`` (default:
+    all) already runs in this workdir: before new certificates replace those its processes use, and
+    before starting processes that its lock would each refuse (``vfl.io.lock``)."""
+    from vfl.io.lock import check_free
+    for name in names if names is not None else [p.name for p in job.parties]:
+        check_free(job.output_dir(name), name)
+
+
 def local_tls(job: JobConfig) -> Path | None:
     """For a job file that names no certificates: a fresh CA and party certificates
     under ``<workdir>/tls`` so the local processes still talk over mutual TLS."""
     if job.ca is not None:
         return None
+    check_workdir_free(job)          # a running party of this job still uses the certificates there
     from .certs import make_certs
     folder = job.workdir / "tls"
     make_certs(job, folder)
@@ -181,6 +191,7 @@ def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None,
     end every party before ``KeyboardInterrupt`` / :class:`Terminated` propagates."""
     from vfl.job.tasks import task as task_named      # not at import: the CLI imports this module for Terminated
     roles = sorted(task_named(task).parties(job), key=lambda rn: rn[0] != "arbiter")   # the arbiter first
+    check_workdir_free(job, [name for _, name in roles])
     role_of = {name: role for role, name in roles}
     grace = job.network.peer_timeout + 10 if grace is None else grace
     procs: list[_Proc] = []

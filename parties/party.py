@@ -2,8 +2,9 @@
 
 It opens its TLS links, runs its part of PSI, training and scoring through the
 same workflow functions the in-process runner uses, writes its outputs under
-``<workdir>/<its name>/`` and exits 0; on any failure it prints a one-line
-reason and exits non-zero.
+``<workdir>/<its name>/`` (holding that folder's lock, :mod:`vfl.io.lock`, so a
+second process of the same party is refused) and exits 0; on any failure it
+prints a one-line reason and exits non-zero.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from vfl.io.lock import party_lock
 from vfl.job.config import ConfigError, JobConfig, PartyConfig, load_job
 
 log = logging.getLogger("vfl.party")
@@ -109,15 +111,17 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
     if role not in t.roles:
         raise ConfigError(f"the {task} task needs no {role}: start only the "
                           f"{', '.join(r + 's' if r == 'host' else r for r in t.roles)}")
-    from vfl.protocol.ledger import spec_channel
-    from .transport import prepare_channel
-    absent = t.absent(job)
-    options = {"task": task, "exclude": absent} if task != "train" else {}
-    unopened = prepare_channel(job, me, **options)    # own certificate and key checked before anything slow
-    # the party's own compute backend first: a Ray runtime takes seconds to start, and peers wait for links
-    with compute_backend(job.party(me)), unopened.open() as tls:
-        channel = spec_channel(tls, job, me, task, resume)     # the spec enforced, the ledger kept
-        return t.run(job, me, channel, resume)       # hosts and the arbiter resume when the guest does
+    # this party's folder to itself until it ends: a second run of it is refused before it writes anything
+    with party_lock(job.output_dir(me), me, task):
+        from vfl.protocol.ledger import spec_channel
+        from .transport import prepare_channel
+        absent = t.absent(job)
+        options = {"task": task, "exclude": absent} if task != "train" else {}
+        unopened = prepare_channel(job, me, **options)    # own certificate and key checked before anything slow
+        # the party's own compute backend first: a Ray runtime takes seconds to start, and peers wait for links
+        with compute_backend(job.party(me)), unopened.open() as tls:
+            channel = spec_channel(tls, job, me, task, resume)     # the spec enforced, the ledger kept
+            return t.run(job, me, channel, resume)       # hosts and the arbiter resume when the guest does
 
 
 def main_for_role(role: str | None, argv: list[str] | None = None) -> int:

@@ -378,3 +378,31 @@ def test_free_ports_come_from_below_the_ephemeral_range():
     from vfl.api import _ephemeral_low, free_port
     ports = {free_port() for _ in range(50)}
     assert all(10_000 <= p < _ephemeral_low() for p in ports) and len(ports) > 40
+
+
+def test_settings_and_frames_of_the_wrong_shape_are_refused_naming_the_argument(tmp_path):
+    """`model=[1, 2]` raised a bare TypeError; a DataFrame with MultiIndex columns, a misleading label error."""
+    from vfl.job.config import ScorecardConfig
+    g, hosts = vertical_split(100, 2, [1], seed=1)
+    guest, host = vfl.Party("guest", g, label_column="y"), vfl.Party("host0", hosts[0])
+    two_levels = g.set_axis(pd.MultiIndex.from_tuples([(c, "v") for c in g.columns]), axis=1)
+    cases = [
+        (lambda: vfl.Job(guest, [host], model=[1, 2]),
+         r"^model must be a dict of \[model\] keys or a vfl\.job\.config\.ModelConfig, got list$"),
+        (lambda: vfl.Job(guest, [host], scorecard=ModelConfig()),
+         r"^scorecard must be .*ScorecardConfig, got vfl\.ModelConfig"),
+        (lambda: vfl.Job(guest, [host], preprocess="yes"),
+         r"^preprocess must be .*PreprocessConfig \(or True\), got str"),
+        (lambda: vfl.Job(guest, [host], network=5), r"^network must be a dict .*NetworkConfig, got int"),
+        (lambda: vfl.Party("bank", two_levels, label_column="y"),
+         r"^party 'bank': data: the DataFrame's columns are a MultiIndex \(2 levels, e\.g\. \('id', 'v'\)\); give one "
+         r"name per column"),
+        (lambda: vfl.Party("bank", g, predict_data=two_levels), r"^party 'bank': predict_data: .* MultiIndex"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            make()
+        assert "\n" not in str(err.value)
+    job = vfl.Job(guest, [host], workdir=tmp_path / "out", model=ModelConfig(epochs=3),
+                  scorecard=ScorecardConfig(pdo=40.0), preprocess=PreprocessConfig(bins=4))
+    assert (job.config.model.epochs, job.config.scorecard.pdo, job.config.preprocess.bins) == (3, 40.0, 4)

@@ -333,3 +333,50 @@ def test_a_party_name_that_does_not_match_its_role_is_refused(tmp_path):
         resolve_name(job, "arbiter", "bank")
     with pytest.raises(ConfigError, match=r"no host named 'bank'"):
         resolve_name(job, "host", "bank")
+
+
+@pytest.mark.parametrize("changes, message", [
+    # key generation takes ~10x longer per doubling: 131072 bits kept the arbiter silent past
+    # peer_timeout, 1e9 crashed it
+    ({"model__key_bits": 131072}, r"key_bits must be at most 8192, got 131072: generating a Paillier key takes"),
+    ({"model__key_bits": 10**9}, r"key_bits must be at most 8192, got 1000000000"),
+    # a ciphertext operation per weight, row and batch: the party computed until its peers gave up ("hung")
+    ({"model__type": "embedding", "model__embedding_dim": 100_000},
+     r"embedding_dim must be at most 512, got 100000: .* under encryption"),
+    ({"model__type": "embedding", "model__hidden_units": [16, 100_000]},
+     r"hidden_units: each layer must have at most 4096 units, got \[16, 100000\]: .* under encryption"),
+    # each ended in a "fixed-point overflow ... use a larger key" mid-training
+    ({"model__learning_rate": 1e300}, r"learning_rate must be <= 1000, got 1e\+300: far out of any sensible range"),
+    ({"model__learning_rate": 1e12}, r"learning_rate must be <= 1000, got 1e\+12"),
+    ({"model__l2": 1e300}, r"l2 must be <= 1e\+06, got 1e\+300"),
+    ({"model__clip_norm": 1e300}, r"clip_norm must be <= 1e\+06, got 1e\+300"),
+    ({"model__dp_epsilon": 1e-12}, r"dp_epsilon must be >= 0.001, got 1e-12"),
+    ({"model__type": "secureboost", "model__learning_rate": 1e300}, r"learning_rate must be <= 1000"),
+])
+def test_settings_far_out_of_range_are_refused_with_the_reason(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_job(_with(**changes), tmp_path / "job.toml")
+
+
+def test_settings_at_the_bounds_are_accepted_and_an_overflow_names_the_settings(tmp_path):
+    """The bounds are far beyond sensible use (a 512-bit run at each of them trains); an overflow that still
+    happens (values of huge magnitude) names the settings, not only the key."""
+    from crypto.encoding import encode_int64, encode_signed
+    m = parse_job(_with(model__type="embedding", model__key_bits=8192, model__embedding_dim=512,
+                        model__hidden_units=[4096, 4096], model__learning_rate=1e3, model__l2=1e6,
+                        model__clip_norm=1e6, model__dp_epsilon=1e-3), tmp_path / "job.toml").model
+    assert (m.key_bits, m.embedding_dim, m.hidden_units, m.learning_rate, m.dp_epsilon) == (
+        8192, 512, (4096, 4096), 1e3, 1e-3)
+    hint = r"; a setting far out of range \(learning_rate, l2, clip_norm, dp_epsilon\) or values of huge magnitude"
+    with pytest.raises(ValueError, match=r"fixed-point overflow: .*use a larger key or fewer fractional bits" + hint):
+        encode_signed([1e300], 40, limit=2 ** 509)
+    with pytest.raises(ValueError, match=r"plaintext multiplier overflow: .* 62 bits" + hint):
+        encode_int64([1e12], 24)
+
+
+@pytest.mark.parametrize("name", ["sh\nop", "shop\r", "sh\top", "sh\x00op", "sh\x1bop", "shop\u2028", "sh\x85op"])
+def test_a_party_name_with_a_control_character_is_refused(tmp_path, name):
+    """A newline in a name was accepted: it names a folder and a certificate and splits log lines."""
+    with pytest.raises(ConfigError, match=r"\[hosts.0\] name .* holds the control or line-break character U\+"):
+        parse_job(_with(hosts__name=name), tmp_path / "job.toml")
+    assert parse_job(_with(hosts__name="shop 2 (上海)"), tmp_path / "job.toml").hosts[0].name == "shop 2 (上海)"

@@ -372,3 +372,64 @@ def test_every_result_csv_goes_through_the_atomic_writers():
             if re.search(r"\.to_csv\(|\.open\(\s*\"w|csv\.writer\(", line):
                 direct.append(f"{f.relative_to(root)}:{n}")
     assert [d for d in direct if not d.startswith(("api.py:", "io/synth.py:", "io/files.py:"))] == []
+
+
+@pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32")])
+@pytest.mark.parametrize("declared", ["utf-8", "gbk", "gb18030"])
+def test_a_utf16_or_utf32_csv_is_named_as_such_not_taken_for_gbk(tmp_path, encoding, name, declared):
+    """Excel's "Unicode Text" and Windows tools write UTF-16 with a byte-order mark: the advice was "probably
+    GBK" (and GB 18030 decoded it into other characters)."""
+    p = tmp_path / "t.csv"
+    text = "id,x\na,1\nb,2\n"
+    p.write_bytes((b"\xfe\xff" + text.encode("utf-16-be")) if encoding == "utf-16-be" else text.encode(encoding))
+    with pytest.raises(DataError, match=rf"t\.csv: the file is {name} text \(it starts with a {name} byte-order "
+                                        r"mark\), which is not read: re-save it as UTF-8"):
+        load_table(p, "id", encoding=declared)
+    with pytest.raises(DataError, match=f"is {name} text"):
+        list(iter_ids(p, "id", encoding=declared))
+
+
+def test_a_relative_sqlite_store_is_the_job_files_and_is_never_created(tmp_path, monkeypatch):
+    """`store = "sqlite:///feat.db"` resolved against the current directory (every other path of a job file,
+    against the file's folder), and a wrong path served from a new, empty database."""
+    sa = pytest.importorskip("sqlalchemy")
+    from vfl.job.config import parse_job
+    from vfl.serving.stores import SqlStore, StoreError
+    (tmp_path / "jobs").mkdir()
+    monkeypatch.chdir(tmp_path)                     # elsewhere than the job file's folder
+    raw = {"arbiter": {"address": "127.0.0.1:9100"},
+           "guest": {"name": "bank", "address": "127.0.0.1:9101", "data": "bank.csv"},
+           "hosts": [{"name": "shop", "address": "127.0.0.1:9102", "data": "shop.csv", "store": "sqlite:///feat.db"},
+                     {"name": "mall", "address": "127.0.0.1:9103", "data": "mall.csv",
+                      "store": f"sqlite:///{tmp_path}/abs.db"}]}
+    job = parse_job(raw, tmp_path / "jobs" / "job.toml")
+    assert job.hosts[0].store == f"sqlite:///{tmp_path}/jobs/feat.db"
+    assert job.hosts[1].store == f"sqlite:///{tmp_path}/abs.db"
+    with pytest.raises(StoreError) as refused:
+        SqlStore(job.hosts[0].store, "shop", "id")
+    message = str(refused.value)
+    assert re.fullmatch(rf"cannot open store sqlite:///{tmp_path}/jobs/feat\.db: no such SQLite database \(.*\): "
+                        rf"{tmp_path}/jobs/feat\.db", message), message
+    assert not (tmp_path / "jobs" / "feat.db").exists() and not (tmp_path / "feat.db").exists()
+    # an existing database is read (read-only); a file that is no database is one line, without SQLAlchemy's link
+    pd.DataFrame({"id": ["a", "b"], "x": [1.0, 2.0]}).to_sql("shop", sa.create_engine(job.hosts[0].store), index=False)
+    store = SqlStore(job.hosts[0].store, "shop", "id")
+    assert store.lookup(["b"]).table.features.tolist() == [[2.0]]
+    with pytest.raises(sa.exc.OperationalError, match="readonly"):
+        with store._engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM shop"))
+    (tmp_path / "abs.db").write_text("not a database\n" * 100)
+    with pytest.raises(StoreError) as refused:
+        SqlStore(job.hosts[1].store, "mall", "id")
+    assert "\n" not in str(refused.value) and "Background" not in str(refused.value)
+    assert "DatabaseError" in str(refused.value)
+
+
+def test_a_ledger_that_is_not_text_is_named_with_its_line(tmp_path):
+    """`vfl audit` on a binary ledger printed only "'utf-8' codec can't decode byte ...", naming no file."""
+    from vfl.protocol.audit import read_ledger
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b"\x8a\x93\xff binary\n\x00\x01\n")
+    led = read_ledger(path, "bank", {"bank": "guest", "shop": "host", "arbiter": "arbiter"})
+    assert led.problems == [f"{path}:1: not a ledger line ('utf-8' codec can't decode byte 0x8a in position 0: "
+                            "invalid start byte)"]

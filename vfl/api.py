@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from .io.lock import check_free
 from .job.config import (ConfigError, JobConfig, ModelConfig, NetworkConfig, PreprocessConfig, ScorecardConfig,
                          ServingConfig)
 from .job.config import load_job, parse_job
@@ -156,9 +157,13 @@ class Job:
         raw["hosts"] = [self._table(h, "host") for h in self.hosts]
         if preprocess is True:
             preprocess = {}
-        for key, value in (("model", model), ("scorecard", scorecard), ("network", network),
-                           ("preprocess", preprocess), ("serving", serving)):
+        for key, value, kind in (("model", model, ModelConfig), ("scorecard", scorecard, ScorecardConfig),
+                                 ("network", network, NetworkConfig), ("preprocess", preprocess, PreprocessConfig),
+                                 ("serving", serving, ServingConfig)):
             if value is not None and value is not False:
+                if not isinstance(value, (dict, kind)):
+                    raise ConfigError(f"{key} must be a dict of [{key}] keys or a vfl.job.config.{kind.__name__}"
+                                      f"{' (or True)' if key == 'preprocess' else ''}, got {_kind(value)}")
                 raw[key] = table_of(value) if not isinstance(value, dict) else dict(value)
         self.config: JobConfig = parse_job(raw, self.path)     # the CLI's checks and errors
 
@@ -286,6 +291,7 @@ class Model:
         if unknown:
             raise ConfigError(f"no guest or host named {', '.join(map(repr, unknown))} in this job (parties: "
                               f"{', '.join([cfg.guest.name, *cfg.host_names])})")
+        _check_free(cfg, [cfg.guest.name, *cfg.host_names])      # before writing into their folders
         parties = []
         for p in (cfg.guest, *cfg.hosts):
             new = rows.get(p.name)
@@ -340,6 +346,7 @@ def fit(job: Job, runner: str = "threads", resume: bool = False, verbose: bool =
     if not isinstance(job, Job):
         raise ConfigError(f"fit needs a vfl.Job, got {_kind(job)}")
     _check_runner(runner)
+    _check_free(job.config, [p.name for p in job.config.parties])   # a running job reads these frames
     for p in job.parties:
         job._write_frames(p)
     path = job._job_file() if runner == "processes" else None
@@ -371,6 +378,7 @@ def run_party(job: Job | str | Path, name: str, task: str = "train", resume: boo
     job = job if isinstance(job, Job) else Job.from_toml(job)
     cfg = job.config
     me = cfg.party(name)
+    _check_free(cfg, [name])
     job._write_frames(next(p for p in job.parties if p.name == name))
     path = job._job_file()
     cmd = [sys.executable, "-m", "parties.cli", "party", str(path), "--role", me.role, "--name", name,
@@ -469,6 +477,18 @@ def _check_data(value: Any, what: str) -> None:
     """Refuse data that is neither a path nor a DataFrame (``what`` names the argument)."""
     if value is not None and not isinstance(value, (str, os.PathLike, pd.DataFrame)):
         raise ConfigError(f"{what} must be a path (str or Path) or a pandas DataFrame, got {_kind(value)}")
+    if isinstance(value, pd.DataFrame) and isinstance(value.columns, pd.MultiIndex):
+        # written as CSV, its levels would become header rows, and no column would have the names the job says
+        raise ConfigError(f"{what}: the DataFrame's columns are a MultiIndex ({value.columns.nlevels} levels, e.g. "
+                          f"{value.columns[0]!r}); give one name per column, e.g. frame.columns = "
+                          f"['_'.join(map(str, c)) for c in frame.columns]")
+
+
+def _check_free(config: JobConfig, names: Sequence[str]) -> None:
+    """Refuse (:class:`~vfl.io.lock.WorkdirInUse`) before writing a party's input files while another
+    process or thread runs that party in this workdir (its runner then takes the lock itself)."""
+    for name in names:
+        check_free(config.output_dir(name), name)
 
 
 def _check_runner(runner: Any) -> None:

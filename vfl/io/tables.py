@@ -127,6 +127,24 @@ def _check_not_utf8(path: Path, encoding: str) -> None:
                         "decodes as UTF-8 and is not plain ASCII); remove the encoding key from this party's table")
 
 
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),     # UTF-32 LE starts
+              (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))     # as UTF-16 LE does
+
+
+def _check_not_wide(path: Path) -> None:
+    """Refuse a UTF-16 or UTF-32 file (as Excel's "Unicode Text" and Windows tools save) by its byte-order
+    mark: it is neither UTF-8 nor GBK, and the advice for undecodable bytes (GBK) would mislead."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return                                   # pandas gives the error naming the file
+    wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+    if wide is not None:
+        raise DataError(f"{path}: the file is {wide} text (it starts with a {wide} byte-order mark), which is not "
+                        f"read: re-save it as UTF-8 (in Excel: \"CSV UTF-8\")")
+
+
 def _check_field_counts(path: Path, encoding: str) -> None:
     """Refuse a CSV row with more fields than the header: one streaming pass with the
     :mod:`csv` module (pandas checks this only for some rows, and not at all when reading
@@ -387,6 +405,7 @@ def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
         raise DataError(f"data file {path} not found")
     if is_parquet(path):
         return _parquet_columns(path)
+    _check_not_wide(path)
     _check_not_utf8(path, encoding)
     try:
         columns = [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding, index_col=False).columns]

@@ -12,10 +12,12 @@ import difflib
 import math
 import numbers
 import sys
+import unicodedata
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..io.sql import resolve_url
 from ..io.tables import ENCODINGS, canonical_encoding
 from ..psi.bucketed import DEFAULT_MEMORY_MB
 
@@ -26,6 +28,17 @@ else:  # pragma: no cover
 
 ROLES = ("guest", "host", "arbiter")
 MIN_KEY_BITS = 2048      # shorter Paillier keys only with [model] allow_short_keys = true
+MAX_KEY_BITS = 8192      # key generation takes ~10x longer per doubling: seconds at 8192, a minute at 16384
+# the largest tower (defaults and benchmarks: embedding_dim 8, hidden_units [32]): every weight's gradient
+# is an encrypted sum over each batch's rows
+MAX_EMBEDDING_DIM = 512
+MAX_HIDDEN_UNITS = 4096  # per layer
+# [model] settings far out of any sensible range (the largest used here: learning_rate 2, l2 1, clip_norm 1;
+# dp_epsilon from 1): beyond them values overflow the fixed-point encoding of the ciphertexts mid-training
+MAX_LEARNING_RATE = 1e3
+MAX_L2 = 1e6
+MAX_CLIP_NORM = 1e6
+MIN_DP_EPSILON = 1e-3
 
 
 class ConfigError(ValueError):
@@ -361,6 +374,16 @@ def _check_address(address: Any, key: str, where: str) -> None:
         raise ConfigError(f"[{where}] {key} {address!r}: port {int(port)} is out of range (1 to 65535)")
 
 
+def _check_name_characters(name: str, where: str) -> None:
+    """Refuse a party name with a control character (a newline, a tab, NUL ...) or a line separator: the
+    name is a folder, a certificate's common name and part of every log line and message."""
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ConfigError(f"[{where}] name {name!r} holds the control or line-break character U+{ord(bad):04X}: "
+                          "a party's name names its folder and certificate and appears in every log line; use "
+                          "printable characters")
+
+
 def _check_keys(table: dict, allowed: set[str], where: str) -> None:
     for key in table:
         if key not in allowed:
@@ -394,6 +417,7 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
     name = str(table.get("name", "arbiter") if role == "arbiter" else _require(table, "name", where))
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"[{where}] name {name!r} is not a valid party name")
+    _check_name_characters(name, where)
     if name.lower() in RESERVED_NAMES:
         raise ConfigError(f"[{where}] name {name!r} is reserved: the workdir or the certificates folder holds "
                           f"a file or folder of that name ({', '.join(sorted(RESERVED_NAMES))})")
@@ -442,7 +466,8 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
                        cert=_path(base, table.get("cert")), key=_path(base, table.get("key")),
                        predict_data=_path(base, table.get("predict_data")) if role != "arbiter" else None,
                        categorical_columns=tuple(cats), crosses=crosses, ray_address=ray_address,
-                       encoding=encoding, psi_memory_mb=psi_memory_mb, serve_address=serve_address, store=store,
+                       encoding=encoding, psi_memory_mb=psi_memory_mb, serve_address=serve_address,
+                       store=resolve_url(store, base) if store else store,     # sqlite: from the job file's folder
                        store_table=store_table, serve_cert=serve_cert, serve_key=serve_key)
 
 
@@ -558,6 +583,7 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError("[model] embedding_dim and min_category_rows must be >= 1, hash_buckets >= 0")
     if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in m.hidden_units):
         raise ConfigError(f"[model] hidden_units must be a list of positive integers, got {list(m.hidden_units)}")
+    _check_tower_size(m)
     if m.min_rows_per_release < 1:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
     smallest_batch = m.batch_size or 512           # batch_for's least default
@@ -584,6 +610,7 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
     if not m.dp_epsilon > 0 or not 0 < m.dp_delta < 1 or not m.clip_norm > 0 or not 0 < m.dp_guest_share < 1:
         raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
+    _check_magnitudes(m)
     if not 0 <= m.dp_binning_share < 1:
         raise ConfigError(f"[model] dp_binning_share must be in [0, 1) (in (0, 1) with [preprocess] and label-DP), "
                           f"got {m.dp_binning_share}")
@@ -593,6 +620,10 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError(f"[model] optimizer must be 'sgd' or 'adam', got {m.optimizer!r}")
     if m.key_bits < 512 or m.key_bits % 256:
         raise ConfigError(f"[model] key_bits must be a multiple of 256 and >= 512, got {m.key_bits}")
+    if m.key_bits > MAX_KEY_BITS:
+        raise ConfigError(f"[model] key_bits must be at most {MAX_KEY_BITS}, got {m.key_bits}: generating a Paillier "
+                          "key takes about 10 times longer each time key_bits doubles (seconds at 8192, a minute at "
+                          "16384, hours beyond), while the other parties wait for it; 2048 or 3072 is usual")
     if m.key_bits < MIN_KEY_BITS and not m.allow_short_keys:
         raise ConfigError(
             f"[model] key_bits = {m.key_bits} is below {MIN_KEY_BITS}: a Paillier modulus that short can be "
@@ -605,6 +636,34 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError(f"[model] encryption must be 'djn' or 'standard', got {m.encryption!r}")
     if m.randomness not in ("arbiter", "local"):
         raise ConfigError(f"[model] randomness must be 'arbiter' or 'local', got {m.randomness!r}")
+
+
+def _check_tower_size(m: ModelConfig) -> None:
+    """Refuse towers too large to train under encryption: the gradient of each weight is a sum of
+    ciphertext products over the batch's rows, every batch, so such a size runs for hours before its
+    first batch ends, and the peers give up waiting (the error then names a "hung" party)."""
+    if m.embedding_dim > MAX_EMBEDDING_DIM:
+        raise ConfigError(f"[model] embedding_dim must be at most {MAX_EMBEDDING_DIM}, got {m.embedding_dim}: each "
+                          "embedding value's gradient is summed under encryption, a ciphertext operation per value, "
+                          "row and batch (the default is 8)")
+    wide = [h for h in m.hidden_units if h > MAX_HIDDEN_UNITS]
+    if wide:
+        raise ConfigError(f"[model] hidden_units: each layer must have at most {MAX_HIDDEN_UNITS} units, got "
+                          f"{list(m.hidden_units)}: each unit's weights get their gradients summed under encryption, "
+                          "a ciphertext operation per weight, row and batch (the default is [32])")
+
+
+def _check_magnitudes(m: ModelConfig) -> None:
+    """Refuse settings far out of any sensible range: they make values too large for the fixed-point
+    encoding of the ciphertexts, and training failed with an overflow error that pointed at the key."""
+    for key, ok, rule in (("learning_rate", m.learning_rate <= MAX_LEARNING_RATE, f"<= {MAX_LEARNING_RATE:g}"),
+                          ("l2", m.l2 <= MAX_L2, f"<= {MAX_L2:g}"),
+                          ("clip_norm", m.clip_norm <= MAX_CLIP_NORM, f"<= {MAX_CLIP_NORM:g}"),
+                          ("dp_epsilon", m.dp_epsilon >= MIN_DP_EPSILON, f">= {MIN_DP_EPSILON:g}")):
+        if not ok:
+            raise ConfigError(f"[model] {key} must be {rule}, got {getattr(m, key):g}: far out of any sensible "
+                              "range, it makes values too large to encrypt (training would fail with a fixed-point "
+                              "overflow)")
 
 
 def load_job(path: str | Path) -> JobConfig:

@@ -5,9 +5,11 @@ For tests and quick local runs. ``vfl run`` uses real processes over TLS
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Callable
+from typing import Callable, Iterable
 
+from ..io.lock import party_lock
 from ..protocol.channel import LocalNetwork
 from .config import ConfigError, JobConfig
 from . import tasks
@@ -67,6 +69,16 @@ def run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwor
     return results
 
 
+@contextlib.contextmanager
+def party_locks(job: JobConfig, names: Iterable[str], task: str):
+    """Hold each named party's lock on its ``<workdir>/<party>`` (:mod:`vfl.io.lock`) for the block:
+    a second run of any of them, in this process or another, is refused before it writes anything."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(party_lock(job.output_dir(name), name, task))
+        yield
+
+
 def run_task_local(job: JobConfig, task: str, resume: bool = False, record: bool = False,
                    network: LocalNetwork | None = None) -> dict:
     """Every party of ``task`` (see :mod:`vfl.job.tasks`) as a thread; returns each party's result."""
@@ -74,7 +86,8 @@ def run_task_local(job: JobConfig, task: str, resume: bool = False, record: bool
     names = t.names(job)
     net = network or LocalNetwork(names, timeout=job.network.peer_timeout, record=record)
     targets = {n: (lambda name: (lambda ch: t.run(job, name, ch, resume)))(n) for n in names}
-    return run_threads(names, targets, net, job, task, resume)
+    with party_locks(job, names, task):
+        return run_threads(names, targets, net, job, task, resume)
 
 
 def run_local(job: JobConfig, record: bool = False, network: LocalNetwork | None = None,

@@ -182,12 +182,12 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
     led = PartyLedger(name, roles[name], path)
     sizes = job_sizes_ = sizes if sizes is not None else public_sizes(roles)
     prev, seq, task = GENESIS, None, None
-    with path.open("r", encoding="utf-8") as f:
+    with path.open("rb") as f:           # bytes: a line that is not UTF-8 is named like any other bad line
         for no, raw in enumerate(f, 1):
             led.lines = no
             where = f"{path}:{no}"
             try:
-                entry = json.loads(raw)
+                entry = json.loads(raw.decode("utf-8"))
                 if not isinstance(entry, dict):
                     raise ValueError("not a JSON object")
             except ValueError as exc:

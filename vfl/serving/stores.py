@@ -29,6 +29,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from ..io.sql import error_line, open_engine
 from ..io.tables import DataError, PartyTable, load_table, read_columns, table_from_frame
 from ..job.config import ConfigError, PartyConfig
 
@@ -240,12 +241,12 @@ class SqlStore:
         self.url, self.name, self.id_column, self.allow_missing = url, table, id_column, allow_missing
         self._sa = sa
         try:
-            self._engine = sa.create_engine(url, pool_pre_ping=True)
+            self._engine = open_engine(url)          # SQLite: an existing file, read-only
             self._table = sa.Table(table, sa.MetaData(), autoload_with=self._engine)
         except sa.exc.NoSuchTableError:
             raise StoreError(f"store {self._safe_url()}: no table {table!r}") from None
-        except (sa.exc.SQLAlchemyError, ImportError) as exc:
-            raise StoreError(f"cannot open store {self._safe_url()}: {type(exc).__name__}: {exc}") from None
+        except (sa.exc.SQLAlchemyError, ImportError, OSError) as exc:
+            raise StoreError(f"cannot open store {self._safe_url()}: {error_line(exc)}") from None
         names = [c.name for c in self._table.columns]
         if id_column not in names:
             raise StoreError(f"store table {table!r} has no ID column {id_column!r} (columns: {', '.join(names)})")
