@@ -514,18 +514,34 @@ class RayBackend:
                 homeless.append(i)
 
     def _ask_all(self, method: str) -> list[Any]:
-        """Every actor's answer to ``method`` (pid, node), within the start timeout."""
+        """Every actor's answer to ``method`` (pid, node), within the start timeout. An actor still
+        restarting (after a lost process: ``ActorUnavailableError`` at once) is asked again until then."""
         ray = self._ray
-        refs = [getattr(a, method).options(concurrency_group=PING).remote() for a in self._actors]
-        try:
-            answers = ray.get(refs, timeout=self._timeout)
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendUnavailable(f"a Ray actor did not answer within {self._timeout:g} s ({self._where}): "
-                                     f"{type(exc).__name__}: {first}") from None
+        deadline = time.monotonic() + self._timeout
+        answers: list[Any] = [None] * len(self._actors)
+        pending = list(range(len(self._actors)))
+        while pending:
+            refs = [(i, getattr(self._actors[i], method).options(concurrency_group=PING).remote()) for i in pending]
+            pending = []
+            for i, ref in refs:
+                try:
+                    answers[i] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                except ray.exceptions.ActorUnavailableError as exc:     # restarting: ask again, within the bound
+                    if time.monotonic() >= deadline:
+                        raise self._no_answer(exc) from None
+                    pending.append(i)
+                except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+                    raise self._no_answer(exc) from None
+            if pending:
+                time.sleep(0.2)
         with self._lock:
             self._suspect.clear()    # every actor answered
         return answers
+
+    def _no_answer(self, exc: Exception) -> BackendUnavailable:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return BackendUnavailable(f"a Ray actor did not answer within {self._timeout:g} s ({self._where}): "
+                                  f"{type(exc).__name__}: {first}")
 
     def warm_up(self) -> None:
         """Wait until every actor's process is up (actors start asynchronously)."""
