@@ -6,7 +6,8 @@
   worker threads, so a slow store never stalls the link.
 * The **guest** dials every host and keeps the links up (a host that restarts is re-dialled and
   re-keyed, the guest keeps running; one that comes back serving another model part than the one
-  pinned at its first link, or its part of an earlier training than the guest's, is refused), and
+  pinned at its first link, or its part of an earlier training than the guest's, is refused, as is
+  any host whose part's model_id is not the guest part's: parts of two trainings), and
   serves the bank's systems over HTTP
   (:mod:`parties.serve_http`) at its ``serve_address``.
 
@@ -30,7 +31,8 @@ from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
 from vfl.serving.roles import (ANSWER_STEPS, MISSING_UNKNOWN, MISSING_WITHHELD, PEER_TEXT, REFUSED_AUDIT,
                                REFUSED_BATCH, REFUSED_TOO_LARGE, GuestScorer, HostAnswer, ModelChanged, Refused,
-                               RequestRefused, check_hello, check_ids, serving_dir)
+                               RequestRefused, TrainingDiffers, check_hello, check_ids, check_training,
+                               serving_dir)
 from vfl.serving.scorers import host_scorer
 from vfl.serving.stores import Lookup, StoreError
 
@@ -224,6 +226,8 @@ class GuestService:
                     raise ProtocolError(f"{host} did not open with serve/hello")
                 hello = check_hello(msg[1], host)
                 try:
+                    # parts of two trainings are never linked, whatever the pins say (and never pinned)
+                    check_training(hello, host, me, self.scorer.model_id)
                     self.hellos[host] = check_hello(hello, host, await self._pinned(host, hello["model"]))
                 except ModelChanged as exc:
                     if host not in self.model_refused:
@@ -306,7 +310,7 @@ class GuestService:
         self.epoch += 1
         keys = [{k: self.hellos[h][k] for k in ("key", "cert", "sig")} for h in self.hosts]
         for h in self.hosts:
-            self.links[h].send("serve/keys", {"epoch": self.epoch, "keys": keys})
+            self.links[h].send("serve/keys", {"epoch": self.epoch, "keys": keys, "model_id": self.scorer.model_id})
         self.ready = True
         log.info("%s: all %d host(s) linked, epoch %d", self.job.guest.name, len(self.hosts), self.epoch)
 
@@ -343,7 +347,8 @@ class GuestService:
             changed = [h for h in down if h in self.model_refused]
             if changed:
                 raise ServeError(503, f"{changed[0]} serves another model part than the one the guest pinned or "
-                                      f"expects: not linked (see the guest's log)", changed[0])
+                                      f"expects, or one of another training: not linked (see the guest's log)",
+                                 changed[0])
             raise ServeError(503, f"host(s) {', '.join(down)} not linked: scoring needs every host "
                                   f"(re-dialling; see /ready)", down[0])
         self.req += 1
@@ -546,6 +551,9 @@ def _valid_pins(pins) -> bool:
 
 def _pin_hint(exc: ModelChanged, host: str, path) -> str:
     """What the operator may do about a refused host part (the guest's log)."""
+    if isinstance(exc, TrainingDiffers):
+        return (f"Serve {host}'s part of the guest's training: restart {host} (or the guest) once both parts "
+                f"come from one training")
     if isinstance(exc, EarlierPart):
         return (f"Restart {host} with its part of the guest's current training: it is pinned then. If its part "
                 f"did not change between the trainings, remove its entries under \"earlier\" in {path}")

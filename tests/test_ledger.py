@@ -211,7 +211,7 @@ def test_spec_is_consistent_and_every_step_is_in_the_docs_tables():
     examples = {"psi/blind/<owner>": "psi/blind/host0", "psi/blinded/<owner>": "psi/blinded/guest",
                 "psi/unshuffle/<owner>": "psi/unshuffle/host1", "psi/unshuffled/<owner>": "psi/unshuffled/guest",
                 "<pre>/public_key": "lr/public_key", "<pre>/plan": "emb/plan", "<pre>/values": "lr/values",
-                "<pre>/start": "emb/start", "<pre>/e<e>/decision": "lr/e12/decision",
+                "<pre>/start": "emb/start", "<pre>/model_id": "lr/model_id", "<pre>/e<e>/decision": "lr/e12/decision",
                 "<pre>/e<e>/saved": "emb/e4/saved", "sbt/t<t>/l<d>/enc_gh": "sbt/t3/l2/enc_gh",
                 "sbt/t<t>/l<d>/enc_hist": "sbt/t0/l0/enc_hist", "sbt/t<t>/l<d>/splits": "sbt/t9/l3/splits",
                 "sbt/t<t>/l<d>/split_bits": "sbt/t1/l1/split_bits",

@@ -53,6 +53,7 @@ def test_same_job_on_parquet_and_on_csv_gives_the_same_model(tmp_path, monkeypat
     for name in ("guest", "host0", "host1"):
         part_csv = json.loads((job_csv.output_dir(name) / "model.json").read_text())
         part_pq = json.loads((job_pq.output_dir(name) / "model.json").read_text())
+        assert part_pq.pop("model_id") != part_csv.pop("model_id")     # each training has its own identity
         assert part_pq == part_csv                             # weights, intercept, standardiser: equal
         assert ((job_pq.output_dir(name) / "intersection.csv").read_text()
                 == (job_csv.output_dir(name) / "intersection.csv").read_text())

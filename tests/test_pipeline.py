@@ -129,7 +129,9 @@ def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
                 assert all(isinstance(v, (int, str, list)) and not isinstance(v, bool) for v in p.values())
             else:
                 assert set(p) <= {"n", "stop", "epoch", "saved_epoch", "protocol", "guest", "hosts", "format",
-                                  "version", "keys"}, (r.step, p)     # keys: the hosts' relayed secure-sum keys
+                                  "version", "keys", "model_id"}, (r.step, p)   # keys: the hosts' relayed secure-sum
+                if "model_id" in p:                            # keys; model_id: the training's, 128 random bits
+                    assert r.step == "lr/model_id" and len(p["model_id"]) == 32
         if isinstance(p, BigInts):
             assert r.sender == "arbiter" and r.step.endswith("masked_grad_plain")
 

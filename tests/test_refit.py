@@ -108,6 +108,7 @@ def test_a_job_refits_the_guest_and_scoring_applies_it_while_hosts_are_untouched
     assert results["auto"]["guest"]["test"]["auc"] > results["off"]["guest"]["test"]["auc"] + 0.02
     # training is the same up to the refit: every host's model part is identical with and without it
     host = [json.loads((j.output_dir("host0") / "model.json").read_text()) for j in jobs.values()]
+    assert host[0].pop("model_id") != host[1].pop("model_id")     # two trainings: two identities
     assert host[0] == host[1]
     part = load_part(jobs["auto"].output_dir("guest") / "model.json", "guest")
     assert part.refit is not None and part.host_weight == pytest.approx(refit["host_weight"])

@@ -285,7 +285,7 @@ def test_a_secureboost_job_trains_scores_and_rescores_its_rows(tmp_path):
     assert {k for k in importance if k.startswith("host")} <= {f"host{h}_c{j:02d}" for h in (0, 1) for j in range(3)}
     for k, h in enumerate(job.host_names):
         part = json.loads((job.output_dir(h) / "model.json").read_text())
-        assert set(part) == {"format", "version", "columns", "splits", "categories"}
+        assert set(part) == {"format", "version", "columns", "splits", "categories", "model_id"}
         assert {s["column"] for s in part["splits"]} <= set(hosts[k].columns) - {"id"}
         # each host is told its own columns' split-node counts (sbt/importance), by its own names; no gain
         told = json.loads((job.output_dir(h) / "report.json").read_text())["importance"]

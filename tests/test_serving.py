@@ -348,6 +348,7 @@ def test_model_identity_and_audit_logs(served):
     for name in ("guest", "host0", "host1"):
         assert ident["parts"][name] == hashlib.sha256((cfg.output_dir(name) / "model.json").read_bytes()).hexdigest()
     assert ident["job"] == cfg.name and ident["model_type"] == "logistic"
+    assert ident["model_id"] == json.loads((cfg.output_dir("guest") / "model.json").read_text())["model_id"]
     target = scores["id"].iloc[3]
     httpx.post(url + "/score", json={"id": target})
     time.sleep(0.3)                                          # the logs are written by their own threads
@@ -1280,6 +1281,44 @@ def test_a_host_back_with_another_model_part_is_refused_until_its_pin_is_removed
     finally:
         for r in running:
             r.stop()
+
+
+def test_a_host_serving_its_part_of_another_training_is_refused_and_never_pinned(served, tmp_path, caplog):
+    """host0's part is of another training than the guest's (its model_id differs: a crash between the
+    parties' saves, or a copied file): the guest refuses the link whatever the pins say, /ready and
+    requests name host0, and it is never pinned; host0 refuses keys from a guest of another training."""
+    import logging
+    from parties.serve import pins_path
+    from vfl.serving.roles import TrainingDiffers
+    cfg, scores, *_ = served
+    cfg = _elsewhere(_copy_outputs(cfg, tmp_path))
+    pins_path(cfg).unlink(missing_ok=True)
+    guest_id = json.loads((cfg.output_dir("guest") / "model.json").read_text())["model_id"]
+    part = cfg.output_dir("host0") / "model.json"
+    part.write_text(json.dumps({**json.loads(part.read_text()), "model_id": "f" * 32}))
+    with caplog.at_level(logging.WARNING):
+        running = start_services(cfg)
+        try:
+            url = "http://" + cfg.guest.serve_address
+            deadline = time.monotonic() + 20
+            while "model_changed" not in (ready := httpx.get(url + "/ready").json()):
+                assert time.monotonic() < deadline, ready
+                time.sleep(0.05)
+            assert ready["model_changed"] == ["host0"] and ready["missing"] == ["host0"]
+            r = httpx.post(url + "/score", json={"id": scores["id"].iloc[0]})
+            assert r.status_code == 503 and r.json()["party"] == "host0" and "another training" in r.json()["detail"]
+        finally:
+            for r in running:
+                r.stop()
+    pins = json.loads(pins_path(cfg).read_text())["hosts"] if pins_path(cfg).exists() else {}
+    assert "host0" not in pins
+    said = [x.getMessage() for x in caplog.records if "different trainings" in x.getMessage()]
+    assert said and all("host0" in x and "\n" not in x for x in said), said
+    host = HostScorer(cfg, "host0")
+    session, hello = host.hello()
+    assert hello["model_id"] == "f" * 32
+    with pytest.raises(TrainingDiffers, match=r"guest .*host0 .*different trainings"):
+        host.set_keys(session, {"epoch": 1, "keys": [], "model_id": guest_id})
 
 
 def test_after_a_new_training_a_hosts_old_part_is_refused_and_its_new_one_pinned(tmp_path):

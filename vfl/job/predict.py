@@ -2,7 +2,9 @@
 
 Each party applies its own saved model part to its own new rows; PSI aligns
 the new IDs; the hosts' partial scores reach the guest only as a secure sum.
-No encryption key and no arbiter are needed: nothing is decrypted. If the
+First the guest and every host tell each other which training their parts
+came from (``predict/model_id``): parts of two trainings are refused, never
+combined. No encryption key and no arbiter are needed: nothing is decrypted. If the
 guest's file to score has the label column, the guest also reports AUC, KS
 and a gains table, so a model can be validated on a later cohort.
 """
@@ -22,6 +24,7 @@ from ..models.model_file import load_part
 from ..psi import write_intersection
 from .cohorts import keep_host_cohort, training_overlap
 from .alignment import run_psi
+from .identity import guest_checks_parts, host_checks_parts
 from .roles import guest_joint_scores
 from ..models.scoring import host_send_scores, relay_authentication
 
@@ -49,6 +52,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     g = job.guest
     out = job.output_dir(g.name)
     model = load_part(out / "model.json", g.name)
+    guest_checks_parts(job, channel, model.model_id)
     path = _rows_to_score(g)
     has_label = has_labels(path, g.label_column, g.encoding)        # an all-empty outcome column: no labels
     table = _load_rows(job, g, model, g.label_column if has_label else None)
@@ -89,6 +93,7 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
     out = job.output_dir(name)
     model = load_part(out / "model.json", name)
+    host_checks_parts(job, name, channel, model.model_id)
     table = _load_rows(job, h, model)
     common = run_psi(job, name, channel, table.ids)
     write_intersection(out / "scored_ids.csv", common)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 from ..io.files import write_csv_atomically, write_json
 from ..models import SplitArbiter, SplitGuest, SplitHost
 from ..models.checkpoint import Checkpoint, training_checkpoint
-from ..models.common import sigmoid
+from ..models.common import prefix_for, sigmoid
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..models.model_file import ModelPart, TowerPart
 from ..models.builder import tower_for
@@ -34,6 +34,7 @@ from ..models.validation import Validation, validation_rows
 from ..models.vocab import Vocabulary
 from ..psi import write_intersection
 from .alignment import run_psi
+from .identity import receive_model_id, send_model_id, training_model_id
 from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
 from ..preprocess.scorecard import model_scaling
 from ..preprocess.split import Standardizer, split_mask
@@ -182,12 +183,15 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     validation = (Validation(x.take(np.flatnonzero(valid)), y=data.labels[valid], patience=job.model.patience,
                              exchange=lambda prefix, n: guest_sum_scores(channel, job.host_names, n, prefix))
                   if valid.any() else None)
+    checkpoint = _checkpoint(job, g.name, common[~test], model_data.columns, model_data.categorical_columns,
+                             data=data, train=~test)
+    model_id = training_model_id(checkpoint, resume)
+    send_model_id(job, channel, prefix_for(job.model.type), model_id)
     with timings("train"):
         model.fit(channel, x.take(np.flatnonzero(train)), data.labels[train], resume=resume,
-                  checkpoint=_checkpoint(job, g.name, common[~test], model_data.columns,
-                                         model_data.categorical_columns, data=data, train=~test),
-                  validation=validation)
+                  checkpoint=checkpoint, validation=validation)
     part = _model_part(g, model_data, std, tower, vocabs, model.params_, prep)
+    part.model_id = model_id
     with timings("predict"):
         host_sum = guest_sum_scores(channel, job.host_names, len(data.ids))
     refit = None
@@ -270,12 +274,14 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     validation = (Validation(x.take(np.flatnonzero(valid)), exchange=lambda prefix, u: host_send_scores(
                       channel, job.guest.name, job.host_names, name, u, context=f"{job.name}/{prefix}", auth=auth,
                       prefix=prefix)) if valid.any() else None)
+    model_id = receive_model_id(job, channel, prefix_for(job.model.type))
     with timings("train"):
         model.fit(channel, x.take(np.flatnonzero(~test & ~valid)),
                   checkpoint=_checkpoint(job, name, common[~test], model_data.columns,
                                          model_data.categorical_columns, data=data, train=~test),
                   validation=validation)
     part = _model_part(h, model_data, std, tower, vocabs, model.params_, prep)
+    part.model_id = model_id
     _drop_scorecard(job, name)         # this part's own points table, if binned, is written below
     part.save(out / "model.json")
     with timings("predict"):

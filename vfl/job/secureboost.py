@@ -27,11 +27,12 @@ from ..preprocess.selection import ANONYMOUS
 from ..preprocess.split import split_mask
 from ..protocol.channel import Channel
 from ..psi import write_intersection
-from ..models.model_file import put_scaling, read_scaling
+from ..models.model_file import new_model_id, put_model_id, put_scaling, read_model_id, read_scaling
 from ..preprocess.scorecard import model_scaling
 from .config import JobConfig, ModelConfig, PartyConfig, ScorecardConfig
 from .cohorts import keep_host_cohort, training_overlap
 from .alignment import run_psi             # as every model runs it: within each party's psi_memory_mb
+from .identity import guest_checks_parts, host_checks_parts, receive_model_id, send_model_id
 
 log = logging.getLogger("vfl.secureboost")
 MODEL_FILE = "model.json"
@@ -111,10 +112,13 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     X, columns = _inputs(data, categories)
     model = SecureBoostGuest(tree_params(job.model), hosts=job.host_names, columns=columns, categories=categories)
     valid = validation_rows(common, test, job.model, job.seed)     # early stopping = "on": every party alike
+    model_id = new_model_id()                # this training's, in every party's part (no resume: always new)
+    send_model_id(job, channel, "sbt", model_id)
     with timings("train"):
         model.fit(channel, X[~test], data.labels[~test], valid=valid[~test])
     saved = model.to_dict()
     put_scaling(saved, job.scorecard)        # the points scaling is part of the model (`vfl predict` uses it)
+    put_model_id(saved, model_id)
     write_json(out / MODEL_FILE, saved, indent=None)
     with timings("predict"):
         score = model.predict_proba(channel, X)                   # as `vfl predict` scores new rows
@@ -166,8 +170,11 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     X, columns = _inputs(data, categories)
     model = SecureBoostHost(tree_params(job.model), guest=job.guest.name, columns=columns, categories=categories)
     valid = validation_rows(common, test, job.model, job.seed)     # as the guest's, for the same rows
+    model_id = receive_model_id(job, channel, "sbt")
     model.fit(channel, X[~test], valid=valid[~test])
-    write_json(out / MODEL_FILE, model.to_dict(), indent=None)
+    saved = model.to_dict()
+    put_model_id(saved, model_id)
+    write_json(out / MODEL_FILE, saved, indent=None)
     model.predict(channel, X)
     importance = model.importance(channel.recv(job.guest.name, IMPORTANCE))
     report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
@@ -192,6 +199,11 @@ def _part(job: JobConfig, name: str) -> dict:
         raise ValueError(f"{name}: cannot read its SecureBoost model part {path}: {exc}; train first") from None
 
 
+def saved_model_id(job: JobConfig, name: str, part: dict) -> str | None:
+    """The model_id of party ``name``'s saved part (None: saved before parts kept one)."""
+    return read_model_id(part, job.output_dir(name) / MODEL_FILE)
+
+
 def saved_scaling(job: JobConfig, part: dict) -> ScorecardConfig:
     """The points scaling the guest's saved part was trained with (the job file's for older parts)."""
     path = job.output_dir(job.guest.name) / MODEL_FILE
@@ -203,6 +215,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     g, t0 = job.guest, time.perf_counter()
     part = _part(job, g.name)
     model, sc = SecureBoostGuest.from_dict(part, tree_params(job.model)), saved_scaling(job, part)
+    guest_checks_parts(job, channel, saved_model_id(job, g.name, part))    # no host part of another training
     path = g.predict_data or g.data
     has_label = has_labels(path, g.label_column, g.encoding)        # an all-empty outcome column: no labels
     table = _load(g, path, g.label_column if has_label else None)
@@ -238,7 +251,9 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
 
 def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     h = job.party(name)
-    model = SecureBoostHost.from_dict(_part(job, name), tree_params(job.model), job.guest.name)
+    part = _part(job, name)
+    model = SecureBoostHost.from_dict(part, tree_params(job.model), job.guest.name)
+    host_checks_parts(job, name, channel, saved_model_id(job, name, part))
     table = _load(h, h.predict_data or h.data)
     common = run_psi(job, name, channel, table.ids)
     out = job.output_dir(name)

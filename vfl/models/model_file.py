@@ -3,10 +3,19 @@
 A part holds nothing of any other party: a host's file has no intercept and no
 labels, the guest's no host weights. Parts are JSON (versioned) so that a
 party can read, audit and archive what it keeps.
+
+Every part of one training carries the same ``model_id``: 128 random bits the
+guest draws when the training starts (kept across ``--resume``) and sends every
+host (``<pre>/model_id``, ``sbt/model_id``). Scoring compares them
+(:func:`check_same_training`), so parts of two trainings (a crash between the
+parties' saves, a file copied from another run) are refused, never combined. A
+part saved before parts kept one has none (None): accepted with a warning.
 """
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +28,63 @@ from ..io.files import write_json
 from ..job.config import ScorecardConfig
 from ..preprocess.split import Standardizer, finite_vector
 from ..preprocess.transform import WoeEncoder
+from ..protocol.spec import MODEL_ID_HEX, is_model_id
 from .refit import GuestRefit, fit_refit
 from .towers import EmbeddingTower, TowerInput
 from .vocab import Vocabulary, encode_all
 
 FORMAT, VERSION = "vfl-hetero-lr-part", 1
+log = logging.getLogger("vfl.model")
 
 
 class ModelFileError(ValueError):
     """A model part is missing, malformed, or does not fit the data it is applied to."""
+
+
+class OtherTraining(ModelFileError):
+    """Two parties' model parts come from different trainings: they must not be combined."""
+
+
+def new_model_id() -> str:
+    """A fresh training's identity: 128 random bits as 32 lowercase hex digits."""
+    return secrets.token_hex(MODEL_ID_HEX // 2)
+
+
+def read_model_id(d: dict, path) -> str | None:
+    """The ``model_id`` a part's dict holds (None: saved before parts kept one); a malformed one is a
+    :class:`ModelFileError` naming ``path``."""
+    value = d.get("model_id")
+    if value is not None and not is_model_id(value):
+        raise ModelFileError(f"{path}: model_id must be {MODEL_ID_HEX} lowercase hex digits, not {str(value)[:80]!r}")
+    return value
+
+
+def put_model_id(d: dict, model_id: str | None) -> None:
+    """Write the training's ``model_id`` into a part's dict."""
+    if model_id is not None:
+        d["model_id"] = model_id
+
+
+def check_same_training(model_ids: dict[str, str | None], me: str) -> None:
+    """Refuse to combine model parts of different trainings: ``model_ids`` maps each party whose part
+    is to be combined (the guest's first) to its part's model_id. Parts with different ids are an
+    :class:`OtherTraining`, one line naming the parties by training and saying what to do; a part with
+    none (saved before parts kept one) is accepted with a warning. ``me``: the party checking (its log)."""
+    trainings: dict[str, list[str]] = {}
+    for party, model_id in model_ids.items():
+        if model_id is not None:
+            trainings.setdefault(model_id, []).append(party)
+    if len(trainings) > 1:
+        said = " and ".join(f"of {' and '.join(parties)} (model_id {model_id[:12]}...)"
+                            for model_id, parties in trainings.items())
+        raise OtherTraining(f"the model parts {said} are from different trainings and are never combined: "
+                            "retrain (`vfl run`), or `vfl run --resume` if the last training was interrupted "
+                            "(every party then saves its part anew)")
+    old = [party for party, model_id in model_ids.items() if model_id is None]
+    if old:
+        log.warning("%s: the model part of %s carries no model_id (saved by an earlier version): it cannot be "
+                    "checked to come from the same training as the others; retrain (`vfl run`) to add it",
+                    me, " and ".join(old))
 
 
 def _columns_differ(party: str, have: list[str], need: list[str]) -> str:
@@ -71,6 +128,7 @@ class ModelPart:
     dropped: list[str] = field(default_factory=list)   # own columns IV selection removed (woe = false)
     categorical_columns: list[str] | None = None       # as the party's table named them (scoring reads them)
     scorecard: ScorecardConfig | None = None           # the guest's part: the points scaling it was trained with
+    model_id: str | None = None                        # the training's (None: saved before parts kept one)
 
     host_weight = 1.0                                  # the hosts' sum enters the log-odds as it is
 
@@ -107,6 +165,7 @@ class ModelPart:
         if self.categorical_columns is not None:
             d["categorical_columns"] = list(self.categorical_columns)
         put_scaling(d, self.scorecard)
+        put_model_id(d, self.model_id)
         return d
 
     def save(self, path: Path) -> None:
@@ -138,7 +197,8 @@ class ModelPart:
         part = cls(role, d["party"], columns, coef, Standardizer.from_dict(d["standardizer"], len(columns)),
                    float(intercept) if intercept is not None else None,
                    WoeEncoder.from_dict(d["woe_bins"]) if "woe_bins" in d else None,
-                   _names(d.get("dropped", []), "dropped"), _categorical(d), read_scaling(d, path, role))
+                   _names(d.get("dropped", []), "dropped"), _categorical(d), read_scaling(d, path, role),
+                   read_model_id(d, path))
         if part.encoder is not None and part.encoder.columns != part.columns:
             raise ModelFileError(f"{path}: binned columns {part.encoder.columns} differ from {part.columns}")
         return part
@@ -170,6 +230,7 @@ class TowerPart:
     wide: bool = False                                 # the wide part (crosses are vocabularies with sources)
     refit: GuestRefit | None = None                    # the guest's own part refitted on exact labels
     scorecard: ScorecardConfig | None = None           # the guest's part: the points scaling it was trained with
+    model_id: str | None = None                        # the training's (None: saved before parts kept one)
 
     @property
     def host_weight(self) -> float:
@@ -226,6 +287,7 @@ class TowerPart:
         if self.refit is not None:
             d["refit"] = self.refit.to_dict()
         put_scaling(d, self.scorecard)
+        put_model_id(d, self.model_id)
         return d
 
     def save(self, path: Path) -> None:
@@ -258,7 +320,7 @@ class TowerPart:
         part = cls(role, d["party"], numeric, [Vocabulary.from_dict(v) for v in d["vocabularies"]],
                    Standardizer.from_dict(d["standardizer"], len(numeric)), dim, list(hidden), np.zeros(0),
                    d["intercept"], _names(d.get("dropped", []), "dropped"), _categorical(d), d.get("wide", False),
-                   scorecard=read_scaling(d, path, role))
+                   scorecard=read_scaling(d, path, role), model_id=read_model_id(d, path))
         cats = [v.column for v in part.vocabularies if not v.sources]
         if len(set(v.column for v in part.vocabularies)) != len(part.vocabularies):
             raise ModelFileError(f"{path}: two vocabularies are named alike")

@@ -168,6 +168,9 @@ _TABLE: list[StepSpec] = ([
              "the host's parameter count and who makes the encryption randomness (job setting)", TRAIN),
     StepSpec("<pre>/start", _PRE + r"/start", "guest", "host", CONTROL, ("control",),
              "the epoch training (re)starts at and the epoch of the guest's checkpoint", TRAIN),
+    StepSpec("<pre>/model_id", _PRE + r"/model_id", "guest", "host", CONTROL, ("control",),
+             "nothing: the training's model_id, 128 random bits the guest draws when a training starts (kept "
+             "across --resume), which every party stores in its model part", TRAIN),
     # ------------------------------------------------------------------ per batch
     *_both("enc_zeros", _BATCH + r"enc_zeros", "arbiter", ("guest", "host"), CIPHERTEXTS, ("encrypted",),
            "nothing: fresh encryptions of zero under the arbiter's key, one per row of the batch, which it uses "
@@ -201,6 +204,9 @@ _TABLE: list[StepSpec] = ([
     # ------------------------------------------------------------------ SecureBoost (vfl/models/trees/)
     StepSpec("sbt/public_key", r"sbt/public_key", "guest", "host", PUBLIC, ("control",),
              "the guest's Paillier public key n for this model: nothing private", TRAIN),
+    StepSpec("sbt/model_id", r"sbt/model_id", "guest", "host", CONTROL, ("control",),
+             "nothing: the training's model_id, 128 random bits the guest draws for this training, which "
+             "every party stores in its model part", TRAIN),
     StepSpec("sbt/plan", r"sbt/plan", "guest", "host", CONTROL, ("control",),
              "the number of training rows (known from PSI) and the job's trees, depth and bins, to check", TRAIN),
     StepSpec("sbt/columns", r"sbt/columns", "host", "guest", CONTROL, ("control",),
@@ -246,6 +252,13 @@ _TABLE: list[StepSpec] = ([
     *_both("<pre>/e<e>/valid_decision", _PRE + r"/e\d+/valid_decision", "guest", ("host", "arbiter"), CONTROL,
            ("control",), "whether this epoch is the best so far and whether to stop: a function of the "
            "validation labels, noised with label-DP (section 2, \"Validation and early stopping\")", TRAIN),
+    # ------------------------------------------------------------------ scoring new rows (vfl/job/predict.py)
+    StepSpec("predict/model_id", r"predict/model_id", "guest", "host", CONTROL, ("control",),
+             "which training the guest's model part came from (its model_id, or null for a part saved "
+             "before parts kept one): nothing else", SCORE),
+    StepSpec("predict/model_id", r"predict/model_id", "host", "guest", CONTROL, ("control",),
+             "which training the host's model part came from (its model_id, or null for a part saved "
+             "before parts kept one): nothing else", SCORE),
     # ------------------------------------------------------------------ scoring (vfl/scoring.py)
     StepSpec("predict/sum_key", r"predict/sum_key", "host", "guest", PUBLIC, ("control",),
              "nothing: a fresh X25519 public key, signed with the host's TLS key, and its certificate", SCORE),
@@ -256,10 +269,11 @@ _TABLE: list[StepSpec] = ([
              "scores per row (a single host's score when there is one host)", SCORE, dtype=_U64),
     # ------------------------------------------------------------------ online scoring (vfl/serving/roles.py)
     StepSpec("serve/hello", r"serve/hello", "host", "guest", PUBLIC, ("control",),
-             "the SHA-256 of the host's model part; a fresh X25519 key for this link, signed, and its certificate",
-             SERVE),
+             "the SHA-256 of the host's model part and the model_id of the training it came from; a fresh X25519 "
+             "key for this link, signed, and its certificate", SERVE),
     StepSpec("serve/keys", r"serve/keys", "guest", "host", PUBLIC, ("control",),
-             "nothing: the epoch, and all hosts' signed X25519 keys and certificates, in job order", SERVE),
+             "nothing: the epoch, all hosts' signed X25519 keys and certificates, in job order, and the model_id "
+             "of the training the guest's part came from", SERVE),
     StepSpec("serve/score", r"serve/score", "guest", "host", CONTROL, ("control",),
              "which IDs are being scored, and when (inherent to online scoring); every host gets the same IDs; "
              "under unknown_id = \"average\" with three or more hosts, for each ID the host lacks, whether at "
@@ -310,9 +324,11 @@ CEILINGS: dict[str, str] = {
     "<pre>/plan": "256",
     "<pre>/values": "96",
     "<pre>/start": "96",
+    "<pre>/model_id": "96",
     "<pre>/e<e>/decision": "160",
     "<pre>/e<e>/saved": "32",
     "sbt/public_key": "96 + key",
+    "sbt/model_id": "96",
     "sbt/plan": "160",
     "sbt/columns": "64 + 24*columns",
     "sbt/t<t>/l<d>/splits": "64 + 32*nodes + 6*nodes*bins",
@@ -321,6 +337,7 @@ CEILINGS: dict[str, str] = {
     "<pre>/e<e>/valid/sum_key": "128 + cert",
     "<pre>/e<e>/valid/sum_keys": "32 + 128*hosts + cert*hosts",
     "<pre>/e<e>/valid_decision": "64",
+    "predict/model_id": "96",
     "predict/sum_key": "128 + cert",
     "predict/sum_keys": "32 + 128*hosts + cert*hosts",
 }
@@ -346,6 +363,32 @@ SPEC: tuple[StepSpec, ...] = tuple(replace(s, cap=_terms(CEILINGS[s.doc])) if s.
 
 class SpecViolation(ValueError):
     """A message that the spec does not declare."""
+
+
+# ------------------------------------------------------------------ a training's identity
+# Every party stores its training's model_id in its model part (vfl/models/model_file.py): 128 random
+# bits the guest draws when a training starts (<pre>/model_id, sbt/model_id), as 32 lowercase hex
+# digits. `vfl predict` (predict/model_id) and `vfl serve` (serve/hello, serve/keys) compare them so
+# parts of two trainings are never combined; null stands for a part saved before parts kept one.
+MODEL_ID_HEX = 32
+MODEL_ID_STEPS = ("<pre>/model_id", "sbt/model_id", "predict/model_id")
+
+
+def is_model_id(value) -> bool:
+    """Whether ``value`` is a model_id: 32 lowercase hex digits."""
+    return isinstance(value, str) and re.fullmatch(f"[0-9a-f]{{{MODEL_ID_HEX}}}", value) is not None
+
+
+def model_id_of(payload, step: str, unknown: bool = False) -> str | None:
+    """The model_id a message of :data:`MODEL_ID_STEPS` carries (``{"model_id": ...}``), checked:
+    :class:`SpecViolation` for anything else. With ``unknown``, null (a part without one) is None."""
+    value = payload.get("model_id") if isinstance(payload, dict) and set(payload) == {"model_id"} else ...
+    if value is None and unknown:
+        return None
+    if not is_model_id(value):
+        raise SpecViolation(f"{step}: expected {{\"model_id\": {MODEL_ID_HEX} lowercase hex digits"
+                            f"{' or null' if unknown else ''}}}, not {str(payload)[:80]}")
+    return value
 
 
 def lookup(step: str, sender: str, receiver: str) -> list[StepSpec]:

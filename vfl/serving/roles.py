@@ -6,10 +6,13 @@ object of the versioned wire format, validated here):
 ==============  =========  ====================================================================
 step            direction  payload
 ==============  =========  ====================================================================
-serve/hello     host->g    ``{key, cert, sig, model}``: a fresh secure-sum key for this link,
-                           signed with the host's TLS key, and the SHA-256 of its model part
-serve/keys      g->host    ``{epoch, keys}``: every host's signed key, in job order; a new epoch
-                           each time a host (re)joins
+serve/hello     host->g    ``{key, cert, sig, model, model_id}``: a fresh secure-sum key for this
+                           link, signed with the host's TLS key, the SHA-256 of its model part and
+                           the model_id of the training it came from (the guest refuses a link
+                           whose part is of another training than its own)
+serve/keys      g->host    ``{epoch, keys, model_id}``: every host's signed key, in job order; a new
+                           epoch each time a host (re)joins; the guest part's model_id (a host
+                           refuses the link if it differs from its own)
 serve/score     g->host    ``{epoch, req, ids}``: the same IDs to every host (and ``average``, the
                            positions the host may average, under ``unknown_id = "average"`` with
                            three or more hosts)
@@ -62,9 +65,10 @@ from ..io.tables import MAX_ID_LENGTH, PartyTable
 from ..job.config import ConfigError, JobConfig
 from ..job.config import binned
 from ..models.common import sigmoid
-from ..models.model_file import TowerPart, _without_dropped, load_part
+from ..models.model_file import OtherTraining, TowerPart, _without_dropped, check_same_training, load_part
 from ..models.scoring import RelayAuth, _key_entry, relay_authentication, signed_bytes
 from ..protocol.channel import ProtocolError
+from ..protocol.spec import is_model_id
 from .answered import AnsweredIds, AnsweredIdsError, LookupOrder
 from .audit import answered_before, audit_key
 from .reasons import contributions, reason_codes
@@ -202,6 +206,7 @@ class HostScorer:
     def _load(self, party) -> None:
         """The model part and the store (with the columns as the part recorded them)."""
         self.part = load_part(self.job.output_dir(self.name) / "model.json", self.name)
+        self.model_id = self.part.model_id
         cats = self.part.categorical_columns if self.part.categorical_columns is not None else party.categorical_columns
         self.store = open_store(party, cats, allow_missing=binned(self.job), columns=needed_columns(self.part, cats))
 
@@ -229,16 +234,22 @@ class HostScorer:
         signer = self.auth.signer
         sig = signer.sign(signed_bytes(self._key_context(), self.name, public)) if signer else b""
         return session, {"key": public.hex(), "cert": signer.cert_pem.decode() if signer else "", "sig": sig.hex(),
-                         "model": self.model_hash}
+                         "model": self.model_hash, "model_id": self.model_id}
 
     def _key_context(self) -> str:
         return f"{self.job.name}/serve"
 
     def set_keys(self, s: _Session, payload: Any) -> int:
         """The guest's relay of every host's key for a new epoch of link session ``s``; each other
-        host's checked."""
-        if not isinstance(payload, dict) or set(payload) != {"epoch", "keys"}:
-            raise ProtocolError("serve/keys: expected {epoch, keys}")
+        host's checked; the guest part's model_id must be this host's part's (:class:`TrainingDiffers`:
+        the link ends)."""
+        if not isinstance(payload, dict) or set(payload) - {"model_id"} != {"epoch", "keys"}:
+            raise ProtocolError("serve/keys: expected {epoch, keys, model_id}")
+        guest_id = _model_id(payload, "serve/keys", self.job.guest.name)
+        try:
+            check_same_training({self.job.guest.name: guest_id, self.name: self.model_id}, self.name)
+        except OtherTraining as exc:
+            raise TrainingDiffers(f"{exc}: link refused") from None
         epoch = _counter(payload, "epoch", "serve/keys")
         entries = payload["keys"]
         hosts = self.job.host_names
@@ -452,13 +463,24 @@ def sum_shares(answers: Sequence[HostAnswer]) -> np.ndarray:
     return reveal_sum([a.share for a in answers])
 
 
+def _model_id(payload: Mapping, step: str, sender: str) -> str | None:
+    """The model_id a serving message carries: 32 hex digits, or null (absent: null too) for a part saved
+    before parts kept one."""
+    value = payload.get("model_id")
+    if value is not None and not is_model_id(value):
+        raise ProtocolError(f"{sender}'s {step}: model_id must be 32 lowercase hex digits or null")
+    return value
+
+
 def check_hello(payload: Any, host: str, expected_model: str | None = None) -> dict:
     """A host's hello: a well-formed signed key entry plus its model hash, which must be
     ``expected_model`` when given (the hash the guest pinned for that host: :class:`ModelChanged`
-    otherwise, so a host restarted with another model part is not re-linked silently)."""
-    if not isinstance(payload, dict) or set(payload) != {"key", "cert", "sig", "model"}:
-        raise ProtocolError(f"{host}'s serve/hello: expected {{key, cert, sig, model}}")
+    otherwise, so a host restarted with another model part is not re-linked silently), and the
+    model_id of its part's training (:func:`check_training` compares it with the guest's)."""
+    if not isinstance(payload, dict) or set(payload) - {"model_id"} != {"key", "cert", "sig", "model"}:
+        raise ProtocolError(f"{host}'s serve/hello: expected {{key, cert, sig, model, model_id}}")
     _key_entry({k: payload[k] for k in ("key", "cert", "sig")}, f"{host}'s serving key")
+    _model_id(payload, "serve/hello", host)
     model = payload["model"]
     if not isinstance(model, str) or not re.fullmatch(r"[0-9a-f]{64}", model):
         raise ProtocolError(f"{host}'s serve/hello: model must be a SHA-256 hex digest")
@@ -472,6 +494,20 @@ class ModelChanged(ProtocolError):
     """A host's hello names another model part than the one the guest pinned for it."""
 
 
+class TrainingDiffers(ModelChanged):
+    """The two ends of a serving link hold model parts of different trainings (their model_ids differ):
+    the link is refused, whatever the pins say."""
+
+
+def check_training(hello: Mapping, host: str, guest: str, guest_model_id: str | None) -> None:
+    """The guest's check of a (checked) hello: ``host``'s part must come from the training of the guest's
+    own part (:class:`TrainingDiffers` otherwise); a part without a model_id is accepted with a warning."""
+    try:
+        check_same_training({guest: guest_model_id, host: hello.get("model_id")}, guest)
+    except OtherTraining as exc:
+        raise TrainingDiffers(f"{exc}: link to {host} refused") from None
+
+
 class GuestScorer:
     """The guest's side: its model part and store, and turning the hosts' sum into answers."""
 
@@ -483,6 +519,7 @@ class GuestScorer:
 
     def _load(self, g) -> None:
         self.part = load_part(self.job.output_dir(g.name) / "model.json", g.name)
+        self.model_id = self.part.model_id
         self.scaling = model_scaling(self.part.scorecard, self.job.scorecard, g.name)   # as `vfl predict`'s
         cats = self.part.categorical_columns if self.part.categorical_columns is not None else g.categorical_columns
         self.store = open_store(g, cats, allow_missing=binned(self.job), drop_columns=[g.label_column],
@@ -537,10 +574,11 @@ class GuestScorer:
         return out
 
     def identity(self, hosts: Mapping[str, str | None]) -> dict:
-        """The model being served: job, when the guest's part was written, and each party's part hash."""
+        """The model being served: job, when the guest's part was written, the model_id of its training,
+        and each party's part hash."""
         g = self.job.guest
         written = (self.job.output_dir(g.name) / "model.json").stat().st_mtime
-        return {"job": self.job.name, "model_type": self.job.model.type,
+        return {"job": self.job.name, "model_type": self.job.model.type, "model_id": self.model_id,
                 "trained": datetime.datetime.fromtimestamp(written, datetime.timezone.utc).isoformat(),
                 "parts": {g.name: self.model_hash, **hosts}}
 

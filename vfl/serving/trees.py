@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..job.secureboost import _inputs, _part, saved_scaling, tree_params
+from ..job.secureboost import _inputs, _part, saved_model_id, saved_scaling, tree_params
 from ..models.common import sigmoid
 from ..evaluation.metrics import scorecard_points
 from ..models.trees.guest import SecureBoostGuest
@@ -31,8 +31,9 @@ class TreeHostScorer(HostScorer):
     can_average = False
 
     def _load(self, party) -> None:
-        self.model = SecureBoostHost.from_dict(_part(self.job, self.name), tree_params(self.job.model),
-                                               self.job.guest.name)
+        part = _part(self.job, self.name)
+        self.model = SecureBoostHost.from_dict(part, tree_params(self.job.model), self.job.guest.name)
+        self.model_id = saved_model_id(self.job, self.name, part)
         cats = [c.column for c in self.model.categories]
         self.store = open_store(party, cats, allow_missing=True, columns=_numeric(self.model.columns, cats))
 
@@ -55,6 +56,7 @@ class TreeGuestScorer(GuestScorer):
     def _load(self, g) -> None:
         part = _part(self.job, g.name)
         self.model = SecureBoostGuest.from_dict(part, tree_params(self.job.model))
+        self.model_id = saved_model_id(self.job, g.name, part)
         self.scaling = saved_scaling(self.job, part)
         cats = [c.column for c in self.model.categories]
         self.store = open_store(g, cats, allow_missing=True, drop_columns=[g.label_column],
