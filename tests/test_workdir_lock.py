@@ -28,16 +28,16 @@ _HOLD = """
 import sys
 from pathlib import Path
 from vfl.io.lock import party_lock
-with party_lock(Path(sys.argv[1]), sys.argv[2], sys.argv[3], shared=sys.argv[4] == "shared"):
+with party_lock(Path(sys.argv[1]), sys.argv[2], sys.argv[3]):
     print("locked", flush=True)
     sys.stdin.read()
 """
 
 
 @contextmanager
-def held(folder: Path, party: str, task: str = "train", shared: bool = False):
+def held(folder: Path, party: str, task: str = "train"):
     """Another process holding ``party``'s lock on ``folder`` for the block (then SIGKILLed)."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), party, task, "shared" if shared else "-"],
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), party, task],
                             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -70,16 +70,6 @@ def test_a_second_holder_is_refused_at_once_naming_the_first(tmp_path):
             with party_lock(folder, "bank", "train"):
                 pass
     assert lock_path(folder).read_text() == ""                  # ended cleanly: no stale holder named
-
-
-def test_serving_shares_the_lock_but_no_task_runs_beside_it(tmp_path):
-    folder = tmp_path / "bank"
-    with held(folder, "bank", "serve", shared=True) as service:
-        with party_lock(folder, "bank", "serve", shared=True):   # a replica of the service
-            pass
-        with pytest.raises(WorkdirInUse, match=_refusal(folder, "bank", service.pid, "serve")):
-            with party_lock(folder, "bank", "train"):
-                pass
 
 
 def test_every_runner_refuses_a_party_running_in_the_same_workdir_before_writing(tmp_path):

@@ -8,9 +8,9 @@ PID, task and start (which the holder writes into the file). The kernel drops th
 holder's file descriptor closes, so also when it is killed (SIGKILL included): no stale lock.
 
 The file is never removed (a lock on a removed file locks nothing a newcomer opens), only emptied
-when its holder ends cleanly. Online scoring takes the lock shared: replicas of one party's service
-may share a folder, but no task runs in it meanwhile (:func:`party_lock` with ``shared=True``).
-Parties that are threads of one process lock their own folders: different files, no conflict.
+when its holder ends cleanly. Online scoring takes no lock: it may run beside ``vfl predict``, and
+it pins the model parts it linked, so a retraining beside it is noticed (``vfl.serving``), not
+mixed in. Parties that are threads of one process lock their own folders: different files, no conflict.
 """
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ def lock_path(folder: Path) -> Path:
     return Path(folder) / LOCK_FILE
 
 
-def _try_lock(fd: int, shared: bool) -> bool:
+def _try_lock(fd: int) -> bool:
     """Take the lock without waiting (a few tries over :data:`_RETRY_SECONDS`: a probe is not a run)."""
     deadline = time.monotonic() + _RETRY_SECONDS
     while True:
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -64,22 +64,10 @@ def _in_use(folder: Path, party: str, fd: int) -> WorkdirInUse:
     return WorkdirInUse(f"{party}: its workdir {folder} is in use by {holder}; wait for it or stop it")
 
 
-def _holder_alive(fd: int) -> bool:
-    """Whether the process the lock file names still runs (a shared holder's, then)."""
-    try:
-        os.kill(int(json.loads(os.pread(fd, 4096, 0).decode("utf-8"))["pid"]), 0)
-        return True
-    except PermissionError:
-        return True
-    except (ValueError, KeyError, TypeError, OSError):
-        return False
-
-
 @contextlib.contextmanager
-def party_lock(folder: Path, party: str, task: str, shared: bool = False) -> Iterator[None]:
+def party_lock(folder: Path, party: str, task: str) -> Iterator[None]:
     """Hold party ``party``'s lock on ``folder`` (its ``<workdir>/<party>``) for the block, or raise
-    :class:`WorkdirInUse` at once. ``task`` (train, psi, predict, serve) is written for the message
-    others get; ``shared``: for online scoring, which may run beside itself but beside no task."""
+    :class:`WorkdirInUse` at once. ``task`` (train, psi, predict) is written for the message others get."""
     if fcntl is None:  # pragma: no cover
         yield
         return
@@ -87,21 +75,18 @@ def party_lock(folder: Path, party: str, task: str, shared: bool = False) -> Ite
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path(folder), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
-        if not _try_lock(fd, shared):
+        if not _try_lock(fd):
             raise _in_use(folder, party, fd)
-        if not (shared and _holder_alive(fd)):     # a replica already serving stays the one named
-            command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else ""
-            info = {"pid": os.getpid(), "task": task, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "command": command[:300]}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else ""
+        info = {"pid": os.getpid(), "task": task, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": command[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
         try:
             yield
         finally:
             with contextlib.suppress(OSError):
-                # ended: the next refusal must not name this process (unless a replica still serves)
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.ftruncate(fd, 0)
+                os.ftruncate(fd, 0)          # ended: the next refusal must not name this process
     finally:
         os.close(fd)                      # releases the lock
 
@@ -118,7 +103,7 @@ def check_free(folder: Path, party: str) -> None:
     except OSError:
         return
     try:
-        if not _try_lock(fd, shared=False):
+        if not _try_lock(fd):
             raise _in_use(Path(folder), party, fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
