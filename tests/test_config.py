@@ -380,3 +380,12 @@ def test_a_party_name_with_a_control_character_is_refused(tmp_path, name):
     with pytest.raises(ConfigError, match=r"\[hosts.0\] name .* holds the control or line-break character U\+"):
         parse_job(_with(hosts__name=name), tmp_path / "job.toml")
     assert parse_job(_with(hosts__name="shop 2 (上海)"), tmp_path / "job.toml").hosts[0].name == "shop 2 (上海)"
+
+
+def test_a_relative_sqlite_quota_store_resolves_against_the_job_file(tmp_path):
+    """Like every other path of a job file (a relative one had followed the current directory)."""
+    job = parse_job(_with(serving__ids_per_minute=60, serving__quota_store="sqlite:///quota.db"), tmp_path / "job.toml")
+    assert job.serving.quota_store == f"sqlite:///{tmp_path.resolve() / 'quota.db'}"
+    for url in (f"sqlite:///{tmp_path / 'abs.db'}", "postgresql://user@db/bank"):
+        assert parse_job(_with(serving__ids_per_minute=60, serving__quota_store=url),
+                         tmp_path / "job.toml").serving.quota_store == url

@@ -766,6 +766,8 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     if serving.quota_store and ("://" not in serving.quota_store or not serving.ids_per_minute):
         raise ConfigError(f"[serving] quota_store {serving.quota_store!r} must be an SQLAlchemy URL such as "
                           "'sqlite:///quota.db' or 'postgresql://user@db/bank', and goes with ids_per_minute > 0")
+    if serving.quota_store:           # a relative sqlite path: from the job file's folder, as every other path
+        serving = replace(serving, quota_store=resolve_url(serving.quota_store, base))
     job_name = str(job.get("name", path.stem))
     if len(job_name.encode()) > MAX_NAME_BYTES:   # links carry "<job>/<task>" in every frame
         raise ConfigError(f"[job] name is {len(job_name.encode())} bytes long; the limit is {MAX_NAME_BYTES}")
