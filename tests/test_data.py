@@ -135,7 +135,9 @@ def test_check_training_rows(caplog):
     check_training_rows(None, 2, batch_size=1, n_columns=0, source="h")    # a host, no labels
     with pytest.raises(DataError, match=r"g: only 5 aligned training rows for 5 columns; need at least 6"):
         check_training_rows(y, 5, batch_size=4, n_columns=5, source="g")
-    with pytest.raises(DataError, match=r"h: only 1 aligned training rows for 0 columns; need at least 2"):
+    with pytest.raises(DataError, match=r"h: only 1 aligned training rows for 0 columns; need at least 2 .*"
+                                        r"whose ID every party holds, less the test rows: check that the parties' "
+                                        r"IDs overlap$"):
         check_training_rows(None, 1, batch_size=1, n_columns=0, source="h")
     with pytest.raises(DataError, match=r"g: the 3 training rows have no label 0"):
         check_training_rows(np.ones(3), 3, batch_size=2, n_columns=1, source="g")

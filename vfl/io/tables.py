@@ -257,7 +257,8 @@ def check_training_rows(labels: np.ndarray | None, n_train: int, batch_size: int
     minimum = max(2, n_columns + 1)
     if n_train < minimum:
         raise DataError(f"{source}: only {n_train} aligned training rows for {n_columns} columns; "
-                        f"need at least {minimum} (columns + 1 for the intercept)")
+                        f"need at least {minimum} (columns + 1 for the intercept). Aligned rows are those whose "
+                        "ID every party holds, less the test rows: check that the parties' IDs overlap")
     if labels is not None:
         labels = np.asarray(labels)
         if len(labels) != n_train:
