@@ -25,7 +25,8 @@ def test_ids_are_text_and_duplicates_are_named(tmp_path):
 @pytest.mark.parametrize("frame, kwargs, message", [
     (pd.DataFrame({"key": ["a"], "x": [1]}), {}, "ID column 'id' not found"),
     (pd.DataFrame({"id": ["a"], "x": [1]}), {"label_column": "y"}, "label column 'y' not found"),
-    (pd.DataFrame({"id": ["a", "b"], "x": [1, 2], "y": [0, 2]}), {"label_column": "y"}, "must hold 0/1"),
+    (pd.DataFrame({"id": ["a", "b", "c"], "x": [1, 2, 3], "y": [0, 1, 2]}), {"label_column": "y"},
+     r"must hold 0/1, found \[0, 1, 2\] \(first other value 2 at data row 3\)"),
     (pd.DataFrame({"id": ["a", "b"], "x": ["u", "v"]}), {}, "non-numeric feature columns x"),
     (pd.DataFrame({"id": ["a", "b"], "x": [1.0, None]}), {}, "missing values in columns x"),
 ])

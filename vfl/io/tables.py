@@ -554,7 +554,11 @@ def _binary_labels(col: pd.Series, path: Path, name: str) -> np.ndarray:
         raise DataError(f"{path}: label column {name!r} has missing values (first at data row {row})")
     values = set(np.unique(col.to_numpy()).tolist())
     if not values <= {0, 1}:
-        raise DataError(f"{path}: label column {name!r} must hold 0/1, found {sorted(values)[:5]}")
+        row = int(np.flatnonzero(~col.isin([0, 1]).to_numpy())[0]) + 1
+        first = col.iloc[row - 1]
+        first = first.item() if isinstance(first, np.generic) else first        # 2, not np.int64(2)
+        raise DataError(f"{path}: label column {name!r} must hold 0/1, found {sorted(values)[:5]} (first other "
+                        f"value {first!r} at data row {row})")
     return col.to_numpy(dtype=np.float64)
 
 
