@@ -104,9 +104,8 @@ def check_workdir_free(job: JobConfig, names: list[str] | None = None) -> None:
     """Refuse at once (:class:`~vfl.io.lock.WorkdirInUse`) when one of the parties ``names`` (default:
     all) already runs in this workdir: before new certificates replace those its processes use, and
     before starting processes that its lock would each refuse (``vfl.io.lock``)."""
-    from vfl.io.lock import check_free
-    for name in names if names is not None else [p.name for p in job.parties]:
-        check_free(job.output_dir(name), name)
+    from vfl.io.lock import check_parties_free
+    check_parties_free(job, names if names is not None else [p.name for p in job.parties])
 
 
 def local_tls(job: JobConfig) -> Path | None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from .io.lock import check_free
+from .io.lock import check_parties_free as _check_free   # before writing a party's input files
 from .job.config import (ConfigError, JobConfig, ModelConfig, NetworkConfig, PreprocessConfig, ScorecardConfig,
                          ServingConfig)
 from .job.config import load_job, parse_job
@@ -482,13 +482,6 @@ def _check_data(value: Any, what: str) -> None:
         raise ConfigError(f"{what}: the DataFrame's columns are a MultiIndex ({value.columns.nlevels} levels, e.g. "
                           f"{value.columns[0]!r}); give one name per column, e.g. frame.columns = "
                           f"['_'.join(map(str, c)) for c in frame.columns]")
-
-
-def _check_free(config: JobConfig, names: Sequence[str]) -> None:
-    """Refuse (:class:`~vfl.io.lock.WorkdirInUse`) before writing a party's input files while another
-    process or thread runs that party in this workdir (its runner then takes the lock itself)."""
-    for name in names:
-        check_free(config.output_dir(name), name)
 
 
 def _check_runner(runner: Any) -> None:

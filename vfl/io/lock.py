@@ -108,3 +108,9 @@ def check_free(folder: Path, party: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def check_parties_free(job, names) -> None:
+    """:func:`check_free` for each of ``job``'s parties ``names`` in its folder ``job.output_dir(name)``."""
+    for name in names:
+        check_free(job.output_dir(name), name)
