@@ -380,6 +380,15 @@ def test_free_ports_come_from_below_the_ephemeral_range():
     assert all(10_000 <= p < _ephemeral_low() for p in ports) and len(ports) > 40
 
 
+def test_a_port_handed_out_is_not_handed_out_again(monkeypatch):
+    """A job's parties get their ports before any binds: two equal random picks gave two parties one
+    address ("each party needs its own address", once in a clean-clone run)."""
+    import vfl.api as api
+    picks = iter([123, 123, 456])                   # the same random pick twice, then another
+    monkeypatch.setattr(api.secrets, "randbelow", lambda n: next(picks))
+    assert api.free_port() == 10_123 and api.free_port() == 10_456
+
+
 def test_settings_and_frames_of_the_wrong_shape_are_refused_naming_the_argument(tmp_path):
     """`model=[1, 2]` raised a bare TypeError; a DataFrame with MultiIndex columns, a misleading label error."""
     from vfl.job.config import ScorecardConfig

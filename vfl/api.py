@@ -545,21 +545,31 @@ def _by_frame_ids(scores: pd.Series, frame: pd.DataFrame, written: Path, id_colu
     return pd.Series(scores.reindex(text[scored]).to_numpy(), index=index, name=scores.name)
 
 
+_GIVEN_PORTS: set[int] = set()      # every port free_port returned in this process
+
+
 def free_port() -> int:
     """A port free on loopback now, below the OS's ephemeral range, so jobs on one machine never collide.
 
     Why not the OS's pick (bind to port 0): it comes from the ephemeral range, from which the OS also
     takes the local port of every outgoing connection, so between this check and the party's bind
     another process's connection could take it (seen with two test workers: "address already in
-    use"). A random port below that range is never handed out that way."""
+    use"). A random port below that range is never handed out that way. Nor is a port this process
+    handed out before: a job's parties get theirs before any binds, and two random picks for one job
+    had once been the same ("each party needs its own address")."""
     low = _ephemeral_low()
     for _ in range(100):
         port = 10_000 + secrets.randbelow(low - 10_000)
+        if port in _GIVEN_PORTS:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            if len(_GIVEN_PORTS) >= 4096:       # a long-lived process: forget the oldest jobs' ports
+                _GIVEN_PORTS.clear()
+            _GIVEN_PORTS.add(port)
             return port
     with socket.socket() as s:              # the range below is all taken: the OS's pick after all
         s.bind(("127.0.0.1", 0))
