@@ -183,7 +183,8 @@ def test_a_saved_scaling_is_checked_when_the_part_is_loaded(tmp_path):
     assert load_part(tmp_path / "model.json", "guest").scorecard == ScorecardConfig(700.0, 30.0, 25.0)
     d = part.to_dict()
     for bad in ({"base_points": 700.0, "base_odds": 0.0, "pdo": 25.0}, {"base_points": 700.0, "pdo": 25.0},
-                {"base_points": float("nan"), "base_odds": 30.0, "pdo": 25.0}, [700.0, 30.0, 25.0]):
+                {"base_points": float("nan"), "base_odds": 30.0, "pdo": 25.0}, [700.0, 30.0, 25.0],
+                {"base_points": 700.0, "base_odds": 30.0, "pdo": 1e308}):
         (tmp_path / "bad.json").write_text(json.dumps({**d, "scorecard": bad}))
         with pytest.raises(ModelFileError, match="bad.json"):
             load_part(tmp_path / "bad.json", "guest")
@@ -191,3 +192,26 @@ def test_a_saved_scaling_is_checked_when_the_part_is_loaded(tmp_path):
     (tmp_path / "host.json").write_text(json.dumps({**host, "scorecard": d["scorecard"]}))
     with pytest.raises(ModelFileError, match="only the guest's"):
         load_part(tmp_path / "host.json", "h")
+
+
+def test_values_far_outside_the_training_range_are_warned_about(tmp_path, caplog):
+    """A unit error in new rows (a value a million times too large) would score 0 or 1 silently: each
+    party warns, in its own log, naming its column and how many rows lie more than 10 training standard
+    deviations out. Rows as the model saw them give no warning."""
+    job, new, hosts = _trained_job(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="vfl.predict"):
+        run_predict_local(job)
+    assert not [r for r in caplog.records if "standard deviations" in r.getMessage()]
+    column = [c for c in new.columns if c not in ("id", "y")][1]
+    bad = new.copy()
+    bad.loc[bad.index[:3], column] = bad[column].iloc[:3] * 1e6 + 1e6
+    bad.to_csv(tmp_path / "g_new.csv", index=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vfl.predict"):
+        run_predict_local(job)
+    warned = [r.getMessage() for r in caplog.records if "standard deviations" in r.getMessage()]
+    scored = set(pd.read_csv(job.output_dir("guest") / "scores.csv", dtype={"id": str})["id"])
+    far = sum(i in scored for i in bad["id"].iloc[:3])
+    assert warned == [f"guest: values more than 10 training standard deviations from the training mean in "
+                      f"{column} ({far} rows); the model extrapolates there, so check these rows' units and "
+                      "values before using their scores"]

@@ -45,6 +45,29 @@ def _load_rows(job: JobConfig, party: PartyConfig, model, label: str | None = No
                       encoding=party.encoding, drop_columns=unlabelled)
 
 
+FAR_SIGMAS = 10.0
+"""A value this many training standard deviations from the training mean is warned about at scoring."""
+
+
+def _warn_far_values(party: str, model, data) -> None:
+    """Warn (in the party's own log) about rows whose numeric values lie far outside what the model
+    was trained on: a linear tower extrapolates them, and a data error (income in cents, a unit
+    change) would otherwise give scores of 0 or 1 silently. WOE-binned parts put such values in
+    their end bins, so they are not checked."""
+    if getattr(model, "encoder", None) is not None:
+        return
+    columns = list(getattr(model, "numeric_columns", None) or getattr(model, "columns", []))
+    at = [data.columns.index(c) for c in columns if c in data.columns]
+    if not columns or len(at) != len(columns) or not len(data.ids):
+        return
+    counts = model.standardizer.far_rows(data.features[:, at], FAR_SIGMAS)
+    if counts.any():
+        far = ", ".join(f"{c} ({int(k)} rows)" for c, k in zip(columns, counts) if k)
+        log.warning("%s: values more than %g training standard deviations from the training mean in %s; "
+                    "the model extrapolates there, so check these rows' units and values before using "
+                    "their scores", party, FAR_SIGMAS, far)
+
+
 def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if job.model.type == "secureboost":
         from .secureboost import predict_guest as secureboost_guest
@@ -59,6 +82,7 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     t0 = time.perf_counter()
     common = run_psi(job, g.name, channel, table.ids)
     data = table.take(common)
+    _warn_far_values(g.name, model, data)
     score, points = guest_joint_scores(job, channel, model, data)
     frame = pd.DataFrame({"id": common, "score": score, "points": points.round(1)})
     if has_label:
@@ -98,6 +122,7 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     common = run_psi(job, name, channel, table.ids)
     write_intersection(out / "scored_ids.csv", common)
     data = table.take(common)
+    _warn_far_values(name, model, data)
     u_h = model.score(data)
     host_send_scores(channel, job.guest.name, job.host_names, name, u_h, context=f"{job.name}/score",
                      auth=relay_authentication(job, name))

@@ -54,6 +54,13 @@ class Standardizer:
     def transform(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mean) / self.scale
 
+    def far_rows(self, X: np.ndarray, limit: float = 10.0) -> np.ndarray:
+        """Per column, how many rows of ``X`` lie more than ``limit`` training standard deviations from
+        the training mean: a model scores them by extrapolation (a linear score of a value 10^6 sigma
+        out saturates the probability at 0 or 1)."""
+        with np.errstate(invalid="ignore"):
+            return (np.abs(self.transform(X)) > limit).sum(axis=0)
+
     def to_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
 
