@@ -184,3 +184,14 @@ def test_a_utf8_file_declared_gbk_is_refused_even_when_its_chinese_starts_late(t
     real.write_text("\n".join(rows + ["C99998,1,浙江", "C99999,2,中文"]) + "\n", encoding=encoding)
     table = load_table(real, "id", categorical_columns=["city"], encoding=encoding)
     assert table.categorical[-2:].ravel().tolist() == ["浙江", "中文"]
+
+
+def test_a_cohort_folder_keeps_a_chinese_file_name(tmp_path):
+    """A cohort's folder is named after the scored file: Chinese (or any script's) letters are kept,
+    only characters a folder name cannot safely hold become ``_``, and nothing escapes ``cohorts``."""
+    from datetime import datetime, timezone
+    from vfl.evaluation.collect import new_cohort_dir
+    now = datetime(2026, 12, 6, tzinfo=timezone.utc)
+    assert new_cohort_dir(tmp_path, tmp_path / "十二月 申请人.csv", now).name == "20261206T000000Z-十二月_申请人"
+    odd = new_cohort_dir(tmp_path, tmp_path / "a/../..csv", now)
+    assert odd.parent == tmp_path / "cohorts" and odd.name == "20261206T000000Z-cohort"

@@ -394,6 +394,9 @@ def _job_file_with(tmp_path, model: dict | None = None, **tables) -> Path:
     ({"preprocess": {"binz": 3}}, "did you mean 'bins'"),
     ({"scorecard": {"base_score": 600, "base_points": 500}}, "same setting"),
     ({"scorecard": {"pdo": 0}}, "pdo must be > 0"),
+    ({"scorecard": {"pdo": 1e308}}, "pdo must be > 0 and at most 10000"),     # points were inf
+    ({"scorecard": {"base_odds": 1e-300}}, "base_odds must be between"),
+    ({"scorecard": {"base_points": -1e300}}, "base_points must be between"),
 ])
 def test_config_errors(tmp_path, table, message):
     path = _job_file_with(tmp_path, **table)

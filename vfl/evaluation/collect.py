@@ -146,7 +146,7 @@ def new_cohort_dir(parent: Path, scored_file: Path, now: datetime | None = None)
     """A fresh directory ``<parent>/cohorts/<UTC time>-<file stem>[-n]``, created here so that two
     scorings, even in the same second, never share one."""
     now = now or datetime.now(timezone.utc)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(scored_file).stem)[:60] or "cohort"
+    stem = re.sub(r"[^\w.-]+", "_", Path(scored_file).stem)[:60].strip("._") or "cohort"   # \w: any script
     base = parent / COHORTS / f"{now:%Y%m%dT%H%M%SZ}-{stem}"
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):

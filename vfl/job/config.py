@@ -244,6 +244,17 @@ class ScorecardConfig:
     def base_score(self) -> float:
         return self.base_points
 
+    def problem(self) -> str | None:
+        """What is wrong with this scaling, or None. The bounds keep every point finite and
+        printable (a ``pdo`` of 1e308 made points ``inf``) and are far beyond any real scorecard."""
+        if not 1e-9 <= self.base_odds <= 1e9:
+            return f"base_odds must be between 1e-9 and 1e9, got {self.base_odds}"
+        if not 0 < self.pdo <= 1e4:
+            return f"pdo must be > 0 and at most 10000, got {self.pdo}"
+        if not abs(self.base_points) <= 1e7:
+            return f"base_points must be between -1e7 and 1e7, got {self.base_points}"
+        return None
+
 
 BINNING_METHODS = ("quantile", "equal_width")
 
@@ -788,8 +799,8 @@ def _scorecard(table: dict) -> ScorecardConfig:
             raise ConfigError("[scorecard] base_score and base_points are the same setting; give one")
         table["base_points"] = score
     sc = _dataclass_from(ScorecardConfig, table, "scorecard")
-    if not sc.base_odds > 0 or not sc.pdo > 0:
-        raise ConfigError("[scorecard] base_odds and pdo must be > 0")
+    if sc.problem():
+        raise ConfigError(f"[scorecard] {sc.problem()}")
     return sc
 
 

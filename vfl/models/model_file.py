@@ -381,9 +381,10 @@ def read_scaling(d: dict, path: Path, role: str) -> ScorecardConfig | None:
     if not isinstance(sc, dict) or set(sc) != set(SCALING_KEYS):
         raise ModelFileError(f"{path}: scorecard must be an object of {', '.join(SCALING_KEYS)}")
     base_points, base_odds, pdo = finite_vector([sc[k] for k in SCALING_KEYS], "scorecard")
-    if base_odds <= 0 or pdo <= 0:
-        raise ModelFileError(f"{path}: scorecard base_odds and pdo must be > 0")
-    return ScorecardConfig(float(base_points), float(base_odds), float(pdo))
+    scaling = ScorecardConfig(float(base_points), float(base_odds), float(pdo))
+    if scaling.problem():
+        raise ModelFileError(f"{path}: scorecard {scaling.problem()}")
+    return scaling
 
 
 def _names(values, what: str) -> list[str]:
