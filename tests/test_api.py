@@ -92,6 +92,21 @@ def test_scores_carry_the_guest_frames_own_ids_in_its_row_order(tmp_path):
     assert list(by_path.index) == sorted(shared.astype(str))
 
 
+def test_float_ids_of_one_party_match_integer_ids_of_another(tmp_path):
+    """A guest frame whose integer IDs became floats (a merge, a reindex, Excel) against a host's
+    int64 IDs: written as "1.0" and "1", PSI found no common customer. IDs are written as canonical
+    text, as categorical codes are, and the scores come back on the guest frame's own float IDs."""
+    g, hosts = vertical_split(400, 2, [1], seed=3)
+    g["id"] = g["id"].astype(int).astype(float)
+    hosts[0]["id"] = hosts[0]["id"].astype(int)
+    model = vfl.fit(make_job(tmp_path, g, hosts, model={"epochs": 1, "batch_size": 128}))
+    shared = g["id"][g["id"].isin(hosts[0]["id"])]
+    assert model.metrics["aligned_rows"] == len(shared) > 250
+    new = g.drop(columns="y").iloc[:60]
+    scores = model.predict_proba({"guest": new, "host0": hosts[0]})
+    assert scores.index.dtype == np.float64 and list(scores.index) == list(new["id"][new["id"].isin(hosts[0]["id"])])
+
+
 def test_categorical_codes_read_alike_at_fit_and_predict_and_unseen_ones_are_warned_of(tmp_path, caplog):
     """Integer codes of a categorical column are floats in pandas once a row lacks one: written as
     "1.0" at fit and "1" at predict, every value was unseen and the scores silently changed. Values

@@ -498,15 +498,16 @@ def _planned(workdir: Path, p: Party, data: Data | None, kind: str) -> str | Non
 
 def _write_frame(frame: pd.DataFrame, path: Path, id_column: str, party: str,
                  categorical: Sequence[str] = ()) -> None:
-    """A party's DataFrame as the CSV its job names; the ID may be the index. The ``categorical``
-    columns are written as canonical text (:func:`_category_text`): the model knows a category by its
-    text, which must not depend on the dtype pandas gave the frame at fit or at predict time."""
+    """A party's DataFrame as the CSV its job names; the ID may be the index. The ID and ``categorical``
+    columns are written as canonical text (:func:`_category_text`): PSI matches IDs and the model knows
+    a category by its text, which must not depend on the dtype pandas gave the frame (IDs 1.0, 2.0 of a
+    float column would otherwise never match another party's 1, 2)."""
     if id_column not in frame.columns:
         if frame.index.name != id_column:
             raise ConfigError(f"party {party!r}: the DataFrame has no ID column {id_column!r} (as a column or "
                               f"the index's name); set id_column to the column holding the IDs")
         frame = frame.reset_index()
-    cats = [c for c in categorical if c in frame.columns]
+    cats = [c for c in (id_column, *categorical) if c in frame.columns]
     if cats:
         frame = frame.assign(**{c: _category_text(frame[c]) for c in cats})
     path.parent.mkdir(parents=True, exist_ok=True)
