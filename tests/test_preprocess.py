@@ -128,6 +128,23 @@ def test_monotonic_groups_give_monotonic_woe():
         apply_groups(cb, np.array([0, 2, 2, 3, 3, 4]))
 
 
+def test_bin_labels_state_the_edges_exactly():
+    """scorecard.csv's ``bin`` text is what a decision engine bins rows by: read back, every edge is the
+    float the model bins with, so the engine puts every row where `vfl predict` does (an edge 20210505
+    printed as 2.02105e+07 put 17% of a date column's rows in another bin)."""
+    import re
+    edges = [0.1 + 0.2, 1000045.0, 20210505.0, 1e22]
+    cb = ColumnBins("x", NUMERIC, np.ones(len(edges) + 2, dtype=np.int64), edges, len(edges) + 1)
+    labels = cb.labels()
+    assert labels[1:3] == ["(0.30000000000000004, 1000045]", "(1000045, 20210505]"] and labels[-1] == "missing"
+    read = [float(b) for label in labels[:-1] for b in re.findall(r", ([^\]\)]+)[\]\)]$", label)]
+    assert read == [*edges, float("inf")]
+    values = np.array([20210505.0, 20210506.0, 1000044.9, 0.3, np.nan])
+    parsed = np.searchsorted(np.array(read[:-1]), values, side="left")
+    parsed[np.isnan(values)] = len(labels) - 1
+    np.testing.assert_array_equal(parsed, cb.assign(values))
+
+
 def test_selection_by_threshold_and_top_k():
     ivs = [0.02, 0.5, 0.1, 0.3, 0.1]
     assert select_by_iv(ivs) == [0, 1, 2, 3, 4]
