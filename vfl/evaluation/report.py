@@ -563,16 +563,23 @@ def _importance_section(m: dict, job) -> list[str]:
                   cols)]
 
 
-def tree_settings(mc, trees_run, grown: int | None = None) -> list[tuple[str, object]]:
+def tree_settings(mc, trees_run, grown: int | None = None, host_roots: int | None = None) -> list[tuple[str, object]]:
     """The job-section rows of a tree model (in place of epochs, batch size and optimizer). With
-    early stopping (``grown`` known) the trees kept are fewer than those grown: both are shown."""
+    early stopping (``grown`` known) the trees kept are fewer than those grown: both are shown.
+    ``host_roots``: trees whose root split on a host's column although ``host_root_splits`` is false
+    (``metrics.json``'s ``host_root_fallbacks``; shown when known)."""
     count = (("trees kept / grown / set", f"{fmt(trees_run)} / {grown} / {mc.num_trees}") if grown is not None else
              ("trees grown / set", f"{trees_run if trees_run is not None else '–'} / {mc.num_trees}"))
     return [count,
             ("max depth", mc.max_depth), ("bins per column", mc.max_bin), ("learning rate", mc.learning_rate),
             ("L2", mc.l2), ("min rows per leaf", mc.min_leaf_rows), ("min child hessian", mc.min_child_weight),
             ("row subsample", mc.subsample), ("column subsample", mc.colsample),
-            ("early stopping", f"on, patience {mc.patience}" if mc.early_stopping == "on" else "off")]
+            ("early stopping", f"on, patience {mc.patience}" if mc.early_stopping == "on" else "off")] + (
+        [] if host_roots is None else
+        [("roots split on a host's column", "allowed (host_root_splits = true)" if mc.host_root_splits else
+          f"{host_roots} of {grown if grown is not None else trees_run} trees" + (
+              ": the guest's columns could not split them, so that host knows their partition" if host_roots
+              else ""))])
 
 
 def batch_setting(mc, n_train: int | None) -> str:
@@ -627,8 +634,8 @@ def _job_section(m: dict, job) -> list[str]:
                 ("PD to points", scaling_setting(m.get("scorecard") or {}, job.scorecard)),
                 ("smallest release (rows)", m.get("smallest_release_rows"))] + preprocess_settings(job)
     if mc.type == "secureboost":
-        settings = settings[:3] + tree_settings(mc, m.get("trees"), (m.get("validation") or {}).get("trees_grown")
-                                                ) + settings[8:11]
+        settings = settings[:3] + tree_settings(mc, m.get("trees"), (m.get("validation") or {}).get("trees_grown"),
+                                                m.get("host_root_fallbacks")) + settings[8:11]
     if m.get("label_dp") is not None:
         settings.append(("label-DP", label_dp_setting(m["label_dp"])))
     refit = m.get("guest_refit")

@@ -21,6 +21,7 @@ from ..io.files import write_csv_atomically, write_json
 from ..io.tables import DataError, PartyTable, check_training_rows, has_labels, load_table
 from ..models.trees import SecureBoostGuest, SecureBoostHost, TreeParams
 from ..models.trees.binning import CategoryCodes
+from ..models.trees.split import row_sample
 from ..models.timing import Stopwatch
 from ..models.validation import validation_rows
 from ..preprocess.selection import ANONYMOUS
@@ -91,6 +92,22 @@ def _inputs(table: PartyTable, categories: list[CategoryCodes], model_columns: l
     return X[:, [at[c] for c in model_columns]], list(model_columns)
 
 
+def check_leaf_rows(m: ModelConfig, train: int, validation: int, source: str) -> None:
+    """Refuse settings under which no node can split: a split needs ``2 * min_leaf_rows`` rows, and a
+    tree's root holds the training rows it is grown on (less the validation rows, a ``subsample`` draw
+    of them). Without this every tree was a single leaf and the model scored every row alike."""
+    grown = train - validation
+    rows = int(row_sample(tree_params(m), 0, grown).size) if grown > 0 else 0
+    if 2 * m.min_leaf_rows <= rows:
+        return
+    how = [f"{validation} validation rows left out"] if validation else []
+    how += [f"a subsample of {m.subsample:g}"] if m.subsample < 1 else []
+    raise DataError(f"{source}: [model] min_leaf_rows = {m.min_leaf_rows} needs 2 * {m.min_leaf_rows} = "
+                    f"{2 * m.min_leaf_rows} rows to split a tree's root, but each tree is grown on {rows} of the "
+                    f"{train} training rows" + (f" ({', '.join(how)})" if how else "")
+                    + f": every tree would be a single leaf; set min_leaf_rows to at most {rows // 2}")
+
+
 def _aligned(job: JobConfig, name: str, table: PartyTable, ids: np.ndarray) -> tuple[PartyTable, np.ndarray]:
     write_intersection(job.output_dir(name) / "intersection.csv", ids)
     return table.take(ids), split_mask(ids, job.seed, job.test_fraction)
@@ -112,6 +129,7 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
     X, columns = _inputs(data, categories)
     model = SecureBoostGuest(tree_params(job.model), hosts=job.host_names, columns=columns, categories=categories)
     valid = validation_rows(common, test, job.model, job.seed)     # early stopping = "on": every party alike
+    check_leaf_rows(job.model, n_train, int((valid & ~test).sum()), str(g.data))   # some node can split
     model_id = new_model_id()                # this training's, in every party's part (no resume: always new)
     send_model_id(job, channel, "sbt", model_id)
     with timings("train"):
@@ -139,6 +157,11 @@ def run_guest(job: JobConfig, channel: Channel) -> dict:
         "loss_history": model.loss_history_, "epoch_seconds": [round(s, 3) for s in model.tree_seconds_],
         "epochs_run": len(model.loss_history_), "validation": model.validation_,
         "importance": model.importance(),
+        # trees whose root split on a host's column although host_root_splits = false (the guest's columns
+        # could not split it): that host knows those roots' partitions; and trees whose root did not split
+        "host_root_fallbacks": model.host_root_fallbacks_, "unsplit_roots": model.unsplit_roots_,
+        # the host per-bin sums the guest decrypted (enc_hist): no row minimum by design (docs 2a)
+        "host_bin_rows": model.host_bin_rows_,
         "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()},
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "scorecard": {"base_points": sc.base_points, "base_odds": sc.base_odds, "pdo": sc.pdo,

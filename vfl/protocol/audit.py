@@ -19,7 +19,11 @@ and so does any plaintext aggregate with a row count under the job's
 report of a smaller release. It then prints, per party, what it received by
 payload class (messages, values, bytes, and the smallest number of rows behind
 any plaintext aggregate), and the label-DP epsilon spent when the arbiter's
-``training.json`` reports it.
+``training.json`` reports it. SecureBoost's per-node, per-bin host sums
+(``sbt/t<t>/l<d>/enc_hist``) have no row minimum by design (docs/protocols.md,
+2a): the guest's ledger gives, in a ``rows`` line after each one it decrypted,
+the fewest rows behind a non-empty sum, and the report prints the smallest on a
+line of its own, not as a floored release.
 With label-DP on, every release a party received in the last training run
 must be one the arbiter reports having noised: the guarantee covers a host's
 whole view only if the guest's releases are noised as well as the hosts'
@@ -45,8 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ledger import GENESIS, LEDGER_FILE, job_sizes, line_hash
-from .spec import (AGGREGATE, CLASSES, CLEAR, DECLARES, RELEASE, ROLES, TASK_PHASES, SpecViolation, StepSpec,
-                   check_size, find, public_sizes)
+from .spec import (AGGREGATE, CLASSES, CLEAR, DECLARES, RELEASE, ROLES, ROWS_EVENT, TASK_PHASES, UNFLOORED,
+                   SpecViolation, StepSpec, check_size, find, public_sizes)
 
 # In a training run the guest learns the hosts' summed scores of the aligned rows here, then refits
 # its own part on exact labels (docs/protocols.md, "The guest's refit"): it may send hosts nothing after.
@@ -69,16 +73,41 @@ class ClassStats:
     min_rows: int | None = None
     without_rows: int = 0        # aggregates whose rows the ledger does not record
 
-    def add(self, entry: dict) -> None:
+    def add(self, entry: dict, floored: bool = True) -> None:
+        """Count a received line; ``floored`` False: an aggregate with no row minimum by design, whose
+        rows :class:`UnflooredStats` counts apart."""
         self.messages += 1
         self.values += int(entry.get("values") or 0)
         self.bytes += int(entry.get("bytes") or 0)
-        if entry.get("class") == AGGREGATE and entry.get("values"):
+        if entry.get("class") == AGGREGATE and entry.get("values") and floored:
             rows = entry.get("rows")
             if _is_int(rows):
                 self.min_rows = rows if self.min_rows is None else min(self.min_rows, rows)
             else:
                 self.without_rows += 1
+
+
+@dataclass
+class UnflooredStats:
+    """Received aggregates with no row minimum by design (spec rows UNFLOORED: SecureBoost's enc_hist),
+    and the fewest rows behind a non-empty sum as the receiver's ``rows`` lines give them."""
+
+    messages: int = 0
+    counted: int = 0             # those a ``rows`` line follows
+    min_rows: int | None = None
+    steps: set = field(default_factory=set)     # their spec names
+
+    def line(self) -> str:
+        """The audit report's line: the smallest count, and that no floor applies, by design."""
+        text = (f"    of these, per-bin sums with no row minimum ({', '.join(sorted(self.steps))}): "
+                f"{self.messages} messages")
+        if self.min_rows is not None:
+            text += f"; smallest non-empty bin: {self.min_rows} row{'s' * (self.min_rows != 1)}"
+        if self.counted < self.messages:
+            text += (f"; {self.messages - self.counted} without a count (not decrypted, as a tree halted by early "
+                     "stopping, or recorded before vfl counted them)")
+        return text + ("; no floor by design: SecureBoost's guest learns every summed node's per-bin sums, as "
+                       "FATE's does (docs/protocols.md, 2a, \"What each party learns in total\")")
 
 
 @dataclass
@@ -105,6 +134,7 @@ class Run:
     scored: bool = False           # in a training run, the hosts' scores of the aligned rows (SCORED_STEP)
                                    # have reached the guest: the guest received them, or this host sent them
     declared: dict = field(default_factory=dict)   # peer -> columns and cells the link's host declared
+    uncounted: dict = field(default_factory=dict)  # (peer, step) -> an UNFLOORED aggregate awaiting its rows line
     start: float | None = None     # time of its first and last line (the "t" the ledger writes)
     end: float | None = None
 
@@ -142,6 +172,7 @@ class PartyLedger:
     path: Path
     lines: int = 0
     received: dict = field(default_factory=dict)       # class -> ClassStats
+    unfloored: UnflooredStats = field(default_factory=UnflooredStats)
     sent_messages: int = 0
     sent_bytes: int = 0
     sent: dict = field(default_factory=lambda: defaultdict(deque))   # (peer, step, sha256) -> deque of Msg
@@ -228,6 +259,9 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                 led.run_log[-1].end = t
             if event == "failed":
                 led.run_log[-1].failed = True
+                continue
+            if event == ROWS_EVENT:
+                _check_rows_line(led, entry, where)
                 continue
             if event != "message":
                 led.problems.append(f"{where}: unknown event {event!r}")
@@ -352,7 +386,11 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         led.sent[key].append(msg)
         run.sent.setdefault(peer, []).append(msg)
         return
-    led.received.setdefault(spec.cls, ClassStats()).add(entry)
+    led.received.setdefault(spec.cls, ClassStats()).add(entry, floored=spec.rows != UNFLOORED)
+    if spec.rows == UNFLOORED and entry.get("values"):
+        led.unfloored.messages += 1
+        led.unfloored.steps.add(spec.doc)
+        run.uncounted[(str(peer), str(step))] = where
     led.got.append((peer, msg))
     run.got.setdefault(peer, []).append(msg)
     if step == "woe/host_woe" and training is not None:   # a resume must resend the same noised WOE, not a new draw
@@ -373,6 +411,24 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         what = "released sums" if spec.rows == RELEASE else "is an aggregate"
         led.problems.append(f"{where}: {step!r} {what} over {rows} rows, below the job's "
                             f"min_rows_per_release = {min_release_rows}")
+
+
+def _check_rows_line(led: PartyLedger, entry: dict, where: str) -> None:
+    """A ``rows`` line: the fewest rows behind a non-empty sum of the aggregate with no row minimum that
+    this party received last at that step from that peer, in this run (each such message at most one)."""
+    run: Run = led.run_log[-1]
+    peer, step, rows = entry.get("peer"), entry.get("step"), entry.get("rows")
+    if run.uncounted.pop((str(peer), str(step)), None) is None:      # str: a malformed line is no key
+        led.problems.append(f"{where}: a row count for {step!r} from {peer!r}, but no such message without a row "
+                            "minimum was received before it in this run (or it was counted already)")
+        return
+    if not _is_int(rows) or rows < 1:
+        led.problems.append(f"{where}: {step!r} from {peer!r}: the fewest rows behind a non-empty sum is recorded as "
+                            f"{rows!r}, not a whole number of at least 1")
+        return
+    stats = led.unfloored
+    stats.counted += 1
+    stats.min_rows = rows if stats.min_rows is None else min(stats.min_rows, rows)
 
 
 def _check_size(led: PartyLedger, run: Run, spec: StepSpec, entry: dict, where: str, peer: str,
@@ -833,6 +889,8 @@ def audit_job(job) -> tuple[bool, str]:
                                  + (f", the party reports at least {reported} rows behind each sum)"
                                     if reported is not None else ")"))
                 out.append(line)
+                if c == AGGREGATE and led.unfloored.messages:
+                    out.append(led.unfloored.line())
         for problem in led.problems:
             out.append(f"  PROBLEM: {problem}")
     dp = _label_dp(job)

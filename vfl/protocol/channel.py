@@ -128,6 +128,15 @@ class LocalChannel:
         return decode_payload(data)
 
 
+def note_rows_after(channel: Channel, peer: str, step: str, rows: int) -> None:
+    """Tell a recording channel the fewest rows behind a non-empty sum of the aggregate just received
+    from ``peer`` at ``step``, counted once decrypted (an aggregate with no row minimum by design,
+    ``spec.UNFLOORED``); channels that keep no ledger ignore it."""
+    note = getattr(channel, "note_rows_after", None)
+    if note is not None:
+        note(peer, step, rows)
+
+
 def note_rows(channel: Channel, step: str, rows: int) -> None:
     """Tell a recording channel how many rows stand behind the aggregate expected at ``step``
     (for the ledger and ``vfl audit``); channels that keep no ledger ignore it."""

@@ -43,7 +43,7 @@ import numpy as np
 from crypto import EncryptedArray
 from .channel import Channel, ProtocolError, WrongStep
 from .messages import BigInts, Payload, encode_payload
-from .spec import (DECLARES, SpecViolation, StepSpec, batch_sizes, check_size, declared_sizes, find,
+from .spec import (DECLARES, ROWS_EVENT, SpecViolation, StepSpec, batch_sizes, check_size, declared_sizes, find,
                    public_sizes)
 
 GENESIS = "0" * 64
@@ -302,6 +302,13 @@ class SpecChannel:
         """Record that the aggregate about to arrive at ``step`` stands on at least ``rows`` rows:
         the receiver's own count (e.g. of its released sums), which the wire does not carry."""
         self._noted_rows[step] = int(rows)
+
+    def note_rows_after(self, peer: str, step: str, rows: int) -> None:
+        """Record, in a line of its own right after the message's, the fewest rows behind a non-empty
+        sum of the aggregate received from ``peer`` at ``step``: the count exists only once the
+        receiver has decrypted it, after the message's line is written (``spec.UNFLOORED``)."""
+        if self.ledger is not None:
+            self.ledger.append({"event": ROWS_EVENT, "peer": peer, "step": step, "rows": int(rows)})
 
     def _rows(self, spec: StepSpec, step: str, peer: str) -> int | None:
         if step in self._noted_rows:

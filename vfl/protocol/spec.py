@@ -73,8 +73,9 @@ class StepSpec:
     phase: str          # psi, train or score
     dtype: str | None = None   # for arrays: regex on the dtype without byte order, e.g. ``S32``, ``[iu][1248]``
     rows: str | None = None    # for aggregates: "batch" (rows of the step's batch), "n_train", "bins" (the
-                               # smallest bin of the host's woe/bin_rows: every released bin has at least that)
-                               # or "noted" (a release: the receiver's own count, required on every non-empty one)
+                               # smallest bin of the host's woe/bin_rows: every released bin has at least that),
+                               # "noted" (a release: the receiver's own count, required on every non-empty one)
+                               # or "unfloored" (UNFLOORED: no row minimum by design; the receiver's count follows)
     cap: tuple | None = None   # control payloads: the ceiling's terms ((coefficient, (size, ...)), ...), from
                                # CEILINGS; None where a payload is sized by a request (serving)
 
@@ -92,6 +93,12 @@ def _compiled(pattern: str) -> re.Pattern:
 
 
 RELEASE = "noted"    # StepSpec.rows of a release: rows the receiver counted itself (SpecChannel.note_rows)
+# StepSpec.rows of SecureBoost's per-node, per-bin host sums (enc_hist): no row minimum, by design
+# (docs/protocols.md, 2a, "What each party learns in total"). The receiver counts the rows behind them only
+# once it has decrypted them, so its ledger gives the fewest behind a non-empty sum in a line of its own,
+# right after the message's: {"event": ROWS_EVENT, "peer", "step", "rows"}. `vfl audit` prints the smallest.
+UNFLOORED = "unfloored"
+ROWS_EVENT = "rows"
 
 _PRE = r"(?P<pre>lr|emb)"
 _BATCH = _PRE + r"/e(?P<epoch>\d+)/b(?P<batch>\d+)/"
@@ -218,8 +225,9 @@ _TABLE: list[StepSpec] = ([
     StepSpec("sbt/t<t>/l<d>/enc_hist", _SBT_LEVEL + r"enc_hist", "host", "guest", AGGREGATE, ("encrypted",),
              "for each node summed this level and each bin of each host column (anonymous): the sums of g and h "
              "and the number of the node's rows in the bin (what FATE's guest learns); knowing every row's g, h "
-             "and node, in small nodes also which of the node's rows lie in each bin (those rows' bin codes)",
-             TRAIN),
+             "and node, in small nodes also which of the node's rows lie in each bin (those rows' bin codes). No "
+             "row minimum, by design: a bin may hold a single row of the node (the guest's ledger notes the "
+             "fewest)", TRAIN, rows=UNFLOORED),
     StepSpec("sbt/t<t>/l<d>/splits", _SBT_LEVEL + r"splits", "guest", "host", CONTROL, ("control",),
              "which of its own (column, bin or set of bins, missing side) splits the guest chose at this level, "
              "sorted, new "

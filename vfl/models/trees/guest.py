@@ -10,7 +10,10 @@ Per tree level (docs/protocols.md, section 2a):
    directly summed node's ``(G, H, C)`` per host bin. Only nodes that can be
    split are summed (:func:`summed_nodes`): of a pair whose children both can,
    the smaller, the other being its parent minus it (histogram subtraction); of
-   a pair with one, that one.
+   a pair with one, that one. These sums have no row floor (docs 2a): the guest
+   notes in its ledger, after each message, the fewest rows behind a non-empty
+   bin it now holds (:func:`~vfl.protocol.channel.note_rows_after`), and keeps the figures for
+   ``metrics.json`` (``host_bin_rows_``).
 3. The best split of every open node over all parties' columns
    (:func:`vfl.models.trees.split.best_split`); a host's category or missing
    bin with fewer than ``min_rows_per_release`` rows in the node goes to a
@@ -37,7 +40,7 @@ from crypto import EncryptedArray, PrivateKey, generate_keypair
 from crypto.arrays import object_array
 
 from ...preprocess.selection import anonymous_name
-from ...protocol.channel import Channel
+from ...protocol.channel import Channel, note_rows_after
 from ..timing import Stopwatch
 from .binning import (CategoryCodes, Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for,
                       split_order)
@@ -150,6 +153,9 @@ class SecureBoostGuest:
         self.host_splits_: list[int] = []          # how many splits each host holds
         self.tree_seconds_: list[float] = []
         self.timings_ = Stopwatch()
+        self.host_root_fallbacks_ = 0              # trees whose root split on a host's column: the guest's could not
+        self.unsplit_roots_ = 0                    # trees whose root did not split (a constant)
+        self.host_bin_rows_: dict = {}             # the host per-bin sums the guest decrypted: their fewest rows
 
     # ------------------------------------------------------------ training
     def fit(self, channel: Channel, X: np.ndarray, y: np.ndarray,
@@ -189,6 +195,8 @@ class SecureBoostGuest:
         self.base_ = base_score(y[~valid])
         score = np.full(n, self.base_)
         self.loss_history_, self.validation_ = [], None
+        self.host_root_fallbacks_ = self.unsplit_roots_ = 0
+        self.host_bin_rows_ = {"smallest": None, "sums": 0, "below_min_rows_per_release": 0}
         held: list[tuple[int, list[int]]] = []      # after each tree: own splits and each host's
         try:
             for t in range(p.num_trees):
@@ -200,6 +208,9 @@ class SecureBoostGuest:
                     gq, hq = quantised_gradients(score, y, p.frac_bits)
                 tree, leaf_of = self._grow(channel, t, gq, hq, last=t + 1 == p.num_trees)
                 self.trees_.append(tree)
+                root = tree.nodes[0]
+                self.unsplit_roots_ += int(root.is_leaf)
+                self.host_root_fallbacks_ += int(not root.is_leaf and root.party != 0 and not p.host_root_splits)
                 held.append((len(self.rules_), [len(sides) for sides in self._host_sides]))
                 score = score + np.array([nd.weight if nd.is_leaf else 0.0 for nd in tree.nodes])[leaf_of]
                 self.loss_history_.append(log_loss(score[~valid], y[~valid]))
@@ -210,6 +221,7 @@ class SecureBoostGuest:
                          sum(nd.is_leaf for nd in tree.nodes), self.tree_seconds_[-1])
         finally:
             self._zeros.close()
+        self._warn_roots(len(self.trees_))
         self.host_splits_ = [len(sides) for sides in self._host_sides]
         if stopper is not None:              # keep the trees up to the best one, and only their splits
             self.validation_ = {**stopper.summary(), "trees_grown": len(self.trees_)}
@@ -218,6 +230,26 @@ class SecureBoostGuest:
         self.train_score_ = score
         self._sk = None                            # the key lives for this model's training only
         return self
+
+    def _warn_roots(self, grown: int) -> None:
+        """Once per training: trees whose root did not split (each adds only a constant), and roots that
+        split on a host's column although ``host_root_splits`` is false (docs/protocols.md, 2a, *Root
+        splits*: that host knows the root's partition)."""
+        p = self.params
+        if self.unsplit_roots_:
+            log.warning("SecureBoost: the root of %d of %d trees did not split (no split with positive gain "
+                        "leaves min_leaf_rows = %d rows and min_child_weight = %g hessian on each side): those trees "
+                        "add only a constant%s; check min_leaf_rows and min_child_weight, and that some column varies "
+                        "in the training rows", self.unsplit_roots_, grown, p.min_leaf_rows, p.min_child_weight,
+                        " and the model scores every row alike" if self.unsplit_roots_ == grown else "")
+        if self.host_root_fallbacks_:
+            log.warning("SecureBoost: the guest's columns could not split the root of %d of %d trees (none of "
+                        "them leaves min_leaf_rows = %d rows on each side with a positive gain, or colsample drew "
+                        "none of them), so those roots split on a host's column although host_root_splits = false: "
+                        "that host knows the root's partition of those trees, i.e. which of its training rows are "
+                        "in each level-1 node (docs/protocols.md, 2a, \"Root splits\"); give the guest a column "
+                        "that can split every root to keep it from the hosts", self.host_root_fallbacks_, grown,
+                        p.min_leaf_rows)
 
     def _keep_splits(self, channel: Channel, own: int, hosts: list[int]) -> None:
         """Drop the splits only trees after the best used, and tell each host how many of its splits
@@ -336,7 +368,27 @@ class SecureBoostGuest:
                 out[i].append(hist)
             for i, (parent, small) in derived.items():
                 out[i].append(parent_hist[parent][k] - out[small][k])
+            held = [out[i][k] for i in out]
+            for parent, before in parent_hist.items():    # a child too small to split: its parent's minus its
+                pair = (nodes[parent].left, nodes[parent].right)    # sibling's, not computed but as good as held
+                held += [before[k] - out[a][k] for a, b in (pair, pair[::-1]) if a in out and b not in out]
+            self._count_bin_rows(channel, h, level_step(t, d, ENC_HIST), held)
         return out
+
+    def _count_bin_rows(self, channel: Channel, host: str, step: str, hists: list[np.ndarray]) -> None:
+        """The rows behind the per-bin sums the guest holds once it has decrypted ``step`` (summed nodes
+        and, by subtraction, their siblings): the fewest behind a non-empty one goes into its ledger
+        (:func:`~vfl.protocol.channel.note_rows_after`), and into the training's figures for ``metrics.json``."""
+        counts = np.concatenate([hist[:, 2] for hist in hists]) if hists else np.zeros(0, dtype=np.int64)
+        counts = counts[counts > 0]
+        if not counts.size:
+            return
+        smallest = int(counts.min())
+        seen = self.host_bin_rows_
+        seen["smallest"] = smallest if seen["smallest"] is None else min(seen["smallest"], smallest)
+        seen["sums"] += int(counts.size)
+        seen["below_min_rows_per_release"] += int((counts < self.params.min_rows_per_release).sum())
+        note_rows_after(channel, host, step, smallest)
 
     @staticmethod
     def _check_columns(hist: np.ndarray, layout: Layout, total: tuple, host: str) -> None:
