@@ -92,6 +92,8 @@ def test_a_job_records_its_root_fallbacks_and_the_rows_behind_its_host_sums(tmp_
     guest_part = text.split("host0 (host)")[0]
     assert f"smallest non-empty bin: {min(counted)} row" in guest_part and "no floor by design" in guest_part
     assert "docs/protocols.md, 2a" in guest_part and "released-sum messages" not in guest_part
+    host_part = text.split("host0 (host)")[1]          # its split counts (sbt/importance) are no row sums
+    assert "1 not sums over rows (counts of split nodes)" in host_part and "released-sum" not in host_part
 
 
 # ---------------------------------------------------------------- finding 3: the rows behind enc_hist, in the ledger

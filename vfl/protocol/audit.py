@@ -71,18 +71,21 @@ class ClassStats:
     values: int = 0
     bytes: int = 0
     min_rows: int | None = None
-    without_rows: int = 0        # aggregates whose rows the ledger does not record
+    without_rows: int = 0        # releases whose rows the ledger does not record (not on the wire)
+    uncounted: int = 0           # aggregates that are not sums over rows (SecureBoost's split counts)
 
-    def add(self, entry: dict, floored: bool = True) -> None:
-        """Count a received line; ``floored`` False: an aggregate with no row minimum by design, whose
-        rows :class:`UnflooredStats` counts apart."""
+    def add(self, entry: dict, rows_kind: str | None = None) -> None:
+        """Count a received line of a step whose spec counts its rows as ``rows_kind``; an aggregate
+        with no row minimum by design (UNFLOORED) has its rows counted apart (:class:`UnflooredStats`)."""
         self.messages += 1
         self.values += int(entry.get("values") or 0)
         self.bytes += int(entry.get("bytes") or 0)
-        if entry.get("class") == AGGREGATE and entry.get("values") and floored:
+        if entry.get("class") == AGGREGATE and entry.get("values") and rows_kind != UNFLOORED:
             rows = entry.get("rows")
             if _is_int(rows):
                 self.min_rows = rows if self.min_rows is None else min(self.min_rows, rows)
+            elif rows_kind is None:          # the spec counts no rows: not a sum over rows
+                self.uncounted += 1
             else:
                 self.without_rows += 1
 
@@ -386,7 +389,7 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
         led.sent[key].append(msg)
         run.sent.setdefault(peer, []).append(msg)
         return
-    led.received.setdefault(spec.cls, ClassStats()).add(entry, floored=spec.rows != UNFLOORED)
+    led.received.setdefault(spec.cls, ClassStats()).add(entry, spec.rows)
     if spec.rows == UNFLOORED and entry.get("values"):
         led.unfloored.messages += 1
         led.unfloored.steps.add(spec.doc)
@@ -888,6 +891,8 @@ def audit_job(job) -> tuple[bool, str]:
                         line += (f"; {st.without_rows} released-sum messages (rows not on the wire"
                                  + (f", the party reports at least {reported} rows behind each sum)"
                                     if reported is not None else ")"))
+                    if st.uncounted:
+                        line += f"; {st.uncounted} not sums over rows (counts of split nodes)"
                 out.append(line)
                 if c == AGGREGATE and led.unfloored.messages:
                     out.append(led.unfloored.line())
