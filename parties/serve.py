@@ -36,7 +36,7 @@ from vfl.serving.roles import (ANSWER_STEPS, MISSING_UNKNOWN, MISSING_WITHHELD, 
 from vfl.serving.scorers import host_scorer
 from vfl.serving.stores import Lookup, StoreError
 
-from .serve_link import SETUP_TIMEOUT, Link, PayloadTooLarge, dial, listen, tls_contexts
+from .serve_link import SETUP_TIMEOUT, Link, PayloadTooLarge, dial, listen, stop_on_signals, tls_contexts
 
 log = logging.getLogger("vfl.serve")
 
@@ -50,6 +50,8 @@ def link_address(job: JobConfig, host: str) -> tuple[str, int]:
     p = job.party(host)
     return _host_port(p.serve_address or p.address)
 
+
+DRAIN = 5.0        # seconds a stopping host waits for the answers it is computing
 
 INLINE_ROWS = 64   # so few rows from an in-memory store are scored on the event loop: tens of microseconds,
                    # less than the hop to a worker thread; more rows, or any store that does I/O, go to one
@@ -74,7 +76,11 @@ def pins_path(job: JobConfig):
 # --------------------------------------------------------------------------------------------- host
 async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | None = None,
                            stop: asyncio.Event | None = None) -> None:
-    """Serve the guest until ``stop`` is set (or the process is stopped)."""
+    """Serve the guest until ``stop`` is set, or the process gets SIGINT, SIGTERM or SIGHUP.
+
+    Each stops cleanly: answers being computed are finished and sent (for up to DRAIN seconds),
+    the guest gets a bye on its link, and the audit log is flushed, so every answer sent has its
+    line. Only a hard kill (SIGKILL, a crash) can lose the lines still queued for the log's writer."""
     scorer = await asyncio.to_thread(host_scorer, job, name)
     server_ctx, _ = tls_contexts(job, name)
     audit = AuditLog(audit_path(job, name), job.name, name)
@@ -82,6 +88,9 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
 
     # inline only when nothing waits on I/O: recording answered IDs (three or more hosts) fsyncs a file
     inline = scorer.store.in_memory and scorer.answered is None
+
+    answering: set[asyncio.Task] = set()       # answers being computed or sent, on every link (held: the
+                                               # loop keeps only weak references to tasks)
 
     async def answer(link: Link, request) -> None:
         if not audit.healthy:              # fail closed: no answer this log cannot record
@@ -94,6 +103,9 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
         except Exception as exc:  # noqa: BLE001 - the guest gets a reply either way, this log the cause
             log.exception("%s: request %d failed", name, request.req)
             reply, outcome = {"req": request.req, "error": f"{name} failed: {type(exc).__name__}"}, "failed"
+        # the line is queued right after the answer, in the same step of the loop (nothing runs between
+        # them), and every stop flushes the queue; it says whether the answer went out: one computed for a
+        # link that closed meanwhile was never delivered and must not read "answered"
         try:
             link.send(scorer.answer_step, reply)
         except PayloadTooLarge:            # e.g. many trees' split sides for a large batch: this request only
@@ -101,7 +113,7 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
                                                       "is over the link's message limit", request.ids))
             return
         except PeerLost:
-            pass
+            outcome = f"{outcome}, not sent: the link closed first"
         audit.record(guest, request.ids, outcome, step=request.step, req=request.req)
 
     def refuse(link: Link, step: str, refusal: RequestRefused) -> None:
@@ -121,7 +133,6 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
         links[link] = asyncio.current_task()
         session, hello = scorer.hello()            # this link's own keys and request numbers
         link.send("serve/hello", hello)
-        pending: set[asyncio.Task] = set()
         try:
             while True:
                 msg = await link.recv()
@@ -137,8 +148,8 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
                         refuse(link, step, refusal)
                         continue
                     task = asyncio.create_task(answer(link, request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+                    answering.add(task)
+                    task.add_done_callback(answering.discard)
                 else:
                     raise ProtocolError(f"{guest} sent unexpected step {step!r} on the serving link")
         finally:
@@ -148,22 +159,26 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
     address = link_address(job, name)
     server = await listen(job, name, guest, address, server_ctx, on_link)
     log.info("%s: serving %s from %s on %s:%d", name, job.name, scorer.store.describe(), *address)
+    stop = stop if stop is not None else asyncio.Event()
+    unhook = stop_on_signals(stop.set)     # SIGTERM, SIGHUP: as SIGINT (which cancels this task)
     if started is not None:
         started.set()
     try:
-        if stop is None:
-            await asyncio.Event().wait()
-        else:
-            await stop.wait()
+        await stop.wait()
     finally:
         server.close()
+        if answering:                      # answers under way go out before the bye
+            await asyncio.wait(list(answering), timeout=DRAIN)
         handlers = list(links.values())
         for link in list(links):
             await link.close(f"{name}'s service stops")
         if handlers:                       # let each link's handler finish its own close
             await asyncio.wait(handlers, timeout=5)
+        if answering:                      # requests read meanwhile: audited too (as not sent)
+            await asyncio.wait(list(answering), timeout=DRAIN)
         await server.wait_closed()
         audit.close()
+        unhook()                           # kept till here: a second SIGTERM must not cut the flush short
 
 
 # -------------------------------------------------------------------------------------------- guest

@@ -35,7 +35,12 @@ ignored, so no caller picks its own address for the quota or the audit log.
 Before any body is read (:class:`Gate`, an ASGI middleware): the API key (401), the audit log (503
 while it cannot be written: nothing is answered unlogged), and the body's size (413 past a bound
 derived from ``max_batch`` and the longest ID, :func:`body_limits`), so an unauthenticated caller
-costs no parsing and no caller makes the guest buffer more than a valid request could need.
+costs no parsing and no caller makes the guest buffer more than a valid request could need; the
+body must then arrive whole within ``[serving] read_timeout`` (408 past it, audited), so a client
+that stalls mid-body does not hold its connection. uvicorn answers 503 at once past ``[serving]
+max_connections`` open connections (or requests in flight) and closes a keep-alive connection idle
+for KEEP_ALIVE seconds. uvicorn has no time limit on a request's headers: a guest API reachable
+beyond the bank's own systems belongs behind a reverse proxy that has one (docs/protocols.md, 3a).
 """
 # no "from __future__ import annotations": FastAPI reads the endpoints' annotations as the classes defined in make_app
 
@@ -54,7 +59,7 @@ from vfl.serving.roles import GuestScorer
 from vfl.serving.scorers import guest_scorer
 
 from .serve import GuestService, RowError, ServeError, _host_port
-from .serve_link import run_loop, tls_contexts
+from .serve_link import HANGUP, run_loop, stop_on_signals, tls_contexts
 
 log = logging.getLogger("vfl.serve")
 
@@ -63,6 +68,7 @@ NEED_KEY = "a valid API key is needed: Authorization: Bearer <secret> ([serving]
 BODY_SLACK = 4096          # bytes of a body besides its IDs and features: braces, field names, spaces
 ESCAPED = 12               # JSON bytes per character at most: "\ud83d\ude00" is one character
 VALUE_CHARS = 1024         # characters of one feature value (a number, or a category's text) allowed for
+KEEP_ALIVE = 5             # seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive)
 
 
 def body_limits(max_batch: int, feature_names: list[str]) -> dict[str, int]:
@@ -102,8 +108,9 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
 
     class Gate:
         """Checks made before the body is read: the API key (401), the audit log (503), the body's size
-        (413: a declared length past the bound is refused unread, a body is read only up to it), each
-        audited; then the body, whole, goes to the endpoint."""
+        (413: a declared length past the bound is refused unread, a body is read only up to it), and
+        the time the body takes (408 past ``[serving] read_timeout``), each audited; then the body,
+        whole, goes to the endpoint."""
 
         def __init__(self, app):
             self.app = app
@@ -142,8 +149,15 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
                 await refuse(413, too_large, None, f"body over {limit} bytes to {path}")
                 return
             body = bytearray()
+            deadline = asyncio.get_running_loop().time() + job.serving.read_timeout
             while True:
-                message = await receive()
+                try:                      # the whole body by the deadline, however it trickles in
+                    message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+                except asyncio.TimeoutError:
+                    t = job.serving.read_timeout
+                    await refuse(408, f"the request's body did not arrive within {t:g} s ([serving] read_timeout)",
+                                 None, f"body not received within {t:g} s to {path}")
+                    return
                 if message["type"] == "http.disconnect":
                     return
                 body += message.get("body", b"")
@@ -318,20 +332,30 @@ async def run_guest_http(job: JobConfig, started: Optional[asyncio.Event] = None
     # proxy_headers=False: the client's address is the TCP peer's. uvicorn's default takes it from
     # X-Forwarded-For when the peer is a "trusted proxy" (localhost), so a caller there could pick any
     # address for the audit log and a fresh ID quota per request.
+    # limit_concurrency: past it, uvicorn answers 503 at once (connection: close) instead of taking
+    # every connection anyone opens until the process runs out of file descriptors.
     server = uvicorn.Server(uvicorn.Config(make_app(job, scorer), host=host, port=port, log_level="warning",
-                                           access_log=False, lifespan="on", proxy_headers=False, **tls))
+                                           access_log=False, lifespan="on", proxy_headers=False,
+                                           limit_concurrency=job.serving.max_connections,
+                                           timeout_keep_alive=KEEP_ALIVE, **tls))
     log.info("%s: scoring %s on %s://%s:%d (store: %s)", g.name, job.name, "https" if tls else "http", host, port,
              scorer.store.describe())
-    task = asyncio.create_task(server.serve())
-    if stop is not None or started is not None:
-        while not server.started and not task.done():
-            await asyncio.sleep(0.02)
-        if started is not None:
-            started.set()
-        if stop is not None:
-            await stop.wait()
-            server.should_exit = True
-    await task
+    # uvicorn stops cleanly on SIGINT and SIGTERM (links closed with a bye, audit log flushed); SIGHUP
+    # (a closing terminal) ended the process at once: it stops the same way now
+    unhook = stop_on_signals(lambda: setattr(server, "should_exit", True), signals=HANGUP)
+    try:
+        task = asyncio.create_task(server.serve())
+        if stop is not None or started is not None:
+            while not server.started and not task.done():
+                await asyncio.sleep(0.02)
+            if started is not None:
+                started.set()
+            if stop is not None:
+                await stop.wait()
+                server.should_exit = True
+        await task
+    finally:
+        unhook()
 
 
 def serve(job: JobConfig, name: str) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
+import threading
 from typing import Awaitable, Callable
 
 from vfl.job.config import JobConfig
@@ -46,6 +48,33 @@ def run_loop(main: Awaitable[None]) -> None:
     uvloop.run(main)
 
 
+HANGUP = tuple(s for s in (getattr(signal, "SIGHUP", None),) if s is not None)
+STOP_SIGNALS = (signal.SIGTERM, *HANGUP)
+
+
+def stop_on_signals(stop: Callable[[], None], signals: tuple = STOP_SIGNALS) -> Callable[[], None]:
+    """Have ``signals`` (SIGTERM and SIGHUP) call ``stop`` on the running loop: the clean stop SIGINT
+    gives (the service's ``finally`` says bye on its links and flushes its audit log), where by
+    default they end the process at once. SIGTERM is what systemd, docker and Kubernetes send to
+    stop a service, SIGHUP what a closing terminal sends. Returns the function that removes the
+    handlers. A loop outside the main thread (a test's) cannot take signals: nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, stop)
+        except (NotImplementedError, RuntimeError, ValueError):      # a loop without signal support
+            continue
+        installed.append(sig)
+
+    def undo() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return undo
+
+
 def tls_contexts(job: JobConfig, me: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     p = job.party(me)
     if not (p.cert and p.key and job.ca):
@@ -73,6 +102,7 @@ class Link:
         self.reader, self.writer = reader, writer
         self.enc = LinkEncoder(job, me, peer, MAX_SERVE_FRAME)
         self.dec = LinkDecoder(job, peer, me, MAX_SERVE_FRAME)
+        self.closing = False                         # this end closes it (the peer's reads end then too)
 
     async def _frame(self, limit: int):
         try:
@@ -105,8 +135,9 @@ class Link:
             raise ProtocolError(f"{self.peer}: {exc}") from None
 
     def send(self, step: str, payload: Payload) -> None:
-        """Queue one frame (no await: frames leave in the order they are numbered)."""
-        if self.writer.is_closing():
+        """Queue one frame (no await: frames leave in the order they are numbered); none once the link is
+        closing (a frame after the bye would be sent but never read)."""
+        if self.closing or self.writer.is_closing():
             raise PeerLost(f"the link to {self.peer} is closed")
         self._check(step, self.roles[0], self.roles[1], payload)
         data = encode_payload(payload)
@@ -116,11 +147,15 @@ class Link:
         self.writer.write(self.enc.data(step, data))
 
     async def close(self, reason: str = "") -> None:
+        """Say bye and close, waiting (2 s at most) until the frames queued before the bye are out: a
+        service that stops right after must not drop answers it has sent (and audited as sent)."""
+        self.closing = True
         try:
             if not self.writer.is_closing():
                 self.writer.write(self.enc.bye(reason))
                 await asyncio.wait_for(self.writer.drain(), 2)
             self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
         except (ConnectionError, ssl.SSLError, OSError, asyncio.TimeoutError, RuntimeError):
             pass
 
@@ -152,7 +187,8 @@ async def listen(job: JobConfig, me: str, allowed: str, address: tuple[str, int]
             await link.handshake()
             await on_link(link)
         except (PeerLost, ProtocolError, asyncio.TimeoutError) as exc:
-            log.warning("%s: serving link from %s ended: %s", me, allowed, exc)
+            if not link.closing:         # not this service closing it as it stops
+                log.warning("%s: serving link from %s ended: %s", me, allowed, exc)
         finally:
             await link.close()
     return await asyncio.start_server(accepted, address[0], address[1], ssl=ctx,

@@ -299,6 +299,10 @@ class ServingConfig:
                                   # IDs scored per minute; more get 429 (each host answers who holds an ID)
     quota_store: str = ""         # an SQLAlchemy URL the service's replicas share the quota in ("": each
                                   # process counts its own)
+    read_timeout: float = 10.0    # seconds the guest's API gives a client to send a request's whole body once
+                                  # its headers are in; 408 past it (a stalled body held a connection forever)
+    max_connections: int = 512    # open HTTP connections (or requests in flight) past which the guest's API
+                                  # answers 503 at once (uvicorn's limit_concurrency); keep below `ulimit -n`
 
 
 @dataclass(frozen=True)
@@ -774,6 +778,8 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
         raise ConfigError(f"[serving] unknown_id must be 'refuse' or 'average', got {serving.unknown_id!r}")
     if not (serving.timeout > 0 and serving.max_batch >= 1 and serving.reasons >= 0 and serving.ids_per_minute >= 0):
         raise ConfigError("[serving] timeout must be > 0, max_batch >= 1, reasons >= 0 and ids_per_minute >= 0")
+    if not (serving.read_timeout > 0 and serving.max_connections >= 1):
+        raise ConfigError("[serving] read_timeout must be > 0 and max_connections >= 1")
     if serving.quota_store and ("://" not in serving.quota_store or not serving.ids_per_minute):
         raise ConfigError(f"[serving] quota_store {serving.quota_store!r} must be an SQLAlchemy URL such as "
                           "'sqlite:///quota.db' or 'postgresql://user@db/bank', and goes with ids_per_minute > 0")

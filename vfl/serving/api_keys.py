@@ -42,7 +42,11 @@ def load_api_keys(path: Path) -> dict[bytes, str]:
 
 
 def client_of(keys: dict[bytes, str], authorization: str | None) -> str | None:
-    """The client whose secret the ``Authorization`` header carries, or None."""
-    if not authorization or not authorization.startswith("Bearer "):
+    """The client whose secret the ``Authorization`` header carries, or None.
+
+    The header is ``<scheme> <secret>``; the scheme must be ``Bearer``, in any case (RFC 7235 2.1:
+    auth schemes are case-insensitive, and some gateways and clients send ``bearer``)."""
+    scheme, space, secret = (authorization or "").partition(" ")
+    if not space or scheme.lower() != "bearer":
         return None
-    return keys.get(hashlib.sha256(authorization[len("Bearer "):].strip().encode()).digest())
+    return keys.get(hashlib.sha256(secret.strip().encode()).digest())
