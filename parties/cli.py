@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from parties.launcher import Terminated
+from parties.party import JOB_HELP, HelpFormatter
 from vfl.job.config import ConfigError, load_job
 from vfl.io.tables import DataError
 
@@ -72,7 +73,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = json.loads((job.workdir / "metrics.json").read_text())
     print(json.dumps({k: metrics[k] for k in ("aligned_rows", "train", "test", "stage_seconds")}, indent=2))
     print(f"metrics: {job.workdir / 'metrics.json'}", file=sys.stderr)     # stdout: the JSON alone
+    _print_reports(job)
     return 0
+
+
+def _print_reports(job) -> None:
+    """Where the validation reports are, on stderr: the guest's, then each host's (where written here)."""
+    reports = [(job.guest.name, job.workdir / "report.html")] + [(h, job.output_dir(h) / "report.html")
+                                                                   for h in job.host_names]
+    for name, path in reports:
+        if path.is_file():
+            print(f"report ({name}): {path}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -92,8 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"scores: {job.output_dir(job.guest.name) / 'scores.csv'}", file=sys.stderr)
     if report.get("cohort"):
         print(f"cohort kept: {job.workdir / 'cohorts' / report['cohort']}", file=sys.stderr)
-    if (job.workdir / "report.html").is_file():
-        print(f"report: {job.workdir / 'report.html'}", file=sys.stderr)
+    _print_reports(job)
     return 0
 
 
@@ -134,10 +144,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from parties.party import with_tls_dir
     from parties.serve_http import serve
     job = load_job(args.job)
+    name = args.name or job.guest.name
+    if name == job.guest.name:            # its HTTP API needs the [serve] extra; a host's service does not
+        from parties.demo import check_serving_installed
+        check_serving_installed(f"vfl serve --name {name} (the guest's HTTP API)")
     if args.tls_dir is not None:
         job = with_tls_dir(job, args.tls_dir)
     try:
-        serve(job, args.name or job.guest.name)
+        serve(job, name)
     except KeyboardInterrupt:
         pass
     return 0
@@ -182,70 +196,88 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     model=args.model, serve=args.serve)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vfl", description="Privacy-preserving vertical federated learning.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return f"vfl {version('vfl')}"
+    except PackageNotFoundError:          # run from a source tree that was never installed
+        return "vfl (not installed)"
 
-    s = sub.add_parser("psi", help="private set intersection of the parties' IDs")
-    s.add_argument("job", type=Path, help="job file (TOML)")
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vfl", description="Privacy-preserving vertical federated learning.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="what to do (`vfl COMMAND --help` for its arguments):")
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+
+    s = command("psi", help="private set intersection of the parties' IDs")
+    s.add_argument("job", type=Path, help=JOB_HELP)
     s.add_argument("--threads", action="store_true",
                    help="run the parties as threads of this process (no TLS) instead of processes")
     s.set_defaults(func=cmd_psi)
 
-    s = sub.add_parser("run", help="run a whole job (PSI, training, evaluation) on this machine")
-    s.add_argument("job", type=Path)
+    s = command("run", help="run a whole job (PSI, training, evaluation) on this machine")
+    s.add_argument("job", type=Path, help=JOB_HELP)
     s.add_argument("--threads", action="store_true",
                    help="run all parties as threads of this process (no TLS) instead of processes")
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted training from the parties' last per-epoch checkpoints")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("predict", help="score new rows jointly with the trained model (guest and hosts)")
-    s.add_argument("job", type=Path)
+    s = command("predict", help="score new rows jointly with the trained model (guest and hosts)")
+    s.add_argument("job", type=Path, help=JOB_HELP)
     s.add_argument("--threads", action="store_true", help="run the parties as threads of this process")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("report", help="rebuild the guest's and each host's report.html from their saved results")
-    s.add_argument("job", type=Path)
+    s = command("report", help="rebuild the guest's and each host's report.html from their saved results")
+    s.add_argument("job", type=Path, help=JOB_HELP)
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("audit", help="verify the parties' ledgers against the protocol spec and print what "
-                                     "each party received in the clear")
-    s.add_argument("job", type=Path)
+    s = command("audit", help="verify the parties' ledgers against the protocol spec and print what "
+                              "each party received in the clear")
+    s.add_argument("job", type=Path, help=JOB_HELP)
     s.set_defaults(func=cmd_audit)
 
-    s = sub.add_parser("party", help="run one party of a job in this process")
-    s.add_argument("job", type=Path)
-    s.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
+    s = command("party", help="run one party of a job in this process")
+    s.add_argument("job", type=Path, help=JOB_HELP)
+    s.add_argument("--role", required=True, choices=["guest", "host", "arbiter"],
+                   help="which part of the job this process plays")
     s.add_argument("--name", help="which host (when the job has several); for the guest or the arbiter, "
                                    "checked against the job file")
-    s.add_argument("--task", choices=["train", "psi", "predict"], default="train")
+    s.add_argument("--task", choices=["train", "psi", "predict"], default="train",
+                   help="train: PSI, training and scoring; psi: the intersection only; predict: score new rows "
+                        "with the saved model")
     s.add_argument("--resume", action="store_true", help="continue from this party's last checkpoint")
     s.set_defaults(func=cmd_party)
 
-    s = sub.add_parser("serve", help="run one party's online scoring service (guest: HTTP API; host: its "
-                                     "partial scores for the guest), until interrupted")
-    s.add_argument("job", type=Path)
+    s = command("serve", help="run one party's online scoring service (guest: HTTP API; host: its "
+                              "partial scores for the guest), until interrupted")
+    s.add_argument("job", type=Path, help=JOB_HELP)
     s.add_argument("--name", help="which party (default: the guest)")
     s.add_argument("--tls-dir", type=Path,
                    help="take certificates from this folder (as written by `vfl certs`) instead of the job file")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("requests", help="list the online-scoring requests that included an ID, from one "
-                                        "party's serving audit log (its own key matches the hashed IDs)")
-    s.add_argument("job", type=Path)
+    s = command("requests", help="list the online-scoring requests that included an ID, from one "
+                                 "party's serving audit log (its own key matches the hashed IDs)")
+    s.add_argument("job", type=Path, help=JOB_HELP)
     s.add_argument("id", help="the ID to look for, as the clients sent it")
     s.add_argument("--name", help="whose log (default: the guest)")
     s.set_defaults(func=cmd_requests)
 
-    s = sub.add_parser("certs", help="create a CA and a key/certificate for every party (demos, tests)")
-    s.add_argument("job", type=Path)
-    s.add_argument("--out", type=Path, required=True)
+    s = command("certs", help="create a CA and a key/certificate for every party (demos, tests)")
+    s.add_argument("job", type=Path, help=JOB_HELP)
+    s.add_argument("--out", type=Path, required=True,
+                   help="folder for the CA (ca.pem, ca-key.pem) and each party's NAME.pem and NAME-key.pem")
     s.add_argument("--force", action="store_true", help="replace a CA already in --out")
     s.set_defaults(func=cmd_certs)
 
-    s = sub.add_parser("demo", help="generate and run the credit-scoring demo (bank + e-commerce)")
+    s = command("demo", help="generate and run the credit-scoring demo (bank + e-commerce)")
     s.add_argument("--workdir", default="runs/credit-demo", help="where data, job file and results go")
     s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population (at least 1000)")
     s.add_argument("--key-bits", type=int, default=2048, help="Paillier key size")
@@ -262,16 +294,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted training: the parties' checkpoints are kept."""
+    if args.func is not cmd_run:
+        return ""
+    return f"; continue with: vfl run --resume{' --threads' if args.threads else ''} {args.job}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt:       # Ctrl-C: the launcher has ended the party processes
-        print("interrupted", file=sys.stderr)
+        print("interrupted" + _resume_hint(args), file=sys.stderr)
         return 130
     except Terminated as exc:       # SIGTERM / SIGHUP of `vfl run`: likewise
-        print(str(exc), file=sys.stderr)
+        print(str(exc) + _resume_hint(args), file=sys.stderr)
         return 128 + exc.signum
     except (ConfigError, DataError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -156,8 +156,10 @@ def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epo
           f"({t_score:.1f} s) -> {job.output_dir(job.guest.name) / 'scores.csv'}")
     psi = scored["stability"]["score"]
     print(f"their score PSI against the training rows: {psi['psi']:.3f} ({psi['flag']})")
-    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["stage_seconds"].items())
-          + f", total {time.perf_counter() - t0:.1f}")
+    # the training job's "predict" stage scores the aligned rows (predictions.csv), not the new cohort
+    stages = {"predict": "scoring aligned rows"}
+    print("seconds: " + ", ".join(f"{stages.get(k, k)} {v:.1f}" for k, v in m["stage_seconds"].items())
+          + f", new cohort {t_score:.1f}, total {time.perf_counter() - t0:.1f}")
     cohort = job.workdir / "cohorts" / scored["cohort"]
     print(f"outputs under {job.workdir}/ (metrics.json, <party>/model.json, bank/predictions.csv; every scored "
           f"cohort kept under cohorts/, this one in {cohort.name}/)")
@@ -170,11 +172,12 @@ def run_demo(workdir: Path, *, n_people: int = 10_000, key_bits: int = 2048, epo
     return 0
 
 
-def check_serving_installed() -> None:
+def check_serving_installed(what: str = "--serve") -> None:
+    """Refuse in one line, before anything starts, when the guest's HTTP API cannot run here."""
     import importlib.util
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
-        raise RuntimeError(f"--serve needs {' and '.join(missing)}: pip install -e '.[serve]'")
+        raise RuntimeError(f"{what} needs {' and '.join(missing)}: pip install -e '.[serve]'")
 
 
 def _http(url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict]:

@@ -124,23 +124,62 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
             return t.run(job, me, channel, resume)       # hosts and the arbiter resume when the guest does
 
 
-def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m parties.<role>`` and of ``vfl party``."""
-    p = argparse.ArgumentParser(prog=f"python -m parties.{role}" if role else "vfl party")
-    p.add_argument("job", type=Path)
+JOB_HELP = "job file (TOML)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default shown after its help (``vfl`` and the party commands), when it has one worth
+    showing: not a flag's False, nor None, which the help text explains."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def party_parser(role: str | None) -> argparse.ArgumentParser:
+    """The arguments of ``python -m parties.<role>`` (``role`` given) and of ``vfl party``."""
+    p = argparse.ArgumentParser(prog=f"python -m parties.{role}" if role else "vfl party",
+                                description="Run one party of a job in this process.", formatter_class=HelpFormatter)
+    p.add_argument("job", type=Path, help=JOB_HELP)
     if role is None:
-        p.add_argument("--role", required=True, choices=["guest", "host", "arbiter"])
+        p.add_argument("--role", required=True, choices=["guest", "host", "arbiter"],
+                       help="which part of the job this process plays")
     p.add_argument("--name", help="which host of the job (a guest's or arbiter's name is checked)")
     p.add_argument("--task", choices=["train", "psi", "predict"], default="train",
-                   help="train: PSI, training and scoring (default); psi: the intersection only; "
+                   help="train: PSI, training and scoring; psi: the intersection only; "
                         "predict: score new rows with the saved model")
     p.add_argument("--resume", action="store_true",
                    help="(guest) continue an interrupted training from the last per-epoch checkpoints; "
                         "hosts and the arbiter follow the guest")
     p.add_argument("--tls-dir", type=Path,
                    help="take certificates from this folder (as written by `vfl certs`) instead of the job file")
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+# The resource tracker's warnings about semaphores it unlinks after their process died (its -W options are
+# this process's, sys.warnoptions, read when it starts).
+RESOURCE_TRACKER_WARNINGS = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
+
+
+def quiet_resource_tracker() -> None:
+    """Keep the party's multiprocessing resource tracker from warning of "leaked semaphore objects".
+
+    The party's worker pool holds a few semaphores. When the party is ended before it can close its pool
+    (Ctrl-C or SIGTERM of `vfl run`, whose launcher then kills the parties), its resource tracker, a
+    separate process that outlives it, unlinks them, which is its job, and warned of it on the party's
+    stderr in two lines each: it read as a bug of vfl. Nothing is left behind either way. Call before
+    the party's first pooled work (the tracker starts with it); only the tracker's own warnings are
+    ignored."""
+    if RESOURCE_TRACKER_WARNINGS not in sys.warnoptions:
+        sys.warnoptions.append(RESOURCE_TRACKER_WARNINGS)
+
+
+def main_for_role(role: str | None, argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m parties.<role>`` and of ``vfl party``."""
+    args = party_parser(role).parse_args(argv)
+    quiet_resource_tracker()
     role = role or args.role
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S")

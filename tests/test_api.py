@@ -186,13 +186,19 @@ def test_vfl_psi_runs_as_processes(tmp_path):
     assert not job.output_dir("arbiter").exists() or not any(job.output_dir("arbiter").glob("*.csv"))
 
 
-def test_the_notebook_example_trains_from_dataframes_and_scores_new_applicants(tmp_path):
+def test_the_notebook_example_trains_from_dataframes_and_scores_new_applicants(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("credit_from_dataframes",
                                                   ROOT / "examples" / "notebook" / "credit_from_dataframes.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     model, scores = example.main(people=1500, key_bits=512, workdir=str(tmp_path / "nb"))
     assert model.metrics["test"]["auc"] > 0.6
+    # the example shows its progress (it was silent for a minute), and the model says what it is
+    out, err = capsys.readouterr()
+    assert "PSI done" in err and "epoch 5/5" in err
+    shown = (f"Model('credit-notebook', type='logistic', guest='bank', hosts=['shop'], "
+             f"test_auc={model.metrics['test']['auc']:.4f}, report={str(tmp_path / 'nb' / 'report.html')!r})")
+    assert repr(model) == shown and shown in out.splitlines()
     cfg = model.job.config
     # the applicants all three files share, scored as the saved parts score them in plaintext
     tables = {p.name: load_table(cfg.output_dir(p.name) / "input" / "score.csv", "id") for p in (cfg.guest, *cfg.hosts)}
@@ -300,7 +306,8 @@ def test_verbose_shows_the_parties_progress_for_the_call_only(tmp_path, capsys):
 
 def test_an_empty_dataframe_is_reported_as_having_no_data_rows(tmp_path):
     g, hosts = vertical_split(200, 2, [1], seed=3)
-    with pytest.raises(vfl.JobFailed, match=r"party 'guest' failed: DataError: .*guest/input/data\.csv: no data rows$"):
+    with pytest.raises(vfl.JobFailed, match=r"party 'guest' failed: DataError: the DataFrame given for party 'guest' "
+                                            r"\(training data\): no data rows$"):
         vfl.fit(make_job(tmp_path, g.iloc[:0], hosts))
 
 
@@ -430,3 +437,74 @@ def test_settings_and_frames_of_the_wrong_shape_are_refused_naming_the_argument(
     job = vfl.Job(guest, [host], workdir=tmp_path / "out", model=ModelConfig(epochs=3),
                   scorecard=ScorecardConfig(pdo=40.0), preprocess=PreprocessConfig(bins=4))
     assert (job.config.model.epochs, job.config.scorecard.pdo, job.config.preprocess.bins) == (3, 40.0, 4)
+
+
+def test_a_script_without_the_main_guard_is_told_to_add_it(tmp_path):
+    """Workers re-import the main script: an unguarded vfl.fit ran again in each of them and failed with
+    "workdir in use by PID <the script's own>"; now each worker says what to do in one line, and the
+    script's own error (its last line) says it too."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import vfl\n"
+        "from vfl.io.synth import vertical_split\n"
+        "g, hosts = vertical_split(1000, 2, [1], seed=1)\n"
+        "job = vfl.Job(vfl.Party('guest', g, label_column='y'), [vfl.Party('host0', hosts[0])], workdir='out',\n"
+        "              model={'epochs': 1, 'key_bits': 512, 'allow_short_keys': True})\n"
+        "vfl.fit(job)\n")
+    env = {**os.environ, "VFL_WORKERS": "2", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    guard = f"error: vfl.fit was called while a worker process was importing {script}: worker processes " \
+            "re-import the main script, so put the call under `if __name__ == \"__main__\":`"
+    assert guard in done.stderr.splitlines()
+    assert "in use by PID" not in done.stderr and "Traceback" not in done.stderr.split("vfl.fit was called")[0]
+    assert "if __name__ == '__main__':" in done.stderr.strip().splitlines()[-1]     # the script's JobFailed
+
+
+def test_predict_proba_says_which_parties_score_their_own_file_when_left_out(tmp_path, caplog):
+    """Rows for the guest only: the host scores its training file, whose IDs are not the new applicants'.
+    The log says so, and the "no common IDs" error names it (it only sent the user to the ID format)."""
+    from vfl.job.threads import JobFailed
+    g, hosts = vertical_split(300, 2, [1], seed=2)
+    model = vfl.fit(make_job(tmp_path, g, hosts, model={"epochs": 1, "batch_size": 128}))
+    new = g.drop(columns="y").assign(id="N" + g["id"].astype(str))     # applicants the host's file lacks
+    with caplog.at_level(logging.WARNING, logger="vfl"), pytest.raises(JobFailed) as err:
+        model.predict_proba({"guest": new})
+    data = tmp_path / "out" / "host0" / "input" / "data.csv"
+    assert f"host0: no rows given to predict_proba: it scores its training data, {data}" in caplog.messages
+    assert "no common IDs between guest 'guest'" in str(err.value)
+    assert str(err.value).endswith(f"host0 was given no rows and scored its training data, {data}: give every "
+                                   "party's rows (rows={party name: its rows})")
+    caplog.clear()
+    scores = model.predict_proba({"guest": g.drop(columns="y"), "host0": hosts[0]})     # every party's rows
+    assert len(scores) > 100 and "no rows given" not in caplog.text
+
+
+def test_data_errors_in_dataframes_name_the_party_and_the_frames_row(tmp_path):
+    """A DataFrame's error named the CSV the API wrote it to (under <workdir>/<party>/input/) and its
+    1-based "data row"; now it names the frame, its party and the row's index label (and ID)."""
+    from vfl.job.threads import JobFailed
+    g, hosts = vertical_split(300, 2, [1], seed=2)
+    g.index = g.index + 1000                                  # index labels are not positions
+    bad = g.copy()
+    bad.loc[1005, "y"] = np.nan
+    job = make_job(tmp_path, bad, hosts, model={"epochs": 1, "batch_size": 128})
+    with pytest.raises(JobFailed) as err:
+        vfl.fit(job)
+    assert str(err.value) == (f"party 'guest' failed: DataError: the DataFrame given for party 'guest' (training "
+                              f"data): label column 'y' has missing values (first at the row with index label "
+                              f"1005, ID {g.loc[1005, 'id']!r})")
+    model = vfl.fit(make_job(tmp_path, g, hosts, model={"epochs": 1, "batch_size": 128}))
+    rows = hosts[0].set_index("id")                           # the ID as the index
+    column = rows.columns[0]
+    rows.loc[rows.index[3], column] = np.nan
+    with pytest.raises(JobFailed) as err:
+        model.predict_proba({"guest": g.drop(columns="y"), "host0": rows})
+    assert "input/score.csv" not in str(err.value) and "data row" not in str(err.value)
+    assert (f"party 'host0' failed: DataError: the DataFrame given for party 'host0' (rows to score): missing values "
+            f"in columns {column} (first: column {column!r}, the row with index label {rows.index[3]!r})") \
+        in str(err.value)

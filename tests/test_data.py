@@ -90,8 +90,12 @@ def test_empty_and_overlong_ids_are_refused_with_file_and_row(tmp_path, text, me
 
 def test_missing_markers_still_mean_missing_in_numeric_and_label_columns(tmp_path):
     p = _write(tmp_path, "id,x,y\na,1,0\nb,NA,1\n")
-    with pytest.raises(DataError, match=r"missing values in columns x \(first: column 'x', data row 2\)"):
+    with pytest.raises(DataError, match=r"missing values in columns x \(first: column 'x', data row 2\)") as err:
         load_table(p, "id", "y")
+    # and the ways out: binning scores missing values (load_table(..., allow_missing=True) is what it reads)
+    assert str(err.value).endswith("; impute them, or train with [preprocess] binning, which gives missing values "
+                                   "a bin of their own")
+    assert np.isnan(load_table(p, "id", "y", allow_missing=True).features[1, 0])
     p = _write(tmp_path, "id,x,y\na,1,0\nb,2,null\n")
     with pytest.raises(DataError, match=r"label column 'y' has missing values \(first at data row 2\)"):
         load_table(p, "id", "y")

@@ -1,6 +1,7 @@
 """`vfl demo`, the first command a newcomer runs, end to end (small and fast here)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,11 @@ def test_demo_runs_three_processes_and_federation_beats_the_bank_alone(tmp_path,
     assert served and float(served[0].rsplit(":", 1)[1]) <= 1e-12, out[-1500:]
     assert "curl -s -X POST http://127.0.0.1:" in out
     assert "federated scorecard (bank + shop)" in out and "new applicants scored jointly" in out
+    # the training's scoring of the aligned rows is not the new cohort's, which took longer (it said "predict 0.0")
+    seconds = next(line for line in out.splitlines() if line.startswith("seconds: "))
+    cohort = float(re.search(r"\(([0-9.]+) s\) -> ", out).group(1))
+    assert re.fullmatch(r"seconds: psi [0-9.]+, binning [0-9.]+, train [0-9.]+, scoring aligned rows [0-9.]+, "
+                        rf"new cohort {cohort:.1f}, total [0-9.]+", seconds), seconds
     m = json.loads((tmp_path / "results" / "metrics.json").read_text())
     # the report has every section filled (binning gives the IV and points tables), each party its own
     report = (tmp_path / "results" / "report.html").read_text()
@@ -149,3 +155,62 @@ def test_the_scoring_services_do_not_outlive_the_demo(how, tmp_path):
         for pid in pids:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_vfl_serve_for_the_guest_without_the_serve_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    """As `vfl demo --serve` does: one line, before anything starts (it was a 40-line traceback from
+    inside asyncio ending in "No module named 'uvicorn'"). A host's service needs no extra."""
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    from vfl.api import free_port
+    g, hosts = write_tables(tmp_path, *vertical_split(100, 2, [1], seed=1))
+    path = write_job(tmp_path, g, hosts, guest_keys={"serve_address": f"127.0.0.1:{free_port()}"})
+    certs = tmp_path / "certs"
+    assert main(["certs", str(path), "--out", str(certs)]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "uvicorn", None)           # not installed
+    assert main(["serve", str(path), "--name", "guest", "--tls-dir", str(certs)]) == 1
+    err = capsys.readouterr().err
+    assert err == ("error: vfl serve --name guest (the guest's HTTP API) needs uvicorn: "
+                   "pip install -e '.[serve]'\n")
+    assert main(["serve", str(path), "--tls-dir", str(certs)]) == 1      # the guest by default
+    assert "needs uvicorn: pip install -e '.[serve]'" in capsys.readouterr().err
+
+
+def test_the_example_job_file_trains_the_demos_model():
+    """examples/credit_scoring is the step-by-step `vfl demo`: it kept learning_rate 0.05 and no binning
+    after the demo moved to 0.1 and a binned scorecard, and its PDs ran 40% high."""
+    from parties.demo import MODELS, PREPROCESS
+    from vfl.job.config import load_job
+    job = load_job(ROOT / "examples" / "credit_scoring" / "job.toml")
+    for key, value in MODELS["logistic"].items():
+        assert getattr(job.model, key) == value, key
+    assert job.preprocess is not None
+    for key, value in PREPROCESS["logistic"].items():
+        assert getattr(job.preprocess, key) == value, key
+
+
+def test_every_cli_argument_has_help_defaults_are_shown_and_there_is_a_version(capsys):
+    """`vfl <command> --help` explained neither the job argument (8 of 9 commands) nor --out, --role and
+    --task, showed no defaults, and `vfl --version` was an error."""
+    import argparse
+    from importlib.metadata import version
+    from parties.cli import build_parser
+    from parties.party import party_parser
+    top = build_parser()
+    (commands,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers = {"vfl": top, **{f"vfl {n}": p for n, p in commands.choices.items()},
+               **{f"python -m parties.{r}": party_parser(r) for r in ("guest", "host", "arbiter")}}
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            assert action.help and action.help.strip(), (name, action.dest)
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"vfl {version('vfl')}\n"
+    for argv, shown in ((["demo", "--help"], ["(default: runs/credit-demo)", "(default: 10000)", "(default: 2048)"]),
+                        (["party", "--help"], ["(default: train)"]), (["run", "--help"], ["job file (TOML)"])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())        # argparse wraps lines at the terminal's width
+        assert all(s in text for s in shown), (argv, text)
+        assert "(default: False)" not in text and "(default: None)" not in text

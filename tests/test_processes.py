@@ -152,8 +152,12 @@ def test_vfl_run_uses_processes_and_a_local_ca_when_the_job_names_no_certificate
     # on free ports, no certificates; label-DP off, so that raising epochs may extend the training
     path = write_job(tmp_path, g, hosts, model={"epochs": 2, "label_dp": "off"})
     assert main(["run", str(path)]) == 0
-    assert "fresh local CA" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fresh local CA" in err
     job = load_job(path)
+    # where the validation reports are: the guest's and each host's
+    assert f"report (guest): {job.workdir / 'report.html'}" in err.splitlines()
+    assert f"report (host0): {job.output_dir('host0') / 'report.html'}" in err.splitlines()
     assert (job.workdir / "tls" / "ca.pem").is_file() and (job.workdir / "metrics.json").is_file()
     before = json.loads((job.workdir / "metrics.json").read_text())["epoch_seconds"]
     # Extend the finished training by one epoch: --resume reaches every party process.
@@ -185,3 +189,47 @@ def test_logs_and_outputs_of_other_parties_hold_nothing_of_the_guests_rows(tmp_p
     written = pd.read_csv(job.output_dir("host") / "intersection.csv", dtype=str)["id"]
     assert set(written) <= host_ids - set(guest_only)
     assert not (job.output_dir("arbiter") / "intersection.csv").exists()
+
+
+def test_ctrl_c_on_vfl_run_says_how_to_resume_without_resource_tracker_noise(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during training: `vfl run` said
+    only "interrupted", after two lines of "leaked semaphore objects" warnings per party (their resource
+    trackers cleaning up after the launcher ended them). Now: one line saying how to continue."""
+    import os
+    import signal
+    import threading
+    from tests.conftest import write_job, write_tables
+    g, hosts = write_tables(tmp_path, *vertical_split(2000, 3, [2], seed=5))
+    path = write_job(tmp_path, g, hosts, model={"epochs": 500, "batch_size": 256, "tolerance": 0.0,
+                                                "label_dp": "off"})
+    proc = subprocess.Popen([sys.executable, "-m", "parties.cli", "run", str(path)], cwd=ROOT,
+                            env={**os.environ, "VFL_WORKERS": "2"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    training = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "epoch 2/500" in line:
+                training.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert training.wait(180), "".join(lines[-20:])
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(10)
+    text = "".join(lines)
+    assert lines[-1] == f"interrupted; continue with: vfl run --resume {path}\n", text[-2000:]
+    assert "leaked" not in text and "resource_tracker" not in text, text[-2000:]
+    # and that continues it (to 4 epochs, not 500: the checkpoint is at epoch 2 or 3)
+    from parties.cli import main
+    job = load_job(path)
+    write_job_file(replace(job, model=replace(job.model, epochs=4)), path)
+    assert main(["run", "--resume", str(path)]) == 0
+    assert json.loads((job.workdir / "metrics.json").read_text())["epochs_run"] == 4

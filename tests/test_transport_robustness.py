@@ -263,8 +263,9 @@ def test_vfl_run_never_leaves_its_parties_running(tmp_path, sig, code, said):
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=10)
         assert proc.returncode == code, err
-        if said is not None:
-            assert err.strip().splitlines()[-1] == said and "Traceback" not in err, err
+        if said is not None:         # and how to continue: the parties' checkpoints are kept
+            resume = f"; continue with: vfl run --resume {tmp_path / 'job.toml'}"
+            assert err.strip().splitlines()[-1] == said + resume and "Traceback" not in err, err
         deadline = time.monotonic() + 5
         while any(_alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.05)

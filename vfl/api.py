@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 Data = Union[str, Path, pd.DataFrame]
 Part = Union[ModelPart, TowerPart, "SecureBoostGuest", "SecureBoostHost"]     # one party's saved model part
 RUNNERS = ("threads", "processes")
+log = logging.getLogger("vfl.api")
 PROGRESS_FORMAT = "%(asctime)s %(threadName)-14s %(message)s"     # as `vfl run` logs
 
 
@@ -218,11 +219,17 @@ class Job:
         """The file the parties' processes read: the one this job came from, else written now."""
         return self.path if self._from_file else write_job(self.config, self.path)
 
-    def _write_frames(self, p: Party) -> None:
+    def _write_frames(self, p: Party) -> dict[str, tuple[str, pd.DataFrame, str]]:
+        """Write party ``p``'s DataFrames to the files its table names; return them as
+        :func:`_in_frame_terms` needs them (file -> how the user knows it, the frame, its ID column)."""
         cfg = self.config.party(p.name)
-        for frame, path in ((p.data, cfg.data), (p.predict_data, cfg.predict_data)):
+        written = {}
+        for frame, path, what in ((p.data, cfg.data, "training data"), (p.predict_data, cfg.predict_data,
+                                                                          "predict_data")):
             if isinstance(frame, pd.DataFrame):
                 _write_frame(frame, path, cfg.id_column, p.name, cfg.categorical_columns)
+                written[str(path)] = (f"the DataFrame given for party {p.name!r} ({what})", frame, cfg.id_column)
+        return written
 
     def __repr__(self) -> str:
         return (f"Job({self.config.name!r}, guest={self.guest.name!r}, hosts={[h.name for h in self.hosts]}, "
@@ -259,6 +266,13 @@ class Model:
         self.report = cfg.workdir / "report.html"
         self.predictions = cfg.output_dir(cfg.guest.name) / "predictions.csv"
 
+    def __repr__(self) -> str:
+        cfg = self.job.config
+        auc = (self.metrics.get("test") or {}).get("auc")
+        auc = f"{auc:.4f}" if isinstance(auc, (int, float)) else None        # None: no test rows
+        return (f"Model({cfg.name!r}, type={cfg.model.type!r}, guest={cfg.guest.name!r}, hosts={list(cfg.host_names)}, "
+                f"test_auc={auc}, report={str(self.report)!r})")
+
     def predict_proba(self, rows: Mapping[str, Data], runner: str = "threads", verbose: bool = False) -> pd.Series:
         """Score new rows jointly, exactly as ``vfl predict`` does.
 
@@ -266,7 +280,8 @@ class Model:
         ----------
         rows : dict
             Party name -> its new rows (DataFrame or path). A party left out scores its
-            ``predict_data`` (else its ``data``) from the job. The guest's rows may carry the
+            ``predict_data`` (else its training ``data``) from the job: a warning names it when
+            other parties' rows are given. The guest's rows may carry the
             label: then the cohort's AUC and KS are in ``<workdir>/predict_metrics.json``.
         runner : {"threads", "processes"}
         verbose : bool
@@ -280,6 +295,7 @@ class Model:
             left out), so ``frame["pd"] = scores`` aligns on an ID-indexed frame; else the ID text,
             in ID order. Points and the full table: ``<workdir>/<guest>/scores.csv``.
         """
+        _refuse_in_worker_import("Model.predict_proba")
         cfg = self.job.config
         _check_runner(runner)
         self._check_parts()
@@ -292,17 +308,32 @@ class Model:
             raise ConfigError(f"no guest or host named {', '.join(map(repr, unknown))} in this job (parties: "
                               f"{', '.join([cfg.guest.name, *cfg.host_names])})")
         _check_free(cfg, [cfg.guest.name, *cfg.host_names])      # before writing into their folders
-        parties = []
+        # a party left out scores its own file: say which, when others were given rows (its training file
+        # has other IDs than new applicants: "no common IDs" would otherwise point at the ID format)
+        left_out = {p.name: ("its predict_data" if p.predict_data else "its training data", p.predict_data or p.data)
+                    for p in (cfg.guest, *cfg.hosts) if rows.get(p.name) is None} \
+            if any(v is not None for v in rows.values()) else {}
+        for name, (what, path) in left_out.items():
+            log.warning("%s: no rows given to predict_proba: it scores %s, %s", name, what, path)
+        parties, frames = [], {}
         for p in (cfg.guest, *cfg.hosts):
             new = rows.get(p.name)
             if isinstance(new, pd.DataFrame):
                 path = cfg.output_dir(p.name) / "input" / "score.csv"
                 _write_frame(new, path, p.id_column, p.name, p.categorical_columns)
+                frames[str(path)] = (f"the DataFrame given for party {p.name!r} (rows to score)", new, p.id_column)
                 new = path
             parties.append(replace(p, predict_data=Path(new).resolve()) if new is not None else p)
         job = replace(cfg, guest=parties[0], hosts=tuple(parties[1:]))
         path = write_job(job, self.job.workdir / "predict-job.toml") if runner == "processes" else None
-        _run(job, "predict", runner, path, verbose=verbose)
+        try:
+            _run(job, "predict", runner, path, verbose=verbose)
+        except JobFailed as exc:
+            _in_frame_terms(exc, frames)
+            if left_out and "no common IDs" in str(exc):
+                scored = "; ".join(f"{n} was given no rows and scored {what}, {p}" for n, (what, p) in left_out.items())
+                raise JobFailed(f"{exc}. {scored}: give every party's rows (rows={{party name: its rows}})") from exc
+            raise
         self._check_parts()               # a fit into this workdir while scoring: these are not our scores
         scores = pd.read_csv(cfg.output_dir(cfg.guest.name) / "scores.csv", dtype={"id": str},
                              keep_default_na=False, na_values=[])      # the ID "NA" is an ID, not NaN
@@ -343,14 +374,20 @@ def fit(job: Job, runner: str = "threads", resume: bool = False, verbose: bool =
     -------
     Model
     """
+    _refuse_in_worker_import("vfl.fit")
     if not isinstance(job, Job):
         raise ConfigError(f"fit needs a vfl.Job, got {_kind(job)}")
     _check_runner(runner)
     _check_free(job.config, [p.name for p in job.config.parties])   # a running job reads these frames
+    frames = {}
     for p in job.parties:
-        job._write_frames(p)
+        frames.update(job._write_frames(p))
     path = job._job_file() if runner == "processes" else None
-    _run(job.config, "train", runner, path, resume, verbose)
+    try:
+        _run(job.config, "train", runner, path, resume, verbose)
+    except JobFailed as exc:
+        _in_frame_terms(exc, frames)
+        raise
     return Model(job)
 
 
@@ -375,6 +412,7 @@ def run_party(job: Job | str | Path, name: str, task: str = "train", resume: boo
         What it wrote: the guest's ``metrics.json`` (``predict_metrics.json`` when scoring),
         a host's ``report.json``, the arbiter's ``training.json``; ``{}`` after PSI.
     """
+    _refuse_in_worker_import("vfl.run_party")
     job = job if isinstance(job, Job) else Job.from_toml(job)
     cfg = job.config
     me = cfg.party(name)
@@ -393,6 +431,28 @@ def run_party(job: Job | str | Path, name: str, task: str = "train", resume: boo
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def _refuse_in_worker_import(call: str) -> None:
+    """Stop ``call`` when a worker process is re-importing the user's script (spawn and forkserver
+    workers run the main module again, as ``__mp_main__``): a script without the
+    ``if __name__ == "__main__":`` guard would start the job again in every worker, which then failed
+    with a misleading error (the workdir in use by the script's own PID) and broke the pool.
+
+    The worker says why in one line and exits (``SystemExit``: it is of no use, and an exception would
+    only add a traceback per worker); the script's own call then fails with ``BrokenProcessPool``,
+    whose note says the same."""
+    import multiprocessing.spawn
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name in ("_fixup_main_from_path", "_fixup_main_from_name") \
+                and frame.f_globals.get("__name__") == multiprocessing.spawn.__name__:
+            script = frame.f_locals.get("main_path") or frame.f_locals.get("mod_name") or "your script"
+            print(f"error: {call} was called while a worker process was importing {script}: worker processes "
+                  f"re-import the main script, so put the call under `if __name__ == \"__main__\":`",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1)
+        frame = frame.f_back
+
+
 def _run(config: JobConfig, task: str, runner: str, path: Path | None, resume: bool = False,
          verbose: bool = False) -> None:
     """``task`` for every party of ``config``: as threads, or as ``vfl`` processes reading ``path``;
@@ -512,6 +572,30 @@ def _write_frame(frame: pd.DataFrame, path: Path, id_column: str, party: str,
         frame = frame.assign(**{c: _category_text(frame[c]) for c in cats})
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
+
+
+def _in_frame_terms(exc: Exception, frames: Mapping[str, tuple[str, pd.DataFrame, str]]) -> None:
+    """Reword ``exc``'s message (in place) in the terms of the DataFrames the user gave: a party's error
+    about the file a frame was written to (:func:`_write_frame`, ``frames``: file -> the frame's
+    description, the frame, its ID column) names the frame and its party, not that internal file, and the
+    file's 1-based "data row N" becomes the frame's row by its index label (and ID, when a column).
+    The file readers' own messages stay as they are for users of files."""
+    text = str(exc)
+    for path, (what, frame, id_column) in frames.items():
+        if f"{path}: " not in text:
+            continue
+
+        def row(match: re.Match) -> str:
+            n = int(match.group(1))
+            if not 1 <= n <= len(frame):
+                return match.group(0)
+            label = frame.index[n - 1]
+            label = label.item() if isinstance(label, np.generic) else label
+            ids = f", ID {_value_text(frame[id_column].iloc[n - 1])!r}" if id_column in frame.columns else ""
+            return f"the row with index label {label!r}{ids}"
+        text = re.sub(r"data row (\d+)", row, text.replace(f"{path}: ", f"{what}: "))
+    if text != str(exc):
+        exc.args = (text,)
 
 
 def _category_text(column: pd.Series) -> pd.Series:

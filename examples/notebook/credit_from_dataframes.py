@@ -18,8 +18,8 @@ def main(people: int = 10_000, key_bits: int = 2048, workdir: str = "runs/notebo
     job = vfl.Job(vfl.Party("bank", bank, label_column="default"), [vfl.Party("shop", shop)],
                   name="credit-notebook", workdir=workdir, preprocess={"monotonic": True, "iv_threshold": 0.02},
                   model={"epochs": 5, "batch_size": 512, "key_bits": key_bits, "allow_short_keys": key_bits < 2048})
-    model = vfl.fit(job)                                                    # PSI, binning, training, report
-    print(f"test AUC {model.metrics['test']['auc']:.4f}; report: {model.report}")
+    model = vfl.fit(job, verbose=True)             # PSI, binning, training, report; progress lines on stderr
+    print(model)                                   # its job, test AUC and report
 
     scores = model.predict_proba({"bank": new_bank.drop(columns="default"), "shop": new_shop})
     print(scores.describe())                                                # P(default) by applicant ID

@@ -368,7 +368,8 @@ def table_from_frame(frame: pd.DataFrame, source, id_column: str, label_column: 
     if missing and not allow_missing:
         row = int(np.flatnonzero(feats[missing[0]].isna().to_numpy())[0]) + 1
         raise DataError(f"{path}: missing values in columns {', '.join(missing)} "
-                        f"(first: column {missing[0]!r}, data row {row})")
+                        f"(first: column {missing[0]!r}, data row {row}); impute them, or train with [preprocess] "
+                        f"binning, which gives missing values a bin of their own")
     X = feats.to_numpy(dtype=np.float64)
     if check_finite:
         _check_finite(X, [str(c) for c in feats.columns], path, allow_missing)

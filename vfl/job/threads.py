@@ -65,7 +65,8 @@ def run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwor
         from ..protocol.channel import PeerLost
         causes = {n: e for n, e in errors.items() if not isinstance(e, PeerLost)} or errors
         name, exc = next(iter(causes.items()))
-        raise JobFailed(f"party {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))    # e.g. why a worker died
+        raise JobFailed(f"party {name!r} failed: {type(exc).__name__}: {exc}{notes}") from exc
     return results
 
 

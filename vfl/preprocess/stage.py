@@ -174,14 +174,11 @@ def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, train: np.
     the guest's own WOE features, are functions of the noised counts."""
     p, dp = job.preprocess, job.model.label_dp_on
     if p.woe and job.hosts and not dp:
-        log.warning("%s: label_dp = \"off\" with [preprocess] woe = true tells each host the exact event count "
-                    "of each of its merged bins (through their WOE). Each such bin holds at least min_bin_events "
-                    "= %d events and as many non-events, so no bin gives away its rows' labels outright, but the "
-                    "exact counts still give each row's odds of being an event, and a host that chooses "
-                    "columns whose bins differ by one row learns that row's label, and one that compares two "
-                    "trainings on nearly the same rows learns the changed rows' labels. [model] label_dp = "
-                    "\"on\" noises the counts for a guarantee (docs/protocols.md, section 1a)", job.guest.name,
-                    p.min_bin_events)
+        # one line: the whole argument (what min_bin_events stops, what it does not) is in the docs
+        log.warning("%s: label_dp = \"off\": each host learns the exact event counts of its merged bins (>= %d "
+                    "events each) and can learn labels by crafting its columns; label_dp = "
+                    "\"on\" noises them (docs/protocols.md, section 1a, \"What remains with label_dp = off\")",
+                    job.guest.name, p.min_bin_events)
     y = data.labels[train]
     n, n_events = int(train.sum()), int(y.sum())
     bins, idx = _fit(job, data, train, str(job.guest.data))
