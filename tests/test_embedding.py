@@ -142,6 +142,35 @@ def test_values_whose_sums_could_never_be_released_share_the_unknown_row(caplog)
     assert vocabulary_rows(ModelConfig(type="embedding"), party) == 32
 
 
+def test_what_an_epoch_left_held_back_is_dropped_not_released_in_the_next():
+    """Section 2, "Releases": a sum still under the row floor at an epoch's end is dropped, never
+    decrypted, so a row enters each release at most once per epoch (the label-DP proof's sensitivity C).
+    A clear() that only counted what it dropped carried the sum over: 5 rows this epoch and 5 the next
+    made a release 'over 10 rows', two epochs' coefficients of each. The twin shares the buffer, so
+    comparing protocol and twin cannot see it."""
+    from vfl.models.release import ReleaseBuffer
+    from vfl.models.towers import Block
+    n = 20
+    groups = np.r_[np.zeros(15, dtype=np.int64), np.ones(5, dtype=np.int64)]     # category 1: 5 rows, rare
+    block = Block("emb0", np.ones((n, 2)), np.arange(n), groups, 2, table=True)
+    buf = ReleaseBuffer(8, np.add, track=True, table_rows=64)
+
+    def epoch(value: float, row_ids: np.ndarray):
+        sums = np.array([[15 * value] * 2, [5 * value] * 2])
+        buf.add(block, np.bincount(groups, minlength=2), sums, row_ids)
+        assert buf.pop_ready() == []                        # a table sum waits for the epoch's last batch
+        return [(g, rows, total.tolist()) for _, g, rows, total in buf.pop_ready(last=True)]
+
+    assert epoch(1.0, np.arange(n)) == [(0, 15, [15.0, 15.0])]
+    assert buf.clear() == 5 and buf.dropped_rows == 5
+    assert buf.pop_ready(last=True) == []
+    # the next epoch releases its own sums only: category 1's 5 rows stay under the floor
+    assert epoch(2.0, np.arange(n) + 100) == [(0, 15, [30.0, 30.0])]
+    assert [sorted(np.concatenate([r for r, _ in m]).tolist()) for m in buf.released_members] == \
+        [list(range(15)), list(range(100, 115))]             # each release: its own epoch's rows, once
+    assert buf.clear() == 5 and buf.dropped_rows == 10
+
+
 def test_only_rows_with_a_nonzero_coefficient_count_toward_the_release_floor():
     """A sum 'over min_rows rows' of which one row has a nonzero coefficient is that row's d_i times it:
     with the hidden units all off except on one row, an embedding row's du/dphi is zero elsewhere. The

@@ -223,3 +223,40 @@ def test_label_dp_for_lr_hosts_is_opt_in_and_noises_only_the_hosts_releases(keyp
                        init_seeds=[0, 0])
     np.testing.assert_allclose(roles["h0"].coef_, twin[1], atol=1e-6)
     np.testing.assert_allclose(roles["g"].params_, twin[0], atol=1e-6)
+
+
+class _Declaring:
+    """A host's channel that declares ``values`` parameters to the arbiter, whatever the host has."""
+
+    def __init__(self, channel, values: int) -> None:
+        self.channel, self.values = channel, values
+
+    def send(self, peer, step, payload):
+        if step.endswith("/values"):
+            payload = {**payload, "values": self.values}
+        self.channel.send(peer, step, payload)
+
+    def __getattr__(self, name):
+        return getattr(self.channel, name)
+
+
+def test_the_arbiter_decrypts_no_more_packed_ciphertexts_than_the_declared_count_needs(keypair):
+    """Section 2, per-batch table: the arbiter never decrypts more packed ciphertexts for a party in one
+    batch than its declared parameter count needs. A host that declares 1 value and sends the packed
+    ciphertexts of 4 is refused, and gets nothing decrypted back."""
+    from crypto.packing import packed_count
+    from vfl.models.arbiter import RELEASE_FRAC_BITS
+    X, y, Xg, hosts = _data(n=64)          # the host has 4 columns: 2 packed ciphertexts at 512 bits
+    model = ModelConfig(epochs=1, batch_size=64, optimizer="sgd", key_bits=512, allow_short_keys=True)
+    net = LocalNetwork(["g", "h0", "a"], timeout=60, record=True)
+    roles = {"g": SplitGuest(model, hosts=["h0"], arbiter="a", seed=3),
+             "h0": SplitHost(model, guest="g", arbiter="a", seed=3),
+             "a": SplitArbiter(model, guest="g", hosts=["h0"])}
+    with pytest.raises(ValueError, match=r"h0: lr/e0/b0/masked_grad has 2 packed values at \d+ fractional bits; "
+                                         r"expected at most 1 at \d+"):
+        run_parties(net, {"g": lambda: roles["g"].fit(net.channel("g"), Xg, y),
+                          "h0": lambda: roles["h0"].fit(_Declaring(net.channel("h0"), 1), hosts[0]),
+                          "a": lambda: roles["a"].fit(net.channel("a"), keypair=keypair)})
+    (sent,) = [r.payload for r in net.transcript if r.sender == "h0" and r.step.endswith("masked_grad")]
+    assert len(sent) == 2 > packed_count(1, 512) and sent.frac_bits == RELEASE_FRAC_BITS   # only the count is off
+    assert not [r.step for r in net.transcript if r.receiver == "h0" and r.step.endswith("masked_grad_plain")]

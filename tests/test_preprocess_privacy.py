@@ -227,3 +227,96 @@ def test_min_bin_events_is_validated(tmp_path):
     from vfl.job.config import ConfigError
     with pytest.raises(ConfigError, match="min_bin_events must be >= 1"):
         load_job(write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"], preprocess={"min_bin_events": 0}))
+
+
+# ---------------------------------------------------------------- label-DP on: what is drawn, what WOE rests on
+
+class _RecordingRng:
+    """A seeded Generator that writes down every Gaussian draw ``(mean, sd, count)``: what the guest
+    really drew, not what it reports (the audit reads the report)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng, self.draws = np.random.default_rng(seed), []
+
+    def normal(self, loc, scale, size):
+        self.draws.append((float(loc), float(scale), int(size)))
+        return self.rng.normal(loc, scale, size)
+
+
+def _dp_stage(tmp_path, seed: int = 5):
+    """A label-DP binning stage, guest two columns, host two (monotonic merging, all kept), on a
+    recording network and a recording rng: (job, guest's Prepared, host's Prepared, net, rng, guest table)."""
+    job = load_job(write_job(tmp_path, tmp_path / "g.csv", [tmp_path / "h.csv"], model={"label_dp": "on"},
+                             preprocess={"bins": 4, "min_bin_rows": MIN_ROWS, "monotonic": True}))
+    rng = np.random.default_rng(seed)
+    y = (rng.random(N) < 0.4).astype(float)
+    ids = np.array([f"id{i:04d}" for i in range(N)], dtype=object)
+    guest = PartyTable(ids, np.stack([y + rng.normal(0, 1, N), rng.normal(0, 1, N)], axis=1), ["g0", "g1"], y)
+    host = PartyTable(ids, np.stack([2 * y + rng.normal(0, 1, N), rng.exponential(1, N)], axis=1), ["h0", "h1"])
+    train = np.ones(N, bool)
+    recorder = _RecordingRng(seed)
+    net, got = LocalNetwork(["guest", "host0"], record=True), {}
+    run_parties(net, {
+        "guest": lambda: got.update(g=guest_prepare(job, net.channel("guest"), guest, train, rng=recorder)),
+        "host0": lambda: got.update(h=host_prepare(job, "host0", net.channel("host0"), host, train))})
+    return job, got["g"], got["h"], net, recorder, guest
+
+
+def _sent(net, step: str, sender: str):
+    (payload,) = [r.payload for r in net.transcript if r.step == step and r.sender == sender]
+    return payload
+
+
+def test_with_label_dp_every_count_is_drawn_at_the_plans_sd_and_the_report_says_what_was_drawn(tmp_path):
+    """(A5): every per-bin event count, the guest's own columns' and the hosts', gets N(0, sigma_b^2) with
+    sigma_b = plan.binning_sd(K), K the columns of all parties. The audit checks the sd the guest writes
+    into metrics.json; this checks that it is the sd the guest drew with, on every bin (a draw at half
+    the sd, reported in full, passed every other test)."""
+    from vfl.models.privacy import plan_for
+    from vfl.preprocess.binning import fit_bins
+    from vfl.preprocess.roles import COLUMNS
+    job, prep, _, net, recorder, guest = _dp_stage(tmp_path)
+    p = job.preprocess
+    own = fit_bins(guest.columns, guest.features, [], np.empty((N, 0), dtype=object), p.binning, p.bins,
+                   p.min_bin_rows)
+    host_bins = _sent(net, COLUMNS, "host0")["bins"]
+    columns = len(own) + len(host_bins)
+    assert columns == 4
+    sd = plan_for(job.model, 1).binning_sd(columns)
+    # one draw per column, own columns first, one value per bin, all at the plan's sd
+    assert [n for _, _, n in recorder.draws] == [cb.n_bins for cb in own] + list(host_bins)
+    assert sum(n for _, _, n in recorder.draws) == sum(cb.n_bins for cb in own) + sum(host_bins) >= 2 * columns
+    assert all(mean == 0.0 and s == pytest.approx(sd, rel=1e-12) for mean, s, _ in recorder.draws), recorder.draws
+    # what the guest reports (metrics.json, which `vfl audit` checks against the plan) is what it drew
+    reported = prep.figures["binning_label_dp"]
+    assert reported["columns"] == columns
+    assert {s for _, s, _ in recorder.draws} == {reported["noise_sd"]}
+
+
+def test_with_label_dp_a_hosts_woe_is_a_function_of_the_noised_counts_alone(tmp_path):
+    """(A5), section 1a: WOE is computed from the noised per-bin counts, each column with its own noised
+    total of events. Recomputed here from the noised counts the guest kept (binning.noise.json), the
+    host's released rows and the merge it was told, every WOE a host holds equals that to 1e-9: no
+    exact label count enters it (the exact event total, also a label count, did and passed every test)."""
+    from tests.test_preprocess import _reference_woe_iv
+    from vfl.preprocess.roles import BIN_ROWS, COLUMNS, HOST_WOE, KEEP
+    job, _, host_prep, net, _, guest = _dp_stage(tmp_path)
+    noise = json.loads((job.output_dir("guest") / NOISE_FILE).read_text())
+    bins = _sent(net, COLUMNS, "host0")["bins"]
+    rows = np.split(np.asarray(_sent(net, BIN_ROWS, "host0")), np.cumsum(bins)[:-1])
+    noised = [np.asarray(e) for e in noise["hosts"]["host0"]]
+    assert [len(e) for e in noised] == bins
+    keep, told = _sent(net, KEEP, "guest")["keep"], _sent(net, HOST_WOE, "guest")["columns"]
+    assert keep == list(range(len(bins))) and len(host_prep.encoder.woe) == len(keep)
+    exact_total = int(guest.labels.sum())
+    assert any(int(e.sum()) != exact_total for e in noised), "the noise left every column's total exact"
+    merged_some = False
+    for j, col, woe in zip(keep, told, host_prep.encoder.woe):
+        groups = np.asarray(col["groups"])
+        merged_some |= int(groups[-1]) + 1 < bins[j]
+        r = np.bincount(groups, weights=rows[j]).tolist()
+        e = np.bincount(groups, weights=noised[j]).tolist()
+        expected, _ = _reference_woe_iv(r, e)                  # its own total: sum(e), noised
+        np.testing.assert_allclose(woe, expected, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(col["woe"], expected, rtol=0, atol=1e-9)
+    assert merged_some, "monotonic merging joined no bins: the merge the host was told goes untested"

@@ -226,6 +226,77 @@ def test_hosts_receive_no_node_and_no_row_list_and_the_ledgers_agree(tmp_path):
     assert ledgers["guest"].received["partition"].messages > 0
 
 
+def _plain_enc_hist(enc_gh: np.ndarray, codes: np.ndarray, n_bins, slots: SlotLayout, level: int, n2: int):
+    """What a host's ``enc_hist`` would be without re-randomising: per bin of each column the product of
+    its rows' ciphertexts mod n^2, then (one ciphertext a row) ``per`` bins packed by Horner,
+    ``acc <- acc^(2^shift) [[P_t]]``. Written out here with Python integers, not the host's code."""
+    from vfl.models.trees.packing import FIELDS, level_capacity
+    m = enc_gh.shape[1]
+    prods = []
+    for f, nb in enumerate(n_bins):
+        for b in range(nb):
+            acc = [1] * m
+            for i in np.flatnonzero(codes[:, f] == b).tolist():
+                acc = [a * int(c) % n2 for a, c in zip(acc, enc_gh[i])]
+            prods.append(acc)
+    if m > 1:
+        return prods
+    capacity = level_capacity(level)
+    per, shift = slots.bins_per_ciphertext(capacity), FIELDS * capacity * slots.slot_bits
+    flat = [p[0] for p in prods]
+    flat += [1] * (-len(flat) % per)
+    out = []
+    for g in range(0, len(flat), per):
+        acc = flat[g + per - 1]
+        for t in range(per - 2, -1, -1):
+            acc = pow(acc, 1 << shift, n2) * flat[g + t] % n2
+        out.append([acc])
+    return out
+
+
+def test_every_enc_hist_is_rerandomised_so_the_guest_cannot_tell_which_rows_were_multiplied(monkeypatch):
+    """Section 2a: the guest knows every [[P_i]] it sent (and its randomness), so an enc_hist that is the
+    plain product of a bin's [[P_i]] would tell it which rows are in the bin: it could test any row set
+    by multiplying the same ciphertexts. Every enc_hist ciphertext must decrypt to the product's plaintext
+    and yet be another ciphertext (re-randomised). Recomputed from the transcript and the host's codes."""
+    import vfl.models.trees.guest as guest_module
+    from vfl.models.trees.steps import ENC_GH, ENC_HIST
+    keys = []
+    real_keygen = guest_module.generate_keypair
+    monkeypatch.setattr(guest_module, "generate_keypair",
+                        lambda *a, **k: keys.append(real_keygen(*a, **k)) or keys[-1])
+    xg, xh, y = _data(n=300)
+    params = TreeParams(num_trees=2, max_depth=4, **PARAMS)     # level 3: two ciphertexts a row, unpacked
+    guest, (host,), net, _ = _run(params, xg, xh, y, record=True)
+    ((pk, sk),) = keys
+    n2 = int(pk.nsquare)
+    p = host.params
+    slots = SlotLayout(p.key_bits, len(y), p.frac_bits)
+    codes, n_bins = encode(host.bins_, xh[0]), layout_of(host.bins_).n_bins
+    sent = {r.step[:-len(ENC_GH)]: r.payload for r in net.transcript if r.step.endswith("/" + ENC_GH)
+            and r.receiver == "host0"}
+    back = {r.step[:-len(ENC_HIST)]: r.payload for r in net.transcript if r.step.endswith("/" + ENC_HIST)
+            and r.sender == "host0"}
+    assert len(back) >= 4 and set(back) == set(sent), (sorted(sent), sorted(back))
+    checked, widths = 0, set()
+    for prefix, hist in back.items():
+        level = int(prefix.rstrip("/").rsplit("/l", 1)[1])
+        enc_gh = sent[prefix].ciphertexts
+        assert enc_gh.shape[0] == len(y)            # subsample = 1: every row, in order
+        widths.add(enc_gh.shape[1])
+        plain = _plain_enc_hist(enc_gh, codes, n_bins, slots, level, n2)
+        got = [[int(c) for c in row] for row in np.asarray(hist.ciphertexts).reshape(len(plain), -1).tolist()]
+        # the recomputation is the host's product: the same plaintexts ...
+        assert [list(map(int, r)) for r in sk.decrypt_raw(np.array(plain, dtype=object))] == \
+            [list(map(int, r)) for r in sk.decrypt_raw(np.array(got, dtype=object))], prefix
+        # ... but none of the same ciphertexts
+        same = {c for row in got for c in row} & {c for row in plain for c in row}
+        total = sum(len(row) for row in got)
+        assert not same, f"{prefix}: {len(same)} of {total} enc_hist ciphertexts are the bins' plain products"
+        checked += total
+    assert checked >= 8 and widths == {1, 2}, (checked, widths)      # packed levels and a two-ciphertext one
+
+
 def test_a_host_whose_sides_disagree_with_its_histogram_is_refused(monkeypatch):
     import vfl.models.trees.host as host_module
     real = host_module.goes_left

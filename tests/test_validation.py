@@ -65,6 +65,9 @@ def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
     assert sorted({s for s in valid_steps if s.endswith("u_h_share")}) == [f"emb/e{e}/valid/u_h_share"
                                                                            for e in range(start, len(history))]
     assert [r.receiver for r in net.transcript if r.step.endswith("valid_decision")] == ["h", "a"] * len(history)
+    # what a host and the arbiter get of the validation labels is {best, stop}, two booleans: no score, no Brier
+    decisions = [r.payload for r in net.transcript if r.step.endswith("valid_decision")]
+    assert all(set(d) == {"best", "stop"} and all(type(v) is bool for v in d.values()) for d in decisions), decisions
     assert best == start + int(np.argmin([h["brier"] for h in history[start:]]))
     assert len(history) - 1 - best == MODEL.patience
     twin, _ = fit_twin(list(_towers()), [xg.take(tr), xh.take(tr)], y[tr], MODEL, seed=3, init_seeds=[1, 2],
@@ -72,6 +75,64 @@ def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
     np.testing.assert_allclose(guest.params_, twin[0], atol=1e-6)
     np.testing.assert_allclose(host.params_, twin[1], atol=1e-6)
     assert len(arb.loss_history_) == len(history)
+
+
+class _Adding:
+    """The guest's channel, adding ``extra`` to the ``valid_decision`` it sends ``to``."""
+
+    def __init__(self, channel, to: str, extra: dict) -> None:
+        self.channel, self.to, self.extra = channel, to, extra
+
+    def send(self, peer, step, payload):
+        if peer == self.to and step.endswith("/valid_decision"):
+            payload = {**payload, **self.extra}
+        self.channel.send(peer, step, payload)
+
+    def __getattr__(self, name):
+        return getattr(self.channel, name)
+
+
+@pytest.mark.parametrize("to, extra", [("h", {"brier": 0.2}), ("a", {"brier": 0.2}), ("h", {"stop": 1}),
+                                       ("a", {"best": 0})], ids=["host-extra", "arbiter-extra", "host-int",
+                                                                 "arbiter-int"])
+def test_hosts_and_the_arbiter_refuse_a_decision_that_is_not_exactly_best_and_stop(to, extra):
+    """The hosts and the arbiter learn {best, stop} of the validation labels and nothing else (section 2,
+    "Validation and early stopping"): a valid_decision with another field (a guest adding the exact,
+    un-noised Brier score went unnoticed) or a value other than a boolean is refused by name, before
+    anything is read from it, whichever of them it is sent to."""
+    from vfl.protocol.channel import ProtocolError
+    xg, xh, y = _data(n=120)
+    valid = validation_mask(np.arange(len(y)).astype(str), 1, 0.25)
+    tr, va = np.flatnonzero(~valid), np.flatnonzero(valid)
+    towers = _towers()
+    net = LocalNetwork(["g", "h", "a"], timeout=60)
+    model = replace(MODEL, epochs=2)
+    guest = SplitGuest(model, hosts=["h"], arbiter="a", seed=3, tower=towers[0], init_seed=1)
+    host = SplitHost(model, guest="g", arbiter="a", seed=3, tower=towers[1], init_seed=2)
+    arb = SplitArbiter(model, guest="g", hosts=["h"], validation=True)
+    gv = Validation(xg.take(va), y=y[va], patience=model.patience,
+                    exchange=lambda prefix, n: guest_sum_scores(net.channel("g"), ["h"], n, prefix))
+    hv = Validation(xh.take(va), exchange=lambda prefix, u: host_send_scores(net.channel("h"), "g", ["h"], "h", u,
+                                                                             context=prefix, prefix=prefix))
+    failed = {}
+
+    def run(name, call):
+        def go():
+            try:
+                call()
+            except Exception as exc:          # noqa: BLE001 - recorded per party, checked below
+                failed[name] = exc
+                raise
+        return go
+    with pytest.raises(ProtocolError, match=r"emb/e0/valid_decision: expected exactly \{best, stop\} \(two "
+                                            r"booleans\) from the guest"):
+        run_parties(net, {
+            "g": run("g", lambda: guest.fit(_Adding(net.channel("g"), to, extra), xg.take(tr), y[tr], validation=gv)),
+            "h": run("h", lambda: host.fit(net.channel("h"), xh.take(tr), validation=hv)),
+            "a": run("a", lambda: arb.fit(net.channel("a"), keypair=generate_keypair(512)))})
+    assert isinstance(failed.get(to), ProtocolError), failed       # the party it was sent to refused it
+    if "brier" in extra:
+        assert "brier" in str(failed[to]) and "0.2" not in str(failed[to])      # named, its value not echoed
 
 
 def test_the_released_decision_is_noised_at_the_accounted_scale():

@@ -28,6 +28,7 @@ from .checkpoint import Checkpoint, CheckpointError, NoiseLedger, TrainingState,
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
 from .privacy import plan_for
 from .randomness import ZeroSupply
+from .validation import check_decision
 
 log = logging.getLogger("vfl.train")
 
@@ -192,9 +193,8 @@ class SplitArbiter:
             self.loss_history_.append(mean)
             early = False
             if self.validation:        # the guest's decision on its validation rows (noised with label-DP)
-                said = channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision")
-                if not isinstance(said, dict) or not isinstance(said.get("stop"), bool):
-                    raise ValueError(f"{pre}/e{epoch}/valid_decision: expected {{best, stop}} from the guest")
+                said = check_decision(channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision"),
+                                      f"{pre}/e{epoch}/valid_decision")
                 early = said["stop"]
             # a replayed epoch spent an epoch's budget too: training ends when the plan's epochs are noised
             spent = ledger is not None and len(ledger.epochs) >= m.epochs and epoch < epochs - 1

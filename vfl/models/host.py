@@ -17,7 +17,7 @@ from .common import D_FRAC_BITS, check_public_key, expect_encrypted, prefix_for,
 from .privacy import clip_blocks
 from .towers import Block, LinearTower, Tower, TowerInput
 from .trainer import TowerTrainer, as_input
-from .validation import Validation
+from .validation import Validation, check_decision
 
 
 class SplitHost:
@@ -90,9 +90,8 @@ class SplitHost:
                         if epoch >= m.early_stopping_start:     # warm-up epochs decide nothing: no scores
                             validation.exchange(f"{pre}/e{epoch}/valid",
                                                 self.tower.forward(trainer.params, validation.x)[0])
-                        said = channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision")
-                    if not isinstance(said, dict) or not isinstance(said.get("best"), bool):
-                        raise ValueError(f"{pre}/e{epoch}/valid_decision: expected {{best, stop}} from the guest")
+                        said = check_decision(channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision"),
+                                              f"{pre}/e{epoch}/valid_decision")
                     best = trainer.params.copy() if said["best"] else best
                 stop = bool(channel.recv(self.arbiter, f"{pre}/e{epoch}/decision").get("stop"))
                 if checkpoint is not None:

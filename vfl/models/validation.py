@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from ..protocol.channel import ProtocolError
 from .towers import TowerInput
 
 
@@ -61,6 +62,21 @@ def validation_rows(ids: np.ndarray, test: np.ndarray, model, seed: int) -> np.n
                          f"training rows selects {int(valid.sum())}: raise [model] validation_fraction or set "
                          "early_stopping = \"off\"")
     return valid
+
+
+DECISION_KEYS = ("best", "stop")
+
+
+def check_decision(said, step: str) -> dict:
+    """A ``valid_decision`` as a host and the arbiter accept it: exactly ``{best, stop}``, two booleans
+    (docs/protocols.md, section 2, "Validation and early stopping"). Anything more, a score or the exact
+    Brier, would hand them a label-dependent value in the clear, un-noised: refused, naming only the keys."""
+    if not (isinstance(said, dict) and set(said) == set(DECISION_KEYS)
+            and all(isinstance(said[k], bool) for k in DECISION_KEYS)):
+        got = sorted(map(str, said))[:8] if isinstance(said, dict) else type(said).__name__
+        raise ProtocolError(f"{step}: expected exactly {{best, stop}} (two booleans) from the guest, got "
+                            f"{str(got)[:200]}")
+    return said
 
 
 @dataclass
