@@ -298,6 +298,12 @@ def _resume_hint(args: argparse.Namespace) -> str:
     """How to continue an interrupted training: the parties' checkpoints are kept."""
     if args.func is not cmd_run:
         return ""
+    try:
+        secureboost = load_job(args.job).model.type == "secureboost"
+    except Exception:               # the hint must never hide the interruption
+        secureboost = False
+    if secureboost:                 # no checkpoints: a rerun (with or without --resume) starts over
+        return f"; SecureBoost keeps no checkpoints: vfl run {args.job} trains again from the first tree"
     return f"; continue with: vfl run --resume{' --threads' if args.threads else ''} {args.job}"
 
 

@@ -113,6 +113,9 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
                           f"{', '.join(r + 's' if r == 'host' else r for r in t.roles)}")
     # this party's folder to itself until it ends: a second run of it is refused before it writes anything
     with party_lock(job.output_dir(me), me, task):
+        if resume and task == "train":          # a changed party list: refused before the network and ledger
+            from vfl.job.roles import check_resume_parties
+            check_resume_parties(job, me)
         from vfl.protocol.ledger import spec_channel
         from .transport import prepare_channel
         absent = t.absent(job)

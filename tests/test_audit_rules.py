@@ -273,3 +273,54 @@ def test_the_audit_fails_a_control_line_over_its_ceiling(lr_run, tmp_path):
     _write(job, "guest", guest)
     _write(job, "host0", host)
     _fails(job, "lr/start' carries 600 values in 1800 bytes, over its ceiling of 96")
+
+
+# ------------------------------------------------------------------ a retraining with other parties
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    """A 2-host job trained, then trained afresh in the same workdir with host1 removed (a new job file)."""
+    folder = tmp_path_factory.mktemp("audit_retrained")
+    g, hosts = write_tables(folder, *vertical_split(300, 2, [2, 2], seed=5))
+    model = {"epochs": 1, "batch_size": 128, "tolerance": 0.0, "label_dp": "off"}
+    run_local(load_job(write_job(folder, g, hosts, model=model)))
+    job = load_job(write_job(folder, g, hosts[:1], model=model))      # the same job.toml, one host fewer
+    run_local(job)
+    return job
+
+
+def test_an_earlier_run_with_other_parties_is_audited_against_its_own_open_line(retrained, tmp_path):
+    """A fresh retraining with a host removed had failed the audit for good: the earlier runs in the
+    ledgers were checked against the job file's parties (hundreds of "run opened with parties ...")."""
+    job = _copy(retrained, tmp_path)
+    assert [p.name for p in job.parties] == ["guest", "host0", "arbiter"]
+    assert job.output_dir("host1").joinpath("ledger.jsonl").is_file()      # the removed host's ledger is still there
+    ok, text = audit_job(job)
+    assert ok, text
+    assert "earlier run(s) in the ledgers had other parties than this job" in text, text
+    assert "host1 (host; no party of this job, in earlier runs only): ledger ok" in text, text
+    # its ledger, still present, is read and cross-checked: a receipt cut from it is caught
+    host1 = _lines(job, "host1")
+    cut = max(i for i, e in enumerate(host1) if e.get("dir") == "received" and e.get("peer") == "guest")
+    _write(job, "host1", host1[:cut] + host1[cut + 1:])
+    _fails(job, "that host1's ledger does not record as received")
+    # without it, that run's messages with host1 can not be checked: one note, no failure
+    shutil.rmtree(job.output_dir("host1"))
+    ok, text = audit_job(job)
+    assert ok, text
+    notes = [x for x in text.splitlines() if "host1" in x]
+    assert len(notes) == 1 and "host1's ledger" in notes[0] and "is absent" in notes[0], text
+
+
+def test_the_last_training_is_still_held_to_the_job_files_parties(retrained, tmp_path):
+    job = _copy(retrained, tmp_path)
+    guest = _lines(job, "guest")
+    last = max(i for i, e in enumerate(guest) if e.get("event") == "open" and e["task"] == "train")
+    # a line of the last training naming a party that its open line (and the job) does not have
+    k = next(i for i in range(last, len(guest)) if guest[i].get("peer") == "host0")
+    forged = guest[:k] + [{**guest[k], "peer": "host1"}] + guest[k + 1:]
+    _write(job, "guest", forged)
+    _fails(job, "peer 'host1' is not another party of this job")
+    # the last training's open line naming other parties than the job file's
+    opened = {**guest[last], "roles": {**guest[last]["roles"], "host1": "host"}}
+    _write(job, "guest", guest[:last] + [opened] + guest[last + 1:])
+    _fails(job, "run opened with parties", "not the job's")

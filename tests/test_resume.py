@@ -221,3 +221,27 @@ def test_a_resume_under_label_dp_resends_the_same_noised_woe(tmp_path, monkeypat
     for p, path in ledgers.items():
         path.write_text(honest[p])
     assert not ok and "received 2 different noised WOE messages" in text, text
+
+
+def test_secureboost_says_it_starts_over_when_interrupted_or_resumed(tmp_path, caplog):
+    """SecureBoost keeps no checkpoints: the interrupted `vfl run`'s hint says it trains again (it used to
+    say "continue with: vfl run --resume"), and a --resume warns that it trains from the first tree."""
+    import argparse
+    import logging
+
+    from parties import cli
+    from tests.test_secureboost import _small_job
+    (tmp_path / "sbt").mkdir()
+    sbt = _small_job(tmp_path / "sbt")
+    hint = cli._resume_hint(argparse.Namespace(func=cli.cmd_run, threads=False, job=sbt.path))
+    assert "--resume" not in hint and "keeps no checkpoints" in hint and "first tree" in hint
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    g, hosts = vertical_split(300, 2, [2], seed=1)
+    lr_job = write_job(lr, *write_tables(lr, g, hosts))
+    assert cli._resume_hint(argparse.Namespace(func=cli.cmd_run, threads=True, job=lr_job)) == \
+        f"; continue with: vfl run --resume --threads {lr_job}"
+    with caplog.at_level(logging.WARNING, logger="vfl.secureboost"):
+        run_local(sbt, resume=True)
+    assert any("SecureBoost keeps no checkpoints: --resume trains again from the first tree" in r.getMessage()
+               for r in caplog.records)

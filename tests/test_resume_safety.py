@@ -217,3 +217,62 @@ def test_with_min_epochs_set_two_plus_two_epochs_with_early_stopping_equal_four(
     assert got["validation"]["best_epoch"] == want["validation"]["best_epoch"]
     np.testing.assert_allclose(_weights(more), _weights(straight), atol=1e-9)
     pd.testing.assert_frame_equal(*(pd.read_csv(j.output_dir("guest") / "predictions.csv") for j in (more, straight)))
+
+
+# ------------------------------------------------------------------ 7. the job's parties
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_resume_refuses_a_job_with_a_host_removed(tmp_path, monkeypatch, interrupted):
+    """A 2-host training, finished or stopped in epoch 2, resumed with host1 removed from the job file:
+    refused at once by name (it used to rescore, or train on, without host1's part)."""
+    from vfl.models.host import SplitHost
+    g, hosts = vertical_split(400, 3, [2, 2], overlap=1.0, seed=3)      # the same rows without host1
+    job = _job(tmp_path, 3, (g, hosts))
+    if interrupted:
+        with monkeypatch.context() as mp:
+            original = SplitHost._batch
+
+            def batch(self, channel, pk, trainer, xb, pre, epoch, b, rows, **kw):
+                if epoch == 2:           # 1-based: epoch 1 is saved
+                    _stop()
+                return original(self, channel, pk, trainer, xb, pre, epoch, b, rows, **kw)
+            mp.setattr(SplitHost, "_batch", batch)
+            with pytest.raises(JobFailed, match="stopped here by the test"):
+                run_local(job)
+        assert json.loads((job.output_dir("guest") / "checkpoint.json").read_text())["epoch"] == 1
+    else:
+        run_local(job)
+    before = {p: p.read_bytes() for p in job.workdir.rglob("*.json")}
+    ledgers = {p: p.read_bytes() for p in job.workdir.rglob("ledger.jsonl")}
+    with pytest.raises(JobFailed, match=r"the job's parties changed: host1 removed; train afresh \(without "
+                                        r"--resume\) or restore the job file"):
+        run_local(_job(tmp_path, 3, (g, hosts[:1])), resume=True)
+    assert {p: p.read_bytes() for p in before} == before           # nothing rescored or overwritten
+    assert {p: p.read_bytes() for p in ledgers} == ledgers        # refused before any ledger opened a run
+    from parties.party import run_party                            # a party's own process: the same, at once
+    with pytest.raises(CheckpointError, match="the job's parties changed: host1 removed"):
+        run_party(_job(tmp_path, 3, (g, hosts[:1])), "host", "host0", resume=True)
+    assert {p: p.read_bytes() for p in ledgers} == ledgers
+    assert run_local(_job(tmp_path, 3, (g, hosts)), resume=True)["guest"]["epochs_run"] == 3
+
+
+def test_every_party_refuses_another_party_list_and_older_checkpoints_still_resume(tmp_path):
+    """Each role's checkpoint (the arbiter's has no rows) names a changed party list; a checkpoint (and
+    noise ledger) saved before the fingerprint held the parties resumes as before."""
+    from vfl.models.checkpoint import NoiseLedger
+    rows, model = np.arange(10), ModelConfig(epochs=3)
+    three = ["guest", "host0", "host1", "arbiter"]
+    ck = training_checkpoint(tmp_path / "arbiter.json", "job", "arbiter", model, parties=three)
+    ck.save(TrainingState(1, weights=[0.0]))
+    for parties, what in ((["guest", "host0", "arbiter"], "host1 removed"),
+                          (["guest", "host0", "host1", "host2", "arbiter"], "host2 added"),
+                          (["guest", "host1", "host0", "arbiter"], "their order is now guest, host1, host0, arbiter")):
+        with pytest.raises(CheckpointError, match=f"^{tmp_path / 'arbiter.json'}: the job's parties changed: {what}"):
+            training_checkpoint(ck.path, "job", "arbiter", model, parties=parties).load(max_epochs=3)
+    old = training_checkpoint(tmp_path / "old.json", "job", "guest", model, rows)     # no parties recorded
+    old.save(TrainingState(1, weights=[0.0]))
+    NoiseLedger.open(old, resume=False, start=0).record(0)
+    new = training_checkpoint(old.path, "job", "guest", model, rows, parties=three)
+    assert new.fingerprint != old.fingerprint and new.load(max_epochs=3).epoch == 1
+    assert NoiseLedger.open(new, resume=True, start=1).epochs == [0]
+    with pytest.raises(CheckpointError, match="its training rows"):    # other changes are still refused
+        training_checkpoint(old.path, "job", "guest", model, rows[:5], parties=three).load(max_epochs=3)

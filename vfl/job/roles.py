@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..preprocess.stage import Prepared
 from ..io.files import write_csv_atomically, write_json
 from ..models import SplitArbiter, SplitGuest, SplitHost
-from ..models.checkpoint import Checkpoint, training_checkpoint
+from ..models.checkpoint import Checkpoint, check_parties, training_checkpoint
 from ..models.common import prefix_for, sigmoid
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..models.model_file import ModelPart, TowerPart
@@ -47,7 +47,9 @@ def _checkpoint(job: JobConfig, name: str, *rows, data: PartyTable | None = None
                 train: np.ndarray | None = None) -> Checkpoint:
     """Party ``name``'s checkpoint. Its fingerprint covers the training rows and columns (``rows``), the
     party's own values of its training rows in ``data`` (labels included) and the settings they are read
-    and binned with, so a resume after the data or ``[preprocess]`` changed is refused, not mixed in."""
+    and binned with, so a resume after the data or ``[preprocess]`` changed is refused, not mixed in; and, for
+    every role (the arbiter's has no rows), the job's ordered party list, so a resume after a host was
+    removed or added is refused rather than training on (or scoring) without it."""
     values, settings = (), {}
     if data is not None:
         values = (data.features[train], data.categorical[train],
@@ -55,7 +57,19 @@ def _checkpoint(job: JobConfig, name: str, *rows, data: PartyTable | None = None
         settings = {"label_column": job.party(name).label_column,
                     "preprocess": None if job.preprocess is None else asdict(job.preprocess)}
     return training_checkpoint(job.output_dir(name) / "checkpoint.json", job.name, name, job.model, *rows,
-                               values=values, settings=settings)
+                               values=values, settings=settings, parties=_party_list(job))
+
+
+def _party_list(job: JobConfig) -> list[str]:
+    """The job's parties in the order the protocols follow: guest, hosts (file order), arbiter."""
+    return [job.guest.name, *job.host_names, job.arbiter.name]
+
+
+def check_resume_parties(job: JobConfig, name: str) -> None:
+    """Refuse a resume whose job file lists other parties than party ``name``'s checkpoint was saved
+    with, before the party opens its network or its ledger: a refused run then records nothing (no run
+    with another party list for ``vfl audit`` to hold against the job). Raises ``CheckpointError``."""
+    check_parties(job.output_dir(name) / "checkpoint.json", _party_list(job))
 
 
 def _aligned(job: JobConfig, name: str, table: PartyTable, common: np.ndarray):
@@ -151,7 +165,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     if job.model.type == "secureboost":
         from .secureboost import run_guest as secureboost_guest
         _drop_scorecard(job, job.guest.name)          # trees write no points table
-        return secureboost_guest(job, channel)
+        return secureboost_guest(job, channel, resume=resume)
     g = job.guest
     timings = Stopwatch()
     table = _load(job, g, label=g.label_column)

@@ -113,9 +113,13 @@ def _aligned(job: JobConfig, name: str, table: PartyTable, ids: np.ndarray) -> t
     return table.take(ids), split_mask(ids, job.seed, job.test_fraction)
 
 
-def run_guest(job: JobConfig, channel: Channel) -> dict:
+def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's SecureBoost job: trains, scores every aligned row, writes ``model.json``,
-    ``predictions.csv`` and ``metrics.json``."""
+    ``predictions.csv`` and ``metrics.json``. SecureBoost keeps no checkpoints: ``resume`` trains again
+    from the first tree (saying so)."""
+    if resume:
+        log.warning("%s: SecureBoost keeps no checkpoints: --resume trains again from the first tree",
+                    job.guest.name)
     g, t0, timings = job.guest, time.perf_counter(), Stopwatch()
     table = _load(g, label=g.label_column)
     _check_own_names(table, str(g.data))

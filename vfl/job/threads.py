@@ -88,6 +88,14 @@ def run_task_local(job: JobConfig, task: str, resume: bool = False, record: bool
     net = network or LocalNetwork(names, timeout=job.network.peer_timeout, record=record)
     targets = {n: (lambda name: (lambda ch: t.run(job, name, ch, resume)))(n) for n in names}
     with party_locks(job, names, task):
+        if resume and task == "train":        # before any channel or ledger opens
+            from .roles import check_resume_parties
+            from ..models.checkpoint import CheckpointError
+            for name in names:
+                try:
+                    check_resume_parties(job, name)
+                except CheckpointError as exc:
+                    raise JobFailed(f"party {name!r} failed: {exc}") from None
         return run_threads(names, targets, net, job, task, resume)
 
 

@@ -50,14 +50,15 @@ def _hash_parts(parts) -> str:
 
 
 def fingerprint_parts(job_name: str, party: str, model: ModelConfig, *rows, values=(),
-                      settings: dict | None = None) -> dict[str, str]:
+                      settings: dict | None = None, parties: list[str] | None = None) -> dict[str, str]:
     """What identifies one training, part by part, so a refused resume can say what changed.
 
     ``rows``: the training IDs and column names; ``values``: the party's own training values
     (the guest's labels too); ``settings``: other job settings the training depends on
     (``[preprocess]``, the label column). ``min_epochs`` enters only as the epoch early stopping
     starts deciding at: with ``min_epochs = 0`` that is half of ``epochs``, so raising ``epochs``
-    would change the decisions of epochs already run.
+    would change the decisions of epochs already run. ``parties``: the job's party names in file order
+    (guest, hosts, arbiter), kept as plain text so a refusal can name who was removed or added.
     """
     # under label-DP the epochs set every epoch's noise, so they may not change
     may_change = ("tolerance", "min_epochs") if model.label_dp_on else ("epochs", "tolerance", "min_epochs")
@@ -67,6 +68,8 @@ def fingerprint_parts(job_name: str, party: str, model: ModelConfig, *rows, valu
              "rows": _hash_parts(rows), "values": _hash_parts(values)}
     if model.early_stopping_on:
         parts["early_stopping_start"] = str(model.early_stopping_start)
+    if parties is not None:
+        parts[PARTIES] = json.dumps(list(parties))
     return parts
 
 
@@ -81,17 +84,53 @@ def fingerprint(job_name: str, party: str, model: ModelConfig, *rows, values=(),
 
 
 def training_checkpoint(path: Path, job_name: str, party: str, model: ModelConfig, *rows, values=(),
-                        settings: dict | None = None) -> "Checkpoint":
+                        settings: dict | None = None, parties: list[str] | None = None) -> "Checkpoint":
     """A party's checkpoint whose refusals name the part of the fingerprint that changed."""
-    parts = fingerprint_parts(job_name, party, model, *rows, values=values, settings=settings)
+    parts = fingerprint_parts(job_name, party, model, *rows, values=values, settings=settings, parties=parties)
     return Checkpoint(path, _combined(parts), parts)
+
+
+PARTIES = "parties"
+"""The fingerprint part holding the job's party names; checkpoints saved before it was added lack it."""
+
+
+def parties_changed(saved, current) -> str | None:
+    """The refusal when the job's party list differs from a checkpoint's (``saved``: its ``parties`` part,
+    None if it predates the part: unknown, so no refusal), else None."""
+    if saved is None or current is None or saved == current:
+        return None
+    try:
+        old, new = json.loads(saved), json.loads(current)
+    except (TypeError, ValueError):
+        old, new = None, None
+    if not isinstance(old, list) or not isinstance(new, list):
+        what = "the party list differs"
+    else:
+        removed = [p for p in old if p not in new]
+        added = [p for p in new if p not in old]
+        what = "; ".join([*([f"{', '.join(map(str, removed))} removed"] if removed else []),
+                          *([f"{', '.join(map(str, added))} added"] if added else [])]) or \
+            f"their order is now {', '.join(map(str, new))} (was {', '.join(map(str, old))})"
+    return f"the job's parties changed: {what}; train afresh (without --resume) or restore the job file"
+
+
+def check_parties(path: Path, parties: list[str]) -> None:
+    """Refuse at once a resume whose job has other parties than the checkpoint at ``path`` was saved
+    with (nothing to check when there is no checkpoint, or one saved before parties were recorded)."""
+    try:
+        saved = json.loads(Path(path).read_text()).get("fingerprint_parts", {}).get(PARTIES)
+    except (OSError, ValueError, AttributeError):
+        return                              # missing or unreadable: the load says so
+    problem = parties_changed(saved, json.dumps(list(parties)))
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
 
 
 # What each fingerprint part covers, for the message refusing a resume.
 _CHANGED = {"settings": "its settings ([model] other than epochs and tolerance, [preprocess] or the label column; "
                         "under label-DP also epochs, which set each epoch's noise)",
             "rows": "its training rows (IDs) or columns",
-            "values": "its training data (values or labels)"}
+            "values": "its training data (values or labels)"}     # a changed PARTIES part: parties_changed
 
 
 @dataclass
@@ -159,6 +198,15 @@ class Checkpoint:
         self.path = Path(self.path)
         self.recover()
 
+    def matches(self, saved: str | None) -> bool:
+        """Whether fingerprint ``saved`` is this training's. A checkpoint (or noise ledger) saved before
+        the fingerprint covered the job's parties matches without them: its party list is unknown, not
+        another one."""
+        if saved == self.fingerprint:
+            return True
+        legacy = {k: v for k, v in self.parts.items() if k != PARTIES}
+        return PARTIES in self.parts and saved == _combined(legacy)
+
     @property
     def previous_path(self) -> Path:
         return self.path.with_name(self.path.stem + ".prev" + self.path.suffix)
@@ -219,7 +267,7 @@ class Checkpoint:
             state = TrainingState(**{k: v for k, v in d.items() if k not in ("format", "version")})
         except (KeyError, TypeError, ValueError) as exc:      # json.JSONDecodeError is a ValueError
             raise CheckpointError(f"{path} is malformed: {exc}") from None
-        if saved != self.fingerprint:
+        if not self.matches(saved):
             raise CheckpointError(self._mismatch(path, saved_parts))
         problems = check_state(state)
         if problems:
@@ -231,6 +279,9 @@ class Checkpoint:
         if not isinstance(saved, dict) or not saved or not self.parts:
             return (f"{path} belongs to a different training (other settings or rows; under label-DP also other "
                     "epochs, which set each epoch's noise); start afresh without --resume")
+        parties = parties_changed(saved.get(PARTIES), self.parts.get(PARTIES))
+        if parties:                   # it explains changed rows too: one line naming it
+            return f"{path}: {parties}"
         old, new = saved.get("early_stopping_start"), self.parts.get("early_stopping_start")
         if old is not None and new is not None and old != new:
             return (f"{path} belongs to a different training: early stopping would start deciding after epoch "
@@ -306,7 +357,7 @@ class NoiseLedger:
             raise CheckpointError(f"no record of the epochs noised before the interruption ({path} is missing or "
                                   "malformed): a resumed training could not be accounted under label-DP; start "
                                   "afresh without --resume")
-        if saved != checkpoint.fingerprint:
+        if not checkpoint.matches(saved):
             if not start:        # the interrupted run was another training: this one starts its own count
                 return cls(path, checkpoint.fingerprint)
             raise CheckpointError(f"{path} belongs to a different training; start afresh without --resume")

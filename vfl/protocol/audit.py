@@ -3,7 +3,10 @@
 For every party of the job whose ``<workdir>/<party>/ledger.jsonl`` is present
 it verifies the hash chain, that every line is a message the spec declares
 between those roles with a payload of the declared kind and class (in a run
-opened for this job, its parties and a known task), that a control payload
+opened for this job and a known task; the last training and every run after it
+with the job's parties, an earlier run, as a retraining with a host removed
+leaves, with the parties its own ``open`` line records, the ledger of a party no
+longer in the job read and cross-checked when present), that a control payload
 stays within its step's ceiling (public sizes: no control step carries
 anything per row), that every message a party recorded as received was
 recorded as sent by its peer (when the peer's ledger is present too) with the
@@ -183,6 +186,8 @@ class PartyLedger:
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)          # checks that could not be made (older ledgers)
     releases: int = 0                                  # non-empty released sums received, last training run
+    former: bool = False                               # no party of the job: its ledger holds earlier runs only
+    other_runs: list = field(default_factory=list)     # (where, parties) of each earlier run with other parties
     trainings: list = field(default_factory=list)      # Training, one per fresh training (with its resumes)
     run_log: list = field(default_factory=list)        # Run, one per "open" line
 
@@ -208,14 +213,21 @@ class PartyLedger:
 
 
 def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: int | None = None,
-                job_name: str | None = None, sizes: dict[str, int] | None = None) -> PartyLedger:
+                job_name: str | None = None, sizes: dict[str, int] | None = None,
+                former_role: str | None = None) -> PartyLedger:
     """Parse and verify one party's ledger (chain, spec, own name and role, every run opened for this
-    job and its parties, ``job_name`` when given); with ``min_release_rows``, also that no plaintext
-    aggregate stands on fewer rows; ``sizes``: the job's public sizes for control ceilings (by default
-    the largest the settings allow)."""
-    led = PartyLedger(name, roles[name], path)
+    job, ``job_name`` when given); with ``min_release_rows``, also that no plaintext aggregate stands
+    on fewer rows; ``sizes``: the job's public sizes for control ceilings (by default the largest the
+    settings allow). The last training (its fresh run, and every run after it) must be opened with the
+    job's parties ``roles``; a run before it may record other parties (a retraining in the same workdir
+    with a party removed or added) and is checked against the parties its own ``open`` line records.
+    ``former_role``: the ledger of a party that is no party of the job (a removed host), with the role
+    the others' runs gave it: every run of it is such an earlier run."""
+    led = PartyLedger(name, former_role or roles[name], path, former=former_role is not None)
     sizes = job_sizes_ = sizes if sizes is not None else public_sizes(roles)
     prev, seq, task = GENESIS, None, None
+    run_roles = roles
+    strict_from = None if led.former else _last_training_line(path)
     with path.open("rb") as f:           # bytes: a line that is not UTF-8 is named like any other bad line
         for no, raw in enumerate(f, 1):
             led.lines = no
@@ -245,8 +257,11 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                             run.failed = True
                             break
                 led.run_log.append(Run(task, bool(entry.get("resume")), start=t, end=t))
-                _check_open(led, entry, where, roles, job_name)
-                sizes = _run_sizes(entry.get("sizes"), job_sizes_, roles)
+                run_roles = _check_open(led, entry, where, roles, job_name,
+                                        strict=strict_from is not None and no >= strict_from)
+                run_job = job_sizes_ if run_roles is roles else {**job_sizes_, **{
+                    k: v for k, v in public_sizes(run_roles).items() if k in ("hosts", "names")}}
+                sizes = _run_sizes(entry.get("sizes"), run_job, run_roles)
                 if task == "train":      # a fresh training starts a new count; a resumed one continues it
                     led.releases = 0
                     if entry.get("resume") and led.trainings:
@@ -269,8 +284,42 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
             if event != "message":
                 led.problems.append(f"{where}: unknown event {event!r}")
                 continue
-            _check_message(led, entry, where, roles, task, min_release_rows, sizes)
+            _check_message(led, entry, where, run_roles, task, min_release_rows, sizes)
     return led
+
+
+def _last_training_line(path: Path) -> int:
+    """The line of the ledger's last training's fresh ``open`` (the last fresh run's when it has no
+    training; 1 for none): from there on every run must have the job file's parties."""
+    last, fresh = None, None
+    with path.open("rb") as f:
+        for no, raw in enumerate(f, 1):
+            if b'"open"' not in raw:
+                continue
+            try:
+                entry = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                break                  # read_ledger names it
+            if not isinstance(entry, dict) or entry.get("event") != "open" or entry.get("resume"):
+                continue
+            fresh = no
+            if entry.get("task") == "train":
+                last = no
+    return last or fresh or 1
+
+
+def _party_set_problem(recorded, led: PartyLedger) -> str | None:
+    """What makes the parties an earlier run's ``open`` line records no party set of a job (None when
+    they are one): names mapped to roles, one guest, at most one arbiter, this party in its role."""
+    if not (isinstance(recorded, dict) and recorded
+            and all(isinstance(n, str) and n and r in ROLES for n, r in recorded.items())):
+        return "not a mapping of party names to roles"
+    kinds = list(recorded.values())
+    if kinds.count("guest") != 1 or kinds.count("arbiter") > 1 or "host" not in kinds:
+        return "not one guest, hosts and at most one arbiter"
+    if recorded.get(led.name) != led.role:
+        return f"without {led.name!r} as {led.role!r}"
+    return None
 
 
 def _run_sizes(recorded, job: dict[str, int], roles: dict) -> dict[str, int]:
@@ -298,9 +347,13 @@ def _recorded_plan(recorded) -> tuple[float, float] | None:
     return None
 
 
-def _check_open(led: PartyLedger, entry: dict, where: str, roles: dict, job_name: str | None) -> None:
-    """An ``open`` line must be this party's, of a known task, for the audited job and its parties:
-    messages of another job's run, or of a task whose phases are unknown, cannot be checked."""
+def _check_open(led: PartyLedger, entry: dict, where: str, roles: dict, job_name: str | None,
+                strict: bool = True) -> dict:
+    """An ``open`` line must be this party's, of a known task, for the audited job and (``strict``: the
+    last training and every run after it) its parties: messages of another job's run, or of a task
+    whose phases are unknown, cannot be checked. Returns the parties the run's lines are checked
+    against: an earlier run may record other parties (a retraining with a host removed), and is
+    checked against its own, if they are a job's party set."""
     if entry.get("party") != led.name or entry.get("role") != led.role:
         led.problems.append(f"{where}: ledger opened by {entry.get('party')!r} as "
                             f"{entry.get('role')!r}, not by {led.name!r} as {led.role!r}")
@@ -309,8 +362,20 @@ def _check_open(led: PartyLedger, entry: dict, where: str, roles: dict, job_name
                             f"cannot be checked (tasks: {', '.join(TASK_PHASES)})")
     if job_name is not None and entry.get("job") != job_name:
         led.problems.append(f"{where}: run opened for job {entry.get('job')!r}, not the audited {job_name!r}")
-    if entry.get("roles") != roles:
-        led.problems.append(f"{where}: run opened with parties {entry.get('roles')!r}, not the job's {roles!r}")
+    recorded = entry.get("roles")
+    if recorded == roles and not led.former:
+        return roles
+    if strict:
+        led.problems.append(f"{where}: run opened with parties {recorded!r}, not the job's {roles!r} (the job's "
+                            "last training, and every run after it, must be run with the job file's parties)")
+        return roles
+    bad = _party_set_problem(recorded, led)
+    if bad is not None:
+        led.problems.append(f"{where}: earlier run opened with parties {recorded!r}, {bad}: its lines are "
+                            f"checked against the job's {roles!r}")
+        return roles
+    led.other_runs.append((where, dict(recorded)))
+    return dict(recorded)
 
 
 def _descriptor_problem(entry: dict) -> str | None:
@@ -847,6 +912,48 @@ def _missing_ledgers(job, ledgers: dict[str, PartyLedger]) -> dict[str, str]:
     return out
 
 
+def _former_ledgers(job, roles: dict[str, str], ledgers: dict[str, PartyLedger]) -> tuple[dict, str | None]:
+    """The ledgers of parties that earlier runs in ``ledgers`` had and the job no longer has (a host
+    removed before a retraining in the same workdir), read when still in the workdir: those runs are
+    cross-checked with them like any other. Returns them and the report's note on the earlier runs
+    with other parties (None when there are none), which names the former parties whose ledger is
+    absent: the messages of those runs with them could not be checked against it."""
+    runs = max((len(led.other_runs) for led in ledgers.values()), default=0)
+    if not runs:
+        return {}, None
+    gone: dict[str, str] = {}
+    for led in ledgers.values():
+        for _, recorded in led.other_runs:
+            for name, role in recorded.items():
+                if name not in roles:
+                    gone.setdefault(name, role)
+    former, absent = {}, []
+    for name, role in gone.items():
+        path = job.output_dir(name) / LEDGER_FILE if _dir_name(name) else None
+        if path is not None and path.is_file():
+            former[name] = read_ledger(path, name, roles, job.model.min_rows_per_release, job.name,
+                                       job_sizes(job), former_role=role)
+        else:
+            absent.append(f"{name}'s ledger ({path})" if path is not None else f"{name!r}'s ledger")
+    sets = "; ".join(dict.fromkeys(", ".join(f"{n} ({r})" for n, r in recorded.items())
+                                   for led in ledgers.values() for _, recorded in led.other_runs))
+    text = (f"note: {runs} earlier run(s) in the ledgers had other parties than this job ({sets}): each was "
+            "audited against the parties its own open line records (the spec by role, the hash chain, and its "
+            "messages against the ledgers present); the last training and every run after it against the "
+            "job file's")
+    if former:
+        text += f"; {', '.join(former)}, no party of this job, still in the workdir: read and cross-checked"
+    if absent:
+        text += (f"; {', '.join(absent)} is absent, so the messages of those runs with "
+                 f"{'it' if len(absent) == 1 else 'them'} could not be cross-checked")
+    return former, text
+
+
+def _dir_name(name: str) -> bool:
+    """Whether a party name from a ledger can be a party's folder of the workdir (no path tricks)."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and "\0" not in name
+
+
 def audit_job(job) -> tuple[bool, str]:
     """Audit the ledgers of ``job``; returns (passed, report text)."""
     roles = {p.name: p.role for p in job.parties}
@@ -859,7 +966,8 @@ def audit_job(job) -> tuple[bool, str]:
                                           job_sizes(job))
     if not ledgers:
         return False, f"no ledger found under {job.workdir} (expected <workdir>/<party>/{LEDGER_FILE})"
-    _cross_check(ledgers)
+    former, earlier = _former_ledgers(job, roles, ledgers)
+    _cross_check({**ledgers, **former})
     _check_reported_rows(job, ledgers)
     _check_woe_reuse(job, ledgers)
     trainings = _check_noise(job, ledgers)
@@ -898,12 +1006,21 @@ def audit_job(job) -> tuple[bool, str]:
                     out.append(led.unfloored.line())
         for problem in led.problems:
             out.append(f"  PROBLEM: {problem}")
+    for led in former.values():
+        state = "BROKEN" if led.problems else "ok"
+        out.append(f"{led.name} ({led.role}; no party of this job, in earlier runs only): ledger {state}, "
+                   f"{led.lines} lines, {len(led.runs)} runs ({', '.join(str(t) for t in led.runs)}); sent "
+                   f"{led.sent_messages} messages, {_fmt_bytes(led.sent_bytes)}")
+        out.extend(f"  note: {n}" for n in led.notes)
+        out.extend(f"  PROBLEM: {problem}" for problem in led.problems)
+    if earlier:
+        out.append(earlier)
     dp = _label_dp(job)
     if dp:
         out.append(dp)
     if trainings:
         out.append(trainings)
-    problems = sum(len(led.problems) for led in ledgers.values()) + len(missing)
+    problems = sum(len(led.problems) for led in (*ledgers.values(), *former.values())) + len(missing)
     ok = problems == 0
     out.append("audit passed: every ledger is intact and agrees with the spec" if ok
                else f"audit FAILED: {problems} problem(s)")
