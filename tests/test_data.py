@@ -382,18 +382,25 @@ def test_every_result_csv_goes_through_the_atomic_writers():
 
 
 @pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32")])
-@pytest.mark.parametrize("declared", ["utf-8", "gbk", "gb18030"])
-def test_a_utf16_or_utf32_csv_is_named_as_such_not_taken_for_gbk(tmp_path, encoding, name, declared):
-    """Excel's "Unicode Text" and Windows tools write UTF-16 with a byte-order mark: the advice was "probably
-    GBK" (and GB 18030 decoded it into other characters)."""
+def test_a_utf16_or_utf32_csv_is_read_by_its_byte_order_mark(tmp_path, encoding, name):
+    """Windows tools (PowerShell, ``to_csv(encoding="utf-16")``) write UTF-16 or UTF-32 with a byte-order
+    mark: it is read as that (it was refused, and the advice for undecodable bytes had been "probably
+    GBK"). A declared GBK or GB 18030 that the mark contradicts is refused; a tab-separated file (Excel's
+    "Unicode Text") is named as such, not reported as lacking its ID column."""
     p = tmp_path / "t.csv"
-    text = "id,x\na,1\nb,2\n"
+    text = "id,x,城市\na,1,北京\nb,2,上海\n"
     p.write_bytes((b"\xfe\xff" + text.encode("utf-16-be")) if encoding == "utf-16-be" else text.encode(encoding))
-    with pytest.raises(DataError, match=rf"t\.csv: the file is {name} text \(it starts with a {name} byte-order "
-                                        r"mark\), which is not read: re-save it as UTF-8"):
-        load_table(p, "id", encoding=declared)
-    with pytest.raises(DataError, match=f"is {name} text"):
-        list(iter_ids(p, "id", encoding=declared))
+    t = load_table(p, "id", categorical_columns=["城市"])
+    assert list(t.ids) == ["a", "b"] and t.features.ravel().tolist() == [1.0, 2.0]
+    assert t.columns == ["x"] and t.categorical.ravel().tolist() == ["北京", "上海"]
+    assert [list(c) for c in iter_ids(p, "id")] == [["a", "b"]]
+    for declared in ("gbk", "gb18030"):
+        with pytest.raises(DataError, match=rf"t\.csv: the job file says encoding = '{declared}', but the file is "
+                                            rf"{name} text \(it starts with a {name} byte-order mark\)"):
+            load_table(p, "id", encoding=declared)
+    p.write_bytes("id\tx\na\t1\n".encode(encoding if encoding != "utf-16-be" else "utf-16"))
+    with pytest.raises(DataError, match=r"t\.csv: the file is tab-separated .* save it as CSV"):
+        load_table(p, "id")
 
 
 def test_a_relative_sqlite_store_is_the_job_files_and_is_never_created(tmp_path, monkeypatch):

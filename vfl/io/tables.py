@@ -33,7 +33,9 @@ PSI). Bytes that do not decode are refused, never replaced, and the error for
 a UTF-8 file that is not suggests the key. The reverse mistake would pass
 silently (UTF-8 bytes decode as GBK, into other characters), so a file
 declared GBK or GB 18030 that is valid UTF-8 with non-ASCII text is refused too
-(the whole file is checked, streaming: GB 18030 decodes any bytes).
+(the whole file is checked, streaming: GB 18030 decodes any bytes). A file that
+starts with a UTF-16 or UTF-32 byte-order mark is read as that, whatever is
+declared but GBK or GB 18030, which the mark contradicts (refused).
 Parquet text is UTF-8 by the format.
 
 A CSV row with more fields than the header is refused, naming the file and the
@@ -93,7 +95,12 @@ def canonical_encoding(name: str) -> str | None:
     return canonical if canonical in ENCODINGS else None
 
 
+_WIDE = ("utf-16", "utf-32")      # never declared: read when a file's byte-order mark says so (_file_encoding)
+
+
 def _encoding(name: str) -> str:
+    if name in _WIDE:
+        return name
     canonical = canonical_encoding(name)
     if canonical is None:
         raise ValueError(f"encoding {name!r} is not accepted; use one of {', '.join(ENCODINGS)}")
@@ -131,18 +138,34 @@ _WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), 
               (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))     # as UTF-16 LE does
 
 
-def _check_not_wide(path: Path) -> None:
-    """Refuse a UTF-16 or UTF-32 file (as Excel's "Unicode Text" and Windows tools save) by its byte-order
-    mark: it is neither UTF-8 nor GBK, and the advice for undecodable bytes (GBK) would mislead."""
+def _file_encoding(path: Path, encoding: str) -> str:
+    """The encoding to read CSV ``path`` in: the declared one (checked, canonical), but ``"utf-16"`` or
+    ``"utf-32"`` for a file that starts with their byte-order mark (as Excel's "Unicode Text", PowerShell
+    and ``to_csv(encoding="utf-16")`` write): the mark settles it, and Python's codec reads it and the byte
+    order. A mark that contradicts a declared GBK or GB 18030 is refused: one of the two is wrong."""
+    encoding = _encoding(encoding)
+    if encoding in _WIDE:
+        return encoding                          # settled by the mark already
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError:
-        return                                   # pandas gives the error naming the file
+        return encoding                          # the reader gives the error naming the file
     wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
-    if wide is not None:
-        raise DataError(f"{path}: the file is {wide} text (it starts with a {wide} byte-order mark), which is not "
-                        f"read: re-save it as UTF-8 (in Excel: \"CSV UTF-8\")")
+    if wide is None:
+        return encoding
+    if encoding != "utf-8":
+        raise DataError(f"{path}: the job file says encoding = {encoding!r}, but the file is {wide} text (it starts "
+                        f"with a {wide} byte-order mark); remove the encoding key from this party's table")
+    return wide.lower()
+
+
+def _check_not_tab_separated(path: Path, columns: list[str]) -> None:
+    """Refuse a tab-separated file (Excel's "Unicode Text" is one): read as CSV its whole header is one
+    column, and "ID column not found" would not say why."""
+    if len(columns) == 1 and "\t" in columns[0]:
+        raise DataError(f"{path}: the file is tab-separated (its header is {columns[0][:80]!r}), not a CSV: "
+                        f"save it as CSV (in Excel: \"CSV UTF-8\")")
 
 
 def _check_field_counts(path: Path, encoding: str) -> None:
@@ -292,7 +315,7 @@ def iter_ids(path: Path, id_column: str, chunk_rows: int = 1 << 18,
     checks of :func:`read_ids` except uniqueness across chunks (the caller checks that,
     e.g. bucket by bucket): for PSI over more IDs than a party wants in memory at once.
     Errors name the file, column and data row as :func:`read_ids` does."""
-    encoding = _encoding(encoding)
+    encoding = _encoding(encoding) if is_parquet(path) else _file_encoding(path, encoding)
     check_columns(path, id_column, encoding=encoding)
     start, odd = 0, _OddIds()
     for col in _id_chunks(path, id_column, chunk_rows, encoding):
@@ -392,7 +415,8 @@ def has_labels(path: Path, label_column: str, encoding: str = "utf-8") -> bool:
         col = pq.read_table(path, columns=[label_column]).column(0)
         return col.null_count < len(col)
     try:
-        col = pd.read_csv(path, usecols=[label_column], dtype=str, encoding=_encoding(encoding), index_col=False)
+        col = pd.read_csv(path, usecols=[label_column], dtype=str, encoding=_file_encoding(path, encoding),
+                          index_col=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise _not_readable(path, exc, encoding) from None
     return bool(col[label_column].notna().any())
@@ -407,10 +431,11 @@ def read_columns(path: Path, encoding: str = "utf-8") -> list[str]:
         raise DataError(f"data file {path} not found")
     if is_parquet(path):
         return _parquet_columns(path)
-    _check_not_wide(path)
+    encoding = _file_encoding(path, encoding)
     _check_not_utf8(path, encoding)
     try:
         columns = [str(c) for c in pd.read_csv(path, nrows=0, encoding=encoding, index_col=False).columns]
+        _check_not_tab_separated(path, columns)
         # the header as written: read as a data row, so that pandas does not rename repeated names
         raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, encoding=encoding,
                           index_col=False)
@@ -449,7 +474,7 @@ def check_columns(path: Path, id_column: str, label_column: str | None = None,
 
 def _read(path: Path, id_column: str, usecols=None, text_columns: Sequence[str] = (),
           label_column: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
-    encoding = _encoding(encoding)
+    encoding = _encoding(encoding) if is_parquet(path) else _file_encoding(path, encoding)
     head = check_columns(path, id_column, label_column, text_columns, encoding)
     verbatim = {id_column, *text_columns}
     if is_parquet(path):
