@@ -232,13 +232,14 @@ def test_resume_refuses_a_job_with_a_host_removed(tmp_path, monkeypatch, interru
             original = SplitHost._batch
 
             def batch(self, channel, pk, trainer, xb, pre, epoch, b, rows, **kw):
-                if epoch == 2:           # 1-based: epoch 1 is saved
+                if epoch == 2:           # 0-based: the third epoch's first batch
                     _stop()
                 return original(self, channel, pk, trainer, xb, pre, epoch, b, rows, **kw)
             mp.setattr(SplitHost, "_batch", batch)
             with pytest.raises(JobFailed, match="stopped here by the test"):
                 run_local(job)
-        assert json.loads((job.output_dir("guest") / "checkpoint.json").read_text())["epoch"] == 1
+        # interrupted: epochs 1 and 2 ran (whether the guest saved epoch 2 before the failure reached it is a race)
+        assert json.loads((job.output_dir("guest") / "checkpoint.json").read_text())["epoch"] in (1, 2)
     else:
         run_local(job)
     before = {p: p.read_bytes() for p in job.workdir.rglob("*.json")}
