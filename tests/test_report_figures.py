@@ -128,6 +128,10 @@ def test_trees_kept_grown_and_set_and_the_rule_that_chose_them(trees):
     assert m["trees"] == v["best_epoch"] and v["trees_grown"] == len(m["loss_history"])
     page = build_report(job)
     assert _setting(page, "trees kept / grown / set") == f"{m['trees']} / {v['trees_grown']} / {job.model.num_trees}"
+    # the host took part in every tree grown: its report says how many (it showed "–" with early stopping)
+    assert json.loads((job.output_dir("host0") / "report.json").read_text())["trees_grown"] == v["trees_grown"]
+    assert _setting(build_host_report(job, "host0"), "trees grown / set") == \
+        f"{v['trees_grown']} / {job.model.num_trees}"
     loss = page.split('data-chart="loss"')[1].split("</figure>")[0]
     assert ">tree<" in loss and ">epoch<" not in loss and "per tree" in loss
     text = _text(page)

@@ -169,9 +169,9 @@ def host_binning_dp(job) -> str:
 
 
 def host_tree_settings(mc, rep: dict) -> list[tuple[str, object]]:
-    """A SecureBoost host's tree rows: it takes part in every tree grown, so without early stopping
-    (no validation rows) it knows all ``num_trees`` were grown; with it, the count ``report.json``
-    records (``trees_grown``), if any."""
+    """A SecureBoost host's tree rows: it takes part in every tree grown and records how many
+    (``report.json``'s ``trees_grown``; a report saved before it did: all ``num_trees`` without early
+    stopping, unknown with it). Which of them the guest kept, it cannot tell exactly."""
     grown = rep.get("trees_grown", None if rep.get("validation_rows") else mc.num_trees)
     return tree_settings(mc, grown)
 

@@ -206,7 +206,7 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     importance = model.importance(channel.recv(job.guest.name, IMPORTANCE))
     report = {"party": name, "model": "secureboost", "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
               "train_rows": int((~test & ~valid).sum()), "validation_rows": int(valid.sum()),
-              "test_rows": int(test.sum()), "splits": len(model.rules_),
+              "test_rows": int(test.sum()), "splits": len(model.rules_), "trees_grown": model.trees_grown_,
               "importance": importance,
               "phase_seconds": {k: round(v, 3) for k, v in model.timings_.seconds.items()}}
     from ..evaluation.collect import host_figures     # PSI of its own columns, train against test

@@ -58,6 +58,7 @@ class SecureBoostHost:
         self.categories = list(categories)
         self.rules_: list[SplitRule] = []
         self.timings_ = Stopwatch()
+        self.trees_grown_ = 0                  # after fit: the trees it took part in
 
     def fit(self, channel: Channel, X: np.ndarray, valid: np.ndarray | None = None) -> "SecureBoostHost":
         """Take part in training on this host's aligned training rows ``X`` (rows x columns);
@@ -112,6 +113,7 @@ class SecureBoostHost:
             if nxt != NEXT_LEVEL:
                 held.append(len(self.rules_))
             if nxt == STOP:
+                self.trees_grown_ = len(held)     # it took part in every tree grown (a halt ends the last)
                 if valid.any():        # early stopping: the guest kept the trees up to the best
                     self._keep(channel.recv(self.guest, KEEP), held)
                 return self
