@@ -35,19 +35,26 @@ def _towers():
     return EmbeddingTower(2, [], 2, (4,), intercept=True, wide=True), EmbeddingTower(2, [6], 2, (4,), wide=True)
 
 
-def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
-    xg, xh, y = _data()
+def _parties(model, net, xg, xh, y):
+    """The training and validation rows, and a guest, host and arbiter of ``model`` on ``net`` with their validation slices
+    (a quarter of the rows, by keyed hash)."""
     valid = validation_mask(np.arange(len(y)).astype(str), 1, 0.25)
     tr, va = np.flatnonzero(~valid), np.flatnonzero(valid)
     towers = _towers()
-    net = LocalNetwork(["g", "h", "a"], timeout=120, record=True)
-    guest = SplitGuest(MODEL, hosts=["h"], arbiter="a", seed=3, tower=towers[0], init_seed=1)
-    host = SplitHost(MODEL, guest="g", arbiter="a", seed=3, tower=towers[1], init_seed=2)
-    arb = SplitArbiter(MODEL, guest="g", hosts=["h"], validation=True)
-    gv = Validation(xg.take(va), y=y[va], patience=MODEL.patience,
+    guest = SplitGuest(model, hosts=["h"], arbiter="a", seed=3, tower=towers[0], init_seed=1)
+    host = SplitHost(model, guest="g", arbiter="a", seed=3, tower=towers[1], init_seed=2)
+    arb = SplitArbiter(model, guest="g", hosts=["h"], validation=True)
+    gv = Validation(xg.take(va), y=y[va], patience=model.patience,
                     exchange=lambda prefix, n: guest_sum_scores(net.channel("g"), ["h"], n, prefix))
     hv = Validation(xh.take(va), exchange=lambda prefix, u: host_send_scores(net.channel("h"), "g", ["h"], "h", u,
                                                                              context=prefix, prefix=prefix))
+    return tr, va, guest, host, arb, gv, hv
+
+
+def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
+    xg, xh, y = _data()
+    net = LocalNetwork(["g", "h", "a"], timeout=120, record=True)
+    tr, va, guest, host, arb, gv, hv = _parties(MODEL, net, xg, xh, y)
     run_parties(net, {"g": lambda: guest.fit(net.channel("g"), xg.take(tr), y[tr], validation=gv),
                       "h": lambda: host.fit(net.channel("h"), xh.take(tr), validation=hv),
                       "a": lambda: arb.fit(net.channel("a"), keypair=generate_keypair(512))})
@@ -102,18 +109,8 @@ def test_hosts_and_the_arbiter_refuse_a_decision_that_is_not_exactly_best_and_st
     anything is read from it, whichever of them it is sent to."""
     from vfl.protocol.channel import ProtocolError
     xg, xh, y = _data(n=120)
-    valid = validation_mask(np.arange(len(y)).astype(str), 1, 0.25)
-    tr, va = np.flatnonzero(~valid), np.flatnonzero(valid)
-    towers = _towers()
     net = LocalNetwork(["g", "h", "a"], timeout=60)
-    model = replace(MODEL, epochs=2)
-    guest = SplitGuest(model, hosts=["h"], arbiter="a", seed=3, tower=towers[0], init_seed=1)
-    host = SplitHost(model, guest="g", arbiter="a", seed=3, tower=towers[1], init_seed=2)
-    arb = SplitArbiter(model, guest="g", hosts=["h"], validation=True)
-    gv = Validation(xg.take(va), y=y[va], patience=model.patience,
-                    exchange=lambda prefix, n: guest_sum_scores(net.channel("g"), ["h"], n, prefix))
-    hv = Validation(xh.take(va), exchange=lambda prefix, u: host_send_scores(net.channel("h"), "g", ["h"], "h", u,
-                                                                             context=prefix, prefix=prefix))
+    tr, va, guest, host, arb, gv, hv = _parties(replace(MODEL, epochs=2), net, xg, xh, y)
     failed = {}
 
     def run(name, call):
