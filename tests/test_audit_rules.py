@@ -101,13 +101,16 @@ def test_every_release_counts_its_rows_and_every_aggregate_reaches_the_floor(lr_
     report.write_text(json.dumps({**json.loads(saved), "smallest_release_rows": 5}))
     _fails(job, "host0 reports 5 rows behind its smallest released sum, below the job's min_rows_per_release = 32")
     report.write_text(saved)
-    # a batch loss the arbiter decrypts is an aggregate too: both lines say 5 rows, below the floor
+    # the epoch loss the guest unmasks is an aggregate too: both lines say 5 rows, below the floor
     guest, arbiter = _lines(job, "guest"), _lines(job, "arbiter")
-    g, a = _at(guest, "/enc_loss", "sent"), _at(arbiter, "/enc_loss", "received")
+    g, a = _at(guest, "/loss_plain", "received"), _at(arbiter, "/loss_plain", "sent")
+    assert guest[g]["class"] == "aggregate" and guest[g]["rows"] >= 32
+    # the arbiter reads no aggregate at all: its batch losses are masked integers
+    assert {e["class"] for e in arbiter if e.get("dir") == "received"} <= {"control", "masked"}
     guest[g], arbiter[a] = {**guest[g], "rows": 5}, {**arbiter[a], "rows": 5}
     _write(job, "guest", guest)
     _write(job, "arbiter", arbiter)
-    _fails(job, "enc_loss' is an aggregate over 5 rows, below the job's min_rows_per_release = 32")
+    _fails(job, "loss_plain' is an aggregate over 5 rows, below the job's min_rows_per_release = 32")
 
 
 # ------------------------------------------------------------------ failures that excuse unreceived sends

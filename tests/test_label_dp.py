@@ -143,14 +143,14 @@ def test_accounting_counts_every_party():
 
 
 def test_the_loss_decides_nothing_with_label_dp(keypair):
-    """The arbiter's loss is exact, so with label-DP it must not stop training early: a tolerance that
-    stops after two epochs without label-DP is ignored with it."""
+    """The loss the guest unmasks is exact, so with label-DP it must not stop training early: a tolerance
+    that stops after two epochs without label-DP is ignored with it."""
     model = replace(DP, type="logistic", embedding_dim=1, hidden_units=(), epochs=3, tolerance=10.0)
     roles, _ = _train(model, keypair, _towers(model))
-    assert len(roles["a"].loss_history_) == 3
+    assert roles["a"].epochs_run_ == len(roles["g"].loss_history_) == 3
     off = replace(model, label_dp="off", min_rows_per_release=1)
     roles, _ = _train(off, keypair, _towers(off))
-    assert len(roles["a"].loss_history_) == 2
+    assert roles["a"].epochs_run_ == len(roles["g"].loss_history_) == 2
 
 
 @pytest.mark.audit_fails
@@ -290,6 +290,42 @@ def test_clip_splits_the_bound_between_families_and_scales_embeddings_to_their_s
     assert np.allclose(sq["embedding"][live], 0.49 * CLIP_SHARES["embedding"])
     assert np.all(sq["wide"] <= 0.49 * CLIP_SHARES["wide"] * (1 + 1e-9))
     assert np.allclose(sq["wide"], 0.49 * CLIP_SHARES["wide"])       # three ones per row: over the share
+
+
+@pytest.mark.parametrize("kind", ["embedding", "linear"])
+def test_at_full_precision_a_rows_encoded_coefficients_stay_within_the_clip_bound(kind):
+    """(A1) for what the protocol multiplies: at ``coef_bits = 24`` (no cut) the clipped coefficients are
+    still cut toward zero onto the 24-bit grid they are encoded on. Rounded to nearest (``encode_int64``),
+    a row clipped to exactly C (every embedding row, every row over the bound) went above C by up to
+    sqrt(D) 2^-25 about every other time."""
+    from crypto.encoding import encode_int64
+    from vfl.models.backprop import with_coef_bits
+    from vfl.models.common import X_FRAC_BITS
+    from vfl.models.privacy import clip_blocks
+    model = replace(DP, coef_bits=24)
+    assert model.label_dp_on and model.backprop_bits is None
+    rng = np.random.default_rng(5)
+    n = 500
+    if kind == "embedding":
+        tower = EmbeddingTower(2, [6, 5], 3, [4], wide=True, cross_sizes=[7])
+        x = TowerInput(rng.normal(0, 3, (n, 2)), np.stack([rng.integers(0, 6, n), rng.integers(0, 5, n),
+                                                           rng.integers(0, 7, n)], axis=1))
+    else:
+        tower, x = LinearTower(6, intercept=True), TowerInput(rng.normal(0, 1, (n, 6)))
+    params = tower.init_params(1)
+    params += rng.normal(0, 0.3, len(params))           # a live deep part
+    _, cache = tower.forward(params, x)
+    blocks, _ = clip_blocks(tower.blocks(params, cache), n, model.clip_norm)
+    sq = [0] * n                                      # exact: integers at the encoding's scale
+    for b in with_coef_bits(blocks, model.backprop_bits):
+        if not b.release:
+            continue
+        enc = encode_int64(b.X, X_FRAC_BITS).astype(object)
+        for i, row in zip(range(n) if b.single else b.rows.tolist(), enc[:n] if b.single else enc[b.rows]):
+            sq[i] += sum(v * v for v in row.tolist())
+    bound = (model.clip_norm * 2 ** X_FRAC_BITS) ** 2
+    assert max(sq) <= bound * (1 + 1e-12), (max(sq) / bound - 1)
+    assert sum(s > bound * (1 - 1e-5) for s in sq) > n // 4        # many rows sit at the bound itself
 
 
 def test_backpropagated_coefficients_are_cut_to_12_bits_by_default_only_under_label_dp():

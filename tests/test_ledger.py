@@ -53,15 +53,14 @@ def test_lr_job_and_scoring_leave_ledgers_that_pass_the_audit(tmp_path, capsys):
     steps = {re.sub(r"/e\d+/b\d+/", "/", e["step"]) for led in ledgers.values() for e in led if e["event"] == "message"}
     assert {"psi/plan", "psi/blind/guest", "psi/blinded/host1", "psi/result", "lr/public_key", "lr/plan",
             "lr/enc_u", "lr/enc_d", "lr/masked_grad", "lr/masked_grad_plain", "lr/enc_loss",
-            "predict/u_h_share"} <= steps
-    # the arbiter's batch losses are aggregates over exactly the batch's rows; the guest's epoch
-    # losses over all training rows
-    n_train = {e["rows"] for e in ledgers["guest"] if e.get("step", "").endswith("/decision")}
+            "lr/e0/loss_plain", "lr/e0/converged", "predict/u_h_share"} <= steps
+    # the arbiter's batch losses are masked integers (no rows: it reads nothing of them); the guest's
+    # epoch losses are aggregates over all training rows
+    n_train = {e["rows"] for e in ledgers["guest"] if e.get("step", "").endswith("/loss_plain")}
     assert len(n_train) == 1
     losses = [e for e in ledgers["arbiter"] if e.get("step", "").endswith("/enc_loss")]
     assert len(losses) == 2 * len(batch_sizes(*n_train, 128))
-    assert all(e["class"] == "aggregate" and e["dir"] == "received" for e in losses)
-    assert [e["rows"] for e in losses] == 2 * batch_sizes(*n_train, 128)
+    assert all(e["class"] == "masked" and e["dir"] == "received" and "rows" not in e for e in losses)
     # bytes and payload hashes of a sent message equal those of its receipt
     sent = [e for e in ledgers["host0"] if e.get("dir") == "sent" and e["step"].endswith("enc_u")]
     got = [e for e in ledgers["guest"] if e.get("dir") == "received" and e["peer"] == "host0" and e["step"].endswith("enc_u")]
@@ -218,7 +217,8 @@ def test_spec_is_consistent_and_every_step_is_in_the_docs_tables():
                 "<pre>/e<e>/valid/sum_key": "emb/e2/valid/sum_key",
                 "<pre>/e<e>/valid/sum_keys": "emb/e2/valid/sum_keys",
                 "<pre>/e<e>/valid/u_h_share": "lr/e0/valid/u_h_share",
-                "<pre>/e<e>/valid_decision": "emb/e5/valid_decision"}
+                "<pre>/e<e>/valid_decision": "emb/e5/valid_decision", "<pre>/e<e>/loss_plain": "lr/e3/loss_plain",
+                "<pre>/e<e>/converged": "emb/e1/converged"}
     for s in SPEC:
         step = examples.get(s.doc, s.doc if "/" in s.doc else f"lr/e3/b7/{s.doc}")
         assert find(step, s.sender, s.receiver) is s, s

@@ -132,8 +132,9 @@ def test_what_crosses_the_wire_in_a_whole_job(tmp_path):
                                   "version", "keys", "model_id"}, (r.step, p)   # keys: the hosts' relayed secure-sum
                 if "model_id" in p:                            # keys; model_id: the training's, 128 random bits
                     assert r.step == "lr/model_id" and len(p["model_id"]) == 32
-        if isinstance(p, BigInts):
-            assert r.sender == "arbiter" and r.step.endswith("masked_grad_plain")
+        if isinstance(p, BigInts):      # masked values the arbiter decrypted: a party's sums, the guest's loss
+            assert r.sender == "arbiter" and (r.step.endswith("masked_grad_plain")
+                                              or r.step.endswith("/loss_plain") and r.receiver == "guest")
 
 
 def test_fewer_training_rows_than_the_release_floor_are_refused_by_name(tmp_path):

@@ -320,3 +320,22 @@ def test_with_label_dp_a_hosts_woe_is_a_function_of_the_noised_counts_alone(tmp_
         np.testing.assert_allclose(woe, expected, rtol=0, atol=1e-9)
         np.testing.assert_allclose(col["woe"], expected, rtol=0, atol=1e-9)
     assert merged_some, "monotonic merging joined no bins: the merge the host was told goes untested"
+
+
+def test_with_label_dp_the_guests_own_woe_is_a_function_of_the_noised_counts_alone(tmp_path):
+    """(A5) for the guest's side: its own WOE features, IV and selection come from the noised per-bin
+    counts alone (through its features they shape every [[d]], so every host release, (A3)). The test
+    above checks the hosts' WOE only: the guest's own columns computed from exact counts passed it."""
+    from vfl.preprocess.binning import fit_bins, n_ordered
+    from vfl.preprocess.roles import summarise
+    job, prep, _, _, _, guest = _dp_stage(tmp_path)
+    p = job.preprocess
+    own = fit_bins(guest.columns, guest.features, [], np.empty((N, 0), dtype=object), p.binning, p.bins,
+                   p.min_bin_rows)
+    noised = [np.asarray(e) for e in json.loads((job.output_dir("guest") / NOISE_FILE).read_text())["own"]]
+    expected = [summarise(cb.column, cb.rows, e, n_ordered(cb), N, None, p.monotonic, cb) for cb, e in zip(own, noised)]
+    kept = [j for j, c in enumerate(prep.figures["iv"]["guest"]) if c["selected"]]
+    assert [c["iv"] for c in prep.figures["iv"]["guest"]] == [s.iv for s in expected]
+    assert len(prep.encoder.woe) == len(kept) > 0
+    for woe, j in zip(prep.encoder.woe, kept):
+        np.testing.assert_allclose(woe, expected[j].woe, rtol=0, atol=1e-12)

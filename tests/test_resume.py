@@ -18,11 +18,11 @@ def _weights(job):
     return np.concatenate([g["coef"], h["coef"], [g["intercept"]]])
 
 
-def _job(tmp_path, epochs, batch_size=128, **kw):
+def _job(tmp_path, epochs, batch_size=128, tolerance=0.0, **kw):
     g, hosts = write_tables(tmp_path, *vertical_split(500, 3, [2], seed=7))
     # label-DP off: a resumed run is compared with a separate uninterrupted one, whose noise would differ
     return load_job(write_job(tmp_path, g, hosts, model={"epochs": epochs, "batch_size": batch_size,
-                                                         "tolerance": 0.0, "label_dp": "off"}, **kw))
+                                                         "tolerance": tolerance, "label_dp": "off"}, **kw))
 
 
 def test_two_plus_two_epochs_equal_four(tmp_path):
@@ -37,6 +37,24 @@ def test_two_plus_two_epochs_equal_four(tmp_path):
     m = run_local(more, resume=True)["guest"]
     # every epoch's seconds against its own epoch: the first two from the checkpoint
     assert m["epochs_run"] == 4 and len(m["epoch_seconds"]) == 4 and m["epoch_seconds"][:2] == first_seconds
+    np.testing.assert_allclose(_weights(more), _weights(straight), atol=1e-9)
+    np.testing.assert_allclose(m["loss_history"],
+                               json.loads((straight.workdir / "metrics.json").read_text())["loss_history"],
+                               atol=1e-9)
+
+
+def test_a_resume_stops_by_tolerance_at_the_epoch_an_uninterrupted_run_does(tmp_path):
+    """The guest decides convergence on the loss it unmasks (the arbiter never sees it): after a resume it
+    compares the first new epoch's loss with the last one of its checkpoint, as an uninterrupted run does."""
+    (tmp_path / "a").mkdir()
+    straight = _job(tmp_path / "a", 30, tolerance=0.01)
+    stopped = run_local(straight)["guest"]["epochs_run"]
+    assert 2 < stopped < 30, "the test needs a run that stops by tolerance"
+    (tmp_path / "b").mkdir()
+    run_local(_job(tmp_path / "b", stopped - 1, tolerance=0.01))      # one epoch short of converging
+    more = _job(tmp_path / "b", 30, tolerance=0.01)
+    m = run_local(more, resume=True)["guest"]
+    assert m["epochs_run"] == stopped
     np.testing.assert_allclose(_weights(more), _weights(straight), atol=1e-9)
     np.testing.assert_allclose(m["loss_history"],
                                json.loads((straight.workdir / "metrics.json").read_text())["loss_history"],

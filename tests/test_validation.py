@@ -81,7 +81,7 @@ def test_early_stopping_keeps_the_best_epoch_as_the_twin_does():
                        validation=([xg.take(va), xh.take(va)], y[va]))
     np.testing.assert_allclose(guest.params_, twin[0], atol=1e-6)
     np.testing.assert_allclose(host.params_, twin[1], atol=1e-6)
-    assert len(arb.loss_history_) == len(history)
+    assert arb.epochs_run_ == len(guest.loss_history_) == len(history)
 
 
 class _Adding:
@@ -146,6 +146,25 @@ def test_the_released_decision_is_noised_at_the_accounted_scale():
         stopping.update(e, z, y)
     noise = np.array([h["released"] - h["brier"] for h in stopping.history])
     assert abs(noise.std() / sd - 1) < 0.1 and abs(noise.mean()) < 3 * sd / math.sqrt(400)
+
+
+def test_with_label_dp_the_guest_decides_on_a_noised_score():
+    """With label-DP, the {best, stop} a host and the arbiter get are decided on the noised recalibrated
+    Brier score in a run, not only in EarlyStopping given a noise_sd: drawing the decision's noise as 0
+    (early_stopping_for) passed every other test."""
+    model = replace(MODEL, label_dp="on", epochs=4, patience=10, min_rows_per_release=8, batch_size=64)
+    xg, xh, y = _data()
+    net = LocalNetwork(["g", "h", "a"], timeout=120)
+    tr, va, guest, host, arb, gv, hv = _parties(model, net, xg, xh, y)
+    run_parties(net, {"g": lambda: guest.fit(net.channel("g"), xg.take(tr), y[tr], validation=gv),
+                      "h": lambda: host.fit(net.channel("h"), xh.take(tr), validation=hv),
+                      "a": lambda: arb.fit(net.channel("a"), keypair=generate_keypair(512))})
+    deciding = [h for h in guest.validation_["history"] if h["released"] is not None]
+    assert len(deciding) == model.epochs - model.early_stopping_start
+    sd = noise_sd(model, len(va))
+    assert sd > 0
+    assert all(h["released"] != h["brier"] for h in deciding), deciding
+    assert all(abs(h["released"] - h["brier"]) < 6 * sd for h in deciding), (deciding, sd)
 
 
 def test_the_recalibrated_brier_score_moves_at_most_one_over_n_per_label():

@@ -603,12 +603,14 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError("[model] min_rows_per_release must be >= 1 (1 releases every sum: no protection)")
     smallest_batch = m.batch_size or 512           # batch_for's least default
     if m.type != "secureboost" and smallest_batch < 2 * m.min_rows_per_release:
-        # the arbiter decrypts each batch's loss, and a batch_schedule batch can be half a batch_size long
+        # a batch's whole-batch sums are held back below the floor, and a batch_schedule batch can be half
+        # a batch_size long
         raise ConfigError(f"[model] batch_size must be at least 2 x min_rows_per_release "
                           f"({2 * m.min_rows_per_release}), got "
-                          f"{m.batch_size or f'the default, which can be {smallest_batch}'}: the arbiter "
-                          "decrypts every batch's loss, and the last batch of an epoch may hold half a "
-                          "batch_size of rows")
+                          f"{m.batch_size or f'the default, which can be {smallest_batch}'}: a batch's "
+                          "whole-batch gradient sums (dense layers, a linear model's weights) are released only "
+                          "over min_rows_per_release rows, else that step gets no gradient for them, and the "
+                          "last batch of an epoch may hold half a batch_size of rows")
     if m.early_stopping not in ("auto", "on", "off"):
         raise ConfigError(f"[model] early_stopping must be 'auto', 'on' or 'off', got {m.early_stopping!r}")
     if not 0 < m.validation_fraction < 0.5 or not m.patience >= 1 or not 0 <= m.min_epochs < m.epochs:

@@ -330,9 +330,9 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names,
                        validation=job.model.early_stopping_on).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))
-    report = {"loss_history": arb.loss_history_, "key_bits": job.model.key_bits,
+    report = {"epochs_run": arb.epochs_run_, "key_bits": job.model.key_bits,      # it never learns the loss
               "label_dp": {**label_dp_summary(job.model, len(arb.noised_epochs_), len(job.hosts)),
                            "noised_releases": arb.noised_releases_, "noise_sd": arb.noise_sd_,
-                           "epochs_run": len(arb.loss_history_), "noised_epochs": len(arb.noised_epochs_)}}
+                           "epochs_run": arb.epochs_run_, "noised_epochs": len(arb.noised_epochs_)}}
     write_json(job.output_dir(job.arbiter.name) / "training.json", report)
     return {"party": job.arbiter.name, **report}

@@ -1,14 +1,17 @@
-"""Split-training arbiter: holds the private key, decrypts only masked values and the loss.
+"""Split-training arbiter: holds the private key, decrypts only masked values.
 
-It holds no weights and no optimiser state. What it decrypts is either a
-gradient sum plus a uniform mask mod n (independent of the sum) or the batch
-loss, which it needs to decide convergence. With label-DP on, it adds
-Gaussian noise to every value it decrypts, for the guest and every host,
+It holds no weights and no optimiser state. Everything it decrypts is a value
+plus a uniform mask mod n (independent of the value): a party's gradient sums,
+or the guest's batch loss, whose masked values it only adds up over the epoch
+and returns; the guest unmasks the epoch's loss and tells it, as one boolean,
+whether the loss converged (``tolerance``). With label-DP on, it adds Gaussian
+noise to every gradient value it decrypts, for the guest and every host,
 before the party removes its mask: no party's parameters depend on the labels
 except through noised sums (vfl.models.privacy), and the loss, which is not
-noised, then decides nothing (training runs its epochs or stops on the
-guest's noised validation score). It counts every epoch it noises, replays
-after a resume included, and ends training when the plan's epochs are spent.
+noised, decides nothing (the guest's boolean must be false: training runs its
+epochs or stops on the guest's noised validation score). It counts every epoch
+it noises, replays after a resume included, and ends training when the plan's
+epochs are spent.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy as np
 from crypto import EncryptedArray, generate_keypair
 from crypto.encoding import DEFAULT_FRAC_BITS, encode_signed
 from crypto.packing import SLOT_BITS, packed_count, slot_offsets, slots_per_ciphertext
-from ..protocol.channel import Channel
+from ..protocol.channel import Channel, ProtocolError
 from ..job.config import ModelConfig
 from ..protocol.messages import BigInts
 from ..protocol.spec import batch_sizes
@@ -34,6 +37,18 @@ log = logging.getLogger("vfl.train")
 
 MAX_VALUES = 5_000_000      # a party's declared parameter count is refused above this
 RELEASE_FRAC_BITS = DEFAULT_FRAC_BITS + 2 * X_FRAC_BITS   # [[d]] = g + h [[U_H]], times X
+
+
+def check_converged(said, step: str, label_dp: bool) -> bool:
+    """The guest's ``converged`` as the arbiter accepts it: exactly ``{converged}``, a boolean, the one bit
+    of the loss the arbiter learns (docs/protocols.md, section 2, "Per epoch"); anything more could carry
+    the loss itself. With label-DP the exact loss must decide nothing a host sees, so it must be false."""
+    if not (isinstance(said, dict) and set(said) == {"converged"} and isinstance(said["converged"], bool)):
+        got = sorted(map(str, said))[:8] if isinstance(said, dict) else type(said).__name__
+        raise ProtocolError(f"{step}: expected exactly {{converged}} (a boolean) from the guest, got {str(got)[:200]}")
+    if said["converged"] and label_dp:
+        raise ProtocolError(f"{step}: the guest says the loss converged, but with label-DP the loss decides nothing")
+    return said["converged"]
 
 
 def _dither(gauss: np.ndarray) -> np.ndarray:
@@ -65,7 +80,7 @@ def _dither(gauss: np.ndarray) -> np.ndarray:
 class SplitArbiter:
     def __init__(self, model: ModelConfig, *, guest: str, hosts: list[str], validation: bool = False) -> None:
         self.model, self.guest, self.hosts, self.validation = model, guest, list(hosts), validation
-        self.loss_history_: list[float] = []
+        self.epochs_run_ = 0                      # epochs completed (a resumed training's included)
         self.noise_plan_ = plan_for(model, len(self.hosts)) if model.label_dp_on else None
         self.noised_releases_: dict[str, int] = {p: 0 for p in (guest, *self.hosts)}
         self.noise_sd_: dict[str, float] = {}     # the standard deviation drawn per party (audited)
@@ -126,16 +141,14 @@ class SplitArbiter:
         supply = (ZeroSupply(sk, pre, rows, epochs, (*self.hosts, self.guest), start)
                   if m.randomness == "arbiter" and start < epochs else None)
         try:
-            self._train(channel, pk, sk, pre, plan, start, saved, epochs, batches, n_train, supply, checkpoint,
-                        ledger)
+            self._train(channel, pk, sk, pre, plan, start, saved, epochs, batches, supply, checkpoint, ledger)
         finally:
             if supply is not None:
                 supply.close()
         return self
 
     def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, start: int, saved: int, epochs: int,
-               batches: int,
-               n_train: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None,
+               batches: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None,
                ledger: NoiseLedger | None) -> None:
         m = self.model
 
@@ -156,12 +169,13 @@ class SplitArbiter:
         if start:
             if checkpoint is None:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
-            done = start == epochs       # training had ended: the losses of the guest's final epoch, on to scoring
-            self.loss_history_ = list(checkpoint.load(epoch=saved, finished=done).loss_history)
+            done = start == epochs       # training had ended: the state of the guest's final epoch, on to scoring
+            self.epochs_run_ = checkpoint.load(epoch=saved, finished=done).epoch
         width = (pk.n.bit_length() + 7) // 8
         send_zeros(start, 0)
         for epoch in range(start, epochs):
-            total, counted = 0.0, False
+            counted = False
+            loss = 0            # the epoch's masked batch losses, added mod n: uniform, as each of them is
             for b in range(batches):
                 for party in (self.guest, *self.hosts):
                     tag = step(pre, epoch, b, "masked_grad")
@@ -183,19 +197,18 @@ class SplitArbiter:
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
                 if b + 1 < batches:      # made while this batch ran; each party needs them next
                     send_zeros(epoch, b + 1)
-                loss = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,), "loss",
-                                        LOSS_FRAC_BITS)
-                total += float(loss.decrypt(sk)[0])
-            mean = total / n_train
-            # with label-DP the loss (exact, not noised) must decide nothing a host sees
-            converged = (not m.label_dp_on and bool(self.loss_history_)
-                         and abs(self.loss_history_[-1] - mean) < m.tolerance)
-            self.loss_history_.append(mean)
+                masked = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,),
+                                          "masked loss", LOSS_FRAC_BITS)
+                loss = (loss + int(sk.decrypt_raw(masked.ciphertexts)[0])) % pk.n
+            channel.send(self.guest, f"{pre}/e{epoch}/loss_plain", BigInts.of([loss], width))
             early = False
             if self.validation:        # the guest's decision on its validation rows (noised with label-DP)
                 said = check_decision(channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision"),
                                       f"{pre}/e{epoch}/valid_decision")
                 early = said["stop"]
+            # the guest's tolerance rule on the loss it unmasked (always false with label-DP)
+            converged = check_converged(channel.recv(self.guest, f"{pre}/e{epoch}/converged"),
+                                        f"{pre}/e{epoch}/converged", m.label_dp_on)
             # a replayed epoch spent an epoch's budget too: training ends when the plan's epochs are noised
             spent = ledger is not None and len(ledger.epochs) >= m.epochs and epoch < epochs - 1
             if spent:
@@ -204,10 +217,11 @@ class SplitArbiter:
                          [e + 1 for e in ledger.replayed], m.epochs, epoch + 1)
             converged = converged or early or spent
             stop = converged or epoch == epochs - 1
+            self.epochs_run_ = epoch + 1
             if checkpoint is not None:
-                checkpoint.save(TrainingState(epoch + 1, converged, loss_history=self.loss_history_))
+                checkpoint.save(TrainingState(epoch + 1, converged))
             # with label-DP: the epoch runs noised so far (replays included), for the guest's report
-            channel.send(self.guest, f"{pre}/e{epoch}/decision", {"stop": stop, "loss": mean, "converged": converged,
+            channel.send(self.guest, f"{pre}/e{epoch}/decision", {"stop": stop, "converged": converged,
                                                                   **({"noised_epochs": len(ledger.epochs)}
                                                                      if ledger is not None else {})})
             for h in self.hosts:

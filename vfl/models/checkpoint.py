@@ -1,7 +1,8 @@
 """Per-epoch checkpoints, so an interrupted training resumes instead of starting over.
 
 Every party (the arbiter too) writes its own state after each epoch's
-decision: its weights and optimiser state (the arbiter: the loss history).
+decision: its weights and optimiser state (the arbiter: the epoch and whether training
+converged; it never learns the loss, which the guest keeps).
 Nothing of another party is in it. A fingerprint of what must not change
 between the runs (job, party, settings other than ``epochs``/``tolerance``,
 the training rows) guards against resuming a different training. Under label-DP
@@ -139,7 +140,7 @@ class TrainingState:
     converged: bool = False
     weights: list[float] | None = None
     optimizer: dict = field(default_factory=dict)
-    loss_history: list[float] = field(default_factory=list)
+    loss_history: list[float] = field(default_factory=list)     # the guest's (the arbiter's states: empty)
     best_weights: list[float] | None = None      # with validation: the best epoch's weights so far
     validation: dict = field(default_factory=dict)   # the guest's early-stopping state
     # run figures, kept so a resumed job reports the whole training and not only the part after the resume

@@ -1,4 +1,4 @@
-"""What the three hetero-LR roles share: step names, the loss, masked decryption.
+"""What the three hetero-LR roles share: step names, the loss, masked decryption (of gradient sums and of the loss).
 
 The guest knows its own partial score ``a = X_g w_g + b`` in the clear; only
 the hosts' part ``U_H = sum_h X_h w_h`` is encrypted. So the logistic loss is
@@ -24,6 +24,7 @@ import numpy as np
 
 from crypto import EncryptedArray, PublicKey, mask
 from crypto.encoding import DEFAULT_FRAC_BITS, decode_signed
+from crypto.masks import unmask
 from crypto.packing import pack, unpack
 from ..protocol.channel import Channel, note_rows
 from ..job.config import MIN_KEY_BITS, ModelConfig
@@ -37,7 +38,7 @@ X_FRAC_BITS = 24          # precision of plaintext multipliers (features, scores
 U_FRAC_BITS = DEFAULT_FRAC_BITS                   # enc_u: [[u_h]], encrypted by the host
 D_FRAC_BITS = U_FRAC_BITS + X_FRAC_BITS           # enc_d: [[d]] = g + h [[U_H]]
 LOSS_PART_FRAC_BITS = D_FRAC_BITS + X_FRAC_BITS   # enc_loss_part: u_h . [[d]]
-LOSS_FRAC_BITS = LOSS_PART_FRAC_BITS + 1          # enc_loss: the sum times 0.5 (1 fractional bit)
+LOSS_FRAC_BITS = LOSS_PART_FRAC_BITS + 1          # enc_loss: the sum times 0.5 (1 fractional bit), masked
 
 
 def prefix_for(model_type: str) -> str:
@@ -74,6 +75,19 @@ def masked_gradient_round(channel: Channel, arbiter: str, pk: PublicKey,
         raise ValueError(f"arbiter's reply to {tag!r} is not {len(r)} integers below n")
     packed = (np.array(reply.values, dtype=object) - r) % int(pk.n)
     return decode_signed(unpack(packed, enc_grad.size, pk.n), enc_grad.frac_bits)
+
+
+def unmask_loss(reply, masks: int, pk: PublicKey, tag: str) -> float:
+    """The epoch's summed loss from the arbiter's reply ``L + R mod n`` at ``tag``.
+
+    The guest sends each batch's loss ``[[L_b + r_b]]`` under a fresh uniform mask ``r_b``; the arbiter
+    decrypts only those uniform values, adds them up mod n and returns the sum; ``masks`` is
+    ``R = sum_b r_b``, which only the guest knows. So the arbiter never sees a loss, and the guest learns
+    the epoch's loss, as before, not a batch's."""
+    if not isinstance(reply, BigInts) or len(reply.values) != 1 or not 0 <= reply.values[0] < pk.n:
+        raise ValueError(f"arbiter's reply to {tag!r} is not one integer below n")
+    return float(unmask(np.array(reply.values, dtype=object), np.array([masks], dtype=object), LOSS_FRAC_BITS,
+                        pk.n)[0])
 
 
 def check_public_key(pk: PublicKey, model: ModelConfig) -> PublicKey:

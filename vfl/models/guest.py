@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from crypto import PublicKey
+from crypto import PublicKey, mask
 
 from ..protocol.channel import Channel
 from ..job.config import ModelConfig
@@ -17,7 +17,7 @@ from .backprop import encrypted_sums, with_coef_bits
 from .checkpoint import Checkpoint, TrainingState, is_finished, padded_seconds, resume_from
 from .randomness import receive_zeros
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
-                     expect_encrypted, prefix_for, step, warn_if_small_batches)
+                     expect_encrypted, prefix_for, step, unmask_loss, warn_if_small_batches)
 from .privacy import clip_blocks
 from .towers import LinearTower, Tower, TowerInput
 from .trainer import TowerTrainer, as_input
@@ -31,8 +31,10 @@ class SplitGuest:
 
     It assembles the encrypted residual ``[[d]] = g + h * [[U_H]]`` without
     ever seeing a host's score, backpropagates it through its own tower, and
-    assembles the encrypted loss, which only the arbiter decrypts. Without a
-    ``tower`` it trains a linear one (logistic regression).
+    assembles the encrypted loss, which the arbiter decrypts only under the
+    guest's masks; the guest unmasks the epoch's loss and applies the
+    ``tolerance`` rule itself. Without a ``tower`` it trains a linear one
+    (logistic regression).
     """
 
     def __init__(self, model: ModelConfig, *, hosts: list[str], arbiter: str, seed: int,
@@ -107,9 +109,11 @@ class SplitGuest:
                 channel.send(h, f"{pre}/start", {"epoch": start, "saved_epoch": saved})
             for epoch in range(start, m.epochs):
                 t0 = last_note = time.perf_counter()
+                masks = 0               # the sum of this epoch's loss masks
                 for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
-                    trainer.step(self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b, rows,
-                                             n_batches))
+                    grad, r = self._batch(channel, pk, trainer, x.take(rows), y[rows], pre, epoch, b, rows, n_batches)
+                    trainer.step(grad)
+                    masks += r
                     if time.perf_counter() - last_note > 10 and b + 1 < n_batches:   # long epochs show progress
                         last_note = time.perf_counter()
                         log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
@@ -118,12 +122,12 @@ class SplitGuest:
                 if stopping is not None:
                     is_best = self._validate(channel, trainer, validation, stopping, pre, epoch)
                     best = trainer.params.copy() if is_best else best
+                self._epoch_loss(channel, pk, pre, epoch, masks, n)
                 decision = channel.recv(self.arbiter, f"{pre}/e{epoch}/decision")
-                self.loss_history_.append(float(decision["loss"]))
                 if m.label_dp_on:
                     self.noised_epochs_ = self._noised_epochs(decision, pre, epoch)
                 self.epoch_seconds_.append(time.perf_counter() - t0)
-                log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, decision["loss"],
+                log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, self.loss_history_[-1],
                          self.epoch_seconds_[-1])
                 for h in self.hosts:            # every host has saved this epoch: now the guest may
                     channel.recv(h, f"{pre}/e{epoch}/saved")
@@ -144,6 +148,20 @@ class SplitGuest:
         self.smallest_release_ = trainer.buffer.smallest_release
         self.observed_ = trainer.observed
         return self
+
+    def _epoch_loss(self, channel: Channel, pk: PublicKey, pre: str, epoch: int, masks: int, n: int) -> None:
+        """Unmask the epoch's loss, record its mean and tell the arbiter whether it converged.
+
+        The arbiter adds up the masked batch losses it decrypts (uniform values) and returns the sum
+        (:func:`unmask_loss`): it never sees a loss. Convergence (the mean moved by less than ``tolerance``)
+        is decided here and reaches the arbiter as one boolean; with label-DP it is always false, since
+        the exact loss must decide nothing a host sees (docs/protocols.md, the label-DP theorem's (A4))."""
+        tag = f"{pre}/e{epoch}/loss_plain"
+        mean = unmask_loss(channel.recv(self.arbiter, tag), masks, pk, tag) / n
+        converged = (not self.model.label_dp_on and bool(self.loss_history_)
+                     and abs(self.loss_history_[-1] - mean) < self.model.tolerance)
+        self.loss_history_.append(mean)
+        channel.send(self.arbiter, f"{pre}/e{epoch}/converged", {"converged": converged})
 
     @staticmethod
     def _noised_epochs(decision: dict, pre: str, epoch: int) -> int:
@@ -176,7 +194,8 @@ class SplitGuest:
         return is_best
 
     def _batch(self, channel: Channel, pk: PublicKey, trainer: TowerTrainer, xb: TowerInput, yb: np.ndarray,
-               pre: str, epoch: int, b: int, rows: np.ndarray, n_batches: int) -> np.ndarray:
+               pre: str, epoch: int, b: int, rows: np.ndarray, n_batches: int) -> tuple[np.ndarray, int]:
+        """One batch: the guest's gradient, and the mask ``r`` of the batch loss it sent the arbiter."""
         n_b, lap = len(xb), self.timings_
         a, cache = self.tower.forward(trainer.params, xb)
         g, h, own_loss = expansion_terms(a, yb, self.model.approximation)
@@ -212,5 +231,6 @@ class SplitGuest:
                 enc_loss = enc_loss + expect_encrypted(channel.recv(p, step(pre, epoch, b, "enc_loss_part")),
                                                        pk, (1,), f"{p} loss part", LOSS_PART_FRAC_BITS)
             enc_loss = enc_loss.mul(0.5, frac_bits=1) + (own_loss + n_b * 0.5 * trainer.penalty())
-        channel.send(self.arbiter, step(pre, epoch, b, "enc_loss"), enc_loss.rerandomize())
-        return grad
+            masked, r = mask(enc_loss)      # re-randomised: the arbiter sees L_b + r_b mod n, uniform
+        channel.send(self.arbiter, step(pre, epoch, b, "enc_loss"), masked)
+        return grad, int(r[0])

@@ -10,10 +10,12 @@ to norm ``C`` (``clip_norm``; the bound is shared between dense blocks, wide tab
 and embedding tables, :func:`clip_blocks`); the arbiter adds Gaussian noise ``N(0, (z C)^2)``
 to every value it decrypts, for every party. Within one epoch a row enters each
 released sum at most once (held-back sums are dropped at the epoch's end), so
-one epoch is one Gaussian mechanism of sensitivity ``C`` per party, composed
-adaptively: zero-concentrated DP with ``rho = 1/(2 z_g^2) + H/(2 z_h^2)`` per
-epoch for the guest's multiplier ``z_g`` and the ``H`` hosts' ``z_h`` (Bun &
-Steinke 2016). Every party's parameters
+its parts in one party's releases of an epoch have joint norm at most ``C``.
+Which release carries which part is chosen adaptively (from earlier releases),
+so the releases compose as Gaussian mechanisms with adaptively chosen
+sensitivities (a Rényi filter, Feldman & Zrnic 2021): zero-concentrated DP with
+``rho = 1/(2 z_g^2) + H/(2 z_h^2)`` per epoch for the guest's multiplier ``z_g``
+and the ``H`` hosts' ``z_h`` (Bun & Steinke 2016). Every party's parameters
 are a function of its own features, its initialisation and its released sums,
 so everything any party sends later (scores, residuals, the next releases) is
 post-processing, and a host's whole view is covered. Epochs compose:
@@ -34,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backprop import with_coef_bits
+from .common import X_FRAC_BITS
 from .towers import Block
 
 
@@ -144,7 +148,10 @@ def clip_blocks(blocks: list[Block], n_rows: int, clip_norm: float, shares: dict
     al. 2022): left unscaled they used a tenth of their share and drowned in the noise
     (the 60k benchmark at epsilon 8: 0.7723 -> 0.777). Families a tower lacks give
     their share to the others. Either way ``sqrt(sum of squared family norms) <= C``:
-    the sensitivity the accounting assumes.
+    the sensitivity the accounting assumes. The clipped coefficients are then cut toward zero
+    to the ``X_FRAC_BITS`` fractional bits the protocol encodes them with, so the bound holds for
+    the encoded values too: rounding them to nearest could raise a row's norm above ``C`` by up to
+    ``sqrt(D) 2**-(X_FRAC_BITS + 1)``. A ``coef_bits`` cut to fewer bits then cuts further toward zero.
     """
     shares = shares or CLIP_SHARES
     families: dict[str, list[Block]] = {}
@@ -166,4 +173,5 @@ def clip_blocks(blocks: list[Block], n_rows: int, clip_norm: float, shares: dict
         norms += sq
         for b in members:
             scale[b.name] = s
-    return [b.scaled(scale[b.name]) if b.name in scale else b for b in blocks], np.sqrt(norms)
+    clipped = [b.scaled(scale[b.name]) if b.name in scale else b for b in blocks]
+    return with_coef_bits(clipped, X_FRAC_BITS), np.sqrt(norms)

@@ -36,15 +36,14 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from crypto import EncryptedArray
 from .channel import Channel, ProtocolError, WrongStep
 from .messages import BigInts, Payload, encode_payload
-from .spec import (DECLARES, ROWS_EVENT, SpecViolation, StepSpec, batch_sizes, check_size, declared_sizes, find,
-                   public_sizes)
+from .spec import (DECLARES, ROWS_EVENT, SpecViolation, StepSpec, check_size, declared_sizes, find, public_sizes)
 
 GENESIS = "0" * 64
 LEDGER_FILE = "ledger.jsonl"
@@ -154,24 +153,23 @@ class SpecChannel:
     """A channel that sends only what the spec declares and records every message.
 
     ``roles`` maps every party name of the job to its role; ``task`` is the
-    running task (``psi``, ``train`` or ``predict``); ``batch_size`` (a number, or
-    the job's rule ``n_train -> batch size``) lets the ledger count the rows behind
-    per-batch aggregates (from the ``n_train`` of the training plan). With ``ledger`` None nothing is written (spec checks only).
+    running task (``psi``, ``train`` or ``predict``). The ledger counts the rows behind
+    per-epoch aggregates from the ``n_train`` of the training plan. With ``ledger`` None nothing is written
+    (spec checks only).
     ``sizes`` are the public sizes control ceilings are written in (:func:`vfl.protocol.spec.public_sizes`;
     by default the largest the settings allow). ``plan`` is a training's label-DP plan as its run set it
     (:func:`dp_plan`), recorded so the audit can count that training's epsilon after the job changed.
     """
 
     def __init__(self, inner: Channel, roles: dict[str, str], *, ledger: Ledger | None = None,
-                 task: str | None = None, batch_size: "int | Callable[[int], int] | None" = None,
-                 job: str | None = None, resume: bool = False, sizes: dict[str, int] | None = None,
-                 plan: dict | None = None) -> None:
+                 task: str | None = None, job: str | None = None, resume: bool = False,
+                 sizes: dict[str, int] | None = None, plan: dict | None = None) -> None:
         self.inner = inner
         self.roles = dict(roles)
         if inner.name not in self.roles:
             raise KeyError(f"{inner.name!r} is not a party of this job")
         self.role = self.roles[inner.name]
-        self.task, self.batch_size, self.ledger = task, batch_size, ledger
+        self.task, self.ledger = task, ledger
         self._n_train: int | None = None
         self._noted_rows: dict[str, int] = {}
         self._min_bin_rows: dict[str, int] = {}     # peer -> smallest bin in the host's woe/bin_rows
@@ -317,11 +315,6 @@ class SpecChannel:
             return self._min_bin_rows.get(peer)
         if spec.rows == "n_train":
             return self._n_train
-        if spec.rows == "batch" and self._n_train and self.batch_size:
-            b = int(spec.matches(step).group("batch"))
-            size = self.batch_size(self._n_train) if callable(self.batch_size) else self.batch_size
-            sizes = batch_sizes(self._n_train, size)
-            return sizes[b] if b < len(sizes) else None
         return None
 
     def _record(self, direction: str, peer: str, step: str, spec: StepSpec, payload: Payload, data: bytes) -> None:
@@ -346,9 +339,8 @@ def spec_channel(channel: Channel, job, name: str, task: str, resume: bool = Fal
     """``channel`` of party ``name`` of ``job``, checked against the spec and recorded in its ledger
     (``resume``: this run continues an interrupted one)."""
     roles = {p.name: p.role for p in job.parties}
-    return SpecChannel(channel, roles, ledger=Ledger(ledger_path(job, name)), task=task,
-                       batch_size=job.model.batch_for, job=job.name, resume=resume, sizes=job_sizes(job),
-                       plan=dp_plan(job) if task == "train" else None)
+    return SpecChannel(channel, roles, ledger=Ledger(ledger_path(job, name)), task=task, job=job.name,
+                       resume=resume, sizes=job_sizes(job), plan=dp_plan(job) if task == "train" else None)
 
 
 def dp_plan(job) -> dict[str, float] | None:

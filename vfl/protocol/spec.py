@@ -9,9 +9,10 @@ ledgers against it. ``docs/protocols.md`` describes the same steps
 in prose; a test checks that its tables name every step of this spec.
 
 A payload **class** is what the message is *to its receiver*, who may hold
-keys that the wire does not show: ``enc_loss`` travels as a ciphertext, but
-the arbiter holds the private key, so to it the batch loss is a plaintext
-aggregate.
+keys that the wire does not show: ``masked_grad`` travels as a ciphertext, but
+the arbiter holds the private key, so to it the masked sums are masked integers
+(uniform mod n), and ``<pre>/e<e>/loss_plain`` travels as integers that are
+uniform on the wire but to the guest, who knows the masks, the epoch's loss.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class StepSpec:
     learns: str         # what the receiver learns
     phase: str          # psi, train or score
     dtype: str | None = None   # for arrays: regex on the dtype without byte order, e.g. ``S32``, ``[iu][1248]``
-    rows: str | None = None    # for aggregates: "batch" (rows of the step's batch), "n_train", "bins" (the
+    rows: str | None = None    # for aggregates: "n_train", "bins" (the
                                # smallest bin of the host's woe/bin_rows: every released bin has at least that),
                                # "noted" (a release: the receiver's own count, required on every non-empty one)
                                # or "unfloored" (UNFLOORED: no row minimum by design; the receiver's count follows)
@@ -197,13 +198,19 @@ _TABLE: list[StepSpec] = ([
     StepSpec("masked_grad_plain", _BATCH + r"masked_grad_plain", "arbiter", "host", AGGREGATE, ("bigints",),
              "its own released gradient sums, each over at least min_rows_per_release rows, with label-DP "
              "noise when on", TRAIN, rows=RELEASE),
-    StepSpec("enc_loss", _BATCH + r"enc_loss", "guest", "arbiter", AGGREGATE, ("encrypted",),
-             "the batch's approximated loss (one scalar; the arbiter decrypts it)", TRAIN, rows="batch"),
+    StepSpec("enc_loss", _BATCH + r"enc_loss", "guest", "arbiter", MASKED, ("encrypted",),
+             "nothing: the batch's approximated loss plus the guest's uniform mask mod n (one value, which the "
+             "arbiter only adds to the epoch's others)", TRAIN),
     # ------------------------------------------------------------------ per epoch
-    StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "guest", AGGREGATE,
-             ("control",), "the epoch's mean training loss over all training rows, and whether to stop; with "
-             "label-DP how many epoch runs the arbiter has noised (replays after a resume included)", TRAIN,
-             rows="n_train"),
+    StepSpec("<pre>/e<e>/loss_plain", _PRE + r"/e(?P<epoch>\d+)/loss_plain", "arbiter", "guest", AGGREGATE,
+             ("bigints",), "the epoch's training loss over all training rows (it removes the sum of its masks): "
+             "not a batch's", TRAIN, rows="n_train"),
+    StepSpec("<pre>/e<e>/converged", _PRE + r"/e(?P<epoch>\d+)/converged", "guest", "arbiter", CONTROL,
+             ("control",), "whether the epoch's mean training loss moved by less than tolerance since the previous "
+             "epoch: one bit of the loss (always false with label-DP)", TRAIN),
+    StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "guest", CONTROL,
+             ("control",), "whether to stop and whether training converged; with label-DP how many epoch runs "
+             "the arbiter has noised (replays after a resume included)", TRAIN),
     StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "host", CONTROL,
              ("control",), "when training ends", TRAIN),
     StepSpec("<pre>/e<e>/saved", _PRE + r"/e(?P<epoch>\d+)/saved", "host", "guest", CONTROL,
@@ -333,6 +340,7 @@ CEILINGS: dict[str, str] = {
     "<pre>/values": "96",
     "<pre>/start": "96",
     "<pre>/model_id": "96",
+    "<pre>/e<e>/converged": "48",
     "<pre>/e<e>/decision": "160",
     "<pre>/e<e>/saved": "32",
     "sbt/public_key": "96 + key",
