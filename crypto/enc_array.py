@@ -357,7 +357,7 @@ class EncryptedArray:
             if zeros.size != self.size:
                 raise ValueError(f"{self.size} ciphertexts to re-randomise but {zeros.size} encryptions of zero")
             fresh = self._zero_cts(self.public_key, zeros).reshape(self.shape)
-            check_zeros(fresh.ravel().tolist(), self.public_key.n)    # z = 1 would change nothing
+            check_zeros(fresh.ravel().tolist(), self.public_key.n)    # z = +-1 mod n would hide nothing
         return self._new(np.asarray(self.ciphertexts * fresh % self.public_key.nsquare, dtype=object))
 
     # ------------------------------------------------------------ wire format

@@ -52,9 +52,16 @@ def _as_matrix(exponents: np.ndarray) -> np.ndarray:
         E = E[:, None]
     if E.ndim != 2:
         raise ValueError(f"exponent matrix must be 1-D or 2-D, got shape {E.shape}")
-    if E.dtype != object and not np.issubdtype(E.dtype, np.integer):
+    if E.dtype == object:
+        return E
+    if not np.issubdtype(E.dtype, np.integer):
         raise TypeError(f"exponents must be integers (int64 or object), got {E.dtype}")
-    return E
+    # Fixed-width exponents are read through np.abs, which wraps at the type's minimum (np.abs(-2**63)
+    # is -2**63): refuse |e| >= 2**62 as grouped_multiexp does; larger exponents go as Python ints.
+    if E.size and (int(E.max()) >= 1 << _MAX_EXPONENT_BITS or int(E.min()) <= -(1 << _MAX_EXPONENT_BITS)):
+        raise ValueError(f"fixed-width exponents must satisfy |e| < 2**{_MAX_EXPONENT_BITS}; "
+                         "pass larger ones as Python ints (dtype=object)")
+    return E.astype(np.int64, copy=False)
 
 
 def batch_invert(values: Sequence, modulus) -> list:

@@ -390,27 +390,84 @@ def check_units(ciphertexts: Sequence, n) -> None:
                          "not a Paillier ciphertext")
 
 
-def check_zeros(zeros: Sequence, n) -> None:
+class SeenZeros:
+    """A party's memory, for one job, of the encryptions of zero it accepted from the key holder.
+
+    Why: a zero used in two batches links their ciphertexts as a zero repeated within one batch
+    does (the ratio of two ciphertexts made with it is ``Enc(u1 - u2)`` with randomness 1, readable
+    by anyone), so :func:`check_zeros` refuses a zero seen in an earlier call too. It keeps an
+    8-byte digest of ``z mod n`` (what fixes the randomness) per zero, in sorted runs merged as they
+    grow: about 8 bytes per row, a binary search per zero. Two honest zeros share a digest with
+    chance about ``k**2 / 2**65`` after ``k`` zeros; that would refuse a job, never accept a repeat.
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []      # sorted uint64 digests, sizes decreasing
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return sum(r.size for r in self._runs)
+
+    @staticmethod
+    def digest(residue) -> int:
+        """The 8-byte digest kept for ``z mod n`` (``residue``)."""
+        r = gmpy2.mpz(residue)
+        return int.from_bytes(hashlib.blake2b(r.to_bytes((r.bit_length() + 7) // 8 or 1, "big"), digest_size=8,
+                                              person=b"vfl-zero-mod-n").digest(), "big")
+
+    def _first_seen(self, digests: np.ndarray) -> int | None:
+        hit = np.zeros(digests.size, dtype=bool)
+        for run in self._runs:
+            pos = np.minimum(np.searchsorted(run, digests), run.size - 1)
+            hit |= run[pos] == digests
+        return int(np.argmax(hit)) if hit.any() else None
+
+    def admit(self, residues: list) -> None:
+        """Remember ``residues`` (values ``z mod n``), or refuse them all if one was accepted before."""
+        digests = np.fromiter(map(self.digest, residues), dtype=np.uint64, count=len(residues))
+        with self._lock:              # check-then-record at once: a refused batch is not remembered
+            i = self._first_seen(digests)
+            if i is not None:
+                raise ValueError(f"encryption of zero {i} repeats another's randomness (equal mod n to one "
+                                 "accepted earlier in this job): each must be fresh; refusing it")
+            self._add(digests)
+
+    def _add(self, digests: np.ndarray) -> None:
+        self._runs.append(np.sort(digests))
+        while len(self._runs) > 1 and self._runs[-2].size <= 2 * self._runs[-1].size:
+            last = self._runs.pop()
+            self._runs[-1] = np.sort(np.concatenate([self._runs[-1], last]), kind="stable")
+
+
+def check_zeros(zeros: Sequence, n, seen: SeenZeros | None = None) -> None:
     """Refuse given encryptions of zero whose randomness is trivial or repeated.
 
     ``z = 1 (mod n)`` means the randomness is 1 (``r**n = 1 mod n`` only for
-    ``r = 1``): a ciphertext made with it is ``1 + m n``, readable by anyone,
-    and a re-randomisation with it changes nothing; a value given twice lets
-    whoever sees both ciphertexts read the difference of their plaintexts.
-    This catches only these trivial cases: zeros of other publicly known
-    randomness (``r**n`` for a public ``r``) pass (docs/protocols.md, section 0,
-    "Encryption randomness from the arbiter")."""
+    ``r = 1``) and ``z = -1 (mod n)`` that it is ``n - 1`` (``n`` is odd): a
+    ciphertext made with either is ``(1 + m n) z`` for a public ``z``, readable
+    by anyone, and a re-randomisation with it hides nothing. A value given twice
+    lets whoever sees both ciphertexts read the difference of their plaintexts:
+    within one call, and with ``seen`` (the party's :class:`SeenZeros` for the
+    job) across calls, which are then remembered. This catches only these cases:
+    zeros of other publicly known randomness (``r**n`` for a public ``r``) pass
+    (docs/protocols.md, section 0, "Encryption randomness from the arbiter")."""
     n = gmpy2.mpz(n)
-    seen: set = set()
+    minus_one = n - 1
+    local: set = set()
+    residues = []
     for i, z in enumerate(zeros):
         r = gmpy2.mpz(z) % n          # z = r^n mod n^2 is fixed by r^n mod n: z and z(1 + kn) share their randomness
-        if r == 1:
-            raise ValueError(f"encryption of zero {i} has trivial randomness (z = 1 mod n): it would leave the "
-                             "plaintext readable by anyone; refusing it")
-        if r in seen:
+        if r == 1 or r == minus_one:
+            raise ValueError(f"encryption of zero {i} has trivial randomness (z = {'' if r == 1 else '-'}1 mod n): "
+                             "it would leave the plaintext readable by anyone; refusing it")
+        if r in local:
             raise ValueError(f"encryption of zero {i} repeats another's randomness (equal mod n): each must be "
                              "fresh; refusing it")
-        seen.add(r)
+        local.add(r)
+        residues.append(r)
+    if seen is not None and residues:
+        seen.admit(residues)
 
 
 # ---------------------------------------------------------------- keys
@@ -444,6 +501,17 @@ class PublicKey:
         self._hs: gmpy2.mpz | None = None
         self._hs_lock = threading.Lock()
         self._reserve: ObfuscatorReserve | None = None
+        self._seen_zeros: SeenZeros | None = None
+
+    @property
+    def seen_zeros(self) -> SeenZeros:
+        """The encryptions of zero this party accepted under this key object from the key holder, for
+        :func:`check_zeros` (``seen``): a party builds its key object once per job, so a zero sent
+        again in a later batch of the job is refused. Made on first use."""
+        with self._hs_lock:
+            if self._seen_zeros is None:
+                self._seen_zeros = SeenZeros()
+            return self._seen_zeros
 
     # identity
     def fingerprint(self) -> bytes:

@@ -128,6 +128,24 @@ def test_multiexp_matches_powmod(keys, N, k, scale):
     assert multiexp(bases, np.zeros((N, 2), dtype=np.int64), pk.nsquare) == [1, 1]
 
 
+@pytest.mark.parametrize("fn", [multiexp, multiexp_parallel])
+def test_multiexp_refuses_fixed_width_exponents_it_would_get_wrong(keys, fn):
+    """np.abs(-2**63) is -2**63: an int64 exponent of -2**63 used to give a wrong product silently.
+    Fixed-width exponents must satisfy |e| < 2**62 (as in grouped_multiexp); Python ints are exact."""
+    pk, _ = keys
+    bases = list(pk.encrypt_raw([5, 7]))
+    for bad in (np.iinfo(np.int64).min, -(2**62), 2**62, np.iinfo(np.int64).max):
+        with pytest.raises(ValueError, match=r"\|e\| < 2\*\*62"):
+            fn(bases, np.array([[bad], [3]], dtype=np.int64), pk.nsquare)
+    with pytest.raises(ValueError, match=r"\|e\| < 2\*\*62"):
+        fn(bases, np.array([2**63, 3], dtype=np.uint64), pk.nsquare)
+    for ok in (np.array([[-(2**63)], [3]], dtype=object),                       # as Python ints: exact
+               np.array([[np.iinfo(np.int32).min], [3]], dtype=np.int32),       # narrower types: widened first
+               np.array([[np.iinfo(np.int8).min, 1], [-3, np.iinfo(np.int8).min]], dtype=np.int8),
+               np.array([[-(2**62) + 1], [2**62 - 1]], dtype=np.int64)):        # the largest accepted
+        assert fn(bases, ok, pk.nsquare) == _naive(bases, ok, pk.nsquare)
+
+
 def test_multiexp_parallel_and_batch_invert(keys):
     pk, _ = keys
     bases = list(pk.encrypt_raw(np.arange(300, dtype=object)))

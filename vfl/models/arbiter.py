@@ -20,7 +20,7 @@ import secrets
 
 import numpy as np
 
-from crypto import EncryptedArray, generate_keypair
+from crypto import EncryptedArray, SecureGenerator, generate_keypair
 from crypto.encoding import DEFAULT_FRAC_BITS, encode_signed
 from crypto.packing import SLOT_BITS, packed_count, slot_offsets, slots_per_ciphertext
 from ..protocol.channel import Channel, ProtocolError
@@ -85,7 +85,7 @@ class SplitArbiter:
         self.noised_releases_: dict[str, int] = {p: 0 for p in (guest, *self.hosts)}
         self.noise_sd_: dict[str, float] = {}     # the standard deviation drawn per party (audited)
         self.noised_epochs_: list[int] = []       # every epoch run with noised releases, replays included
-        self._rng = np.random.default_rng(secrets.randbits(128))
+        self._rng = SecureGenerator()     # the OS CSPRNG: no party can predict the noise from other draws
 
     def epsilon_spent(self) -> float | None:
         """Label-DP epsilon spent so far, against everything any host sees (None when label-DP is off)."""

@@ -16,7 +16,9 @@ over its own TLS link and uses each once; no other party sees them. The
 hiding of those ciphertexts then rests on the arbiter making its zeros
 honestly: zeros of known randomness (``z = 1``, or ``g**n`` for a public
 ``g``) would let the guest read the hosts' scores and a host the residual.
-Parties refuse the trivial ones (``z = 1 mod n``, repeats,
+Parties refuse the trivial ones (``z = 1`` or ``-1 mod n``, and repeats
+within a batch or of an earlier batch of the job: the party's key object
+remembers what it accepted, :attr:`crypto.PublicKey.seen_zeros`,
 :func:`crypto.paillier.check_zeros`); jobs that do not trust the arbiter
 for this use ``randomness = "local"``.
 """
@@ -97,8 +99,8 @@ def receive_zeros(channel: Channel, model: ModelConfig, arbiter: str, pk: Public
     with lap("wait_arbiter"):
         zeros = expect_encrypted(channel.recv(arbiter, step(pre, epoch, b, STEP)), pk, (rows,),
                                  "the arbiter's encryptions of zero", 0)
-    try:        # trivial (z = 1 mod n) or repeated randomness would leave our ciphertexts readable
-        check_zeros(zeros.ciphertexts.tolist(), pk.n)
+    try:        # trivial (z = +-1 mod n) or repeated randomness, in this batch or an earlier one of the job
+        check_zeros(zeros.ciphertexts.tolist(), pk.n, seen=pk.seen_zeros)   # would leave our ciphertexts readable
     except ValueError as e:
         raise ValueError(f"the arbiter's encryptions of zero: {e}") from None
     return zeros

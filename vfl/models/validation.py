@@ -29,12 +29,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from crypto.noise import SecureGenerator
 
 from ..protocol.channel import ProtocolError
 from .towers import TowerInput
@@ -104,7 +105,7 @@ class EarlyStopping:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_score: float = math.inf
-    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
+    rng: np.random.Generator | SecureGenerator = field(default_factory=SecureGenerator)   # OS CSPRNG noise
 
     def warming_up(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` comes before the first deciding one (its answer is a constant)."""
@@ -166,7 +167,8 @@ def recalibrated_brier(z: np.ndarray, y: np.ndarray) -> float:
     return best
 
 
-def early_stopping_for(model, n_rows: int, rng: np.random.Generator | None = None) -> EarlyStopping:
+def early_stopping_for(model, n_rows: int, rng: np.random.Generator | SecureGenerator | None = None
+                       ) -> EarlyStopping:
     """The guest's rule for ``n_rows`` validation rows under the job's settings."""
     return EarlyStopping(model.patience, noise_sd(model, n_rows), model.early_stopping_start,
                          **({"rng": rng} if rng is not None else {}))

@@ -14,10 +14,11 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from crypto.noise import SecureGenerator
 
 from ..protocol.channel import Channel
 from ..job.config import JobConfig
@@ -58,7 +59,8 @@ def _keep_table(data: PartyTable, kept: list[str]) -> tuple[PartyTable, list[str
     return data.without(dropped), dropped
 
 
-def noised_counts(rows: np.ndarray, events: np.ndarray, sd: float, rng: np.random.Generator) -> np.ndarray:
+def noised_counts(rows: np.ndarray, events: np.ndarray, sd: float,
+                  rng: np.random.Generator | SecureGenerator) -> np.ndarray:
     """``events + N(0, sd^2)`` per bin, rounded and kept within ``[0, rows]`` (post-processing)."""
     return np.clip(np.rint(np.asarray(events, dtype=np.float64) + rng.normal(0.0, sd, len(events))),
                    0, np.asarray(rows)).astype(np.int64)
@@ -77,13 +79,13 @@ def _release_shape(sd: float, bins, counts: dict) -> str:
 
 
 def _noised_release(job: JobConfig, resume: bool, sd: float, bins, own_events: list[np.ndarray], counts: dict,
-                    rng: np.random.Generator | None):
+                    rng: np.random.Generator | SecureGenerator | None):
     """The noised per-bin event counts, own and hosts': drawn once per training, then replayed.
 
-    A fresh training draws the noise (a 128-bit OS seed unless ``rng`` is given) and keeps the
-    noised counts, with :func:`_release_shape`, beside the guest's checkpoint (:data:`NOISE_FILE`,
-    0600) before anything leaves the guest. A resume sends exactly those counts again, whatever
-    the event counts are now: one release, not a second one, and not the first run's noise on
+    A fresh training draws the noise (from the OS CSPRNG, :class:`crypto.noise.SecureGenerator`,
+    unless ``rng`` is given) and keeps the noised counts, with :func:`_release_shape`, beside the
+    guest's checkpoint (:data:`NOISE_FILE`, 0600) before anything leaves the guest. A resume sends
+    exactly those counts again, whatever the event counts are now: one release, not a second one, and not the first run's noise on
     other counts (a host that edits its column between the runs would read the difference: a
     label). It refuses if the bins' rows, the columns or the noise level changed (their noised
     counts would not fit the bins); the check involves no label, so passing or failing it tells
@@ -120,7 +122,7 @@ def _noised_release(job: JobConfig, resume: bool, sd: float, bins, own_events: l
         log.info("%s: resuming: resending the first run's noised binning counts", job.guest.name)
         return seen, noised
     if rng is None:
-        rng = np.random.default_rng(secrets.randbits(128))
+        rng = SecureGenerator()         # the OS CSPRNG: a host must not predict the noise from other draws
     seen = [noised_counts(cb.rows, e, sd, rng) for cb, e in zip(bins, own_events)]
     noised = {h: [(r, noised_counts(r, e, sd, rng), o) for r, e, o in cols] for h, cols in counts.items()}
     rec = {"shape": shape, "own": [e.tolist() for e in seen],
@@ -163,13 +165,13 @@ def _check_retraining(job: JobConfig, ids: np.ndarray, dp: bool) -> None:
 
 
 def guest_prepare(job: JobConfig, channel: Channel, data: PartyTable, train: np.ndarray,
-                  rng: np.random.Generator | None = None, resume: bool = False) -> Prepared:
+                  rng: np.random.Generator | SecureGenerator | None = None, resume: bool = False) -> Prepared:
     """The guest's stage on its ``train`` rows (neither test nor validation rows): own columns
     locally, hosts' columns through the protocol.
 
     With label-DP on, every per-bin event count (own columns and hosts') gets Gaussian noise
     before anything is computed from it (:func:`noised_counts`; drawn with ``rng``, by default
-    from a fresh OS seed, and on ``resume`` the first run's noised counts again, see
+    from the OS CSPRNG, and on ``resume`` the first run's noised counts again, see
     :func:`_noised_release`): WOE, IV, merging and selection, and so everything a host is told and
     the guest's own WOE features, are functions of the noised counts."""
     p, dp = job.preprocess, job.model.label_dp_on
