@@ -116,7 +116,7 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
         if resume and task == "train":          # a changed party list: refused before the network and ledger
             from vfl.job.roles import check_resume_parties
             check_resume_parties(job, me)
-        from vfl.protocol.ledger import spec_channel
+        from vfl.protocol.ledger import record_refusal, spec_channel
         from .transport import prepare_channel
         absent = t.absent(job)
         options = {"task": task, "exclude": absent} if task != "train" else {}
@@ -124,7 +124,11 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
         # the party's own compute backend first: a Ray runtime takes seconds to start, and peers wait for links
         with compute_backend(job.party(me)), unopened.open() as tls:
             channel = spec_channel(tls, job, me, task, resume)     # the spec enforced, the ledger kept
-            return t.run(job, me, channel, resume)       # hosts and the arbiter resume when the guest does
+            try:
+                return t.run(job, me, channel, resume)   # hosts and the arbiter resume when the guest does
+            except BaseException as exc:
+                record_refusal(channel, exc)     # a role's refusal of a received message: into the ledger
+                raise
 
 
 JOB_HELP = "job file (TOML)"

@@ -269,6 +269,7 @@ def test_a_host_with_few_ids_refuses_any_bucket_below_the_floor():
     assert isinstance(errors["h1"], ProtocolError) and "small buckets would tell it" in str(errors["h1"])
 
 
+@pytest.mark.audit_fails      # the hosts refuse the guest's bucket count: their ledgers record it
 def test_the_guests_psi_memory_sets_the_bucket_count_of_a_jobs_psi(tmp_path, monkeypatch):
     """A guest with many IDs asks for more buckets than small hosts may accept (each needs 1,024 IDs per
     bucket); the job's [guest] psi_memory_mb is what it can raise, and the hosts' refusal says so. Scaled

@@ -54,7 +54,7 @@ def send_model_id(job: JobConfig, channel: Channel, prefix: str, model_id: str) 
 def receive_model_id(job: JobConfig, channel: Channel, prefix: str) -> str:
     """A host's receipt of the training's model_id from the guest (checked: 32 hex digits)."""
     step = f"{prefix}/model_id"
-    return model_id_of(channel.recv(job.guest.name, step), step)
+    return model_id_of(channel.recv(job.guest.name, step), step, peer=job.guest.name)
 
 
 def guest_checks_parts(job: JobConfig, channel: Channel, model_id: str | None) -> None:
@@ -63,7 +63,8 @@ def guest_checks_parts(job: JobConfig, channel: Channel, model_id: str | None) -
     different trainings; a host whose part differs from the guest's has stopped already, naming itself)."""
     for h in job.host_names:
         channel.send(h, PREDICT_STEP, {"model_id": model_id})
-    theirs = {h: model_id_of(channel.recv(h, PREDICT_STEP), PREDICT_STEP, unknown=True) for h in job.host_names}
+    theirs = {h: model_id_of(channel.recv(h, PREDICT_STEP), PREDICT_STEP, unknown=True, peer=h)
+              for h in job.host_names}
     check_same_training({job.guest.name: model_id, **theirs}, job.guest.name)
 
 
@@ -73,6 +74,6 @@ def host_checks_parts(job: JobConfig, name: str, channel: Channel, model_id: str
     answering: a message sent and then abandoned by a party that fails on its own would be one its
     ledger cannot show the run failed after (``vfl audit`` requires that), and the guest stops anyway."""
     guest = job.guest.name
-    guest_id = model_id_of(channel.recv(guest, PREDICT_STEP), PREDICT_STEP, unknown=True)
+    guest_id = model_id_of(channel.recv(guest, PREDICT_STEP), PREDICT_STEP, unknown=True, peer=guest)
     check_same_training({guest: guest_id, name: model_id}, name)
     channel.send(guest, PREDICT_STEP, {"model_id": model_id})

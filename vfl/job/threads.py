@@ -41,17 +41,20 @@ def run_threads(names: list[str], targets: dict[str, Callable], net: LocalNetwor
     """Run each party's target in its own thread; with ``job``, each on a channel checked
     against the protocol spec and recorded in ``<workdir>/<party>/ledger.jsonl`` (``resume``:
     the run continues an interrupted one, as its ledger says)."""
-    from ..protocol.ledger import spec_channel
+    from ..protocol.ledger import record_refusal, spec_channel
     results: dict[str, object] = {}
     errors: dict[str, BaseException] = {}
 
     def wrap(name: str) -> None:
+        channel = None
         try:
             channel = net.channel(name)
             if job is not None:
                 channel = spec_channel(channel, job, name, task, resume)
             results[name] = targets[name](channel)
         except BaseException as exc:  # noqa: BLE001 - reported below, with the party's name
+            if channel is not None:   # a role's refusal of a received message: into the party's ledger
+                record_refusal(channel, exc)
             errors[name] = exc
             net.abort(f"{name} failed: {exc}")
 

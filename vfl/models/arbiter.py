@@ -23,10 +23,11 @@ import numpy as np
 from crypto import EncryptedArray, SecureGenerator, generate_keypair
 from crypto.encoding import DEFAULT_FRAC_BITS, encode_signed
 from crypto.packing import SLOT_BITS, packed_count, slot_offsets, slots_per_ciphertext
-from ..protocol.channel import Channel, ProtocolError
+from ..protocol.channel import Channel, PeerError
 from ..job.config import ModelConfig
+from ..protocol.checks import expect_bool, expect_fields, expect_int, from_peer, refuse
 from ..protocol.messages import BigInts
-from ..protocol.spec import batch_sizes
+from ..protocol.spec import batch_count, batch_sizes
 from .checkpoint import Checkpoint, CheckpointError, NoiseLedger, TrainingState, start_epochs
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
 from .privacy import plan_for
@@ -36,19 +37,101 @@ from .validation import check_decision
 log = logging.getLogger("vfl.train")
 
 MAX_VALUES = 5_000_000      # a party's declared parameter count is refused above this
+MAX_ROWS = 10 ** 9          # training rows a plan may declare: the arbiter makes lists of per-batch row counts
 RELEASE_FRAC_BITS = DEFAULT_FRAC_BITS + 2 * X_FRAC_BITS   # [[d]] = g + h [[U_H]], times X
+PLAN_FIELDS = ("epochs", "batches", "n_train", "start_epoch", "saved_epoch", "resume", "values", "randomness")
+VALUES_FIELDS = ("values", "randomness", "n_train")
 
 
-def check_converged(said, step: str, label_dp: bool) -> bool:
+def check_converged(said, step: str, label_dp: bool, guest: str = "guest") -> bool:
     """The guest's ``converged`` as the arbiter accepts it: exactly ``{converged}``, a boolean, the one bit
     of the loss the arbiter learns (docs/protocols.md, section 2, "Per epoch"); anything more could carry
     the loss itself. With label-DP the exact loss must decide nothing a host sees, so it must be false."""
     if not (isinstance(said, dict) and set(said) == {"converged"} and isinstance(said["converged"], bool)):
         got = sorted(map(str, said))[:8] if isinstance(said, dict) else type(said).__name__
-        raise ProtocolError(f"{step}: expected exactly {{converged}} (a boolean) from the guest, got {str(got)[:200]}")
+        raise PeerError(f"{step}: expected exactly {{converged}} (a boolean) from the guest, got {str(got)[:200]}",
+                        peer=guest, step=step)
     if said["converged"] and label_dp:
-        raise ProtocolError(f"{step}: the guest says the loss converged, but with label-DP the loss decides nothing")
+        raise PeerError(f"{step}: the guest says the loss converged, but with label-DP the loss decides nothing",
+                        peer=guest, step=step)
     return said["converged"]
+
+
+def check_arbiter_decision(said, step: str, arbiter: str, *, host: bool = False, last: bool = False,
+                           noised: tuple[int, int] | None = None) -> dict:
+    """The arbiter's epoch ``decision`` as the guest and the hosts accept it (docs/protocols.md, section 2,
+    "Per epoch"): exactly ``{stop, converged}`` for the guest, with label-DP (``noised``) also
+    ``noised_epochs``, a whole number in ``noised = (lo, hi)``, and ``{stop}`` for a host (``host``);
+    booleans as ``bool``. The arbiter stops exactly when training converged or at the plan's ``last``
+    epoch (``converged`` covers the guest's validation stop and a spent label-DP budget): the guest
+    refuses a decision that says otherwise. (A ``stop`` told to one side only is caught by the guest,
+    which compares its own with each host's ``<pre>/e<e>/saved``.)"""
+    fields = ("stop",) if host else ("stop", "converged") + (("noised_epochs",) if noised is not None else ())
+    expect_fields(said, fields, peer=arbiter, step=step)
+    for key in fields[:2]:
+        expect_bool(said[key], key, peer=arbiter, step=step)
+    if not host and said["stop"] != (said["converged"] or last):
+        raise refuse(arbiter, step, f"stop = {str(said['stop']).lower()} with converged = "
+                     f"{str(said['converged']).lower()} at {'the last' if last else 'an earlier'} epoch: training "
+                     "stops when it converged or at its last epoch, and only then")
+    if noised is not None:
+        expect_int(said["noised_epochs"], *noised, "noised_epochs", peer=arbiter, step=step)
+    return said
+
+
+def check_plan(plan, model: ModelConfig, guest: str, step: str) -> dict:
+    """The guest's ``<pre>/plan`` as the arbiter accepts it: exactly :data:`PLAN_FIELDS`, whole numbers
+    (``int``, not a bool) within bounds, at most :data:`MAX_ROWS` rows, and as many batches as the job's
+    ``batch_size`` cuts them into, counted before any per-batch list is made (10^9 rows took 525 MB)."""
+    expect_fields(plan, PLAN_FIELDS, peer=guest, step=step)
+
+    def whole(key: str, lo: int, hi: int) -> int:
+        return expect_int(plan[key], lo, hi, key, peer=guest, step=step)
+    epochs, n_train = whole("epochs", 1, model.epochs), whole("n_train", 1, MAX_ROWS)
+    batches = whole("batches", 1, n_train)
+    with from_peer(guest, step):
+        start_epochs(plan["start_epoch"], plan["saved_epoch"], epochs)
+    expect_bool(plan["resume"], "resume", peer=guest, step=step)
+    whole("values", 1, MAX_VALUES)
+    check_randomness(plan, model, guest, step)
+    size = model.resolved(n_train).batch_size
+    if batch_count(n_train, size) != batches:
+        raise refuse(guest, step, f"the guest plans {batches} batches of {n_train} rows, but batch_size = {size} "
+                     f"makes {batch_count(n_train, size)}: the parties' job files differ")
+    return plan
+
+
+def check_randomness(msg: dict, model: ModelConfig, party: str, step: str) -> None:
+    """Both sides must agree who makes the encryption randomness, else one would wait for zeros the
+    other never sends."""
+    if msg["randomness"] != model.randomness:
+        raise refuse(party, step, f"{party}'s job file says [model] randomness = {str(msg['randomness'])[:20]!r}, "
+                     f"the arbiter's says {model.randomness!r}: the parties' job files differ")
+
+
+def check_values(msg, model: ModelConfig, host: str, step: str) -> tuple[int, int]:
+    """A host's ``<pre>/values`` as the arbiter accepts it: exactly :data:`VALUES_FIELDS`; returns its
+    parameter count and its training rows (compared with the guest's plan, :func:`check_rows`)."""
+    expect_fields(msg, VALUES_FIELDS, peer=host, step=step)
+    check_randomness(msg, model, host, step)
+    return (expect_int(msg["values"], 1, MAX_VALUES, "values", peer=host, step=step),
+            expect_int(msg["n_train"], 1, MAX_ROWS, "n_train", peer=host, step=step))
+
+
+def check_rows(n_train: int, rows: dict[str, int], guest: str, pre: str) -> None:
+    """Every host must train on the guest's ``n_train`` aligned rows (PSI gave them all the same rows):
+    a party that says otherwise lies about them, or its data changed. The refusal names the party that
+    disagrees: the guest when every host says the same other count (with one host the two counts
+    alone cannot tell who lies; the message gives both), else the first host off the plan's count."""
+    off = [h for h, r in rows.items() if r != n_train]
+    if not off:
+        return
+    if len(off) == len(rows) and len({rows[h] for h in off}) == 1:
+        who = "every host trains" if len(rows) > 1 else f"{off[0]} trains"
+        raise refuse(guest, f"{pre}/plan", f"n_train = {n_train}, but {who} on {rows[off[0]]} rows ({pre}/values): "
+                     "the parties must train on the same aligned rows")
+    raise refuse(off[0], f"{pre}/values", f"n_train = {rows[off[0]]}, but the guest's plan says {n_train} "
+                 f"({pre}/plan): the parties must train on the same aligned rows")
 
 
 def _dither(gauss: np.ndarray) -> np.ndarray:
@@ -111,13 +194,9 @@ class SplitArbiter:
         pk, sk = keypair or generate_keypair(m.key_bits)
         for party in (self.guest, *self.hosts):
             channel.send(party, f"{pre}/public_key", pk.to_dict())
-        plan = channel.recv(self.guest, f"{pre}/plan")
-        epochs, batches, n_train, start = (int(plan.get(k, -1)) for k in ("epochs", "batches", "n_train",
-                                                                           "start_epoch"))
-        if not (1 <= epochs <= m.epochs and batches >= 1 and n_train >= batches and 0 <= start <= epochs
-                and isinstance(plan.get("resume"), bool)):
-            raise ValueError(f"implausible training plan from the guest: {plan}")
-        start, saved = start_epochs(start, plan.get("saved_epoch"), epochs)
+        plan = check_plan(channel.recv(self.guest, f"{pre}/plan"), m, self.guest, f"{pre}/plan")
+        epochs, batches, n_train = plan["epochs"], plan["batches"], plan["n_train"]
+        start, saved = start_epochs(plan["start_epoch"], plan["saved_epoch"], epochs)
         if not start and checkpoint is not None:   # training from scratch: an earlier run's states must go
             checkpoint.clear(noise=not plan["resume"])     # a resume from epoch 0 still counts its noised epochs
         ledger = None
@@ -132,10 +211,7 @@ class SplitArbiter:
                     "start afresh without --resume (a new training: it spends epsilon again, on the same "
                     "labels, and vfl audit counts both)")
         m = m.resolved(n_train)
-        rows = batch_sizes(n_train, m.batch_size)
-        if len(rows) != batches:
-            raise ValueError(f"the guest plans {batches} batches of {n_train} rows, but batch_size = "
-                             f"{m.batch_size} makes {len(rows)}: the parties' job files differ")
+        rows = batch_sizes(n_train, m.batch_size)      # as many as check_plan counted: at most n_train
         # the guest's and every host's encryption randomness, made one batch ahead (vfl.models.randomness)
         # hosts first: they encrypt at the start of a batch, the guest re-randomises once their scores are in
         supply = (ZeroSupply(sk, pre, rows, epochs, (*self.hosts, self.guest), start)
@@ -157,15 +233,10 @@ class SplitArbiter:
                 supply.send(channel, epoch, b)
         # Each party declares how many parameters it has: it never gets more packed ciphertexts decrypted per
         # batch than that many values need (a ciphertext holds several values, so a loose bound).
-        declared = {self.guest: plan, **{h: channel.recv(h, f"{pre}/values") for h in self.hosts}}
-        limits = {party: int(msg.get("values", -1)) for party, msg in declared.items()}
-        for party, limit in limits.items():
-            if not 1 <= limit <= MAX_VALUES:
-                raise ValueError(f"{party}: implausible parameter count {limit}")
-        for party, msg in declared.items():    # else one side would wait for zeros the other never sends
-            if msg.get("randomness") != m.randomness:
-                raise ValueError(f"{party}'s job file says [model] randomness = {msg.get('randomness')!r}, the "
-                                 f"arbiter's says {m.randomness!r}: the parties' job files differ")
+        # Each host also says how many rows it trains on, which must be the guest's plan's.
+        declared = {h: check_values(channel.recv(h, f"{pre}/values"), m, h, f"{pre}/values") for h in self.hosts}
+        check_rows(plan["n_train"], {h: n for h, (_, n) in declared.items()}, self.guest, pre)
+        limits = {self.guest: plan["values"], **{h: values for h, (values, _) in declared.items()}}
         if start:
             if checkpoint is None:
                 raise CheckpointError("the guest resumes a training but this arbiter keeps no checkpoint")
@@ -181,13 +252,15 @@ class SplitArbiter:
                     tag = step(pre, epoch, b, "masked_grad")
                     enc = channel.recv(party, tag)
                     if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
-                        raise ValueError(f"{party}: {tag} must be an encrypted vector")
+                        raise PeerError(f"{party}: {tag} must be an encrypted vector", peer=party, step=tag)
                     if len(enc) > packed_count(limits[party], pk.bits) or (len(enc) and
                                                                           enc.frac_bits != RELEASE_FRAC_BITS):
-                        raise ValueError(f"{party}: {tag} has {len(enc)} packed values at {enc.frac_bits} "
-                                         f"fractional bits; expected at most {packed_count(limits[party], pk.bits)} "
-                                         f"at {RELEASE_FRAC_BITS}")
-                    plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
+                        raise PeerError(f"{party}: {tag} has {len(enc)} packed values at {enc.frac_bits} "
+                                        f"fractional bits; expected at most {packed_count(limits[party], pk.bits)} "
+                                        f"at {RELEASE_FRAC_BITS}", peer=party, step=tag)
+                    with from_peer(party, tag):        # under another key
+                        enc = enc.with_key(pk)
+                    plain = sk.decrypt_raw(enc.ciphertexts)
                     if self.noise_plan_ is not None and len(plain):
                         if not counted:        # before the epoch's first release leaves
                             ledger.record(epoch)
@@ -197,18 +270,20 @@ class SplitArbiter:
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
                 if b + 1 < batches:      # made while this batch ran; each party needs them next
                     send_zeros(epoch, b + 1)
-                masked = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_loss")), pk, (1,),
-                                          "masked loss", LOSS_FRAC_BITS)
+                tag = step(pre, epoch, b, "enc_loss")
+                masked = expect_encrypted(channel.recv(self.guest, tag), pk, (1,), "masked loss", LOSS_FRAC_BITS,
+                                          peer=self.guest, step=tag)
                 loss = (loss + int(sk.decrypt_raw(masked.ciphertexts)[0])) % pk.n
             channel.send(self.guest, f"{pre}/e{epoch}/loss_plain", BigInts.of([loss], width))
             early = False
             if self.validation:        # the guest's decision on its validation rows (noised with label-DP)
-                said = check_decision(channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision"),
-                                      f"{pre}/e{epoch}/valid_decision")
-                early = said["stop"]
+                tag = f"{pre}/e{epoch}/valid_decision"
+                said = channel.recv(self.guest, tag)
+                with from_peer(self.guest, tag):
+                    early = check_decision(said, tag)["stop"]
             # the guest's tolerance rule on the loss it unmasked (always false with label-DP)
             converged = check_converged(channel.recv(self.guest, f"{pre}/e{epoch}/converged"),
-                                        f"{pre}/e{epoch}/converged", m.label_dp_on)
+                                        f"{pre}/e{epoch}/converged", m.label_dp_on, self.guest)
             # a replayed epoch spent an epoch's budget too: training ends when the plan's epochs are noised
             spent = ledger is not None and len(ledger.epochs) >= m.epochs and epoch < epochs - 1
             if spent:

@@ -27,6 +27,7 @@ from crypto.encoding import DEFAULT_FRAC_BITS, decode_signed
 from crypto.masks import unmask
 from crypto.packing import pack, unpack
 from ..protocol.channel import Channel, note_rows
+from ..protocol.checks import from_peer, refuse
 from ..job.config import MIN_KEY_BITS, ModelConfig
 from ..protocol.messages import BigInts
 from ..preprocess.split import batch_schedule
@@ -72,12 +73,13 @@ def masked_gradient_round(channel: Channel, arbiter: str, pk: PublicKey,
     channel.send(arbiter, tag, masked)
     reply = channel.recv(arbiter, tag + "_plain")
     if not isinstance(reply, BigInts) or len(reply.values) != len(r) or any(v >= pk.n for v in reply.values):
-        raise ValueError(f"arbiter's reply to {tag!r} is not {len(r)} integers below n")
+        raise refuse(arbiter, tag + "_plain", f"arbiter's reply to {tag!r} is not {len(r)} integers below n")
     packed = (np.array(reply.values, dtype=object) - r) % int(pk.n)
-    return decode_signed(unpack(packed, enc_grad.size, pk.n), enc_grad.frac_bits)
+    with from_peer(arbiter, tag + "_plain"):     # a slot overflowed: the arbiter returned other values
+        return decode_signed(unpack(packed, enc_grad.size, pk.n), enc_grad.frac_bits)
 
 
-def unmask_loss(reply, masks: int, pk: PublicKey, tag: str) -> float:
+def unmask_loss(reply, masks: int, pk: PublicKey, tag: str, arbiter: str = "arbiter") -> float:
     """The epoch's summed loss from the arbiter's reply ``L + R mod n`` at ``tag``.
 
     The guest sends each batch's loss ``[[L_b + r_b]]`` under a fresh uniform mask ``r_b``; the arbiter
@@ -85,7 +87,7 @@ def unmask_loss(reply, masks: int, pk: PublicKey, tag: str) -> float:
     ``R = sum_b r_b``, which only the guest knows. So the arbiter never sees a loss, and the guest learns
     the epoch's loss, as before, not a batch's."""
     if not isinstance(reply, BigInts) or len(reply.values) != 1 or not 0 <= reply.values[0] < pk.n:
-        raise ValueError(f"arbiter's reply to {tag!r} is not one integer below n")
+        raise refuse(arbiter, tag, f"arbiter's reply to {tag!r} is not one integer below n")
     return float(unmask(np.array(reply.values, dtype=object), np.array([masks], dtype=object), LOSS_FRAC_BITS,
                         pk.n)[0])
 
@@ -102,17 +104,23 @@ def check_public_key(pk: PublicKey, model: ModelConfig) -> PublicKey:
     return pk
 
 
-def expect_encrypted(payload, pk: PublicKey, shape: tuple, what: str,
-                     frac_bits: int | None = None) -> EncryptedArray:
+def expect_encrypted(payload, pk: PublicKey, shape: tuple, what: str, frac_bits: int | None = None, *,
+                     peer: str | None = None, step: str | None = None) -> EncryptedArray:
     """Validate a received ciphertext array: our key, the expected shape and, when given,
-    the expected fixed-point precision ``frac_bits``."""
+    the expected fixed-point precision ``frac_bits``. With ``peer`` and ``step`` (the sender and
+    the message) a refusal is a :class:`~vfl.protocol.channel.PeerError` naming them."""
+    def bad(reason: str) -> ValueError:
+        return refuse(peer, step, f"{what}: {reason}") if peer is not None else ValueError(f"{what}: {reason}")
     if not isinstance(payload, EncryptedArray):
-        raise ValueError(f"{what}: expected an encrypted array, got {type(payload).__name__}")
-    enc = payload.with_key(pk)
+        raise bad(f"expected an encrypted array, got {type(payload).__name__}")
+    try:
+        enc = payload.with_key(pk)
+    except ValueError as exc:          # under another key than the one every party agreed on
+        raise bad(str(exc)) from None
     if tuple(enc.shape) != tuple(shape):
-        raise ValueError(f"{what}: expected shape {shape}, got {tuple(enc.shape)}")
+        raise bad(f"expected shape {shape}, got {tuple(enc.shape)}")
     if frac_bits is not None and enc.frac_bits != frac_bits:
-        raise ValueError(f"{what}: expected {frac_bits} fractional bits, got {enc.frac_bits}")
+        raise bad(f"expected {frac_bits} fractional bits, got {enc.frac_bits}")
     return enc
 
 

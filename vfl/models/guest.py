@@ -9,6 +9,7 @@ import numpy as np
 from crypto import PublicKey, mask
 
 from ..protocol.channel import Channel
+from ..protocol.checks import expect_bool, expect_fields, from_peer, public_key_from, refuse
 from ..job.config import ModelConfig
 from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
@@ -16,6 +17,7 @@ from .timing import Stopwatch
 from .backprop import encrypted_sums, with_coef_bits
 from .checkpoint import Checkpoint, TrainingState, is_finished, padded_seconds, resume_from
 from .randomness import receive_zeros
+from .arbiter import check_arbiter_decision
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
                      expect_encrypted, prefix_for, step, unmask_loss, warn_if_small_batches)
 from .privacy import clip_blocks
@@ -67,8 +69,10 @@ class SplitGuest:
         m = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
         self.tower = self.tower or LinearTower(x.numeric.shape[1], intercept=True)
         pre = prefix_for(m.type)
-        pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),
-                                                  mode=m.encryption), m)
+        tag = f"{pre}/public_key"
+        pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption)
+        with from_peer(self.arbiter, tag):
+            check_public_key(pk, m)
         n = len(x)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         if not m.label_dp_on:
@@ -123,23 +127,21 @@ class SplitGuest:
                     is_best = self._validate(channel, trainer, validation, stopping, pre, epoch)
                     best = trainer.params.copy() if is_best else best
                 self._epoch_loss(channel, pk, pre, epoch, masks, n)
-                decision = channel.recv(self.arbiter, f"{pre}/e{epoch}/decision")
-                if m.label_dp_on:
-                    self.noised_epochs_ = self._noised_epochs(decision, pre, epoch)
+                decision = self._decision(channel, pre, epoch)
                 self.epoch_seconds_.append(time.perf_counter() - t0)
                 log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, self.loss_history_[-1],
                          self.epoch_seconds_[-1])
                 for h in self.hosts:            # every host has saved this epoch: now the guest may
-                    channel.recv(h, f"{pre}/e{epoch}/saved")
+                    self._saved(channel, h, pre, epoch, decision["stop"])
                 if checkpoint is not None:
-                    checkpoint.save(TrainingState(epoch + 1, bool(decision.get("converged")), trainer.params.tolist(),
+                    checkpoint.save(TrainingState(epoch + 1, decision["converged"], trainer.params.tolist(),
                                                   optimizer_state(trainer.opt), self.loss_history_,
                                                   None if best is None else best.tolist(),
                                                   stopping.state() if stopping is not None else {},
                                                   self.epoch_seconds_,
                                                   trainer.buffer.smallest_release,
                                                   self.noised_epochs_))
-                if decision.get("stop"):
+                if decision["stop"]:
                     break
         finally:
             pk.stop_precompute()
@@ -157,20 +159,38 @@ class SplitGuest:
         is decided here and reaches the arbiter as one boolean; with label-DP it is always false, since
         the exact loss must decide nothing a host sees (docs/protocols.md, the label-DP theorem's (A4))."""
         tag = f"{pre}/e{epoch}/loss_plain"
-        mean = unmask_loss(channel.recv(self.arbiter, tag), masks, pk, tag) / n
+        mean = unmask_loss(channel.recv(self.arbiter, tag), masks, pk, tag, self.arbiter) / n
         converged = (not self.model.label_dp_on and bool(self.loss_history_)
                      and abs(self.loss_history_[-1] - mean) < self.model.tolerance)
         self.loss_history_.append(mean)
         channel.send(self.arbiter, f"{pre}/e{epoch}/converged", {"converged": converged})
 
-    @staticmethod
-    def _noised_epochs(decision: dict, pre: str, epoch: int) -> int:
-        """The arbiter's count of noised epoch runs: a replay after a resume spends budget again, so
-        completed epochs would understate the epsilon spent."""
-        n = decision.get("noised_epochs")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{pre}/e{epoch}/decision: expected the arbiter's count of noised epochs, got {n!r}")
-        return n
+    def _decision(self, channel: Channel, pre: str, epoch: int) -> dict:
+        """The arbiter's decision on epoch ``epoch``, checked (:func:`check_arbiter_decision`). With label-DP
+        it carries the arbiter's count of noised epoch runs: a replay after a resume spends budget again,
+        so completed epochs would understate the epsilon spent. The count never falls below the last one
+        the guest holds (at least 1: this epoch's releases were noised) and never exceeds the plan's
+        epochs: the arbiter refuses to start an epoch once that many are noised, replays included, and
+        ends training when the count reaches them."""
+        m, tag = self.model, f"{pre}/e{epoch}/decision"
+        noised = (max(1, self.noised_epochs_ or 0), m.epochs) if m.label_dp_on else None
+        decision = check_arbiter_decision(channel.recv(self.arbiter, tag), tag, self.arbiter,
+                                          last=epoch == m.epochs - 1, noised=noised)
+        if noised is not None:
+            self.noised_epochs_ = decision["noised_epochs"]
+        return decision
+
+    def _saved(self, channel: Channel, host: str, pre: str, epoch: int, stop: bool) -> None:
+        """Host ``host``'s ``saved``: exactly ``{stop}``, the stop flag the arbiter sent it, which must be the
+        one the arbiter sent the guest; else the arbiter told the parties different things (a host told to
+        stop alone would leave the others waiting for it), and the refusal names the arbiter."""
+        tag = f"{pre}/e{epoch}/saved"
+        told = expect_bool(expect_fields(channel.recv(host, tag), ("stop",), peer=host, step=tag)["stop"], "stop",
+                           peer=host, step=tag)
+        if told != stop:
+            raise refuse(self.arbiter, f"{pre}/e{epoch}/decision",
+                         f"the arbiter told the guest stop = {str(stop).lower()} but {host} stop = "
+                         f"{str(told).lower()} (as {host} reports in {tag})")
 
     def _validate(self, channel: Channel, trainer: TowerTrainer, validation: Validation, stopping: EarlyStopping,
                   pre: str, epoch: int) -> bool:
@@ -201,13 +221,14 @@ class SplitGuest:
         g, h, own_loss = expansion_terms(a, yb, self.model.approximation)
         with lap("wait_hosts"), pk.idle():        # idle: precompute the next batch's randomness
             enc_u = [expect_encrypted(channel.recv(p, step(pre, epoch, b, "enc_u")), pk, (n_b,), f"{p} scores",
-                                      U_FRAC_BITS) for p in self.hosts]
+                                      U_FRAC_BITS, peer=p, step=step(pre, epoch, b, "enc_u")) for p in self.hosts]
         enc_uh = enc_u[0]
         for e in enc_u[1:]:
             enc_uh = enc_uh + e
         with lap("residual"):
             d = enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g
-        zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
+        with from_peer(self.arbiter, step(pre, epoch, b, "enc_zeros"), errors=(ValueError,)):   # it receives too
+            zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
         with lap("residual"):
             # Re-randomised: otherwise a single host, knowing its own [[u_h]], could solve
             # [[d]] = [[u_h]]^h (1 + g n) for the short h and so learn g = sigmoid(a) - y.
@@ -228,8 +249,9 @@ class SplitGuest:
         with lap("loss"):
             enc_loss = enc_uh.rmatmul(g[:, None], x_frac_bits=X_FRAC_BITS)
             for p in self.hosts:
-                enc_loss = enc_loss + expect_encrypted(channel.recv(p, step(pre, epoch, b, "enc_loss_part")),
-                                                       pk, (1,), f"{p} loss part", LOSS_PART_FRAC_BITS)
+                tag = step(pre, epoch, b, "enc_loss_part")
+                enc_loss = enc_loss + expect_encrypted(channel.recv(p, tag), pk, (1,), f"{p} loss part",
+                                                       LOSS_PART_FRAC_BITS, peer=p, step=tag)
             enc_loss = enc_loss.mul(0.5, frac_bits=1) + (own_loss + n_b * 0.5 * trainer.penalty())
             masked, r = mask(enc_loss)      # re-randomised: the arbiter sees L_b + r_b mod n, uniform
         channel.send(self.arbiter, step(pre, epoch, b, "enc_loss"), masked)

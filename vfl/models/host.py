@@ -6,6 +6,7 @@ import numpy as np
 from crypto import EncryptedArray, PublicKey
 
 from ..protocol.channel import Channel
+from ..protocol.checks import expect_fields, from_peer, public_key_from
 from ..job.config import ModelConfig
 from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
@@ -13,6 +14,7 @@ from .timing import Stopwatch
 from .backprop import encrypted_sums, with_coef_bits
 from .checkpoint import Checkpoint, TrainingState, resume_from, start_epochs
 from .randomness import receive_zeros
+from .arbiter import check_arbiter_decision
 from .common import D_FRAC_BITS, check_public_key, expect_encrypted, prefix_for, step, warn_if_small_batches
 from .privacy import clip_blocks
 from .towers import Block, LinearTower, Tower, TowerInput
@@ -53,8 +55,10 @@ class SplitHost:
         m = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
         self.tower = self.tower or LinearTower(x.numeric.shape[1])
         pre = prefix_for(m.type)
-        pk = check_public_key(PublicKey.from_dict(channel.recv(self.arbiter, f"{pre}/public_key"),
-                                                  mode=m.encryption), m)
+        tag = f"{pre}/public_key"
+        pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption)
+        with from_peer(self.arbiter, tag):
+            check_public_key(pk, m)
         if not m.label_dp_on:       # with label-DP the noise, not the batch size, bounds what sums reveal
             warn_if_small_batches(len(x), m.batch_size, self.tower.batch_values + 1, channel.name)  # + loss column
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
@@ -62,11 +66,14 @@ class SplitHost:
             pk.precompute(m.batch_size)
         best = None
         try:
-            channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness})
-            start_msg = channel.recv(self.guest, f"{pre}/start")
-            if not isinstance(start_msg, dict):
-                raise ValueError(f"{pre}/start: expected {{epoch, saved_epoch}} from the guest")
-            start, saved = start_epochs(start_msg.get("epoch"), start_msg.get("saved_epoch"), m.epochs)
+            # its rows too: the arbiter checks them against the guest's plan (a party that lies about them is named)
+            channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness,
+                                                         "n_train": len(x)})
+            tag = f"{pre}/start"
+            start_msg = expect_fields(channel.recv(self.guest, tag), ("epoch", "saved_epoch"), peer=self.guest,
+                                      step=tag)
+            with from_peer(self.guest, tag):
+                start, saved = start_epochs(start_msg["epoch"], start_msg["saved_epoch"], m.epochs)
             if not start and checkpoint is not None:    # training from scratch: an earlier run's states must go
                 checkpoint.clear()
             if start == m.epochs:       # training had ended: the guest's final epoch's state, on to scoring
@@ -90,16 +97,20 @@ class SplitHost:
                         if epoch >= m.early_stopping_start:     # warm-up epochs decide nothing: no scores
                             validation.exchange(f"{pre}/e{epoch}/valid",
                                                 self.tower.forward(trainer.params, validation.x)[0])
-                        said = check_decision(channel.recv(self.guest, f"{pre}/e{epoch}/valid_decision"),
-                                              f"{pre}/e{epoch}/valid_decision")
+                        tag = f"{pre}/e{epoch}/valid_decision"
+                        said = channel.recv(self.guest, tag)
+                        with from_peer(self.guest, tag):
+                            said = check_decision(said, tag)
                     best = trainer.params.copy() if said["best"] else best
-                stop = bool(channel.recv(self.arbiter, f"{pre}/e{epoch}/decision").get("stop"))
+                tag = f"{pre}/e{epoch}/decision"
+                stop = check_arbiter_decision(channel.recv(self.arbiter, tag), tag, self.arbiter, host=True)["stop"]
                 if checkpoint is not None:
                     checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs, trainer.params.tolist(),
                                                   optimizer_state(trainer.opt),
                                                   best_weights=None if best is None else best.tolist(),
                                                   smallest_release=trainer.buffer.smallest_release))
-                channel.send(self.guest, f"{pre}/e{epoch}/saved", {})     # the guest saves only after us
+                # the guest saves only after us, and checks that the arbiter told it the same stop
+                channel.send(self.guest, f"{pre}/e{epoch}/saved", {"stop": stop})
                 if stop:
                     break
         finally:
@@ -113,13 +124,14 @@ class SplitHost:
                pre: str, epoch: int, b: int, rows: np.ndarray, last: bool) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         u, cache = self.tower.forward(trainer.params, xb)
-        zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
+        with from_peer(self.arbiter, step(pre, epoch, b, "enc_zeros"), errors=(ValueError,)):   # it receives too
+            zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
         with lap("encrypt"):
             enc_u = EncryptedArray.encrypt(pk, u, zeros=zeros)
         channel.send(self.guest, step(pre, epoch, b, "enc_u"), enc_u)
         with lap("wait_guest"), pk.idle():        # idle: precompute the next batch's randomness
             d = expect_encrypted(channel.recv(self.guest, step(pre, epoch, b, "enc_d")), pk, (n_b,), "residual",
-                                 D_FRAC_BITS)
+                                 D_FRAC_BITS, peer=self.guest, step=step(pre, epoch, b, "enc_d"))
         # The tower's gradient sums and u_h . [[d]] (for the loss) from the same pass over [[d]].
         blocks = self.tower.blocks(trainer.params, cache)
         if self.model.label_dp_on:

@@ -19,12 +19,14 @@ decrypt anything it gets.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey, generate_keypair
-from ..protocol.channel import Channel
+from ..protocol.channel import Channel, PeerError
+from ..protocol.checks import expect_fields, from_peer, public_key_from, refuse
 from ..job.config import MIN_KEY_BITS, ModelConfig
 from .binning import ColumnBins, apply_groups, check_groups, merged_counts, n_ordered, release_groups
 from .woe import woe_iv
@@ -105,25 +107,31 @@ def guest_host_counts(channel: Channel, model: ModelConfig, hosts: list[str], y_
         rows = channel.recv(h, BIN_ROWS)
         total = int(sum(bins))
         if not isinstance(rows, np.ndarray) or rows.shape != (total,) or rows.dtype.kind not in "iu":
-            raise ValueError(f"{h}: bin row counts must be {total} integers")
+            raise PeerError(f"{h}: bin row counts must be {total} integers", peer=h, step=BIN_ROWS)
         rows = rows.astype(np.int64)
         if total and rows.max() > n:           # also keeps the sums below from wrapping around
-            raise ValueError(f"{h} released a bin of {int(rows.max())} rows, more than the {n} training rows")
+            raise PeerError(f"{h} released a bin of {int(rows.max())} rows, more than the {n} training rows",
+                            peer=h, step=BIN_ROWS)
         if total and rows.min() < min_bin_rows:
-            raise ValueError(f"{h} released a bin of {int(rows.min())} rows, below min_bin_rows = {min_bin_rows}")
+            raise PeerError(f"{h} released a bin of {int(rows.min())} rows, below min_bin_rows = {min_bin_rows}",
+                            peer=h, step=BIN_ROWS)
         enc = channel.recv(h, ENC_EVENTS)
         if not isinstance(enc, EncryptedArray) or enc.shape != (total,) or enc.frac_bits != 0:
-            raise ValueError(f"{h}: per-bin event sums must be {total} ciphertexts at 0 fractional bits")
-        decoded = enc.with_key(pk).decrypt(sk)
+            raise PeerError(f"{h}: per-bin event sums must be {total} ciphertexts at 0 fractional bits", peer=h,
+                            step=ENC_EVENTS)
+        with from_peer(h, ENC_EVENTS):       # under another key
+            enc = enc.with_key(pk)
+        decoded = enc.decrypt(sk)
         events = np.rint(decoded).astype(np.int64)
         if np.any(np.abs(decoded - events) > 1e-9) or np.any(events < 0) or np.any(events > rows):
-            raise ValueError(f"{h}: per-bin event sums are not counts between 0 and the bin's rows")
+            raise PeerError(f"{h}: per-bin event sums are not counts between 0 and the bin's rows", peer=h,
+                            step=ENC_EVENTS)
         cols, start = [], 0
         for k, o in zip(bins, ordered):
             r, e = rows[start:start + k], events[start:start + k]
             if sum(map(int, r)) != n or sum(map(int, e)) != n_events:
-                raise ValueError(f"{h}: a column's bins hold {int(r.sum())} rows and {int(e.sum())} events, "
-                                 f"not the {n} training rows and {n_events} events")
+                raise PeerError(f"{h}: a column's bins hold {int(r.sum())} rows and {int(e.sum())} events, "
+                                f"not the {n} training rows and {n_events} events", peer=h, step=BIN_ROWS)
             cols.append((r, e, o))
             start += k
         out[h] = cols
@@ -131,16 +139,12 @@ def guest_host_counts(channel: Channel, model: ModelConfig, hosts: list[str], y_
 
 
 def _layout(layout, host: str) -> tuple[list[int], list[int]]:
-    def whole(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-    try:
-        bins, ordered = layout["bins"], layout["ordered"]
-        ok = isinstance(bins, list) and isinstance(ordered, list) and len(bins) == len(ordered) \
-            and all(whole(b) and whole(o) and b >= 1 and 0 <= o <= b for b, o in zip(bins, ordered))
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{host}: malformed {COLUMNS} message")
+    """A host's ``woe/columns``: exactly ``{bins, ordered}``, one whole number of each per column."""
+    expect_fields(layout, ("bins", "ordered"), peer=host, step=COLUMNS)
+    bins, ordered = layout["bins"], layout["ordered"]
+    if not (isinstance(bins, list) and isinstance(ordered, list) and len(bins) == len(ordered)
+            and all(type(b) is int and type(o) is int and b >= 1 and 0 <= o <= b for b, o in zip(bins, ordered))):
+        raise PeerError(f"{host}: malformed {COLUMNS} message", peer=host, step=COLUMNS)
     return bins, ordered
 
 
@@ -178,11 +182,15 @@ def host_bin_counts(channel: Channel, guest: str, model: ModelConfig, bins: list
         if len(r) != cb.n_bins or r.min() < min_bin_rows:
             raise ValueError(f"column {cb.column!r}: a bin under min_bin_rows = {min_bin_rows} rows; refusing to "
                              "release it")
-    pk = _check_key(PublicKey.from_dict(channel.recv(guest, PUBLIC_KEY), mode=model.encryption), model)
+    pk = public_key_from(channel.recv(guest, PUBLIC_KEY), peer=guest, step=PUBLIC_KEY, mode=model.encryption)
+    with from_peer(guest, PUBLIC_KEY):
+        _check_key(pk, model)
     enc = channel.recv(guest, ENC_LABELS)
     if not isinstance(enc, EncryptedArray) or enc.shape != (n,) or enc.frac_bits != 0:
-        raise ValueError(f"the guest's encrypted labels must be {n} ciphertexts at 0 fractional bits")
-    enc = enc.with_key(pk)
+        raise PeerError(f"the guest's encrypted labels must be {n} ciphertexts at 0 fractional bits", peer=guest,
+                        step=ENC_LABELS)
+    with from_peer(guest, ENC_LABELS):       # under another key
+        enc = enc.with_key(pk)
     ones = np.ones((n, 1))
     every = np.arange(n)
     sums = enc.grouped_rmatmul([(ones, every, assignment[:, k], cb.n_bins) for k, cb in enumerate(bins)],
@@ -195,30 +203,56 @@ def host_bin_counts(channel: Channel, guest: str, model: ModelConfig, bins: list
 
 def host_receive_selection(channel: Channel, guest: str, bins: list[ColumnBins], with_woe: bool
                            ) -> tuple[list[int], list[ColumnBins], list[np.ndarray] | None]:
-    """The kept columns' indices, their (merged) bins and, for the WOE transform, their WOE."""
-    msg = channel.recv(guest, KEEP)
-    keep = msg.get("keep") if isinstance(msg, dict) else None
-    if not isinstance(keep, list) or not keep or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                         for i in keep) \
+    """The kept columns' indices, their (merged) bins and, for the WOE transform, their WOE.
+
+    Every WOE must be a number (not a boolean) of magnitude at most :func:`woe_bound` of the training
+    rows, refused naming the guest: a larger one is no weight of evidence, it would only scale the
+    host's transformed column."""
+    msg = expect_fields(channel.recv(guest, KEEP), ("keep",), peer=guest, step=KEEP)
+    keep = msg["keep"]
+    if not isinstance(keep, list) or not keep or not all(type(i) is int for i in keep) \
             or sorted(set(keep)) != keep or keep[0] < 0 or keep[-1] >= len(bins):
-        raise ValueError(f"the guest's {KEEP} is not a sorted list of own column indices: {keep!r}")
+        raise PeerError(f"the guest's {KEEP} is not a sorted list of own column indices: {str(keep)[:200]}",
+                        peer=guest, step=KEEP)
     kept = [bins[i] for i in keep]
     if not with_woe:
         return keep, kept, None
-    msg = channel.recv(guest, HOST_WOE)
-    cols = msg.get("columns") if isinstance(msg, dict) else None
+    cols = expect_fields(channel.recv(guest, HOST_WOE), ("columns",), peer=guest, step=HOST_WOE)["columns"]
     if not isinstance(cols, list) or len(cols) != len(keep):
-        raise ValueError(f"the guest's {HOST_WOE} does not describe the {len(keep)} kept columns")
+        raise PeerError(f"the guest's {HOST_WOE} does not describe the {len(keep)} kept columns", peer=guest,
+                        step=HOST_WOE)
     final, woes = [], []
+    bound = woe_bound(int(bins[0].rows.sum()))
     for cb, c in zip(kept, cols):
-        try:
-            groups = check_groups(np.asarray(c["groups"]), cb.n_bins, f"{HOST_WOE} for {cb.column!r}")
-            woe = np.asarray(c["woe"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"the guest's {HOST_WOE} for {cb.column!r} is malformed: {exc}") from None
+        c = expect_fields(c, ("groups", "woe"), peer=guest, step=HOST_WOE)
+        values = c["woe"] if isinstance(c["woe"], list) else [c["woe"]]    # a scalar: refused by its size below
+        if not (isinstance(c["groups"], list) and all(type(g) is int for g in c["groups"])
+                and all(type(w) in (int, float) for w in values)):
+            raise refuse(guest, HOST_WOE, f"the guest's {HOST_WOE} for {cb.column!r} is malformed: groups must be "
+                         "whole numbers and WOE numbers (not booleans)")
+        if any(abs(w) > bound for w in values):    # before numpy: a JSON integer may have 1,300 digits
+            raise refuse(guest, HOST_WOE, f"the guest's {HOST_WOE} for {cb.column!r} has a WOE beyond the "
+                         f"{bound:.4g} that any bins of its {int(bins[0].rows.sum())} training rows allow")
+        if len(c["groups"]) != cb.n_bins or any(abs(g) > cb.n_bins for g in c["groups"]):
+            raise refuse(guest, HOST_WOE, f"the guest's {HOST_WOE} for {cb.column!r} does not map its "
+                         f"{cb.n_bins} bins")
+        with from_peer(guest, HOST_WOE):
+            groups = check_groups(np.asarray(c["groups"], dtype=np.int64), cb.n_bins, f"{HOST_WOE} for {cb.column!r}")
+        woe = np.asarray(c["woe"], dtype=np.float64)
         if woe.shape != (int(groups[-1]) + 1,) or not np.all(np.isfinite(woe)):
-            raise ValueError(f"the guest's {HOST_WOE} for {cb.column!r}: {woe.size} values for "
-                             f"{int(groups[-1]) + 1} bins")
+            raise PeerError(f"the guest's {HOST_WOE} for {cb.column!r}: {woe.size} values for "
+                            f"{int(groups[-1]) + 1} bins", peer=guest, step=HOST_WOE)
         final.append(apply_groups(cb, groups))
         woes.append(woe)
     return keep, final, woes
+
+
+def woe_bound(n_rows: int) -> float:
+    """The largest |WOE| any bins of ``n`` training rows give: ``ln(3n)`` (plus 1e-9 for rounding).
+
+    Why: a (merged) bin's WOE is ``ln((e_b/E) / (g_b/G))`` (:mod:`vfl.preprocess.woe`) with whole totals
+    ``E, G >= 1`` (exact or noised: the guest refuses a column without both) and each bin's counts at
+    most its column's totals, but a bin with no events or no non-events gets 1/2 added to both
+    counts. So each share lies in ``[1/(2n), 3/2]`` and their ratio in ``[1/(3n), 3n]``; a column of
+    one pure bin of all events reaches ``ln(2G (1 + 1/(2E)))``, close to the bound."""
+    return math.log(3 * max(n_rows, 1)) + 1e-9

@@ -23,6 +23,22 @@ from .messages import Payload, decode_payload, describe, encode_payload
 class ProtocolError(RuntimeError):
     """A peer sent something other than what the protocol expects at this point."""
 
+    recorded = False     # set once the refusal is written to the party's ledger (it then needs no second line)
+
+
+class PeerError(ProtocolError, ValueError):
+    """A received message that a role refuses, although the channel passed it (declared step, kind and
+    size): malformed, out of bounds, or inconsistent with what the receiver knows. It names the ``peer``
+    and the ``step``, and where a party runs its task (``vfl party``, the thread runner) the refusal is
+    written to the party's ledger (:func:`vfl.protocol.ledger.record_refusal`): without that line a
+    refusal in role code would leave no trace, and ``vfl audit`` would pass the job. A ``ValueError``
+    too, as the checks it replaced raised one. ``message`` is the one-line error (it names both);
+    ``reason`` what the ledger records."""
+
+    def __init__(self, message: str, *, peer: str, step: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.peer, self.step, self.reason = peer, step, message if reason is None else reason
+
 
 class WrongStep(ProtocolError):
     """A message for another step than the one expected. It keeps the step and the raw bytes that

@@ -26,7 +26,10 @@ A message refused on receipt (wrong kind, or a step other than the one expected)
 ``refused`` line, and a send or receive that fails (peer lost, job aborted) a ``failed``
 line: the audit needs both, the first to fail a peer that pushed something undeclared, the
 second to tell a run that ended in failure (whose last sends may never have been received)
-from a ledger whose received lines were cut.
+from a ledger whose received lines were cut. A message the channel passed but the party's role
+refuses (a :class:`~vfl.protocol.channel.PeerError`: malformed content, a value out of bounds,
+a lie the receiver can see) gets a ``refused`` line too, marked ``"by": "role"``, written by
+:func:`record_refusal` where the party runs its task.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from crypto import EncryptedArray
-from .channel import Channel, ProtocolError, WrongStep
+from .channel import Channel, PeerError, ProtocolError, WrongStep
 from .messages import BigInts, Payload, encode_payload
 from .spec import (DECLARES, ROWS_EVENT, SpecViolation, StepSpec, check_size, declared_sizes, find, public_sizes)
 
@@ -175,6 +178,7 @@ class SpecChannel:
         self._min_bin_rows: dict[str, int] = {}     # peer -> smallest bin in the host's woe/bin_rows
         self.sizes = dict(sizes) if sizes is not None else public_sizes(self.roles)
         self._declared: dict[str, dict[str, int]] = {}   # peer -> columns and cells the link's host declared
+        self._received: dict[str, tuple[str, str]] = {}  # peer -> step and hash of the last message received
         if ledger is not None:
             ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
                            "roles": self.roles, "resume": bool(resume), "sizes": self.sizes,
@@ -238,6 +242,7 @@ class SpecChannel:
             payload = self.inner.recv(peer, step)
         except WrongStep as exc:
             self._refused_step(peer, step, exc.got_step, exc.data, exc)
+            exc.recorded = True
             raise
         except BaseException as exc:
             self._failed("recv", peer, step, exc)
@@ -249,12 +254,36 @@ class SpecChannel:
                 info = describe_payload(payload)
                 self.ledger.append({"event": "message", "dir": "received", "peer": peer, "peer_role": peer_role,
                                     "step": step, **info, "refused": str(exc)})
-            raise ProtocolError(f"{self.name} ({self.role}) refuses what {peer} ({peer_role}) sent: {exc}") from None
+            refused = PeerError(f"{self.name} ({self.role}) refuses what {peer} ({peer_role}) sent: {exc}",
+                                peer=peer, step=step, reason=str(exc))
+            refused.recorded = True
+            raise refused from None
         self._note(step, payload, peer)
         if data is None:
             data = encode_payload(payload) if self.ledger is not None else b""
-        self._record("received", peer, step, spec, payload, data)
+        self._received[peer] = (step, self._record("received", peer, step, spec, payload, data))
         return payload
+
+    def refused(self, exc: PeerError) -> None:
+        """Record that this party's role refused what ``exc.peer`` sent at ``exc.step`` (a check of the
+        message's content, after the channel passed it): a ``refused`` line like the channel's own, with
+        the refused message's hash when it was received here, so ``vfl audit`` fails the run naming
+        the peer. Once per error."""
+        if exc.recorded:
+            return
+        exc.recorded = True
+        if self.ledger is None:
+            return
+        entry: dict[str, Any] = {"event": "message", "dir": "received", "peer": exc.peer,
+                                 "peer_role": self.roles.get(exc.peer), "step": exc.step, "kind": None,
+                                 "by": "role", "refused": exc.reason[:500]}
+        step, sha = self._received.get(exc.peer, (None, None))
+        if step == exc.step and sha is not None:
+            entry["sha256"] = sha
+        try:
+            self.ledger.append(entry)
+        except OSError:          # the refusal being raised matters more than its line
+            pass
 
     def _refused_step(self, peer: str, expected: str, got: str, data: bytes | None, exc: ProtocolError) -> None:
         """Record a message refused for being of another step than ``expected``: without the line,
@@ -317,9 +346,11 @@ class SpecChannel:
             return self._n_train
         return None
 
-    def _record(self, direction: str, peer: str, step: str, spec: StepSpec, payload: Payload, data: bytes) -> None:
+    def _record(self, direction: str, peer: str, step: str, spec: StepSpec, payload: Payload, data: bytes
+                ) -> str | None:
+        """Append the message's line; returns its payload hash (None without a ledger)."""
         if self.ledger is None:
-            return
+            return None
         entry = {"event": "message", "dir": direction, "peer": peer, "peer_role": self.roles[peer], "step": step,
                  "spec": spec.doc, "class": spec.cls, **describe_payload(payload), "bytes": len(data),
                  "sha256": hashlib.sha256(data).hexdigest()}
@@ -329,6 +360,23 @@ class SpecChannel:
         if spec.doc in DECLARES:                 # the audit sizes the link's later control steps by them
             entry.update(declared_sizes(payload) or {})
         self.ledger.append(entry)
+        return entry["sha256"]
+
+
+def record_refusal(channel: Channel, exc: BaseException) -> None:
+    """Write the refusal behind ``exc`` to ``channel``'s ledger, if ``exc`` is (or was raised while
+    handling, or from) a :class:`PeerError` not yet recorded: a role's refusal of a received message.
+    Called where a party runs its task (``vfl party``, the thread runner), before the error ends it;
+    channels that keep no ledger ignore it."""
+    refused, seen = None, 0
+    while exc is not None and seen < 8:      # the first PeerError in the chain of causes
+        if isinstance(exc, PeerError):
+            refused = exc
+            break
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    record = getattr(channel, "refused", None)
+    if refused is not None and not refused.recorded and record is not None:
+        record(refused)
 
 
 def ledger_path(job, name: str) -> Path:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 
 from crypto.signing import MAX_CERT_PEM
 
+from .channel import PeerError
+
 # payload classes: what the receiver gets, as it can read it
 PUBLIC = "public"            # public parameters: keys anybody may know
 CONTROL = "control"          # control words and counts (plans, parameter counts, stop flags)
@@ -173,7 +175,8 @@ _TABLE: list[StepSpec] = ([
              "guest's checkpoint, the guest's parameter count and who makes the encryption randomness (job "
              "setting)", TRAIN),
     StepSpec("<pre>/values", _PRE + r"/values", "host", "arbiter", CONTROL, ("control",),
-             "the host's parameter count and who makes the encryption randomness (job setting)", TRAIN),
+             "the host's parameter count, its number of training rows (the guest's plan says it too) and who makes "
+             "the encryption randomness (job setting)", TRAIN),
     StepSpec("<pre>/start", _PRE + r"/start", "guest", "host", CONTROL, ("control",),
              "the epoch training (re)starts at and the epoch of the guest's checkpoint", TRAIN),
     StepSpec("<pre>/model_id", _PRE + r"/model_id", "guest", "host", CONTROL, ("control",),
@@ -214,7 +217,8 @@ _TABLE: list[StepSpec] = ([
     StepSpec("<pre>/e<e>/decision", _PRE + r"/e(?P<epoch>\d+)/decision", "arbiter", "host", CONTROL,
              ("control",), "when training ends", TRAIN),
     StepSpec("<pre>/e<e>/saved", _PRE + r"/e(?P<epoch>\d+)/saved", "host", "guest", CONTROL,
-             ("control",), "that the host has saved its checkpoint of this epoch", TRAIN),
+             ("control",), "that the host has saved its checkpoint of this epoch, and the stop flag the arbiter "
+             "sent it (which the guest has too)", TRAIN),
     # ------------------------------------------------------------------ SecureBoost (vfl/models/trees/)
     StepSpec("sbt/public_key", r"sbt/public_key", "guest", "host", PUBLIC, ("control",),
              "the guest's Paillier public key n for this model: nothing private", TRAIN),
@@ -395,15 +399,19 @@ def is_model_id(value) -> bool:
     return isinstance(value, str) and re.fullmatch(f"[0-9a-f]{{{MODEL_ID_HEX}}}", value) is not None
 
 
-def model_id_of(payload, step: str, unknown: bool = False) -> str | None:
+def model_id_of(payload, step: str, unknown: bool = False, peer: str | None = None) -> str | None:
     """The model_id a message of :data:`MODEL_ID_STEPS` carries (``{"model_id": ...}``), checked:
-    :class:`SpecViolation` for anything else. With ``unknown``, null (a part without one) is None."""
+    :class:`SpecViolation` for anything else, or, given the ``peer`` that sent it, a
+    :class:`~vfl.protocol.channel.PeerError` naming it. With ``unknown``, null (a part without one) is None."""
     value = payload.get("model_id") if isinstance(payload, dict) and set(payload) == {"model_id"} else ...
     if value is None and unknown:
         return None
     if not is_model_id(value):
-        raise SpecViolation(f"{step}: expected {{\"model_id\": {MODEL_ID_HEX} lowercase hex digits"
-                            f"{' or null' if unknown else ''}}}, not {str(payload)[:80]}")
+        reason = (f"expected {{\"model_id\": {MODEL_ID_HEX} lowercase hex digits{' or null' if unknown else ''}}}, "
+                  f"not {str(payload)[:80]}")
+        if peer is not None:
+            raise PeerError(f"{step} from {peer}: {reason}", peer=peer, step=step, reason=reason)
+        raise SpecViolation(f"{step}: {reason}")
     return value
 
 
@@ -490,6 +498,15 @@ def batch_sizes(n_rows: int, batch_size: int) -> list[int]:
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < batch_size // 2:
         bounds.pop(-2)
     return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def batch_count(n_rows: int, batch_size: int) -> int:
+    """``len(batch_sizes(n_rows, batch_size))`` without building the list: a peer's row count is checked
+    against it before anything proportional to that count is made."""
+    count = -(-n_rows // batch_size) if n_rows > 0 else 0
+    if count > 1 and n_rows - (count - 1) * batch_size < batch_size // 2:
+        count -= 1
+    return count
 
 
 def markdown_table() -> str:

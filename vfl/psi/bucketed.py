@@ -43,7 +43,7 @@ import numpy as np
 from crypto.psi import (PsiKey, bucket_key, bucket_nonce, commitment, hash_ids, padded_size,
                         random_permutation, random_points, NONCE_BYTES)
 
-from ..protocol.channel import Channel, ProtocolError
+from ..protocol.channel import Channel, PeerError, ProtocolError
 from .buckets import IdArray, IdSource, Spill, into_buckets, read_checked
 from .roles import (PsiError, _expect_plan, check_hosts, guest_exchange, host_exchange, no_common_ids_guest,
                     no_common_ids_host)
@@ -115,7 +115,8 @@ def bucketed_psi_guest(channel: Channel, ids: np.ndarray | IdSource, hosts: list
                  time.perf_counter() - t_start, k, ", ".join(hosts))
         for h in hosts:
             channel.send(h, "psi/plan", {"protocol": PROTOCOL_BUCKETED, "guest": me, "hosts": hosts})
-        nbuckets, key = _agree_guest(channel, hosts, _wish(buckets, n, k + 1, memory_mb))
+        mine = _wish(buckets, n, k + 1, memory_mb)
+        nbuckets, key, wishes = _agree_guest(channel, hosts, mine)
     except BaseException:
         local.close()
         raise
@@ -130,6 +131,8 @@ def bucketed_psi_guest(channel: Channel, ids: np.ndarray | IdSource, hosts: list
             spill.drop(b)
             points, rho = _padded_shuffled(rec, size)
             pos, got = guest_exchange(channel, psi_key, points, hosts, _prefix(b, nbuckets))
+            if b == 0:
+                _check_wishes(me, wishes, got, mine, nbuckets)
             found.append(_own_records(rec, rho[pos], me, f"bucket {b}"))
             for h in hosts:
                 sizes[h] += got[h]
@@ -143,14 +146,14 @@ def bucketed_psi_guest(channel: Channel, ids: np.ndarray | IdSource, hosts: list
     return result
 
 
-def _agree_guest(channel: Channel, hosts: list[str], mine: int) -> tuple[int, bytes]:
-    """Steps 3-5: the bucket count and the bucket key."""
+def _agree_guest(channel: Channel, hosts: list[str], mine: int) -> tuple[int, bytes, dict[str, int]]:
+    """Steps 3-5: the bucket count, the bucket key, and the count each host asked for."""
     me = channel.name
     wishes, commits = {}, {}
     for h in hosts:
         msg = channel.recv(h, "psi/buckets/propose")
         if not isinstance(msg, dict) or set(msg) != {"buckets", "commit"}:
-            raise ProtocolError(f"{me}: psi/buckets/propose from {h!r} must be {{buckets, commit}}")
+            raise _refused(me, "psi/buckets/propose", h, "must be {buckets, commit}")
         wishes[h] = _count(msg["buckets"], "psi/buckets/propose", h, me)
         commits[h] = _hex32(msg["commit"], "psi/buckets/propose", h, me)
     nbuckets = max(mine, *wishes.values())
@@ -159,18 +162,18 @@ def _agree_guest(channel: Channel, hosts: list[str], mine: int) -> tuple[int, by
         channel.send(h, "psi/buckets/open", {"buckets": nbuckets, "nonce": nonce.hex(),
                                              "commits": [commits[x].hex() for x in hosts]})
     if nbuckets == 1:
-        return 1, b""
+        return 1, b"", wishes
     nonces = {}
     for h in hosts:
         msg = channel.recv(h, "psi/buckets/reveal")
         if not isinstance(msg, dict) or set(msg) != {"nonce"}:
-            raise ProtocolError(f"{me}: psi/buckets/reveal from {h!r} must be {{nonce}}")
+            raise _refused(me, "psi/buckets/reveal", h, "must be {nonce}")
         nonces[h] = _hex32(msg["nonce"], "psi/buckets/reveal", h, me)
         if commitment(nonces[h]) != commits[h]:
-            raise ProtocolError(f"{me}: psi/buckets/reveal from {h!r} does not open its commitment")
+            raise _refused(me, "psi/buckets/reveal", h, "does not open its commitment")
     for h in hosts:
         channel.send(h, "psi/buckets/nonces", {"nonces": [nonces[x].hex() for x in hosts]})
-    return nbuckets, bucket_key([nonce, *(nonces[x] for x in hosts)], nbuckets)
+    return nbuckets, bucket_key([nonce, *(nonces[x] for x in hosts)], nbuckets), wishes
 
 
 # --------------------------------------------------------------------------- host
@@ -223,42 +226,55 @@ def _agree_host(channel: Channel, guest: str, hosts: list[str], mine: int, n: in
     channel.send(guest, "psi/buckets/propose", {"buckets": mine, "commit": commitment(nonce).hex()})
     msg = channel.recv(guest, "psi/buckets/open")
     if not isinstance(msg, dict) or set(msg) != {"buckets", "nonce", "commits"}:
-        raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} must be {{buckets, nonce, commits}}")
+        raise _refused(me, "psi/buckets/open", guest, "must be {buckets, nonce, commits}")
     nbuckets = _count(msg["buckets"], "psi/buckets/open", guest, me)
     if nbuckets < mine:
-        raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} sets {nbuckets} buckets, "
-                            f"fewer than the {mine} this host asked for")
+        raise _refused(me, "psi/buckets/open", guest, f"sets {nbuckets} buckets, fewer than the {mine} this host "
+                       "asked for")
     if len(hosts) > 1 and nbuckets > max(mine, n // MIN_BUCKET_IDS):
-        raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} sets {nbuckets} buckets, more than the {mine} "
-                            f"this host asked for and than its {n:,} IDs fill with {MIN_BUCKET_IDS:,} each: with "
-                            "several hosts the guest learns the overlaps' sizes per bucket, and small buckets "
-                            "would tell it which of its IDs the other hosts hold, so each host needs at least "
-                            f"{MIN_BUCKET_IDS:,} IDs per bucket ({nbuckets * MIN_BUCKET_IDS:,} for {nbuckets}). "
-                            "For fewer buckets raise [guest] psi_memory_mb in the job file (the guest's PSI "
-                            "memory, from which it asks for its bucket count)")
+        raise _refused(me, "psi/buckets/open", guest,
+                       f"sets {nbuckets} buckets, more than the {mine} this host asked for and than its {n:,} IDs "
+                       f"fill with {MIN_BUCKET_IDS:,} each: with several hosts the guest learns the overlaps' sizes "
+                       "per bucket, and small buckets would tell it which of its IDs the other hosts hold, so each "
+                       f"host needs at least {MIN_BUCKET_IDS:,} IDs per bucket ({nbuckets * MIN_BUCKET_IDS:,} for "
+                       f"{nbuckets}). For fewer buckets raise [guest] psi_memory_mb in the job file (the guest's "
+                       "PSI memory, from which it asks for its bucket count)")
     guest_nonce = _hex32(msg["nonce"], "psi/buckets/open", guest, me)
     commits = msg["commits"]
     if not isinstance(commits, list) or len(commits) != len(hosts):
-        raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} must list one commitment per host")
+        raise _refused(me, "psi/buckets/open", guest, "must list one commitment per host")
     commits = [_hex32(c, "psi/buckets/open", guest, me) for c in commits]
     if commits[j] != commitment(nonce):
-        raise ProtocolError(f"{me}: psi/buckets/open from {guest!r} relays a wrong commitment for this host")
+        raise _refused(me, "psi/buckets/open", guest, "relays a wrong commitment for this host")
     if nbuckets == 1:
         return 1, b""
     channel.send(guest, "psi/buckets/reveal", {"nonce": nonce.hex()})
     msg = channel.recv(guest, "psi/buckets/nonces")
     if not isinstance(msg, dict) or set(msg) != {"nonces"} or not isinstance(msg["nonces"], list) \
             or len(msg["nonces"]) != len(hosts):
-        raise ProtocolError(f"{me}: psi/buckets/nonces from {guest!r} must list one nonce per host")
+        raise _refused(me, "psi/buckets/nonces", guest, "must list one nonce per host")
     nonces = [_hex32(x, "psi/buckets/nonces", guest, me) for x in msg["nonces"]]
     for h, r, c in zip(hosts, nonces, commits):
         if commitment(r) != c:
-            raise ProtocolError(f"{me}: psi/buckets/nonces from {guest!r}: the nonce of {h!r} "
-                                "does not open its commitment")
+            raise _refused(me, "psi/buckets/nonces", guest, f"relays a bad nonce: the nonce of {h!r} does not open "
+                           "its commitment")
     return nbuckets, bucket_key([guest_nonce, *nonces], nbuckets)
 
 
 # --------------------------------------------------------------------------- shared
+
+def _check_wishes(me: str, wishes: dict[str, int], padded: dict[str, int], mine: int, nbuckets: int) -> None:
+    """The guest's bound on the bucket count by the set sizes: a host that asked for more buckets than
+    the guest (so set the count) must fill each with at least ``MIN_BUCKET_IDS`` points, padded (its
+    bucket size, ``padded``, is what the guest receives in bucket 0). An honest host asks from its set
+    size and memory: ``W >= 2`` buckets leave each over 1,070 of its IDs even at 1 MB. Without this a
+    host of a few IDs could make the guest run up to ``MAX_BUCKETS`` (65,536) padded runs."""
+    for h, wish in wishes.items():
+        if wish == nbuckets > mine and padded[h] < MIN_BUCKET_IDS:
+            raise _refused(me, "psi/buckets/propose", h, f"asked for {wish:,} buckets, which its set fills with only "
+                           f"{padded[h]:,} points each (padded, psi/b0/host_blinded): more buckets than its size "
+                           f"needs (an honest count leaves at least {MIN_BUCKET_IDS:,} per bucket)")
+
 
 def _prefix(b: int, nbuckets: int) -> str:
     return "psi/" if nbuckets == 1 else f"psi/b{b}/"
@@ -309,8 +325,7 @@ def _log_bucket(me: str, b: int, nbuckets: int, common: int, t: float) -> None:
 
 def _count(value, step: str, sender: str, me: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_BUCKETS:
-        raise ProtocolError(f"{me}: {step} from {sender!r} must give a bucket count in [1, {MAX_BUCKETS}], "
-                            f"got {value!r}")
+        raise _refused(me, step, sender, f"must give a bucket count in [1, {MAX_BUCKETS}], got {repr(value)[:40]}")
     return value
 
 
@@ -320,5 +335,10 @@ def _hex32(value, step: str, sender: str, me: str) -> bytes:
     except ValueError:
         raw = b""
     if len(raw) != NONCE_BYTES:
-        raise ProtocolError(f"{me}: {step} from {sender!r} must carry {NONCE_BYTES}-byte hex values")
+        raise _refused(me, step, sender, f"must carry {NONCE_BYTES}-byte hex values")
     return raw
+
+
+def _refused(me: str, step: str, sender: str, what: str) -> PeerError:
+    """``sender``'s message at ``step`` refused: ``"<me>: <step> from '<sender>' <what>"``."""
+    return PeerError(f"{me}: {step} from {sender!r} {what}", peer=sender, step=step)

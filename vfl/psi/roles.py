@@ -41,7 +41,7 @@ import numpy as np
 from crypto.psi import (POINT_DTYPE, LowOrderPointError, PsiKey, common_positions, hash_ids,
                         random_permutation)
 
-from ..protocol.channel import Channel, ProtocolError
+from ..protocol.channel import Channel, PeerError, ProtocolError
 from ..io.files import write_rows_atomically
 from ..io.tables import check_unique_ids
 from ..protocol.messages import describe
@@ -146,8 +146,9 @@ def guest_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, hosts: lis
         else:
             # Every host set now carries all host keys: add the guest's key
             # while the last host blinds G.
-            for h in hosts:
-                fully_blinded_hosts[h] = _blind_received(key, current[h], f"the set of {h}", me)
+            for h in hosts:         # from the host that blinded it last (its own host_blinded with one host)
+                sender, step = (trail[h][-1][0], f"{pre}blinded/{h}") if trail[h] else (h, f"{pre}host_blinded")
+                fully_blinded_hosts[h] = _blind_received(key, current[h], f"the set of {h}", me, sender, step)
         for h in hosts:
             for owner in tasks[h]:
                 step = f"{pre}blinded/{owner}"
@@ -235,7 +236,7 @@ def host_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, guest: str,
             points = _expect_points(channel.recv(guest, step), step, guest, me)
             t = time.perf_counter()
             perm = random_permutation(len(points))
-            channel.send(guest, f"{pre}blinded/{owner}", _blind_received(key, points, step, me)[perm])
+            channel.send(guest, f"{pre}blinded/{owner}", _blind_received(key, points, step, me, guest, step)[perm])
             perms[owner] = perm
             log.debug("%s: blinded %d points of %s's set in %.1f s", me, len(points), owner,
                       time.perf_counter() - t)
@@ -280,37 +281,40 @@ def _checked_ids(ids: np.ndarray, source: str) -> np.ndarray:
 def _expect_plan(plan, guest: str, me: str, hosts: list[str], protocol: str = PROTOCOL) -> list[str]:
     """The plan's host list, checked against the job's ``hosts``: a guest naming only some hosts
     would run PSI with each alone and learn every pairwise overlap, not only the intersection."""
+    def refused(message: str) -> PeerError:
+        return PeerError(f"{me}: psi/plan from {guest!r} {message}", peer=guest, step="psi/plan")
     if not isinstance(plan, dict) or plan.get("protocol") != protocol:
         got = plan.get("protocol") if isinstance(plan, dict) else describe(plan)
-        raise ProtocolError(f"{me}: psi/plan from {guest!r} announces protocol {got!r}, "
-                            f"this party speaks {protocol!r}")
+        raise refused(f"announces protocol {got!r}, this party speaks {protocol!r}")
+    if set(plan) != {"protocol", "guest", "hosts"}:
+        raise refused(f"must be exactly {{protocol, guest, hosts}}, got {{{', '.join(sorted(plan))[:200]}}}")
     if plan.get("guest") != guest:
-        raise ProtocolError(f"{me}: psi/plan from {guest!r} names {plan.get('guest')!r} as the guest")
+        raise refused(f"names {plan.get('guest')!r} as the guest")
     named = plan.get("hosts")
     if named != list(hosts):
         got = repr(named) if len(repr(named)) <= 200 else describe(named)
-        raise ProtocolError(f"{me}: psi/plan from {guest!r} names the hosts {got}, not the job's "
-                            f"{list(hosts)!r} in that order: PSI must run with all of them at once")
+        raise refused(f"names the hosts {got}, not the job's {list(hosts)!r} in that order: PSI must run with "
+                      "all of them at once")
     return list(hosts)
 
 
-def _blind_received(key: PsiKey, points: np.ndarray, what: str, me: str) -> np.ndarray:
-    """Blind points that came from a peer; a small-order point is the peer's fault."""
+def _blind_received(key: PsiKey, points: np.ndarray, what: str, me: str, sender: str, step: str) -> np.ndarray:
+    """Blind points that ``sender`` sent at ``step``; a small-order point is its fault."""
     try:
         return key.blind(points)
     except LowOrderPointError as exc:
-        raise ProtocolError(f"{me}: {what}: {exc}") from None
+        raise PeerError(f"{me}: {what}: {exc} (from {sender!r}, {step})", peer=sender, step=step) from None
 
 
 def _expect_points(msg, step: str, sender: str, me: str, n: int | None = None) -> np.ndarray:
-    """A 1-D 'S32' array (of length ``n`` if given), else a ProtocolError naming the step."""
+    """A 1-D 'S32' array (of length ``n`` if given), else a PeerError naming the step."""
     if not isinstance(msg, np.ndarray) or msg.dtype != POINT_DTYPE or msg.ndim != 1:
         what = describe(msg) if isinstance(msg, (np.ndarray, dict)) else type(msg).__name__
-        raise ProtocolError(f"{me}: {step} from {sender!r} must be a 1-D array of 32-byte points "
-                            f"(dtype S32), got {what}")
+        raise PeerError(f"{me}: {step} from {sender!r} must be a 1-D array of 32-byte points (dtype S32), got {what}",
+                        peer=sender, step=step)
     if n is not None and len(msg) != n:
-        raise ProtocolError(f"{me}: {step} from {sender!r} has {len(msg)} points, expected {n} "
-                            "(one per point sent)")
+        raise PeerError(f"{me}: {step} from {sender!r} has {len(msg)} points, expected {n} (one per point sent)",
+                        peer=sender, step=step)
     return msg
 
 
@@ -319,11 +323,13 @@ def _expect_positions(msg, step: str, sender: str, me: str, size: int,
     """Sorted distinct int positions in ``[0, size)`` (``count`` of them if given)."""
     if not isinstance(msg, np.ndarray) or msg.ndim != 1 or msg.dtype.kind not in "iu":
         what = describe(msg) if isinstance(msg, (np.ndarray, dict)) else type(msg).__name__
-        raise ProtocolError(f"{me}: {step} from {sender!r} must be a 1-D integer array, got {what}")
+        raise PeerError(f"{me}: {step} from {sender!r} must be a 1-D integer array, got {what}", peer=sender,
+                        step=step)
     if count is not None and len(msg) != count:
-        raise ProtocolError(f"{me}: {step} from {sender!r} has {len(msg)} positions, expected {count}")
+        raise PeerError(f"{me}: {step} from {sender!r} has {len(msg)} positions, expected {count}", peer=sender,
+                        step=step)
     pos = msg.astype(np.int64)
     if len(pos) and (pos[0] < 0 or pos[-1] >= size or (np.diff(pos) <= 0).any()):
-        raise ProtocolError(f"{me}: {step} from {sender!r} must hold sorted distinct positions "
-                            f"in [0, {size})")
+        raise PeerError(f"{me}: {step} from {sender!r} must hold sorted distinct positions in [0, {size})",
+                        peer=sender, step=step)
     return pos

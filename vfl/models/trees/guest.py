@@ -40,7 +40,8 @@ from crypto import EncryptedArray, PrivateKey, generate_keypair
 from crypto.arrays import object_array
 
 from ...preprocess.selection import anonymous_name
-from ...protocol.channel import Channel, note_rows_after
+from ...protocol.channel import Channel, PeerError, note_rows_after
+from ...protocol.checks import from_peer
 from ..timing import Stopwatch
 from .binning import (CategoryCodes, Layout, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for,
                       split_order)
@@ -187,9 +188,14 @@ class SecureBoostGuest:
             channel.send(h, PUBLIC_KEY, pk.to_dict())
             channel.send(h, PLAN, {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin,
                                    "frac_bits": p.frac_bits})
-        self.layouts_ = [own] + [Layout.from_dict(channel.recv(h, COLUMNS), h, p.max_bin) for h in self.hosts]
+        self.layouts_ = [own]
+        for h in self.hosts:
+            msg = channel.recv(h, COLUMNS)
+            with from_peer(h, COLUMNS):
+                self.layouts_.append(Layout.from_dict(msg, h, p.max_bin))
         self._host_ids: list[dict] = [{} for _ in self.hosts]    # (column, bin, missing_left) -> split id
         self._host_sides: list[list] = [[] for _ in self.hosts]  # split id -> side of every training row
+        self._sides_step: dict = {}                 # (host, split id) -> the split_bits step that told its sides
         self._own_ids: dict = {}
         self.rules_, self.trees_, self.tree_seconds_ = [], [], []
         self.base_ = base_score(y[~valid])
@@ -311,9 +317,11 @@ class SecureBoostGuest:
                     here = at == i
                     left = sides[i]
                     node = nodes[i]
-                    if node_sums(gq, hq, np.nonzero(here & left & drawn)[0]) != cand.left:
-                        raise ValueError(f"party {cand.party}'s split sides do not hold the rows its histogram "
-                                         "promised: refusing them")
+                    if node_sums(gq, hq, np.nonzero(here & left & drawn)[0]) != cand.left:   # a host's: own agree
+                        host = self.hosts[cand.party - 1]
+                        tag = self._sides_step[(host, node.split)]
+                        raise PeerError(f"{host}'s split sides ({tag}) do not hold the rows its histogram "
+                                        "promised: refusing them", peer=host, step=tag)
                     at[here & left], at[here & ~left] = node.left, node.right
             parent_hist = {i: hists[i] for i in chosen}
             pairs = [(i, nodes[i].left, nodes[i].right) for i in chosen]
@@ -350,21 +358,24 @@ class SecureBoostGuest:
         out: dict[int, list[np.ndarray]] = {i: [] for i in direct + list(derived)}
         for k, h in enumerate(self.hosts):
             layout = self.layouts_[k + 1]
+            tag = level_step(t, d, ENC_HIST)
             with lap("wait_hosts"):
-                got = channel.recv(h, level_step(t, d, ENC_HIST))
+                got = channel.recv(h, tag)
             shape = (-(-layout.total // per), 1) if m == 1 else (layout.total, m)
             if not isinstance(got, EncryptedArray) or got.shape != shape or got.frac_bits != 0:
-                raise ValueError(f"{h}: {level_step(t, d, ENC_HIST)} must be {shape} ciphertexts")
+                raise PeerError(f"{h}: {tag} must be {shape} ciphertexts", peer=h, step=tag)
+            with from_peer(h, tag):                # under another key
+                got = got.with_key(pk)
             with lap("decrypt"):
-                plain = sk.decrypt_raw(got.with_key(pk).ciphertexts)
-            with lap("unpack"):
+                plain = sk.decrypt_raw(got.ciphertexts)
+            with lap("unpack"), from_peer(h, tag):     # a slot out of range: not the sums of what the guest sent
                 sums = unpack(plain, pk.n, per * capacity, slots) if m == 1 else unpack(plain, pk.n, capacity, slots)
                 sums = sums.reshape(-1, capacity, 3)[:layout.total]  # (bins, capacity, 3)
             if sums[:, len(direct):].any():
-                raise ValueError(f"{h}: {level_step(t, d, ENC_HIST)} fills slots no row was given")
+                raise PeerError(f"{h}: {tag} fills slots no row was given", peer=h, step=tag)
             for j, i in enumerate(direct):
                 hist = sums[:, j, :]
-                self._check_columns(hist, layout, nodes[i].sums, h)
+                self._check_columns(hist, layout, nodes[i].sums, h, tag)
                 out[i].append(hist)
             for i, (parent, small) in derived.items():
                 out[i].append(parent_hist[parent][k] - out[small][k])
@@ -391,12 +402,13 @@ class SecureBoostGuest:
         note_rows_after(channel, host, step, smallest)
 
     @staticmethod
-    def _check_columns(hist: np.ndarray, layout: Layout, total: tuple, host: str) -> None:
+    def _check_columns(hist: np.ndarray, layout: Layout, total: tuple, host: str, step: str) -> None:
         """Every column's bins must add up to the node's own sums: a host summed every row once."""
         offsets = layout.offsets
         for f in range(len(layout.n_bins)):
             if tuple(int(v) for v in hist[offsets[f]:offsets[f + 1]].sum(axis=0)) != tuple(total):
-                raise ValueError(f"{host}: column {f}'s histogram does not add up to the node's sums")
+                raise PeerError(f"{host}: {step}: column {f}'s histogram does not add up to the node's sums",
+                                peer=host, step=step)
 
     def _sides(self, channel: Channel, t: int, d: int, chosen: dict, nodes: list[Node], nxt: str
                ) -> dict[int, np.ndarray]:
@@ -419,14 +431,15 @@ class SecureBoostGuest:
                                                                   for f, b, ml in keys], "next": nxt})
             if not keys:
                 continue
+            tag = level_step(t, d, SPLIT_BITS)
             with lap("wait_hosts"):
-                bits = channel.recv(h, level_step(t, d, SPLIT_BITS))
+                bits = channel.recv(h, tag)
             n = len(self._codes)
             if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8 or bits.shape != (len(keys), -(-n // 8)):
-                raise ValueError(f"{h}: {level_step(t, d, SPLIT_BITS)} must be {len(keys)} packed bit rows of "
-                                 f"{n} rows")
+                raise PeerError(f"{h}: {tag} must be {len(keys)} packed bit rows of {n} rows", peer=h, step=tag)
             for key, row in zip(keys, np.unpackbits(bits, axis=1, count=n).astype(bool)):
                 self._host_ids[k][key] = len(self._host_sides[k])
+                self._sides_step[(h, len(self._host_sides[k]))] = tag
                 self._host_sides[k].append(row)
         out = {}
         for i, cand in chosen.items():
@@ -482,7 +495,8 @@ class SecureBoostGuest:
         for k, (h, bits) in enumerate(zip(self.hosts, host_bits)):
             count = self.host_splits_[k]
             if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8 or bits.shape != (count, -(-n // 8)):
-                raise ValueError(f"{h}: {PREDICT_BITS} must be {count} packed bit rows of {n} rows")
+                raise PeerError(f"{h}: {PREDICT_BITS} must be {count} packed bit rows of {n} rows", peer=h,
+                                step=PREDICT_BITS)
             for s, row in enumerate(np.unpackbits(bits, axis=1, count=n).astype(bool)):
                 sides[(k + 1, s)] = row
         score = np.full(n, self.base_)

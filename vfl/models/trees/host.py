@@ -22,14 +22,15 @@ import numpy as np
 from crypto import EncryptedArray, PublicKey
 from crypto.histogram import bin_sums
 
-from ...protocol.channel import Channel
+from ...protocol.channel import Channel, PeerError
+from ...protocol.checks import expect_fields, from_peer, public_key_from, refuse
 from ..timing import Stopwatch
 from .binning import CategoryCodes, SplitRule, encode, fit_columns, goes_left, layout_of, rule_for, split_order
 from .packing import FIELDS, SlotLayout, level_capacity, pack_bins
 from .params import MIN_KEY_BITS, TreeParams
 from .split import tree_rows
-from .steps import (COLUMNS, ENC_GH, ENC_HIST, KEEP, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS, PUBLIC_KEY,
-                    SPLIT_BITS, SPLITS, STOP, level_step)
+from .steps import (COLUMNS, ENC_GH, ENC_HIST, IMPORTANCE, KEEP, NEXT_LEVEL, NEXT_TREE, PLAN, PREDICT_BITS,
+                    PUBLIC_KEY, SPLIT_BITS, SPLITS, STOP, level_step)
 
 
 def check_key(pk: PublicKey, params: TreeParams) -> PublicKey:
@@ -70,12 +71,15 @@ class SecureBoostHost:
             self.bins_ = fit_columns(self.columns, X, p.max_bin, tuple(c.column for c in self.categories))
             codes, layout = encode(self.bins_, X), layout_of(self.bins_, tuple(c.column for c in self.categories))
         n = len(codes)
-        pk = check_key(PublicKey.from_dict(channel.recv(self.guest, PUBLIC_KEY), mode=p.encryption), p)
-        plan = channel.recv(self.guest, PLAN)
+        pk = public_key_from(channel.recv(self.guest, PUBLIC_KEY), peer=self.guest, step=PUBLIC_KEY, mode=p.encryption)
+        with from_peer(self.guest, PUBLIC_KEY):
+            check_key(pk, p)
         expected = {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin,
                     "frac_bits": p.frac_bits}
-        if not isinstance(plan, dict) or {k: plan.get(k) for k in expected} != expected:
-            raise ValueError(f"the guest's plan {plan!r} does not match this host's rows and job settings {expected}")
+        plan = expect_fields(channel.recv(self.guest, PLAN), expected, peer=self.guest, step=PLAN)
+        if any(type(plan[k]) is not int or plan[k] != v for k, v in expected.items()):    # True == 1: not enough
+            raise refuse(self.guest, PLAN, f"the guest's plan {str(plan)[:200]} does not match this host's rows and "
+                         f"job settings {expected}")
         channel.send(self.guest, COLUMNS, layout.to_dict())
         slots = SlotLayout(p.key_bits, n, p.frac_bits)
         self.rules_ = []
@@ -90,8 +94,10 @@ class SecureBoostHost:
             if level == 0:
                 sample = tree_rows(p, tree, valid)             # the tree's rows, from the shared seed
             if not isinstance(enc, EncryptedArray) or enc.shape != (len(sample), m) or enc.frac_bits != 0:
-                raise ValueError(f"{step(ENC_GH)}: expected ({len(sample)}, {m}) ciphertexts at 0 fractional bits")
-            enc = enc.with_key(pk)
+                raise PeerError(f"{step(ENC_GH)}: expected ({len(sample)}, {m}) ciphertexts at 0 fractional bits",
+                                peer=self.guest, step=step(ENC_GH))
+            with from_peer(self.guest, step(ENC_GH)):       # under another key
+                enc = enc.with_key(pk)
             with lap("bin_sums"):
                 sums = bin_sums(enc.ciphertexts, codes[sample], list(layout.n_bins), pk.nsquare)
             with lap("pack"):          # several bins to a plaintext: fewer decryptions for the guest
@@ -125,8 +131,8 @@ class SecureBoostHost:
         after one of the trees: kept trees are a prefix, and split ids count up."""
         k = msg.get("splits") if isinstance(msg, dict) and set(msg) == {"splits"} else None
         if not (isinstance(k, int) and not isinstance(k, bool) and k in held):
-            raise ValueError(f"{KEEP}: expected {{splits}}, the number of splits this host held after one of "
-                             f"the trees ({sorted(set(held))})")
+            raise PeerError(f"{KEEP}: expected {{splits}}, the number of splits this host held after one of "
+                            f"the trees ({sorted(set(held))})", peer=self.guest, step=KEEP)
         self.rules_ = self.rules_[:k]
 
     def _check_splits(self, msg, layout, step: str, tree: int, level: int) -> tuple[list, str]:
@@ -160,15 +166,16 @@ class SecureBoostHost:
         known = set(self.rules_)
         fresh = [rule_for(self.bins_[f], t, ml) for f, t, ml in splits] if ok else []
         if not ok or splits != sorted(set(splits), key=split_order) or any(r in known for r in fresh):
-            raise ValueError(f"{step}: the guest's splits must be a sorted list of new, distinct "
-                             "[column, bin, missing_left] of this host's columns")
+            raise PeerError(f"{step}: the guest's splits must be a sorted list of new, distinct "
+                            "[column, bin, missing_left] of this host's columns", peer=self.guest, step=step)
         allowed = {STOP}                         # the guest may stop after any level
         if level + 1 < p.max_depth:
             allowed.add(NEXT_LEVEL)
         if tree + 1 < p.num_trees:
             allowed.add(NEXT_TREE)
         if not isinstance(nxt, str) or nxt not in allowed:     # a list or dict is unhashable: no TypeError
-            raise ValueError(f"{step}: next = {nxt!r} is not one of {sorted(allowed)} at tree {tree}, level {level}")
+            raise PeerError(f"{step}: next = {str(nxt)[:40]!r} is not one of {sorted(allowed)} at tree {tree}, "
+                            f"level {level}", peer=self.guest, step=step)
         return splits, nxt
 
     def importance(self, told: dict | None = None) -> dict[str, dict]:
@@ -179,15 +186,16 @@ class SecureBoostHost:
         out = {c: {"splits": k} for c, k in counts.items() if k}
         if told is not None:
             if not isinstance(told, dict) or set(told) != {"nodes"} or not isinstance(told["nodes"], dict):
-                raise ValueError("sbt/importance: expected {nodes} keyed by column position")
+                raise PeerError(f"{IMPORTANCE} from {self.guest}: expected {{nodes}} keyed by column position",
+                                peer=self.guest, step=IMPORTANCE)
             for entry in out.values():        # the columns told get their count below
                 entry.update(nodes=0)
             for j, n in told["nodes"].items():
                 if not (re.fullmatch(r"0|[1-9][0-9]{0,5}", j) and int(j) < len(self.columns)
                         and self.columns[int(j)] in out and isinstance(n, int) and not isinstance(n, bool)
                         and n >= 1):
-                    raise ValueError(f"sbt/importance: column {j[:20]!r} is not one of this host's split columns, "
-                                     "or its node count is invalid")
+                    raise PeerError(f"{IMPORTANCE} from {self.guest}: column {j[:20]!r} is not one of this host's "
+                                    "split columns, or its node count is invalid", peer=self.guest, step=IMPORTANCE)
                 out[self.columns[int(j)]].update(nodes=n)
         return dict(sorted(out.items(), key=lambda kv: (-kv[1].get("nodes", 0), -kv[1]["splits"])))
 

@@ -9,6 +9,7 @@ ENC_HIST = "enc_hist"              # host -> guest, per level: per-bin sums of t
 SPLITS = "splits"                  # guest -> host, per level: the host's chosen splits (no node), what next
 SPLIT_BITS = "split_bits"          # host -> guest, per level: each new split's side of every training row
 KEEP = "sbt/keep"                  # guest -> host, after training with early stopping: splits the kept trees use
+IMPORTANCE = "sbt/importance"      # guest -> host, after training: split nodes per own column
 PREDICT_BITS = "sbt/predict/split_bits"   # host -> guest at scoring: every split's side of every row
 
 NEXT_LEVEL, NEXT_TREE, STOP = "level", "tree", "stop"
