@@ -62,6 +62,7 @@ class _Proc:
     lines: list[str] = field(default_factory=list)
     linked: bool = False           # it logged that all its links are up
     exited_at: float | None = None  # when the launcher first saw it exit
+    ray_address: str | None = None  # its job table's ray_address: None = the local process pool
 
     @property
     def symptom(self) -> bool:
@@ -79,7 +80,22 @@ class _Proc:
                 how = f"killed by signal {-rc} (exit {rc})"
             return ": " + how + (f"; its last error line: {self.last_error}" if self.last_error else
                                  "; it logged no error before")
+        if rc and rc > 0 and not self.last_error and self.ray_address is not None:
+            # Ray's C++ code ends the driver (exit 1, no Python error) when the party's raylet or
+            # object store dies under it (ray stop --force, a crashed node)
+            return f" (exit {rc}) without an error line of its own: {ray_ended_hint(self.ray_address)}; " \
+                   f"its last log line: {line or 'none'}"
         return f" (exit {rc}): {line or 'no output'}"
+
+
+def ray_ended_hint(address: str) -> str:
+    """What to do when a party's Ray runtime (``ray_address``) ended the party process."""
+    if address == "local":
+        return ('its private Ray runtime (ray_address = "local") ended the process (its raylet or object '
+                "store died: killed, out of memory); start it again with vfl run --resume")
+    return (f"its Ray runtime (ray_address = {address!r}) ended the process (e.g. the cluster stopped, or "
+            "this node's raylet or object store died); check `ray status`, restart the cluster, then "
+            "vfl run --resume")
 
 
 # A party's one-line reason ("guest failed: ..."), a log line at level E, or a traceback's last line.
@@ -205,7 +221,7 @@ def run_processes(job: JobConfig, echo: bool = True, grace: float | None = None,
             for role, name in roles:
                 popen = subprocess.Popen(_command(job, role, name, task, tls_dir, resume), stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, text=True, bufsize=1, preexec_fn=preexec)
-                procs.append(_Proc(name, popen))
+                procs.append(_Proc(name, popen, ray_address=job.party(name).ray_address))
                 relays.append(threading.Thread(target=_relay, args=(procs[-1], echo), daemon=True))
                 relays[-1].start()
             while any(p.popen.poll() is None for p in procs):

@@ -53,10 +53,20 @@ def with_tls_dir(job: JobConfig, folder: Path) -> JobConfig:
 
 def check_backend(party: PartyConfig) -> None:
     """A party that asks for Ray must have it installed: say so in one line, before any work."""
-    if party.ray_address is not None and importlib.util.find_spec("ray") is None:
+    if party.ray_address is None:
+        return
+    spec = importlib.util.find_spec("ray")
+    if spec is None:
         raise ConfigError(f"party {party.name!r} has ray_address = {party.ray_address!r} but Ray is not "
                           "installed here: pip install -e '.[ray]' (or remove ray_address to use the local "
                           "process pool)")
+    if spec.origin is None:
+        # only a folder named ray/ on sys.path (Ray's session dir /tmp/ray, for a party started from /tmp):
+        # a namespace package, found when the real one is not installed, failing later with AttributeError
+        where = ", ".join(spec.submodule_search_locations or []) or "a folder"
+        raise ConfigError(f"party {party.name!r} has ray_address = {party.ray_address!r} but Ray is not "
+                          f"installed here ('import ray' finds only the folder {where}, not the package): "
+                          "pip install -e '.[ray]' (or remove ray_address to use the local process pool)")
 
 
 def compute_backend(party: PartyConfig):

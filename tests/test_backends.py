@@ -136,6 +136,50 @@ def test_ray_requested_but_not_installed_is_one_clear_line(tmp_path, monkeypatch
     check_backend(job.hosts[0])          # the host did not ask for Ray: nothing to check
 
 
+@pytest.mark.parametrize("value", ["ray://10.0.0.5:10001", "http://10.0.0.5:8265"])
+def test_a_ray_address_with_a_scheme_is_refused_naming_host_port(tmp_path, value):
+    """A Ray Client (ray://) or dashboard URL passed the check and failed later at the TCP probe."""
+    with pytest.raises(ConfigError, match=r"ray_address must be \"HOST:PORT\" of the head.*not supported"):
+        parse_job(_with(guest__ray_address=value), tmp_path / "job.toml")
+    from crypto.backends.base import BackendUnavailable
+    from crypto.backends.ray import _host_port
+    with pytest.raises(BackendUnavailable, match="ray:// addresses are not supported"):
+        _host_port(value)                # the API path (RayBackend("ray://...")) refuses it too
+
+
+@pytest.mark.parametrize("value", ["head\tnode:6379", "head\nnode:6379", "10.0.0.5:6379\u00a0x:1"])
+def test_a_ray_address_with_whitespace_is_refused(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"ray_address must be \"local\".*HOST:PORT.*no spaces"):
+        parse_job(_with(guest__ray_address=value), tmp_path / "job.toml")
+
+
+def test_a_ray_folder_on_sys_path_is_not_taken_for_ray(tmp_path, monkeypatch):
+    """Ray's session dir /tmp/ray, on sys.path for a party started from /tmp, is found by find_spec as a
+    namespace package when Ray is not installed: refused at the check, not by an AttributeError later."""
+    import importlib.machinery
+    import sys
+    import types
+    job = parse_job(_with(guest__ray_address="local"), tmp_path / "job.toml")
+    folder = tmp_path / "ray"
+    folder.mkdir()
+    spec = importlib.machinery.ModuleSpec("ray", None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "ray" else real(name, *a))
+    with pytest.raises(ConfigError) as info:
+        check_backend(job.guest)
+    msg = str(info.value)
+    assert "\n" not in msg and "Ray is not installed" in msg and str(folder) in msg and ".[ray]" in msg
+    # the API path: RayBackend imports a module without ray.init
+    from crypto.backends.base import BackendUnavailable
+    from crypto.backends.ray import import_ray
+    fake = types.ModuleType("ray")
+    fake.__path__ = [str(folder)]
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(BackendUnavailable, match=r"Ray is not installed here \('import ray' finds only"):
+        import_ray()
+
+
 def test_threads_share_one_backend(tmp_path):
     job = parse_job(_with(guest__ray_address="local", hosts__ray_address="10.0.0.5:6379"), tmp_path / "j.toml")
     with pytest.raises(ConfigError, match="different ray_address"):

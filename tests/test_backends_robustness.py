@@ -223,6 +223,8 @@ class _FakeMethod:
 
     def remote(self, *args):
         a = self.actor
+        if self.kind == "source":
+            return _FakeRef(a, self.kind, (a.digest, f"node-{a.pid}"))
         if self.kind != "run":
             return _FakeRef(a, self.kind, a.pid)
         a.shards += 1
@@ -244,6 +246,8 @@ class _FakeActor:
     def __init__(self, pid: int) -> None:
         self.pid, self.frozen, self.busy_until, self.lose_next = pid, False, 0.0, 0
         self.shards, self.killed = 0, False
+        from crypto.backends.ray import crypto_digest
+        self.digest = FakeRay.worker_digest or crypto_digest()    # the crypto code this worker runs
 
 
 class _Handle:
@@ -251,7 +255,8 @@ class _Handle:
 
     def __init__(self, actor: _FakeActor) -> None:
         self._actor = actor
-        self.run, self.pid, self.node = (_FakeMethod(actor, kind) for kind in ("run", "pid", "node"))
+        self.run, self.pid, self.node, self.source = (_FakeMethod(actor, kind)
+                                                      for kind in ("run", "pid", "node", "source"))
 
 
 class FakeRay:
@@ -260,6 +265,7 @@ class FakeRay:
     an object that never comes fails the test instead of hanging it."""
 
     exceptions = _FakeExceptions
+    worker_digest: str | None = None      # the digest of the crypto code new actors report (None: the party's)
 
     def __init__(self) -> None:
         self.actors: list[_FakeActor] = []
@@ -341,7 +347,7 @@ def test_a_call_whose_actors_all_freeze_fails_within_the_bound_naming_the_cluste
         actor.frozen = True
     start = time.monotonic()
     with pytest.raises(BackendUnavailable, match=rf"every Ray actor was lost \(ray_address = '{ADDRESS}'\).*"
-                                                 r"did not answer within 0\.4 s"):
+                                                 r"did not answer within 0\.4 s.*vfl run --resume"):
         backend.map(_square, [(i,) for i in range(6)])
     assert time.monotonic() - start < 0.4 + 1.5
     assert all(a.killed for a in fake.actors) and len(fake.cancelled) == 6
@@ -407,3 +413,86 @@ def test_a_pool_worker_killed_mid_call_fails_the_call_at_once(monkeypatch):
     assert time.monotonic() - start < 10
     assert "killed" in " ".join(getattr(info.value, "__notes__", []))
     assert len(local.run(_pid_after, [(0.1,)] * 2)) == 2
+
+
+# ------------------------------------------------- start-up checks (a fake Ray: no cluster needed)
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_vfl_workers_below_one_is_refused_not_taken_as_one(value, monkeypatch):
+    monkeypatch.setenv("VFL_WORKERS", value)
+    with pytest.raises(ValueError, match=rf"VFL_WORKERS must be an integer >= 1 .*got '{value}'"):
+        local.env_workers()
+    with pytest.raises(ValueError, match="VFL_WORKERS must be an integer >= 1"):
+        local.num_workers()
+
+
+def test_workers_running_other_crypto_code_are_refused(monkeypatch):
+    """Ray workers import crypto from their own environment: a node with another version of the project
+    ran the party's shards with other code. Each actor reports its crypto source digest at start."""
+    from crypto.backends import ray as ray_backend
+    from crypto.backends.base import BackendUnavailable
+    digest = ray_backend.crypto_digest()
+    assert len(digest) == 64 and ray_backend.crypto_digest() is digest        # computed once per process
+    monkeypatch.setattr(FakeRay, "worker_digest", "0123456789ab" + "0" * 52)
+    with pytest.raises(BackendUnavailable) as info:
+        _fake_backend(monkeypatch)
+    msg = str(info.value)
+    assert "\n" not in msg and "2 of 2 Ray workers" in msg and ADDRESS in msg and "node-1000" in msg
+    assert "run other crypto code than this party" in msg and "0123456789ab" in msg and digest[:12] in msg
+
+
+class _JoinRay(FakeRay):
+    """A Ray whose ray.init(address=...) fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **_):
+        raise self.error
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _join(monkeypatch, error: Exception) -> str:
+    from crypto.backends import ray as ray_backend
+    from crypto.backends.base import BackendUnavailable
+    monkeypatch.setattr(ray_backend, "import_ray", lambda: _JoinRay(error))
+    monkeypatch.setattr(ray_backend, "_check_head", lambda ray, address: False)     # a head answers there
+    with pytest.raises(BackendUnavailable) as info:
+        ray_backend.RayBackend(ADDRESS, workers=1)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_a_failed_join_keeps_rays_whole_message_on_one_line(monkeypatch, tmp_path):
+    """A version mismatch showed only "Version mismatch: The cluster was started with:"."""
+    monkeypatch.setenv("HOME", str(tmp_path))             # no ~/.ray/auth_token
+    msg = _join(monkeypatch, RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.9.3\n"
+                                          "    Python: 3.11.9\nThis process on node 10.9.8.7 was started with:"
+                                          "\n    Ray: 2.60.0\n    Python: 3.11.9\n"))
+    assert f"cannot start or join Ray at '{ADDRESS}': Version mismatch" in msg
+    assert "Ray: 2.9.3 Python: 3.11.9 This process" in msg and "Ray: 2.60.0" in msg
+    assert "RAY_AUTH_MODE" not in msg
+    assert len(_join(monkeypatch, RuntimeError("x" * 100_000))) < 2000      # bounded
+
+
+def test_a_failed_join_with_a_token_file_says_to_set_ray_auth_mode(monkeypatch, tmp_path):
+    """ray start --head turns token authentication on when ~/.ray/auth_token exists, but ray.init(address)
+    sends no token unless RAY_AUTH_MODE=token: the join failed after ~20 s with no hint (measured)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    failed = ConnectionError(f"Failed to connect to Ray cluster at {ADDRESS}")
+    assert "RAY_AUTH_MODE" not in _join(monkeypatch, failed)                 # no token file, no auth in it
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t" * 64)
+    msg = _join(monkeypatch, failed)
+    assert "set RAY_AUTH_MODE=token in the party's environment" in msg and "auth_token" in msg
+    assert "do not turn the cluster's authentication off" in msg
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")          # already set: the token itself may be another's
+    msg = _join(monkeypatch, RuntimeError("Unauthenticated: InvalidAuthToken"))
+    assert "set RAY_AUTH_MODE=token" not in msg and "is the cluster's" in msg

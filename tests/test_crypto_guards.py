@@ -26,6 +26,7 @@ from crypto.signing import PartySigner, PeerVerifier, SignatureError
 from vfl.job.config import ModelConfig
 from vfl.models.randomness import receive_zeros
 from vfl.models.timing import Stopwatch
+from tests.test_crypto_hardening import refused_everywhere
 
 
 @pytest.fixture(scope="module")
@@ -245,13 +246,7 @@ def test_zeros_of_randomness_minus_one_are_refused(keypair):
         cts = [bad, *sk.zeros(2)]
         with pytest.raises(ValueError, match=r"encryption of zero 0 has trivial randomness \(z = -1 mod n\)"):
             check_zeros(cts, n)
-        zeros = EncryptedArray(pk, np.array([gmpy2.mpz(c) for c in cts], dtype=object), 0)
-        with pytest.raises(ValueError, match="trivial randomness"):
-            EncryptedArray.encrypt(pk, x, zeros=zeros)
-        with pytest.raises(ValueError, match="trivial randomness"):
-            d.rerandomize(zeros)
-        with pytest.raises(ValueError, match="trivial randomness"):
-            pk.encrypt_raw([1, 2, 3], zeros=zeros.ciphertexts)
+        refused_everywhere(pk, x, d, cts)
         with pytest.raises(ValueError, match="the arbiter's encryptions of zero: .*trivial randomness"):
             _receive(PublicKey(n), cts)
 

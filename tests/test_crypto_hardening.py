@@ -28,6 +28,17 @@ def _trivial_zeros(pk, rows):
     return {"identity": [1] * rows, "1 + k n": [1 + (7 + i) * n for i in range(rows)]}
 
 
+def refused_everywhere(pk, x, d, cts) -> None:
+    """Zeros ``cts`` of trivial randomness are refused for encryption, re-randomisation and raw encryption."""
+    zeros = EncryptedArray(pk, np.array([gmpy2.mpz(c) for c in cts], dtype=object), 0)
+    with pytest.raises(ValueError, match="trivial randomness"):
+        EncryptedArray.encrypt(pk, x, zeros=zeros)
+    with pytest.raises(ValueError, match="trivial randomness"):
+        d.rerandomize(zeros)
+    with pytest.raises(ValueError, match="trivial randomness"):
+        pk.encrypt_raw(list(range(1, len(cts) + 1)), zeros=zeros.ciphertexts)
+
+
 def test_zeros_of_trivial_randomness_are_refused_for_encryption_and_rerandomisation(keypair):
     """z = 1 (mod n) has randomness 1: Enc(u) = 1 + u n would be readable by anyone, and a
     re-randomisation with it a no-op. A zero given twice links two ciphertexts."""
@@ -35,13 +46,7 @@ def test_zeros_of_trivial_randomness_are_refused_for_encryption_and_rerandomisat
     x = np.array([0.25, -1.5, 3.0, 0.125])
     d = EncryptedArray.encrypt(pk, x)
     for name, cts in _trivial_zeros(pk, 4).items():
-        zeros = EncryptedArray(pk, np.array([gmpy2.mpz(c) for c in cts], dtype=object), 0)
-        with pytest.raises(ValueError, match="trivial randomness"):
-            EncryptedArray.encrypt(pk, x, zeros=zeros)
-        with pytest.raises(ValueError, match="trivial randomness"):
-            d.rerandomize(zeros)
-        with pytest.raises(ValueError, match="trivial randomness"):
-            pk.encrypt_raw([1, 2, 3, 4], zeros=zeros.ciphertexts)
+        refused_everywhere(pk, x, d, cts)
     z = sk.zeros(3)
     n2 = int(pk.n) ** 2
     same_r = int(z[1]) * (1 + int(pk.n)) % n2          # another value, the same randomness: z(1 + n) = Enc(1; r)

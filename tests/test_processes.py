@@ -109,6 +109,32 @@ def test_launcher_names_the_party_that_failed(tmp_path):
         run_processes(load_job(path), echo=False, grace=20)
 
 
+def test_a_party_ended_by_its_ray_runtime_is_reported_with_what_to_do(tmp_path, monkeypatch):
+    """A party whose Ray store or raylet dies (ray stop --force) is ended by Ray's C++ code: exit 1 and no
+    Python error line. The launcher said only "failed (exit 1): <its last log line>"."""
+    import parties.launcher as launcher
+    job = load_job(_tls_job(tmp_path))
+    job = replace(job, guest=replace(job.guest, ray_address="127.0.0.1:6379"))
+    guest = job.guest.name
+
+    def command(job, role, name, task, tls_dir, resume):
+        code = ("import sys; print('12:00:00 I guest: epoch 1 batch 3', file=sys.stderr); sys.exit(1)"
+                if name == guest else "pass")
+        return [sys.executable, "-c", code]
+    monkeypatch.setattr(launcher, "_command", command)
+    with pytest.raises(PartyFailed) as info:
+        run_processes(job, echo=False, grace=5)
+    msg = str(info.value)
+    assert "\n" not in msg and f"'{guest}' failed (exit 1) without an error line of its own" in msg
+    assert "Ray runtime (ray_address = '127.0.0.1:6379') ended the process" in msg
+    assert "ray status" in msg and "restart the cluster" in msg and "vfl run --resume" in msg
+    assert msg.endswith("its last log line: 12:00:00 I guest: epoch 1 batch 3")
+    # without ray_address, or with an error line of its own, the message is as before
+    job = replace(job, guest=replace(job.guest, ray_address=None))
+    with pytest.raises(PartyFailed, match=rf"'{guest}' failed \(exit 1\): 12:00:00 I guest: epoch 1 batch 3$"):
+        run_processes(job, echo=False, grace=5)
+
+
 def test_launcher_blames_the_party_whose_port_is_taken(tmp_path):
     """Not the guest that timed out dialling it, nor a party the launcher ended itself."""
     import socket

@@ -156,9 +156,13 @@ def test_actors_that_cannot_be_placed_fail_the_backend_at_once(ray_backend, monk
     with pytest.raises(BackendUnavailable, match=r"only 0 of 2 .* requested 2 CPU\(s\).* 0 of 2 CPUs available"):
         RayBackend(None, start_timeout=1)
     assert _live_actors() == before
-    monkeypatch.setenv("VFL_WORKERS", "0")      # as for the local pool: one worker (it was a ValueError after ray.init)
+    monkeypatch.setenv("VFL_WORKERS", "1")
     with pytest.raises(BackendUnavailable, match=r"only 0 of 1 .* requested 1 CPU"):
         RayBackend(None, start_timeout=1)
+    monkeypatch.setenv("VFL_WORKERS", "0")      # as for the local pool: refused, before any actor is made
+    with pytest.raises(ValueError, match="VFL_WORKERS must be an integer >= 1"):
+        RayBackend(None, start_timeout=1)
+    assert _live_actors() == before
     monkeypatch.delenv("VFL_WORKERS")
     for resources in ("cluster_resources", "available_resources"):
         monkeypatch.setattr(ray, resources, lambda: {"memory": 1.0})     # no "CPU" entry at all

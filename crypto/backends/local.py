@@ -37,16 +37,20 @@ _executor: ProcessPoolExecutor | None = None
 
 
 def env_workers() -> int | None:
-    """``VFL_WORKERS`` as a worker count (at least 1), None when unset; the one reading of it that
-    both the local pool and the Ray backend use."""
+    """``VFL_WORKERS`` as a worker count, None when unset; the one reading of it that both the local
+    pool and the Ray backend use. Anything but a whole number >= 1 is refused (it was once taken as 1)."""
     env = os.environ.get("VFL_WORKERS", "").strip()
     if not env:
         return None
     try:
         value = int(env)
     except ValueError:
-        raise ValueError(f"VFL_WORKERS must be an integer, got {env!r}") from None
-    return max(1, value)
+        raise ValueError(f"VFL_WORKERS must be an integer >= 1 (worker processes or Ray actors), "
+                         f"got {env!r}") from None
+    if value < 1:
+        raise ValueError(f"VFL_WORKERS must be an integer >= 1 (worker processes or Ray actors), got {env!r}: "
+                         "unset it to use every CPU")
+    return value
 
 
 def num_workers() -> int:

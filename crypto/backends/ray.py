@@ -38,7 +38,10 @@ Joining a cluster by address (``"HOST:PORT"`` of its head, the GCS port of
 ``ray start --head --port=PORT``): the party process must run on one of the
 cluster's nodes (Ray drivers attach to a raylet on their own machine), and
 every node needs this project installed, since shards are functions of
-``crypto`` imported by name.  Actors are spread over the nodes.  Before
+``crypto`` imported by name, from each worker's own environment: when the
+actors start, each reports a digest of its ``crypto`` source
+(:func:`crypto_digest`) and the backend refuses to start unless every one is
+the party's own.  Actors are spread over the nodes.  Before
 joining, the address is checked with a TCP connect and an HTTP/2 greeting
 (a Ray head's GCS port is a gRPC server, which answers with its SETTINGS
 frame), because Ray retries an unreachable address, or a port where
@@ -52,6 +55,7 @@ when a party asks for it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import itertools
 import logging
@@ -59,6 +63,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .base import BackendUnavailable
@@ -72,6 +77,7 @@ TASK_RETRIES = 2     # a shard whose actor was lost under it re-runs on another 
 CHECK_PERIOD = 2.0   # seconds between pings of the actors a map is waiting for
 WAIT_ROUND = 0.5     # seconds a map waits for results before it looks for shards lost with their actor
 PING = "ping"        # the actors' concurrency group for pid/node: answered while a shard runs
+MESSAGE_CHARS = 1500  # at most this much of one of Ray's error messages goes into ours
 
 log = logging.getLogger("vfl.backends")
 
@@ -82,7 +88,53 @@ def import_ray():
         import ray
     except ImportError:
         raise BackendUnavailable(f"ray_address is set but Ray is not installed here: {INSTALL_HINT}") from None
+    if not hasattr(ray, "init"):    # a folder named ray/ on sys.path (Ray's session dir /tmp/ray), not the package
+        where = ", ".join(getattr(ray, "__path__", []) or []) or "a folder"
+        raise BackendUnavailable(f"ray_address is set but Ray is not installed here ('import ray' finds only "
+                                 f"{where}, not the package): {INSTALL_HINT}")
     return ray
+
+
+def one_line(exc: BaseException, limit: int = MESSAGE_CHARS) -> str:
+    """The whole of ``exc``'s message as one line (Ray's span several: a version mismatch names both
+    versions on the lines after its first), at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_digest: str | None = None
+
+
+def crypto_digest() -> str:
+    """SHA-256 of this process's ``crypto`` package source (its ``.py`` files, sorted by path),
+    computed once per process: a Ray worker imports ``crypto`` from its own environment, so the
+    backend compares the workers' digest with the party's."""
+    global _digest
+    if _digest is None:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for f in sorted(root.rglob("*.py"), key=lambda f: f.relative_to(root).as_posix()):
+            data = f.read_bytes()
+            h.update(f"{f.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+            h.update(data)
+        _digest = h.hexdigest()
+    return _digest
+
+
+def _auth_hint(message: str) -> str:
+    """For a failed join: how to pass the cluster's token, when token authentication may be why.
+    ``ray start --head`` turns it on when ``~/.ray/auth_token`` exists (any earlier ``ray.init()``
+    writes one), but ``ray.init(address=...)`` sends the token only with ``RAY_AUTH_MODE=token``."""
+    token_file = Path.home() / ".ray" / "auth_token"
+    low = message.lower()
+    if not (token_file.exists() or "auth" in low or "token" in low):
+        return ""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() != "token":
+        return (f". If the cluster uses token authentication (ray start --head turns it on when {token_file} "
+                "exists), set RAY_AUTH_MODE=token in the party's environment, with the cluster's token in that "
+                "file or in RAY_AUTH_TOKEN; do not turn the cluster's authentication off")
+    return (". RAY_AUTH_MODE=token is set: check that this party's token (RAY_AUTH_TOKEN, or "
+            f"{token_file}) is the cluster's")
 
 
 class ShardWorker:
@@ -93,6 +145,10 @@ class ShardWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def source(self) -> tuple[str, str]:
+        """The digest of the ``crypto`` code this worker runs, and its host's name."""
+        return crypto_digest(), socket.gethostname()
 
     def node(self) -> str:
         import ray
@@ -118,8 +174,9 @@ def _actor_class():
 
 def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.strip().rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BackendUnavailable(f'ray_address must be "local" or "HOST:PORT" of a Ray head, got {address!r}')
+    if "://" in address or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BackendUnavailable(f'ray_address must be "local" or "HOST:PORT" of a Ray head\'s GCS port (no '
+                                 f'scheme: Ray Client ray:// addresses are not supported), got {address!r}')
     return host.strip("[]"), int(port)
 
 
@@ -312,8 +369,10 @@ class RayBackend:
                     if ray.is_initialized():
                         ray.shutdown()
                     if isinstance(exc, (ConnectionError, RuntimeError, ValueError)):
-                        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                        raise BackendUnavailable(f"cannot start or join Ray at {address!r}: {first}") from None
+                        message = one_line(exc)
+                        hint = _auth_hint(message) if address != "local" else ""
+                        raise BackendUnavailable(f"cannot start or join Ray at {address!r}: {message}{hint}") \
+                            from None
                     raise
             elif address == "local":
                 if _own_kind != "local" or _own_gcs != _gcs_address(ray):
@@ -339,7 +398,7 @@ class RayBackend:
                                      "actors to wait for")
         cls = _actor_class()
         self._actors = [cls.remote() for _ in range(count)]
-        started = [a.pid.options(concurrency_group=PING).remote() for a in self._actors]
+        started = [a.source.options(concurrency_group=PING).remote() for a in self._actors]
         ready, pending = ray.wait(started, num_returns=count, timeout=timeout)
         if pending:
             raise BackendUnavailable(
@@ -347,11 +406,19 @@ class RayBackend:
                 f"(one per actor), the cluster had {free:g} of {total:g} CPUs available. Set VFL_WORKERS "
                 "(or workers) to at most the free CPUs, unset it to use them all, or add nodes")
         try:
-            ray.get(ready, timeout=timeout)
+            sources = ray.get(ready, timeout=timeout)
         except ray.exceptions.RayError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendUnavailable(f"a Ray actor failed to start (is this project installed on every "
-                                     f"node?): {first}") from None
+            raise BackendUnavailable(f"a Ray actor failed to start (is this project installed, at the party's "
+                                     f"version, on every node?): {one_line(exc)}") from None
+        mine = crypto_digest()
+        other = sorted({host for digest, host in sources if digest != mine})
+        if other:
+            theirs = sorted({digest[:12] for digest, _ in sources if digest != mine})
+            raise BackendUnavailable(
+                f"{sum(d != mine for d, _ in sources)} of {len(sources)} Ray workers ({self._where}; on "
+                f"{', '.join(other)}) run other crypto code than this party (source digest {', '.join(theirs)} "
+                f"vs {mine[:12]}): install this project at the party's version in every node's environment "
+                "(Ray workers import crypto from their own), restart the cluster's nodes, then start the party")
 
     def workers(self) -> int:
         return len(self._actors)
@@ -497,7 +564,8 @@ class RayBackend:
         log.warning("Ray actor given up (%s): %s; %d actor(s) left", self._where, why, len(self._actors))
         if not self._actors:
             self._failed = (f"every Ray actor was lost ({self._where}); the last one because {why}: check the "
-                            "cluster's nodes (ray status), then start the party again")
+                            "cluster's nodes (ray status), then continue the job: vfl run --resume (or the "
+                            "party's command with --resume)")
         return actor
 
     def _move_off_lost(self, pending: dict[Any, tuple[int, Any]], homeless: list[int]) -> None:
@@ -539,9 +607,8 @@ class RayBackend:
         return answers
 
     def _no_answer(self, exc: Exception) -> BackendUnavailable:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return BackendUnavailable(f"a Ray actor did not answer within {self._timeout:g} s ({self._where}): "
-                                  f"{type(exc).__name__}: {first}")
+                                  f"{type(exc).__name__}: {one_line(exc, 500)}")
 
     def warm_up(self) -> None:
         """Wait until every actor's process is up (actors start asynchronously)."""

@@ -534,10 +534,15 @@ def _ray_address(value: Any, where: str) -> str | None:
         host, _, port = value.strip().rpartition(":")
         if value.strip() == "local":
             return "local"
-        if host and port.isdigit() and 0 < int(port) < 65536 and " " not in host:
+        if "://" in value:
+            raise ConfigError(f'[{where}] ray_address must be "HOST:PORT" of the head of the party\'s own Ray '
+                              f"cluster (its GCS port, ray start --head --port=PORT), without a scheme: Ray "
+                              f"Client (ray://) and dashboard (http://) addresses are not supported, got {value!r}")
+        if host and port.isdigit() and 0 < int(port) < 65536 and not any(c.isspace() for c in value.strip()):
             return value.strip()
     raise ConfigError(f'[{where}] ray_address must be "local" (a private Ray runtime on this machine) or '
-                      f'"HOST:PORT" of the party\'s own Ray cluster, got {value!r}')
+                      f'"HOST:PORT" of the head of the party\'s own Ray cluster (no spaces, no scheme), '
+                      f"got {value!r}")
 
 
 def _dataclass_from(cls, table: dict, where: str):
