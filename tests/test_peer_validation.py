@@ -164,6 +164,10 @@ CASES = {
                                 r"host0's split sides \(sbt/t\d+/l\d+/split_bits\) do not hold the rows"),
     "sbt-histogram-overflows": ("sbt", 1, "host0", r"sbt/t0/l0/enc_hist", None, _overflowing,
                                 "guest", "host0", r"sbt/t0/l0/enc_hist", "packed histogram"),
+    "u_h_share-short": ("lr", 1, "host0", r"predict/u_h_share", None, lambda p, c, r: p[:-1],
+                        "guest", "host0", r"predict/u_h_share", r"host0 scores: expected uint64 array of shape"),
+    "sum_keys-none-relayed": ("lr", 1, "guest", r"predict/sum_keys", None, lambda p, c, r: {"keys": []},
+                              "host0", "guest", r"predict/sum_keys", "host keys: expected a list of 1 keys"),
     # fix 6: extra fields and booleans as integers
     "public-key-version-true": ("lr", 1, "arbiter", r"lr/public_key", "host0", lambda p, c, r: {**p, "version": True},
                                 "host0", "arbiter", r"lr/public_key", "version must be a whole number"),

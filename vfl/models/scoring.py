@@ -22,16 +22,17 @@ import numpy as np
 
 from crypto.secure_sum import SumKey, reveal_sum
 from crypto.signing import PartySigner, PeerVerifier, SignatureError
-from ..protocol.channel import Channel, ProtocolError
+from ..protocol.channel import Channel
+from ..protocol.checks import refuse
 from ..job.config import JobConfig
 
 _KEY_BYTES = 32
 
 
-def _expect(payload, dtype, shape, what: str) -> np.ndarray:
+def _expect(payload, dtype, shape, what: str, *, peer: str, step: str) -> np.ndarray:
     if not isinstance(payload, np.ndarray) or payload.dtype != np.dtype(dtype) or payload.shape != shape:
-        raise ProtocolError(f"{what}: expected {dtype} array of shape {shape}, got "
-                            f"{getattr(payload, 'dtype', type(payload).__name__)} {getattr(payload, 'shape', '')}")
+        raise refuse(peer, step, f"{what}: expected {np.dtype(dtype)} array of shape {shape}, got "
+                     f"{getattr(payload, 'dtype', type(payload).__name__)} {getattr(payload, 'shape', '')}")
     return payload
 
 
@@ -40,17 +41,18 @@ def signed_bytes(context: str, host: str, public: bytes) -> bytes:
     return b"vfl/secure-sum-key/v1\x00" + json.dumps([context, host]).encode() + b"\x00" + public
 
 
-def _key_entry(payload, what: str) -> tuple[bytes, bytes, bytes]:
-    """(public key, certificate PEM, signature) from one host's announced key, validated."""
+def _key_entry(payload, what: str, *, peer: str, step: str) -> tuple[bytes, bytes, bytes]:
+    """(public key, certificate PEM, signature) from one host's announced key, validated; a refusal
+    names ``peer``, who sent it at ``step`` (the host itself, or the guest that relayed it)."""
     if not isinstance(payload, dict) or set(payload) != {"key", "cert", "sig"} or not all(
             isinstance(v, str) for v in payload.values()):
-        raise ProtocolError(f"{what}: expected {{key, cert, sig}} strings")
+        raise refuse(peer, step, f"{what}: expected {{key, cert, sig}} strings")
     try:
         public, sig = bytes.fromhex(payload["key"]), bytes.fromhex(payload["sig"])
     except ValueError:
-        raise ProtocolError(f"{what}: key and signature must be hex") from None
+        raise refuse(peer, step, f"{what}: key and signature must be hex") from None
     if len(public) != _KEY_BYTES or len(sig) > 512:
-        raise ProtocolError(f"{what}: a {_KEY_BYTES}-byte key and a signature of at most 512 bytes expected")
+        raise refuse(peer, step, f"{what}: a {_KEY_BYTES}-byte key and a signature of at most 512 bytes expected")
     return public, payload["cert"].encode(), sig
 
 
@@ -76,21 +78,22 @@ def host_send_scores(channel: Channel, guest: str, hosts: list[str], me: str, u_
     sig = signer.sign(signed_bytes(context, me, public)) if signer else b""
     channel.send(guest, f"{prefix}/sum_key", {"key": public.hex(), "cert": signer.cert_pem.decode() if signer else "",
                                             "sig": sig.hex()})
-    relayed = channel.recv(guest, f"{prefix}/sum_keys")
+    tag = f"{prefix}/sum_keys"
+    relayed = channel.recv(guest, tag)
     entries = relayed.get("keys") if isinstance(relayed, dict) and set(relayed) == {"keys"} else None
     if not isinstance(entries, list) or len(entries) != len(hosts):
-        raise ProtocolError(f"host keys: expected a list of {len(hosts)} keys from {guest}")
+        raise refuse(guest, tag, f"host keys: expected a list of {len(hosts)} keys from {guest}")
     publics = []
     for name, entry in zip(hosts, entries):
-        other, cert, other_sig = _key_entry(entry, f"{name}'s secure-sum key")
+        other, cert, other_sig = _key_entry(entry, f"{name}'s secure-sum key", peer=guest, step=tag)
         if name == me:
             if other != public:
-                raise ProtocolError(f"{guest} relayed a secure-sum key for {me} that is not {me}'s own")
+                raise refuse(guest, tag, f"{guest} relayed a secure-sum key for {me} that is not {me}'s own")
         elif verifier is not None:
             try:
                 verifier.verify(name, cert, signed_bytes(context, name, other), other_sig)
             except SignatureError as exc:
-                raise ProtocolError(f"secure sum refused: {exc} (relayed by {guest})") from None
+                raise refuse(guest, tag, f"secure sum refused: {exc} (relayed by {guest})") from None
         publics.append(other)
     share = key.masked_share(u_h, hosts.index(me), publics, context.encode())
     channel.send(guest, f"{prefix}/u_h_share", share)
@@ -101,12 +104,12 @@ def guest_sum_scores(channel: Channel, hosts: list[str], n_rows: int, prefix: st
     entries = []
     for h in hosts:
         entry = channel.recv(h, f"{prefix}/sum_key")
-        _key_entry(entry, f"{h}'s secure-sum key")
+        _key_entry(entry, f"{h}'s secure-sum key", peer=h, step=f"{prefix}/sum_key")
         entries.append(entry)
     for h in hosts:
         channel.send(h, f"{prefix}/sum_keys", {"keys": entries})
-    shares = [_expect(channel.recv(h, f"{prefix}/u_h_share"), np.uint64, (n_rows,), f"{h} scores")
-              for h in hosts]
+    shares = [_expect(channel.recv(h, f"{prefix}/u_h_share"), np.uint64, (n_rows,), f"{h} scores", peer=h,
+                      step=f"{prefix}/u_h_share") for h in hosts]
     return reveal_sum(shares)
 
 

@@ -257,7 +257,8 @@ class HostScorer:
             raise ProtocolError(f"serve/keys: expected {len(hosts)} keys")
         publics = []
         for name, entry in zip(hosts, entries):
-            public, cert, sig = _key_entry(entry, f"{name}'s serving key")
+            public, cert, sig = _key_entry(entry, f"{name}'s serving key", peer=self.job.guest.name,
+                                           step="serve/keys")
             if name == self.name:
                 if public != s.key.public_bytes():
                     raise ProtocolError(f"serve/keys: the key relayed for {self.name} is not its own")
@@ -479,7 +480,8 @@ def check_hello(payload: Any, host: str, expected_model: str | None = None) -> d
     model_id of its part's training (:func:`check_training` compares it with the guest's)."""
     if not isinstance(payload, dict) or set(payload) - {"model_id"} != {"key", "cert", "sig", "model"}:
         raise ProtocolError(f"{host}'s serve/hello: expected {{key, cert, sig, model, model_id}}")
-    _key_entry({k: payload[k] for k in ("key", "cert", "sig")}, f"{host}'s serving key")
+    _key_entry({k: payload[k] for k in ("key", "cert", "sig")}, f"{host}'s serving key", peer=host,
+               step="serve/hello")
     _model_id(payload, "serve/hello", host)
     model = payload["model"]
     if not isinstance(model, str) or not re.fullmatch(r"[0-9a-f]{64}", model):
