@@ -9,7 +9,7 @@ import numpy as np
 from crypto import PublicKey, mask
 
 from ..protocol.channel import Channel
-from ..protocol.checks import expect_bool, expect_fields, from_peer, public_key_from, refuse
+from ..protocol.checks import expect_bool, expect_fields, public_key_from, refuse
 from ..job.config import ModelConfig
 from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
@@ -70,9 +70,8 @@ class SplitGuest:
         self.tower = self.tower or LinearTower(x.numeric.shape[1], intercept=True)
         pre = prefix_for(m.type)
         tag = f"{pre}/public_key"
-        pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption)
-        with from_peer(self.arbiter, tag):
-            check_public_key(pk, m)
+        pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption,
+                             check=lambda k: check_public_key(k, m))
         n = len(x)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         if not m.label_dp_on:
@@ -227,8 +226,7 @@ class SplitGuest:
             enc_uh = enc_uh + e
         with lap("residual"):
             d = enc_uh.mul(h, frac_bits=X_FRAC_BITS) + g
-        with from_peer(self.arbiter, step(pre, epoch, b, "enc_zeros"), errors=(ValueError,)):   # it receives too
-            zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
+        zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
         with lap("residual"):
             # Re-randomised: otherwise a single host, knowing its own [[u_h]], could solve
             # [[d]] = [[u_h]]^h (1 + g n) for the short h and so learn g = sigmoid(a) - y.

@@ -56,9 +56,8 @@ class SplitHost:
         self.tower = self.tower or LinearTower(x.numeric.shape[1])
         pre = prefix_for(m.type)
         tag = f"{pre}/public_key"
-        pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption)
-        with from_peer(self.arbiter, tag):
-            check_public_key(pk, m)
+        pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption,
+                             check=lambda k: check_public_key(k, m))
         if not m.label_dp_on:       # with label-DP the noise, not the batch size, bounds what sums reveal
             warn_if_small_batches(len(x), m.batch_size, self.tower.batch_values + 1, channel.name)  # + loss column
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
@@ -124,8 +123,7 @@ class SplitHost:
                pre: str, epoch: int, b: int, rows: np.ndarray, last: bool) -> np.ndarray:
         n_b, lap = len(xb), self.timings_
         u, cache = self.tower.forward(trainer.params, xb)
-        with from_peer(self.arbiter, step(pre, epoch, b, "enc_zeros"), errors=(ValueError,)):   # it receives too
-            zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
+        zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
         with lap("encrypt"):
             enc_u = EncryptedArray.encrypt(pk, u, zeros=zeros)
         channel.send(self.guest, step(pre, epoch, b, "enc_u"), enc_u)

@@ -32,6 +32,7 @@ from crypto import EncryptedArray, PrivateKey, PublicKey
 from crypto.paillier import check_zeros
 
 from ..protocol.channel import Channel
+from ..protocol.checks import refuse
 from ..job.config import ModelConfig
 from .timing import Stopwatch
 from .common import expect_encrypted, step
@@ -96,11 +97,12 @@ def receive_zeros(channel: Channel, model: ModelConfig, arbiter: str, pk: Public
     row); None with ``randomness = "local"``, where the party makes its own."""
     if model.randomness != "arbiter":
         return None
+    tag = step(pre, epoch, b, STEP)
     with lap("wait_arbiter"):
-        zeros = expect_encrypted(channel.recv(arbiter, step(pre, epoch, b, STEP)), pk, (rows,),
-                                 "the arbiter's encryptions of zero", 0)
+        zeros = expect_encrypted(channel.recv(arbiter, tag), pk, (rows,), "the arbiter's encryptions of zero", 0,
+                                 peer=arbiter, step=tag)
     try:        # trivial (z = +-1 mod n) or repeated randomness, in this batch or an earlier one of the job
         check_zeros(zeros.ciphertexts.tolist(), pk.n, seen=pk.seen_zeros)   # would leave our ciphertexts readable
     except ValueError as e:
-        raise ValueError(f"the arbiter's encryptions of zero: {e}") from None
+        raise refuse(arbiter, tag, f"the arbiter's encryptions of zero: {e}") from None
     return zeros

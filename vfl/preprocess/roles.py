@@ -182,9 +182,8 @@ def host_bin_counts(channel: Channel, guest: str, model: ModelConfig, bins: list
         if len(r) != cb.n_bins or r.min() < min_bin_rows:
             raise ValueError(f"column {cb.column!r}: a bin under min_bin_rows = {min_bin_rows} rows; refusing to "
                              "release it")
-    pk = public_key_from(channel.recv(guest, PUBLIC_KEY), peer=guest, step=PUBLIC_KEY, mode=model.encryption)
-    with from_peer(guest, PUBLIC_KEY):
-        _check_key(pk, model)
+    pk = public_key_from(channel.recv(guest, PUBLIC_KEY), peer=guest, step=PUBLIC_KEY, mode=model.encryption,
+                         check=lambda k: _check_key(k, model))
     enc = channel.recv(guest, ENC_LABELS)
     if not isinstance(enc, EncryptedArray) or enc.shape != (n,) or enc.frac_bits != 0:
         raise PeerError(f"the guest's encrypted labels must be {n} ciphertexts at 0 fractional bits", peer=guest,

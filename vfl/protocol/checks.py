@@ -10,7 +10,7 @@ refusal names the peer and the step in one line, and the party's runner writes i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from crypto import PublicKey
 
@@ -77,11 +77,16 @@ def expect_bool(value, what: str, *, peer: str, step: str) -> bool:
     return value
 
 
-def public_key_from(msg, *, peer: str, step: str, mode: str) -> PublicKey:
+def public_key_from(msg, *, peer: str, step: str, mode: str,
+                    check: Callable[[PublicKey], object] | None = None) -> PublicKey:
     """The Paillier public key ``peer`` sent at ``step``: exactly ``{format, version, n}`` (as
     :meth:`crypto.PublicKey.to_dict` writes it), ``version`` an ``int`` (``true`` equals 1 in Python),
-    and a modulus ``PublicKey.from_dict`` accepts."""
+    a modulus ``PublicKey.from_dict`` accepts and, with ``check``, one the receiver's job allows (its
+    size): each refusal names the peer and the step."""
     expect_fields(msg, ("format", "version", "n"), peer=peer, step=step)
     expect_int(msg["version"], 0, None, "version", peer=peer, step=step)
     with from_peer(peer, step):
-        return PublicKey.from_dict(msg, mode=mode)
+        pk = PublicKey.from_dict(msg, mode=mode)
+        if check is not None:
+            check(pk)
+    return pk

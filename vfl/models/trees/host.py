@@ -71,9 +71,8 @@ class SecureBoostHost:
             self.bins_ = fit_columns(self.columns, X, p.max_bin, tuple(c.column for c in self.categories))
             codes, layout = encode(self.bins_, X), layout_of(self.bins_, tuple(c.column for c in self.categories))
         n = len(codes)
-        pk = public_key_from(channel.recv(self.guest, PUBLIC_KEY), peer=self.guest, step=PUBLIC_KEY, mode=p.encryption)
-        with from_peer(self.guest, PUBLIC_KEY):
-            check_key(pk, p)
+        pk = public_key_from(channel.recv(self.guest, PUBLIC_KEY), peer=self.guest, step=PUBLIC_KEY,
+                             mode=p.encryption, check=lambda k: check_key(k, p))
         expected = {"rows": n, "trees": p.num_trees, "max_depth": p.max_depth, "max_bin": p.max_bin,
                     "frac_bits": p.frac_bits}
         plan = expect_fields(channel.recv(self.guest, PLAN), expected, peer=self.guest, step=PLAN)
