@@ -406,8 +406,20 @@ def test_a_port_handed_out_is_not_handed_out_again(monkeypatch):
     """A job's parties get their ports before any binds: two equal random picks gave two parties one
     address ("each party needs its own address", once in a clean-clone run)."""
     import vfl.api as api
+
+    class Bindable:      # every port binds: another process holding 10123 or 10456 must not fail the test
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            pass
     picks = iter([123, 123, 456])                   # the same random pick twice, then another
     monkeypatch.setattr(api.secrets, "randbelow", lambda n: next(picks))
+    monkeypatch.setattr(api, "_GIVEN_PORTS", set())     # nor a port an earlier test of this worker was given
+    monkeypatch.setattr(api.socket, "socket", Bindable)
     assert api.free_port() == 10_123 and api.free_port() == 10_456
 
 
