@@ -5,8 +5,15 @@ Why this works: X25519 computes ``x([k]P)`` from a u-coordinate ``P`` and a
 party A and then by party B equals the same point blinded by B and then A:
 ``H(id)^(ab) == H(id)^(ba)`` (multiplicative notation, as in the PSI papers).
 Two parties can therefore compare doubly blinded IDs without either seeing the
-other's IDs or hashes, as long as the hash is a random oracle and DDH-type
-assumptions hold on Curve25519 and its twist.
+other's IDs or hashes, as long as the hash is a random oracle and DDH holds in
+Curve25519's prime-order subgroup.
+
+Why IDs hash to the curve only: a 32-byte u-coordinate lies either on
+Curve25519 or on its quadratic twist, X25519 keeps each on its side, and
+anyone can tell the two apart (a Legendre symbol). A hash to any u-coordinate
+would give every ID a public bit that survives blinding; :func:`hash_ids` and
+:func:`random_points` therefore return points on the curve only, and
+receivers refuse any other point (:func:`on_curve`).
 
 This module is math only (no I/O). Points travel as numpy arrays of dtype
 ``'S32'`` (raw 32-byte little-endian u-coordinates), which the wire format
@@ -29,6 +36,7 @@ import math
 import secrets
 from collections.abc import Sequence
 
+import gmpy2
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -38,7 +46,11 @@ POINT_DTYPE = np.dtype("S32")
 POINT_BYTES = 32
 # Domain separation: the same ID hashed for any other purpose gives an
 # unrelated value, so these points cannot be matched against other hashes.
-HASH_PREFIX = b"vfl/psi/v1/sha256-to-x25519-u\x00"
+# v2 hashes to Curve25519 proper (v1 took any u-coordinate, curve or twist).
+HASH_PREFIX = b"vfl/psi/v2/sha256-to-curve25519-u\x00"
+HASH_TRIES = 256     # counters 0..255: an ID finds no point with probability 2^-256
+_P = gmpy2.mpz(2**255 - 19)          # Curve25519: v^2 = u^3 + A u^2 + u over GF(p)
+_A = gmpy2.mpz(486662)
 # Below this many points the pool's overhead (pickling, a process round
 # trip, the first start of the workers) outweighs its speed-up.
 POOL_THRESHOLD = 10_000
@@ -63,12 +75,16 @@ class LowOrderPointError(ValueError):
 
 
 def hash_ids(ids: np.ndarray | Sequence[str]) -> np.ndarray:
-    """SHA-256 of ``HASH_PREFIX + id.encode('utf-8')`` per ID, as X25519 u-coordinates.
+    """Each ID hashed to the u-coordinate of a point on Curve25519 (try and increment).
+
+    ``H(x)`` is ``SHA-256(HASH_PREFIX || c || x.encode('utf-8'))`` with its top
+    bit cleared (X25519 ignores it, RFC 7748), for the first counter byte
+    ``c = 0, 1, ...`` that gives a point on the curve (:func:`on_curve`); each
+    try succeeds with probability 1/2. So ``H(x)`` is uniform over the curve's
+    u-coordinates, and no point carries the public curve/twist bit.
 
     IDs must be text: ``"7"`` and ``"007"`` are different IDs, and a number
     silently turned into text would make equal IDs differ between parties.
-    The top bit is cleared because X25519 ignores it (RFC 7748), so the
-    returned value is exactly the point that gets blinded.
     """
     arr = np.asarray(ids)
     if arr.ndim != 1:
@@ -81,13 +97,71 @@ def hash_ids(ids: np.ndarray | Sequence[str]) -> np.ndarray:
         bad = next((x for x in items if not isinstance(x, str)), None)
         if bad is not None:
             raise TypeError(f"IDs must be text, found {type(bad).__name__} {bad!r}")
-    sha256, prefix = hashlib.sha256, HASH_PREFIX
-    raw = bytearray(b"".join([sha256(prefix + s.encode("utf-8")).digest() for s in items]))
-    if not raw:
-        return np.zeros(0, dtype=POINT_DTYPE)
-    digests = np.frombuffer(raw, dtype=np.uint8).reshape(-1, POINT_BYTES)
-    digests[:, 31] &= 0x7F
-    return digests.reshape(-1).view(POINT_DTYPE)
+    return _hash_to_curve([s.encode("utf-8") for s in items])
+
+
+def _hash_to_curve(messages: list[bytes]) -> np.ndarray:
+    """:func:`hash_ids` on encoded IDs, in rounds: round ``c`` hashes with counter ``c``
+    only the IDs still without a point (about half as many each round), so the
+    Legendre symbols are computed in tight loops over many points at once."""
+    out = np.zeros(len(messages), dtype=POINT_DTYPE)
+    todo = np.arange(len(messages))
+    sha256 = hashlib.sha256
+    for counter in range(HASH_TRIES):
+        if not len(todo):
+            return out
+        prefix = HASH_PREFIX + bytes([counter])
+        candidates = _clear_top_bit(b"".join([sha256(prefix + messages[i]).digest() for i in todo.tolist()]))
+        good = on_curve(candidates)
+        out[todo[good]] = candidates[good]
+        todo = todo[~good]
+    if len(todo):     # pragma: no cover - probability 2^-256 per ID
+        raise ValueError(f"ID {int(todo[0])} hashes to no point of Curve25519 in {HASH_TRIES} tries")
+    return out
+
+
+def _clear_top_bit(raw: bytes) -> np.ndarray:
+    """32-byte values with bit 255 cleared, as ``'S32'`` (X25519 ignores that bit)."""
+    arr = np.frombuffer(bytearray(raw), dtype=np.uint8).reshape(-1, POINT_BYTES)
+    arr[:, 31] &= 0x7F
+    return arr.reshape(-1).view(POINT_DTYPE)
+
+
+def on_curve(points: np.ndarray) -> np.ndarray:
+    """Which points are canonical u-coordinates of points of Curve25519 itself (bool per point).
+
+    ``u`` qualifies if ``u < p`` (so its top bit is clear too) and
+    ``u^3 + A u^2 + u`` is a non-zero square mod ``p``; otherwise ``u`` is on
+    the quadratic twist (or is 0, of order 2). Hashed IDs, padding and every
+    X25519 product of them pass; anything else from a peer is a deviation.
+    About 3 us per point (one GMP Jacobi symbol), against ~35-50 us to blind it;
+    large arrays go to the process pool as :meth:`PsiKey.blind` does (points
+    only, no key), so the check keeps pace with the blinding on many cores.
+    """
+    if points.dtype != POINT_DTYPE or points.ndim != 1:
+        raise TypeError(f"points must be 1-D 'S32', got {points.dtype} {points.shape}")
+    raw = np.ascontiguousarray(points).tobytes()
+    n = len(points)
+    if n < POOL_THRESHOLD or not pool.use_pool(n):
+        return np.frombuffer(_on_curve_bytes(raw), dtype=bool)
+    tasks = [(raw[lo * POINT_BYTES:hi * POINT_BYTES],) for lo, hi in _chunks(n, pool.num_workers())]
+    return np.frombuffer(b"".join(pool.run(_on_curve_bytes, tasks)), dtype=bool)
+
+
+def _on_curve_bytes(points: bytes) -> bytes:
+    """:func:`on_curve` of 32-byte u-coordinates, one byte (0 or 1) per point; module-level
+    so that worker processes can run it."""
+    from_bytes, jacobi, p, a = gmpy2.mpz.from_bytes, gmpy2.jacobi, _P, _A
+    us = [from_bytes(points[i:i + POINT_BYTES], "little") for i in range(0, len(points), POINT_BYTES)]
+    return bytes([u < p and jacobi(u * (u * (u + a) + 1) % p, p) == 1 for u in us])
+
+
+def repeated_points(points: np.ndarray) -> int:
+    """How many points equal an earlier one (0 when all are distinct, as for blinded unique IDs)."""
+    if len(points) < 2:
+        return 0
+    ordered = np.sort(points)
+    return int((ordered[1:] == ordered[:-1]).sum())
 
 
 def random_permutation(n: int) -> np.ndarray:
@@ -271,11 +345,14 @@ def padded_size(n: int, buckets: int) -> int:
 
 
 def random_points(n: int) -> np.ndarray:
-    """``n`` uniformly random u-coordinates (top bit clear, as hashed IDs): padding that
-    looks like hashed IDs once blinded and matches nothing (collisions ~2^-250)."""
-    raw = bytearray(secrets.token_bytes(POINT_BYTES * n))
-    if not raw:
-        return np.zeros(0, dtype=POINT_DTYPE)
-    arr = np.frombuffer(raw, dtype=np.uint8).reshape(-1, POINT_BYTES)
-    arr[:, 31] &= 0x7F
-    return arr.reshape(-1).view(POINT_DTYPE)
+    """``n`` uniformly random u-coordinates on Curve25519, drawn as hashed IDs are (random
+    32 bytes, top bit cleared, kept if :func:`on_curve`): padding with the same
+    distribution as ``H(x)``, so indistinguishable from it once blinded, and
+    matching nothing (collisions ~2^-250)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    out = np.zeros(0, dtype=POINT_DTYPE)
+    while len(out) < n:           # each draw is on the curve with probability 1/2
+        candidates = _clear_top_bit(secrets.token_bytes(POINT_BYTES * (2 * (n - len(out)) + 16)))
+        out = np.concatenate([out, candidates[on_curve(candidates)]])
+    return out[:n]

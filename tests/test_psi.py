@@ -18,7 +18,7 @@ import crypto.psi as cpsi
 import vfl.psi.roles as vpsi
 from crypto import pool
 from crypto.psi import LowOrderPointError, PsiKey, common_positions, hash_ids, random_permutation
-from vfl.protocol.channel import LocalNetwork, PeerLost, ProtocolError
+from vfl.protocol.channel import LocalNetwork, PeerError, PeerLost, ProtocolError
 from vfl.io.tables import DataError
 from vfl.psi import PsiError, psi_guest, psi_host, write_intersection
 
@@ -214,16 +214,48 @@ def test_malformed_host_message_is_a_protocol_error(reply, message):
     assert re.search(message, str(errors["guest"]))
 
 
+P25519 = 2**255 - 19
+
+
+def _u(value: int) -> bytes:
+    return value.to_bytes(32, "little")
+
+
+def _twist_point() -> bytes:
+    """A u-coordinate on the quadratic twist (u^3 + A u^2 + u not a square, by Euler's criterion)."""
+    u = 2
+    while pow((u**3 + 486662 * u * u + u) % P25519, (P25519 - 1) // 2, P25519) == 1:
+        u += 1
+    return _u(u)
+
+
+def _same_point_plus_order_two(point: bytes) -> bytes:
+    """P + (0, 0), whose u-coordinate is 1/u: another point on the curve, equal to P once blinded."""
+    return _u(pow(int.from_bytes(point, "little"), -1, P25519))
+
+
+_NOT_IDS = r"psi/host_blinded from 'host' has 1 points off Curve25519 .*first: point 5\), so they are not blinded IDs"
+
+
 @pytest.mark.parametrize("own, message", [
-    (lambda pts: _with(pts, 5, bytes(32)), r"the set of host: point 5 has small order"),
-    (lambda pts: _with(pts, 5, pts[9]), r"fully blinded sets are inconsistent \(array 1 contains 1 repeated"),
+    (lambda pts: _with(pts, 5, _u(1)), r"the set of host: point 5 has small order"),     # order 4, on the curve
+    (lambda pts: _with(pts, 5, bytes(32)), _NOT_IDS),                                    # u = 0, order 2
+    (lambda pts: _with(pts, 5, _twist_point()), _NOT_IDS),
+    (lambda pts: _with(pts, 5, _u(int.from_bytes(pts.tobytes()[160:192], "little") | 1 << 255)), _NOT_IDS),  # top bit
+    (lambda pts: _with(pts, 5, _u(P25519 + 1)), _NOT_IDS),                               # u = 1, not canonical
+    (lambda pts: _with(pts, 5, pts.tobytes()[9 * 32:10 * 32]), r"psi/host_blinded from 'host' repeats 1 points"),
+    (lambda pts: _with(pts, 5, _same_point_plus_order_two(pts.tobytes()[9 * 32:10 * 32])),
+     r"the set of host: 1 points from 'host' \(psi/host_blinded\) become equal to others once blinded"),
 ])
-def test_host_sending_non_ids_is_a_protocol_error(own, message):
+def test_host_sending_non_ids_is_refused_naming_the_host(own, message):
+    """Anything no honest host sends (off the curve, not canonical, repeated, or equal to another
+    point once blinded) is a PeerError naming the host and the step, found before it is used."""
     ids = np.array([f"id{i}" for i in range(50)])
     key = PsiKey()
     honest = lambda got: key.blind(got)[::-1].copy()   # noqa: E731
     _, errors, _ = run_psi({"guest": ids, "host": ids}, timeout=5, roles={"host": _bad_host(honest, own)})
-    assert isinstance(errors["guest"], ProtocolError)
+    assert isinstance(errors["guest"], PeerError), repr(errors["guest"])
+    assert (errors["guest"].peer, errors["guest"].step) == ("host", "psi/host_blinded")
     assert re.search(message, str(errors["guest"])), str(errors["guest"])
 
 
@@ -312,15 +344,19 @@ def test_messages_and_logging(caplog):
 
 def test_large_sets_use_the_process_pool(monkeypatch):
     monkeypatch.setenv("VFL_WORKERS", "2")
-    calls = []
+    calls: dict[str, list[int]] = {}
     real_run = pool.run
-    monkeypatch.setattr(pool, "run", lambda fn, tasks: calls.append(len(tasks)) or real_run(fn, tasks))
+    monkeypatch.setattr(pool, "run", lambda fn, tasks: calls.setdefault(fn.__name__, []).append(len(tasks))
+                        or real_run(fn, tasks))
     n = cpsi.POOL_THRESHOLD + 2000
     rng = np.random.default_rng(8)
     g, h = random_sets(rng, [n, n], 2 * n)
     results, errors, _ = run_psi({"guest": g, "host": h}, timeout=120)
     assert not errors
-    assert len(calls) == 4 and min(calls) > 1           # every blinding went to worker processes
+    blind = calls.pop("_blind_bytes")
+    assert len(blind) == 4 and min(blind) > 1           # every blinding went to worker processes
+    # and so did the curve checks of the first hashing round and of each received set
+    assert set(calls) == {"_on_curve_bytes"} and len(calls["_on_curve_bytes"]) == 5
     assert_all_get(results, true_intersection(g, h))
 
 

@@ -316,6 +316,7 @@ def test_bucket_math():
     assert not (bucket_of(pts, hashlib.sha256(b"other").digest(), 8) == b).all()   # keyed
     assert padded_size(123, 1) == 123
     assert 1.005 < padded_size(3_000_000, 6) * 6 / 3_000_000 < 1.02
+    assert padded_size(3_000_000, 6) == 505443       # docs: +1.09%; exactly the 2^-40 bound (2^-39: 505379)
     with pytest.raises(ValueError, match="bucket nonce has 32 bytes"):
         commitment(b"short")
     with pytest.raises(ValueError, match=r"buckets must be an integer in \[1, 65536\]"):
@@ -327,5 +328,5 @@ def test_unbucketed_roles_still_speak_their_own_protocol():
     _, errors, _ = run_psi({"guest": ids, "host": ids}, timeout=5,
                            roles={"host": lambda ch, x: bucketed_psi_host(ch, x, "guest", ["host"])})
     assert isinstance(errors["host"], ProtocolError)
-    assert "this party speaks 'ecdh-psi/x25519/bucketed/v1'" in str(errors["host"])
+    assert "this party speaks 'ecdh-psi/x25519/bucketed/v2'" in str(errors["host"])
     _ = psi_guest, psi_host

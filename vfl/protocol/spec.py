@@ -133,13 +133,14 @@ _TABLE: list[StepSpec] = ([
     # one run of ECDH-PSI over whole sets (vfl/psi/roles.py) or over bucket <b> (psi/b<b>/...)
     StepSpec("psi/host_blinded", _PSI_RUN + r"host_blinded", "host", "guest", BLINDED, ("array",),
              "the size of the host's ID set (per bucket: the padded size, a function of the host's n and B); "
-             "the points are pseudorandom without the host's key", PSI, dtype=_POINTS),
+             "the points are on-curve u-coordinates, pseudorandom without the host's key (DDH; IDs hash to "
+             "Curve25519 only, so no point carries a public curve/twist bit)", PSI, dtype=_POINTS),
     StepSpec("psi/blind/<owner>", _PSI_RUN + r"blind/" + _OWNER, "guest", "host", BLINDED, ("array",),
-             "the size of the owner's ID set (per bucket: padded); nothing else (no two sets it holds carry "
-             "the same keys)", PSI, dtype=_POINTS),
+             "the size of the owner's ID set (per bucket: padded); nothing else: pseudorandom on-curve points "
+             "(DDH), and no two sets it holds carry the same keys", PSI, dtype=_POINTS),
     StepSpec("psi/blinded/<owner>", _PSI_RUN + r"blinded/" + _OWNER, "host", "guest", BLINDED, ("array",),
-             "nothing new by itself; after the last host, a fully blinded set in an order unknown to the guest",
-             PSI, dtype=_POINTS),
+             "nothing new by itself (pseudorandom on-curve points); after the last host, a fully blinded set "
+             "in an order unknown to the guest", PSI, dtype=_POINTS),
     StepSpec("psi/unshuffle/<owner>", _PSI_RUN + r"unshuffle/" + _OWNER, "guest", "host", POSITIONS, ("array",),
              "m, the size of the intersection (per bucket: of the bucket's intersection)", PSI, dtype=_POS),
     StepSpec("psi/unshuffled/<owner>", _PSI_RUN + r"unshuffled/" + _OWNER, "host", "guest", POSITIONS, ("array",),

@@ -26,7 +26,8 @@ Steps, in the order of ``docs/protocols.md`` section 1 ("Bucketed PSI"):
    (just ``psi/...`` when ``B = 1``), on the bucket's points padded with random
    points to a size fixed by the party's ``n`` and ``B`` alone
    (:func:`crypto.psi.padded_size`), so bucket sizes say nothing about which
-   IDs a party holds.
+   IDs a party holds. Every receiver refuses a bucket of a set whose size
+   differs from that set's first bucket.
 
 Each party ends with the sorted intersection of all parties' IDs, the same
 array :func:`vfl.psi.psi_guest` / :func:`vfl.psi.psi_host` return.
@@ -50,7 +51,7 @@ from .roles import (PsiError, _expect_plan, check_hosts, guest_exchange, host_ex
 
 log = logging.getLogger("vfl.psi")
 
-PROTOCOL_BUCKETED = "ecdh-psi/x25519/bucketed/v1"
+PROTOCOL_BUCKETED = "ecdh-psi/x25519/bucketed/v2"     # v2: IDs hash to Curve25519 only, not to its twist
 DEFAULT_MEMORY_MB = 256
 """Memory for one bucket's points and shuffles (the rest of the party comes on top)."""
 BYTES_PER_POINT = 240
@@ -124,16 +125,19 @@ def bucketed_psi_guest(channel: Channel, ids: np.ndarray | IdSource, hosts: list
         size = _padded(spill, n, me)
         log.info("%s: %d bucket(s) of %d points each (%d IDs, padded)", me, nbuckets, size, n)
         psi_key = PsiKey()
-        found, sizes = [], {h: 0 for h in hosts}
+        found, sizes, first = [], {h: 0 for h in hosts}, {}
         for b in range(nbuckets):
             t = time.perf_counter()
             rec = spill.part(b)
             spill.drop(b)
             points, rho = _padded_shuffled(rec, size)
-            pos, got = guest_exchange(channel, psi_key, points, hosts, _prefix(b, nbuckets))
+            pre = _prefix(b, nbuckets)
+            pos, got = guest_exchange(channel, psi_key, points, hosts, pre, first)
             if b == 0:
                 _check_wishes(me, wishes, got, mine, nbuckets)
-            found.append(_own_records(rec, rho[pos], me, f"bucket {b}"))
+            # the guest's own positions come back from the first host, through every host's unshuffle
+            found.append(_own_records(rec, rho[pos], me, hosts[0], f"{pre}unshuffled/{me}",
+                                      "" if len(hosts) == 1 else " (or a host before it in the walk back)"))
             for h in hosts:
                 sizes[h] += got[h]
             _log_bucket(me, b, nbuckets, len(found[-1]), t)
@@ -203,14 +207,15 @@ def bucketed_psi_host(channel: Channel, ids: np.ndarray | IdSource, guest: str, 
         size = _padded(spill, n, me)
         log.info("%s: %d bucket(s) of %d points each (%d IDs, padded)", me, nbuckets, size, n)
         psi_key = PsiKey()
-        found = []
+        found, first = [], {}
         for b in range(nbuckets):
             t = time.perf_counter()
             rec = spill.part(b)
             spill.drop(b)
             points, sigma = _padded_shuffled(rec, size)
-            pos = host_exchange(channel, psi_key, points, guest, hosts, _prefix(b, nbuckets))
-            found.append(_own_records(rec, sigma[pos], me, f"bucket {b}"))
+            pre = _prefix(b, nbuckets)
+            pos = host_exchange(channel, psi_key, points, guest, hosts, pre, first)
+            found.append(_own_records(rec, sigma[pos], me, guest, f"{pre}result"))
             _log_bucket(me, b, nbuckets, len(found[-1]), t)
     result = _ids_of(source, np.concatenate(found), me)
     log.info("%s: PSI done: %d common IDs, total %.1f s", me, len(result), time.perf_counter() - t_start)
@@ -297,10 +302,13 @@ def _padded_shuffled(rec: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray
     return allp[perm], perm
 
 
-def _own_records(rec: np.ndarray, idx: np.ndarray, me: str, where: str) -> np.ndarray:
+def _own_records(rec: np.ndarray, idx: np.ndarray, me: str, sender: str, step: str, also: str = "") -> np.ndarray:
+    """The records at ``idx``, positions in this party's padded bucket that ``sender`` sent at
+    ``step``. Padding points are random, so no peer's set holds them: one among the common
+    positions means ``sender`` (``also`` names who else may have) sent wrong positions."""
     if len(idx) and int(idx.max()) >= len(rec):
-        raise ProtocolError(f"{me}: {where}: a padding point came back as common: "
-                            "a peer sent points that are not its blinded IDs")
+        raise PeerError(f"{me}: {step} from {sender!r}{also} names a padding point as common: padding matches "
+                        "nothing, so these are not the common positions", peer=sender, step=step)
     return rec[idx]
 
 

@@ -5,7 +5,7 @@ nothing else about the other sets beyond the sizes listed in
 ``docs/protocols.md`` (section "Private set intersection"). Read the two
 roles next to that section: each step name below is a row of its table.
 
-Notation: ``H(x)`` hashes an ID to a Curve25519 point (:func:`crypto.psi.hash_ids`),
+Notation: ``H(x)`` hashes an ID to a point on Curve25519 (:func:`crypto.psi.hash_ids`),
 ``a`` is the guest's key, ``b_j`` host ``j``'s key, and ``S^k`` a set of points
 each multiplied by ``k``. A set is *fully blinded* once it carries every key,
 ``a * b_0 * ... * b_{k-1}``: only then are two sets compared.
@@ -28,7 +28,9 @@ shuffled to undo its own permutation (``psi/unshuffle/...``), until each
 owner can map positions to its own IDs.
 
 Messages are numpy arrays of raw 32-byte points (``'S32'``) or int64
-positions, plus one small control message (``psi/plan``).
+positions, plus one small control message (``psi/plan``). Every party refuses
+a received point that is not on Curve25519 or repeats another (honest points
+never do), naming the sender and the step.
 """
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crypto.psi import (POINT_DTYPE, LowOrderPointError, PsiKey, common_positions, hash_ids,
-                        random_permutation)
+from crypto.psi import (POINT_DTYPE, LowOrderPointError, PsiKey, common_positions, hash_ids, on_curve,
+                        random_permutation, repeated_points)
 
 from ..protocol.channel import Channel, PeerError, ProtocolError
 from ..io.files import write_rows_atomically
@@ -48,7 +50,7 @@ from ..protocol.messages import describe
 
 log = logging.getLogger("vfl.psi")
 
-PROTOCOL = "ecdh-psi/x25519/v1"
+PROTOCOL = "ecdh-psi/x25519/v2"     # v2: IDs hash to Curve25519 only, not to its twist
 
 
 class PsiError(ValueError):
@@ -102,13 +104,15 @@ def no_common_ids_guest(me: str, n: int, hosts: list[str], sizes: dict[str, int]
 
 
 def guest_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, hosts: list[str],
-                   pre: str = "psi/") -> tuple[np.ndarray, dict[str, int]]:
+                   pre: str = "psi/", sizes: dict[str, int] | None = None) -> tuple[np.ndarray, dict[str, int]]:
     """The guest's part of one run over one set of points (the whole set, or one bucket).
 
     ``hashed`` is the guest's shuffled ``H(G)``; steps are named ``pre + ...``.
     Blinds, relays every hop, compares the fully blinded sets and walks the
     common positions back. Returns the sorted positions in ``hashed`` of the
-    points common to all sets, and the size of each host's set.
+    points common to all sets, and the size of each host's set. ``sizes``
+    (bucketed PSI) holds each host's set size from the first bucket: a later
+    bucket of another size is refused (see :func:`_same_size`).
     """
     me = channel.name
     k = len(hosts)
@@ -126,12 +130,12 @@ def guest_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, hosts: lis
         trail[owner].append((host, len(points)))
 
     relay(me, hosts[0], mine)                        # G's first host hop can start at once
-    sizes = {}
+    got = {}
     for h in hosts:
         step = f"{pre}host_blinded"
         current[h] = _expect_points(channel.recv(h, step), step, h, me)
-        sizes[h] = len(current[h])
-    log.debug("%s: received blinded host sets: %s", me, ", ".join(f"{h} {sizes[h]} IDs" for h in hosts))
+        got[h] = _same_size(sizes, h, len(current[h]), step, h, me)
+    log.debug("%s: received blinded host sets: %s", me, ", ".join(f"{h} {got[h]} IDs" for h in hosts))
 
     fully_blinded_hosts: dict[str, np.ndarray] = {}
     for r in range(1, k + 1):
@@ -178,7 +182,7 @@ def guest_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, hosts: lis
         else:
             channel.send(owner, f"{pre}result", pos)
     log.debug("%s: positions mapped back in %.1f s", me, time.perf_counter() - t)
-    return mine_pos, sizes
+    return mine_pos, got
 
 
 # --------------------------------------------------------------------------- host
@@ -215,11 +219,13 @@ def no_common_ids_host(me: str, n: int, guest: str, hosts: list[str]) -> PsiErro
 
 
 def host_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, guest: str, hosts: list[str],
-                  pre: str = "psi/") -> np.ndarray:
+                  pre: str = "psi/", sizes: dict[str, int] | None = None) -> np.ndarray:
     """A host's part of one run over one set of points (the whole set, or one bucket).
 
     ``hashed`` is this host's shuffled ``H(H_j)``; steps are named ``pre + ...``.
     Returns the sorted positions in ``hashed`` of the points common to all sets.
+    ``sizes`` (bucketed PSI) holds the size of each set this host blinded in the
+    first bucket, by owner: a later bucket of another size is refused.
     """
     me = channel.name
     k, j = len(hosts), hosts.index(me)
@@ -234,6 +240,7 @@ def host_exchange(channel: Channel, key: PsiKey, hashed: np.ndarray, guest: str,
         for owner in tasks:
             step = f"{pre}blind/{owner}"
             points = _expect_points(channel.recv(guest, step), step, guest, me)
+            _same_size(sizes, owner, len(points), step, guest, me)
             t = time.perf_counter()
             perm = random_permutation(len(points))
             channel.send(guest, f"{pre}blinded/{owner}", _blind_received(key, points, step, me, guest, step)[perm])
@@ -299,15 +306,26 @@ def _expect_plan(plan, guest: str, me: str, hosts: list[str], protocol: str = PR
 
 
 def _blind_received(key: PsiKey, points: np.ndarray, what: str, me: str, sender: str, step: str) -> np.ndarray:
-    """Blind points that ``sender`` sent at ``step``; a small-order point is its fault."""
+    """Blind points that ``sender`` sent at ``step``; a small-order point is its fault, and so are
+    two points that become one: distinct points that differ by a small-order point (``P`` and
+    ``P + T``) pass :func:`_expect_points` but meet once the clamped key clears ``T``."""
     try:
-        return key.blind(points)
+        blinded = key.blind(points)
     except LowOrderPointError as exc:
         raise PeerError(f"{me}: {what}: {exc} (from {sender!r}, {step})", peer=sender, step=step) from None
+    repeats = repeated_points(blinded)
+    if repeats:
+        raise PeerError(f"{me}: {what}: {repeats} points from {sender!r} ({step}) become equal to others once "
+                        "blinded (they differ by a point of small order), so they are not blinded IDs",
+                        peer=sender, step=step)
+    return blinded
 
 
 def _expect_points(msg, step: str, sender: str, me: str, n: int | None = None) -> np.ndarray:
-    """A 1-D 'S32' array (of length ``n`` if given), else a PeerError naming the step."""
+    """Distinct points on Curve25519 in a 1-D 'S32' array (of length ``n`` if given), else a
+    PeerError naming the step. Honest points are all on the curve (hashes to it, and X25519
+    products of them), so one off it (on the twist, or not canonical: ``u >= p``) is a deviation,
+    and would carry a public bit through every later blinding; blinded unique IDs never repeat."""
     if not isinstance(msg, np.ndarray) or msg.dtype != POINT_DTYPE or msg.ndim != 1:
         what = describe(msg) if isinstance(msg, (np.ndarray, dict)) else type(msg).__name__
         raise PeerError(f"{me}: {step} from {sender!r} must be a 1-D array of 32-byte points (dtype S32), got {what}",
@@ -315,7 +333,30 @@ def _expect_points(msg, step: str, sender: str, me: str, n: int | None = None) -
     if n is not None and len(msg) != n:
         raise PeerError(f"{me}: {step} from {sender!r} has {len(msg)} points, expected {n} (one per point sent)",
                         peer=sender, step=step)
+    off = np.flatnonzero(~on_curve(msg))
+    if len(off):
+        raise PeerError(f"{me}: {step} from {sender!r} has {len(off)} points off Curve25519 (on its twist, u = 0 "
+                        f"or u >= 2^255-19; first: point {int(off[0])}), so they are not blinded IDs",
+                        peer=sender, step=step)
+    repeats = repeated_points(msg)
+    if repeats:
+        raise PeerError(f"{me}: {step} from {sender!r} repeats {repeats} points, so they are not blinded unique IDs",
+                        peer=sender, step=step)
     return msg
+
+
+def _same_size(sizes: dict[str, int] | None, owner: str, n: int, step: str, sender: str, me: str) -> int:
+    """``n``, the size of ``owner``'s set in this bucket, if it equals the size in the first bucket
+    (recorded in ``sizes`` then; ``sizes`` None: a single run, any size). Every bucket of a party is
+    padded to one size, so another size is a deviation, and an unbounded one would make every other
+    party blind it, past their memory budgets."""
+    if sizes is None:
+        return n
+    first = sizes.setdefault(owner, n)
+    if n != first:
+        raise PeerError(f"{me}: {step} from {sender!r} has {n} points of {owner}'s set, but {first} in the first "
+                        "bucket: every bucket of a party is padded to the same size", peer=sender, step=step)
+    return n
 
 
 def _expect_positions(msg, step: str, sender: str, me: str, size: int,
