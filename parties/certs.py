@@ -6,15 +6,22 @@ own private key and the CA is run by whoever the parties agree on; for a demo
 on one machine (and for tests) :func:`make_certs` creates the CA and every
 party's key and certificate in one folder.
 
+A CN alone names a party but not the job: under a CA shared by several jobs,
+"host1" of one job would be "host1" of every other. So each party certificate
+also carries the SAN URI ``vfl://<job>/<party>`` (:func:`job_uri`), which the
+transport requires to match the job it runs.
+
 Keys are EC P-256 (small, fast, universally supported by TLS 1.3) and private
 keys are written with mode 0600.
 """
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import ipaddress
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +35,28 @@ from vfl.job.config import JobConfig
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
 DEFAULT_DAYS = 365
+JOB_URI_SCHEME = "vfl://"
+
+
+def job_uri(job: str, party: str) -> str:
+    """The SAN URI binding a certificate to party ``party`` of job ``job``: ``vfl://<job>/<party>``,
+    both percent-encoded (a URI must be ASCII, and a ``/`` in a name must not shift the split)."""
+    return f"{JOB_URI_SCHEME}{urllib.parse.quote(job, safe='')}/{urllib.parse.quote(party, safe='')}"
+
+
+def parse_job_uri(uri: str) -> tuple[str, str] | None:
+    """``(job, party)`` of a :func:`job_uri`, or None for any other or malformed URI (a peer's
+    certificate may carry anything; comparing decoded names ignores how they were escaped)."""
+    if not uri.startswith(JOB_URI_SCHEME):
+        return None
+    parts = uri[len(JOB_URI_SCHEME):].split("/")
+    if len(parts) != 2 or not all(parts):
+        return None
+    try:
+        job, party = [urllib.parse.unquote(part, errors="strict") for part in parts]
+    except UnicodeDecodeError:
+        return None
+    return job, party
 
 
 @dataclass(frozen=True)
@@ -40,14 +69,36 @@ class CertAuthority:
     key_path: Path
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` so that only the owner can ever read it (no umask window)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` with ``mode`` set before any byte is written (no umask window),
+    refusing a symbolic link there: in a folder others can write to, a planted
+    ``host1-key.pem -> elsewhere`` would send the key (and its mode) to a file of their choosing.
+    ``O_NOFOLLOW`` closes the race between the check and the open where the OS has it."""
+    path = Path(path)
     try:
-        os.fchmod(fd, 0o600)  # the file may have existed with looser permissions
+        if path.is_symlink():
+            raise OSError(errno.ELOOP, "is a symbolic link")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise ValueError(f"refusing to write {path}: it is a symbolic link; remove it, or write the "
+                         "certificates to a folder only you can write to") from None
+    try:
+        os.fchmod(fd, mode)  # the file may have existed with other permissions
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` so that only the owner can ever read it, never through a symbolic link."""
+    _write_file(path, data, 0o600)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    """Write a certificate (world-readable), never through a symbolic link (it would clobber the target)."""
+    _write_file(path, data, 0o644)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -81,7 +132,7 @@ def make_ca(out_dir: Path, name: str = "vfl job CA", days: int = DEFAULT_DAYS) -
             .sign(key, hashes.SHA256()))
     cert_path, key_path = out_dir / CA_CERT_FILE, out_dir / CA_KEY_FILE
     _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return CertAuthority(cert, key, cert_path, key_path)
 
 
@@ -115,8 +166,8 @@ def dns_name(text: str) -> str | None:
     return ascii_name
 
 
-def _san_entries(name: str, hosts: tuple[str, ...]) -> list[x509.GeneralName]:
-    entries: list[x509.GeneralName] = []
+def _san_entries(name: str, hosts: tuple[str, ...], job: str | None = None) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = [x509.UniformResourceIdentifier(job_uri(job, name))] if job else []
     seen: set[str] = set()
     for h in (name, "localhost", "127.0.0.1", *hosts):
         try:
@@ -132,11 +183,12 @@ def _san_entries(name: str, hosts: tuple[str, ...]) -> list[x509.GeneralName]:
 
 
 def issue_cert(ca: CertAuthority, name: str, out_dir: Path, hosts: tuple[str, ...] = (),
-               days: int = DEFAULT_DAYS) -> tuple[Path, Path]:
+               days: int = DEFAULT_DAYS, job: str | None = None) -> tuple[Path, Path]:
     """Issue a key and certificate for party ``name``; return ``(cert_path, key_path)``.
 
-    The CN is the party name, because that is what peers check. The SAN holds
-    the party name as a DNS name (where it is one, see :func:`dns_name`),
+    The CN is the party name, because that is what peers check. With ``job``,
+    the SAN holds :func:`job_uri` (peers then accept it for that job only). The
+    SAN also holds the party name as a DNS name (where it is one, see :func:`dns_name`),
     localhost/127.0.0.1 and any extra ``hosts`` (e.g. the host part of the
     party's address) so the certificate also works with ordinary
     hostname-checking tools. Usable as both TLS server and client, since every
@@ -162,13 +214,13 @@ def issue_cert(ca: CertAuthority, name: str, out_dir: Path, hosts: tuple[str, ..
                                          encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(_san_entries(name, hosts)), critical=False)
+            .add_extension(x509.SubjectAlternativeName(_san_entries(name, hosts, job)), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
                            critical=False)
             .sign(ca.key, hashes.SHA256()))
     cert_path, key_path = _party_files(out_dir, name)
     _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 
@@ -182,6 +234,9 @@ def make_certs(job: JobConfig, out_dir: Path, days: int = DEFAULT_DAYS) -> dict[
 
     Returns ``{party name: (cert_path, key_path)}``; the CA certificate is
     ``out_dir / "ca.pem"`` (reference it as ``[tls] ca`` in the job file).
+    Each certificate is bound to the job by its name (:func:`job_uri`). The CA
+    key ``ca-key.pem`` stays with whoever runs the CA: a party holding it could
+    issue itself any other party's certificate.
     Refuses, before writing anything, party names whose files would coincide
     with another's or the CA's (``bank`` and ``bank-key``, ``ca-key``), also
     ignoring case, as on a case-insensitive file system: one party's
@@ -199,5 +254,5 @@ def make_certs(job: JobConfig, out_dir: Path, days: int = DEFAULT_DAYS) -> dict[
     out = {}
     for party in job.parties:
         host = party.host_port[0]
-        out[party.name] = issue_cert(ca, party.name, out_dir, hosts=(host,), days=days)
+        out[party.name] = issue_cert(ca, party.name, out_dir, hosts=(host,), days=days, job=job.name)
     return out

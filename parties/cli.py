@@ -187,6 +187,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
     print(f'[tls]\nca = "{args.out.resolve() / "ca.pem"}"')
     for name, (cert, key) in made.items():
         print(f'# in the table of {name}:\ncert = "{cert.resolve()}"\nkey = "{key.resolve()}"')
+    print(f"warning: {args.out / 'ca-key.pem'} can issue any party's certificate: keep it with whoever runs the "
+          "CA and give each party only ca.pem and its own NAME.pem and NAME-key.pem", file=sys.stderr)
     return 0
 
 

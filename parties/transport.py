@@ -8,9 +8,12 @@ Why it looks like this:
 
 * **Mutual TLS, job CA only.** Both ends present a certificate; a peer is
   accepted only if its certificate chains to the job's CA (``[tls] ca``, the
-  system trust store is *not* used) and its subject CN is the party name it
-  was dialled as or claims to be. Hostnames are not checked: parties are
-  identified by name, not by where they happen to run.
+  system trust store is *not* used), its subject CN is the party name it
+  was dialled as or claims to be and, when it names a job (SAN URI
+  ``vfl://<job>/<party>``, :func:`parties.certs.job_uri`), it names ours: a CN
+  alone does not tell "host1" of one job from "host1" of another under the
+  same CA. Hostnames are not checked: parties are identified by name, not by
+  where they happen to run.
 * **Deterministic dialling.** The party earlier in the order
   guest < hosts < arbiter dials, the later one accepts: the guest dials every
   host and the arbiter, each host dials the arbiter, the arbiter only listens.
@@ -69,7 +72,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crypto.signing import SignatureError, load_signing_key
 from vfl.protocol.channel import PeerLost, ProtocolError, WrongStep
@@ -77,6 +80,7 @@ from vfl.job.config import ConfigError, JobConfig
 from vfl.job.fingerprint import differing_tables, hello_fingerprint
 from vfl.protocol.messages import MessageError, Payload, decode_payload, encode_payload
 
+from .certs import JOB_URI_SCHEME, parse_job_uri
 from .frames import (LENGTH_BYTES, MAX_FRAME_BYTES, MAX_HELLO_BYTES, FrameError, Kind, LinkDecoder,
                      LinkEncoder, frame_length)
 
@@ -193,6 +197,27 @@ def _peer_cn(tls: ssl.SSLSocket) -> str | None:
     cert = tls.getpeercert()
     cns = [v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"]
     return cns[0] if len(cns) == 1 else None
+
+
+def _job_binding_refusal(uris: Iterable[str], cn: str, job: str) -> str | None:
+    """Why a certificate with CN ``cn`` and SAN ``uris`` is not one of party ``cn`` of ``job``
+    (as "is bound to ..., not to ..."), or None.
+
+    A certificate naming jobs (``vfl://<job>/<party>``) must name this one for this party: with a
+    CA that signs for several jobs, "host1" of another job must not be our host1 (nor abort our
+    setup with its other job file). One naming no job, as made before certificates carried it,
+    passes: the CN is all it has, and the caller warns.
+    """
+    bound = [parse_job_uri(u) for u in uris if u.startswith(JOB_URI_SCHEME)]
+    if not bound or (job, cn) in bound:
+        return None
+    named = ", ".join("a malformed vfl:// URI" if b is None else f"{b[1]!r} of job {b[0]!r}" for b in bound)
+    return f"is bound to {_printable(named)}, not to {cn!r} of job {job!r}"
+
+
+def _peer_uris(tls: ssl.SSLSocket) -> list[str]:
+    """The URIs in the peer certificate's subject alternative name."""
+    return [v for k, v in (tls.getpeercert() or {}).get("subjectAltName", ()) if k == "URI"]
 
 
 def _wait_io(sock: socket.socket, write: bool, timeout: float) -> None:
@@ -470,6 +495,13 @@ class _Link:
                 return
             log.warning("%s: connection to %s lost: %s", me, peer, exc)
             self._finish(PeerLost, f"{me}: connection to {peer!r} ({self.where}) lost: {exc}")
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError for a large body, or a bug
+            # Without this the thread would die with a traceback on stderr and recv would wait the
+            # whole peer_timeout, then blame the peer: end the link now, with the real cause.
+            log.error("%s: reader for %s failed: %s: %s", me, peer, type(exc).__name__, exc)
+            self._finish(ProtocolError, f"{me}: reader for {peer!r} failed: {type(exc).__name__}: {exc}")
+            self.stop.set()
+            self._close_socket()
         finally:
             self.ended.set()
 
@@ -511,8 +543,10 @@ class TlsChannel:
                  max_frame_bytes: int = MAX_FRAME_BYTES, bind_host: str | None = None,
                  linger: float = 2.0, inbox_messages: int = INBOX_MESSAGES, inbox_bytes: int = INBOX_BYTES,
                  max_handshakes: int = MAX_HANDSHAKES, setup_timeout: float = _SETUP_TIMEOUT,
-                 min_send_rate: float = MIN_SEND_RATE, fingerprint: bytes = b""):
+                 min_send_rate: float = MIN_SEND_RATE, fingerprint: bytes = b"", job_name: str | None = None):
         self.job, self.name, self.address = job, name, address
+        # the job file's [job] name, which certificates are bound to (``job`` may be "<name>/<task>")
+        self.job_name = job if job_name is None else job_name
         self.peers = {p.name: p for p in peers}
         self.parties = set(parties)
         self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca)
@@ -586,6 +620,7 @@ class TlsChannel:
         options.setdefault("peer_timeout", job.network.peer_timeout)
         options.setdefault("min_send_rate", job.network.min_send_rate)
         options.setdefault("fingerprint", hello_fingerprint(job))
+        options.setdefault("job_name", job.name)
         # A task (e.g. "predict") runs under its own session name, so a party started for
         # another task is refused at hello instead of exchanging mismatched messages.
         task = options.pop("task", None)
@@ -853,6 +888,9 @@ class TlsChannel:
         if spec is None or spec.dial:
             why = ("has no link with us" if spec is None else "should be dialled by us, not dial us")
             return self._refuse(tls, addr, f"party {cn!r} {why} (job {self.job!r})")
+        refusal = self._check_job_binding(tls, cn)
+        if refusal is not None:
+            return self._refuse(tls, addr, refusal)
         link = _Link(self, cn, tls, f"from {_fmt(addr)}")
         try:
             hello = link.read_frame(setup_deadline, MAX_HELLO_BYTES)
@@ -907,6 +945,20 @@ class TlsChannel:
             f"{self.name}: job files differ: {peer!r} runs job {self.job!r} with other "
             f"{' and '.join(_TABLE_NAMES.get(t, t) for t in tables)} than ours (job fingerprint "
             f"{short['ours']}... here, {short['theirs']}... there); {rule}")
+
+    def _check_job_binding(self, tls: ssl.SSLSocket, cn: str) -> str | None:
+        """Why the peer's certificate is not bound to this job (see :func:`_job_binding_refusal`),
+        or None; warns about a certificate bound to no job, whose CN alone identifies it."""
+        uris = _peer_uris(tls)
+        refusal = _job_binding_refusal(uris, cn, self.job_name)
+        if refusal is not None:
+            return (f"certificate CN {cn!r} {refusal} (a certificate of another job, under a CA shared by "
+                    "several jobs?)")
+        if not any(u.startswith(JOB_URI_SCHEME) for u in uris):
+            log.warning("%s: the certificate of %r names no job (made before `vfl certs` bound certificates "
+                        "to their job): accepted on its CN alone; use a CA per job, or issue new ones",
+                        self.name, cn)
+        return None
 
     def _dial_guarded(self, peer: PeerSpec, deadline: float) -> None:
         try:
@@ -979,6 +1031,10 @@ class TlsChannel:
             what = (f"certificate CN {cn!r} is not a party of job {self.job!r}" if cn not in self.parties
                     else f"certificate CN {cn!r} is not the party we dialled")
             raise AuthError(f"{self.name}: refused connection to {where}: {what}")
+        refusal = self._check_job_binding(tls, cn)
+        if refusal is not None:
+            tls.close()
+            raise AuthError(f"{self.name}: refused connection to {where}: {refusal}")
         link = _Link(self, peer.name, tls, f"dialled {_fmt(peer.address)}")
         hello_deadline = max(deadline, time.monotonic() + 5.0)
         try:
@@ -1054,12 +1110,14 @@ class TlsChannel:
 _TLS13_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)   # the ECDSA signature schemes of TLS 1.3
 
 
-def _check_own_cert(cert: Path, me: str, ca: Path | None = None, key: Path | None = None) -> None:
-    """Fail locally, with a clear message, if our certificate names another party, is outside its
-    validity period or is not issued by the job CA ``ca``: otherwise only the peer would notice,
-    and we would learn it as a vague refusal or a timeout after ``connect_timeout``. Likewise if our
-    private ``key`` is encrypted (OpenSSL would prompt for a passphrase), is of a type we cannot sign
-    relayed values with (found only mid-job otherwise) or does not belong to the certificate."""
+def _check_own_cert(cert: Path, me: str, ca: Path | None = None, key: Path | None = None,
+                    job: str | None = None) -> None:
+    """Fail locally, with a clear message, if our certificate names another party (or another
+    ``job``), is outside its validity period, is not usable as both TLS server and client or is not
+    issued by the job CA ``ca``: otherwise only the peer would notice, and we would learn it as a
+    vague refusal or a timeout after ``connect_timeout``. Likewise if our private ``key`` is encrypted
+    (OpenSSL would prompt for a passphrase), is of a type we cannot sign relayed values with (found
+    only mid-job otherwise) or does not belong to the certificate."""
     try:
         chain = x509.load_pem_x509_certificates(Path(cert).read_bytes())
     except ValueError as exc:
@@ -1069,6 +1127,12 @@ def _check_own_cert(cert: Path, me: str, ca: Path | None = None, key: Path | Non
     if cns != [me]:
         raise ConfigError(f"certificate {cert} is for CN {', '.join(map(repr, cns)) or 'none'}, "
                           f"but this party is {me!r}: peers would refuse it")
+    _check_own_usage(c, cert)
+    if job is not None:
+        refusal = _job_binding_refusal(_cert_uris(c), me, job)
+        if refusal is not None:
+            raise ConfigError(f"certificate {cert} {refusal}: peers would refuse it; use this job's "
+                              "certificates")
     if key is not None:
         try:
             private = load_signing_key(Path(key).read_bytes())
@@ -1107,6 +1171,35 @@ def _check_own_cert(cert: Path, me: str, ca: Path | None = None, key: Path | Non
                       f"{ca}: peers would refuse it; have it issued by the job CA, or fix [tls] ca")
 
 
+def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.ExtensionType | None:
+    """The value of ``cert``'s extension of class ``kind``, or None when it has none."""
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _cert_uris(cert: x509.Certificate) -> list[str]:
+    """The URIs in ``cert``'s subject alternative name."""
+    san = _extension(cert, x509.SubjectAlternativeName)
+    return [] if san is None else san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def _check_own_usage(c: x509.Certificate, cert: Path) -> None:
+    """Every party both accepts (TLS server) and dials (TLS client) some link, so a certificate whose
+    ExtendedKeyUsage lacks serverAuth or clientAuth fails at a peer (e.g. "unsupported certificate
+    purpose" there, a vague refusal here): refuse it at start. No ExtendedKeyUsage allows both."""
+    eku = _extension(c, x509.ExtendedKeyUsage)
+    if eku is None:
+        return
+    missing = [name for oid, name in ((ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
+                                      (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth")) if oid not in eku]
+    if missing:
+        raise ConfigError(f"certificate {cert} has an extended key usage without {' and '.join(missing)}: "
+                          "every party both accepts and dials links, so it needs serverAuth and clientAuth "
+                          "(or no extended key usage); have it reissued")
+
+
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Whether ``issuer``'s key signed ``cert`` (and names match): a real signature check."""
     try:
@@ -1121,7 +1214,7 @@ def prepare_channel(job: JobConfig, me: str, **options) -> TlsChannel:
     checked (:func:`_check_own_cert`): a party calls it before anything slow, so that a bad
     certificate or key fails at once."""
     channel = TlsChannel.from_job(job, me, **options)
-    _check_own_cert(channel.cert, me, channel.ca, channel.key)
+    _check_own_cert(channel.cert, me, channel.ca, channel.key, job=channel.job_name)
     return channel
 
 

@@ -54,3 +54,44 @@ def test_every_party_and_the_ca_keep_their_own_key(tmp_path):
         assert cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
         serialization.load_pem_private_key(key.read_bytes(), password=None)
     load_ca(tmp_path / "certs")
+
+
+def test_make_certs_never_writes_through_a_symlink(tmp_path):
+    """A symlink planted in the output folder (writable by someone else) must not redirect a private key
+    (or a certificate) to a file of the planter's choosing: make_certs refuses and leaves the target alone."""
+    job = parse_job(_raw(), tmp_path / "job.toml")
+    for planted in ("shop-key.pem", "shop.pem", "ca-key.pem"):
+        out = tmp_path / f"out-{planted}"
+        out.mkdir()
+        target = tmp_path / f"target-{planted}"
+        target.write_text("untouched")
+        target.chmod(0o644)
+        (out / planted).symlink_to(target)
+        with pytest.raises(ValueError, match=rf"refusing to write .*{planted}: it is a symbolic link"):
+            make_certs(job, out)
+        assert target.read_text() == "untouched" and oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_vfl_certs_warns_that_the_ca_key_stays_with_the_operator(tmp_path, capsys):
+    from parties.cli import main
+    job = tmp_path / "job.toml"
+    job.write_text('[job]\nname = "collide"\n[guest]\nname = "bank"\naddress = "127.0.0.1:20001"\ndata = "g.csv"\n'
+                   '[[hosts]]\nname = "shop"\naddress = "127.0.0.1:20002"\ndata = "h.csv"\n'
+                   '[arbiter]\nname = "arbiter"\naddress = "127.0.0.1:20003"\n')
+    assert main(["certs", str(job), "--out", str(tmp_path / "certs")]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "ca-key.pem can issue any party's certificate: keep it with whoever runs the CA" \
+        in warning[0]
+
+
+def test_party_certificates_cannot_sign_and_the_ca_signs_only_party_certificates(tmp_path):
+    """Either alone stops a party from minting another party's certificate with its own key (TLS also
+    checks the leaf's KeyUsage, which lacks keyCertSign): each is kept, so neither rests on the other."""
+    from cryptography import x509
+    made = make_certs(parse_job(_raw(), tmp_path / "job.toml"), tmp_path / "certs")
+    ca = x509.load_pem_x509_certificate((tmp_path / "certs" / "ca.pem").read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+    for cert_path, _ in made.values():
+        leaf = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+        assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign is False
