@@ -42,6 +42,12 @@ has the hosts' scores of the aligned rows it sends no host anything: its refit o
 exact labels comes after, outside the guarantee, and must stay with the guest. That is judged
 from the guest's record of receiving the scores and from each host's: nothing may reach a host
 from the guest after it has sent its scores (the guest's own ledger could leave the receipt out).
+Ledgers cut back alike agree with one another, so the audit also ties them to what the job wrote:
+an empty ledger, or one with no ``open`` line, is no ledger of an honest run; the last training's
+``open`` line must record the job file's settings digest (another run's whole set of ledgers
+agrees with itself too); and the epochs the arbiter's training.json and each host's report.json
+say ran must show releases in the ledgers' last training. A binning step whose rows are a host's
+smallest bin must reach ``[preprocess] min_bin_rows`` as well as the release floor.
 """
 from __future__ import annotations
 
@@ -62,6 +68,10 @@ SCORED_STEP = "predict/u_h_share"
 # a party that understates what it received (fewer values, another kind) is caught by its peer's line.
 DESCRIPTOR = ("kind", "dtype", "shape", "values", "bytes", "frac_bits", "class", "columns", "cells")
 UNPAIRED_RECEIPT = 1_000_000      # the pairing's cost of a receipt in a receiver's run left without a sender's run
+# The tables of the job's shared settings (vfl.job.fingerprint.SECTIONS) that make what a training
+# exchanges: its last training must have run with the job file's. [scorecard] only scales points after
+# the model is fit, and may be edited after training (`vfl predict` then warns): it is left out.
+TRAINING_SETTINGS = ("job", "parties", "model", "preprocess")
 
 
 def _is_int(v) -> bool:
@@ -190,6 +200,7 @@ class PartyLedger:
     other_runs: list = field(default_factory=list)     # (where, parties) of each earlier run with other parties
     trainings: list = field(default_factory=list)      # Training, one per fresh training (with its resumes)
     run_log: list = field(default_factory=list)        # Run, one per "open" line
+    last_training_open: tuple | None = None            # (where, entry) of the last "open" line of a training
 
     @property
     def runs(self) -> list:
@@ -214,7 +225,8 @@ class PartyLedger:
 
 def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: int | None = None,
                 job_name: str | None = None, sizes: dict[str, int] | None = None,
-                former_role: str | None = None) -> PartyLedger:
+                former_role: str | None = None, min_bin_rows: int | None = None,
+                settings: dict[str, str] | None = None) -> PartyLedger:
     """Parse and verify one party's ledger (chain, spec, own name and role, every run opened for this
     job, ``job_name`` when given); with ``min_release_rows``, also that no plaintext aggregate stands
     on fewer rows; ``sizes``: the job's public sizes for control ceilings (by default the largest the
@@ -222,8 +234,32 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
     job's parties ``roles``; a run before it may record other parties (a retraining in the same workdir
     with a party removed or added) and is checked against the parties its own ``open`` line records.
     ``former_role``: the ledger of a party that is no party of the job (a removed host), with the role
-    the others' runs gave it: every run of it is such an earlier run."""
+    the others' runs gave it: every run of it is such an earlier run. ``min_bin_rows``: the job's
+    ``[preprocess]`` floor on a bin, for the binning steps whose rows are a host's smallest bin;
+    ``settings``: the digests of the job's shared settings by table
+    (:func:`vfl.job.fingerprint.section_digests`), which the last training's ``open`` line must record
+    for the tables of :data:`TRAINING_SETTINGS`. A ledger that can not be read, or holds no ``open`` line (an
+    empty file: no honest run leaves one, its channel writes ``open`` first), is a problem, not a pass."""
     led = PartyLedger(name, former_role or roles[name], path, former=former_role is not None)
+    try:
+        _read_lines(led, roles, min_release_rows, job_name, sizes, min_bin_rows)
+    except OSError as exc:             # a permission or I/O error: one line, not a traceback
+        led.problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
+        return led
+    if not led.run_log and not led.problems:
+        led.problems.append(f"{path}: {'empty' if led.lines == 0 else 'no line opens a run'}, with no 'open' line "
+                            "and so no run: a party's channel writes 'open' before anything else, so the ledger "
+                            "was truncated or replaced")
+    if not led.former:
+        _check_settings(led, settings)
+    return led
+
+
+def _read_lines(led: PartyLedger, roles: dict[str, str], min_release_rows: int | None, job_name: str | None,
+                sizes: dict[str, int] | None, min_bin_rows: int | None) -> None:
+    """Read ``led.path`` line by line into ``led`` (see :func:`read_ledger`); stops at a line that is not
+    JSON or breaks the chain, since nothing after it can be trusted."""
+    path = led.path
     sizes = job_sizes_ = sizes if sizes is not None else public_sizes(roles)
     prev, seq, task = GENESIS, None, None
     run_roles = roles
@@ -238,11 +274,11 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                     raise ValueError("not a JSON object")
             except ValueError as exc:
                 led.problems.append(f"{where}: not a ledger line ({exc})")
-                return led
+                return
             if entry.get("prev") != prev or entry.get("hash") != line_hash(prev, entry):
                 led.problems.append(f"{where}: hash chain broken (the line or one before it was changed, "
                                     "inserted or removed)")
-                return led
+                return
             prev = entry["hash"]
             if seq is not None and entry.get("seq") != seq + 1:
                 led.problems.append(f"{where}: sequence number {entry.get('seq')} after {seq}")
@@ -257,11 +293,13 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
                             run.failed = True
                             break
                 led.run_log.append(Run(task, bool(entry.get("resume")), start=t, end=t))
-                run_roles = _check_open(led, entry, where, roles, job_name,
-                                        strict=strict_from is not None and no >= strict_from)
+                if task == "train":
+                    led.last_training_open = (where, entry)
+                strict = strict_from is not None and no >= strict_from
+                run_roles = _check_open(led, entry, where, roles, job_name, strict=strict)
                 run_job = job_sizes_ if run_roles is roles else {**job_sizes_, **{
                     k: v for k, v in public_sizes(run_roles).items() if k in ("hosts", "names")}}
-                sizes = _run_sizes(entry.get("sizes"), run_job, run_roles)
+                sizes = _run_sizes(entry.get("sizes"), run_job, run_roles, strict)
                 if task == "train":      # a fresh training starts a new count; a resumed one continues it
                     led.releases = 0
                     if entry.get("resume") and led.trainings:
@@ -284,8 +322,27 @@ def read_ledger(path: Path, name: str, roles: dict[str, str], min_release_rows: 
             if event != "message":
                 led.problems.append(f"{where}: unknown event {event!r}")
                 continue
-            _check_message(led, entry, where, run_roles, task, min_release_rows, sizes)
-    return led
+            _check_message(led, entry, where, run_roles, task, min_release_rows, sizes, min_bin_rows)
+
+
+def _check_settings(led: PartyLedger, settings: dict[str, str] | None) -> None:
+    """The last training's ``open`` line must record the audited job's settings digests (the tables of
+    :data:`TRAINING_SETTINGS`): a whole set of ledgers from another run of a job with the same name
+    (other settings, other parties' columns) agrees with itself and passes every other rule. A ledger
+    written before vfl recorded them is still read, with a note that this could not be checked."""
+    if settings is None or led.last_training_open is None:
+        return
+    where, entry = led.last_training_open
+    if "settings" not in entry:
+        led.notes.append(f"{where}: the last training's open line records no settings digest (a ledger from an "
+                         "older version): not checked that it ran with this job file's settings")
+        return
+    recorded = entry["settings"] if isinstance(entry["settings"], dict) else {}
+    differ = [t for t in TRAINING_SETTINGS if recorded.get(t) != settings.get(t)]
+    if differ:
+        led.problems.append(f"{where}: the last training was opened for another job's settings (its "
+                            f"{', '.join(f'[{t}]' for t in differ)} differ from the job file's): these ledgers "
+                            "are not of this job's last training")
 
 
 def _last_training_line(path: Path) -> int:
@@ -322,13 +379,15 @@ def _party_set_problem(recorded, led: PartyLedger) -> str | None:
     return None
 
 
-def _run_sizes(recorded, job: dict[str, int], roles: dict) -> dict[str, int]:
+def _run_sizes(recorded, job: dict[str, int], roles: dict, strict: bool = False) -> dict[str, int]:
     """The public sizes a run's control ceilings are checked in: those its ``open`` line records (the
     job's settings when it ran: a training retrained in the same workdir with a smaller key was judged
     by the later key and called broken), if they are whole numbers for the same parties, each within
-    what the settings allow at most; else the job's as it is now. A party that records larger sizes
-    than it ran with still meets its peers' ledgers, which record their own."""
-    most = public_sizes(roles)
+    what the settings allow at most; else the job's as it is now. In the last training and the runs
+    after it (``strict``), which ran with the job file's settings, at most the job's own sizes: an
+    ``open`` line recording a larger key would loosen every ceiling of the run, and the peer's ledger,
+    which records its own, may be forged alike."""
+    most = job if strict else public_sizes(roles)
     if not (isinstance(recorded, dict) and set(recorded) == set(job)
             and all(_is_int(v) and 0 <= v <= most[k] for k, v in recorded.items())
             and all(recorded[k] == job[k] for k in ("hosts", "names", "cert"))):
@@ -399,7 +458,8 @@ def _descriptor_problem(entry: dict) -> str | None:
 
 
 def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
-                   min_release_rows: int | None = None, sizes: dict | None = None) -> None:
+                   min_release_rows: int | None = None, sizes: dict | None = None,
+                   min_bin_rows: int | None = None) -> None:
     peer, step, direction = entry.get("peer"), entry.get("step"), entry.get("dir")
     if peer not in roles or peer == led.name:
         led.problems.append(f"{where}: peer {peer!r} is not another party of this job")
@@ -474,11 +534,22 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
     if rows is not None and not _is_int(rows):
         if spec.rows != RELEASE:
             led.problems.append(f"{where}: {step!r} records rows {rows!r}, not a whole number")
-    elif (spec.cls == AGGREGATE and min_release_rows is not None and rows is not None and entry.get("values")
-          and rows < min_release_rows):
+    elif rows is not None and entry.get("values"):
+        led.problems.extend(f"{where}: {step!r} {p}" for p in _floor_problems(spec, rows, min_release_rows,
+                                                                              min_bin_rows))
+
+
+def _floor_problems(spec: StepSpec, rows: int, min_release_rows: int | None, min_bin_rows: int | None) -> list[str]:
+    """The floors a non-empty line's recorded ``rows`` falls below: any plaintext aggregate must reach
+    ``min_rows_per_release``, and a binning step whose rows are the host's smallest bin (spec rows
+    "bins") the ``[preprocess] min_bin_rows`` the spec promises for every bin, which is the higher one."""
+    out = []
+    if spec.cls == AGGREGATE and min_release_rows is not None and rows < min_release_rows:
         what = "released sums" if spec.rows == RELEASE else "is an aggregate"
-        led.problems.append(f"{where}: {step!r} {what} over {rows} rows, below the job's "
-                            f"min_rows_per_release = {min_release_rows}")
+        out.append(f"{what} over {rows} rows, below the job's min_rows_per_release = {min_release_rows}")
+    if spec.rows == "bins" and min_bin_rows is not None and rows < min_bin_rows:
+        out.append(f"stands on bins of {rows} rows, below the job's [preprocess] min_bin_rows = {min_bin_rows}")
+    return out
 
 
 def _check_rows_line(led: PartyLedger, entry: dict, where: str) -> None:
@@ -701,13 +772,67 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _reported_release_rows(job, led: PartyLedger) -> int | None:
-    """The smallest number of rows behind a released sum, as the party itself reports it."""
-    path = job.workdir / "metrics.json" if led.role == "guest" else job.output_dir(led.name) / "report.json"
+def _report_path(job, led: PartyLedger) -> Path:
+    """Where a party reports its results: the guest's metrics.json, a host's report.json."""
+    return job.workdir / "metrics.json" if led.role == "guest" else job.output_dir(led.name) / "report.json"
+
+
+def _read_report(path: Path) -> dict | None:
+    """A party's JSON report; None when there is none (a run that ended before writing it). Raises
+    ValueError when the file exists but is no JSON object, so a check can fail on it, not skip it."""
     try:
-        return json.loads(path.read_text()).get("smallest_release_rows")
-    except (OSError, ValueError, AttributeError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(getattr(exc, "strerror", None) or str(exc)) from None
+    report = json.loads(text)
+    if not isinstance(report, dict):
+        raise ValueError("not a JSON object")
+    return report
+
+
+def _reported_release_rows(job, led: PartyLedger) -> int | None:
+    """The smallest number of rows behind a released sum, as the party itself reports it (None when
+    it reports none or its report can not be read: the report's line only, the check is elsewhere)."""
+    try:
+        report = _read_report(_report_path(job, led))
+    except ValueError:
+        return None
+    return report.get("smallest_release_rows") if report is not None else None
+
+
+def _epochs_shown(led: PartyLedger) -> int:
+    """Distinct epochs in which this ledger's last training received releases (an epoch re-run after
+    a resume counts once)."""
+    return len(set().union(*led.release_epochs))
+
+
+def _check_reported_epochs(job, ledgers: dict[str, PartyLedger]) -> None:
+    """Tie the reports of the last training to the ledgers, label-DP on or off. The arbiter's
+    training.json and each host's report.json say how many epochs ran (``epochs_run``), and each
+    epoch releases sums to the parties, so the ledgers' last training must show releases in at least
+    that many epochs (the arbiter's figure in some party's ledger, a host's in its own). Without this,
+    ledgers cut back consistently (to their ``open`` lines, or to before the training) agree with one
+    another and pass. SecureBoost releases no sums by epoch (its reports count trees): not checked.
+    A ledger with a problem already fails the audit and is left out (its lines stop at the damage)."""
+    clean = [led for led in ledgers.values() if not led.problems]
+    if job.model.type == "secureboost" or not clean:
+        return
+    arbiter = ledgers.get(job.arbiter.name) or clean[0]
+    reports = [(job.output_dir(job.arbiter.name) / "training.json", arbiter, "the parties' ledgers show",
+                max(map(_epochs_shown, clean)))]
+    reports += [(job.output_dir(h.name) / "report.json", ledgers[h.name], f"{h.name}'s ledger shows",
+                 _epochs_shown(ledgers[h.name])) for h in job.hosts if ledgers.get(h.name) in clean]
+    for path, led, whose, seen in reports:
+        try:
+            report = _read_report(path)
+        except ValueError:
+            continue          # the noise and floor checks name an unreadable training.json or report.json
+        epochs = report.get("epochs_run") if report is not None else None
+        if _is_int(epochs) and epochs > seen:
+            led.problems.append(f"{path} reports {epochs} epochs run, but {whose} releases in only {seen} epoch(s) "
+                                "of the last training: the ledgers were cut back or are of another run")
 
 
 def _read_label_dp(job) -> tuple[dict | None, Path]:
@@ -723,9 +848,12 @@ def _check_noise(job, ledgers: dict[str, PartyLedger]) -> str | None:
     """With label-DP on (the job file says so, not the arbiter), every release a party received must
     have been noised by the arbiter. Returns the report line on the epsilon of every training in the
     ledgers, when more than one spent any."""
-    if not job.model.label_dp_on or not any("train" in led.runs for led in ledgers.values()):
+    if not job.model.label_dp_on:
         return None
     dp, path = _read_label_dp(job)
+    if not any("train" in led.runs for led in ledgers.values()):
+        _check_untrained(job, dp, path, ledgers)
+        return None
     if dp is None and not any(t.epoch_runs or t.binned for led in ledgers.values() for t in led.trainings):
         return None         # every training failed before its first release: there was nothing to noise
     if dp is None or not dp.get("on"):
@@ -745,6 +873,19 @@ def _check_noise(job, ledgers: dict[str, PartyLedger]) -> str | None:
                                 f"training run and the arbiter reports noising {count} of them: every party's "
                                 "releases, the guest's included, must carry the noise")
     return _check_noise_level(job, dp, noised, ledgers)
+
+
+def _check_untrained(job, dp: dict | None, path: Path, ledgers: dict[str, PartyLedger]) -> None:
+    """No ledger shows a training run: fine for a job that never trained, but not when the arbiter
+    reports noised releases or epochs, which only a training makes (ledgers emptied or cut back)."""
+    noised = dp.get("noised_releases") if isinstance(dp, dict) else None
+    count = sum(v for v in noised.values() if _is_int(v)) if isinstance(noised, dict) else 0
+    epochs = dp.get("noised_epochs") if isinstance(dp, dict) else None
+    if count > 0 or (_is_int(epochs) and epochs > 0):
+        led = ledgers.get(job.arbiter.name) or next(iter(ledgers.values()))
+        led.problems.append(f"label-DP is on, and the arbiter's {path} reports noising {count} releases over "
+                            f"{epochs} epochs, but no ledger shows a training run: the ledgers were cut back or "
+                            "replaced")
 
 
 def _check_noise_level(job, dp: dict, noised: dict, ledgers: dict[str, PartyLedger]) -> str | None:
@@ -844,12 +985,20 @@ def _check_woe_reuse(job, ledgers: dict[str, PartyLedger]) -> None:
 
 def _check_reported_rows(job, ledgers: dict[str, PartyLedger]) -> None:
     """The smallest release a party reports (its metrics.json or report.json) must reach the floor too:
-    the report is what a reader of the job's results sees."""
+    the report is what a reader of the job's results sees. A report that exists but can not be read
+    (truncated, damaged) is a problem: skipping it would let a damaged file hide a small release."""
     floor = job.model.min_rows_per_release
     for led in ledgers.values():
         if led.role == "arbiter" or "train" not in led.runs:
             continue
-        reported = _reported_release_rows(job, led)
+        path = _report_path(job, led)
+        try:
+            report = _read_report(path)
+        except ValueError as exc:
+            led.problems.append(f"{path} cannot be read ({exc}): the smallest release {led.name} reports can not "
+                                "be checked against the floor")
+            continue
+        reported = report.get("smallest_release_rows") if report is not None else None
         if reported is not None and (not _is_int(reported) or reported < floor):
             led.problems.append(f"{led.name} reports {reported!r} rows behind its smallest released sum, below the "
                                 f"job's min_rows_per_release = {floor}")
@@ -931,8 +1080,7 @@ def _former_ledgers(job, roles: dict[str, str], ledgers: dict[str, PartyLedger])
     for name, role in gone.items():
         path = job.output_dir(name) / LEDGER_FILE if _dir_name(name) else None
         if path is not None and path.is_file():
-            former[name] = read_ledger(path, name, roles, job.model.min_rows_per_release, job.name,
-                                       job_sizes(job), former_role=role)
+            former[name] = _read_party(job, path, name, roles, former_role=role)
         else:
             absent.append(f"{name}'s ledger ({path})" if path is not None else f"{name!r}'s ledger")
     sets = "; ".join(dict.fromkeys(", ".join(f"{n} ({r})" for n, r in recorded.items())
@@ -954,6 +1102,14 @@ def _dir_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and "\0" not in name
 
 
+def _read_party(job, path: Path, name: str, roles: dict[str, str], former_role: str | None = None) -> PartyLedger:
+    """:func:`read_ledger` with the job's floors, sizes, name and settings digest."""
+    from ..job.fingerprint import section_digests       # late: vfl.job imports this package
+    return read_ledger(path, name, roles, job.model.min_rows_per_release, job.name, job_sizes(job),
+                       former_role=former_role, settings=section_digests(job),
+                       min_bin_rows=job.preprocess.min_bin_rows if job.preprocess is not None else None)
+
+
 def audit_job(job) -> tuple[bool, str]:
     """Audit the ledgers of ``job``; returns (passed, report text)."""
     roles = {p.name: p.role for p in job.parties}
@@ -962,13 +1118,13 @@ def audit_job(job) -> tuple[bool, str]:
     for p in job.parties:
         path = job.output_dir(p.name) / LEDGER_FILE
         if path.is_file():
-            ledgers[p.name] = read_ledger(path, p.name, roles, job.model.min_rows_per_release, job.name,
-                                          job_sizes(job))
+            ledgers[p.name] = _read_party(job, path, p.name, roles)
     if not ledgers:
         return False, f"no ledger found under {job.workdir} (expected <workdir>/<party>/{LEDGER_FILE})"
     former, earlier = _former_ledgers(job, roles, ledgers)
     _cross_check({**ledgers, **former})
     _check_reported_rows(job, ledgers)
+    _check_reported_epochs(job, ledgers)
     _check_woe_reuse(job, ledgers)
     trainings = _check_noise(job, ledgers)
     missing = _missing_ledgers(job, ledgers)

@@ -162,11 +162,15 @@ class SpecChannel:
     ``sizes`` are the public sizes control ceilings are written in (:func:`vfl.protocol.spec.public_sizes`;
     by default the largest the settings allow). ``plan`` is a training's label-DP plan as its run set it
     (:func:`dp_plan`), recorded so the audit can count that training's epsilon after the job changed.
+    ``settings`` are the SHA-256 digests of the job's shared settings, by table
+    (:func:`vfl.job.fingerprint.section_digests`), recorded so the audit can tell these ledgers from
+    those of another run of a job with the same name.
     """
 
     def __init__(self, inner: Channel, roles: dict[str, str], *, ledger: Ledger | None = None,
                  task: str | None = None, job: str | None = None, resume: bool = False,
-                 sizes: dict[str, int] | None = None, plan: dict | None = None) -> None:
+                 sizes: dict[str, int] | None = None, plan: dict | None = None,
+                 settings: dict[str, str] | None = None) -> None:
         self.inner = inner
         self.roles = dict(roles)
         if inner.name not in self.roles:
@@ -182,7 +186,7 @@ class SpecChannel:
         if ledger is not None:
             ledger.append({"event": "open", "party": inner.name, "role": self.role, "task": task, "job": job,
                            "roles": self.roles, "resume": bool(resume), "sizes": self.sizes,
-                           **({"dp_plan": plan} if plan else {})})
+                           **({"dp_plan": plan} if plan else {}), **({"settings": settings} if settings else {})})
 
     @property
     def name(self) -> str:
@@ -386,9 +390,11 @@ def ledger_path(job, name: str) -> Path:
 def spec_channel(channel: Channel, job, name: str, task: str, resume: bool = False) -> SpecChannel:
     """``channel`` of party ``name`` of ``job``, checked against the spec and recorded in its ledger
     (``resume``: this run continues an interrupted one)."""
+    from ..job.fingerprint import section_digests       # late: vfl.job imports this package
     roles = {p.name: p.role for p in job.parties}
     return SpecChannel(channel, roles, ledger=Ledger(ledger_path(job, name)), task=task, job=job.name,
-                       resume=resume, sizes=job_sizes(job), plan=dp_plan(job) if task == "train" else None)
+                       resume=resume, sizes=job_sizes(job), plan=dp_plan(job) if task == "train" else None,
+                       settings=section_digests(job))
 
 
 def dp_plan(job) -> dict[str, float] | None:
