@@ -504,6 +504,9 @@ def _progress(verbose: bool) -> Iterator[None]:
 def _load_part(config: JobConfig, name: str) -> Part:
     """Party ``name``'s saved model part, read as the job's model family reads it (``vfl predict``)."""
     path = config.output_dir(name) / "model.json"
+    if config.model.encrypted_hosts and config.party(name).role == "host":    # kept, but it cannot score
+        from .models.model_file import EncryptedWidePart
+        return EncryptedWidePart.load(path, name)
     if config.model.type != "secureboost":
         return load_part(path, name)
     from .job.secureboost import tree_params

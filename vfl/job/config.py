@@ -13,7 +13,7 @@ import math
 import numbers
 import sys
 import unicodedata
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ class PartyConfig:
 DP_COEF_BITS = 12                 # backpropagated coefficients' fractional bits by default under label-DP
 GUEST_SHARE_WITH_TABLES = 0.5     # the default dp_guest_share when the guest embeds categorical columns
 BINNING_SHARE = 0.2               # the default dp_binning_share of a job with [preprocess]
+ENCRYPTED_HOST_EPOCHS = 16        # host_weights = "encrypted": fixed epochs (no early stopping), as measured
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,11 @@ class ModelConfig:
     patience: int = 3                        # epochs without a better validation score before stopping
     min_epochs: int = 0                      # decisions start after this many epochs (0: half of epochs)
     wide: bool = True                        # a weight per category, cross and numeric column, straight to the output
+    host_weights: str = "plain"              # "encrypted" (experimental, type = "embedding"): every host's tower is
+                                             # a wide table whose weights stay encrypted under the arbiter's key
+                                             # (docs/protocols.md, section 2, "Hosts with encrypted weights")
+    host_l2: float = 3.0                     # host_weights = "encrypted": the hosts' L2 penalty 0.5 * host_l2 *
+                                             # |w|^2 on the summed training loss (scikit-learn's 1 / C)
     guest_refit: str = "auto"                # "auto"/"on": after training the guest refits its own part on exact
                                              # labels with the hosts' scores fixed (embedding model); "off"
     refit_min_rows: int = 2                  # the refit's one-hot keeps values with this many training rows
@@ -146,7 +152,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         embedding = self.type == "embedding"
         if self.epochs == 0:
-            object.__setattr__(self, "epochs", (dp_epochs(self.dp_epsilon) if self.label_dp_on else 12)
+            object.__setattr__(self, "epochs", (ENCRYPTED_HOST_EPOCHS if self.encrypted_hosts else
+                                                dp_epochs(self.dp_epsilon) if self.label_dp_on else 12)
                                if embedding else 10)
         if self.learning_rate == 0.0:
             object.__setattr__(self, "learning_rate",
@@ -194,7 +201,8 @@ class ModelConfig:
     @property
     def early_stopping_on(self) -> bool:
         """Whether a validation slice picks the best epoch and stops training."""
-        return self.early_stopping == "on" or (self.early_stopping == "auto" and self.type == "embedding")
+        return self.early_stopping == "on" or (self.early_stopping == "auto" and self.type == "embedding"
+                                               and not self.encrypted_hosts)
 
     @property
     def guest_refit_on(self) -> bool:
@@ -204,7 +212,28 @@ class ModelConfig:
     @property
     def label_dp_on(self) -> bool:
         """Whether the arbiter adds Gaussian noise to every party's released sums (the guest's too)."""
-        return self.label_dp == "on" or (self.label_dp == "auto" and self.type == "embedding")
+        return self.label_dp == "on" or (self.label_dp == "auto" and self.type == "embedding"
+                                         and not self.encrypted_hosts)
+
+    @property
+    def encrypted_hosts(self) -> bool:
+        """Whether every host's weights stay encrypted under the arbiter's key (``host_weights = "encrypted"``):
+        no host ever gets a value decrypted, so label-DP noise and early stopping are off."""
+        return self.host_weights == "encrypted"
+
+
+ENCRYPTED_HOST_SETTINGS = ("host_weights", "host_l2")
+
+
+def model_settings(m: ModelConfig) -> dict:
+    """``asdict(m)`` as fingerprints hash it: without the ``host_weights = "encrypted"`` settings when they
+    are at their defaults, so every job's fingerprints (checkpoints, the parties' job digest) stay what they
+    were before the option existed."""
+    d = asdict(m)
+    if m.host_weights == "plain" and m.host_l2 == ModelConfig.host_l2:
+        for key in ENCRYPTED_HOST_SETTINGS:
+            del d[key]
+    return d
 
 
 MAX_NAME_BYTES = 200
@@ -351,7 +380,8 @@ FAMILY_SETTINGS: dict[str, tuple[str, ...]] = {
                      "min_category_rows", "dp_epsilon", "dp_delta", "dp_guest_share", "dp_binning_share",
                      "clip_norm"), GRADIENT_TYPES),
     # the embedding model's towers and the guest's refit
-    **dict.fromkeys(("embedding_dim", "hidden_units", "wide", "refit_min_rows"), ("embedding",)),
+    **dict.fromkeys(("embedding_dim", "hidden_units", "wide", "refit_min_rows", "host_weights", "host_l2"),
+                    ("embedding",)),
     # gradient-boosted trees
     **dict.fromkeys(("num_trees", "max_depth", "max_bin", "min_child_weight", "min_leaf_rows", "subsample",
                      "colsample", "host_root_splits"), ("secureboost",)),
@@ -630,6 +660,7 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError(f"[model] table_release must be 'epoch' or 'eager', got {m.table_release!r}")
     if m.label_dp not in ("auto", "on", "off"):
         raise ConfigError(f"[model] label_dp must be 'auto', 'on' or 'off', got {m.label_dp!r}")
+    _check_host_weights(m, set(given))
     if not m.dp_epsilon > 0 or not 0 < m.dp_delta < 1 or not m.clip_norm > 0 or not 0 < m.dp_guest_share < 1:
         raise ConfigError("[model] dp_epsilon and clip_norm must be > 0, dp_delta and dp_guest_share in (0, 1)")
     _check_magnitudes(m)
@@ -658,6 +689,30 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
         raise ConfigError(f"[model] encryption must be 'djn' or 'standard', got {m.encryption!r}")
     if m.randomness not in ("arbiter", "local"):
         raise ConfigError(f"[model] randomness must be 'arbiter' or 'local', got {m.randomness!r}")
+
+
+def _check_host_weights(m: ModelConfig, given: set[str]) -> None:
+    """``host_weights = "encrypted"`` (experimental): the embedding model only; label-DP and early stopping
+    cannot be asked for, since no host gets anything decrypted (nothing to noise) and a stop decision would
+    be the one label-dependent thing a host learns."""
+    if m.host_weights not in ("plain", "encrypted"):
+        raise ConfigError(f"[model] host_weights must be 'plain' or 'encrypted', got {m.host_weights!r}")
+    if not m.host_l2 >= 0 or m.host_l2 > MAX_L2:
+        raise ConfigError(f"[model] host_l2 must be in [0, {MAX_L2:g}], got {m.host_l2}")
+    if not m.encrypted_hosts:
+        if "host_l2" in given and m.host_l2 != ModelConfig.host_l2:
+            raise ConfigError('[model] host_l2 applies to host_weights = "encrypted" only: remove it')
+        return
+    if m.type != "embedding":
+        raise ConfigError(f'[model] host_weights = "encrypted" needs type = "embedding", got {m.type!r}')
+    if m.label_dp == "on":
+        raise ConfigError('[model] label_dp = "on" with host_weights = "encrypted": not needed, no host ever gets a '
+                          "value decrypted (its weights, scores and gradient sums stay ciphertexts under the "
+                          "arbiter's key), so there is nothing to noise; use label_dp = \"auto\" or \"off\"")
+    if m.early_stopping == "on":
+        raise ConfigError('[model] early_stopping = "on" with host_weights = "encrypted": the stop decision would be '
+                          "the one value depending on the labels that reaches a host; training runs its fixed "
+                          'epochs (use early_stopping = "auto" or "off")')
 
 
 def _check_tower_size(m: ModelConfig) -> None:
@@ -778,6 +833,9 @@ def _parse_job(raw: dict, path: Path) -> JobConfig:
     scorecard = _scorecard(_table(raw.get("scorecard", {}), "scorecard"))
     if preprocess is not None:
         _check_preprocess(preprocess, model)
+        if model.encrypted_hosts:
+            raise ConfigError('[preprocess] with [model] host_weights = "encrypted" is not built: a host with encrypted '
+                              "weights bins its numeric columns itself (10 quantile bins)")
     tls = _table(raw.get("tls", {}), "tls")
     _check_keys(tls, {"ca"}, "tls")
     serving = _dataclass_from(ServingConfig, _table(raw.get("serving", {}), "serving"), "serving")

@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict
 from typing import Any
 
-from .config import JobConfig
+from .config import JobConfig, model_settings
 
 SECTIONS = ("job", "parties", "model", "preprocess", "scorecard")
 """Tables of the fingerprint, each hashed on its own so a mismatch can name the table."""
@@ -35,7 +35,7 @@ def shared_settings(job: JobConfig) -> dict[str, Any]:
         "parties": [{"role": p.role, "name": p.name,
                      "categorical_columns": list(p.categorical_columns),
                      "crosses": [list(c) for c in p.crosses]} for p in job.parties],
-        "model": asdict(job.model),
+        "model": model_settings(job.model),
         "preprocess": None if job.preprocess is None else asdict(job.preprocess),
         "scorecard": asdict(job.scorecard),
     }

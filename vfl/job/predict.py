@@ -20,7 +20,7 @@ from .config import JobConfig, PartyConfig, binned
 from ..io.files import write_csv_atomically
 from ..io.tables import has_labels, load_table
 from ..evaluation.metrics import binary_metrics, gains_table
-from ..models.model_file import load_part
+from ..models.model_file import ENCRYPTED_REFUSAL, ModelFileError, load_part
 from ..psi import write_intersection
 from .cohorts import keep_host_cohort, training_overlap
 from .alignment import run_psi
@@ -72,6 +72,8 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if job.model.type == "secureboost":
         from .secureboost import predict_guest as secureboost_guest
         return secureboost_guest(job, channel)
+    if job.model.type == "embedding" and job.model.encrypted_hosts:    # the hosts' weights are ciphertexts
+        raise ModelFileError(ENCRYPTED_REFUSAL)
     g = job.guest
     out = job.output_dir(g.name)
     model = load_part(out / "model.json", g.name)
@@ -114,6 +116,8 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     if job.model.type == "secureboost":
         from .secureboost import predict_host as secureboost_host
         return secureboost_host(job, name, channel)
+    if job.model.type == "embedding" and job.model.encrypted_hosts:    # the hosts' weights are ciphertexts
+        raise ModelFileError(ENCRYPTED_REFUSAL)
     h = job.party(name)
     out = job.output_dir(name)
     model = load_part(out / "model.json", name)

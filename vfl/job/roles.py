@@ -35,6 +35,7 @@ from ..models.vocab import Vocabulary
 from ..psi import write_intersection
 from .alignment import run_psi
 from .identity import receive_model_id, send_model_id, training_model_id
+from ..models.encrypted_host import guest_host_sum
 from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
 from ..preprocess.scorecard import model_scaling
 from ..preprocess.split import Standardizer, split_mask
@@ -68,7 +69,12 @@ def _party_list(job: JobConfig) -> list[str]:
 def check_resume_parties(job: JobConfig, name: str) -> None:
     """Refuse a resume whose job file lists other parties than party ``name``'s checkpoint was saved
     with, before the party opens its network or its ledger: a refused run then records nothing (no run
-    with another party list for ``vfl audit`` to hold against the job). Raises ``CheckpointError``."""
+    with another party list for ``vfl audit`` to hold against the job). Raises ``CheckpointError``; always for
+    ``host_weights = "encrypted"``, whose hosts' encrypted weights are not checkpointed."""
+    if job.model.type == "embedding" and job.model.encrypted_hosts:
+        from ..models.checkpoint import CheckpointError
+        from ..models.guest import RESUME_REFUSED
+        raise CheckpointError(RESUME_REFUSED)
     check_parties(job.output_dir(name) / "checkpoint.json", _party_list(job))
 
 
@@ -162,6 +168,9 @@ def _refit(job: JobConfig, part: "TowerPart", data: PartyTable, host_sum: np.nda
 
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
+    if resume and job.model.type == "embedding" and job.model.encrypted_hosts:
+        from ..models.guest import RESUME_REFUSED
+        raise ValueError(RESUME_REFUSED)
     if job.model.type == "secureboost":
         from .secureboost import run_guest as secureboost_guest
         _drop_scorecard(job, job.guest.name)          # trees write no points table
@@ -207,7 +216,8 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     part = _model_part(g, model_data, std, tower, vocabs, model.params_, prep)
     part.model_id = model_id
     with timings("predict"):
-        host_sum = guest_sum_scores(channel, job.host_names, len(data.ids))
+        host_sum = (guest_host_sum(channel, job.host_names, job.arbiter.name, model.public_key_, len(data.ids))
+                    if job.model.encrypted_hosts else guest_sum_scores(channel, job.host_names, len(data.ids)))
     refit = None
     if job.model.guest_refit_on and isinstance(part, TowerPart):
         with timings("refit"):       # after the hosts' last release: nothing of it reaches a host
@@ -227,7 +237,10 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         "train": binary_metrics(data.labels[train], score[train]),
         "test": binary_metrics(data.labels[test], score[test]),
         "validation": model.validation_,
-        "loss_history": model.loss_history_, "epochs_run": len(model.loss_history_),
+        # host_weights = "encrypted": no loss is computed (no host can form its part), so no history
+        "loss_history": None if job.model.encrypted_hosts else model.loss_history_,
+        "epochs_run": model.epochs_run_ if job.model.encrypted_hosts else len(model.loss_history_),
+        "host_weights": job.model.host_weights,
         "epoch_seconds": [None if s is None else round(s, 3) for s in model.epoch_seconds_],
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,
@@ -274,6 +287,8 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
         common = run_psi(job, name, channel, table.ids)
     out = job.output_dir(name)
     data, test = _aligned(job, name, table, common)
+    if job.model.encrypted_hosts:
+        return _run_encrypted_host(job, h, channel, table, common, data, test, timings)
     valid = validation_rows(common, test, job.model, job.seed)
     prep = None
     if job.preprocess is not None:
@@ -320,6 +335,51 @@ def run_host(job: JobConfig, name: str, channel: Channel) -> dict:
     return report
 
 
+def scoring_bound(n_train: int, test_fraction: float) -> int:
+    """The most aligned rows the arbiter decrypts scores of after training: the training rows are about
+    ``1 - test_fraction`` of them (a keyed hash splits), so twice that share bounds them loosely. Only a
+    resource bound: what it decrypts is uniform mod n to it."""
+    return int(2 * n_train / max(1.0 - test_fraction, 1e-3)) + 1024
+
+
+def _run_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel, table: PartyTable, common: np.ndarray,
+                        data: PartyTable, test: np.ndarray, timings: Stopwatch) -> dict:
+    """A host with encrypted weights (``host_weights = "encrypted"``): its wide tables from its own training
+    rows (no validation rows: early stopping is off), training with its weights as ciphertexts, its part
+    saved as ciphertexts, and its encrypted scores of every aligned row sent to the guest."""
+    from ..models.encrypted_host import EncryptedWideHost, host_send_encrypted_scores, weights_hex
+    from ..models.model_file import EncryptedWidePart
+    from ..models.wide import WideTower, fit_encoding
+    train = ~test
+    encoding = fit_encoding(data, train, h.crosses, job.model.min_category_rows, job.model.hash_buckets)
+    tower = WideTower([v.size for v in encoding.vocabs])
+    codes = encoding.codes(data)
+    log.info("%s: encrypted wide tower, %d tables, %d weights", h.name, len(tower.sizes), tower.n_params)
+    model = EncryptedWideHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
+                              tower=tower)
+    model_id = receive_model_id(job, channel, prefix_for(job.model.type))
+    with timings("train"):
+        model.fit(channel, codes[train])
+    part = EncryptedWidePart(h.name, list(data.columns), list(data.categorical_columns), encoding.to_dict(),
+                             weights_hex(model.weights_), model_id)
+    _drop_scorecard(job, h.name)
+    part.save(job.output_dir(h.name) / "model.json")
+    with timings("predict"):
+        host_send_encrypted_scores(channel, job.guest.name, tower, model.weights_, codes)
+    report = {"party": h.name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
+              "train_rows": int(train.sum()), "validation_rows": 0, "test_rows": int(test.sum()),
+              "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds,
+              "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
+              "smallest_release_rows": None, "host_weights": "encrypted", "weights": tower.n_params}
+    from ..evaluation.collect import host_figures     # PSI of its own columns, train against test
+    from ..evaluation.host_report import write_host_report
+    report.update(host_figures(data.columns, data.features, data.categorical_columns, data.categorical, test,
+                               train=train))
+    write_json(job.output_dir(h.name) / "report.json", report)
+    write_host_report(job, h.name)
+    return report
+
+
 def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     """The arbiter's job. Like the hosts, it follows the guest's plan when resuming."""
     if job.model.type == "secureboost":         # two roles: the guest holds the key
@@ -330,6 +390,8 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
     arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names,
                        validation=job.model.early_stopping_on).fit(
         channel, checkpoint=_checkpoint(job, job.arbiter.name))
+    if job.model.encrypted_hosts:      # the guest's masked sum of the hosts' scores of the aligned rows
+        arb.score_hosts(channel, scoring_bound(arb.n_train_, job.test_fraction))
     report = {"epochs_run": arb.epochs_run_, "key_bits": job.model.key_bits,      # it never learns the loss
               "label_dp": {**label_dp_summary(job.model, len(arb.noised_epochs_), len(job.hosts)),
                            "noised_releases": arb.noised_releases_, "noise_sd": arb.noise_sd_,

@@ -30,6 +30,7 @@ from ..protocol.messages import BigInts
 from ..protocol.spec import batch_count, batch_sizes
 from .checkpoint import Checkpoint, CheckpointError, NoiseLedger, TrainingState, start_epochs
 from .common import LOSS_FRAC_BITS, X_FRAC_BITS, expect_encrypted, prefix_for, step
+from .key_holder import RESCALE, arbiter_decrypt_sum, arbiter_rescale
 from .privacy import plan_for
 from .randomness import ZeroSupply
 from .validation import check_decision
@@ -169,6 +170,15 @@ class SplitArbiter:
         self.noise_sd_: dict[str, float] = {}     # the standard deviation drawn per party (audited)
         self.noised_epochs_: list[int] = []       # every epoch run with noised releases, replays included
         self._rng = SecureGenerator()     # the OS CSPRNG: no party can predict the noise from other draws
+        self._sk = None
+        self.n_train_: int | None = None
+
+    def score_hosts(self, channel: Channel, max_values: int) -> int:
+        """``host_weights = "encrypted"``: after training, decrypt the guest's masked sum of the hosts'
+        scores of the aligned rows (:func:`vfl.models.key_holder.arbiter_decrypt_sum`)."""
+        if self._sk is None:
+            raise RuntimeError("score_hosts: no training with host_weights = \"encrypted\" ran")
+        return arbiter_decrypt_sum(channel, self._sk, self.guest, max_values)
 
     def epsilon_spent(self) -> float | None:
         """Label-DP epsilon spent so far, against everything any host sees (None when label-DP is off)."""
@@ -192,6 +202,7 @@ class SplitArbiter:
             log.warning("generating a %d-bit Paillier key: for tests only, use 2048 or more in production",
                         m.key_bits)
         pk, sk = keypair or generate_keypair(m.key_bits)
+        self._sk = sk if m.encrypted_hosts else None       # the scoring round after training needs it
         for party in (self.guest, *self.hosts):
             channel.send(party, f"{pre}/public_key", pk.to_dict())
         plan = check_plan(channel.recv(self.guest, f"{pre}/plan"), m, self.guest, f"{pre}/plan")
@@ -248,7 +259,8 @@ class SplitArbiter:
             counted = False
             loss = 0            # the epoch's masked batch losses, added mod n: uniform, as each of them is
             for b in range(batches):
-                for party in (self.guest, *self.hosts):
+                releasing = (self.guest,) if m.encrypted_hosts else (self.guest, *self.hosts)
+                for party in releasing:
                     tag = step(pre, epoch, b, "masked_grad")
                     enc = channel.recv(party, tag)
                     if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
@@ -268,13 +280,19 @@ class SplitArbiter:
                         plain = (plain + self._noise(party, len(plain), pk.bits)) % pk.n
                         self.noised_releases_[party] += 1
                     channel.send(party, tag + "_plain", BigInts.of(plain, width))
+                if m.encrypted_hosts:     # each host's weights back to their scale; it gets ciphertexts only
+                    for h in self.hosts:
+                        arbiter_rescale(channel, sk, h, limits[h], step(pre, epoch, b, RESCALE))
                 if b + 1 < batches:      # made while this batch ran; each party needs them next
                     send_zeros(epoch, b + 1)
+                if m.encrypted_hosts:     # no loss: hosts with encrypted weights cannot form their part of it
+                    continue
                 tag = step(pre, epoch, b, "enc_loss")
                 masked = expect_encrypted(channel.recv(self.guest, tag), pk, (1,), "masked loss", LOSS_FRAC_BITS,
                                           peer=self.guest, step=tag)
                 loss = (loss + int(sk.decrypt_raw(masked.ciphertexts)[0])) % pk.n
-            channel.send(self.guest, f"{pre}/e{epoch}/loss_plain", BigInts.of([loss], width))
+            if not m.encrypted_hosts:
+                channel.send(self.guest, f"{pre}/e{epoch}/loss_plain", BigInts.of([loss], width))
             early = False
             if self.validation:        # the guest's decision on its validation rows (noised with label-DP)
                 tag = f"{pre}/e{epoch}/valid_decision"
@@ -282,8 +300,9 @@ class SplitArbiter:
                 with from_peer(self.guest, tag):
                     early = check_decision(said, tag)["stop"]
             # the guest's tolerance rule on the loss it unmasked (always false with label-DP)
-            converged = check_converged(channel.recv(self.guest, f"{pre}/e{epoch}/converged"),
-                                        f"{pre}/e{epoch}/converged", m.label_dp_on, self.guest)
+            converged = False if m.encrypted_hosts else check_converged(
+                channel.recv(self.guest, f"{pre}/e{epoch}/converged"), f"{pre}/e{epoch}/converged", m.label_dp_on,
+                self.guest)
             # a replayed epoch spent an epoch's budget too: training ends when the plan's epochs are noised
             spent = ledger is not None and len(ledger.epochs) >= m.epochs and epoch < epochs - 1
             if spent:
@@ -304,3 +323,4 @@ class SplitArbiter:
             if stop:
                 break
             send_zeros(epoch + 1, 0)
+        self.n_train_ = plan["n_train"]

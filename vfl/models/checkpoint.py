@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..job.config import ModelConfig
+from ..job.config import ModelConfig, model_settings
 from ..io.files import write_atomically, write_json
 from .optim import restore_optimizer
 
@@ -63,7 +63,7 @@ def fingerprint_parts(job_name: str, party: str, model: ModelConfig, *rows, valu
     """
     # under label-DP the epochs set every epoch's noise, so they may not change
     may_change = ("tolerance", "min_epochs") if model.label_dp_on else ("epochs", "tolerance", "min_epochs")
-    kept = {k: v for k, v in asdict(model).items() if k not in may_change}
+    kept = {k: v for k, v in model_settings(model).items() if k not in may_change}
     parts = {"settings": _hash_parts([json.dumps([job_name, party, kept, settings or {}], sort_keys=True,
                                                  default=str)]),
              "rows": _hash_parts(rows), "values": _hash_parts(values)}

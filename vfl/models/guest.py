@@ -26,6 +26,8 @@ from .trainer import TowerTrainer, as_input
 from .validation import EarlyStopping, Validation, early_stopping_for
 
 log = logging.getLogger("vfl.train")
+RESUME_REFUSED = ('--resume with host_weights = "encrypted" is not built: a host\'s encrypted weights are not '
+                  "checkpointed; train afresh (without --resume)")
 
 
 class SplitGuest:
@@ -50,6 +52,8 @@ class SplitGuest:
         self.epoch_seconds_: list[float | None] = []    # indexed by epoch (None: a resumed run's unknown)
         self.smallest_release_: int | None = None
         self.noised_epochs_: int | None = None         # label-DP: epoch runs noised, as the arbiter counts
+        self.epochs_run_ = 0
+        self.public_key_: PublicKey | None = None
         self.timings_ = Stopwatch()
 
     @property
@@ -72,6 +76,7 @@ class SplitGuest:
         tag = f"{pre}/public_key"
         pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption,
                              check=lambda k: check_public_key(k, m))
+        self.public_key_ = pk
         n = len(x)
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         if not m.label_dp_on:
@@ -83,6 +88,8 @@ class SplitGuest:
         best = None
         try:
             start = saved = 0
+            if resume and m.encrypted_hosts:
+                raise ValueError(RESUME_REFUSED)
             if not resume and checkpoint is not None:    # a fresh training: nothing of an earlier one may stay
                 checkpoint.clear()
             if resume and checkpoint is not None and not checkpoint.path.is_file():
@@ -125,11 +132,13 @@ class SplitGuest:
                 if stopping is not None:
                     is_best = self._validate(channel, trainer, validation, stopping, pre, epoch)
                     best = trainer.params.copy() if is_best else best
-                self._epoch_loss(channel, pk, pre, epoch, masks, n)
+                if not m.encrypted_hosts:       # no host can form u_h . [[d]]: no loss (docs/protocols.md)
+                    self._epoch_loss(channel, pk, pre, epoch, masks, n)
                 decision = self._decision(channel, pre, epoch)
                 self.epoch_seconds_.append(time.perf_counter() - t0)
-                log.info("epoch %d/%d  loss %.6f  %.1f s", epoch + 1, m.epochs, self.loss_history_[-1],
-                         self.epoch_seconds_[-1])
+                self.epochs_run_ = epoch + 1
+                log.info("epoch %d/%d  loss %s  %.1f s", epoch + 1, m.epochs,
+                         f"{self.loss_history_[-1]:.6f}" if self.loss_history_ else "n/a", self.epoch_seconds_[-1])
                 for h in self.hosts:            # every host has saved this epoch: now the guest may
                     self._saved(channel, h, pre, epoch, decision["stop"])
                 if checkpoint is not None:
@@ -243,6 +252,8 @@ class SplitGuest:
         with lap("arbiter_round"):
             grad = trainer.release(channel, self.arbiter, pk, blocks, sums, n_b, step(pre, epoch, b, "masked_grad"),
                                    rows, last=b == n_batches - 1)
+        if self.model.encrypted_hosts:      # hosts with encrypted weights cannot form u_h . [[d]]: no loss
+            return grad, 0
         # loss = l(a) + g.U_H + 0.5 sum h U_H^2 = l(a) + 0.5 g.U_H + 0.5 sum_h u_h.d  (+ L2 terms)
         with lap("loss"):
             enc_loss = enc_uh.rmatmul(g[:, None], x_frac_bits=X_FRAC_BITS)

@@ -434,11 +434,56 @@ def _read(path: Path) -> dict:
         return d
 
 
+ENCRYPTED_FORMAT, ENCRYPTED_VERSION = "vfl-encrypted-wide-part", 1
+ENCRYPTED_REFUSAL = ('a host with encrypted weights (host_weights = "encrypted") needs the arbiter to score new rows; '
+                     "not built yet")
+
+
+@dataclass
+class EncryptedWidePart:
+    """A host's part with its weights encrypted under the arbiter's key (``host_weights = "encrypted"``): its
+    tables (vocabularies, crosses, numeric bin edges) and the weights as hex ciphertexts with the key's
+    fingerprint, so nothing of the training is lost. The host cannot read its weights: scoring new rows needs
+    the arbiter, which is not built (``vfl predict`` and ``vfl serve`` refuse such a part)."""
+
+    party: str
+    numeric_columns: list[str]
+    categorical_columns: list[str]
+    encoding: dict                 # vfl.models.wide.WideEncoding.to_dict()
+    weights: dict                  # vfl.models.encrypted_host.weights_hex()
+    model_id: str | None = None
+    role: str = "host"
+
+    def to_dict(self) -> dict:
+        d = {"format": ENCRYPTED_FORMAT, "version": ENCRYPTED_VERSION, "role": self.role, "party": self.party,
+             "numeric_columns": list(self.numeric_columns), "categorical_columns": list(self.categorical_columns),
+             "encoding": self.encoding, "weights": self.weights}
+        put_model_id(d, self.model_id)
+        return d
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path, party: str) -> "EncryptedWidePart":
+        """The part at ``path`` as saved (for reports and the Python API; not for scoring)."""
+        d = _read(path)
+        with _checked(path):
+            if d.get("format") != ENCRYPTED_FORMAT or d.get("version") != ENCRYPTED_VERSION:
+                raise ModelFileError(f"{path} is no encrypted wide part (format {ENCRYPTED_FORMAT!r})")
+            _owner(d, path, party)
+            return cls(d["party"], list(d["numeric_columns"]), list(d["categorical_columns"]), d["encoding"],
+                       d["weights"], read_model_id(d, path))
+
+
 def load_part(path: Path, party: str) -> "ModelPart | TowerPart":
     """A party's saved model part, whichever model family wrote it, checked before it is used: every
-    problem is a :class:`ModelFileError` naming ``path``."""
+    problem is a :class:`ModelFileError` naming ``path``. A host part with encrypted weights cannot score:
+    refused (:data:`ENCRYPTED_REFUSAL`)."""
     d = _read(path)
     with _checked(path):
+        if d.get("format") == ENCRYPTED_FORMAT:
+            raise ModelFileError(f"{path}: {ENCRYPTED_REFUSAL}")
         if d.get("format") == TOWER_FORMAT:
             return TowerPart.from_dict(d, path, party)
         return ModelPart.from_dict(d, path, party)

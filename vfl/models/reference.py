@@ -122,3 +122,43 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
         if stop or (not model.label_dp_on and len(history) > 1 and abs(history[-2] - history[-1]) < model.tolerance):
             break
     return (params if best is None else best), history
+
+
+def fit_encrypted_twin(guest_tower, guest_input, host_towers: list, host_codes: list[np.ndarray], y01: np.ndarray,
+                       model: ModelConfig, seed: int, init_seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``host_weights = "encrypted"`` in plaintext: the guest's tower as :func:`fit_twin` trains it without
+    label-DP (its exact released sums, the row floor, its optimiser) and every host's
+    :class:`~vfl.models.wide.WideTower` on ``w <- w * decay - step * S`` with the protocol's fixed-point
+    factors (:func:`vfl.models.wide.update_factors`), ``S`` the batch's residual summed per entry. The
+    encrypted roles differ from it only by the fixed-point encodings and the rescaling's one unit at 2^-40
+    per step. Returns the guest's parameters and every host's weights."""
+    from .backprop import buffer_plain
+    from .release import ReleaseBuffer, group_released
+    from .trainer import table_release_rows
+    from .wide import preconditioner, update_factors
+    model = model.resolved(len(y01))
+    n = len(y01)
+    n_batches = len(batch_schedule(n, model.batch_size, seed, 0))
+    gp = guest_tower.init_params(init_seed)
+    opt = make_optimizer(model.optimizer, model.learning_rate)
+    l2 = model.l2 * guest_tower.l2_mask()
+    buffer = ReleaseBuffer(model.min_rows_per_release, np.add, table_rows=table_release_rows(model), live_only=True)
+    factors = [update_factors(preconditioner(t.column_counts(c), n_batches, len(t.sizes), model.host_l2),
+                              model.host_l2, n_batches) for t, c in zip(host_towers, host_codes)]
+    weights = [t.init_params() for t in host_towers]
+    for epoch in range(model.epochs):
+        schedule = batch_schedule(n, model.batch_size, seed, epoch)
+        for b, rows in enumerate(schedule):
+            a, cache = guest_tower.forward(gp, guest_input.take(rows))
+            U = sum(t.forward(w, c[rows]) for t, w, c in zip(host_towers, weights, host_codes))
+            g, h, _ = expansion_terms(a, y01[rows], model.approximation)
+            d = g + h * U
+            buffer_plain(buffer, guest_tower.blocks(gp, cache), d, model.backprop_bits)
+            items = buffer.pop_ready(last=b == len(schedule) - 1)
+            grad = guest_tower.gradient(gp, group_released(items, [it[3] for it in items]), len(rows))
+            gp = opt.step(gp, grad + l2 * gp)
+            for i, (t, c, (decay, step)) in enumerate(zip(host_towers, host_codes, factors)):
+                s = np.bincount(t.index(c[rows]).ravel(), weights=np.repeat(d, len(t.sizes)), minlength=t.n_params)
+                weights[i] = weights[i] * decay - step * s
+        buffer.clear()
+    return gp, weights

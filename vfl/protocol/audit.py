@@ -58,12 +58,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ledger import GENESIS, LEDGER_FILE, job_sizes, line_hash
-from .spec import (AGGREGATE, CLASSES, CLEAR, DECLARES, RELEASE, ROLES, ROWS_EVENT, TASK_PHASES, UNFLOORED,
-                   SpecViolation, StepSpec, check_size, find, public_sizes)
+from .spec import (AGGREGATE, BLINDED, CIPHERTEXTS, CLASSES, CLEAR, CONTROL, DECLARES, POSITIONS, PUBLIC, RELEASE,
+                   ROLES, ROWS_EVENT, TASK_PHASES, UNFLOORED, SpecViolation, StepSpec, check_size, find,
+                   public_sizes)
 
 # In a training run the guest learns the hosts' summed scores of the aligned rows here, then refits
 # its own part on exact labels (docs/protocols.md, "The guest's refit"): it may send hosts nothing after.
 SCORED_STEP = "predict/u_h_share"
+# host_weights = "encrypted": the hosts' scores of the aligned rows go to the guest as ciphertexts here
+ENCRYPTED_SCORED_STEP = "predict/enc_u"
+# host_weights = "encrypted": what a host may receive; anything else (a release, a masked value, a share) would
+# be a decrypted value, which such a host must never get (docs/protocols.md, "Hosts with encrypted weights")
+ENCRYPTED_HOST_CLASSES = (PUBLIC, CONTROL, CIPHERTEXTS, BLINDED, POSITIONS)
 # What the sender's and the receiver's line of one message must agree on besides step and payload hash:
 # a party that understates what it received (fewer values, another kind) is caught by its peer's line.
 DESCRIPTOR = ("kind", "dtype", "shape", "values", "bytes", "frac_bits", "class", "columns", "cells")
@@ -500,7 +506,7 @@ def _check_message(led: PartyLedger, entry: dict, where: str, roles: dict, task,
                             f"its scores of the aligned rows ({SCORED_STEP}): what the guest computes from then "
                             "on (its refit on exact labels) is outside the hosts' label-DP guarantee, so nothing "
                             "may reach a host")
-    if task == "train" and step == SCORED_STEP:
+    if task == "train" and step in (SCORED_STEP, ENCRYPTED_SCORED_STEP):
         run.scored = True
     rows = entry.get("rows")
     msg = Msg(str(step), entry.get("sha256"), where, {k: entry.get(k) for k in DESCRIPTOR}, rows,
@@ -814,8 +820,10 @@ def _check_reported_epochs(job, ledgers: dict[str, PartyLedger]) -> None:
     epoch releases sums to the parties, so the ledgers' last training must show releases in at least
     that many epochs (the arbiter's figure in some party's ledger, a host's in its own). Without this,
     ledgers cut back consistently (to their ``open`` lines, or to before the training) agree with one
-    another and pass. SecureBoost releases no sums by epoch (its reports count trees): not checked.
-    A ledger with a problem already fails the audit and is left out (its lines stop at the damage)."""
+    another and pass. SecureBoost releases no sums by epoch (its reports count trees): not checked; nor
+    are the reports of hosts with encrypted weights, which never get a release (the arbiter's figure is
+    still checked, against the guest's releases). A ledger with a problem already fails the audit and is
+    left out (its lines stop at the damage)."""
     clean = [led for led in ledgers.values() if not led.problems]
     if job.model.type == "secureboost" or not clean:
         return
@@ -823,7 +831,8 @@ def _check_reported_epochs(job, ledgers: dict[str, PartyLedger]) -> None:
     reports = [(job.output_dir(job.arbiter.name) / "training.json", arbiter, "the parties' ledgers show",
                 max(map(_epochs_shown, clean)))]
     reports += [(job.output_dir(h.name) / "report.json", ledgers[h.name], f"{h.name}'s ledger shows",
-                 _epochs_shown(ledgers[h.name])) for h in job.hosts if ledgers.get(h.name) in clean]
+                 _epochs_shown(ledgers[h.name])) for h in job.hosts
+                if ledgers.get(h.name) in clean and not job.model.encrypted_hosts]
     for path, led, whose, seen in reports:
         try:
             report = _read_report(path)
@@ -1110,6 +1119,22 @@ def _read_party(job, path: Path, name: str, roles: dict[str, str], former_role: 
                        min_bin_rows=job.preprocess.min_bin_rows if job.preprocess is not None else None)
 
 
+def _check_encrypted_hosts(job, ledgers: dict[str, PartyLedger]) -> None:
+    """With ``host_weights = "encrypted"`` a host must never get a value decrypted: everything it receives is
+    public, a control word or a ciphertext (PSI's blinded points and positions aside). A release, a masked
+    value or a share reaching it is a problem: its view would then depend on the labels otherwise than
+    through ciphertexts."""
+    if job.model.type != "embedding" or not job.model.encrypted_hosts:
+        return
+    for led in ledgers.values():
+        if led.role != "host":
+            continue
+        for cls in sorted(set(led.received) - set(ENCRYPTED_HOST_CLASSES)):
+            led.problems.append(f"{led.name} has encrypted weights (host_weights = \"encrypted\") but received "
+                                f"{led.received[cls].messages} message(s) of class {CLASSES[cls]!r}: such a host "
+                                "must never get a decrypted value")
+
+
 def audit_job(job) -> tuple[bool, str]:
     """Audit the ledgers of ``job``; returns (passed, report text)."""
     roles = {p.name: p.role for p in job.parties}
@@ -1123,6 +1148,7 @@ def audit_job(job) -> tuple[bool, str]:
         return False, f"no ledger found under {job.workdir} (expected <workdir>/<party>/{LEDGER_FILE})"
     former, earlier = _former_ledgers(job, roles, ledgers)
     _cross_check({**ledgers, **former})
+    _check_encrypted_hosts(job, ledgers)
     _check_reported_rows(job, ledgers)
     _check_reported_epochs(job, ledgers)
     _check_woe_reuse(job, ledgers)

@@ -202,6 +202,14 @@ _TABLE: list[StepSpec] = ([
     StepSpec("masked_grad_plain", _BATCH + r"masked_grad_plain", "arbiter", "host", AGGREGATE, ("bigints",),
              "its own released gradient sums, each over at least min_rows_per_release rows, with label-DP "
              "noise when on", TRAIN, rows=RELEASE),
+    # host_weights = "encrypted" (vfl/models/encrypted_host.py): a host's weights back to their scale
+    StepSpec("rescale", _BATCH + r"rescale", "host", "arbiter", MASKED, ("encrypted",),
+             "nothing of the weights: the host's updated weights packed, each slot plus the host's mask uniform in "
+             "[0, 2^(b + 80)), so every slot it decrypts is within 2^-79 of uniform whatever the weights; how many "
+             "weights the host has (host_weights = \"encrypted\")", TRAIN),
+    StepSpec("rescale_enc", _BATCH + r"rescale_enc", "arbiter", "host", CIPHERTEXTS, ("encrypted",),
+             "nothing: fresh ciphertexts under the arbiter's key of its masked weights shifted to 40 fractional "
+             "bits, which it unmasks homomorphically (host_weights = \"encrypted\")", TRAIN),
     StepSpec("enc_loss", _BATCH + r"enc_loss", "guest", "arbiter", MASKED, ("encrypted",),
              "nothing: the batch's approximated loss plus the guest's uniform mask mod n (one value, which the "
              "arbiter only adds to the epoch's others)", TRAIN),
@@ -287,6 +295,16 @@ _TABLE: list[StepSpec] = ([
     StepSpec("predict/u_h_share", r"predict/u_h_share", "host", "guest", SHARE, ("array",),
              "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
              "scores per row (a single host's score when there is one host)", SCORE, dtype=_U64),
+    # ------------------------------------------------------------------ scoring with encrypted host weights
+    StepSpec("predict/enc_u", r"predict/enc_u", "host", "guest", CIPHERTEXTS, ("encrypted",),
+             "nothing: [[u_h]] of every aligned row under the arbiter's key, re-randomised by the host "
+             "(host_weights = \"encrypted\")", SCORE),
+    StepSpec("predict/masked_sum", r"predict/masked_sum", "guest", "arbiter", MASKED, ("encrypted",),
+             "uniform values mod n, independent of the scores; how many aligned rows (packed) "
+             "(host_weights = \"encrypted\")", SCORE),
+    StepSpec("predict/masked_sum_plain", r"predict/masked_sum_plain", "arbiter", "guest", SHARE, ("bigints",),
+             "with its own masks removed: the sum of the hosts' scores of every aligned row, what the shares of "
+             "predict/u_h_share give it otherwise (host_weights = \"encrypted\")", SCORE),
     # ------------------------------------------------------------------ online scoring (vfl/serving/roles.py)
     StepSpec("serve/hello", r"serve/hello", "host", "guest", PUBLIC, ("control",),
              "the SHA-256 of the host's model part and the model_id of the training it came from; a fresh X25519 "

@@ -65,7 +65,8 @@ from ..io.tables import MAX_ID_LENGTH, PartyTable
 from ..job.config import ConfigError, JobConfig
 from ..job.config import binned
 from ..models.common import sigmoid
-from ..models.model_file import OtherTraining, TowerPart, _without_dropped, check_same_training, load_part
+from ..models.model_file import (ENCRYPTED_REFUSAL, OtherTraining, TowerPart, _without_dropped, check_same_training,
+                                 load_part)
 from ..models.scoring import RelayAuth, _key_entry, relay_authentication, signed_bytes
 from ..protocol.channel import ProtocolError
 from ..protocol.spec import is_model_id
@@ -92,6 +93,8 @@ def check_servable(job: JobConfig) -> None:
     if job.model.type not in SERVED_MODELS:
         raise ConfigError(f"vfl serve scores {', '.join(SERVED_MODELS)} models; this job trains "
                           f"{job.model.type!r} (score it in batches with `vfl predict`)")
+    if job.model.type == "embedding" and job.model.encrypted_hosts:
+        raise ConfigError(ENCRYPTED_REFUSAL)
 
 
 def serving_dir(job: JobConfig, name: str):

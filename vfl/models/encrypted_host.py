@@ -1,0 +1,165 @@
+"""Hosts whose weights stay encrypted under the arbiter's key (``host_weights = "encrypted"``, experimental).
+
+What each role computes and sends (docs/protocols.md, section 2, "Hosts with encrypted
+weights"; the arithmetic of ``benchmarks/bench_encrypted_wide.py``). Per batch a host
+
+1. forms ``[[u_i]]``, the product of row ``i``'s weight ciphertexts (a sum of table
+   entries, :class:`~vfl.models.wide.WideTower`), re-randomised with the arbiter's
+   zeros, and sends it as ``enc_u`` (unchanged on the wire);
+2. takes the guest's ``[[d]]`` and forms ``[[S_j]]``, the product of ``[[d_i]]`` over
+   the batch's rows in entry ``j`` (never released);
+3. updates ``[[w]] <- [[w]] * decay - step * [[S]]`` at 88 fractional bits, with a
+   label-free preconditioner from its own row counts (:mod:`vfl.models.wide`);
+4. brings the weights back to 40 fractional bits through the arbiter
+   (:mod:`crypto.rescale`): it sends them packed and statistically masked
+   (``rescale``) and gets fresh ciphertexts back (``rescale_enc``).
+
+A host so receives ciphertexts, public sizes and when training stops, nothing
+else; the arbiter sees masked slots. At the end the guest learns the hosts'
+summed score of every aligned row through the arbiter (``predict/enc_u``,
+``predict/masked_sum``, ``predict/masked_sum_plain``), as it learns it today
+through the secure sum.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from crypto import EncryptedArray, PublicKey
+from crypto.histogram import bin_sums
+from crypto.rescale import finish_rescale, mask_for_rescale
+
+from ..job.config import ModelConfig
+from ..preprocess.split import batch_schedule
+from ..protocol.channel import Channel
+from ..protocol.checks import expect_fields, from_peer, public_key_from, refuse
+from .arbiter import check_arbiter_decision
+from .checkpoint import start_epochs
+from .common import (D_FRAC_BITS, U_FRAC_BITS, check_public_key, expect_encrypted, masked_gradient_round,
+                     prefix_for, step)
+from .randomness import receive_zeros
+from .timing import Stopwatch
+from .key_holder import RESCALE, RESCALE_REPLY, SCORE_STEP, SUM_STEP
+from .wide import (RESCALE_SHIFT, RESCALE_VALUE_BITS, UPDATE_FRAC_BITS, WideTower, preconditioner,
+                   update_factors)
+
+
+
+def row_scores(weights: EncryptedArray, tower: WideTower, codes: np.ndarray) -> EncryptedArray:
+    """``[[u_i]]`` for every row of ``codes``: the product of the row's weight ciphertexts (additions only).
+    Not re-randomised: rows with the same entries get the same ciphertext until the caller re-randomises."""
+    idx = tower.index(codes)
+    u = weights[idx[:, 0]]
+    for c in range(1, idx.shape[1]):
+        u = u + weights[idx[:, c]]
+    return u
+
+
+def entry_sums(d: EncryptedArray, tower: WideTower, codes: np.ndarray) -> EncryptedArray:
+    """``[[S_j]] = prod over the rows in entry j of [[d_i]]`` (the grouped kernel of ``crypto.histogram``):
+    the host's gradient sums, never decrypted; an entry no row has is Enc(0)."""
+    products = bin_sums(d.ciphertexts[:, None], np.asarray(codes, dtype=np.int64), tower.sizes,
+                        d.public_key.nsquare)
+    return EncryptedArray(d.public_key, products[:, 0], d.frac_bits)
+
+
+class EncryptedWideHost:
+    """One host's part of split training with its weights encrypted under the arbiter's key.
+
+    ``fit`` runs the protocol on this host's training codes (rows, tables of ``tower``);
+    ``weights_`` are then its final weights, ciphertexts it cannot read.
+    """
+
+    def __init__(self, model: ModelConfig, *, guest: str, arbiter: str, seed: int, tower: WideTower) -> None:
+        self.model, self.guest, self.arbiter, self.seed, self.tower = model, guest, arbiter, seed, tower
+        self.weights_: EncryptedArray | None = None
+        self.public_key_: PublicKey | None = None
+        self.epochs_run_ = 0
+        self.timings_ = Stopwatch()
+
+    def fit(self, channel: Channel, codes: np.ndarray) -> "EncryptedWideHost":
+        codes = np.asarray(codes, dtype=np.int64)
+        self.tower.index(codes)            # every code within its table
+        n = len(codes)
+        m = self.model.resolved(n)
+        pre = prefix_for(m.type)
+        tag = f"{pre}/public_key"
+        pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption,
+                             check=lambda k: check_public_key(k, m))
+        self.public_key_ = pk
+        channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness,
+                                                     "n_train": n})
+        tag = f"{pre}/start"
+        said = expect_fields(channel.recv(self.guest, tag), ("epoch", "saved_epoch"), peer=self.guest, step=tag)
+        with from_peer(self.guest, tag):
+            start, _ = start_epochs(said["epoch"], said["saved_epoch"], m.epochs)
+        if start:
+            raise refuse(self.guest, tag, f"asks to resume at epoch {start}: a host with encrypted weights keeps no "
+                         "checkpoint (host_weights = \"encrypted\" cannot resume)")
+        n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
+        decay, step_size = update_factors(
+            preconditioner(self.tower.column_counts(codes), n_batches, len(self.tower.sizes), m.host_l2),
+            m.host_l2, n_batches)
+        w = EncryptedArray.encrypt(pk, self.tower.init_params(), frac_bits=U_FRAC_BITS)
+        for epoch in range(m.epochs):
+            for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
+                w = self._batch(channel, pk, w, codes[rows], decay, step_size, pre, epoch, b)
+            self.epochs_run_ = epoch + 1
+            tag = f"{pre}/e{epoch}/decision"
+            stop = check_arbiter_decision(channel.recv(self.arbiter, tag), tag, self.arbiter, host=True)["stop"]
+            channel.send(self.guest, f"{pre}/e{epoch}/saved", {"stop": stop})
+            if stop:
+                break
+        self.weights_ = w
+        return self
+
+    def _batch(self, channel: Channel, pk: PublicKey, w: EncryptedArray, codes: np.ndarray, decay: np.ndarray,
+               step_size: np.ndarray, pre: str, epoch: int, b: int) -> EncryptedArray:
+        """One batch: send the encrypted scores, take the encrypted residual, update and rescale."""
+        lap, n_b = self.timings_, len(codes)
+        with lap("forward"):
+            u = row_scores(w, self.tower, codes)
+        zeros = receive_zeros(channel, self.model, self.arbiter, pk, pre, epoch, b, n_b, lap)
+        with lap("forward"):
+            u = u.rerandomize(zeros)       # else equal rows' ciphertexts would show the guest equal entries
+        channel.send(self.guest, step(pre, epoch, b, "enc_u"), u)
+        tag = step(pre, epoch, b, "enc_d")
+        with lap("wait_guest"):
+            d = expect_encrypted(channel.recv(self.guest, tag), pk, (n_b,), "residual", D_FRAC_BITS,
+                                 peer=self.guest, step=tag)
+        with lap("backprop"):
+            s = entry_sums(d, self.tower, codes)
+        with lap("update"):        # both terms at 88 fractional bits: 40 + 48 and 64 + 24
+            new = w.mul(decay, frac_bits=UPDATE_FRAC_BITS - w.frac_bits) + s.mul(-step_size, frac_bits=24)
+        with lap("rescale"):
+            masked, rho = mask_for_rescale(new, RESCALE_VALUE_BITS)
+        channel.send(self.arbiter, step(pre, epoch, b, RESCALE), masked)
+        tag = step(pre, epoch, b, RESCALE_REPLY)
+        with lap("wait_arbiter"):
+            back = expect_encrypted(channel.recv(self.arbiter, tag), pk, (self.tower.n_params,), "rescaled weights",
+                                    UPDATE_FRAC_BITS - RESCALE_SHIFT, peer=self.arbiter, step=tag)
+        with lap("rescale"):
+            return finish_rescale(back, rho, RESCALE_VALUE_BITS, RESCALE_SHIFT)
+
+
+def host_send_encrypted_scores(channel: Channel, guest: str, tower: WideTower, weights: EncryptedArray,
+                               codes: np.ndarray) -> None:
+    """A host's ``[[u_h]]`` of every row it scores, re-randomised by itself (fresh Paillier randomness):
+    the guest cannot tell which rows share entries."""
+    channel.send(guest, SCORE_STEP, row_scores(weights, tower, codes).rerandomize())
+
+
+def guest_host_sum(channel: Channel, hosts: list[str], arbiter: str, pk: PublicKey, n_rows: int) -> np.ndarray:
+    """The guest's ``sum_h u_h`` per row: it adds the hosts' ``[[u_h]]``, and the arbiter decrypts the sum
+    under the guest's uniform mask mod n (packed, :func:`masked_gradient_round`); only the guest unmasks it."""
+    total = None
+    for h in hosts:
+        enc = expect_encrypted(channel.recv(h, SCORE_STEP), pk, (n_rows,), f"{h} scores", U_FRAC_BITS, peer=h,
+                               step=SCORE_STEP)
+        total = enc if total is None else total + enc
+    return masked_gradient_round(channel, arbiter, pk, total, SUM_STEP)
+
+
+def weights_hex(weights: EncryptedArray) -> dict:
+    """The weights as a model file keeps them: hex ciphertexts, their scale and the key's fingerprint."""
+    return {"key_fingerprint": weights.public_key.fingerprint().hex(), "frac_bits": weights.frac_bits,
+            "ciphertexts": [format(int(c), "x") for c in weights.ciphertexts.tolist()]}

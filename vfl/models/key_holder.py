@@ -1,0 +1,57 @@
+"""The arbiter's rounds for hosts with encrypted weights (``host_weights = "encrypted"``): it holds the key.
+
+Apart from :mod:`vfl.models.encrypted_host` (the host's and the guest's side) so that the arbiter's role
+imports these without importing the host's role, which checks the arbiter's decisions.
+"""
+from __future__ import annotations
+
+from crypto import EncryptedArray
+from crypto.packing import packed_count
+from crypto.rescale import rescale_masked, slot_bits_for
+
+from ..protocol.channel import Channel
+from ..protocol.checks import from_peer, refuse
+from ..protocol.messages import BigInts
+from .common import U_FRAC_BITS
+from .wide import RESCALE_SHIFT, RESCALE_VALUE_BITS, UPDATE_FRAC_BITS
+
+RESCALE, RESCALE_REPLY = "rescale", "rescale_enc"          # per batch: <pre>/e<e>/b<b>/...
+SCORE_STEP, SUM_STEP = "predict/enc_u", "predict/masked_sum"
+
+
+def rescale_count(values: int, key_bits: int) -> int:
+    """Packed ciphertexts of a rescaling of ``values`` weights (what the arbiter expects)."""
+    return packed_count(values, key_bits, slot_bits_for(RESCALE_VALUE_BITS))
+
+
+def arbiter_rescale(channel: Channel, sk, host: str, values: int, tag: str) -> None:
+    """The arbiter's side of a host's rescaling: check what came (``values`` weights packed at 88 fractional
+    bits, as many ciphertexts as they take), decrypt the masked slots, shift, return fresh ciphertexts.
+    It sees slots within 2^-79 of uniform, whatever the weights; a slot out of its range is refused by name."""
+    pk = sk.public_key
+    enc = channel.recv(host, tag)
+    if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
+        raise refuse(host, tag, "must be an encrypted vector")
+    want = rescale_count(values, pk.bits)
+    if len(enc) != want or enc.frac_bits != UPDATE_FRAC_BITS:
+        raise refuse(host, tag, f"{len(enc)} packed values at {enc.frac_bits} fractional bits; expected {want} "
+                     f"(its {values} weights) at {UPDATE_FRAC_BITS}")
+    with from_peer(host, tag):        # under another key, or slots not masked as agreed
+        back = rescale_masked(sk, enc.with_key(pk), values, RESCALE_VALUE_BITS, RESCALE_SHIFT)
+    channel.send(host, tag[:-len(RESCALE)] + RESCALE_REPLY, back)
+
+
+def arbiter_decrypt_sum(channel: Channel, sk, guest: str, max_values: int) -> int:
+    """The arbiter's side of the scoring round: at most ``max_values`` masked sums (a bound from the job's
+    public sizes), decrypted and returned: uniform values mod n to it. Returns how many packed values came."""
+    pk = sk.public_key
+    enc = channel.recv(guest, SUM_STEP)
+    if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
+        raise refuse(guest, SUM_STEP, "must be an encrypted vector")
+    if not 0 < len(enc) <= packed_count(max_values, pk.bits) or enc.frac_bits != U_FRAC_BITS:
+        raise refuse(guest, SUM_STEP, f"{len(enc)} packed values at {enc.frac_bits} fractional bits; expected at "
+                     f"most {packed_count(max_values, pk.bits)} at {U_FRAC_BITS}")
+    with from_peer(guest, SUM_STEP):
+        plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
+    channel.send(guest, SUM_STEP + "_plain", BigInts.of(plain, (pk.n.bit_length() + 7) // 8))
+    return len(enc)
