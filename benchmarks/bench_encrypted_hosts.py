@@ -32,12 +32,12 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=60_000)
     p.add_argument("--bits", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--min-rows", type=int, default=16)
+    p.add_argument("--min-rows", type=int, default=16, help="[model] host_min_rows")
     p.add_argument("--host-l2", type=float, default=3.0)
     args = p.parse_args()
     job, common, test = job_for(Path(tempfile.mkdtemp(prefix="bench-ehosts-")), "credit", args.rows)
     job = replace(job, model=replace(job.model, host_weights="encrypted", label_dp="auto", early_stopping="auto",
-                                     epochs=args.epochs, min_category_rows=args.min_rows, host_l2=args.host_l2,
+                                     epochs=args.epochs, host_min_rows=args.min_rows, host_l2=args.host_l2,
                                      key_bits=args.bits))
     t0 = time.perf_counter()
     results = run_local(job)

@@ -207,6 +207,8 @@ def test_a_host_with_encrypted_weights_that_received_a_release_fails_the_audit(t
     ({"early_stopping": "on"}, "fixed"),
     ({"host_weights": "yes"}, "must be 'plain' or 'encrypted'"),
     ({"host_weights": "plain", "host_l2": 5.0}, "host_l2 applies to host_weights"),
+    ({"host_weights": "plain", "host_min_rows": 8}, "host_min_rows applies to host_weights"),
+    ({"host_min_rows": 0}, "host_min_rows must be >= 1"),
 ])
 def test_settings_it_cannot_honour_are_refused(tmp_path, extra, match):
     bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=300, seed=4)

@@ -351,7 +351,7 @@ def _run_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel, table:
     from ..models.model_file import EncryptedWidePart
     from ..models.wide import WideTower, fit_encoding
     train = ~test
-    encoding = fit_encoding(data, train, h.crosses, job.model.min_category_rows, job.model.hash_buckets)
+    encoding = fit_encoding(data, train, h.crosses, job.model.host_min_rows, job.model.hash_buckets)
     tower = WideTower([v.size for v in encoding.vocabs])
     codes = encoding.codes(data)
     log.info("%s: encrypted wide tower, %d tables, %d weights", h.name, len(tower.sizes), tower.n_params)
