@@ -24,7 +24,7 @@ from vfl.protocol.messages import MAX_JSON_BYTES, Payload, decode_payload, encod
 from vfl.protocol.spec import SpecViolation, find
 
 from .frames import LENGTH_BYTES, MAX_HELLO_BYTES, FrameError, Kind, LinkDecoder, LinkEncoder, frame_length
-from .transport import _tls_contexts
+from .transport import _job_binding_refusal, _tls_contexts
 
 log = logging.getLogger("vfl.serve")
 
@@ -90,6 +90,16 @@ def peer_cn(writer: asyncio.StreamWriter) -> str | None:
     cert = writer.get_extra_info("peercert")
     cns = [v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"]
     return cns[0] if len(cns) == 1 else None
+
+
+def job_refusal(writer: asyncio.StreamWriter, cn: str, job: str) -> str | None:
+    """Why the peer's certificate, of CN ``cn``, is not one for ``job`` (it names another job in its SAN,
+    ``vfl://<job>/<party>``), or None: as for training links, a CN alone does not tell a party of one job
+    from its namesake of another under a shared CA (certificates naming no job pass)."""
+    cert = writer.get_extra_info("peercert")
+    uris = [v for k, v in (cert or {}).get("subjectAltName", ()) if k == "URI"]
+    refusal = _job_binding_refusal(uris, cn, job)
+    return None if refusal is None else f"certificate CN {cn!r} {refusal}"
 
 
 class Link:
@@ -168,6 +178,10 @@ async def dial(job: JobConfig, me: str, peer: str, address: tuple[str, int], ctx
     if cn != peer:
         writer.close()
         raise ProtocolError(f"{address[0]}:{address[1]} presented a certificate for {cn!r}, not {peer!r}")
+    refusal = job_refusal(writer, cn, job.name)
+    if refusal is not None:
+        writer.close()
+        raise ProtocolError(f"{address[0]}:{address[1]} presented a certificate of another job: {refusal}")
     link = Link(f"{job.name}/serve", me, peer, reader, writer)
     await link.handshake()
     return link
@@ -180,6 +194,11 @@ async def listen(job: JobConfig, me: str, allowed: str, address: tuple[str, int]
         cn = peer_cn(writer)
         if cn != allowed:
             log.warning("%s: refused a serving link from %r (only %s may call)", me, cn, allowed)
+            writer.close()
+            return
+        refusal = job_refusal(writer, cn, job.name)
+        if refusal is not None:
+            log.warning("%s: refused a serving link: %s", me, refusal)
             writer.close()
             return
         link = Link(f"{job.name}/serve", me, allowed, reader, writer, ("host", "guest"))

@@ -25,7 +25,7 @@ from parties.transport import AuthError, ConnectError, _check_own_cert, prepare_
 from tests.test_transport import (JOB, Pki, _cert_issued, _channel, _fake_guest, _host_with_fake_guest,  # noqa: F401
                                   _in_thread, _job, _pair, _read_frame, pki)
 from vfl.job.config import ConfigError
-from vfl.protocol.channel import ProtocolError
+from vfl.protocol.channel import PeerLost, ProtocolError
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -387,3 +387,38 @@ def test_own_cert_without_server_and_client_auth_is_refused_at_start(pki, tmp_pa
     both = _mint(pki, tmp_path, ("host1",), eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
     _check_own_cert(both[0], "host1", pki.ca, both[1])
     _check_own_cert(_mint(pki, tmp_path, ("host1",))[0], "host1", pki.ca)       # no extended key usage
+
+
+def test_serving_links_refuse_a_certificate_of_another_job(pki, other_job, caplog):
+    """vfl serve's links check the job binding as training links do: the host's listener refuses a guest
+    certificate of another job (and keeps serving), and the guest refuses a dialled host presenting one."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from parties.serve_link import dial, listen
+    from parties.transport import _tls_contexts
+    job = SimpleNamespace(name=JOB)
+
+    async def link(host_files, guest_files) -> str:
+        port = free_ports(1)[0]
+
+        async def on_link(got) -> None:
+            pass
+        server = await listen(job, "host1", "guest", ("127.0.0.1", port), _tls_contexts(*host_files, pki.ca)[0],
+                              on_link)
+        try:
+            dialled = await dial(job, "guest", "host1", ("127.0.0.1", port), _tls_contexts(*guest_files, pki.ca)[1])
+            await dialled.close()
+            return dialled.peer
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with caplog.at_level(logging.WARNING, logger="vfl"), pytest.raises(PeerLost):
+        asyncio.run(link(pki.files["host1"], other_job["guest"]))
+    assert any("refused a serving link: certificate CN 'guest' is bound to 'guest' of job 'other-job'" in r.message
+               for r in caplog.records)
+    with pytest.raises(ProtocolError, match="presented a certificate of another job: certificate CN 'host1' is "
+                                            "bound to 'host1' of job 'other-job'"):
+        asyncio.run(link(other_job["host1"], pki.files["guest"]))
+    assert asyncio.run(link(pki.files["host1"], pki.files["guest"])) == "host1"     # this job's certificates link
