@@ -22,8 +22,8 @@ from parties.certs import _key_pem, _write_private, issue_cert, job_uri, load_ca
 from parties.demo import free_ports
 from parties.frames import LinkEncoder
 from parties.transport import AuthError, ConnectError, _check_own_cert, prepare_channel
-from tests.test_transport import (JOB, Pki, _cert_issued, _channel, _fake_guest, _host_with_fake_guest,  # noqa: F401
-                                  _in_thread, _job, _pair, _read_frame, pki)
+from tests.test_transport import (JOB, Pki, _cert_issued, _channel, _connect_raw, _fake_guest,  # noqa: F401
+                                  _host_with_fake_guest, _in_thread, _job, _pair, _read_frame, pki)
 from vfl.job.config import ConfigError
 from vfl.protocol.channel import PeerLost, ProtocolError
 
@@ -100,17 +100,6 @@ def _tls12_context(pki: Pki, server: bool, files: tuple[Path, Path]) -> ssl.SSLC
     return ctx
 
 
-def _connect(port: int, timeout: float = 3.0) -> socket.socket:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 # ---------------------------------------------------------------------------- who may connect
 def test_listener_refuses_parties_it_should_dial_or_has_no_link_with(pki):
     """host1 accepts only the guest: the arbiter (whom host1 dials) and host2 (hosts never talk) hold
@@ -176,7 +165,7 @@ def test_tls12_peer_is_refused_by_both_sides(pki):
     ports = _ports()
     host = _channel(_job(pki, ports, connect_timeout=3.0), "host1", only={"guest"})
     h = _in_thread(host.open)
-    raw = _connect(ports["host1"])
+    raw = _connect_raw(ports["host1"])
     with pytest.raises(ssl.SSLError, match="(?i)protocol.version|unsupported.protocol"):
         _tls12_context(pki, False, pki.files["guest"]).wrap_socket(raw)
     raw.close()
