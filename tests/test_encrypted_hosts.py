@@ -158,6 +158,9 @@ def test_the_job_runs_end_to_end_and_passes_the_audit(trained):
     assert metrics["epochs_run"] == 2 and metrics["validation"] is None and metrics["label_dp"]["on"] is False
     assert 0.5 < metrics["test"]["auc"] <= 1.0
     assert results["host0"]["host_weights"] == "encrypted" and results["host0"]["weights"] > 4
+    page = (job.workdir / "report.html").read_text()     # not "label-DP: off", which would read as unprotected
+    assert "not needed: the hosts saw only ciphertexts" in page and 'label-DP</td><td class="t" data-key="value">off' not in page
+    assert metrics["guest_refit"]["no_validation_rows"] and "not kept: no validation rows to check it on" in page
     part = json.loads((job.output_dir("host0") / "model.json").read_text())
     assert part["format"] == "vfl-encrypted-wide-part" and part["weights"]["frac_bits"] == 40
     assert len(part["weights"]["ciphertexts"]) == results["host0"]["weights"]

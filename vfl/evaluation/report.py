@@ -636,11 +636,17 @@ def _job_section(m: dict, job) -> list[str]:
     if mc.type == "secureboost":
         settings = settings[:3] + tree_settings(mc, m.get("trees"), (m.get("validation") or {}).get("trees_grown"),
                                                 m.get("host_root_fallbacks")) + settings[8:11]
-    if m.get("label_dp") is not None:
+    if m.get("host_weights") == "encrypted":      # docs/protocols.md, "Hosts with encrypted weights"
+        settings.append(("host weights", "encrypted under the arbiter's key for the whole training: no host got "
+                                         "a value decrypted"))
+        settings.append(("label-DP", "not needed: the hosts saw only ciphertexts, public sizes and when "
+                                     "training stopped"))
+    elif m.get("label_dp") is not None:
         settings.append(("label-DP", label_dp_setting(m["label_dp"])))
     refit = m.get("guest_refit")
     if refit:             # docs/protocols.md, "The guest's refit"
-        settings.append(("guest refit", "not kept: the trained sum was better on the validation rows"
+        settings.append(("guest refit", ("not kept: no validation rows to check it on" if refit.get(
+                             "no_validation_rows") else "not kept: the trained sum was better on the validation rows")
                          if not refit.get("kept") else
                          f"kept: hosts' weight {refit['host_weight']:.3f}, tower's {refit['tower_weight']:.3f}, "
                          f"C {refit['C']:g}" + (f"; validation log-loss {refit['plain_log_loss']:.4f} -> "

@@ -163,7 +163,8 @@ def _refit(job: JobConfig, part: "TowerPart", data: PartyTable, host_sum: np.nda
         log.info("%s: refit kept (C = %g; hosts' weight %.3f; validation log-loss %s)", part.party, fitted.C,
                  fitted.host_weight, f"{v['plain_log_loss']:.5f} -> {v['refit_log_loss']:.5f}")
     return {"kept": fitted is not None, **({"C": fitted.C, "host_weight": fitted.host_weight,
-                                            "tower_weight": fitted.tower_weight, **v} if fitted else {})}
+                                            "tower_weight": fitted.tower_weight, **v} if fitted else
+                                           {"no_validation_rows": not valid.any()})}
 
 
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
