@@ -18,9 +18,12 @@ key holder could, but must not learn ``x``. So:
 
 Unlike the gradient round (``crypto.masks``), the mask is not uniform mod n but
 statistically hiding: a shift of ``x + rho mod n`` would not be the shift of
-``x`` plus something the owner can remove. The key holder refuses a slot
-outside the agreed range (an owner that masked wrongly, or sent something
-else), since shifting it would not be what the owner asks for.
+``x`` plus something the owner can remove. The key holder never refuses on
+what it decrypted: a refusal that depends on the plaintext would be an oracle
+for the owner, who chooses what it sends (a host that slipped in another
+party's ciphertext would learn its sign from whether the round failed). Bits
+above the slots are ignored; every reply is fresh ciphertexts, whatever came.
+Refusals depend on public things only (counts, scale, key).
 """
 from __future__ import annotations
 
@@ -53,12 +56,15 @@ def mask_for_rescale(enc: EncryptedArray, value_bits: int, kappa: int = KAPPA
 
 
 def rescale_masked(private_key, masked: EncryptedArray, count: int, value_bits: int, shift: int,
-                   kappa: int = KAPPA) -> EncryptedArray:
+                   kappa: int = KAPPA, out_of_range: list | None = None) -> EncryptedArray:
     """The key holder's step: decrypt the packed, masked slots, shift each right by ``shift`` bits and
     return the first ``count`` freshly encrypted (``frac_bits`` lowered by ``shift``).
 
-    Raises ``ValueError`` for a plaintext beyond its slots or a slot at or above
-    ``2^(slot bits)``: it was not masked as agreed."""
+    Raises ``ValueError`` only for public reasons (``count`` beyond the packed slots, ``shift`` out of
+    range). A plaintext above its slots (not masked as agreed, or another ciphertext slipped in) is
+    reduced to them, not refused: a refusal would tell the sender something about a plaintext it
+    cannot read. ``out_of_range`` (a list, if given) gets the index of each such packed value, for the
+    key holder's own log."""
     pk = masked.public_key
     s = slot_bits_for(value_bits, kappa)
     k = slots_per_ciphertext(pk.bits, s)
@@ -69,10 +75,10 @@ def rescale_masked(private_key, masked: EncryptedArray, count: int, value_bits: 
     plain = private_key.decrypt_raw(masked.ciphertexts)
     top, full = 1 << (s * k), (1 << s) - 1
     shifted = []
-    for p in plain.tolist():
+    for j, p in enumerate(plain.tolist()):
         p = int(p)
-        if p >= top:
-            raise ValueError("a packed plaintext is larger than its slots: it was not masked as agreed")
+        if p >= top and out_of_range is not None:
+            out_of_range.append(j)
         shifted.extend(((p >> (s * t)) & full) >> shift for t in range(k))
     out = pk.encrypt_raw(shifted[:count], zeros=private_key.zeros(count))
     return EncryptedArray(pk, out, masked.frac_bits - shift)

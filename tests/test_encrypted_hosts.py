@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import gmpy2
 import numpy as np
 import pytest
 
+import vfl.models.guest as guest_mod
 from crypto import EncryptedArray, generate_keypair
+from crypto.encoding import encode_signed
 from tests.conftest import run_parties, write_job
 from vfl.io.synth import write_categorical_credit_demo
 from vfl.job.config import ConfigError, ModelConfig, load_job
@@ -25,6 +28,7 @@ from vfl.models.reference import fit_encrypted_twin
 from vfl.models.wide import WideTower
 from vfl.protocol.audit import audit_job
 from vfl.protocol.channel import LocalNetwork
+from vfl.preprocess.split import batch_schedule
 from vfl.protocol.messages import BigInts
 
 MODEL = ModelConfig(type="embedding", host_weights="encrypted", epochs=3, batch_size=64, learning_rate=0.05,
@@ -276,3 +280,67 @@ def test_two_encrypted_hosts_equal_the_twin(keypair):
     for h, w in zip(hosts.values(), hw):
         np.testing.assert_allclose(h.weights_.decrypt(keypair[1]), w, rtol=0, atol=1e-6)
     np.testing.assert_allclose(guest.params_, gp, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ randomness of what a host and the guest get
+@pytest.fixture(scope="module")
+def randomness_run():
+    """A training whose transcript the tests below inspect with the private key (and the guest's h values)."""
+    kp = generate_keypair(512)
+    hs = []
+    orig = guest_mod.expansion_terms
+
+    def spy(a, y, approximation="guest_expansion"):
+        g, h, loss = orig(a, y, approximation)
+        hs.append(np.asarray(h))
+        return g, h, loss
+    guest_mod.expansion_terms = spy
+    try:
+        xg, codes, y = _data()
+        roles, net = _train(kp, xg, codes, y)
+    finally:
+        guest_mod.expansion_terms = orig
+    return kp, net, codes, hs
+
+
+def _msgs(net, suffix, sender, receiver):
+    return [r for r in net.transcript if r.step.endswith(suffix) and r.sender == sender and r.receiver == receiver]
+
+
+def test_enc_d_is_not_the_hosts_enc_u_times_a_trivial_ciphertext(randomness_run):
+    """[[d]] = [[u]]^H (1 + g n) unless the guest re-randomises: then d * u^-H = 1 mod n and the host reads g."""
+    (pk, _), net, _, hs = randomness_run
+    n, n2 = gmpy2.mpz(pk.n), gmpy2.mpz(pk.nsquare)
+    us, ds = _msgs(net, "/enc_u", "h", "g"), _msgs(net, "/enc_d", "g", "h")
+    assert len(us) == len(ds) == len(hs) > 0
+    for u, d, h in zip(us, ds, hs):
+        H = encode_signed(h.astype(float), 24)
+        for cu, cd, e in zip(u.payload.ciphertexts.tolist(), d.payload.ciphertexts.tolist(), H.tolist()):
+            q = gmpy2.mpz(cd) * gmpy2.powmod(gmpy2.mpz(cu), -int(e), n2) % n2
+            assert q % n not in (1, n - 1), d.step
+
+
+def test_rows_with_the_same_entries_get_unlinkable_enc_u(randomness_run):
+    (pk, _), net, codes, _ = randomness_run
+    us = _msgs(net, "/enc_u", "h", "g")
+    schedule = [rows for e in range(MODEL.epochs) for rows in batch_schedule(len(codes), MODEL.batch_size, 3, e)]
+    dup = 0
+    for u, rows in zip(us, schedule):
+        seen = {}
+        for c, key in zip(u.payload.ciphertexts.tolist(), map(tuple, codes[rows])):
+            if key in seen:
+                dup += 1
+                assert c != seen[key], u.step
+            seen[key] = c
+    assert dup > 0          # the data has rows sharing all entries within a batch
+
+
+def test_rescale_replies_have_fresh_nontrivial_randomness(randomness_run):
+    (pk, _), net, _, _ = randomness_run
+    n = gmpy2.mpz(pk.n)
+    seen = set()
+    for r in _msgs(net, "/rescale_enc", "a", "h"):
+        for c in r.payload.ciphertexts.tolist():
+            z = gmpy2.mpz(c) % n
+            assert z not in (1, n - 1) and z not in seen, r.step
+            seen.add(z)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey
+from crypto.paillier import check_zeros
 from crypto.histogram import bin_sums
 from crypto.rescale import finish_rescale, mask_for_rescale
 
@@ -137,6 +138,10 @@ class EncryptedWideHost:
         with lap("wait_arbiter"):
             back = expect_encrypted(channel.recv(self.arbiter, tag), pk, (self.tower.n_params,), "rescaled weights",
                                     UPDATE_FRAC_BITS - RESCALE_SHIFT, peer=self.arbiter, step=tag)
+            # fresh randomness, never seen: an arbiter replying 1 + m n (or reusing randomness) would let this
+            # host read its weights once it removed its mask (as receive_zeros checks the arbiter's zeros)
+            with from_peer(self.arbiter, tag):
+                check_zeros(back.ciphertexts.tolist(), pk.n, seen=pk.seen_zeros)
         with lap("rescale"):
             return finish_rescale(back, rho, RESCALE_VALUE_BITS, RESCALE_SHIFT)
 

@@ -5,6 +5,8 @@ imports these without importing the host's role, which checks the arbiter's deci
 """
 from __future__ import annotations
 
+import logging
+
 from crypto import EncryptedArray
 from crypto.packing import packed_count
 from crypto.rescale import rescale_masked, slot_bits_for
@@ -14,6 +16,8 @@ from ..protocol.checks import from_peer, refuse
 from ..protocol.messages import BigInts
 from .common import U_FRAC_BITS
 from .wide import RESCALE_SHIFT, RESCALE_VALUE_BITS, UPDATE_FRAC_BITS
+
+log = logging.getLogger("vfl.train")
 
 RESCALE, RESCALE_REPLY = "rescale", "rescale_enc"          # per batch: <pre>/e<e>/b<b>/...
 SCORE_STEP, SUM_STEP = "predict/enc_u", "predict/masked_sum"
@@ -27,7 +31,11 @@ def rescale_count(values: int, key_bits: int) -> int:
 def arbiter_rescale(channel: Channel, sk, host: str, values: int, tag: str) -> None:
     """The arbiter's side of a host's rescaling: check what came (``values`` weights packed at 88 fractional
     bits, as many ciphertexts as they take), decrypt the masked slots, shift, return fresh ciphertexts.
-    It sees slots within 2^-79 of uniform, whatever the weights; a slot out of its range is refused by name."""
+    It sees slots within 2^-79 of uniform, whatever the weights (``|w| < 2^12``; the hiding degrades
+    smoothly beyond). It refuses only on public grounds (shape, count, scale, key): a packed value above its
+    slots is reduced and noted in the arbiter's own log, never refused, since a refusal that depends on
+    the plaintext would tell the host something about a ciphertext it slipped in (e.g. the sign of
+    another party's ``[[d_i]]``)."""
     pk = sk.public_key
     enc = channel.recv(host, tag)
     if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
@@ -36,8 +44,13 @@ def arbiter_rescale(channel: Channel, sk, host: str, values: int, tag: str) -> N
     if len(enc) != want or enc.frac_bits != UPDATE_FRAC_BITS:
         raise refuse(host, tag, f"{len(enc)} packed values at {enc.frac_bits} fractional bits; expected {want} "
                      f"(its {values} weights) at {UPDATE_FRAC_BITS}")
-    with from_peer(host, tag):        # under another key, or slots not masked as agreed
-        back = rescale_masked(sk, enc.with_key(pk), values, RESCALE_VALUE_BITS, RESCALE_SHIFT)
+    with from_peer(host, tag):        # under another key
+        enc = enc.with_key(pk)
+    unmasked: list[int] = []
+    back = rescale_masked(sk, enc, values, RESCALE_VALUE_BITS, RESCALE_SHIFT, out_of_range=unmasked)
+    if unmasked:      # the arbiter's own log only: what the host sees must not depend on it
+        log.warning("%s: %d packed value(s) of %s were above their slots (not masked as agreed); reduced",
+                    tag, len(unmasked), host)
     channel.send(host, tag[:-len(RESCALE)] + RESCALE_REPLY, back)
 
 
