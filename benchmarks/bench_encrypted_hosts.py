@@ -2,6 +2,8 @@
 
     python benchmarks/bench_encrypted_hosts.py                 # 60k rows, 1024-bit keys, 16 epochs
     python benchmarks/bench_encrypted_hosts.py --bits 2048 --epochs 1
+    python benchmarks/bench_encrypted_hosts.py --data demo --bits 2048   # the demo's data (its job's crosses)
+    python benchmarks/bench_encrypted_hosts.py --data movielens          # FATE's movie_lens (reads ../shared/data)
 
 The README's benchmark job (``benchmarks/bench_frontier.py``'s ``job_for``: a guest with 5 numeric columns
 and the label, a host with 4 long-tailed categorical columns and 2 numeric ones), with the host's weights
@@ -29,13 +31,15 @@ from vfl.job.threads import run_local  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=60_000)
+    p.add_argument("--data", choices=["credit", "demo", "movielens"], default="credit")
+    p.add_argument("--rows", type=int, default=None, help="people generated (credit 60,000; demo 10,000)")
     p.add_argument("--bits", type=int, default=1024)
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--min-rows", type=int, default=16, help="[model] host_min_rows")
     p.add_argument("--host-l2", type=float, default=3.0)
     args = p.parse_args()
-    job, common, test = job_for(Path(tempfile.mkdtemp(prefix="bench-ehosts-")), "credit", args.rows)
+    rows = args.rows or (10_000 if args.data == "demo" else 60_000)
+    job, common, test = job_for(Path(tempfile.mkdtemp(prefix="bench-ehosts-")), args.data, rows)
     job = replace(job, model=replace(job.model, host_weights="encrypted", label_dp="auto", early_stopping="auto",
                                      epochs=args.epochs, host_min_rows=args.min_rows, host_l2=args.host_l2,
                                      key_bits=args.bits))
