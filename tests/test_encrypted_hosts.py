@@ -164,7 +164,12 @@ def test_the_job_runs_end_to_end_and_passes_the_audit(trained):
     assert results["host0"]["host_weights"] == "encrypted" and results["host0"]["weights"] > 4
     page = (job.workdir / "report.html").read_text()     # not "label-DP: off", which would read as unprotected
     assert "not needed: the hosts saw only ciphertexts" in page and 'label-DP</td><td class="t" data-key="value">off' not in page
-    assert metrics["guest_refit"]["no_validation_rows"] and "not kept: no validation rows to check it on" in page
+    # a validation slice for the guest's refit alone (no early stopping): the host leaves it out of training too
+    refit = metrics["guest_refit"]
+    assert refit["kept"] or not refit["no_validation_rows"]
+    assert "plain_log_loss" in refit if refit["kept"] else "not kept: the trained sum was better" in page
+    assert results["host0"]["validation_rows"] == metrics["aligned_rows"] - metrics["train"]["rows"] - \
+        metrics["test"]["rows"] > 0
     part = json.loads((job.output_dir("host0") / "model.json").read_text())
     assert part["format"] == "vfl-encrypted-wide-part" and part["weights"]["frac_bits"] == 40
     assert len(part["weights"]["ciphertexts"]) == results["host0"]["weights"]

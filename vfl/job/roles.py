@@ -206,7 +206,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
                        tower=tower, init_seed=init_seed(job.model.seed, g.name))
     validation = (Validation(x.take(np.flatnonzero(valid)), y=data.labels[valid], patience=job.model.patience,
                              exchange=lambda prefix, n: guest_sum_scores(channel, job.host_names, n, prefix))
-                  if valid.any() else None)
+                  if valid.any() and job.model.early_stopping_on else None)    # encrypted hosts: the refit's only
     checkpoint = _checkpoint(job, g.name, common[~test], model_data.columns, model_data.categorical_columns,
                              data=data, train=~test)
     model_id = training_model_id(checkpoint, resume)
@@ -346,12 +346,13 @@ def scoring_bound(n_train: int, test_fraction: float) -> int:
 def _run_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel, table: PartyTable, common: np.ndarray,
                         data: PartyTable, test: np.ndarray, timings: Stopwatch) -> dict:
     """A host with encrypted weights (``host_weights = "encrypted"``): its wide tables from its own training
-    rows (no validation rows: early stopping is off), training with its weights as ciphertexts, its part
+    rows (the validation rows, kept for the guest's refit, left out as by the guest), training with its weights as ciphertexts, its part
     saved as ciphertexts, and its encrypted scores of every aligned row sent to the guest."""
     from ..models.encrypted_host import EncryptedWideHost, host_send_encrypted_scores, weights_hex
     from ..models.model_file import EncryptedWidePart
     from ..models.wide import WideTower, fit_encoding
-    train = ~test
+    valid = validation_rows(common, test, job.model, job.seed)     # the guest's refit checks itself on them
+    train = ~test & ~valid
     encoding = fit_encoding(data, train, h.crosses, job.model.host_min_rows, job.model.hash_buckets)
     tower = WideTower([v.size for v in encoding.vocabs])
     codes = encoding.codes(data)
@@ -368,7 +369,7 @@ def _run_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel, table:
     with timings("predict"):
         host_send_encrypted_scores(channel, job.guest.name, tower, model.weights_, codes)
     report = {"party": h.name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
-              "train_rows": int(train.sum()), "validation_rows": 0, "test_rows": int(test.sum()),
+              "train_rows": int(train.sum()), "validation_rows": int(valid.sum()), "test_rows": int(test.sum()),
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds,
               "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
               "smallest_release_rows": None, "host_weights": "encrypted", "weights": tower.n_params}

@@ -52,16 +52,20 @@ def validation_mask(ids: np.ndarray, seed: int, fraction: float) -> np.ndarray:
 
 
 def validation_rows(ids: np.ndarray, test: np.ndarray, model, seed: int) -> np.ndarray:
-    """The validation rows among the non-test rows (none when early stopping is off)."""
-    if not model.early_stopping_on:
+    """The validation rows among the non-test rows: for early stopping, and with ``host_weights =
+    "encrypted"`` for the guest's refit alone (which it keeps only if it beats the trained sum on them;
+    nothing of that check reaches a host). None otherwise."""
+    refit_only = getattr(model, "encrypted_hosts", False) and model.guest_refit_on
+    if not (model.early_stopping_on or refit_only):
         return np.zeros(len(ids), dtype=bool)
     valid = validation_mask(ids, seed, model.validation_fraction) & ~test
     if valid.sum() < max(model.min_rows_per_release, 1):
         # every decision hosts are told ({best, stop}) is an aggregate of these rows' labels
-        raise ValueError(f"early stopping needs at least min_rows_per_release = {model.min_rows_per_release} "
+        raise ValueError(f"{'early stopping' if model.early_stopping_on else 'the guest refit'} needs at least "
+                         f"min_rows_per_release = {model.min_rows_per_release} "
                          f"validation rows, but {model.validation_fraction:.0%} of the {int((~test).sum())} "
                          f"training rows selects {int(valid.sum())}: raise [model] validation_fraction or set "
-                         "early_stopping = \"off\"")
+                         f"{'early_stopping' if model.early_stopping_on else 'guest_refit'} = \"off\"")
     return valid
 
 
