@@ -36,6 +36,7 @@ from ..psi import write_intersection
 from .alignment import run_psi
 from .identity import receive_model_id, send_model_id, training_model_id
 from ..models.encrypted_host import guest_host_sum
+from ..models.key_holder import KEY_FILE, new_key
 from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
 from ..preprocess.scorecard import model_scaling
 from ..preprocess.split import Standardizer, split_mask
@@ -389,9 +390,15 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
         report = {"model": "secureboost", "takes_part": False, "label_dp": {"on": False}}
         write_json(job.output_dir(job.arbiter.name) / "training.json", report)
         return {"party": job.arbiter.name, **report}
+    out = job.output_dir(job.arbiter.name)
+    if job.model.encrypted_hosts:      # the hosts' parts will be ciphertexts under it: kept for scoring
+        keypair = new_key(out, job.model.key_bits, job.model.encryption)
+    else:                              # an earlier training's key, whose parts this training replaces
+        keypair = None
+        (out / KEY_FILE).unlink(missing_ok=True)
     arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names,
                        validation=job.model.early_stopping_on).fit(
-        channel, checkpoint=_checkpoint(job, job.arbiter.name))
+        channel, keypair, checkpoint=_checkpoint(job, job.arbiter.name))
     if job.model.encrypted_hosts:      # the guest's masked sum of the hosts' scores of the aligned rows
         arb.score_hosts(channel, scoring_bound(arb.n_train_, job.test_fraction))
     report = {"epochs_run": arb.epochs_run_, "key_bits": job.model.key_bits,      # it never learns the loss

@@ -198,10 +198,10 @@ class SplitArbiter:
     def fit(self, channel: Channel, keypair=None, checkpoint: Checkpoint | None = None) -> "SplitArbiter":
         m = self.model
         pre = prefix_for(m.type)
-        if keypair is None and m.key_bits < 2048:
+        if m.key_bits < 2048:
             log.warning("generating a %d-bit Paillier key: for tests only, use 2048 or more in production",
                         m.key_bits)
-        pk, sk = keypair or generate_keypair(m.key_bits)
+        pk, sk = keypair or generate_keypair(m.key_bits, mode=m.encryption)
         self._sk = sk if m.encrypted_hosts else None       # the scoring round after training needs it
         for party in (self.guest, *self.hosts):
             channel.send(party, f"{pre}/public_key", pk.to_dict())

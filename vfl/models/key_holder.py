@@ -6,8 +6,9 @@ imports these without importing the host's role, which checks the arbiter's deci
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from crypto import EncryptedArray
+from crypto import EncryptedArray, PrivateKey, PublicKey, generate_keypair
 from crypto.packing import packed_count
 from crypto.rescale import rescale_masked, slot_bits_for
 
@@ -21,6 +22,28 @@ log = logging.getLogger("vfl.train")
 
 RESCALE, RESCALE_REPLY = "rescale", "rescale_enc"          # per batch: <pre>/e<e>/b<b>/...
 SCORE_STEP, SUM_STEP = "predict/enc_u", "predict/masked_sum"
+KEY_FILE = "paillier_key.json"
+"""The arbiter's private key, in its output directory (0600), when hosts keep encrypted weights: their
+saved model parts are ciphertexts under it, so scoring new rows and resuming need the same key."""
+
+
+def new_key(out_dir: Path, bits: int, mode: str) -> tuple[PublicKey, PrivateKey]:
+    """A fresh key pair, its private key written to ``out_dir / KEY_FILE`` before any ciphertext under it
+    exists (a crash after training would otherwise leave the hosts' parts unreadable for ever)."""
+    pk, sk = generate_keypair(bits, mode=mode)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sk.save(out_dir / KEY_FILE)
+    return pk, sk
+
+
+def saved_key(out_dir: Path, mode: str) -> tuple[PublicKey, PrivateKey]:
+    """The key pair :func:`new_key` wrote; a clear error if it is not there."""
+    path = out_dir / KEY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the arbiter's private key is not there, so the hosts' encrypted weights "
+                                "cannot be used: train the job first (vfl run), on this arbiter")
+    sk = PrivateKey.load(path, mode=mode)
+    return sk.public_key, sk
 
 
 def rescale_count(values: int, key_bits: int) -> int:
