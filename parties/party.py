@@ -118,9 +118,7 @@ def run_party(job: JobConfig, role: str, name: str | None = None, task: str = "t
     preflight(job, me, task)             # before the slow imports and the network
     from vfl.job.tasks import task as task_named
     t = task_named(task)
-    if role not in t.roles:
-        raise ConfigError(f"the {task} task needs no {role}: start only the "
-                          f"{', '.join(r + 's' if r == 'host' else r for r in t.roles)}")
+    t.check_role(job, role)
     # this party's folder to itself until it ends: a second run of it is refused before it writes anything
     with party_lock(job.output_dir(me), me, task):
         if resume and task == "train":          # a changed party list: refused before the network and ledger

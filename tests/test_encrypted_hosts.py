@@ -2,8 +2,8 @@
 
 The encrypted roles equal their plaintext twin; a host receives nothing but ciphertexts, public values and
 control words, and the same of them whatever the labels; the job runs end to end and passes ``vfl audit``,
-whose rule fails a host with encrypted weights that got a value decrypted; and what is not built (scoring
-new rows, serving, resume) and what is not needed (label-DP, early stopping) is refused.
+whose rule fails a host with encrypted weights that got a value decrypted; and what is not built (online
+scoring, resume) and what is not needed (label-DP, early stopping) is refused.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from crypto.encoding import encode_signed
 from tests.conftest import run_parties, write_job
 from vfl.io.synth import write_categorical_credit_demo
 from vfl.job.config import ConfigError, ModelConfig, load_job
-from vfl.job.threads import JobFailed, run_local, run_predict_local
+from vfl.job.threads import JobFailed, run_local
 from vfl.models import EmbeddingTower, SplitArbiter, SplitGuest, TowerInput
 from vfl.models.encrypted_host import EncryptedWideHost
 from vfl.models.model_file import ENCRYPTED_REFUSAL, ModelFileError, load_part
@@ -187,16 +187,15 @@ def test_the_job_runs_end_to_end_and_passes_the_audit(trained):
     assert ok, text
 
 
-def test_predict_serve_and_resume_are_refused(trained):
+def test_serve_and_resume_are_refused(trained):
     job, _, _ = trained
-    with pytest.raises(ModelFileError, match="needs the arbiter to score new rows; not built yet"):
+    with pytest.raises(ModelFileError) as exc:      # read as a plain part: the job file must say "encrypted"
         load_part(job.output_dir("host0") / "model.json", "host0")
-    with pytest.raises(JobFailed, match="not built yet"):
-        run_predict_local(job)
-    from vfl.serving.roles import check_servable
+    assert str(exc.value).endswith(ENCRYPTED_REFUSAL)
+    from vfl.serving.roles import SERVE_ENCRYPTED_REFUSAL, check_servable
     with pytest.raises(ConfigError) as exc:
         check_servable(job)
-    assert str(exc.value) == ENCRYPTED_REFUSAL
+    assert str(exc.value) == SERVE_ENCRYPTED_REFUSAL
     with pytest.raises(JobFailed, match="--resume with host_weights = \"encrypted\" is not built"):
         run_local(job, resume=True)
 

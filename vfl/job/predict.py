@@ -4,7 +4,11 @@ Each party applies its own saved model part to its own new rows; PSI aligns
 the new IDs; the hosts' partial scores reach the guest only as a secure sum.
 First the guest and every host tell each other which training their parts
 came from (``predict/model_id``): parts of two trainings are refused, never
-combined. No encryption key and no arbiter are needed: nothing is decrypted. If the
+combined. No encryption key and no arbiter are needed: nothing is decrypted, except
+with ``host_weights = "encrypted"``: the hosts' weights are ciphertexts under the
+arbiter's key, so each host sends its rows' encrypted scores to the guest, which adds
+them and has the arbiter decrypt the sum under its own mask (as at the end of
+training; docs/protocols.md, section 2, "Hosts with encrypted weights"). If the
 guest's file to score has the label column, the guest also reports AUC, KS
 and a gains table, so a model can be validated on a later cohort.
 """
@@ -18,9 +22,9 @@ import pandas as pd
 from ..protocol.channel import Channel
 from .config import JobConfig, PartyConfig, binned
 from ..io.files import write_csv_atomically
-from ..io.tables import has_labels, load_table
+from ..io.tables import DataError, has_labels, load_table
 from ..evaluation.metrics import binary_metrics, gains_table
-from ..models.model_file import ENCRYPTED_REFUSAL, ModelFileError, load_part
+from ..models.model_file import EncryptedWidePart, load_part
 from ..psi import write_intersection
 from .cohorts import keep_host_cohort, training_overlap
 from .alignment import run_psi
@@ -72,8 +76,6 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     if job.model.type == "secureboost":
         from .secureboost import predict_guest as secureboost_guest
         return secureboost_guest(job, channel)
-    if job.model.type == "embedding" and job.model.encrypted_hosts:    # the hosts' weights are ciphertexts
-        raise ModelFileError(ENCRYPTED_REFUSAL)
     g = job.guest
     out = job.output_dir(g.name)
     model = load_part(out / "model.json", g.name)
@@ -85,7 +87,12 @@ def predict_guest(job: JobConfig, channel: Channel) -> dict:
     common = run_psi(job, g.name, channel, table.ids)
     data = table.take(common)
     _warn_far_values(g.name, model, data)
-    score, points = guest_joint_scores(job, channel, model, data)
+    host_sum = None
+    if job.model.encrypted_hosts:        # the hosts' encrypted scores, summed, decrypted under the guest's mask
+        from ..models.encrypted_host import guest_host_sum, scoring_key
+        pk = scoring_key(channel, job.arbiter.name, job.model)
+        host_sum = guest_host_sum(channel, job.host_names, job.arbiter.name, pk, len(common))
+    score, points = guest_joint_scores(job, channel, model, data, host_sum)
     frame = pd.DataFrame({"id": common, "score": score, "points": points.round(1)})
     if has_label:
         frame.insert(1, "label", data.labels.astype(int))
@@ -116,10 +123,10 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     if job.model.type == "secureboost":
         from .secureboost import predict_host as secureboost_host
         return secureboost_host(job, name, channel)
-    if job.model.type == "embedding" and job.model.encrypted_hosts:    # the hosts' weights are ciphertexts
-        raise ModelFileError(ENCRYPTED_REFUSAL)
     h = job.party(name)
     out = job.output_dir(name)
+    if job.model.encrypted_hosts:
+        return _predict_encrypted_host(job, h, channel)
     model = load_part(out / "model.json", name)
     host_checks_parts(job, name, channel, model.model_id)
     table = _load_rows(job, h, model)
@@ -131,3 +138,40 @@ def predict_host(job: JobConfig, name: str, channel: Channel) -> dict:
     host_send_scores(channel, job.guest.name, job.host_names, name, u_h, context=f"{job.name}/score",
                      auth=relay_authentication(job, name))
     return keep_host_cohort(job, name, table, data, common)
+
+
+def _predict_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel) -> dict:
+    """A host with encrypted weights (``host_weights = "encrypted"``): its new rows' codes in its saved tables,
+    and their scores, sums of its weight ciphertexts re-randomised, to the guest. It checks that the arbiter's
+    key is the one its weights are under; it decrypts nothing and learns nothing of the scores."""
+    from ..models.encrypted_host import host_send_encrypted_scores, scoring_key, weights_from_hex
+    from ..models.model_file import ModelFileError
+    path = job.output_dir(h.name) / "model.json"
+    part = EncryptedWidePart.load(path, h.name)
+    encoding, tower = part.tables()
+    host_checks_parts(job, h.name, channel, part.model_id)
+    pk = scoring_key(channel, job.arbiter.name, job.model)
+    try:
+        weights = weights_from_hex(part.weights, pk, tower.n_params)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    table = _load_rows(job, h, part)
+    missing = [c for c in encoding.numeric if c not in table.columns]
+    if missing:
+        raise DataError(f"{_rows_to_score(h)}: no column {', '.join(map(repr, missing))}, which the model part "
+                        "was trained on")
+    common = run_psi(job, h.name, channel, table.ids)
+    write_intersection(job.output_dir(h.name) / "scored_ids.csv", common)
+    data = table.take(common)
+    host_send_encrypted_scores(channel, job.guest.name, tower, weights, encoding.codes(data))
+    return keep_host_cohort(job, h.name, table, data, common)
+
+
+def predict_arbiter(job: JobConfig, channel: Channel) -> dict:
+    """The arbiter's part, only with ``host_weights = "encrypted"``: its saved key's public half to every party,
+    then the guest's masked sum decrypted (uniform values mod n to it)."""
+    from ..models.key_holder import arbiter_score_new_rows, saved_key
+    _, sk = saved_key(job.output_dir(job.arbiter.name), job.model.encryption)
+    packed = arbiter_score_new_rows(channel, sk, job.guest.name, job.host_names)
+    log.info("%s: decrypted %d packed masked sums for %s", job.arbiter.name, packed, job.guest.name)
+    return {"party": job.arbiter.name, "packed_values": packed}

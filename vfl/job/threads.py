@@ -115,6 +115,7 @@ def run_psi_local(job: JobConfig) -> dict:
     return run_task_local(job, "psi")
 
 
-def run_predict_local(job: JobConfig) -> dict:
-    """Score ``predict_data`` (or ``data``) with the trained parts: guest and hosts, no arbiter."""
-    return run_task_local(job, "predict")
+def run_predict_local(job: JobConfig, network: LocalNetwork | None = None) -> dict:
+    """Score ``predict_data`` (or ``data``) with the trained parts: guest and hosts, and the arbiter when the
+    hosts' weights are encrypted under its key."""
+    return run_task_local(job, "predict", network=network)

@@ -22,6 +22,7 @@ through the secure sum.
 """
 from __future__ import annotations
 
+import gmpy2
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey
@@ -39,7 +40,7 @@ from .common import (D_FRAC_BITS, U_FRAC_BITS, check_public_key, expect_encrypte
                      prefix_for, step)
 from .randomness import receive_zeros
 from .timing import Stopwatch
-from .key_holder import RESCALE, RESCALE_REPLY, SCORE_STEP, SUM_STEP
+from .key_holder import PREDICT_KEY_STEP, RESCALE, RESCALE_REPLY, SCORE_STEP, SUM_STEP
 from .wide import (RESCALE_SHIFT, RESCALE_VALUE_BITS, UPDATE_FRAC_BITS, WideTower, preconditioner,
                    update_factors)
 
@@ -168,3 +169,28 @@ def weights_hex(weights: EncryptedArray) -> dict:
     """The weights as a model file keeps them: hex ciphertexts, their scale and the key's fingerprint."""
     return {"key_fingerprint": weights.public_key.fingerprint().hex(), "frac_bits": weights.frac_bits,
             "ciphertexts": [format(int(c), "x") for c in weights.ciphertexts.tolist()]}
+
+
+def weights_from_hex(saved: dict, pk: PublicKey, n_params: int) -> EncryptedArray:
+    """The weights :func:`weights_hex` kept, under ``pk``: a ``ValueError`` if they were encrypted under
+    another key (an arbiter that lost or replaced its key cannot score them) or do not fit the tables."""
+    if saved.get("key_fingerprint") != pk.fingerprint().hex():
+        raise ValueError("the weights are encrypted under another key than the arbiter's (its fingerprint "
+                         f"{pk.fingerprint().hex()[:16]}..., the part's {str(saved.get('key_fingerprint'))[:16]}...): "
+                         "score with the arbiter of the training that saved this part")
+    cts = saved.get("ciphertexts")
+    if not isinstance(cts, list) or len(cts) != n_params or not all(isinstance(c, str) for c in cts):
+        raise ValueError(f"the weights must be {n_params} hex ciphertexts, one per table entry")
+    frac = saved.get("frac_bits")
+    if frac != U_FRAC_BITS:
+        raise ValueError(f"the weights must be at {U_FRAC_BITS} fractional bits, not {frac!r}")
+    values = [gmpy2.mpz(c, 16) for c in cts]
+    if any(not 0 < v < pk.nsquare for v in values):
+        raise ValueError("a weight ciphertext is outside [1, n^2)")
+    return EncryptedArray(pk, values, frac)
+
+
+def scoring_key(channel: Channel, arbiter: str, model: ModelConfig) -> PublicKey:
+    """The arbiter's public key for ``vfl predict`` (``predict/public_key``), checked as at training."""
+    return public_key_from(channel.recv(arbiter, PREDICT_KEY_STEP), peer=arbiter, step=PREDICT_KEY_STEP,
+                           mode=model.encryption, check=lambda k: check_public_key(k, model))

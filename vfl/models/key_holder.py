@@ -27,6 +27,12 @@ KEY_FILE = "paillier_key.json"
 saved model parts are ciphertexts under it, so scoring new rows and resuming need the same key."""
 
 
+PREDICT_KEY_STEP = "predict/public_key"
+PREDICT_MAX_ROWS = 20_000_000
+"""The most rows the arbiter decrypts the masked sums of in one ``vfl predict``: a resource bound only (what it
+decrypts is uniform mod n to it), since it does not know how many rows the guest scores."""
+
+
 def new_key(out_dir: Path, bits: int, mode: str) -> tuple[PublicKey, PrivateKey]:
     """A fresh key pair, its private key written to ``out_dir / KEY_FILE`` before any ciphertext under it
     exists (a crash after training would otherwise leave the hosts' parts unreadable for ever)."""
@@ -91,3 +97,12 @@ def arbiter_decrypt_sum(channel: Channel, sk, guest: str, max_values: int) -> in
         plain = sk.decrypt_raw(enc.with_key(pk).ciphertexts)
     channel.send(guest, SUM_STEP + "_plain", BigInts.of(plain, (pk.n.bit_length() + 7) // 8))
     return len(enc)
+
+
+def arbiter_score_new_rows(channel: Channel, sk, guest: str, hosts: list[str]) -> int:
+    """The arbiter's part of ``vfl predict`` with encrypted host weights: its saved key's public half to every
+    party (the hosts check it is the key their weights are under), then the guest's masked sums decrypted.
+    Returns how many packed values it decrypted."""
+    for party in (guest, *hosts):
+        channel.send(party, PREDICT_KEY_STEP, sk.public_key.to_dict())
+    return arbiter_decrypt_sum(channel, sk, guest, PREDICT_MAX_ROWS)

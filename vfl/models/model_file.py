@@ -32,6 +32,7 @@ from ..protocol.spec import MODEL_ID_HEX, is_model_id
 from .refit import GuestRefit, fit_refit
 from .towers import EmbeddingTower, TowerInput
 from .vocab import Vocabulary, encode_all
+from .wide import WideEncoding, WideTower
 
 FORMAT, VERSION = "vfl-hetero-lr-part", 1
 log = logging.getLogger("vfl.model")
@@ -435,16 +436,16 @@ def _read(path: Path) -> dict:
 
 
 ENCRYPTED_FORMAT, ENCRYPTED_VERSION = "vfl-encrypted-wide-part", 1
-ENCRYPTED_REFUSAL = ('a host with encrypted weights (host_weights = "encrypted") needs the arbiter to score new rows; '
-                     "not built yet")
+ENCRYPTED_REFUSAL = ('a part with encrypted weights (host_weights = "encrypted") is scored with the arbiter, '
+                     'which holds their key: the job file must say host_weights = "encrypted", as at training')
 
 
 @dataclass
 class EncryptedWidePart:
     """A host's part with its weights encrypted under the arbiter's key (``host_weights = "encrypted"``): its
     tables (vocabularies, crosses, numeric bin edges) and the weights as hex ciphertexts with the key's
-    fingerprint, so nothing of the training is lost. The host cannot read its weights: scoring new rows needs
-    the arbiter, which is not built (``vfl predict`` and ``vfl serve`` refuse such a part)."""
+    fingerprint, so nothing of the training is lost. The host cannot read its weights: ``vfl predict`` scores
+    new rows with the arbiter, which holds the key (:mod:`vfl.job.predict`); ``vfl serve`` refuses such a part."""
 
     party: str
     numeric_columns: list[str]
@@ -466,14 +467,22 @@ class EncryptedWidePart:
 
     @classmethod
     def load(cls, path: Path, party: str) -> "EncryptedWidePart":
-        """The part at ``path`` as saved (for reports and the Python API; not for scoring)."""
+        """The part at ``path`` as saved, checked to be one (its weights are read under the arbiter's key by
+        :func:`vfl.models.encrypted_host.weights_from_hex`)."""
         d = _read(path)
         with _checked(path):
             if d.get("format") != ENCRYPTED_FORMAT or d.get("version") != ENCRYPTED_VERSION:
                 raise ModelFileError(f"{path} is no encrypted wide part (format {ENCRYPTED_FORMAT!r})")
             _owner(d, path, party)
-            return cls(d["party"], list(d["numeric_columns"]), list(d["categorical_columns"]), d["encoding"],
+            part = cls(d["party"], list(d["numeric_columns"]), list(d["categorical_columns"]), d["encoding"],
                        d["weights"], read_model_id(d, path))
+            part.tables()        # its encoding checked here, so that a malformed one names the file
+            return part
+
+    def tables(self) -> tuple[WideEncoding, WideTower]:
+        """The saved encoding and the tower of its tables (the weights stay ciphertexts)."""
+        encoding = WideEncoding.from_dict(self.encoding)
+        return encoding, WideTower([v.size for v in encoding.vocabs])
 
 
 def load_part(path: Path, party: str) -> "ModelPart | TowerPart":

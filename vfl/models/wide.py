@@ -103,6 +103,20 @@ class WideEncoding:
         return {"vocabularies": [v.to_dict() for v in self.vocabs], "numeric": list(self.numeric),
                 "edges": [list(map(float, e)) for e in self.edges]}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "WideEncoding":
+        """The encoding a model file kept, checked: edges must be finite and increasing, one list per
+        binned numeric column, else rows would fall in other bins than at training."""
+        vocabs = [Vocabulary.from_dict(v) for v in d["vocabularies"]]
+        numeric, edges = list(d["numeric"]), [[float(x) for x in e] for e in d["edges"]]
+        if not all(isinstance(c, str) for c in numeric) or len(edges) != len(numeric):
+            raise ValueError("encoding: needs one list of bin edges per numeric column")
+        if any(not np.isfinite(e).all() or (np.diff(e) <= 0).any() for e in edges if e):
+            raise ValueError("encoding: bin edges must be finite and increasing")
+        if len(vocabs) < len(numeric):
+            raise ValueError("encoding: fewer vocabularies than binned numeric columns")
+        return cls(vocabs, numeric, edges)
+
 
 def pairwise_crosses(columns: Sequence[str], given: Sequence[Sequence[str]] = ()) -> list[tuple[str, ...]]:
     """The host's crosses: those its table lists (``crosses``), else every pair of its categorical columns."""

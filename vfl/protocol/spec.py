@@ -296,6 +296,9 @@ _TABLE: list[StepSpec] = ([
              "alone: uniform mod 2^64 (with two or more hosts); all shares together: the sum of the hosts' "
              "scores per row (a single host's score when there is one host)", SCORE, dtype=_U64),
     # ------------------------------------------------------------------ scoring with encrypted host weights
+    *_both("predict/public_key", r"predict/public_key", "arbiter", ("guest", "host"), PUBLIC, ("control",),
+           "the arbiter's Paillier public key n, the one the hosts' saved weights are encrypted under: nothing "
+           "private (vfl predict, host_weights = \"encrypted\")", SCORE),
     StepSpec("predict/enc_u", r"predict/enc_u", "host", "guest", CIPHERTEXTS, ("encrypted",),
              "nothing: [[u_h]] of every aligned row under the arbiter's key, re-randomised by the host "
              "(host_weights = \"encrypted\")", SCORE),
@@ -377,6 +380,7 @@ CEILINGS: dict[str, str] = {
     "<pre>/e<e>/valid/sum_keys": "32 + 128*hosts + cert*hosts",
     "<pre>/e<e>/valid_decision": "64",
     "predict/model_id": "96",
+    "predict/public_key": "96 + key",
     "predict/sum_key": "128 + cert",
     "predict/sum_keys": "32 + 128*hosts + cert*hosts",
 }

@@ -65,7 +65,7 @@ from ..io.tables import MAX_ID_LENGTH, PartyTable
 from ..job.config import ConfigError, JobConfig
 from ..job.config import binned
 from ..models.common import sigmoid
-from ..models.model_file import (ENCRYPTED_REFUSAL, OtherTraining, TowerPart, _without_dropped, check_same_training,
+from ..models.model_file import (OtherTraining, TowerPart, _without_dropped, check_same_training,
                                  load_part)
 from ..models.scoring import RelayAuth, _key_entry, relay_authentication, signed_bytes
 from ..protocol.channel import ProtocolError
@@ -89,12 +89,17 @@ REFUSALS = (REFUSED_BATCH, REFUSED_SETTINGS, REFUSED_AUDIT, REFUSED_TOO_LARGE)
 PEER_TEXT = 200          # characters of a peer's error text kept (for the local log only, never a client)
 
 
+SERVE_ENCRYPTED_REFUSAL = ('vfl serve does not score with hosts whose weights are encrypted (host_weights = '
+                           '"encrypted"): their scores need the arbiter online, not built yet; score in batches '
+                           'with `vfl predict`, which runs the arbiter')
+
+
 def check_servable(job: JobConfig) -> None:
     if job.model.type not in SERVED_MODELS:
         raise ConfigError(f"vfl serve scores {', '.join(SERVED_MODELS)} models; this job trains "
                           f"{job.model.type!r} (score it in batches with `vfl predict`)")
     if job.model.type == "embedding" and job.model.encrypted_hosts:
-        raise ConfigError(ENCRYPTED_REFUSAL)
+        raise ConfigError(SERVE_ENCRYPTED_REFUSAL)
 
 
 def serving_dir(job: JobConfig, name: str):
