@@ -3,7 +3,8 @@
 The encrypted roles equal their plaintext twin; a host receives nothing but ciphertexts, public values and
 control words, and the same of them whatever the labels; the job runs end to end and passes ``vfl audit``,
 whose rule fails a host with encrypted weights that got a value decrypted; and what is not built (online
-scoring, resume) and what is not needed (label-DP, early stopping) is refused.
+scoring) and what is not needed (label-DP, early stopping) is refused (resume:
+tests/test_encrypted_hosts_resume.py; scoring new rows: tests/test_encrypted_predict.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from crypto.encoding import encode_signed
 from tests.conftest import run_parties, write_job
 from vfl.io.synth import write_categorical_credit_demo
 from vfl.job.config import ConfigError, ModelConfig, load_job
-from vfl.job.threads import JobFailed, run_local
+from vfl.job.threads import run_local
 from vfl.models import EmbeddingTower, SplitArbiter, SplitGuest, TowerInput
 from vfl.models.encrypted_host import EncryptedWideHost
 from vfl.models.model_file import ENCRYPTED_REFUSAL, ModelFileError, load_part
@@ -187,7 +188,7 @@ def test_the_job_runs_end_to_end_and_passes_the_audit(trained):
     assert ok, text
 
 
-def test_serve_and_resume_are_refused(trained):
+def test_serving_and_a_plain_reading_are_refused(trained):
     job, _, _ = trained
     with pytest.raises(ModelFileError) as exc:      # read as a plain part: the job file must say "encrypted"
         load_part(job.output_dir("host0") / "model.json", "host0")
@@ -196,8 +197,6 @@ def test_serve_and_resume_are_refused(trained):
     with pytest.raises(ConfigError) as exc:
         check_servable(job)
     assert str(exc.value) == SERVE_ENCRYPTED_REFUSAL
-    with pytest.raises(JobFailed, match="--resume with host_weights = \"encrypted\" is not built"):
-        run_local(job, resume=True)
 
 
 def test_a_host_with_encrypted_weights_that_received_a_release_fails_the_audit(tmp_path):

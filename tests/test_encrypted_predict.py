@@ -93,7 +93,8 @@ def test_a_host_refuses_another_key_than_its_weights_are_under(trained, tmp_path
     job = _copy(trained, tmp_path)
     _, other = generate_keypair(512)
     other.save(job.output_dir("arbiter") / KEY_FILE)
-    with pytest.raises(JobFailed, match="encrypted under another key than the arbiter's"):
+    with pytest.raises(JobFailed, match="the weights are encrypted under the key with fingerprint .*, not under "
+                                        "this key"):
         run_predict_local(job)
 
 

@@ -8,6 +8,7 @@ data file (the opt-in ``baselines`` of a demo is the one, labelled exception).
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from ..preprocess.stage import Prepared
 from ..io.files import write_csv_atomically, write_json
 from ..models import SplitArbiter, SplitGuest, SplitHost
-from ..models.checkpoint import Checkpoint, check_parties, training_checkpoint
+from ..models.checkpoint import Checkpoint, CheckpointError, check_parties, training_checkpoint
 from ..models.common import prefix_for, sigmoid
 from ..evaluation.metrics import binary_metrics, gains_table, scorecard_points
 from ..models.model_file import ModelPart, TowerPart
@@ -36,7 +37,7 @@ from ..psi import write_intersection
 from .alignment import run_psi
 from .identity import receive_model_id, send_model_id, training_model_id
 from ..models.encrypted_host import guest_host_sum
-from ..models.key_holder import KEY_FILE, new_key
+from ..models.key_holder import KEY_FILE, new_key, saved_key
 from ..models.scoring import guest_sum_scores, host_send_scores, relay_authentication
 from ..preprocess.scorecard import model_scaling
 from ..preprocess.split import Standardizer, split_mask
@@ -70,12 +71,7 @@ def _party_list(job: JobConfig) -> list[str]:
 def check_resume_parties(job: JobConfig, name: str) -> None:
     """Refuse a resume whose job file lists other parties than party ``name``'s checkpoint was saved
     with, before the party opens its network or its ledger: a refused run then records nothing (no run
-    with another party list for ``vfl audit`` to hold against the job). Raises ``CheckpointError``; always for
-    ``host_weights = "encrypted"``, whose hosts' encrypted weights are not checkpointed."""
-    if job.model.type == "embedding" and job.model.encrypted_hosts:
-        from ..models.checkpoint import CheckpointError
-        from ..models.guest import RESUME_REFUSED
-        raise CheckpointError(RESUME_REFUSED)
+    with another party list for ``vfl audit`` to hold against the job). Raises ``CheckpointError``."""
     check_parties(job.output_dir(name) / "checkpoint.json", _party_list(job))
 
 
@@ -170,9 +166,6 @@ def _refit(job: JobConfig, part: "TowerPart", data: PartyTable, host_sum: np.nda
 
 def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     """The guest's job; ``resume`` continues training from the per-epoch checkpoints."""
-    if resume and job.model.type == "embedding" and job.model.encrypted_hosts:
-        from ..models.guest import RESUME_REFUSED
-        raise ValueError(RESUME_REFUSED)
     if job.model.type == "secureboost":
         from .secureboost import run_guest as secureboost_guest
         _drop_scorecard(job, job.guest.name)          # trees write no points table
@@ -348,7 +341,8 @@ def _run_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel, table:
                         data: PartyTable, test: np.ndarray, timings: Stopwatch) -> dict:
     """A host with encrypted weights (``host_weights = "encrypted"``): its wide tables from its own training
     rows (the validation rows, kept for the guest's refit, left out as by the guest), training with its weights as ciphertexts, its part
-    saved as ciphertexts, and its encrypted scores of every aligned row sent to the guest."""
+    saved as ciphertexts, and its encrypted scores of every aligned row sent to the guest. Its checkpoint's
+    fingerprint covers its wide tables too (crosses, vocabularies, bin edges): a resume needs the same ones."""
     from ..models.encrypted_host import EncryptedWideHost, host_send_encrypted_scores, weights_hex
     from ..models.model_file import EncryptedWidePart
     from ..models.wide import WideTower, fit_encoding
@@ -361,8 +355,10 @@ def _run_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel, table:
     model = EncryptedWideHost(job.model, guest=job.guest.name, arbiter=job.arbiter.name, seed=job.model.seed,
                               tower=tower)
     model_id = receive_model_id(job, channel, prefix_for(job.model.type))
+    checkpoint = _checkpoint(job, h.name, common[train], data.columns, data.categorical_columns,
+                             json.dumps(encoding.to_dict(), sort_keys=True), data=data, train=train)
     with timings("train"):
-        model.fit(channel, codes[train])
+        model.fit(channel, codes[train], checkpoint=checkpoint)
     part = EncryptedWidePart(h.name, list(data.columns), list(data.categorical_columns), encoding.to_dict(),
                              weights_hex(model.weights_), model_id)
     _drop_scorecard(job, h.name)
@@ -391,14 +387,24 @@ def run_arbiter(job: JobConfig, channel: Channel) -> dict:
         write_json(job.output_dir(job.arbiter.name) / "training.json", report)
         return {"party": job.arbiter.name, **report}
     out = job.output_dir(job.arbiter.name)
-    if job.model.encrypted_hosts:      # the hosts' parts will be ciphertexts under it: kept for scoring
-        keypair = new_key(out, job.model.key_bits, job.model.encryption)
-    else:                              # an earlier training's key, whose parts this training replaces
-        keypair = None
+
+    def key_for(resuming: bool):
+        """The hosts' parts will be ciphertexts under the key, so it is kept for scoring and resuming: a new
+        key for a new training, the saved one when the guest's plan resumes (the hosts' checkpointed
+        ciphertexts are under it)."""
+        if not resuming:
+            return new_key(out, job.model.key_bits, job.model.encryption)
+        if not (out / KEY_FILE).is_file():
+            raise CheckpointError(f"{out / KEY_FILE}: the arbiter's private key is not there, and the hosts' "
+                                  "checkpointed weights are encrypted under it: this training can not resume; "
+                                  "start afresh without --resume")
+        return saved_key(out, job.model.encryption)
+    if not job.model.encrypted_hosts:  # an earlier training's key, whose parts this training replaces
         (out / KEY_FILE).unlink(missing_ok=True)
     arb = SplitArbiter(job.model, guest=job.guest.name, hosts=job.host_names,
                        validation=job.model.early_stopping_on).fit(
-        channel, keypair, checkpoint=_checkpoint(job, job.arbiter.name))
+        channel, checkpoint=_checkpoint(job, job.arbiter.name),
+        key_for=key_for if job.model.encrypted_hosts else None)
     if job.model.encrypted_hosts:      # the guest's masked sum of the hosts' scores of the aligned rows
         arb.score_hosts(channel, scoring_bound(arb.n_train_, job.test_fraction))
     report = {"epochs_run": arb.epochs_run_, "key_bits": job.model.key_bits,      # it never learns the loss

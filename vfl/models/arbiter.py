@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Callable
 
 import numpy as np
 
-from crypto import EncryptedArray, SecureGenerator, generate_keypair
+from crypto import EncryptedArray, PrivateKey, PublicKey, SecureGenerator, generate_keypair
 from crypto.encoding import DEFAULT_FRAC_BITS, encode_signed
 from crypto.packing import SLOT_BITS, packed_count, slot_offsets, slots_per_ciphertext
 from ..protocol.channel import Channel, PeerError
@@ -195,17 +196,31 @@ class SplitArbiter:
         ints = encode_signed(gauss, RELEASE_FRAC_BITS, limit=1 << (SLOT_BITS - 3)) + _dither(gauss)
         return slot_offsets(ints, n_packed, n_bits)
 
-    def fit(self, channel: Channel, keypair=None, checkpoint: Checkpoint | None = None) -> "SplitArbiter":
+    def fit(self, channel: Channel, keypair=None, checkpoint: Checkpoint | None = None,
+            key_for: Callable[[bool], tuple[PublicKey, PrivateKey]] | None = None) -> "SplitArbiter":
+        """Hold the key for one training. ``keypair`` fixes the key; else ``key_for(resuming)`` gives it
+        (``host_weights = "encrypted"``: a new key, or on a resume the one the hosts' checkpointed
+        ciphertexts are under), else a new one is made."""
         m = self.model
         pre = prefix_for(m.type)
-        if m.key_bits < 2048:
-            log.warning("generating a %d-bit Paillier key: for tests only, use 2048 or more in production",
-                        m.key_bits)
-        pk, sk = keypair or generate_keypair(m.key_bits, mode=m.encryption)
+
+        def key(resuming: bool) -> tuple[PublicKey, PrivateKey]:
+            if keypair is not None:
+                return keypair
+            if key_for is not None:
+                return key_for(resuming)
+            if m.key_bits < 2048:
+                log.warning("generating a %d-bit Paillier key: for tests only, use 2048 or more in production",
+                            m.key_bits)
+            return generate_keypair(m.key_bits, mode=m.encryption)
+        # With encrypted hosts the key follows the plan: only the guest's plan says whether training resumes,
+        # and a resume must use the key the hosts' ciphertexts are under (a new training, a new key).
+        plan = None if not m.encrypted_hosts else self._plan(channel, pre)
+        pk, sk = key(plan is not None and plan["start_epoch"] > 0)
         self._sk = sk if m.encrypted_hosts else None       # the scoring round after training needs it
         for party in (self.guest, *self.hosts):
             channel.send(party, f"{pre}/public_key", pk.to_dict())
-        plan = check_plan(channel.recv(self.guest, f"{pre}/plan"), m, self.guest, f"{pre}/plan")
+        plan = plan or self._plan(channel, pre)
         epochs, batches, n_train = plan["epochs"], plan["batches"], plan["n_train"]
         start, saved = start_epochs(plan["start_epoch"], plan["saved_epoch"], epochs)
         if not start and checkpoint is not None:   # training from scratch: an earlier run's states must go
@@ -233,6 +248,10 @@ class SplitArbiter:
             if supply is not None:
                 supply.close()
         return self
+
+    def _plan(self, channel: Channel, pre: str) -> dict:
+        """The guest's ``<pre>/plan``, checked (:func:`check_plan`)."""
+        return check_plan(channel.recv(self.guest, f"{pre}/plan"), self.model, self.guest, f"{pre}/plan")
 
     def _train(self, channel: Channel, pk, sk, pre: str, plan: dict, start: int, saved: int, epochs: int,
                batches: int, supply: ZeroSupply | None, checkpoint: Checkpoint | None,

@@ -2,7 +2,8 @@
 
 Every party (the arbiter too) writes its own state after each epoch's
 decision: its weights and optimiser state (the arbiter: the epoch and whether training
-converged; it never learns the loss, which the guest keeps).
+converged; it never learns the loss, which the guest keeps; a host with encrypted
+weights: its ciphertexts, ``encrypted_weights``, which it cannot read).
 Nothing of another party is in it. A fingerprint of what must not change
 between the runs (job, party, settings other than ``epochs``/``tolerance``,
 the training rows) guards against resuming a different training. Under label-DP
@@ -19,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -147,6 +149,8 @@ class TrainingState:
     epoch_seconds: list[float | None] = field(default_factory=list)   # the guest's, indexed by epoch
     smallest_release: int | None = None          # fewest rows behind any sum released so far
     noised_epochs: int | None = None             # label-DP: epoch runs the arbiter noised (replays included)
+    # host_weights = "encrypted": a host's weights as ciphertexts it cannot read (encrypted_host.weights_hex)
+    encrypted_weights: dict | None = None
 
 
 def _is_number(v) -> bool:
@@ -186,6 +190,36 @@ def check_state(state: TrainingState) -> list[str]:
     for name in ("smallest_release", "noised_epochs"):
         if getattr(state, name) is not None and not _is_count(getattr(state, name)):
             problems.append(f"{name} {getattr(state, name)!r} is not a whole number >= 0")
+    if state.encrypted_weights is not None:
+        problems += _encrypted_problems(state.encrypted_weights)
+    return problems
+
+
+ENCRYPTED_FIELDS = ("key_fingerprint", "frac_bits", "ciphertexts")
+_HEX = re.compile(r"[0-9a-f]{1,4096}")
+
+
+def _encrypted_problems(d) -> list[str]:
+    """The form of a host's checkpointed ciphertexts (``encrypted_weights``): exactly
+    :data:`ENCRYPTED_FIELDS`, a 32-digit key fingerprint, whole ``frac_bits`` and lowercase hex
+    ciphertexts. Whether they are valid under the arbiter's key is the host's check
+    (:func:`vfl.models.encrypted_host.weights_from_hex`): this file does not know the key."""
+    if not isinstance(d, dict) or set(d) != set(ENCRYPTED_FIELDS):
+        got = sorted(map(str, d))[:8] if isinstance(d, dict) else type(d).__name__
+        return [f"encrypted_weights must hold exactly {list(ENCRYPTED_FIELDS)}, got {got}"]
+    problems = []
+    fp = d["key_fingerprint"]
+    if not (isinstance(fp, str) and len(fp) == 32 and _HEX.fullmatch(fp)):
+        problems.append("encrypted_weights.key_fingerprint is not 32 lowercase hex digits")
+    if not _is_count(d["frac_bits"]):
+        problems.append(f"encrypted_weights.frac_bits {d['frac_bits']!r} is not a whole number >= 0")
+    cts = d["ciphertexts"]
+    if not isinstance(cts, list) or not cts:
+        problems.append("encrypted_weights.ciphertexts is not a non-empty list")
+    else:
+        bad = sum(1 for c in cts if not (isinstance(c, str) and _HEX.fullmatch(c)))
+        if bad:
+            problems.append(f"encrypted_weights.ciphertexts holds {bad} values that are not lowercase hex")
     return problems
 
 

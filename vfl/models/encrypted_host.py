@@ -18,7 +18,9 @@ A host so receives ciphertexts, public sizes and when training stops, nothing
 else; the arbiter sees masked slots. At the end the guest learns the hosts'
 summed score of every aligned row through the arbiter (``predict/enc_u``,
 ``predict/masked_sum``, ``predict/masked_sum_plain``), as it learns it today
-through the secure sum.
+through the secure sum. After every epoch a host checkpoints its weights as
+ciphertexts (:func:`weights_hex`); a resume continues from them under the
+arbiter's saved key.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import gmpy2
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey
-from crypto.paillier import check_zeros
+from crypto.paillier import check_units, check_zeros
 from crypto.histogram import bin_sums
 from crypto.rescale import finish_rescale, mask_for_rescale
 
@@ -35,7 +37,7 @@ from ..preprocess.split import batch_schedule
 from ..protocol.channel import Channel
 from ..protocol.checks import expect_fields, from_peer, public_key_from, refuse
 from .arbiter import check_arbiter_decision
-from .checkpoint import start_epochs
+from .checkpoint import Checkpoint, CheckpointError, TrainingState, start_epochs
 from .common import (D_FRAC_BITS, U_FRAC_BITS, check_public_key, expect_encrypted, masked_gradient_round,
                      prefix_for, step)
 from .randomness import receive_zeros
@@ -64,6 +66,33 @@ def entry_sums(d: EncryptedArray, tower: WideTower, codes: np.ndarray) -> Encryp
     return EncryptedArray(d.public_key, products[:, 0], d.frac_bits)
 
 
+def weights_from_hex(saved: dict, pk: PublicKey, n_params: int) -> EncryptedArray:
+    """Weights kept as :func:`weights_hex` wrote them, back as ciphertexts under ``pk``: ``n_params`` of them,
+    at the weights' scale, each in ``[1, n^2)`` and a unit mod n. Raises ``ValueError`` naming the problem
+    (ciphertexts under another key are refused by the fingerprint before any is read)."""
+    if not isinstance(saved, dict) or set(saved) != {"key_fingerprint", "frac_bits", "ciphertexts"}:
+        raise ValueError("encrypted weights must hold exactly key_fingerprint, frac_bits and ciphertexts")
+    if saved["key_fingerprint"] != pk.fingerprint().hex():
+        raise ValueError(f"the weights are encrypted under the key with fingerprint {saved['key_fingerprint']!s:.32}, "
+                         f"not under this key ({pk.fingerprint().hex()})")
+    if saved["frac_bits"] != U_FRAC_BITS:
+        raise ValueError(f"the weights are at {saved['frac_bits']!r} fractional bits, expected {U_FRAC_BITS}")
+    cts = saved["ciphertexts"]
+    if not isinstance(cts, list) or len(cts) != n_params:
+        raise ValueError(f"{len(cts) if isinstance(cts, list) else 'no'} weight ciphertexts, expected {n_params}")
+    limit = (2 * pk.bits + 3) // 4              # hex digits of n^2
+    values = []
+    for i, c in enumerate(cts):
+        if not isinstance(c, str) or not 0 < len(c) <= limit or c.strip("0123456789abcdef"):
+            raise ValueError(f"weight ciphertext {i} is not lowercase hex of at most {limit} digits")
+        v = gmpy2.mpz(c, 16)
+        if not 0 < v < pk.nsquare:
+            raise ValueError(f"weight ciphertext {i} is outside [1, n^2)")
+        values.append(v)
+    check_units(values, pk.n)
+    return EncryptedArray(pk, values, U_FRAC_BITS)
+
+
 class EncryptedWideHost:
     """One host's part of split training with its weights encrypted under the arbiter's key.
 
@@ -78,41 +107,74 @@ class EncryptedWideHost:
         self.epochs_run_ = 0
         self.timings_ = Stopwatch()
 
-    def fit(self, channel: Channel, codes: np.ndarray) -> "EncryptedWideHost":
+    def fit(self, channel: Channel, codes: np.ndarray, checkpoint: Checkpoint | None = None) -> "EncryptedWideHost":
+        """Train; with ``checkpoint``, save the weights' ciphertexts after every epoch and resume from them
+        when the guest says training resumes (``<pre>/start``), under the same arbiter key."""
         codes = np.asarray(codes, dtype=np.int64)
         self.tower.index(codes)            # every code within its table
         n = len(codes)
         m = self.model.resolved(n)
         pre = prefix_for(m.type)
-        tag = f"{pre}/public_key"
-        pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption,
-                             check=lambda k: check_public_key(k, m))
+        key_tag = f"{pre}/public_key"
+        pk = public_key_from(channel.recv(self.arbiter, key_tag), peer=self.arbiter, step=key_tag,
+                             mode=m.encryption, check=lambda k: check_public_key(k, m))
         self.public_key_ = pk
         channel.send(self.arbiter, f"{pre}/values", {"values": self.tower.n_params, "randomness": m.randomness,
                                                      "n_train": n})
         tag = f"{pre}/start"
         said = expect_fields(channel.recv(self.guest, tag), ("epoch", "saved_epoch"), peer=self.guest, step=tag)
         with from_peer(self.guest, tag):
-            start, _ = start_epochs(said["epoch"], said["saved_epoch"], m.epochs)
-        if start:
-            raise refuse(self.guest, tag, f"asks to resume at epoch {start}: a host with encrypted weights keeps no "
-                         "checkpoint (host_weights = \"encrypted\" cannot resume)")
+            start, saved = start_epochs(said["epoch"], said["saved_epoch"], m.epochs)
+        # the same batches and preconditioner as an uninterrupted run: both depend on public sizes and
+        # this host's own row counts only, never on the epoch training (re)starts at
         n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         decay, step_size = update_factors(
             preconditioner(self.tower.column_counts(codes), n_batches, len(self.tower.sizes), m.host_l2),
             m.host_l2, n_batches)
-        w = EncryptedArray.encrypt(pk, self.tower.init_params(), frac_bits=U_FRAC_BITS)
-        for epoch in range(m.epochs):
+        if start:
+            w = self._resume(checkpoint, pk, start, saved, m.epochs, key_tag)
+        else:
+            if checkpoint is not None:        # training from scratch: an earlier run's states must go
+                checkpoint.clear()
+            w = EncryptedArray.encrypt(pk, self.tower.init_params(), frac_bits=U_FRAC_BITS)
+        for epoch in range(start, m.epochs):
             for b, rows in enumerate(batch_schedule(n, m.batch_size, self.seed, epoch)):
                 w = self._batch(channel, pk, w, codes[rows], decay, step_size, pre, epoch, b)
             self.epochs_run_ = epoch + 1
             tag = f"{pre}/e{epoch}/decision"
             stop = check_arbiter_decision(channel.recv(self.arbiter, tag), tag, self.arbiter, host=True)["stop"]
+            if checkpoint is not None:        # before saved: the guest saves this epoch only after every host
+                checkpoint.save(TrainingState(epoch + 1, stop and epoch + 1 < m.epochs,
+                                              encrypted_weights=weights_hex(w)))
             channel.send(self.guest, f"{pre}/e{epoch}/saved", {"stop": stop})
             if stop:
                 break
         self.weights_ = w
         return self
+
+    def _resume(self, checkpoint: Checkpoint | None, pk: PublicKey, start: int, saved: int, epochs: int,
+                key_tag: str) -> EncryptedArray:
+        """The ciphertexts of the guest's checkpoint epoch (``saved``; ``start = epochs`` when training had
+        ended), refused unless they are under the arbiter's key of this run."""
+        if checkpoint is None:
+            raise CheckpointError("the guest resumes a training but this host keeps no checkpoint")
+        state = checkpoint.load(epoch=saved if start == epochs else start, finished=start == epochs)
+        if state.encrypted_weights is None:
+            raise CheckpointError(f"{checkpoint.path} holds no encrypted weights (a checkpoint of host_weights = "
+                                  "\"plain\"?); start afresh without --resume")
+        saved_key = state.encrypted_weights["key_fingerprint"]
+        if saved_key != pk.fingerprint().hex():
+            raise refuse(self.arbiter, key_tag,
+                         f"its public key (fingerprint {pk.fingerprint().hex()}) is not the key this host's "
+                         f"checkpointed weights are encrypted under (fingerprint {saved_key}, {checkpoint.path}): "
+                         "the arbiter's key changed since the interrupted run (a new or another key file), so "
+                         "those ciphertexts can not be used; start afresh without --resume")
+        try:
+            w = weights_from_hex(state.encrypted_weights, pk, self.tower.n_params)
+        except ValueError as exc:
+            raise CheckpointError(f"{checkpoint.path} is damaged: {exc}; start afresh without --resume") from None
+        self.epochs_run_ = state.epoch
+        return w
 
     def _batch(self, channel: Channel, pk: PublicKey, w: EncryptedArray, codes: np.ndarray, decay: np.ndarray,
                step_size: np.ndarray, pre: str, epoch: int, b: int) -> EncryptedArray:
@@ -169,25 +231,6 @@ def weights_hex(weights: EncryptedArray) -> dict:
     """The weights as a model file keeps them: hex ciphertexts, their scale and the key's fingerprint."""
     return {"key_fingerprint": weights.public_key.fingerprint().hex(), "frac_bits": weights.frac_bits,
             "ciphertexts": [format(int(c), "x") for c in weights.ciphertexts.tolist()]}
-
-
-def weights_from_hex(saved: dict, pk: PublicKey, n_params: int) -> EncryptedArray:
-    """The weights :func:`weights_hex` kept, under ``pk``: a ``ValueError`` if they were encrypted under
-    another key (an arbiter that lost or replaced its key cannot score them) or do not fit the tables."""
-    if saved.get("key_fingerprint") != pk.fingerprint().hex():
-        raise ValueError("the weights are encrypted under another key than the arbiter's (its fingerprint "
-                         f"{pk.fingerprint().hex()[:16]}..., the part's {str(saved.get('key_fingerprint'))[:16]}...): "
-                         "score with the arbiter of the training that saved this part")
-    cts = saved.get("ciphertexts")
-    if not isinstance(cts, list) or len(cts) != n_params or not all(isinstance(c, str) for c in cts):
-        raise ValueError(f"the weights must be {n_params} hex ciphertexts, one per table entry")
-    frac = saved.get("frac_bits")
-    if frac != U_FRAC_BITS:
-        raise ValueError(f"the weights must be at {U_FRAC_BITS} fractional bits, not {frac!r}")
-    values = [gmpy2.mpz(c, 16) for c in cts]
-    if any(not 0 < v < pk.nsquare for v in values):
-        raise ValueError("a weight ciphertext is outside [1, n^2)")
-    return EncryptedArray(pk, values, frac)
 
 
 def scoring_key(channel: Channel, arbiter: str, model: ModelConfig) -> PublicKey:

@@ -15,7 +15,7 @@ from .optim import optimizer_state
 from ..preprocess.split import batch_schedule
 from .timing import Stopwatch
 from .backprop import encrypted_sums, with_coef_bits
-from .checkpoint import Checkpoint, TrainingState, is_finished, padded_seconds, resume_from
+from .checkpoint import Checkpoint, CheckpointError, TrainingState, is_finished, padded_seconds, resume_from
 from .randomness import receive_zeros
 from .arbiter import check_arbiter_decision
 from .common import (LOSS_PART_FRAC_BITS, U_FRAC_BITS, X_FRAC_BITS, check_public_key, expansion_terms,
@@ -26,8 +26,6 @@ from .trainer import TowerTrainer, as_input
 from .validation import EarlyStopping, Validation, early_stopping_for
 
 log = logging.getLogger("vfl.train")
-RESUME_REFUSED = ('--resume with host_weights = "encrypted" is not built: a host\'s encrypted weights are not '
-                  "checkpointed; train afresh (without --resume)")
 
 
 class SplitGuest:
@@ -73,12 +71,16 @@ class SplitGuest:
         m = self.model.resolved(len(x))      # the batch size for these rows (0 = the default)
         self.tower = self.tower or LinearTower(x.numeric.shape[1], intercept=True)
         pre = prefix_for(m.type)
+        n = len(x)
+        n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
+        planned = None
+        if m.encrypted_hosts:      # the arbiter answers the plan with its key: new, or the resumed training's
+            planned = self._start(checkpoint, resume, m)
+            channel.send(self.arbiter, f"{pre}/plan", self._plan(m, n, n_batches, resume, *planned))
         tag = f"{pre}/public_key"
         pk = public_key_from(channel.recv(self.arbiter, tag), peer=self.arbiter, step=tag, mode=m.encryption,
                              check=lambda k: check_public_key(k, m))
         self.public_key_ = pk
-        n = len(x)
-        n_batches = len(batch_schedule(n, m.batch_size, self.seed, 0))
         if not m.label_dp_on:
             warn_if_small_batches(n, m.batch_size, self.tower.batch_values, channel.name)
         trainer = TowerTrainer(m, self.tower, self.init_seed, pk, observe=self.observe)
@@ -88,8 +90,6 @@ class SplitGuest:
         best = None
         try:
             start = saved = 0
-            if resume and m.encrypted_hosts:
-                raise ValueError(RESUME_REFUSED)
             if not resume and checkpoint is not None:    # a fresh training: nothing of an earlier one may stay
                 checkpoint.clear()
             if resume and checkpoint is not None and not checkpoint.path.is_file():
@@ -98,7 +98,7 @@ class SplitGuest:
             elif resume:
                 state, trainer.params = resume_from(checkpoint, trainer.opt, self.tower.n_params, max_epochs=m.epochs,
                                                     finished=True)
-                start = saved = state.epoch
+                start = saved = self.epochs_run_ = state.epoch     # epochs_run_: a training that had ended
                 self.loss_history_, self.epoch_seconds_ = list(state.loss_history), padded_seconds(state)
                 trainer.buffer.smallest_release = state.smallest_release    # carried over
                 self.noised_epochs_ = state.noised_epochs
@@ -110,11 +110,11 @@ class SplitGuest:
                     log.info("resuming: training had ended after epoch %d; going on to scoring", state.epoch)
                 else:
                     log.info("resuming after epoch %d", start)
-            channel.send(self.arbiter, f"{pre}/plan", {"epochs": m.epochs, "batches": n_batches, "n_train": n,
-                                                       "start_epoch": start, "saved_epoch": saved,
-                                                       "resume": bool(resume),
-                                                       "values": self.tower.n_params,
-                                                       "randomness": m.randomness})
+            if planned is None:
+                channel.send(self.arbiter, f"{pre}/plan", self._plan(m, n, n_batches, resume, start, saved))
+            elif planned != (start, saved):     # sent before the key from the same file, which only we write
+                raise CheckpointError(f"{checkpoint.path} changed while resuming: planned epoch {planned[0]}, "
+                                      f"read epoch {start}")
             for h in self.hosts:
                 channel.send(h, f"{pre}/start", {"epoch": start, "saved_epoch": saved})
             for epoch in range(start, m.epochs):
@@ -158,6 +158,22 @@ class SplitGuest:
         self.smallest_release_ = trainer.buffer.smallest_release
         self.observed_ = trainer.observed
         return self
+
+    def _plan(self, m: ModelConfig, n: int, n_batches: int, resume: bool, start: int, saved: int) -> dict:
+        """The ``<pre>/plan`` the arbiter follows: sizes, and where training starts (``start_epochs``)."""
+        return {"epochs": m.epochs, "batches": n_batches, "n_train": n, "start_epoch": start, "saved_epoch": saved,
+                "resume": bool(resume), "values": self.tower.n_params, "randomness": m.randomness}
+
+    @staticmethod
+    def _start(checkpoint: Checkpoint | None, resume: bool, m: ModelConfig) -> tuple[int, int]:
+        """``(start_epoch, saved_epoch)`` as :meth:`fit` derives them from the checkpoint, read before the
+        arbiter's key with encrypted hosts (fit reads the same file again once it has the key)."""
+        if not resume or (checkpoint is not None and not checkpoint.path.is_file()):
+            return 0, 0
+        if checkpoint is None:
+            raise CheckpointError("asked to resume, but this party keeps no checkpoint")
+        state = checkpoint.load(max_epochs=m.epochs, finished=True)
+        return (m.epochs if is_finished(state, m.epochs) else state.epoch), state.epoch
 
     def _epoch_loss(self, channel: Channel, pk: PublicKey, pre: str, epoch: int, masks: int, n: int) -> None:
         """Unmask the epoch's loss, record its mean and tell the arbiter whether it converged.

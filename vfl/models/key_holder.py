@@ -36,6 +36,8 @@ decrypts is uniform mod n to it), since it does not know how many rows the guest
 def new_key(out_dir: Path, bits: int, mode: str) -> tuple[PublicKey, PrivateKey]:
     """A fresh key pair, its private key written to ``out_dir / KEY_FILE`` before any ciphertext under it
     exists (a crash after training would otherwise leave the hosts' parts unreadable for ever)."""
+    if bits < 2048:
+        log.warning("generating a %d-bit Paillier key: for tests only, use 2048 or more in production", bits)
     pk, sk = generate_keypair(bits, mode=mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     sk.save(out_dir / KEY_FILE)
