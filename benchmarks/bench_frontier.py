@@ -54,7 +54,7 @@ def job_for(folder: Path, which: str, rows: int, pairs: bool = False):
     """Write the data and return (job, common IDs, test mask)."""
     host: dict = {"name": "host", "address": "127.0.0.1:29402", "data": str(folder / "host.csv")}
     guest: dict = {"name": "guest", "address": "127.0.0.1:29401", "data": str(folder / "guest.csv")}
-    model: dict = {"type": "embedding", "key_bits": 1024, "allow_short_keys": True}
+    model: dict = {"type": "embedding", "host_weights": "plain", "key_bits": 1024, "allow_short_keys": True}
     if which in ("credit", "demo"):
         demo = which == "demo"
         bank, shop = categorical_credit_population(rows, seed=0, bank_share=0.8 if demo else 1.0,

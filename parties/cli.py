@@ -283,11 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="runs/credit-demo", help="where data, job file and results go")
     s.add_argument("--people", type=int, default=10_000, help="size of the synthetic population (at least 1000)")
     s.add_argument("--key-bits", type=int, default=2048, help="Paillier key size")
-    s.add_argument("--epochs", type=int, default=None, help=">= 1; default: 10 (logistic), 12 (embedding, with early "
-                   "stopping); secureboost: the number of trees (10)")
+    s.add_argument("--epochs", type=int, default=None, help=">= 1; default: 10 (logistic), 16 (embedding, fixed: its "
+                   "host's weights stay encrypted); secureboost: the number of trees (10)")
     s.add_argument("--model", choices=["logistic", "embedding", "secureboost"], default="logistic",
                    help="logistic: split LR on the shop's behaviour columns; embedding: the shop's merchants, "
-                        "cities, devices and categories embedded in its own tower; secureboost: gradient-boosted "
+                        "cities, devices, categories and their crosses in a wide tower whose weights stay "
+                        "encrypted, beside the bank's embedding tower; secureboost: gradient-boosted "
                         "trees on both parties' columns, beside LR")
     s.add_argument("--serve", action="store_true",
                    help="then start the shop's and the bank's online scoring services (vfl serve) and score "

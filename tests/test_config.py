@@ -86,14 +86,38 @@ def test_embedding_epochs_follow_the_label_dp_budget():
     """Under label-DP each epoch's releases get a share of the budget: the default number of epochs grows
     with epsilon (12 up to 4, 16 up to 16, 20 above); explicit epochs, LR and no label-DP keep theirs."""
     from vfl.job.config import ModelConfig
-    epochs = lambda **k: ModelConfig(type="embedding", **k).epochs  # noqa: E731
+    epochs = lambda **k: ModelConfig(type="embedding", host_weights="plain", **k).epochs  # noqa: E731
     assert [epochs(dp_epsilon=e) for e in (1, 4, 4.5, 8, 16, 32)] == [12, 12, 16, 16, 16, 20]
     assert epochs(label_dp="off") == 12 and epochs(epochs=5) == 5 and ModelConfig(label_dp="on").epochs == 10
-    default, pinned = ModelConfig(type="embedding"), ModelConfig(type="embedding", epochs=12)
+    default = ModelConfig(type="embedding", host_weights="plain")
+    pinned = ModelConfig(type="embedding", host_weights="plain", epochs=12)
     assert [default.at_epsilon(e).epochs for e in (2, 8, 32)] == [12, 16, 20]    # the frontier's rows
     assert [pinned.at_epsilon(e).epochs for e in (2, 8, 32)] == [12, 12, 12]
-    assert ModelConfig(type="embedding", label_dp="off").at_epsilon(32).epochs == 20   # its default: 12
+    assert ModelConfig(type="embedding", host_weights="plain", label_dp="off").at_epsilon(32).epochs == 20
     assert default.at_epsilon(2).label_dp_on and default.at_epsilon(2).dp_epsilon == 2.0
+    # the default's hosts keep encrypted weights: fixed 16 epochs; its frontier rows are the plain model's
+    enc = ModelConfig(type="embedding")
+    assert enc.encrypted_hosts and enc.epochs == 16 and not enc.label_dp_on and not enc.early_stopping_on
+    assert [enc.at_epsilon(e).epochs for e in (2, 8, 32)] == [12, 16, 20]
+    assert not enc.at_epsilon(8).encrypted_hosts and enc.at_epsilon(8).label_dp_on
+
+
+def test_host_weights_auto_is_encrypted_for_the_embedding_model_unless_asked_otherwise(tmp_path):
+    """"auto" means encrypted host weights for the embedding model, and plain hosts (label-DP) when the job
+    asks for what only they do: label-DP or early stopping "on"; never for other models."""
+    from vfl.job.config import ModelConfig
+    assert ModelConfig(type="embedding").encrypted_hosts
+    assert not ModelConfig(type="embedding", label_dp="on").encrypted_hosts
+    assert not ModelConfig(type="embedding", early_stopping="on").encrypted_hosts
+    assert not ModelConfig(type="embedding", host_weights="plain").encrypted_hosts
+    assert not ModelConfig(type="logistic").encrypted_hosts and not ModelConfig(type="secureboost").encrypted_hosts
+    from tests.conftest import write_job, write_tables
+    from vfl.io.synth import vertical_split
+    g, hs = write_tables(tmp_path, *vertical_split(60, 2, [2], seed=1))
+    plain = load_job(write_job(tmp_path, g, hs, model={"type": "embedding", "early_stopping": "on"}))
+    assert not plain.model.encrypted_hosts and plain.model.label_dp_on
+    enc = load_job(write_job(tmp_path, g, hs, model={"type": "embedding"}))
+    assert enc.model.encrypted_hosts and not enc.model.label_dp_on
 
 
 def test_label_dp_auto_covers_logistic_regression_but_a_woe_scorecard(tmp_path):

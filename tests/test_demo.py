@@ -49,17 +49,20 @@ def test_embedding_demo_runs_over_tls_and_reports_its_protection(tmp_path, capsy
     assert main(["demo", "--model", "embedding", "--workdir", str(tmp_path), "--people", "2500", "--epochs", "2",
                  "--key-bits", "512"]) == 0
     out = capsys.readouterr().out
-    assert "pooled plaintext twin" in out and "label-DP epsilon" in out
+    assert "pooled plaintext twin" in out and "weights stayed encrypted under the arbiter's key" in out
     m = json.loads((tmp_path / "results" / "metrics.json").read_text())
-    assert m["model"] == "embedding" and m["smallest_release_rows"] >= 32
-    assert 0.5 < m["baseline_twin_auc"] <= 1 and m["test"]["auc"] is not None
+    assert m["model"] == "embedding" and m["host_weights"] == "encrypted" and m["smallest_release_rows"] >= 32
+    assert 0.5 < m["baseline_twin_auc"] <= 1 and m["test"]["auc"] is not None and m["label_dp"]["on"] is False
+    # the shop's part: its 7 columns, the demo's 4 crosses and its numeric columns' bins, weights as ciphertexts
     shop = json.loads((tmp_path / "results" / "shop" / "model.json").read_text())
-    crosses = [v for v in shop["vocabularies"] if v.get("sources")]
-    assert shop["format"] == "vfl-tower-part" and len(shop["vocabularies"]) - len(crosses) == 7 and len(crosses) == 4
-    assert shop["wide"] and len(m["frontier"]["rows"]) == 6 and m["validation"]["history"]
-    assert "intercept" not in shop["params"]                  # the shop's part holds nothing of the bank's
+    vocabs = shop["encoding"]["vocabularies"]
+    crosses = [v for v in vocabs if v.get("sources")]
+    assert shop["format"] == "vfl-encrypted-wide-part" and len(crosses) == 4
+    assert len(vocabs) == 7 + 4 + len(shop["encoding"]["numeric"])
+    assert len(m["frontier"]["rows"]) == 6 and m["validation"] is None     # fixed epochs: no early stopping
+    # new applicants scored with the arbiter, as the aligned rows were
     scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())
-    assert scored["scored_rows"] > 0
+    assert scored["scored_rows"] > 0 and scored["metrics"]["auc"] > 0.6
 
 
 def test_secureboost_demo_prints_trees_beside_lr_and_each_party_reports_its_own_importance(tmp_path, capsys):

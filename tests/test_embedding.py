@@ -45,7 +45,7 @@ def train(model, keypair, towers, xg, xh, y, seed=5, record=False):
     return roles, net
 
 
-BASE = ModelConfig(type="embedding", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam", l2=0.01, table_release="eager",
+BASE = ModelConfig(type="embedding", host_weights="plain", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam", l2=0.01, table_release="eager",
                    tolerance=0.0, key_bits=512, allow_short_keys=True, min_rows_per_release=1, label_dp="off")
 
 
@@ -113,8 +113,9 @@ def test_label_inference_attacks_on_what_a_host_sees(keypair):
     assert roc_auc_score(y[alone], direct[alone]) > 0.95
     assert roc_auc_score(y, least_squares_attack(releases, len(y))) > 0.95
 
-    default = ModelConfig(type="embedding", epochs=1, batch_size=32, learning_rate=0.05, key_bits=512,
-                          allow_short_keys=True)
+    # the plain hosts' defaults (label-DP on); the default hosts, with encrypted weights, see only ciphertexts
+    default = ModelConfig(type="embedding", host_weights="plain", epochs=1, batch_size=32, learning_rate=0.05,
+                          key_bits=512, allow_short_keys=True)
     assert default.label_dp_on and default.min_rows_per_release == 32
     releases, y = host_view(default, keypair)
     direct, _ = direct_attack(releases, len(y))

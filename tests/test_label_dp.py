@@ -22,7 +22,7 @@ from vfl.models.reference import fit_twin
 from vfl.preprocess.split import batch_schedule
 from vfl.protocol.channel import LocalNetwork
 
-DP = ModelConfig(type="embedding", epochs=2, batch_size=64, learning_rate=0.05, key_bits=512,
+DP = ModelConfig(type="embedding", host_weights="plain", epochs=2, batch_size=64, learning_rate=0.05, key_bits=512,
                  allow_short_keys=True, min_rows_per_release=8, label_dp="on", clip_norm=0.5, dp_epsilon=8.0,
                  embedding_dim=2, hidden_units=(3,))
 
@@ -331,7 +331,8 @@ def test_at_full_precision_a_rows_encoded_coefficients_stay_within_the_clip_boun
 def test_backpropagated_coefficients_are_cut_to_12_bits_by_default_only_under_label_dp():
     """Cutting toward zero never raises a row's norm (the clip bound holds), and under label-DP the
     arbiter's noise dwarfs it; without label-DP the sums stay exact unless a job asks."""
-    assert ModelConfig(type="embedding").backprop_bits == 12
+    assert ModelConfig(type="embedding", host_weights="plain").backprop_bits == 12
+    assert ModelConfig(type="embedding").backprop_bits is None          # encrypted hosts: no label-DP
     assert ModelConfig(type="logistic", label_dp="on").backprop_bits == 12
     assert ModelConfig(type="embedding", label_dp="off").backprop_bits is None
     assert ModelConfig(type="logistic").backprop_bits is None

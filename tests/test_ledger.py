@@ -74,7 +74,8 @@ def test_embedding_job_with_label_dp_passes_the_audit_and_reports_epsilon(tmp_pa
     from vfl.io.synth import write_categorical_credit_demo
     bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=800, seed=4)
     path = write_job(tmp_path, bank, [shop], label="default",
-                     model={"type": "embedding", "epochs": 2, "batch_size": 256, "learning_rate": 0.02,
+                     model={"type": "embedding", "host_weights": "plain", "epochs": 2, "batch_size": 256,
+                            "learning_rate": 0.02,
                             "embedding_dim": 2, "hidden_units": [4], "tolerance": 0.0},
                      host_keys={"host0": {"categorical_columns": ["merchant", "city", "device_model", "category"]}})
     job = load_job(path)

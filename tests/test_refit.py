@@ -92,7 +92,8 @@ def _job(tmp_path, refit: str, label_dp: str = "on"):
     guest.to_csv(folder / "g.csv", index=False)
     host.to_csv(folder / "h.csv", index=False)
     return load_job(write_job(folder, folder / "g.csv", [folder / "h.csv"],
-                              model={"type": "embedding", "epochs": 3, "batch_size": 256, "embedding_dim": 2,
+                              model={"type": "embedding", "host_weights": "plain", "epochs": 3, "batch_size": 256,
+                                     "embedding_dim": 2,
                                      "hidden_units": [4], "guest_refit": refit, "label_dp": label_dp,
                                      "min_epochs": 1},
                               guest_keys={"categorical_columns": ["branch"]}))

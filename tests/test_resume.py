@@ -86,8 +86,9 @@ def test_under_label_dp_a_training_can_not_be_extended_by_raising_epochs(tmp_pat
     from vfl.models.checkpoint import Checkpoint, CheckpointError, TrainingState, fingerprint
     rows = np.arange(10)
     for model, refused in ((ModelConfig(epochs=2, label_dp="on"), True), (ModelConfig(epochs=2), False),
-                           (ModelConfig(type="embedding", epochs=2), True)):
-        path = tmp_path / f"{model.type}-{model.label_dp}.json"
+                           (ModelConfig(type="embedding", host_weights="plain", epochs=2), True),
+                           (ModelConfig(type="embedding", epochs=2), False)):     # encrypted hosts: no label-DP
+        path = tmp_path / f"{model.type}-{model.label_dp}-{model.host_weights}.json"
         Checkpoint(path, fingerprint("job", "host0", model, rows)).save(TrainingState(2, weights=[0.0]))
         later = Checkpoint(path, fingerprint("job", "host0", replace(model, epochs=3), rows))
         if refused:
@@ -192,7 +193,7 @@ def test_the_noise_ledger_continues_only_the_interrupted_training(tmp_path):
     another training's run, starts its own; a resume past epoch 0 without the record is refused."""
     from vfl.job.config import ModelConfig
     from vfl.models.checkpoint import Checkpoint, CheckpointError, NoiseLedger, fingerprint
-    model = ModelConfig(type="embedding", epochs=4)
+    model = ModelConfig(type="embedding", host_weights="plain", epochs=4)
     ck = Checkpoint(tmp_path / "checkpoint.json", fingerprint("job", "arbiter", model))
     assert NoiseLedger.open(ck, resume=True, start=0).epochs == []           # nothing recorded yet
     with pytest.raises(CheckpointError, match="no record of the epochs noised"):
@@ -203,7 +204,8 @@ def test_the_noise_ledger_continues_only_the_interrupted_training(tmp_path):
     assert NoiseLedger.open(ck, resume=True, start=1).epochs == [0, 1]      # epoch 1 will run again
     assert NoiseLedger.open(ck, resume=True, start=0).epochs == [0, 1]
     assert NoiseLedger.open(ck, resume=False, start=0).epochs == []         # a new training
-    other = Checkpoint(ck.path, fingerprint("job", "arbiter", ModelConfig(type="embedding", epochs=5)))
+    other = Checkpoint(ck.path, fingerprint("job", "arbiter", ModelConfig(type="embedding", host_weights="plain",
+                                                                          epochs=5)))
     assert NoiseLedger.open(other, resume=True, start=0).epochs == []
     with pytest.raises(CheckpointError, match="different training"):
         NoiseLedger.open(other, resume=True, start=1)

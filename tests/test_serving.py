@@ -510,7 +510,8 @@ def test_scorecard_embedding_and_tree_models_are_served_as_vfl_predict_scores_th
             0, 40, len(frame)))]
         frame.to_csv(bank, index=False)
         cats = ["merchant", "city", "device_model", "category"]
-        cfg, scores, *_ = trained(tmp_path, model={"type": "embedding", "embedding_dim": 2, "hidden_units": [4]},
+        cfg, scores, *_ = trained(tmp_path, model={"type": "embedding", "host_weights": "plain", "embedding_dim": 2,
+                                                   "hidden_units": [4]},
                                   frames=(bank, [shop]), label="default",
                                   guest_keys={"categorical_columns": ["segment"]},
                                   host_keys={"host0": {"categorical_columns": cats, "crosses": [["merchant", "city"]]}})

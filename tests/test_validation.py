@@ -18,7 +18,7 @@ from vfl.models.scoring import guest_sum_scores, host_send_scores
 from vfl.models.validation import EarlyStopping, Validation, noise_sd, validation_mask
 from vfl.protocol.channel import LocalNetwork
 
-MODEL = ModelConfig(type="embedding", epochs=8, batch_size=40, learning_rate=0.2, key_bits=512,
+MODEL = ModelConfig(type="embedding", host_weights="plain", epochs=8, batch_size=40, learning_rate=0.2, key_bits=512,
                     allow_short_keys=True, min_rows_per_release=1, label_dp="off", tolerance=0.0,
                     embedding_dim=2, hidden_units=(4,), patience=1, table_release="eager")
 
@@ -190,7 +190,7 @@ def test_a_validation_slice_below_min_rows_per_release_is_refused():
     from vfl.models.validation import validation_rows
     ids = np.array([f"id{i:05d}" for i in range(2000)], dtype=object)
     test = np.zeros(len(ids), dtype=bool)
-    model = ModelConfig(type="embedding", early_stopping="on", validation_fraction=0.002, label_dp="off")
+    model = ModelConfig(type="embedding", host_weights="plain", early_stopping="on", validation_fraction=0.002, label_dp="off")
     with pytest.raises(ValueError, match=r"at least min_rows_per_release = 32 validation rows.* selects \d\b"):
         validation_rows(ids, test, model, 7)
     ok = validation_rows(ids, test, replace(model, validation_fraction=0.05), 7)

@@ -112,9 +112,11 @@ class ModelConfig:
     patience: int = 3                        # epochs without a better validation score before stopping
     min_epochs: int = 0                      # decisions start after this many epochs (0: half of epochs)
     wide: bool = True                        # a weight per category, cross and numeric column, straight to the output
-    host_weights: str = "plain"              # "encrypted" (experimental, type = "embedding"): every host's tower is
-                                             # a wide table whose weights stay encrypted under the arbiter's key
-                                             # (docs/protocols.md, section 2, "Hosts with encrypted weights")
+    host_weights: str = "auto"               # "encrypted": every host's tower is a wide table whose weights stay
+                                             # encrypted under the arbiter's key (docs/protocols.md, section 2,
+                                             # "Hosts with encrypted weights"); "plain": hosts train on released
+                                             # sums (label-DP); "auto": encrypted for the embedding model unless
+                                             # label_dp or early_stopping is "on"
     host_l2: float = 3.0                     # host_weights = "encrypted": the hosts' L2 penalty 0.5 * host_l2 *
                                              # |w|^2 on the summed training loss (scikit-learn's 1 / C)
     host_min_rows: int = 16                  # host_weights = "encrypted": training rows a value, cross or bin needs
@@ -171,10 +173,11 @@ class ModelConfig:
         """These settings with label-DP on at ``epsilon`` (the frontier's rows). Epochs at the
         embedding model's default for this job (:func:`dp_epochs` of its epsilon, or 12 without
         label-DP) follow the new epsilon; other epochs, set by hand, stay."""
-        default = dp_epochs(self.dp_epsilon) if self.label_dp_on else 12
+        default = (ENCRYPTED_HOST_EPOCHS if self.encrypted_hosts else
+                   dp_epochs(self.dp_epsilon) if self.label_dp_on else 12)
         auto = self.type == "embedding" and self.epochs == default
-        return replace(self, label_dp="on", dp_epsilon=float(epsilon),
-                       epochs=dp_epochs(epsilon) if auto else self.epochs)
+        return replace(self, label_dp="on", dp_epsilon=float(epsilon), epochs=dp_epochs(epsilon) if auto else self.epochs,
+                       host_weights="plain" if self.host_weights == "auto" else self.host_weights)
 
     @property
     def backprop_bits(self) -> int | None:
@@ -223,7 +226,8 @@ class ModelConfig:
     def encrypted_hosts(self) -> bool:
         """Whether every host's weights stay encrypted under the arbiter's key (``host_weights = "encrypted"``):
         no host ever gets a value decrypted, so label-DP noise and early stopping are off."""
-        return self.host_weights == "encrypted"
+        return self.host_weights == "encrypted" or (self.host_weights == "auto" and self.type == "embedding"
+                                                    and self.label_dp != "on" and self.early_stopping != "on")
 
 
 ENCRYPTED_HOST_SETTINGS = ("host_weights", "host_l2", "host_min_rows")
@@ -234,7 +238,7 @@ def model_settings(m: ModelConfig) -> dict:
     are at their defaults, so every job's fingerprints (checkpoints, the parties' job digest) stay what they
     were before the option existed."""
     d = asdict(m)
-    if m.host_weights == "plain" and all(getattr(m, k) == getattr(ModelConfig, k) for k in ENCRYPTED_HOST_SETTINGS[1:]):
+    if not m.encrypted_hosts and m.host_weights != "encrypted" and all(getattr(m, k) == getattr(ModelConfig, k) for k in ENCRYPTED_HOST_SETTINGS[1:]):
         for key in ENCRYPTED_HOST_SETTINGS:
             del d[key]
     return d
@@ -697,11 +701,12 @@ def _check_model(m: ModelConfig, given: set[str] = frozenset()) -> None:
 
 
 def _check_host_weights(m: ModelConfig, given: set[str]) -> None:
-    """``host_weights = "encrypted"`` (experimental): the embedding model only; label-DP and early stopping
-    cannot be asked for, since no host gets anything decrypted (nothing to noise) and a stop decision would
-    be the one label-dependent thing a host learns."""
-    if m.host_weights not in ("plain", "encrypted"):
-        raise ConfigError(f"[model] host_weights must be 'plain' or 'encrypted', got {m.host_weights!r}")
+    """``host_weights``: "auto" (the default) is "encrypted" for the embedding model unless label-DP or early
+    stopping is "on". "encrypted" is the embedding model's only; with it label-DP and early stopping cannot be
+    asked for, since no host gets anything decrypted (nothing to noise) and a stop decision would be the one
+    label-dependent thing a host learns."""
+    if m.host_weights not in ("auto", "plain", "encrypted"):
+        raise ConfigError(f"[model] host_weights must be 'auto', 'plain' or 'encrypted', got {m.host_weights!r}")
     if not m.host_l2 >= 0 or m.host_l2 > MAX_L2:
         raise ConfigError(f"[model] host_l2 must be in [0, {MAX_L2:g}], got {m.host_l2}")
     if m.host_min_rows < 1:

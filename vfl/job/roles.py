@@ -235,7 +235,7 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
         # host_weights = "encrypted": no loss is computed (no host can form its part), so no history
         "loss_history": None if job.model.encrypted_hosts else model.loss_history_,
         "epochs_run": model.epochs_run_ if job.model.encrypted_hosts else len(model.loss_history_),
-        "host_weights": job.model.host_weights,
+        "host_weights": "encrypted" if job.model.encrypted_hosts else "plain",
         "epoch_seconds": [None if s is None else round(s, 3) for s in model.epoch_seconds_],
         "stage_seconds": {k: round(v, 3) for k, v in timings.seconds.items()},
         "key_bits": job.model.key_bits, "hosts": job.host_names, "model": job.model.type,

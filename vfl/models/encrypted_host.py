@@ -1,4 +1,4 @@
-"""Hosts whose weights stay encrypted under the arbiter's key (``host_weights = "encrypted"``, experimental).
+"""Hosts whose weights stay encrypted under the arbiter's key (``host_weights = "encrypted"``).
 
 What each role computes and sends (docs/protocols.md, section 2, "Hosts with encrypted
 weights"; the arithmetic of ``benchmarks/bench_encrypted_wide.py``). Per batch a host
