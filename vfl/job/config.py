@@ -107,7 +107,8 @@ class ModelConfig:
     embedding_dim: int = 8
     hidden_units: tuple = (32,)
     # validation and early stopping (docs/protocols.md, "Validation and early stopping")
-    early_stopping: str = "auto"             # "auto": on for the embedding model, off for logistic; "on"; "off"
+    early_stopping: str = "auto"             # "auto": on for the embedding model with plain hosts, off for
+                                             # logistic and with encrypted hosts; "on"; "off"
     validation_fraction: float = 0.1         # of the training rows, held out to pick the best epoch
     patience: int = 3                        # epochs without a better validation score before stopping
     min_epochs: int = 0                      # decisions start after this many epochs (0: half of epochs)
@@ -132,8 +133,9 @@ class ModelConfig:
     min_rows_per_release: int = 32           # a sum is decrypted only once this many rows stand behind it
     table_release: str = "epoch"             # table sums (per category): "epoch" = at the epoch's end or a batch's
                                              # worth of rows; "eager" = as soon as min_rows_per_release rows
-    label_dp: str = "auto"                   # "auto": on for the embedding model and for logistic regression,
-                                             # but on WOE columns ([preprocess] woe = true: a scorecard);
+    label_dp: str = "auto"                   # "auto": on for the embedding model with plain hosts and for
+                                             # logistic regression, but on WOE columns ([preprocess] woe = true:
+                                             # a scorecard); off with encrypted hosts (nothing to noise);
                                              # "on"; "off"
     dp_epsilon: float = 8.0                  # for the whole training (all epochs); see docs/protocols.md
     dp_delta: float = 1e-5
