@@ -7,7 +7,8 @@
     vfl report JOB.toml           rebuild the reports (<workdir>/report.html, <workdir>/<host>/report.html)
     vfl audit JOB.toml            check the parties' ledgers against the protocol spec; what each learned
     vfl party JOB.toml --role R   one party (guest, host or arbiter) in this process
-    vfl serve JOB.toml --name P   one party's online scoring service (the guest's HTTP API, or a host)
+    vfl serve JOB.toml --name P   one party's online scoring service (the guest's HTTP API, a host, or
+                                  the arbiter when the hosts' weights are encrypted)
     vfl certs JOB.toml --out DIR  a CA and a key/certificate per party, for demos and tests
 """
 from __future__ import annotations
@@ -258,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_party)
 
     s = command("serve", help="run one party's online scoring service (guest: HTTP API; host: its "
-                              "partial scores for the guest), until interrupted")
+                              "partial scores for the guest; arbiter, only with host_weights = \"encrypted\": "
+                              "decrypts the guest's masked sums), until interrupted")
     s.add_argument("job", type=Path, help=JOB_HELP)
     s.add_argument("--name", help="which party (default: the guest)")
     s.add_argument("--tls-dir", type=Path,

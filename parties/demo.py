@@ -214,8 +214,10 @@ def serve_demo(job, applicants: int = 5) -> int:
     import sys
     import threading
     from .launcher import _die_with_launcher, _terminate_raises
-    print("\nonline scoring: starting the shop's and the bank's services (vfl serve) ...", flush=True)
-    names = [*job.host_names, job.guest.name]
+    print("\nonline scoring: starting the shop's" + (", the arbiter's" if job.model.encrypted_hosts else "") +
+          " and the bank's services (vfl serve) ...", flush=True)
+    from vfl.serving.roles import serves_arbiter
+    names = [*job.host_names, *([job.arbiter.name] if serves_arbiter(job) else []), job.guest.name]
     procs: list[subprocess.Popen] = []
     tails: list[collections.deque[str]] = []
     drains: list[threading.Thread] = []
@@ -270,13 +272,18 @@ def _score_over_http(job, url: str, applicants: int) -> None:
         top = (body.get("reasons") or [{}])[0]
         reason = f"{top['factor']} ({top['points']:+.1f} points)" if top else "-"
         print(f"{rid:<12}{body['probability']:>12.4f}{body['points']:>8.1f}{ms:>7.1f}  {reason}")
-    ids = scores["id"].tolist()[:1000]
+    # encrypted hosts: about 3 ms of Paillier work per ID, so a batch within the default 2 s [serving] timeout
+    ids = scores["id"].tolist()[:200 if job.model.encrypted_hosts else 1000]
     t = time.perf_counter()
     status, body = _http(url + "/score/batch", {"ids": ids}, timeout=60)
     dt = time.perf_counter() - t
+    if status != 200:
+        raise RuntimeError(f"the batch of {len(ids)} IDs was answered with HTTP {status}: {body}")
     served = pd.Series({r["id"]: r["probability"] for r in body["results"]})
     diff = float((served[ids] - scores.set_index("id")["score"][ids]).abs().max())
     print(f"a batch of {len(ids)}: {len(ids) / dt:,.0f} rows/s; largest difference from vfl predict: {diff:.1e}")
-    print(f"\nto serve yourself:  vfl serve {job.path} --name {job.hosts[0].name}   (and, in another shell)\n"
-          f"                    vfl serve {job.path} --name {job.guest.name}\n"
+    arbiter = (f"                    vfl serve {job.path} --name {job.arbiter.name}   (holds the key)\n"
+               if job.model.encrypted_hosts else "")
+    print(f"\nto serve yourself:  vfl serve {job.path} --name {job.hosts[0].name}   (and, in other shells)\n"
+          f"{arbiter}                    vfl serve {job.path} --name {job.guest.name}\n"
           f"then:  curl -s -X POST {url}/score -H 'content-type: application/json' -d '{{\"id\": \"{ids[0]}\"}}'")

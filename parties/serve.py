@@ -15,7 +15,10 @@ A request one host refuses (more IDs than its own ``max_batch``, say) is answere
 that request only; framing, epoch and request-number violations end the link. Both sides fail
 closed when their audit log cannot be written.
 
-No arbiter takes part: nothing is decrypted, as in ``vfl predict``.
+No arbiter takes part, nothing is decrypted, as in ``vfl predict``; except with ``host_weights =
+"encrypted"`` (:mod:`vfl.serving.encrypted`): the **arbiter** serves too (:mod:`parties.serve_arbiter`),
+the guest dials it as it dials the hosts, relays its public key to every host, and has it decrypt each
+request's masked sum of the hosts' ciphertexts.
 """
 from __future__ import annotations
 
@@ -25,14 +28,18 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from vfl.io.files import write_json
 from vfl.job.config import JobConfig
 from vfl.protocol.channel import PeerLost, ProtocolError
 from vfl.serving.audit import AuditLog
-from vfl.serving.roles import (ANSWER_STEPS, MISSING_UNKNOWN, MISSING_WITHHELD, PEER_TEXT, REFUSED_AUDIT,
+from vfl.serving.roles import (ANSWER_STEPS, MISSING_UNKNOWN, REFUSALS, MISSING_WITHHELD, PEER_TEXT, REFUSED_AUDIT,
                                REFUSED_BATCH, REFUSED_TOO_LARGE, GuestScorer, HostAnswer, ModelChanged, Refused,
                                RequestRefused, TrainingDiffers, check_hello, check_ids, check_training,
-                               serving_dir)
+                               serves_arbiter, serving_dir)
+from vfl.serving.encrypted import (DECRYPT, DECRYPTED, KEYS_OK, MASKED_SUM, PLAIN, Paired, check_arbiter_hello,
+                                   hosts_sum, is_answer_header, keys_taken, read_decrypted, sum_for_arbiter, warm)
 from vfl.serving.scorers import host_scorer
 from vfl.serving.stores import Lookup, StoreError
 
@@ -86,8 +93,9 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
     audit = AuditLog(audit_path(job, name), job.name, name)
     guest = job.guest.name
 
-    # inline only when nothing waits on I/O: recording answered IDs (three or more hosts) fsyncs a file
-    inline = scorer.store.in_memory and scorer.answered is None
+    # inline only when nothing waits on I/O: recording answered IDs (three or more hosts) fsyncs a file;
+    # never for encrypted weights (a modular exponentiation per ID)
+    inline = scorer.store.in_memory and scorer.answered is None and scorer.inline
 
     answering: set[asyncio.Task] = set()       # answers being computed or sent, on every link (held: the
                                                # loop keeps only weak references to tasks)
@@ -107,7 +115,10 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
         # them), and every stop flushes the queue; it says whether the answer went out: one computed for a
         # link that closed meanwhile was never delivered and must not read "answered"
         try:
-            link.send(scorer.answer_step, reply)
+            if isinstance(reply, Paired):      # encrypted weights: the header, then its ciphertexts
+                link.send_pair(scorer.answer_step, reply.header, reply.body_step, reply.body)
+            else:
+                link.send(scorer.answer_step, reply)
         except PayloadTooLarge:            # e.g. many trees' split sides for a large batch: this request only
             refuse(link, request.step, RequestRefused(request.req, REFUSED_TOO_LARGE, "its answer to this many IDs "
                                                       "is over the link's message limit", request.ids))
@@ -139,8 +150,12 @@ async def run_host_service(job: JobConfig, name: str, started: asyncio.Event | N
                 if msg is None:
                     return
                 step, payload = msg
-                if step == "serve/keys":
-                    log.info("%s: keys for epoch %d", name, scorer.set_keys(session, payload))
+                if step == "serve/keys":          # encrypted weights: parsed, and the key's table built, off the loop
+                    epoch = scorer.set_keys(session, payload) if scorer.inline else \
+                        await asyncio.to_thread(scorer.set_keys, session, payload)
+                    log.info("%s: keys for epoch %d", name, epoch)
+                    if scorer.acks_keys:          # encrypted weights: the guest counts this host ready from now
+                        link.send(KEYS_OK, {"epoch": epoch})
                 elif step == "serve/score":
                     try:
                         request = scorer.accept(session, step, payload)
@@ -217,15 +232,23 @@ class GuestService:
         self._client_ctx = tls_contexts(job, job.guest.name)[1]
         self.model_refused: set[str] = set()    # hosts whose hello named another model part than the pinned one
         self._pin_lock = asyncio.Lock()
+        # host_weights = "encrypted": the arbiter's link, its public key and the request numbers on its link
+        self.arbiter = job.arbiter.name if serves_arbiter(job) else None
+        self.arbiter_link: Link | None = None
+        self.arbiter_key = None
+        self.arbiter_req = 0
+        self.keyed: set[str] = set()             # hosts that took the current epoch's keys (serve/keys_ok)
 
     # -- links -------------------------------------------------------------------------------------
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._keep_linked(h), name=f"link-{h}") for h in self.hosts]
+        if self.arbiter is not None:
+            self._tasks.append(asyncio.create_task(self._keep_arbiter(), name=f"link-{self.arbiter}"))
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for link in list(self.links.values()):
+        for link in [*self.links.values(), *([self.arbiter_link] if self.arbiter_link else [])]:
             await link.close("the guest's service stops")
         self.audit.close()
 
@@ -320,14 +343,19 @@ class GuestService:
 
     def _rekey(self) -> None:
         """Once every host is linked: a new epoch, every host's signed key relayed to all."""
-        if set(self.links) != set(self.hosts):
+        if set(self.links) != set(self.hosts) or (self.arbiter is not None and self.arbiter_link is None):
             return
         self.epoch += 1
         keys = [{k: self.hellos[h][k] for k in ("key", "cert", "sig")} for h in self.hosts]
+        extra = {"arbiter_key": self.arbiter_key.to_dict()} if self.arbiter is not None else {}
         for h in self.hosts:
-            self.links[h].send("serve/keys", {"epoch": self.epoch, "keys": keys, "model_id": self.scorer.model_id})
-        self.ready = True
-        log.info("%s: all %d host(s) linked, epoch %d", self.job.guest.name, len(self.hosts), self.epoch)
+            self.links[h].send("serve/keys", {"epoch": self.epoch, "keys": keys, "model_id": self.scorer.model_id,
+                                              **extra})
+        self.keyed = set()
+        if self.arbiter is None:
+            self.ready = True                   # encrypted weights: once every host said serve/keys_ok (_read)
+        log.info("%s: all %d host(s)%s linked, epoch %d", self.job.guest.name, len(self.hosts),
+                 " and the arbiter" if self.arbiter else "", self.epoch)
 
     async def _read(self, host: str, link: Link) -> None:
         while True:
@@ -335,7 +363,18 @@ class GuestService:
             if msg is None:
                 return
             step, payload = msg
-            req = payload.get("req") if isinstance(payload, dict) else None
+            if step == KEYS_OK and self.arbiter is not None:
+                if keys_taken(payload, host) == self.epoch:       # an earlier epoch's: superseded, ignored
+                    self.keyed.add(host)
+                    if self.keyed >= set(self.hosts) and set(self.links) == set(self.hosts) \
+                            and self.arbiter_link is not None:
+                        self.ready = True
+                        log.info("%s: every host took the keys of epoch %d: ready", self.job.guest.name, self.epoch)
+                continue
+            if is_answer_header(step, payload):     # encrypted weights: its ciphertexts are the next frame
+                payload = (payload, await link.recv_body(step, "serve/enc_u"))
+            head = payload[0] if isinstance(payload, tuple) else payload
+            req = head.get("req") if isinstance(head, dict) else None
             fut = self.pending.pop((host, req), None) if isinstance(req, int) else None
             if fut is None and isinstance(req, int) and 0 < req <= self.req and step in ANSWER_STEPS:
                 continue                   # a late answer to a request already given up on (504)
@@ -351,7 +390,114 @@ class GuestService:
                 fut.set_exception(ServeError(503, message, host))
 
     def missing_hosts(self) -> list[str]:
-        return [h for h in self.hosts if h not in self.links]
+        """The parties not linked: hosts, and the arbiter when it serves."""
+        down = [h for h in self.hosts if h not in self.links]
+        return down + ([self.arbiter] if self.arbiter is not None and self.arbiter_link is None else [])
+
+    # -- the arbiter (host_weights = "encrypted") -------------------------------------------------
+    async def _keep_arbiter(self) -> None:
+        """Keep the link to the arbiter up, as :meth:`_keep_linked` does for a host: its hello's key is checked
+        (the job's key size) and relayed to every host (a new epoch), which checks it is its weights' key."""
+        backoff, said, me, arbiter = 0.1, None, self.job.guest.name, self.arbiter
+        while True:
+            link = None
+            try:
+                link = await dial(self.job, me, arbiter, link_address(self.job, arbiter), self._client_ctx,
+                                  roles=("guest", "arbiter"))
+                msg = await asyncio.wait_for(link.recv(), SETUP_TIMEOUT)
+                if msg is None or msg[0] != "serve/arbiter_hello":
+                    raise ProtocolError(f"{arbiter} did not open with serve/arbiter_hello")
+                key = check_arbiter_hello(msg[1], self.job, arbiter)
+                if self.arbiter_key is not None and key == self.arbiter_key:
+                    key = self.arbiter_key         # the same key: its encryption table is built already
+                else:
+                    if self.arbiter_key is not None:
+                        log.warning("%s: %s serves another key than before: relayed to the hosts, which check it",
+                                    me, arbiter)
+                    await asyncio.to_thread(warm, key)     # its encryption table built now (for the masks)
+                self.arbiter_key, self.arbiter_link = key, link
+                log.info("%s: linked to %s", me, arbiter)
+                said, backoff = None, 0.1
+                self._rekey()
+                await self._read_arbiter(link)
+                why = "closed the link"
+            except asyncio.CancelledError:
+                raise
+            except (OSError, PeerLost, ProtocolError, asyncio.TimeoutError) as exc:
+                why = (str(exc) or type(exc).__name__)[:PEER_TEXT]
+            finally:
+                if self.arbiter_link is link and link is not None:
+                    self.arbiter_link = None
+                    self.ready = False
+                    self._fail_pending(arbiter, f"lost the link to {arbiter} during the request")
+                if link is not None:
+                    await link.close()
+            if said != why:
+                log.warning("%s: %s unavailable (%s); re-dialling", me, arbiter, why)
+                said = why
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _read_arbiter(self, link: Link) -> None:
+        arbiter = self.arbiter
+        while True:
+            msg = await link.recv()
+            if msg is None:
+                return
+            step, payload = msg
+            if step != DECRYPTED or not isinstance(payload, dict):
+                raise ProtocolError(f"{arbiter} sent {step!r} for no pending request")
+            req = payload.get("req")
+            body = await link.recv_body(step, PLAIN) if "error" not in payload else None
+            fut = self.pending.pop((arbiter, req), None) if isinstance(req, int) else None
+            if fut is None:
+                if isinstance(req, int) and 0 < req <= self.arbiter_req:
+                    continue               # a late answer to a request already given up on
+                raise ProtocolError(f"{arbiter} sent {step!r} for no pending request")
+            if not fut.done():
+                fut.set_result((payload, body))
+
+    async def _decrypt_sum(self, answers: Mapping[str, HostAnswer], kept: list[int]) -> np.ndarray:
+        """The hosts' summed scores at positions ``kept``: their ciphertexts added, packed and masked here, the
+        arbiter decrypts the masked values, the masks are removed here (docs/protocols.md, 3a)."""
+        arbiter, pk = self.arbiter, self.arbiter_key
+        link = self.arbiter_link
+        if link is None or pk is None:
+            raise ServeError(503, f"{arbiter} is not linked: scoring with encrypted host weights needs it "
+                                  f"(re-dialling; see /ready)", arbiter)
+        masked, masks = await asyncio.to_thread(sum_for_arbiter, answers, kept)
+        self.arbiter_req += 1
+        req = self.arbiter_req
+        fut = self.pending[(arbiter, req)] = asyncio.get_running_loop().create_future()
+        try:
+            link.send_pair(DECRYPT, {"req": req}, MASKED_SUM, masked)
+        except PeerLost:
+            self.pending.pop((arbiter, req), None)
+            raise ServeError(503, f"{arbiter} is unavailable: its link is down (re-dialling; see /ready)",
+                             arbiter) from None
+        try:
+            header, body = await asyncio.wait_for(fut, self.job.serving.timeout)
+        except asyncio.TimeoutError:
+            self.pending.pop((arbiter, req), None)
+            raise ServeError(504, f"{arbiter} did not answer within {self.job.serving.timeout:g} s", arbiter) from None
+        g = self.job.guest.name
+        if "error" in header:
+            refused = header.get("refused") if set(header) == {"req", "error", "refused"} else None
+            log.warning("%s: %s refused or failed decryption %d: %s", g, arbiter, req,
+                        str(header.get("error"))[:PEER_TEXT])
+            if refused == REFUSED_AUDIT:
+                raise ServeError(503, f"{arbiter}'s audit log cannot be written: it refuses requests until it can",
+                                 arbiter)
+            if refused in REFUSALS:
+                raise ServeError(503, f"{arbiter} refused the request: its [serving] settings differ from the "
+                                      f"guest's (see its log)", arbiter)
+            raise ServeError(503, f"{arbiter} could not answer the request (see its log)", arbiter)
+        try:
+            values = read_decrypted(header, body, req, arbiter)
+            return await asyncio.to_thread(hosts_sum, values, masks, pk, len(kept), arbiter)
+        except ProtocolError as exc:
+            log.warning("%s: decryption %d: %s", g, req, str(exc)[:PEER_TEXT])
+            raise ServeError(502, f"{arbiter} sent a malformed answer (see the guest's log)", arbiter) from None
 
     async def _call(self, step: str, ids: list[str], average: Mapping[str, list[int]] | None = None
                     ) -> tuple[int, dict[str, dict]]:
@@ -364,8 +510,11 @@ class GuestService:
                 raise ServeError(503, f"{changed[0]} serves another model part than the one the guest pinned or "
                                       f"expects, or one of another training: not linked (see the guest's log)",
                                  changed[0])
-            raise ServeError(503, f"host(s) {', '.join(down)} not linked: scoring needs every host "
-                                  f"(re-dialling; see /ready)", down[0])
+            if self.arbiter is None:
+                raise ServeError(503, f"host(s) {', '.join(down)} not linked: scoring needs every host "
+                                      f"(re-dialling; see /ready)", down[0])
+            raise ServeError(503, f"{', '.join(down)} not linked (or a host has not taken its keys yet): scoring "
+                                  f"needs every host and the arbiter (re-dialling; see /ready)", down[0])
         self.req += 1
         req, epoch = self.req, self.epoch
         loop = asyncio.get_running_loop()
@@ -472,7 +621,14 @@ class GuestService:
             knows = [len(hosts) - sum(i in answers[h].missing for h in hosts) for i in range(len(pos))]
             allowed = {h: sorted(i for i in answers[h].missing if knows[i] >= 2) for h in hosts}
             answers = await self._ask(sent, allowed)
-        combined = self.scorer.combine(answers)
+        if self.arbiter is not None:     # encrypted weights: the sums of the IDs every host scores, via the arbiter
+            lacked = set().union(*(a.missing for a in answers.values()))
+            kept = [i for i in range(len(pos)) if i not in lacked]
+            combined = np.zeros(len(pos))
+            if kept:
+                combined[kept] = await self._decrypt_sum(answers, kept)
+        else:
+            combined = self.scorer.combine(answers)
         may_average = {h: set(v) for h, v in allowed.items()}
         keep: list[int] = []
         marks: dict[int, list[str]] = {}
@@ -545,6 +701,8 @@ class GuestService:
     def _read_answer(self, host: str, payload, req: int, n: int) -> HostAnswer:
         """``host``'s answer, checked; one that does not parse is a 502 naming it (the detail logged here)."""
         try:
+            if self.arbiter is not None:
+                return self.scorer.read_answer(payload, req, n, host, self.arbiter_key)
             return self.scorer.read_answer(payload, req, n, host)
         except ProtocolError as exc:
             log.warning("%s: request %d: %s", self.job.guest.name, req, str(exc)[:PEER_TEXT])

@@ -14,9 +14,12 @@ POST /score         ``{"id", "features"?}`` -> ``{"id", "probability", "points",
 POST /score/batch   ``{"ids": [...]}`` -> ``{"results": [...]}``, one per ID in order, each an
                     answer or ``{"id", "error", "status", "party"}``
 GET /health         liveness: the process answers
-GET /ready          200 once every host is linked and keyed and the audit log can be written,
-                    else 503 naming what is missing
-GET /model          the job, its training time and every party's model-part hash
+GET /ready          200 once every host (and, with encrypted host weights, the arbiter) is
+                    linked and keyed and the audit log can be written, else 503 naming
+                    what is missing
+GET /model          the job, its training time and every party's model-part hash (with
+                    encrypted host weights also ``arbiter_key``: the fingerprint of the
+                    arbiter's key)
 ==================  ========================================================================
 
 Scoring never runs on the event loop: look-ups and arithmetic go to worker threads, and the
@@ -272,6 +275,8 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
         if service.ready and service.audit.healthy:
             return {"ready": True, "hosts": service.hosts, "epoch": service.epoch}
         why = {"ready": False, "missing": service.missing_hosts()}
+        if service.arbiter is not None and not why["missing"]:      # linked, some host not keyed yet
+            why["keys_pending"] = [h for h in service.hosts if h not in service.keyed]
         if service.model_refused:
             why["model_changed"] = sorted(service.model_refused)
         if not service.audit.healthy:
@@ -282,7 +287,11 @@ def make_app(job: JobConfig, scorer: Optional[GuestScorer] = None):
     async def model(request: Request):
         authorized(request)
         service: GuestService = state["service"]
-        return service.scorer.identity({h: service.hellos.get(h, {}).get("model") for h in service.hosts})
+        out = service.scorer.identity({h: service.hellos.get(h, {}).get("model") for h in service.hosts})
+        if service.arbiter is not None:      # encrypted host weights: the key they are under (None till linked)
+            key = service.arbiter_key
+            out["arbiter_key"] = key.fingerprint().hex() if key is not None else None
+        return out
 
     return app
 
@@ -362,8 +371,11 @@ def serve(job: JobConfig, name: str) -> None:
     """Run party ``name``'s service until interrupted (the CLI's ``vfl serve``)."""
     from .serve import run_host_service
     role = job.party(name).role
-    if role == "arbiter":
-        raise ConfigError("the arbiter takes no part in serving (nothing is decrypted): start the guest and hosts")
+    if role == "arbiter":      # only for hosts with encrypted weights: it decrypts the guest's masked sums
+        from .serve_arbiter import check_arbiter_serves, run_arbiter_service
+        check_arbiter_serves(job, name)
+        run_loop(run_arbiter_service(job, name))
+        return
     if role == "host":
         run_loop(run_host_service(job, name))
         return

@@ -156,6 +156,23 @@ class Link:
                                   f"for a control message")
         self.writer.write(self.enc.data(step, data))
 
+    def send_pair(self, step: str, header: dict, body_step: str, body: Payload) -> None:
+        """A control header and the binary payload it announces (ciphertexts, big integers), as two frames
+        written in the same step of the loop: nothing else is sent on the link between them, so the peer
+        reads the body as the next frame (:meth:`recv_body`). Both are checked before either is written."""
+        self._check(body_step, self.roles[0], self.roles[1], body)
+        self.send(step, header)
+        self.send(body_step, body)
+
+    async def recv_body(self, header_step: str, body_step: str) -> Payload:
+        """The frame that must follow the header ``header_step`` just received: ``body_step``, else a
+        :class:`ProtocolError` naming the peer (the link ends)."""
+        msg = await self.recv()
+        if msg is None or msg[0] != body_step:
+            got = "a bye" if msg is None else repr(msg[0])
+            raise ProtocolError(f"{self.peer}: {header_step} must be followed by {body_step}, not {got}")
+        return msg[1]
+
     async def close(self, reason: str = "") -> None:
         """Say bye and close, waiting (2 s at most) until the frames queued before the bye are out: a
         service that stops right after must not drop answers it has sent (and audited as sent)."""
@@ -170,8 +187,11 @@ class Link:
             pass
 
 
-async def dial(job: JobConfig, me: str, peer: str, address: tuple[str, int], ctx: ssl.SSLContext) -> Link:
-    """Dial ``peer`` and authenticate it (CN = its name), then exchange hellos."""
+async def dial(job: JobConfig, me: str, peer: str, address: tuple[str, int], ctx: ssl.SSLContext,
+               roles: tuple[str, str] = ("guest", "host")) -> Link:
+    """Dial ``peer`` and authenticate it (CN = its name), then exchange hellos. ``roles``: (mine, the
+    peer's), whose steps the spec must declare: the guest dials hosts, and the arbiter when the hosts'
+    weights are encrypted."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(address[0], address[1], ssl=ctx, server_hostname=None), SETUP_TIMEOUT)
     cn = peer_cn(writer)
@@ -182,14 +202,16 @@ async def dial(job: JobConfig, me: str, peer: str, address: tuple[str, int], ctx
     if refusal is not None:
         writer.close()
         raise ProtocolError(f"{address[0]}:{address[1]} presented a certificate of another job: {refusal}")
-    link = Link(f"{job.name}/serve", me, peer, reader, writer)
+    link = Link(f"{job.name}/serve", me, peer, reader, writer, roles)
     await link.handshake()
     return link
 
 
 async def listen(job: JobConfig, me: str, allowed: str, address: tuple[str, int], ctx: ssl.SSLContext,
-                 on_link: Callable[[Link], Awaitable[None]]) -> asyncio.AbstractServer:
-    """Accept links from ``allowed`` only (by certificate CN) and hand each to ``on_link``."""
+                 on_link: Callable[[Link], Awaitable[None]], roles: tuple[str, str] = ("host", "guest")
+                 ) -> asyncio.AbstractServer:
+    """Accept links from ``allowed`` only (by certificate CN) and hand each to ``on_link``. ``roles``: (mine,
+    the caller's): a host's, or the arbiter's (``("arbiter", "guest")``)."""
     async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cn = peer_cn(writer)
         if cn != allowed:
@@ -201,7 +223,7 @@ async def listen(job: JobConfig, me: str, allowed: str, address: tuple[str, int]
             log.warning("%s: refused a serving link: %s", me, refusal)
             writer.close()
             return
-        link = Link(f"{job.name}/serve", me, allowed, reader, writer, ("host", "guest"))
+        link = Link(f"{job.name}/serve", me, allowed, reader, writer, roles)
         try:
             await link.handshake()
             await on_link(link)

@@ -2,9 +2,9 @@
 
 The encrypted roles equal their plaintext twin; a host receives nothing but ciphertexts, public values and
 control words, and the same of them whatever the labels; the job runs end to end and passes ``vfl audit``,
-whose rule fails a host with encrypted weights that got a value decrypted; and what is not built (online
-scoring) and what is not needed (label-DP, early stopping) is refused (resume:
-tests/test_encrypted_hosts_resume.py; scoring new rows: tests/test_encrypted_predict.py).
+whose rule fails a host with encrypted weights that got a value decrypted; and what is not needed (label-DP,
+early stopping) is refused (resume: tests/test_encrypted_hosts_resume.py; scoring new rows:
+tests/test_encrypted_predict.py; online scoring: tests/test_serving_encrypted.py).
 """
 from __future__ import annotations
 
@@ -188,15 +188,14 @@ def test_the_job_runs_end_to_end_and_passes_the_audit(trained):
     assert ok, text
 
 
-def test_serving_and_a_plain_reading_are_refused(trained):
+def test_a_plain_reading_is_refused_and_serving_needs_the_arbiter(trained):
     job, _, _ = trained
     with pytest.raises(ModelFileError) as exc:      # read as a plain part: the job file must say "encrypted"
         load_part(job.output_dir("host0") / "model.json", "host0")
     assert str(exc.value).endswith(ENCRYPTED_REFUSAL)
-    from vfl.serving.roles import SERVE_ENCRYPTED_REFUSAL, check_servable
-    with pytest.raises(ConfigError) as exc:
-        check_servable(job)
-    assert str(exc.value) == SERVE_ENCRYPTED_REFUSAL
+    from vfl.serving.roles import check_servable, serves_arbiter
+    check_servable(job)                             # served, with the arbiter online (tests/test_serving_encrypted.py)
+    assert serves_arbiter(job)
 
 
 def test_a_host_with_encrypted_weights_that_received_a_release_fails_the_audit(tmp_path):

@@ -63,7 +63,8 @@ class PartyConfig:
     encoding: str = "utf-8"              # of its CSV data and predict_data: "utf-8", "gbk" or "gb18030"
     psi_memory_mb: int = DEFAULT_MEMORY_MB   # PSI memory for one bucket's points: less means more buckets
     # online scoring (`vfl serve`, docs/protocols.md section 3a)
-    serve_address: str | None = None     # guest: its HTTP API; host: where the guest's serving link dials
+    serve_address: str | None = None     # guest: its HTTP API; host, and the arbiter of encrypted hosts: where the
+                                         # guest's serving link dials (default: address)
                                          # (default: the party's address)
     store: str | None = None             # where `vfl serve` looks up features by ID: an SQLAlchemy URL
                                          # (e.g. "sqlite:///features.db"); default: predict_data, else data
@@ -502,8 +503,9 @@ def _party(table: dict, role: str, where: str, base: Path) -> PartyConfig:
         raise ConfigError("[arbiter] has no data, so no encoding")
     psi_memory_mb = _psi_memory(table, role, where)
     serve_address, store, store_table = (table.get(k) for k in ("serve_address", "store", "store_table"))
-    if role == "arbiter" and (serve_address or store or store_table):
-        raise ConfigError("[arbiter] takes no part in serving: no serve_address, store or store_table")
+    if role == "arbiter" and (store or store_table):
+        raise ConfigError("[arbiter] holds no rows to serve: no store or store_table (its serve_address is where "
+                          "it serves the guest's decryptions when hosts keep encrypted weights)")
     for key, value in (("serve_address", serve_address), ("store", store), ("store_table", store_table)):
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"[{where}] {key} must be a non-empty string, got {value!r}")

@@ -237,3 +237,71 @@ def scoring_key(channel: Channel, arbiter: str, model: ModelConfig) -> PublicKey
     """The arbiter's public key for ``vfl predict`` (``predict/public_key``), checked as at training."""
     return public_key_from(channel.recv(arbiter, PREDICT_KEY_STEP), peer=arbiter, step=PREDICT_KEY_STEP,
                            mode=model.encryption, check=lambda k: check_public_key(k, model))
+
+
+# ---------------------------------------------------------------- online scoring (vfl serve, vfl/serving/encrypted.py)
+def serve_row_scores(weights: EncryptedArray, tower: WideTower, codes: np.ndarray, positions: np.ndarray,
+                     n: int) -> EncryptedArray:
+    """A host's answer to one online request of ``n`` IDs: ``[[u_h]]`` at ``positions`` (the IDs it scores, codes
+    in that order), re-randomised with fresh randomness, and an encryption of a fresh uniform value mod n at
+    every other position: a sum that includes such a position is uniform mod n (it hides the other hosts'
+    scores there), and a slot packed from it overflows, so a guest that ignored the host's missing list learns
+    nothing and gets an error."""
+    import secrets
+    pk = weights.public_key
+    n2, modulus = pk.nsquare, int(pk.n)
+    cts = pk.encrypt_raw(np.zeros(n, dtype=object))      # fresh encryptions of zero: one per position
+    scored = np.zeros(n, dtype=bool)
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions):
+        scored[positions] = True
+        u = row_scores(weights, tower, codes).ciphertexts           # the rows' weight sums
+        for p, c in zip(positions.tolist(), u.tolist()):
+            cts[p] = cts[p] * c % n2
+    for p in np.flatnonzero(~scored).tolist():                      # Enc(rho) = (1 + rho n) Enc(0), rho uniform
+        cts[p] = cts[p] * (1 + secrets.randbelow(modulus) * modulus) % n2
+    return EncryptedArray(pk, cts, weights.frac_bits)
+
+
+def pack_short(enc: EncryptedArray, slot_bits: int | None = None) -> EncryptedArray:
+    """:func:`crypto.packing.pack`, but the last group holds only its own values: no exponentiations for padding
+    slots (a single ID takes none at all, instead of ``k - 1`` of ``2^130``). :func:`crypto.packing.unpack` reads
+    it the same way: the slots past a short group's values are never read (they are past ``count``)."""
+    from crypto.arrays import object_array
+    from crypto.multiexp import powmod_many_parallel
+    from crypto.packing import SLOT_BITS, slots_per_ciphertext
+    pk, s = enc.public_key, slot_bits or SLOT_BITS
+    k, n2 = slots_per_ciphertext(pk.bits, s), pk.nsquare
+    cts = enc.ciphertexts.tolist()
+    groups = [cts[a:a + k] for a in range(0, len(cts), k)]
+    acc = [g[-1] for g in groups]
+    for t in range(k - 2, -1, -1):                  # Horner, over the groups that still have a slot t + 1
+        live = [j for j, g in enumerate(groups) if len(g) > t + 1]
+        if not live:
+            continue
+        raised = powmod_many_parallel([acc[j] for j in live], [1 << s] * len(live), n2)
+        for j, r in zip(live, raised):
+            acc[j] = r * groups[j][t] % n2
+    offsets = [sum(1 << (s * t + s - 1) for t in range(len(g))) for g in groups]
+    return EncryptedArray(pk, object_array(acc), enc.frac_bits).add_raw(np.array(offsets, dtype=object))
+
+
+def mask_packed_sum(total: EncryptedArray) -> tuple[EncryptedArray, np.ndarray]:
+    """The hosts' summed ``[[sum_h u_h]]`` packed (:func:`pack_short`) and masked uniformly mod n (fresh masks,
+    re-randomised), as :func:`masked_gradient_round` sends it; the masks stay with the caller
+    (:func:`unmask_packed_sum`). Slots of :data:`~vfl.models.key_holder.SERVE_SLOT_BITS`."""
+    from crypto import mask
+    from .key_holder import SERVE_SLOT_BITS
+    return mask(pack_short(total, SERVE_SLOT_BITS))
+
+
+def unmask_packed_sum(values: list[int], masks: np.ndarray, pk: PublicKey, count: int, frac_bits: int) -> np.ndarray:
+    """The ``count`` sums from the arbiter's decryption of :func:`mask_packed_sum`'s values: a ``ValueError`` for a
+    reply of another length, a value not below n, or a slot out of range (the arbiter returned other values)."""
+    from crypto.encoding import decode_signed
+    from crypto.packing import unpack
+    from .key_holder import SERVE_SLOT_BITS
+    if len(values) != len(masks) or any(not 0 <= int(v) < pk.n for v in values):
+        raise ValueError(f"expected {len(masks)} integers below n")
+    packed = (np.array([int(v) for v in values], dtype=object) - masks) % int(pk.n)
+    return np.asarray(decode_signed(unpack(packed, count, pk.n, SERVE_SLOT_BITS), frac_bits), dtype=np.float64)

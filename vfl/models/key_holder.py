@@ -108,3 +108,27 @@ def arbiter_score_new_rows(channel: Channel, sk, guest: str, hosts: list[str]) -
     for party in (guest, *hosts):
         channel.send(party, PREDICT_KEY_STEP, sk.public_key.to_dict())
     return arbiter_decrypt_sum(channel, sk, guest, PREDICT_MAX_ROWS)
+
+
+SERVE_SLOT_BITS = 66
+"""Slot width of the sums packed for online scoring: a sum of the hosts' scores at 40 fractional bits below 2^24 in
+magnitude (weights below 2^12, a row's entries and the hosts far fewer than 2^12) fits a 66-bit slot's bound of
+2^64; half :data:`crypto.packing.SLOT_BITS` (made for 88-bit gradients), so a request takes half the packing
+exponentiations and decryptions (31 slots a plaintext at 2048 bits, not 15). Only the packing changes: the mask is
+uniform mod n over the whole plaintext whatever the slots."""
+
+
+def decrypt_served_sums(sk, enc, max_values: int) -> list[int]:
+    """The arbiter's side of one online request (``vfl serve``, host_weights = "encrypted"): the guest's packed,
+    masked sums, checked on public grounds only (a vector under this key, at the scores' scale, at most as many
+    packed values as ``max_values`` sums take: the job's ``[serving] max_batch``) and decrypted: uniform values
+    mod n to the arbiter. A ``ValueError`` says what is wrong; nothing depends on the plaintexts."""
+    pk = sk.public_key
+    if not isinstance(enc, EncryptedArray) or len(enc.shape) != 1:
+        raise ValueError("must be an encrypted vector")
+    most = packed_count(max_values, pk.bits, SERVE_SLOT_BITS)
+    if not 0 < len(enc) <= most or enc.frac_bits != U_FRAC_BITS:
+        raise ValueError(f"{len(enc)} packed values at {enc.frac_bits} fractional bits; expected 1 to {most} (its "
+                         f"[serving] max_batch = {max_values} sums) at {U_FRAC_BITS}")
+    enc = enc.with_key(pk)
+    return [int(v) for v in sk.decrypt_raw(enc.ciphertexts).tolist()]

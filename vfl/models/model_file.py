@@ -445,7 +445,8 @@ class EncryptedWidePart:
     """A host's part with its weights encrypted under the arbiter's key (``host_weights = "encrypted"``): its
     tables (vocabularies, crosses, numeric bin edges) and the weights as hex ciphertexts with the key's
     fingerprint, so nothing of the training is lost. The host cannot read its weights: ``vfl predict`` scores
-    new rows with the arbiter, which holds the key (:mod:`vfl.job.predict`); ``vfl serve`` refuses such a part."""
+    new rows with the arbiter, which holds the key (:mod:`vfl.job.predict`), and ``vfl serve`` with the arbiter
+    online (:mod:`vfl.serving.encrypted`)."""
 
     party: str
     numeric_columns: list[str]

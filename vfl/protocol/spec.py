@@ -314,7 +314,8 @@ _TABLE: list[StepSpec] = ([
              "key for this link, signed, and its certificate", SERVE),
     StepSpec("serve/keys", r"serve/keys", "guest", "host", PUBLIC, ("control",),
              "nothing: the epoch, all hosts' signed X25519 keys and certificates, in job order, and the model_id "
-             "of the training the guest's part came from", SERVE),
+             "of the training the guest's part came from; with host_weights = \"encrypted\" the arbiter's public "
+             "key (the host refuses one whose fingerprint is not its weights')", SERVE),
     StepSpec("serve/score", r"serve/score", "guest", "host", CONTROL, ("control",),
              "which IDs are being scored, and when (inherent to online scoring); every host gets the same IDs; "
              "under unknown_id = \"average\" with three or more hosts, for each ID the host lacks, whether at "
@@ -328,6 +329,30 @@ _TABLE: list[StepSpec] = ([
     StepSpec("serve/split_bits", r"serve/split_bits", "host", "guest", PARTITION, ("control",),
              "SecureBoost: for each split the host holds, the side of each requested ID (as sbt/predict/split_bits "
              "for a batch); which IDs it lacks; no threshold, no value", SERVE),
+    # ------------------------------------------------------------------ online scoring, encrypted host weights
+    StepSpec("serve/arbiter_hello", r"serve/arbiter_hello", "arbiter", "guest", PUBLIC, ("control",),
+             "the arbiter's Paillier public key n, the one the hosts' weights are encrypted under (host_weights = "
+             "\"encrypted\"); the guest relays it to every host in serve/keys", SERVE),
+    StepSpec("serve/keys_ok", r"serve/keys_ok", "host", "guest", CONTROL, ("control",),
+             "host_weights = \"encrypted\": that the host has taken the epoch's keys (the arbiter's checked, its "
+             "encryption table built): nothing else; the guest counts the host ready only then", SERVE),
+    StepSpec("serve/enc_share", r"serve/enc_share", "host", "guest", CONTROL, ("control",),
+             "host_weights = \"encrypted\": which requested IDs the host cannot score (its serve/enc_u follows); "
+             "or that it failed or refused the request", SERVE),
+    StepSpec("serve/enc_u", r"serve/enc_u", "host", "guest", CIPHERTEXTS, ("encrypted",),
+             "nothing: [[u_h]] of every requested ID under the arbiter's key, re-randomised by the host; an "
+             "encryption of a uniform value mod n where it cannot score the ID", SERVE),
+    StepSpec("serve/decrypt", r"serve/decrypt", "guest", "arbiter", CONTROL, ("control",),
+             "a request number (its serve/masked_sum follows): when the guest scores", SERVE),
+    StepSpec("serve/masked_sum", r"serve/masked_sum", "guest", "arbiter", MASKED, ("encrypted",),
+             "uniform values mod n, independent of the scores; how many packed values (about the request's "
+             "scorable IDs over the slots per ciphertext)", SERVE),
+    StepSpec("serve/decrypted", r"serve/decrypted", "arbiter", "guest", CONTROL, ("control",),
+             "the request number its serve/masked_sum_plain answers; or that the arbiter refused or failed it",
+             SERVE),
+    StepSpec("serve/masked_sum_plain", r"serve/masked_sum_plain", "arbiter", "guest", SHARE, ("bigints",),
+             "with its own masks removed: the sum of the hosts' scores of every scorable requested ID, what "
+             "serve/share gives it with plain host weights", SERVE),
 ])
 
 # ------------------------------------------------------------------ ceilings on control payloads
@@ -384,7 +409,8 @@ CEILINGS: dict[str, str] = {
     "predict/sum_key": "128 + cert",
     "predict/sum_keys": "32 + 128*hosts + cert*hosts",
 }
-REQUEST_SIZED = ("serve/hello", "serve/keys", "serve/score", "serve/share", "serve/split_bits")   # no ledger
+REQUEST_SIZED = ("serve/hello", "serve/keys", "serve/score", "serve/share", "serve/split_bits",   # no ledger
+                 "serve/arbiter_hello", "serve/keys_ok", "serve/enc_share", "serve/decrypt", "serve/decrypted")
 
 
 def _terms(formula: str) -> tuple:

@@ -23,6 +23,11 @@ serve/share     host->g    ``{req, missing, share}``; ``{req, error}`` when the 
                            an error, the link stays up
 ==============  =========  ====================================================================
 
+With ``host_weights = "encrypted"`` the hosts answer ciphertexts instead of shares and the arbiter
+serves too: those steps (``serve/arbiter_hello``, ``serve/keys_ok``, ``serve/enc_share``,
+``serve/enc_u``, ``serve/decrypt``, ``serve/masked_sum``, ``serve/decrypted``,
+``serve/masked_sum_plain``) and what each party learns are in :mod:`.encrypted`.
+
 A host's share is its partial scores plus pairwise masks (``crypto.secure_sum``) derived from the
 epoch's keys and bound to ``job/serve/<epoch>/<req>/<SHA-256 of the ID list>``; the host refuses a
 request number it has seen, so no mask is ever used twice and the guest learns only the sum over
@@ -78,7 +83,7 @@ from .stores import Lookup, open_store
 log = logging.getLogger("vfl.serving")
 
 SERVED_MODELS = ("logistic", "embedding", "secureboost")
-ANSWER_STEPS = ("serve/share", "serve/split_bits")   # what a host answers the guest with
+ANSWER_STEPS = ("serve/share", "serve/split_bits", "serve/enc_share")   # what a host answers the guest with
 MISSING_UNKNOWN, MISSING_UNSCORABLE = "unknown", "unscorable"
 MISSING_WITHHELD = "withheld"    # lacks it now, answered it before: will not average it (see the module's doc)
 MISSING_KINDS = (MISSING_UNKNOWN, MISSING_UNSCORABLE, MISSING_WITHHELD)
@@ -89,17 +94,22 @@ REFUSALS = (REFUSED_BATCH, REFUSED_SETTINGS, REFUSED_AUDIT, REFUSED_TOO_LARGE)
 PEER_TEXT = 200          # characters of a peer's error text kept (for the local log only, never a client)
 
 
-SERVE_ENCRYPTED_REFUSAL = ('vfl serve does not score with hosts whose weights are encrypted (host_weights = '
-                           '"encrypted"): their scores need the arbiter online, not built yet; score in batches '
-                           'with `vfl predict`, which runs the arbiter')
+SERVE_ARBITER_REFUSAL = ('the arbiter takes part in online scoring only when the hosts\' weights are encrypted '
+                         '([model] host_weights = "encrypted"): this job\'s hosts serve plain parts and nothing is '
+                         'decrypted; start the guest and the hosts only')
 
 
 def check_servable(job: JobConfig) -> None:
+    """Refuse a job whose model vfl serve does not score. With ``host_weights = "encrypted"`` the arbiter serves
+    too (:mod:`.encrypted`)."""
     if job.model.type not in SERVED_MODELS:
         raise ConfigError(f"vfl serve scores {', '.join(SERVED_MODELS)} models; this job trains "
                           f"{job.model.type!r} (score it in batches with `vfl predict`)")
-    if job.model.type == "embedding" and job.model.encrypted_hosts:
-        raise ConfigError(SERVE_ENCRYPTED_REFUSAL)
+
+
+def serves_arbiter(job: JobConfig) -> bool:
+    """Whether the arbiter takes part in online scoring: only when the hosts' weights are encrypted under its key."""
+    return job.model.type == "embedding" and job.model.encrypted_hosts
 
 
 def serving_dir(job: JobConfig, name: str):
@@ -192,6 +202,8 @@ class HostScorer:
 
     answer_step = "serve/share"       # what it answers serve/score with
     can_average = True                # SecureBoost hosts never average (no average side exists)
+    inline = True                     # a small request to an in-memory store may be answered on the event loop
+    acks_keys = False                 # whether it answers serve/keys with serve/keys_ok (encrypted weights)
 
     def __init__(self, job: JobConfig, name: str, auth: RelayAuth | None = None):
         check_servable(job)
@@ -440,6 +452,7 @@ class HostAnswer:
     error: str | None = None
     bits: np.ndarray | None = None    # SecureBoost: the host's packed split sides
     refused: str | None = None        # one of REFUSALS: the host refused this request (the link stays up)
+    enc: Any = None                   # host_weights = "encrypted": its [[u_h]] per ID (an EncryptedArray)
 
 
 def read_error(payload: Any, req: int) -> HostAnswer | None:
