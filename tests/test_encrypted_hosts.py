@@ -214,7 +214,7 @@ def test_a_host_with_encrypted_weights_that_received_a_release_fails_the_audit(t
     ({"type": "logistic"}, "host_weights"),
     ({"label_dp": "on"}, "not needed, no host ever gets a value decrypted"),
     ({"early_stopping": "on"}, "fixed"),
-    ({"host_weights": "yes"}, "must be 'plain' or 'encrypted'"),
+    ({"host_weights": "yes"}, "must be 'auto', 'plain' or 'encrypted'"),
     ({"host_weights": "plain", "host_l2": 5.0}, "host_l2 applies to host_weights"),
     ({"host_weights": "plain", "host_min_rows": 8}, "host_min_rows applies to host_weights"),
     ({"host_min_rows": 0}, "host_min_rows must be >= 1"),
@@ -230,9 +230,14 @@ def test_settings_it_cannot_honour_are_refused(tmp_path, extra, match):
 def test_defaults_follow_the_mode_and_plain_is_unchanged():
     enc = ModelConfig(type="embedding", host_weights="encrypted")
     assert (enc.label_dp_on, enc.early_stopping_on, enc.epochs) == (False, False, 16)
-    plain = ModelConfig(type="embedding")
-    assert plain == ModelConfig(type="embedding", host_weights="plain")
+    auto = ModelConfig(type="embedding")                        # the default: encrypted hosts
+    assert auto.encrypted_hosts and (auto.label_dp_on, auto.early_stopping_on, auto.epochs) == (False, False, 16)
+    plain = ModelConfig(type="embedding", host_weights="plain")
     assert (plain.label_dp_on, plain.early_stopping_on, plain.epochs) == (True, True, 16)
+    # the fingerprints of plain jobs stay what they were before host_weights existed
+    from vfl.job.config import model_settings
+    assert "host_weights" not in model_settings(plain) and "host_weights" not in model_settings(ModelConfig())
+    assert model_settings(auto)["host_weights"] == "auto"
     with pytest.raises(ConfigError, match="host_weights"):
         from vfl.job.config import _check_model
         _check_model(ModelConfig(type="logistic", host_weights="encrypted"))

@@ -258,7 +258,7 @@ def test_short_packing_reads_as_crypto_packing(slot_bits):
 
 def test_a_plain_jobs_arbiter_is_refused(tmp_path):
     from parties.serve_http import serve
-    cfg, *_ = _trained(tmp_path, {"type": "embedding", "epochs": 1})
+    cfg, *_ = _trained(tmp_path, {"type": "embedding", "host_weights": "plain", "epochs": 1})
     with pytest.raises(ConfigError) as exc:
         serve(cfg, "arbiter")
     assert str(exc.value) == SERVE_ARBITER_REFUSAL
