@@ -116,7 +116,8 @@ def never_ready(url, body=None, timeout=10.0):
 
 demo._http = never_ready
 guest = types.SimpleNamespace(name="bank", serve_address="127.0.0.1:9")
-demo.serve_demo(types.SimpleNamespace(host_names=["shop"], guest=guest, path=folder / "job.toml"))
+model = types.SimpleNamespace(type="logistic", encrypted_hosts=False)     # plain parts: no arbiter service
+demo.serve_demo(types.SimpleNamespace(host_names=["shop"], guest=guest, path=folder / "job.toml", model=model))
 """
 
 

@@ -149,16 +149,31 @@ def _drop_scorecard(job: JobConfig, name: str) -> None:
 
 
 def _refit(job: JobConfig, part: "TowerPart", data: PartyTable, host_sum: np.ndarray, y: np.ndarray,
-           train: np.ndarray, valid: np.ndarray) -> dict:
-    """Refit the guest's own part on exact labels (docs/protocols.md, "The guest's refit")."""
-    fitted = part.fit_refit(data, host_sum, y, train, valid, job.model.refit_min_rows)
+           train: np.ndarray, valid: np.ndarray, epoch_params: list[np.ndarray] | None = None) -> dict:
+    """Refit the guest's own part on exact labels (docs/protocols.md, "The guest's refit"). With
+    ``epoch_params`` (``host_weights = "encrypted"``: its tower after every one of the fixed epochs, the last
+    ``part.params``) the refit chooses the epoch on the validation slice too and ``part.params`` becomes
+    that epoch's: the guest's own choice after the hosts' last message, so nothing of it reaches a host."""
+    if epoch_params is not None and len(epoch_params) > 1:
+        from ..models.refit import fit_refit_epochs
+        x = part.inputs(data)
+        t = data.without(part.dropped) if part.dropped else data
+        scores = [part.tower.forward(p, x)[0] for p in epoch_params]
+        fitted, k = fit_refit_epochs(scores, host_sum, x.numeric, t.categorical, list(t.categorical_columns), y,
+                                     train, valid, job.model.refit_min_rows)
+        part.refit = fitted
+        if fitted is not None:
+            part.params = epoch_params[k]
+    else:
+        fitted = part.fit_refit(data, host_sum, y, train, valid, job.model.refit_min_rows)
     v = fitted.validation if fitted is not None else {}
     if fitted is None:
         log.info("%s: refit not kept: %s", part.party, "it does not beat the trained sum on the validation rows"
                  if valid.any() else "no validation rows to check it on (early_stopping = \"off\")")
     else:
-        log.info("%s: refit kept (C = %g; hosts' weight %.3f; validation log-loss %s)", part.party, fitted.C,
-                 fitted.host_weight, f"{v['plain_log_loss']:.5f} -> {v['refit_log_loss']:.5f}")
+        log.info("%s: refit kept (C = %g; hosts' weight %.3f; validation log-loss %s%s)", part.party, fitted.C,
+                 fitted.host_weight, f"{v['plain_log_loss']:.5f} -> {v['refit_log_loss']:.5f}",
+                 f"; on the tower of epoch {v['epoch']}" if "epoch" in v else "")
     return {"kept": fitted is not None, **({"C": fitted.C, "host_weight": fitted.host_weight,
                                             "tower_weight": fitted.tower_weight, **v} if fitted else
                                            {"no_validation_rows": not valid.any()})}
@@ -216,7 +231,8 @@ def run_guest(job: JobConfig, channel: Channel, resume: bool = False) -> dict:
     refit = None
     if job.model.guest_refit_on and isinstance(part, TowerPart):
         with timings("refit"):       # after the hosts' last release: nothing of it reaches a host
-            refit = _refit(job, part, model_data, host_sum, data.labels, train, valid)
+            refit = _refit(job, part, model_data, host_sum, data.labels, train, valid,
+                           model.epoch_params_ if job.model.encrypted_hosts else None)
     part.scorecard = job.scorecard     # the points scaling is part of the model (`vfl predict` uses it)
     _drop_scorecard(job, g.name)       # this part's own points table, if binned, is written below
     part.save(out / "model.json")

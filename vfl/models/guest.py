@@ -46,6 +46,9 @@ class SplitGuest:
         self.observed_: list | None = None      # with ``observe``: everything decrypted for the guest
         self.validation_: dict | None = None    # with validation: every epoch's scores and the epoch kept
         self.params_: np.ndarray | None = None
+        # host_weights = "encrypted": the tower's parameters after every epoch, the guest's private state for its
+        # refit to choose from (vfl.models.refit.fit_refit_epochs); nothing of them or the choice reaches a host
+        self.epoch_params_: list[np.ndarray] = []
         self.loss_history_: list[float] = []
         self.epoch_seconds_: list[float | None] = []    # indexed by epoch (None: a resumed run's unknown)
         self.smallest_release_: int | None = None
@@ -105,6 +108,9 @@ class SplitGuest:
                 if stopping is not None:
                     stopping.restore(state.validation)
                     best = None if state.best_weights is None else np.asarray(state.best_weights, dtype=float)
+                if m.encrypted_hosts:       # the refit chooses among every epoch's tower, the resumed ones too
+                    self.epoch_params_ = _saved_epoch_params(state.validation, state.epoch, self.tower.n_params,
+                                                             checkpoint)
                 if is_finished(state, m.epochs):     # start = epochs: every party takes its final state
                     start = m.epochs
                     log.info("resuming: training had ended after epoch %d; going on to scoring", state.epoch)
@@ -129,6 +135,8 @@ class SplitGuest:
                         log.info("epoch %d/%d  batch %d/%d  %.0f s", epoch + 1, m.epochs, b + 1, n_batches,
                                  last_note - t0)
                 trainer.end_epoch()
+                if m.encrypted_hosts:
+                    self.epoch_params_.append(trainer.params.copy())
                 if stopping is not None:
                     is_best = self._validate(channel, trainer, validation, stopping, pre, epoch)
                     best = trainer.params.copy() if is_best else best
@@ -145,7 +153,9 @@ class SplitGuest:
                     checkpoint.save(TrainingState(epoch + 1, decision["converged"], trainer.params.tolist(),
                                                   optimizer_state(trainer.opt), self.loss_history_,
                                                   None if best is None else best.tolist(),
-                                                  stopping.state() if stopping is not None else {},
+                                                  stopping.state() if stopping is not None else
+                                                  {"epoch_params": [p.tolist() for p in self.epoch_params_]}
+                                                  if m.encrypted_hosts else {},
                                                   self.epoch_seconds_,
                                                   trainer.buffer.smallest_release,
                                                   self.noised_epochs_))
@@ -281,3 +291,18 @@ class SplitGuest:
             masked, r = mask(enc_loss)      # re-randomised: the arbiter sees L_b + r_b mod n, uniform
         channel.send(self.arbiter, step(pre, epoch, b, "enc_loss"), masked)
         return grad, int(r[0])
+
+
+def _saved_epoch_params(saved: dict, epochs: int, n_params: int, checkpoint: Checkpoint) -> list[np.ndarray]:
+    """The guest's tower after each of the ``epochs`` checkpointed epochs (``host_weights = "encrypted"``: kept
+    in the checkpoint's early-stopping slot, unused in this mode), so that a resumed training's refit chooses
+    among the same epochs as an uninterrupted one. Refused unless there is one finite vector per epoch."""
+    kept = saved.get("epoch_params")
+    if not (isinstance(kept, list) and len(kept) == epochs and all(
+            isinstance(p, list) and len(p) == n_params for p in kept)):
+        raise CheckpointError(f"{checkpoint.path}: no tower for each of its {epochs} epochs (the guest's refit "
+                              "chooses among them): train afresh without --resume")
+    params = [np.asarray(p, dtype=float) for p in kept]
+    if not all(np.all(np.isfinite(p)) for p in params):
+        raise CheckpointError(f"{checkpoint.path}: a saved epoch's tower is not finite")
+    return params

@@ -125,13 +125,15 @@ def fit_twin(towers: list, inputs: list, y01: np.ndarray, model: ModelConfig, se
 
 
 def fit_encrypted_twin(guest_tower, guest_input, host_towers: list, host_codes: list[np.ndarray], y01: np.ndarray,
-                       model: ModelConfig, seed: int, init_seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+                       model: ModelConfig, seed: int, init_seed: int, epoch_params: list | None = None
+                       ) -> tuple[np.ndarray, list[np.ndarray]]:
     """``host_weights = "encrypted"`` in plaintext: the guest's tower as :func:`fit_twin` trains it without
     label-DP (its exact released sums, the row floor, its optimiser) and every host's
     :class:`~vfl.models.wide.WideTower` on ``w <- w * decay - step * S`` with the protocol's fixed-point
     factors (:func:`vfl.models.wide.update_factors`), ``S`` the batch's residual summed per entry. The
     encrypted roles differ from it only by the fixed-point encodings and the rescaling's one unit at 2^-40
-    per step. Returns the guest's parameters and every host's weights."""
+    per step. Returns the guest's parameters and every host's weights; ``epoch_params``, if given, gets the
+    guest's parameters after every epoch (as the guest keeps them for its refit)."""
     from .backprop import buffer_plain
     from .release import ReleaseBuffer, group_released
     from .trainer import table_release_rows
@@ -161,4 +163,40 @@ def fit_encrypted_twin(guest_tower, guest_input, host_towers: list, host_codes: 
                 s = np.bincount(t.index(c[rows]).ravel(), weights=np.repeat(d, len(t.sizes)), minlength=t.n_params)
                 weights[i] = weights[i] * decay - step * s
         buffer.clear()
+        if epoch_params is not None:
+            epoch_params.append(gp.copy())
     return gp, weights
+
+
+def encrypted_job_twin(job, tables: list, test: np.ndarray) -> dict:
+    """A ``host_weights = "encrypted"`` job in plaintext, as its parties run it: every party's aligned rows
+    (``tables``: the guest's first, in the job's party order), the shared validation slice left out of
+    training, the guest's tower and the hosts' wide tables from the training rows, :func:`fit_encrypted_twin`,
+    then the guest's refit choosing its tower's epoch on the validation slice (``vfl.job.roles._refit``).
+    Returns the joint logits ``z`` of every row, the epoch the guest's part keeps (1-based) and the refit
+    (None: not kept). The benchmark's fast stand-in for the product, and the tests' yardstick of its
+    plumbing."""
+    from ..preprocess.split import Standardizer
+    from .builder import tower_for
+    from .refit import fit_refit_epochs
+    from .trainer import init_seed
+    from .validation import validation_rows
+    from .wide import WideTower, fit_encoding
+    m, g, hosts = job.model, tables[0], tables[1:]
+    valid = validation_rows(g.ids, test, m, job.seed)
+    train = ~test & ~valid
+    tower, x, _ = tower_for(job, job.guest, g, test, Standardizer.fit(g.features[~test]))
+    encodings = [fit_encoding(t, train, p.crosses, m.host_min_rows, m.hash_buckets) for p, t in zip(job.hosts, hosts)]
+    wide = [WideTower([v.size for v in e.vocabs]) for e in encodings]
+    codes = [e.codes(t) for e, t in zip(encodings, hosts)]
+    snapshots: list[np.ndarray] = []
+    _, weights = fit_encrypted_twin(tower, x.take(np.flatnonzero(train)), wide, [c[train] for c in codes],
+                                    g.labels[train], m, m.seed, init_seed(m.seed, job.guest.name), snapshots)
+    host_sum = sum(t.forward(w, c) for t, w, c in zip(wide, weights, codes))
+    scores = [tower.forward(p, x)[0] for p in snapshots]
+    refit, k = (fit_refit_epochs(scores, host_sum, x.numeric, g.categorical, list(g.categorical_columns),
+                                 g.labels, train, valid, m.refit_min_rows)
+                if m.guest_refit_on else (None, len(scores) - 1))
+    z = scores[k] + host_sum if refit is None else \
+        refit.own(scores[k], x.numeric, g.categorical, list(g.categorical_columns)) + refit.host_weight * host_sum
+    return {"z": z, "epoch": k + 1, "refit": refit, "valid": valid}
