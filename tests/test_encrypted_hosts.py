@@ -165,6 +165,10 @@ def test_the_job_runs_end_to_end_and_passes_the_audit(trained):
     assert results["host0"]["host_weights"] == "encrypted" and results["host0"]["weights"] > 4
     page = (job.workdir / "report.html").read_text()     # not "label-DP: off", which would read as unprotected
     assert "not needed: the hosts saw only ciphertexts" in page and 'label-DP</td><td class="t" data-key="value">off' not in page
+    # no training loss exists: the report's Training section says so, and shows the refit's choice of epoch
+    assert "no training loss is computed" in page
+    per_epoch = (metrics["guest_refit"] or {}).get("epoch_log_loss")
+    assert ("refit&#x27;s validation log-loss" in page) == bool(per_epoch)
     # a validation slice for the guest's refit alone (no early stopping): the host leaves it out of training too
     refit = metrics["guest_refit"]
     assert refit["kept"] or not refit["no_validation_rows"]

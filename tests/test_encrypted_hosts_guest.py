@@ -143,6 +143,10 @@ def test_the_job_keeps_the_epoch_its_twin_keeps_and_scores_as_it(overfit_straigh
     scores = pd.read_csv(job.output_dir("guest") / "predictions.csv", dtype={"id": str}).set_index("id")["score"]
     np.testing.assert_allclose(scores.loc[list(common)].to_numpy(), 1 / (1 + np.exp(-twin["z"])), rtol=0, atol=1e-4)
     assert results["host0"]["epochs_run"] == job.model.epochs      # the hosts trained every epoch, told nothing
+    # the report charts the refit's validation log-loss per epoch and marks the epoch kept
+    page = (job.workdir / "report.html").read_text()
+    assert "refit&#x27;s validation log-loss" in page and f"(epoch {refit['epoch']})" in page
+    assert page.count("guest&#x27;s tower kept") == 1
 
 
 def test_a_resumed_job_chooses_among_the_same_epochs(overfit_straight, tmp_path, monkeypatch):

@@ -225,13 +225,17 @@ def chart_calibration(ev: dict, cohorts: list[str]) -> str:
 
 
 def chart_loss(loss: list[float], validation: list[dict] | None = None, best_epoch: int | None = None,
-               unit: str = "epoch") -> str:
-    """Training loss per ``unit`` (epoch, or tree for SecureBoost) and the validation AUC, if any."""
+               unit: str = "epoch", label: str = "training loss") -> str:
+    """Training loss per ``unit`` (epoch, or tree for SecureBoost) and the validation AUC, if any; or, with
+    ``label``, another loss per epoch (encrypted hosts: the guest's refit's validation log-loss)."""
     fig, (ax,) = figure(4.6, 3.0)
-    ax.plot(range(1, len(loss) + 1), loss, "o-", color=color("train"), lw=1.6, ms=4, label="training loss")
+    ax.plot(range(1, len(loss) + 1), loss, "o-", color=color("train"), lw=1.6, ms=4, label=label)
     aucs = [(v["epoch"], v["auc"]) for v in validation or [] if v.get("auc") is not None]
-    ax.set(xlabel=unit, ylabel="training loss (mean log loss)",
-           title=f"Loss{' and validation AUC' if aucs else ''} per {unit}")
+    ax.set(xlabel=unit, ylabel=f"{label} (mean log loss)",
+           title=f"Loss{' and validation AUC' if aucs else ''} per {unit}" if label == "training loss" else
+           f"{label[0].upper()}{label[1:]} per {unit}")
+    if best_epoch and not aucs:
+        ax.axvline(best_epoch, color="#888", ls=":", lw=1)
     ax.xaxis.get_major_locator().set_params(integer=True)
     if aucs:
         ax2 = ax.twinx()
@@ -242,6 +246,34 @@ def chart_loss(loss: list[float], validation: list[dict] | None = None, best_epo
         lines = ax.get_lines()[:1] + ax2.get_lines()[:1]
         ax.legend(lines, [l.get_label() for l in lines], loc="center right", fontsize=8)
     return chart("loss", svg(fig, "loss"))
+
+
+def _encrypted_training(m: dict, secs: list, guest: str) -> list[str]:
+    """The Training section of a job whose hosts kept encrypted weights: no training loss exists (a host
+    cannot form its part of it), so per epoch its seconds and, when the guest's refit chose its tower's
+    epoch, that refit's validation log-loss with the epoch kept (docs/protocols.md, "The guest's refit")."""
+    refit = m.get("guest_refit") or {}
+    per_epoch, kept = refit.get("epoch_log_loss") or [], refit.get("epoch")
+    n = max(len(secs), len(per_epoch))
+    rows = [{"epoch": i + 1, "seconds": secs[i] if i < len(secs) else None,
+             "refit": per_epoch[i] if i < len(per_epoch) else None,
+             "kept": "guest's tower kept" if i + 1 == kept else "",
+             "_paths": {**({"seconds": ["metrics", "epoch_seconds", i]} if i < len(secs) else {}),
+                        **({"refit": ["metrics", "guest_refit", "epoch_log_loss", i]} if i < len(per_epoch) else {})}}
+            for i in range(n)]
+    cols = [("epoch", "epoch", "count"), ("seconds", "seconds", "sec")]
+    if per_epoch:
+        cols += [("refit", "refit's validation log-loss", "p4"), ("kept", "kept", "text")]
+    chart_html = chart_loss(per_epoch, None, kept, "epoch", "refit's validation log-loss") if per_epoch else ""
+    text = ("The hosts' weights stayed encrypted, so no training loss is computed (a host cannot form its part "
+            "of it) and training ran its fixed epochs, with no early stopping (a stop decision would reach the "
+            "hosts). ")
+    if per_epoch:
+        text += (f"After training {guest} fitted its refit on its tower of every epoch, with the hosts' final "
+                 "summed score, and kept the latest epoch within one standard error of the best validation "
+                 f"log-loss (epoch {kept}). That choice was {guest}'s alone, after the hosts' last message: "
+                 "these figures stay with it.")
+    return [row(chart_html, table(rows, cols)), note(text)]
 
 
 def chart_frontier(fr: dict) -> str:
@@ -743,8 +775,11 @@ def build_report(job, results: dict | None = None) -> str:
     if val:
         cols += [("auc", "validation AUC", "p4"), ("brier", "recal. Brier (decides)", "p4"),
                  ("kept", "trees kept up to" if trees else "parameters kept", "text")]
-    parts.append(row(chart_loss(loss, val, best_epoch, unit) if loss else "", table(lrows, cols)))
     guest = esc(job.guest.name)
+    if m.get("host_weights") == "encrypted":
+        parts += _encrypted_training(m, secs, guest)
+    else:
+        parts.append(row(chart_loss(loss, val, best_epoch, unit) if loss else "", table(lrows, cols)))
     rule = ("The recalibrated Brier score on the validation rows decides which {0} is best, not the AUC shown: "
             "the mean squared error of the PD after the best of a fixed grid of slopes and shifts of the "
             "log-odds, so that it follows the ranking rather than the drift of the intercept{1}. ")
