@@ -72,6 +72,24 @@ class SumKey:
         return share
 
 
+    def masks_mod(self, me: int, publics: list[bytes], context: bytes, count: int, n: int) -> list[int]:
+        """This host's masks mod ``n``, one per value, for sums of Paillier ciphertexts: for every other host
+        ``j`` a pseudo-random value from the pair's secret, added if ``me < j``, subtracted otherwise, so they
+        cancel only in the sum over all hosts. Each is 128 bits longer than n before its reduction, so within
+        2^-128 of uniform mod n. Why: the guest adds the hosts' ciphertexts and has the arbiter decrypt the
+        sum; masked so, a sum over fewer than all hosts (one host's ciphertexts sent alone) is uniform."""
+        words = (int(n).bit_length() + 128 + 63) // 64
+        total = [0] * count
+        for j, pub in enumerate(publics):
+            if j == me:
+                continue
+            raw = self._pair_mask(pub, context + f"/{min(me, j)}-{max(me, j)}".encode(), count * words).tobytes()
+            sign = 1 if me < j else -1
+            for i in range(count):
+                total[i] += sign * (int.from_bytes(raw[8 * words * i:8 * words * (i + 1)], "little") % n)
+        return [t % n for t in total]
+
+
 def reveal_sum(shares: list[np.ndarray]) -> np.ndarray:
     """Add the hosts' shares mod 2^64; the masks cancel, leaving the fixed-point sum."""
     total = np.zeros_like(shares[0], dtype=np.uint64)

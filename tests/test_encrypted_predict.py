@@ -114,3 +114,46 @@ def test_the_key_is_kept_private_and_dropped_by_a_plain_training(trained, tmp_pa
                                        epochs=1))
     run_local(plain)
     assert not key.exists()
+
+
+def test_with_two_hosts_each_hosts_scores_alone_decrypt_to_noise(tmp_path):
+    """Two hosts: each adds pairwise masks mod n (from the secure sum's key exchange) to its encrypted scores,
+    so only the sum over both decrypts to scores; one host's ciphertexts alone, which a deviating guest could
+    send the arbiter, decrypt to uniform values mod n. Scoring the training rows again gives the training's
+    scores, and the ledgers pass the audit."""
+    from crypto import PrivateKey
+    bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=900, seed=6)
+    frame = pd.read_csv(shop)
+    id_col = frame.columns[0]
+    left, right = ["merchant", "city"], ["device_model", "category"]
+    numeric = [c for c in frame.columns if c not in (id_col, *left, *right)]
+    frame[[id_col, *left, *numeric[:1]]].to_csv(tmp_path / "h0.csv", index=False)
+    frame[[id_col, *right, *numeric[1:]]].to_csv(tmp_path / "h1.csv", index=False)
+    path = write_job(tmp_path, bank, [tmp_path / "h0.csv", tmp_path / "h1.csv"], label="default",
+                     model={"type": "embedding", "epochs": 1, "batch_size": 256, "embedding_dim": 2,
+                            "hidden_units": [4], "min_category_rows": 16},
+                     host_keys={"host0": {"categorical_columns": left}, "host1": {"categorical_columns": right}})
+    job = load_job(path)
+    assert job.model.encrypted_hosts and len(job.hosts) == 2
+    net = LocalNetwork(["guest", "host0", "host1", "arbiter"], record=True)
+    run_local(job, network=net)
+    sk = PrivateKey.load(job.output_dir("arbiter") / KEY_FILE)
+    n = sk.public_key.n
+    sent = {r.sender: r.payload for r in net.transcript if r.step == "predict/enc_u"}
+    assert set(sent) == {"host0", "host1"}
+    alone = {h: [int(v) for v in sk.decrypt_raw(enc.with_key(sk.public_key).ciphertexts).tolist()]
+             for h, enc in sent.items()}
+    both = [(a + b) % n for a, b in zip(alone["host0"], alone["host1"])]
+    small = 1 << 80                     # honest scores at 40 fractional bits are far below this, either sign
+    assert all(min(v, n - v) < small for v in both)                       # the sum: the scores
+    for h in alone:                                                       # each alone: uniform mod n
+        assert sum(min(v, n - v) < small for v in alone[h]) == 0, h
+    steps = {r.step for r in net.transcript}
+    assert {"predict/sum_key", "predict/sum_keys"} <= steps
+    # vfl predict on the training rows: the same scores, through the same masked round
+    run_predict_local(job)
+    trained = pd.read_csv(job.output_dir("guest") / "predictions.csv").set_index("id")["score"]
+    scored = pd.read_csv(job.output_dir("guest") / "scores.csv").set_index("id")["score"]
+    np.testing.assert_allclose(scored.to_numpy(), trained.loc[scored.index].to_numpy(), rtol=0, atol=1e-9)
+    ok, text = audit_job(job)
+    assert ok, text

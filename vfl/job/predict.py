@@ -163,7 +163,8 @@ def _predict_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel) ->
     common = run_psi(job, h.name, channel, table.ids)
     write_intersection(job.output_dir(h.name) / "scored_ids.csv", common)
     data = table.take(common)
-    host_send_encrypted_scores(channel, job.guest.name, tower, weights, encoding.codes(data))
+    host_send_encrypted_scores(channel, job.guest.name, tower, weights, encoding.codes(data), job.host_names, h.name,
+                               f"{job.name}/score", relay_authentication(job, h.name))
     return keep_host_cohort(job, h.name, table, data, common)
 
 

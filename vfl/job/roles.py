@@ -380,7 +380,8 @@ def _run_encrypted_host(job: JobConfig, h: PartyConfig, channel: Channel, table:
     _drop_scorecard(job, h.name)
     part.save(job.output_dir(h.name) / "model.json")
     with timings("predict"):
-        host_send_encrypted_scores(channel, job.guest.name, tower, model.weights_, codes)
+        host_send_encrypted_scores(channel, job.guest.name, tower, model.weights_, codes, job.host_names, h.name,
+                                   f"{job.name}/score", relay_authentication(job, h.name))
     report = {"party": h.name, "rows": int(len(table.ids)), "aligned_rows": int(len(common)),
               "train_rows": int(train.sum()), "validation_rows": int(valid.sum()), "test_rows": int(test.sum()),
               "epochs_run": model.epochs_run_, "phase_seconds": model.timings_.seconds,

@@ -41,6 +41,7 @@ from .checkpoint import Checkpoint, CheckpointError, TrainingState, start_epochs
 from .common import (D_FRAC_BITS, U_FRAC_BITS, check_public_key, expect_encrypted, masked_gradient_round,
                      prefix_for, step)
 from .randomness import receive_zeros
+from .scoring import RelayAuth, guest_relay_keys, host_sum_keys
 from .timing import Stopwatch
 from .key_holder import PREDICT_KEY_STEP, RESCALE, RESCALE_REPLY, SCORE_STEP, SUM_STEP
 from .wide import (RESCALE_SHIFT, RESCALE_VALUE_BITS, UPDATE_FRAC_BITS, WideTower, preconditioner,
@@ -210,15 +211,31 @@ class EncryptedWideHost:
 
 
 def host_send_encrypted_scores(channel: Channel, guest: str, tower: WideTower, weights: EncryptedArray,
-                               codes: np.ndarray) -> None:
-    """A host's ``[[u_h]]`` of every row it scores, re-randomised by itself (fresh Paillier randomness):
-    the guest cannot tell which rows share entries."""
-    channel.send(guest, SCORE_STEP, row_scores(weights, tower, codes).rerandomize())
+                               codes: np.ndarray, hosts: list[str], me: str, context: str,
+                               auth: RelayAuth | None = None) -> None:
+    """A host's ``[[u_h]]`` of every row it scores, re-randomised by itself (fresh Paillier randomness): the
+    guest cannot tell which rows share entries. With two or more hosts, first the secure sum's key exchange
+    (``predict/sum_key``, ``predict/sum_keys``), then each score plus this host's pairwise masks mod n
+    (:meth:`~crypto.secure_sum.SumKey.masks_mod`): they cancel only in the sum over all hosts, so the
+    arbiter's decryption of anything less (a guest sending one host's ciphertexts alone) is uniform."""
+    enc = row_scores(weights, tower, codes).rerandomize()
+    if len(hosts) > 1:
+        key, publics = host_sum_keys(channel, guest, hosts, me, context, auth)
+        masks = key.masks_mod(hosts.index(me), publics, context.encode() + MOD_N, len(codes),
+                              int(weights.public_key.n))
+        enc = enc.add_raw(np.asarray(masks, dtype=object))
+    channel.send(guest, SCORE_STEP, enc)
+
+
+MOD_N = b"/mod-n"      # the masks' context: apart from the secure sum's masks mod 2^64
 
 
 def guest_host_sum(channel: Channel, hosts: list[str], arbiter: str, pk: PublicKey, n_rows: int) -> np.ndarray:
-    """The guest's ``sum_h u_h`` per row: it adds the hosts' ``[[u_h]]``, and the arbiter decrypts the sum
-    under the guest's uniform mask mod n (packed, :func:`masked_gradient_round`); only the guest unmasks it."""
+    """The guest's ``sum_h u_h`` per row: it adds the hosts' ``[[u_h]]`` (with two or more hosts it first
+    relays their keys: their pairwise masks cancel in the sum), and the arbiter decrypts the sum under the
+    guest's uniform mask mod n (packed, :func:`masked_gradient_round`); only the guest unmasks it."""
+    if len(hosts) > 1:
+        guest_relay_keys(channel, hosts)
     total = None
     for h in hosts:
         enc = expect_encrypted(channel.recv(h, SCORE_STEP), pk, (n_rows,), f"{h} scores", U_FRAC_BITS, peer=h,

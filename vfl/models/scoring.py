@@ -72,6 +72,16 @@ def host_send_scores(channel: Channel, guest: str, hosts: list[str], me: str, u_
     must carry a valid signature by that host; a forged or missing one stops this
     host before it sends its share.
     """
+    key, publics = host_sum_keys(channel, guest, hosts, me, context, auth, prefix)
+    share = key.masked_share(u_h, hosts.index(me), publics, context.encode())
+    channel.send(guest, f"{prefix}/u_h_share", share)
+
+
+def host_sum_keys(channel: Channel, guest: str, hosts: list[str], me: str, context: str,
+                  auth: RelayAuth | None = None, prefix: str = "predict") -> tuple[SumKey, list[bytes]]:
+    """Host side of the key exchange through the guest (``<prefix>/sum_key``, ``<prefix>/sum_keys``): this
+    host's fresh key and every host's public key in job order, each other host's checked against its
+    signature when ``auth`` has a verifier."""
     signer, verifier = (auth.signer, auth.verifier) if auth else (None, None)
     key = SumKey()
     public = key.public_bytes()
@@ -95,12 +105,11 @@ def host_send_scores(channel: Channel, guest: str, hosts: list[str], me: str, u_
             except SignatureError as exc:
                 raise refuse(guest, tag, f"secure sum refused: {exc} (relayed by {guest})") from None
         publics.append(other)
-    share = key.masked_share(u_h, hosts.index(me), publics, context.encode())
-    channel.send(guest, f"{prefix}/u_h_share", share)
+    return key, publics
 
 
-def guest_sum_scores(channel: Channel, hosts: list[str], n_rows: int, prefix: str = "predict") -> np.ndarray:
-    """Guest side: relay the hosts' keys (as signed), add the shares, return sum_h u_h."""
+def guest_relay_keys(channel: Channel, hosts: list[str], prefix: str = "predict") -> None:
+    """Guest side of the key exchange: every host's signed key, relayed to every host in job order."""
     entries = []
     for h in hosts:
         entry = channel.recv(h, f"{prefix}/sum_key")
@@ -108,6 +117,11 @@ def guest_sum_scores(channel: Channel, hosts: list[str], n_rows: int, prefix: st
         entries.append(entry)
     for h in hosts:
         channel.send(h, f"{prefix}/sum_keys", {"keys": entries})
+
+
+def guest_sum_scores(channel: Channel, hosts: list[str], n_rows: int, prefix: str = "predict") -> np.ndarray:
+    """Guest side: relay the hosts' keys (as signed), add the shares, return sum_h u_h."""
+    guest_relay_keys(channel, hosts, prefix)
     shares = [_expect(channel.recv(h, f"{prefix}/u_h_share"), np.uint64, (n_rows,), f"{h} scores", peer=h,
                       step=f"{prefix}/u_h_share") for h in hosts]
     return reveal_sum(shares)

@@ -37,8 +37,8 @@ serve/masked_sum_plain  arbiter->g   big integers: the decrypted masked values
 ======================  ===========  ==================================================================
 
 With two or more hosts ``m_h`` are pairwise masks mod n from the link's secure-sum keys
-(:func:`pairwise_masks`, bound to the epoch, the request number and the digest of the ID list, as
-serve/share's masks): they cancel in the sum over all hosts only, so a guest that sent the arbiter one
+(:meth:`crypto.secure_sum.SumKey.masks_mod`, bound to the epoch, the request number and the digest of the
+ID list, as serve/share's masks): they cancel in the sum over all hosts only, so a guest that sent the arbiter one
 host's ciphertexts alone (or sums over ID lists that differ) would get uniform values, never a single
 host's score. With one host there are none (its score is what the guest learns from the sum anyway).
 
@@ -59,10 +59,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from crypto import EncryptedArray, PublicKey
-from crypto.secure_sum import SumKey
 from ..job.config import JobConfig
 from ..models.common import U_FRAC_BITS, check_public_key, expect_encrypted
-from ..models.encrypted_host import mask_packed_sum, serve_row_scores, unmask_packed_sum, weights_from_hex
+from ..models.encrypted_host import MOD_N, mask_packed_sum, serve_row_scores, unmask_packed_sum, weights_from_hex
 from ..models.model_file import EncryptedWidePart, ModelFileError
 from ..protocol.channel import ProtocolError
 from ..protocol.checks import public_key_from
@@ -158,31 +157,10 @@ class EncryptedHostScorer(HostScorer):
         codes = self.encoding.codes(found.table) if len(positions) else np.zeros((0, len(self.tower.sizes)), int)
         enc = serve_row_scores(self.weights, self.tower, codes, positions, len(r.ids))
         if len(r.publics) > 1:        # two or more hosts: pairwise masks mod n, which cancel in the sum only
-            enc = enc.add_raw(np.asarray(pairwise_masks(r.key, r.index, r.publics, _context(
+            enc = enc.add_raw(np.asarray(r.key.masks_mod(r.index, r.publics, _context(
                 self.job, r.epoch, r.req, r.ids) + MOD_N, len(r.ids), int(enc.public_key.n)), dtype=object))
         return Paired({"req": r.req, "missing": {str(p): m for p, m in missing.items()}}, ENC_U, enc)
 
-
-MOD_N = b"/mod-n"      # the masks' context: apart from serve/share's masks mod 2^64
-
-
-def pairwise_masks(key: SumKey, me: int, publics: list[bytes], context: bytes, count: int, n: int) -> list[int]:
-    """This host's masks mod ``n``, one per requested ID: for every other host ``j``, a pseudo-random value from
-    their X25519 secret (``crypto.secure_sum``: HKDF, then SHAKE-256, under ``context``) added if ``me < j``,
-    subtracted otherwise, so they cancel only in the sum over all hosts. Each is 128 bits longer than n
-    before its reduction, so it is within 2^-128 of uniform mod n. Why: without them the guest could send
-    one host's ciphertexts alone to the arbiter and learn that host's score; with them, any sum over fewer
-    than all hosts (or over ID lists that differ: the request's digest is in ``context``) is uniform mod n."""
-    words = (n.bit_length() + 128 + 63) // 64
-    total = [0] * count
-    for j, pub in enumerate(publics):
-        if j == me:
-            continue
-        raw = key._pair_mask(pub, context + f"/{min(me, j)}-{max(me, j)}".encode(), count * words).tobytes()
-        sign = 1 if me < j else -1
-        for i in range(count):
-            total[i] += sign * (int.from_bytes(raw[8 * words * i:8 * words * (i + 1)], "little") % n)
-    return [t % n for t in total]
 
 
 # -------------------------------------------------------------------------------------------- guest
