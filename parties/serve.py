@@ -252,50 +252,63 @@ class GuestService:
             await link.close("the guest's service stops")
         self.audit.close()
 
-    async def _keep_linked(self, host: str) -> None:
-        backoff, said = 0.1, None
-        me = self.job.guest.name
+    async def _keep(self, peer: str, roles: tuple[str, str], setup, read, linked, unlink) -> None:
+        """Keep the serving link to ``peer`` up: dial it, ``setup(link)`` (check its hello, register the link),
+        ``read(link)`` until it ends; then, whatever ended it, drop it (``unlink()`` if ``linked(link)``), fail
+        its pending requests and re-dial with backoff, logging each new reason once."""
+        backoff, said, me = 0.1, None, self.job.guest.name
         while True:
             link = None
             try:
-                link = await dial(self.job, me, host, link_address(self.job, host), self._client_ctx)
-                msg = await asyncio.wait_for(link.recv(), SETUP_TIMEOUT)
-                if msg is None or msg[0] != "serve/hello":
-                    raise ProtocolError(f"{host} did not open with serve/hello")
-                hello = check_hello(msg[1], host)
-                try:
-                    # parts of two trainings are never linked, whatever the pins say (and never pinned)
-                    check_training(hello, host, me, self.scorer.model_id)
-                    self.hellos[host] = check_hello(hello, host, await self._pinned(host, hello["model"]))
-                except ModelChanged as exc:
-                    if host not in self.model_refused:
-                        log.error("%s: %s. %s", me, exc, _pin_hint(exc, host, pins_path(self.job)))
-                    self.model_refused.add(host)
-                    raise
-                self.model_refused.discard(host)
-                self.links[host] = link
-                log.info("%s: linked to %s", me, host)
+                link = await dial(self.job, me, peer, link_address(self.job, peer), self._client_ctx, roles=roles)
+                await setup(link)
+                log.info("%s: linked to %s", me, peer)
                 said, backoff = None, 0.1
                 self._rekey()
-                await self._read(host, link)
+                await read(link)
                 why = "closed the link"
             except asyncio.CancelledError:
                 raise
             except (OSError, PeerLost, ProtocolError, asyncio.TimeoutError) as exc:
                 why = (str(exc) or type(exc).__name__)[:PEER_TEXT]     # for this log only
             finally:
-                if self.links.get(host) is link and link is not None:
-                    del self.links[host]
-                    self.hellos.pop(host, None)
+                if link is not None and linked(link):
+                    unlink()
                     self.ready = False
-                    self._fail_pending(host, f"lost the link to {host} during the request")
+                    self._fail_pending(peer, f"lost the link to {peer} during the request")
                 if link is not None:
                     await link.close()
             if said != why:
-                log.warning("%s: %s unavailable (%s); re-dialling", me, host, why)
+                log.warning("%s: %s unavailable (%s); re-dialling", me, peer, why)
                 said = why
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    async def _keep_linked(self, host: str) -> None:
+        me = self.job.guest.name
+
+        async def setup(link: Link) -> None:
+            msg = await asyncio.wait_for(link.recv(), SETUP_TIMEOUT)
+            if msg is None or msg[0] != "serve/hello":
+                raise ProtocolError(f"{host} did not open with serve/hello")
+            hello = check_hello(msg[1], host)
+            try:
+                # parts of two trainings are never linked, whatever the pins say (and never pinned)
+                check_training(hello, host, me, self.scorer.model_id)
+                self.hellos[host] = check_hello(hello, host, await self._pinned(host, hello["model"]))
+            except ModelChanged as exc:
+                if host not in self.model_refused:
+                    log.error("%s: %s. %s", me, exc, _pin_hint(exc, host, pins_path(self.job)))
+                self.model_refused.add(host)
+                raise
+            self.model_refused.discard(host)
+            self.links[host] = link
+
+        def unlink() -> None:
+            del self.links[host]
+            self.hellos.pop(host, None)
+        await self._keep(host, ("guest", "host"), setup, lambda link: self._read(host, link),
+                         lambda link: self.links.get(host) is link, unlink)
 
     async def _pinned(self, host: str, model: str) -> str:
         """The model-part hash pinned for ``host`` beside the guest's own part: the one its first hello
@@ -398,45 +411,26 @@ class GuestService:
     async def _keep_arbiter(self) -> None:
         """Keep the link to the arbiter up, as :meth:`_keep_linked` does for a host: its hello's key is checked
         (the job's key size) and relayed to every host (a new epoch), which checks it is its weights' key."""
-        backoff, said, me, arbiter = 0.1, None, self.job.guest.name, self.arbiter
-        while True:
-            link = None
-            try:
-                link = await dial(self.job, me, arbiter, link_address(self.job, arbiter), self._client_ctx,
-                                  roles=("guest", "arbiter"))
-                msg = await asyncio.wait_for(link.recv(), SETUP_TIMEOUT)
-                if msg is None or msg[0] != "serve/arbiter_hello":
-                    raise ProtocolError(f"{arbiter} did not open with serve/arbiter_hello")
-                key = check_arbiter_hello(msg[1], self.job, arbiter)
-                if self.arbiter_key is not None and key == self.arbiter_key:
-                    key = self.arbiter_key         # the same key: its encryption table is built already
-                else:
-                    if self.arbiter_key is not None:
-                        log.warning("%s: %s serves another key than before: relayed to the hosts, which check it",
-                                    me, arbiter)
-                    await asyncio.to_thread(warm, key)     # its encryption table built now (for the masks)
-                self.arbiter_key, self.arbiter_link = key, link
-                log.info("%s: linked to %s", me, arbiter)
-                said, backoff = None, 0.1
-                self._rekey()
-                await self._read_arbiter(link)
-                why = "closed the link"
-            except asyncio.CancelledError:
-                raise
-            except (OSError, PeerLost, ProtocolError, asyncio.TimeoutError) as exc:
-                why = (str(exc) or type(exc).__name__)[:PEER_TEXT]
-            finally:
-                if self.arbiter_link is link and link is not None:
-                    self.arbiter_link = None
-                    self.ready = False
-                    self._fail_pending(arbiter, f"lost the link to {arbiter} during the request")
-                if link is not None:
-                    await link.close()
-            if said != why:
-                log.warning("%s: %s unavailable (%s); re-dialling", me, arbiter, why)
-                said = why
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+        me, arbiter = self.job.guest.name, self.arbiter
+
+        async def setup(link: Link) -> None:
+            msg = await asyncio.wait_for(link.recv(), SETUP_TIMEOUT)
+            if msg is None or msg[0] != "serve/arbiter_hello":
+                raise ProtocolError(f"{arbiter} did not open with serve/arbiter_hello")
+            key = check_arbiter_hello(msg[1], self.job, arbiter)
+            if self.arbiter_key is not None and key == self.arbiter_key:
+                key = self.arbiter_key         # the same key: its encryption table is built already
+            else:
+                if self.arbiter_key is not None:
+                    log.warning("%s: %s serves another key than before: relayed to the hosts, which check it",
+                                me, arbiter)
+                await asyncio.to_thread(warm, key)     # its encryption table built now (for the masks)
+            self.arbiter_key, self.arbiter_link = key, link
+
+        def unlink() -> None:
+            self.arbiter_link = None
+        await self._keep(arbiter, ("guest", "arbiter"), setup, self._read_arbiter,
+                         lambda link: self.arbiter_link is link, unlink)
 
     async def _read_arbiter(self, link: Link) -> None:
         arbiter = self.arbiter
