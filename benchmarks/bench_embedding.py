@@ -46,7 +46,8 @@ from vfl.io.synth import categorical_credit_population  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
-MODEL = {"type": "embedding", "host_weights": "plain", "optimizer": "adam", "embedding_dim": 8, "hidden_units": [32], "seed": 7}
+MODEL = {"type": "embedding", "host_weights": "plain", "optimizer": "adam", "embedding_dim": 8, "hidden_units": [32],
+         "seed": 7}
 
 
 def write_data(folder: Path, which: str, rows: int) -> dict:

@@ -6,7 +6,8 @@ train one credit model without exchanging rows; an arbiter holds the key.
 behaviour columns (federated binning, WOE/IV selection, split logistic
 regression on WOE). ``--model embedding``: the shop's merchants, cities, device models
 and categories (long-tailed, with interactions) in the shop's wide tower, whose
-weights stay encrypted under the arbiter's key, beside the bank's embedding tower. ``--model secureboost``: gradient-boosted trees on
+weights stay encrypted under the arbiter's key, beside the bank's embedding tower.
+``--model secureboost``: gradient-boosted trees on
 the bank's and the shop's behaviour columns (the bank holds the key; no arbiter work), beside LR.
 """
 from __future__ import annotations

@@ -45,7 +45,8 @@ def train(model, keypair, towers, xg, xh, y, seed=5, record=False):
     return roles, net
 
 
-BASE = ModelConfig(type="embedding", host_weights="plain", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam", l2=0.01, table_release="eager",
+BASE = ModelConfig(type="embedding", host_weights="plain", epochs=2, batch_size=30, learning_rate=0.05, optimizer="adam",
+                   l2=0.01, table_release="eager",
                    tolerance=0.0, key_bits=512, allow_short_keys=True, min_rows_per_release=1, label_dp="off")
 
 

@@ -22,7 +22,8 @@ CATS = ["merchant", "city", "device_model", "category"]
 def _job(tmp_path, model_extra=None):
     bank, shop = write_categorical_credit_demo(tmp_path / "data", n_people=1500, seed=4)
     path = write_job(tmp_path, bank, [shop], label="default",
-                     model={"type": "embedding", "host_weights": "plain", "epochs": 2, "batch_size": 256, "learning_rate": 0.02,
+                     model={"type": "embedding", "host_weights": "plain", "epochs": 2, "batch_size": 256,
+                            "learning_rate": 0.02,
                             "embedding_dim": 3, "hidden_units": [6], "tolerance": 0.0, **(model_extra or {})},
                      host_keys={"host0": {"categorical_columns": CATS, "crosses": [["merchant", "city"]]}})
     return load_job(path)

@@ -64,8 +64,7 @@ class PartyConfig:
     psi_memory_mb: int = DEFAULT_MEMORY_MB   # PSI memory for one bucket's points: less means more buckets
     # online scoring (`vfl serve`, docs/protocols.md section 3a)
     serve_address: str | None = None     # guest: its HTTP API; host, and the arbiter of encrypted hosts: where the
-                                         # guest's serving link dials (default: address)
-                                         # (default: the party's address)
+                                         # guest's serving link dials (default: the party's address)
     store: str | None = None             # where `vfl serve` looks up features by ID: an SQLAlchemy URL
                                          # (e.g. "sqlite:///features.db"); default: predict_data, else data
     store_table: str | None = None       # the SQL table (default: the party's name)
@@ -179,7 +178,8 @@ class ModelConfig:
         default = (ENCRYPTED_HOST_EPOCHS if self.encrypted_hosts else
                    dp_epochs(self.dp_epsilon) if self.label_dp_on else 12)
         auto = self.type == "embedding" and self.epochs == default
-        return replace(self, label_dp="on", dp_epsilon=float(epsilon), epochs=dp_epochs(epsilon) if auto else self.epochs,
+        return replace(self, label_dp="on", dp_epsilon=float(epsilon),
+                       epochs=dp_epochs(epsilon) if auto else self.epochs,
                        host_weights="plain" if self.host_weights == "auto" else self.host_weights)
 
     @property
@@ -241,7 +241,7 @@ def model_settings(m: ModelConfig) -> dict:
     are at their defaults, so every job's fingerprints (checkpoints, the parties' job digest) stay what they
     were before the option existed."""
     d = asdict(m)
-    if not m.encrypted_hosts and m.host_weights != "encrypted" and all(getattr(m, k) == getattr(ModelConfig, k) for k in ENCRYPTED_HOST_SETTINGS[1:]):
+    if not m.encrypted_hosts and all(getattr(m, k) == getattr(ModelConfig, k) for k in ENCRYPTED_HOST_SETTINGS[1:]):
         for key in ENCRYPTED_HOST_SETTINGS:
             del d[key]
     return d
