@@ -60,6 +60,9 @@ def test_embedding_demo_runs_over_tls_and_reports_its_protection(tmp_path, capsy
     assert shop["format"] == "vfl-encrypted-wide-part" and len(crosses) == 4
     assert len(vocabs) == 7 + 4 + len(shop["encoding"]["numeric"])
     assert len(m["frontier"]["rows"]) == 6 and m["validation"] is None     # fixed epochs: no early stopping
+    page = (tmp_path / "results" / "report.html").read_text()    # the frontier is the plain hosts' alternative
+    assert "kept encrypted weights: they got nothing decrypted, so it spent no ε" in page
+    assert "This job used ε" not in page
     # new applicants scored with the arbiter, as the aligned rows were
     scored = json.loads((tmp_path / "results" / "predict_metrics.json").read_text())
     assert scored["scored_rows"] > 0 and scored["metrics"]["auc"] > 0.6

@@ -808,12 +808,17 @@ def build_report(job, results: dict | None = None) -> str:
         parts.append(row(chart_frontier(fr), table(frows, [("epsilon", "label-DP ε", "text"),
                                                            ("auc", "test AUC (twin)", "p4"),
                                                            ("bound", "worst-case attack AUC", "p4")])))
-        parts.append(note(f"The plaintext twin of this model on the pooled rows (a demo-only comparison, "
-                          f"[job] baselines = true) for each ε (with that ε's default epochs if this job keeps the "
-                          f"default), against the best possible test of one label "
+        encrypted = m.get("host_weights") == "encrypted"
+        used = (f"This job's hosts kept encrypted weights: they got nothing decrypted, so it spent no ε and a "
+                f"host's best test of a label is a coin toss (AUC 0.5, computationally); the rows are what plain hosts "
+                f"(host_weights = \"plain\") would give at each ε. Test AUC of this job: "
+                f"{(m.get('test') or {}).get('auc', float('nan')):.4f}." if encrypted else
+                f"This job used ε = {'off' if fr.get('epsilon') is None else format(fr['epsilon'], 'g')}.")
+        parts.append(note(f"The plaintext twin of this model{' with plain hosts' if encrypted else ''} on the pooled "
+                          f"rows (a demo-only comparison, [job] baselines = true) for each ε (with that ε's default "
+                          f"epochs if this job keeps the default), against the best possible test of one label "
                           f"from everything a host sees. One-hot LR on the pooled columns without protection: "
-                          f"{fr['one_hot_lr_auc']:.4f}. This job used ε = "
-                          f"{'off' if fr.get('epsilon') is None else format(fr['epsilon'], 'g')}."))
+                          f"{fr['one_hot_lr_auc']:.4f}. " + used))
 
     if m.get("stability"):
         parts += _stability_section(m["stability"], labelled, shown, job.guest.name, ev)
