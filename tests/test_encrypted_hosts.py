@@ -165,6 +165,9 @@ def test_the_job_runs_end_to_end_and_passes_the_audit(trained):
     assert results["host0"]["host_weights"] == "encrypted" and results["host0"]["weights"] > 4
     page = (job.workdir / "report.html").read_text()     # not "label-DP: off", which would read as unprotected
     assert "not needed: the hosts saw only ciphertexts" in page and 'label-DP</td><td class="t" data-key="value">off' not in page
+    host_page = (job.output_dir("host0") / "report.html").read_text()     # the host's own report, likewise
+    assert "not needed: this host" in host_page and ">off<" not in host_page
+    assert f"{results['host0']['weights']:,} weights" in host_page and "kept as ciphertexts" in host_page
     # no training loss exists: the report's Training section says so, and shows the refit's choice of epoch
     assert "no training loss is computed" in page
     per_epoch = (metrics["guest_refit"] or {}).get("epoch_log_loss")

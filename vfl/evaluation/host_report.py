@@ -120,6 +120,12 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
                           "standard deviation), largest effect first. Nobody else sees them." + dropped_note(model)))
         parts.append(table(crow, [("column", "column", "text"), ("coef", "coefficient", "coef"),
                                   ("mean", "training mean", "num"), ("scale", "training std", "num")]))
+    elif model and model.get("format") == "vfl-encrypted-wide-part":
+        weights = len((model.get("weights") or {}).get("ciphertexts") or [])
+        parts.append(note(f"Coefficients: {weights:,} weights (a weight per value of each categorical column, per "
+                          "value of each cross and per quantile bin of each numeric column), kept as ciphertexts "
+                          "under the arbiter's key: the host cannot read them, and scores new rows with the "
+                          "arbiter's help (vfl predict, vfl serve)."))
     else:
         kind = (model or {}).get("format", "no model file")
         parts.append(note(f"Coefficients: none per column for this model ({esc(kind)})."
@@ -145,6 +151,9 @@ def build_host_report(job, name: str, results: dict | None = None) -> str:
                 ("smallest release to this host (rows)", rep.get("smallest_release_rows"))] + preprocess_settings(job)
     if mc.type == "secureboost":
         settings = settings[:3] + host_tree_settings(mc, rep) + settings[8:10]
+    elif rep.get("host_weights") == "encrypted":       # docs/protocols.md, "Hosts with encrypted weights"
+        settings.append(("label-DP", "not needed: this host's weights stayed encrypted and it got no value "
+                                     "decrypted"))
     else:
         settings.append(("label-DP", f"on: ε {mc.dp_epsilon:g} for the whole job (δ {mc.dp_delta:g})"
                          if mc.label_dp_on else "off"))
