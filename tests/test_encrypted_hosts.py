@@ -193,6 +193,7 @@ def test_the_job_runs_end_to_end_and_passes_the_audit(trained):
                 assert r.step.startswith("psi/"), r.step
     ok, text = audit_job(job)
     assert ok, text
+    assert "label-DP: not needed, the hosts' weights stayed encrypted" in text and "label-DP: off" not in text
 
 
 def test_a_plain_reading_is_refused_and_serving_needs_the_arbiter(trained):

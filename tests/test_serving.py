@@ -85,9 +85,16 @@ class Running:
 
 
 def start_services(job, hosts=None):
+    """The parties' serving services: the arbiter's first when the hosts' weights are encrypted, the hosts',
+    then the guest's HTTP API."""
     from parties.serve import run_host_service
     from parties.serve_http import run_guest_http
-    running = [Running(run_host_service, job, h) for h in (hosts if hosts is not None else job.host_names)]
+    from vfl.serving.roles import serves_arbiter
+    running = []
+    if serves_arbiter(job):
+        from parties.serve_arbiter import run_arbiter_service
+        running.append(Running(run_arbiter_service, job, job.arbiter.name))
+    running += [Running(run_host_service, job, h) for h in (hosts if hosts is not None else job.host_names)]
     running.append(Running(run_guest_http, job))
     return running
 

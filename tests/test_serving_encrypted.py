@@ -20,7 +20,7 @@ from crypto import EncryptedArray, PrivateKey, generate_keypair       # noqa: E4
 from crypto.encoding import decode_signed                              # noqa: E402
 from crypto.packing import SLOT_BITS, packed_count, slots_per_ciphertext, unpack   # noqa: E402
 from tests.conftest import make_job                                   # noqa: E402
-from tests.test_serving import Running, _free, wait_ready             # noqa: E402
+from tests.test_serving import Running, _free, start_services, wait_ready   # noqa: E402
 from vfl.io.synth import vertical_split                               # noqa: E402
 from vfl.job.config import ConfigError, load_job                      # noqa: E402
 from vfl.job.threads import run_local, run_predict_local              # noqa: E402
@@ -47,9 +47,6 @@ def _trained(tmp, model: dict, n_hosts: int = 2):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from parties.serve import run_host_service
-    from parties.serve_arbiter import run_arbiter_service
-    from parties.serve_http import run_guest_http
     tmp = tmp_path_factory.mktemp("served_encrypted")
     cfg, guest, hosts = _trained(tmp, ENCRYPTED)
     run_local(cfg)
@@ -57,9 +54,7 @@ def served(tmp_path_factory):
     make_certs(cfg, tmp / "tls")
     cfg = with_tls_dir(cfg, tmp / "tls")
     scores = pd.read_csv(cfg.output_dir("guest") / "scores.csv", dtype={"id": str})
-    RUNNING.append(Running(run_arbiter_service, cfg, "arbiter"))
-    RUNNING.extend(Running(run_host_service, cfg, h) for h in cfg.host_names)
-    RUNNING.append(Running(run_guest_http, cfg))
+    RUNNING.extend(start_services(cfg))          # the arbiter's first
     url = "http://" + cfg.guest.serve_address
     wait_ready(url)
     yield cfg, scores, guest, hosts, url

@@ -1043,6 +1043,8 @@ def _label_dp(job) -> str | None:
     dp, path = _read_label_dp(job)
     if dp is None:
         return None
+    if job.model.encrypted_hosts:        # checked above: no host received a decrypted value
+        return f"label-DP: not needed, the hosts' weights stayed encrypted (from {path})"
     if not dp.get("on") or dp.get("epsilon_spent") is None:
         return f"label-DP: off (from {path})"
     return (f"label-DP: epsilon spent {float(dp['epsilon_spent']):.4g} against any host (delta {dp.get('delta')}, "
